@@ -1,0 +1,98 @@
+"""Database engines and sessions: one SQLite file per service per node, or one PostgreSQL schema per service."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.common.settings import Settings
+
+_SCHEMA_OK = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def service_database_url(settings: Settings, service: str) -> str:
+    """The URL a service of this node connects to; placeholders {node} and {service} are filled in."""
+    if settings.database_url:
+        return settings.database_url.format(node=settings.node, service=service)
+    directory = Path(settings.data_dir) / settings.node
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / f'{service}.db'}"
+
+
+def make_engine(url: str, *, service: str, schema: str | None = None, **kwargs: Any) -> Engine:
+    """An engine tuned for the backend.
+
+    SQLite: WAL with synchronous=NORMAL (durable across process crashes, fast) and a busy timeout,
+    because the api thread pool and the relay thread write to the same file.
+    PostgreSQL: every connection's search_path is the service's own schema, so services sharing a
+    database never see each other's tables.
+    """
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # pysqlite's own transaction handling defers BEGIN; we want BEGIN IMMEDIATE semantics
+            # for writers, so take control of BEGIN ourselves.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # IMMEDIATE takes the write lock up front: two concurrent read-then-write transactions
+            # cannot both read and then deadlock on upgrade (SQLITE_BUSY without waiting).
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    schema_name = schema or service
+    if not _SCHEMA_OK.match(schema_name):
+        raise ValueError(f"bad schema name {schema_name!r}")
+    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("max_overflow", 20)
+    kwargs.setdefault("pool_pre_ping", True)
+    engine = create_engine(url, **kwargs)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema_name}"'))
+
+    @event.listens_for(engine, "connect")
+    def _pg_search_path(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f'SET search_path TO "{schema_name}"')
+        cursor.close()
+        dbapi_conn.commit()
+
+    engine.dispose()  # the connection above was made before the listener; start clean
+    return engine
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any exception."""
+    session = factory()
+    try:
+        with session.begin():
+            yield session
+    finally:
+        session.close()
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"

@@ -1,0 +1,44 @@
+"""Per-service Alembic migrations, applied at start (embedded) or by a separate step (production)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from sqlalchemy import Engine
+
+
+def _config(service: str, engine: Engine) -> Config:
+    location = resources.files(f"services.{service}") / "migrations"
+    config = Config()
+    config.set_main_option("script_location", str(location))
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine, service: str, revision: str = "head") -> None:
+    """Bring the service's schema to ``revision``; idempotent, safe to call at every start."""
+    command.upgrade(_config(service, engine), revision)
+
+
+def current_revision(engine: Engine, service: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def run_env(context: EnvironmentContext, target_metadata: Any) -> None:
+    """Body of every service's ``migrations/env.py``: online mode on the engine handed in by ``upgrade``."""
+    engine: Engine = context.config.attributes["engine"]
+    with engine.begin() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=engine.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        context.run_migrations()

@@ -1,0 +1,95 @@
+"""What a service hands to the process that hosts it: servicers, event subscriptions, timers, outbox.
+
+One composition function per service (``services/<name>/app.py: build(ctx) -> ServiceParts``) is
+used by every host: the embedded node (all five services on one port, in-process bus), the
+production api process (``lianxin serve``: servicers only) and the production worker
+(``lianxin worker``: subscriptions, timers and the outbox relay under nameko).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.common.regions import RegionTree
+from services.common.settings import Settings
+
+
+@dataclass(frozen=True)
+class BusEvent:
+    """An integration event as the buses carry it: routing keys plus the serialized EventEnvelope."""
+
+    event_id: str
+    source: str  # emitting service, e.g. "intake"
+    event_type: str  # the EventEnvelope payload field name, e.g. "case_registered"
+    body: bytes  # serialized lianxin.events.v1.EventEnvelope
+
+
+EventHandler = Callable[[BusEvent], None]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """``consumer`` wants ``handle`` called for every ``event_type`` event emitted by ``source``.
+
+    ``handle`` must be idempotent (see ``services.common.outbox.consume_once``): buses deliver at
+    least once.
+    """
+
+    consumer: str
+    source: str
+    event_type: str
+    handle: EventHandler
+
+
+@dataclass(frozen=True)
+class Timer:
+    """Periodic work (deadline sweep, link pump). Runs in the worker (nameko @timer) or a node thread."""
+
+    name: str
+    interval_s: float
+    run: Callable[[], None]
+
+
+@dataclass(frozen=True)
+class ServicerBinding:
+    """A generated ``add_XServicer_to_server`` function with its servicer instance and full name."""
+
+    add_to_server: Callable[[Any, Any], None]
+    servicer: Any
+    full_name: str  # e.g. "lianxin.intake.v1.IntakeService"
+
+
+@dataclass
+class ServiceParts:
+    name: str
+    servicers: list[ServicerBinding]
+    subscriptions: list[Subscription] = field(default_factory=list)
+    timers: list[Timer] = field(default_factory=list)
+    session_factory: sessionmaker[Session] | None = None  # the outbox relay reads this database
+    ready: Callable[[], bool] = lambda: True
+    close: Callable[[], None] = lambda: None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class ServiceContext:
+    """What a service's composition function may use. Built by the host, never at import time."""
+
+    settings: Settings
+    service: str
+    regions: RegionTree
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    clock: Callable[[], datetime] = utc_now
+    # host:port of each service of this node for synchronous gRPC calls (embedded: the node's port)
+    peers: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,50 @@
+"""Typed node settings, read once from ``LIANXIN_*`` environment variables and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES: tuple[str, ...] = ("intake", "routing", "exchange", "video", "stats")
+
+
+class Settings(BaseSettings):
+    """Everything a node or a single service process needs to know about its place in the world."""
+
+    model_config = SettingsConfigDict(env_prefix="LIANXIN_", frozen=True, extra="ignore")
+
+    node: str = Field(default="510000", description="6-digit GB/T 2260 region code of this node")
+    parent: str | None = Field(default=None, description="host:port of the parent node's gRPC endpoint")
+    national: str | None = Field(default=None, description="host:port of the national system (province only)")
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL. May contain {node} and {service}. Unset: one SQLite file per service "
+            "under data_dir/<node>/. On PostgreSQL every service gets its own schema."
+        ),
+    )
+    data_dir: Path = Field(default=Path("var"), description="where embedded SQLite files and caches live")
+    amqp_uri: str | None = Field(default=None, description="RabbitMQ URI; unset means the in-process bus")
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=0, description="0 picks a free port")
+    metrics_port: int | None = Field(default=0, description="Prometheus /metrics port; 0 picks one, None disables")
+    grpc_workers: int = 16
+    log_level: str = "INFO"
+    log_json: bool = True
+    regions_file: Path | None = Field(default=None, description="region CSV; default is the bundled Sichuan list")
+    relay_interval_s: float = Field(default=0.2, description="outbox relay poll interval")
+    sweep_interval_s: float = Field(default=60.0, description="deadline sweep interval")
+    otel_exporter: str = Field(default="none", description="none | console | memory")
+
+    @field_validator("node")
+    @classmethod
+    def _six_digits(cls, value: str) -> str:
+        if len(value) != 6 or not value.isdigit():
+            raise ValueError(f"LIANXIN_NODE must be a 6-digit region code, got {value!r}")
+        return value
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some fields changed (settings are frozen so nodes cannot share mutations)."""
+        return self.model_copy(update=changes)
