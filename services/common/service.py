@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.regions import RegionTree
@@ -72,6 +72,7 @@ class ServiceParts:
     subscriptions: list[Subscription] = field(default_factory=list)
     timers: list[Timer] = field(default_factory=list)
     session_factory: sessionmaker[Session] | None = None  # the outbox relay reads this database
+    outbox: Table | None = None  # the service's outbox table (services.common.outbox.outbox_table)
     ready: Callable[[], bool] = lambda: True
     close: Callable[[], None] = lambda: None
 

@@ -1,0 +1,148 @@
+"""The ``lianxin`` command: run the federation, a node, one service's api or worker, and operator tools."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.common.settings import SERVICES, Settings
+
+log = logging.getLogger("lianxin")
+
+
+def _configure_logging(settings: Settings) -> None:
+    from services.common.logs import configure_logging
+
+    configure_logging(settings.log_level, json=settings.log_json)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start the embedded federation and keep it running until Ctrl-C."""
+    from services.common.regions import RegionTree
+    from services.federation import Federation
+
+    federation = Federation(data_dir=Path(args.data_dir), base_port=args.base_port, metrics_base_port=args.metrics_port)
+    print(f"starting {len(federation.nodes)} nodes (data in {args.data_dir}) ...", flush=True)
+    try:
+        federation.start()
+        print(federation.describe(RegionTree.load()), flush=True)
+        print("all nodes SERVING; Ctrl-C stops them", flush=True)
+        return federation.wait()
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+        return 0
+    finally:
+        federation.stop()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    stop.wait()
+
+
+def cmd_node(_args: argparse.Namespace) -> int:
+    """One embedded node (all five services on one port), configured by LIANXIN_* variables."""
+    from services.node import Node
+
+    settings = Settings()
+    _configure_logging(settings)
+    node = Node(settings).start()
+    print(f"node {settings.node} serving on {node.address} (metrics :{node.metrics_port})", flush=True)
+    _wait_for_signal()
+    node.stop()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Production api process of one service: gRPC only, never imports eventlet."""
+    from services.common.grpcserver import GrpcServer
+    from services.common.regions import RegionTree
+    from services.node import build_service, database_ready
+
+    settings = Settings()
+    _configure_logging(settings)
+    parts, engine = build_service(settings, args.service, regions=RegionTree.load(settings.regions_file))
+    server = GrpcServer(parts.servicers, settings=settings, ready=database_ready(engine))
+    server.start()
+    print(f"{args.service}-api of node {settings.node} serving on {server.address}", flush=True)
+    _wait_for_signal()
+    server.stop(5.0)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Production worker of one service: nameko with the event handlers, timers and outbox relay."""
+    from services.common.nameko_worker import run_worker
+    from services.common.regions import RegionTree
+    from services.node import build_service
+
+    settings = Settings()
+    _configure_logging(settings)
+    if not settings.amqp_uri:
+        print("LIANXIN_AMQP_URI is required for a worker", file=sys.stderr)
+        return 2
+    parts, _engine = build_service(settings, args.service, regions=RegionTree.load(settings.regions_file))
+    run_worker(parts, settings)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply a service's migrations (production runs this as a separate step, a Kubernetes Job)."""
+    from services.common.db import make_engine, service_database_url
+    from services.common.migrations import upgrade
+
+    settings = Settings()
+    for service in [args.service] if args.service else SERVICES:
+        engine = make_engine(service_database_url(settings, service), service=service)
+        upgrade(engine, service)
+        engine.dispose()
+        print(f"{service}: migrated", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lianxin", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the embedded federation (DESIGN §9)")
+    up.add_argument("--data-dir", default="var/federation")
+    up.add_argument("--base-port", type=int, default=7400, help="gRPC port of the first node; others follow")
+    up.add_argument("--metrics-port", type=int, default=9400, help="metrics port of the first node")
+    up.set_defaults(func=cmd_up)
+
+    node = sub.add_parser("node", help="run one embedded node from LIANXIN_* variables")
+    node.set_defaults(func=cmd_node)
+
+    for name, func, text in (
+        ("serve", cmd_serve, "run one service's gRPC api process"),
+        ("worker", cmd_worker, "run one service's nameko worker"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--service", required=True, choices=SERVICES)
+        p.set_defaults(func=func)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--service", choices=SERVICES)
+    migrate.set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

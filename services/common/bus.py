@@ -1,0 +1,182 @@
+"""The embedded node's event plumbing: an in-process bus, the outbox relay loop and the timer loop.
+
+The in-process bus calls the same handler functions the nameko worker calls (DESIGN §4), so the
+embedded node and production differ only in transport. Nothing here imports eventlet or nameko.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from services.common.outbox import Relay
+from services.common.service import BusEvent, Subscription, Timer
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryFailed(Exception):
+    """One or more subscribers failed; the others were still called."""
+
+    def __init__(self, event: BusEvent, failures: list[tuple[Subscription, Exception]]) -> None:
+        names = ", ".join(f"{sub.consumer}: {exc!r}" for sub, exc in failures)
+        super().__init__(f"{event.source}.{event.event_type} {event.event_id} failed for {names}")
+        self.event = event
+        self.failures = failures
+
+
+class InProcessBus:
+    """Synchronous delivery to every subscription matching the event's source and type."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscriptions: list[Subscription] = []
+
+    def subscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subscriptions.append(sub)
+
+    def publish(self, event: BusEvent) -> None:
+        """Deliver to all matching subscribers; raise ``DeliveryFailed`` afterwards if any failed.
+
+        Raising makes the relay keep the row and retry it; subscribers that already succeeded skip
+        the retry through their inbox (``consume_once``), so the others are not held back by one.
+        """
+        with self._lock:
+            matching = [
+                s
+                for s in self._subscriptions
+                if s.source == event.source and s.event_type == event.event_type
+            ]
+        failures: list[tuple[Subscription, Exception]] = []
+        for sub in matching:
+            try:
+                sub.handle(event)
+            except Exception as exc:
+                failures.append((sub, exc))
+        if failures:
+            raise DeliveryFailed(event, failures) from failures[0][1]
+
+
+class RelayLoop:
+    """A daemon thread running relays every ``interval_s``, or at once after ``notify()``."""
+
+    def __init__(
+        self,
+        relays: Sequence[Relay],
+        interval_s: float,
+        *,
+        metrics_interval_s: float = 5.0,
+        name: str = "outbox-relay",
+    ) -> None:
+        self._relays = list(relays)
+        self._interval_s = interval_s
+        self._metrics_interval_s = metrics_interval_s
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        # run_now() and the thread must not run the same relays at once (the lease would make one
+        # of them a no-op, and run_now promises the outbox is drained when it returns).
+        self._run_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._next_metrics = 0.0
+        self.runs = 0  # completed passes over all relays; tests wait on it
+
+    def start(self) -> RelayLoop:
+        self._thread.start()
+        return self
+
+    def notify(self) -> None:
+        """Something was committed: run soon instead of waiting for the next poll."""
+        self._wake.set()
+
+    def run_now(self) -> int:
+        """Run every relay until its outbox is empty or a publish fails; returns rows published."""
+        total = 0
+        with self._run_lock:
+            for relay in self._relays:
+                while True:
+                    published = relay.run_once()
+                    total += published
+                    if published < relay.batch_size or relay.last_error is not None:
+                        break
+            self._refresh_metrics(force=True)
+        return total
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread; True if it ended within ``timeout`` seconds."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        # First pass at once: rows left over from before a restart go out without waiting.
+        while not self._stopping.is_set():
+            # Clear before running: a notify that arrives during the pass triggers another pass.
+            self._wake.clear()
+            more = False
+            try:
+                with self._run_lock:
+                    for relay in self._relays:
+                        published = relay.run_once()
+                        more = more or (published >= relay.batch_size and relay.last_error is None)
+                    self._refresh_metrics()
+            except Exception:
+                log.exception("outbox relay pass failed")
+            self.runs += 1
+            if not more:
+                self._wake.wait(self._interval_s)
+
+    def _refresh_metrics(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_metrics:
+            return
+        self._next_metrics = now + self._metrics_interval_s
+        for relay in self._relays:
+            try:
+                relay.backlog()
+            except Exception:
+                log.warning("outbox backlog query failed", exc_info=True, extra={"service": relay.service})
+
+
+class TimerLoop:
+    """One daemon thread running each ``Timer`` every ``interval_s`` (embedded node mode).
+
+    Like nameko's ``@timer``, the first run comes one interval after start, and a slow run delays
+    that timer's next run instead of overlapping it.
+    """
+
+    def __init__(self, timers: Sequence[Timer], *, name: str = "timers") -> None:
+        self._timers = list(timers)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> TimerLoop:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        start = time.monotonic()
+        # (due time, index, timer); the index breaks ties without comparing Timers.
+        schedule = [(start + timer.interval_s, index, timer) for index, timer in enumerate(self._timers)]
+        heapq.heapify(schedule)
+        while schedule and not self._stopping.is_set():
+            due, index, timer = schedule[0]
+            if self._stopping.wait(max(0.0, due - time.monotonic())):
+                return
+            heapq.heappop(schedule)
+            try:
+                timer.run()
+            except Exception:
+                log.exception("timer failed", extra={"timer": timer.name})
+            heapq.heappush(schedule, (max(due + timer.interval_s, time.monotonic()), index, timer))

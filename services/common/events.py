@@ -1,0 +1,67 @@
+"""Integration events: wrap a payload in an EventEnvelope for the outbox, and read one back off a bus."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.message import Message
+from lianxin.events.v1 import events_pb2
+from sqlalchemy import Table
+from sqlalchemy.orm import Session
+
+from services.common.ids import new_event_id
+from services.common.outbox import append_event
+from services.common.service import BusEvent
+from services.common.telemetry import inject_context
+from services.common.timeutil import to_timestamp
+
+
+def envelope(
+    *,
+    payload_field: str,
+    payload: Message,
+    case_id: str,
+    version: int,
+    owner_node: str,
+    owner_epoch: int,
+    origin_node: str,
+    origin_service: str,
+    occurred_at: datetime,
+) -> events_pb2.EventEnvelope:
+    """A new envelope carrying the current trace context, so one trace follows the case (DESIGN §6)."""
+    env = events_pb2.EventEnvelope(
+        event_id=new_event_id(),
+        case_id=case_id,
+        version=version,
+        owner_epoch=owner_epoch,
+        owner_node=owner_node,
+        origin_node=origin_node,
+        origin_service=origin_service,
+        occurred_at=to_timestamp(occurred_at),
+    )
+    env.trace_context.update(inject_context())
+    getattr(env, payload_field).CopyFrom(payload)
+    return env
+
+
+def to_bus_event(env: events_pb2.EventEnvelope) -> BusEvent:
+    event_type = env.WhichOneof("payload")
+    if event_type is None:
+        raise ValueError(f"event {env.event_id} has no payload")
+    return BusEvent(
+        event_id=env.event_id,
+        source=env.origin_service,
+        event_type=event_type,
+        body=env.SerializeToString(),
+    )
+
+
+def write_event(session: Session, outbox: Table, env: events_pb2.EventEnvelope) -> None:
+    """Append to the outbox inside the caller's transaction (the transactional outbox, DESIGN §4)."""
+    append_event(session, outbox, to_bus_event(env), case_id=env.case_id or None)
+
+
+def decode(event: BusEvent) -> events_pb2.EventEnvelope:
+    env = events_pb2.EventEnvelope()
+    env.ParseFromString(event.body)
+    return env

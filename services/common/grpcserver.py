@@ -1,0 +1,534 @@
+"""The gRPC server every service runs: error mapping, metrics, tracing, health, reflection, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from types import FrameType
+from typing import Any, NoReturn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
+from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from services.common.errors import (
+    AlreadyExists,
+    Conflict,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    StaleOwner,
+    Unauthenticated,
+    Unavailable,
+)
+from services.common.service import ServicerBinding
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+FIELD_METADATA_KEY = "lianxin-field"
+INTERNAL_MESSAGE = "internal error"
+HEALTH_SERVICE_NAME: str = health.SERVICE_NAME
+REFLECTION_SERVICE_NAME: str = reflection.SERVICE_NAME
+
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Ping idle clients so half-open connections through e-government firewalls are noticed.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Accept client pings down to every 10 s instead of answering them with GOAWAY.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    # grpcio sets SO_REUSEPORT by default: a second server on a taken fixed port would bind quietly
+    # and steal half the connections. A clash must fail loudly instead.
+    ("grpc.so_reuseport", 0),
+)
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+# --------------------------------------------------------------------------- domain error mapping
+
+_STATUS_BY_ERROR: dict[type[DomainError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    StaleOwner: grpc.StatusCode.FAILED_PRECONDITION,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Conflict: grpc.StatusCode.ABORTED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    # A rule violation nobody classified: the request was understood but the state refuses it.
+    DomainError: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_for(error: DomainError) -> grpc.StatusCode:
+    """The one mapping from domain errors to gRPC status codes (the nearest mapped class wins)."""
+    for cls in type(error).__mro__:
+        code = _STATUS_BY_ERROR.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def trailing_metadata_for(error: DomainError) -> tuple[tuple[str, str], ...]:
+    """Machine-readable detail a client can act on without parsing the message."""
+    if isinstance(error, InvalidArgument):
+        return ((FIELD_METADATA_KEY, error.field),)
+    return ()
+
+
+# --------------------------------------------------------------------------- metrics
+
+# Registered on the default registry at import so business metrics and RPC metrics share one
+# /metrics page; labels are the service and method names of registered handlers only.
+STARTED = Counter(
+    "lianxin_grpc_server_started_total",
+    "RPCs started on the server",
+    ["service", "method"],
+)
+HANDLED = Counter(
+    "lianxin_grpc_server_handled_total",
+    "RPCs completed on the server, by status code",
+    ["service", "method", "code"],
+)
+HANDLING_SECONDS = Histogram(
+    "lianxin_grpc_server_handling_seconds",
+    "Time from the start of an RPC to its status (streams: until the stream ends)",
+    ["service", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+CLIENT_HANDLED = Counter(
+    "lianxin_grpc_client_handled_total",
+    "RPCs completed by this process's instrumented channels, by status code",
+    ["service", "method", "code"],
+)
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    service, _, method = full_method.lstrip("/").partition("/")
+    return service, method
+
+
+# --------------------------------------------------------------------------- server interceptor
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+class _Outcome:
+    """Which status an RPC ended with, worked out once for the metrics."""
+
+    def __init__(self, service: str, method: str) -> None:
+        self.service = service
+        self.method = method
+        self.start = time.perf_counter()
+        STARTED.labels(service, method).inc()
+
+    def finish(self, code: grpc.StatusCode) -> None:
+        HANDLED.labels(self.service, self.method, code.name).inc()
+        HANDLING_SECONDS.labels(self.service, self.method).observe(time.perf_counter() - self.start)
+
+
+def _code_after_return(context: grpc.ServicerContext) -> grpc.StatusCode:
+    # A handler may set a code without raising (the health servicer does for unknown services).
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
+
+
+def _handle_exception(exc: Exception, context: grpc.ServicerContext, method: str) -> NoReturn:
+    """Turn ``exc`` into the RPC's status; always ends by raising."""
+    if isinstance(exc, DomainError):
+        code = status_for(exc)
+        metadata = trailing_metadata_for(exc)
+        if metadata:
+            context.set_trailing_metadata(metadata)
+        context.abort(code, exc.message)
+    if isinstance(exc, grpc.RpcError):
+        if isinstance(exc, grpc.Call):
+            # A downstream call failed and the handler let it escape: keep its status (a parent
+            # node's UNAVAILABLE stays retryable) rather than grpcio's UNKNOWN with its text.
+            context.abort(exc.code(), exc.details() or "")
+        # Raised by grpcio itself on this call: the client is gone.
+        raise exc
+    if type(exc) is Exception and not exc.args and isinstance(context.code(), grpc.StatusCode):
+        # context.abort() raises a bare Exception after recording the status: let it through.
+        raise exc
+    log.error("unexpected error in %s", method, exc_info=exc)
+    context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def _abort_code(exc: BaseException, context: grpc.ServicerContext) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
+        return code
+    if isinstance(exc, grpc.RpcError) and not isinstance(exc, grpc.Call):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+def _wrap_unary_response(behavior: Behavior, service: str, method: str, full: str) -> Behavior:
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+        outcome = _Outcome(service, method)
+        try:
+            response = behavior(request, context)
+        except Exception as exc:
+            try:
+                _handle_exception(exc, context, full)
+            except BaseException as final:
+                outcome.finish(_abort_code(final, context))
+                raise
+        outcome.finish(_code_after_return(context))
+        return response
+
+    return wrapper
+
+
+def _wrap_stream_response(behavior: Behavior, service: str, method: str, full: str) -> Behavior:
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        outcome = _Outcome(service, method)
+        try:
+            yield from behavior(request, context)
+        except GeneratorExit:
+            # grpcio dropped the stream (client cancelled or server stopped).
+            outcome.finish(grpc.StatusCode.CANCELLED)
+            raise
+        except Exception as exc:
+            try:
+                _handle_exception(exc, context, full)
+            except BaseException as final:
+                outcome.finish(_abort_code(final, context))
+                raise
+        outcome.finish(_code_after_return(context))
+
+    return wrapper
+
+
+class LianxinServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Maps domain errors to status codes, hides unexpected errors as INTERNAL, records RPC metrics."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            # Unknown method: grpcio answers UNIMPLEMENTED; its name is client input, so no metrics.
+            return None
+        full: str = handler_call_details.method
+        service, method = _split_method(full)
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream_response(handler.stream_stream, service, method, full),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary_response(handler.stream_unary, service, method, full),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream_response(handler.unary_stream, service, method, full),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary_response(handler.unary_unary, service, method, full),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+# --------------------------------------------------------------------------- client side
+
+
+class _ClientMetricsInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Counts calls by final status, for dashboards of calls to peers and parents."""
+
+    def _record(self, full_method: str, code: grpc.StatusCode | None) -> None:
+        service, method = _split_method(full_method)
+        CLIENT_HANDLED.labels(service, method, (code or grpc.StatusCode.UNKNOWN).name).inc()
+
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        outcome = continuation(client_call_details, request)
+        # The outcome is a future; its code is known once the call completes.
+        outcome.add_done_callback(lambda call: self._record(client_call_details.method, call.code()))
+        return outcome
+
+    def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        call = continuation(client_call_details, request)
+        call.add_callback(lambda: self._record(client_call_details.method, call.code()))
+        return call
+
+    def intercept_stream_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        outcome = continuation(client_call_details, request_iterator)
+        outcome.add_done_callback(lambda call: self._record(client_call_details.method, call.code()))
+        return outcome
+
+    def intercept_stream_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        call = continuation(client_call_details, request_iterator)
+        call.add_callback(lambda: self._record(client_call_details.method, call.code()))
+        return call
+
+
+def instrumented_channel(
+    target: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A channel to ``target`` whose calls carry trace context and produce client spans and metrics."""
+    merged = dict(CHANNEL_OPTIONS)
+    merged.update(dict(options))
+    channel_options = list(merged.items())
+    if credentials is None:
+        channel = grpc.insecure_channel(target, options=channel_options)
+    else:
+        channel = grpc.secure_channel(target, credentials, options=channel_options)
+    channel = grpc.intercept_channel(channel, _ClientMetricsInterceptor())
+    traced: grpc.Channel = intercept_channel(channel, client_interceptor())  # type: ignore[no-untyped-call]
+    return traced
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class _QuietRequestHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        # Every scrape would otherwise print an access line to stderr, outside structured logs.
+        pass
+
+
+def _start_metrics_http(host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+    """Serve the default registry like ``prometheus_client.start_http_server``, but stoppable quickly.
+
+    ``start_http_server`` runs ``serve_forever()`` with its default 0.5 s poll, so every shutdown
+    blocks for up to half a second; with a short poll a test suite that starts hundreds of servers
+    does not pay that each time.
+    """
+    http = make_server(
+        host, port, make_wsgi_app(REGISTRY), ThreadingWSGIServer, handler_class=_QuietRequestHandler
+    )
+    thread = threading.Thread(
+        target=http.serve_forever, kwargs={"poll_interval": 0.05}, name=f"metrics-{port}", daemon=True
+    )
+    thread.start()
+    return http, thread
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class GrpcServer:
+    """A grpcio sync server hosting business servicers plus health, reflection and /metrics.
+
+    Interceptor order (outermost first): OpenTelemetry, the Lianxin error/metrics interceptor, then
+    ``interceptors`` (security), so rejections by security are traced and counted too.
+    """
+
+    def __init__(
+        self,
+        bindings: Sequence[ServicerBinding],
+        settings: Settings,
+        *,
+        ready: Callable[[], bool] | None = None,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
+        server_credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
+        self._bindings = list(bindings)
+        self._settings = settings
+        self._ready = ready or (lambda: True)
+        self._credentials = server_credentials
+        self._service_names = [binding.full_name for binding in self._bindings]
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=settings.grpc_workers, thread_name_prefix=f"grpc-{settings.node}"
+            ),
+            interceptors=[
+                server_interceptor(),  # type: ignore[no-untyped-call]
+                LianxinServerInterceptor(),
+                *interceptors,
+            ],
+            options=SERVER_OPTIONS,
+        )
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        for binding in self._bindings:
+            binding.add_to_server(binding.servicer, self._server)
+        reflection.enable_server_reflection(
+            [*self._service_names, HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME], self._server
+        )
+        # Nothing is ready before start(): probes must not route traffic to a half-built server.
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._port: int | None = None
+        self._metrics_http: WSGIServer | None = None
+        self._metrics_thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._terminated = threading.Event()
+
+    # -- properties
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("GrpcServer.port is known only after start()")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        return _format_address(self._settings.grpc_host, self.port)
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound /metrics port, or None when metrics are disabled (or before start())."""
+        return None if self._metrics_http is None else int(self._metrics_http.server_port)
+
+    @property
+    def service_names(self) -> list[str]:
+        return list(self._service_names)
+
+    @property
+    def grpc_server(self) -> grpc.Server:
+        return self._server
+
+    # -- lifecycle
+
+    def start(self) -> GrpcServer:
+        """Bind the gRPC port (0 picks a free one), start /metrics, serve, and publish health."""
+        bind = _format_address(self._settings.grpc_host, self._settings.grpc_port)
+        if self._credentials is None:
+            port = self._server.add_insecure_port(bind)
+        else:
+            port = self._server.add_secure_port(bind, self._credentials)
+        if port == 0:
+            raise RuntimeError(f"could not bind gRPC port {bind}")
+        self._port = port
+        if self._settings.metrics_port is not None:
+            # One exposition server per GrpcServer, all reading the default registry, so several
+            # nodes in one process each have a /metrics port showing the process's figures.
+            self._metrics_http, self._metrics_thread = _start_metrics_http(
+                self._settings.grpc_host, self._settings.metrics_port
+            )
+        self._server.start()
+        self.refresh_health()
+        log.info(
+            "gRPC server listening",
+            extra={
+                "address": self.address,
+                "metrics_port": self.metrics_port,
+                "services": self._service_names,
+            },
+        )
+        return self
+
+    def refresh_health(self) -> bool:
+        """Publish SERVING or NOT_SERVING for every service (and "") from ``ready()``; returns readiness."""
+        try:
+            ready = bool(self._ready())
+        except Exception:
+            log.exception("readiness check failed")
+            ready = False
+        with self._lock:
+            if self._stopping:
+                return False
+        serving = health_pb2.HealthCheckResponse
+        self._set_health(serving.SERVING if ready else serving.NOT_SERVING)
+        return ready
+
+    def _set_health(self, status: int) -> None:
+        for name in ("", *self._service_names):
+            self._health.set(name, status)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Drain: health NOT_SERVING first, then let in-flight RPCs finish for ``grace`` s, then stop."""
+        with self._lock:
+            already = self._stopping
+            self._stopping = True
+        if already:
+            # A second stop (signal plus finally-block) waits for the first instead of racing it.
+            self._terminated.wait()
+            return
+        try:
+            # Health watchers (load balancers) see NOT_SERVING while the server still answers.
+            self._health.enter_graceful_shutdown()
+            self._server.stop(grace).wait()
+        finally:
+            if self._metrics_http is not None:
+                self._metrics_http.shutdown()
+                self._metrics_http.server_close()
+            if self._metrics_thread is not None:
+                self._metrics_thread.join(timeout=5)
+            self._terminated.set()
+            log.info("gRPC server stopped", extra={"address": self.address if self._port else None})
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until stop() has finished; True if it did within ``timeout``."""
+        return self._terminated.wait(timeout)
+
+    def install_signal_handlers(self, grace: float = 5.0) -> None:
+        """SIGTERM/SIGINT stop the server with ``grace``; only from the main thread (a Python rule)."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("install_signal_handlers() must be called from the main thread")
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal received, stopping", extra={"signal": signal.Signals(signum).name})
+            # Stopping blocks for up to ``grace``; a signal handler must return quickly.
+            threading.Thread(target=self.stop, args=(grace,), name="grpc-stop", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)

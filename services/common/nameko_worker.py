@@ -1,0 +1,196 @@
+"""The production worker process: a thin nameko service around a service's subscriptions, timers and outbox.
+
+This is the only module that imports nameko (and, through it, eventlet). The process that uses it
+must call ``eventlet.monkey_patch()`` before importing anything else (``lianxin worker``, the
+nameko test session); the api process never imports this module (DESIGN §4).
+
+The handlers are the plain functions of ``ServiceParts``, shared with the in-process bus; the class
+built here only adapts them. A worker that ever needs gRPC must make unary calls through
+``eventlet.tpool.execute`` and catch ``grpc.RpcError`` (a grpcio client blocks the hub, and an
+escaping exception kills the container).
+
+Failed handlers and acknowledgement. nameko 2.14 acknowledges an event message after the worker
+finishes *even when the handler raised*, unless the entrypoint has ``requeue_on_error=True``; then
+the message is rejected with requeue and RabbitMQ redelivers it (at the head of its queue). Every
+handler here uses ``requeue_on_error=True`` so a transient failure (database restart, lock
+timeout) never loses an event, and waits ``handler_retry_delay_s`` before re-raising so a handler
+that keeps failing retries at a bounded rate instead of spinning. Redelivery is harmless because
+handlers are idempotent (``services.common.outbox.consume_once``). A poison event therefore
+retries forever, visible in the logs; it is not dropped silently.
+
+Undeclared queues. An event-handler queue exists once its consumer's worker has started once
+(durable, ``reliable_delivery=True``); events dispatched before any consumer ever declared its
+queue are dropped by RabbitMQ. Start (or deploy) consumers' workers before producers' relays.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import eventlet
+from eventlet import patcher
+from nameko.constants import AMQP_URI_CONFIG_KEY, SERIALIZER_CONFIG_KEY
+from nameko.events import SERVICE_POOL, EventDispatcher, event_handler
+from nameko.runners import ServiceRunner
+from nameko.timer import timer
+
+from services.common.outbox import Relay
+from services.common.service import BusEvent, ServiceParts, Subscription, Timer
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+METRICS_INTERVAL_S = 5.0
+
+
+def event_payload(event: BusEvent) -> dict[str, str]:
+    """The JSON-safe nameko payload of a bus event (nameko serialises with json)."""
+    return {
+        "event_id": event.event_id,
+        "source": event.source,
+        "event_type": event.event_type,
+        "body_b64": base64.b64encode(event.body).decode("ascii"),
+    }
+
+
+def event_from_payload(payload: dict[str, Any]) -> BusEvent:
+    return BusEvent(
+        event_id=str(payload["event_id"]),
+        source=str(payload["source"]),
+        event_type=str(payload["event_type"]),
+        body=base64.b64decode(payload["body_b64"]),
+    )
+
+
+def nameko_config(settings: Settings) -> dict[str, Any]:
+    if not settings.amqp_uri:
+        raise ValueError("a nameko worker needs settings.amqp_uri (LIANXIN_AMQP_URI)")
+    return {AMQP_URI_CONFIG_KEY: settings.amqp_uri, SERIALIZER_CONFIG_KEY: "json"}
+
+
+def _handler_method(sub: Subscription, retry_delay_s: float) -> Callable[[Any, dict[str, Any]], None]:
+    def handle(self: Any, payload: dict[str, Any]) -> None:
+        event = event_from_payload(payload)
+        try:
+            sub.handle(event)
+        except Exception:
+            log.exception(
+                "event handler failed; the event goes back to the queue",
+                extra={"consumer": sub.consumer, "event_id": event.event_id, "event_type": event.event_type},
+            )
+            # time.sleep is green in a patched worker: only this handler waits, not the process.
+            time.sleep(retry_delay_s)
+            raise  # requeue_on_error=True turns this into a requeue, not an ack
+
+    return handle
+
+
+def _timer_method(job: Timer) -> Callable[[Any], None]:
+    def run(self: Any) -> None:
+        try:
+            job.run()
+        except Exception:
+            log.exception("timer failed", extra={"timer": job.name})
+
+    return run
+
+
+def _relay_method(parts: ServiceParts) -> Callable[[Any], None]:
+    assert parts.session_factory is not None and parts.outbox is not None
+    session_factory, outbox = parts.session_factory, parts.outbox
+    next_metrics = [0.0]  # shared by every container of this class: only paces the gauges
+
+    def relay_outbox(self: Any) -> None:
+        dispatch = self.dispatch  # a per-worker dependency, so the Relay is made per tick (cheap)
+        relay = Relay(
+            session_factory,
+            outbox,
+            lambda event: dispatch(event.event_type, event_payload(event)),
+            service=parts.name,
+        )
+        try:
+            # Drain while full batches come back, within one tick (nameko timers never overlap).
+            while relay.run_once() >= relay.batch_size and relay.last_error is None:
+                pass
+            if time.monotonic() >= next_metrics[0]:
+                next_metrics[0] = time.monotonic() + METRICS_INTERVAL_S
+                relay.backlog()
+        except Exception:
+            log.exception("outbox relay failed", extra={"service": parts.name})
+
+    return relay_outbox
+
+
+def _unique(name: str, taken: dict[str, Any]) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}_{n}", n + 1
+    return candidate
+
+
+def build_worker_class(
+    parts: ServiceParts, settings: Settings, *, handler_retry_delay_s: float = 1.0
+) -> type:
+    """A nameko service class named ``parts.name`` that hosts the service's event side.
+
+    Members: ``dispatch`` (EventDispatcher); ``relay_outbox`` (@timer, when the parts have both a
+    session factory and an outbox); ``on_<source>__<event_type>`` per subscription (@event_handler,
+    service pool, reliable delivery, requeue on error); ``timer_<name>`` per timer. Method names are
+    part of the queue names (``evt-<source>-<type>--<service>.<method>``), so they are stable.
+    """
+    namespace: dict[str, Any] = {
+        "name": parts.name,
+        "__doc__": f"nameko worker of the {parts.name} service (built by build_worker_class)",
+        "dispatch": EventDispatcher(),
+    }
+    if parts.session_factory is not None and parts.outbox is not None:
+        namespace["relay_outbox"] = timer(interval=settings.relay_interval_s)(_relay_method(parts))
+    for sub in parts.subscriptions:
+        method = _unique(f"on_{sub.source}__{sub.event_type}", namespace)
+        namespace[method] = event_handler(
+            sub.source,
+            sub.event_type,
+            handler_type=SERVICE_POOL,
+            reliable_delivery=True,
+            requeue_on_error=True,
+        )(_handler_method(sub, handler_retry_delay_s))
+    for job in parts.timers:
+        method = _unique(f"timer_{job.name}", namespace)
+        namespace[method] = timer(interval=job.interval_s)(_timer_method(job))
+    return type(parts.name, (), namespace)
+
+
+def run_worker(parts: ServiceParts, settings: Settings) -> None:
+    """Run the worker until SIGTERM or Ctrl-C, then stop gracefully (in-flight handlers finish)."""
+    if not patcher.is_monkey_patched("socket"):
+        raise RuntimeError(
+            "call eventlet.monkey_patch() first thing in the worker process, before other imports"
+        )
+    runner = ServiceRunner(nameko_config(settings))
+    runner.add_service(build_worker_class(parts, settings))
+
+    def shutdown(_signum: int, _frame: object) -> None:
+        # Signal handlers run outside any greenlet and cannot block on eventlet; stop in one.
+        eventlet.spawn_n(runner.stop)
+
+    signal.signal(signal.SIGTERM, shutdown)
+    runner.start()
+    log.info("worker started", extra={"service": parts.name})
+    waiter = eventlet.spawn(runner.wait)
+    try:
+        while True:
+            try:
+                waiter.wait()
+                break
+            except InterruptedError:
+                continue  # the signal interrupted the hub's wait; the spawned stop carries on
+    except KeyboardInterrupt:
+        runner.stop()
+    finally:
+        parts.close()
+    log.info("worker stopped", extra={"service": parts.name})

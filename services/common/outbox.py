@@ -1,0 +1,349 @@
+"""Transactional outbox and idempotent inbox (DESIGN §4): events leave with the state change, once in effect.
+
+A service writes its state change and its event row in one transaction (``append_event``). A
+``Relay`` publishes unpublished rows in ``position`` order and marks them published; delivery is
+at least once, so every consumer goes through ``consume_once``, which records the event id in the
+consumer's inbox in the same transaction as the consumer's own change.
+
+Ordering. ``position`` is the publish order, and it must equal commit order or a relay could
+publish position 11 before a slower transaction commits position 10. SQLite gives that for free
+(``BEGIN IMMEDIATE`` serialises writers). On PostgreSQL ``append_event`` takes a per-outbox
+advisory transaction lock, so appending transactions commit one at a time from the append to the
+commit: put ``append_event`` last in the unit of work to keep that window short.
+
+One relay at a time. Two relays interleaving batches would break the order, and ``SKIP LOCKED``
+would too, so a relay run holds a lease: ``pg_try_advisory_xact_lock`` on PostgreSQL (held for
+the batch, which does not block writers), and an exclusive ``flock`` on a file beside the SQLite
+database. SQLite deliberately does not hold its write lock while publishing: the in-process bus
+runs consumers synchronously (a service consuming its own events would wait on itself), and under
+eventlet a greenlet blocked in SQLite's busy handler stops the whole hub.
+
+Migrations. Every service's first Alembic revision calls ``create_outbox_tables(op)`` (or creates
+its whole ``metadata``, which already holds ``outbox_table(metadata)`` and ``inbox_table(metadata)``),
+so all services get identical definitions; ``drop_outbox_tables(op)`` is the downgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.common.db import transaction
+from services.common.service import BusEvent, utc_now
+
+log = logging.getLogger(__name__)
+
+OUTBOX_TABLE = "outbox"
+INBOX_TABLE = "inbox"
+
+OUTBOX_BACKLOG = Gauge("lianxin_outbox_backlog", "Outbox rows not yet published", ["service"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "lianxin_outbox_oldest_age_seconds",
+    "Age of the oldest unpublished outbox row (0 when empty)",
+    ["service"],
+)
+OUTBOX_PUBLISHED = Counter("lianxin_outbox_published_total", "Outbox rows published", ["service"])
+OUTBOX_PUBLISH_FAILURES = Counter(
+    "lianxin_outbox_publish_failures_total", "Relay runs stopped by a failed publish", ["service"]
+)
+
+# SQLite needs exactly INTEGER for an autoincrement rowid; PostgreSQL gets a 64-bit sequence.
+_POSITION_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    """The outbox of one service, attached to the service's own ``metadata``."""
+    return Table(
+        OUTBOX_TABLE,
+        metadata,
+        # AUTOINCREMENT on SQLite: positions are never reused after pruning, so they can serve as
+        # cursors (a plain rowid restarts below a deleted maximum).
+        Column("position", _POSITION_TYPE, primary_key=True, autoincrement=True),
+        Column("event_id", String(36), nullable=False, unique=True),
+        Column("source", String(32), nullable=False),
+        Column("event_type", String(64), nullable=False),
+        Column("case_id", String(32), nullable=True),
+        Column("body", LargeBinary, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("published_at", DateTime(timezone=True), nullable=True),
+        # Serves the relay ("published_at IS NULL ORDER BY position") and pruning (published_at <).
+        Index(f"ix_{OUTBOX_TABLE}_published_at_position", "published_at", "position"),
+        sqlite_autoincrement=True,
+    )
+
+
+def inbox_table(metadata: MetaData) -> Table:
+    """Event ids a consumer has applied; the primary key makes a second application impossible."""
+    return Table(
+        INBOX_TABLE,
+        metadata,
+        Column("consumer", String(64), nullable=False),
+        Column("event_id", String(36), nullable=False),
+        Column("received_at", DateTime(timezone=True), nullable=False),
+        PrimaryKeyConstraint("consumer", "event_id", name=f"pk_{INBOX_TABLE}"),
+        Index(f"ix_{INBOX_TABLE}_received_at", "received_at"),
+    )
+
+
+def create_outbox_tables(op: Any) -> None:
+    """Create the outbox and inbox inside an Alembic revision (``op`` is ``alembic.op``)."""
+    metadata = MetaData()
+    outbox_table(metadata)
+    inbox_table(metadata)
+    metadata.create_all(op.get_bind())
+
+
+def drop_outbox_tables(op: Any) -> None:
+    metadata = MetaData()
+    outbox_table(metadata)
+    inbox_table(metadata)
+    metadata.drop_all(op.get_bind())
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _engine_of(session_factory: sessionmaker[Session]) -> Engine:
+    with session_factory() as session:
+        return session.get_bind().engine
+
+
+def _pg_lock_key(purpose: str, table: Table) -> Any:
+    # One key per (purpose, schema, table); current_schema() is the service's schema (search_path).
+    return func.hashtextextended(
+        func.concat(f"lianxin.outbox.{purpose}.", func.current_schema(), f".{table.name}"), 0
+    )
+
+
+def append_event(
+    session: Session, table: Table, event: BusEvent, case_id: str | None, *, now: datetime | None = None
+) -> None:
+    """Record ``event`` in the outbox inside the caller's business transaction (call it last)."""
+    if session.get_bind().dialect.name == "postgresql":
+        # Held to commit: positions then commit in order, which is what keeps the relay in order.
+        session.execute(select(func.pg_advisory_xact_lock(_pg_lock_key("append", table))))
+    session.execute(
+        table.insert().values(
+            event_id=event.event_id,
+            source=event.source,
+            event_type=event.event_type,
+            case_id=case_id,
+            body=event.body,
+            created_at=now or utc_now(),
+        )
+    )
+
+
+class Relay:
+    """Publishes one service's outbox in order; run it from one loop or timer per process."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        table: Table,
+        publish: Callable[[BusEvent], None],
+        batch_size: int = 500,
+        *,
+        service: str = "unknown",
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._session_factory = session_factory
+        self._table = table
+        self._publish = publish
+        self.batch_size = batch_size
+        self.service = service
+        self._clock = clock
+        engine = _engine_of(session_factory)
+        self._postgres = engine.dialect.name == "postgresql"
+        database = engine.url.database
+        self._lock_path = (
+            None if self._postgres or not database or database == ":memory:" else f"{database}.relay-lock"
+        )
+        self._thread_lock = threading.Lock()  # in-memory SQLite: one process, so a thread lock is the lease
+        self.last_error: BaseException | None = None
+
+    def run_once(self) -> int:
+        """Publish up to ``batch_size`` rows in order; returns how many were published.
+
+        A failing publish stops the run at that row (logged, kept in ``last_error``): the rows
+        before it are marked, the rest wait for the next run. Returns 0 when another relay holds
+        the lease.
+        """
+        if self._postgres:
+            return self._run_once_postgres()
+        return self._run_once_sqlite()
+
+    def _select_batch(self, session: Session) -> Sequence[Any]:
+        t = self._table
+        query = (
+            select(t.c.position, t.c.event_id, t.c.source, t.c.event_type, t.c.body)
+            .where(t.c.published_at.is_(None))
+            .order_by(t.c.position)
+            .limit(self.batch_size)
+        )
+        return session.execute(query).all()
+
+    def _publish_in_order(self, rows: Sequence[Any]) -> list[int]:
+        done: list[int] = []
+        for row in rows:
+            event = BusEvent(
+                event_id=row.event_id, source=row.source, event_type=row.event_type, body=row.body
+            )
+            try:
+                self._publish(event)
+            except Exception as exc:
+                self.last_error = exc
+                OUTBOX_PUBLISH_FAILURES.labels(self.service).inc()
+                log.warning(
+                    "outbox publish failed; will retry from this row",
+                    exc_info=True,
+                    extra={"service": self.service, "position": row.position, "event_id": row.event_id},
+                )
+                break
+            done.append(row.position)
+        else:
+            self.last_error = None
+        return done
+
+    def _mark_published(self, session: Session, positions: list[int]) -> None:
+        if positions:
+            t = self._table
+            session.execute(update(t).where(t.c.position.in_(positions)).values(published_at=self._clock()))
+
+    def _run_once_postgres(self) -> int:
+        with transaction(self._session_factory) as session:
+            # A transaction-level lock: released by the commit, and by PostgreSQL if we crash.
+            leased = session.execute(
+                select(func.pg_try_advisory_xact_lock(_pg_lock_key("relay", self._table)))
+            )
+            if not leased.scalar_one():
+                return 0
+            done = self._publish_in_order(self._select_batch(session))
+            self._mark_published(session, done)
+        OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
+        return len(done)
+
+    def _run_once_sqlite(self) -> int:
+        with self._sqlite_lease() as leased:
+            if not leased:
+                return 0
+            # Short transactions on both sides of the publishing; the lease keeps other relays out.
+            with transaction(self._session_factory) as session:
+                rows = self._select_batch(session)
+            if not rows:
+                return 0
+            done = self._publish_in_order(rows)
+            if done:
+                with transaction(self._session_factory) as session:
+                    self._mark_published(session, done)
+        OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
+        return len(done)
+
+    @contextlib.contextmanager
+    def _sqlite_lease(self) -> Iterator[bool]:
+        if not self._thread_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            if self._lock_path is None:
+                yield True
+                return
+            # flock is per open file, so it excludes other threads' relays and other processes
+            # alike, and the kernel releases it if this process dies.
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+                yield True
+            finally:
+                os.close(fd)  # closing the descriptor releases the flock
+        finally:
+            self._thread_lock.release()
+
+    def backlog(self) -> tuple[int, float]:
+        """(unpublished rows, age in seconds of the oldest one); also updates the gauges."""
+        t = self._table
+        with self._session_factory() as session:
+            count, oldest = session.execute(
+                select(func.count(), func.min(t.c.created_at)).where(t.c.published_at.is_(None))
+            ).one()
+        age = max(0.0, (self._clock() - _aware(oldest)).total_seconds()) if oldest is not None else 0.0
+        OUTBOX_BACKLOG.labels(self.service).set(count)
+        OUTBOX_OLDEST_AGE.labels(self.service).set(age)
+        return int(count), age
+
+    def prune(self, older_than: timedelta) -> int:
+        """Delete rows published more than ``older_than`` ago; returns how many went."""
+        t = self._table
+        cutoff = self._clock() - older_than
+        with transaction(self._session_factory) as session:
+            result = session.execute(
+                delete(t).where(t.c.published_at.is_not(None), t.c.published_at < cutoff)
+            )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+def consume_once(
+    session_factory: sessionmaker[Session],
+    inbox: Table,
+    consumer: str,
+    event: BusEvent,
+    apply: Callable[[Session], None],
+    *,
+    now: datetime | None = None,
+) -> bool:
+    """Apply ``event`` for ``consumer`` unless it already was; False means a duplicate, nothing done.
+
+    The inbox row and ``apply``'s changes commit together, and any exception rolls both back and
+    propagates, so the bus delivers the event again and it is applied then.
+    """
+    values = {"consumer": consumer, "event_id": event.event_id, "received_at": now or utc_now()}
+    with transaction(session_factory) as session:
+        dialect = session.get_bind().dialect.name
+        insert: Any = postgresql.insert(inbox) if dialect == "postgresql" else sqlite.insert(inbox)
+        # ON CONFLICT DO NOTHING: a concurrent duplicate waits for the first to commit, then sees 0 rows.
+        result = session.execute(insert.values(**values).on_conflict_do_nothing())
+        if getattr(result, "rowcount", 0) == 0:
+            return False  # nothing written; the transaction commits empty
+        apply(session)
+    return True
+
+
+def prune_inbox(session_factory: sessionmaker[Session], inbox: Table, older_than: timedelta) -> int:
+    """Forget inbox ids older than ``older_than``; keep them longer than any redelivery can take."""
+    cutoff = utc_now() - older_than
+    with transaction(session_factory) as session:
+        result = session.execute(delete(inbox).where(inbox.c.received_at < cutoff))
+    return int(getattr(result, "rowcount", 0) or 0)

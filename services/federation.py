@@ -1,0 +1,146 @@
+"""The embedded federation of DESIGN §9: one OS process per node on loopback, supervised together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.regions import RegionTree
+
+# 四川省; 乐山市 with 市中区 and 沙湾区; 成都市 with 锦江区 (DESIGN §9). Parents come first.
+DEFAULT_TOPOLOGY: tuple[tuple[str, str | None], ...] = (
+    ("510000", None),
+    ("511100", "510000"),
+    ("511102", "511100"),
+    ("511111", "511100"),
+    ("510100", "510000"),
+    ("510104", "510100"),
+)
+
+BUSINESS_SERVICES = (
+    "lianxin.intake.v1.IntakeService",
+    "lianxin.routing.v1.RoutingService",
+    "lianxin.exchange.v1.ExchangeService",
+    "lianxin.video.v1.VideoService",
+    "lianxin.stats.v1.StatsService",
+)
+
+
+@dataclass
+class NodeProcess:
+    code: str
+    parent: str | None
+    grpc_port: int
+    metrics_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+def health_statuses(address: str, services: Sequence[str], timeout: float = 2.0) -> dict[str, str]:
+    """The standard grpc.health.v1 answer for each service name ("UNREACHABLE" if the call fails)."""
+    out: dict[str, str] = {}
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in services:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=timeout)
+                out[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError:
+                out[name] = "UNREACHABLE"
+    return out
+
+
+def wait_serving(address: str, deadline_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + deadline_s
+    last: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"node process at {address} exited with {process.returncode}")
+        last = health_statuses(address, BUSINESS_SERVICES, timeout=1.0)
+        if all(status == "SERVING" for status in last.values()):
+            return
+        time.sleep(0.2)  # polling a condition with a deadline, not ordering
+    raise TimeoutError(f"{address} not SERVING within {deadline_s}s: {last}")
+
+
+class Federation:
+    """Starts the nodes parents-first, waits until each serves, stops them children-first."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        base_port: int = 7400,
+        metrics_base_port: int = 9400,
+        topology: Sequence[tuple[str, str | None]] = DEFAULT_TOPOLOGY,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.extra_env = extra_env or {}
+        self.nodes = [
+            NodeProcess(code, parent, base_port + i, metrics_base_port + i) for i, (code, parent) in enumerate(topology)
+        ]
+
+    def node(self, code: str) -> NodeProcess:
+        return next(n for n in self.nodes if n.code == code)
+
+    def start(self, *, ready_timeout_s: float = 120.0) -> None:
+        by_code = {n.code: n for n in self.nodes}
+        for node in self.nodes:
+            env = {
+                **os.environ,
+                **self.extra_env,
+                "LIANXIN_NODE": node.code,
+                "LIANXIN_DATA_DIR": str(self.data_dir),
+                "LIANXIN_GRPC_PORT": str(node.grpc_port),
+                "LIANXIN_METRICS_PORT": str(node.metrics_port),
+            }
+            if node.parent:
+                env["LIANXIN_PARENT"] = by_code[node.parent].address
+            node.process = subprocess.Popen([sys.executable, "-m", "services.cli", "node"], env=env)
+        for node in self.nodes:
+            wait_serving(node.address, ready_timeout_s, node.process)
+
+    def describe(self, regions: RegionTree) -> str:
+        lines = [f"{'node':<8} {'region':<16} {'tier':<9} {'grpc':<17} {'metrics':<24} parent"]
+        for node in self.nodes:
+            region = regions.get(node.code)
+            lines.append(
+                f"{node.code:<8} {regions.display_name(node.code):<16} {region.tier.value:<9} "
+                f"{node.address:<17} http://127.0.0.1:{node.metrics_port}/metrics  {node.parent or '-'}"
+            )
+        return "\n".join(lines)
+
+    def wait(self) -> int:
+        """Block until a node dies (returns its exit code) or we are interrupted."""
+        while True:
+            for node in self.nodes:
+                if node.process is not None and node.process.poll() is not None:
+                    return node.process.returncode or 1
+            time.sleep(0.5)  # supervision poll
+
+    def stop(self, grace: float = 10.0) -> None:
+        for node in reversed(self.nodes):
+            if node.process is not None and node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for node in reversed(self.nodes):
+            if node.process is None:
+                continue
+            try:
+                node.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()

@@ -1,0 +1,117 @@
+"""Translation between intake's domain objects and the protobuf contract (adapters only)."""
+
+from __future__ import annotations
+
+from lianxin.common.v1 import common_pb2
+from lianxin.events.v1 import events_pb2
+from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
+
+from services.common.errors import InvalidArgument
+from services.common.logs import mask_id_number, mask_name, mask_phone
+from services.common.timeutil import from_timestamp, to_timestamp
+from services.intake.domain import Case, CaseState, TimelineEntry
+from services.intake.validation import Submission
+
+_CHANNEL_PREFIX = "CHANNEL_"
+_CHANNEL_NAMES = {"HOTLINE": "hotline"}
+
+
+def channel_name(value: int) -> str:
+    """Proto enum → domain channel name (CHANNEL_LEADER_BOARD → leader_board)."""
+    if value == common_pb2.CHANNEL_UNSPECIFIED:
+        raise InvalidArgument("channel", "must be set (web, app, hotline, wechat, letter, ...)")
+    try:
+        name = common_pb2.Channel.Name(value)
+    except ValueError:
+        raise InvalidArgument("channel", f"unknown channel value {value}") from None
+    return name.removeprefix(_CHANNEL_PREFIX).lower()
+
+
+def channel_value(name: str) -> int:
+    return int(common_pb2.Channel.Value(_CHANNEL_PREFIX + name.upper()))
+
+
+def state_value(state: CaseState) -> int:
+    return int(common_pb2.CaseState.Value(f"CASE_STATE_{state.value}"))
+
+
+def state_name(value: int) -> CaseState:
+    return CaseState(common_pb2.CaseState.Name(value).removeprefix("CASE_STATE_"))
+
+
+def submission(request: intake_pb2.SubmitCaseRequest) -> Submission:
+    person = request.complainant
+    return Submission(
+        channel=channel_name(request.channel),
+        title=request.title,
+        body=request.body,
+        channel_ref=request.channel_ref or None,
+        category=request.category or None,
+        region_code=request.region_code or None,
+        address=request.address or person.address or None,
+        name=person.name or None,
+        id_number=person.id_number or None,
+        phone=person.phone or None,
+        anonymous=request.anonymous,
+        hotline_operator_id=request.hotline_operator_id or None,
+    )
+
+
+def submitted_at(request: intake_pb2.SubmitCaseRequest):  # type: ignore[no-untyped-def]
+    return from_timestamp(request.submitted_at) if request.HasField("submitted_at") else None
+
+
+def case_message(case: Case, *, personal: str = "masked") -> common_pb2.Case:
+    """``personal``: "full" (the clerk who registered it), "masked" (default), "none" (events, units under complaint)."""
+    person = case.complainant
+    if personal == "full":
+        complainant = common_pb2.Person(
+            name=person.name, id_number=person.id_number, phone=person.phone, address=person.address
+        )
+    elif personal == "masked":
+        complainant = common_pb2.Person(
+            name=mask_name(person.name) if person.name else "",
+            id_number=mask_id_number(person.id_number) if person.id_number else "",
+            phone=mask_phone(person.phone) if person.phone else "",
+        )
+    else:
+        complainant = common_pb2.Person()
+    return common_pb2.Case(
+        case_id=case.case_id,
+        tracking_code=case.tracking_code,
+        channel=channel_value(case.channel),
+        channel_ref=case.channel_ref,
+        title=case.title,
+        body=case.body,
+        category=case.category,
+        region_code=case.region_code,
+        address=person.address if personal == "full" else "",
+        registering_node=case.registering_node,
+        owner_node=case.owner_node,
+        owner_epoch=case.owner_epoch,
+        state=state_value(case.state),
+        version=case.version,
+        complainant=complainant,
+        anonymous=case.anonymous,
+        repeat_of=case.repeat_of,
+        duplicate_of=case.duplicate_of,
+        flags=list(case.flags),
+        submitted_at=to_timestamp(case.submitted_at),
+        updated_at=to_timestamp(case.updated_at),
+        hotline_operator_id=case.hotline_operator_id,
+    )
+
+
+def case_registered(case: Case) -> events_pb2.CaseRegistered:
+    """Events leave the node and feed statistics: no personal data in them at all."""
+    return events_pb2.CaseRegistered(
+        case=case_message(case, personal="none"),
+        category_auto=case.category_auto,
+        place_unresolved=case.place_unresolved,
+        repeat_of=case.repeat_of,
+        duplicate_of=case.duplicate_of,
+    )
+
+
+def timeline_entry(entry: TimelineEntry) -> common_pb2.TimelineEntry:
+    return common_pb2.TimelineEntry(at=to_timestamp(entry.at), state=state_value(entry.state), summary=entry.summary)

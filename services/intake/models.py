@@ -1,0 +1,83 @@
+"""Intake's tables: cases with sealed personal data, the daily case-number counter, the public timeline."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import Boolean, Date, DateTime, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.common.outbox import inbox_table, outbox_table
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CaseRow(Base):
+    __tablename__ = "cases"
+
+    case_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tracking_code: Mapped[str] = mapped_column(String(16), unique=True)
+    # channel + the channel's own reference: a retried submit finds the case it already made
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    channel_ref: Mapped[str] = mapped_column(String(128), default="")
+    title: Mapped[str] = mapped_column(String(100))
+    body: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(String(32), default="")
+    category_auto: Mapped[bool] = mapped_column(Boolean, default=False)
+    region_code: Mapped[str] = mapped_column(String(6), default="")
+    place_unresolved: Mapped[bool] = mapped_column(Boolean, default=False)
+    registering_node: Mapped[str] = mapped_column(String(6))
+    owner_node: Mapped[str] = mapped_column(String(6))
+    owner_epoch: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(24))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    anonymous: Mapped[bool] = mapped_column(Boolean, default=False)
+    repeat_of: Mapped[str] = mapped_column(String(32), default="")
+    duplicate_of: Mapped[str] = mapped_column(String(32), default="")
+    flags: Mapped[str] = mapped_column(String(200), default="")  # comma-separated, small fixed vocabulary
+    hotline_operator_id: Mapped[str] = mapped_column(String(64), default="")
+    # personal data, sealed (services.common.crypto); *_bidx are keyed blind indexes for lookups
+    name_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    id_number_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    phone_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    address_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    id_number_bidx: Mapped[str] = mapped_column(String(40), default="", index=True)
+    phone_bidx: Mapped[str] = mapped_column(String(40), default="", index=True)
+    phone_last4: Mapped[str] = mapped_column(String(4), default="")
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_cases_submitted", "submitted_at", "case_id"),
+        Index("ix_cases_region", "region_code", "submitted_at"),
+        Index("ix_cases_state", "state"),
+    )
+
+
+class CaseSequenceRow(Base):
+    """Last number handed out per registration day (case ids are node-day-sequence)."""
+
+    __tablename__ = "case_sequence"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    last: Mapped[int] = mapped_column(Integer)
+
+
+class TimelineRow(Base):
+    """The public timeline a citizen sees with the tracking code: no internal notes."""
+
+    __tablename__ = "case_timeline"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(String(32), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(24))
+    summary: Mapped[str] = mapped_column(String(400))
+
+
+metadata = Base.metadata
+outbox = outbox_table(metadata)
+inbox = inbox_table(metadata)

@@ -1,0 +1,188 @@
+"""Validation of a citizen's submission before it is registered: formats, lengths and per-channel rules."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, replace
+
+from services.common.errors import InvalidArgument
+
+CHANNELS: frozenset[str] = frozenset(
+    {"web", "app", "hotline", "wechat", "letter", "leader_board", "national_transfer", "walk_in", "video"}
+)
+# Online boards accept anonymous messages (they are still handled, but nobody can be told the outcome
+# except through the tracking code); every other channel registers a person.
+ANONYMOUS_CHANNELS: frozenset[str] = frozenset({"web", "app", "wechat", "leader_board"})
+
+# Fields each channel cannot do without, beyond title and body. Hotline and walk-in/video have a clerk
+# who can ask; letters must be answerable in writing; a national transfer must point back to its source.
+REQUIRED_BY_CHANNEL: dict[str, tuple[str, ...]] = {
+    "hotline": ("hotline_operator_id", "phone"),
+    "letter": ("name", "address"),
+    "walk_in": ("name", "id_number"),
+    "video": ("name", "id_number"),
+    "national_transfer": ("channel_ref",),
+}
+
+TITLE_MAX = 100
+BODY_MAX = 4000
+NAME_MAX = 50
+ADDRESS_MAX = 200
+CHANNEL_REF_MAX = 64
+OPERATOR_ID_MAX = 64
+
+# GB 11643-1999: weight of position i is 2^(17-i) mod 11; the check character indexes this string.
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+_EARLIEST_BIRTH = dt.date(1900, 1, 1)
+
+_MOBILE = re.compile(r"1[3-9]\d{9}")
+# Area code 0 + 2–3 digits, subscriber number 7–8 digits (010-12345678, 0833-1234567).
+_LANDLINE = re.compile(r"(0\d{2,3})-?(\d{7,8})")
+_SEPARATORS = re.compile(r"[\s\-()（）]")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One request as it arrives from a channel; optional fields are None (or blank) when unknown."""
+
+    channel: str
+    title: str
+    body: str
+    channel_ref: str | None = None
+    category: str | None = None
+    region_code: str | None = None
+    address: str | None = None
+    name: str | None = None
+    id_number: str | None = None
+    phone: str | None = None
+    anonymous: bool = False
+    hotline_operator_id: str | None = None
+
+
+def _clean(value: str | None) -> str | None:
+    """Trimmed text, with blank treated as absent (protobuf sends "" for unset strings)."""
+    if value is None:
+        return None
+    return value.strip() or None
+
+
+def check_id_number(value: str, *, field: str = "id_number", today: dt.date | None = None) -> str:
+    """Return the resident ID number (GB 11643) trimmed with upper-case X, or raise InvalidArgument."""
+    number = value.strip().upper()
+    if len(number) != 18:
+        raise InvalidArgument(field, f"must be 18 characters, got {len(number)}")
+    if not number[:17].isdigit() or not (number[17].isdigit() or number[17] == "X"):
+        raise InvalidArgument(field, "must be 17 digits followed by a digit or X")
+    if number[0] == "0":
+        # Region prefixes (GB/T 2260) start with a province digit 1–9.
+        raise InvalidArgument(field, f"region prefix {number[:6]} is not a region code")
+    try:
+        birth = dt.date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+    except ValueError:
+        raise InvalidArgument(field, f"birth date {number[6:14]} is not a valid date") from None
+    if not _EARLIEST_BIRTH <= birth <= (today or dt.date.today()):
+        raise InvalidArgument(field, f"birth date {number[6:14]} is out of range")
+    total = sum(int(digit) * weight for digit, weight in zip(number[:17], _ID_WEIGHTS, strict=True))
+    expected = _ID_CHECK[total % 11]
+    if number[17] != expected:
+        raise InvalidArgument(field, f"check digit should be {expected}")
+    return number
+
+
+def check_phone(value: str, *, field: str = "phone", landline: bool = False) -> str:
+    """Return a mainland mobile number (11 digits) or, when ``landline``, ``0833-1234567``; else raise.
+
+    Landlines are accepted only where a caller's line is recorded (12345 hotline); online channels
+    send SMS notices and need a mobile.
+    """
+    compact = _SEPARATORS.sub("", value.strip())
+    if compact.startswith("+86"):
+        compact = compact[3:]
+    elif compact.startswith("0086"):
+        compact = compact[4:]
+    if _MOBILE.fullmatch(compact):
+        return compact
+    if landline:
+        match = _LANDLINE.fullmatch(re.sub(r"\s", "", value))
+        if match:
+            # Without the caller's dash the split between a 3- and 4-digit area code is a guess,
+            # so only a number typed with its dash is stored split.
+            return f"{match.group(1)}-{match.group(2)}" if "-" in value else match.group(0)
+        raise InvalidArgument(
+            field, "must be a mainland mobile number (1[3-9] + 9 digits) or a landline like 0833-1234567"
+        )
+    raise InvalidArgument(field, "must be a mainland mobile number: 11 digits starting 13–19")
+
+
+def _check_length(field: str, value: str, maximum: int) -> None:
+    if len(value) > maximum:
+        raise InvalidArgument(field, f"must be at most {maximum} characters, got {len(value)}")
+
+
+def check_text_lengths(title: str, body: str) -> tuple[str, str]:
+    """Return title and body trimmed; both must be non-empty, title ≤ 100 and body ≤ 4,000 characters."""
+    title, body = title.strip(), body.strip()
+    if not title:
+        raise InvalidArgument("title", "must not be empty")
+    _check_length("title", title, TITLE_MAX)
+    if not body:
+        raise InvalidArgument("body", "must not be empty")
+    _check_length("body", body, BODY_MAX)
+    return title, body
+
+
+def validate_submission(submission: Submission, *, allowed_regions: Collection[str]) -> Submission:
+    """Check a submission against the channel's rules and the node's region subtree.
+
+    ``allowed_regions`` is the node's subtree (``set(tree.subtree(node))``). Returns a normalised copy
+    (trimmed text, blanks as None, canonical phone and ID number); the first problem found raises
+    InvalidArgument naming the Submission field.
+    """
+    s = submission
+    if s.channel not in CHANNELS:
+        raise InvalidArgument("channel", f"must be one of {', '.join(sorted(CHANNELS))}, got {s.channel!r}")
+    title, body = check_text_lengths(s.title, s.body)
+
+    values: dict[str, str | None] = {
+        "channel_ref": _clean(s.channel_ref),
+        "category": _clean(s.category),
+        "region_code": _clean(s.region_code),
+        "address": _clean(s.address),
+        "name": _clean(s.name),
+        "id_number": _clean(s.id_number),
+        "phone": _clean(s.phone),
+        "hotline_operator_id": _clean(s.hotline_operator_id),
+    }
+
+    if s.anonymous and s.channel not in ANONYMOUS_CHANNELS:
+        raise InvalidArgument("anonymous", f"channel {s.channel} does not accept anonymous submissions")
+    for field in REQUIRED_BY_CHANNEL.get(s.channel, ()):
+        if values[field] is None:
+            raise InvalidArgument(field, f"is required for channel {s.channel}")
+    if not s.anonymous and values["phone"] is None and values["id_number"] is None:
+        raise InvalidArgument("phone", "a named submission needs a phone or an id_number")
+
+    for field, maximum in (
+        ("name", NAME_MAX),
+        ("address", ADDRESS_MAX),
+        ("channel_ref", CHANNEL_REF_MAX),
+        ("hotline_operator_id", OPERATOR_ID_MAX),
+    ):
+        value = values[field]
+        if value is not None:
+            _check_length(field, value, maximum)
+    if values["id_number"] is not None:
+        values["id_number"] = check_id_number(values["id_number"])
+    if values["phone"] is not None:
+        values["phone"] = check_phone(values["phone"], landline=s.channel == "hotline")
+    region = values["region_code"]
+    if region is not None:
+        if len(region) != 6 or not region.isdigit():
+            raise InvalidArgument("region_code", f"must be a 6-digit region code, got {region!r}")
+        if region not in allowed_regions:
+            raise InvalidArgument("region_code", f"{region} is outside this node's regions")
+
+    return replace(s, title=title, body=body, **values)

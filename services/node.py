@@ -1,0 +1,157 @@
+"""Composition roots: an embedded node (five services, one port, in-process bus) and a single service.
+
+The same ``services.<name>.app.build(ctx)`` feeds every host, so the embedded node, the production
+api process and the production worker run identical business code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from services.common.bus import InProcessBus, RelayLoop, TimerLoop
+from services.common.db import make_engine, make_session_factory, service_database_url
+from services.common.grpcserver import GrpcServer
+from services.common.migrations import upgrade
+from services.common.outbox import Relay
+from services.common.regions import RegionTree
+from services.common.service import ServiceContext, ServiceParts, utc_now
+from services.common.settings import SERVICES, Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_service(
+    settings: Settings,
+    service: str,
+    *,
+    regions: RegionTree,
+    clock: Callable[[], datetime] = utc_now,
+    peers: dict[str, str] | None = None,
+    extras: dict[str, Any] | None = None,
+) -> tuple[ServiceParts, Engine]:
+    """Open the service's own database, migrate it, and let the service compose itself."""
+    engine = make_engine(service_database_url(settings, service), service=service)
+    upgrade(engine, service)
+    ctx = ServiceContext(
+        settings=settings,
+        service=service,
+        regions=regions,
+        engine=engine,
+        session_factory=make_session_factory(engine),
+        clock=clock,
+        peers=peers if peers is not None else {},
+        extras=extras if extras is not None else {},
+    )
+    module = importlib.import_module(f"services.{service}.app")
+    parts: ServiceParts = module.build(ctx)
+    return parts, engine
+
+
+def database_ready(engine: Engine) -> Callable[[], bool]:
+    """Readiness = the service's database answers (DESIGN §6)."""
+
+    def ready() -> bool:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("select 1"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            log.warning("database not ready", exc_info=True)
+            return False
+
+    return ready
+
+
+@dataclass
+class Node:
+    """One region's node in embedded mode: five services behind one gRPC port, in-process events."""
+
+    settings: Settings
+    regions: RegionTree = field(default_factory=RegionTree.load)
+    clock: Callable[[], datetime] = utc_now
+    services: Sequence[str] = SERVICES
+    extras: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, ServiceParts] = field(default_factory=dict, init=False)
+    engines: dict[str, Engine] = field(default_factory=dict, init=False)
+    peers: dict[str, str] = field(default_factory=dict, init=False)
+    bus: InProcessBus = field(default_factory=InProcessBus, init=False)
+    server: GrpcServer | None = field(default=None, init=False)
+    relay_loop: RelayLoop | None = field(default=None, init=False)
+    timer_loop: TimerLoop | None = field(default=None, init=False)
+
+    @property
+    def code(self) -> str:
+        return self.settings.node
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None, "node not started"
+        return self.server.address
+
+    @property
+    def metrics_port(self) -> int | None:
+        assert self.server is not None, "node not started"
+        return self.server.metrics_port
+
+    def start(self) -> Node:
+        if self.code not in self.regions:
+            raise ValueError(f"node {self.code} is not a known region code")
+        self.extras.setdefault("notify_outbox", self._notify_outbox)
+        for name in self.services:
+            parts, engine = build_service(
+                self.settings, name, regions=self.regions, clock=self.clock, peers=self.peers, extras=self.extras
+            )
+            self.parts[name] = parts
+            self.engines[name] = engine
+            for sub in parts.subscriptions:
+                self.bus.subscribe(sub)
+        readiness = [database_ready(engine) for engine in self.engines.values()]
+        self.server = GrpcServer(
+            [binding for parts in self.parts.values() for binding in parts.servicers],
+            settings=self.settings,
+            ready=lambda: all(check() for check in readiness),
+        )
+        self.server.start()
+        # Services of one embedded node reach each other on the node's own port.
+        for name in self.services:
+            self.peers[name] = self.server.address
+        relays = [
+            Relay(parts.session_factory, parts.outbox, self.bus.publish, service=name)
+            for name, parts in self.parts.items()
+            if parts.session_factory is not None and parts.outbox is not None
+        ]
+        self.relay_loop = RelayLoop(relays, interval_s=self.settings.relay_interval_s)
+        self.relay_loop.start()
+        self.timer_loop = TimerLoop([timer for parts in self.parts.values() for timer in parts.timers])
+        self.timer_loop.start()
+        log.info("node started", extra={"node": self.code, "address": self.server.address})
+        return self
+
+    def _notify_outbox(self) -> None:
+        # Called by servicers after a commit so in-process delivery does not wait for the poll.
+        if self.relay_loop is not None:
+            self.relay_loop.notify()
+
+    def drain(self) -> None:
+        """Publish every pending outbox row now (tests and demo use this instead of waiting)."""
+        assert self.relay_loop is not None
+        self.relay_loop.run_now()
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.server is not None:
+            self.server.stop(grace)
+        if self.timer_loop is not None:
+            self.timer_loop.stop()
+        if self.relay_loop is not None:
+            self.relay_loop.stop()
+        for parts in self.parts.values():
+            parts.close()
+        for engine in self.engines.values():
+            engine.dispose()

@@ -1,0 +1,748 @@
+"""The work order (工单) aggregate: its handling lifecycle, deadlines, history, and the deadline sweep.
+
+Plain domain code (cosmicpython): no database, no broker. Every state change goes through the
+explicit ``TRANSITIONS`` table (Signalen style), writes a ``HistoryEntry`` and returns domain
+events for the handler to put in the outbox. Anything the table does not list raises
+``FailedPrecondition`` naming the action and the current state.
+
+Deadlines come in two sorts, both computed by ``services.routing.timelimits``:
+
+* ``deadlines`` are duties (assign, accept_notice, settle or the hotline class, review_decision):
+  the sweep warns before them, chases (催办) after them and asks the tier above to supervise (督办).
+* ``windows`` are rights that lapse (the unit's objection window, the citizen's review window):
+  checked when the right is used, never chased.
+
+Every clock keeps its start, so pauses (waiting for the citizen, a hearing) and an approved
+extension recompute the deadline from the same rule rather than patching dates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from services.common.calendar import WorkingCalendar
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.regions import Tier
+from services.common.timeutil import to_utc
+from services.routing.timelimits import (
+    DeadlineKind,
+    Limit,
+    TimeLimitPolicy,
+    TimeRules,
+    supervision_at,
+    warning_at,
+)
+
+__all__ = [
+    "ACTIONS",
+    "HOTLINE_KINDS",
+    "OPEN_STATES",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Action",
+    "ArbitrationOutcome",
+    "DeadlineStageReached",
+    "HistoryEntry",
+    "ReplyGiven",
+    "Stage",
+    "State",
+    "SweepAction",
+    "WorkOrder",
+    "WorkOrderChanged",
+    "WorkOrderCreated",
+    "WorkOrderEvent",
+    "sweep",
+]
+
+
+class State(StrEnum):
+    """Handling states; the values are the proto ``CaseState`` names without the prefix."""
+
+    REGISTERED = "REGISTERED"
+    ASSIGNED = "ASSIGNED"
+    ACCEPTED = "ACCEPTED"
+    REFUSED = "REFUSED"
+    IN_PROGRESS = "IN_PROGRESS"
+    OBJECTED = "OBJECTED"
+    EXTENDED = "EXTENDED"
+    REPLIED = "REPLIED"
+    CLOSED = "CLOSED"
+    REOPENED = "REOPENED"
+    TRANSFERRED = "TRANSFERRED"
+    WITHDRAWN = "WITHDRAWN"
+    MERGED = "MERGED"
+
+
+class Action(StrEnum):
+    ACCEPT = "accept"  # 受理 by the 信访/12345 office
+    REFUSE = "refuse"  # 不予受理, with reason
+    ASSIGN = "assign"  # 交办 to a unit of this node
+    START = "start"  # the unit signs for it (签收) and starts handling
+    OBJECT = "object"  # the unit says it is not its business (异议)
+    ARBITRATE = "arbitrate"  # the office decides an objection: reassign (改派) or uphold
+    REQUEST_EXTENSION = "request_extension"  # 延期申请, once
+    APPROVE_EXTENSION = "approve_extension"
+    REJECT_EXTENSION = "reject_extension"
+    REPLY = "reply"  # 答复
+    CLOSE = "close"  # 办结
+    REOPEN = "reopen"  # 退回重办 after an unsatisfied evaluation, once
+    REVIEW = "review"  # 复查 requested by the citizen within the review window
+    WITHDRAW = "withdraw"  # the citizen withdraws (撤回)
+    MERGE = "merge"  # 并单 into another case
+    TRANSFER = "transfer"  # hand-off to another node in flight (交办/上报/转送)
+    TAKE_BACK = "take_back"  # a hand-off came back (退回) or could not be delivered
+    PAUSE = "pause"  # clock stops: waiting for the citizen's supplement, a hearing (听证)
+    RESUME = "resume"
+
+
+S, A = State, Action
+
+# The whole lifecycle. A pair that is not a key here is illegal, whatever the arguments.
+TRANSITIONS: Mapping[tuple[State, Action], State] = {
+    (S.REGISTERED, A.ACCEPT): S.ACCEPTED,
+    (S.REGISTERED, A.REFUSE): S.REFUSED,
+    (S.REGISTERED, A.TRANSFER): S.TRANSFERRED,
+    (S.REGISTERED, A.MERGE): S.MERGED,
+    (S.REGISTERED, A.WITHDRAW): S.WITHDRAWN,
+    (S.ACCEPTED, A.ASSIGN): S.ASSIGNED,
+    (S.ACCEPTED, A.TRANSFER): S.TRANSFERRED,
+    (S.ACCEPTED, A.MERGE): S.MERGED,
+    (S.ACCEPTED, A.WITHDRAW): S.WITHDRAWN,
+    (S.ACCEPTED, A.PAUSE): S.ACCEPTED,
+    (S.ACCEPTED, A.RESUME): S.ACCEPTED,
+    (S.ASSIGNED, A.START): S.IN_PROGRESS,
+    (S.ASSIGNED, A.OBJECT): S.OBJECTED,
+    (S.ASSIGNED, A.MERGE): S.MERGED,
+    (S.ASSIGNED, A.WITHDRAW): S.WITHDRAWN,
+    (S.ASSIGNED, A.PAUSE): S.ASSIGNED,
+    (S.ASSIGNED, A.RESUME): S.ASSIGNED,
+    (S.OBJECTED, A.ARBITRATE): S.ASSIGNED,
+    (S.OBJECTED, A.TRANSFER): S.TRANSFERRED,
+    (S.OBJECTED, A.WITHDRAW): S.WITHDRAWN,
+    (S.IN_PROGRESS, A.OBJECT): S.OBJECTED,
+    (S.IN_PROGRESS, A.REQUEST_EXTENSION): S.IN_PROGRESS,
+    (S.IN_PROGRESS, A.APPROVE_EXTENSION): S.EXTENDED,
+    (S.IN_PROGRESS, A.REJECT_EXTENSION): S.IN_PROGRESS,
+    (S.IN_PROGRESS, A.REPLY): S.REPLIED,
+    (S.IN_PROGRESS, A.WITHDRAW): S.WITHDRAWN,
+    (S.IN_PROGRESS, A.PAUSE): S.IN_PROGRESS,
+    (S.IN_PROGRESS, A.RESUME): S.IN_PROGRESS,
+    (S.EXTENDED, A.REPLY): S.REPLIED,
+    (S.EXTENDED, A.WITHDRAW): S.WITHDRAWN,
+    (S.EXTENDED, A.PAUSE): S.EXTENDED,
+    (S.EXTENDED, A.RESUME): S.EXTENDED,
+    (S.REPLIED, A.CLOSE): S.CLOSED,
+    (S.REPLIED, A.REOPEN): S.REOPENED,
+    (S.REPLIED, A.REVIEW): S.REOPENED,
+    (S.CLOSED, A.REVIEW): S.REOPENED,
+    (S.REOPENED, A.ASSIGN): S.ASSIGNED,
+    (S.REOPENED, A.START): S.IN_PROGRESS,
+    (S.REOPENED, A.WITHDRAW): S.WITHDRAWN,
+    (S.REOPENED, A.PAUSE): S.REOPENED,
+    (S.REOPENED, A.RESUME): S.REOPENED,
+    (S.TRANSFERRED, A.TAKE_BACK): S.REGISTERED,
+}
+del S, A
+
+STATES: tuple[State, ...] = tuple(State)
+ACTIONS: tuple[Action, ...] = tuple(Action)
+# This node is done with the work order (CLOSED still admits a review, which reopens it).
+TERMINAL_STATES = frozenset({State.REFUSED, State.CLOSED, State.WITHDRAWN, State.MERGED, State.TRANSFERRED})
+OPEN_STATES = frozenset(State) - TERMINAL_STATES
+HOTLINE_KINDS = frozenset(
+    {DeadlineKind.HOTLINE_EMERGENCY, DeadlineKind.HOTLINE_ENQUIRY, DeadlineKind.HOTLINE_COMPLAINT}
+)
+_HANDLING_KINDS = HOTLINE_KINDS | {DeadlineKind.SETTLE}
+_WINDOW_KINDS = frozenset({DeadlineKind.OBJECTION, DeadlineKind.REVIEW_REQUEST})
+
+
+class ArbitrationOutcome(StrEnum):
+    REASSIGN = "reassign"  # 改派: another unit gets it, with a fresh objection window
+    UPHOLD = "uphold"  # the assignment stands; the unit may not object again
+
+
+class Stage(StrEnum):
+    """Escalation stages of a missed or nearing deadline, in order (proto ``DeadlineWarning.stage``)."""
+
+    WARNING = "warning"  # 预警, before the deadline
+    CHASE = "chase"  # 催办, once the deadline has passed
+    SUPERVISION = "supervision"  # 督办 by the tier above, a configurable delay after the deadline
+
+
+_STAGE_ORDER = (Stage.WARNING, Stage.CHASE, Stage.SUPERVISION)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    at: datetime
+    actor: str
+    action: str
+    from_state: State | None
+    to_state: State
+    reason: str = ""
+
+
+DeadlineList = tuple[tuple[str, datetime], ...]
+
+
+@dataclass(frozen=True)
+class WorkOrderCreated:
+    work_order_id: str
+    case_id: str
+    node: str
+    category: str | None
+    region_code: str | None
+    at: datetime
+    actor: str
+    deadlines: DeadlineList
+
+
+@dataclass(frozen=True)
+class WorkOrderChanged:
+    """One transition; ``deadlines`` are all deadlines and windows after it, sorted by kind."""
+
+    work_order_id: str
+    case_id: str
+    action: Action
+    from_state: State
+    to_state: State
+    actor: str
+    at: datetime
+    reason: str
+    unit_id: str | None
+    deadlines: DeadlineList
+    target: str | None = None  # unit for assign/arbitrate, node for transfer, case for merge
+
+
+@dataclass(frozen=True)
+class ReplyGiven:
+    """The unit's answer, for intake to show to the citizen."""
+
+    work_order_id: str
+    case_id: str
+    unit_id: str | None
+    text: str
+    attachments: tuple[str, ...]
+    at: datetime
+
+
+@dataclass(frozen=True)
+class DeadlineStageReached:
+    """A sweep stage was recorded on the work order (proto ``DeadlineWarning``)."""
+
+    work_order_id: str
+    case_id: str
+    node: str
+    unit_id: str | None
+    kind: str
+    stage: Stage
+    deadline: datetime
+    at: datetime
+
+
+WorkOrderEvent = WorkOrderCreated | WorkOrderChanged | ReplyGiven | DeadlineStageReached
+
+
+@dataclass(frozen=True)
+class SweepAction:
+    """What the sweep decided for one deadline of one work order; apply with ``WorkOrder.record_sweep``."""
+
+    work_order_id: str
+    case_id: str
+    node: str  # supervision goes to this node's parent; the handler resolves it on the region tree
+    unit_id: str | None
+    kind: str
+    stage: Stage
+    deadline: datetime
+    boundary: datetime  # the instant the stage became due
+
+
+def _required(field_name: str, value: str | None, what: str) -> str:
+    text = (value or "").strip()
+    if not text:
+        raise InvalidArgument(field_name, f"{what} is required")
+    return text
+
+
+@dataclass
+class WorkOrder:
+    """One case's handling at one node. Build new ones with ``WorkOrder.register``."""
+
+    id: str
+    case_id: str
+    node: str
+    tier: Tier
+    category: str | None = None
+    region_code: str | None = None
+    state: State = State.REGISTERED
+    unit_id: str | None = None
+    handling_kind: DeadlineKind = DeadlineKind.SETTLE
+    deadlines: dict[str, datetime] = field(default_factory=dict)
+    windows: dict[str, datetime] = field(default_factory=dict)
+    clock_starts: dict[str, datetime] = field(default_factory=dict)
+    pauses: list[tuple[datetime, datetime]] = field(default_factory=list)
+    paused_since: datetime | None = None
+    extension_requested: bool = False
+    extension_pending: bool = False
+    extension_days: int = 0
+    objection_barred: bool = False
+    reopen_count: int = 0
+    reviewed: bool = False
+    reply_text: str | None = None
+    reply_attachments: tuple[str, ...] = ()
+    replied_at: datetime | None = None
+    merged_into: str | None = None
+    transferred_to: str | None = None
+    fired: set[tuple[str, str]] = field(default_factory=set)
+    history: list[HistoryEntry] = field(default_factory=list)
+    version: int = 0
+
+    # -- creation ------------------------------------------------------------------------------
+
+    @classmethod
+    def register(
+        cls,
+        *,
+        id: str,
+        case_id: str,
+        node: str,
+        tier: Tier,
+        at: datetime,
+        actor: str,
+        rules: TimeRules,
+        category: str | None = None,
+        region_code: str | None = None,
+        handling_kind: DeadlineKind = DeadlineKind.SETTLE,
+    ) -> tuple[WorkOrder, list[WorkOrderEvent]]:
+        """A new work order in REGISTERED with the assign clock (and, for petitions, the notice clock)."""
+        if handling_kind not in _HANDLING_KINDS:
+            raise InvalidArgument("handling_kind", f"{handling_kind} is not settle or a hotline class")
+        at = to_utc(at)
+        order = cls(
+            id=_required("id", id, "a work order id"),
+            case_id=_required("case_id", case_id, "a case id"),
+            node=node,
+            tier=tier,
+            category=category,
+            region_code=region_code,
+            handling_kind=handling_kind,
+        )
+        order._start_clock(DeadlineKind.ASSIGN, at, rules)
+        # 书面告知 is owed for petitions; a 12345 call is acknowledged on the line.
+        if handling_kind is DeadlineKind.SETTLE:
+            order._start_clock(DeadlineKind.ACCEPT_NOTICE, at, rules)
+        order.history.append(HistoryEntry(at, actor, "register", None, State.REGISTERED))
+        order.version += 1
+        created = WorkOrderCreated(
+            work_order_id=order.id,
+            case_id=order.case_id,
+            node=node,
+            category=category,
+            region_code=region_code,
+            at=at,
+            actor=actor,
+            deadlines=order._deadline_list(),
+        )
+        return order, [created]
+
+    # -- the actions ---------------------------------------------------------------------------
+
+    def accept(self, *, at: datetime, actor: str, rules: TimeRules, reason: str = "") -> list[WorkOrderEvent]:
+        """受理: the acceptance notice is given now and the handling clock starts (条例: 自受理之日起)."""
+        at = self._check(Action.ACCEPT, at)
+        self.deadlines.pop(DeadlineKind.ACCEPT_NOTICE, None)
+        self._start_clock(self.handling_kind, at, rules)
+        return [self._changed(Action.ACCEPT, at, actor, reason)]
+
+    def refuse(self, *, at: datetime, actor: str, reason: str) -> list[WorkOrderEvent]:
+        """不予受理: needs the reason that goes into the written notice."""
+        at = self._check(Action.REFUSE, at)
+        reason = _required("reason", reason, "the reason for refusing (不予受理)")
+        self._stop_all_clocks(at)
+        return [self._changed(Action.REFUSE, at, actor, reason)]
+
+    def assign(
+        self, *, unit_id: str, at: datetime, actor: str, rules: TimeRules, reason: str = ""
+    ) -> list[WorkOrderEvent]:
+        """交办 to a unit: the assign deadline is met and the unit's objection window opens."""
+        at = self._check(Action.ASSIGN, at)
+        unit_id = _required("unit_id", unit_id, "the unit to assign to")
+        self.deadlines.pop(DeadlineKind.ASSIGN, None)
+        self.unit_id = unit_id
+        self.objection_barred = False
+        self._start_clock(DeadlineKind.OBJECTION, at, rules)
+        return [self._changed(Action.ASSIGN, at, actor, reason, target=unit_id)]
+
+    def start(self, *, at: datetime, actor: str, reason: str = "") -> list[WorkOrderEvent]:
+        """签收: the unit starts handling; it may still object while its window is open."""
+        at = self._check(Action.START, at)
+        return [self._changed(Action.START, at, actor, reason)]
+
+    def object(self, *, at: datetime, actor: str, reason: str) -> list[WorkOrderEvent]:
+        """异议: within the objection window of the latest assignment, never after an upheld arbitration."""
+        at = self._check(Action.OBJECT, at)
+        reason = _required("reason", reason, "the reason for the objection")
+        if self.objection_barred:
+            raise FailedPrecondition(
+                "the unit may not object again: an arbitration upheld the assignment", self.state
+            )
+        window = self.windows.get(DeadlineKind.OBJECTION)
+        if window is None:
+            raise FailedPrecondition("no objection window is open for this work order", self.state)
+        if at > window:
+            raise FailedPrecondition(
+                f"the objection window closed at {window.isoformat()} (5 working days after assignment)",
+                self.state,
+            )
+        self.windows.pop(DeadlineKind.OBJECTION)
+        return [self._changed(Action.OBJECT, at, actor, reason)]
+
+    def arbitrate(
+        self,
+        *,
+        outcome: ArbitrationOutcome,
+        at: datetime,
+        actor: str,
+        rules: TimeRules,
+        unit_id: str | None = None,
+        reason: str = "",
+    ) -> list[WorkOrderEvent]:
+        """Decide an objection: reassign to another unit (new window) or uphold (no further objection)."""
+        at = self._check(Action.ARBITRATE, at)
+        outcome = ArbitrationOutcome(outcome)
+        if outcome is ArbitrationOutcome.REASSIGN:
+            new_unit = _required("unit_id", unit_id, "the unit to reassign to")
+            if new_unit == self.unit_id:
+                raise InvalidArgument("unit_id", f"{new_unit} is the objecting unit; uphold instead")
+            self.unit_id = new_unit
+            self.objection_barred = False
+            self._start_clock(DeadlineKind.OBJECTION, at, rules)
+        else:
+            if unit_id not in (None, "", self.unit_id):
+                raise InvalidArgument("unit_id", "an upheld assignment stays with the same unit")
+            self.objection_barred = True
+            self._stop_clock(DeadlineKind.OBJECTION)
+        note = f"{outcome.value}: {reason}" if reason else outcome.value
+        return [self._changed(Action.ARBITRATE, at, actor, note, target=self.unit_id)]
+
+    def request_extension(self, *, at: datetime, actor: str, reason: str) -> list[WorkOrderEvent]:
+        """延期申请: once per work order, with a reason."""
+        at = self._check(Action.REQUEST_EXTENSION, at)
+        reason = _required("reason", reason, "the reason for the extension")
+        if self.extension_requested:
+            raise FailedPrecondition("an extension may be requested only once", self.state)
+        self.extension_requested = True
+        self.extension_pending = True
+        return [self._changed(Action.REQUEST_EXTENSION, at, actor, reason)]
+
+    def approve_extension(
+        self, *, days: int, at: datetime, actor: str, rules: TimeRules, reason: str = ""
+    ) -> list[WorkOrderEvent]:
+        """Lengthen the handling limit by ``days`` (in the limit's own unit), at most the policy's maximum."""
+        at = self._check(Action.APPROVE_EXTENSION, at)
+        if not self.extension_pending:
+            raise FailedPrecondition("no extension request is pending", self.state)
+        limit = rules.policy.settle_extension_max_days
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= limit:
+            raise InvalidArgument("days", f"an extension is 1 to {limit} days, got {days!r}")
+        self.extension_pending = False
+        self.extension_days = days
+        self._recompute(self.handling_kind, rules)
+        return [self._changed(Action.APPROVE_EXTENSION, at, actor, reason or f"+{days} days")]
+
+    def reject_extension(self, *, at: datetime, actor: str, reason: str = "") -> list[WorkOrderEvent]:
+        """The request is refused: the deadline stays, and the one request has been used."""
+        at = self._check(Action.REJECT_EXTENSION, at)
+        if not self.extension_pending:
+            raise FailedPrecondition("no extension request is pending", self.state)
+        self.extension_pending = False
+        return [self._changed(Action.REJECT_EXTENSION, at, actor, reason)]
+
+    def reply(
+        self,
+        *,
+        text: str,
+        at: datetime,
+        actor: str,
+        rules: TimeRules,
+        attachments: Sequence[str] = (),
+    ) -> list[WorkOrderEvent]:
+        """答复: the handling deadline is met; the citizen's review window opens."""
+        at = self._check(Action.REPLY, at)
+        text = _required("text", text, "the reply text")
+        refs = tuple(attachments)
+        for i, ref in enumerate(refs):
+            if not isinstance(ref, str) or not ref.strip():
+                raise InvalidArgument(f"attachments[{i}]", "an attachment reference must be non-empty")
+        self._stop_all_clocks(at)
+        # Having answered, the unit has taken the matter on: a redo after 退回重办 cannot be objected to.
+        self._stop_clock(DeadlineKind.OBJECTION)
+        self.extension_pending = False
+        self.reply_text, self.reply_attachments, self.replied_at = text, refs, at
+        self._start_clock(DeadlineKind.REVIEW_REQUEST, at, rules)
+        changed = self._changed(Action.REPLY, at, actor, "")
+        reply = ReplyGiven(self.id, self.case_id, self.unit_id, text, refs, at)
+        return [changed, reply]
+
+    def close(self, *, at: datetime, actor: str, reason: str = "") -> list[WorkOrderEvent]:
+        """办结: after the reply (satisfied, or no rating in time); the review window stays open."""
+        at = self._check(Action.CLOSE, at)
+        self._stop_all_clocks(at)
+        return [self._changed(Action.CLOSE, at, actor, reason)]
+
+    def reopen(self, *, at: datetime, actor: str, rules: TimeRules, reason: str) -> list[WorkOrderEvent]:
+        """退回重办 on an unsatisfied evaluation, once; the redo gets a fresh handling limit from now."""
+        at = self._check(Action.REOPEN, at)
+        reason = _required("reason", reason, "the reason for reopening")
+        if self.reopen_count >= 1:
+            raise FailedPrecondition(
+                "a work order is reopened only once (退回重办); the citizen may ask for a review (复查)",
+                self.state,
+            )
+        self.reopen_count += 1
+        self._stop_clock(DeadlineKind.REVIEW_REQUEST)
+        self.extension_days = 0
+        self._start_clock(self.handling_kind, at, rules)
+        return [self._changed(Action.REOPEN, at, actor, reason)]
+
+    def review(self, *, at: datetime, actor: str, rules: TimeRules, reason: str = "") -> list[WorkOrderEvent]:
+        """复查: asked within the review window after the reply, once; decided within its own limit."""
+        at = self._check(Action.REVIEW, at)
+        if self.reviewed:
+            raise FailedPrecondition("this work order has already been reviewed (复查)", self.state)
+        window = self.windows.get(DeadlineKind.REVIEW_REQUEST)
+        if window is None or at > window:
+            closed = "" if window is None else f" at {window.isoformat()}"
+            raise FailedPrecondition(
+                f"the review window closed{closed} (30 days after the reply)", self.state
+            )
+        self.reviewed = True
+        self._stop_clock(DeadlineKind.REVIEW_REQUEST)
+        self._start_clock(DeadlineKind.REVIEW_DECISION, at, rules)
+        return [self._changed(Action.REVIEW, at, actor, reason)]
+
+    def withdraw(self, *, at: datetime, actor: str, reason: str = "") -> list[WorkOrderEvent]:
+        at = self._check(Action.WITHDRAW, at)
+        self._stop_all_clocks(at)
+        self.windows.clear()
+        return [self._changed(Action.WITHDRAW, at, actor, reason)]
+
+    def merge(self, *, into_case_id: str, at: datetime, actor: str, reason: str = "") -> list[WorkOrderEvent]:
+        """并单: this case continues inside another one."""
+        at = self._check(Action.MERGE, at)
+        into = _required("into_case_id", into_case_id, "the case to merge into")
+        if into == self.case_id:
+            raise InvalidArgument("into_case_id", "a case cannot be merged into itself")
+        self._stop_all_clocks(at)
+        self.windows.clear()
+        self.merged_into = into
+        return [self._changed(Action.MERGE, at, actor, reason, target=into)]
+
+    def transfer(self, *, to_node: str, at: datetime, actor: str, reason: str = "") -> list[WorkOrderEvent]:
+        """A hand-off to another node is in flight; forwarding meets the assign deadline."""
+        at = self._check(Action.TRANSFER, at)
+        to = _required("to_node", to_node, "the node to transfer to")
+        if to == self.node:
+            raise InvalidArgument("to_node", "a work order cannot be transferred to its own node")
+        self._stop_all_clocks(at)
+        self.windows.clear()
+        self.transferred_to = to
+        return [self._changed(Action.TRANSFER, at, actor, reason, target=to)]
+
+    def take_back(self, *, at: datetime, actor: str, rules: TimeRules, reason: str) -> list[WorkOrderEvent]:
+        """The receiving node returned the hand-off (退回): this node must route it again."""
+        at = self._check(Action.TAKE_BACK, at)
+        reason = _required("reason", reason, "the reason the hand-off came back")
+        self.transferred_to = None
+        self.unit_id = None
+        self._start_clock(DeadlineKind.ASSIGN, at, rules)
+        return [self._changed(Action.TAKE_BACK, at, actor, reason)]
+
+    def pause(self, *, at: datetime, actor: str, reason: str) -> list[WorkOrderEvent]:
+        """Stop the clocks (补充材料, 听证); nothing is chased while paused."""
+        at = self._check(Action.PAUSE, at)
+        reason = _required("reason", reason, "the reason for pausing the clock")
+        if self.paused_since is not None:
+            raise FailedPrecondition(
+                f"the clock is already paused since {self.paused_since.isoformat()}", self.state
+            )
+        self.paused_since = at
+        return [self._changed(Action.PAUSE, at, actor, reason)]
+
+    def resume(self, *, at: datetime, actor: str, rules: TimeRules, reason: str = "") -> list[WorkOrderEvent]:
+        """Restart the clocks; every running deadline moves by the paused time."""
+        at = self._check(Action.RESUME, at)
+        if self.paused_since is None:
+            raise FailedPrecondition("the clock is not paused", self.state)
+        if at < self.paused_since:
+            raise InvalidArgument("at", "resume is earlier than the pause")
+        self._close_pause(at)
+        for kind in list(self.deadlines):
+            self._recompute(DeadlineKind(kind), rules)
+        return [self._changed(Action.RESUME, at, actor, reason)]
+
+    # -- sweep bookkeeping ---------------------------------------------------------------------
+
+    def record_sweep(
+        self, action: SweepAction, *, at: datetime | None = None, actor: str = "system"
+    ) -> list[WorkOrderEvent]:
+        """Remember that a sweep stage fired (and the earlier ones with it), so it never fires twice.
+
+        An action computed against a deadline that has since moved or been met is dropped.
+        Not a state transition, so not in ``TRANSITIONS``; it does go into the history.
+        """
+        if action.work_order_id != self.id or self.deadlines.get(action.kind) != action.deadline:
+            return []
+        for stage in _STAGE_ORDER[: _STAGE_ORDER.index(action.stage) + 1]:
+            self.fired.add((action.kind, stage.value))
+        at = to_utc(at if at is not None else action.boundary)
+        self.history.append(
+            HistoryEntry(at, actor, f"{action.stage.value}:{action.kind}", self.state, self.state)
+        )
+        self.version += 1
+        return [
+            DeadlineStageReached(
+                work_order_id=self.id,
+                case_id=self.case_id,
+                node=self.node,
+                unit_id=self.unit_id,
+                kind=action.kind,
+                stage=action.stage,
+                deadline=action.deadline,
+                at=at,
+            )
+        ]
+
+    def limit_of(self, kind: str, policy: TimeLimitPolicy) -> Limit:
+        """The limit behind one of this work order's deadlines, extension included."""
+        limit = policy.limit_for(DeadlineKind(kind), tier=self.tier, category=self.category)
+        if kind == self.handling_kind and self.extension_days:
+            return Limit(limit.days + self.extension_days, limit.count)
+        return limit
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _check(self, action: Action, at: datetime) -> datetime:
+        """The table lookup every action starts with; returns ``at`` as UTC."""
+        if (self.state, action) not in TRANSITIONS:
+            raise FailedPrecondition(
+                f"cannot {action.value} a work order in state {self.state.value}", self.state
+            )
+        return to_utc(at)
+
+    def _changed(
+        self, action: Action, at: datetime, actor: str, reason: str, *, target: str | None = None
+    ) -> WorkOrderChanged:
+        before = self.state
+        after = TRANSITIONS[(before, action)]
+        if after in TERMINAL_STATES or after is State.REPLIED:
+            self._close_pause(at)
+        self.state = after
+        self.history.append(HistoryEntry(at, actor, action.value, before, after, reason))
+        self.version += 1
+        return WorkOrderChanged(
+            work_order_id=self.id,
+            case_id=self.case_id,
+            action=action,
+            from_state=before,
+            to_state=after,
+            actor=actor,
+            at=at,
+            reason=reason,
+            unit_id=self.unit_id,
+            deadlines=self._deadline_list(),
+            target=target,
+        )
+
+    def _deadline_list(self) -> DeadlineList:
+        return tuple(sorted({**self.deadlines, **self.windows}.items()))
+
+    def _start_clock(self, kind: DeadlineKind, at: datetime, rules: TimeRules) -> None:
+        self.clock_starts[kind] = at
+        self._recompute(kind, rules)
+
+    def _recompute(self, kind: DeadlineKind, rules: TimeRules) -> None:
+        start = self.clock_starts[kind]
+        windows = kind in _WINDOW_KINDS
+        due = rules.deadline(
+            kind,
+            start,
+            tier=self.tier,
+            category=self.category,
+            # Rights (objection, review request) run regardless of pauses; duties stand still.
+            paused=() if windows else self.pauses,
+            extra_days=self.extension_days if kind == self.handling_kind else 0,
+        )
+        target = self.windows if windows else self.deadlines
+        if target.get(kind) != due:
+            # A moved deadline is a new deadline: its warning, chase and supervision may fire again.
+            self.fired = {(k, s) for (k, s) in self.fired if k != kind}
+        target[kind] = due
+
+    def _stop_clock(self, kind: DeadlineKind) -> None:
+        self.deadlines.pop(kind, None)
+        self.windows.pop(kind, None)
+        self.clock_starts.pop(kind, None)
+
+    def _stop_all_clocks(self, at: datetime) -> None:
+        self._close_pause(at)
+        for kind in list(self.deadlines):
+            self._stop_clock(DeadlineKind(kind))
+
+    def _close_pause(self, at: datetime) -> None:
+        if self.paused_since is not None:
+            self.pauses.append((self.paused_since, at))
+            self.paused_since = None
+
+
+def sweep(
+    work_orders: Iterable[WorkOrder],
+    now: datetime,
+    policy: TimeLimitPolicy,
+    calendar: WorkingCalendar,
+) -> list[SweepAction]:
+    """Decide, without changing anything, which warning/chase/supervision stages are due at ``now``.
+
+    Stage boundaries per deadline: warning at ``warning_at`` (end of the day ``lead`` days before
+    the due day), chase at the deadline itself (so it lands the day after the due day), supervision
+    ``supervision_delay`` after the due day. A stage is due when ``now >= boundary`` and it has not
+    fired for this deadline; a warning is skipped when the chase is due too (it would arrive late
+    and say the wrong thing). Paused work orders are skipped: their deadlines are about to move.
+    """
+    now = to_utc(now)
+    actions: list[SweepAction] = []
+    for order in work_orders:
+        if order.state in TERMINAL_STATES or order.paused_since is not None:
+            continue
+        for kind, deadline in sorted(order.deadlines.items()):
+            boundaries: dict[Stage, datetime | None] = {
+                Stage.WARNING: warning_at(deadline, order.limit_of(kind, policy), policy, calendar),
+                Stage.CHASE: deadline,
+                Stage.SUPERVISION: supervision_at(deadline, policy, calendar),
+            }
+            due = [
+                stage
+                for stage, boundary in boundaries.items()
+                if boundary is not None and now >= boundary and (kind, stage.value) not in order.fired
+            ]
+            if Stage.CHASE in due and Stage.WARNING in due:
+                due.remove(Stage.WARNING)
+            for stage in due:
+                boundary = boundaries[stage]
+                assert boundary is not None
+                actions.append(
+                    SweepAction(
+                        work_order_id=order.id,
+                        case_id=order.case_id,
+                        node=order.node,
+                        unit_id=order.unit_id,
+                        kind=kind,
+                        stage=stage,
+                        deadline=deadline,
+                        boundary=boundary,
+                    )
+                )
+    return actions

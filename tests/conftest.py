@@ -1,0 +1,114 @@
+"""Shared fixtures: the real PostgreSQL and RabbitMQ of the machine, and the shared data folder.
+
+Without the services a test skips with the reason; with LIANXIN_REQUIRE_SERVICES=1 (CI) it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LIANXIN_SHARED_DATA", REPO.parent / "shared" / "data"))
+PG_ADMIN_URL = os.environ.get("LIANXIN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+AMQP_HOST = os.environ.get("LIANXIN_TEST_AMQP_HOST", "127.0.0.1")
+
+
+def _required() -> bool:
+    return os.environ.get("LIANXIN_REQUIRE_SERVICES") == "1"
+
+
+def unavailable(what: str, why: str) -> None:
+    """Skip (laptop) or fail (CI) when a real service the test needs is not there."""
+    message = f"{what} is not available: {why}"
+    if _required():
+        pytest.fail(message + " (LIANXIN_REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def messages_csv() -> Path:
+    path = SHARED_DATA / "messages.csv"
+    if not path.exists():
+        pytest.skip(f"{path} is absent (it cannot be shipped; place ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(PG_ADMIN_URL)
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure means the server is not usable
+        unavailable("PostgreSQL", f"{PG_ADMIN_URL}: {exc.__class__.__name__}: {exc}")
+    return PG_ADMIN_URL
+
+
+@pytest.fixture()
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    import sqlalchemy as sa
+
+    name = f"lianxin_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Persistence tests run on both backends (DESIGN §5)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_available() -> None:
+    if not _port_open(AMQP_HOST, 5672):
+        unavailable("RabbitMQ", f"nothing listens on {AMQP_HOST}:5672")
+
+
+@pytest.fixture()
+def amqp_uri(rabbitmq_available: None) -> Iterator[str]:
+    """A fresh RabbitMQ virtual host for one test (a node has its own broker or vhost), deleted afterwards."""
+    vhost = f"lianxin_test_{uuid.uuid4().hex[:12]}"
+    try:
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        unavailable("RabbitMQ vhost management (rabbitmqctl)", str(exc))
+    yield f"amqp://guest:guest@{AMQP_HOST}:5672/{vhost}"
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)

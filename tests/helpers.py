@@ -1,0 +1,22 @@
+"""Test helpers shared by every test session (main and nameko): waiting on conditions, never on time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, message: str = "condition") -> None:
+    """Poll ``predicate`` until it is truthy; fail with ``message`` after ``timeout`` seconds.
+
+    Under eventlet (the nameko session) ``time.sleep`` is green, so the poll lets the containers run.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        if predicate():
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)  # quick for fast conditions, light on the CPU for slow ones
