@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
@@ -111,6 +112,36 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """The standard grpc.health.v1 status of every business service at an address."""
+    from services.federation import BUSINESS_SERVICES, health_statuses
+
+    statuses = health_statuses(args.address, BUSINESS_SERVICES)
+    for name, status in statuses.items():
+        print(f"{status:<12} {name}")
+    return 0 if all(s == "SERVING" for s in statuses.values()) else 1
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """A generic call through server reflection (no generated stubs), JSON in and out."""
+    import json
+
+    from grpc_requests import Client
+
+    client = Client.get_by_endpoint(args.address)
+    if args.list or not args.method:
+        for name in client.service_names:
+            print(name)
+            if args.list and name.startswith("lianxin."):
+                for method in client.service(name).method_names:
+                    print(f"  {method}")
+        return 0
+    service, _, method = args.method.rpartition("/")
+    reply = client.request(service, method, json.loads(args.body or "{}"), timeout=args.timeout)
+    print(json.dumps(reply, ensure_ascii=False, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lianxin", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,9 +163,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--service", required=True, choices=SERVICES)
         p.set_defaults(func=func)
 
+    health = sub.add_parser("health", help="grpc.health.v1 status of the five services at ADDRESS")
+    health.add_argument("address")
+    health.set_defaults(func=cmd_health)
+
+    call = sub.add_parser("call", help="call any RPC through server reflection: ADDRESS Service/Method JSON")
+    call.add_argument("address")
+    call.add_argument("method", nargs="?", help="e.g. lianxin.intake.v1.IntakeService/SubmitCase")
+    call.add_argument("body", nargs="?", help="request as JSON (proto3 JSON names)")
+    call.add_argument("--list", action="store_true", help="list services and their methods")
+    call.add_argument("--timeout", type=float, default=10.0)
+    call.set_defaults(func=cmd_call)
+
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.add_argument("--service", choices=SERVICES)
     migrate.set_defaults(func=cmd_migrate)
+
+    # Each service may contribute operator commands (lianxin classify, lianxin report, ...) through
+    # services/<name>/commands.py: register(subparsers) adding parsers with set_defaults(func=...).
+    for service in SERVICES:
+        try:
+            module = importlib.import_module(f"services.{service}.commands")
+        except ModuleNotFoundError as error:
+            if error.name != f"services.{service}.commands":
+                raise
+            continue
+        module.register(sub)
     return parser
 
 

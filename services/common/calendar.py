@@ -75,8 +75,8 @@ class CalendarUnknown(FailedPrecondition):
         span = "" if known is None else f" (known: {known[0].isoformat()} to {known[1].isoformat()})"
         super().__init__(
             f"no official calendar for {year}{span}: load one with "
-            f"ChineseWorkingCalendar(files=[...calendar_{year}.yaml]) "
-            f"from the State Council's holiday notice for {year}"
+            f"ChineseWorkingCalendar.load('calendar_{year}.yaml'), written from the "
+            f"State Council's holiday notice for {year} (see services/common/calendar.py)"
         )
         self.year = year
 

@@ -334,8 +334,10 @@ def consume_once(
         dialect = session.get_bind().dialect.name
         insert: Any = postgresql.insert(inbox) if dialect == "postgresql" else sqlite.insert(inbox)
         # ON CONFLICT DO NOTHING: a concurrent duplicate waits for the first to commit, then sees 0 rows.
-        result = session.execute(insert.values(**values).on_conflict_do_nothing())
-        if getattr(result, "rowcount", 0) == 0:
+        inserted = session.execute(
+            insert.values(**values).on_conflict_do_nothing().returning(inbox.c.event_id)
+        ).scalar_one_or_none()
+        if inserted is None:
             return False  # nothing written; the transaction commits empty
         apply(session)
     return True

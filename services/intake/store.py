@@ -113,6 +113,13 @@ class SqlIntakeUnitOfWork:
             value = getattr(person, field)
             setattr(row, f"{field}_sealed", self._cipher.encrypt(value, context=f"cases.{field}") if value else None)
         self.session.add(row)
+        try:
+            # Flush now: on PostgreSQL a concurrent retry with the same idempotency key waits here
+            # for the first transaction and then fails on the unique index, which we translate.
+            self.session.flush()
+        except IntegrityError as error:
+            self.session.rollback()
+            raise AlreadyExists("case", "idempotency key") from error
 
     def add_timeline(self, entry: TimelineEntry) -> None:
         self.session.add(TimelineRow(case_id=entry.case_id, at=entry.at, state=entry.state.value, summary=entry.summary))

@@ -57,7 +57,9 @@ def test_separated_and_prefixed_phones_are_masked() -> None:
     [
         "511102-20261122-000123",  # case id
         "131102-20261122-000123",  # case id of a node whose code starts like a phone
-        "LX13812345678A",  # tracking-code-like token containing 11 digits
+        "K7M2Q-9XH4TR",  # tracking code (services.intake.tracking format)
+        "23456-789782",  # tracking code that happens to be all digits
+        "LX13812345678A",  # token containing 11 phone-like digits
         "WO-511102-13812345678",  # hyphen-joined identifier segment
         "202611221234567890",  # 18 digits that are not a date-bearing ID number
     ],
