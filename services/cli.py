@@ -27,7 +27,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     from services.common.regions import RegionTree
     from services.federation import Federation
 
-    federation = Federation(data_dir=Path(args.data_dir), base_port=args.base_port, metrics_base_port=args.metrics_port)
+    import os
+
+    federation = Federation(
+        data_dir=Path(args.data_dir),
+        base_port=args.base_port,
+        metrics_base_port=args.metrics_port,
+        # the nodes' own logs would drown the endpoint table; LIANXIN_LOG_LEVEL=INFO brings them back
+        extra_env={"LIANXIN_LOG_LEVEL": os.environ.get("LIANXIN_LOG_LEVEL", "WARNING")},
+    )
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Explicit handlers: SIGTERM (a supervisor) and SIGINT even when started in the background.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     print(f"starting {len(federation.nodes)} nodes (data in {args.data_dir}) ...", flush=True)
     try:
         federation.start()

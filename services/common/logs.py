@@ -162,4 +162,6 @@ def configure_logging(level: str = "INFO", json: bool = True) -> logging.Handler
     handler.setFormatter(JsonFormatter() if json else MaskingTextFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Alembic narrates every migration step at INFO; operators only need to hear about failures.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
     return handler

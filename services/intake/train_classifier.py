@@ -32,8 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for category, f1 in report.per_class_f1.items():
         print(f"  F1 {f1:.4f}  {category}")
     print(
-        f"threshold {report.threshold:.4f}: {report.held_out_below_threshold:.1%} of held-out rows become 其他, "
-        f"accuracy on the rest {report.accuracy_above_threshold:.4f}"
+        f"threshold {report.threshold:.4f}: {report.held_out_below_threshold:.1%} of held-out rows "
+        f"become 其他, accuracy on the rest {report.accuracy_above_threshold:.4f}"
     )
     print(f"trained in {report.train_seconds:.1f} s; wrote {args.out} and {metrics_path(args.out)}")
     return 0

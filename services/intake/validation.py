@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument
 
@@ -185,4 +185,17 @@ def validate_submission(submission: Submission, *, allowed_regions: Collection[s
         if region not in allowed_regions:
             raise InvalidArgument("region_code", f"{region} is outside this node's regions")
 
-    return replace(s, title=title, body=body, **values)
+    return Submission(
+        channel=s.channel,
+        title=title,
+        body=body,
+        channel_ref=values["channel_ref"],
+        category=values["category"],
+        region_code=values["region_code"],
+        address=values["address"],
+        name=values["name"],
+        id_number=values["id_number"],
+        phone=values["phone"],
+        anonymous=s.anonymous,
+        hotline_operator_id=values["hotline_operator_id"],
+    )

@@ -97,7 +97,9 @@ def test_fifteen_day_limits_across_spring_festival_from_the_file() -> None:
     calendar = ChineseWorkingCalendar.with_files([FIXTURE_2027])
     policy = TimeLimitPolicy.default()
     # Calendar days: 25 Jan + 15 = 9 Feb, inside 春节 (5-12 Feb), so the limit ends on the next working day.
-    notice = deadline_for(DeadlineKind.ACCEPT_NOTICE, datetime(2027, 1, 25, 9, tzinfo=CHINA), policy, calendar)
+    notice = deadline_for(
+        DeadlineKind.ACCEPT_NOTICE, datetime(2027, 1, 25, 9, tzinfo=CHINA), policy, calendar
+    )
     assert notice.date() == date(2027, 2, 15)
     # Working days: from Fri 29 Jan, the make-up Sunday 31 Jan and Saturday 20 Feb count, 5-12 Feb do not.
     assert calendar.add_workdays(date(2027, 1, 29), 15) == date(2027, 2, 25)
@@ -129,7 +131,11 @@ def test_a_file_overrides_the_package_for_its_year(tmp_path: Path) -> None:
     ("content", "key", "reason"),
     [
         ("year: 27\n", "year", "expected a year"),
-        ("year: 2027\nholidays: [{name: 春节, from: 2027-02-05, to: 2027-02-01}]\n", "holidays[0].to", "before"),
+        (
+            "year: 2027\nholidays: [{name: 春节, from: 2027-02-05, to: 2027-02-01}]\n",
+            "holidays[0].to",
+            "before",
+        ),
         ("year: 2027\nholidays: [{from: 2027-02-05}]\n", "holidays[0].name", "needs a name"),
         ("year: 2027\nholidays: [{name: x, from: 2028-01-01}]\n", "holidays[0]", "not in year 2027"),
         ("year: 2027\nworkdays: [2027-02-15]\n", "workdays[0]", "make-up workdays fall on weekends"),
@@ -142,7 +148,9 @@ def test_a_file_overrides_the_package_for_its_year(tmp_path: Path) -> None:
         ("year: 2027\nholliday: []\n", "holliday", "unknown key"),
     ],
 )
-def test_bad_calendar_files_name_the_file_and_the_key(tmp_path: Path, content: str, key: str, reason: str) -> None:
+def test_bad_calendar_files_name_the_file_and_the_key(
+    tmp_path: Path, content: str, key: str, reason: str
+) -> None:
     path = tmp_path / "calendar_bad.yaml"
     path.write_text(content, "utf-8")
     with pytest.raises(CalendarFileError) as caught:

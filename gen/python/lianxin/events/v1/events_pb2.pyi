@@ -70,6 +70,8 @@ class EventEnvelope(_message.Message):
     VISIT_BOOKED_FIELD_NUMBER: _builtins.int
     VISIT_OUTCOME_RECORDED_FIELD_NUMBER: _builtins.int
     CASE_MERGED_FIELD_NUMBER: _builtins.int
+    VISIT_REMINDER_FIELD_NUMBER: _builtins.int
+    VISIT_CANCELLED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of the event (UUID); the inbox key for idempotent consumers."""
     case_id: _builtins.str
@@ -144,6 +146,14 @@ class EventEnvelope(_message.Message):
     def case_merged(self) -> Global___CaseMerged:
         """The case was merged into another case (并单)."""
 
+    @_builtins.property
+    def visit_reminder(self) -> Global___VisitReminder:
+        """A reminder that a video reception is near (24 h and 1 h before; emitted once each)."""
+
+    @_builtins.property
+    def visit_cancelled(self) -> Global___VisitCancelled:
+        """A video reception was cancelled and its rooms released."""
+
     def __init__(
         self,
         *,
@@ -169,12 +179,14 @@ class EventEnvelope(_message.Message):
         visit_booked: Global___VisitBooked | None = ...,
         visit_outcome_recorded: Global___VisitOutcomeRecorded | None = ...,
         case_merged: Global___CaseMerged | None = ...,
+        visit_reminder: Global___VisitReminder | None = ...,
+        visit_cancelled: Global___VisitCancelled | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_withdrawn", b"case_withdrawn", "deadline_warning", b"deadline_warning", "occurred_at", b"occurred_at", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "visit_booked", b"visit_booked", "visit_outcome_recorded", b"visit_outcome_recorded", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_withdrawn", b"case_withdrawn", "deadline_warning", b"deadline_warning", "occurred_at", b"occurred_at", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_id", b"case_id", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_withdrawn", b"case_withdrawn", "deadline_warning", b"deadline_warning", "event_id", b"event_id", "occurred_at", b"occurred_at", "origin_node", b"origin_node", "origin_service", b"origin_service", "owner_epoch", b"owner_epoch", "owner_node", b"owner_node", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "trace_context", b"trace_context", "version", b"version", "visit_booked", b"visit_booked", "visit_outcome_recorded", b"visit_outcome_recorded", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_id", b"case_id", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_withdrawn", b"case_withdrawn", "deadline_warning", b"deadline_warning", "event_id", b"event_id", "occurred_at", b"occurred_at", "origin_node", b"origin_node", "origin_service", b"origin_service", "owner_epoch", b"owner_epoch", "owner_node", b"owner_node", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "trace_context", b"trace_context", "version", b"version", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["case_registered", "case_evaluated", "review_requested", "case_withdrawn", "work_order_created", "work_order_changed", "case_handed_off", "case_escalated", "supervision_issued", "deadline_warning", "visit_booked", "visit_outcome_recorded", "case_merged"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["case_registered", "case_evaluated", "review_requested", "case_withdrawn", "work_order_created", "work_order_changed", "case_handed_off", "case_escalated", "supervision_issued", "deadline_warning", "visit_booked", "visit_outcome_recorded", "case_merged", "visit_reminder", "visit_cancelled"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -630,6 +642,74 @@ class VisitOutcomeRecorded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VisitOutcomeRecorded: _TypeAlias = VisitOutcomeRecorded  # noqa: Y015
+
+@_typing.final
+class VisitReminder(_message.Message):
+    """A video reception is near (视频接访提醒)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VISIT_ID_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    LEADER_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    visit_id: _builtins.str
+    """Id of the visit."""
+    leader_id: _builtins.str
+    """Leader receiving the citizen."""
+    kind: _builtins.str
+    """Which reminder: "24h" or "1h"."""
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """When the visit starts."""
+
+    def __init__(
+        self,
+        *,
+        visit_id: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        leader_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "leader_id", b"leader_id", "starts_at", b"starts_at", "visit_id", b"visit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VisitReminder: _TypeAlias = VisitReminder  # noqa: Y015
+
+@_typing.final
+class VisitCancelled(_message.Message):
+    """A video reception was cancelled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VISIT_ID_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    visit_id: _builtins.str
+    """Id of the visit."""
+    reason: _builtins.str
+    """Why it was cancelled."""
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """When the visit would have started."""
+
+    def __init__(
+        self,
+        *,
+        visit_id: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "starts_at", b"starts_at", "visit_id", b"visit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VisitCancelled: _TypeAlias = VisitCancelled  # noqa: Y015
 
 @_typing.final
 class Command(_message.Message):

@@ -45,7 +45,9 @@ class GetMetricsRequest(_message.Message):
     channel: _common_pb2.Channel.ValueType
     """Channel."""
     month: _builtins.str
-    """Calendar month "YYYY-MM", e.g. "2026-10"; takes precedence over period_start/period_end."""
+    """Statistical month "YYYY-MM", e.g. "2026-10"; takes precedence over period_start/period_end.
+    With a month start day d > 1 the month "2026-11" runs from 2026-10-d to 2026-11-(d-1) (docs/stats.md).
+    """
     include_case_ids: _builtins.bool
     """True to list the case ids behind each figure (drill-down)."""
     @_builtins.property
@@ -58,9 +60,10 @@ class GetMetricsRequest(_message.Message):
 
     @_builtins.property
     def metrics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Metric names, e.g. "volume", "on_time_acceptance_rate", "on_time_reply_rate",
-        "on_time_completion_rate", "avg_reply_hours", "satisfaction_rate", "repeat_rate",
-        "channel_share"; empty for all.
+        """Metric names as listed by docs/stats.md, e.g. "received", "online_share",
+        "on_time_acceptance_rate", "reply_rate", "completion_rate", "on_time_completion_rate",
+        "avg_reply_workdays", "p90_reply_workdays", "satisfaction_rate", "repeat_rate", "overdue",
+        "supervised"; empty for all.
         """
 
     def __init__(
@@ -232,6 +235,7 @@ class RankRegionsRequest(_message.Message):
     PERIOD_END_FIELD_NUMBER: _builtins.int
     MONTH_FIELD_NUMBER: _builtins.int
     MIN_CASES_FIELD_NUMBER: _builtins.int
+    YEAR_FIELD_NUMBER: _builtins.int
     parent_region_code: _builtins.str
     """Region whose children are ranked."""
     metric: _builtins.str
@@ -240,6 +244,8 @@ class RankRegionsRequest(_message.Message):
     """Calendar month "YYYY-MM"; takes precedence over period_start/period_end."""
     min_cases: _builtins.int
     """Regions with fewer cases are not ranked."""
+    year: _builtins.str
+    """Statistical year "YYYY" (一年一排名: its twelve statistical months); takes precedence over month."""
     @_builtins.property
     def period_start(self) -> _timestamp_pb2.Timestamp:
         """Start of the period (inclusive); ignored when month is set."""
@@ -257,10 +263,11 @@ class RankRegionsRequest(_message.Message):
         period_end: _timestamp_pb2.Timestamp | None = ...,
         month: _builtins.str = ...,
         min_cases: _builtins.int = ...,
+        year: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric", b"metric", "min_cases", b"min_cases", "month", b"month", "parent_region_code", b"parent_region_code", "period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric", b"metric", "min_cases", b"min_cases", "month", b"month", "parent_region_code", b"parent_region_code", "period_end", b"period_end", "period_start", b"period_start", "year", b"year"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -302,6 +309,7 @@ class RankUnitsRequest(_message.Message):
     PERIOD_END_FIELD_NUMBER: _builtins.int
     MONTH_FIELD_NUMBER: _builtins.int
     MIN_CASES_FIELD_NUMBER: _builtins.int
+    YEAR_FIELD_NUMBER: _builtins.int
     region_code: _builtins.str
     """Region whose units are ranked."""
     metric: _builtins.str
@@ -310,6 +318,8 @@ class RankUnitsRequest(_message.Message):
     """Calendar month "YYYY-MM"; takes precedence over period_start/period_end."""
     min_cases: _builtins.int
     """Units with fewer cases are not ranked."""
+    year: _builtins.str
+    """Statistical year "YYYY" (一年一排名: its twelve statistical months); takes precedence over month."""
     @_builtins.property
     def period_start(self) -> _timestamp_pb2.Timestamp:
         """Start of the period (inclusive); ignored when month is set."""
@@ -327,10 +337,11 @@ class RankUnitsRequest(_message.Message):
         period_end: _timestamp_pb2.Timestamp | None = ...,
         month: _builtins.str = ...,
         min_cases: _builtins.int = ...,
+        year: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric", b"metric", "min_cases", b"min_cases", "month", b"month", "period_end", b"period_end", "period_start", b"period_start", "region_code", b"region_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric", b"metric", "min_cases", b"min_cases", "month", b"month", "period_end", b"period_end", "period_start", b"period_start", "region_code", b"region_code", "year", b"year"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -368,21 +379,33 @@ class ListHotspotsRequest(_message.Message):
 
     REGION_CODE_FIELD_NUMBER: _builtins.int
     WINDOW_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
     region_code: _builtins.str
     """Region (and everything below it)."""
     @_builtins.property
     def window(self) -> _duration_pb2.Duration:
         """Recent window compared with the baseline, e.g. 72h; the server applies a default when unset."""
 
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """End of the recent window; the server's clock when unset."""
+
+    @_builtins.property
+    def baseline(self) -> _duration_pb2.Duration:
+        """Length of the baseline before the window; the server applies a default (28 days) when unset."""
+
     def __init__(
         self,
         *,
         region_code: _builtins.str = ...,
         window: _duration_pb2.Duration | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        baseline: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "baseline", b"baseline", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["region_code", b"region_code", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "baseline", b"baseline", "region_code", b"region_code", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -473,7 +496,7 @@ class GetBulletinRequest(_message.Message):
     region_code: _builtins.str
     """Region the bulletin covers."""
     month: _builtins.str
-    """Calendar month "YYYY-MM"."""
+    """Statistical month "YYYY-MM"."""
     def __init__(
         self,
         *,

@@ -92,6 +92,11 @@ class VideoServiceStub:
                 request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ReleaseHoldRequest.SerializeToString,
                 response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ReleaseHoldResponse.FromString,
                 _registered_method=True)
+        self.RegisterRoom = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/RegisterRoom',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RegisterRoomRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RegisterRoomResponse.FromString,
+                _registered_method=True)
 
 
 class VideoServiceServicer:
@@ -177,6 +182,13 @@ class VideoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterRoom(self, request, context):
+        """Registers (creates or replaces) a room or terminal and the node that serves it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VideoServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +246,11 @@ def add_VideoServiceServicer_to_server(servicer, server):
                     servicer.ReleaseHold,
                     request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ReleaseHoldRequest.FromString,
                     response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ReleaseHoldResponse.SerializeToString,
+            ),
+            'RegisterRoom': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterRoom,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RegisterRoomRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RegisterRoomResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -536,6 +553,33 @@ class VideoService:
             '/lianxin.video.v1.VideoService/ReleaseHold',
             lianxin_dot_video_dot_v1_dot_video__service__pb2.ReleaseHoldRequest.SerializeToString,
             lianxin_dot_video_dot_v1_dot_video__service__pb2.ReleaseHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterRoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/RegisterRoom',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.RegisterRoomRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.RegisterRoomResponse.FromString,
             options,
             channel_credentials,
             insecure,

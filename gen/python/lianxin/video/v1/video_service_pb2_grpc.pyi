@@ -41,6 +41,8 @@ class VideoServiceStub:
     """Cross-node: confirms a hold, turning it into a booking of the room."""
     ReleaseHold: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.ReleaseHoldRequest, _video_service_pb2.ReleaseHoldResponse]
     """Cross-node: releases a hold or a confirmed room booking."""
+    RegisterRoom: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.RegisterRoomRequest, _video_service_pb2.RegisterRoomResponse]
+    """Registers (creates or replaces) a room or terminal and the node that serves it."""
 
 class VideoServiceServicer(metaclass=_abc_1.ABCMeta):
     """Books leaders' video receptions on the earliest slot that fits every participant, holding
@@ -135,5 +137,13 @@ class VideoServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _video_service_pb2.ReleaseHoldResponse:
         """Cross-node: releases a hold or a confirmed room booking."""
+
+    @_abc_1.abstractmethod
+    def RegisterRoom(
+        self,
+        request: _video_service_pb2.RegisterRoomRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.RegisterRoomResponse:
+        """Registers (creates or replaces) a room or terminal and the node that serves it."""
 
 def add_VideoServiceServicer_to_server(servicer: VideoServiceServicer, server: _grpc.Server) -> None: ...

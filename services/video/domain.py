@@ -1,0 +1,174 @@
+"""Video reception (视频接访) business rules: schedules, visits, holds and their states.
+
+Plain Python: no gRPC, SQLAlchemy or nameko. Times are aware datetimes; schedules speak local
+Asia/Shanghai wall-clock times ("09:00").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+
+from services.common.errors import Conflict, FailedPrecondition, InvalidArgument
+from services.intake.validation import check_id_number
+
+MAX_REPRESENTATIVES = 5  # 信访工作条例: a group visit sends at most 5 representatives
+DEFAULT_HORIZON = timedelta(days=90)
+MAX_HORIZON = timedelta(days=366)
+DEFAULT_HOLD_TTL = timedelta(seconds=60)
+MAX_HOLD_TTL = timedelta(minutes=15)
+REMINDERS: tuple[tuple[str, timedelta], ...] = (("24h", timedelta(hours=24)), ("1h", timedelta(hours=1)))
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class VisitState(StrEnum):
+    HOLDING = "HOLDING"
+    BOOKED = "BOOKED"
+    CHECKED_IN = "CHECKED_IN"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+    NO_SHOW = "NO_SHOW"
+
+
+class HoldState(StrEnum):
+    HELD = "HELD"
+    CONFIRMED = "CONFIRMED"
+    RELEASED = "RELEASED"
+    EXPIRED = "EXPIRED"
+    REFUSED = "REFUSED"
+
+
+ACTIVE_VISIT_STATES = frozenset({VisitState.HOLDING, VisitState.BOOKED, VisitState.CHECKED_IN})
+
+
+def parse_hhmm(value: str, field_name: str) -> time:
+    match = _HHMM.match(value.strip())
+    if not match:
+        raise InvalidArgument(field_name, f"must be HH:MM, got {value!r}")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+@dataclass(frozen=True)
+class WeeklyPattern:
+    weekday: int  # ISO: 1 = Monday
+    start: time
+    end: time
+
+
+@dataclass(frozen=True)
+class OneOffDay:
+    day: date
+    start: time | None
+    end: time | None
+    closed: bool
+
+
+@dataclass(frozen=True)
+class Schedule:
+    schedule_id: str
+    leader_id: str
+    node: str
+    weekly: tuple[WeeklyPattern, ...]
+    one_offs: tuple[OneOffDay, ...]
+    slot_minutes: int
+    buffer_minutes: int
+    max_per_session: int
+    room_ids: tuple[str, ...]
+    version: int = 0
+
+
+def validate_schedule(s: Schedule) -> None:
+    """Raise InvalidArgument naming the first bad field; a valid schedule changes nothing here."""
+    if not s.leader_id.strip():
+        raise InvalidArgument("schedule.leader_id", "must be set")
+    if len(s.node) != 6 or not s.node.isdigit():
+        raise InvalidArgument("schedule.node", f"must be a 6-digit region code, got {s.node!r}")
+    if not 5 <= s.slot_minutes <= 480:
+        raise InvalidArgument("schedule.slot_minutes", "must be between 5 and 480")
+    if not 0 <= s.buffer_minutes <= 240:
+        raise InvalidArgument("schedule.buffer_minutes", "must be between 0 and 240")
+    if not 1 <= s.max_per_session <= 100:
+        raise InvalidArgument("schedule.max_per_session", "must be between 1 and 100")
+    if not s.weekly and not any(not d.closed for d in s.one_offs):
+        raise InvalidArgument("schedule.weekly_patterns", "give at least one weekly pattern or one-off day")
+    for i, p in enumerate(s.weekly):
+        if not 1 <= p.weekday <= 7:
+            raise InvalidArgument(f"schedule.weekly_patterns[{i}].weekday", "must be 1 (Monday) to 7 (Sunday)")
+        if p.end <= p.start:
+            raise InvalidArgument(f"schedule.weekly_patterns[{i}].end_time", "must be after start_time")
+    for i, d in enumerate(s.one_offs):
+        if not d.closed and (d.start is None or d.end is None or d.end <= d.start):
+            raise InvalidArgument(f"schedule.one_off_days[{i}].end_time", "must be after start_time")
+
+
+@dataclass(frozen=True)
+class Representative:
+    name: str
+    id_number: str
+    phone: str = ""
+
+
+def validate_representatives(reps: list[Representative]) -> list[Representative]:
+    """1 to 5 representatives, each with a name and a valid resident ID number (GB 11643 check digit)."""
+    if not reps:
+        raise InvalidArgument("representatives", "give at least one representative")
+    if len(reps) > MAX_REPRESENTATIVES:
+        raise InvalidArgument(
+            "representatives", f"at most {MAX_REPRESENTATIVES} representatives may check in, got {len(reps)}"
+        )
+    checked: list[Representative] = []
+    for i, rep in enumerate(reps):
+        if not rep.name.strip():
+            raise InvalidArgument(f"representatives[{i}].name", "must be set")
+        number = check_id_number(rep.id_number, field=f"representatives[{i}].id_number")
+        checked.append(Representative(name=rep.name.strip(), id_number=number, phone=rep.phone.strip()))
+    if len({r.id_number for r in checked}) != len(checked):
+        raise InvalidArgument("representatives", "the same ID number appears twice")
+    return checked
+
+
+@dataclass
+class Visit:
+    visit_id: str
+    case_id: str
+    leader_id: str
+    room_ids: list[str]
+    unit_ids: list[str]
+    starts_at: datetime
+    ends_at: datetime
+    state: VisitState
+    version: int = 1
+    session_start: datetime | None = None
+    representatives: list[Representative] = field(default_factory=list)
+    checked_in_at: datetime | None = None
+    minutes: str = ""
+    decisions: str = ""
+    recording_ref: str = ""
+    hold_ids: list[str] = field(default_factory=list)
+    created_at: datetime | None = None
+
+
+def require_state(visit: Visit, allowed: frozenset[VisitState] | set[VisitState], action: str) -> None:
+    if visit.state not in allowed:
+        raise FailedPrecondition(f"cannot {action} a visit in state {visit.state}", visit.state.value)
+
+
+def check_version(expected: int, current: int, what: str) -> None:
+    if expected and expected != current:
+        raise Conflict(f"{what} is at version {current}, expected {expected}")
+
+
+def reminders_due(starts_at: datetime, now: datetime) -> list[str]:
+    """Reminder kinds whose moment has come and the visit has not started yet."""
+    if now >= starts_at:
+        return []
+    return [kind for kind, before in REMINDERS if now >= starts_at - before]
+
+
+def clamp_ttl(requested: timedelta | None) -> timedelta:
+    if requested is None or requested <= timedelta(0):
+        return DEFAULT_HOLD_TTL
+    return min(requested, MAX_HOLD_TTL)

@@ -1,0 +1,97 @@
+"""The embedded federation as `lianxin up` runs it: six real node processes on loopback."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from grpc_requests import Client
+
+from services.common.regions import RegionTree
+from services.federation import BUSINESS_SERVICES, DEFAULT_TOPOLOGY, Federation, health_statuses
+from tests.helpers import wait_until
+
+
+def _free_block(size: int) -> int:
+    """A base port with ``size`` consecutive free ports (the federation numbers its nodes from it)."""
+    for base in range(21000, 60000, 97):
+        try:
+            sockets = []
+            for port in range(base, base + size):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                sockets.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    base = _free_block(2 * len(DEFAULT_TOPOLOGY))
+    fed = Federation(
+        data_dir=Path(tmp_path_factory.mktemp("federation")),
+        base_port=base,
+        metrics_base_port=base + len(DEFAULT_TOPOLOGY),
+        extra_env={"LIANXIN_LOG_LEVEL": "WARNING"},
+    )
+    try:
+        fed.start(ready_timeout_s=120)
+        yield fed
+    finally:
+        fed.stop()
+
+
+def test_every_node_serves_all_five_services(federation: Federation) -> None:
+    assert [n.code for n in federation.nodes] == ["510000", "511100", "511102", "511111", "510100", "510104"]
+    for node in federation.nodes:
+        statuses = health_statuses(node.address, BUSINESS_SERVICES)
+        assert set(statuses.values()) == {"SERVING"}, (node.code, statuses)
+    assert "511102" in federation.describe(RegionTree.load())
+
+
+def test_reflection_client_lists_services_submits_a_case_and_stats_counts_it(federation: Federation) -> None:
+    county = federation.node("511102")
+    client = Client.get_by_endpoint(county.address)
+    assert set(BUSINESS_SERVICES) <= set(client.service_names)
+    reply = client.request(
+        "lianxin.intake.v1.IntakeService",
+        "SubmitCase",
+        {
+            "channel": "CHANNEL_WEB",
+            "channel_ref": "e2e-web-1",
+            "title": "噪音扰民",
+            "body": "乐山市市中区嘉州大道某小区门口夜间施工噪音扰民",
+            "region_code": "511102",
+            "category": "环境保护",
+            "anonymous": True,
+        },
+    )
+    case_id = reply["case"]["case_id"]
+    assert case_id.startswith("511102-")
+
+    def counted() -> bool:
+        metrics = client.request(
+            "lianxin.stats.v1.StatsService", "GetMetrics", {"region_code": "511102", "include_case_ids": True}
+        )["metrics"]
+        return case_id in metrics[0].get("case_ids", [])
+
+    wait_until(counted, timeout=15, message="the case in the county's stats")
+
+
+def test_metrics_port_shows_rpc_counters_and_latency_histograms(federation: Federation) -> None:
+    county = federation.node("511102")
+    Client.get_by_endpoint(county.address).request(
+        "lianxin.stats.v1.StatsService", "GetMetrics", {"region_code": "511102"}
+    )
+    text = urllib.request.urlopen(f"http://127.0.0.1:{county.metrics_port}/metrics", timeout=5).read().decode()
+    assert "lianxin_grpc_server_handled_total{" in text
+    assert 'method="GetMetrics"' in text and 'code="OK"' in text
+    assert "lianxin_grpc_server_handling_seconds_bucket{" in text
