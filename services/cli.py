@@ -99,6 +99,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Production worker of one service: nameko with the event handlers, timers and outbox relay."""
+    # nameko needs eventlet's monkey patch before anything opens sockets or threads (DESIGN §4);
+    # this is the only command that patches, so api processes never see eventlet.
+    import eventlet
+
+    eventlet.monkey_patch()
+
     from services.common.nameko_worker import run_worker
     from services.common.regions import RegionTree
     from services.node import build_service

@@ -31,6 +31,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -206,6 +207,7 @@ def load_calendar_file(path: str | Path) -> list[OfficialYear]:
     return years
 
 
+@cache
 def _package_years() -> tuple[int, int]:
     # chinese_calendar raises NotImplementedError outside its data; its tables say which years those are.
     years = {d.year for d in _cc_constants.holidays} | {d.year for d in _cc_constants.workdays}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -119,7 +120,8 @@ def test_a_complete_submission_is_valid_on_every_channel(channel: str) -> None:
     [(channel, field) for channel, fields in REQUIRED_BY_CHANNEL.items() for field in fields],
 )
 def test_each_channel_requires_its_fields(channel: str, field: str) -> None:
-    error = _error(dataclasses.replace(_complete(channel), **{field: "  "}))
+    blanked: dict[str, Any] = {field: "  "}
+    error = _error(dataclasses.replace(_complete(channel), **blanked))
     assert error.field == field
     assert error.reason == f"is required for channel {channel}"
 

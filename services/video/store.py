@@ -1,0 +1,808 @@
+"""video's SQLAlchemy adapter: every operation is one transaction on the service's own database.
+
+Double booking is refused twice: an overlap check inside the transaction (SQLite serialises
+writers with BEGIN IMMEDIATE) and the UNIQUE(resource_id, starts_at) constraint of reservations
+(PostgreSQL: the second writer blocks, then fails), both reported as Conflict (ABORTED).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from google.protobuf.message import Message
+from lianxin.events.v1 import events_pb2
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.common.calendar import WorkingCalendar
+from services.common.crypto import FieldCipher
+from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from services.common.events import envelope, write_event
+from services.common.timeutil import CHINA, to_timestamp
+from services.video import slots
+from services.video.domain import (
+    ACTIVE_VISIT_STATES,
+    HoldState,
+    OneOffDay,
+    Representative,
+    Schedule,
+    Visit,
+    VisitState,
+    WeeklyPattern,
+    check_version,
+    parse_hhmm,
+    reminders_due,
+    require_state,
+    validate_schedule,
+)
+from services.video.models import (
+    HoldRow,
+    RemoteHoldRow,
+    ReminderRow,
+    ReservationRow,
+    RoomRow,
+    ScheduleRow,
+    SessionCountRow,
+    VisitRow,
+    outbox,
+)
+
+
+def aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Room:
+    room_id: str
+    node: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Hold:
+    hold_id: str
+    room_id: str
+    requesting_node: str
+    visit_id: str
+    case_id: str
+    starts_at: datetime
+    ends_at: datetime
+    expires_at: datetime
+    state: HoldState
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FoundSlot:
+    starts_at: datetime
+    ends_at: datetime
+    session_start: datetime
+    remaining: int
+    room_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BookRequest:
+    case_id: str
+    leader_id: str
+    room_ids: tuple[str, ...]  # extra rooms asked for (local or remote)
+    unit_ids: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    starts_at: datetime | None
+    exclude: frozenset[datetime] = frozenset()
+
+
+@dataclass(frozen=True)
+class RemoteHold:
+    hold_id: str
+    visit_id: str
+    room_id: str
+    node: str
+    state: str
+
+
+def _schedule_from_row(row: ScheduleRow) -> Schedule:
+    body: dict[str, Any] = dict(row.body)
+    return Schedule(
+        schedule_id=row.schedule_id,
+        leader_id=row.leader_id,
+        node=row.node,
+        weekly=tuple(
+            WeeklyPattern(p["weekday"], parse_hhmm(p["start"], "start"), parse_hhmm(p["end"], "end"))
+            for p in body.get("weekly", [])
+        ),
+        one_offs=tuple(
+            OneOffDay(
+                date.fromisoformat(d["date"]),
+                parse_hhmm(d["start"], "start") if d.get("start") else None,
+                parse_hhmm(d["end"], "end") if d.get("end") else None,
+                bool(d.get("closed")),
+            )
+            for d in body.get("one_offs", [])
+        ),
+        slot_minutes=row.slot_minutes,
+        buffer_minutes=row.buffer_minutes,
+        max_per_session=row.max_per_session,
+        room_ids=tuple(body.get("room_ids", [])),
+        version=row.version,
+    )
+
+
+def _schedule_body(s: Schedule) -> dict[str, object]:
+    return {
+        "weekly": [{"weekday": p.weekday, "start": f"{p.start:%H:%M}", "end": f"{p.end:%H:%M}"} for p in s.weekly],
+        "one_offs": [
+            {
+                "date": d.day.isoformat(),
+                "start": f"{d.start:%H:%M}" if d.start else "",
+                "end": f"{d.end:%H:%M}" if d.end else "",
+                "closed": d.closed,
+            }
+            for d in s.one_offs
+        ],
+        "room_ids": list(s.room_ids),
+    }
+
+
+class VideoStore:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        *,
+        cipher: FieldCipher,
+        node: str,
+        calendar: WorkingCalendar,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._factory = factory
+        self._cipher = cipher
+        self.node = node
+        self._calendar = calendar
+        self._clock = clock
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        session = self._factory()
+        try:
+            with session.begin():
+                yield session
+        except IntegrityError as error:
+            raise Conflict("the resource was booked by someone else meanwhile; pick another slot") from error
+        finally:
+            session.close()
+
+    def now(self) -> datetime:
+        return aware(self._clock())
+
+    # -- rooms and schedules ---------------------------------------------------------------------
+
+    def register_room(self, room: Room) -> Room:
+        if not room.room_id.strip():
+            raise InvalidArgument("room.room_id", "must be set")
+        if len(room.node) != 6 or not room.node.isdigit():
+            raise InvalidArgument("room.node", f"must be a 6-digit region code, got {room.node!r}")
+        with self._tx() as s:
+            row = s.get(RoomRow, room.room_id)
+            if row is None:
+                s.add(RoomRow(room_id=room.room_id, node=room.node, name=room.name))
+            else:
+                row.node, row.name = room.node, room.name
+        return room
+
+    def room(self, s: Session, room_id: str) -> Room:
+        row = s.get(RoomRow, room_id)
+        if row is None:
+            raise NotFound("room", room_id)
+        return Room(row.room_id, row.node, row.name)
+
+    def room_node(self, room_id: str) -> str:
+        with self._tx() as s:
+            return self.room(s, room_id).node
+
+    def publish_schedule(self, schedule: Schedule, expected_version: int) -> Schedule:
+        validate_schedule(schedule)
+        with self._tx() as s:
+            for i, room_id in enumerate(schedule.room_ids):
+                if s.get(RoomRow, room_id) is None:
+                    raise InvalidArgument(f"schedule.room_ids[{i}]", f"room {room_id} is not registered")
+            row = s.scalar(select(ScheduleRow).where(ScheduleRow.leader_id == schedule.leader_id))
+            if schedule.schedule_id and (row is None or row.schedule_id != schedule.schedule_id):
+                raise NotFound("schedule", schedule.schedule_id)
+            if row is None:
+                check_version(expected_version, 0, "schedule")
+                row = ScheduleRow(
+                    schedule_id=f"sch-{uuid.uuid4().hex[:12]}",
+                    leader_id=schedule.leader_id,
+                    node=schedule.node,
+                    body=_schedule_body(schedule),
+                    slot_minutes=schedule.slot_minutes,
+                    buffer_minutes=schedule.buffer_minutes,
+                    max_per_session=schedule.max_per_session,
+                    version=1,
+                )
+                s.add(row)
+            else:
+                check_version(expected_version, row.version, "schedule")
+                done = s.execute(
+                    update(ScheduleRow)
+                    .where(ScheduleRow.schedule_id == row.schedule_id, ScheduleRow.version == row.version)
+                    .values(
+                        node=schedule.node,
+                        body=_schedule_body(schedule),
+                        slot_minutes=schedule.slot_minutes,
+                        buffer_minutes=schedule.buffer_minutes,
+                        max_per_session=schedule.max_per_session,
+                        version=row.version + 1,
+                    )
+                )
+                if done.rowcount != 1:  # type: ignore[attr-defined]
+                    raise Conflict("the schedule changed meanwhile")
+                s.expire(row)
+            s.flush()
+            return _schedule_from_row(row)
+
+    def _schedule(self, s: Session, leader_id: str) -> Schedule:
+        row = s.scalar(select(ScheduleRow).where(ScheduleRow.leader_id == leader_id))
+        if row is None:
+            raise NotFound("schedule of leader", leader_id)
+        return _schedule_from_row(row)
+
+    # -- slots ----------------------------------------------------------------------------------
+
+    def _busy(self, s: Session, resources: list[str], lo: datetime, hi: datetime) -> list[slots.Interval]:
+        rows = s.execute(
+            select(ReservationRow.starts_at, ReservationRow.ends_at).where(
+                ReservationRow.resource_id.in_(resources), ReservationRow.starts_at < hi, ReservationRow.ends_at > lo
+            )
+        ).all()
+        return slots.merge((aware(a), aware(b)) for a, b in rows)
+
+    def _find(
+        self, s: Session, req: BookRequest, limit: int, *, ignore_owner: str | None = None
+    ) -> tuple[Schedule, list[FoundSlot], list[str]]:
+        """Free slots for the leader, the leader's rooms, local extra rooms and units (remote rooms
+        are checked by their own node when held)."""
+        schedule = self._schedule(s, req.leader_id)
+        local_rooms: list[str] = list(schedule.room_ids)
+        remote: list[str] = []
+        for i, room_id in enumerate(req.room_ids):
+            row = s.get(RoomRow, room_id)
+            if row is None:
+                raise InvalidArgument(f"room_ids[{i}]", f"room {room_id} is not registered")
+            (local_rooms if row.node == self.node else remote).append(room_id)
+        resources = (
+            [f"leader:{req.leader_id}"] + [f"room:{r}" for r in local_rooms] + [f"unit:{u}" for u in req.unit_ids]
+        )
+        buffer = timedelta(minutes=schedule.buffer_minutes)
+        first = req.not_before.astimezone(CHINA).date()
+        last = req.not_after.astimezone(CHINA).date()
+        session_list = slots.sessions(schedule, first, last, self._calendar)
+        lo, hi = req.not_before - timedelta(days=1), req.not_after + timedelta(days=1)
+        q = select(ReservationRow.starts_at, ReservationRow.ends_at).where(
+            ReservationRow.resource_id.in_(resources), ReservationRow.starts_at < hi, ReservationRow.ends_at > lo
+        )
+        if ignore_owner:
+            q = q.where(ReservationRow.owner != ignore_owner)
+        busy = slots.merge((aware(a), aware(b)) for a, b in s.execute(q).all())
+        counts = {
+            aware(r.session_start): r.booked
+            for r in s.scalars(
+                select(SessionCountRow).where(
+                    SessionCountRow.leader_id == req.leader_id,
+                    SessionCountRow.session_start >= lo,
+                    SessionCountRow.session_start <= hi,
+                )
+            )
+        }
+        not_before, not_after = req.not_before, req.not_after
+        if req.starts_at is not None:
+            not_before = not_after = req.starts_at
+        found = slots.free_slots(
+            slots.candidates(schedule, session_list),
+            busy,
+            buffer=buffer,
+            session_counts=counts,
+            not_before=not_before,
+            not_after=not_after,
+            limit=limit,
+            exclude=req.exclude,
+        )
+        rooms = tuple(local_rooms + remote)
+        return (
+            schedule,
+            [FoundSlot(aware(c.starts_at), aware(c.ends_at), aware(c.session_start), left, rooms) for c, left in found],
+            remote,
+        )
+
+    def list_slots(self, req: BookRequest, limit: int) -> list[FoundSlot]:
+        with self._tx() as s:
+            return self._find(s, req, limit)[1]
+
+    # -- booking --------------------------------------------------------------------------------
+
+    def _reserve(self, s: Session, resource: str, start: datetime, end: datetime, owner: str) -> None:
+        clash = s.scalar(
+            select(ReservationRow.id).where(
+                ReservationRow.resource_id == resource, ReservationRow.starts_at < end, ReservationRow.ends_at > start
+            )
+        )
+        if clash is not None:
+            raise Conflict(f"{resource.split(':', 1)[0]} is already booked at {start.isoformat()}")
+        s.add(ReservationRow(resource_id=resource, starts_at=start, ends_at=end, owner=owner, version=1))
+        s.flush()  # the UNIQUE constraint speaks now, inside our error mapping
+
+    def _count_in_session(self, s: Session, leader_id: str, session_start: datetime, cap: int, delta: int) -> None:
+        row = s.get(SessionCountRow, (leader_id, session_start))
+        if row is None:
+            if delta < 0:
+                return
+            s.add(SessionCountRow(leader_id=leader_id, session_start=session_start, booked=1, version=1))
+            s.flush()
+            return
+        cond = [SessionCountRow.leader_id == leader_id, SessionCountRow.session_start == session_start]
+        if delta > 0:
+            cond.append(SessionCountRow.booked < cap)
+        done = s.execute(
+            update(SessionCountRow)
+            .where(*cond)
+            .values(booked=SessionCountRow.booked + delta, version=SessionCountRow.version + 1)
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            raise Conflict(f"the session at {session_start.isoformat()} is full ({cap} receptions)")
+
+    def book(self, req: BookRequest) -> tuple[Visit, list[RemoteHold]]:
+        """Reserve every local participant on the earliest fitting slot (or ``starts_at``); with remote
+        rooms the visit is HOLDING and the remote holds to ask are returned."""
+        now = self.now()
+        with self._tx() as s:
+            schedule, found, remote = self._find(s, req, 1)
+            if not found:
+                if req.starts_at is not None:
+                    raise Conflict(f"{req.starts_at.isoformat()} is not free for every participant")
+                raise FailedPrecondition("no slot free for every participant in the window", "NO_SLOT")
+            slot = found[0]
+            visit_id = f"vis-{uuid.uuid4().hex[:16]}"
+            owner = f"visit:{visit_id}"
+            local_rooms = [r for r in slot.room_ids if r not in remote]
+            resources = (
+                [f"leader:{req.leader_id}"] + [f"room:{r}" for r in local_rooms] + [f"unit:{u}" for u in req.unit_ids]
+            )
+            for res in resources:
+                self._reserve(s, res, slot.starts_at, slot.ends_at, owner)
+            self._count_in_session(s, req.leader_id, slot.session_start, schedule.max_per_session, +1)
+            holds = [
+                RemoteHold(str(uuid.uuid4()), visit_id, r, s.get(RoomRow, r).node, "ASKED")  # type: ignore[union-attr]
+                for r in remote
+            ]
+            for h in holds:
+                s.add(
+                    RemoteHoldRow(
+                        hold_id=h.hold_id, visit_id=visit_id, room_id=h.room_id, node=h.node, state="ASKED", created_at=now
+                    )
+                )
+            visit = Visit(
+                visit_id=visit_id,
+                case_id=req.case_id,
+                leader_id=req.leader_id,
+                room_ids=list(slot.room_ids),
+                unit_ids=list(req.unit_ids),
+                starts_at=slot.starts_at,
+                ends_at=slot.ends_at,
+                state=VisitState.HOLDING if holds else VisitState.BOOKED,
+                version=1,
+                session_start=slot.session_start,
+                hold_ids=[h.hold_id for h in holds],
+                created_at=now,
+            )
+            s.add(self._visit_row(visit))
+            if not holds:
+                self._emit_booked(s, visit)
+            return visit, holds
+
+    def confirm_visit(self, visit_id: str) -> Visit:
+        with self._tx() as s:
+            row = self._visit_row_for(s, visit_id)
+            visit = self._to_visit(row)
+            require_state(visit, {VisitState.HOLDING}, "confirm")
+            row.state, row.version = VisitState.BOOKED.value, row.version + 1
+            s.execute(update(RemoteHoldRow).where(RemoteHoldRow.visit_id == visit_id).values(state="CONFIRMED"))
+            visit = self._to_visit(row)
+            self._emit_booked(s, visit)
+            return visit
+
+    def abandon(self, visit_id: str, reason: str, *, expected_version: int = 0, event: bool = False) -> tuple[
+        Visit, list[RemoteHold]
+    ]:
+        """Cancel a visit: free every local reservation and its place in the session; remote holds
+        move to RELEASING and are returned so the caller (or the sweep, after a failure) releases them."""
+        with self._tx() as s:
+            row = self._visit_row_for(s, visit_id)
+            visit = self._to_visit(row)
+            check_version(expected_version, visit.version, "visit")
+            require_state(visit, {VisitState.HOLDING, VisitState.BOOKED}, "cancel")
+            s.execute(delete(ReservationRow).where(ReservationRow.owner == f"visit:{visit_id}"))
+            self._count_in_session(s, visit.leader_id, aware(row.session_start), 0, -1)
+            row.state, row.version = VisitState.CANCELLED.value, row.version + 1
+            s.execute(
+                update(RemoteHoldRow)
+                .where(RemoteHoldRow.visit_id == visit_id, RemoteHoldRow.state != "RELEASED")
+                .values(state="RELEASING")
+            )
+            pending = self._remote(s, visit_id, "RELEASING")
+            visit = self._to_visit(row)
+            if event:
+                self._emit(
+                    s,
+                    visit.case_id,
+                    "visit_cancelled",
+                    events_pb2.VisitCancelled(
+                        visit_id=visit_id, starts_at=to_timestamp(visit.starts_at), reason=reason
+                    ),
+                )
+            return visit, pending
+
+    def reschedule(self, visit_id: str, expected_version: int, req: BookRequest) -> Visit:
+        """Move a visit with local participants only, in one transaction (its own old slot counts free)."""
+        with self._tx() as s:
+            row = self._visit_row_for(s, visit_id)
+            visit = self._to_visit(row)
+            check_version(expected_version, visit.version, "visit")
+            require_state(visit, {VisitState.BOOKED}, "reschedule")
+            if visit.hold_ids:
+                raise FailedPrecondition("a visit with rooms at other nodes is moved by cancel and book", "BOOKED")
+            schedule = self._schedule(s, visit.leader_id)
+            extra = tuple(r for r in visit.room_ids if r not in schedule.room_ids)
+            moved = BookRequest(
+                visit.case_id, visit.leader_id, extra, tuple(visit.unit_ids), req.not_before, req.not_after,
+                req.starts_at, frozenset({visit.starts_at}),
+            )
+            _, found, _ = self._find(s, moved, 1, ignore_owner=f"visit:{visit_id}")
+            if not found:
+                raise FailedPrecondition("no other slot free for every participant in the window", "BOOKED")
+            slot = found[0]
+            s.execute(delete(ReservationRow).where(ReservationRow.owner == f"visit:{visit_id}"))
+            self._count_in_session(s, visit.leader_id, aware(row.session_start), 0, -1)
+            resources = (
+                [f"leader:{visit.leader_id}"] + [f"room:{r}" for r in slot.room_ids] + [f"unit:{u}" for u in visit.unit_ids]
+            )
+            for res in resources:
+                self._reserve(s, res, slot.starts_at, slot.ends_at, f"visit:{visit_id}")
+            self._count_in_session(s, visit.leader_id, slot.session_start, schedule.max_per_session, +1)
+            done = s.execute(
+                update(VisitRow)
+                .where(VisitRow.visit_id == visit_id, VisitRow.version == visit.version)
+                .values(
+                    starts_at=slot.starts_at, ends_at=slot.ends_at, session_start=slot.session_start,
+                    version=visit.version + 1, room_ids=list(slot.room_ids),
+                )
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                raise Conflict("the visit changed meanwhile")
+            s.expire(row)
+            # Reminders are per start time: a moved visit is reminded again.
+            s.execute(delete(ReminderRow).where(ReminderRow.visit_id == visit_id))
+            visit = self._to_visit(row)
+            self._emit_booked(s, visit)
+            return visit
+
+    def check_in(self, visit_id: str, expected_version: int, reps: list[Representative]) -> Visit:
+        now = self.now()
+        sealed = self._cipher.encrypt(
+            json.dumps([r.__dict__ for r in reps], ensure_ascii=False), context=f"video_visits.representatives:{visit_id}"
+        )
+        with self._tx() as s:
+            row = self._visit_row_for(s, visit_id)
+            visit = self._to_visit(row)
+            check_version(expected_version, visit.version, "visit")
+            require_state(visit, {VisitState.BOOKED, VisitState.CHECKED_IN}, "check in for")
+            row.representatives, row.checked_in_at = sealed, now
+            row.state, row.version = VisitState.CHECKED_IN.value, row.version + 1
+            return self._to_visit(row)
+
+    def record_outcome(self, visit_id: str, expected_version: int, minutes: str, decisions: str, ref: str) -> Visit:
+        with self._tx() as s:
+            row = self._visit_row_for(s, visit_id)
+            visit = self._to_visit(row)
+            check_version(expected_version, visit.version, "visit")
+            require_state(visit, {VisitState.BOOKED, VisitState.CHECKED_IN}, "record the outcome of")
+            row.minutes, row.decisions, row.recording_ref = minutes, decisions, ref
+            row.state, row.version = VisitState.COMPLETED.value, row.version + 1
+            visit = self._to_visit(row)
+            self._emit(
+                s,
+                visit.case_id,
+                "visit_outcome_recorded",
+                events_pb2.VisitOutcomeRecorded(
+                    visit_id=visit_id, minutes=minutes, decisions=decisions, recording_ref=ref
+                ),
+            )
+            return visit
+
+    def get_visit(self, visit_id: str) -> Visit:
+        with self._tx() as s:
+            return self._to_visit(self._visit_row_for(s, visit_id))
+
+    def list_visits(
+        self,
+        *,
+        leader_id: str,
+        room_id: str,
+        case_id: str,
+        not_before: datetime | None,
+        not_after: datetime | None,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[Visit], int]:
+        q = select(VisitRow)
+        if leader_id:
+            q = q.where(VisitRow.leader_id == leader_id)
+        if case_id:
+            q = q.where(VisitRow.case_id == case_id)
+        if not_before:
+            q = q.where(VisitRow.starts_at >= not_before)
+        if not_after:
+            q = q.where(VisitRow.starts_at < not_after)
+        with self._tx() as s:
+            rows = [self._to_visit(r) for r in s.scalars(q.order_by(VisitRow.starts_at, VisitRow.visit_id))]
+        if room_id:  # room lists are JSON; filtered here (a node has few visits per leader and window)
+            rows = [v for v in rows if room_id in v.room_ids]
+        return rows[offset : offset + limit], len(rows)
+
+    # -- holds granted to other nodes -----------------------------------------------------------
+
+    def hold_room(self, hold: Hold) -> Hold:
+        with self._tx() as s:
+            existing = s.get(HoldRow, hold.hold_id)
+            if existing is not None:
+                return self._to_hold(existing)
+            room = self.room(s, hold.room_id)
+            if room.node != self.node:
+                raise FailedPrecondition(f"room {hold.room_id} belongs to node {room.node}", room.node)
+        # The reservation and the hold row commit together; a clash records a REFUSED hold.
+        try:
+            with self._tx() as s:
+                self._reserve(s, f"room:{hold.room_id}", hold.starts_at, hold.ends_at, f"hold:{hold.hold_id}")
+                s.add(self._hold_row(hold))
+            return hold
+        except Conflict as clash:
+            refused = Hold(**{**hold.__dict__, "state": HoldState.REFUSED, "reason": str(clash)})
+            with self._tx() as s:
+                if s.get(HoldRow, hold.hold_id) is None:
+                    s.add(self._hold_row(refused))
+            return refused
+
+    def confirm_hold(self, hold_id: str, requesting_node: str) -> Hold:
+        now = self.now()
+        with self._tx() as s:
+            row = self._hold_row_for(s, hold_id, requesting_node)
+            if row.state == HoldState.CONFIRMED:
+                return self._to_hold(row)
+            if row.state == HoldState.HELD and aware(row.expires_at) <= now:
+                self._expire(s, row)
+            if row.state != HoldState.HELD:
+                raise FailedPrecondition(f"hold {hold_id} is {row.state}", row.state)
+            row.state = HoldState.CONFIRMED.value
+            return self._to_hold(row)
+
+    def release_hold(self, hold_id: str, requesting_node: str, reason: str) -> Hold:
+        with self._tx() as s:
+            row = self._hold_row_for(s, hold_id, requesting_node)
+            if row.state in (HoldState.HELD, HoldState.CONFIRMED):
+                s.execute(delete(ReservationRow).where(ReservationRow.owner == f"hold:{hold_id}"))
+                row.state, row.reason = HoldState.RELEASED.value, reason[:300]
+            return self._to_hold(row)
+
+    def get_hold(self, hold_id: str) -> Hold | None:
+        with self._tx() as s:
+            row = s.get(HoldRow, hold_id)
+            return None if row is None else self._to_hold(row)
+
+    def expire_holds(self) -> int:
+        """Sweep: HELD holds past their time-to-live lapse and free the room."""
+        now = self.now()
+        with self._tx() as s:
+            rows = list(s.scalars(select(HoldRow).where(HoldRow.state == HoldState.HELD.value, HoldRow.expires_at <= now)))
+            for row in rows:
+                self._expire(s, row)
+            return len(rows)
+
+    def _expire(self, s: Session, row: HoldRow) -> None:
+        s.execute(delete(ReservationRow).where(ReservationRow.owner == f"hold:{row.hold_id}"))
+        row.state = HoldState.EXPIRED.value
+
+    # -- holds asked of other nodes -------------------------------------------------------------
+
+    def mark_remote(self, hold_id: str, state: str) -> None:
+        with self._tx() as s:
+            s.execute(update(RemoteHoldRow).where(RemoteHoldRow.hold_id == hold_id).values(state=state))
+
+    def stale_holding(self, older_than: timedelta) -> list[str]:
+        """Visits still HOLDING long after their holds were asked: the booking failed half-way."""
+        cutoff = self.now() - older_than
+        with self._tx() as s:
+            return list(
+                s.scalars(
+                    select(VisitRow.visit_id).where(
+                        VisitRow.state == VisitState.HOLDING.value, VisitRow.created_at <= cutoff
+                    )
+                )
+            )
+
+    def releasing(self) -> list[RemoteHold]:
+        with self._tx() as s:
+            return self._remote(s, None, "RELEASING")
+
+    def _remote(self, s: Session, visit_id: str | None, state: str) -> list[RemoteHold]:
+        q = select(RemoteHoldRow).where(RemoteHoldRow.state == state)
+        if visit_id is not None:
+            q = q.where(RemoteHoldRow.visit_id == visit_id)
+        return [RemoteHold(r.hold_id, r.visit_id, r.room_id, r.node, r.state) for r in s.scalars(q)]
+
+    # -- reminders ------------------------------------------------------------------------------
+
+    def send_reminders(self, horizon: timedelta = timedelta(hours=25)) -> int:
+        """Emit each due reminder once: the (visit, kind) primary key makes a re-run a no-op."""
+        now = self.now()
+        sent = 0
+        with self._tx() as s:
+            rows = list(
+                s.scalars(
+                    select(VisitRow).where(
+                        VisitRow.state.in_([VisitState.BOOKED.value, VisitState.CHECKED_IN.value]),
+                        VisitRow.starts_at > now,
+                        VisitRow.starts_at <= now + horizon,
+                    )
+                )
+            )
+            done = {
+                (r.visit_id, r.kind)
+                for r in s.scalars(select(ReminderRow).where(ReminderRow.visit_id.in_([r.visit_id for r in rows])))
+            }
+            for row in rows:
+                for kind in reminders_due(aware(row.starts_at), now):
+                    if (row.visit_id, kind) in done:
+                        continue
+                    s.add(ReminderRow(visit_id=row.visit_id, kind=kind, sent_at=now))
+                    self._emit(
+                        s,
+                        row.case_id,
+                        "visit_reminder",
+                        events_pb2.VisitReminder(
+                            visit_id=row.visit_id,
+                            starts_at=to_timestamp(aware(row.starts_at)),
+                            leader_id=row.leader_id,
+                            kind=kind,
+                        ),
+                    )
+                    sent += 1
+        return sent
+
+    # -- rows and events ------------------------------------------------------------------------
+
+    def _emit(self, s: Session, case_id: str, field: str, payload: Message) -> None:
+        # video does not own cases: version 0 / epoch 0 mark a fact about the case, not a state change.
+        env = envelope(
+            payload_field=field,
+            payload=payload,
+            case_id=case_id,
+            version=0,
+            owner_node=self.node,
+            owner_epoch=0,
+            origin_node=self.node,
+            origin_service="video",
+            occurred_at=self.now(),
+        )
+        write_event(s, outbox, env)
+
+    def _emit_booked(self, s: Session, visit: Visit) -> None:
+        self._emit(
+            s,
+            visit.case_id,
+            "visit_booked",
+            events_pb2.VisitBooked(
+                visit_id=visit.visit_id, starts_at=to_timestamp(visit.starts_at), leader_id=visit.leader_id
+            ),
+        )
+
+    def _visit_row_for(self, s: Session, visit_id: str) -> VisitRow:
+        row = s.get(VisitRow, visit_id)
+        if row is None:
+            raise NotFound("visit", visit_id)
+        return row
+
+    def _hold_row_for(self, s: Session, hold_id: str, requesting_node: str) -> HoldRow:
+        row = s.get(HoldRow, hold_id)
+        if row is None or (requesting_node and row.requesting_node != requesting_node):
+            raise NotFound("hold", hold_id)
+        return row
+
+    @staticmethod
+    def _visit_row(v: Visit) -> VisitRow:
+        assert v.session_start is not None and v.created_at is not None
+        return VisitRow(
+            visit_id=v.visit_id,
+            case_id=v.case_id,
+            leader_id=v.leader_id,
+            room_ids=list(v.room_ids),
+            unit_ids=list(v.unit_ids),
+            starts_at=v.starts_at,
+            ends_at=v.ends_at,
+            session_start=v.session_start,
+            state=v.state.value,
+            version=v.version,
+            representatives=None,
+            checked_in_at=None,
+            minutes="",
+            decisions="",
+            recording_ref="",
+            hold_ids=list(v.hold_ids),
+            created_at=v.created_at,
+        )
+
+    def _to_visit(self, row: VisitRow) -> Visit:
+        reps: list[Representative] = []
+        if row.representatives:
+            raw = self._cipher.decrypt(row.representatives, context=f"video_visits.representatives:{row.visit_id}")
+            reps = [Representative(**item) for item in json.loads(raw)]
+        return Visit(
+            visit_id=row.visit_id,
+            case_id=row.case_id,
+            leader_id=row.leader_id,
+            room_ids=list(row.room_ids),
+            unit_ids=list(row.unit_ids),
+            starts_at=aware(row.starts_at),
+            ends_at=aware(row.ends_at),
+            state=VisitState(row.state),
+            version=row.version,
+            session_start=aware(row.session_start),
+            representatives=reps,
+            checked_in_at=aware(row.checked_in_at) if row.checked_in_at else None,
+            minutes=row.minutes,
+            decisions=row.decisions,
+            recording_ref=row.recording_ref,
+            hold_ids=list(row.hold_ids),
+            created_at=aware(row.created_at),
+        )
+
+    @staticmethod
+    def _hold_row(h: Hold) -> HoldRow:
+        return HoldRow(
+            hold_id=h.hold_id,
+            room_id=h.room_id,
+            requesting_node=h.requesting_node,
+            visit_id=h.visit_id,
+            case_id=h.case_id,
+            starts_at=h.starts_at,
+            ends_at=h.ends_at,
+            expires_at=h.expires_at,
+            state=h.state.value,
+            reason=h.reason,
+        )
+
+    @staticmethod
+    def _to_hold(r: HoldRow) -> Hold:
+        return Hold(
+            r.hold_id,
+            r.room_id,
+            r.requesting_node,
+            r.visit_id,
+            r.case_id,
+            aware(r.starts_at),
+            aware(r.ends_at),
+            aware(r.expires_at),
+            HoldState(r.state),
+            r.reason,
+        )
+
+
+__all__ = ["ACTIVE_VISIT_STATES", "BookRequest", "FoundSlot", "Hold", "RemoteHold", "Room", "VideoStore", "and_", "or_"]
