@@ -1,54 +1,92 @@
-"""The warehouse's rules as plain functions: which fact a case event writes, and metric definitions."""
+"""The warehouse's use cases as plain functions: ingest an event, answer metrics, rankings and hotspots.
+
+Ingestion is source-agnostic: the node's own events (intake, routing) and replicated events from
+the subtree (exchange) go through ``ingest`` alike. Events are kept by (case_id, version, type) and
+the fact is refolded from all of them, so a duplicate is a no-op and an older version arriving late
+lands in its place.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
+from services.common.calendar import WorkingCalendar
+from services.common.errors import InvalidArgument
 from services.common.regions import RegionTree, Tier
+from services.common.timeutil import to_utc
+from services.stats.domain import (
+    DEFINITIONS,
+    NUMERATOR_PREDICATE,
+    ONLINE_CHANNELS,
+    Aggregates,
+    CaseEvent,
+    CaseFact,
+    MetricValue,
+    RankRow,
+    StatsConfig,
+    check_metric_names,
+    compute,
+    fold_case,
+    rank,
+    shift_month,
+    stat_month_of,
+    year_months,
+)
+from services.stats.hotspot import CaseSighting, Hotspot, HotspotRules, detect
 
-DEFINITIONS = {
-    "received": "受理量: cases registered in the region's subtree with submitted_at in [period_start, period_end).",
-}
+__all__ = [
+    "DEFINITIONS",
+    "CaseFact",
+    "MetricValue",
+    "Slice",
+    "WarehouseUnitOfWork",
+    "fact_from_registration",
+    "get_metrics",
+    "hotspots",
+    "ingest",
+    "rank_regions",
+    "rank_units",
+    "region_columns",
+    "received",
+]
 
 
 @dataclass(frozen=True)
-class CaseFact:
-    case_id: str
+class Slice:
+    """Which cases a figure is about. ``months`` (statistical months) wins over [start, end)."""
+
     region_code: str
-    province_code: str
-    city_code: str
-    county_code: str
-    registering_node: str
-    channel: str
-    category: str
-    state: str
-    version: int
-    submitted_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class MetricValue:
-    name: str
-    definition: str
-    value: float
-    numerator: int
-    denominator: int
-    case_ids: list[str]
+    tier: Tier
+    unit_id: str = ""
+    category: str = ""
+    channel: str = ""
+    months: Sequence[str] = field(default_factory=tuple)
+    start: datetime | None = None
+    end: datetime | None = None
 
 
 class WarehouseUnitOfWork(Protocol):
-    def upsert_case_fact(self, fact: CaseFact) -> None:
-        """Insert, or replace when ``fact.version`` is newer than what is stored (never older)."""
+    def record_event(self, event: CaseEvent, *, source: str, body: bytes) -> bool:
+        """Keep the event; False when (case_id, version, kind) was already there."""
 
-    def touch_case(self, case_id: str, *, state: str, version: int, at: datetime) -> None:
-        """Move a known case's state forward if ``version`` is newer."""
+    def events_of(self, case_id: str) -> list[CaseEvent]: ...
 
-    def count_received(
-        self, *, tier: Tier, region_code: str, start: datetime | None, end: datetime | None, with_ids: bool
-    ) -> tuple[int, list[str]]: ...
+    def save_fact(self, fact: CaseFact) -> None: ...
+
+    def save_text(self, case_id: str, text: str) -> None: ...
+
+    def aggregate(self, where: Slice, *, as_of: datetime, group_by: str | None) -> dict[str, Aggregates]:
+        """Counts per group ("" when ``group_by`` is None); group_by: child, unit, category, channel."""
+        ...
+
+    def case_ids(self, where: Slice, *, predicate: str, as_of: datetime, limit: int) -> list[str]: ...
+
+    def sightings(self, where: Slice) -> list[CaseSighting]: ...
+
+    def texts(self, case_ids: Sequence[str]) -> dict[str, str]: ...
 
 
 def region_columns(tree: RegionTree, region_code: str, fallback_node: str) -> tuple[str, str, str, str]:
@@ -69,6 +107,104 @@ def region_columns(tree: RegionTree, region_code: str, fallback_node: str) -> tu
     return code, province, city, county
 
 
+def fact_from_registration(event: CaseEvent, tree: RegionTree, config: StatsConfig) -> CaseFact:
+    region, province, city, county = region_columns(tree, event.region_code, event.registering_node)
+    submitted = to_utc(event.submitted_at or event.occurred_at)
+    return CaseFact(
+        case_id=event.case_id,
+        region_code=region,
+        province_code=province,
+        city_code=city,
+        county_code=county,
+        registering_node=event.registering_node,
+        channel=event.channel,
+        category=event.category,
+        state="REGISTERED",
+        version=event.version,
+        submitted_at=submitted,
+        updated_at=to_utc(event.occurred_at),
+        stat_month=stat_month_of(submitted, config),
+        online=event.channel in ONLINE_CHANNELS,
+        is_repeat=event.is_repeat,
+    )
+
+
+def ingest(
+    uow: WarehouseUnitOfWork,
+    event: CaseEvent,
+    *,
+    source: str,
+    body: bytes,
+    text: str,
+    tree: RegionTree,
+    config: StatsConfig,
+    calendar: WorkingCalendar,
+) -> bool:
+    """Fold one event into the warehouse; False for a duplicate (nothing changes)."""
+    if not uow.record_event(event, source=source, body=body):
+        return False
+    if event.kind == "case_registered" and text:
+        uow.save_text(event.case_id, text)
+    events = uow.events_of(event.case_id)
+    registrations = [e for e in events if e.kind == "case_registered"]
+    if not registrations:
+        return True  # kept; the fact appears when the registration arrives
+    base = fact_from_registration(min(registrations, key=lambda e: e.version), tree, config)
+    others = [e for e in events if e.kind != "case_registered"]
+    fact = fold_case(others, base=base, config=config, calendar=calendar)
+    if fact is not None:
+        uow.save_fact(replace(fact, version=max(e.version for e in events)))
+    return True
+
+
+def _check_region(tree: RegionTree, node: str, region: str, field_name: str) -> Tier:
+    if region not in tree:
+        raise InvalidArgument(field_name, f"unknown region code {region}")
+    if not tree.contains(node, region):
+        raise InvalidArgument(field_name, f"{region} is outside this node's subtree ({node})")
+    return tree.get(region).tier
+
+
+def make_slice(
+    tree: RegionTree,
+    node: str,
+    *,
+    region_code: str,
+    unit_id: str = "",
+    category: str = "",
+    channel: str = "",
+    months: Sequence[str] = (),
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> Slice:
+    region = region_code or node
+    tier = _check_region(tree, node, region, "region_code")
+    if start is not None and end is not None and end <= start:
+        raise InvalidArgument("period_end", "must be after period_start")
+    return Slice(region, tier, unit_id, category, channel, tuple(months), start, end)
+
+
+def get_metrics(
+    uow: WarehouseUnitOfWork,
+    where: Slice,
+    *,
+    names: Sequence[str],
+    as_of: datetime,
+    with_ids: bool,
+    id_limit: int = 10_000,
+) -> list[MetricValue]:
+    chosen = check_metric_names(names)
+    agg = uow.aggregate(where, as_of=as_of, group_by=None).get("", Aggregates())
+    out: list[MetricValue] = []
+    for name in chosen:
+        value = compute(name, agg)
+        if with_ids:
+            ids = uow.case_ids(where, predicate=NUMERATOR_PREDICATE[name], as_of=as_of, limit=id_limit)
+            value = replace(value, case_ids=ids)
+        out.append(value)
+    return out
+
+
 def received(
     uow: WarehouseUnitOfWork,
     tree: RegionTree,
@@ -77,8 +213,113 @@ def received(
     start: datetime | None,
     end: datetime | None,
     with_ids: bool,
+    as_of: datetime,
 ) -> MetricValue:
-    count, ids = uow.count_received(
-        tier=tree.get(region_code).tier, region_code=region_code, start=start, end=end, with_ids=with_ids
-    )
-    return MetricValue("received", DEFINITIONS["received"], float(count), count, 0, ids)
+    where = Slice(region_code, tree.get(region_code).tier, start=start, end=end)
+    return get_metrics(uow, where, names=["received"], as_of=as_of, with_ids=with_ids)[0]
+
+
+def _periods(month: str, year: str) -> tuple[list[str], list[str], list[str]]:
+    """(this period, previous period, the one before) as lists of statistical months."""
+    if year:
+        months = year_months(year)
+        return months, year_months(str(int(year) - 1)), year_months(str(int(year) - 2))
+    if not month:
+        raise InvalidArgument("month", "give a month YYYY-MM or a year YYYY")
+    shift_month(month, 0)  # validates
+    return [month], [shift_month(month, -1)], [shift_month(month, -2)]
+
+
+def rank_regions(
+    uow: WarehouseUnitOfWork,
+    tree: RegionTree,
+    node: str,
+    *,
+    parent_region_code: str,
+    metric: str,
+    month: str,
+    year: str,
+    min_cases: int,
+    as_of: datetime,
+) -> list[RankRow]:
+    """Child regions of ``parent_region_code`` ranked by ``metric`` (see ``domain.rank``)."""
+    parent = parent_region_code or node
+    tier = _check_region(tree, node, parent, "parent_region_code")
+    if tier is Tier.COUNTY:
+        raise InvalidArgument("parent_region_code", f"{parent} is a county and has no child regions to rank")
+    check_metric_names([metric], "metric")
+    if min_cases < 0:
+        raise InvalidArgument("min_cases", "must not be negative")
+    now, before, _ = _periods(month, year)
+
+    def by_child(months: Sequence[str]) -> dict[str, Aggregates]:
+        got = uow.aggregate(Slice(parent, tier, months=tuple(months)), as_of=as_of, group_by="child")
+        # Every child appears, also one without cases (it is then "not ranked", which a reader expects to see).
+        return {child: got.get(child, Aggregates()) for child in tree.children.get(parent, [])}
+
+    return rank(metric, by_child(now), by_child(before), min_cases=min_cases)
+
+
+def rank_units(
+    uow: WarehouseUnitOfWork,
+    tree: RegionTree,
+    node: str,
+    *,
+    region_code: str,
+    metric: str,
+    month: str,
+    year: str,
+    min_cases: int,
+    as_of: datetime,
+) -> list[RankRow]:
+    """Handling units of the region ranked by ``metric``; a unit in the bottom two twice running is flagged."""
+    region = region_code or node
+    tier = _check_region(tree, node, region, "region_code")
+    check_metric_names([metric], "metric")
+    if min_cases < 0:
+        raise InvalidArgument("min_cases", "must not be negative")
+    now, before, _ = _periods(month, year)
+
+    def by_unit(months: Sequence[str]) -> dict[str, Aggregates]:
+        got = uow.aggregate(Slice(region, tier, months=tuple(months)), as_of=as_of, group_by="unit")
+        return {unit: agg for unit, agg in got.items() if unit}
+
+    return rank(metric, by_unit(now), by_unit(before), min_cases=min_cases)
+
+
+def hotspots(
+    uow: WarehouseUnitOfWork,
+    tree: RegionTree,
+    node: str,
+    *,
+    region_code: str,
+    as_of: datetime,
+    rules: HotspotRules,
+) -> list[Hotspot]:
+    region = region_code or node
+    tier = _check_region(tree, node, region, "region_code")
+    start = as_of - rules.window - rules.baseline
+    sightings = uow.sightings(Slice(region, tier, start=start, end=as_of))
+    found = detect(sightings, as_of=as_of, rules=rules)
+    if not found:
+        return []
+    # Keywords only for the few cells found: reading texts of every case would be wasted work.
+    window_start = to_utc(as_of) - rules.window
+    out: list[Hotspot] = []
+    for spot in found:
+        ids = [
+            s.case_id
+            for s in sightings
+            if s.region_code == spot.region_code
+            and s.category == spot.category
+            and window_start <= to_utc(s.submitted_at) < to_utc(as_of)
+        ]
+        texts = uow.texts(ids)
+        out.append(replace(spot, keywords=_keywords(list(texts.values()), rules.keywords)))
+    return out
+
+
+def _keywords(texts: list[str], top: int) -> list[str]:
+    from services.stats.hotspot import keywords
+
+    return keywords(texts, top)

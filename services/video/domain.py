@@ -151,6 +151,57 @@ class Visit:
     created_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Room:
+    room_id: str
+    node: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Hold:
+    hold_id: str
+    room_id: str
+    requesting_node: str
+    visit_id: str
+    case_id: str
+    starts_at: datetime
+    ends_at: datetime
+    expires_at: datetime
+    state: HoldState
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FoundSlot:
+    starts_at: datetime
+    ends_at: datetime
+    session_start: datetime
+    remaining: int
+    room_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BookRequest:
+    case_id: str
+    leader_id: str
+    room_ids: tuple[str, ...]  # extra rooms asked for (local or remote)
+    unit_ids: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    starts_at: datetime | None
+    exclude: frozenset[datetime] = frozenset()
+
+
+@dataclass(frozen=True)
+class RemoteHold:
+    hold_id: str
+    visit_id: str
+    room_id: str
+    node: str
+    state: str
+
+
 def require_state(visit: Visit, allowed: frozenset[VisitState] | set[VisitState], action: str) -> None:
     if visit.state not in allowed:
         raise FailedPrecondition(f"cannot {action} a visit in state {visit.state}", visit.state.value)

@@ -11,13 +11,12 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from google.protobuf.message import Message
 from lianxin.events.v1 import events_pb2
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,6 +27,11 @@ from services.common.events import envelope, write_event
 from services.common.timeutil import CHINA, to_timestamp
 from services.video import slots
 from services.video.domain import (
+    BookRequest,
+    FoundSlot,
+    Hold,
+    RemoteHold,
+    Room,
     ACTIVE_VISIT_STATES,
     HoldState,
     OneOffDay,
@@ -58,57 +62,6 @@ from services.video.models import (
 def aware(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; everything stored is UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class Room:
-    room_id: str
-    node: str
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class Hold:
-    hold_id: str
-    room_id: str
-    requesting_node: str
-    visit_id: str
-    case_id: str
-    starts_at: datetime
-    ends_at: datetime
-    expires_at: datetime
-    state: HoldState
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class FoundSlot:
-    starts_at: datetime
-    ends_at: datetime
-    session_start: datetime
-    remaining: int
-    room_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class BookRequest:
-    case_id: str
-    leader_id: str
-    room_ids: tuple[str, ...]  # extra rooms asked for (local or remote)
-    unit_ids: tuple[str, ...]
-    not_before: datetime
-    not_after: datetime
-    starts_at: datetime | None
-    exclude: frozenset[datetime] = frozenset()
-
-
-@dataclass(frozen=True)
-class RemoteHold:
-    hold_id: str
-    visit_id: str
-    room_id: str
-    node: str
-    state: str
 
 
 def _schedule_from_row(row: ScheduleRow) -> Schedule:
@@ -804,5 +757,3 @@ class VideoStore:
             r.reason,
         )
 
-
-__all__ = ["ACTIVE_VISIT_STATES", "BookRequest", "FoundSlot", "Hold", "RemoteHold", "Room", "VideoStore", "and_", "or_"]

@@ -448,6 +448,8 @@ class CaseHandedOff(_message.Message):
     NEW_OWNER_EPOCH_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CASE_FIELD_NUMBER: _builtins.int
+    FROM_WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
     from_node: _builtins.str
     """Node giving up ownership."""
     to_node: _builtins.str
@@ -458,6 +460,12 @@ class CaseHandedOff(_message.Message):
     """Kind of hand-off: "assign_down" (交办), "escalate_up" (上报) or "national_transfer" (国家转送)."""
     reason: _builtins.str
     """Reason for the hand-off."""
+    from_work_order_id: _builtins.str
+    """Work order at the giving node that the hand-off closes there, if any."""
+    @_builtins.property
+    def case(self) -> _common_pb2.Case:
+        """The case as the receiving node needs it to handle it, without personal data (those travel sealed, later)."""
+
     def __init__(
         self,
         *,
@@ -466,10 +474,12 @@ class CaseHandedOff(_message.Message):
         new_owner_epoch: _builtins.int = ...,
         kind: _builtins.str = ...,
         reason: _builtins.str = ...,
+        case: _common_pb2.Case | None = ...,
+        from_work_order_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case", b"case"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_node", b"from_node", "kind", b"kind", "new_owner_epoch", b"new_owner_epoch", "reason", b"reason", "to_node", b"to_node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case", b"case", "from_node", b"from_node", "from_work_order_id", b"from_work_order_id", "kind", b"kind", "new_owner_epoch", b"new_owner_epoch", "reason", b"reason", "to_node", b"to_node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,97 @@
+"""Translate an EventEnvelope (from any node or service) into the warehouse's ``CaseEvent``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from lianxin.common.v1 import common_pb2
+from lianxin.events.v1 import events_pb2
+
+from services.common.timeutil import from_timestamp
+from services.stats.domain import CaseEvent
+
+# Payloads the warehouse folds; others (visits, warnings, ...) are not kept.
+FOLDED = (
+    "case_registered",
+    "work_order_created",
+    "work_order_changed",
+    "case_evaluated",
+    "supervision_issued",
+    "case_handed_off",
+    "case_merged",
+    "case_withdrawn",
+)
+_TEXT_LIMIT = 400  # keywords need the gist, not the whole letter
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _name(enum: object, value: int, prefix: str) -> str:
+    return str(enum.Name(value)).removeprefix(prefix)  # type: ignore[attr-defined]
+
+
+def to_case_event(env: events_pb2.EventEnvelope) -> CaseEvent | None:
+    """None for payloads the warehouse does not fold."""
+    kind = env.WhichOneof("payload")
+    if kind not in FOLDED:
+        return None
+    occurred = from_timestamp(env.occurred_at) or _EPOCH
+    base = {"case_id": env.case_id, "version": int(env.version), "kind": kind, "occurred_at": occurred}
+    if kind == "case_registered":
+        payload = env.case_registered
+        case = payload.case
+        return CaseEvent(
+            **base,  # type: ignore[arg-type]
+            region_code=case.region_code,
+            registering_node=case.registering_node or env.origin_node,
+            channel=_name(common_pb2.Channel, case.channel, "CHANNEL_").lower(),
+            category=case.category,
+            submitted_at=from_timestamp(case.submitted_at) or occurred,
+            is_repeat=bool(payload.repeat_of or case.repeat_of),
+        )
+    if kind == "work_order_created":
+        created = env.work_order_created
+        return CaseEvent(
+            **base,  # type: ignore[arg-type]
+            unit_id=created.unit_id,
+            work_order_id=created.work_order_id,
+            deadlines=_deadlines(created.deadlines),
+            manual_queue=created.manual_queue,
+        )
+    if kind == "work_order_changed":
+        changed = env.work_order_changed
+        to_state = _name(common_pb2.CaseState, changed.to_state, "CASE_STATE_") if changed.to_state else ""
+        return CaseEvent(
+            **base,  # type: ignore[arg-type]
+            unit_id=changed.unit_id,
+            work_order_id=changed.work_order_id,
+            deadlines=_deadlines(changed.deadlines),
+            to_state=to_state,
+            action=changed.action,
+        )
+    if kind == "case_evaluated":
+        evaluated = env.case_evaluated
+        rating = (
+            _name(common_pb2.Satisfaction, evaluated.satisfaction, "SATISFACTION_").lower()
+            if evaluated.satisfaction
+            else ""
+        )
+        return CaseEvent(**base, satisfaction=rating, unit_id=evaluated.unit_id)  # type: ignore[arg-type]
+    if kind == "supervision_issued":
+        return CaseEvent(**base, level=env.supervision_issued.level)  # type: ignore[arg-type]
+    return CaseEvent(**base)  # type: ignore[arg-type]
+
+
+def case_text(env: events_pb2.EventEnvelope) -> str:
+    if env.WhichOneof("payload") != "case_registered":
+        return ""
+    case = env.case_registered.case
+    return f"{case.title}\n{case.body}"[:_TEXT_LIMIT]
+
+
+def _deadlines(items: object) -> dict[str, datetime]:
+    out: dict[str, datetime] = {}
+    for deadline in items:  # type: ignore[attr-defined]
+        due = from_timestamp(deadline.due_at)
+        if deadline.kind and due is not None:
+            out[deadline.kind] = due
+    return out
