@@ -24,10 +24,10 @@ def _configure_logging(settings: Settings) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Start the embedded federation and keep it running until Ctrl-C."""
+    import os
+
     from services.common.regions import RegionTree
     from services.federation import Federation
-
-    import os
 
     federation = Federation(
         data_dir=Path(args.data_dir),

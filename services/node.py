@@ -62,7 +62,7 @@ def database_ready(engine: Engine) -> Callable[[], bool]:
             with engine.connect() as conn:
                 conn.execute(text("select 1"))
             return True
-        except Exception:  # noqa: BLE001 - any failure means not ready
+        except Exception:
             log.warning("database not ready", exc_info=True)
             return False
 

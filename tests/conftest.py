@@ -62,7 +62,7 @@ def postgres_admin_url() -> str:
         with engine.connect() as conn:
             conn.execute(sa.text("select 1"))
         engine.dispose()
-    except Exception as exc:  # noqa: BLE001 - any failure means the server is not usable
+    except Exception as exc:
         unavailable("PostgreSQL", f"{PG_ADMIN_URL}: {exc.__class__.__name__}: {exc}")
     return PG_ADMIN_URL
 

@@ -1,69 +1,150 @@
-"""Composition of the stats service for any host."""
+"""Composition of the stats service for any host: subscriptions, gauges timer and the gRPC servicer."""
 
 from __future__ import annotations
 
-from lianxin.common.v1 import common_pb2
-from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
-from sqlalchemy.orm import Session
+import os
+from collections.abc import Callable, Mapping
+from datetime import datetime
 
+from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
+from prometheus_client import Gauge
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.common.calendar import ChineseWorkingCalendar, WorkingCalendar
 from services.common.events import decode
 from services.common.outbox import consume_once
-from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription
-from services.common.timeutil import from_timestamp
-from services.stats.handlers import CaseFact, region_columns
+from services.common.regions import RegionTree
+from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
+from services.stats import handlers
+from services.stats.domain import StatsConfig
 from services.stats.models import inbox, outbox
 from services.stats.servicer import StatsServicer
 from services.stats.store import SqlWarehouse
+from services.stats.translate import case_text, to_case_event
+
+# Region codes only as labels: never anything personal (DESIGN §6).
+WORK_ORDERS_OPEN = Gauge("lianxin_work_orders_open", "Open cases (not closed, withdrawn, merged or refused)", ["region"])
+WORK_ORDERS_OVERDUE = Gauge(
+    "lianxin_work_orders_overdue", "Open cases past their handling deadline without a reply", ["region"]
+)
+SUPERVISIONS_ACTIVE = Gauge("lianxin_supervisions_active", "Open cases under supervision (督办)", ["region"])
+
+# Events the warehouse folds, by emitting service. "exchange" carries the subtree's replicas.
+SUBSCRIBED: tuple[tuple[str, str], ...] = (
+    ("intake", "case_registered"),
+    ("intake", "case_evaluated"),
+    ("intake", "case_withdrawn"),
+    ("intake", "case_merged"),
+    ("routing", "work_order_created"),
+    ("routing", "work_order_changed"),
+    ("routing", "supervision_issued"),
+    ("routing", "case_handed_off"),
+    ("routing", "case_merged"),
+    ("routing", "case_withdrawn"),
+    ("routing", "case_evaluated"),
+    ("exchange", "case_registered"),
+    ("exchange", "work_order_created"),
+    ("exchange", "work_order_changed"),
+    ("exchange", "case_evaluated"),
+    ("exchange", "supervision_issued"),
+    ("exchange", "case_handed_off"),
+    ("exchange", "case_merged"),
+    ("exchange", "case_withdrawn"),
+)
+
+
+def config_from_env(env: Mapping[str, str] | None = None) -> StatsConfig:
+    """LIANXIN_STATS_MONTH_START_DAY (default 1), LIANXIN_STATS_SATISFIED_AFTER_WORKDAYS (default 20)."""
+    source = os.environ if env is None else env
+    return StatsConfig(
+        month_start_day=int(source.get("LIANXIN_STATS_MONTH_START_DAY", "1")),
+        satisfied_after_workdays=int(source.get("LIANXIN_STATS_SATISFIED_AFTER_WORKDAYS", "20")),
+    )
+
+
+def make_ingestor(
+    *,
+    session_factory: sessionmaker[Session],
+    regions: RegionTree,
+    config: StatsConfig,
+    calendar: WorkingCalendar,
+) -> Callable[[BusEvent], bool]:
+    """The one entry for every source (own services or exchange); idempotent by event id and by version."""
+
+    def ingest_event(event: BusEvent) -> bool:
+        env = decode(event)
+        case_event = to_case_event(env)
+        if case_event is None:
+            return False
+
+        def apply(session: Session) -> None:
+            handlers.ingest(
+                SqlWarehouse(session),
+                case_event,
+                source=event.source,
+                body=event.body,
+                text=case_text(env),
+                tree=regions,
+                config=config,
+                calendar=calendar,
+            )
+
+        return consume_once(session_factory, inbox, "stats", event, apply)
+
+    return ingest_event
+
+
+def refresh_gauges(
+    session_factory: sessionmaker[Session], regions: RegionTree, node: str, as_of: datetime
+) -> dict[str, tuple[int, int, int]]:
+    with session_factory() as session:
+        counts = SqlWarehouse(session).open_work(tier=regions.get(node).tier, region_code=node, as_of=as_of)
+    for region, (open_count, overdue, supervised) in counts.items():
+        label = region or node
+        WORK_ORDERS_OPEN.labels(label).set(open_count)
+        WORK_ORDERS_OVERDUE.labels(label).set(overdue)
+        SUPERVISIONS_ACTIVE.labels(label).set(supervised)
+    return counts
 
 
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
+    config = ctx.extras.get("stats_config") or config_from_env()
+    calendar = ctx.extras.get("calendar") or ChineseWorkingCalendar()
+    ingest_event = make_ingestor(
+        session_factory=ctx.session_factory, regions=ctx.regions, config=config, calendar=calendar
+    )
 
-    def on_case_registered(event: BusEvent) -> None:
-        env = decode(event)
-        case = env.case_registered.case
-        region, province, city, county = region_columns(ctx.regions, case.region_code, case.registering_node)
-        submitted = from_timestamp(case.submitted_at) or ctx.clock()
-        fact = CaseFact(
-            case_id=env.case_id,
-            region_code=region,
-            province_code=province,
-            city_code=city,
-            county_code=county,
-            registering_node=case.registering_node,
-            channel=common_pb2.Channel.Name(case.channel).removeprefix("CHANNEL_").lower(),
-            category=case.category,
-            state=common_pb2.CaseState.Name(case.state).removeprefix("CASE_STATE_"),
-            version=env.version,
-            submitted_at=submitted,
-            updated_at=from_timestamp(env.occurred_at) or submitted,
-        )
-        consume_once(ctx.session_factory, inbox, "stats", event, lambda s: SqlWarehouse(s).upsert_case_fact(fact))
+    def handle(event: BusEvent) -> None:
+        ingest_event(event)
 
-    def on_work_order_created(event: BusEvent) -> None:
-        env = decode(event)
-        created = env.work_order_created
-        state = "REGISTERED" if created.manual_queue else ("ASSIGNED" if created.unit_id else "TRANSFERRED")
-        at = from_timestamp(env.occurred_at) or ctx.clock()
-
-        def apply(session: Session) -> None:
-            SqlWarehouse(session).touch_case(env.case_id, state=state, version=env.version, at=at)
-
-        consume_once(ctx.session_factory, inbox, "stats", event, apply)
-
+    gauge_interval = float(os.environ.get("LIANXIN_STATS_GAUGE_INTERVAL_S", "30"))
     return ServiceParts(
         name="stats",
         servicers=[
             ServicerBinding(
                 stats_grpc.add_StatsServiceServicer_to_server,
-                StatsServicer(session_factory=ctx.session_factory, regions=ctx.regions, node=node),
+                StatsServicer(
+                    session_factory=ctx.session_factory,
+                    regions=ctx.regions,
+                    node=node,
+                    config=config,
+                    clock=ctx.clock,
+                ),
                 "lianxin.stats.v1.StatsService",
             )
         ],
-        subscriptions=[
-            Subscription("stats", "intake", "case_registered", on_case_registered),
-            Subscription("stats", "routing", "work_order_created", on_work_order_created),
+        subscriptions=[Subscription("stats", source, kind, handle) for source, kind in SUBSCRIBED],
+        timers=[
+            Timer(
+                "stats-gauges",
+                gauge_interval,
+                lambda: (refresh_gauges(ctx.session_factory, ctx.regions, node, ctx.clock()), None)[1],
+            )
         ],
         session_factory=ctx.session_factory,
         outbox=outbox,
     )
+
+
+__all__ = ["SUBSCRIBED", "build", "config_from_env", "make_ingestor", "refresh_gauges"]

@@ -1,9 +1,14 @@
-"""StatsService gRPC adapter."""
+"""StatsService gRPC adapter: translate requests, delegate to the handlers, translate answers."""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from lianxin.common.v1 import common_pb2
 from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,47 +17,200 @@ from services.common.errors import InvalidArgument
 from services.common.regions import RegionTree
 from services.common.timeutil import from_timestamp, to_timestamp
 from services.stats import handlers
+from services.stats.domain import RankRow, StatsConfig, month_bounds, parse_month
+from services.stats.hotspot import HotspotRules
 from services.stats.store import SqlWarehouse
+
+_CONTENT_TYPES = {".md": "text/markdown", ".csv": "text/csv", ".png": "image/png"}
+
+
+def channel_name(value: int) -> str:
+    return "" if not value else str(common_pb2.Channel.Name(value)).removeprefix("CHANNEL_").lower()
+
+
+def _duration(value: Any) -> timedelta | None:
+    if value.seconds == 0 and value.nanos == 0:
+        return None
+    if value.seconds < 0:
+        raise InvalidArgument("window", "must be positive")
+    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
 
 
 class StatsServicer(stats_grpc.StatsServiceServicer):
-    def __init__(self, *, session_factory: sessionmaker[Session], regions: RegionTree, node: str) -> None:
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        regions: RegionTree,
+        node: str,
+        config: StatsConfig | None = None,
+        clock: Callable[[], datetime],
+        hotspot_rules: HotspotRules | None = None,
+    ) -> None:
         self._factory = session_factory
         self._regions = regions
         self._node = node
+        self._config = config or StatsConfig()
+        self._clock = clock
+        self._rules = hotspot_rules or HotspotRules()
 
     def GetMetrics(self, request: stats_pb2.GetMetricsRequest, context: Any) -> stats_pb2.GetMetricsResponse:
-        region = request.region_code or self._node
-        if region not in self._regions:
-            raise InvalidArgument("region_code", f"unknown region code {region}")
-        if not self._regions.contains(self._node, region):
-            raise InvalidArgument("region_code", f"{region} is outside this node's subtree ({self._node})")
-        names = list(request.metrics) or ["received"]
-        unknown = [n for n in names if n not in handlers.DEFINITIONS]
-        if unknown:
-            raise InvalidArgument("metrics", f"unknown metric {unknown[0]!r}; known: {sorted(handlers.DEFINITIONS)}")
+        months: tuple[str, ...] = ()
         start = from_timestamp(request.period_start)
         end = from_timestamp(request.period_end)
+        if request.month:
+            parse_month(request.month)
+            months = (request.month,)
+            start, end = month_bounds(request.month, self._config)
+        where = handlers.make_slice(
+            self._regions,
+            self._node,
+            region_code=request.region_code,
+            unit_id=request.unit_id,
+            category=request.category,
+            channel=channel_name(request.channel),
+            months=months,
+            start=None if months else start,
+            end=None if months else end,
+        )
+        as_of = self._clock()
         with self._factory() as session:
-            value = handlers.received(
+            values = handlers.get_metrics(
                 SqlWarehouse(session),
-                self._regions,
-                region_code=region,
-                start=start,
-                end=end,
+                where,
+                names=list(request.metrics),
+                as_of=as_of,
                 with_ids=request.include_case_ids,
             )
-        metric = stats_pb2.Metric(
-            name=value.name,
-            definition=value.definition,
-            value=value.value,
-            numerator=value.numerator,
-            denominator=value.denominator,
-            case_ids=value.case_ids,
+        response = stats_pb2.GetMetricsResponse(
+            metrics=[
+                stats_pb2.Metric(
+                    name=v.name,
+                    definition=v.definition,
+                    value=v.value,
+                    numerator=v.numerator,
+                    denominator=v.denominator,
+                    case_ids=v.case_ids,
+                )
+                for v in values
+            ]
         )
-        response = stats_pb2.GetMetricsResponse(metrics=[metric])
         if start:
             response.period_start.CopyFrom(to_timestamp(start))
         if end:
             response.period_end.CopyFrom(to_timestamp(end))
+        response.as_of.CopyFrom(to_timestamp(as_of))
         return response
+
+    def _rows(self, rows: list[RankRow], *, units: bool) -> list[stats_pb2.Ranking]:
+        out = []
+        for row in rows:
+            if units:
+                prefix = row.key.split(":", 1)[0]
+                region = prefix if prefix in self._regions else ""
+                name, unit = row.key, row.key
+            else:
+                region, name, unit = row.key, self._regions.get(row.key).name, ""
+            out.append(
+                stats_pb2.Ranking(
+                    region_code=region,
+                    name=name,
+                    value=row.value,
+                    cases=row.cases,
+                    rank=row.rank,
+                    change_vs_previous=row.change_vs_previous,
+                    flagged=row.flagged,
+                    unit_id=unit,
+                )
+            )
+        return out
+
+    def RankRegions(self, request: stats_pb2.RankRegionsRequest, context: Any) -> stats_pb2.RankRegionsResponse:
+        with self._factory() as session:
+            rows = handlers.rank_regions(
+                SqlWarehouse(session),
+                self._regions,
+                self._node,
+                parent_region_code=request.parent_region_code,
+                metric=request.metric,
+                month=request.month,
+                year=request.year,
+                min_cases=request.min_cases,
+                as_of=self._clock(),
+            )
+        return stats_pb2.RankRegionsResponse(rows=self._rows(rows, units=False))
+
+    def RankUnits(self, request: stats_pb2.RankUnitsRequest, context: Any) -> stats_pb2.RankUnitsResponse:
+        with self._factory() as session:
+            rows = handlers.rank_units(
+                SqlWarehouse(session),
+                self._regions,
+                self._node,
+                region_code=request.region_code,
+                metric=request.metric,
+                month=request.month,
+                year=request.year,
+                min_cases=request.min_cases,
+                as_of=self._clock(),
+            )
+        return stats_pb2.RankUnitsResponse(rows=self._rows(rows, units=True))
+
+    def ListHotspots(self, request: stats_pb2.ListHotspotsRequest, context: Any) -> stats_pb2.ListHotspotsResponse:
+        rules = self._rules
+        window = _duration(request.window)
+        baseline = _duration(request.baseline)
+        if window is not None:
+            rules = HotspotRules(**{**rules.__dict__, "window": window})
+        if baseline is not None:
+            rules = HotspotRules(**{**rules.__dict__, "baseline": baseline})
+        as_of = from_timestamp(request.as_of) or self._clock()
+        with self._factory() as session:
+            found = handlers.hotspots(
+                SqlWarehouse(session),
+                self._regions,
+                self._node,
+                region_code=request.region_code,
+                as_of=as_of,
+                rules=rules,
+            )
+        return stats_pb2.ListHotspotsResponse(
+            hotspots=[
+                stats_pb2.Hotspot(
+                    region_code=h.region_code,
+                    category=h.category,
+                    count=h.count,
+                    baseline=h.baseline,
+                    score=h.score,
+                    keywords=h.keywords,
+                    example_case_ids=h.example_case_ids,
+                )
+                for h in found
+            ]
+        )
+
+    def GetBulletin(self, request: stats_pb2.GetBulletinRequest, context: Any) -> stats_pb2.GetBulletinResponse:
+        from services.stats.bulletin import write_bulletin
+
+        if not request.month:
+            raise InvalidArgument("month", "give the statistical month YYYY-MM")
+        parse_month(request.month)
+        with tempfile.TemporaryDirectory(prefix="lianxin-bulletin-") as tmp, self._factory() as session:
+            written = write_bulletin(
+                SqlWarehouse(session),
+                self._regions,
+                self._node,
+                region_code=request.region_code or self._node,
+                month=request.month,
+                out_dir=Path(tmp),
+                config=self._config,
+                as_of=self._clock(),
+                rules=self._rules,
+            )
+            markdown = written.markdown.read_text("utf-8")
+            files = [
+                stats_pb2.BulletinFile(
+                    name=path.name, content_type=_CONTENT_TYPES.get(path.suffix, ""), content=path.read_bytes()
+                )
+                for path in written.files
+            ]
+        return stats_pb2.GetBulletinResponse(markdown=markdown, files=files)

@@ -46,7 +46,8 @@ def sessions(schedule: Schedule, first: date, last: date, calendar: WorkingCalen
                 one_offs.setdefault(d.day, []).append((True, None))
             else:
                 s = Session(
-                    datetime.combine(d.day, d.start, tzinfo=CHINA), datetime.combine(d.day, d.end, tzinfo=CHINA)
+                    datetime.combine(d.day, d.start, tzinfo=CHINA),
+                    datetime.combine(d.day, d.end, tzinfo=CHINA),
                 )
                 one_offs.setdefault(d.day, []).append((False, s))
     by_weekday: dict[int, list[tuple[int, int, int, int]]] = {}

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.message import Message
 from lianxin.events.v1 import events_pb2
@@ -21,7 +21,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.calendar import WorkingCalendar
-from services.common.crypto import FieldCipher
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import envelope, write_event
 from services.common.timeutil import CHINA, to_timestamp
@@ -30,12 +29,11 @@ from services.video.domain import (
     BookRequest,
     FoundSlot,
     Hold,
-    RemoteHold,
-    Room,
-    ACTIVE_VISIT_STATES,
     HoldState,
     OneOffDay,
+    RemoteHold,
     Representative,
+    Room,
     Schedule,
     Visit,
     VisitState,
@@ -48,8 +46,8 @@ from services.video.domain import (
 )
 from services.video.models import (
     HoldRow,
-    RemoteHoldRow,
     ReminderRow,
+    RemoteHoldRow,
     ReservationRow,
     RoomRow,
     ScheduleRow,
@@ -57,6 +55,14 @@ from services.video.models import (
     VisitRow,
     outbox,
 )
+
+
+class Sealer(Protocol):
+    """The part of ``services.common.crypto.FieldCipher`` this store uses."""
+
+    def encrypt(self, plaintext: str, *, context: str) -> bytes: ...
+
+    def decrypt(self, blob: bytes, *, context: str) -> str: ...
 
 
 def aware(value: datetime) -> datetime:
@@ -93,7 +99,9 @@ def _schedule_from_row(row: ScheduleRow) -> Schedule:
 
 def _schedule_body(s: Schedule) -> dict[str, object]:
     return {
-        "weekly": [{"weekday": p.weekday, "start": f"{p.start:%H:%M}", "end": f"{p.end:%H:%M}"} for p in s.weekly],
+        "weekly": [
+            {"weekday": p.weekday, "start": f"{p.start:%H:%M}", "end": f"{p.end:%H:%M}"} for p in s.weekly
+        ],
         "one_offs": [
             {
                 "date": d.day.isoformat(),
@@ -112,7 +120,7 @@ class VideoStore:
         self,
         factory: sessionmaker[Session],
         *,
-        cipher: FieldCipher,
+        cipher: Sealer,
         node: str,
         calendar: WorkingCalendar,
         clock: Callable[[], datetime],
@@ -215,7 +223,9 @@ class VideoStore:
     def _busy(self, s: Session, resources: list[str], lo: datetime, hi: datetime) -> list[slots.Interval]:
         rows = s.execute(
             select(ReservationRow.starts_at, ReservationRow.ends_at).where(
-                ReservationRow.resource_id.in_(resources), ReservationRow.starts_at < hi, ReservationRow.ends_at > lo
+                ReservationRow.resource_id.in_(resources),
+                ReservationRow.starts_at < hi,
+                ReservationRow.ends_at > lo,
             )
         ).all()
         return slots.merge((aware(a), aware(b)) for a, b in rows)
@@ -234,7 +244,9 @@ class VideoStore:
                 raise InvalidArgument(f"room_ids[{i}]", f"room {room_id} is not registered")
             (local_rooms if row.node == self.node else remote).append(room_id)
         resources = (
-            [f"leader:{req.leader_id}"] + [f"room:{r}" for r in local_rooms] + [f"unit:{u}" for u in req.unit_ids]
+            [f"leader:{req.leader_id}"]
+            + [f"room:{r}" for r in local_rooms]
+            + [f"unit:{u}" for u in req.unit_ids]
         )
         buffer = timedelta(minutes=schedule.buffer_minutes)
         first = req.not_before.astimezone(CHINA).date()
@@ -242,7 +254,9 @@ class VideoStore:
         session_list = slots.sessions(schedule, first, last, self._calendar)
         lo, hi = req.not_before - timedelta(days=1), req.not_after + timedelta(days=1)
         q = select(ReservationRow.starts_at, ReservationRow.ends_at).where(
-            ReservationRow.resource_id.in_(resources), ReservationRow.starts_at < hi, ReservationRow.ends_at > lo
+            ReservationRow.resource_id.in_(resources),
+            ReservationRow.starts_at < hi,
+            ReservationRow.ends_at > lo,
         )
         if ignore_owner:
             q = q.where(ReservationRow.owner != ignore_owner)
@@ -273,7 +287,10 @@ class VideoStore:
         rooms = tuple(local_rooms + remote)
         return (
             schedule,
-            [FoundSlot(aware(c.starts_at), aware(c.ends_at), aware(c.session_start), left, rooms) for c, left in found],
+            [
+                FoundSlot(aware(c.starts_at), aware(c.ends_at), aware(c.session_start), left, rooms)
+                for c, left in found
+            ],
             remote,
         )
 
@@ -286,7 +303,9 @@ class VideoStore:
     def _reserve(self, s: Session, resource: str, start: datetime, end: datetime, owner: str) -> None:
         clash = s.scalar(
             select(ReservationRow.id).where(
-                ReservationRow.resource_id == resource, ReservationRow.starts_at < end, ReservationRow.ends_at > start
+                ReservationRow.resource_id == resource,
+                ReservationRow.starts_at < end,
+                ReservationRow.ends_at > start,
             )
         )
         if clash is not None:
@@ -294,7 +313,9 @@ class VideoStore:
         s.add(ReservationRow(resource_id=resource, starts_at=start, ends_at=end, owner=owner, version=1))
         s.flush()  # the UNIQUE constraint speaks now, inside our error mapping
 
-    def _count_in_session(self, s: Session, leader_id: str, session_start: datetime, cap: int, delta: int) -> None:
+    def _count_in_session(
+        self, s: Session, leader_id: str, session_start: datetime, cap: int, delta: int
+    ) -> None:
         row = s.get(SessionCountRow, (leader_id, session_start))
         if row is None:
             if delta < 0:
@@ -328,7 +349,9 @@ class VideoStore:
             owner = f"visit:{visit_id}"
             local_rooms = [r for r in slot.room_ids if r not in remote]
             resources = (
-                [f"leader:{req.leader_id}"] + [f"room:{r}" for r in local_rooms] + [f"unit:{u}" for u in req.unit_ids]
+                [f"leader:{req.leader_id}"]
+                + [f"room:{r}" for r in local_rooms]
+                + [f"unit:{u}" for u in req.unit_ids]
             )
             for res in resources:
                 self._reserve(s, res, slot.starts_at, slot.ends_at, owner)
@@ -340,7 +363,12 @@ class VideoStore:
             for h in holds:
                 s.add(
                     RemoteHoldRow(
-                        hold_id=h.hold_id, visit_id=visit_id, room_id=h.room_id, node=h.node, state="ASKED", created_at=now
+                        hold_id=h.hold_id,
+                        visit_id=visit_id,
+                        room_id=h.room_id,
+                        node=h.node,
+                        state="ASKED",
+                        created_at=now,
                     )
                 )
             visit = Visit(
@@ -368,14 +396,16 @@ class VideoStore:
             visit = self._to_visit(row)
             require_state(visit, {VisitState.HOLDING}, "confirm")
             row.state, row.version = VisitState.BOOKED.value, row.version + 1
-            s.execute(update(RemoteHoldRow).where(RemoteHoldRow.visit_id == visit_id).values(state="CONFIRMED"))
+            s.execute(
+                update(RemoteHoldRow).where(RemoteHoldRow.visit_id == visit_id).values(state="CONFIRMED")
+            )
             visit = self._to_visit(row)
             self._emit_booked(s, visit)
             return visit
 
-    def abandon(self, visit_id: str, reason: str, *, expected_version: int = 0, event: bool = False) -> tuple[
-        Visit, list[RemoteHold]
-    ]:
+    def abandon(
+        self, visit_id: str, reason: str, *, expected_version: int = 0, event: bool = False
+    ) -> tuple[Visit, list[RemoteHold]]:
         """Cancel a visit: free every local reservation and its place in the session; remote holds
         move to RELEASING and are returned so the caller (or the sweep, after a failure) releases them."""
         with self._tx() as s:
@@ -412,12 +442,20 @@ class VideoStore:
             check_version(expected_version, visit.version, "visit")
             require_state(visit, {VisitState.BOOKED}, "reschedule")
             if visit.hold_ids:
-                raise FailedPrecondition("a visit with rooms at other nodes is moved by cancel and book", "BOOKED")
+                raise FailedPrecondition(
+                    "a visit with rooms at other nodes is moved by cancel and book", "BOOKED"
+                )
             schedule = self._schedule(s, visit.leader_id)
             extra = tuple(r for r in visit.room_ids if r not in schedule.room_ids)
             moved = BookRequest(
-                visit.case_id, visit.leader_id, extra, tuple(visit.unit_ids), req.not_before, req.not_after,
-                req.starts_at, frozenset({visit.starts_at}),
+                visit.case_id,
+                visit.leader_id,
+                extra,
+                tuple(visit.unit_ids),
+                req.not_before,
+                req.not_after,
+                req.starts_at,
+                frozenset({visit.starts_at}),
             )
             _, found, _ = self._find(s, moved, 1, ignore_owner=f"visit:{visit_id}")
             if not found:
@@ -426,7 +464,9 @@ class VideoStore:
             s.execute(delete(ReservationRow).where(ReservationRow.owner == f"visit:{visit_id}"))
             self._count_in_session(s, visit.leader_id, aware(row.session_start), 0, -1)
             resources = (
-                [f"leader:{visit.leader_id}"] + [f"room:{r}" for r in slot.room_ids] + [f"unit:{u}" for u in visit.unit_ids]
+                [f"leader:{visit.leader_id}"]
+                + [f"room:{r}" for r in slot.room_ids]
+                + [f"unit:{u}" for u in visit.unit_ids]
             )
             for res in resources:
                 self._reserve(s, res, slot.starts_at, slot.ends_at, f"visit:{visit_id}")
@@ -435,8 +475,11 @@ class VideoStore:
                 update(VisitRow)
                 .where(VisitRow.visit_id == visit_id, VisitRow.version == visit.version)
                 .values(
-                    starts_at=slot.starts_at, ends_at=slot.ends_at, session_start=slot.session_start,
-                    version=visit.version + 1, room_ids=list(slot.room_ids),
+                    starts_at=slot.starts_at,
+                    ends_at=slot.ends_at,
+                    session_start=slot.session_start,
+                    version=visit.version + 1,
+                    room_ids=list(slot.room_ids),
                 )
             )
             if done.rowcount != 1:  # type: ignore[attr-defined]
@@ -451,7 +494,8 @@ class VideoStore:
     def check_in(self, visit_id: str, expected_version: int, reps: list[Representative]) -> Visit:
         now = self.now()
         sealed = self._cipher.encrypt(
-            json.dumps([r.__dict__ for r in reps], ensure_ascii=False), context=f"video_visits.representatives:{visit_id}"
+            json.dumps([r.__dict__ for r in reps], ensure_ascii=False),
+            context=f"video_visits.representatives:{visit_id}",
         )
         with self._tx() as s:
             row = self._visit_row_for(s, visit_id)
@@ -462,7 +506,9 @@ class VideoStore:
             row.state, row.version = VisitState.CHECKED_IN.value, row.version + 1
             return self._to_visit(row)
 
-    def record_outcome(self, visit_id: str, expected_version: int, minutes: str, decisions: str, ref: str) -> Visit:
+    def record_outcome(
+        self, visit_id: str, expected_version: int, minutes: str, decisions: str, ref: str
+    ) -> Visit:
         with self._tx() as s:
             row = self._visit_row_for(s, visit_id)
             visit = self._to_visit(row)
@@ -564,7 +610,11 @@ class VideoStore:
         """Sweep: HELD holds past their time-to-live lapse and free the room."""
         now = self.now()
         with self._tx() as s:
-            rows = list(s.scalars(select(HoldRow).where(HoldRow.state == HoldState.HELD.value, HoldRow.expires_at <= now)))
+            rows = list(
+                s.scalars(
+                    select(HoldRow).where(HoldRow.state == HoldState.HELD.value, HoldRow.expires_at <= now)
+                )
+            )
             for row in rows:
                 self._expire(s, row)
             return len(rows)
@@ -619,7 +669,9 @@ class VideoStore:
             )
             done = {
                 (r.visit_id, r.kind)
-                for r in s.scalars(select(ReminderRow).where(ReminderRow.visit_id.in_([r.visit_id for r in rows])))
+                for r in s.scalars(
+                    select(ReminderRow).where(ReminderRow.visit_id.in_([r.visit_id for r in rows]))
+                )
             }
             for row in rows:
                 for kind in reminders_due(aware(row.starts_at), now):
@@ -705,7 +757,9 @@ class VideoStore:
     def _to_visit(self, row: VisitRow) -> Visit:
         reps: list[Representative] = []
         if row.representatives:
-            raw = self._cipher.decrypt(row.representatives, context=f"video_visits.representatives:{row.visit_id}")
+            raw = self._cipher.decrypt(
+                row.representatives, context=f"video_visits.representatives:{row.visit_id}"
+            )
             reps = [Representative(**item) for item in json.loads(raw)]
         return Visit(
             visit_id=row.visit_id,
@@ -756,4 +810,3 @@ class VideoStore:
             HoldState(r.state),
             r.reason,
         )
-

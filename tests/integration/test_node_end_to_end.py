@@ -69,7 +69,8 @@ def received(channel: grpc.Channel, region: str = "511102") -> stats_pb2.Metric:
     reply = stats_grpc.StatsServiceStub(channel).GetMetrics(
         stats_pb2.GetMetricsRequest(region_code=region, metrics=["received"], include_case_ids=True), timeout=5
     )
-    return reply.metrics[0]
+    metric: stats_pb2.Metric = reply.metrics[0]
+    return metric
 
 
 def test_submitted_case_reaches_routing_and_is_counted_by_stats(node: Node, channel: grpc.Channel) -> None:
@@ -83,9 +84,11 @@ def test_submitted_case_reaches_routing_and_is_counted_by_stats(node: Node, chan
     wait_until(lambda: received(channel).numerator == 1, timeout=10, message="stats to count the case")
     assert list(received(channel).case_ids) == [case_id]
 
-    work_order = routing_grpc.RoutingServiceStub(channel).GetWorkOrder(
-        routing_pb2.GetWorkOrderRequest(work_order_id=work_order_id_for(case_id, "511102")), timeout=5
-    ).work_order
+    work_order = (
+        routing_grpc.RoutingServiceStub(channel)
+        .GetWorkOrder(routing_pb2.GetWorkOrderRequest(work_order_id=work_order_id_for(case_id, "511102")), timeout=5)
+        .work_order
+    )
     assert work_order.case_id == case_id
     assert work_order.state == common_pb2.CASE_STATE_ASSIGNED
     assert work_order.unit_id
@@ -110,7 +113,7 @@ def test_concurrent_retries_make_one_case(node: Node, channel: grpc.Channel) -> 
         try:
             barrier.wait(timeout=5)
             ids.append(stub.SubmitCase(submit_request("call-0003"), timeout=10).case.case_id)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=retry) for _ in range(8)]

@@ -1,0 +1,375 @@
+"""VideoService gRPC adapter (translate, call store/handlers, translate back) and the gRPC client
+that holds rooms at other nodes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from lianxin.common.v1 import common_pb2
+from lianxin.video.v1 import video_service_pb2 as pb
+from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
+
+from services.common.errors import InvalidArgument, Unavailable
+from services.common.grpcserver import instrumented_channel
+from services.common.logs import mask_id_number, mask_name
+from services.common.timeutil import from_timestamp, to_timestamp
+from services.video import handlers
+from services.video.domain import (
+    DEFAULT_HORIZON,
+    MAX_HORIZON,
+    BookRequest,
+    Hold,
+    HoldState,
+    OneOffDay,
+    Representative,
+    Room,
+    Schedule,
+    Visit,
+    WeeklyPattern,
+    clamp_ttl,
+    parse_hhmm,
+    validate_representatives,
+)
+from services.video.handlers import HoldAnswer
+from services.video.store import VideoStore
+
+CALL_TIMEOUT_S = 5.0  # every cross-node call has a deadline
+_VISIT_STATES = {
+    s: getattr(pb, f"VISIT_STATE_{s}")
+    for s in ("HOLDING", "BOOKED", "CHECKED_IN", "COMPLETED", "CANCELLED", "NO_SHOW")
+}
+_HOLD_STATES = {
+    s: getattr(pb, f"HOLD_STATE_{s}") for s in ("HELD", "CONFIRMED", "RELEASED", "EXPIRED", "REFUSED")
+}
+
+
+class GrpcRemoteRooms:
+    """``handlers.RemoteRooms`` over gRPC; ``peers``: node code → host:port (ctx.extras["video_peers"])."""
+
+    def __init__(self, node: str, peers: Mapping[str, str]) -> None:
+        self._node = node
+        self._peers = peers
+        self._stubs: dict[str, video_grpc.VideoServiceStub] = {}
+        self._lock = threading.Lock()
+
+    def _stub(self, node: str) -> video_grpc.VideoServiceStub:
+        address = self._peers.get(node)
+        if not address:
+            raise Unavailable(f"no address for node {node} (ctx.extras['video_peers'])")
+        with self._lock:
+            if node not in self._stubs:
+                self._stubs[node] = video_grpc.VideoServiceStub(instrumented_channel(address))
+            return self._stubs[node]
+
+    def hold(self, node: str, *, hold_id: str, room_id: str, visit: Visit, ttl: timedelta) -> HoldAnswer:
+        request = pb.HoldRoomRequest(
+            hold_id=hold_id,
+            room_id=room_id,
+            requesting_node=self._node,
+            visit_id=visit.visit_id,
+            case_id=visit.case_id,
+            starts_at=to_timestamp(visit.starts_at),
+            ends_at=to_timestamp(visit.ends_at),
+            ttl=Duration(seconds=int(ttl.total_seconds())),
+        )
+        try:
+            hold = self._stub(node).HoldRoom(request, timeout=CALL_TIMEOUT_S).hold
+        except grpc.RpcError as error:
+            raise Unavailable(f"HoldRoom at {node}: {error.code()}") from error  # type: ignore[attr-defined]
+        return HoldAnswer(hold.state == pb.HOLD_STATE_HELD, hold.reason)
+
+    def confirm(self, node: str, hold_id: str) -> None:
+        try:
+            self._stub(node).ConfirmHold(
+                pb.ConfirmHoldRequest(hold_id=hold_id, requesting_node=self._node), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.RpcError as error:
+            raise Unavailable(f"ConfirmHold at {node}: {error.code()}") from error  # type: ignore[attr-defined]
+
+    def release(self, node: str, hold_id: str, reason: str) -> None:
+        try:
+            self._stub(node).ReleaseHold(
+                pb.ReleaseHoldRequest(hold_id=hold_id, requesting_node=self._node, reason=reason),
+                timeout=CALL_TIMEOUT_S,
+            )
+        except grpc.RpcError as error:
+            raise Unavailable(f"ReleaseHold at {node}: {error.code()}") from error  # type: ignore[attr-defined]
+
+
+def _time(ts: Any, field: str, *, required: bool = False) -> datetime | None:
+    value = from_timestamp(ts) if ts.seconds or ts.nanos else None
+    if required and value is None:
+        raise InvalidArgument(field, "must be set")
+    return value
+
+
+def _window(request: Any, now: datetime) -> tuple[datetime, datetime]:
+    not_before = _time(request.not_before, "not_before") or now
+    not_after = _time(request.not_after, "not_after") or not_before + DEFAULT_HORIZON
+    if not_after < not_before:
+        raise InvalidArgument("not_after", "must not be before not_before")
+    if not_after - not_before > MAX_HORIZON:
+        raise InvalidArgument("not_after", f"window longer than {MAX_HORIZON.days} days")
+    return not_before, not_after
+
+
+def visit_message(v: Visit) -> pb.Visit:
+    # Representatives leave the service masked: the clerk saw them at the desk; replies are logged.
+    return pb.Visit(
+        visit_id=v.visit_id,
+        case_id=v.case_id,
+        leader_id=v.leader_id,
+        room_ids=v.room_ids,
+        unit_ids=v.unit_ids,
+        starts_at=to_timestamp(v.starts_at),
+        ends_at=to_timestamp(v.ends_at),
+        state=_VISIT_STATES[v.state.value],
+        version=v.version,
+        representatives=[
+            common_pb2.Person(name=mask_name(r.name), id_number=mask_id_number(r.id_number))
+            for r in v.representatives
+        ],
+        checked_in_at=to_timestamp(v.checked_in_at) if v.checked_in_at else None,
+        minutes=v.minutes,
+        decisions=v.decisions,
+        recording_ref=v.recording_ref,
+        hold_ids=v.hold_ids,
+    )
+
+
+def hold_message(h: Hold) -> pb.Hold:
+    return pb.Hold(
+        hold_id=h.hold_id,
+        room_id=h.room_id,
+        requesting_node=h.requesting_node,
+        visit_id=h.visit_id,
+        case_id=h.case_id,
+        starts_at=to_timestamp(h.starts_at),
+        ends_at=to_timestamp(h.ends_at),
+        expires_at=to_timestamp(h.expires_at),
+        state=_HOLD_STATES[h.state.value],
+        reason=h.reason,
+    )
+
+
+def schedule_message(s: Schedule) -> pb.Schedule:
+    return pb.Schedule(
+        schedule_id=s.schedule_id,
+        leader_id=s.leader_id,
+        node=s.node,
+        weekly_patterns=[
+            pb.WeeklyPattern(weekday=p.weekday, start_time=f"{p.start:%H:%M}", end_time=f"{p.end:%H:%M}")
+            for p in s.weekly
+        ],
+        one_off_days=[
+            pb.OneOffDay(
+                date=d.day.isoformat(),
+                start_time=f"{d.start:%H:%M}" if d.start else "",
+                end_time=f"{d.end:%H:%M}" if d.end else "",
+                closed=d.closed,
+            )
+            for d in s.one_offs
+        ],
+        slot_minutes=s.slot_minutes,
+        buffer_minutes=s.buffer_minutes,
+        max_per_session=s.max_per_session,
+        room_ids=s.room_ids,
+        version=s.version,
+    )
+
+
+def schedule_from(msg: pb.Schedule) -> Schedule:
+    from datetime import date
+
+    one_offs = []
+    for i, d in enumerate(msg.one_off_days):
+        try:
+            day = date.fromisoformat(d.date)
+        except ValueError:
+            raise InvalidArgument(
+                f"schedule.one_off_days[{i}].date", f"must be YYYY-MM-DD, got {d.date!r}"
+            ) from None
+        start = None if d.closed else parse_hhmm(d.start_time, f"schedule.one_off_days[{i}].start_time")
+        end = None if d.closed else parse_hhmm(d.end_time, f"schedule.one_off_days[{i}].end_time")
+        one_offs.append(OneOffDay(day, start, end, d.closed))
+    return Schedule(
+        schedule_id=msg.schedule_id,
+        leader_id=msg.leader_id,
+        node=msg.node,
+        weekly=tuple(
+            WeeklyPattern(
+                p.weekday,
+                parse_hhmm(p.start_time, f"schedule.weekly_patterns[{i}].start_time"),
+                parse_hhmm(p.end_time, f"schedule.weekly_patterns[{i}].end_time"),
+            )
+            for i, p in enumerate(msg.weekly_patterns)
+        ),
+        one_offs=tuple(one_offs),
+        slot_minutes=msg.slot_minutes,
+        buffer_minutes=msg.buffer_minutes,
+        max_per_session=msg.max_per_session,
+        room_ids=tuple(msg.room_ids),
+    )
+
+
+class VideoServicer(video_grpc.VideoServiceServicer):
+    """Domain errors raised here become status codes in the server's one interceptor."""
+
+    def __init__(
+        self,
+        store: VideoStore,
+        remote: handlers.RemoteRooms,
+        *,
+        hold_ttl: timedelta,
+        after_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._remote = remote
+        self._ttl = hold_ttl
+        self._after_commit = after_commit
+
+    def RegisterRoom(self, request: pb.RegisterRoomRequest, context: Any) -> pb.RegisterRoomResponse:
+        r = self._store.register_room(Room(request.room.room_id, request.room.node, request.room.name))
+        return pb.RegisterRoomResponse(room=pb.Room(room_id=r.room_id, node=r.node, name=r.name))
+
+    def PublishSchedule(self, request: pb.PublishScheduleRequest, context: Any) -> pb.PublishScheduleResponse:
+        stored = self._store.publish_schedule(schedule_from(request.schedule), request.expected_version)
+        return pb.PublishScheduleResponse(schedule=schedule_message(stored))
+
+    def _book_request(self, request: Any) -> BookRequest:
+        if not request.leader_id:
+            raise InvalidArgument("leader_id", "must be set")
+        not_before, not_after = _window(request, self._store.now())
+        starts_at = _time(request.starts_at, "starts_at") if hasattr(request, "starts_at") else None
+        return BookRequest(
+            case_id=getattr(request, "case_id", ""),
+            leader_id=request.leader_id,
+            room_ids=tuple(dict.fromkeys(request.room_ids)),
+            unit_ids=tuple(dict.fromkeys(request.unit_ids)),
+            not_before=not_before,
+            not_after=not_after,
+            starts_at=starts_at,
+        )
+
+    def ListSlots(self, request: pb.ListSlotsRequest, context: Any) -> pb.ListSlotsResponse:
+        limit = request.max_items if 0 < request.max_items <= 500 else 20
+        found = self._store.list_slots(self._book_request(request), limit)
+        return pb.ListSlotsResponse(
+            slots=[
+                pb.Slot(
+                    leader_id=request.leader_id,
+                    starts_at=to_timestamp(s.starts_at),
+                    ends_at=to_timestamp(s.ends_at),
+                    room_ids=s.room_ids,
+                    remaining_in_session=s.remaining,
+                )
+                for s in found
+            ]
+        )
+
+    def BookVisit(self, request: pb.BookVisitRequest, context: Any) -> pb.BookVisitResponse:
+        if not request.case_id:
+            raise InvalidArgument("case_id", "must be set")
+        visit = handlers.book_visit(self._store, self._remote, self._book_request(request), self._ttl)
+        self._after_commit()
+        return pb.BookVisitResponse(visit=visit_message(visit))
+
+    def RescheduleVisit(self, request: pb.RescheduleVisitRequest, context: Any) -> pb.RescheduleVisitResponse:
+        current = self._store.get_visit(request.visit_id)
+        not_before, not_after = _window(request, self._store.now())
+        req = BookRequest(
+            current.case_id,
+            current.leader_id,
+            (),
+            (),
+            not_before,
+            not_after,
+            _time(request.starts_at, "starts_at"),
+        )
+        visit = self._store.reschedule(request.visit_id, request.expected_version, req)
+        self._after_commit()
+        return pb.RescheduleVisitResponse(visit=visit_message(visit))
+
+    def CancelVisit(self, request: pb.CancelVisitRequest, context: Any) -> pb.CancelVisitResponse:
+        visit = handlers.cancel_visit(
+            self._store, self._remote, request.visit_id, request.expected_version, request.reason
+        )
+        self._after_commit()
+        return pb.CancelVisitResponse(visit=visit_message(visit))
+
+    def CheckIn(self, request: pb.CheckInRequest, context: Any) -> pb.CheckInResponse:
+        reps = validate_representatives(
+            [Representative(p.name, p.id_number, p.phone) for p in request.representatives]
+        )
+        visit = self._store.check_in(request.visit_id, request.expected_version, reps)
+        return pb.CheckInResponse(visit=visit_message(visit))
+
+    def RecordOutcome(self, request: pb.RecordOutcomeRequest, context: Any) -> pb.RecordOutcomeResponse:
+        if not (request.minutes.strip() or request.decisions.strip()):
+            raise InvalidArgument("minutes", "give the minutes or the decisions")
+        visit = self._store.record_outcome(
+            request.visit_id,
+            request.expected_version,
+            request.minutes,
+            request.decisions,
+            request.recording_ref,
+        )
+        self._after_commit()
+        return pb.RecordOutcomeResponse(visit=visit_message(visit))
+
+    def ListVisits(self, request: pb.ListVisitsRequest, context: Any) -> pb.ListVisitsResponse:
+        if not (request.leader_id or request.room_id or request.case_id):
+            raise InvalidArgument("leader_id", "give leader_id, room_id or case_id")
+        size = request.page.page_size if 0 < request.page.page_size <= 500 else 50
+        offset = int(request.page.page_token) if request.page.page_token.isdigit() else 0
+        visits, total = self._store.list_visits(
+            leader_id=request.leader_id,
+            room_id=request.room_id,
+            case_id=request.case_id,
+            not_before=_time(request.not_before, "not_before"),
+            not_after=_time(request.not_after, "not_after"),
+            offset=offset,
+            limit=size,
+        )
+        nxt = str(offset + size) if offset + size < total else ""
+        return pb.ListVisitsResponse(
+            visits=[visit_message(v) for v in visits],
+            page=common_pb2.PageResponse(next_page_token=nxt, total_size=total),
+        )
+
+    def HoldRoom(self, request: pb.HoldRoomRequest, context: Any) -> pb.HoldRoomResponse:
+        for name in ("hold_id", "room_id", "requesting_node"):
+            if not getattr(request, name):
+                raise InvalidArgument(name, "must be set")
+        starts = _time(request.starts_at, "starts_at", required=True)
+        ends = _time(request.ends_at, "ends_at", required=True)
+        assert starts is not None and ends is not None
+        if ends <= starts:
+            raise InvalidArgument("ends_at", "must be after starts_at")
+        ttl = clamp_ttl(request.ttl.ToTimedelta() if request.HasField("ttl") else None)
+        hold = Hold(
+            request.hold_id,
+            request.room_id,
+            request.requesting_node,
+            request.visit_id,
+            request.case_id,
+            starts,
+            ends,
+            self._store.now() + ttl,
+            HoldState.HELD,
+        )
+        return pb.HoldRoomResponse(hold=hold_message(self._store.hold_room(hold)))
+
+    def ConfirmHold(self, request: pb.ConfirmHoldRequest, context: Any) -> pb.ConfirmHoldResponse:
+        return pb.ConfirmHoldResponse(
+            hold=hold_message(self._store.confirm_hold(request.hold_id, request.requesting_node))
+        )
+
+    def ReleaseHold(self, request: pb.ReleaseHoldRequest, context: Any) -> pb.ReleaseHoldResponse:
+        hold = self._store.release_hold(request.hold_id, request.requesting_node, request.reason)
+        return pb.ReleaseHoldResponse(hold=hold_message(hold))
