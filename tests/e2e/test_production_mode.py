@@ -83,6 +83,11 @@ class ProductionNode:
                 process.wait()
 
 
+def _serving(node: ProductionNode, service: str) -> bool:
+    name = SERVICE_NAMES[service]
+    return health_statuses(node.address(service), [name])[name] == "SERVING"
+
+
 @pytest.fixture()
 def production_node(postgres_url: str, amqp_uri: str, tmp_path: Path) -> Iterator[ProductionNode]:
     env = {
@@ -105,11 +110,7 @@ def production_node(postgres_url: str, amqp_uri: str, tmp_path: Path) -> Iterato
         for service in SERVICES:
             node.spawn("serve", service)
         for service in SERVICES:
-            wait_until(
-                lambda s=service: health_statuses(node.address(s), [SERVICE_NAMES[s]])[SERVICE_NAMES[s]] == "SERVING",
-                timeout=60,
-                message=f"{service}-api SERVING",
-            )
+            wait_until(lambda s=service: _serving(node, s), timeout=60, message=f"{service}-api SERVING")  # type: ignore[misc]
         yield node
     finally:
         node.stop()
