@@ -23,10 +23,10 @@ up: venv
 test: venv test-main test-nameko
 
 test-main: venv
-	$(BIN)/python -m pytest -p no:pytest_nameko -p no:cacheprovider tests --ignore=tests/nameko -q -rs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:pytest_nameko -p no:cacheprovider tests --ignore=tests/nameko -q -rfEs $(PYTEST_ARGS)
 
 test-nameko: venv
-	$(BIN)/python -m services.common.eventlet_pytest -p no:cacheprovider tests/nameko -q -rs $(PYTEST_ARGS)
+	$(BIN)/python -m services.common.eventlet_pytest -p no:cacheprovider tests/nameko -q -rfEs $(PYTEST_ARGS)
 
 ## Regenerate the Python protobuf modules into gen/python (the one place).
 proto: venv
