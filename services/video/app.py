@@ -27,9 +27,7 @@ log = logging.getLogger(__name__)
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
     calendar = ctx.extras.get("calendar") or ChineseWorkingCalendar()
-    store = VideoStore(
-        ctx.session_factory, cipher=cipher_from_env(), node=node, calendar=calendar, clock=ctx.clock
-    )
+    store = VideoStore(ctx.session_factory, cipher=cipher_from_env(), node=node, calendar=calendar, clock=ctx.clock)
     peers = ctx.extras.setdefault("video_peers", {})
     remote = GrpcRemoteRooms(node, peers)
     hold_ttl = timedelta(seconds=float(ctx.extras.get("video_hold_ttl_s", DEFAULT_HOLD_TTL.total_seconds())))
@@ -48,9 +46,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
     return ServiceParts(
         name="video",
         servicers=[
-            ServicerBinding(
-                video_grpc.add_VideoServiceServicer_to_server, servicer, "lianxin.video.v1.VideoService"
-            )
+            ServicerBinding(video_grpc.add_VideoServiceServicer_to_server, servicer, "lianxin.video.v1.VideoService")
         ],
         timers=[Timer("video-sweep", min(ctx.settings.sweep_interval_s, 15.0), sweep)],
         session_factory=ctx.session_factory,

@@ -96,9 +96,7 @@ def validate_schedule(s: Schedule) -> None:
         raise InvalidArgument("schedule.weekly_patterns", "give at least one weekly pattern or one-off day")
     for i, p in enumerate(s.weekly):
         if not 1 <= p.weekday <= 7:
-            raise InvalidArgument(
-                f"schedule.weekly_patterns[{i}].weekday", "must be 1 (Monday) to 7 (Sunday)"
-            )
+            raise InvalidArgument(f"schedule.weekly_patterns[{i}].weekday", "must be 1 (Monday) to 7 (Sunday)")
         if p.end <= p.start:
             raise InvalidArgument(f"schedule.weekly_patterns[{i}].end_time", "must be after start_time")
     for i, d in enumerate(s.one_offs):

@@ -83,9 +83,7 @@ def book_visit(store: Store, remote: RemoteRooms, req: BookRequest, ttl: timedel
                     store.mark_remote(h.hold_id, "CONFIRMED")
                 except DomainError as error:
                     _give_up(store, remote, visit, f"confirm failed: {error}")
-                    raise Unavailable(
-                        f"room {h.room_id} at node {h.node} could not be confirmed: {error}"
-                    ) from error
+                    raise Unavailable(f"room {h.room_id} at node {h.node} could not be confirmed: {error}") from error
             return store.confirm_visit(visit.visit_id)
         _give_up(store, remote, visit, refused)
         if req.starts_at is not None:
@@ -95,9 +93,7 @@ def book_visit(store: Store, remote: RemoteRooms, req: BookRequest, ttl: timedel
     raise last_error or FailedPrecondition("no slot free for every participant", "NO_SLOT")
 
 
-def _hold_all(
-    store: Store, remote: RemoteRooms, visit: Visit, holds: list[RemoteHold], ttl: timedelta
-) -> str | None:
+def _hold_all(store: Store, remote: RemoteRooms, visit: Visit, holds: list[RemoteHold], ttl: timedelta) -> str | None:
     """Hold every remote room; the reason of the first refusal, or None when all are held."""
     for h in holds:
         try:
@@ -129,9 +125,7 @@ def release_pending(store: Store, remote: RemoteRooms, pending: list[RemoteHold]
     return released
 
 
-def cancel_visit(
-    store: Store, remote: RemoteRooms, visit_id: str, expected_version: int, reason: str
-) -> Visit:
+def cancel_visit(store: Store, remote: RemoteRooms, visit_id: str, expected_version: int, reason: str) -> Visit:
     visit, pending = store.abandon(visit_id, reason, expected_version=expected_version, event=True)
     release_pending(store, remote, pending)
     return visit

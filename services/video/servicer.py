@@ -40,12 +40,9 @@ from services.video.store import VideoStore
 
 CALL_TIMEOUT_S = 5.0  # every cross-node call has a deadline
 _VISIT_STATES = {
-    s: getattr(pb, f"VISIT_STATE_{s}")
-    for s in ("HOLDING", "BOOKED", "CHECKED_IN", "COMPLETED", "CANCELLED", "NO_SHOW")
+    s: getattr(pb, f"VISIT_STATE_{s}") for s in ("HOLDING", "BOOKED", "CHECKED_IN", "COMPLETED", "CANCELLED", "NO_SHOW")
 }
-_HOLD_STATES = {
-    s: getattr(pb, f"HOLD_STATE_{s}") for s in ("HELD", "CONFIRMED", "RELEASED", "EXPIRED", "REFUSED")
-}
+_HOLD_STATES = {s: getattr(pb, f"HOLD_STATE_{s}") for s in ("HELD", "CONFIRMED", "RELEASED", "EXPIRED", "REFUSED")}
 
 
 class GrpcRemoteRooms:
@@ -131,8 +128,7 @@ def visit_message(v: Visit) -> pb.Visit:
         state=_VISIT_STATES[v.state.value],
         version=v.version,
         representatives=[
-            common_pb2.Person(name=mask_name(r.name), id_number=mask_id_number(r.id_number))
-            for r in v.representatives
+            common_pb2.Person(name=mask_name(r.name), id_number=mask_id_number(r.id_number)) for r in v.representatives
         ],
         checked_in_at=to_timestamp(v.checked_in_at) if v.checked_in_at else None,
         minutes=v.minutes,
@@ -191,9 +187,7 @@ def schedule_from(msg: pb.Schedule) -> Schedule:
         try:
             day = date.fromisoformat(d.date)
         except ValueError:
-            raise InvalidArgument(
-                f"schedule.one_off_days[{i}].date", f"must be YYYY-MM-DD, got {d.date!r}"
-            ) from None
+            raise InvalidArgument(f"schedule.one_off_days[{i}].date", f"must be YYYY-MM-DD, got {d.date!r}") from None
         start = None if d.closed else parse_hhmm(d.start_time, f"schedule.one_off_days[{i}].start_time")
         end = None if d.closed else parse_hhmm(d.end_time, f"schedule.one_off_days[{i}].end_time")
         one_offs.append(OneOffDay(day, start, end, d.closed))
@@ -303,9 +297,7 @@ class VideoServicer(video_grpc.VideoServiceServicer):
         return pb.CancelVisitResponse(visit=visit_message(visit))
 
     def CheckIn(self, request: pb.CheckInRequest, context: Any) -> pb.CheckInResponse:
-        reps = validate_representatives(
-            [Representative(p.name, p.id_number, p.phone) for p in request.representatives]
-        )
+        reps = validate_representatives([Representative(p.name, p.id_number, p.phone) for p in request.representatives])
         visit = self._store.check_in(request.visit_id, request.expected_version, reps)
         return pb.CheckInResponse(visit=visit_message(visit))
 

@@ -99,9 +99,7 @@ def _schedule_from_row(row: ScheduleRow) -> Schedule:
 
 def _schedule_body(s: Schedule) -> dict[str, object]:
     return {
-        "weekly": [
-            {"weekday": p.weekday, "start": f"{p.start:%H:%M}", "end": f"{p.end:%H:%M}"} for p in s.weekly
-        ],
+        "weekly": [{"weekday": p.weekday, "start": f"{p.start:%H:%M}", "end": f"{p.end:%H:%M}"} for p in s.weekly],
         "one_offs": [
             {
                 "date": d.day.isoformat(),
@@ -244,15 +242,18 @@ class VideoStore:
                 raise InvalidArgument(f"room_ids[{i}]", f"room {room_id} is not registered")
             (local_rooms if row.node == self.node else remote).append(room_id)
         resources = (
-            [f"leader:{req.leader_id}"]
-            + [f"room:{r}" for r in local_rooms]
-            + [f"unit:{u}" for u in req.unit_ids]
+            [f"leader:{req.leader_id}"] + [f"room:{r}" for r in local_rooms] + [f"unit:{u}" for u in req.unit_ids]
         )
         buffer = timedelta(minutes=schedule.buffer_minutes)
-        first = req.not_before.astimezone(CHINA).date()
-        last = req.not_after.astimezone(CHINA).date()
+        not_before, not_after = req.not_before, req.not_after
+        if req.starts_at is not None:
+            not_before = not_after = req.starts_at
+        first = not_before.astimezone(CHINA).date()
+        # Days past the last officially published calendar year offer no slots (rather than failing
+        # the whole search): the next year's sessions appear once its holiday notice is loaded.
+        last = min(not_after.astimezone(CHINA).date(), self._calendar.known_range()[1])
         session_list = slots.sessions(schedule, first, last, self._calendar)
-        lo, hi = req.not_before - timedelta(days=1), req.not_after + timedelta(days=1)
+        lo, hi = not_before - timedelta(days=1), not_after + timedelta(days=1)
         q = select(ReservationRow.starts_at, ReservationRow.ends_at).where(
             ReservationRow.resource_id.in_(resources),
             ReservationRow.starts_at < hi,
@@ -271,9 +272,6 @@ class VideoStore:
                 )
             )
         }
-        not_before, not_after = req.not_before, req.not_after
-        if req.starts_at is not None:
-            not_before = not_after = req.starts_at
         found = slots.free_slots(
             slots.candidates(schedule, session_list),
             busy,
@@ -287,10 +285,7 @@ class VideoStore:
         rooms = tuple(local_rooms + remote)
         return (
             schedule,
-            [
-                FoundSlot(aware(c.starts_at), aware(c.ends_at), aware(c.session_start), left, rooms)
-                for c, left in found
-            ],
+            [FoundSlot(aware(c.starts_at), aware(c.ends_at), aware(c.session_start), left, rooms) for c, left in found],
             remote,
         )
 
@@ -313,9 +308,7 @@ class VideoStore:
         s.add(ReservationRow(resource_id=resource, starts_at=start, ends_at=end, owner=owner, version=1))
         s.flush()  # the UNIQUE constraint speaks now, inside our error mapping
 
-    def _count_in_session(
-        self, s: Session, leader_id: str, session_start: datetime, cap: int, delta: int
-    ) -> None:
+    def _count_in_session(self, s: Session, leader_id: str, session_start: datetime, cap: int, delta: int) -> None:
         row = s.get(SessionCountRow, (leader_id, session_start))
         if row is None:
             if delta < 0:
@@ -349,9 +342,7 @@ class VideoStore:
             owner = f"visit:{visit_id}"
             local_rooms = [r for r in slot.room_ids if r not in remote]
             resources = (
-                [f"leader:{req.leader_id}"]
-                + [f"room:{r}" for r in local_rooms]
-                + [f"unit:{u}" for u in req.unit_ids]
+                [f"leader:{req.leader_id}"] + [f"room:{r}" for r in local_rooms] + [f"unit:{u}" for u in req.unit_ids]
             )
             for res in resources:
                 self._reserve(s, res, slot.starts_at, slot.ends_at, owner)
@@ -396,9 +387,7 @@ class VideoStore:
             visit = self._to_visit(row)
             require_state(visit, {VisitState.HOLDING}, "confirm")
             row.state, row.version = VisitState.BOOKED.value, row.version + 1
-            s.execute(
-                update(RemoteHoldRow).where(RemoteHoldRow.visit_id == visit_id).values(state="CONFIRMED")
-            )
+            s.execute(update(RemoteHoldRow).where(RemoteHoldRow.visit_id == visit_id).values(state="CONFIRMED"))
             visit = self._to_visit(row)
             self._emit_booked(s, visit)
             return visit
@@ -442,9 +431,7 @@ class VideoStore:
             check_version(expected_version, visit.version, "visit")
             require_state(visit, {VisitState.BOOKED}, "reschedule")
             if visit.hold_ids:
-                raise FailedPrecondition(
-                    "a visit with rooms at other nodes is moved by cancel and book", "BOOKED"
-                )
+                raise FailedPrecondition("a visit with rooms at other nodes is moved by cancel and book", "BOOKED")
             schedule = self._schedule(s, visit.leader_id)
             extra = tuple(r for r in visit.room_ids if r not in schedule.room_ids)
             moved = BookRequest(
@@ -506,9 +493,7 @@ class VideoStore:
             row.state, row.version = VisitState.CHECKED_IN.value, row.version + 1
             return self._to_visit(row)
 
-    def record_outcome(
-        self, visit_id: str, expected_version: int, minutes: str, decisions: str, ref: str
-    ) -> Visit:
+    def record_outcome(self, visit_id: str, expected_version: int, minutes: str, decisions: str, ref: str) -> Visit:
         with self._tx() as s:
             row = self._visit_row_for(s, visit_id)
             visit = self._to_visit(row)
@@ -611,9 +596,7 @@ class VideoStore:
         now = self.now()
         with self._tx() as s:
             rows = list(
-                s.scalars(
-                    select(HoldRow).where(HoldRow.state == HoldState.HELD.value, HoldRow.expires_at <= now)
-                )
+                s.scalars(select(HoldRow).where(HoldRow.state == HoldState.HELD.value, HoldRow.expires_at <= now))
             )
             for row in rows:
                 self._expire(s, row)
@@ -669,9 +652,7 @@ class VideoStore:
             )
             done = {
                 (r.visit_id, r.kind)
-                for r in s.scalars(
-                    select(ReminderRow).where(ReminderRow.visit_id.in_([r.visit_id for r in rows]))
-                )
+                for r in s.scalars(select(ReminderRow).where(ReminderRow.visit_id.in_([r.visit_id for r in rows])))
             }
             for row in rows:
                 for kind in reminders_due(aware(row.starts_at), now):
@@ -757,9 +738,7 @@ class VideoStore:
     def _to_visit(self, row: VisitRow) -> Visit:
         reps: list[Representative] = []
         if row.representatives:
-            raw = self._cipher.decrypt(
-                row.representatives, context=f"video_visits.representatives:{row.visit_id}"
-            )
+            raw = self._cipher.decrypt(row.representatives, context=f"video_visits.representatives:{row.visit_id}")
             reps = [Representative(**item) for item in json.loads(raw)]
         return Visit(
             visit_id=row.visit_id,

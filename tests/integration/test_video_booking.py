@@ -88,7 +88,7 @@ def setup_leader(
     one_offs: tuple[pb.OneOffDay, ...] = (),
 ) -> pb.Schedule:
     stub.RegisterRoom(pb.RegisterRoomRequest(room=pb.Room(room_id=f"{node}-R1", node=node, name="接访室")))
-    return stub.PublishSchedule(
+    schedule: pb.Schedule = stub.PublishSchedule(
         pb.PublishScheduleRequest(
             actor="admin",
             schedule=pb.Schedule(
@@ -103,10 +103,13 @@ def setup_leader(
             ),
         )
     ).schedule
+    return schedule
 
 
 def book(stub: video_grpc.VideoServiceStub, case_id: str, **kw: object) -> pb.Visit:
-    return stub.BookVisit(pb.BookVisitRequest(case_id=case_id, actor="clerk", leader_id="leader-1", **kw)).visit  # type: ignore[arg-type]
+    request = pb.BookVisitRequest(case_id=case_id, actor="clerk", leader_id="leader-1", **kw)  # type: ignore[arg-type]
+    visit: pb.Visit = stub.BookVisit(request).visit
+    return visit
 
 
 def local(ts: object) -> datetime:
@@ -140,7 +143,9 @@ def test_concurrent_clerks_booking_the_same_slot_exactly_one_wins(
             barrier.wait()
             try:
                 own.BookVisit(
-                    pb.BookVisitRequest(case_id=f"511102-20261012-{i:06d}", actor=f"clerk{i}", leader_id="leader-1", starts_at=wanted)
+                    pb.BookVisitRequest(
+                        case_id=f"511102-20261012-{i:06d}", actor=f"clerk{i}", leader_id="leader-1", starts_at=wanted
+                    )
                 )
                 results.append("won")
             except grpc.RpcError as error:
@@ -161,7 +166,7 @@ def test_holiday_week_skips_holidays_and_uses_the_make_up_saturday(
     node: Node, stub: video_grpc.VideoServiceStub
 ) -> None:
     # 2026: 1-7 October are holidays (Wednesday 7 Oct too); Saturday 10 October is a make-up workday.
-    setup_leader(stub, weekly=((3, "09:00", "10:00"), (6, "09:00", "10:00")))
+    setup_leader(stub, weekly=((3, "09:00", "10:10"), (6, "09:00", "10:10")))
     slots = stub.ListSlots(
         pb.ListSlotsRequest(
             leader_id="leader-1",
@@ -240,7 +245,10 @@ def test_outcome_reaches_the_case_history_as_an_event(node: Node, stub: video_gr
     visit = book(stub, "511102-20261012-000020")
     stub.RecordOutcome(
         pb.RecordOutcomeRequest(
-            visit_id=visit.visit_id, actor="leader", minutes="群众反映噪音", decisions="责成区环保局一周内处理",
+            visit_id=visit.visit_id,
+            actor="leader",
+            minutes="群众反映噪音",
+            decisions="责成区环保局一周内处理",
             recording_ref="rec://511102/2026/10/14/1",
         )
     )
@@ -298,14 +306,20 @@ def test_cross_node_booking_holds_confirms_and_expires(two_nodes: tuple[Node, No
         first = datetime(2026, 10, 14, 9, 0, tzinfo=CHINA)
         taken = county_stub.HoldRoom(
             pb.HoldRoomRequest(
-                hold_id="h-local", room_id="511102-T1", requesting_node="511103", starts_at=to_timestamp(first),
-                ends_at=to_timestamp(first + timedelta(minutes=30)), ttl=Duration(seconds=30),
+                hold_id="h-local",
+                room_id="511102-T1",
+                requesting_node="511103",
+                starts_at=to_timestamp(first),
+                ends_at=to_timestamp(first + timedelta(minutes=30)),
+                ttl=Duration(seconds=30),
             )
         ).hold
         assert taken.state == pb.HOLD_STATE_HELD
 
         visit = city_stub.BookVisit(
-            pb.BookVisitRequest(case_id="511102-20261012-000040", actor="clerk", leader_id="leader-1", room_ids=["511102-T1"])
+            pb.BookVisitRequest(
+                case_id="511102-20261012-000040", actor="clerk", leader_id="leader-1", room_ids=["511102-T1"]
+            )
         ).visit
         assert visit.state == pb.VISIT_STATE_BOOKED
         assert local(visit.starts_at) == first + timedelta(minutes=40)  # the county refused 9:00
@@ -322,7 +336,10 @@ def test_cross_node_booking_holds_confirms_and_expires(two_nodes: tuple[Node, No
         assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         again = county_stub.HoldRoom(
             pb.HoldRoomRequest(
-                hold_id="h-again", room_id="511102-T1", requesting_node="511103", starts_at=to_timestamp(first),
+                hold_id="h-again",
+                room_id="511102-T1",
+                requesting_node="511103",
+                starts_at=to_timestamp(first),
                 ends_at=to_timestamp(first + timedelta(minutes=30)),
             )
         ).hold
@@ -330,7 +347,10 @@ def test_cross_node_booking_holds_confirms_and_expires(two_nodes: tuple[Node, No
         # The confirmed terminal stays booked; cancelling at the city releases it at the county.
         clash = county_stub.HoldRoom(
             pb.HoldRoomRequest(
-                hold_id="h-clash", room_id="511102-T1", requesting_node="511103", starts_at=visit.starts_at,
+                hold_id="h-clash",
+                room_id="511102-T1",
+                requesting_node="511103",
+                starts_at=visit.starts_at,
                 ends_at=visit.ends_at,
             )
         ).hold
@@ -338,7 +358,10 @@ def test_cross_node_booking_holds_confirms_and_expires(two_nodes: tuple[Node, No
         city_stub.CancelVisit(pb.CancelVisitRequest(visit_id=visit.visit_id, actor="clerk", reason="moved"))
         after = county_stub.HoldRoom(
             pb.HoldRoomRequest(
-                hold_id="h-after", room_id="511102-T1", requesting_node="511103", starts_at=visit.starts_at,
+                hold_id="h-after",
+                room_id="511102-T1",
+                requesting_node="511103",
+                starts_at=visit.starts_at,
                 ends_at=visit.ends_at,
             )
         ).hold

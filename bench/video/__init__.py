@@ -1,0 +1,1 @@
+"""Benchmarks of the video service (slot search, booking under contention)."""
