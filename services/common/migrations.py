@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from types import ModuleType
 from typing import Any
 
 from alembic import command
@@ -31,7 +32,7 @@ def current_revision(engine: Engine, service: str) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def run_env(context: EnvironmentContext, target_metadata: Any) -> None:
+def run_env(context: EnvironmentContext | ModuleType, target_metadata: Any) -> None:
     """Body of every service's ``migrations/env.py``: online mode on the engine handed in by ``upgrade``."""
     engine: Engine = context.config.attributes["engine"]
     with engine.begin() as connection:

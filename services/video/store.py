@@ -1,8 +1,8 @@
 """video's SQLAlchemy adapter: every operation is one transaction on the service's own database.
 
-Double booking is refused twice: an overlap check inside the transaction (SQLite serialises
-writers with BEGIN IMMEDIATE) and the UNIQUE(resource_id, starts_at) constraint of reservations
-(PostgreSQL: the second writer blocks, then fails), both reported as Conflict (ABORTED).
+Double booking is refused twice: an overlap check inside the transaction, serialised per resource
+(SQLite: BEGIN IMMEDIATE; PostgreSQL: a transaction-scoped advisory lock on the resource), and the
+UNIQUE(resource_id, starts_at) constraint of reservations, both reported as Conflict (ABORTED).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from google.protobuf.message import Message
 from lianxin.events.v1 import events_pb2
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -296,6 +296,11 @@ class VideoStore:
     # -- booking --------------------------------------------------------------------------------
 
     def _reserve(self, s: Session, resource: str, start: datetime, end: datetime, owner: str) -> None:
+        if s.get_bind().dialect.name == "postgresql":
+            # Serialise writers per resource for the rest of the transaction, so the overlap check
+            # below also holds for overlapping slots with different start times (the UNIQUE index
+            # only catches identical starts). SQLite's BEGIN IMMEDIATE already serialises writers.
+            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:resource))"), {"resource": resource})
         clash = s.scalar(
             select(ReservationRow.id).where(
                 ReservationRow.resource_id == resource,
