@@ -23,13 +23,9 @@ def test_overlapping_reservations_with_different_starts_cannot_both_commit(datab
         calendar=ChineseWorkingCalendar(),
         clock=lambda: datetime(2026, 11, 23, tzinfo=UTC),
     )
-    start = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)
-    # Two leaders' slot grids that share room T1: 9:00-9:30 and 9:15-9:45 (Beijing time).
-    intervals = [(start, start + timedelta(minutes=30)), (start + timedelta(minutes=15), start + timedelta(minutes=45))]
     barrier = threading.Barrier(2)
-    outcomes: list[str] = []
 
-    def book(begin: datetime, end: datetime, owner: str) -> None:
+    def book(begin: datetime, end: datetime, owner: str, outcomes: list[str]) -> None:
         try:
             with store._tx() as session:
                 barrier.wait(timeout=5)
@@ -38,10 +34,21 @@ def test_overlapping_reservations_with_different_starts_cannot_both_commit(datab
         except Conflict:
             outcomes.append("conflict")
 
-    threads = [threading.Thread(target=book, args=(*iv, f"visit-{i}")) for i, iv in enumerate(intervals)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    # A race is a matter of luck in one round; many rounds make an unserialised check lose.
+    for round_ in range(40):
+        start = datetime(2026, 11, 25, 1, 0, tzinfo=UTC) + timedelta(hours=2 * round_)
+        # Two leaders' slot grids that share room T1: 9:00-9:30 and 9:15-9:45.
+        intervals = [
+            (start, start + timedelta(minutes=30)),
+            (start + timedelta(minutes=15), start + timedelta(minutes=45)),
+        ]
+        outcomes: list[str] = []
+        threads = [
+            threading.Thread(target=book, args=(*iv, f"visit-{round_}-{i}", outcomes)) for i, iv in enumerate(intervals)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(outcomes) == ["booked", "conflict"], f"round {round_}"
     engine.dispose()
-    assert sorted(outcomes) == ["booked", "conflict"]
