@@ -18,14 +18,15 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/lianxin
 ENV PATH=/opt/lianxin/bin:$PATH
 WORKDIR /src
-# Dependencies first so that a source-only change reuses this layer (pyproject pins every version).
-COPY pyproject.toml README.md ./
+# Dependencies first so that a source-only change reuses this layer. pyproject pins the direct
+# dependencies and constraints.txt (the lock `make venv` uses) pins every transitive one.
+COPY pyproject.toml README.md constraints.txt ./
 RUN python - <<'PY' > /tmp/requirements.txt
 import tomllib
 with open("pyproject.toml", "rb") as f:
     print("\n".join(tomllib.load(f)["project"]["dependencies"]))
 PY
-RUN pip install --upgrade "pip>=24" && pip install -r /tmp/requirements.txt
+RUN pip install --upgrade "pip>=24" && pip install -c constraints.txt -r /tmp/requirements.txt
 # The project itself: services/ plus the generated protobuf package gen/python/lianxin.
 COPY services ./services
 COPY gen ./gen

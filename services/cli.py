@@ -115,6 +115,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print("LIANXIN_AMQP_URI is required for a worker", file=sys.stderr)
         return 2
     parts, _engine = build_service(settings, args.service, regions=RegionTree.load(settings.regions_file))
+    if settings.metrics_port is not None:
+        # The relay's outbox gauges and the handlers' business metrics live in the worker.
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.grpc_host)
     run_worker(parts, settings)
     return 0
 

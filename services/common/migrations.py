@@ -9,7 +9,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 
 def _config(service: str, engine: Engine) -> Config:
@@ -21,8 +21,22 @@ def _config(service: str, engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, service: str, revision: str = "head") -> None:
-    """Bring the service's schema to ``revision``; idempotent, safe to call at every start."""
-    command.upgrade(_config(service, engine), revision)
+    """Bring the service's schema to ``revision``; idempotent, safe to call at every start.
+
+    On PostgreSQL several pods (api, worker, the migration Job) may start at once: a session-level
+    advisory lock per service makes them migrate one after another instead of racing on DDL.
+    """
+    if engine.dialect.name != "postgresql":
+        command.upgrade(_config(service, engine), revision)
+        return
+    with engine.connect() as lock_conn:
+        key = lock_conn.execute(text("SELECT hashtext(:name)"), {"name": f"lianxin-migrate-{service}"}).scalar_one()
+        lock_conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            command.upgrade(_config(service, engine), revision)
+        finally:
+            lock_conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            lock_conn.commit()
 
 
 def current_revision(engine: Engine, service: str) -> str | None:

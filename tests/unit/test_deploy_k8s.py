@@ -1,0 +1,215 @@
+"""deploy/k8s renders for every overlay, validates against the Kubernetes schemas, and keeps its promises.
+
+The promises are the ones an operator relies on (issue 9): gRPC probes on every api, a hardened
+security context, resources, a ServiceAccount, a Service port named ``grpc``, a migration Job, and
+the right region code and parent in each tier's overlay.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.common.settings import SERVICES
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+KUBECTL = shutil.which("kubectl")
+# The Kubernetes version the manifests are validated against (kubernetes-validate ships its schemas).
+KUBERNETES_VERSION = "1.32.0"
+
+OVERLAYS: dict[str, dict[str, str | None]] = {
+    "province": {"node": "510000", "parent": None},
+    "city": {"node": "511100", "parent": "exchange-api.lianxin-510000.svc.cluster.local:50051"},
+    "county": {"node": "511102", "parent": "exchange-api.lianxin-511100.svc.cluster.local:50051"},
+    "dev": {"node": "511102", "parent": None},
+}
+Doc = dict[str, Any]
+
+
+def _tool_missing(what: str) -> None:
+    message = f"{what} is not installed"
+    if os.environ.get("LIANXIN_REQUIRE_SERVICES") == "1":
+        pytest.fail(message + " (LIANXIN_REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+@functools.cache
+def _render(overlay: str) -> tuple[Doc, ...]:
+    assert KUBECTL is not None
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(K8S / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+@pytest.fixture(params=sorted(OVERLAYS))
+def overlay(request: pytest.FixtureRequest) -> str:
+    if KUBECTL is None:
+        _tool_missing("kubectl (needed to render deploy/k8s with kustomize)")
+    return str(request.param)
+
+
+def _of_kind(docs: tuple[Doc, ...], kind: str) -> list[Doc]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def _by_name(docs: tuple[Doc, ...], kind: str) -> dict[str, Doc]:
+    return {doc["metadata"]["name"]: doc for doc in _of_kind(docs, kind)}
+
+
+def _app_deployments(docs: tuple[Doc, ...]) -> list[Doc]:
+    return [
+        d for d in _of_kind(docs, "Deployment") if d["metadata"]["labels"].get("app.kubernetes.io/part-of") == "lianxin"
+    ]
+
+
+def _config(docs: tuple[Doc, ...]) -> dict[str, str]:
+    (config,) = [c for c in _of_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("lianxin-config")]
+    data: dict[str, str] = config["data"]
+    return data
+
+
+def test_every_overlay_validates_against_the_kubernetes_schemas(overlay: str) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for doc in _render(overlay):
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:  # pragma: no cover - the message is the point
+            pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']} is invalid: {error.message}")
+
+
+def test_each_service_runs_as_an_api_and_a_worker_from_one_image(overlay: str) -> None:
+    deployments = _by_name(_render(overlay), "Deployment")
+    for service in SERVICES:
+        for role, command in (("api", "serve"), ("worker", "worker")):
+            (container,) = deployments[f"{service}-{role}"]["spec"]["template"]["spec"]["containers"]
+            assert container["args"] == [command, "--service", service]
+    images = {
+        c["image"] for d in _app_deployments(_render(overlay)) for c in d["spec"]["template"]["spec"]["containers"]
+    }
+    assert len(images) == 1, images
+
+
+def test_every_api_is_probed_over_grpc_health_with_its_own_service_name(overlay: str) -> None:
+    deployments = _by_name(_render(overlay), "Deployment")
+    for service in SERVICES:
+        (container,) = deployments[f"{service}-api"]["spec"]["template"]["spec"]["containers"]
+        expected = {"port": 50051, "service": f"lianxin.{service}.v1.{service.capitalize()}Service"}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == expected, (service, probe)
+
+
+def test_no_deployment_is_probed_other_than_over_grpc(overlay: str) -> None:
+    for deployment in _app_deployments(_render(overlay)):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe in container:
+                    assert set(container[probe]) & {"httpGet", "tcpSocket", "exec"} == set(), (
+                        deployment["metadata"]["name"],
+                        probe,
+                    )
+
+
+def test_every_workload_runs_non_root_read_only_without_capabilities(overlay: str) -> None:
+    docs = _render(overlay)
+    workloads = [*_app_deployments(docs), *_of_kind(docs, "Job")]
+    assert len(workloads) == 2 * len(SERVICES) + 1
+    for workload in workloads:
+        name = workload["metadata"]["name"]
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["serviceAccountName"], name
+        assert pod["serviceAccountName"] in _by_name(docs, "ServiceAccount"), name
+        tmp_volumes = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["runAsNonRoot"] is True, name
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts.get("/tmp") in tmp_volumes, f"{name}: /tmp must be an emptyDir"
+            resources = container["resources"]
+            for kind in ("requests", "limits"):
+                assert set(resources[kind]) >= {"cpu", "memory"}, (name, kind)
+
+
+def test_every_service_exposes_ports_named_grpc_and_metrics(overlay: str) -> None:
+    services = _by_name(_render(overlay), "Service")
+    # Every Service of the app (not dev's PostgreSQL and RabbitMQ) speaks gRPC on a port named grpc.
+    for name, manifest in services.items():
+        assert "grpc" in {p["name"] for p in manifest["spec"]["ports"]} or name in {"postgres", "rabbitmq"}, name
+    for service in SERVICES:
+        ports = {p["name"]: p for p in services[f"{service}-api"]["spec"]["ports"]}
+        assert set(ports) == {"grpc", "metrics"}
+        assert services[f"{service}-api"]["spec"]["selector"] == {
+            "app.kubernetes.io/name": service,
+            "app.kubernetes.io/component": "api",
+        }
+
+
+def test_processes_get_their_settings_from_the_configmap_and_the_secret(overlay: str) -> None:
+    docs = _render(overlay)
+    config_name = next(
+        c["metadata"]["name"] for c in _of_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("lianxin-config")
+    )
+    for workload in [*_app_deployments(docs), *_of_kind(docs, "Job")]:
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            sources = container["envFrom"]
+            assert {"configMapRef": {"name": config_name}} in sources
+            assert any(s.get("secretRef", {}).get("name", "").startswith("lianxin-secrets") for s in sources)
+    config = _config(docs)
+    assert config["LIANXIN_GRPC_HOST"] == "0.0.0.0"  # probes come from outside the pod
+    assert config["LIANXIN_GRPC_PORT"] == "50051"
+    assert config["LIANXIN_METRICS_PORT"] == "9464"
+
+
+def test_each_overlay_names_its_node_and_its_parent(overlay: str) -> None:
+    docs = _render(overlay)
+    config = _config(docs)
+    assert config["LIANXIN_NODE"] == OVERLAYS[overlay]["node"]
+    assert config.get("LIANXIN_PARENT") == OVERLAYS[overlay]["parent"]
+    if overlay == "province":
+        assert config["LIANXIN_NATIONAL"], "the province talks to the national system"
+    for deployment in _app_deployments(docs):
+        assert deployment["spec"]["template"]["metadata"]["labels"]["lianxin/node"] == OVERLAYS[overlay]["node"]
+
+
+def test_migrations_run_as_their_own_job(overlay: str) -> None:
+    (job,) = _of_kind(_render(overlay), "Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["migrate"]
+
+
+def test_dev_brings_its_own_postgres_and_rabbitmq_and_points_the_app_at_them() -> None:
+    if KUBECTL is None:
+        _tool_missing("kubectl (needed to render deploy/k8s with kustomize)")
+    docs = _render("dev")
+    assert set(_by_name(docs, "StatefulSet")) == {"postgres", "rabbitmq"}
+    assert {"postgres", "rabbitmq"} <= set(_by_name(docs, "Service"))
+    (secret,) = [s for s in _of_kind(docs, "Secret") if s["metadata"]["name"].startswith("lianxin-secrets")]
+    import base64
+
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert "@postgres:5432/" in data["LIANXIN_DATABASE_URL"]
+    assert "@rabbitmq:5672/" in data["LIANXIN_AMQP_URI"]
+
+
+def test_production_overlays_commit_no_secret() -> None:
+    if KUBECTL is None:
+        _tool_missing("kubectl (needed to render deploy/k8s with kustomize)")
+    for overlay in ("province", "city", "county"):
+        assert _of_kind(_render(overlay), "Secret") == [], overlay
