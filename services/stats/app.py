@@ -23,7 +23,9 @@ from services.stats.store import SqlWarehouse
 from services.stats.translate import case_text, to_case_event
 
 # Region codes only as labels: never anything personal (DESIGN §6).
-WORK_ORDERS_OPEN = Gauge("lianxin_work_orders_open", "Open cases (not closed, withdrawn, merged or refused)", ["region"])
+WORK_ORDERS_OPEN = Gauge(
+    "lianxin_work_orders_open", "Open cases (not closed, withdrawn, merged or refused)", ["region"]
+)
 WORK_ORDERS_OVERDUE = Gauge(
     "lianxin_work_orders_overdue", "Open cases past their handling deadline without a reply", ["region"]
 )

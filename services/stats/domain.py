@@ -92,10 +92,7 @@ def month_bounds(name: str, config: StatsConfig) -> tuple[datetime, datetime]:
         prev_year, prev_month = parse_month(shift_month(name, -1))
         first = date(prev_year, prev_month, config.month_start_day)
     next_year, next_month = parse_month(shift_month(name, 1))
-    if config.month_start_day == 1:
-        last = date(next_year, next_month, 1)
-    else:
-        last = date(year, month, config.month_start_day)
+    last = date(next_year, next_month, 1) if config.month_start_day == 1 else date(year, month, config.month_start_day)
     start = datetime.combine(first, time.min, tzinfo=CHINA).astimezone(UTC)
     end = datetime.combine(last, time.min, tzinfo=CHINA).astimezone(UTC)
     return start, end
@@ -289,7 +286,8 @@ DEFINITIONS: dict[str, str] = {
     "online_share": "网上信访占比: received cases that came in online (web, app, WeChat, leader's message board) "
     "÷ received.",
     "on_time_acceptance_rate": "按期受理率: cases whose acceptance decision (accept or refuse) was given by its "
-    "accept_notice deadline ÷ cases with such a deadline that has passed or was met by as_of.",
+    "accept_notice deadline ÷ cases with such a deadline that has passed or was met by as_of "
+    "(cases withdrawn or merged before a decision excluded).",
     "reply_rate": "回复率: cases replied ÷ cases due for reply (handling deadline passed by as_of, or already "
     "replied); withdrawn, merged and refused cases owe no reply.",
     "completion_rate": "办结率: cases closed ÷ cases due for completion (handling deadline passed by as_of, or "
@@ -483,7 +481,6 @@ def rank(
     previous: Mapping[str, Aggregates],
     *,
     min_cases: int,
-    before_previous: Mapping[str, Aggregates] | None = None,
 ) -> list[RankRow]:
     """一月一通报: rank by ``metric`` leaving out keys under ``min_cases`` received cases.
 

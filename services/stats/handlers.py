@@ -49,8 +49,8 @@ __all__ = [
     "ingest",
     "rank_regions",
     "rank_units",
-    "region_columns",
     "received",
+    "region_columns",
 ]
 
 

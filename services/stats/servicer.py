@@ -25,7 +25,7 @@ _CONTENT_TYPES = {".md": "text/markdown", ".csv": "text/csv", ".png": "image/png
 
 
 def channel_name(value: int) -> str:
-    return "" if not value else str(common_pb2.Channel.Name(value)).removeprefix("CHANNEL_").lower()
+    return "" if not value else str(common_pb2.Channel.Name(value)).removeprefix("CHANNEL_").lower()  # type: ignore[arg-type]
 
 
 def _duration(value: Any) -> timedelta | None:

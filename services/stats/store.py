@@ -40,13 +40,15 @@ CHILD_COLUMN = {Tier.PROVINCE: F.city_code, Tier.CITY: F.county_code, Tier.COUNT
 def predicates(as_of: datetime) -> dict[str, ColumnElement[bool]]:
     t = to_utc(as_of)
     owed = and_(F.handling_due.is_not(None), F.state.not_in(sorted(NOT_OWED_STATES)))
+    # A case withdrawn or merged before a decision owes none; a refusal is a decision (counted).
+    acceptable = and_(F.accept_due.is_not(None), F.state.not_in(["WITHDRAWN", "MERGED"]))
     default_satisfied = and_(F.satisfaction == "", F.replied_at.is_not(None), F.rating_default_at < t)
     return {
         "received": true(),
         "online": F.online.is_(True),
         "repeat": F.is_repeat.is_(True),
-        "accept_due": and_(F.accept_due.is_not(None), or_(F.accepted_at.is_not(None), F.accept_due < t)),
-        "accept_on_time": and_(F.accept_due.is_not(None), F.accepted_at.is_not(None), F.accepted_at <= F.accept_due),
+        "accept_due": and_(acceptable, or_(F.accepted_at.is_not(None), F.accept_due < t)),
+        "accept_on_time": and_(acceptable, F.accepted_at.is_not(None), F.accepted_at <= F.accept_due),
         "reply_due": and_(owed, or_(F.replied_at.is_not(None), F.handling_due < t)),
         "replied": and_(owed, F.replied_at.is_not(None)),
         "completion_due": and_(owed, or_(F.closed_at.is_not(None), F.handling_due < t)),
@@ -54,9 +56,7 @@ def predicates(as_of: datetime) -> dict[str, ColumnElement[bool]]:
         "closed_on_time": and_(owed, F.closed_at.is_not(None), F.closed_at <= F.handling_due),
         "satisfaction_base": or_(F.satisfaction != "", default_satisfied),
         "satisfied": or_(F.satisfaction.in_(sorted(SATISFIED_RATINGS)), default_satisfied),
-        "overdue": and_(
-            owed, or_(and_(F.replied_at.is_(None), F.handling_due < t), F.replied_at > F.handling_due)
-        ),
+        "overdue": and_(owed, or_(and_(F.replied_at.is_(None), F.handling_due < t), F.replied_at > F.handling_due)),
         "supervised": F.supervision_count > 0,
         "replied_any": F.reply_workdays.is_not(None),
     }
@@ -156,15 +156,18 @@ class SqlWarehouse:
         out: dict[str, Aggregates] = {}
         for row in self.session.execute(query).mappings():
             name = str(row["key"] or "") if group is not None else ""
-            out[name] = Aggregates(**{c: int(row[c] or 0) for c in COUNTERS})
+            agg = Aggregates()
+            for counter in COUNTERS:
+                setattr(agg, counter, int(row[counter] or 0))
+            out[name] = agg
         days_query = (
             select(*([group] if group is not None else []), F.reply_workdays, func.count())
             .where(*conditions, preds["replied_any"])
             .group_by(*([group] if group is not None else []), F.reply_workdays)
         )
-        for row in self.session.execute(days_query):
-            name = str(row[0] or "") if group is not None else ""
-            days, count = (row[1], row[2]) if group is not None else (row[0], row[1])
+        for day_row in self.session.execute(days_query):
+            name = str(day_row[0] or "") if group is not None else ""
+            days, count = (day_row[1], day_row[2]) if group is not None else (day_row[0], day_row[1])
             out.setdefault(name, Aggregates()).reply_days[int(days)] = int(count)
         if group is None and not out:
             out[""] = Aggregates()

@@ -1,0 +1,311 @@
+"""The warehouse against hand-computed figures, on SQLite and PostgreSQL, through the real gRPC server.
+
+The fixture: six cases submitted in October 2026 in 乐山市 (511100), four in 市中区 (511102) and
+two in 沙湾区 (511111), plus one on 30 September. Every expected figure below is worked out by
+hand in the comments (working days from the 2026 official calendar: 1-7 Oct holiday).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from lianxin.common.v1 import common_pb2
+from lianxin.events.v1 import events_pb2
+from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
+from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
+from prometheus_client import REGISTRY
+from sqlalchemy import Engine
+
+from services.common.bus import InProcessBus
+from services.common.calendar import ChineseWorkingCalendar, end_of_day
+from services.common.grpcserver import GrpcServer
+from services.common.regions import RegionTree
+from services.common.service import ServiceParts
+from services.common.settings import Settings
+from services.common.timeutil import CHINA, to_timestamp
+from services.node import build_service
+from services.stats import synthetic as syn
+from services.stats.app import refresh_gauges
+from services.stats.domain import StatsConfig
+from services.stats.store import SqlWarehouse
+
+A, B, C = "511102-20261012-000001", "511102-20261012-000002", "511102-20261013-000003"
+D, E = "511111-20261014-000004", "511111-20261014-000005"
+F, G = "511102-20260930-000006", "511102-20261025-000007"
+U1, U2 = "511102:城乡建设", "511111:城乡建设"
+
+
+def cn(month: int, day: int, hour: int = 10) -> datetime:
+    return datetime(2026, month, day, hour, tzinfo=CHINA)
+
+
+def due(month: int, day: int) -> datetime:
+    return end_of_day(datetime(2026, month, day).date())
+
+
+def fixture_events() -> list[events_pb2.EventEnvelope]:
+    dl = {"accept_notice": due(10, 15), "settle": due(10, 30)}
+    return [
+        # A: accepted on time, replied after 4 working days, closed on time, rated satisfied.
+        syn.registered(
+            A, region="511102", at=cn(10, 12, 9), channel="web", title="小区施工噪音", body="夜间施工噪音扰民"
+        ),
+        syn.work_order_created(A, version=2, at=cn(10, 12, 11), unit_id=U1, deadlines=dl),
+        syn.work_order_changed(A, version=3, at=cn(10, 13), action="accept", to_state="ACCEPTED"),
+        syn.work_order_changed(A, version=4, at=cn(10, 16), action="reply", to_state="REPLIED"),
+        syn.work_order_changed(A, version=5, at=cn(10, 20), action="close", to_state="CLOSED"),
+        syn.evaluated(A, version=6, at=cn(10, 21), rating="satisfied", unit_id=U1),
+        # B: a repeat of A; accepted late, replied late (16 working days), closed late, never rated,
+        # supervised once.
+        syn.registered(B, region="511102", at=cn(10, 12, 9), channel="hotline", repeat_of=A),
+        syn.work_order_created(B, version=2, at=cn(10, 12, 11), unit_id=U1, deadlines=dl),
+        syn.work_order_changed(B, version=3, at=cn(10, 16), action="accept", to_state="ACCEPTED"),
+        syn.supervision(B, version=4, at=cn(11, 1), level="supervise"),
+        syn.work_order_changed(B, version=5, at=cn(11, 3), action="reply", to_state="REPLIED"),
+        syn.work_order_changed(B, version=6, at=cn(11, 4), action="close", to_state="CLOSED"),
+        # C: replied after 5 working days, rated unsatisfied, not closed.
+        syn.registered(C, region="511102", at=cn(10, 13, 9), channel="app", category="环境保护"),
+        syn.work_order_created(
+            C,
+            version=2,
+            at=cn(10, 13, 11),
+            unit_id="511102:环境保护",
+            deadlines={"accept_notice": due(10, 16), "settle": due(10, 30)},
+        ),
+        syn.work_order_changed(C, version=3, at=cn(10, 14), action="accept", to_state="ACCEPTED"),
+        syn.work_order_changed(C, version=4, at=cn(10, 20), action="reply", to_state="REPLIED"),
+        syn.evaluated(C, version=5, at=cn(10, 22), rating="unsatisfied"),
+        # D: accepted on time, never replied (overdue after 13 Nov), only chased (催办 is not 督办).
+        syn.registered(D, region="511111", at=cn(10, 14, 9), channel="letter"),
+        syn.work_order_created(
+            D, version=2, at=cn(10, 14, 11), unit_id=U2, deadlines={"accept_notice": due(10, 19), "settle": due(11, 13)}
+        ),
+        syn.work_order_changed(D, version=3, at=cn(10, 15), action="accept", to_state="ACCEPTED"),
+        syn.supervision(D, version=4, at=cn(11, 16), level="chase"),
+        # E: withdrawn before any decision: owes nothing.
+        syn.registered(E, region="511111", at=cn(10, 14, 9), channel="wechat", category="交通运输"),
+        syn.work_order_created(
+            E, version=2, at=cn(10, 14, 11), unit_id=U2, deadlines={"accept_notice": due(10, 19), "settle": due(11, 13)}
+        ),
+        syn.withdrawn(E, version=3, at=cn(10, 15)),
+        # F (30 Sep) and G (25 Oct): registered only; they move between months with start day 21.
+        syn.registered(F, region="511102", at=cn(9, 30), channel="hotline"),
+        syn.registered(G, region="511102", at=cn(10, 25), channel="web", category="教育文体"),
+    ]
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Warehouse:
+    """The stats service of node 乐山市 (511100) with its gRPC server, on the given database."""
+
+    def __init__(self, database_url: str, tmp_path: Path, *, start_day: int = 1) -> None:
+        self.clock = Clock(cn(12, 31))
+        url = None if database_url.startswith("sqlite") else database_url
+        self.settings = Settings(node="511100", data_dir=tmp_path, database_url=url, metrics_port=None)
+        self.parts: ServiceParts
+        self.engine: Engine
+        self.parts, self.engine = build_service(
+            self.settings,
+            "stats",
+            regions=RegionTree.load(),
+            clock=self.clock,
+            extras={"stats_config": StatsConfig(month_start_day=start_day), "calendar": ChineseWorkingCalendar()},
+        )
+        self.server = GrpcServer(self.parts.servicers, settings=self.settings)
+        self.server.start()
+        self.channel = grpc.insecure_channel(self.server.address)
+        self.stub = stats_grpc.StatsServiceStub(self.channel)
+
+    def deliver(self, env: events_pb2.EventEnvelope, source: str | None = None) -> None:
+        event = syn.bus_event(env, source=source)
+        handlers = [
+            s.handle for s in self.parts.subscriptions if (s.source, s.event_type) == (event.source, event.event_type)
+        ]
+        assert handlers, f"stats does not subscribe to {event.source}/{event.event_type}"
+        for handle in handlers:
+            handle(event)
+
+    def metrics(self, **kwargs: object) -> dict[str, stats_pb2.Metric]:
+        reply = self.stub.GetMetrics(stats_pb2.GetMetricsRequest(**kwargs), timeout=10)  # type: ignore[arg-type]
+        return {m.name: m for m in reply.metrics}
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(0.5)
+        self.engine.dispose()
+
+
+@pytest.fixture()
+def warehouse(database_url: str, tmp_path: Path) -> Iterator[Warehouse]:
+    w = Warehouse(database_url, tmp_path)
+    for env in fixture_events():
+        w.deliver(env)
+    yield w
+    w.close()
+
+
+def test_every_metric_matches_the_hand_computed_figures(warehouse: Warehouse) -> None:
+    m = warehouse.metrics(region_code="511100", month="2026-10")
+    # A, B, C, D, E, G were submitted in October (F on 30 September).
+    assert (m["received"].numerator, m["received"].value) == (6, 6.0)
+    assert (m["online_share"].numerator, m["online_share"].denominator) == (4, 6)  # A web, C app, E wechat, G web
+    assert (m["repeat_rate"].numerator, m["repeat_rate"].denominator) == (1, 6)  # B
+    # Acceptance due: A, B, C, D (E was withdrawn first, F and G have no work order); on time A, C, D.
+    assert (m["on_time_acceptance_rate"].numerator, m["on_time_acceptance_rate"].denominator) == (3, 4)
+    # Due for reply on 31 Dec: A, B, C (replied) and D (settle 13 Nov passed); replied A, B, C.
+    assert (m["reply_rate"].numerator, m["reply_rate"].denominator) == (3, 4)
+    assert m["reply_rate"].value == pytest.approx(0.75)
+    # Due for completion: A, B, C, D; closed A (20 Oct) and B (4 Nov, after 30 Oct).
+    assert (m["completion_rate"].numerator, m["completion_rate"].denominator) == (2, 4)
+    assert (m["on_time_completion_rate"].numerator, m["on_time_completion_rate"].denominator) == (1, 4)
+    # Working days to the first reply: A 12→16 Oct = 4; B 12 Oct→3 Nov = 4+5+5+2 = 16; C 13→20 Oct = 5.
+    assert m["avg_reply_workdays"].value == pytest.approx((4 + 16 + 5) / 3)
+    assert m["p90_reply_workdays"].value == 16.0
+    # Satisfaction: A satisfied, C unsatisfied, B unrated 20 working days after 3 Nov → satisfied.
+    assert (m["satisfaction_rate"].numerator, m["satisfaction_rate"].denominator) == (2, 3)
+    # Overdue: B replied after its deadline, D never replied.
+    assert m["overdue"].numerator == 2
+    assert m["supervised"].numerator == 1  # B; D was only chased
+    for metric in m.values():
+        assert metric.definition
+
+
+def test_unrated_reply_is_not_counted_before_the_window_closes(warehouse: Warehouse) -> None:
+    # On 10 Nov B's 20 working days have not passed, so only the two ratings count; D's deadline
+    # (13 Nov) has not passed either, so only A, B and C are due for reply.
+    warehouse.clock.now = cn(11, 10)
+    m = warehouse.metrics(region_code="511100", month="2026-10")
+    assert (m["satisfaction_rate"].numerator, m["satisfaction_rate"].denominator) == (1, 2)
+    assert (m["reply_rate"].numerator, m["reply_rate"].denominator) == (3, 3)
+    assert m["overdue"].numerator == 1  # B only
+
+
+def test_drill_down_lists_the_cases_behind_each_figure(warehouse: Warehouse) -> None:
+    m = warehouse.metrics(region_code="511100", month="2026-10", include_case_ids=True)
+    assert list(m["reply_rate"].case_ids) == [A, B, C]
+    assert list(m["overdue"].case_ids) == [B, D]
+    assert list(m["satisfaction_rate"].case_ids) == [A, B]
+    assert list(m["supervised"].case_ids) == [B]
+    assert len(m["received"].case_ids) == m["received"].numerator
+
+
+def test_slices_by_county_unit_category_channel_and_free_period(warehouse: Warehouse) -> None:
+    assert warehouse.metrics(region_code="511102", month="2026-10")["received"].numerator == 4  # A, B, C, G
+    assert warehouse.metrics(region_code="511111", month="2026-10")["received"].numerator == 2
+    assert warehouse.metrics(region_code="511100", month="2026-10", unit_id=U1)["received"].numerator == 2
+    assert warehouse.metrics(region_code="511100", month="2026-10", category="环境保护")["received"].numerator == 1
+    by_channel = warehouse.metrics(region_code="511100", month="2026-10", channel=common_pb2.CHANNEL_HOTLINE)
+    assert by_channel["received"].numerator == 1  # B (F is September)
+    free = warehouse.metrics(
+        region_code="511100",
+        period_start=to_timestamp(cn(9, 30, 0)),
+        period_end=to_timestamp(cn(10, 13, 0)),
+        metrics=["received"],
+    )
+    assert free["received"].numerator == 3  # F, A, B
+
+
+def test_statistical_month_from_the_21st(database_url: str, tmp_path: Path) -> None:
+    w = Warehouse(database_url, tmp_path, start_day=21)
+    try:
+        for env in fixture_events():
+            w.deliver(env)
+        # "2026-10" is 21 Sep .. 20 Oct: F, A, B, C, D, E; G (25 Oct) belongs to "2026-11".
+        assert w.metrics(region_code="511100", month="2026-10", metrics=["received"])["received"].numerator == 6
+        nov = w.metrics(region_code="511100", month="2026-11", metrics=["received"], include_case_ids=True)
+        assert list(nov["received"].case_ids) == [G]
+        reply = w.stub.GetMetrics(stats_pb2.GetMetricsRequest(region_code="511100", month="2026-11"), timeout=5)
+        assert reply.period_start.ToDatetime(tzinfo=UTC) == cn(10, 21, 0)
+    finally:
+        w.close()
+
+
+def test_duplicates_and_out_of_order_replicas_change_nothing(database_url: str, tmp_path: Path) -> None:
+    w = Warehouse(database_url, tmp_path)
+    try:
+        events = fixture_events()
+        shuffled = events * 2
+        random.Random(7).shuffle(shuffled)
+        # The same events arriving replicated from the child node (via exchange), twice, shuffled.
+        for env in shuffled:
+            w.deliver(env, source="exchange")
+        replayed = w.metrics(region_code="511100", month="2026-10")
+        for env in events:
+            w.deliver(env)  # and the node's own copies on top
+        again = w.metrics(region_code="511100", month="2026-10")
+        assert {k: (v.numerator, v.denominator) for k, v in replayed.items()} == {
+            k: (v.numerator, v.denominator) for k, v in again.items()
+        }
+        assert again["reply_rate"].numerator == 3 and again["overdue"].numerator == 2
+        with w.parts.session_factory() as session:  # type: ignore[misc]
+            fact = SqlWarehouse(session).fact(B)
+            assert fact is not None and fact.state == "CLOSED" and fact.version == 6
+    finally:
+        w.close()
+
+
+def test_region_ranking_leaves_out_small_regions(warehouse: Warehouse) -> None:
+    reply = warehouse.stub.RankRegions(
+        stats_pb2.RankRegionsRequest(parent_region_code="511100", metric="reply_rate", month="2026-10", min_cases=3),
+        timeout=10,
+    )
+    rows = {r.region_code: r for r in reply.rows}
+    assert rows["511102"].rank == 1 and rows["511102"].value == pytest.approx(1.0) and rows["511102"].cases == 4
+    assert rows["511111"].rank == 0 and rows["511111"].cases == 2  # under the minimum
+    assert rows["511102"].name == "市中区"
+    assert reply.rows[0].region_code == "511102"
+    units = warehouse.stub.RankUnits(
+        stats_pb2.RankUnitsRequest(region_code="511100", metric="received", month="2026-10", min_cases=1), timeout=10
+    )
+    assert [r.unit_id for r in units.rows if r.rank][:2] == [U1, U2]
+
+
+def test_bad_requests_are_refused_with_the_field(warehouse: Warehouse) -> None:
+    for request, field in (
+        (stats_pb2.GetMetricsRequest(region_code="510100"), "region_code"),  # 成都: outside 乐山's subtree
+        (stats_pb2.GetMetricsRequest(month="2026-13"), "month"),
+        (stats_pb2.GetMetricsRequest(metrics=["nonsense"]), "metrics"),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            warehouse.stub.GetMetrics(request, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.details() or "").startswith(field)
+    with pytest.raises(grpc.RpcError) as caught:
+        warehouse.stub.RankRegions(
+            stats_pb2.RankRegionsRequest(parent_region_code="511102", metric="reply_rate", month="2026-10")
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_business_gauges_by_region(warehouse: Warehouse) -> None:
+    counts = refresh_gauges(warehouse.parts.session_factory, RegionTree.load(), "511100", cn(12, 31))  # type: ignore[arg-type]
+    # Open: C (replied, not closed), D, F, G; overdue: D; supervised and open: none (B is closed).
+    assert counts["511102"] == (3, 0, 0)
+    assert counts["511111"] == (1, 1, 0)
+    assert REGISTRY.get_sample_value("lianxin_work_orders_open", {"region": "511100"}) == 4
+    assert REGISTRY.get_sample_value("lianxin_work_orders_overdue", {"region": "511111"}) == 1
+
+
+def test_events_arrive_through_the_real_bus(database_url: str, tmp_path: Path) -> None:
+    w = Warehouse(database_url, tmp_path)
+    try:
+        bus = InProcessBus()
+        for sub in w.parts.subscriptions:
+            bus.subscribe(sub)
+        for env in fixture_events():
+            bus.publish(syn.bus_event(env))
+        assert w.metrics(region_code="511100", month="2026-10", metrics=["received"])["received"].numerator == 6
+    finally:
+        w.close()
