@@ -5,11 +5,14 @@ A service writes its state change and its event row in one transaction (``append
 at least once, so every consumer goes through ``consume_once``, which records the event id in the
 consumer's inbox in the same transaction as the consumer's own change.
 
-Ordering. ``position`` is the publish order, and it must equal commit order or a relay could
-publish position 11 before a slower transaction commits position 10. SQLite gives that for free
-(``BEGIN IMMEDIATE`` serialises writers). On PostgreSQL ``append_event`` takes a per-outbox
-advisory transaction lock, so appending transactions commit one at a time from the append to the
-commit: put ``append_event`` last in the unit of work to keep that window short.
+Ordering. Consumers rely on order per case (versions), so a case's positions must commit in
+order, or a relay could publish the case's position 11 before a slower transaction commits its
+position 10. SQLite gives total order for free (``BEGIN IMMEDIATE`` serialises writers). On
+PostgreSQL ``append_event`` takes an advisory transaction lock per (outbox, case): transactions of
+one case commit one at a time from the append to the commit (put ``append_event`` last in the unit
+of work to keep that window short), while different cases never wait for each other. A lower
+position of another case that commits late is not lost: the relay selects unpublished rows, not
+rows after a cursor, so the next run publishes it. Events without a case share one key.
 
 One relay at a time. Two relays interleaving batches would break the order, and ``SKIP LOCKED``
 would too, so a relay run holds a lease: ``pg_try_advisory_xact_lock`` on PostgreSQL (held for
@@ -137,10 +140,10 @@ def _engine_of(session_factory: sessionmaker[Session]) -> Engine:
         return session.get_bind().engine
 
 
-def _pg_lock_key(purpose: str, table: Table) -> Any:
-    # One key per (purpose, schema, table); current_schema() is the service's schema (search_path).
+def _pg_lock_key(purpose: str, table: Table, case_id: str | None = None) -> Any:
+    # One key per (purpose, schema, table[, case]); current_schema() is the service's schema (search_path).
     return func.hashtextextended(
-        func.concat(f"lianxin.outbox.{purpose}.", func.current_schema(), f".{table.name}"), 0
+        func.concat(f"lianxin.outbox.{purpose}.", func.current_schema(), f".{table.name}.", case_id or ""), 0
     )
 
 
@@ -149,8 +152,12 @@ def append_event(
 ) -> None:
     """Record ``event`` in the outbox inside the caller's business transaction (call it last)."""
     if session.get_bind().dialect.name == "postgresql":
-        # Held to commit: positions then commit in order, which is what keeps the relay in order.
-        session.execute(select(func.pg_advisory_xact_lock(_pg_lock_key("append", table))))
+        # Held to commit: a case's positions then commit in order, which keeps the relay in order
+        # per case (what consumers rely on: versions per case). Events of different cases do not
+        # wait for each other; the relay picks up a late-committing lower position on its next run
+        # because it selects unpublished rows, not rows after a cursor. Events without a case
+        # share one key and stay in strict order.
+        session.execute(select(func.pg_advisory_xact_lock(_pg_lock_key("append", table, case_id))))
     session.execute(
         table.insert().values(
             event_id=event.event_id,

@@ -330,3 +330,37 @@ def test_on_postgres_a_later_append_cannot_commit_before_an_earlier_one(postgres
     assert relay.run_once() == 2
     assert published == [1, 2]
     engine.dispose()
+
+
+def test_on_postgres_appends_of_different_cases_do_not_wait_for_each_other(postgres_url: str) -> None:
+    """Per-case order is what consumers need; other cases' submits must not queue behind an open one."""
+    engine = make_engine(postgres_url, service="ordersvc")
+    metadata = MetaData()
+    outbox = outbox_table(metadata)
+    metadata.create_all(engine)
+    factory = make_session_factory(engine)
+    published: list[int] = []
+    relay = Relay(factory, outbox, lambda e: published.append(number(e)), service="ordersvc")
+    first_appended, release_first = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with transaction(factory) as session:
+            append_event(session, outbox, event(1), case_id="case-A")
+            first_appended.set()
+            release_first.wait(30)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert first_appended.wait(10)
+        with transaction(factory) as session:  # would block until release_first with one global lock
+            append_event(session, outbox, event(2), case_id="case-B")
+        assert relay.run_once() == 1
+        assert published == [2]
+    finally:
+        release_first.set()
+        thread.join(30)
+    # The late-committing lower position is published on the next run, not skipped.
+    assert relay.run_once() == 1
+    assert published == [2, 1]
+    engine.dispose()
