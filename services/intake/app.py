@@ -3,69 +3,221 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
+from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.crypto import cipher_from_env
-from services.common.service import ServiceContext, ServiceParts, ServicerBinding
-from services.intake.handlers import IntakeDeps
-from services.intake.models import outbox
+from services.common.errors import InvalidArgument
+from services.common.events import decode
+from services.common.outbox import consume_once
+from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription
+from services.common.timeutil import from_timestamp
+from services.intake import handlers
+from services.intake.domain import CaseState
+from services.intake.handlers import HandlingChange, IntakeDeps
+from services.intake.models import inbox, outbox
+from services.intake.screening import Screen
 from services.intake.servicer import IntakeServicer
-from services.intake.store import SqlIntakeUnitOfWork
+from services.intake.store import CaseNumbers, SqlIntakeUnitOfWork
 
 log = logging.getLogger(__name__)
 
+REPO = Path(__file__).resolve().parents[2]
 
-def _categoriser(ctx: ServiceContext) -> Callable[[str], str | None]:
-    """The trained category model when present; otherwise leave the category for a clerk."""
-    try:
-        from services.intake.classifier import Classifier, default_model_path
-
-        path = default_model_path(ctx.settings.data_dir)
-        if path.exists():
-            model = Classifier.load(path)
-            return lambda text: model.predict([text])[0][0]
-    except ImportError:
-        pass
-    log.info("no category model; categories left for clerks", extra={"node": ctx.settings.node})
-    return lambda text: None
+# One trained model per training file per process: every node of an embedded federation (and every
+# node a test suite starts) would otherwise retrain the same model on its own data_dir.
+_TRAINED: dict[Path, Any] = {}
+_TRAINING_LOCK = threading.Lock()
 
 
-def _locator(ctx: ServiceContext) -> Callable[[str], str | None]:
-    try:
-        from services.intake.locator import Locator
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("LIANXIN_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-        locator = Locator(ctx.regions)
-        node = ctx.settings.node
-        return lambda text: locator.locate(text, node=node).code
-    except ImportError:
-        return lambda text: None
+
+def load_or_train(data_dir: Path, shared_data: Path | None) -> Any:
+    """``classifier.ensure_model`` with an in-process cache; None when there is neither model nor data."""
+    from services.intake.classifier import Classifier, default_model_path, ensure_model
+
+    path = default_model_path(data_dir)
+    if path.exists():
+        return Classifier.load(path)
+    source = (Path(shared_data) / "messages.csv").resolve() if shared_data is not None else None
+    with _TRAINING_LOCK:
+        cached = _TRAINED.get(source) if source is not None else None
+        if cached is not None:
+            cached.save(path)
+            return cached
+        model = ensure_model(data_dir, shared_data)
+        if model is not None and source is not None:
+            _TRAINED[source] = model
+        return model
+
+
+class CategoryModel:
+    """The category model, loaded (or trained on first start) in a background thread.
+
+    Until it is ready, submissions without a category stay uncategorised and flagged for a clerk,
+    so serving never waits for training. ``LIANXIN_INTAKE_CLASSIFIER=off`` disables it.
+    """
+
+    def __init__(self, data_dir: Path, shared_data: Path | None) -> None:
+        self._data_dir = data_dir
+        self._shared_data = shared_data
+        self.model: Any = None
+        self.ready = threading.Event()
+
+    def start(self) -> CategoryModel:
+        if os.environ.get("LIANXIN_INTAKE_CLASSIFIER", "auto") == "off":
+            self.ready.set()
+            return self
+        threading.Thread(target=self._load, name="intake-category-model", daemon=True).start()
+        return self
+
+    def _load(self) -> None:
+        try:
+            self.model = load_or_train(self._data_dir, self._shared_data)
+            if self.model is None:
+                log.info("no category model and no messages.csv; categories left for clerks")
+        except Exception:
+            log.warning("category model could not be loaded; categories left for clerks", exc_info=True)
+        finally:
+            self.ready.set()
+
+    def categorise(self, text: str) -> str | None:
+        model = self.model
+        return None if model is None else str(model.predict([text])[0][0])
+
+    def scored(self, text: str) -> tuple[str, float]:
+        model = self.model
+        if model is None:
+            return "", 0.0
+        category, confidence = model.predict([text])[0]
+        return str(category), float(confidence)
+
+
+def _rate_limit() -> tuple[int, timedelta]:
+    """``LIANXIN_INTAKE_RATE_LIMIT=5/3600`` (submits per seconds per submitter); 0 turns it off."""
+    raw = os.environ.get("LIANXIN_INTAKE_RATE_LIMIT", "5/3600")
+    count, _, seconds = raw.partition("/")
+    return int(count), timedelta(seconds=float(seconds or 3600))
+
+
+def _handling_change(event: BusEvent) -> HandlingChange | None:
+    env = decode(event)
+    at = from_timestamp(env.occurred_at)
+    assert at is not None
+    if event.event_type == "work_order_created":
+        created = env.work_order_created
+        assigned = bool(created.unit_id) and not created.manual_queue
+        return HandlingChange(
+            case_id=env.case_id,
+            version=env.version,
+            action="assign" if assigned else "",
+            to_state=CaseState.ASSIGNED if assigned else None,
+            work_order_id=created.work_order_id,
+            unit_id=created.unit_id,
+            at=at,
+        )
+    changed = env.work_order_changed
+    to_state = None
+    if changed.to_state:
+        to_state = CaseState(common_pb2.CaseState.Name(changed.to_state).removeprefix("CASE_STATE_"))
+    return HandlingChange(
+        case_id=env.case_id,
+        version=env.version,
+        action=changed.action,
+        to_state=to_state,
+        work_order_id=changed.work_order_id,
+        unit_id=changed.unit_id,
+        at=at,
+    )
 
 
 def build(ctx: ServiceContext) -> ServiceParts:
     cipher = cipher_from_env()
     node = ctx.settings.node
+    regions = ctx.regions
+    notify = lambda: ctx.extras.get("notify_outbox", lambda: None)()  # noqa: E731
+
+    numbers = CaseNumbers(ctx.session_factory)
 
     def uow_factory() -> SqlIntakeUnitOfWork:
-        return SqlIntakeUnitOfWork(ctx.session_factory, cipher, node)
+        return SqlIntakeUnitOfWork(ctx.session_factory, cipher, node, numbers=numbers)
 
+    model = CategoryModel(ctx.settings.data_dir, shared_data_dir()).start()
+    ctx.extras["intake.category_model"] = model  # tests and the demo wait on model.ready
+
+    from services.intake.locator import Locator
+
+    locator = Locator(regions)
+    root = next(code for code, region in regions.regions.items() if region.parent_code is None)
+
+    def locate_for_submit(text: str) -> str | None:
+        return locator.locate(text, node=node).code
+
+    def locate_candidates(text: str, within: str) -> tuple[str, bool, list[str]]:
+        within = within or root
+        if within not in regions:
+            raise InvalidArgument("within_region_code", f"unknown region code {within}")
+        found = locator.locate(text, node=within)
+        return found.code or "", found.ambiguous, list(found.candidates)
+
+    def region_message(code: str) -> common_pb2.Region:
+        region = regions.get(code)
+        return common_pb2.Region(
+            code=code,
+            name=region.name,
+            tier=common_pb2.Tier.Value(f"TIER_{region.tier.name}"),
+            parent_code=region.parent_code or "",
+        )
+
+    limit, window = _rate_limit()
     deps = IntakeDeps(
         node=node,
-        allowed_regions=frozenset(ctx.regions.subtree(node)),
-        categorise=_categoriser(ctx),
-        locate=_locator(ctx),
+        allowed_regions=frozenset(regions.subtree(node)),
+        categorise=model.categorise,
+        locate=locate_for_submit,
         clock=ctx.clock,
+        screen=Screen.load(),
+        rate_limit=limit,
+        rate_window=window,
+        regions_under=lambda code: frozenset(regions.subtree(code)),
     )
     servicer = IntakeServicer(
         uow_factory=uow_factory,
         deps=deps,
-        after_commit=lambda: ctx.extras.get("notify_outbox", lambda: None)(),
+        after_commit=notify,
+        classify=model.scored,
+        locate=locate_candidates,
+        region_message=region_message,
     )
+
+    def on_handling(event: BusEvent) -> None:
+        change = _handling_change(event)
+        if change is None:
+            return
+
+        def apply(session: Any) -> None:
+            handlers.apply_handling_change(change, SqlIntakeUnitOfWork(None, cipher, node, session=session))
+
+        consume_once(ctx.session_factory, inbox, "intake", event, apply)
+
     return ServiceParts(
         name="intake",
         servicers=[
-            ServicerBinding(intake_grpc.add_IntakeServiceServicer_to_server, servicer, "lianxin.intake.v1.IntakeService")
+            ServicerBinding(
+                intake_grpc.add_IntakeServiceServicer_to_server, servicer, "lianxin.intake.v1.IntakeService"
+            )
+        ],
+        subscriptions=[
+            Subscription("intake", "routing", "work_order_created", on_handling),
+            Subscription("intake", "routing", "work_order_changed", on_handling),
         ],
         session_factory=ctx.session_factory,
         outbox=outbox,

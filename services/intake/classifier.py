@@ -169,9 +169,7 @@ class Classifier:
         return self.predict([model_text(title, body)])[0]
 
 
-def train(
-    messages: Sequence[LabelledMessage], *, seed: int = DEFAULT_SEED
-) -> tuple[Classifier, TrainingReport]:
+def train(messages: Sequence[LabelledMessage], *, seed: int = DEFAULT_SEED) -> tuple[Classifier, TrainingReport]:
     """Evaluate on a stratified 20 % held-out split, choose the threshold there, refit on all rows."""
     started = time.perf_counter()
     texts = [model_text(m.title, m.body) for m in messages]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 
 
@@ -25,6 +25,19 @@ class CaseState(str, Enum):
     MERGED = "MERGED"
     MODERATION = "MODERATION"
 
+
+# The seven top-level categories of the TipDM 2020 taxonomy plus 其他 (same as classifier.CATEGORIES,
+# repeated here so the domain does not import scikit-learn).
+CATEGORIES: tuple[str, ...] = (
+    "城乡建设",
+    "劳动和社会保障",
+    "教育文体",
+    "商贸旅游",
+    "卫生计生",
+    "环境保护",
+    "交通运输",
+)
+OTHER_CATEGORY = "其他"
 
 # Channels where a citizen may stay anonymous is validation's business; these are the names.
 CHANNELS = (
@@ -75,6 +88,18 @@ class Case:
     duplicate_of: str = ""
     flags: tuple[str, ...] = ()
     hotline_operator_id: str = ""
+    moderation_reasons: tuple[str, ...] = ()
+    fingerprint: str = ""
+    simhash: int = 0
+    # Learnt from routing's events: who handles it and how many replies the citizen has had.
+    handling_version: int = 0
+    work_order_id: str = ""
+    unit_id: str = ""
+    reply_count: int = 0
+    replied_at: datetime | None = None
+    evaluated_reply: int = 0
+    satisfaction: str = ""
+    review_reply: int = 0
 
     @property
     def idempotency_key(self) -> str | None:
@@ -83,6 +108,54 @@ class Case:
 
     def with_flag(self, flag: str) -> Case:
         return self if flag in self.flags else replace(self, flags=(*self.flags, flag))
+
+
+# Cases that are still being dealt with: a new submission about the same matter links to one.
+CLOSED_STATES = frozenset({CaseState.CLOSED, CaseState.WITHDRAWN, CaseState.MERGED, CaseState.REFUSED})
+OPEN_STATES = frozenset(CaseState) - CLOSED_STATES
+# After a reply (or once closed) there is nothing left to withdraw.
+WITHDRAWABLE_STATES = OPEN_STATES - {CaseState.REPLIED}
+REVIEW_WINDOW = timedelta(days=30)  # 复查 request within 30 days of the reply (信访工作条例 Art. 35)
+REVIEW_DECISION = timedelta(days=30)  # and decided within 30 days
+SATISFACTIONS = ("SATISFIED", "BASICALLY_SATISFIED", "UNSATISFIED")
+
+
+def can_evaluate(case: Case) -> bool:
+    """Once per reply: a reply the citizen has not rated yet, and the case still at or after it."""
+    return (
+        case.state in (CaseState.REPLIED, CaseState.CLOSED)
+        and case.reply_count > 0
+        and case.evaluated_reply < case.reply_count
+    )
+
+
+def can_request_review(case: Case, now: datetime) -> bool:
+    """Within 30 days of the latest reply, once per reply."""
+    return (
+        case.state in (CaseState.REPLIED, CaseState.CLOSED)
+        and case.replied_at is not None
+        and now <= case.replied_at + REVIEW_WINDOW
+        and case.review_reply < case.reply_count
+    )
+
+
+def can_withdraw(case: Case) -> bool:
+    return case.state in WITHDRAWABLE_STATES
+
+
+# What the citizen's timeline says for routing's actions (public wording; reasons stay internal).
+PUBLIC_MILESTONES: dict[str, str] = {
+    "assign": "已交办 assigned to the handling unit",
+    "accept": "已受理 accepted",
+    "refuse": "不予受理 not accepted",
+    "hand_off": "已转送 transferred",
+    "extend": "已延期 handling extended",
+    "approve_extension": "已延期 handling extended",
+    "reply": "已答复 replied",
+    "close": "已办结 closed",
+    "reopen": "重新办理 reopened",
+    "review": "复查中 under review",
+}
 
 
 def idempotency_key(channel: str, channel_ref: str | None) -> str | None:
@@ -104,4 +177,23 @@ class CaseRegistered:
     case: Case
 
 
-DomainEvent = CaseRegistered
+@dataclass(frozen=True)
+class CaseEvaluated:
+    case: Case
+    satisfaction: str
+    comment: str
+
+
+@dataclass(frozen=True)
+class ReviewRequested:
+    case: Case
+    reason: str
+
+
+@dataclass(frozen=True)
+class CaseWithdrawn:
+    case: Case
+    reason: str
+
+
+DomainEvent = CaseRegistered | CaseEvaluated | ReviewRequested | CaseWithdrawn

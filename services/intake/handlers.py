@@ -2,18 +2,69 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+import hmac
+import json
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Protocol
 
-from services.common.errors import AlreadyExists, NotFound
+from services.common.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from services.common.ids import format_case_id
 from services.common.timeutil import china_date
-from services.intake.domain import Case, CaseRegistered, CaseState, Complainant, TimelineEntry, idempotency_key
-from services.intake.tracking import new_tracking_code
+from services.intake import dedup
+from services.intake.domain import (
+    CATEGORIES,
+    OTHER_CATEGORY,
+    PUBLIC_MILESTONES,
+    REVIEW_DECISION,
+    REVIEW_WINDOW,
+    SATISFACTIONS,
+    Case,
+    CaseEvaluated,
+    CaseRegistered,
+    CaseState,
+    CaseWithdrawn,
+    Complainant,
+    DomainEvent,
+    ReviewRequested,
+    TimelineEntry,
+    can_evaluate,
+    can_request_review,
+    can_withdraw,
+    idempotency_key,
+)
+from services.intake.screening import AttemptLimiter, Screen
+from services.intake.tracking import is_valid_tracking_code, new_tracking_code, normalise_tracking_code
 from services.intake.validation import Submission, validate_submission
+
+# Bulk channels carry other systems' records (a board export, a national transfer, a letter pile):
+# their volume per person says nothing about abuse, so the per-submitter limit skips them.
+RATE_EXEMPT_CHANNELS = frozenset({"letter", "leader_board", "national_transfer"})
+COMMENT_MAX = 500
+PAGE_DEFAULT = 50
+PAGE_MAX = 500
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    """ListCases filters; None or empty means "any"."""
+
+    states: frozenset[CaseState] = frozenset()
+    channel: str | None = None
+    category: str | None = None
+    regions: frozenset[str] | None = None
+    submitted_after: datetime | None = None
+    submitted_before: datetime | None = None
 
 
 class IntakeUnitOfWork(Protocol):
@@ -23,13 +74,45 @@ class IntakeUnitOfWork(Protocol):
 
     def get(self, case_id: str) -> Case | None: ...
 
+    def get_by_tracking_code(self, code: str) -> tuple[Case, str] | None:
+        """The case and the stored last four digits of its phone ("" when none)."""
+        ...
+
     def next_case_number(self, day: object) -> int: ...
 
-    def add(self, case: Case) -> None: ...
+    def add(self, case: Case, *, received_at: datetime) -> None: ...
+
+    def save(self, case: Case, *, expected_version: int) -> None:
+        """Write the mutable fields; Conflict when the stored version is not ``expected_version``."""
+        ...
 
     def add_timeline(self, entry: TimelineEntry) -> None: ...
 
-    def emit(self, event: CaseRegistered) -> None: ...
+    def timeline(self, case_id: str) -> list[TimelineEntry]: ...
+
+    def add_evaluation(
+        self, *, evaluation_id: str, case_id: str, reply_number: int, satisfaction: str, comment: str, at: datetime
+    ) -> None: ...
+
+    def emit(self, event: DomainEvent) -> None: ...
+
+    def submissions_since(self, *, phone: str, id_number: str, since: datetime) -> int: ...
+
+    def open_case_with_fingerprint(self, fingerprint: str) -> str | None: ...
+
+    def open_cases_of_person(self, *, phone: str, id_number: str) -> list[str]:
+        """Open case ids of the person, newest first."""
+        ...
+
+    def open_cases_near(self, simhash: int) -> list[tuple[str, int]]:
+        """(case_id, simhash) of open cases sharing a SimHash band value within one bit."""
+        ...
+
+    def list_cases(self, filters: CaseFilter, *, after: tuple[datetime, str] | None, limit: int) -> list[Case]: ...
+
+    def count_cases(self, filters: CaseFilter) -> int: ...
+
+    def moderation_queue(self, *, regions: frozenset[str] | None, after: str | None, limit: int) -> list[Case]: ...
 
     def commit(self) -> None: ...
 
@@ -45,21 +128,36 @@ class Locator(Protocol):
     def __call__(self, text: str) -> str | None: ...
 
 
+def _no_screen() -> Screen:
+    return Screen(())
+
+
 @dataclass(frozen=True)
 class IntakeDeps:
-    """The node-specific collaborators a submit needs."""
+    """The node-specific collaborators and limits a submit needs."""
 
     node: str
     allowed_regions: frozenset[str]
     categorise: Categoriser
     locate: Locator
     clock: Callable[[], datetime]
+    screen: Screen = field(default_factory=_no_screen)
+    # Per submitter (phone, else ID number): at most ``rate_limit`` new cases per ``rate_window``; 0 = off.
+    rate_limit: int = 5
+    rate_window: timedelta = timedelta(hours=1)
+    # Failed tracking-code logins: after this many in the window the code is locked for a while.
+    login_failures: AttemptLimiter = field(default_factory=lambda: AttemptLimiter(5, 900.0))
+    near_distance: int = dedup.DEFAULT_MAX_DISTANCE
+    regions_under: Callable[[str], frozenset[str]] = lambda code: frozenset({code})
 
 
 @dataclass(frozen=True)
 class SubmitResult:
     case: Case
     created: bool
+
+
+# -- submit ------------------------------------------------------------------------------------
 
 
 def submit_case(
@@ -71,6 +169,8 @@ def submit_case(
 ) -> SubmitResult:
     """Register a submission once; a retry with the same channel reference returns the same case."""
     clean = validate_submission(submission, allowed_regions=deps.allowed_regions)
+    if clean.category is not None and clean.category not in (*CATEGORIES, OTHER_CATEGORY):
+        raise InvalidArgument("category", f"must be one of {', '.join((*CATEGORIES, OTHER_CATEGORY))}")
     key = idempotency_key(clean.channel, clean.channel_ref)
     try:
         return _register(clean, key, uow_factory=uow_factory, deps=deps, submitted_at=submitted_at)
@@ -86,6 +186,78 @@ def submit_case(
         return SubmitResult(case=existing, created=False)
 
 
+@dataclass(frozen=True)
+class _Resolved:
+    """What is worked out from the text before the transaction opens (keeps the write lock short)."""
+
+    category: str
+    category_auto: bool
+    region: str
+    flags: tuple[str, ...]
+    moderation: tuple[str, ...]
+    fingerprint: str
+    simhash: int
+
+
+def _resolve(clean: Submission, deps: IntakeDeps) -> _Resolved:
+    text = f"{clean.title}\n{clean.body}"
+    flags: list[str] = []
+    category = clean.category or ""
+    category_auto = False
+    if not category:
+        category = deps.categorise(text) or ""
+        category_auto = bool(category)
+        if category_auto:
+            flags.append("category_auto")
+        if category in ("", OTHER_CATEGORY):
+            flags.append("category_unresolved")
+    region = clean.region_code or ""
+    if not region:
+        region = deps.locate(f"{clean.address or ''}\n{text}") or ""
+    if not region:
+        flags.append("place_unresolved")
+    if clean.anonymous:
+        flags.append("anonymous")
+    moderation = tuple(deps.screen.reasons(text))
+    if moderation:
+        flags.append("moderation")
+    compared = dedup.submission_text(clean.title, clean.body)
+    return _Resolved(
+        category=category,
+        category_auto=category_auto,
+        region=region,
+        flags=tuple(flags),
+        moderation=moderation,
+        fingerprint=dedup.fingerprint(compared),
+        simhash=dedup.simhash(compared),
+    )
+
+
+def _links(
+    uow: IntakeUnitOfWork, clean: Submission, resolved: _Resolved, deps: IntakeDeps
+) -> tuple[str, str, tuple[str, ...]]:
+    """(duplicate_of, repeat_of, extra flags) against the open cases of this node.
+
+    An exact re-post (same normalised text) is a duplicate for merging (并单); the same person
+    (blind index of phone or ID number) or a near-identical text (SimHash) is a repeat (重复件).
+    """
+    duplicate = uow.open_case_with_fingerprint(resolved.fingerprint)
+    if duplicate is not None:
+        return duplicate, "", ("duplicate",)
+    if clean.phone or clean.id_number:
+        mine = uow.open_cases_of_person(phone=clean.phone or "", id_number=clean.id_number or "")
+        if mine:
+            return "", mine[0], ("repeat",)
+    near = sorted(
+        (dedup.hamming(resolved.simhash, value), case_id)
+        for case_id, value in uow.open_cases_near(resolved.simhash)
+        if dedup.hamming(resolved.simhash, value) <= deps.near_distance
+    )
+    if near:
+        return "", near[0][1], ("repeat",)
+    return "", "", ()
+
+
 def _register(
     clean: Submission,
     key: str | None,
@@ -94,28 +266,24 @@ def _register(
     deps: IntakeDeps,
     submitted_at: datetime | None,
 ) -> SubmitResult:
+    resolved = _resolve(clean, deps)
     now = deps.clock()
     with uow_factory() as uow:
         if key is not None:
             existing = uow.find_by_idempotency_key(key)
             if existing is not None:
                 return SubmitResult(case=existing, created=False)
-        text = f"{clean.title}\n{clean.body}"
-        flags: list[str] = []
-        category = clean.category or ""
-        category_auto = False
-        if not category:
-            category = deps.categorise(text) or ""
-            category_auto = bool(category)
-            flags.append("category_auto" if category else "category_unresolved")
-        region = clean.region_code or ""
-        if not region:
-            region = deps.locate(f"{clean.address or ''}\n{text}") or ""
-        place_unresolved = not region
-        if place_unresolved:
-            flags.append("place_unresolved")
-        if clean.anonymous:
-            flags.append("anonymous")
+        if deps.rate_limit and clean.channel not in RATE_EXEMPT_CHANNELS and (clean.phone or clean.id_number):
+            recent = uow.submissions_since(
+                phone=clean.phone or "", id_number=clean.id_number or "", since=now - deps.rate_window
+            )
+            if recent >= deps.rate_limit:
+                raise ResourceExhausted(
+                    f"this submitter already sent {recent} requests in the last "
+                    f"{int(deps.rate_window.total_seconds() // 60)} minutes; try again later"
+                )
+        duplicate_of, repeat_of, link_flags = _links(uow, clean, resolved, deps)
+        held = bool(resolved.moderation)
         registered_at = submitted_at or now
         day = china_date(registered_at)
         case = Case(
@@ -125,11 +293,11 @@ def _register(
             channel_ref=clean.channel_ref or "",
             title=clean.title,
             body=clean.body,
-            category=category,
-            region_code=region,
+            category=resolved.category,
+            region_code=resolved.region,
             registering_node=deps.node,
             owner_node=deps.node,
-            state=CaseState.REGISTERED,
+            state=CaseState.MODERATION if held else CaseState.REGISTERED,
             submitted_at=registered_at,
             updated_at=now,
             complainant=Complainant(
@@ -138,22 +306,339 @@ def _register(
                 phone=clean.phone or "",
                 address=clean.address or "",
             ),
-            category_auto=category_auto,
-            place_unresolved=place_unresolved,
+            category_auto=resolved.category_auto,
+            place_unresolved=not resolved.region,
             anonymous=clean.anonymous,
-            flags=tuple(flags),
+            repeat_of=repeat_of,
+            duplicate_of=duplicate_of,
+            flags=(*resolved.flags, *link_flags),
             hotline_operator_id=clean.hotline_operator_id or "",
+            moderation_reasons=resolved.moderation,
+            fingerprint=resolved.fingerprint,
+            simhash=resolved.simhash,
         )
-        uow.add(case)
-        uow.add_timeline(TimelineEntry(case.case_id, now, CaseState.REGISTERED, "已登记 registered"))
-        uow.emit(CaseRegistered(case))
+        uow.add(case, received_at=now)
+        if held:
+            # Held, not dropped: nothing leaves intake until an operator releases it.
+            uow.add_timeline(
+                TimelineEntry(case.case_id, now, CaseState.MODERATION, "已收到，待审核 received, awaiting screening")
+            )
+        else:
+            uow.add_timeline(TimelineEntry(case.case_id, now, CaseState.REGISTERED, "已登记 registered"))
+            uow.emit(CaseRegistered(case))
         uow.commit()
     return SubmitResult(case=case, created=True)
 
 
-def get_case(case_id: str, *, uow_factory: UnitOfWorkFactory) -> Case:
+# -- clerk side --------------------------------------------------------------------------------
+
+
+def get_case(case_id: str, *, uow_factory: UnitOfWorkFactory) -> tuple[Case, list[TimelineEntry]]:
     with uow_factory() as uow:
         case = uow.get(case_id)
-    if case is None:
-        raise NotFound("case", case_id)
-    return case
+        if case is None:
+            raise NotFound("case", case_id)
+        return case, uow.timeline(case_id)
+
+
+def _encode_token(payload: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+def _decode_token(token: str) -> object:
+    try:
+        return json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("page_token", "is not a token this server issued") from None
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(requested or PAGE_DEFAULT, PAGE_MAX)
+
+
+def check_region_filter(region: str | None, deps: IntakeDeps) -> frozenset[str] | None:
+    if not region:
+        return None
+    if region not in deps.allowed_regions:
+        raise InvalidArgument("region_code", f"{region} is not a region of node {deps.node}")
+    return deps.regions_under(region)
+
+
+@dataclass(frozen=True)
+class CasePage:
+    cases: list[Case]
+    next_page_token: str
+    total_size: int
+
+
+def list_cases(filters: CaseFilter, *, page_token: str, size: int, uow_factory: UnitOfWorkFactory) -> CasePage:
+    """Newest first; the token holds the last (submitted_at, case_id), so pages stay stable while
+    new cases arrive (they sort before the first page, never into a later one)."""
+    after: tuple[datetime, str] | None = None
+    if page_token:
+        decoded = _decode_token(page_token)
+        if not (isinstance(decoded, list) and len(decoded) == 2 and all(isinstance(v, str) for v in decoded)):
+            raise InvalidArgument("page_token", "is not a token this server issued")
+        try:
+            after = (datetime.fromisoformat(decoded[0]), decoded[1])
+        except ValueError:
+            raise InvalidArgument("page_token", "is not a token this server issued") from None
+    if filters.submitted_after and filters.submitted_before and filters.submitted_after >= filters.submitted_before:
+        raise InvalidArgument("submitted_before", "must be later than submitted_after")
+    with uow_factory() as uow:
+        cases = uow.list_cases(filters, after=after, limit=size + 1)
+        total = uow.count_cases(filters)
+    more = len(cases) > size
+    cases = cases[:size]
+    token = _encode_token([cases[-1].submitted_at.isoformat(), cases[-1].case_id]) if more else ""
+    return CasePage(cases=cases, next_page_token=token, total_size=total)
+
+
+# -- moderation --------------------------------------------------------------------------------
+
+
+def moderation_queue(
+    *, regions: frozenset[str] | None, page_token: str, size: int, uow_factory: UnitOfWorkFactory
+) -> CasePage:
+    after: str | None = None
+    if page_token:
+        decoded = _decode_token(page_token)
+        if not isinstance(decoded, str):
+            raise InvalidArgument("page_token", "is not a token this server issued")
+        after = decoded
+    with uow_factory() as uow:
+        cases = uow.moderation_queue(regions=regions, after=after, limit=size + 1)
+    more = len(cases) > size
+    cases = cases[:size]
+    return CasePage(cases=cases, next_page_token=_encode_token(cases[-1].case_id) if more else "", total_size=-1)
+
+
+def decide_moderation(
+    case_id: str,
+    *,
+    release: bool,
+    note: str,
+    actor: str,
+    expected_version: int,
+    uow_factory: UnitOfWorkFactory,
+    deps: IntakeDeps,
+) -> Case:
+    """Release a held case (it is registered now, and CaseRegistered leaves) or reject it (REFUSED)."""
+    if not case_id:
+        raise InvalidArgument("case_id", "must be set")
+    if not release and not note.strip():
+        raise InvalidArgument("note", "a rejection needs a note saying why")
+    now = deps.clock()
+    with uow_factory() as uow:
+        case = uow.get(case_id)
+        if case is None:
+            raise NotFound("case", case_id)
+        if expected_version and expected_version != case.version:
+            raise Conflict(f"case {case_id} is at version {case.version}, not {expected_version}")
+        if case.state is not CaseState.MODERATION:
+            raise FailedPrecondition("only a case held for screening can be released or rejected", case.state.value)
+        if release:
+            # The version stays: no event left while it was held, so CaseRegistered is its first.
+            changed = replace(case, state=CaseState.REGISTERED, updated_at=now).with_flag("moderation_released")
+            uow.save(changed, expected_version=case.version)
+            uow.add_timeline(TimelineEntry(case_id, now, CaseState.REGISTERED, "已登记 registered"))
+            uow.emit(CaseRegistered(changed))
+        else:
+            changed = replace(case, state=CaseState.REFUSED, updated_at=now).with_flag("moderation_rejected")
+            uow.save(changed, expected_version=case.version)
+            uow.add_timeline(TimelineEntry(case_id, now, CaseState.REFUSED, "不予登记 not registered"))
+        uow.commit()
+    return changed
+
+
+# -- citizen side ------------------------------------------------------------------------------
+
+
+def _authenticate(uow: IntakeUnitOfWork, tracking_code: str, phone_last4: str, deps: IntakeDeps) -> Case:
+    """Tracking code + last four digits of the phone; any mismatch is NOT_FOUND (existence stays hidden)."""
+    hidden = NotFound("case", "for this tracking code and phone")
+    if not is_valid_tracking_code(tracking_code):
+        raise hidden
+    code = normalise_tracking_code(tracking_code)
+    if deps.login_failures.blocked(code):
+        raise ResourceExhausted("too many failed attempts for this tracking code; try again later")
+    found = uow.get_by_tracking_code(code)
+    # Compare even when nothing was found so the answer takes the same time either way.
+    stored = found[1] if found is not None else "\0\0\0\0"
+    ok = hmac.compare_digest(stored.encode(), phone_last4.strip().encode())
+    if found is None or not ok:
+        deps.login_failures.record(code)
+        raise hidden
+    return found[0]
+
+
+@dataclass(frozen=True)
+class TrackView:
+    case: Case
+    timeline: list[TimelineEntry]
+    can_evaluate: bool
+    can_request_review: bool
+
+
+def track_case(tracking_code: str, phone_last4: str, *, uow_factory: UnitOfWorkFactory, deps: IntakeDeps) -> TrackView:
+    with uow_factory() as uow:
+        case = _authenticate(uow, tracking_code, phone_last4, deps)
+        timeline = uow.timeline(case.case_id)
+    now = deps.clock()
+    return TrackView(case, timeline, can_evaluate(case), can_request_review(case, now))
+
+
+def _text(field_name: str, value: str, *, required: bool) -> str:
+    value = value.strip()
+    if required and not value:
+        raise InvalidArgument(field_name, "must not be empty")
+    if len(value) > COMMENT_MAX:
+        raise InvalidArgument(field_name, f"must be at most {COMMENT_MAX} characters, got {len(value)}")
+    return value
+
+
+def evaluate_case(
+    tracking_code: str,
+    phone_last4: str,
+    *,
+    satisfaction: str,
+    comment: str,
+    uow_factory: UnitOfWorkFactory,
+    deps: IntakeDeps,
+) -> str:
+    """Record the citizen's rating of the latest reply; returns the evaluation id. Once per reply."""
+    if satisfaction not in SATISFACTIONS:
+        raise InvalidArgument("satisfaction", "must be satisfied, basically satisfied or unsatisfied")
+    comment = _text("comment", comment, required=False)
+    now = deps.clock()
+    try:
+        with uow_factory() as uow:
+            case = _authenticate(uow, tracking_code, phone_last4, deps)
+            if not can_evaluate(case):
+                reason = "this reply was already rated" if case.reply_count else "there is no reply to rate yet"
+                raise FailedPrecondition(reason, case.state.value)
+            evaluation_id = f"{case.case_id}-E{case.reply_count}"
+            changed = replace(
+                case,
+                evaluated_reply=case.reply_count,
+                satisfaction=satisfaction,
+                version=case.version + 1,
+                updated_at=now,
+            )
+            uow.add_evaluation(
+                evaluation_id=evaluation_id,
+                case_id=case.case_id,
+                reply_number=case.reply_count,
+                satisfaction=satisfaction,
+                comment=comment,
+                at=now,
+            )
+            uow.save(changed, expected_version=case.version)
+            uow.add_timeline(TimelineEntry(case.case_id, now, case.state, "已评价 rated"))
+            uow.emit(CaseEvaluated(changed, satisfaction, comment))
+            uow.commit()
+    except (AlreadyExists, Conflict):
+        # A concurrent rating of the same reply won.
+        raise FailedPrecondition("this reply was already rated") from None
+    return evaluation_id
+
+
+def request_review(
+    tracking_code: str, phone_last4: str, *, reason: str, uow_factory: UnitOfWorkFactory, deps: IntakeDeps
+) -> datetime:
+    """Record a 复查 request within 30 days of the reply; returns when it must be decided."""
+    reason = _text("reason", reason, required=True)
+    now = deps.clock()
+    try:
+        with uow_factory() as uow:
+            case = _authenticate(uow, tracking_code, phone_last4, deps)
+            if not can_request_review(case, now):
+                if case.replied_at is None:
+                    why = "a review can be requested only after a reply"
+                elif case.review_reply >= case.reply_count:
+                    why = "a review of this reply was already requested"
+                elif now > case.replied_at + REVIEW_WINDOW:
+                    why = "a review must be requested within 30 days of the reply"
+                else:
+                    why = "a review cannot be requested in this state"
+                raise FailedPrecondition(why, case.state.value)
+            changed = replace(case, review_reply=case.reply_count, version=case.version + 1, updated_at=now)
+            uow.save(changed, expected_version=case.version)
+            uow.add_timeline(TimelineEntry(case.case_id, now, case.state, "已申请复查 review requested"))
+            uow.emit(ReviewRequested(changed, reason))
+            uow.commit()
+    except Conflict:
+        raise FailedPrecondition("a review of this reply was already requested") from None
+    return now + REVIEW_DECISION
+
+
+def withdraw_case(
+    tracking_code: str, phone_last4: str, *, reason: str, uow_factory: UnitOfWorkFactory, deps: IntakeDeps
+) -> Case:
+    reason = _text("reason", reason, required=False)
+    now = deps.clock()
+    with uow_factory() as uow:
+        case = _authenticate(uow, tracking_code, phone_last4, deps)
+        if not can_withdraw(case):
+            raise FailedPrecondition("the case can no longer be withdrawn", case.state.value)
+        was_held = case.state is CaseState.MODERATION
+        # A held case never left intake, so nobody downstream needs to hear it went.
+        changed = replace(
+            case, state=CaseState.WITHDRAWN, version=case.version + (0 if was_held else 1), updated_at=now
+        )
+        uow.save(changed, expected_version=case.version)
+        uow.add_timeline(TimelineEntry(case.case_id, now, CaseState.WITHDRAWN, "已撤回 withdrawn"))
+        if not was_held:
+            uow.emit(CaseWithdrawn(changed, reason))
+        uow.commit()
+    return changed
+
+
+# -- what routing tells us ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HandlingChange:
+    """A fact from routing about the handling of a case (work order created or changed)."""
+
+    case_id: str
+    version: int
+    action: str
+    to_state: CaseState | None
+    work_order_id: str
+    unit_id: str
+    at: datetime
+
+
+def apply_handling_change(change: HandlingChange, uow: IntakeUnitOfWork) -> bool:
+    """Follow routing's handling on the registered case: state, replies and the public timeline.
+
+    Events at or below the last routing version applied are old news (a redelivery or an
+    overtaken event) and change nothing. The case version becomes the highest seen, so intake's
+    own next event numbers after it. Cases registered at another node have no row here.
+    """
+    case = uow.get(change.case_id)
+    if case is None or change.version <= case.handling_version:
+        return False
+    changed = replace(
+        case,
+        state=change.to_state or case.state,
+        version=max(case.version, change.version),
+        handling_version=change.version,
+        updated_at=change.at,
+        work_order_id=change.work_order_id or case.work_order_id,
+        unit_id=change.unit_id or case.unit_id,
+    )
+    if change.action == "reply":
+        changed = replace(changed, reply_count=case.reply_count + 1, replied_at=change.at)
+    uow.save(changed, expected_version=case.version)
+    summary = PUBLIC_MILESTONES.get(change.action)
+    if summary is not None:
+        uow.add_timeline(TimelineEntry(case.case_id, change.at, changed.state, summary))
+    return True
+
+
+def classify_texts(texts: Sequence[str], categorise: Categoriser) -> list[str]:
+    return [categorise(text) or "" for text in texts]

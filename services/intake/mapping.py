@@ -9,7 +9,7 @@ from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from services.common.errors import InvalidArgument
 from services.common.logs import mask_id_number, mask_name, mask_phone
 from services.common.timeutil import from_timestamp, to_timestamp
-from services.intake.domain import Case, CaseState, TimelineEntry
+from services.intake.domain import Case, CaseEvaluated, CaseState, CaseWithdrawn, ReviewRequested, TimelineEntry
 from services.intake.validation import Submission
 
 _CHANNEL_PREFIX = "CHANNEL_"
@@ -21,7 +21,7 @@ def channel_name(value: int) -> str:
     if value == common_pb2.CHANNEL_UNSPECIFIED:
         raise InvalidArgument("channel", "must be set (web, app, hotline, wechat, letter, ...)")
     try:
-        name = common_pb2.Channel.Name(value)
+        name = common_pb2.Channel.Name(value)  # type: ignore[arg-type]
     except ValueError:
         raise InvalidArgument("channel", f"unknown channel value {value}") from None
     return name.removeprefix(_CHANNEL_PREFIX).lower()
@@ -36,7 +36,7 @@ def state_value(state: CaseState) -> int:
 
 
 def state_name(value: int) -> CaseState:
-    return CaseState(common_pb2.CaseState.Name(value).removeprefix("CASE_STATE_"))
+    return CaseState(common_pb2.CaseState.Name(value).removeprefix("CASE_STATE_"))  # type: ignore[arg-type]
 
 
 def submission(request: intake_pb2.SubmitCaseRequest) -> Submission:
@@ -62,7 +62,7 @@ def submitted_at(request: intake_pb2.SubmitCaseRequest):  # type: ignore[no-unty
 
 
 def case_message(case: Case, *, personal: str = "masked") -> common_pb2.Case:
-    """``personal``: "full" (the clerk who registered it), "masked" (default), "none" (events, units under complaint)."""
+    """``personal``: "full" (the registering clerk), "masked" (default), "none" (events, units under complaint)."""
     person = case.complainant
     if personal == "full":
         complainant = common_pb2.Person(
@@ -79,7 +79,7 @@ def case_message(case: Case, *, personal: str = "masked") -> common_pb2.Case:
     return common_pb2.Case(
         case_id=case.case_id,
         tracking_code=case.tracking_code,
-        channel=channel_value(case.channel),
+        channel=channel_value(case.channel),  # type: ignore[arg-type]
         channel_ref=case.channel_ref,
         title=case.title,
         body=case.body,
@@ -89,7 +89,7 @@ def case_message(case: Case, *, personal: str = "masked") -> common_pb2.Case:
         registering_node=case.registering_node,
         owner_node=case.owner_node,
         owner_epoch=case.owner_epoch,
-        state=state_value(case.state),
+        state=state_value(case.state),  # type: ignore[arg-type]
         version=case.version,
         complainant=complainant,
         anonymous=case.anonymous,
@@ -114,4 +114,36 @@ def case_registered(case: Case) -> events_pb2.CaseRegistered:
 
 
 def timeline_entry(entry: TimelineEntry) -> common_pb2.TimelineEntry:
-    return common_pb2.TimelineEntry(at=to_timestamp(entry.at), state=state_value(entry.state), summary=entry.summary)
+    return common_pb2.TimelineEntry(at=to_timestamp(entry.at), state=state_value(entry.state), summary=entry.summary)  # type: ignore[arg-type]
+
+
+def satisfaction_name(value: int) -> str:
+    """Proto Satisfaction → domain name; UNSPECIFIED or unknown gives "" (validation rejects it)."""
+    if value == common_pb2.SATISFACTION_UNSPECIFIED:
+        return ""
+    try:
+        return str(common_pb2.Satisfaction.Name(value)).removeprefix("SATISFACTION_")  # type: ignore[arg-type]
+    except ValueError:
+        return ""
+
+
+def satisfaction_value(name: str) -> int:
+    return int(common_pb2.Satisfaction.Value(f"SATISFACTION_{name}")) if name else common_pb2.SATISFACTION_UNSPECIFIED
+
+
+def case_evaluated(event: CaseEvaluated) -> events_pb2.CaseEvaluated:
+    # Credited to the unit that handled the case (DESIGN §3): the last work order routing told us of.
+    return events_pb2.CaseEvaluated(
+        satisfaction=satisfaction_value(event.satisfaction),  # type: ignore[arg-type]
+        comment=event.comment,
+        work_order_id=event.case.work_order_id,
+        unit_id=event.case.unit_id,
+    )
+
+
+def review_requested(event: ReviewRequested) -> events_pb2.ReviewRequested:
+    return events_pb2.ReviewRequested(reason=event.reason)
+
+
+def case_withdrawn(event: CaseWithdrawn) -> events_pb2.CaseWithdrawn:
+    return events_pb2.CaseWithdrawn(reason=event.reason)

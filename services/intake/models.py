@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Boolean, Date, DateTime, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.outbox import inbox_table, outbox_table
@@ -49,9 +49,34 @@ class CaseRow(Base):
     phone_last4: Mapped[str] = mapped_column(String(4), default="")
     submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # When this node received it (submitted_at may be back-dated by imports): the rate limit counts these.
+    received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Repeat/duplicate detection (services.intake.dedup): sha256 of the normalised text, the 64-bit
+    # SimHash (stored signed) and its four 16-bit bands, so near-duplicates are found by an indexed
+    # query in any process instead of an in-memory index per api replica.
+    fingerprint: Mapped[str] = mapped_column(String(64), default="", index=True)
+    simhash: Mapped[int] = mapped_column(BigInteger, default=0)
+    band0: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    band1: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    band2: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    band3: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    moderation_reasons: Mapped[str] = mapped_column(String(200), default="")
+    # What intake learns from routing's events: the handling work order and unit, and the replies.
+    # Last routing event applied: routing and intake both number the case's events, so routing's
+    # order is tracked apart from the case version (an intake event must not make routing's next
+    # event look old).
+    handling_version: Mapped[int] = mapped_column(Integer, default=0)
+    work_order_id: Mapped[str] = mapped_column(String(64), default="")
+    unit_id: Mapped[str] = mapped_column(String(64), default="")
+    reply_count: Mapped[int] = mapped_column(Integer, default=0)
+    replied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    evaluated_reply: Mapped[int] = mapped_column(Integer, default=0)  # reply number last rated
+    satisfaction: Mapped[str] = mapped_column(String(24), default="")
+    review_reply: Mapped[int] = mapped_column(Integer, default=0)  # reply number last put to review
 
     __table_args__ = (
         Index("ix_cases_submitted", "submitted_at", "case_id"),
+        Index("ix_cases_phone_received", "phone_bidx", "received_at"),
         Index("ix_cases_region", "region_code", "submitted_at"),
         Index("ix_cases_state", "state"),
     )
@@ -76,6 +101,21 @@ class TimelineRow(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     state: Mapped[str] = mapped_column(String(24))
     summary: Mapped[str] = mapped_column(String(400))
+
+
+class EvaluationRow(Base):
+    """A citizen's rating: at most one per reply (the unique key decides concurrent attempts)."""
+
+    __tablename__ = "evaluations"
+
+    evaluation_id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(32))
+    reply_number: Mapped[int] = mapped_column(Integer)
+    satisfaction: Mapped[str] = mapped_column(String(24))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("case_id", "reply_number", name="uq_evaluations_case_reply"),)
 
 
 metadata = Base.metadata

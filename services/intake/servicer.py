@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
+from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
-from services.common.errors import InvalidArgument
+from services.common.errors import DomainError, InvalidArgument
+from services.common.timeutil import from_timestamp, to_timestamp
 from services.intake import handlers, mapping
-from services.intake.handlers import IntakeDeps, IntakeUnitOfWork
+from services.intake.handlers import CaseFilter, IntakeDeps, IntakeUnitOfWork
+
+# What ClassifyText / LocateText need beyond a submit: the model's confidence and the candidates.
+ScoredCategoriser = Callable[[str], tuple[str, float]]
+CandidateLocator = Callable[[str, str], tuple[str, bool, list[str]]]
 
 
 class IntakeServicer(intake_grpc.IntakeServiceServicer):
@@ -23,12 +29,18 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
         uow_factory: Callable[[], AbstractContextManager[IntakeUnitOfWork]],
         deps: IntakeDeps,
         after_commit: Callable[[], None] = lambda: None,
+        classify: ScoredCategoriser = lambda text: ("", 0.0),
+        locate: CandidateLocator = lambda text, within: ("", False, []),
+        region_message: Callable[[str], common_pb2.Region] = lambda code: common_pb2.Region(code=code),
     ) -> None:
         self._uow_factory = uow_factory
         self._deps = deps
         self._after_commit = after_commit
+        self._classify = classify
+        self._locate = locate
+        self._region_message = region_message
 
-    def SubmitCase(self, request: intake_pb2.SubmitCaseRequest, context: Any) -> intake_pb2.SubmitCaseResponse:
+    def _submit(self, request: intake_pb2.SubmitCaseRequest) -> handlers.SubmitResult:
         result = handlers.submit_case(
             mapping.submission(request),
             uow_factory=self._uow_factory,
@@ -37,14 +49,169 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
         )
         if result.created:
             self._after_commit()
+        return result
+
+    def SubmitCase(self, request: intake_pb2.SubmitCaseRequest, context: Any) -> intake_pb2.SubmitCaseResponse:
+        result = self._submit(request)
         return intake_pb2.SubmitCaseResponse(
             case=mapping.case_message(result.case, personal="full"),
             created=result.created,
             tracking_code=result.case.tracking_code,
         )
 
+    def ImportCases(
+        self, request_iterator: Iterator[intake_pb2.ImportCasesRequest], context: Any
+    ) -> Iterator[intake_pb2.ImportCasesResponse]:
+        # Every row gets its own answer; a bad row is reported and the stream goes on.
+        for row in request_iterator:
+            try:
+                result = self._submit(row.submission)
+            except InvalidArgument as error:
+                yield intake_pb2.ImportCasesResponse(
+                    row_index=row.row_index, error_field=error.field, error_reason=error.reason
+                )
+                continue
+            except DomainError as error:
+                yield intake_pb2.ImportCasesResponse(row_index=row.row_index, error_reason=error.message)
+                continue
+            yield intake_pb2.ImportCasesResponse(
+                row_index=row.row_index,
+                case_id=result.case.case_id,
+                created=result.created,
+                tracking_code=result.case.tracking_code,
+            )
+
     def GetCase(self, request: intake_pb2.GetCaseRequest, context: Any) -> intake_pb2.GetCaseResponse:
         if not request.case_id:
             raise InvalidArgument("case_id", "must be set")
-        case = handlers.get_case(request.case_id, uow_factory=self._uow_factory)
-        return intake_pb2.GetCaseResponse(case=mapping.case_message(case))
+        case, timeline = handlers.get_case(request.case_id, uow_factory=self._uow_factory)
+        return intake_pb2.GetCaseResponse(
+            case=mapping.case_message(case), timeline=[mapping.timeline_entry(e) for e in timeline]
+        )
+
+    def ListCases(self, request: intake_pb2.ListCasesRequest, context: Any) -> intake_pb2.ListCasesResponse:
+        try:
+            states = frozenset(mapping.state_name(value) for value in request.states)
+        except ValueError:
+            raise InvalidArgument("states", "unknown case state") from None
+        filters = CaseFilter(
+            states=states,
+            channel=mapping.channel_name(request.channel) if request.channel else None,
+            category=request.category or None,
+            regions=handlers.check_region_filter(request.region_code, self._deps),
+            submitted_after=from_timestamp(request.submitted_after) if request.HasField("submitted_after") else None,
+            submitted_before=from_timestamp(request.submitted_before) if request.HasField("submitted_before") else None,
+        )
+        page = handlers.list_cases(
+            filters,
+            page_token=request.page.page_token,
+            size=handlers.page_size(request.page.page_size),
+            uow_factory=self._uow_factory,
+        )
+        return intake_pb2.ListCasesResponse(
+            cases=[mapping.case_message(case) for case in page.cases],
+            page=common_pb2.PageResponse(next_page_token=page.next_page_token, total_size=page.total_size),
+        )
+
+    def TrackCase(self, request: intake_pb2.TrackCaseRequest, context: Any) -> intake_pb2.TrackCaseResponse:
+        view = handlers.track_case(
+            request.tracking_code, request.phone_last4, uow_factory=self._uow_factory, deps=self._deps
+        )
+        case = view.case
+        return intake_pb2.TrackCaseResponse(
+            tracking_code=case.tracking_code,
+            title=case.title,
+            state=mapping.state_value(case.state),  # type: ignore[arg-type]
+            submitted_at=to_timestamp(case.submitted_at),
+            timeline=[mapping.timeline_entry(entry) for entry in view.timeline],
+            can_evaluate=view.can_evaluate,
+            can_request_review=view.can_request_review,
+            satisfaction=mapping.satisfaction_value(case.satisfaction),  # type: ignore[arg-type]
+        )
+
+    def EvaluateCase(self, request: intake_pb2.EvaluateCaseRequest, context: Any) -> intake_pb2.EvaluateCaseResponse:
+        evaluation_id = handlers.evaluate_case(
+            request.tracking_code,
+            request.phone_last4,
+            satisfaction=mapping.satisfaction_name(request.satisfaction),
+            comment=request.comment,
+            uow_factory=self._uow_factory,
+            deps=self._deps,
+        )
+        self._after_commit()
+        return intake_pb2.EvaluateCaseResponse(evaluation_id=evaluation_id, forwarded_to_owner=False)
+
+    def RequestReview(self, request: intake_pb2.RequestReviewRequest, context: Any) -> intake_pb2.RequestReviewResponse:
+        decide_by = handlers.request_review(
+            request.tracking_code,
+            request.phone_last4,
+            reason=request.reason,
+            uow_factory=self._uow_factory,
+            deps=self._deps,
+        )
+        self._after_commit()
+        return intake_pb2.RequestReviewResponse(decide_by=to_timestamp(decide_by), forwarded_to_owner=False)
+
+    def WithdrawCase(self, request: intake_pb2.WithdrawCaseRequest, context: Any) -> intake_pb2.WithdrawCaseResponse:
+        case = handlers.withdraw_case(
+            request.tracking_code,
+            request.phone_last4,
+            reason=request.reason,
+            uow_factory=self._uow_factory,
+            deps=self._deps,
+        )
+        self._after_commit()
+        return intake_pb2.WithdrawCaseResponse(state=mapping.state_value(case.state), forwarded_to_owner=False)  # type: ignore[arg-type]
+
+    def ListModerationQueue(
+        self, request: intake_pb2.ListModerationQueueRequest, context: Any
+    ) -> intake_pb2.ListModerationQueueResponse:
+        page = handlers.moderation_queue(
+            regions=handlers.check_region_filter(request.region_code, self._deps),
+            page_token=request.page.page_token,
+            size=handlers.page_size(request.page.page_size),
+            uow_factory=self._uow_factory,
+        )
+        return intake_pb2.ListModerationQueueResponse(
+            items=[
+                intake_pb2.ModeratedCase(
+                    case=mapping.case_message(case),
+                    reasons=list(case.moderation_reasons),
+                    held_at=to_timestamp(case.updated_at),
+                )
+                for case in page.cases
+            ],
+            page=common_pb2.PageResponse(next_page_token=page.next_page_token, total_size=page.total_size),
+        )
+
+    def ReleaseModeratedCase(
+        self, request: intake_pb2.ReleaseModeratedCaseRequest, context: Any
+    ) -> intake_pb2.ReleaseModeratedCaseResponse:
+        if request.decision not in (intake_pb2.MODERATION_DECISION_RELEASE, intake_pb2.MODERATION_DECISION_REJECT):
+            raise InvalidArgument("decision", "must be RELEASE or REJECT")
+        case = handlers.decide_moderation(
+            request.case_id,
+            release=request.decision == intake_pb2.MODERATION_DECISION_RELEASE,
+            note=request.note,
+            actor=request.actor,
+            expected_version=request.expected_version,
+            uow_factory=self._uow_factory,
+            deps=self._deps,
+        )
+        self._after_commit()
+        return intake_pb2.ReleaseModeratedCaseResponse(case=mapping.case_message(case))
+
+    def ClassifyText(self, request: intake_pb2.ClassifyTextRequest, context: Any) -> intake_pb2.ClassifyTextResponse:
+        if not request.text.strip():
+            raise InvalidArgument("text", "must not be empty")
+        category, confidence = self._classify(request.text)
+        return intake_pb2.ClassifyTextResponse(category=category, confidence=confidence)
+
+    def LocateText(self, request: intake_pb2.LocateTextRequest, context: Any) -> intake_pb2.LocateTextResponse:
+        if not request.text.strip():
+            raise InvalidArgument("text", "must not be empty")
+        # Empty means the whole tree (the locate callable picks the root).
+        code, ambiguous, candidates = self._locate(request.text, request.within_region_code)
+        return intake_pb2.LocateTextResponse(
+            region_code=code, ambiguous=ambiguous, candidates=[self._region_message(c) for c in candidates]
+        )

@@ -138,9 +138,7 @@ def test_minimal_valid_submission_for_channels_with_requirements() -> None:
         "letter": Submission("letter", "标题", "正文", name="李四", address="乐山市", phone="13800138000"),
         "walk_in": Submission("walk_in", "标题", "正文", name="李四", id_number=VALID_ID),
         "video": Submission("video", "标题", "正文", name="李四", id_number=VALID_ID),
-        "national_transfer": Submission(
-            "national_transfer", "标题", "正文", channel_ref="GJ-1", phone="13800138000"
-        ),
+        "national_transfer": Submission("national_transfer", "标题", "正文", channel_ref="GJ-1", phone="13800138000"),
     }
     assert set(minimal) == set(REQUIRED_BY_CHANNEL)
     for submission in minimal.values():

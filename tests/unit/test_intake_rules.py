@@ -1,0 +1,74 @@
+"""The citizen-side rules of intake's domain: rating once per reply, review within 30 days, withdrawal."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.intake.domain import (
+    CATEGORIES,
+    Case,
+    CaseState,
+    can_evaluate,
+    can_request_review,
+    can_withdraw,
+)
+
+NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+CASE = Case(
+    case_id="511102-20261122-000001",
+    tracking_code="22222-22222X",
+    channel="web",
+    channel_ref="r",
+    title="t",
+    body="b",
+    category="城乡建设",
+    region_code="511102",
+    registering_node="511102",
+    owner_node="511102",
+    state=CaseState.REGISTERED,
+    submitted_at=NOW,
+    updated_at=NOW,
+)
+REPLIED = replace(CASE, state=CaseState.REPLIED, reply_count=1, replied_at=NOW)
+
+
+def test_domain_categories_are_the_classifier_categories() -> None:
+    from services.intake.classifier import CATEGORIES as MODEL_CATEGORIES
+
+    assert CATEGORIES == MODEL_CATEGORIES
+
+
+def test_rating_needs_a_reply_and_is_once_per_reply() -> None:
+    assert not can_evaluate(CASE)
+    assert can_evaluate(REPLIED)
+    assert not can_evaluate(replace(REPLIED, evaluated_reply=1))
+    assert can_evaluate(replace(REPLIED, evaluated_reply=1, reply_count=2))
+    assert not can_evaluate(replace(REPLIED, state=CaseState.REOPENED))
+    assert can_evaluate(replace(REPLIED, state=CaseState.CLOSED))
+
+
+@pytest.mark.parametrize(
+    ("after", "allowed"), [(timedelta(0), True), (timedelta(days=30), True), (timedelta(days=30, seconds=1), False)]
+)
+def test_review_is_open_for_30_days_after_the_reply(after: timedelta, allowed: bool) -> None:
+    assert can_request_review(REPLIED, NOW + after) is allowed
+
+
+def test_review_is_once_per_reply_and_needs_a_reply() -> None:
+    assert not can_request_review(CASE, NOW)
+    assert not can_request_review(replace(REPLIED, review_reply=1), NOW)
+
+
+@pytest.mark.parametrize("state", list(CaseState))
+def test_withdrawal_only_while_the_case_is_open_and_unanswered(state: CaseState) -> None:
+    expected = state not in {
+        CaseState.REPLIED,
+        CaseState.CLOSED,
+        CaseState.WITHDRAWN,
+        CaseState.MERGED,
+        CaseState.REFUSED,
+    }
+    assert can_withdraw(replace(CASE, state=state)) is expected
