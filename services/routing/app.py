@@ -1,84 +1,158 @@
-"""Composition of the routing service for any host."""
+"""Composition of the routing service for any host: catalogue, time rules, servicer, subscriptions, sweep timer."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import logging
+import uuid
+from collections.abc import Callable
 
+from lianxin.common.v1 import common_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
+from prometheus_client import Gauge
 
 from services.common.events import decode
 from services.common.outbox import consume_once
-from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription
+from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
 from services.routing import handlers
-from services.routing.handlers import Placement, RegisteredCase
+from services.routing.handlers import RegisteredCase, Routing, SweepReport
+from services.routing.jurisdiction import load_catalogue
 from services.routing.models import inbox, outbox
+from services.routing.provisional import ProvisionalCalendar, calendar_files_from_env
 from services.routing.servicer import RoutingServicer
 from services.routing.store import SqlRoutingUnitOfWork
+from services.routing.timelimits import TimeLimitPolicy, TimeRules
+
+log = logging.getLogger(__name__)
+
+# stats already exports lianxin_work_orders_open{region} from its warehouse; these are routing's own
+# live figures, by node, refreshed by every sweep.
+WORK_ORDERS_OPEN = Gauge("lianxin_routing_work_orders_open", "Open work orders at this node", ["node"])
+WORK_ORDERS_OVERDUE = Gauge(
+    "lianxin_routing_work_orders_overdue", "Open work orders with a duty deadline passed", ["node"]
+)
 
 
-def _placer(ctx: ServiceContext) -> handlers.Place:
-    """属地管理: the direct child toward the matter's region, else a unit of this node by category."""
+def build_routing(ctx: ServiceContext) -> Routing:
+    """The node's jurisdiction and time rules; a bad catalogue or calendar file fails the start loudly."""
     node = ctx.settings.node
-    regions = ctx.regions
-
-    def place(region_code: str, category: str) -> Placement:
-        if not region_code:
-            return Placement(manual_reason="place unresolved")
-        if not regions.contains(node, region_code):
-            return Placement(manual_reason=f"region {region_code} is outside node {node}")
-        child = regions.child_toward(node, region_code)
-        if child is not None:
-            return Placement(hand_off_to=child)
-        if not category:
-            return Placement(manual_reason="category unresolved")
-        return Placement(unit_id=f"{node}:{category}")
-
-    return place
+    calendar = ProvisionalCalendar.with_files(calendar_files_from_env())
+    return Routing(
+        node=node,
+        regions=ctx.regions,
+        catalogue=load_catalogue(node, ctx.regions),
+        rules=TimeRules(TimeLimitPolicy.default(), calendar),
+        calendar=calendar,
+        new_id=lambda: str(uuid.uuid4()),
+    )
 
 
-def _deadlines(start: datetime) -> dict[str, datetime]:
-    # Settlement within 60 days (信访工作条例 Art. 35); working-day limits come with the calendar.
-    return {"settle": start + timedelta(days=60)}
+def registered_case(case: common_pb2.Case, *, version: int, owner_epoch: int, repeat_of: str = "") -> RegisteredCase:
+    snapshot = common_pb2.Case()
+    snapshot.CopyFrom(case)
+    snapshot.ClearField("complainant")
+    return RegisteredCase(
+        case_id=case.case_id,
+        region_code=case.region_code,
+        category=case.category,
+        registering_node=case.registering_node,
+        owner_epoch=owner_epoch,
+        version=version,
+        channel_hotline=case.channel == common_pb2.CHANNEL_HOTLINE,
+        flags=tuple(case.flags),
+        repeat_of=repeat_of or case.repeat_of,
+        case_snapshot=snapshot.SerializeToString(),
+    )
 
 
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
-    place = _placer(ctx)
-
-    def on_case_registered(event: BusEvent) -> None:
-        env = decode(event)
-        case = env.case_registered.case
-        registered = RegisteredCase(
-            case_id=env.case_id,
-            region_code=case.region_code,
-            category=case.category,
-            registering_node=case.registering_node,
-            owner_epoch=env.owner_epoch,
-            version=env.version,
-        )
-
-        def apply(session: object) -> None:
-            with SqlRoutingUnitOfWork(session=session, node=node) as uow:  # type: ignore[arg-type]
-                handlers.on_case_registered(
-                    registered, uow, node=node, place=place, deadlines=_deadlines, now=ctx.clock()
-                )
-
-        if consume_once(ctx.session_factory, inbox, "routing", event, apply):
-            ctx.extras.get("notify_outbox", lambda: None)()
+    routing = build_routing(ctx)
+    notify = ctx.extras.get("notify_outbox", lambda: None)
 
     def uow_factory() -> SqlRoutingUnitOfWork:
         return SqlRoutingUnitOfWork(ctx.session_factory, node=node)
 
+    def consume(event: BusEvent, apply: Callable[[handlers.RoutingUnitOfWork], object]) -> None:
+        def in_session(session: object) -> None:
+            with SqlRoutingUnitOfWork(session=session, node=node) as uow:  # type: ignore[arg-type]
+                apply(uow)
+
+        if consume_once(ctx.session_factory, inbox, "routing", event, in_session):
+            notify()
+
+    def on_case_registered(event: BusEvent) -> None:
+        env = decode(event)
+        reg = env.case_registered
+        case = registered_case(reg.case, version=env.version, owner_epoch=env.owner_epoch, repeat_of=reg.repeat_of)
+        consume(event, lambda uow: handlers.on_case_arrived(case, uow, routing, now=ctx.clock()))
+
+    def on_case_handed_off(event: BusEvent) -> None:
+        env = decode(event)
+        hand_off = env.case_handed_off
+        if hand_off.to_node != node:
+            return  # a hand-off elsewhere in the tree, replicated through this node
+        case = registered_case(hand_off.case, version=env.version, owner_epoch=hand_off.new_owner_epoch)
+        consume(event, lambda uow: handlers.on_case_arrived(case, uow, routing, now=ctx.clock()))
+
+    def on_case_evaluated(event: BusEvent) -> None:
+        env = decode(event)
+        rating = env.case_evaluated.satisfaction
+        satisfied = rating != common_pb2.SATISFACTION_UNSATISFIED
+        comment = env.case_evaluated.comment
+        consume(
+            event,
+            lambda uow: handlers.on_case_evaluated(
+                env.case_id, satisfied=satisfied, comment=comment, uow=uow, routing=routing, now=ctx.clock()
+            ),
+        )
+
+    def on_review_requested(event: BusEvent) -> None:
+        env = decode(event)
+        reason = env.review_requested.reason
+        consume(
+            event,
+            lambda uow: handlers.on_case_evaluated(
+                env.case_id, satisfied=None, comment=reason, uow=uow, routing=routing, now=ctx.clock()
+            ),
+        )
+
+    def sweep_now() -> SweepReport:
+        report = handlers.run_sweep(uow_factory=uow_factory, routing=routing, now=ctx.clock())
+        WORK_ORDERS_OPEN.labels(node=node).set(report.open)
+        WORK_ORDERS_OVERDUE.labels(node=node).set(report.overdue)
+        if report.warnings or report.chases or report.supervisions or report.recomputed:
+            notify()
+            log.info(
+                "deadline sweep",
+                extra={
+                    "node": node,
+                    "warnings": report.warnings,
+                    "chases": report.chases,
+                    "supervisions": report.supervisions,
+                    "recomputed": report.recomputed,
+                },
+            )
+        return report
+
+    def sweep_timer() -> None:
+        sweep_now()
+
+    ctx.extras.setdefault("routing_sweep", {})[node] = sweep_now
+    servicer = RoutingServicer(uow_factory=uow_factory, routing=routing, clock=ctx.clock, notify=notify)
     return ServiceParts(
         name="routing",
         servicers=[
             ServicerBinding(
-                routing_grpc.add_RoutingServiceServicer_to_server,
-                RoutingServicer(uow_factory=uow_factory),
-                "lianxin.routing.v1.RoutingService",
+                routing_grpc.add_RoutingServiceServicer_to_server, servicer, "lianxin.routing.v1.RoutingService"
             )
         ],
-        subscriptions=[Subscription("routing", "intake", "case_registered", on_case_registered)],
+        subscriptions=[
+            Subscription("routing", "intake", "case_registered", on_case_registered),
+            Subscription("routing", "exchange", "case_handed_off", on_case_handed_off),
+            Subscription("routing", "intake", "case_evaluated", on_case_evaluated),
+            Subscription("routing", "intake", "review_requested", on_review_requested),
+        ],
+        timers=[Timer("routing-deadline-sweep", ctx.settings.sweep_interval_s, sweep_timer)],
         session_factory=ctx.session_factory,
         outbox=outbox,
     )

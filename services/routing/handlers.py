@@ -1,19 +1,44 @@
-"""Routing's use cases as plain functions: what happens when a case is registered, and queries."""
+"""Routing's use cases as plain functions: placing a registered case, the work-order actions, the sweep.
+
+No gRPC, SQLAlchemy or broker here (cosmicpython): the unit of work (``RoutingUnitOfWork``) loads and
+saves work orders and turns the domain events returned by ``services.routing.workorder`` into outbox
+rows, with the case's next version. The store implements it; tests may fake it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
-from services.common.errors import NotFound
+from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from services.common.regions import RegionTree
+from services.common.timeutil import china_date, to_utc
+from services.routing.jurisdiction import AssignUnit, DispatchCatalogue, HandOff, decide
+from services.routing.provisional import ProvisionalCalendar
+from services.routing.timelimits import DeadlineKind, TimeRules, supervision_at, warning_at
+from services.routing.workorder import (
+    OPEN_STATES,
+    ArbitrationOutcome,
+    HistoryEntry,
+    Stage,
+    State,
+    WorkOrder,
+    WorkOrderChanged,
+    WorkOrderEvent,
+    sweep,
+)
+
+SYSTEM = "system"
+FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)  # sort key for "no pending deadline"
 
 
 @dataclass(frozen=True)
 class RegisteredCase:
-    """What routing needs to know of a newly registered case (from the CaseRegistered event)."""
+    """What routing needs to know of a case arriving at this node (registered here or handed down)."""
 
     case_id: str
     region_code: str
@@ -21,56 +46,136 @@ class RegisteredCase:
     registering_node: str
     owner_epoch: int
     version: int
+    channel_hotline: bool = False
+    flags: tuple[str, ...] = ()
+    repeat_of: str = ""
+    case_snapshot: bytes = b""  # the serialized common.v1.Case (no personal data), for hand-offs
 
 
 @dataclass(frozen=True)
-class Placement:
-    """The jurisdiction decision: a unit of this node, a child node (交办), or the manual queue."""
+class HandedOff:
+    """Ownership of the case moves down to a child node (交办): exchange carries it there."""
 
-    unit_id: str = ""
-    hand_off_to: str = ""
-    manual_reason: str = ""
+    case_id: str
+    from_node: str
+    to_node: str
+    new_owner_epoch: int
+    reason: str
+    from_work_order_id: str
+    case_snapshot: bytes
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Supervision:
+    """A chase or supervision directive (催办/督办): who, when, what is demanded, by when, outcome."""
+
+    supervision_id: str
+    case_id: str
+    work_order_id: str
+    level: str  # "chase" | "supervise" | "listed"
+    by_node: str
+    by_actor: str
+    demand: str
+    due_at: datetime
+    issued_at: datetime
+    region_code: str = ""
+    outcome: str = ""
+    state: str = "open"
+
+
+@dataclass(frozen=True)
+class SupervisionRecorded:
+    """Event: a supervision was recorded (proto ``SupervisionIssued``)."""
+
+    supervision: Supervision
+
+
+RoutingEvent = WorkOrderEvent | HandedOff | SupervisionRecorded
+LEVELS = ("chase", "supervise", "listed")
 
 
 @dataclass
-class WorkOrderView:
-    work_order_id: str
-    case_id: str
-    node: str
-    unit_id: str
-    category: str
-    region_code: str
-    state: str
-    manual_queue: bool
-    hand_off_to: str
-    deadlines: dict[str, datetime]
+class StoredWorkOrder:
+    """A work order with what the adapter keeps beside the aggregate."""
+
+    order: WorkOrder
     created_at: datetime
     updated_at: datetime
-    history: list[HistoryEntry] = field(default_factory=list)
+    manual_reason: str = ""
+    requested_days: int = 0
+    provisional: tuple[str, ...] = ()
+    next_due: datetime | None = None
+    next_sweep_at: datetime | None = None
+    saved_history: int = 0  # history entries already stored (the rest are appended on save)
+
+    @property
+    def manual_queue(self) -> bool:
+        return bool(self.manual_reason) and self.order.state is State.REGISTERED
 
 
 @dataclass(frozen=True)
-class HistoryEntry:
-    at: datetime
-    actor: str
-    action: str
-    from_state: str
-    to_state: str
-    reason: str
+class WorkOrderQuery:
+    unit_id: str = ""
+    case_id: str = ""
+    states: tuple[State, ...] = ()
+    overdue_only: bool = False
+    due_before: datetime | None = None
+    now: datetime | None = None
+    manual_only: bool = False
 
 
 class RoutingUnitOfWork(Protocol):
-    def get(self, work_order_id: str) -> WorkOrderView | None: ...
+    def get(self, work_order_id: str, *, for_update: bool = False) -> StoredWorkOrder | None: ...
 
-    def for_case(self, case_id: str) -> WorkOrderView | None: ...
+    def for_case(self, case_id: str) -> StoredWorkOrder | None: ...
 
-    def add(self, work_order: WorkOrderView, *, case: RegisteredCase) -> None: ...
+    def save(self, stored: StoredWorkOrder) -> None: ...
+
+    def start_case(self, case_id: str, *, version: int, owner_epoch: int) -> None: ...
+
+    def case_version(self, case_id: str) -> tuple[int, int] | None: ...
+
+    def emit(self, case_id: str, events: Sequence[RoutingEvent]) -> None: ...
+
+    def add_supervision(self, supervision: Supervision) -> None: ...
+
+    def record_repeat(self, original_case_id: str, repeat_case_id: str) -> int: ...
+
+    def list_work_orders(
+        self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[StoredWorkOrder], int]: ...
+
+    def list_supervisions(
+        self, *, case_id: str, region_prefix: str, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[Supervision], int]: ...
+
+    def due_for_sweep(self, now: datetime, *, after_id: str, limit: int) -> list[StoredWorkOrder]: ...
+
+    def provisional_batch(self, *, after_id: str, limit: int) -> list[StoredWorkOrder]: ...
+
+    def count_open(self, now: datetime) -> tuple[int, int]: ...
 
     def commit(self) -> None: ...
 
 
 UnitOfWorkFactory = Callable[[], AbstractContextManager[RoutingUnitOfWork]]
-Place = Callable[[str, str], Placement]
+
+
+@dataclass
+class Routing:
+    """Everything the use cases need about this node: its place in the tree, catalogue and time rules."""
+
+    node: str
+    regions: RegionTree
+    catalogue: DispatchCatalogue
+    rules: TimeRules
+    calendar: ProvisionalCalendar
+    new_id: Callable[[], str]
+
+    @property
+    def parent(self) -> str:
+        return self.regions.parent(self.node) or self.node
 
 
 def work_order_id_for(case_id: str, node: str) -> str:
@@ -78,55 +183,486 @@ def work_order_id_for(case_id: str, node: str) -> str:
     return f"WO-{case_id}@{node}"
 
 
-def on_case_registered(
-    case: RegisteredCase,
-    uow: RoutingUnitOfWork,
-    *,
-    node: str,
-    place: Place,
-    deadlines: Callable[[datetime], dict[str, datetime]],
-    now: datetime,
-) -> WorkOrderView:
-    """属地管理、分级负责: assign to this node's unit, hand down to the child node, or queue for a clerk."""
-    existing = uow.for_case(case.case_id)
+# -- bookkeeping shared by every use case ------------------------------------------------------------
+
+
+def _refresh(stored: StoredWorkOrder, routing: Routing, at: datetime, *, before: tuple[str, ...]) -> None:
+    """Derived columns (next due, next sweep boundary, provisional kinds) and the provisional note."""
+    order = stored.order
+    stored.updated_at = at
+    running = {**order.deadlines, **order.windows}
+    stored.provisional = tuple(sorted(k for k, v in running.items() if routing.calendar.is_provisional(v)))
+    new = [k for k in stored.provisional if k not in before]
+    if new and order.history:
+        # The history says which dates are provisional, so nobody mistakes them for official ones.
+        years = sorted({china_date(running[k]).year for k in new})
+        note = "; ".join(f"{k} due {running[k].date().isoformat()}" for k in new)
+        last = order.history[-1]
+        extra = f"[provisional deadline: {note} counted Mon-Fri, no official calendar for {', '.join(map(str, years))}]"
+        order.history[-1] = dataclasses.replace(last, reason=f"{last.reason} {extra}".strip())
+    if order.state not in OPEN_STATES:
+        stored.next_due = None
+        stored.next_sweep_at = None
+        return
+    stored.next_due = min(order.deadlines.values()) if order.deadlines else None
+    stored.next_sweep_at = None if order.paused_since is not None else next_sweep_boundary(order, routing.rules)
+
+
+def next_sweep_boundary(order: WorkOrder, rules: TimeRules) -> datetime | None:
+    """The earliest warning/chase/supervision boundary not yet fired: the sweep need not look before it."""
+    best: datetime | None = None
+    for kind, deadline in order.deadlines.items():
+        candidates = {
+            Stage.WARNING: warning_at(deadline, order.limit_of(kind, rules.policy), rules.policy, rules.calendar),
+            Stage.CHASE: deadline,
+            Stage.SUPERVISION: supervision_at(deadline, rules.policy, rules.calendar),
+        }
+        for stage, boundary in candidates.items():
+            if boundary is None or (kind, stage.value) in order.fired:
+                continue
+            if best is None or boundary < best:
+                best = boundary
+    return best
+
+
+def _persist(
+    uow: RoutingUnitOfWork, stored: StoredWorkOrder, routing: Routing, events: Sequence[RoutingEvent], at: datetime
+) -> None:
+    before = stored.provisional
+    _refresh(stored, routing, at, before=before)
+    uow.save(stored)
+    uow.emit(stored.order.case_id, events)
+
+
+# -- placing a case ----------------------------------------------------------------------------------
+
+
+def handling_kind_for(case: RegisteredCase) -> DeadlineKind:
+    """12345 calls run on the hotline class limits; everything else is a petition settled in 60 days."""
+    if not case.channel_hotline:
+        return DeadlineKind.SETTLE
+    if "hotline_emergency" in case.flags:
+        return DeadlineKind.HOTLINE_EMERGENCY
+    if "hotline_enquiry" in case.flags:
+        return DeadlineKind.HOTLINE_ENQUIRY
+    return DeadlineKind.HOTLINE_COMPLAINT
+
+
+def on_case_arrived(
+    case: RegisteredCase, uow: RoutingUnitOfWork, routing: Routing, *, now: datetime
+) -> StoredWorkOrder:
+    """属地管理、分级负责: assign to this node's unit, hand down to the child node (交办), or queue for a clerk.
+
+    Used for a registration at this node and for a hand-off arriving from the parent alike.
+    """
+    wo_id = work_order_id_for(case.case_id, routing.node)
+    existing = uow.get(wo_id)
     if existing is not None:
         return existing
-    placement = place(case.region_code, case.category)
-    if placement.hand_off_to:
-        state, action = "TRANSFERRED", "hand_off"
-    elif placement.unit_id:
-        state, action = "ASSIGNED", "assign"
-    else:
-        state, action = "REGISTERED", "manual_queue"
-    work_order = WorkOrderView(
-        work_order_id=work_order_id_for(case.case_id, node),
+    now = to_utc(now)
+    uow.start_case(case.case_id, version=case.version, owner_epoch=case.owner_epoch)
+    tier = routing.regions.get(routing.node).tier
+    order, events = WorkOrder.register(
+        id=wo_id,
         case_id=case.case_id,
-        node=node,
-        unit_id=placement.unit_id,
-        category=case.category,
-        region_code=case.region_code,
-        state=state,
-        manual_queue=not (placement.unit_id or placement.hand_off_to),
-        hand_off_to=placement.hand_off_to,
-        deadlines=deadlines(now) if placement.unit_id else {},
-        created_at=now,
-        updated_at=now,
-        history=[
-            HistoryEntry(
-                at=now,
-                actor="system",
-                action=action,
-                from_state="REGISTERED",
-                to_state=state,
-                reason=placement.manual_reason or placement.hand_off_to or placement.unit_id,
-            )
-        ],
+        node=routing.node,
+        tier=tier,
+        at=now,
+        actor=SYSTEM,
+        rules=routing.rules,
+        category=case.category or None,
+        region_code=case.region_code or None,
+        handling_kind=handling_kind_for(case),
     )
-    uow.add(work_order, case=case)
-    return work_order
+    all_events: list[RoutingEvent] = list(events)
+    stored = StoredWorkOrder(order=order, created_at=now, updated_at=now)
+    decision = decide(case.region_code, case.category, routing.node, routing.regions, routing.catalogue)
+    if isinstance(decision, HandOff):
+        reason = f"交办 to {decision.to_node}: the matter's region {case.region_code} lies there"
+        all_events += order.transfer(to_node=decision.to_node, at=now, actor=SYSTEM, reason=reason)
+        all_events.append(
+            HandedOff(
+                case_id=case.case_id,
+                from_node=routing.node,
+                to_node=decision.to_node,
+                new_owner_epoch=case.owner_epoch + 1,
+                reason=reason,
+                from_work_order_id=wo_id,
+                case_snapshot=case.case_snapshot,
+                at=now,
+            )
+        )
+    elif isinstance(decision, AssignUnit):
+        all_events += order.accept(
+            at=now, actor=SYSTEM, rules=routing.rules, reason="受理: placed by the dispatch catalogue"
+        )
+        all_events += order.assign(
+            unit_id=decision.unit_id,
+            at=now,
+            actor=SYSTEM,
+            rules=routing.rules,
+            reason=f"派单目录 {routing.catalogue.source}",
+        )
+    else:
+        stored.manual_reason = decision.reason
+    _persist(uow, stored, routing, all_events, now)
+    if case.repeat_of:
+        _count_repeat(case, uow, routing, now=now)
+    return stored
 
 
-def get_work_order(work_order_id: str, *, uow_factory: UnitOfWorkFactory) -> WorkOrderView:
+def _count_repeat(case: RegisteredCase, uow: RoutingUnitOfWork, routing: Routing, *, now: datetime) -> None:
+    """Two unresolved repeats of a case escalate to supervision by the tier above (DESIGN §3)."""
+    original = uow.for_case(case.repeat_of)
+    if original is not None and original.order.state not in OPEN_STATES:
+        return  # resolved here: a repeat of a closed matter is a new matter, not an escalation
+    count = uow.record_repeat(case.repeat_of, case.case_id)
+    if count != 2:
+        return
+    # The supervision is about the original case when this node knows it, else about the repeat.
+    about = case.repeat_of if uow.case_version(case.repeat_of) is not None else case.case_id
+    supervision = Supervision(
+        supervision_id=routing.new_id(),
+        case_id=about,
+        work_order_id=original.order.id if original is not None else "",
+        level="supervise",
+        by_node=routing.parent,
+        by_actor=SYSTEM,
+        demand=f"two unresolved repeats of case {case.repeat_of} (latest {case.case_id}): settle it and report",
+        due_at=supervision_at(now, routing.rules.policy, routing.rules.calendar),
+        issued_at=now,
+        region_code=case.region_code,
+    )
+    uow.add_supervision(supervision)
+    uow.emit(about, [SupervisionRecorded(supervision)])
+
+
+# -- the work-order actions --------------------------------------------------------------------------
+
+
+def _load(uow: RoutingUnitOfWork, work_order_id: str, expected_version: int) -> StoredWorkOrder:
+    if not work_order_id:
+        raise InvalidArgument("work_order_id", "must be set")
+    stored = uow.get(work_order_id, for_update=True)
+    if stored is None:
+        raise NotFound("work order", work_order_id)
+    if expected_version and expected_version != stored.order.version:
+        raise Conflict(
+            f"work order {work_order_id} is at version {stored.order.version}, not {expected_version}: re-read it"
+        )
+    return stored
+
+
+def _actor(actor: str) -> str:
+    text = (actor or "").strip()
+    if not text:
+        raise InvalidArgument("actor", "the operator id is required")
+    return text
+
+
+def act(
+    work_order_id: str,
+    step: Callable[[StoredWorkOrder, datetime, str], list[WorkOrderEvent]],
+    *,
+    actor: str,
+    expected_version: int,
+    uow_factory: UnitOfWorkFactory,
+    routing: Routing,
+    now: datetime,
+) -> StoredWorkOrder:
+    """Load, apply one domain action, save and emit, in one transaction; domain errors change nothing."""
+    who = _actor(actor)
+    now = to_utc(now)
+    with uow_factory() as uow:
+        stored = _load(uow, work_order_id, expected_version)
+        events = step(stored, now, who)
+        _persist(uow, stored, routing, events, now)
+        uow.commit()
+    return stored
+
+
+def accept(stored: StoredWorkOrder, at: datetime, actor: str, routing: Routing, note: str) -> list[WorkOrderEvent]:
+    """受理: the office accepts a queued registration; a unit accepts (签收) what was assigned to it."""
+    if stored.order.state is State.REGISTERED:
+        return stored.order.accept(at=at, actor=actor, rules=routing.rules, reason=note)
+    if stored.order.state in (State.ASSIGNED, State.REOPENED):
+        return stored.order.start(at=at, actor=actor, reason=note)
+    raise FailedPrecondition(f"cannot accept a work order in state {stored.order.state.value}", stored.order.state)
+
+
+def assign_manually(
+    stored: StoredWorkOrder, at: datetime, actor: str, routing: Routing, *, unit_id: str, reason: str
+) -> list[WorkOrderEvent]:
+    """人工分派: a clerk accepts a queued registration and assigns it to a unit of this node."""
+    if unit_id not in routing.catalogue.units:
+        raise InvalidArgument("unit_id", f"{unit_id!r} is not a unit of node {routing.node}")
+    order = stored.order
+    events: list[WorkOrderEvent] = []
+    if order.state is State.REGISTERED:
+        events += order.accept(at=at, actor=actor, rules=routing.rules, reason="受理 (人工分派)")
+    events += order.assign(unit_id=unit_id, at=at, actor=actor, rules=routing.rules, reason=reason)
+    stored.manual_reason = ""
+    return events
+
+
+def arbitrate(
+    stored: StoredWorkOrder, at: datetime, actor: str, routing: Routing, *, reassign: bool, unit_id: str, reason: str
+) -> list[WorkOrderEvent]:
+    if reassign and unit_id and unit_id not in routing.catalogue.units:
+        raise InvalidArgument("new_unit_id", f"{unit_id} is not a unit of node {routing.node}")
+    outcome = ArbitrationOutcome.REASSIGN if reassign else ArbitrationOutcome.UPHOLD
+    return stored.order.arbitrate(
+        outcome=outcome, at=at, actor=actor, rules=routing.rules, unit_id=unit_id or None, reason=reason
+    )
+
+
+def request_extension(
+    stored: StoredWorkOrder, at: datetime, actor: str, routing: Routing, *, days: int, reason: str
+) -> list[WorkOrderEvent]:
+    limit = routing.rules.policy.settle_extension_max_days
+    if not 1 <= days <= limit:
+        raise InvalidArgument("days", f"an extension is 1 to {limit} days, got {days}")
+    events = stored.order.request_extension(at=at, actor=actor, reason=f"{reason} (+{days} days asked)")
+    stored.requested_days = days
+    return events
+
+
+def decide_extension(
+    stored: StoredWorkOrder, at: datetime, actor: str, routing: Routing, *, approve: bool, reason: str
+) -> list[WorkOrderEvent]:
+    if approve:
+        days = stored.requested_days or routing.rules.policy.settle_extension_max_days
+        return stored.order.approve_extension(days=days, at=at, actor=actor, rules=routing.rules, reason=reason)
+    return stored.order.reject_extension(at=at, actor=actor, reason=reason)
+
+
+def review_decision(
+    stored: StoredWorkOrder, at: datetime, actor: str, routing: Routing, *, redo: bool, reason: str
+) -> list[WorkOrderEvent]:
+    """复查: a redo reopens the work order with the review-decision limit; upholding closes a replied one."""
+    if not (reason or "").strip():
+        raise InvalidArgument("reason", "the review opinion (复查意见) is required")
+    if redo:
+        return stored.order.review(at=at, actor=actor, rules=routing.rules, reason=reason)
+    return stored.order.close(at=at, actor=actor, reason=f"复查维持: {reason}")
+
+
+def on_case_evaluated(
+    case_id: str, *, satisfied: bool | None, comment: str, uow: RoutingUnitOfWork, routing: Routing, now: datetime
+) -> StoredWorkOrder | None:
+    """满意度: satisfied closes a replied work order; unsatisfied reopens once (退回重办), then goes to 复查.
+
+    ``satisfied`` None means the citizen asked for a review (review_requested).
+    """
+    stored = uow.for_case(case_id)
+    if stored is None or stored.order.node != routing.node:
+        return None
+    order = stored.order
+    now = to_utc(now)
+    events: list[WorkOrderEvent]
+    if satisfied is True:
+        if order.state is not State.REPLIED:
+            return stored
+        events = order.close(at=now, actor="citizen", reason="satisfied")
+    elif satisfied is False and order.reopen_count == 0 and order.state is State.REPLIED:
+        events = order.reopen(at=now, actor="citizen", rules=routing.rules, reason=comment or "unsatisfied (不满意)")
+    else:
+        if order.state not in (State.REPLIED, State.CLOSED) or order.reviewed:
+            return stored
+        why = comment or ("unsatisfied again: 复查" if satisfied is False else "review requested (复查申请)")
+        events = order.review(at=now, actor="citizen", rules=routing.rules, reason=why)
+    _persist(uow, stored, routing, events, now)
+    return stored
+
+
+# -- supervision -------------------------------------------------------------------------------------
+
+
+def supervise(
+    *,
+    case_id: str,
+    work_order_id: str,
+    actor: str,
+    expected_version: int,
+    level: str,
+    demand: str,
+    due_at: datetime | None,
+    uow_factory: UnitOfWorkFactory,
+    routing: Routing,
+    now: datetime,
+) -> Supervision:
+    """Record a chase or supervision directive of this node's office and announce it."""
+    who = _actor(actor)
+    if level not in LEVELS:
+        raise InvalidArgument("level", f"expected one of {', '.join(LEVELS)}, got {level!r}")
+    if not (demand or "").strip():
+        raise InvalidArgument("demand", "what the supervisor demands is required")
+    if due_at is None:
+        raise InvalidArgument("due_at", "when the demand must be met is required")
+    now = to_utc(now)
+    if to_utc(due_at) <= now:
+        raise InvalidArgument("due_at", "must be in the future")
+    if not case_id and not work_order_id:
+        raise InvalidArgument("case_id", "give case_id or work_order_id")
+    with uow_factory() as uow:
+        stored = uow.get(work_order_id) if work_order_id else uow.for_case(case_id)
+        if work_order_id and stored is None:
+            raise NotFound("work order", work_order_id)
+        if stored is not None and case_id and stored.order.case_id != case_id:
+            raise InvalidArgument("work_order_id", f"{work_order_id} belongs to case {stored.order.case_id}")
+        about = stored.order.case_id if stored is not None else case_id
+        known = uow.case_version(about)
+        if known is None:
+            raise NotFound("case", about)
+        if expected_version and expected_version != known[0]:
+            raise Conflict(f"case {about} is at version {known[0]}, not {expected_version}: re-read it")
+        supervision = Supervision(
+            supervision_id=routing.new_id(),
+            case_id=about,
+            work_order_id=stored.order.id if stored is not None else "",
+            level=level,
+            by_node=routing.node,
+            by_actor=who,
+            demand=demand.strip(),
+            due_at=to_utc(due_at),
+            issued_at=now,
+            region_code=(stored.order.region_code or "") if stored is not None else "",
+        )
+        uow.add_supervision(supervision)
+        uow.emit(about, [SupervisionRecorded(supervision)])
+        uow.commit()
+    return supervision
+
+
+# -- the sweep ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepReport:
+    scanned: int = 0
+    warnings: int = 0
+    chases: int = 0
+    supervisions: int = 0
+    recomputed: int = 0
+    open: int = 0
+    overdue: int = 0
+
+
+def _batches(fetch: Callable[[str], list[StoredWorkOrder]]) -> Iterator[list[StoredWorkOrder]]:
+    after = ""
+    while True:
+        batch = fetch(after)
+        if not batch:
+            return
+        yield batch
+        after = batch[-1].order.id
+
+
+def run_sweep(
+    *, uow_factory: UnitOfWorkFactory, routing: Routing, now: datetime, batch_size: int = 1000
+) -> SweepReport:
+    """One pass: recompute provisional deadlines whose year is now known, then warn, chase and supervise.
+
+    Work orders are loaded in batches of ``batch_size`` (keyset on id) and each batch commits on its own,
+    so a sweep over a million work orders holds one batch in memory and a crash loses at most one batch.
+    """
+    now = to_utc(now)
+    report = SweepReport()
+    report.recomputed = _refresh_provisional(uow_factory=uow_factory, routing=routing, now=now, batch_size=batch_size)
+    after = ""
+    while True:
+        with uow_factory() as uow:
+            batch = uow.due_for_sweep(now, after_id=after, limit=batch_size)
+            if not batch:
+                break
+            after = batch[-1].order.id
+            report.scanned += len(batch)
+            by_id = {s.order.id: s for s in batch}
+            for action in sweep([s.order for s in batch], now, routing.rules.policy, routing.rules.calendar):
+                stored = by_id[action.work_order_id]
+                events: list[RoutingEvent] = list(stored.order.record_sweep(action, at=now))
+                if not events:
+                    continue
+                if action.stage is Stage.WARNING:
+                    report.warnings += 1
+                else:
+                    chase = action.stage is Stage.CHASE
+                    report.chases += chase
+                    report.supervisions += not chase
+                    supervision = Supervision(
+                        supervision_id=routing.new_id(),
+                        case_id=action.case_id,
+                        work_order_id=action.work_order_id,
+                        level="chase" if chase else "supervise",
+                        by_node=routing.node if chase else routing.parent,
+                        by_actor=SYSTEM,
+                        demand=(
+                            f"{action.kind} deadline {action.deadline.isoformat()} missed: "
+                            + ("handle it now (催办)" if chase else "the tier above supervises (督办)")
+                        ),
+                        due_at=supervision_at(now, routing.rules.policy, routing.rules.calendar),
+                        issued_at=now,
+                        region_code=stored.order.region_code or "",
+                    )
+                    uow.add_supervision(supervision)
+                    events.append(SupervisionRecorded(supervision))
+                _refresh(stored, routing, now, before=stored.provisional)
+                uow.save(stored)
+                uow.emit(stored.order.case_id, events)
+            uow.commit()
+    with uow_factory() as uow:
+        report.open, report.overdue = uow.count_open(now)
+    return report
+
+
+def _refresh_provisional(*, uow_factory: UnitOfWorkFactory, routing: Routing, now: datetime, batch_size: int) -> int:
+    """Deadlines counted Mon-Fri for an unknown year are recomputed once that year's calendar is loaded."""
+    moved_total = 0
+    after = ""
+    while True:
+        with uow_factory() as uow:
+            batch = uow.provisional_batch(after_id=after, limit=batch_size)
+            if not batch:
+                return moved_total
+            after = batch[-1].order.id
+            for stored in batch:
+                running = {**stored.order.deadlines, **stored.order.windows}
+                years = {china_date(running[k]).year for k in stored.provisional if k in running}  # type: ignore[attr-defined]
+                if any(not routing.calendar.knows_year(y) for y in years):
+                    continue  # still unknown: nothing to gain yet
+                moved = stored.order.recompute(routing.rules)
+                order = stored.order
+                note = "official calendar loaded; deadlines recomputed: " + (
+                    ", ".join(f"{k} → {({**order.deadlines, **order.windows})[k].date().isoformat()}" for k in moved)
+                    or "none moved"
+                )
+                order.history.append(HistoryEntry(now, SYSTEM, "recompute_deadlines", order.state, order.state, note))
+                order.version += 1
+                event = WorkOrderChanged(
+                    work_order_id=order.id,
+                    case_id=order.case_id,
+                    action=_RECOMPUTE,  # type: ignore[arg-type]
+                    from_state=order.state,
+                    to_state=order.state,
+                    actor=SYSTEM,
+                    at=now,
+                    reason=note,
+                    unit_id=order.unit_id,
+                    deadlines=tuple(sorted({**order.deadlines, **order.windows}.items())),
+                )
+                _refresh(stored, routing, now, before=stored.provisional)
+                uow.save(stored)
+                uow.emit(order.case_id, [event])
+                moved_total += 1
+            uow.commit()
+
+
+_RECOMPUTE = "recompute_deadlines"
+
+
+def get_work_order(work_order_id: str, *, uow_factory: UnitOfWorkFactory) -> StoredWorkOrder:
+    if not work_order_id:
+        raise InvalidArgument("work_order_id", "must be set")
     with uow_factory() as uow:
         found = uow.get(work_order_id)
     if found is None:

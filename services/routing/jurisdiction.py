@@ -73,9 +73,7 @@ class DispatchRule:
     region_prefix: str | None = None
 
     def matches(self, category: str, region_code: str) -> bool:
-        return self.category == category and (
-            self.region_prefix is None or region_code.startswith(self.region_prefix)
-        )
+        return self.category == category and (self.region_prefix is None or region_code.startswith(self.region_prefix))
 
 
 @dataclass(frozen=True)
@@ -204,9 +202,7 @@ class DispatchCatalogue:
             if prefix is not None:
                 prefix = _code(prefix, source, f"{key}.region_prefix")
                 if not prefix.startswith(_significant(own)):
-                    raise CatalogueError(
-                        source, f"{key}.region_prefix", f"{prefix} is not inside node {own}'s region"
-                    )
+                    raise CatalogueError(source, f"{key}.region_prefix", f"{prefix} is not inside node {own}'s region")
             rules.append(DispatchRule(category, unit_id, prefix))
 
         by_category: dict[str, list[str]] = {}

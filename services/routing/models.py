@@ -1,4 +1,4 @@
-"""Routing's tables: work orders and their history (the handling lifecycle lives here)."""
+"""Routing's tables: work orders (aggregate as JSON plus query columns), history, case versions, supervisions."""
 
 from __future__ import annotations
 
@@ -17,34 +17,85 @@ class Base(DeclarativeBase):
 class WorkOrderRow(Base):
     __tablename__ = "work_orders"
 
-    work_order_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    work_order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     case_id: Mapped[str] = mapped_column(String(32), index=True)
     node: Mapped[str] = mapped_column(String(6))
     unit_id: Mapped[str] = mapped_column(String(64), default="")
     category: Mapped[str] = mapped_column(String(32), default="")
-    region_code: Mapped[str] = mapped_column(String(6), default="")
+    region_code: Mapped[str] = mapped_column(String(12), default="")
     state: Mapped[str] = mapped_column(String(24))
     manual_queue: Mapped[int] = mapped_column(Integer, default=0)
+    manual_reason: Mapped[str] = mapped_column(Text, default="")
     hand_off_to: Mapped[str] = mapped_column(String(6), default="")
-    deadlines: Mapped[str] = mapped_column(Text, default="{}")  # JSON {kind: ISO timestamp}
+    # The WorkOrder aggregate without its history (services.routing.store.encode_order).
+    data: Mapped[str] = mapped_column(Text, default="{}")
+    requested_days: Mapped[int] = mapped_column(Integer, default=0)
+    provisional: Mapped[str] = mapped_column(String(200), default="")  # comma-separated deadline kinds
+    # Earliest pending duty deadline (far future when none): overdue / due-soon filters and inbox order.
+    next_due: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Earliest unfired sweep boundary; NULL when nothing can fire (closed, paused): the sweep's index.
+    next_sweep_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index("ix_work_orders_unit_state", "unit_id", "state", "work_order_id"),)
+    __table_args__ = (
+        Index("ix_work_orders_unit_due", "unit_id", "next_due", "work_order_id"),
+        Index("ix_work_orders_due", "next_due", "work_order_id"),
+        Index("ix_work_orders_sweep", "next_sweep_at", "work_order_id"),
+        Index("ix_work_orders_state", "state"),
+    )
 
 
 class WorkOrderHistoryRow(Base):
     __tablename__ = "work_order_history"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    work_order_id: Mapped[str] = mapped_column(String(40), index=True)
+    work_order_id: Mapped[str] = mapped_column(String(64), index=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     actor: Mapped[str] = mapped_column(String(64))
-    action: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(40))
     from_state: Mapped[str] = mapped_column(String(24), default="")
     to_state: Mapped[str] = mapped_column(String(24))
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class CaseVersionRow(Base):
+    """The per-case event version at this node: each routing event takes the next one."""
+
+    __tablename__ = "case_versions"
+
+    case_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    owner_epoch: Mapped[int] = mapped_column(Integer)
+
+
+class SupervisionRow(Base):
+    __tablename__ = "supervisions"
+
+    supervision_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(32), index=True)
+    work_order_id: Mapped[str] = mapped_column(String(64), default="")
+    level: Mapped[str] = mapped_column(String(16))
+    by_node: Mapped[str] = mapped_column(String(6))
+    by_actor: Mapped[str] = mapped_column(String(64))
+    demand: Mapped[str] = mapped_column(Text)
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    region_code: Mapped[str] = mapped_column(String(12), default="")
+    outcome: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16), default="open")
+
+    __table_args__ = (Index("ix_supervisions_issued", "issued_at", "supervision_id"),)
+
+
+class RepeatRow(Base):
+    """A repeat (重复件) of an earlier unresolved case, counted for the repeat escalation."""
+
+    __tablename__ = "repeats"
+
+    original_case_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    repeat_case_id: Mapped[str] = mapped_column(String(32), primary_key=True)
 
 
 metadata = Base.metadata

@@ -1,35 +1,68 @@
-"""RoutingService gRPC adapter."""
+"""RoutingService gRPC adapter: translates proto ↔ domain and delegates to ``services.routing.handlers``."""
 
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from lianxin.common.v1 import common_pb2
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 
-from services.common.errors import InvalidArgument
-from services.common.timeutil import to_timestamp
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.timeutil import from_timestamp, to_timestamp, to_utc
 from services.routing import handlers
-from services.routing.handlers import UnitOfWorkFactory, WorkOrderView
+from services.routing.handlers import (
+    Routing,
+    StoredWorkOrder,
+    Supervision,
+    UnitOfWorkFactory,
+    WorkOrderQuery,
+)
+from services.routing.workorder import State, WorkOrderEvent
+
+DEFAULT_PAGE, MAX_PAGE = 50, 500
 
 
-def _state(name: str) -> int:
-    return int(common_pb2.CaseState.Value(f"CASE_STATE_{name}")) if name else 0
+def _state(state: State | None) -> common_pb2.CaseState.ValueType:
+    return common_pb2.CaseState.Value(f"CASE_STATE_{state.value}") if state else common_pb2.CASE_STATE_UNSPECIFIED
 
 
-def work_order_message(view: WorkOrderView) -> routing_pb2.WorkOrder:
+def _domain_state(value: common_pb2.CaseState.ValueType) -> State:
+    name = common_pb2.CaseState.Name(value).removeprefix("CASE_STATE_")
+    try:
+        return State(name)
+    except ValueError:
+        raise InvalidArgument("states", f"{name} is not a work-order state") from None
+
+
+def work_order_message(stored: StoredWorkOrder, *, now: datetime | None = None) -> routing_pb2.WorkOrder:
+    order = stored.order
+    running = sorted({**order.deadlines, **order.windows}.items())
     return routing_pb2.WorkOrder(
-        work_order_id=view.work_order_id,
-        case_id=view.case_id,
-        node=view.node,
-        unit_id=view.unit_id,
-        category=view.category,
-        region_code=view.region_code,
-        state=_state(view.state),
-        deadlines=[common_pb2.Deadline(kind=k, due_at=to_timestamp(v)) for k, v in view.deadlines.items()],
-        created_at=to_timestamp(view.created_at),
-        updated_at=to_timestamp(view.updated_at),
+        work_order_id=order.id,
+        case_id=order.case_id,
+        node=order.node,
+        unit_id=order.unit_id or "",
+        category=order.category or "",
+        region_code=order.region_code or "",
+        state=_state(order.state),
+        deadlines=[
+            common_pb2.Deadline(
+                kind=k,
+                due_at=to_timestamp(v),
+                overdue=bool(now is not None and k in order.deadlines and v < now),
+            )
+            for k, v in running
+        ],
+        objection_count=sum(1 for h in order.history if h.action == "object"),
+        extension_used=order.extension_days > 0,
+        reopen_count=order.reopen_count,
+        created_at=to_timestamp(stored.created_at),
+        updated_at=to_timestamp(stored.updated_at),
         history=[
             routing_pb2.WorkOrderHistoryEntry(
                 at=to_timestamp(h.at),
@@ -39,17 +72,333 @@ def work_order_message(view: WorkOrderView) -> routing_pb2.WorkOrder:
                 to_state=_state(h.to_state),
                 reason=h.reason,
             )
-            for h in view.history
+            for h in order.history
         ],
+        reply_text=order.reply_text or "",
+        attachment_refs=list(order.reply_attachments),
+        version=order.version,
+        provisional_deadlines=list(stored.provisional),
     )
 
 
+def supervision_message(s: Supervision) -> routing_pb2.Supervision:
+    return routing_pb2.Supervision(
+        supervision_id=s.supervision_id,
+        case_id=s.case_id,
+        work_order_id=s.work_order_id,
+        level=s.level,
+        by_node=s.by_node,
+        by_actor=s.by_actor,
+        demand=s.demand,
+        due_at=to_timestamp(s.due_at),
+        issued_at=to_timestamp(s.issued_at),
+        outcome=s.outcome,
+        state=s.state,
+    )
+
+
+def _page_size(page: common_pb2.PageRequest) -> int:
+    if page.page_size < 0:
+        raise InvalidArgument("page.page_size", "must be >= 0")
+    return min(page.page_size or DEFAULT_PAGE, MAX_PAGE)
+
+
+def _token(at: datetime, key: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([to_utc(at).isoformat(), key]).encode()).decode()
+
+
+def _untoken(token: str) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    try:
+        at, key = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return to_utc(datetime.fromisoformat(at)), str(key)
+    except (ValueError, TypeError):
+        raise InvalidArgument("page.page_token", "not a token from a previous page") from None
+
+
+Step = Callable[[StoredWorkOrder, datetime, str], list[WorkOrderEvent]]
+
+
 class RoutingServicer(routing_grpc.RoutingServiceServicer):
-    def __init__(self, *, uow_factory: UnitOfWorkFactory) -> None:
+    def __init__(
+        self,
+        *,
+        uow_factory: UnitOfWorkFactory,
+        routing: Routing,
+        clock: Callable[[], datetime],
+        notify: Callable[[], None] = lambda: None,
+    ) -> None:
         self._uow_factory = uow_factory
+        self._routing = routing
+        self._clock = clock
+        self._notify = notify
+
+    def _act(self, work_order_id: str, actor: str, expected_version: int, step: Step) -> routing_pb2.WorkOrder:
+        now = self._clock()
+        stored = handlers.act(
+            work_order_id,
+            step,
+            actor=actor,
+            expected_version=expected_version,
+            uow_factory=self._uow_factory,
+            routing=self._routing,
+            now=now,
+        )
+        self._notify()
+        return work_order_message(stored, now=to_utc(now))
+
+    # -- queries -----------------------------------------------------------------------------------
 
     def GetWorkOrder(self, request: routing_pb2.GetWorkOrderRequest, context: Any) -> routing_pb2.GetWorkOrderResponse:
-        if not request.work_order_id:
-            raise InvalidArgument("work_order_id", "must be set")
-        view = handlers.get_work_order(request.work_order_id, uow_factory=self._uow_factory)
-        return routing_pb2.GetWorkOrderResponse(work_order=work_order_message(view))
+        stored = handlers.get_work_order(request.work_order_id, uow_factory=self._uow_factory)
+        return routing_pb2.GetWorkOrderResponse(work_order=work_order_message(stored, now=to_utc(self._clock())))
+
+    def ListWorkOrders(
+        self, request: routing_pb2.ListWorkOrdersRequest, context: Any
+    ) -> routing_pb2.ListWorkOrdersResponse:
+        now = to_utc(self._clock())
+        limit = _page_size(request.page)
+        due_before = None
+        if request.HasField("due_within"):
+            within = request.due_within.ToTimedelta()
+            if within <= timedelta(0):
+                raise InvalidArgument("due_within", "must be positive")
+            due_before = now + within
+        query = WorkOrderQuery(
+            unit_id=request.unit_id,
+            case_id=request.case_id,
+            states=tuple(_domain_state(s) for s in request.states),
+            overdue_only=request.overdue_only,
+            due_before=due_before,
+            now=now,
+        )
+        with self._uow_factory() as uow:
+            found, total = uow.list_work_orders(query, after=_untoken(request.page.page_token), limit=limit + 1)
+        more = len(found) > limit
+        found = found[:limit]
+        token = ""
+        if more:
+            last = found[-1]
+            token = _token(last.next_due or handlers.FAR_FUTURE, last.order.id)
+        return routing_pb2.ListWorkOrdersResponse(
+            work_orders=[work_order_message(s, now=now) for s in found],
+            page=common_pb2.PageResponse(next_page_token=token, total_size=total),
+        )
+
+    def ListSupervisions(
+        self, request: routing_pb2.ListSupervisionsRequest, context: Any
+    ) -> routing_pb2.ListSupervisionsResponse:
+        limit = _page_size(request.page)
+        prefix = ""
+        if request.region_code:
+            if request.region_code not in self._routing.regions:
+                raise InvalidArgument("region_code", f"unknown region code {request.region_code}")
+            prefix = _significant(request.region_code)
+        with self._uow_factory() as uow:
+            found, total = uow.list_supervisions(
+                case_id=request.case_id, region_prefix=prefix, after=_untoken(request.page.page_token), limit=limit + 1
+            )
+        more = len(found) > limit
+        found = found[:limit]
+        token = _token(found[-1].issued_at, found[-1].supervision_id) if more else ""
+        return routing_pb2.ListSupervisionsResponse(
+            supervisions=[supervision_message(s) for s in found],
+            page=common_pb2.PageResponse(next_page_token=token, total_size=total),
+        )
+
+    # -- actions -----------------------------------------------------------------------------------
+
+    def AcceptWorkOrder(
+        self, request: routing_pb2.AcceptWorkOrderRequest, context: Any
+    ) -> routing_pb2.AcceptWorkOrderResponse:
+        r = self._routing
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: handlers.accept(s, at, who, r, request.note),
+        )
+        return routing_pb2.AcceptWorkOrderResponse(work_order=wo)
+
+    def RefuseWorkOrder(
+        self, request: routing_pb2.RefuseWorkOrderRequest, context: Any
+    ) -> routing_pb2.RefuseWorkOrderResponse:
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: s.order.refuse(at=at, actor=who, reason=request.reason),
+        )
+        return routing_pb2.RefuseWorkOrderResponse(work_order=wo)
+
+    def ObjectWorkOrder(
+        self, request: routing_pb2.ObjectWorkOrderRequest, context: Any
+    ) -> routing_pb2.ObjectWorkOrderResponse:
+        reason = request.reason
+        if request.suggested_unit_id and reason.strip():
+            reason = f"{reason} (suggests {request.suggested_unit_id})"
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: s.order.object(at=at, actor=who, reason=reason),
+        )
+        return routing_pb2.ObjectWorkOrderResponse(work_order=wo)
+
+    def ArbitrateObjection(
+        self, request: routing_pb2.ArbitrateObjectionRequest, context: Any
+    ) -> routing_pb2.ArbitrateObjectionResponse:
+        if request.decision == routing_pb2.ARBITRATION_DECISION_UNSPECIFIED:
+            raise InvalidArgument("decision", "reassign or uphold is required")
+        reassign = request.decision == routing_pb2.ARBITRATION_DECISION_REASSIGN
+        r = self._routing
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: handlers.arbitrate(
+                s, at, who, r, reassign=reassign, unit_id=request.new_unit_id, reason=request.reason
+            ),
+        )
+        # 改派 moves the same work order to the new unit (its history shows both), so no second one.
+        return routing_pb2.ArbitrateObjectionResponse(work_order=wo)
+
+    def RequestExtension(
+        self, request: routing_pb2.RequestExtensionRequest, context: Any
+    ) -> routing_pb2.RequestExtensionResponse:
+        r = self._routing
+        days = request.days or r.rules.policy.settle_extension_max_days
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: handlers.request_extension(s, at, who, r, days=days, reason=request.reason),
+        )
+        return routing_pb2.RequestExtensionResponse(work_order=wo)
+
+    def ApproveExtension(
+        self, request: routing_pb2.ApproveExtensionRequest, context: Any
+    ) -> routing_pb2.ApproveExtensionResponse:
+        r = self._routing
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: handlers.decide_extension(s, at, who, r, approve=request.approve, reason=request.reason),
+        )
+        return routing_pb2.ApproveExtensionResponse(work_order=wo)
+
+    def ReplyWorkOrder(
+        self, request: routing_pb2.ReplyWorkOrderRequest, context: Any
+    ) -> routing_pb2.ReplyWorkOrderResponse:
+        r = self._routing
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: s.order.reply(
+                text=request.text, at=at, actor=who, rules=r.rules, attachments=list(request.attachment_refs)
+            ),
+        )
+        return routing_pb2.ReplyWorkOrderResponse(work_order=wo)
+
+    def CloseWorkOrder(
+        self, request: routing_pb2.CloseWorkOrderRequest, context: Any
+    ) -> routing_pb2.CloseWorkOrderResponse:
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: s.order.close(at=at, actor=who, reason=request.note),
+        )
+        return routing_pb2.CloseWorkOrderResponse(work_order=wo)
+
+    def ReopenWorkOrder(
+        self, request: routing_pb2.ReopenWorkOrderRequest, context: Any
+    ) -> routing_pb2.ReopenWorkOrderResponse:
+        r = self._routing
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: s.order.reopen(at=at, actor=who, rules=r.rules, reason=request.reason),
+        )
+        return routing_pb2.ReopenWorkOrderResponse(work_order=wo)
+
+    def ReviewWorkOrder(
+        self, request: routing_pb2.ReviewWorkOrderRequest, context: Any
+    ) -> routing_pb2.ReviewWorkOrderResponse:
+        if request.decision == routing_pb2.REVIEW_DECISION_UNSPECIFIED:
+            raise InvalidArgument("decision", "uphold or redo is required")
+        redo = request.decision == routing_pb2.REVIEW_DECISION_REDO
+        r = self._routing
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: handlers.review_decision(s, at, who, r, redo=redo, reason=request.reason),
+        )
+        return routing_pb2.ReviewWorkOrderResponse(work_order=wo)
+
+    def ListManualQueue(
+        self, request: routing_pb2.ListManualQueueRequest, context: Any
+    ) -> routing_pb2.ListManualQueueResponse:
+        limit = _page_size(request.page)
+        with self._uow_factory() as uow:
+            found, total = uow.list_work_orders(
+                WorkOrderQuery(manual_only=True), after=_untoken(request.page.page_token), limit=limit + 1
+            )
+        if request.region_code:
+            prefix = _significant(request.region_code)
+            found = [s for s in found if (s.order.region_code or "").startswith(prefix)]
+        more = len(found) > limit
+        found = found[:limit]
+        token = _token(found[-1].next_due or handlers.FAR_FUTURE, found[-1].order.id) if more else ""
+        return routing_pb2.ListManualQueueResponse(
+            items=[
+                routing_pb2.ManualQueueItem(work_order=work_order_message(s), reason=s.manual_reason) for s in found
+            ],
+            page=common_pb2.PageResponse(next_page_token=token, total_size=total),
+        )
+
+    def AssignManually(
+        self, request: routing_pb2.AssignManuallyRequest, context: Any
+    ) -> routing_pb2.AssignManuallyResponse:
+        if request.node and request.node != self._routing.node:
+            raise FailedPrecondition("manual hand-off to another node is not supported yet; assign a unit here")
+        if not request.case_id:
+            raise InvalidArgument("case_id", "must be set")
+        r = self._routing
+        wo = self._act(
+            handlers.work_order_id_for(request.case_id, r.node),
+            request.actor,
+            0,
+            lambda s, at, who: handlers.assign_manually(s, at, who, r, unit_id=request.unit_id, reason=request.reason),
+        )
+        return routing_pb2.AssignManuallyResponse(work_order=wo)
+
+    def EscalateCase(self, request: routing_pb2.EscalateCaseRequest, context: Any) -> routing_pb2.EscalateCaseResponse:
+        raise FailedPrecondition("escalation (上报) is not supported yet at this node")
+
+    def Supervise(self, request: routing_pb2.SuperviseRequest, context: Any) -> routing_pb2.SuperviseResponse:
+        supervision = handlers.supervise(
+            case_id=request.case_id,
+            work_order_id=request.work_order_id,
+            actor=request.actor,
+            expected_version=request.expected_version,
+            level=request.level,
+            demand=request.demand,
+            due_at=from_timestamp(request.due_at),
+            uow_factory=self._uow_factory,
+            routing=self._routing,
+            now=self._clock(),
+        )
+        self._notify()
+        return routing_pb2.SuperviseResponse(supervision=supervision_message(supervision))
+
+
+def _significant(code: str) -> str:
+    while code.endswith("00") and len(code) > 2:
+        code = code[:-2]
+    return code

@@ -1,24 +1,138 @@
-"""Routing's SQLAlchemy adapter: work orders, their history, and the events they emit."""
+"""Routing's SQLAlchemy adapter: work orders, history, supervisions, case versions and the events they emit."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.events import envelope, write_event
+from services.common.regions import Tier
 from services.common.timeutil import to_timestamp, to_utc
-from services.routing.handlers import HistoryEntry, RegisteredCase, WorkOrderView
-from services.routing.models import WorkOrderHistoryRow, WorkOrderRow, outbox
+from services.routing.handlers import (
+    FAR_FUTURE,
+    HandedOff,
+    RoutingEvent,
+    StoredWorkOrder,
+    Supervision,
+    SupervisionRecorded,
+    WorkOrderQuery,
+)
+from services.routing.models import (
+    CaseVersionRow,
+    RepeatRow,
+    SupervisionRow,
+    WorkOrderHistoryRow,
+    WorkOrderRow,
+    outbox,
+)
+from services.routing.timelimits import DeadlineKind
+from services.routing.workorder import (
+    OPEN_STATES,
+    DeadlineStageReached,
+    HistoryEntry,
+    ReplyGiven,
+    State,
+    WorkOrder,
+    WorkOrderChanged,
+    WorkOrderCreated,
+)
+
+_OPEN = sorted(s.value for s in OPEN_STATES)
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else to_utc(value).isoformat()
+
+
+def encode_order(order: WorkOrder) -> str:
+    """The aggregate without its history (kept in its own table) as JSON."""
+    return json.dumps(
+        {
+            "tier": order.tier.value,
+            "category": order.category,
+            "region_code": order.region_code,
+            "unit_id": order.unit_id,
+            "handling_kind": order.handling_kind.value,
+            "deadlines": {k: _iso(v) for k, v in order.deadlines.items()},
+            "windows": {k: _iso(v) for k, v in order.windows.items()},
+            "clock_starts": {k: _iso(v) for k, v in order.clock_starts.items()},
+            "pauses": [[_iso(a), _iso(b)] for a, b in order.pauses],
+            "paused_since": _iso(order.paused_since),
+            "ext": [order.extension_requested, order.extension_pending, order.extension_days],
+            "objection_barred": order.objection_barred,
+            "reopen_count": order.reopen_count,
+            "reviewed": order.reviewed,
+            "reply": [order.reply_text, list(order.reply_attachments), _iso(order.replied_at)],
+            "merged_into": order.merged_into,
+            "transferred_to": order.transferred_to,
+            "fired": sorted([k, s] for k, s in order.fired),
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def decode_order(row: WorkOrderRow, history: list[HistoryEntry]) -> WorkOrder:
+    d: dict[str, Any] = json.loads(row.data)
+    requested, pending, ext_days = d["ext"]
+    reply_text, attachments, replied_at = d["reply"]
+    return WorkOrder(
+        id=row.work_order_id,
+        case_id=row.case_id,
+        node=row.node,
+        tier=Tier(d["tier"]),
+        category=d["category"],
+        region_code=d["region_code"],
+        state=State(row.state),
+        unit_id=d["unit_id"],
+        handling_kind=DeadlineKind(d["handling_kind"]),
+        deadlines={k: datetime.fromisoformat(v) for k, v in d["deadlines"].items()},
+        windows={k: datetime.fromisoformat(v) for k, v in d["windows"].items()},
+        clock_starts={k: datetime.fromisoformat(v) for k, v in d["clock_starts"].items()},
+        pauses=[(datetime.fromisoformat(a), datetime.fromisoformat(b)) for a, b in d["pauses"]],
+        paused_since=_dt(d["paused_since"]),
+        extension_requested=requested,
+        extension_pending=pending,
+        extension_days=ext_days,
+        objection_barred=d["objection_barred"],
+        reopen_count=d["reopen_count"],
+        reviewed=d["reviewed"],
+        reply_text=reply_text,
+        reply_attachments=tuple(attachments),
+        replied_at=_dt(replied_at),
+        merged_into=d["merged_into"],
+        transferred_to=d["transferred_to"],
+        fired={(k, s) for k, s in d["fired"]},
+        history=history,
+        version=row.version,
+    )
+
+
+def _state_enum(state: State | None) -> common_pb2.CaseState.ValueType:
+    return common_pb2.CaseState.Value(f"CASE_STATE_{state.value}") if state else common_pb2.CASE_STATE_UNSPECIFIED
+
+
+def _deadlines(items: Sequence[tuple[str, datetime]]) -> list[common_pb2.Deadline]:
+    return [common_pb2.Deadline(kind=k, due_at=to_timestamp(v)) for k, v in items]
 
 
 class SqlRoutingUnitOfWork:
-    def __init__(self, factory: sessionmaker[Session] | None = None, *, session: Session | None = None, node: str) -> None:
+    def __init__(
+        self, factory: sessionmaker[Session] | None = None, *, session: Session | None = None, node: str
+    ) -> None:
         """Either opens its own transaction from ``factory`` or joins ``session`` (event consumers,
         whose inbox row must commit in the same transaction)."""
         self._factory = factory
@@ -47,91 +161,356 @@ class SqlRoutingUnitOfWork:
         if self._joined is None:
             self.session.commit()
 
-    def get(self, work_order_id: str) -> WorkOrderView | None:
-        row = self.session.get(WorkOrderRow, work_order_id)
-        return self._view(row) if row else None
+    # -- work orders -------------------------------------------------------------------------------
 
-    def for_case(self, case_id: str) -> WorkOrderView | None:
+    def get(self, work_order_id: str, *, for_update: bool = False) -> StoredWorkOrder | None:
+        query = select(WorkOrderRow).where(WorkOrderRow.work_order_id == work_order_id)
+        if for_update:
+            query = query.with_for_update()
+        row = self.session.scalar(query)
+        return self._stored(row, with_history=True) if row else None
+
+    def for_case(self, case_id: str) -> StoredWorkOrder | None:
         row = self.session.scalar(
-            select(WorkOrderRow).where(WorkOrderRow.case_id == case_id, WorkOrderRow.node == self._node)
+            select(WorkOrderRow)
+            .where(WorkOrderRow.case_id == case_id, WorkOrderRow.node == self._node)
+            .order_by(WorkOrderRow.created_at.desc())
+            .limit(1)
         )
-        return self._view(row) if row else None
+        return self._stored(row, with_history=True) if row else None
 
-    def add(self, work_order: WorkOrderView, *, case: RegisteredCase) -> None:
-        self.session.add(
-            WorkOrderRow(
-                work_order_id=work_order.work_order_id,
-                case_id=work_order.case_id,
-                node=work_order.node,
-                unit_id=work_order.unit_id,
-                category=work_order.category,
-                region_code=work_order.region_code,
-                state=work_order.state,
-                manual_queue=int(work_order.manual_queue),
-                hand_off_to=work_order.hand_off_to,
-                deadlines=json.dumps({k: v.isoformat() for k, v in work_order.deadlines.items()}),
-                created_at=work_order.created_at,
-                updated_at=work_order.updated_at,
-            )
-        )
-        for entry in work_order.history:
+    def save(self, stored: StoredWorkOrder) -> None:
+        order = stored.order
+        row = self.session.get(WorkOrderRow, order.id)
+        if row is None:
+            row = WorkOrderRow(work_order_id=order.id, created_at=to_utc(stored.created_at))
+            self.session.add(row)
+        row.case_id = order.case_id
+        row.node = order.node
+        row.unit_id = order.unit_id or ""
+        row.category = order.category or ""
+        row.region_code = order.region_code or ""
+        row.state = order.state.value
+        row.manual_queue = int(stored.manual_queue)
+        row.manual_reason = stored.manual_reason
+        row.hand_off_to = order.transferred_to or ""
+        row.data = encode_order(order)
+        row.requested_days = stored.requested_days
+        row.provisional = ",".join(stored.provisional)
+        # SQLite keeps wall-clock text: every stored instant is UTC so comparisons hold on both backends.
+        row.next_due = to_utc(stored.next_due or FAR_FUTURE)
+        row.next_sweep_at = None if stored.next_sweep_at is None else to_utc(stored.next_sweep_at)
+        row.version = order.version
+        row.updated_at = to_utc(stored.updated_at)
+        for entry in order.history[stored.saved_history :]:
             self.session.add(
                 WorkOrderHistoryRow(
-                    work_order_id=work_order.work_order_id,
-                    at=entry.at,
+                    work_order_id=order.id,
+                    at=to_utc(entry.at),
                     actor=entry.actor,
                     action=entry.action,
-                    from_state=entry.from_state,
-                    to_state=entry.to_state,
+                    from_state=entry.from_state.value if entry.from_state else "",
+                    to_state=entry.to_state.value,
                     reason=entry.reason,
                 )
             )
-        payload = events_pb2.WorkOrderCreated(
-            work_order_id=work_order.work_order_id,
-            unit_id=work_order.unit_id,
-            node=work_order.node,
-            category=work_order.category,
-            region_code=work_order.region_code,
-            deadlines=[common_pb2.Deadline(kind=k, due_at=to_timestamp(v)) for k, v in work_order.deadlines.items()],
-            manual_queue=work_order.manual_queue,
-        )
-        # Routing's first event for the case: the case version moves on from intake's registration.
-        write_event(
-            self.session,
-            outbox,
-            envelope(
-                payload_field="work_order_created",
-                payload=payload,
-                case_id=case.case_id,
-                version=case.version + 1,
-                owner_node=self._node,
-                owner_epoch=case.owner_epoch,
-                origin_node=self._node,
-                origin_service="routing",
-                occurred_at=work_order.created_at,
-            ),
-        )
+        stored.saved_history = len(order.history)
+        self.session.flush()
 
-    def _view(self, row: WorkOrderRow) -> WorkOrderView:
-        history = self.session.scalars(
-            select(WorkOrderHistoryRow)
-            .where(WorkOrderHistoryRow.work_order_id == row.work_order_id)
-            .order_by(WorkOrderHistoryRow.id)
-        ).all()
-        return WorkOrderView(
-            work_order_id=row.work_order_id,
-            case_id=row.case_id,
-            node=row.node,
-            unit_id=row.unit_id,
-            category=row.category,
-            region_code=row.region_code,
-            state=row.state,
-            manual_queue=bool(row.manual_queue),
-            hand_off_to=row.hand_off_to,
-            deadlines={k: datetime.fromisoformat(v) for k, v in json.loads(row.deadlines).items()},
+    def _stored(self, row: WorkOrderRow, *, with_history: bool) -> StoredWorkOrder:
+        history: list[HistoryEntry] = []
+        if with_history:
+            rows = self.session.scalars(
+                select(WorkOrderHistoryRow)
+                .where(WorkOrderHistoryRow.work_order_id == row.work_order_id)
+                .order_by(WorkOrderHistoryRow.id)
+            ).all()
+            history = [
+                HistoryEntry(
+                    to_utc(h.at),
+                    h.actor,
+                    h.action,
+                    State(h.from_state) if h.from_state else None,
+                    State(h.to_state),
+                    h.reason,
+                )
+                for h in rows
+            ]
+        next_due = to_utc(row.next_due)
+        return StoredWorkOrder(
+            order=decode_order(row, history),
             created_at=to_utc(row.created_at),
             updated_at=to_utc(row.updated_at),
-            history=[
-                HistoryEntry(to_utc(h.at), h.actor, h.action, h.from_state, h.to_state, h.reason) for h in history
-            ],
+            manual_reason=row.manual_reason,
+            requested_days=row.requested_days,
+            provisional=tuple(p for p in row.provisional.split(",") if p),
+            next_due=None if next_due >= FAR_FUTURE else next_due,
+            next_sweep_at=None if row.next_sweep_at is None else to_utc(row.next_sweep_at),
+            # Without the history loaded, nothing of it is re-saved; new entries are appended.
+            saved_history=len(history),
         )
+
+    def list_work_orders(
+        self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[StoredWorkOrder], int]:
+        conditions: list[Any] = [WorkOrderRow.node == self._node]
+        if query.unit_id:
+            conditions.append(WorkOrderRow.unit_id == query.unit_id)
+        if query.case_id:
+            conditions.append(WorkOrderRow.case_id == query.case_id)
+        if query.states:
+            conditions.append(WorkOrderRow.state.in_([s.value for s in query.states]))
+        if query.manual_only:
+            conditions.append(WorkOrderRow.manual_queue == 1)
+        now = to_utc(query.now) if query.now is not None else None
+        if query.overdue_only and now is not None:
+            conditions += [WorkOrderRow.next_due < now, WorkOrderRow.state.in_(_OPEN)]
+        if query.due_before is not None and now is not None:
+            conditions += [
+                WorkOrderRow.next_due >= now,
+                WorkOrderRow.next_due <= to_utc(query.due_before),
+                WorkOrderRow.state.in_(_OPEN),
+            ]
+        total = self.session.scalar(select(func.count()).select_from(WorkOrderRow).where(*conditions)) or 0
+        if after is not None:
+            due, last = after
+            conditions.append(
+                or_(WorkOrderRow.next_due > due, and_(WorkOrderRow.next_due == due, WorkOrderRow.work_order_id > last))
+            )
+        rows = self.session.scalars(
+            select(WorkOrderRow)
+            .where(*conditions)
+            .order_by(WorkOrderRow.next_due, WorkOrderRow.work_order_id)
+            .limit(limit)
+        ).all()
+        return [self._stored(r, with_history=False) for r in rows], int(total)
+
+    def due_for_sweep(self, now: datetime, *, after_id: str, limit: int) -> list[StoredWorkOrder]:
+        rows = self.session.scalars(
+            select(WorkOrderRow)
+            .where(
+                WorkOrderRow.next_sweep_at.is_not(None),
+                WorkOrderRow.next_sweep_at <= to_utc(now),
+                WorkOrderRow.work_order_id > after_id,
+            )
+            .order_by(WorkOrderRow.work_order_id)
+            .limit(limit)
+        ).all()
+        return [self._stored(r, with_history=False) for r in rows]
+
+    def provisional_batch(self, *, after_id: str, limit: int) -> list[StoredWorkOrder]:
+        rows = self.session.scalars(
+            select(WorkOrderRow)
+            .where(WorkOrderRow.provisional != "", WorkOrderRow.work_order_id > after_id)
+            .order_by(WorkOrderRow.work_order_id)
+            .limit(limit)
+        ).all()
+        return [self._stored(r, with_history=False) for r in rows]
+
+    def count_open(self, now: datetime) -> tuple[int, int]:
+        open_ = WorkOrderRow.state.in_(_OPEN)
+        opened = self.session.scalar(select(func.count()).select_from(WorkOrderRow).where(open_)) or 0
+        overdue = (
+            self.session.scalar(
+                select(func.count()).select_from(WorkOrderRow).where(open_, WorkOrderRow.next_due < to_utc(now))
+            )
+            or 0
+        )
+        return int(opened), int(overdue)
+
+    # -- cases, repeats, supervisions ------------------------------------------------------------
+
+    def start_case(self, case_id: str, *, version: int, owner_epoch: int) -> None:
+        row = self.session.get(CaseVersionRow, case_id)
+        if row is None:
+            self.session.add(CaseVersionRow(case_id=case_id, version=version, owner_epoch=owner_epoch))
+        elif owner_epoch >= row.owner_epoch:
+            # The case came back (hand-off down again): continue from the newer of the two versions.
+            row.version = max(row.version, version)
+            row.owner_epoch = owner_epoch
+        self.session.flush()
+
+    def case_version(self, case_id: str) -> tuple[int, int] | None:
+        row = self.session.get(CaseVersionRow, case_id)
+        return None if row is None else (row.version, row.owner_epoch)
+
+    def record_repeat(self, original_case_id: str, repeat_case_id: str) -> int:
+        dialect = self.session.get_bind().dialect.name
+        insert: Any = postgresql.insert(RepeatRow) if dialect == "postgresql" else sqlite.insert(RepeatRow)
+        self.session.execute(
+            insert.values(original_case_id=original_case_id, repeat_case_id=repeat_case_id).on_conflict_do_nothing()
+        )
+        count = self.session.scalar(
+            select(func.count()).select_from(RepeatRow).where(RepeatRow.original_case_id == original_case_id)
+        )
+        return int(count or 0)
+
+    def add_supervision(self, supervision: Supervision) -> None:
+        s = supervision
+        self.session.add(
+            SupervisionRow(
+                supervision_id=s.supervision_id,
+                case_id=s.case_id,
+                work_order_id=s.work_order_id,
+                level=s.level,
+                by_node=s.by_node,
+                by_actor=s.by_actor,
+                demand=s.demand,
+                due_at=to_utc(s.due_at),
+                issued_at=to_utc(s.issued_at),
+                region_code=s.region_code,
+                outcome=s.outcome,
+                state=s.state,
+            )
+        )
+        self.session.flush()
+
+    def list_supervisions(
+        self, *, case_id: str, region_prefix: str, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[Supervision], int]:
+        conditions: list[Any] = []
+        if case_id:
+            conditions.append(SupervisionRow.case_id == case_id)
+        if region_prefix:
+            conditions.append(SupervisionRow.region_code.startswith(region_prefix))
+        total = self.session.scalar(select(func.count()).select_from(SupervisionRow).where(*conditions)) or 0
+        if after is not None:
+            at, last = after
+            conditions.append(
+                or_(
+                    SupervisionRow.issued_at < at,
+                    and_(SupervisionRow.issued_at == at, SupervisionRow.supervision_id > last),
+                )
+            )
+        rows = self.session.scalars(
+            select(SupervisionRow)
+            .where(*conditions)
+            .order_by(SupervisionRow.issued_at.desc(), SupervisionRow.supervision_id)
+            .limit(limit)
+        ).all()
+        return [
+            Supervision(
+                supervision_id=r.supervision_id,
+                case_id=r.case_id,
+                work_order_id=r.work_order_id,
+                level=r.level,
+                by_node=r.by_node,
+                by_actor=r.by_actor,
+                demand=r.demand,
+                due_at=to_utc(r.due_at),
+                issued_at=to_utc(r.issued_at),
+                region_code=r.region_code,
+                outcome=r.outcome,
+                state=r.state,
+            )
+            for r in rows
+        ], int(total)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def emit(self, case_id: str, events: Sequence[RoutingEvent]) -> None:
+        """Each event takes the case's next version at this node, in the same transaction (outbox)."""
+        if not events:
+            return
+        row = self.session.get(CaseVersionRow, case_id, with_for_update=True)
+        if row is None:
+            row = CaseVersionRow(case_id=case_id, version=0, owner_epoch=0)
+            self.session.add(row)
+        for event in events:
+            translated = _payload(event)
+            if translated is None:
+                continue
+            field, payload, at = translated
+            row.version += 1
+            write_event(
+                self.session,
+                outbox,
+                envelope(
+                    payload_field=field,
+                    payload=payload,
+                    case_id=case_id,
+                    version=row.version,
+                    owner_node=self._node,
+                    owner_epoch=row.owner_epoch,
+                    origin_node=self._node,
+                    origin_service="routing",
+                    occurred_at=at,
+                ),
+            )
+            if isinstance(event, HandedOff):
+                row.owner_epoch = event.new_owner_epoch  # this node is no longer the owner
+        self.session.flush()
+
+
+def _payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None:
+    if isinstance(event, WorkOrderCreated):
+        return (
+            "work_order_created",
+            events_pb2.WorkOrderCreated(
+                work_order_id=event.work_order_id,
+                node=event.node,
+                category=event.category or "",
+                region_code=event.region_code or "",
+                deadlines=_deadlines(event.deadlines),
+            ),
+            event.at,
+        )
+    if isinstance(event, WorkOrderChanged):
+        return (
+            "work_order_changed",
+            events_pb2.WorkOrderChanged(
+                work_order_id=event.work_order_id,
+                unit_id=event.unit_id or "",
+                from_state=_state_enum(event.from_state),
+                to_state=_state_enum(event.to_state),
+                action=str(event.action),
+                actor=event.actor,
+                reason=event.reason,
+                deadlines=_deadlines(event.deadlines),
+            ),
+            event.at,
+        )
+    if isinstance(event, DeadlineStageReached):
+        return (
+            "deadline_warning",
+            events_pb2.DeadlineWarning(
+                work_order_id=event.work_order_id,
+                deadline_kind=event.kind,
+                due_at=to_timestamp(event.deadline),
+                stage=event.stage.value,
+            ),
+            event.at,
+        )
+    if isinstance(event, SupervisionRecorded):
+        s = event.supervision
+        return (
+            "supervision_issued",
+            events_pb2.SupervisionIssued(
+                supervision_id=s.supervision_id,
+                level=s.level,
+                by_node=s.by_node,
+                demand=s.demand,
+                due_at=to_timestamp(s.due_at),
+            ),
+            s.issued_at,
+        )
+    if isinstance(event, HandedOff):
+        case = common_pb2.Case()
+        case.ParseFromString(event.case_snapshot)
+        case.ClearField("complainant")  # never personal data in an event (DESIGN §5)
+        return (
+            "case_handed_off",
+            events_pb2.CaseHandedOff(
+                from_node=event.from_node,
+                to_node=event.to_node,
+                new_owner_epoch=event.new_owner_epoch,
+                kind="assign_down",
+                reason=event.reason,
+                case=case,
+                from_work_order_id=event.from_work_order_id,
+            ),
+            event.at,
+        )
+    if isinstance(event, ReplyGiven):
+        return None  # carried by work_order_changed(reply); the text stays with the work order
+    return None

@@ -245,9 +245,7 @@ class TimeLimitPolicy:
         categories: dict[str, Mapping[DeadlineKind, Limit]] = {}
         for name, value in raw_categories.items():
             if name not in CATEGORIES:
-                raise PolicyError(
-                    source, f"categories.{name}", f"unknown category (known: {', '.join(CATEGORIES)})"
-                )
+                raise PolicyError(source, f"categories.{name}", f"unknown category (known: {', '.join(CATEGORIES)})")
             categories[name] = _frozen(_parse_limits(value, source, f"categories.{name}"))
 
         max_ext = raw.get("settle_extension_max_days", DEFAULT_POLICY["settle_extension_max_days"])
@@ -256,9 +254,7 @@ class TimeLimitPolicy:
 
         roll = raw.get("calendar_limits_end_on_workday", DEFAULT_POLICY["calendar_limits_end_on_workday"])
         if not isinstance(roll, bool):
-            raise PolicyError(
-                source, "calendar_limits_end_on_workday", f"expected true or false, got {roll!r}"
-            )
+            raise PolicyError(source, "calendar_limits_end_on_workday", f"expected true or false, got {roll!r}")
 
         warning = raw.get("warning", DEFAULT_POLICY["warning"])
         if not isinstance(warning, Mapping):
@@ -289,9 +285,7 @@ class TimeLimitPolicy:
             supervision_delay=delay,
         )
 
-    def limit_for(
-        self, kind: DeadlineKind, *, tier: Tier | None = None, category: str | None = None
-    ) -> Limit:
+    def limit_for(self, kind: DeadlineKind, *, tier: Tier | None = None, category: str | None = None) -> Limit:
         """Category override, else tier override, else the base limit."""
         if category is not None and kind in self.categories.get(category, {}):
             return self.categories[category][kind]
@@ -384,9 +378,7 @@ def deadline_for(
     return end_of_day(due_date(limit, start, policy, calendar, paused, extra_days=extra_days))
 
 
-def warning_at(
-    deadline: datetime, limit: Limit, policy: TimeLimitPolicy, calendar: WorkingCalendar
-) -> datetime | None:
+def warning_at(deadline: datetime, limit: Limit, policy: TimeLimitPolicy, calendar: WorkingCalendar) -> datetime | None:
     """When the warning for ``deadline`` fires (end of the day ``lead`` days before the due day), if any."""
     lead = policy.warning_lead(limit)
     if lead == 0:

@@ -386,9 +386,7 @@ class WorkOrder:
         at = self._check(Action.OBJECT, at)
         reason = _required("reason", reason, "the reason for the objection")
         if self.objection_barred:
-            raise FailedPrecondition(
-                "the unit may not object again: an arbitration upheld the assignment", self.state
-            )
+            raise FailedPrecondition("the unit may not object again: an arbitration upheld the assignment", self.state)
         window = self.windows.get(DeadlineKind.OBJECTION)
         if window is None:
             raise FailedPrecondition("no objection window is open for this work order", self.state)
@@ -516,9 +514,7 @@ class WorkOrder:
         window = self.windows.get(DeadlineKind.REVIEW_REQUEST)
         if window is None or at > window:
             closed = "" if window is None else f" at {window.isoformat()}"
-            raise FailedPrecondition(
-                f"the review window closed{closed} (30 days after the reply)", self.state
-            )
+            raise FailedPrecondition(f"the review window closed{closed} (30 days after the reply)", self.state)
         self.reviewed = True
         self._stop_clock(DeadlineKind.REVIEW_REQUEST)
         self._start_clock(DeadlineKind.REVIEW_DECISION, at, rules)
@@ -566,9 +562,7 @@ class WorkOrder:
         at = self._check(Action.PAUSE, at)
         reason = _required("reason", reason, "the reason for pausing the clock")
         if self.paused_since is not None:
-            raise FailedPrecondition(
-                f"the clock is already paused since {self.paused_since.isoformat()}", self.state
-            )
+            raise FailedPrecondition(f"the clock is already paused since {self.paused_since.isoformat()}", self.state)
         self.paused_since = at
         return [self._changed(Action.PAUSE, at, actor, reason)]
 
@@ -599,9 +593,7 @@ class WorkOrder:
         for stage in _STAGE_ORDER[: _STAGE_ORDER.index(action.stage) + 1]:
             self.fired.add((action.kind, stage.value))
         at = to_utc(at if at is not None else action.boundary)
-        self.history.append(
-            HistoryEntry(at, actor, f"{action.stage.value}:{action.kind}", self.state, self.state)
-        )
+        self.history.append(HistoryEntry(at, actor, f"{action.stage.value}:{action.kind}", self.state, self.state))
         self.version += 1
         return [
             DeadlineStageReached(
@@ -616,6 +608,18 @@ class WorkOrder:
             )
         ]
 
+    def recompute(self, rules: TimeRules) -> list[str]:
+        """Recompute every running clock from its start (a calendar year was loaded); returns kinds that moved.
+
+        Not a transition: the caller records it (history and event) when something moved.
+        """
+        before = {**self.deadlines, **self.windows}
+        for kind in list(self.clock_starts):
+            if kind in self.deadlines or kind in self.windows:
+                self._recompute(DeadlineKind(kind), rules)
+        after = {**self.deadlines, **self.windows}
+        return sorted(k for k in after if before.get(k) != after[k])
+
     def limit_of(self, kind: str, policy: TimeLimitPolicy) -> Limit:
         """The limit behind one of this work order's deadlines, extension included."""
         limit = policy.limit_for(DeadlineKind(kind), tier=self.tier, category=self.category)
@@ -628,9 +632,7 @@ class WorkOrder:
     def _check(self, action: Action, at: datetime) -> datetime:
         """The table lookup every action starts with; returns ``at`` as UTC."""
         if (self.state, action) not in TRANSITIONS:
-            raise FailedPrecondition(
-                f"cannot {action.value} a work order in state {self.state.value}", self.state
-            )
+            raise FailedPrecondition(f"cannot {action.value} a work order in state {self.state.value}", self.state)
         return to_utc(at)
 
     def _changed(

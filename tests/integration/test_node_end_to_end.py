@@ -92,7 +92,8 @@ def test_submitted_case_reaches_routing_and_is_counted_by_stats(node: Node, chan
     assert work_order.case_id == case_id
     assert work_order.state == common_pb2.CASE_STATE_ASSIGNED
     assert work_order.unit_id
-    assert [h.action for h in work_order.history] == ["assign"]
+    # Registered, accepted (受理) and assigned by the dispatch catalogue in one step at registration.
+    assert [h.action for h in work_order.history] == ["register", "accept", "assign"]
 
 
 def test_retried_submit_returns_the_same_case(node: Node, channel: grpc.Channel) -> None:

@@ -93,6 +93,7 @@ class WorkOrder(_message.Message):
     REPLY_TEXT_FIELD_NUMBER: _builtins.int
     ATTACHMENT_REFS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    PROVISIONAL_DEADLINES_FIELD_NUMBER: _builtins.int
     work_order_id: _builtins.str
     """Id of the work order."""
     case_id: _builtins.str
@@ -137,6 +138,12 @@ class WorkOrder(_message.Message):
     def attachment_refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """References to attachments of the reply."""
 
+    @_builtins.property
+    def provisional_deadlines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Deadline kinds counted Monday-Friday because no official calendar was loaded for their year
+        (provisional until LIANXIN_CALENDAR_FILES names one; the sweep then recomputes them).
+        """
+
     def __init__(
         self,
         *,
@@ -157,10 +164,11 @@ class WorkOrder(_message.Message):
         reply_text: _builtins.str = ...,
         attachment_refs: _abc.Iterable[_builtins.str] | None = ...,
         version: _builtins.int = ...,
+        provisional_deadlines: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment_refs", b"attachment_refs", "case_id", b"case_id", "category", b"category", "created_at", b"created_at", "deadlines", b"deadlines", "extension_used", b"extension_used", "history", b"history", "node", b"node", "objection_count", b"objection_count", "region_code", b"region_code", "reopen_count", b"reopen_count", "reply_text", b"reply_text", "state", b"state", "unit_id", b"unit_id", "updated_at", b"updated_at", "version", b"version", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment_refs", b"attachment_refs", "case_id", b"case_id", "category", b"category", "created_at", b"created_at", "deadlines", b"deadlines", "extension_used", b"extension_used", "history", b"history", "node", b"node", "objection_count", b"objection_count", "provisional_deadlines", b"provisional_deadlines", "region_code", b"region_code", "reopen_count", b"reopen_count", "reply_text", b"reply_text", "state", b"state", "unit_id", b"unit_id", "updated_at", b"updated_at", "version", b"version", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,96 @@
+"""A working-day calendar that never refuses: official years as known, other years weekday-only and provisional.
+
+Registration must not fail because the State Council has not yet published (or the operator has
+not yet loaded) next year's holiday notice: a 60-day settlement limit counted in late November
+always lands in the next year. So for a year the official calendar does not know, this calendar
+counts Monday-Friday as working days (no holidays, no 调休), logs one WARNING per year, and the
+work order marks every deadline falling in such a year as *provisional*. Once the year is loaded
+(``LIANXIN_CALENDAR_FILES``, comma-separated YAML/JSON files as in ``services.common.calendar``)
+the sweep recomputes those deadlines from their clock starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from services.common.calendar import CalendarUnknown, ChineseWorkingCalendar
+from services.common.timeutil import china_date
+
+log = logging.getLogger(__name__)
+
+CALENDAR_FILES_ENV = "LIANXIN_CALENDAR_FILES"
+
+__all__ = ["CALENDAR_FILES_ENV", "ProvisionalCalendar", "calendar_files_from_env"]
+
+
+def calendar_files_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The official calendar files named by ``LIANXIN_CALENDAR_FILES`` (comma-separated paths)."""
+    raw = (environ if environ is not None else os.environ).get(CALENDAR_FILES_ENV, "")
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+@dataclass
+class ProvisionalCalendar:
+    """``WorkingCalendar`` over an official calendar, with a weekday-only fallback for unknown years."""
+
+    official: ChineseWorkingCalendar = field(default_factory=ChineseWorkingCalendar)
+    _warned: set[int] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def with_files(cls, files: Iterable[str]) -> ProvisionalCalendar:
+        return cls(official=ChineseWorkingCalendar.with_files(files))
+
+    def knows_year(self, year: int) -> bool:
+        return self.official.knows_year(year)
+
+    def is_provisional(self, moment: datetime) -> bool:
+        """True when ``moment``'s day (Asia/Shanghai) was counted with the weekday-only fallback."""
+        return not self.knows_year(china_date(moment).year)
+
+    def is_workday(self, d: date) -> bool:
+        try:
+            return self.official.is_workday(d)
+        except CalendarUnknown:
+            self._warn(d.year)
+            return d.weekday() < 5
+
+    def add_workdays(self, start: date, n: int) -> date:
+        step = 1 if n >= 0 else -1
+        remaining = abs(n)
+        day = start
+        while remaining:
+            day += timedelta(days=step)
+            if self.is_workday(day):
+                remaining -= 1
+        return day
+
+    def workdays_between(self, a: date, b: date) -> int:
+        if b < a:
+            return -self.workdays_between(b, a)
+        count = 0
+        day = a
+        while day < b:
+            day += timedelta(days=1)
+            if self.is_workday(day):
+                count += 1
+        return count
+
+    def known_range(self) -> tuple[date, date]:
+        return self.official.known_range()
+
+    def _warn(self, year: int) -> None:
+        with self._lock:
+            if year in self._warned:
+                return
+            self._warned.add(year)
+        log.warning(
+            "no official calendar for %d: deadlines are provisional until one is loaded (%s)",
+            year,
+            CALENDAR_FILES_ENV,
+        )
