@@ -1,58 +1,97 @@
-"""Composition of the exchange service. First release: it reports the link to the parent node.
-
-Replication over the link (PushEvents/PullDown with cursors) arrives with the exchange work;
-until then those RPCs answer UNIMPLEMENTED rather than pretend.
-"""
+"""Composition of the exchange service: subscriptions feeding the up-log, the link pumps, the servicer."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import os
+import time
+from collections.abc import Callable
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 
-from services.common.grpcserver import instrumented_channel
-from services.common.service import ServiceContext, ServiceParts, ServicerBinding
-from services.common.timeutil import to_timestamp
+from services.common.events import decode
+from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
+from services.exchange import domain
+from services.exchange.link import GrpcNationalAdapter, NationalAdapter, NationalLink, ParentLink
 from services.exchange.models import outbox
+from services.exchange.servicer import ExchangeServicer, LinkReporter
+from services.exchange.store import ExchangeStore
+
+log = logging.getLogger(__name__)
+
+PUMP_INTERVAL_S = 0.2
+# Items per PushEvents/PullDown batch; small values let tests stop a process between batches.
+BATCH_ENV = "LIANXIN_EXCHANGE_BATCH"
+METRICS_INTERVAL_S = 1.0
 
 
-class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
-    def __init__(self, ctx: ServiceContext) -> None:
-        self._ctx = ctx
+def _recorder(store: ExchangeStore) -> Callable[[BusEvent], None]:
+    def record(event: BusEvent) -> None:
+        # Idempotent by event id (up_log.event_id is unique), so bus redelivery is harmless.
+        store.record_local(decode(event), event.body)
 
-    def LinkStatus(self, request: exchange_pb2.LinkStatusRequest, context: Any) -> exchange_pb2.LinkStatusResponse:
-        parent = self._ctx.settings.parent
-        if not parent:
-            return exchange_pb2.LinkStatusResponse()
-        parent_node = self._ctx.regions.parent(self._ctx.settings.node) or ""
-        link = exchange_pb2.Link(peer_node=parent_node, direction=exchange_pb2.LINK_DIRECTION_UP)
-        with instrumented_channel(parent) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service="lianxin.exchange.v1.ExchangeService"), timeout=2.0
-                )
-                serving = reply.status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.RpcError:
-                serving = False
-        link.state = exchange_pb2.LINK_STATE_HEALTHY if serving else exchange_pb2.LINK_STATE_UNREACHABLE
-        if serving:
-            link.last_contact.CopyFrom(to_timestamp(self._ctx.clock()))
-        return exchange_pb2.LinkStatusResponse(links=[link])
+    return record
 
 
 def build(ctx: ServiceContext) -> ServiceParts:
+    node = ctx.settings.node
+    notify: Callable[[], None] = ctx.extras.get("notify_outbox", lambda: None)
+    store = ExchangeStore(ctx.session_factory, node=node, regions=ctx.regions, clock=ctx.clock, notify=notify)
+    record = _recorder(store)
+    subscriptions = [
+        Subscription("exchange", source, event_type, record)
+        for source, types in domain.UP_EVENT_TYPES.items()
+        for event_type in types
+    ]
+    parent_link: ParentLink | None = None
+    if ctx.settings.parent:
+        parent_node = ctx.regions.parent(node) or ""
+        parent_link = ParentLink(
+            store,
+            parent_node=parent_node,
+            address=ctx.settings.parent,
+            batch_size=int(os.environ.get(BATCH_ENV, "500")),
+        )
+    national_link: NationalLink | None = None
+    adapter: NationalAdapter | None = ctx.extras.get("national_adapter")
+    if adapter is None and ctx.settings.national:
+        adapter = GrpcNationalAdapter(ctx.settings.national)
+    if adapter is not None:
+        national_link = NationalLink(store, adapter, clock=ctx.clock)
+    reporter = LinkReporter(store, parent=parent_link, national=national_link)
+    next_metrics = [0.0]
+
+    def pump() -> None:
+        if parent_link is not None:
+            parent_link.run()
+        if national_link is not None:
+            national_link.run()
+        if time.monotonic() >= next_metrics[0]:
+            next_metrics[0] = time.monotonic() + METRICS_INTERVAL_S
+            try:
+                reporter.refresh_metrics()
+            except Exception:
+                log.warning("exchange metrics refresh failed", exc_info=True)
+
+    def close() -> None:
+        if parent_link is not None:
+            parent_link.close()
+        if isinstance(adapter, GrpcNationalAdapter):
+            adapter.close()
+
+    ctx.extras.setdefault("exchange_store", {})[node] = store
     return ServiceParts(
         name="exchange",
         servicers=[
             ServicerBinding(
                 exchange_grpc.add_ExchangeServiceServicer_to_server,
-                ExchangeServicer(ctx),
+                ExchangeServicer(store, reporter, clock=ctx.clock),
                 "lianxin.exchange.v1.ExchangeService",
             )
         ],
+        subscriptions=subscriptions,
+        timers=[Timer("exchange-link-pump", PUMP_INTERVAL_S, pump)],
         session_factory=ctx.session_factory,
         outbox=outbox,
+        close=close,
     )

@@ -1,7 +1,24 @@
-"""exchange's tables. The first release has only the event outbox and inbox; the service's own tables follow."""
+"""exchange's tables: the up-log (what travels to the parent), replicas, the down-queue, cursors, quarantine.
+
+Every position is an autoincrement key that is never reused, so it can serve as a cursor that both
+sides of a link persist (CouchDB-style checkpoints): a restart or a partition resumes after the last
+acknowledged position.
+"""
 
 from __future__ import annotations
 
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase
 
 from services.common.outbox import inbox_table, outbox_table
@@ -14,3 +31,95 @@ class Base(DeclarativeBase):
 metadata = Base.metadata
 outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)
+
+# SQLite needs exactly INTEGER for an autoincrement rowid; PostgreSQL gets a 64-bit sequence.
+_POSITION = BigInteger().with_variant(Integer(), "sqlite")
+
+# Every case event of this node's subtree (local ones and children's replicas), in arrival order;
+# the position is the cursor of the link to the parent (and of the national link on the province).
+up_log = Table(
+    "up_log",
+    metadata,
+    Column("position", _POSITION, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("case_id", String(64), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("origin_node", String(6), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_up_log_case_version", "case_id", "version"),
+    sqlite_autoincrement=True,
+)
+
+# Read-only replicas of the subtree's case events, received from direct children; one per (case, version).
+replica = Table(
+    "replica",
+    metadata,
+    Column("case_id", String(64), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("event_type", String(64), nullable=False),
+    Column("origin_node", String(6), nullable=False),
+    Column("owner_node", String(6), nullable=False),
+    Column("owner_epoch", BigInteger, nullable=False),
+    Column("child_node", String(6), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("case_id", "version", name="pk_replica"),
+)
+
+# Highest ownership epoch seen per case; an inbound write below it comes from a stale owner.
+case_epoch = Table(
+    "case_epoch",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("owner_epoch", BigInteger, nullable=False),
+    Column("owner_node", String(6), nullable=False),
+)
+
+# Hand-offs and commands waiting for a child to pull them, one queue per direct child.
+down_queue = Table(
+    "down_queue",
+    metadata,
+    Column("position", _POSITION, primary_key=True, autoincrement=True),
+    Column("child_node", String(6), nullable=False),
+    Column("item_id", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # "envelope" | "command"
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_down_queue_child_position", "child_node", "position"),
+    Index("ux_down_queue_child_item", "child_node", "item_id", unique=True),
+    sqlite_autoincrement=True,
+)
+
+# Positions both sides persist: (peer, kind) with kind "up" (my up-log acked by the parent),
+# "down" (parent's queue applied here), "child_up" (a child's up-log stored here), "child_down"
+# (my queue acked by a child), "national_up", "national_down" (an opaque cursor in `token`).
+link_cursor = Table(
+    "link_cursor",
+    metadata,
+    Column("peer", String(16), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("position", BigInteger, nullable=False, default=0),
+    Column("token", Text, nullable=False, default=""),
+    Column("last_contact", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("peer", "kind", name="pk_link_cursor"),
+)
+
+# Inbound items refused by validation, kept with the reason until an operator replays them.
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", _POSITION, primary_key=True, autoincrement=True),
+    Column("peer_node", String(16), nullable=False),
+    Column("direction", String(8), nullable=False),  # "up" (from a child) | "down" (from the parent)
+    Column("kind", String(16), nullable=False),  # "envelope" | "command"
+    Column("reason", Text, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Index("ix_quarantine_peer_resolved", "peer_node", "resolved_at"),
+    sqlite_autoincrement=True,
+)

@@ -606,3 +606,103 @@ class ReplayQuarantineResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplayQuarantineResponse: _TypeAlias = ReplayQuarantineResponse  # noqa: Y015
+
+@_typing.final
+class ListReplicasRequest(_message.Message):
+    """Asks for the case events this node holds (its own and its subtree's replicas)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBTREE_NODE_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    subtree_node: _builtins.str
+    """Only events that originated in this region's subtree; empty for all."""
+    case_id: _builtins.str
+    """Only events of this case; empty for all."""
+    max_items: _builtins.int
+    """Maximum number of entries to return; 0 returns only the count and digest."""
+    def __init__(
+        self,
+        *,
+        subtree_node: _builtins.str = ...,
+        case_id: _builtins.str = ...,
+        max_items: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "max_items", b"max_items", "subtree_node", b"subtree_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReplicasRequest: _TypeAlias = ListReplicasRequest  # noqa: Y015
+
+@_typing.final
+class ReplicaEntry(_message.Message):
+    """One case event held by this node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    ORIGIN_NODE_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """Case the event is about."""
+    version: _builtins.int
+    """Per-case version."""
+    event_type: _builtins.str
+    """Payload field name of the event, e.g. "case_registered"."""
+    origin_node: _builtins.str
+    """Node whose outbox emitted the event."""
+    event_id: _builtins.str
+    """Id of the event."""
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        event_type: _builtins.str = ...,
+        origin_node: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "event_id", b"event_id", "event_type", b"event_type", "origin_node", b"origin_node", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaEntry: _TypeAlias = ReplicaEntry  # noqa: Y015
+
+@_typing.final
+class ListReplicasResponse(_message.Message):
+    """The events held, sorted by (case_id, version)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """Number of matching events."""
+    digest: _builtins.str
+    """SHA-256 (hex) over the sorted "case_id:version" lines of all matching events."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaEntry]:
+        """Up to max_items entries."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___ReplicaEntry] | None = ...,
+        count: _builtins.int = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "digest", b"digest", "entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReplicasResponse: _TypeAlias = ListReplicasResponse  # noqa: Y015

@@ -66,6 +66,11 @@ class ExchangeServiceStub:
                 request_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ReplayQuarantineRequest.SerializeToString,
                 response_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ReplayQuarantineResponse.FromString,
                 _registered_method=True)
+        self.ListReplicas = channel.unary_unary(
+                '/lianxin.exchange.v1.ExchangeService/ListReplicas',
+                request_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasRequest.SerializeToString,
+                response_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasResponse.FromString,
+                _registered_method=True)
 
 
 class ExchangeServiceServicer:
@@ -115,6 +120,13 @@ class ExchangeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReplicas(self, request, context):
+        """Lists the (case, version) pairs this node holds for a subtree, with a digest to compare nodes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExchangeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +159,11 @@ def add_ExchangeServiceServicer_to_server(servicer, server):
                     servicer.ReplayQuarantine,
                     request_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ReplayQuarantineRequest.FromString,
                     response_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ReplayQuarantineResponse.SerializeToString,
+            ),
+            'ListReplicas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReplicas,
+                    request_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasRequest.FromString,
+                    response_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +330,33 @@ class ExchangeService:
             '/lianxin.exchange.v1.ExchangeService/ReplayQuarantine',
             lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ReplayQuarantineRequest.SerializeToString,
             lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ReplayQuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReplicas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.exchange.v1.ExchangeService/ListReplicas',
+            lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasRequest.SerializeToString,
+            lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasResponse.FromString,
             options,
             channel_credentials,
             insecure,

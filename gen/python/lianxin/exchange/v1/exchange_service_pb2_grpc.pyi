@@ -30,6 +30,8 @@ class ExchangeServiceStub:
     """Lists inbound items set aside because they failed validation."""
     ReplayQuarantine: _grpc.UnaryUnaryMultiCallable[_exchange_service_pb2.ReplayQuarantineRequest, _exchange_service_pb2.ReplayQuarantineResponse]
     """Retries quarantined items (after a fix), applying those that now pass."""
+    ListReplicas: _grpc.UnaryUnaryMultiCallable[_exchange_service_pb2.ListReplicasRequest, _exchange_service_pb2.ListReplicasResponse]
+    """Lists the (case, version) pairs this node holds for a subtree, with a digest to compare nodes."""
 
 class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by a parent node; its children dial up (children initiate, so one-way firewalls work).
@@ -83,5 +85,13 @@ class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _exchange_service_pb2.ReplayQuarantineResponse:
         """Retries quarantined items (after a fix), applying those that now pass."""
+
+    @_abc_1.abstractmethod
+    def ListReplicas(
+        self,
+        request: _exchange_service_pb2.ListReplicasRequest,
+        context: _grpc.ServicerContext,
+    ) -> _exchange_service_pb2.ListReplicasResponse:
+        """Lists the (case, version) pairs this node holds for a subtree, with a digest to compare nodes."""
 
 def add_ExchangeServiceServicer_to_server(servicer: ExchangeServiceServicer, server: _grpc.Server) -> None: ...

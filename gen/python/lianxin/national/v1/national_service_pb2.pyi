@@ -352,3 +352,105 @@ class AckTransfersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AckTransfersResponse: _TypeAlias = AckTransfersResponse  # noqa: Y015
+
+@_typing.final
+class SubmitTransferRequest(_message.Message):
+    """Simulator only: a transfer to queue for a province."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVINCE_CODE_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    province_code: _builtins.str
+    """Region code of the province that will fetch it."""
+    @_builtins.property
+    def transfer(self) -> Global___NationalTransfer:
+        """The transfer; transfer_id is chosen by the simulator when empty."""
+
+    def __init__(
+        self,
+        *,
+        province_code: _builtins.str = ...,
+        transfer: Global___NationalTransfer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["province_code", b"province_code", "transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitTransferRequest: _TypeAlias = SubmitTransferRequest  # noqa: Y015
+
+@_typing.final
+class SubmitTransferResponse(_message.Message):
+    """The queued transfer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    """Id of the queued transfer."""
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitTransferResponse: _TypeAlias = SubmitTransferResponse  # noqa: Y015
+
+@_typing.final
+class ListReportsRequest(_message.Message):
+    """Simulator only: asks for the reports received from a province."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVINCE_CODE_FIELD_NUMBER: _builtins.int
+    province_code: _builtins.str
+    """Region code of the province."""
+    def __init__(
+        self,
+        *,
+        province_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["province_code", b"province_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReportsRequest: _TypeAlias = ListReportsRequest  # noqa: Y015
+
+@_typing.final
+class ListReportsResponse(_message.Message):
+    """Reports received, each report_id once, in arrival order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORTS_FIELD_NUMBER: _builtins.int
+    ACKED_TRANSFER_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___NationalCaseReport]:
+        """The reports (payload cleared to keep the answer small)."""
+
+    @_builtins.property
+    def acked_transfer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Transfer ids the province acknowledged."""
+
+    def __init__(
+        self,
+        *,
+        reports: _abc.Iterable[Global___NationalCaseReport] | None = ...,
+        acked_transfer_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_transfer_ids", b"acked_transfer_ids", "reports", b"reports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReportsResponse: _TypeAlias = ListReportsResponse  # noqa: Y015

@@ -50,6 +50,16 @@ class NationalServiceStub:
                 request_serializer=lianxin_dot_national_dot_v1_dot_national__service__pb2.AckTransfersRequest.SerializeToString,
                 response_deserializer=lianxin_dot_national_dot_v1_dot_national__service__pb2.AckTransfersResponse.FromString,
                 _registered_method=True)
+        self.SubmitTransfer = channel.unary_unary(
+                '/lianxin.national.v1.NationalService/SubmitTransfer',
+                request_serializer=lianxin_dot_national_dot_v1_dot_national__service__pb2.SubmitTransferRequest.SerializeToString,
+                response_deserializer=lianxin_dot_national_dot_v1_dot_national__service__pb2.SubmitTransferResponse.FromString,
+                _registered_method=True)
+        self.ListReports = channel.unary_unary(
+                '/lianxin.national.v1.NationalService/ListReports',
+                request_serializer=lianxin_dot_national_dot_v1_dot_national__service__pb2.ListReportsRequest.SerializeToString,
+                response_deserializer=lianxin_dot_national_dot_v1_dot_national__service__pb2.ListReportsResponse.FromString,
+                _registered_method=True)
 
 
 class NationalServiceServicer:
@@ -77,6 +87,20 @@ class NationalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitTransfer(self, request, context):
+        """Simulator only: queue a transfer to a province, as a national officer would.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReports(self, request, context):
+        """Simulator only: the reports received from a province, to check what arrived.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NationalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +118,16 @@ def add_NationalServiceServicer_to_server(servicer, server):
                     servicer.AckTransfers,
                     request_deserializer=lianxin_dot_national_dot_v1_dot_national__service__pb2.AckTransfersRequest.FromString,
                     response_serializer=lianxin_dot_national_dot_v1_dot_national__service__pb2.AckTransfersResponse.SerializeToString,
+            ),
+            'SubmitTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitTransfer,
+                    request_deserializer=lianxin_dot_national_dot_v1_dot_national__service__pb2.SubmitTransferRequest.FromString,
+                    response_serializer=lianxin_dot_national_dot_v1_dot_national__service__pb2.SubmitTransferResponse.SerializeToString,
+            ),
+            'ListReports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReports,
+                    request_deserializer=lianxin_dot_national_dot_v1_dot_national__service__pb2.ListReportsRequest.FromString,
+                    response_serializer=lianxin_dot_national_dot_v1_dot_national__service__pb2.ListReportsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +212,60 @@ class NationalService:
             '/lianxin.national.v1.NationalService/AckTransfers',
             lianxin_dot_national_dot_v1_dot_national__service__pb2.AckTransfersRequest.SerializeToString,
             lianxin_dot_national_dot_v1_dot_national__service__pb2.AckTransfersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.national.v1.NationalService/SubmitTransfer',
+            lianxin_dot_national_dot_v1_dot_national__service__pb2.SubmitTransferRequest.SerializeToString,
+            lianxin_dot_national_dot_v1_dot_national__service__pb2.SubmitTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.national.v1.NationalService/ListReports',
+            lianxin_dot_national_dot_v1_dot_national__service__pb2.ListReportsRequest.SerializeToString,
+            lianxin_dot_national_dot_v1_dot_national__service__pb2.ListReportsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,6 +22,10 @@ class NationalServiceStub:
     """The province fetches cases transferred or assigned to it (转送/交办)."""
     AckTransfers: _grpc.UnaryUnaryMultiCallable[_national_service_pb2.AckTransfersRequest, _national_service_pb2.AckTransfersResponse]
     """The province acknowledges fetched transfers, after registering them."""
+    SubmitTransfer: _grpc.UnaryUnaryMultiCallable[_national_service_pb2.SubmitTransferRequest, _national_service_pb2.SubmitTransferResponse]
+    """Simulator only: queue a transfer to a province, as a national officer would."""
+    ListReports: _grpc.UnaryUnaryMultiCallable[_national_service_pb2.ListReportsRequest, _national_service_pb2.ListReportsResponse]
+    """Simulator only: the reports received from a province, to check what arrived."""
 
 class NationalServiceServicer(metaclass=_abc_1.ABCMeta):
     """The national system's exchange interface; the province node dials it through an adapter."""
@@ -49,5 +53,21 @@ class NationalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _national_service_pb2.AckTransfersResponse:
         """The province acknowledges fetched transfers, after registering them."""
+
+    @_abc_1.abstractmethod
+    def SubmitTransfer(
+        self,
+        request: _national_service_pb2.SubmitTransferRequest,
+        context: _grpc.ServicerContext,
+    ) -> _national_service_pb2.SubmitTransferResponse:
+        """Simulator only: queue a transfer to a province, as a national officer would."""
+
+    @_abc_1.abstractmethod
+    def ListReports(
+        self,
+        request: _national_service_pb2.ListReportsRequest,
+        context: _grpc.ServicerContext,
+    ) -> _national_service_pb2.ListReportsResponse:
+        """Simulator only: the reports received from a province, to check what arrived."""
 
 def add_NationalServiceServicer_to_server(servicer: NationalServiceServicer, server: _grpc.Server) -> None: ...

@@ -1,0 +1,109 @@
+"""Operator commands: offline packages (``lianxin exchange export|import``) and ``lianxin national-sim``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from services.common.db import make_engine, make_session_factory, service_database_url
+from services.common.migrations import upgrade
+from services.common.regions import RegionTree
+from services.common.service import utc_now
+from services.common.settings import Settings
+from services.exchange import national_sim
+from services.exchange.package import PackageRefused, open_package, seal, signing_key
+from services.exchange.store import ENVELOPE, ExchangeStore, Item
+
+
+def _store(settings: Settings) -> ExchangeStore:
+    engine = make_engine(service_database_url(settings, "exchange"), service="exchange")
+    upgrade(engine, "exchange")
+    regions = RegionTree.load(settings.regions_file)
+    return ExchangeStore(make_session_factory(engine), node=settings.node, regions=regions, clock=utc_now)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    settings = Settings()
+    store = _store(settings)
+    rows = store.pending_up(args.since, args.limit)
+    data = seal(
+        origin_node=settings.node,
+        since=args.since,
+        created_at=utc_now().isoformat(),
+        items=[(item.position, item.body) for item in rows],
+        key=signing_key(),
+    )
+    Path(args.out).write_bytes(data)
+    until = rows[-1].position if rows else args.since
+    print(
+        f"exported {len(rows)} events of {settings.node} after cursor {args.since} to {args.out}; next --since {until}"
+    )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    settings = Settings()
+    try:
+        package = open_package(Path(args.file).read_bytes(), key=signing_key())
+    except (OSError, PackageRefused) as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return 2
+    store = _store(settings)
+    regions = store.regions
+    if package.origin_node not in regions or regions.parent(package.origin_node) != settings.node:
+        print(f"refused: origin {package.origin_node} is not a direct child of {settings.node}", file=sys.stderr)
+        return 2
+    acked, rejected = store.receive_push(
+        package.origin_node, [Item(position, ENVELOPE, body) for position, body in package.items]
+    )
+    print(
+        f"imported package from {package.origin_node}: {len(package.items)} items, "
+        f"{len(rejected)} quarantined, acknowledged up to {acked}"
+    )
+    for rejection in rejected:
+        print(f"  quarantined position {rejection.position}: {rejection.reason}")
+    return 0
+
+
+def cmd_national_sim(args: argparse.Namespace) -> int:
+    faults = national_sim.Faults(
+        latency_ms=args.latency_ms,
+        error_rate=args.error_rate,
+        duplicate_rate=args.duplicate_rate,
+        reorder=args.reorder,
+        seed=args.seed,
+    )
+    server, _ = national_sim.serve(port=args.port, faults=faults, host=args.host)
+    print(f"national simulator serving on {server.address}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop(1.0)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    exchange = subparsers.add_parser("exchange", help="offline change packages for separated networks")
+    sub = exchange.add_subparsers(dest="exchange_command", required=True)
+    export = sub.add_parser("export", help="write this node's changes after a cursor as a signed file")
+    export.add_argument("--since", type=int, default=0, help="up-log cursor; the package holds what follows it")
+    export.add_argument("--out", required=True, help="file to write")
+    export.add_argument("--limit", type=int, default=1_000_000, help="at most this many events")
+    export.set_defaults(func=cmd_export)
+    imp = sub.add_parser("import", help="apply a signed package from a child node (idempotent)")
+    imp.add_argument("file")
+    imp.set_defaults(func=cmd_import)
+
+    sim = subparsers.add_parser("national-sim", help="run the national system simulator with fault injection")
+    sim.add_argument("--port", type=int, default=0)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--latency-ms", type=int, default=0)
+    sim.add_argument("--error-rate", type=float, default=0.0)
+    sim.add_argument("--duplicate-rate", type=float, default=0.0)
+    sim.add_argument("--reorder", action="store_true")
+    sim.add_argument("--seed", type=int, default=None)
+    sim.set_defaults(func=cmd_national_sim)

@@ -1,0 +1,246 @@
+"""ExchangeService over gRPC: translates requests to the store and reports links; no rules live here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from lianxin.common.v1 import common_pb2
+from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
+from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
+
+from services.common.errors import InvalidArgument
+from services.common.timeutil import to_timestamp
+from services.exchange import link as link_mod
+from services.exchange.store import COMMAND, ENVELOPE, ExchangeStore, Item, digest
+
+DEFAULT_PULL = 500
+MAX_PULL = 2000
+# No contact for this long and the link counts as unreachable; this many items behind, as lagging.
+UNREACHABLE_AFTER_S = 30.0
+LAGGING_EVENTS = 1000
+
+
+@dataclass(frozen=True)
+class LinkFigures:
+    peer: str
+    direction: int
+    lag_events: int
+    lag_seconds: float
+    last_contact: datetime | None
+    quarantined: int
+    acked_position: int
+    failing: bool
+
+
+class LinkReporter:
+    """Works out each link's figures once, for LinkStatus and for the /metrics gauges alike."""
+
+    def __init__(
+        self,
+        store: ExchangeStore,
+        *,
+        parent: link_mod.ParentLink | None,
+        national: link_mod.NationalLink | None,
+    ) -> None:
+        self._store = store
+        self._parent = parent
+        self._national = national
+
+    def figures(self) -> list[LinkFigures]:
+        quarantined = self._store.quarantined_counts()
+        out: list[LinkFigures] = []
+        cursors = self._store.cursors()
+        if self._parent is not None:
+            peer = self._parent.parent_node
+            up = self._store.cursor(peer, "up")
+            lag, age = self._store.up_backlog(up.position)
+            out.append(
+                LinkFigures(
+                    peer,
+                    exchange_pb2.LINK_DIRECTION_UP,
+                    lag,
+                    age,
+                    up.last_contact,
+                    quarantined.get(peer, 0),
+                    up.position,
+                    self._parent.backoff.failures > 0,
+                )
+            )
+        if self._national is not None:
+            up = self._store.cursor(link_mod.NATIONAL, "national_up")
+            lag, age = self._store.up_backlog(up.position)
+            out.append(
+                LinkFigures(
+                    link_mod.NATIONAL,
+                    exchange_pb2.LINK_DIRECTION_UP,
+                    lag,
+                    age,
+                    up.last_contact,
+                    quarantined.get(link_mod.NATIONAL, 0),
+                    up.position,
+                    self._national.backoff.failures > 0,
+                )
+            )
+        children = sorted({peer for peer, kind, _ in cursors if kind in ("child_up", "child_down")})
+        by_key = {(peer, kind): cursor for peer, kind, cursor in cursors}
+        for child in children:
+            pushed = by_key.get((child, "child_up"))
+            pulled = by_key.get((child, "child_down"))
+            acked_down = pulled.position if pulled else 0
+            lag, age = self._store.down_backlog(child, acked_down)
+            contacts = [c.last_contact for c in (pushed, pulled) if c is not None and c.last_contact is not None]
+            out.append(
+                LinkFigures(
+                    child,
+                    exchange_pb2.LINK_DIRECTION_DOWN,
+                    lag,
+                    age,
+                    max(contacts) if contacts else None,
+                    quarantined.get(child, 0),
+                    pushed.position if pushed else 0,
+                    False,
+                )
+            )
+        return out
+
+    def refresh_metrics(self) -> list[LinkFigures]:
+        figures = self.figures()
+        for f in figures:
+            link_mod.LAG_EVENTS.labels(f.peer).set(f.lag_events)
+            link_mod.LAG_SECONDS.labels(f.peer).set(f.lag_seconds)
+            link_mod.QUARANTINED.labels(f.peer).set(f.quarantined)
+            if f.last_contact is not None:
+                link_mod.LAST_CONTACT.labels(f.peer).set(f.last_contact.timestamp())
+        return figures
+
+
+def _state(f: LinkFigures, now: datetime) -> int:
+    if f.failing or f.last_contact is None or (now - f.last_contact).total_seconds() > UNREACHABLE_AFTER_S:
+        return exchange_pb2.LINK_STATE_UNREACHABLE
+    if f.lag_events > LAGGING_EVENTS:
+        return exchange_pb2.LINK_STATE_LAGGING
+    return exchange_pb2.LINK_STATE_HEALTHY
+
+
+class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
+    def __init__(self, store: ExchangeStore, reporter: LinkReporter, *, clock: Any) -> None:
+        self._store = store
+        self._reporter = reporter
+        self._clock = clock
+
+    def _direct_child(self, child: str) -> str:
+        if not child:
+            raise InvalidArgument("child_node", "required")
+        regions = self._store.regions
+        if child not in regions or regions.parent(child) != self._store.node:
+            raise InvalidArgument("child_node", f"{child} is not a direct child of {self._store.node}")
+        return child
+
+    def PushEvents(self, request: exchange_pb2.PushEventsRequest, context: Any) -> exchange_pb2.PushEventsResponse:
+        if not request.child_node:
+            raise InvalidArgument("child_node", "required")
+        # An unknown child is not refused outright: its items are quarantined with the reason, so an
+        # operator sees who tried (and a mis-wired node is fixed by a replay, not by losing data).
+        items = [
+            Item(i.position, ENVELOPE if i.WhichOneof("item") != "command" else COMMAND, i.envelope or i.command)
+            for i in request.items
+        ]
+        acked, rejected = self._store.receive_push(request.child_node, items)
+        return exchange_pb2.PushEventsResponse(
+            acked_position=acked,
+            rejections=[exchange_pb2.Rejection(position=r.position, reason=r.reason) for r in rejected],
+        )
+
+    def PullDown(self, request: exchange_pb2.PullDownRequest, context: Any) -> exchange_pb2.PullDownResponse:
+        child = self._direct_child(request.child_node)
+        if request.after_position < 0:
+            raise InvalidArgument("after_position", "must not be negative")
+        limit = min(request.max_items or DEFAULT_PULL, MAX_PULL)
+        items, head = self._store.pull_down(child, request.after_position, limit)
+        out = []
+        for i in items:
+            down = exchange_pb2.DownItem(position=i.position)
+            if i.kind == COMMAND:
+                down.command = i.body
+            else:
+                down.envelope = i.body
+            out.append(down)
+        return exchange_pb2.PullDownResponse(items=out, head_position=head)
+
+    def AckDown(self, request: exchange_pb2.AckDownRequest, context: Any) -> exchange_pb2.AckDownResponse:
+        child = self._direct_child(request.child_node)
+        return exchange_pb2.AckDownResponse(acked_position=self._store.ack_down(child, request.position))
+
+    def LinkStatus(self, request: exchange_pb2.LinkStatusRequest, context: Any) -> exchange_pb2.LinkStatusResponse:
+        now = self._clock()
+        links = []
+        for f in self._reporter.refresh_metrics():
+            if request.peer_node and f.peer != request.peer_node:
+                continue
+            link = exchange_pb2.Link(
+                peer_node=f.peer,
+                direction=f.direction,  # type: ignore[arg-type]
+                lag_events=f.lag_events,
+                lag_seconds=f.lag_seconds,
+                quarantined=f.quarantined,
+                state=_state(f, now),  # type: ignore[arg-type]
+                acked_position=f.acked_position,
+            )
+            if f.last_contact is not None:
+                link.last_contact.CopyFrom(to_timestamp(f.last_contact))
+            links.append(link)
+        return exchange_pb2.LinkStatusResponse(links=links)
+
+    def ListQuarantine(
+        self, request: exchange_pb2.ListQuarantineRequest, context: Any
+    ) -> exchange_pb2.ListQuarantineResponse:
+        token = request.page.page_token
+        if token and not token.isdigit():
+            raise InvalidArgument("page.page_token", "not a token from a previous page")
+        size = min(request.page.page_size or 100, 1000)
+        rows, total = self._store.list_quarantine(request.peer_node, after_id=int(token or 0), limit=size)
+        return exchange_pb2.ListQuarantineResponse(
+            items=[
+                exchange_pb2.QuarantinedItem(
+                    id=str(r.id),
+                    peer_node=r.peer_node,
+                    reason=r.reason,
+                    received_at=to_timestamp(r.received_at),
+                    payload_summary=r.summary,
+                )
+                for r in rows
+            ],
+            page=common_pb2.PageResponse(
+                next_page_token=str(rows[-1].id) if len(rows) == size else "", total_size=total
+            ),
+        )
+
+    def ReplayQuarantine(
+        self, request: exchange_pb2.ReplayQuarantineRequest, context: Any
+    ) -> exchange_pb2.ReplayQuarantineResponse:
+        if not request.ids:
+            raise InvalidArgument("ids", "at least one id is required")
+        bad = [i for i in request.ids if not i.isdigit()]
+        if bad:
+            raise InvalidArgument("ids", f"not a quarantine id: {bad[0]}")
+        outcomes = self._store.replay([int(i) for i in request.ids])
+        return exchange_pb2.ReplayQuarantineResponse(
+            results=[exchange_pb2.ReplayResult(id=str(o.id), applied=o.applied, reason=o.reason) for o in outcomes]
+        )
+
+    def ListReplicas(
+        self, request: exchange_pb2.ListReplicasRequest, context: Any
+    ) -> exchange_pb2.ListReplicasResponse:
+        if request.subtree_node and request.subtree_node not in self._store.regions:
+            raise InvalidArgument("subtree_node", f"unknown region {request.subtree_node}")
+        held = self._store.holdings(subtree=request.subtree_node, case_id=request.case_id)
+        return exchange_pb2.ListReplicasResponse(
+            entries=[
+                exchange_pb2.ReplicaEntry(case_id=c, version=v, event_type=t, origin_node=o, event_id=e)
+                for c, v, t, o, e in held[: max(0, request.max_items)]
+            ],
+            count=len(held),
+            digest=digest([(c, v) for c, v, *_ in held]),
+        )
