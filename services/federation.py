@@ -62,13 +62,22 @@ def health_statuses(address: str, services: Sequence[str], timeout: float = 2.0)
     return out
 
 
-def wait_serving(address: str, deadline_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+NATIONAL_SERVICES = ("lianxin.national.v1.NationalService",)
+
+
+def wait_serving(
+    address: str,
+    deadline_s: float,
+    process: subprocess.Popen[bytes] | None = None,
+    *,
+    services: Sequence[str] = BUSINESS_SERVICES,
+) -> None:
     deadline = time.monotonic() + deadline_s
     last: dict[str, str] = {}
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"node process at {address} exited with {process.returncode}")
-        last = health_statuses(address, BUSINESS_SERVICES, timeout=1.0)
+            raise RuntimeError(f"process at {address} exited with {process.returncode}")
+        last = health_statuses(address, services, timeout=1.0)
         if all(status == "SERVING" for status in last.values()):
             return
         time.sleep(0.2)  # polling a condition with a deadline, not ordering
@@ -86,18 +95,32 @@ class Federation:
         metrics_base_port: int = 9400,
         topology: Sequence[tuple[str, str | None]] = DEFAULT_TOPOLOGY,
         extra_env: dict[str, str] | None = None,
+        with_national: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self.extra_env = extra_env or {}
         self.nodes = [
             NodeProcess(code, parent, base_port + i, metrics_base_port + i) for i, (code, parent) in enumerate(topology)
         ]
+        # The national system simulator sits above the province, on the port after the nodes'.
+        self.national_port: int | None = base_port + len(self.nodes) if with_national else None
+        self.national: subprocess.Popen[bytes] | None = None
 
     def node(self, code: str) -> NodeProcess:
         return next(n for n in self.nodes if n.code == code)
 
+    @property
+    def national_address(self) -> str | None:
+        return f"127.0.0.1:{self.national_port}" if self.national_port else None
+
     def start(self, *, ready_timeout_s: float = 120.0) -> None:
         by_code = {n.code: n for n in self.nodes}
+        if self.national_port:
+            self.national = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "national-sim", "--port", str(self.national_port)],
+                env={**os.environ, **self.extra_env},
+                stdout=subprocess.DEVNULL,
+            )
         for node in self.nodes:
             env = {
                 **os.environ,
@@ -109,38 +132,48 @@ class Federation:
             }
             if node.parent:
                 env["LIANXIN_PARENT"] = by_code[node.parent].address
+            elif self.national_address:
+                env["LIANXIN_NATIONAL"] = self.national_address
             node.process = subprocess.Popen([sys.executable, "-m", "services.cli", "node"], env=env)
         for node in self.nodes:
             wait_serving(node.address, ready_timeout_s, node.process)
+        if self.national_address:
+            wait_serving(self.national_address, ready_timeout_s, self.national, services=NATIONAL_SERVICES)
 
     def describe(self, regions: RegionTree) -> str:
-        lines = [f"{'node':<8} {'region':<16} {'tier':<9} {'grpc':<17} {'metrics':<24} parent"]
+        lines = [f"{'node':<8} {'region':<16} {'tier':<9} {'grpc':<17} {'metrics':<31} parent"]
         for node in self.nodes:
             region = regions.get(node.code)
             lines.append(
                 f"{node.code:<8} {regions.display_name(node.code):<16} {region.tier.value:<9} "
-                f"{node.address:<17} http://127.0.0.1:{node.metrics_port}/metrics  {node.parent or '-'}"
+                f"{node.address:<17} {f'http://127.0.0.1:{node.metrics_port}/metrics':<31} "
+                f"{node.parent or ('national' if self.national_address else '-')}"
+            )
+        if self.national_address:
+            lines.append(
+                f"{'national':<8} {'国家信访信息系统 (simulator)':<16} {'national':<9} {self.national_address}"
             )
         return "\n".join(lines)
 
     def wait(self) -> int:
-        """Block until a node dies (returns its exit code) or we are interrupted."""
+        """Block until a node or the simulator dies (returns its exit code) or we are interrupted."""
         while True:
-            for node in self.nodes:
-                if node.process is not None and node.process.poll() is not None:
-                    return node.process.returncode or 1
+            for process in [n.process for n in self.nodes] + [self.national]:
+                if process is not None and process.poll() is not None:
+                    return process.returncode or 1
             time.sleep(0.5)  # supervision poll
 
     def stop(self, grace: float = 10.0) -> None:
-        for node in reversed(self.nodes):
-            if node.process is not None and node.process.poll() is None:
-                node.process.send_signal(signal.SIGTERM)
+        processes = [n.process for n in reversed(self.nodes)] + [self.national]
+        for process in processes:
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for node in reversed(self.nodes):
-            if node.process is None:
+        for process in processes:
+            if process is None:
                 continue
             try:
-                node.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                node.process.kill()
-                node.process.wait()
+                process.kill()
+                process.wait()

@@ -35,11 +35,11 @@ def _free_block(size: int) -> int:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    base = _free_block(2 * len(DEFAULT_TOPOLOGY))
+    base = _free_block(2 * len(DEFAULT_TOPOLOGY) + 1)
     fed = Federation(
         data_dir=Path(tmp_path_factory.mktemp("federation")),
         base_port=base,
-        metrics_base_port=base + len(DEFAULT_TOPOLOGY),
+        metrics_base_port=base + len(DEFAULT_TOPOLOGY) + 1,  # the national simulator takes base + 6
         extra_env={"LIANXIN_LOG_LEVEL": "WARNING"},
     )
     try:
@@ -55,6 +55,11 @@ def test_every_node_serves_all_five_services(federation: Federation) -> None:
         statuses = health_statuses(node.address, BUSINESS_SERVICES)
         assert set(statuses.values()) == {"SERVING"}, (node.code, statuses)
     assert "511102" in federation.describe(RegionTree.load())
+    # the national system simulator sits above the province
+    assert federation.national_address is not None
+    assert health_statuses(federation.national_address, ["lianxin.national.v1.NationalService"]) == {
+        "lianxin.national.v1.NationalService": "SERVING"
+    }
 
 
 def test_reflection_client_lists_services_submits_a_case_and_stats_counts_it(federation: Federation) -> None:
