@@ -138,6 +138,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A scripted day of cases through the running federation (start it with `lianxin up`)."""
+    from services.demo import run
+
+    return run(base_port=args.base_port)
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     """The standard grpc.health.v1 status of every business service at an address."""
     from services.federation import BUSINESS_SERVICES, health_statuses
@@ -188,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--service", required=True, choices=SERVICES)
         p.set_defaults(func=func)
+
+    demo = sub.add_parser("demo", help="run a scripted day of cases through the running federation")
+    demo.add_argument("--base-port", type=int, default=7400)
+    demo.set_defaults(func=cmd_demo)
 
     health = sub.add_parser("health", help="grpc.health.v1 status of the five services at ADDRESS")
     health.add_argument("address")

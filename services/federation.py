@@ -121,24 +121,31 @@ class Federation:
                 env={**os.environ, **self.extra_env},
                 stdout=subprocess.DEVNULL,
             )
-        for node in self.nodes:
-            env = {
-                **os.environ,
-                **self.extra_env,
-                "LIANXIN_NODE": node.code,
-                "LIANXIN_DATA_DIR": str(self.data_dir),
-                "LIANXIN_GRPC_PORT": str(node.grpc_port),
-                "LIANXIN_METRICS_PORT": str(node.metrics_port),
-            }
-            if node.parent:
-                env["LIANXIN_PARENT"] = by_code[node.parent].address
-            elif self.national_address:
-                env["LIANXIN_NATIONAL"] = self.national_address
-            node.process = subprocess.Popen([sys.executable, "-m", "services.cli", "node"], env=env)
-        for node in self.nodes:
-            wait_serving(node.address, ready_timeout_s, node.process)
-        if self.national_address:
-            wait_serving(self.national_address, ready_timeout_s, self.national, services=NATIONAL_SERVICES)
+            wait_serving(self.national_address or "", ready_timeout_s, self.national, services=NATIONAL_SERVICES)
+        # Parents first, tier by tier: a child's link then finds its parent up from the start.
+        for wave in self._waves():
+            for node in wave:
+                env = {
+                    **os.environ,
+                    **self.extra_env,
+                    "LIANXIN_NODE": node.code,
+                    "LIANXIN_DATA_DIR": str(self.data_dir),
+                    "LIANXIN_GRPC_PORT": str(node.grpc_port),
+                    "LIANXIN_METRICS_PORT": str(node.metrics_port),
+                }
+                if node.parent:
+                    env["LIANXIN_PARENT"] = by_code[node.parent].address
+                elif self.national_address:
+                    env["LIANXIN_NATIONAL"] = self.national_address
+                node.process = subprocess.Popen([sys.executable, "-m", "services.cli", "node"], env=env)
+            for node in wave:
+                wait_serving(node.address, ready_timeout_s, node.process)
+
+    def _waves(self) -> list[list[NodeProcess]]:
+        depth: dict[str, int] = {}
+        for node in self.nodes:  # the topology lists parents before children
+            depth[node.code] = depth[node.parent] + 1 if node.parent else 0
+        return [[n for n in self.nodes if depth[n.code] == d] for d in sorted(set(depth.values()))]
 
     def describe(self, regions: RegionTree) -> str:
         lines = [f"{'node':<8} {'region':<16} {'tier':<9} {'grpc':<17} {'metrics':<31} parent"]

@@ -16,7 +16,9 @@ the model file; see there for the rule.
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -146,8 +148,11 @@ class Classifier:
         return cls(payload["pipeline"], float(payload["threshold"]))
 
     def save(self, path: Path) -> None:
+        """Write atomically: a reader (another node process sharing the folder) never sees half a file."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump({"format": MODEL_FORMAT, "pipeline": self.pipeline, "threshold": self.threshold}, path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        joblib.dump({"format": MODEL_FORMAT, "pipeline": self.pipeline, "threshold": self.threshold}, partial)
+        os.replace(partial, path)
 
     def scores(self, texts: Sequence[str]) -> list[tuple[str, float]]:
         """The model's best category and its probability, without the 其他 cut-off."""
@@ -228,5 +233,11 @@ def ensure_model(data_dir: Path, shared_data: Path | None) -> Classifier | None:
         messages = Path(shared_data) / "messages.csv" if shared_data is not None else None
         if messages is None or not messages.exists():
             return None
-        train_to_file(messages, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The nodes of `lianxin up` share one data folder and start together: one trains, the
+        # others wait on the lock and then load what it wrote.
+        with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.exists():
+                train_to_file(messages, path)
     return Classifier.load(path)

@@ -100,3 +100,17 @@ def test_metrics_port_shows_rpc_counters_and_latency_histograms(federation: Fede
     assert "lianxin_grpc_server_handled_total{" in text
     assert 'method="GetMetrics"' in text and 'code="OK"' in text
     assert "lianxin_grpc_server_handling_seconds_bucket{" in text
+
+
+def test_demo_day_runs_through_the_federation(federation: Federation, messages_csv: Path) -> None:
+    """`lianxin demo`: hotline case handled at the county, a province case handed down two tiers,
+    the citizen's tracking and rating, and every tier's statistics."""
+    from services.demo import run
+
+    lines: list[str] = []
+    assert run(base_port=federation.nodes[0].grpc_port, say=lines.append) == 0, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "routed to unit" in text
+    assert "REPLIED" in text
+    assert "沙湾区 now owns it" in text
+    assert "rated: satisfied" in text

@@ -1,0 +1,190 @@
+"""`lianxin demo`: a scripted day of cases through a running federation, narrated for a person.
+
+It uses only the public gRPC APIs, as a county clerk, a unit handler, a citizen and a provincial
+supervisor would, against the nodes `lianxin up` started.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from lianxin.common.v1 import common_pb2
+from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
+from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
+from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
+from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
+from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
+from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
+from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
+from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
+
+from services.federation import DEFAULT_TOPOLOGY
+
+
+@dataclass
+class Stubs:
+    intake: intake_grpc.IntakeServiceStub
+    routing: routing_grpc.RoutingServiceStub
+    stats: stats_grpc.StatsServiceStub
+    exchange: exchange_grpc.ExchangeServiceStub
+
+
+def _stubs(address: str) -> Stubs:
+    channel = grpc.insecure_channel(address)
+    return Stubs(
+        intake_grpc.IntakeServiceStub(channel),
+        routing_grpc.RoutingServiceStub(channel),
+        stats_grpc.StatsServiceStub(channel),
+        exchange_grpc.ExchangeServiceStub(channel),
+    )
+
+
+def _wait(what: str, check: Callable[[], object], timeout: float = 20.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except grpc.RpcError:
+            result = None
+        if result:
+            return result
+        time.sleep(0.2)  # polling a condition with a deadline
+    raise TimeoutError(f"demo: gave up waiting for {what}")
+
+
+def _state(value: int) -> str:
+    return common_pb2.CaseState.Name(common_pb2.CaseState.ValueType(value)).removeprefix("CASE_STATE_")
+
+
+def _grown(stubs: Stubs, region: str, before: int) -> Callable[[], int]:
+    """The region's received count once it is above ``before`` (0 until then)."""
+
+    def check() -> int:
+        now = _received(stubs, region)
+        return now if now > before else 0
+
+    return check
+
+
+def _work_order(stubs: Stubs, case_id: str) -> routing_pb2.WorkOrder | None:
+    found = stubs.routing.ListWorkOrders(routing_pb2.ListWorkOrdersRequest(case_id=case_id), timeout=5).work_orders
+    return found[0] if found else None
+
+
+def _received(stubs: Stubs, region: str) -> int:
+    reply = stubs.stats.GetMetrics(stats_pb2.GetMetricsRequest(region_code=region, metrics=["received"]), timeout=5)
+    return int(reply.metrics[0].numerator)
+
+
+def run(base_port: int = 7400, say: Callable[[str], None] = print) -> int:
+    address = {code: f"127.0.0.1:{base_port + i}" for i, (code, _parent) in enumerate(DEFAULT_TOPOLOGY)}
+    county, city, province, shawan = (_stubs(address[c]) for c in ("511102", "511100", "510000", "511111"))
+    run_id = uuid.uuid4().hex[:6]
+    before = {code: _received(_stubs(address[code]), code) for code in ("511102", "511100", "510000")}
+    # On a first start the nodes train the category model from messages.csv (a few seconds).
+    _wait(
+        "the category model",
+        lambda: county.intake.ClassifyText(intake_pb2.ClassifyTextRequest(text="噪音扰民"), timeout=5).category,
+        timeout=90,
+    )
+
+    say("08:30 市中区 12345 hotline: a caller reports night-time construction noise")
+    call = county.intake.SubmitCase(
+        intake_pb2.SubmitCaseRequest(
+            channel=common_pb2.CHANNEL_HOTLINE,
+            channel_ref=f"demo-{run_id}-call-1",
+            title="小区门口夜间施工噪音扰民",
+            body="乐山市市中区嘉州大道某小区门口连续多晚施工到凌晨，噪音严重影响休息。",
+            hotline_operator_id="op-017",
+            complainant=common_pb2.Person(name="王五", phone="13912345678"),
+        ),
+        timeout=10,
+    )
+    case = call.case
+    say(
+        f"      registered {case.case_id}, tracking code {call.tracking_code}, category {case.category or '(clerk)'}, "
+        f"place {case.region_code or '(clerk)'}"
+    )
+    if not case.region_code or not case.category:
+        say("      (the category model is still training on first start; run the demo again in a few seconds)")
+        return 1
+    work_order = _wait("the county's work order", lambda: _work_order(county, case.case_id))
+    assert isinstance(work_order, routing_pb2.WorkOrder)
+    say(f"      routed to unit {work_order.unit_id}: {_state(work_order.state)}")
+    for deadline in work_order.deadlines:
+        say(f"      deadline {deadline.kind}: {deadline.due_at.ToDatetime():%Y-%m-%d %H:%M} UTC")
+
+    say("09:10 the unit signs for it and replies in the afternoon")
+    version = work_order.version
+    accepted = county.routing.AcceptWorkOrder(
+        routing_pb2.AcceptWorkOrderRequest(work_order_id=work_order.work_order_id, actor="handler-hb", note="签收"),
+        timeout=5,
+    ).work_order
+    replied = county.routing.ReplyWorkOrder(
+        routing_pb2.ReplyWorkOrderRequest(
+            work_order_id=work_order.work_order_id,
+            actor="handler-hb",
+            expected_version=accepted.version,
+            text="已责令施工单位夜间停工，城管执法大队将持续巡查。",
+        ),
+        timeout=5,
+    ).work_order
+    say(f"      work order {_state(accepted.state)} → {_state(replied.state)} (version {version} → {replied.version})")
+
+    say("15:00 the citizen looks the case up with the tracking code and the last four phone digits")
+    track = _wait(
+        "the reply on the public timeline",
+        lambda: (
+            t
+            if (
+                t := county.intake.TrackCase(
+                    intake_pb2.TrackCaseRequest(tracking_code=call.tracking_code, phone_last4="5678"), timeout=5
+                )
+            ).can_evaluate
+            else None
+        ),
+    )
+    assert isinstance(track, intake_pb2.TrackCaseResponse)
+    for entry in track.timeline:
+        say(f"      {entry.at.ToDatetime():%H:%M:%S} {_state(entry.state):<12} {entry.summary}")
+    county.intake.EvaluateCase(
+        intake_pb2.EvaluateCaseRequest(
+            tracking_code=call.tracking_code,
+            phone_last4="5678",
+            satisfaction=common_pb2.SATISFACTION_SATISFIED,
+            comment="处理及时",
+        ),
+        timeout=5,
+    )
+    say("      rated: satisfied")
+
+    say("10:00 a letter reaches the province about a road in 沙湾区 (乐山): it is handed down two tiers")
+    letter = province.intake.SubmitCase(
+        intake_pb2.SubmitCaseRequest(
+            channel=common_pb2.CHANNEL_WEB,
+            channel_ref=f"demo-{run_id}-web-1",
+            title="沙湾区某乡道路面塌陷",
+            body="乐山市沙湾区某乡通村道路路面塌陷，车辆无法通行，请尽快修复。",
+            category="交通运输",
+            anonymous=True,
+        ),
+        timeout=10,
+    ).case
+    say(f"      registered at the province as {letter.case_id}, place {letter.region_code}")
+    handed = _wait("the work order at 沙湾区", lambda: _work_order(shawan, letter.case_id), timeout=30)
+    assert isinstance(handed, routing_pb2.WorkOrder)
+    say(f"      沙湾区 now owns it: unit {handed.unit_id}, {_state(handed.state)}")
+
+    say("17:30 the statistics of every tier include the county's case")
+    for code, stubs in (("511102", county), ("511100", city), ("510000", province)):
+        now = _wait(f"stats at {code}", _grown(stubs, code, before[code]))
+        say(f"      {code}: received {now} (was {before[code]})")
+    for link in county.exchange.LinkStatus(exchange_pb2.LinkStatusRequest(), timeout=5).links:
+        state = exchange_pb2.LinkState.Name(link.state)
+        say(f"      link 511102 → {link.peer_node}: {state}, lag {link.lag_events} events")
+    say("done.")
+    return 0
