@@ -88,12 +88,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = Settings()
     _configure_logging(settings)
-    parts, engine = build_service(settings, args.service, regions=RegionTree.load(settings.regions_file))
-    server = GrpcServer(parts.servicers, settings=settings, ready=database_ready(engine))
+    from services.common.security import server_security
+
+    regions = RegionTree.load(settings.regions_file)
+    parts, engine = build_service(settings, args.service, regions=regions)
+    # The same token interceptor, mTLS credentials and audit trail as an embedded node.
+    security = server_security(settings, regions, [binding.full_name for binding in parts.servicers])
+    server = GrpcServer(
+        parts.servicers,
+        settings=settings,
+        ready=database_ready(engine),
+        interceptors=security.interceptors,
+        server_credentials=security.credentials,
+    )
     server.start()
     print(f"{args.service}-api of node {settings.node} serving on {server.address}", flush=True)
     _wait_for_signal()
     server.stop(5.0)
+    security.close()
     return 0
 
 
@@ -226,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    # Kernel operator commands: lianxin certs, lianxin token, lianxin audit verify.
+    importlib.import_module("services.common.commands").register(sub)
     return parser
 
 

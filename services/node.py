@@ -21,6 +21,7 @@ from services.common.grpcserver import GrpcServer
 from services.common.migrations import upgrade
 from services.common.outbox import Relay
 from services.common.regions import RegionTree
+from services.common.security import ServerSecurity, server_security
 from services.common.service import ServiceContext, ServiceParts, utc_now
 from services.common.settings import SERVICES, Settings
 
@@ -85,6 +86,7 @@ class Node:
     server: GrpcServer | None = field(default=None, init=False)
     relay_loop: RelayLoop | None = field(default=None, init=False)
     timer_loop: TimerLoop | None = field(default=None, init=False)
+    security: ServerSecurity | None = field(default=None, init=False)
 
     @property
     def code(self) -> str:
@@ -113,10 +115,15 @@ class Node:
             for sub in parts.subscriptions:
                 self.bus.subscribe(sub)
         readiness = [database_ready(engine) for engine in self.engines.values()]
+        bindings = [binding for parts in self.parts.values() for binding in parts.servicers]
+        # Tokens, mTLS and audit per settings (docs/security.md); off by default for `lianxin up`.
+        self.security = server_security(self.settings, self.regions, [b.full_name for b in bindings])
         self.server = GrpcServer(
-            [binding for parts in self.parts.values() for binding in parts.servicers],
+            bindings,
             settings=self.settings,
             ready=lambda: all(check() for check in readiness),
+            interceptors=self.security.interceptors,
+            server_credentials=self.security.credentials,
         )
         self.server.start()
         # Services of one embedded node reach each other on the node's own port.
@@ -155,3 +162,5 @@ class Node:
             parts.close()
         for engine in self.engines.values():
             engine.dispose()
+        if self.security is not None:
+            self.security.close()

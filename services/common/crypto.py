@@ -1,8 +1,14 @@
 """Personal data at rest: field encryption behind a small provider interface, and keyed blind indexes.
 
-DESIGN §5 asks for SM4-GCM with an SM3 blind index; this module fixes the interface services code
-against. The provider here is AES-256-GCM with an HMAC-SHA256 index (the documented fallback);
-the security work swaps in SM4/SM3 behind the same interface, with key ids for rotation.
+DESIGN §5 asks for SM4-GCM with an SM3 blind index. ``Sm4GcmCipher`` is that provider: a keyring of
+16-byte SM4 keys named by key ids (the id is written in front of every blob, so old blobs stay
+readable after the current key changes and ``rotate`` re-seals them), and an HMAC-SM3 blind index
+for equality lookups. ``AesGcmCipher`` (AES-256-GCM + HMAC-SHA256) is the fallback for an OpenSSL
+built without SM4/SM3.
+
+Keys come from ``LIANXIN_DATA_KEYS`` (``k1:<base64>,k2:<base64>``) with ``LIANXIN_DATA_KEY_ID``
+naming the current one, or from a secret file (``LIANXIN_DATA_KEYS_FILE``, same format, one key a
+line), or, for zero-configuration development, a fixed development key.
 """
 
 from __future__ import annotations
@@ -11,12 +17,22 @@ import base64
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _DEV_SECRET = b"lianxin-development-only-key-material"
+_NONCE = 12
+_TAG = 16
+# Written after the key id so an SM4 blob is never mistaken for an older AES blob of the same key id.
+_SM4_MARK = b"s4"
 
 
 class FieldCipher(Protocol):
@@ -53,16 +69,147 @@ class AesGcmCipher:
         digest = hmac.new(self.index_key, f"{kind}:{value}".encode(), hashlib.sha256).digest()
         return base64.b32encode(digest[:20]).decode().rstrip("=").lower()
 
+    def rotate(self, blob: bytes, *, context: str) -> bytes:
+        return self.encrypt(self.decrypt(blob, context=context), context=context)
 
-def cipher_from_env() -> AesGcmCipher:
-    """Keys from ``LIANXIN_DATA_KEY`` (base64, 32 bytes); without it a fixed development key.
 
-    The development key keeps ``lianxin up`` zero-configuration; production deployments set the
-    variable from a Secret (deploy/k8s).
+def sm3_hmac(key: bytes, data: bytes) -> bytes:
+    """HMAC-SM3 (GB/T 32905) through ``cryptography``."""
+    mac = crypto_hmac.HMAC(key, hashes.SM3())
+    mac.update(data)
+    return mac.finalize()
+
+
+def sm3(data: bytes) -> bytes:
+    """Plain SM3 digest (used by the audit chain)."""
+    digest = hashes.Hash(hashes.SM3())
+    digest.update(data)
+    return digest.finalize()
+
+
+def sm4_available() -> bool:
+    """True when the linked OpenSSL offers SM4-GCM and SM3 (some FIPS builds do not)."""
+    try:
+        encryptor = Cipher(algorithms.SM4(b"\0" * 16), modes.GCM(b"\0" * _NONCE)).encryptor()
+        encryptor.update(b"x")
+        encryptor.finalize()
+        sm3(b"x")
+    except (UnsupportedAlgorithm, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Sm4GcmCipher:
+    """SM4-GCM field encryption with a keyring, and an HMAC-SM3 blind index.
+
+    Blob layout: ``<key id>:s4<12-byte nonce><ciphertext><16-byte tag>``. ``context`` (table.column)
+    is the associated data, so a blob copied into another column does not open.
+    The blind index key is fixed per deployment (``index_key``): rotating data keys must not change
+    index values, or lookups of old rows would miss.
     """
-    raw = os.environ.get("LIANXIN_DATA_KEY")
-    master = base64.b64decode(raw) if raw else hashlib.sha256(_DEV_SECRET).digest()
-    key_id = os.environ.get("LIANXIN_DATA_KEY_ID", "dev" if not raw else "k1")
-    data_key = hmac.new(master, b"data", hashlib.sha256).digest()
-    index_key = hmac.new(master, b"index", hashlib.sha256).digest()
-    return AesGcmCipher(key_id=key_id, data_key=data_key, index_key=index_key)
+
+    key_id: str
+    keys: Mapping[str, bytes]
+    index_key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.key_id not in self.keys:
+            raise ValueError(f"current data key {self.key_id!r} is not in the keyring {sorted(self.keys)}")
+        for kid, key in self.keys.items():
+            if ":" in kid or not kid:
+                raise ValueError(f"bad key id {kid!r}")
+            if len(key) != 16:
+                raise ValueError(f"SM4 key {kid!r} must be 16 bytes, got {len(key)}")
+
+    def encrypt(self, plaintext: str, *, context: str) -> bytes:
+        nonce = os.urandom(_NONCE)
+        encryptor = Cipher(algorithms.SM4(self.keys[self.key_id]), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(context.encode())
+        sealed = encryptor.update(plaintext.encode("utf-8")) + encryptor.finalize()
+        return self.key_id.encode() + b":" + _SM4_MARK + nonce + sealed + encryptor.tag
+
+    def key_id_of(self, blob: bytes) -> str:
+        return blob.partition(b":")[0].decode()
+
+    def decrypt(self, blob: bytes, *, context: str) -> str:
+        kid, _, rest = blob.partition(b":")
+        key = self.keys.get(kid.decode())
+        if key is None:
+            raise ValueError(f"blob was sealed with key {kid.decode()!r}, which is not in the keyring")
+        if not rest.startswith(_SM4_MARK) or len(rest) < len(_SM4_MARK) + _NONCE + _TAG:
+            raise ValueError("not an SM4-GCM blob")
+        body = rest[len(_SM4_MARK) :]
+        nonce, sealed, tag = body[:_NONCE], body[_NONCE:-_TAG], body[-_TAG:]
+        decryptor = Cipher(algorithms.SM4(key), modes.GCM(nonce, tag)).decryptor()
+        decryptor.authenticate_additional_data(context.encode())
+        return (decryptor.update(sealed) + decryptor.finalize()).decode("utf-8")
+
+    def rotate(self, blob: bytes, *, context: str) -> bytes:
+        """The same plaintext sealed with the current key (unchanged if it already is)."""
+        if self.key_id_of(blob) == self.key_id:
+            return blob
+        return self.encrypt(self.decrypt(blob, context=context), context=context)
+
+    def blind_index(self, kind: str, value: str) -> str:
+        digest = sm3_hmac(self.index_key, f"{kind}:{value}".encode())
+        return base64.b32encode(digest[:20]).decode().rstrip("=").lower()
+
+
+def parse_keyring(text: str) -> dict[str, bytes]:
+    """``k1:<base64>,k2:<base64>`` (commas or newlines; ``#`` comments) → {key id: key bytes}."""
+    keys: dict[str, bytes] = {}
+    for item in text.replace("\n", ",").split(","):
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        kid, sep, raw = item.partition(":")
+        if not sep:
+            raise ValueError("data keys are written key_id:base64")
+        keys[kid.strip()] = base64.b64decode(raw.strip())
+    return keys
+
+
+def _derive(master: bytes, label: bytes, size: int) -> bytes:
+    return hmac.new(master, label, hashlib.sha256).digest()[:size]
+
+
+def cipher_from_env(environ: Mapping[str, str] | None = None) -> Sm4GcmCipher | AesGcmCipher:
+    """The node's field cipher, from the environment.
+
+    ``LIANXIN_DATA_KEYS`` (or the file named by ``LIANXIN_DATA_KEYS_FILE``) holds the keyring and
+    ``LIANXIN_DATA_KEY_ID`` the current key (default: the last listed). ``LIANXIN_INDEX_KEY``
+    (base64) is the blind-index key; without it one is derived from the first key of the ring so
+    that it stays stable across rotations. Nothing set: a fixed development key, which keeps
+    ``lianxin up`` zero-configuration; production sets the variables from a Secret.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get("LIANXIN_DATA_KEYS", "")
+    if not text and env.get("LIANXIN_DATA_KEYS_FILE"):
+        text = Path(env["LIANXIN_DATA_KEYS_FILE"]).read_text("utf-8")
+    legacy = env.get("LIANXIN_DATA_KEY")
+    if not sm4_available():
+        master = base64.b64decode(legacy) if legacy else hashlib.sha256(_DEV_SECRET).digest()
+        key_id = env.get("LIANXIN_DATA_KEY_ID", "dev" if not legacy else "k1")
+        return AesGcmCipher(
+            key_id=key_id, data_key=_derive(master, b"data", 32), index_key=_derive(master, b"index", 32)
+        )
+    if text:
+        ring = parse_keyring(text)
+        if not ring:
+            raise ValueError("LIANXIN_DATA_KEYS is empty")
+        key_id = env.get("LIANXIN_DATA_KEY_ID", list(ring)[-1])
+        first = next(iter(ring.values()))
+    else:
+        master = base64.b64decode(legacy) if legacy else hashlib.sha256(_DEV_SECRET).digest()
+        key_id = env.get("LIANXIN_DATA_KEY_ID", "sm4dev" if not legacy else "k1")
+        first = _derive(master, b"sm4-data", 16)
+        ring = {key_id: first}
+    raw_index = env.get("LIANXIN_INDEX_KEY")
+    index_key = base64.b64decode(raw_index) if raw_index else _derive(first, b"sm3-index", 32)
+    return Sm4GcmCipher(key_id=key_id, keys=ring, index_key=index_key)
+
+
+def new_data_key() -> str:
+    """A fresh base64 SM4 key for ``LIANXIN_DATA_KEYS``."""
+    return base64.b64encode(os.urandom(16)).decode()

@@ -194,11 +194,17 @@ def _abort_code(exc: BaseException, context: grpc.ServicerContext) -> grpc.Statu
 def _wrap_unary_response(behavior: Behavior, service: str, method: str, full: str) -> Behavior:
     def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
         outcome = _Outcome(service, method)
+        failure: Exception | None = None
         try:
             response = behavior(request, context)
         except Exception as exc:
+            failure = exc
+        if failure is not None:
+            # Handled outside the except block so the abort is not chained to ``failure``: the
+            # tracing interceptor records the traceback, and a chained domain error would carry
+            # client input (an ID number in a "not found" message) into exported spans.
             try:
-                _handle_exception(exc, context, full)
+                _handle_exception(failure, context, full)
             except BaseException as final:
                 outcome.finish(_abort_code(final, context))
                 raise
@@ -211,6 +217,7 @@ def _wrap_unary_response(behavior: Behavior, service: str, method: str, full: st
 def _wrap_stream_response(behavior: Behavior, service: str, method: str, full: str) -> Behavior:
     def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         outcome = _Outcome(service, method)
+        failure: Exception | None = None
         try:
             yield from behavior(request, context)
         except GeneratorExit:
@@ -218,8 +225,11 @@ def _wrap_stream_response(behavior: Behavior, service: str, method: str, full: s
             outcome.finish(grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:
+            failure = exc
+        if failure is not None:
+            # Outside the except block, as in _wrap_unary_response (no chained client input in spans).
             try:
-                _handle_exception(exc, context, full)
+                _handle_exception(failure, context, full)
             except BaseException as final:
                 outcome.finish(_abort_code(final, context))
                 raise
@@ -359,9 +369,7 @@ def _start_metrics_http(host: str, port: int) -> tuple[WSGIServer, threading.Thr
     blocks for up to half a second; with a short poll a test suite that starts hundreds of servers
     does not pay that each time.
     """
-    http = make_server(
-        host, port, make_wsgi_app(REGISTRY), ThreadingWSGIServer, handler_class=_QuietRequestHandler
-    )
+    http = make_server(host, port, make_wsgi_app(REGISTRY), ThreadingWSGIServer, handler_class=_QuietRequestHandler)
     thread = threading.Thread(
         target=http.serve_forever, kwargs={"poll_interval": 0.05}, name=f"metrics-{port}", daemon=True
     )
@@ -395,9 +403,7 @@ class GrpcServer:
         self._credentials = server_credentials
         self._service_names = [binding.full_name for binding in self._bindings]
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=settings.grpc_workers, thread_name_prefix=f"grpc-{settings.node}"
-            ),
+            futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix=f"grpc-{settings.node}"),
             interceptors=[
                 server_interceptor(),  # type: ignore[no-untyped-call]
                 LianxinServerInterceptor(),

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     relay_interval_s: float = Field(default=0.2, description="outbox relay poll interval")
     sweep_interval_s: float = Field(default=60.0, description="deadline sweep interval")
     otel_exporter: str = Field(default="none", description="none | console | memory")
+    # Security (docs/security.md). Everything is off by default so ``lianxin up`` needs no setup.
+    auth: bool = Field(default=False, description="require operator tokens on every non-public RPC")
+    token_key: str | None = Field(default=None, description="HMAC key of operator tokens (or a file path)")
+    tls_dir: Path | None = Field(default=None, description="dir with ca.pem, <node>.pem, <node>.key: mTLS on")
+    require_mtls: bool = Field(default=False, description="production: node-to-node calls need a peer cert")
+    audit: bool = Field(default=False, description="audit every mutating RPC (always on when auth is on)")
+    citizen_rate_per_min: int = Field(default=30, description="citizen RPCs per peer per minute (auth on)")
 
     @field_validator("node")
     @classmethod
