@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
+if len(sys.argv) > 1 and sys.argv[1] == "worker":
+    # nameko needs eventlet's monkey patch before any other module creates locks, sockets or
+    # threads (DESIGN §4); the worker is the only command that patches, api processes never do.
+    import eventlet
+
+    eventlet.monkey_patch()
+
 import argparse
 import importlib
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,8 +119,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Production worker of one service: nameko with the event handlers, timers and outbox relay."""
-    # nameko needs eventlet's monkey patch before anything opens sockets or threads (DESIGN §4);
-    # this is the only command that patches, so api processes never see eventlet.
+    # Normally patched at the top of this module already (it must come first); this covers
+    # main(["worker", ...]) called from Python.
     import eventlet
 
     eventlet.monkey_patch()
