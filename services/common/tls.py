@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from prometheus_client import Gauge
 
 SPIFFE_PREFIX = "spiffe://lianxin/node/"
 DNS_SUFFIX = ".node.lianxin"
@@ -148,6 +149,13 @@ def _write_secret(path: Path, data: bytes) -> None:
     path.chmod(0o600)
 
 
+CERTIFICATE_EXPIRY = Gauge(
+    "lianxin_tls_certificate_expiry_timestamp_seconds",
+    "When the node's certificate (kind=node) or its CA (kind=ca) stops being valid, Unix time",
+    ["node", "kind"],
+)
+
+
 @dataclass(frozen=True)
 class NodeTls:
     """The PEM material a node presents and trusts."""
@@ -158,11 +166,16 @@ class NodeTls:
 
     @classmethod
     def load(cls, directory: Path, code: str) -> NodeTls:
-        return cls(
+        tls = cls(
             ca_pem=(directory / "ca.pem").read_bytes(),
             cert_pem=(directory / f"{code}.pem").read_bytes(),
             key_pem=(directory / f"{code}.key").read_bytes(),
         )
+        # Operators are warned before a certificate lapses (deploy/prometheus rules).
+        for kind, pem in (("node", tls.cert_pem), ("ca", tls.ca_pem)):
+            expiry = x509.load_pem_x509_certificate(pem).not_valid_after_utc
+            CERTIFICATE_EXPIRY.labels(node=code, kind=kind).set(expiry.timestamp())
+        return tls
 
     def server_credentials(self, *, require_client_auth: bool = True) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials(

@@ -9,6 +9,7 @@ from typing import Any
 from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
+from prometheus_client import Counter
 
 from services.common.errors import DomainError, InvalidArgument
 from services.common.timeutil import from_timestamp, to_timestamp
@@ -18,6 +19,11 @@ from services.intake.handlers import CaseFilter, IntakeDeps, IntakeUnitOfWork
 # What ClassifyText / LocateText need beyond a submit: the model's confidence and the candidates.
 ScoredCategoriser = Callable[[str], tuple[str, float]]
 CandidateLocator = Callable[[str, str], tuple[str, bool, list[str]]]
+
+
+CASES_RECEIVED = Counter(
+    "lianxin_cases_received_total", "Cases registered at this node, by channel and category", ["channel", "category"]
+)
 
 
 class IntakeServicer(intake_grpc.IntakeServiceServicer):
@@ -49,6 +55,9 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
         )
         if result.created:
             self._after_commit()
+            case = result.case
+            # channel and category are small fixed vocabularies: safe, bounded label values
+            CASES_RECEIVED.labels(channel=case.channel, category=case.category or "unclassified").inc()
         return result
 
     def SubmitCase(self, request: intake_pb2.SubmitCaseRequest, context: Any) -> intake_pb2.SubmitCaseResponse:

@@ -154,4 +154,5 @@ def test_every_service_is_healthy_and_rpc_metrics_are_exposed(node: Node, channe
         "lianxin_grpc_server_handled_total" in text and 'method="SubmitCase"' in text and 'code="OK"' in text
     )
     assert "lianxin_grpc_server_handling_seconds_bucket" in text
+    assert 'lianxin_cases_received_total{category="环境保护",channel="hotline"}' in text
     assert "13812345678" not in text  # personal data never in metrics

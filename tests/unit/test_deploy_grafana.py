@@ -15,9 +15,7 @@ RULES = REPO / "deploy" / "prometheus" / "rules" / "lianxin.rules.yml"
 
 # Business metrics the dashboard shows before their service exports them (issue 9). Remove a name
 # when its exporter lands; the test then checks it against the code like every other metric.
-NOT_YET_EXPORTED = {
-    "lianxin_cases_received_total",  # intake: cases registered, labels channel and category
-}
+NOT_YET_EXPORTED: set[str] = set()
 _DECLARED = re.compile(r"""(?:Counter|Gauge|Histogram|Summary)\(\s*["'](lianxin_[a-z0-9_]+)["']""")
 _METRIC = re.compile(r"\b(lianxin_[a-z0-9_]+|up)\b")
 _HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
