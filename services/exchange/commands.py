@@ -33,7 +33,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         origin_node=settings.node,
         since=args.since,
         created_at=utc_now().isoformat(),
-        items=[(item.position, item.body) for item in rows],
+        items=[(item.position, item.body, item.case_sequence) for item in rows],
         key=signing_key(),
     )
     Path(args.out).write_bytes(data)
@@ -57,7 +57,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"refused: origin {package.origin_node} is not a direct child of {settings.node}", file=sys.stderr)
         return 2
     acked, rejected = store.receive_push(
-        package.origin_node, [Item(position, ENVELOPE, body) for position, body in package.items]
+        package.origin_node, [Item(position, ENVELOPE, body, number) for position, body, number in package.items]
     )
     print(
         f"imported package from {package.origin_node}: {len(package.items)} items, "

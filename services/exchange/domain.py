@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 
 from services.common.regions import RegionTree
@@ -45,7 +46,12 @@ def refuse(reason: str) -> Decision:
 
 @dataclass(frozen=True)
 class InboundEvent:
-    """The routing-relevant header of an event envelope received over a link."""
+    """The routing-relevant header of an event envelope received over a link.
+
+    ``version`` is the envelope's own (the emitting service's choice; 0 for facts such as visits)
+    and is not checked; ``case_sequence`` is the link's per-case order, assigned by the sender's
+    up-log appender, and is what gaps and order are judged on.
+    """
 
     event_id: str
     case_id: str
@@ -54,16 +60,17 @@ class InboundEvent:
     owner_node: str
     origin_node: str
     event_type: str
+    case_sequence: int
 
 
 @dataclass(frozen=True)
 class CaseKnowledge:
-    """What the receiver already holds for the event's case."""
+    """What the receiver already holds for the event's case (sequences: from this child's link)."""
 
-    event_id_at_version: str | None  # the stored event at (case, version), if any
-    last_version: int | None  # highest replica version stored for the case
-    known_epoch: int | None  # highest ownership epoch seen for the case
-    already_stored: bool  # the event id itself is stored (possibly under another case)
+    event_id_at_sequence: str | None  # the stored event at (child, case, sequence), if any
+    last_sequence: int | None  # highest sequence stored for the case from this child
+    known_epoch: int | None  # highest ownership epoch seen for the case (over every link)
+    already_stored: bool  # the event id itself is stored (possibly under another case or link)
 
 
 def judge_event_from_child(
@@ -72,28 +79,80 @@ def judge_event_from_child(
     """Accept, ignore as a duplicate, or refuse (with the reason quarantined) an event pushed up by ``child``.
 
     Order of the checks matters: identity first (who may say this at all), then per-case order.
-    A case never seen before may start at any version: a case handed down from above, or one
-    whose earlier versions were emitted by this node itself, has no replicas here yet.
+    The child's up-log numbers every case from 1, so a case this link never delivered must start
+    at sequence 1; anything else means an earlier item is missing (or was quarantined).
     """
     if child not in regions or regions.parent(child) != receiver:
         return refuse(f"unknown node: {child} is not a direct child of {receiver}")
-    if not event.event_id or not event.case_id or event.version <= 0 or not event.event_type:
-        return refuse("malformed payload: event_id, case_id, version and payload are required")
+    if not event.event_id or not event.case_id or event.version < 0 or event.case_sequence <= 0 or not event.event_type:
+        return refuse("malformed payload: event_id, case_id, case_sequence and payload are required")
     if not regions.contains(child, event.origin_node):
         return refuse(f"out of subtree: origin {event.origin_node or '-'} is not under {child}")
     if not regions.contains(child, event.owner_node):
         return refuse(f"forged owner: owner {event.owner_node or '-'} is not under {child}")
-    if known.already_stored or known.event_id_at_version == event.event_id:
+    if known.already_stored or known.event_id_at_sequence == event.event_id:
         return DUPLICATE
-    if known.event_id_at_version is not None:
-        return refuse(f"conflict: {event.case_id} v{event.version} already stored as another event")
+    if known.event_id_at_sequence is not None:
+        return refuse(f"conflict: {event.case_id} #{event.case_sequence} already stored as another event")
     if known.known_epoch is not None and event.owner_epoch < known.known_epoch:
         return refuse(f"stale owner: epoch {event.owner_epoch} < known {known.known_epoch}")
-    if known.last_version is not None and event.version != known.last_version + 1:
-        if event.version > known.last_version:
-            return refuse(f"version gap: v{event.version} after v{known.last_version}")
-        return refuse(f"out of order: v{event.version} after v{known.last_version}")
+    last = known.last_sequence or 0
+    if event.case_sequence != last + 1:
+        if event.case_sequence > last:
+            return refuse(f"sequence gap: #{event.case_sequence} after #{last}")
+        return refuse(f"out of order: #{event.case_sequence} after #{last}")
     return APPLY
+
+
+@dataclass
+class CaseLedger:
+    """What the receiver holds for one case, loaded once per batch and kept current while judging it."""
+
+    last_sequence: int | None = None  # from the pushing child's link
+    known_epoch: int | None = None
+    events_at: dict[int, str] = field(default_factory=dict)  # sequence -> stored event id (the ones asked for)
+
+
+def judge_batch(
+    events: Sequence[InboundEvent],
+    *,
+    child: str,
+    receiver: str,
+    regions: RegionTree,
+    ledgers: dict[str, CaseLedger],
+    stored_ids: set[str],
+) -> list[Decision]:
+    """Judge a child's batch in order, as if each applied item were stored before the next is judged.
+
+    ``ledgers`` (by case id) and ``stored_ids`` hold what the receiver had before the batch; they are
+    updated in place with what the batch applies, so the caller can write everything in one go.
+    """
+    decisions: list[Decision] = []
+    for event in events:
+        ledger = ledgers.setdefault(event.case_id, CaseLedger())
+        known = CaseKnowledge(
+            event_id_at_sequence=ledger.events_at.get(event.case_sequence),
+            last_sequence=ledger.last_sequence,
+            known_epoch=ledger.known_epoch,
+            already_stored=event.event_id in stored_ids,
+        )
+        decision = judge_event_from_child(event, child=child, receiver=receiver, regions=regions, known=known)
+        if decision.verdict is Verdict.APPLY:
+            stored_ids.add(event.event_id)
+            ledger.last_sequence = event.case_sequence
+            ledger.events_at[event.case_sequence] = event.event_id
+            ledger.known_epoch = max(ledger.known_epoch or 0, event.owner_epoch)
+        decisions.append(decision)
+    return decisions
+
+
+def number_case_events(case_ids: Sequence[str], last: dict[str, int]) -> list[int]:
+    """The up-log's per-case sequences for new rows in append order; ``last`` (by case) is advanced in place."""
+    numbers: list[int] = []
+    for case_id in case_ids:
+        last[case_id] = last.get(case_id, 0) + 1
+        numbers.append(last[case_id])
+    return numbers
 
 
 @dataclass(frozen=True)
@@ -124,6 +183,7 @@ def backoff_delay(
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
-def payload_summary(event_type: str, case_id: str, version: int) -> str:
+def payload_summary(event_type: str, case_id: str, version: int, case_sequence: int = 0) -> str:
     """What an operator sees of a quarantined item: no personal data, only its identity."""
-    return f"{event_type or '?'} {case_id or '?'} v{version}"
+    sequence = f" #{case_sequence}" if case_sequence else ""
+    return f"{event_type or '?'} {case_id or '?'} v{version}{sequence}"

@@ -127,7 +127,10 @@ class ParentLink:
             reply = stub.PushEvents(
                 exchange_pb2.PushEventsRequest(
                     child_node=self._store.node,
-                    items=[exchange_pb2.ExchangeItem(position=i.position, envelope=i.body) for i in items],
+                    items=[
+                        exchange_pb2.ExchangeItem(position=i.position, envelope=i.body, case_sequence=i.case_sequence)
+                        for i in items
+                    ],
                 ),
                 timeout=self._deadline,
             )

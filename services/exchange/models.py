@@ -37,36 +37,51 @@ _POSITION = BigInteger().with_variant(Integer(), "sqlite")
 
 # Every case event of this node's subtree (local ones and children's replicas), in arrival order;
 # the position is the cursor of the link to the parent (and of the national link on the province).
+# ``case_sequence`` numbers a case's events on this log 1, 2, ... (the link's per-case order): the
+# services of a node choose envelope versions independently (video sends 0, intake and routing may
+# race to the same number), so the link orders by what its single appender assigned instead.
 up_log = Table(
     "up_log",
     metadata,
     Column("position", _POSITION, primary_key=True, autoincrement=True),
     Column("event_id", String(36), nullable=False, unique=True),
     Column("case_id", String(64), nullable=False),
+    Column("case_sequence", BigInteger, nullable=False),
     Column("version", BigInteger, nullable=False),
     Column("event_type", String(64), nullable=False),
     Column("origin_node", String(6), nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Index("ix_up_log_case_version", "case_id", "version"),
+    Index("ux_up_log_case_sequence", "case_id", "case_sequence", unique=True),
     sqlite_autoincrement=True,
 )
 
-# Read-only replicas of the subtree's case events, received from direct children; one per (case, version).
+# Last ``case_sequence`` given per case on the up-log. The appender holds a per-case lock (PostgreSQL
+# advisory lock) while numbering, so two concurrent appends for one case cannot share a number or leave a gap.
+up_case_sequence = Table(
+    "up_case_sequence",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("last_sequence", BigInteger, nullable=False),
+)
+
+# Read-only replicas of the subtree's case events, received from direct children; one per event id.
+# ``case_sequence`` is the child link's sequence: one per (child, case, sequence), checked for gaps.
 replica = Table(
     "replica",
     metadata,
+    Column("event_id", String(36), primary_key=True),
     Column("case_id", String(64), nullable=False),
     Column("version", BigInteger, nullable=False),
-    Column("event_id", String(36), nullable=False, unique=True),
     Column("event_type", String(64), nullable=False),
     Column("origin_node", String(6), nullable=False),
     Column("owner_node", String(6), nullable=False),
     Column("owner_epoch", BigInteger, nullable=False),
     Column("child_node", String(6), nullable=False),
+    Column("case_sequence", BigInteger, nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
-    PrimaryKeyConstraint("case_id", "version", name="pk_replica"),
+    Index("ux_replica_child_case_sequence", "child_node", "case_id", "case_sequence", unique=True),
 )
 
 # Highest ownership epoch seen per case; an inbound write below it comes from a stale owner.
@@ -118,6 +133,8 @@ quarantine = Table(
     Column("reason", Text, nullable=False),
     Column("summary", Text, nullable=False),
     Column("body", LargeBinary, nullable=False),
+    # The sender's per-case link sequence, so a replay judges the item exactly as it arrived.
+    Column("case_sequence", BigInteger, nullable=False, default=0),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("resolved_at", DateTime(timezone=True), nullable=True),
     Index("ix_quarantine_peer_resolved", "peer_node", "resolved_at"),

@@ -1,8 +1,8 @@
 """Signed offline change packages for separated networks (离线交换包): build, seal and verify.
 
 A package is one JSON document: a header (format, origin node, cursor range, time), the items
-(base64 protobuf envelopes with their up-log positions) and an HMAC-SHA256 signature over the
-canonical JSON of everything else. Import checks the signature before anything else, so a
+(base64 protobuf envelopes with their up-log positions and per-case link sequences) and an
+HMAC-SHA256 signature over the canonical JSON of everything else. Import checks the signature before anything else, so a
 tampered or foreign file is refused as a whole and changes nothing.
 """
 
@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-FORMAT = "lianxin-exchange-package/1"
+FORMAT = "lianxin-exchange-package/2"
 KEY_ENV = "LIANXIN_EXCHANGE_KEY"
 # Development only: production sets LIANXIN_EXCHANGE_KEY per link (shared by the two operators).
 DEV_KEY = "lianxin-dev-exchange-key"
@@ -32,7 +32,7 @@ class Package:
     since: int
     until: int
     created_at: str
-    items: list[tuple[int, bytes]]
+    items: list[tuple[int, bytes, int]]  # (up-log position, serialized envelope, case sequence)
 
 
 def signing_key() -> bytes:
@@ -43,15 +43,17 @@ def _canonical(document: dict[str, object]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def seal(*, origin_node: str, since: int, created_at: str, items: Sequence[tuple[int, bytes]], key: bytes) -> bytes:
-    """The signed file contents for ``items`` (position, serialized envelope) after cursor ``since``."""
+def seal(
+    *, origin_node: str, since: int, created_at: str, items: Sequence[tuple[int, bytes, int]], key: bytes
+) -> bytes:
+    """The signed file contents for ``items`` (position, serialized envelope, case sequence) after ``since``."""
     document: dict[str, object] = {
         "format": FORMAT,
         "origin_node": origin_node,
         "since": since,
-        "until": max((p for p, _ in items), default=since),
+        "until": max((p for p, _, _ in items), default=since),
         "created_at": created_at,
-        "items": [{"position": p, "body": base64.b64encode(b).decode()} for p, b in items],
+        "items": [{"position": p, "body": base64.b64encode(b).decode(), "case_sequence": n} for p, b, n in items],
     }
     document["signature"] = hmac.new(key, _canonical(document), hashlib.sha256).hexdigest()
     return json.dumps(document, sort_keys=True, ensure_ascii=True, indent=0).encode()
@@ -72,7 +74,10 @@ def open_package(data: bytes, *, key: bytes) -> Package:
     if not hmac.compare_digest(signature, expected):
         raise PackageRefused("signature mismatch: the file was altered or signed with another key")
     try:
-        items = [(int(i["position"]), base64.b64decode(i["body"], validate=True)) for i in document["items"]]
+        items = [
+            (int(i["position"]), base64.b64decode(i["body"], validate=True), int(i["case_sequence"]))
+            for i in document["items"]
+        ]
         return Package(
             origin_node=str(document["origin_node"]),
             since=int(document["since"]),

@@ -144,7 +144,12 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
         # An unknown child is not refused outright: its items are quarantined with the reason, so an
         # operator sees who tried (and a mis-wired node is fixed by a replay, not by losing data).
         items = [
-            Item(i.position, ENVELOPE if i.WhichOneof("item") != "command" else COMMAND, i.envelope or i.command)
+            Item(
+                i.position,
+                ENVELOPE if i.WhichOneof("item") != "command" else COMMAND,
+                i.envelope or i.command,
+                i.case_sequence,
+            )
             for i in request.items
         ]
         acked, rejected = self._store.receive_push(request.child_node, items)
@@ -238,9 +243,16 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
         held = self._store.holdings(subtree=request.subtree_node, case_id=request.case_id)
         return exchange_pb2.ListReplicasResponse(
             entries=[
-                exchange_pb2.ReplicaEntry(case_id=c, version=v, event_type=t, origin_node=o, event_id=e)
-                for c, v, t, o, e in held[: max(0, request.max_items)]
+                exchange_pb2.ReplicaEntry(
+                    case_id=h.case_id,
+                    version=h.version,
+                    event_type=h.event_type,
+                    origin_node=h.origin_node,
+                    event_id=h.event_id,
+                    case_sequence=h.case_sequence,
+                )
+                for h in held[: max(0, request.max_items)]
             ],
             count=len(held),
-            digest=digest([(c, v) for c, v, *_ in held]),
+            digest=digest(held),
         )

@@ -10,16 +10,26 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 from lianxin.events.v1 import events_pb2
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.db import transaction
-from services.common.outbox import append_event
+from services.common.outbox import append_event, append_events
 from services.common.regions import RegionTree
 from services.common.service import BusEvent
 from services.exchange import domain
-from services.exchange.models import case_epoch, down_queue, inbox, link_cursor, outbox, quarantine, replica, up_log
+from services.exchange.models import (
+    case_epoch,
+    down_queue,
+    inbox,
+    link_cursor,
+    outbox,
+    quarantine,
+    replica,
+    up_case_sequence,
+    up_log,
+)
 
 ENVELOPE = "envelope"
 COMMAND = "command"
@@ -32,6 +42,35 @@ class Item:
     position: int
     kind: str  # ENVELOPE | COMMAND
     body: bytes
+    case_sequence: int = 0  # the sender's per-case link sequence (envelopes only)
+
+
+@dataclass(frozen=True)
+class Held:
+    """One case event a node holds (its up-log row), as ListReplicas shows it."""
+
+    case_id: str
+    version: int
+    event_type: str
+    origin_node: str
+    event_id: str
+    case_sequence: int
+
+
+@dataclass(frozen=True)
+class _UpRow:
+    """A row to append to the up-log; its case sequence is given at append time."""
+
+    event_id: str
+    case_id: str
+    version: int
+    event_type: str
+    origin_node: str
+    body: bytes
+
+    @staticmethod
+    def of(env: events_pb2.EventEnvelope, body: bytes) -> _UpRow:
+        return _UpRow(env.event_id, env.case_id, env.version, env.WhichOneof("payload") or "", env.origin_node, body)
 
 
 @dataclass(frozen=True)
@@ -118,50 +157,93 @@ class ExchangeStore:
     def record_local(self, env: events_pb2.EventEnvelope, body: bytes) -> bool:
         """Append a local case event to the up-log (idempotent by event id); a hand-off down is also queued."""
         with transaction(self._sf) as session:
-            added = self._append_up(session, env, body)
+            # Lock order everywhere: up-log sequence rows, then case epochs, then the outbox.
+            added = bool(self._append_up(session, [_UpRow.of(env, body)]))
             if env.WhichOneof("payload") == "case_handed_off":
-                self._note_epoch(session, env.case_id, env.case_handed_off.new_owner_epoch, env.case_handed_off.to_node)
-                route = domain.route_down(env.case_handed_off.to_node, here=self.node, regions=self.regions)
+                hand_off = env.case_handed_off
+                self._note_epochs(session, {env.case_id: (hand_off.new_owner_epoch, hand_off.to_node)})
+                route = domain.route_down(hand_off.to_node, here=self.node, regions=self.regions)
                 if route is not None and not route.local:
                     self._enqueue_down(session, route.next_child, env.event_id, ENVELOPE, body)
         return added
 
-    def _append_up(self, session: Session, env: events_pb2.EventEnvelope, body: bytes) -> bool:
-        stmt = (
-            _insert(session, up_log)
-            .values(
-                event_id=env.event_id,
-                case_id=env.case_id,
-                version=env.version,
-                event_type=env.WhichOneof("payload") or "",
-                origin_node=env.origin_node,
-                body=body,
-                created_at=self._clock(),
+    def _append_up(self, session: Session, rows: Sequence[_UpRow]) -> list[_UpRow]:
+        """Append the rows not yet on the up-log, numbering each case's events; returns the ones appended.
+
+        This is the up-log's only writer. On PostgreSQL it first takes a transaction advisory lock per
+        case (sorted, one statement; SQLite's BEGIN IMMEDIATE already serialises writers) and only
+        then reads the last numbers and checks the log for the event ids, so a concurrent append
+        of the same case waits, sees what was committed, and never reuses a number or burns one.
+        """
+        if not rows:
+            return []
+        cases = sorted({r.case_id for r in rows})
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(
+                text(
+                    "SELECT count(pg_advisory_xact_lock("
+                    "hashtextextended(concat(CAST(:prefix AS text), current_schema(), u.c), 0)))"
+                    " FROM (SELECT c FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS k(c, i) ORDER BY i) AS u"
+                ),
+                {"prefix": "lianxin.exchange.up_log.", "keys": cases},
             )
-            .on_conflict_do_nothing()
-            .returning(up_log.c.position)
+        last = {
+            r.case_id: int(r.last_sequence)
+            for r in session.execute(
+                select(up_case_sequence.c.case_id, up_case_sequence.c.last_sequence).where(
+                    up_case_sequence.c.case_id.in_(cases)
+                )
+            )
+        }
+        present = set(
+            session.execute(
+                select(up_log.c.event_id).where(up_log.c.event_id.in_([r.event_id for r in rows]))
+            ).scalars()
         )
-        return session.execute(stmt).scalar_one_or_none() is not None
+        fresh: list[_UpRow] = []
+        for row in rows:
+            if row.event_id not in present:
+                present.add(row.event_id)
+                fresh.append(row)
+        if not fresh:
+            return []
+        before = dict(last)
+        numbers = domain.number_case_events([r.case_id for r in fresh], last)
+        now = self._clock()
+        session.execute(
+            up_log.insert(),
+            [
+                {
+                    "event_id": r.event_id,
+                    "case_id": r.case_id,
+                    "case_sequence": n,
+                    "version": r.version,
+                    "event_type": r.event_type,
+                    "origin_node": r.origin_node,
+                    "body": r.body,
+                    "created_at": now,
+                }
+                for r, n in zip(fresh, numbers, strict=True)
+            ],
+        )
+        upsert = _insert(session, up_case_sequence)
+        session.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[up_case_sequence.c.case_id], set_={"last_sequence": upsert.excluded.last_sequence}
+            ),
+            [{"case_id": c, "last_sequence": n} for c, n in last.items() if n != before.get(c, 0)],
+        )
+        return fresh
 
     def pending_up(self, after: int, limit: int) -> list[Item]:
         with self._sf() as session:
             rows = session.execute(
-                select(up_log.c.position, up_log.c.body)
+                select(up_log.c.position, up_log.c.body, up_log.c.case_sequence)
                 .where(up_log.c.position > after)
                 .order_by(up_log.c.position)
                 .limit(limit)
             ).all()
-        return [Item(int(r.position), ENVELOPE, r.body) for r in rows]
-
-    def pending_up_rows(self, after: int, limit: int) -> list[tuple[int, bytes, datetime]]:
-        with self._sf() as session:
-            rows = session.execute(
-                select(up_log.c.position, up_log.c.body, up_log.c.created_at)
-                .where(up_log.c.position > after)
-                .order_by(up_log.c.position)
-                .limit(limit)
-            ).all()
-        return [(int(r.position), r.body, _aware(r.created_at) or self._clock()) for r in rows]
+        return [Item(int(r.position), ENVELOPE, r.body, int(r.case_sequence)) for r in rows]
 
     def up_backlog(self, after: int) -> tuple[int, float]:
         """(items after ``after``, age in seconds of the oldest) for lag figures."""
@@ -222,26 +304,41 @@ class ExchangeStore:
     # ------------------------------------------------------------------ up: receiving a child's push
 
     def receive_push(self, child: str, items: Sequence[Item]) -> tuple[int, list[Rejected]]:
-        """Store a child's batch: replicas applied once, bad items quarantined; returns (acked, rejections)."""
+        """Store a child's batch: replicas applied once, bad items quarantined; returns (acked, rejections).
+
+        One transaction for the whole batch with a handful of statements: the case knowledge is
+        loaded with IN lists, judged in memory by the pure rules, and written with executemany.
+        """
         rejections: list[Rejected] = []
-        applied_any = False
         with transaction(self._sf) as session:
-            stored = self._cursor_position(session, child, "child_up")
-            acked = stored
+            # Locks the child's cursor row: a retried push racing the original waits, then skips.
+            stored = self._lock_cursor(session, child, "child_up")
+            fresh: list[Item] = []
             for item in items:
-                if item.position <= stored:
-                    continue  # a resend of what we already hold (the child lost our ack)
-                reason = self._accept_from_child(session, child, item)
-                if reason is None:
-                    applied_any = True
-                elif reason:
-                    self._quarantine(session, child, "up", item, reason)
-                    rejections.append(Rejected(item.position, reason))
-                acked = max(acked, item.position)
+                if item.position > max(stored, fresh[-1].position if fresh else 0):
+                    fresh.append(item)  # earlier positions are resends of what we hold (a lost ack)
+            outcomes = self._accept_from_child(session, child, fresh)
+            refused = [(item, reason) for item, reason in zip(fresh, outcomes, strict=True) if reason]
+            self._quarantine(session, child, "up", refused)
+            rejections = [Rejected(item.position, reason) for item, reason in refused]
+            acked = fresh[-1].position if fresh else stored
             self._save_cursor(session, child, "child_up", position=acked)
-        if applied_any:
+        if any(reason is None for reason in outcomes):
             self._notify()
         return acked, rejections
+
+    def _lock_cursor(self, session: Session, peer: str, kind: str) -> int:
+        session.execute(
+            _insert(session, link_cursor)
+            .values(peer=peer, kind=kind, position=0, token="", last_contact=None)
+            .on_conflict_do_nothing()
+        )
+        value = session.execute(
+            select(link_cursor.c.position)
+            .where(link_cursor.c.peer == peer, link_cursor.c.kind == kind)
+            .with_for_update()
+        ).scalar_one()
+        return int(value)
 
     def _cursor_position(self, session: Session, peer: str, kind: str) -> int:
         value = session.execute(
@@ -249,84 +346,174 @@ class ExchangeStore:
         ).scalar_one_or_none()
         return int(value or 0)
 
-    def _accept_from_child(self, session: Session, child: str, item: Item) -> str | None:
-        """None = applied; "" = duplicate (nothing to do); otherwise the refusal reason."""
-        if item.kind == COMMAND:
-            return self._route_command(session, item.body, came_from_parent=False)
-        env = parse_envelope(item.body)
-        if env is None:
-            return "malformed payload: not an event envelope"
-        event = domain.InboundEvent(
-            event_id=env.event_id,
-            case_id=env.case_id,
-            version=env.version,
-            owner_epoch=env.owner_epoch,
-            owner_node=env.owner_node,
-            origin_node=env.origin_node,
-            event_type=env.WhichOneof("payload") or "",
-        )
-        decision = domain.judge_event_from_child(
-            event, child=child, receiver=self.node, regions=self.regions, known=self._knowledge(session, event)
-        )
-        if decision.verdict is domain.Verdict.DUPLICATE:
-            return ""
-        if decision.verdict is domain.Verdict.REFUSE:
-            return decision.reason
-        session.execute(
-            replica.insert().values(
+    def _accept_from_child(self, session: Session, child: str, items: Sequence[Item]) -> list[str | None]:
+        """Per item: None = applied; "" = duplicate (nothing to do); otherwise the refusal reason.
+
+        Runs of envelopes are judged and written together; a command in between is routed on its
+        own after the envelopes before it, so the outbox keeps the child's order.
+        """
+        outcomes: list[str | None] = []
+        run: list[tuple[Item, events_pb2.EventEnvelope | None]] = []
+
+        def flush() -> None:
+            outcomes.extend(self._apply_envelopes(session, child, run))
+            run.clear()
+
+        for item in items:
+            if item.kind == COMMAND:
+                flush()
+                outcomes.append(self._route_command(session, item.body, came_from_parent=False))
+            else:
+                run.append((item, parse_envelope(item.body)))
+        flush()
+        return outcomes
+
+    def _apply_envelopes(
+        self, session: Session, child: str, run: Sequence[tuple[Item, events_pb2.EventEnvelope | None]]
+    ) -> list[str | None]:
+        if not run:
+            return []
+        readable = [(item, env) for item, env in run if env is not None]
+        events = [
+            domain.InboundEvent(
+                event_id=env.event_id,
                 case_id=env.case_id,
                 version=env.version,
-                event_id=env.event_id,
-                event_type=event.event_type,
-                origin_node=env.origin_node,
-                owner_node=env.owner_node,
                 owner_epoch=env.owner_epoch,
-                child_node=child,
-                body=item.body,
-                received_at=self._clock(),
+                owner_node=env.owner_node,
+                origin_node=env.origin_node,
+                event_type=env.WhichOneof("payload") or "",
+                case_sequence=item.case_sequence,
             )
+            for item, env in readable
+        ]
+        ledgers, stored_ids = self._load_ledgers(session, child, events)
+        decisions = domain.judge_batch(
+            events, child=child, receiver=self.node, regions=self.regions, ledgers=ledgers, stored_ids=stored_ids
         )
-        self._note_epoch(session, env.case_id, env.owner_epoch, env.owner_node)
-        # Multi-hop: what the child sent travels on to our parent; and our own services see it.
-        self._append_up(session, env, item.body)
-        append_event(
+        applied = [
+            (item, env, event)
+            for (item, env), event, decision in zip(readable, events, decisions, strict=True)
+            if decision.verdict is domain.Verdict.APPLY
+        ]
+        if applied:
+            self._store_replicas(session, child, applied)
+        verdicts = iter(decisions)
+        outcomes: list[str | None] = []
+        for _, env in run:
+            if env is None:
+                outcomes.append("malformed payload: not an event envelope")
+                continue
+            decision = next(verdicts)
+            if decision.verdict is domain.Verdict.APPLY:
+                outcomes.append(None)
+            elif decision.verdict is domain.Verdict.DUPLICATE:
+                outcomes.append("")
+            else:
+                outcomes.append(decision.reason)
+        return outcomes
+
+    def _load_ledgers(
+        self, session: Session, child: str, events: Sequence[domain.InboundEvent]
+    ) -> tuple[dict[str, domain.CaseLedger], set[str]]:
+        """What this node holds for the batch's cases (from ``child``'s link) and which event ids it stores."""
+        cases = sorted({e.case_id for e in events if e.case_id})
+        ids = [e.event_id for e in events if e.event_id]
+        stored_ids = set(session.execute(select(replica.c.event_id).where(replica.c.event_id.in_(ids))).scalars())
+        ledgers = {case_id: domain.CaseLedger() for case_id in cases}
+        if not cases:
+            return ledgers, stored_ids
+        for case_id, last in session.execute(
+            select(replica.c.case_id, func.max(replica.c.case_sequence))
+            .where(replica.c.child_node == child, replica.c.case_id.in_(cases))
+            .group_by(replica.c.case_id)
+        ):
+            ledgers[case_id].last_sequence = int(last)
+        for case_id, epoch in session.execute(
+            select(case_epoch.c.case_id, case_epoch.c.owner_epoch).where(case_epoch.c.case_id.in_(cases))
+        ):
+            ledgers[case_id].known_epoch = int(epoch)
+        # The stored event at a sequence matters only at or below the last one (duplicate or conflict).
+        behind = {
+            (e.case_id, e.case_sequence)
+            for e in events
+            if e.case_id in ledgers and e.case_sequence <= (ledgers[e.case_id].last_sequence or 0)
+        }
+        if behind:
+            rows = session.execute(
+                select(replica.c.case_id, replica.c.case_sequence, replica.c.event_id).where(
+                    replica.c.child_node == child,
+                    replica.c.case_id.in_(sorted({c for c, _ in behind})),
+                    replica.c.case_sequence.in_(sorted({n for _, n in behind})),
+                )
+            )
+            for case_id, number, event_id in rows:
+                if (case_id, int(number)) in behind:
+                    ledgers[case_id].events_at[int(number)] = event_id
+        return ledgers, stored_ids
+
+    def _store_replicas(
+        self,
+        session: Session,
+        child: str,
+        applied: Sequence[tuple[Item, events_pb2.EventEnvelope, domain.InboundEvent]],
+    ) -> None:
+        """Write what a batch applies: our up-log (re-sequenced), epochs, replicas, then the outbox."""
+        # Multi-hop: what the child sent travels on to our parent, numbered on our own up-log.
+        self._append_up(session, [_UpRow.of(env, item.body) for item, env, _ in applied])
+        epochs: dict[str, tuple[int, str]] = {}
+        for _, env, _ in applied:
+            if env.owner_epoch >= epochs.get(env.case_id, (-1, ""))[0]:
+                epochs[env.case_id] = (env.owner_epoch, env.owner_node)
+        self._note_epochs(session, epochs)
+        now = self._clock()
+        session.execute(
+            replica.insert(),
+            [
+                {
+                    "event_id": event.event_id,
+                    "case_id": event.case_id,
+                    "version": event.version,
+                    "event_type": event.event_type,
+                    "origin_node": event.origin_node,
+                    "owner_node": event.owner_node,
+                    "owner_epoch": event.owner_epoch,
+                    "child_node": child,
+                    "case_sequence": event.case_sequence,
+                    "body": item.body,
+                    "received_at": now,
+                }
+                for item, _, event in applied
+            ],
+        )
+        # Our own services see the replica too (through the outbox, so at least once, in order).
+        append_events(
             session,
             outbox,
-            BusEvent(event_id=env.event_id, source="exchange", event_type=event.event_type, body=item.body),
-            env.case_id,
-        )
-        return None
-
-    def _knowledge(self, session: Session, event: domain.InboundEvent) -> domain.CaseKnowledge:
-        at_version = session.execute(
-            select(replica.c.event_id).where(replica.c.case_id == event.case_id, replica.c.version == event.version)
-        ).scalar_one_or_none()
-        already = (
-            session.execute(select(replica.c.case_id).where(replica.c.event_id == event.event_id)).first() is not None
-        )
-        last = session.execute(
-            select(func.max(replica.c.version)).where(replica.c.case_id == event.case_id)
-        ).scalar_one_or_none()
-        epoch = session.execute(
-            select(case_epoch.c.owner_epoch).where(case_epoch.c.case_id == event.case_id)
-        ).scalar_one_or_none()
-        return domain.CaseKnowledge(
-            event_id_at_version=at_version,
-            last_version=int(last) if last is not None else None,
-            known_epoch=int(epoch) if epoch is not None else None,
-            already_stored=already,
+            [
+                (
+                    BusEvent(event_id=event.event_id, source="exchange", event_type=event.event_type, body=item.body),
+                    event.case_id,
+                )
+                for item, _, event in applied
+            ],
+            now=now,
         )
 
-    def _note_epoch(self, session: Session, case_id: str, epoch: int, owner: str) -> None:
-        current = session.execute(
-            select(case_epoch.c.owner_epoch).where(case_epoch.c.case_id == case_id)
-        ).scalar_one_or_none()
-        if current is None:
-            session.execute(case_epoch.insert().values(case_id=case_id, owner_epoch=epoch, owner_node=owner))
-        elif epoch > int(current):
-            session.execute(
-                update(case_epoch).where(case_epoch.c.case_id == case_id).values(owner_epoch=epoch, owner_node=owner)
-            )
+    def _note_epochs(self, session: Session, epochs: dict[str, tuple[int, str]]) -> None:
+        """Raise each case's known ownership epoch (never lowers it)."""
+        if not epochs:
+            return
+        stmt = _insert(session, case_epoch)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[case_epoch.c.case_id],
+            set_={"owner_epoch": stmt.excluded.owner_epoch, "owner_node": stmt.excluded.owner_node},
+            where=case_epoch.c.owner_epoch < stmt.excluded.owner_epoch,
+        )
+        session.execute(
+            stmt,
+            [{"case_id": c, "owner_epoch": e, "owner_node": o} for c, (e, o) in sorted(epochs.items())],
+        )
 
     # ------------------------------------------------------------------ down
 
@@ -410,7 +597,7 @@ class ExchangeStore:
                     continue
                 reason = self._accept_from_parent(session, item)
                 if reason:
-                    self._quarantine(session, parent, "down", item, reason)
+                    self._quarantine(session, parent, "down", [(item, reason)])
                 else:
                     applied_any = True
                 position = max(position, item.position)
@@ -434,7 +621,7 @@ class ExchangeStore:
         route = domain.route_down(hand_off.to_node, here=self.node, regions=self.regions)
         if route is None:
             return f"out of subtree: hand-off to {hand_off.to_node or '-'} is not under {self.node}"
-        self._note_epoch(session, env.case_id, hand_off.new_owner_epoch, hand_off.to_node)
+        self._note_epochs(session, {env.case_id: (hand_off.new_owner_epoch, hand_off.to_node)})
         if route.local:
             append_event(
                 session,
@@ -461,7 +648,7 @@ class ExchangeStore:
                     continue
                 reason = self._accept_from_parent(session, Item(0, ENVELOPE, body))
                 if reason:
-                    self._quarantine(session, "national", "down", Item(0, ENVELOPE, body), reason)
+                    self._quarantine(session, "national", "down", [(Item(0, ENVELOPE, body), reason)])
                 else:
                     applied_any = True
             self._save_cursor(session, "national", "national_down")  # records the contact
@@ -470,24 +657,33 @@ class ExchangeStore:
 
     # ------------------------------------------------------------------ quarantine
 
-    def _quarantine(self, session: Session, peer: str, direction: str, item: Item, reason: str) -> None:
-        summary = "unreadable item"
-        env = parse_envelope(item.body) if item.kind == ENVELOPE else None
-        if env is not None:
-            summary = domain.payload_summary(env.WhichOneof("payload") or "", env.case_id, env.version)
-        elif item.kind == COMMAND and (cmd := parse_command(item.body)) is not None:
-            summary = f"command {cmd.WhichOneof('body')} {cmd.case_id} → {cmd.target_node}"
-        session.execute(
-            quarantine.insert().values(
-                peer_node=peer,
-                direction=direction,
-                kind=item.kind,
-                reason=reason,
-                summary=summary,
-                body=item.body,
-                received_at=self._clock(),
+    def _quarantine(self, session: Session, peer: str, direction: str, refused: Sequence[tuple[Item, str]]) -> None:
+        if not refused:
+            return
+        now = self._clock()
+        rows = []
+        for item, reason in refused:
+            summary = "unreadable item"
+            env = parse_envelope(item.body) if item.kind == ENVELOPE else None
+            if env is not None:
+                summary = domain.payload_summary(
+                    env.WhichOneof("payload") or "", env.case_id, env.version, item.case_sequence
+                )
+            elif item.kind == COMMAND and (cmd := parse_command(item.body)) is not None:
+                summary = f"command {cmd.WhichOneof('body')} {cmd.case_id} → {cmd.target_node}"
+            rows.append(
+                {
+                    "peer_node": peer,
+                    "direction": direction,
+                    "kind": item.kind,
+                    "reason": reason,
+                    "summary": summary,
+                    "body": item.body,
+                    "case_sequence": item.case_sequence,
+                    "received_at": now,
+                }
             )
-        )
+        session.execute(quarantine.insert(), rows)
 
     def list_quarantine(
         self, peer: str = "", *, after_id: int = 0, limit: int = 100
@@ -529,9 +725,9 @@ class ExchangeStore:
                 if row is None or row.resolved_at is not None:
                     outcomes.append(ReplayOutcome(qid, False, "not in quarantine"))
                     continue
-                item = Item(0, row.kind, row.body)
+                item = Item(0, row.kind, row.body, int(row.case_sequence))
                 if row.direction == "up":
-                    reason = self._accept_from_child(session, row.peer_node, item)
+                    reason = self._accept_from_child(session, row.peer_node, [item])[0]
                 else:
                     reason = self._accept_from_parent(session, item)
                 if reason:
@@ -547,21 +743,25 @@ class ExchangeStore:
 
     # ------------------------------------------------------------------ what this node holds
 
-    def holdings(self, *, subtree: str = "", case_id: str = "") -> list[tuple[str, int, str, str, str]]:
-        """(case_id, version, event_type, origin_node, event_id) of each case event held, by case and version."""
-        query = select(up_log.c.case_id, up_log.c.version, up_log.c.event_type, up_log.c.origin_node, up_log.c.event_id)
+    def holdings(self, *, subtree: str = "", case_id: str = "") -> list[Held]:
+        """Each case event held (the up-log: own and the subtree's), by case, envelope version and event id."""
+        c = up_log.c
+        query = select(c.case_id, c.version, c.event_type, c.origin_node, c.event_id, c.case_sequence)
         if case_id:
-            query = query.where(up_log.c.case_id == case_id)
+            query = query.where(c.case_id == case_id)
         if subtree:
-            query = query.where(up_log.c.origin_node.in_(list(self.regions.subtree(subtree))))
+            query = query.where(c.origin_node.in_(list(self.regions.subtree(subtree))))
         with self._sf() as session:
-            rows = session.execute(query.order_by(up_log.c.case_id, up_log.c.version, up_log.c.event_id)).all()
-        return [(r[0], int(r[1]), r[2], r[3], r[4]) for r in rows]
+            rows = session.execute(query.order_by(c.case_id, c.version, c.event_id)).all()
+        return [Held(r[0], int(r[1]), r[2], r[3], r[4], int(r[5])) for r in rows]
 
 
-def digest(pairs: Sequence[tuple[str, int]]) -> str:
-    """SHA-256 over the sorted "case:version" lines: equal on two nodes iff they hold the same events."""
+def digest(held: Sequence[Held]) -> str:
+    """SHA-256 over the sorted "case:version:event_id" lines: equal on two nodes iff they hold the same events.
+
+    Not over the case sequences: each node numbers its own up-log, so those differ between nodes.
+    """
     h = hashlib.sha256()
-    for case_id, version in sorted(pairs):
-        h.update(f"{case_id}:{version}\n".encode())
+    for case_id, version, event_id in sorted((e.case_id, e.version, e.event_id) for e in held):
+        h.update(f"{case_id}:{version}:{event_id}\n".encode())
     return h.hexdigest()

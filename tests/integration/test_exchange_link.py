@@ -1,18 +1,23 @@
 """Exchange between real nodes in one process: county 511102 → city 511100 → province 510000 over real gRPC.
 
-Each node runs all five services on its own port and its own SQLite files; the links are the real
-PushEvents/PullDown pumps with their persisted cursors.
+Each node runs all five services on its own port and its own database (SQLite files, or one
+PostgreSQL database per node); the links are the real PushEvents/PullDown pumps with their
+persisted cursors.
 """
 
 from __future__ import annotations
 
 import socket
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
+from google.protobuf.message import Message
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
@@ -27,6 +32,8 @@ from services.node import Node
 from tests.helpers import wait_until
 
 Start = Callable[..., Node]
+# The nodes these tests start: 四川省, 乐山市, 市中区.
+TIERS = ("510000", "511100", "511102")
 
 
 def free_port() -> int:
@@ -35,14 +42,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture()
-def start(tmp_path: Path) -> Iterator[Start]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def start(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Start]:
+    """Starts nodes on SQLite or, for the postgres run, each node on its own PostgreSQL database."""
     started: list[Node] = []
+    databases: dict[str, str] = {}  # node -> URL: a restarted node finds its data again
+    admin: sa.Engine | None = None
+    run = uuid.uuid4().hex[:10]
+
+    def execute(sql: str) -> None:
+        assert admin is not None
+        with admin.connect() as conn:
+            conn.execute(sa.text(sql))
+
+    def name_of(code: str) -> str:
+        return f"lianxin_x_{run}_{code}"
+
+    if request.param == "postgres":
+        admin_url: str = request.getfixturevalue("postgres_admin_url")
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        # CREATE/DROP DATABASE take about a second each but overlap well: the three tiers in parallel.
+        with ThreadPoolExecutor(len(TIERS)) as pool:
+            list(pool.map(execute, [f'CREATE DATABASE "{name_of(code)}"' for code in TIERS]))
+        databases.update({code: admin.url.set(database=name_of(code)).render_as_string(False) for code in TIERS})
+
+    def database_for(code: str) -> str | None:
+        if admin is None:
+            return None
+        if code not in databases:
+            execute(f'CREATE DATABASE "{name_of(code)}"')
+            databases[code] = admin.url.set(database=name_of(code)).render_as_string(False)
+        return databases[code]
 
     def _start(code: str, parent: Node | None = None, *, port: int = 0, parent_address: str = "") -> Node:
         settings = Settings(
             node=code,
             data_dir=tmp_path,
+            database_url=database_for(code),
             parent=parent.address if parent is not None else (parent_address or None),
             grpc_port=port,
             relay_interval_s=0.05,
@@ -56,6 +92,10 @@ def start(tmp_path: Path) -> Iterator[Start]:
     for node in reversed(started):
         if node.server is not None:
             node.stop(grace=0.5)
+    if admin is not None:
+        with ThreadPoolExecutor(len(databases)) as pool:
+            list(pool.map(execute, [f'DROP DATABASE IF EXISTS "{name_of(code)}" WITH (FORCE)' for code in databases]))
+        admin.dispose()
 
 
 def phone_for(ref: str) -> str:
@@ -112,7 +152,8 @@ def test_case_registered_at_county_is_visible_at_city_and_province(start: Start)
     wait_until(converged([county, city, province], "511102", 2), 15, "registration and work order at 四川")
     held = replicas(province, case_id=case_id)
     assert [(e.version, e.event_type) for e in held.entries[:2]] == [(1, "case_registered"), (2, "work_order_created")]
-    assert [e.version for e in held.entries] == list(range(1, held.count + 1))
+    # The province numbered the case's events on its own up-log: once each, no gaps.
+    assert sorted(e.case_sequence for e in held.entries) == list(range(1, held.count + 1))
     assert {e.origin_node for e in held.entries} == {"511102"}
     quarantined = exchange(province).ListQuarantine(exchange_pb2.ListQuarantineRequest(), timeout=5)
     assert list(quarantined.items) == []
@@ -231,12 +272,16 @@ def test_county_cut_off_converges_after_reconnection(start: Start) -> None:
 
 
 def push(
-    stub: exchange_grpc.ExchangeServiceStub, child: str, *bodies: bytes, first: int = 1
+    stub: exchange_grpc.ExchangeServiceStub, child: str, *items: tuple[bytes, int], first: int = 1
 ) -> exchange_pb2.PushEventsResponse:
+    """Push (envelope, case sequence) items at consecutive positions from ``first``, as a child's link would."""
     reply: exchange_pb2.PushEventsResponse = stub.PushEvents(
         exchange_pb2.PushEventsRequest(
             child_node=child,
-            items=[exchange_pb2.ExchangeItem(position=first + i, envelope=b) for i, b in enumerate(bodies)],
+            items=[
+                exchange_pb2.ExchangeItem(position=first + i, envelope=body, case_sequence=number)
+                for i, (body, number) in enumerate(items)
+            ],
         ),
         timeout=5,
     )
@@ -271,23 +316,23 @@ def test_bad_inbound_data_is_quarantined_with_reasons_and_valid_data_still_lands
     reply = push(
         stub,
         "511102",
-        registered(good),
-        registered("511111-20261122-000001", origin="511111", owner="511111"),  # another county's case
-        registered("511102-20261122-000002", owner="511111"),  # forged owner
-        b"\xff\x00not-a-protobuf",
-        registered(good, version=3),  # v2 missing
-        registered(good, version=2, epoch=0),  # stale owner
+        (registered(good), 1),
+        (registered("511111-20261122-000001", origin="511111", owner="511111"), 1),  # another county's case
+        (registered("511102-20261122-000002", owner="511111"), 1),  # forged owner
+        (b"\xff\x00not-a-protobuf", 1),
+        (registered(good, version=3), 3),  # the link's #2 of the case is missing
+        (registered(good, version=2, epoch=0), 2),  # stale owner
     )
     assert reply.acked_position == 6
     reasons = {r.position: r.reason for r in reply.rejections}
     assert reasons[2].startswith("out of subtree")
     assert reasons[3].startswith("forged owner")
     assert reasons[4].startswith("malformed payload")
-    assert reasons[5].startswith("version gap")
+    assert reasons[5].startswith("sequence gap")
     assert reasons[6].startswith("stale owner")
     assert 1 not in reasons
 
-    unknown = push(stub, "510100", registered("510104-20261122-000001", origin="510104", owner="510104"))
+    unknown = push(stub, "510100", (registered("510104-20261122-000001", origin="510104", owner="510104"), 1))
     assert unknown.rejections[0].reason.startswith("unknown node")
 
     listed = stub.ListQuarantine(exchange_pb2.ListQuarantineRequest(peer_node="511102"), timeout=5)
@@ -295,14 +340,14 @@ def test_bad_inbound_data_is_quarantined_with_reasons_and_valid_data_still_lands
         "out of subtree",
         "forged owner",
         "malformed payload",
-        "version gap",
+        "sequence gap",
         "stale owner",
     ]
     assert "work_order_created 511102-20261122-000001 v3" in listed.items[3].payload_summary
     assert replicas(city, case_id=good).count == 1
 
     # The missing version arrives; replaying the gap item now applies it.
-    push(stub, "511102", registered(good, version=2), first=7)
+    push(stub, "511102", (registered(good, version=2), 2), first=7)
     result = stub.ReplayQuarantine(exchange_pb2.ReplayQuarantineRequest(ids=[listed.items[3].id]), timeout=5)
     assert result.results[0].applied, result.results[0].reason
     assert [e.version for e in replicas(city, case_id=good).entries] == [1, 2, 3]
@@ -321,7 +366,7 @@ def test_link_figures_are_on_metrics_and_link_status(start: Start) -> None:
     county = start("511102", city)
     submit(county, "call-m-1")
     wait_until(converged([county, city], "511102", 2), 10, "replication")
-    push(exchange(city), "511102", b"garbage", first=10_000)
+    push(exchange(city), "511102", (b"garbage", 1), first=10_000)
 
     def scrape(node: Node) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5) as page:
@@ -343,3 +388,71 @@ def test_link_figures_are_on_metrics_and_link_status(start: Start) -> None:
     assert 'lianxin_exchange_link_lag_events{peer="511100"}' in text
     assert 'lianxin_exchange_last_contact_timestamp_seconds{peer="511100"}' in text
     assert 'lianxin_exchange_link_lag_seconds{peer="511100"}' in text
+
+
+def case_event(case_id: str, field: str, payload: Message, *, version: int, service: str) -> BusEvent:
+    """An event of ``case_id`` as the emitting service of the county puts it on the bus."""
+    from datetime import UTC, datetime
+
+    env = envelope(
+        payload_field=field,
+        payload=payload,
+        case_id=case_id,
+        version=version,
+        owner_node="511102",
+        owner_epoch=1,
+        origin_node="511102",
+        origin_service=service,
+        occurred_at=datetime.now(UTC),
+    )
+    return BusEvent(env.event_id, service, field, env.SerializeToString())
+
+
+def quarantined(node: Node) -> list[str]:
+    listed = exchange(node).ListQuarantine(exchange_pb2.ListQuarantineRequest(), timeout=5)
+    return [item.reason for item in listed.items]
+
+
+def test_a_visit_event_with_version_0_replicates_without_quarantine(start: Start) -> None:
+    city = start("511100")
+    county = start("511102", city)
+    case_id = submit(county, "call-visit-1")
+    visit = case_event(case_id, "visit_booked", events_pb2.VisitBooked(visit_id="V-1"), version=0, service="video")
+    county.bus.publish(visit)
+
+    wait_until(lambda: visit.event_id in {e.event_id for e in replicas(city, case_id=case_id).entries}, 10, "the visit")
+    held = {e.event_id: e for e in replicas(city, case_id=case_id).entries}
+    assert (held[visit.event_id].version, held[visit.event_id].event_type) == (0, "visit_booked")
+    assert quarantined(city) == []
+
+
+def test_two_services_events_with_one_version_both_replicate_in_up_log_order(start: Start) -> None:
+    city = start("511100")
+    county = start("511102", city)
+    case_id = submit(county, "call-race-1")
+    wait_until(lambda: replicas(city, case_id=case_id).count >= 2, 10, "registration and work order at the city")
+    # intake and routing each chose "highest version seen + 1" at the same moment.
+    rated = case_event(
+        case_id,
+        "case_evaluated",
+        events_pb2.CaseEvaluated(satisfaction=common_pb2.SATISFACTION_SATISFIED),
+        version=3,
+        service="intake",
+    )
+    changed = case_event(
+        case_id, "work_order_changed", events_pb2.WorkOrderChanged(action="remark"), version=3, service="routing"
+    )
+    county.bus.publish(rated)
+    county.bus.publish(changed)
+
+    wanted = {rated.event_id, changed.event_id}
+    wait_until(
+        lambda: wanted <= {e.event_id for e in replicas(city, case_id=case_id).entries}, 10, "both events at the city"
+    )
+    at_city = sorted(replicas(city, case_id=case_id).entries, key=lambda e: e.case_sequence)
+    at_county = sorted(replicas(county, case_id=case_id).entries, key=lambda e: e.case_sequence)
+    assert [e.event_id for e in at_city if e.event_id in wanted] == [rated.event_id, changed.event_id]
+    # The city numbered them as the county's up-log ordered them (the county may have moved on since).
+    assert [e.event_id for e in at_city] == [e.event_id for e in at_county[: len(at_city)]]
+    assert {e.version for e in at_city if e.event_id in wanted} == {3}
+    assert quarantined(city) == []

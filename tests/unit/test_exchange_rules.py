@@ -11,13 +11,13 @@ from services.exchange import domain
 from services.exchange.package import PackageRefused, open_package, seal
 
 REGIONS = RegionTree.load()
-NOTHING = domain.CaseKnowledge(event_id_at_version=None, last_version=None, known_epoch=None, already_stored=False)
+NOTHING = domain.CaseKnowledge(event_id_at_sequence=None, last_sequence=None, known_epoch=None, already_stored=False)
 
 
 def event(**changes: object) -> domain.InboundEvent:
     fields: dict[str, object] = dict(
         event_id="e1", case_id="511102-20261122-000001", version=1, owner_epoch=1,
-        owner_node="511102", origin_node="511102", event_type="case_registered",
+        owner_node="511102", origin_node="511102", event_type="case_registered", case_sequence=1,
     )  # fmt: skip
     fields.update(changes)
     return domain.InboundEvent(**fields)  # type: ignore[arg-type]
@@ -38,6 +38,7 @@ def test_event_from_the_subtree_is_applied() -> None:
         (event(origin_node="511111"), "511102", "out of subtree"),
         (event(owner_node="511111"), "511102", "forged owner"),
         (event(case_id=""), "511102", "malformed payload"),
+        (event(case_sequence=0), "511102", "malformed payload"),
     ],
 )
 def test_bad_identity_is_refused_with_reason(ev: domain.InboundEvent, child: str, reason: str) -> None:
@@ -45,15 +46,51 @@ def test_bad_identity_is_refused_with_reason(ev: domain.InboundEvent, child: str
     assert decision.verdict is domain.Verdict.REFUSE and decision.reason.startswith(reason)
 
 
-def test_per_case_order_and_epochs() -> None:
-    known = domain.CaseKnowledge(event_id_at_version=None, last_version=2, known_epoch=3, already_stored=False)
-    assert judge(event(version=3, owner_epoch=3), known).verdict is domain.Verdict.APPLY
-    assert judge(event(version=4, owner_epoch=3), known).reason.startswith("version gap")
-    assert judge(event(version=3, owner_epoch=2), known).reason.startswith("stale owner")
-    again = domain.CaseKnowledge(event_id_at_version="e1", last_version=2, known_epoch=1, already_stored=True)
-    assert judge(event(version=2), again).verdict is domain.Verdict.DUPLICATE
-    other = domain.CaseKnowledge(event_id_at_version="e0", last_version=2, known_epoch=1, already_stored=False)
-    assert judge(event(version=2), other).reason.startswith("conflict")
+def test_per_case_order_is_the_links_sequence_and_epochs_only_rise() -> None:
+    known = domain.CaseKnowledge(event_id_at_sequence=None, last_sequence=2, known_epoch=3, already_stored=False)
+    assert judge(event(case_sequence=3, owner_epoch=3), known).verdict is domain.Verdict.APPLY
+    assert judge(event(case_sequence=4, owner_epoch=3), known).reason.startswith("sequence gap")
+    assert judge(event(case_sequence=3, owner_epoch=2), known).reason.startswith("stale owner")
+    assert judge(event(case_sequence=2), NOTHING).reason.startswith("sequence gap")  # #1 never arrived
+    again = domain.CaseKnowledge(event_id_at_sequence="e1", last_sequence=2, known_epoch=1, already_stored=True)
+    assert judge(event(case_sequence=2), again).verdict is domain.Verdict.DUPLICATE
+    other = domain.CaseKnowledge(event_id_at_sequence="e0", last_sequence=2, known_epoch=1, already_stored=False)
+    assert judge(event(case_sequence=2), other).reason.startswith("conflict")
+    behind = domain.CaseKnowledge(event_id_at_sequence=None, last_sequence=2, known_epoch=1, already_stored=False)
+    assert judge(event(case_sequence=1), behind).reason.startswith("out of order")
+
+
+def judge_all(*events: domain.InboundEvent, ledgers: dict[str, domain.CaseLedger] | None = None) -> list[str]:
+    decisions = domain.judge_batch(
+        events, child="511102", receiver="511100", regions=REGIONS, ledgers=ledgers or {}, stored_ids=set()
+    )
+    return [d.verdict.value if d.verdict is not domain.Verdict.REFUSE else d.reason.split(":")[0] for d in decisions]
+
+
+def test_envelope_versions_are_not_the_links_order() -> None:
+    visit = event(event_id="v", version=0, case_sequence=2, event_type="visit_booked")  # a fact: version 0
+    intake = event(event_id="a", version=3, case_sequence=3, event_type="case_evaluated")
+    routing = event(event_id="b", version=3, case_sequence=4, event_type="work_order_changed")  # same version
+    assert judge_all(event(), visit, intake, routing) == ["apply"] * 4
+
+
+def test_a_batch_is_judged_as_if_each_applied_item_were_already_stored() -> None:
+    ledgers = {"511102-20261122-000001": domain.CaseLedger(last_sequence=1, known_epoch=2)}
+    assert judge_all(
+        event(event_id="x", case_sequence=2, owner_epoch=2),
+        event(event_id="x", case_sequence=2, owner_epoch=2),  # the same item twice in one batch
+        event(event_id="y", case_sequence=2, owner_epoch=2),  # another event at a taken sequence
+        event(event_id="z", case_sequence=4, owner_epoch=2),
+        event(event_id="w", case_sequence=3, owner_epoch=1),
+        ledgers=ledgers,
+    ) == ["apply", "duplicate", "conflict", "sequence gap", "stale owner"]
+    assert ledgers["511102-20261122-000001"].last_sequence == 2
+
+
+def test_the_up_log_numbers_each_case_on_its_own() -> None:
+    last = {"c1": 4}
+    assert domain.number_case_events(["c1", "c2", "c1", "c2", "c3"], last) == [5, 1, 6, 2, 1]
+    assert last == {"c1": 6, "c2": 2, "c3": 1}
 
 
 def test_down_items_go_here_or_to_the_next_hop() -> None:
@@ -72,10 +109,10 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
 
 def test_package_round_trip_and_tampering() -> None:
     data = seal(
-        origin_node="511102", since=3, created_at="2026-11-22T00:00:00+00:00", items=[(4, b"\x01\x02")], key=b"k"
+        origin_node="511102", since=3, created_at="2026-11-22T00:00:00+00:00", items=[(4, b"\x01\x02", 1)], key=b"k"
     )
     package = open_package(data, key=b"k")
-    assert (package.origin_node, package.since, package.until, package.items) == ("511102", 3, 4, [(4, b"\x01\x02")])
+    assert (package.origin_node, package.since, package.until, package.items) == ("511102", 3, 4, [(4, b"\x01\x02", 1)])
     with pytest.raises(PackageRefused, match="signature mismatch"):
         open_package(data.replace(b"511102", b"511111"), key=b"k")
     with pytest.raises(PackageRefused, match="signature mismatch"):

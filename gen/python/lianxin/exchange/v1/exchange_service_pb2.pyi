@@ -86,22 +86,29 @@ class ExchangeItem(_message.Message):
     POSITION_FIELD_NUMBER: _builtins.int
     ENVELOPE_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
+    CASE_SEQUENCE_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """Position of the item in the sender's outbox; strictly increasing."""
     envelope: _builtins.bytes
     """A serialized lianxin.events.v1.EventEnvelope."""
     command: _builtins.bytes
     """A serialized lianxin.events.v1.Command for a case owned at or above the parent."""
+    case_sequence: _builtins.int
+    """Per-case link sequence: 1 for the case's first item on the sender's up-log, then +1 per item
+    of that case. The sender's up-log appender assigns it (one writer), so the receiver checks gaps
+    and order on it per (link, case), whatever envelope versions the emitting services chose.
+    """
     def __init__(
         self,
         *,
         position: _builtins.int = ...,
         envelope: _builtins.bytes = ...,
         command: _builtins.bytes = ...,
+        case_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "envelope", b"envelope", "item", b"item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "envelope", b"envelope", "item", b"item", "position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_sequence", b"case_sequence", "command", b"command", "envelope", b"envelope", "item", b"item", "position", b"position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["envelope", "command"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
@@ -648,16 +655,21 @@ class ReplicaEntry(_message.Message):
     EVENT_TYPE_FIELD_NUMBER: _builtins.int
     ORIGIN_NODE_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
+    CASE_SEQUENCE_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     """Case the event is about."""
     version: _builtins.int
-    """Per-case version."""
+    """The envelope's own per-case version, as the emitting service set it (0 for facts such as visits)."""
     event_type: _builtins.str
     """Payload field name of the event, e.g. "case_registered"."""
     origin_node: _builtins.str
     """Node whose outbox emitted the event."""
     event_id: _builtins.str
     """Id of the event."""
+    case_sequence: _builtins.int
+    """Position of the event among the case's events on this node's up-log (1, 2, ...); local to
+    this node, so it shows the order the node forwards them in, not a value to compare across nodes.
+    """
     def __init__(
         self,
         *,
@@ -666,10 +678,11 @@ class ReplicaEntry(_message.Message):
         event_type: _builtins.str = ...,
         origin_node: _builtins.str = ...,
         event_id: _builtins.str = ...,
+        case_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "event_id", b"event_id", "event_type", b"event_type", "origin_node", b"origin_node", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "case_sequence", b"case_sequence", "event_id", b"event_id", "event_type", b"event_type", "origin_node", b"origin_node", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -677,7 +690,7 @@ Global___ReplicaEntry: _TypeAlias = ReplicaEntry  # noqa: Y015
 
 @_typing.final
 class ListReplicasResponse(_message.Message):
-    """The events held, sorted by (case_id, version)."""
+    """The events held, sorted by (case_id, version, event_id)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -687,7 +700,9 @@ class ListReplicasResponse(_message.Message):
     count: _builtins.int
     """Number of matching events."""
     digest: _builtins.str
-    """SHA-256 (hex) over the sorted "case_id:version" lines of all matching events."""
+    """SHA-256 (hex) over the sorted "case_id:version:event_id" lines of all matching events: equal on
+    two nodes exactly when they hold the same events.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaEntry]:
         """Up to max_items entries."""
