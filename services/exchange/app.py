@@ -11,6 +11,7 @@ from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 
 from services.common.events import decode
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
+from services.common.tls import client_credentials
 from services.exchange import domain
 from services.exchange.link import GrpcNationalAdapter, NationalAdapter, NationalLink, ParentLink
 from services.exchange.models import outbox
@@ -43,6 +44,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
         for source, types in domain.UP_EVENT_TYPES.items()
         for event_type in types
     ]
+    # Node-to-node links present this node's certificate when the node runs with TLS (docs/security.md).
+    credentials = client_credentials(ctx.settings.tls_dir, node)
     parent_link: ParentLink | None = None
     if ctx.settings.parent:
         parent_node = ctx.regions.parent(node) or ""
@@ -51,11 +54,12 @@ def build(ctx: ServiceContext) -> ServiceParts:
             parent_node=parent_node,
             address=ctx.settings.parent,
             batch_size=int(os.environ.get(BATCH_ENV, "500")),
+            credentials=credentials,
         )
     national_link: NationalLink | None = None
     adapter: NationalAdapter | None = ctx.extras.get("national_adapter")
     if adapter is None and ctx.settings.national:
-        adapter = GrpcNationalAdapter(ctx.settings.national)
+        adapter = GrpcNationalAdapter(ctx.settings.national, credentials=credentials)
     if adapter is not None:
         national_link = NationalLink(store, adapter, clock=ctx.clock)
     reporter = LinkReporter(store, parent=parent_link, national=national_link)

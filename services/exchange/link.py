@@ -79,7 +79,9 @@ class ParentLink:
         batch_size: int = 500,
         deadline_s: float = 5.0,
         max_batches_per_run: int = 20,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        self._credentials = credentials  # mTLS client certificate naming this node (None: plaintext)
         self._store = store
         self.parent_node = parent_node
         self._address = address
@@ -93,7 +95,7 @@ class ParentLink:
 
     def _stub(self) -> exchange_grpc.ExchangeServiceStub:
         if self._channel is None:
-            self._channel = instrumented_channel(self._address)
+            self._channel = instrumented_channel(self._address, credentials=self._credentials)
         return exchange_grpc.ExchangeServiceStub(self._channel)
 
     def run(self) -> None:
@@ -192,8 +194,10 @@ class NationalAdapter(Protocol):
 class GrpcNationalAdapter:
     """``lianxin.national.v1`` over gRPC, with a deadline on every call."""
 
-    def __init__(self, address: str, *, deadline_s: float = 5.0) -> None:
-        self._channel = instrumented_channel(address)
+    def __init__(
+        self, address: str, *, deadline_s: float = 5.0, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        self._channel = instrumented_channel(address, credentials=credentials)
         self._stub = national_grpc.NationalServiceStub(self._channel)
         self._deadline = deadline_s
 

@@ -15,6 +15,7 @@ from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.crypto import cipher_from_env
 from services.common.service import ServiceContext, ServiceParts, ServicerBinding, Timer
+from services.common.tls import client_credentials
 from services.video import handlers
 from services.video.domain import DEFAULT_HOLD_TTL
 from services.video.models import outbox
@@ -29,7 +30,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
     calendar = ctx.extras.get("calendar") or ChineseWorkingCalendar()
     store = VideoStore(ctx.session_factory, cipher=cipher_from_env(), node=node, calendar=calendar, clock=ctx.clock)
     peers = ctx.extras.setdefault("video_peers", {})
-    remote = GrpcRemoteRooms(node, peers)
+    remote = GrpcRemoteRooms(node, peers, credentials=client_credentials(ctx.settings.tls_dir, node))
     hold_ttl = timedelta(seconds=float(ctx.extras.get("video_hold_ttl_s", DEFAULT_HOLD_TTL.total_seconds())))
 
     def notify() -> None:

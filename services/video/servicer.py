@@ -48,7 +48,10 @@ _HOLD_STATES = {s: getattr(pb, f"HOLD_STATE_{s}") for s in ("HELD", "CONFIRMED",
 class GrpcRemoteRooms:
     """``handlers.RemoteRooms`` over gRPC; ``peers``: node code → host:port (ctx.extras["video_peers"])."""
 
-    def __init__(self, node: str, peers: Mapping[str, str]) -> None:
+    def __init__(
+        self, node: str, peers: Mapping[str, str], *, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        self._credentials = credentials  # this node's mTLS client certificate, when TLS is on
         self._node = node
         self._peers = peers
         self._stubs: dict[str, video_grpc.VideoServiceStub] = {}
@@ -60,7 +63,9 @@ class GrpcRemoteRooms:
             raise Unavailable(f"no address for node {node} (ctx.extras['video_peers'])")
         with self._lock:
             if node not in self._stubs:
-                self._stubs[node] = video_grpc.VideoServiceStub(instrumented_channel(address))
+                self._stubs[node] = video_grpc.VideoServiceStub(
+                    instrumented_channel(address, credentials=self._credentials)
+                )
             return self._stubs[node]
 
     def hold(self, node: str, *, hold_id: str, room_id: str, visit: Visit, ttl: timedelta) -> HoldAnswer:

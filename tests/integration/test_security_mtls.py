@@ -108,3 +108,44 @@ def test_node_tls_channel_credentials_reach_the_parent(parent: Node, pki: Path) 
         stub = exchange_grpc.ExchangeServiceStub(channel)
         code = code_of(lambda: stub.PushEvents(exchange_pb2.PushEventsRequest(child_node="511102"), timeout=5))
     assert code not in DENIED
+
+
+def test_a_child_node_with_its_certificate_replicates_to_its_mtls_parent(pki: Path, tmp_path: Path) -> None:
+    """The whole link under mutual TLS: the child's exchange presents its own node certificate."""
+    from lianxin.common.v1 import common_pb2
+    from lianxin.intake.v1 import intake_service_pb2, intake_service_pb2_grpc
+    from lianxin.stats.v1 import stats_service_pb2, stats_service_pb2_grpc
+
+    from services.common.tls import NodeTls, client_credentials
+    from tests.helpers import wait_until
+
+    parent = Node(Settings(node=PARENT, data_dir=tmp_path / "parent", tls_dir=pki, require_mtls=True)).start()
+    child = Node(
+        Settings(node="511102", data_dir=tmp_path / "child", tls_dir=pki, require_mtls=True, parent=parent.address)
+    ).start()
+    try:
+        with grpc.secure_channel(child.address, client_credentials(pki, "511102")) as to_child:
+            intake_service_pb2_grpc.IntakeServiceStub(to_child).SubmitCase(
+                intake_service_pb2.SubmitCaseRequest(
+                    channel=common_pb2.CHANNEL_WEB,
+                    channel_ref="tls-1",
+                    title="路灯不亮",
+                    body="乐山市市中区某小区门口路灯长期不亮",
+                    category="城乡建设",
+                    region_code="511102",
+                    anonymous=True,
+                ),
+                timeout=10,
+            )
+        credentials = NodeTls.load(pki, PARENT).channel_credentials()
+        with grpc.secure_channel(parent.address, credentials) as to_parent:
+            stats = stats_service_pb2_grpc.StatsServiceStub(to_parent)
+
+            def counted_at_parent() -> bool:
+                reply = stats.GetMetrics(stats_service_pb2.GetMetricsRequest(region_code="511102"), timeout=5)
+                return reply.metrics[0].numerator == 1
+
+            wait_until(counted_at_parent, timeout=30, message="the child's case counted at the parent over mTLS")
+    finally:
+        child.stop(grace=1.0)
+        parent.stop(grace=1.0)
