@@ -11,6 +11,7 @@ from prometheus_client import Gauge
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.calendar import ChineseWorkingCalendar, WorkingCalendar
+from services.common.db import transaction
 from services.common.events import decode
 from services.common.outbox import consume_once
 from services.common.regions import RegionTree
@@ -70,6 +71,7 @@ def make_ingestor(
     regions: RegionTree,
     config: StatsConfig,
     calendar: WorkingCalendar,
+    clock: Callable[[], datetime] | None = None,
 ) -> Callable[[BusEvent], bool]:
     """The one entry for every source (own services or exchange); idempotent by event id and by version."""
 
@@ -81,7 +83,7 @@ def make_ingestor(
 
         def apply(session: Session) -> None:
             handlers.ingest(
-                SqlWarehouse(session),
+                SqlWarehouse(session, clock=clock),
                 case_event,
                 source=event.source,
                 body=event.body,
@@ -94,6 +96,19 @@ def make_ingestor(
         return consume_once(session_factory, inbox, "stats", event, apply)
 
     return ingest_event
+
+
+def roll_forward(session_factory: sessionmaker[Session], as_of: datetime, batch: int = 5000) -> int:
+    """Re-count in the rollups the facts whose deadline or rating window closed since they were
+    rolled, in batches of ``batch`` (one transaction each). Queries are exact without it; it keeps
+    the set of facts they correct with small. Returns the facts rolled."""
+    total = 0
+    while True:
+        with transaction(session_factory) as session:
+            done = SqlWarehouse(session).roll_forward(as_of=as_of, limit=batch)
+        total += done
+        if done < batch:
+            return total
 
 
 def refresh_gauges(
@@ -114,13 +129,14 @@ def build(ctx: ServiceContext) -> ServiceParts:
     config = ctx.extras.get("stats_config") or config_from_env()
     calendar = ctx.extras.get("calendar") or ChineseWorkingCalendar()
     ingest_event = make_ingestor(
-        session_factory=ctx.session_factory, regions=ctx.regions, config=config, calendar=calendar
+        session_factory=ctx.session_factory, regions=ctx.regions, config=config, calendar=calendar, clock=ctx.clock
     )
 
     def handle(event: BusEvent) -> None:
         ingest_event(event)
 
     gauge_interval = float(os.environ.get("LIANXIN_STATS_GAUGE_INTERVAL_S", "30"))
+    rollup_interval = float(os.environ.get("LIANXIN_STATS_ROLLUP_INTERVAL_S", "60"))
     return ServiceParts(
         name="stats",
         servicers=[
@@ -142,11 +158,12 @@ def build(ctx: ServiceContext) -> ServiceParts:
                 "stats-gauges",
                 gauge_interval,
                 lambda: (refresh_gauges(ctx.session_factory, ctx.regions, node, ctx.clock()), None)[1],
-            )
+            ),
+            Timer("stats-rollup", rollup_interval, lambda: (roll_forward(ctx.session_factory, ctx.clock()), None)[1]),
         ],
         session_factory=ctx.session_factory,
         outbox=outbox,
     )
 
 
-__all__ = ["SUBSCRIBED", "build", "config_from_env", "make_ingestor", "refresh_gauges"]
+__all__ = ["SUBSCRIBED", "build", "config_from_env", "make_ingestor", "refresh_gauges", "roll_forward"]

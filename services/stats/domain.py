@@ -359,6 +359,19 @@ COUNTERS: tuple[str, ...] = (
     "supervised",
 )
 
+
+def next_window(as_of: datetime, deadlines: Iterable[datetime | None]) -> datetime | None:
+    """The first of a fact's deadlines at or after ``as_of`` (None when all have passed).
+
+    Every time-dependent predicate compares one of these deadlines with as_of (``deadline <
+    as_of``), so a fact's counters as of ``as_of`` stay the same until that moment has passed;
+    the rollups use it to know which facts to re-count (see docs/stats.md, "Rollups").
+    """
+    t = to_utc(as_of)
+    ahead = [to_utc(d) for d in deadlines if d is not None and to_utc(d) >= t]
+    return min(ahead) if ahead else None
+
+
 # Which predicate's cases stand behind each metric (the drill-down lists the numerator's cases).
 NUMERATOR_PREDICATE: dict[str, str] = {
     "received": "received",

@@ -1,12 +1,13 @@
 """The warehouse's tables: one fact row per case (with its region path and statistical month), the
-case events it was folded from (keyed by case and version, so replays are harmless), and case texts
-for hotspot keywords."""
+case events it was folded from (keyed by case and version, so replays are harmless), case texts
+for hotspot keywords, and the monthly rollups (sums of the facts' metric counters per
+(stat_month, county, unit, category, channel), kept in step with the facts; see docs/stats.md)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, LargeBinary, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.outbox import inbox_table, outbox_table
@@ -48,6 +49,11 @@ class CaseFactRow(Base):
     satisfaction: Mapped[str] = mapped_column(String(24), default="")
     rating_default_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     supervision_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The moment at which this fact's contribution to the rollups was computed ("as of"), and the
+    # first deadline at or after it (accept, handling, rating window) that will change that
+    # contribution when it passes; NULL when none is ahead. See store.py "Rollups".
+    rolled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    next_window_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (
         Index("ix_case_facts_city", "city_code", "submitted_at"),
@@ -59,6 +65,10 @@ class CaseFactRow(Base):
         Index("ix_case_facts_county_month", "county_code", "stat_month"),
         Index("ix_case_facts_unit_month", "unit_id", "stat_month"),
         Index("ix_case_facts_state", "state"),
+        # The few facts whose rollup contribution is stale by now (a window closed since rolled_at).
+        Index("ix_case_facts_next_window", "next_window_at"),
+        # max(rolled_at): rollups answer only for as_of at or after every fact's rolled_at.
+        Index("ix_case_facts_rolled_at", "rolled_at"),
     )
 
 
@@ -85,5 +95,42 @@ class CaseTextRow(Base):
 
 
 metadata = Base.metadata
+
+# Rollup key: a fact's statistical month and place in the region tree, unit, category and channel.
+ROLLUP_KEY: tuple[str, ...] = (
+    "stat_month", "province_code", "city_code", "county_code", "unit_id", "category", "channel",
+)  # fmt: skip
+# One counter column per ``domain.COUNTERS`` entry (kept literal here so the schema is readable).
+ROLLUP_COUNTERS: tuple[str, ...] = (
+    "received", "online", "repeat", "accept_due", "accept_on_time", "reply_due", "replied",
+    "completion_due", "closed", "closed_on_time", "satisfaction_base", "satisfied", "overdue", "supervised",
+)  # fmt: skip
+# Replied cases by working days to the first reply, one exact column per day 0..ROLLUP_DAYS-1; the
+# rare longer ones go to ``stats_rollup_days_over`` by exact day, so mean and p90 stay exact.
+ROLLUP_DAYS = 64
+DAY_COLUMNS: tuple[str, ...] = tuple(f"d{k}" for k in range(ROLLUP_DAYS))
+
+
+def _key_columns() -> list[Column[str]]:
+    widths = {"stat_month": 7, "unit_id": 64, "category": 32, "channel": 32}
+    return [Column(name, String(widths.get(name, 6)), primary_key=True) for name in ROLLUP_KEY]
+
+
+rollups = Table(
+    "stats_rollups",
+    metadata,
+    *_key_columns(),
+    *[Column(name, BigInteger, nullable=False, default=0) for name in ROLLUP_COUNTERS + DAY_COLUMNS],
+    Index("ix_stats_rollups_province", "province_code", "stat_month"),
+    Index("ix_stats_rollups_city", "city_code", "stat_month"),
+    Index("ix_stats_rollups_county", "county_code", "stat_month"),
+)
+rollup_days_over = Table(
+    "stats_rollup_days_over",
+    metadata,
+    *_key_columns(),
+    Column("days", Integer, primary_key=True),
+    Column("n", BigInteger, nullable=False, default=0),
+)
 outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)
