@@ -44,9 +44,7 @@ def mypy_plugins() -> list[str] | None:
     bindirs = [Path(sys.executable).parent, *(Path(p) for p in os.environ.get("PATH", "").split(os.pathsep))]
     found: list[str] = []
     for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc"):
-        path = next(
-            (d / name for d in bindirs if (d / name).is_file() and os.access(d / name, os.X_OK)), None
-        )
+        path = next((d / name for d in bindirs if (d / name).is_file() and os.access(d / name, os.X_OK)), None)
         if path is None:
             return None
         found.append(f"--plugin={name}={path}")
@@ -121,9 +119,7 @@ def remove_stale() -> None:
             (OUT_DIR / rel).unlink()
     base = OUT_DIR / PACKAGE
     if base.exists():
-        for directory in sorted(
-            (d for d in base.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True
-        ):
+        for directory in sorted((d for d in base.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True):
             cache = directory / "__pycache__"
             if cache.is_dir():
                 shutil.rmtree(cache)
@@ -144,9 +140,7 @@ def check() -> int:
         run_protoc(fresh_root)
         fresh, current = tree(fresh_root), tree(OUT_DIR)
         problems = [f"missing: {p}" for p in sorted(fresh - current)]
-        problems += [
-            f"stale (not generated any more): {p}" for p in sorted(current - fresh) if is_generated(p)
-        ]
+        problems += [f"stale (not generated any more): {p}" for p in sorted(current - fresh) if is_generated(p)]
         problems += [
             f"differs: {p}"
             for p in sorted(fresh & current)

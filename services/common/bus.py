@@ -46,11 +46,7 @@ class InProcessBus:
         the retry through their inbox (``consume_once``), so the others are not held back by one.
         """
         with self._lock:
-            matching = [
-                s
-                for s in self._subscriptions
-                if s.source == event.source and s.event_type == event.event_type
-            ]
+            matching = [s for s in self._subscriptions if s.source == event.source and s.event_type == event.event_type]
         failures: list[tuple[Subscription, Exception]] = []
         for sub in matching:
             try:

@@ -130,9 +130,7 @@ def _as_date(value: Any, source: str, key: str) -> date:
 
 def _parse_year(raw: Any, source: str, prefix: str) -> OfficialYear:
     if not isinstance(raw, Mapping):
-        raise CalendarFileError(
-            source, prefix or "(top level)", "expected a mapping with year, holidays, workdays"
-        )
+        raise CalendarFileError(source, prefix or "(top level)", "expected a mapping with year, holidays, workdays")
     where = (prefix + ".") if prefix else ""
     unknown = set(raw) - {"year", "holidays", "workdays", "source", "note"}
     if unknown:
@@ -181,9 +179,7 @@ def _parse_year(raw: Any, source: str, prefix: str) -> OfficialYear:
             raise CalendarFileError(source, key, f"{day} is a {day:%A}; make-up workdays fall on weekends")
         workdays.add(day)
     source_note = raw.get("source", "")
-    return OfficialYear(
-        year=year, holidays=holidays, workdays=frozenset(workdays), source=str(source_note or "")
-    )
+    return OfficialYear(year=year, holidays=holidays, workdays=frozenset(workdays), source=str(source_note or ""))
 
 
 def load_calendar_file(path: str | Path) -> list[OfficialYear]:

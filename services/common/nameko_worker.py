@@ -133,9 +133,7 @@ def _unique(name: str, taken: dict[str, Any]) -> str:
     return candidate
 
 
-def build_worker_class(
-    parts: ServiceParts, settings: Settings, *, handler_retry_delay_s: float = 1.0
-) -> type:
+def build_worker_class(parts: ServiceParts, settings: Settings, *, handler_retry_delay_s: float = 1.0) -> type:
     """A nameko service class named ``parts.name`` that hosts the service's event side.
 
     Members: ``dispatch`` (EventDispatcher); ``relay_outbox`` (@timer, when the parts have both a
@@ -168,9 +166,7 @@ def build_worker_class(
 def run_worker(parts: ServiceParts, settings: Settings) -> None:
     """Run the worker until SIGTERM or Ctrl-C, then stop gracefully (in-flight handlers finish)."""
     if not patcher.is_monkey_patched("socket"):
-        raise RuntimeError(
-            "call eventlet.monkey_patch() first thing in the worker process, before other imports"
-        )
+        raise RuntimeError("call eventlet.monkey_patch() first thing in the worker process, before other imports")
     runner = ServiceRunner(nameko_config(settings))
     runner.add_service(build_worker_class(parts, settings))
 

@@ -105,9 +105,9 @@ class Readiness:
 
 
 def _settings(**changes: object) -> Settings:
-    return Settings(
-        node="510000", grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, grpc_workers=8
-    ).with_overrides(**changes)
+    return Settings(node="510000", grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, grpc_workers=8).with_overrides(
+        **changes
+    )
 
 
 @pytest.fixture

@@ -115,9 +115,7 @@ def test_publish_failure_stops_at_that_row_and_the_next_run_resumes_there(db: Db
 
 def test_batches_continue_in_order(db: Db) -> None:
     published: list[int] = []
-    relay = Relay(
-        db.factory, db.outbox, lambda e: published.append(number(e)), batch_size=3, service="testsvc"
-    )
+    relay = Relay(db.factory, db.outbox, lambda e: published.append(number(e)), batch_size=3, service="testsvc")
     append(db, *(event(n) for n in range(1, 8)))
     assert [relay.run_once() for _ in range(4)] == [3, 3, 1, 0]
     assert published == list(range(1, 8))
@@ -176,9 +174,7 @@ def test_backlog_counts_unpublished_rows_and_ages_the_oldest(db: Db) -> None:
 
     before = REGISTRY.get_sample_value("lianxin_outbox_published_total", {"service": "backlogsvc"}) or 0
     assert relay.run_once() == 2
-    assert (
-        REGISTRY.get_sample_value("lianxin_outbox_published_total", {"service": "backlogsvc"}) == before + 2
-    )
+    assert REGISTRY.get_sample_value("lianxin_outbox_published_total", {"service": "backlogsvc"}) == before + 2
     assert relay.backlog() == (0, 0.0)
 
 
@@ -195,8 +191,7 @@ def test_prune_deletes_only_old_published_rows_and_positions_are_never_reused(db
     append(db, event(4))
     with db.factory() as session:
         positions = {
-            row.event_id: row.position
-            for row in session.execute(select(db.outbox.c.event_id, db.outbox.c.position))
+            row.event_id: row.position for row in session.execute(select(db.outbox.c.event_id, db.outbox.c.position))
         }
     by_number = {int(k[:8]): v for k, v in positions.items()}
     assert set(by_number) == {3, 4}

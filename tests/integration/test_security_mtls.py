@@ -143,7 +143,7 @@ def test_a_child_node_with_its_certificate_replicates_to_its_mtls_parent(pki: Pa
 
             def counted_at_parent() -> bool:
                 reply = stats.GetMetrics(stats_service_pb2.GetMetricsRequest(region_code="511102"), timeout=5)
-                return reply.metrics[0].numerator == 1
+                return bool(reply.metrics[0].numerator == 1)
 
             wait_until(counted_at_parent, timeout=30, message="the child's case counted at the parent over mTLS")
     finally:

@@ -26,15 +26,9 @@ def event(source: str = "intake", event_type: str = "case_registered") -> BusEve
 def test_publish_calls_only_subscriptions_matching_source_and_type() -> None:
     bus = InProcessBus()
     seen: dict[str, list[str]] = {"routing": [], "stats": [], "video": []}
-    bus.subscribe(
-        Subscription("routing", "intake", "case_registered", lambda e: seen["routing"].append(e.event_id))
-    )
-    bus.subscribe(
-        Subscription("stats", "intake", "case_registered", lambda e: seen["stats"].append(e.event_id))
-    )
-    bus.subscribe(
-        Subscription("video", "routing", "case_registered", lambda e: seen["video"].append(e.event_id))
-    )
+    bus.subscribe(Subscription("routing", "intake", "case_registered", lambda e: seen["routing"].append(e.event_id)))
+    bus.subscribe(Subscription("stats", "intake", "case_registered", lambda e: seen["stats"].append(e.event_id)))
+    bus.subscribe(Subscription("video", "routing", "case_registered", lambda e: seen["video"].append(e.event_id)))
 
     registered = event()
     bus.publish(registered)
@@ -116,9 +110,7 @@ def test_notify_wakes_the_relay_loop_long_before_its_poll_interval(store: Outbox
     bus = InProcessBus()
     received = threading.Event()
     bus.subscribe(Subscription("stats", "intake", "case_registered", lambda e: received.set()))
-    loop = RelayLoop(
-        [Relay(store.factory, store.outbox, bus.publish, service="intake")], interval_s=30
-    ).start()
+    loop = RelayLoop([Relay(store.factory, store.outbox, bus.publish, service="intake")], interval_s=30).start()
     try:
         wait_until(lambda: loop.runs >= 1, 5, "the loop's first pass")  # now it sleeps up to 30 s
         store.append(event())
@@ -167,8 +159,6 @@ def test_timer_loop_runs_every_timer_repeatedly_even_when_one_fails() -> None:
 
     loop = TimerLoop([Timer("broken", 0.01, broken), Timer("sweep", 0.01, sweep)]).start()
     try:
-        wait_until(
-            lambda: counts["sweep"] >= 3 and counts["broken"] >= 3, 5, "both timers to run three times"
-        )
+        wait_until(lambda: counts["sweep"] >= 3 and counts["broken"] >= 3, 5, "both timers to run three times")
     finally:
         assert loop.stop(timeout=5)

@@ -97,9 +97,7 @@ def test_fifteen_day_limits_across_spring_festival_from_the_file() -> None:
     calendar = ChineseWorkingCalendar.with_files([FIXTURE_2027])
     policy = TimeLimitPolicy.default()
     # Calendar days: 25 Jan + 15 = 9 Feb, inside 春节 (5-12 Feb), so the limit ends on the next working day.
-    notice = deadline_for(
-        DeadlineKind.ACCEPT_NOTICE, datetime(2027, 1, 25, 9, tzinfo=CHINA), policy, calendar
-    )
+    notice = deadline_for(DeadlineKind.ACCEPT_NOTICE, datetime(2027, 1, 25, 9, tzinfo=CHINA), policy, calendar)
     assert notice.date() == date(2027, 2, 15)
     # Working days: from Fri 29 Jan, the make-up Sunday 31 Jan and Saturday 20 Feb count, 5-12 Feb do not.
     assert calendar.add_workdays(date(2027, 1, 29), 15) == date(2027, 2, 25)
@@ -148,9 +146,7 @@ def test_a_file_overrides_the_package_for_its_year(tmp_path: Path) -> None:
         ("year: 2027\nholliday: []\n", "holliday", "unknown key"),
     ],
 )
-def test_bad_calendar_files_name_the_file_and_the_key(
-    tmp_path: Path, content: str, key: str, reason: str
-) -> None:
+def test_bad_calendar_files_name_the_file_and_the_key(tmp_path: Path, content: str, key: str, reason: str) -> None:
     path = tmp_path / "calendar_bad.yaml"
     path.write_text(content, "utf-8")
     with pytest.raises(CalendarFileError) as caught:

@@ -49,9 +49,7 @@ def test_trained_model_reaches_held_out_accuracy(messages_csv: Path, tmp_path: P
         "汽车站客运班车超载",
         "从县汽车站发往市里的客运班车经常超载，站外揽客，存在安全隐患，请交通部门管一管。",
     )
-    taxi = model_text(
-        "出租车司机不打表乱收费", "昨晚在火车站打出租车，司机不打表，坐地起价，请运管部门整顿。"
-    )
+    taxi = model_text("出租车司机不打表乱收费", "昨晚在火车站打出租车，司机不打表，坐地起价，请运管部门整顿。")
     assert [category for category, _ in model.predict([bus, taxi])] == ["交通运输", "交通运输"]
     for category, confidence in model.predict([bus, "你好", "abc"]):
         assert 0.0 <= confidence <= 1.0

@@ -131,8 +131,7 @@ def test_every_service_rpc_message_field_and_enum_value_has_a_leading_comment(
 
 def test_every_generated_module_imports() -> None:
     modules = sorted(
-        ".".join(p.relative_to(GEN_DIR).with_suffix("").parts)
-        for p in (GEN_DIR / "lianxin").rglob("*_pb2*.py")
+        ".".join(p.relative_to(GEN_DIR).with_suffix("").parts) for p in (GEN_DIR / "lianxin").rglob("*_pb2*.py")
     )
     assert len(modules) == 2 * len(_proto_files())
     if str(GEN_DIR) not in sys.path:
@@ -170,7 +169,5 @@ def test_contract_names_other_services_code_against() -> None:
     )
     again = events_pb2.EventEnvelope.FromString(envelope.SerializeToString())
     assert again.WhichOneof("payload") == "case_registered"
-    request = intake_service_pb2.SubmitCaseRequest(
-        channel=common_pb2.CHANNEL_HOTLINE, hotline_operator_id="op7"
-    )
+    request = intake_service_pb2.SubmitCaseRequest(channel=common_pb2.CHANNEL_HOTLINE, hotline_operator_id="op7")
     assert request.hotline_operator_id == "op7"

@@ -58,9 +58,7 @@ def test_every_shipped_catalogue_covers_all_eight_categories() -> None:
 
 def test_city_level_matters_are_assigned_at_the_city_with_rules_first() -> None:
     cat = catalogue("511100")
-    assert decide("511100", "商贸旅游", "511100", TREE, cat) == AssignUnit(
-        "lsj-wglj"
-    )  # rule beats unit order
+    assert decide("511100", "商贸旅游", "511100", TREE, cat) == AssignUnit("lsj-wglj")  # rule beats unit order
     assert decide("511100", "卫生计生", "511100", TREE, cat) == AssignUnit("lsj-wjw")
 
 

@@ -51,9 +51,7 @@ def test_short_former_and_prefecture_names(locator: Locator, text: str, code: st
     assert locator.locate(text, "510000").code == code
 
 
-@pytest.mark.parametrize(
-    "text", ["提高县城的绿化", "城市中区域", "快乐山庄", "推广元素", "我在南部工作", "没有地名"]
-)
+@pytest.mark.parametrize("text", ["提高县城的绿化", "城市中区域", "快乐山庄", "推广元素", "我在南部工作", "没有地名"])
 def test_words_that_contain_names_are_not_places(locator: Locator, text: str) -> None:
     assert locator.locate(text, "510000") == Location(code=None)
 

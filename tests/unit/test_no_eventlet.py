@@ -29,9 +29,7 @@ def test_api_side_modules_do_not_import_eventlet_or_nameko() -> None:
         "bad = sorted(m for m in ('eventlet', 'nameko') if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "", f"imported by the api side: {result.stdout.strip()}"
 
 

@@ -61,9 +61,7 @@ def test_malformed_codes_are_rejected_before_any_lookup(bad: str) -> None:
 
 def test_random_strings_rarely_pass_the_check() -> None:
     rng = random.Random(7)
-    passed = sum(
-        is_valid_tracking_code("".join(rng.choice(ALPHABET) for _ in range(11))) for _ in range(32_000)
-    )
+    passed = sum(is_valid_tracking_code("".join(rng.choice(ALPHABET) for _ in range(11))) for _ in range(32_000))
     assert passed < 2_000  # about 1 in 32 by construction
 
 
