@@ -41,6 +41,18 @@ class HoldState(StrEnum):
     REFUSED = "REFUSED"
 
 
+class RemoteState(StrEnum):
+    """A hold this node asked of another node (``video_remote_holds.state``)."""
+
+    ASKED = "ASKED"  # recorded before HoldRoom is called, so a crash can still release it
+    HELD = "HELD"  # granted by the owning node, with a time-to-live there
+    CONFIRMED = "CONFIRMED"  # the room is booked for the visit
+    CONFIRMING = "CONFIRMING"  # a move committed here; ConfirmHold still to be done (retried by the sweep)
+    SUPERSEDED = "SUPERSEDED"  # the visit moved away; released once the new holds are CONFIRMED
+    RELEASING = "RELEASING"  # to be released (retried by the sweep)
+    RELEASED = "RELEASED"
+
+
 ACTIVE_VISIT_STATES = frozenset({VisitState.HOLDING, VisitState.BOOKED, VisitState.CHECKED_IN})
 
 

@@ -1,20 +1,23 @@
-"""Booking across nodes: reserve locally, hold remote rooms, confirm all or release all.
+"""Booking and moving across nodes: reserve locally, hold remote rooms, confirm all or release all.
 
 Plain functions over two ports (the store and the remote-rooms client), so the protocol can be
 read in one place. Failure rules: any refusal or error releases what was held; a crash half-way
-leaves a HOLDING visit and remote holds with a time-to-live, which the sweeps on both nodes clean
-up (``sweep``): nothing stays held.
+leaves a HOLDING visit (booking) or ASKED/HELD/CONFIRMING/SUPERSEDED remote holds (moving), with a
+time-to-live at the owning node, which the sweeps on both nodes clean up (``sweep``): nothing stays
+held, and a room is never given up before its replacement is confirmed.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Protocol
 
-from services.common.errors import Conflict, DomainError, FailedPrecondition, Unavailable
-from services.video.domain import BookRequest, RemoteHold, Visit
+from services.common.errors import Conflict, DomainError, FailedPrecondition, NotFound, Unavailable
+from services.video.domain import BookRequest, FoundSlot, RemoteHold, RemoteState, Visit
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,9 @@ class RemoteRooms(Protocol):
 
     def hold(self, node: str, *, hold_id: str, room_id: str, visit: Visit, ttl: timedelta) -> HoldAnswer: ...
 
-    def confirm(self, node: str, hold_id: str) -> None: ...
+    def confirm(self, node: str, hold_id: str) -> None:
+        """Raises FailedPrecondition when the hold lapsed or was released there, Unavailable when
+        the node cannot be reached."""
 
     def release(self, node: str, hold_id: str, reason: str) -> None: ...
 
@@ -48,7 +53,27 @@ class Store(Protocol):
         self, visit_id: str, reason: str, *, expected_version: int = 0, event: bool = False
     ) -> tuple[Visit, list[RemoteHold]]: ...
 
-    def mark_remote(self, hold_id: str, state: str) -> None: ...
+    def mark_remote(self, hold_id: str, state: str, *, only_from: str | None = None) -> None: ...
+
+    def get_visit(self, visit_id: str) -> Visit: ...
+
+    def reschedule(self, visit_id: str, expected_version: int, req: BookRequest) -> Visit: ...
+
+    def plan_move(
+        self, visit_id: str, expected_version: int, req: BookRequest
+    ) -> tuple[Visit, FoundSlot, list[RemoteHold]]: ...
+
+    def commit_move(self, visit: Visit, slot: FoundSlot, holds: list[RemoteHold]) -> Visit: ...
+
+    def drop_move(self, hold_ids: list[str]) -> list[RemoteHold]: ...
+
+    def move_confirmed(self, hold_id: str) -> None: ...
+
+    def release_superseded(self, visit_id: str) -> list[RemoteHold]: ...
+
+    def confirming(self) -> list[RemoteHold]: ...
+
+    def abandon_stale_moves(self, older_than: timedelta) -> int: ...
 
     def expire_holds(self) -> int: ...
 
@@ -75,12 +100,14 @@ def book_visit(store: Store, remote: RemoteRooms, req: BookRequest, ttl: timedel
             continue
         if not holds:
             return visit
-        refused = _hold_all(store, remote, visit, holds, ttl)
+        refused = _hold_all(
+            store, remote, visit, holds, ttl, undo=partial(_give_up, store, remote, visit, "hold failed")
+        )
         if refused is None:
             for h in holds:
                 try:
                     remote.confirm(h.node, h.hold_id)
-                    store.mark_remote(h.hold_id, "CONFIRMED")
+                    store.mark_remote(h.hold_id, RemoteState.CONFIRMED.value)
                 except DomainError as error:
                     _give_up(store, remote, visit, f"confirm failed: {error}")
                     raise Unavailable(f"room {h.room_id} at node {h.node} could not be confirmed: {error}") from error
@@ -93,17 +120,27 @@ def book_visit(store: Store, remote: RemoteRooms, req: BookRequest, ttl: timedel
     raise last_error or FailedPrecondition("no slot free for every participant", "NO_SLOT")
 
 
-def _hold_all(store: Store, remote: RemoteRooms, visit: Visit, holds: list[RemoteHold], ttl: timedelta) -> str | None:
-    """Hold every remote room; the reason of the first refusal, or None when all are held."""
+def _hold_all(
+    store: Store,
+    remote: RemoteRooms,
+    visit: Visit,
+    holds: list[RemoteHold],
+    ttl: timedelta,
+    *,
+    undo: Callable[[], None],
+) -> str | None:
+    """Hold every remote room for ``visit``'s period; the reason of the first refusal, or None when
+    all are held. A node that does not answer runs ``undo`` (give back what was taken) and raises
+    Unavailable: the hold may have been granted before the deadline, so it is released too."""
     for h in holds:
         try:
             answer = remote.hold(h.node, hold_id=h.hold_id, room_id=h.room_id, visit=visit, ttl=ttl)
         except DomainError as error:
-            _give_up(store, remote, visit, f"hold failed: {error}")
+            undo()
             raise Unavailable(f"node {h.node} did not answer for room {h.room_id}: {error}") from error
         if not answer.granted:
             return f"room {h.room_id} at node {h.node}: {answer.reason}"
-        store.mark_remote(h.hold_id, "HELD")
+        store.mark_remote(h.hold_id, RemoteState.HELD.value, only_from=RemoteState.ASKED.value)
     return None
 
 
@@ -118,7 +155,7 @@ def release_pending(store: Store, remote: RemoteRooms, pending: list[RemoteHold]
     for h in pending:
         try:
             remote.release(h.node, h.hold_id, "booking abandoned")
-            store.mark_remote(h.hold_id, "RELEASED")
+            store.mark_remote(h.hold_id, RemoteState.RELEASED.value)
             released += 1
         except DomainError:
             log.warning("remote hold release failed; retried by the sweep", extra={"hold_id": h.hold_id})
@@ -131,9 +168,72 @@ def cancel_visit(store: Store, remote: RemoteRooms, visit_id: str, expected_vers
     return visit
 
 
+def reschedule_visit(
+    store: Store, remote: RemoteRooms, visit_id: str, expected_version: int, req: BookRequest, ttl: timedelta
+) -> Visit:
+    """Move a visit to the earliest slot free for every participant (or exactly ``req.starts_at``).
+
+    Local-only visits move in one transaction. With rooms at other nodes: plan the slot and record
+    new holds (ASKED), hold each remote room for the new period, then in one local transaction move
+    the reservations and the visit (version + 1; new holds CONFIRMING, old ones SUPERSEDED), then
+    confirm the new holds and only then release the old ones. A refusal or an unreachable node
+    before the commit releases the new holds and leaves the visit as it was."""
+    if not store.get_visit(visit_id).hold_ids:
+        return store.reschedule(visit_id, expected_version, req)
+    excluded: set[datetime] = set(req.exclude)
+    last_error: DomainError | None = None
+    for _ in range(MAX_ATTEMPTS):
+        visit, slot, holds = store.plan_move(visit_id, expected_version, replace(req, exclude=frozenset(excluded)))
+        undo = partial(_drop_move, store, remote, [h.hold_id for h in holds])
+        target = replace(visit, starts_at=slot.starts_at, ends_at=slot.ends_at)
+        refused = _hold_all(store, remote, target, holds, ttl, undo=undo)
+        if refused is not None:
+            undo()
+            if req.starts_at is not None:
+                raise Conflict(f"a remote room is not free at {req.starts_at.isoformat()}: {refused}")
+            excluded.add(slot.starts_at)
+            last_error = Conflict(refused)
+            continue
+        try:
+            moved = store.commit_move(visit, slot, holds)
+        except DomainError:
+            undo()  # the visit changed or a local participant was taken meanwhile: nothing moved
+            raise
+        _complete_move(store, remote, moved.visit_id, holds)
+        return moved
+    raise last_error or FailedPrecondition("no other slot free for every participant", "BOOKED")
+
+
+def _drop_move(store: Store, remote: RemoteRooms, hold_ids: list[str]) -> None:
+    release_pending(store, remote, store.drop_move(hold_ids))
+
+
+def _complete_move(store: Store, remote: RemoteRooms, visit_id: str, holds: list[RemoteHold]) -> int:
+    """Confirm a committed move's new holds, then release the old ones; returns holds released.
+
+    Unreachable node: the hold stays CONFIRMING and the sweep retries (the owning node keeps it for
+    its time-to-live). A hold that lapsed there meanwhile means the visit lost its room at the new
+    slot: the visit is cancelled (visit_cancelled) and everything it still holds is released."""
+    for h in holds:
+        try:
+            remote.confirm(h.node, h.hold_id)
+        except Unavailable:
+            log.warning("move confirmation failed; retried by the sweep", extra={"hold_id": h.hold_id})
+            return 0
+        except (FailedPrecondition, NotFound) as lapsed:
+            reason = f"room {h.room_id} at node {h.node} was lost while moving the visit: {lapsed}"
+            try:
+                _, pending = store.abandon(visit_id, reason, event=True)
+            except (Conflict, FailedPrecondition):
+                return 0  # cancelled or checked in meanwhile: the sweep releases what is RELEASING
+            return release_pending(store, remote, pending)
+        store.move_confirmed(h.hold_id)
+    return release_pending(store, remote, store.release_superseded(visit_id))
+
+
 def sweep(store: Store, remote: RemoteRooms, hold_ttl: timedelta) -> dict[str, int]:
-    """The periodic clean-up: expire holds granted here, abandon half-done bookings made here,
-    retry remote releases, emit due reminders."""
+    """The periodic clean-up: expire holds granted here, abandon half-done bookings and moves made
+    here, finish committed moves, retry remote releases, emit due reminders."""
     expired = store.expire_holds()
     abandoned = 0
     for visit_id in store.stale_holding(hold_ttl * 2):
@@ -142,6 +242,13 @@ def sweep(store: Store, remote: RemoteRooms, hold_ttl: timedelta) -> dict[str, i
             abandoned += 1
         except (Conflict, FailedPrecondition):
             pass  # finished or cancelled meanwhile
-    released = release_pending(store, remote, list(store.releasing()))
+    abandoned += store.abandon_stale_moves(hold_ttl * 2)
+    released = 0
+    confirming: dict[str, list[RemoteHold]] = {}
+    for h in store.confirming():
+        confirming.setdefault(h.visit_id, []).append(h)
+    for visit_id, holds in confirming.items():
+        released += _complete_move(store, remote, visit_id, holds)
+    released += release_pending(store, remote, list(store.releasing()))
     reminders = store.send_reminders()
     return {"expired": expired, "abandoned": abandoned, "released": released, "reminders": reminders}

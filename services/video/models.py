@@ -103,7 +103,7 @@ class RemoteHoldRow(Base):
     visit_id: Mapped[str] = mapped_column(String(64), index=True)
     room_id: Mapped[str] = mapped_column(String(64))
     node: Mapped[str] = mapped_column(String(6))
-    state: Mapped[str] = mapped_column(String(16), index=True)  # ASKED, HELD, CONFIRMED, RELEASING, RELEASED
+    state: Mapped[str] = mapped_column(String(16), index=True)  # domain.RemoteState
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

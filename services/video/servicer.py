@@ -14,7 +14,7 @@ from lianxin.common.v1 import common_pb2
 from lianxin.video.v1 import video_service_pb2 as pb
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.grpcserver import instrumented_channel
 from services.common.logs import mask_id_number, mask_name
 from services.common.timeutil import from_timestamp, to_timestamp
@@ -54,7 +54,7 @@ class GrpcRemoteRooms:
         self._credentials = credentials  # this node's mTLS client certificate, when TLS is on
         self._node = node
         self._peers = peers
-        self._stubs: dict[str, video_grpc.VideoServiceStub] = {}
+        self._stubs: dict[str, video_grpc.VideoServiceStub] = {}  # by address: a moved peer gets a new channel
         self._lock = threading.Lock()
 
     def _stub(self, node: str) -> video_grpc.VideoServiceStub:
@@ -62,11 +62,11 @@ class GrpcRemoteRooms:
         if not address:
             raise Unavailable(f"no address for node {node} (ctx.extras['video_peers'])")
         with self._lock:
-            if node not in self._stubs:
-                self._stubs[node] = video_grpc.VideoServiceStub(
+            if address not in self._stubs:
+                self._stubs[address] = video_grpc.VideoServiceStub(
                     instrumented_channel(address, credentials=self._credentials)
                 )
-            return self._stubs[node]
+            return self._stubs[address]
 
     def hold(self, node: str, *, hold_id: str, room_id: str, visit: Visit, ttl: timedelta) -> HoldAnswer:
         request = pb.HoldRoomRequest(
@@ -91,7 +91,11 @@ class GrpcRemoteRooms:
                 pb.ConfirmHoldRequest(hold_id=hold_id, requesting_node=self._node), timeout=CALL_TIMEOUT_S
             )
         except grpc.RpcError as error:
-            raise Unavailable(f"ConfirmHold at {node}: {error.code()}") from error  # type: ignore[attr-defined]
+            code = error.code()  # type: ignore[attr-defined]
+            if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                # The owning node answered: the hold lapsed or was released; retrying cannot help.
+                raise FailedPrecondition(f"ConfirmHold at {node}: {error.details()}", code.name) from error  # type: ignore[attr-defined]
+            raise Unavailable(f"ConfirmHold at {node}: {code}") from error
 
     def release(self, node: str, hold_id: str, reason: str) -> None:
         try:
@@ -100,6 +104,8 @@ class GrpcRemoteRooms:
                 timeout=CALL_TIMEOUT_S,
             )
         except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                return  # the hold never reached that node (the call asking for it failed): nothing to free
             raise Unavailable(f"ReleaseHold at {node}: {error.code()}") from error  # type: ignore[attr-defined]
 
 
@@ -290,7 +296,9 @@ class VideoServicer(video_grpc.VideoServiceServicer):
             not_after,
             _time(request.starts_at, "starts_at"),
         )
-        visit = self._store.reschedule(request.visit_id, request.expected_version, req)
+        visit = handlers.reschedule_visit(
+            self._store, self._remote, request.visit_id, request.expected_version, req, self._ttl
+        )
         self._after_commit()
         return pb.RescheduleVisitResponse(visit=visit_message(visit))
 

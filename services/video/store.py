@@ -32,6 +32,7 @@ from services.video.domain import (
     HoldState,
     OneOffDay,
     RemoteHold,
+    RemoteState,
     Representative,
     Room,
     Schedule,
@@ -352,21 +353,7 @@ class VideoStore:
             for res in resources:
                 self._reserve(s, res, slot.starts_at, slot.ends_at, owner)
             self._count_in_session(s, req.leader_id, slot.session_start, schedule.max_per_session, +1)
-            holds = [
-                RemoteHold(str(uuid.uuid4()), visit_id, r, s.get(RoomRow, r).node, "ASKED")  # type: ignore[union-attr]
-                for r in remote
-            ]
-            for h in holds:
-                s.add(
-                    RemoteHoldRow(
-                        hold_id=h.hold_id,
-                        visit_id=visit_id,
-                        room_id=h.room_id,
-                        node=h.node,
-                        state="ASKED",
-                        created_at=now,
-                    )
-                )
+            holds = self._ask_remote(s, visit_id, remote, now)
             visit = Visit(
                 visit_id=visit_id,
                 case_id=req.case_id,
@@ -392,7 +379,11 @@ class VideoStore:
             visit = self._to_visit(row)
             require_state(visit, {VisitState.HOLDING}, "confirm")
             row.state, row.version = VisitState.BOOKED.value, row.version + 1
-            s.execute(update(RemoteHoldRow).where(RemoteHoldRow.visit_id == visit_id).values(state="CONFIRMED"))
+            s.execute(
+                update(RemoteHoldRow)
+                .where(RemoteHoldRow.visit_id == visit_id, RemoteHoldRow.state == RemoteState.HELD.value)
+                .values(state=RemoteState.CONFIRMED.value)
+            )
             visit = self._to_visit(row)
             self._emit_booked(s, visit)
             return visit
@@ -412,10 +403,10 @@ class VideoStore:
             row.state, row.version = VisitState.CANCELLED.value, row.version + 1
             s.execute(
                 update(RemoteHoldRow)
-                .where(RemoteHoldRow.visit_id == visit_id, RemoteHoldRow.state != "RELEASED")
-                .values(state="RELEASING")
+                .where(RemoteHoldRow.visit_id == visit_id, RemoteHoldRow.state != RemoteState.RELEASED.value)
+                .values(state=RemoteState.RELEASING.value)
             )
-            pending = self._remote(s, visit_id, "RELEASING")
+            pending = self._remote(s, visit_id, RemoteState.RELEASING.value)
             visit = self._to_visit(row)
             if event:
                 self._emit(
@@ -428,6 +419,81 @@ class VideoStore:
                 )
             return visit, pending
 
+    def _ask_remote(self, s: Session, visit_id: str, rooms: list[str], now: datetime) -> list[RemoteHold]:
+        """Record the holds about to be asked of other nodes first, so a crash can always release them."""
+        holds = [
+            RemoteHold(str(uuid.uuid4()), visit_id, r, self.room(s, r).node, RemoteState.ASKED.value) for r in rooms
+        ]
+        for h in holds:
+            s.add(
+                RemoteHoldRow(
+                    hold_id=h.hold_id, visit_id=visit_id, room_id=h.room_id, node=h.node, state=h.state, created_at=now
+                )
+            )
+        return holds
+
+    def _next_slot(self, s: Session, visit: Visit, req: BookRequest) -> tuple[Schedule, FoundSlot, list[str]]:
+        """The earliest other slot for every participant of ``visit``; its own reservations count free."""
+        schedule = self._schedule(s, visit.leader_id)
+        extra = tuple(r for r in visit.room_ids if r not in schedule.room_ids)
+        moved = BookRequest(
+            visit.case_id,
+            visit.leader_id,
+            extra,
+            tuple(visit.unit_ids),
+            req.not_before,
+            req.not_after,
+            req.starts_at,
+            frozenset({visit.starts_at}) | req.exclude,
+        )
+        _, found, remote = self._find(s, moved, 1, ignore_owner=f"visit:{visit.visit_id}")
+        if not found:
+            raise FailedPrecondition("no other slot free for every participant in the window", "BOOKED")
+        return schedule, found[0], remote
+
+    def _move_local(
+        self,
+        s: Session,
+        row: VisitRow,
+        visit: Visit,
+        schedule: Schedule,
+        slot: FoundSlot,
+        remote: list[str],
+        hold_ids: list[str],
+    ) -> Visit:
+        """Move the local reservations, the session counts and the visit to ``slot`` (version + 1)."""
+        owner = f"visit:{visit.visit_id}"
+        s.execute(delete(ReservationRow).where(ReservationRow.owner == owner))
+        self._count_in_session(s, visit.leader_id, aware(row.session_start), 0, -1)
+        resources = (
+            [f"leader:{visit.leader_id}"]
+            + [f"room:{r}" for r in slot.room_ids if r not in remote]
+            + [f"unit:{u}" for u in visit.unit_ids]
+        )
+        for res in resources:
+            self._reserve(s, res, slot.starts_at, slot.ends_at, owner)
+        self._count_in_session(s, visit.leader_id, slot.session_start, schedule.max_per_session, +1)
+        done = s.execute(
+            update(VisitRow)
+            .where(VisitRow.visit_id == visit.visit_id, VisitRow.version == visit.version)
+            .values(
+                starts_at=slot.starts_at,
+                ends_at=slot.ends_at,
+                session_start=slot.session_start,
+                version=visit.version + 1,
+                room_ids=list(slot.room_ids),
+                hold_ids=hold_ids,
+            )
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            raise Conflict("the visit changed meanwhile")
+        s.expire(row)
+        # Reminders are per start time: a moved visit is reminded again.
+        s.execute(delete(ReminderRow).where(ReminderRow.visit_id == visit.visit_id))
+        moved = self._to_visit(row)
+        self._emit_booked(s, moved)
+        return moved
+
     def reschedule(self, visit_id: str, expected_version: int, req: BookRequest) -> Visit:
         """Move a visit with local participants only, in one transaction (its own old slot counts free)."""
         with self._tx() as s:
@@ -436,52 +502,111 @@ class VideoStore:
             check_version(expected_version, visit.version, "visit")
             require_state(visit, {VisitState.BOOKED}, "reschedule")
             if visit.hold_ids:
-                raise FailedPrecondition("a visit with rooms at other nodes is moved by cancel and book", "BOOKED")
-            schedule = self._schedule(s, visit.leader_id)
-            extra = tuple(r for r in visit.room_ids if r not in schedule.room_ids)
-            moved = BookRequest(
-                visit.case_id,
-                visit.leader_id,
-                extra,
-                tuple(visit.unit_ids),
-                req.not_before,
-                req.not_after,
-                req.starts_at,
-                frozenset({visit.starts_at}),
-            )
-            _, found, _ = self._find(s, moved, 1, ignore_owner=f"visit:{visit_id}")
-            if not found:
-                raise FailedPrecondition("no other slot free for every participant in the window", "BOOKED")
-            slot = found[0]
-            s.execute(delete(ReservationRow).where(ReservationRow.owner == f"visit:{visit_id}"))
-            self._count_in_session(s, visit.leader_id, aware(row.session_start), 0, -1)
-            resources = (
-                [f"leader:{visit.leader_id}"]
-                + [f"room:{r}" for r in slot.room_ids]
-                + [f"unit:{u}" for u in visit.unit_ids]
-            )
-            for res in resources:
-                self._reserve(s, res, slot.starts_at, slot.ends_at, f"visit:{visit_id}")
-            self._count_in_session(s, visit.leader_id, slot.session_start, schedule.max_per_session, +1)
-            done = s.execute(
-                update(VisitRow)
-                .where(VisitRow.visit_id == visit_id, VisitRow.version == visit.version)
-                .values(
-                    starts_at=slot.starts_at,
-                    ends_at=slot.ends_at,
-                    session_start=slot.session_start,
-                    version=visit.version + 1,
-                    room_ids=list(slot.room_ids),
+                raise FailedPrecondition("a visit with rooms at other nodes is moved with holds", "BOOKED")
+            schedule, slot, remote = self._next_slot(s, visit, req)
+            return self._move_local(s, row, visit, schedule, slot, remote, [])
+
+    def plan_move(
+        self, visit_id: str, expected_version: int, req: BookRequest
+    ) -> tuple[Visit, FoundSlot, list[RemoteHold]]:
+        """Step 1 of moving a visit with remote rooms: pick the new slot and record the new holds to
+        ask (ASKED). Nothing of the visit changes yet."""
+        now = self.now()
+        with self._tx() as s:
+            row = self._visit_row_for(s, visit_id)
+            visit = self._to_visit(row)
+            check_version(expected_version, visit.version, "visit")
+            require_state(visit, {VisitState.BOOKED}, "reschedule")
+            unsettled = s.scalar(
+                select(RemoteHoldRow.node).where(
+                    RemoteHoldRow.visit_id == visit_id,
+                    RemoteHoldRow.state.in_([RemoteState.CONFIRMING.value, RemoteState.SUPERSEDED.value]),
                 )
             )
-            if done.rowcount != 1:  # type: ignore[attr-defined]
-                raise Conflict("the visit changed meanwhile")
-            s.expire(row)
-            # Reminders are per start time: a moved visit is reminded again.
-            s.execute(delete(ReminderRow).where(ReminderRow.visit_id == visit_id))
-            visit = self._to_visit(row)
-            self._emit_booked(s, visit)
-            return visit
+            if unsettled is not None:
+                raise FailedPrecondition(
+                    f"the previous move is still being confirmed with node {unsettled}; try again shortly", "BOOKED"
+                )
+            _, slot, remote = self._next_slot(s, visit, req)
+            return visit, slot, self._ask_remote(s, visit_id, remote, now)
+
+    def commit_move(self, visit: Visit, slot: FoundSlot, holds: list[RemoteHold]) -> Visit:
+        """Step 2, once every new hold is HELD: one transaction moves the local reservations and the
+        visit; the new holds become CONFIRMING and the old ones SUPERSEDED (released only after the
+        new ones are confirmed)."""
+        new_ids = [h.hold_id for h in holds]
+        with self._tx() as s:
+            row = self._visit_row_for(s, visit.visit_id)
+            current = self._to_visit(row)
+            check_version(visit.version, current.version, "visit")
+            require_state(current, {VisitState.BOOKED}, "reschedule")
+            done = s.execute(
+                update(RemoteHoldRow)
+                .where(RemoteHoldRow.hold_id.in_(new_ids), RemoteHoldRow.state == RemoteState.HELD.value)
+                .values(state=RemoteState.CONFIRMING.value)
+            )
+            if done.rowcount != len(new_ids):  # type: ignore[attr-defined]
+                raise Conflict("the holds for the new slot were given up meanwhile")
+            s.execute(
+                update(RemoteHoldRow)
+                .where(
+                    RemoteHoldRow.hold_id.in_(current.hold_ids),
+                    RemoteHoldRow.state == RemoteState.CONFIRMED.value,
+                )
+                .values(state=RemoteState.SUPERSEDED.value)
+            )
+            schedule = self._schedule(s, current.leader_id)
+            return self._move_local(s, row, current, schedule, slot, [h.room_id for h in holds], new_ids)
+
+    def drop_move(self, hold_ids: list[str]) -> list[RemoteHold]:
+        """A move failed before its commit: its new holds (ASKED or HELD) go RELEASING, returned for release."""
+        with self._tx() as s:
+            s.execute(
+                update(RemoteHoldRow)
+                .where(
+                    RemoteHoldRow.hold_id.in_(hold_ids),
+                    RemoteHoldRow.state.in_([RemoteState.ASKED.value, RemoteState.HELD.value]),
+                )
+                .values(state=RemoteState.RELEASING.value)
+            )
+            return [h for h in self._remote(s, None, RemoteState.RELEASING.value) if h.hold_id in hold_ids]
+
+    def move_confirmed(self, hold_id: str) -> None:
+        """A CONFIRMING hold was confirmed by its node (a cancel meanwhile left it RELEASING: kept so)."""
+        self.mark_remote(hold_id, RemoteState.CONFIRMED.value, only_from=RemoteState.CONFIRMING.value)
+
+    def release_superseded(self, visit_id: str) -> list[RemoteHold]:
+        """Once no new hold of the visit awaits confirmation, its old (SUPERSEDED) holds go RELEASING."""
+        with self._tx() as s:
+            if self._remote(s, visit_id, RemoteState.CONFIRMING.value):
+                return []
+            s.execute(
+                update(RemoteHoldRow)
+                .where(RemoteHoldRow.visit_id == visit_id, RemoteHoldRow.state == RemoteState.SUPERSEDED.value)
+                .values(state=RemoteState.RELEASING.value)
+            )
+            return self._remote(s, visit_id, RemoteState.RELEASING.value)
+
+    def confirming(self) -> list[RemoteHold]:
+        with self._tx() as s:
+            return self._remote(s, None, RemoteState.CONFIRMING.value)
+
+    def abandon_stale_moves(self, older_than: timedelta) -> int:
+        """Sweep: new holds of a move that never committed (crash between plan and commit) go
+        RELEASING. Holds of a HOLDING visit are left to ``abandon`` (the booking's own clean-up)."""
+        cutoff = self.now() - older_than
+        with self._tx() as s:
+            moving = select(VisitRow.visit_id).where(VisitRow.state != VisitState.HOLDING.value)
+            done = s.execute(
+                update(RemoteHoldRow)
+                .where(
+                    RemoteHoldRow.state.in_([RemoteState.ASKED.value, RemoteState.HELD.value]),
+                    RemoteHoldRow.created_at <= cutoff,
+                    RemoteHoldRow.visit_id.in_(moving),
+                )
+                .values(state=RemoteState.RELEASING.value)
+            )
+            return int(done.rowcount)  # type: ignore[attr-defined]
 
     def check_in(self, visit_id: str, expected_version: int, reps: list[Representative]) -> Visit:
         now = self.now()
@@ -613,9 +738,12 @@ class VideoStore:
 
     # -- holds asked of other nodes -------------------------------------------------------------
 
-    def mark_remote(self, hold_id: str, state: str) -> None:
+    def mark_remote(self, hold_id: str, state: str, *, only_from: str | None = None) -> None:
+        q = update(RemoteHoldRow).where(RemoteHoldRow.hold_id == hold_id)
+        if only_from is not None:
+            q = q.where(RemoteHoldRow.state == only_from)
         with self._tx() as s:
-            s.execute(update(RemoteHoldRow).where(RemoteHoldRow.hold_id == hold_id).values(state=state))
+            s.execute(q.values(state=state))
 
     def stale_holding(self, older_than: timedelta) -> list[str]:
         """Visits still HOLDING long after their holds were asked: the booking failed half-way."""
@@ -631,7 +759,7 @@ class VideoStore:
 
     def releasing(self) -> list[RemoteHold]:
         with self._tx() as s:
-            return self._remote(s, None, "RELEASING")
+            return self._remote(s, None, RemoteState.RELEASING.value)
 
     def _remote(self, s: Session, visit_id: str | None, state: str) -> list[RemoteHold]:
         q = select(RemoteHoldRow).where(RemoteHoldRow.state == state)
