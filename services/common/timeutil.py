@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.common.errors import InvalidArgument
 
 CHINA = ZoneInfo("Asia/Shanghai")
 
@@ -26,8 +29,33 @@ def to_timestamp(value: datetime | None) -> Timestamp:
     return ts
 
 
-def from_timestamp(ts: Timestamp) -> datetime | None:
-    """None for an unset (zero) timestamp, so optional times stay optional."""
+# Times a petition platform can meaningfully be asked about. Checking here, once, keeps absurd
+# client values (year 9999, negative nanos) from overflowing date arithmetic deeper down.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def from_timestamp(ts: Timestamp, field: str = "timestamp") -> datetime | None:
+    """None for an unset (zero) timestamp, so optional times stay optional.
+
+    A timestamp outside 1970..2199 or with nanos outside [0, 1e9) is the caller's mistake:
+    ``InvalidArgument`` naming ``field``.
+    """
     if ts.seconds == 0 and ts.nanos == 0:
         return None
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(field, f"nanos must be in [0, 999999999], got {ts.nanos}")
+    if not EARLIEST.timestamp() <= ts.seconds < LATEST.timestamp():
+        raise InvalidArgument(field, f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
     return ts.ToDatetime(tzinfo=UTC)
+
+
+def from_duration(value: Duration, field: str, *, maximum: timedelta = timedelta(days=3660)) -> timedelta | None:
+    """None for an unset duration; negative, malformed or absurdly long ones are ``InvalidArgument``."""
+    if value.seconds == 0 and value.nanos == 0:
+        return None
+    if value.seconds < 0 or value.nanos < 0 or value.nanos >= 1_000_000_000:
+        raise InvalidArgument(field, "must be a positive duration")
+    if value.seconds > maximum.total_seconds():
+        raise InvalidArgument(field, f"must be at most {maximum.days} days")
+    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)

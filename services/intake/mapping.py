@@ -58,7 +58,7 @@ def submission(request: intake_pb2.SubmitCaseRequest) -> Submission:
 
 
 def submitted_at(request: intake_pb2.SubmitCaseRequest):  # type: ignore[no-untyped-def]
-    return from_timestamp(request.submitted_at) if request.HasField("submitted_at") else None
+    return from_timestamp(request.submitted_at, "submitted_at") if request.HasField("submitted_at") else None
 
 
 def case_message(case: Case, *, personal: str = "masked") -> common_pb2.Case:

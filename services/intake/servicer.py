@@ -108,8 +108,8 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             channel=mapping.channel_name(request.channel) if request.channel else None,
             category=request.category or None,
             regions=handlers.check_region_filter(request.region_code, self._deps),
-            submitted_after=from_timestamp(request.submitted_after) if request.HasField("submitted_after") else None,
-            submitted_before=from_timestamp(request.submitted_before) if request.HasField("submitted_before") else None,
+            submitted_after=from_timestamp(request.submitted_after, "submitted_after"),
+            submitted_before=from_timestamp(request.submitted_before, "submitted_before"),
         )
         page = handlers.list_cases(
             filters,

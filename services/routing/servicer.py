@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from lianxin.common.v1 import common_pb2
@@ -13,7 +13,7 @@ from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.common.timeutil import from_timestamp, to_timestamp, to_utc
+from services.common.timeutil import from_duration, from_timestamp, to_timestamp, to_utc
 from services.routing import handlers
 from services.routing.handlers import (
     Routing,
@@ -32,7 +32,10 @@ def _state(state: State | None) -> common_pb2.CaseState.ValueType:
 
 
 def _domain_state(value: common_pb2.CaseState.ValueType) -> State:
-    name = common_pb2.CaseState.Name(value).removeprefix("CASE_STATE_")
+    try:
+        name = common_pb2.CaseState.Name(value).removeprefix("CASE_STATE_")
+    except ValueError:
+        raise InvalidArgument("states", f"unknown state value {value}") from None
     try:
         return State(name)
     except ValueError:
@@ -161,8 +164,8 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         limit = _page_size(request.page)
         due_before = None
         if request.HasField("due_within"):
-            within = request.due_within.ToTimedelta()
-            if within <= timedelta(0):
+            within = from_duration(request.due_within, "due_within")
+            if within is None:
                 raise InvalidArgument("due_within", "must be positive")
             due_before = now + within
         query = WorkOrderQuery(
@@ -389,7 +392,7 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
             expected_version=request.expected_version,
             level=request.level,
             demand=request.demand,
-            due_at=from_timestamp(request.due_at),
+            due_at=from_timestamp(request.due_at, "due_at"),
             uow_factory=self._uow_factory,
             routing=self._routing,
             now=self._clock(),

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.errors import InvalidArgument
 from services.common.regions import RegionTree
-from services.common.timeutil import from_timestamp, to_timestamp
+from services.common.timeutil import from_duration, from_timestamp, to_timestamp
 from services.stats import handlers
 from services.stats.domain import RankRow, StatsConfig, month_bounds, parse_month
 from services.stats.hotspot import HotspotRules
@@ -25,15 +25,21 @@ _CONTENT_TYPES = {".md": "text/markdown", ".csv": "text/csv", ".png": "image/png
 
 
 def channel_name(value: int) -> str:
-    return "" if not value else str(common_pb2.Channel.Name(value)).removeprefix("CHANNEL_").lower()  # type: ignore[arg-type]
+    if not value:
+        return ""
+    try:
+        return str(common_pb2.Channel.Name(value)).removeprefix("CHANNEL_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        raise InvalidArgument("channel", f"unknown channel value {value}") from None
 
 
-def _duration(value: Any) -> timedelta | None:
-    if value.seconds == 0 and value.nanos == 0:
-        return None
-    if value.seconds < 0:
-        raise InvalidArgument("window", "must be positive")
-    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+def _duration(value: Any, field: str) -> timedelta | None:
+    # Whole minutes at least: a hotspot window or baseline of a few nanoseconds is meaningless
+    # (and divides by zero in the rate test).
+    found = from_duration(value, field)
+    if found is not None and found < timedelta(minutes=1):
+        raise InvalidArgument(field, "must be at least one minute")
+    return found
 
 
 class StatsServicer(stats_grpc.StatsServiceServicer):
@@ -56,8 +62,8 @@ class StatsServicer(stats_grpc.StatsServiceServicer):
 
     def GetMetrics(self, request: stats_pb2.GetMetricsRequest, context: Any) -> stats_pb2.GetMetricsResponse:
         months: tuple[str, ...] = ()
-        start = from_timestamp(request.period_start)
-        end = from_timestamp(request.period_end)
+        start = from_timestamp(request.period_start, "period_start")
+        end = from_timestamp(request.period_end, "period_end")
         if request.month:
             parse_month(request.month)
             months = (request.month,)
@@ -157,13 +163,13 @@ class StatsServicer(stats_grpc.StatsServiceServicer):
 
     def ListHotspots(self, request: stats_pb2.ListHotspotsRequest, context: Any) -> stats_pb2.ListHotspotsResponse:
         rules = self._rules
-        window = _duration(request.window)
-        baseline = _duration(request.baseline)
+        window = _duration(request.window, "window")
+        baseline = _duration(request.baseline, "baseline")
         if window is not None:
             rules = HotspotRules(**{**rules.__dict__, "window": window})
         if baseline is not None:
             rules = HotspotRules(**{**rules.__dict__, "baseline": baseline})
-        as_of = from_timestamp(request.as_of) or self._clock()
+        as_of = from_timestamp(request.as_of, "as_of") or self._clock()
         with self._factory() as session:
             found = handlers.hotspots(
                 SqlWarehouse(session),

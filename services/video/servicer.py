@@ -110,7 +110,7 @@ class GrpcRemoteRooms:
 
 
 def _time(ts: Any, field: str, *, required: bool = False) -> datetime | None:
-    value = from_timestamp(ts) if ts.seconds or ts.nanos else None
+    value = from_timestamp(ts, field)
     if required and value is None:
         raise InvalidArgument(field, "must be set")
     return value
