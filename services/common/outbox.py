@@ -53,6 +53,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -167,6 +168,49 @@ def append_event(
             body=event.body,
             created_at=now or utc_now(),
         )
+    )
+
+
+def append_events(
+    session: Session,
+    table: Table,
+    events: Sequence[tuple[BusEvent, str | None]],
+    *,
+    now: datetime | None = None,
+) -> None:
+    """``append_event`` for many ``(event, case_id)`` pairs: one lock statement and one executemany insert.
+
+    Rows are inserted in the given order, so a case's events keep their order. On PostgreSQL the
+    same per-case advisory locks as ``append_event`` are taken, in sorted case order in a single
+    statement: two bulk writers touching overlapping cases then queue instead of deadlocking.
+    """
+    if not events:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        keys = sorted({case_id or "" for _, case_id in events})
+        # The key expression must hash exactly like _pg_lock_key("append", table, case_id).
+        session.execute(
+            text(
+                "SELECT count(pg_advisory_xact_lock("
+                "hashtextextended(concat(CAST(:prefix AS text), current_schema(), CAST(:infix AS text), u.c), 0)))"
+                " FROM (SELECT c FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS k(c, i) ORDER BY i) AS u"
+            ),
+            {"prefix": "lianxin.outbox.append.", "infix": f".{table.name}.", "keys": keys},
+        )
+    created_at = now or utc_now()
+    session.execute(
+        table.insert(),
+        [
+            {
+                "event_id": event.event_id,
+                "source": event.source,
+                "event_type": event.event_type,
+                "case_id": case_id,
+                "body": event.body,
+                "created_at": created_at,
+            }
+            for event, case_id in events
+        ],
     )
 
 

@@ -32,5 +32,5 @@ def test_durations_must_be_positive_and_bounded() -> None:
     assert from_duration(Duration(), "window") is None
     assert from_duration(Duration(seconds=3600), "window") == timedelta(hours=1)
     for bad in (Duration(seconds=-1), Duration(seconds=9223372036854775807)):
-        with pytest.raises(InvalidArgument, match="^window: "):
+        with pytest.raises(InvalidArgument, match=r"^window: "):
             from_duration(bad, "window")
