@@ -28,6 +28,7 @@ from services.routing.workorder import (
     State,
     WorkOrder,
     WorkOrderChanged,
+    WorkOrderCreated,
     WorkOrderEvent,
     sweep,
 )
@@ -114,6 +115,15 @@ class StoredWorkOrder:
         return bool(self.manual_reason) and self.order.state is State.REGISTERED
 
 
+@dataclass
+class BatchChange:
+    """One swept work order: its new state, the supervisions it caused and the events to emit."""
+
+    stored: StoredWorkOrder
+    events: list[RoutingEvent] = dataclasses.field(default_factory=list)
+    supervisions: list[Supervision] = dataclasses.field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class WorkOrderQuery:
     unit_id: str = ""
@@ -155,6 +165,8 @@ class RoutingUnitOfWork(Protocol):
     def provisional_batch(self, *, after_id: str, limit: int) -> list[StoredWorkOrder]: ...
 
     def count_open(self, now: datetime) -> tuple[int, int]: ...
+
+    def save_batch(self, changes: Sequence[BatchChange]) -> None: ...
 
     def commit(self) -> None: ...
 
@@ -305,6 +317,14 @@ def on_case_arrived(
         )
     else:
         stored.manual_reason = decision.reason
+    # The creation event says where the work order ended up: the unit, or the manual queue.
+    created = events[0]
+    assert isinstance(created, WorkOrderCreated)
+    all_events[0] = dataclasses.replace(
+        created,
+        unit_id=decision.unit_id if isinstance(decision, AssignUnit) else None,
+        manual_queue=stored.manual_queue,
+    )
     _persist(uow, stored, routing, all_events, now)
     if case.repeat_of:
         _count_repeat(case, uow, routing, now=now)
@@ -577,42 +597,56 @@ def run_sweep(
                 break
             after = batch[-1].order.id
             report.scanned += len(batch)
-            by_id = {s.order.id: s for s in batch}
-            for action in sweep([s.order for s in batch], now, routing.rules.policy, routing.rules.calendar):
-                stored = by_id[action.work_order_id]
-                events: list[RoutingEvent] = list(stored.order.record_sweep(action, at=now))
-                if not events:
-                    continue
-                if action.stage is Stage.WARNING:
-                    report.warnings += 1
-                else:
-                    chase = action.stage is Stage.CHASE
-                    report.chases += chase
-                    report.supervisions += not chase
-                    supervision = Supervision(
-                        supervision_id=routing.new_id(),
-                        case_id=action.case_id,
-                        work_order_id=action.work_order_id,
-                        level="chase" if chase else "supervise",
-                        by_node=routing.node if chase else routing.parent,
-                        by_actor=SYSTEM,
-                        demand=(
-                            f"{action.kind} deadline {action.deadline.isoformat()} missed: "
-                            + ("handle it now (催办)" if chase else "the tier above supervises (督办)")
-                        ),
-                        due_at=supervision_at(now, routing.rules.policy, routing.rules.calendar),
-                        issued_at=now,
-                        region_code=stored.order.region_code or "",
-                    )
-                    uow.add_supervision(supervision)
-                    events.append(SupervisionRecorded(supervision))
-                _refresh(stored, routing, now, before=stored.provisional)
-                uow.save(stored)
-                uow.emit(stored.order.case_id, events)
+            changes = _sweep_batch(batch, routing, now, report)
+            # One bulk write per batch: work orders, history, supervisions, versions, outbox.
+            uow.save_batch(changes)
             uow.commit()
     with uow_factory() as uow:
         report.open, report.overdue = uow.count_open(now)
     return report
+
+
+def _sweep_batch(
+    batch: Sequence[StoredWorkOrder], routing: Routing, now: datetime, report: SweepReport
+) -> list[BatchChange]:
+    """Apply the pure ``sweep`` decisions to one loaded batch; returns the changed work orders in order."""
+    by_id = {s.order.id: s for s in batch}
+    changes: dict[str, BatchChange] = {}
+    for action in sweep([s.order for s in batch], now, routing.rules.policy, routing.rules.calendar):
+        stored = by_id[action.work_order_id]
+        events: list[RoutingEvent] = list(stored.order.record_sweep(action, at=now))
+        if not events:
+            continue
+        change = changes.get(stored.order.id)
+        if change is None:
+            change = changes[stored.order.id] = BatchChange(stored)
+        if action.stage is Stage.WARNING:
+            report.warnings += 1
+        else:
+            chase = action.stage is Stage.CHASE
+            report.chases += chase
+            report.supervisions += not chase
+            supervision = Supervision(
+                supervision_id=routing.new_id(),
+                case_id=action.case_id,
+                work_order_id=action.work_order_id,
+                level="chase" if chase else "supervise",
+                by_node=routing.node if chase else routing.parent,
+                by_actor=SYSTEM,
+                demand=(
+                    f"{action.kind} deadline {action.deadline.isoformat()} missed: "
+                    + ("handle it now (催办)" if chase else "the tier above supervises (督办)")
+                ),
+                due_at=supervision_at(now, routing.rules.policy, routing.rules.calendar),
+                issued_at=now,
+                region_code=stored.order.region_code or "",
+            )
+            change.supervisions.append(supervision)
+            events.append(SupervisionRecorded(supervision))
+        change.events += events
+    for change in changes.values():
+        _refresh(change.stored, routing, now, before=change.stored.provisional)
+    return list(changes.values())
 
 
 def _refresh_provisional(*, uow_factory: UnitOfWorkFactory, routing: Routing, now: datetime, batch_size: int) -> int:
@@ -625,6 +659,7 @@ def _refresh_provisional(*, uow_factory: UnitOfWorkFactory, routing: Routing, no
             if not batch:
                 return moved_total
             after = batch[-1].order.id
+            changes: list[BatchChange] = []
             for stored in batch:
                 running = {**stored.order.deadlines, **stored.order.windows}
                 years = {china_date(running[k]).year for k in stored.provisional if k in running}  # type: ignore[attr-defined]
@@ -651,9 +686,9 @@ def _refresh_provisional(*, uow_factory: UnitOfWorkFactory, routing: Routing, no
                     deadlines=tuple(sorted({**order.deadlines, **order.windows}.items())),
                 )
                 _refresh(stored, routing, now, before=stored.provisional)
-                uow.save(stored)
-                uow.emit(order.case_id, [event])
+                changes.append(BatchChange(stored, [event]))
                 moved_total += 1
+            uow.save_batch(changes)
             uow.commit()
 
 

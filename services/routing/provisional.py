@@ -40,6 +40,11 @@ class ProvisionalCalendar:
 
     official: ChineseWorkingCalendar = field(default_factory=ChineseWorkingCalendar)
     _warned: set[int] = field(default_factory=set)
+    # Answers of the bundled chinese_calendar package, which never change but cost ~20 µs each (it
+    # validates every date against its whole table): the sweep asks for the same few hundred days
+    # millions of times. Years from official files and fallback years are not cached, so loading a
+    # file (also straight into ``official``) takes effect at once.
+    _package_days: dict[date, bool] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -54,11 +59,19 @@ class ProvisionalCalendar:
         return not self.knows_year(china_date(moment).year)
 
     def is_workday(self, d: date) -> bool:
+        from_package = d.year not in self.official.years
+        if from_package:
+            cached = self._package_days.get(d)
+            if cached is not None:
+                return cached
         try:
-            return self.official.is_workday(d)
+            answer = self.official.is_workday(d)
         except CalendarUnknown:
             self._warn(d.year)
             return d.weekday() < 5
+        if from_package:
+            self._package_days[d] = answer
+        return answer
 
     def add_workdays(self, start: date, n: int) -> date:
         step = 1 if n >= 0 else -1

@@ -198,6 +198,9 @@ class WorkOrderCreated:
     at: datetime
     actor: str
     deadlines: DeadlineList
+    # Filled in by the placing use case once jurisdiction has decided (register knows neither).
+    unit_id: str | None = None
+    manual_queue: bool = False  # waits for a clerk (人工分派)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,11 @@ def test_unplaceable_case_waits_in_the_manual_queue(factory: sessionmaker[Sessio
     stored = arrive(factory, county, case("511102-20261122-000002", region=""), datetime(2026, 11, 23, 2, tzinfo=CHINA))
     assert stored.order.state is State.REGISTERED and stored.manual_queue
     assert "no region" in stored.manual_reason
+    (created,) = [e.work_order_created for e in events(factory, "511102-20261122-000002")]
+    assert created.manual_queue and created.unit_id == ""
+    assigned = arrive(factory, county, case("511102-20261122-000003"), datetime(2026, 11, 23, 2, tzinfo=CHINA))
+    created = events(factory, "511102-20261122-000003")[0].work_order_created
+    assert (created.manual_queue, created.unit_id) == (False, assigned.order.unit_id)
 
 
 def test_second_unresolved_repeat_escalates_to_supervision_by_the_tier_above(factory: sessionmaker[Session]) -> None:
