@@ -28,7 +28,7 @@ a loud one, and the fix (load next year's notice) is an operator's five-minute j
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from functools import cache
@@ -63,6 +63,31 @@ class WorkingCalendar(Protocol):
     def workdays_between(self, a: date, b: date) -> int: ...
 
     def known_range(self) -> tuple[date, date]: ...
+
+
+def add_workdays(is_workday: Callable[[date], bool], start: date, n: int) -> date:
+    """The n-th day after ``start`` for which ``is_workday`` holds (before it for negative n)."""
+    step = 1 if n >= 0 else -1
+    remaining = abs(n)
+    day = start
+    while remaining:
+        day += timedelta(days=step)
+        if is_workday(day):
+            remaining -= 1
+    return day
+
+
+def workdays_between(is_workday: Callable[[date], bool], a: date, b: date) -> int:
+    """Days d with a < d <= b for which ``is_workday`` holds (negative when b < a)."""
+    if b < a:
+        return -workdays_between(is_workday, b, a)
+    count = 0
+    day = a
+    while day < b:
+        day += timedelta(days=1)
+        if is_workday(day):
+            count += 1
+    return count
 
 
 class CalendarUnknown(FailedPrecondition):
@@ -257,26 +282,11 @@ class ChineseWorkingCalendar:
 
     def add_workdays(self, start: date, n: int) -> date:
         """The n-th working day after ``start`` (before it, for negative n); ``start`` itself for 0."""
-        step = 1 if n >= 0 else -1
-        remaining = abs(n)
-        day = start
-        while remaining:
-            day += timedelta(days=step)
-            if self.is_workday(day):
-                remaining -= 1
-        return day
+        return add_workdays(self.is_workday, start, n)
 
     def workdays_between(self, a: date, b: date) -> int:
         """Working days d with a < d <= b (negative when b < a), so add_workdays(a, n) gives back n."""
-        if b < a:
-            return -self.workdays_between(b, a)
-        count = 0
-        day = a
-        while day < b:
-            day += timedelta(days=1)
-            if self.is_workday(day):
-                count += 1
-        return count
+        return workdays_between(self.is_workday, a, b)
 
     def known_range(self) -> tuple[date, date]:
         """First and last day with an official arrangement (package years plus loaded files).

@@ -16,9 +16,9 @@ import os
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
-from services.common.calendar import CalendarUnknown, ChineseWorkingCalendar
+from services.common.calendar import CalendarUnknown, ChineseWorkingCalendar, add_workdays, workdays_between
 from services.common.timeutil import china_date
 
 log = logging.getLogger(__name__)
@@ -74,25 +74,10 @@ class ProvisionalCalendar:
         return answer
 
     def add_workdays(self, start: date, n: int) -> date:
-        step = 1 if n >= 0 else -1
-        remaining = abs(n)
-        day = start
-        while remaining:
-            day += timedelta(days=step)
-            if self.is_workday(day):
-                remaining -= 1
-        return day
+        return add_workdays(self.is_workday, start, n)
 
     def workdays_between(self, a: date, b: date) -> int:
-        if b < a:
-            return -self.workdays_between(b, a)
-        count = 0
-        day = a
-        while day < b:
-            day += timedelta(days=1)
-            if self.is_workday(day):
-                count += 1
-        return count
+        return workdays_between(self.is_workday, a, b)
 
     def known_range(self) -> tuple[date, date]:
         return self.official.known_range()
