@@ -61,6 +61,9 @@ class InboundEvent:
     origin_node: str
     event_type: str
     case_sequence: int
+    # For an escalation (case_handed_off, kind escalate_up) the epoch the new owner writes with: once it
+    # is applied, the giving child's older epoch is stale here.
+    new_owner_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ def judge_batch(
             stored_ids.add(event.event_id)
             ledger.last_sequence = event.case_sequence
             ledger.events_at[event.case_sequence] = event.event_id
-            ledger.known_epoch = max(ledger.known_epoch or 0, event.owner_epoch)
+            ledger.known_epoch = max(ledger.known_epoch or 0, event.owner_epoch, event.new_owner_epoch)
         decisions.append(decision)
     return decisions
 
@@ -187,3 +190,12 @@ def payload_summary(event_type: str, case_id: str, version: int, case_sequence: 
     """What an operator sees of a quarantined item: no personal data, only its identity."""
     sequence = f" #{case_sequence}" if case_sequence else ""
     return f"{event_type or '?'} {case_id or '?'} v{version}{sequence}"
+
+
+def escalation_epoch(event_type: str, kind: str, new_owner_epoch: int) -> int:
+    """The epoch an escalation (上报) hands to the parent, else 0.
+
+    Only ``escalate_up`` raises the epoch a receiver knows from a hand-off's payload: after a hand-off
+    down (交办) the giving node's services may still write with their epoch, so that stays as it was.
+    """
+    return new_owner_epoch if event_type == "case_handed_off" and kind == "escalate_up" else 0

@@ -384,6 +384,9 @@ class ExchangeStore:
                 origin_node=env.origin_node,
                 event_type=env.WhichOneof("payload") or "",
                 case_sequence=item.case_sequence,
+                new_owner_epoch=domain.escalation_epoch(
+                    env.WhichOneof("payload") or "", env.case_handed_off.kind, env.case_handed_off.new_owner_epoch
+                ),
             )
             for item, env in readable
         ]
@@ -462,9 +465,12 @@ class ExchangeStore:
         # Multi-hop: what the child sent travels on to our parent, numbered on our own up-log.
         self._append_up(session, [_UpRow.of(env, item.body) for item, env, _ in applied])
         epochs: dict[str, tuple[int, str]] = {}
-        for _, env, _ in applied:
+        for _, env, event in applied:
             if env.owner_epoch >= epochs.get(env.case_id, (-1, ""))[0]:
                 epochs[env.case_id] = (env.owner_epoch, env.owner_node)
+            if event.new_owner_epoch >= epochs.get(env.case_id, (-1, ""))[0] and event.new_owner_epoch:
+                # 上报: the parent (to_node) owns the case from this epoch on.
+                epochs[env.case_id] = (event.new_owner_epoch, env.case_handed_off.to_node)
         self._note_epochs(session, epochs)
         now = self._clock()
         session.execute(

@@ -21,6 +21,7 @@ from services.routing.provisional import ProvisionalCalendar, calendar_files_fro
 from services.routing.servicer import RoutingServicer
 from services.routing.store import SqlRoutingUnitOfWork
 from services.routing.timelimits import TimeLimitPolicy, TimeRules
+from services.routing.workorder import ESCALATE_UP
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,13 @@ def build(ctx: ServiceContext) -> ServiceParts:
         env = decode(event)
         hand_off = env.case_handed_off
         if hand_off.to_node != node:
-            return  # a hand-off elsewhere in the tree, replicated through this node
+            # A hand-off elsewhere in the tree: replicas of hand-offs between this node's descendants
+            # come up through its exchange too, and are not this node's to handle.
+            return
         case = registered_case(hand_off.case, version=env.version, owner_epoch=hand_off.new_owner_epoch)
-        consume(event, lambda uow: handlers.on_case_arrived(case, uow, routing, now=ctx.clock()))
+        # 上报 from a child: placed with a unit here by category, never handed back down to its region.
+        escalated = hand_off.kind == ESCALATE_UP
+        consume(event, lambda uow: handlers.on_case_arrived(case, uow, routing, now=ctx.clock(), escalated=escalated))
 
     def on_case_evaluated(event: BusEvent) -> None:
         env = decode(event)

@@ -14,13 +14,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, StaleOwner
 from services.common.regions import RegionTree
 from services.common.timeutil import china_date, to_utc
-from services.routing.jurisdiction import AssignUnit, DispatchCatalogue, HandOff, decide
+from services.routing.jurisdiction import (
+    AssignUnit,
+    DispatchCatalogue,
+    HandOff,
+    ManualQueue,
+    decide,
+)
 from services.routing.provisional import ProvisionalCalendar
-from services.routing.timelimits import DeadlineKind, TimeRules, supervision_at, warning_at
+from services.routing.timelimits import CATEGORIES, DeadlineKind, TimeRules, supervision_at, warning_at
 from services.routing.workorder import (
+    ESCALATE_UP,
     OPEN_STATES,
     ArbitrationOutcome,
     HistoryEntry,
@@ -55,7 +62,7 @@ class RegisteredCase:
 
 @dataclass(frozen=True)
 class HandedOff:
-    """Ownership of the case moves down to a child node (交办): exchange carries it there."""
+    """Ownership of the case moves to another node (交办 down, 上报 up): exchange carries it there."""
 
     case_id: str
     from_node: str
@@ -65,6 +72,10 @@ class HandedOff:
     from_work_order_id: str
     case_snapshot: bytes
     at: datetime
+    kind: str = "assign_down"  # "assign_down" (交办) or "escalate_up" (上报)
+    # What the adapter puts in the event's case when no snapshot was kept (cases placed before snapshots).
+    region_code: str = ""
+    category: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,10 @@ class RoutingUnitOfWork(Protocol):
     def start_case(self, case_id: str, *, version: int, owner_epoch: int) -> None: ...
 
     def case_version(self, case_id: str) -> tuple[int, int] | None: ...
+
+    def keep_snapshot(self, case_id: str, snapshot: bytes) -> None: ...
+
+    def case_snapshot(self, case_id: str) -> bytes: ...
 
     def emit(self, case_id: str, events: Sequence[RoutingEvent]) -> None: ...
 
@@ -260,19 +275,36 @@ def handling_kind_for(case: RegisteredCase) -> DeadlineKind:
     return DeadlineKind.HOTLINE_COMPLAINT
 
 
+def decide_escalated(case: RegisteredCase, routing: Routing) -> AssignUnit | ManualQueue:
+    """上报 arriving from a child: a unit of this node by category; never handed back down toward the region."""
+    if not case.category:
+        return ManualQueue("the escalated case has no category: a clerk must classify it")
+    if case.category not in CATEGORIES:
+        return ManualQueue(f"unknown category {case.category!r}")
+    unit = routing.catalogue.unit_for(case.category, case.region_code)
+    if unit is None:
+        return ManualQueue(f"no unit for category {case.category} in {routing.catalogue.source}")
+    return AssignUnit(unit)
+
+
 def on_case_arrived(
-    case: RegisteredCase, uow: RoutingUnitOfWork, routing: Routing, *, now: datetime
+    case: RegisteredCase, uow: RoutingUnitOfWork, routing: Routing, *, now: datetime, escalated: bool = False
 ) -> StoredWorkOrder:
     """属地管理、分级负责: assign to this node's unit, hand down to the child node (交办), or queue for a clerk.
 
-    Used for a registration at this node and for a hand-off arriving from the parent alike.
+    Used for a registration at this node and for a hand-off arriving from the parent alike. An
+    escalation (上报) from a child (``escalated``) is placed with a unit of this node by category.
     """
     wo_id = work_order_id_for(case.case_id, routing.node)
     existing = uow.get(wo_id)
     if existing is not None:
+        if escalated and existing.order.state is State.TRANSFERRED:
+            return _escalated_back(existing, case, uow, routing, now=to_utc(now))
         return existing
     now = to_utc(now)
     uow.start_case(case.case_id, version=case.version, owner_epoch=case.owner_epoch)
+    if case.case_snapshot:
+        uow.keep_snapshot(case.case_id, case.case_snapshot)  # an escalation (上报) sends it on
     tier = routing.regions.get(routing.node).tier
     order, events = WorkOrder.register(
         id=wo_id,
@@ -288,7 +320,11 @@ def on_case_arrived(
     )
     all_events: list[RoutingEvent] = list(events)
     stored = StoredWorkOrder(order=order, created_at=now, updated_at=now)
-    decision = decide(case.region_code, case.category, routing.node, routing.regions, routing.catalogue)
+    decision = (
+        decide_escalated(case, routing)
+        if escalated
+        else decide(case.region_code, case.category, routing.node, routing.regions, routing.catalogue)
+    )
     if isinstance(decision, HandOff):
         reason = f"交办 to {decision.to_node}: the matter's region {case.region_code} lies there"
         all_events += order.transfer(to_node=decision.to_node, at=now, actor=SYSTEM, reason=reason)
@@ -305,9 +341,8 @@ def on_case_arrived(
             )
         )
     elif isinstance(decision, AssignUnit):
-        all_events += order.accept(
-            at=now, actor=SYSTEM, rules=routing.rules, reason="受理: placed by the dispatch catalogue"
-        )
+        placed = "上报 from a lower tier" if escalated else "placed by the dispatch catalogue"
+        all_events += order.accept(at=now, actor=SYSTEM, rules=routing.rules, reason=f"受理: {placed}")
         all_events += order.assign(
             unit_id=decision.unit_id,
             at=now,
@@ -328,6 +363,40 @@ def on_case_arrived(
     _persist(uow, stored, routing, all_events, now)
     if case.repeat_of:
         _count_repeat(case, uow, routing, now=now)
+    return stored
+
+
+def _escalated_back(
+    stored: StoredWorkOrder, case: RegisteredCase, uow: RoutingUnitOfWork, routing: Routing, *, now: datetime
+) -> StoredWorkOrder:
+    """上报 of a case this node once handed down (交办): its own transferred work order takes it back.
+
+    Only under a newer epoch than this node knows, so a redelivered or older hand-off changes nothing.
+    """
+    known = uow.case_version(case.case_id)
+    if known is not None and case.owner_epoch <= known[1]:
+        return stored
+    uow.start_case(case.case_id, version=case.version, owner_epoch=case.owner_epoch)
+    if case.case_snapshot:
+        uow.keep_snapshot(case.case_id, case.case_snapshot)
+    order = stored.order
+    events: list[RoutingEvent] = list(
+        order.take_back(at=now, actor=SYSTEM, rules=routing.rules, reason="上报: the case came back up")
+    )
+    decision = decide_escalated(case, routing)
+    if isinstance(decision, AssignUnit):
+        events += order.accept(at=now, actor=SYSTEM, rules=routing.rules, reason="受理: 上报 from a lower tier")
+        events += order.assign(
+            unit_id=decision.unit_id,
+            at=now,
+            actor=SYSTEM,
+            rules=routing.rules,
+            reason=f"派单目录 {routing.catalogue.source}",
+        )
+        stored.manual_reason = ""
+    else:
+        stored.manual_reason = decision.reason
+    _persist(uow, stored, routing, events, now)
     return stored
 
 
@@ -395,10 +464,84 @@ def act(
     now = to_utc(now)
     with uow_factory() as uow:
         stored = _load(uow, work_order_id, expected_version)
+        _refuse_if_handed_off(uow, stored)
         events = step(stored, now, who)
         _persist(uow, stored, routing, events, now)
         uow.commit()
     return stored
+
+
+def _refuse_if_handed_off(uow: RoutingUnitOfWork, stored: StoredWorkOrder) -> None:
+    """A work order whose case went to another node (交办/上报) is no longer the owner's: writes are stale."""
+    order = stored.order
+    if order.state is not State.TRANSFERRED or not order.transferred_to:
+        return
+    known = uow.case_version(order.case_id)
+    current = known[1] if known is not None else 0
+    # Routing's hand-offs raise the epoch by one, so this node held the one below the new owner's.
+    raise StaleOwner(
+        f"work order {order.id} (case {order.case_id}, now owned by {order.transferred_to})",
+        max(current - 1, 0),
+        current,
+    )
+
+
+def escalate(
+    *,
+    case_id: str,
+    actor: str,
+    expected_version: int,
+    reason: str,
+    uow_factory: UnitOfWorkFactory,
+    routing: Routing,
+    now: datetime,
+) -> HandedOff:
+    """上报: this node gives the case to its parent; its work order closes as TRANSFERRED (escalate_up).
+
+    The ``case_handed_off`` (kind ``escalate_up``, epoch + 1) travels up with the rest of the case's
+    events; the parent's routing places it with one of its units. Afterwards this node's work order
+    refuses writes (``StaleOwner``).
+    """
+    who = _actor(actor)
+    if not (case_id or "").strip():
+        raise InvalidArgument("case_id", "must be set")
+    why = (reason or "").strip()
+    if not why:
+        raise InvalidArgument("reason", "why the case is escalated (上报理由) is required")
+    parent = routing.regions.parent(routing.node)
+    if parent is None:
+        raise FailedPrecondition(f"node {routing.node} has no tier above to escalate to")
+    now = to_utc(now)
+    with uow_factory() as uow:
+        stored = uow.get(work_order_id_for(case_id, routing.node), for_update=True)
+        if stored is None:
+            raise NotFound("work order of case", case_id)
+        _refuse_if_handed_off(uow, stored)
+        known = uow.case_version(case_id)
+        version, epoch = known if known is not None else (0, 0)
+        if expected_version and expected_version != version:
+            raise Conflict(f"case {case_id} is at version {version}, not {expected_version}: re-read it")
+        order = stored.order
+        text = f"上报 to {parent}: {why}"
+        events: list[RoutingEvent] = list(order.escalate_up(to_node=parent, at=now, actor=who, reason=text))
+        handed = HandedOff(
+            case_id=case_id,
+            from_node=routing.node,
+            to_node=parent,
+            new_owner_epoch=epoch + 1,
+            reason=text,
+            from_work_order_id=order.id,
+            case_snapshot=uow.case_snapshot(case_id),
+            at=now,
+            kind=ESCALATE_UP,
+            region_code=order.region_code or "",
+            category=order.category or "",
+        )
+        events.append(handed)  # last: the events before it still carry this node's epoch
+        stored.manual_reason = ""
+        _persist(uow, stored, routing, events, now)
+        uow.commit()
+    return handed
 
 
 def accept(stored: StoredWorkOrder, at: datetime, actor: str, routing: Routing, note: str) -> list[WorkOrderEvent]:

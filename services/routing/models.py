@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, Integer, String, Text
+from sqlalchemy import DateTime, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.outbox import inbox_table, outbox_table
@@ -68,6 +68,15 @@ class CaseVersionRow(Base):
     case_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
     owner_epoch: Mapped[int] = mapped_column(Integer)
+
+
+class CaseSnapshotRow(Base):
+    """The case as it arrived here (no personal data, serialized ``common.v1.Case``): sent on with a 上报."""
+
+    __tablename__ = "case_snapshots"
+
+    case_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    snapshot: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class SupervisionRow(Base):

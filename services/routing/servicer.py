@@ -382,7 +382,17 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         return routing_pb2.AssignManuallyResponse(work_order=wo)
 
     def EscalateCase(self, request: routing_pb2.EscalateCaseRequest, context: Any) -> routing_pb2.EscalateCaseResponse:
-        raise FailedPrecondition("escalation (上报) is not supported yet at this node")
+        handed = handlers.escalate(
+            case_id=request.case_id,
+            actor=request.actor,
+            expected_version=request.expected_version,
+            reason=request.reason,
+            uow_factory=self._uow_factory,
+            routing=self._routing,
+            now=self._clock(),
+        )
+        self._notify()
+        return routing_pb2.EscalateCaseResponse(to_node=handed.to_node, new_owner_epoch=handed.new_owner_epoch)
 
     def Supervise(self, request: routing_pb2.SuperviseRequest, context: Any) -> routing_pb2.SuperviseResponse:
         supervision = handlers.supervise(

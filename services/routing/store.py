@@ -39,6 +39,7 @@ from services.routing.handlers import (
     WorkOrderQuery,
 )
 from services.routing.models import (
+    CaseSnapshotRow,
     CaseVersionRow,
     RepeatRow,
     SupervisionRow,
@@ -360,6 +361,14 @@ class SqlRoutingUnitOfWork:
         row = self.session.get(CaseVersionRow, case_id)
         return None if row is None else (row.version, row.owner_epoch)
 
+    def keep_snapshot(self, case_id: str, snapshot: bytes) -> None:
+        self.session.merge(CaseSnapshotRow(case_id=case_id, snapshot=snapshot))
+        self.session.flush()
+
+    def case_snapshot(self, case_id: str) -> bytes:
+        row = self.session.get(CaseSnapshotRow, case_id)
+        return b"" if row is None else bytes(row.snapshot)
+
     def record_repeat(self, original_case_id: str, repeat_case_id: str) -> int:
         dialect = self.session.get_bind().dialect.name
         insert: Any = postgresql.insert(RepeatRow) if dialect == "postgresql" else sqlite.insert(RepeatRow)
@@ -628,13 +637,16 @@ def _payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None:
         case = common_pb2.Case()
         case.ParseFromString(event.case_snapshot)
         case.ClearField("complainant")  # never personal data in an event (DESIGN §5)
+        if not case.case_id:
+            # No snapshot kept (placed before snapshots were): what the work order knows.
+            case.case_id, case.region_code, case.category = event.case_id, event.region_code, event.category
         return (
             "case_handed_off",
             events_pb2.CaseHandedOff(
                 from_node=event.from_node,
                 to_node=event.to_node,
                 new_owner_epoch=event.new_owner_epoch,
-                kind="assign_down",
+                kind=event.kind,
                 reason=event.reason,
                 case=case,
                 from_work_order_id=event.from_work_order_id,

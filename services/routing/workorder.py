@@ -38,6 +38,7 @@ from services.routing.timelimits import (
 
 __all__ = [
     "ACTIONS",
+    "ESCALATE_UP",
     "HOTLINE_KINDS",
     "OPEN_STATES",
     "TERMINAL_STATES",
@@ -98,6 +99,9 @@ class Action(StrEnum):
     RESUME = "resume"
 
 
+# History/event label of a transfer that is an escalation to the tier above (上报).
+ESCALATE_UP = "escalate_up"
+
 S, A = State, Action
 
 # The whole lifecycle. A pair that is not a key here is illegal, whatever the arguments.
@@ -114,6 +118,7 @@ TRANSITIONS: Mapping[tuple[State, Action], State] = {
     (S.ACCEPTED, A.PAUSE): S.ACCEPTED,
     (S.ACCEPTED, A.RESUME): S.ACCEPTED,
     (S.ASSIGNED, A.START): S.IN_PROGRESS,
+    (S.ASSIGNED, A.TRANSFER): S.TRANSFERRED,  # 上报 of an assigned case (escalate_up)
     (S.ASSIGNED, A.OBJECT): S.OBJECTED,
     (S.ASSIGNED, A.MERGE): S.MERGED,
     (S.ASSIGNED, A.WITHDRAW): S.WITHDRAWN,
@@ -128,19 +133,23 @@ TRANSITIONS: Mapping[tuple[State, Action], State] = {
     (S.IN_PROGRESS, A.REJECT_EXTENSION): S.IN_PROGRESS,
     (S.IN_PROGRESS, A.REPLY): S.REPLIED,
     (S.IN_PROGRESS, A.WITHDRAW): S.WITHDRAWN,
+    (S.IN_PROGRESS, A.TRANSFER): S.TRANSFERRED,  # 上报 (escalate_up)
     (S.IN_PROGRESS, A.PAUSE): S.IN_PROGRESS,
     (S.IN_PROGRESS, A.RESUME): S.IN_PROGRESS,
     (S.EXTENDED, A.REPLY): S.REPLIED,
     (S.EXTENDED, A.WITHDRAW): S.WITHDRAWN,
+    (S.EXTENDED, A.TRANSFER): S.TRANSFERRED,  # 上报 (escalate_up)
     (S.EXTENDED, A.PAUSE): S.EXTENDED,
     (S.EXTENDED, A.RESUME): S.EXTENDED,
     (S.REPLIED, A.CLOSE): S.CLOSED,
+    (S.REPLIED, A.TRANSFER): S.TRANSFERRED,  # 上报 (escalate_up)
     (S.REPLIED, A.REOPEN): S.REOPENED,
     (S.REPLIED, A.REVIEW): S.REOPENED,
     (S.CLOSED, A.REVIEW): S.REOPENED,
     (S.REOPENED, A.ASSIGN): S.ASSIGNED,
     (S.REOPENED, A.START): S.IN_PROGRESS,
     (S.REOPENED, A.WITHDRAW): S.WITHDRAWN,
+    (S.REOPENED, A.TRANSFER): S.TRANSFERRED,  # 上报 (escalate_up)
     (S.REOPENED, A.PAUSE): S.REOPENED,
     (S.REOPENED, A.RESUME): S.REOPENED,
     (S.TRANSFERRED, A.TAKE_BACK): S.REGISTERED,
@@ -551,6 +560,23 @@ class WorkOrder:
         self.transferred_to = to
         return [self._changed(Action.TRANSFER, at, actor, reason, target=to)]
 
+    def escalate_up(self, *, to_node: str, at: datetime, actor: str, reason: str) -> list[WorkOrderEvent]:
+        """上报: ownership moves to the tier above; a transfer whose history says ``escalate_up``.
+
+        Legal wherever a transfer is (every open state); the caller gives ``to_node`` (the parent).
+        """
+        at = self._check(Action.TRANSFER, at)
+        to = _required("to_node", to_node, "the node to escalate to")
+        reason = _required("reason", reason, "the reason for escalating")
+        if to == self.node:
+            raise InvalidArgument("to_node", "a work order cannot be escalated to its own node")
+        self._stop_all_clocks(at)
+        self._stop_clock(DeadlineKind.OBJECTION)
+        self.windows.clear()
+        self.extension_pending = False
+        self.transferred_to = to
+        return [self._changed(Action.TRANSFER, at, actor, reason, target=to, label=ESCALATE_UP)]
+
     def take_back(self, *, at: datetime, actor: str, rules: TimeRules, reason: str) -> list[WorkOrderEvent]:
         """The receiving node returned the hand-off (退回): this node must route it again."""
         at = self._check(Action.TAKE_BACK, at)
@@ -639,19 +665,27 @@ class WorkOrder:
         return to_utc(at)
 
     def _changed(
-        self, action: Action, at: datetime, actor: str, reason: str, *, target: str | None = None
+        self,
+        action: Action,
+        at: datetime,
+        actor: str,
+        reason: str,
+        *,
+        target: str | None = None,
+        label: str | None = None,
     ) -> WorkOrderChanged:
+        """``label`` names the step in the history and the event when it is a kind of ``action`` (escalate_up)."""
         before = self.state
         after = TRANSITIONS[(before, action)]
         if after in TERMINAL_STATES or after is State.REPLIED:
             self._close_pause(at)
         self.state = after
-        self.history.append(HistoryEntry(at, actor, action.value, before, after, reason))
+        self.history.append(HistoryEntry(at, actor, label or action.value, before, after, reason))
         self.version += 1
         return WorkOrderChanged(
             work_order_id=self.id,
             case_id=self.case_id,
-            action=action,
+            action=label or action,  # type: ignore[arg-type]  # the label travels as the event's action text
             from_state=before,
             to_state=after,
             actor=actor,
