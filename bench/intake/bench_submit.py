@@ -5,6 +5,9 @@ PostgreSQL, each beside two baselines measured in the same run:
 * a raw single-row INSERT + COMMIT loop on the same database (one loop per client thread, and
   one lone loop): the ceiling of the storage.
 
+"CPU ms" is this Python process's CPU per operation (clients included). One process runs on one
+core at a time (the GIL), so 1000 / CPU ms bounds the rate whatever the database does.
+
     .venv/bin/python -m bench.intake.bench_submit                 # ~1 minute
     .venv/bin/python -m bench.intake.bench_submit --quick         # tiny sizes (the smoke test)
     .venv/bin/python -m bench.intake.bench_submit --backends sqlite
@@ -43,6 +46,7 @@ class Result:
     count: int
     seconds: float
     latencies: list[float]
+    cpu_seconds: float = 0.0  # this process's CPU (server, clients and driver alike) over the run
 
     @property
     def rate(self) -> float:
@@ -76,11 +80,12 @@ def run_threads(threads: int, seconds: float, call: Callable[[int, int], None], 
         thread.start()
     barrier.wait()
     began = time.perf_counter()
+    cpu_began = time.process_time()
     for thread in pool:
         thread.join()
     elapsed = time.perf_counter() - began
     flat = [x for part in latencies for x in part]
-    return Result(name, len(flat), elapsed, flat)
+    return Result(name, len(flat), elapsed, flat, time.process_time() - cpu_began)
 
 
 # -- baselines ---------------------------------------------------------------------------------
@@ -187,6 +192,7 @@ def fresh_pg_database() -> tuple[str, Callable[[], None]] | None:
 def line(result: Result, echo: Result, raw_n: Result, raw_1: Result) -> str:
     return (
         f"{result.name:<26} {result.rate:>9,.0f} {result.pct(0.5):>8.2f} {result.pct(0.99):>8.2f}"
+        f" {result.cpu_seconds / max(result.count, 1) * 1000:>8.2f}"
         f" {result.rate / echo.rate:>9.3f} {result.rate / raw_n.rate:>10.3f} {result.rate / raw_1.rate:>10.3f}"
     )
 
@@ -207,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"clients {args.threads} threads, server pool {args.workers}, {args.seconds:g} s per measurement")
     header = (
-        f"{'measurement':<26} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} {'÷ echo':>9} {'÷ raw ×N':>10} {'÷ raw ×1':>10}"
+        f"{'measurement':<26} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms':>8}"
+        f" {'÷ echo':>9} {'÷ raw ×N':>10} {'÷ raw ×1':>10}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends.split(","):

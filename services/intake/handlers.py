@@ -67,6 +67,17 @@ class CaseFilter:
     submitted_before: datetime | None = None
 
 
+@dataclass
+class SubmitLookup:
+    """What a submit reads before writing, fetched together (one round trip on a real database)."""
+
+    existing: Case | None = None  # the case already registered under the idempotency key
+    recent: int = 0  # the submitter's cases since the rate window opened (0 when not asked)
+    duplicate: str | None = None  # oldest open case with the same fingerprint
+    mine: str | None = None  # newest open case of the same person (phone or ID number)
+    near: list[tuple[str, int]] = field(default_factory=list)  # (case_id, simhash) sharing a band
+
+
 class IntakeUnitOfWork(Protocol):
     """What intake's handlers need from storage; ``store.SqlIntakeUnitOfWork`` implements it."""
 
@@ -97,6 +108,19 @@ class IntakeUnitOfWork(Protocol):
     def emit(self, event: DomainEvent) -> None: ...
 
     def submissions_since(self, *, phone: str, id_number: str, since: datetime) -> int: ...
+
+    def submit_lookup(
+        self,
+        *,
+        idempotency_key: str | None,
+        phone: str,
+        id_number: str,
+        since: datetime | None,
+        fingerprint: str,
+        simhash: int,
+    ) -> SubmitLookup:
+        """``since`` None: no rate count wanted. Person lookups are skipped for empty phone and ID."""
+        ...
 
     def open_case_with_fingerprint(self, fingerprint: str) -> str | None: ...
 
@@ -233,24 +257,19 @@ def _resolve(clean: Submission, deps: IntakeDeps) -> _Resolved:
     )
 
 
-def _links(
-    uow: IntakeUnitOfWork, clean: Submission, resolved: _Resolved, deps: IntakeDeps
-) -> tuple[str, str, tuple[str, ...]]:
+def _links(found: SubmitLookup, resolved: _Resolved, deps: IntakeDeps) -> tuple[str, str, tuple[str, ...]]:
     """(duplicate_of, repeat_of, extra flags) against the open cases of this node.
 
     An exact re-post (same normalised text) is a duplicate for merging (并单); the same person
     (blind index of phone or ID number) or a near-identical text (SimHash) is a repeat (重复件).
     """
-    duplicate = uow.open_case_with_fingerprint(resolved.fingerprint)
-    if duplicate is not None:
-        return duplicate, "", ("duplicate",)
-    if clean.phone or clean.id_number:
-        mine = uow.open_cases_of_person(phone=clean.phone or "", id_number=clean.id_number or "")
-        if mine:
-            return "", mine[0], ("repeat",)
+    if found.duplicate is not None:
+        return found.duplicate, "", ("duplicate",)
+    if found.mine is not None:
+        return "", found.mine, ("repeat",)
     near = sorted(
         (dedup.hamming(resolved.simhash, value), case_id)
-        for case_id, value in uow.open_cases_near(resolved.simhash)
+        for case_id, value in found.near
         if dedup.hamming(resolved.simhash, value) <= deps.near_distance
     )
     if near:
@@ -268,21 +287,24 @@ def _register(
 ) -> SubmitResult:
     resolved = _resolve(clean, deps)
     now = deps.clock()
+    rate_limited = deps.rate_limit and clean.channel not in RATE_EXEMPT_CHANNELS and (clean.phone or clean.id_number)
     with uow_factory() as uow:
-        if key is not None:
-            existing = uow.find_by_idempotency_key(key)
-            if existing is not None:
-                return SubmitResult(case=existing, created=False)
-        if deps.rate_limit and clean.channel not in RATE_EXEMPT_CHANNELS and (clean.phone or clean.id_number):
-            recent = uow.submissions_since(
-                phone=clean.phone or "", id_number=clean.id_number or "", since=now - deps.rate_window
+        found = uow.submit_lookup(
+            idempotency_key=key,
+            phone=clean.phone or "",
+            id_number=clean.id_number or "",
+            since=now - deps.rate_window if rate_limited else None,
+            fingerprint=resolved.fingerprint,
+            simhash=resolved.simhash,
+        )
+        if found.existing is not None:
+            return SubmitResult(case=found.existing, created=False)
+        if rate_limited and found.recent >= deps.rate_limit:
+            raise ResourceExhausted(
+                f"this submitter already sent {found.recent} requests in the last "
+                f"{int(deps.rate_window.total_seconds() // 60)} minutes; try again later"
             )
-            if recent >= deps.rate_limit:
-                raise ResourceExhausted(
-                    f"this submitter already sent {recent} requests in the last "
-                    f"{int(deps.rate_window.total_seconds() // 60)} minutes; try again later"
-                )
-        duplicate_of, repeat_of, link_flags = _links(uow, clean, resolved, deps)
+        duplicate_of, repeat_of, link_flags = _links(found, resolved, deps)
         held = bool(resolved.moderation)
         registered_at = submitted_at or now
         day = china_date(registered_at)

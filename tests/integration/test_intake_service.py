@@ -362,8 +362,8 @@ def test_abusive_text_waits_for_a_moderator_and_is_released_or_refused(node: Nod
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_one_submitter_is_rate_limited_but_retries_are_not(node: Node) -> None:
-    stub = stub_for(node)
+def test_one_submitter_is_rate_limited_but_retries_are_not(node_any_db: Node) -> None:
+    stub = stub_for(node_any_db)
     person = common_pb2.Person(phone=phone(70))
     for n in range(5):
         stub.SubmitCase(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.intake.app import CoalescedNotify
 from services.intake.domain import (
     CATEGORIES,
     Case,
@@ -15,6 +16,7 @@ from services.intake.domain import (
     can_request_review,
     can_withdraw,
 )
+from tests.helpers import wait_until
 
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 CASE = Case(
@@ -72,3 +74,15 @@ def test_withdrawal_only_while_the_case_is_open_and_unanswered(state: CaseState)
         CaseState.REFUSED,
     }
     assert can_withdraw(replace(CASE, state=state)) is expected
+
+
+def test_a_burst_of_commits_wakes_the_relay_once_now_and_once_after() -> None:
+    wakes: list[int] = []
+    notify = CoalescedNotify(lambda: wakes.append(1), interval_s=0.5)
+    for _ in range(200):
+        notify()
+    # The first commit wakes the relay at once; the rest share one trailing wake, so the last
+    # commit's event is never left for the slow poll.
+    assert 1 <= len(wakes) <= 2
+    wait_until(lambda: len(wakes) == 2, timeout=5.0, message="the trailing wake")
+    assert len(wakes) == 2
