@@ -13,6 +13,7 @@ from prometheus_client import Gauge
 from services.common.events import decode
 from services.common.outbox import consume_once
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
+from services.common.timeutil import from_timestamp
 from services.routing import handlers
 from services.routing.handlers import RegisteredCase, Routing, SweepReport
 from services.routing.jurisdiction import load_catalogue
@@ -121,6 +122,25 @@ def build(ctx: ServiceContext) -> ServiceParts:
             ),
         )
 
+    def on_supervision_replicated(event: BusEvent) -> None:
+        # A descendant's chase or supervision record (replicated up by exchange): kept read-only
+        # here so the tiers above can list what their subtree is being chased for.
+        env = decode(event)
+        issued = env.supervision_issued
+        record = handlers.Supervision(
+            supervision_id=issued.supervision_id,
+            case_id=env.case_id,
+            work_order_id="",
+            level=issued.level,
+            by_node=issued.by_node,
+            by_actor="",
+            demand=issued.demand,
+            due_at=from_timestamp(issued.due_at, "due_at") or ctx.clock(),
+            issued_at=from_timestamp(env.occurred_at, "occurred_at") or ctx.clock(),
+            region_code=env.owner_node,
+        )
+        consume(event, lambda uow: handlers.record_replicated_supervision(record, uow))
+
     def sweep_now() -> SweepReport:
         report = handlers.run_sweep(uow_factory=uow_factory, routing=routing, now=ctx.clock())
         WORK_ORDERS_OPEN.labels(node=node).set(report.open)
@@ -156,6 +176,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             Subscription("routing", "exchange", "case_handed_off", on_case_handed_off),
             Subscription("routing", "intake", "case_evaluated", on_case_evaluated),
             Subscription("routing", "intake", "review_requested", on_review_requested),
+            Subscription("routing", "exchange", "supervision_issued", on_supervision_replicated),
         ],
         timers=[Timer("routing-deadline-sweep", ctx.settings.sweep_interval_s, sweep_timer)],
         session_factory=ctx.session_factory,

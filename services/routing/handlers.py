@@ -846,3 +846,12 @@ def get_work_order(work_order_id: str, *, uow_factory: UnitOfWorkFactory) -> Sto
     if found is None:
         raise NotFound("work order", work_order_id)
     return found
+
+
+def record_replicated_supervision(supervision: Supervision, uow: RoutingUnitOfWork) -> None:
+    """A descendant's 催办/督办 record, kept read-only so ancestors see their subtree's supervision.
+
+    The consumer's inbox makes a redelivery a no-op; the record is never changed here, only at the
+    node that owns the case.
+    """
+    uow.add_supervision(supervision)

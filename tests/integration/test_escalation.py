@@ -27,6 +27,7 @@ from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from services.common.events import envelope, to_bus_event
 from services.common.service import BusEvent
 from services.common.settings import Settings
+from services.common.timeutil import to_timestamp
 from services.node import Node
 from services.routing.handlers import work_order_id_for
 from tests.helpers import wait_until
@@ -221,3 +222,28 @@ def test_a_case_handed_down_and_escalated_back_is_taken_back_by_the_same_work_or
         assert work_orders(city, case_id)[0].updated_at == back.updated_at
     finally:
         city.stop(grace=0.5)
+
+
+def test_a_countys_supervision_record_is_visible_at_the_city(city_and_county: tuple[Node, Node]) -> None:
+    """督办 records are visible to the tiers above: the city lists the county's directive."""
+    city, county = city_and_county
+    case_id = submit(county)
+    wait_until(lambda: work_orders(county, case_id), 10, "the county's work order")
+    issued = routing(county).Supervise(
+        pb.SuperviseRequest(
+            case_id=case_id,
+            actor="supervisor-9",
+            level="supervise",
+            demand="三日内书面报告处理结果",
+            due_at=to_timestamp(datetime(2026, 12, 20, tzinfo=UTC)),
+        ),
+        timeout=5,
+    ).supervision
+
+    def listed_at_city() -> list[pb.Supervision]:
+        reply = routing(city).ListSupervisions(pb.ListSupervisionsRequest(case_id=case_id), timeout=5)
+        return [s for s in reply.supervisions if s.supervision_id == issued.supervision_id]
+
+    wait_until(listed_at_city, 15, "the county's supervision listed at the city")
+    (seen,) = listed_at_city()
+    assert seen.level == "supervise" and seen.demand == "三日内书面报告处理结果"
