@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
+import yaml
 from lianxin.common.v1 import common_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from prometheus_client import Gauge
@@ -34,6 +37,19 @@ WORK_ORDERS_OVERDUE = Gauge(
 )
 
 
+TIME_LIMITS_ENV = "LIANXIN_TIME_LIMITS"
+
+
+def time_limit_policy() -> TimeLimitPolicy:
+    """The node's time limits: the YAML named by LIANXIN_TIME_LIMITS (per tier and category, see
+    services/routing/timelimits.py), else the national defaults. A bad file fails the start."""
+    path = os.environ.get(TIME_LIMITS_ENV)
+    if not path:
+        return TimeLimitPolicy.default()
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return TimeLimitPolicy.from_dict(raw, source=path)
+
+
 def build_routing(ctx: ServiceContext) -> Routing:
     """The node's jurisdiction and time rules; a bad catalogue or calendar file fails the start loudly."""
     node = ctx.settings.node
@@ -42,7 +58,7 @@ def build_routing(ctx: ServiceContext) -> Routing:
         node=node,
         regions=ctx.regions,
         catalogue=load_catalogue(node, ctx.regions),
-        rules=TimeRules(TimeLimitPolicy.default(), calendar),
+        rules=TimeRules(time_limit_policy(), calendar),
         calendar=calendar,
         new_id=lambda: str(uuid.uuid4()),
     )

@@ -1,0 +1,73 @@
+"""A node's time limits come from its own YAML (LIANXIN_TIME_LIMITS), per category; bad files fail the start."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from lianxin.common.v1 import common_pb2
+from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
+from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
+from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
+from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
+
+from services.common.settings import Settings
+from services.common.timeutil import CHINA, china_date
+from services.node import Node
+from services.routing.provisional import ProvisionalCalendar
+from services.routing.timelimits import PolicyError
+from tests.helpers import wait_until
+
+
+@pytest.fixture()
+def node_with_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
+    policy = tmp_path / "time_limits.yaml"
+    policy.write_text("categories:\n  环境保护:\n    hotline_complaint: 5 working days\n", encoding="utf-8")
+    monkeypatch.setenv("LIANXIN_TIME_LIMITS", str(policy))
+    node = Node(Settings(node="511102", data_dir=tmp_path, relay_interval_s=0.05)).start()
+    yield node
+    node.stop(grace=0.5)
+
+
+def test_a_category_override_from_the_nodes_file_sets_the_deadline(node_with_policy: Node) -> None:
+    channel = grpc.insecure_channel(node_with_policy.address)
+    case_id = (
+        intake_grpc.IntakeServiceStub(channel)
+        .SubmitCase(
+            intake_pb2.SubmitCaseRequest(
+                channel=common_pb2.CHANNEL_HOTLINE,
+                channel_ref="tl-1",
+                title="夜间施工噪音",
+                body="乐山市市中区某工地夜间施工噪音扰民",
+                category="环境保护",
+                region_code="511102",
+                hotline_operator_id="op-1",
+                complainant=common_pb2.Person(phone="13912345678"),
+            ),
+            timeout=10,
+        )
+        .case.case_id
+    )
+    routing = routing_grpc.RoutingServiceStub(channel)
+
+    def work_order() -> routing_pb2.WorkOrder | None:
+        found = routing.ListWorkOrders(routing_pb2.ListWorkOrdersRequest(case_id=case_id), timeout=5).work_orders
+        return found[0] if found else None
+
+    wait_until(work_order, 10, "the work order")
+    found = work_order()
+    assert found is not None
+    due = {d.kind: d.due_at.ToDatetime(tzinfo=UTC) for d in found.deadlines}["hotline_complaint"]
+    expected_day = ProvisionalCalendar.with_files([]).add_workdays(china_date(datetime.now(UTC)), 5)
+    assert due.astimezone(CHINA).date() == expected_day  # 5 working days from the file, not the national 13
+
+
+def test_a_bad_time_limits_file_fails_the_start_naming_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = tmp_path / "time_limits.yaml"
+    policy.write_text("categories:\n  环境保护:\n    hotline_complaint: soon\n", encoding="utf-8")
+    monkeypatch.setenv("LIANXIN_TIME_LIMITS", str(policy))
+    with pytest.raises(PolicyError, match="hotline_complaint"):
+        Node(Settings(node="511102", data_dir=tmp_path)).start()
