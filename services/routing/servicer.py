@@ -329,6 +329,29 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         )
         return routing_pb2.ReopenWorkOrderResponse(work_order=wo)
 
+    def PauseWorkOrder(
+        self, request: routing_pb2.PauseWorkOrderRequest, context: Any
+    ) -> routing_pb2.PauseWorkOrderResponse:
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: s.order.pause(at=at, actor=who, reason=request.reason),
+        )
+        return routing_pb2.PauseWorkOrderResponse(work_order=wo)
+
+    def ResumeWorkOrder(
+        self, request: routing_pb2.ResumeWorkOrderRequest, context: Any
+    ) -> routing_pb2.ResumeWorkOrderResponse:
+        r = self._routing
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: s.order.resume(at=at, actor=who, rules=r.rules, reason=request.reason),
+        )
+        return routing_pb2.ResumeWorkOrderResponse(work_order=wo)
+
     def ReviewWorkOrder(
         self, request: routing_pb2.ReviewWorkOrderRequest, context: Any
     ) -> routing_pb2.ReviewWorkOrderResponse:

@@ -71,3 +71,67 @@ def test_a_bad_time_limits_file_fails_the_start_naming_the_key(tmp_path: Path, m
     monkeypatch.setenv("LIANXIN_TIME_LIMITS", str(policy))
     with pytest.raises(PolicyError, match="hotline_complaint"):
         Node(Settings(node="511102", data_dir=tmp_path)).start()
+
+
+def test_pausing_the_clock_moves_the_deadlines_by_the_paused_working_days(tmp_path: Path) -> None:
+    """等待补充材料 / 听证: a pause from Monday to Thursday gives back Tuesday, Wednesday and Thursday."""
+    now = [datetime(2026, 11, 23, 9, 0, tzinfo=CHINA).astimezone(UTC)]  # a Monday
+    node = Node(Settings(node="511102", data_dir=tmp_path, relay_interval_s=0.05), clock=lambda: now[0]).start()
+    try:
+        channel = grpc.insecure_channel(node.address)
+        case_id = (
+            intake_grpc.IntakeServiceStub(channel)
+            .SubmitCase(
+                intake_pb2.SubmitCaseRequest(
+                    channel=common_pb2.CHANNEL_HOTLINE,
+                    channel_ref="pause-1",
+                    title="小区供水中断",
+                    body="乐山市市中区某小区连续三天停水",
+                    category="城乡建设",
+                    region_code="511102",
+                    hotline_operator_id="op-1",
+                    complainant=common_pb2.Person(phone="13912345678"),
+                ),
+                timeout=10,
+            )
+            .case.case_id
+        )
+        routing = routing_grpc.RoutingServiceStub(channel)
+        listed = lambda: (
+            routing.ListWorkOrders(  # noqa: E731
+                routing_pb2.ListWorkOrdersRequest(case_id=case_id), timeout=5
+            ).work_orders
+        )
+        wait_until(listed, 10, "the work order")
+        order = listed()[0]
+        before = {d.kind: d.due_at.ToDatetime(tzinfo=UTC) for d in order.deadlines}
+
+        with pytest.raises(grpc.RpcError) as no_reason:
+            routing.PauseWorkOrder(
+                routing_pb2.PauseWorkOrderRequest(work_order_id=order.work_order_id, actor="handler-1"), timeout=5
+            )
+        assert no_reason.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        routing.PauseWorkOrder(
+            routing_pb2.PauseWorkOrderRequest(
+                work_order_id=order.work_order_id, actor="handler-1", reason="等待信访人补充材料"
+            ),
+            timeout=5,
+        )
+        with pytest.raises(grpc.RpcError) as twice:
+            routing.PauseWorkOrder(
+                routing_pb2.PauseWorkOrderRequest(work_order_id=order.work_order_id, actor="handler-1", reason="再停"),
+                timeout=5,
+            )
+        assert twice.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        now[0] = datetime(2026, 11, 26, 10, 0, tzinfo=CHINA).astimezone(UTC)  # Thursday
+        resumed = routing.ResumeWorkOrder(
+            routing_pb2.ResumeWorkOrderRequest(work_order_id=order.work_order_id, actor="handler-1"), timeout=5
+        ).work_order
+        after = {d.kind: d.due_at.ToDatetime(tzinfo=UTC) for d in resumed.deadlines}
+        calendar = ProvisionalCalendar.with_files([])
+        old_day = before["hotline_complaint"].astimezone(CHINA).date()
+        assert after["hotline_complaint"].astimezone(CHINA).date() == calendar.add_workdays(old_day, 3)
+        assert [h.action for h in resumed.history][-2:] == ["pause", "resume"]
+    finally:
+        node.stop(grace=0.5)

@@ -963,6 +963,122 @@ class ReopenWorkOrderResponse(_message.Message):
 Global___ReopenWorkOrderResponse: _TypeAlias = ReopenWorkOrderResponse  # noqa: Y015
 
 @_typing.final
+class PauseWorkOrderRequest(_message.Message):
+    """Stopping a work order's clocks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    work_order_id: _builtins.str
+    """Id of the work order."""
+    actor: _builtins.str
+    """Operator id of who acts."""
+    expected_version: _builtins.int
+    """Expected work order version; 0 skips the check."""
+    reason: _builtins.str
+    """Why the clock stops (e.g. "等待信访人补充材料", "听证"); required."""
+    def __init__(
+        self,
+        *,
+        work_order_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "expected_version", b"expected_version", "reason", b"reason", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseWorkOrderRequest: _TypeAlias = PauseWorkOrderRequest  # noqa: Y015
+
+@_typing.final
+class PauseWorkOrderResponse(_message.Message):
+    """The paused work order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def work_order(self) -> Global___WorkOrder:
+        """The work order after the change."""
+
+    def __init__(
+        self,
+        *,
+        work_order: Global___WorkOrder | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseWorkOrderResponse: _TypeAlias = PauseWorkOrderResponse  # noqa: Y015
+
+@_typing.final
+class ResumeWorkOrderRequest(_message.Message):
+    """Restarting a work order's clocks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    work_order_id: _builtins.str
+    """Id of the work order."""
+    actor: _builtins.str
+    """Operator id of who acts."""
+    expected_version: _builtins.int
+    """Expected work order version; 0 skips the check."""
+    reason: _builtins.str
+    """Why the clock restarts (optional)."""
+    def __init__(
+        self,
+        *,
+        work_order_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "expected_version", b"expected_version", "reason", b"reason", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeWorkOrderRequest: _TypeAlias = ResumeWorkOrderRequest  # noqa: Y015
+
+@_typing.final
+class ResumeWorkOrderResponse(_message.Message):
+    """The resumed work order, with its moved deadlines."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def work_order(self) -> Global___WorkOrder:
+        """The work order after the change."""
+
+    def __init__(
+        self,
+        *,
+        work_order: Global___WorkOrder | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeWorkOrderResponse: _TypeAlias = ResumeWorkOrderResponse  # noqa: Y015
+
+@_typing.final
 class ReviewWorkOrderRequest(_message.Message):
     """The decision on a review request."""
 

@@ -122,6 +122,16 @@ class RoutingServiceStub:
                 request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.EscalateCaseRequest.SerializeToString,
                 response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.EscalateCaseResponse.FromString,
                 _registered_method=True)
+        self.PauseWorkOrder = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/PauseWorkOrder',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.PauseWorkOrderRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.PauseWorkOrderResponse.FromString,
+                _registered_method=True)
+        self.ResumeWorkOrder = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/ResumeWorkOrder',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ResumeWorkOrderRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ResumeWorkOrderResponse.FromString,
+                _registered_method=True)
 
 
 class RoutingServiceServicer:
@@ -249,6 +259,20 @@ class RoutingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseWorkOrder(self, request, context):
+        """Stops the work order's clocks while waiting for the citizen's supplement or during a hearing (听证).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeWorkOrder(self, request, context):
+        """Restarts the clocks; every running deadline moves by the paused time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +360,16 @@ def add_RoutingServiceServicer_to_server(servicer, server):
                     servicer.EscalateCase,
                     request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.EscalateCaseRequest.FromString,
                     response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.EscalateCaseResponse.SerializeToString,
+            ),
+            'PauseWorkOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseWorkOrder,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.PauseWorkOrderRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.PauseWorkOrderResponse.SerializeToString,
+            ),
+            'ResumeWorkOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeWorkOrder,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ResumeWorkOrderRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ResumeWorkOrderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -800,6 +834,60 @@ class RoutingService:
             '/lianxin.routing.v1.RoutingService/EscalateCase',
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.EscalateCaseRequest.SerializeToString,
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.EscalateCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseWorkOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/PauseWorkOrder',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.PauseWorkOrderRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.PauseWorkOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeWorkOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/ResumeWorkOrder',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ResumeWorkOrderRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ResumeWorkOrderResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,10 @@ class RoutingServiceStub:
     """Assigns a case by hand to a unit of this node or hands it off to another node."""
     EscalateCase: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.EscalateCaseRequest, _routing_service_pb2.EscalateCaseResponse]
     """Escalates a case to the tier above (上报); ownership moves to the parent node."""
+    PauseWorkOrder: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.PauseWorkOrderRequest, _routing_service_pb2.PauseWorkOrderResponse]
+    """Stops the work order's clocks while waiting for the citizen's supplement or during a hearing (听证)."""
+    ResumeWorkOrder: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.ResumeWorkOrderRequest, _routing_service_pb2.ResumeWorkOrderResponse]
+    """Restarts the clocks; every running deadline moves by the paused time."""
 
 class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Routes cases to units and tiers and drives each work order through its lifecycle.
@@ -195,5 +199,21 @@ class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _routing_service_pb2.EscalateCaseResponse:
         """Escalates a case to the tier above (上报); ownership moves to the parent node."""
+
+    @_abc_1.abstractmethod
+    def PauseWorkOrder(
+        self,
+        request: _routing_service_pb2.PauseWorkOrderRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.PauseWorkOrderResponse:
+        """Stops the work order's clocks while waiting for the citizen's supplement or during a hearing (听证)."""
+
+    @_abc_1.abstractmethod
+    def ResumeWorkOrder(
+        self,
+        request: _routing_service_pb2.ResumeWorkOrderRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.ResumeWorkOrderResponse:
+        """Restarts the clocks; every running deadline moves by the paused time."""
 
 def add_RoutingServiceServicer_to_server(servicer: RoutingServiceServicer, server: _grpc.Server) -> None: ...
