@@ -97,11 +97,11 @@ def test_pausing_the_clock_moves_the_deadlines_by_the_paused_working_days(tmp_pa
             .case.case_id
         )
         routing = routing_grpc.RoutingServiceStub(channel)
-        listed = lambda: (
-            routing.ListWorkOrders(  # noqa: E731
-                routing_pb2.ListWorkOrdersRequest(case_id=case_id), timeout=5
-            ).work_orders
-        )
+
+        def listed() -> list[routing_pb2.WorkOrder]:
+            request = routing_pb2.ListWorkOrdersRequest(case_id=case_id)
+            return list(routing.ListWorkOrders(request, timeout=5).work_orders)
+
         wait_until(listed, 10, "the work order")
         order = listed()[0]
         before = {d.kind: d.due_at.ToDatetime(tzinfo=UTC) for d in order.deadlines}
