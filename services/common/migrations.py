@@ -39,13 +39,6 @@ def upgrade(engine: Engine, service: str, revision: str = "head") -> None:
             lock_conn.commit()
 
 
-def current_revision(engine: Engine, service: str) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
-
-
 def run_env(context: EnvironmentContext | ModuleType, target_metadata: Any) -> None:
     """Body of every service's ``migrations/env.py``: online mode on the engine handed in by ``upgrade``."""
     engine: Engine = context.config.attributes["engine"]

@@ -236,9 +236,7 @@ class Relay:
         engine = _engine_of(session_factory)
         self._postgres = engine.dialect.name == "postgresql"
         database = engine.url.database
-        self._lock_path = (
-            None if self._postgres or not database or database == ":memory:" else f"{database}.relay-lock"
-        )
+        self._lock_path = None if self._postgres or not database or database == ":memory:" else f"{database}.relay-lock"
         self._thread_lock = threading.Lock()  # in-memory SQLite: one process, so a thread lock is the lease
         self.last_error: BaseException | None = None
 
@@ -266,9 +264,7 @@ class Relay:
     def _publish_in_order(self, rows: Sequence[Any]) -> list[int]:
         done: list[int] = []
         for row in rows:
-            event = BusEvent(
-                event_id=row.event_id, source=row.source, event_type=row.event_type, body=row.body
-            )
+            event = BusEvent(event_id=row.event_id, source=row.source, event_type=row.event_type, body=row.body)
             try:
                 self._publish(event)
             except Exception as exc:
@@ -293,9 +289,7 @@ class Relay:
     def _run_once_postgres(self) -> int:
         with transaction(self._session_factory) as session:
             # A transaction-level lock: released by the commit, and by PostgreSQL if we crash.
-            leased = session.execute(
-                select(func.pg_try_advisory_xact_lock(_pg_lock_key("relay", self._table)))
-            )
+            leased = session.execute(select(func.pg_try_advisory_xact_lock(_pg_lock_key("relay", self._table))))
             if not leased.scalar_one():
                 return 0
             done = self._publish_in_order(self._select_batch(session))
@@ -360,9 +354,7 @@ class Relay:
         t = self._table
         cutoff = self._clock() - older_than
         with transaction(self._session_factory) as session:
-            result = session.execute(
-                delete(t).where(t.c.published_at.is_not(None), t.c.published_at < cutoff)
-            )
+            result = session.execute(delete(t).where(t.c.published_at.is_not(None), t.c.published_at < cutoff))
         return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -392,11 +384,3 @@ def consume_once(
             return False  # nothing written; the transaction commits empty
         apply(session)
     return True
-
-
-def prune_inbox(session_factory: sessionmaker[Session], inbox: Table, older_than: timedelta) -> int:
-    """Forget inbox ids older than ``older_than``; keep them longer than any redelivery can take."""
-    cutoff = utc_now() - older_than
-    with transaction(session_factory) as session:
-        result = session.execute(delete(inbox).where(inbox.c.received_at < cutoff))
-    return int(getattr(result, "rowcount", 0) or 0)

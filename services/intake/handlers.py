@@ -107,8 +107,6 @@ class IntakeUnitOfWork(Protocol):
 
     def emit(self, event: DomainEvent) -> None: ...
 
-    def submissions_since(self, *, phone: str, id_number: str, since: datetime) -> int: ...
-
     def submit_lookup(
         self,
         *,

@@ -285,12 +285,6 @@ class SqlIntakeUnitOfWork:
             clauses.append(CaseRow.id_number_bidx == bidx("id_number", id_number))
         return or_(*clauses)
 
-    def submissions_since(self, *, phone: str, id_number: str, since: datetime) -> int:
-        if not (phone or id_number):
-            return 0
-        query = select(func.count()).where(self._person(phone=phone, id_number=id_number), CaseRow.received_at >= since)
-        return int(self.session.scalar(query) or 0)
-
     def submit_lookup(
         self,
         *,
