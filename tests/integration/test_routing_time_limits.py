@@ -22,6 +22,24 @@ from services.routing.timelimits import PolicyError
 from tests.helpers import wait_until
 
 
+def submit_hotline_case(channel: grpc.Channel, ref: str, *, category: str, body: str) -> str:
+    """A 12345 hotline case about a matter in 511102; returns its case id."""
+    reply = intake_grpc.IntakeServiceStub(channel).SubmitCase(
+        intake_pb2.SubmitCaseRequest(
+            channel=common_pb2.CHANNEL_HOTLINE,
+            channel_ref=ref,
+            title=body[:20],
+            body=body,
+            category=category,
+            region_code="511102",
+            hotline_operator_id="op-1",
+            complainant=common_pb2.Person(phone="13912345678"),
+        ),
+        timeout=10,
+    )
+    return str(reply.case.case_id)
+
+
 @pytest.fixture()
 def node_with_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
     policy = tmp_path / "time_limits.yaml"
@@ -34,23 +52,7 @@ def node_with_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 def test_a_category_override_from_the_nodes_file_sets_the_deadline(node_with_policy: Node) -> None:
     channel = grpc.insecure_channel(node_with_policy.address)
-    case_id = (
-        intake_grpc.IntakeServiceStub(channel)
-        .SubmitCase(
-            intake_pb2.SubmitCaseRequest(
-                channel=common_pb2.CHANNEL_HOTLINE,
-                channel_ref="tl-1",
-                title="夜间施工噪音",
-                body="乐山市市中区某工地夜间施工噪音扰民",
-                category="环境保护",
-                region_code="511102",
-                hotline_operator_id="op-1",
-                complainant=common_pb2.Person(phone="13912345678"),
-            ),
-            timeout=10,
-        )
-        .case.case_id
-    )
+    case_id = submit_hotline_case(channel, "tl-1", category="环境保护", body="乐山市市中区某工地夜间施工噪音扰民")
     routing = routing_grpc.RoutingServiceStub(channel)
 
     def work_order() -> routing_pb2.WorkOrder | None:
@@ -79,23 +81,7 @@ def test_pausing_the_clock_moves_the_deadlines_by_the_paused_working_days(tmp_pa
     node = Node(Settings(node="511102", data_dir=tmp_path, relay_interval_s=0.05), clock=lambda: now[0]).start()
     try:
         channel = grpc.insecure_channel(node.address)
-        case_id = (
-            intake_grpc.IntakeServiceStub(channel)
-            .SubmitCase(
-                intake_pb2.SubmitCaseRequest(
-                    channel=common_pb2.CHANNEL_HOTLINE,
-                    channel_ref="pause-1",
-                    title="小区供水中断",
-                    body="乐山市市中区某小区连续三天停水",
-                    category="城乡建设",
-                    region_code="511102",
-                    hotline_operator_id="op-1",
-                    complainant=common_pb2.Person(phone="13912345678"),
-                ),
-                timeout=10,
-            )
-            .case.case_id
-        )
+        case_id = submit_hotline_case(channel, "pause-1", category="城乡建设", body="乐山市市中区某小区连续三天停水")
         routing = routing_grpc.RoutingServiceStub(channel)
 
         def listed() -> list[routing_pb2.WorkOrder]:
