@@ -193,3 +193,20 @@ def test_a_consumer_killed_mid_flow_gets_everything_after_restart_without_double
     counts = consumer.applied_counts()
     assert len(counts) == 60
     assert set(counts.values()) == {1}, "an event was applied twice"
+
+
+def test_service_timers_run_in_the_worker_and_a_failing_run_does_not_stop_them(runners: Runners) -> None:
+    """The routing sweep, video reminders and exchange pump are ServiceParts timers: in production
+    they run as nameko @timer methods of the worker, and one failing run must not end them."""
+    from services.common.service import Timer
+
+    runs: list[int] = []
+
+    def sweep() -> None:
+        runs.append(len(runs))
+        if len(runs) == 2:
+            raise RuntimeError("a transient failure in one sweep")
+
+    parts = ServiceParts(name="timersvc", servicers=[], timers=[Timer("sweep", 0.05, sweep)])
+    runners.start(parts)
+    wait_until(lambda: len(runs) >= 4, 15, "the timer to keep running after a failed run")
