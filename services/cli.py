@@ -248,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     # Kernel operator commands: lianxin certs, lianxin token, lianxin audit verify.
     importlib.import_module("services.common.commands").register(sub)
+    # The load and fault harness: lianxin bench, lianxin faults (bench/commands.py).
+    importlib.import_module("bench.commands").register(sub)
     return parser
 
 
