@@ -511,6 +511,75 @@ def escalate(
     parent = routing.regions.parent(routing.node)
     if parent is None:
         raise FailedPrecondition(f"node {routing.node} has no tier above to escalate to")
+    return _hand_off(
+        case_id=case_id,
+        actor=who,
+        expected_version=expected_version,
+        to_node=parent,
+        text=f"上报 to {parent}: {why}",
+        kind=ESCALATE_UP,
+        uow_factory=uow_factory,
+        routing=routing,
+        now=now,
+    )
+
+
+def hand_down(
+    *,
+    case_id: str,
+    actor: str,
+    expected_version: int,
+    to_node: str,
+    reason: str,
+    uow_factory: UnitOfWorkFactory,
+    routing: Routing,
+    now: datetime,
+) -> HandedOff:
+    """人工交办: a clerk hands a case this node owns to a node of its subtree (any tier below).
+
+    The same hand-off as the automatic one by region (kind ``assign_down``, epoch + 1); the exchange
+    carries it down hop by hop and the receiving node's routing places it by its own catalogue, or in
+    its manual queue when the matter's region is not its own. Going up is 上报 (``escalate``).
+    """
+    who = _actor(actor)
+    if not (case_id or "").strip():
+        raise InvalidArgument("case_id", "must be set")
+    target = (to_node or "").strip()
+    if target not in routing.regions:
+        raise InvalidArgument("node", f"{target!r} is not a known region code")
+    if target == routing.node or not routing.regions.contains(routing.node, target):
+        raise InvalidArgument(
+            "node", f"{target} is not below node {routing.node}: hand down only; use EscalateCase (上报) to go up"
+        )
+    why = (reason or "").strip()
+    if not why:
+        raise InvalidArgument("reason", "the instruction for the node below (交办意见) is required")
+    return _hand_off(
+        case_id=case_id,
+        actor=who,
+        expected_version=expected_version,
+        to_node=target,
+        text=f"交办 to {target}: {why}",
+        kind="assign_down",
+        uow_factory=uow_factory,
+        routing=routing,
+        now=now,
+    )
+
+
+def _hand_off(
+    *,
+    case_id: str,
+    actor: str,
+    expected_version: int,
+    to_node: str,
+    text: str,
+    kind: str,
+    uow_factory: UnitOfWorkFactory,
+    routing: Routing,
+    now: datetime,
+) -> HandedOff:
+    """Close this node's work order as TRANSFERRED and emit the hand-off that moves ownership (epoch + 1)."""
     now = to_utc(now)
     with uow_factory() as uow:
         stored = uow.get(work_order_id_for(case_id, routing.node), for_update=True)
@@ -522,18 +591,21 @@ def escalate(
         if expected_version and expected_version != version:
             raise Conflict(f"case {case_id} is at version {version}, not {expected_version}: re-read it")
         order = stored.order
-        text = f"上报 to {parent}: {why}"
-        events: list[RoutingEvent] = list(order.escalate_up(to_node=parent, at=now, actor=who, reason=text))
+        events: list[RoutingEvent] = list(
+            order.escalate_up(to_node=to_node, at=now, actor=actor, reason=text)
+            if kind == ESCALATE_UP
+            else order.transfer(to_node=to_node, at=now, actor=actor, reason=text)
+        )
         handed = HandedOff(
             case_id=case_id,
             from_node=routing.node,
-            to_node=parent,
+            to_node=to_node,
             new_owner_epoch=epoch + 1,
             reason=text,
             from_work_order_id=order.id,
             case_snapshot=uow.case_snapshot(case_id),
             at=now,
-            kind=ESCALATE_UP,
+            kind=kind,
             region_code=order.region_code or "",
             category=order.category or "",
         )

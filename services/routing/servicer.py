@@ -12,7 +12,7 @@ from lianxin.common.v1 import common_pb2
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import InvalidArgument
 from services.common.timeutil import from_duration, from_timestamp, to_timestamp, to_utc
 from services.routing import handlers
 from services.routing.handlers import (
@@ -392,7 +392,20 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         self, request: routing_pb2.AssignManuallyRequest, context: Any
     ) -> routing_pb2.AssignManuallyResponse:
         if request.node and request.node != self._routing.node:
-            raise FailedPrecondition("manual hand-off to another node is not supported yet; assign a unit here")
+            if request.unit_id:
+                raise InvalidArgument("unit_id", "must be empty when handing off to another node (node is set)")
+            handlers.hand_down(
+                case_id=request.case_id,
+                actor=request.actor,
+                expected_version=request.expected_version,
+                to_node=request.node,
+                reason=request.reason,
+                uow_factory=self._uow_factory,
+                routing=self._routing,
+                now=self._clock(),
+            )
+            self._notify()
+            return routing_pb2.AssignManuallyResponse()
         if not request.case_id:
             raise InvalidArgument("case_id", "must be set")
         r = self._routing
