@@ -39,8 +39,10 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Column,
+    Connection,
     DateTime,
     Engine,
     Index,
@@ -50,6 +52,8 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    any_,
+    bindparam,
     delete,
     func,
     select,
@@ -233,12 +237,29 @@ class Relay:
         self.batch_size = batch_size
         self.service = service
         self._clock = clock
-        engine = _engine_of(session_factory)
+        engine = self._engine = _engine_of(session_factory)
         self._postgres = engine.dialect.name == "postgresql"
         database = engine.url.database
         self._lock_path = None if self._postgres or not database or database == ":memory:" else f"{database}.relay-lock"
         self._thread_lock = threading.Lock()  # in-memory SQLite: one process, so a thread lock is the lease
         self.last_error: BaseException | None = None
+        # Built once: a relay runs after every burst of commits, and building and cache-keying these
+        # statements on each run cost more CPU than executing them.
+        t = table
+        self._lease = select(func.pg_try_advisory_xact_lock(_pg_lock_key("relay", table)))
+        self._batch = (
+            select(t.c.position, t.c.event_id, t.c.source, t.c.event_type, t.c.body)
+            .where(t.c.published_at.is_(None))
+            .order_by(t.c.position)
+            .limit(bindparam("batch_size", type_=Integer))
+        )
+        # PostgreSQL: one array parameter, so the statement is the same whatever the batch size.
+        published = (
+            t.c.position == any_(bindparam("positions", type_=ARRAY(BigInteger)))
+            if self._postgres
+            else t.c.position.in_(bindparam("positions", expanding=True))
+        )
+        self._mark = update(t).where(published).values(published_at=bindparam("at"))
 
     def run_once(self) -> int:
         """Publish up to ``batch_size`` rows in order; returns how many were published.
@@ -251,15 +272,8 @@ class Relay:
             return self._run_once_postgres()
         return self._run_once_sqlite()
 
-    def _select_batch(self, session: Session) -> Sequence[Any]:
-        t = self._table
-        query = (
-            select(t.c.position, t.c.event_id, t.c.source, t.c.event_type, t.c.body)
-            .where(t.c.published_at.is_(None))
-            .order_by(t.c.position)
-            .limit(self.batch_size)
-        )
-        return session.execute(query).all()
+    def _select_batch(self, conn: Connection) -> Sequence[Any]:
+        return conn.execute(self._batch, {"batch_size": self.batch_size}).all()
 
     def _publish_in_order(self, rows: Sequence[Any]) -> list[int]:
         done: list[int] = []
@@ -281,19 +295,17 @@ class Relay:
             self.last_error = None
         return done
 
-    def _mark_published(self, session: Session, positions: list[int]) -> None:
+    def _mark_published(self, conn: Connection, positions: list[int]) -> None:
         if positions:
-            t = self._table
-            session.execute(update(t).where(t.c.position.in_(positions)).values(published_at=self._clock()))
+            conn.execute(self._mark, {"positions": positions, "at": self._clock()})
 
     def _run_once_postgres(self) -> int:
-        with transaction(self._session_factory) as session:
+        with self._engine.begin() as conn:
             # A transaction-level lock: released by the commit, and by PostgreSQL if we crash.
-            leased = session.execute(select(func.pg_try_advisory_xact_lock(_pg_lock_key("relay", self._table))))
-            if not leased.scalar_one():
+            if not conn.execute(self._lease).scalar_one():
                 return 0
-            done = self._publish_in_order(self._select_batch(session))
-            self._mark_published(session, done)
+            done = self._publish_in_order(self._select_batch(conn))
+            self._mark_published(conn, done)
         OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
         return len(done)
 
@@ -302,14 +314,14 @@ class Relay:
             if not leased:
                 return 0
             # Short transactions on both sides of the publishing; the lease keeps other relays out.
-            with transaction(self._session_factory) as session:
-                rows = self._select_batch(session)
+            with self._engine.begin() as conn:
+                rows = self._select_batch(conn)
             if not rows:
                 return 0
             done = self._publish_in_order(rows)
             if done:
-                with transaction(self._session_factory) as session:
-                    self._mark_published(session, done)
+                with self._engine.begin() as conn:
+                    self._mark_published(conn, done)
         OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
         return len(done)
 

@@ -26,7 +26,7 @@ from services.intake.handlers import HandlingChange, IntakeDeps
 from services.intake.models import inbox, outbox
 from services.intake.screening import Screen
 from services.intake.servicer import IntakeServicer
-from services.intake.store import CaseNumbers, SqlIntakeUnitOfWork
+from services.intake.store import CaseNumbers, PgSubmitPath, SqlIntakeUnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -148,34 +148,49 @@ class CoalescedNotify:
     of its own) per submit, which on PostgreSQL cost about as much CPU as the submit. The first
     commit after a quiet spell wakes it at once; commits within the interval share one trailing
     wake, so an event waits at most ``interval_s`` longer than it would have.
+
+    The trailing wakes come from one thread that lives while commits keep coming and ends after
+    ``idle_s`` without any (a thread per trailing wake cost more than the wake).
     """
 
-    def __init__(self, notify: Callable[[], None], interval_s: float = 0.02) -> None:
+    def __init__(self, notify: Callable[[], None], interval_s: float = 0.02, idle_s: float = 2.0) -> None:
         self._notify = notify
         self._interval_s = interval_s
-        self._lock = threading.Lock()
+        self._idle_s = idle_s
+        self._cond = threading.Condition()
         self._last = float("-inf")
         self._pending = False
+        self._thread: threading.Thread | None = None
 
     def __call__(self) -> None:
-        with self._lock:
+        with self._cond:
             if self._pending:
                 return
-            wait = self._last + self._interval_s - time.monotonic()
-            if wait > 0:
+            now = time.monotonic()
+            if self._last + self._interval_s > now:
                 self._pending = True
-                timer = threading.Timer(wait, self._fire)
-                timer.daemon = True
-                timer.start()
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._trailing, name="intake-relay-wake", daemon=True)
+                    self._thread.start()
+                else:
+                    self._cond.notify()
                 return
-            self._last = time.monotonic()
+            self._last = now
         self._notify()
 
-    def _fire(self) -> None:
-        with self._lock:
-            self._pending = False
-            self._last = time.monotonic()
-        self._notify()
+    def _trailing(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending and not self._cond.wait_for(lambda: self._pending, timeout=self._idle_s):
+                    self._thread = None  # under the lock: a later call sees None and starts a new one
+                    return
+                delay = self._last + self._interval_s - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            with self._cond:
+                self._pending = False
+                self._last = time.monotonic()
+            self._notify()
 
 
 def build(ctx: ServiceContext) -> ServiceParts:
@@ -185,9 +200,12 @@ def build(ctx: ServiceContext) -> ServiceParts:
     notify = CoalescedNotify(lambda: ctx.extras.get("notify_outbox", lambda: None)())
 
     numbers = CaseNumbers(ctx.session_factory)
+    submit_path = None
+    if ctx.engine.dialect.name == "postgresql":
+        submit_path = PgSubmitPath(ctx.engine.url.render_as_string(hide_password=False), service=ctx.service)
 
     def uow_factory() -> SqlIntakeUnitOfWork:
-        return SqlIntakeUnitOfWork(ctx.session_factory, cipher, node, numbers=numbers)
+        return SqlIntakeUnitOfWork(ctx.session_factory, cipher, node, numbers=numbers, submit_path=submit_path)
 
     model = CategoryModel(ctx.settings.data_dir, shared_data_dir()).start()
     ctx.extras["intake.category_model"] = model  # tests and the demo wait on model.ready
@@ -260,4 +278,5 @@ def build(ctx: ServiceContext) -> ServiceParts:
         ],
         session_factory=ctx.session_factory,
         outbox=outbox,
+        close=submit_path.close if submit_path is not None else lambda: None,
     )

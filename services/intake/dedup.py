@@ -58,25 +58,31 @@ def _shingles(normalised: str) -> Counter[str]:
     return Counter(normalised[i : i + SHINGLE] for i in range(len(normalised) - SHINGLE + 1))
 
 
-def _hash64(token: str) -> int:
-    # blake2b is stable across processes (unlike hash()) so stored simhashes stay comparable.
-    return int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "big")
-
-
 def simhash(text: str) -> int:
     """64-bit SimHash (Charikar) over character 3-grams of the normalised text, weighted by count."""
-    shingles = _shingles(normalise(text))
+    return _simhash_of_normalised(normalise(text))
+
+
+def signature(text: str) -> tuple[str, int]:
+    """(``fingerprint(text)``, ``simhash(text)``), normalising the text once."""
+    normalised = normalise(text)
+    return hashlib.sha256(normalised.encode("utf-8")).hexdigest(), _simhash_of_normalised(normalised)
+
+
+def _simhash_of_normalised(normalised: str) -> int:
+    shingles = _shingles(normalised)
     if not shingles:
         return 0
-    hashes = np.array([_hash64(token) for token in shingles], dtype=">u8")
+    blake2b = hashlib.blake2b
+    # A shingle's hash is its 8-byte blake2b digest read big-endian (blake2b, unlike hash(), is
+    # stable across processes, so stored simhashes stay comparable); joined, numpy reads all the
+    # bits at once, most significant first.
+    digests = b"".join([blake2b(token.encode("utf-8"), digest_size=8).digest() for token in shingles])
+    bits = np.unpackbits(np.frombuffer(digests, dtype=np.uint8).reshape(-1, 8), axis=1).astype(np.int64)
     counts = np.fromiter(shingles.values(), dtype=np.int64, count=len(shingles))
-    # One row of 64 bits per shingle (most significant first); a bit votes +count if set, -count if not.
-    bits = np.unpackbits(hashes.view(np.uint8).reshape(-1, 8), axis=1).astype(np.int64)
+    # A bit votes +count if set, -count if not; the hash has the bits with a positive total.
     votes = counts @ (2 * bits - 1)
-    result = 0
-    for bit in votes > 0:
-        result = result << 1 | int(bit)
-    return result
+    return int.from_bytes(np.packbits(votes > 0).tobytes(), "big")
 
 
 def hamming(a: int, b: int) -> int:

@@ -75,7 +75,8 @@ class SubmitLookup:
     recent: int = 0  # the submitter's cases since the rate window opened (0 when not asked)
     duplicate: str | None = None  # oldest open case with the same fingerprint
     mine: str | None = None  # newest open case of the same person (phone or ID number)
-    near: list[tuple[str, int]] = field(default_factory=list)  # (case_id, simhash) sharing a band
+    # (case_id, simhash) of open cases sharing a band value within one bit (at least the nearest of them)
+    near: list[tuple[str, int]] = field(default_factory=list)
 
 
 class IntakeUnitOfWork(Protocol):
@@ -91,7 +92,14 @@ class IntakeUnitOfWork(Protocol):
 
     def next_case_number(self, day: object) -> int: ...
 
-    def add(self, case: Case, *, received_at: datetime) -> None: ...
+    def register(
+        self, case: Case, *, received_at: datetime, entry: TimelineEntry, event: CaseRegistered | None
+    ) -> None:
+        """A new case, its first timeline entry and its event (None while held); the submit's last write.
+
+        AlreadyExists when another submit registered the same idempotency key first.
+        """
+        ...
 
     def save(self, case: Case, *, expected_version: int) -> None:
         """Write the mutable fields; Conflict when the stored version is not ``expected_version``."""
@@ -243,15 +251,15 @@ def _resolve(clean: Submission, deps: IntakeDeps) -> _Resolved:
     moderation = tuple(deps.screen.reasons(text))
     if moderation:
         flags.append("moderation")
-    compared = dedup.submission_text(clean.title, clean.body)
+    fingerprint, simhash = dedup.signature(dedup.submission_text(clean.title, clean.body))
     return _Resolved(
         category=category,
         category_auto=category_auto,
         region=region,
         flags=tuple(flags),
         moderation=moderation,
-        fingerprint=dedup.fingerprint(compared),
-        simhash=dedup.simhash(compared),
+        fingerprint=fingerprint,
+        simhash=simhash,
     )
 
 
@@ -265,13 +273,9 @@ def _links(found: SubmitLookup, resolved: _Resolved, deps: IntakeDeps) -> tuple[
         return found.duplicate, "", ("duplicate",)
     if found.mine is not None:
         return "", found.mine, ("repeat",)
-    near = sorted(
-        (dedup.hamming(resolved.simhash, value), case_id)
-        for case_id, value in found.near
-        if dedup.hamming(resolved.simhash, value) <= deps.near_distance
-    )
-    if near:
-        return "", near[0][1], ("repeat",)
+    near = min(((dedup.hamming(resolved.simhash, value), case_id) for case_id, value in found.near), default=None)
+    if near is not None and near[0] <= deps.near_distance:
+        return "", near[1], ("repeat",)
     return "", "", ()
 
 
@@ -337,15 +341,14 @@ def _register(
             fingerprint=resolved.fingerprint,
             simhash=resolved.simhash,
         )
-        uow.add(case, received_at=now)
         if held:
             # Held, not dropped: nothing leaves intake until an operator releases it.
-            uow.add_timeline(
-                TimelineEntry(case.case_id, now, CaseState.MODERATION, "已收到，待审核 received, awaiting screening")
-            )
+            summary = "已收到，待审核 received, awaiting screening"
+            entry = TimelineEntry(case.case_id, now, CaseState.MODERATION, summary)
+            uow.register(case, received_at=now, entry=entry, event=None)
         else:
-            uow.add_timeline(TimelineEntry(case.case_id, now, CaseState.REGISTERED, "已登记 registered"))
-            uow.emit(CaseRegistered(case))
+            entry = TimelineEntry(case.case_id, now, CaseState.REGISTERED, "已登记 registered")
+            uow.register(case, received_at=now, entry=entry, event=CaseRegistered(case))
         uow.commit()
     return SubmitResult(case=case, created=True)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
@@ -27,12 +30,18 @@ def channel_name(value: int) -> str:
     return name.removeprefix(_CHANNEL_PREFIX).lower()
 
 
+# Looked up on every answer and event; the enum wrapper's Value() is a slow path.
+_CHANNEL_VALUES = {name.removeprefix(_CHANNEL_PREFIX).lower(): int(value) for name, value in common_pb2.Channel.items()}
+_STATE_VALUES = {state: int(common_pb2.CaseState.Value(f"CASE_STATE_{state.value}")) for state in CaseState}
+
+
 def channel_value(name: str) -> int:
-    return int(common_pb2.Channel.Value(_CHANNEL_PREFIX + name.upper()))
+    found = _CHANNEL_VALUES.get(name)
+    return found if found is not None else int(common_pb2.Channel.Value(_CHANNEL_PREFIX + name.upper()))
 
 
 def state_value(state: CaseState) -> int:
-    return int(common_pb2.CaseState.Value(f"CASE_STATE_{state.value}"))
+    return _STATE_VALUES[state]
 
 
 def state_name(value: int) -> CaseState:
@@ -59,6 +68,17 @@ def submission(request: intake_pb2.SubmitCaseRequest) -> Submission:
 
 def submitted_at(request: intake_pb2.SubmitCaseRequest):  # type: ignore[no-untyped-def]
     return from_timestamp(request.submitted_at, "submitted_at") if request.HasField("submitted_at") else None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    """``to_timestamp`` by arithmetic for the aware datetimes of a case (FromDatetime is slow Python)."""
+    if value.tzinfo is None:
+        return to_timestamp(value)
+    delta = value - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def case_message(case: Case, *, personal: str = "masked") -> common_pb2.Case:
@@ -96,8 +116,8 @@ def case_message(case: Case, *, personal: str = "masked") -> common_pb2.Case:
         repeat_of=case.repeat_of,
         duplicate_of=case.duplicate_of,
         flags=list(case.flags),
-        submitted_at=to_timestamp(case.submitted_at),
-        updated_at=to_timestamp(case.updated_at),
+        submitted_at=_timestamp(case.submitted_at),
+        updated_at=_timestamp(case.updated_at),
         hotline_operator_id=case.hotline_operator_id,
     )
 

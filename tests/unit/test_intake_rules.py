@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.intake import dedup
 from services.intake.app import CoalescedNotify
 from services.intake.domain import (
     CATEGORIES,
@@ -86,3 +88,33 @@ def test_a_burst_of_commits_wakes_the_relay_once_now_and_once_after() -> None:
     assert 1 <= len(wakes) <= 2
     wait_until(lambda: len(wakes) == 2, timeout=5.0, message="the trailing wake")
     assert len(wakes) == 2
+
+
+def test_commits_after_a_quiet_spell_still_get_their_trailing_wake() -> None:
+    wakes: list[int] = []
+    notify = CoalescedNotify(lambda: wakes.append(1), interval_s=0.05, idle_s=0.05)
+    for burst in (1, 2):
+        for _ in range(50):
+            notify()
+        # Each burst: one wake at once, one after the interval for the commits that followed.
+        wait_until(lambda burst=burst: len(wakes) == 2 * burst, timeout=5.0, message=f"burst {burst}'s wakes")
+        # The helper thread ends when nothing comes; the next burst must start a new one.
+        wait_until(
+            lambda: not any(t.name == "intake-relay-wake" for t in threading.enumerate()),
+            timeout=5.0,
+            message="the idle wake thread to end",
+        )
+    assert len(wakes) == 4
+
+
+def test_stored_simhashes_stay_comparable() -> None:
+    # Computed by the first implementation; a different value would stop new submissions from
+    # matching every case already stored.
+    body = "乐山市市中区嘉州大道路段路灯长期不亮，夜间出行不安全，请尽快维修。"
+    text = dedup.submission_text("嘉州大道路灯不亮", body)
+    assert dedup.simhash(text) == 0x44FAF6899C9890C2
+    assert dedup.signature(text) == (
+        "87208066bc89855b928e7cf5c544a5b6810ed311cc560df7f61bb27ce1ecb19b",
+        0x44FAF6899C9890C2,
+    )
+    assert dedup.simhash("ab") == 0x0E52B5F187DE1088 and dedup.simhash("") == 0
