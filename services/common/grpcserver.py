@@ -13,6 +13,8 @@ from typing import Any, NoReturn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
+import psycopg
+import sqlalchemy.exc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
@@ -177,9 +179,25 @@ def _handle_exception(exc: Exception, context: grpc.ServicerContext, method: str
     if type(exc) is Exception and not exc.args and isinstance(context.code(), grpc.StatusCode):
         # context.abort() raises a bare Exception after recording the status: let it through.
         raise exc
+    if database_unreachable(exc):
+        # The database restarting or out of reach is a passing condition, not a bug: UNAVAILABLE
+        # tells the client to retry (with the same idempotency key, so nothing is doubled).
+        log.warning("database unavailable in %s: %s", method, type(exc).__name__)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "database unavailable, retry")
     log.error("unexpected error in %s", method, exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database connection failed (not that a statement was wrong).
+
+    OperationalError (SQLAlchemy's wrapper or psycopg's own, raised by the direct submit path) is
+    what a refused, reset or terminated connection raises; a constraint or syntax error is not one.
+    """
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(exc, sqlalchemy.exc.OperationalError)
+    return isinstance(exc, psycopg.OperationalError)
 
 
 def _abort_code(exc: BaseException, context: grpc.ServicerContext) -> grpc.StatusCode:

@@ -18,6 +18,14 @@ that keeps failing retries at a bounded rate instead of spinning. Redelivery is 
 handlers are idempotent (``services.common.outbox.consume_once``). A poison event therefore
 retries forever, visible in the logs; it is not dropped silently.
 
+Losing the broker mid-acknowledgement. nameko 2.14 acknowledges (or requeues) on the worker's
+connection after the handler returns, and only tolerates ``amqp.exceptions.ConnectionError`` there;
+when RabbitMQ restarts, the socket write fails with ``ConnectionResetError``/``BrokenPipeError``
+instead, which kills the whole container (the process exits 1; ``lianxin faults`` rabbitmq-restart
+found it). ``_EventHandler`` swallows an ``OSError`` from the acknowledgement: the broker requeues
+every unacknowledged message of a dead connection anyway, and the redelivery is deduplicated by
+the consumer's inbox, so nothing is lost or doubled, and the queue consumer reconnects.
+
 Undeclared queues. An event-handler queue exists once its consumer's worker has started once
 (durable, ``reliable_delivery=True``); events dispatched before any consumer ever declared its
 queue are dropped by RabbitMQ. Start (or deploy) consumers' workers before producers' relays.
@@ -35,7 +43,7 @@ from typing import Any
 import eventlet
 from eventlet import patcher
 from nameko.constants import AMQP_URI_CONFIG_KEY, SERIALIZER_CONFIG_KEY
-from nameko.events import SERVICE_POOL, EventDispatcher, event_handler
+from nameko.events import SERVICE_POOL, EventDispatcher, EventHandler
 from nameko.runners import ServiceRunner
 from nameko.timer import timer
 
@@ -71,6 +79,21 @@ def nameko_config(settings: Settings) -> dict[str, Any]:
     if not settings.amqp_uri:
         raise ValueError("a nameko worker needs settings.amqp_uri (LIANXIN_AMQP_URI)")
     return {AMQP_URI_CONFIG_KEY: settings.amqp_uri, SERIALIZER_CONFIG_KEY: "json"}
+
+
+class _EventHandler(EventHandler):  # type: ignore[misc]  # nameko is untyped
+    """nameko's event handler, except that a broker lost during the acknowledgement keeps the worker alive."""
+
+    def handle_message_processed(self, message: Any, result: Any = None, exc_info: Any = None) -> None:
+        try:
+            super().handle_message_processed(message, result, exc_info)
+        except OSError:
+            # The connection died under the ack/requeue: RabbitMQ requeues the unacknowledged
+            # message itself and the inbox absorbs the redelivery.
+            log.warning("broker connection lost before the acknowledgement; the event will be redelivered")
+
+
+event_handler = _EventHandler.decorator
 
 
 def _handler_method(sub: Subscription, retry_delay_s: float) -> Callable[[Any, dict[str, Any]], None]:

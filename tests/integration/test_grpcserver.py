@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from opentelemetry.trace import SpanKind
@@ -52,6 +53,14 @@ def _fail_on(request: bytes) -> None:
         raise NotFound("case", "511102-20261122-000123")
     if request == b"boom":
         raise RuntimeError("secret database password in 13812345678")
+    if request == b"db-down":
+        # A real connection refused: nothing listens on port 1.
+        sa.create_engine("postgresql+psycopg://lianxin@127.0.0.1:1/none").connect()
+    if request == b"db-constraint":
+        engine = sa.create_engine("sqlite://")
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+            conn.execute(sa.text("INSERT INTO t VALUES (1), (1)"))
 
 
 class EchoServicer:
@@ -232,6 +241,21 @@ def test_unexpected_exception_is_internal_without_leaking_its_message(
     assert error.details() == INTERNAL_MESSAGE
     logged = [r for r in caplog.records if r.exc_info and "Echo" in r.getMessage()]
     assert logged and isinstance(logged[0].exc_info[1], RuntimeError)  # type: ignore[index]
+
+
+def test_a_database_out_of_reach_is_unavailable_so_clients_retry(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        _unary(channel, "Echo")(b"db-down", timeout=10)
+    error: Any = caught.value
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    assert "database unavailable" in error.details()
+
+
+def test_a_failing_statement_is_still_internal(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        _unary(channel, "Echo")(b"db-constraint", timeout=10)
+    error: Any = caught.value
+    assert error.code() is grpc.StatusCode.INTERNAL
 
 
 def test_successful_calls_of_every_arity_pass_through(channel: grpc.Channel) -> None:
