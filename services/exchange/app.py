@@ -44,6 +44,13 @@ def build(ctx: ServiceContext) -> ServiceParts:
         for source, types in domain.UP_EVENT_TYPES.items()
         for event_type in types
     ]
+
+    def route_command(event: BusEvent) -> None:
+        # A non-owner's request (a citizen's evaluation at the registering node, a supervisor's 督办):
+        # routed to the owner, or quarantined here (peer "local") when it cannot get anywhere.
+        store.record_command(event.body)
+
+    subscriptions += [Subscription("exchange", source, "command", route_command) for source in domain.COMMAND_SOURCES]
     # Node-to-node links present this node's certificate when the node runs with TLS (docs/security.md).
     credentials = client_credentials(ctx.settings.tls_dir, node)
     parent_link: ParentLink | None = None

@@ -15,7 +15,7 @@ from services.common.service import utc_now
 from services.common.settings import Settings
 from services.exchange import national_sim
 from services.exchange.package import PackageRefused, open_package, seal, signing_key
-from services.exchange.store import ENVELOPE, ExchangeStore, Item
+from services.exchange.store import COMMAND, ENVELOPE, ExchangeStore, Item
 
 
 def _store(settings: Settings) -> ExchangeStore:
@@ -28,12 +28,13 @@ def _store(settings: Settings) -> ExchangeStore:
 def cmd_export(args: argparse.Namespace) -> int:
     settings = Settings()
     store = _store(settings)
-    rows = store.pending_up(args.since, args.limit)
+    rows = store.pending_up(args.since, args.limit, max_bytes=2**62)
     data = seal(
         origin_node=settings.node,
         since=args.since,
         created_at=utc_now().isoformat(),
         items=[(item.position, item.body, item.case_sequence) for item in rows],
+        kinds={item.position: item.kind for item in rows if item.kind == COMMAND},
         key=signing_key(),
     )
     Path(args.out).write_bytes(data)
@@ -57,7 +58,11 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"refused: origin {package.origin_node} is not a direct child of {settings.node}", file=sys.stderr)
         return 2
     acked, rejected = store.receive_push(
-        package.origin_node, [Item(position, ENVELOPE, body, number) for position, body, number in package.items]
+        package.origin_node,
+        [
+            Item(position, package.kinds.get(position, ENVELOPE), body, number)
+            for position, body, number in package.items
+        ],
     )
     print(
         f"imported package from {package.origin_node}: {len(package.items)} items, "

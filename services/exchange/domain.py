@@ -23,6 +23,10 @@ UP_EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "video": ("visit_booked", "visit_outcome_recorded"),
 }
 
+# Services of a node that issue commands (``events.v1.Command`` on the bus, event type "command")
+# for cases another node owns; exchange carries them to the owner (DESIGN §3).
+COMMAND_SOURCES: tuple[str, ...] = ("intake", "routing", "video")
+
 
 class Verdict(Enum):
     APPLY = "apply"
@@ -76,8 +80,29 @@ class CaseKnowledge:
     already_stored: bool  # the event id itself is stored (possibly under another case or link)
 
 
+class SubtreeMemo:
+    """``regions.contains(root, code)`` remembered per code: a batch asks about the same few nodes."""
+
+    def __init__(self, regions: RegionTree, root: str) -> None:
+        self._regions = regions
+        self._root = root
+        self._known: dict[str, bool] = {}
+
+    def __call__(self, code: str) -> bool:
+        found = self._known.get(code)
+        if found is None:
+            found = self._known[code] = self._regions.contains(self._root, code)
+        return found
+
+
 def judge_event_from_child(
-    event: InboundEvent, *, child: str, receiver: str, regions: RegionTree, known: CaseKnowledge
+    event: InboundEvent,
+    *,
+    child: str,
+    receiver: str,
+    regions: RegionTree,
+    known: CaseKnowledge,
+    under_child: SubtreeMemo | None = None,
 ) -> Decision:
     """Accept, ignore as a duplicate, or refuse (with the reason quarantined) an event pushed up by ``child``.
 
@@ -85,21 +110,47 @@ def judge_event_from_child(
     The child's up-log numbers every case from 1, so a case this link never delivered must start
     at sequence 1; anything else means an earlier item is missing (or was quarantined).
     """
-    if child not in regions or regions.parent(child) != receiver:
+    if not is_direct_child(child, receiver, regions):
         return refuse(f"unknown node: {child} is not a direct child of {receiver}")
+    return _judge_from_known_child(
+        event,
+        child=child,
+        under=under_child or SubtreeMemo(regions, child),
+        at_sequence=known.event_id_at_sequence,
+        last_sequence=known.last_sequence,
+        known_epoch=known.known_epoch,
+        already_stored=known.already_stored,
+    )
+
+
+def is_direct_child(child: str, receiver: str, regions: RegionTree) -> bool:
+    return child in regions and regions.parent(child) == receiver
+
+
+def _judge_from_known_child(
+    event: InboundEvent,
+    *,
+    child: str,
+    under: SubtreeMemo,
+    at_sequence: str | None,
+    last_sequence: int | None,
+    known_epoch: int | None,
+    already_stored: bool,
+) -> Decision:
+    """``judge_event_from_child`` once the child is known to be a direct child (checked once per batch)."""
     if not event.event_id or not event.case_id or event.version < 0 or event.case_sequence <= 0 or not event.event_type:
         return refuse("malformed payload: event_id, case_id, case_sequence and payload are required")
-    if not regions.contains(child, event.origin_node):
+    if not under(event.origin_node):
         return refuse(f"out of subtree: origin {event.origin_node or '-'} is not under {child}")
-    if not regions.contains(child, event.owner_node):
+    if not under(event.owner_node):
         return refuse(f"forged owner: owner {event.owner_node or '-'} is not under {child}")
-    if known.already_stored or known.event_id_at_sequence == event.event_id:
+    if already_stored or at_sequence == event.event_id:
         return DUPLICATE
-    if known.event_id_at_sequence is not None:
+    if at_sequence is not None:
         return refuse(f"conflict: {event.case_id} #{event.case_sequence} already stored as another event")
-    if known.known_epoch is not None and event.owner_epoch < known.known_epoch:
-        return refuse(f"stale owner: epoch {event.owner_epoch} < known {known.known_epoch}")
-    last = known.last_sequence or 0
+    if known_epoch is not None and event.owner_epoch < known_epoch:
+        return refuse(f"stale owner: epoch {event.owner_epoch} < known {known_epoch}")
+    last = last_sequence or 0
     if event.case_sequence != last + 1:
         if event.case_sequence > last:
             return refuse(f"sequence gap: #{event.case_sequence} after #{last}")
@@ -130,16 +181,23 @@ def judge_batch(
     ``ledgers`` (by case id) and ``stored_ids`` hold what the receiver had before the batch; they are
     updated in place with what the batch applies, so the caller can write everything in one go.
     """
+    if not is_direct_child(child, receiver, regions):
+        return [refuse(f"unknown node: {child} is not a direct child of {receiver}") for _ in events]
     decisions: list[Decision] = []
+    under_child = SubtreeMemo(regions, child)
     for event in events:
-        ledger = ledgers.setdefault(event.case_id, CaseLedger())
-        known = CaseKnowledge(
-            event_id_at_sequence=ledger.events_at.get(event.case_sequence),
+        ledger = ledgers.get(event.case_id)
+        if ledger is None:
+            ledger = ledgers[event.case_id] = CaseLedger()
+        decision = _judge_from_known_child(
+            event,
+            child=child,
+            under=under_child,
+            at_sequence=ledger.events_at.get(event.case_sequence) if ledger.events_at else None,
             last_sequence=ledger.last_sequence,
             known_epoch=ledger.known_epoch,
             already_stored=event.event_id in stored_ids,
         )
-        decision = judge_event_from_child(event, child=child, receiver=receiver, regions=regions, known=known)
         if decision.verdict is Verdict.APPLY:
             stored_ids.add(event.event_id)
             ledger.last_sequence = event.case_sequence
@@ -174,6 +232,67 @@ def route_down(target: str, *, here: str, regions: RegionTree) -> DownRoute | No
     if child is None:
         return None
     return DownRoute(local=False, next_child=child)
+
+
+class CommandAction(Enum):
+    DELIVER = "deliver"  # publish on this node's bus: the target's services decide
+    DOWN = "down"  # queue for the direct child toward the target
+    UP = "up"  # append to this node's up-log: the parent link carries it on
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class CommandRoute:
+    action: CommandAction
+    next_child: str = ""
+    reason: str = ""
+
+
+def route_command(target: str, *, here: str, regions: RegionTree, came_from_parent: bool) -> CommandRoute:
+    """Where a command goes next from ``here``: delivered, down toward its target, or up (it climbs).
+
+    A command climbs when its target is neither this node nor below it; the first ancestor whose
+    subtree holds the target turns it down. Refused only when it cannot get anywhere: an unknown
+    target, the root with the target outside its tree, or a parent sending down a command whose
+    target is not below this node (sending it back up would bounce it between the two).
+    """
+    if not target or target not in regions:
+        return CommandRoute(CommandAction.REFUSE, reason=f"unknown node: command target {target or '-'}")
+    if target == here:
+        return CommandRoute(CommandAction.DELIVER)
+    child = regions.child_toward(here, target)
+    if child is not None:
+        return CommandRoute(CommandAction.DOWN, next_child=child)
+    if came_from_parent:
+        return CommandRoute(CommandAction.REFUSE, reason=f"out of subtree: command target {target} is not under {here}")
+    if here not in regions or regions.parent(here) is None:
+        return CommandRoute(
+            CommandAction.REFUSE, reason=f"unroutable: command target {target} is not reachable from {here}"
+        )
+    return CommandRoute(CommandAction.UP)
+
+
+def chase_owner(target: str, seen_epoch: int, *, known_epoch: int | None, known_owner: str) -> tuple[str, int] | None:
+    """(new target, epoch) when this node knows a newer owner than the issuer saw, else None.
+
+    Ownership moves only by hand-offs with increasing epochs, so a higher epoch known here is newer
+    news than the issuer had: the command follows the hand-off (DESIGN §3, ``owner_epoch_seen``).
+    Each retarget raises the epoch the command carries, so a command cannot chase in a circle.
+    """
+    if known_epoch is None or known_epoch <= seen_epoch or not known_owner or known_owner == target:
+        return None
+    return known_owner, known_epoch
+
+
+def hand_off_route(to_node: str, *, here: str, child: str, regions: RegionTree) -> str | None:
+    """The child to queue a hand-off replica for, when it came up from ``child`` but its target is elsewhere below.
+
+    A hand-off whose target is ``child``'s subtree was queued down there already; one for this
+    node is handled by its own services; one for a node above climbs with the replica.
+    """
+    if to_node == here or regions.contains(child, to_node):
+        return None
+    return regions.child_toward(here, to_node)
 
 
 def backoff_delay(

@@ -130,7 +130,11 @@ class ParentLink:
                 exchange_pb2.PushEventsRequest(
                     child_node=self._store.node,
                     items=[
-                        exchange_pb2.ExchangeItem(position=i.position, envelope=i.body, case_sequence=i.case_sequence)
+                        exchange_pb2.ExchangeItem(position=i.position, command=i.body)
+                        if i.kind == COMMAND
+                        else exchange_pb2.ExchangeItem(
+                            position=i.position, envelope=i.body, case_sequence=i.case_sequence
+                        )
                         for i in items
                     ],
                 ),
@@ -326,7 +330,8 @@ class NationalLink:
         sent = 0
         for _ in range(self._max_batches):
             acked = self._store.cursor(NATIONAL, "national_up").position
-            rows = self._store.pending_up(acked, self._batch)
+            # Commands on the up-log are for the parent link (the province has none): not reported.
+            rows = self._store.pending_up(acked, self._batch, envelopes_only=True)
             if not rows:
                 break
             reports = [(item.position, national_report(item.body)) for item in rows]

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase
 
@@ -32,6 +33,8 @@ metadata = Base.metadata
 outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)
 
+ENVELOPE_KIND = "envelope"
+
 # SQLite needs exactly INTEGER for an autoincrement rowid; PostgreSQL gets a 64-bit sequence.
 _POSITION = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -40,6 +43,10 @@ _POSITION = BigInteger().with_variant(Integer(), "sqlite")
 # ``case_sequence`` numbers a case's events on this log 1, 2, ... (the link's per-case order): the
 # services of a node choose envelope versions independently (video sends 0, intake and routing may
 # race to the same number), so the link orders by what its single appender assigned instead.
+# Commands climbing toward a node above (``kind`` "command") share the log, so one cursor orders
+# both; they carry case sequence 0 (no per-case order: the owner applies each command once by id)
+# and ``event_id`` is the hop key (command id, target, epoch seen), so a command retargeted after a
+# hand-off can pass a node again.
 up_log = Table(
     "up_log",
     metadata,
@@ -52,17 +59,16 @@ up_log = Table(
     Column("origin_node", String(6), nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Index("ux_up_log_case_sequence", "case_id", "case_sequence", unique=True),
+    Column("kind", String(16), nullable=False, server_default=ENVELOPE_KIND),  # "envelope" | "command"
+    Index(
+        "ux_up_log_envelope_case_sequence",
+        "case_id",
+        "case_sequence",
+        unique=True,
+        sqlite_where=text(f"kind = '{ENVELOPE_KIND}'"),
+        postgresql_where=text(f"kind = '{ENVELOPE_KIND}'"),
+    ),
     sqlite_autoincrement=True,
-)
-
-# Last ``case_sequence`` given per case on the up-log. The appender holds a per-case lock (PostgreSQL
-# advisory lock) while numbering, so two concurrent appends for one case cannot share a number or leave a gap.
-up_case_sequence = Table(
-    "up_case_sequence",
-    metadata,
-    Column("case_id", String(64), primary_key=True),
-    Column("last_sequence", BigInteger, nullable=False),
 )
 
 # Read-only replicas of the subtree's case events, received from direct children; one per event id.

@@ -1,7 +1,8 @@
 """Signed offline change packages for separated networks (离线交换包): build, seal and verify.
 
 A package is one JSON document: a header (format, origin node, cursor range, time), the items
-(base64 protobuf envelopes with their up-log positions and per-case link sequences) and an
+(base64 protobuf envelopes with their up-log positions and per-case link sequences, and commands
+climbing toward a node above, marked ``"kind": "command"``) and an
 HMAC-SHA256 signature over the canonical JSON of everything else. Import checks the signature before anything else, so a
 tampered or foreign file is refused as a whole and changes nothing.
 """
@@ -14,7 +15,7 @@ import hmac
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FORMAT = "lianxin-exchange-package/2"
 KEY_ENV = "LIANXIN_EXCHANGE_KEY"
@@ -32,7 +33,8 @@ class Package:
     since: int
     until: int
     created_at: str
-    items: list[tuple[int, bytes, int]]  # (up-log position, serialized envelope, case sequence)
+    items: list[tuple[int, bytes, int]]  # (up-log position, serialized envelope or command, case sequence)
+    kinds: dict[int, str] = field(default_factory=dict)  # position -> "command" (envelopes are not listed)
 
 
 def signing_key() -> bytes:
@@ -44,16 +46,30 @@ def _canonical(document: dict[str, object]) -> bytes:
 
 
 def seal(
-    *, origin_node: str, since: int, created_at: str, items: Sequence[tuple[int, bytes, int]], key: bytes
+    *,
+    origin_node: str,
+    since: int,
+    created_at: str,
+    items: Sequence[tuple[int, bytes, int]],
+    key: bytes,
+    kinds: dict[int, str] | None = None,
 ) -> bytes:
-    """The signed file contents for ``items`` (position, serialized envelope, case sequence) after ``since``."""
+    """The signed file contents for ``items`` (position, serialized envelope, case sequence) after ``since``.
+
+    ``kinds`` marks the positions that hold a command; a package without commands reads as before.
+    """
+    marked = kinds or {}
     document: dict[str, object] = {
         "format": FORMAT,
         "origin_node": origin_node,
         "since": since,
         "until": max((p for p, _, _ in items), default=since),
         "created_at": created_at,
-        "items": [{"position": p, "body": base64.b64encode(b).decode(), "case_sequence": n} for p, b, n in items],
+        "items": [
+            {"position": p, "body": base64.b64encode(b).decode(), "case_sequence": n}
+            | ({"kind": marked[p]} if p in marked else {})
+            for p, b, n in items
+        ],
     }
     document["signature"] = hmac.new(key, _canonical(document), hashlib.sha256).hexdigest()
     return json.dumps(document, sort_keys=True, ensure_ascii=True, indent=0).encode()
@@ -78,12 +94,16 @@ def open_package(data: bytes, *, key: bytes) -> Package:
             (int(i["position"]), base64.b64decode(i["body"], validate=True), int(i["case_sequence"]))
             for i in document["items"]
         ]
+        kinds = {int(i["position"]): str(i["kind"]) for i in document["items"] if "kind" in i}
+        if any(kind != "command" for kind in kinds.values()):
+            raise PackageRefused("malformed package body: unknown item kind")
         return Package(
             origin_node=str(document["origin_node"]),
             since=int(document["since"]),
             until=int(document["until"]),
             created_at=str(document["created_at"]),
             items=items,
+            kinds=kinds,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise PackageRefused("malformed package body") from error

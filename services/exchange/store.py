@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,10 +16,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.db import transaction
-from services.common.outbox import append_event, append_events
+from services.common.outbox import append_event
 from services.common.regions import RegionTree
 from services.common.service import BusEvent
 from services.exchange import domain
+from services.exchange.bulk import Bulk
 from services.exchange.models import (
     case_epoch,
     down_queue,
@@ -27,12 +29,28 @@ from services.exchange.models import (
     outbox,
     quarantine,
     replica,
-    up_case_sequence,
     up_log,
 )
 
 ENVELOPE = "envelope"
 COMMAND = "command"
+# Consumer name in exchange's inbox for commands delivered at their target: each command id once.
+DELIVERED = "command-delivered"
+# Peer name of quarantined commands that this node's own services issued (they came from no link).
+LOCAL = "local"
+# A pushed batch stays well below the gRPC message limit (16 MiB) whatever the envelopes carry.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+_UP_LOG_COLUMNS = (
+    "event_id",
+    "case_id",
+    "case_sequence",
+    "version",
+    "event_type",
+    "origin_node",
+    "body",
+    "created_at",
+    "kind",
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,17 @@ class _UpRow:
     @staticmethod
     def of(env: events_pb2.EventEnvelope, body: bytes) -> _UpRow:
         return _UpRow(env.event_id, env.case_id, env.version, env.WhichOneof("payload") or "", env.origin_node, body)
+
+
+def command_hop_id(cmd: events_pb2.Command) -> str:
+    """The key of one command on one leg (up-log row, down-queue item): command id, target and epoch seen.
+
+    A command retargeted after a hand-off gets a new key, so it may pass a node it passed before;
+    a resend of the same leg has the same key and is stored once.
+    """
+    return str(
+        uuid.uuid5(uuid.NAMESPACE_URL, f"lianxin:command:{cmd.command_id}:{cmd.target_node}:{cmd.owner_epoch_seen}")
+    )
 
 
 @dataclass(frozen=True)
@@ -156,10 +185,16 @@ class ExchangeStore:
 
     def record_local(self, env: events_pb2.EventEnvelope, body: bytes) -> bool:
         """Append a local case event to the up-log (idempotent by event id); a hand-off down is also queued."""
+        return self.record_local_batch([(env, body)]) == 1
+
+    def record_local_batch(self, events: Sequence[tuple[events_pb2.EventEnvelope, bytes]]) -> int:
+        """``record_local`` for many events in one transaction; returns how many were new."""
         with transaction(self._sf) as session:
-            # Lock order everywhere: up-log sequence rows, then case epochs, then the outbox.
-            added = bool(self._append_up(session, [_UpRow.of(env, body)]))
-            if env.WhichOneof("payload") == "case_handed_off":
+            # Lock order everywhere: up-log case locks, then case epochs, then the outbox.
+            added = len(self._append_up(session, [_UpRow.of(env, body) for env, body in events]))
+            for env, body in events:
+                if env.WhichOneof("payload") != "case_handed_off":
+                    continue
                 hand_off = env.case_handed_off
                 self._note_epochs(session, {env.case_id: (hand_off.new_owner_epoch, hand_off.to_node)})
                 route = domain.route_down(hand_off.to_node, here=self.node, regions=self.regions)
@@ -167,18 +202,23 @@ class ExchangeStore:
                     self._enqueue_down(session, route.next_child, env.event_id, ENVELOPE, body)
         return added
 
-    def _append_up(self, session: Session, rows: Sequence[_UpRow]) -> list[_UpRow]:
+    def _append_up(
+        self, session: Session, rows: Sequence[_UpRow], *, fresh_ids: set[str] | None = None
+    ) -> list[_UpRow]:
         """Append the rows not yet on the up-log, numbering each case's events; returns the ones appended.
 
-        This is the up-log's only writer. On PostgreSQL it first takes a transaction advisory lock per
-        case (sorted, one statement; SQLite's BEGIN IMMEDIATE already serialises writers) and only
-        then reads the last numbers and checks the log for the event ids, so a concurrent append
-        of the same case waits, sees what was committed, and never reuses a number or burns one.
+        This is the up-log's only writer of envelopes. On PostgreSQL it first takes a transaction
+        advisory lock per case (sorted, one statement; SQLite's BEGIN IMMEDIATE already serialises
+        writers) and only then reads the last numbers (the log's highest per case) and checks the
+        log for the event ids, so a concurrent append of the same case waits, sees what was
+        committed, and never reuses a number or burns one. ``fresh_ids``: event ids the caller knows
+        are not on the log (a child's replicas just judged new: only that link brings them), not looked up.
         """
         if not rows:
             return []
+        bulk = Bulk(session)
         cases = sorted({r.case_id for r in rows})
-        if session.get_bind().dialect.name == "postgresql":
+        if bulk.postgres:
             session.execute(
                 text(
                     "SELECT count(pg_advisory_xact_lock("
@@ -187,18 +227,20 @@ class ExchangeStore:
                 ),
                 {"prefix": "lianxin.exchange.up_log.", "keys": cases},
             )
+        # The last number per case is the log's own (the partial unique index on (case, sequence) serves it).
         last = {
-            r.case_id: int(r.last_sequence)
-            for r in session.execute(
-                select(up_case_sequence.c.case_id, up_case_sequence.c.last_sequence).where(
-                    up_case_sequence.c.case_id.in_(cases)
-                )
+            case_id: int(number)
+            for case_id, number in bulk.rows(
+                f"SELECT case_id, max(case_sequence) FROM up_log WHERE kind = '{ENVELOPE}' AND case_id {{}}"
+                " GROUP BY case_id",
+                lists=[cases],
             )
         }
-        present = set(
-            session.execute(
-                select(up_log.c.event_id).where(up_log.c.event_id.in_([r.event_id for r in rows]))
-            ).scalars()
+        unknown = [r.event_id for r in rows if fresh_ids is None or r.event_id not in fresh_ids]
+        present = (
+            {row[0] for row in bulk.rows("SELECT event_id FROM up_log WHERE event_id {}", lists=[unknown])}
+            if unknown
+            else set()
         )
         fresh: list[_UpRow] = []
         for row in rows:
@@ -207,43 +249,58 @@ class ExchangeStore:
                 fresh.append(row)
         if not fresh:
             return []
-        before = dict(last)
         numbers = domain.number_case_events([r.case_id for r in fresh], last)
         now = self._clock()
-        session.execute(
-            up_log.insert(),
+        bulk.insert(
+            up_log,
+            _UP_LOG_COLUMNS,
             [
-                {
-                    "event_id": r.event_id,
-                    "case_id": r.case_id,
-                    "case_sequence": n,
-                    "version": r.version,
-                    "event_type": r.event_type,
-                    "origin_node": r.origin_node,
-                    "body": r.body,
-                    "created_at": now,
-                }
+                (r.event_id, r.case_id, n, r.version, r.event_type, r.origin_node, r.body, now, ENVELOPE)
                 for r, n in zip(fresh, numbers, strict=True)
             ],
         )
-        upsert = _insert(session, up_case_sequence)
-        session.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[up_case_sequence.c.case_id], set_={"last_sequence": upsert.excluded.last_sequence}
-            ),
-            [{"case_id": c, "last_sequence": n} for c, n in last.items() if n != before.get(c, 0)],
-        )
         return fresh
 
-    def pending_up(self, after: int, limit: int) -> list[Item]:
+    def _append_up_command(self, session: Session, cmd: events_pb2.Command, body: bytes) -> bool:
+        """Put a command on the up-log for the parent link to carry (once per leg); False if already there."""
+        inserted = session.execute(
+            _insert(session, up_log)
+            .values(
+                event_id=command_hop_id(cmd),
+                case_id=cmd.case_id[:64],
+                case_sequence=0,
+                version=0,
+                event_type=COMMAND,
+                origin_node=self.node,
+                body=body,
+                created_at=self._clock(),
+                kind=COMMAND,
+            )
+            .on_conflict_do_nothing()
+            .returning(up_log.c.position)
+        ).scalar_one_or_none()
+        return inserted is not None
+
+    def pending_up(
+        self, after: int, limit: int, *, max_bytes: int = MAX_BATCH_BYTES, envelopes_only: bool = False
+    ) -> list[Item]:
+        """The up-log after ``after``: at most ``limit`` items and about ``max_bytes`` of bodies (at least one)."""
+        only = f" AND kind = '{ENVELOPE}'" if envelopes_only else ""
         with self._sf() as session:
-            rows = session.execute(
-                select(up_log.c.position, up_log.c.body, up_log.c.case_sequence)
-                .where(up_log.c.position > after)
-                .order_by(up_log.c.position)
-                .limit(limit)
-            ).all()
-        return [Item(int(r.position), ENVELOPE, r.body, int(r.case_sequence)) for r in rows]
+            rows = Bulk(session).rows(
+                f"SELECT position, body, case_sequence, kind FROM up_log WHERE position > ?{only}"
+                " ORDER BY position LIMIT ?",
+                after,
+                limit,
+            )
+        items: list[Item] = []
+        size = 0
+        for position, body, number, kind in rows:
+            size += len(body)
+            if items and size > max_bytes:
+                break
+            items.append(Item(int(position), kind, body, int(number)))
+        return items
 
     def up_backlog(self, after: int) -> tuple[int, float]:
         """(items after ``after``, age in seconds of the oldest) for lag figures."""
@@ -373,24 +430,32 @@ class ExchangeStore:
     ) -> list[str | None]:
         if not run:
             return []
-        readable = [(item, env) for item, env in run if env is not None]
-        events = [
-            domain.InboundEvent(
-                event_id=env.event_id,
-                case_id=env.case_id,
-                version=env.version,
-                owner_epoch=env.owner_epoch,
-                owner_node=env.owner_node,
-                origin_node=env.origin_node,
-                event_type=env.WhichOneof("payload") or "",
-                case_sequence=item.case_sequence,
-                new_owner_epoch=domain.escalation_epoch(
-                    env.WhichOneof("payload") or "", env.case_handed_off.kind, env.case_handed_off.new_owner_epoch
-                ),
+        readable: list[tuple[Item, events_pb2.EventEnvelope]] = []
+        events: list[domain.InboundEvent] = []
+        for item, env in run:
+            if env is None:
+                continue
+            event_type = env.WhichOneof("payload") or ""
+            new_owner_epoch = 0
+            if event_type == "case_handed_off":
+                hand_off = env.case_handed_off
+                new_owner_epoch = domain.escalation_epoch(event_type, hand_off.kind, hand_off.new_owner_epoch)
+            readable.append((item, env))
+            events.append(
+                domain.InboundEvent(
+                    env.event_id,
+                    env.case_id,
+                    env.version,
+                    env.owner_epoch,
+                    env.owner_node,
+                    env.origin_node,
+                    event_type,
+                    item.case_sequence,
+                    new_owner_epoch,
+                )
             )
-            for item, env in readable
-        ]
         ledgers, stored_ids = self._load_ledgers(session, child, events)
+        epochs_before = {case_id: ledger.known_epoch for case_id, ledger in ledgers.items()}
         decisions = domain.judge_batch(
             events, child=child, receiver=self.node, regions=self.regions, ledgers=ledgers, stored_ids=stored_ids
         )
@@ -400,7 +465,7 @@ class ExchangeStore:
             if decision.verdict is domain.Verdict.APPLY
         ]
         if applied:
-            self._store_replicas(session, child, applied)
+            self._store_replicas(session, child, applied, epochs_before)
         verdicts = iter(decisions)
         outcomes: list[str | None] = []
         for _, env in run:
@@ -420,21 +485,24 @@ class ExchangeStore:
         self, session: Session, child: str, events: Sequence[domain.InboundEvent]
     ) -> tuple[dict[str, domain.CaseLedger], set[str]]:
         """What this node holds for the batch's cases (from ``child``'s link) and which event ids it stores."""
+        bulk = Bulk(session)
         cases = sorted({e.case_id for e in events if e.case_id})
         ids = [e.event_id for e in events if e.event_id]
-        stored_ids = set(session.execute(select(replica.c.event_id).where(replica.c.event_id.in_(ids))).scalars())
+        stored_ids = (
+            {row[0] for row in bulk.rows("SELECT event_id FROM replica WHERE event_id {}", lists=[ids])}
+            if ids
+            else set()
+        )
         ledgers = {case_id: domain.CaseLedger() for case_id in cases}
         if not cases:
             return ledgers, stored_ids
-        for case_id, last in session.execute(
-            select(replica.c.case_id, func.max(replica.c.case_sequence))
-            .where(replica.c.child_node == child, replica.c.case_id.in_(cases))
-            .group_by(replica.c.case_id)
+        for case_id, last in bulk.rows(
+            "SELECT case_id, max(case_sequence) FROM replica WHERE child_node = ? AND case_id {} GROUP BY case_id",
+            child,
+            lists=[cases],
         ):
             ledgers[case_id].last_sequence = int(last)
-        for case_id, epoch in session.execute(
-            select(case_epoch.c.case_id, case_epoch.c.owner_epoch).where(case_epoch.c.case_id.in_(cases))
-        ):
+        for case_id, epoch in bulk.rows("SELECT case_id, owner_epoch FROM case_epoch WHERE case_id {}", lists=[cases]):
             ledgers[case_id].known_epoch = int(epoch)
         # The stored event at a sequence matters only at or below the last one (duplicate or conflict).
         behind = {
@@ -443,12 +511,11 @@ class ExchangeStore:
             if e.case_id in ledgers and e.case_sequence <= (ledgers[e.case_id].last_sequence or 0)
         }
         if behind:
-            rows = session.execute(
-                select(replica.c.case_id, replica.c.case_sequence, replica.c.event_id).where(
-                    replica.c.child_node == child,
-                    replica.c.case_id.in_(sorted({c for c, _ in behind})),
-                    replica.c.case_sequence.in_(sorted({n for _, n in behind})),
-                )
+            rows = bulk.rows(
+                "SELECT case_id, case_sequence, event_id FROM replica"
+                " WHERE child_node = ? AND case_id {} AND case_sequence {}",
+                child,
+                lists=[sorted({c for c, _ in behind}), sorted({n for _, n in behind})],
             )
             for case_id, number, event_id in rows:
                 if (case_id, int(number)) in behind:
@@ -460,66 +527,121 @@ class ExchangeStore:
         session: Session,
         child: str,
         applied: Sequence[tuple[Item, events_pb2.EventEnvelope, domain.InboundEvent]],
+        epochs_before: dict[str, int | None],
     ) -> None:
-        """Write what a batch applies: our up-log (re-sequenced), epochs, replicas, then the outbox."""
-        # Multi-hop: what the child sent travels on to our parent, numbered on our own up-log.
-        self._append_up(session, [_UpRow.of(env, item.body) for item, env, _ in applied])
+        """Write what a batch applies: our up-log (re-sequenced), epochs, replicas, hand-offs passing by, the outbox."""
+        # Multi-hop: what the child sent travels on to our parent, numbered on our own up-log. The
+        # events were just judged new (not among our replicas), and only this link brings them.
+        self._append_up(
+            session,
+            [
+                _UpRow(e.event_id, e.case_id, e.version, e.event_type, e.origin_node, item.body)
+                for item, _, e in applied
+            ],
+            fresh_ids={e.event_id for _, _, e in applied},
+        )
         epochs: dict[str, tuple[int, str]] = {}
         for _, env, event in applied:
-            if env.owner_epoch >= epochs.get(env.case_id, (-1, ""))[0]:
-                epochs[env.case_id] = (env.owner_epoch, env.owner_node)
-            if event.new_owner_epoch >= epochs.get(env.case_id, (-1, ""))[0] and event.new_owner_epoch:
+            if event.owner_epoch >= epochs.get(event.case_id, (-1, ""))[0]:
+                epochs[event.case_id] = (event.owner_epoch, event.owner_node)
+            if event.new_owner_epoch >= epochs.get(event.case_id, (-1, ""))[0] and event.new_owner_epoch:
                 # 上报: the parent (to_node) owns the case from this epoch on.
-                epochs[env.case_id] = (event.new_owner_epoch, env.case_handed_off.to_node)
-        self._note_epochs(session, epochs)
-        now = self._clock()
-        session.execute(
-            replica.insert(),
-            [
-                {
-                    "event_id": event.event_id,
-                    "case_id": event.case_id,
-                    "version": event.version,
-                    "event_type": event.event_type,
-                    "origin_node": event.origin_node,
-                    "owner_node": event.owner_node,
-                    "owner_epoch": event.owner_epoch,
-                    "child_node": child,
-                    "case_sequence": event.case_sequence,
-                    "body": item.body,
-                    "received_at": now,
-                }
-                for item, _, event in applied
-            ],
+                epochs[event.case_id] = (event.new_owner_epoch, env.case_handed_off.to_node)
+        # Only what raises the known epoch (the upsert would ignore the rest anyway).
+        self._note_epochs(
+            session, {c: e for c, e in epochs.items() if epochs_before.get(c) is None or e[0] > (epochs_before[c] or 0)}
         )
-        # Our own services see the replica too (through the outbox, so at least once, in order).
-        append_events(
-            session,
-            outbox,
+        now = self._clock()
+        bulk = Bulk(session)
+        bulk.insert(
+            replica,
+            (
+                "event_id",
+                "case_id",
+                "version",
+                "event_type",
+                "origin_node",
+                "owner_node",
+                "owner_epoch",
+                "child_node",
+                "case_sequence",
+                "body",
+                "received_at",
+            ),
             [
                 (
-                    BusEvent(event_id=event.event_id, source="exchange", event_type=event.event_type, body=item.body),
-                    event.case_id,
+                    e.event_id,
+                    e.case_id,
+                    e.version,
+                    e.event_type,
+                    e.origin_node,
+                    e.owner_node,
+                    e.owner_epoch,
+                    child,
+                    e.case_sequence,
+                    item.body,
+                    now,
                 )
-                for item, _, event in applied
+                for item, _, e in applied
             ],
-            now=now,
+        )
+        for item, env, event in applied:
+            if event.event_type == "case_handed_off":
+                # A hand-off that came up from one child for a node under another (转送 sideways): down it goes.
+                toward = domain.hand_off_route(
+                    env.case_handed_off.to_node, here=self.node, child=child, regions=self.regions
+                )
+                if toward is not None:
+                    self._enqueue_down(session, toward, event.event_id, ENVELOPE, item.body)
+        # Our own services see the replica too (through the outbox, so at least once, in order).
+        self._append_outbox(session, [(e.event_id, e.event_type, e.case_id, item.body) for item, _, e in applied], now)
+
+    def _append_outbox(self, session: Session, events: Sequence[tuple[str, str, str, bytes]], now: datetime) -> None:
+        """``services.common.outbox.append_events`` for (event id, type, case, body) rows, in one statement.
+
+        On PostgreSQL it takes the same per-case advisory locks as ``append_event`` (the key below
+        must hash exactly like ``outbox._pg_lock_key("append", outbox, case_id)``), so the relay keeps
+        each case in order while other writers append to the same outbox.
+        """
+        if not events:
+            return
+        bulk = Bulk(session)
+        if bulk.postgres:
+            session.execute(
+                text(
+                    "SELECT count(pg_advisory_xact_lock(hashtextextended("
+                    "concat(CAST(:prefix AS text), current_schema(), CAST(:infix AS text), u.c), 0)))"
+                    " FROM (SELECT c FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS k(c, i) ORDER BY i) AS u"
+                ),
+                {
+                    "prefix": "lianxin.outbox.append.",
+                    "infix": f".{outbox.name}.",
+                    "keys": sorted({c for _, _, c, _ in events}),
+                },
+            )
+        bulk.insert(
+            outbox,
+            ("event_id", "source", "event_type", "case_id", "body", "created_at"),
+            [(event_id, "exchange", event_type, case_id, body, now) for event_id, event_type, case_id, body in events],
         )
 
     def _note_epochs(self, session: Session, epochs: dict[str, tuple[int, str]]) -> None:
         """Raise each case's known ownership epoch (never lowers it)."""
-        if not epochs:
-            return
-        stmt = _insert(session, case_epoch)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[case_epoch.c.case_id],
-            set_={"owner_epoch": stmt.excluded.owner_epoch, "owner_node": stmt.excluded.owner_node},
-            where=case_epoch.c.owner_epoch < stmt.excluded.owner_epoch,
+        Bulk(session).insert(
+            case_epoch,
+            ("case_id", "owner_epoch", "owner_node"),
+            [(c, e, o) for c, (e, o) in sorted(epochs.items())],
+            suffix="ON CONFLICT (case_id) DO UPDATE SET owner_epoch = excluded.owner_epoch,"
+            " owner_node = excluded.owner_node WHERE case_epoch.owner_epoch < excluded.owner_epoch",
         )
-        session.execute(
-            stmt,
-            [{"case_id": c, "owner_epoch": e, "owner_node": o} for c, (e, o) in sorted(epochs.items())],
-        )
+
+    def known_owner(self, case_id: str) -> tuple[int, str] | None:
+        """(epoch, owner node) of the newest hand-off this node has seen for the case, if any."""
+        with self._sf() as session:
+            row = session.execute(
+                select(case_epoch.c.owner_epoch, case_epoch.c.owner_node).where(case_epoch.c.case_id == case_id)
+            ).one_or_none()
+        return (int(row[0]), row[1]) if row is not None else None
 
     # ------------------------------------------------------------------ down
 
@@ -538,30 +660,67 @@ class ExchangeStore:
             self._notify()
         return reason or None
 
+    def record_command(self, body: bytes) -> str | None:
+        """A command this node's services put on the bus: routed, or quarantined (peer ``local``) with the reason.
+
+        Idempotent: a redelivered command takes the same leg (same up-log or down-queue key) or is
+        delivered once (inbox), so the bus may deliver it again.
+        """
+        with transaction(self._sf) as session:
+            reason = self._route_command(session, body, came_from_parent=False)
+            if reason:
+                self._quarantine(session, LOCAL, "local", [(Item(0, COMMAND, body), reason)])
+        if reason is None:
+            self._notify()
+        return reason or None
+
     def _route_command(self, session: Session, body: bytes, *, came_from_parent: bool) -> str | None:
+        """Deliver, send down, or send up a command; returns a refusal reason, "" for an already delivered one.
+
+        The command follows ownership: when this node knows a newer owner than the issuer saw
+        (a 上报 or 交办 since), it is retargeted there first, with the newer epoch.
+        """
         cmd = parse_command(body)
         if cmd is None:
             return "malformed payload: not a command"
-        route = domain.route_down(cmd.target_node, here=self.node, regions=self.regions)
-        if route is None:
-            if came_from_parent:
-                return f"out of subtree: command target {cmd.target_node or '-'} is not under {self.node}"
-            return f"unroutable: command target {cmd.target_node or '-'} is not under {self.node}"
+        if len(cmd.command_id) > 36:
+            return "malformed payload: command_id longer than 36 characters"
         known = session.execute(
-            select(case_epoch.c.owner_epoch).where(case_epoch.c.case_id == cmd.case_id)
-        ).scalar_one_or_none()
-        if known is not None and 0 < cmd.owner_epoch_seen < int(known) and route.local:
-            # The case moved on since the issuer looked; the new owner must decide (DESIGN §3).
-            return f"stale owner: command saw epoch {cmd.owner_epoch_seen} < known {known}"
-        if route.local:
+            select(case_epoch.c.owner_epoch, case_epoch.c.owner_node).where(case_epoch.c.case_id == cmd.case_id)
+        ).one_or_none()
+        chased = domain.chase_owner(
+            cmd.target_node,
+            cmd.owner_epoch_seen,
+            known_epoch=int(known[0]) if known is not None else None,
+            known_owner=known[1] if known is not None else "",
+        )
+        if chased is not None:
+            cmd.target_node, cmd.owner_epoch_seen = chased
+            body = cmd.SerializeToString()
+        route = domain.route_command(
+            cmd.target_node, here=self.node, regions=self.regions, came_from_parent=came_from_parent and chased is None
+        )
+        if route.action is domain.CommandAction.REFUSE:
+            return route.reason
+        if route.action is domain.CommandAction.DOWN:
+            self._enqueue_down(session, route.next_child, command_hop_id(cmd), COMMAND, body)
+        elif route.action is domain.CommandAction.UP:
+            self._append_up_command(session, cmd, body)
+        else:
+            first = session.execute(
+                _insert(session, inbox)
+                .values(consumer=DELIVERED, event_id=cmd.command_id, received_at=self._clock())
+                .on_conflict_do_nothing()
+                .returning(inbox.c.event_id)
+            ).scalar_one_or_none()
+            if first is None:
+                return ""  # delivered before (the same command by another way, or replayed)
             append_event(
                 session,
                 outbox,
-                BusEvent(event_id=cmd.command_id, source="exchange", event_type="command", body=body),
+                BusEvent(event_id=cmd.command_id, source="exchange", event_type=COMMAND, body=body),
                 cmd.case_id,
             )
-        else:
-            self._enqueue_down(session, route.next_child, cmd.command_id, COMMAND, body)
         return None
 
     def pull_down(self, child: str, after: int, limit: int) -> tuple[list[Item], int]:
@@ -734,6 +893,8 @@ class ExchangeStore:
                 item = Item(0, row.kind, row.body, int(row.case_sequence))
                 if row.direction == "up":
                     reason = self._accept_from_child(session, row.peer_node, [item])[0]
+                elif row.direction == "local":
+                    reason = self._route_command(session, item.body, came_from_parent=False)
                 else:
                     reason = self._accept_from_parent(session, item)
                 if reason:
@@ -752,7 +913,9 @@ class ExchangeStore:
     def holdings(self, *, subtree: str = "", case_id: str = "") -> list[Held]:
         """Each case event held (the up-log: own and the subtree's), by case, envelope version and event id."""
         c = up_log.c
-        query = select(c.case_id, c.version, c.event_type, c.origin_node, c.event_id, c.case_sequence)
+        query = select(c.case_id, c.version, c.event_type, c.origin_node, c.event_id, c.case_sequence).where(
+            c.kind == ENVELOPE
+        )
         if case_id:
             query = query.where(c.case_id == case_id)
         if subtree:

@@ -119,3 +119,61 @@ def test_package_round_trip_and_tampering() -> None:
         open_package(data, key=b"other")
     with pytest.raises(PackageRefused, match="unreadable"):
         open_package(b"\x00garbage", key=b"k")
+
+
+def test_a_batch_from_a_node_that_is_not_a_direct_child_is_refused_whole() -> None:
+    decisions = domain.judge_batch(
+        [event(), event(event_id="e2", case_sequence=2)],
+        child="510104",
+        receiver="511100",
+        regions=REGIONS,
+        ledgers={},
+        stored_ids=set(),
+    )
+    assert [d.reason.split(":")[0] for d in decisions] == ["unknown node", "unknown node"]
+
+
+def test_commands_are_delivered_here_go_down_or_climb() -> None:
+    def route(target: str, here: str, *, from_parent: bool = False) -> tuple[str, str]:
+        found = domain.route_command(target, here=here, regions=REGIONS, came_from_parent=from_parent)
+        return found.action.value, found.next_child or found.reason.split(":")[0]
+
+    assert route("511100", "511100") == ("deliver", "")
+    assert route("511102", "510000") == ("down", "511100")
+    assert route("510000", "511102") == ("up", "")  # two tiers above: it climbs hop by hop
+    assert route("511111", "511102") == ("up", "")  # a sibling: up to the common ancestor, then down
+    assert route("511111", "511100", from_parent=True) == ("down", "511111")
+    # Truly not routable: an unknown node; a parent sending what is not below (no bouncing back up).
+    assert route("999999", "511102") == ("refuse", "unknown node")
+    assert route("", "511102") == ("refuse", "unknown node")
+    assert route("510104", "511100", from_parent=True) == ("refuse", "out of subtree")
+
+
+def test_a_command_follows_a_newer_owner_and_never_an_older_one() -> None:
+    assert domain.chase_owner("511102", 1, known_epoch=2, known_owner="511100") == ("511100", 2)
+    assert domain.chase_owner("511102", 2, known_epoch=2, known_owner="511100") is None  # nothing newer here
+    assert domain.chase_owner("511102", 3, known_epoch=2, known_owner="511100") is None  # the issuer knew more
+    assert domain.chase_owner("511102", 0, known_epoch=None, known_owner="") is None
+    assert domain.chase_owner("511100", 1, known_epoch=2, known_owner="511100") is None  # already addressed there
+
+
+def test_a_hand_off_replica_is_sent_down_only_toward_another_subtree() -> None:
+    assert domain.hand_off_route("511111", here="511100", child="511102", regions=REGIONS) == "511111"
+    assert domain.hand_off_route("511102", here="511100", child="511102", regions=REGIONS) is None  # the child did
+    assert domain.hand_off_route("511100", here="511100", child="511102", regions=REGIONS) is None  # routing here
+    assert domain.hand_off_route("510000", here="511100", child="511102", regions=REGIONS) is None  # climbs instead
+
+
+def test_a_package_marks_its_commands_and_reads_as_before_without() -> None:
+    data = seal(
+        origin_node="511102",
+        since=0,
+        created_at="2026-11-22T00:00:00+00:00",
+        items=[(1, b"\x01", 1), (2, b"\x02", 0)],
+        kinds={2: "command"},
+        key=b"k",
+    )
+    package = open_package(data, key=b"k")
+    assert package.kinds == {2: "command"} and [p for p, _, _ in package.items] == [1, 2]
+    plain = seal(origin_node="511102", since=0, created_at="x", items=[(1, b"\x01", 1)], key=b"k")
+    assert b'"kind"' not in plain and open_package(plain, key=b"k").kinds == {}
