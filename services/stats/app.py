@@ -17,7 +17,7 @@ from services.common.outbox import consume_once
 from services.common.regions import RegionTree
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
 from services.stats import handlers
-from services.stats.domain import StatsConfig
+from services.stats.domain import CachedCalendar, StatsConfig
 from services.stats.models import inbox, outbox
 from services.stats.servicer import StatsServicer
 from services.stats.store import SqlWarehouse
@@ -74,6 +74,7 @@ def make_ingestor(
     clock: Callable[[], datetime] | None = None,
 ) -> Callable[[BusEvent], bool]:
     """The one entry for every source (own services or exchange); idempotent by event id and by version."""
+    calendar = CachedCalendar(calendar)
 
     def ingest_event(event: BusEvent) -> bool:
         env = decode(event)
@@ -109,6 +110,16 @@ def roll_forward(session_factory: sessionmaker[Session], as_of: datetime, batch:
         total += done
         if done < batch:
             return total
+
+
+def maintain(session_factory: sessionmaker[Session], as_of: datetime) -> int:
+    """The ``stats-rollup`` timer: roll the stale facts forward, then ANALYZE the warehouse tables
+    that changed much since their last ANALYZE (plans stay right without autovacuum, and on
+    SQLite, which never analyses by itself). Returns the facts rolled."""
+    rolled = roll_forward(session_factory, as_of)
+    with transaction(session_factory) as session:
+        SqlWarehouse(session).refresh_planner_statistics()
+    return rolled
 
 
 def refresh_gauges(
@@ -159,11 +170,11 @@ def build(ctx: ServiceContext) -> ServiceParts:
                 gauge_interval,
                 lambda: (refresh_gauges(ctx.session_factory, ctx.regions, node, ctx.clock()), None)[1],
             ),
-            Timer("stats-rollup", rollup_interval, lambda: (roll_forward(ctx.session_factory, ctx.clock()), None)[1]),
+            Timer("stats-rollup", rollup_interval, lambda: (maintain(ctx.session_factory, ctx.clock()), None)[1]),
         ],
         session_factory=ctx.session_factory,
         outbox=outbox,
     )
 
 
-__all__ = ["SUBSCRIBED", "build", "config_from_env", "make_ingestor", "refresh_gauges", "roll_forward"]
+__all__ = ["SUBSCRIBED", "build", "config_from_env", "maintain", "make_ingestor", "refresh_gauges", "roll_forward"]

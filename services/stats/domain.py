@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 
 from services.common.calendar import CalendarUnknown, WorkingCalendar, end_of_day
+from services.common.calendar import add_workdays as _add_workdays_by
+from services.common.calendar import workdays_between as _workdays_between_by
 from services.common.errors import InvalidArgument
 from services.common.timeutil import CHINA, china_date, to_utc
 
@@ -167,6 +169,34 @@ class CaseFact:
     satisfaction: str = ""
     rating_default_at: datetime | None = None
     supervision_count: int = 0
+
+
+class CachedCalendar:
+    """A ``WorkingCalendar`` that remembers each day's answer.
+
+    Every event refolds its case's whole history, so the same days are asked again and again (a
+    reply alone asks for some 30 days); the official calendar lookups behind them dominated the
+    ingest path. For a calendar that does not change while the process runs (the warehouse's).
+    """
+
+    def __init__(self, inner: WorkingCalendar) -> None:
+        self._inner = inner
+        self._days: dict[date, bool] = {}
+
+    def is_workday(self, d: date) -> bool:
+        known = self._days.get(d)
+        if known is None:
+            known = self._days[d] = self._inner.is_workday(d)  # CalendarUnknown propagates, uncached
+        return known
+
+    def add_workdays(self, start: date, n: int) -> date:
+        return _add_workdays_by(self.is_workday, start, n)
+
+    def workdays_between(self, a: date, b: date) -> int:
+        return _workdays_between_by(self.is_workday, a, b)
+
+    def known_range(self) -> tuple[date, date]:
+        return self._inner.known_range()
 
 
 def workdays_between(calendar: WorkingCalendar, a: date, b: date) -> int:
@@ -372,6 +402,56 @@ def next_window(as_of: datetime, deadlines: Iterable[datetime | None]) -> dateti
     return min(ahead) if ahead else None
 
 
+def counters(fact: CaseFact, as_of: datetime) -> tuple[int, ...]:
+    """The fact's 0/1 per ``COUNTERS`` entry as of ``as_of``: the definitions above, case by case.
+
+    The same conditions exist in SQL (``store.predicates``) for set-based queries over many facts;
+    this form lets one event move one case's contribution to the rollups without a round trip
+    per counter. ``tests/integration/test_stats_rollups.py`` checks that both agree on every
+    counter of thousands of generated facts at several moments. Missing values (NULL in SQL)
+    make a condition false, as they do there.
+    """
+    t = to_utc(as_of)
+    accept_due = _utc_or_none(fact.accept_due)
+    accepted_at = _utc_or_none(fact.accepted_at)
+    handling_due = _utc_or_none(fact.handling_due)
+    replied_at = _utc_or_none(fact.replied_at)
+    closed_at = _utc_or_none(fact.closed_at)
+    rating_default_at = _utc_or_none(fact.rating_default_at)
+    owed = handling_due is not None and fact.state not in NOT_OWED_STATES
+    acceptable = accept_due is not None and fact.state not in ("WITHDRAWN", "MERGED")
+    default_satisfied = (
+        fact.satisfaction == "" and replied_at is not None and rating_default_at is not None and rating_default_at < t
+    )
+    past_handling = handling_due is not None and handling_due < t
+    accepted_on_time = accepted_at is not None and accept_due is not None and accepted_at <= accept_due
+    values = {
+        "received": True,
+        "online": bool(fact.online),
+        "repeat": bool(fact.is_repeat),
+        "accept_due": acceptable and (accepted_at is not None or (accept_due is not None and accept_due < t)),
+        "accept_on_time": acceptable and accepted_on_time,
+        "reply_due": owed and (replied_at is not None or past_handling),
+        "replied": owed and replied_at is not None,
+        "completion_due": owed and (closed_at is not None or past_handling),
+        "closed": owed and closed_at is not None,
+        "closed_on_time": owed and closed_at is not None and handling_due is not None and closed_at <= handling_due,
+        "satisfaction_base": fact.satisfaction != "" or default_satisfied,
+        "satisfied": fact.satisfaction in SATISFIED_RATINGS or default_satisfied,
+        "overdue": owed
+        and (
+            (replied_at is None and past_handling)
+            or (replied_at is not None and handling_due is not None and replied_at > handling_due)
+        ),
+        "supervised": fact.supervision_count > 0,
+    }
+    return tuple(int(values[name]) for name in COUNTERS)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else to_utc(value)
+
+
 # Which predicate's cases stand behind each metric (the drill-down lists the numerator's cases).
 NUMERATOR_PREDICATE: dict[str, str] = {
     "received": "received",
@@ -416,6 +496,25 @@ def p90(days: Mapping[int, int]) -> float:
         if seen >= rank:
             return float(value)
     return float(max(days))
+
+
+# The counters each metric reads besides ``received`` (which every ranking needs for its minimum);
+# the reply-time metrics read the reply-day histogram. Lets a ranking sum only what it shows.
+METRIC_COUNTERS: dict[str, tuple[str, ...]] = {
+    "received": (),
+    "online_share": ("online",),
+    "on_time_acceptance_rate": ("accept_on_time", "accept_due"),
+    "reply_rate": ("replied", "reply_due"),
+    "completion_rate": ("closed", "completion_due"),
+    "on_time_completion_rate": ("closed_on_time", "completion_due"),
+    "avg_reply_workdays": (),
+    "p90_reply_workdays": (),
+    "satisfaction_rate": ("satisfied", "satisfaction_base"),
+    "repeat_rate": ("repeat",),
+    "overdue": ("overdue",),
+    "supervised": ("supervised",),
+}
+REPLY_DAY_METRICS = frozenset({"avg_reply_workdays", "p90_reply_workdays"})
 
 
 def compute(name: str, agg: Aggregates) -> MetricValue:

@@ -35,7 +35,7 @@ from services.stats.domain import (
     stat_month_of,
     year_months,
 )
-from services.stats.hotspot import CaseSighting, Hotspot, HotspotRules, detect
+from services.stats.hotspot import Hotspot, HotspotRules, judge
 
 __all__ = [
     "DEFINITIONS",
@@ -78,13 +78,28 @@ class WarehouseUnitOfWork(Protocol):
 
     def save_text(self, case_id: str, text: str) -> None: ...
 
-    def aggregate(self, where: Slice, *, as_of: datetime, group_by: str | None) -> dict[str, Aggregates]:
-        """Counts per group ("" when ``group_by`` is None); group_by: child, unit, category, channel."""
+    def aggregate(
+        self, where: Slice, *, as_of: datetime, group_by: str | None, metrics: Sequence[str] | None = None
+    ) -> dict[str, Aggregates]:
+        """Counts per group ("" when ``group_by`` is None); group_by: child, unit, category, channel.
+
+        With ``metrics``, only ``received`` and what those metrics read (``METRIC_COUNTERS``) need
+        be filled; the other counters may be left at 0."""
         ...
 
     def case_ids(self, where: Slice, *, predicate: str, as_of: datetime, limit: int) -> list[str]: ...
 
-    def sightings(self, where: Slice) -> list[CaseSighting]: ...
+    def hotspot_counts(
+        self, where: Slice, *, baseline_start: datetime, window_start: datetime, end: datetime
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        """Cases per (region, category) in [window_start, end) and in [baseline_start, window_start)."""
+        ...
+
+    def window_cases(
+        self, *, region_code: str, tier: Tier, category: str, start: datetime, end: datetime
+    ) -> list[tuple[str, datetime]]:
+        """(case id, submitted_at) of the cases of one (region, category) submitted in [start, end)."""
+        ...
 
     def texts(self, case_ids: Sequence[str]) -> dict[str, str]: ...
 
@@ -253,7 +268,7 @@ def rank_regions(
     now, before, _ = _periods(month, year)
 
     def by_child(months: Sequence[str]) -> dict[str, Aggregates]:
-        got = uow.aggregate(Slice(parent, tier, months=tuple(months)), as_of=as_of, group_by="child")
+        got = uow.aggregate(Slice(parent, tier, months=tuple(months)), as_of=as_of, group_by="child", metrics=[metric])
         # Every child appears, also one without cases (it is then "not ranked", which a reader expects to see).
         return {child: got.get(child, Aggregates()) for child in tree.children.get(parent, [])}
 
@@ -281,7 +296,7 @@ def rank_units(
     now, before, _ = _periods(month, year)
 
     def by_unit(months: Sequence[str]) -> dict[str, Aggregates]:
-        got = uow.aggregate(Slice(region, tier, months=tuple(months)), as_of=as_of, group_by="unit")
+        got = uow.aggregate(Slice(region, tier, months=tuple(months)), as_of=as_of, group_by="unit", metrics=[metric])
         return {unit: agg for unit, agg in got.items() if unit}
 
     return rank(metric, by_unit(now), by_unit(before), min_cases=min_cases)
@@ -298,24 +313,27 @@ def hotspots(
 ) -> list[Hotspot]:
     region = region_code or node
     tier = _check_region(tree, node, region, "region_code")
-    start = as_of - rules.window - rules.baseline
-    sightings = uow.sightings(Slice(region, tier, start=start, end=as_of))
-    found = detect(sightings, as_of=as_of, rules=rules)
-    if not found:
-        return []
-    # Keywords only for the few cells found: reading texts of every case would be wasted work.
-    window_start = to_utc(as_of) - rules.window
+    end = to_utc(as_of)
+    window_start = end - rules.window
+    recent, before = uow.hotspot_counts(
+        Slice(region, tier), baseline_start=window_start - rules.baseline, window_start=window_start, end=end
+    )
     out: list[Hotspot] = []
-    for spot in found:
-        ids = [
-            s.case_id
-            for s in sightings
-            if s.region_code == spot.region_code
-            and s.category == spot.category
-            and window_start <= to_utc(s.submitted_at) < to_utc(as_of)
-        ]
-        texts = uow.texts(ids)
-        out.append(replace(spot, keywords=_keywords(list(texts.values()), rules.keywords)))
+    # Cases, texts and keywords only for the few cells found.
+    for spot in judge(recent, before, rules=rules):
+        cell_tier = tree.get(spot.region_code).tier if spot.region_code in tree else tier
+        cases = uow.window_cases(
+            region_code=spot.region_code, tier=cell_tier, category=spot.category, start=window_start, end=end
+        )
+        cases.sort(key=lambda c: (c[1], c[0]), reverse=True)
+        texts = uow.texts([c[0] for c in cases])
+        out.append(
+            replace(
+                spot,
+                keywords=_keywords(list(texts.values()), rules.keywords),
+                example_case_ids=[c[0] for c in cases[: rules.examples]],
+            )
+        )
     return out
 
 

@@ -17,7 +17,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from scipy.stats import poisson
@@ -79,18 +79,31 @@ def detect(
             recent.setdefault(cell, []).append(case)
         else:
             before[cell] += 1
+    found: list[Hotspot] = []
+    for spot in judge({cell: len(members) for cell, members in recent.items()}, before, rules=rules):
+        members = recent[(spot.region_code, spot.category)]
+        members.sort(key=lambda c: (c.submitted_at, c.case_id), reverse=True)
+        words = keywords([texts.get(c.case_id, "") for c in members], rules.keywords) if texts else []
+        found.append(replace(spot, keywords=words, example_case_ids=[c.case_id for c in members[: rules.examples]]))
+    return found
+
+
+def judge(
+    recent: Mapping[tuple[str, str], int], before: Mapping[tuple[str, str], int], *, rules: HotspotRules
+) -> list[Hotspot]:
+    """The (region, category) cells whose window count is a hotspot against their baseline count,
+    hottest first, without keywords or examples (the caller fetches those for these few cells)."""
     ratio = rules.window / rules.baseline
     found: list[Hotspot] = []
-    for (region, category), members in recent.items():
-        count = len(members)
-        expected = (before[(region, category)] + 1) * ratio
+    for (region, category), count in recent.items():
+        if not category:
+            continue
+        expected = (before.get((region, category), 0) + 1) * ratio
         if count < rules.min_count or count < rules.min_ratio * expected:
             continue
         p = float(poisson.sf(count - 1, expected))
         if p >= rules.p_value:
             continue
-        members.sort(key=lambda c: (c.submitted_at, c.case_id), reverse=True)
-        words = keywords([texts.get(c.case_id, "") for c in members], rules.keywords) if texts else []
         found.append(
             Hotspot(
                 region_code=region,
@@ -98,8 +111,8 @@ def detect(
                 count=count,
                 baseline=expected,
                 score=-math.log10(max(p, 1e-300)),
-                keywords=words,
-                example_case_ids=[c.case_id for c in members[: rules.examples]],
+                keywords=[],
+                example_case_ids=[],
             )
         )
     found.sort(key=lambda h: (-h.score, h.region_code, h.category))

@@ -1,13 +1,15 @@
 """The warehouse's tables: one fact row per case (with its region path and statistical month), the
 case events it was folded from (keyed by case and version, so replays are harmless), case texts
-for hotspot keywords, and the monthly rollups (sums of the facts' metric counters per
-(stat_month, county, unit, category, channel), kept in step with the facts; see docs/stats.md)."""
+for hotspot keywords, and the tables derived from the facts and kept in step with them (see
+docs/stats.md): monthly rollups of the metric counters per (stat_month, county, unit, category,
+channel) and per (stat_month, region of any tier, child region, category, channel), and daily
+case counts per (day, region, category) for hotspots."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, LargeBinary, String, Table, Text
+from sqlalchemy import Boolean, Column, Date, DateTime, Index, Integer, LargeBinary, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.outbox import inbox_table, outbox_table
@@ -56,15 +58,16 @@ class CaseFactRow(Base):
     next_window_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (
-        Index("ix_case_facts_city", "city_code", "submitted_at"),
-        Index("ix_case_facts_county", "county_code", "submitted_at"),
-        Index("ix_case_facts_province", "province_code", "submitted_at"),
+        # Free periods and the hotspot counts of the pieces of days at a window's ends; region and
+        # category make the latter an index-only range.
+        Index("ix_case_facts_city_time", "city_code", "submitted_at", "region_code", "category"),
+        Index("ix_case_facts_county_time", "county_code", "submitted_at", "region_code", "category"),
+        Index("ix_case_facts_province_time", "province_code", "submitted_at", "region_code", "category"),
         # One statistical month of one region is one index range (the benchmark's query shape).
         Index("ix_case_facts_province_month", "province_code", "stat_month"),
         Index("ix_case_facts_city_month", "city_code", "stat_month"),
         Index("ix_case_facts_county_month", "county_code", "stat_month"),
         Index("ix_case_facts_unit_month", "unit_id", "stat_month"),
-        Index("ix_case_facts_state", "state"),
         # The few facts whose rollup contribution is stale by now (a window closed since rolled_at).
         Index("ix_case_facts_next_window", "next_window_at"),
         # max(rolled_at): rollups answer only for as_of at or after every fact's rolled_at.
@@ -100,6 +103,12 @@ metadata = Base.metadata
 ROLLUP_KEY: tuple[str, ...] = (
     "stat_month", "province_code", "city_code", "county_code", "unit_id", "category", "channel",
 )  # fmt: skip
+# Region rollup key: one row per region of the fact's path (province, city, county), with the
+# fact's region one tier down ("" when it has none): totals of a region are its rows summed, and
+# the same rows grouped by child_code are its children's totals (rankings, bulletin).
+REGION_ROLLUP_KEY: tuple[str, ...] = ("stat_month", "region_code", "child_code", "category", "channel")
+# Hotspot counts: facts per UTC day of submission, region of the case and category.
+DAILY_KEY: tuple[str, ...] = ("day", "region_code", "category")
 # One counter column per ``domain.COUNTERS`` entry (kept literal here so the schema is readable).
 ROLLUP_COUNTERS: tuple[str, ...] = (
     "received", "online", "repeat", "accept_due", "accept_on_time", "reply_due", "replied",
@@ -109,28 +118,60 @@ ROLLUP_COUNTERS: tuple[str, ...] = (
 # rare longer ones go to ``stats_rollup_days_over`` by exact day, so mean and p90 stay exact.
 ROLLUP_DAYS = 64
 DAY_COLUMNS: tuple[str, ...] = tuple(f"d{k}" for k in range(ROLLUP_DAYS))
+ROLLUP_VALUES: tuple[str, ...] = ROLLUP_COUNTERS + DAY_COLUMNS
 
 
-def _key_columns() -> list[Column[str]]:
+def _key_columns(names: tuple[str, ...]) -> list[Column[str]]:
     widths = {"stat_month": 7, "unit_id": 64, "category": 32, "channel": 32}
-    return [Column(name, String(widths.get(name, 6)), primary_key=True) for name in ROLLUP_KEY]
+    return [Column(name, String(widths.get(name, 6)), primary_key=True) for name in names]
+
+
+def _value_columns() -> list[Column[int]]:
+    # INTEGER, not BIGINT: a cell counts the cases of one month and key, far below 2**31, and
+    # PostgreSQL sums int4 with an int8 accumulator (sum(int8) goes through numeric, much slower).
+    # Server default 0: the ingest path inserts only the columns its delta touches.
+    return [Column(name, Integer, nullable=False, server_default="0") for name in ROLLUP_VALUES]
 
 
 rollups = Table(
     "stats_rollups",
     metadata,
-    *_key_columns(),
-    *[Column(name, BigInteger, nullable=False, default=0) for name in ROLLUP_COUNTERS + DAY_COLUMNS],
+    *_key_columns(ROLLUP_KEY),
+    *_value_columns(),
     Index("ix_stats_rollups_province", "province_code", "stat_month"),
     Index("ix_stats_rollups_city", "city_code", "stat_month"),
     Index("ix_stats_rollups_county", "county_code", "stat_month"),
+    Index("ix_stats_rollups_unit", "unit_id", "stat_month"),
+)
+region_rollups = Table(
+    "stats_region_rollups",
+    metadata,
+    *_key_columns(REGION_ROLLUP_KEY),
+    *_value_columns(),
 )
 rollup_days_over = Table(
     "stats_rollup_days_over",
     metadata,
-    *_key_columns(),
+    *_key_columns(ROLLUP_KEY),
     Column("days", Integer, primary_key=True),
-    Column("n", BigInteger, nullable=False, default=0),
+    Column("n", Integer, nullable=False, server_default="0"),
+    Index("ix_stats_rollup_days_over_province", "province_code", "stat_month"),
 )
+daily_counts = Table(
+    "stats_daily_counts",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("region_code", String(6), primary_key=True),
+    Column("category", String(32), primary_key=True),
+    Column("province_code", String(6), nullable=False, server_default=""),
+    Column("city_code", String(6), nullable=False, server_default=""),
+    Column("county_code", String(6), nullable=False, server_default=""),
+    Column("n", Integer, nullable=False, server_default="0"),
+    Index("ix_stats_daily_counts_province", "province_code", "day"),
+    Index("ix_stats_daily_counts_city", "city_code", "day"),
+    Index("ix_stats_daily_counts_county", "county_code", "day"),
+)
+# Tables derived from the facts: dropped, recreated and rebuilt by migrations when their shape changes.
+DERIVED_TABLES = (rollups, region_rollups, rollup_days_over, daily_counts)
 outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)

@@ -1,35 +1,48 @@
-"""The warehouse's SQLAlchemy adapter: event keeping, fact upserts, and the metric predicates in SQL.
+"""The warehouse's SQLAlchemy adapter: event keeping, fact upserts, the derived tables, the metric
+predicates in SQL.
 
-``predicates(as_of)`` is the SQL form of the definitions in ``services.stats.domain.DEFINITIONS``:
-one boolean expression per counter of ``Aggregates``; the aggregate query sums them and the
-drill-down lists the cases matching one of them, so a figure and its cases cannot disagree.
+``predicates(as_of)`` is the SQL form of the definitions in ``services.stats.domain.DEFINITIONS``
+(``domain.counters`` is the same, case by case, in Python): one boolean expression per counter of
+``Aggregates``; the fact queries sum them and the drill-down lists the cases matching one of them,
+so a figure and its cases cannot disagree.
 
-Rollups. ``stats_rollups`` holds, per (stat_month, province, city, county, unit, category,
-channel), the sums of the same predicates over its facts, each fact counted *as of its own
-``rolled_at``*, plus a histogram of reply working days. Every change of a fact, in the same
-transaction, subtracts the old row's contribution and adds the new one (``_roll``: one
-``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE SET c = c + excluded.c`` built from
-``predicates`` with ``t = rolled_at``), so the rollups cannot drift from the facts whatever the
-order or repetition of events. A fact's counters as of a later moment differ from those as of
-``rolled_at`` only once one of its deadlines passes; ``next_window_at`` is the first such
-deadline. A whole-month query as of ``as_of`` (no earlier than every ``rolled_at``) therefore
-reads the rollups and corrects them with the facts whose ``next_window_at < as_of`` (indexed; the
-``stats-rollup`` timer keeps that set small by rolling those facts forward).
+Derived tables (see docs/stats.md, "Rollups"), all changed in the fact's own transaction:
+
+* ``stats_rollups``: per (stat_month, province, city, county, unit, category, channel), the sums
+  of the counters of its facts, each fact counted *as of its own ``rolled_at``*, and a histogram
+  of reply working days (``stats_rollup_days_over`` for 64 and more); read for units;
+* ``stats_region_rollups``: the same sums per (stat_month, region of any tier, child region,
+  category, channel), at most a few thousand rows per region and month whatever the number of
+  cases; read for regions, their children, categories and channels;
+* ``stats_daily_counts``: cases per (UTC day, region, category), for hotspots.
+
+An event computes in Python the old fact row's contribution (as of its rolled_at) and the new
+one's (as of now) and upserts the difference, only the columns that change, one statement per
+table. A fact's counters as of a later moment differ from those as of ``rolled_at`` only once one
+of its deadlines passes; ``next_window_at`` is the first such deadline. A whole-month query as of
+``as_of`` reads the rollups and corrects them with the facts whose ``next_window_at < as_of`` or
+``rolled_at > as_of`` (both indexed; the ``stats-rollup`` timer keeps the first set small by
+rolling those facts forward).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from dataclasses import fields
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from lianxin.events.v1 import events_pb2
 from sqlalchemy import (
     ColumnElement,
+    Date,
+    DateTime,
     Select,
+    Table,
     and_,
     bindparam,
     case,
+    cast,
     false,
     func,
     literal,
@@ -47,29 +60,36 @@ from services.common.regions import Tier
 from services.common.timeutil import to_utc
 from services.stats.domain import (
     COUNTERS,
+    METRIC_COUNTERS,
     NOT_OWED_STATES,
+    REPLY_DAY_METRICS,
     SATISFIED_RATINGS,
     TERMINAL_STATES,
     Aggregates,
     CaseEvent,
     CaseFact,
+    counters,
     next_window,
 )
 from services.stats.handlers import Slice
-from services.stats.hotspot import CaseSighting
 from services.stats.models import (
+    DAILY_KEY,
     DAY_COLUMNS,
+    REGION_ROLLUP_KEY,
     ROLLUP_DAYS,
     ROLLUP_KEY,
-    CaseEventRow,
+    ROLLUP_VALUES,
     CaseFactRow,
     CaseTextRow,
+    daily_counts,
+    region_rollups,
     rollup_days_over,
     rollups,
 )
 from services.stats.translate import to_case_event
 
 F = CaseFactRow
+FACT_TABLE: Table = CaseFactRow.__table__  # type: ignore[assignment]
 TIER_COLUMN = {Tier.PROVINCE: F.province_code, Tier.CITY: F.city_code, Tier.COUNTY: F.county_code}
 CHILD_COLUMN = {Tier.PROVINCE: F.city_code, Tier.CITY: F.county_code, Tier.COUNTY: F.region_code}
 
@@ -128,16 +148,19 @@ def _group_column(where: Slice, group_by: str | None) -> Any:
     return columns[group_by]
 
 
-def _rollup_conditions(table: Any, where: Slice) -> list[ColumnElement[bool]]:
-    """``where`` on a rollup table (both rollup tables share the key columns)."""
-    tier = {Tier.PROVINCE: "province_code", Tier.CITY: "city_code", Tier.COUNTY: "county_code"}[where.tier]
-    months = list(where.months)
-    conditions: list[ColumnElement[bool]] = [table.c[tier] == where.region_code]
-    conditions.append(table.c.stat_month == months[0] if len(months) == 1 else table.c.stat_month.in_(months))
-    for name, value in (("unit_id", where.unit_id), ("category", where.category), ("channel", where.channel)):
-        if value:
-            conditions.append(table.c[name] == value)
-    return conditions
+def _day_split(start: datetime, end: datetime) -> tuple[tuple[date, date] | None, list[tuple[datetime, datetime]]]:
+    """[start, end) as whole UTC days [first, last) and the pieces of days left at its ends."""
+    if end <= start:
+        return None, []
+    midnight = datetime.combine(start.date(), time(), UTC)
+    first = midnight if midnight == start else midnight + timedelta(days=1)
+    last = datetime.combine(end.date(), time(), UTC)
+    if first >= last:
+        return None, [(start, end)]
+    pieces = [(start, first)] if start < first else []
+    if last < end:
+        pieces.append((last, end))
+    return (first.date(), last.date()), pieces
 
 
 def _fact_values(fact: CaseFact) -> dict[str, Any]:
@@ -149,17 +172,38 @@ def _fact_values(fact: CaseFact) -> dict[str, Any]:
 
 
 R = rollups
+RR = region_rollups
 RD = rollup_days_over
-ROLLUP_CHILD = {Tier.PROVINCE: R.c.city_code, Tier.CITY: R.c.county_code}
+DC = daily_counts
+ROLLUP_CHILD = {Tier.PROVINCE: "city_code", Tier.CITY: "county_code"}
+TIER_NAME = {Tier.PROVINCE: "province_code", Tier.CITY: "city_code", Tier.COUNTY: "county_code"}
 FACT_KEY = [getattr(F, name) for name in ROLLUP_KEY]
-# Compiled ingest-path roll statements: (sql, positional names or None, default parameters).
-_ROLL_SQL: dict[tuple[str, int], list[tuple[str, Any, dict[str, Any]]]] = {}
-# Up to this many stale facts are corrected by case id; beyond, by a range on next_window_at.
+FACT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CaseFact))
+FACT_COLUMNS = [getattr(F, name) for name in (*FACT_FIELDS, "rolled_at")]
+N_COUNTERS = len(COUNTERS)
+# Up to this many facts needing a correction (see aggregate_rollups) are corrected one by one;
+# beyond, the query reads the facts instead.
 STALE_LOOKUP = 5000
+# Rows per multi-row upsert statement (more go as an executemany of single-row statements).
+UPSERT_VALUES_ROWS = 32
+# Upsert SQL by (dialect, table, keys, columns, rows); see SqlWarehouse._upsert_sql.
+_UPSERT_SQL: dict[tuple[str, str, tuple[str, ...], tuple[str, ...], int], str] = {}
+_SUM_SQL: dict[tuple[str, str, str, int, tuple[str, ...], str | None, bool, tuple[str, ...]], str] = {}
+# Statements sent as one on PostgreSQL by SqlWarehouse.run (an event's fact and rollups: 3 to 6).
+COMBINED_STATEMENTS = 8
+DAILY_PATH = ("province_code", "city_code", "county_code")
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _fact_of(row: Any) -> CaseFact:
+    return CaseFact(**{name: row[name] for name in FACT_FIELDS})
+
+
+def _utc_day(value: datetime) -> date:
+    return to_utc(value).date()
 
 
 def _rollup_select(where: ColumnElement[bool], *, plus: Any | None, minus: Any | None, days: int) -> Select[Any]:
@@ -181,67 +225,197 @@ def _rollup_select(where: ColumnElement[bool], *, plus: Any | None, minus: Any |
     return select(*FACT_KEY, *sums).where(where).group_by(*FACT_KEY)
 
 
+def region_rollup_keys(key: Sequence[str]) -> list[tuple[str, ...]]:
+    """The region rollup rows a detailed rollup key adds to: (stat_month, region, child, category,
+    channel) for its province, city and county, each with the next tier's code ("" when none)."""
+    month, province, city, county, _unit, category, channel = key
+    path = [province, city, county]
+    return [
+        (month, code, path[i + 1] if i + 1 < len(path) else "", category, channel)
+        for i, code in enumerate(path)
+        if code
+    ]
+
+
+FACT_ROW_COLUMNS: tuple[str, ...] = (*FACT_FIELDS, "rolled_at", "next_window_at")
+DATETIME_COLUMNS: tuple[str, ...] = tuple(c.name for c in CaseFactRow.__table__.columns if isinstance(c.type, DateTime))
+_INGEST_SQL: dict[tuple[str, str], str] = {}
+
+
+def _ingest_sql(name: str, *, postgres: bool) -> str:
+    mark = "%s" if postgres else "?"
+    columns = ", ".join(FACT_ROW_COLUMNS)
+    if name == "record_event":
+        insert = "INSERT INTO case_events (case_id, version, event_type, source, body)"
+        if postgres:
+            return (
+                "WITH case_lock AS (SELECT pg_advisory_xact_lock(hashtext(%s))) "
+                f"{insert} SELECT %s, %s, %s, %s, %s FROM case_lock ON CONFLICT DO NOTHING RETURNING case_id"
+            )
+        return f"{insert} VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING case_id"
+    if name == "events_of":
+        return f"SELECT body FROM case_events WHERE case_id = {mark}"
+    if name == "fact_row":
+        return f"SELECT {columns} FROM case_facts WHERE case_id = {mark}" + (" FOR UPDATE" if postgres else "")
+    if name in ("stale_facts", "later_facts"):
+        condition = "next_window_at < " if name == "stale_facts" else "rolled_at > "
+        return f"SELECT {columns} FROM case_facts WHERE {condition}{mark} LIMIT {mark}"
+    if name == "save_fact":
+        updates = ", ".join(f"{c} = excluded.{c}" for c in FACT_ROW_COLUMNS if c != "case_id")
+        marks = ", ".join([mark] * len(FACT_ROW_COLUMNS))
+        return f"INSERT INTO case_facts ({columns}) VALUES ({marks}) ON CONFLICT (case_id) DO UPDATE SET {updates}"
+    raise KeyError(name)
+
+
+def _sqlite_value(value: Any) -> Any:
+    """A value as SQLAlchemy's SQLite types store it (UTC datetimes as text that sorts in time)."""
+    if isinstance(value, datetime):
+        return to_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+class RollupDelta:
+    """Changes to the derived tables from facts entering (+1) or leaving (-1) them, summed per key
+    in Python and written with one upsert per table (only the columns that change)."""
+
+    def __init__(self) -> None:
+        self.main: dict[tuple[str, ...], list[int]] = {}
+        self.over: dict[tuple[tuple[str, ...], int], int] = {}
+        self.daily: dict[tuple[date, str, str], list[Any]] = {}
+
+    def add(self, fact: CaseFact, as_of: datetime | None, sign: int, *, days: bool = True, daily: bool = True) -> None:
+        """``sign`` times the fact's counters as of ``as_of`` (None: the fact is not in the rollups),
+        with ``days`` its reply-day bucket, with ``daily`` its hotspot count (neither depends on time)."""
+        if as_of is not None:
+            self._add_counters(fact, as_of, sign, days=days)
+        if daily:
+            day_key = (_utc_day(fact.submitted_at), fact.region_code, fact.category)
+            entry = self.daily.setdefault(day_key, [0, fact.province_code, fact.city_code, fact.county_code])
+            entry[0] += sign
+
+    def _add_counters(self, fact: CaseFact, as_of: datetime, sign: int, *, days: bool) -> None:
+        key = tuple(getattr(fact, name) for name in ROLLUP_KEY)
+        values = self.main.get(key)
+        if values is None:
+            values = self.main[key] = [0] * len(ROLLUP_VALUES)
+        for i, hit in enumerate(counters(fact, as_of)):
+            if hit:
+                values[i] += sign
+        if days and fact.reply_workdays is not None and fact.reply_workdays >= 0:
+            if fact.reply_workdays < ROLLUP_DAYS:
+                values[N_COUNTERS + fact.reply_workdays] += sign
+            else:
+                over_key = (key, fact.reply_workdays)
+                self.over[over_key] = self.over.get(over_key, 0) + sign
+
+    def apply(self, store: SqlWarehouse, *, first: tuple[str, tuple[Any, ...]] | None = None) -> None:
+        """Write the changes (after ``first``, a statement of the caller's own), one statement
+        per table and 32 keys; on PostgreSQL all in one statement when few."""
+        main = {k: v for k, v in self.main.items() if any(v)}
+        region: dict[tuple[str, ...], list[int]] = {}
+        for key, values in main.items():
+            for region_key in region_rollup_keys(key):
+                total = region.get(region_key)
+                if total is None:
+                    region[region_key] = list(values)
+                else:
+                    for i, v in enumerate(values):
+                        total[i] += v
+        pieces = [first] if first is not None else []
+        pieces += store.sum_upserts(R, ROLLUP_KEY, main)
+        pieces += store.sum_upserts(RR, REGION_ROLLUP_KEY, {k: v for k, v in region.items() if any(v)})
+        over = {(*key, days): [n] for (key, days), n in self.over.items() if n}
+        pieces += store.sum_upserts(RD, (*ROLLUP_KEY, "days"), over, ("n",))
+        daily = {(*k, *v[1:]): [v[0]] for k, v in self.daily.items() if v[0]}
+        pieces += store.sum_upserts(DC, DAILY_KEY, daily, ("n",), extra=DAILY_PATH)
+        store.run(pieces)
+
+
 class SqlWarehouse:
     def __init__(self, session: Session, *, clock: Callable[[], datetime] | None = None) -> None:
         self.session = session
         # The "as of" a fact's rollup contribution is computed at (the service clock).
         self.clock = clock or _utc_now
+        self._cursor: Any = None
+
+    @property
+    def dialect(self) -> str:
+        return self.session.get_bind().dialect.name
+
+    def insert(self, table: Any) -> Any:
+        return postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
 
     # ------------------------------------------------------------------ rollups
 
-    def _upsert(self, table: Any, query: Select[Any], value_columns: Sequence[str], keys: Sequence[str]) -> None:
-        stmt = self._insert(table).from_select([*keys, *value_columns], query)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(keys), set_={c: table.c[c] + stmt.excluded[c] for c in value_columns}
-        )
-        self.session.execute(stmt)
+    def sum_upserts(
+        self,
+        table: Any,
+        keys: Sequence[str],
+        rows: dict[tuple[Any, ...], list[int]],
+        value_columns: Sequence[str] = ROLLUP_VALUES,
+        *,
+        extra: Sequence[str] = (),
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """Statements adding ``rows`` (key, then ``extra`` columns set on insert only → values in
+        ``value_columns`` order) to ``table``, touching only the columns some row changes. Rows go
+        in key order, so two transactions lock shared rows in the same order (no deadlock)."""
+        if not rows:
+            return []
+        used = sorted({i for values in rows.values() for i, v in enumerate(values) if v})
+        columns = [value_columns[i] for i in used]
+        sqlite_dates = self.dialect != "postgresql"
+        params = [
+            (*(k.isoformat() if sqlite_dates and isinstance(k, date) else k for k in key), *(values[i] for i in used))
+            for key, values in sorted(rows.items())
+        ]
+        out = []
+        for i in range(0, len(params), UPSERT_VALUES_ROWS):
+            chunk = params[i : i + UPSERT_VALUES_ROWS]
+            sql = self._upsert_sql(table.name, keys, extra, columns, len(chunk))
+            out.append((sql, tuple(v for row in chunk for v in row)))
+        return out
 
-    def _roll(self, where: ColumnElement[bool], *, plus: Any | None, minus: Any | None, days: int) -> None:
-        """Add (or subtract) the contribution of the facts matching ``where`` to the rollups."""
-        counters = [*COUNTERS, *DAY_COLUMNS]
-        self._upsert(R, _rollup_select(where, plus=plus, minus=minus, days=days), counters, ROLLUP_KEY)
-        if days:
-            over = (
-                select(*FACT_KEY, F.reply_workdays, func.sum(days))
-                .where(where, F.reply_workdays >= ROLLUP_DAYS)
-                .group_by(*FACT_KEY, F.reply_workdays)
+    def run(self, pieces: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+        """Execute statements; on PostgreSQL up to ``COMBINED_STATEMENTS`` as one, each in a
+        WITH clause (they touch different tables; one round trip instead of several)."""
+        cursor = self.cursor()
+        if self.dialect == "postgresql" and 1 < len(pieces) <= COMBINED_STATEMENTS:
+            ctes = ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(pieces[:-1]))
+            params = tuple(v for _, piece_params in pieces for v in piece_params)
+            cursor.execute(f"WITH {ctes} {pieces[-1][0]}", params)
+            return
+        for sql, piece_params in pieces:
+            cursor.execute(sql, piece_params)
+
+    def cursor(self) -> Any:
+        """A DB-API cursor on the session's connection, in its transaction: the ingest path's
+        statements are few and fixed, and SQLAlchemy's per-statement work was most of their cost."""
+        if self._cursor is None:
+            self._cursor = self.session.connection().connection.cursor()
+        return self._cursor
+
+    def _upsert_sql(
+        self, table: str, keys: Sequence[str], extra: Sequence[str], columns: Sequence[str], rows: int
+    ) -> str:
+        """``INSERT ... VALUES (...) x rows ... ON CONFLICT (keys) DO UPDATE SET c = c + excluded.c``,
+        built once per shape: composing and compiling it per event cost more than running it."""
+        cache_key = (self.dialect, table, tuple(keys), tuple(columns), rows)
+        sql = _UPSERT_SQL.get(cache_key)
+        if sql is None:
+            # Unquoted names (all plain lower-case words, none reserved) and an alias keep the
+            # statement short: psycopg caches its parse of statements up to 4 kB only.
+            mark = "%s" if self.dialect == "postgresql" else "?"
+            names = ", ".join((*keys, *extra, *columns))
+            row = "(" + ", ".join([mark] * (len(keys) + len(extra) + len(columns))) + ")"
+            updates = ", ".join(f"{c} = t.{c} + excluded.{c}" for c in columns)
+            sql = (
+                f"INSERT INTO {table} AS t ({names}) VALUES {', '.join([row] * rows)} "
+                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
             )
-            self._upsert(RD, over, ["n"], [*ROLLUP_KEY, "days"])
-
-    def _roll_case(self, case_id: str, sign: int) -> None:
-        """Add (1) or subtract (-1) one fact's contribution as of its rolled_at, on the ingest path.
-
-        The two statements are big (a CASE per counter and day); building and compiling them per
-        event cost more than running them, so each is compiled once per dialect and sign.
-        """
-        dialect = self.session.get_bind().dialect
-        key = (dialect.name, sign)
-        cached = _ROLL_SQL.get(key)
-        if cached is None:
-            this = F.case_id == bindparam("roll_case_id", value="")
-            statements = []
-            for table, query, values, keys in (
-                (R, _rollup_select(this, plus=F.rolled_at if sign > 0 else None,
-                                   minus=F.rolled_at if sign < 0 else None, days=sign),
-                 [*COUNTERS, *DAY_COLUMNS], ROLLUP_KEY),
-                (RD, select(*FACT_KEY, F.reply_workdays, func.sum(sign)).where(
-                    this, F.reply_workdays >= ROLLUP_DAYS).group_by(*FACT_KEY, F.reply_workdays),
-                 ["n"], [*ROLLUP_KEY, "days"]),
-            ):  # fmt: skip
-                stmt = self._insert(table).from_select([*keys, *values], query)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=list(keys), set_={c: table.c[c] + stmt.excluded[c] for c in values}
-                )
-                compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-                statements.append((compiled.string, compiled.positiontup, dict(compiled.params)))
-            cached = _ROLL_SQL[key] = statements
-        connection = self.session.connection()
-        for sql, positions, defaults in cached:
-            params = {**defaults, "roll_case_id": case_id}
-            if positions is not None:
-                connection.exec_driver_sql(sql, tuple(params[name] for name in positions))
-            else:
-                connection.exec_driver_sql(sql, params)
+            if len(_UPSERT_SQL) > 4096:
+                _UPSERT_SQL.clear()
+            _UPSERT_SQL[cache_key] = sql
+        return sql
 
     def roll_forward(self, *, as_of: datetime, limit: int = 5000) -> int:
         """Re-count as of ``as_of`` the facts one of whose windows closed since they were rolled.
@@ -250,51 +424,155 @@ class SqlWarehouse:
         the same facts), it only keeps that correction small. Returns the facts rolled.
         """
         t = to_utc(as_of)
-        rows = self.session.execute(
-            select(F.case_id, F.accept_due, F.handling_due, F.rating_default_at)
-            .where(F.next_window_at < t)
-            .order_by(F.next_window_at)
-            .limit(limit)
-            .with_for_update()
-        ).all()
+        rows = (
+            self.session.execute(
+                select(*FACT_COLUMNS)
+                .where(F.next_window_at < t)
+                .order_by(F.next_window_at)
+                .limit(limit)
+                .with_for_update()
+            )
+            .mappings()
+            .all()
+        )
         if not rows:
             return 0
-        ids = [r[0] for r in rows]
-        self._roll(F.case_id.in_(ids), plus=t, minus=F.rolled_at, days=0)
-        for case_id, accept_due, handling_due, rating_default_at in rows:
-            window = next_window(t, [accept_due, handling_due, rating_default_at])
-            self.session.execute(update(F).where(F.case_id == case_id).values(rolled_at=t, next_window_at=window))
+        delta = RollupDelta()
+        moves = []
+        for row in rows:
+            fact = _fact_of(row)
+            delta.add(fact, t, 1, days=False, daily=False)
+            delta.add(fact, row["rolled_at"], -1, days=False, daily=False)
+            window = next_window(t, [fact.accept_due, fact.handling_due, fact.rating_default_at])
+            moves.append({"b_case_id": fact.case_id, "b_rolled_at": t, "b_window": window})
+        delta.apply(self)
+        table = FACT_TABLE
+        # Core executemany (one prepared statement, pipelined), not the ORM's per-row bulk update.
+        self.session.connection().execute(
+            update(table)
+            .where(table.c.case_id == bindparam("b_case_id"))
+            .values(rolled_at=bindparam("b_rolled_at"), next_window_at=bindparam("b_window")),
+            moves,
+        )
         return len(rows)
 
     def rebuild_rollups(self) -> None:
-        """Recompute every rollup row from the facts (after a bulk load or a refold)."""
-        self.session.execute(RD.delete())
-        self.session.execute(R.delete())
-        self._roll(F.rolled_at.is_not(None), plus=F.rolled_at, minus=None, days=1)
+        """Recompute every derived table from the facts, set-based (after a bulk load, to repair
+        after editing facts by hand, or when a migration changes their shape)."""
+        for table in (DC, RD, RR, R):
+            self.session.execute(table.delete())
+        rolled = F.rolled_at.is_not(None)
+        query = _rollup_select(rolled, plus=F.rolled_at, minus=None, days=1)
+        self.session.execute(R.insert().from_select([*ROLLUP_KEY, *COUNTERS, *DAY_COLUMNS], query))
+        over = (
+            select(*FACT_KEY, F.reply_workdays, func.count())
+            .where(rolled, F.reply_workdays >= ROLLUP_DAYS)
+            .group_by(*FACT_KEY, F.reply_workdays)
+        )
+        self.session.execute(RD.insert().from_select([*ROLLUP_KEY, "days", "n"], over))
+        # Region rollups from the detailed ones: per tier, the region's code and its child's.
+        for tier_name, child_name in (
+            ("province_code", "city_code"),
+            ("city_code", "county_code"),
+            ("county_code", None),
+        ):
+            child: Any = R.c[child_name] if child_name else literal("")
+            region_query = (
+                select(
+                    R.c.stat_month, R.c[tier_name], child, R.c.category, R.c.channel,
+                    *[func.sum(R.c[c]) for c in ROLLUP_VALUES],
+                )
+                .where(R.c[tier_name] != "")
+                .group_by(R.c.stat_month, R.c[tier_name], *([child] if child_name else []), R.c.category, R.c.channel)
+            )  # fmt: skip
+            self.session.execute(RR.insert().from_select([*REGION_ROLLUP_KEY, *ROLLUP_VALUES], region_query))
+        day = self._day_expression(F.submitted_at)
+        daily = select(
+            day, F.region_code, F.category, func.max(F.province_code), func.max(F.city_code),
+            func.max(F.county_code), func.count(),
+        ).group_by(day, F.region_code, F.category)  # fmt: skip
+        self.session.execute(
+            DC.insert().from_select(
+                ["day", "region_code", "category", "province_code", "city_code", "county_code", "n"], daily
+            )
+        )
 
-    def rollups_usable(self, as_of: datetime) -> bool:
-        """Rollups answer only as of a moment no earlier than every fact's ``rolled_at``."""
-        latest = self.session.scalar(select(func.max(F.rolled_at)))
-        return latest is None or to_utc(as_of) >= to_utc(latest)
+    def _day_expression(self, column: Any) -> Any:
+        """The UTC calendar day of a timestamp column (SQLite keeps UTC text, PostgreSQL timestamptz)."""
+        if self.dialect == "postgresql":
+            return cast(func.timezone("UTC", column), Date)
+        return func.date(column)
+
+    def refresh_planner_statistics(self) -> list[str]:
+        """ANALYZE the warehouse tables that changed by more than a tenth since their last ANALYZE.
+
+        PostgreSQL's autovacuum does the same when it is on (the default); this keeps plans right
+        where it is off, and on SQLite, which has no background ANALYZE at all. Returns the tables
+        analysed."""
+        names = [CaseFactRow.__tablename__, R.name, RR.name, RD.name, DC.name]
+        stale: list[str] = []
+        if self.dialect == "postgresql":
+            rows = self.session.execute(
+                text(
+                    "SELECT relname, n_live_tup, n_mod_since_analyze, last_analyze, last_autoanalyze "
+                    "FROM pg_stat_user_tables WHERE schemaname = current_schema() AND relname = ANY(:names)"
+                ),
+                {"names": names},
+            )
+            for name, live, modified, analysed, auto in rows:
+                never = analysed is None and auto is None
+                if (never and (live or modified)) or modified > 0.1 * live + 1000:
+                    stale.append(name)
+            for name in stale:
+                self.session.execute(text(f'ANALYZE "{name}"'))
+            return stale
+        # sqlite_stat1.stat starts with the table's row count at the last ANALYZE.
+        known: dict[str, int] = {}
+        if self.session.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'")).first():
+            query = text("SELECT tbl, max(CAST(stat AS INTEGER)) FROM sqlite_stat1 GROUP BY tbl")
+            known = {str(r[0]): int(r[1] or 0) for r in self.session.execute(query)}
+        for name in names:
+            rows_now = self.session.scalar(text(f'SELECT max(rowid) FROM "{name}"')) or 0
+            before = known.get(name, 0)
+            if rows_now > 1.1 * before + 1000:
+                stale.append(name)
+        if stale:
+            # Sampled statistics (SQLite >= 3.32): enough for the planner, seconds instead of minutes.
+            self.session.execute(text("PRAGMA analysis_limit = 1000"))
+            for name in stale:
+                self.session.execute(text(f'ANALYZE "{name}"'))
+        return stale
 
     # ------------------------------------------------------------------ ingestion
 
-    def _insert(self, table: Any) -> Any:
-        dialect = self.session.get_bind().dialect.name
-        return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    # The statements of the ingest path are plain SQL built once per dialect: composing and
+    # compiling them per event through the expression language cost more than running them.
+
+    def _sql(self, name: str) -> str:
+        key = (self.dialect, name)
+        sql = _INGEST_SQL.get(key)
+        if sql is None:
+            sql = _INGEST_SQL[key] = _ingest_sql(name, postgres=self.dialect == "postgresql")
+        return sql
 
     def record_event(self, event: CaseEvent, *, source: str, body: bytes) -> bool:
-        stmt = (
-            self._insert(CaseEventRow.__table__)
-            .values(case_id=event.case_id, version=event.version, event_type=event.kind, source=source, body=body)
-            .on_conflict_do_nothing()
-            .returning(CaseEventRow.case_id)
-        )
-        return self.session.execute(stmt).scalar_one_or_none() is not None
+        """Keep the event; False when (case_id, version, kind) was already there.
+
+        On PostgreSQL the same statement first takes a per-case transaction lock: events of one
+        case are folded one at a time, and the one waiting sees this one's event once it goes on
+        (SQLite writers are serialised by BEGIN IMMEDIATE anyway)."""
+        params: tuple[Any, ...] = (event.case_id, event.version, event.kind, source, body)
+        if self.dialect == "postgresql":
+            params = (event.case_id, *params)
+        cursor = self.cursor()
+        cursor.execute(self._sql("record_event"), params)
+        return cursor.fetchone() is not None
 
     def events_of(self, case_id: str) -> list[CaseEvent]:
         out: list[CaseEvent] = []
-        for body in self.session.scalars(select(CaseEventRow.body).where(CaseEventRow.case_id == case_id)):
+        cursor = self.cursor()
+        cursor.execute(self._sql("events_of"), (case_id,))
+        for (body,) in cursor.fetchall():
             env = events_pb2.EventEnvelope()
             env.ParseFromString(body)
             event = to_case_event(env)
@@ -303,24 +581,29 @@ class SqlWarehouse:
         return out
 
     def save_fact(self, fact: CaseFact) -> None:
-        """Upsert the fact and move its rollup contribution in the same transaction."""
-        if self.session.get_bind().dialect.name == "postgresql":
-            # Two events of one case in parallel must not both subtract the same old contribution.
-            self.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": fact.case_id})
+        """Upsert the fact and move its contribution to the derived tables in the same transaction:
+        the old row's counters as of its rolled_at out, the new ones as of now in."""
         now = to_utc(self.clock())
-        self._roll_case(fact.case_id, -1)
+        postgres = self.dialect == "postgresql"
+        cursor = self.cursor()
+        # FOR UPDATE: the stats-rollup timer must not roll this row between this read and the upsert.
+        cursor.execute(self._sql("fact_row"), (fact.case_id,))
+        old = cursor.fetchone()
+        delta = RollupDelta()
+        if old is not None:
+            row = self._fact_row(old)
+            delta.add(_fact_of(row), row["rolled_at"], -1)
+        delta.add(fact, now, 1)
         values = _fact_values(fact)
         values["rolled_at"] = now
         values["next_window_at"] = next_window(now, [fact.accept_due, fact.handling_due, fact.rating_default_at])
-        stmt = self._insert(CaseFactRow.__table__).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["case_id"], set_={k: v for k, v in values.items() if k != "case_id"}
-        )
-        self.session.execute(stmt)
-        self._roll_case(fact.case_id, 1)
+        params = [values[name] for name in FACT_ROW_COLUMNS]
+        if not postgres:
+            params = [_sqlite_value(v) for v in params]
+        delta.apply(self, first=(self._sql("save_fact"), tuple(params)))
 
     def save_text(self, case_id: str, text: str) -> None:
-        stmt = self._insert(CaseTextRow.__table__).values(case_id=case_id, text=text).on_conflict_do_nothing()
+        stmt = self.insert(CaseTextRow.__table__).values(case_id=case_id, text=text).on_conflict_do_nothing()
         self.session.execute(stmt)
 
     def fact(self, case_id: str) -> CaseFactRow | None:
@@ -328,78 +611,158 @@ class SqlWarehouse:
 
     # ------------------------------------------------------------------ queries
 
-    def aggregate(self, where: Slice, *, as_of: datetime, group_by: str | None) -> dict[str, Aggregates]:
+    def aggregate(
+        self, where: Slice, *, as_of: datetime, group_by: str | None, metrics: Sequence[str] | None = None
+    ) -> dict[str, Aggregates]:
         """Counts per group: from the rollups for whole statistical months, else from the facts."""
         rollup_groups = group_by in (None, "unit", "category", "channel") or (
             group_by == "child" and where.tier in ROLLUP_CHILD
         )
-        if where.months and rollup_groups and self.rollups_usable(as_of):
-            return self.aggregate_rollups(where, as_of=as_of, group_by=group_by)
+        if where.months and rollup_groups:
+            got = self.aggregate_rollups(where, as_of=as_of, group_by=group_by, metrics=metrics)
+            if got is not None:
+                return got
         return self.aggregate_facts(where, as_of=as_of, group_by=group_by)
 
-    def aggregate_rollups(self, where: Slice, *, as_of: datetime, group_by: str | None) -> dict[str, Aggregates]:
-        t = to_utc(as_of)
-        conditions = _rollup_conditions(R, where)
-        columns = {"unit": "unit_id", "category": "category", "channel": "channel"}
-        group: Any = None
-        if group_by == "child":
-            group = ROLLUP_CHILD[where.tier]
-        elif group_by is not None:
-            group = R.c[columns[group_by]]
-        sums = [func.coalesce(func.sum(R.c[n]), 0).label(n) for n in (*COUNTERS, *DAY_COLUMNS)]
-        query = select(*([group.label("key")] if group is not None else []), *sums).where(*conditions)
-        if group is not None:
-            query = query.group_by(group)
-        out: dict[str, Aggregates] = {}
-        for row in self.session.execute(query).mappings():
-            agg = out.setdefault(str(row["key"] or "") if group is not None else "", Aggregates())
-            for counter in COUNTERS:
-                setattr(agg, counter, int(row[counter] or 0))
-            for k, column in enumerate(DAY_COLUMNS):
-                if row[column]:
-                    agg.reply_days[k] = int(row[column])
-        # The rare replies after ROLLUP_DAYS working days, by exact day.
-        over_group: Any = RD.c[group.name] if group is not None else None
-        over_conditions = _rollup_conditions(RD, where)
-        over = select(*([over_group] if over_group is not None else []), RD.c.days, func.sum(RD.c.n)).where(
-            *over_conditions
+    def _fact_row(self, values: Sequence[Any]) -> dict[str, Any]:
+        """A raw ``FACT_ROW_COLUMNS`` row as a dict, datetimes as UTC datetimes on both backends."""
+        row = dict(zip(FACT_ROW_COLUMNS, values, strict=True))
+        if self.dialect != "postgresql":
+            for name in DATETIME_COLUMNS:
+                if row[name] is not None:
+                    row[name] = datetime.fromisoformat(row[name]).replace(tzinfo=UTC)
+        return row
+
+    def facts_to_correct(self, as_of: datetime) -> list[dict[str, Any]] | None:
+        """Facts whose rollup contribution differs from their counters as of ``as_of``: a window
+        closed since they were rolled (``next_window_at < as_of``), or they were rolled after
+        ``as_of``. Both by their own index; None when more than ``STALE_LOOKUP``."""
+        t: Any = to_utc(as_of)
+        if self.dialect != "postgresql":
+            t = _sqlite_value(t)
+        cursor = self.cursor()
+        found: list[dict[str, Any]] = []
+        for name in ("stale_facts", "later_facts"):
+            cursor.execute(self._sql(name), (t, STALE_LOOKUP + 1 - len(found)))
+            found.extend(self._fact_row(r) for r in cursor.fetchall())
+            if len(found) > STALE_LOOKUP:
+                return None
+        return found
+
+    def aggregate_rollups(
+        self, where: Slice, *, as_of: datetime, group_by: str | None, metrics: Sequence[str] | None = None
+    ) -> dict[str, Aggregates] | None:
+        """Whole statistical months from the rollups, corrected to ``as_of`` with the few facts
+        whose contribution is not as of then; None when there are too many (read the facts).
+        With ``metrics``, only the counters they read are summed (see ``handlers.WarehouseUnitOfWork``)."""
+        stale = self.facts_to_correct(as_of)
+        if stale is None:
+            return None
+        wanted = list(range(N_COUNTERS))
+        days = True
+        if metrics is not None:
+            needed = {"received", *(c for m in metrics for c in METRIC_COUNTERS.get(m, COUNTERS))}
+            wanted = [i for i, c in enumerate(COUNTERS) if c in needed]
+            days = any(m in REPLY_DAY_METRICS for m in metrics)
+        columns = [COUNTERS[i] for i in wanted] + (list(DAY_COLUMNS) if days else [])
+        months = list(where.months)
+        tier_name = TIER_NAME[where.tier]
+        # The fact attribute a group is keyed by (for the corrections) and the rollup column.
+        fact_group = {None: None, "unit": "unit_id", "category": "category", "channel": "channel"}.get(
+            group_by, ROLLUP_CHILD.get(where.tier) if group_by == "child" else None
         )
-        over = over.group_by(*([over_group] if over_group is not None else []), RD.c.days)
-        for over_row in self.session.execute(over):
-            name = str(over_row[0] or "") if group is not None else ""
-            days, count = (over_row[1], over_row[2]) if group is not None else (over_row[0], over_row[1])
-            if count:
-                agg = out.setdefault(name, Aggregates())
-                agg.reply_days[int(days)] = agg.reply_days.get(int(days), 0) + int(count)
-        # Facts one of whose windows closed between their rolled_at and as_of: count them as of as_of.
-        fact_group = _group_column(where, group_by)
-        # Look the stale facts up by next_window_at alone first: with the slice's conditions the
-        # planners prefer the region index and would scan the whole month. Normally (the
-        # stats-rollup timer running) there are none or a few; past STALE_LOOKUP, one query.
-        stale_ids = list(self.session.scalars(select(F.case_id).where(F.next_window_at < t).limit(STALE_LOOKUP + 1)))
-        if not stale_ids:
-            return {k: v for k, v in out.items() if v.received} or ({"": Aggregates()} if group is None else {})
-        stale_where = F.case_id.in_(stale_ids) if len(stale_ids) <= STALE_LOOKUP else F.next_window_at < t
-        stale = _rollup_select(
-            and_(*slice_conditions(where), stale_where), plus=t, minus=F.rolled_at, days=0
-        ).subquery()
-        fix_key: Any = stale.c[fact_group.name] if fact_group is not None else None
-        fix = select(*([fix_key] if fix_key is not None else []), *[func.sum(stale.c[n]) for n in COUNTERS])
-        if fix_key is not None:
-            fix = fix.group_by(fix_key)
-        for fix_row in self.session.execute(fix):
-            name = str(fix_row[0] or "") if fact_group is not None else ""
-            deltas = fix_row[1:] if fact_group is not None else fix_row
-            if all(d is None for d in deltas):
+        filters = [(name, value) for name, value in (("category", where.category), ("channel", where.channel)) if value]
+        if where.unit_id or group_by == "unit":
+            # Units: the detailed rollups (a few rows per unit, category and channel of the region).
+            table, group, region_column = R.name, fact_group, tier_name
+            if where.unit_id:
+                filters.insert(0, ("unit_id", where.unit_id))
+        else:
+            # Regions: a region's own rows in the region rollups, at most its children x
+            # categories x channels per month whatever the number of cases.
+            table, region_column = RR.name, "region_code"
+            group = ("child_code" if group_by == "child" else fact_group) if fact_group else None
+        out: dict[str, Aggregates] = {}
+        cursor = self.cursor()
+        params = (where.region_code, *months, *(value for _, value in filters))
+        sql = self._sum_sql(table, region_column, len(months), [n for n, _ in filters], group, columns)
+        cursor.execute(sql, params)
+        offset = 1 if group else 0
+        n_wanted = len(wanted)
+        for row in cursor.fetchall():
+            agg = out.setdefault(str(row[0] or "") if group else "", Aggregates())
+            values = row[offset:]
+            for j, i in enumerate(wanted):
+                if values[j]:
+                    setattr(agg, COUNTERS[i], getattr(agg, COUNTERS[i]) + int(values[j]))
+            if days:
+                for k in range(ROLLUP_DAYS):
+                    if values[n_wanted + k]:
+                        agg.reply_days[k] = agg.reply_days.get(k, 0) + int(values[n_wanted + k])
+        # The rare replies after ROLLUP_DAYS working days, by exact day. (Same filters: a unit
+        # filter took the detailed branch, which added it to them.)
+        if days:
+            sql = self._sum_sql(
+                RD.name, tier_name, len(months), [n for n, _ in filters], fact_group, ("n",), by_days=True
+            )
+            cursor.execute(sql, params)
+            over_offset = 1 if fact_group else 0
+            for over_row in cursor.fetchall():
+                name = str(over_row[0] or "") if fact_group else ""
+                day, count = int(over_row[over_offset]), over_row[over_offset + 1]
+                if count:
+                    agg = out.setdefault(name, Aggregates())
+                    agg.reply_days[day] = agg.reply_days.get(day, 0) + int(count)
+        # Facts whose counters as of as_of differ from what they added: add the difference.
+        month_set = set(months)
+        for fact_row in stale:
+            if fact_row[tier_name] != where.region_code or fact_row["stat_month"] not in month_set:
                 continue
-            agg = out.setdefault(name, Aggregates())
-            for counter, delta in zip(COUNTERS, deltas, strict=True):
-                setattr(agg, counter, getattr(agg, counter) + int(delta or 0))
+            if any(value and fact_row[name] != value for name, value in (
+                ("unit_id", where.unit_id), ("category", where.category), ("channel", where.channel)
+            )):  # fmt: skip
+                continue
+            fact = _fact_of(fact_row)
+            now_counts = counters(fact, as_of)
+            then_counts = counters(fact, fact_row["rolled_at"])
+            if now_counts == then_counts:
+                continue
+            agg = out.setdefault(str(fact_row[fact_group] or "") if fact_group else "", Aggregates())
+            for i in wanted:
+                setattr(agg, COUNTERS[i], getattr(agg, COUNTERS[i]) + now_counts[i] - then_counts[i])
         # Keys whose facts all moved elsewhere keep a row of zeros; the facts would show no group.
         out = {k: v for k, v in out.items() if v.received}
         if group is None and not out:
             out[""] = Aggregates()
         return out
+
+    def _sum_sql(
+        self,
+        table: str,
+        region_column: str,
+        months: int,
+        filters: Sequence[str],
+        group: str | None,
+        values: Sequence[str],
+        *,
+        by_days: bool = False,
+    ) -> str:
+        """``SELECT [group,] [days,] sum(v)... FROM table WHERE region = ? AND stat_month IN (?...)
+        AND filter = ?... [GROUP BY ...]``, built once per shape (78 sums composed per query
+        through the expression language cost more than the query)."""
+        cache_key = (self.dialect, table, region_column, months, tuple(filters), group, by_days, tuple(values))
+        sql = _SUM_SQL.get(cache_key)
+        if sql is None:
+            mark = "%s" if self.dialect == "postgresql" else "?"
+            keys = [c for c in (group, "days" if by_days else None) if c]
+            conditions = [f"{region_column} = {mark}", f"stat_month IN ({', '.join([mark] * months)})"]
+            conditions += [f"{name} = {mark}" for name in filters]
+            sql = (
+                f"SELECT {', '.join([*keys, *(f'sum({v})' for v in values)])} FROM {table} "
+                f"WHERE {' AND '.join(conditions)}" + (f" GROUP BY {', '.join(keys)}" if keys else "")
+            )
+            _SUM_SQL[cache_key] = sql
+        return sql
 
     def aggregate_facts(self, where: Slice, *, as_of: datetime, group_by: str | None) -> dict[str, Aggregates]:
         preds = predicates(as_of)
@@ -435,12 +798,49 @@ class SqlWarehouse:
         query = select(F.case_id).where(*slice_conditions(where), condition).order_by(F.case_id).limit(limit)
         return list(self.session.scalars(query))
 
-    def sightings(self, where: Slice) -> list[CaseSighting]:
-        query = select(F.case_id, F.region_code, F.category, F.submitted_at).where(*slice_conditions(where))
-        return [
-            CaseSighting(case_id=r[0], region_code=r[1], category=r[2], submitted_at=to_utc(r[3]))
-            for r in self.session.execute(query)
-        ]
+    def hotspot_counts(
+        self, where: Slice, *, baseline_start: datetime, window_start: datetime, end: datetime
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        """Cases per (region, category) submitted in [window_start, end) and in [baseline_start,
+        window_start): whole UTC days from the daily counts, the pieces of days at the ends from
+        the facts (an index range of less than a day each)."""
+        recent: dict[tuple[str, str], int] = {}
+        before: dict[tuple[str, str], int] = {}
+        tier_name = TIER_NAME[where.tier]
+        for target, start, stop in ((before, baseline_start, window_start), (recent, window_start, end)):
+            days, pieces = _day_split(to_utc(start), to_utc(stop))
+            queries: list[Any] = []
+            if days is not None:
+                queries.append(
+                    select(DC.c.region_code, DC.c.category, func.sum(DC.c.n))
+                    .where(DC.c[tier_name] == where.region_code, DC.c.day >= days[0], DC.c.day < days[1])
+                    .group_by(DC.c.region_code, DC.c.category)
+                )
+            for a, b in pieces:
+                queries.append(
+                    select(F.region_code, F.category, func.count())
+                    .where(TIER_COLUMN[where.tier] == where.region_code, F.submitted_at >= a, F.submitted_at < b)
+                    .group_by(F.region_code, F.category)
+                )
+            for query in queries:
+                for region, category, count in self.session.execute(query):
+                    if count:
+                        cell = (str(region), str(category))
+                        target[cell] = target.get(cell, 0) + int(count)
+        return recent, before
+
+    def window_cases(
+        self, *, region_code: str, tier: Tier, category: str, start: datetime, end: datetime
+    ) -> list[tuple[str, datetime]]:
+        """(case id, submitted_at) of one hotspot cell's cases in [start, end)."""
+        query = select(F.case_id, F.submitted_at).where(
+            TIER_COLUMN[tier] == region_code,
+            F.region_code == region_code,
+            F.category == category,
+            F.submitted_at >= to_utc(start),
+            F.submitted_at < to_utc(end),
+        )
+        return [(r[0], to_utc(r[1])) for r in self.session.execute(query)]
 
     def texts(self, case_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}

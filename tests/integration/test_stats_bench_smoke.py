@@ -10,9 +10,16 @@ from services.common.regions import RegionTree
 
 def test_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     tree = RegionTree.load()
-    assert bench_ingest(f"sqlite:///{tmp_path / 'ingest.db'}", 12, tree) > 0
-    _, latency, per_month = bench_queries(
+    ingest = bench_ingest(f"sqlite:///{tmp_path / 'ingest.db'}", 12, tree)
+    assert ingest.events_per_s > 0 and ingest.cpu_ms_per_event > 0
+    run = bench_queries(
         f"sqlite:///{tmp_path / 'query.db'}", cases=2000, months=["2026-09", "2026-10"], queries=2, tree=tree, seed=1
     )
-    assert set(latency) == {"province", "city", "county"}
-    assert 500 < per_month < 1500  # about half of 2,000 cases in each of two months
+    assert {"metrics province", "metrics city", "metrics county", "rank units city", "hotspots province"} <= set(
+        run.latency
+    )
+    assert all(
+        n == 2 or label in ("drill-down province", "baseline: facts province")
+        for label, (_, _, n) in run.latency.items()
+    )
+    assert 500 < run.per_month < 1500  # about half of 2,000 cases in each of two months
