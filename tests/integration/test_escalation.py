@@ -229,16 +229,20 @@ def test_a_countys_supervision_record_is_visible_at_the_city(city_and_county: tu
     city, county = city_and_county
     case_id = submit(county)
     wait_until(lambda: work_orders(county, case_id), 10, "the county's work order")
-    issued = routing(county).Supervise(
-        pb.SuperviseRequest(
-            case_id=case_id,
-            actor="supervisor-9",
-            level="supervise",
-            demand="三日内书面报告处理结果",
-            due_at=to_timestamp(datetime(2026, 12, 20, tzinfo=UTC)),
-        ),
-        timeout=5,
-    ).supervision
+    issued = (
+        routing(county)
+        .Supervise(
+            pb.SuperviseRequest(
+                case_id=case_id,
+                actor="supervisor-9",
+                level="supervise",
+                demand="三日内书面报告处理结果",
+                due_at=to_timestamp(datetime(2026, 12, 20, tzinfo=UTC)),
+            ),
+            timeout=5,
+        )
+        .supervision
+    )
 
     def listed_at_city() -> list[pb.Supervision]:
         reply = routing(city).ListSupervisions(pb.ListSupervisionsRequest(case_id=case_id), timeout=5)
