@@ -1,0 +1,184 @@
+"""`lianxin bench --quick` end to end on SQLite and PostgreSQL: every scenario, every figure beside a
+positive baseline, the table on stdout, progress on stderr, the JSON file, and clear errors for bad
+options. Figures are not judged here (never wall-clock in tests); bench/harness measures them.
+
+Both backends run at the same time as two `lianxin bench` processes: each spends most of its time
+starting node processes, so together they take about as long as one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from bench.harness.measure import Done, open_loop
+from services.cli import main
+
+SCENARIOS = {"intake", "propagation", "catchup", "stats"}
+# Rows per scenario: intake 4 at the target rate + 6 at saturation; 3 percentiles of propagation;
+# catch-up rate, total time, resume delay; 3 percentiles × 3 levels of stats.
+ROWS = {"intake": 10, "propagation": 3, "catch-up": 3, "stats": 9}
+
+
+def _lianxin() -> list[str]:
+    script = Path(sys.executable).with_name("lianxin")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "services.cli"]
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    report: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict[str, Run | str]:
+    """backend → its finished run, or the reason it could not run."""
+    out: dict[str, Run | str] = {}
+    backends: dict[str, list[str]] = {"sqlite": []}
+    try:
+        admin = request.getfixturevalue("postgres_admin_url")
+        backends["postgres"] = ["--pg-admin-url", admin]
+    except pytest.skip.Exception as skipped:  # fails instead under LIANXIN_REQUIRE_SERVICES=1
+        out["postgres"] = str(skipped)
+    started: dict[str, tuple[subprocess.Popen[str], Path]] = {}
+    for backend, extra in backends.items():
+        json_path = tmp_path_factory.mktemp(backend) / "bench.json"
+        process = subprocess.Popen(
+            [*_lianxin(), "bench", "--quick", "--backend", backend, "--json", str(json_path), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        started[backend] = (process, json_path)
+    for backend, (process, json_path) in started.items():
+        try:
+            stdout, stderr = process.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        report = json.loads(json_path.read_text(encoding="utf-8")) if json_path.exists() else {}
+        out[backend] = Run(process.returncode, stdout, stderr, report)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_quick_run_reports_every_scenario_beside_its_baseline(
+    backend: str, quick_runs: dict[str, Run | str], postgres_admin_url_or_none: str | None
+) -> None:
+    run = quick_runs[backend]
+    if isinstance(run, str):
+        pytest.skip(run)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = run.report
+    assert set(report["scenarios"]) == SCENARIOS
+    assert all("error" not in s["details"] for s in report["scenarios"].values())
+
+    rows = report["rows"]
+    for prefix, count in ROWS.items():
+        assert sum(1 for r in rows if r["scenario"].startswith(prefix)) == count, prefix
+    for row in rows:
+        assert row["value"] > 0 and row["baseline"] > 0 and row["ratio"] > 0, row
+        assert row["baseline_is"], row
+    assert {r["figure"] for r in rows} >= {"achieved rate", "rate", "latency p99", "catch-up rate", "province p99"}
+
+    # nothing lost on the way: every case reached the province, every piled-up event the parent
+    details = report["scenarios"]
+    assert details["propagation"]["details"]["never_seen_within_120s"] == 0
+    assert details["catchup"]["details"]["events"] >= 40
+    assert details["intake"]["details"]["submit_saturation"]["errors"] == 0
+
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1 and machine["cpu_model"] and machine["python"]
+    assert machine["git_commit"] and machine["database"]
+    assert report["backend"] == backend
+    assert report["command"][:4] == ["lianxin", "bench", "--backend", backend]
+
+    # the table on stdout, one line per phase on stderr (not a terminal: no redrawing)
+    lines = run.stdout.splitlines()
+    assert lines[0].split()[:3] == ["scenario", "figure", "value"]
+    for figure in ("achieved rate", "submit → at province p50", "catch-up rate", "county p99"):
+        assert any(figure in line for line in lines), figure
+    assert "\r" not in run.stderr
+    assert any(line.startswith("SubmitCase at 20/s") and "10/10" in line for line in run.stderr.splitlines())
+
+    if backend == "postgres":
+        assert report["databases"], "the PostgreSQL run created its databases"
+        assert postgres_admin_url_or_none is not None
+        engine = sa.create_engine(postgres_admin_url_or_none)
+        with engine.connect() as conn:
+            left = conn.execute(
+                sa.text("SELECT datname FROM pg_database WHERE datname = ANY(:names)"), {"names": report["databases"]}
+            ).all()
+        engine.dispose()
+        assert left == [], "the databases of the run are dropped"
+
+
+@pytest.fixture()
+def postgres_admin_url_or_none(request: pytest.FixtureRequest) -> str | None:
+    try:
+        return str(request.getfixturevalue("postgres_admin_url"))
+    except pytest.skip.Exception:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rate", "0"], "argument --rate: must be greater than 0, got 0"),
+        (["--duration", "-1"], "argument --duration: must be greater than 0"),
+        (["--concurrency", "two"], "argument --concurrency: expected a whole number, got 'two'"),
+        (["--only", "intake,warp"], "argument --only: unknown scenario 'warp' (choose from intake, propagation"),
+        (["--backend", "mysql"], "argument --backend: invalid choice: 'mysql'"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_option(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_open_loop_measures_from_the_scheduled_send_time() -> None:
+    """A server that answers nothing until the schedule is over: a client measuring from its own
+    (late) send would hide the wait; the open loop charges it to every request it delayed."""
+    held: list[Done] = []
+    lock = threading.Lock()
+    duration = 0.3
+
+    def release_after_schedule() -> None:
+        while True:
+            with lock:
+                if len(held) == 30:
+                    break
+            time.sleep(0.01)  # polling for the last request of the schedule
+        for done in held:
+            done(None)
+
+    def send(done: Done) -> None:
+        with lock:
+            held.append(done)
+
+    releaser = threading.Thread(target=release_after_schedule)
+    releaser.start()
+    sample = open_loop(send, rate=100, duration=duration)
+    releaser.join()
+    assert sample.count == 30 and sample.errors == 0
+    # the first request was scheduled at the start and answered after the whole schedule
+    assert max(sample.latencies) >= duration * 0.9
+    assert sample.ms(0.99) > sample.ms(0.01)
