@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lianxin.common.v1 import common_pb2
+from lianxin.events.v1 import events_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.crypto import cipher_from_env
@@ -21,8 +22,8 @@ from services.common.outbox import consume_once
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription
 from services.common.timeutil import from_timestamp
 from services.intake import handlers
-from services.intake.domain import CaseState
-from services.intake.handlers import HandlingChange, IntakeDeps
+from services.intake.domain import CaseState, registered_here
+from services.intake.handlers import HandlingChange, HandOffSeen, IntakeDeps
 from services.intake.models import inbox, outbox
 from services.intake.screening import Screen
 from services.intake.servicer import IntakeServicer
@@ -110,8 +111,24 @@ def _rate_limit() -> tuple[int, timedelta]:
     return int(count), timedelta(seconds=float(seconds or 3600))
 
 
-def _handling_change(event: BusEvent) -> HandlingChange | None:
-    env = decode(event)
+# Routing's events intake follows, from this node's routing and (source "exchange") replicated up
+# from the nodes below, where cases registered here may be handled after a hand-off down.
+HANDLING_EVENTS = ("work_order_created", "work_order_changed")
+HAND_OFF_EVENTS = ("case_handed_off",)
+# "exchange": replicas of the subtree's events (and hand-offs delivered down to this node), republished
+# on this node's bus; consume_once dedups by event id and old versions change nothing.
+SOURCES = ("routing", "exchange")
+
+
+def _hand_off(env: events_pb2.EventEnvelope) -> HandOffSeen:
+    hand_off = env.case_handed_off
+    return HandOffSeen(
+        case_id=env.case_id, version=env.version, to_node=hand_off.to_node, new_owner_epoch=hand_off.new_owner_epoch
+    )
+
+
+def _handling_change(event: BusEvent, env: events_pb2.EventEnvelope | None = None) -> HandlingChange | None:
+    env = env if env is not None else decode(event)
     at = from_timestamp(env.occurred_at)
     assert at is not None
     if event.event_type == "work_order_created":
@@ -125,6 +142,8 @@ def _handling_change(event: BusEvent) -> HandlingChange | None:
             work_order_id=created.work_order_id,
             unit_id=created.unit_id,
             at=at,
+            owner_node=env.owner_node,
+            owner_epoch=env.owner_epoch,
         )
     changed = env.work_order_changed
     to_state = None
@@ -138,6 +157,8 @@ def _handling_change(event: BusEvent) -> HandlingChange | None:
         work_order_id=changed.work_order_id,
         unit_id=changed.unit_id,
         at=at,
+        owner_node=env.owner_node,
+        owner_epoch=env.owner_epoch,
     )
 
 
@@ -256,12 +277,27 @@ def build(ctx: ServiceContext) -> ServiceParts:
     )
 
     def on_handling(event: BusEvent) -> None:
-        change = _handling_change(event)
+        env = decode(event)
+        if event.source != "routing" and not registered_here(env.case_id, node):
+            # A replica of the subtree's handling of a case registered elsewhere: nothing to follow here.
+            return
+        change = _handling_change(event, env)
         if change is None:
             return
 
         def apply(session: Any) -> None:
             handlers.apply_handling_change(change, SqlIntakeUnitOfWork(None, cipher, node, session=session))
+
+        consume_once(ctx.session_factory, inbox, "intake", event, apply)
+
+    def on_hand_off(event: BusEvent) -> None:
+        env = decode(event)
+        if not registered_here(env.case_id, node):
+            return
+        seen = _hand_off(env)
+
+        def apply(session: Any) -> None:
+            handlers.apply_hand_off(seen, SqlIntakeUnitOfWork(None, cipher, node, session=session))
 
         consume_once(ctx.session_factory, inbox, "intake", event, apply)
 
@@ -273,8 +309,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
             )
         ],
         subscriptions=[
-            Subscription("intake", "routing", "work_order_created", on_handling),
-            Subscription("intake", "routing", "work_order_changed", on_handling),
+            *(Subscription("intake", source, kind, on_handling) for source in SOURCES for kind in HANDLING_EVENTS),
+            *(Subscription("intake", source, kind, on_hand_off) for source in SOURCES for kind in HAND_OFF_EVENTS),
         ],
         session_factory=ctx.session_factory,
         outbox=outbox,

@@ -149,6 +149,9 @@ PUBLIC_MILESTONES: dict[str, str] = {
     "accept": "已受理 accepted",
     "refuse": "不予受理 not accepted",
     "hand_off": "已转送 transferred",
+    # Routing's actual labels for a hand-off to another node (交办/转送) and for 上报.
+    "transfer": "已转送 transferred",
+    "escalate_up": "已上报 escalated to the tier above",
     "extend": "已延期 handling extended",
     "approve_extension": "已延期 handling extended",
     "reply": "已答复 replied",
@@ -160,6 +163,24 @@ PUBLIC_MILESTONES: dict[str, str] = {
 
 def idempotency_key(channel: str, channel_ref: str | None) -> str | None:
     return f"{channel}:{channel_ref}" if channel_ref else None
+
+
+def registered_here(case_id: str, node: str) -> bool:
+    """Whether ``case_id`` was registered by this node's intake (case ids name their node, ``ids.format_case_id``).
+
+    Intake holds rows only for those, so replicas of other cases can be passed over unread.
+    """
+    return case_id.startswith(f"{node}-")
+
+
+def newer_owner(case: Case, owner_node: str, owner_epoch: int) -> Case:
+    """The case with ``owner_node`` as its owner when ``owner_epoch`` is newer than the one known, else as is.
+
+    Ownership moves only by hand-offs, each with a higher epoch, so the highest epoch seen names the owner.
+    """
+    if not owner_node or owner_epoch <= case.owner_epoch:
+        return case
+    return replace(case, owner_node=owner_node, owner_epoch=owner_epoch)
 
 
 @dataclass(frozen=True)
@@ -194,6 +215,24 @@ class ReviewRequested:
 class CaseWithdrawn:
     case: Case
     reason: str
+
+
+@dataclass(frozen=True)
+class EvaluationForOwner:
+    """A rating recorded here for a case another node owns, sent to that owner as a command (DESIGN §3).
+
+    ``command_id`` is derived from the evaluation id, so the same rating is one command however often it
+    is sent; ``owner_epoch_seen`` lets exchange retarget it when the case moved on since.
+    """
+
+    command_id: str
+    case_id: str
+    target_node: str
+    owner_epoch_seen: int
+    issuing_node: str
+    satisfaction: str
+    comment: str
+    at: datetime
 
 
 DomainEvent = CaseRegistered | CaseEvaluated | ReviewRequested | CaseWithdrawn

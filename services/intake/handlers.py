@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -36,12 +37,14 @@ from services.intake.domain import (
     CaseWithdrawn,
     Complainant,
     DomainEvent,
+    EvaluationForOwner,
     ReviewRequested,
     TimelineEntry,
     can_evaluate,
     can_request_review,
     can_withdraw,
     idempotency_key,
+    newer_owner,
 )
 from services.intake.screening import AttemptLimiter, Screen
 from services.intake.tracking import is_valid_tracking_code, new_tracking_code, normalise_tracking_code
@@ -114,6 +117,10 @@ class IntakeUnitOfWork(Protocol):
     ) -> None: ...
 
     def emit(self, event: DomainEvent) -> None: ...
+
+    def send_command(self, command: EvaluationForOwner) -> None:
+        """Queue a command for the case's owner node in this transaction (the outbox; exchange carries it)."""
+        ...
 
     def submit_lookup(
         self,
@@ -522,6 +529,20 @@ def _text(field_name: str, value: str, *, required: bool) -> str:
     return value
 
 
+# Command ids of evaluations sent to the owner: uuid5 of the evaluation id (one command per rating).
+EVALUATION_COMMANDS = uuid.UUID("6f1d1c1e-3a5b-5d0e-9c43-6c69616e7869")
+
+
+def evaluation_command_id(evaluation_id: str) -> str:
+    return str(uuid.uuid5(EVALUATION_COMMANDS, evaluation_id))
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    evaluation_id: str
+    forwarded_to: str  # the owner node the rating was sent to, "" when this node owns the case
+
+
 def evaluate_case(
     tracking_code: str,
     phone_last4: str,
@@ -530,8 +551,13 @@ def evaluate_case(
     comment: str,
     uow_factory: UnitOfWorkFactory,
     deps: IntakeDeps,
-) -> str:
-    """Record the citizen's rating of the latest reply; returns the evaluation id. Once per reply."""
+) -> Evaluated:
+    """Record the citizen's rating of the latest reply; returns its id and where it was sent. Once per reply.
+
+    When another node owns the case (handed down or escalated since it was registered here), the
+    rating is recorded here as always and, in the same transaction, sent to the owner as a command
+    (``evaluation_sent_to``), since the owner's routing is the one that closes or reopens the work order.
+    """
     if satisfaction not in SATISFACTIONS:
         raise InvalidArgument("satisfaction", "must be satisfied, basically satisfied or unsatisfied")
     comment = _text("comment", comment, required=False)
@@ -561,11 +587,38 @@ def evaluate_case(
             uow.save(changed, expected_version=case.version)
             uow.add_timeline(TimelineEntry(case.case_id, now, case.state, "已评价 rated"))
             uow.emit(CaseEvaluated(changed, satisfaction, comment))
+            command = evaluation_for_owner(changed, evaluation_id, comment, deps.node, now)
+            if command is not None:
+                uow.send_command(command)
             uow.commit()
     except (AlreadyExists, Conflict):
         # A concurrent rating of the same reply won.
         raise FailedPrecondition("this reply was already rated") from None
-    return evaluation_id
+    return Evaluated(evaluation_id, forwarded_to=command.target_node if command is not None else "")
+
+
+def evaluation_sent_to(case: Case, node: str) -> str:
+    """The node a rating given here is sent to: the known owner when it is not this node, else ""."""
+    return case.owner_node if case.owner_node and case.owner_node != node else ""
+
+
+def evaluation_for_owner(
+    case: Case, evaluation_id: str, comment: str, node: str, at: datetime
+) -> EvaluationForOwner | None:
+    """The command carrying a rating to the case's owner node; None when this node owns the case."""
+    target = evaluation_sent_to(case, node)
+    if not target:
+        return None
+    return EvaluationForOwner(
+        command_id=evaluation_command_id(evaluation_id),
+        case_id=case.case_id,
+        target_node=target,
+        owner_epoch_seen=case.owner_epoch,
+        issuing_node=node,
+        satisfaction=case.satisfaction,
+        comment=comment,
+        at=at,
+    )
 
 
 def request_review(
@@ -624,7 +677,12 @@ def withdraw_case(
 
 @dataclass(frozen=True)
 class HandlingChange:
-    """A fact from routing about the handling of a case (work order created or changed)."""
+    """A fact from routing about the handling of a case (work order created or changed).
+
+    From this node's routing or, replicated up by exchange, from the routing of a node below that
+    the case was handed down to. ``owner_node``/``owner_epoch`` are the emitting routing's (its
+    envelope's): the handling node and the epoch it holds the case with.
+    """
 
     case_id: str
     version: int
@@ -633,20 +691,30 @@ class HandlingChange:
     work_order_id: str
     unit_id: str
     at: datetime
+    owner_node: str = ""
+    owner_epoch: int = 0
 
 
 def apply_handling_change(change: HandlingChange, uow: IntakeUnitOfWork) -> bool:
-    """Follow routing's handling on the registered case: state, replies and the public timeline.
+    """Follow routing's handling on the registered case: state, replies, the public timeline, the owner.
 
     Events at or below the last routing version applied are old news (a redelivery or an
-    overtaken event) and change nothing. The case version becomes the highest seen, so intake's
-    own next event numbers after it. Cases registered at another node have no row here.
+    overtaken event) and change nothing but a newer owner. The case version becomes the highest
+    seen, so intake's own next event numbers after it. Cases registered at another node have no
+    row here. Routing numbers a case's events on from the hand-off that brought it, so the
+    handling node below continues the versions of the node that handed it down.
     """
     case = uow.get(change.case_id)
-    if case is None or change.version <= case.handling_version:
+    if case is None:
         return False
+    owned = newer_owner(case, change.owner_node, change.owner_epoch)
+    if change.version <= case.handling_version:
+        if owned is case:
+            return False
+        uow.save(owned, expected_version=case.version)
+        return True
     changed = replace(
-        case,
+        owned,
         state=change.to_state or case.state,
         version=max(case.version, change.version),
         handling_version=change.version,
@@ -660,6 +728,32 @@ def apply_handling_change(change: HandlingChange, uow: IntakeUnitOfWork) -> bool
     summary = PUBLIC_MILESTONES.get(change.action)
     if summary is not None:
         uow.add_timeline(TimelineEntry(case.case_id, change.at, changed.state, summary))
+    return True
+
+
+@dataclass(frozen=True)
+class HandOffSeen:
+    """Ownership of a case moved (交办 down, 上报 up, 转送): from this node's routing or replicated by exchange."""
+
+    case_id: str
+    version: int
+    to_node: str
+    new_owner_epoch: int
+
+
+def apply_hand_off(hand_off: HandOffSeen, uow: IntakeUnitOfWork) -> bool:
+    """Keep the registered case's owner current, so a rating given here reaches the node that owns it.
+
+    An older hand-off (epoch not above the known one) changes nothing; the handling itself (state,
+    timeline) follows from the work order events that come with the hand-off.
+    """
+    case = uow.get(hand_off.case_id)
+    if case is None:
+        return False
+    changed = newer_owner(case, hand_off.to_node, hand_off.new_owner_epoch)
+    if changed is case:
+        return False
+    uow.save(replace(changed, version=max(case.version, hand_off.version)), expected_version=case.version)
     return True
 
 

@@ -11,8 +11,17 @@ from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 
 from services.common.errors import InvalidArgument
 from services.common.logs import mask_id_number, mask_name, mask_phone
+from services.common.telemetry import inject_context
 from services.common.timeutil import from_timestamp, to_timestamp
-from services.intake.domain import Case, CaseEvaluated, CaseState, CaseWithdrawn, ReviewRequested, TimelineEntry
+from services.intake.domain import (
+    Case,
+    CaseEvaluated,
+    CaseState,
+    CaseWithdrawn,
+    EvaluationForOwner,
+    ReviewRequested,
+    TimelineEntry,
+)
 from services.intake.validation import Submission
 
 _CHANNEL_PREFIX = "CHANNEL_"
@@ -167,3 +176,22 @@ def review_requested(event: ReviewRequested) -> events_pb2.ReviewRequested:
 
 def case_withdrawn(event: CaseWithdrawn) -> events_pb2.CaseWithdrawn:
     return events_pb2.CaseWithdrawn(reason=event.reason)
+
+
+def evaluation_command(command: EvaluationForOwner) -> events_pb2.Command:
+    """The rating for the owner node (``Command.EvaluateCase``); like events, no personal data."""
+    message = events_pb2.Command(
+        command_id=command.command_id,
+        case_id=command.case_id,
+        target_node=command.target_node,
+        issuing_node=command.issuing_node,
+        owner_epoch_seen=command.owner_epoch_seen,
+        issued_at=_timestamp(command.at),
+        evaluate=events_pb2.Command.EvaluateCase(
+            satisfaction=satisfaction_value(command.satisfaction),  # type: ignore[arg-type]
+            comment=command.comment,
+            evaluated_at=_timestamp(command.at),
+        ),
+    )
+    message.trace_context.update(inject_context())
+    return message

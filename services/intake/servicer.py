@@ -139,7 +139,7 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
         )
 
     def EvaluateCase(self, request: intake_pb2.EvaluateCaseRequest, context: Any) -> intake_pb2.EvaluateCaseResponse:
-        evaluation_id = handlers.evaluate_case(
+        evaluated = handlers.evaluate_case(
             request.tracking_code,
             request.phone_last4,
             satisfaction=mapping.satisfaction_name(request.satisfaction),
@@ -148,7 +148,9 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             deps=self._deps,
         )
         self._after_commit()
-        return intake_pb2.EvaluateCaseResponse(evaluation_id=evaluation_id, forwarded_to_owner=False)
+        return intake_pb2.EvaluateCaseResponse(
+            evaluation_id=evaluated.evaluation_id, forwarded_to_owner=bool(evaluated.forwarded_to)
+        )
 
     def RequestReview(self, request: intake_pb2.RequestReviewRequest, context: Any) -> intake_pb2.RequestReviewResponse:
         decide_by = handlers.request_review(

@@ -39,7 +39,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.common.db import make_engine
 from services.common.errors import AlreadyExists, Conflict
 from services.common.events import envelope, to_bus_event, write_event
-from services.common.service import utc_now
+from services.common.outbox import append_event
+from services.common.service import BusEvent, utc_now
 from services.common.timeutil import to_utc
 from services.intake import dedup, mapping
 from services.intake.domain import (
@@ -51,6 +52,7 @@ from services.intake.domain import (
     CaseWithdrawn,
     Complainant,
     DomainEvent,
+    EvaluationForOwner,
     ReviewRequested,
     TimelineEntry,
 )
@@ -763,6 +765,8 @@ class SqlIntakeUnitOfWork:
             .values(
                 state=case.state.value,
                 version=case.version,
+                owner_node=case.owner_node,
+                owner_epoch=case.owner_epoch,
                 flags=",".join(case.flags),
                 updated_at=case.updated_at,
                 handling_version=case.handling_version,
@@ -807,6 +811,19 @@ class SqlIntakeUnitOfWork:
     def emit(self, event: DomainEvent) -> None:
         self.session.flush()
         write_event(self.session, outbox, self._envelope(event))
+
+    def send_command(self, command: EvaluationForOwner) -> None:
+        """An ``events.v1.Command`` on intake's outbox (event type "command"): exchange takes it to the owner."""
+        self.session.flush()
+        message = mapping.evaluation_command(command)
+        append_event(
+            self.session,
+            outbox,
+            BusEvent(
+                event_id=message.command_id, source="intake", event_type="command", body=message.SerializeToString()
+            ),
+            command.case_id,
+        )
 
     def _envelope(self, event: DomainEvent) -> events_pb2.EventEnvelope:
         case = event.case

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from google.protobuf.message import DecodeError
 from lianxin.common.v1 import common_pb2
+from lianxin.events.v1 import events_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from prometheus_client import Gauge
 
@@ -116,17 +118,33 @@ def build(ctx: ServiceContext) -> ServiceParts:
         escalated = hand_off.kind == ESCALATE_UP
         consume(event, lambda uow: handlers.on_case_arrived(case, uow, routing, now=ctx.clock(), escalated=escalated))
 
-    def on_case_evaluated(event: BusEvent) -> None:
-        env = decode(event)
-        rating = env.case_evaluated.satisfaction
+    def evaluated(event: BusEvent, case_id: str, rating: int, comment: str) -> None:
         satisfied = rating != common_pb2.SATISFACTION_UNSATISFIED
-        comment = env.case_evaluated.comment
         consume(
             event,
             lambda uow: handlers.on_case_evaluated(
-                env.case_id, satisfied=satisfied, comment=comment, uow=uow, routing=routing, now=ctx.clock()
+                case_id, satisfied=satisfied, comment=comment, uow=uow, routing=routing, now=ctx.clock()
             ),
         )
+
+    def on_case_evaluated(event: BusEvent) -> None:
+        env = decode(event)
+        evaluated(event, env.case_id, env.case_evaluated.satisfaction, env.case_evaluated.comment)
+
+    def on_command(event: BusEvent) -> None:
+        # A command exchange delivered here, the case's owner (docs/exchange.md "Commands"): a rating
+        # the citizen gave at the node that registered the case. Applied as a local rating is, once
+        # per command id (the inbox; the bus event id is the command id).
+        command = events_pb2.Command()
+        try:
+            command.ParseFromString(event.body)
+        except DecodeError:
+            log.warning("undecodable command ignored", extra={"node": node, "event_id": event.event_id})
+            return
+        if command.WhichOneof("body") != "evaluate" or not command.case_id:
+            return  # other commands (督办, review, withdrawal) are not routing's to apply here yet
+        evaluate = command.evaluate
+        evaluated(event, command.case_id, evaluate.satisfaction, evaluate.comment)
 
     def on_review_requested(event: BusEvent) -> None:
         env = decode(event)
@@ -191,6 +209,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             Subscription("routing", "intake", "case_registered", on_case_registered),
             Subscription("routing", "exchange", "case_handed_off", on_case_handed_off),
             Subscription("routing", "intake", "case_evaluated", on_case_evaluated),
+            Subscription("routing", "exchange", "command", on_command),
             Subscription("routing", "intake", "review_requested", on_review_requested),
             Subscription("routing", "exchange", "supervision_issued", on_supervision_replicated),
         ],
