@@ -155,7 +155,23 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         upgrade(engine, service)
         engine.dispose()
         print(f"{service}: migrated", flush=True)
+        if settings.amqp_uri and not args.no_broker:
+            print(f"{service}: {_declare_queues(settings, service)} event queues declared", flush=True)
     return 0
+
+
+def _declare_queues(settings: Settings, service: str) -> int:
+    """The service's durable event queues, so events published before its worker first starts are kept."""
+    from services.common.nameko_worker import declare_queues
+    from services.common.regions import RegionTree
+    from services.node import build_service
+
+    parts, engine = build_service(settings, service, regions=RegionTree.load(settings.regions_file))
+    try:
+        return len(declare_queues(parts, settings))
+    finally:
+        parts.close()
+        engine.dispose()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -232,8 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--timeout", type=float, default=10.0)
     call.set_defaults(func=cmd_call)
 
-    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate = sub.add_parser("migrate", help="apply database migrations and declare the event queues on the broker")
     migrate.add_argument("--service", choices=SERVICES)
+    migrate.add_argument(
+        "--no-broker",
+        action="store_true",
+        help="only the databases (by default, with LIANXIN_AMQP_URI, also the event queues)",
+    )
     migrate.set_defaults(func=cmd_migrate)
 
     # Each service may contribute operator commands (lianxin classify, lianxin report, ...) through

@@ -42,9 +42,12 @@ from typing import Any
 
 import eventlet
 from eventlet import patcher
+from kombu.connection import Connection
+from kombu.entity import Queue
 from nameko.constants import AMQP_URI_CONFIG_KEY, SERIALIZER_CONFIG_KEY
 from nameko.events import SERVICE_POOL, EventDispatcher, EventHandler
 from nameko.runners import ServiceRunner
+from nameko.standalone.events import get_event_exchange
 from nameko.timer import timer
 
 from services.common.outbox import Relay
@@ -156,6 +159,48 @@ def _unique(name: str, taken: dict[str, Any]) -> str:
     return candidate
 
 
+def handler_methods(parts: ServiceParts, taken: dict[str, Any] | None = None) -> list[tuple[str, Subscription]]:
+    """(method name, subscription) of every event handler of the worker class, in class order."""
+    names: dict[str, Any] = dict(taken or {})
+    out = []
+    for sub in parts.subscriptions:
+        method = _unique(f"on_{sub.source}__{sub.event_type}", names)
+        names[method] = sub
+        out.append((method, sub))
+    return out
+
+
+def declare_queues(parts: ServiceParts, settings: Settings) -> list[str]:
+    """Declare the worker's durable event queues and their bindings on the broker, as nameko would.
+
+    RabbitMQ drops an event that finds no queue, and a queue exists only once its consumer's worker
+    has started. Declaring them ahead (``lianxin migrate``, the deployment's first step) means a
+    producer that starts before a consumer loses nothing on a node's first start. The arguments are
+    exactly nameko's (service pool, reliable delivery), so the worker's own declaration agrees.
+    """
+    config = nameko_config(settings)
+    declared = []
+    with Connection(settings.amqp_uri) as connection:  # type: ignore[no-untyped-call]  # kombu is untyped
+        channel = connection.channel()
+        for method, sub in handler_methods(parts, taken=_RESERVED):
+            name = f"evt-{sub.source}-{sub.event_type}--{parts.name}.{method}"
+            queue = Queue(  # type: ignore[no-untyped-call]
+                name,
+                exchange=get_event_exchange(sub.source, config),
+                routing_key=sub.event_type,
+                durable=True,
+                auto_delete=False,
+                exclusive=False,
+            )
+            queue(channel).declare()  # type: ignore[no-untyped-call]
+            declared.append(name)
+    return declared
+
+
+# Members every worker class has before its handlers are named (build_worker_class).
+_RESERVED: dict[str, Any] = {"name": None, "__doc__": None, "dispatch": None, "relay_outbox": None}
+
+
 def build_worker_class(parts: ServiceParts, settings: Settings, *, handler_retry_delay_s: float = 1.0) -> type:
     """A nameko service class named ``parts.name`` that hosts the service's event side.
 
@@ -171,8 +216,7 @@ def build_worker_class(parts: ServiceParts, settings: Settings, *, handler_retry
     }
     if parts.session_factory is not None and parts.outbox is not None:
         namespace["relay_outbox"] = timer(interval=settings.relay_interval_s)(_relay_method(parts))
-    for sub in parts.subscriptions:
-        method = _unique(f"on_{sub.source}__{sub.event_type}", namespace)
+    for method, sub in handler_methods(parts, taken=namespace):
         namespace[method] = event_handler(
             sub.source,
             sub.event_type,
