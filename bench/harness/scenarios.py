@@ -12,7 +12,6 @@ import math
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 from sqlalchemy.sql.elements import quoted_name
 
+from bench.baselines import raw_insert_loop
 from bench.faults.proxy import TcpProxy
 from bench.harness.echo import METHOD as ECHO_METHOD
 from bench.harness.measure import Done, Sample, closed_loop, open_loop, sequential
@@ -105,28 +105,12 @@ class IntakeOptions:
 def raw_insert(url: str, *, clients: int, duration: float, progress: Progress, label: str) -> Sample:
     """Single-row INSERT + COMMIT loops through SQLAlchemy with the services' own engine settings."""
     engine = make_engine(url, service="bench", pool_size=max(5, clients), max_overflow=clients)
-    metadata = sa.MetaData()
-    table = sa.Table(
-        "bench_raw_insert",
-        metadata,
-        sa.Column("id", sa.String(40), primary_key=True),
-        sa.Column("body", sa.Text),
-        sa.Column("at", sa.DateTime(timezone=True)),
-    )
-    metadata.create_all(engine)
-    body = "嘉州大道路段路灯长期不亮，夜间出行不安全，请尽快维修。" * 3  # about a submission's size
-
-    def insert(client: int, n: int) -> None:
-        with engine.begin() as conn:
-            conn.execute(
-                table.insert().values(id=f"{client}-{n}-{uuid.uuid4().hex[:8]}", body=body, at=datetime.now(UTC))
-            )
-
+    insert, drop = raw_insert_loop(engine)
     try:
         with progress.phase(label, seconds=duration, unit="rows") as phase:
             return closed_loop(insert, clients=clients, duration=duration, phase=phase)
     finally:
-        metadata.drop_all(engine)
+        drop()
         engine.dispose()
 
 

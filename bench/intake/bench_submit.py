@@ -32,6 +32,7 @@ from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2 as pb
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
+from bench.baselines import raw_insert_loop
 from services.common.db import make_engine
 from services.common.settings import Settings
 from services.node import Node
@@ -118,24 +119,11 @@ def bench_echo(threads: int, seconds: float, workers: int) -> Result:
 def bench_raw_insert(url: str, threads: int, seconds: float, name: str) -> Result:
     """Single-row INSERT + COMMIT through SQLAlchemy, the service's own engine settings."""
     engine = make_engine(url, service="bench")
-    metadata = sa.MetaData()
-    table = sa.Table(
-        "bench_raw_insert",
-        metadata,
-        sa.Column("id", sa.String(40), primary_key=True),
-        sa.Column("body", sa.Text),
-        sa.Column("at", sa.DateTime(timezone=True)),
-    )
-    metadata.create_all(engine)
-    body = "乐山市市中区嘉州大道路灯长期不亮，夜间出行不安全。" * 3
-
-    def insert(worker: int, n: int) -> None:
-        with engine.begin() as conn:
-            conn.execute(table.insert().values(id=f"{worker}-{n}-{uuid.uuid4().hex[:8]}", body=body, at=sa.func.now()))
-
+    insert, drop = raw_insert_loop(engine)
     try:
         return run_threads(threads, seconds, insert, name)
     finally:
+        drop()
         engine.dispose()
 
 
