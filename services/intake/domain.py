@@ -235,4 +235,28 @@ class EvaluationForOwner:
     at: datetime
 
 
+@dataclass(frozen=True)
+class RequestForOwner:
+    """A 复查 request or a withdrawal (撤回) recorded here for a case another node owns, sent to that owner.
+
+    ``kind`` is "request_review" or "withdraw" (the ``events.v1.Command`` body). Like a rating,
+    ``command_id`` is derived from what was recorded (the reply reviewed, the case withdrawn), so the
+    same request is one command however often it is sent.
+    """
+
+    command_id: str
+    case_id: str
+    target_node: str
+    owner_epoch_seen: int
+    issuing_node: str
+    kind: str
+    reason: str
+    at: datetime
+
+
+REQUEST_REVIEW = "request_review"
+WITHDRAW = "withdraw"
+
+CommandForOwner = EvaluationForOwner | RequestForOwner
+
 DomainEvent = CaseRegistered | CaseEvaluated | ReviewRequested | CaseWithdrawn

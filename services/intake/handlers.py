@@ -27,17 +27,21 @@ from services.intake.domain import (
     CATEGORIES,
     OTHER_CATEGORY,
     PUBLIC_MILESTONES,
+    REQUEST_REVIEW,
     REVIEW_DECISION,
     REVIEW_WINDOW,
     SATISFACTIONS,
+    WITHDRAW,
     Case,
     CaseEvaluated,
     CaseRegistered,
     CaseState,
     CaseWithdrawn,
+    CommandForOwner,
     Complainant,
     DomainEvent,
     EvaluationForOwner,
+    RequestForOwner,
     ReviewRequested,
     TimelineEntry,
     can_evaluate,
@@ -118,7 +122,7 @@ class IntakeUnitOfWork(Protocol):
 
     def emit(self, event: DomainEvent) -> None: ...
 
-    def send_command(self, command: EvaluationForOwner) -> None:
+    def send_command(self, command: CommandForOwner) -> None:
         """Queue a command for the case's owner node in this transaction (the outbox; exchange carries it)."""
         ...
 
@@ -621,10 +625,47 @@ def evaluation_for_owner(
     )
 
 
+# Command ids of review requests and withdrawals sent to the owner: uuid5 of what was recorded here,
+# the reply reviewed ("<case>-R<n>", once per reply) or the withdrawal ("<case>-W", once per case).
+REQUEST_COMMANDS = uuid.UUID("0b5e6a43-8f0e-5c1a-a1d2-6c69616e7872")
+
+
+def request_command_id(case_id: str, kind: str, reply_number: int = 0) -> str:
+    recorded = f"{case_id}-R{reply_number}" if kind == REQUEST_REVIEW else f"{case_id}-W"
+    return str(uuid.uuid5(REQUEST_COMMANDS, recorded))
+
+
+def request_for_owner(case: Case, kind: str, reason: str, node: str, at: datetime) -> RequestForOwner | None:
+    """The command carrying a review request or a withdrawal to the case's owner; None when this node owns it."""
+    target = evaluation_sent_to(case, node)
+    if not target:
+        return None
+    return RequestForOwner(
+        command_id=request_command_id(case.case_id, kind, case.review_reply),
+        case_id=case.case_id,
+        target_node=target,
+        owner_epoch_seen=case.owner_epoch,
+        issuing_node=node,
+        kind=kind,
+        reason=reason,
+        at=at,
+    )
+
+
+@dataclass(frozen=True)
+class ReviewRecorded:
+    decide_by: datetime
+    forwarded_to: str  # the owner node the request was sent to, "" when this node owns the case
+
+
 def request_review(
     tracking_code: str, phone_last4: str, *, reason: str, uow_factory: UnitOfWorkFactory, deps: IntakeDeps
-) -> datetime:
-    """Record a 复查 request within 30 days of the reply; returns when it must be decided."""
+) -> ReviewRecorded:
+    """Record a 复查 request within 30 days of the reply; returns when it must be decided and where it went.
+
+    As with a rating, when another node owns the case the request is also sent to it as a command in the
+    same transaction: the owner's routing is the one that reopens the work order for 复查.
+    """
     reason = _text("reason", reason, required=True)
     now = deps.clock()
     try:
@@ -644,17 +685,28 @@ def request_review(
             uow.save(changed, expected_version=case.version)
             uow.add_timeline(TimelineEntry(case.case_id, now, case.state, "已申请复查 review requested"))
             uow.emit(ReviewRequested(changed, reason))
+            command = request_for_owner(changed, REQUEST_REVIEW, reason, deps.node, now)
+            if command is not None:
+                uow.send_command(command)
             uow.commit()
     except Conflict:
         raise FailedPrecondition("a review of this reply was already requested") from None
-    return now + REVIEW_DECISION
+    return ReviewRecorded(now + REVIEW_DECISION, forwarded_to=command.target_node if command is not None else "")
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    case: Case
+    forwarded_to: str  # the owner node the withdrawal was sent to, "" when this node owns the case
 
 
 def withdraw_case(
     tracking_code: str, phone_last4: str, *, reason: str, uow_factory: UnitOfWorkFactory, deps: IntakeDeps
-) -> Case:
+) -> Withdrawn:
+    """撤回: the case ends withdrawn here; routing follows (``case_withdrawn``, or a command to another owner)."""
     reason = _text("reason", reason, required=False)
     now = deps.clock()
+    command: RequestForOwner | None = None
     with uow_factory() as uow:
         case = _authenticate(uow, tracking_code, phone_last4, deps)
         if not can_withdraw(case):
@@ -668,8 +720,11 @@ def withdraw_case(
         uow.add_timeline(TimelineEntry(case.case_id, now, CaseState.WITHDRAWN, "已撤回 withdrawn"))
         if not was_held:
             uow.emit(CaseWithdrawn(changed, reason))
+            command = request_for_owner(changed, WITHDRAW, reason, deps.node, now)
+            if command is not None:
+                uow.send_command(command)
         uow.commit()
-    return changed
+    return Withdrawn(changed, forwarded_to=command.target_node if command is not None else "")
 
 
 # -- what routing tells us ---------------------------------------------------------------------

@@ -14,11 +14,15 @@ from services.common.logs import mask_id_number, mask_name, mask_phone
 from services.common.telemetry import inject_context
 from services.common.timeutil import from_timestamp, to_timestamp
 from services.intake.domain import (
+    REQUEST_REVIEW,
+    WITHDRAW,
     Case,
     CaseEvaluated,
     CaseState,
     CaseWithdrawn,
+    CommandForOwner,
     EvaluationForOwner,
+    RequestForOwner,
     ReviewRequested,
     TimelineEntry,
 )
@@ -195,3 +199,30 @@ def evaluation_command(command: EvaluationForOwner) -> events_pb2.Command:
     )
     message.trace_context.update(inject_context())
     return message
+
+
+def request_command(command: RequestForOwner) -> events_pb2.Command:
+    """A 复查 request or a withdrawal for the owner node (``Command.RequestReview`` / ``Command.WithdrawCase``)."""
+    message = events_pb2.Command(
+        command_id=command.command_id,
+        case_id=command.case_id,
+        target_node=command.target_node,
+        issuing_node=command.issuing_node,
+        owner_epoch_seen=command.owner_epoch_seen,
+        issued_at=_timestamp(command.at),
+    )
+    if command.kind == WITHDRAW:
+        message.withdraw.reason = command.reason
+    elif command.kind == REQUEST_REVIEW:
+        message.request_review.reason = command.reason
+    else:
+        raise ValueError(f"no command body for {command.kind!r}")
+    message.trace_context.update(inject_context())
+    return message
+
+
+def owner_command(command: CommandForOwner) -> events_pb2.Command:
+    """The ``events.v1.Command`` carrying a citizen's rating, review request or withdrawal to the owner."""
+    if isinstance(command, EvaluationForOwner):
+        return evaluation_command(command)
+    return request_command(command)

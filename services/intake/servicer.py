@@ -153,7 +153,7 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
         )
 
     def RequestReview(self, request: intake_pb2.RequestReviewRequest, context: Any) -> intake_pb2.RequestReviewResponse:
-        decide_by = handlers.request_review(
+        recorded = handlers.request_review(
             request.tracking_code,
             request.phone_last4,
             reason=request.reason,
@@ -161,10 +161,12 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             deps=self._deps,
         )
         self._after_commit()
-        return intake_pb2.RequestReviewResponse(decide_by=to_timestamp(decide_by), forwarded_to_owner=False)
+        return intake_pb2.RequestReviewResponse(
+            decide_by=to_timestamp(recorded.decide_by), forwarded_to_owner=bool(recorded.forwarded_to)
+        )
 
     def WithdrawCase(self, request: intake_pb2.WithdrawCaseRequest, context: Any) -> intake_pb2.WithdrawCaseResponse:
-        case = handlers.withdraw_case(
+        withdrawn = handlers.withdraw_case(
             request.tracking_code,
             request.phone_last4,
             reason=request.reason,
@@ -172,7 +174,10 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             deps=self._deps,
         )
         self._after_commit()
-        return intake_pb2.WithdrawCaseResponse(state=mapping.state_value(case.state), forwarded_to_owner=False)  # type: ignore[arg-type]
+        return intake_pb2.WithdrawCaseResponse(
+            state=mapping.state_value(withdrawn.case.state),  # type: ignore[arg-type]
+            forwarded_to_owner=bool(withdrawn.forwarded_to),
+        )
 
     def ListModerationQueue(
         self, request: intake_pb2.ListModerationQueueRequest, context: Any

@@ -50,9 +50,9 @@ from services.intake.domain import (
     CaseRegistered,
     CaseState,
     CaseWithdrawn,
+    CommandForOwner,
     Complainant,
     DomainEvent,
-    EvaluationForOwner,
     ReviewRequested,
     TimelineEntry,
 )
@@ -812,10 +812,10 @@ class SqlIntakeUnitOfWork:
         self.session.flush()
         write_event(self.session, outbox, self._envelope(event))
 
-    def send_command(self, command: EvaluationForOwner) -> None:
+    def send_command(self, command: CommandForOwner) -> None:
         """An ``events.v1.Command`` on intake's outbox (event type "command"): exchange takes it to the owner."""
         self.session.flush()
-        message = mapping.evaluation_command(command)
+        message = mapping.owner_command(command)
         append_event(
             self.session,
             outbox,

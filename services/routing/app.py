@@ -131,30 +131,54 @@ def build(ctx: ServiceContext) -> ServiceParts:
         env = decode(event)
         evaluated(event, env.case_id, env.case_evaluated.satisfaction, env.case_evaluated.comment)
 
+    def withdrawn(event: BusEvent, case_id: str, reason: str) -> None:
+        def apply(uow: handlers.RoutingUnitOfWork) -> None:
+            outcome = handlers.on_case_withdrawn(case_id, reason=reason, uow=uow, routing=routing, now=ctx.clock())
+            if not outcome.applied and outcome.state is not None:
+                # Already past withdrawing (closed, handed on, ...): kept as is, the event acknowledged.
+                log.info(
+                    "withdrawal left the work order as it is",
+                    extra={"node": node, "case_id": case_id, "state": outcome.state.value},
+                )
+
+        consume(event, apply)
+
+    def on_case_withdrawn(event: BusEvent) -> None:
+        env = decode(event)
+        withdrawn(event, env.case_id, env.case_withdrawn.reason)
+
+    def on_review_requested(event: BusEvent) -> None:
+        env = decode(event)
+        review_requested(event, env.case_id, env.review_requested.reason)
+
+    def review_requested(event: BusEvent, case_id: str, reason: str) -> None:
+        consume(
+            event,
+            lambda uow: handlers.on_case_evaluated(
+                case_id, satisfied=None, comment=reason, uow=uow, routing=routing, now=ctx.clock()
+            ),
+        )
+
     def on_command(event: BusEvent) -> None:
-        # A command exchange delivered here, the case's owner (docs/exchange.md "Commands"): a rating
-        # the citizen gave at the node that registered the case. Applied as a local rating is, once
-        # per command id (the inbox; the bus event id is the command id).
+        # A command exchange delivered here, the case's owner (docs/exchange.md "Commands"): a rating,
+        # a 复查 request or a withdrawal the citizen made at the node that registered the case. Applied
+        # as the local event is, once per command id (the inbox; the bus event id is the command id).
         command = events_pb2.Command()
         try:
             command.ParseFromString(event.body)
         except DecodeError:
             log.warning("undecodable command ignored", extra={"node": node, "event_id": event.event_id})
             return
-        if command.WhichOneof("body") != "evaluate" or not command.case_id:
-            return  # other commands (督办, review, withdrawal) are not routing's to apply here yet
-        evaluate = command.evaluate
-        evaluated(event, command.case_id, evaluate.satisfaction, evaluate.comment)
-
-    def on_review_requested(event: BusEvent) -> None:
-        env = decode(event)
-        reason = env.review_requested.reason
-        consume(
-            event,
-            lambda uow: handlers.on_case_evaluated(
-                env.case_id, satisfied=None, comment=reason, uow=uow, routing=routing, now=ctx.clock()
-            ),
-        )
+        body = command.WhichOneof("body")
+        if not command.case_id:
+            return
+        if body == "evaluate":
+            evaluated(event, command.case_id, command.evaluate.satisfaction, command.evaluate.comment)
+        elif body == "request_review":
+            review_requested(event, command.case_id, command.request_review.reason)
+        elif body == "withdraw":
+            withdrawn(event, command.case_id, command.withdraw.reason)
+        # other commands (督办, hand-offs) are not routing's to apply here
 
     def on_supervision_replicated(event: BusEvent) -> None:
         # A descendant's chase or supervision record (replicated up by exchange): kept read-only
@@ -211,6 +235,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             Subscription("routing", "intake", "case_evaluated", on_case_evaluated),
             Subscription("routing", "exchange", "command", on_command),
             Subscription("routing", "intake", "review_requested", on_review_requested),
+            Subscription("routing", "intake", "case_withdrawn", on_case_withdrawn),
             Subscription("routing", "exchange", "supervision_issued", on_supervision_replicated),
         ],
         timers=[Timer("routing-deadline-sweep", ctx.settings.sweep_interval_s, sweep_timer)],

@@ -29,6 +29,8 @@ from services.routing.timelimits import CATEGORIES, DeadlineKind, TimeRules, sup
 from services.routing.workorder import (
     ESCALATE_UP,
     OPEN_STATES,
+    TRANSITIONS,
+    Action,
     ArbitrationOutcome,
     HistoryEntry,
     Stage,
@@ -708,6 +710,39 @@ def on_case_evaluated(
         events = order.review(at=now, actor="citizen", rules=routing.rules, reason=why)
     _persist(uow, stored, routing, events, now)
     return stored
+
+
+@dataclass(frozen=True)
+class WithdrawalOutcome:
+    """What a citizen's withdrawal (撤回) did to this node's work order for the case.
+
+    ``state`` is the work order's state after it, None when this node holds no work order of its own
+    for the case (never placed here, or only a replica). ``applied`` False with a state is a refusal:
+    the work order was already past withdrawing (closed, replied, merged, handed on, withdrawn).
+    """
+
+    applied: bool
+    state: State | None
+
+
+def on_case_withdrawn(
+    case_id: str, *, reason: str, uow: RoutingUnitOfWork, routing: Routing, now: datetime
+) -> WithdrawalOutcome:
+    """撤回: the citizen withdrew the case (``case_withdrawn`` here, or the command from the registering node).
+
+    The work order ends WITHDRAWN with its clocks stopped. One that can no longer be withdrawn stays as
+    it is: the outcome says so and nothing is raised, so the event is acknowledged, never retried.
+    """
+    stored = uow.for_case(case_id)
+    if stored is None or stored.order.node != routing.node:
+        return WithdrawalOutcome(applied=False, state=None)
+    order = stored.order
+    if (order.state, Action.WITHDRAW) not in TRANSITIONS:
+        return WithdrawalOutcome(applied=False, state=order.state)
+    now = to_utc(now)
+    events = order.withdraw(at=now, actor="citizen", reason=reason or "withdrawn by the citizen (撤回)")
+    _persist(uow, stored, routing, events, now)
+    return WithdrawalOutcome(applied=True, state=order.state)
 
 
 # -- supervision -------------------------------------------------------------------------------------

@@ -7,6 +7,11 @@ handling from the replicas exchange republishes on its bus (TrackCase shows the 
 citizen's rating there and sends it, as an ``events.v1.Command``, to the county, whose routing applies it
 as a local rating: unsatisfied with a first reply reopens the work order (退回重办). Redelivery of the
 command (by the province's relay or the county's) does not apply it twice.
+
+The same goes for the citizen's other requests at the registering node: a withdrawal (撤回) and a 复查
+request reach the county's routing as commands and do what the local ``case_withdrawn`` and
+``review_requested`` do there. A withdrawal at the node that owns the case withdraws its work order
+directly. The three nodes are started once per backend and shared by the tests of this module.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -27,18 +32,31 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 
+from services.common.events import decode
 from services.common.service import BusEvent, Subscription
 from services.node import Node
 from services.routing.handlers import work_order_id_for
 from services.routing.models import inbox as routing_inbox
 from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, exchange, linked_nodes, phone_for
+from tests.integration.exchange_nodes import exchange, linked_nodes, phone_for
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def start(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Start]:
-    with linked_nodes(request.param, tmp_path, lambda: str(request.getfixturevalue("postgres_admin_url"))) as starter:
-        yield starter
+@dataclass(frozen=True)
+class Tiers:
+    province: Node
+    city: Node
+    county: Node
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def tiers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiers]:
+    """Province 510000 ← city 511100 ← county 511102, linked; each test works on its own cases."""
+    admin_url = lambda: str(request.getfixturevalue("postgres_admin_url"))  # noqa: E731
+    with linked_nodes(request.param, tmp_path_factory.mktemp(f"tiers-{request.param}"), admin_url) as start:
+        province = start("510000")
+        city = start("511100", province)
+        county = start("511102", city)
+        yield Tiers(province, city, county)
 
 
 class Seen:
@@ -56,6 +74,20 @@ class Seen:
     def ids(self) -> list[str]:
         with self._lock:
             return [e.event_id for e in self.events]
+
+    def of_case(self, case_id: str) -> list[BusEvent]:
+        """The events about ``case_id`` (the nodes are shared by the tests of the module)."""
+        with self._lock:
+            events = list(self.events)
+        return [e for e in events if _case_of(e) == case_id]
+
+
+def _case_of(event: BusEvent) -> str:
+    if event.event_type == "command":
+        command = events_pb2.Command()
+        command.ParseFromString(event.body)
+        return command.case_id
+    return decode(event).case_id
 
 
 def intake(node: Node) -> intake_grpc.IntakeServiceStub:
@@ -86,30 +118,48 @@ def down_settled(node: Node) -> bool:
     return all(link.lag_events == 0 for link in links)
 
 
-def test_a_rating_at_the_registering_province_reaches_the_county_that_handles_the_case(start: Start) -> None:
-    province = start("510000")
-    city = start("511100", province)
-    county = start("511102", city)
-    issued_at_province = Seen(province, "intake", "command")
-    delivered_at_county = Seen(county, "exchange", "command")
+@dataclass(frozen=True)
+class Registered:
+    """A case the citizen registered at ``node``, with what the citizen needs to act on it there."""
 
+    node: Node
+    case_id: str
+    code: str
+    last4: str
+
+    def track(self) -> intake_pb2.TrackCaseResponse:
+        reply: intake_pb2.TrackCaseResponse = intake(self.node).TrackCase(
+            intake_pb2.TrackCaseRequest(tracking_code=self.code, phone_last4=self.last4), timeout=5
+        )
+        return reply
+
+
+def register(node: Node, region: str) -> Registered:
     ref = f"eval-{uuid.uuid4().hex[:10]}"
     phone = phone_for(ref)
-    submitted = intake(province).SubmitCase(
+    submitted = intake(node).SubmitCase(
         intake_pb2.SubmitCaseRequest(
             channel=common_pb2.CHANNEL_WEB,
             channel_ref=ref,
             title="河道漂浮垃圾长期无人清理",
             body="河道里漂浮垃圾长期无人清理，夏天气味很大，希望有关部门尽快处理。",
             category="环境保护",
-            region_code="510000",
+            region_code=region,
             complainant=common_pb2.Person(name="王五", phone=phone),
         ),
         timeout=5,
     )
-    case_id, code, last4 = submitted.case.case_id, submitted.tracking_code, phone[-4:]
+    return Registered(node, submitted.case.case_id, submitted.tracking_code, phone[-4:])
 
-    # 交办: the province hands the case two tiers down; the county's clerk places it with a unit.
+
+def handed_down(tiers: Tiers) -> tuple[Registered, str]:
+    """A case registered at the province, handed down (交办) to the county and placed with a unit there.
+
+    Returns it and the county's work order id, once the province's intake knows the county owns it.
+    """
+    province, county = tiers.province, tiers.county
+    case = register(province, "510000")
+    case_id = case.case_id
     wait_until(lambda: work_order(province, case_id) is not None, 15, "the province's work order")
     routing(province).AssignManually(
         routing_pb2.AssignManuallyRequest(case_id=case_id, actor="prov-clerk", node="511102", reason="请市中区办理"),
@@ -126,25 +176,48 @@ def test_a_rating_at_the_registering_province_reaches_the_county_that_handles_th
         )
         .work_order
     )
-    county_stub = routing(county)
+
+    def owner() -> tuple[str, int]:
+        known = intake(province).GetCase(intake_pb2.GetCaseRequest(case_id=case_id), timeout=5).case
+        return known.owner_node, known.owner_epoch
+
+    wait_until(lambda: owner() == ("511102", 2), 30, "the hand-off in the province's intake")
+    return case, placed.work_order_id
+
+
+def reply_at_county(tiers: Tiers, case: Registered, work_order_id: str) -> None:
+    """The county's unit accepts and replies; returns once the citizen may rate the reply at the province."""
+    county_stub = routing(tiers.county)
     county_stub.AcceptWorkOrder(
-        routing_pb2.AcceptWorkOrderRequest(work_order_id=placed.work_order_id, actor="lszq-sthjj-1"), timeout=5
+        routing_pb2.AcceptWorkOrderRequest(work_order_id=work_order_id, actor="lszq-sthjj-1"), timeout=5
     )
     county_stub.ReplyWorkOrder(
         routing_pb2.ReplyWorkOrderRequest(
-            work_order_id=placed.work_order_id, actor="lszq-sthjj-1", text="已组织清理河道垃圾，并安排每周巡查。"
+            work_order_id=work_order_id, actor="lszq-sthjj-1", text="已组织清理河道垃圾，并安排每周巡查。"
         ),
         timeout=5,
     )
+    wait_until(lambda: case.track().can_evaluate, 30, "the county's reply in the province's TrackCase")
 
+
+def inbox_count(node: Node, event_id: str) -> int:
+    with node.engines["routing"].connect() as conn:
+        count: int = conn.execute(
+            sa.select(sa.func.count()).select_from(routing_inbox).where(routing_inbox.c.event_id == event_id)
+        ).scalar_one()
+    return count
+
+
+def test_a_rating_at_the_registering_province_reaches_the_county_that_handles_the_case(tiers: Tiers) -> None:
+    province, city, county = tiers.province, tiers.city, tiers.county
+    issued_at_province = Seen(province, "intake", "command")
+    delivered_at_county = Seen(county, "exchange", "command")
+
+    case, placed_id = handed_down(tiers)
+    case_id, code, last4 = case.case_id, case.code, case.last4
+    track = case.track
     # The province follows the county's handling: the reply shows, and may be rated, where the citizen registered.
-    def track() -> intake_pb2.TrackCaseResponse:
-        reply: intake_pb2.TrackCaseResponse = intake(province).TrackCase(
-            intake_pb2.TrackCaseRequest(tracking_code=code, phone_last4=last4), timeout=5
-        )
-        return reply
-
-    wait_until(lambda: track().can_evaluate, 30, "the county's reply in the province's TrackCase")
+    reply_at_county(tiers, case, placed_id)
     tracked = track()
     assert tracked.state == common_pb2.CASE_STATE_REPLIED
     summaries = [entry.summary for entry in tracked.timeline]
@@ -171,8 +244,8 @@ def test_a_rating_at_the_registering_province_reaches_the_county_that_handles_th
     last = reopened.history[-1]
     # (routing may add a note on provisional deadlines after the citizen's words)
     assert (last.actor, last.action) == ("citizen", "reopen") and last.reason.startswith("垃圾还在")
-    (issued,) = issued_at_province.events
-    (delivered,) = delivered_at_county.events
+    (issued,) = issued_at_province.of_case(case_id)
+    (delivered,) = delivered_at_county.of_case(case_id)
     command = events_pb2.Command()
     command.ParseFromString(delivered.body)
     assert delivered.event_id == issued.event_id == command.command_id
@@ -200,12 +273,9 @@ def test_a_rating_at_the_registering_province_reaches_the_county_that_handles_th
         1,
         len(reopened.history),
     )
-    assert delivered_at_county.ids() == [command.command_id, command.command_id]  # only the one republished here
-    with county.engines["routing"].connect() as conn:
-        kept = conn.execute(
-            sa.select(sa.func.count()).select_from(routing_inbox).where(routing_inbox.c.event_id == command.command_id)
-        ).scalar_one()
-    assert kept == 1  # routing's inbox: the command id, once
+    # only the one republished here
+    assert [e.event_id for e in delivered_at_county.of_case(case_id)] == [command.command_id, command.command_id]
+    assert inbox_count(county, command.command_id) == 1  # routing's inbox: the command id, once
 
     # The reopen travels back up: the citizen sees it at the province, with the rating.
     wait_until(lambda: track().state == common_pb2.CASE_STATE_REOPENED, 30, "the reopen in the province's TrackCase")
@@ -217,3 +287,120 @@ def test_a_rating_at_the_registering_province_reaches_the_county_that_handles_th
         not exchange(n).ListQuarantine(exchange_pb2.ListQuarantineRequest(), timeout=5).items
         for n in (province, city, county)
     )
+
+
+def test_a_withdrawal_at_the_owning_county_withdraws_its_work_order(tiers: Tiers) -> None:
+    county = tiers.county
+    withdrawn_here = Seen(county, "intake", "case_withdrawn")
+    case = register(county, "511102")
+    wait_until(lambda: work_order(county, case.case_id) is not None, 15, "the county's work order")
+
+    reply = intake(county).WithdrawCase(
+        intake_pb2.WithdrawCaseRequest(tracking_code=case.code, phone_last4=case.last4, reason="已自行解决"),
+        timeout=5,
+    )
+    assert reply.state == common_pb2.CASE_STATE_WITHDRAWN and not reply.forwarded_to_owner
+
+    wait_until(lambda: state_of(county, case.case_id) == common_pb2.CASE_STATE_WITHDRAWN, 20, "the withdrawal")
+    withdrawn = work_order(county, case.case_id)
+    assert withdrawn is not None
+    last = withdrawn.history[-1]
+    assert (last.actor, last.action, last.reason) == ("citizen", "withdraw", "已自行解决")
+
+    # Redelivered: routing's inbox keeps the event once and the (closed) work order is not touched again.
+    wait_until(lambda: withdrawn_here.of_case(case.case_id), 10, "the case_withdrawn event on the bus")
+    (event,) = withdrawn_here.of_case(case.case_id)
+    county.bus.publish(event)
+    wait_until(lambda: len(withdrawn_here.of_case(case.case_id)) == 2, 10, "the redelivery")
+    wait_until(lambda: inbox_count(county, event.event_id) == 1, 10, "the withdrawal in routing's inbox")
+    again = work_order(county, case.case_id)
+    assert again is not None and (again.version, len(again.history)) == (withdrawn.version, len(withdrawn.history))
+
+
+def test_a_withdrawal_at_the_registering_province_reaches_the_county_that_handles_the_case(tiers: Tiers) -> None:
+    province, county = tiers.province, tiers.county
+    withdrawn_at_province = Seen(province, "intake", "case_withdrawn")
+    issued_at_province = Seen(province, "intake", "command")
+    delivered_at_county = Seen(county, "exchange", "command")
+    case, _ = handed_down(tiers)
+    assert state_of(county, case.case_id) == common_pb2.CASE_STATE_ASSIGNED
+
+    reply = intake(province).WithdrawCase(
+        intake_pb2.WithdrawCaseRequest(tracking_code=case.code, phone_last4=case.last4, reason="问题已解决"),
+        timeout=5,
+    )
+    assert reply.state == common_pb2.CASE_STATE_WITHDRAWN and reply.forwarded_to_owner
+
+    wait_until(lambda: state_of(county, case.case_id) == common_pb2.CASE_STATE_WITHDRAWN, 30, "the county's withdrawal")
+    withdrawn = work_order(county, case.case_id)
+    assert withdrawn is not None
+    last = withdrawn.history[-1]
+    assert (last.actor, last.action, last.reason) == ("citizen", "withdraw", "问题已解决")
+    wait_until(lambda: issued_at_province.of_case(case.case_id), 10, "the command on the province's bus")
+    (issued,) = issued_at_province.of_case(case.case_id)
+    command = events_pb2.Command()
+    command.ParseFromString(issued.body)
+    assert command.WhichOneof("body") == "withdraw" and command.withdraw.reason == "问题已解决"
+    assert (command.target_node, command.issuing_node, command.owner_epoch_seen) == ("511102", "510000", 2)
+    wait_until(lambda: inbox_count(county, command.command_id) == 1, 10, "the command in the county's inbox")
+
+    # The province's own routing heard the local case_withdrawn too: its work order, handed on
+    # (TRANSFERRED), cannot be withdrawn, so it stays as it is and the event is acknowledged, not retried.
+    wait_until(lambda: withdrawn_at_province.of_case(case.case_id), 10, "the case_withdrawn event at the province")
+    (local,) = withdrawn_at_province.of_case(case.case_id)
+    wait_until(lambda: inbox_count(province, local.event_id) == 1, 10, "the province's routing to acknowledge it")
+    province_order = work_order(province, case.case_id)
+    assert province_order is not None and province_order.state == common_pb2.CASE_STATE_TRANSFERRED
+
+    # Redelivered at the county: applied once.
+    wait_until(lambda: delivered_at_county.of_case(case.case_id), 10, "the command on the county's bus")
+    (delivered,) = delivered_at_county.of_case(case.case_id)
+    county.bus.publish(delivered)
+    wait_until(lambda: len(delivered_at_county.of_case(case.case_id)) == 2, 10, "the redelivery")
+    again = work_order(county, case.case_id)
+    assert again is not None and (again.version, len(again.history)) == (withdrawn.version, len(withdrawn.history))
+    assert inbox_count(county, command.command_id) == 1
+
+    # The withdrawal comes back up as the county's handling: the citizen's case stays withdrawn at the province.
+    wait_until(lambda: case.track().state == common_pb2.CASE_STATE_WITHDRAWN, 10, "the province's TrackCase")
+    summaries = [entry.summary for entry in case.track().timeline]
+    assert summaries.count("已撤回 withdrawn") == 1
+
+
+def test_a_review_request_at_the_registering_province_reaches_the_county_that_handles_the_case(tiers: Tiers) -> None:
+    province, county = tiers.province, tiers.county
+    issued_at_province = Seen(province, "intake", "command")
+    case, placed_id = handed_down(tiers)
+    reply_at_county(tiers, case, placed_id)
+
+    rated = intake(province).EvaluateCase(
+        intake_pb2.EvaluateCaseRequest(
+            tracking_code=case.code, phone_last4=case.last4, satisfaction=common_pb2.SATISFACTION_SATISFIED
+        ),
+        timeout=5,
+    )
+    assert rated.forwarded_to_owner
+    wait_until(lambda: state_of(county, case.case_id) == common_pb2.CASE_STATE_CLOSED, 30, "the close at the county")
+    wait_until(lambda: case.track().can_request_review, 30, "the close in the province's TrackCase")
+
+    asked = intake(province).RequestReview(
+        intake_pb2.RequestReviewRequest(tracking_code=case.code, phone_last4=case.last4, reason="河道又有垃圾了"),
+        timeout=5,
+    )
+    assert asked.forwarded_to_owner and asked.HasField("decide_by")
+
+    # At the county, what a local review_requested does: 复查 reopens the closed work order, once.
+    wait_until(lambda: state_of(county, case.case_id) == common_pb2.CASE_STATE_REOPENED, 30, "the review at the county")
+    reviewed = work_order(county, case.case_id)
+    assert reviewed is not None and reviewed.reopen_count == 0
+    last = reviewed.history[-1]
+    assert (last.actor, last.action) == ("citizen", "review") and last.reason.startswith("河道又有垃圾了")
+    wait_until(lambda: len(issued_at_province.of_case(case.case_id)) == 2, 10, "both commands on the province's bus")
+    kinds = []
+    for event in issued_at_province.of_case(case.case_id):
+        command = events_pb2.Command()
+        command.ParseFromString(event.body)
+        kinds.append(command.WhichOneof("body"))
+    assert kinds == ["evaluate", "request_review"]
+    province_order = work_order(province, case.case_id)
+    assert province_order is not None and province_order.state == common_pb2.CASE_STATE_TRANSFERRED
