@@ -28,7 +28,8 @@ the consumer's inbox, so nothing is lost or doubled, and the queue consumer reco
 
 Undeclared queues. An event-handler queue exists once its consumer's worker has started once
 (durable, ``reliable_delivery=True``); events dispatched before any consumer ever declared its
-queue are dropped by RabbitMQ. Start (or deploy) consumers' workers before producers' relays.
+queue are dropped by RabbitMQ. ``lianxin migrate`` declares every queue ahead (``declare_queues``);
+without it, start (or deploy) consumers' workers before producers' relays.
 """
 
 from __future__ import annotations
