@@ -23,6 +23,13 @@ UP_EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "video": ("visit_booked", "visit_outcome_recorded"),
 }
 
+# What a citizen did at the node that registered the case (rated, asked for 复查, withdrew): facts
+# recorded there whoever owns the case, not writes of its owner, so they are judged by their origin
+# (which must be under the pushing child) and not by the owner or epoch they name. After a 上报 the
+# registering county's ratings name the city as owner; refusing them as forged or stale would keep
+# the rating from every tier above and block the case's later events behind a sequence gap.
+CITIZEN_EVENT_TYPES: frozenset[str] = frozenset({"case_evaluated", "review_requested", "case_withdrawn"})
+
 # Services of a node that issue commands (``events.v1.Command`` on the bus, event type "command")
 # for cases another node owns; exchange carries them to the owner (DESIGN §3).
 COMMAND_SOURCES: tuple[str, ...] = ("intake", "routing", "video")
@@ -142,13 +149,14 @@ def _judge_from_known_child(
         return refuse("malformed payload: event_id, case_id, case_sequence and payload are required")
     if not under(event.origin_node):
         return refuse(f"out of subtree: origin {event.origin_node or '-'} is not under {child}")
-    if not under(event.owner_node):
+    citizen = event.event_type in CITIZEN_EVENT_TYPES
+    if not under(event.owner_node) and not citizen:
         return refuse(f"forged owner: owner {event.owner_node or '-'} is not under {child}")
     if already_stored or at_sequence == event.event_id:
         return DUPLICATE
     if at_sequence is not None:
         return refuse(f"conflict: {event.case_id} #{event.case_sequence} already stored as another event")
-    if known_epoch is not None and event.owner_epoch < known_epoch:
+    if known_epoch is not None and event.owner_epoch < known_epoch and not citizen:
         return refuse(f"stale owner: epoch {event.owner_epoch} < known {known_epoch}")
     last = last_sequence or 0
     if event.case_sequence != last + 1:

@@ -678,7 +678,8 @@ class ExchangeStore:
         """Deliver, send down, or send up a command; returns a refusal reason, "" for an already delivered one.
 
         The command follows ownership: when this node knows a newer owner than the issuer saw
-        (a 上报 or 交办 since), it is retargeted there first, with the newer epoch.
+        (a 上报 or 交办 since), it is retargeted there first, with the newer epoch. A handling update
+        (for the registering node's citizen tracking) is never retargeted.
         """
         cmd = parse_command(body)
         if cmd is None:
@@ -688,11 +689,17 @@ class ExchangeStore:
         known = session.execute(
             select(case_epoch.c.owner_epoch, case_epoch.c.owner_node).where(case_epoch.c.case_id == cmd.case_id)
         ).one_or_none()
-        chased = domain.chase_owner(
-            cmd.target_node,
-            cmd.owner_epoch_seen,
-            known_epoch=int(known[0]) if known is not None else None,
-            known_owner=known[1] if known is not None else "",
+        # A handling update goes to the node that registered the case (its citizen's tracking), not
+        # to the owner: it never follows ownership.
+        chased = (
+            None
+            if cmd.WhichOneof("body") == "handling"
+            else domain.chase_owner(
+                cmd.target_node,
+                cmd.owner_epoch_seen,
+                known_epoch=int(known[0]) if known is not None else None,
+                known_owner=known[1] if known is not None else "",
+            )
         )
         if chased is not None:
             cmd.target_node, cmd.owner_epoch_seen = chased

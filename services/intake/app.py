@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
@@ -127,11 +128,14 @@ def _hand_off(env: events_pb2.EventEnvelope) -> HandOffSeen:
     )
 
 
-def _handling_change(event: BusEvent, env: events_pb2.EventEnvelope | None = None) -> HandlingChange | None:
-    env = env if env is not None else decode(event)
+def _handling_change(env: events_pb2.EventEnvelope) -> HandlingChange | None:
+    """Routing's work order event as intake follows it; None for any other payload."""
+    kind = env.WhichOneof("payload")
+    if kind not in HANDLING_EVENTS:
+        return None
     at = from_timestamp(env.occurred_at)
     assert at is not None
-    if event.event_type == "work_order_created":
+    if kind == "work_order_created":
         created = env.work_order_created
         assigned = bool(created.unit_id) and not created.manual_queue
         return HandlingChange(
@@ -281,7 +285,9 @@ def build(ctx: ServiceContext) -> ServiceParts:
         if event.source != "routing" and not registered_here(env.case_id, node):
             # A replica of the subtree's handling of a case registered elsewhere: nothing to follow here.
             return
-        change = _handling_change(event, env)
+        follow(event, _handling_change(env))
+
+    def follow(event: BusEvent, change: HandlingChange | None) -> None:
         if change is None:
             return
 
@@ -289,6 +295,30 @@ def build(ctx: ServiceContext) -> ServiceParts:
             handlers.apply_handling_change(change, SqlIntakeUnitOfWork(None, cipher, node, session=session))
 
         consume_once(ctx.session_factory, inbox, "intake", event, apply)
+
+    def on_command(event: BusEvent) -> None:
+        # A handling update exchange delivered here, the registering node: the owner's routing sends
+        # its work order events as commands when this node is neither the owner nor above it (after a
+        # 上报 or a transfer into another subtree), since replicas would not come down. Applied as a
+        # replica is, once per command id (the inbox; the bus event id is the command id).
+        command = events_pb2.Command()
+        try:
+            command.ParseFromString(event.body)
+        except DecodeError:
+            log.warning("undecodable command ignored", extra={"node": node, "event_id": event.event_id})
+            return
+        if command.WhichOneof("body") != "handling" or not registered_here(command.case_id, node):
+            return  # the citizen's requests are routing's (the owner's) to apply
+        env = events_pb2.EventEnvelope()
+        try:
+            env.ParseFromString(command.handling.envelope)
+        except DecodeError:
+            log.warning("undecodable handling update ignored", extra={"node": node, "event_id": event.event_id})
+            return
+        if env.case_id != command.case_id:
+            log.warning("handling update about another case ignored", extra={"node": node, "event_id": event.event_id})
+            return
+        follow(event, _handling_change(env))
 
     def on_hand_off(event: BusEvent) -> None:
         env = decode(event)
@@ -311,6 +341,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
         subscriptions=[
             *(Subscription("intake", source, kind, on_handling) for source in SOURCES for kind in HANDLING_EVENTS),
             *(Subscription("intake", source, kind, on_hand_off) for source in SOURCES for kind in HAND_OFF_EVENTS),
+            Subscription("intake", "exchange", "command", on_command),
         ],
         session_factory=ctx.session_factory,
         outbox=outbox,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from services.common.errors import (
     AlreadyExists,
@@ -566,7 +566,8 @@ def evaluate_case(
         raise InvalidArgument("satisfaction", "must be satisfied, basically satisfied or unsatisfied")
     comment = _text("comment", comment, required=False)
     now = deps.clock()
-    try:
+
+    def attempt() -> Evaluated:
         with uow_factory() as uow:
             case = _authenticate(uow, tracking_code, phone_last4, deps)
             if not can_evaluate(case):
@@ -595,10 +596,33 @@ def evaluate_case(
             if command is not None:
                 uow.send_command(command)
             uow.commit()
-    except (AlreadyExists, Conflict):
-        # A concurrent rating of the same reply won.
+        return Evaluated(evaluation_id, forwarded_to=command.target_node if command is not None else "")
+
+    try:
+        return _retry_on_conflict(attempt)
+    except AlreadyExists:
+        # A concurrent rating of the same reply won (the evaluation row is unique per reply).
         raise FailedPrecondition("this reply was already rated") from None
-    return Evaluated(evaluation_id, forwarded_to=command.target_node if command is not None else "")
+
+
+T = TypeVar("T")
+CONFLICT_ATTEMPTS = 3
+
+
+def _retry_on_conflict(attempt: Callable[[], T]) -> T:
+    """Run a citizen's request again when the case changed between its read and its write.
+
+    Routing's handling (a reply, an acceptance) is applied to the same case row in the background;
+    the citizen's request lost nothing but the race, so it is re-read and decided again (a request
+    that became invalid meanwhile is refused by its own check). After the last attempt the conflict
+    goes to the caller (ABORTED: retry).
+    """
+    for _ in range(CONFLICT_ATTEMPTS - 1):
+        try:
+            return attempt()
+        except Conflict:
+            continue
+    return attempt()
 
 
 def evaluation_sent_to(case: Case, node: str) -> str:
@@ -668,7 +692,8 @@ def request_review(
     """
     reason = _text("reason", reason, required=True)
     now = deps.clock()
-    try:
+
+    def attempt() -> ReviewRecorded:
         with uow_factory() as uow:
             case = _authenticate(uow, tracking_code, phone_last4, deps)
             if not can_request_review(case, now):
@@ -689,9 +714,10 @@ def request_review(
             if command is not None:
                 uow.send_command(command)
             uow.commit()
-    except Conflict:
-        raise FailedPrecondition("a review of this reply was already requested") from None
-    return ReviewRecorded(now + REVIEW_DECISION, forwarded_to=command.target_node if command is not None else "")
+        return ReviewRecorded(now + REVIEW_DECISION, forwarded_to=command.target_node if command is not None else "")
+
+    # A concurrent request of the same review is seen by the next attempt's check.
+    return _retry_on_conflict(attempt)
 
 
 @dataclass(frozen=True)
@@ -706,25 +732,29 @@ def withdraw_case(
     """撤回: the case ends withdrawn here; routing follows (``case_withdrawn``, or a command to another owner)."""
     reason = _text("reason", reason, required=False)
     now = deps.clock()
-    command: RequestForOwner | None = None
-    with uow_factory() as uow:
-        case = _authenticate(uow, tracking_code, phone_last4, deps)
-        if not can_withdraw(case):
-            raise FailedPrecondition("the case can no longer be withdrawn", case.state.value)
-        was_held = case.state is CaseState.MODERATION
-        # A held case never left intake, so nobody downstream needs to hear it went.
-        changed = replace(
-            case, state=CaseState.WITHDRAWN, version=case.version + (0 if was_held else 1), updated_at=now
-        )
-        uow.save(changed, expected_version=case.version)
-        uow.add_timeline(TimelineEntry(case.case_id, now, CaseState.WITHDRAWN, "已撤回 withdrawn"))
-        if not was_held:
-            uow.emit(CaseWithdrawn(changed, reason))
-            command = request_for_owner(changed, WITHDRAW, reason, deps.node, now)
-            if command is not None:
-                uow.send_command(command)
-        uow.commit()
-    return Withdrawn(changed, forwarded_to=command.target_node if command is not None else "")
+
+    def attempt() -> Withdrawn:
+        command: RequestForOwner | None = None
+        with uow_factory() as uow:
+            case = _authenticate(uow, tracking_code, phone_last4, deps)
+            if not can_withdraw(case):
+                raise FailedPrecondition("the case can no longer be withdrawn", case.state.value)
+            was_held = case.state is CaseState.MODERATION
+            # A held case never left intake, so nobody downstream needs to hear it went.
+            changed = replace(
+                case, state=CaseState.WITHDRAWN, version=case.version + (0 if was_held else 1), updated_at=now
+            )
+            uow.save(changed, expected_version=case.version)
+            uow.add_timeline(TimelineEntry(case.case_id, now, CaseState.WITHDRAWN, "已撤回 withdrawn"))
+            if not was_held:
+                uow.emit(CaseWithdrawn(changed, reason))
+                command = request_for_owner(changed, WITHDRAW, reason, deps.node, now)
+                if command is not None:
+                    uow.send_command(command)
+            uow.commit()
+        return Withdrawn(changed, forwarded_to=command.target_node if command is not None else "")
+
+    return _retry_on_conflict(attempt)
 
 
 # -- what routing tells us ---------------------------------------------------------------------

@@ -90,11 +90,11 @@ def build(ctx: ServiceContext) -> ServiceParts:
     notify = ctx.extras.get("notify_outbox", lambda: None)
 
     def uow_factory() -> SqlRoutingUnitOfWork:
-        return SqlRoutingUnitOfWork(ctx.session_factory, node=node)
+        return SqlRoutingUnitOfWork(ctx.session_factory, node=node, regions=ctx.regions)
 
     def consume(event: BusEvent, apply: Callable[[handlers.RoutingUnitOfWork], object]) -> None:
         def in_session(session: object) -> None:
-            with SqlRoutingUnitOfWork(session=session, node=node) as uow:  # type: ignore[arg-type]
+            with SqlRoutingUnitOfWork(session=session, node=node, regions=ctx.regions) as uow:  # type: ignore[arg-type]
                 apply(uow)
 
         if consume_once(ctx.session_factory, inbox, "routing", event, in_session):
@@ -178,7 +178,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
             review_requested(event, command.case_id, command.request_review.reason)
         elif body == "withdraw":
             withdrawn(event, command.case_id, command.withdraw.reason)
-        # other commands (督办, hand-offs) are not routing's to apply here
+        # other commands (督办, hand-offs, handling updates for the registering node's intake) are not
+        # routing's to apply here
 
     def on_supervision_replicated(event: BusEvent) -> None:
         # A descendant's chase or supervision record (replicated up by exchange): kept read-only

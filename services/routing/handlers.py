@@ -212,6 +212,20 @@ def work_order_id_for(case_id: str, node: str) -> str:
     return f"WO-{case_id}@{node}"
 
 
+def registering_node_to_tell(case_id: str, node: str, regions: RegionTree) -> str | None:
+    """The node that registered ``case_id``, when this node's handling of it would not reach it otherwise.
+
+    A case id names the node that registered it (``ids.format_case_id``: ``511102-20261122-000123``)
+    and that node's intake holds the citizen's tracking code. Replicas flow up only, so a registering
+    node that is this node or one of its ancestors follows the handling from them; any other (after
+    a 上报 from it, or a transfer into another subtree) is sent each work order event as a command.
+    """
+    registrar = case_id.partition("-")[0]
+    if registrar not in regions or node not in regions or regions.contains(registrar, node):
+        return None
+    return registrar
+
+
 # -- bookkeeping shared by every use case ------------------------------------------------------------
 
 

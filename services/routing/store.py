@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
@@ -23,9 +24,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.events import envelope, to_bus_event, write_event
-from services.common.outbox import append_events
-from services.common.regions import Tier
+from services.common.events import envelope, to_bus_event
+from services.common.outbox import append_event, append_events
+from services.common.regions import RegionTree, Tier
 from services.common.service import BusEvent
 from services.common.timeutil import to_timestamp, to_utc
 from services.routing.handlers import (
@@ -37,6 +38,7 @@ from services.routing.handlers import (
     Supervision,
     SupervisionRecorded,
     WorkOrderQuery,
+    registering_node_to_tell,
 )
 from services.routing.models import (
     CaseSnapshotRow,
@@ -153,13 +155,22 @@ def _deadlines(items: Sequence[tuple[str, datetime]]) -> list[common_pb2.Deadlin
 
 class SqlRoutingUnitOfWork:
     def __init__(
-        self, factory: sessionmaker[Session] | None = None, *, session: Session | None = None, node: str
+        self,
+        factory: sessionmaker[Session] | None = None,
+        *,
+        session: Session | None = None,
+        node: str,
+        regions: RegionTree | None = None,
     ) -> None:
         """Either opens its own transaction from ``factory`` or joins ``session`` (event consumers,
-        whose inbox row must commit in the same transaction)."""
+        whose inbox row must commit in the same transaction).
+
+        With ``regions``, work order events of a case registered at a node that is neither this node
+        nor an ancestor also go to that node as a command (``_handling_command``)."""
         self._factory = factory
         self._joined = session
         self._node = node
+        self._regions = regions
         self.session: Session
 
     def __enter__(self) -> SqlRoutingUnitOfWork:
@@ -435,27 +446,28 @@ class SqlRoutingUnitOfWork:
         if row is None:
             row = CaseVersionRow(case_id=case_id, version=0, owner_epoch=0)
             self.session.add(row)
+        tell = self._registering_node_to_tell(case_id)
         for event in events:
             translated = _payload(event)
             if translated is None:
                 continue
             field, payload, at = translated
             row.version += 1
-            write_event(
-                self.session,
-                outbox,
-                envelope(
-                    payload_field=field,
-                    payload=payload,
-                    case_id=case_id,
-                    version=row.version,
-                    owner_node=self._node,
-                    owner_epoch=row.owner_epoch,
-                    origin_node=self._node,
-                    origin_service="routing",
-                    occurred_at=at,
-                ),
+            env = envelope(
+                payload_field=field,
+                payload=payload,
+                case_id=case_id,
+                version=row.version,
+                owner_node=self._node,
+                owner_epoch=row.owner_epoch,
+                origin_node=self._node,
+                origin_service="routing",
+                occurred_at=at,
             )
+            bus_event = to_bus_event(env)
+            append_event(self.session, outbox, bus_event, case_id)
+            if tell is not None and field in HANDLING_EVENTS:
+                append_event(self.session, outbox, _handling_command(env, bus_event.body, tell), case_id)
             if isinstance(event, HandedOff):
                 row.owner_epoch = event.new_owner_epoch  # this node is no longer the owner
         self.session.flush()
@@ -479,6 +491,7 @@ class SqlRoutingUnitOfWork:
         out: list[tuple[BusEvent, str | None]] = []
         for case_id, events in items:
             counter = known.setdefault(case_id, [0, 0])
+            tell = self._registering_node_to_tell(case_id) if events else None
             for event in events:
                 translated = _payload(event)
                 if translated is None:
@@ -496,7 +509,10 @@ class SqlRoutingUnitOfWork:
                     origin_service="routing",
                     occurred_at=at,
                 )
-                out.append((to_bus_event(env), case_id))
+                bus_event = to_bus_event(env)
+                out.append((bus_event, case_id))
+                if tell is not None and field in HANDLING_EVENTS:
+                    out.append((_handling_command(env, bus_event.body, tell), case_id))
                 if isinstance(event, HandedOff):
                     counter[1] = event.new_owner_epoch  # this node is no longer the owner
         fresh = [{"case_id": c, "version": v, "owner_epoch": e} for c, (v, e) in known.items() if c not in existing]
@@ -504,6 +520,36 @@ class SqlRoutingUnitOfWork:
         _bulk_insert(self.session, _CASE_VERSION, fresh)
         _bulk_update(self.session, _UPDATE_CASE_VERSION, changed)
         append_events(self.session, outbox, out)
+
+    def _registering_node_to_tell(self, case_id: str) -> str | None:
+        if self._regions is None:
+            return None
+        return registering_node_to_tell(case_id, self._node, self._regions)
+
+
+# Routing's events that the registering node's intake follows (see ``_handling_command``).
+HANDLING_EVENTS = frozenset({"work_order_created", "work_order_changed"})
+
+
+def _handling_command(env: events_pb2.EventEnvelope, body: bytes, target: str) -> BusEvent:
+    """The work order event ``env`` (serialized as ``body``) as a ``Command.HandlingUpdate`` for ``target``.
+
+    The command id derives from the event id, so a redelivery is one command however often the
+    relay publishes it; routing's outbox publishes it as type "command" and exchange carries it to
+    ``target`` (docs/exchange.md "Commands").
+    """
+    command_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"lianxin:handling:{env.event_id}"))
+    command = events_pb2.Command(
+        command_id=command_id,
+        case_id=env.case_id,
+        target_node=target,
+        issuing_node=env.origin_node,
+        owner_epoch_seen=env.owner_epoch,  # exchange never retargets a handling update
+        issued_at=env.occurred_at,
+        handling=events_pb2.Command.HandlingUpdate(envelope=body),
+    )
+    command.trace_context.update(env.trace_context)
+    return BusEvent(event_id=command_id, source="routing", event_type="command", body=command.SerializeToString())
 
 
 def _columns(stored: StoredWorkOrder) -> dict[str, Any]:

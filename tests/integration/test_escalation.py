@@ -130,16 +130,24 @@ def test_escalation_moves_ownership_to_the_parent_and_the_old_owner_is_stale(
         )
     assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
-    # A late write of the county under its old epoch travels up and is refused there as a stale owner.
+    # A late write of the county's routing under its old epoch (a reply it had no right to give any
+    # more) travels up and is refused there as a stale owner. (A citizen's rating recorded at the
+    # county is not an owner's write: exchange judges it by its origin, test_exchange_rules.)
     late = envelope(
-        payload_field="case_evaluated",
-        payload=events_pb2.CaseEvaluated(satisfaction=common_pb2.SATISFACTION_UNSATISFIED, comment="还是没处理"),
+        payload_field="work_order_changed",
+        payload=events_pb2.WorkOrderChanged(
+            work_order_id="511102-late",
+            from_state=common_pb2.CASE_STATE_ACCEPTED,
+            to_state=common_pb2.CASE_STATE_REPLIED,
+            action="reply",
+            actor="county-unit",
+        ),
         case_id=case_id,
         version=50,
         owner_node="511102",
         owner_epoch=reply.new_owner_epoch - 1,
         origin_node="511102",
-        origin_service="intake",
+        origin_service="routing",
         occurred_at=datetime.now(UTC),
     )
     county.bus.publish(to_bus_event(late))
@@ -149,7 +157,7 @@ def test_escalation_moves_ownership_to_the_parent_and_the_old_owner_is_stale(
         "the county's stale write quarantined at the city",
     )
     # Only the late write: everything the county sent before the escalation landed.
-    assert [q.payload_summary.split()[0] for q in quarantined(city, "511102")] == ["case_evaluated"]
+    assert [q.payload_summary.split()[0] for q in quarantined(city, "511102")] == ["work_order_changed"]
     assert [w.work_order_id for w in work_orders(city, case_id)] == [placed.work_order_id]
 
 

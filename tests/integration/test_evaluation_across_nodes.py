@@ -12,6 +12,11 @@ The same goes for the citizen's other requests at the registering node: a withdr
 request reach the county's routing as commands and do what the local ``case_withdrawn`` and
 ``review_requested`` do there. A withdrawal at the node that owns the case withdraws its work order
 directly. The three nodes are started once per backend and shared by the tests of this module.
+
+When the owner is not on the path up from the registering node (a case the county registered and
+escalated, 上报, to the city), replicas of the owner's handling never come down to it: the owner's
+routing sends each work order event to the registering node as a ``Command.HandlingUpdate``, which
+the county's intake follows as it would the replica. A case handed down stays without such commands.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 
 from services.common.events import decode
 from services.common.service import BusEvent, Subscription
+from services.intake.models import inbox as intake_inbox
 from services.node import Node
 from services.routing.handlers import work_order_id_for
 from services.routing.models import inbox as routing_inbox
+from services.routing.models import outbox as routing_outbox
 from tests.helpers import wait_until
 from tests.integration.exchange_nodes import exchange, linked_nodes, phone_for
 
@@ -404,3 +411,130 @@ def test_a_review_request_at_the_registering_province_reaches_the_county_that_ha
     assert kinds == ["evaluate", "request_review"]
     province_order = work_order(province, case.case_id)
     assert province_order is not None and province_order.state == common_pb2.CASE_STATE_TRANSFERRED
+
+
+def routing_outbox_of(node: Node, case_id: str) -> list[tuple[str, str, bytes]]:
+    """(event type, event id, body) of what ``node``'s routing wrote to its outbox about ``case_id``, in order."""
+    with node.engines["routing"].connect() as conn:
+        rows = conn.execute(
+            sa.select(routing_outbox.c.event_type, routing_outbox.c.event_id, routing_outbox.c.body)
+            .where(routing_outbox.c.case_id == case_id)
+            .order_by(routing_outbox.c.position)
+        ).all()
+    return [(r.event_type, r.event_id, bytes(r.body)) for r in rows]
+
+
+def intake_inbox_count(node: Node, event_id: str) -> int:
+    with node.engines["intake"].connect() as conn:
+        count: int = conn.execute(
+            sa.select(sa.func.count()).select_from(intake_inbox).where(intake_inbox.c.event_id == event_id)
+        ).scalar_one()
+    return count
+
+
+def test_the_registering_county_follows_the_handling_of_the_city_it_escalated_to(tiers: Tiers) -> None:
+    province, city, county = tiers.province, tiers.city, tiers.county
+    delivered_at_county = Seen(county, "exchange", "command")
+    rated_at_county = Seen(county, "intake", "command")
+    case = register(county, "511102")
+    case_id = case.case_id
+    wait_until(lambda: state_of(county, case_id) == common_pb2.CASE_STATE_ASSIGNED, 15, "the county's work order")
+
+    escalated = routing(county).EscalateCase(
+        routing_pb2.EscalateCaseRequest(case_id=case_id, actor="county-clerk", reason="涉及跨区河道，县级无法处理"),
+        timeout=5,
+    )
+    assert escalated.to_node == "511100"
+    wait_until(lambda: state_of(city, case_id) == common_pb2.CASE_STATE_ASSIGNED, 30, "the city's work order")
+    placed = work_order(city, case_id)
+    assert placed is not None and placed.unit_id == "lsj-sthjj"
+    city_stub = routing(city)
+    city_stub.AcceptWorkOrder(
+        routing_pb2.AcceptWorkOrderRequest(work_order_id=placed.work_order_id, actor="lsj-sthjj-1"), timeout=5
+    )
+    city_stub.ReplyWorkOrder(
+        routing_pb2.ReplyWorkOrderRequest(
+            work_order_id=placed.work_order_id, actor="lsj-sthjj-1", text="已协调上下游清理河道，并建立联合巡查。"
+        ),
+        timeout=5,
+    )
+
+    # The county, where the citizen registered, shows the city's reply and lets the citizen rate it.
+    wait_until(lambda: case.track().can_evaluate, 30, "the city's reply in the county's TrackCase")
+    tracked = case.track()
+    assert tracked.state == common_pb2.CASE_STATE_REPLIED
+    summaries = [entry.summary for entry in tracked.timeline]
+    assert summaries[0] == "已登记 registered" and summaries[-1] == "已答复 replied"
+    known = intake(county).GetCase(intake_pb2.GetCaseRequest(case_id=case_id), timeout=5).case
+    assert (known.owner_node, known.owner_epoch) == ("511100", escalated.new_owner_epoch)
+
+    # Each of the city's work order events went out once, as a command to the county, in the same transaction.
+    written = routing_outbox_of(city, case_id)
+    handling = [(t, i, b) for t, i, b in written if t in ("work_order_created", "work_order_changed")]
+    commands = [events_pb2.Command.FromString(b) for t, _, b in written if t == "command"]
+    assert len(handling) >= 3 and len(commands) == len(handling)  # created, accepted, replied
+    for (_, event_id, body), command in zip(handling, commands, strict=True):
+        assert command.WhichOneof("body") == "handling" and command.handling.envelope == body
+        assert (command.case_id, command.target_node, command.issuing_node) == (case_id, "511102", "511100")
+        assert command.command_id == str(uuid.uuid5(uuid.NAMESPACE_URL, f"lianxin:handling:{event_id}"))
+    # The county's own routing (it registered the case) sends none.
+    assert not [t for t, _, _ in routing_outbox_of(county, case_id) if t == "command"]
+    wait_until(
+        lambda: {e.event_id for e in delivered_at_county.of_case(case_id)} >= {c.command_id for c in commands},
+        15,
+        "the handling updates delivered at the county",
+    )
+
+    # Redelivered at the county: intake's inbox keeps the command id once, the case is not touched again.
+    last = next(e for e in delivered_at_county.of_case(case_id) if e.event_id == commands[-1].command_id)
+    county.bus.publish(last)
+    wait_until(
+        lambda: sum(e.event_id == last.event_id for e in delivered_at_county.of_case(case_id)) == 2, 10, "redelivery"
+    )
+    wait_until(lambda: intake_inbox_count(county, last.event_id) == 1, 10, "the command in intake's inbox")
+    again = case.track()
+    assert (again.state, len(again.timeline)) == (tracked.state, len(tracked.timeline))
+
+    # The rating given at the county goes on to the city, which closes the work order; the close comes back.
+    rated = intake(county).EvaluateCase(
+        intake_pb2.EvaluateCaseRequest(
+            tracking_code=case.code, phone_last4=case.last4, satisfaction=common_pb2.SATISFACTION_SATISFIED
+        ),
+        timeout=5,
+    )
+    assert rated.forwarded_to_owner
+    wait_until(lambda: state_of(city, case_id) == common_pb2.CASE_STATE_CLOSED, 30, "the close at the city")
+    (issued,) = [e for e in rated_at_county.of_case(case_id)]
+    rating = events_pb2.Command.FromString(issued.body)
+    assert rating.WhichOneof("body") == "evaluate" and rating.target_node == "511100"
+    wait_until(lambda: inbox_count(city, rating.command_id) == 1, 10, "the rating in the city's routing inbox")
+    wait_until(lambda: case.track().state == common_pb2.CASE_STATE_CLOSED, 30, "the close in the county's TrackCase")
+    closed = case.track()
+    assert closed.can_request_review and [e.summary for e in closed.timeline][-2:] == ["已评价 rated", "已办结 closed"]
+    # The county intake's case_evaluated names the city as owner (511100 is outside the county's subtree):
+    # a citizen's request is judged by its origin, so it reaches the tiers above like any replica, and
+    # nothing about this case is refused anywhere on the way.
+    for n in (city, province):
+        wait_until(
+            lambda n=n: "case_evaluated" in replica_types(n, case_id), 30, f"the rating replica at {n.settings.node}"
+        )
+    for n in (province, city, county):
+        items = exchange(n).ListQuarantine(exchange_pb2.ListQuarantineRequest(), timeout=5).items
+        assert not [i for i in items if case_id in i.payload_summary], n.settings.node
+
+
+def replica_types(node: Node, case_id: str) -> list[str]:
+    """Event types of the replicas ``node`` holds for ``case_id`` (from its subtree)."""
+    held = exchange(node).ListReplicas(exchange_pb2.ListReplicasRequest(case_id=case_id, max_items=1000), timeout=5)
+    return [entry.event_type for entry in held.entries]
+
+
+def test_a_case_handed_down_sends_no_handling_updates(tiers: Tiers) -> None:
+    # The province registered it and is above the county: the county's replicas reach it, no command is needed
+    # (nor wanted: the same handling would be applied twice).
+    case, placed_id = handed_down(tiers)
+    reply_at_county(tiers, case, placed_id)
+    for node in (tiers.province, tiers.city, tiers.county):
+        written = routing_outbox_of(node, case.case_id)
+        assert not [t for t, _, _ in written if t == "command"], node.settings.node
+    assert [t for t, _, _ in routing_outbox_of(tiers.county, case.case_id)].count("work_order_changed") >= 2

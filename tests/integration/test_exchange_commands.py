@@ -204,9 +204,11 @@ def test_a_command_addressed_to_the_old_owner_follows_the_case_up_after_escalati
     issue(county, stale)
 
     wait_until(lambda: stale.command_id in at_city.ids(), 20, "the command at the new owner")
-    delivered = at_city.commands[-1]
+    delivered = next(c for c in at_city.commands if c.command_id == stale.command_id)
     assert (delivered.target_node, delivered.owner_epoch_seen) == ("511100", escalated.new_owner_epoch)
-    assert at_county.ids() == []
+    # The county hears only the city's handling updates for its citizen (body "handling"), never the command.
+    assert stale.command_id not in at_county.ids()
+    assert all(c.WhichOneof("body") == "handling" for c in at_county.commands)
     assert [quarantine(n) for n in (city, county)] == [[], []]
 
 

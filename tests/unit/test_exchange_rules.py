@@ -46,6 +46,21 @@ def test_bad_identity_is_refused_with_reason(ev: domain.InboundEvent, child: str
     assert decision.verdict is domain.Verdict.REFUSE and decision.reason.startswith(reason)
 
 
+@pytest.mark.parametrize("event_type", ["case_evaluated", "review_requested", "case_withdrawn"])
+def test_a_citizens_request_at_the_registering_node_is_judged_by_origin_not_owner(event_type: str) -> None:
+    """After 上报 the county's rating names the city (its parent) as owner at the new epoch: still applied."""
+    escalated = domain.CaseKnowledge(event_id_at_sequence=None, last_sequence=2, known_epoch=2, already_stored=False)
+    above = event(event_type=event_type, owner_node="511100", owner_epoch=2, case_sequence=3)
+    assert judge(above, escalated).verdict is domain.Verdict.APPLY
+    stale = event(event_type=event_type, owner_node="511102", owner_epoch=1, case_sequence=3)
+    assert judge(stale, escalated).verdict is domain.Verdict.APPLY
+    # Its origin must still be under the pushing child, and an owner's write still may not name an outsider.
+    assert judge(event(event_type=event_type, origin_node="511111")).reason.startswith("out of subtree")
+    assert judge(event(event_type="work_order_changed", owner_node="511100"), escalated).reason.startswith(
+        "forged owner"
+    )
+
+
 def test_per_case_order_is_the_links_sequence_and_epochs_only_rise() -> None:
     known = domain.CaseKnowledge(event_id_at_sequence=None, last_sequence=2, known_epoch=3, already_stored=False)
     assert judge(event(case_sequence=3, owner_epoch=3), known).verdict is domain.Verdict.APPLY

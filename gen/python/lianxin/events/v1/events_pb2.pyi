@@ -870,6 +870,33 @@ class Command(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
+    class HandlingUpdate(_message.Message):
+        """The owner's handling of a case, sent by its routing to the node that registered the case when
+        that node is neither the owner nor an ancestor of it (after a 上报 or a transfer to another
+        subtree): replicas flow up only, so the registering node's intake would not hear it otherwise.
+        Addressed to the registering node, not to the owner: exchange never retargets it to a newer
+        owner on the way.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        ENVELOPE_FIELD_NUMBER: _builtins.int
+        envelope: _builtins.bytes
+        """The routing event (an EventEnvelope with work_order_created or work_order_changed),
+        serialized as the owner's outbox holds it; the command id derives from its event_id.
+        """
+        def __init__(
+            self,
+            *,
+            envelope: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class TraceContextEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -901,6 +928,7 @@ class Command(_message.Message):
     HAND_OFF_FIELD_NUMBER: _builtins.int
     REQUEST_REVIEW_FIELD_NUMBER: _builtins.int
     WITHDRAW_FIELD_NUMBER: _builtins.int
+    HANDLING_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """Unique id of the command (UUID); the owner applies each command once."""
     case_id: _builtins.str
@@ -939,6 +967,10 @@ class Command(_message.Message):
     def withdraw(self) -> Global___Command.WithdrawCase:
         """Withdraw the case."""
 
+    @_builtins.property
+    def handling(self) -> Global___Command.HandlingUpdate:
+        """Tell the registering node how the owner handles the case."""
+
     def __init__(
         self,
         *,
@@ -954,12 +986,13 @@ class Command(_message.Message):
         hand_off: Global___Command.HandOff | None = ...,
         request_review: Global___Command.RequestReview | None = ...,
         withdraw: Global___Command.WithdrawCase | None = ...,
+        handling: Global___Command.HandlingUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "evaluate", b"evaluate", "hand_off", b"hand_off", "issued_at", b"issued_at", "request_review", b"request_review", "supervise", b"supervise", "withdraw", b"withdraw"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "evaluate", b"evaluate", "hand_off", b"hand_off", "handling", b"handling", "issued_at", b"issued_at", "request_review", b"request_review", "supervise", b"supervise", "withdraw", b"withdraw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "case_id", b"case_id", "command_id", b"command_id", "evaluate", b"evaluate", "hand_off", b"hand_off", "issued_at", b"issued_at", "issuing_node", b"issuing_node", "owner_epoch_seen", b"owner_epoch_seen", "request_review", b"request_review", "supervise", b"supervise", "target_node", b"target_node", "trace_context", b"trace_context", "withdraw", b"withdraw"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "case_id", b"case_id", "command_id", b"command_id", "evaluate", b"evaluate", "hand_off", b"hand_off", "handling", b"handling", "issued_at", b"issued_at", "issuing_node", b"issuing_node", "owner_epoch_seen", b"owner_epoch_seen", "request_review", b"request_review", "supervise", b"supervise", "target_node", b"target_node", "trace_context", b"trace_context", "withdraw", b"withdraw"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["supervise", "evaluate", "hand_off", "request_review", "withdraw"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["supervise", "evaluate", "hand_off", "request_review", "withdraw", "handling"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
