@@ -217,31 +217,21 @@ class CaseWithdrawn:
     reason: str
 
 
-@dataclass(frozen=True)
-class EvaluationForOwner:
-    """A rating recorded here for a case another node owns, sent to that owner as a command (DESIGN §3).
-
-    ``command_id`` is derived from the evaluation id, so the same rating is one command however often it
-    is sent; ``owner_epoch_seen`` lets exchange retarget it when the case moved on since.
-    """
-
-    command_id: str
-    case_id: str
-    target_node: str
-    owner_epoch_seen: int
-    issuing_node: str
-    satisfaction: str
-    comment: str
-    at: datetime
+EVALUATE = "evaluate"
+REQUEST_REVIEW = "request_review"
+WITHDRAW = "withdraw"
 
 
 @dataclass(frozen=True)
-class RequestForOwner:
-    """A 复查 request or a withdrawal (撤回) recorded here for a case another node owns, sent to that owner.
+class CommandForOwner:
+    """A citizen's rating, 复查 request or withdrawal (撤回) recorded here for a case another node owns,
+    sent to that owner as a command (DESIGN §3).
 
-    ``kind`` is "request_review" or "withdraw" (the ``events.v1.Command`` body). Like a rating,
-    ``command_id`` is derived from what was recorded (the reply reviewed, the case withdrawn), so the
-    same request is one command however often it is sent.
+    ``kind`` is the ``events.v1.Command`` body: "evaluate", "request_review" or "withdraw"; ``text`` is
+    the rating's comment or the request's reason; ``satisfaction`` is set for a rating only.
+    ``command_id`` is derived from what was recorded (the rating, the reply reviewed, the case
+    withdrawn), so the same request is one command however often it is sent; ``owner_epoch_seen``
+    lets exchange retarget it when the case moved on since.
     """
 
     command_id: str
@@ -250,13 +240,9 @@ class RequestForOwner:
     owner_epoch_seen: int
     issuing_node: str
     kind: str
-    reason: str
+    text: str
     at: datetime
+    satisfaction: str = ""
 
-
-REQUEST_REVIEW = "request_review"
-WITHDRAW = "withdraw"
-
-CommandForOwner = EvaluationForOwner | RequestForOwner
 
 DomainEvent = CaseRegistered | CaseEvaluated | ReviewRequested | CaseWithdrawn

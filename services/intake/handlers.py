@@ -25,6 +25,7 @@ from services.common.timeutil import china_date
 from services.intake import dedup
 from services.intake.domain import (
     CATEGORIES,
+    EVALUATE,
     OTHER_CATEGORY,
     PUBLIC_MILESTONES,
     REQUEST_REVIEW,
@@ -40,8 +41,6 @@ from services.intake.domain import (
     CommandForOwner,
     Complainant,
     DomainEvent,
-    EvaluationForOwner,
-    RequestForOwner,
     ReviewRequested,
     TimelineEntry,
     can_evaluate,
@@ -533,14 +532,6 @@ def _text(field_name: str, value: str, *, required: bool) -> str:
     return value
 
 
-# Command ids of evaluations sent to the owner: uuid5 of the evaluation id (one command per rating).
-EVALUATION_COMMANDS = uuid.UUID("6f1d1c1e-3a5b-5d0e-9c43-6c69616e7869")
-
-
-def evaluation_command_id(evaluation_id: str) -> str:
-    return str(uuid.uuid5(EVALUATION_COMMANDS, evaluation_id))
-
-
 @dataclass(frozen=True)
 class Evaluated:
     evaluation_id: str
@@ -560,7 +551,7 @@ def evaluate_case(
 
     When another node owns the case (handed down or escalated since it was registered here), the
     rating is recorded here as always and, in the same transaction, sent to the owner as a command
-    (``evaluation_sent_to``), since the owner's routing is the one that closes or reopens the work order.
+    (``command_for_owner``), since the owner's routing is the one that closes or reopens the work order.
     """
     if satisfaction not in SATISFACTIONS:
         raise InvalidArgument("satisfaction", "must be satisfied, basically satisfied or unsatisfied")
@@ -592,7 +583,7 @@ def evaluate_case(
             uow.save(changed, expected_version=case.version)
             uow.add_timeline(TimelineEntry(case.case_id, now, case.state, "已评价 rated"))
             uow.emit(CaseEvaluated(changed, satisfaction, comment))
-            command = evaluation_for_owner(changed, evaluation_id, comment, deps.node, now)
+            command = command_for_owner(changed, EVALUATE, comment, deps.node, now)
             if command is not None:
                 uow.send_command(command)
             uow.commit()
@@ -625,54 +616,41 @@ def _retry_on_conflict(attempt: Callable[[], T]) -> T:
     return attempt()
 
 
-def evaluation_sent_to(case: Case, node: str) -> str:
-    """The node a rating given here is sent to: the known owner when it is not this node, else ""."""
+def owner_elsewhere(case: Case, node: str) -> str:
+    """The known owner of ``case`` when it is not this node (a citizen's request goes there too), else ""."""
     return case.owner_node if case.owner_node and case.owner_node != node else ""
 
 
-def evaluation_for_owner(
-    case: Case, evaluation_id: str, comment: str, node: str, at: datetime
-) -> EvaluationForOwner | None:
-    """The command carrying a rating to the case's owner node; None when this node owns the case."""
-    target = evaluation_sent_to(case, node)
-    if not target:
-        return None
-    return EvaluationForOwner(
-        command_id=evaluation_command_id(evaluation_id),
-        case_id=case.case_id,
-        target_node=target,
-        owner_epoch_seen=case.owner_epoch,
-        issuing_node=node,
-        satisfaction=case.satisfaction,
-        comment=comment,
-        at=at,
-    )
-
-
-# Command ids of review requests and withdrawals sent to the owner: uuid5 of what was recorded here,
-# the reply reviewed ("<case>-R<n>", once per reply) or the withdrawal ("<case>-W", once per case).
+# Command ids: uuid5 of what was recorded here, so one request is one command however often it is
+# sent. A rating: its evaluation id ("<case>-E<reply>"); a review: the reply reviewed ("<case>-R<n>");
+# a withdrawal: the case ("<case>-W").
+EVALUATION_COMMANDS = uuid.UUID("6f1d1c1e-3a5b-5d0e-9c43-6c69616e7869")
 REQUEST_COMMANDS = uuid.UUID("0b5e6a43-8f0e-5c1a-a1d2-6c69616e7872")
 
 
-def request_command_id(case_id: str, kind: str, reply_number: int = 0) -> str:
-    recorded = f"{case_id}-R{reply_number}" if kind == REQUEST_REVIEW else f"{case_id}-W"
+def owner_command_id(case: Case, kind: str) -> str:
+    if kind == EVALUATE:
+        return str(uuid.uuid5(EVALUATION_COMMANDS, f"{case.case_id}-E{case.evaluated_reply}"))
+    recorded = f"{case.case_id}-R{case.review_reply}" if kind == REQUEST_REVIEW else f"{case.case_id}-W"
     return str(uuid.uuid5(REQUEST_COMMANDS, recorded))
 
 
-def request_for_owner(case: Case, kind: str, reason: str, node: str, at: datetime) -> RequestForOwner | None:
-    """The command carrying a review request or a withdrawal to the case's owner; None when this node owns it."""
-    target = evaluation_sent_to(case, node)
+def command_for_owner(case: Case, kind: str, text: str, node: str, at: datetime) -> CommandForOwner | None:
+    """What a rating, review request or withdrawal just recorded on ``case`` sends to its owner; None
+    when this node owns the case. ``case`` is the changed case (its evaluated or reviewed reply set)."""
+    target = owner_elsewhere(case, node)
     if not target:
         return None
-    return RequestForOwner(
-        command_id=request_command_id(case.case_id, kind, case.review_reply),
+    return CommandForOwner(
+        command_id=owner_command_id(case, kind),
         case_id=case.case_id,
         target_node=target,
         owner_epoch_seen=case.owner_epoch,
         issuing_node=node,
         kind=kind,
-        reason=reason,
+        text=text,
         at=at,
+        satisfaction=case.satisfaction if kind == EVALUATE else "",
     )
 
 
@@ -710,7 +688,7 @@ def request_review(
             uow.save(changed, expected_version=case.version)
             uow.add_timeline(TimelineEntry(case.case_id, now, case.state, "已申请复查 review requested"))
             uow.emit(ReviewRequested(changed, reason))
-            command = request_for_owner(changed, REQUEST_REVIEW, reason, deps.node, now)
+            command = command_for_owner(changed, REQUEST_REVIEW, reason, deps.node, now)
             if command is not None:
                 uow.send_command(command)
             uow.commit()
@@ -734,7 +712,7 @@ def withdraw_case(
     now = deps.clock()
 
     def attempt() -> Withdrawn:
-        command: RequestForOwner | None = None
+        command: CommandForOwner | None = None
         with uow_factory() as uow:
             case = _authenticate(uow, tracking_code, phone_last4, deps)
             if not can_withdraw(case):
@@ -748,7 +726,7 @@ def withdraw_case(
             uow.add_timeline(TimelineEntry(case.case_id, now, CaseState.WITHDRAWN, "已撤回 withdrawn"))
             if not was_held:
                 uow.emit(CaseWithdrawn(changed, reason))
-                command = request_for_owner(changed, WITHDRAW, reason, deps.node, now)
+                command = command_for_owner(changed, WITHDRAW, reason, deps.node, now)
                 if command is not None:
                     uow.send_command(command)
             uow.commit()

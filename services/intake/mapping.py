@@ -14,6 +14,7 @@ from services.common.logs import mask_id_number, mask_name, mask_phone
 from services.common.telemetry import inject_context
 from services.common.timeutil import from_timestamp, to_timestamp
 from services.intake.domain import (
+    EVALUATE,
     REQUEST_REVIEW,
     WITHDRAW,
     Case,
@@ -21,8 +22,6 @@ from services.intake.domain import (
     CaseState,
     CaseWithdrawn,
     CommandForOwner,
-    EvaluationForOwner,
-    RequestForOwner,
     ReviewRequested,
     TimelineEntry,
 )
@@ -182,27 +181,11 @@ def case_withdrawn(event: CaseWithdrawn) -> events_pb2.CaseWithdrawn:
     return events_pb2.CaseWithdrawn(reason=event.reason)
 
 
-def evaluation_command(command: EvaluationForOwner) -> events_pb2.Command:
-    """The rating for the owner node (``Command.EvaluateCase``); like events, no personal data."""
-    message = events_pb2.Command(
-        command_id=command.command_id,
-        case_id=command.case_id,
-        target_node=command.target_node,
-        issuing_node=command.issuing_node,
-        owner_epoch_seen=command.owner_epoch_seen,
-        issued_at=_timestamp(command.at),
-        evaluate=events_pb2.Command.EvaluateCase(
-            satisfaction=satisfaction_value(command.satisfaction),  # type: ignore[arg-type]
-            comment=command.comment,
-            evaluated_at=_timestamp(command.at),
-        ),
-    )
-    message.trace_context.update(inject_context())
-    return message
+def owner_command(command: CommandForOwner) -> events_pb2.Command:
+    """The ``events.v1.Command`` carrying a citizen's rating, review request or withdrawal to the owner.
 
-
-def request_command(command: RequestForOwner) -> events_pb2.Command:
-    """A 复查 request or a withdrawal for the owner node (``Command.RequestReview`` / ``Command.WithdrawCase``)."""
+    Like events, it holds no personal data.
+    """
     message = events_pb2.Command(
         command_id=command.command_id,
         case_id=command.case_id,
@@ -211,18 +194,19 @@ def request_command(command: RequestForOwner) -> events_pb2.Command:
         owner_epoch_seen=command.owner_epoch_seen,
         issued_at=_timestamp(command.at),
     )
-    if command.kind == WITHDRAW:
-        message.withdraw.reason = command.reason
+    if command.kind == EVALUATE:
+        message.evaluate.CopyFrom(
+            events_pb2.Command.EvaluateCase(
+                satisfaction=satisfaction_value(command.satisfaction),  # type: ignore[arg-type]
+                comment=command.text,
+                evaluated_at=_timestamp(command.at),
+            )
+        )
     elif command.kind == REQUEST_REVIEW:
-        message.request_review.reason = command.reason
+        message.request_review.reason = command.text
+    elif command.kind == WITHDRAW:
+        message.withdraw.reason = command.text
     else:
         raise ValueError(f"no command body for {command.kind!r}")
     message.trace_context.update(inject_context())
     return message
-
-
-def owner_command(command: CommandForOwner) -> events_pb2.Command:
-    """The ``events.v1.Command`` carrying a citizen's rating, review request or withdrawal to the owner."""
-    if isinstance(command, EvaluationForOwner):
-        return evaluation_command(command)
-    return request_command(command)
