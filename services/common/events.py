@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from lianxin.events.v1 import events_pb2
 from sqlalchemy import Table
 from sqlalchemy.orm import Session
@@ -65,3 +65,23 @@ def decode(event: BusEvent) -> events_pb2.EventEnvelope:
     env = events_pb2.EventEnvelope()
     env.ParseFromString(event.body)
     return env
+
+
+def parse_envelope(body: bytes) -> events_pb2.EventEnvelope | None:
+    """The envelope in ``body``, or None when it does not decode or carries no payload (input from a peer)."""
+    env = events_pb2.EventEnvelope()
+    try:
+        env.ParseFromString(body)
+    except DecodeError:
+        return None
+    return env if env.WhichOneof("payload") else None
+
+
+def parse_command(body: bytes) -> events_pb2.Command | None:
+    """The command in ``body``, or None when it does not decode or lacks an id or a body."""
+    cmd = events_pb2.Command()
+    try:
+        cmd.ParseFromString(body)
+    except DecodeError:
+        return None
+    return cmd if cmd.command_id and cmd.WhichOneof("body") else None

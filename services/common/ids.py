@@ -15,5 +15,11 @@ def format_case_id(node: str, day: date, sequence: int) -> str:
     return f"{node}-{day:%Y%m%d}-{sequence:06d}"
 
 
+def registering_node(case_id: str) -> str:
+    """The node that registered ``case_id`` (its first part, ``format_case_id``); "" for an id without one."""
+    node, dash, _ = case_id.partition("-")
+    return node if dash else ""
+
+
 def new_event_id() -> str:
     return str(uuid.uuid4())

@@ -26,10 +26,11 @@ from lianxin.national.v1 import national_service_pb2 as national_pb2
 from lianxin.national.v1 import national_service_pb2_grpc as national_grpc
 from prometheus_client import Gauge
 
+from services.common.events import parse_envelope
 from services.common.grpcserver import instrumented_channel
 from services.common.timeutil import to_timestamp
 from services.exchange import domain
-from services.exchange.store import COMMAND, ENVELOPE, ExchangeStore, Item, parse_envelope
+from services.exchange.store import COMMAND, ENVELOPE, ExchangeStore, Item
 
 log = logging.getLogger(__name__)
 

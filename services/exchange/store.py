@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf.message import DecodeError
 from lianxin.events.v1 import events_pb2
 from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.db import transaction
+from services.common.events import parse_command, parse_envelope
 from services.common.outbox import append_event
 from services.common.regions import RegionTree
 from services.common.service import BusEvent
@@ -143,24 +143,6 @@ def _insert(session: Session, table: Table) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
-
-
-def parse_envelope(body: bytes) -> events_pb2.EventEnvelope | None:
-    env = events_pb2.EventEnvelope()
-    try:
-        env.ParseFromString(body)
-    except DecodeError:
-        return None
-    return env if env.WhichOneof("payload") else None
-
-
-def parse_command(body: bytes) -> events_pb2.Command | None:
-    cmd = events_pb2.Command()
-    try:
-        cmd.ParseFromString(body)
-    except DecodeError:
-        return None
-    return cmd if cmd.command_id and cmd.WhichOneof("body") else None
 
 
 class ExchangeStore:

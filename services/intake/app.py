@@ -11,14 +11,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.message import DecodeError
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.crypto import cipher_from_env
 from services.common.errors import InvalidArgument
-from services.common.events import decode
+from services.common.events import decode, parse_command, parse_envelope
 from services.common.outbox import consume_once
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription
 from services.common.timeutil import from_timestamp
@@ -301,18 +300,14 @@ def build(ctx: ServiceContext) -> ServiceParts:
         # its work order events as commands when this node is neither the owner nor above it (after a
         # 上报 or a transfer into another subtree), since replicas would not come down. Applied as a
         # replica is, once per command id (the inbox; the bus event id is the command id).
-        command = events_pb2.Command()
-        try:
-            command.ParseFromString(event.body)
-        except DecodeError:
+        command = parse_command(event.body)
+        if command is None:
             log.warning("undecodable command ignored", extra={"node": node, "event_id": event.event_id})
             return
         if command.WhichOneof("body") != "handling" or not registered_here(command.case_id, node):
             return  # the citizen's requests are routing's (the owner's) to apply
-        env = events_pb2.EventEnvelope()
-        try:
-            env.ParseFromString(command.handling.envelope)
-        except DecodeError:
+        env = parse_envelope(command.handling.envelope)
+        if env is None:
             log.warning("undecodable handling update ignored", extra={"node": node, "event_id": event.event_id})
             return
         if env.case_id != command.case_id:

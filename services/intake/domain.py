@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
+from services.common.ids import registering_node
+
 
 class CaseState(str, Enum):
     """The names are the contract (DESIGN §3); proto enum values are CASE_STATE_<name>."""
@@ -170,7 +172,7 @@ def registered_here(case_id: str, node: str) -> bool:
 
     Intake holds rows only for those, so replicas of other cases can be passed over unread.
     """
-    return case_id.startswith(f"{node}-")
+    return registering_node(case_id) == node
 
 
 def newer_owner(case: Case, owner_node: str, owner_epoch: int) -> Case:

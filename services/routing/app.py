@@ -9,13 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from google.protobuf.message import DecodeError
 from lianxin.common.v1 import common_pb2
-from lianxin.events.v1 import events_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from prometheus_client import Gauge
 
-from services.common.events import decode
+from services.common.events import decode, parse_command
 from services.common.outbox import consume_once
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
 from services.common.timeutil import from_timestamp
@@ -163,10 +161,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
         # A command exchange delivered here, the case's owner (docs/exchange.md "Commands"): a rating,
         # a 复查 request or a withdrawal the citizen made at the node that registered the case. Applied
         # as the local event is, once per command id (the inbox; the bus event id is the command id).
-        command = events_pb2.Command()
-        try:
-            command.ParseFromString(event.body)
-        except DecodeError:
+        command = parse_command(event.body)
+        if command is None:
             log.warning("undecodable command ignored", extra={"node": node, "event_id": event.event_id})
             return
         body = command.WhichOneof("body")

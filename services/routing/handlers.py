@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, StaleOwner
+from services.common.ids import registering_node
 from services.common.regions import RegionTree
 from services.common.timeutil import china_date, to_utc
 from services.routing.jurisdiction import (
@@ -220,7 +221,7 @@ def registering_node_to_tell(case_id: str, node: str, regions: RegionTree) -> st
     node that is this node or one of its ancestors follows the handling from them; any other (after
     a 上报 from it, or a transfer into another subtree) is sent each work order event as a command.
     """
-    registrar = case_id.partition("-")[0]
+    registrar = registering_node(case_id)
     if registrar not in regions or node not in regions or regions.contains(registrar, node):
         return None
     return registrar
