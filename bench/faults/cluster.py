@@ -10,7 +10,6 @@ one process on SQLite with the in-process bus, with ``LIANXIN_PARENT`` pointing 
 from __future__ import annotations
 
 import ctypes
-import os
 import signal
 import subprocess
 import sys
@@ -20,8 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.faults.infra import free_port
-from bench.harness.procs import terminate
+from bench.harness.procs import free_port, harness_environ, terminate
 from services.common.settings import SERVICES
 from services.federation import health_statuses, wait_serving
 
@@ -87,7 +85,7 @@ class ProductionNode:
     @property
     def env(self) -> dict[str, str]:
         return {
-            **os.environ,
+            **harness_environ(),
             **COMMON_ENV,
             "LIANXIN_NODE": self.node,
             "LIANXIN_DATABASE_URL": self.database_url,
@@ -218,7 +216,7 @@ class EmbeddedNode:
     def start(self, ready_timeout_s: float = 120.0) -> EmbeddedNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {
-            **os.environ,
+            **harness_environ(),
             **COMMON_ENV,
             "LIANXIN_NODE": self.node,
             "LIANXIN_DATA_DIR": str(self.data_dir),

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.harness.procs import free_port
+
 DEFAULT_LIFETIME_S = 3600.0
 
 
@@ -38,12 +40,6 @@ class CapabilityMissing(RuntimeError):
         super().__init__(f"{what}: {why}")
         self.what = what
         self.why = why
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -38,6 +38,15 @@ NODE_ENV = {
 STOP_GRACE_S = 3.0
 
 
+# The operator's own node settings: a node the harness starts must not inherit them.
+OPERATOR_SETTINGS = ("LIANXIN_PARENT", "LIANXIN_NATIONAL", "LIANXIN_DATABASE_URL", "LIANXIN_AMQP_URI")
+
+
+def harness_environ() -> dict[str, str]:
+    """This process's environment without the operator's node settings, for the processes the harness starts."""
+    return {key: value for key, value in os.environ.items() if key not in OPERATOR_SETTINGS}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -157,7 +166,7 @@ class NodeProcess:
     def start(self) -> NodeProcess:
         self.backend.prepare(self.group, self.code)
         env = {
-            **os.environ,
+            **harness_environ(),
             **NODE_ENV,
             "LIANXIN_NODE": self.code,
             "LIANXIN_DATA_DIR": str(self.backend.data_dir(self.group)),
@@ -165,8 +174,6 @@ class NodeProcess:
             "LIANXIN_METRICS_PORT": "0",
             "LIANXIN_GRPC_WORKERS": str(self.workers),
         }
-        for key in ("LIANXIN_PARENT", "LIANXIN_NATIONAL", "LIANXIN_DATABASE_URL", "LIANXIN_AMQP_URI"):
-            env.pop(key, None)  # the operator's own node settings must not leak into the harness
         if self.parent:
             env["LIANXIN_PARENT"] = self.parent
         template = self.backend.database_template(self.group)
