@@ -590,7 +590,7 @@ def evaluate_case(
         return Evaluated(evaluation_id, forwarded_to=command.target_node if command is not None else "")
 
     try:
-        return _retry_on_conflict(attempt)
+        return retry_on_conflict(attempt)
     except AlreadyExists:
         # A concurrent rating of the same reply won (the evaluation row is unique per reply).
         raise FailedPrecondition("this reply was already rated") from None
@@ -600,7 +600,7 @@ T = TypeVar("T")
 CONFLICT_ATTEMPTS = 3
 
 
-def _retry_on_conflict(attempt: Callable[[], T]) -> T:
+def retry_on_conflict(attempt: Callable[[], T]) -> T:
     """Run a citizen's request again when the case changed between its read and its write.
 
     Routing's handling (a reply, an acceptance) is applied to the same case row in the background;
@@ -695,7 +695,7 @@ def request_review(
         return ReviewRecorded(now + REVIEW_DECISION, forwarded_to=command.target_node if command is not None else "")
 
     # A concurrent request of the same review is seen by the next attempt's check.
-    return _retry_on_conflict(attempt)
+    return retry_on_conflict(attempt)
 
 
 @dataclass(frozen=True)
@@ -732,7 +732,7 @@ def withdraw_case(
             uow.commit()
         return Withdrawn(changed, forwarded_to=command.target_node if command is not None else "")
 
-    return _retry_on_conflict(attempt)
+    return retry_on_conflict(attempt)
 
 
 # -- what routing tells us ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.common.errors import Conflict, FailedPrecondition
 from services.intake import dedup
 from services.intake.app import CoalescedNotify
 from services.intake.domain import (
@@ -18,6 +19,7 @@ from services.intake.domain import (
     can_request_review,
     can_withdraw,
 )
+from services.intake.handlers import CONFLICT_ATTEMPTS, retry_on_conflict
 from tests.helpers import wait_until
 
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
@@ -105,6 +107,37 @@ def test_commits_after_a_quiet_spell_still_get_their_trailing_wake() -> None:
             message="the idle wake thread to end",
         )
     assert len(wakes) == 4
+
+
+def test_a_citizen_request_that_lost_a_race_with_the_handling_is_decided_again() -> None:
+    """Routing's handling changed the case between the request's read and write: re-read and decide again."""
+    attempts: list[int] = []
+
+    def once_raced() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise Conflict("case 511102-20261122-000001 changed since it was read")
+        return "recorded"
+
+    assert retry_on_conflict(once_raced) == "recorded" and len(attempts) == 2
+
+    def always_raced() -> str:
+        attempts.append(1)
+        raise Conflict("case 511102-20261122-000001 changed since it was read")
+
+    attempts.clear()
+    with pytest.raises(Conflict):  # the caller answers ABORTED after the last attempt
+        retry_on_conflict(always_raced)
+    assert len(attempts) == CONFLICT_ATTEMPTS
+
+    def refused() -> str:
+        attempts.append(1)
+        raise FailedPrecondition("this reply was already rated")
+
+    attempts.clear()
+    with pytest.raises(FailedPrecondition):  # a refusal is the answer, not a race: no second attempt
+        retry_on_conflict(refused)
+    assert len(attempts) == 1
 
 
 def test_stored_simhashes_stay_comparable() -> None:
