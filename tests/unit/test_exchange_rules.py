@@ -192,3 +192,13 @@ def test_a_package_marks_its_commands_and_reads_as_before_without() -> None:
     assert package.kinds == {2: "command"} and [p for p, _, _ in package.items] == [1, 2]
     plain = seal(origin_node="511102", since=0, created_at="x", items=[(1, b"\x01", 1)], key=b"k")
     assert b'"kind"' not in plain and open_package(plain, key=b"k").kinds == {}
+
+
+def test_a_cut_link_reconnects_within_its_own_backoff() -> None:
+    """gRPC's reconnect backoff (120 s by default) must not outlast the link's own retry cap."""
+    from services.common.grpcserver import CHANNEL_OPTIONS
+    from services.exchange.link import Backoff
+
+    options = dict(CHANNEL_OPTIONS)
+    assert options["grpc.max_reconnect_backoff_ms"] <= Backoff().cap_s * 1000
+    assert options["grpc.initial_reconnect_backoff_ms"] <= options["grpc.max_reconnect_backoff_ms"]
