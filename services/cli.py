@@ -162,10 +162,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def _declare_queues(settings: Settings, service: str) -> int:
     """The service's durable event queues, so events published before its worker first starts are kept."""
+    import os
+
     from services.common.nameko_worker import declare_queues
     from services.common.regions import RegionTree
     from services.node import build_service
 
+    # Only the subscriptions are wanted: intake's category model must not load or train in a process
+    # that exits right after (a model file half written at exit would be worse than none).
+    os.environ["LIANXIN_INTAKE_CLASSIFIER"] = "off"
     parts, engine = build_service(settings, service, regions=RegionTree.load(settings.regions_file))
     try:
         return len(declare_queues(parts, settings))
