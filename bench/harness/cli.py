@@ -142,6 +142,14 @@ def register(sub: Any) -> None:
         help="node: lianxin node, all five services (as lianxin up); serve: the intake api process alone",
     )
     parser.add_argument(
+        "--intake-replicas",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="with --intake-host serve: N intake api processes on one database, clients spread round robin"
+        " (deploy/k8s runs 2 api replicas per service)",
+    )
+    parser.add_argument(
         "--pg-admin-url", default=DEFAULT_PG_ADMIN, metavar="URL", help="PostgreSQL to create the databases on"
     )
     parser.add_argument(
@@ -158,6 +166,7 @@ class BenchOptions:
     sizes: dict[str, Any]
     intake_host: str
     pg_admin_url: str
+    intake_replicas: int = 1
 
     def command(self) -> list[str]:
         """The command line that repeats this run, every size spelled out."""
@@ -166,13 +175,24 @@ class BenchOptions:
             out += [f"--{key.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
         if self.intake_host != "node":
             out += ["--intake-host", self.intake_host]
+        if self.intake_replicas != 1:
+            out += ["--intake-replicas", str(self.intake_replicas)]
         return out
 
 
 def resolve(args: argparse.Namespace) -> BenchOptions:
     defaults = QUICK if args.quick else FULL
     sizes = {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in defaults.items()}
-    return BenchOptions(args.backend, tuple(args.only), args.quick, sizes, args.intake_host, args.pg_admin_url)
+    if args.intake_replicas != 1 and args.intake_host != "serve":
+        print(
+            "lianxin bench: error: argument --intake-replicas: only with --intake-host serve"
+            " (a node runs its five services in one process)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return BenchOptions(
+        args.backend, tuple(args.only), args.quick, sizes, args.intake_host, args.pg_admin_url, args.intake_replicas
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,7 +225,13 @@ def run(args: argparse.Namespace) -> int:
         argv=options.command(),
         started=started,
         backend=options.backend,
-        options={**options.sizes, "only": list(options.only), "quick": options.quick, "intake": options.intake_host},
+        options={
+            **options.sizes,
+            "only": list(options.only),
+            "quick": options.quick,
+            "intake": options.intake_host,
+            "intake_replicas": options.intake_replicas,
+        },
         machine=machine,
         results=results,
         databases=databases,
@@ -243,6 +269,7 @@ def run_scenarios(
             concurrency=sizes["concurrency"],
             workers=sizes["workers"],
             host=options.intake_host,
+            replicas=options.intake_replicas,
         )
         attempt("intake", lambda: scenarios.intake(backend, echo.address, intake, progress))
     if {"propagation", "catchup"} & set(options.only):

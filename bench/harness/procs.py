@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.federation import BUSINESS_SERVICES, wait_serving
 
@@ -152,7 +154,9 @@ class NodeProcess:
     workers: int = 16
     command: Sequence[str] = ("node",)
     services: Sequence[str] = BUSINESS_SERVICES
+    replica: int = 0  # the second and later api processes of one node (``lianxin bench --intake-replicas``)
     port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -161,7 +165,8 @@ class NodeProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.backend.workdir / "logs" / f"{self.group}-{self.code}.log"
+        suffix = f"-{self.replica}" if self.replica else ""
+        return self.backend.workdir / "logs" / f"{self.group}-{self.code}{suffix}.log"
 
     def start(self) -> NodeProcess:
         self.backend.prepare(self.group, self.code)
@@ -171,7 +176,7 @@ class NodeProcess:
             "LIANXIN_NODE": self.code,
             "LIANXIN_DATA_DIR": str(self.backend.data_dir(self.group)),
             "LIANXIN_GRPC_PORT": str(self.port),
-            "LIANXIN_METRICS_PORT": "0",
+            "LIANXIN_METRICS_PORT": str(self.metrics_port),
             "LIANXIN_GRPC_WORKERS": str(self.workers),
         }
         if self.parent:
@@ -196,6 +201,23 @@ class NodeProcess:
             wait_serving(self.address, timeout, self.process, services=self.services)
         except (RuntimeError, TimeoutError) as error:
             raise RuntimeError(f"node {self.code} ({self.group}) did not start: {error}\n{self.log_tail()}") from None
+
+    def calls_handled(self, method: str) -> int:
+        """How many ``method`` calls (``Service/Method``) this process answered, from its /metrics."""
+        service, name = method.rsplit("/", 1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return int(
+            sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "lianxin_grpc_server_handled"
+                for sample in family.samples
+                if sample.name.endswith("_total")
+                and sample.labels.get("service") == service
+                and sample.labels.get("method") == name
+            )
+        )
 
     def log_tail(self, lines: int = 15) -> str:
         try:

@@ -12,7 +12,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -100,6 +100,15 @@ class IntakeOptions:
     concurrency: int = 8
     workers: int = 16
     host: str = "node"  # "node": lianxin node (five services, as lianxin up); "serve": lianxin serve --service intake
+    replicas: int = 1  # "serve" only: api processes on one database, as deploy/k8s runs them
+
+    @property
+    def host_command(self) -> tuple[str, ...]:
+        return ("node",) if self.host == "node" else ("serve", "--service", "intake")
+
+    def describe(self) -> str:
+        text = f"lianxin {' '.join(self.host_command)}"
+        return text if self.replicas == 1 else f"{text} ×{self.replicas}"
 
 
 def raw_insert(url: str, *, clients: int, duration: float, progress: Progress, label: str) -> Sample:
@@ -116,35 +125,55 @@ def raw_insert(url: str, *, clients: int, duration: float, progress: Progress, l
 
 def intake(backend: Backend, echo_address: str, options: IntakeOptions, progress: Progress) -> ScenarioResult:
     """SubmitCase at a target rate (open loop) and at saturation (closed loop) on a lone county node."""
-    command = ("node",) if options.host == "node" else ("serve", "--service", "intake")
-    node = NodeProcess(
-        COUNTY,
-        backend,
-        "solo",
-        workers=options.workers,
-        command=command,
-        services=BUSINESS_SERVICES if options.host == "node" else (INTAKE_SERVICE,),
-    )
-    progress.note(f"starting node {COUNTY} (lianxin {' '.join(command)}, {backend.label}) ...")
-    node.start()
+    command = options.host_command
+    nodes = [
+        NodeProcess(
+            COUNTY,
+            backend,
+            "solo",
+            workers=options.workers,
+            command=command,
+            services=BUSINESS_SERVICES if options.host == "node" else (INTAKE_SERVICE,),
+            replica=replica,
+        )
+        for replica in range(options.replicas)
+    ]
+    progress.note(f"starting node {COUNTY} ({options.describe()}, {backend.label}) ...")
     try:
-        node.wait_ready()
-        return _intake(backend, node, echo_address, options, progress)
+        # One at a time: the first migrates the database, the others find it done.
+        for node in nodes:
+            node.start()
+            node.wait_ready()
+        return _intake(backend, nodes, echo_address, options, progress)
     finally:
-        stop_all([node])
+        stop_all(nodes)
+
+
+SUBMIT_METHOD = "lianxin.intake.v1.IntakeService/SubmitCase"
+
+
+def client_target(nodes: Sequence[NodeProcess]) -> tuple[str, list[tuple[str, Any]]]:
+    """(target, channel options) reaching every api replica, calls spread round robin (one replica: plain)."""
+    if len(nodes) == 1:
+        return nodes[0].address, []
+    return "ipv4:" + ",".join(node.address for node in nodes), [("grpc.lb_policy_name", "round_robin")]
 
 
 def _intake(
-    backend: Backend, node: NodeProcess, echo_address: str, o: IntakeOptions, progress: Progress
+    backend: Backend, nodes: Sequence[NodeProcess], echo_address: str, o: IntakeOptions, progress: Progress
 ) -> ScenarioResult:
     result = ScenarioResult("intake")
     submissions = Submissions(COUNTY)
     numbers = itertools.count()
-    with grpc.insecure_channel(node.address) as node_channel, grpc.insecure_channel(echo_address) as echo_channel:
+    target, channel_options = client_target(nodes)
+    with (
+        grpc.insecure_channel(target, options=channel_options) as node_channel,
+        grpc.insecure_channel(echo_address) as echo_channel,
+    ):
         stub = intake_grpc.IntakeServiceStub(node_channel)
         echo = echo_channel.unary_unary(ECHO_METHOD)
         payload = submissions.request(0, 0).SerializeToString()  # the echo carries a submission's bytes
-        for i in range(5):  # first connection, lazily built caches
+        for i in range(5 * len(nodes)):  # first connections, lazily built caches (of every replica)
             stub.SubmitCase(submissions.request(-1, i), timeout=30)
             echo(payload, timeout=10)
         total = max(1, int(o.rate * o.duration))
@@ -176,17 +205,19 @@ def _intake(
                 phase=phase,
             )
 
-    open_name = f"intake at {o.rate:g}/s (open loop)"
+    on = "" if o.replicas == 1 else f", {o.replicas} api processes"
+    open_name = f"intake at {o.rate:g}/s (open loop{on})"
     rows = result.rows
     rows.append(Row(open_name, "achieved rate", submit_open.rate, "/s", echo_open.rate, "grpcio echo, same schedule"))
     _pcts(rows, open_name, "latency ", submit_open, echo_open, "grpcio echo, same schedule")
-    sat_name = f"intake saturation ({c} clients)"
+    sat_name = f"intake saturation ({c} clients{on})"
     rows.append(Row(sat_name, "rate", submit_sat.rate, "/s", echo_sat.rate, f"grpcio echo, {c} clients"))
     rows.append(Row(sat_name, "rate", submit_sat.rate, "/s", raw_n.rate, f"raw INSERT+COMMIT, {c} loops, same DB"))
     rows.append(Row(sat_name, "rate", submit_sat.rate, "/s", raw_1.rate, "raw INSERT+COMMIT, 1 loop, same DB"))
     _pcts(rows, sat_name, "latency ", submit_sat, echo_sat, f"grpcio echo, {c} clients")
     result.details = {
-        "host": f"lianxin {' '.join(('node',) if o.host == 'node' else ('serve', '--service', 'intake'))}",
+        "host": o.describe(),
+        "api_replicas": o.replicas,
         "server_threads": o.workers,
         "submit_open_loop": submit_open.summary(),
         "echo_open_loop": echo_open.summary(),
@@ -195,6 +226,9 @@ def _intake(
         "raw_insert_clients": raw_n.summary(),
         "raw_insert_lone": raw_1.summary(),
     }
+    if len(nodes) > 1:
+        # Where the calls went: a replica that took none would make this a one-process figure.
+        result.details["submit_calls_per_replica"] = [node.calls_handled(SUBMIT_METHOD) for node in nodes]
     for name, sample in (("SubmitCase at the target rate", submit_open), ("SubmitCase at saturation", submit_sat)):
         if sample.errors:
             result.notes.append(f"{name}: {sample.errors} failed calls {sample.error_kinds}")

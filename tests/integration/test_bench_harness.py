@@ -143,6 +143,8 @@ def postgres_admin_url_or_none(request: pytest.FixtureRequest) -> str | None:
         (["--concurrency", "two"], "argument --concurrency: expected a whole number, got 'two'"),
         (["--only", "intake,warp"], "argument --only: unknown scenario 'warp' (choose from intake, propagation"),
         (["--backend", "mysql"], "argument --backend: invalid choice: 'mysql'"),
+        (["--intake-replicas", "0"], "argument --intake-replicas: must be greater than 0"),
+        (["--intake-replicas", "2"], "argument --intake-replicas: only with --intake-host serve"),
     ],
 )
 def test_bad_options_are_refused_naming_the_option(
@@ -152,6 +154,23 @@ def test_bad_options_are_refused_naming_the_option(
         main(["bench", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_intake_api_replicas_share_one_database_and_the_load(tmp_path: Path) -> None:
+    """`--intake-host serve --intake-replicas 2`: two intake api processes (as deploy/k8s runs them) on
+    one database, the clients' calls spread round robin; both take calls and no call fails."""
+    json_path = tmp_path / "bench.json"
+    argv = ["bench", "--quick", "--backend", "sqlite", "--only", "intake", "--intake-host", "serve"]
+    argv += ["--intake-replicas", "2", "--json", str(json_path)]
+    run = subprocess.run([*_lianxin(), *argv], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(json_path.read_text(encoding="utf-8"))
+    details = report["scenarios"]["intake"]["details"]
+    assert details["api_replicas"] == 2 and details["host"] == "lianxin serve --service intake ×2"
+    assert details["submit_saturation"]["errors"] == 0 and details["submit_open_loop"]["errors"] == 0
+    assert report["command"][-2:] == ["--intake-replicas", "2"]
+    calls = details["submit_calls_per_replica"]
+    assert len(calls) == 2 and min(calls) > 0.3 * sum(calls), f"round robin should spread the calls: {calls}"
 
 
 def test_open_loop_measures_from_the_scheduled_send_time() -> None:
