@@ -180,3 +180,39 @@ def test_two_api_processes_never_hand_out_the_same_case_number(store: Store) -> 
     with store.engine.connect() as conn:
         last = conn.execute(sa.text('SELECT "last" FROM case_sequence')).scalar_one()
     assert last >= max(taken)
+
+
+def test_upgrading_recomputes_stored_simhashes_so_old_cases_still_match(database_url: str) -> None:
+    """Intake migration 0002 (SimHash version 2): cases stored with version 1 values get version 2
+    values and bands from their own text, so a new submission with that text finds them again."""
+    from services.intake import dedup
+
+    engine = make_engine(database_url, service="intake")
+    upgrade(engine, "intake", revision="0001")
+    factory = make_session_factory(engine)
+    path = PgSubmitPath(database_url) if engine.dialect.name == "postgresql" else None
+    old = Store(engine, path, CaseNumbers(factory), factory)
+    texts = {}
+    for n in range(3):
+        case = new_case(old, f"v1-{n}", simhash=0x44FAF6899C9890C2 + n)  # version 1 values, as stored before
+        register(old, case)
+        texts[case.case_id] = dedup.submission_text(case.title, case.body)
+    upgrade(engine, "intake")  # 0002
+    with engine.connect() as conn:
+        stored = {row.case_id: row for row in conn.execute(sa.text("SELECT * FROM cases"))}
+    assert set(stored) == set(texts)
+    for case_id, text in texts.items():
+        value = dedup.simhash(text)
+        row = stored[case_id]
+        assert row.simhash % (1 << 64) == value
+        assert [row.band0, row.band1, row.band2, row.band3] == [(value >> (16 * b)) & 0xFFFF for b in range(4)]
+    # and the lookup a new submission makes finds the nearest of them again
+    probe = dedup.simhash(texts[min(texts)])
+    with old.open() as uow:
+        found = uow.submit_lookup(
+            idempotency_key="app:new", phone="", id_number="", since=None, fingerprint="none", simhash=probe
+        )
+    assert [case_id for case_id, _ in found.near][:1] == [min(texts)]
+    if path is not None:
+        path.close()
+    engine.dispose()
