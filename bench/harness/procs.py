@@ -281,6 +281,10 @@ class EchoProcess:
         self.address = line
         return self
 
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return () if self.process is None else (self.process.pid,)
+
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is None:

@@ -3,14 +3,22 @@ PostgreSQL, each beside two baselines measured in the same run:
 
 * a bare grpcio echo server (same thread pool, same clients): the ceiling of the transport;
 * a raw single-row INSERT + COMMIT loop on the same database (one loop per client thread, and
-  one lone loop): the ceiling of the storage.
+  one lone loop), run from this process: the ceiling of the storage.
 
-"CPU ms" is this Python process's CPU per operation (clients included). One process runs on one
-core at a time (the GIL), so 1000 / CPU ms bounds the rate whatever the database does.
+By default the intake api runs as production runs it, ``lianxin serve --service intake`` in its own
+process (and the echo server in its own), once with one api process and once with two on the same
+database (deploy/k8s runs two replicas of every api), the clients' calls spread round robin. The
+client threads then never share an interpreter lock with the server they measure. ``--server
+thread`` puts node and clients in this one process instead (the earlier form of this benchmark).
 
-    .venv/bin/python -m bench.intake.bench_submit                 # ~1 minute
-    .venv/bin/python -m bench.intake.bench_submit --quick         # tiny sizes (the smoke test)
-    .venv/bin/python -m bench.intake.bench_submit --backends sqlite
+The CPU columns say where the CPU went, per call: this process (the clients; in thread mode the
+server too), the api processes, and the local PostgreSQL's processes. A Python process runs on one
+core at a time (the interpreter lock), so 1000 / (api CPU ms) bounds one api process's rate.
+
+    .venv/bin/python -m bench.intake.bench_submit                  # ~2 minutes
+    .venv/bin/python -m bench.intake.bench_submit --backends postgres --replicas 1,2,3
+    .venv/bin/python -m bench.intake.bench_submit --server thread  # clients and node in one process
+    .venv/bin/python -m bench.intake.bench_submit --quick          # tiny sizes (the smoke test)
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ from lianxin.intake.v1 import intake_service_pb2 as pb
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from bench.baselines import raw_insert_loop
+from bench.cpu import postgres_cpu_seconds, process_cpu_seconds
+from bench.harness.procs import Backend, EchoProcess, NodeProcess, stop_all
+from bench.harness.scenarios import INTAKE_SERVICE, client_target
 from services.common.db import make_engine
 from services.common.settings import Settings
 from services.node import Node
@@ -47,7 +58,12 @@ class Result:
     count: int
     seconds: float
     latencies: list[float]
-    cpu_seconds: float = 0.0  # this process's CPU (server, clients and driver alike) over the run
+    cpu_seconds: float = 0.0  # this process's CPU (clients and driver; in thread mode the server too)
+    api_cpu_seconds: float | None = None  # the api processes' CPU (process mode)
+    pg_cpu_seconds: float | None = None  # the local PostgreSQL's processes' CPU
+
+    def per_call_ms(self, seconds: float | None) -> str:
+        return "" if seconds is None or not self.count else f"{seconds / self.count * 1000:.2f}"
 
     @property
     def rate(self) -> float:
@@ -89,6 +105,28 @@ def run_threads(threads: int, seconds: float, call: Callable[[int, int], None], 
     return Result(name, len(flat), elapsed, flat, time.process_time() - cpu_began)
 
 
+def measured(
+    threads: int,
+    seconds: float,
+    call: Callable[[int, int], None],
+    name: str,
+    *,
+    api_pids: tuple[int, ...] = (),
+    postgres: bool = False,
+) -> Result:
+    """``run_threads`` with the CPU the api processes and PostgreSQL spent meanwhile."""
+    api_before = process_cpu_seconds(api_pids) if api_pids else None
+    pg_before = postgres_cpu_seconds() if postgres else None
+    result = run_threads(threads, seconds, call, name)
+    if api_before is not None:
+        api_after = process_cpu_seconds(api_pids)
+        result.api_cpu_seconds = None if api_after is None else api_after - api_before
+    if pg_before is not None:
+        pg_after = postgres_cpu_seconds()
+        result.pg_cpu_seconds = None if pg_after is None else pg_after - pg_before
+    return result
+
+
 # -- baselines ---------------------------------------------------------------------------------
 
 
@@ -105,23 +143,27 @@ def echo_server(workers: int) -> tuple[grpc.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
+def echo_at(address: str, threads: int, seconds: float, *, api_pids: tuple[int, ...] = ()) -> Result:
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary("/bench.Echo/Echo")
+        payload = b"x" * 400  # about the size of a SubmitCaseRequest
+        return measured(threads, seconds, lambda w, n: call(payload, timeout=10), "grpcio echo", api_pids=api_pids)
+
+
 def bench_echo(threads: int, seconds: float, workers: int) -> Result:
     server, address = echo_server(workers)
     try:
-        with grpc.insecure_channel(address) as channel:
-            call = channel.unary_unary("/bench.Echo/Echo")
-            payload = b"x" * 400  # about the size of a SubmitCaseRequest
-            return run_threads(threads, seconds, lambda w, n: call(payload, timeout=10), "grpcio echo")
+        return echo_at(address, threads, seconds)
     finally:
         server.stop(0)
 
 
 def bench_raw_insert(url: str, threads: int, seconds: float, name: str) -> Result:
     """Single-row INSERT + COMMIT through SQLAlchemy, the service's own engine settings."""
-    engine = make_engine(url, service="bench")
+    engine = make_engine(url, service="bench", pool_size=max(5, threads))
     insert, drop = raw_insert_loop(engine)
     try:
-        return run_threads(threads, seconds, insert, name)
+        return measured(threads, seconds, insert, name, postgres=engine.dialect.name == "postgresql")
     finally:
         drop()
         engine.dispose()
@@ -159,6 +201,43 @@ def bench_submit(database_url: str | None, data_dir: Path, threads: int, seconds
         node.stop(grace=1.0)
 
 
+def bench_submit_processes(backend: Backend, replicas: int, threads: int, seconds: float, workers: int) -> Result:
+    """SubmitCase against ``replicas`` ``lianxin serve --service intake`` processes on one fresh database."""
+    nodes = [
+        NodeProcess(
+            NODE,
+            backend,
+            f"submit{replicas}",  # a database of its own: every measurement starts from an empty table
+            workers=workers,
+            command=("serve", "--service", "intake"),
+            services=(INTAKE_SERVICE,),
+            replica=replica,
+        )
+        for replica in range(replicas)
+    ]
+    try:
+        for node in nodes:  # one at a time: the first migrates the database
+            node.start()
+            node.wait_ready()
+        target, options = client_target(nodes)
+        with grpc.insecure_channel(target, options=options) as channel:
+            stub = intake_grpc.IntakeServiceStub(channel)
+            for i in range(5 * replicas):  # first connections, lazily built caches of every replica
+                stub.SubmitCase(submit_request(98, i), timeout=30)
+            pids = tuple(node.process.pid for node in nodes if node.process is not None)
+            processes = "1 api process" if replicas == 1 else f"{replicas} api processes"
+            return measured(
+                threads,
+                seconds,
+                lambda w, n: stub.SubmitCase(submit_request(w, n), timeout=30),
+                f"SubmitCase, {processes}",
+                api_pids=pids,
+                postgres=backend.kind == "postgres",
+            )
+    finally:
+        stop_all(nodes)
+
+
 def fresh_pg_database() -> tuple[str, Callable[[], None]] | None:
     try:
         admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
@@ -179,10 +258,83 @@ def fresh_pg_database() -> tuple[str, Callable[[], None]] | None:
 
 def line(result: Result, echo: Result, raw_n: Result, raw_1: Result) -> str:
     return (
-        f"{result.name:<26} {result.rate:>9,.0f} {result.pct(0.5):>8.2f} {result.pct(0.99):>8.2f}"
-        f" {result.cpu_seconds / max(result.count, 1) * 1000:>8.2f}"
-        f" {result.rate / echo.rate:>9.3f} {result.rate / raw_n.rate:>10.3f} {result.rate / raw_1.rate:>10.3f}"
+        f"{result.name:<30} {result.rate:>9,.0f} {result.pct(0.5):>8.2f} {result.pct(0.99):>8.2f}"
+        f" {result.per_call_ms(result.cpu_seconds):>7} {result.per_call_ms(result.api_cpu_seconds):>7}"
+        f" {result.per_call_ms(result.pg_cpu_seconds):>7}"
+        f" {result.rate / echo.rate:>8.3f} {result.rate / raw_n.rate:>9.3f} {result.rate / raw_1.rate:>9.3f}"
     )
+
+
+def print_table(backend: str, submits: list[Result], echo: Result, raw_n: Result, raw_1: Result) -> None:
+    print(f"\n== {backend} ==  (CPU ms per call: 'this' = this process, the clients; 'api' = the server processes)")
+    print(
+        f"{'measurement':<30} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} {'this':>7}"
+        f" {'api':>7} {'PG':>7} {'÷ echo':>8} {'÷ raw ×N':>9} {'÷ raw ×1':>9}"
+    )
+    for result in (*submits, echo, raw_n, raw_1):
+        print(line(result, echo, raw_n, raw_1))
+    for submit in submits:
+        print(
+            f"{submit.name} on {backend}: {submit.rate / raw_n.rate:.0%} of the raw insert rate "
+            f"with the same concurrency, {submit.rate / raw_1.rate:.0%} of a lone insert loop"
+        )
+
+
+def run_processes(kind: str, workdir: Path, args: argparse.Namespace) -> None:
+    backend = Backend(kind, workdir / kind, admin_url=PG_ADMIN)
+    try:
+        backend.check()
+    except Exception as exc:
+        print(f"PostgreSQL not available ({exc.__class__.__name__}); skipping it")
+        return
+    echo_process = EchoProcess(args.workers).start()
+    try:
+        backend.prepare("raw", NODE)
+        raw_url = backend.service_url("raw", NODE, "bench")
+        echo = echo_at(echo_process.address, args.threads, args.seconds, api_pids=echo_process.pids)
+        echo.name = "grpcio echo (own process)"
+        raw_n = bench_raw_insert(raw_url, args.threads, args.seconds, f"raw INSERT+COMMIT ×{args.threads}")
+        raw_1 = bench_raw_insert(raw_url, 1, args.seconds, "raw INSERT+COMMIT ×1")
+        submits = [
+            bench_submit_processes(backend, replicas, args.threads, args.seconds, args.workers)
+            for replicas in args.replicas
+        ]
+    finally:
+        echo_process.stop()
+        backend.close()
+    print_table(kind, submits, echo, raw_n, raw_1)
+
+
+def run_in_process(kind: str, workdir: Path, args: argparse.Namespace) -> None:
+    if kind == "sqlite":
+        url_for_node: str | None = None
+        raw_url = f"sqlite:///{workdir / 'raw.db'}"
+        cleanup: Callable[[], None] = lambda: None  # noqa: E731
+    else:
+        made = fresh_pg_database()
+        if made is None:
+            return
+        url_for_node, cleanup = made
+        raw_url = url_for_node
+    try:
+        echo = bench_echo(args.threads, args.seconds, args.workers)
+        raw_n = bench_raw_insert(raw_url, args.threads, args.seconds, f"raw INSERT+COMMIT ×{args.threads}")
+        raw_1 = bench_raw_insert(raw_url, 1, args.seconds, "raw INSERT+COMMIT ×1")
+        submit = bench_submit(url_for_node, workdir / kind, args.threads, args.seconds, args.workers)
+    finally:
+        cleanup()
+    submit.name = "SubmitCase, node in this process"
+    print_table(kind, [submit], echo, raw_n, raw_1)
+
+
+def replica_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"every count must be at least 1, got {text!r}")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,47 +343,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8, help="concurrent client threads")
     parser.add_argument("--workers", type=int, default=16, help="server thread pool")
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument(
+        "--server",
+        choices=("process", "thread"),
+        default="process",
+        help="process: lianxin serve --service intake in its own process(es); thread: a node in this process",
+    )
+    parser.add_argument(
+        "--replicas", type=replica_counts, default=[1, 2], help="process mode: api process counts to measure (1,2)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.threads = 0.3, 2
+        args.seconds, args.threads = min(args.seconds, 0.3), 2
     # Categories are given, and the per-submitter limit would stop a benchmark on purpose.
     os.environ.setdefault("LIANXIN_INTAKE_CLASSIFIER", "off")
     os.environ.setdefault("LIANXIN_INTAKE_RATE_LIMIT", "0")
 
-    print(f"clients {args.threads} threads, server pool {args.workers}, {args.seconds:g} s per measurement")
-    header = (
-        f"{'measurement':<26} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms':>8}"
-        f" {'÷ echo':>9} {'÷ raw ×N':>10} {'÷ raw ×1':>10}"
+    print(
+        f"clients {args.threads} threads, server pool {args.workers}, {args.seconds:g} s per measurement,"
+        f" server {'in its own process' if args.server == 'process' else 'in this process'}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for backend in args.backends.split(","):
-            if backend == "sqlite":
-                url_for_node: str | None = None
-                raw_url = f"sqlite:///{Path(tmp) / 'raw.db'}"
-                cleanup: Callable[[], None] = lambda: None  # noqa: E731
+        for kind in args.backends.split(","):
+            if args.server == "process":
+                run_processes(kind, Path(tmp), args)
             else:
-                made = fresh_pg_database()
-                if made is None:
-                    continue
-                url_for_node, cleanup = made
-                raw_url = url_for_node
-            try:
-                echo = bench_echo(args.threads, args.seconds, args.workers)
-                raw_n = bench_raw_insert(raw_url, args.threads, args.seconds, f"raw INSERT+COMMIT ×{args.threads}")
-                raw_1 = bench_raw_insert(raw_url, 1, args.seconds, "raw INSERT+COMMIT ×1")
-                submit = bench_submit(url_for_node, Path(tmp) / backend, args.threads, args.seconds, args.workers)
-            finally:
-                cleanup()
-            submit.name = f"SubmitCase ({backend})"
-            print(f"\n== {backend} ==")
-            print(header)
-            for result in (submit, echo, raw_n, raw_1):
-                print(line(result, echo, raw_n, raw_1))
-            print(
-                f"SubmitCase on {backend}: {submit.rate / raw_n.rate:.0%} of the raw insert rate "
-                f"with the same concurrency, {submit.rate / raw_1.rate:.0%} of a lone insert loop"
-            )
+                run_in_process(kind, Path(tmp), args)
     return 0
 
 

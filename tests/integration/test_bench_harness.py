@@ -173,6 +173,22 @@ def test_intake_api_replicas_share_one_database_and_the_load(tmp_path: Path) -> 
     assert len(calls) == 2 and min(calls) > 0.3 * sum(calls), f"round robin should spread the calls: {calls}"
 
 
+def test_the_intake_benchmark_runs_the_api_as_its_own_processes(capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m bench.intake.bench_submit` (default: `lianxin serve` processes, one and two of them):
+    every SubmitCase line comes with the api processes' CPU per call and its ratios to the baselines."""
+    from bench.intake import bench_submit
+
+    assert bench_submit.main(["--quick", "--backends", "sqlite", "--replicas", "1,2"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split("  ")[0]: line for line in out.splitlines() if line.startswith(("SubmitCase, ", "grpcio"))}
+    for name in ("SubmitCase, 1 api process", "SubmitCase, 2 api processes"):
+        figures = lines[name].split()[-8:]  # per s, p50, p99, this, api (CPU ms), ÷ echo, ÷ raw ×N, ÷ raw ×1
+        assert float(figures[0].replace(",", "")) > 0 and float(figures[4]) > 0, lines[name]
+        assert all(float(ratio) > 0 for ratio in figures[-3:]), lines[name]
+    assert "grpcio echo (own process)" in lines
+    assert "SubmitCase, 2 api processes on sqlite:" in out
+
+
 def test_open_loop_measures_from_the_scheduled_send_time() -> None:
     """A server that answers nothing until the schedule is over: a client measuring from its own
     (late) send would hide the wait; the open loop charges it to every request it delayed."""

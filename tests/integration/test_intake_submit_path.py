@@ -216,3 +216,58 @@ def test_upgrading_recomputes_stored_simhashes_so_old_cases_still_match(database
     if path is not None:
         path.close()
     engine.dispose()
+
+
+def test_the_submit_lookup_plans_once_and_only_with_indexes(postgres_url: str) -> None:
+    """Every submit runs the lookup; its plan is made once per connection (a generic plan, not a new
+    plan per submit) and scans no table whole, even where many open cases share SimHash bands
+    (one text posted by many people), which once made PostgreSQL scan every case on each submit."""
+    import re
+
+    from psycopg import sql as psycopg_sql
+
+    from services.intake import dedup
+
+    engine = make_engine(postgres_url, service="intake")
+    upgrade(engine, "intake")
+    factory = make_session_factory(engine)
+    path = PgSubmitPath(postgres_url)
+    store = Store(engine, path, CaseNumbers(factory), factory)
+    value = dedup.simhash("嘉州大道路灯不亮")
+    register(store, new_case(store, "crowd", simhash=value))
+    with engine.begin() as conn:
+        # 5,000 copies in the same bands: the planner's estimates then favour a sequential scan.
+        conn.execute(
+            sa.text(
+                "INSERT INTO cases SELECT (jsonb_populate_record(NULL::cases, to_jsonb(c) || jsonb_build_object("
+                "'case_id', c.case_id || '-' || g, 'tracking_code', 'T' || g, 'idempotency_key', 'crowd-' || g))).*"
+                " FROM cases AS c, generate_series(1, 5000) AS g"
+            )
+        )
+        conn.execute(sa.text("ANALYZE cases"))
+    names: list[str] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    prepared = re.sub(r"%\((\w+)\)s", placeholder, path.lookup_sql)
+    connection = path.connect()
+    try:
+        raw = connection.raw
+        assert raw.execute("SHOW plan_cache_mode").fetchone() == ("force_generic_plan",)
+        # The types the submit sends (the band values go as text, cast by the statement itself).
+        types = {"rate_on": "boolean", "since": "timestamptz", "h": "bigint"}
+        raw.execute(f"PREPARE lookup ({', '.join(types.get(n, 'text') for n in names)}) AS {prepared}")
+        values = {"key": "app:x", "rate_on": True, "since": NOW, "pb": "x", "ib": "y", "fp": "z", "h": 1}
+        values.update({f"b{n}": "1" for n in range(dedup.BANDS)})
+        # EXECUTE takes no bound parameters: the values go as literals.
+        args = psycopg_sql.SQL(", ").join(psycopg_sql.Literal(values[n]) for n in names)
+        plan = "\n".join(row[0] for row in raw.execute(psycopg_sql.SQL("EXPLAIN EXECUTE lookup({})").format(args)))
+    finally:
+        connection.release()
+        path.close()
+        engine.dispose()
+    assert "Seq Scan" not in plan, plan
+    assert "Index" in plan

@@ -40,6 +40,7 @@ def test_benchmark_runs_at_tiny_sizes(monkeypatch: pytest.MonkeyPatch, capsys: p
 
     monkeypatch.setenv("LIANXIN_INTAKE_CLASSIFIER", "off")
     monkeypatch.setenv("LIANXIN_INTAKE_RATE_LIMIT", "0")
-    assert bench_submit.main(["--quick", "--backends", "sqlite", "--seconds", "0.2"]) == 0
+    assert bench_submit.main(["--quick", "--backends", "sqlite", "--seconds", "0.2", "--server", "thread"]) == 0
     out = capsys.readouterr().out
-    assert "SubmitCase (sqlite)" in out and "grpcio echo" in out and "raw INSERT+COMMIT" in out
+    assert "SubmitCase, node in this process" in out and "grpcio echo" in out and "raw INSERT+COMMIT" in out
+    assert "of the raw insert rate with the same concurrency" in out

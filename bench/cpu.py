@@ -1,0 +1,44 @@
+"""CPU seconds of other processes, read from /proc (Linux), so a benchmark can say where the CPU went."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pids: Iterable[int]) -> float | None:
+    """User + system CPU of ``pids`` (their threads included); None where /proc cannot tell."""
+    total = 0.0
+    for pid in pids:
+        try:
+            # Fields after the command name (which may hold spaces): utime and stime are 14th and 15th.
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
+def postgres_cpu_seconds() -> float | None:
+    """CPU of every process named ``postgres`` on this machine (a local server's backends and workers)."""
+    pids = []
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == "postgres":
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # ended meanwhile
+    total = 0.0
+    for pid in pids:
+        seconds = process_cpu_seconds([pid])
+        total += seconds or 0.0  # a backend that ended meanwhile took its CPU with it
+    return total if pids else None
