@@ -194,8 +194,12 @@ def bench_submit(database_url: str | None, data_dir: Path, threads: int, seconds
         with grpc.insecure_channel(node.address) as channel:
             stub = intake_grpc.IntakeServiceStub(channel)
             stub.SubmitCase(submit_request(99, 0), timeout=10)  # warm up (locator, first connection)
-            return run_threads(
-                threads, seconds, lambda w, n: stub.SubmitCase(submit_request(w, n), timeout=30), "SubmitCase"
+            return measured(
+                threads,
+                seconds,
+                lambda w, n: stub.SubmitCase(submit_request(w, n), timeout=30),
+                "SubmitCase",
+                postgres=database_url is not None,
             )
     finally:
         node.stop(grace=1.0)
