@@ -221,7 +221,10 @@ def build(ctx: ServiceContext) -> ServiceParts:
     cipher = cipher_from_env()
     node = ctx.settings.node
     regions = ctx.regions
-    notify = CoalescedNotify(lambda: ctx.extras.get("notify_outbox", lambda: None)())
+    # An embedded node's relay wants waking after commits; a production api process has no relay
+    # (the worker polls), and then nothing is woken, not even the coalescing thread.
+    wake_relay = ctx.extras.get("notify_outbox")
+    notify: Callable[[], None] = CoalescedNotify(wake_relay) if wake_relay is not None else lambda: None
 
     numbers = CaseNumbers(ctx.session_factory)
     submit_path = None
