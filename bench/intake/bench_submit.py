@@ -50,6 +50,7 @@ from services.node import Node
 
 PG_ADMIN = os.environ.get("LIANXIN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 NODE = "511102"
+BENCH_ENV = {"LIANXIN_INTAKE_CLASSIFIER": "off", "LIANXIN_INTAKE_RATE_LIMIT": "0"}
 
 
 @dataclass
@@ -360,10 +361,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.threads = min(args.seconds, 0.3), 2
-    # Categories are given, and the per-submitter limit would stop a benchmark on purpose.
-    os.environ.setdefault("LIANXIN_INTAKE_CLASSIFIER", "off")
-    os.environ.setdefault("LIANXIN_INTAKE_RATE_LIMIT", "0")
+    # Categories are given, and the per-submitter limit would stop a benchmark on purpose (the
+    # thread mode's node reads these; the api processes get them from the harness's node settings).
+    # Put back afterwards: a caller in the same process (a test) must not inherit them.
+    saved = {key: os.environ.get(key) for key in BENCH_ENV}
+    for key, value in BENCH_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        return _run(args)
+    finally:
+        for key, previous in saved.items():
+            if previous is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = previous
 
+
+def _run(args: argparse.Namespace) -> int:
     print(
         f"clients {args.threads} threads, server pool {args.workers}, {args.seconds:g} s per measurement,"
         f" server {'in its own process' if args.server == 'process' else 'in this process'}"

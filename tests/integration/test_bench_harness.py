@@ -178,7 +178,10 @@ def test_the_intake_benchmark_runs_the_api_as_its_own_processes(capsys: pytest.C
     every SubmitCase line comes with the api processes' CPU per call and its ratios to the baselines."""
     from bench.intake import bench_submit
 
+    environ_before = dict(os.environ)
     assert bench_submit.main(["--quick", "--backends", "sqlite", "--replicas", "1,2"]) == 0
+    # the benchmark's settings (no rate limit, no classifier) stay its own: later tests need both
+    assert dict(os.environ) == environ_before
     out = capsys.readouterr().out
     lines = {line.split("  ")[0]: line for line in out.splitlines() if line.startswith(("SubmitCase, ", "grpcio"))}
     for name in ("SubmitCase, 1 api process", "SubmitCase, 2 api processes"):
