@@ -61,6 +61,11 @@ def write_event(session: Session, outbox: Table, env: events_pb2.EventEnvelope) 
     append_event(session, outbox, to_bus_event(env), case_id=env.case_id or None)
 
 
+# Routing's work order events that the registering node's intake follows for the citizen's timeline:
+# as replicas from its own subtree, or as ``Command.handling`` updates from an owner elsewhere.
+WORK_ORDER_EVENTS = ("work_order_created", "work_order_changed")
+
+
 def decode(event: BusEvent) -> events_pb2.EventEnvelope:
     env = events_pb2.EventEnvelope()
     env.ParseFromString(event.body)

@@ -17,7 +17,7 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.crypto import cipher_from_env
 from services.common.errors import InvalidArgument
-from services.common.events import decode, parse_command, parse_envelope
+from services.common.events import WORK_ORDER_EVENTS, decode, parse_command, parse_envelope
 from services.common.outbox import consume_once
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription
 from services.common.timeutil import from_timestamp
@@ -111,9 +111,9 @@ def _rate_limit() -> tuple[int, timedelta]:
     return int(count), timedelta(seconds=float(seconds or 3600))
 
 
-# Routing's events intake follows, from this node's routing and (source "exchange") replicated up
-# from the nodes below, where cases registered here may be handled after a hand-off down.
-HANDLING_EVENTS = ("work_order_created", "work_order_changed")
+# Routing's events intake follows (events.WORK_ORDER_EVENTS) come from this node's routing and
+# (source "exchange") replicated up from the nodes below, where cases registered here may be handled
+# after a hand-off down.
 HAND_OFF_EVENTS = ("case_handed_off",)
 # "exchange": replicas of the subtree's events (and hand-offs delivered down to this node), republished
 # on this node's bus; consume_once dedups by event id and old versions change nothing.
@@ -130,7 +130,7 @@ def _hand_off(env: events_pb2.EventEnvelope) -> HandOffSeen:
 def _handling_change(env: events_pb2.EventEnvelope) -> HandlingChange | None:
     """Routing's work order event as intake follows it; None for any other payload."""
     kind = env.WhichOneof("payload")
-    if kind not in HANDLING_EVENTS:
+    if kind not in WORK_ORDER_EVENTS:
         return None
     at = from_timestamp(env.occurred_at)
     assert at is not None
@@ -337,7 +337,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             )
         ],
         subscriptions=[
-            *(Subscription("intake", source, kind, on_handling) for source in SOURCES for kind in HANDLING_EVENTS),
+            *(Subscription("intake", source, kind, on_handling) for source in SOURCES for kind in WORK_ORDER_EVENTS),
             *(Subscription("intake", source, kind, on_hand_off) for source in SOURCES for kind in HAND_OFF_EVENTS),
             Subscription("intake", "exchange", "command", on_command),
         ],

@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.events import envelope, to_bus_event
+from services.common.events import WORK_ORDER_EVENTS, envelope, to_bus_event
 from services.common.outbox import append_event, append_events
 from services.common.regions import RegionTree, Tier
 from services.common.service import BusEvent
@@ -464,10 +464,8 @@ class SqlRoutingUnitOfWork:
                 origin_service="routing",
                 occurred_at=at,
             )
-            bus_event = to_bus_event(env)
-            append_event(self.session, outbox, bus_event, case_id)
-            if tell is not None and field in HANDLING_EVENTS:
-                append_event(self.session, outbox, _handling_command(env, bus_event.body, tell), case_id)
+            for bus_event in _outgoing(env, field, tell):
+                append_event(self.session, outbox, bus_event, case_id)
             if isinstance(event, HandedOff):
                 row.owner_epoch = event.new_owner_epoch  # this node is no longer the owner
         self.session.flush()
@@ -509,10 +507,7 @@ class SqlRoutingUnitOfWork:
                     origin_service="routing",
                     occurred_at=at,
                 )
-                bus_event = to_bus_event(env)
-                out.append((bus_event, case_id))
-                if tell is not None and field in HANDLING_EVENTS:
-                    out.append((_handling_command(env, bus_event.body, tell), case_id))
+                out.extend((bus_event, case_id) for bus_event in _outgoing(env, field, tell))
                 if isinstance(event, HandedOff):
                     counter[1] = event.new_owner_epoch  # this node is no longer the owner
         fresh = [{"case_id": c, "version": v, "owner_epoch": e} for c, (v, e) in known.items() if c not in existing]
@@ -527,8 +522,13 @@ class SqlRoutingUnitOfWork:
         return registering_node_to_tell(case_id, self._node, self._regions)
 
 
-# Routing's events that the registering node's intake follows (see ``_handling_command``).
-HANDLING_EVENTS = frozenset({"work_order_created", "work_order_changed"})
+def _outgoing(env: events_pb2.EventEnvelope, field: str, tell: str | None) -> list[BusEvent]:
+    """The event for ``env``, and after it, when the registering node ``tell`` follows this kind of
+    event, the same event as a command for that node."""
+    bus_event = to_bus_event(env)
+    if tell is None or field not in WORK_ORDER_EVENTS:
+        return [bus_event]
+    return [bus_event, _handling_command(env, bus_event.body, tell)]
 
 
 def _handling_command(env: events_pb2.EventEnvelope, body: bytes, target: str) -> BusEvent:
