@@ -241,6 +241,8 @@ class VideoStore:
             row = s.get(RoomRow, room_id)
             if row is None:
                 raise InvalidArgument(f"room_ids[{i}]", f"room {room_id} is not registered")
+            if room_id in local_rooms:
+                continue  # the leader's own room, named again by the clerk: reserved once, not twice
             (local_rooms if row.node == self.node else remote).append(room_id)
         resources = (
             [f"leader:{req.leader_id}"] + [f"room:{r}" for r in local_rooms] + [f"unit:{u}" for u in req.unit_ids]

@@ -210,6 +210,17 @@ def test_cancelled_visit_frees_its_slot_and_sessions_cap_receptions(
     assert len(outbox_payloads(node, "visit_cancelled")) == 1
 
 
+def test_naming_the_leaders_own_room_books_it_once(node: Node, stub: video_grpc.VideoServiceStub) -> None:
+    setup_leader(stub)  # the leader's schedule already lists room 511102-R1
+    visit = book(stub, "511102-20261012-000040", room_ids=["511102-R1"])
+    assert visit.state == pb.VISIT_STATE_BOOKED
+    assert local(visit.starts_at) == datetime(2026, 10, 14, 9, 0, tzinfo=CHINA)
+    assert list(visit.room_ids) == ["511102-R1"]
+    # The room is reserved once: the next visit naming it takes the next slot, not an error.
+    second = book(stub, "511102-20261012-000041", room_ids=["511102-R1"])
+    assert local(second.starts_at) == datetime(2026, 10, 14, 9, 40, tzinfo=CHINA)
+
+
 def test_check_in_takes_at_most_five_representatives_and_masks_them(
     node: Node, stub: video_grpc.VideoServiceStub
 ) -> None:
