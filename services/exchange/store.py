@@ -776,14 +776,15 @@ class ExchangeStore:
         if route is None:
             return f"out of subtree: hand-off to {hand_off.to_node or '-'} is not under {self.node}"
         self._note_epochs(session, {env.case_id: (hand_off.new_owner_epoch, hand_off.to_node)})
-        if route.local:
-            append_event(
-                session,
-                outbox,
-                BusEvent(event_id=env.event_id, source="exchange", event_type="case_handed_off", body=item.body),
-                env.case_id,
-            )
-        else:
+        # Published here also when it only passes through (routing ignores a hand-off not addressed
+        # to it): this node's warehouse counts the cases handed down into its subtree (docs/stats.md).
+        append_event(
+            session,
+            outbox,
+            BusEvent(event_id=env.event_id, source="exchange", event_type="case_handed_off", body=item.body),
+            env.case_id,
+        )
+        if not route.local:
             self._enqueue_down(session, route.next_child, env.event_id, ENVELOPE, item.body)
         return None
 

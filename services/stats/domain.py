@@ -137,6 +137,12 @@ class CaseEvent:
     action: str = ""
     satisfaction: str = ""  # satisfied | basically_satisfied | unsatisfied
     level: str = ""  # supervision level
+    # case_handed_off: where ownership went, how ("assign_down", "escalate_up", "national_transfer"),
+    # the new owner's epoch; ``carries_case`` when the case's fields above came with it
+    to_node: str = ""
+    hand_off_kind: str = ""
+    owner_epoch: int = 0
+    carries_case: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,30 @@ def _first_kind(deadlines: Mapping[str, datetime], kinds: Iterable[str]) -> date
         if kind in deadlines:
             return to_utc(deadlines[kind])
     return None
+
+
+# Hand-offs that make the receiving node the one that counts the case (an escalation up does not:
+# the case stays counted where it was received, see docs/stats.md "Where a case counts").
+RECEIVING_HAND_OFFS = frozenset({"assign_down", "national_transfer"})
+
+
+def receiving_node(events: Sequence[CaseEvent], registering_node: str) -> str:
+    """The node that received the case for counting: the target of its latest hand-off down (交办,
+    转送, national transfer; by ownership epoch), else the node that registered it."""
+    moves = [e for e in events if e.kind == "case_handed_off" and e.hand_off_kind in RECEIVING_HAND_OFFS and e.to_node]
+    if not moves:
+        return registering_node
+    return max(moves, key=lambda e: (e.owner_epoch, e.version)).to_node
+
+
+def case_snapshot(events: Sequence[CaseEvent]) -> CaseEvent | None:
+    """The event the case's fields are read from: its registration, else the first hand-off that
+    carried the case (a node that received it by 交办 or a national transfer never sees the registration)."""
+    registrations = [e for e in events if e.kind == "case_registered"]
+    if registrations:
+        return min(registrations, key=lambda e: e.version)
+    carried = [e for e in events if e.kind == "case_handed_off" and e.carries_case]
+    return min(carried, key=lambda e: e.version) if carried else None
 
 
 def fold_case(

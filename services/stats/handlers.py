@@ -27,10 +27,12 @@ from services.stats.domain import (
     MetricValue,
     RankRow,
     StatsConfig,
+    case_snapshot,
     check_metric_names,
     compute,
     fold_case,
     rank,
+    receiving_node,
     shift_month,
     stat_month_of,
     year_months,
@@ -107,9 +109,13 @@ class WarehouseUnitOfWork(Protocol):
 def region_columns(tree: RegionTree, region_code: str, fallback_node: str) -> tuple[str, str, str, str]:
     """(region, province, city, county) codes, so any tier's subtree is one indexed equality.
 
-    A case whose place is unresolved is counted where it was registered.
+    A case counts at the region of its matter when that lies in the subtree of ``fallback_node``,
+    the node that received it (docs/stats.md "Where a case counts"); otherwise, and when its place is
+    unresolved, at that node's own region. Every tier holding the case places it the same way, so a
+    tier's figures are the sum of its children's and none is counted twice.
     """
-    code = region_code if region_code in tree else fallback_node
+    inside = region_code in tree and (fallback_node not in tree or tree.contains(fallback_node, region_code))
+    code = region_code if inside else fallback_node
     province = city = county = ""
     for step in tree.path(code):
         tier = tree.get(step).tier
@@ -122,8 +128,11 @@ def region_columns(tree: RegionTree, region_code: str, fallback_node: str) -> tu
     return code, province, city, county
 
 
-def fact_from_registration(event: CaseEvent, tree: RegionTree, config: StatsConfig) -> CaseFact:
-    region, province, city, county = region_columns(tree, event.region_code, event.registering_node)
+def fact_from_registration(
+    event: CaseEvent, tree: RegionTree, config: StatsConfig, *, received_by: str = ""
+) -> CaseFact:
+    """The fact's base from the case's snapshot; ``received_by``: the node counting it (default: registering)."""
+    region, province, city, county = region_columns(tree, event.region_code, received_by or event.registering_node)
     submitted = to_utc(event.submitted_at or event.occurred_at)
     return CaseFact(
         case_id=event.case_id,
@@ -161,10 +170,11 @@ def ingest(
     if event.kind == "case_registered" and text:
         uow.save_text(event.case_id, text)
     events = uow.events_of(event.case_id)
-    registrations = [e for e in events if e.kind == "case_registered"]
-    if not registrations:
-        return True  # kept; the fact appears when the registration arrives
-    base = fact_from_registration(min(registrations, key=lambda e: e.version), tree, config)
+    snapshot = case_snapshot(events)
+    if snapshot is None:
+        return True  # kept; the fact appears when the registration (or a hand-off with the case) arrives
+    received_by = receiving_node(events, snapshot.registering_node)
+    base = fact_from_registration(snapshot, tree, config, received_by=received_by)
     others = [e for e in events if e.kind != "case_registered"]
     fact = fold_case(others, base=base, config=config, calendar=calendar)
     if fact is not None:

@@ -38,16 +38,9 @@ def to_case_event(env: events_pb2.EventEnvelope) -> CaseEvent | None:
     base = {"case_id": env.case_id, "version": int(env.version), "kind": kind, "occurred_at": occurred}
     if kind == "case_registered":
         payload = env.case_registered
-        case = payload.case
-        return CaseEvent(
-            **base,  # type: ignore[arg-type]
-            region_code=case.region_code,
-            registering_node=case.registering_node or env.origin_node,
-            channel=_name(common_pb2.Channel, case.channel, "CHANNEL_").lower(),
-            category=case.category,
-            submitted_at=from_timestamp(case.submitted_at) or occurred,
-            is_repeat=bool(payload.repeat_of or case.repeat_of),
-        )
+        fields = _case_fields(payload.case, env, occurred)
+        fields["is_repeat"] = bool(payload.repeat_of or payload.case.repeat_of)
+        return CaseEvent(**base, **fields)  # type: ignore[arg-type]
     if kind == "work_order_created":
         created = env.work_order_created
         return CaseEvent(
@@ -78,7 +71,27 @@ def to_case_event(env: events_pb2.EventEnvelope) -> CaseEvent | None:
         return CaseEvent(**base, satisfaction=rating, unit_id=evaluated.unit_id)  # type: ignore[arg-type]
     if kind == "supervision_issued":
         return CaseEvent(**base, level=env.supervision_issued.level)  # type: ignore[arg-type]
+    if kind == "case_handed_off":
+        hand_off = env.case_handed_off
+        moved = {"to_node": hand_off.to_node, "hand_off_kind": hand_off.kind, "owner_epoch": hand_off.new_owner_epoch}
+        if not hand_off.case.case_id:
+            return CaseEvent(**base, **moved)  # type: ignore[arg-type]
+        # The case travels with its hand-off: a node that never saw the registration (handed down
+        # to, or transferred in from the national system) folds its fact from this.
+        return CaseEvent(**base, **moved, **_case_fields(hand_off.case, env, occurred))  # type: ignore[arg-type]
     return CaseEvent(**base)  # type: ignore[arg-type]
+
+
+def _case_fields(case: common_pb2.Case, env: events_pb2.EventEnvelope, occurred: datetime) -> dict[str, object]:
+    return {
+        "region_code": case.region_code,
+        "registering_node": case.registering_node or env.origin_node,
+        "channel": _name(common_pb2.Channel, case.channel, "CHANNEL_").lower(),
+        "category": case.category,
+        "submitted_at": from_timestamp(case.submitted_at) or occurred,
+        "is_repeat": bool(case.repeat_of),
+        "carries_case": True,
+    }
 
 
 def case_text(env: events_pb2.EventEnvelope) -> str:

@@ -69,12 +69,15 @@ def linked_nodes(backend: str, tmp_path: Path, admin_url: Callable[[], str]) -> 
             databases[code] = admin.url.set(database=name_of(code)).render_as_string(False)
         return databases[code]
 
-    def _start(code: str, parent: Node | None = None, *, port: int = 0, parent_address: str = "") -> Node:
+    def _start(
+        code: str, parent: Node | None = None, *, port: int = 0, parent_address: str = "", national: str = ""
+    ) -> Node:
         settings = Settings(
             node=code,
             data_dir=tmp_path,
             database_url=database_for(code),
             parent=parent.address if parent is not None else (parent_address or None),
+            national=national or None,
             grpc_port=port,
             relay_interval_s=0.05,
             log_json=False,
