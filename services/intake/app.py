@@ -6,8 +6,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from services.common.outbox import consume_once
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription
 from services.common.timeutil import from_timestamp
 from services.intake import handlers
-from services.intake.domain import CaseState, registered_here
+from services.intake.domain import HANDLING_DEADLINE_KINDS, CaseState, registered_here
 from services.intake.handlers import HandlingChange, HandOffSeen, IntakeDeps
 from services.intake.models import inbox, outbox
 from services.intake.screening import Screen
@@ -137,16 +137,19 @@ def _handling_change(env: events_pb2.EventEnvelope) -> HandlingChange | None:
     if kind == "work_order_created":
         created = env.work_order_created
         assigned = bool(created.unit_id) and not created.manual_queue
+        # No milestone of its own: routing's "assign" change that follows is the citizen's 已交办
+        # (listing both showed it twice).
         return HandlingChange(
             case_id=env.case_id,
             version=env.version,
-            action="assign" if assigned else "",
+            action="",
             to_state=CaseState.ASSIGNED if assigned else None,
             work_order_id=created.work_order_id,
             unit_id=created.unit_id,
             at=at,
             owner_node=env.owner_node,
             owner_epoch=env.owner_epoch,
+            handling_due=_handling_due(created.deadlines),
         )
     changed = env.work_order_changed
     to_state = None
@@ -162,7 +165,17 @@ def _handling_change(env: events_pb2.EventEnvelope) -> HandlingChange | None:
         at=at,
         owner_node=env.owner_node,
         owner_epoch=env.owner_epoch,
+        reply_text=changed.reply_text,
+        handling_due=_handling_due(changed.deadlines),
     )
+
+
+def _handling_due(deadlines: Sequence[common_pb2.Deadline]) -> datetime | None:
+    due = {d.kind: d.due_at for d in deadlines if d.HasField("due_at")}
+    for kind in HANDLING_DEADLINE_KINDS:
+        if kind in due:
+            return from_timestamp(due[kind])
+    return None
 
 
 class CoalescedNotify:

@@ -99,6 +99,8 @@ class Case:
     unit_id: str = ""
     reply_count: int = 0
     replied_at: datetime | None = None
+    reply_text: str = ""  # the latest reply, as the citizen reads it
+    handling_due: datetime | None = None  # the handling deadline the handling node last set
     evaluated_reply: int = 0
     satisfaction: str = ""
     review_reply: int = 0
@@ -144,6 +146,10 @@ def can_request_review(case: Case, now: datetime) -> bool:
 def can_withdraw(case: Case) -> bool:
     return case.state in WITHDRAWABLE_STATES
 
+
+# Routing's deadline kinds that bound the handling (办理期限), in the order one is picked: petitions
+# settle, hotline cases by class; "reply" for work orders that only owe a reply.
+HANDLING_DEADLINE_KINDS = ("settle", "hotline_emergency", "hotline_enquiry", "hotline_complaint", "reply")
 
 # What the citizen's timeline says for routing's actions (public wording; reasons stay internal).
 PUBLIC_MILESTONES: dict[str, str] = {

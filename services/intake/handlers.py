@@ -756,6 +756,8 @@ class HandlingChange:
     at: datetime
     owner_node: str = ""
     owner_epoch: int = 0
+    reply_text: str = ""  # with a reply: the answer the citizen reads
+    handling_due: datetime | None = None  # the handling deadline after the change, if the event carries one
 
 
 def apply_handling_change(change: HandlingChange, uow: IntakeUnitOfWork) -> bool:
@@ -784,9 +786,10 @@ def apply_handling_change(change: HandlingChange, uow: IntakeUnitOfWork) -> bool
         updated_at=change.at,
         work_order_id=change.work_order_id or case.work_order_id,
         unit_id=change.unit_id or case.unit_id,
+        handling_due=change.handling_due or case.handling_due,
     )
     if change.action == "reply":
-        changed = replace(changed, reply_count=case.reply_count + 1, replied_at=change.at)
+        changed = replace(changed, reply_count=case.reply_count + 1, replied_at=change.at, reply_text=change.reply_text)
     uow.save(changed, expected_version=case.version)
     summary = PUBLIC_MILESTONES.get(change.action)
     if summary is not None:

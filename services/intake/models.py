@@ -70,6 +70,9 @@ class CaseRow(Base):
     unit_id: Mapped[str] = mapped_column(String(64), default="")
     reply_count: Mapped[int] = mapped_column(Integer, default=0)
     replied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The latest reply and the handling deadline (办理期限), for TrackCase.
+    reply_text: Mapped[str | None] = mapped_column(Text, default="", server_default="")
+    handling_due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     evaluated_reply: Mapped[int] = mapped_column(Integer, default=0)  # reply number last rated
     satisfaction: Mapped[str] = mapped_column(String(24), default="")
     review_reply: Mapped[int] = mapped_column(Integer, default=0)  # reply number last put to review

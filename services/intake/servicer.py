@@ -136,6 +136,9 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             can_evaluate=view.can_evaluate,
             can_request_review=view.can_request_review,
             satisfaction=mapping.satisfaction_value(case.satisfaction),  # type: ignore[arg-type]
+            reply_text=case.reply_text,
+            replied_at=to_timestamp(case.replied_at) if case.replied_at is not None else None,
+            deadline=to_timestamp(case.handling_due) if case.handling_due is not None else None,
         )
 
     def EvaluateCase(self, request: intake_pb2.EvaluateCaseRequest, context: Any) -> intake_pb2.EvaluateCaseResponse:

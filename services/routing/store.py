@@ -652,6 +652,7 @@ def _payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None:
                 actor=event.actor,
                 reason=event.reason,
                 deadlines=_deadlines(event.deadlines),
+                reply_text=event.reply_text,
             ),
             event.at,
         )

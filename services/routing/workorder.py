@@ -19,7 +19,7 @@ extension recompute the deadline from the same rule rather than patching dates.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -227,6 +227,7 @@ class WorkOrderChanged:
     unit_id: str | None
     deadlines: DeadlineList
     target: str | None = None  # unit for assign/arbitrate, node for transfer, case for merge
+    reply_text: str = ""  # with a reply: the answer the citizen reads at the registering node
 
 
 @dataclass(frozen=True)
@@ -493,7 +494,7 @@ class WorkOrder:
         self.extension_pending = False
         self.reply_text, self.reply_attachments, self.replied_at = text, refs, at
         self._start_clock(DeadlineKind.REVIEW_REQUEST, at, rules)
-        changed = self._changed(Action.REPLY, at, actor, "")
+        changed = replace(self._changed(Action.REPLY, at, actor, ""), reply_text=text)
         reply = ReplyGiven(self.id, self.case_id, self.unit_id, text, refs, at)
         return [changed, reply]
 

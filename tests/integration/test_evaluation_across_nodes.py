@@ -21,6 +21,7 @@ the county's intake follows as it would the replica. A case handed down stays wi
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from collections.abc import Iterator
@@ -538,3 +539,21 @@ def test_a_case_handed_down_sends_no_handling_updates(tiers: Tiers) -> None:
         written = routing_outbox_of(node, case.case_id)
         assert not [t for t, _, _ in written if t == "command"], node.settings.node
     assert [t for t, _, _ in routing_outbox_of(tiers.county, case.case_id)].count("work_order_changed") >= 2
+
+
+def test_the_citizen_reads_the_county_reply_and_its_deadline_at_the_registering_province(tiers: Tiers) -> None:
+    """TrackCase at the province shows the reply text the county wrote, the handling deadline, and each
+    placement with a unit once (the work order's creation and its assignment were both listed 已交办)."""
+    case, work_order_id = handed_down(tiers)
+    county_order = work_order(tiers.county, case.case_id)
+    assert county_order is not None
+    settle = [d.due_at for d in county_order.deadlines if d.kind in ("settle", "hotline_complaint")]
+    reply_at_county(tiers, case, work_order_id)
+    seen = case.track()
+    summaries = [entry.summary for entry in seen.timeline]
+    # Placed with a unit twice (the province's, then, after 交办 down, the county's): 已交办 once each.
+    assert sum("已交办" in s for s in summaries) == 2, summaries
+    assert all(a != b for a, b in itertools.pairwise(summaries)), summaries
+    assert seen.reply_text == "已组织清理河道垃圾，并安排每周巡查。"
+    assert seen.HasField("replied_at")
+    assert settle and seen.deadline == settle[0]

@@ -397,6 +397,7 @@ class WorkOrderChanged(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     DEADLINES_FIELD_NUMBER: _builtins.int
+    REPLY_TEXT_FIELD_NUMBER: _builtins.int
     work_order_id: _builtins.str
     """Id of the work order."""
     unit_id: _builtins.str
@@ -413,6 +414,10 @@ class WorkOrderChanged(_message.Message):
     """Operator id of who did it, or "system" for timers."""
     reason: _builtins.str
     """Reason or note given with the action."""
+    reply_text: _builtins.str
+    """With action "reply": the unit's answer as the citizen reads it (the registering node's TrackCase
+    shows it; the internal reason stays in `reason`).
+    """
     @_builtins.property
     def deadlines(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Deadline]:
         """Deadlines of the work order after the change."""
@@ -428,10 +433,11 @@ class WorkOrderChanged(_message.Message):
         actor: _builtins.str = ...,
         reason: _builtins.str = ...,
         deadlines: _abc.Iterable[_common_pb2.Deadline] | None = ...,
+        reply_text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "deadlines", b"deadlines", "from_state", b"from_state", "reason", b"reason", "to_state", b"to_state", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "deadlines", b"deadlines", "from_state", b"from_state", "reason", b"reason", "reply_text", b"reply_text", "to_state", b"to_state", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -391,6 +391,9 @@ class TrackCaseResponse(_message.Message):
     CAN_EVALUATE_FIELD_NUMBER: _builtins.int
     CAN_REQUEST_REVIEW_FIELD_NUMBER: _builtins.int
     SATISFACTION_FIELD_NUMBER: _builtins.int
+    REPLY_TEXT_FIELD_NUMBER: _builtins.int
+    REPLIED_AT_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
     tracking_code: _builtins.str
     """Tracking code of the case."""
     title: _builtins.str
@@ -403,6 +406,10 @@ class TrackCaseResponse(_message.Message):
     """True when the citizen may request a review now."""
     satisfaction: _common_pb2.Satisfaction.ValueType
     """The citizen's rating, if given."""
+    reply_text: _builtins.str
+    """Text of the latest reply of the handling unit (答复), empty before the first reply; it
+    reaches the node where the citizen registered from whichever node handles the case.
+    """
     @_builtins.property
     def submitted_at(self) -> _timestamp_pb2.Timestamp:
         """When the citizen submitted it."""
@@ -410,6 +417,16 @@ class TrackCaseResponse(_message.Message):
     @_builtins.property
     def timeline(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TimelineEntry]:
         """Public timeline, oldest first."""
+
+    @_builtins.property
+    def replied_at(self) -> _timestamp_pb2.Timestamp:
+        """When the latest reply was given; empty before the first reply."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When the handling must be completed (办理期限: settle, or the hotline class), as the
+        handling node last set it; empty until the case is placed with a unit.
+        """
 
     def __init__(
         self,
@@ -422,10 +439,13 @@ class TrackCaseResponse(_message.Message):
         can_evaluate: _builtins.bool = ...,
         can_request_review: _builtins.bool = ...,
         satisfaction: _common_pb2.Satisfaction.ValueType = ...,
+        reply_text: _builtins.str = ...,
+        replied_at: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["submitted_at", b"submitted_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "replied_at", b"replied_at", "submitted_at", b"submitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_evaluate", b"can_evaluate", "can_request_review", b"can_request_review", "satisfaction", b"satisfaction", "state", b"state", "submitted_at", b"submitted_at", "timeline", b"timeline", "title", b"title", "tracking_code", b"tracking_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_evaluate", b"can_evaluate", "can_request_review", b"can_request_review", "deadline", b"deadline", "replied_at", b"replied_at", "reply_text", b"reply_text", "satisfaction", b"satisfaction", "state", b"state", "submitted_at", b"submitted_at", "timeline", b"timeline", "title", b"title", "tracking_code", b"tracking_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
