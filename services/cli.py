@@ -1,4 +1,11 @@
-"""The ``lianxin`` command: run the federation, a node, one service's api or worker, and operator tools."""
+"""The ``lianxin`` command: run the federation, a node, one service's api or worker, and operator tools.
+
+Exit status: 0 done; 1 the command ran and found a problem (a service not SERVING, a tampered
+audit trail); 2 usage (unknown command or option); 3 invalid (the input or the request was refused:
+INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...); 4 unavailable (a node, database or broker
+could not be reached); 5 internal (a bug: LIANXIN_DEBUG=1 shows the traceback). Errors print one
+line, e.g. ``lianxin: INVALID_ARGUMENT: title: must not be empty``.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +20,41 @@ if len(sys.argv) > 1 and sys.argv[1] == "worker":
 
 import argparse
 import importlib
+import importlib.util
 import logging
+import os
 import signal
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-from services.common.settings import SERVICES, Settings
+# Only light modules at import time: `lianxin --help` must not load grpc, SQLAlchemy, pydantic or the
+# science stack (tests/unit/test_cli.py checks). Every command imports what it needs when it runs,
+# and so does every commands.py that registers more of them.
+from services.common.names import SERVICES
+
+if TYPE_CHECKING:
+    from services.common.settings import Settings
 
 log = logging.getLogger("lianxin")
+
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+EXIT_INVALID = 3
+EXIT_UNAVAILABLE = 4
+EXIT_INTERNAL = 5
+
+
+class Unavailable(Exception):
+    """Something the command needs did not answer: a node, a database, a broker (exit 4)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (exit 2), like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"lianxin: USAGE: {message} (see {self.prog} --help)\n")
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -32,8 +65,6 @@ def _configure_logging(settings: Settings) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Start the embedded federation and keep it running until Ctrl-C."""
-    import os
-
     from services.common.regions import RegionTree
     from services.federation import Federation
 
@@ -77,6 +108,7 @@ def _wait_for_signal() -> None:
 
 def cmd_node(_args: argparse.Namespace) -> int:
     """One embedded node (all five services on one port), configured by LIANXIN_* variables."""
+    from services.common.settings import Settings
     from services.node import Node
 
     settings = Settings()
@@ -92,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Production api process of one service: gRPC only, never imports eventlet."""
     from services.common.grpcserver import GrpcServer
     from services.common.regions import RegionTree
+    from services.common.settings import Settings
     from services.node import build_service, database_ready
 
     settings = Settings()
@@ -127,6 +160,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from services.common.nameko_worker import run_worker
     from services.common.regions import RegionTree
+    from services.common.settings import Settings
     from services.node import build_service
 
     settings = Settings()
@@ -148,6 +182,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply a service's migrations (production runs this as a separate step, a Kubernetes Job)."""
     from services.common.db import make_engine, service_database_url
     from services.common.migrations import upgrade
+    from services.common.settings import Settings
 
     settings = Settings()
     for service in [args.service] if args.service else SERVICES:
@@ -162,8 +197,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def _declare_queues(settings: Settings, service: str) -> int:
     """The service's durable event queues, so events published before its worker first starts are kept."""
-    import os
-
     from services.common.nameko_worker import declare_queues
     from services.common.regions import RegionTree
     from services.node import build_service
@@ -191,33 +224,42 @@ def cmd_health(args: argparse.Namespace) -> int:
     from services.federation import BUSINESS_SERVICES, health_statuses
 
     statuses = health_statuses(args.address, BUSINESS_SERVICES)
+    if set(statuses.values()) == {"UNREACHABLE"}:
+        raise Unavailable(f"nothing answers at {args.address}")
     for name, status in statuses.items():
         print(f"{status:<12} {name}")
-    return 0 if all(s == "SERVING" for s in statuses.values()) else 1
+    return 0 if all(s == "SERVING" for s in statuses.values()) else EXIT_PROBLEM
 
 
 def cmd_call(args: argparse.Namespace) -> int:
     """A generic call through server reflection (no generated stubs), JSON in and out."""
     import json
 
-    from grpc_requests import Client
+    from services.common.errors import InvalidArgument
+    from services.common.reflection import ReflectionClient
 
-    client = Client.get_by_endpoint(args.address)
-    if args.list or not args.method:
-        for name in client.service_names:
-            print(name)
-            if args.list and name.startswith("lianxin."):
-                for method in client.service(name).method_names:
-                    print(f"  {method}")
-        return 0
-    service, _, method = args.method.rpartition("/")
-    reply = client.request(service, method, json.loads(args.body or "{}"), timeout=args.timeout)
-    print(json.dumps(reply, ensure_ascii=False, indent=2))
+    try:
+        body = json.loads(args.body or "{}")
+    except json.JSONDecodeError as error:
+        raise InvalidArgument("body", f"not JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("body", 'must be a JSON object, e.g. \'{"case_id": "..."}\'')
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
+    with ReflectionClient(args.address, timeout=args.timeout, metadata=metadata) as client:
+        if args.list or not args.method:
+            for name in client.service_names():
+                print(name)
+                if args.list and name.startswith("lianxin."):
+                    for method in client.method_names(name):
+                        print(f"  {method}")
+            return 0
+        for reply in client.call(args.method, body):
+            print(json.dumps(reply, ensure_ascii=False, indent=2))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lianxin", description=__doc__)
+    parser = _Parser(prog="lianxin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start the embedded federation (DESIGN §9)")
@@ -251,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("body", nargs="?", help="request as JSON (proto3 JSON names)")
     call.add_argument("--list", action="store_true", help="list services and their methods")
     call.add_argument("--timeout", type=float, default=10.0)
+    call.add_argument("--token", default=os.environ.get("LIANXIN_TOKEN"), help="operator token (default LIANXIN_TOKEN)")
     call.set_defaults(func=cmd_call)
 
     migrate = sub.add_parser("migrate", help="apply database migrations and declare the event queues on the broker")
@@ -264,25 +307,121 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Each service may contribute operator commands (lianxin classify, lianxin report, ...) through
     # services/<name>/commands.py: register(subparsers) adding parsers with set_defaults(func=...).
-    for service in SERVICES:
+    # A commands.py imports only light modules at its top (the command imports the rest when it runs).
+    for module_name in (*(f"services.{service}.commands" for service in SERVICES), *EXTRA_COMMAND_MODULES):
         try:
-            module = importlib.import_module(f"services.{service}.commands")
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
-            if error.name != f"services.{service}.commands":
+            if error.name != module_name:
                 raise
             continue
         module.register(sub)
-    # Kernel operator commands: lianxin certs, lianxin token, lianxin audit verify.
-    importlib.import_module("services.common.commands").register(sub)
-    # The load and fault harness: lianxin bench, lianxin faults (bench/commands.py).
-    importlib.import_module("bench.commands").register(sub)
+    # The load and fault harness (lianxin bench, lianxin faults) lives in bench/, a development tree
+    # that the image does not carry: its commands are offered only where the package is installed.
+    if importlib.util.find_spec("bench") is not None:
+        importlib.import_module("bench.commands").register(sub)
     return parser
+
+
+# Command modules outside the five services: the kernel's (lianxin certs, token, audit verify).
+EXTRA_COMMAND_MODULES: tuple[str, ...] = ("services.common.commands",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        if os.environ.get("LIANXIN_DEBUG"):
+            raise
+        code, message, status = describe_error(error)
+        print(f"lianxin: {code}: {message}", file=sys.stderr, flush=True)
+        return status
+
+
+# gRPC status codes by the kind of error they are for the person at the command line.
+_INVALID_CODES = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "OUT_OF_RANGE",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "FAILED_PRECONDITION",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "UNIMPLEMENTED",
+        "ABORTED",
+    }
+)
+_UNAVAILABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"})
+# Domain errors raised locally (services.common.errors), by class name, as grpcserver.status_for maps them.
+_DOMAIN_CODES = {
+    "InvalidArgument": "INVALID_ARGUMENT",
+    "NotFound": "NOT_FOUND",
+    "AlreadyExists": "ALREADY_EXISTS",
+    "FailedPrecondition": "FAILED_PRECONDITION",
+    "StaleOwner": "FAILED_PRECONDITION",
+    "PermissionDenied": "PERMISSION_DENIED",
+    "Unauthenticated": "UNAUTHENTICATED",
+    "Conflict": "ABORTED",
+    "ResourceExhausted": "RESOURCE_EXHAUSTED",
+}
+
+
+def _status_for_code(code: str) -> int:
+    if code in _INVALID_CODES:
+        return EXIT_INVALID
+    if code in _UNAVAILABLE_CODES:
+        return EXIT_UNAVAILABLE
+    return EXIT_INTERNAL
+
+
+def describe_error(error: Exception) -> tuple[str, str, int]:
+    """(status code name, one-line message, exit status) for an error that escaped a command.
+
+    Library modules are looked up in sys.modules rather than imported: an error can only come from
+    a library the command has loaded, and the error path must stay as light as --help."""
+    grpc = sys.modules.get("grpc")
+    if grpc is not None and isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        code = error.code().name
+        return code, _one_line(error.details() or code), _status_for_code(code)
+    for cls in type(error).__mro__:
+        if cls.__module__ == "services.common.errors" and cls.__name__ in _DOMAIN_CODES:
+            code = _DOMAIN_CODES[cls.__name__]
+            return code, _one_line(str(error)), _status_for_code(code)
+    pydantic_core = sys.modules.get("pydantic_core")
+    if pydantic_core is not None and isinstance(error, pydantic_core.ValidationError):
+        return "INVALID_ARGUMENT", _validation_message(error), EXIT_INVALID
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy_exc is not None and isinstance(error, sqlalchemy_exc.OperationalError):
+        return "UNAVAILABLE", f"database: {_one_line(str(error.orig or error))}", EXIT_UNAVAILABLE
+    if isinstance(error, Unavailable | ConnectionError | TimeoutError):
+        return "UNAVAILABLE", _one_line(str(error) or type(error).__name__), EXIT_UNAVAILABLE
+    if isinstance(error, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError):
+        return "INVALID_ARGUMENT", f"{error.filename}: {error.strerror}", EXIT_INVALID
+    if isinstance(error, OSError):
+        return "UNAVAILABLE", _one_line(str(error)), EXIT_UNAVAILABLE
+    message = f"{type(error).__name__}: {_one_line(str(error))} (LIANXIN_DEBUG=1 shows the traceback)"
+    return "INTERNAL", message, EXIT_INTERNAL
+
+
+def _validation_message(error: object) -> str:
+    """A settings error names the environment variable (LIANXIN_NODE), a model error its field."""
+    problems = []
+    for item in error.errors():  # type: ignore[attr-defined]
+        field = ".".join(str(part) for part in item["loc"])
+        if getattr(error, "title", "") == "Settings":
+            field = f"LIANXIN_{field.upper()}"
+        reason = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(f"{field}: {reason}" if field else reason)
+    return "; ".join(problems)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

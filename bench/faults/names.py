@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.settings import SERVICES
+from services.common.names import SERVICES
 
 PRODUCTION_SCENARIOS: tuple[str, ...] = (
     *(f"kill-{service}-api" for service in SERVICES),

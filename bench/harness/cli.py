@@ -12,12 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.harness import scenarios
-from bench.harness.procs import BACKENDS, DEFAULT_PG_ADMIN, Backend, EchoProcess
+from bench.harness.defaults import BACKENDS, DEFAULT_PG_ADMIN
 from bench.harness.progress import Progress
 from bench.harness.report import ScenarioResult, machine_info, render_table, write_json
+
+# The scenarios and the processes they start load the whole platform: imported when a run starts,
+# so that `lianxin --help` stays light.
+if TYPE_CHECKING:
+    from bench.harness.procs import Backend
 
 SCENARIOS = ("intake", "propagation", "catchup", "stats")
 
@@ -205,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
             workdir = Path(args.workdir)
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lianxin-bench-")))
+        from bench.harness.procs import Backend
+
         backend = Backend(options.backend, workdir / options.backend, admin_url=options.pg_admin_url)
         try:
             version = backend.check()
@@ -244,6 +250,9 @@ def run(args: argparse.Namespace) -> int:
 def run_scenarios(
     backend: Backend, options: BenchOptions, progress: Progress, stack: contextlib.ExitStack
 ) -> list[ScenarioResult]:
+    from bench.harness import scenarios
+    from bench.harness.procs import EchoProcess
+
     sizes = options.sizes
     results: list[ScenarioResult] = []
 

@@ -22,11 +22,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.harness.defaults import BACKENDS, DEFAULT_PG_ADMIN
 from services.federation import BUSINESS_SERVICES, wait_serving
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_PG_ADMIN = os.environ.get("LIANXIN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-BACKENDS = ("sqlite", "postgres")
 
 # Every node the harness starts: categories and regions come with each request, the per-submitter
 # limit would stop a load test on purpose, and the nodes' logs would drown the progress bar.

@@ -7,7 +7,9 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SERVICES: tuple[str, ...] = ("intake", "routing", "exchange", "video", "stats")
+from services.common.names import SERVICES
+
+__all__ = ["SERVICES", "Settings"]
 
 
 class Settings(BaseSettings):
@@ -49,7 +51,7 @@ class Settings(BaseSettings):
     @classmethod
     def _six_digits(cls, value: str) -> str:
         if len(value) != 6 or not value.isdigit():
-            raise ValueError(f"LIANXIN_NODE must be a 6-digit region code, got {value!r}")
+            raise ValueError(f"must be a 6-digit region code, got {value!r}")
         return value
 
     def with_overrides(self, **changes: object) -> Settings:

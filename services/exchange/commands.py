@@ -7,18 +7,21 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from services.common.db import make_engine, make_session_factory, service_database_url
-from services.common.migrations import upgrade
-from services.common.regions import RegionTree
-from services.common.service import utc_now
-from services.common.settings import Settings
-from services.exchange import national_sim
-from services.exchange.package import PackageRefused, open_package, seal, signing_key
-from services.exchange.store import COMMAND, ENVELOPE, ExchangeStore, Item
+# Only light imports here (lianxin --help loads this module); each command imports what it uses.
+if TYPE_CHECKING:
+    from services.common.settings import Settings
+    from services.exchange.store import ExchangeStore
 
 
 def _store(settings: Settings) -> ExchangeStore:
+    from services.common.db import make_engine, make_session_factory, service_database_url
+    from services.common.migrations import upgrade
+    from services.common.regions import RegionTree
+    from services.common.service import utc_now
+    from services.exchange.store import ExchangeStore
+
     engine = make_engine(service_database_url(settings, "exchange"), service="exchange")
     upgrade(engine, "exchange")
     regions = RegionTree.load(settings.regions_file)
@@ -26,6 +29,11 @@ def _store(settings: Settings) -> ExchangeStore:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from services.common.service import utc_now
+    from services.common.settings import Settings
+    from services.exchange.package import seal, signing_key
+    from services.exchange.store import COMMAND
+
     settings = Settings()
     store = _store(settings)
     rows = store.pending_up(args.since, args.limit, max_bytes=2**62)
@@ -46,6 +54,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from services.common.settings import Settings
+    from services.exchange.package import PackageRefused, open_package, signing_key
+    from services.exchange.store import ENVELOPE, Item
+
     settings = Settings()
     try:
         package = open_package(Path(args.file).read_bytes(), key=signing_key())
@@ -74,6 +86,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_national_sim(args: argparse.Namespace) -> int:
+    from services.exchange import national_sim
+
     faults = national_sim.Faults(
         latency_ms=args.latency_ms,
         error_rate=args.error_rate,

@@ -6,9 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from services.common.regions import RegionTree
-from services.common.settings import Settings
-
 
 def _lines() -> list[str]:
     # A line is one text; literal "\n" inside a line stands for a line break (title\nbody).
@@ -16,6 +13,7 @@ def _lines() -> list[str]:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from services.common.settings import Settings
     from services.intake.app import load_or_train, shared_data_dir
     from services.intake.classifier import Classifier
 
@@ -34,6 +32,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_locate(args: argparse.Namespace) -> int:
+    from services.common.regions import RegionTree
     from services.intake.locator import Locator
 
     tree = RegionTree.load(Path(args.regions) if args.regions else None)

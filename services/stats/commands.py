@@ -9,14 +9,17 @@ from pathlib import Path
 def cmd_report(args: argparse.Namespace) -> int:
     """Write bulletin.md with its CSV and PNG files for one region and statistical month."""
     from services.common.db import make_engine, make_session_factory, service_database_url
+    from services.common.errors import NotFound
     from services.common.migrations import upgrade
     from services.common.regions import RegionTree
     from services.common.service import utc_now
     from services.common.settings import Settings
     from services.stats.app import config_from_env
     from services.stats.bulletin import write_bulletin
+    from services.stats.domain import parse_month
     from services.stats.store import SqlWarehouse
 
+    parse_month(args.month)  # a bad month is refused before any database is touched
     settings = Settings()
     if args.database_url:
         settings = settings.with_overrides(database_url=args.database_url)
@@ -25,8 +28,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         settings = settings.with_overrides(node=node)
     regions = RegionTree.load(settings.regions_file)
     if args.region not in regions:
-        print(f"unknown region code {args.region}")
-        return 2
+        raise NotFound("region", args.region)
     if not regions.contains(node, args.region):
         # A report for a region outside the node's subtree would be empty; use the region as the node.
         node = args.region

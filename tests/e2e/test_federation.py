@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from grpc_requests import Client
 
+from services.common.reflection import ReflectionClient
 from services.common.regions import RegionTree
 from services.federation import BUSINESS_SERVICES, DEFAULT_TOPOLOGY, Federation, health_statuses
 from tests.helpers import wait_until
@@ -64,11 +64,10 @@ def test_every_node_serves_all_five_services(federation: Federation) -> None:
 
 def test_reflection_client_lists_services_submits_a_case_and_stats_counts_it(federation: Federation) -> None:
     county = federation.node("511102")
-    client = Client.get_by_endpoint(county.address)
-    assert set(BUSINESS_SERVICES) <= set(client.service_names)
-    reply = client.request(
-        "lianxin.intake.v1.IntakeService",
-        "SubmitCase",
+    client = ReflectionClient(county.address, timeout=10)
+    assert set(BUSINESS_SERVICES) <= set(client.service_names())
+    [reply] = client.call(
+        "lianxin.intake.v1.IntakeService/SubmitCase",
         {
             "channel": "CHANNEL_WEB",
             "channel_ref": "e2e-web-1",
@@ -83,9 +82,10 @@ def test_reflection_client_lists_services_submits_a_case_and_stats_counts_it(fed
     assert case_id.startswith("511102-")
 
     def counted() -> bool:
-        metrics = client.request(
-            "lianxin.stats.v1.StatsService", "GetMetrics", {"region_code": "511102", "include_case_ids": True}
-        )["metrics"]
+        [reply] = client.call(
+            "lianxin.stats.v1.StatsService/GetMetrics", {"region_code": "511102", "include_case_ids": True}
+        )
+        metrics = reply["metrics"]
         return case_id in metrics[0].get("case_ids", [])
 
     wait_until(counted, timeout=15, message="the case in the county's stats")
@@ -93,9 +93,8 @@ def test_reflection_client_lists_services_submits_a_case_and_stats_counts_it(fed
 
 def test_metrics_port_shows_rpc_counters_and_latency_histograms(federation: Federation) -> None:
     county = federation.node("511102")
-    Client.get_by_endpoint(county.address).request(
-        "lianxin.stats.v1.StatsService", "GetMetrics", {"region_code": "511102"}
-    )
+    with ReflectionClient(county.address, timeout=10) as client:
+        list(client.call("lianxin.stats.v1.StatsService/GetMetrics", {"region_code": "511102"}))
     text = urllib.request.urlopen(f"http://127.0.0.1:{county.metrics_port}/metrics", timeout=5).read().decode()
     assert "lianxin_grpc_server_handled_total{" in text
     assert 'method="GetMetrics"' in text and 'code="OK"' in text
