@@ -63,8 +63,9 @@ def database_ready(engine: Engine) -> Callable[[], bool]:
             with engine.connect() as conn:
                 conn.execute(text("select 1"))
             return True
-        except Exception:
-            log.warning("database not ready", exc_info=True)
+        except Exception as error:
+            # GrpcServer logs the change of readiness; the cause is said once here, without a traceback.
+            log.debug("database not ready: %s", type(error).__name__)
             return False
 
     return ready

@@ -44,6 +44,8 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 FIELD_METADATA_KEY = "lianxin-field"
 INTERNAL_MESSAGE = "internal error"
 HEALTH_SERVICE_NAME: str = health.SERVICE_NAME
+# The overall health name: liveness (the process answers), never the database (GrpcServer).
+LIVENESS_SERVICE_NAME = ""
 REFLECTION_SERVICE_NAME: str = reflection.SERVICE_NAME
 
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -410,6 +412,12 @@ class GrpcServer:
 
     Interceptor order (outermost first): OpenTelemetry, the Lianxin error/metrics interceptor, then
     ``interceptors`` (security), so rejections by security are traced and counted too.
+
+    Health has two meanings (Kubernetes probes them apart, deploy/k8s): the overall name ``""`` is
+    **liveness**, SERVING while the process answers (until it drains); each business service's name
+    is **readiness**, SERVING while ``ready()`` holds (its database answers), checked every
+    ``settings.readiness_interval_s``. A database outage takes the pods out of the Service without
+    restarting them.
     """
 
     def __init__(
@@ -450,6 +458,8 @@ class GrpcServer:
         self._lock = threading.Lock()
         self._stopping = False
         self._terminated = threading.Event()
+        self._stop_watching = threading.Event()
+        self._was_ready: bool | None = None
 
     # -- properties
 
@@ -495,7 +505,9 @@ class GrpcServer:
                 self._settings.grpc_host, self._settings.metrics_port
             )
         self._server.start()
+        self._health.set(LIVENESS_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.refresh_health()
+        threading.Thread(target=self._watch_readiness, name="grpc-readiness", daemon=True).start()
         log.info(
             "gRPC server listening",
             extra={
@@ -507,7 +519,7 @@ class GrpcServer:
         return self
 
     def refresh_health(self) -> bool:
-        """Publish SERVING or NOT_SERVING for every service (and "") from ``ready()``; returns readiness."""
+        """Publish readiness (SERVING or NOT_SERVING for every business service) from ``ready()``."""
         try:
             ready = bool(self._ready())
         except Exception:
@@ -516,12 +528,24 @@ class GrpcServer:
         with self._lock:
             if self._stopping:
                 return False
+            changed = ready != self._was_ready
+            self._was_ready = ready
+        if changed:
+            log.log(logging.INFO if ready else logging.WARNING, "readiness", extra={"ready": ready})
         serving = health_pb2.HealthCheckResponse
-        self._set_health(serving.SERVING if ready else serving.NOT_SERVING)
+        self._set_readiness(serving.SERVING if ready else serving.NOT_SERVING)
         return ready
 
+    def _watch_readiness(self) -> None:
+        while not self._stop_watching.wait(self._settings.readiness_interval_s):
+            self.refresh_health()
+
+    def _set_readiness(self, status: int) -> None:
+        for name in self._service_names:
+            self._health.set(name, status)
+
     def _set_health(self, status: int) -> None:
-        for name in ("", *self._service_names):
+        for name in (LIVENESS_SERVICE_NAME, *self._service_names):
             self._health.set(name, status)
 
     def stop(self, grace: float = 5.0) -> None:
@@ -529,6 +553,7 @@ class GrpcServer:
         with self._lock:
             already = self._stopping
             self._stopping = True
+        self._stop_watching.set()
         if already:
             # A second stop (signal plus finally-block) waits for the first instead of racing it.
             self._terminated.wait()

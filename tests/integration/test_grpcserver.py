@@ -114,9 +114,9 @@ class Readiness:
 
 
 def _settings(**changes: object) -> Settings:
-    return Settings(node="510000", grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, grpc_workers=8).with_overrides(
-        **changes
-    )
+    return Settings(
+        node="510000", grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, grpc_workers=8, readiness_interval_s=0.05
+    ).with_overrides(**changes)
 
 
 @pytest.fixture
@@ -167,16 +167,25 @@ def test_health_is_serving_for_registered_service_and_overall(channel: grpc.Chan
     assert _check(channel, "") == SERVING
 
 
-def test_health_turns_not_serving_when_not_ready(
+def test_readiness_turns_not_serving_when_not_ready_while_liveness_stays_serving(
     server: GrpcServer, channel: grpc.Channel, readiness: Readiness
 ) -> None:
+    """The business service's name is readiness; the overall name "" is liveness (the process answers)."""
     readiness.ready = False
     assert server.refresh_health() is False
     assert _check(channel, ECHO) == NOT_SERVING
-    assert _check(channel, "") == NOT_SERVING
+    assert _check(channel, "") == SERVING
     readiness.ready = True
     server.refresh_health()
     assert _check(channel, ECHO) == SERVING
+
+
+def test_readiness_is_checked_again_without_anyone_asking(channel: grpc.Channel, readiness: Readiness) -> None:
+    """The server re-checks readiness on its own (settings.readiness_interval_s; 0.05 s here)."""
+    readiness.ready = False
+    _wait_for(lambda: _check(channel, ECHO) == NOT_SERVING)
+    readiness.ready = True
+    _wait_for(lambda: _check(channel, ECHO) == SERVING)
 
 
 def test_health_is_not_serving_when_readiness_check_raises(server: GrpcServer, channel: grpc.Channel) -> None:

@@ -103,13 +103,17 @@ def test_each_service_runs_as_an_api_and_a_worker_from_one_image(overlay: str) -
     assert len(images) == 1, images
 
 
-def test_every_api_is_probed_over_grpc_health_with_its_own_service_name(overlay: str) -> None:
+def test_every_api_is_ready_by_its_own_service_name_and_alive_by_the_overall_name(overlay: str) -> None:
+    """Readiness follows the database (the service's name); liveness and startup only ask whether
+    the process answers (the overall name ""), so a database outage restarts no pod."""
     deployments = _by_name(_render(overlay), "Deployment")
     for service in SERVICES:
         (container,) = deployments[f"{service}-api"]["spec"]["template"]["spec"]["containers"]
-        expected = {"port": 50051, "service": f"lianxin.{service}.v1.{service.capitalize()}Service"}
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"] == expected, (service, probe)
+        ready = {"port": 50051, "service": f"lianxin.{service}.v1.{service.capitalize()}Service"}
+        assert container["readinessProbe"]["grpc"] == ready, service
+        for probe in ("startupProbe", "livenessProbe"):
+            assert container[probe]["grpc"].get("service", "") == "", (service, probe)
+            assert container[probe]["grpc"]["port"] == 50051, (service, probe)
 
 
 def test_no_deployment_is_probed_other_than_over_grpc(overlay: str) -> None:
