@@ -122,6 +122,8 @@ class Federation:
                 stdout=subprocess.DEVNULL,
             )
             wait_serving(self.national_address or "", ready_timeout_s, self.national, services=NATIONAL_SERVICES)
+        # Every node knows every other node's endpoint for joint video receptions (cross-node holds).
+        video_peers = ",".join(f"{n.code}={n.address}" for n in self.nodes)
         # Parents first, tier by tier: a child's link then finds its parent up from the start.
         for wave in self._waves():
             for node in wave:
@@ -132,6 +134,7 @@ class Federation:
                     "LIANXIN_DATA_DIR": str(self.data_dir),
                     "LIANXIN_GRPC_PORT": str(node.grpc_port),
                     "LIANXIN_METRICS_PORT": str(node.metrics_port),
+                    "LIANXIN_VIDEO_PEERS": video_peers,
                 }
                 if node.parent:
                     env["LIANXIN_PARENT"] = by_code[node.parent].address

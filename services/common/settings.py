@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     require_mtls: bool = Field(default=False, description="production: node-to-node calls need a peer cert")
     audit: bool = Field(default=False, description="audit every mutating RPC (always on when auth is on)")
     citizen_rate_per_min: int = Field(default=30, description="citizen RPCs per peer per minute (auth on)")
+    video_peers: str = Field(
+        default="",
+        description="other nodes' gRPC endpoints for joint video receptions: 511102=host:port,511100=host:port",
+    )
 
     @field_validator("node")
     @classmethod
@@ -57,6 +61,24 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a 6-digit region code, got {value!r}")
         return value
 
+    @field_validator("video_peers")
+    @classmethod
+    def _peer_list(cls, value: str) -> str:
+        parse_peers(value)
+        return value
+
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields changed (settings are frozen so nodes cannot share mutations)."""
         return self.model_copy(update=changes)
+
+
+def parse_peers(value: str) -> dict[str, str]:
+    """``code=host:port`` pairs separated by commas → {node code: address}; ValueError naming a bad pair."""
+    peers: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        code, _, address = pair.partition("=")
+        host, _, port = address.strip().rpartition(":")
+        if len(code.strip()) != 6 or not code.strip().isdigit() or not host or not port.isdigit():
+            raise ValueError(f"LIANXIN_VIDEO_PEERS: expected code=host:port, got {pair!r}")
+        peers[code.strip()] = address.strip()
+    return peers

@@ -20,7 +20,7 @@ UP_EVENT_TYPES: dict[str, tuple[str, ...]] = {
         "supervision_issued",
         "deadline_warning",
     ),
-    "video": ("visit_booked", "visit_outcome_recorded"),
+    "video": ("visit_booked", "visit_outcome_recorded", "visit_cancelled", "visit_reminder"),
 }
 
 # What a citizen did at the node that registered the case (rated, asked for 复查, withdrew): facts
@@ -29,6 +29,9 @@ UP_EVENT_TYPES: dict[str, tuple[str, ...]] = {
 # registering county's ratings name the city as owner; refusing them as forged or stale would keep
 # the rating from every tier above and block the case's later events behind a sequence gap.
 CITIZEN_EVENT_TYPES: frozenset[str] = frozenset({"case_evaluated", "review_requested", "case_withdrawn"})
+# The same holds for a video visit: a fact recorded where the leader received the citizen (often the
+# registering county's terminal, after the case went up), naming the owner as that node last heard.
+FACT_EVENT_TYPES: frozenset[str] = CITIZEN_EVENT_TYPES | frozenset(UP_EVENT_TYPES["video"])
 
 # Services of a node that issue commands (``events.v1.Command`` on the bus, event type "command")
 # for cases another node owns; exchange carries them to the owner (DESIGN §3).
@@ -149,7 +152,7 @@ def _judge_from_known_child(
         return refuse("malformed payload: event_id, case_id, case_sequence and payload are required")
     if not under(event.origin_node):
         return refuse(f"out of subtree: origin {event.origin_node or '-'} is not under {child}")
-    citizen = event.event_type in CITIZEN_EVENT_TYPES
+    citizen = event.event_type in FACT_EVENT_TYPES
     if not under(event.owner_node) and not citizen:
         return refuse(f"forged owner: owner {event.owner_node or '-'} is not under {child}")
     if already_stored or at_sequence == event.event_id:

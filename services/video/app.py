@@ -1,8 +1,9 @@
 """Composition of the video service for any host (embedded node, api process, worker).
 
 Cross-node holds need the addresses of other nodes' video services: ``ctx.extras["video_peers"]``
-maps node code → host:port (the lead wires it to node discovery; tests pass it directly). The
-mapping is read at call time, so peers added after start are used.
+maps node code → host:port, filled from ``LIANXIN_VIDEO_PEERS`` (``lianxin up`` gives every node
+all the others) or passed directly by tests. The mapping is read at call time, so peers added after
+start are used.
 """
 
 from __future__ import annotations
@@ -14,15 +15,21 @@ from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.crypto import cipher_from_env
-from services.common.service import ServiceContext, ServiceParts, ServicerBinding, Timer
+from services.common.events import decode
+from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
+from services.common.settings import parse_peers
 from services.common.tls import client_credentials
 from services.video import handlers
-from services.video.domain import DEFAULT_HOLD_TTL
+from services.video.domain import DEFAULT_HOLD_TTL, OWNER_EVENTS, owner_named
 from services.video.models import outbox
 from services.video.servicer import GrpcRemoteRooms, VideoServicer
 from services.video.store import VideoStore
 
 log = logging.getLogger(__name__)
+
+# Where the case events naming an owner come from: this node's own services, and exchange (replicas
+# from the subtree, hand-offs from the parent).
+OWNER_SOURCES = ("intake", "routing", "exchange")
 
 
 def build(ctx: ServiceContext) -> ServiceParts:
@@ -30,11 +37,28 @@ def build(ctx: ServiceContext) -> ServiceParts:
     calendar = ctx.extras.get("calendar") or ChineseWorkingCalendar()
     store = VideoStore(ctx.session_factory, cipher=cipher_from_env(), node=node, calendar=calendar, clock=ctx.clock)
     peers = ctx.extras.setdefault("video_peers", {})
+    # LIANXIN_VIDEO_PEERS (set by `lianxin up` for every node of the embedded federation); peers a
+    # host already put in extras win, and the mapping stays live for ones added later.
+    for code, address in parse_peers(ctx.settings.video_peers).items():
+        peers.setdefault(code, address)
     remote = GrpcRemoteRooms(node, peers, credentials=client_credentials(ctx.settings.tls_dir, node))
     hold_ttl = timedelta(seconds=float(ctx.extras.get("video_hold_ttl_s", DEFAULT_HOLD_TTL.total_seconds())))
 
     def notify() -> None:
         ctx.extras.get("notify_outbox", lambda: None)()
+
+    def follow_owner(event: BusEvent) -> None:
+        env = decode(event)
+        hand_off = env.case_handed_off
+        owner = owner_named(
+            env.WhichOneof("payload") or "",
+            env.owner_node,
+            env.owner_epoch,
+            hand_off_to=hand_off.to_node,
+            hand_off_epoch=hand_off.new_owner_epoch,
+        )
+        if owner is not None:
+            store.note_owner(env.case_id, owner)
 
     servicer = VideoServicer(store, remote, hold_ttl=hold_ttl, after_commit=notify)
 
@@ -48,6 +72,11 @@ def build(ctx: ServiceContext) -> ServiceParts:
         name="video",
         servicers=[
             ServicerBinding(video_grpc.add_VideoServiceServicer_to_server, servicer, "lianxin.video.v1.VideoService")
+        ],
+        subscriptions=[
+            Subscription("video", source, event_type, follow_owner)
+            for source in OWNER_SOURCES
+            for event_type in OWNER_EVENTS
         ],
         timers=[Timer("video-sweep", min(ctx.settings.sweep_interval_s, 15.0), sweep)],
         session_factory=ctx.session_factory,

@@ -12,6 +12,7 @@ from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument
+from services.common.ids import registering_node
 from services.intake.validation import check_id_number
 
 MAX_REPRESENTATIVES = 5  # 信访工作条例: a group visit sends at most 5 representatives
@@ -212,6 +213,41 @@ class RemoteHold:
     room_id: str
     node: str
     state: str
+
+
+@dataclass(frozen=True)
+class CaseOwner:
+    """The node that owns a case and the ownership epoch it holds it with (DESIGN §3)."""
+
+    node: str
+    epoch: int
+
+
+# The case events on a node's bus that name the case's owner: video follows them (from this node's
+# intake and routing, and as replicas or hand-offs from exchange) to stamp its own events.
+OWNER_EVENTS: tuple[str, ...] = ("case_registered", "work_order_created", "work_order_changed", "case_handed_off")
+
+
+def owner_named(
+    event_type: str, owner_node: str, owner_epoch: int, *, hand_off_to: str = "", hand_off_epoch: int = 0
+) -> CaseOwner | None:
+    """The owner a case event says the case has: a hand-off's new owner, else the envelope's owner."""
+    if event_type == "case_handed_off" and hand_off_to and hand_off_epoch:
+        return CaseOwner(hand_off_to, hand_off_epoch)
+    if not owner_node or owner_epoch <= 0:
+        return None
+    return CaseOwner(owner_node, owner_epoch)
+
+
+def owner_for_event(known: CaseOwner | None, case_id: str, here: str) -> CaseOwner:
+    """Whom video's event about ``case_id`` names as owner: the owner last heard of, else the registrar.
+
+    Not heard of yet (a visit booked right after the registration, before its events reached video)
+    means the case has not moved: its registering node owns it with the first epoch.
+    """
+    if known is not None:
+        return known
+    return CaseOwner(registering_node(case_id) or here, 1)
 
 
 def require_state(visit: Visit, allowed: frozenset[VisitState] | set[VisitState], action: str) -> None:

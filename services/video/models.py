@@ -116,6 +116,19 @@ class ReminderRow(Base):
     sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class CaseOwnerRow(Base):
+    """Who owns a case and with which epoch, as this node last heard (raised only, never lowered).
+
+    Fed by the case events on this node's bus (registrations, work orders, hand-offs, replicas), so
+    video's own events about the case name its current owner and epoch and pass the tiers above.
+    """
+
+    __tablename__ = "video_case_owners"
+    case_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_node: Mapped[str] = mapped_column(String(6))
+    owner_epoch: Mapped[int] = mapped_column(Integer)
+
+
 metadata = Base.metadata
 outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from google.protobuf.message import Message
 from lianxin.events.v1 import events_pb2
 from sqlalchemy import delete, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,6 +28,7 @@ from services.common.timeutil import CHINA, to_timestamp
 from services.video import slots
 from services.video.domain import (
     BookRequest,
+    CaseOwner,
     FoundSlot,
     Hold,
     HoldState,
@@ -40,12 +42,14 @@ from services.video.domain import (
     VisitState,
     WeeklyPattern,
     check_version,
+    owner_for_event,
     parse_hhmm,
     reminders_due,
     require_state,
     validate_schedule,
 )
 from services.video.models import (
+    CaseOwnerRow,
     HoldRow,
     ReminderRow,
     RemoteHoldRow,
@@ -810,15 +814,39 @@ class VideoStore:
 
     # -- rows and events ------------------------------------------------------------------------
 
+    def note_owner(self, case_id: str, owner: CaseOwner) -> None:
+        """Remember the case's owner when ``owner.epoch`` is newer than the one known (idempotent)."""
+        if not case_id or len(case_id) > 64:
+            return
+        with self._tx() as s:
+            dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
+            insert = dialect.insert(CaseOwnerRow).values(
+                case_id=case_id, owner_node=owner.node, owner_epoch=owner.epoch
+            )
+            s.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[CaseOwnerRow.case_id],
+                    set_={"owner_node": insert.excluded.owner_node, "owner_epoch": insert.excluded.owner_epoch},
+                    where=CaseOwnerRow.owner_epoch < insert.excluded.owner_epoch,
+                )
+            )
+
+    def _owner(self, s: Session, case_id: str) -> CaseOwner:
+        row = s.get(CaseOwnerRow, case_id)
+        return owner_for_event(CaseOwner(row.owner_node, row.owner_epoch) if row else None, case_id, self.node)
+
     def _emit(self, s: Session, case_id: str, field: str, payload: Message) -> None:
-        # video does not own cases: version 0 / epoch 0 mark a fact about the case, not a state change.
+        # video does not own cases: version 0 marks a fact about the case, not a state change of it.
+        # The envelope names the case's owner and epoch as this node knows them, as the owner's own
+        # events do, so the tiers above take it as the case's next event (docs/exchange.md).
+        owner = self._owner(s, case_id)
         env = envelope(
             payload_field=field,
             payload=payload,
             case_id=case_id,
             version=0,
-            owner_node=self.node,
-            owner_epoch=0,
+            owner_node=owner.node,
+            owner_epoch=owner.epoch,
             origin_node=self.node,
             origin_service="video",
             occurred_at=self.now(),

@@ -113,3 +113,59 @@ def test_demo_day_runs_through_the_federation(federation: Federation, messages_c
     assert "REPLIED" in text
     assert "沙湾区 now owns it" in text
     assert "rated: satisfied" in text
+
+
+def test_a_joint_video_reception_holds_a_room_at_another_node_process(federation: Federation) -> None:
+    """`lianxin up` tells every node its peers: the city's leader books the county's terminal room."""
+    import grpc
+    from lianxin.video.v1 import video_service_pb2 as pb
+    from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
+
+    city, county = federation.node("511100"), federation.node("511102")
+    terminal = pb.Room(room_id="511102-T-joint", node="511102", name="市中区视频接访终端")
+    with grpc.insecure_channel(city.address) as c1, grpc.insecure_channel(county.address) as c2:
+        at_city, at_county = video_grpc.VideoServiceStub(c1), video_grpc.VideoServiceStub(c2)
+        at_county.RegisterRoom(pb.RegisterRoomRequest(room=terminal), timeout=5)
+        at_city.RegisterRoom(pb.RegisterRoomRequest(room=terminal), timeout=5)  # the city knows whom to ask
+        at_city.RegisterRoom(pb.RegisterRoomRequest(room=pb.Room(room_id="511100-R-joint", node="511100")), timeout=5)
+        at_city.PublishSchedule(
+            pb.PublishScheduleRequest(
+                actor="admin",
+                schedule=pb.Schedule(
+                    leader_id="city-leader-joint",
+                    node="511100",
+                    weekly_patterns=[
+                        pb.WeeklyPattern(weekday=d, start_time="09:00", end_time="12:00") for d in range(1, 6)
+                    ],
+                    slot_minutes=30,
+                    buffer_minutes=10,
+                    max_per_session=4,
+                    room_ids=["511100-R-joint"],
+                ),
+            ),
+            timeout=5,
+        )
+        booked = at_city.BookVisit(
+            pb.BookVisitRequest(
+                case_id="511102-20261206-900001",
+                actor="clerk",
+                leader_id="city-leader-joint",
+                room_ids=[terminal.room_id],
+            ),
+            timeout=20,
+        ).visit
+        assert booked.state == pb.VISIT_STATE_BOOKED
+        assert set(booked.room_ids) == {"511100-R-joint", terminal.room_id} and len(booked.hold_ids) == 1
+        # The county's room is taken for that period: a second visit at the same time is refused there.
+        with pytest.raises(grpc.RpcError) as taken:
+            at_city.BookVisit(
+                pb.BookVisitRequest(
+                    case_id="511102-20261206-900002",
+                    actor="clerk",
+                    leader_id="city-leader-joint",
+                    room_ids=[terminal.room_id],
+                    starts_at=booked.starts_at,
+                ),
+                timeout=20,
+            )
+        assert taken.value.code() == grpc.StatusCode.ABORTED

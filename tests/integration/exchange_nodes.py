@@ -100,6 +100,15 @@ def linked_nodes(backend: str, tmp_path: Path, admin_url: Callable[[], str]) -> 
             admin.dispose()
 
 
+@contextmanager
+def three_tiers(backend: str, tmp_path: Path, admin_url: Callable[[], str]) -> Iterator[tuple[Node, Node, Node]]:
+    """Province 510000 ← city 511100 ← county 511102, linked and started parents first."""
+    with linked_nodes(backend, tmp_path, admin_url) as start:
+        province = start("510000")
+        city = start("511100", province)
+        yield province, city, start("511102", city)
+
+
 def phone_for(ref: str) -> str:
     """One citizen per request: intake limits how often one submitter may write."""
     return f"139{int.from_bytes(ref.encode()[-6:].rjust(6, b'0'), 'big') % 100_000_000:08d}"

@@ -46,7 +46,7 @@ from services.routing.handlers import work_order_id_for
 from services.routing.models import inbox as routing_inbox
 from services.routing.models import outbox as routing_outbox
 from tests.helpers import wait_until
-from tests.integration.exchange_nodes import exchange, linked_nodes, phone_for
+from tests.integration.exchange_nodes import exchange, phone_for, three_tiers
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,8 @@ class Tiers:
 def tiers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiers]:
     """Province 510000 ← city 511100 ← county 511102, linked; each test works on its own cases."""
     admin_url = lambda: str(request.getfixturevalue("postgres_admin_url"))  # noqa: E731
-    with linked_nodes(request.param, tmp_path_factory.mktemp(f"tiers-{request.param}"), admin_url) as start:
-        province = start("510000")
-        city = start("511100", province)
-        county = start("511102", city)
-        yield Tiers(province, city, county)
+    with three_tiers(request.param, tmp_path_factory.mktemp(f"tiers-{request.param}"), admin_url) as nodes:
+        yield Tiers(*nodes)
 
 
 class Seen:

@@ -46,8 +46,10 @@ def test_bad_identity_is_refused_with_reason(ev: domain.InboundEvent, child: str
     assert decision.verdict is domain.Verdict.REFUSE and decision.reason.startswith(reason)
 
 
-@pytest.mark.parametrize("event_type", ["case_evaluated", "review_requested", "case_withdrawn"])
-def test_a_citizens_request_at_the_registering_node_is_judged_by_origin_not_owner(event_type: str) -> None:
+@pytest.mark.parametrize(
+    "event_type", ["case_evaluated", "review_requested", "case_withdrawn", "visit_booked", "visit_outcome_recorded"]
+)
+def test_a_citizens_request_or_visit_at_the_registering_node_is_judged_by_origin_not_owner(event_type: str) -> None:
     """After 上报 the county's rating names the city (its parent) as owner at the new epoch: still applied."""
     escalated = domain.CaseKnowledge(event_id_at_sequence=None, last_sequence=2, known_epoch=2, already_stored=False)
     above = event(event_type=event_type, owner_node="511100", owner_epoch=2, case_sequence=3)

@@ -1,0 +1,186 @@
+"""A video visit's events replicate up the tiers like the case's own, through the real BookVisit path.
+
+Three real nodes (province 510000 ← city 511100 ← county 511102), all five services each, linked over
+gRPC. A visit is booked with ``BookVisit`` at the node that owns the case (the county for a county
+case, the city for a city case), and at the city for a case the city handed down to the county (a
+city leader receiving a county's citizen). The visit's events must carry the case's current owner
+and epoch, so the tiers above store them and the case's later events (reply, closing) behind them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from lianxin.common.v1 import common_pb2
+from lianxin.events.v1 import events_pb2
+from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
+from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
+from lianxin.video.v1 import video_service_pb2 as video_pb2
+from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
+from sqlalchemy import select
+
+from services.node import Node
+from services.video.models import CaseOwnerRow
+from services.video.models import outbox as video_outbox
+from tests.helpers import wait_until
+from tests.integration.exchange_nodes import exchange, replicas, three_tiers
+from tests.integration.test_evaluation_across_nodes import Tiers, register, routing, work_order
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def tiers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiers]:
+    admin_url = lambda: str(request.getfixturevalue("postgres_admin_url"))  # noqa: E731
+    with three_tiers(request.param, tmp_path_factory.mktemp(f"video-{request.param}"), admin_url) as nodes:
+        yield Tiers(*nodes)
+
+
+def video(node: Node) -> video_grpc.VideoServiceStub:
+    return video_grpc.VideoServiceStub(grpc.insecure_channel(node.address))
+
+
+def leader_at(node: Node, leader: str) -> None:
+    """A leader of ``node`` receiving every weekday morning in the node's own room."""
+    code = node.settings.node
+    stub = video(node)
+    stub.RegisterRoom(video_pb2.RegisterRoomRequest(room=video_pb2.Room(room_id=f"{code}-R1", node=code)), timeout=5)
+    stub.PublishSchedule(
+        video_pb2.PublishScheduleRequest(
+            actor="admin",
+            schedule=video_pb2.Schedule(
+                leader_id=leader,
+                node=code,
+                weekly_patterns=[
+                    video_pb2.WeeklyPattern(weekday=day, start_time="09:00", end_time="12:00") for day in range(1, 6)
+                ],
+                slot_minutes=30,
+                buffer_minutes=10,
+                max_per_session=6,
+                room_ids=[f"{code}-R1"],
+            ),
+        ),
+        timeout=5,
+    )
+
+
+# Each node's unit for 环境保护 in its dispatch catalogue (services/routing/catalogues).
+ENVIRONMENT_UNITS = {"511100": "lsj-sthjj", "511102": "lszq-sthjj"}
+
+
+def placed(node: Node, case_id: str) -> routing_pb2.WorkOrder:
+    """The case's work order at ``node``, with a unit (placed by hand when the catalogue left it queued)."""
+    wait_until(lambda: work_order(node, case_id) is not None, 20, f"the work order at {node.settings.node}")
+    order = work_order(node, case_id)
+    assert order is not None
+    if order.unit_id:
+        return order
+    unit = ENVIRONMENT_UNITS[node.settings.node]
+    request = routing_pb2.AssignManuallyRequest(case_id=case_id, actor="clerk", unit_id=unit, reason="生态环境局办理")
+    done: routing_pb2.WorkOrder = routing(node).AssignManually(request, timeout=5).work_order
+    return done
+
+
+def book_outcome_reply_close(node: Node, owner: Node, case_id: str, leader: str) -> video_pb2.Visit:
+    """BookVisit at ``node``, then the owner's unit accepts, replies and closes the case."""
+    visit: video_pb2.Visit = (
+        video(node)
+        .BookVisit(video_pb2.BookVisitRequest(case_id=case_id, actor="clerk", leader_id=leader), timeout=10)
+        .visit
+    )
+    wo = placed(owner, case_id).work_order_id
+    stub = routing(owner)
+    stub.AcceptWorkOrder(routing_pb2.AcceptWorkOrderRequest(work_order_id=wo, actor="handler"), timeout=5)
+    stub.ReplyWorkOrder(
+        routing_pb2.ReplyWorkOrderRequest(work_order_id=wo, actor="handler", text="已在视频接访中答复群众。"), timeout=5
+    )
+    stub.CloseWorkOrder(routing_pb2.CloseWorkOrderRequest(work_order_id=wo, actor="handler"), timeout=5)
+    return visit
+
+
+def held_types(node: Node, case_id: str) -> list[str]:
+    return [e.event_type for e in sorted(replicas(node, case_id=case_id).entries, key=lambda e: e.case_sequence)]
+
+
+def quarantined(node: Node, case_id: str) -> list[str]:
+    items = exchange(node).ListQuarantine(exchange_pb2.ListQuarantineRequest(), timeout=5).items
+    return [f"{item.payload_summary}: {item.reason}" for item in items if case_id in item.payload_summary]
+
+
+def closed_everywhere(case_id: str, *nodes: Node) -> None:
+    """Every node holds the visit and the closing behind it, and none quarantined anything of the case."""
+
+    def arrived() -> bool:
+        return all(
+            "visit_booked" in types and any(t == "work_order_changed" for t in types[types.index("visit_booked") :])
+            for types in (held_types(n, case_id) for n in nodes)
+        ) and all(len(held_types(n, case_id)) == len(held_types(nodes[0], case_id)) for n in nodes)
+
+    try:
+        wait_until(arrived, 30, f"the visit and the case's later events at every tier ({case_id})")
+    except AssertionError as late:
+        held = {n.settings.node: held_types(n, case_id) for n in nodes}
+        raise AssertionError(f"{late}: held {held}") from None
+    finally:
+        for n in nodes:
+            assert quarantined(n, case_id) == [], n.settings.node
+
+
+def owner_stamp(node: Node, case_id: str, event_type: str) -> tuple[str, int]:
+    with node.engines["video"].connect() as conn:
+        body = conn.execute(
+            select(video_outbox.c.body).where(
+                video_outbox.c.case_id == case_id, video_outbox.c.event_type == event_type
+            )
+        ).scalar_one()
+    env = events_pb2.EventEnvelope.FromString(body)
+    return env.owner_node, env.owner_epoch
+
+
+def known_owner(node: Node, case_id: str) -> tuple[str, int] | None:
+    with node.engines["video"].connect() as conn:
+        row = conn.execute(
+            select(CaseOwnerRow.owner_node, CaseOwnerRow.owner_epoch).where(CaseOwnerRow.case_id == case_id)
+        ).one_or_none()
+    return None if row is None else (row[0], int(row[1]))
+
+
+def closing_state(node: Node, case_id: str) -> int:
+    order = work_order(node, case_id)
+    return -1 if order is None else int(order.state)
+
+
+def test_a_visit_booked_at_the_county_for_its_own_case_replicates_with_everything_after_it(tiers: Tiers) -> None:
+    leader_at(tiers.county, "county-leader")
+    case = register(tiers.county, "511102")
+    book_outcome_reply_close(tiers.county, tiers.county, case.case_id, "county-leader")
+
+    closed_everywhere(case.case_id, tiers.county, tiers.city, tiers.province)
+    assert owner_stamp(tiers.county, case.case_id, "visit_booked") == ("511102", 1)
+    assert closing_state(tiers.county, case.case_id) == common_pb2.CASE_STATE_CLOSED
+
+
+def test_a_visit_booked_at_the_city_for_its_own_case_replicates_to_the_province(tiers: Tiers) -> None:
+    leader_at(tiers.city, "city-leader")
+    case = register(tiers.city, "511100")
+    book_outcome_reply_close(tiers.city, tiers.city, case.case_id, "city-leader")
+
+    closed_everywhere(case.case_id, tiers.city, tiers.province)
+    assert owner_stamp(tiers.city, case.case_id, "visit_booked") == ("511100", 1)
+
+
+def test_a_visit_booked_at_the_city_for_a_case_it_handed_down_names_the_county_as_owner(tiers: Tiers) -> None:
+    leader_at(tiers.city, "city-leader-2")
+    case = register(tiers.city, "511100")
+    wait_until(lambda: work_order(tiers.city, case.case_id) is not None, 20, "the city's work order")
+    routing(tiers.city).AssignManually(
+        routing_pb2.AssignManuallyRequest(case_id=case.case_id, actor="clerk", node="511102", reason="请市中区办理"),
+        timeout=5,
+    )
+    wait_until(lambda: work_order(tiers.county, case.case_id) is not None, 20, "the county's work order")
+    # The city's video learns of the hand-off from its routing's event on the bus: wait for that.
+    wait_until(lambda: known_owner(tiers.city, case.case_id) == ("511102", 2), 20, "the hand-off in the city's video")
+    book_outcome_reply_close(tiers.city, tiers.county, case.case_id, "city-leader-2")
+
+    closed_everywhere(case.case_id, tiers.city, tiers.province)
+    assert owner_stamp(tiers.city, case.case_id, "visit_booked") == ("511102", 2)
