@@ -20,14 +20,17 @@ calendar files (YAML or JSON)::
       - {name: 春节, from: 2027-02-05, to: 2027-02-11}
     workdays: [2027-02-14]          # make-up working days (weekend days that are worked)
 
-A file overrides the package for its year. A date in no known year raises ``CalendarUnknown``
-rather than silently treating it as an ordinary Mon-Fri year: a wrong deadline is worse than
-a loud one, and the fix (load next year's notice) is an operator's five-minute job.
+A file overrides the package for its year. Operators check a file with ``lianxin calendar validate``
+(``check_calendar_text`` lists every problem) and load it into running nodes with ``lianxin calendar
+load`` (kept per node by ``services.common.calendar_store``). A date in no known year raises
+``CalendarUnknown`` rather than silently treating it as an ordinary Mon-Fri year: a wrong deadline
+is worse than a loud one, and the fix (load next year's notice) is an operator's five-minute job.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -43,13 +46,17 @@ from services.common.errors import FailedPrecondition
 from services.common.timeutil import CHINA
 
 __all__ = [
+    "CalendarCheck",
     "CalendarFileError",
     "CalendarUnknown",
     "ChineseWorkingCalendar",
     "OfficialYear",
     "WorkingCalendar",
+    "check_calendar_text",
     "end_of_day",
     "load_calendar_file",
+    "load_calendar_text",
+    "year_document",
 ]
 
 
@@ -101,8 +108,8 @@ class CalendarUnknown(FailedPrecondition):
         span = "" if known is None else f" (known: {known[0].isoformat()} to {known[1].isoformat()})"
         super().__init__(
             f"no official calendar for {year}{span}: load one with "
-            f"ChineseWorkingCalendar.load('calendar_{year}.yaml'), written from the "
-            f"State Council's holiday notice for {year} (see services/common/calendar.py)"
+            f"`lianxin calendar load calendar_{year}.yaml --node HOST:PORT`, written from the "
+            f"State Council's holiday notice for {year} (docs/routing.md, Calendar)"
         )
         self.year = year
 
@@ -147,85 +154,192 @@ def _as_date(value: Any, source: str, key: str) -> date:
         return value
     if isinstance(value, str):
         try:
-            return date.fromisoformat(value)
-        except ValueError:
-            pass
+            return date.fromisoformat(value.strip())
+        except ValueError as error:
+            if _DATE_SHAPE.match(value.strip()):
+                raise CalendarFileError(source, key, f"{value.strip()} is not a date ({error})") from None
     raise CalendarFileError(source, key, f"expected a date like 2027-02-05, got {value!r}")
 
 
-def _parse_year(raw: Any, source: str, prefix: str) -> OfficialYear:
+_DATE_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class _DatesAsText(yaml.SafeLoader):
+    """YAML without implicit timestamps: a date like 2027-04-31 reaches ``_as_date`` as text, so the
+    problem is reported at its key instead of failing the whole file."""
+
+
+_DatesAsText.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+# The longest official break (春节 or 国庆) is 8-9 days; a longer one is a typo in ``to``.
+MAX_HOLIDAY_DAYS = 15
+
+
+def _parse_year(raw: Any, source: str, prefix: str, problems: list[CalendarFileError]) -> OfficialYear | None:
+    """One year mapping; every problem found is appended to ``problems`` (None when the year is unusable)."""
     if not isinstance(raw, Mapping):
-        raise CalendarFileError(source, prefix or "(top level)", "expected a mapping with year, holidays, workdays")
+        problems.append(
+            CalendarFileError(source, prefix or "(top level)", "expected a mapping with year, holidays, workdays")
+        )
+        return None
     where = (prefix + ".") if prefix else ""
-    unknown = set(raw) - {"year", "holidays", "workdays", "source", "note"}
-    if unknown:
-        raise CalendarFileError(source, where + sorted(map(str, unknown))[0], "unknown key")
+    for unknown in sorted(map(str, set(raw) - {"year", "holidays", "workdays", "source", "note"})):
+        problems.append(CalendarFileError(source, where + unknown, "unknown key"))
     year = raw.get("year")
     if not isinstance(year, int) or isinstance(year, bool) or not 1949 < year < 2200:
-        raise CalendarFileError(source, where + "year", f"expected a year like 2027, got {year!r}")
+        problems.append(CalendarFileError(source, where + "year", f"expected a year like 2027, got {year!r}"))
+        return None
+
+    def bad(key: str, reason: str) -> None:
+        problems.append(CalendarFileError(source, key, reason))
 
     holidays: dict[date, str] = {}
+    entry_of: dict[date, str] = {}  # which holidays[i] claimed a day, for the overlap message
     raw_holidays = raw.get("holidays", [])
     if not isinstance(raw_holidays, list):
-        raise CalendarFileError(source, where + "holidays", "expected a list of {name, from, to}")
+        bad(where + "holidays", "expected a list of {name, from, to}")
+        raw_holidays = []
     for i, item in enumerate(raw_holidays):
         key = f"{where}holidays[{i}]"
         if not isinstance(item, Mapping):
-            raise CalendarFileError(source, key, "expected {name, from, to}")
+            bad(key, "expected {name, from, to}")
+            continue
+        for extra in sorted(map(str, set(item) - {"name", "from", "to"})):
+            bad(f"{key}.{extra}", "unknown key")
         name = item.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise CalendarFileError(source, key + ".name", "a holiday needs a name")
-        first = _as_date(item.get("from"), source, key + ".from")
-        last = _as_date(item.get("to", item.get("from")), source, key + ".to")
+            bad(key + ".name", "a holiday needs a name")
+            continue
+        try:
+            first = _as_date(item.get("from"), source, key + ".from")
+            last = _as_date(item.get("to", item.get("from")), source, key + ".to")
+        except CalendarFileError as error:
+            problems.append(error)
+            continue
         if last < first:
-            raise CalendarFileError(source, key + ".to", f"{last} is before from {first}")
+            bad(key + ".to", f"{last} is before from {first}")
+            continue
+        if first.year != year or last.year != year:
+            outside = first if first.year != year else last
+            bad(key, f"{outside} is not in year {year}")
+            continue
+        if (last - first).days + 1 > MAX_HOLIDAY_DAYS:
+            bad(key + ".to", f"{name} would last {(last - first).days + 1} days (more than {MAX_HOLIDAY_DAYS})")
+            continue
         day = first
         while day <= last:
-            if day.year != year:
-                raise CalendarFileError(source, key, f"{day} is not in year {year}")
             if day in holidays:
-                raise CalendarFileError(source, key, f"{day} is already a holiday ({holidays[day]})")
-            holidays[day] = name.strip()
+                bad(key, f"{day} is already a holiday ({holidays[day]}, {entry_of[day]}): entries overlap")
+                break
             day += timedelta(days=1)
+        else:
+            day = first
+            while day <= last:
+                holidays[day] = name.strip()
+                entry_of[day] = key.removeprefix(where)
+                day += timedelta(days=1)
 
     workdays: set[date] = set()
     raw_workdays = raw.get("workdays", [])
     if not isinstance(raw_workdays, list):
-        raise CalendarFileError(source, where + "workdays", "expected a list of dates")
+        bad(where + "workdays", "expected a list of dates")
+        raw_workdays = []
     for i, item in enumerate(raw_workdays):
         key = f"{where}workdays[{i}]"
-        day = _as_date(item, source, key)
+        try:
+            day = _as_date(item, source, key)
+        except CalendarFileError as error:
+            problems.append(error)
+            continue
         if day.year != year:
-            raise CalendarFileError(source, key, f"{day} is not in year {year}")
-        if day in holidays:
-            raise CalendarFileError(source, key, f"{day} is also listed as a holiday ({holidays[day]})")
-        # A make-up workday on a Monday-Friday would change nothing: almost certainly a typo.
-        if day.weekday() < 5:
-            raise CalendarFileError(source, key, f"{day} is a {day:%A}; make-up workdays fall on weekends")
-        workdays.add(day)
+            bad(key, f"{day} is not in year {year}")
+        elif day in workdays:
+            bad(key, f"{day} is listed twice")
+        elif day in holidays:
+            bad(key, f"{day} is also listed as a holiday ({holidays[day]})")
+        elif day.weekday() < 5:
+            # A make-up workday on a Monday-Friday would change nothing: almost certainly a typo.
+            bad(key, f"{day} is a {day:%A}; make-up workdays fall on weekends")
+        else:
+            workdays.add(day)
+    if not raw_holidays:
+        bad(where + "holidays", f"none listed: every official year has holidays (元旦, 春节, ...) in {year}")
     source_note = raw.get("source", "")
     return OfficialYear(year=year, holidays=holidays, workdays=frozenset(workdays), source=str(source_note or ""))
+
+
+@dataclass(frozen=True)
+class CalendarCheck:
+    """What ``check_calendar_text`` found: the years it could read and every problem, in file order."""
+
+    years: list[OfficialYear]
+    problems: list[CalendarFileError]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_calendar_text(text: str, source: str, *, expect_year: int | None = None) -> CalendarCheck:
+    """Parse and check a YAML or JSON calendar (JSON when ``source`` ends in .json), collecting every problem."""
+    problems: list[CalendarFileError] = []
+    try:
+        raw: Any = json.loads(text) if source.lower().endswith(".json") else yaml.load(text, Loader=_DatesAsText)
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return CalendarCheck([], [CalendarFileError(source, "(file)", f"cannot parse: {first_line}")])
+    if raw is None:
+        return CalendarCheck([], [CalendarFileError(source, "(file)", "empty")])
+    items = list(enumerate(raw)) if isinstance(raw, list) else [(None, raw)]
+    years: list[OfficialYear] = []
+    for i, item in items:
+        parsed = _parse_year(item, source, "" if i is None else f"[{i}]", problems)
+        if parsed is None:
+            continue
+        prefix = "" if i is None else f"[{i}]."
+        if any(y.year == parsed.year for y in years):
+            problems.append(CalendarFileError(source, prefix + "year", f"{parsed.year} appears twice"))
+            continue
+        if expect_year is not None and parsed.year != expect_year:
+            problems.append(CalendarFileError(source, prefix + "year", f"{parsed.year}, expected {expect_year}"))
+        years.append(parsed)
+    return CalendarCheck(years, problems)
+
+
+def load_calendar_text(text: str, source: str) -> list[OfficialYear]:
+    """The years of a calendar file's text; raises the first problem (``check_calendar_text`` lists them all)."""
+    check = check_calendar_text(text, source)
+    if check.problems:
+        raise check.problems[0]
+    return check.years
 
 
 def load_calendar_file(path: str | Path) -> list[OfficialYear]:
     """Parse a YAML or JSON calendar file: one year mapping, or a list of them."""
     path = Path(path)
-    source = str(path)
-    text = path.read_text("utf-8")
-    try:
-        raw: Any = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise CalendarFileError(source, "(file)", f"cannot parse: {exc}") from None
-    if isinstance(raw, list):
-        years = [_parse_year(item, source, f"[{i}]") for i, item in enumerate(raw)]
-    else:
-        years = [_parse_year(raw, source, "")]
-    seen: set[int] = set()
-    for y in years:
-        if y.year in seen:
-            raise CalendarFileError(source, "year", f"{y.year} appears twice")
-        seen.add(y.year)
-    return years
+    return load_calendar_text(path.read_text("utf-8"), str(path))
+
+
+def year_document(year: OfficialYear) -> dict[str, Any]:
+    """``year`` in the file format (holidays as runs of consecutive days), so it can be stored and read back."""
+    runs: list[dict[str, Any]] = []
+    for day in sorted(year.holidays):
+        name = year.holidays[day]
+        last = runs[-1] if runs else None
+        if last is not None and last["name"] == name and date.fromisoformat(last["to"]) + timedelta(days=1) == day:
+            last["to"] = day.isoformat()
+        else:
+            runs.append({"name": name, "from": day.isoformat(), "to": day.isoformat()})
+    return {
+        "year": year.year,
+        "source": year.source,
+        "holidays": runs,
+        "workdays": [d.isoformat() for d in sorted(year.workdays)],
+    }
 
 
 @cache
@@ -251,12 +365,25 @@ class ChineseWorkingCalendar:
     def load(self, path: str | Path) -> list[int]:
         """Add (or replace) the years in an official calendar file; returns the years loaded."""
         loaded = load_calendar_file(path)
-        for y in loaded:
-            self.years[y.year] = y
+        self.add_years(loaded)
         return [y.year for y in loaded]
 
     def add_year(self, year: OfficialYear) -> None:
-        self.years[year.year] = year
+        self.add_years([year])
+
+    def add_years(self, years: Iterable[OfficialYear]) -> None:
+        """Add or replace whole years at once; readers on other threads see the old or the new set, never half."""
+        self.years = {**self.years, **{y.year: y for y in years}}
+
+    def covered_until(self, today: date) -> date:
+        """The last day of the unbroken run of known years from ``today``'s year (the day before it if unknown).
+
+        Limits counted past this day are provisional (routing) or not offered (video slots).
+        """
+        year = today.year
+        while self.knows_year(year):
+            year += 1
+        return date(year, 1, 1) - timedelta(days=1)
 
     def knows_year(self, year: int) -> bool:
         first, last = _package_years()

@@ -13,6 +13,7 @@ from lianxin.common.v1 import common_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from prometheus_client import Gauge
 
+from services.common.calendar_store import node_calendar
 from services.common.events import decode, parse_command
 from services.common.outbox import consume_once
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
@@ -53,7 +54,7 @@ def time_limit_policy() -> TimeLimitPolicy:
 def build_routing(ctx: ServiceContext) -> Routing:
     """The node's jurisdiction and time rules; a bad catalogue or calendar file fails the start loudly."""
     node = ctx.settings.node
-    calendar = ProvisionalCalendar.with_files(calendar_files_from_env())
+    calendar = ProvisionalCalendar(official=node_calendar(ctx, calendar_files_from_env()))
     return Routing(
         node=node,
         regions=ctx.regions,
@@ -85,6 +86,7 @@ def registered_case(case: common_pb2.Case, *, version: int, owner_epoch: int, re
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
     routing = build_routing(ctx)
+    official = node_calendar(ctx)  # the one build_routing opened, shared with video and stats
     notify = ctx.extras.get("notify_outbox", lambda: None)
 
     def uow_factory() -> SqlRoutingUnitOfWork:
@@ -197,6 +199,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
         consume(event, lambda uow: handlers.record_replicated_supervision(record, uow))
 
     def sweep_now() -> SweepReport:
+        # A year loaded through another process of this node (production: the api took the RPC).
+        official.refresh()
         report = handlers.run_sweep(uow_factory=uow_factory, routing=routing, now=ctx.clock())
         WORK_ORDERS_OPEN.labels(node=node).set(report.open)
         WORK_ORDERS_OVERDUE.labels(node=node).set(report.overdue)
@@ -218,7 +222,9 @@ def build(ctx: ServiceContext) -> ServiceParts:
         sweep_now()
 
     ctx.extras.setdefault("routing_sweep", {})[node] = sweep_now
-    servicer = RoutingServicer(uow_factory=uow_factory, routing=routing, clock=ctx.clock, notify=notify)
+    servicer = RoutingServicer(
+        uow_factory=uow_factory, routing=routing, clock=ctx.clock, notify=notify, calendar=official
+    )
     return ServiceParts(
         name="routing",
         servicers=[
@@ -238,4 +244,5 @@ def build(ctx: ServiceContext) -> ServiceParts:
         timers=[Timer("routing-deadline-sweep", ctx.settings.sweep_interval_s, sweep_timer)],
         session_factory=ctx.session_factory,
         outbox=outbox,
+        close=official.close,
     )

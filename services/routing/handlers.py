@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from services.common.calendar import OfficialYear
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, StaleOwner
 from services.common.ids import registering_node
 from services.common.regions import RegionTree
@@ -33,11 +34,9 @@ from services.routing.workorder import (
     TRANSITIONS,
     Action,
     ArbitrationOutcome,
-    HistoryEntry,
     Stage,
     State,
     WorkOrder,
-    WorkOrderChanged,
     WorkOrderCreated,
     WorkOrderEvent,
     sweep,
@@ -853,7 +852,9 @@ def run_sweep(
     """
     now = to_utc(now)
     report = SweepReport()
-    report.recomputed = _refresh_provisional(uow_factory=uow_factory, routing=routing, now=now, batch_size=batch_size)
+    report.recomputed = recompute_provisional_deadlines(
+        uow_factory=uow_factory, routing=routing, now=now, batch_size=batch_size
+    )
     after = ""
     while True:
         with uow_factory() as uow:
@@ -914,50 +915,60 @@ def _sweep_batch(
     return list(changes.values())
 
 
-def _refresh_provisional(*, uow_factory: UnitOfWorkFactory, routing: Routing, now: datetime, batch_size: int) -> int:
-    """Deadlines counted Mon-Fri for an unknown year are recomputed once that year's calendar is loaded."""
-    moved_total = 0
+def recompute_provisional_deadlines(
+    *, uow_factory: UnitOfWorkFactory, routing: Routing, now: datetime, batch_size: int = 1000
+) -> int:
+    """Deadlines counted Mon-Fri for an unknown year are recomputed once that year's calendar is known.
+
+    Called by the sweep and at once when a year is loaded (``load_calendar_years``). Each work order
+    records every moved deadline in its history and emits it (WorkOrderChanged "recompute_deadlines"),
+    so the tiers above see the same due dates. Returns the number of work orders recomputed.
+    """
+    now = to_utc(now)
+    recomputed = 0
     after = ""
     while True:
         with uow_factory() as uow:
             batch = uow.provisional_batch(after_id=after, limit=batch_size)
             if not batch:
-                return moved_total
+                return recomputed
             after = batch[-1].order.id
             changes: list[BatchChange] = []
             for stored in batch:
-                running = {**stored.order.deadlines, **stored.order.windows}
-                years = {china_date(running[k]).year for k in stored.provisional if k in running}  # type: ignore[attr-defined]
+                order = stored.order
+                running = {**order.deadlines, **order.windows}
+                years = {china_date(running[k]).year for k in stored.provisional if k in running}
                 if any(not routing.calendar.knows_year(y) for y in years):
                     continue  # still unknown: nothing to gain yet
-                moved = stored.order.recompute(routing.rules)
-                order = stored.order
-                note = "official calendar loaded; deadlines recomputed: " + (
-                    ", ".join(f"{k} → {({**order.deadlines, **order.windows})[k].date().isoformat()}" for k in moved)
-                    or "none moved"
-                )
-                order.history.append(HistoryEntry(now, SYSTEM, "recompute_deadlines", order.state, order.state, note))
-                order.version += 1
-                event = WorkOrderChanged(
-                    work_order_id=order.id,
-                    case_id=order.case_id,
-                    action=_RECOMPUTE,  # type: ignore[arg-type]
-                    from_state=order.state,
-                    to_state=order.state,
-                    actor=SYSTEM,
-                    at=now,
-                    reason=note,
-                    unit_id=order.unit_id,
-                    deadlines=tuple(sorted({**order.deadlines, **order.windows}.items())),
-                )
+                events = order.calendar_loaded(routing.rules, at=now, years=years, provisional=stored.provisional)
                 _refresh(stored, routing, now, before=stored.provisional)
-                changes.append(BatchChange(stored, [event]))
-                moved_total += 1
+                changes.append(BatchChange(stored, list(events)))
+                recomputed += 1
             uow.save_batch(changes)
             uow.commit()
 
 
-_RECOMPUTE = "recompute_deadlines"
+class CalendarLoader(Protocol):
+    """Where loaded calendar years go: stored for the node and counted on at once (``NodeCalendar``)."""
+
+    def load_years(self, years: list[OfficialYear], *, file_name: str, loaded_by: str, at: datetime) -> None: ...
+
+
+def load_calendar_years(
+    years: list[OfficialYear],
+    *,
+    calendar: CalendarLoader,
+    uow_factory: UnitOfWorkFactory,
+    routing: Routing,
+    now: datetime,
+    file_name: str,
+    actor: str,
+) -> int:
+    """An operator loads official years (already validated): kept for the node, provisional deadlines recomputed."""
+    if not years:
+        raise InvalidArgument("content", "the file holds no year")
+    calendar.load_years(years, file_name=file_name, loaded_by=actor, at=to_utc(now))
+    return recompute_provisional_deadlines(uow_factory=uow_factory, routing=routing, now=now)
 
 
 def get_work_order(work_order_id: str, *, uow_factory: UnitOfWorkFactory) -> StoredWorkOrder:

@@ -5,8 +5,9 @@ not yet loaded) next year's holiday notice: a 60-day settlement limit counted in
 always lands in the next year. So for a year the official calendar does not know, this calendar
 counts Monday-Friday as working days (no holidays, no 调休), logs one WARNING per year, and the
 work order marks every deadline falling in such a year as *provisional*. Once the year is loaded
-(``LIANXIN_CALENDAR_FILES``, comma-separated YAML/JSON files as in ``services.common.calendar``)
-the sweep recomputes those deadlines from their clock starts.
+(``lianxin calendar load`` into the running node, or ``LIANXIN_CALENDAR_FILES`` at start:
+comma-separated YAML/JSON files as in ``services.common.calendar``) those deadlines are recomputed
+from their clock starts (``handlers.recompute_provisional_deadlines``).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class ProvisionalCalendar:
                 return
             self._warned.add(year)
         log.warning(
-            "no official calendar for %d: deadlines are provisional until one is loaded (%s)",
+            "no official calendar for %d: deadlines are provisional until one is loaded (lianxin calendar load, or %s)",
             year,
             CALENDAR_FILES_ENV,
         )

@@ -6,14 +6,17 @@ import base64
 import json
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import PurePath
 from typing import Any
 
 from lianxin.common.v1 import common_pb2
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 
-from services.common.errors import InvalidArgument
-from services.common.timeutil import from_duration, from_timestamp, to_timestamp, to_utc
+from services.common.calendar import OfficialYear, check_calendar_text
+from services.common.calendar_store import NodeCalendar
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.timeutil import china_date, from_duration, from_timestamp, to_timestamp, to_utc
 from services.routing import handlers
 from services.routing.handlers import (
     Routing,
@@ -131,7 +134,9 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         routing: Routing,
         clock: Callable[[], datetime],
         notify: Callable[[], None] = lambda: None,
+        calendar: NodeCalendar | None = None,
     ) -> None:
+        self._calendar = calendar
         self._uow_factory = uow_factory
         self._routing = routing
         self._clock = clock
@@ -445,6 +450,87 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         )
         self._notify()
         return routing_pb2.SuperviseResponse(supervision=supervision_message(supervision))
+
+    # -- the node's calendar -----------------------------------------------------------------------
+
+    def LoadCalendar(self, request: routing_pb2.LoadCalendarRequest, context: Any) -> routing_pb2.LoadCalendarResponse:
+        if self._calendar is None:
+            raise FailedPrecondition("this routing process keeps no node calendar")
+        file_name = PurePath(request.file_name or "calendar.yaml").name[:200]
+        years = calendar_years_from_upload(request.content, file_name)
+        now = self._clock()
+        recomputed = handlers.load_calendar_years(
+            years,
+            calendar=self._calendar,
+            uow_factory=self._uow_factory,
+            routing=self._routing,
+            now=now,
+            file_name=file_name,
+            actor=request.actor or "operator",
+        )
+        self._notify()
+        today = china_date(now)
+        return routing_pb2.LoadCalendarResponse(
+            years=[calendar_year_message(self._calendar, y.year) for y in years],
+            recomputed_work_orders=recomputed,
+            covered_until=self._calendar.covered_until(today).isoformat(),
+            days_left=self._calendar.days_left(today),
+        )
+
+    def ListCalendarYears(
+        self, request: routing_pb2.ListCalendarYearsRequest, context: Any
+    ) -> routing_pb2.ListCalendarYearsResponse:
+        if self._calendar is None:
+            raise FailedPrecondition("this routing process keeps no node calendar")
+        self._calendar.refresh(force=True)
+        first, last = self._calendar.known_range()
+        today = china_date(self._clock())
+        return routing_pb2.ListCalendarYearsResponse(
+            years=[
+                calendar_year_message(self._calendar, year)
+                for year in range(first.year, last.year + 1)
+                if self._calendar.origin(year)
+            ],
+            covered_until=self._calendar.covered_until(today).isoformat(),
+            days_left=self._calendar.days_left(today),
+        )
+
+
+# A year's file is a few kilobytes; anything near this is not a holiday notice.
+MAX_CALENDAR_BYTES = 256 * 1024
+
+
+def calendar_years_from_upload(content: bytes, file_name: str) -> list[OfficialYear]:
+    """The years of an uploaded calendar file, or INVALID_ARGUMENT naming its first problem (and how many more)."""
+    if not content:
+        raise InvalidArgument("content", "empty: send the calendar file's content")
+    if len(content) > MAX_CALENDAR_BYTES:
+        raise InvalidArgument("content", f"{len(content)} bytes, more than {MAX_CALENDAR_BYTES} for a calendar file")
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument("content", "not UTF-8 text") from None
+    check = check_calendar_text(text, file_name)
+    if check.problems:
+        more = len(check.problems) - 1
+        raise InvalidArgument("content", str(check.problems[0]) + (f" (and {more} more)" if more else ""))
+    return check.years
+
+
+def calendar_year_message(calendar: NodeCalendar, year: int) -> routing_pb2.CalendarYear:
+    origin = calendar.origin(year)
+    message = routing_pb2.CalendarYear(year=year, origin=origin)
+    official = calendar.years.get(year)
+    if official is not None:
+        message.source = official.source
+        message.holiday_days = len(official.holidays)
+        message.make_up_workdays = len(official.workdays)
+    stored = calendar.loaded.get(year)
+    if stored is not None and origin == "loaded":
+        message.loaded_at.CopyFrom(to_timestamp(stored.loaded_at))
+        message.file_name = stored.file_name
+        message.loaded_by = stored.loaded_by
+    return message
 
 
 def _significant(code: str) -> str:

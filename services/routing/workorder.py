@@ -26,7 +26,7 @@ from enum import StrEnum
 from services.common.calendar import WorkingCalendar
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.regions import Tier
-from services.common.timeutil import to_utc
+from services.common.timeutil import china_date, to_utc
 from services.routing.timelimits import (
     DeadlineKind,
     Limit,
@@ -41,6 +41,7 @@ __all__ = [
     "ESCALATE_UP",
     "HOTLINE_KINDS",
     "OPEN_STATES",
+    "RECOMPUTE_DEADLINES",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Action",
@@ -101,6 +102,9 @@ class Action(StrEnum):
 
 # History/event label of a transfer that is an escalation to the tier above (上报).
 ESCALATE_UP = "escalate_up"
+# History/event label of a deadline recomputed because an official calendar year was loaded; not a
+# transition (the state stays), so not an ``Action``. Replicated as WorkOrderChanged like the others.
+RECOMPUTE_DEADLINES = "recompute_deadlines"
 
 S, A = State, Action
 
@@ -218,7 +222,7 @@ class WorkOrderChanged:
 
     work_order_id: str
     case_id: str
-    action: Action
+    action: Action | str  # an Action, or a label: escalate_up, recompute_deadlines
     from_state: State
     to_state: State
     actor: str
@@ -650,6 +654,49 @@ class WorkOrder:
         after = {**self.deadlines, **self.windows}
         return sorted(k for k in after if before.get(k) != after[k])
 
+    def calendar_loaded(
+        self, rules: TimeRules, *, at: datetime, years: Iterable[int], provisional: Iterable[str], actor: str = "system"
+    ) -> list[WorkOrderChanged]:
+        """An official calendar year was loaded: every running clock is counted again from its start.
+
+        One history entry (and event) per deadline that moved, naming the old and the new day, so
+        the case's history shows why a due date changed; when none moved, one entry says that the
+        provisional dates (``provisional``: the kinds counted Monday-Friday) now stand as official.
+        Not a transition: the state stays.
+        """
+        at = to_utc(at)
+        label = "official calendar for " + ", ".join(str(y) for y in sorted(set(years))) + " loaded"
+        before = {**self.deadlines, **self.windows}
+        moved = self.recompute(rules)
+        after = {**self.deadlines, **self.windows}
+        notes = [
+            f"{kind} due {china_date(before[kind]).isoformat()} → {china_date(after[kind]).isoformat()} ({label})"
+            for kind in moved
+            if kind in before
+        ]
+        if not notes:
+            kinds = ", ".join(f"{k} due {china_date(after[k]).isoformat()}" for k in sorted(provisional) if k in after)
+            notes = [f"{kinds or 'deadlines'} unchanged, no longer provisional ({label})"]
+        events: list[WorkOrderChanged] = []
+        for note in notes:
+            self.history.append(HistoryEntry(at, actor, RECOMPUTE_DEADLINES, self.state, self.state, note))
+            self.version += 1
+            events.append(
+                WorkOrderChanged(
+                    work_order_id=self.id,
+                    case_id=self.case_id,
+                    action=RECOMPUTE_DEADLINES,
+                    from_state=self.state,
+                    to_state=self.state,
+                    actor=actor,
+                    at=at,
+                    reason=note,
+                    unit_id=self.unit_id,
+                    deadlines=self._deadline_list(),
+                )
+            )
+        return events
+
     def limit_of(self, kind: str, policy: TimeLimitPolicy) -> Limit:
         """The limit behind one of this work order's deadlines, extension included."""
         limit = policy.limit_for(DeadlineKind(kind), tier=self.tier, category=self.category)
@@ -686,7 +733,7 @@ class WorkOrder:
         return WorkOrderChanged(
             work_order_id=self.id,
             case_id=self.case_id,
-            action=label or action,  # type: ignore[arg-type]  # the label travels as the event's action text
+            action=label or action,  # the label travels as the event's action text
             from_state=before,
             to_state=after,
             actor=actor,

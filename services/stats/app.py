@@ -10,7 +10,8 @@ from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 from prometheus_client import Gauge
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.calendar import ChineseWorkingCalendar, WorkingCalendar
+from services.common.calendar import WorkingCalendar
+from services.common.calendar_store import node_calendar
 from services.common.db import transaction
 from services.common.events import decode
 from services.common.outbox import consume_once
@@ -138,7 +139,7 @@ def refresh_gauges(
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
     config = ctx.extras.get("stats_config") or config_from_env()
-    calendar = ctx.extras.get("calendar") or ChineseWorkingCalendar()
+    calendar = node_calendar(ctx)  # the node's, with the years its operators loaded
     ingest_event = make_ingestor(
         session_factory=ctx.session_factory, regions=ctx.regions, config=config, calendar=calendar, clock=ctx.clock
     )

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
-from services.common.calendar import ChineseWorkingCalendar
+from services.common.calendar_store import node_calendar
 from services.common.crypto import cipher_from_env
 from services.common.events import decode
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
@@ -34,7 +34,7 @@ OWNER_SOURCES = ("intake", "routing", "exchange")
 
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
-    calendar = ctx.extras.get("calendar") or ChineseWorkingCalendar()
+    calendar = node_calendar(ctx)  # the node's, with the years its operators loaded
     store = VideoStore(ctx.session_factory, cipher=cipher_from_env(), node=node, calendar=calendar, clock=ctx.clock)
     peers = ctx.extras.setdefault("video_peers", {})
     # LIANXIN_VIDEO_PEERS (set by `lianxin up` for every node of the embedded federation); peers a

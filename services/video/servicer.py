@@ -263,8 +263,10 @@ class VideoServicer(video_grpc.VideoServiceServicer):
 
     def ListSlots(self, request: pb.ListSlotsRequest, context: Any) -> pb.ListSlotsResponse:
         limit = request.max_items if 0 < request.max_items <= 500 else 20
-        found = self._store.list_slots(self._book_request(request), limit)
+        wanted = self._book_request(request)
+        found = self._store.list_slots(wanted, limit)
         return pb.ListSlotsResponse(
+            calendar_notice=self._store.calendar_notice(wanted),
             slots=[
                 pb.Slot(
                     leader_id=request.leader_id,
@@ -274,7 +276,7 @@ class VideoServicer(video_grpc.VideoServiceServicer):
                     remaining_in_session=s.remaining,
                 )
                 for s in found
-            ]
+            ],
         )
 
     def BookVisit(self, request: pb.BookVisitRequest, context: Any) -> pb.BookVisitResponse:

@@ -300,6 +300,17 @@ class VideoStore:
         with self._tx() as s:
             return self._find(s, req, limit)[1]
 
+    def calendar_notice(self, req: BookRequest) -> str:
+        """Why a window offers nothing after some day: it runs past the node's official calendar."""
+        end = self._calendar.known_range()[1]
+        last = (req.starts_at or req.not_after).astimezone(CHINA).date()
+        if last <= end:
+            return ""
+        return (
+            f"no slots after {end.isoformat()}: the official holiday calendar for {end.year + 1} "
+            "is not loaded on this node (an administrator loads it with `lianxin calendar load`)"
+        )
+
     # -- booking --------------------------------------------------------------------------------
 
     def _reserve(self, s: Session, resource: str, start: datetime, end: datetime, owner: str) -> None:
@@ -348,7 +359,10 @@ class VideoStore:
             if not found:
                 if req.starts_at is not None:
                     raise Conflict(f"{req.starts_at.isoformat()} is not free for every participant")
-                raise FailedPrecondition("no slot free for every participant in the window", "NO_SLOT")
+                notice = self.calendar_notice(req)
+                raise FailedPrecondition(
+                    "no slot free for every participant in the window" + (f"; {notice}" if notice else ""), "NO_SLOT"
+                )
             slot = found[0]
             visit_id = f"vis-{uuid.uuid4().hex[:16]}"
             owner = f"visit:{visit_id}"

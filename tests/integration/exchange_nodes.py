@@ -11,7 +11,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import sqlalchemy as sa
@@ -21,6 +23,7 @@ from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
+from services.common.service import utc_now
 from services.common.settings import Settings
 from services.node import Node
 
@@ -70,19 +73,30 @@ def linked_nodes(backend: str, tmp_path: Path, admin_url: Callable[[], str]) -> 
         return databases[code]
 
     def _start(
-        code: str, parent: Node | None = None, *, port: int = 0, parent_address: str = "", national: str = ""
+        code: str,
+        parent: Node | None = None,
+        *,
+        port: int = 0,
+        parent_address: str = "",
+        national: str = "",
+        clock: Callable[[], datetime] = utc_now,
+        **settings: Any,
     ) -> Node:
-        settings = Settings(
-            node=code,
-            data_dir=tmp_path,
-            database_url=database_for(code),
-            parent=parent.address if parent is not None else (parent_address or None),
-            national=national or None,
-            grpc_port=port,
-            relay_interval_s=0.05,
-            log_json=False,
-        )
-        node = Node(settings).start()
+        """``clock`` fixes the node's today; ``settings`` override Settings fields (sweep_interval_s, ...)."""
+        node = Node(
+            Settings(
+                node=code,
+                data_dir=tmp_path,
+                database_url=database_for(code),
+                parent=parent.address if parent is not None else (parent_address or None),
+                national=national or None,
+                grpc_port=port,
+                relay_interval_s=0.05,
+                log_json=False,
+                **settings,
+            ),
+            clock=clock,
+        ).start()
         started.append(node)
         return node
 

@@ -196,8 +196,8 @@ def test_2027_deadline_is_provisional_then_recomputed_when_the_calendar_is_loade
     assert "settle" in stored.provisional
     assert "provisional deadline" in stored.order.history[-1].reason
     assert (
-        "no official calendar for 2027: deadlines are provisional until one is loaded (LIANXIN_CALENDAR_FILES)"
-        in caplog.text
+        "no official calendar for 2027: deadlines are provisional until one is loaded "
+        "(lianxin calendar load, or LIANXIN_CALENDAR_FILES)" in caplog.text
     )
     # Mon-Fri fallback: 60 days from 22 Nov 2026 is Thu 21 Jan 2027, a weekday.
     assert stored.order.deadlines["settle"] == eod(date(2027, 1, 21))

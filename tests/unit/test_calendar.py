@@ -12,8 +12,12 @@ from services.common.calendar import (
     CalendarFileError,
     CalendarUnknown,
     ChineseWorkingCalendar,
+    OfficialYear,
+    check_calendar_text,
     end_of_day,
     load_calendar_file,
+    load_calendar_text,
+    year_document,
 )
 from services.common.errors import FailedPrecondition
 from services.common.timeutil import CHINA
@@ -154,3 +158,69 @@ def test_bad_calendar_files_name_the_file_and_the_key(tmp_path: Path, content: s
     assert caught.value.key == key
     assert str(path) in str(caught.value)
     assert reason in str(caught.value)
+
+
+def test_checking_a_file_lists_every_problem_with_its_key_in_file_order() -> None:
+    text = """\
+year: 2027
+holidays:
+  - {name: 春节, from: 2027-02-05, to: 2027-02-12}
+  - {name: 元宵, from: 2027-02-11}
+  - {name: 清明节, from: 2027-04-31}
+  - {name: 国庆节, from: 2027-10-01, to: 2027-12-31}
+  - {name: 元旦, from: 2027-12-31, to: 2028-01-02}
+  - {name: 端午节, form: 2027-06-09}
+workdays: [2027-02-15, 2027-01-31, 2027-01-31, 2026-12-27, 2027-02-06]
+"""
+    check = check_calendar_text(text, "calendar_2027.yaml")
+    assert [str(p) for p in check.problems] == [
+        "calendar_2027.yaml: holidays[1]: 2027-02-11 is already a holiday (春节, holidays[0]): entries overlap",
+        "calendar_2027.yaml: holidays[2].from: 2027-04-31 is not a date (day is out of range for month)",
+        "calendar_2027.yaml: holidays[3].to: 国庆节 would last 92 days (more than 15)",
+        "calendar_2027.yaml: holidays[4]: 2028-01-02 is not in year 2027",
+        "calendar_2027.yaml: holidays[5].form: unknown key",
+        "calendar_2027.yaml: holidays[5].from: expected a date like 2027-02-05, got None",
+        "calendar_2027.yaml: workdays[0]: 2027-02-15 is a Monday; make-up workdays fall on weekends",
+        "calendar_2027.yaml: workdays[2]: 2027-01-31 is listed twice",
+        "calendar_2027.yaml: workdays[3]: 2026-12-27 is not in year 2027",
+        "calendar_2027.yaml: workdays[4]: 2027-02-06 is also listed as a holiday (春节)",
+    ]
+    assert not check.ok
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("", "(file): empty"),
+        ("year: [2027\n", "(file): cannot parse: "),
+        ("[" * 100_000, "(file): cannot parse: "),
+        ("year: 2027\nworkdays: [2027-01-31]\n", "holidays: none listed: every official year has holidays"),
+        ("- year: 2027\n  holidays: [{name: x, from: 2027-01-01}]\n- year: 2027\n", "[1].year: 2027 appears twice"),
+    ],
+)
+def test_an_empty_unreadable_holiday_less_or_doubled_file_is_refused(content: str, problem: str) -> None:
+    check = check_calendar_text(content, "calendar.yaml")
+    assert any(f"calendar.yaml: {problem}" in str(p) for p in check.problems), check.problems
+
+
+def test_a_file_for_another_year_than_expected_is_refused() -> None:
+    check = check_calendar_text(FIXTURE_2027.read_text("utf-8"), "calendar_2028.yaml", expect_year=2028)
+    assert [str(p) for p in check.problems] == ["calendar_2028.yaml: year: 2027, expected 2028"]
+
+
+def test_a_stored_year_reads_back_as_the_same_arrangement() -> None:
+    (year,) = load_calendar_file(FIXTURE_2027)
+    (again,) = load_calendar_text(json.dumps(year_document(year), ensure_ascii=False), "stored.json")
+    assert again == year
+    assert year_document(year)["holidays"][1] == {"name": "春节", "from": "2027-02-05", "to": "2027-02-12"}
+
+
+def test_the_calendar_covers_the_unbroken_run_of_known_years_from_today() -> None:
+    calendar = ChineseWorkingCalendar()
+    assert calendar.covered_until(date(2026, 12, 8)) == date(2026, 12, 31)
+    calendar.load(FIXTURE_2027)
+    assert calendar.covered_until(date(2026, 12, 8)) == date(2027, 12, 31)
+    # 2029 without 2028 does not extend it: 2028 deadlines would still be provisional.
+    calendar.add_year(OfficialYear(2029, {date(2029, 1, 1): "元旦"}, frozenset()))
+    assert calendar.covered_until(date(2026, 12, 8)) == date(2027, 12, 31)
+    assert calendar.covered_until(date(2030, 1, 1)) == date(2029, 12, 31)  # today's year unknown: yesterday

@@ -32,6 +32,7 @@ ALERTS: dict[str, str] = {
     "LianxinOutboxStuck": "lianxin_outbox_oldest_age_seconds",
     "LianxinSyncLagHigh": "lianxin_exchange_link_lag_seconds",
     "LianxinQuarantineNotEmpty": "lianxin_exchange_quarantined",
+    "LianxinCalendarEndsSoon": "lianxin_calendar_days_left",
     "LianxinCertificateExpiresSoon": "lianxin_tls_certificate_expiry_timestamp_seconds",
     "LianxinCertificateExpiresVerySoon": "lianxin_tls_certificate_expiry_timestamp_seconds",
 }

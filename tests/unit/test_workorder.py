@@ -373,3 +373,42 @@ def test_merge_transfer_and_withdraw_end_this_nodes_handling() -> None:
     gone = in_progress_order()
     gone.withdraw(at=at(6, 5), actor="citizen", reason="已自行解决")
     assert state_of(gone) is State.WITHDRAWN and gone.deadlines == {} and gone.windows == {}
+
+
+def test_loading_the_calendar_records_each_moved_deadline_in_history_and_as_an_event() -> None:
+    from pathlib import Path
+
+    from services.routing.provisional import ProvisionalCalendar
+    from services.routing.workorder import RECOMPUTE_DEADLINES
+
+    calendar = ProvisionalCalendar()
+    rules = TimeRules(TimeLimitPolicy.default(), calendar)
+    registered = datetime(2026, 12, 8, 10, tzinfo=CHINA)
+    order, _ = WorkOrder.register(
+        id="WO-1",
+        case_id="511102-20261208-000001",
+        node="511102",
+        tier=Tier.COUNTY,
+        at=registered,
+        actor="c",
+        rules=rules,
+    )
+    order.accept(at=registered, actor="c", rules=rules)
+    order.assign(unit_id="unit-env", at=registered, actor="c", rules=rules)
+    assert order.deadlines["settle"].date() == date(2027, 2, 8)  # Mon-Fri: Saturday 6 Feb → Monday 8 Feb
+    calendar.official.load(Path(__file__).parent.parent / "fixtures" / "calendar_2027_fixture.yaml")
+    version, entries = order.version, len(order.history)
+
+    events = order.calendar_loaded(rules, at=registered, years=[2027], provisional=["settle"])
+
+    assert order.deadlines["settle"].date() == date(2027, 2, 15)  # the fixture's 春节 runs to 12 Feb
+    assert [e.reason for e in events] == ["settle due 2027-02-08 → 2027-02-15 (official calendar for 2027 loaded)"]
+    assert [h.action for h in order.history[entries:]] == [RECOMPUTE_DEADLINES]
+    assert events[0].action == RECOMPUTE_DEADLINES and events[0].from_state == events[0].to_state == order.state
+    assert dict(events[0].deadlines)["settle"] == order.deadlines["settle"]
+    assert order.version == version + 1
+    # Counted again with nothing moving: one entry says the provisional dates stand.
+    again = order.calendar_loaded(rules, at=registered, years=[2027], provisional=["settle"])
+    assert [e.reason for e in again] == [
+        "settle due 2027-02-15 unchanged, no longer provisional (official calendar for 2027 loaded)"
+    ]

@@ -408,7 +408,9 @@ class WorkOrderChanged(_message.Message):
     """State after the change."""
     action: _builtins.str
     """Action that caused the change: "accept", "refuse", "object", "arbitrate", "extend",
-    "approve_extension", "reply", "close", "reopen", "review".
+    "approve_extension", "reply", "close", "reopen", "review"; or "recompute_deadlines" when an
+    official calendar year was loaded and a provisional (Monday-Friday) deadline was counted again
+    (state unchanged; the reason names the deadline, its old and its new day).
     """
     actor: _builtins.str
     """Operator id of who did it, or "system" for timers."""

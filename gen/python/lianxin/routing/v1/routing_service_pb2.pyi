@@ -141,7 +141,7 @@ class WorkOrder(_message.Message):
     @_builtins.property
     def provisional_deadlines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Deadline kinds counted Monday-Friday because no official calendar was loaded for their year
-        (provisional until LIANXIN_CALENDAR_FILES names one; the sweep then recomputes them).
+        (provisional until the year is loaded with LoadCalendar, which recomputes them).
         """
 
     def __init__(
@@ -1497,3 +1497,176 @@ class EscalateCaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EscalateCaseResponse: _TypeAlias = EscalateCaseResponse  # noqa: Y015
+
+@_typing.final
+class LoadCalendarRequest(_message.Message):
+    """One official calendar file to load, as written from the State Council's notice (format in docs/routing.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    file_name: _builtins.str
+    """Name of the file, for messages and the record of what was loaded; a name ending in ".json" is
+    read as JSON, any other as YAML.
+    """
+    content: _builtins.bytes
+    """The file's content (UTF-8): one year mapping {year, source, holidays, workdays}, or a list of them."""
+    actor: _builtins.str
+    """Operator id of who loads it."""
+    def __init__(
+        self,
+        *,
+        file_name: _builtins.str = ...,
+        content: _builtins.bytes = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "content", b"content", "file_name", b"file_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadCalendarRequest: _TypeAlias = LoadCalendarRequest  # noqa: Y015
+
+@_typing.final
+class CalendarYear(_message.Message):
+    """One calendar year a node knows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    YEAR_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    HOLIDAY_DAYS_FIELD_NUMBER: _builtins.int
+    MAKE_UP_WORKDAYS_FIELD_NUMBER: _builtins.int
+    LOADED_AT_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    LOADED_BY_FIELD_NUMBER: _builtins.int
+    year: _builtins.int
+    """The year, e.g. 2027."""
+    origin: _builtins.str
+    """Where its arrangement comes from: "loaded" (LoadCalendar), "file" (LIANXIN_CALENDAR_FILES at
+    start) or "package" (the bundled chinese-calendar data).
+    """
+    source: _builtins.str
+    """The notice named in the file's source key; empty for package years."""
+    holiday_days: _builtins.int
+    """Number of holiday days (法定节假日 and the days around them that are off)."""
+    make_up_workdays: _builtins.int
+    """Number of make-up workdays (调休: weekend days that are worked)."""
+    file_name: _builtins.str
+    """File name it was loaded from; empty unless origin is "loaded"."""
+    loaded_by: _builtins.str
+    """Operator id of who loaded it; empty unless origin is "loaded"."""
+    @_builtins.property
+    def loaded_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was loaded; unset unless origin is "loaded"."""
+
+    def __init__(
+        self,
+        *,
+        year: _builtins.int = ...,
+        origin: _builtins.str = ...,
+        source: _builtins.str = ...,
+        holiday_days: _builtins.int = ...,
+        make_up_workdays: _builtins.int = ...,
+        loaded_at: _timestamp_pb2.Timestamp | None = ...,
+        file_name: _builtins.str = ...,
+        loaded_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["loaded_at", b"loaded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_name", b"file_name", "holiday_days", b"holiday_days", "loaded_at", b"loaded_at", "loaded_by", b"loaded_by", "make_up_workdays", b"make_up_workdays", "origin", b"origin", "source", b"source", "year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CalendarYear: _TypeAlias = CalendarYear  # noqa: Y015
+
+@_typing.final
+class LoadCalendarResponse(_message.Message):
+    """The result of loading a calendar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    YEARS_FIELD_NUMBER: _builtins.int
+    RECOMPUTED_WORK_ORDERS_FIELD_NUMBER: _builtins.int
+    COVERED_UNTIL_FIELD_NUMBER: _builtins.int
+    DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    recomputed_work_orders: _builtins.int
+    """Number of work orders whose provisional deadlines were recomputed."""
+    covered_until: _builtins.str
+    """Last day (ISO date, Asia/Shanghai) of the unbroken run of known years from today."""
+    days_left: _builtins.int
+    """Days from today to covered_until (the metric lianxin_calendar_days_left)."""
+    @_builtins.property
+    def years(self) -> _containers.RepeatedCompositeFieldContainer[Global___CalendarYear]:
+        """The years loaded, as now in force on the node."""
+
+    def __init__(
+        self,
+        *,
+        years: _abc.Iterable[Global___CalendarYear] | None = ...,
+        recomputed_work_orders: _builtins.int = ...,
+        covered_until: _builtins.str = ...,
+        days_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covered_until", b"covered_until", "days_left", b"days_left", "recomputed_work_orders", b"recomputed_work_orders", "years", b"years"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadCalendarResponse: _TypeAlias = LoadCalendarResponse  # noqa: Y015
+
+@_typing.final
+class ListCalendarYearsRequest(_message.Message):
+    """Asks for the calendar years a node knows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCalendarYearsRequest: _TypeAlias = ListCalendarYearsRequest  # noqa: Y015
+
+@_typing.final
+class ListCalendarYearsResponse(_message.Message):
+    """The calendar years a node knows, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    YEARS_FIELD_NUMBER: _builtins.int
+    COVERED_UNTIL_FIELD_NUMBER: _builtins.int
+    DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    covered_until: _builtins.str
+    """Last day (ISO date, Asia/Shanghai) of the unbroken run of known years from today: deadlines after
+    it are provisional and video offers no slots after it.
+    """
+    days_left: _builtins.int
+    """Days from today to covered_until (the metric lianxin_calendar_days_left)."""
+    @_builtins.property
+    def years(self) -> _containers.RepeatedCompositeFieldContainer[Global___CalendarYear]:
+        """Every known year."""
+
+    def __init__(
+        self,
+        *,
+        years: _abc.Iterable[Global___CalendarYear] | None = ...,
+        covered_until: _builtins.str = ...,
+        days_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covered_until", b"covered_until", "days_left", b"days_left", "years", b"years"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCalendarYearsResponse: _TypeAlias = ListCalendarYearsResponse  # noqa: Y015

@@ -132,6 +132,16 @@ class RoutingServiceStub:
                 request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ResumeWorkOrderRequest.SerializeToString,
                 response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ResumeWorkOrderResponse.FromString,
                 _registered_method=True)
+        self.LoadCalendar = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/LoadCalendar',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.LoadCalendarRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.LoadCalendarResponse.FromString,
+                _registered_method=True)
+        self.ListCalendarYears = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/ListCalendarYears',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListCalendarYearsRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListCalendarYearsResponse.FromString,
+                _registered_method=True)
 
 
 class RoutingServiceServicer:
@@ -273,6 +283,24 @@ class RoutingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadCalendar(self, request, context):
+        """Loads the State Council's annual holiday arrangement (holidays and 调休 make-up workdays) into
+        this node (admin; `lianxin calendar load`): checked, kept across restarts, used at once by every
+        service of the node; deadlines counted Monday-Friday for those years are recomputed, each moved
+        deadline recorded in its work order's history and replicated up. A bad file is INVALID_ARGUMENT
+        naming the key and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCalendarYears(self, request, context):
+        """Lists the calendar years this node knows and how long its calendar lasts (`lianxin calendar show`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -370,6 +398,16 @@ def add_RoutingServiceServicer_to_server(servicer, server):
                     servicer.ResumeWorkOrder,
                     request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ResumeWorkOrderRequest.FromString,
                     response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ResumeWorkOrderResponse.SerializeToString,
+            ),
+            'LoadCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadCalendar,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.LoadCalendarRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.LoadCalendarResponse.SerializeToString,
+            ),
+            'ListCalendarYears': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCalendarYears,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListCalendarYearsRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListCalendarYearsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -888,6 +926,60 @@ class RoutingService:
             '/lianxin.routing.v1.RoutingService/ResumeWorkOrder',
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ResumeWorkOrderRequest.SerializeToString,
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ResumeWorkOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/LoadCalendar',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.LoadCalendarRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.LoadCalendarResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCalendarYears(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/ListCalendarYears',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListCalendarYearsRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListCalendarYearsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,15 @@ class RoutingServiceStub:
     """Stops the work order's clocks while waiting for the citizen's supplement or during a hearing (听证)."""
     ResumeWorkOrder: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.ResumeWorkOrderRequest, _routing_service_pb2.ResumeWorkOrderResponse]
     """Restarts the clocks; every running deadline moves by the paused time."""
+    LoadCalendar: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.LoadCalendarRequest, _routing_service_pb2.LoadCalendarResponse]
+    """Loads the State Council's annual holiday arrangement (holidays and 调休 make-up workdays) into
+    this node (admin; `lianxin calendar load`): checked, kept across restarts, used at once by every
+    service of the node; deadlines counted Monday-Friday for those years are recomputed, each moved
+    deadline recorded in its work order's history and replicated up. A bad file is INVALID_ARGUMENT
+    naming the key and changes nothing.
+    """
+    ListCalendarYears: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.ListCalendarYearsRequest, _routing_service_pb2.ListCalendarYearsResponse]
+    """Lists the calendar years this node knows and how long its calendar lasts (`lianxin calendar show`)."""
 
 class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Routes cases to units and tiers and drives each work order through its lifecycle.
@@ -215,5 +224,26 @@ class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _routing_service_pb2.ResumeWorkOrderResponse:
         """Restarts the clocks; every running deadline moves by the paused time."""
+
+    @_abc_1.abstractmethod
+    def LoadCalendar(
+        self,
+        request: _routing_service_pb2.LoadCalendarRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.LoadCalendarResponse:
+        """Loads the State Council's annual holiday arrangement (holidays and 调休 make-up workdays) into
+        this node (admin; `lianxin calendar load`): checked, kept across restarts, used at once by every
+        service of the node; deadlines counted Monday-Friday for those years are recomputed, each moved
+        deadline recorded in its work order's history and replicated up. A bad file is INVALID_ARGUMENT
+        naming the key and changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCalendarYears(
+        self,
+        request: _routing_service_pb2.ListCalendarYearsRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.ListCalendarYearsResponse:
+        """Lists the calendar years this node knows and how long its calendar lasts (`lianxin calendar show`)."""
 
 def add_RoutingServiceServicer_to_server(servicer: RoutingServiceServicer, server: _grpc.Server) -> None: ...

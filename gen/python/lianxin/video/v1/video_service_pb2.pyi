@@ -539,6 +539,11 @@ class ListSlotsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SLOTS_FIELD_NUMBER: _builtins.int
+    CALENDAR_NOTICE_FIELD_NUMBER: _builtins.int
+    calendar_notice: _builtins.str
+    """Set when the window runs past the last day of the node's official holiday calendar: no slots are
+    offered after that day until the next year's arrangement is loaded (`lianxin calendar load`).
+    """
     @_builtins.property
     def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slot]:
         """The slots."""
@@ -547,10 +552,11 @@ class ListSlotsResponse(_message.Message):
         self,
         *,
         slots: _abc.Iterable[Global___Slot] | None = ...,
+        calendar_notice: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar_notice", b"calendar_notice", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
