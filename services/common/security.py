@@ -100,6 +100,7 @@ ROLE_OVERRIDES: dict[str, frozenset[str]] = {
     "lianxin.routing.v1.RoutingService/ReplyWorkOrder": frozenset({"handler", "admin"}),
     "lianxin.routing.v1.RoutingService/LoadCalendar": ADMINS,
     "lianxin.exchange.v1.ExchangeService/ReplayQuarantine": ADMINS,
+    "lianxin.exchange.v1.ExchangeService/DiscardQuarantine": ADMINS,
     "lianxin.video.v1.VideoService/PublishSchedule": OFFICE,
     "lianxin.video.v1.VideoService/RegisterRoom": ADMINS,
 }

@@ -218,6 +218,33 @@ def judge_batch(
     return decisions
 
 
+@dataclass(frozen=True)
+class DiscardDecision:
+    """Whether a quarantined item may be discarded and whether its case sequence then counts as passed."""
+
+    allowed: bool
+    skip: bool = False  # the item's sequence is recorded as passed: the case's next one is judged after it
+    reason: str = ""
+
+
+def judge_discard(case_sequence: int, *, last_passed: int, earlier_held: Sequence[int]) -> DiscardDecision:
+    """The sequence-gap rule after a discard (docs/exchange.md).
+
+    An event a child pushed holds a place in its case's sequence on that link. Discarding it skips
+    that place: the parent counts it as passed, so the case's next event (``case_sequence + 1``)
+    applies. Only the first place still missing may be skipped: with an earlier event of the case
+    still in quarantine, that one must be replayed or discarded first, or skipping would silently
+    jump over it. An item at or below the last place passed (out of order, a conflict) or without
+    a place (a command, a hand-off from the parent) is discarded without a skip.
+    """
+    if case_sequence <= 0 or case_sequence <= last_passed:
+        return DiscardDecision(True)
+    if earlier_held:
+        first = min(earlier_held)
+        return DiscardDecision(False, reason=f"#{first} of the case is still in quarantine: replay or discard it first")
+    return DiscardDecision(True, skip=True)
+
+
 def number_case_events(case_ids: Sequence[str], last: dict[str, int]) -> list[int]:
     """The up-log's per-case sequences for new rows in append order; ``last`` (by case) is advanced in place."""
     numbers: list[int] = []

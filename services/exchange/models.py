@@ -143,6 +143,23 @@ quarantine = Table(
     Column("case_sequence", BigInteger, nullable=False, default=0),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("resolved_at", DateTime(timezone=True), nullable=True),
+    # How it left quarantine: "replayed" (it passed) or "discarded" (by ``resolved_by``, for ``note``).
+    Column("disposition", String(16), nullable=True),
+    Column("resolved_by", String(64), nullable=True),
+    Column("note", Text, nullable=True),
     Index("ix_quarantine_peer_resolved", "peer_node", "resolved_at"),
     sqlite_autoincrement=True,
+)
+
+# Case sequences of a child's link that an operator discarded from quarantine: each counts as
+# passed, so the case's next event on that link is judged after it (docs/exchange.md, discard).
+sequence_skip = Table(
+    "sequence_skip",
+    metadata,
+    Column("child_node", String(16), nullable=False),
+    Column("case_id", String(64), nullable=False),
+    Column("case_sequence", BigInteger, nullable=False),
+    Column("quarantine_id", BigInteger, nullable=False),
+    Column("skipped_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("child_node", "case_id", "case_sequence", name="pk_sequence_skip"),
 )

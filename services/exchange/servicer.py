@@ -235,6 +235,32 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
             results=[exchange_pb2.ReplayResult(id=str(o.id), applied=o.applied, reason=o.reason) for o in outcomes]
         )
 
+    def DiscardQuarantine(
+        self, request: exchange_pb2.DiscardQuarantineRequest, context: Any
+    ) -> exchange_pb2.DiscardQuarantineResponse:
+        if not request.ids:
+            raise InvalidArgument("ids", "at least one id is required")
+        bad = [i for i in request.ids if not i.isdigit()]
+        if bad:
+            raise InvalidArgument("ids", f"not a quarantine id: {bad[0]}")
+        if not request.actor.strip():
+            raise InvalidArgument("actor", "say who discards (recorded with the discard)")
+        if not request.reason.strip():
+            raise InvalidArgument("reason", "say why the items are discarded (recorded with the discard)")
+        outcomes = self._store.discard([int(i) for i in request.ids], actor=request.actor.strip(), note=request.reason)
+        return exchange_pb2.DiscardQuarantineResponse(
+            results=[
+                exchange_pb2.DiscardResult(
+                    id=str(o.id),
+                    discarded=o.discarded,
+                    reason=o.reason,
+                    released_ids=[str(i) for i in o.released],
+                    still_held_ids=[str(i) for i in o.still_held],
+                )
+                for o in outcomes
+            ]
+        )
+
     def ListReplicas(
         self, request: exchange_pb2.ListReplicasRequest, context: Any
     ) -> exchange_pb2.ListReplicasResponse:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,8 +30,11 @@ from services.exchange.models import (
     outbox,
     quarantine,
     replica,
+    sequence_skip,
     up_log,
 )
+
+log = logging.getLogger(__name__)
 
 ENVELOPE = "envelope"
 COMMAND = "command"
@@ -123,6 +127,15 @@ class ReplayOutcome:
     id: int
     applied: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class DiscardOutcome:
+    id: int
+    discarded: bool
+    reason: str
+    released: list[int] = field(default_factory=list)  # later items of the case that then passed
+    still_held: list[int] = field(default_factory=list)  # later items of the case that still fail
 
 
 @dataclass(frozen=True)
@@ -484,6 +497,14 @@ class ExchangeStore:
             lists=[cases],
         ):
             ledgers[case_id].last_sequence = int(last)
+        # A place an operator discarded counts as passed (domain.judge_discard).
+        for case_id, last in bulk.rows(
+            "SELECT case_id, max(case_sequence) FROM sequence_skip WHERE child_node = ? AND case_id {}"
+            " GROUP BY case_id",
+            child,
+            lists=[cases],
+        ):
+            ledgers[case_id].last_sequence = max(ledgers[case_id].last_sequence or 0, int(last))
         for case_id, epoch in bulk.rows("SELECT case_id, owner_epoch FROM case_epoch WHERE case_id {}", lists=[cases]):
             ledgers[case_id].known_epoch = int(epoch)
         # The stored event at a sequence matters only at or below the last one (duplicate or conflict).
@@ -891,11 +912,117 @@ class ExchangeStore:
                     session.execute(update(quarantine).where(quarantine.c.id == qid).values(reason=reason))
                     outcomes.append(ReplayOutcome(qid, False, reason))
                     continue
-                session.execute(update(quarantine).where(quarantine.c.id == qid).values(resolved_at=self._clock()))
+                session.execute(
+                    update(quarantine)
+                    .where(quarantine.c.id == qid)
+                    .values(resolved_at=self._clock(), disposition="replayed")
+                )
                 applied_any = applied_any or reason is None
                 outcomes.append(ReplayOutcome(qid, True, ""))
         if applied_any:
             self._notify()
+        return outcomes
+
+    def discard(self, ids: Sequence[int], *, actor: str, note: str) -> list[DiscardOutcome]:
+        """Discard quarantined items for good, then replay the later items of each case held behind them.
+
+        Each discard is one transaction: the item leaves quarantine marked ``discarded`` with the
+        operator and the reason, and an event a child pushed has its case sequence recorded as
+        passed on that link (``sequence_skip``, ``domain.judge_discard``). Then the case's later
+        quarantined items from the same link are replayed in sequence order (each applied when it
+        passes, as ``ReplayQuarantine`` would).
+        """
+        outcomes: list[DiscardOutcome] = []
+        for qid in ids:
+            with transaction(self._sf) as session:
+                row = session.execute(select(quarantine).where(quarantine.c.id == qid)).one_or_none()
+                if row is None or row.resolved_at is not None:
+                    outcomes.append(DiscardOutcome(qid, False, "not in quarantine"))
+                    continue
+                env = parse_envelope(row.body) if row.kind == ENVELOPE and row.direction == "up" else None
+                case_id = env.case_id if env is not None else ""
+                held_behind: list[tuple[int, int]] = []  # (sequence, quarantine id) of the case's other items
+                decision = domain.judge_discard(0, last_passed=0, earlier_held=())
+                if case_id:
+                    held_behind = self._held_of_case(session, row.peer_node, case_id, exclude=qid)
+                    last = self._last_passed(session, row.peer_node, case_id)
+                    sequence = int(row.case_sequence)
+                    decision = domain.judge_discard(
+                        sequence,
+                        last_passed=last,
+                        earlier_held=[n for n, _ in held_behind if last < n < sequence],
+                    )
+                if not decision.allowed:
+                    outcomes.append(DiscardOutcome(qid, False, decision.reason))
+                    continue
+                now = self._clock()
+                if decision.skip:
+                    session.execute(
+                        sequence_skip.insert().values(
+                            child_node=row.peer_node,
+                            case_id=case_id,
+                            case_sequence=int(row.case_sequence),
+                            quarantine_id=qid,
+                            skipped_at=now,
+                        )
+                    )
+                session.execute(
+                    update(quarantine)
+                    .where(quarantine.c.id == qid)
+                    .values(resolved_at=now, disposition="discarded", resolved_by=actor[:64], note=note)
+                )
+            log.warning(
+                "quarantined item discarded",
+                extra={"quarantine_id": qid, "peer": row.peer_node, "summary": row.summary, "actor": actor},
+            )
+            later = [q for n, q in sorted(held_behind) if n > int(row.case_sequence)]
+            replayed = self.replay_in_order(later)
+            outcomes.append(
+                DiscardOutcome(
+                    qid,
+                    True,
+                    "",
+                    released=[o.id for o in replayed if o.applied],
+                    still_held=[o.id for o in replayed if not o.applied],
+                )
+            )
+        return outcomes
+
+    def _held_of_case(self, session: Session, peer: str, case_id: str, *, exclude: int) -> list[tuple[int, int]]:
+        """(case sequence, quarantine id) of ``case_id``'s unresolved events quarantined from child ``peer``."""
+        rows = session.execute(
+            select(quarantine.c.id, quarantine.c.case_sequence, quarantine.c.body).where(
+                quarantine.c.peer_node == peer,
+                quarantine.c.direction == "up",
+                quarantine.c.kind == ENVELOPE,
+                quarantine.c.resolved_at.is_(None),
+                quarantine.c.id != exclude,
+            )
+        ).all()
+        # The quarantine has no case column (it holds whatever arrived); it stays small, so read the bodies.
+        held = []
+        for qid, number, body in rows:
+            env = parse_envelope(body)
+            if env is not None and env.case_id == case_id:
+                held.append((int(number), int(qid)))
+        return held
+
+    def _last_passed(self, session: Session, child: str, case_id: str) -> int:
+        stored = session.execute(
+            select(func.max(replica.c.case_sequence)).where(replica.c.child_node == child, replica.c.case_id == case_id)
+        ).scalar_one_or_none()
+        skipped = session.execute(
+            select(func.max(sequence_skip.c.case_sequence)).where(
+                sequence_skip.c.child_node == child, sequence_skip.c.case_id == case_id
+            )
+        ).scalar_one_or_none()
+        return max(int(stored or 0), int(skipped or 0))
+
+    def replay_in_order(self, ids: Sequence[int]) -> list[ReplayOutcome]:
+        """``replay`` one item at a time in the order given (a case's items by sequence, not arrival)."""
+        outcomes: list[ReplayOutcome] = []
+        for qid in ids:
+            outcomes += self.replay([qid])
         return outcomes
 
     # ------------------------------------------------------------------ what this node holds

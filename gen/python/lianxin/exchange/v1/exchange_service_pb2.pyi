@@ -615,6 +615,104 @@ class ReplayQuarantineResponse(_message.Message):
 Global___ReplayQuarantineResponse: _TypeAlias = ReplayQuarantineResponse  # noqa: Y015
 
 @_typing.final
+class DiscardQuarantineRequest(_message.Message):
+    """Asks to discard quarantined items (a poison item that no fix will make pass)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """Operator id of who acts (recorded with the discard)."""
+    reason: _builtins.str
+    """Why the items are discarded (recorded with the discard; required)."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the items to discard."""
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "ids", b"ids", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscardQuarantineRequest: _TypeAlias = DiscardQuarantineRequest  # noqa: Y015
+
+@_typing.final
+class DiscardResult(_message.Message):
+    """The outcome of discarding one quarantined item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DISCARDED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RELEASED_IDS_FIELD_NUMBER: _builtins.int
+    STILL_HELD_IDS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Id of the item."""
+    discarded: _builtins.bool
+    """True when the item was discarded (and left quarantine)."""
+    reason: _builtins.str
+    """Why it was not discarded; empty when discarded."""
+    @_builtins.property
+    def released_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the case's later quarantined items (same link) that passed once the item was skipped."""
+
+    @_builtins.property
+    def still_held_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the case's later quarantined items (same link) that still fail; see ListQuarantine."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        discarded: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        released_ids: _abc.Iterable[_builtins.str] | None = ...,
+        still_held_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discarded", b"discarded", "id", b"id", "reason", b"reason", "released_ids", b"released_ids", "still_held_ids", b"still_held_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscardResult: _TypeAlias = DiscardResult  # noqa: Y015
+
+@_typing.final
+class DiscardQuarantineResponse(_message.Message):
+    """The outcome of a discard."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiscardResult]:
+        """One result per requested id, in the order asked."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___DiscardResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscardQuarantineResponse: _TypeAlias = DiscardQuarantineResponse  # noqa: Y015
+
+@_typing.final
 class ListReplicasRequest(_message.Message):
     """Asks for the case events this node holds (its own and its subtree's replicas)."""
 

@@ -66,6 +66,11 @@ class ExchangeServiceStub:
                 request_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ReplayQuarantineRequest.SerializeToString,
                 response_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ReplayQuarantineResponse.FromString,
                 _registered_method=True)
+        self.DiscardQuarantine = channel.unary_unary(
+                '/lianxin.exchange.v1.ExchangeService/DiscardQuarantine',
+                request_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DiscardQuarantineRequest.SerializeToString,
+                response_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DiscardQuarantineResponse.FromString,
+                _registered_method=True)
         self.ListReplicas = channel.unary_unary(
                 '/lianxin.exchange.v1.ExchangeService/ListReplicas',
                 request_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasRequest.SerializeToString,
@@ -120,6 +125,15 @@ class ExchangeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DiscardQuarantine(self, request, context):
+        """Discards quarantined items for good, recorded with the operator and the reason. A discarded
+        event's case sequence counts as passed (a skip), so the case's later events held behind it are
+        replayed at once and applied when they pass.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListReplicas(self, request, context):
         """Lists the (case, version) pairs this node holds for a subtree, with a digest to compare nodes.
         """
@@ -159,6 +173,11 @@ def add_ExchangeServiceServicer_to_server(servicer, server):
                     servicer.ReplayQuarantine,
                     request_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ReplayQuarantineRequest.FromString,
                     response_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ReplayQuarantineResponse.SerializeToString,
+            ),
+            'DiscardQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscardQuarantine,
+                    request_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DiscardQuarantineRequest.FromString,
+                    response_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DiscardQuarantineResponse.SerializeToString,
             ),
             'ListReplicas': grpc.unary_unary_rpc_method_handler(
                     servicer.ListReplicas,
@@ -330,6 +349,33 @@ class ExchangeService:
             '/lianxin.exchange.v1.ExchangeService/ReplayQuarantine',
             lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ReplayQuarantineRequest.SerializeToString,
             lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ReplayQuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscardQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.exchange.v1.ExchangeService/DiscardQuarantine',
+            lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DiscardQuarantineRequest.SerializeToString,
+            lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DiscardQuarantineResponse.FromString,
             options,
             channel_credentials,
             insecure,

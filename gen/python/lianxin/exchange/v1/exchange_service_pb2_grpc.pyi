@@ -30,6 +30,11 @@ class ExchangeServiceStub:
     """Lists inbound items set aside because they failed validation."""
     ReplayQuarantine: _grpc.UnaryUnaryMultiCallable[_exchange_service_pb2.ReplayQuarantineRequest, _exchange_service_pb2.ReplayQuarantineResponse]
     """Retries quarantined items (after a fix), applying those that now pass."""
+    DiscardQuarantine: _grpc.UnaryUnaryMultiCallable[_exchange_service_pb2.DiscardQuarantineRequest, _exchange_service_pb2.DiscardQuarantineResponse]
+    """Discards quarantined items for good, recorded with the operator and the reason. A discarded
+    event's case sequence counts as passed (a skip), so the case's later events held behind it are
+    replayed at once and applied when they pass.
+    """
     ListReplicas: _grpc.UnaryUnaryMultiCallable[_exchange_service_pb2.ListReplicasRequest, _exchange_service_pb2.ListReplicasResponse]
     """Lists the (case, version) pairs this node holds for a subtree, with a digest to compare nodes."""
 
@@ -85,6 +90,17 @@ class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _exchange_service_pb2.ReplayQuarantineResponse:
         """Retries quarantined items (after a fix), applying those that now pass."""
+
+    @_abc_1.abstractmethod
+    def DiscardQuarantine(
+        self,
+        request: _exchange_service_pb2.DiscardQuarantineRequest,
+        context: _grpc.ServicerContext,
+    ) -> _exchange_service_pb2.DiscardQuarantineResponse:
+        """Discards quarantined items for good, recorded with the operator and the reason. A discarded
+        event's case sequence counts as passed (a skip), so the case's later events held behind it are
+        replayed at once and applied when they pass.
+        """
 
     @_abc_1.abstractmethod
     def ListReplicas(
