@@ -35,6 +35,8 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
+from services.common.request_rules import RequestRulesInterceptor
+from services.common.security import CITIZEN_METHODS
 from services.common.service import ServicerBinding
 from services.common.settings import Settings
 
@@ -411,7 +413,8 @@ class GrpcServer:
     """A grpcio sync server hosting business servicers plus health, reflection and /metrics.
 
     Interceptor order (outermost first): OpenTelemetry, the Lianxin error/metrics interceptor, then
-    ``interceptors`` (security), so rejections by security are traced and counted too.
+    ``interceptors`` (security), so rejections by security are traced and counted too, and last the
+    contract's request rules, so every handler sees only requests within them.
 
     Health has two meanings (Kubernetes probes them apart, deploy/k8s): the overall name ``""`` is
     **liveness**, SERVING while the process answers (until it drains); each business service's name
@@ -440,6 +443,7 @@ class GrpcServer:
                 server_interceptor(),  # type: ignore[no-untyped-call]
                 LianxinServerInterceptor(),
                 *interceptors,
+                RequestRulesInterceptor(CITIZEN_METHODS),
             ],
             options=SERVER_OPTIONS,
         )

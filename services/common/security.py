@@ -419,15 +419,16 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             if self.require_mtls:
                 raise Unauthenticated("node-to-node calls need a client certificate")
             return Principal(subject="peer", node="", unit="", roles=frozenset(), kind="peer")
-        # A parent accepts only its own descendants; the national system (no region) accepts provinces.
-        if region == self.node or not (self.node not in self.regions or self.regions.contains(self.node, region)):
-            raise PermissionDenied(f"node {region} is not below node {self.node}")
+        # A parent accepts only its own direct children (a county's certificate cannot skip its
+        # city); the national system (no region) accepts provinces.
+        if self.node in self.regions and (region not in self.regions or self.regions.parent(region) != self.node):
+            raise PermissionDenied(f"node {region} is not a direct child of node {self.node}")
         return Principal(subject=f"node:{region}", node=region, unit="", roles=frozenset(), kind="peer")
 
     def _authorize_request(self, request: Any, principal: Principal) -> None:
         if principal.kind == "peer" and principal.node:
             child = getattr(request, "child_node", "")
-            if child and not self.regions.contains(principal.node, child):
+            if child and child != principal.node:
                 raise PermissionDenied(f"certificate of node {principal.node} cannot speak for node {child}")
             return
         if principal.kind != "operator":

@@ -108,6 +108,8 @@ class LinkReporter:
     def refresh_metrics(self) -> list[LinkFigures]:
         figures = self.figures()
         for f in figures:
+            if f.peer != link_mod.NATIONAL and f.peer not in self._store.regions:
+                continue  # a label is a known region code, never what a caller once sent as one
             link_mod.LAG_EVENTS.labels(f.peer).set(f.lag_events)
             link_mod.LAG_SECONDS.labels(f.peer).set(f.lag_seconds)
             link_mod.QUARANTINED.labels(f.peer).set(f.quarantined)
@@ -139,10 +141,9 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
         return child
 
     def PushEvents(self, request: exchange_pb2.PushEventsRequest, context: Any) -> exchange_pb2.PushEventsResponse:
-        if not request.child_node:
-            raise InvalidArgument("child_node", "required")
-        # An unknown child is not refused outright: its items are quarantined with the reason, so an
-        # operator sees who tried (and a mis-wired node is fixed by a replay, not by losing data).
+        # Only a direct child pushes (as PullDown and AckDown): a junk or foreign child_node would
+        # otherwise get a link cursor, quarantine rows and a peer label on /metrics.
+        child = self._direct_child(request.child_node)
         items = [
             Item(
                 i.position,
@@ -152,7 +153,7 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
             )
             for i in request.items
         ]
-        acked, rejected = self._store.receive_push(request.child_node, items)
+        acked, rejected = self._store.receive_push(child, items)
         return exchange_pb2.PushEventsResponse(
             acked_position=acked,
             rejections=[exchange_pb2.Rejection(position=r.position, reason=r.reason) for r in rejected],

@@ -57,6 +57,9 @@ from services.intake.validation import Submission, validate_submission
 # their volume per person says nothing about abuse, so the per-submitter limit skips them.
 RATE_EXEMPT_CHANNELS = frozenset({"letter", "leader_board", "national_transfer"})
 COMMENT_MAX = 500
+# A submission dated later than this node's clock plus this is refused: a case id dated 2030 would
+# sort and count wrong for years. The margin covers a channel's clock running a little ahead.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
 PAGE_DEFAULT = 50
 PAGE_MAX = 500
 
@@ -207,13 +210,23 @@ def submit_case(
     deps: IntakeDeps,
     submitted_at: datetime | None = None,
 ) -> SubmitResult:
-    """Register a submission once; a retry with the same channel reference returns the same case."""
+    """Register a submission once; a retry with the same channel reference returns the same case.
+
+    The same channel reference with a different title or body is not a retry: it answers
+    ``SubmissionConflict`` (ALREADY_EXISTS) naming the case the reference belongs to.
+    """
     clean = validate_submission(submission, allowed_regions=deps.allowed_regions)
+    if submitted_at is not None and submitted_at > deps.clock() + MAX_CLOCK_SKEW:
+        raise InvalidArgument(
+            "submitted_at", f"is in the future (more than {int(MAX_CLOCK_SKEW.total_seconds() // 60)} minutes ahead)"
+        )
     if clean.category is not None and clean.category not in (*CATEGORIES, OTHER_CATEGORY):
         raise InvalidArgument("category", f"must be one of {', '.join((*CATEGORIES, OTHER_CATEGORY))}")
     key = idempotency_key(clean.channel, clean.channel_ref)
     try:
         return _register(clean, key, uow_factory=uow_factory, deps=deps, submitted_at=submitted_at)
+    except SubmissionConflict:
+        raise
     except AlreadyExists:
         # A concurrent retry committed the same key between our lookup and our insert:
         # the unique index decided, and the winner's case is the answer.
@@ -223,7 +236,27 @@ def submit_case(
             existing = uow.find_by_idempotency_key(key)
         if existing is None:
             raise
-        return SubmitResult(case=existing, created=False)
+        return SubmitResult(case=_same_submission(existing, clean), created=False)
+
+
+class SubmissionConflict(AlreadyExists):
+    """A channel reference already registered with other content: the client must not take it as a retry."""
+
+    def __init__(self, case_id: str) -> None:
+        super().__init__("case", case_id)
+        self.message = f"case {case_id} already exists for this channel_ref with a different title or body"
+        self.args = (self.message,)
+
+
+def _same_submission(existing: Case, clean: Submission) -> Case:
+    """``existing`` when ``clean`` is a true retry of it; otherwise ``SubmissionConflict``."""
+    if existing.fingerprint:
+        same = existing.fingerprint == dedup.fingerprint(dedup.submission_text(clean.title, clean.body))
+    else:
+        same = (existing.title, existing.body) == (clean.title, clean.body)
+    if not same:
+        raise SubmissionConflict(existing.case_id)
+    return existing
 
 
 @dataclass(frozen=True)
@@ -310,7 +343,7 @@ def _register(
             simhash=resolved.simhash,
         )
         if found.existing is not None:
-            return SubmitResult(case=found.existing, created=False)
+            return SubmitResult(case=_same_submission(found.existing, clean), created=False)
         if rate_limited and found.recent >= deps.rate_limit:
             raise ResourceExhausted(
                 f"this submitter already sent {found.recent} requests in the last "

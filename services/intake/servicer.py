@@ -12,6 +12,7 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from prometheus_client import Counter
 
 from services.common.errors import DomainError, InvalidArgument
+from services.common.request_rules import check_request
 from services.common.timeutil import from_timestamp, to_timestamp
 from services.intake import handlers, mapping
 from services.intake.handlers import CaseFilter, IntakeDeps, IntakeUnitOfWork
@@ -74,6 +75,8 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
         # Every row gets its own answer; a bad row is reported and the stream goes on.
         for row in request_iterator:
             try:
+                # The edge's contract rules, per row (RequestRulesInterceptor leaves rows to us).
+                check_request(row.submission)
                 result = self._submit(row.submission)
             except InvalidArgument as error:
                 yield intake_pb2.ImportCasesResponse(

@@ -230,8 +230,10 @@ def test_bad_inbound_data_is_quarantined_with_reasons_and_valid_data_still_lands
     assert reasons[6].startswith("stale owner")
     assert 1 not in reasons
 
-    unknown = push(stub, "510100", (registered("510104-20261122-000001", origin="510104", owner="510104"), 1))
-    assert unknown.rejections[0].reason.startswith("unknown node")
+    # A node that is not a direct child is refused outright, as by PullDown: nothing is stored for it.
+    with pytest.raises(grpc.RpcError) as refused:
+        push(stub, "510100", (registered("510104-20261122-000001", origin="510104", owner="510104"), 1))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     listed = stub.ListQuarantine(exchange_pb2.ListQuarantineRequest(peer_node="511102"), timeout=5)
     assert [i.reason.split(":")[0] for i in listed.items] == [
@@ -252,7 +254,7 @@ def test_bad_inbound_data_is_quarantined_with_reasons_and_valid_data_still_lands
     still = stub.ReplayQuarantine(exchange_pb2.ReplayQuarantineRequest(ids=[listed.items[1].id]), timeout=5)
     assert not still.results[0].applied and still.results[0].reason.startswith("forged owner")
     left = stub.ListQuarantine(exchange_pb2.ListQuarantineRequest(), timeout=5)
-    assert len(left.items) == 5  # four from 511102 still refused, one from the unknown node
+    assert len(left.items) == 4  # four from 511102 still refused
 
     with pytest.raises(grpc.RpcError) as error:
         stub.PullDown(exchange_pb2.PullDownRequest(child_node="510100"), timeout=5)

@@ -28,7 +28,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pki")
     import argparse
 
-    args = argparse.Namespace(out=str(out), nodes=f"{PARENT},511102,511111,510104", hosts="localhost,127.0.0.1")
+    args = argparse.Namespace(out=str(out), nodes=f"510000,{PARENT},511102,511111,510104", hosts="localhost,127.0.0.1")
     assert cmd_certs(args) == 0
     return out
 
@@ -100,6 +100,21 @@ def test_a_certificate_of_a_node_outside_the_subtree_is_permission_denied(parent
     assert push(parent, ca_pem, load(pki, "511111"), "511102") is grpc.StatusCode.PERMISSION_DENIED
     # A node cannot act as its own child.
     assert push(parent, ca_pem, load(pki, PARENT), PARENT) is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_county_certificate_cannot_push_straight_to_the_province(pki: Path, tmp_path: Path) -> None:
+    province = Node(
+        Settings(node="510000", data_dir=tmp_path / "province", tls_dir=pki, require_mtls=True), services=("exchange",)
+    ).start()
+    try:
+        ca_pem = (pki / "ca.pem").read_bytes()
+        county = load(pki, "511102")
+        # Neither as itself (not a child of the province) nor speaking for its city.
+        assert push(province, ca_pem, county, "511102") is grpc.StatusCode.PERMISSION_DENIED
+        assert push(province, ca_pem, county, PARENT) is grpc.StatusCode.PERMISSION_DENIED
+        assert push(province, ca_pem, load(pki, PARENT), PARENT) not in DENIED
+    finally:
+        province.stop(grace=1.0)
 
 
 def test_node_tls_channel_credentials_reach_the_parent(parent: Node, pki: Path) -> None:

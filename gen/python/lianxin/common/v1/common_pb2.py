@@ -22,36 +22,45 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elianxin/common/v1/common.proto\x12\x11lianxin.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\x06Region\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x04tier\x18\x03 \x01(\x0e\x32\x17.lianxin.common.v1.Tier\x12\x13\n\x0bparent_code\x18\x04 \x01(\t\"I\n\x06Person\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tid_number\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\";\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"\x81\x01\n\x08\x44\x65\x61\x64line\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12*\n\x06\x64ue_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07overdue\x18\x03 \x01(\x08\x12*\n\x06met_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc0\x04\n\x04\x43\x61se\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x15\n\rtracking_code\x18\x02 \x01(\t\x12+\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x1a.lianxin.common.v1.Channel\x12\x13\n\x0b\x63hannel_ref\x18\x04 \x01(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12\x0c\n\x04\x62ody\x18\x06 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x07 \x01(\t\x12\x13\n\x0bregion_code\x18\x08 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\t \x01(\t\x12\x18\n\x10registering_node\x18\n \x01(\t\x12\x12\n\nowner_node\x18\x0b \x01(\t\x12\x13\n\x0bowner_epoch\x18\x0c \x01(\x03\x12+\n\x05state\x18\r \x01(\x0e\x32\x1c.lianxin.common.v1.CaseState\x12\x0f\n\x07version\x18\x0e \x01(\x03\x12.\n\x0b\x63omplainant\x18\x0f \x01(\x0b\x32\x19.lianxin.common.v1.Person\x12\x11\n\tanonymous\x18\x10 \x01(\x08\x12\x11\n\trepeat_of\x18\x11 \x01(\t\x12\x14\n\x0c\x64uplicate_of\x18\x12 \x01(\t\x12\r\n\x05\x66lags\x18\x13 \x03(\t\x12\x30\n\x0csubmitted_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13hotline_operator_id\x18\x16 \x01(\t\"u\n\rTimelineEntry\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.lianxin.common.v1.CaseState\x12\x0f\n\x07summary\x18\x03 \x01(\t*\x8a\x03\n\tCaseState\x12\x1a\n\x16\x43\x41SE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41SE_STATE_REGISTERED\x10\x01\x12\x17\n\x13\x43\x41SE_STATE_ACCEPTED\x10\x02\x12\x16\n\x12\x43\x41SE_STATE_REFUSED\x10\x03\x12\x17\n\x13\x43\x41SE_STATE_ASSIGNED\x10\x04\x12\x1a\n\x16\x43\x41SE_STATE_IN_PROGRESS\x10\x05\x12\x16\n\x12\x43\x41SE_STATE_REPLIED\x10\x06\x12\x15\n\x11\x43\x41SE_STATE_CLOSED\x10\x07\x12\x1a\n\x16\x43\x41SE_STATE_TRANSFERRED\x10\x08\x12\x17\n\x13\x43\x41SE_STATE_OBJECTED\x10\t\x12\x17\n\x13\x43\x41SE_STATE_EXTENDED\x10\n\x12\x17\n\x13\x43\x41SE_STATE_REOPENED\x10\x0b\x12\x18\n\x14\x43\x41SE_STATE_WITHDRAWN\x10\x0c\x12\x15\n\x11\x43\x41SE_STATE_MERGED\x10\r\x12\x19\n\x15\x43\x41SE_STATE_MODERATION\x10\x0e*\xe2\x01\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43HANNEL_WEB\x10\x01\x12\x0f\n\x0b\x43HANNEL_APP\x10\x02\x12\x13\n\x0f\x43HANNEL_HOTLINE\x10\x03\x12\x12\n\x0e\x43HANNEL_WECHAT\x10\x04\x12\x12\n\x0e\x43HANNEL_LETTER\x10\x05\x12\x18\n\x14\x43HANNEL_LEADER_BOARD\x10\x06\x12\x1d\n\x19\x43HANNEL_NATIONAL_TRANSFER\x10\x07\x12\x13\n\x0f\x43HANNEL_WALK_IN\x10\x08\x12\x11\n\rCHANNEL_VIDEO\x10\t*b\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x11\n\rTIER_NATIONAL\x10\x01\x12\x11\n\rTIER_PROVINCE\x10\x02\x12\r\n\tTIER_CITY\x10\x03\x12\x0f\n\x0bTIER_COUNTY\x10\x04*\x8c\x01\n\x0cSatisfaction\x12\x1c\n\x18SATISFACTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16SATISFACTION_SATISFIED\x10\x01\x12$\n SATISFACTION_BASICALLY_SATISFIED\x10\x02\x12\x1c\n\x18SATISFACTION_UNSATISFIED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elianxin/common/v1/common.proto\x12\x11lianxin.common.v1\x1a google/protobuf/descriptor.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\x06Region\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x04tier\x18\x03 \x01(\x0e\x32\x17.lianxin.common.v1.Tier\x12\x13\n\x0bparent_code\x18\x04 \x01(\t\"V\n\x06Person\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xc8\xf3\x18\x32\x12\x11\n\tid_number\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x16\n\x07\x61\x64\x64ress\x18\x04 \x01(\tB\x05\xc8\xf3\x18\xc8\x01\"A\n\x0bPageRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xd8\xf3\x18\x00\x12\x19\n\npage_token\x18\x02 \x01(\tB\x05\xc8\xf3\x18\x80\x02\";\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"\x81\x01\n\x08\x44\x65\x61\x64line\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12*\n\x06\x64ue_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07overdue\x18\x03 \x01(\x08\x12*\n\x06met_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc0\x04\n\x04\x43\x61se\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x15\n\rtracking_code\x18\x02 \x01(\t\x12+\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x1a.lianxin.common.v1.Channel\x12\x13\n\x0b\x63hannel_ref\x18\x04 \x01(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12\x0c\n\x04\x62ody\x18\x06 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x07 \x01(\t\x12\x13\n\x0bregion_code\x18\x08 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\t \x01(\t\x12\x18\n\x10registering_node\x18\n \x01(\t\x12\x12\n\nowner_node\x18\x0b \x01(\t\x12\x13\n\x0bowner_epoch\x18\x0c \x01(\x03\x12+\n\x05state\x18\r \x01(\x0e\x32\x1c.lianxin.common.v1.CaseState\x12\x0f\n\x07version\x18\x0e \x01(\x03\x12.\n\x0b\x63omplainant\x18\x0f \x01(\x0b\x32\x19.lianxin.common.v1.Person\x12\x11\n\tanonymous\x18\x10 \x01(\x08\x12\x11\n\trepeat_of\x18\x11 \x01(\t\x12\x14\n\x0c\x64uplicate_of\x18\x12 \x01(\t\x12\r\n\x05\x66lags\x18\x13 \x03(\t\x12\x30\n\x0csubmitted_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13hotline_operator_id\x18\x16 \x01(\t\"u\n\rTimelineEntry\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.lianxin.common.v1.CaseState\x12\x0f\n\x07summary\x18\x03 \x01(\t*\x8a\x03\n\tCaseState\x12\x1a\n\x16\x43\x41SE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41SE_STATE_REGISTERED\x10\x01\x12\x17\n\x13\x43\x41SE_STATE_ACCEPTED\x10\x02\x12\x16\n\x12\x43\x41SE_STATE_REFUSED\x10\x03\x12\x17\n\x13\x43\x41SE_STATE_ASSIGNED\x10\x04\x12\x1a\n\x16\x43\x41SE_STATE_IN_PROGRESS\x10\x05\x12\x16\n\x12\x43\x41SE_STATE_REPLIED\x10\x06\x12\x15\n\x11\x43\x41SE_STATE_CLOSED\x10\x07\x12\x1a\n\x16\x43\x41SE_STATE_TRANSFERRED\x10\x08\x12\x17\n\x13\x43\x41SE_STATE_OBJECTED\x10\t\x12\x17\n\x13\x43\x41SE_STATE_EXTENDED\x10\n\x12\x17\n\x13\x43\x41SE_STATE_REOPENED\x10\x0b\x12\x18\n\x14\x43\x41SE_STATE_WITHDRAWN\x10\x0c\x12\x15\n\x11\x43\x41SE_STATE_MERGED\x10\r\x12\x19\n\x15\x43\x41SE_STATE_MODERATION\x10\x0e*\xe2\x01\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43HANNEL_WEB\x10\x01\x12\x0f\n\x0b\x43HANNEL_APP\x10\x02\x12\x13\n\x0f\x43HANNEL_HOTLINE\x10\x03\x12\x12\n\x0e\x43HANNEL_WECHAT\x10\x04\x12\x12\n\x0e\x43HANNEL_LETTER\x10\x05\x12\x18\n\x14\x43HANNEL_LEADER_BOARD\x10\x06\x12\x1d\n\x19\x43HANNEL_NATIONAL_TRANSFER\x10\x07\x12\x13\n\x0f\x43HANNEL_WALK_IN\x10\x08\x12\x11\n\rCHANNEL_VIDEO\x10\t*b\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x11\n\rTIER_NATIONAL\x10\x01\x12\x11\n\rTIER_PROVINCE\x10\x02\x12\r\n\tTIER_CITY\x10\x03\x12\x0f\n\x0bTIER_COUNTY\x10\x04*\x8c\x01\n\x0cSatisfaction\x12\x1c\n\x18SATISFACTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16SATISFACTION_SATISFIED\x10\x01\x12$\n SATISFACTION_BASICALLY_SATISFIED\x10\x02\x12\x1c\n\x18SATISFACTION_UNSATISFIED\x10\x03:2\n\tmax_chars\x12\x1d.google.protobuf.FieldOptions\x18\xb9\x8e\x03 \x01(\r:2\n\tmultiline\x12\x1d.google.protobuf.FieldOptions\x18\xba\x8e\x03 \x01(\x08:2\n\tmin_value\x12\x1d.google.protobuf.FieldOptions\x18\xbb\x8e\x03 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lianxin.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CASESTATE']._serialized_start=1205
-  _globals['_CASESTATE']._serialized_end=1599
-  _globals['_CHANNEL']._serialized_start=1602
-  _globals['_CHANNEL']._serialized_end=1828
-  _globals['_TIER']._serialized_start=1830
-  _globals['_TIER']._serialized_end=1928
-  _globals['_SATISFACTION']._serialized_start=1931
-  _globals['_SATISFACTION']._serialized_end=2071
-  _globals['_REGION']._serialized_start=86
-  _globals['_REGION']._serialized_end=182
-  _globals['_PERSON']._serialized_start=184
-  _globals['_PERSON']._serialized_end=257
-  _globals['_PAGEREQUEST']._serialized_start=259
-  _globals['_PAGEREQUEST']._serialized_end=311
-  _globals['_PAGERESPONSE']._serialized_start=313
-  _globals['_PAGERESPONSE']._serialized_end=372
-  _globals['_DEADLINE']._serialized_start=375
-  _globals['_DEADLINE']._serialized_end=504
-  _globals['_CASE']._serialized_start=507
-  _globals['_CASE']._serialized_end=1083
-  _globals['_TIMELINEENTRY']._serialized_start=1085
-  _globals['_TIMELINEENTRY']._serialized_end=1202
+  _globals['_PERSON'].fields_by_name['name']._loaded_options = None
+  _globals['_PERSON'].fields_by_name['name']._serialized_options = b'\310\363\0302'
+  _globals['_PERSON'].fields_by_name['address']._loaded_options = None
+  _globals['_PERSON'].fields_by_name['address']._serialized_options = b'\310\363\030\310\001'
+  _globals['_PAGEREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_PAGEREQUEST'].fields_by_name['page_size']._serialized_options = b'\330\363\030\000'
+  _globals['_PAGEREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_PAGEREQUEST'].fields_by_name['page_token']._serialized_options = b'\310\363\030\200\002'
+  _globals['_CASESTATE']._serialized_start=1265
+  _globals['_CASESTATE']._serialized_end=1659
+  _globals['_CHANNEL']._serialized_start=1662
+  _globals['_CHANNEL']._serialized_end=1888
+  _globals['_TIER']._serialized_start=1890
+  _globals['_TIER']._serialized_end=1988
+  _globals['_SATISFACTION']._serialized_start=1991
+  _globals['_SATISFACTION']._serialized_end=2131
+  _globals['_REGION']._serialized_start=120
+  _globals['_REGION']._serialized_end=216
+  _globals['_PERSON']._serialized_start=218
+  _globals['_PERSON']._serialized_end=304
+  _globals['_PAGEREQUEST']._serialized_start=306
+  _globals['_PAGEREQUEST']._serialized_end=371
+  _globals['_PAGERESPONSE']._serialized_start=373
+  _globals['_PAGERESPONSE']._serialized_end=432
+  _globals['_DEADLINE']._serialized_start=435
+  _globals['_DEADLINE']._serialized_end=564
+  _globals['_CASE']._serialized_start=567
+  _globals['_CASE']._serialized_end=1143
+  _globals['_TIMELINEENTRY']._serialized_start=1145
+  _globals['_TIMELINEENTRY']._serialized_end=1262
 # @@protoc_insertion_point(module_scope)

@@ -5,10 +5,12 @@ Shared vocabulary of Lianxin (连心): case states, channels, tiers, regions and
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -253,13 +255,13 @@ class Person(_message.Message):
     PHONE_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Full name."""
+    """Full name; at most 50 characters."""
     id_number: _builtins.str
     """Resident identity card number (身份证号); masked in logs as 510102********1234."""
     phone: _builtins.str
     """Phone number; masked in logs as 138****5678."""
     address: _builtins.str
-    """Postal or home address."""
+    """Postal or home address; at most 200 characters."""
     def __init__(
         self,
         *,
@@ -285,9 +287,13 @@ class PageRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum number of items to return; the server applies a default and a maximum when 0 or too large."""
+    """Maximum number of items to return; the server applies a default and a maximum when 0 or too large.
+    Never negative.
+    """
     page_token: _builtins.str
-    """Opaque token from a previous PageResponse.next_page_token; empty for the first page."""
+    """Opaque token from a previous PageResponse.next_page_token; empty for the first page. At most
+    256 characters.
+    """
     def __init__(
         self,
         *,
@@ -511,3 +517,13 @@ class TimelineEntry(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TimelineEntry: _TypeAlias = TimelineEntry  # noqa: Y015
+
+MAX_CHARS_FIELD_NUMBER: _builtins.int
+MULTILINE_FIELD_NUMBER: _builtins.int
+MIN_VALUE_FIELD_NUMBER: _builtins.int
+max_chars: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.int]
+"""Most characters (Unicode code points) the field accepts; unset means 64."""
+multiline: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
+"""True for free text that may contain tabs and line breaks (\\t, \\n, \\r)."""
+min_value: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.int]
+"""Smallest value an integer field accepts; unset means any value of its type."""

@@ -69,15 +69,15 @@ class SubmitCaseRequest(_message.Message):
     web and app, where the client generates one (UUID) per submission.
     """
     title: _builtins.str
-    """Short title; required."""
+    """Short title; required. At most 100 characters."""
     body: _builtins.str
-    """Full text of the request; required."""
+    """Full text of the request; required. At most 4,000 characters, line breaks allowed."""
     category: _builtins.str
     """Category code; optional, resolved automatically from the text when empty."""
     region_code: _builtins.str
     """Region code of the place concerned; optional, resolved from address and text when empty."""
     address: _builtins.str
-    """Address of the place concerned."""
+    """Address of the place concerned. At most 200 characters."""
     anonymous: _builtins.bool
     """True when the citizen asks to stay anonymous."""
     hotline_operator_id: _builtins.str
@@ -468,7 +468,7 @@ class EvaluateCaseRequest(_message.Message):
     satisfaction: _common_pb2.Satisfaction.ValueType
     """The rating; required."""
     comment: _builtins.str
-    """Free-text comment."""
+    """Free-text comment. At most 500 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -525,7 +525,7 @@ class RequestReviewRequest(_message.Message):
     phone_last4: _builtins.str
     """Last four digits of the phone given at submission."""
     reason: _builtins.str
-    """Why the citizen wants a review; required."""
+    """Why the citizen wants a review; required. At most 500 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -583,7 +583,7 @@ class WithdrawCaseRequest(_message.Message):
     phone_last4: _builtins.str
     """Last four digits of the phone given at submission."""
     reason: _builtins.str
-    """Why the citizen withdraws."""
+    """Why the citizen withdraws. At most 500 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -735,7 +735,7 @@ class ReleaseModeratedCaseRequest(_message.Message):
     decision: Global___ModerationDecision.ValueType
     """Release or reject; required."""
     note: _builtins.str
-    """Moderator's note; required for a rejection."""
+    """Moderator's note; required for a rejection. At most 500 characters, line breaks allowed."""
     actor: _builtins.str
     """Operator id of the moderator."""
     expected_version: _builtins.int
@@ -789,7 +789,7 @@ class ClassifyTextRequest(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """Title and body of a request, or any free text."""
+    """Title and body of a request, or any free text. At most 4,200 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -838,7 +838,7 @@ class LocateTextRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     WITHIN_REGION_CODE_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """Address or free text naming a place."""
+    """Address or free text naming a place. At most 4,200 characters, line breaks allowed."""
     within_region_code: _builtins.str
     """Region to search within, e.g. the node's own region; empty for the whole tree."""
     def __init__(

@@ -26,41 +26,47 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from lianxin.common.v1 import common_pb2 as lianxin_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*lianxin/national/v1/national_service.proto\x12\x13lianxin.national.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elianxin/common/v1/common.proto\"\xee\x01\n\x12NationalCaseReport\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x1c.lianxin.common.v1.CaseState\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\x13\n\x0bregion_code\x18\x06 \x01(\t\x12\r\n\x05title\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07payload\x18\t \x01(\x0c\"e\n\x12ReportCasesRequest\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12\x38\n\x07reports\x18\x02 \x03(\x0b\x32\'.lianxin.national.v1.NationalCaseReport\"4\n\x0fReportRejection\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"b\n\x13ReportCasesResponse\x12\x11\n\tacked_ids\x18\x01 \x03(\t\x12\x38\n\nrejections\x18\x02 \x03(\x0b\x32$.lianxin.national.v1.ReportRejection\"W\n\x15\x46\x65tchTransfersRequest\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\t\x12\x11\n\tmax_items\x18\x03 \x01(\x05\"\x9a\x02\n\x10NationalTransfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x18\n\x10national_case_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\x13\n\x0bregion_code\x18\x06 \x01(\t\x12.\n\x0b\x63omplainant\x18\x07 \x01(\x0b\x32\x19.lianxin.common.v1.Person\x12\x32\n\x0etransferred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x04kind\x18\t \x01(\x0e\x32!.lianxin.national.v1.TransferKind\"g\n\x16\x46\x65tchTransfersResponse\x12\x38\n\ttransfers\x18\x01 \x03(\x0b\x32%.lianxin.national.v1.NationalTransfer\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"B\n\x13\x41\x63kTransfersRequest\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12\x14\n\x0ctransfer_ids\x18\x02 \x03(\t\")\n\x14\x41\x63kTransfersResponse\x12\x11\n\tacked_ids\x18\x01 \x03(\t\"g\n\x15SubmitTransferRequest\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12\x37\n\x08transfer\x18\x02 \x01(\x0b\x32%.lianxin.national.v1.NationalTransfer\"-\n\x16SubmitTransferResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"+\n\x12ListReportsRequest\x12\x15\n\rprovince_code\x18\x01 \x01(\t\"k\n\x13ListReportsResponse\x12\x38\n\x07reports\x18\x01 \x03(\x0b\x32\'.lianxin.national.v1.NationalCaseReport\x12\x1a\n\x12\x61\x63ked_transfer_ids\x18\x02 \x03(\t*c\n\x0cTransferKind\x12\x1d\n\x19TRANSFER_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRANSFER_KIND_TRANSFER\x10\x01\x12\x18\n\x14TRANSFER_KIND_ASSIGN\x10\x02\x32\x90\x04\n\x0fNationalService\x12`\n\x0bReportCases\x12\'.lianxin.national.v1.ReportCasesRequest\x1a(.lianxin.national.v1.ReportCasesResponse\x12i\n\x0e\x46\x65tchTransfers\x12*.lianxin.national.v1.FetchTransfersRequest\x1a+.lianxin.national.v1.FetchTransfersResponse\x12\x63\n\x0c\x41\x63kTransfers\x12(.lianxin.national.v1.AckTransfersRequest\x1a).lianxin.national.v1.AckTransfersResponse\x12i\n\x0eSubmitTransfer\x12*.lianxin.national.v1.SubmitTransferRequest\x1a+.lianxin.national.v1.SubmitTransferResponse\x12`\n\x0bListReports\x12\'.lianxin.national.v1.ListReportsRequest\x1a(.lianxin.national.v1.ListReportsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*lianxin/national/v1/national_service.proto\x12\x13lianxin.national.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elianxin/common/v1/common.proto\"\xf4\x01\n\x12NationalCaseReport\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x1c.lianxin.common.v1.CaseState\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\x13\n\x0bregion_code\x18\x06 \x01(\t\x12\x13\n\x05title\x18\x07 \x01(\tB\x04\xc8\xf3\x18\x64\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07payload\x18\t \x01(\x0c\"e\n\x12ReportCasesRequest\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12\x38\n\x07reports\x18\x02 \x03(\x0b\x32\'.lianxin.national.v1.NationalCaseReport\"4\n\x0fReportRejection\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"b\n\x13ReportCasesResponse\x12\x11\n\tacked_ids\x18\x01 \x03(\t\x12\x38\n\nrejections\x18\x02 \x03(\x0b\x32$.lianxin.national.v1.ReportRejection\"W\n\x15\x46\x65tchTransfersRequest\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\t\x12\x11\n\tmax_items\x18\x03 \x01(\x05\"\xab\x02\n\x10NationalTransfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x18\n\x10national_case_id\x18\x02 \x01(\t\x12\x13\n\x05title\x18\x03 \x01(\tB\x04\xc8\xf3\x18\x64\x12\x17\n\x04\x62ody\x18\x04 \x01(\tB\t\xc8\xf3\x18\xa0\x1f\xd0\xf3\x18\x01\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\x13\n\x0bregion_code\x18\x06 \x01(\t\x12.\n\x0b\x63omplainant\x18\x07 \x01(\x0b\x32\x19.lianxin.common.v1.Person\x12\x32\n\x0etransferred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x04kind\x18\t \x01(\x0e\x32!.lianxin.national.v1.TransferKind\"g\n\x16\x46\x65tchTransfersResponse\x12\x38\n\ttransfers\x18\x01 \x03(\x0b\x32%.lianxin.national.v1.NationalTransfer\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"B\n\x13\x41\x63kTransfersRequest\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12\x14\n\x0ctransfer_ids\x18\x02 \x03(\t\")\n\x14\x41\x63kTransfersResponse\x12\x11\n\tacked_ids\x18\x01 \x03(\t\"g\n\x15SubmitTransferRequest\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12\x37\n\x08transfer\x18\x02 \x01(\x0b\x32%.lianxin.national.v1.NationalTransfer\"-\n\x16SubmitTransferResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"+\n\x12ListReportsRequest\x12\x15\n\rprovince_code\x18\x01 \x01(\t\"k\n\x13ListReportsResponse\x12\x38\n\x07reports\x18\x01 \x03(\x0b\x32\'.lianxin.national.v1.NationalCaseReport\x12\x1a\n\x12\x61\x63ked_transfer_ids\x18\x02 \x03(\t*c\n\x0cTransferKind\x12\x1d\n\x19TRANSFER_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRANSFER_KIND_TRANSFER\x10\x01\x12\x18\n\x14TRANSFER_KIND_ASSIGN\x10\x02\x32\x90\x04\n\x0fNationalService\x12`\n\x0bReportCases\x12\'.lianxin.national.v1.ReportCasesRequest\x1a(.lianxin.national.v1.ReportCasesResponse\x12i\n\x0e\x46\x65tchTransfers\x12*.lianxin.national.v1.FetchTransfersRequest\x1a+.lianxin.national.v1.FetchTransfersResponse\x12\x63\n\x0c\x41\x63kTransfers\x12(.lianxin.national.v1.AckTransfersRequest\x1a).lianxin.national.v1.AckTransfersResponse\x12i\n\x0eSubmitTransfer\x12*.lianxin.national.v1.SubmitTransferRequest\x1a+.lianxin.national.v1.SubmitTransferResponse\x12`\n\x0bListReports\x12\'.lianxin.national.v1.ListReportsRequest\x1a(.lianxin.national.v1.ListReportsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lianxin.national.v1.national_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSFERKIND']._serialized_start=1526
-  _globals['_TRANSFERKIND']._serialized_end=1625
+  _globals['_NATIONALCASEREPORT'].fields_by_name['title']._loaded_options = None
+  _globals['_NATIONALCASEREPORT'].fields_by_name['title']._serialized_options = b'\310\363\030d'
+  _globals['_NATIONALTRANSFER'].fields_by_name['title']._loaded_options = None
+  _globals['_NATIONALTRANSFER'].fields_by_name['title']._serialized_options = b'\310\363\030d'
+  _globals['_NATIONALTRANSFER'].fields_by_name['body']._loaded_options = None
+  _globals['_NATIONALTRANSFER'].fields_by_name['body']._serialized_options = b'\310\363\030\240\037\320\363\030\001'
+  _globals['_TRANSFERKIND']._serialized_start=1549
+  _globals['_TRANSFERKIND']._serialized_end=1648
   _globals['_NATIONALCASEREPORT']._serialized_start=133
-  _globals['_NATIONALCASEREPORT']._serialized_end=371
-  _globals['_REPORTCASESREQUEST']._serialized_start=373
-  _globals['_REPORTCASESREQUEST']._serialized_end=474
-  _globals['_REPORTREJECTION']._serialized_start=476
-  _globals['_REPORTREJECTION']._serialized_end=528
-  _globals['_REPORTCASESRESPONSE']._serialized_start=530
-  _globals['_REPORTCASESRESPONSE']._serialized_end=628
-  _globals['_FETCHTRANSFERSREQUEST']._serialized_start=630
-  _globals['_FETCHTRANSFERSREQUEST']._serialized_end=717
-  _globals['_NATIONALTRANSFER']._serialized_start=720
-  _globals['_NATIONALTRANSFER']._serialized_end=1002
-  _globals['_FETCHTRANSFERSRESPONSE']._serialized_start=1004
-  _globals['_FETCHTRANSFERSRESPONSE']._serialized_end=1107
-  _globals['_ACKTRANSFERSREQUEST']._serialized_start=1109
-  _globals['_ACKTRANSFERSREQUEST']._serialized_end=1175
-  _globals['_ACKTRANSFERSRESPONSE']._serialized_start=1177
-  _globals['_ACKTRANSFERSRESPONSE']._serialized_end=1218
-  _globals['_SUBMITTRANSFERREQUEST']._serialized_start=1220
-  _globals['_SUBMITTRANSFERREQUEST']._serialized_end=1323
-  _globals['_SUBMITTRANSFERRESPONSE']._serialized_start=1325
-  _globals['_SUBMITTRANSFERRESPONSE']._serialized_end=1370
-  _globals['_LISTREPORTSREQUEST']._serialized_start=1372
-  _globals['_LISTREPORTSREQUEST']._serialized_end=1415
-  _globals['_LISTREPORTSRESPONSE']._serialized_start=1417
-  _globals['_LISTREPORTSRESPONSE']._serialized_end=1524
-  _globals['_NATIONALSERVICE']._serialized_start=1628
-  _globals['_NATIONALSERVICE']._serialized_end=2156
+  _globals['_NATIONALCASEREPORT']._serialized_end=377
+  _globals['_REPORTCASESREQUEST']._serialized_start=379
+  _globals['_REPORTCASESREQUEST']._serialized_end=480
+  _globals['_REPORTREJECTION']._serialized_start=482
+  _globals['_REPORTREJECTION']._serialized_end=534
+  _globals['_REPORTCASESRESPONSE']._serialized_start=536
+  _globals['_REPORTCASESRESPONSE']._serialized_end=634
+  _globals['_FETCHTRANSFERSREQUEST']._serialized_start=636
+  _globals['_FETCHTRANSFERSREQUEST']._serialized_end=723
+  _globals['_NATIONALTRANSFER']._serialized_start=726
+  _globals['_NATIONALTRANSFER']._serialized_end=1025
+  _globals['_FETCHTRANSFERSRESPONSE']._serialized_start=1027
+  _globals['_FETCHTRANSFERSRESPONSE']._serialized_end=1130
+  _globals['_ACKTRANSFERSREQUEST']._serialized_start=1132
+  _globals['_ACKTRANSFERSREQUEST']._serialized_end=1198
+  _globals['_ACKTRANSFERSRESPONSE']._serialized_start=1200
+  _globals['_ACKTRANSFERSRESPONSE']._serialized_end=1241
+  _globals['_SUBMITTRANSFERREQUEST']._serialized_start=1243
+  _globals['_SUBMITTRANSFERREQUEST']._serialized_end=1346
+  _globals['_SUBMITTRANSFERRESPONSE']._serialized_start=1348
+  _globals['_SUBMITTRANSFERRESPONSE']._serialized_end=1393
+  _globals['_LISTREPORTSREQUEST']._serialized_start=1395
+  _globals['_LISTREPORTSREQUEST']._serialized_end=1438
+  _globals['_LISTREPORTSRESPONSE']._serialized_start=1440
+  _globals['_LISTREPORTSRESPONSE']._serialized_end=1547
+  _globals['_NATIONALSERVICE']._serialized_start=1651
+  _globals['_NATIONALSERVICE']._serialized_end=2179
 # @@protoc_insertion_point(module_scope)

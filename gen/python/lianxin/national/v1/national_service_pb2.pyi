@@ -73,7 +73,7 @@ class NationalCaseReport(_message.Message):
     region_code: _builtins.str
     """Region code of the place concerned."""
     title: _builtins.str
-    """Title of the case."""
+    """Title of the case. At most 100 characters."""
     payload: _builtins.bytes
     """Full content in the adapter's format: the serialized lianxin.events.v1.EventEnvelope."""
     @_builtins.property
@@ -235,9 +235,9 @@ class NationalTransfer(_message.Message):
     national_case_id: _builtins.str
     """Case id in the national system."""
     title: _builtins.str
-    """Title of the case."""
+    """Title of the case. At most 100 characters."""
     body: _builtins.str
-    """Full text of the request."""
+    """Full text of the request. At most 4,000 characters, line breaks allowed."""
     category: _builtins.str
     """Category code."""
     region_code: _builtins.str

@@ -425,7 +425,7 @@ class AcceptWorkOrderRequest(_message.Message):
     expected_version: _builtins.int
     """Expected work order version; 0 skips the check."""
     note: _builtins.str
-    """Optional note."""
+    """Optional note. At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -483,7 +483,7 @@ class RefuseWorkOrderRequest(_message.Message):
     expected_version: _builtins.int
     """Expected work order version; 0 skips the check."""
     reason: _builtins.str
-    """Why it is not acceptable; required (shown to the citizen)."""
+    """Why it is not acceptable; required (shown to the citizen). At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -542,7 +542,7 @@ class ObjectWorkOrderRequest(_message.Message):
     expected_version: _builtins.int
     """Expected work order version; 0 skips the check."""
     reason: _builtins.str
-    """Why it is not the unit's business; required."""
+    """Why it is not the unit's business; required. At most 1,000 characters, line breaks allowed."""
     suggested_unit_id: _builtins.str
     """Unit the objector believes is responsible, if known."""
     def __init__(
@@ -609,7 +609,7 @@ class ArbitrateObjectionRequest(_message.Message):
     new_unit_id: _builtins.str
     """Unit to reassign to; required for ARBITRATION_DECISION_REASSIGN."""
     reason: _builtins.str
-    """Reason for the decision."""
+    """Reason for the decision. At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -678,7 +678,7 @@ class RequestExtensionRequest(_message.Message):
     days: _builtins.int
     """Days asked for (at most 30 by default)."""
     reason: _builtins.str
-    """Why more time is needed; required."""
+    """Why more time is needed; required. At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -740,7 +740,7 @@ class ApproveExtensionRequest(_message.Message):
     approve: _builtins.bool
     """True grants the extension, false denies it."""
     reason: _builtins.str
-    """Reason for the decision."""
+    """Reason for the decision. At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -800,10 +800,10 @@ class ReplyWorkOrderRequest(_message.Message):
     expected_version: _builtins.int
     """Expected work order version; 0 skips the check."""
     text: _builtins.str
-    """Text of the reply; required."""
+    """Text of the reply; required. At most 4,000 characters, line breaks allowed."""
     @_builtins.property
     def attachment_refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """References to attachments (written reply, photos)."""
+        """References to attachments (written reply, photos). At most 256 characters."""
 
     def __init__(
         self,
@@ -863,7 +863,7 @@ class CloseWorkOrderRequest(_message.Message):
     expected_version: _builtins.int
     """Expected work order version; 0 skips the check."""
     note: _builtins.str
-    """Optional note."""
+    """Optional note. At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -921,7 +921,7 @@ class ReopenWorkOrderRequest(_message.Message):
     expected_version: _builtins.int
     """Expected work order version; 0 skips the check."""
     reason: _builtins.str
-    """Why it must be redone; required."""
+    """Why it must be redone; required. At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -979,7 +979,7 @@ class PauseWorkOrderRequest(_message.Message):
     expected_version: _builtins.int
     """Expected work order version; 0 skips the check."""
     reason: _builtins.str
-    """Why the clock stops (e.g. "等待信访人补充材料", "听证"); required."""
+    """Why the clock stops (e.g. "等待信访人补充材料", "听证"); required. At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -1037,7 +1037,7 @@ class ResumeWorkOrderRequest(_message.Message):
     expected_version: _builtins.int
     """Expected work order version; 0 skips the check."""
     reason: _builtins.str
-    """Why the clock restarts (optional)."""
+    """Why the clock restarts (optional). At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -1098,7 +1098,7 @@ class ReviewWorkOrderRequest(_message.Message):
     decision: Global___ReviewDecision.ValueType
     """Uphold or redo; required."""
     reason: _builtins.str
-    """The review opinion (复查意见); required, shown to the citizen."""
+    """The review opinion (复查意见); required, shown to the citizen. At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -1164,7 +1164,7 @@ class SuperviseRequest(_message.Message):
     level: _builtins.str
     """Level: "chase" (催办), "supervise" (督办) or "listed" (挂牌督办); required."""
     demand: _builtins.str
-    """What the supervisor demands; required."""
+    """What the supervisor demands; required. At most 1,000 characters, line breaks allowed."""
     @_builtins.property
     def due_at(self) -> _timestamp_pb2.Timestamp:
         """When the demand must be met; required."""
@@ -1387,7 +1387,7 @@ class AssignManuallyRequest(_message.Message):
     unit_id: _builtins.str
     """Unit of this node to assign to; empty when handing off."""
     reason: _builtins.str
-    """Reason or instruction."""
+    """Reason or instruction. At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -1455,7 +1455,7 @@ class EscalateCaseRequest(_message.Message):
     expected_version: _builtins.int
     """Expected case version; 0 skips the check."""
     reason: _builtins.str
-    """Why it is escalated; required."""
+    """Why it is escalated; required. At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,

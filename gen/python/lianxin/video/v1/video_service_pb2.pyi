@@ -666,7 +666,7 @@ class RescheduleVisitRequest(_message.Message):
     expected_version: _builtins.int
     """Expected visit version; 0 skips the check."""
     reason: _builtins.str
-    """Why it is moved."""
+    """Why it is moved. At most 1,000 characters, line breaks allowed."""
     @_builtins.property
     def not_before(self) -> _timestamp_pb2.Timestamp:
         """Earliest acceptable new start."""
@@ -739,7 +739,7 @@ class CancelVisitRequest(_message.Message):
     expected_version: _builtins.int
     """Expected visit version; 0 skips the check."""
     reason: _builtins.str
-    """Why it is cancelled."""
+    """Why it is cancelled. At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -859,11 +859,11 @@ class RecordOutcomeRequest(_message.Message):
     expected_version: _builtins.int
     """Expected visit version; 0 skips the check."""
     minutes: _builtins.str
-    """Minutes of the meeting."""
+    """Minutes of the meeting. At most 20,000 characters, line breaks allowed."""
     decisions: _builtins.str
-    """Decisions taken by the leader."""
+    """Decisions taken by the leader. At most 4,000 characters, line breaks allowed."""
     recording_ref: _builtins.str
-    """Reference to the stored recording."""
+    """Reference to the stored recording. At most 256 characters."""
     def __init__(
         self,
         *,
@@ -1128,7 +1128,7 @@ class ReleaseHoldRequest(_message.Message):
     requesting_node: _builtins.str
     """Node (region code) that asked for the hold."""
     reason: _builtins.str
-    """Why it is released."""
+    """Why it is released. At most 1,000 characters, line breaks allowed."""
     def __init__(
         self,
         *,
@@ -1182,7 +1182,7 @@ class Room(_message.Message):
     node: _builtins.str
     """Node (region code) that owns the room; other nodes hold it through HoldRoom."""
     name: _builtins.str
-    """Display name, e.g. "市中区信访局视频接访室"."""
+    """Display name, e.g. "市中区信访局视频接访室". At most 100 characters."""
     def __init__(
         self,
         *,
