@@ -169,3 +169,26 @@ def test_a_joint_video_reception_holds_a_room_at_another_node_process(federation
                 timeout=20,
             )
         assert taken.value.code() == grpc.StatusCode.ABORTED
+
+
+def test_lianxin_calendar_load_reaches_every_node_and_moves_their_days_left_metric(
+    federation: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Last in this module: the other tests see the nodes as `lianxin up` starts them.
+    from services.cli import main as lianxin
+    from services.common.calendar import ChineseWorkingCalendar
+    from services.common.service import utc_now
+    from services.common.timeutil import china_date
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "calendar_2027_fixture.yaml"
+    expected = ChineseWorkingCalendar.with_files([fixture]).covered_until(china_date(utc_now()))
+    base = str(federation.nodes[0].grpc_port)
+    assert lianxin(["calendar", "load", str(fixture), "--base-port", base]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == [node.address for node in federation.nodes]
+    assert all(f"calendar covers until {expected.isoformat()}" in line for line in lines), lines
+    for node in federation.nodes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        days = (expected - china_date(utc_now())).days
+        assert f'lianxin_calendar_days_left{{node="{node.code}"}} {float(days)}' in text, node.code
