@@ -166,6 +166,7 @@ PUBLIC_MILESTONES: dict[str, str] = {
     "close": "已办结 closed",
     "reopen": "重新办理 reopened",
     "review": "复查中 under review",
+    "visit_outcome": "已视频接访 video reception held",
 }
 
 

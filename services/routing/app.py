@@ -131,6 +131,15 @@ def build(ctx: ServiceContext) -> ServiceParts:
         env = decode(event)
         evaluated(event, env.case_id, env.case_evaluated.satisfaction, env.case_evaluated.comment)
 
+    def on_visit_outcome(event: BusEvent) -> None:
+        env = decode(event)
+        outcome = env.visit_outcome_recorded
+        note = f"视频接访 {outcome.visit_id}: {outcome.decisions or outcome.minutes}"
+        consume(
+            event,
+            lambda uow: handlers.on_visit_outcome(env.case_id, note=note, uow=uow, routing=routing, now=ctx.clock()),
+        )
+
     def withdrawn(event: BusEvent, case_id: str, reason: str) -> None:
         def apply(uow: handlers.RoutingUnitOfWork) -> None:
             outcome = handlers.on_case_withdrawn(case_id, reason=reason, uow=uow, routing=routing, now=ctx.clock())
@@ -239,6 +248,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             Subscription("routing", "exchange", "command", on_command),
             Subscription("routing", "intake", "review_requested", on_review_requested),
             Subscription("routing", "intake", "case_withdrawn", on_case_withdrawn),
+            Subscription("routing", "video", "visit_outcome_recorded", on_visit_outcome),
             Subscription("routing", "exchange", "supervision_issued", on_supervision_replicated),
         ],
         timers=[Timer("routing-deadline-sweep", ctx.settings.sweep_interval_s, sweep_timer)],

@@ -726,6 +726,23 @@ def on_case_evaluated(
     return stored
 
 
+def on_visit_outcome(
+    case_id: str, *, note: str, uow: RoutingUnitOfWork, routing: Routing, now: datetime
+) -> StoredWorkOrder | None:
+    """视频接访: the outcome of a leader's video reception joins the history of the case's work order here.
+
+    Only while this node handles the case: a work order handed elsewhere (TRANSFERRED) is not this
+    node's to write (its owner epoch is stale above), and a case without one here is not known.
+    """
+    stored = uow.for_case(case_id)
+    if stored is None or stored.order.node != routing.node or stored.order.state is State.TRANSFERRED:
+        return None
+    now = to_utc(now)
+    events: list[WorkOrderEvent] = list(stored.order.visit_held(at=now, actor="video", note=note))
+    _persist(uow, stored, routing, events, now)
+    return stored
+
+
 @dataclass(frozen=True)
 class WithdrawalOutcome:
     """What a citizen's withdrawal (撤回) did to this node's work order for the case.

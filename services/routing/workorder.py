@@ -44,6 +44,7 @@ __all__ = [
     "RECOMPUTE_DEADLINES",
     "TERMINAL_STATES",
     "TRANSITIONS",
+    "VISIT_OUTCOME",
     "Action",
     "ArbitrationOutcome",
     "DeadlineStageReached",
@@ -105,6 +106,9 @@ ESCALATE_UP = "escalate_up"
 # History/event label of a deadline recomputed because an official calendar year was loaded; not a
 # transition (the state stays), so not an ``Action``. Replicated as WorkOrderChanged like the others.
 RECOMPUTE_DEADLINES = "recompute_deadlines"
+# History/event label of a leader's video reception (视频接访) held on the case, with its outcome;
+# not a transition either.
+VISIT_OUTCOME = "visit_outcome"
 
 S, A = State, Action
 
@@ -677,25 +681,28 @@ class WorkOrder:
         if not notes:
             kinds = ", ".join(f"{k} due {china_date(after[k]).isoformat()}" for k in sorted(provisional) if k in after)
             notes = [f"{kinds or 'deadlines'} unchanged, no longer provisional ({label})"]
-        events: list[WorkOrderChanged] = []
-        for note in notes:
-            self.history.append(HistoryEntry(at, actor, RECOMPUTE_DEADLINES, self.state, self.state, note))
-            self.version += 1
-            events.append(
-                WorkOrderChanged(
-                    work_order_id=self.id,
-                    case_id=self.case_id,
-                    action=RECOMPUTE_DEADLINES,
-                    from_state=self.state,
-                    to_state=self.state,
-                    actor=actor,
-                    at=at,
-                    reason=note,
-                    unit_id=self.unit_id,
-                    deadlines=self._deadline_list(),
-                )
-            )
-        return events
+        return [self._noted(RECOMPUTE_DEADLINES, at=at, actor=actor, note=note) for note in notes]
+
+    def visit_held(self, *, at: datetime, actor: str, note: str) -> list[WorkOrderChanged]:
+        """A leader received the citizen by video (视频接访): the outcome joins the history. Not a transition."""
+        return [self._noted(VISIT_OUTCOME, at=to_utc(at), actor=actor, note=note)]
+
+    def _noted(self, label: str, *, at: datetime, actor: str, note: str) -> WorkOrderChanged:
+        """A history entry (and its event) that records a fact about the case and keeps the state."""
+        self.history.append(HistoryEntry(at, actor, label, self.state, self.state, note))
+        self.version += 1
+        return WorkOrderChanged(
+            work_order_id=self.id,
+            case_id=self.case_id,
+            action=label,
+            from_state=self.state,
+            to_state=self.state,
+            actor=actor,
+            at=at,
+            reason=note,
+            unit_id=self.unit_id,
+            deadlines=self._deadline_list(),
+        )
 
     def limit_of(self, kind: str, policy: TimeLimitPolicy) -> Limit:
         """The limit behind one of this work order's deadlines, extension included."""

@@ -16,6 +16,7 @@ import pytest
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
+from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.video.v1 import video_service_pb2 as video_pb2
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
@@ -26,7 +27,7 @@ from services.video.models import CaseOwnerRow
 from services.video.models import outbox as video_outbox
 from tests.helpers import wait_until
 from tests.integration.exchange_nodes import exchange, replicas, three_tiers
-from tests.integration.test_evaluation_across_nodes import Tiers, register, routing, work_order
+from tests.integration.test_evaluation_across_nodes import Tiers, intake, register, routing, work_order
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -184,3 +185,45 @@ def test_a_visit_booked_at_the_city_for_a_case_it_handed_down_names_the_county_a
 
     closed_everywhere(case.case_id, tiers.city, tiers.province)
     assert owner_stamp(tiers.city, case.case_id, "visit_booked") == ("511102", 2)
+
+
+def test_a_visits_outcome_joins_the_case_history_the_clerks_view_and_the_citizens_timeline(tiers: Tiers) -> None:
+    leader_at(tiers.county, "county-leader-3")
+    case = register(tiers.county, "511102")
+    placed(tiers.county, case.case_id)
+    booked = (
+        video(tiers.county)
+        .BookVisit(
+            video_pb2.BookVisitRequest(case_id=case.case_id, actor="clerk", leader_id="county-leader-3"), timeout=10
+        )
+        .visit
+    )
+    video(tiers.county).RecordOutcome(
+        video_pb2.RecordOutcomeRequest(
+            visit_id=booked.visit_id, actor="leader", minutes="群众反映河道垃圾", decisions="责成区环保局一周内清理"
+        ),
+        timeout=5,
+    )
+
+    def history() -> list[str]:
+        order = work_order(tiers.county, case.case_id)
+        return [] if order is None else [f"{h.action}: {h.reason}" for h in order.history]
+
+    wait_until(
+        lambda: any(h.startswith("visit_outcome") for h in history()), 15, "the outcome in the work order history"
+    )
+    assert any("责成区环保局一周内清理" in h for h in history() if h.startswith("visit_outcome"))
+    public = "已视频接访 video reception held"
+    wait_until(lambda: public in [e.summary for e in case.track().timeline], 15, "the outcome in TrackCase")
+    clerk = intake(tiers.county).GetCase(intake_pb2.GetCaseRequest(case_id=case.case_id), timeout=5)
+    assert public in [e.summary for e in clerk.timeline]
+    # Both the visit's own event and the history entry travel up, without quarantine.
+    wait_until(
+        lambda: (
+            {"visit_outcome_recorded"} <= set(held_types(tiers.province, case.case_id))
+            and len(held_types(tiers.province, case.case_id)) == len(held_types(tiers.county, case.case_id))
+        ),
+        30,
+        "the outcome at the province",
+    )
+    assert quarantined(tiers.province, case.case_id) == [] and quarantined(tiers.city, case.case_id) == []
