@@ -1509,7 +1509,7 @@ class LoadCalendarRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     file_name: _builtins.str
     """Name of the file, for messages and the record of what was loaded; a name ending in ".json" is
-    read as JSON, any other as YAML.
+    read as JSON, any other as YAML. Only its last path component is kept.
     """
     content: _builtins.bytes
     """The file's content (UTF-8): one year mapping {year, source, holidays, workdays}, or a list of them."""
