@@ -106,12 +106,23 @@ def build(ctx: ServiceContext) -> ServiceParts:
         case = registered_case(reg.case, version=env.version, owner_epoch=env.owner_epoch, repeat_of=reg.repeat_of)
         consume(event, lambda uow: handlers.on_case_arrived(case, uow, routing, now=ctx.clock()))
 
+    def on_replica_owner(event: BusEvent) -> None:
+        # A replica of the subtree's handling (or a hand-off passing by): who owns the case now, so a
+        # supervisor here can 督办 it through a command to the owner.
+        env = decode(event)
+        owner = handlers.CaseOwner(env.case_id, env.owner_node, env.owner_epoch, env.version)
+        if env.WhichOneof("payload") == "case_handed_off":
+            hand_off = env.case_handed_off
+            owner = handlers.CaseOwner(env.case_id, hand_off.to_node, hand_off.new_owner_epoch, env.version)
+        consume(event, lambda uow: handlers.note_replica_owner(owner, uow, node))
+
     def on_case_handed_off(event: BusEvent) -> None:
         env = decode(event)
         hand_off = env.case_handed_off
         if hand_off.to_node != node:
             # A hand-off elsewhere in the tree: replicas of hand-offs between this node's descendants
             # come up through its exchange too, and are not this node's to handle.
+            on_replica_owner(event)
             return
         case = registered_case(hand_off.case, version=env.version, owner_epoch=hand_off.new_owner_epoch)
         # 上报 from a child: placed with a unit here by category, never handed back down to its region.
@@ -179,13 +190,28 @@ def build(ctx: ServiceContext) -> ServiceParts:
         body = command.WhichOneof("body")
         if not command.case_id:
             return
-        if body == "evaluate":
+        if body == "supervise":
+            supervise = command.supervise
+            now = ctx.clock()
+            record = handlers.Supervision(
+                supervision_id=supervise.supervision_id,
+                case_id=command.case_id,
+                work_order_id="",
+                level=supervise.level,
+                by_node=command.issuing_node,
+                by_actor=supervise.actor,
+                demand=supervise.demand,
+                due_at=from_timestamp(supervise.due_at, "due_at") or now,
+                issued_at=from_timestamp(command.issued_at, "issued_at") or now,
+            )
+            consume(event, lambda uow: handlers.apply_supervision_command(record, uow))
+        elif body == "evaluate":
             evaluated(event, command.case_id, command.evaluate.satisfaction, command.evaluate.comment)
         elif body == "request_review":
             review_requested(event, command.case_id, command.request_review.reason)
         elif body == "withdraw":
             withdrawn(event, command.case_id, command.withdraw.reason)
-        # other commands (督办, hand-offs, handling updates for the registering node's intake) are not
+        # other commands (hand-offs, handling updates for the registering node's intake) are not
         # routing's to apply here
 
     def on_supervision_replicated(event: BusEvent) -> None:
@@ -250,6 +276,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
             Subscription("routing", "intake", "case_withdrawn", on_case_withdrawn),
             Subscription("routing", "video", "visit_outcome_recorded", on_visit_outcome),
             Subscription("routing", "exchange", "supervision_issued", on_supervision_replicated),
+            Subscription("routing", "exchange", "work_order_created", on_replica_owner),
+            Subscription("routing", "exchange", "work_order_changed", on_replica_owner),
         ],
         timers=[Timer("routing-deadline-sweep", ctx.settings.sweep_interval_s, sweep_timer)],
         session_factory=ctx.session_factory,

@@ -105,6 +105,25 @@ class SupervisionRecorded:
     supervision: Supervision
 
 
+@dataclass(frozen=True)
+class SupervisionRequested:
+    """A supervision issued here for a case another node owns: sent to ``target_node`` as a command."""
+
+    supervision: Supervision
+    target_node: str
+    owner_epoch_seen: int
+
+
+@dataclass(frozen=True)
+class CaseOwner:
+    """Who owns a case this node does not handle, as the subtree's replicas last said (``case_owners``)."""
+
+    case_id: str
+    owner_node: str
+    owner_epoch: int
+    version: int
+
+
 RoutingEvent = WorkOrderEvent | HandedOff | SupervisionRecorded
 LEVELS = ("chase", "supervise", "listed")
 
@@ -166,6 +185,16 @@ class RoutingUnitOfWork(Protocol):
     def emit(self, case_id: str, events: Sequence[RoutingEvent]) -> None: ...
 
     def add_supervision(self, supervision: Supervision) -> None: ...
+
+    def has_supervision(self, supervision_id: str) -> bool: ...
+
+    def send_supervision(self, request: SupervisionRequested) -> None:
+        """Put the request on the outbox as a ``Command.Supervise`` for its target (exchange carries it)."""
+
+    def case_owner(self, case_id: str) -> CaseOwner | None: ...
+
+    def note_owner(self, owner: CaseOwner) -> None:
+        """Keep ``owner`` when its (epoch, version) is above the known one."""
 
     def record_repeat(self, original_case_id: str, repeat_case_id: str) -> int: ...
 
@@ -791,7 +820,7 @@ def supervise(
     uow_factory: UnitOfWorkFactory,
     routing: Routing,
     now: datetime,
-) -> Supervision:
+) -> SupervisionSent:
     """Record a chase or supervision directive of this node's office and announce it."""
     who = _actor(actor)
     if level not in LEVELS:
@@ -813,6 +842,26 @@ def supervise(
             raise InvalidArgument("work_order_id", f"{work_order_id} belongs to case {stored.order.case_id}")
         about = stored.order.case_id if stored is not None else case_id
         known = uow.case_version(about)
+        owner = _owner_elsewhere(stored, known, uow.case_owner(about), routing.node)
+        if owner is not None:
+            # An ancestor's 督办 of a case a node below owns: the owner records it (DESIGN §3).
+            if expected_version and expected_version != owner.version:
+                raise Conflict(f"case {about} is at version {owner.version}, not {expected_version}: re-read it")
+            supervision = Supervision(
+                supervision_id=routing.new_id(),
+                case_id=about,
+                work_order_id="",
+                level=level,
+                by_node=routing.node,
+                by_actor=who,
+                demand=demand.strip(),
+                due_at=to_utc(due_at),
+                issued_at=now,
+                region_code=(stored.order.region_code or "") if stored is not None else "",
+            )
+            uow.send_supervision(SupervisionRequested(supervision, owner.owner_node, owner.owner_epoch))
+            uow.commit()
+            return SupervisionSent(supervision, owner.owner_node)
         if known is None:
             raise NotFound("case", about)
         if expected_version and expected_version != known[0]:
@@ -832,7 +881,58 @@ def supervise(
         uow.add_supervision(supervision)
         uow.emit(about, [SupervisionRecorded(supervision)])
         uow.commit()
-    return supervision
+    return SupervisionSent(supervision, "")
+
+
+@dataclass(frozen=True)
+class SupervisionSent:
+    """A supervision as issued here; ``sent_to`` names the owner it went to as a command ("" when recorded here)."""
+
+    supervision: Supervision
+    sent_to: str
+
+
+def _owner_elsewhere(
+    stored: StoredWorkOrder | None, known: tuple[int, int] | None, replica: CaseOwner | None, node: str
+) -> CaseOwner | None:
+    """The node that owns the case when it is not this one (None when this node handles it or knows nothing).
+
+    This node owns a case it holds a work order or a version for, unless that work order was handed
+    on (TRANSFERRED) or a replica names a newer owner elsewhere.
+    """
+    here_epoch = known[1] if known is not None else -1
+    if replica is not None and replica.owner_node != node and replica.owner_epoch > here_epoch:
+        return replica
+    if stored is not None and stored.order.state is State.TRANSFERRED and stored.order.transferred_to:
+        if replica is not None and replica.owner_node != node:
+            return replica
+        return CaseOwner(stored.order.case_id, stored.order.transferred_to, here_epoch + 1, known[0] if known else 0)
+    if known is None and replica is not None and replica.owner_node != node:
+        return replica
+    return None
+
+
+def apply_supervision_command(supervision: Supervision, uow: RoutingUnitOfWork) -> bool:
+    """An ancestor's 督办 delivered here, the owner: recorded once (its id) and announced, so every
+    tier above keeps the same record. False when this node does not hold the case (nothing recorded)."""
+    if uow.has_supervision(supervision.supervision_id):
+        return False
+    stored = uow.for_case(supervision.case_id)
+    if uow.case_version(supervision.case_id) is None:
+        return False
+    if stored is not None:
+        supervision = dataclasses.replace(
+            supervision, work_order_id=stored.order.id, region_code=stored.order.region_code or ""
+        )
+    uow.add_supervision(supervision)
+    uow.emit(supervision.case_id, [SupervisionRecorded(supervision)])
+    return True
+
+
+def note_replica_owner(owner: CaseOwner, uow: RoutingUnitOfWork, node: str) -> None:
+    """A replica of a case the subtree handles says who owns it; kept for the supervisors here."""
+    if owner.owner_node and owner.owner_node != node:
+        uow.note_owner(owner)
 
 
 # -- the sweep ---------------------------------------------------------------------------------------

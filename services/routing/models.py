@@ -107,6 +107,21 @@ class RepeatRow(Base):
     repeat_case_id: Mapped[str] = mapped_column(String(32), primary_key=True)
 
 
+class CaseOwnerRow(Base):
+    """Who owns a case of the subtree that this node does not handle, as its replicas and hand-offs say.
+
+    Read-only knowledge for the tiers above (a provincial 督办 is sent to the owner as a command);
+    the highest (epoch, version) seen wins, so a late or redelivered replica changes nothing.
+    """
+
+    __tablename__ = "case_owners"
+
+    case_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_node: Mapped[str] = mapped_column(String(6))
+    owner_epoch: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer)
+
+
 metadata = Base.metadata
 outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)

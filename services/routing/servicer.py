@@ -436,7 +436,7 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         return routing_pb2.EscalateCaseResponse(to_node=handed.to_node, new_owner_epoch=handed.new_owner_epoch)
 
     def Supervise(self, request: routing_pb2.SuperviseRequest, context: Any) -> routing_pb2.SuperviseResponse:
-        supervision = handlers.supervise(
+        sent = handlers.supervise(
             case_id=request.case_id,
             work_order_id=request.work_order_id,
             actor=request.actor,
@@ -449,7 +449,9 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
             now=self._clock(),
         )
         self._notify()
-        return routing_pb2.SuperviseResponse(supervision=supervision_message(supervision))
+        return routing_pb2.SuperviseResponse(
+            supervision=supervision_message(sent.supervision), forwarded_to_owner=bool(sent.sent_to)
+        )
 
     # -- the node's calendar -----------------------------------------------------------------------
 

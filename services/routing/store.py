@@ -32,15 +32,18 @@ from services.common.timeutil import to_timestamp, to_utc
 from services.routing.handlers import (
     FAR_FUTURE,
     BatchChange,
+    CaseOwner,
     HandedOff,
     RoutingEvent,
     StoredWorkOrder,
     Supervision,
     SupervisionRecorded,
+    SupervisionRequested,
     WorkOrderQuery,
     registering_node_to_tell,
 )
 from services.routing.models import (
+    CaseOwnerRow,
     CaseSnapshotRow,
     CaseVersionRow,
     RepeatRow,
@@ -393,6 +396,54 @@ class SqlRoutingUnitOfWork:
 
     def add_supervision(self, supervision: Supervision) -> None:
         self.session.add(SupervisionRow(**_supervision_values(supervision)))
+        self.session.flush()
+
+    def has_supervision(self, supervision_id: str) -> bool:
+        return self.session.get(SupervisionRow, supervision_id) is not None
+
+    def send_supervision(self, request: SupervisionRequested) -> None:
+        s = request.supervision
+        command = events_pb2.Command(
+            # One command per supervision: a retried outbox publish is the same command.
+            command_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"lianxin:supervise:{s.supervision_id}")),
+            case_id=s.case_id,
+            target_node=request.target_node,
+            issuing_node=self._node,
+            owner_epoch_seen=request.owner_epoch_seen,
+            issued_at=to_timestamp(s.issued_at),
+            supervise=events_pb2.Command.Supervise(
+                supervision_id=s.supervision_id,
+                level=s.level,
+                demand=s.demand,
+                due_at=to_timestamp(s.due_at),
+                actor=s.by_actor,
+            ),
+        )
+        body = command.SerializeToString()
+        append_event(
+            self.session,
+            outbox,
+            BusEvent(event_id=command.command_id, source="routing", event_type="command", body=body),
+            s.case_id,
+        )
+
+    def case_owner(self, case_id: str) -> CaseOwner | None:
+        row = self.session.get(CaseOwnerRow, case_id)
+        return None if row is None else CaseOwner(case_id, row.owner_node, row.owner_epoch, row.version)
+
+    def note_owner(self, owner: CaseOwner) -> None:
+        row = self.session.get(CaseOwnerRow, owner.case_id, with_for_update=True)
+        if row is None:
+            self.session.add(
+                CaseOwnerRow(
+                    case_id=owner.case_id,
+                    owner_node=owner.owner_node,
+                    owner_epoch=owner.owner_epoch,
+                    version=owner.version,
+                )
+            )
+        elif (owner.owner_epoch, owner.version) > (row.owner_epoch, row.version):
+            row.owner_node, row.owner_epoch, row.version = owner.owner_node, owner.owner_epoch, owner.version
         self.session.flush()
 
     def list_supervisions(
