@@ -105,6 +105,34 @@ def cmd_national_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Compare a node (or every node of the embedded federation) with the replicas above it."""
+    import grpc
+
+    from services.exchange.reconcile import federation_pairs, settled
+    from services.federation import DEFAULT_TOPOLOGY
+
+    if args.addresses:
+        pairs = [(args.addresses[0], list(args.addresses[1:]))]
+        if not pairs[0][1]:
+            print(
+                "give the node's address and at least one address above it, or none for the federation", file=sys.stderr
+            )
+            return 2
+    else:
+        pairs = federation_pairs(args.base_port, DEFAULT_TOPOLOGY)
+    try:
+        report = settled(pairs, wait_s=args.wait)
+    except grpc.RpcError as error:
+        code = error.code().name if isinstance(error, grpc.Call) else "error"
+        print(f"reconcile: a node did not answer ({code}): is the federation running?", file=sys.stderr)
+        return 2
+    for divergence in report.divergences:
+        print(divergence.line())
+    print(report.summary())
+    return 0 if not report.divergences else 1
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     exchange = subparsers.add_parser("exchange", help="offline change packages for separated networks")
     sub = exchange.add_subparsers(dest="exchange_command", required=True)
@@ -116,6 +144,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     imp = sub.add_parser("import", help="apply a signed package from a child node (idempotent)")
     imp.add_argument("file")
     imp.set_defaults(func=cmd_import)
+
+    rec = subparsers.add_parser(
+        "reconcile", help="compare every case a node's subtree holds with the replicas above (exit 0: none differ)"
+    )
+    rec.add_argument(
+        "addresses",
+        nargs="*",
+        help="the node's gRPC address, then its ancestors'; none: the federation of `lianxin up`",
+    )
+    rec.add_argument("--base-port", type=int, default=7400, help="first gRPC port of `lianxin up` (no addresses given)")
+    rec.add_argument("--wait", type=float, default=0.0, help="seconds to retry while replication catches up")
+    rec.set_defaults(func=cmd_reconcile)
 
     sim = subparsers.add_parser("national-sim", help="run the national system simulator with fault injection")
     sim.add_argument("--port", type=int, default=0)

@@ -262,11 +262,46 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
             ]
         )
 
+    def _check_subtree(self, subtree_node: str) -> None:
+        if subtree_node and subtree_node not in self._store.regions:
+            raise InvalidArgument("subtree_node", f"unknown region {subtree_node}")
+
+    def DigestCases(self, request: exchange_pb2.DigestCasesRequest, context: Any) -> exchange_pb2.DigestCasesResponse:
+        self._check_subtree(request.subtree_node)
+        if len(request.case_ids) > 1000:
+            raise InvalidArgument("case_ids", f"at most 1000 cases, got {len(request.case_ids)}")
+        if not 0 <= request.page_size <= 5000:
+            raise InvalidArgument("page_size", f"must be 1..5000 (0 for 500), got {request.page_size}")
+        limit = request.page_size or 500
+        summaries = self._store.case_digests(
+            subtree=request.subtree_node, case_ids=request.case_ids, after=request.page_token, limit=limit
+        )
+        more = not request.case_ids and len(summaries) == limit
+        return exchange_pb2.DigestCasesResponse(
+            node=self._store.node,
+            cases=[
+                exchange_pb2.CaseDigest(
+                    case_id=s.case_id,
+                    events=s.events,
+                    version=s.version,
+                    owner_node=s.owner_node,
+                    owner_epoch=s.owner_epoch,
+                    state=_case_state(s.state),
+                    work_orders=[
+                        exchange_pb2.WorkOrderDigest(work_order_id=wo, state=_case_state(state))
+                        for wo, state in s.work_orders
+                    ],
+                    digest=s.digest,
+                )
+                for s in summaries
+            ],
+            next_page_token=summaries[-1].case_id if more else "",
+        )
+
     def ListReplicas(
         self, request: exchange_pb2.ListReplicasRequest, context: Any
     ) -> exchange_pb2.ListReplicasResponse:
-        if request.subtree_node and request.subtree_node not in self._store.regions:
-            raise InvalidArgument("subtree_node", f"unknown region {request.subtree_node}")
+        self._check_subtree(request.subtree_node)
         held = self._store.holdings(subtree=request.subtree_node, case_id=request.case_id)
         return exchange_pb2.ListReplicasResponse(
             entries=[
@@ -283,3 +318,7 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
             count=len(held),
             digest=digest(held),
         )
+
+
+def _case_state(name: str) -> common_pb2.CaseState.ValueType:
+    return common_pb2.CaseState.Value(f"CASE_STATE_{name}") if name else common_pb2.CASE_STATE_UNSPECIFIED

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -1040,6 +1041,80 @@ class ExchangeStore:
         with self._sf() as session:
             rows = session.execute(query.order_by(c.case_id, c.version, c.event_id)).all()
         return [Held(r[0], int(r[1]), r[2], r[3], r[4], int(r[5])) for r in rows]
+
+    def case_digests(
+        self, *, subtree: str = "", case_ids: Sequence[str] = (), after: str = "", limit: int = 500
+    ) -> list[domain.CaseSummary]:
+        """One summary per case held (``DigestCases``): the given cases, or a page of ``limit`` cases
+        after the case id ``after``, each over its events that originated in ``subtree``."""
+        c = up_log.c
+        where: list[Any] = [c.kind == ENVELOPE]
+        if subtree:
+            where.append(c.origin_node.in_(list(self.regions.subtree(subtree))))
+        with self._sf() as session:
+            if case_ids:
+                page = sorted(set(case_ids))
+            else:
+                page = list(
+                    session.execute(
+                        select(c.case_id)
+                        .where(*where, c.case_id > after)
+                        .group_by(c.case_id)
+                        .order_by(c.case_id)
+                        .limit(limit)
+                    ).scalars()
+                )
+            if not page:
+                return []
+            rows = session.execute(
+                select(c.case_id, c.version, c.event_type, c.origin_node, c.event_id, c.case_sequence, c.body).where(
+                    *where, c.case_id.in_(page)
+                )
+            ).all()
+        by_case: dict[str, list[Any]] = {}
+        for row in rows:
+            by_case.setdefault(row[0], []).append(row)
+        out = []
+        for case_id in page:
+            found = by_case.get(case_id, [])
+            held = [Held(r[0], int(r[1]), r[2], r[3], r[4], int(r[5])) for r in found]
+            events = [event for r in found if (event := _held_event(r[6])) is not None]
+            out.append(domain.summarise_case(case_id, events, digest(held) if held else ""))
+        return out
+
+
+def _held_event(body: bytes) -> domain.HeldEvent | None:
+    env = parse_envelope(body)
+    if env is None:
+        return None
+    kind = env.WhichOneof("payload") or ""
+    state, work_order_id, to_node, epoch = "", "", "", 0
+    if kind == "work_order_changed" and env.work_order_changed.to_state:
+        state = _STATE_NAMES.get(env.work_order_changed.to_state, "")
+        work_order_id = env.work_order_changed.work_order_id
+    elif kind == "work_order_created":
+        created = env.work_order_created
+        work_order_id = created.work_order_id
+        state = "ASSIGNED" if created.unit_id and not created.manual_queue else "REGISTERED"
+    elif kind == "case_handed_off":
+        state, to_node, epoch = "TRANSFERRED", env.case_handed_off.to_node, env.case_handed_off.new_owner_epoch
+    else:
+        state = _STATE_BY_PAYLOAD.get(kind, "")
+    return domain.HeldEvent(
+        event_id=env.event_id,
+        version=env.version,
+        event_type=kind,
+        owner_node=env.owner_node,
+        owner_epoch=env.owner_epoch,
+        state=state,
+        work_order_id=work_order_id,
+        hand_off_to=to_node,
+        hand_off_epoch=epoch,
+    )
+
+
+_STATE_BY_PAYLOAD = {"case_registered": "REGISTERED", "case_withdrawn": "WITHDRAWN", "case_merged": "MERGED"}
+_STATE_NAMES = {number: name.removeprefix("CASE_STATE_") for name, number in common_pb2.CaseState.items() if number}
 
 
 def digest(held: Sequence[Held]) -> str:

@@ -819,3 +819,149 @@ class ListReplicasResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListReplicasResponse: _TypeAlias = ListReplicasResponse  # noqa: Y015
+
+@_typing.final
+class DigestCasesRequest(_message.Message):
+    """Which cases to summarise."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBTREE_NODE_FIELD_NUMBER: _builtins.int
+    CASE_IDS_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    subtree_node: _builtins.str
+    """Only events that originated in this region's subtree; empty for all."""
+    page_token: _builtins.str
+    """Continue after this case id (the previous page's next_page_token); ignored with case_ids."""
+    page_size: _builtins.int
+    """Maximum number of cases per page, 1 to 5,000 (0 means 500); ignored with case_ids."""
+    @_builtins.property
+    def case_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these cases (at most 1,000); empty to page through every case held."""
+
+    def __init__(
+        self,
+        *,
+        subtree_node: _builtins.str = ...,
+        case_ids: _abc.Iterable[_builtins.str] | None = ...,
+        page_token: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ids", b"case_ids", "page_size", b"page_size", "page_token", b"page_token", "subtree_node", b"subtree_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DigestCasesRequest: _TypeAlias = DigestCasesRequest  # noqa: Y015
+
+@_typing.final
+class WorkOrderDigest(_message.Message):
+    """The state of one work order of a case, as the events held say."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    work_order_id: _builtins.str
+    """Id of the work order."""
+    state: _common_pb2.CaseState.ValueType
+    """State after its latest change held here."""
+    def __init__(
+        self,
+        *,
+        work_order_id: _builtins.str = ...,
+        state: _common_pb2.CaseState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkOrderDigest: _TypeAlias = WorkOrderDigest  # noqa: Y015
+
+@_typing.final
+class CaseDigest(_message.Message):
+    """What one node holds of one case (its events from the requested subtree)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    OWNER_NODE_FIELD_NUMBER: _builtins.int
+    OWNER_EPOCH_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    WORK_ORDERS_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """Case id."""
+    events: _builtins.int
+    """Number of events held."""
+    version: _builtins.int
+    """Highest envelope version held."""
+    owner_node: _builtins.str
+    """Owner named by the latest event (highest ownership epoch, then version); for a hand-off, its target."""
+    owner_epoch: _builtins.int
+    """Ownership epoch of that owner."""
+    state: _common_pb2.CaseState.ValueType
+    """State of the case as the latest event that sets one says."""
+    digest: _builtins.str
+    """SHA-256 (hex) over the sorted "case_id:version:event_id" lines, as ListReplicas computes it."""
+    @_builtins.property
+    def work_orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkOrderDigest]:
+        """Every work order seen in the events, by id."""
+
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        events: _builtins.int = ...,
+        version: _builtins.int = ...,
+        owner_node: _builtins.str = ...,
+        owner_epoch: _builtins.int = ...,
+        state: _common_pb2.CaseState.ValueType = ...,
+        work_orders: _abc.Iterable[Global___WorkOrderDigest] | None = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "digest", b"digest", "events", b"events", "owner_epoch", b"owner_epoch", "owner_node", b"owner_node", "state", b"state", "version", b"version", "work_orders", b"work_orders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseDigest: _TypeAlias = CaseDigest  # noqa: Y015
+
+@_typing.final
+class DigestCasesResponse(_message.Message):
+    """One page of case summaries, sorted by case id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    CASES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """Region code of the answering node."""
+    next_page_token: _builtins.str
+    """Give as page_token for the next page; empty after the last one."""
+    @_builtins.property
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaseDigest]:
+        """The cases of this page."""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        cases: _abc.Iterable[Global___CaseDigest] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases", b"cases", "next_page_token", b"next_page_token", "node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DigestCasesResponse: _TypeAlias = DigestCasesResponse  # noqa: Y015

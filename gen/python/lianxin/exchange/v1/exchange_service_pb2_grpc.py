@@ -76,6 +76,11 @@ class ExchangeServiceStub:
                 request_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasRequest.SerializeToString,
                 response_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasResponse.FromString,
                 _registered_method=True)
+        self.DigestCases = channel.unary_unary(
+                '/lianxin.exchange.v1.ExchangeService/DigestCases',
+                request_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DigestCasesRequest.SerializeToString,
+                response_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DigestCasesResponse.FromString,
+                _registered_method=True)
 
 
 class ExchangeServiceServicer:
@@ -141,6 +146,15 @@ class ExchangeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DigestCases(self, request, context):
+        """Summarises, case by case, the events this node holds for a subtree (owner, epoch, version,
+        state, work-order states and a digest of the event ids), paged by case id: `lianxin reconcile`
+        compares a node with the replicas above it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExchangeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +197,11 @@ def add_ExchangeServiceServicer_to_server(servicer, server):
                     servicer.ListReplicas,
                     request_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasRequest.FromString,
                     response_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasResponse.SerializeToString,
+            ),
+            'DigestCases': grpc.unary_unary_rpc_method_handler(
+                    servicer.DigestCases,
+                    request_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DigestCasesRequest.FromString,
+                    response_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DigestCasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +422,33 @@ class ExchangeService:
             '/lianxin.exchange.v1.ExchangeService/ListReplicas',
             lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasRequest.SerializeToString,
             lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListReplicasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DigestCases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.exchange.v1.ExchangeService/DigestCases',
+            lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DigestCasesRequest.SerializeToString,
+            lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DigestCasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

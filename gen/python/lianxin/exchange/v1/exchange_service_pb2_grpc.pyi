@@ -37,6 +37,11 @@ class ExchangeServiceStub:
     """
     ListReplicas: _grpc.UnaryUnaryMultiCallable[_exchange_service_pb2.ListReplicasRequest, _exchange_service_pb2.ListReplicasResponse]
     """Lists the (case, version) pairs this node holds for a subtree, with a digest to compare nodes."""
+    DigestCases: _grpc.UnaryUnaryMultiCallable[_exchange_service_pb2.DigestCasesRequest, _exchange_service_pb2.DigestCasesResponse]
+    """Summarises, case by case, the events this node holds for a subtree (owner, epoch, version,
+    state, work-order states and a digest of the event ids), paged by case id: `lianxin reconcile`
+    compares a node with the replicas above it.
+    """
 
 class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by a parent node; its children dial up (children initiate, so one-way firewalls work).
@@ -109,5 +114,16 @@ class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _exchange_service_pb2.ListReplicasResponse:
         """Lists the (case, version) pairs this node holds for a subtree, with a digest to compare nodes."""
+
+    @_abc_1.abstractmethod
+    def DigestCases(
+        self,
+        request: _exchange_service_pb2.DigestCasesRequest,
+        context: _grpc.ServicerContext,
+    ) -> _exchange_service_pb2.DigestCasesResponse:
+        """Summarises, case by case, the events this node holds for a subtree (owner, epoch, version,
+        state, work-order states and a digest of the event ids), paged by case id: `lianxin reconcile`
+        compares a node with the replicas above it.
+        """
 
 def add_ExchangeServiceServicer_to_server(servicer: ExchangeServiceServicer, server: _grpc.Server) -> None: ...
