@@ -23,7 +23,9 @@ from bench.harness.report import ScenarioResult, machine_info, render_table, wri
 if TYPE_CHECKING:
     from bench.harness.procs import Backend
 
-SCENARIOS = ("intake", "propagation", "catchup", "stats")
+SCENARIOS = ("intake", "propagation", "catchup", "stats", "stored")
+# "stored" preloads a database (bench.preload): only when asked for, by --only or --stored N.
+DEFAULT_SCENARIOS = ("intake", "propagation", "catchup", "stats")
 
 # Sizes of a real run and of --quick (seconds; used by the test). Explicit options win over both.
 FULL: dict[str, Any] = {
@@ -37,6 +39,8 @@ FULL: dict[str, Any] = {
     "stats_cases": 100_000,
     "stats_queries": 50,
     "stats_months": 12,
+    "stored": 100_000,
+    "stored_calls": 200,
 }
 QUICK: dict[str, Any] = {
     "rate": 20.0,
@@ -49,6 +53,8 @@ QUICK: dict[str, Any] = {
     "stats_cases": 2_000,
     "stats_queries": 5,
     "stats_months": 3,
+    "stored": 2_000,
+    "stored_calls": 10,
 }
 
 
@@ -94,9 +100,9 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--only",
         type=scenario_list,
-        default=SCENARIOS,
+        default=None,
         metavar="LIST",
-        help=f"comma-separated scenarios to run (default all: {','.join(SCENARIOS)})",
+        help=f"comma-separated scenarios to run (default: {','.join(DEFAULT_SCENARIOS)}; also: stored)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
     parser.add_argument(
@@ -138,6 +144,16 @@ def register(sub: Any) -> None:
     )
     sizes.add_argument(
         "--stats-months", type=positive_int, metavar="N", help=f"months of cases ({FULL['stats_months']})"
+    )
+    sizes.add_argument(
+        "--stored",
+        type=positive_int,
+        metavar="N",
+        help="run the stored scenario: SubmitCase, TrackCase, GetCase and a unit's inbox at 0 and at N"
+        f" preloaded cases, side by side ({FULL['stored']:,}; issue 20's goal is set at 1000000)",
+    )
+    sizes.add_argument(
+        "--stored-calls", type=positive_int, metavar="N", help=f"calls per RPC and size ({FULL['stored_calls']})"
     )
     parser.add_argument(
         "--intake-host",
@@ -194,8 +210,13 @@ def resolve(args: argparse.Namespace) -> BenchOptions:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    only = tuple(args.only) if args.only is not None else DEFAULT_SCENARIOS
+    if args.stored is not None and "stored" not in only:
+        only = tuple(name for name in SCENARIOS if name in (*only, "stored"))
+    if "stored" not in only:
+        sizes = {key: value for key, value in sizes.items() if not key.startswith("stored")}
     return BenchOptions(
-        args.backend, tuple(args.only), args.quick, sizes, args.intake_host, args.pg_admin_url, args.intake_replicas
+        args.backend, only, args.quick, sizes, args.intake_host, args.pg_admin_url, args.intake_replicas
     )
 
 
@@ -223,6 +244,11 @@ def run(args: argparse.Namespace) -> int:
         results = run_scenarios(backend, options, progress, stack)
         databases = list(backend.created)
     print(render_table([row for result in results for row in result.rows]), flush=True)
+    for result in results:
+        if result.name == "stored" and "stored" in result.details:
+            from bench.harness.stored import side_by_side
+
+            print("\n" + side_by_side(result), flush=True)
     for result in results:
         for note in result.notes:
             progress.note(f"note ({result.name}): {note}")
@@ -252,6 +278,7 @@ def run_scenarios(
 ) -> list[ScenarioResult]:
     from bench.harness import scenarios
     from bench.harness.procs import EchoProcess
+    from bench.harness.stored import stored_scenario
 
     sizes = options.sizes
     results: list[ScenarioResult] = []
@@ -312,6 +339,17 @@ def run_scenarios(
             workers=sizes["workers"],
         )
         attempt("stats", lambda: scenarios.stats(backend, stats, progress))
+    if "stored" in options.only:
+        attempt(
+            "stored",
+            lambda: stored_scenario(
+                backend,
+                stored=sizes["stored"],
+                calls=sizes["stored_calls"],
+                workers=sizes["workers"],
+                progress=progress,
+            ),
+        )
     return results
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +154,7 @@ class NodeProcess:
     command: Sequence[str] = ("node",)
     services: Sequence[str] = BUSINESS_SERVICES
     replica: int = 0  # the second and later api processes of one node (``lianxin bench --intake-replicas``)
+    env: Mapping[str, str] = field(default_factory=dict)  # over NODE_ENV (``lianxin bench --stored``: rate limit on)
     port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -177,6 +178,7 @@ class NodeProcess:
             "LIANXIN_GRPC_PORT": str(self.port),
             "LIANXIN_METRICS_PORT": str(self.metrics_port),
             "LIANXIN_GRPC_WORKERS": str(self.workers),
+            **self.env,
         }
         if self.parent:
             env["LIANXIN_PARENT"] = self.parent

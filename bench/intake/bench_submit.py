@@ -19,6 +19,11 @@ core at a time (the interpreter lock), so 1000 / (api CPU ms) bounds one api pro
     .venv/bin/python -m bench.intake.bench_submit --backends postgres --replicas 1,2,3
     .venv/bin/python -m bench.intake.bench_submit --server thread  # clients and node in one process
     .venv/bin/python -m bench.intake.bench_submit --quick          # tiny sizes (the smoke test)
+    .venv/bin/python -m bench.intake.bench_submit --stored 1000000 # per-request p50 at 0 and at 1M stored cases
+
+``--stored N`` measures something else: SubmitCase, TrackCase, GetCase and a unit's inbox, one call
+at a time, on a node with an empty database and on one preloaded with N cases of skewed history
+(``bench.harness.stored``, the same as ``lianxin bench --only stored --stored N``), side by side.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from bench.baselines import raw_insert_loop
 from bench.cpu import postgres_cpu_seconds, process_cpu_seconds
 from bench.harness.procs import Backend, EchoProcess, NodeProcess, stop_all
+from bench.harness.progress import Progress
 from bench.harness.scenarios import INTAKE_SERVICE, client_target
+from bench.harness.stored import side_by_side, stored_scenario
 from services.common.db import make_engine
 from services.common.settings import Settings
 from services.node import Node
@@ -332,6 +339,28 @@ def run_in_process(kind: str, workdir: Path, args: argparse.Namespace) -> None:
     print_table(kind, [submit], echo, raw_n, raw_1)
 
 
+def run_stored(args: argparse.Namespace) -> int:
+    for kind in args.backends.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            backend = Backend(kind, Path(tmp) / kind, admin_url=PG_ADMIN)
+            try:
+                backend.check()
+            except Exception as exc:
+                print(f"PostgreSQL not available ({exc.__class__.__name__}); skipping it")
+                continue
+            try:
+                result = stored_scenario(
+                    backend, stored=args.stored, calls=args.stored_calls, workers=args.workers, progress=Progress()
+                )
+            finally:
+                backend.close()
+        print(f"\n== {backend.label}: {args.stored:,} stored cases (preload {result.details['preload_s']} s) ==")
+        print(side_by_side(result))
+        for note in result.notes:
+            print(f"note: {note}")
+    return 0
+
+
 def replica_counts(text: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
@@ -358,7 +387,13 @@ def main(argv: list[str] | None = None) -> int:
         "--replicas", type=replica_counts, default=[1, 2], help="process mode: api process counts to measure (1,2)"
     )
     parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
+    parser.add_argument(
+        "--stored", type=int, default=0, help="preload N cases: per-request p50 at 0 and at N side by side"
+    )
+    parser.add_argument("--stored-calls", type=int, default=200, help="with --stored: calls per RPC and size")
     args = parser.parse_args(argv)
+    if args.stored > 0:
+        return run_stored(args)
     if args.quick:
         args.seconds, args.threads = min(args.seconds, 0.3), 2
     # Categories are given, and the per-submitter limit would stop a benchmark on purpose (the

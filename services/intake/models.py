@@ -4,14 +4,47 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.outbox import inbox_table, outbox_table
+from services.intake.domain import CLOSED_STATES
+
+# The open cases (what a submit compares against), as SQL text: the partial indexes below hold only
+# these rows, and a query can use them only when its WHERE clause carries this very condition
+# (sorted, so every process writes the same text).
+OPEN_CASE_SQL = "state NOT IN ({})".format(", ".join(f"'{s.value}'" for s in sorted(CLOSED_STATES)))
 
 
 class Base(DeclarativeBase):
     pass
+
+
+# A submit's lookups (docs/intake.md "What a submit reads"), each branch an equality on the leading
+# column: the rate limit counts one submitter's recent cases, the others look among open cases
+# only, so their cost follows the open cases, not every case ever stored.
+PERSON_INDEXES: dict[str, tuple[str, ...]] = {
+    "ix_cases_phone_received": ("phone_bidx", "received_at"),
+    "ix_cases_id_number_received": ("id_number_bidx", "received_at"),
+}
+OPEN_CASE_INDEXES: dict[str, tuple[str, ...]] = {
+    "ix_cases_open_phone": ("phone_bidx", "submitted_at", "case_id"),
+    "ix_cases_open_id_number": ("id_number_bidx", "submitted_at", "case_id"),
+    "ix_cases_open_fingerprint": ("fingerprint", "submitted_at", "case_id"),
+    **{f"ix_cases_open_band{n}": (f"band{n}",) for n in range(4)},
+}
 
 
 class CaseRow(Base):
@@ -44,8 +77,8 @@ class CaseRow(Base):
     id_number_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     phone_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     address_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
-    id_number_bidx: Mapped[str] = mapped_column(String(40), default="", index=True)
-    phone_bidx: Mapped[str] = mapped_column(String(40), default="", index=True)
+    id_number_bidx: Mapped[str] = mapped_column(String(40), default="")
+    phone_bidx: Mapped[str] = mapped_column(String(40), default="")
     phone_last4: Mapped[str] = mapped_column(String(4), default="")
     submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -54,12 +87,12 @@ class CaseRow(Base):
     # Repeat/duplicate detection (services.intake.dedup): sha256 of the normalised text, the 64-bit
     # SimHash (stored signed) and its four 16-bit bands, so near-duplicates are found by an indexed
     # query in any process instead of an in-memory index per api replica.
-    fingerprint: Mapped[str] = mapped_column(String(64), default="", index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), default="")
     simhash: Mapped[int] = mapped_column(BigInteger, default=0)
-    band0: Mapped[int] = mapped_column(Integer, default=0, index=True)
-    band1: Mapped[int] = mapped_column(Integer, default=0, index=True)
-    band2: Mapped[int] = mapped_column(Integer, default=0, index=True)
-    band3: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    band0: Mapped[int] = mapped_column(Integer, default=0)
+    band1: Mapped[int] = mapped_column(Integer, default=0)
+    band2: Mapped[int] = mapped_column(Integer, default=0)
+    band3: Mapped[int] = mapped_column(Integer, default=0)
     moderation_reasons: Mapped[str] = mapped_column(String(200), default="")
     # What intake learns from routing's events: the handling work order and unit, and the replies.
     # Last routing event applied: routing and intake both number the case's events, so routing's
@@ -79,9 +112,13 @@ class CaseRow(Base):
 
     __table_args__ = (
         Index("ix_cases_submitted", "submitted_at", "case_id"),
-        Index("ix_cases_phone_received", "phone_bidx", "received_at"),
         Index("ix_cases_region", "region_code", "submitted_at"),
         Index("ix_cases_state", "state"),
+        *(Index(name, *columns) for name, columns in PERSON_INDEXES.items()),
+        *(
+            Index(name, *columns, sqlite_where=text(OPEN_CASE_SQL), postgresql_where=text(OPEN_CASE_SQL))
+            for name, columns in OPEN_CASE_INDEXES.items()
+        ),
     )
 
 

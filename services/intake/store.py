@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -12,23 +12,7 @@ import psycopg
 from google.protobuf.message import Message
 from lianxin.events.v1 import events_pb2
 from psycopg.rows import namedtuple_row
-from sqlalchemy import (
-    ARRAY,
-    BigInteger,
-    Integer,
-    String,
-    and_,
-    any_,
-    bindparam,
-    cast,
-    func,
-    literal,
-    null,
-    or_,
-    select,
-    union_all,
-    update,
-)
+from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -42,7 +26,6 @@ from services.common.service import BusEvent, utc_now
 from services.common.timeutil import to_utc
 from services.intake import dedup, mapping
 from services.intake.domain import (
-    CLOSED_STATES,
     Case,
     CaseEvaluated,
     CaseRegistered,
@@ -55,13 +38,14 @@ from services.intake.domain import (
     TimelineEntry,
 )
 from services.intake.handlers import CaseFilter, SubmitLookup
-from services.intake.models import CaseRow, CaseSequenceRow, EvaluationRow, TimelineRow, outbox
+from services.intake.models import OPEN_CASE_SQL, CaseRow, CaseSequenceRow, EvaluationRow, TimelineRow, outbox
 
 # Plain Tables for the submit's Core inserts.
 _CASES = CaseRow.metadata.tables[CaseRow.__tablename__]
 _TIMELINE = TimelineRow.metadata.tables[TimelineRow.__tablename__]
 _PERSONAL = ("name", "id_number", "phone", "address")
-_CLOSED = tuple(state.value for state in CLOSED_STATES)
+# Open cases, as written in the partial indexes (models.py), so that those serve the query.
+_OPEN = text(OPEN_CASE_SQL)
 _BAND_BITS = dedup.BITS // dedup.BANDS
 _BAND_MASK = (1 << _BAND_BITS) - 1
 
@@ -94,73 +78,91 @@ _NEAR_QUERY = (
             CaseRow.band2.in_(bindparam("b2", expanding=True)),
             CaseRow.band3.in_(bindparam("b3", expanding=True)),
         ),
-        CaseRow.state.not_in(_CLOSED),
+        _OPEN,
     )
     .limit(200)
 )
 
 
-def _person_match() -> Any:
-    # "" never matches: cases without a phone (or ID number) store "" as their blind index.
-    return or_(
-        and_(bindparam("pb", type_=String) != "", CaseRow.phone_bidx == bindparam("pb", type_=String)),
-        and_(bindparam("ib", type_=String) != "", CaseRow.id_number_bidx == bindparam("ib", type_=String)),
-    )
-
-
-def _part(kind: str, query: Any) -> Any:
-    # SQLite allows no LIMIT inside a compound select: each limited part is read from a subquery.
-    sub = query.subquery()
-    return select(literal(kind, String).label("kind"), sub.c.case_id, sub.c.num)
-
-
-_OPEN = CaseRow.state.not_in(_CLOSED)
-
-
-def _lookup_query(postgres: bool) -> Any:
+def _lookup_sql(*, postgres: bool, psycopg_style: bool = False) -> str:
     """Everything a submit reads before it writes, in one round trip (they were five).
 
-    On PostgreSQL the band probes are four array parameters (``= ANY``): the 68 expanded IN
-    values made a statement psycopg would not cache and SQLAlchemy re-rendered on every call.
+    Each branch is an equality on the leading column of an index of its own (models.py): the
+    idempotency key; the submitter's recent cases by phone and, apart, by ID number (the rate
+    limit); the newest open case of each, the oldest open case with the same text, and open cases
+    sharing a SimHash band (partial indexes over open cases). An absent phone or ID number is
+    NULL, which equals nothing, and no ``since`` (no rate limit) is NULL too: the branch then
+    finds nothing at the cost of one index probe. Nothing in a branch is an OR over two columns
+    or a guard on a parameter: a prepared statement's generic plan, made before the values are
+    known, once walked every case by date for such a branch, because almost every stored ID
+    number is empty (issue 20).
+
+    The ID-number rate branch leaves out cases the phone branch counted already. Every limited
+    part sits in a subquery (SQLite allows no LIMIT inside a compound select). On PostgreSQL the
+    band values are sent as text and probed with the 16 values one bit away (``_probes``) worked
+    out by the server, and of the band candidates only the nearest comes back (what
+    ``handlers._links`` would pick): shipping up to 200 rows to Python per submit cost more than
+    the rest of the lookup.
     """
+
+    def p(name: str) -> str:
+        return f"%({name})s" if psycopg_style else f":{name}"
+
+    cases = _CASES.name
+    open_case = OPEN_CASE_SQL
     if postgres:
-        probes = [getattr(CaseRow, f"band{n}") == any_(bindparam(f"b{n}", type_=ARRAY(Integer))) for n in range(4)]
+        bands = " OR ".join(
+            f"band{n} = ANY(ARRAY[CAST({p(f'b{n}')} AS integer), "
+            + ", ".join(f"CAST({p(f'b{n}')} AS integer) # {1 << bit}" for bit in range(_BAND_BITS))
+            + "])"
+            for n in range(dedup.BANDS)
+        )
+        not_same_phone = f"phone_bidx IS DISTINCT FROM {p('pb')}"
+        near = (
+            f"SELECT case_id, simhash FROM (SELECT case_id, simhash FROM {cases} WHERE ({bands}) AND {open_case}"
+            f" LIMIT 200) AS band_hits ORDER BY bit_count((simhash # {p('h')})::bit(64)), case_id LIMIT 1"
+        )
     else:
-        probes = [getattr(CaseRow, f"band{n}").in_(bindparam(f"b{n}", expanding=True)) for n in range(4)]
-    return union_all(
-        select(literal("key", String).label("kind"), CaseRow.case_id, cast(literal(0), BigInteger).label("num")).where(
-            CaseRow.idempotency_key == bindparam("key", type_=String)
-        ),
-        select(literal("rate", String), cast(null(), String), cast(func.count(), BigInteger)).where(
-            bindparam("rate_on", type_=Integer) == 1, _person_match(), CaseRow.received_at >= bindparam("since")
-        ),
-        _part(
-            "dup",
-            select(CaseRow.case_id, cast(literal(0), BigInteger).label("num"))
-            .where(CaseRow.fingerprint == bindparam("fp", type_=String), _OPEN)
-            .order_by(CaseRow.submitted_at, CaseRow.case_id)
-            .limit(1),
-        ),
-        _part(
-            "mine",
-            select(CaseRow.case_id, cast(literal(0), BigInteger).label("num"))
-            .where(_person_match(), _OPEN)
-            .order_by(CaseRow.submitted_at.desc(), CaseRow.case_id.desc())
-            .limit(1),
-        ),
-        _part(
-            "near",
-            select(CaseRow.case_id, CaseRow.simhash.label("num"))
-            .where(
-                or_(*probes),
-                _OPEN,
-            )
-            .limit(200),
-        ),
+        # One part per band: SQLite's OR optimisation plans each OR term without the rest of the
+        # WHERE clause, so it could not use the partial indexes and scanned a whole one instead.
+        per_band = " UNION ALL ".join(
+            f"SELECT case_id, simhash FROM {cases} WHERE band{n} IN {p(f'b{n}')} AND {open_case}"  # expanding
+            for n in range(dedup.BANDS)
+        )
+        not_same_phone = f"phone_bidx IS NOT {p('pb')}"
+        near = f"SELECT case_id, simhash FROM ({per_band}) AS band_hits LIMIT 200"
+
+    def newest_open(column: str, name: str) -> str:
+        return (
+            f"SELECT case_id, submitted_at FROM (SELECT case_id, submitted_at FROM {cases}"
+            f" WHERE {column} = {p(name)} AND {open_case}"
+            f" ORDER BY submitted_at DESC, case_id DESC LIMIT 1) AS by_{name}"
+        )
+
+    return f"""
+SELECT 'key' AS kind, case_id, CAST(0 AS BIGINT) AS num FROM {cases} WHERE idempotency_key = {p("key")}
+UNION ALL
+SELECT 'rate', NULL, count(*) FROM {cases} WHERE phone_bidx = {p("pb")} AND received_at >= {p("since")}
+UNION ALL
+SELECT 'rate', NULL, count(*) FROM {cases}
+ WHERE id_number_bidx = {p("ib")} AND received_at >= {p("since")} AND {not_same_phone}
+UNION ALL
+SELECT 'dup', case_id, 0 FROM (SELECT case_id FROM {cases} WHERE fingerprint = {p("fp")} AND {open_case}
+  ORDER BY submitted_at, case_id LIMIT 1) AS dup
+UNION ALL
+SELECT 'mine', case_id, 0 FROM ({newest_open("phone_bidx", "pb")} UNION ALL {newest_open("id_number_bidx", "ib")}
+  ORDER BY submitted_at DESC, case_id DESC LIMIT 1) AS mine
+UNION ALL
+SELECT 'near', case_id, simhash FROM ({near}) AS near
+"""
+
+
+_LOOKUP_QUERIES = {
+    postgres: text(_lookup_sql(postgres=postgres)).bindparams(
+        *(bindparam(f"b{n}", expanding=not postgres) for n in range(dedup.BANDS))
     )
-
-
-_LOOKUP_QUERIES = {True: _lookup_query(True), False: _lookup_query(False)}
+    for postgres in (True, False)
+}
 
 
 class Sealer(Protocol):
@@ -220,43 +222,6 @@ def _bump(session: Session, day: date, by: int) -> int:
 
 def _quoted(name: str) -> str:
     return f'"{name}"'
-
-
-def _pg_lookup_sql() -> str:
-    """``_lookup_query`` written out for PostgreSQL, run straight on the driver (see ``PgSubmitPath``).
-
-    Of the band candidates only the nearest comes back (what ``handlers._links`` would pick from
-    all of them): similar texts share bands, and shipping up to 200 rows to Python per submit
-    cost more than the rest of the lookup.
-    """
-    closed = ", ".join(f"'{state}'" for state in _CLOSED)  # enum constants, not input
-    # An absent phone or ID number is NULL here, which equals nothing (stored blind indexes are "" then).
-    # A '' guard instead left the prepared statement's generic plan scanning every case without an
-    # ID number: it cannot see that the guard is false.
-    person = "(phone_bidx = %(pb)s OR id_number_bidx = %(ib)s)"
-    # Each band's value and the 16 values one bit away (``_probes``), worked out by the server.
-    bands = " OR ".join(
-        f"band{n} = ANY(ARRAY[%(b{n})s::integer, "
-        + ", ".join(f"%(b{n})s::integer # {1 << bit}" for bit in range(_BAND_BITS))
-        + "])"
-        for n in range(dedup.BANDS)
-    )
-    return f"""
-SELECT 'key' AS kind, case_id, 0::bigint AS num FROM {_CASES.name} WHERE idempotency_key = %(key)s
-UNION ALL
-SELECT 'rate', NULL, count(*) FROM {_CASES.name}
- WHERE %(rate_on)s::boolean AND {person} AND received_at >= %(since)s
-UNION ALL
-(SELECT 'dup', case_id, 0 FROM {_CASES.name} WHERE fingerprint = %(fp)s AND state NOT IN ({closed})
-  ORDER BY submitted_at, case_id LIMIT 1)
-UNION ALL
-(SELECT 'mine', case_id, 0 FROM {_CASES.name} WHERE {person} AND state NOT IN ({closed})
-  ORDER BY submitted_at DESC, case_id DESC LIMIT 1)
-UNION ALL
-(SELECT 'near', case_id, simhash FROM
-  (SELECT case_id, simhash FROM {_CASES.name} WHERE ({bands}) AND state NOT IN ({closed}) LIMIT 200) AS band_hits
-  ORDER BY bit_count((simhash # %(h)s)::bit(64)), case_id LIMIT 1)
-"""
 
 
 def _sql_literal(value: Any) -> str:
@@ -336,7 +301,7 @@ class PgSubmitPath:
         self._schema = service
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
-        self.lookup_sql = _pg_lookup_sql()
+        self.lookup_sql = _lookup_sql(postgres=True, psycopg_style=True)
         self.get_sql = f"SELECT * FROM {_CASES.name} WHERE case_id = %s"
         sequence = CaseSequenceRow.__tablename__
         self.bump_sql = (
@@ -555,33 +520,33 @@ class SqlIntakeUnitOfWork:
         simhash: int,
     ) -> SubmitLookup:
         bidx = self._blind_index
+        # None where a branch has nothing to look for: NULL equals nothing (see _lookup_sql).
         params: dict[str, Any] = {
             "key": idempotency_key,
-            "rate_on": 1 if since is not None and (phone or id_number) else 0,
-            "since": since if since is not None else datetime(1970, 1, 1, tzinfo=UTC),
-            "pb": bidx("phone", phone) if phone else "",
-            "ib": bidx("id_number", id_number) if id_number else "",
+            "since": since if since is not None and (phone or id_number) else None,
+            "pb": bidx("phone", phone) if phone else None,
+            "ib": bidx("id_number", id_number) if id_number else None,
             "fp": fingerprint,
         }
         bands = _bands(simhash)
         if self._submit_path is not None:
-            params["rate_on"] = bool(params["rate_on"])
-            params["pb"] = params["pb"] or None
-            params["ib"] = params["ib"] or None
             params["h"] = _signed64(simhash)
             # Text, cast by the server: an int would be sent as int2 or int4 by its size, and each
             # combination would be a prepared statement of its own.
             params.update({f"b{band}": str(value) for band, value in enumerate(bands)})
             rows: Any = self._pg_lookup(self._submit_path, params)
+        elif self._postgres():
+            params.update({f"b{band}": value for band, value in enumerate(bands)})
+            rows = self.session.execute(_LOOKUP_QUERIES[True], params)
         else:
             params.update({f"b{band}": _probes(value) for band, value in enumerate(bands)})
-            rows = self.session.execute(_LOOKUP_QUERIES[self._postgres()], params)
+            rows = self.session.execute(_LOOKUP_QUERIES[False], params)
         found = SubmitLookup()
         for kind, case_id, num in rows:
             if kind == "key":
                 found.existing = self.get(case_id)
             elif kind == "rate":
-                found.recent = int(num or 0)
+                found.recent += int(num or 0)  # by phone, and by ID number apart from those
             elif kind == "dup":
                 found.duplicate = case_id
             elif kind == "mine":
@@ -608,7 +573,7 @@ class SqlIntakeUnitOfWork:
     def open_case_with_fingerprint(self, fingerprint: str) -> str | None:
         return self.session.scalar(
             select(CaseRow.case_id)
-            .where(CaseRow.fingerprint == fingerprint, CaseRow.state.not_in(_CLOSED))
+            .where(CaseRow.fingerprint == fingerprint, _OPEN)
             .order_by(CaseRow.submitted_at, CaseRow.case_id)
             .limit(1)
         )
@@ -618,7 +583,7 @@ class SqlIntakeUnitOfWork:
             return []
         rows = self.session.scalars(
             select(CaseRow.case_id)
-            .where(self._person(phone=phone, id_number=id_number), CaseRow.state.not_in(_CLOSED))
+            .where(self._person(phone=phone, id_number=id_number), _OPEN)
             .order_by(CaseRow.submitted_at.desc(), CaseRow.case_id.desc())
             .limit(20)
         )

@@ -19,6 +19,8 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -289,8 +291,7 @@ class SqlRoutingUnitOfWork:
             conditions.append(WorkOrderRow.unit_id == query.unit_id)
         if query.case_id:
             conditions.append(WorkOrderRow.case_id == query.case_id)
-        if query.states:
-            conditions.append(WorkOrderRow.state.in_([s.value for s in query.states]))
+        states = sorted({s.value for s in query.states})
         if query.manual_only:
             conditions.append(WorkOrderRow.manual_queue == 1)
         now = to_utc(query.now) if query.now is not None else None
@@ -302,18 +303,26 @@ class SqlRoutingUnitOfWork:
                 WorkOrderRow.next_due <= to_utc(query.due_before),
                 WorkOrderRow.state.in_(_OPEN),
             ]
-        total = self.session.scalar(select(func.count()).select_from(WorkOrderRow).where(*conditions)) or 0
+        in_states = [WorkOrderRow.state.in_(states)] if states else []
+        total = self.session.scalar(select(func.count()).select_from(WorkOrderRow).where(*conditions, *in_states)) or 0
+        order = (WorkOrderRow.next_due, WorkOrderRow.work_order_id)
         if after is not None:
-            due, last = after
-            conditions.append(
-                or_(WorkOrderRow.next_due > due, and_(WorkOrderRow.next_due == due, WorkOrderRow.work_order_id > last))
-            )
-        rows = self.session.scalars(
-            select(WorkOrderRow)
-            .where(*conditions)
-            .order_by(WorkOrderRow.next_due, WorkOrderRow.work_order_id)
-            .limit(limit)
-        ).all()
+            conditions.append(tuple_(*order) > tuple_(*after))
+        if query.unit_id and states:
+            # A unit's inbox: one ordered range of ix_work_orders_unit_state per state, each at most a
+            # page, merged. In one ordered walk of the unit's work orders by due date the planner read
+            # past every closed one whenever the unit had fewer matches than a page (issue 20).
+            parts = [
+                select(select(_WO).where(*conditions, _WO.c.state == state).order_by(*order).limit(limit).subquery())
+                for state in states
+            ]
+            merged = union_all(*parts).subquery()
+            rows: Any = self.session.execute(
+                select(merged).order_by(merged.c.next_due, merged.c.work_order_id).limit(limit)
+            ).all()
+        else:
+            query_rows = select(WorkOrderRow).where(*conditions, *in_states).order_by(*order).limit(limit)
+            rows = self.session.scalars(query_rows).all()
         return [self._stored(r, with_history=False) for r in rows], int(total)
 
     def due_for_sweep(self, now: datetime, *, after_id: str, limit: int) -> list[StoredWorkOrder]:
