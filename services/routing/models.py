@@ -42,7 +42,7 @@ class WorkOrderRow(Base):
     __table_args__ = (
         Index("ix_work_orders_unit_due", "unit_id", "next_due", "work_order_id"),
         # A unit's inbox (ListWorkOrders of a unit in the open states): only those rows are read,
-        # however many closed work orders the unit has (issue 20; migration 0002).
+        # however many closed work orders the unit has (issue 20; migration 0003).
         Index("ix_work_orders_unit_state", "unit_id", "state", "next_due", "work_order_id"),
         Index("ix_work_orders_due", "next_due", "work_order_id"),
         Index("ix_work_orders_sweep", "next_sweep_at", "work_order_id"),

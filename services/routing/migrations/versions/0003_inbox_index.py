@@ -3,8 +3,8 @@
 ListWorkOrders of a unit in the open states (and its count) walked the unit's whole history on
 ``ix_work_orders_unit_due`` and filtered out the closed work orders (issue 20).
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 
 Idempotent: the baseline creates the tables from the current models, so on a fresh database
 there is nothing left to do.
@@ -13,8 +13,8 @@ there is nothing left to do.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
