@@ -115,12 +115,14 @@ def linked_nodes(backend: str, tmp_path: Path, admin_url: Callable[[], str]) -> 
 
 
 @contextmanager
-def three_tiers(backend: str, tmp_path: Path, admin_url: Callable[[], str]) -> Iterator[tuple[Node, Node, Node]]:
+def three_tiers(
+    backend: str, tmp_path: Path, admin_url: Callable[[], str], *, county_clock: Callable[[], datetime] = utc_now
+) -> Iterator[tuple[Node, Node, Node]]:
     """Province 510000 ← city 511100 ← county 511102, linked and started parents first."""
     with linked_nodes(backend, tmp_path, admin_url) as start:
         province = start("510000")
         city = start("511100", province)
-        yield province, city, start("511102", city)
+        yield province, city, start("511102", city, clock=county_clock)
 
 
 def phone_for(ref: str) -> str:

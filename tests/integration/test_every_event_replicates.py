@@ -1,0 +1,257 @@
+"""Every event type replicates: generated from the event registry, each produced through the real path.
+
+The registry is the contract itself: the ``payload`` oneof of ``events.v1.EventEnvelope``. For each
+type a service emits, a producer below drives the real RPCs (RPC → store → outbox) at the county
+511102 of a linked three-node chain (county → city 511100 → province 510000), and the test waits until
+the event of that case is held at the city and the province, with nothing of the case quarantined.
+A type added to the contract without a producer here fails ``test_the_producer_table_covers_the_registry``;
+a type listed as not emitted fails as soon as a service's code names it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from lianxin.common.v1 import common_pb2
+from lianxin.events.v1 import events_pb2
+from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
+from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
+from lianxin.video.v1 import video_service_pb2 as video_pb2
+
+from services.common.service import utc_now
+from services.common.timeutil import from_timestamp, to_timestamp
+from services.exchange.domain import UP_EVENT_TYPES
+from services.node import Node
+from tests.helpers import wait_until
+from tests.integration.exchange_nodes import three_tiers
+from tests.integration.test_evaluation_across_nodes import Registered, intake, register, routing
+from tests.integration.test_video_across_tiers import held_types, leader_at, placed, quarantined, video
+
+REGISTRY = tuple(f.name for f in events_pb2.EventEnvelope.DESCRIPTOR.oneofs_by_name["payload"].fields)
+SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"
+
+
+class ShiftedClock:
+    """The county's clock: now, or later by ``offset`` (deadline warnings and visit reminders)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return utc_now() + self.offset
+
+    def set(self, moment: datetime) -> None:
+        with self._lock:
+            self.offset = max(timedelta(0), moment - utc_now())
+
+
+@dataclass(frozen=True)
+class Chain:
+    province: Node
+    city: Node
+    county: Node
+    clock: ShiftedClock
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def chain(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    admin_url = lambda: str(request.getfixturevalue("postgres_admin_url"))  # noqa: E731
+    clock = ShiftedClock()
+    tmp = tmp_path_factory.mktemp(f"registry-{request.param}")
+    with three_tiers(request.param, tmp, admin_url, county_clock=clock) as (province, city, county):
+        leader_at(county, "registry-leader")
+        yield Chain(province, city, county, clock)
+
+
+def _replied(chain: Chain) -> Registered:
+    case = register(chain.county, "511102")
+    wo = placed(chain.county, case.case_id).work_order_id
+    stub = routing(chain.county)
+    stub.AcceptWorkOrder(routing_pb2.AcceptWorkOrderRequest(work_order_id=wo, actor="handler"), timeout=5)
+    stub.ReplyWorkOrder(
+        routing_pb2.ReplyWorkOrderRequest(work_order_id=wo, actor="handler", text="已处理。"), timeout=5
+    )
+    wait_until(lambda: case.track().can_evaluate, 15, "the reply in TrackCase")
+    return case
+
+
+def _registered(chain: Chain) -> str:
+    return register(chain.county, "511102").case_id
+
+
+def _changed(chain: Chain) -> str:
+    case_id = register(chain.county, "511102").case_id
+    wo = placed(chain.county, case_id).work_order_id
+    routing(chain.county).AcceptWorkOrder(routing_pb2.AcceptWorkOrderRequest(work_order_id=wo, actor="h"), timeout=5)
+    return case_id
+
+
+def _escalated(chain: Chain) -> str:
+    case_id = register(chain.county, "511102").case_id
+    placed(chain.county, case_id)
+    routing(chain.county).EscalateCase(
+        routing_pb2.EscalateCaseRequest(case_id=case_id, actor="office", reason="涉及跨区，请市里统筹"), timeout=5
+    )
+    return case_id
+
+
+def _supervised(chain: Chain) -> str:
+    case_id = register(chain.county, "511102").case_id
+    placed(chain.county, case_id)
+    routing(chain.county).Supervise(
+        routing_pb2.SuperviseRequest(
+            case_id=case_id,
+            actor="office",
+            level="chase",
+            demand="请三日内答复",
+            due_at=to_timestamp(chain.clock() + timedelta(days=3)),
+        ),
+        timeout=5,
+    )
+    return case_id
+
+
+def _evaluated(chain: Chain) -> str:
+    case = _replied(chain)
+    intake(chain.county).EvaluateCase(
+        intake_pb2.EvaluateCaseRequest(
+            tracking_code=case.code, phone_last4=case.last4, satisfaction=common_pb2.SATISFACTION_SATISFIED
+        ),
+        timeout=5,
+    )
+    return case.case_id
+
+
+def _review(chain: Chain) -> str:
+    case = _replied(chain)
+    intake(chain.county).RequestReview(
+        intake_pb2.RequestReviewRequest(tracking_code=case.code, phone_last4=case.last4, reason="答复没有解决问题"),
+        timeout=5,
+    )
+    return case.case_id
+
+
+def _withdrawn(chain: Chain) -> str:
+    case = register(chain.county, "511102")
+    placed(chain.county, case.case_id)
+    intake(chain.county).WithdrawCase(
+        intake_pb2.WithdrawCaseRequest(tracking_code=case.code, phone_last4=case.last4, reason="问题已自行解决"),
+        timeout=5,
+    )
+    return case.case_id
+
+
+def _visit(chain: Chain) -> tuple[str, video_pb2.Visit]:
+    case_id = register(chain.county, "511102").case_id
+    placed(chain.county, case_id)
+    request = video_pb2.BookVisitRequest(case_id=case_id, actor="clerk", leader_id="registry-leader")
+    return case_id, video(chain.county).BookVisit(request, timeout=10).visit
+
+
+def _booked(chain: Chain) -> str:
+    return _visit(chain)[0]
+
+
+def _outcome(chain: Chain) -> str:
+    case_id, visit = _visit(chain)
+    video(chain.county).RecordOutcome(
+        video_pb2.RecordOutcomeRequest(visit_id=visit.visit_id, actor="leader", decisions="责成相关部门处理"),
+        timeout=5,
+    )
+    return case_id
+
+
+def _cancelled(chain: Chain) -> str:
+    case_id, visit = _visit(chain)
+    video(chain.county).CancelVisit(
+        video_pb2.CancelVisitRequest(visit_id=visit.visit_id, actor="clerk", reason="群众改约"), timeout=5
+    )
+    return case_id
+
+
+def _sweep(node: Node, service: str) -> None:
+    for timer in node.parts[service].timers:
+        timer.run()
+
+
+def _reminded(chain: Chain) -> str:
+    case_id, visit = _visit(chain)
+    starts = from_timestamp(visit.starts_at)
+    assert starts is not None
+    try:
+        chain.clock.set(starts - timedelta(minutes=30))
+        _sweep(chain.county, "video")
+    finally:
+        chain.clock.set(utc_now())
+    return case_id
+
+
+def _warned(chain: Chain) -> str:
+    case_id = register(chain.county, "511102").case_id
+    order = placed(chain.county, case_id)
+    # An hour before the last running deadline (the settlement): its warning is due, its chase not yet.
+    due = max(from_timestamp(d.due_at) or utc_now() for d in order.deadlines)
+    try:
+        chain.clock.set(due - timedelta(hours=1))
+        _sweep(chain.county, "routing")
+    finally:
+        chain.clock.set(utc_now())
+    return case_id
+
+
+# Event type → what produces it at the county through the real RPCs (returns the case id), or why no
+# service emits it (the test then checks that no service's code names it).
+PRODUCERS: dict[str, Callable[[Chain], str] | str] = {
+    "case_registered": _registered,
+    "case_evaluated": _evaluated,
+    "review_requested": _review,
+    "case_withdrawn": _withdrawn,
+    "work_order_created": _registered,
+    "work_order_changed": _changed,
+    "case_handed_off": _escalated,
+    "case_escalated": "not emitted: an escalation (上报) travels as case_handed_off, kind escalate_up",
+    "supervision_issued": _supervised,
+    "deadline_warning": _warned,
+    "visit_booked": _booked,
+    "visit_outcome_recorded": _outcome,
+    "case_merged": "not emitted: 并单 is recorded as a repeat link on case_registered (repeat_of)",
+    "visit_reminder": _reminded,
+    "visit_cancelled": _cancelled,
+}
+
+
+def test_the_producer_table_covers_the_registry() -> None:
+    assert sorted(PRODUCERS) == sorted(REGISTRY), "every event type of the contract needs a producer here"
+    # and exchange carries every one of them up (a type it does not subscribe to would never replicate)
+    assert sorted({t for types in UP_EVENT_TYPES.values() for t in types}) == sorted(REGISTRY)
+
+
+@pytest.mark.parametrize("event_type", REGISTRY)
+def test_every_event_type_reaches_the_city_and_the_province_without_quarantine(chain: Chain, event_type: str) -> None:
+    producer = PRODUCERS.get(event_type)
+    assert producer is not None, f"no producer for {event_type}: add one to PRODUCERS"
+    if isinstance(producer, str):
+        # The services whose case events travel up are the ones that emit (stats only consumes).
+        emitters = [
+            str(path.relative_to(SERVICES_DIR))
+            for service in UP_EVENT_TYPES
+            for path in (SERVICES_DIR / service).rglob("*.py")
+            if f'"{event_type}"' in path.read_text(encoding="utf-8")
+        ]
+        assert emitters == [], f"{event_type} is named in {emitters}: give it a producer in PRODUCERS"
+        return
+    case_id = producer(chain)
+    wait_until(
+        lambda: all(event_type in held_types(n, case_id) for n in (chain.city, chain.province)),
+        30,
+        f"{event_type} of {case_id} at the city and the province",
+    )
+    for node in (chain.county, chain.city, chain.province):
+        assert quarantined(node, case_id) == [], node.settings.node
