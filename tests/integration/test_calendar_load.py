@@ -162,6 +162,20 @@ def test_loading_2027_recomputes_provisional_deadline_replicates_it_and_opens_ja
     # Monday-Friday: Saturday 6 Feb moves to Monday 8 Feb.
     assert due_day(order, "settle") == date(2027, 2, 8)
     county.drain()  # every event of the case so far is on the county's up-log
+    # A booking in January finds nothing, and the refusal says why.
+    with pytest.raises(grpc.RpcError) as refused:
+        video(county).BookVisit(
+            video_pb2.BookVisitRequest(
+                case_id=case_id,
+                actor="clerk-1",
+                leader_id="leader-1",
+                not_before=to_timestamp(datetime(2027, 1, 4, 0, 0, tzinfo=CHINA)),
+                not_after=to_timestamp(datetime(2027, 1, 8, 23, 0, tzinfo=CHINA)),
+            ),
+            timeout=5,
+        )
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "the official holiday calendar for 2027 is not loaded" in (refused.value.details() or "")
     wait_until(lambda: held(city, case_id) == held(county, case_id), message="the case replicated to the city")
     changed_before = held(city, case_id)
 
