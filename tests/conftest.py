@@ -106,9 +106,9 @@ def rabbitmq_available() -> None:
         unavailable("RabbitMQ", f"nothing listens on {AMQP_HOST}:5672")
 
 
-@pytest.fixture()
-def amqp_uri(rabbitmq_available: None) -> Iterator[str]:
-    """A fresh RabbitMQ virtual host for one test (a node has its own broker or vhost), deleted afterwards."""
+@contextmanager
+def fresh_vhost() -> Iterator[str]:
+    """A fresh RabbitMQ virtual host, deleted afterwards (for fixtures of any scope)."""
     vhost = f"lianxin_test_{uuid.uuid4().hex[:12]}"
     try:
         subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
@@ -122,3 +122,10 @@ def amqp_uri(rabbitmq_available: None) -> Iterator[str]:
         unavailable("RabbitMQ vhost management (rabbitmqctl)", str(exc))
     yield f"amqp://guest:guest@{AMQP_HOST}:5672/{vhost}"
     subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+@pytest.fixture()
+def amqp_uri(rabbitmq_available: None) -> Iterator[str]:
+    """A fresh RabbitMQ virtual host for one test (a node has its own broker or vhost), deleted afterwards."""
+    with fresh_vhost() as uri:
+        yield uri

@@ -46,12 +46,12 @@ calendar_years = Table(
 )
 
 # Refreshed at scrape time from the node's calendar, so it counts down without a timer. The only label
-# is the node's region code (docs/operations.md, Metrics).
+# is the node's region code (docs/operations.md, Metrics), named "region": "node" is the scrape target's.
 CALENDAR_DAYS_LEFT = Gauge(
     "lianxin_calendar_days_left",
     "Days from today (Asia/Shanghai) to the last day of the node's official holiday calendar; "
     "deadlines after it are provisional and video offers no slots after it",
-    ["node"],
+    ["region"],
 )
 
 # The calendar whose function the gauge calls for each node: a stopped node removes its label only if
@@ -205,5 +205,5 @@ def node_calendar(ctx: ServiceContext, files: list[str] | None = None) -> NodeCa
     if node in ctx.regions:  # labels are known region codes only
         calendar.node = node
         _GAUGE_OWNERS[node] = calendar
-        CALENDAR_DAYS_LEFT.labels(node=node).set_function(lambda: calendar.days_left(china_date(ctx.clock())))
+        CALENDAR_DAYS_LEFT.labels(region=node).set_function(lambda: calendar.days_left(china_date(ctx.clock())))
     return calendar

@@ -243,6 +243,9 @@ class Relay:
         self.batch_size = batch_size
         self.service = service
         self._clock = clock
+        # The service's series exist from the start (0), so increase() counts the first publish.
+        for metric in (OUTBOX_PUBLISHED, OUTBOX_PUBLISH_FAILURES, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE):
+            metric.labels(service)
         engine = self._engine = _engine_of(session_factory)
         self._postgres = engine.dialect.name == "postgresql"
         database = engine.url.database

@@ -152,7 +152,7 @@ def _write_secret(path: Path, data: bytes) -> None:
 CERTIFICATE_EXPIRY = Gauge(
     "lianxin_tls_certificate_expiry_timestamp_seconds",
     "When the node's certificate (kind=node) or its CA (kind=ca) stops being valid, Unix time",
-    ["node", "kind"],
+    ["region", "kind"],  # not "node": that is the scrape target's label (it would become exported_node)
 )
 
 
@@ -174,7 +174,7 @@ class NodeTls:
         # Operators are warned before a certificate lapses (deploy/prometheus rules).
         for kind, pem in (("node", tls.cert_pem), ("ca", tls.ca_pem)):
             expiry = x509.load_pem_x509_certificate(pem).not_valid_after_utc
-            CERTIFICATE_EXPIRY.labels(node=code, kind=kind).set(expiry.timestamp())
+            CERTIFICATE_EXPIRY.labels(region=code, kind=kind).set(expiry.timestamp())
         return tls
 
     def server_credentials(self, *, require_client_auth: bool = True) -> grpc.ServerCredentials:

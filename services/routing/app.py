@@ -32,9 +32,11 @@ log = logging.getLogger(__name__)
 
 # stats already exports lianxin_work_orders_open{region} from its warehouse; these are routing's own
 # live figures, by node, refreshed by every sweep.
-WORK_ORDERS_OPEN = Gauge("lianxin_routing_work_orders_open", "Open work orders at this node", ["node"])
+# The label is "region" (the node's region code), not "node": Prometheus gives every target a "node" label
+# and would keep a clashing one as "exported_node".
+WORK_ORDERS_OPEN = Gauge("lianxin_routing_work_orders_open", "Open work orders at this node", ["region"])
 WORK_ORDERS_OVERDUE = Gauge(
-    "lianxin_routing_work_orders_overdue", "Open work orders with a duty deadline passed", ["node"]
+    "lianxin_routing_work_orders_overdue", "Open work orders with a duty deadline passed", ["region"]
 )
 
 
@@ -237,8 +239,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
         # A year loaded through another process of this node (production: the api took the RPC).
         official.refresh()
         report = handlers.run_sweep(uow_factory=uow_factory, routing=routing, now=ctx.clock())
-        WORK_ORDERS_OPEN.labels(node=node).set(report.open)
-        WORK_ORDERS_OVERDUE.labels(node=node).set(report.overdue)
+        WORK_ORDERS_OPEN.labels(region=node).set(report.open)
+        WORK_ORDERS_OVERDUE.labels(region=node).set(report.overdue)
         if report.warnings or report.chases or report.supervisions or report.recomputed:
             notify()
             log.info(

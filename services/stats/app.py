@@ -128,7 +128,9 @@ def refresh_gauges(
 ) -> dict[str, tuple[int, int, int]]:
     with session_factory() as session:
         counts = SqlWarehouse(session).open_work(tier=regions.get(node).tier, region_code=node, as_of=as_of)
-    for region, (open_count, overdue, supervised) in counts.items():
+    # The node's own series exist from the first refresh, at 0 with no open case, so that rate() and
+    # delta() over them work from the start.
+    for region, (open_count, overdue, supervised) in {node: (0, 0, 0), **counts}.items():
         label = region or node
         WORK_ORDERS_OPEN.labels(label).set(open_count)
         WORK_ORDERS_OVERDUE.labels(label).set(overdue)

@@ -48,6 +48,7 @@ class ProductionNode:
     env: dict[str, str]
     logs: Path
     api_ports: dict[str, int] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # by process name, e.g. "intake-worker"
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def spawn(self, kind: str, service: str) -> None:
@@ -55,6 +56,7 @@ class ProductionNode:
         if kind == "serve":
             port = self.api_ports.setdefault(service, _free_port())
             env["LIANXIN_GRPC_PORT"] = str(port)
+        env["LIANXIN_METRICS_PORT"] = str(self.metrics_ports.setdefault(f"{service}-{kind}", _free_port()))
         log = open(self.logs / f"{service}-{kind}.log", "ab")  # noqa: SIM115 - handed to the child
         self.processes[f"{service}-{kind}"] = subprocess.Popen(
             [sys.executable, "-m", "services.cli", kind, "--service", service],

@@ -133,7 +133,7 @@ def publish_weekday_mornings(node: Node) -> None:
 
 def days_left_metric(node: Node) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5).read().decode()
-    match = re.search(rf'^lianxin_calendar_days_left\{{node="{node.code}"\}} (\S+)$', text, re.MULTILINE)
+    match = re.search(rf'^lianxin_calendar_days_left\{{region="{node.code}"\}} (\S+)$', text, re.MULTILINE)
     assert match is not None, "lianxin_calendar_days_left missing from /metrics"
     return float(match.group(1))
 

@@ -153,10 +153,18 @@ def test_every_workload_runs_non_root_read_only_without_capabilities(overlay: st
 
 def test_every_service_exposes_ports_named_grpc_and_metrics(overlay: str) -> None:
     services = _by_name(_render(overlay), "Service")
-    # Every Service of the app (not dev's PostgreSQL and RabbitMQ) speaks gRPC on a port named grpc.
+    # Every api Service speaks gRPC on a port named grpc; a worker's (headless) only has metrics.
     for name, manifest in services.items():
-        assert "grpc" in {p["name"] for p in manifest["spec"]["ports"]} or name in {"postgres", "rabbitmq"}, name
+        ports = {p["name"] for p in manifest["spec"]["ports"]}
+        if name.endswith("-worker"):
+            assert ports == {"metrics"} and manifest["spec"]["clusterIP"] == "None", name
+        else:
+            assert "grpc" in ports or name in {"postgres", "rabbitmq"}, name
     for service in SERVICES:
+        assert services[f"{service}-worker"]["spec"]["selector"] == {
+            "app.kubernetes.io/name": service,
+            "app.kubernetes.io/component": "worker",
+        }
         ports = {p["name"]: p for p in services[f"{service}-api"]["spec"]["ports"]}
         assert set(ports) == {"grpc", "metrics"}
         assert services[f"{service}-api"]["spec"]["selector"] == {

@@ -14,10 +14,10 @@ def test_loading_node_certificates_exports_their_expiry(tmp_path: Path) -> None:
     write_dev_pki(tmp_path, ["511102"])
     NodeTls.load(tmp_path, "511102")
     node_expiry = REGISTRY.get_sample_value(
-        "lianxin_tls_certificate_expiry_timestamp_seconds", {"node": "511102", "kind": "node"}
+        "lianxin_tls_certificate_expiry_timestamp_seconds", {"region": "511102", "kind": "node"}
     )
     ca_expiry = REGISTRY.get_sample_value(
-        "lianxin_tls_certificate_expiry_timestamp_seconds", {"node": "511102", "kind": "ca"}
+        "lianxin_tls_certificate_expiry_timestamp_seconds", {"region": "511102", "kind": "ca"}
     )
     assert node_expiry is not None and ca_expiry is not None
     now = datetime.now(UTC)
