@@ -224,7 +224,7 @@ def exports(county_processes: ProductionNode) -> dict[str, Exported]:
         return wanted <= {sample for exported in found.values() for sample in exported.samples}
 
     with contextlib.suppress(AssertionError):  # reported by the tests, metric by metric
-        wait_until(all_found, timeout=90, message="every alert's metric on some process's /metrics")
+        wait_until(all_found, timeout=240, message="every alert's metric on some process's /metrics")
     return found
 
 
