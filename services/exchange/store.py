@@ -12,7 +12,7 @@ from typing import Any
 
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
-from sqlalchemy import Table, func, select, text, update
+from sqlalchemy import Table, func, literal_column, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -1031,8 +1031,10 @@ class ExchangeStore:
     def holdings(self, *, subtree: str = "", case_id: str = "") -> list[Held]:
         """Each case event held (the up-log: own and the subtree's), by case, envelope version and event id."""
         c = up_log.c
+        # The kind as a literal, as in ux_up_log_envelope_case_sequence's WHERE: a bound parameter
+        # keeps that partial index from serving one case's events (the whole up-log was read).
         query = select(c.case_id, c.version, c.event_type, c.origin_node, c.event_id, c.case_sequence).where(
-            c.kind == ENVELOPE
+            c.kind == literal_column(f"'{ENVELOPE}'")
         )
         if case_id:
             query = query.where(c.case_id == case_id)
