@@ -20,8 +20,22 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from prometheus_client import Gauge
-from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, String, Table, Text, delete, func, insert, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from services.common.calendar import ChineseWorkingCalendar, OfficialYear, load_calendar_text, year_document
 from services.common.db import make_engine, service_database_url
@@ -74,7 +88,25 @@ class CalendarStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        metadata.create_all(engine)
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # Every process of the node (routing, video and stats apis and workers) opens this at
+                # start, often at the same moment: one creates the table, the others wait and find it.
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('lianxin.calendar_years'))"))
+            metadata.create_all(conn)
+
+    @classmethod
+    def open(cls, url: str) -> CalendarStore:
+        """The node's calendar database at ``url``, its schema and table made if missing."""
+        for attempt in range(3):
+            try:
+                return cls(make_engine(url, service="calendar"))
+            except IntegrityError:
+                # CREATE SCHEMA IF NOT EXISTS lost a race with another process of the node, which has
+                # committed the schema by the time PostgreSQL reports it: opening again finds it.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     @property
     def engine(self) -> Engine:
@@ -193,8 +225,7 @@ def node_calendar(ctx: ServiceContext, files: list[str] | None = None) -> NodeCa
     existing = ctx.extras.get("calendar")
     if isinstance(existing, NodeCalendar):
         return existing
-    engine = make_engine(service_database_url(ctx.settings, "calendar"), service="calendar")
-    calendar = NodeCalendar(store=CalendarStore(engine))
+    calendar = NodeCalendar(store=CalendarStore.open(service_database_url(ctx.settings, "calendar")))
     calendar.add_years(ChineseWorkingCalendar.with_files(files or []).years.values())
     if isinstance(existing, ChineseWorkingCalendar):
         calendar.add_years(existing.years.values())  # a calendar handed in by a test or a host
