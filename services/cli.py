@@ -74,6 +74,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         metrics_base_port=args.metrics_port,
         # the nodes' own logs would drown the endpoint table; LIANXIN_LOG_LEVEL=INFO brings them back
         extra_env={"LIANXIN_LOG_LEVEL": os.environ.get("LIANXIN_LOG_LEVEL", "WARNING")},
+        web_base_port=args.web_port or None,
     )
 
     def interrupt(_signum: int, _frame: object) -> None:
@@ -84,8 +85,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     print(f"starting {len(federation.nodes)} nodes (data in {args.data_dir}) ...", flush=True)
     try:
+        sign_in = ""
+        if args.web_port:
+            from services.web.commands import demo_sign_in
+
+            sign_in = demo_sign_in(federation)
         federation.start()
         print(federation.describe(RegionTree.load()), flush=True)
+        if sign_in:
+            print(sign_in, flush=True)
         print("all nodes SERVING; Ctrl-C stops them", flush=True)
         return federation.wait()
     except KeyboardInterrupt:
@@ -122,6 +130,10 @@ def cmd_node(_args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Production api process of one service: gRPC only, never imports eventlet."""
+    if args.service == "web":
+        from services.web.commands import serve
+
+        return serve()
     from services.common.grpcserver import GrpcServer
     from services.common.regions import RegionTree
     from services.common.settings import Settings
@@ -266,17 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default="var/federation")
     up.add_argument("--base-port", type=int, default=7400, help="gRPC port of the first node; others follow")
     up.add_argument("--metrics-port", type=int, default=9400, help="metrics port of the first node")
+    up.add_argument("--web-port", type=int, default=8400, help="web gateway port of the first node; 0: no gateways")
     up.set_defaults(func=cmd_up)
 
     node = sub.add_parser("node", help="run one embedded node from LIANXIN_* variables")
     node.set_defaults(func=cmd_node)
 
-    for name, func, text in (
-        ("serve", cmd_serve, "run one service's gRPC api process"),
-        ("worker", cmd_worker, "run one service's nameko worker"),
+    for name, func, text, choices in (
+        ("serve", cmd_serve, "run one service's gRPC api process (or the web gateway)", (*SERVICES, "web")),
+        ("worker", cmd_worker, "run one service's nameko worker", SERVICES),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--service", required=True, choices=SERVICES)
+        p.add_argument("--service", required=True, choices=choices)
         p.set_defaults(func=func)
 
     demo = sub.add_parser("demo", help="run a scripted day of cases through the running federation")
@@ -307,7 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Each service may contribute operator commands (lianxin classify, lianxin report, ...) through
     # services/<name>/commands.py: register(subparsers) adding parsers with set_defaults(func=...).
-    # A commands.py imports only light modules at its top (the command imports the rest when it runs).
     for module_name in (*(f"services.{service}.commands" for service in SERVICES), *EXTRA_COMMAND_MODULES):
         try:
             module = importlib.import_module(module_name)
@@ -324,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Command modules outside the five services: the kernel's (lianxin certs, token, audit verify).
-EXTRA_COMMAND_MODULES: tuple[str, ...] = ("services.common.commands",)
+EXTRA_COMMAND_MODULES: tuple[str, ...] = ("services.common.commands", "services.web.commands")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,10 +42,16 @@ class NodeProcess:
     grpc_port: int
     metrics_port: int
     process: subprocess.Popen[bytes] | None = None
+    web_port: int | None = None
+    web: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def web_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.web_port}/" if self.web_port else None
 
 
 def health_statuses(address: str, services: Sequence[str], timeout: float = 2.0) -> dict[str, str]:
@@ -84,6 +90,25 @@ def wait_serving(
     raise TimeoutError(f"{address} not SERVING within {deadline_s}s: {last}")
 
 
+def wait_http(url: str, deadline_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until ``url`` answers 200 (a web gateway's /healthz)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)  # polling a condition with a deadline, not ordering
+    raise TimeoutError(f"{url} not answering within {deadline_s}s")
+
+
 class Federation:
     """Starts the nodes parents-first, waits until each serves, stops them children-first."""
 
@@ -96,12 +121,17 @@ class Federation:
         topology: Sequence[tuple[str, str | None]] = DEFAULT_TOPOLOGY,
         extra_env: dict[str, str] | None = None,
         with_national: bool = True,
+        web_base_port: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.extra_env = extra_env or {}
         self.nodes = [
             NodeProcess(code, parent, base_port + i, metrics_base_port + i) for i, (code, parent) in enumerate(topology)
         ]
+        # One web gateway per node (services/web), numbered from web_base_port; None starts none.
+        if web_base_port is not None:
+            for i, node in enumerate(self.nodes):
+                node.web_port = web_base_port + i
         # The national system simulator sits above the province, on the port after the nodes'.
         self.national_port: int | None = base_port + len(self.nodes) if with_national else None
         self.national: subprocess.Popen[bytes] | None = None
@@ -143,6 +173,26 @@ class Federation:
                 node.process = subprocess.Popen([sys.executable, "-m", "services.cli", "node"], env=env)
             for node in wave:
                 wait_serving(node.address, ready_timeout_s, node.process)
+        self._start_web(ready_timeout_s)
+
+    def _start_web(self, ready_timeout_s: float) -> None:
+        for node in self.nodes:
+            if node.web_port is None:
+                continue
+            env = {
+                **os.environ,
+                **self.extra_env,
+                "LIANXIN_NODE": node.code,
+                "LIANXIN_DATA_DIR": str(self.data_dir),
+                "LIANXIN_WEB_PORT": str(node.web_port),
+                "LIANXIN_WEB_GRPC": node.address,
+            }
+            node.web = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "web"], env=env, stdout=subprocess.DEVNULL
+            )
+        for node in self.nodes:
+            if node.web is not None and node.web_url is not None:
+                wait_http(f"{node.web_url}healthz", ready_timeout_s, node.web)
 
     def _waves(self) -> list[list[NodeProcess]]:
         depth: dict[str, int] = {}
@@ -151,13 +201,19 @@ class Federation:
         return [[n for n in self.nodes if depth[n.code] == d] for d in sorted(set(depth.values()))]
 
     def describe(self, regions: RegionTree) -> str:
-        lines = [f"{'node':<8} {'region':<16} {'tier':<9} {'grpc':<17} {'metrics':<31} parent"]
+        web = any(n.web_url for n in self.nodes)
+        lines = [
+            f"{'node':<8} {'region':<16} {'tier':<9} {'grpc':<17} {'metrics':<31} "
+            + (f"{'web':<24} " if web else "")
+            + "parent"
+        ]
         for node in self.nodes:
             region = regions.get(node.code)
             lines.append(
                 f"{node.code:<8} {regions.display_name(node.code):<16} {region.tier.value:<9} "
                 f"{node.address:<17} {f'http://127.0.0.1:{node.metrics_port}/metrics':<31} "
-                f"{node.parent or ('national' if self.national_address else '-')}"
+                + (f"{node.web_url or '-':<24} " if web else "")
+                + f"{node.parent or ('national' if self.national_address else '-')}"
             )
         if self.national_address:
             lines.append(
@@ -168,13 +224,13 @@ class Federation:
     def wait(self) -> int:
         """Block until a node or the simulator dies (returns its exit code) or we are interrupted."""
         while True:
-            for process in [n.process for n in self.nodes] + [self.national]:
+            for process in [n.process for n in self.nodes] + [n.web for n in self.nodes] + [self.national]:
                 if process is not None and process.poll() is not None:
                     return process.returncode or 1
             time.sleep(0.5)  # supervision poll
 
     def stop(self, grace: float = 10.0) -> None:
-        processes = [n.process for n in reversed(self.nodes)] + [self.national]
+        processes = [n.web for n in self.nodes] + [n.process for n in reversed(self.nodes)] + [self.national]
         for process in processes:
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)

@@ -20,3 +20,23 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, message: 
             raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)  # quick for fast conditions, light on the CPU for slow ones
+
+
+def free_port_block(size: int, start: int = 21000) -> int:
+    """A base port with ``size`` consecutive free ports (a federation numbers its nodes from it)."""
+    import socket
+
+    for base in range(start, 60000, 97):
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + size):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no free port block")

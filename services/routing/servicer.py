@@ -25,7 +25,7 @@ from services.routing.handlers import (
     UnitOfWorkFactory,
     WorkOrderQuery,
 )
-from services.routing.workorder import State, WorkOrderEvent
+from services.routing.workorder import State, WorkOrderEvent, allowed_actions
 
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 
@@ -84,6 +84,7 @@ def work_order_message(stored: StoredWorkOrder, *, now: datetime | None = None) 
         attachment_refs=list(order.reply_attachments),
         version=order.version,
         provisional_deadlines=list(stored.provisional),
+        allowed_actions=[action.value for action in allowed_actions(order, now)],
     )
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "WorkOrderChanged",
     "WorkOrderCreated",
     "WorkOrderEvent",
+    "allowed_actions",
     "sweep",
 ]
 
@@ -790,6 +791,45 @@ class WorkOrder:
         if self.paused_since is not None:
             self.pauses.append((self.paused_since, at))
             self.paused_since = None
+
+
+def allowed_actions(order: WorkOrder, now: datetime | None = None) -> list[Action]:
+    """The actions an operator may take on ``order`` now: the table's, less those its own rules rule out.
+
+    The rules are the ones the action methods check (one extension request, one reopen, one review,
+    the objection and review windows, a pause before a resume). With ``now`` None the windows are
+    taken as open. The caller's roles are not considered: the security policy decides those.
+    """
+    at = to_utc(now) if now is not None else None
+    out: list[Action] = []
+    for state, action in TRANSITIONS:
+        if state is not order.state or not _rule_allows(order, action, at):
+            continue
+        out.append(action)
+    return out
+
+
+def _rule_allows(order: WorkOrder, action: Action, at: datetime | None) -> bool:
+    def window_open(kind: DeadlineKind) -> bool:
+        window = order.windows.get(kind)
+        return window is not None and (at is None or at <= window)
+
+    if action is Action.OBJECT:
+        return not order.objection_barred and window_open(DeadlineKind.OBJECTION)
+    if action is Action.REQUEST_EXTENSION:
+        return not order.extension_requested
+    if action in (Action.APPROVE_EXTENSION, Action.REJECT_EXTENSION):
+        return order.extension_pending
+    if action is Action.REOPEN:
+        return order.reopen_count < 1
+    if action is Action.REVIEW:
+        return not order.reviewed and window_open(DeadlineKind.REVIEW_REQUEST)
+    if action is Action.PAUSE:
+        return order.paused_since is None
+    if action is Action.RESUME:
+        return order.paused_since is not None
+    # TAKE_BACK: only the receiving node's answer takes a hand-off back.
+    return action is not Action.TAKE_BACK
 
 
 def sweep(

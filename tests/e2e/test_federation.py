@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,30 +11,12 @@ import pytest
 from services.common.reflection import ReflectionClient
 from services.common.regions import RegionTree
 from services.federation import BUSINESS_SERVICES, DEFAULT_TOPOLOGY, Federation, health_statuses
-from tests.helpers import wait_until
-
-
-def _free_block(size: int) -> int:
-    """A base port with ``size`` consecutive free ports (the federation numbers its nodes from it)."""
-    for base in range(21000, 60000, 97):
-        try:
-            sockets = []
-            for port in range(base, base + size):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                sockets.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no free port block")
+from tests.helpers import free_port_block, wait_until
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    base = _free_block(2 * len(DEFAULT_TOPOLOGY) + 1)
+    base = free_port_block(2 * len(DEFAULT_TOPOLOGY) + 1)
     fed = Federation(
         data_dir=Path(tmp_path_factory.mktemp("federation")),
         base_port=base,

@@ -94,6 +94,7 @@ class WorkOrder(_message.Message):
     ATTACHMENT_REFS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     PROVISIONAL_DEADLINES_FIELD_NUMBER: _builtins.int
+    ALLOWED_ACTIONS_FIELD_NUMBER: _builtins.int
     work_order_id: _builtins.str
     """Id of the work order."""
     case_id: _builtins.str
@@ -144,6 +145,15 @@ class WorkOrder(_message.Message):
         (provisional until the year is loaded with LoadCalendar, which recomputes them).
         """
 
+    @_builtins.property
+    def allowed_actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Actions of the transition table the work order allows now, as named in the history ("accept",
+        "start", "refuse", "assign", "object", "arbitrate", "request_extension", "approve_extension",
+        "reject_extension", "reply", "close", "reopen", "review", "withdraw", "merge", "transfer",
+        "pause", "resume"), less those its own rules rule out (one extension request, one reopen, open
+        windows). The caller's roles are not considered: the security policy decides those.
+        """
+
     def __init__(
         self,
         *,
@@ -165,10 +175,11 @@ class WorkOrder(_message.Message):
         attachment_refs: _abc.Iterable[_builtins.str] | None = ...,
         version: _builtins.int = ...,
         provisional_deadlines: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_actions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment_refs", b"attachment_refs", "case_id", b"case_id", "category", b"category", "created_at", b"created_at", "deadlines", b"deadlines", "extension_used", b"extension_used", "history", b"history", "node", b"node", "objection_count", b"objection_count", "provisional_deadlines", b"provisional_deadlines", "region_code", b"region_code", "reopen_count", b"reopen_count", "reply_text", b"reply_text", "state", b"state", "unit_id", b"unit_id", "updated_at", b"updated_at", "version", b"version", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_actions", b"allowed_actions", "attachment_refs", b"attachment_refs", "case_id", b"case_id", "category", b"category", "created_at", b"created_at", "deadlines", b"deadlines", "extension_used", b"extension_used", "history", b"history", "node", b"node", "objection_count", b"objection_count", "provisional_deadlines", b"provisional_deadlines", "region_code", b"region_code", "reopen_count", b"reopen_count", "reply_text", b"reply_text", "state", b"state", "unit_id", b"unit_id", "updated_at", b"updated_at", "version", b"version", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

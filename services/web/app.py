@@ -1,0 +1,341 @@
+"""Composition root of the web gateway: the Starlette app, its pages, cookies, CSRF, headers and metrics.
+
+Every page is a plain function ``view(page) -> Response`` run in a worker thread (gRPC calls block);
+``page()`` wraps it with what every request needs: the signed session, the CSRF check on every
+POST, the security headers and the request metrics. No session state lives in the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from jinja2 import Environment, PackageLoader, select_autoescape
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from services.common.calendar import ChineseWorkingCalendar
+from services.common.errors import DomainError
+from services.common.regions import RegionTree
+from services.common.security import load_token_key, rule_for
+from services.common.settings import Settings
+from services.web import labels
+from services.web.accounts import AccountStore
+from services.web.client import CallFailed, NodeClient
+from services.web.config import WebSettings, load_key
+from services.web.session import Operator, Signer, new_nonce
+
+log = logging.getLogger(__name__)
+
+CHINA = timezone(timedelta(hours=8))
+STATIC_DIR = Path(__file__).parent / "static"
+
+# No inline script or style anywhere: the pages use only files from /static (and SVG attributes).
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+@dataclass
+class Gateway:
+    """What every page needs: settings, the node client, keys, accounts, regions, templates, metrics."""
+
+    node_settings: Settings
+    settings: WebSettings
+    client: NodeClient
+    signer: Signer
+    accounts: AccountStore
+    regions: RegionTree
+    token_key: bytes | None
+    templates: Environment
+    calendar: ChineseWorkingCalendar = field(default_factory=ChineseWorkingCalendar)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "lianxin_web_requests_total",
+            "HTTP requests answered by the web gateway, by route and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.seconds = Histogram(
+            "lianxin_web_request_seconds",
+            "Server time of a web request, by route",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+
+    @property
+    def node(self) -> str:
+        return self.node_settings.node
+
+    def cookie(self, kind: str) -> str:
+        # Browsers share cookies across ports of one host: the node's code keeps gateways apart.
+        return f"lx_{kind}_{self.node}"
+
+
+class Page:
+    """One request as a page sees it: the form, the operator, and helpers to answer."""
+
+    def __init__(self, gateway: Gateway, request: Request, form: Mapping[str, str], nonce: str) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.form = form
+        self.nonce = nonce
+        self.operator: Operator | None = None
+        self.cookies: list[tuple[str, str, int]] = []  # name, value, max-age (0 deletes)
+        raw = request.cookies.get(gateway.cookie("session"))
+        data = gateway.signer.loads("session", raw)
+        if data is not None:
+            try:
+                self.operator = Operator.from_cookie(data)
+            except (KeyError, TypeError, ValueError):
+                self.operator = None
+
+    @property
+    def client(self) -> NodeClient:
+        return self.gateway.client
+
+    @property
+    def token(self) -> str | None:
+        return self.operator.token if self.operator else None
+
+    def call(self, method: Callable[..., Any], request: Any) -> Any:
+        return self.client.call(method, request, self.token)
+
+    def query(self, name: str, default: str = "") -> str:
+        return str(self.request.query_params.get(name, default)).strip()
+
+    def field(self, name: str) -> str:
+        return str(self.form.get(name, "")).strip()
+
+    def flash(self, message: str) -> None:
+        value = self.gateway.signer.dumps("flash", {"m": message}, ttl_s=120)
+        self.cookies.append((self.gateway.cookie("flash"), value, 120))
+
+    def take_flash(self) -> str:
+        data = self.gateway.signer.loads("flash", self.request.cookies.get(self.gateway.cookie("flash")))
+        if data is None:
+            return ""
+        self.cookies.append((self.gateway.cookie("flash"), "", 0))
+        return str(data.get("m", ""))
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        gw = self.gateway
+        html = gw.templates.get_template(template).render(
+            page=self,
+            operator=self.operator,
+            node=gw.node,
+            node_name=gw.regions.display_name(gw.node) if gw.node in gw.regions else gw.node,
+            csrf=gw.signer.csrf_token(self.nonce),
+            flash=context.pop("flash", None) or self.take_flash(),
+            auth_on=gw.token_key is not None and gw.node_settings.auth,
+            **context,
+        )
+        return HTMLResponse(html, status_code=status)
+
+    def redirect(self, url: str) -> RedirectResponse:
+        return RedirectResponse(url, status_code=303)
+
+    def error(self, status: int, title: str, message: str) -> HTMLResponse:
+        return self.render("error.html", status=status, title=title, message=message)
+
+    def may(self, full_method: str) -> bool:
+        """True when the operator's roles pass the node's policy for the method (the node checks again)."""
+        return self.operator is not None and self.operator.principal.has_any(rule_for(full_method).roles)
+
+
+View = Callable[[Page], Response]
+
+
+def _apply(response: Response, gateway: Gateway, page: Page | None, nonce: str, fresh_nonce: bool) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    response.headers.setdefault("Cache-Control", "no-store")
+    secure = gateway.settings.secure_cookies
+    if fresh_nonce:
+        response.set_cookie(
+            gateway.cookie("csrf"), nonce, max_age=86400 * 7, httponly=True, samesite="strict", secure=secure
+        )
+    if page is not None:
+        for name, value, max_age in page.cookies:
+            if max_age == 0:
+                response.delete_cookie(name, httponly=True, samesite="strict", secure=secure)
+            else:
+                response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="strict", secure=secure)
+
+
+def page(gateway: Gateway, route: str, view: View) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a view: cookies, CSRF on POST, headers, metrics, and one answer for every failure."""
+
+    async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        nonce = request.cookies.get(gateway.cookie("csrf")) or ""
+        fresh = not nonce
+        nonce = nonce or new_nonce()
+        form: dict[str, str] = {}
+        current: Page | None = None
+        try:
+            if request.method == "POST":
+                raw = await request.form()
+                form = {k: v for k, v in raw.items() if isinstance(v, str)}
+                if fresh or not gateway.signer.csrf_ok(nonce, form.get("csrf")):
+                    current = Page(gateway, request, {}, nonce)
+                    response: Response = current.error(
+                        403, "请求已失效", "表单缺少有效的安全校验码（CSRF）。请返回上一页，刷新后重新提交。"
+                    )
+                else:
+                    current = Page(gateway, request, form, nonce)
+                    response = await run_in_threadpool(view, current)
+            else:
+                current = Page(gateway, request, {}, nonce)
+                response = await run_in_threadpool(view, current)
+        except CallFailed as failure:
+            current = current or Page(gateway, request, {}, nonce)
+            response = failure_page(current, failure)
+        except Exception:
+            log.exception("web page failed", extra={"route": route})
+            current = Page(gateway, request, {}, nonce)
+            response = current.error(500, "服务暂时不可用", "页面出错了，请稍后再试。")
+        _apply(response, gateway, current, nonce, fresh)
+        gateway.requests.labels(route, request.method, str(response.status_code)).inc()
+        gateway.seconds.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    return endpoint
+
+
+def failure_page(page: Page, failure: CallFailed) -> Response:
+    status = failure.status
+    if status == 401:
+        page.cookies.append((page.gateway.cookie("session"), "", 0))
+        return page.redirect("/console/login")
+    titles = {
+        403: ("无权访问", "您的账号无权查看或办理此事项（超出本账号的地区、单位或角色范围）。"),
+        404: ("未找到", "没有找到该事项，或它不在本节点。"),
+        409: ("当前状态不允许此操作", labels.field_error(failure.message)),
+        429: ("请求过于频繁", "请一分钟后再试。"),
+        503: ("服务暂时不可用", "本地区的服务暂时无法连接，请稍后再试。"),
+    }
+    title, message = titles.get(status, ("服务暂时不可用", "请稍后再试。"))
+    return page.error(status, title, message)
+
+
+# --------------------------------------------------------------------------- template helpers
+
+
+def local_time(ts: Timestamp | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    if ts is None or (ts.seconds == 0 and ts.nanos == 0):
+        return ""
+    return ts.ToDatetime(tzinfo=UTC).astimezone(CHINA).strftime(fmt)
+
+
+def workdays_left(gateway: Gateway, ts: Timestamp) -> int | None:
+    """Working days from today to the due day (调休-aware); None when the calendar lacks the year."""
+    due = ts.ToDatetime(tzinfo=UTC).astimezone(CHINA).date()
+    today = datetime.now(CHINA).date()
+    try:
+        return gateway.calendar.workdays_between(today, due)
+    except DomainError:
+        return None
+
+
+def make_templates() -> Environment:
+    env = Environment(
+        loader=PackageLoader("services.web", "templates"),
+        autoescape=select_autoescape(["html", "svg"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["local_time"] = local_time
+    env.filters["state_label"] = labels.state_label
+    env.filters["state_name"] = labels.state_name
+    env.filters["channel_label"] = labels.channel_label
+    env.globals.update(
+        STATE_LABELS=labels.STATE_LABELS,
+        DEADLINE_LABELS=labels.DEADLINE_LABELS,
+        HISTORY_LABELS=labels.HISTORY_LABELS,
+        METRIC_LABELS=labels.METRIC_LABELS,
+        ROLE_LABELS=labels.ROLE_LABELS,
+        CHANNEL_LABELS=labels.CHANNEL_LABELS,
+        SATISFACTION_LABELS=labels.SATISFACTION_LABELS,
+    )
+    return env
+
+
+def build_gateway(node_settings: Settings, settings: WebSettings, *, regions: RegionTree | None = None) -> Gateway:
+    data_dir = Path(node_settings.data_dir)
+    token_key = load_token_key(node_settings.token_key) if node_settings.token_key else None
+    session_key = load_key(settings.session_key, fallback=data_dir / "web-session.key")
+    return Gateway(
+        node_settings=node_settings,
+        settings=settings,
+        client=NodeClient(settings),
+        signer=Signer(session_key),
+        accounts=AccountStore(settings.accounts_file or data_dir / "web-accounts.json"),
+        regions=regions or RegionTree.load(node_settings.regions_file),
+        token_key=token_key,
+        templates=make_templates(),
+    )
+
+
+def build_app(gateway: Gateway) -> Starlette:
+    from services.web import console, portal
+
+    routes: list[BaseRoute] = []
+    for path, name, view, methods in (*portal.ROUTES, *console.ROUTES):
+        routes.append(Route(path, page(gateway, name, view), methods=methods, name=name))
+
+    async def health(_request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(gateway.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def static_probe(_request: Request) -> Response:
+        # The bench's same-server baseline: a page that does no gRPC call and renders no template.
+        started = time.perf_counter()
+        response = PlainTextResponse("static")
+        gateway.seconds.labels("static_probe").observe(time.perf_counter() - started)
+        return response
+
+    routes += [
+        Route("/healthz", health),
+        Route("/metrics", metrics),
+        Route("/bench/static", static_probe),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        gateway.client.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.gateway = gateway
+    return app
+
+
+def today_month() -> str:
+    return date.today().strftime("%Y-%m")

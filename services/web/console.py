@@ -1,0 +1,695 @@
+"""The operator console: sign-in, inbox, moderation, case page with its actions, dashboard, exchange desk.
+
+Every call carries the operator's token, so the node decides scope and roles; a page only offers
+the actions the work order allows now (routing's ``allowed_actions``) that the operator's roles pass.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from lianxin.common.v1 import common_pb2
+from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
+from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
+from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
+from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
+from starlette.responses import Response
+
+from services.common.errors import DomainError
+from services.common.security import OFFICE, issue_token, verify_token
+from services.web import labels
+from services.web.app import CHINA, Page, today_month, workdays_left
+from services.web.charts import bar_chart
+from services.web.client import CallFailed
+from services.web.session import Operator
+
+PAGE_SIZE = 20
+ROUTING = "lianxin.routing.v1.RoutingService"
+INTAKE = "lianxin.intake.v1.IntakeService"
+EXCHANGE = "lianxin.exchange.v1.ExchangeService"
+
+
+def _require(page: Page) -> Response | None:
+    if page.operator is None:
+        return page.redirect("/console/login")
+    return None
+
+
+# --------------------------------------------------------------------------- sign-in
+
+
+def login_form(page: Page) -> Response:
+    return page.render("console/login.html", errors={}, values={})
+
+
+def login(page: Page) -> Response:
+    gw = page.gateway
+    token = page.field("token")
+    operator: Operator | None = None
+    errors: dict[str, str] = {}
+    if token:
+        if gw.token_key is None:
+            errors["token"] = "本节点未配置令牌密钥，请使用账号密码登录。"
+        else:
+            try:
+                operator = Operator(token=token, principal=verify_token(gw.token_key, token))
+            except DomainError:
+                errors["token"] = "令牌无效或已过期。"
+    else:
+        account = gw.accounts.authenticate(page.field("username"), page.form.get("password", ""))
+        if account is None:
+            errors["password"] = "账号或密码不正确。"
+        else:
+            ttl = gw.settings.session_ttl_s
+            # Without a token key (security off at the node) the token only carries the claims.
+            key = gw.token_key or gw.signer.key
+            minted = issue_token(
+                key, subject=account.username, node=account.node, unit=account.unit, roles=account.roles, ttl_s=ttl
+            )
+            operator = Operator(token=minted, principal=verify_token(key, minted), display_name=account.display_name)
+    if operator is None:
+        return page.render("console/login.html", errors=errors, values={"username": page.field("username")})
+    ttl = max(60, min(gw.settings.session_ttl_s, operator.principal.expires - int(datetime.now(UTC).timestamp())))
+    page.cookies.append((gw.cookie("session"), gw.signer.dumps("session", operator.to_cookie(), ttl_s=ttl), ttl))
+    return page.redirect("/console")
+
+
+def logout(page: Page) -> Response:
+    page.cookies.append((page.gateway.cookie("session"), "", 0))
+    page.flash("您已安全退出。")
+    return page.redirect("/console/login")
+
+
+# --------------------------------------------------------------------------- inbox
+
+
+INBOX_STATES = ("REGISTERED", "ASSIGNED", "IN_PROGRESS", "OBJECTED", "EXTENDED", "REPLIED", "REOPENED", "CLOSED")
+
+
+def _next_deadline(page: Page, order: routing_pb2.WorkOrder) -> dict[str, Any] | None:
+    pending = sorted(order.deadlines, key=lambda d: (not d.overdue, d.due_at.seconds))
+    if not pending:
+        return None
+    d = pending[0]
+    return {
+        "kind": labels.DEADLINE_LABELS.get(d.kind, d.kind),
+        "due": d.due_at,
+        "overdue": d.overdue,
+        "workdays": workdays_left(page.gateway, d.due_at),
+    }
+
+
+def inbox(page: Page) -> Response:
+    if (redirect := _require(page)) is not None:
+        return redirect
+    state = page.query("state")
+    overdue = page.query("overdue") == "1"
+    request = routing_pb2.ListWorkOrdersRequest(
+        overdue_only=overdue,
+        page=common_pb2.PageRequest(page_size=PAGE_SIZE, page_token=page.query("page")),
+    )
+    if state in INBOX_STATES:
+        request.states.append(common_pb2.CaseState.Value(f"CASE_STATE_{state}"))
+    reply = page.call(page.client.routing.ListWorkOrders, request)
+    # Titles come from intake; ask for all of them at once rather than one after another.
+    futures = {
+        wo.case_id: page.client.start(
+            page.client.intake.GetCase, intake_pb2.GetCaseRequest(case_id=wo.case_id), page.token
+        )
+        for wo in reply.work_orders
+    }
+    titles: dict[str, str] = {}
+    for case_id, future in futures.items():
+        try:
+            titles[case_id] = page.client.result(future).case.title
+        except CallFailed:
+            titles[case_id] = ""
+    rows = [
+        {"wo": wo, "title": titles.get(wo.case_id, ""), "deadline": _next_deadline(page, wo)}
+        for wo in reply.work_orders
+    ]
+    return page.render(
+        "console/inbox.html",
+        rows=rows,
+        states=INBOX_STATES,
+        state=state,
+        overdue=overdue,
+        next_page=reply.page.next_page_token,
+        total=reply.page.total_size,
+    )
+
+
+def moderation(page: Page) -> Response:
+    if (redirect := _require(page)) is not None:
+        return redirect
+    reply = page.call(
+        page.client.intake.ListModerationQueue,
+        intake_pb2.ListModerationQueueRequest(page=common_pb2.PageRequest(page_size=PAGE_SIZE)),
+    )
+    return page.render(
+        "console/moderation.html", items=reply.items, may_release=page.may(f"{INTAKE}/ReleaseModeratedCase")
+    )
+
+
+def moderate(page: Page) -> Response:
+    if (redirect := _require(page)) is not None:
+        return redirect
+    decision = (
+        intake_pb2.MODERATION_DECISION_RELEASE
+        if page.field("decision") == "release"
+        else intake_pb2.MODERATION_DECISION_REJECT
+    )
+    assert page.operator is not None
+    page.call(
+        page.client.intake.ReleaseModeratedCase,
+        intake_pb2.ReleaseModeratedCaseRequest(
+            case_id=page.request.path_params["case_id"],
+            decision=decision,
+            note=page.field("note"),
+            actor=page.operator.principal.subject,
+        ),
+    )
+    page.flash("已处理。")
+    return page.redirect("/console/moderation")
+
+
+# --------------------------------------------------------------------------- the case page
+
+
+@dataclass(frozen=True)
+class ActionForm:
+    """One action of the transition table as a form: its RPC and the fields a person fills in."""
+
+    action: str
+    label: str
+    method: str
+    fields: tuple[tuple[str, str, str], ...]  # (name, label, kind: text|textarea|number|unit|decision|...)
+    build: Callable[[routing_pb2.WorkOrder, Page, str], Any]
+    call: str
+
+
+def _wo(order: routing_pb2.WorkOrder, page: Page) -> dict[str, Any]:
+    return {
+        "work_order_id": order.work_order_id,
+        "actor": page.operator.principal.subject if page.operator else "",
+        "expected_version": int(page.field("expected_version") or 0),
+    }
+
+
+ACTION_FORMS: tuple[ActionForm, ...] = (
+    ActionForm(
+        "accept",
+        "受理",
+        f"{ROUTING}/AcceptWorkOrder",
+        (("note", "说明（可选）", "text"),),
+        lambda o, p, _a: routing_pb2.AcceptWorkOrderRequest(**_wo(o, p), note=p.field("note")),
+        "AcceptWorkOrder",
+    ),
+    ActionForm(
+        "start",
+        "签收办理",
+        f"{ROUTING}/AcceptWorkOrder",
+        (("note", "说明（可选）", "text"),),
+        lambda o, p, _a: routing_pb2.AcceptWorkOrderRequest(**_wo(o, p), note=p.field("note")),
+        "AcceptWorkOrder",
+    ),
+    ActionForm(
+        "refuse",
+        "不予受理",
+        f"{ROUTING}/RefuseWorkOrder",
+        (("reason", "不予受理理由（告知信访人）", "textarea"),),
+        lambda o, p, _a: routing_pb2.RefuseWorkOrderRequest(**_wo(o, p), reason=p.field("reason")),
+        "RefuseWorkOrder",
+    ),
+    ActionForm(
+        "assign",
+        "交办承办单位",
+        f"{ROUTING}/AssignManually",
+        (("unit_id", "承办单位代码", "text"), ("reason", "交办意见", "textarea")),
+        lambda o, p, _a: routing_pb2.AssignManuallyRequest(
+            case_id=o.case_id, actor=_wo(o, p)["actor"], unit_id=p.field("unit_id"), reason=p.field("reason")
+        ),
+        "AssignManually",
+    ),
+    ActionForm(
+        "object",
+        "提出异议",
+        f"{ROUTING}/ObjectWorkOrder",
+        (("reason", "异议理由", "textarea"), ("suggested_unit_id", "建议承办单位（可选）", "text")),
+        lambda o, p, _a: routing_pb2.ObjectWorkOrderRequest(
+            **_wo(o, p), reason=p.field("reason"), suggested_unit_id=p.field("suggested_unit_id")
+        ),
+        "ObjectWorkOrder",
+    ),
+    ActionForm(
+        "arbitrate",
+        "异议裁定",
+        f"{ROUTING}/ArbitrateObjection",
+        (
+            ("decision", "决定", "arbitration"),
+            ("unit_id", "改派单位（改派时填写）", "text"),
+            ("reason", "理由", "textarea"),
+        ),
+        lambda o, p, _a: routing_pb2.ArbitrateObjectionRequest(
+            **_wo(o, p),
+            decision=routing_pb2.ARBITRATION_DECISION_REASSIGN
+            if p.field("decision") == "reassign"
+            else routing_pb2.ARBITRATION_DECISION_UPHOLD
+            if p.field("decision") == "uphold"
+            else routing_pb2.ARBITRATION_DECISION_UNSPECIFIED,
+            new_unit_id=p.field("unit_id"),
+            reason=p.field("reason"),
+        ),
+        "ArbitrateObjection",
+    ),
+    ActionForm(
+        "request_extension",
+        "申请延期",
+        f"{ROUTING}/RequestExtension",
+        (("days", "延期天数", "number"), ("reason", "延期理由", "textarea")),
+        lambda o, p, _a: routing_pb2.RequestExtensionRequest(
+            **_wo(o, p), days=_int(p.field("days")), reason=p.field("reason")
+        ),
+        "RequestExtension",
+    ),
+    ActionForm(
+        "approve_extension",
+        "延期审批",
+        f"{ROUTING}/ApproveExtension",
+        (("decision", "决定", "approval"), ("reason", "审批意见", "textarea")),
+        lambda o, p, _a: routing_pb2.ApproveExtensionRequest(
+            **_wo(o, p), approve=p.field("decision") == "approve", reason=p.field("reason")
+        ),
+        "ApproveExtension",
+    ),
+    ActionForm(
+        "reply",
+        "答复信访人",
+        f"{ROUTING}/ReplyWorkOrder",
+        (("text", "答复内容", "textarea"),),
+        lambda o, p, _a: routing_pb2.ReplyWorkOrderRequest(**_wo(o, p), text=p.field("text")),
+        "ReplyWorkOrder",
+    ),
+    ActionForm(
+        "close",
+        "办结",
+        f"{ROUTING}/CloseWorkOrder",
+        (("note", "办结说明（可选）", "text"),),
+        lambda o, p, _a: routing_pb2.CloseWorkOrderRequest(**_wo(o, p), note=p.field("note")),
+        "CloseWorkOrder",
+    ),
+    ActionForm(
+        "reopen",
+        "退回重办",
+        f"{ROUTING}/ReopenWorkOrder",
+        (("reason", "退回理由", "textarea"),),
+        lambda o, p, _a: routing_pb2.ReopenWorkOrderRequest(**_wo(o, p), reason=p.field("reason")),
+        "ReopenWorkOrder",
+    ),
+    ActionForm(
+        "transfer",
+        "上报上级",
+        "lianxin.routing.v1.RoutingService/EscalateCase",
+        (("reason", "上报理由", "textarea"),),
+        lambda o, p, _a: routing_pb2.EscalateCaseRequest(
+            case_id=o.case_id, actor=_wo(o, p)["actor"], reason=p.field("reason")
+        ),
+        "EscalateCase",
+    ),
+    ActionForm(
+        "pause",
+        "暂停计时",
+        f"{ROUTING}/PauseWorkOrder",
+        (("reason", "暂停理由（如等待补充材料、听证）", "text"),),
+        lambda o, p, _a: routing_pb2.PauseWorkOrderRequest(**_wo(o, p), reason=p.field("reason")),
+        "PauseWorkOrder",
+    ),
+    ActionForm(
+        "resume",
+        "恢复计时",
+        f"{ROUTING}/ResumeWorkOrder",
+        (("reason", "说明（可选）", "text"),),
+        lambda o, p, _a: routing_pb2.ResumeWorkOrderRequest(**_wo(o, p), reason=p.field("reason")),
+        "ResumeWorkOrder",
+    ),
+)
+FORMS_BY_ACTION = {f.action: f for f in ACTION_FORMS}
+# The table's approve and reject of an extension are one decision on one form.
+ACTION_ALIASES = {"reject_extension": "approve_extension"}
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
+def _current_work_order(page: Page, case_id: str) -> routing_pb2.WorkOrder | None:
+    found = page.call(
+        page.client.routing.ListWorkOrders,
+        routing_pb2.ListWorkOrdersRequest(case_id=case_id, page=common_pb2.PageRequest(page_size=50)),
+    ).work_orders
+    if not found:
+        return None
+    latest = max(found, key=lambda w: (w.created_at.seconds, w.created_at.nanos))
+    full: routing_pb2.WorkOrder = page.call(
+        page.client.routing.GetWorkOrder, routing_pb2.GetWorkOrderRequest(work_order_id=latest.work_order_id)
+    ).work_order
+    return full
+
+
+def _forms_for(page: Page, order: routing_pb2.WorkOrder | None) -> list[ActionForm]:
+    if order is None:
+        return []
+    wanted: list[str] = []
+    for action in order.allowed_actions:
+        name = ACTION_ALIASES.get(action, action)
+        if name in FORMS_BY_ACTION and name not in wanted:
+            wanted.append(name)
+    return [FORMS_BY_ACTION[a] for a in wanted if page.may(FORMS_BY_ACTION[a].method)]
+
+
+def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, status: int = 200) -> Response:
+    if (redirect := _require(page)) is not None:
+        return redirect
+    case_id = page.request.path_params["case_id"]
+    case_future = page.client.start(page.client.intake.GetCase, intake_pb2.GetCaseRequest(case_id=case_id), page.token)
+    supervisions_future = page.client.start(
+        page.client.routing.ListSupervisions, routing_pb2.ListSupervisionsRequest(case_id=case_id), page.token
+    )
+    case: common_pb2.Case | None = None
+    timeline: list[common_pb2.TimelineEntry] = []
+    try:
+        got = page.client.result(case_future)
+        case, timeline = got.case, list(got.timeline)
+    except CallFailed as failure:
+        if failure.status != 404:
+            raise
+    order = _current_work_order(page, case_id)
+    try:
+        supervisions = list(page.client.result(supervisions_future).supervisions)
+    except CallFailed:
+        supervisions = []
+    if case is None and order is None and not supervisions:
+        registering = case_id.split("-", 1)[0]
+        return page.render(
+            "console/remote_case.html",
+            case_id=case_id,
+            registering=registering,
+            registering_name=page.gateway.regions.display_name(registering)
+            if registering in page.gateway.regions
+            else "",
+            may_supervise=page.may(f"{ROUTING}/Supervise"),
+            errors=(errors or {}).get("supervise", {}),
+            status=status,
+        )
+    deadlines = [
+        {
+            "kind": labels.DEADLINE_LABELS.get(d.kind, d.kind),
+            "due": d.due_at,
+            "overdue": d.overdue,
+            "workdays": workdays_left(page.gateway, d.due_at),
+        }
+        for d in (order.deadlines if order else [])
+    ]
+    principal = page.operator.principal if page.operator else None
+    return page.render(
+        "console/case.html",
+        status=status,
+        case_id=case_id,
+        case=case,
+        timeline=timeline,
+        order=order,
+        deadlines=deadlines,
+        supervisions=supervisions,
+        forms=_forms_for(page, order),
+        may_supervise=page.may(f"{ROUTING}/Supervise"),
+        errors=errors or {},
+        values=dict(page.form),
+        sees_identity=bool(principal and principal.has_any(OFFICE)),
+    )
+
+
+def case_act(page: Page) -> Response:
+    if (redirect := _require(page)) is not None:
+        return redirect
+    case_id = page.request.path_params["case_id"]
+    action = page.field("action")
+    try:
+        if action == "supervise":
+            _supervise(page, case_id)
+            page.flash("督办已发出。")
+            return page.redirect(f"/console/case/{case_id}")
+        form = FORMS_BY_ACTION.get(action)
+        order = _current_work_order(page, case_id)
+        if form is None or order is None or order.work_order_id != page.field("work_order_id"):
+            return case_page(page, errors={"_": {"form": "该事项已发生变化，请核对后重试。"}})
+        page.call(getattr(page.client.routing, form.call), form.build(order, page, action))
+    except CallFailed as failure:
+        if failure.status == 400:
+            field = labels.form_field(failure.field) or "form"
+            return case_page(page, errors={action: {field: labels.field_error(failure.message.split(": ", 1)[-1])}})
+        if failure.status == 409:
+            return case_page(page, errors={"_": {"form": labels.field_error(failure.message)}})
+        raise
+    page.flash(f"已{FORMS_BY_ACTION[action].label}。")
+    return page.redirect(f"/console/case/{case_id}")
+
+
+def _supervise(page: Page, case_id: str) -> None:
+    days = _int(page.field("days")) or 5
+    due = Timestamp()
+    due.FromDatetime(datetime.now(UTC) + timedelta(days=days))
+    assert page.operator is not None
+    page.call(
+        page.client.routing.Supervise,
+        routing_pb2.SuperviseRequest(
+            case_id=case_id,
+            actor=page.operator.principal.subject,
+            level=page.field("level"),
+            demand=page.field("demand"),
+            due_at=due,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- supervisor dashboard
+
+DASHBOARD_METRICS = (
+    "received",
+    "on_time_acceptance_rate",
+    "reply_rate",
+    "on_time_completion_rate",
+    "avg_reply_workdays",
+    "satisfaction_rate",
+    "overdue",
+    "supervised",
+)
+RATE_METRICS = frozenset(
+    {
+        "on_time_acceptance_rate",
+        "reply_rate",
+        "on_time_completion_rate",
+        "satisfaction_rate",
+        "online_share",
+        "completion_rate",
+        "repeat_rate",
+    }
+)
+
+
+def _metrics_request(
+    region: str, month: str, *, drill: bool = False, metrics: tuple[str, ...] = DASHBOARD_METRICS
+) -> Any:
+    return stats_pb2.GetMetricsRequest(region_code=region, month=month, metrics=list(metrics), include_case_ids=drill)
+
+
+def _region_param(page: Page) -> str:
+    region = page.query("region") or (page.operator.principal.node if page.operator else page.gateway.node)
+    return region if region in page.gateway.regions else page.gateway.node
+
+
+def dashboard(page: Page) -> Response:
+    if (redirect := _require(page)) is not None:
+        return redirect
+    region = _region_param(page)
+    month = page.query("month") or today_month()
+    tree = page.gateway.regions
+    children = list(tree.children.get(region, []))
+    # Only the children this node's warehouse covers: the node's own subtree.
+    children = [c for c in children if tree.contains(page.gateway.node, c)]
+    futures = {
+        code: page.client.start(page.client.stats.GetMetrics, _metrics_request(code, month), page.token)
+        for code in [region, *children]
+    }
+    figures: dict[str, dict[str, stats_pb2.Metric]] = {}
+    for code, future in futures.items():
+        reply = page.client.result(future)
+        figures[code] = {m.name: m for m in reply.metrics}
+    hotspots = page.client.start(
+        page.client.stats.ListHotspots, stats_pb2.ListHotspotsRequest(region_code=region), page.token
+    )
+    ranking = (
+        page.client.start(
+            page.client.stats.RankRegions,
+            stats_pb2.RankRegionsRequest(parent_region_code=region, metric="satisfaction_rate", month=month),
+            page.token,
+        )
+        if children
+        else None
+    )
+    supervisions = page.client.start(
+        page.client.routing.ListSupervisions,
+        routing_pb2.ListSupervisionsRequest(region_code=region, page=common_pb2.PageRequest(page_size=10)),
+        page.token,
+    )
+    overdue = page.client.start(
+        page.client.routing.ListWorkOrders,
+        routing_pb2.ListWorkOrdersRequest(overdue_only=True, page=common_pb2.PageRequest(page_size=10)),
+        page.token,
+    )
+
+    def settle(future: Any, attr: str) -> list[Any]:
+        if future is None:
+            return []
+        try:
+            return list(getattr(page.client.result(future), attr))
+        except CallFailed:
+            return []
+
+    chart = (
+        bar_chart(
+            [(tree.get(c).name, figures[c]["received"].value if "received" in figures[c] else 0.0) for c in children],
+            title="各下级地区受理量",
+        )
+        if children
+        else ""
+    )
+    return page.render(
+        "console/dashboard.html",
+        region=region,
+        region_name=tree.display_name(region),
+        parent=tree.parent(region) if region != page.gateway.node and tree.parent(region) else "",
+        month=month,
+        children=children,
+        names={c: tree.get(c).name for c in [region, *children]},
+        figures=figures,
+        metrics=DASHBOARD_METRICS,
+        rates=RATE_METRICS,
+        hotspots=settle(hotspots, "hotspots"),
+        ranking=settle(ranking, "rows"),
+        supervisions=settle(supervisions, "supervisions"),
+        overdue=settle(overdue, "work_orders"),
+        chart=chart,
+    )
+
+
+def drill(page: Page) -> Response:
+    if (redirect := _require(page)) is not None:
+        return redirect
+    region = _region_param(page)
+    month = page.query("month") or today_month()
+    metric = page.query("metric")
+    if metric not in DASHBOARD_METRICS:
+        metric = "received"
+    reply = page.call(page.client.stats.GetMetrics, _metrics_request(region, month, drill=True, metrics=(metric,)))
+    figure = reply.metrics[0] if reply.metrics else None
+    return page.render(
+        "console/drill.html",
+        region=region,
+        region_name=page.gateway.regions.display_name(region),
+        month=month,
+        metric=metric,
+        figure=figure,
+        rates=RATE_METRICS,
+    )
+
+
+def bulletin(page: Page) -> Response:
+    if (redirect := _require(page)) is not None:
+        return redirect
+    region = _region_param(page)
+    month = page.query("month") or today_month()
+    reply = page.call(page.client.stats.GetBulletin, stats_pb2.GetBulletinRequest(region_code=region, month=month))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bulletin.md", reply.markdown)
+        for file in reply.files:
+            archive.writestr(file.name, file.content)
+    name = f"bulletin-{region}-{month}.zip"
+    return Response(
+        buffer.getvalue(),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+# --------------------------------------------------------------------------- exchange desk
+
+
+def exchange_desk(page: Page) -> Response:
+    if (redirect := _require(page)) is not None:
+        return redirect
+    links = page.client.start(page.client.exchange.LinkStatus, exchange_pb2.LinkStatusRequest(), page.token)
+    quarantine = page.client.start(
+        page.client.exchange.ListQuarantine,
+        exchange_pb2.ListQuarantineRequest(page=common_pb2.PageRequest(page_size=50)),
+        page.token,
+    )
+    return page.render(
+        "console/exchange.html",
+        links=list(page.client.result(links).links),
+        items=list(page.client.result(quarantine).items),
+        may_replay=page.may(f"{EXCHANGE}/ReplayQuarantine"),
+        direction=lambda v: exchange_pb2.LinkDirection.Name(v).removeprefix("LINK_DIRECTION_"),
+        link_state=lambda v: exchange_pb2.LinkState.Name(v).removeprefix("LINK_STATE_"),
+    )
+
+
+def replay(page: Page) -> Response:
+    if (redirect := _require(page)) is not None:
+        return redirect
+    ids = [v for k, v in page.form.items() if k.startswith("id_")] or [page.field("id")]
+    assert page.operator is not None
+    reply = page.call(
+        page.client.exchange.ReplayQuarantine,
+        exchange_pb2.ReplayQuarantineRequest(ids=[i for i in ids if i], actor=page.operator.principal.subject),
+    )
+    applied = sum(1 for r in reply.results if r.applied)
+    page.flash(f"已重放 {len(reply.results)} 条，其中 {applied} 条已应用。")
+    return page.redirect("/console/exchange")
+
+
+def _duration(hours: int) -> Duration:
+    d = Duration()
+    d.FromTimedelta(timedelta(hours=hours))
+    return d
+
+
+def now_local() -> str:
+    return datetime.now(CHINA).strftime("%Y-%m-%d %H:%M")
+
+
+ROUTES: list[tuple[str, str, Any, list[str]]] = [
+    ("/console/login", "login_form", login_form, ["GET"]),
+    ("/console/login", "login", login, ["POST"]),
+    ("/console/logout", "logout", logout, ["POST"]),
+    ("/console", "inbox", inbox, ["GET"]),
+    ("/console/moderation", "moderation", moderation, ["GET"]),
+    ("/console/moderation/{case_id}", "moderate", moderate, ["POST"]),
+    ("/console/case/{case_id}", "case", case_page, ["GET"]),
+    ("/console/case/{case_id}", "case_act", case_act, ["POST"]),
+    ("/console/dashboard", "dashboard", dashboard, ["GET"]),
+    ("/console/drill", "drill", drill, ["GET"]),
+    ("/console/bulletin", "bulletin", bulletin, ["GET"]),
+    ("/console/exchange", "exchange", exchange_desk, ["GET"]),
+    ("/console/exchange/replay", "replay", replay, ["POST"]),
+]

@@ -1,0 +1,176 @@
+"""Chinese words for the contract's names (states, actions, deadline kinds, fields) and error reasons."""
+
+from __future__ import annotations
+
+import re
+
+from lianxin.common.v1 import common_pb2
+
+STATE_LABELS: dict[str, str] = {
+    "REGISTERED": "已登记",
+    "ACCEPTED": "已受理",
+    "REFUSED": "不予受理",
+    "ASSIGNED": "已交办",
+    "IN_PROGRESS": "办理中",
+    "REPLIED": "已答复",
+    "CLOSED": "已办结",
+    "TRANSFERRED": "已转送",
+    "OBJECTED": "异议中",
+    "EXTENDED": "已延期",
+    "REOPENED": "退回重办",
+    "WITHDRAWN": "已撤回",
+    "MERGED": "已并单",
+    "MODERATION": "待审核",
+}
+
+SATISFACTION_LABELS: dict[int, str] = {
+    common_pb2.SATISFACTION_SATISFIED: "满意",
+    common_pb2.SATISFACTION_BASICALLY_SATISFIED: "基本满意",
+    common_pb2.SATISFACTION_UNSATISFIED: "不满意",
+}
+
+CHANNEL_LABELS: dict[str, str] = {
+    "WEB": "网站",
+    "APP": "手机客户端",
+    "HOTLINE": "12345热线",
+    "WECHAT": "微信",
+    "LETTER": "来信",
+    "LEADER_BOARD": "领导留言板",
+    "NATIONAL_TRANSFER": "国家信访系统转送",
+    "WALK_IN": "走访",
+    "VIDEO": "视频接访",
+}
+
+DEADLINE_LABELS: dict[str, str] = {
+    "assign": "交办时限",
+    "accept_notice": "受理告知时限",
+    "objection": "异议期限",
+    "settle": "办理时限",
+    "hotline_emergency": "紧急件时限",
+    "hotline_enquiry": "咨询件时限",
+    "hotline_complaint": "投诉件时限",
+    "review_request": "复查申请期限",
+    "review_decision": "复查决定时限",
+}
+
+# History actions of a work order (routing's transition table and sweep) in words.
+HISTORY_LABELS: dict[str, str] = {
+    "register": "登记",
+    "accept": "受理",
+    "refuse": "不予受理",
+    "assign": "交办",
+    "start": "签收办理",
+    "object": "提出异议",
+    "arbitrate": "异议裁定",
+    "request_extension": "申请延期",
+    "approve_extension": "批准延期",
+    "reject_extension": "驳回延期",
+    "reply": "答复",
+    "close": "办结",
+    "reopen": "退回重办",
+    "review": "申请复查",
+    "withdraw": "撤回",
+    "merge": "并单",
+    "transfer": "转送",
+    "escalate_up": "上报",
+    "take_back": "退回",
+    "pause": "暂停计时",
+    "resume": "恢复计时",
+}
+
+METRIC_LABELS: dict[str, str] = {
+    "received": "受理量",
+    "online_share": "网上信访占比",
+    "on_time_acceptance_rate": "按期受理率",
+    "reply_rate": "答复率",
+    "completion_rate": "办结率",
+    "on_time_completion_rate": "按期办结率",
+    "avg_reply_workdays": "平均答复用时（工作日）",
+    "p90_reply_workdays": "90%答复用时（工作日）",
+    "satisfaction_rate": "满意率",
+    "repeat_rate": "重复信访率",
+    "overdue": "超期件",
+    "supervised": "督办件",
+}
+
+ROLE_LABELS: dict[str, str] = {
+    "clerk": "信访办登记",
+    "handler": "承办单位",
+    "supervisor": "督查督办",
+    "auditor": "审计",
+    "admin": "系统管理",
+}
+
+FIELD_LABELS: dict[str, str] = {
+    "title": "标题",
+    "body": "诉求内容",
+    "category": "诉求分类",
+    "region_code": "事发地",
+    "address": "事发地址",
+    "name": "姓名",
+    "phone": "手机号码",
+    "id_number": "身份证号码",
+    "anonymous": "匿名",
+    "tracking_code": "查询码",
+    "phone_last4": "手机号后四位",
+    "satisfaction": "评价",
+    "comment": "评价意见",
+    "reason": "理由",
+    "text": "答复内容",
+    "note": "说明",
+    "days": "延期天数",
+    "unit_id": "承办单位",
+    "new_unit_id": "改派单位",
+    "node": "交办节点",
+    "level": "督办级别",
+    "demand": "督办要求",
+    "due_at": "办结期限",
+    "decision": "决定",
+}
+
+# The service's reasons are English sentences; these patterns say the same in Chinese.
+_REASONS: tuple[tuple[str, str], ...] = (
+    (r"must not be empty|is required|must be set|needs a", "此项必须填写"),
+    (r"must be a mainland mobile number", "请填写正确的手机号码：11位数字，以13–19开头"),
+    (r"must be 18 characters", "身份证号码应为18位"),
+    (r"17 digits followed by", "身份证号码应为17位数字加一位数字或X"),
+    (r"check digit", "身份证号码校验位不正确，请核对"),
+    (r"birth date", "身份证号码中的出生日期不正确"),
+    (r"region prefix", "身份证号码前6位不是有效的行政区划代码"),
+    (r"must be at most (\d+) characters", "内容过长，最多{0}个字"),
+    (r"outside this node|is not a region", "事发地不在本地区受理范围内"),
+    (r"must be one of", "请从列表中选择"),
+    (r"does not accept anonymous", "此渠道不能匿名提交"),
+    (r"tracking code|not found", "查询码或手机号后四位不正确"),
+    (r"four digits|last4", "请填写手机号后四位数字"),
+    (r"extension is 1 to (\d+) days", "延期天数应为1至{0}天"),
+)
+
+
+def state_name(value: int) -> str:
+    return common_pb2.CaseState.Name(common_pb2.CaseState.ValueType(value)).removeprefix("CASE_STATE_") if value else ""
+
+
+def state_label(value: int) -> str:
+    name = state_name(value) or "UNSPECIFIED"
+    return STATE_LABELS.get(name, name)
+
+
+def channel_label(value: int) -> str:
+    name = common_pb2.Channel.Name(common_pb2.Channel.ValueType(value)).removeprefix("CHANNEL_") if value else ""
+    return CHANNEL_LABELS.get(name, name)
+
+
+def field_error(reason: str) -> str:
+    """A Chinese sentence for the service's reason; the original reason when no pattern fits."""
+    for pattern, chinese in _REASONS:
+        match = re.search(pattern, reason)
+        if match:
+            return chinese.format(*match.groups())
+    return reason
+
+
+# Form field names of the pages for the contract's field paths (complainant.phone → phone).
+def form_field(contract_field: str) -> str:
+    leaf = contract_field.rsplit(".", 1)[-1]
+    return {"new_unit_id": "unit_id"}.get(leaf, leaf)

@@ -1,0 +1,256 @@
+"""The citizen portal: submit a request, track it, rate it, ask for review or withdraw, and read replies.
+
+Public pages: no sign-in. The tracking code and phone digits travel in POST bodies and a short
+signed cookie, never in a URL, so they do not end up in logs, history or Referer headers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from lianxin.common.v1 import common_pb2
+from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
+from starlette.responses import Response
+
+from services.intake.domain import CATEGORIES as INTAKE_CATEGORIES
+from services.intake.domain import OTHER_CATEGORY
+from services.web import labels
+from services.web.app import Page
+from services.web.client import CallFailed
+
+# The vocabulary of categories is intake's (its plain domain module imports nothing heavy).
+CATEGORIES: tuple[str, ...] = (*INTAKE_CATEGORIES, OTHER_CATEGORY)
+SUBMIT_FIELDS = ("title", "body", "category", "region_code", "address", "name", "phone", "id_number")
+TRACK_TTL_S = 30 * 60
+
+
+def _regions(page: Page) -> list[tuple[str, str]]:
+    """The node's own region and the regions below it, for the place of the matter."""
+    tree = page.gateway.regions
+    codes = [page.gateway.node, *[c for c in tree.subtree(page.gateway.node) if c != page.gateway.node]]
+    return [(code, tree.display_name(code)) for code in codes if code in tree]
+
+
+def home(page: Page) -> Response:
+    return page.render("portal/home.html")
+
+
+def _submit_form(
+    page: Page, values: dict[str, Any], errors: dict[str, str], status: int = 200, **extra: Any
+) -> Response:
+    return page.render(
+        "portal/submit.html",
+        status=status,
+        values=values,
+        errors=errors,
+        categories=CATEGORIES,
+        regions=_regions(page),
+        field_labels=labels.FIELD_LABELS,
+        **extra,
+    )
+
+
+def submit_form(page: Page) -> Response:
+    return _submit_form(page, {"channel_ref": str(uuid.uuid4()), "region_code": page.gateway.node}, {})
+
+
+def _suggest(page: Page, text: str) -> tuple[str, float]:
+    if not text.strip():
+        return "", 0.0
+    try:
+        reply = page.client.call(page.client.intake.ClassifyText, intake_pb2.ClassifyTextRequest(text=text))
+    except CallFailed:
+        return "", 0.0
+    return reply.category, reply.confidence
+
+
+def submit(page: Page) -> Response:
+    values: dict[str, Any] = {name: page.field(name) for name in SUBMIT_FIELDS}
+    values["anonymous"] = page.field("anonymous") == "on"
+    values["publish"] = page.field("publish") == "on"
+    values["channel_ref"] = page.field("channel_ref") or str(uuid.uuid4())
+    if page.field("action") == "suggest":
+        category, confidence = _suggest(page, f"{values['title']}\n{values['body']}")
+        if category:
+            values["category"] = category
+        note = f"系统推荐分类：{category}（可修改）" if category else "暂时无法推荐分类，请自行选择或留空由系统识别。"
+        return _submit_form(page, values, {}, suggestion=note, confidence=confidence)
+    request = intake_pb2.SubmitCaseRequest(
+        channel=common_pb2.CHANNEL_WEB,
+        channel_ref=values["channel_ref"],
+        title=values["title"],
+        body=values["body"],
+        category=values["category"],
+        region_code=values["region_code"],
+        address=values["address"],
+        anonymous=values["anonymous"],
+        complainant=common_pb2.Person(name=values["name"], phone=values["phone"], id_number=values["id_number"]),
+    )
+    try:
+        reply = page.client.call(page.client.intake.SubmitCase, request)
+    except CallFailed as failure:
+        if failure.status != 400:
+            raise
+        field = labels.form_field(failure.field) or "form"
+        errors = {field: labels.field_error(failure.message.split(": ", 1)[-1])}
+        return _submit_form(page, values, errors)
+    done = page.gateway.signer.dumps(
+        "submitted", {"code": reply.tracking_code, "case": reply.case.case_id}, ttl_s=TRACK_TTL_S
+    )
+    page.cookies.append((page.gateway.cookie("submitted"), done, TRACK_TTL_S))
+    return page.redirect("/submit/done")
+
+
+def submit_done(page: Page) -> Response:
+    data = page.gateway.signer.loads("submitted", page.request.cookies.get(page.gateway.cookie("submitted")))
+    if data is None:
+        return page.redirect("/submit")
+    return page.render("portal/submitted.html", tracking_code=data["code"], case_id=data["case"])
+
+
+def classify(page: Page) -> Response:
+    """htmx: the category select with the classifier's suggestion chosen (the form works without it)."""
+    category, _confidence = _suggest(page, f"{page.field('title')}\n{page.field('body')}")
+    return page.render(
+        "portal/_category.html", values={"category": category or page.field("category")}, categories=CATEGORIES
+    )
+
+
+# --------------------------------------------------------------------------- tracking
+
+
+def track_form(page: Page) -> Response:
+    return page.render("portal/track.html", values={}, errors={})
+
+
+def _proof(page: Page) -> tuple[str, str] | None:
+    data = page.gateway.signer.loads("track", page.request.cookies.get(page.gateway.cookie("track")))
+    if data is None:
+        return None
+    return str(data["c"]), str(data["p"])
+
+
+def track(page: Page) -> Response:
+    code, last4 = page.field("tracking_code").upper(), page.field("phone_last4")
+    values = {"tracking_code": code, "phone_last4": last4}
+    try:
+        page.client.call(
+            page.client.intake.TrackCase, intake_pb2.TrackCaseRequest(tracking_code=code, phone_last4=last4)
+        )
+    except CallFailed as failure:
+        if failure.status not in (400, 404):
+            raise
+        field = labels.form_field(failure.field) if failure.field else "tracking_code"
+        reason = "查询码或手机号后四位不正确，请核对后重试。" if failure.status == 404 else failure.message
+        errors = {field: labels.field_error(reason.split(": ", 1)[-1])}
+        return page.render("portal/track.html", values=values, errors=errors)
+    proof = page.gateway.signer.dumps("track", {"c": code, "p": last4}, ttl_s=TRACK_TTL_S)
+    page.cookies.append((page.gateway.cookie("track"), proof, TRACK_TTL_S))
+    return page.redirect("/track/case")
+
+
+TERMINAL = {"CLOSED", "REFUSED", "WITHDRAWN", "MERGED"}
+
+
+def tracked_case(page: Page, errors: dict[str, str] | None = None, status: int = 200, **extra: Any) -> Response:
+    proof = _proof(page)
+    if proof is None:
+        return page.redirect("/track")
+    code, last4 = proof
+    reply = page.client.call(
+        page.client.intake.TrackCase, intake_pb2.TrackCaseRequest(tracking_code=code, phone_last4=last4)
+    )
+    state = labels.state_name(reply.state)
+    return page.render(
+        "portal/tracked.html",
+        status=status,
+        case=reply,
+        state=state,
+        reply_text=getattr(reply, "reply_text", ""),
+        can_withdraw=getattr(reply, "can_withdraw", state not in TERMINAL),
+        errors=errors or {},
+        values=extra.pop("values", {}),
+        **extra,
+    )
+
+
+def _citizen_action(page: Page, call: Any, request: Any, done: str) -> Response:
+    try:
+        page.client.call(call, request)
+    except CallFailed as failure:
+        if failure.status not in (400, 409):
+            raise
+        field = labels.form_field(failure.field) if failure.field else "action"
+        errors = {field: labels.field_error(failure.message.split(": ", 1)[-1])}
+        return tracked_case(page, errors, values=dict(page.form))
+    page.flash(done)
+    return page.redirect("/track/case")
+
+
+SATISFACTION = {
+    "satisfied": common_pb2.SATISFACTION_SATISFIED,
+    "basically": common_pb2.SATISFACTION_BASICALLY_SATISFIED,
+    "unsatisfied": common_pb2.SATISFACTION_UNSATISFIED,
+}
+
+
+def _as_citizen(page: Page, act: Callable[[str, str], tuple[Any, Any]], done: str) -> Response:
+    """Run a citizen action with the tracking proof from the signed cookie (sent back to /track without it)."""
+    proof = _proof(page)
+    if proof is None:
+        return page.redirect("/track")
+    call, request = act(*proof)
+    return _citizen_action(page, call, request, done)
+
+
+def evaluate(page: Page) -> Response:
+    satisfaction = SATISFACTION.get(page.field("satisfaction"), common_pb2.SATISFACTION_UNSPECIFIED)
+    return _as_citizen(
+        page,
+        lambda code, last4: (
+            page.client.intake.EvaluateCase,
+            intake_pb2.EvaluateCaseRequest(
+                tracking_code=code, phone_last4=last4, satisfaction=satisfaction, comment=page.field("comment")
+            ),
+        ),
+        "感谢您的评价，已记录。",
+    )
+
+
+def request_review(page: Page) -> Response:
+    return _as_citizen(
+        page,
+        lambda code, last4: (
+            page.client.intake.RequestReview,
+            intake_pb2.RequestReviewRequest(tracking_code=code, phone_last4=last4, reason=page.field("reason")),
+        ),
+        "复查申请已提交。",
+    )
+
+
+def withdraw(page: Page) -> Response:
+    return _as_citizen(
+        page,
+        lambda code, last4: (
+            page.client.intake.WithdrawCase,
+            intake_pb2.WithdrawCaseRequest(tracking_code=code, phone_last4=last4, reason=page.field("reason")),
+        ),
+        "您的诉求已撤回。",
+    )
+
+
+ROUTES: list[tuple[str, str, Any, list[str]]] = [
+    ("/", "home", home, ["GET"]),
+    ("/submit", "submit_form", submit_form, ["GET"]),
+    ("/submit", "submit", submit, ["POST"]),
+    ("/submit/done", "submit_done", submit_done, ["GET"]),
+    ("/submit/classify", "classify", classify, ["POST"]),
+    ("/track", "track_form", track_form, ["GET"]),
+    ("/track", "track", track, ["POST"]),
+    ("/track/case", "tracked_case", tracked_case, ["GET"]),
+    ("/track/evaluate", "evaluate", evaluate, ["POST"]),
+    ("/track/review", "request_review", request_review, ["POST"]),
+    ("/track/withdraw", "withdraw", withdraw, ["POST"]),
+]

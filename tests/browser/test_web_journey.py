@@ -1,0 +1,268 @@
+"""The people's front door in a real browser: a citizen, a county clerk and a provincial supervisor.
+
+One real federation (province 510000, city 511100, counties 511102 and 511111) with token security
+on, a web gateway per node, and Debian's chromium. Every page the people open is checked for
+console errors, 375 px width and serious accessibility violations (conftest.Visitor.check).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable
+
+import grpc
+from lianxin.common.v1 import common_pb2
+from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
+from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
+
+from tests.browser.conftest import Visitor, WebFederation
+
+PHONE = "13812345678"
+ID_NUMBER = "11010519491231002X"
+NAME = "张三丰"
+
+
+def _eventually(what: str, check: Callable[[], bool], timeout: float = 90.0) -> None:
+    """Reload-and-look until ``check`` holds: the federation replicates asynchronously."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.5)  # polling a condition with a deadline
+
+
+def _sign_in(visitor: Visitor, base: str, username: str, password: str) -> None:
+    visitor.goto(f"{base}/console/login")
+    visitor.check("console-login")
+    visitor.page.fill("#username", username)
+    visitor.page.fill("#password", password)
+    visitor.page.click("form[action='/console/login'] >> nth=0 >> button[type=submit]")
+    visitor.page.wait_for_url(re.compile(r"/console$"))
+
+
+def _received(visitor: Visitor, region: str) -> int:
+    text = visitor.page.inner_text(f"#row-{region} td[data-metric=received]").strip()
+    return int(text) if text.isdigit() else 0
+
+
+def test_citizen_clerk_and_supervisor_journey(web_federation: WebFederation, visit: Callable[[], Visitor]) -> None:
+    county, province = web_federation.url("511102"), web_federation.url("510000")
+    pw = web_federation.passwords
+
+    # The provincial supervisor looks at the city's figures before anything happens.
+    supervisor = visit()
+    _sign_in(supervisor, province, "supervisor-510000", pw["supervisor-510000"])
+    supervisor.goto(f"{province}/console/dashboard?region=511100")
+    supervisor.check("console-dashboard")
+    before = _received(supervisor, "511102")
+
+    # A citizen at the county portal types a wrong phone number and sees the error beside the field.
+    citizen = visit()
+    citizen.goto(f"{county}/")
+    citizen.check("portal-home")
+    citizen.goto(f"{county}/submit")
+    citizen.check("portal-submit")
+    title = f"小区门口夜间施工噪音扰民 {uuid.uuid4().hex[:4]}"
+    page = citizen.page
+    page.fill("#title", title)
+    page.fill("#body", "乐山市市中区嘉州大道某小区门口连续多晚施工到凌晨，噪音严重影响休息，请有关部门处理。")
+    page.select_option("#category", "环境保护")
+    page.fill("#address", "嘉州大道某小区门口")
+    page.fill("#name", NAME)
+    page.fill("#phone", "1381234")
+    page.fill("#id_number", ID_NUMBER)
+    page.check("#publish")
+    page.click("button[value=submit]")
+    error = page.locator("#phone-error")
+    assert "手机号码" in error.inner_text()
+    assert page.get_attribute("#phone", "aria-invalid") == "true"
+    # Nothing typed is lost.
+    assert page.input_value("#title") == title
+    assert page.input_value("#address") == "嘉州大道某小区门口"
+    assert page.input_value("#category") == "环境保护"
+    assert page.is_checked("#publish")
+    citizen.check("portal-submit-error")
+
+    page.fill("#phone", PHONE)
+    page.click("button[value=submit]")
+    page.wait_for_url(re.compile(r"/submit/done$"))
+    code = page.inner_text("#tracking-code").strip()
+    assert re.fullmatch(r"[0-9A-Z-]{8,16}", code), code
+    citizen.check("portal-submitted")
+
+    # A county clerk signs in, finds it in the inbox, signs for it and replies.
+    clerk = visit()
+    _sign_in(clerk, county, "clerk-511102", pw["clerk-511102"])
+    cpage = clerk.page
+    _eventually(
+        "the case in the clerk's inbox", lambda: bool(clerk.goto(f"{county}/console")) and title in cpage.content()
+    )
+    clerk.check("console-inbox")
+    cpage.click(f"text={title}")
+    case_url = cpage.url
+    case_id = case_url.rsplit("/", 1)[-1]
+    clerk.check("console-case")
+    # The clerk (an office role) sees the complainant masked, never in full.
+    assert "138****5678" in cpage.content() and PHONE not in cpage.content()
+    cpage.click("#form-start button[type=submit]")
+    cpage.wait_for_selector("#form-reply")
+    reply = "经核查，施工单位已停止夜间施工，城管执法大队将持续巡查。"
+    cpage.fill("#form-reply textarea[name=text]", reply)
+    cpage.click("#form-reply button[type=submit]")
+    cpage.wait_for_selector("#wo-reply")
+    assert "已答复" in cpage.inner_text("#case-state")
+    clerk.check("console-case-replied")
+
+    # The citizen tracks the case, reads the reply and rates it unsatisfied.
+    citizen.goto(f"{county}/track")
+    citizen.check("portal-track")
+    page.fill("#tracking_code", code)
+    page.fill("#phone_last4", PHONE[-4:])
+    page.click("form[action='/track'] button[type=submit]")
+    page.wait_for_url(re.compile(r"/track/case$"))
+    _eventually(
+        "the reply on the citizen's page",
+        lambda: bool(citizen.goto(f"{county}/track/case")) and page.query_selector("#sat-unsatisfied") is not None,
+    )
+    assert "已答复" in page.inner_text("#case-state")
+    if page.query_selector("#reply-text") is not None:
+        assert reply in page.inner_text("#reply-text")
+    citizen.check("portal-tracked")
+    page.check("#sat-unsatisfied")
+    page.fill("#comment", "夜间仍有施工，问题没有解决。")
+    page.click("form[action='/track/evaluate'] button[type=submit]")
+    page.wait_for_url(re.compile(r"/track/case$"))
+    assert "感谢您的评价" in page.inner_text("main")
+    citizen.check("portal-rated")
+
+    # The clerk sees the case reopened (退回重办).
+    _eventually(
+        "the reopened case", lambda: bool(clerk.goto(case_url)) and "退回重办" in cpage.inner_text("#case-state")
+    )
+    clerk.check("console-case-reopened")
+
+    # The provincial supervisor sees the county's figure change and drills down to that case.
+    _eventually(
+        "the county's figures at the province",
+        lambda: (
+            bool(supervisor.goto(f"{province}/console/dashboard?region=511100"))
+            and _received(supervisor, "511102") > before
+        ),
+    )
+    supervisor.check("console-dashboard-city")
+    spage = supervisor.page
+    spage.click("#row-511102 td[data-metric=received] a")
+    spage.wait_for_selector("#drill-cases")
+    assert case_id in spage.inner_text("#drill-cases")
+    supervisor.check("console-drill")
+    spage.click(f"#drill-cases a:text('{case_id}')")
+    spage.wait_for_url(re.compile(re.escape(case_id) + "$"))
+    assert case_id in spage.inner_text("main")
+    supervisor.check("console-case-province")
+
+    # Personal data never travelled in a URL.
+    for visitor in (citizen, clerk, supervisor):
+        for url in visitor.urls:
+            for secret in (PHONE, PHONE[-4:], ID_NUMBER, urllib.parse.quote(NAME), NAME, code):
+                assert secret not in url, f"{secret!r} in {url}"
+
+
+def _submit_by_grpc(address: str, category: str = "交通运输") -> tuple[str, str]:
+    with grpc.insecure_channel(address) as channel:
+        reply = intake_grpc.IntakeServiceStub(channel).SubmitCase(
+            intake_pb2.SubmitCaseRequest(
+                channel=common_pb2.CHANNEL_WEB,
+                channel_ref=str(uuid.uuid4()),
+                title="道路积水严重",
+                body="乐山市市中区某路段雨后积水严重，行人无法通行。",
+                category=category,
+                region_code="511102",
+                complainant=common_pb2.Person(name=NAME, phone=PHONE, id_number=ID_NUMBER),
+            ),
+            timeout=10,
+        )
+    return reply.case.case_id, reply.tracking_code
+
+
+def test_clerk_of_another_county_gets_403_for_the_case_page(
+    web_federation: WebFederation, visit: Callable[[], Visitor]
+) -> None:
+    county = web_federation.url("511102")
+    case_id, _code = _submit_by_grpc(web_federation.grpc("511102"))
+    stranger = visit()
+    _sign_in(stranger, county, "clerk-511111", web_federation.passwords["clerk-511111"])
+    response = stranger.goto(f"{county}/console/case/{case_id}")
+    assert response.status == 403
+    body = stranger.page.inner_text("main")
+    assert "无权访问" in body and "道路积水" not in body
+    stranger.check("console-forbidden", allow_console=("403",))
+
+
+def test_handling_unit_never_sees_the_complainant(web_federation: WebFederation, visit: Callable[[], Visitor]) -> None:
+    county = web_federation.url("511102")
+    case_id, _code = _submit_by_grpc(web_federation.grpc("511102"), "环境保护")
+    handler = visit()
+    _sign_in(handler, county, "handler-511102", web_federation.passwords["handler-511102"])
+    handler.goto(f"{county}/console/case/{case_id}")
+    html = handler.page.content()
+    assert "道路积水" in html
+    for shown in (PHONE, "138****5678", NAME, "张*", ID_NUMBER, "110105"):
+        assert shown not in html, shown
+    assert "保密" in handler.page.inner_text("#complainant")
+    handler.check("console-case-handler")
+
+
+def _post(url: str, fields: dict[str, str], cookie: str = "") -> tuple[int, str]:
+    data = urllib.parse.urlencode(fields).encode()
+    request = urllib.request.Request(url, data=data, method="POST")
+    if cookie:
+        request.add_header("Cookie", cookie)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_forms_without_their_csrf_token_are_refused(
+    web_federation: WebFederation, visit: Callable[[], Visitor]
+) -> None:
+    county = web_federation.url("511102")
+    fields = {"title": "测试", "body": "测试内容", "phone": PHONE, "channel_ref": str(uuid.uuid4()), "action": "submit"}
+    status, body = _post(f"{county}/submit", fields)
+    assert status == 403 and "CSRF" in body
+    # With the browser's own cookies but a forged token: refused too, and nothing registered.
+    visitor = visit()
+    visitor.goto(f"{county}/submit")
+    cookies = "; ".join(f"{c['name']}={c['value']}" for c in visitor.page.context.cookies())
+    status, _ = _post(f"{county}/submit", {**fields, "csrf": "forged"}, cookie=cookies)
+    assert status == 403
+    status, _ = _post(
+        f"{county}/console/login",
+        {"username": "clerk-511102", "password": web_federation.passwords["clerk-511102"], "csrf": "forged"},
+        cookie=cookies,
+    )
+    assert status == 403
+
+
+def test_pages_send_a_strict_content_security_policy(web_federation: WebFederation) -> None:
+    with urllib.request.urlopen(f"{web_federation.url('511102')}/submit", timeout=10) as reply:
+        csp = reply.headers["Content-Security-Policy"]
+        cookies = reply.headers.get_all("Set-Cookie") or []
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert cookies and all("HttpOnly" in c and "SameSite=strict" in c for c in cookies)
+
+
+def test_health_and_metrics_answer(web_federation: WebFederation) -> None:
+    base = web_federation.url("511102")
+    with urllib.request.urlopen(f"{base}/healthz", timeout=10) as reply:
+        assert reply.status == 200
+    urllib.request.urlopen(f"{base}/", timeout=10).read()
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    assert 'lianxin_web_requests_total{method="GET",route="home",status="200"}' in text
