@@ -546,6 +546,7 @@ class TrackView:
     timeline: list[TimelineEntry]
     can_evaluate: bool
     can_request_review: bool
+    can_withdraw: bool
 
 
 def track_case(tracking_code: str, phone_last4: str, *, uow_factory: UnitOfWorkFactory, deps: IntakeDeps) -> TrackView:
@@ -553,7 +554,7 @@ def track_case(tracking_code: str, phone_last4: str, *, uow_factory: UnitOfWorkF
         case = _authenticate(uow, tracking_code, phone_last4, deps)
         timeline = uow.timeline(case.case_id)
     now = deps.clock()
-    return TrackView(case, timeline, can_evaluate(case), can_request_review(case, now))
+    return TrackView(case, timeline, can_evaluate(case), can_request_review(case, now), can_withdraw(case))
 
 
 def _text(field_name: str, value: str, *, required: bool) -> str:

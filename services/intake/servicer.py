@@ -138,6 +138,7 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             timeline=[mapping.timeline_entry(entry) for entry in view.timeline],
             can_evaluate=view.can_evaluate,
             can_request_review=view.can_request_review,
+            can_withdraw=view.can_withdraw,
             satisfaction=mapping.satisfaction_value(case.satisfaction),  # type: ignore[arg-type]
             reply_text=case.reply_text,
             replied_at=to_timestamp(case.replied_at) if case.replied_at is not None else None,

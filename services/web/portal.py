@@ -151,9 +151,6 @@ def track(page: Page) -> Response:
     return page.redirect("/track/case")
 
 
-TERMINAL = {"CLOSED", "REFUSED", "WITHDRAWN", "MERGED"}
-
-
 def tracked_case(page: Page, errors: dict[str, str] | None = None, status: int = 200, **extra: Any) -> Response:
     proof = _proof(page)
     if proof is None:
@@ -168,8 +165,6 @@ def tracked_case(page: Page, errors: dict[str, str] | None = None, status: int =
         status=status,
         case=reply,
         state=state,
-        reply_text=getattr(reply, "reply_text", ""),
-        can_withdraw=getattr(reply, "can_withdraw", state not in TERMINAL),
         errors=errors or {},
         values=extra.pop("values", {}),
         **extra,

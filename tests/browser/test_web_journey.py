@@ -130,8 +130,8 @@ def test_citizen_clerk_and_supervisor_journey(web_federation: WebFederation, vis
         lambda: bool(citizen.goto(f"{county}/track/case")) and page.query_selector("#sat-unsatisfied") is not None,
     )
     assert "已答复" in page.inner_text("#case-state")
-    if page.query_selector("#reply-text") is not None:
-        assert reply in page.inner_text("#reply-text")
+    assert reply in page.inner_text("#reply-text")
+    assert page.query_selector("form[action='/track/withdraw']") is None  # replied: no longer withdrawable
     citizen.check("portal-tracked")
     page.check("#sat-unsatisfied")
     page.fill("#comment", "夜间仍有施工，问题没有解决。")
