@@ -68,6 +68,7 @@ CITIZEN_METHODS = frozenset(
         "lianxin.intake.v1.IntakeService/EvaluateCase",
         "lianxin.intake.v1.IntakeService/RequestReview",
         "lianxin.intake.v1.IntakeService/WithdrawCase",
+        "lianxin.intake.v1.IntakeService/ListPublishedReplies",
     }
 )
 PEER_METHODS = frozenset(

@@ -21,7 +21,7 @@ from services.common.errors import (
     ResourceExhausted,
 )
 from services.common.ids import format_case_id
-from services.common.timeutil import china_date
+from services.common.timeutil import CHINA, china_date
 from services.intake import dedup
 from services.intake.domain import (
     CATEGORIES,
@@ -62,6 +62,10 @@ COMMENT_MAX = 500
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 PAGE_DEFAULT = 50
 PAGE_MAX = 500
+# Case flag of a citizen's consent to publish the reply on the public board (公开答复).
+PUBLISH_CONSENT = "publish_consent"
+# A reply is on the board while the case rests on it; a reopened case waits for its next reply.
+PUBLISHED_STATES = frozenset({CaseState.REPLIED, CaseState.CLOSED})
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class CaseFilter:
     regions: frozenset[str] | None = None
     submitted_after: datetime | None = None
     submitted_before: datetime | None = None
+    published_only: bool = False  # replies the citizen agreed to publish (the public board)
+    text: str | None = None  # words in the title, the request or the reply
 
 
 @dataclass
@@ -291,6 +297,8 @@ def _resolve(clean: Submission, deps: IntakeDeps) -> _Resolved:
         flags.append("place_unresolved")
     if clean.anonymous:
         flags.append("anonymous")
+    if clean.publish_consent:
+        flags.append(PUBLISH_CONSENT)
     moderation = tuple(deps.screen.reasons(text))
     if moderation:
         flags.append("moderation")
@@ -430,6 +438,17 @@ def check_region_filter(region: str | None, deps: IntakeDeps) -> frozenset[str] 
     if region not in deps.allowed_regions:
         raise InvalidArgument("region_code", f"{region} is not a region of node {deps.node}")
     return deps.regions_under(region)
+
+
+def month_range(month: str) -> tuple[datetime, datetime]:
+    """The instants a month "YYYY-MM" spans in China time, as [start, end)."""
+    try:
+        year, number = (int(part) for part in month.split("-"))
+        start = datetime(year, number, 1, tzinfo=CHINA)
+    except ValueError:
+        raise InvalidArgument("month", f"must be YYYY-MM, got {month!r}") from None
+    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=CHINA)
+    return start, end
 
 
 @dataclass(frozen=True)

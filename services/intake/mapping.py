@@ -10,7 +10,7 @@ from lianxin.events.v1 import events_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 
 from services.common.errors import InvalidArgument
-from services.common.logs import mask_id_number, mask_name, mask_phone
+from services.common.logs import mask_id_number, mask_name, mask_phone, mask_text
 from services.common.telemetry import inject_context
 from services.common.timeutil import from_timestamp, to_timestamp
 from services.intake.domain import (
@@ -75,6 +75,7 @@ def submission(request: intake_pb2.SubmitCaseRequest) -> Submission:
         phone=person.phone or None,
         anonymous=request.anonymous,
         hotline_operator_id=request.hotline_operator_id or None,
+        publish_consent=request.publish_consent,
     )
 
 
@@ -210,3 +211,21 @@ def owner_command(command: CommandForOwner) -> events_pb2.Command:
         raise ValueError(f"no command body for {command.kind!r}")
     message.trace_context.update(inject_context())
     return message
+
+
+def published_reply(case: Case) -> intake_pb2.PublishedReply:
+    """A case as the public board shows it: personal data masked, in the text too."""
+    person = case.complainant
+    who = " ".join(part for part in (mask_name(person.name or ""), mask_phone(person.phone or "")) if part)
+    return intake_pb2.PublishedReply(
+        case_id=case.case_id,
+        title=mask_text(case.title),
+        body=mask_text(case.body),
+        category=case.category,
+        region_code=case.region_code,
+        submitted_at=to_timestamp(case.submitted_at),
+        reply_text=mask_text(case.reply_text),
+        replied_at=to_timestamp(case.replied_at) if case.replied_at is not None else None,
+        asked_by="匿名" if case.anonymous or not who else who,
+        satisfaction=satisfaction_value(case.satisfaction),  # type: ignore[arg-type]
+    )

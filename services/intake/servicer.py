@@ -125,6 +125,30 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             page=common_pb2.PageResponse(next_page_token=page.next_page_token, total_size=page.total_size),
         )
 
+    def ListPublishedReplies(
+        self, request: intake_pb2.ListPublishedRepliesRequest, context: Any
+    ) -> intake_pb2.ListPublishedRepliesResponse:
+        after, before = handlers.month_range(request.month) if request.month else (None, None)
+        filters = CaseFilter(
+            states=handlers.PUBLISHED_STATES,
+            category=request.category or None,
+            regions=handlers.check_region_filter(request.region_code, self._deps),
+            submitted_after=after,
+            submitted_before=before,
+            published_only=True,
+            text=request.text.strip() or None,
+        )
+        page = handlers.list_cases(
+            filters,
+            page_token=request.page.page_token,
+            size=handlers.page_size(request.page.page_size),
+            uow_factory=self._uow_factory,
+        )
+        return intake_pb2.ListPublishedRepliesResponse(
+            replies=[mapping.published_reply(case) for case in page.cases],
+            page=common_pb2.PageResponse(next_page_token=page.next_page_token, total_size=page.total_size),
+        )
+
     def TrackCase(self, request: intake_pb2.TrackCaseRequest, context: Any) -> intake_pb2.TrackCaseResponse:
         view = handlers.track_case(
             request.tracking_code, request.phone_last4, uow_factory=self._uow_factory, deps=self._deps

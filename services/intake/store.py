@@ -37,7 +37,7 @@ from services.intake.domain import (
     ReviewRequested,
     TimelineEntry,
 )
-from services.intake.handlers import CaseFilter, SubmitLookup
+from services.intake.handlers import PUBLISH_CONSENT, CaseFilter, SubmitLookup
 from services.intake.models import OPEN_CASE_SQL, CaseRow, CaseSequenceRow, EvaluationRow, TimelineRow, outbox
 
 # Plain Tables for the submit's Core inserts.
@@ -609,6 +609,16 @@ class SqlIntakeUnitOfWork:
             query = query.where(CaseRow.submitted_at >= filters.submitted_after)
         if filters.submitted_before is not None:
             query = query.where(CaseRow.submitted_at < filters.submitted_before)
+        if filters.published_only:
+            query = query.where(CaseRow.flags.contains(PUBLISH_CONSENT), CaseRow.reply_text != "")
+        if filters.text:
+            query = query.where(
+                or_(
+                    CaseRow.title.contains(filters.text, autoescape=True),
+                    CaseRow.body.contains(filters.text, autoescape=True),
+                    CaseRow.reply_text.contains(filters.text, autoescape=True),
+                )
+            )
         return query
 
     def list_cases(self, filters: CaseFilter, *, after: tuple[datetime, str] | None, limit: int) -> list[Case]:

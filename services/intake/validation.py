@@ -60,6 +60,7 @@ class Submission:
     phone: str | None = None
     anonymous: bool = False
     hotline_operator_id: str | None = None
+    publish_consent: bool = False  # the reply may go on the public board (公开答复), masked
 
 
 def _clean(value: str | None) -> str | None:
@@ -198,4 +199,5 @@ def validate_submission(submission: Submission, *, allowed_regions: Collection[s
         phone=values["phone"],
         anonymous=s.anonymous,
         hotline_operator_id=values["hotline_operator_id"],
+        publish_consent=s.publish_consent,
     )

@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.errors import DomainError
 from services.common.regions import RegionTree
-from services.common.security import load_token_key, rule_for
+from services.common.security import issue_token, load_token_key, rule_for
 from services.common.settings import Settings
 from services.web import labels
 from services.web.accounts import AccountStore
@@ -70,6 +70,7 @@ class Gateway:
     templates: Environment
     calendar: ChineseWorkingCalendar = field(default_factory=ChineseWorkingCalendar)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _portal_token: tuple[str, float] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.requests = Counter(
@@ -89,6 +90,23 @@ class Gateway:
     @property
     def node(self) -> str:
         return self.node_settings.node
+
+    def portal_token(self) -> str | None:
+        """The public pages' own read-only token (role auditor), for figures the node shows operators only.
+
+        None when the node needs no tokens. Minted with the node's token key and renewed before expiry.
+        """
+        if self.token_key is None:
+            return None
+        now = time.time()
+        cached = self._portal_token
+        if cached is None or cached[1] - 60 < now:
+            token = issue_token(
+                self.token_key, subject=f"web-portal@{self.node}", node=self.node, roles=["auditor"], ttl_s=600
+            )
+            cached = (token, now + 600)
+            self._portal_token = cached
+        return cached[0]
 
     def cookie(self, kind: str) -> str:
         # Browsers share cookies across ports of one host: the node's code keeps gateways apart.

@@ -6,18 +6,20 @@ signed cookie, never in a URL, so they do not end up in logs, history or Referer
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
+from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 from starlette.responses import Response
 
 from services.intake.domain import CATEGORIES as INTAKE_CATEGORIES
 from services.intake.domain import OTHER_CATEGORY
 from services.web import labels
-from services.web.app import Page
+from services.web.app import Page, today_month
 from services.web.client import CallFailed
 
 # The vocabulary of categories is intake's (its plain domain module imports nothing heavy).
@@ -86,6 +88,7 @@ def submit(page: Page) -> Response:
         region_code=values["region_code"],
         address=values["address"],
         anonymous=values["anonymous"],
+        publish_consent=values["publish"],
         complainant=common_pb2.Person(name=values["name"], phone=values["phone"], id_number=values["id_number"]),
     )
     try:
@@ -236,6 +239,65 @@ def withdraw(page: Page) -> Response:
     )
 
 
+# --------------------------------------------------------------------------- public reply board
+
+UNIT_METRICS = ("reply_rate", "avg_reply_workdays", "satisfaction_rate")
+
+
+def _unit_figures(page: Page, month: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Each unit's figures of the month (张榜公布) with the definitions of docs/stats.md, asked all at once."""
+    token = page.gateway.portal_token()
+    node = page.gateway.node
+    stats = page.client.stats
+    ranks = {
+        metric: page.client.start(
+            stats.RankUnits, stats_pb2.RankUnitsRequest(region_code=node, metric=metric, month=month), token
+        )
+        for metric in UNIT_METRICS
+    }
+    definitions = page.client.start(
+        stats.GetMetrics, stats_pb2.GetMetricsRequest(region_code=node, month=month, metrics=list(UNIT_METRICS)), token
+    )
+    units: dict[str, dict[str, Any]] = {}
+    try:
+        for metric, future in ranks.items():
+            for row in page.client.result(future).rows:
+                unit = units.setdefault(row.unit_id, {"name": row.name or row.unit_id, "cases": row.cases})
+                unit[metric] = row.value
+        meanings = {m.name: m.definition for m in page.client.result(definitions).metrics}
+    except CallFailed:
+        return [], {}
+    return sorted(units.values(), key=lambda u: (-u["cases"], u["name"])), meanings
+
+
+def board(page: Page) -> Response:
+    month = page.query("month")
+    if month and not re.fullmatch(r"\d{4}-\d{2}", month):
+        month = ""
+    request = intake_pb2.ListPublishedRepliesRequest(
+        text=page.query("q")[:50],
+        category=page.query("category") if page.query("category") in CATEGORIES else "",
+        region_code=page.query("region") if page.query("region") in dict(_regions(page)) else "",
+        month=month,
+        page=common_pb2.PageRequest(page_size=10, page_token=page.query("page")[:256]),
+    )
+    reply = page.client.call(page.client.intake.ListPublishedReplies, request)
+    units, meanings = _unit_figures(page, month or today_month())
+    return page.render(
+        "portal/board.html",
+        replies=reply.replies,
+        next_page=reply.page.next_page_token,
+        total=reply.page.total_size,
+        filters={"q": request.text, "category": request.category, "region": request.region_code, "month": month},
+        categories=CATEGORIES,
+        regions=_regions(page),
+        region_names=dict(_regions(page)),
+        units=units,
+        meanings=meanings,
+        figures_month=month or today_month(),
+    )
+
+
 ROUTES: list[tuple[str, str, Any, list[str]]] = [
     ("/", "home", home, ["GET"]),
     ("/submit", "submit_form", submit_form, ["GET"]),
@@ -248,4 +310,5 @@ ROUTES: list[tuple[str, str, Any, list[str]]] = [
     ("/track/evaluate", "evaluate", evaluate, ["POST"]),
     ("/track/review", "request_review", request_review, ["POST"]),
     ("/track/withdraw", "withdraw", withdraw, ["POST"]),
+    ("/board", "board", board, ["GET"]),
 ]

@@ -145,6 +145,14 @@ def test_citizen_clerk_and_supervisor_journey(web_federation: WebFederation, vis
         "the reopened case", lambda: bool(clerk.goto(case_url)) and "退回重办" in cpage.inner_text("#case-state")
     )
     clerk.check("console-case-reopened")
+    # ... and redoes it: signs for it again and gives a second reply.
+    second = "经再次核查，已责令施工单位夜间全面停工，并安排专人每晚巡查。"
+    cpage.click("#form-start button[type=submit]")
+    cpage.wait_for_selector("#form-reply")
+    cpage.fill("#form-reply textarea[name=text]", second)
+    cpage.click("#form-reply button[type=submit]")
+    cpage.wait_for_selector("#wo-reply")
+    assert second in cpage.inner_text("#wo-reply")
 
     # The provincial supervisor sees the county's figure change and drills down to that case.
     _eventually(
@@ -164,6 +172,20 @@ def test_citizen_clerk_and_supervisor_journey(web_federation: WebFederation, vis
     spage.wait_for_url(re.compile(re.escape(case_id) + "$"))
     assert case_id in spage.inner_text("main")
     supervisor.check("console-case-province")
+
+    # The public board shows the published reply, with the phone masked and nothing else personal.
+    _eventually(
+        "the published reply on the board",
+        lambda: (
+            bool(citizen.goto(f"{county}/board?q={urllib.parse.quote(title[-4:])}"))
+            and second in page.inner_text("main")
+        ),
+    )
+    entry = page.inner_text(f"#reply-{case_id}")
+    assert title in entry and "138****5678" in entry and "张*" in entry
+    html = page.content()
+    assert PHONE not in html and NAME not in html and ID_NUMBER not in html
+    citizen.check("portal-board")
 
     # Personal data never travelled in a URL.
     for visitor in (citizen, clerk, supervisor):

@@ -62,6 +62,7 @@ class SubmitCaseRequest(_message.Message):
     ANONYMOUS_FIELD_NUMBER: _builtins.int
     HOTLINE_OPERATOR_ID_FIELD_NUMBER: _builtins.int
     SUBMITTED_AT_FIELD_NUMBER: _builtins.int
+    PUBLISH_CONSENT_FIELD_NUMBER: _builtins.int
     channel: _common_pb2.Channel.ValueType
     """Channel the request came through; required."""
     channel_ref: _builtins.str
@@ -82,6 +83,10 @@ class SubmitCaseRequest(_message.Message):
     """True when the citizen asks to stay anonymous."""
     hotline_operator_id: _builtins.str
     """Operator id of the hotline operator; required for CHANNEL_HOTLINE."""
+    publish_consent: _builtins.bool
+    """True when the citizen agrees that the reply may be published on the public board
+    (公开答复), with personal data masked.
+    """
     @_builtins.property
     def complainant(self) -> _common_pb2.Person:
         """The complainant; personal data, encrypted at rest and masked in logs."""
@@ -104,10 +109,11 @@ class SubmitCaseRequest(_message.Message):
         anonymous: _builtins.bool = ...,
         hotline_operator_id: _builtins.str = ...,
         submitted_at: _timestamp_pb2.Timestamp | None = ...,
+        publish_consent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complainant", b"complainant", "submitted_at", b"submitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "anonymous", b"anonymous", "body", b"body", "category", b"category", "channel", b"channel", "channel_ref", b"channel_ref", "complainant", b"complainant", "hotline_operator_id", b"hotline_operator_id", "region_code", b"region_code", "submitted_at", b"submitted_at", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "anonymous", b"anonymous", "body", b"body", "category", b"category", "channel", b"channel", "channel_ref", b"channel_ref", "complainant", b"complainant", "hotline_operator_id", b"hotline_operator_id", "publish_consent", b"publish_consent", "region_code", b"region_code", "submitted_at", b"submitted_at", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -890,3 +896,135 @@ class LocateTextResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LocateTextResponse: _TypeAlias = LocateTextResponse  # noqa: Y015
+
+@_typing.final
+class ListPublishedRepliesRequest(_message.Message):
+    """Filters and paging of the public reply board; empty filters match every published reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    REGION_CODE_FIELD_NUMBER: _builtins.int
+    MONTH_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Words to find in the title, the request or the reply."""
+    category: _builtins.str
+    """Only replies of this category."""
+    region_code: _builtins.str
+    """Only replies about this region or below it."""
+    month: _builtins.str
+    """Only requests submitted in this month, "YYYY-MM" (China time)."""
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest:
+        """Paging."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        category: _builtins.str = ...,
+        region_code: _builtins.str = ...,
+        month: _builtins.str = ...,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "month", b"month", "page", b"page", "region_code", b"region_code", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPublishedRepliesRequest: _TypeAlias = ListPublishedRepliesRequest  # noqa: Y015
+
+@_typing.final
+class PublishedReply(_message.Message):
+    """One published reply; every phone, ID number and name in it is masked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    REGION_CODE_FIELD_NUMBER: _builtins.int
+    SUBMITTED_AT_FIELD_NUMBER: _builtins.int
+    REPLY_TEXT_FIELD_NUMBER: _builtins.int
+    REPLIED_AT_FIELD_NUMBER: _builtins.int
+    ASKED_BY_FIELD_NUMBER: _builtins.int
+    SATISFACTION_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """Id of the case."""
+    title: _builtins.str
+    """Title of the request."""
+    body: _builtins.str
+    """The request, with phones and ID numbers in it masked."""
+    category: _builtins.str
+    """Category of the request."""
+    region_code: _builtins.str
+    """Region of the place concerned."""
+    reply_text: _builtins.str
+    """The reply, with phones and ID numbers in it masked."""
+    asked_by: _builtins.str
+    """Who asked, masked ("张* 138****5678"), or "匿名" for an anonymous request."""
+    satisfaction: _common_pb2.Satisfaction.ValueType
+    """The citizen's rating, if given."""
+    @_builtins.property
+    def submitted_at(self) -> _timestamp_pb2.Timestamp:
+        """When the citizen submitted it."""
+
+    @_builtins.property
+    def replied_at(self) -> _timestamp_pb2.Timestamp:
+        """When the reply was given."""
+
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        body: _builtins.str = ...,
+        category: _builtins.str = ...,
+        region_code: _builtins.str = ...,
+        submitted_at: _timestamp_pb2.Timestamp | None = ...,
+        reply_text: _builtins.str = ...,
+        replied_at: _timestamp_pb2.Timestamp | None = ...,
+        asked_by: _builtins.str = ...,
+        satisfaction: _common_pb2.Satisfaction.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["replied_at", b"replied_at", "submitted_at", b"submitted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asked_by", b"asked_by", "body", b"body", "case_id", b"case_id", "category", b"category", "region_code", b"region_code", "replied_at", b"replied_at", "reply_text", b"reply_text", "satisfaction", b"satisfaction", "submitted_at", b"submitted_at", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishedReply: _TypeAlias = PublishedReply  # noqa: Y015
+
+@_typing.final
+class ListPublishedRepliesResponse(_message.Message):
+    """A page of published replies, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLIES_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishedReply]:
+        """The replies."""
+
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse:
+        """Paging."""
+
+    def __init__(
+        self,
+        *,
+        replies: _abc.Iterable[Global___PublishedReply] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "replies", b"replies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPublishedRepliesResponse: _TypeAlias = ListPublishedRepliesResponse  # noqa: Y015

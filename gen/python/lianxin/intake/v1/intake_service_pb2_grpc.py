@@ -96,6 +96,11 @@ class IntakeServiceStub:
                 request_serializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.LocateTextRequest.SerializeToString,
                 response_deserializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.LocateTextResponse.FromString,
                 _registered_method=True)
+        self.ListPublishedReplies = channel.unary_unary(
+                '/lianxin.intake.v1.IntakeService/ListPublishedReplies',
+                request_serializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.ListPublishedRepliesRequest.SerializeToString,
+                response_deserializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.ListPublishedRepliesResponse.FromString,
+                _registered_method=True)
 
 
 class IntakeServiceServicer:
@@ -187,6 +192,13 @@ class IntakeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPublishedReplies(self, request, context):
+        """Public: the replies citizens agreed to publish (公开答复), personal data masked, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntakeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +261,11 @@ def add_IntakeServiceServicer_to_server(servicer, server):
                     servicer.LocateText,
                     request_deserializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.LocateTextRequest.FromString,
                     response_serializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.LocateTextResponse.SerializeToString,
+            ),
+            'ListPublishedReplies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPublishedReplies,
+                    request_deserializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.ListPublishedRepliesRequest.FromString,
+                    response_serializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.ListPublishedRepliesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -577,6 +594,33 @@ class IntakeService:
             '/lianxin.intake.v1.IntakeService/LocateText',
             lianxin_dot_intake_dot_v1_dot_intake__service__pb2.LocateTextRequest.SerializeToString,
             lianxin_dot_intake_dot_v1_dot_intake__service__pb2.LocateTextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPublishedReplies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.intake.v1.IntakeService/ListPublishedReplies',
+            lianxin_dot_intake_dot_v1_dot_intake__service__pb2.ListPublishedRepliesRequest.SerializeToString,
+            lianxin_dot_intake_dot_v1_dot_intake__service__pb2.ListPublishedRepliesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,8 @@ class IntakeServiceStub:
     """Suggests a category for a text (自动分类)."""
     LocateText: _grpc.UnaryUnaryMultiCallable[_intake_service_pb2.LocateTextRequest, _intake_service_pb2.LocateTextResponse]
     """Resolves the place named in a text to a region (地址解析)."""
+    ListPublishedReplies: _grpc.UnaryUnaryMultiCallable[_intake_service_pb2.ListPublishedRepliesRequest, _intake_service_pb2.ListPublishedRepliesResponse]
+    """Public: the replies citizens agreed to publish (公开答复), personal data masked, newest first."""
 
 class IntakeServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registers citizens' requests from every channel, answers the citizen's tracking and rating,
@@ -143,5 +145,13 @@ class IntakeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _intake_service_pb2.LocateTextResponse:
         """Resolves the place named in a text to a region (地址解析)."""
+
+    @_abc_1.abstractmethod
+    def ListPublishedReplies(
+        self,
+        request: _intake_service_pb2.ListPublishedRepliesRequest,
+        context: _grpc.ServicerContext,
+    ) -> _intake_service_pb2.ListPublishedRepliesResponse:
+        """Public: the replies citizens agreed to publish (公开答复), personal data masked, newest first."""
 
 def add_IntakeServiceServicer_to_server(servicer: IntakeServiceServicer, server: _grpc.Server) -> None: ...
