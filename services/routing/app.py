@@ -144,14 +144,17 @@ def build(ctx: ServiceContext) -> ServiceParts:
         env = decode(event)
         evaluated(event, env.case_id, env.case_evaluated.satisfaction, env.case_evaluated.comment)
 
+    def visit_held(event: BusEvent, case_id: str, visit_id: str, decisions: str, minutes: str) -> None:
+        note = f"视频接访 {visit_id}: {decisions or minutes}"
+        consume(
+            event,
+            lambda uow: handlers.on_visit_outcome(case_id, note=note, uow=uow, routing=routing, now=ctx.clock()),
+        )
+
     def on_visit_outcome(event: BusEvent) -> None:
         env = decode(event)
         outcome = env.visit_outcome_recorded
-        note = f"视频接访 {outcome.visit_id}: {outcome.decisions or outcome.minutes}"
-        consume(
-            event,
-            lambda uow: handlers.on_visit_outcome(env.case_id, note=note, uow=uow, routing=routing, now=ctx.clock()),
-        )
+        visit_held(event, env.case_id, outcome.visit_id, outcome.decisions, outcome.minutes)
 
     def withdrawn(event: BusEvent, case_id: str, reason: str) -> None:
         def apply(uow: handlers.RoutingUnitOfWork) -> None:
@@ -213,6 +216,9 @@ def build(ctx: ServiceContext) -> ServiceParts:
             review_requested(event, command.case_id, command.request_review.reason)
         elif body == "withdraw":
             withdrawn(event, command.case_id, command.withdraw.reason)
+        elif body == "visit_outcome":
+            held = command.visit_outcome
+            visit_held(event, command.case_id, held.visit_id, held.decisions, held.minutes)
         # other commands (hand-offs, handling updates for the registering node's intake) are not
         # routing's to apply here
 

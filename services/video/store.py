@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.common.calendar import WorkingCalendar
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import envelope, write_event
+from services.common.outbox import append_event
+from services.common.service import BusEvent
 from services.common.timeutil import CHINA, to_timestamp
 from services.video import slots
 from services.video.domain import (
@@ -663,7 +665,36 @@ class VideoStore:
                     visit_id=visit_id, minutes=minutes, decisions=decisions, recording_ref=ref
                 ),
             )
+            owner = self._owner(s, visit.case_id)
+            if owner.node != self.node:
+                # Held here for a case another node handles: its routing records the outcome in the
+                # case's history when exchange delivers this (a local owner's routing follows the event).
+                self._command_owner(s, visit, owner, minutes=minutes, decisions=decisions, ref=ref)
             return visit
+
+    def _command_owner(
+        self, s: Session, visit: Visit, owner: CaseOwner, *, minutes: str, decisions: str, ref: str
+    ) -> None:
+        command = events_pb2.Command(
+            # One command per visit: an outcome is recorded once (the visit is COMPLETED after).
+            command_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"lianxin:visit-outcome:{visit.visit_id}")),
+            case_id=visit.case_id,
+            target_node=owner.node,
+            issuing_node=self.node,
+            owner_epoch_seen=owner.epoch,
+            issued_at=to_timestamp(self.now()),
+            visit_outcome=events_pb2.Command.VisitOutcome(
+                visit_id=visit.visit_id, minutes=minutes, decisions=decisions, recording_ref=ref
+            ),
+        )
+        append_event(
+            s,
+            outbox,
+            BusEvent(
+                event_id=command.command_id, source="video", event_type="command", body=command.SerializeToString()
+            ),
+            visit.case_id,
+        )
 
     def get_visit(self, visit_id: str) -> Visit:
         with self._tx() as s:

@@ -905,6 +905,41 @@ class Command(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
+    class VisitOutcome(_message.Message):
+        """The outcome of a leader's video reception (视频接访) held at a node that does not handle the
+        case (a city leader receiving the citizen of a case handed down to a county): the owner's
+        routing records it in the case's history, as it does a visit held at its own node.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        VISIT_ID_FIELD_NUMBER: _builtins.int
+        MINUTES_FIELD_NUMBER: _builtins.int
+        DECISIONS_FIELD_NUMBER: _builtins.int
+        RECORDING_REF_FIELD_NUMBER: _builtins.int
+        visit_id: _builtins.str
+        """Id of the visit at the issuing node."""
+        minutes: _builtins.str
+        """Minutes of the reception."""
+        decisions: _builtins.str
+        """Decisions taken."""
+        recording_ref: _builtins.str
+        """Reference to the recording."""
+        def __init__(
+            self,
+            *,
+            visit_id: _builtins.str = ...,
+            minutes: _builtins.str = ...,
+            decisions: _builtins.str = ...,
+            recording_ref: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "minutes", b"minutes", "recording_ref", b"recording_ref", "visit_id", b"visit_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class TraceContextEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -937,6 +972,7 @@ class Command(_message.Message):
     REQUEST_REVIEW_FIELD_NUMBER: _builtins.int
     WITHDRAW_FIELD_NUMBER: _builtins.int
     HANDLING_FIELD_NUMBER: _builtins.int
+    VISIT_OUTCOME_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """Unique id of the command (UUID); the owner applies each command once."""
     case_id: _builtins.str
@@ -979,6 +1015,10 @@ class Command(_message.Message):
     def handling(self) -> Global___Command.HandlingUpdate:
         """Tell the registering node how the owner handles the case."""
 
+    @_builtins.property
+    def visit_outcome(self) -> Global___Command.VisitOutcome:
+        """Record a video reception's outcome in the case's history."""
+
     def __init__(
         self,
         *,
@@ -995,12 +1035,13 @@ class Command(_message.Message):
         request_review: Global___Command.RequestReview | None = ...,
         withdraw: Global___Command.WithdrawCase | None = ...,
         handling: Global___Command.HandlingUpdate | None = ...,
+        visit_outcome: Global___Command.VisitOutcome | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "evaluate", b"evaluate", "hand_off", b"hand_off", "handling", b"handling", "issued_at", b"issued_at", "request_review", b"request_review", "supervise", b"supervise", "withdraw", b"withdraw"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "evaluate", b"evaluate", "hand_off", b"hand_off", "handling", b"handling", "issued_at", b"issued_at", "request_review", b"request_review", "supervise", b"supervise", "visit_outcome", b"visit_outcome", "withdraw", b"withdraw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "case_id", b"case_id", "command_id", b"command_id", "evaluate", b"evaluate", "hand_off", b"hand_off", "handling", b"handling", "issued_at", b"issued_at", "issuing_node", b"issuing_node", "owner_epoch_seen", b"owner_epoch_seen", "request_review", b"request_review", "supervise", b"supervise", "target_node", b"target_node", "trace_context", b"trace_context", "withdraw", b"withdraw"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "case_id", b"case_id", "command_id", b"command_id", "evaluate", b"evaluate", "hand_off", b"hand_off", "handling", b"handling", "issued_at", b"issued_at", "issuing_node", b"issuing_node", "owner_epoch_seen", b"owner_epoch_seen", "request_review", b"request_review", "supervise", b"supervise", "target_node", b"target_node", "trace_context", b"trace_context", "visit_outcome", b"visit_outcome", "withdraw", b"withdraw"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["supervise", "evaluate", "hand_off", "request_review", "withdraw", "handling"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["supervise", "evaluate", "hand_off", "request_review", "withdraw", "handling", "visit_outcome"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
