@@ -198,6 +198,10 @@ class NodeCalendar(ChineseWorkingCalendar):
         self.refresh()
         return super().knows_year(year)
 
+    def known_range(self) -> tuple[date, date]:
+        self.refresh()  # video cuts its slot search here
+        return super().known_range()
+
     def origin(self, year: int) -> str:
         """Where the node's arrangement for ``year`` comes from: "loaded", "file", "package" or ""."""
         if year in self.loaded:
