@@ -141,7 +141,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = Settings()
     _configure_logging(settings)
+    from services.common.crypto import require_configured_keys
     from services.common.security import server_security
+
+    require_configured_keys("lianxin serve")  # never a generated or constant key in production
 
     regions = RegionTree.load(settings.regions_file)
     parts, engine = build_service(settings, args.service, regions=regions)
@@ -180,6 +183,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not settings.amqp_uri:
         print("LIANXIN_AMQP_URI is required for a worker", file=sys.stderr)
         return 2
+    from services.common.crypto import require_configured_keys
+
+    require_configured_keys("lianxin worker")
     parts, _engine = build_service(settings, args.service, regions=RegionTree.load(settings.regions_file))
     if settings.metrics_port is not None:
         # The relay's outbox gauges and the handlers' business metrics live in the worker.

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness.defaults import BACKENDS, DEFAULT_PG_ADMIN
+from services.common.crypto import keys_configured, new_data_key
 from services.federation import BUSINESS_SERVICES, wait_serving
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,9 +44,16 @@ STOP_GRACE_S = 3.0
 OPERATOR_SETTINGS = ("LIANXIN_PARENT", "LIANXIN_NATIONAL", "LIANXIN_DATABASE_URL", "LIANXIN_AMQP_URI")
 
 
+# Production processes refuse to start without data keys: one keyring for every node of this run.
+_RUN_DATA_KEYS = f"bench:{new_data_key()}"
+
+
 def harness_environ() -> dict[str, str]:
     """This process's environment without the operator's node settings, for the processes the harness starts."""
-    return {key: value for key, value in os.environ.items() if key not in OPERATOR_SETTINGS}
+    env = {key: value for key, value in os.environ.items() if key not in OPERATOR_SETTINGS}
+    if not keys_configured(env):
+        env["LIANXIN_DATA_KEYS"] = _RUN_DATA_KEYS
+    return env
 
 
 def free_port(host: str = "127.0.0.1") -> int:

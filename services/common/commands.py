@@ -58,6 +58,17 @@ def cmd_audit_verify(_args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    """A new data key for the keyring; append it to LIANXIN_DATA_KEYS and name it in LIANXIN_DATA_KEY_ID."""
+    import datetime as dt
+
+    from services.common.crypto import new_data_key
+
+    key_id = args.id or f"k{dt.datetime.now(dt.UTC):%Y%m%d}"
+    print(f"{key_id}:{new_data_key()}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     certs = subparsers.add_parser("certs", help="make a development CA and node certificates (mTLS)")
     certs.add_argument("--out", required=True, help="directory for ca.pem, <code>.pem, <code>.key")
@@ -73,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     token.add_argument("--ttl", type=float, default=8.0, help="hours")
     token.add_argument("--key", help="HMAC key or key file (default LIANXIN_TOKEN_KEY)")
     token.set_defaults(func=cmd_token)
+
+    keys = subparsers.add_parser("keys", help="data keys (SM4) for LIANXIN_DATA_KEYS")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new_key = keys_sub.add_parser("new", help="print a new key line: <id>:<base64 16 bytes>")
+    new_key.add_argument("--id", default="", help="key id (default k<yyyymmdd>)")
+    new_key.set_defaults(func=cmd_keys_new)
 
     audit = subparsers.add_parser("audit", help="audit trail tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

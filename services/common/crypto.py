@@ -8,7 +8,10 @@ built without SM4/SM3.
 
 Keys come from ``LIANXIN_DATA_KEYS`` (``k1:<base64>,k2:<base64>``) with ``LIANXIN_DATA_KEY_ID``
 naming the current one, or from a secret file (``LIANXIN_DATA_KEYS_FILE``, same format, one key a
-line), or, for zero-configuration development, a fixed development key.
+line). Never a constant: without configured keys an embedded node generates its own keyring into
+its data directory on first start (``<data_dir>/<node>/data-keys``, mode 0600), a library caller
+without a data directory gets a random key for the life of the process, and the production
+commands (``lianxin serve``/``worker``) refuse to start (``require_configured_keys``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-_DEV_SECRET = b"lianxin-development-only-key-material"
+KEY_FILE = "data-keys"
+_CONFIGURED = ("LIANXIN_DATA_KEYS", "LIANXIN_DATA_KEYS_FILE", "LIANXIN_DATA_KEY")
 _NONCE = 12
 _TAG = 16
 # Written after the key id so an SM4 blob is never mistaken for an older AES blob of the same key id.
@@ -174,37 +178,80 @@ def _derive(master: bytes, label: bytes, size: int) -> bytes:
     return hmac.new(master, label, hashlib.sha256).digest()[:size]
 
 
-def cipher_from_env(environ: Mapping[str, str] | None = None) -> Sm4GcmCipher | AesGcmCipher:
-    """The node's field cipher, from the environment.
+def keys_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """True when the environment names data keys (the production way)."""
+    env = os.environ if environ is None else environ
+    return any(env.get(name) for name in _CONFIGURED)
+
+
+def require_configured_keys(command: str, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse ``command`` (a production process) without configured data keys: one clear line."""
+    if not keys_configured(environ):
+        from services.common.errors import InvalidArgument
+
+        raise InvalidArgument(
+            "LIANXIN_DATA_KEYS",
+            f"{command} needs the node's data keys: set LIANXIN_DATA_KEYS=k1:<base64 16 bytes> or "
+            "LIANXIN_DATA_KEYS_FILE (a new key: lianxin keys new)",
+        )
+
+
+def node_keyring(key_dir: Path) -> str:
+    """The node's own keyring text from ``key_dir/data-keys``, generated on first use (mode 0600)."""
+    path = key_dir / KEY_FILE
+    if not path.exists():
+        key_dir.mkdir(parents=True, exist_ok=True)
+        line = f"n{os.urandom(3).hex()}:{new_data_key()}\n"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another service of the node made it first: use that one
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(line)
+    return path.read_text("utf-8")
+
+
+_PROCESS_KEYRING: list[str] = []
+
+
+def _process_keyring() -> str:
+    # Random per process, never a constant: for callers that have no data directory (tests, tools).
+    if not _PROCESS_KEYRING:
+        _PROCESS_KEYRING.append(f"p{os.urandom(3).hex()}:{new_data_key()}")
+    return _PROCESS_KEYRING[0]
+
+
+def cipher_from_env(
+    environ: Mapping[str, str] | None = None, *, key_dir: Path | None = None
+) -> Sm4GcmCipher | AesGcmCipher:
+    """The node's field cipher, from the environment, else the node's own keyring in ``key_dir``.
 
     ``LIANXIN_DATA_KEYS`` (or the file named by ``LIANXIN_DATA_KEYS_FILE``) holds the keyring and
     ``LIANXIN_DATA_KEY_ID`` the current key (default: the last listed). ``LIANXIN_INDEX_KEY``
     (base64) is the blind-index key; without it one is derived from the first key of the ring so
-    that it stays stable across rotations. Nothing set: a fixed development key, which keeps
-    ``lianxin up`` zero-configuration; production sets the variables from a Secret.
+    that it stays stable across rotations. Nothing set: the keyring generated into ``key_dir``
+    (an embedded node's data directory), or a random key for this process when there is none.
     """
     env = os.environ if environ is None else environ
     text = env.get("LIANXIN_DATA_KEYS", "")
     if not text and env.get("LIANXIN_DATA_KEYS_FILE"):
         text = Path(env["LIANXIN_DATA_KEYS_FILE"]).read_text("utf-8")
     legacy = env.get("LIANXIN_DATA_KEY")
+    if legacy and not text:
+        text = f"k1:{base64.b64encode(_derive(base64.b64decode(legacy), b'sm4-data', 16)).decode()}"
+    if not text:
+        text = node_keyring(key_dir) if key_dir is not None else _process_keyring()
+    ring = parse_keyring(text)
+    if not ring:
+        raise ValueError("LIANXIN_DATA_KEYS is empty")
+    key_id = env.get("LIANXIN_DATA_KEY_ID", list(ring)[-1])
+    first = next(iter(ring.values()))
     if not sm4_available():
-        master = base64.b64decode(legacy) if legacy else hashlib.sha256(_DEV_SECRET).digest()
-        key_id = env.get("LIANXIN_DATA_KEY_ID", "dev" if not legacy else "k1")
+        master = base64.b64decode(legacy) if legacy else first
         return AesGcmCipher(
             key_id=key_id, data_key=_derive(master, b"data", 32), index_key=_derive(master, b"index", 32)
         )
-    if text:
-        ring = parse_keyring(text)
-        if not ring:
-            raise ValueError("LIANXIN_DATA_KEYS is empty")
-        key_id = env.get("LIANXIN_DATA_KEY_ID", list(ring)[-1])
-        first = next(iter(ring.values()))
-    else:
-        master = base64.b64decode(legacy) if legacy else hashlib.sha256(_DEV_SECRET).digest()
-        key_id = env.get("LIANXIN_DATA_KEY_ID", "sm4dev" if not legacy else "k1")
-        first = _derive(master, b"sm4-data", 16)
-        ring = {key_id: first}
     raw_index = env.get("LIANXIN_INDEX_KEY")
     index_key = base64.b64decode(raw_index) if raw_index else _derive(first, b"sm3-index", 32)
     return Sm4GcmCipher(key_id=key_id, keys=ring, index_key=index_key)

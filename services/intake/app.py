@@ -231,7 +231,7 @@ class CoalescedNotify:
 
 
 def build(ctx: ServiceContext) -> ServiceParts:
-    cipher = cipher_from_env()
+    cipher = cipher_from_env(key_dir=ctx.settings.data_dir / ctx.settings.node)
     node = ctx.settings.node
     regions = ctx.regions
     # An embedded node's relay wants waking after commits; a production api process has no relay

@@ -62,7 +62,11 @@ class Complainant:
     name: str = ""
     id_number: str = ""
     phone: str = ""
-    address: str = ""
+    address: str = ""  # the complainant's home or postal address
+    # The citizen's own title and body, only when they held personal data (the case's title and
+    # body are then the masked text everybody else reads).
+    title: str = ""
+    body: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class Case:
     submitted_at: datetime
     updated_at: datetime
     complainant: Complainant = field(default_factory=Complainant)
+    place: str = ""  # where the matter is (事发地址), masked like the text; handlers see it
     owner_epoch: int = 1
     version: int = 1
     category_auto: bool = False

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
+from services.common import personal_text
 from services.common.errors import (
     AlreadyExists,
     Conflict,
@@ -259,7 +260,8 @@ def _same_submission(existing: Case, clean: Submission) -> Case:
     if existing.fingerprint:
         same = existing.fingerprint == dedup.fingerprint(dedup.submission_text(clean.title, clean.body))
     else:
-        same = (existing.title, existing.body) == (clean.title, clean.body)
+        person = existing.complainant
+        same = (person.title or existing.title, person.body or existing.body) == (clean.title, clean.body)
     if not same:
         raise SubmissionConflict(existing.case_id)
     return existing
@@ -276,6 +278,10 @@ class _Resolved:
     moderation: tuple[str, ...]
     fingerprint: str
     simhash: int
+    # The free text as everybody but the complainant's readers gets it (personal data masked).
+    title: personal_text.MaskedText
+    body: personal_text.MaskedText
+    place: str
 
 
 def _resolve(clean: Submission, deps: IntakeDeps) -> _Resolved:
@@ -292,7 +298,7 @@ def _resolve(clean: Submission, deps: IntakeDeps) -> _Resolved:
             flags.append("category_unresolved")
     region = clean.region_code or ""
     if not region:
-        region = deps.locate(f"{clean.address or ''}\n{text}") or ""
+        region = deps.locate(f"{clean.place or clean.address or ''}\n{text}") or ""
     if not region:
         flags.append("place_unresolved")
     if clean.anonymous:
@@ -311,6 +317,9 @@ def _resolve(clean: Submission, deps: IntakeDeps) -> _Resolved:
         moderation=moderation,
         fingerprint=fingerprint,
         simhash=simhash,
+        title=personal_text.mask(clean.title),
+        body=personal_text.mask(clean.body),
+        place=personal_text.mask(clean.place or "").text,
     )
 
 
@@ -366,8 +375,8 @@ def _register(
             tracking_code=new_tracking_code(),
             channel=clean.channel,
             channel_ref=clean.channel_ref or "",
-            title=clean.title,
-            body=clean.body,
+            title=resolved.title.text,
+            body=resolved.body.text,
             category=resolved.category,
             region_code=resolved.region,
             registering_node=deps.node,
@@ -380,7 +389,11 @@ def _register(
                 id_number=clean.id_number or "",
                 phone=clean.phone or "",
                 address=clean.address or "",
+                # The originals are sealed with the complainant's data only when masking changed them.
+                title=clean.title if resolved.title.changed else "",
+                body=clean.body if resolved.body.changed else "",
             ),
+            place=resolved.place,
             category_auto=resolved.category_auto,
             place_unresolved=not resolved.region,
             anonymous=clean.anonymous,
@@ -842,7 +855,12 @@ def apply_handling_change(change: HandlingChange, uow: IntakeUnitOfWork) -> bool
         handling_due=change.handling_due or case.handling_due,
     )
     if change.action == "reply":
-        changed = replace(changed, reply_count=case.reply_count + 1, replied_at=change.at, reply_text=change.reply_text)
+        changed = replace(
+            changed,
+            reply_count=case.reply_count + 1,
+            replied_at=change.at,
+            reply_text=personal_text.mask(change.reply_text).text,
+        )
     uow.save(changed, expected_version=case.version)
     summary = PUBLIC_MILESTONES.get(change.action)
     if summary is not None:

@@ -69,7 +69,8 @@ def submission(request: intake_pb2.SubmitCaseRequest) -> Submission:
         channel_ref=request.channel_ref or None,
         category=request.category or None,
         region_code=request.region_code or None,
-        address=request.address or person.address or None,
+        address=person.address or None,
+        place=request.address or None,
         name=person.name or None,
         id_number=person.id_number or None,
         phone=person.phone or None,
@@ -94,9 +95,15 @@ def _timestamp(value: datetime) -> Timestamp:
     return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
-def case_message(case: Case, *, personal: str = "masked") -> common_pb2.Case:
-    """``personal``: "full" (the registering clerk), "masked" (default), "none" (events, units under complaint)."""
+def case_message(case: Case, *, personal: str = "masked", original_text: bool = False) -> common_pb2.Case:
+    """``personal``: "full" (the registering clerk), "masked" (default), "none" (events, units under complaint).
+
+    Title and body are the masked text (services.common.personal_text) unless ``personal`` is
+    "full" or ``original_text`` (roles that may see the complainant): then the citizen's own words.
+    The place of the matter (``address``) is for every reader; the complainant's home only "full".
+    """
     person = case.complainant
+    original = personal == "full" or original_text
     if personal == "full":
         complainant = common_pb2.Person(
             name=person.name, id_number=person.id_number, phone=person.phone, address=person.address
@@ -114,11 +121,11 @@ def case_message(case: Case, *, personal: str = "masked") -> common_pb2.Case:
         tracking_code=case.tracking_code,
         channel=channel_value(case.channel),  # type: ignore[arg-type]
         channel_ref=case.channel_ref,
-        title=case.title,
-        body=case.body,
+        title=person.title or case.title if original else case.title,
+        body=person.body or case.body if original else case.body,
         category=case.category,
         region_code=case.region_code,
-        address=person.address if personal == "full" else "",
+        address=case.place,
         registering_node=case.registering_node,
         owner_node=case.owner_node,
         owner_epoch=case.owner_epoch,

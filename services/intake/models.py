@@ -77,6 +77,12 @@ class CaseRow(Base):
     id_number_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     phone_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     address_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The citizen's own title and body when they held personal data (services.common.personal_text);
+    # ``title`` and ``body`` above then hold the masked text every other reader gets.
+    title_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    body_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The place of the matter (事发地址), masked like the text; the complainant's home is address_sealed.
+    place_address: Mapped[str | None] = mapped_column(String(200), default="", server_default="")
     id_number_bidx: Mapped[str] = mapped_column(String(40), default="")
     phone_bidx: Mapped[str] = mapped_column(String(40), default="")
     phone_last4: Mapped[str] = mapped_column(String(4), default="")

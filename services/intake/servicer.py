@@ -13,6 +13,7 @@ from prometheus_client import Counter
 
 from services.common.errors import DomainError, InvalidArgument
 from services.common.request_rules import check_request
+from services.common.security import OFFICE, current_principal
 from services.common.timeutil import from_timestamp, to_timestamp
 from services.intake import handlers, mapping
 from services.intake.handlers import CaseFilter, IntakeDeps, IntakeUnitOfWork
@@ -97,8 +98,12 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
         if not request.case_id:
             raise InvalidArgument("case_id", "must be set")
         case, timeline = handlers.get_case(request.case_id, uow_factory=self._uow_factory)
+        # The citizen's own words (personal data in them unmasked) only for the 信访 office's roles.
+        principal = current_principal()
+        original = principal is not None and principal.kind == "operator" and principal.has_any(OFFICE)
         return intake_pb2.GetCaseResponse(
-            case=mapping.case_message(case), timeline=[mapping.timeline_entry(e) for e in timeline]
+            case=mapping.case_message(case, original_text=original),
+            timeline=[mapping.timeline_entry(e) for e in timeline],
         )
 
     def ListCases(self, request: intake_pb2.ListCasesRequest, context: Any) -> intake_pb2.ListCasesResponse:

@@ -43,7 +43,7 @@ from services.intake.models import OPEN_CASE_SQL, CaseRow, CaseSequenceRow, Eval
 # Plain Tables for the submit's Core inserts.
 _CASES = CaseRow.metadata.tables[CaseRow.__tablename__]
 _TIMELINE = TimelineRow.metadata.tables[TimelineRow.__tablename__]
-_PERSONAL = ("name", "id_number", "phone", "address")
+_PERSONAL = ("name", "id_number", "phone", "address", "title", "body")
 # Open cases, as written in the partial indexes (models.py), so that those serve the query.
 _OPEN = text(OPEN_CASE_SQL)
 _BAND_BITS = dedup.BITS // dedup.BANDS
@@ -695,6 +695,7 @@ class SqlIntakeUnitOfWork:
             band2=bands[2],
             band3=bands[3],
             moderation_reasons=",".join(case.moderation_reasons),
+            place_address=case.place,
         )
         for field in _PERSONAL:
             value = getattr(person, field)
@@ -860,6 +861,7 @@ class SqlIntakeUnitOfWork:
             submitted_at=to_utc(row.submitted_at),
             updated_at=to_utc(row.updated_at),
             complainant=Complainant(**opened),
+            place=row.place_address or "",
             owner_epoch=row.owner_epoch,
             version=row.version,
             category_auto=row.category_auto,

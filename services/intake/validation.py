@@ -8,6 +8,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument
+from services.common.personal_text import ID_CHECK, ID_WEIGHTS, id_check_character
 
 CHANNELS: frozenset[str] = frozenset(
     {"web", "app", "hotline", "wechat", "letter", "leader_board", "national_transfer", "walk_in", "video"}
@@ -26,6 +27,9 @@ REQUIRED_BY_CHANNEL: dict[str, tuple[str, ...]] = {
     "national_transfer": ("channel_ref",),
 }
 
+# Submission fields named differently in the request (errors name the request's field).
+_REQUEST_FIELD = {"address": "complainant.address", "place": "address"}
+
 TITLE_MAX = 100
 BODY_MAX = 4000
 NAME_MAX = 50
@@ -33,9 +37,8 @@ ADDRESS_MAX = 200
 CHANNEL_REF_MAX = 64
 OPERATOR_ID_MAX = 64
 
-# GB 11643-1999: weight of position i is 2^(17-i) mod 11; the check character indexes this string.
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-_ID_CHECK = "10X98765432"
+# GB 11643-1999 check character: one implementation for validation and free-text detection.
+_ID_WEIGHTS, _ID_CHECK = ID_WEIGHTS, ID_CHECK
 _EARLIEST_BIRTH = dt.date(1900, 1, 1)
 
 _MOBILE = re.compile(r"1[3-9]\d{9}")
@@ -54,7 +57,8 @@ class Submission:
     channel_ref: str | None = None
     category: str | None = None
     region_code: str | None = None
-    address: str | None = None
+    address: str | None = None  # the complainant's home or postal address (complainant.address)
+    place: str | None = None  # where the matter is (事发地址, the request's own address)
     name: str | None = None
     id_number: str | None = None
     phone: str | None = None
@@ -86,8 +90,7 @@ def check_id_number(value: str, *, field: str = "id_number", today: dt.date | No
         raise InvalidArgument(field, f"birth date {number[6:14]} is not a valid date") from None
     if not _EARLIEST_BIRTH <= birth <= (today or dt.date.today()):
         raise InvalidArgument(field, f"birth date {number[6:14]} is out of range")
-    total = sum(int(digit) * weight for digit, weight in zip(number[:17], _ID_WEIGHTS, strict=True))
-    expected = _ID_CHECK[total % 11]
+    expected = id_check_character(number[:17])
     if number[17] != expected:
         raise InvalidArgument(field, f"check digit should be {expected}")
     return number
@@ -152,6 +155,7 @@ def validate_submission(submission: Submission, *, allowed_regions: Collection[s
         "category": _clean(s.category),
         "region_code": _clean(s.region_code),
         "address": _clean(s.address),
+        "place": _clean(s.place),
         "name": _clean(s.name),
         "id_number": _clean(s.id_number),
         "phone": _clean(s.phone),
@@ -162,19 +166,20 @@ def validate_submission(submission: Submission, *, allowed_regions: Collection[s
         raise InvalidArgument("anonymous", f"channel {s.channel} does not accept anonymous submissions")
     for field in REQUIRED_BY_CHANNEL.get(s.channel, ()):
         if values[field] is None:
-            raise InvalidArgument(field, f"is required for channel {s.channel}")
+            raise InvalidArgument(_REQUEST_FIELD.get(field, field), f"is required for channel {s.channel}")
     if not s.anonymous and values["phone"] is None and values["id_number"] is None:
         raise InvalidArgument("phone", "a named submission needs a phone or an id_number")
 
     for field, maximum in (
         ("name", NAME_MAX),
         ("address", ADDRESS_MAX),
+        ("place", ADDRESS_MAX),
         ("channel_ref", CHANNEL_REF_MAX),
         ("hotline_operator_id", OPERATOR_ID_MAX),
     ):
         value = values[field]
         if value is not None:
-            _check_length(field, value, maximum)
+            _check_length(_REQUEST_FIELD.get(field, field), value, maximum)
     if values["id_number"] is not None:
         values["id_number"] = check_id_number(values["id_number"])
     if values["phone"] is not None:
@@ -194,6 +199,7 @@ def validate_submission(submission: Submission, *, allowed_regions: Collection[s
         category=values["category"],
         region_code=values["region_code"],
         address=values["address"],
+        place=values["place"],
         name=values["name"],
         id_number=values["id_number"],
         phone=values["phone"],

@@ -35,7 +35,13 @@ OWNER_SOURCES = ("intake", "routing", "exchange")
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
     calendar = node_calendar(ctx)  # the node's, with the years its operators loaded
-    store = VideoStore(ctx.session_factory, cipher=cipher_from_env(), node=node, calendar=calendar, clock=ctx.clock)
+    store = VideoStore(
+        ctx.session_factory,
+        cipher=cipher_from_env(key_dir=ctx.settings.data_dir / ctx.settings.node),
+        node=node,
+        calendar=calendar,
+        clock=ctx.clock,
+    )
     peers = ctx.extras.setdefault("video_peers", {})
     # LIANXIN_VIDEO_PEERS (set by `lianxin up` for every node of the embedded federation); peers a
     # host already put in extras win, and the mapping stays live for ones added later.

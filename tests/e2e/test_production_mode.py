@@ -22,6 +22,7 @@ from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 
+from services.common.crypto import new_data_key
 from services.common.settings import SERVICES
 from services.federation import health_statuses
 from services.routing.handlers import work_order_id_for
@@ -95,6 +96,7 @@ def production_node(postgres_url: str, amqp_uri: str, tmp_path: Path) -> Iterato
     env = {
         **os.environ,
         "LIANXIN_NODE": NODE,
+        "LIANXIN_DATA_KEYS": f"e2e:{new_data_key()}",  # production processes refuse to start without
         "LIANXIN_DATABASE_URL": postgres_url,
         "LIANXIN_AMQP_URI": amqp_uri,
         "LIANXIN_DATA_DIR": str(tmp_path / "data"),

@@ -20,6 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.faults.proxy import TcpProxy
+from services.common.crypto import new_data_key
 from tests.helpers import wait_until
 from tests.unit.test_cli import closed_port
 
@@ -42,6 +43,7 @@ def api(postgres_url: str, tmp_path: Path) -> Iterator[tuple[str, TcpProxy]]:
     env = {
         **os.environ,
         "LIANXIN_NODE": "511102",
+        "LIANXIN_DATA_KEYS": f"probe:{new_data_key()}",  # lianxin serve refuses to start without
         "LIANXIN_DATABASE_URL": through(proxy, postgres_url),
         "LIANXIN_DATA_DIR": str(tmp_path),
         "LIANXIN_GRPC_PORT": str(port),

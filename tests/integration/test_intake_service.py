@@ -140,7 +140,10 @@ INVALID = [
     ({"complainant": common_pb2.Person(id_number="51110219900231123X")}, "id_number"),  # 31 Feb
     ({"complainant": common_pb2.Person()}, "phone"),  # named, unreachable
     ({"channel": common_pb2.CHANNEL_HOTLINE, "hotline_operator_id": ""}, "hotline_operator_id"),
-    ({"channel": common_pb2.CHANNEL_LETTER, "complainant": common_pb2.Person(name="李四", phone=phone(1))}, "address"),
+    (
+        {"channel": common_pb2.CHANNEL_LETTER, "complainant": common_pb2.Person(name="李四", phone=phone(1))},
+        "complainant.address",
+    ),
     ({"channel": common_pb2.CHANNEL_WALK_IN, "complainant": common_pb2.Person(id_number=id_number(3))}, "name"),
     ({"channel": common_pb2.CHANNEL_VIDEO, "complainant": common_pb2.Person(name="赵六")}, "id_number"),
     ({"channel": common_pb2.CHANNEL_NATIONAL_TRANSFER, "channel_ref": ""}, "channel_ref"),

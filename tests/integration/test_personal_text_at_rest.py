@@ -1,0 +1,111 @@
+"""Personal data a citizen writes into the text of a request survives nowhere in plaintext: not in
+any table of any service at the county that registered it, nor at its parent that holds the
+replica (SQLite and PostgreSQL), nor in the logs. The submitter's own answer keeps the original,
+the case's place is kept apart from the complainant's home, and a handling unit sees the place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from lianxin.common.v1 import common_pb2
+from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
+from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
+from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
+from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
+from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
+
+from services.node import Node
+from tests.helpers import wait_until
+from tests.integration.exchange_nodes import Start, exchange, linked_nodes
+
+NAME, ID_NUMBER, MOBILE = "赵大海", "511102198805051231", "13700137000"
+HOME = "乐山市市中区春华路5号"
+SECRETS = (NAME, ID_NUMBER, MOBILE, HOME)
+TITLE = f"我是{NAME}，反映小区门口夜间施工噪音"
+BODY = f"我是{NAME}，身份证{ID_NUMBER}，电话{MOBILE}。嘉州大道某小区门口夜间施工，噪音扰民，请处理。{NAME}"
+PLACE = f"嘉州大道88号小区门口（联系{MOBILE}）"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def start(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Start]:
+    with linked_nodes(request.param, tmp_path, lambda: str(request.getfixturevalue("postgres_admin_url"))) as starter:
+        yield starter
+
+
+def plaintext_in_tables(node: Node) -> list[str]:
+    """Every (service.table.column) of every table of every service of ``node`` holding a secret."""
+    hits: list[str] = []
+    needles = [(s, s.encode()) for s in SECRETS]
+    for service, engine in node.engines.items():
+        with engine.connect() as conn:
+            for table in sa.inspect(conn).get_table_names():
+                for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')).mappings():
+                    for column, value in row.items():
+                        if isinstance(value, memoryview):
+                            value = bytes(value)
+                        for text, raw in needles:
+                            if (isinstance(value, str) and text in value) or (
+                                isinstance(value, bytes) and raw in value
+                            ):
+                                hits.append(f"{node.code} {service}.{table}.{column}: {text[:2]}…")
+    return hits
+
+
+def test_personal_data_in_the_text_is_sealed_at_the_county_and_masked_everywhere_above(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    city = start("511100")
+    county = start("511102", city)
+    with grpc.insecure_channel(county.address) as channel:
+        reply = intake_grpc.IntakeServiceStub(channel).SubmitCase(
+            intake_pb2.SubmitCaseRequest(
+                channel=common_pb2.CHANNEL_WEB,
+                channel_ref="pii-in-text-1",
+                title=TITLE,
+                body=BODY,
+                category="环境保护",
+                region_code="511102",
+                address=PLACE,
+                complainant=common_pb2.Person(name=NAME, id_number=ID_NUMBER, phone=MOBILE, address=HOME),
+            ),
+            timeout=10,
+        )
+        case_id = reply.case.case_id
+        # The submitter's own answer: the words as written, and the home apart from the place.
+        assert (reply.case.title, reply.case.body) == (TITLE, BODY)
+        assert reply.case.complainant.address == HOME
+        assert reply.case.address.startswith("嘉州大道88号小区门口") and MOBILE not in reply.case.address
+
+        # Everybody else reads the masked text; the place of the matter stays visible.
+        seen = intake_grpc.IntakeServiceStub(channel).GetCase(intake_pb2.GetCaseRequest(case_id=case_id), timeout=5)
+        assert seen.case.title == "我是赵**，反映小区门口夜间施工噪音"
+        assert not any(secret in seen.case.body for secret in SECRETS), seen.case.body
+        assert seen.case.address.startswith("嘉州大道88号") and seen.case.complainant.address == ""
+
+        def work_order() -> routing_pb2.WorkOrder | None:
+            listed = routing_grpc.RoutingServiceStub(channel).ListWorkOrders(
+                routing_pb2.ListWorkOrdersRequest(case_id=case_id), timeout=5
+            )
+            return listed.work_orders[0] if listed.work_orders else None
+
+        wait_until(lambda: work_order() is not None, 15, "the county's work order")
+
+    def replicated() -> bool:
+        held = exchange(city).ListReplicas(exchange_pb2.ListReplicasRequest(case_id=case_id), timeout=5)
+        return held.count >= 2  # the registration and the work order
+
+    wait_until(replicated, 20, "the case's events at the city")
+    county.drain()
+    city.drain()
+
+    leaks = plaintext_in_tables(county) + plaintext_in_tables(city)
+    assert leaks == []
+    logged = "\n".join(record.getMessage() + str(record.__dict__) for record in caplog.records)
+    assert not [secret for secret in SECRETS if secret in logged]
