@@ -165,9 +165,11 @@ class NodeCalendar(ChineseWorkingCalendar):
 
     def load_years(self, years: list[OfficialYear], *, file_name: str, loaded_by: str, at: datetime) -> None:
         """Store ``years`` for the node and count on them from now on."""
-        if self.store is not None:
-            self.store.save(years, file_name=file_name, loaded_by=loaded_by, at=at)
+        # Under the lock, so a refresh that read the table just before this save cannot put the old
+        # set of years back over the new one.
         with self._lock:
+            if self.store is not None:
+                self.store.save(years, file_name=file_name, loaded_by=loaded_by, at=at)
             self.loaded = {**self.loaded, **{y.year: StoredYear(y, file_name, loaded_by, at) for y in years}}
             self.add_years(years)
 
@@ -178,21 +180,24 @@ class NodeCalendar(ChineseWorkingCalendar):
         now = time.monotonic()
         if not force and now < self._next_refresh:
             return
-        self._next_refresh = now + self.refresh_interval_s
+        # A load or another refresh under way: count on the years in memory rather than wait.
+        if not self._lock.acquire(blocking=force):
+            return
         try:
+            self._next_refresh = now + self.refresh_interval_s
             stamp = self.store.stamp()
             if stamp == self._stamp:
                 return
             stored = self.store.years()
+            self.loaded = {s.year.year: s for s in stored}
+            self.years = {**self.file_years, **{s.year.year: s.year for s in stored}}
+            self._stamp = stamp
         except SQLAlchemyError:
             # Counting goes on with the years in memory (a metrics scrape or a deadline must not fail
             # because the calendar database is out of reach); the next refresh tries again.
             log.warning("calendar database unreachable; using the years already loaded", exc_info=True)
-            return
-        with self._lock:
-            self.loaded = {s.year.year: s for s in stored}
-            self.years = {**self.file_years, **{s.year.year: s.year for s in stored}}
-            self._stamp = stamp
+        finally:
+            self._lock.release()
 
     def knows_year(self, year: int) -> bool:
         self.refresh()
