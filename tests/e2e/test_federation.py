@@ -172,4 +172,4 @@ def test_lianxin_calendar_load_reaches_every_node_and_moves_their_days_left_metr
         with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5) as response:
             text = response.read().decode()
         days = (expected - china_date(utc_now())).days
-        assert f'lianxin_calendar_days_left{{node="{node.code}"}} {float(days)}' in text, node.code
+        assert f'lianxin_calendar_days_left{{region="{node.code}"}} {float(days)}' in text, node.code
