@@ -63,6 +63,7 @@ COMMENT_MAX = 500
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 PAGE_DEFAULT = 50
 PAGE_MAX = 500
+CASE_IDS_MAX = 100
 # Case flag of a citizen's consent to publish the reply on the public board (公开答复).
 PUBLISH_CONSENT = "publish_consent"
 # A reply is on the board while the case rests on it; a reopened case waits for its next reply.
@@ -81,6 +82,7 @@ class CaseFilter:
     submitted_before: datetime | None = None
     published_only: bool = False  # replies the citizen agreed to publish (the public board)
     text: str | None = None  # words in the title, the request or the reply
+    case_ids: frozenset[str] | None = None  # only these cases (a page of titles in one call)
 
 
 @dataclass
@@ -451,6 +453,15 @@ def check_region_filter(region: str | None, deps: IntakeDeps) -> frozenset[str] 
     if region not in deps.allowed_regions:
         raise InvalidArgument("region_code", f"{region} is not a region of node {deps.node}")
     return deps.regions_under(region)
+
+
+def check_case_ids(case_ids: Sequence[str]) -> frozenset[str] | None:
+    """The case-id filter of ListCases: None when empty, at most ``CASE_IDS_MAX`` ids."""
+    if not case_ids:
+        return None
+    if len(case_ids) > CASE_IDS_MAX:
+        raise InvalidArgument("case_ids", f"at most {CASE_IDS_MAX} ids, got {len(case_ids)}")
+    return frozenset(case_ids)
 
 
 def month_range(month: str) -> tuple[datetime, datetime]:

@@ -118,6 +118,7 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             regions=handlers.check_region_filter(request.region_code, self._deps),
             submitted_after=from_timestamp(request.submitted_after, "submitted_after"),
             submitted_before=from_timestamp(request.submitted_before, "submitted_before"),
+            case_ids=handlers.check_case_ids(request.case_ids),
         )
         page = handlers.list_cases(
             filters,

@@ -609,6 +609,8 @@ class SqlIntakeUnitOfWork:
             query = query.where(CaseRow.submitted_at >= filters.submitted_after)
         if filters.submitted_before is not None:
             query = query.where(CaseRow.submitted_at < filters.submitted_before)
+        if filters.case_ids is not None:
+            query = query.where(CaseRow.case_id.in_(sorted(filters.case_ids)))
         if filters.published_only:
             query = query.where(CaseRow.flags.contains(PUBLISH_CONSENT), CaseRow.reply_text != "")
         if filters.text:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from lianxin.common.v1 import common_pb2
@@ -20,6 +21,7 @@ from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
+from lianxin.video.v1 import video_service_pb2 as video_pb2
 from starlette.responses import Response
 
 from services.common.errors import DomainError
@@ -34,6 +36,7 @@ PAGE_SIZE = 20
 ROUTING = "lianxin.routing.v1.RoutingService"
 INTAKE = "lianxin.intake.v1.IntakeService"
 EXCHANGE = "lianxin.exchange.v1.ExchangeService"
+VIDEO = "lianxin.video.v1.VideoService"
 
 
 def _require(page: Page) -> Response | None:
@@ -118,19 +121,18 @@ def inbox(page: Page) -> Response:
     if state in INBOX_STATES:
         request.states.append(common_pb2.CaseState.Value(f"CASE_STATE_{state}"))
     reply = page.call(page.client.routing.ListWorkOrders, request)
-    # Titles come from intake; ask for all of them at once rather than one after another.
-    futures = {
-        wo.case_id: page.client.start(
-            page.client.intake.GetCase, intake_pb2.GetCaseRequest(case_id=wo.case_id), page.token
-        )
-        for wo in reply.work_orders
-    }
+    # Titles come from intake, the whole page's in one call.
     titles: dict[str, str] = {}
-    for case_id, future in futures.items():
+    case_ids = sorted({wo.case_id for wo in reply.work_orders})
+    if case_ids:
         try:
-            titles[case_id] = page.client.result(future).case.title
+            cases = page.call(
+                page.client.intake.ListCases,
+                intake_pb2.ListCasesRequest(case_ids=case_ids, page=common_pb2.PageRequest(page_size=len(case_ids))),
+            ).cases
+            titles = {case.case_id: case.title for case in cases}
         except CallFailed:
-            titles[case_id] = ""
+            titles = {}
     rows = [
         {"wo": wo, "title": titles.get(wo.case_id, ""), "deadline": _next_deadline(page, wo)}
         for wo in reply.work_orders
@@ -421,8 +423,13 @@ def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, st
         for d in (order.deadlines if order else [])
     ]
     principal = page.operator.principal if page.operator else None
+    leader = page.query("leader")[:64] or page.field("leader_id")
     return page.render(
         "console/case.html",
+        may_book=page.may(f"{VIDEO}/BookVisit"),
+        leader=leader,
+        slots=_slots(page, leader) if leader else [],
+        visits=_visits(page, case_id),
         status=status,
         case_id=case_id,
         case=case,
@@ -438,6 +445,37 @@ def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, st
     )
 
 
+def _slots(page: Page, leader: str) -> list[Any]:
+    """The leader's next free reception slots (视频接访), earliest first."""
+    try:
+        reply = page.call(page.client.video.ListSlots, video_pb2.ListSlotsRequest(leader_id=leader, max_items=8))
+    except CallFailed:
+        return []
+    return list(reply.slots)
+
+
+def _visits(page: Page, case_id: str) -> list[Any]:
+    try:
+        return list(page.call(page.client.video.ListVisits, video_pb2.ListVisitsRequest(case_id=case_id)).visits)
+    except CallFailed:
+        return []
+
+
+def _book_visit(page: Page, case_id: str) -> None:
+    assert page.operator is not None
+    starts = Timestamp()
+    try:
+        starts.FromJsonString(page.field("starts_at"))
+    except ValueError:
+        raise CallFailed(grpc.StatusCode.INVALID_ARGUMENT, "starts_at: must be set", "starts_at") from None
+    page.call(
+        page.client.video.BookVisit,
+        video_pb2.BookVisitRequest(
+            case_id=case_id, actor=page.operator.principal.subject, leader_id=page.field("leader_id"), starts_at=starts
+        ),
+    )
+
+
 def case_act(page: Page) -> Response:
     if (redirect := _require(page)) is not None:
         return redirect
@@ -447,6 +485,10 @@ def case_act(page: Page) -> Response:
         if action == "supervise":
             _supervise(page, case_id)
             page.flash("督办已发出。")
+            return page.redirect(f"/console/case/{case_id}")
+        if action == "book_visit":
+            _book_visit(page, case_id)
+            page.flash("视频接访已预约。")
             return page.redirect(f"/console/case/{case_id}")
         form = FORMS_BY_ACTION.get(action)
         order = _current_work_order(page, case_id)

@@ -14,6 +14,7 @@ from typing import Any
 from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
+from lianxin.video.v1 import video_service_pb2 as video_pb2
 from starlette.responses import Response
 
 from services.intake.domain import CATEGORIES as INTAKE_CATEGORIES
@@ -298,6 +299,25 @@ def board(page: Page) -> Response:
     )
 
 
+def video(page: Page) -> Response:
+    """视频接访: a leader's next free reception slots; the 信访办 books one for the citizen's case."""
+    leader = page.query("leader")[:64]
+    slots: list[Any] = []
+    notice = ""
+    if leader:
+        try:
+            reply = page.client.call(
+                page.client.video.ListSlots,
+                video_pb2.ListSlotsRequest(leader_id=leader, max_items=8),
+                page.gateway.portal_token(),
+            )
+            slots, notice = list(reply.slots), reply.calendar_notice
+        except CallFailed as failure:
+            if failure.status not in (400, 404):
+                raise
+    return page.render("portal/video.html", leader=leader, slots=slots, notice=notice)
+
+
 ROUTES: list[tuple[str, str, Any, list[str]]] = [
     ("/", "home", home, ["GET"]),
     ("/submit", "submit_form", submit_form, ["GET"]),
@@ -311,4 +331,5 @@ ROUTES: list[tuple[str, str, Any, list[str]]] = [
     ("/track/review", "request_review", request_review, ["POST"]),
     ("/track/withdraw", "withdraw", withdraw, ["POST"]),
     ("/board", "board", board, ["GET"]),
+    ("/video", "video", video, ["GET"]),
 ]

@@ -288,3 +288,51 @@ def test_health_and_metrics_answer(web_federation: WebFederation) -> None:
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as reply:
         text = reply.read().decode()
     assert 'lianxin_web_requests_total{method="GET",route="home",status="200"}' in text
+
+
+def test_clerk_books_a_video_visit_from_the_leaders_free_slots(
+    web_federation: WebFederation, visit: Callable[[], Visitor]
+) -> None:
+    from lianxin.video.v1 import video_service_pb2 as video_pb2
+    from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
+
+    from services.common.security import bearer_metadata, issue_token
+
+    county = web_federation.url("511102")
+    admin = issue_token(web_federation.token_key.encode(), subject="admin", node="511102", roles=["admin"])
+    leader = f"leader-{uuid.uuid4().hex[:6]}"
+    with grpc.insecure_channel(web_federation.grpc("511102")) as channel:
+        stub = video_grpc.VideoServiceStub(channel)
+        room = video_pb2.Room(room_id=f"{leader}-R1", node="511102", name="接访室")
+        stub.RegisterRoom(video_pb2.RegisterRoomRequest(room=room), metadata=bearer_metadata(admin), timeout=10)
+        schedule = video_pb2.Schedule(
+            leader_id=leader,
+            node="511102",
+            weekly_patterns=[
+                video_pb2.WeeklyPattern(weekday=d, start_time="09:00", end_time="17:00") for d in range(1, 8)
+            ],
+            slot_minutes=30,
+            buffer_minutes=10,
+            max_per_session=4,
+            room_ids=[room.room_id],
+        )
+        stub.PublishSchedule(
+            video_pb2.PublishScheduleRequest(actor="admin", schedule=schedule),
+            metadata=bearer_metadata(admin),
+            timeout=10,
+        )
+    case_id, _code = _submit_by_grpc(web_federation.grpc("511102"))
+
+    citizen = visit()
+    citizen.goto(f"{county}/video?leader={leader}")
+    assert citizen.page.locator("#slots li").count() > 0
+    citizen.check("portal-video")
+
+    clerk = visit()
+    _sign_in(clerk, county, "clerk-511102", web_federation.passwords["clerk-511102"])
+    clerk.goto(f"{county}/console/case/{case_id}?leader={leader}")
+    first = clerk.page.locator(".slots li").first.inner_text().split("–")[0].strip()
+    clerk.page.locator(".slots li button").first.click()
+    clerk.page.wait_for_selector("#visits")
+    assert first in clerk.page.inner_text("#visits")
+    clerk.check("console-case-video")

@@ -32,6 +32,7 @@ OVERLAYS: dict[str, dict[str, str | None]] = {
     "dev": {"node": "511102", "parent": None},
 }
 Doc = dict[str, Any]
+WEB = "web-gateway"  # the web gateway's Deployment and Service (deploy/k8s/services/web)
 
 
 def _tool_missing(what: str) -> None:
@@ -118,6 +119,8 @@ def test_every_api_is_ready_by_its_own_service_name_and_alive_by_the_overall_nam
 
 def test_no_deployment_is_probed_other_than_over_grpc(overlay: str) -> None:
     for deployment in _app_deployments(_render(overlay)):
+        if deployment["metadata"]["name"] == WEB:
+            continue  # the web gateway speaks HTTP (test_the_web_gateway_...)
         for container in deployment["spec"]["template"]["spec"]["containers"]:
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 if probe in container:
@@ -130,7 +133,7 @@ def test_no_deployment_is_probed_other_than_over_grpc(overlay: str) -> None:
 def test_every_workload_runs_non_root_read_only_without_capabilities(overlay: str) -> None:
     docs = _render(overlay)
     workloads = [*_app_deployments(docs), *_of_kind(docs, "Job")]
-    assert len(workloads) == 2 * len(SERVICES) + 1
+    assert len(workloads) == 2 * len(SERVICES) + 1 + 1  # api and worker each, the migration Job, the web gateway
     for workload in workloads:
         name = workload["metadata"]["name"]
         pod = workload["spec"]["template"]["spec"]
@@ -158,6 +161,8 @@ def test_every_service_exposes_ports_named_grpc_and_metrics(overlay: str) -> Non
         ports = {p["name"] for p in manifest["spec"]["ports"]}
         if name.endswith("-worker"):
             assert ports == {"metrics"} and manifest["spec"]["clusterIP"] == "None", name
+        elif name == WEB:
+            assert ports == {"http"}, name
         else:
             assert "grpc" in ports or name in {"postgres", "rabbitmq"}, name
     for service in SERVICES:
@@ -171,6 +176,25 @@ def test_every_service_exposes_ports_named_grpc_and_metrics(overlay: str) -> Non
             "app.kubernetes.io/name": service,
             "app.kubernetes.io/component": "api",
         }
+
+
+def test_the_web_gateway_reaches_each_service_and_scales_without_state(overlay: str) -> None:
+    docs = _render(overlay)
+    gateway = _by_name(docs, "Deployment")[WEB]
+    services = _by_name(docs, "Service")
+    container = gateway["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["serve", "--service", "web"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    for service in SERVICES:
+        host, port = env[f"LIANXIN_WEB_{service.upper()}"].split(":")
+        assert host in services and int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
+    assert env["LIANXIN_WEB_SECURE_COOKIES"] == "true"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz", probe
+    selector = services[WEB]["spec"]["selector"]
+    assert all(gateway["spec"]["template"]["metadata"]["labels"][k] == v for k, v in selector.items())
+    if overlay != "dev":
+        assert gateway["spec"]["replicas"] >= 2  # no session state in the process (signed cookies)
 
 
 def test_processes_get_their_settings_from_the_configmap_and_the_secret(overlay: str) -> None:

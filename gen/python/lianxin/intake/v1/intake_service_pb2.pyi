@@ -286,6 +286,7 @@ class ListCasesRequest(_message.Message):
     SUBMITTED_AFTER_FIELD_NUMBER: _builtins.int
     SUBMITTED_BEFORE_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
+    CASE_IDS_FIELD_NUMBER: _builtins.int
     channel: _common_pb2.Channel.ValueType
     """Only cases from this channel."""
     category: _builtins.str
@@ -308,6 +309,10 @@ class ListCasesRequest(_message.Message):
     def page(self) -> _common_pb2.PageRequest:
         """Paging."""
 
+    @_builtins.property
+    def case_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these cases (at most 100 ids), e.g. the titles of a page of work orders in one call."""
+
     def __init__(
         self,
         *,
@@ -318,10 +323,11 @@ class ListCasesRequest(_message.Message):
         submitted_after: _timestamp_pb2.Timestamp | None = ...,
         submitted_before: _timestamp_pb2.Timestamp | None = ...,
         page: _common_pb2.PageRequest | None = ...,
+        case_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "submitted_after", b"submitted_after", "submitted_before", b"submitted_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "channel", b"channel", "page", b"page", "region_code", b"region_code", "states", b"states", "submitted_after", b"submitted_after", "submitted_before", b"submitted_before"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ids", b"case_ids", "category", b"category", "channel", b"channel", "page", b"page", "region_code", b"region_code", "states", b"states", "submitted_after", b"submitted_after", "submitted_before", b"submitted_before"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
