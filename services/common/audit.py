@@ -1,9 +1,13 @@
-"""Append-only audit trail of mutating RPCs, chained with SM3 so a changed or deleted record shows.
+"""Append-only audit trail of what people and peers change, keyed and chained so a changed or deleted record shows.
 
 Each record holds actor, node, time, method, target and outcome, plus ``prev_hash`` and
-``hash = SM3(prev_hash || canonical JSON of the record)``. ``verify`` walks the chain from the first
-record: an edited row no longer matches its hash, a deleted row breaks the next row's ``prev_hash``
-(and leaves a gap in ``seq``).
+``hash = HMAC-SM3(audit key, prev_hash || canonical JSON of the record)``. ``verify`` walks the
+chain from the first record: an edited row no longer matches its hash, a deleted row breaks the
+next row's ``prev_hash`` (and leaves a gap in ``seq``). The key is the node's own
+(``LIANXIN_AUDIT_KEY``, else generated into ``<data_dir>/<node>/audit-key``), so a chain cannot be
+recomputed without it; and the node's exchange sends its chain head (sequence, hash) to the parent
+node as an anchor, so even a rewrite with the key, or deleting the newest records, is found against
+the anchors held above (``verify(anchors=...)``, ``lianxin audit verify``).
 
 One audit database per node (``service_database_url(settings, "audit")``: a SQLite file beside the
 services' files, or the PostgreSQL schema ``audit``). On PostgreSQL ``protect_postgres`` adds a
@@ -14,15 +18,18 @@ SELECT only.
 from __future__ import annotations
 
 import json
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import BigInteger, Column, DateTime, Engine, Integer, MetaData, String, Table, select, text
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from services.common.crypto import sm3
+from services.common.crypto import node_secret, sm3, sm3_hmac
+from services.common.settings import Settings
 
 GENESIS = "0" * 64
 AUDIT_ROLE = "lianxin_service"
@@ -77,8 +84,29 @@ def _canonical(seq: int, at: datetime, actor: str, node: str, method: str, targe
     return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def chain_hash(prev_hash: str, canonical: bytes) -> str:
-    return sm3(prev_hash.encode("ascii") + canonical).hex()
+def chain_hash(prev_hash: str, canonical: bytes, key: bytes | None = None) -> str:
+    data = prev_hash.encode("ascii") + canonical
+    return (sm3_hmac(key, data) if key else sm3(data)).hex()
+
+
+AUDIT_KEY_FILE = "audit-key"
+
+
+def load_audit_key(settings: Settings) -> bytes:
+    """The node's audit key: ``LIANXIN_AUDIT_KEY`` (a value or a file), else its own generated one."""
+    configured = os.environ.get("LIANXIN_AUDIT_KEY", "")
+    if configured:
+        path = Path(configured)
+        return path.read_bytes().strip() if len(configured) < 256 and path.is_file() else configured.encode()
+    return node_secret(Path(settings.data_dir) / settings.node, AUDIT_KEY_FILE)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A head of this node's chain as the parent holds it."""
+
+    seq: int
+    hash: str
 
 
 @dataclass(frozen=True)
@@ -94,9 +122,10 @@ class VerifyReport:
 class AuditLog:
     """Writes and verifies one node's audit chain."""
 
-    def __init__(self, engine: Engine, node: str) -> None:
+    def __init__(self, engine: Engine, node: str, key: bytes | None = None) -> None:
         self._engine = engine
         self._node = node
+        self._key = key
         # One writer at a time inside the process; across processes the transaction lock below.
         self._lock = threading.Lock()
 
@@ -120,7 +149,7 @@ class AuditLog:
             ).first()
             seq = 1 if last is None else int(last.seq) + 1
             prev = GENESIS if last is None else str(last.hash)
-            digest = chain_hash(prev, _canonical(seq, when, actor, self._node, method, target, outcome))
+            digest = chain_hash(prev, _canonical(seq, when, actor, self._node, method, target, outcome), self._key)
             row = AuditRecord(seq, when, actor, self._node, method, target, outcome, prev, digest)
             conn.execute(audit_log.insert().values(**row.__dict__))
         return row
@@ -131,8 +160,24 @@ class AuditLog:
                 at = r.at if r.at.tzinfo else r.at.replace(tzinfo=UTC)
                 yield AuditRecord(r.seq, at, r.actor, r.node, r.method, r.target, r.outcome, r.prev_hash, r.hash)
 
-    def verify(self) -> VerifyReport:
+    def head(self) -> AuditRecord | None:
+        """The newest record (the chain head), or None before the first (or before the table exists)."""
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(select(audit_log).order_by(audit_log.c.seq.desc()).limit(1)).first()
+        except DBAPIError:
+            return None  # the server has not created the table yet
+        if row is None:
+            return None
+        at = row.at if row.at.tzinfo else row.at.replace(tzinfo=UTC)
+        return AuditRecord(
+            row.seq, at, row.actor, row.node, row.method, row.target, row.outcome, row.prev_hash, row.hash
+        )
+
+    def verify(self, anchors: Sequence[Anchor] = ()) -> VerifyReport:
+        """Walk the chain; with ``anchors`` (heads held by the parent) also find rewrites and truncation."""
         problems: list[str] = []
+        hashes: dict[int, str] = {}
         prev = GENESIS
         expected_seq = 1
         checked = 0
@@ -143,10 +188,22 @@ class AuditLog:
             if rec.prev_hash != prev:
                 problems.append(f"record {rec.seq}: chain broken (previous record changed or deleted)")
             canonical = _canonical(rec.seq, rec.at, rec.actor, rec.node, rec.method, rec.target, rec.outcome)
-            if chain_hash(rec.prev_hash, canonical) != rec.hash:
+            if chain_hash(rec.prev_hash, canonical, self._key) != rec.hash:
                 problems.append(f"record {rec.seq}: contents changed")
             prev = rec.hash
             expected_seq = rec.seq + 1
+            hashes[rec.seq] = rec.hash
+        last = expected_seq - 1
+        for anchor in sorted(anchors, key=lambda a: a.seq):
+            if anchor.seq > last:
+                problems.append(
+                    f"chain ends at record {last} but the parent holds record {anchor.seq}: "
+                    "newest records deleted (truncated)"
+                )
+                break
+            held = hashes.get(anchor.seq)
+            if held is not None and held != anchor.hash:
+                problems.append(f"record {anchor.seq}: differs from the anchor held by the parent (rewritten)")
         return VerifyReport(checked, problems)
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.common.audit import Anchor
+    from services.common.settings import Settings
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
@@ -41,21 +46,48 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(_args: argparse.Namespace) -> int:
-    """Walk this node's audit chain (LIANXIN_* settings); exit 1 on a changed or deleted record."""
-    from services.common.audit import AuditLog
+    """Walk this node's keyed audit chain and compare it with the anchors its parent holds.
+
+    Exit 1 on a changed, deleted, rewritten or truncated record.
+    """
+    from services.common.audit import AuditLog, load_audit_key
     from services.common.db import make_engine, service_database_url
     from services.common.settings import Settings
 
     settings = Settings()
+    anchors = parent_anchors(settings) if settings.parent else []
     engine = make_engine(service_database_url(settings, "audit"), service="audit")
     try:
-        report = AuditLog(engine, settings.node).verify()
+        report = AuditLog(engine, settings.node, key=load_audit_key(settings)).verify(anchors)
     finally:
         engine.dispose()
     for problem in report.problems:
         print(problem)
-    print(f"{report.checked} records checked: {'OK' if report.ok else 'TAMPERED'}")
+    held = f", {len(anchors)} anchors held by the parent" if settings.parent else ", no parent to hold anchors"
+    print(f"{report.checked} records checked{held}: {'OK' if report.ok else 'TAMPERED'}")
     return 0 if report.ok else 1
+
+
+def parent_anchors(settings: Settings) -> list[Anchor]:
+    """The heads of this node's audit chain that its parent holds (ExchangeService.ListAuditAnchors)."""
+    import grpc
+    from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
+    from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
+
+    from services.common.audit import Anchor
+    from services.common.grpcserver import instrumented_channel
+    from services.common.tls import client_credentials
+
+    assert settings.parent is not None
+    credentials = client_credentials(settings.tls_dir, settings.node)
+    channel: grpc.Channel = instrumented_channel(settings.parent, credentials=credentials)
+    try:
+        reply = exchange_grpc.ExchangeServiceStub(channel).ListAuditAnchors(
+            exchange_pb2.ListAuditAnchorsRequest(child_node=settings.node), timeout=10
+        )
+    finally:
+        channel.close()
+    return [Anchor(a.head.sequence, a.head.hash) for a in reply.anchors]
 
 
 def cmd_keys_new(args: argparse.Namespace) -> int:

@@ -196,20 +196,28 @@ def require_configured_keys(command: str, environ: Mapping[str, str] | None = No
         )
 
 
-def node_keyring(key_dir: Path) -> str:
-    """The node's own keyring text from ``key_dir/data-keys``, generated on first use (mode 0600)."""
-    path = key_dir / KEY_FILE
+def _create_once(path: Path, content: str) -> str:
+    """``path``'s content, writing ``content`` first (mode 0600) when the file does not exist yet."""
     if not path.exists():
-        key_dir.mkdir(parents=True, exist_ok=True)
-        line = f"n{os.urandom(3).hex()}:{new_data_key()}\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             pass  # another service of the node made it first: use that one
         else:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(line)
+                handle.write(content)
     return path.read_text("utf-8")
+
+
+def node_keyring(key_dir: Path) -> str:
+    """The node's own keyring text from ``key_dir/data-keys``, generated on first use (mode 0600)."""
+    return _create_once(key_dir / KEY_FILE, f"n{os.urandom(3).hex()}:{new_data_key()}\n")
+
+
+def node_secret(key_dir: Path, name: str) -> bytes:
+    """A 32-byte secret of the node (e.g. its audit key) in ``key_dir/name``, generated on first use."""
+    return base64.b64decode(_create_once(key_dir / name, base64.b64encode(os.urandom(32)).decode() + "\n"))
 
 
 _PROCESS_KEYRING: list[str] = []

@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from services.common.audit import AuditLog
+from services.common.audit import AuditLog, load_audit_key
 from services.common.errors import DomainError, PermissionDenied, ResourceExhausted, Unauthenticated
 from services.common.logs import mask_id_number, mask_name, mask_phone
 from services.common.regions import RegionTree
@@ -45,7 +45,9 @@ SUPERVISORS = frozenset({"supervisor", "admin"})
 ADMINS = frozenset({"admin"})
 
 TOKEN_PREFIX = "lx1"
-READ_VERBS = ("Get", "List", "Rank", "Track", "Link", "Check", "Classify", "Locate", "Fetch")
+# Reads are not audited. PullDown is a child's poll for hand-offs (every pump pass): auditing it filled
+# the trail with hundreds of rows a minute per child; what the poll changes (AckDown) is audited.
+READ_VERBS = ("Get", "List", "Rank", "Track", "Link", "Check", "Classify", "Locate", "Fetch", "Pull")
 
 
 class Access(str, Enum):
@@ -76,6 +78,7 @@ PEER_METHODS = frozenset(
         "lianxin.exchange.v1.ExchangeService/PushEvents",
         "lianxin.exchange.v1.ExchangeService/PullDown",
         "lianxin.exchange.v1.ExchangeService/AckDown",
+        "lianxin.exchange.v1.ExchangeService/ListAuditAnchors",
         "lianxin.national.v1.NationalService/ReportCases",
         "lianxin.national.v1.NationalService/FetchTransfers",
         "lianxin.national.v1.NationalService/AckTransfers",
@@ -578,7 +581,11 @@ def server_security(settings: Settings, regions: RegionTree, service_names: Iter
         raise ValueError("LIANXIN_REQUIRE_MTLS=1 needs LIANXIN_TLS_DIR")
     audit = None
     if settings.audit or settings.auth:
-        audit = AuditLog(make_engine(service_database_url(settings, "audit"), service="audit"), settings.node)
+        audit = AuditLog(
+            make_engine(service_database_url(settings, "audit"), service="audit"),
+            settings.node,
+            key=load_audit_key(settings),
+        )
         audit.create()
     interceptor = SecurityInterceptor(
         node=settings.node,

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     tls_dir: Path | None = Field(default=None, description="dir with ca.pem, <node>.pem, <node>.key: mTLS on")
     require_mtls: bool = Field(default=False, description="production: node-to-node calls need a peer cert")
     audit: bool = Field(default=False, description="audit every mutating RPC (always on when auth is on)")
+    audit_anchor_interval_s: float = Field(
+        default=60.0, description="how often at most the audit chain head is sent to the parent as an anchor"
+    )
     citizen_rate_per_min: int = Field(default=30, description="citizen RPCs per peer per minute (auth on)")
     video_peers: str = Field(
         default="",

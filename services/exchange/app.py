@@ -7,10 +7,15 @@ import os
 import time
 from collections.abc import Callable
 
+from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
+from sqlalchemy import Engine
 
+from services.common.audit import AuditLog
+from services.common.db import make_engine, service_database_url
 from services.common.events import decode
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
+from services.common.timeutil import to_timestamp
 from services.common.tls import client_credentials
 from services.exchange import domain
 from services.exchange.link import GrpcNationalAdapter, NationalAdapter, NationalLink, ParentLink
@@ -34,6 +39,16 @@ def _recorder(store: ExchangeStore) -> Callable[[BusEvent], None]:
     return record
 
 
+def _audit_head(audit: AuditLog) -> Callable[[], exchange_pb2.AuditHead | None]:
+    def head() -> exchange_pb2.AuditHead | None:
+        record = audit.head()
+        if record is None:
+            return None
+        return exchange_pb2.AuditHead(sequence=record.seq, hash=record.hash, at=to_timestamp(record.at))
+
+    return head
+
+
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
     notify: Callable[[], None] = ctx.extras.get("notify_outbox", lambda: None)
@@ -54,14 +69,22 @@ def build(ctx: ServiceContext) -> ServiceParts:
     # Node-to-node links present this node's certificate when the node runs with TLS (docs/security.md).
     credentials = client_credentials(ctx.settings.tls_dir, node)
     parent_link: ParentLink | None = None
+    audit_engine: Engine | None = None
     if ctx.settings.parent:
         parent_node = ctx.regions.parent(node) or ""
+        head_of_chain = None
+        if ctx.settings.audit or ctx.settings.auth:
+            # The node's audit chain (written by its servers' security interceptor) anchored above.
+            audit_engine = make_engine(service_database_url(ctx.settings, "audit"), service="audit")
+            head_of_chain = _audit_head(AuditLog(audit_engine, node))
         parent_link = ParentLink(
             store,
             parent_node=parent_node,
             address=ctx.settings.parent,
             batch_size=int(os.environ.get(BATCH_ENV, "500")),
             credentials=credentials,
+            audit_head=head_of_chain,
+            anchor_interval_s=ctx.settings.audit_anchor_interval_s,
         )
     national_link: NationalLink | None = None
     adapter: NationalAdapter | None = ctx.extras.get("national_adapter")
@@ -87,6 +110,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
     def close() -> None:
         if parent_link is not None:
             parent_link.close()
+        if audit_engine is not None:
+            audit_engine.dispose()
         if isinstance(adapter, GrpcNationalAdapter):
             adapter.close()
 

@@ -81,8 +81,15 @@ class ParentLink:
         deadline_s: float = 5.0,
         max_batches_per_run: int = 20,
         credentials: grpc.ChannelCredentials | None = None,
+        audit_head: Callable[[], exchange_pb2.AuditHead | None] | None = None,
+        anchor_interval_s: float = 60.0,
     ) -> None:
         self._credentials = credentials  # mTLS client certificate naming this node (None: plaintext)
+        # The node's audit chain head, sent up as an anchor when it moved (at most every interval).
+        self._audit_head = audit_head
+        self._anchor_interval_s = anchor_interval_s
+        self._anchored_seq = 0
+        self._anchored_at = float("-inf")
         self._store = store
         self.parent_node = parent_node
         self._address = address
@@ -122,6 +129,7 @@ class ParentLink:
         """Push up-log batches (back-pressure: one batch in flight, a bounded number per pass)."""
         sent = 0
         stub = self._stub()
+        head = self._due_anchor()
         for _ in range(self._max_batches):
             acked = self._store.cursor(self.parent_node, "up").position
             items = self._store.pending_up(acked, self._batch)
@@ -138,16 +146,36 @@ class ParentLink:
                         )
                         for i in items
                     ],
+                    audit_head=head,
                 ),
                 timeout=self._deadline,
             )
+            self._anchored(head)
+            head = None
             self._store.save_cursor(self.parent_node, "up", position=reply.acked_position)
             sent += len(items)
             if reply.acked_position < items[-1].position:
                 break  # the parent took part of the batch: let it breathe
+        if head is not None:
+            # Nothing to push, but the chain moved: an anchor-only push.
+            stub.PushEvents(
+                exchange_pb2.PushEventsRequest(child_node=self._store.node, audit_head=head), timeout=self._deadline
+            )
+            self._anchored(head)
         if sent == 0:
             self._store.save_cursor(self.parent_node, "up")  # records the contact
         return sent
+
+    def _due_anchor(self) -> exchange_pb2.AuditHead | None:
+        if self._audit_head is None or time.monotonic() - self._anchored_at < self._anchor_interval_s:
+            return None
+        head = self._audit_head()
+        return head if head is not None and head.sequence > self._anchored_seq else None
+
+    def _anchored(self, head: exchange_pb2.AuditHead | None) -> None:
+        if head is not None:
+            self._anchored_seq = head.sequence
+            self._anchored_at = time.monotonic()
 
     def pull_down(self) -> int:
         applied = 0

@@ -163,3 +163,18 @@ sequence_skip = Table(
     Column("skipped_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("child_node", "case_id", "case_sequence", name="pk_sequence_skip"),
 )
+
+
+# Heads of each direct child's audit chain, as the child sent them (services.common.audit): the
+# first hash received for a sequence stays, so a child that later rewrites its chain cannot move
+# the anchor; its ``lianxin audit verify`` compares against these.
+audit_anchor = Table(
+    "audit_anchor",
+    metadata,
+    Column("child_node", String(16), nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("child_node", "sequence", name="pk_audit_anchor"),
+)

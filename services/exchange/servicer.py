@@ -11,7 +11,7 @@ from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 
 from services.common.errors import InvalidArgument
-from services.common.timeutil import to_timestamp
+from services.common.timeutil import from_timestamp, to_timestamp
 from services.exchange import link as link_mod
 from services.exchange.store import COMMAND, ENVELOPE, ExchangeStore, Item, digest
 
@@ -154,6 +154,10 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
             for i in request.items
         ]
         acked, rejected = self._store.receive_push(child, items)
+        if request.HasField("audit_head") and request.audit_head.sequence > 0:
+            head = request.audit_head
+            at = from_timestamp(head.at, "audit_head.at") if head.HasField("at") else None
+            self._store.record_anchor(child, head.sequence, head.hash, at)
         return exchange_pb2.PushEventsResponse(
             acked_position=acked,
             rejections=[exchange_pb2.Rejection(position=r.position, reason=r.reason) for r in rejected],
@@ -296,6 +300,22 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
                 for s in summaries
             ],
             next_page_token=summaries[-1].case_id if more else "",
+        )
+
+    def ListAuditAnchors(
+        self, request: exchange_pb2.ListAuditAnchorsRequest, context: Any
+    ) -> exchange_pb2.ListAuditAnchorsResponse:
+        child = self._direct_child(request.child_node)
+        return exchange_pb2.ListAuditAnchorsResponse(
+            anchors=[
+                exchange_pb2.AuditAnchor(
+                    head=exchange_pb2.AuditHead(
+                        sequence=sequence, hash=chain_hash, at=to_timestamp(at) if at is not None else None
+                    ),
+                    received_at=to_timestamp(received_at),
+                )
+                for sequence, chain_hash, at, received_at in self._store.anchors(child)
+            ]
         )
 
     def ListReplicas(

@@ -24,6 +24,7 @@ from services.common.service import BusEvent
 from services.exchange import domain
 from services.exchange.bulk import Bulk
 from services.exchange.models import (
+    audit_anchor,
     case_epoch,
     down_queue,
     inbox,
@@ -1027,6 +1028,25 @@ class ExchangeStore:
         return outcomes
 
     # ------------------------------------------------------------------ what this node holds
+
+    # ------------------------------------------------------------------ audit anchors of children
+
+    def record_anchor(self, child: str, sequence: int, chain_hash: str, at: datetime | None) -> None:
+        """Keep a child's audit chain head; the first hash received for a sequence is never replaced."""
+        with transaction(self._sf) as session:
+            session.execute(
+                _insert(session, audit_anchor)
+                .values(child_node=child, sequence=sequence, hash=chain_hash, at=at, received_at=self._clock())
+                .on_conflict_do_nothing()
+            )
+
+    def anchors(self, child: str) -> list[tuple[int, str, datetime | None, datetime]]:
+        """(sequence, hash, written at, received at) of ``child``'s anchors, oldest first."""
+        with self._sf() as session:
+            rows = session.execute(
+                select(audit_anchor).where(audit_anchor.c.child_node == child).order_by(audit_anchor.c.sequence)
+            ).all()
+        return [(int(r.sequence), r.hash, _aware(r.at), _aware(r.received_at) or self._clock()) for r in rows]
 
     def holdings(self, *, subtree: str = "", case_id: str = "") -> list[Held]:
         """Each case event held (the up-log: own and the subtree's), by case, envelope version and event id."""

@@ -439,8 +439,8 @@ def call_with_field(
 def test_nul_byte_in_any_string_field_is_invalid_argument_naming_the_field(
     channel: grpc.Channel, method: MethodDescriptor, field: FieldDescriptor
 ) -> None:
-    code, details, named = call_with_field(channel, method, field, "511102\x00")
-    check_code(method, code, details, f"{field.name}: '511102\\x00'")
+    code, details, named = call_with_field(channel, method, field, "5\x00")
+    check_code(method, code, details, f"{field.name}: '5\\x00'")
     expected = f"{field.name}[0]" if field.is_repeated else field.name
     assert (code, named) == (grpc.StatusCode.INVALID_ARGUMENT, expected), details
     assert "U+0000" in details

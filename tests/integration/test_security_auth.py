@@ -20,7 +20,7 @@ from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 
-from services.common.audit import AuditLog
+from services.common.audit import AuditLog, load_audit_key
 from services.common.db import make_engine, service_database_url
 from services.common.security import CITIZEN_METHODS, PEER_METHODS, bearer_metadata, issue_token
 from services.common.settings import Settings
@@ -206,7 +206,9 @@ def test_mutating_rpcs_are_audited_and_tampering_is_found(node: Node, channel: g
 
     url = service_database_url(node.settings, "audit")
     engine = make_engine(url, service="audit")
-    audit = AuditLog(engine, "511102")
+    key = load_audit_key(node.settings)
+    audit = AuditLog(engine, "511102", key=key)
+    assert not AuditLog(engine, "511102").verify().ok  # the chain is keyed: without the key it does not verify
     records = list(audit.records())
     assert [(r.method.rsplit("/", 1)[-1], r.outcome) for r in records] == [
         ("SubmitCase", "OK"),
@@ -234,6 +236,6 @@ def test_mutating_rpcs_are_audited_and_tampering_is_found(node: Node, channel: g
     db.commit()
     db.close()
     engine = make_engine(url, service="audit")
-    report = AuditLog(engine, "511102").verify()
+    report = AuditLog(engine, "511102", key=key).verify()
     engine.dispose()
     assert not report.ok and any("missing" in p or "chain" in p for p in report.problems)

@@ -150,25 +150,139 @@ class PushEventsRequest(_message.Message):
 
     CHILD_NODE_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_FIELD_NUMBER: _builtins.int
     child_node: _builtins.str
     """Region code of the pushing child; must match its certificate."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExchangeItem]:
-        """The items, in increasing position."""
+        """The items, in increasing position; empty when the push only carries the audit head."""
+
+    @_builtins.property
+    def audit_head(self) -> Global___AuditHead:
+        """The head of the child's keyed audit chain, sent when it moved: the parent keeps it as an anchor."""
 
     def __init__(
         self,
         *,
         child_node: _builtins.str = ...,
         items: _abc.Iterable[Global___ExchangeItem] | None = ...,
+        audit_head: Global___AuditHead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_node", b"child_node", "items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "child_node", b"child_node", "items", b"items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PushEventsRequest: _TypeAlias = PushEventsRequest  # noqa: Y015
+
+@_typing.final
+class AuditHead(_message.Message):
+    """The newest record of a node's audit chain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Sequence number of the record (from 1)."""
+    hash: _builtins.str
+    """Its chain hash (HMAC-SM3, hex)."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the child wrote the record."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        hash: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "hash", b"hash", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditHead: _TypeAlias = AuditHead  # noqa: Y015
+
+@_typing.final
+class ListAuditAnchorsRequest(_message.Message):
+    """Asks a parent for the anchors it holds of a child's audit chain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHILD_NODE_FIELD_NUMBER: _builtins.int
+    child_node: _builtins.str
+    """Region code of the child; must match its certificate."""
+    def __init__(
+        self,
+        *,
+        child_node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_node", b"child_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditAnchorsRequest: _TypeAlias = ListAuditAnchorsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditAnchorsResponse(_message.Message):
+    """The anchors, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANCHORS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def anchors(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditAnchor]:
+        """Heads of the child's chain as the parent received them."""
+
+    def __init__(
+        self,
+        *,
+        anchors: _abc.Iterable[Global___AuditAnchor] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchors", b"anchors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditAnchorsResponse: _TypeAlias = ListAuditAnchorsResponse  # noqa: Y015
+
+@_typing.final
+class AuditAnchor(_message.Message):
+    """One head of a child's audit chain held by the parent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def head(self) -> Global___AuditHead:
+        """The head as the child sent it."""
+
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp:
+        """When the parent received it."""
+
+    def __init__(
+        self,
+        *,
+        head: Global___AuditHead | None = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "received_at", b"received_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "received_at", b"received_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditAnchor: _TypeAlias = AuditAnchor  # noqa: Y015
 
 @_typing.final
 class PushEventsResponse(_message.Message):

@@ -81,6 +81,11 @@ class ExchangeServiceStub:
                 request_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DigestCasesRequest.SerializeToString,
                 response_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DigestCasesResponse.FromString,
                 _registered_method=True)
+        self.ListAuditAnchors = channel.unary_unary(
+                '/lianxin.exchange.v1.ExchangeService/ListAuditAnchors',
+                request_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListAuditAnchorsRequest.SerializeToString,
+                response_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListAuditAnchorsResponse.FromString,
+                _registered_method=True)
 
 
 class ExchangeServiceServicer:
@@ -155,6 +160,14 @@ class ExchangeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditAnchors(self, request, context):
+        """Child node only: the heads of the child's audit chain this node holds (anchors), so the child's
+        `lianxin audit verify` can find a rewritten or truncated chain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExchangeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +215,11 @@ def add_ExchangeServiceServicer_to_server(servicer, server):
                     servicer.DigestCases,
                     request_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DigestCasesRequest.FromString,
                     response_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DigestCasesResponse.SerializeToString,
+            ),
+            'ListAuditAnchors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditAnchors,
+                    request_deserializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListAuditAnchorsRequest.FromString,
+                    response_serializer=lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListAuditAnchorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +467,33 @@ class ExchangeService:
             '/lianxin.exchange.v1.ExchangeService/DigestCases',
             lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DigestCasesRequest.SerializeToString,
             lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.DigestCasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditAnchors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.exchange.v1.ExchangeService/ListAuditAnchors',
+            lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListAuditAnchorsRequest.SerializeToString,
+            lianxin_dot_exchange_dot_v1_dot_exchange__service__pb2.ListAuditAnchorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,10 @@ class ExchangeServiceStub:
     state, work-order states and a digest of the event ids), paged by case id: `lianxin reconcile`
     compares a node with the replicas above it.
     """
+    ListAuditAnchors: _grpc.UnaryUnaryMultiCallable[_exchange_service_pb2.ListAuditAnchorsRequest, _exchange_service_pb2.ListAuditAnchorsResponse]
+    """Child node only: the heads of the child's audit chain this node holds (anchors), so the child's
+    `lianxin audit verify` can find a rewritten or truncated chain.
+    """
 
 class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by a parent node; its children dial up (children initiate, so one-way firewalls work).
@@ -124,6 +128,16 @@ class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Summarises, case by case, the events this node holds for a subtree (owner, epoch, version,
         state, work-order states and a digest of the event ids), paged by case id: `lianxin reconcile`
         compares a node with the replicas above it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditAnchors(
+        self,
+        request: _exchange_service_pb2.ListAuditAnchorsRequest,
+        context: _grpc.ServicerContext,
+    ) -> _exchange_service_pb2.ListAuditAnchorsResponse:
+        """Child node only: the heads of the child's audit chain this node holds (anchors), so the child's
+        `lianxin audit verify` can find a rewritten or truncated chain.
         """
 
 def add_ExchangeServiceServicer_to_server(servicer: ExchangeServiceServicer, server: _grpc.Server) -> None: ...
