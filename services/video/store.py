@@ -67,6 +67,9 @@ from services.video.models import (
 LONGEST_RESERVATION = timedelta(days=1)
 
 
+OWNER_CACHE_SIZE = 100_000  # cases whose owner epoch this process remembers writing
+
+
 class Sealer(Protocol):
     """The part of ``services.common.crypto.FieldCipher`` this store uses."""
 
@@ -138,6 +141,9 @@ class VideoStore:
         self.node = node
         self._calendar = calendar
         self._clock = clock
+        # Epochs this process already wrote to video_case_owners: most case events repeat the epoch
+        # known (every work order change), so they cost no write. The table stays the authority.
+        self._owner_epochs: dict[str, int] = {}
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -864,7 +870,7 @@ class VideoStore:
 
     def note_owner(self, case_id: str, owner: CaseOwner) -> None:
         """Remember the case's owner when ``owner.epoch`` is newer than the one known (idempotent)."""
-        if not case_id or len(case_id) > 64:
+        if not case_id or len(case_id) > 64 or self._owner_epochs.get(case_id, 0) >= owner.epoch:
             return
         with self._tx() as s:
             dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
@@ -878,6 +884,9 @@ class VideoStore:
                     where=CaseOwnerRow.owner_epoch < insert.excluded.owner_epoch,
                 )
             )
+        if len(self._owner_epochs) >= OWNER_CACHE_SIZE:
+            self._owner_epochs.clear()  # bounded; forgetting only costs a redundant (raise-only) upsert
+        self._owner_epochs[case_id] = owner.epoch
 
     def _owner(self, s: Session, case_id: str) -> CaseOwner:
         row = s.get(CaseOwnerRow, case_id)
