@@ -476,6 +476,7 @@ class GrpcServer:
         self._port: int | None = None
         self._metrics_http: WSGIServer | None = None
         self._metrics_thread: threading.Thread | None = None
+        self._probe_server: grpc.Server | None = None
         self._lock = threading.Lock()
         self._stopping = False
         self._terminated = threading.Event()
@@ -526,6 +527,8 @@ class GrpcServer:
                 self._settings.grpc_host, self._settings.metrics_port
             )
         self._server.start()
+        if self._settings.health_port is not None:
+            self._start_probe_port(self._settings.health_port)
         self._health.set(LIVENESS_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.refresh_health()
         threading.Thread(target=self._watch_readiness, name="grpc-readiness", daemon=True).start()
@@ -538,6 +541,17 @@ class GrpcServer:
             },
         )
         return self
+
+    def _start_probe_port(self, port: int) -> None:
+        """The same health answers on a plaintext port with nothing else on it: Kubernetes' gRPC
+        probes cannot present a client certificate, and this port serves no business method."""
+        probe = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-probe"))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, probe)
+        bind = _format_address(self._settings.grpc_host, port)
+        if probe.add_insecure_port(bind) == 0:
+            raise RuntimeError(f"could not bind the health port {bind}")
+        probe.start()
+        self._probe_server = probe
 
     def refresh_health(self) -> bool:
         """Publish readiness (SERVING or NOT_SERVING for every business service) from ``ready()``."""
@@ -583,6 +597,8 @@ class GrpcServer:
             # Health watchers (load balancers) see NOT_SERVING while the server still answers.
             self._health.enter_graceful_shutdown()
             self._server.stop(grace).wait()
+            if self._probe_server is not None:
+                self._probe_server.stop(0).wait()
         finally:
             if self._metrics_http is not None:
                 self._metrics_http.shutdown()

@@ -38,10 +38,16 @@ class Settings(BaseSettings):
     regions_file: Path | None = Field(default=None, description="region CSV; default is the bundled Sichuan list")
     relay_interval_s: float = Field(default=0.2, description="outbox relay poll interval")
     sweep_interval_s: float = Field(default=60.0, description="deadline sweep interval")
+    health_port: int | None = Field(
+        default=None,
+        description="a plaintext port serving only grpc.health.v1 (Kubernetes probes cannot speak mTLS); unset: none",
+    )
     readiness_interval_s: float = Field(
         default=5.0, gt=0, description="how often an api checks its database for readiness (health per service)"
     )
-    otel_exporter: str = Field(default="none", description="none | console | memory")
+    otel_exporter: str = Field(
+        default="none", description="none | console | memory, added to what the standard OTEL_* environment asks"
+    )
     # Security (docs/security.md). Everything is off by default so ``lianxin up`` needs no setup.
     auth: bool = Field(default=False, description="require operator tokens on every non-public RPC")
     token_key: str | None = Field(default=None, description="HMAC key of operator tokens (or a file path)")

@@ -336,7 +336,10 @@ def hand_off_route(to_node: str, *, here: str, child: str, regions: RegionTree) 
 def backoff_delay(
     failures: int, *, base_s: float = 0.2, cap_s: float = 10.0, rng: random.Random | None = None
 ) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**failures)] (never 0 for 1+ failures)."""
+    """Exponential backoff with equal jitter: uniform in [ceiling / 2, ceiling], ceiling = min(cap, base * 2**failures).
+
+    Half the ceiling is kept so that a retry never comes at once after a failure (0 only for 0 failures).
+    """
     if failures <= 0:
         return 0.0
     ceiling = min(cap_s, base_s * (2 ** min(failures, 30)))

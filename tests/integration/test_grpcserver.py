@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,6 +33,7 @@ from services.common.grpcserver import (
 from services.common.service import ServicerBinding
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
+from services.common.tls import NodeTls, write_dev_pki
 
 ECHO = "test.v1.EchoService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -348,6 +351,35 @@ def test_each_server_in_a_process_has_its_own_metrics_port(server: GrpcServer) -
         assert "lianxin_grpc_server_handled_total" in _metrics(other.metrics_port)
     finally:
         other.stop(0)
+
+
+def test_probe_port_answers_health_in_plaintext_while_the_service_port_needs_mtls(
+    tmp_path: Path, readiness: Readiness
+) -> None:
+    """Kubernetes' gRPC probes speak no TLS: the health port (LIANXIN_HEALTH_PORT) has health and nothing else."""
+    write_dev_pki(tmp_path, ["510000"])
+    credentials = NodeTls.load(tmp_path, "510000").server_credentials()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        health_port = int(s.getsockname()[1])
+    binding = ServicerBinding(add_to_server=add_echo_to_server, servicer=EchoServicer(), full_name=ECHO)
+    srv = GrpcServer(
+        [binding], _settings(health_port=health_port), ready=readiness, server_credentials=credentials
+    ).start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as probe:
+            assert _check(probe, "") == SERVING
+            assert _check(probe, ECHO) == SERVING
+            readiness.ready = False
+            _wait_for(lambda: _check(probe, ECHO) == NOT_SERVING)
+            assert _check(probe, "") == SERVING
+            with pytest.raises(grpc.RpcError) as refused:
+                _unary(probe, "Echo")(b"hi", timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with grpc.insecure_channel(srv.address) as plaintext, pytest.raises(grpc.RpcError):
+            _check(plaintext, "")  # the service port itself still wants TLS
+    finally:
+        srv.stop(0)
 
 
 def test_metrics_can_be_disabled() -> None:

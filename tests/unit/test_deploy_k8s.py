@@ -110,11 +110,11 @@ def test_every_api_is_ready_by_its_own_service_name_and_alive_by_the_overall_nam
     deployments = _by_name(_render(overlay), "Deployment")
     for service in SERVICES:
         (container,) = deployments[f"{service}-api"]["spec"]["template"]["spec"]["containers"]
-        ready = {"port": 50051, "service": f"lianxin.{service}.v1.{service.capitalize()}Service"}
+        ready = {"port": 50052, "service": f"lianxin.{service}.v1.{service.capitalize()}Service"}
         assert container["readinessProbe"]["grpc"] == ready, service
         for probe in ("startupProbe", "livenessProbe"):
             assert container[probe]["grpc"].get("service", "") == "", (service, probe)
-            assert container[probe]["grpc"]["port"] == 50051, (service, probe)
+            assert container[probe]["grpc"]["port"] == 50052, (service, probe)
 
 
 def test_no_deployment_is_probed_other_than_over_grpc(overlay: str) -> None:
@@ -249,3 +249,78 @@ def test_production_overlays_commit_no_secret() -> None:
         _tool_missing("kubectl (needed to render deploy/k8s with kustomize)")
     for overlay in ("province", "city", "county"):
         assert _of_kind(_render(overlay), "Secret") == [], overlay
+
+
+PRODUCTION = ("province", "city", "county")
+
+
+@pytest.fixture(params=PRODUCTION)
+def production_overlay(request: pytest.FixtureRequest) -> str:
+    if KUBECTL is None:
+        _tool_missing("kubectl (needed to render deploy/k8s with kustomize)")
+    return str(request.param)
+
+
+def test_every_api_keeps_one_pod_through_voluntary_disruptions(overlay: str) -> None:
+    docs = _render(overlay)
+    budgets = _by_name(docs, "PodDisruptionBudget")
+    deployments = _by_name(docs, "Deployment")
+    for service in SERVICES:
+        budget = budgets[f"{service}-api"]["spec"]
+        pods = deployments[f"{service}-api"]["spec"]["template"]["metadata"]["labels"]
+        assert budget["minAvailable"] == 1
+        assert budget["selector"]["matchLabels"].items() <= pods.items(), service
+        # it selects the api's pods only, not the worker's
+        assert budget["selector"]["matchLabels"]["app.kubernetes.io/component"] == "api"
+
+
+def test_production_tiers_run_with_security_on_and_their_secrets_not_committed(production_overlay: str) -> None:
+    docs = _render(production_overlay)
+    config = _config(docs)
+    assert config["LIANXIN_AUTH"] == "true" and config["LIANXIN_AUDIT"] == "true"
+    assert config["LIANXIN_REQUIRE_MTLS"] == "true"
+    mounts = {
+        "lianxin-tls": config["LIANXIN_TLS_DIR"],
+        "lianxin-keys": str(Path(config["LIANXIN_TOKEN_KEY"]).parent),
+    }
+    assert Path(config["LIANXIN_DATA_KEYS_FILE"]).parent == Path(mounts["lianxin-keys"])
+    assert not _of_kind(docs, "Secret"), "a production overlay must not carry a Secret"
+    for workload in [*_app_deployments(docs), *_of_kind(docs, "Job")]:
+        pod = workload["spec"]["template"]["spec"]
+        volumes = {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}
+        (container,) = pod["containers"]
+        mounted = {m["mountPath"]: (volumes[m["name"]], m.get("readOnly", False)) for m in container["volumeMounts"]}
+        for secret, path in mounts.items():
+            assert mounted.get(path) == (secret, True), (workload["metadata"]["name"], secret)
+
+
+def test_production_tiers_let_in_their_own_pods_their_children_and_prometheus_only(production_overlay: str) -> None:
+    docs = _render(production_overlay)
+    node = OVERLAYS[production_overlay]["node"]
+    policies = _by_name(docs, "NetworkPolicy")
+    assert set(policies) == {"lianxin-same-node", "lianxin-child-links", "lianxin-prometheus"}
+    for policy in policies.values():
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policies["lianxin-same-node"]["spec"]["ingress"] == [{"from": [{"podSelector": {}}]}]
+    links = policies["lianxin-child-links"]["spec"]
+    assert links["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "exchange",
+        "app.kubernetes.io/component": "api",
+    }
+    (rule,) = links["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"lianxin/parent": node}}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 50051}]
+    (scrape,) = policies["lianxin-prometheus"]["spec"]["ingress"]
+    assert scrape["ports"] == [{"protocol": "TCP", "port": int(_config(docs)["LIANXIN_METRICS_PORT"])}]
+
+
+def test_a_child_tier_is_let_in_by_its_parent_tiers_policy() -> None:
+    if KUBECTL is None:
+        _tool_missing("kubectl (needed to render deploy/k8s with kustomize)")
+    admitted = {}
+    for tier in PRODUCTION:
+        (rule,) = _by_name(_render(tier), "NetworkPolicy")["lianxin-child-links"]["spec"]["ingress"]
+        admitted[tier] = rule["from"][0]["namespaceSelector"]["matchLabels"]["lianxin/parent"]
+    for child, parent in (("city", "province"), ("county", "city")):
+        (namespace,) = _of_kind(_render(child), "Namespace")
+        assert namespace["metadata"]["labels"]["lianxin/parent"] == admitted[parent], child
