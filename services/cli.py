@@ -57,10 +57,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"lianxin: USAGE: {message} (see {self.prog} --help)\n")
 
 
-def _configure_logging(settings: Settings) -> None:
+def _configure_process(settings: Settings, name: str) -> None:
+    """Logs and tracing of one process (``name`` is its OpenTelemetry service.name unless OTEL_SERVICE_NAME)."""
     from services.common.logs import configure_logging
+    from services.common.telemetry import configure_tracing
 
     configure_logging(settings.log_level, json=settings.log_json)
+    configure_tracing(name, settings.node, settings.otel_exporter)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -120,7 +123,7 @@ def cmd_node(_args: argparse.Namespace) -> int:
     from services.node import Node
 
     settings = Settings()
-    _configure_logging(settings)
+    _configure_process(settings, "lianxin-node")
     node = Node(settings).start()
     print(f"node {settings.node} serving on {node.address} (metrics :{node.metrics_port})", flush=True)
     _wait_for_signal()
@@ -140,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.node import build_service, database_ready
 
     settings = Settings()
-    _configure_logging(settings)
+    _configure_process(settings, f"lianxin-{args.service}-api")
     from services.common.crypto import require_configured_keys
     from services.common.security import server_security
 
@@ -179,7 +182,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from services.node import build_service
 
     settings = Settings()
-    _configure_logging(settings)
+    _configure_process(settings, f"lianxin-{args.service}-worker")
     if not settings.amqp_uri:
         print("LIANXIN_AMQP_URI is required for a worker", file=sys.stderr)
         return 2

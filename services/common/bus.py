@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from services.common.events import deliver
 from services.common.outbox import Relay
 from services.common.service import BusEvent, Subscription, Timer
 
@@ -50,7 +51,7 @@ class InProcessBus:
         failures: list[tuple[Subscription, Exception]] = []
         for sub in matching:
             try:
-                sub.handle(event)
+                deliver(sub, event)
             except Exception as exc:
                 failures.append((sub, exc))
         if failures:

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from services.common.ids import new_event_id
 from services.common.outbox import append_event
-from services.common.service import BusEvent
-from services.common.telemetry import inject_context
+from services.common.service import BusEvent, Subscription
+from services.common.telemetry import consumer_span, inject_context
 from services.common.timeutil import to_timestamp
 
 
@@ -80,6 +80,19 @@ def parse_envelope(body: bytes) -> events_pb2.EventEnvelope | None:
     except DecodeError:
         return None
     return env if env.WhichOneof("payload") else None
+
+
+def deliver(sub: Subscription, event: BusEvent) -> None:
+    """Call ``sub``'s handler inside the trace its event carries (both buses deliver through here), so
+    the events a handler writes continue the case's trace (DESIGN §6)."""
+    env = events_pb2.EventEnvelope()
+    try:
+        env.ParseFromString(event.body)
+    except DecodeError:
+        env.Clear()  # not an envelope: the handler runs outside any trace
+    attributes = {"lianxin.event_id": event.event_id, "lianxin.event_type": event.event_type}
+    with consumer_span(f"{sub.consumer} handles {event.source}.{event.event_type}", env.trace_context, attributes):
+        sub.handle(event)
 
 
 def parse_command(body: bytes) -> events_pb2.Command | None:

@@ -51,6 +51,7 @@ from nameko.runners import ServiceRunner
 from nameko.standalone.events import get_event_exchange
 from nameko.timer import timer
 
+from services.common.events import deliver
 from services.common.outbox import Relay
 from services.common.service import BusEvent, ServiceParts, Subscription, Timer
 from services.common.settings import Settings
@@ -104,7 +105,7 @@ def _handler_method(sub: Subscription, retry_delay_s: float) -> Callable[[Any, d
     def handle(self: Any, payload: dict[str, Any]) -> None:
         event = event_from_payload(payload)
         try:
-            sub.handle(event)
+            deliver(sub, event)
         except Exception:
             log.exception(
                 "event handler failed; the event goes back to the queue",

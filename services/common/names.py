@@ -4,3 +4,17 @@ from __future__ import annotations
 
 # The five business services (DESIGN §2): each has a database, migrations, an api and a worker.
 SERVICES: tuple[str, ...] = ("intake", "routing", "exchange", "video", "stats")
+
+# The RPCs a node's links call on its parent and the province's on the national system: node-to-node
+# traffic, authenticated by certificate (security) and never traced as requests of their own (telemetry).
+LINK_METHODS: frozenset[str] = frozenset(
+    {
+        "lianxin.exchange.v1.ExchangeService/PushEvents",
+        "lianxin.exchange.v1.ExchangeService/PullDown",
+        "lianxin.exchange.v1.ExchangeService/AckDown",
+        "lianxin.exchange.v1.ExchangeService/ListAuditAnchors",
+        "lianxin.national.v1.NationalService/ReportCases",
+        "lianxin.national.v1.NationalService/FetchTransfers",
+        "lianxin.national.v1.NationalService/AckTransfers",
+    }
+)

@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 from services.common.audit import AuditLog, load_audit_key
 from services.common.errors import DomainError, PermissionDenied, ResourceExhausted, Unauthenticated
 from services.common.logs import mask_id_number, mask_name, mask_phone
+from services.common.names import LINK_METHODS
 from services.common.regions import RegionTree
 from services.common.settings import Settings
 from services.common.tls import peer_region
@@ -73,17 +74,7 @@ CITIZEN_METHODS = frozenset(
         "lianxin.intake.v1.IntakeService/ListPublishedReplies",
     }
 )
-PEER_METHODS = frozenset(
-    {
-        "lianxin.exchange.v1.ExchangeService/PushEvents",
-        "lianxin.exchange.v1.ExchangeService/PullDown",
-        "lianxin.exchange.v1.ExchangeService/AckDown",
-        "lianxin.exchange.v1.ExchangeService/ListAuditAnchors",
-        "lianxin.national.v1.NationalService/ReportCases",
-        "lianxin.national.v1.NationalService/FetchTransfers",
-        "lianxin.national.v1.NationalService/AckTransfers",
-    }
-)
+PEER_METHODS = LINK_METHODS
 # Operator methods whose roles differ from the verb default (reads: everyone; writes: WRITERS).
 ROLE_OVERRIDES: dict[str, frozenset[str]] = {
     "lianxin.intake.v1.IntakeService/ImportCases": OFFICE,

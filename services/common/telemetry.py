@@ -1,10 +1,20 @@
-"""OpenTelemetry tracing setup and the trace-context helpers that events and logs use."""
+"""OpenTelemetry tracing setup and the trace-context helpers that events and logs use.
+
+Every process (``lianxin node``, ``serve``, ``worker``) calls ``configure_tracing``, which reads the
+standard OpenTelemetry environment (docs/operations.md, Tracing): ``OTEL_EXPORTER_OTLP_ENDPOINT``
+(or ``OTEL_TRACES_EXPORTER=otlp|console``) turns export on, ``OTEL_SERVICE_NAME``,
+``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER`` and the exporter's own ``OTEL_EXPORTER_OTLP_*``
+variables apply as usual. Trace context travels inside every event (``EventEnvelope.trace_context``),
+so a case's trace continues through the outbox, the handlers and the replication to the parent.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -13,8 +23,42 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, _get_from_env_or_default
+from opentelemetry.trace import SpanKind
 
-EXPORTERS: tuple[str, ...] = ("none", "console", "memory")
+from services.common.names import LINK_METHODS
+
+EXPORTERS: tuple[str, ...] = ("none", "console", "memory", "otlp")
+
+# Node-to-node polling and probes: a root span of these is never sampled (a link pumps every fraction of
+# a second; each case's own trace continues from the context its events carry, not from the push).
+UNTRACED_METHODS: frozenset[str] = LINK_METHODS | {"grpc.health.v1.Health/Check", "grpc.health.v1.Health/Watch"}
+
+
+class SkipPolling(Sampler):
+    """Drops root spans of ``UNTRACED_METHODS``; everything else goes to the configured sampler."""
+
+    def __init__(self, delegate: Sampler) -> None:
+        self._delegate = delegate
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Sequence[Any] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if not parent.is_valid and name.lstrip("/") in UNTRACED_METHODS:
+            return SamplingResult(Decision.DROP)
+        return self._delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"SkipPolling{{{self._delegate.get_description()}}}"
+
 
 _lock = threading.Lock()
 # OTel lets a process set its global tracer provider only once, so every node hosted in this
@@ -22,6 +66,56 @@ _lock = threading.Lock()
 _provider: TracerProvider | None = None
 _memory_exporter: InMemorySpanExporter | None = None
 _console_attached = False
+_otlp_attached = False
+
+
+def exporters_from_environment(legacy: str = "none") -> list[str]:
+    """The span exporters the standard OpenTelemetry environment asks for, plus LIANXIN_OTEL_EXPORTER.
+
+    ``OTEL_TRACES_EXPORTER`` names them (otlp, console, none); unset, an OTLP endpoint
+    (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``..._TRACES_ENDPOINT``) means otlp, and nothing means no
+    export, so a process with no collector configured does not try to reach localhost:4317.
+    """
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []
+    named = [name.strip() for name in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if name.strip()]
+    if not named and (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    ):
+        named = ["otlp"]
+    chosen = [name for name in [*named, legacy] if name != "none"]
+    unknown = [name for name in chosen if name not in EXPORTERS]
+    if unknown:
+        raise ValueError(f"OTEL_TRACES_EXPORTER: unsupported {', '.join(unknown)} (otlp, console or none)")
+    return list(dict.fromkeys(chosen))
+
+
+def configure_tracing(service_name: str, node: str, legacy_exporter: str = "none") -> list[str]:
+    """Tracing for one process from the environment; returns the exporters attached (none: tracing off)."""
+    chosen = exporters_from_environment(legacy_exporter)
+    for exporter in chosen:
+        setup_tracing(service_name, node, exporter)
+    return chosen
+
+
+def record_event_spans(name: str, carriers: Sequence[Mapping[str, str]], attributes: Mapping[str, str]) -> None:
+    """One span per event, each in the trace its event carries (a replica stored at the parent)."""
+    tracer = trace.get_tracer("lianxin.events")
+    for carrier in carriers:
+        if carrier:
+            tracer.start_span(name, context=extract_context(carrier), attributes=dict(attributes)).end()
+
+
+@contextmanager
+def consumer_span(name: str, carrier: Mapping[str, str], attributes: Mapping[str, str]) -> Iterator[None]:
+    """Run an event handler as a CONSUMER span in the trace that its event carried."""
+    with (
+        attached_context(carrier),
+        trace.get_tracer("lianxin.events").start_as_current_span(
+            name, kind=SpanKind.CONSUMER, attributes=dict(attributes)
+        ),
+    ):
+        yield
 
 
 def setup_tracing(service_name: str, node: str, exporter: str = "none") -> InMemorySpanExporter | None:
@@ -30,14 +124,24 @@ def setup_tracing(service_name: str, node: str, exporter: str = "none") -> InMem
     Returns the in-memory exporter when ``exporter == "memory"`` so tests can read finished spans.
     The resource (``service.name``, ``lianxin.node``) is fixed by the first call in the process.
     """
-    global _provider, _memory_exporter, _console_attached
+    global _provider, _memory_exporter, _console_attached, _otlp_attached
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown OTel exporter {exporter!r}; expected one of {', '.join(EXPORTERS)}")
     with _lock:
         if _provider is None:
-            resource = Resource.create({"service.name": service_name, "lianxin.node": node})
-            _provider = TracerProvider(resource=resource)
+            attributes = {"lianxin.node": node}
+            if not os.environ.get("OTEL_SERVICE_NAME"):
+                attributes["service.name"] = service_name
+            _provider = TracerProvider(
+                resource=Resource.create(attributes), sampler=SkipPolling(_get_from_env_or_default())
+            )
             trace.set_tracer_provider(_provider)
+        if exporter == "otlp" and not _otlp_attached:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            # Endpoint, TLS, headers and timeouts come from OTEL_EXPORTER_OTLP_* (read by the exporter).
+            _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            _otlp_attached = True
         if exporter == "memory":
             if _memory_exporter is None:
                 _memory_exporter = InMemorySpanExporter()

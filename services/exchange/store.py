@@ -21,6 +21,7 @@ from services.common.events import parse_command, parse_envelope
 from services.common.outbox import append_event
 from services.common.regions import RegionTree
 from services.common.service import BusEvent
+from services.common.telemetry import record_event_spans
 from services.exchange import domain
 from services.exchange.bulk import Bulk
 from services.exchange.models import (
@@ -600,6 +601,11 @@ class ExchangeStore:
                     self._enqueue_down(session, toward, event.event_id, ENVELOPE, item.body)
         # Our own services see the replica too (through the outbox, so at least once, in order).
         self._append_outbox(session, [(e.event_id, e.event_type, e.case_id, item.body) for item, _, e in applied], now)
+        # Each replica continues its case's trace (the context its event carries), so one trace runs
+        # from the county's intake up to the province; the push that brought it is polling, not traced.
+        record_event_spans(
+            "exchange stores replica", [env.trace_context for _, env, _ in applied], {"lianxin.child": child}
+        )
 
     def _append_outbox(self, session: Session, events: Sequence[tuple[str, str, str, bytes]], now: datetime) -> None:
         """``services.common.outbox.append_events`` for (event id, type, case, body) rows, in one statement.
