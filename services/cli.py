@@ -67,7 +67,9 @@ def _configure_process(settings: Settings, name: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Start the embedded federation and keep it running until Ctrl-C."""
+    """Start the embedded federation and supervise it until Ctrl-C: a node that dies is started again."""
+    import time
+
     from services.common.regions import RegionTree
     from services.federation import Federation
 
@@ -86,6 +88,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     # Explicit handlers: SIGTERM (a supervisor) and SIGINT even when started in the background.
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
+    # Another federation on these ports would answer our health checks: refuse before starting anything.
+    federation.check_ports_free()
     print(f"starting {len(federation.nodes)} nodes (data in {args.data_dir}) ...", flush=True)
     try:
         sign_in = ""
@@ -93,12 +97,16 @@ def cmd_up(args: argparse.Namespace) -> int:
             from services.web.commands import demo_sign_in
 
             sign_in = demo_sign_in(federation)
-        federation.start()
+        try:
+            federation.start(ready_timeout_s=args.ready_timeout, progress=lambda line: print(line, flush=True))
+        except TimeoutError as error:
+            raise Unavailable(f"{error}; on a busy machine give it longer with --ready-timeout") from None
         print(federation.describe(RegionTree.load()), flush=True)
         if sign_in:
             print(sign_in, flush=True)
-        print("all nodes SERVING; Ctrl-C stops them", flush=True)
-        return federation.wait()
+        print("all nodes SERVING; a node that stops is started again; Ctrl-C stops them", flush=True)
+        federation.supervise(lambda line: print(f"{time.strftime('%H:%M:%S')} {line}", flush=True), threading.Event())
+        return 0
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
         return 0
@@ -287,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default="var/federation")
     up.add_argument("--base-port", type=int, default=7400, help="gRPC port of the first node; others follow")
     up.add_argument("--metrics-port", type=int, default=9400, help="metrics port of the first node")
+    up.add_argument(
+        "--ready-timeout", type=float, default=120.0, help="seconds each node may take to serve (default 120)"
+    )
     up.add_argument("--web-port", type=int, default=8400, help="web gateway port of the first node; 0: no gateways")
     up.set_defaults(func=cmd_up)
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +71,15 @@ def health_statuses(address: str, services: Sequence[str], timeout: float = 2.0)
 
 
 NATIONAL_SERVICES = ("lianxin.national.v1.NationalService",)
+
+
+class PortsInUse(ConnectionError):
+    """A port the federation needs is taken by another process."""
+
+
+def restart_delay(restarts: int, *, first_s: float = 1.0, cap_s: float = 60.0) -> float:
+    """The wait before the ``restarts``-th restart in a row: 1, 2, 4, ... seconds, at most ``cap_s``."""
+    return float(min(cap_s, first_s * 2 ** max(0, restarts - 1)))
 
 
 def wait_serving(
@@ -143,36 +154,46 @@ class Federation:
     def national_address(self) -> str | None:
         return f"127.0.0.1:{self.national_port}" if self.national_port else None
 
-    def start(self, *, ready_timeout_s: float = 120.0) -> None:
-        by_code = {n.code: n for n in self.nodes}
+    def ports(self) -> list[tuple[int, str]]:
+        """Every port the federation will listen on, with what it is for."""
+        ports = [(n.grpc_port, f"node {n.code} gRPC") for n in self.nodes]
+        ports += [(n.metrics_port, f"node {n.code} metrics") for n in self.nodes]
+        ports += [(n.web_port, f"node {n.code} web gateway") for n in self.nodes if n.web_port is not None]
         if self.national_port:
-            self.national = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "national-sim", "--port", str(self.national_port)],
-                env={**os.environ, **self.extra_env},
-                stdout=subprocess.DEVNULL,
+            ports.append((self.national_port, "national simulator"))
+        return ports
+
+    def check_ports_free(self) -> None:
+        """Refuse to start over another listener: health checks would be answered by it, not by us."""
+        taken = []
+        for port, what in self.ports():
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    taken.append(f"{port} ({what})")
+        if taken:
+            raise PortsInUse(
+                f"port {', '.join(taken)} already in use (another federation?); choose --base-port/--metrics-port"
             )
+
+    def start(self, *, ready_timeout_s: float = 120.0, progress: Callable[[str], None] | None = None) -> None:
+        """Start the simulator and the nodes parents first; ``progress`` hears of each one serving."""
+        say = progress or (lambda _line: None)
+        self.check_ports_free()
+        started = time.monotonic()
+        if self.national_port:
+            self.national = self._spawn_national()
             wait_serving(self.national_address or "", ready_timeout_s, self.national, services=NATIONAL_SERVICES)
-        # Every node knows every other node's endpoint for joint video receptions (cross-node holds).
-        video_peers = ",".join(f"{n.code}={n.address}" for n in self.nodes)
+            say(f"  national simulator SERVING on {self.national_address} ({time.monotonic() - started:.1f} s)")
         # Parents first, tier by tier: a child's link then finds its parent up from the start.
         for wave in self._waves():
             for node in wave:
-                env = {
-                    **os.environ,
-                    **self.extra_env,
-                    "LIANXIN_NODE": node.code,
-                    "LIANXIN_DATA_DIR": str(self.data_dir),
-                    "LIANXIN_GRPC_PORT": str(node.grpc_port),
-                    "LIANXIN_METRICS_PORT": str(node.metrics_port),
-                    "LIANXIN_VIDEO_PEERS": video_peers,
-                }
-                if node.parent:
-                    env["LIANXIN_PARENT"] = by_code[node.parent].address
-                elif self.national_address:
-                    env["LIANXIN_NATIONAL"] = self.national_address
-                node.process = subprocess.Popen([sys.executable, "-m", "services.cli", "node"], env=env)
+                node.process = self._spawn(node)
             for node in wave:
                 wait_serving(node.address, ready_timeout_s, node.process)
+                say(f"  {node.code} SERVING on {node.address} ({time.monotonic() - started:.1f} s)")
         self._start_web(ready_timeout_s)
 
     def _start_web(self, ready_timeout_s: float) -> None:
@@ -193,6 +214,31 @@ class Federation:
         for node in self.nodes:
             if node.web is not None and node.web_url is not None:
                 wait_http(f"{node.web_url}healthz", ready_timeout_s, node.web)
+
+    def _spawn_national(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "national-sim", "--port", str(self.national_port)],
+            env={**os.environ, **self.extra_env},
+            stdout=subprocess.DEVNULL,
+        )
+
+    def _spawn(self, node: NodeProcess) -> subprocess.Popen[bytes]:
+        by_code = {n.code: n for n in self.nodes}
+        env = {
+            **os.environ,
+            **self.extra_env,
+            "LIANXIN_NODE": node.code,
+            "LIANXIN_DATA_DIR": str(self.data_dir),
+            "LIANXIN_GRPC_PORT": str(node.grpc_port),
+            "LIANXIN_METRICS_PORT": str(node.metrics_port),
+            # Every node knows every other node's endpoint for joint video receptions (cross-node holds).
+            "LIANXIN_VIDEO_PEERS": ",".join(f"{n.code}={n.address}" for n in self.nodes),
+        }
+        if node.parent:
+            env["LIANXIN_PARENT"] = by_code[node.parent].address
+        elif self.national_address:
+            env["LIANXIN_NATIONAL"] = self.national_address
+        return subprocess.Popen([sys.executable, "-m", "services.cli", "node"], env=env)
 
     def _waves(self) -> list[list[NodeProcess]]:
         depth: dict[str, int] = {}
@@ -228,6 +274,38 @@ class Federation:
                 if process is not None and process.poll() is not None:
                     return process.returncode or 1
             time.sleep(0.5)  # supervision poll
+
+    def supervise(self, report: Callable[[str], None], stop: threading.Event) -> None:
+        """Keep every process running until ``stop``: one that dies is started again after a backoff
+        (1 s, doubling to 60 s; back to 1 s once it has run a minute), and each event is reported."""
+        members: list[NodeProcess | None] = [*self.nodes, *([None] if self.national_port else [])]  # None: simulator
+        restarts: dict[str, int] = {}
+        due: dict[str, float] = {}
+        began: dict[str, float] = {}
+        while not stop.wait(0.5):  # supervision poll
+            now = time.monotonic()
+            for node in members:
+                name = f"node {node.code}" if node else "national simulator"
+                process = node.process if node else self.national
+                if name in due:
+                    if now >= due[name]:
+                        del due[name]
+                        process = self._spawn(node) if node else self._spawn_national()
+                        if node:
+                            node.process = process
+                        else:
+                            self.national = process
+                        began[name] = now
+                        report(f"{name} restarted (restart {restarts[name]})")
+                    continue
+                if process is None or process.poll() is None:
+                    if now - began.setdefault(name, now) > 60:
+                        restarts[name] = 0
+                    continue
+                restarts[name] = restarts.get(name, 0) + 1
+                delay = restart_delay(restarts[name])
+                due[name] = now + delay
+                report(f"{name} exited with {process.returncode}; restarting in {delay:.0f} s")
 
     def stop(self, grace: float = 10.0) -> None:
         processes = [n.web for n in self.nodes] + [n.process for n in reversed(self.nodes)] + [self.national]

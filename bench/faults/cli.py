@@ -44,6 +44,7 @@ def cmd_faults(args: argparse.Namespace) -> int:
         delay_ms=args.delay_ms,
         converge_timeout_s=args.converge_timeout,
         pg_stop_mode=args.pg_stop_mode,
+        ready_timeout_s=args.ready_timeout,
     )
 
     # SIGTERM unwinds like Ctrl-C, so the private brokers and the node processes are torn down.
@@ -114,6 +115,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--delay-ms", type=float, default=300.0, help="link-delay: ms added per chunk each way")
     parser.add_argument(
         "--converge-timeout", type=float, default=120.0, help="max seconds to wait until quiescent (default 120)"
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=120.0,
+        help="max seconds a started node process may take to serve (default 120; raise it on a busy machine)",
     )
     parser.add_argument(
         "--pg-stop-mode",

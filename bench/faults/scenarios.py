@@ -85,6 +85,7 @@ class Settings:
     delay_ms: float = 300.0
     converge_timeout_s: float = 120.0
     pg_stop_mode: str = "immediate"
+    ready_timeout_s: float = 120.0  # how long a started node process may take to serve
 
 
 class Stack(Protocol):
@@ -211,8 +212,9 @@ class ProductionStack:
 
     node = COUNTY
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, ready_timeout_s: float = 120.0) -> None:
         self.workdir = workdir
+        self.ready_timeout_s = ready_timeout_s
         self.postgres: PrivatePostgres | None = None
         self.rabbit: PrivateRabbitMQ | None = None
         self.processes: ProductionNode | None = None
@@ -226,7 +228,9 @@ class ProductionStack:
             postgres.result()
             rabbit.result()
         url = self.postgres.create_database("lianxin")
-        self.processes = ProductionNode(self.node, url, self.rabbit.amqp_uri, self.workdir / "production").start()
+        self.processes = ProductionNode(self.node, url, self.rabbit.amqp_uri, self.workdir / "production").start(
+            self.ready_timeout_s
+        )
         return self
 
     @property
@@ -299,8 +303,9 @@ class FederationStack:
 
     node = COUNTY
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, ready_timeout_s: float = 120.0) -> None:
         self.workdir = workdir
+        self.ready_timeout_s = ready_timeout_s
         self.city: EmbeddedNode | None = None
         self.county: EmbeddedNode | None = None
         self.proxy: TcpProxy | None = None
@@ -308,9 +313,9 @@ class FederationStack:
 
     def start(self) -> FederationStack:
         data = self.workdir / "federation"
-        self.city = EmbeddedNode(CITY, data).start()
+        self.city = EmbeddedNode(CITY, data).start(self.ready_timeout_s)
         self.proxy = TcpProxy(self.city.address).start()
-        self.county = EmbeddedNode(COUNTY, data, parent=self.proxy.address).start()
+        self.county = EmbeddedNode(COUNTY, data, parent=self.proxy.address).start(self.ready_timeout_s)
         return self
 
     @property
@@ -385,7 +390,7 @@ class FederationStack:
             process = node.process
             if process is not None and process.poll() is not None:
                 self._crashed.append(f"node {node.node} (exit {process.returncode})")
-                node.start()
+                node.start(self.ready_timeout_s)
         return list(self._crashed)
 
     def settle(self) -> None:
@@ -577,9 +582,9 @@ def stack_for(scenario: str) -> str:
 
 
 @contextlib.contextmanager
-def started(kind: str, workdir: Path) -> Iterator[Stack]:
+def started(kind: str, workdir: Path, ready_timeout_s: float = 120.0) -> Iterator[Stack]:
     stack: ProductionStack | FederationStack = (
-        ProductionStack(workdir) if kind == "production" else FederationStack(workdir)
+        ProductionStack(workdir, ready_timeout_s) if kind == "production" else FederationStack(workdir, ready_timeout_s)
     )
     try:
         stack.start()  # a failing start still ends in close(): nothing it started outlives the run
@@ -608,7 +613,7 @@ def run(
             chosen = [s for s in scenarios if stack_for(s) == kind]
             if not chosen:
                 continue
-            with started(kind, root) as stack:
+            with started(kind, root, settings.ready_timeout_s) as stack:
                 for scenario in chosen:
                     result = run_scenario(stack, scenario, settings, run_id=run_id)
                     if not result.ok:

@@ -31,6 +31,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.common.crypto import new_data_key
 from services.common.names import SERVICES
 from tests.conftest import fresh_postgres_database, fresh_vhost
 from tests.e2e.test_production_mode import NODE, ProductionNode, _free_port
@@ -190,6 +191,7 @@ def county_processes(
             "LIANXIN_STATS_GAUGE_INTERVAL_S": "1",
             "LIANXIN_SWEEP_INTERVAL_S": "1",
             "LIANXIN_INTAKE_CLASSIFIER": "off",
+            "LIANXIN_DATA_KEYS": f"alerts:{new_data_key()}",  # production processes refuse to start without
         }
         subprocess.run([sys.executable, "-m", "services.cli", "migrate"], env=env, check=True, timeout=180)
         node = ProductionNode(env=env, logs=tmp_path)

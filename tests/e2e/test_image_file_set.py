@@ -30,6 +30,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.crypto import new_data_key
 from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,6 +164,7 @@ def serving(image: Path, postgres_url: str, tmp_path: Path) -> Iterator[tuple[st
         LIANXIN_DATABASE_URL=postgres_url,
         LIANXIN_GRPC_PORT=str(free_port()),
         LIANXIN_METRICS_PORT=str(free_port()),
+        LIANXIN_DATA_KEYS=f"image:{new_data_key()}",  # production processes refuse to start without
     )
     run(image, env, "migrate")
     process = subprocess.Popen(

@@ -23,8 +23,7 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from services.federation import Federation
-from tests.e2e.test_federation import _free_block
-from tests.helpers import wait_until
+from tests.helpers import free_port_block, wait_until
 
 TOPOLOGY = (("510000", None), ("511100", "510000"), ("511102", "511100"))
 pytestmark = pytest.mark.slow
@@ -78,7 +77,7 @@ def receiver() -> Iterator[tuple[Receiver, int]]:
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory, receiver: tuple[Receiver, int]) -> Iterator[Federation]:
     _, otlp_port = receiver
-    base = _free_block(2 * len(TOPOLOGY))
+    base = free_port_block(2 * len(TOPOLOGY))
     fed = Federation(
         data_dir=Path(tmp_path_factory.mktemp("traced")),
         base_port=base,
