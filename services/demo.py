@@ -17,12 +17,17 @@ from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
+from lianxin.national.v1 import national_service_pb2 as national_pb2
+from lianxin.national.v1 import national_service_pb2_grpc as national_grpc
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
+from lianxin.video.v1 import video_service_pb2 as video_pb2
+from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
 from services.federation import DEFAULT_TOPOLOGY
+from services.intake.validation import id_check_character
 
 
 @dataclass
@@ -31,6 +36,7 @@ class Stubs:
     routing: routing_grpc.RoutingServiceStub
     stats: stats_grpc.StatsServiceStub
     exchange: exchange_grpc.ExchangeServiceStub
+    video: video_grpc.VideoServiceStub
 
 
 def _stubs(address: str) -> Stubs:
@@ -40,7 +46,50 @@ def _stubs(address: str) -> Stubs:
         routing_grpc.RoutingServiceStub(channel),
         stats_grpc.StatsServiceStub(channel),
         exchange_grpc.ExchangeServiceStub(channel),
+        video_grpc.VideoServiceStub(channel),
     )
+
+
+def resident_id(serial: int) -> str:
+    """A well-formed resident ID number (GB 11643) for a made-up representative."""
+    first17 = f"51110219800101{serial % 1000:03d}"
+    return first17 + id_check_character(first17)
+
+
+def reception_rooms(host: Stubs, host_code: str, terminal: Stubs, terminal_code: str, leader: str, tag: str) -> str:
+    """A leader of ``host`` receiving on weekday mornings in the host's room, and a terminal room at
+    ``terminal`` for a joint reception; returns the terminal room's id."""
+    host_room, terminal_room = f"{host_code}-{tag}", f"{terminal_code}-{tag}"
+    host.video.RegisterRoom(
+        video_pb2.RegisterRoomRequest(room=video_pb2.Room(room_id=host_room, node=host_code)), timeout=5
+    )
+    # The terminal is the other node's room, known to both: the host holds it there (HoldRoom).
+    for stubs in (terminal, host):
+        stubs.video.RegisterRoom(
+            video_pb2.RegisterRoomRequest(room=video_pb2.Room(room_id=terminal_room, node=terminal_code)), timeout=5
+        )
+    host.video.PublishSchedule(
+        video_pb2.PublishScheduleRequest(
+            actor="admin",
+            schedule=video_pb2.Schedule(
+                leader_id=leader,
+                node=host_code,
+                weekly_patterns=[
+                    video_pb2.WeeklyPattern(weekday=day, start_time="09:00", end_time="12:00") for day in range(1, 6)
+                ],
+                slot_minutes=30,
+                buffer_minutes=10,
+                max_per_session=6,
+                room_ids=[host_room],
+            ),
+        ),
+        timeout=5,
+    )
+    return terminal_room
+
+
+def _visit_state(value: int) -> str:
+    return video_pb2.VisitState.Name(video_pb2.VisitState.ValueType(value)).removeprefix("VISIT_STATE_")
 
 
 def _wait(what: str, check: Callable[[], object], timeout: float = 20.0) -> object:
@@ -179,6 +228,58 @@ def run(base_port: int = 7400, say: Callable[[str], None] = print) -> int:
     assert isinstance(handed, routing_pb2.WorkOrder)
     say(f"      沙湾区 now owns it: unit {handed.unit_id}, {_state(handed.state)}")
 
+    say("11:00 乐山市's leader receives the road's petitioners by video, jointly with 沙湾区's terminal room")
+    terminal = reception_rooms(city, "511100", shawan, "511111", f"lss-leader-{run_id}", f"demo-{run_id}")
+    visit = city.video.BookVisit(
+        video_pb2.BookVisitRequest(
+            case_id=letter.case_id, actor="city-clerk", leader_id=f"lss-leader-{run_id}", room_ids=[terminal]
+        ),
+        timeout=15,
+    ).visit
+    say(
+        f"      booked {visit.visit_id} for {visit.starts_at.ToDatetime():%Y-%m-%d %H:%M} UTC: "
+        f"{_visit_state(visit.state)}"
+    )
+    checked = city.video.CheckIn(
+        video_pb2.CheckInRequest(
+            visit_id=visit.visit_id,
+            actor="city-clerk",
+            representatives=[common_pb2.Person(name="赵六", id_number=resident_id(int(run_id, 16)))],
+        ),
+        timeout=5,
+    ).visit
+    done = city.video.RecordOutcome(
+        video_pb2.RecordOutcomeRequest(
+            visit_id=visit.visit_id,
+            actor=f"lss-leader-{run_id}",
+            minutes="群众反映乡道路面塌陷，影响出行。",
+            decisions="责成沙湾区交通运输局十日内抢修并报告。",
+        ),
+        timeout=5,
+    ).visit
+    say(f"      {_visit_state(checked.state)} with 1 representative, then {_visit_state(done.state)}: outcome recorded")
+
+    say("14:00 the national system transfers (转送) a case about 市中区 to the province")
+    national = national_grpc.NationalServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{base_port + len(DEFAULT_TOPOLOGY)}")
+    )
+    national.SubmitTransfer(
+        national_pb2.SubmitTransferRequest(
+            province_code="510000",
+            transfer=national_pb2.NationalTransfer(
+                national_case_id=f"DEMO{run_id}",
+                title="国家转送：市中区某小区供暖不热",
+                body="群众通过国家信访信息系统反映乐山市市中区某小区冬季供暖不热。",
+                category="城乡建设",
+                region_code="511102",
+            ),
+        ),
+        timeout=5,
+    )
+    transferred = _wait("the national transfer at 市中区", lambda: _work_order(county, f"N-DEMO{run_id}"), timeout=60)
+    assert isinstance(transferred, routing_pb2.WorkOrder)
+    say(f"      N-DEMO{run_id} reached 市中区 through 四川省 and 乐山市: {_state(transferred.state)}")
+
     say("17:30 the statistics of every tier include the county's case")
     for code, stubs in (("511102", county), ("511100", city), ("510000", province)):
         now = _wait(f"stats at {code}", _grown(stubs, code, before[code]))
@@ -186,5 +287,13 @@ def run(base_port: int = 7400, say: Callable[[str], None] = print) -> int:
     for link in county.exchange.LinkStatus(exchange_pb2.LinkStatusRequest(), timeout=5).links:
         state = exchange_pb2.LinkState.Name(link.state)
         say(f"      link 511102 → {link.peer_node}: {state}, lag {link.lag_events} events")
+
+    say("18:00 every tier holds the same cases (lianxin reconcile)")
+    from services.exchange.reconcile import federation_pairs, settled
+
+    report = settled(federation_pairs(base_port, DEFAULT_TOPOLOGY), wait_s=30)
+    for divergence in report.divergences:
+        say(f"      {divergence.line()}")
+    say(f"      {report.summary()}")
     say("done.")
-    return 0
+    return 0 if not report.divergences else 1
