@@ -19,6 +19,7 @@ UP_EVENT_TYPES: dict[str, tuple[str, ...]] = {
         "case_escalated",
         "supervision_issued",
         "deadline_warning",
+        "case_evaluated",  # a rating registered at another node, announced by the owner
     ),
     "video": ("visit_booked", "visit_outcome_recorded", "visit_cancelled", "visit_reminder"),
 }

@@ -131,12 +131,15 @@ def build(ctx: ServiceContext) -> ServiceParts:
         escalated = hand_off.kind == ESCALATE_UP
         consume(event, lambda uow: handlers.on_case_arrived(case, uow, routing, now=ctx.clock(), escalated=escalated))
 
-    def evaluated(event: BusEvent, case_id: str, rating: int, comment: str) -> None:
+    def evaluated(event: BusEvent, case_id: str, rating: int, comment: str, *, announce: bool = False) -> None:
         satisfied = rating != common_pb2.SATISFACTION_UNSATISFIED
+        # A rating that came as a command was recorded at another node: announced here (case_evaluated).
+        known = common_pb2.Satisfaction.Name(common_pb2.Satisfaction.ValueType(rating)) if announce and rating else ""
+        name = known.removeprefix("SATISFACTION_")
         consume(
             event,
             lambda uow: handlers.on_case_evaluated(
-                case_id, satisfied=satisfied, comment=comment, uow=uow, routing=routing, now=ctx.clock()
+                case_id, satisfied=satisfied, comment=comment, uow=uow, routing=routing, now=ctx.clock(), rating=name
             ),
         )
 
@@ -211,7 +214,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             )
             consume(event, lambda uow: handlers.apply_supervision_command(record, uow))
         elif body == "evaluate":
-            evaluated(event, command.case_id, command.evaluate.satisfaction, command.evaluate.comment)
+            evaluated(event, command.case_id, command.evaluate.satisfaction, command.evaluate.comment, announce=True)
         elif body == "request_review":
             review_requested(event, command.case_id, command.request_review.reason)
         elif body == "withdraw":

@@ -124,7 +124,22 @@ class CaseOwner:
     version: int
 
 
-RoutingEvent = WorkOrderEvent | HandedOff | SupervisionRecorded
+@dataclass(frozen=True)
+class RatingApplied:
+    """Event (proto ``CaseEvaluated``): the citizen's rating, registered at another node, applied here.
+
+    The owner announces it so that its own warehouse and every tier above it count the rating;
+    only the registering node's intake had it before."""
+
+    case_id: str
+    satisfaction: str  # "SATISFIED" | "BASICALLY_SATISFIED" | "UNSATISFIED"
+    comment: str
+    work_order_id: str
+    unit_id: str
+    at: datetime
+
+
+RoutingEvent = WorkOrderEvent | HandedOff | SupervisionRecorded | RatingApplied
 LEVELS = ("chase", "supervise", "listed")
 
 
@@ -728,17 +743,29 @@ def review_decision(
 
 
 def on_case_evaluated(
-    case_id: str, *, satisfied: bool | None, comment: str, uow: RoutingUnitOfWork, routing: Routing, now: datetime
+    case_id: str,
+    *,
+    satisfied: bool | None,
+    comment: str,
+    uow: RoutingUnitOfWork,
+    routing: Routing,
+    now: datetime,
+    rating: str = "",
 ) -> StoredWorkOrder | None:
     """满意度: satisfied closes a replied work order; unsatisfied reopens once (退回重办), then goes to 复查.
 
-    ``satisfied`` None means the citizen asked for a review (review_requested).
+    ``satisfied`` None means the citizen asked for a review (review_requested). ``rating`` (the
+    satisfaction name) for a rating registered at another node (a command): announced here as
+    ``case_evaluated``, so the tiers of the owner count it too.
     """
     stored = uow.for_case(case_id)
     if stored is None or stored.order.node != routing.node:
         return None
     order = stored.order
     now = to_utc(now)
+    if rating:
+        unit = order.unit_id or ""
+        uow.emit(case_id, [RatingApplied(case_id, rating, comment, order.id, unit, now)])
     events: list[WorkOrderEvent]
     if satisfied is True:
         if order.state is not State.REPLIED:

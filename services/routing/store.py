@@ -36,6 +36,7 @@ from services.routing.handlers import (
     BatchChange,
     CaseOwner,
     HandedOff,
+    RatingApplied,
     RoutingEvent,
     StoredWorkOrder,
     Supervision,
@@ -757,6 +758,17 @@ def _payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None:
                 reason=event.reason,
                 case=case,
                 from_work_order_id=event.from_work_order_id,
+            ),
+            event.at,
+        )
+    if isinstance(event, RatingApplied):
+        return (
+            "case_evaluated",
+            events_pb2.CaseEvaluated(
+                satisfaction=common_pb2.Satisfaction.Value(f"SATISFACTION_{event.satisfaction}"),
+                comment=event.comment,
+                work_order_id=event.work_order_id,
+                unit_id=event.unit_id,
             ),
             event.at,
         )
