@@ -140,6 +140,7 @@ class CaseEvent:
     # case_handed_off: where ownership went, how ("assign_down", "escalate_up", "national_transfer"),
     # the new owner's epoch; ``carries_case`` when the case's fields above came with it
     to_node: str = ""
+    from_node: str = ""
     hand_off_kind: str = ""
     owner_epoch: int = 0
     carries_case: bool = False
@@ -240,15 +241,14 @@ def _first_kind(deadlines: Mapping[str, datetime], kinds: Iterable[str]) -> date
     return None
 
 
-# Hand-offs that make the receiving node the one that counts the case (an escalation up does not:
-# the case stays counted where it was received, see docs/stats.md "Where a case counts").
-RECEIVING_HAND_OFFS = frozenset({"assign_down", "national_transfer"})
-
-
 def receiving_node(events: Sequence[CaseEvent], registering_node: str) -> str:
-    """The node that received the case for counting: the target of its latest hand-off down (交办,
-    转送, national transfer; by ownership epoch), else the node that registered it."""
-    moves = [e for e in events if e.kind == "case_handed_off" and e.hand_off_kind in RECEIVING_HAND_OFFS and e.to_node]
+    """The node that counts the case: the target of its latest hand-off (交办 down, 转送 sideways,
+    上报 up, national transfer; by ownership epoch), else the node that registered it.
+
+    The node that handles a case holds all of its handling; a node it was handed away from does not
+    (replicas flow up only), so counting it there would leave that node's figures behind its parent's
+    (docs/stats.md "Where a case counts")."""
+    moves = [e for e in events if e.kind == "case_handed_off" and e.to_node]
     if not moves:
         return registering_node
     return max(moves, key=lambda e: (e.owner_epoch, e.version)).to_node

@@ -8,7 +8,7 @@ lands in its place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
@@ -106,15 +106,27 @@ class WarehouseUnitOfWork(Protocol):
     def texts(self, case_ids: Sequence[str]) -> dict[str, str]: ...
 
 
-def region_columns(tree: RegionTree, region_code: str, fallback_node: str) -> tuple[str, str, str, str]:
+def region_columns(
+    tree: RegionTree, region_code: str, fallback_node: str, handed_away: Collection[str] = ()
+) -> tuple[str, str, str, str]:
     """(region, province, city, county) codes, so any tier's subtree is one indexed equality.
 
     A case counts at the region of its matter when that lies in the subtree of ``fallback_node``,
-    the node that received it (docs/stats.md "Where a case counts"); otherwise, and when its place is
-    unresolved, at that node's own region. Every tier holding the case places it the same way, so a
-    tier's figures are the sum of its children's and none is counted twice.
+    the node that handles it (docs/stats.md "Where a case counts"); otherwise, when its place is
+    unresolved, or when a node below ``fallback_node`` whose subtree holds that region handed the
+    case away (``handed_away``: it no longer hears of the handling), at that node's own region.
+    Every tier holding the case places it the same way, so a tier's figures are the sum of its
+    children's and none is counted twice.
     """
     inside = region_code in tree and (fallback_node not in tree or tree.contains(fallback_node, region_code))
+    if inside and fallback_node in tree:
+        inside = not any(
+            node != fallback_node
+            and node in tree
+            and tree.contains(fallback_node, node)
+            and tree.contains(node, region_code)
+            for node in handed_away
+        )
     code = region_code if inside else fallback_node
     province = city = county = ""
     for step in tree.path(code):
@@ -129,10 +141,12 @@ def region_columns(tree: RegionTree, region_code: str, fallback_node: str) -> tu
 
 
 def fact_from_registration(
-    event: CaseEvent, tree: RegionTree, config: StatsConfig, *, received_by: str = ""
+    event: CaseEvent, tree: RegionTree, config: StatsConfig, *, received_by: str = "", handed_away: Collection[str] = ()
 ) -> CaseFact:
     """The fact's base from the case's snapshot; ``received_by``: the node counting it (default: registering)."""
-    region, province, city, county = region_columns(tree, event.region_code, received_by or event.registering_node)
+    region, province, city, county = region_columns(
+        tree, event.region_code, received_by or event.registering_node, handed_away
+    )
     submitted = to_utc(event.submitted_at or event.occurred_at)
     return CaseFact(
         case_id=event.case_id,
@@ -174,7 +188,8 @@ def ingest(
     if snapshot is None:
         return True  # kept; the fact appears when the registration (or a hand-off with the case) arrives
     received_by = receiving_node(events, snapshot.registering_node)
-    base = fact_from_registration(snapshot, tree, config, received_by=received_by)
+    handed_away = {e.from_node for e in events if e.kind == "case_handed_off" and e.from_node}
+    base = fact_from_registration(snapshot, tree, config, received_by=received_by, handed_away=handed_away)
     others = [e for e in events if e.kind != "case_registered"]
     fact = fold_case(others, base=base, config=config, calendar=calendar)
     if fact is not None:

@@ -73,7 +73,12 @@ def to_case_event(env: events_pb2.EventEnvelope) -> CaseEvent | None:
         return CaseEvent(**base, level=env.supervision_issued.level)  # type: ignore[arg-type]
     if kind == "case_handed_off":
         hand_off = env.case_handed_off
-        moved = {"to_node": hand_off.to_node, "hand_off_kind": hand_off.kind, "owner_epoch": hand_off.new_owner_epoch}
+        moved = {
+            "to_node": hand_off.to_node,
+            "from_node": hand_off.from_node,
+            "hand_off_kind": hand_off.kind,
+            "owner_epoch": hand_off.new_owner_epoch,
+        }
         if not hand_off.case.case_id:
             return CaseEvent(**base, **moved)  # type: ignore[arg-type]
         # The case travels with its hand-off: a node that never saw the registration (handed down
