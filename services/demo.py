@@ -26,8 +26,8 @@ from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 from lianxin.video.v1 import video_service_pb2 as video_pb2
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
+from services.common.personal_text import id_check_character
 from services.federation import DEFAULT_TOPOLOGY
-from services.intake.validation import id_check_character
 
 
 @dataclass

@@ -74,11 +74,6 @@ def _clean(value: str | None) -> str | None:
     return value.strip() or None
 
 
-def id_check_character(first17: str) -> str:
-    """The GB 11643 check character of the first 17 digits of a resident ID number."""
-    return _ID_CHECK[sum(int(digit) * weight for digit, weight in zip(first17, _ID_WEIGHTS, strict=True)) % 11]
-
-
 def check_id_number(value: str, *, field: str = "id_number", today: dt.date | None = None) -> str:
     """Return the resident ID number (GB 11643) trimmed with upper-case X, or raise InvalidArgument."""
     number = value.strip().upper()
