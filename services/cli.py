@@ -36,6 +36,7 @@ from services.common.names import SERVICES
 
 if TYPE_CHECKING:
     from services.common.settings import Settings
+    from services.federation import Federation
 
 log = logging.getLogger("lianxin")
 
@@ -80,6 +81,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         # the nodes' own logs would drown the endpoint table; LIANXIN_LOG_LEVEL=INFO brings them back
         extra_env={"LIANXIN_LOG_LEVEL": os.environ.get("LIANXIN_LOG_LEVEL", "WARNING")},
         web_base_port=args.web_port or None,
+        secure=args.secure,
     )
 
     def interrupt(_signum: int, _frame: object) -> None:
@@ -104,6 +106,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(federation.describe(RegionTree.load()), flush=True)
         if sign_in:
             print(sign_in, flush=True)
+        if federation.secure:
+            print(secure_instructions(federation), flush=True)
         print("all nodes SERVING; a node that stops is started again; Ctrl-C stops them", flush=True)
         federation.supervise(lambda line: print(f"{time.strftime('%H:%M:%S')} {line}", flush=True), threading.Event())
         return 0
@@ -112,6 +116,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     finally:
         federation.stop()
+
+
+def secure_instructions(federation: Federation) -> str:
+    """What an operator needs to reach a secure federation: the PKI, and an admin token per node."""
+    pki = federation.pki_dir
+    lines = [f"mutual TLS: CA {pki / 'ca.pem'}, node certificates and keys {pki}/<node>.pem|.key", "admin tokens:"]
+    lines += [f"  {code}  {token}" for code, token in federation.admin_tokens().items()]
+    return "\n".join(lines)
 
 
 def _wait_for_signal() -> None:
@@ -299,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-timeout", type=float, default=120.0, help="seconds each node may take to serve (default 120)"
     )
     up.add_argument("--web-port", type=int, default=8400, help="web gateway port of the first node; 0: no gateways")
+    up.add_argument(
+        "--secure", action="store_true", help="mutual TLS, operator tokens and per-node keys (no web, no national sim)"
+    )
     up.set_defaults(func=cmd_up)
 
     node = sub.add_parser("node", help="run one embedded node from LIANXIN_* variables")

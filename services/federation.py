@@ -16,7 +16,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.crypto import node_secret
 from services.common.regions import RegionTree
+from services.common.security import issue_token, load_token_key
+from services.common.tls import client_credentials, write_dev_pki
 
 # 四川省; 乐山市 with 市中区 and 沙湾区; 成都市 with 锦江区 (DESIGN §9). Parents come first.
 DEFAULT_TOPOLOGY: tuple[tuple[str, str | None], ...] = (
@@ -27,6 +30,8 @@ DEFAULT_TOPOLOGY: tuple[tuple[str, str | None], ...] = (
     ("510100", "510000"),
     ("510104", "510100"),
 )
+
+TOKEN_KEY_FILE = "token-key"
 
 BUSINESS_SERVICES = (
     "lianxin.intake.v1.IntakeService",
@@ -56,10 +61,20 @@ class NodeProcess:
         return f"http://127.0.0.1:{self.web_port}/" if self.web_port else None
 
 
-def health_statuses(address: str, services: Sequence[str], timeout: float = 2.0) -> dict[str, str]:
-    """The standard grpc.health.v1 answer for each service name ("UNREACHABLE" if the call fails)."""
+def health_statuses(
+    address: str,
+    services: Sequence[str],
+    timeout: float = 2.0,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> dict[str, str]:
+    """The standard grpc.health.v1 answer for each service name ("UNREACHABLE" if the call fails).
+
+    ``credentials``: a node serving mutual TLS is asked over TLS with a client certificate.
+    """
     out: dict[str, str] = {}
-    with grpc.insecure_channel(address) as channel:
+    channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for name in services:
             try:
@@ -88,13 +103,14 @@ def wait_serving(
     process: subprocess.Popen[bytes] | None = None,
     *,
     services: Sequence[str] = BUSINESS_SERVICES,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> None:
     deadline = time.monotonic() + deadline_s
     last: dict[str, str] = {}
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process at {address} exited with {process.returncode}")
-        last = health_statuses(address, services, timeout=1.0)
+        last = health_statuses(address, services, timeout=1.0, credentials=credentials)
         if all(status == "SERVING" for status in last.values()):
             return
         time.sleep(0.2)  # polling a condition with a deadline, not ordering
@@ -133,8 +149,15 @@ class Federation:
         extra_env: dict[str, str] | None = None,
         with_national: bool = True,
         web_base_port: int | None = None,
+        secure: bool = False,
     ) -> None:
         self.data_dir = data_dir
+        # Secure: a CA and node certificates in data_dir/pki, mutual TLS on every link and client,
+        # operator tokens on, a token key and data keys per node. The national simulator and the web
+        # gateways do not speak TLS yet, so a secure federation runs without them.
+        self.secure = secure
+        if secure:
+            with_national, web_base_port = False, None
         self.extra_env = extra_env or {}
         self.nodes = [
             NodeProcess(code, parent, base_port + i, metrics_base_port + i) for i, (code, parent) in enumerate(topology)
@@ -178,10 +201,47 @@ class Federation:
                 f"port {', '.join(taken)} already in use (another federation?); choose --base-port/--metrics-port"
             )
 
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
+
+    def token_key_file(self, code: str) -> Path:
+        return self.data_dir / code / TOKEN_KEY_FILE
+
+    def credentials_for(self, code: str) -> grpc.ChannelCredentials | None:
+        """Client credentials presenting ``code``'s certificate (None when not secure)."""
+        return client_credentials(self.pki_dir, code) if self.secure else None
+
+    def admin_tokens(self, ttl_s: int = 8 * 3600) -> dict[str, str]:
+        """An admin token per node, signed with that node's own token key (secure only)."""
+        return {
+            n.code: issue_token(
+                load_token_key(str(self.token_key_file(n.code))),
+                subject="admin",
+                node=n.code,
+                roles=["admin"],
+                ttl_s=ttl_s,
+            )
+            for n in self.nodes
+        }
+
+    def _secure_env(self, code: str) -> dict[str, str]:
+        if not self.secure:
+            return {}
+        node_secret(self.data_dir / code, TOKEN_KEY_FILE)  # the node's own token key, made once
+        return {
+            "LIANXIN_TLS_DIR": str(self.pki_dir),
+            "LIANXIN_REQUIRE_MTLS": "1",
+            "LIANXIN_AUTH": "1",
+            "LIANXIN_TOKEN_KEY": str(self.token_key_file(code)),
+        }
+
     def start(self, *, ready_timeout_s: float = 120.0, progress: Callable[[str], None] | None = None) -> None:
         """Start the simulator and the nodes parents first; ``progress`` hears of each one serving."""
         say = progress or (lambda _line: None)
         self.check_ports_free()
+        if self.secure:
+            write_dev_pki(self.pki_dir, [n.code for n in self.nodes])  # the CA is kept, node certs renewed
         started = time.monotonic()
         if self.national_port:
             self.national = self._spawn_national()
@@ -192,7 +252,7 @@ class Federation:
             for node in wave:
                 node.process = self._spawn(node)
             for node in wave:
-                wait_serving(node.address, ready_timeout_s, node.process)
+                wait_serving(node.address, ready_timeout_s, node.process, credentials=self.credentials_for(node.code))
                 say(f"  {node.code} SERVING on {node.address} ({time.monotonic() - started:.1f} s)")
         self._start_web(ready_timeout_s)
 
@@ -233,6 +293,7 @@ class Federation:
             "LIANXIN_METRICS_PORT": str(node.metrics_port),
             # Every node knows every other node's endpoint for joint video receptions (cross-node holds).
             "LIANXIN_VIDEO_PEERS": ",".join(f"{n.code}={n.address}" for n in self.nodes),
+            **self._secure_env(node.code),
         }
         if node.parent:
             env["LIANXIN_PARENT"] = by_code[node.parent].address
