@@ -7,6 +7,7 @@ signed cookie, never in a URL, so they do not end up in logs, history or Referer
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -245,7 +246,29 @@ def withdraw(page: Page) -> Response:
 UNIT_METRICS = ("reply_rate", "avg_reply_workdays", "satisfaction_rate")
 
 
+UNIT_FIGURES_TTL_S = 60.0
+_unit_figures_cache: dict[tuple[str, str], tuple[float, tuple[list[dict[str, Any]], dict[str, str]]]] = {}
+
+
 def _unit_figures(page: Page, month: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The month's unit figures, kept a minute: the public board is read far more often than they change.
+
+    Only a cache (each replica its own): nothing a request needs is kept between requests.
+    """
+    key = (page.gateway.node, month)
+    now = time.monotonic()
+    cached = _unit_figures_cache.get(key)
+    if cached is not None and now - cached[0] < UNIT_FIGURES_TTL_S:
+        return cached[1]
+    figures = _ask_unit_figures(page, month)
+    if figures[0]:
+        if len(_unit_figures_cache) > 64:
+            _unit_figures_cache.clear()
+        _unit_figures_cache[key] = (now, figures)
+    return figures
+
+
+def _ask_unit_figures(page: Page, month: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Each unit's figures of the month (张榜公布) with the definitions of docs/stats.md, asked all at once."""
     token = page.gateway.portal_token()
     node = page.gateway.node

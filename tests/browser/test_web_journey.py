@@ -336,3 +336,26 @@ def test_clerk_books_a_video_visit_from_the_leaders_free_slots(
     clerk.page.wait_for_selector("#visits")
     assert first in clerk.page.inner_text("#visits")
     clerk.check("console-case-video")
+
+
+def test_moderation_exchange_desk_and_bulletin_pages_open_for_an_admin(
+    web_federation: WebFederation, visit: Callable[[], Visitor]
+) -> None:
+    city = web_federation.url("511100")
+    admin = visit()
+    _sign_in(admin, city, "admin-511100", web_federation.passwords["admin-511100"])
+    admin.goto(f"{city}/console/moderation")
+    assert "待审核" in admin.page.inner_text("h1")
+    admin.check("console-moderation")
+    admin.goto(f"{city}/console/exchange")
+    assert "511100" in admin.page.inner_text("main") or "510000" in admin.page.inner_text("main")
+    admin.check("console-exchange")
+    admin.goto(f"{city}/console/dashboard")
+    with admin.page.expect_download() as download:
+        admin.page.click("text=下载月度通报")
+    assert download.value.suggested_filename.startswith("bulletin-511100-")
+    # Signing out ends the session: the console asks for a sign-in again.
+    admin.page.click("form[action='/console/logout'] button")
+    admin.page.wait_for_url(re.compile(r"/console/login$"))
+    admin.goto(f"{city}/console")
+    assert admin.page.url.endswith("/console/login")
