@@ -84,7 +84,8 @@ def test_metrics_port_shows_rpc_counters_and_latency_histograms(federation: Fede
 
 def test_demo_day_runs_through_the_federation(federation: Federation, messages_csv: Path) -> None:
     """`lianxin demo`: hotline case handled at the county, a province case handed down two tiers,
-    the citizen's tracking and rating, and every tier's statistics."""
+    the citizen's tracking and rating, a joint video reception, a national transfer, every tier's
+    statistics and reconcile's line."""
     from services.demo import run
 
     lines: list[str] = []
@@ -94,6 +95,9 @@ def test_demo_day_runs_through_the_federation(federation: Federation, messages_c
     assert "REPLIED" in text
     assert "沙湾区 now owns it" in text
     assert "rated: satisfied" in text
+    assert "COMPLETED: outcome recorded" in text
+    assert "reached 市中区 through 四川省 and 乐山市" in text
+    assert text.splitlines()[-2].endswith(" 0 divergences"), text
 
 
 def test_a_joint_video_reception_holds_a_room_at_another_node_process(federation: Federation) -> None:
