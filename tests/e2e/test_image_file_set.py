@@ -103,6 +103,9 @@ def dependency_layer() -> Path:
         pip("install", "--target", str(building), "-c", str(REPO / "constraints.txt"), "-r", str(requirements))
         requirements.unlink()
         building.rename(layer)
+        for stale in layer.parent.iterdir():  # layers of earlier dependency lists (half a gigabyte each)
+            if stale.is_dir() and stale != layer and ".building-" not in stale.name:
+                shutil.rmtree(stale, ignore_errors=True)
     return layer
 
 
