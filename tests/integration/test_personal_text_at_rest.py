@@ -96,10 +96,17 @@ def test_personal_data_in_the_text_is_sealed_at_the_county_and_masked_everywhere
             return listed.work_orders[0] if listed.work_orders else None
 
         wait_until(lambda: work_order() is not None, 15, "the county's work order")
+        # The citizen's own reason for withdrawing holds the number again: masked as it arrives.
+        intake_grpc.IntakeServiceStub(channel).WithdrawCase(
+            intake_pb2.WithdrawCaseRequest(
+                tracking_code=reply.tracking_code, phone_last4=MOBILE[-4:], reason=f"已自行解决，有事打{MOBILE}"
+            ),
+            timeout=5,
+        )
 
     def replicated() -> bool:
         held = exchange(city).ListReplicas(exchange_pb2.ListReplicasRequest(case_id=case_id), timeout=5)
-        return held.count >= 2  # the registration and the work order
+        return held.count >= 3  # the registration, the work order and the withdrawal
 
     wait_until(replicated, 20, "the case's events at the city")
     county.drain()

@@ -175,6 +175,28 @@ def test_personal_data_is_masked_by_role_and_hidden_from_handling_units(channel:
     assert hidden.complainant.name == "" and hidden.complainant.phone == "" and hidden.complainant.id_number == ""
 
 
+def test_the_office_reads_the_citizens_own_words_and_a_handling_unit_the_masked_text(channel: grpc.Channel) -> None:
+    request = intake_pb2.SubmitCaseRequest(
+        channel=common_pb2.CHANNEL_HOTLINE,
+        channel_ref="call-free-text",
+        title="小区门口夜间施工噪音扰民",
+        body="我是张三，电话13812345678，嘉州大道某小区门口夜间施工。",
+        category="环境保护",
+        region_code="511102",
+        address="嘉州大道88号小区门口",
+        hotline_operator_id="op-007",
+        complainant=common_pb2.Person(name="张三", phone="13812345678", address="春华路5号"),
+    )
+    case_id = intake_grpc.IntakeServiceStub(channel).SubmitCase(request, timeout=5).case.case_id
+    stub = intake_grpc.IntakeServiceStub(channel)
+    office = stub.GetCase(intake_pb2.GetCaseRequest(case_id=case_id), metadata=token(["clerk"])).case
+    assert office.body == request.body
+    unit = stub.GetCase(intake_pb2.GetCaseRequest(case_id=case_id), metadata=token(["handler"], unit="u")).case
+    assert unit.body == "我是张*，电话*******5678，嘉州大道某小区门口夜间施工。"
+    # The unit sees where the matter is, never where the complainant lives.
+    assert unit.address == "嘉州大道88号小区门口" and unit.complainant.address == ""
+
+
 def test_citizen_rpcs_are_public_but_rate_limited(tmp_path: Path) -> None:
     settings = Settings(node="511102", data_dir=tmp_path, auth=True, token_key=KEY, citizen_rate_per_min=3)
     node = Node(settings).start()
