@@ -220,3 +220,21 @@ def test_open_loop_measures_from_the_scheduled_send_time() -> None:
     # the first request was scheduled at the start and answered after the whole schedule
     assert max(sample.latencies) >= duration * 0.9
     assert sample.ms(0.99) > sample.ms(0.01)
+
+
+def test_stored_run_prints_each_request_at_zero_and_at_the_preload_side_by_side(tmp_path: Path) -> None:
+    json_path = tmp_path / "stored.json"
+    run = subprocess.run(
+        [*_lianxin(), "bench", "--quick", "--only", "stored", "--stored", "300", "--json", str(json_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(json_path.read_text(encoding="utf-8"))["rows"]
+    rpcs = ("SubmitCase", "TrackCase", "GetCase", "ListWorkOrders")
+    assert {r["figure"] for r in rows} == {f"{rpc} {kind}" for rpc in rpcs for kind in ("p50", "rate")}
+    assert all(r["value"] > 0 and r["baseline"] > 0 and "0 stored" in r["baseline_is"] for r in rows)
+    header = next(line for line in run.stdout.splitlines() if line.startswith("RPC"))
+    assert "p50 ms @0" in header and "p50 ms @300" in header
