@@ -143,6 +143,22 @@ def measure(addresses: Sequence[tuple[int, str]], calls: int, progress: Progress
             channel.close()
 
 
+def _ready(node: NodeProcess, progress: Progress, attempts: int = 5) -> None:
+    """Wait for ``node``, starting it again when it gave up: on a shared PostgreSQL a start can find
+    every connection slot taken for a moment, and the preload before it took many minutes."""
+    for attempt in range(1, attempts + 1):
+        try:
+            node.wait_ready(timeout=600)
+            return
+        except RuntimeError as error:
+            if attempt == attempts:
+                raise
+            progress.note(f"{error}; starting it again ({attempt}/{attempts - 1})")
+            node.stop()
+            time.sleep(10)
+            node.start()
+
+
 def stored_scenario(backend: Backend, *, stored: int, calls: int, workers: int, progress: Progress) -> ScenarioResult:
     """Rows: each RPC's p50 and rate at ``stored`` cases beside the same at 0, measured in lockstep."""
     preload_s = 0.0
@@ -163,7 +179,7 @@ def stored_scenario(backend: Backend, *, stored: int, calls: int, workers: int, 
         for node in nodes:
             node.start()
         for node in nodes:
-            node.wait_ready(timeout=600)
+            _ready(node, progress)
         empty, full = measure([(0, nodes[0].address), (stored, nodes[1].address)], calls, progress)
     finally:
         stop_all(nodes)
