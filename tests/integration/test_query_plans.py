@@ -4,11 +4,12 @@ A node's intake and routing databases get years of skewed history (bench.preload
 without an ID number, a few heavy submitters, all but the last weeks closed), then real RPCs run
 against the real node while every statement it sends to the database is recorded; each recorded
 statement is then explained with the values it ran with. SQLite, without statistics (as a node's
-files are) and after ANALYZE: ``EXPLAIN QUERY PLAN`` must not SCAN a large table (a SCAN USING INDEX walks a whole index, as a seq scan would). PostgreSQL: the
-generic plan (what a prepared statement runs after a few executions, and what the submit path
-forces) and the custom plan must not Seq Scan a large table, and the generic plan, executed, must
-not throw away more than a few rows it read (the plan of issue 20 walked the date index and
-filtered out 100,498 rows: an index scan, still linear).
+files are) and after ANALYZE: ``EXPLAIN QUERY PLAN`` must not SCAN a large table (a SCAN USING
+INDEX walks a whole index, as a seq scan would). PostgreSQL: the generic plan (what a prepared
+statement runs after a few executions, and what the submit path forces) and the custom plan must
+not Seq Scan a large table, and the generic plan, executed, must not throw away more than a few
+rows it read (the plan of issue 20 walked the date index and filtered out 100,498 rows: an index
+scan, still linear).
 """
 
 from __future__ import annotations
