@@ -258,22 +258,22 @@ class Federation:
 
     def _start_web(self, ready_timeout_s: float) -> None:
         for node in self.nodes:
-            if node.web_port is None:
-                continue
-            env = {
-                **os.environ,
-                **self.extra_env,
-                "LIANXIN_NODE": node.code,
-                "LIANXIN_DATA_DIR": str(self.data_dir),
-                "LIANXIN_WEB_PORT": str(node.web_port),
-                "LIANXIN_WEB_GRPC": node.address,
-            }
-            node.web = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "web"], env=env, stdout=subprocess.DEVNULL
-            )
+            if node.web_port is not None:
+                node.web = self._spawn_web(node)
         for node in self.nodes:
             if node.web is not None and node.web_url is not None:
                 wait_http(f"{node.web_url}healthz", ready_timeout_s, node.web)
+
+    def _spawn_web(self, node: NodeProcess) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            **self.extra_env,
+            "LIANXIN_NODE": node.code,
+            "LIANXIN_DATA_DIR": str(self.data_dir),
+            "LIANXIN_WEB_PORT": str(node.web_port),
+            "LIANXIN_WEB_GRPC": node.address,
+        }
+        return subprocess.Popen([sys.executable, "-m", "services.cli", "web"], env=env, stdout=subprocess.DEVNULL)
 
     def _spawn_national(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -337,28 +337,28 @@ class Federation:
             time.sleep(0.5)  # supervision poll
 
     def supervise(self, report: Callable[[str], None], stop: threading.Event) -> None:
-        """Keep every process running until ``stop``: one that dies is started again after a backoff
-        (1 s, doubling to 60 s; back to 1 s once it has run a minute), and each event is reported."""
-        members: list[NodeProcess | None] = [*self.nodes, *([None] if self.national_port else [])]  # None: simulator
+        """Keep every process running until ``stop``: one that dies (a node, its web gateway, the
+        simulator) is started again after a backoff (1 s, doubling to 60 s; back to 1 s once it has
+        run a minute), and each event is reported."""
+        members: list[tuple[NodeProcess | None, str]] = [(node, "node") for node in self.nodes]
+        members += [(node, "web gateway") for node in self.nodes if node.web_port is not None]
+        if self.national_port:
+            members.append((None, "national simulator"))
         restarts: dict[str, int] = {}
         due: dict[str, float] = {}
         began: dict[str, float] = {}
         while not stop.wait(0.5):  # supervision poll
             now = time.monotonic()
-            for node in members:
-                name = f"node {node.code}" if node else "national simulator"
-                process = node.process if node else self.national
+            for node, kind in members:
+                name = f"{kind} {node.code}" if node else kind
                 if name in due:
                     if now >= due[name]:
                         del due[name]
-                        process = self._spawn(node) if node else self._spawn_national()
-                        if node:
-                            node.process = process
-                        else:
-                            self.national = process
+                        self._respawn(node, kind)
                         began[name] = now
                         report(f"{name} restarted (restart {restarts[name]})")
                     continue
+                process = self._process_of(node, kind)
                 if process is None or process.poll() is None:
                     if now - began.setdefault(name, now) > 60:
                         restarts[name] = 0
@@ -367,6 +367,19 @@ class Federation:
                 delay = restart_delay(restarts[name])
                 due[name] = now + delay
                 report(f"{name} exited with {process.returncode}; restarting in {delay:.0f} s")
+
+    def _process_of(self, node: NodeProcess | None, kind: str) -> subprocess.Popen[bytes] | None:
+        if node is None:
+            return self.national
+        return node.web if kind == "web gateway" else node.process
+
+    def _respawn(self, node: NodeProcess | None, kind: str) -> None:
+        if node is None:
+            self.national = self._spawn_national()
+        elif kind == "web gateway":
+            node.web = self._spawn_web(node)
+        else:
+            node.process = self._spawn(node)
 
     def stop(self, grace: float = 10.0) -> None:
         processes = [n.web for n in self.nodes] + [n.process for n in reversed(self.nodes)] + [self.national]

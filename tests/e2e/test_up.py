@@ -47,11 +47,12 @@ def test_restart_backoff_doubles_up_to_a_minute() -> None:
 
 @pytest.fixture()
 def one_node(tmp_path: Path) -> Iterator[Federation]:
-    base = free_port_block(2)
+    base = free_port_block(3)
     federation = Federation(
         data_dir=tmp_path,
         base_port=base,
         metrics_base_port=base + 1,
+        web_base_port=base + 2,
         topology=(("511102", None),),
         with_national=False,
         extra_env={"LIANXIN_LOG_LEVEL": "WARNING", "LIANXIN_INTAKE_CLASSIFIER": "off"},
@@ -62,7 +63,7 @@ def one_node(tmp_path: Path) -> Iterator[Federation]:
         federation.stop()
 
 
-def test_a_node_that_dies_is_started_again_and_the_event_is_reported(one_node: Federation) -> None:
+def test_a_node_or_gateway_that_dies_is_started_again_and_the_event_is_reported(one_node: Federation) -> None:
     progress: list[str] = []
     one_node.start(ready_timeout_s=180, progress=progress.append)
     node = one_node.node("511102")
@@ -81,6 +82,14 @@ def test_a_node_that_dies_is_started_again_and_the_event_is_reported(one_node: F
         assert node.process is not first
         serving = lambda: set(health_statuses(node.address, BUSINESS_SERVICES).values()) == {"SERVING"}  # noqa: E731
         wait_until(serving, timeout=180, message="the restarted node SERVING")
+
+        gateway = node.web
+        assert gateway is not None
+        gateway.send_signal(signal.SIGKILL)
+        wait_until(
+            lambda: "web gateway 511102 restarted (restart 1)" in reports, timeout=60, message="the gateway restarted"
+        )
+        assert node.web is not gateway
     finally:
         stop.set()
         supervisor.join(timeout=10)
