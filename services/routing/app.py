@@ -287,6 +287,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             Subscription("routing", "intake", "case_withdrawn", on_case_withdrawn),
             Subscription("routing", "video", "visit_outcome_recorded", on_visit_outcome),
             Subscription("routing", "exchange", "supervision_issued", on_supervision_replicated),
+            Subscription("routing", "exchange", "case_registered", on_replica_owner),
             Subscription("routing", "exchange", "work_order_created", on_replica_owner),
             Subscription("routing", "exchange", "work_order_changed", on_replica_owner),
         ],
