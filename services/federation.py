@@ -153,11 +153,12 @@ class Federation:
     ) -> None:
         self.data_dir = data_dir
         # Secure: a CA and node certificates in data_dir/pki, mutual TLS on every link and client,
-        # operator tokens on, a token key and data keys per node. The national simulator and the web
-        # gateways do not speak TLS yet, so a secure federation runs without them.
+        # operator tokens on, a token key and data keys per node. The national simulator does not
+        # speak TLS yet, so a secure federation runs without it; each web gateway calls its node
+        # with the node's certificate and signs its operators' tokens with the node's key.
         self.secure = secure
         if secure:
-            with_national, web_base_port = False, None
+            with_national = False
         self.extra_env = extra_env or {}
         self.nodes = [
             NodeProcess(code, parent, base_port + i, metrics_base_port + i) for i, (code, parent) in enumerate(topology)
@@ -264,17 +265,6 @@ class Federation:
             if node.web is not None and node.web_url is not None:
                 wait_http(f"{node.web_url}healthz", ready_timeout_s, node.web)
 
-    def _spawn_web(self, node: NodeProcess) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            **self.extra_env,
-            "LIANXIN_NODE": node.code,
-            "LIANXIN_DATA_DIR": str(self.data_dir),
-            "LIANXIN_WEB_PORT": str(node.web_port),
-            "LIANXIN_WEB_GRPC": node.address,
-        }
-        return subprocess.Popen([sys.executable, "-m", "services.cli", "web"], env=env, stdout=subprocess.DEVNULL)
-
     def _spawn_national(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "services.cli", "national-sim", "--port", str(self.national_port)],
@@ -300,6 +290,18 @@ class Federation:
         elif self.national_address:
             env["LIANXIN_NATIONAL"] = self.national_address
         return subprocess.Popen([sys.executable, "-m", "services.cli", "node"], env=env)
+
+    def _spawn_web(self, node: NodeProcess) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            **self.extra_env,
+            "LIANXIN_NODE": node.code,
+            "LIANXIN_DATA_DIR": str(self.data_dir),
+            "LIANXIN_WEB_PORT": str(node.web_port),
+            "LIANXIN_WEB_GRPC": node.address,
+            **self._secure_env(node.code),
+        }
+        return subprocess.Popen([sys.executable, "-m", "services.cli", "web"], env=env, stdout=subprocess.DEVNULL)
 
     def _waves(self) -> list[list[NodeProcess]]:
         depth: dict[str, int] = {}

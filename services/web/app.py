@@ -31,6 +31,7 @@ from services.common.errors import DomainError
 from services.common.regions import RegionTree
 from services.common.security import issue_token, load_token_key, rule_for
 from services.common.settings import Settings
+from services.common.tls import client_credentials
 from services.web import labels
 from services.web.accounts import AccountStore
 from services.web.client import CallFailed, NodeClient
@@ -313,7 +314,7 @@ def build_gateway(node_settings: Settings, settings: WebSettings, *, regions: Re
     return Gateway(
         node_settings=node_settings,
         settings=settings,
-        client=NodeClient(settings),
+        client=NodeClient(settings, client_credentials(node_settings.tls_dir, node_settings.node)),
         signer=Signer(session_key),
         accounts=AccountStore(settings.accounts_file or data_dir / "web-accounts.json"),
         regions=regions or RegionTree.load(node_settings.regions_file),

@@ -65,6 +65,8 @@ class NodeClient:
     """Stubs of the node's five services; ``call`` adds the bearer token and maps errors."""
 
     settings: WebSettings
+    # The node's client certificate when its port speaks mutual TLS (LIANXIN_TLS_DIR); None: plaintext.
+    credentials: grpc.ChannelCredentials | None = None
     channels: dict[str, grpc.Channel] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -72,7 +74,7 @@ class NodeClient:
         for service in ("intake", "routing", "exchange", "video", "stats"):
             target = self.settings.target(service)
             if target not in by_target:
-                by_target[target] = instrumented_channel(target)
+                by_target[target] = instrumented_channel(target, credentials=self.credentials)
             self.channels[service] = by_target[target]
         self.intake = intake_grpc.IntakeServiceStub(self.channels["intake"])
         self.routing = routing_grpc.RoutingServiceStub(self.channels["routing"])
