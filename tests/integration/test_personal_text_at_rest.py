@@ -7,6 +7,9 @@ the case's place is kept apart from the complainant's home, and a handling unit 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 
+from services.exchange.package import Package, open_package, signing_key
 from services.node import Node
 from tests.helpers import wait_until
 from tests.integration.exchange_nodes import Start, exchange, linked_nodes
@@ -57,8 +61,26 @@ def plaintext_in_tables(node: Node) -> list[str]:
     return hits
 
 
+def exported_package(node: Node, tmp_path: Path) -> Package:
+    out = tmp_path / f"{node.code}.lxpkg"
+    env = {
+        **os.environ,
+        "LIANXIN_NODE": node.code,
+        "LIANXIN_DATA_DIR": str(node.settings.data_dir),
+        "LIANXIN_DATABASE_URL": node.settings.database_url or "",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "services.cli", "exchange", "export", "--out", str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return open_package(out.read_bytes(), key=signing_key())
+
+
 def test_personal_data_in_the_text_is_sealed_at_the_county_and_masked_everywhere_above(
-    start: Start, caplog: pytest.LogCaptureFixture
+    start: Start, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     caplog.set_level(logging.DEBUG)
     city = start("511100")
@@ -114,5 +136,8 @@ def test_personal_data_in_the_text_is_sealed_at_the_county_and_masked_everywhere
 
     leaks = plaintext_in_tables(county) + plaintext_in_tables(city)
     assert leaks == []
+    # The offline package of the county's changes (lianxin exchange export) carries the masked text.
+    package = exported_package(county, tmp_path)
+    assert package.items and not [s for _, body, _ in package.items for s in SECRETS if s.encode() in body]
     logged = "\n".join(record.getMessage() + str(record.__dict__) for record in caplog.records)
     assert not [secret for secret in SECRETS if secret in logged]
