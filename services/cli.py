@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--web-port", type=int, default=8400, help="web gateway port of the first node; 0: no gateways")
     up.add_argument(
-        "--secure", action="store_true", help="mutual TLS, operator tokens and per-node keys (no web, no national sim)"
+        "--secure", action="store_true", help="mutual TLS, operator tokens and per-node keys (no national simulator)"
     )
     up.set_defaults(func=cmd_up)
 
