@@ -12,9 +12,12 @@ own ``Server-Timing`` header; the client's time adds the HTTP round trip and que
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
+import os
 import re
+import secrets
 import statistics
 import tempfile
 import threading
@@ -118,11 +121,16 @@ def _run_page(host: str, port: int, path: str, cookie: str, *, clients: int, req
     return sample
 
 
-def run(*, stored: int, clients: int, requests: int, workdir: Path) -> list[dict[str, object]]:
+def run(
+    *, stored: int, clients: int, requests: int, workdir: Path, only: Sequence[str] = ()
+) -> list[dict[str, object]]:
     from bench.harness.procs import free_port
     from bench.preload import preload
     from services.web.commands import demo_sign_in
 
+    # One keyring for the preload (this process) and the node, so the node opens the sealed personal data.
+    keys = {"LIANXIN_DATA_KEYS": f"k1:{base64.b64encode(secrets.token_bytes(16)).decode()}"}
+    os.environ.update(keys)
     settings = Settings(node=NODE, data_dir=workdir)
     loaded = preload(settings, stored) if stored else None
     grpc_port, metrics_port, web_port = free_port(), free_port(), free_port()
@@ -133,7 +141,7 @@ def run(*, stored: int, clients: int, requests: int, workdir: Path) -> list[dict
         web_base_port=web_port,
         topology=((NODE, None),),
         with_national=False,
-        extra_env={"LIANXIN_LOG_LEVEL": "WARNING", "LIANXIN_INTAKE_CLASSIFIER": "off"},
+        extra_env={"LIANXIN_LOG_LEVEL": "WARNING", "LIANXIN_INTAKE_CLASSIFIER": "off", **keys},
     )
     demo_sign_in(federation)
     passwords = json.loads((workdir / "web-demo-passwords.json").read_text("utf-8"))
@@ -152,6 +160,8 @@ def run(*, stored: int, clients: int, requests: int, workdir: Path) -> list[dict
             *([("case page", f"/console/case/{case_id}")] if case_id else []),
             ("supervisor dashboard", "/console/dashboard"),
         ]
+        if only:  # the baseline always runs first, then the pages asked for
+            pages = [pages[0], *(p for p in pages[1:] if any(word in p[0] for word in only))]
         rows: list[dict[str, object]] = []
         baseline = 0.0
         for name, path in pages:
@@ -186,9 +196,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=20, help="requests per client per page")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--only", default="", help="comma-separated words of page names, e.g. inbox,case")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
-        rows = run(stored=args.stored, clients=args.clients, requests=args.requests, workdir=Path(tmp))
+        only = [w for w in args.only.split(",") if w]
+        rows = run(stored=args.stored, clients=args.clients, requests=args.requests, workdir=Path(tmp), only=only)
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
         return

@@ -251,6 +251,8 @@ def page(gateway: Gateway, route: str, view: View) -> Callable[[Request], Awaita
 
 def failure_page(page: Page, failure: CallFailed) -> Response:
     status = failure.status
+    if status >= 500:
+        log.warning("node call failed", extra={"code": failure.code.name, "details": failure.message})
     if status == 401:
         page.cookies.append((page.gateway.cookie("session"), "", 0))
         return page.redirect("/console/login")

@@ -94,6 +94,8 @@ def logout(page: Page) -> Response:
 
 
 INBOX_STATES = ("REGISTERED", "ASSIGNED", "IN_PROGRESS", "OBJECTED", "EXTENDED", "REPLIED", "REOPENED", "CLOSED")
+# 待办: what still needs someone, the inbox's default; "all" adds what is done with.
+OPEN_STATES = INBOX_STATES[:-1]
 
 
 def _next_deadline(page: Page, order: routing_pb2.WorkOrder) -> dict[str, Any] | None:
@@ -118,8 +120,8 @@ def inbox(page: Page) -> Response:
         overdue_only=overdue,
         page=common_pb2.PageRequest(page_size=PAGE_SIZE, page_token=page.query("page")),
     )
-    if state in INBOX_STATES:
-        request.states.append(common_pb2.CaseState.Value(f"CASE_STATE_{state}"))
+    wanted = [state] if state in INBOX_STATES else [] if state == "all" else list(OPEN_STATES)
+    request.states.extend(common_pb2.CaseState.Value(f"CASE_STATE_{s}") for s in wanted)
     reply = page.call(page.client.routing.ListWorkOrders, request)
     # Titles come from intake, the whole page's in one call.
     titles: dict[str, str] = {}
@@ -387,6 +389,9 @@ def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, st
     supervisions_future = page.client.start(
         page.client.routing.ListSupervisions, routing_pb2.ListSupervisionsRequest(case_id=case_id), page.token
     )
+    visits_future = page.client.start(
+        page.client.video.ListVisits, video_pb2.ListVisitsRequest(case_id=case_id), page.token
+    )
     case: common_pb2.Case | None = None
     timeline: list[common_pb2.TimelineEntry] = []
     try:
@@ -396,10 +401,7 @@ def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, st
         if failure.status != 404:
             raise
     order = _current_work_order(page, case_id)
-    try:
-        supervisions = list(page.client.result(supervisions_future).supervisions)
-    except CallFailed:
-        supervisions = []
+    supervisions = _settled(page, supervisions_future, "supervisions")
     if case is None and order is None and not supervisions:
         registering = case_id.split("-", 1)[0]
         return page.render(
@@ -429,7 +431,7 @@ def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, st
         may_book=page.may(f"{VIDEO}/BookVisit"),
         leader=leader,
         slots=_slots(page, leader) if leader else [],
-        visits=_visits(page, case_id),
+        visits=_settled(page, visits_future, "visits"),
         status=status,
         case_id=case_id,
         case=case,
@@ -454,9 +456,12 @@ def _slots(page: Page, leader: str) -> list[Any]:
     return list(reply.slots)
 
 
-def _visits(page: Page, case_id: str) -> list[Any]:
+def _settled(page: Page, future: Any, attr: str) -> list[Any]:
+    """The list ``attr`` of a started call's answer; empty when the call failed (a part of a page)."""
+    if future is None:
+        return []
     try:
-        return list(page.call(page.client.video.ListVisits, video_pb2.ListVisitsRequest(case_id=case_id)).visits)
+        return list(getattr(page.client.result(future), attr))
     except CallFailed:
         return []
 
@@ -599,14 +604,6 @@ def dashboard(page: Page) -> Response:
         page.token,
     )
 
-    def settle(future: Any, attr: str) -> list[Any]:
-        if future is None:
-            return []
-        try:
-            return list(getattr(page.client.result(future), attr))
-        except CallFailed:
-            return []
-
     chart = (
         bar_chart(
             [(tree.get(c).name, figures[c]["received"].value if "received" in figures[c] else 0.0) for c in children],
@@ -626,10 +623,10 @@ def dashboard(page: Page) -> Response:
         figures=figures,
         metrics=DASHBOARD_METRICS,
         rates=RATE_METRICS,
-        hotspots=settle(hotspots, "hotspots"),
-        ranking=settle(ranking, "rows"),
-        supervisions=settle(supervisions, "supervisions"),
-        overdue=settle(overdue, "work_orders"),
+        hotspots=_settled(page, hotspots, "hotspots"),
+        ranking=_settled(page, ranking, "rows"),
+        supervisions=_settled(page, supervisions, "supervisions"),
+        overdue=_settled(page, overdue, "work_orders"),
         chart=chart,
     )
 
