@@ -911,6 +911,8 @@ class ExchangeStore:
                     continue
                 item = Item(0, row.kind, row.body, int(row.case_sequence))
                 if row.direction == "up":
+                    # Judged one at a time with the child's pushes (the same cursor lock as receive_push).
+                    self._lock_cursor(session, row.peer_node, "child_up")
                     reason = self._accept_from_child(session, row.peer_node, [item])[0]
                 elif row.direction == "local":
                     reason = self._route_command(session, item.body, came_from_parent=False)
@@ -947,6 +949,9 @@ class ExchangeStore:
                 if row is None or row.resolved_at is not None:
                     outcomes.append(DiscardOutcome(qid, False, "not in quarantine"))
                     continue
+                if row.direction == "up":
+                    # Serialised with the child's pushes: none is judged against a half-made skip.
+                    self._lock_cursor(session, row.peer_node, "child_up")
                 env = parse_envelope(row.body) if row.kind == ENVELOPE and row.direction == "up" else None
                 case_id = env.case_id if env is not None else ""
                 held_behind: list[tuple[int, int]] = []  # (sequence, quarantine id) of the case's other items
@@ -983,18 +988,37 @@ class ExchangeStore:
                 "quarantined item discarded",
                 extra={"quarantine_id": qid, "peer": row.peer_node, "summary": row.summary, "actor": actor},
             )
-            later = [q for n, q in sorted(held_behind) if n > int(row.case_sequence)]
-            replayed = self.replay_in_order(later)
-            outcomes.append(
-                DiscardOutcome(
-                    qid,
-                    True,
-                    "",
-                    released=[o.id for o in replayed if o.applied],
-                    still_held=[o.id for o in replayed if not o.applied],
-                )
-            )
+            released, still_held = self._release_behind(row.peer_node, case_id) if case_id else ([], [])
+            outcomes.append(DiscardOutcome(qid, True, "", released=released, still_held=still_held))
         return outcomes
+
+    def _release_behind(self, child: str, case_id: str) -> tuple[list[int], list[int]]:
+        """Replay the case's quarantined events from ``child`` in sequence order until none passes.
+
+        Asked again after each round, under the link's cursor lock: an event the child pushed while
+        an earlier one was being released (quarantined as a gap just before) is released too, and
+        a push after the last round is judged after everything released.
+        """
+        released: list[int] = []
+        tried: set[int] = set()
+        while True:
+            with transaction(self._sf) as session:
+                self._lock_cursor(session, child, "child_up")
+                pending = [
+                    q for _, q in sorted(self._held_of_case(session, child, case_id, exclude=0)) if q not in tried
+                ]
+            if not pending:
+                break
+            outcomes = self.replay_in_order(pending)
+            tried.update(pending)
+            passed = [o.id for o in outcomes if o.applied]
+            released += passed
+            if not passed:
+                break
+            tried.difference_update(o.id for o in outcomes if not o.applied)  # may pass after the ones released
+        with self._sf() as session:
+            still_held = [q for _, q in sorted(self._held_of_case(session, child, case_id, exclude=0))]
+        return released, still_held
 
     def _held_of_case(self, session: Session, peer: str, case_id: str, *, exclude: int) -> list[tuple[int, int]]:
         """(case sequence, quarantine id) of ``case_id``'s unresolved events quarantined from child ``peer``."""

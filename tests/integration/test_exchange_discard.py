@@ -54,7 +54,13 @@ def poison(case_id: str) -> BusEvent:
 
 
 def held(node: Node) -> list[exchange_pb2.QuarantinedItem]:
-    return list(exchange(node).ListQuarantine(exchange_pb2.ListQuarantineRequest(), timeout=5).items)
+    for _ in range(3):  # a busy SQLite under a loaded machine answers UNAVAILABLE ("retry"): retry it
+        try:
+            return list(exchange(node).ListQuarantine(exchange_pb2.ListQuarantineRequest(), timeout=5).items)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+    raise AssertionError(f"ListQuarantine at {node.settings.node} stayed UNAVAILABLE")
 
 
 def discard(
@@ -72,14 +78,20 @@ def test_discarding_a_poison_item_releases_the_later_events_of_its_case(start: S
     order = placed(county, case_id)
     wait_until(lambda: replicas(city, case_id=case_id).count == replicas(county, case_id=case_id).count, 15, "sync")
     county.bus.publish(poison(case_id))
-    wait_until(lambda: len(held(city)) == 1, 15, "the poison item in the city's quarantine")
+    wait_until(lambda: held(city), 15, "the poison item in the city's quarantine")
     # The county's unit goes on handling the case: each later event waits behind the poison item.
     wo = order.work_order_id
     routing(county).AcceptWorkOrder(routing_pb2.AcceptWorkOrderRequest(work_order_id=wo, actor="h"), timeout=5)
     routing(county).ReplyWorkOrder(
         routing_pb2.ReplyWorkOrderRequest(work_order_id=wo, actor="h", text="已处理。"), timeout=5
     )
-    wait_until(lambda: len(held(city)) >= 3, 15, "the later events quarantined as sequence gaps")
+
+    def all_held_back() -> bool:
+        # Every event of the case the county has beyond what the city stored is in the city's quarantine.
+        behind = replicas(county, case_id=case_id).count - replicas(city, case_id=case_id).count
+        return len(held(city)) >= 3 and len(held(city)) == behind
+
+    wait_until(all_held_back, 15, "the later events quarantined as sequence gaps")
     items = held(city)
     first, later = items[0], items[1:]
     assert first.reason.startswith("forged owner") and all(i.reason.startswith("sequence gap") for i in later)
@@ -97,7 +109,8 @@ def test_discarding_a_poison_item_releases_the_later_events_of_its_case(start: S
     )
 
     done = discard(city, [first.id]).results[0]
-    assert done.discarded and sorted(done.released_ids) == sorted(i.id for i in later) and not done.still_held_ids
+    # Every later event held behind it is released (more may have arrived since the listing above).
+    assert done.discarded and {i.id for i in later} <= set(done.released_ids) and not done.still_held_ids
     assert held(city) == []
     wait_until(lambda: all_but_one(city, county, case_id), 15, "everything but the poison item at the city")
     at_city = {e.event_id for e in replicas(city, case_id=case_id).entries}
