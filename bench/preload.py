@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Table, text
@@ -110,7 +111,16 @@ class _Generator:
     """The rows of case ``i`` of ``stored``, the same for the same seed."""
 
     def __init__(
-        self, *, node: str, stored: int, now: datetime, years: float, open_days: int, seed: int, regions_file: Any
+        self,
+        *,
+        node: str,
+        stored: int,
+        now: datetime,
+        years: float,
+        open_days: int,
+        seed: int,
+        regions_file: Any,
+        key_dir: Path | None = None,
     ) -> None:
         self.node = node
         self.stored = stored
@@ -118,7 +128,9 @@ class _Generator:
         self.end = now - timedelta(days=1)  # today's case numbers stay free for new submits
         self.start = self.end - timedelta(days=365 * years)
         self.open_since = now - timedelta(days=open_days)
-        self.cipher = cipher_from_env()
+        # The node's own keyring (generated into its data directory on first use, so the node
+        # started afterwards opens what was sealed here), unless the environment names one.
+        self.cipher = cipher_from_env(key_dir=key_dir)
         self.sealed: dict[tuple[str, str], bytes] = {}
         self.blind: dict[tuple[str, str], str] = {}
         self.heavy_phones = [f"1380000{n:04d}" for n in range(HEAVY_SUBMITTERS)]
@@ -370,6 +382,7 @@ class _Plan:
     open_days: int
     seed: int
     regions_file: Any
+    key_dir: Path
 
 
 _TABLES: tuple[tuple[str, str], ...] = (
@@ -391,6 +404,7 @@ def _chunk(plan: _Plan, chunk: range) -> tuple[dict[str, list[dict[str, Any]]], 
         open_days=plan.open_days,
         seed=plan.seed * 1_000_003 + chunk.start,
         regions_file=plan.regions_file,
+        key_dir=plan.key_dir,
     )
     rows: dict[str, list[dict[str, Any]]] = {table: [] for _, table in _TABLES}
     sample = []
@@ -442,7 +456,12 @@ def preload(
     with (done, stored) after each chunk.
     """
     began = time.monotonic()
-    plan = _Plan(settings.node, stored, now or datetime.now(UTC), years, open_days, seed, settings.regions_file)
+    key_dir = Path(settings.data_dir) / settings.node
+    key_dir.mkdir(parents=True, exist_ok=True)
+    cipher_from_env(key_dir=key_dir)  # the keyring made here, before the worker processes read it
+    plan = _Plan(
+        settings.node, stored, now or datetime.now(UTC), years, open_days, seed, settings.regions_file, key_dir
+    )
     engines = {name: make_engine(service_database_url(settings, name), service=name) for name in ("intake", "routing")}
     pool = multiprocessing.get_context("fork").Pool(processes) if processes and stored > CHUNK else None
     try:

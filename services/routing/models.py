@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import DateTime, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.outbox import inbox_table, outbox_table
@@ -12,6 +12,10 @@ from services.common.outbox import inbox_table, outbox_table
 
 class Base(DeclarativeBase):
     pass
+
+
+# As written in ix_work_orders_provisional's WHERE (a query must say the same to use that index).
+PROVISIONAL_SQL = "provisional <> ''"
 
 
 class WorkOrderRow(Base):
@@ -44,6 +48,13 @@ class WorkOrderRow(Base):
         # A unit's inbox (ListWorkOrders of a unit in the open states): only those rows are read,
         # however many closed work orders the unit has (issue 20; migration 0003).
         Index("ix_work_orders_unit_state", "unit_id", "state", "next_due", "work_order_id"),
+        # The sweep's pass over work orders with provisional deadlines: those only (migration 0004).
+        Index(
+            "ix_work_orders_provisional",
+            "work_order_id",
+            sqlite_where=text(PROVISIONAL_SQL),
+            postgresql_where=text(PROVISIONAL_SQL),
+        ),
         Index("ix_work_orders_due", "next_due", "work_order_id"),
         Index("ix_work_orders_sweep", "next_sweep_at", "work_order_id"),
         Index("ix_work_orders_state", "state"),

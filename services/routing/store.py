@@ -19,6 +19,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     tuple_,
     union_all,
     update,
@@ -46,6 +47,7 @@ from services.routing.handlers import (
     registering_node_to_tell,
 )
 from services.routing.models import (
+    PROVISIONAL_SQL,
     CaseOwnerRow,
     CaseSnapshotRow,
     CaseVersionRow,
@@ -346,7 +348,8 @@ class SqlRoutingUnitOfWork:
     def provisional_batch(self, *, after_id: str, limit: int) -> list[StoredWorkOrder]:
         query = (
             select(_WO)
-            .where(_WO.c.provisional != "", _WO.c.work_order_id > after_id)
+            # The condition as ix_work_orders_provisional's WHERE says it, so that index serves it.
+            .where(text(PROVISIONAL_SQL), _WO.c.work_order_id > after_id)
             .order_by(_WO.c.work_order_id)
             .limit(limit)
         )

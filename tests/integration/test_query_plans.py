@@ -205,6 +205,9 @@ def _drive(loaded: Loaded) -> None:
         routing.AcceptWorkOrder(
             routing_pb2.AcceptWorkOrderRequest(work_order_id=order.work_order_id, actor="clerk-1"), timeout=10
         )
+        # The deadline sweep (a timer, every minute in production): the work orders whose next
+        # deadline boundary has passed, in batches by id.
+        loaded.node.extras["routing_sweep"][NODE]()
         loaded.node.drain()
 
 
@@ -279,6 +282,7 @@ def test_every_statement_of_a_request_stays_an_index_lookup_among_many_stored_ca
     # The lookup every submit makes, and the inbox, were among them (nothing passes by not being seen).
     assert any("phone_bidx" in s.sql and "id_number_bidx" in s.sql for s in large)
     assert any("work_orders" in s.sql and "next_due" in s.sql for s in large)
+    assert any("work_orders" in s.sql and "next_sweep_at <=" in s.sql for s in large)
     problems: dict[str, list[str]] = {}
     if backend == "sqlite":
         # As a node runs (nothing analyses its files), and once more with statistics.
