@@ -454,6 +454,8 @@ class GrpcServer:
         self._credentials = server_credentials
         self._service_names = [binding.full_name for binding in self._bindings]
         initialise_rpc_metrics(self._service_names)
+        for binding in self._bindings:
+            binding.initialise_metrics()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix=f"grpc-{settings.node}"),
             interceptors=[

@@ -63,6 +63,9 @@ class ServicerBinding:
     add_to_server: Callable[[Any, Any], None]
     servicer: Any
     full_name: str  # e.g. "lianxin.intake.v1.IntakeService"
+    # The servicer's own labelled series at zero, called only by a process that serves it: a worker
+    # builds the same servicer but never counts its calls, so it must not export their zeros.
+    initialise_metrics: Callable[[], None] = lambda: None
 
 
 @dataclass

@@ -26,7 +26,7 @@ from services.intake.domain import HANDLING_DEADLINE_KINDS, CaseState, registere
 from services.intake.handlers import HandlingChange, HandOffSeen, IntakeDeps
 from services.intake.models import inbox, outbox
 from services.intake.screening import Screen
-from services.intake.servicer import IntakeServicer
+from services.intake.servicer import IntakeServicer, initialise_received_metrics
 from services.intake.store import CaseNumbers, PgSubmitPath, SqlIntakeUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -346,7 +346,10 @@ def build(ctx: ServiceContext) -> ServiceParts:
         name="intake",
         servicers=[
             ServicerBinding(
-                intake_grpc.add_IntakeServiceServicer_to_server, servicer, "lianxin.intake.v1.IntakeService"
+                intake_grpc.add_IntakeServiceServicer_to_server,
+                servicer,
+                "lianxin.intake.v1.IntakeService",
+                initialise_metrics=initialise_received_metrics,
             )
         ],
         subscriptions=[

@@ -16,6 +16,7 @@ from services.common.request_rules import check_request
 from services.common.security import OFFICE, current_principal
 from services.common.timeutil import from_timestamp, to_timestamp
 from services.intake import handlers, mapping
+from services.intake.domain import CATEGORIES, CHANNELS, OTHER_CATEGORY
 from services.intake.handlers import CaseFilter, IntakeDeps, IntakeUnitOfWork
 
 # What ClassifyText / LocateText need beyond a submit: the model's confidence and the candidates.
@@ -26,6 +27,15 @@ CandidateLocator = Callable[[str, str], tuple[str, bool, list[str]]]
 CASES_RECEIVED = Counter(
     "lianxin_cases_received_total", "Cases registered at this node, by channel and category", ["channel", "category"]
 )
+
+
+def initialise_received_metrics() -> None:
+    """Every channel × category series at zero from the start, so ``increase()`` sees the first case
+    of a kind as an increase instead of as the series appearing (nine channels × eight categories
+    and "unclassified": bounded)."""
+    for channel in CHANNELS:
+        for category in (*CATEGORIES, OTHER_CATEGORY, "unclassified"):
+            CASES_RECEIVED.labels(channel=channel, category=category)
 
 
 class IntakeServicer(intake_grpc.IntakeServiceServicer):
