@@ -32,11 +32,14 @@ def replay(messages_csv: Path, *, burst: bool) -> list[events_pb2.EventEnvelope]
     events = []
     for i, row in enumerate(rows):
         at = AS_OF - timedelta(seconds=rng.uniform(1, span))
-        case_id = f"511102-{at:%Y%m%d}-{i:06d}"
+        # Registered at the county of the matter: a warehouse counts a case where it was received
+        # (docs/stats.md "Where a case counts"), so the case id names that county's node.
+        region = rng.choice(COUNTIES)
+        case_id = f"{region}-{at:%Y%m%d}-{i:06d}"
         events.append(
             syn.registered(
                 case_id,
-                region=rng.choice(COUNTIES),
+                region=region,
                 at=at,
                 category=row["category"],
                 title=row["title"],
