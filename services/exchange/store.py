@@ -217,7 +217,7 @@ class ExchangeStore:
         bulk = Bulk(session)
         cases = sorted({r.case_id for r in rows})
         if bulk.postgres:
-            _lock_up_log_order(session)
+            _lock_log_order(session)
             session.execute(
                 text(
                     "SELECT count(pg_advisory_xact_lock("
@@ -263,7 +263,7 @@ class ExchangeStore:
     def _append_up_command(self, session: Session, cmd: events_pb2.Command, body: bytes) -> bool:
         """Put a command on the up-log for the parent link to carry (once per leg); False if already there."""
         if session.get_bind().dialect.name == "postgresql":
-            _lock_up_log_order(session)
+            _lock_log_order(session)
         inserted = session.execute(
             _insert(session, up_log)
             .values(
@@ -660,6 +660,8 @@ class ExchangeStore:
     # ------------------------------------------------------------------ down
 
     def _enqueue_down(self, session: Session, child: str, item_id: str, kind: str, body: bytes) -> None:
+        if session.get_bind().dialect.name == "postgresql":
+            _lock_log_order(session)  # a child's PullDown reads positions too
         session.execute(
             _insert(session, down_queue)
             .values(child_node=child, item_id=item_id, kind=kind, body=body, created_at=self._clock())
@@ -1183,19 +1185,19 @@ def digest(held: Sequence[Held]) -> str:
     return h.hexdigest()
 
 
-def _lock_up_log_order(session: Session) -> None:
-    """On PostgreSQL, one up-log writer at a time per node, until its commit.
+def _lock_log_order(session: Session) -> None:
+    """On PostgreSQL, one writer of the up-log or the down-queue at a time per node, until its commit.
 
-    The link reads the up-log as ``position > cursor``. A position is drawn at insert and becomes
+    The links read both as ``position > cursor``. A position is drawn at insert and becomes
     visible at commit, so two writers of different cases (a child's push and a local event, say)
     could commit out of position order; the link would read and acknowledge the later position and
     skip the earlier one for good (seen: a county case's first events never reached the province).
     Holding this lock from before the insert until the commit makes positions visible in order.
-    SQLite's BEGIN IMMEDIATE already serialises its writers.
+    One key for both logs, so a transaction writing both cannot deadlock with another (advisory
+    locks are re-entrant within a session). SQLite's BEGIN IMMEDIATE already serialises its writers.
     """
     session.execute(
         text(
-            "SELECT pg_advisory_xact_lock("
-            "hashtextextended(concat('lianxin.exchange.up_log_order.', current_schema()), 0))"
+            "SELECT pg_advisory_xact_lock(hashtextextended(concat('lianxin.exchange.log_order.', current_schema()), 0))"
         )
     )
