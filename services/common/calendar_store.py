@@ -35,7 +35,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from services.common.calendar import ChineseWorkingCalendar, OfficialYear, load_calendar_text, year_document
 from services.common.db import make_engine, service_database_url
@@ -98,14 +98,21 @@ class CalendarStore:
     @classmethod
     def open(cls, url: str) -> CalendarStore:
         """The node's calendar database at ``url``, its schema and table made if missing."""
-        for attempt in range(3):
+        attempts = 20
+        for attempt in range(attempts):
             try:
                 return cls(make_engine(url, service="calendar"))
             except IntegrityError:
                 # CREATE SCHEMA IF NOT EXISTS lost a race with another process of the node, which has
                 # committed the schema by the time PostgreSQL reports it: opening again finds it.
-                if attempt == 2:
+                if attempt == attempts - 1:
                     raise
+            except OperationalError as error:
+                # SQLite: switching a new file to WAL or creating its table while other processes of the
+                # node do the same answers "database is locked" at once, whatever the busy timeout.
+                if "locked" not in str(error) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
         raise AssertionError("unreachable")
 
     @property
