@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -230,12 +231,7 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
     def ReplayQuarantine(
         self, request: exchange_pb2.ReplayQuarantineRequest, context: Any
     ) -> exchange_pb2.ReplayQuarantineResponse:
-        if not request.ids:
-            raise InvalidArgument("ids", "at least one id is required")
-        bad = [i for i in request.ids if not i.isdigit()]
-        if bad:
-            raise InvalidArgument("ids", f"not a quarantine id: {bad[0]}")
-        outcomes = self._store.replay([int(i) for i in request.ids])
+        outcomes = self._store.replay(_quarantine_ids(request.ids))
         return exchange_pb2.ReplayQuarantineResponse(
             results=[exchange_pb2.ReplayResult(id=str(o.id), applied=o.applied, reason=o.reason) for o in outcomes]
         )
@@ -243,16 +239,12 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
     def DiscardQuarantine(
         self, request: exchange_pb2.DiscardQuarantineRequest, context: Any
     ) -> exchange_pb2.DiscardQuarantineResponse:
-        if not request.ids:
-            raise InvalidArgument("ids", "at least one id is required")
-        bad = [i for i in request.ids if not i.isdigit()]
-        if bad:
-            raise InvalidArgument("ids", f"not a quarantine id: {bad[0]}")
+        ids = _quarantine_ids(request.ids)
         if not request.actor.strip():
             raise InvalidArgument("actor", "say who discards (recorded with the discard)")
         if not request.reason.strip():
             raise InvalidArgument("reason", "say why the items are discarded (recorded with the discard)")
-        outcomes = self._store.discard([int(i) for i in request.ids], actor=request.actor.strip(), note=request.reason)
+        outcomes = self._store.discard(ids, actor=request.actor.strip(), note=request.reason)
         return exchange_pb2.DiscardQuarantineResponse(
             results=[
                 exchange_pb2.DiscardResult(
@@ -342,3 +334,13 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
 
 def _case_state(name: str) -> common_pb2.CaseState.ValueType:
     return common_pb2.CaseState.Value(f"CASE_STATE_{name}") if name else common_pb2.CASE_STATE_UNSPECIFIED
+
+
+def _quarantine_ids(ids: Sequence[str]) -> list[int]:
+    """The quarantine ids a replay or a discard names, refused whole when one is not an id."""
+    if not ids:
+        raise InvalidArgument("ids", "at least one id is required")
+    bad = [i for i in ids if not i.isdigit()]
+    if bad:
+        raise InvalidArgument("ids", f"not a quarantine id: {bad[0]}")
+    return [int(i) for i in ids]
