@@ -21,11 +21,8 @@ WORKDIR /src
 # Dependencies first so that a source-only change reuses this layer. pyproject pins the direct
 # dependencies and constraints.txt (the lock `make venv` uses) pins every transitive one.
 COPY pyproject.toml README.md constraints.txt ./
-RUN python - <<'PY' > /tmp/requirements.txt
-import tomllib
-with open("pyproject.toml", "rb") as f:
-    print("\n".join(tomllib.load(f)["project"]["dependencies"]))
-PY
+RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+    > /tmp/requirements.txt
 RUN pip install --upgrade "pip>=24" && pip install -c constraints.txt -r /tmp/requirements.txt
 # The project itself: services/ plus the generated protobuf package gen/python/lianxin.
 COPY services ./services
@@ -45,6 +42,9 @@ LABEL org.opencontainers.image.title="lianxin" \
 # A fixed numeric uid so Kubernetes can verify runAsNonRoot without resolving names.
 # CJK glyphs for the monthly bulletin's charts (services/stats/bulletin.py looks for Noto Sans CJK SC);
 # without them the bars are labelled C1, C2, ... instead of 环境保护, 城乡建设.
+# Not pinned to a Debian revision: the font follows the base image's Debian release (and its security
+# updates); a pinned revision disappears from the archive at the next point release and breaks the build.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends fonts-noto-cjk \
     && rm -rf /var/lib/apt/lists/*

@@ -39,6 +39,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services
+	$(BIN)/hadolint Dockerfile
 
 demo: venv
 	$(BIN)/lianxin demo
