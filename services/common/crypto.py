@@ -196,7 +196,7 @@ def require_configured_keys(command: str, environ: Mapping[str, str] | None = No
         )
 
 
-def _create_once(path: Path, content: str) -> str:
+def create_once(path: Path, content: str) -> str:
     """``path``'s content, writing ``content`` first (mode 0600) when the file does not exist yet."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,12 +212,12 @@ def _create_once(path: Path, content: str) -> str:
 
 def node_keyring(key_dir: Path) -> str:
     """The node's own keyring text from ``key_dir/data-keys``, generated on first use (mode 0600)."""
-    return _create_once(key_dir / KEY_FILE, f"n{os.urandom(3).hex()}:{new_data_key()}\n")
+    return create_once(key_dir / KEY_FILE, f"n{os.urandom(3).hex()}:{new_data_key()}\n")
 
 
 def node_secret(key_dir: Path, name: str) -> bytes:
     """A 32-byte secret of the node (e.g. its audit key) in ``key_dir/name``, generated on first use."""
-    return base64.b64decode(_create_once(key_dir / name, base64.b64encode(os.urandom(32)).decode() + "\n"))
+    return base64.b64decode(create_once(key_dir / name, base64.b64encode(os.urandom(32)).decode() + "\n"))
 
 
 _PROCESS_KEYRING: list[str] = []

@@ -29,12 +29,19 @@ def _store(settings: Settings) -> ExchangeStore:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from services.common.crypto import keys_configured
     from services.common.service import utc_now
     from services.common.settings import Settings
-    from services.exchange.package import seal, signing_key
+    from services.exchange.package import PackageKeyMissing, seal, signing_key
     from services.exchange.store import COMMAND
 
     settings = Settings()
+    try:
+        # Production (data keys configured) must name its package key; an embedded node makes its own.
+        key = signing_key(Path(settings.data_dir) / settings.node, production=keys_configured())
+    except PackageKeyMissing as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return 2
     store = _store(settings)
     rows = store.pending_up(args.since, args.limit, max_bytes=2**62)
     data = seal(
@@ -43,7 +50,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         created_at=utc_now().isoformat(),
         items=[(item.position, item.body, item.case_sequence) for item in rows],
         kinds={item.position: item.kind for item in rows if item.kind == COMMAND},
-        key=signing_key(),
+        key=key,
     )
     Path(args.out).write_bytes(data)
     until = rows[-1].position if rows else args.since
@@ -55,13 +62,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from services.common.settings import Settings
-    from services.exchange.package import PackageRefused, open_package, signing_key
+    from services.exchange.package import PackageKeyMissing, PackageRefused, open_package, origin_of, verification_keys
     from services.exchange.store import ENVELOPE, Item
 
     settings = Settings()
     try:
-        package = open_package(Path(args.file).read_bytes(), key=signing_key())
-    except (OSError, PackageRefused) as error:
+        data = Path(args.file).read_bytes()
+        keys = verification_keys(Path(settings.data_dir) / settings.node, origin_of(data))
+        package = open_package(data, key=keys)
+    except (OSError, PackageRefused, PackageKeyMissing) as error:
         print(f"refused: {error}", file=sys.stderr)
         return 2
     store = _store(settings)
@@ -82,6 +91,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     )
     for rejection in rejected:
         print(f"  quarantined position {rejection.position}: {rejection.reason}")
+    return 0
+
+
+def cmd_new_key(_args: argparse.Namespace) -> int:
+    """A new package signing key: one line for exchange-key (the child) and exchange-keys/<child> (the parent)."""
+    from services.exchange.package import new_package_key
+
+    print(new_package_key())
     return 0
 
 
@@ -140,6 +157,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     imp = sub.add_parser("import", help="apply a signed package from a child node (idempotent)")
     imp.add_argument("file")
     imp.set_defaults(func=cmd_import)
+    new_key = sub.add_parser("new-key", help="print a new package signing key (docs/exchange.md, package keys)")
+    new_key.set_defaults(func=cmd_new_key)
 
     rec = subparsers.add_parser(
         "reconcile", help="compare every case a node's subtree holds with the replicas above (exit 0: none differ)"

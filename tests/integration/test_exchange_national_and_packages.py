@@ -113,10 +113,18 @@ def test_offline_package_moves_changes_once_and_a_tampered_file_is_refused(
     assert main(["exchange", "export", "--since", "0", "--out", str(package)]) == 0
     assert f"exported {expected.count} events" in capsys.readouterr().out
 
+    # The county signed with its own key, made on this first export (no built-in default exists).
+    county_key = county_dir / "511102" / "exchange-key"
+    assert county_key.stat().st_mode & 0o777 == 0o600
     tampered = tmp_path / "tampered.lxp"
     tampered.write_bytes(package.read_bytes().replace(b'"since": 0', b'"since": 1'))
     monkeypatch.setenv("LIANXIN_NODE", "511100")
     monkeypatch.setenv("LIANXIN_DATA_DIR", str(city_dir))
+    # The city holds no key for the county's packages yet: refused, saying where the key goes.
+    assert main(["exchange", "import", str(package)]) == 2
+    assert "no key for packages from 511102" in capsys.readouterr().err
+    (city_dir / "511100" / "exchange-keys").mkdir(parents=True)
+    (city_dir / "511100" / "exchange-keys" / "511102").write_bytes(county_key.read_bytes())
     assert main(["exchange", "import", str(tampered)]) == 2
     assert "signature mismatch" in capsys.readouterr().err
     monkeypatch.setenv("LIANXIN_EXCHANGE_KEY", "another-link-key")
@@ -134,5 +142,6 @@ def test_offline_package_moves_changes_once_and_a_tampered_file_is_refused(
         city.stop(grace=0.5)
 
     monkeypatch.setenv("LIANXIN_NODE", "510000")
+    monkeypatch.setenv("LIANXIN_EXCHANGE_KEY", str(county_key))  # the key given as a file
     assert main(["exchange", "import", str(package)]) == 2  # 511102 is not a child of the province
     assert "not a direct child" in capsys.readouterr().err

@@ -76,7 +76,7 @@ def exported_package(node: Node, tmp_path: Path) -> Package:
         capture_output=True,
         timeout=120,
     )
-    return open_package(out.read_bytes(), key=signing_key())
+    return open_package(out.read_bytes(), key=signing_key(Path(node.settings.data_dir) / node.code, production=False))
 
 
 def test_personal_data_in_the_text_is_sealed_at_the_county_and_masked_everywhere_above(
