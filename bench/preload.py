@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, text
 
+from services.common.categories import CATEGORIES
 from services.common.crypto import cipher_from_env
 from services.common.db import make_engine, service_database_url
 from services.common.ids import format_case_id
@@ -50,7 +51,6 @@ PHONE_SHARE = 0.85  # the others came by letter or anonymously
 # Optional on most channels: almost every stored ID number is empty, except the heavy submitters'.
 ID_NUMBER_SHARE = 0.0005
 DUPLICATE_SHARE = 0.01  # same text as the case before (a copy-pasted complaint)
-CATEGORIES = ("城乡建设", "劳动和社会保障", "教育文体", "商贸旅游", "卫生计生", "环境保护", "交通运输", "其他")
 CHANNELS = ("web", "app", "wechat", "hotline", "letter")
 CLOSED_MIX = (("CLOSED", 0.93), ("WITHDRAWN", 0.03), ("MERGED", 0.02), ("REFUSED", 0.02))
 OPEN_MIX = (("REGISTERED", 0.1), ("ASSIGNED", 0.25), ("ACCEPTED", 0.2), ("IN_PROGRESS", 0.3), ("REPLIED", 0.15))

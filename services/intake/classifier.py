@@ -32,16 +32,10 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
-CATEGORIES: tuple[str, ...] = (
-    "城乡建设",
-    "劳动和社会保障",
-    "教育文体",
-    "商贸旅游",
-    "卫生计生",
-    "环境保护",
-    "交通运输",
-)
-OTHER = "其他"
+from services.common.categories import OTHER_CATEGORY, SUBJECT_CATEGORIES
+
+CATEGORIES = SUBJECT_CATEGORIES  # what the model learns; 其他 is its answer when unsure
+OTHER = OTHER_CATEGORY
 MODEL_FORMAT = 1
 TITLE_REPEAT = 3
 HELD_OUT = 0.2

@@ -6,7 +6,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
+from services.common.categories import CATEGORIES, OTHER_CATEGORY, SUBJECT_CATEGORIES
 from services.common.ids import registering_node
+
+__all__ = ["CATEGORIES", "OTHER_CATEGORY", "SUBJECT_CATEGORIES"]  # re-exported: intake's vocabulary is the common one
 
 
 class CaseState(str, Enum):
@@ -27,19 +30,6 @@ class CaseState(str, Enum):
     MERGED = "MERGED"
     MODERATION = "MODERATION"
 
-
-# The seven top-level categories of the TipDM 2020 taxonomy plus 其他 (same as classifier.CATEGORIES,
-# repeated here so the domain does not import scikit-learn).
-CATEGORIES: tuple[str, ...] = (
-    "城乡建设",
-    "劳动和社会保障",
-    "教育文体",
-    "商贸旅游",
-    "卫生计生",
-    "环境保护",
-    "交通运输",
-)
-OTHER_CATEGORY = "其他"
 
 # Channels where a citizen may stay anonymous is validation's business; these are the names.
 CHANNELS = (

@@ -229,8 +229,8 @@ def submit_case(
         raise InvalidArgument(
             "submitted_at", f"is in the future (more than {int(MAX_CLOCK_SKEW.total_seconds() // 60)} minutes ahead)"
         )
-    if clean.category is not None and clean.category not in (*CATEGORIES, OTHER_CATEGORY):
-        raise InvalidArgument("category", f"must be one of {', '.join((*CATEGORIES, OTHER_CATEGORY))}")
+    if clean.category is not None and clean.category not in CATEGORIES:
+        raise InvalidArgument("category", f"must be one of {', '.join(CATEGORIES)}")
     key = idempotency_key(clean.channel, clean.channel_ref)
     try:
         return _register(clean, key, uow_factory=uow_factory, deps=deps, submitted_at=submitted_at)

@@ -16,7 +16,7 @@ from services.common.request_rules import check_request
 from services.common.security import OFFICE, current_principal
 from services.common.timeutil import from_timestamp, to_timestamp
 from services.intake import handlers, mapping
-from services.intake.domain import CATEGORIES, CHANNELS, OTHER_CATEGORY
+from services.intake.domain import CATEGORIES, CHANNELS
 from services.intake.handlers import CaseFilter, IntakeDeps, IntakeUnitOfWork
 
 # What ClassifyText / LocateText need beyond a submit: the model's confidence and the candidates.
@@ -34,7 +34,7 @@ def initialise_received_metrics() -> None:
     of a kind as an increase instead of as the series appearing (nine channels × eight categories
     and "unclassified": bounded)."""
     for channel in CHANNELS:
-        for category in (*CATEGORIES, OTHER_CATEGORY, "unclassified"):
+        for category in (*CATEGORIES, "unclassified"):
             CASES_RECEIVED.labels(channel=channel, category=category)
 
 

@@ -38,6 +38,7 @@ from types import MappingProxyType
 from typing import Any
 
 from services.common.calendar import WorkingCalendar, end_of_day
+from services.common.categories import CATEGORIES
 from services.common.regions import Tier
 from services.common.timeutil import china_date
 
@@ -55,18 +56,6 @@ __all__ = [
     "supervision_at",
     "warning_at",
 ]
-
-# The eight top-level categories of the national 信访 classification used for routing and statistics.
-CATEGORIES: tuple[str, ...] = (
-    "城乡建设",
-    "劳动和社会保障",
-    "教育文体",
-    "商贸旅游",
-    "卫生计生",
-    "环境保护",
-    "交通运输",
-    "其他",
-)
 
 
 class DeadlineKind(StrEnum):

@@ -17,13 +17,13 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from services.common.categories import CATEGORIES
 from services.common.regions import RegionTree, Tier
 from services.stats.domain import ONLINE_CHANNELS, StatsConfig, month_bounds
 from services.stats.handlers import region_columns
 from services.stats.models import metadata
 from services.stats.store import SqlWarehouse
 
-CATEGORIES = ("城乡建设", "劳动和社会保障", "教育文体", "商贸旅游", "卫生计生", "环境保护", "交通运输", "其他")
 CHANNELS = ("hotline", "web", "app", "wechat", "letter", "leader_board", "walk_in")
 CHANNEL_WEIGHTS = (0.45, 0.15, 0.12, 0.18, 0.04, 0.03, 0.03)
 RATINGS = ("satisfied", "basically_satisfied", "unsatisfied", "")

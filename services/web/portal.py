@@ -18,14 +18,11 @@ from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 from lianxin.video.v1 import video_service_pb2 as video_pb2
 from starlette.responses import Response
 
-from services.intake.domain import CATEGORIES as INTAKE_CATEGORIES
-from services.intake.domain import OTHER_CATEGORY
+from services.common.categories import CATEGORIES
 from services.web import labels
 from services.web.app import Page, today_month
 from services.web.client import CallFailed
 
-# The vocabulary of categories is intake's (its plain domain module imports nothing heavy).
-CATEGORIES: tuple[str, ...] = (*INTAKE_CATEGORIES, OTHER_CATEGORY)
 SUBMIT_FIELDS = ("title", "body", "category", "region_code", "address", "name", "phone", "id_number")
 TRACK_TTL_S = 30 * 60
 

@@ -160,9 +160,9 @@ def test_every_service_is_healthy_and_rpc_metrics_are_exposed(node: Node, channe
 
 def test_every_channel_and_category_series_exists_before_its_first_case(node: Node) -> None:
     # increase() over a series that appears with its first case misses that case: the counters start at 0.
-    from services.intake.domain import CATEGORIES, CHANNELS, OTHER_CATEGORY
+    from services.intake.domain import CATEGORIES, CHANNELS
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5).read().decode()
     for channel in CHANNELS:
-        for category in (*CATEGORIES, OTHER_CATEGORY, "unclassified"):
+        for category in (*CATEGORIES, "unclassified"):
             assert f'lianxin_cases_received_total{{category="{category}",channel="{channel}"}}' in text

@@ -41,10 +41,16 @@ CASE = Case(
 REPLIED = replace(CASE, state=CaseState.REPLIED, reply_count=1, replied_at=NOW)
 
 
-def test_domain_categories_are_the_classifier_categories() -> None:
+def test_one_category_vocabulary_for_intake_the_model_routing_and_stats() -> None:
+    from services.common import categories
     from services.intake.classifier import CATEGORIES as MODEL_CATEGORIES
+    from services.routing.timelimits import CATEGORIES as ROUTING_CATEGORIES
+    from services.stats.generate import CATEGORIES as GENERATED_CATEGORIES
 
-    assert CATEGORIES == MODEL_CATEGORIES
+    # The model learns the seven subject categories; a case may also carry 其他, and so may a routing
+    # catalogue, a time-limit policy or a statistics fact: eight in all, written out once.
+    assert MODEL_CATEGORIES == categories.SUBJECT_CATEGORIES and len(MODEL_CATEGORIES) == 7
+    assert CATEGORIES == ROUTING_CATEGORIES == GENERATED_CATEGORIES == (*MODEL_CATEGORIES, "其他")
 
 
 def test_rating_needs_a_reply_and_is_once_per_reply() -> None:
