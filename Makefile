@@ -26,7 +26,7 @@ test-main: venv
 	$(BIN)/python -m pytest -p no:pytest_nameko -p no:cacheprovider tests --ignore=tests/nameko -q -rfEs $(PYTEST_ARGS)
 
 test-nameko: venv
-	$(BIN)/python -m services.common.eventlet_pytest -p no:cacheprovider tests/nameko -q -rfEs $(PYTEST_ARGS)
+	$(BIN)/python -m tests.eventlet_pytest -p no:cacheprovider tests/nameko -q -rfEs $(PYTEST_ARGS)
 
 ## Regenerate the Python protobuf modules into gen/python (the one place).
 proto: venv

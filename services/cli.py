@@ -96,7 +96,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         sign_in = ""
         if args.web_port:
-            from services.web.commands import demo_sign_in
+            from services.federation import demo_sign_in
 
             sign_in = demo_sign_in(federation)
         try:

@@ -27,7 +27,7 @@ from lianxin.video.v1 import video_service_pb2 as video_pb2
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
 from services.common.personal_text import id_check_character
-from services.federation import DEFAULT_TOPOLOGY
+from services.common.regions import DEFAULT_TOPOLOGY
 
 
 @dataclass

@@ -17,19 +17,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.crypto import node_secret
+from services.common.regions import DEFAULT_TOPOLOGY as DEFAULT_TOPOLOGY  # re-exported: `lianxin up` callers
 from services.common.regions import RegionTree
 from services.common.security import issue_token, load_token_key
 from services.common.tls import client_credentials, write_dev_pki
-
-# 四川省; 乐山市 with 市中区 and 沙湾区; 成都市 with 锦江区 (DESIGN §9). Parents come first.
-DEFAULT_TOPOLOGY: tuple[tuple[str, str | None], ...] = (
-    ("510000", None),
-    ("511100", "510000"),
-    ("511102", "511100"),
-    ("511111", "511100"),
-    ("510100", "510000"),
-    ("510104", "510100"),
-)
 
 TOKEN_KEY_FILE = "token-key"
 
@@ -397,3 +388,34 @@ class Federation:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def demo_sign_in(federation: Federation) -> str:
+    """Create each node's demo operator accounts for the web console (once) and say how to sign in.
+
+    Here, not in the web gateway: the demo accounts need each node's routing catalogue, and only the
+    federation, which assembles every service, may look into more than one of them.
+    """
+    from services.common.regions import RegionTree
+    from services.routing.jurisdiction import load_catalogue
+    from services.web.accounts import AccountStore, ensure_demo_accounts
+
+    tree = RegionTree.load()
+    nodes = []
+    for node in federation.nodes:
+        catalogue = load_catalogue(node.code, tree)
+        handling = catalogue.unit_for("环境保护", node.code) or catalogue.default_unit or ""
+        nodes.append((node.code, tree.get(node.code).tier.value, catalogue.default_unit or "", handling))
+    data_dir = Path(federation.data_dir)
+    accounts = ensure_demo_accounts(
+        AccountStore(data_dir / "web-accounts.json"), nodes, password_file=data_dir / "web-demo-passwords.json"
+    )
+    url = {n.code: n.web_url for n in federation.nodes}
+    lines = ["", "web console demo sign-in (accounts in web-accounts.json, passwords in web-demo-passwords.json):"]
+    for account in accounts:
+        lines.append(
+            f"  {url[account.node]}console  {account.username:<20} {account.password:<14} {','.join(account.roles)}"
+            + (f" (unit {account.unit})" if account.unit else "")
+        )
+    lines.append("citizen portal: the web URL of any node, e.g. " + (url.get("511102") or ""))
+    return "\n".join(lines)

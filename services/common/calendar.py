@@ -42,8 +42,8 @@ import chinese_calendar
 import yaml
 from chinese_calendar import constants as _cc_constants
 
+from services.common.clock import CHINA
 from services.common.errors import FailedPrecondition
-from services.common.timeutil import CHINA
 
 __all__ = [
     "CalendarCheck",

@@ -112,3 +112,15 @@ class RegionTree:
     def display_name(self, code: str) -> str:
         """Full name along the path, for example 四川省乐山市市中区 (市中区 exists in several cities)."""
         return "".join(self.regions[c].name for c in self.path(code))
+
+
+# The embedded federation's nodes (`lianxin up`, DESIGN §9): 四川省; 乐山市 with 市中区 and 沙湾区;
+# 成都市 with 锦江区. Parents come first.
+DEFAULT_TOPOLOGY: tuple[tuple[str, str | None], ...] = (
+    ("510000", None),
+    ("511100", "510000"),
+    ("511102", "511100"),
+    ("511111", "511100"),
+    ("510100", "510000"),
+    ("510104", "510100"),
+)

@@ -1,25 +1,18 @@
-"""Time helpers: all storage is UTC; calendar days and statistics follow Asia/Shanghai."""
+"""Times on the wire: protobuf Timestamp and Duration to and from UTC datetimes, range-checked."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+# The clock itself is in services.common.clock, which rule modules import without protobuf;
+# importing it here keeps `from services.common.timeutil import china_date` working for adapters.
+from services.common.clock import CHINA, china_date, to_utc
 from services.common.errors import InvalidArgument
 
-CHINA = ZoneInfo("Asia/Shanghai")
-
-
-def to_utc(value: datetime) -> datetime:
-    """Naive datetimes coming back from SQLite are UTC by our convention."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def china_date(value: datetime) -> date:
-    return to_utc(value).astimezone(CHINA).date()
+__all__ = ["CHINA", "EARLIEST", "LATEST", "china_date", "from_duration", "from_timestamp", "to_timestamp", "to_utc"]
 
 
 def to_timestamp(value: datetime | None) -> Timestamp:

@@ -127,8 +127,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     Exit 0 when every case is held alike, 1 with divergences; a node that does not answer is the
     usual one-line UNAVAILABLE (exit 4) of ``lianxin``."""
+    from services.common.regions import DEFAULT_TOPOLOGY
     from services.exchange.reconcile import federation_pairs, settled
-    from services.federation import DEFAULT_TOPOLOGY
 
     if len(args.addresses) == 1:
         print(

@@ -74,7 +74,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _addresses(args: argparse.Namespace) -> list[str]:
     if args.node:
         return list(dict.fromkeys(args.node))
-    from services.federation import DEFAULT_TOPOLOGY
+    from services.common.regions import DEFAULT_TOPOLOGY
 
     # `lianxin up` gives node i the gRPC port base + i (services/federation.py).
     return [f"127.0.0.1:{args.base_port + i}" for i in range(len(DEFAULT_TOPOLOGY))]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from services.common.calendar import CalendarUnknown, ChineseWorkingCalendar, add_workdays, workdays_between
-from services.common.timeutil import china_date
+from services.common.clock import china_date
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from typing import Any
 
 from services.common.calendar import WorkingCalendar, end_of_day
 from services.common.categories import CATEGORIES
+from services.common.clock import china_date
 from services.common.regions import Tier
-from services.common.timeutil import china_date
 
 __all__ = [
     "CATEGORIES",

@@ -24,9 +24,9 @@ from datetime import datetime
 from enum import StrEnum
 
 from services.common.calendar import WorkingCalendar
+from services.common.clock import china_date, to_utc
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.regions import Tier
-from services.common.timeutil import china_date, to_utc
 from services.routing.timelimits import (
     DeadlineKind,
     Limit,

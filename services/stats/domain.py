@@ -19,8 +19,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from services.common.calendar import CalendarUnknown, WorkingCalendar, end_of_day
 from services.common.calendar import add_workdays as _add_workdays_by
 from services.common.calendar import workdays_between as _workdays_between_by
+from services.common.clock import CHINA, china_date, to_utc
 from services.common.errors import InvalidArgument
-from services.common.timeutil import CHINA, china_date, to_utc
 
 ONLINE_CHANNELS = frozenset({"web", "app", "wechat", "leader_board"})
 # States after which a case is no longer handled; withdrawn/merged/refused cases owe no reply.

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from scipy.stats import poisson
 
-from services.common.timeutil import to_utc
+from services.common.clock import to_utc
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument
+from services.common.identity import check_id_number
 from services.common.ids import registering_node
-from services.intake.validation import check_id_number
 
 MAX_REPRESENTATIVES = 5  # 信访工作条例: a group visit sends at most 5 representatives
 DEFAULT_HORIZON = timedelta(days=90)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from services.common.calendar import WorkingCalendar
-from services.common.timeutil import CHINA
+from services.common.clock import CHINA
 from services.video.domain import Schedule
 
 Interval = tuple[datetime, datetime]

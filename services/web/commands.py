@@ -37,33 +37,6 @@ def serve(settings: Settings | None = None) -> int:
     return 0
 
 
-def demo_sign_in(federation: Any) -> str:
-    """Create each node's demo operator accounts for the web console (once) and say how to sign in."""
-    from services.common.regions import RegionTree
-    from services.routing.jurisdiction import load_catalogue
-    from services.web.accounts import AccountStore, ensure_demo_accounts
-
-    tree = RegionTree.load()
-    nodes = []
-    for node in federation.nodes:
-        catalogue = load_catalogue(node.code, tree)
-        handling = catalogue.unit_for("环境保护", node.code) or catalogue.default_unit or ""
-        nodes.append((node.code, tree.get(node.code).tier.value, catalogue.default_unit or "", handling))
-    data_dir = Path(federation.data_dir)
-    accounts = ensure_demo_accounts(
-        AccountStore(data_dir / "web-accounts.json"), nodes, password_file=data_dir / "web-demo-passwords.json"
-    )
-    url = {n.code: n.web_url for n in federation.nodes}
-    lines = ["", "web console demo sign-in (accounts in web-accounts.json, passwords in web-demo-passwords.json):"]
-    for account in accounts:
-        lines.append(
-            f"  {url[account.node]}console  {account.username:<20} {account.password:<14} {','.join(account.roles)}"
-            + (f" (unit {account.unit})" if account.unit else "")
-        )
-    lines.append("citizen portal: the web URL of any node, e.g. " + (url.get("511102") or ""))
-    return "\n".join(lines)
-
-
 def cmd_web(_args: argparse.Namespace) -> int:
     return serve()
 

@@ -58,7 +58,7 @@ class WebFederation:
 
 @pytest.fixture(scope="module")
 def web_federation(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> Iterator[WebFederation]:
-    from services.web.commands import demo_sign_in
+    from services.federation import demo_sign_in
 
     size = len(TOPOLOGY)
     base = free_port_block(3 * size, start=23000)

@@ -19,7 +19,8 @@ from lianxin.intake.v1 import intake_service_pb2 as pb
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.settings import Settings
-from services.intake.validation import _ID_CHECK, _ID_WEIGHTS
+from services.common.personal_text import ID_CHECK as _ID_CHECK
+from services.common.personal_text import ID_WEIGHTS as _ID_WEIGHTS
 from services.node import Node
 
 NODE = "511102"  # 乐山市市中区

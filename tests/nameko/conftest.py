@@ -1,6 +1,6 @@
 """The nameko test session: eventlet-patched, and therefore run on its own (DESIGN §4).
 
-Commands: ``python -m services.common.eventlet_pytest tests/nameko`` (``make test-nameko``: patches
+Commands: ``python -m tests.eventlet_pytest tests/nameko`` (``make test-nameko``: patches
 before pytest starts) or plain ``python -m pytest tests/nameko``, where ``pytest_configure`` below
 patches before any test module imports nameko. pytest has already imported ``tests/conftest.py``
 (socket, subprocess) by then; eventlet patches those modules in place, so that is harmless.

@@ -6,13 +6,12 @@ from typing import Any
 import pytest
 
 from services.common.errors import InvalidArgument
+from services.common.identity import check_id_number, check_phone
 from services.intake.validation import (
     ANONYMOUS_CHANNELS,
     CHANNELS,
     REQUIRED_BY_CHANNEL,
     Submission,
-    check_id_number,
-    check_phone,
     check_text_lengths,
     validate_submission,
 )
