@@ -81,7 +81,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             store,
             parent_node=parent_node,
             address=ctx.settings.parent,
-            batch_size=int(os.environ.get(BATCH_ENV, "500")),
+            batch_size=int(os.environ.get(BATCH_ENV, str(domain.BATCH_ITEMS))),
             credentials=credentials,
             audit_head=head_of_chain,
             anchor_interval_s=ctx.settings.audit_anchor_interval_s,

@@ -219,6 +219,82 @@ def judge_batch(
     return decisions
 
 
+def epochs_to_note(
+    applied: Sequence[tuple[InboundEvent, str]], before: dict[str, int | None]
+) -> dict[str, tuple[int, str]]:
+    """(epoch, owner) per case that a batch's applied events raise above what was known before it.
+
+    Each item is an applied event with, for an escalation, the node it hands the case to (else "").
+    The highest epoch wins, a later event at the same epoch names the owner; only what rises above
+    ``before`` (by case, None = nothing known) is returned: the known epoch never goes down.
+    """
+    epochs: dict[str, tuple[int, str]] = {}
+    for event, new_owner in applied:
+        if event.owner_epoch >= epochs.get(event.case_id, (-1, ""))[0]:
+            epochs[event.case_id] = (event.owner_epoch, event.owner_node)
+        if event.new_owner_epoch and event.new_owner_epoch >= epochs.get(event.case_id, (-1, ""))[0]:
+            # 上报: the parent (to_node) owns the case from this epoch on.
+            epochs[event.case_id] = (event.new_owner_epoch, new_owner)
+    return {c: e for c, e in epochs.items() if before.get(c) is None or e[0] > (before[c] or 0)}
+
+
+# ---------------------------------------------------------------------------------- link mechanics
+
+# A pushed batch: at most this many items (LIANXIN_EXCHANGE_BATCH) and about this many bytes of
+# bodies, well below the gRPC message limit (16 MiB) whatever the envelopes carry.
+BATCH_ITEMS = 500
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def batch_length(sizes: Sequence[int], *, max_bytes: int = MAX_BATCH_BYTES) -> int:
+    """How many of the next up-log items (their body sizes, in position order) one push carries.
+
+    At least one, so an item larger than ``max_bytes`` still travels (alone); the item limit is
+    applied by the caller when it reads the log.
+    """
+    total = 0
+    for count, size in enumerate(sizes):
+        total += size
+        if count and total > max_bytes:
+            return count
+    return len(sizes)
+
+
+def fresh_positions(positions: Sequence[int], stored: int) -> tuple[list[int], int]:
+    """(indexes of the pushed items to judge, position to acknowledge) for a receiver whose cursor is ``stored``.
+
+    Only positions above the cursor and above every earlier item of the batch are new; the rest
+    are resends of what the receiver holds (its acknowledgement was lost). The acknowledgement is
+    the last new position, or the cursor itself when nothing was new, so a resend is acked again.
+    """
+    fresh: list[int] = []
+    top = stored
+    for index, position in enumerate(positions):
+        if position > top:
+            fresh.append(index)
+            top = position
+    return fresh, top
+
+
+def advance_cursor(stored: int, position: int | None) -> int:
+    """A cursor never moves back: a late or repeated acknowledgement leaves it where it is."""
+    return max(stored, position or 0)
+
+
+def acked_prefix(reports: Sequence[tuple[int, str | None]], acked_ids: set[str], start: int) -> int:
+    """The national cursor after a report: the position of the last item of the acknowledged prefix.
+
+    ``reports`` are (up-log position, report id or None for an item that is not reported). The cursor
+    stops before the first report the national system did not acknowledge, so nothing is skipped.
+    """
+    position = start
+    for item_position, report_id in reports:
+        if report_id is not None and report_id not in acked_ids:
+            break
+        position = item_position
+    return position
+
+
 @dataclass(frozen=True)
 class DiscardDecision:
     """Whether a quarantined item may be discarded and whether its case sequence then counts as passed."""

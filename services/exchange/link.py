@@ -77,7 +77,7 @@ class ParentLink:
         *,
         parent_node: str,
         address: str,
-        batch_size: int = 500,
+        batch_size: int = domain.BATCH_ITEMS,
         deadline_s: float = 5.0,
         max_batches_per_run: int = 20,
         credentials: grpc.ChannelCredentials | None = None,
@@ -366,11 +366,9 @@ class NationalLink:
             reports = [(item.position, national_report(item.body)) for item in rows]
             acked_ids = self._adapter.report(province, [r for _, r in reports if r is not None])
             # The cursor moves over the acknowledged prefix only, so nothing is skipped after a partial ack.
-            position = acked
-            for pos, report in reports:
-                if report is not None and report.report_id not in acked_ids:
-                    break
-                position = pos
+            position = domain.acked_prefix(
+                [(pos, report.report_id if report is not None else None) for pos, report in reports], acked_ids, acked
+            )
             self._store.save_cursor(NATIONAL, "national_up", position=position)
             sent += len(reports)
             if position < rows[-1].position:

@@ -45,8 +45,7 @@ COMMAND = "command"
 DELIVERED = "command-delivered"
 # Peer name of quarantined commands that this node's own services issued (they came from no link).
 LOCAL = "local"
-# A pushed batch stays well below the gRPC message limit (16 MiB) whatever the envelopes carry.
-MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_BATCH_BYTES = domain.MAX_BATCH_BYTES
 _UP_LOG_COLUMNS = (
     "event_id",
     "case_id",
@@ -294,14 +293,8 @@ class ExchangeStore:
                 after,
                 limit,
             )
-        items: list[Item] = []
-        size = 0
-        for position, body, number, kind in rows:
-            size += len(body)
-            if items and size > max_bytes:
-                break
-            items.append(Item(int(position), kind, body, int(number)))
-        return items
+        count = domain.batch_length([len(row[1]) for row in rows], max_bytes=max_bytes)
+        return [Item(int(position), kind, body, int(number)) for position, body, number, kind in rows[:count]]
 
     def up_backlog(self, after: int) -> tuple[int, float]:
         """(items after ``after``, age in seconds of the oldest) for lag figures."""
@@ -345,7 +338,7 @@ class ExchangeStore:
                 link_cursor.insert().values(peer=peer, kind=kind, position=stored, token=token or "", last_contact=now)
             )
             return stored
-        stored = max(int(row.position), position or 0)
+        stored = domain.advance_cursor(int(row.position), position)
         values: dict[str, Any] = {"position": stored, "last_contact": now}
         if token is not None:
             values["token"] = token
@@ -371,15 +364,12 @@ class ExchangeStore:
         with transaction(self._sf) as session:
             # Locks the child's cursor row: a retried push racing the original waits, then skips.
             stored = self._lock_cursor(session, child, "child_up")
-            fresh: list[Item] = []
-            for item in items:
-                if item.position > max(stored, fresh[-1].position if fresh else 0):
-                    fresh.append(item)  # earlier positions are resends of what we hold (a lost ack)
+            indexes, acked = domain.fresh_positions([item.position for item in items], stored)
+            fresh = [items[i] for i in indexes]
             outcomes = self._accept_from_child(session, child, fresh)
             refused = [(item, reason) for item, reason in zip(fresh, outcomes, strict=True) if reason]
             self._quarantine(session, child, "up", refused)
             rejections = [Rejected(item.position, reason) for item, reason in refused]
-            acked = fresh[-1].position if fresh else stored
             self._save_cursor(session, child, "child_up", position=acked)
         if any(reason is None for reason in outcomes):
             self._notify()
@@ -549,16 +539,13 @@ class ExchangeStore:
             ],
             fresh_ids={e.event_id for _, _, e in applied},
         )
-        epochs: dict[str, tuple[int, str]] = {}
-        for _, env, event in applied:
-            if event.owner_epoch >= epochs.get(event.case_id, (-1, ""))[0]:
-                epochs[event.case_id] = (event.owner_epoch, event.owner_node)
-            if event.new_owner_epoch >= epochs.get(event.case_id, (-1, ""))[0] and event.new_owner_epoch:
-                # 上报: the parent (to_node) owns the case from this epoch on.
-                epochs[event.case_id] = (event.new_owner_epoch, env.case_handed_off.to_node)
         # Only what raises the known epoch (the upsert would ignore the rest anyway).
         self._note_epochs(
-            session, {c: e for c, e in epochs.items() if epochs_before.get(c) is None or e[0] > (epochs_before[c] or 0)}
+            session,
+            domain.epochs_to_note(
+                [(event, env.case_handed_off.to_node if event.new_owner_epoch else "") for _, env, event in applied],
+                epochs_before,
+            ),
         )
         now = self._clock()
         bulk = Bulk(session)

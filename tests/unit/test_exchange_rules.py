@@ -204,3 +204,45 @@ def test_a_cut_link_reconnects_within_its_own_backoff() -> None:
     options = dict(CHANNEL_OPTIONS)
     assert options["grpc.max_reconnect_backoff_ms"] <= Backoff().cap_s * 1000
     assert options["grpc.initial_reconnect_backoff_ms"] <= options["grpc.max_reconnect_backoff_ms"]
+
+
+# ----------------------------------------------- link mechanics (store, link and simulator share them)
+
+
+def test_a_batch_stops_before_the_item_that_would_pass_the_byte_limit_but_carries_at_least_one() -> None:
+    assert domain.batch_length([400, 400, 400], max_bytes=1000) == 2
+    assert domain.batch_length([5000, 10], max_bytes=1000) == 1
+    assert domain.batch_length([10, 10], max_bytes=1000) == 2
+    assert domain.batch_length([], max_bytes=1000) == 0
+
+
+def test_resent_positions_are_not_judged_again_and_are_acknowledged_again() -> None:
+    assert domain.fresh_positions([3, 4, 5], stored=0) == ([0, 1, 2], 5)
+    assert domain.fresh_positions([3, 4, 5, 6], stored=4) == ([2, 3], 6)  # 3 and 4 came before: a lost ack
+    assert domain.fresh_positions([3, 4], stored=9) == ([], 9)
+    assert domain.fresh_positions([5, 5, 4, 7], stored=0) == ([0, 3], 7)
+
+
+def test_a_cursor_never_moves_back() -> None:
+    assert domain.advance_cursor(7, 3) == 7
+    assert domain.advance_cursor(7, None) == 7
+    assert domain.advance_cursor(7, 9) == 9
+
+
+def test_the_national_cursor_stops_before_the_first_report_not_acknowledged() -> None:
+    reports = [(11, "a"), (12, None), (13, "b"), (14, "c")]
+    assert domain.acked_prefix(reports, {"a", "b", "c"}, 10) == 14
+    assert domain.acked_prefix(reports, {"a", "c"}, 10) == 12
+    assert domain.acked_prefix(reports, set(), 10) == 10
+
+
+def test_an_escalation_raises_the_known_epoch_to_the_new_owner_and_nothing_goes_down() -> None:
+    applied = [
+        (event(owner_epoch=1), ""),
+        (event(event_id="e2", event_type="case_handed_off", new_owner_epoch=2, case_sequence=2), "511100"),
+    ]
+    assert domain.epochs_to_note(applied, {}) == {"511102-20261122-000001": (2, "511100")}
+    assert domain.epochs_to_note(applied, {"511102-20261122-000001": 2}) == {}
+    assert domain.epochs_to_note([(event(owner_epoch=3), "")], {"511102-20261122-000001": 1}) == {
+        "511102-20261122-000001": (3, "511102")
+    }
