@@ -44,6 +44,14 @@ from services.common.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# What a server reads of one request before refusing it. Public (citizen) and node-to-node methods
+# share one port and grpcio has one receive limit per server, so it is set just above the largest
+# legitimate request: a link's PushEvents batch (exchange's MAX_BATCH_BYTES, 1 MiB of envelopes,
+# plus the one item that crossed it; an envelope is tens of KiB at most). grpc-core checks the
+# length prefix, so a larger request is refused RESOURCE_EXHAUSTED before its body is read; the
+# 64 KiB public limit stays in RequestRulesInterceptor (PUBLIC_MAX_BYTES). Replies (a bulletin's
+# charts) may still be up to MAX_MESSAGE_BYTES.
+MAX_RECEIVE_BYTES = 2 * 1024 * 1024
 FIELD_METADATA_KEY = "lianxin-field"
 INTERNAL_MESSAGE = "internal error"
 HEALTH_SERVICE_NAME: str = health.SERVICE_NAME
@@ -53,7 +61,7 @@ REFLECTION_SERVICE_NAME: str = reflection.SERVICE_NAME
 
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
     # Ping idle clients so half-open connections through e-government firewalls are noticed.
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),

@@ -241,9 +241,10 @@ def epochs_to_note(
 # ---------------------------------------------------------------------------------- link mechanics
 
 # A pushed batch: at most this many items (LIANXIN_EXCHANGE_BATCH) and about this many bytes of
-# bodies, well below the gRPC message limit (16 MiB) whatever the envelopes carry.
+# bodies, below what a server reads of one request (grpcserver.MAX_RECEIVE_BYTES, 2 MiB) whatever
+# the envelopes carry; 500 ordinary envelopes are far less, so the byte limit rarely binds.
 BATCH_ITEMS = 500
-MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_BATCH_BYTES = 1024 * 1024
 
 
 def batch_length(sizes: Sequence[int], *, max_bytes: int = MAX_BATCH_BYTES) -> int:

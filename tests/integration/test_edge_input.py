@@ -4,6 +4,9 @@ citizen's request may be, dates from the future, and an idempotency key reused f
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,9 +21,11 @@ from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
-from services.common.grpcserver import FIELD_METADATA_KEY
+from services.common.crypto import new_data_key
+from services.common.grpcserver import FIELD_METADATA_KEY, MAX_RECEIVE_BYTES
 from services.common.request_rules import PUBLIC_MAX_BYTES
 from services.common.settings import Settings
+from services.exchange.store import MAX_BATCH_BYTES
 from services.node import Node
 
 COUNTY = "511102"  # 市中区: a county with no children
@@ -107,8 +112,69 @@ def test_citizen_request_over_the_public_limit_is_refused_but_a_child_push_of_th
             )
             assert reply.acked_position == 1
             assert reply.rejections[0].reason.startswith("malformed payload")
+            # The largest batch a link ever sends (MAX_BATCH_BYTES, plus the item that crossed it) is read.
+            items = [
+                exchange_pb2.ExchangeItem(position=2 + i, envelope=bytes(64 * 1024))
+                for i in range(MAX_BATCH_BYTES // (64 * 1024) + 1)
+            ]
+            reply = exchange_grpc.ExchangeServiceStub(channel).PushEvents(
+                exchange_pb2.PushEventsRequest(child_node=COUNTY, items=items), timeout=30
+            )
+            assert reply.acked_position == items[-1].position
     finally:
         city.stop(grace=0.5)
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+
+
+def test_a_request_over_the_servers_receive_limit_is_refused_before_its_body_is_read(tmp_path: Path) -> None:
+    """An intake api process (production `lianxin serve`) sent 12 MiB: refused, and its memory never held it."""
+    env = {
+        **os.environ,
+        "LIANXIN_NODE": COUNTY,
+        "LIANXIN_DATA_KEYS": f"edge:{new_data_key()}",
+        "LIANXIN_DATA_DIR": str(tmp_path),
+        "LIANXIN_INTAKE_CLASSIFIER": "off",
+        "LIANXIN_LOG_LEVEL": "WARNING",
+    }
+    env.pop("LIANXIN_DATABASE_URL", None)
+    api = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve", "--service", "intake"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert api.stdout is not None
+        line = api.stdout.readline()
+        assert "serving on" in line, line + api.stdout.read()
+        address = line.rsplit(" ", 1)[-1].strip()
+        # The client may send anything; only the server's limit is under test.
+        options = [("grpc.max_send_message_length", 128 * 1024 * 1024)]
+        with grpc.insecure_channel(address, options=options) as channel:
+            stub = intake_grpc.IntakeServiceStub(channel)
+            stub.SubmitCase(submission("small"), timeout=30)  # warm: the process at its working size
+            before = _peak_rss_bytes(api.pid)
+            # 12 MiB: under grpcio's old 16 MiB, which the server read whole before the interceptor refused it.
+            huge = submission("huge", body="噪" * (12 * 1024 * 1024 // 3))
+            code, details, _ = refusal(lambda: stub.SubmitCase(huge, timeout=60))
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, details
+            assert f"vs. {MAX_RECEIVE_BYTES}" in details  # grpc-core's own refusal, from the length prefix
+            grown = _peak_rss_bytes(api.pid) - before
+            assert grown < 6 * 1024 * 1024, f"the api's peak memory grew by {grown} bytes"
+            # Under the transport limit but over the public one: refused by the interceptor, unparsed.
+            middle = submission("middle", body="噪" * (MAX_RECEIVE_BYTES // 3 - 1024))
+            code, details, _ = refusal(lambda: stub.SubmitCase(middle, timeout=30))
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and f"at most {PUBLIC_MAX_BYTES} bytes" in details
+            # The api still serves.
+            assert stub.SubmitCase(submission("after"), timeout=30).case.case_id
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
 
 
 def test_submission_dated_in_the_future_beyond_the_clock_skew_is_refused(county: Node) -> None:
