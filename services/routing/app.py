@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 from lianxin.common.v1 import common_pb2
+from lianxin.events.v1 import events_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from prometheus_client import Gauge
 
@@ -29,6 +30,9 @@ from services.routing.timelimits import TimeLimitPolicy, TimeRules
 from services.routing.workorder import ESCALATE_UP
 
 log = logging.getLogger(__name__)
+
+# What an event or command does to routing's tables, inside the consumer's transaction.
+Apply = Callable[[handlers.RoutingUnitOfWork], object]
 
 # stats already exports lianxin_work_orders_open{region} from its warehouse; these are routing's own
 # live figures, by node, refreshed by every sweep.
@@ -94,7 +98,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
     def uow_factory() -> SqlRoutingUnitOfWork:
         return SqlRoutingUnitOfWork(ctx.session_factory, node=node, regions=ctx.regions)
 
-    def consume(event: BusEvent, apply: Callable[[handlers.RoutingUnitOfWork], object]) -> None:
+    def consume(event: BusEvent, apply: Apply) -> None:
         def in_session(session: object) -> None:
             with SqlRoutingUnitOfWork(session=session, node=node, regions=ctx.regions) as uow:  # type: ignore[arg-type]
                 apply(uow)
@@ -131,35 +135,29 @@ def build(ctx: ServiceContext) -> ServiceParts:
         escalated = hand_off.kind == ESCALATE_UP
         consume(event, lambda uow: handlers.on_case_arrived(case, uow, routing, now=ctx.clock(), escalated=escalated))
 
-    def evaluated(event: BusEvent, case_id: str, rating: int, comment: str, *, announce: bool = False) -> None:
+    def evaluated(case_id: str, rating: int, comment: str, *, announce: bool = False) -> Apply:
         satisfied = rating != common_pb2.SATISFACTION_UNSATISFIED
         # A rating that came as a command was recorded at another node: announced here (case_evaluated).
         known = common_pb2.Satisfaction.Name(common_pb2.Satisfaction.ValueType(rating)) if announce and rating else ""
         name = known.removeprefix("SATISFACTION_")
-        consume(
-            event,
-            lambda uow: handlers.on_case_evaluated(
-                case_id, satisfied=satisfied, comment=comment, uow=uow, routing=routing, now=ctx.clock(), rating=name
-            ),
+        return lambda uow: handlers.on_case_evaluated(
+            case_id, satisfied=satisfied, comment=comment, uow=uow, routing=routing, now=ctx.clock(), rating=name
         )
 
     def on_case_evaluated(event: BusEvent) -> None:
         env = decode(event)
-        evaluated(event, env.case_id, env.case_evaluated.satisfaction, env.case_evaluated.comment)
+        consume(event, evaluated(env.case_id, env.case_evaluated.satisfaction, env.case_evaluated.comment))
 
-    def visit_held(event: BusEvent, case_id: str, visit_id: str, decisions: str, minutes: str) -> None:
+    def visit_held(case_id: str, visit_id: str, decisions: str, minutes: str) -> Apply:
         note = f"视频接访 {visit_id}: {decisions or minutes}"
-        consume(
-            event,
-            lambda uow: handlers.on_visit_outcome(case_id, note=note, uow=uow, routing=routing, now=ctx.clock()),
-        )
+        return lambda uow: handlers.on_visit_outcome(case_id, note=note, uow=uow, routing=routing, now=ctx.clock())
 
     def on_visit_outcome(event: BusEvent) -> None:
         env = decode(event)
         outcome = env.visit_outcome_recorded
-        visit_held(event, env.case_id, outcome.visit_id, outcome.decisions, outcome.minutes)
+        consume(event, visit_held(env.case_id, outcome.visit_id, outcome.decisions, outcome.minutes))
 
-    def withdrawn(event: BusEvent, case_id: str, reason: str) -> None:
+    def withdrawn(case_id: str, reason: str) -> Apply:
         def apply(uow: handlers.RoutingUnitOfWork) -> None:
             outcome = handlers.on_case_withdrawn(case_id, reason=reason, uow=uow, routing=routing, now=ctx.clock())
             if not outcome.applied and outcome.state is not None:
@@ -169,61 +167,81 @@ def build(ctx: ServiceContext) -> ServiceParts:
                     extra={"node": node, "case_id": case_id, "state": outcome.state.value},
                 )
 
-        consume(event, apply)
+        return apply
 
     def on_case_withdrawn(event: BusEvent) -> None:
         env = decode(event)
-        withdrawn(event, env.case_id, env.case_withdrawn.reason)
+        consume(event, withdrawn(env.case_id, env.case_withdrawn.reason))
 
     def on_review_requested(event: BusEvent) -> None:
         env = decode(event)
-        review_requested(event, env.case_id, env.review_requested.reason)
+        consume(event, review_requested(env.case_id, env.review_requested.reason))
 
-    def review_requested(event: BusEvent, case_id: str, reason: str) -> None:
-        consume(
-            event,
-            lambda uow: handlers.on_case_evaluated(
-                case_id, satisfied=None, comment=reason, uow=uow, routing=routing, now=ctx.clock()
-            ),
+    def review_requested(case_id: str, reason: str) -> Apply:
+        return lambda uow: handlers.on_case_evaluated(
+            case_id, satisfied=None, comment=reason, uow=uow, routing=routing, now=ctx.clock()
         )
 
+    def supervision_here(command: events_pb2.Command) -> Apply:
+        supervise = command.supervise
+        now = ctx.clock()
+        record = handlers.Supervision(
+            supervision_id=supervise.supervision_id,
+            case_id=command.case_id,
+            work_order_id="",
+            level=supervise.level,
+            by_node=command.issuing_node,
+            by_actor=supervise.actor,
+            demand=supervise.demand,
+            due_at=from_timestamp(supervise.due_at, "due_at") or now,
+            issued_at=from_timestamp(command.issued_at, "issued_at") or now,
+        )
+        return lambda uow: handlers.apply_supervision_command(record, uow)
+
+    def owner_command(command: events_pb2.Command) -> Apply | None:
+        """What a command for the case's owner does here; None for commands that are not routing's."""
+        body = command.WhichOneof("body")
+        if body == "supervise":
+            return supervision_here(command)
+        if body == "evaluate":
+            return evaluated(command.case_id, command.evaluate.satisfaction, command.evaluate.comment, announce=True)
+        if body == "request_review":
+            return review_requested(command.case_id, command.request_review.reason)
+        if body == "withdraw":
+            return withdrawn(command.case_id, command.withdraw.reason)
+        if body == "visit_outcome":
+            held = command.visit_outcome
+            return visit_held(command.case_id, held.visit_id, held.decisions, held.minutes)
+        # other commands (hand-offs, handling updates for the registering node's intake) are not
+        # routing's to apply here
+        return None
+
     def on_command(event: BusEvent) -> None:
-        # A command exchange delivered here, the case's owner (docs/exchange.md "Commands"): a rating,
-        # a 复查 request or a withdrawal the citizen made at the node that registered the case. Applied
-        # as the local event is, once per command id (the inbox; the bus event id is the command id).
+        # A command exchange delivered here, the case's owner (docs/exchange.md "Commands"): a 督办 of
+        # an ancestor, a rating, a 复查 request or a withdrawal the citizen made at the node that
+        # registered the case, a visit's outcome. Applied as the local event is, once per command id
+        # (the inbox; the bus event id is the command id) — or, when this node has handed the case on
+        # since, sent on after the hand-off (handlers.handed_on_to).
         command = parse_command(event.body)
         if command is None:
             log.warning("undecodable command ignored", extra={"node": node, "event_id": event.event_id})
             return
-        body = command.WhichOneof("body")
-        if not command.case_id:
+        apply = owner_command(command) if command.case_id else None
+        if apply is None:
             return
-        if body == "supervise":
-            supervise = command.supervise
-            now = ctx.clock()
-            record = handlers.Supervision(
-                supervision_id=supervise.supervision_id,
-                case_id=command.case_id,
-                work_order_id="",
-                level=supervise.level,
-                by_node=command.issuing_node,
-                by_actor=supervise.actor,
-                demand=supervise.demand,
-                due_at=from_timestamp(supervise.due_at, "due_at") or now,
-                issued_at=from_timestamp(command.issued_at, "issued_at") or now,
+
+        def here_or_onward(uow: handlers.RoutingUnitOfWork) -> None:
+            owner = handlers.handed_on_to(command.case_id, uow, node)
+            if owner is None:
+                apply(uow)
+                return
+            uow.forward_command(event.body, owner)
+            log.info(
+                "command followed the hand-off",
+                extra={"node": node, "case_id": command.case_id, "to_node": owner.owner_node},
             )
-            consume(event, lambda uow: handlers.apply_supervision_command(record, uow))
-        elif body == "evaluate":
-            evaluated(event, command.case_id, command.evaluate.satisfaction, command.evaluate.comment, announce=True)
-        elif body == "request_review":
-            review_requested(event, command.case_id, command.request_review.reason)
-        elif body == "withdraw":
-            withdrawn(event, command.case_id, command.withdraw.reason)
-        elif body == "visit_outcome":
-            held = command.visit_outcome
-            visit_held(event, command.case_id, held.visit_id, held.decisions, held.minutes)
-        # other commands (hand-offs, handling updates for the registering node's intake) are not
-        # routing's to apply here
+
+        consume(event, here_or_onward)
 
     def on_supervision_replicated(event: BusEvent) -> None:
         # A descendant's chase or supervision record (replicated up by exchange): kept read-only

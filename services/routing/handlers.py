@@ -206,6 +206,9 @@ class RoutingUnitOfWork(Protocol):
     def send_supervision(self, request: SupervisionRequested) -> None:
         """Put the request on the outbox as a ``Command.Supervise`` for its target (exchange carries it)."""
 
+    def forward_command(self, body: bytes, owner: CaseOwner) -> None:
+        """Put the serialized ``Command`` on the outbox again, addressed to ``owner`` (``handed_on_to``)."""
+
     def case_owner(self, case_id: str) -> CaseOwner | None: ...
 
     def note_owner(self, owner: CaseOwner) -> None:
@@ -931,12 +934,31 @@ def _owner_elsewhere(
     if replica is not None and replica.owner_node != node and replica.owner_epoch > here_epoch:
         return replica
     if stored is not None and stored.order.state is State.TRANSFERRED and stored.order.transferred_to:
-        if replica is not None and replica.owner_node != node:
+        if replica is not None and replica.owner_node != node and replica.owner_epoch >= here_epoch:
             return replica
-        return CaseOwner(stored.order.case_id, stored.order.transferred_to, here_epoch + 1, known[0] if known else 0)
+        # The hand-off already raised this node's epoch to the receiver's (``emit``): naming one more
+        # would be newer than any node knows, and exchange would then never chase the case further.
+        return CaseOwner(stored.order.case_id, stored.order.transferred_to, here_epoch, known[0] if known else 0)
     if known is None and replica is not None and replica.owner_node != node:
         return replica
     return None
+
+
+def handed_on_to(case_id: str, uow: RoutingUnitOfWork, node: str) -> CaseOwner | None:
+    """The owner a command delivered here must follow to, when this node has handed the case on.
+
+    Exchange delivers a command where its issuer said the owner was, and chases a newer owner only
+    when its own node already knows of the hand-off. A command can still arrive just after this
+    node's routing handed the case on (交办 down, 上报 up) and before its exchange heard of it: the
+    hand-off and the command can even come down in one batch. Applied here, a 督办 would be recorded
+    by a node that no longer handles the case (counted at the city, never heard of at the county that
+    handles it) and a rating would close nothing. None: this node handles the case, or does not know it.
+    """
+    stored = uow.for_case(case_id)
+    known = uow.case_version(case_id)
+    if stored is None or known is None or stored.order.state is not State.TRANSFERRED:
+        return None
+    return _owner_elsewhere(stored, known, uow.case_owner(case_id), node)
 
 
 def apply_supervision_command(supervision: Supervision, uow: RoutingUnitOfWork) -> bool:

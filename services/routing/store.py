@@ -432,12 +432,30 @@ class SqlRoutingUnitOfWork:
                 actor=s.by_actor,
             ),
         )
+        self._put_command(command)
+
+    def forward_command(self, body: bytes, owner: CaseOwner) -> None:
+        command = events_pb2.Command()
+        command.ParseFromString(body)
+        # A new id per leg: the exchange of each node delivers a command id once, and a case handed
+        # back (上报 after 交办) may take the command to a node it was delivered at before.
+        command.command_id = str(
+            uuid.uuid5(
+                uuid.NAMESPACE_URL, f"lianxin:forward:{command.command_id}:{owner.owner_node}:{owner.owner_epoch}"
+            )
+        )
+        command.target_node = owner.owner_node
+        command.owner_epoch_seen = owner.owner_epoch
+        self._put_command(command)
+
+    def _put_command(self, command: events_pb2.Command) -> None:
+        """On the outbox as routing's ``command``: exchange carries it toward ``target_node``."""
         body = command.SerializeToString()
         append_event(
             self.session,
             outbox,
             BusEvent(event_id=command.command_id, source="routing", event_type="command", body=body),
-            s.case_id,
+            command.case_id,
         )
 
     def case_owner(self, case_id: str) -> CaseOwner | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from lianxin.common.v1 import common_pb2
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
@@ -22,7 +23,7 @@ from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 from services.common.timeutil import to_timestamp
 from services.node import Node
 from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, linked_nodes, submit
+from tests.integration.exchange_nodes import Start, linked_nodes, replicas, submit
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -48,6 +49,31 @@ def supervised(node: Node, region: str) -> int:
     return int(reply.metrics[0].numerator)
 
 
+def supervise_once_known(node: Node, request: routing_pb2.SuperviseRequest) -> routing_pb2.SuperviseResponse:
+    """Supervise, retried while the case is NOT_FOUND at ``node`` (nothing is recorded then)."""
+    answers: list[routing_pb2.SuperviseResponse] = []
+
+    def supervise() -> bool:
+        try:
+            answers.append(routing(node).Supervise(request, timeout=5))
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        return bool(answers)
+
+    wait_until(supervise, 30, f"{node.settings.node} able to supervise {request.case_id}")
+    return answers[0]
+
+
+def recorded_at_every_tier(nodes: tuple[Node, ...], case_id: str, supervision_id: str) -> None:
+    for node in nodes:
+        wait_until(
+            lambda n=node: [s.supervision_id for s in supervisions(n, case_id)] == [supervision_id],
+            30,
+            f"督办 at {node.settings.node}",
+        )
+
+
 def test_a_provincial_supervisor_supervises_a_county_case_recorded_once_at_every_tier(start: Start) -> None:
     province = start("510000")
     city = start("511100", province)
@@ -59,26 +85,13 @@ def test_a_provincial_supervisor_supervises_a_county_case_recorded_once_at_every
     request = routing_pb2.SuperviseRequest(
         case_id=case_id, actor="sheng-duban-1", level="supervise", demand="五日内报告处理结果", due_at=to_timestamp(due)
     )
-    answers: list[routing_pb2.SuperviseResponse] = []
-
-    def supervise() -> bool:
-        # The province's routing learns who owns the case from the replicas: until the first one
-        # arrives the case is NOT_FOUND there (and nothing is recorded).
-        try:
-            answers.append(routing(province).Supervise(request, timeout=5))
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-        return bool(answers)
-
-    wait_until(supervise, 30, "the province able to supervise the county's case")
-    reply = answers[0]
+    # The province's routing learns who owns the case from the replicas.
+    reply = supervise_once_known(province, request)
     assert reply.forwarded_to_owner
     assert reply.supervision.by_node == "510000" and reply.supervision.case_id == case_id
     sent = reply.supervision.supervision_id
 
-    for node in (county, city, province):
-        wait_until(lambda n=node: [s.supervision_id for s in supervisions(n, case_id)] == [sent], 30, f"督办 at {node}")
+    recorded_at_every_tier((county, city, province), case_id, sent)
     at_county = supervisions(county, case_id)[0]
     assert (at_county.by_node, at_county.by_actor, at_county.level) == ("510000", "sheng-duban-1", "supervise")
     assert at_county.demand == "五日内报告处理结果"
@@ -95,6 +108,45 @@ def test_a_provincial_supervisor_supervises_a_county_case_recorded_once_at_every
         )
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     assert len(supervisions(county, case_id)) == 1
+
+
+def test_a_supervision_sent_while_the_case_goes_down_two_tiers_is_recorded_by_the_county(start: Start) -> None:
+    """The province 督办s its own case for 市中区 at once: it knows only that it handed it to 乐山市.
+
+    The command reaches the city with (or right after) the hand-off, when the city's routing has
+    already handed the case on to the county and its exchange has not yet heard of that, so exchange
+    delivers it at the city. The city must send it on: recorded there, it was counted at the city
+    and the province while the county that handles the case never heard of it (the day in the life
+    saw 乐山市 count 沙湾区's case as supervised and 沙湾区's own warehouse not).
+    """
+    province = start("510000")
+    case_id = submit(province, "supervise-early", region="511102")
+    due = datetime.now(UTC) + timedelta(days=5)
+    request = routing_pb2.SuperviseRequest(
+        case_id=case_id, actor="sheng-duban-2", level="supervise", demand="三日内核实", due_at=to_timestamp(due)
+    )
+    reply = supervise_once_known(province, request)  # once its routing has placed the registration
+    assert reply.forwarded_to_owner  # to 乐山市, all the province knows of
+    sent = reply.supervision.supervision_id
+    city = start("511100", province)
+    wait_until(lambda: _handed_on(city, case_id), 30, "the city handing the case on to 市中区")
+    county = start("511102", city)
+
+    recorded_at_every_tier((county, city, province), case_id, sent)
+    at_county = supervisions(county, case_id)[0]
+    assert (at_county.by_node, at_county.by_actor, at_county.demand) == ("510000", "sheng-duban-2", "三日内核实")
+    # Recorded once, by the county (the node that handles the case), and replicated up from there.
+    origins = [
+        e.origin_node for e in replicas(province, case_id=case_id).entries if e.event_type == "supervision_issued"
+    ]
+    assert origins == ["511102"]
+    for node, region in ((county, "511102"), (city, "511100"), (province, "510000")):
+        wait_until(lambda n=node, r=region: supervised(n, r) == 1, 30, f"the case counted supervised at {region}")
+
+
+def _handed_on(node: Node, case_id: str) -> bool:
+    orders = routing(node).ListWorkOrders(routing_pb2.ListWorkOrdersRequest(case_id=case_id), timeout=5).work_orders
+    return any(w.node == node.settings.node and w.state == common_pb2.CASE_STATE_TRANSFERRED for w in orders)
 
 
 def _known_above(province: Node, case_id: str) -> bool:
