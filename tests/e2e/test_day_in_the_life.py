@@ -21,7 +21,7 @@ booking, not called by hand).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -143,8 +143,58 @@ class Day:
         )
         return reply
 
+    def wait(self, predicate: Callable[[], object], message: str, case_id: str) -> None:
+        """``wait_until``, and on a timeout the case as every tier holds it (the failure says where it stopped)."""
+        try:
+            wait_until(predicate, WAIT_S, message)
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}\n{self.where_is(case_id)}") from None
+
+    def where_is(self, case_id: str) -> str:
+        """Work orders, held events, quarantine and links of every node, for one case."""
+        lines = [f"-- {case_id} at every tier:"]
+        for code, stubs in self.node.items():
+            try:
+                orders = stubs.routing.ListWorkOrders(
+                    routing_pb2.ListWorkOrdersRequest(case_id=case_id), timeout=5
+                ).work_orders
+                held = stubs.exchange.ListReplicas(
+                    exchange_pb2.ListReplicasRequest(case_id=case_id, max_items=500), timeout=5
+                ).entries
+                quarantined = stubs.exchange.ListQuarantine(exchange_pb2.ListQuarantineRequest(), timeout=5).items
+                links = stubs.exchange.LinkStatus(exchange_pb2.LinkStatusRequest(), timeout=5).links
+                supervisions = stubs.routing.ListSupervisions(
+                    routing_pb2.ListSupervisionsRequest(case_id=case_id), timeout=5
+                ).supervisions
+            except grpc.RpcError as error:
+                lines.append(f"{code}: {error.code().name}")  # type: ignore[attr-defined]
+                continue
+            lines.append(
+                f"{code}: work orders "
+                + ", ".join(f"{w.node}/{S.CaseState.Name(w.state)} v{w.version}" for w in orders)
+            )
+            lines.append(
+                "  holds "
+                + ", ".join(f"#{e.case_sequence} {e.event_type} v{e.version} from {e.origin_node}" for e in held)
+            )
+            lines += [f"  supervision {v.supervision_id} by {v.by_node} {v.level}" for v in supervisions]
+            lines += [f"  quarantine {q.peer_node}: {q.payload_summary}: {q.reason}" for q in quarantined]
+            lines += [
+                f"  link {x.peer_node} {exchange_pb2.LinkDirection.Name(x.direction)} lag {x.lag_events}"
+                f" acked {x.acked_position} {exchange_pb2.LinkState.Name(x.state)}"
+                for x in links
+            ]
+        for case in self.registered:
+            if case.case_id == case_id and case.code:
+                seen = self.track(case)
+                lines.append(
+                    f"{case.at} TrackCase: {S.CaseState.Name(seen.state)} reply {seen.reply_text!r}"
+                    f" can_evaluate {seen.can_evaluate}"
+                )
+        return "\n".join(lines)
+
     def rate(self, case: Case, satisfaction: int, comment: str) -> None:
-        wait_until(lambda: self.track(case).can_evaluate, WAIT_S, f"{case.case_id} ready to rate at {case.at}")
+        self.wait(lambda: self.track(case).can_evaluate, f"{case.case_id} ready to rate at {case.at}", case.case_id)
         self.node[case.at].intake.EvaluateCase(
             intake_pb2.EvaluateCaseRequest(
                 tracking_code=case.code,
@@ -168,7 +218,7 @@ class Day:
             found = self.order(at, case_id)
             return found if found is not None and (not states or found.state in states) else None
 
-        wait_until(lambda: ready() is not None, WAIT_S, f"{case_id} at {at} in {states or 'any state'}")
+        self.wait(lambda: ready() is not None, f"{case_id} at {at} in {states or 'any state'}", case_id)
         got = ready()
         assert got is not None
         return got
@@ -408,7 +458,9 @@ def test_a_day_in_the_life_of_the_federation(federation: Federation, monkeypatch
     )
     day.rate(letter_down, S.SATISFACTION_SATISFIED, "修好了")
     day.wait_order("511111", letter_down.case_id, S.CASE_STATE_CLOSED)
-    wait_until(lambda: day.track(letter_down).can_request_review, WAIT_S, "the close in the province's TrackCase")
+    day.wait(
+        lambda: day.track(letter_down).can_request_review, "the close in the province's TrackCase", letter_down.case_id
+    )
     day.node["510000"].intake.RequestReview(
         intake_pb2.RequestReviewRequest(tracking_code=letter_down.code, phone_last4=letter_down.last4, reason="又塌了"),
         timeout=5,
@@ -416,8 +468,10 @@ def test_a_day_in_the_life_of_the_federation(federation: Federation, monkeypatch
     day.done.append("RequestReview")
     day.start_and_reply("511111", letter_down.case_id, "复查：已加固路基。")
     day.act("511111", "CloseWorkOrder", routing_pb2.CloseWorkOrderRequest(work_order_id=wo, actor="office"))
-    wait_until(
-        lambda: day.track(letter_down).reply_text == "复查：已加固路基。", WAIT_S, "the 复查 reply at the province"
+    day.wait(
+        lambda: day.track(letter_down).reply_text == "复查：已加固路基。",
+        "the 复查 reply at the province",
+        letter_down.case_id,
     )
 
     # 锦江区 escalates (上报) the 成都市 case handed down to it; 成都市 answers, and its office upholds on review.
@@ -555,7 +609,7 @@ def test_a_day_in_the_life_of_the_federation(federation: Federation, monkeypatch
     try:
         wait_until(lambda: not differences(), WAIT_S, "every tier's figures to add up")
     except AssertionError:
-        raise AssertionError("\n".join(differences())) from None
+        raise AssertionError("\n".join([*differences(), day.where_is(letter_down.case_id)])) from None
     own = {code: metrics(day.node[code], code) for code in day.node}
     assert own["510000"]["received"][0] == total
     assert own["510000"]["supervised"][0] >= 1
