@@ -20,6 +20,7 @@ UP_EVENT_TYPES: dict[str, tuple[str, ...]] = {
         "supervision_issued",
         "deadline_warning",
         "case_evaluated",  # a rating registered at another node, announced by the owner
+        "case_merged",  # 并单 (MergeCases)
     ),
     "video": ("visit_booked", "visit_outcome_recorded", "visit_cancelled", "visit_reminder"),
 }

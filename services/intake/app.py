@@ -167,6 +167,7 @@ def _handling_change(env: events_pb2.EventEnvelope) -> HandlingChange | None:
         owner_epoch=env.owner_epoch,
         reply_text=changed.reply_text,
         handling_due=_handling_due(changed.deadlines),
+        main_case_id=changed.main_case_id,
     )
 
 

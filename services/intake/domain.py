@@ -96,6 +96,7 @@ class Case:
     replied_at: datetime | None = None
     reply_text: str = ""  # the latest reply, as the citizen reads it
     handling_due: datetime | None = None  # the handling deadline the handling node last set
+    merged_into: str = ""  # 并单: the main case this one follows, until the merge is undone
     evaluated_reply: int = 0
     satisfaction: str = ""
     review_reply: int = 0
@@ -162,7 +163,11 @@ PUBLIC_MILESTONES: dict[str, str] = {
     "reopen": "重新办理 reopened",
     "review": "复查中 under review",
     "visit_outcome": "已视频接访 video reception held",
+    "merge": "已并单 merged with a case about the same matter; you follow its handling",
+    "unmerge": "已撤销并单 handled on its own again",
 }
+# Routing's label prefix of a merged case following its main case ("main:reply").
+FOLLOW_MAIN = "main:"
 
 
 def idempotency_key(channel: str, channel_ref: str | None) -> str | None:

@@ -27,6 +27,7 @@ from services.intake import dedup
 from services.intake.domain import (
     CATEGORIES,
     EVALUATE,
+    FOLLOW_MAIN,
     OTHER_CATEGORY,
     PUBLIC_MILESTONES,
     REQUEST_REVIEW,
@@ -837,6 +838,7 @@ class HandlingChange:
     owner_epoch: int = 0
     reply_text: str = ""  # with a reply: the answer the citizen reads
     handling_due: datetime | None = None  # the handling deadline after the change, if the event carries one
+    main_case_id: str = ""  # 并单: the main case (with merge, unmerge and main:<action>)
 
 
 def apply_handling_change(change: HandlingChange, uow: IntakeUnitOfWork) -> bool:
@@ -867,7 +869,15 @@ def apply_handling_change(change: HandlingChange, uow: IntakeUnitOfWork) -> bool
         unit_id=change.unit_id or case.unit_id,
         handling_due=change.handling_due or case.handling_due,
     )
-    if change.action == "reply":
+    action = change.action
+    if action == "merge":
+        changed = replace(changed, merged_into=change.main_case_id)
+    elif action == "unmerge":
+        changed = replace(changed, merged_into="")
+    elif action.startswith(FOLLOW_MAIN):
+        # A merged case follows its main case: the citizen reads the main case's progress and reply.
+        action = action.removeprefix(FOLLOW_MAIN)
+    if action == "reply":
         changed = replace(
             changed,
             reply_count=case.reply_count + 1,
@@ -875,7 +885,9 @@ def apply_handling_change(change: HandlingChange, uow: IntakeUnitOfWork) -> bool
             reply_text=personal_text.mask(change.reply_text).text,
         )
     uow.save(changed, expected_version=case.version)
-    summary = PUBLIC_MILESTONES.get(change.action)
+    summary = PUBLIC_MILESTONES.get(action)
+    if summary is not None and action != change.action:
+        summary = f"主件 {change.main_case_id} {summary}"
     if summary is not None:
         uow.add_timeline(TimelineEntry(case.case_id, change.at, changed.state, summary))
     return True

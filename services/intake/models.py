@@ -112,6 +112,8 @@ class CaseRow(Base):
     # The latest reply and the handling deadline (办理期限), for TrackCase.
     reply_text: Mapped[str | None] = mapped_column(Text, default="", server_default="")
     handling_due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # 并单: the main case this case was merged into (its progress and reply are this case's).
+    merged_into: Mapped[str] = mapped_column(String(32), default="", server_default="")
     evaluated_reply: Mapped[int] = mapped_column(Integer, default=0)  # reply number last rated
     satisfaction: Mapped[str] = mapped_column(String(24), default="")
     review_reply: Mapped[int] = mapped_column(Integer, default=0)  # reply number last put to review

@@ -183,6 +183,7 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             reply_text=case.reply_text,
             replied_at=to_timestamp(case.replied_at) if case.replied_at is not None else None,
             deadline=to_timestamp(case.handling_due) if case.handling_due is not None else None,
+            merged_into_case_id=case.merged_into,
         )
 
     def EvaluateCase(self, request: intake_pb2.EvaluateCaseRequest, context: Any) -> intake_pb2.EvaluateCaseResponse:

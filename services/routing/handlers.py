@@ -26,10 +26,13 @@ from services.routing.jurisdiction import (
     ManualQueue,
     decide,
 )
+from services.routing.merging import check_merge, check_merge_request, check_unmerge
 from services.routing.provisional import ProvisionalCalendar
 from services.routing.timelimits import CATEGORIES, DeadlineKind, TimeRules, supervision_at, warning_at
 from services.routing.workorder import (
     ESCALATE_UP,
+    MERGE_IN,
+    MERGE_OUT,
     OPEN_STATES,
     TRANSITIONS,
     Action,
@@ -37,6 +40,7 @@ from services.routing.workorder import (
     Stage,
     State,
     WorkOrder,
+    WorkOrderChanged,
     WorkOrderCreated,
     WorkOrderEvent,
     sweep,
@@ -139,7 +143,17 @@ class RatingApplied:
     at: datetime
 
 
-RoutingEvent = WorkOrderEvent | HandedOff | SupervisionRecorded | RatingApplied
+@dataclass(frozen=True)
+class CaseMergedInto:
+    """Event (proto ``CaseMerged``): the case was merged into ``into_case_id`` (并单)."""
+
+    case_id: str
+    into_case_id: str
+    reason: str
+    at: datetime
+
+
+RoutingEvent = WorkOrderEvent | HandedOff | SupervisionRecorded | RatingApplied | CaseMergedInto
 LEVELS = ("chase", "supervise", "listed")
 
 
@@ -215,6 +229,13 @@ class RoutingUnitOfWork(Protocol):
         """Keep ``owner`` when its (epoch, version) is above the known one."""
 
     def record_repeat(self, original_case_id: str, repeat_case_id: str) -> int: ...
+
+    def record_merge(self, case_id: str, main_case_id: str, *, at: datetime) -> None: ...
+
+    def remove_merge(self, case_id: str) -> None: ...
+
+    def merged_into(self, main_case_id: str) -> list[str]:
+        """Case ids merged into ``main_case_id`` here and not taken out again, oldest first."""
 
     def list_work_orders(
         self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int
@@ -322,6 +343,31 @@ def _persist(
     _refresh(stored, routing, at, before=before)
     uow.save(stored)
     uow.emit(stored.order.case_id, events)
+    _follow_main(uow, stored, routing, events, at)
+
+
+def _follow_main(
+    uow: RoutingUnitOfWork, stored: StoredWorkOrder, routing: Routing, events: Sequence[RoutingEvent], at: datetime
+) -> None:
+    """并单: every change of a main case reaches the cases merged into it (their citizens follow it)."""
+    changes = [
+        e
+        for e in events
+        if isinstance(e, WorkOrderChanged)
+        and e.case_id == stored.order.case_id
+        and e.action not in (MERGE_IN, MERGE_OUT)
+    ]
+    if not changes or stored.order.state is State.MERGED:
+        return
+    for case_id in uow.merged_into(stored.order.case_id):
+        follower = uow.get(work_order_id_for(case_id, routing.node), for_update=True)
+        if follower is None:
+            continue
+        followed: list[RoutingEvent] = [f for change in changes for f in follower.order.follow_main(change)]
+        if followed:
+            _refresh(follower, routing, at, before=follower.provisional)
+            uow.save(follower)
+            uow.emit(case_id, followed)
 
 
 # -- placing a case ----------------------------------------------------------------------------------
@@ -649,6 +695,13 @@ def _hand_off(
         if stored is None:
             raise NotFound("work order of case", case_id)
         _refuse_if_handed_off(uow, stored)
+        followers = uow.merged_into(case_id)
+        if followers:
+            # Their citizens follow this case's handling here; a hand-off would leave them behind.
+            raise FailedPrecondition(
+                f"cases {', '.join(followers)} are merged into case {case_id}: undo the merge (UnmergeCase) first",
+                stored.order.state,
+            )
         known = uow.case_version(case_id)
         version, epoch = known if known is not None else (0, 0)
         if expected_version and expected_version != version:
@@ -677,6 +730,110 @@ def _hand_off(
         _persist(uow, stored, routing, events, now)
         uow.commit()
     return handed
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    main: StoredWorkOrder
+    merged: list[StoredWorkOrder]
+
+
+def merge_cases(
+    *,
+    main_case_id: str,
+    case_ids: Sequence[str],
+    actor: str,
+    expected_version: int,
+    reason: str,
+    acting_unit: str,
+    uow_factory: UnitOfWorkFactory,
+    routing: Routing,
+    now: datetime,
+) -> MergeResult:
+    """并单: ``case_ids`` become MERGED into ``main_case_id``, in one transaction (all or nothing).
+
+    Each merged case emits its ``work_order_changed`` (merge) and ``case_merged``; the main case's
+    history names them (``merge_in``). From then on every change of the main case is followed by
+    each merged case (``main:<action>``), so their citizens see the main case's progress and reply.
+    """
+    who = _actor(actor)
+    main_id, others = check_merge_request(main_case_id, case_ids)
+    why = (reason or "").strip()
+    if not why:
+        raise InvalidArgument("reason", "why the cases are one matter (并单理由) is required")
+    now = to_utc(now)
+    with uow_factory() as uow:
+        # Rows locked in id order, as every writer of several work orders takes them.
+        ids = sorted({main_id, *others})
+        loaded = {c: uow.get(work_order_id_for(c, routing.node), for_update=True) for c in ids}
+        orders = {c: (s.order if s is not None else None) for c, s in loaded.items()}
+        check_merge(main_id, others, main=orders[main_id], merged=orders, node=routing.node, acting_unit=acting_unit)
+        main = loaded[main_id]
+        assert main is not None
+        if expected_version and expected_version != main.order.version:
+            raise Conflict(
+                f"work order {main.order.id} is at version {main.order.version}, not {expected_version}: re-read it"
+            )
+        merged: list[StoredWorkOrder] = []
+        for case_id in others:
+            stored = loaded[case_id]
+            assert stored is not None
+            events: list[RoutingEvent] = list(stored.order.merge(into_case_id=main_id, at=now, actor=who, reason=why))
+            events.append(CaseMergedInto(case_id, main_id, why, now))
+            uow.record_merge(case_id, main_id, at=now)
+            _persist(uow, stored, routing, events, now)
+            merged.append(stored)
+        _persist(uow, main, routing, main.order.merged_in(others, at=now, actor=who, reason=why), now)
+        uow.commit()
+    return MergeResult(main, merged)
+
+
+def unmerge_case(
+    *,
+    case_id: str,
+    actor: str,
+    expected_version: int,
+    reason: str,
+    acting_unit: str,
+    uow_factory: UnitOfWorkFactory,
+    routing: Routing,
+    now: datetime,
+) -> StoredWorkOrder:
+    """The merge of ``case_id`` is undone before the main case's reply: it is handled on its own again."""
+    who = _actor(actor)
+    wanted = (case_id or "").strip()
+    if not wanted:
+        raise InvalidArgument("case_id", "the merged case is required")
+    why = (reason or "").strip()
+    if not why:
+        raise InvalidArgument("reason", "why the merge is undone is required")
+    now = to_utc(now)
+    with uow_factory() as uow:
+        stored = uow.get(work_order_id_for(wanted, routing.node), for_update=True)
+        main_id = stored.order.merged_into if stored is not None else None
+        main = uow.get(work_order_id_for(main_id, routing.node), for_update=True) if main_id else None
+        check_unmerge(
+            stored.order if stored is not None else None,
+            wanted,
+            main=main.order if main is not None else None,
+            node=routing.node,
+            acting_unit=acting_unit,
+        )
+        assert stored is not None
+        if expected_version and expected_version != stored.order.version:
+            raise Conflict(
+                f"work order {stored.order.id} is at version {stored.order.version}, not {expected_version}: re-read it"
+            )
+        events = stored.order.unmerge(at=now, actor=who, reason=why)
+        uow.remove_merge(wanted)
+        _persist(uow, stored, routing, events, now)
+        if main is not None:
+            note = main.order.merge_noted(
+                MERGE_OUT, f"并单撤销: {wanted} handled on its own again ({why})", at=now, actor=who
+            )
+            _persist(uow, main, routing, note, now)
+        uow.commit()
+    return stored
 
 
 def accept(stored: StoredWorkOrder, at: datetime, actor: str, routing: Routing, note: str) -> list[WorkOrderEvent]:

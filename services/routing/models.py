@@ -121,6 +121,19 @@ class RepeatRow(Base):
     repeat_case_id: Mapped[str] = mapped_column(String(32), primary_key=True)
 
 
+class CaseMergeRow(Base):
+    """并单: a case of this node merged into a main case, until the merge is undone (the row is deleted).
+
+    The main case's changes are followed by each of these (``handlers._follow_main``).
+    """
+
+    __tablename__ = "case_merges"
+
+    case_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    main_case_id: Mapped[str] = mapped_column(String(32), index=True)
+    merged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class CaseOwnerRow(Base):
     """Who owns a case of the subtree that this node does not handle, as its replicas and hand-offs say.
 

@@ -16,6 +16,7 @@ from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from services.common.calendar import OfficialYear, check_calendar_text
 from services.common.calendar_store import NodeCalendar
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.security import current_principal
 from services.common.timeutil import china_date, from_duration, from_timestamp, to_timestamp, to_utc
 from services.routing import handlers
 from services.routing.handlers import (
@@ -28,6 +29,12 @@ from services.routing.handlers import (
 from services.routing.workorder import State, WorkOrderEvent, allowed_actions
 
 DEFAULT_PAGE, MAX_PAGE = 50, 500
+
+
+def acting_unit() -> str:
+    """The caller's unit when its token names one (a unit's clerk acts on its own cases only), else ""."""
+    principal = current_principal()
+    return principal.unit if principal is not None and principal.kind == "operator" else ""
 
 
 def _state(state: State | None) -> common_pb2.CaseState.ValueType:
@@ -435,6 +442,40 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         )
         self._notify()
         return routing_pb2.EscalateCaseResponse(to_node=handed.to_node, new_owner_epoch=handed.new_owner_epoch)
+
+    def MergeCases(self, request: routing_pb2.MergeCasesRequest, context: Any) -> routing_pb2.MergeCasesResponse:
+        now = self._clock()
+        result = handlers.merge_cases(
+            main_case_id=request.main_case_id,
+            case_ids=list(request.case_ids),
+            actor=request.actor,
+            expected_version=request.expected_version,
+            reason=request.reason,
+            acting_unit=acting_unit(),
+            uow_factory=self._uow_factory,
+            routing=self._routing,
+            now=now,
+        )
+        self._notify()
+        return routing_pb2.MergeCasesResponse(
+            main_work_order=work_order_message(result.main, now=to_utc(now)),
+            merged_work_orders=[work_order_message(s, now=to_utc(now)) for s in result.merged],
+        )
+
+    def UnmergeCase(self, request: routing_pb2.UnmergeCaseRequest, context: Any) -> routing_pb2.UnmergeCaseResponse:
+        now = self._clock()
+        stored = handlers.unmerge_case(
+            case_id=request.case_id,
+            actor=request.actor,
+            expected_version=request.expected_version,
+            reason=request.reason,
+            acting_unit=acting_unit(),
+            uow_factory=self._uow_factory,
+            routing=self._routing,
+            now=now,
+        )
+        self._notify()
+        return routing_pb2.UnmergeCaseResponse(work_order=work_order_message(stored, now=to_utc(now)))
 
     def Supervise(self, request: routing_pb2.SuperviseRequest, context: Any) -> routing_pb2.SuperviseResponse:
         sent = handlers.supervise(

@@ -35,6 +35,7 @@ from services.common.timeutil import to_timestamp, to_utc
 from services.routing.handlers import (
     FAR_FUTURE,
     BatchChange,
+    CaseMergedInto,
     CaseOwner,
     HandedOff,
     RatingApplied,
@@ -48,6 +49,7 @@ from services.routing.handlers import (
 )
 from services.routing.models import (
     PROVISIONAL_SQL,
+    CaseMergeRow,
     CaseOwnerRow,
     CaseSnapshotRow,
     CaseVersionRow,
@@ -108,6 +110,7 @@ def encode_order(order: WorkOrder) -> str:
             "reviewed": order.reviewed,
             "reply": [order.reply_text, list(order.reply_attachments), _iso(order.replied_at)],
             "merged_into": order.merged_into,
+            "merged_from": order.merged_from.value if order.merged_from else None,
             "transferred_to": order.transferred_to,
             "fired": sorted([k, s] for k, s in order.fired),
         },
@@ -146,6 +149,7 @@ def decode_order(row: Any, history: list[HistoryEntry]) -> WorkOrder:
         reply_attachments=tuple(attachments),
         replied_at=_dt(replied_at),
         merged_into=d["merged_into"],
+        merged_from=State(d["merged_from"]) if d.get("merged_from") else None,
         transferred_to=d["transferred_to"],
         fired={(k, s) for k, s in d["fired"]},
         history=history,
@@ -406,6 +410,24 @@ class SqlRoutingUnitOfWork:
             select(func.count()).select_from(RepeatRow).where(RepeatRow.original_case_id == original_case_id)
         )
         return int(count or 0)
+
+    def record_merge(self, case_id: str, main_case_id: str, *, at: datetime) -> None:
+        self.session.merge(CaseMergeRow(case_id=case_id, main_case_id=main_case_id, merged_at=to_utc(at)))
+        self.session.flush()
+
+    def remove_merge(self, case_id: str) -> None:
+        row = self.session.get(CaseMergeRow, case_id)
+        if row is not None:
+            self.session.delete(row)
+            self.session.flush()
+
+    def merged_into(self, main_case_id: str) -> list[str]:
+        rows = self.session.scalars(
+            select(CaseMergeRow.case_id)
+            .where(CaseMergeRow.main_case_id == main_case_id)
+            .order_by(CaseMergeRow.merged_at, CaseMergeRow.case_id)
+        )
+        return list(rows)
 
     def add_supervision(self, supervision: Supervision) -> None:
         self.session.add(SupervisionRow(**_supervision_values(supervision)))
@@ -735,6 +757,7 @@ def _payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None:
                 reason=event.reason,
                 deadlines=_deadlines(event.deadlines),
                 reply_text=event.reply_text,
+                main_case_id=event.main_case_id,
             ),
             event.at,
         )
@@ -793,6 +816,8 @@ def _payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None:
             ),
             event.at,
         )
+    if isinstance(event, CaseMergedInto):
+        return "case_merged", events_pb2.CaseMerged(into_case_id=event.into_case_id, reason=event.reason), event.at
     if isinstance(event, ReplyGiven):
         return None  # carried by work_order_changed(reply); the text stays with the work order
     return None

@@ -39,7 +39,10 @@ from services.routing.timelimits import (
 __all__ = [
     "ACTIONS",
     "ESCALATE_UP",
+    "FOLLOW_MAIN",
     "HOTLINE_KINDS",
+    "MERGE_IN",
+    "MERGE_OUT",
     "OPEN_STATES",
     "RECOMPUTE_DEADLINES",
     "TERMINAL_STATES",
@@ -96,6 +99,7 @@ class Action(StrEnum):
     REVIEW = "review"  # 复查 requested by the citizen within the review window
     WITHDRAW = "withdraw"  # the citizen withdraws (撤回)
     MERGE = "merge"  # 并单 into another case
+    UNMERGE = "unmerge"  # the merge is undone (before the main case's reply): back to where it was
     TRANSFER = "transfer"  # hand-off to another node in flight (交办/上报/转送)
     TAKE_BACK = "take_back"  # a hand-off came back (退回) or could not be delivered
     PAUSE = "pause"  # clock stops: waiting for the citizen's supplement, a hearing (听证)
@@ -107,6 +111,12 @@ ESCALATE_UP = "escalate_up"
 # History/event label of a deadline recomputed because an official calendar year was loaded; not a
 # transition (the state stays), so not an ``Action``. Replicated as WorkOrderChanged like the others.
 RECOMPUTE_DEADLINES = "recompute_deadlines"
+# History/event label on the main case's work order naming the cases merged into it (并单); not a transition.
+MERGE_IN = "merge_in"
+MERGE_OUT = "merge_out"  # ... and the one taken out again (undo before the reply)
+# Prefix of the history/event label a merged case's work order gets for each change of its main case
+# ("main:reply"): the merged citizen follows the main case's progress; its own state stays MERGED.
+FOLLOW_MAIN = "main:"
 # History/event label of a leader's video reception (视频接访) held on the case, with its outcome;
 # not a transition either.
 VISIT_OUTCOME = "visit_outcome"
@@ -145,11 +155,13 @@ TRANSITIONS: Mapping[tuple[State, Action], State] = {
     (S.IN_PROGRESS, A.TRANSFER): S.TRANSFERRED,  # 上报 (escalate_up)
     (S.IN_PROGRESS, A.PAUSE): S.IN_PROGRESS,
     (S.IN_PROGRESS, A.RESUME): S.IN_PROGRESS,
+    (S.IN_PROGRESS, A.MERGE): S.MERGED,
     (S.EXTENDED, A.REPLY): S.REPLIED,
     (S.EXTENDED, A.WITHDRAW): S.WITHDRAWN,
     (S.EXTENDED, A.TRANSFER): S.TRANSFERRED,  # 上报 (escalate_up)
     (S.EXTENDED, A.PAUSE): S.EXTENDED,
     (S.EXTENDED, A.RESUME): S.EXTENDED,
+    (S.EXTENDED, A.MERGE): S.MERGED,
     (S.REPLIED, A.CLOSE): S.CLOSED,
     (S.REPLIED, A.TRANSFER): S.TRANSFERRED,  # 上报 (escalate_up)
     (S.REPLIED, A.REOPEN): S.REOPENED,
@@ -162,6 +174,8 @@ TRANSITIONS: Mapping[tuple[State, Action], State] = {
     (S.REOPENED, A.PAUSE): S.REOPENED,
     (S.REOPENED, A.RESUME): S.REOPENED,
     (S.TRANSFERRED, A.TAKE_BACK): S.REGISTERED,
+    # Back to the state it was merged from (``WorkOrder.merged_from``); ASSIGNED names the usual one.
+    (S.MERGED, A.UNMERGE): S.ASSIGNED,
 }
 del S, A
 
@@ -237,6 +251,7 @@ class WorkOrderChanged:
     deadlines: DeadlineList
     target: str | None = None  # unit for assign/arbitrate, node for transfer, case for merge
     reply_text: str = ""  # with a reply: the answer the citizen reads at the registering node
+    main_case_id: str = ""  # with merge / unmerge / main:<action>: the main case (并单)
 
 
 @dataclass(frozen=True)
@@ -317,6 +332,7 @@ class WorkOrder:
     reply_attachments: tuple[str, ...] = ()
     replied_at: datetime | None = None
     merged_into: str | None = None
+    merged_from: State | None = None
     transferred_to: str | None = None
     fired: set[tuple[str, str]] = field(default_factory=set)
     history: list[HistoryEntry] = field(default_factory=list)
@@ -549,15 +565,71 @@ class WorkOrder:
         return [self._changed(Action.WITHDRAW, at, actor, reason)]
 
     def merge(self, *, into_case_id: str, at: datetime, actor: str, reason: str = "") -> list[WorkOrderEvent]:
-        """并单: this case continues inside another one."""
+        """并单: this case continues inside another one until the merge is undone.
+
+        The clocks are kept, not stopped: a MERGED work order is never swept (terminal), and an undo
+        (``unmerge``) puts the case back on the deadlines it had, the time merged counted as handled.
+        """
+        before = self.state
         at = self._check(Action.MERGE, at)
         into = _required("into_case_id", into_case_id, "the case to merge into")
         if into == self.case_id:
             raise InvalidArgument("into_case_id", "a case cannot be merged into itself")
-        self._stop_all_clocks(at)
-        self.windows.clear()
         self.merged_into = into
-        return [self._changed(Action.MERGE, at, actor, reason, target=into)]
+        self.merged_from = before
+        return [replace(self._changed(Action.MERGE, at, actor, reason, target=into), main_case_id=into)]
+
+    def unmerge(self, *, at: datetime, actor: str, reason: str) -> list[WorkOrderEvent]:
+        """The merge is undone: the work order goes back to the state it was merged from."""
+        at = self._check(Action.UNMERGE, at)
+        reason = _required("reason", reason, "the reason for undoing the merge")
+        back = self.merged_from
+        if back is None:
+            raise FailedPrecondition(
+                "this work order has no state to go back to (merged before undo existed)", self.state
+            )
+        main = self.merged_into or ""
+        self.merged_into = None
+        self.merged_from = None
+        changed = self._changed(Action.UNMERGE, at, actor, reason, target=main, to_state=back)
+        return [replace(changed, main_case_id=main)]
+
+    def merged_in(self, case_ids: Sequence[str], *, at: datetime, actor: str, reason: str) -> list[WorkOrderChanged]:
+        """The main case's history names the cases merged into it. Not a transition."""
+        note = f"并单: {', '.join(case_ids)} merged into this case ({reason})"
+        return self.merge_noted(MERGE_IN, note, at=at, actor=actor)
+
+    def merge_noted(self, label: str, note: str, *, at: datetime, actor: str) -> list[WorkOrderChanged]:
+        """A merge-related entry in the main case's history (``merge_in``, ``merge_out``). Not a transition."""
+        return [self._noted(label, at=to_utc(at), actor=actor, note=note)]
+
+    def follow_main(self, main: WorkOrderChanged) -> list[WorkOrderChanged]:
+        """A merged case follows its main case: one history entry and event per change of the main case.
+
+        The event carries the main case's new state and reply (so the merged citizen's tracking shows
+        them and the citizen can rate the reply); this work order's own state stays MERGED.
+        """
+        if self.state is not State.MERGED or self.merged_into != main.case_id:
+            return []
+        label = f"{FOLLOW_MAIN}{main.action}"
+        self.history.append(HistoryEntry(main.at, main.actor, label, self.state, self.state, f"主件 {main.case_id}"))
+        self.version += 1
+        return [
+            WorkOrderChanged(
+                work_order_id=self.id,
+                case_id=self.case_id,
+                action=label,
+                from_state=self.state,
+                to_state=main.to_state,
+                actor=main.actor,
+                at=main.at,
+                reason=f"主件 {main.case_id}: {main.action}",
+                unit_id=main.unit_id,
+                deadlines=main.deadlines,
+                reply_text=main.reply_text,
+                main_case_id=main.case_id,
+            )
+        ]
 
     def transfer(self, *, to_node: str, at: datetime, actor: str, reason: str = "") -> list[WorkOrderEvent]:
         """A hand-off to another node is in flight; forwarding meets the assign deadline."""
@@ -729,10 +801,12 @@ class WorkOrder:
         *,
         target: str | None = None,
         label: str | None = None,
+        to_state: State | None = None,
     ) -> WorkOrderChanged:
-        """``label`` names the step in the history and the event when it is a kind of ``action`` (escalate_up)."""
+        """``label`` names the step in the history and the event when it is a kind of ``action`` (escalate_up);
+        ``to_state`` overrides the table's target where the table names a usual one (unmerge)."""
         before = self.state
-        after = TRANSITIONS[(before, action)]
+        after = to_state or TRANSITIONS[(before, action)]
         if after in TERMINAL_STATES or after is State.REPLIED:
             self._close_pause(at)
         self.state = after
@@ -828,6 +902,8 @@ def _rule_allows(order: WorkOrder, action: Action, at: datetime | None) -> bool:
         return order.paused_since is None
     if action is Action.RESUME:
         return order.paused_since is not None
+    if action is Action.UNMERGE:
+        return order.merged_from is not None
     # TAKE_BACK: only the receiving node's answer takes a hand-off back.
     return action is not Action.TAKE_BACK
 

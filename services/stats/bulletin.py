@@ -18,7 +18,16 @@ from typing import Any
 
 from services.common.regions import RegionTree, Tier
 from services.stats import handlers
-from services.stats.domain import DEFINITIONS, Aggregates, RankRow, StatsConfig, compute, month_bounds, shift_month
+from services.stats.domain import (
+    COUNT_METRICS,
+    DEFINITIONS,
+    Aggregates,
+    RankRow,
+    StatsConfig,
+    compute,
+    month_bounds,
+    shift_month,
+)
 from services.stats.hotspot import HotspotRules
 
 log = logging.getLogger(__name__)
@@ -52,7 +61,7 @@ def _pct(value: float) -> str:
 
 
 def _fmt(name: str, value: float) -> str:
-    if name in ("received", "overdue", "supervised"):
+    if name in COUNT_METRICS:
         return f"{int(value)}"
     if name.endswith("_workdays"):
         return f"{value:.1f}"

@@ -31,6 +31,8 @@ HANDLING_KINDS = ("reply", "settle", "hotline_emergency", "hotline_enquiry", "ho
 ACCEPT_KINDS = ("accept_notice",)
 SUPERVISION_LEVELS = frozenset({"supervise", "listed"})
 SATISFIED_RATINGS = frozenset({"satisfied", "basically_satisfied"})
+# Routing's label prefix of a merged case following its main case (并单: "main:reply").
+FOLLOW_MAIN = "main:"
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,9 @@ def _apply(fact: CaseFact, event: CaseEvent, config: StatsConfig, calendar: Work
     at = to_utc(event.occurred_at)
     changes: dict[str, object] = {"version": max(fact.version, event.version), "updated_at": max(fact.updated_at, at)}
     kind = event.kind
+    if kind == "work_order_changed" and event.action.startswith(FOLLOW_MAIN):
+        # A merged case following its main case (并单): the main case's handling is counted there.
+        return replace(fact, **changes)  # type: ignore[arg-type]
     if kind in ("work_order_created", "work_order_changed"):
         if event.unit_id:
             changes["unit_id"] = event.unit_id
@@ -364,10 +369,15 @@ DEFINITIONS: dict[str, str] = {
     "overdue": "超期件: cases whose handling deadline passed without a reply by as_of, or that were replied "
     "after it (withdrawn, merged and refused excluded).",
     "supervised": "督办件: cases with at least one supervision (督办 or 挂牌督办; a 催办 chase does not count).",
+    "merged": "并单件: received cases merged (并单) into another case; each is a submission of its own (its citizen "
+    "follows and rates the main case) but not a matter of its own.",
+    "matters": "事项数: received cases less those merged into another case: a matter raised by many citizens "
+    "counts once. Every handling rate counts matters (merged cases owe no reply); received and "
+    "satisfaction count submissions.",
 }
 # Metrics where a smaller value is better (rankings order these ascending).
 LOWER_IS_BETTER = frozenset({"avg_reply_workdays", "p90_reply_workdays", "repeat_rate", "overdue", "supervised"})
-COUNT_METRICS = frozenset({"received", "overdue", "supervised"})
+COUNT_METRICS = frozenset({"received", "overdue", "supervised", "merged", "matters"})
 
 
 @dataclass
@@ -388,6 +398,7 @@ class Aggregates:
     satisfied: int = 0
     overdue: int = 0
     supervised: int = 0
+    merged: int = 0
     # working days → number of replied cases (the distribution gives mean and p90 exactly)
     reply_days: dict[int, int] = field(default_factory=dict)
 
@@ -417,6 +428,7 @@ COUNTERS: tuple[str, ...] = (
     "satisfied",
     "overdue",
     "supervised",
+    "merged",
 )
 
 
@@ -474,6 +486,7 @@ def counters(fact: CaseFact, as_of: datetime) -> tuple[int, ...]:
             or (replied_at is not None and handling_due is not None and replied_at > handling_due)
         ),
         "supervised": fact.supervision_count > 0,
+        "merged": fact.state == "MERGED",
     }
     return tuple(int(values[name]) for name in COUNTERS)
 
@@ -496,6 +509,8 @@ NUMERATOR_PREDICATE: dict[str, str] = {
     "repeat_rate": "repeat",
     "overdue": "overdue",
     "supervised": "supervised",
+    "merged": "merged",
+    "matters": "matter",
 }
 
 
@@ -543,6 +558,8 @@ METRIC_COUNTERS: dict[str, tuple[str, ...]] = {
     "repeat_rate": ("repeat",),
     "overdue": ("overdue",),
     "supervised": ("supervised",),
+    "merged": ("merged",),
+    "matters": ("merged",),
 }
 REPLY_DAY_METRICS = frozenset({"avg_reply_workdays", "p90_reply_workdays"})
 
@@ -576,6 +593,11 @@ def compute(name: str, agg: Aggregates) -> MetricValue:
         return MetricValue(name, DEFINITIONS[name], float(agg.overdue), agg.overdue, 1, [])
     if name == "supervised":
         return MetricValue(name, DEFINITIONS[name], float(agg.supervised), agg.supervised, 1, [])
+    if name == "merged":
+        return MetricValue(name, DEFINITIONS[name], float(agg.merged), agg.merged, 1, [])
+    if name == "matters":
+        matters = agg.received - agg.merged
+        return MetricValue(name, DEFINITIONS[name], float(matters), matters, 1, [])
     raise InvalidArgument("metrics", f"unknown metric {name!r}; known: {sorted(DEFINITIONS)}")
 
 

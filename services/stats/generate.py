@@ -135,6 +135,8 @@ def generate(
             channel = CHANNELS[ch_ix]
             is_replied = days[i] >= 0
             state = "CLOSED" if close_t[i] else ("REPLIED" if is_replied else "IN_PROGRESS")
+            if not is_replied and index % 50 == 7:
+                state = "MERGED"  # 并单: a few unreplied cases merged into another (no extra draw: same stream)
             rows.append(
                 (
                     f"{county}-{dates[i].replace('-', '')}-{index:09d}",

@@ -113,6 +113,7 @@ DAILY_KEY: tuple[str, ...] = ("day", "region_code", "category")
 ROLLUP_COUNTERS: tuple[str, ...] = (
     "received", "online", "repeat", "accept_due", "accept_on_time", "reply_due", "replied",
     "completion_due", "closed", "closed_on_time", "satisfaction_base", "satisfied", "overdue", "supervised",
+    "merged",
 )  # fmt: skip
 # Replied cases by working days to the first reply, one exact column per day 0..ROLLUP_DAYS-1; the
 # rare longer ones go to ``stats_rollup_days_over`` by exact day, so mean and p90 stay exact.

@@ -75,6 +75,7 @@ from services.stats.handlers import Slice
 from services.stats.models import (
     DAILY_KEY,
     DAY_COLUMNS,
+    DERIVED_TABLES,
     REGION_ROLLUP_KEY,
     ROLLUP_DAYS,
     ROLLUP_KEY,
@@ -116,7 +117,9 @@ def predicates(as_of: datetime | ColumnElement[Any]) -> dict[str, ColumnElement[
         "satisfied": or_(F.satisfaction.in_(sorted(SATISFIED_RATINGS)), default_satisfied),
         "overdue": and_(owed, or_(and_(F.replied_at.is_(None), F.handling_due < t), F.replied_at > F.handling_due)),
         "supervised": F.supervision_count > 0,
+        "merged": F.state == "MERGED",
         "replied_any": F.reply_workdays.is_not(None),
+        "matter": F.state != "MERGED",
     }
 
 
@@ -329,6 +332,19 @@ class RollupDelta:
         daily = {(*k, *v[1:]): [v[0]] for k, v in self.daily.items() if v[0]}
         pieces += store.sum_upserts(DC, DAILY_KEY, daily, ("n",), extra=DAILY_PATH)
         store.run(pieces)
+
+
+def recreate_derived_tables(bind: Any) -> None:
+    """Drop the tables derived from the facts, create them in their current shape and rebuild them.
+
+    For migrations that change their shape (a new counter): they hold nothing the facts do not.
+    """
+    for table in reversed(DERIVED_TABLES):
+        table.drop(bind, checkfirst=True)
+    for table in DERIVED_TABLES:
+        table.create(bind)
+    with Session(bind=bind) as session:
+        SqlWarehouse(session).rebuild_rollups()
 
 
 class SqlWarehouse:

@@ -71,6 +71,9 @@ HISTORY_LABELS: dict[str, str] = {
     "review": "申请复查",
     "withdraw": "撤回",
     "merge": "并单",
+    "unmerge": "撤销并单",
+    "merge_in": "并入案件",
+    "merge_out": "撤出并单",
     "transfer": "转送",
     "escalate_up": "上报",
     "take_back": "退回",
@@ -91,6 +94,8 @@ METRIC_LABELS: dict[str, str] = {
     "repeat_rate": "重复信访率",
     "overdue": "超期件",
     "supervised": "督办件",
+    "merged": "并单件",
+    "matters": "事项数",
 }
 
 ROLE_LABELS: dict[str, str] = {

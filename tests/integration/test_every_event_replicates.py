@@ -102,6 +102,16 @@ def _escalated(chain: Chain) -> str:
     return case_id
 
 
+def _merged(chain: Chain) -> str:
+    main, twin = (register(chain.county, "511102").case_id for _ in range(2))
+    placed(chain.county, main)
+    placed(chain.county, twin)
+    routing(chain.county).MergeCases(
+        routing_pb2.MergeCasesRequest(main_case_id=main, case_ids=[twin], actor="office", reason="同一事项"), timeout=5
+    )
+    return twin
+
+
 def _supervised(chain: Chain) -> str:
     case_id = register(chain.county, "511102").case_id
     placed(chain.county, case_id)
@@ -221,7 +231,7 @@ PRODUCERS: dict[str, Callable[[Chain], str] | str] = {
     "deadline_warning": _warned,
     "visit_booked": _booked,
     "visit_outcome_recorded": _outcome,
-    "case_merged": "not emitted: 并单 is recorded as a repeat link on case_registered (repeat_of)",
+    "case_merged": _merged,
     "visit_reminder": _reminded,
     "visit_cancelled": _cancelled,
 }

@@ -207,6 +207,7 @@ def _calls() -> dict[Action, Callable[[WorkOrder], object]]:
         Action.REVIEW: lambda o: o.review(at=t, actor="a", rules=RULES),
         Action.WITHDRAW: lambda o: o.withdraw(at=t, actor="a"),
         Action.MERGE: lambda o: o.merge(into_case_id="other-case", at=t, actor="a"),
+        Action.UNMERGE: lambda o: o.unmerge(at=t, actor="a", reason="并错了"),
         Action.TRANSFER: lambda o: o.transfer(to_node="511100", at=t, actor="a"),
         Action.TAKE_BACK: lambda o: o.take_back(at=t, actor="a", rules=RULES, reason="退回"),
         Action.PAUSE: lambda o: o.pause(at=t, actor="a", reason="等待补充材料"),
@@ -360,7 +361,9 @@ def test_merge_transfer_and_withdraw_end_this_nodes_handling() -> None:
     merged = new_order()
     (changed,) = merged.merge(into_case_id="511102-20260520-000007", at=at(6, 1), actor="clerk")
     assert isinstance(changed, WorkOrderChanged) and changed.target == "511102-20260520-000007"
-    assert state_of(merged) is State.MERGED and merged.deadlines == {}
+    assert state_of(merged) is State.MERGED and changed.main_case_id == "511102-20260520-000007"
+    # Kept, not stopped (an undo goes back to them), and never swept: the state is terminal.
+    assert merged.deadlines and merged.merged_from is State.REGISTERED
     with pytest.raises(InvalidArgument):
         new_order().merge(into_case_id="511102-20260601-000001", at=at(6, 1), actor="clerk")
 

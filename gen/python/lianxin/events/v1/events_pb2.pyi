@@ -320,16 +320,20 @@ class CaseMerged(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INTO_CASE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     into_case_id: _builtins.str
     """Case id of the surviving case."""
+    reason: _builtins.str
+    """Why the cases are one matter (the clerk's reason)."""
     def __init__(
         self,
         *,
         into_case_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["into_case_id", b"into_case_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["into_case_id", b"into_case_id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -398,6 +402,7 @@ class WorkOrderChanged(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     DEADLINES_FIELD_NUMBER: _builtins.int
     REPLY_TEXT_FIELD_NUMBER: _builtins.int
+    MAIN_CASE_ID_FIELD_NUMBER: _builtins.int
     work_order_id: _builtins.str
     """Id of the work order."""
     unit_id: _builtins.str
@@ -420,6 +425,10 @@ class WorkOrderChanged(_message.Message):
     """With action "reply": the unit's answer as the citizen reads it (the registering node's TrackCase
     shows it; the internal reason stays in `reason`).
     """
+    main_case_id: _builtins.str
+    """With action "merge": the main case this one was merged into (并单); with "merge_in": empty;
+    with "main:<action>" (a merged case following its main case's handling): the main case.
+    """
     @_builtins.property
     def deadlines(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Deadline]:
         """Deadlines of the work order after the change."""
@@ -436,10 +445,11 @@ class WorkOrderChanged(_message.Message):
         reason: _builtins.str = ...,
         deadlines: _abc.Iterable[_common_pb2.Deadline] | None = ...,
         reply_text: _builtins.str = ...,
+        main_case_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "deadlines", b"deadlines", "from_state", b"from_state", "reason", b"reason", "reply_text", b"reply_text", "to_state", b"to_state", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "deadlines", b"deadlines", "from_state", b"from_state", "main_case_id", b"main_case_id", "reason", b"reason", "reply_text", b"reply_text", "to_state", b"to_state", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

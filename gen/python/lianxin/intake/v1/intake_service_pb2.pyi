@@ -407,6 +407,7 @@ class TrackCaseResponse(_message.Message):
     REPLIED_AT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     CAN_WITHDRAW_FIELD_NUMBER: _builtins.int
+    MERGED_INTO_CASE_ID_FIELD_NUMBER: _builtins.int
     tracking_code: _builtins.str
     """Tracking code of the case."""
     title: _builtins.str
@@ -425,6 +426,10 @@ class TrackCaseResponse(_message.Message):
     """
     can_withdraw: _builtins.bool
     """True when the citizen may withdraw the case now (撤回): it is still open and not yet replied."""
+    merged_into_case_id: _builtins.str
+    """并单: the main case this case was merged into; while set, state, timeline and reply follow the
+    main case's handling. Empty when not merged (or the merge was undone).
+    """
     @_builtins.property
     def submitted_at(self) -> _timestamp_pb2.Timestamp:
         """When the citizen submitted it."""
@@ -458,10 +463,11 @@ class TrackCaseResponse(_message.Message):
         replied_at: _timestamp_pb2.Timestamp | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         can_withdraw: _builtins.bool = ...,
+        merged_into_case_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "replied_at", b"replied_at", "submitted_at", b"submitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_evaluate", b"can_evaluate", "can_request_review", b"can_request_review", "can_withdraw", b"can_withdraw", "deadline", b"deadline", "replied_at", b"replied_at", "reply_text", b"reply_text", "satisfaction", b"satisfaction", "state", b"state", "submitted_at", b"submitted_at", "timeline", b"timeline", "title", b"title", "tracking_code", b"tracking_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_evaluate", b"can_evaluate", "can_request_review", b"can_request_review", "can_withdraw", b"can_withdraw", "deadline", b"deadline", "merged_into_case_id", b"merged_into_case_id", "replied_at", b"replied_at", "reply_text", b"reply_text", "satisfaction", b"satisfaction", "state", b"state", "submitted_at", b"submitted_at", "timeline", b"timeline", "title", b"title", "tracking_code", b"tracking_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1681,3 +1681,131 @@ class ListCalendarYearsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCalendarYearsResponse: _TypeAlias = ListCalendarYearsResponse  # noqa: Y015
+
+@_typing.final
+class MergeCasesRequest(_message.Message):
+    """Merges cases into a main case (并单)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAIN_CASE_ID_FIELD_NUMBER: _builtins.int
+    CASE_IDS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    main_case_id: _builtins.str
+    """Case that survives and is handled (主件); it must be open and not replied at this node."""
+    actor: _builtins.str
+    """Operator id of who acts."""
+    expected_version: _builtins.int
+    """Expected version of the main work order; 0 skips the check."""
+    reason: _builtins.str
+    """Why they are one matter; required. At most 1,000 characters, line breaks allowed."""
+    @_builtins.property
+    def case_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Cases merged into it (1 to 50, distinct, not the main case), each open, not replied, handled here."""
+
+    def __init__(
+        self,
+        *,
+        main_case_id: _builtins.str = ...,
+        case_ids: _abc.Iterable[_builtins.str] | None = ...,
+        actor: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_ids", b"case_ids", "expected_version", b"expected_version", "main_case_id", b"main_case_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeCasesRequest: _TypeAlias = MergeCasesRequest  # noqa: Y015
+
+@_typing.final
+class MergeCasesResponse(_message.Message):
+    """The result of a merge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAIN_WORK_ORDER_FIELD_NUMBER: _builtins.int
+    MERGED_WORK_ORDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def main_work_order(self) -> Global___WorkOrder:
+        """The main work order after the merge (its history names the merged cases)."""
+
+    @_builtins.property
+    def merged_work_orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkOrder]:
+        """The merged work orders, now MERGED, in the order asked."""
+
+    def __init__(
+        self,
+        *,
+        main_work_order: Global___WorkOrder | None = ...,
+        merged_work_orders: _abc.Iterable[Global___WorkOrder] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["main_work_order", b"main_work_order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["main_work_order", b"main_work_order", "merged_work_orders", b"merged_work_orders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeCasesResponse: _TypeAlias = MergeCasesResponse  # noqa: Y015
+
+@_typing.final
+class UnmergeCaseRequest(_message.Message):
+    """Undoes a merge (before the main case's reply)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """The merged case to take out of its main case."""
+    actor: _builtins.str
+    """Operator id of who acts."""
+    expected_version: _builtins.int
+    """Expected version of the merged work order; 0 skips the check."""
+    reason: _builtins.str
+    """Why the merge is undone; required. At most 1,000 characters, line breaks allowed."""
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "expected_version", b"expected_version", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnmergeCaseRequest: _TypeAlias = UnmergeCaseRequest  # noqa: Y015
+
+@_typing.final
+class UnmergeCaseResponse(_message.Message):
+    """The case after the merge was undone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def work_order(self) -> Global___WorkOrder:
+        """Its work order, back in the state it was merged from."""
+
+    def __init__(
+        self,
+        *,
+        work_order: Global___WorkOrder | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnmergeCaseResponse: _TypeAlias = UnmergeCaseResponse  # noqa: Y015

@@ -142,6 +142,16 @@ class RoutingServiceStub:
                 request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListCalendarYearsRequest.SerializeToString,
                 response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListCalendarYearsResponse.FromString,
                 _registered_method=True)
+        self.MergeCases = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/MergeCases',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.MergeCasesRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.MergeCasesResponse.FromString,
+                _registered_method=True)
+        self.UnmergeCase = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/UnmergeCase',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.UnmergeCaseRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.UnmergeCaseResponse.FromString,
+                _registered_method=True)
 
 
 class RoutingServiceServicer:
@@ -301,6 +311,22 @@ class RoutingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MergeCases(self, request, context):
+        """Merges duplicate or repeat cases into one main case (并单): each merged work order becomes MERGED
+        and follows the main case (progress and reply reach its citizen, who may still rate). Only cases
+        this node handles, all of the caller's unit when the caller has one; none replied yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnmergeCase(self, request, context):
+        """Undoes a merge before the main case is replied: the case goes back to the state it was merged from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -408,6 +434,16 @@ def add_RoutingServiceServicer_to_server(servicer, server):
                     servicer.ListCalendarYears,
                     request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListCalendarYearsRequest.FromString,
                     response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListCalendarYearsResponse.SerializeToString,
+            ),
+            'MergeCases': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeCases,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.MergeCasesRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.MergeCasesResponse.SerializeToString,
+            ),
+            'UnmergeCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnmergeCase,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.UnmergeCaseRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.UnmergeCaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -980,6 +1016,60 @@ class RoutingService:
             '/lianxin.routing.v1.RoutingService/ListCalendarYears',
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListCalendarYearsRequest.SerializeToString,
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListCalendarYearsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeCases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/MergeCases',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.MergeCasesRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.MergeCasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnmergeCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/UnmergeCase',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.UnmergeCaseRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.UnmergeCaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,13 @@ class RoutingServiceStub:
     """
     ListCalendarYears: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.ListCalendarYearsRequest, _routing_service_pb2.ListCalendarYearsResponse]
     """Lists the calendar years this node knows and how long its calendar lasts (`lianxin calendar show`)."""
+    MergeCases: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.MergeCasesRequest, _routing_service_pb2.MergeCasesResponse]
+    """Merges duplicate or repeat cases into one main case (并单): each merged work order becomes MERGED
+    and follows the main case (progress and reply reach its citizen, who may still rate). Only cases
+    this node handles, all of the caller's unit when the caller has one; none replied yet.
+    """
+    UnmergeCase: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.UnmergeCaseRequest, _routing_service_pb2.UnmergeCaseResponse]
+    """Undoes a merge before the main case is replied: the case goes back to the state it was merged from."""
 
 class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Routes cases to units and tiers and drives each work order through its lifecycle.
@@ -245,5 +252,24 @@ class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _routing_service_pb2.ListCalendarYearsResponse:
         """Lists the calendar years this node knows and how long its calendar lasts (`lianxin calendar show`)."""
+
+    @_abc_1.abstractmethod
+    def MergeCases(
+        self,
+        request: _routing_service_pb2.MergeCasesRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.MergeCasesResponse:
+        """Merges duplicate or repeat cases into one main case (并单): each merged work order becomes MERGED
+        and follows the main case (progress and reply reach its citizen, who may still rate). Only cases
+        this node handles, all of the caller's unit when the caller has one; none replied yet.
+        """
+
+    @_abc_1.abstractmethod
+    def UnmergeCase(
+        self,
+        request: _routing_service_pb2.UnmergeCaseRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.UnmergeCaseResponse:
+        """Undoes a merge before the main case is replied: the case goes back to the state it was merged from."""
 
 def add_RoutingServiceServicer_to_server(servicer: RoutingServiceServicer, server: _grpc.Server) -> None: ...
