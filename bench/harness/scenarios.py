@@ -34,6 +34,7 @@ from bench.harness.procs import Backend, NodeProcess, stop_all
 from bench.harness.progress import Progress
 from bench.harness.report import Row, ScenarioResult
 from bench.harness.workload import Submissions
+from bench.stats.generate import bulk_insert, counties_of, generate
 from services.common.db import make_engine
 from services.common.migrations import upgrade
 from services.common.regions import RegionTree
@@ -44,7 +45,6 @@ from services.exchange.models import replica
 from services.federation import BUSINESS_SERVICES
 from services.node import Node
 from services.stats.domain import StatsConfig, month_name, shift_month
-from services.stats.generate import bulk_insert, counties_of, generate
 
 COUNTY, CITY, PROVINCE = "511102", "511100", "510000"
 HOPS = 2  # county → city → province

@@ -38,16 +38,16 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
+from bench.stats import synthetic as syn
+from bench.stats.generate import bulk_insert, generate
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.db import make_engine, make_session_factory
 from services.common.migrations import upgrade
 from services.common.regions import RegionTree, Tier
 from services.common.timeutil import CHINA
 from services.stats import handlers
-from services.stats import synthetic as syn
 from services.stats.app import make_ingestor, roll_forward
 from services.stats.domain import DEFINITIONS, StatsConfig, month_bounds, month_name, shift_month
-from services.stats.generate import bulk_insert, generate
 from services.stats.hotspot import HotspotRules, keywords
 from services.stats.store import SqlWarehouse
 

@@ -18,9 +18,9 @@ from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2 as pb
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
-from services.common.settings import Settings
 from services.common.personal_text import ID_CHECK as _ID_CHECK
 from services.common.personal_text import ID_WEIGHTS as _ID_WEIGHTS
+from services.common.settings import Settings
 from services.node import Node
 
 NODE = "511102"  # 乐山市市中区

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 
+from bench.stats import synthetic as syn
+from bench.stats.generate import bulk_insert, generate
 from services.cli import main
 from services.common.regions import RegionTree
 from services.common.timeutil import CHINA
-from services.stats import synthetic as syn
 from services.stats.domain import StatsConfig
-from services.stats.generate import bulk_insert, generate
 from tests.integration.test_stats_warehouse import Warehouse, fixture_events
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -13,8 +13,8 @@ from google.protobuf.duration_pb2 import Duration
 from lianxin.events.v1 import events_pb2
 from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 
+from bench.stats import synthetic as syn
 from services.common.timeutil import CHINA, to_timestamp
-from services.stats import synthetic as syn
 from services.stats.hotspot import CaseSighting, HotspotRules, detect
 from tests.integration.test_stats_warehouse import Warehouse
 

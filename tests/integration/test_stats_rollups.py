@@ -19,12 +19,12 @@ from pathlib import Path
 from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
+from bench.stats.generate import bulk_insert, generate
 from services.common.db import make_engine, make_session_factory, transaction
 from services.common.migrations import upgrade
 from services.common.regions import RegionTree, Tier
 from services.stats.app import roll_forward
 from services.stats.domain import COUNTERS, Aggregates, StatsConfig, counters
-from services.stats.generate import bulk_insert, generate
 from services.stats.handlers import Slice
 from services.stats.models import CaseFactRow, daily_counts, region_rollups, rollup_days_over, rollups
 from services.stats.store import FACT_COLUMNS, SqlWarehouse, _fact_of, predicates

@@ -21,6 +21,7 @@ from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 
+from bench.stats import synthetic as syn
 from services.common.bus import InProcessBus
 from services.common.calendar import ChineseWorkingCalendar, end_of_day
 from services.common.grpcserver import GrpcServer
@@ -29,7 +30,6 @@ from services.common.service import ServiceParts
 from services.common.settings import Settings
 from services.common.timeutil import CHINA, to_timestamp
 from services.node import build_service
-from services.stats import synthetic as syn
 from services.stats.app import refresh_gauges
 from services.stats.domain import StatsConfig
 from services.stats.store import SqlWarehouse
