@@ -29,6 +29,7 @@ from services.stats.domain import (
     shift_month,
 )
 from services.stats.hotspot import HotspotRules
+from services.stats.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def write_bulletin(
     files.append(
         _write_csv(
             out_dir / "hotspots.csv",
-            ["region_code", "category", "count", "baseline", "score", "keywords", "example_case_ids"],
+            ["region_code", "category", "count", "baseline", "score", "keywords", "example_case_ids", "topics"],
             [
                 (
                     h.region_code,
@@ -276,6 +277,7 @@ def write_bulletin(
                     f"{h.score:.1f}",
                     " ".join(h.keywords),
                     " ".join(h.example_case_ids),
+                    "；".join(_topic_line(t) for t in h.topics),
                 )
                 for h in spots
             ],
@@ -400,6 +402,10 @@ def write_bulletin(
                 f"| {tree.get(h.region_code).name if h.region_code in tree else h.region_code} | {h.category} | "
                 f"{h.count} | {h.baseline:.1f} | {'、'.join(h.keywords)} | {' '.join(h.example_case_ids[:3])} |"
             )
+        topics = [(h, t) for h in spots for t in h.topics]
+        if topics:
+            md += ["", "热点话题（相似诉求聚类）："]
+            md += [f"- {h.category}：{_topic_line(t)}" for h, t in topics]
     else:
         md.append("本期未发现热点。")
     md += ["", "## 附：指标口径", ""]
@@ -414,3 +420,12 @@ def _china() -> Any:
     from services.common.timeutil import CHINA
 
     return CHINA
+
+
+def _topic_line(topic: Topic) -> str:
+    """One topic in the bulletin: label, cases and growth against the window before, units, terms."""
+    units = "、".join(topic.units) if topic.units else "未交办"
+    return (
+        f"{topic.label}（{topic.count} 件，前一时段 {topic.previous_count} 件，变化 {topic.growth:+d}；"
+        f"承办单位 {units}；关键词 {'、'.join(topic.top_terms)}）"
+    )

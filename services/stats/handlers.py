@@ -38,6 +38,7 @@ from services.stats.domain import (
     year_months,
 )
 from services.stats.hotspot import Hotspot, HotspotRules, judge
+from services.stats.topics import TopicCase, find_topics
 
 __all__ = [
     "DEFINITIONS",
@@ -99,8 +100,8 @@ class WarehouseUnitOfWork(Protocol):
 
     def window_cases(
         self, *, region_code: str, tier: Tier, category: str, start: datetime, end: datetime
-    ) -> list[tuple[str, datetime]]:
-        """(case id, submitted_at) of the cases of one (region, category) submitted in [start, end)."""
+    ) -> list[tuple[str, datetime, str]]:
+        """(case id, submitted_at, unit id) of the cases of one (region, category) submitted in [start, end)."""
         ...
 
     def texts(self, case_ids: Sequence[str]) -> dict[str, str]: ...
@@ -344,25 +345,39 @@ def hotspots(
         Slice(region, tier), baseline_start=window_start - rules.baseline, window_start=window_start, end=end
     )
     out: list[Hotspot] = []
-    # Cases, texts and keywords only for the few cells found.
+    # Cases, texts, keywords and topics only for the few cells found.
     for spot in judge(recent, before, rules=rules):
         cell_tier = tree.get(spot.region_code).tier if spot.region_code in tree else tier
-        cases = uow.window_cases(
-            region_code=spot.region_code, tier=cell_tier, category=spot.category, start=window_start, end=end
-        )
-        cases.sort(key=lambda c: (c[1], c[0]), reverse=True)
-        texts = uow.texts([c[0] for c in cases])
+        cell = (spot.region_code, cell_tier, spot.category)
+        cases = sorted(_cell_cases(uow, cell, window_start, end), key=lambda c: (c[1], c[0]), reverse=True)
+        # The window before, of the same length, tells a topic's growth.
+        earlier = _cell_cases(uow, cell, window_start - rules.window, window_start)
+        texts = uow.texts([c[0] for c in cases] + [c[0] for c in earlier])
+        now = [TopicCase(case_id, texts.get(case_id, ""), at, unit) for case_id, at, unit in cases]
         out.append(
             replace(
                 spot,
-                keywords=_keywords(list(texts.values()), rules.keywords),
+                keywords=_keywords([c.text for c in now if c.text], rules.keywords),
                 example_case_ids=[c[0] for c in cases[: rules.examples]],
+                topics=find_topics(
+                    now,
+                    [TopicCase(case_id, texts.get(case_id, ""), at, unit) for case_id, at, unit in earlier],
+                    rules=rules.topic,
+                    terms=_keywords,
+                ),
             )
         )
     return out
 
 
-def _keywords(texts: list[str], top: int) -> list[str]:
+def _cell_cases(
+    uow: WarehouseUnitOfWork, cell: tuple[str, Tier, str], start: datetime, end: datetime
+) -> list[tuple[str, datetime, str]]:
+    region_code, tier, category = cell
+    return uow.window_cases(region_code=region_code, tier=tier, category=category, start=start, end=end)
+
+
+def _keywords(texts: Sequence[str], top: int) -> list[str]:
     from services.stats.hotspot import keywords
 
     return keywords(texts, top)

@@ -8,7 +8,7 @@ cell's baseline rate predicts, with a one-sided Poisson test:
 
 A cell is a hotspot when ``p < p_value`` (default 1e-4, strict because many cells are tested at
 once), ``count >= min_count`` and ``count >= min_ratio * expected``. The score is -log10(p).
-Keywords are jieba TF-IDF tags of the window's texts.
+Keywords are jieba TF-IDF tags of the window's texts; ``topics.py`` names what the cases are about.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from scipy.stats import poisson
 
 from services.common.clock import to_utc
+from services.stats.topics import Topic, TopicRules
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class HotspotRules:
     min_ratio: float = 3.0
     keywords: int = 8
     examples: int = 5
+    topic: TopicRules = field(default_factory=TopicRules)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Hotspot:
     score: float
     keywords: list[str]
     example_case_ids: list[str]
+    topics: list[Topic] = field(default_factory=list)  # what the cases are about (topics.py)
 
 
 def detect(

@@ -189,6 +189,18 @@ class StatsServicer(stats_grpc.StatsServiceServicer):
                     score=h.score,
                     keywords=h.keywords,
                     example_case_ids=h.example_case_ids,
+                    topics=[
+                        stats_pb2.HotspotTopic(
+                            label=t.label,
+                            top_terms=t.top_terms,
+                            case_ids=t.case_ids,
+                            count=t.count,
+                            previous_count=t.previous_count,
+                            growth=t.growth,
+                            unit_ids=t.units,
+                        )
+                        for t in h.topics
+                    ],
                 )
                 for h in found
             ]

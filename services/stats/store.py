@@ -847,16 +847,16 @@ class SqlWarehouse:
 
     def window_cases(
         self, *, region_code: str, tier: Tier, category: str, start: datetime, end: datetime
-    ) -> list[tuple[str, datetime]]:
-        """(case id, submitted_at) of one hotspot cell's cases in [start, end)."""
-        query = select(F.case_id, F.submitted_at).where(
+    ) -> list[tuple[str, datetime, str]]:
+        """(case id, submitted_at, unit id) of one hotspot cell's cases in [start, end)."""
+        query = select(F.case_id, F.submitted_at, F.unit_id).where(
             TIER_COLUMN[tier] == region_code,
             F.region_code == region_code,
             F.category == category,
             F.submitted_at >= to_utc(start),
             F.submitted_at < to_utc(end),
         )
-        return [(r[0], to_utc(r[1])) for r in self.session.execute(query)]
+        return [(r[0], to_utc(r[1]), r[2] or "") for r in self.session.execute(query)]
 
     def texts(self, case_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -73,7 +73,8 @@ def _hotspots(w: Warehouse) -> list[stats_pb2.Hotspot]:
     request = stats_pb2.ListHotspotsRequest(
         region_code="511100", as_of=to_timestamp(AS_OF), window=Duration(seconds=86400)
     )
-    return list(w.stub.ListHotspots(request, timeout=30).hotspots)
+    # A generous deadline: the first call loads jieba's dictionary, slow on a busy machine.
+    return list(w.stub.ListHotspots(request, timeout=180).hotspots)
 
 
 @pytest.fixture()
@@ -108,3 +109,44 @@ def test_a_quiet_cell_with_a_few_cases_is_not_a_hotspot() -> None:
     now = datetime(2026, 11, 20, tzinfo=CHINA)
     cases = [CaseSighting(f"c{i}", "511102", "教育文体", now - timedelta(hours=i + 1)) for i in range(4)]
     assert detect(cases, as_of=now, rules=HotspotRules()) == []  # 4 < min_count, whatever the baseline
+
+
+TOPIC_KEY = "伊景园"  # A市伊景园滨河苑车位捆绑销售: 40 real messages of summer 2019 in messages.csv
+
+
+def test_a_hotspot_names_its_topic_with_cases_growth_and_units(
+    messages_csv: Path, sqlite_url: str, tmp_path: Path, make_warehouse: list[Warehouse]
+) -> None:
+    """Real messages about one compound's bundled parking spaces arrive at 511102 among the replayed
+    background: ListHotspots flags 城乡建设 there and names the topic, its cases, growth and units."""
+    w = Warehouse(sqlite_url, tmp_path)
+    make_warehouse.append(w)
+    for env in replay(messages_csv, burst=False):
+        w.deliver(env)
+    with messages_csv.open(encoding="utf-8", newline="") as fh:
+        topic_rows = [r for r in csv.DictReader(fh) if TOPIC_KEY in r["title"]][:20]
+    rng = random.Random(23)
+    injected: list[str] = []
+    for j, row in enumerate(topic_rows):
+        earlier = j >= 16  # four of them the day before the window: the topic's previous count
+        at = AS_OF - timedelta(seconds=rng.uniform(60, 20 * 3600)) - (timedelta(hours=24) if earlier else timedelta())
+        case_id = f"511102-{at:%Y%m%d}-8{j:05d}"
+        w.deliver(
+            syn.registered(case_id, region="511102", at=at, category="城乡建设", title=row["title"], body=row["body"])
+        )
+        if not earlier:
+            injected.append(case_id)
+        if j < 10:  # ten of them already with a unit: the housing bureau for most, one with the market regulator
+            unit = "511102-zjj" if j < 9 else "511102-scjgj"
+            w.deliver(syn.work_order_created(case_id, version=2, at=at, unit_id=unit, deadlines={}))
+    found = [h for h in _hotspots(w) if (h.region_code, h.category) == ("511102", "城乡建设")]
+    assert found, "the burst of one topic makes its cell a hotspot"
+    topics = list(found[0].topics)
+    assert topics, "the hotspot names what its cases are about"
+    topic = topics[0]
+    assert TOPIC_KEY in topic.label or any(TOPIC_KEY in t or "车位" in t for t in topic.top_terms)
+    assert len(set(topic.case_ids) & set(injected)) >= 12  # most of the sixteen, few others
+    assert len(set(topic.case_ids) - set(injected)) <= 2
+    assert topic.count == len(topic.case_ids)
+    assert topic.previous_count >= 2 and topic.growth == topic.count - topic.previous_count
+    assert list(topic.unit_ids)[:1] == ["511102-zjj"]

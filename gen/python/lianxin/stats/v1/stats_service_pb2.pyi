@@ -424,6 +424,7 @@ class Hotspot(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     KEYWORDS_FIELD_NUMBER: _builtins.int
     EXAMPLE_CASE_IDS_FIELD_NUMBER: _builtins.int
+    TOPICS_FIELD_NUMBER: _builtins.int
     region_code: _builtins.str
     """Region of the cluster."""
     category: _builtins.str
@@ -442,6 +443,12 @@ class Hotspot(_message.Message):
     def example_case_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """A few case ids to look at."""
 
+    @_builtins.property
+    def topics(self) -> _containers.RepeatedCompositeFieldContainer[Global___HotspotTopic]:
+        """What the cases are about: groups of similar texts among them, largest first (docs/stats.md
+        "Hotspot topics"); empty when no group reaches the minimum size.
+        """
+
     def __init__(
         self,
         *,
@@ -452,14 +459,67 @@ class Hotspot(_message.Message):
         score: _builtins.float = ...,
         keywords: _abc.Iterable[_builtins.str] | None = ...,
         example_case_ids: _abc.Iterable[_builtins.str] | None = ...,
+        topics: _abc.Iterable[Global___HotspotTopic] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "category", b"category", "count", b"count", "example_case_ids", b"example_case_ids", "keywords", b"keywords", "region_code", b"region_code", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "category", b"category", "count", b"count", "example_case_ids", b"example_case_ids", "keywords", b"keywords", "region_code", b"region_code", "score", b"score", "topics", b"topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Hotspot: _TypeAlias = Hotspot  # noqa: Y015
+
+@_typing.final
+class HotspotTopic(_message.Message):
+    """A group of similar texts among a hotspot's cases, e.g. one residential compound's night construction noise."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    TOP_TERMS_FIELD_NUMBER: _builtins.int
+    CASE_IDS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_COUNT_FIELD_NUMBER: _builtins.int
+    GROWTH_FIELD_NUMBER: _builtins.int
+    UNIT_IDS_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    """The title of its most central case."""
+    count: _builtins.int
+    """Cases in the window."""
+    previous_count: _builtins.int
+    """Cases of the window of the same length before it that are as alike to the topic."""
+    growth: _builtins.int
+    """count - previous_count."""
+    @_builtins.property
+    def top_terms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its most characteristic words."""
+
+    @_builtins.property
+    def case_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its cases in the window, newest first."""
+
+    @_builtins.property
+    def unit_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Handling units of its cases, most cases first; cases not yet assigned have none."""
+
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        top_terms: _abc.Iterable[_builtins.str] | None = ...,
+        case_ids: _abc.Iterable[_builtins.str] | None = ...,
+        count: _builtins.int = ...,
+        previous_count: _builtins.int = ...,
+        growth: _builtins.int = ...,
+        unit_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ids", b"case_ids", "count", b"count", "growth", b"growth", "label", b"label", "previous_count", b"previous_count", "top_terms", b"top_terms", "unit_ids", b"unit_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HotspotTopic: _TypeAlias = HotspotTopic  # noqa: Y015
 
 @_typing.final
 class ListHotspotsResponse(_message.Message):
