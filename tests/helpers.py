@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, message: str = "condition") -> None:
@@ -40,3 +42,13 @@ def free_port_block(size: int, start: int = 21000) -> int:
             for s in sockets:
                 s.close()
     raise RuntimeError("no free port block")
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

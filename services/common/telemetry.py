@@ -11,8 +11,9 @@ so a case's trace continues through the outbox, the handlers and the replication
 from __future__ import annotations
 
 import os
+import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,8 +21,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, _get_from_env_or_default
 from opentelemetry.trace import SpanKind
@@ -140,7 +147,11 @@ def setup_tracing(service_name: str, node: str, exporter: str = "none") -> InMem
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             # Endpoint, TLS, headers and timeouts come from OTEL_EXPORTER_OTLP_* (read by the exporter).
-            _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            otlp: SpanExporter = OTLPSpanExporter()
+            execute = _off_hub_executor()
+            if execute is not None:
+                otlp = OffHubExporter(otlp, execute)
+            _provider.add_span_processor(BatchSpanProcessor(otlp))
             _otlp_attached = True
         if exporter == "memory":
             if _memory_exporter is None:
@@ -152,6 +163,44 @@ def setup_tracing(service_name: str, node: str, exporter: str = "none") -> InMem
             _provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
             _console_attached = True
         return None
+
+
+class OffHubExporter(SpanExporter):
+    """Another exporter whose ``export`` runs on a real OS thread, for an eventlet (nameko) worker.
+
+    In a monkey-patched worker the batch processor's thread is a green thread on the one OS thread
+    that runs every handler, and the OTLP exporter's gRPC call blocks in C: a slow or unreachable
+    collector (up to ``OTEL_EXPORTER_OTLP_TIMEOUT`` per batch, with retries) would stop the whole
+    worker. ``execute`` (eventlet's ``tpool.execute``) runs the call on a pool thread while the green
+    caller yields to the hub, so handlers, timers and the relay go on.
+    """
+
+    def __init__(self, inner: SpanExporter, execute: Callable[..., Any]) -> None:
+        self._inner = inner
+        self._execute = execute
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result: SpanExportResult = self._execute(self._inner.export, spans)
+        return result
+
+    def shutdown(self) -> None:
+        # Only sets a flag and closes the channel: no network wait, and the pool may be gone at exit.
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _off_hub_executor() -> Callable[..., Any] | None:
+    """eventlet's ``tpool.execute`` in a monkey-patched process (the worker), else None.
+
+    Never imports eventlet itself: api processes must not load it (tests/unit/test_no_eventlet.py).
+    """
+    if "eventlet" not in sys.modules:
+        return None
+    from eventlet import patcher, tpool
+
+    return tpool.execute if patcher.is_monkey_patched("thread") else None
 
 
 def tracer_provider() -> TracerProvider | None:

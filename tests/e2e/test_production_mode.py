@@ -74,6 +74,13 @@ class ProductionNode:
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.api_ports[service]}"
 
+    def print_tracebacks(self) -> None:
+        """The end of every process log that holds a traceback (shown when the test fails)."""
+        for log in sorted(self.logs.glob("*.log")):
+            text = log.read_text(errors="replace")
+            if "Traceback" in text:
+                print(f"--- {log.name} ---\n{text[-3000:]}")
+
     def stop(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:
@@ -118,10 +125,18 @@ def production_node(postgres_url: str, amqp_uri: str, tmp_path: Path) -> Iterato
         yield node
     finally:
         node.stop()
-        for log in sorted(tmp_path.glob("*.log")):
-            text = log.read_text(errors="replace")
-            if "Traceback" in text:
-                print(f"--- {log.name} ---\n{text[-3000:]}")
+        node.print_tracebacks()
+
+
+def work_order_exists(routing: routing_grpc.RoutingServiceStub, case_id: str) -> bool:
+    """Whether routing (at NODE) has made the case's work order: its handler ran."""
+    try:
+        routing.GetWorkOrder(routing_pb2.GetWorkOrderRequest(work_order_id=work_order_id_for(case_id, NODE)), timeout=5)
+        return True
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return False
 
 
 def _submit(stub: intake_grpc.IntakeServiceStub, i: int) -> str:
@@ -159,15 +174,7 @@ def test_case_flows_through_api_and_worker_processes_and_survives_worker_kills(
             return metric
 
         def has_work_order(case_id: str) -> bool:
-            try:
-                routing.GetWorkOrder(
-                    routing_pb2.GetWorkOrderRequest(work_order_id=work_order_id_for(case_id, NODE)), timeout=5
-                )
-                return True
-            except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.NOT_FOUND:
-                    raise
-                return False
+            return work_order_exists(routing, case_id)
 
         case_ids = [_submit(intake, i) for i in range(10)]
         wait_until(lambda: received().numerator == 10, timeout=60, message="first 10 cases counted")

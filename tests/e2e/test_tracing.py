@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,15 +64,24 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
             return list(self.spans)
 
 
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[tuple[Receiver, int]]:
+@contextmanager
+def otlp_receiver() -> Iterator[tuple[Receiver, int]]:
+    """A real OTLP/gRPC receiver on a free loopback port: (its spans, the port)."""
     collector = Receiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    yield collector, port
-    server.stop(0)
+    try:
+        yield collector, port
+    finally:
+        server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[Receiver, int]]:
+    with otlp_receiver() as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from lianxin.stats.v1 import stats_service_pb2, stats_service_pb2_grpc
 
 from services.common.settings import Settings
 from services.node import Node
-from tests.helpers import wait_until
+from tests.helpers import stop_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "deploy" / "prometheus"
@@ -98,12 +98,7 @@ def prometheus(node: Node, tmp_path: Path) -> Iterator[str]:
         assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 
