@@ -6,8 +6,9 @@ contract is covered without touching this module. A string without options is an
 code: one line, at most ``DEFAULT_MAX_CHARS``. No string may carry control characters: NUL made
 PostgreSQL fail where SQLite stored it, and escape sequences end up in operators' terminals and logs.
 
-``RequestRulesInterceptor`` applies the rules to every business RPC after authentication, and
-refuses a citizen's (public) request larger than ``PUBLIC_MAX_BYTES`` before it is even parsed.
+``RequestRulesInterceptor`` applies the rules to every business RPC after authentication, masks the
+personal data in an operator's free text (``mask_free_text``), and refuses a citizen's (public)
+request larger than ``PUBLIC_MAX_BYTES`` before it is even parsed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from lianxin.common.v1 import common_pb2
 
+from services.common import personal_text
 from services.common.errors import InvalidArgument, ResourceExhausted
 
 DEFAULT_MAX_CHARS = 64
@@ -32,6 +34,11 @@ PUBLIC_MAX_BYTES = 64 * 1024
 
 # Request streams whose servicer answers every row, a bad one with its field and reason.
 ROW_ANSWERED: frozenset[str] = frozenset({"lianxin.intake.v1.IntakeService/ImportCases"})
+
+# Methods whose free text is only analysed and answered, never stored: their text is not masked.
+ANALYSED_ONLY: frozenset[str] = frozenset(
+    {"lianxin.intake.v1.IntakeService/ClassifyText", "lianxin.intake.v1.IntakeService/LocateText"}
+)
 
 # C0 controls, DEL and C1 controls; a multiline field keeps tab, line feed and carriage return.
 _ONE_LINE_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -122,6 +129,27 @@ def check_request(message: Message, prefix: str = "") -> None:
                 check_request(value, f"{path}.")
 
 
+def mask_free_text(message: Message) -> None:
+    """Mask the personal data in every free-text (multiline) field of an operator's request, in place.
+
+    Operators copy what citizens tell them into notes, replies, 督办 demands and video minutes
+    ("联系人赵大海，电话13700137000"). The handler, and so every table, event, replica, log and span
+    after it, only ever sees the masked text (services.common.personal_text: 赵**, *******7000);
+    the complainant's data stays where it belongs, sealed with the case.
+    """
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING and string_rule(field).multiline:
+            if field.is_repeated:
+                value[:] = [personal_text.mask(item).text for item in value]
+            else:
+                masked = personal_text.mask(value)
+                if masked.changed:
+                    setattr(message, field.name, masked.text)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            for item in value if field.is_repeated else [value]:
+                mask_free_text(item)
+
+
 def _check_map(path: str, entries: Any) -> None:
     for key, item in entries.items():
         if isinstance(key, str):
@@ -156,6 +184,13 @@ def _checked(request: Any) -> Any:
     if isinstance(request, Message):
         check_request(request)
     return request
+
+
+def _checked_and_masked(request: Any) -> Any:
+    checked = _checked(request)
+    if isinstance(checked, Message):
+        mask_free_text(checked)
+    return checked
 
 
 def _checked_stream(requests: Iterable[Any]) -> Iterator[Any]:
@@ -209,7 +244,10 @@ class RequestRulesInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         rows = _checked_stream if full not in self._row_answered else _unchecked_stream
         kind = f"{_arity(handler.request_streaming)}_{_arity(handler.response_streaming)}"
         inner = getattr(handler, kind)
-        check: Callable[[Any], Any] = rows if handler.request_streaming else _checked
+        # An operator's free text is masked here; a citizen's is sealed and masked by intake itself,
+        # and text that is only analysed (ClassifyText, LocateText) is stored nowhere.
+        one = _checked if full in self._public or full in ANALYSED_ONLY else _checked_and_masked
+        check: Callable[[Any], Any] = rows if handler.request_streaming else one
         make_handler = getattr(grpc, f"{kind}_rpc_method_handler")
         rebuilt: grpc.RpcMethodHandler = make_handler(
             lambda request, context: inner(check(request), context),

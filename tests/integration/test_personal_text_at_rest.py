@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -22,7 +23,10 @@ from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
+from lianxin.video.v1 import video_service_pb2 as video_pb2
+from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
+from services.common.timeutil import to_timestamp
 from services.exchange.package import Package, open_package, signing_key
 from services.node import Node
 from tests.helpers import wait_until
@@ -79,6 +83,74 @@ def exported_package(node: Node, tmp_path: Path) -> Package:
     return open_package(out.read_bytes(), key=signing_key(Path(node.settings.data_dir) / node.code, production=False))
 
 
+def operators_write_what_the_citizen_told_them(
+    channel: grpc.Channel, case_id: str, order: routing_pb2.WorkOrder | None
+) -> None:
+    """A work-order note, a reply, a 督办 demand and video minutes, each repeating the citizen's data:
+    the handlers get the masked text (the edge masks an operator's free text), so none is stored."""
+    assert order is not None
+    routing = routing_grpc.RoutingServiceStub(channel)
+    accepted = routing.AcceptWorkOrder(
+        routing_pb2.AcceptWorkOrderRequest(
+            work_order_id=order.work_order_id, actor="unit-1", note=f"联系人{NAME}，电话{MOBILE}，已电话沟通"
+        ),
+        timeout=5,
+    ).work_order
+    assert accepted.work_order_id == order.work_order_id
+    routing.ReplyWorkOrder(
+        routing_pb2.ReplyWorkOrderRequest(
+            work_order_id=order.work_order_id,
+            actor="unit-1",
+            text=f"投诉人{NAME}（身份证{ID_NUMBER}）反映的施工噪音已责令整改。",
+        ),
+        timeout=5,
+    )
+    routing.Supervise(
+        routing_pb2.SuperviseRequest(
+            case_id=case_id,
+            actor="office",
+            level="chase",
+            demand=f"请三日内答复，联系人{NAME}，电话{MOBILE}",
+            due_at=to_timestamp(datetime.now(UTC) + timedelta(days=3)),
+        ),
+        timeout=5,
+    )
+    video = video_grpc.VideoServiceStub(channel)
+    video.RegisterRoom(
+        video_pb2.RegisterRoomRequest(room=video_pb2.Room(room_id="511102-R1", node="511102", name="接访室"))
+    )
+    video.PublishSchedule(
+        video_pb2.PublishScheduleRequest(
+            actor="admin",
+            schedule=video_pb2.Schedule(
+                leader_id="leader-1",
+                node="511102",
+                weekly_patterns=[
+                    video_pb2.WeeklyPattern(weekday=w, start_time="09:00", end_time="12:00") for w in (1, 3, 5)
+                ],
+                slot_minutes=30,
+                buffer_minutes=10,
+                max_per_session=4,
+                room_ids=["511102-R1"],
+            ),
+        ),
+        timeout=5,
+    )
+    visit = video.BookVisit(
+        video_pb2.BookVisitRequest(case_id=case_id, actor="clerk", leader_id="leader-1"), timeout=5
+    ).visit
+    recorded = video.RecordOutcome(
+        video_pb2.RecordOutcomeRequest(
+            visit_id=visit.visit_id,
+            actor="leader",
+            minutes=f"反映人{NAME}（身份证{ID_NUMBER}，电话{MOBILE}）到场反映夜间施工噪音。",
+            decisions=f"责成区环保局一周内处理，结果告知{MOBILE}",
+        ),
+        timeout=5,
+    ).visit
+    assert recorded.minutes.startswith("反映人赵**（身份证511102********1231") and MOBILE not in recorded.decisions
+
+
 def test_personal_data_in_the_text_is_sealed_at_the_county_and_masked_everywhere_above(
     start: Start, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
@@ -118,17 +190,31 @@ def test_personal_data_in_the_text_is_sealed_at_the_county_and_masked_everywhere
             return listed.work_orders[0] if listed.work_orders else None
 
         wait_until(lambda: work_order() is not None, 15, "the county's work order")
-        # The citizen's own reason for withdrawing holds the number again: masked as it arrives.
-        intake_grpc.IntakeServiceStub(channel).WithdrawCase(
-            intake_pb2.WithdrawCaseRequest(
-                tracking_code=reply.tracking_code, phone_last4=MOBILE[-4:], reason=f"已自行解决，有事打{MOBILE}"
-            ),
-            timeout=5,
+        operators_write_what_the_citizen_told_them(channel, case_id, work_order())
+        # The citizen's rating of the reply holds the number again: masked as it arrives.
+        evaluation = intake_pb2.EvaluateCaseRequest(
+            tracking_code=reply.tracking_code,
+            phone_last4=MOBILE[-4:],
+            satisfaction=common_pb2.SATISFACTION_SATISFIED,
+            comment=f"已解决，谢谢，有事打{MOBILE}",
         )
+
+        def evaluated() -> bool:
+            try:  # the reply reaches intake through routing's event first
+                intake_grpc.IntakeServiceStub(channel).EvaluateCase(evaluation, timeout=5)
+                return True
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                return False
+
+        wait_until(evaluated, 20, "the citizen's evaluation of the reply")
 
     def replicated() -> bool:
         held = exchange(city).ListReplicas(exchange_pb2.ListReplicasRequest(case_id=case_id), timeout=5)
-        return held.count >= 3  # the registration, the work order and the withdrawal
+        # the registration, the work order, acceptance, reply, supervision, the visit and its outcome,
+        # and the evaluation
+        return held.count >= 8
 
     wait_until(replicated, 20, "the case's events at the city")
     county.drain()
