@@ -72,6 +72,11 @@ CITIZEN_METHODS = frozenset(
         "lianxin.intake.v1.IntakeService/RequestReview",
         "lianxin.intake.v1.IntakeService/WithdrawCase",
         "lianxin.intake.v1.IntakeService/ListPublishedReplies",
+        # The citizen's own video visit: the servicer checks the case pass TrackCase answered.
+        "lianxin.video.v1.VideoService/ListReceivingLeaders",
+        "lianxin.video.v1.VideoService/BookCitizenVisit",
+        "lianxin.video.v1.VideoService/ListCitizenVisits",
+        "lianxin.video.v1.VideoService/CancelCitizenVisit",
     }
 )
 PEER_METHODS = LINK_METHODS
@@ -337,6 +342,40 @@ def _peer_host(context: grpc.ServicerContext) -> str:
     return peer.rsplit(":", 1)[0]
 
 
+# A web gateway calls the public methods for many citizens from one address: it names the citizen's
+# address in this metadata, signed with the node's token key (only a gateway of this node holds it),
+# so the rate limit counts each citizen apart. Unsigned, forged or stale values are ignored: the
+# caller is then limited by its own address, so a citizen cannot pick a fresh budget by sending one.
+CITIZEN_ADDRESS_METADATA = "x-lianxin-citizen-address"
+CITIZEN_ADDRESS_TTL_S = 120
+
+
+def _address_mac(key: bytes, address: str, expires: int) -> str:
+    return _b64(hmac.new(key, f"citizen-address|{address}|{expires}".encode(), hashlib.sha256).digest())
+
+
+def citizen_address_metadata(key: bytes, address: str, *, now: float | None = None) -> tuple[str, str]:
+    """Metadata naming the citizen a gateway calls for: ``address|expiry|mac``."""
+    expires = int((time.time() if now is None else now) + CITIZEN_ADDRESS_TTL_S)
+    return (CITIZEN_ADDRESS_METADATA, f"{address}|{expires}|{_address_mac(key, address, expires)}")
+
+
+def trusted_citizen_address(key: bytes | None, value: str, *, now: float | None = None) -> str | None:
+    """The address a trusted gateway vouched for, or None (no key, malformed, forged or expired)."""
+    if key is None or not value:
+        return None
+    parts = value.rsplit("|", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[0] or len(parts[0]) > 64:
+        return None
+    address, expires, mac = parts[0], int(parts[1]), parts[2]
+    if not hmac.compare_digest(mac, _address_mac(key, address, expires)):
+        return None
+    current = time.time() if now is None else now
+    if not current <= expires <= current + CITIZEN_ADDRESS_TTL_S + 5:
+        return None
+    return address
+
+
 # --------------------------------------------------------------------------- the interceptor
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
@@ -367,6 +406,10 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
         authorization = str(metadata.get("authorization", ""))
+        if rule.access is Access.CITIZEN:
+            # The citizen's address rides in the authorization slot of the wrappers: public methods
+            # take no token, and the wrappers then need no extra argument.
+            authorization = str(metadata.get(CITIZEN_ADDRESS_METADATA, ""))
         if handler.request_streaming and handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(
                 self._stream_behavior(handler.stream_stream, full, rule, authorization, streaming_in=True),
@@ -395,8 +438,11 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def _authenticate(self, rule: Rule, full: str, authorization: str, context: grpc.ServicerContext) -> Principal:
         if rule.access is Access.CITIZEN:
-            if self.citizen_limiter is not None and not self.citizen_limiter.allow(f"{_peer_host(context)}|{full}"):
-                raise ResourceExhausted("too many requests; try again in a minute")
+            if self.citizen_limiter is not None:
+                source = trusted_citizen_address(self.token_key, authorization)
+                source = f"citizen:{source}" if source else _peer_host(context)
+                if not self.citizen_limiter.allow(f"{source}|{full}"):
+                    raise ResourceExhausted("too many requests; try again in a minute")
             return ANONYMOUS
         if rule.access is Access.PEER:
             return self._peer(context)

@@ -294,6 +294,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
         classify=model.scored,
         locate=locate_candidates,
         region_message=region_message,
+        case_mac=cipher.blind_index,
     )
 
     def on_handling(event: BusEvent) -> None:

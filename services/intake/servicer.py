@@ -11,6 +11,7 @@ from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from prometheus_client import Counter
 
+from services.common.casepass import Mac, issue_case_pass
 from services.common.errors import DomainError, InvalidArgument
 from services.common.request_rules import check_request
 from services.common.security import OFFICE, current_principal
@@ -50,7 +51,9 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
         classify: ScoredCategoriser = lambda text: ("", 0.0),
         locate: CandidateLocator = lambda text, within: ("", False, []),
         region_message: Callable[[str], common_pb2.Region] = lambda code: common_pb2.Region(code=code),
+        case_mac: Mac | None = None,
     ) -> None:
+        self._case_mac = case_mac  # signs the case passes TrackCase answers (the node's keyring)
         self._uow_factory = uow_factory
         self._deps = deps
         self._after_commit = after_commit
@@ -179,6 +182,7 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             can_evaluate=view.can_evaluate,
             can_request_review=view.can_request_review,
             can_withdraw=view.can_withdraw,
+            case_pass=issue_case_pass(self._case_mac, case.case_id) if self._case_mac is not None else "",
             satisfaction=mapping.satisfaction_value(case.satisfaction),  # type: ignore[arg-type]
             reply_text=case.reply_text,
             replied_at=to_timestamp(case.replied_at) if case.replied_at is not None else None,

@@ -392,7 +392,7 @@ def decide_escalated(case: RegisteredCase, routing: Routing) -> AssignUnit | Man
         return ManualQueue(f"unknown category {case.category!r}")
     unit = routing.catalogue.unit_for(case.category, case.region_code)
     if unit is None:
-        return ManualQueue(f"no unit for category {case.category} in {routing.catalogue.source}")
+        return ManualQueue(f"no unit for category {case.category} in {routing.catalogue.label}")
     return AssignUnit(unit)
 
 
@@ -457,7 +457,7 @@ def on_case_arrived(
             at=now,
             actor=SYSTEM,
             rules=routing.rules,
-            reason=f"派单目录 {routing.catalogue.source}",
+            reason=f"派单目录 {routing.catalogue.label}",
         )
     else:
         stored.manual_reason = decision.reason
@@ -500,7 +500,7 @@ def _escalated_back(
             at=now,
             actor=SYSTEM,
             rules=routing.rules,
-            reason=f"派单目录 {routing.catalogue.source}",
+            reason=f"派单目录 {routing.catalogue.label}",
         )
         stored.manual_reason = ""
     else:

@@ -138,6 +138,12 @@ class DispatchCatalogue:
     source: str = "catalogue"
     by_category: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
+    @property
+    def label(self) -> str:
+        """The catalogue as a case's history names it: which node's, never the server's file path
+        (``source`` is for the operator starting the service)."""
+        return f"{self.node} ({'default' if 'rendered for' in self.source else 'own'} catalogue)"
+
     @classmethod
     def from_dict(cls, raw: Any, *, source: str = "catalogue", node: str | None = None) -> DispatchCatalogue:
         """Validate and build; ``node`` (from the file name) must agree with the file's ``node``."""
@@ -284,7 +290,7 @@ def decide(
         return ManualQueue(f"unknown category {category!r}")
     unit = catalogue.unit_for(category, region)
     if unit is None:
-        return ManualQueue(f"no unit for category {category} in {catalogue.source}")
+        return ManualQueue(f"no unit for category {category} in {catalogue.label}")
     return AssignUnit(unit)
 
 

@@ -521,6 +521,15 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
             days_left=self._calendar.days_left(today),
         )
 
+    def ListUnits(self, request: routing_pb2.ListUnitsRequest, context: Any) -> routing_pb2.ListUnitsResponse:
+        catalogue = self._routing.catalogue
+        return routing_pb2.ListUnitsResponse(
+            units=[
+                routing_pb2.HandlingUnit(unit_id=u.id, name=u.name, node=catalogue.node, categories=u.categories)
+                for u in catalogue.units.values()
+            ]
+        )
+
     def ListCalendarYears(
         self, request: routing_pb2.ListCalendarYearsRequest, context: Any
     ) -> routing_pb2.ListCalendarYearsResponse:

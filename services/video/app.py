@@ -35,9 +35,10 @@ OWNER_SOURCES = ("intake", "routing", "exchange")
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
     calendar = node_calendar(ctx)  # the node's, with the years its operators loaded
+    cipher = cipher_from_env(key_dir=ctx.settings.data_dir / ctx.settings.node)
     store = VideoStore(
         ctx.session_factory,
-        cipher=cipher_from_env(key_dir=ctx.settings.data_dir / ctx.settings.node),
+        cipher=cipher,
         node=node,
         calendar=calendar,
         clock=ctx.clock,
@@ -66,7 +67,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
         if owner is not None:
             store.note_owner(env.case_id, owner)
 
-    servicer = VideoServicer(store, remote, hold_ttl=hold_ttl, after_commit=notify)
+    servicer = VideoServicer(store, remote, hold_ttl=hold_ttl, after_commit=notify, case_mac=cipher.blind_index)
 
     def sweep() -> None:
         result = handlers.sweep(store, remote, hold_ttl)

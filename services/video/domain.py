@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
-from services.common.errors import Conflict, FailedPrecondition, InvalidArgument
+from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, PermissionDenied
 from services.common.identity import check_id_number
 from services.common.ids import registering_node
 
@@ -91,6 +91,7 @@ class Schedule:
     max_per_session: int
     room_ids: tuple[str, ...]
     version: int = 0
+    leader_name: str = ""  # public name and title (王某某（区长）), shown to citizens
 
 
 def validate_schedule(s: Schedule) -> None:
@@ -204,6 +205,7 @@ class BookRequest:
     not_after: datetime
     starts_at: datetime | None
     exclude: frozenset[datetime] = frozenset()
+    one_per_case: bool = False  # a citizen's own booking: refused while the case has an active visit
 
 
 @dataclass(frozen=True)
@@ -271,3 +273,46 @@ def clamp_ttl(requested: timedelta | None) -> timedelta:
     if requested is None or requested <= timedelta(0):
         return DEFAULT_HOLD_TTL
     return min(requested, MAX_HOLD_TTL)
+
+
+# --------------------------------------------------------------------------- citizens' own bookings
+
+# A citizen may cancel their own visit up to a day before: later, the leader's time is hard to give
+# to another citizen, and the 信访 office cancels on the citizen's call instead.
+CITIZEN_CANCEL_NOTICE = timedelta(hours=24)
+
+
+def ensure_no_active_visit(visits: list[Visit]) -> None:
+    """One booked visit per case at a time (the citizen cancels it to choose another slot)."""
+    for visit in visits:
+        if visit.state in ACTIVE_VISIT_STATES:
+            raise FailedPrecondition(
+                f"the case already has a video visit booked at {visit.starts_at.isoformat()}; cancel it first",
+                "VISIT_ALREADY_BOOKED",
+            )
+
+
+def citizen_may_cancel(visit: Visit, now: datetime) -> bool:
+    return visit.state in (VisitState.HOLDING, VisitState.BOOKED) and visit.starts_at - now >= CITIZEN_CANCEL_NOTICE
+
+
+def check_citizen_cancel(visit: Visit, case_id: str, now: datetime) -> None:
+    if visit.case_id != case_id:
+        raise PermissionDenied("the visit belongs to another case")
+    if not citizen_may_cancel(visit, now):
+        if visit.state not in (VisitState.HOLDING, VisitState.BOOKED):
+            raise FailedPrecondition(f"the visit is {visit.state.value}, not booked", visit.state.value)
+        raise FailedPrecondition(
+            "a visit can be cancelled online until 24 hours before it starts; call the 信访 office", "TOO_LATE"
+        )
+
+
+def check_citizen_start(starts_at: datetime | None, now: datetime) -> datetime:
+    """The slot a citizen chose: set, in the future and within the booking horizon."""
+    if starts_at is None:
+        raise InvalidArgument("starts_at", "must be set: choose one of the free slots")
+    if starts_at <= now:
+        raise InvalidArgument("starts_at", "must be in the future")
+    if starts_at - now > DEFAULT_HORIZON:
+        raise InvalidArgument("starts_at", f"must be within {DEFAULT_HORIZON.days} days")
+    return starts_at

@@ -14,6 +14,7 @@ from lianxin.common.v1 import common_pb2
 from lianxin.video.v1 import video_service_pb2 as pb
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
+from services.common.casepass import Mac, case_of_pass
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.grpcserver import instrumented_channel
 from services.common.logs import mask_id_number, mask_name
@@ -31,6 +32,9 @@ from services.video.domain import (
     Schedule,
     Visit,
     WeeklyPattern,
+    check_citizen_cancel,
+    check_citizen_start,
+    citizen_may_cancel,
     clamp_ttl,
     parse_hhmm,
     validate_representatives,
@@ -187,6 +191,7 @@ def schedule_message(s: Schedule) -> pb.Schedule:
         max_per_session=s.max_per_session,
         room_ids=s.room_ids,
         version=s.version,
+        leader_name=s.leader_name,
     )
 
 
@@ -219,6 +224,7 @@ def schedule_from(msg: pb.Schedule) -> Schedule:
         buffer_minutes=msg.buffer_minutes,
         max_per_session=msg.max_per_session,
         room_ids=tuple(msg.room_ids),
+        leader_name=msg.leader_name.strip(),
     )
 
 
@@ -232,11 +238,13 @@ class VideoServicer(video_grpc.VideoServiceServicer):
         *,
         hold_ttl: timedelta,
         after_commit: Callable[[], None] = lambda: None,
+        case_mac: Mac | None = None,
     ) -> None:
         self._store = store
         self._remote = remote
         self._ttl = hold_ttl
         self._after_commit = after_commit
+        self._case_mac = case_mac  # checks citizens' case passes (the node's keyring, as intake's)
 
     def RegisterRoom(self, request: pb.RegisterRoomRequest, context: Any) -> pb.RegisterRoomResponse:
         r = self._store.register_room(Room(request.room.room_id, request.room.node, request.room.name))
@@ -380,3 +388,74 @@ class VideoServicer(video_grpc.VideoServiceServicer):
     def ReleaseHold(self, request: pb.ReleaseHoldRequest, context: Any) -> pb.ReleaseHoldResponse:
         hold = self._store.release_hold(request.hold_id, request.requesting_node, request.reason)
         return pb.ReleaseHoldResponse(hold=hold_message(hold))
+
+    # -- citizens (public methods: a case pass from TrackCase instead of an operator token) --------
+
+    def _case_of(self, case_pass: str) -> str:
+        if self._case_mac is None:
+            raise FailedPrecondition("this video process cannot check case passes (no data keyring)")
+        return case_of_pass(self._case_mac, case_pass)
+
+    def _citizen_visit(self, v: Visit, names: Mapping[str, str]) -> pb.CitizenVisit:
+        return pb.CitizenVisit(
+            visit_id=v.visit_id,
+            leader_id=v.leader_id,
+            leader_name=names.get(v.leader_id) or v.leader_id,
+            starts_at=to_timestamp(v.starts_at),
+            ends_at=to_timestamp(v.ends_at),
+            state=_VISIT_STATES[v.state.value],
+            can_cancel=citizen_may_cancel(v, self._store.now()),
+        )
+
+    def _leader_names(self) -> dict[str, str]:
+        return {s.leader_id: s.leader_name for s in self._store.schedules()}
+
+    def ListReceivingLeaders(
+        self, request: pb.ListReceivingLeadersRequest, context: Any
+    ) -> pb.ListReceivingLeadersResponse:
+        limit = request.max_items if 0 < request.max_items <= 100 else 50
+        now = self._store.now()
+        leaders, notice = [], ""
+        for schedule in self._store.schedules()[:limit]:
+            wanted = BookRequest("", schedule.leader_id, (), (), now, now + DEFAULT_HORIZON, None)
+            found = self._store.list_slots(wanted, 1)
+            notice = notice or self._store.calendar_notice(wanted)
+            leaders.append(
+                pb.ReceivingLeader(
+                    leader_id=schedule.leader_id,
+                    leader_name=schedule.leader_name or schedule.leader_id,
+                    node=schedule.node,
+                    next_free_at=to_timestamp(found[0].starts_at) if found else None,
+                )
+            )
+        return pb.ListReceivingLeadersResponse(leaders=leaders, calendar_notice=notice)
+
+    def BookCitizenVisit(self, request: pb.BookCitizenVisitRequest, context: Any) -> pb.BookCitizenVisitResponse:
+        if not request.leader_id.strip():
+            raise InvalidArgument("leader_id", "must be set: choose a leader")
+        now = self._store.now()
+        starts_at = check_citizen_start(_time(request.starts_at, "starts_at"), now)
+        case_id = self._case_of(request.case_pass)
+        wanted = BookRequest(case_id, request.leader_id, (), (), starts_at, starts_at, starts_at, one_per_case=True)
+        visit = handlers.book_visit(self._store, self._remote, wanted, self._ttl)
+        self._after_commit()
+        return pb.BookCitizenVisitResponse(visit=self._citizen_visit(visit, self._leader_names()))
+
+    def ListCitizenVisits(self, request: pb.ListCitizenVisitsRequest, context: Any) -> pb.ListCitizenVisitsResponse:
+        case_id = self._case_of(request.case_pass)
+        visits, _total = self._store.list_visits(
+            leader_id="", room_id="", case_id=case_id, not_before=None, not_after=None, offset=0, limit=50
+        )
+        names = self._leader_names()
+        return pb.ListCitizenVisitsResponse(visits=[self._citizen_visit(v, names) for v in visits])
+
+    def CancelCitizenVisit(self, request: pb.CancelCitizenVisitRequest, context: Any) -> pb.CancelCitizenVisitResponse:
+        if not request.visit_id.strip():
+            raise InvalidArgument("visit_id", "must be set")
+        case_id = self._case_of(request.case_pass)
+        visit = self._store.get_visit(request.visit_id)
+        check_citizen_cancel(visit, case_id, self._store.now())
+        reason = "cancelled by the citizen" + (f": {request.reason.strip()}" if request.reason.strip() else "")
+        cancelled = handlers.cancel_visit(self._store, self._remote, visit.visit_id, visit.version, reason)
+        self._after_commit()
+        return pb.CancelCitizenVisitResponse(visit=self._citizen_visit(cancelled, self._leader_names()))

@@ -44,6 +44,7 @@ from services.video.domain import (
     VisitState,
     WeeklyPattern,
     check_version,
+    ensure_no_active_visit,
     owner_for_event,
     parse_hhmm,
     reminders_due,
@@ -107,6 +108,7 @@ def _schedule_from_row(row: ScheduleRow) -> Schedule:
         max_per_session=row.max_per_session,
         room_ids=tuple(body.get("room_ids", [])),
         version=row.version,
+        leader_name=str(body.get("leader_name", "")),
     )
 
 
@@ -123,6 +125,7 @@ def _schedule_body(s: Schedule) -> dict[str, object]:
             for d in s.one_offs
         ],
         "room_ids": list(s.room_ids),
+        "leader_name": s.leader_name,
     }
 
 
@@ -366,6 +369,13 @@ class VideoStore:
         rooms the visit is HOLDING and the remote holds to ask are returned."""
         now = self.now()
         with self._tx() as s:
+            if req.one_per_case:
+                # In the booking's own transaction, so two tabs of one citizen cannot both pass the check:
+                # SQLite serialises writers; PostgreSQL takes a lock on the case until the commit.
+                if s.get_bind().dialect.name == "postgresql":
+                    s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"video:{req.case_id}"})
+                rows = s.scalars(select(VisitRow).where(VisitRow.case_id == req.case_id))
+                ensure_no_active_visit([self._to_visit(r) for r in rows])
             schedule, found, remote = self._find(s, req, 1)
             if not found:
                 if req.starts_at is not None:
@@ -701,6 +711,11 @@ class VideoStore:
             ),
             visit.case_id,
         )
+
+    def schedules(self) -> list[Schedule]:
+        """Every published schedule of this node, by leader id."""
+        with self._tx() as s:
+            return [_schedule_from_row(r) for r in s.scalars(select(ScheduleRow).order_by(ScheduleRow.leader_id))]
 
     def get_visit(self, visit_id: str) -> Visit:
         with self._tx() as s:

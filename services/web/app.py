@@ -18,6 +18,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from jinja2 import Environment, PackageLoader, select_autoescape
+from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -29,16 +30,18 @@ from starlette.staticfiles import StaticFiles
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.errors import DomainError
 from services.common.regions import RegionTree
-from services.common.security import issue_token, load_token_key, rule_for
+from services.common.security import citizen_address_metadata, issue_token, load_token_key, rule_for
 from services.common.settings import Settings
 from services.common.tls import client_credentials
 from services.web import labels
 from services.web.accounts import AccountStore
 from services.web.client import CallFailed, NodeClient
 from services.web.config import WebSettings, load_key
+from services.web.forwarding import Network, citizen_address, parse_proxies
 from services.web.session import Operator, Signer, new_nonce
 
 log = logging.getLogger(__name__)
+UNITS_TTL_S = 300.0
 
 CHINA = timezone(timedelta(hours=8))
 STATIC_DIR = Path(__file__).parent / "static"
@@ -72,7 +75,9 @@ class Gateway:
     templates: Environment
     calendar: ChineseWorkingCalendar = field(default_factory=ChineseWorkingCalendar)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    trusted_proxies: tuple[Network, ...] = ()
     _portal_token: tuple[str, float] | None = field(default=None, init=False, repr=False)
+    _units: tuple[float, list[Any]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.requests = Counter(
@@ -110,6 +115,27 @@ class Gateway:
             self._portal_token = cached
         return cached[0]
 
+    def units(self) -> list[Any]:
+        """The node's handling units (routing's ListUnits), kept five minutes: catalogues change rarely.
+
+        Only a cache (each replica its own); an empty list when routing does not answer, so pages
+        fall back to the unit codes.
+        """
+        now = time.monotonic()
+        cached = self._units
+        if cached is not None and now - cached[0] < UNITS_TTL_S:
+            return cached[1]
+        try:
+            reply = self.client.call(self.client.routing.ListUnits, routing_pb2.ListUnitsRequest(), self.portal_token())
+        except CallFailed:
+            return cached[1] if cached is not None else []
+        self._units = (now, list(reply.units))
+        return self._units[1]
+
+    def unit_name(self, unit_id: str) -> str:
+        """区生态环境局 for a work order's unit id; the id itself for a unit of another node."""
+        return next((u.name for u in self.units() if u.unit_id == unit_id), unit_id)
+
     def cookie(self, kind: str) -> str:
         # Browsers share cookies across ports of one host: the node's code keeps gateways apart.
         return f"lx_{kind}_{self.node}"
@@ -144,6 +170,17 @@ class Page:
     def call(self, method: Callable[..., Any], request: Any) -> Any:
         return self.client.call(method, request, self.token)
 
+    @property
+    def citizen_address(self) -> str:
+        peer = self.request.client.host if self.request.client else ""
+        return citizen_address(peer, self.request.headers.getlist("x-forwarded-for"), self.gateway.trusted_proxies)
+
+    def public(self, method: Callable[..., Any], request: Any) -> Any:
+        """A public (citizen) method, naming the citizen's address to the node for its rate limit."""
+        key = self.gateway.token_key
+        metadata = (citizen_address_metadata(key, self.citizen_address),) if key is not None else ()
+        return self.client.call(method, request, metadata=metadata)
+
     def query(self, name: str, default: str = "") -> str:
         return str(self.request.query_params.get(name, default)).strip()
 
@@ -171,6 +208,8 @@ class Page:
             csrf=gw.signer.csrf_token(self.nonce),
             flash=context.pop("flash", None) or self.take_flash(),
             auth_on=gw.token_key is not None and gw.node_settings.auth,
+            unit_name=gw.unit_name,
+            handling_units=gw.units,
             **context,
         )
         return HTMLResponse(html, status_code=status)
@@ -286,7 +325,7 @@ def workdays_left(gateway: Gateway, ts: Timestamp) -> int | None:
         return None
 
 
-def make_templates() -> Environment:
+def make_templates(regions: RegionTree) -> Environment:
     env = Environment(
         loader=PackageLoader("services.web", "templates"),
         autoescape=select_autoescape(["html", "svg"]),
@@ -297,6 +336,11 @@ def make_templates() -> Environment:
     env.filters["state_label"] = labels.state_label
     env.filters["state_name"] = labels.state_name
     env.filters["channel_label"] = labels.channel_label
+    env.filters["history_action"] = labels.history_action
+    env.filters["actor_label"] = labels.actor_label
+    env.filters["public_summary"] = labels.public_summary
+    env.filters["region_name"] = lambda code: regions.display_name(code) if code in regions else code
+    env.filters["history_note"] = lambda note: labels.history_note(note, env.filters["region_name"])
     env.globals.update(
         STATE_LABELS=labels.STATE_LABELS,
         DEADLINE_LABELS=labels.DEADLINE_LABELS,
@@ -305,6 +349,7 @@ def make_templates() -> Environment:
         ROLE_LABELS=labels.ROLE_LABELS,
         CHANNEL_LABELS=labels.CHANNEL_LABELS,
         SATISFACTION_LABELS=labels.SATISFACTION_LABELS,
+        VISIT_LABELS=labels.VISIT_LABELS,
     )
     return env
 
@@ -313,15 +358,17 @@ def build_gateway(node_settings: Settings, settings: WebSettings, *, regions: Re
     data_dir = Path(node_settings.data_dir)
     token_key = load_token_key(node_settings.token_key) if node_settings.token_key else None
     session_key = load_key(settings.session_key, fallback=data_dir / "web-session.key")
+    tree = regions or RegionTree.load(node_settings.regions_file)
     return Gateway(
         node_settings=node_settings,
         settings=settings,
         client=NodeClient(settings, client_credentials(node_settings.tls_dir, node_settings.node)),
         signer=Signer(session_key),
         accounts=AccountStore(settings.accounts_file or data_dir / "web-accounts.json"),
-        regions=regions or RegionTree.load(node_settings.regions_file),
+        regions=tree,
         token_key=token_key,
-        templates=make_templates(),
+        templates=make_templates(tree),
+        trusted_proxies=parse_proxies(settings.trusted_proxies),
     )
 
 
@@ -331,6 +378,12 @@ def build_app(gateway: Gateway) -> Starlette:
     routes: list[BaseRoute] = []
     for path, name, view, methods in (*portal.ROUTES, *console.ROUTES):
         routes.append(Route(path, page(gateway, name, view), methods=methods, name=name))
+        # Every route's answered and failed series exist from the start (at 0), so the 5xx alert's
+        # rate() sees the first failure.
+        for method in methods:
+            for status in ("200", "500"):
+                gateway.requests.labels(name, method, status)
+        gateway.seconds.labels(name)
 
     async def health(_request: Request) -> Response:
         return PlainTextResponse("ok")

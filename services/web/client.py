@@ -82,9 +82,16 @@ class NodeClient:
         self.video = video_grpc.VideoServiceStub(self.channels["video"])
         self.stats = stats_grpc.StatsServiceStub(self.channels["stats"])
 
-    def call(self, method: Callable[..., Response], request: Any, token: str | None = None) -> Response:
+    def call(
+        self,
+        method: Callable[..., Response],
+        request: Any,
+        token: str | None = None,
+        *,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> Response:
         """``method(request)`` with the operator's token; raises ``CallFailed`` on an error status."""
-        metadata = bearer_metadata(token) if token else ()
+        metadata = (*bearer_metadata(token), *metadata) if token else metadata
         try:
             return method(request, timeout=self.settings.rpc_timeout_s, metadata=metadata)
         except grpc.RpcError as error:

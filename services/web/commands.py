@@ -32,7 +32,11 @@ def serve(settings: Settings | None = None) -> int:
     sock.bind((web.host, web.port))
     host, port = sock.getsockname()[:2]
     print(f"web gateway of node {node_settings.node} on http://{host}:{port}/ (node {web.grpc})", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1; the gateway
+    # decides itself, from LIANXIN_WEB_TRUSTED_PROXIES only (services/web/forwarding.py).
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5, proxy_headers=False
+    )
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

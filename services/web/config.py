@@ -35,6 +35,10 @@ class WebSettings(BaseSettings):
     secure_cookies: bool = Field(default=False, description="mark cookies Secure (behind HTTPS)")
     session_ttl_s: int = Field(default=8 * 3600, description="how long a sign-in lasts")
     rpc_timeout_s: float = 5.0
+    trusted_proxies: str = Field(
+        default="",
+        description="comma-separated addresses/networks of proxies whose X-Forwarded-For is believed",
+    )
 
     def target(self, service: str) -> str:
         value: str | None = getattr(self, service)

@@ -236,7 +236,7 @@ ACTION_FORMS: tuple[ActionForm, ...] = (
         "assign",
         "交办承办单位",
         f"{ROUTING}/AssignManually",
-        (("unit_id", "承办单位代码", "text"), ("reason", "交办意见", "textarea")),
+        (("unit_id", "承办单位", "unit"), ("reason", "交办意见", "textarea")),
         lambda o, p, _a: routing_pb2.AssignManuallyRequest(
             case_id=o.case_id, actor=_wo(o, p)["actor"], unit_id=p.field("unit_id"), reason=p.field("reason")
         ),
@@ -246,7 +246,7 @@ ACTION_FORMS: tuple[ActionForm, ...] = (
         "object",
         "提出异议",
         f"{ROUTING}/ObjectWorkOrder",
-        (("reason", "异议理由", "textarea"), ("suggested_unit_id", "建议承办单位（可选）", "text")),
+        (("reason", "异议理由", "textarea"), ("suggested_unit_id", "建议承办单位（可选）", "unit")),
         lambda o, p, _a: routing_pb2.ObjectWorkOrderRequest(
             **_wo(o, p), reason=p.field("reason"), suggested_unit_id=p.field("suggested_unit_id")
         ),
@@ -258,7 +258,7 @@ ACTION_FORMS: tuple[ActionForm, ...] = (
         f"{ROUTING}/ArbitrateObjection",
         (
             ("decision", "决定", "arbitration"),
-            ("unit_id", "改派单位（改派时填写）", "text"),
+            ("unit_id", "改派单位（改派时填写）", "unit"),
             ("reason", "理由", "textarea"),
         ),
         lambda o, p, _a: routing_pb2.ArbitrateObjectionRequest(

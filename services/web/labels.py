@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from lianxin.common.v1 import common_pb2
+from lianxin.video.v1 import video_service_pb2 as video_pb2
 
 STATE_LABELS: dict[str, str] = {
     "REGISTERED": "已登记",
@@ -21,6 +23,16 @@ STATE_LABELS: dict[str, str] = {
     "WITHDRAWN": "已撤回",
     "MERGED": "已并单",
     "MODERATION": "待审核",
+}
+
+# Visit states (lianxin.video.v1.VisitState) as a citizen reads them.
+VISIT_LABELS: dict[int, str] = {
+    video_pb2.VISIT_STATE_HOLDING: "确认中",
+    video_pb2.VISIT_STATE_BOOKED: "已预约",
+    video_pb2.VISIT_STATE_CHECKED_IN: "已签到",
+    video_pb2.VISIT_STATE_COMPLETED: "已接访",
+    video_pb2.VISIT_STATE_CANCELLED: "已取消",
+    video_pb2.VISIT_STATE_NO_SHOW: "未到场",
 }
 
 SATISFACTION_LABELS: dict[int, str] = {
@@ -179,3 +191,114 @@ def field_error(reason: str) -> str:
 def form_field(contract_field: str) -> str:
     leaf = contract_field.rsplit(".", 1)[-1]
     return {"new_unit_id": "unit_id"}.get(leaf, leaf)
+
+
+# --------------------------------------------------------------------------- history for people
+
+# Labels of history entries that are facts, not transitions (routing's workorder.py), and of the
+# sweep's deadline stages ("warning:settle" = 预警 of the handling limit).
+HISTORY_LABELS.update({"recompute_deadlines": "期限重算", "visit_outcome": "视频接访"})
+STAGE_LABELS: dict[str, str] = {"warning": "到期预警", "chase": "超期催办", "supervision": "超期督办"}
+ACTOR_LABELS: dict[str, str] = {"system": "系统", "citizen": "群众", "video": "视频接访系统"}
+
+# The notes routing writes itself (system actions), as a person reads them. Operators' own reasons
+# are shown as typed. Each pattern is the whole note; {region:N} names the region of group N.
+_NOTES: tuple[tuple[str, str], ...] = (
+    (r"受理: placed by the dispatch catalogue", "按派单目录自动受理"),
+    (r"受理: 上报 from a lower tier", "下级上报，本级受理"),
+    (r"受理 \(人工分派\)", "人工分派并受理"),
+    (r"派单目录(?: .*)?", "按派单目录交办"),
+    (r"上报: the case came back up", "下级上报，案件回到本级"),
+    (r"交办 to (\d+): the matter's region (\d+) lies there", "交办至{region:1}：事发地{region:2}在其辖区"),
+    (r"satisfied", "群众评价满意，办结"),
+    (r"unsatisfied \(不满意\)", "群众评价不满意，退回重办"),
+    (r"withdrawn by the citizen \(撤回\)", "群众撤回诉求"),
+    (r"(.*) \(\+(\d+) days asked\)", "{1}（申请延期{2}天）"),
+    (r"复查维持: (.*)", "复查维持：{1}"),
+    (
+        r"(\w+) due (\S+) → (\S+) \(official calendar for (.+) loaded\)",
+        "{kind:1}由{2}改为{3}（已载入{4}年官方节假日安排）",
+    ),
+    (
+        r"(.*) unchanged, no longer provisional \(official calendar for (.+) loaded\)",
+        "{dues:1}不变，不再为暂定（已载入{2}年官方节假日安排）",
+    ),
+    (r"no unit for category (\S+) in .*", "派单目录中没有办理“{1}”的单位，待人工分派"),
+)
+_PROVISIONAL = re.compile(r"\s*\[provisional deadline: (.*?) counted Mon-Fri, no official calendar for (.*?)\]")
+# Absolute file paths (a server's directories are nobody's business on a page): keep the file name.
+_PATH = re.compile(r"(?<![\w:/\\])(?:[A-Za-z]:)?(?:[/\\][\w.\-]+){2,}")
+
+
+def _kind(kind: str) -> str:
+    return DEADLINE_LABELS.get(kind, kind)
+
+
+def _dues(text: str) -> str:
+    """ "settle due 2027-02-15; objection due 2027-01-02" → "办理时限2027-02-15、异议期限2027-01-02"."""
+    parts = [re.fullmatch(r"(\w+) due (\S+)", p.strip()) for p in re.split(r"[;,]", text) if p.strip()]
+    if not parts or not all(parts):
+        return "期限" if text.strip() in ("", "deadlines") else text
+    return "、".join(f"{_kind(m.group(1))}{m.group(2)}" for m in parts if m)
+
+
+def history_note(note: str, region_name: Callable[[str], str] = str) -> str:
+    """A history note in Chinese for people, with no server path in it."""
+    note = note.strip()
+    suffix = ""
+    provisional = _PROVISIONAL.search(note)
+    if provisional:
+        note = _PROVISIONAL.sub("", note).strip()
+        suffix = (
+            f"（暂定期限：{_dues(provisional.group(1))}，按周一至周五计算，尚无{provisional.group(2)}年官方节假日安排）"
+        )
+    for pattern, text in _NOTES:
+        match = re.fullmatch(pattern, note, re.S)
+        if match is None:
+            continue
+
+        def fill(ref: re.Match[str], match: re.Match[str] = match) -> str:
+            kind, _, number = ref.group(1).rpartition(":")
+            value = match.group(int(number)) or ""
+            render: Callable[[str], str] = {"region": region_name, "kind": _kind, "dues": _dues}.get(kind, str)
+            return render(value)
+
+        note = re.sub(r"\{((?:\w+:)?\d+)\}", fill, text)
+        break
+    return _PATH.sub(lambda m: re.split(r"[/\\]", m.group(0))[-1], note) + suffix
+
+
+def history_action(action: str) -> str:
+    stage, _, kind = action.partition(":")
+    if kind and stage in STAGE_LABELS:
+        return f"{STAGE_LABELS[stage]}（{_kind(kind)}）"
+    return HISTORY_LABELS.get(action, action)
+
+
+def actor_label(actor: str) -> str:
+    return ACTOR_LABELS.get(actor, actor)
+
+
+def public_summary(summary: str) -> str:
+    """The citizen timeline's "已受理 accepted" without its English gloss."""
+    return re.sub(r"\s+[A-Za-z][A-Za-z ,.'()-]*$", "", summary.strip()) or summary
+
+
+# Why a citizen's video booking or cancellation was refused, in words (video's reasons are English).
+_VISIT_REASONS: tuple[tuple[str, str], ...] = (
+    (r"already has a video visit booked", "您的诉求已预约了一场视频接访；如需改期，请先取消原预约。"),
+    (r"24 hours before", "距接访开始已不足24小时，无法在线取消，请致电信访办。"),
+    (r"not free|already booked|no slot free", "该时段刚被预约或已不可预约，请选择其他时段。"),
+    (r"starts_at", "请选择一个空闲时段。"),
+    (r"leader_id|leader|schedule", "请选择接访领导。"),
+    (r"case pass|another case", "请重新查询诉求进度后再预约。"),
+    (r"CANCELLED|not booked", "该预约已取消或已结束。"),
+)
+
+
+def visit_error(status: int, reason: str) -> str:
+    """A sentence for the citizen about a refused booking or cancellation."""
+    for pattern, chinese in _VISIT_REASONS:
+        if re.search(pattern, reason):
+            return chinese
+    return "暂时无法完成预约，请稍后再试。" if status >= 500 else field_error(reason)

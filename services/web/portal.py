@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
@@ -20,7 +21,7 @@ from starlette.responses import Response
 
 from services.common.categories import CATEGORIES
 from services.web import labels
-from services.web.app import Page, today_month
+from services.web.app import Page, local_time, today_month
 from services.web.client import CallFailed
 
 SUBMIT_FIELDS = ("title", "body", "category", "region_code", "address", "name", "phone", "id_number")
@@ -61,7 +62,9 @@ def _suggest(page: Page, text: str) -> tuple[str, float]:
     if not text.strip():
         return "", 0.0
     try:
-        reply = page.client.call(page.client.intake.ClassifyText, intake_pb2.ClassifyTextRequest(text=text))
+        reply = page.client.call(
+            page.client.intake.ClassifyText, intake_pb2.ClassifyTextRequest(text=text), page.gateway.portal_token()
+        )
     except CallFailed:
         return "", 0.0
     return reply.category, reply.confidence
@@ -91,7 +94,7 @@ def submit(page: Page) -> Response:
         complainant=common_pb2.Person(name=values["name"], phone=values["phone"], id_number=values["id_number"]),
     )
     try:
-        reply = page.client.call(page.client.intake.SubmitCase, request)
+        reply = page.public(page.client.intake.SubmitCase, request)
     except CallFailed as failure:
         if failure.status != 400:
             raise
@@ -138,9 +141,7 @@ def track(page: Page) -> Response:
     code, last4 = page.field("tracking_code").upper(), page.field("phone_last4")
     values = {"tracking_code": code, "phone_last4": last4}
     try:
-        page.client.call(
-            page.client.intake.TrackCase, intake_pb2.TrackCaseRequest(tracking_code=code, phone_last4=last4)
-        )
+        page.public(page.client.intake.TrackCase, intake_pb2.TrackCaseRequest(tracking_code=code, phone_last4=last4))
     except CallFailed as failure:
         if failure.status not in (400, 404):
             raise
@@ -154,19 +155,17 @@ def track(page: Page) -> Response:
 
 
 def tracked_case(page: Page, errors: dict[str, str] | None = None, status: int = 200, **extra: Any) -> Response:
-    proof = _proof(page)
-    if proof is None:
+    tracked = _case_pass(page)
+    if tracked is None:
         return page.redirect("/track")
-    code, last4 = proof
-    reply = page.client.call(
-        page.client.intake.TrackCase, intake_pb2.TrackCaseRequest(tracking_code=code, phone_last4=last4)
-    )
+    reply, case_pass = tracked
     state = labels.state_name(reply.state)
     return page.render(
         "portal/tracked.html",
         status=status,
         case=reply,
         state=state,
+        visits=_citizen_visits(page, case_pass),
         errors=errors or {},
         values=extra.pop("values", {}),
         **extra,
@@ -175,7 +174,7 @@ def tracked_case(page: Page, errors: dict[str, str] | None = None, status: int =
 
 def _citizen_action(page: Page, call: Any, request: Any, done: str) -> Response:
     try:
-        page.client.call(call, request)
+        page.public(call, request)
     except CallFailed as failure:
         if failure.status not in (400, 409):
             raise
@@ -283,7 +282,9 @@ def _ask_unit_figures(page: Page, month: str) -> tuple[list[dict[str, Any]], dic
     try:
         for metric, future in ranks.items():
             for row in page.client.result(future).rows:
-                unit = units.setdefault(row.unit_id, {"name": row.name or row.unit_id, "cases": row.cases})
+                unit = units.setdefault(
+                    row.unit_id, {"name": row.name or page.gateway.unit_name(row.unit_id), "cases": row.cases}
+                )
                 unit[metric] = row.value
         meanings = {m.name: m.definition for m in page.client.result(definitions).metrics}
     except CallFailed:
@@ -302,7 +303,7 @@ def board(page: Page) -> Response:
         month=month,
         page=common_pb2.PageRequest(page_size=10, page_token=page.query("page")[:256]),
     )
-    reply = page.client.call(page.client.intake.ListPublishedReplies, request)
+    reply = page.public(page.client.intake.ListPublishedReplies, request)
     units, meanings = _unit_figures(page, month or today_month())
     return page.render(
         "portal/board.html",
@@ -319,11 +320,39 @@ def board(page: Page) -> Response:
     )
 
 
-def video(page: Page) -> Response:
-    """视频接访: a leader's next free reception slots; the 信访办 books one for the citizen's case."""
-    leader = page.query("leader")[:64]
+def _case_pass(page: Page) -> tuple[Any, str] | None:
+    """TrackCase for the tracking proof in the cookie: the case and its fresh case pass (None: no proof)."""
+    proof = _proof(page)
+    if proof is None:
+        return None
+    request = intake_pb2.TrackCaseRequest(tracking_code=proof[0], phone_last4=proof[1])
+    reply = page.public(page.client.intake.TrackCase, request)
+    return reply, reply.case_pass
+
+
+def _citizen_visits(page: Page, case_pass: str) -> list[Any]:
+    if not case_pass:
+        return []
+    request = video_pb2.ListCitizenVisitsRequest(case_pass=case_pass)
+    try:
+        reply = page.public(page.client.video.ListCitizenVisits, request)
+    except CallFailed:
+        return []  # the video service not answering must not hide the case's progress
+    return list(reply.visits)
+
+
+def video(page: Page, errors: dict[str, str] | None = None) -> Response:
+    """视频接访: the leaders who receive citizens, a leader's free slots, and booking one for one's own case."""
+    leader = (page.query("leader") or page.field("leader_id"))[:64]
     slots: list[Any] = []
     notice = ""
+    leaders: list[Any] = []
+    try:
+        listed = page.public(page.client.video.ListReceivingLeaders, video_pb2.ListReceivingLeadersRequest())
+        leaders, notice = list(listed.leaders), listed.calendar_notice
+    except CallFailed as failure:
+        if failure.status not in (400, 404, 503):
+            raise
     if leader:
         try:
             reply = page.client.call(
@@ -331,11 +360,62 @@ def video(page: Page) -> Response:
                 video_pb2.ListSlotsRequest(leader_id=leader, max_items=8),
                 page.gateway.portal_token(),
             )
-            slots, notice = list(reply.slots), reply.calendar_notice
+            slots, notice = list(reply.slots), reply.calendar_notice or notice
         except CallFailed as failure:
             if failure.status not in (400, 404):
                 raise
-    return page.render("portal/video.html", leader=leader, slots=slots, notice=notice)
+    names = {item.leader_id: item.leader_name for item in leaders}
+    return page.render(
+        "portal/video.html",
+        leader=leader,
+        leader_name=names.get(leader, leader),
+        leaders=leaders,
+        slots=slots,
+        notice=notice,
+        tracking=_proof(page) is not None,
+        errors=errors or {},
+    )
+
+
+def book_visit(page: Page) -> Response:
+    """The citizen books the chosen slot for their own case (the tracking proof in the cookie)."""
+    tracked = _case_pass(page)
+    if tracked is None:
+        return page.redirect("/track")
+    starts_at = Timestamp()
+    try:
+        starts_at.FromJsonString(page.field("starts_at"))
+    except ValueError:
+        starts_at = Timestamp()
+    request = video_pb2.BookCitizenVisitRequest(
+        case_pass=tracked[1], leader_id=page.field("leader_id"), starts_at=starts_at
+    )
+    try:
+        booked = page.public(page.client.video.BookCitizenVisit, request).visit
+    except CallFailed as failure:
+        if failure.status not in (400, 404, 409):
+            raise
+        return video(page, {"book": labels.visit_error(failure.status, failure.message)})
+    page.flash(f"已预约{booked.leader_name}的视频接访：{local_time(booked.starts_at)}。")
+    return page.redirect("/track/case")
+
+
+def cancel_visit(page: Page) -> Response:
+    """The citizen cancels a visit of their own case (video says whether it is still early enough)."""
+    tracked = _case_pass(page)
+    if tracked is None:
+        return page.redirect("/track")
+    request = video_pb2.CancelCitizenVisitRequest(
+        case_pass=tracked[1], visit_id=page.field("visit_id"), reason=page.field("reason")
+    )
+    try:
+        page.public(page.client.video.CancelCitizenVisit, request)
+    except CallFailed as failure:
+        if failure.status not in (400, 404, 409):
+            raise
+        return tracked_case(page, {"visit": labels.visit_error(failure.status, failure.message)})
+    page.flash("视频接访预约已取消。")
+    return page.redirect("/track/case")
 
 
 ROUTES: list[tuple[str, str, Any, list[str]]] = [
@@ -352,4 +432,6 @@ ROUTES: list[tuple[str, str, Any, list[str]]] = [
     ("/track/withdraw", "withdraw", withdraw, ["POST"]),
     ("/board", "board", board, ["GET"]),
     ("/video", "video", video, ["GET"]),
+    ("/video/book", "video_book", book_visit, ["POST"]),
+    ("/video/cancel", "video_cancel", cancel_visit, ["POST"]),
 ]

@@ -13,13 +13,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
 import grpc
 from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
+from services.common.timeutil import CHINA
 from tests.browser.conftest import Visitor, WebFederation
 
 PHONE = "13812345678"
@@ -102,6 +104,7 @@ def test_citizen_clerk_and_supervisor_journey(web_federation: WebFederation, vis
     _eventually(
         "the case in the clerk's inbox", lambda: bool(clerk.goto(f"{county}/console")) and title in cpage.content()
     )
+    assert "乐山市市中生态环境局" in cpage.inner_text("main")  # the unit's name, not its code
     clerk.check("console-inbox")
     cpage.click(f"text={title}")
     case_url = cpage.url
@@ -116,6 +119,13 @@ def test_citizen_clerk_and_supervisor_journey(web_federation: WebFederation, vis
     cpage.click("#form-reply button[type=submit]")
     cpage.wait_for_selector("#wo-reply")
     assert "已答复" in cpage.inner_text("#case-state")
+    # The handling unit by its name, and a history people can read: Chinese, no server path.
+    content = cpage.inner_text("main")
+    assert "乐山市市中生态环境局" in content and "lszq-sthjj" not in content
+    history = cpage.inner_text("ol.timeline")
+    assert "按派单目录交办" in history and "系统" in history
+    for leak in (".yaml", "catalogue", "/services/", "placed by"):
+        assert leak not in cpage.content(), leak
     clerk.check("console-case-replied")
 
     # The citizen tracks the case, reads the reply and rates it unsatisfied.
@@ -290,15 +300,13 @@ def test_health_and_metrics_answer(web_federation: WebFederation) -> None:
     assert 'lianxin_web_requests_total{method="GET",route="home",status="200"}' in text
 
 
-def test_clerk_books_a_video_visit_from_the_leaders_free_slots(
-    web_federation: WebFederation, visit: Callable[[], Visitor]
-) -> None:
+def _publish_leader(web_federation: WebFederation, name: str, weekdays: Sequence[int] = range(1, 8)) -> str:
+    """A leader of 市中区 receiving by video on ``weekdays``, 09:00-17:00; returns the leader id."""
     from lianxin.video.v1 import video_service_pb2 as video_pb2
     from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
     from services.common.security import bearer_metadata, issue_token
 
-    county = web_federation.url("511102")
     admin = issue_token(web_federation.token_key.encode(), subject="admin", node="511102", roles=["admin"])
     leader = f"leader-{uuid.uuid4().hex[:6]}"
     with grpc.insecure_channel(web_federation.grpc("511102")) as channel:
@@ -307,9 +315,10 @@ def test_clerk_books_a_video_visit_from_the_leaders_free_slots(
         stub.RegisterRoom(video_pb2.RegisterRoomRequest(room=room), metadata=bearer_metadata(admin), timeout=10)
         schedule = video_pb2.Schedule(
             leader_id=leader,
+            leader_name=name,
             node="511102",
             weekly_patterns=[
-                video_pb2.WeeklyPattern(weekday=d, start_time="09:00", end_time="17:00") for d in range(1, 8)
+                video_pb2.WeeklyPattern(weekday=d, start_time="09:00", end_time="17:00") for d in weekdays
             ],
             slot_minutes=30,
             buffer_minutes=10,
@@ -321,6 +330,69 @@ def test_clerk_books_a_video_visit_from_the_leaders_free_slots(
             metadata=bearer_metadata(admin),
             timeout=10,
         )
+    return leader
+
+
+def test_citizen_books_and_cancels_a_video_visit_for_their_own_case(
+    web_federation: WebFederation, visit: Callable[[], Visitor]
+) -> None:
+    county = web_federation.url("511102")
+    # Receptions only three and four days from now: every slot is more than a day ahead, so cancellable.
+    today = datetime.now(CHINA).date()
+    days = sorted({(today + timedelta(days=n)).isoweekday() for n in (3, 4)})
+    leader_name = f"王{uuid.uuid4().hex[:2]}（区长）"
+    _publish_leader(web_federation, leader_name, days)
+    _case_id, code = _submit_by_grpc(web_federation.grpc("511102"))
+
+    citizen = visit()
+    page = citizen.page
+    citizen.goto(f"{county}/video")
+    assert leader_name in page.inner_text("#leaders")
+    page.click(f"#leaders a:text('{leader_name}')")
+    page.wait_for_selector("#slots")
+    assert page.query_selector("form[action='/video/book']") is None  # not yet proved which case is theirs
+    assert "查询您的诉求进度" in page.inner_text("main")
+    citizen.check("portal-video-leader")
+
+    citizen.goto(f"{county}/track")
+    page.fill("#tracking_code", code)
+    page.fill("#phone_last4", PHONE[-4:])
+    page.click("form[action='/track'] button[type=submit]")
+    page.wait_for_url(re.compile(r"/track/case$"))
+    assert "您可以为本诉求预约领导视频接访" in page.inner_text("main")
+    page.click("a[href='/video']")
+    page.click(f"#leaders a:text('{leader_name}')")
+    page.wait_for_selector("form[action='/video/book']")
+    citizen.check("portal-video-book")
+    chosen = page.locator("#slots li").first.inner_text().split("–")[0].strip()
+    page.locator("#slots li button").first.click()
+    page.wait_for_url(re.compile(r"/track/case$"))
+    assert "已预约" in page.inner_text("main") and chosen in page.inner_text("#my-visits")
+    assert leader_name in page.inner_text("#my-visits")
+    citizen.check("portal-visit-booked")
+
+    # A second booking for the same case is refused with a sentence, and the page keeps working.
+    citizen.goto(f"{county}/video")
+    page.click(f"#leaders a:text('{leader_name}')")
+    page.locator("#slots li button").first.click()
+    page.wait_for_selector("#book-error")
+    assert "已预约了一场视频接访" in page.inner_text("#book-error")
+    citizen.check("portal-video-already-booked")
+
+    citizen.goto(f"{county}/track/case")
+    page.click("#my-visits button:text('取消预约')")
+    page.wait_for_url(re.compile(r"/track/case$"))
+    assert "已取消" in page.inner_text("#my-visits") and page.query_selector("#my-visits button") is None
+    citizen.check("portal-visit-cancelled")
+    for url in citizen.urls:
+        assert code not in url and PHONE[-4:] not in url
+
+
+def test_clerk_books_a_video_visit_from_the_leaders_free_slots(
+    web_federation: WebFederation, visit: Callable[[], Visitor]
+) -> None:
+    county = web_federation.url("511102")
+    leader = _publish_leader(web_federation, "李某某（副区长）")
     case_id, _code = _submit_by_grpc(web_federation.grpc("511102"))
 
     citizen = visit()

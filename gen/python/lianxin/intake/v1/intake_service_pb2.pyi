@@ -408,6 +408,7 @@ class TrackCaseResponse(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     CAN_WITHDRAW_FIELD_NUMBER: _builtins.int
     MERGED_INTO_CASE_ID_FIELD_NUMBER: _builtins.int
+    CASE_PASS_FIELD_NUMBER: _builtins.int
     tracking_code: _builtins.str
     """Tracking code of the case."""
     title: _builtins.str
@@ -429,6 +430,10 @@ class TrackCaseResponse(_message.Message):
     merged_into_case_id: _builtins.str
     """并单: the main case this case was merged into; while set, state, timeline and reply follow the
     main case's handling. Empty when not merged (or the merge was undone).
+    """
+    case_pass: _builtins.str
+    """A proof, valid 30 minutes, that the caller showed this case's tracking code and phone digits;
+    the citizen methods of the node's other services take it (VideoService/BookCitizenVisit).
     """
     @_builtins.property
     def submitted_at(self) -> _timestamp_pb2.Timestamp:
@@ -464,10 +469,11 @@ class TrackCaseResponse(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         can_withdraw: _builtins.bool = ...,
         merged_into_case_id: _builtins.str = ...,
+        case_pass: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "replied_at", b"replied_at", "submitted_at", b"submitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_evaluate", b"can_evaluate", "can_request_review", b"can_request_review", "can_withdraw", b"can_withdraw", "deadline", b"deadline", "merged_into_case_id", b"merged_into_case_id", "replied_at", b"replied_at", "reply_text", b"reply_text", "satisfaction", b"satisfaction", "state", b"state", "submitted_at", b"submitted_at", "timeline", b"timeline", "title", b"title", "tracking_code", b"tracking_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_evaluate", b"can_evaluate", "can_request_review", b"can_request_review", "can_withdraw", b"can_withdraw", "case_pass", b"case_pass", "deadline", b"deadline", "merged_into_case_id", b"merged_into_case_id", "replied_at", b"replied_at", "reply_text", b"reply_text", "satisfaction", b"satisfaction", "state", b"state", "submitted_at", b"submitted_at", "timeline", b"timeline", "title", b"title", "tracking_code", b"tracking_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1809,3 +1809,80 @@ class UnmergeCaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnmergeCaseResponse: _TypeAlias = UnmergeCaseResponse  # noqa: Y015
+
+@_typing.final
+class ListUnitsRequest(_message.Message):
+    """Asks for the node's handling units."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnitsRequest: _TypeAlias = ListUnitsRequest  # noqa: Y015
+
+@_typing.final
+class HandlingUnit(_message.Message):
+    """A handling unit of the node (承办单位)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    unit_id: _builtins.str
+    """Id of the unit, as in work orders' unit_id."""
+    name: _builtins.str
+    """Name of the unit, e.g. 市中区生态环境局."""
+    node: _builtins.str
+    """Node (region code) whose catalogue lists the unit."""
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Categories the catalogue sends to the unit."""
+
+    def __init__(
+        self,
+        *,
+        unit_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        node: _builtins.str = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "name", b"name", "node", b"node", "unit_id", b"unit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandlingUnit: _TypeAlias = HandlingUnit  # noqa: Y015
+
+@_typing.final
+class ListUnitsResponse(_message.Message):
+    """The node's handling units, in the catalogue's order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def units(self) -> _containers.RepeatedCompositeFieldContainer[Global___HandlingUnit]:
+        """The units."""
+
+    def __init__(
+        self,
+        *,
+        units: _abc.Iterable[Global___HandlingUnit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnitsResponse: _TypeAlias = ListUnitsResponse  # noqa: Y015

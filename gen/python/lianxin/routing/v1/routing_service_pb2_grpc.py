@@ -152,6 +152,11 @@ class RoutingServiceStub:
                 request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.UnmergeCaseRequest.SerializeToString,
                 response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.UnmergeCaseResponse.FromString,
                 _registered_method=True)
+        self.ListUnits = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/ListUnits',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListUnitsRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListUnitsResponse.FromString,
+                _registered_method=True)
 
 
 class RoutingServiceServicer:
@@ -327,6 +332,14 @@ class RoutingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUnits(self, request, context):
+        """Lists the handling units of this node's dispatch catalogue (派单目录) with their names, so pages
+        and reports show 区生态环境局 rather than a unit code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -444,6 +457,11 @@ def add_RoutingServiceServicer_to_server(servicer, server):
                     servicer.UnmergeCase,
                     request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.UnmergeCaseRequest.FromString,
                     response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.UnmergeCaseResponse.SerializeToString,
+            ),
+            'ListUnits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnits,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListUnitsRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListUnitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1070,6 +1088,33 @@ class RoutingService:
             '/lianxin.routing.v1.RoutingService/UnmergeCase',
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.UnmergeCaseRequest.SerializeToString,
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.UnmergeCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/ListUnits',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListUnitsRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListUnitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,10 @@ class RoutingServiceStub:
     """
     UnmergeCase: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.UnmergeCaseRequest, _routing_service_pb2.UnmergeCaseResponse]
     """Undoes a merge before the main case is replied: the case goes back to the state it was merged from."""
+    ListUnits: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.ListUnitsRequest, _routing_service_pb2.ListUnitsResponse]
+    """Lists the handling units of this node's dispatch catalogue (派单目录) with their names, so pages
+    and reports show 区生态环境局 rather than a unit code.
+    """
 
 class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Routes cases to units and tiers and drives each work order through its lifecycle.
@@ -271,5 +275,15 @@ class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _routing_service_pb2.UnmergeCaseResponse:
         """Undoes a merge before the main case is replied: the case goes back to the state it was merged from."""
+
+    @_abc_1.abstractmethod
+    def ListUnits(
+        self,
+        request: _routing_service_pb2.ListUnitsRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.ListUnitsResponse:
+        """Lists the handling units of this node's dispatch catalogue (派单目录) with their names, so pages
+        and reports show 区生态环境局 rather than a unit code.
+        """
 
 def add_RoutingServiceServicer_to_server(servicer: RoutingServiceServicer, server: _grpc.Server) -> None: ...

@@ -178,6 +178,7 @@ class Schedule(_message.Message):
     MAX_PER_SESSION_FIELD_NUMBER: _builtins.int
     ROOM_IDS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    LEADER_NAME_FIELD_NUMBER: _builtins.int
     schedule_id: _builtins.str
     """Id of the schedule."""
     leader_id: _builtins.str
@@ -192,6 +193,8 @@ class Schedule(_message.Message):
     """Maximum visits in one session (one weekly period or one-off day)."""
     version: _builtins.int
     """Version of the schedule, incremented on every publish."""
+    leader_name: _builtins.str
+    """Public name and title of the leader as citizens see it, e.g. 王某某（区长）. At most 100 characters."""
     @_builtins.property
     def weekly_patterns(self) -> _containers.RepeatedCompositeFieldContainer[Global___WeeklyPattern]:
         """Weekly reception periods."""
@@ -217,10 +220,11 @@ class Schedule(_message.Message):
         max_per_session: _builtins.int = ...,
         room_ids: _abc.Iterable[_builtins.str] | None = ...,
         version: _builtins.int = ...,
+        leader_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_minutes", b"buffer_minutes", "leader_id", b"leader_id", "max_per_session", b"max_per_session", "node", b"node", "one_off_days", b"one_off_days", "room_ids", b"room_ids", "schedule_id", b"schedule_id", "slot_minutes", b"slot_minutes", "version", b"version", "weekly_patterns", b"weekly_patterns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_minutes", b"buffer_minutes", "leader_id", b"leader_id", "leader_name", b"leader_name", "max_per_session", b"max_per_session", "node", b"node", "one_off_days", b"one_off_days", "room_ids", b"room_ids", "schedule_id", b"schedule_id", "slot_minutes", b"slot_minutes", "version", b"version", "weekly_patterns", b"weekly_patterns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1249,3 +1253,297 @@ class RegisterRoomResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterRoomResponse: _TypeAlias = RegisterRoomResponse  # noqa: Y015
+
+@_typing.final
+class ListReceivingLeadersRequest(_message.Message):
+    """Asks for the leaders receiving citizens by video."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    max_items: _builtins.int
+    """Maximum number of leaders; the server applies a default when 0."""
+    def __init__(
+        self,
+        *,
+        max_items: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_items", b"max_items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReceivingLeadersRequest: _TypeAlias = ListReceivingLeadersRequest  # noqa: Y015
+
+@_typing.final
+class ReceivingLeader(_message.Message):
+    """A leader who receives citizens by video (接访领导)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEADER_ID_FIELD_NUMBER: _builtins.int
+    LEADER_NAME_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    NEXT_FREE_AT_FIELD_NUMBER: _builtins.int
+    leader_id: _builtins.str
+    """Id of the leader, as in ListSlots and BookCitizenVisit."""
+    leader_name: _builtins.str
+    """Public name and title; the id when the schedule gives none."""
+    node: _builtins.str
+    """Node (region code) of the leader."""
+    @_builtins.property
+    def next_free_at(self) -> _timestamp_pb2.Timestamp:
+        """Start of the next free slot within 90 days; empty when none is free."""
+
+    def __init__(
+        self,
+        *,
+        leader_id: _builtins.str = ...,
+        leader_name: _builtins.str = ...,
+        node: _builtins.str = ...,
+        next_free_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_free_at", b"next_free_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leader_id", b"leader_id", "leader_name", b"leader_name", "next_free_at", b"next_free_at", "node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceivingLeader: _TypeAlias = ReceivingLeader  # noqa: Y015
+
+@_typing.final
+class ListReceivingLeadersResponse(_message.Message):
+    """The leaders, by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEADERS_FIELD_NUMBER: _builtins.int
+    CALENDAR_NOTICE_FIELD_NUMBER: _builtins.int
+    calendar_notice: _builtins.str
+    """Set when the official holiday calendar ends within the 90 days (no slots are offered after it)."""
+    @_builtins.property
+    def leaders(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReceivingLeader]:
+        """The leaders."""
+
+    def __init__(
+        self,
+        *,
+        leaders: _abc.Iterable[Global___ReceivingLeader] | None = ...,
+        calendar_notice: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar_notice", b"calendar_notice", "leaders", b"leaders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReceivingLeadersResponse: _TypeAlias = ListReceivingLeadersResponse  # noqa: Y015
+
+@_typing.final
+class CitizenVisit(_message.Message):
+    """A visit as the citizen sees it: no rooms, representatives or minutes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VISIT_ID_FIELD_NUMBER: _builtins.int
+    LEADER_ID_FIELD_NUMBER: _builtins.int
+    LEADER_NAME_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CAN_CANCEL_FIELD_NUMBER: _builtins.int
+    visit_id: _builtins.str
+    """Id of the visit."""
+    leader_id: _builtins.str
+    """Leader receiving the citizen."""
+    leader_name: _builtins.str
+    """Public name and title of the leader."""
+    state: Global___VisitState.ValueType
+    """State of the visit."""
+    can_cancel: _builtins.bool
+    """True when the citizen may cancel it now (booked, and at least 24 hours before its start)."""
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """Start of the visit."""
+
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp:
+        """End of the visit."""
+
+    def __init__(
+        self,
+        *,
+        visit_id: _builtins.str = ...,
+        leader_id: _builtins.str = ...,
+        leader_name: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___VisitState.ValueType = ...,
+        can_cancel: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_cancel", b"can_cancel", "ends_at", b"ends_at", "leader_id", b"leader_id", "leader_name", b"leader_name", "starts_at", b"starts_at", "state", b"state", "visit_id", b"visit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CitizenVisit: _TypeAlias = CitizenVisit  # noqa: Y015
+
+@_typing.final
+class BookCitizenVisitRequest(_message.Message):
+    """The citizen books a visit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_PASS_FIELD_NUMBER: _builtins.int
+    LEADER_ID_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    case_pass: _builtins.str
+    """Case pass from IntakeService/TrackCase: which case, proved by its tracking code and phone digits.
+    At most 200 characters.
+    """
+    leader_id: _builtins.str
+    """Leader to meet (ListReceivingLeaders)."""
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """Start of the free slot chosen (ListSlots)."""
+
+    def __init__(
+        self,
+        *,
+        case_pass: _builtins.str = ...,
+        leader_id: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_pass", b"case_pass", "leader_id", b"leader_id", "starts_at", b"starts_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BookCitizenVisitRequest: _TypeAlias = BookCitizenVisitRequest  # noqa: Y015
+
+@_typing.final
+class BookCitizenVisitResponse(_message.Message):
+    """The booked visit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VISIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def visit(self) -> Global___CitizenVisit:
+        """The visit."""
+
+    def __init__(
+        self,
+        *,
+        visit: Global___CitizenVisit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["visit", b"visit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["visit", b"visit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BookCitizenVisitResponse: _TypeAlias = BookCitizenVisitResponse  # noqa: Y015
+
+@_typing.final
+class ListCitizenVisitsRequest(_message.Message):
+    """The citizen asks for the visits of their case."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_PASS_FIELD_NUMBER: _builtins.int
+    case_pass: _builtins.str
+    """Case pass from IntakeService/TrackCase. At most 200 characters."""
+    def __init__(
+        self,
+        *,
+        case_pass: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_pass", b"case_pass"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCitizenVisitsRequest: _TypeAlias = ListCitizenVisitsRequest  # noqa: Y015
+
+@_typing.final
+class ListCitizenVisitsResponse(_message.Message):
+    """The visits of the case, earliest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VISITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def visits(self) -> _containers.RepeatedCompositeFieldContainer[Global___CitizenVisit]:
+        """The visits."""
+
+    def __init__(
+        self,
+        *,
+        visits: _abc.Iterable[Global___CitizenVisit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["visits", b"visits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCitizenVisitsResponse: _TypeAlias = ListCitizenVisitsResponse  # noqa: Y015
+
+@_typing.final
+class CancelCitizenVisitRequest(_message.Message):
+    """The citizen cancels a visit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_PASS_FIELD_NUMBER: _builtins.int
+    VISIT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    case_pass: _builtins.str
+    """Case pass from IntakeService/TrackCase. At most 200 characters."""
+    visit_id: _builtins.str
+    """Id of the visit (ListCitizenVisits)."""
+    reason: _builtins.str
+    """Why, if the citizen says. At most 200 characters."""
+    def __init__(
+        self,
+        *,
+        case_pass: _builtins.str = ...,
+        visit_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_pass", b"case_pass", "reason", b"reason", "visit_id", b"visit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelCitizenVisitRequest: _TypeAlias = CancelCitizenVisitRequest  # noqa: Y015
+
+@_typing.final
+class CancelCitizenVisitResponse(_message.Message):
+    """The cancelled visit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VISIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def visit(self) -> Global___CitizenVisit:
+        """The visit after the change."""
+
+    def __init__(
+        self,
+        *,
+        visit: Global___CitizenVisit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["visit", b"visit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["visit", b"visit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelCitizenVisitResponse: _TypeAlias = CancelCitizenVisitResponse  # noqa: Y015

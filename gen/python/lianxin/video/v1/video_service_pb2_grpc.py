@@ -97,6 +97,26 @@ class VideoServiceStub:
                 request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RegisterRoomRequest.SerializeToString,
                 response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RegisterRoomResponse.FromString,
                 _registered_method=True)
+        self.ListReceivingLeaders = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/ListReceivingLeaders',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListReceivingLeadersRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListReceivingLeadersResponse.FromString,
+                _registered_method=True)
+        self.BookCitizenVisit = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/BookCitizenVisit',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.BookCitizenVisitRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.BookCitizenVisitResponse.FromString,
+                _registered_method=True)
+        self.ListCitizenVisits = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/ListCitizenVisits',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListCitizenVisitsRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListCitizenVisitsResponse.FromString,
+                _registered_method=True)
+        self.CancelCitizenVisit = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/CancelCitizenVisit',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelCitizenVisitRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelCitizenVisitResponse.FromString,
+                _registered_method=True)
 
 
 class VideoServiceServicer:
@@ -189,6 +209,38 @@ class VideoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReceivingLeaders(self, request, context):
+        """Public: the leaders of this node who receive citizens by video (a published schedule), with
+        their names and next free slot. Rate-limited like every public method.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BookCitizenVisit(self, request, context):
+        """Public: the citizen books a free slot of a leader for their own case, proved by the case pass
+        that IntakeService/TrackCase answers for the tracking code and phone digits. The slot must be
+        free and inside the official calendar, and a case has at most one visit booked at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCitizenVisits(self, request, context):
+        """Public: the visits of the citizen's own case (by case pass), earliest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelCitizenVisit(self, request, context):
+        """Public: the citizen cancels a booked visit of their own case, at least 24 hours before it starts
+        (later, the 信访 office cancels on the citizen's call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VideoServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +303,26 @@ def add_VideoServiceServicer_to_server(servicer, server):
                     servicer.RegisterRoom,
                     request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RegisterRoomRequest.FromString,
                     response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RegisterRoomResponse.SerializeToString,
+            ),
+            'ListReceivingLeaders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReceivingLeaders,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListReceivingLeadersRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListReceivingLeadersResponse.SerializeToString,
+            ),
+            'BookCitizenVisit': grpc.unary_unary_rpc_method_handler(
+                    servicer.BookCitizenVisit,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.BookCitizenVisitRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.BookCitizenVisitResponse.SerializeToString,
+            ),
+            'ListCitizenVisits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCitizenVisits,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListCitizenVisitsRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListCitizenVisitsResponse.SerializeToString,
+            ),
+            'CancelCitizenVisit': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCitizenVisit,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelCitizenVisitRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelCitizenVisitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -580,6 +652,114 @@ class VideoService:
             '/lianxin.video.v1.VideoService/RegisterRoom',
             lianxin_dot_video_dot_v1_dot_video__service__pb2.RegisterRoomRequest.SerializeToString,
             lianxin_dot_video_dot_v1_dot_video__service__pb2.RegisterRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReceivingLeaders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/ListReceivingLeaders',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.ListReceivingLeadersRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.ListReceivingLeadersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BookCitizenVisit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/BookCitizenVisit',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.BookCitizenVisitRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.BookCitizenVisitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCitizenVisits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/ListCitizenVisits',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.ListCitizenVisitsRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.ListCitizenVisitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCitizenVisit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/CancelCitizenVisit',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelCitizenVisitRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelCitizenVisitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,21 @@ class VideoServiceStub:
     """Cross-node: releases a hold or a confirmed room booking."""
     RegisterRoom: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.RegisterRoomRequest, _video_service_pb2.RegisterRoomResponse]
     """Registers (creates or replaces) a room or terminal and the node that serves it."""
+    ListReceivingLeaders: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.ListReceivingLeadersRequest, _video_service_pb2.ListReceivingLeadersResponse]
+    """Public: the leaders of this node who receive citizens by video (a published schedule), with
+    their names and next free slot. Rate-limited like every public method.
+    """
+    BookCitizenVisit: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.BookCitizenVisitRequest, _video_service_pb2.BookCitizenVisitResponse]
+    """Public: the citizen books a free slot of a leader for their own case, proved by the case pass
+    that IntakeService/TrackCase answers for the tracking code and phone digits. The slot must be
+    free and inside the official calendar, and a case has at most one visit booked at a time.
+    """
+    ListCitizenVisits: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.ListCitizenVisitsRequest, _video_service_pb2.ListCitizenVisitsResponse]
+    """Public: the visits of the citizen's own case (by case pass), earliest first."""
+    CancelCitizenVisit: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.CancelCitizenVisitRequest, _video_service_pb2.CancelCitizenVisitResponse]
+    """Public: the citizen cancels a booked visit of their own case, at least 24 hours before it starts
+    (later, the 信访 office cancels on the citizen's call).
+    """
 
 class VideoServiceServicer(metaclass=_abc_1.ABCMeta):
     """Books leaders' video receptions on the earliest slot that fits every participant, holding
@@ -145,5 +160,44 @@ class VideoServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _video_service_pb2.RegisterRoomResponse:
         """Registers (creates or replaces) a room or terminal and the node that serves it."""
+
+    @_abc_1.abstractmethod
+    def ListReceivingLeaders(
+        self,
+        request: _video_service_pb2.ListReceivingLeadersRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.ListReceivingLeadersResponse:
+        """Public: the leaders of this node who receive citizens by video (a published schedule), with
+        their names and next free slot. Rate-limited like every public method.
+        """
+
+    @_abc_1.abstractmethod
+    def BookCitizenVisit(
+        self,
+        request: _video_service_pb2.BookCitizenVisitRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.BookCitizenVisitResponse:
+        """Public: the citizen books a free slot of a leader for their own case, proved by the case pass
+        that IntakeService/TrackCase answers for the tracking code and phone digits. The slot must be
+        free and inside the official calendar, and a case has at most one visit booked at a time.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCitizenVisits(
+        self,
+        request: _video_service_pb2.ListCitizenVisitsRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.ListCitizenVisitsResponse:
+        """Public: the visits of the citizen's own case (by case pass), earliest first."""
+
+    @_abc_1.abstractmethod
+    def CancelCitizenVisit(
+        self,
+        request: _video_service_pb2.CancelCitizenVisitRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.CancelCitizenVisitResponse:
+        """Public: the citizen cancels a booked visit of their own case, at least 24 hours before it starts
+        (later, the 信访 office cancels on the citizen's call).
+        """
 
 def add_VideoServiceServicer_to_server(servicer: VideoServiceServicer, server: _grpc.Server) -> None: ...
