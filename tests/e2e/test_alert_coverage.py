@@ -129,20 +129,23 @@ def scraped_processes(overlay: str) -> frozenset[Process]:
                     served = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
                     target = port.get("targetPort", port["port"])
                     number = served.get(target) if isinstance(target, str) else target
-                    # The endpoint is the port the process serves its /metrics on (LIANXIN_METRICS_PORT).
-                    if number == _metrics_port(config) and container.get("args", [])[:2] in (
-                        ["serve", "--service"],
-                        ["worker", "--service"],
-                    ):
-                        reached.add((container["args"][0], container["args"][2]))
+                    args = container.get("args", [])
+                    if args[:2] not in (["serve", "--service"], ["worker", "--service"]):
+                        continue
+                    # The endpoint is the port the process serves its /metrics on: LIANXIN_METRICS_PORT,
+                    # or the web gateway's HTTP port (LIANXIN_WEB_PORT).
+                    env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+                    wanted = int(env["LIANXIN_WEB_PORT"]) if args[2] == "web" else _metrics_port(config)
+                    if number == wanted:
+                        reached.add((args[0], args[2]))
     return frozenset(reached)
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
-def test_kubernetes_scrapes_every_api_and_every_worker(overlay: str) -> None:
+def test_kubernetes_scrapes_every_api_every_worker_and_the_web_gateway(overlay: str) -> None:
     if KUBECTL is None:
         _tool_missing("kubectl (needed to render deploy/k8s with kustomize)")
-    expected = {(command, service) for command in ("serve", "worker") for service in SERVICES}
+    expected = {(command, service) for command in ("serve", "worker") for service in SERVICES} | {("serve", "web")}
     assert scraped_processes(overlay) >= expected, sorted(expected - scraped_processes(overlay))
 
 
@@ -199,6 +202,12 @@ def county_processes(
             for service in SERVICES:
                 node.spawn("worker", service)
                 node.spawn("serve", service)
+            # The web gateway serves its /metrics on its HTTP port, a client of the node's five apis.
+            web = node.metrics_ports.setdefault("web-serve", _free_port())
+            node.env.update(
+                {"LIANXIN_WEB_PORT": str(web), **{f"LIANXIN_WEB_{s.upper()}": node.address(s) for s in SERVICES}}
+            )
+            node.spawn_process("web-serve", ["serve", "--service", "web"])
             yield node
         finally:
             node.stop()
@@ -255,6 +264,10 @@ OPERATIONS = REPO / "docs" / "operations.md"
 KINDS = {"serve": "api", "worker": "worker"}
 
 
+def _kind(command: str, service: str) -> str:
+    return "web" if service == "web" else KINDS[command]
+
+
 def documented_metrics() -> dict[str, tuple[str, set[str], set[str]]]:
     """Family name → (type, labels, process kinds) from the metric table of docs/operations.md."""
     rows = re.findall(
@@ -280,7 +293,7 @@ def test_operations_guide_lists_every_exported_metric_with_its_labels_and_proces
             problems.append(
                 f"{name}: documented {kind} {sorted(labels)}, exported {exported.kind} {sorted(exported.labels)}"
             )
-        if by != {KINDS[command] for command, _ in exported.processes}:
+        if by != {_kind(command, service) for command, service in exported.processes}:
             problems.append(f"{name}: documented as exported by {sorted(by)}, is by {sorted(exported.processes)}")
     code = "\n".join(path.read_text("utf-8") for path in (REPO / "services").rglob("*.py"))
     problems += [f"{name} is documented but no process defines it" for name in documented if f'"{name}' not in code]

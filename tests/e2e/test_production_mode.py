@@ -58,10 +58,13 @@ class ProductionNode:
             port = self.api_ports.setdefault(service, _free_port())
             env["LIANXIN_GRPC_PORT"] = str(port)
         env["LIANXIN_METRICS_PORT"] = str(self.metrics_ports.setdefault(f"{service}-{kind}", _free_port()))
-        log = open(self.logs / f"{service}-{kind}.log", "ab")  # noqa: SIM115 - handed to the child
-        self.processes[f"{service}-{kind}"] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", kind, "--service", service],
-            env=env,
+        self.spawn_process(f"{service}-{kind}", [kind, "--service", service], env)
+
+    def spawn_process(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *args],
+            env=env if env is not None else dict(self.env),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -162,7 +162,9 @@ def test_every_service_exposes_ports_named_grpc_and_metrics(overlay: str) -> Non
         if name.endswith("-worker"):
             assert ports == {"metrics"} and manifest["spec"]["clusterIP"] == "None", name
         elif name == WEB:
-            assert ports == {"http"}, name
+            assert ports == {"http", "metrics"}, name  # metrics: the same /metrics, for Prometheus's job lianxin-web
+            by_name = {p["name"]: p for p in manifest["spec"]["ports"]}
+            assert by_name["metrics"]["targetPort"] == by_name["http"]["targetPort"] == "http"
         else:
             assert "grpc" in ports or name in {"postgres", "rabbitmq"}, name
     for service in SERVICES:
@@ -311,7 +313,12 @@ def test_production_tiers_let_in_their_own_pods_their_children_and_prometheus_on
     assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"lianxin/parent": node}}}]
     assert rule["ports"] == [{"protocol": "TCP", "port": 50051}]
     (scrape,) = policies["lianxin-prometheus"]["spec"]["ingress"]
-    assert scrape["ports"] == [{"protocol": "TCP", "port": int(_config(docs)["LIANXIN_METRICS_PORT"])}]
+    (gateway,) = _by_name(docs, "Deployment")[WEB]["spec"]["template"]["spec"]["containers"]
+    web_port = next(p["containerPort"] for p in gateway["ports"] if p["name"] == "http")  # its /metrics
+    assert scrape["ports"] == [
+        {"protocol": "TCP", "port": int(_config(docs)["LIANXIN_METRICS_PORT"])},
+        {"protocol": "TCP", "port": web_port},
+    ]
 
 
 def test_a_child_tier_is_let_in_by_its_parent_tiers_policy() -> None:

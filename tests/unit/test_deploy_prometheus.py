@@ -35,6 +35,7 @@ ALERTS: dict[str, str] = {
     "LianxinCalendarEndsSoon": "lianxin_calendar_days_left",
     "LianxinCertificateExpiresSoon": "lianxin_tls_certificate_expiry_timestamp_seconds",
     "LianxinCertificateExpiresVerySoon": "lianxin_tls_certificate_expiry_timestamp_seconds",
+    "LianxinWebGatewayErrors": "lianxin_web_requests_total",
 }
 
 
@@ -101,8 +102,8 @@ def test_embedded_job_scrapes_every_node_of_lianxin_up_by_region_code() -> None:
 def test_kubernetes_config_has_a_job_per_service_keeping_its_metrics_port() -> None:
     config = _load(PROMETHEUS / "prometheus-kubernetes.yml")
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {f"lianxin-{service}" for service in SERVICES}
-    for service in SERVICES:
+    assert set(jobs) == {f"lianxin-{service}" for service in (*SERVICES, "web")}
+    for service in (*SERVICES, "web"):
         job = jobs[f"lianxin-{service}"]
         assert job["kubernetes_sd_configs"] == [{"role": "endpoints"}]
         keep = next(r for r in job["relabel_configs"] if r.get("action") == "keep")
