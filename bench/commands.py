@@ -1,4 +1,4 @@
-"""Operator commands of the load and fault harness: `lianxin bench` and `lianxin faults`.
+"""Operator commands of the load and fault harness: `lianxin bench`, `lianxin faults` and `lianxin simulate`.
 
 Each part registers its own parser; a part whose module is not there yet is skipped so the CLI
 never breaks because of the harness."""
@@ -10,7 +10,7 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    for module_name in ("bench.harness.cli", "bench.faults.cli"):
+    for module_name in ("bench.harness.cli", "bench.faults.cli", "bench.simulate.cli"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
