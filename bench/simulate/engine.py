@@ -249,9 +249,10 @@ class ProvinceSim:
         first = np.full(ncases, 1 << 30, dtype=np.int64)
         np.minimum.at(first, lc.case, lc.step)
         self.first_today = first
-        times, cases, steps = lc.times, lc.case, lc.step
         limit = self.config.day_s
-        n = int(np.searchsorted(times, limit))
+        n = int(np.searchsorted(lc.times, limit))
+        # Plain lists: indexing a numpy array per event costs more than the event's own work.
+        times, cases, steps = lc.times[:n].tolist(), lc.case[:n].tolist(), lc.step[:n].tolist()
         i = 0
         queue = self.queue
         while True:
@@ -261,8 +262,8 @@ class ProvinceSim:
                 self.now = t
                 fn(arg, t)
             elif i < n:
-                self.now = float(next_event)
-                self.emit(int(cases[i]), int(steps[i]), float(next_event))
+                self.now = next_event
+                self.emit(cases[i], steps[i], next_event)
                 i += 1
             else:
                 break
@@ -465,16 +466,12 @@ class ProvinceSim:
         self.end_pass(link, t, ok=False)
 
     def end_pass(self, link: Link, t: float, *, ok: bool) -> None:
+        link.in_pass = False
         if ok:
             link.failures = 0
-            link.not_before = 0.0
-            # The pass then pulls down (ParentLink.pull_down, FetchTransfers): one more round trip.
-            self.at(t + 2 * self.latency(link), self.pass_end, link)
-        else:
-            self.pass_end(link, t)
-
-    def pass_end(self, link: Link, t: float) -> None:
-        link.in_pass = False
+            # The pass then pulls down (ParentLink.pull_down, FetchTransfers): one more round trip
+            # before the next pass can start.
+            link.not_before = t + 2 * self.latency(link)
         if link.cursor < link.child.head():
             self.wake(link, t)
 
