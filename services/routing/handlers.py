@@ -15,7 +15,14 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from services.common.calendar import OfficialYear
-from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, StaleOwner
+from services.common.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    StaleOwner,
+)
 from services.common.ids import registering_node
 from services.common.regions import RegionTree
 from services.common.timeutil import china_date, to_utc
@@ -37,6 +44,7 @@ from services.routing.workorder import (
     TRANSITIONS,
     Action,
     ArbitrationOutcome,
+    DeadlineStageReached,
     Stage,
     State,
     WorkOrder,
@@ -194,6 +202,7 @@ class WorkOrderQuery:
     due_before: datetime | None = None
     now: datetime | None = None
     manual_only: bool = False
+    assisting_unit_id: str = ""  # 协办: work orders that wait for this unit's answer
 
 
 class RoutingUnitOfWork(Protocol):
@@ -836,6 +845,57 @@ def unmerge_case(
     return stored
 
 
+def _lead_only(stored: StoredWorkOrder, acting_unit: str, what: str) -> None:
+    """主办/协办: only the lead unit (the work order's unit) does ``what``; the office may act for it."""
+    if acting_unit and acting_unit != stored.order.unit_id:
+        raise PermissionDenied(
+            f"only the lead unit {stored.order.unit_id or '(none)'} {what}; {acting_unit} is not the lead of "
+            f"work order {stored.order.id}"
+        )
+
+
+def request_assist(
+    stored: StoredWorkOrder,
+    at: datetime,
+    actor: str,
+    routing: Routing,
+    *,
+    unit_ids: Sequence[str],
+    request: str,
+    acting_unit: str,
+) -> list[WorkOrderEvent]:
+    """The lead unit (or the office) asks assisting units of this node for their part (协办)."""
+    _lead_only(stored, acting_unit, "asks assisting units")
+    for i, unit in enumerate(unit_ids):
+        if unit.strip() and unit.strip() not in routing.catalogue.units:
+            raise InvalidArgument(f"unit_ids[{i}]", f"{unit!r} is not a unit of node {routing.node}")
+    return list(stored.order.request_assist(unit_ids, at=at, actor=actor, rules=routing.rules, request=request))
+
+
+def answer_assist(
+    stored: StoredWorkOrder, at: datetime, actor: str, routing: Routing, *, unit_id: str, text: str, acting_unit: str
+) -> list[WorkOrderEvent]:
+    """An assisting unit answers the lead (协办意见); a unit answers only for itself."""
+    if acting_unit and unit_id and acting_unit != unit_id:
+        raise PermissionDenied(f"unit {acting_unit} cannot answer for assisting unit {unit_id}")
+    return list(stored.order.answer_assist(unit_id, at=at, actor=actor, rules=routing.rules, text=text))
+
+
+def reply(
+    stored: StoredWorkOrder,
+    at: datetime,
+    actor: str,
+    routing: Routing,
+    *,
+    text: str,
+    attachments: Sequence[str],
+    acting_unit: str,
+) -> list[WorkOrderEvent]:
+    """答复: only the lead unit replies to the citizen (assisting units answer the lead)."""
+    _lead_only(stored, acting_unit, "replies to the citizen")
+    return stored.order.reply(text=text, at=at, actor=actor, rules=routing.rules, attachments=attachments)
+
+
 def accept(stored: StoredWorkOrder, at: datetime, actor: str, routing: Routing, note: str) -> list[WorkOrderEvent]:
     """受理: the office accepts a queued registration; a unit accepts (签收) what was assigned to it."""
     if stored.order.state is State.REGISTERED:
@@ -1223,7 +1283,9 @@ def _sweep_batch(
                 by_node=routing.node if chase else routing.parent,
                 by_actor=SYSTEM,
                 demand=(
-                    f"{action.kind} deadline {action.deadline.isoformat()} missed: "
+                    f"{action.kind} deadline {action.deadline.isoformat()} missed"
+                    + _owing(events)
+                    + ": "
                     + ("handle it now (催办)" if chase else "the tier above supervises (督办)")
                 ),
                 due_at=supervision_at(now, routing.rules.policy, routing.rules.calendar),
@@ -1236,6 +1298,12 @@ def _sweep_batch(
     for change in changes.values():
         _refresh(change.stored, routing, now, before=change.stored.provisional)
     return list(changes.values())
+
+
+def _owing(events: Sequence[RoutingEvent]) -> str:
+    """For a missed assist deadline (协办): the assisting units that owe their answer, named in the chase."""
+    units = [u for e in events if isinstance(e, DeadlineStageReached) for u in e.unit_ids]
+    return f" by assisting unit(s) {', '.join(units)}" if units else ""
 
 
 def recompute_provisional_deadlines(

@@ -35,6 +35,9 @@ class WorkOrderRow(Base):
     data: Mapped[str] = mapped_column(Text, default="{}")
     requested_days: Mapped[int] = mapped_column(Integer, default=0)
     provisional: Mapped[str] = mapped_column(String(200), default="")  # comma-separated deadline kinds
+    # 协办: the assisting units that still owe the lead their answer, as ",unit,unit," (ListWorkOrders
+    # assisting_unit_id matches ",<unit>,"); "" when none.
+    assisting: Mapped[str] = mapped_column(String(1000), default="", server_default="")
     # Earliest pending duty deadline (far future when none): overdue / due-soon filters and inbox order.
     next_due: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Earliest unfired sweep boundary; NULL when nothing can fire (closed, paused): the sweep's index.

@@ -92,6 +92,17 @@ def work_order_message(stored: StoredWorkOrder, *, now: datetime | None = None) 
         version=order.version,
         provisional_deadlines=list(stored.provisional),
         allowed_actions=[action.value for action in allowed_actions(order, now)],
+        assisting_units=[
+            routing_pb2.AssistingUnit(
+                unit_id=a.unit_id,
+                requested_at=to_timestamp(a.requested_at),
+                due_at=to_timestamp(a.due),
+                answered_at=to_timestamp(a.answered_at) if a.answered_at is not None else None,
+                answer=a.answer,
+                late=a.late,
+            )
+            for a in order.assists.values()
+        ],
     )
 
 
@@ -184,6 +195,7 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         query = WorkOrderQuery(
             unit_id=request.unit_id,
             case_id=request.case_id,
+            assisting_unit_id=request.assisting_unit_id,
             states=tuple(_domain_state(s) for s in request.states),
             overdue_only=request.overdue_only,
             due_before=due_before,
@@ -313,11 +325,37 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
             request.work_order_id,
             request.actor,
             request.expected_version,
-            lambda s, at, who: s.order.reply(
-                text=request.text, at=at, actor=who, rules=r.rules, attachments=list(request.attachment_refs)
+            lambda s, at, who: handlers.reply(
+                s, at, who, r, text=request.text, attachments=list(request.attachment_refs), acting_unit=acting_unit()
             ),
         )
         return routing_pb2.ReplyWorkOrderResponse(work_order=wo)
+
+    def RequestAssist(
+        self, request: routing_pb2.RequestAssistRequest, context: Any
+    ) -> routing_pb2.RequestAssistResponse:
+        r, unit = self._routing, acting_unit()
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: handlers.request_assist(
+                s, at, who, r, unit_ids=list(request.unit_ids), request=request.request, acting_unit=unit
+            ),
+        )
+        return routing_pb2.RequestAssistResponse(work_order=wo)
+
+    def AnswerAssist(self, request: routing_pb2.AnswerAssistRequest, context: Any) -> routing_pb2.AnswerAssistResponse:
+        r, unit = self._routing, acting_unit()
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: handlers.answer_assist(
+                s, at, who, r, unit_id=request.unit_id, text=request.text, acting_unit=unit
+            ),
+        )
+        return routing_pb2.AnswerAssistResponse(work_order=wo)
 
     def CloseWorkOrder(
         self, request: routing_pb2.CloseWorkOrderRequest, context: Any

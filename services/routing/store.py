@@ -62,6 +62,7 @@ from services.routing.models import (
 from services.routing.timelimits import DeadlineKind
 from services.routing.workorder import (
     OPEN_STATES,
+    Assist,
     DeadlineStageReached,
     HistoryEntry,
     ReplyGiven,
@@ -111,6 +112,10 @@ def encode_order(order: WorkOrder) -> str:
             "reply": [order.reply_text, list(order.reply_attachments), _iso(order.replied_at)],
             "merged_into": order.merged_into,
             "merged_from": order.merged_from.value if order.merged_from else None,
+            "assists": {
+                u: [_iso(a.requested_at), _iso(a.due), _iso(a.answered_at), a.answer, a.late]
+                for u, a in order.assists.items()
+            },
             "transferred_to": order.transferred_to,
             "fired": sorted([k, s] for k, s in order.fired),
         },
@@ -150,6 +155,10 @@ def decode_order(row: Any, history: list[HistoryEntry]) -> WorkOrder:
         replied_at=_dt(replied_at),
         merged_into=d["merged_into"],
         merged_from=State(d["merged_from"]) if d.get("merged_from") else None,
+        assists={
+            u: Assist(u, datetime.fromisoformat(r), datetime.fromisoformat(due), _dt(ans), text, late)
+            for u, (r, due, ans, text, late) in d.get("assists", {}).items()
+        },
         transferred_to=d["transferred_to"],
         fired={(k, s) for k, s in d["fired"]},
         history=history,
@@ -298,6 +307,8 @@ class SqlRoutingUnitOfWork:
             conditions.append(WorkOrderRow.unit_id == query.unit_id)
         if query.case_id:
             conditions.append(WorkOrderRow.case_id == query.case_id)
+        if query.assisting_unit_id:
+            conditions.append(WorkOrderRow.assisting.contains(f",{query.assisting_unit_id},", autoescape=True))
         states = sorted({s.value for s in query.states})
         if query.manual_only:
             conditions.append(WorkOrderRow.manual_queue == 1)
@@ -672,12 +683,18 @@ def _columns(stored: StoredWorkOrder) -> dict[str, Any]:
         "data": encode_order(order),
         "requested_days": stored.requested_days,
         "provisional": ",".join(stored.provisional),
+        "assisting": _assisting(order),
         # SQLite keeps wall-clock text: every stored instant is UTC so comparisons hold on both backends.
         "next_due": to_utc(stored.next_due or FAR_FUTURE),
         "next_sweep_at": None if stored.next_sweep_at is None else to_utc(stored.next_sweep_at),
         "version": order.version,
         "updated_at": to_utc(stored.updated_at),
     }
+
+
+def _assisting(order: WorkOrder) -> str:
+    pending = sorted(u for u, a in order.assists.items() if a.pending)
+    return f",{','.join(pending)}," if pending else ""
 
 
 def _new_history(stored: StoredWorkOrder) -> list[dict[str, Any]]:
@@ -758,6 +775,7 @@ def _payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None:
                 deadlines=_deadlines(event.deadlines),
                 reply_text=event.reply_text,
                 main_case_id=event.main_case_id,
+                assisting_unit_id=event.assisting_unit_id,
             ),
             event.at,
         )
@@ -769,6 +787,7 @@ def _payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None:
                 deadline_kind=event.kind,
                 due_at=to_timestamp(event.deadline),
                 stage=event.stage.value,
+                unit_ids=list(event.unit_ids),
             ),
             event.at,
         )

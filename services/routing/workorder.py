@@ -38,6 +38,10 @@ from services.routing.timelimits import (
 
 __all__ = [
     "ACTIONS",
+    "ASSIST_ANSWER",
+    "ASSIST_LATE_ANSWER",
+    "ASSIST_REQUEST",
+    "ASSIST_STATES",
     "ESCALATE_UP",
     "FOLLOW_MAIN",
     "HOTLINE_KINDS",
@@ -50,6 +54,7 @@ __all__ = [
     "VISIT_OUTCOME",
     "Action",
     "ArbitrationOutcome",
+    "Assist",
     "DeadlineStageReached",
     "HistoryEntry",
     "ReplyGiven",
@@ -117,6 +122,13 @@ MERGE_OUT = "merge_out"  # ... and the one taken out again (undo before the repl
 # Prefix of the history/event label a merged case's work order gets for each change of its main case
 # ("main:reply"): the merged citizen follows the main case's progress; its own state stays MERGED.
 FOLLOW_MAIN = "main:"
+# History/event labels of 主办/协办: the lead asks assisting units (one entry per unit), an assisting unit
+# answers the lead (on time or late). Not transitions: the lead's work order keeps its state.
+ASSIST_REQUEST = "assist_request"
+ASSIST_ANSWER = "assist_answer"
+ASSIST_LATE_ANSWER = "assist_late_answer"
+# States in which the lead unit handles the case and may ask assisting units (协办).
+ASSIST_STATES = frozenset({State.ASSIGNED, State.IN_PROGRESS, State.EXTENDED, State.REOPENED})
 # History/event label of a leader's video reception (视频接访) held on the case, with its outcome;
 # not a transition either.
 VISIT_OUTCOME = "visit_outcome"
@@ -251,6 +263,7 @@ class WorkOrderChanged:
     deadlines: DeadlineList
     target: str | None = None  # unit for assign/arbitrate, node for transfer, case for merge
     reply_text: str = ""  # with a reply: the answer the citizen reads at the registering node
+    assisting_unit_id: str = ""  # with assist_request / assist_answer / assist_late_answer: the assisting unit
     main_case_id: str = ""  # with merge / unmerge / main:<action>: the main case (并单)
 
 
@@ -278,6 +291,23 @@ class DeadlineStageReached:
     stage: Stage
     deadline: datetime
     at: datetime
+    unit_ids: tuple[str, ...] = ()  # kind assist: the assisting units that owe their answer
+
+
+@dataclass
+class Assist:
+    """One assisting unit's part (协办): asked when, due when (its own limit), answered when, late or not."""
+
+    unit_id: str
+    requested_at: datetime
+    due: datetime
+    answered_at: datetime | None = None
+    answer: str = ""
+    late: bool = False
+
+    @property
+    def pending(self) -> bool:
+        return self.answered_at is None
 
 
 WorkOrderEvent = WorkOrderCreated | WorkOrderChanged | ReplyGiven | DeadlineStageReached
@@ -333,6 +363,7 @@ class WorkOrder:
     replied_at: datetime | None = None
     merged_into: str | None = None
     merged_from: State | None = None
+    assists: dict[str, Assist] = field(default_factory=dict)  # 协办 by unit; the lead is ``unit_id``
     transferred_to: str | None = None
     fired: set[tuple[str, str]] = field(default_factory=set)
     history: list[HistoryEntry] = field(default_factory=list)
@@ -564,6 +595,77 @@ class WorkOrder:
         self.windows.clear()
         return [self._changed(Action.WITHDRAW, at, actor, reason)]
 
+    def request_assist(
+        self, unit_ids: Sequence[str], *, at: datetime, actor: str, rules: TimeRules, request: str
+    ) -> list[WorkOrderChanged]:
+        """主办/协办: the lead unit (``unit_id``) asks assisting units for their part, each within the
+        ``assist`` limit from now; the earliest unanswered one is the work order's ``assist`` deadline,
+        warned, chased and supervised by the sweep like any duty. Not a transition."""
+        at = to_utc(at)
+        if self.state not in ASSIST_STATES:
+            raise FailedPrecondition(
+                f"cannot ask assisting units of a work order in state {self.state.value}", self.state
+            )
+        request = _required("request", request, "what the assisting units must contribute (协办事项)")
+        if not unit_ids:
+            raise InvalidArgument("unit_ids", "name at least one assisting unit")
+        wanted: list[str] = []
+        for i, raw in enumerate(unit_ids):
+            unit = (raw or "").strip()
+            if not unit:
+                raise InvalidArgument(f"unit_ids[{i}]", "must not be empty")
+            if unit == self.unit_id:
+                raise InvalidArgument(f"unit_ids[{i}]", f"{unit} is the lead unit (主办) of this work order")
+            if unit in wanted:
+                raise InvalidArgument(f"unit_ids[{i}]", f"{unit} is named twice")
+            known = self.assists.get(unit)
+            if known is not None and known.pending:
+                raise InvalidArgument(f"unit_ids[{i}]", f"{unit} was already asked and has not answered yet")
+            wanted.append(unit)
+        events: list[WorkOrderChanged] = []
+        for unit in wanted:
+            due = rules.deadline(DeadlineKind.ASSIST, at, tier=self.tier, category=self.category, paused=self.pauses)
+            self.assists[unit] = Assist(unit, at, due)
+            note = f"协办 {unit}: {request} (answer due {china_date(due).isoformat()})"
+            events.append(replace(self._noted(ASSIST_REQUEST, at=at, actor=actor, note=note), assisting_unit_id=unit))
+        self._restart_assist_clock(rules)
+        return events
+
+    def answer_assist(
+        self, unit_id: str, *, at: datetime, actor: str, rules: TimeRules, text: str
+    ) -> list[WorkOrderChanged]:
+        """An assisting unit answers the lead (协办意见); late when after its own deadline. Not a transition."""
+        at = to_utc(at)
+        unit = _required("unit_id", unit_id, "the assisting unit")
+        text = _required("text", text, "the assisting unit's answer (协办意见)")
+        assist = self.assists.get(unit)
+        if assist is None:
+            raise InvalidArgument("unit_id", f"{unit} was not asked to assist on this work order")
+        if not assist.pending:
+            raise FailedPrecondition(f"{unit} already answered on {assist.answered_at}", self.state)
+        if self.state not in ASSIST_STATES:
+            raise FailedPrecondition(
+                f"the lead's work order is {self.state.value}: no answer is expected now", self.state
+            )
+        assist.answered_at, assist.answer = at, text
+        assist.late = assist.late or at > assist.due
+        label = ASSIST_LATE_ANSWER if assist.late else ASSIST_ANSWER
+        self._restart_assist_clock(rules)
+        note = f"协办 {unit} answered{' late' if assist.late else ''}: {text}"
+        return [replace(self._noted(label, at=at, actor=actor, note=note), assisting_unit_id=unit)]
+
+    def late_assists(self, deadline: datetime) -> tuple[str, ...]:
+        """Unanswered assisting units due by ``deadline`` (the assist deadline the sweep chases)."""
+        return tuple(sorted(a.unit_id for a in self.assists.values() if a.pending and a.due <= deadline))
+
+    def _restart_assist_clock(self, rules: TimeRules) -> None:
+        pending = [a for a in self.assists.values() if a.pending]
+        if not pending:
+            self._stop_clock(DeadlineKind.ASSIST)
+            return
+        first = min(pending, key=lambda a: (a.due, a.requested_at))
+        self._start_clock(DeadlineKind.ASSIST, first.requested_at, rules)
+
     def merge(self, *, into_case_id: str, at: datetime, actor: str, reason: str = "") -> list[WorkOrderEvent]:
         """并单: this case continues inside another one until the merge is undone.
 
@@ -703,6 +805,12 @@ class WorkOrder:
             return []
         for stage in _STAGE_ORDER[: _STAGE_ORDER.index(action.stage) + 1]:
             self.fired.add((action.kind, stage.value))
+        owing: tuple[str, ...] = ()
+        if action.kind == DeadlineKind.ASSIST:
+            owing = self.late_assists(action.deadline)
+            if action.stage is not Stage.WARNING:
+                for unit in owing:
+                    self.assists[unit].late = True  # chased: counted late whenever it answers
         at = to_utc(at if at is not None else action.boundary)
         self.history.append(HistoryEntry(at, actor, f"{action.stage.value}:{action.kind}", self.state, self.state))
         self.version += 1
@@ -716,6 +824,7 @@ class WorkOrder:
                 stage=action.stage,
                 deadline=action.deadline,
                 at=at,
+                unit_ids=owing,
             )
         ]
 

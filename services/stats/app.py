@@ -46,6 +46,7 @@ SUBSCRIBED: tuple[tuple[str, str], ...] = (
     ("routing", "case_merged"),
     ("routing", "case_withdrawn"),
     ("routing", "case_evaluated"),
+    ("routing", "deadline_warning"),
     ("exchange", "case_registered"),
     ("exchange", "work_order_created"),
     ("exchange", "work_order_changed"),
@@ -54,6 +55,7 @@ SUBSCRIBED: tuple[tuple[str, str], ...] = (
     ("exchange", "case_handed_off"),
     ("exchange", "case_merged"),
     ("exchange", "case_withdrawn"),
+    ("exchange", "deadline_warning"),
 )
 
 

@@ -146,6 +146,8 @@ class CaseEvent:
     hand_off_kind: str = ""
     owner_epoch: int = 0
     carries_case: bool = False
+    # 协办: assisting units late (an answer after its deadline, or chased by an "assist" deadline warning)
+    late_assisting_units: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ class CaseFact:
     satisfaction: str = ""
     rating_default_at: datetime | None = None
     supervision_count: int = 0
+    # 协办: the assisting units that were late with their answer to the lead unit, ",a,b," ("" none).
+    assist_late_units: str = ""
 
 
 class CachedCalendar:
@@ -341,6 +345,9 @@ def _apply(fact: CaseFact, event: CaseEvent, config: StatsConfig, calendar: Work
         changes["state"] = "WITHDRAWN"
     elif kind == "case_merged":
         changes["state"] = "MERGED"
+    if event.late_assisting_units:
+        late = {u for u in fact.assist_late_units.split(",") if u} | set(event.late_assisting_units)
+        changes["assist_late_units"] = f",{','.join(sorted(late))},"
     return replace(fact, **changes)  # type: ignore[arg-type]
 
 
@@ -369,6 +376,8 @@ DEFINITIONS: dict[str, str] = {
     "overdue": "超期件: cases whose handling deadline passed without a reply by as_of, or that were replied "
     "after it (withdrawn, merged and refused excluded).",
     "supervised": "督办件: cases with at least one supervision (督办 or 挂牌督办; a 催办 chase does not count).",
+    "assist_late": "协办超期件: cases in which an assisting unit (协办) answered the lead unit after its own "
+    "deadline, or was chased for it (the units are listed in the bulletin).",
     "merged": "并单件: received cases merged (并单) into another case; each is a submission of its own (its citizen "
     "follows and rates the main case) but not a matter of its own.",
     "matters": "事项数: received cases less those merged into another case: a matter raised by many citizens "
@@ -376,8 +385,10 @@ DEFINITIONS: dict[str, str] = {
     "satisfaction count submissions.",
 }
 # Metrics where a smaller value is better (rankings order these ascending).
-LOWER_IS_BETTER = frozenset({"avg_reply_workdays", "p90_reply_workdays", "repeat_rate", "overdue", "supervised"})
-COUNT_METRICS = frozenset({"received", "overdue", "supervised", "merged", "matters"})
+LOWER_IS_BETTER = frozenset(
+    {"avg_reply_workdays", "p90_reply_workdays", "repeat_rate", "overdue", "supervised", "assist_late"}
+)
+COUNT_METRICS = frozenset({"received", "overdue", "supervised", "merged", "matters", "assist_late"})
 
 
 @dataclass
@@ -399,6 +410,7 @@ class Aggregates:
     overdue: int = 0
     supervised: int = 0
     merged: int = 0
+    assist_late: int = 0
     # working days → number of replied cases (the distribution gives mean and p90 exactly)
     reply_days: dict[int, int] = field(default_factory=dict)
 
@@ -429,6 +441,7 @@ COUNTERS: tuple[str, ...] = (
     "overdue",
     "supervised",
     "merged",
+    "assist_late",
 )
 
 
@@ -487,6 +500,7 @@ def counters(fact: CaseFact, as_of: datetime) -> tuple[int, ...]:
         ),
         "supervised": fact.supervision_count > 0,
         "merged": fact.state == "MERGED",
+        "assist_late": fact.assist_late_units != "",
     }
     return tuple(int(values[name]) for name in COUNTERS)
 
@@ -511,6 +525,7 @@ NUMERATOR_PREDICATE: dict[str, str] = {
     "supervised": "supervised",
     "merged": "merged",
     "matters": "matter",
+    "assist_late": "assist_late",
 }
 
 
@@ -560,6 +575,7 @@ METRIC_COUNTERS: dict[str, tuple[str, ...]] = {
     "supervised": ("supervised",),
     "merged": ("merged",),
     "matters": ("merged",),
+    "assist_late": ("assist_late",),
 }
 REPLY_DAY_METRICS = frozenset({"avg_reply_workdays", "p90_reply_workdays"})
 
@@ -593,6 +609,8 @@ def compute(name: str, agg: Aggregates) -> MetricValue:
         return MetricValue(name, DEFINITIONS[name], float(agg.overdue), agg.overdue, 1, [])
     if name == "supervised":
         return MetricValue(name, DEFINITIONS[name], float(agg.supervised), agg.supervised, 1, [])
+    if name == "assist_late":
+        return MetricValue(name, DEFINITIONS[name], float(agg.assist_late), agg.assist_late, 1, [])
     if name == "merged":
         return MetricValue(name, DEFINITIONS[name], float(agg.merged), agg.merged, 1, [])
     if name == "matters":

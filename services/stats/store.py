@@ -118,6 +118,7 @@ def predicates(as_of: datetime | ColumnElement[Any]) -> dict[str, ColumnElement[
         "overdue": and_(owed, or_(and_(F.replied_at.is_(None), F.handling_due < t), F.replied_at > F.handling_due)),
         "supervised": F.supervision_count > 0,
         "merged": F.state == "MERGED",
+        "assist_late": F.assist_late_units != "",
         "replied_any": F.reply_workdays.is_not(None),
         "matter": F.state != "MERGED",
     }

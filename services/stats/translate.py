@@ -10,6 +10,8 @@ from lianxin.events.v1 import events_pb2
 from services.common.timeutil import from_timestamp
 from services.stats.domain import CaseEvent
 
+# Routing's label of an assisting unit's answer given after its deadline (协办).
+ASSIST_LATE_ANSWER = "assist_late_answer"
 # Payloads the warehouse folds; others (visits, warnings, ...) are not kept.
 FOLDED = (
     "case_registered",
@@ -20,6 +22,7 @@ FOLDED = (
     "case_handed_off",
     "case_merged",
     "case_withdrawn",
+    "deadline_warning",  # only an assisting unit's missed deadline (协办), see to_case_event
 )
 _TEXT_LIMIT = 400  # keywords need the gist, not the whole letter
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -53,6 +56,9 @@ def to_case_event(env: events_pb2.EventEnvelope) -> CaseEvent | None:
     if kind == "work_order_changed":
         changed = env.work_order_changed
         to_state = _name(common_pb2.CaseState, changed.to_state, "CASE_STATE_") if changed.to_state else ""
+        late = (
+            (changed.assisting_unit_id,) if changed.action == ASSIST_LATE_ANSWER and changed.assisting_unit_id else ()
+        )
         return CaseEvent(
             **base,  # type: ignore[arg-type]
             unit_id=changed.unit_id,
@@ -60,7 +66,13 @@ def to_case_event(env: events_pb2.EventEnvelope) -> CaseEvent | None:
             deadlines=_deadlines(changed.deadlines),
             to_state=to_state,
             action=changed.action,
+            late_assisting_units=late,
         )
+    if kind == "deadline_warning":
+        warning = env.deadline_warning
+        if warning.deadline_kind != "assist" or warning.stage == "warning" or not warning.unit_ids:
+            return None  # the warehouse counts missed duties from the deadlines themselves
+        return CaseEvent(**base, late_assisting_units=tuple(warning.unit_ids))  # type: ignore[arg-type]
     if kind == "case_evaluated":
         evaluated = env.case_evaluated
         rating = (

@@ -403,6 +403,7 @@ class WorkOrderChanged(_message.Message):
     DEADLINES_FIELD_NUMBER: _builtins.int
     REPLY_TEXT_FIELD_NUMBER: _builtins.int
     MAIN_CASE_ID_FIELD_NUMBER: _builtins.int
+    ASSISTING_UNIT_ID_FIELD_NUMBER: _builtins.int
     work_order_id: _builtins.str
     """Id of the work order."""
     unit_id: _builtins.str
@@ -429,6 +430,10 @@ class WorkOrderChanged(_message.Message):
     """With action "merge": the main case this one was merged into (并单); with "merge_in": empty;
     with "main:<action>" (a merged case following its main case's handling): the main case.
     """
+    assisting_unit_id: _builtins.str
+    """With action "assist_request", "assist_answer" or "assist_late_answer" (主办/协办): the assisting
+    unit asked or answering; `unit_id` stays the lead unit.
+    """
     @_builtins.property
     def deadlines(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Deadline]:
         """Deadlines of the work order after the change."""
@@ -446,10 +451,11 @@ class WorkOrderChanged(_message.Message):
         deadlines: _abc.Iterable[_common_pb2.Deadline] | None = ...,
         reply_text: _builtins.str = ...,
         main_case_id: _builtins.str = ...,
+        assisting_unit_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "deadlines", b"deadlines", "from_state", b"from_state", "main_case_id", b"main_case_id", "reason", b"reason", "reply_text", b"reply_text", "to_state", b"to_state", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "assisting_unit_id", b"assisting_unit_id", "deadlines", b"deadlines", "from_state", b"from_state", "main_case_id", b"main_case_id", "reason", b"reason", "reply_text", b"reply_text", "to_state", b"to_state", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,6 +585,7 @@ class DeadlineWarning(_message.Message):
     DEADLINE_KIND_FIELD_NUMBER: _builtins.int
     DUE_AT_FIELD_NUMBER: _builtins.int
     STAGE_FIELD_NUMBER: _builtins.int
+    UNIT_IDS_FIELD_NUMBER: _builtins.int
     work_order_id: _builtins.str
     """Work order the deadline belongs to."""
     deadline_kind: _builtins.str
@@ -589,6 +596,10 @@ class DeadlineWarning(_message.Message):
     def due_at(self) -> _timestamp_pb2.Timestamp:
         """When the deadline falls due."""
 
+    @_builtins.property
+    def unit_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With deadline_kind "assist" (协办): the assisting units that have not answered the lead by it."""
+
     def __init__(
         self,
         *,
@@ -596,10 +607,11 @@ class DeadlineWarning(_message.Message):
         deadline_kind: _builtins.str = ...,
         due_at: _timestamp_pb2.Timestamp | None = ...,
         stage: _builtins.str = ...,
+        unit_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_kind", b"deadline_kind", "due_at", b"due_at", "stage", b"stage", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_kind", b"deadline_kind", "due_at", b"due_at", "stage", b"stage", "unit_ids", b"unit_ids", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -95,6 +95,7 @@ class WorkOrder(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     PROVISIONAL_DEADLINES_FIELD_NUMBER: _builtins.int
     ALLOWED_ACTIONS_FIELD_NUMBER: _builtins.int
+    ASSISTING_UNITS_FIELD_NUMBER: _builtins.int
     work_order_id: _builtins.str
     """Id of the work order."""
     case_id: _builtins.str
@@ -154,6 +155,10 @@ class WorkOrder(_message.Message):
         windows). The caller's roles are not considered: the security policy decides those.
         """
 
+    @_builtins.property
+    def assisting_units(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssistingUnit]:
+        """Assisting units (协办) asked by the lead unit (unit_id, 主办), in the order asked."""
+
     def __init__(
         self,
         *,
@@ -176,14 +181,63 @@ class WorkOrder(_message.Message):
         version: _builtins.int = ...,
         provisional_deadlines: _abc.Iterable[_builtins.str] | None = ...,
         allowed_actions: _abc.Iterable[_builtins.str] | None = ...,
+        assisting_units: _abc.Iterable[Global___AssistingUnit] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_actions", b"allowed_actions", "attachment_refs", b"attachment_refs", "case_id", b"case_id", "category", b"category", "created_at", b"created_at", "deadlines", b"deadlines", "extension_used", b"extension_used", "history", b"history", "node", b"node", "objection_count", b"objection_count", "provisional_deadlines", b"provisional_deadlines", "region_code", b"region_code", "reopen_count", b"reopen_count", "reply_text", b"reply_text", "state", b"state", "unit_id", b"unit_id", "updated_at", b"updated_at", "version", b"version", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_actions", b"allowed_actions", "assisting_units", b"assisting_units", "attachment_refs", b"attachment_refs", "case_id", b"case_id", "category", b"category", "created_at", b"created_at", "deadlines", b"deadlines", "extension_used", b"extension_used", "history", b"history", "node", b"node", "objection_count", b"objection_count", "provisional_deadlines", b"provisional_deadlines", "region_code", b"region_code", "reopen_count", b"reopen_count", "reply_text", b"reply_text", "state", b"state", "unit_id", b"unit_id", "updated_at", b"updated_at", "version", b"version", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkOrder: _TypeAlias = WorkOrder  # noqa: Y015
+
+@_typing.final
+class AssistingUnit(_message.Message):
+    """One assisting unit's part in a work order (协办)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    ANSWERED_AT_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    LATE_FIELD_NUMBER: _builtins.int
+    unit_id: _builtins.str
+    """The assisting unit."""
+    answer: _builtins.str
+    """Its answer to the lead (协办意见); empty until answered."""
+    late: _builtins.bool
+    """True when it answered after due_at, or was chased for it."""
+    @_builtins.property
+    def requested_at(self) -> _timestamp_pb2.Timestamp:
+        """When the lead asked it."""
+
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """When its answer is due (the node's "assist" limit from requested_at)."""
+
+    @_builtins.property
+    def answered_at(self) -> _timestamp_pb2.Timestamp:
+        """When it answered; unset while it owes its answer."""
+
+    def __init__(
+        self,
+        *,
+        unit_id: _builtins.str = ...,
+        requested_at: _timestamp_pb2.Timestamp | None = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        answered_at: _timestamp_pb2.Timestamp | None = ...,
+        answer: _builtins.str = ...,
+        late: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "due_at", b"due_at", "requested_at", b"requested_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answered_at", b"answered_at", "due_at", b"due_at", "late", b"late", "requested_at", b"requested_at", "unit_id", b"unit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssistingUnit: _TypeAlias = AssistingUnit  # noqa: Y015
 
 @_typing.final
 class WorkOrderHistoryEntry(_message.Message):
@@ -307,12 +361,15 @@ class ListWorkOrdersRequest(_message.Message):
     DUE_WITHIN_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
     CASE_ID_FIELD_NUMBER: _builtins.int
+    ASSISTING_UNIT_ID_FIELD_NUMBER: _builtins.int
     unit_id: _builtins.str
     """Only work orders of this unit."""
     overdue_only: _builtins.bool
     """Only work orders with at least one overdue deadline."""
     case_id: _builtins.str
     """Only work orders of this case."""
+    assisting_unit_id: _builtins.str
+    """Only work orders that wait for this assisting unit's answer (协办 inbox)."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.CaseState.ValueType]:
         """Only work orders in one of these states."""
@@ -334,10 +391,11 @@ class ListWorkOrdersRequest(_message.Message):
         due_within: _duration_pb2.Duration | None = ...,
         page: _common_pb2.PageRequest | None = ...,
         case_id: _builtins.str = ...,
+        assisting_unit_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["due_within", b"due_within", "page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "due_within", b"due_within", "overdue_only", b"overdue_only", "page", b"page", "states", b"states", "unit_id", b"unit_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assisting_unit_id", b"assisting_unit_id", "case_id", b"case_id", "due_within", b"due_within", "overdue_only", b"overdue_only", "page", b"page", "states", b"states", "unit_id", b"unit_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1886,3 +1944,129 @@ class ListUnitsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListUnitsResponse: _TypeAlias = ListUnitsResponse  # noqa: Y015
+
+@_typing.final
+class RequestAssistRequest(_message.Message):
+    """The lead unit asks assisting units for their part (协办)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    UNIT_IDS_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    work_order_id: _builtins.str
+    """Id of the work order (of the lead unit)."""
+    actor: _builtins.str
+    """Operator id of who acts."""
+    expected_version: _builtins.int
+    """Expected work order version; 0 skips the check."""
+    request: _builtins.str
+    """What they must contribute (协办事项); required. At most 1,000 characters, line breaks allowed."""
+    @_builtins.property
+    def unit_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Units of this node that assist (1 or more, distinct, not the lead unit, none still owing an answer)."""
+
+    def __init__(
+        self,
+        *,
+        work_order_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        unit_ids: _abc.Iterable[_builtins.str] | None = ...,
+        request: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "expected_version", b"expected_version", "request", b"request", "unit_ids", b"unit_ids", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestAssistRequest: _TypeAlias = RequestAssistRequest  # noqa: Y015
+
+@_typing.final
+class RequestAssistResponse(_message.Message):
+    """The work order with its assisting units."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def work_order(self) -> Global___WorkOrder:
+        """The work order after the change."""
+
+    def __init__(
+        self,
+        *,
+        work_order: Global___WorkOrder | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestAssistResponse: _TypeAlias = RequestAssistResponse  # noqa: Y015
+
+@_typing.final
+class AnswerAssistRequest(_message.Message):
+    """An assisting unit answers the lead unit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    work_order_id: _builtins.str
+    """Id of the work order (of the lead unit)."""
+    actor: _builtins.str
+    """Operator id of who acts."""
+    expected_version: _builtins.int
+    """Expected work order version; 0 skips the check."""
+    unit_id: _builtins.str
+    """The assisting unit answering; a handler's own unit when empty."""
+    text: _builtins.str
+    """Its answer (协办意见); required. At most 4,000 characters, line breaks allowed."""
+    def __init__(
+        self,
+        *,
+        work_order_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        unit_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "expected_version", b"expected_version", "text", b"text", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerAssistRequest: _TypeAlias = AnswerAssistRequest  # noqa: Y015
+
+@_typing.final
+class AnswerAssistResponse(_message.Message):
+    """The work order after the answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def work_order(self) -> Global___WorkOrder:
+        """The work order after the change."""
+
+    def __init__(
+        self,
+        *,
+        work_order: Global___WorkOrder | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerAssistResponse: _TypeAlias = AnswerAssistResponse  # noqa: Y015

@@ -157,6 +157,16 @@ class RoutingServiceStub:
                 request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListUnitsRequest.SerializeToString,
                 response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListUnitsResponse.FromString,
                 _registered_method=True)
+        self.RequestAssist = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/RequestAssist',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RequestAssistRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RequestAssistResponse.FromString,
+                _registered_method=True)
+        self.AnswerAssist = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/AnswerAssist',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AnswerAssistRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AnswerAssistResponse.FromString,
+                _registered_method=True)
 
 
 class RoutingServiceServicer:
@@ -340,6 +350,22 @@ class RoutingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestAssist(self, request, context):
+        """The lead unit (主办, the work order's unit) or the office asks assisting units (协办) of this node
+        for their part; each answers the lead within the node's "assist" limit (shorter than the lead's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerAssist(self, request, context):
+        """An assisting unit answers the lead unit (协办意见); an answer after its deadline is counted late.
+        Only the lead unit replies to the citizen (ReplyWorkOrder).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -462,6 +488,16 @@ def add_RoutingServiceServicer_to_server(servicer, server):
                     servicer.ListUnits,
                     request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListUnitsRequest.FromString,
                     response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListUnitsResponse.SerializeToString,
+            ),
+            'RequestAssist': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestAssist,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RequestAssistRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RequestAssistResponse.SerializeToString,
+            ),
+            'AnswerAssist': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerAssist,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AnswerAssistRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AnswerAssistResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1115,6 +1151,60 @@ class RoutingService:
             '/lianxin.routing.v1.RoutingService/ListUnits',
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListUnitsRequest.SerializeToString,
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListUnitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestAssist(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/RequestAssist',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RequestAssistRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RequestAssistResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerAssist(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/AnswerAssist',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AnswerAssistRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AnswerAssistResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,14 @@ class RoutingServiceStub:
     """Lists the handling units of this node's dispatch catalogue (派单目录) with their names, so pages
     and reports show 区生态环境局 rather than a unit code.
     """
+    RequestAssist: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.RequestAssistRequest, _routing_service_pb2.RequestAssistResponse]
+    """The lead unit (主办, the work order's unit) or the office asks assisting units (协办) of this node
+    for their part; each answers the lead within the node's "assist" limit (shorter than the lead's).
+    """
+    AnswerAssist: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.AnswerAssistRequest, _routing_service_pb2.AnswerAssistResponse]
+    """An assisting unit answers the lead unit (协办意见); an answer after its deadline is counted late.
+    Only the lead unit replies to the citizen (ReplyWorkOrder).
+    """
 
 class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Routes cases to units and tiers and drives each work order through its lifecycle.
@@ -284,6 +292,26 @@ class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _routing_service_pb2.ListUnitsResponse:
         """Lists the handling units of this node's dispatch catalogue (派单目录) with their names, so pages
         and reports show 区生态环境局 rather than a unit code.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestAssist(
+        self,
+        request: _routing_service_pb2.RequestAssistRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.RequestAssistResponse:
+        """The lead unit (主办, the work order's unit) or the office asks assisting units (协办) of this node
+        for their part; each answers the lead within the node's "assist" limit (shorter than the lead's).
+        """
+
+    @_abc_1.abstractmethod
+    def AnswerAssist(
+        self,
+        request: _routing_service_pb2.AnswerAssistRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.AnswerAssistResponse:
+        """An assisting unit answers the lead unit (协办意见); an answer after its deadline is counted late.
+        Only the lead unit replies to the citizen (ReplyWorkOrder).
         """
 
 def add_RoutingServiceServicer_to_server(servicer: RoutingServiceServicer, server: _grpc.Server) -> None: ...
