@@ -167,8 +167,8 @@ class Page:
     def token(self) -> str | None:
         return self.operator.token if self.operator else None
 
-    def call(self, method: Callable[..., Any], request: Any) -> Any:
-        return self.client.call(method, request, self.token)
+    def call(self, method: Callable[..., Any], request: Any, *, timeout: float | None = None) -> Any:
+        return self.client.call(method, request, self.token, timeout=timeout)
 
     @property
     def citizen_address(self) -> str:

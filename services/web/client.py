@@ -89,11 +89,12 @@ class NodeClient:
         token: str | None = None,
         *,
         metadata: tuple[tuple[str, str], ...] = (),
+        timeout: float | None = None,
     ) -> Response:
         """``method(request)`` with the operator's token; raises ``CallFailed`` on an error status."""
         metadata = (*bearer_metadata(token), *metadata) if token else metadata
         try:
-            return method(request, timeout=self.settings.rpc_timeout_s, metadata=metadata)
+            return method(request, timeout=timeout or self.settings.rpc_timeout_s, metadata=metadata)
         except grpc.RpcError as error:
             raise _failure(error) from None
 

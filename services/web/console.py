@@ -426,10 +426,14 @@ def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, st
     ]
     principal = page.operator.principal if page.operator else None
     leader = page.query("leader")[:64] or page.field("leader_id")
+    may_book = page.may(f"{VIDEO}/BookVisit")
+    leaders = _leaders(page) if may_book else []
     return page.render(
         "console/case.html",
-        may_book=page.may(f"{VIDEO}/BookVisit"),
+        may_book=may_book,
         leader=leader,
+        leaders=leaders,
+        leader_names={item.leader_id: item.leader_name for item in leaders},
         slots=_slots(page, leader) if leader else [],
         visits=_settled(page, visits_future, "visits"),
         status=status,
@@ -445,6 +449,14 @@ def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, st
         values=dict(page.form),
         sees_identity=bool(principal and principal.has_any(OFFICE)),
     )
+
+
+def _leaders(page: Page) -> list[Any]:
+    """The leaders receiving by video, by name (the same list citizens see)."""
+    try:
+        return list(page.call(page.client.video.ListReceivingLeaders, video_pb2.ListReceivingLeadersRequest()).leaders)
+    except CallFailed:
+        return []
 
 
 def _slots(page: Page, leader: str) -> list[Any]:
@@ -652,12 +664,18 @@ def drill(page: Page) -> Response:
     )
 
 
+BULLETIN_TIMEOUT_S = 30.0
+
+
 def bulletin(page: Page) -> Response:
     if (redirect := _require(page)) is not None:
         return redirect
     region = _region_param(page)
     month = page.query("month") or today_month()
-    reply = page.call(page.client.stats.GetBulletin, stats_pb2.GetBulletinRequest(region_code=region, month=month))
+    # The bulletin draws three charts and reads the month's warehouse: seconds even on a quiet node,
+    # so it gets more than the pages' call deadline.
+    request = stats_pb2.GetBulletinRequest(region_code=region, month=month)
+    reply = page.call(page.client.stats.GetBulletin, request, timeout=BULLETIN_TIMEOUT_S)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("bulletin.md", reply.markdown)

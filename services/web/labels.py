@@ -265,7 +265,8 @@ def history_note(note: str, region_name: Callable[[str], str] = str) -> str:
 
         note = re.sub(r"\{((?:\w+:)?\d+)\}", fill, text)
         break
-    return _PATH.sub(lambda m: re.split(r"[/\\]", m.group(0))[-1], note) + suffix
+    note = _PATH.sub(lambda m: re.split(r"[/\\]", m.group(0))[-1], note)
+    return note + suffix if note else suffix.removeprefix("（").removesuffix("）")
 
 
 def history_action(action: str) -> str:

@@ -423,7 +423,7 @@ def test_moderation_exchange_desk_and_bulletin_pages_open_for_an_admin(
     assert "511100" in admin.page.inner_text("main") or "510000" in admin.page.inner_text("main")
     admin.check("console-exchange")
     admin.goto(f"{city}/console/dashboard")
-    with admin.page.expect_download() as download:
+    with admin.page.expect_download(timeout=60_000) as download:  # the bulletin takes seconds to draw
         admin.page.click("text=下载月度通报")
     assert download.value.suggested_filename.startswith("bulletin-511100-")
     # Signing out ends the session: the console asks for a sign-in again.

@@ -33,6 +33,8 @@ def test_a_provisional_deadline_note_is_translated_with_the_entry_it_follows() -
     provisional = "[provisional deadline: settle due 2027-03-01 counted Mon-Fri, no official calendar for 2027]"
     text = note(f"受理: placed by the dispatch catalogue {provisional}")
     assert text == "按派单目录自动受理（暂定期限：办理时限2027-03-01，按周一至周五计算，尚无2027年官方节假日安排）"
+    # A reply without a note of its own: the provisional date alone, not wrapped in brackets.
+    assert note(provisional) == "暂定期限：办理时限2027-03-01，按周一至周五计算，尚无2027年官方节假日安排"
 
 
 def test_no_server_path_reaches_the_page_even_in_old_notes() -> None:
