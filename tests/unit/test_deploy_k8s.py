@@ -299,7 +299,11 @@ def test_production_tiers_run_with_security_on_and_their_secrets_not_committed(p
 def test_production_tiers_let_in_their_own_pods_their_children_and_prometheus_only(production_overlay: str) -> None:
     docs = _render(production_overlay)
     node = OVERLAYS[production_overlay]["node"]
-    policies = _by_name(docs, "NetworkPolicy")
+    policies = {
+        name: policy
+        for name, policy in _by_name(docs, "NetworkPolicy").items()
+        if "Ingress" in policy["spec"]["policyTypes"]
+    }
     assert set(policies) == {"lianxin-same-node", "lianxin-child-links", "lianxin-prometheus"}
     for policy in policies.values():
         assert policy["spec"]["policyTypes"] == ["Ingress"]
@@ -331,3 +335,83 @@ def test_a_child_tier_is_let_in_by_its_parent_tiers_policy() -> None:
     for child, parent in (("city", "province"), ("county", "city")):
         (namespace,) = _of_kind(_render(child), "Namespace")
         assert namespace["metadata"]["labels"]["lianxin/parent"] == admitted[parent], child
+
+
+def _egress(docs: tuple[Doc, ...]) -> dict[str, Doc]:
+    return {
+        name: policy["spec"]
+        for name, policy in _by_name(docs, "NetworkPolicy").items()
+        if policy["spec"]["policyTypes"] == ["Egress"]
+    }
+
+
+def test_production_tiers_let_out_only_dns_their_database_broker_parent_and_collector(production_overlay: str) -> None:
+    docs = _render(production_overlay)
+    egress = _egress(docs)
+    assert set(egress) == {
+        "lianxin-egress-same-node",
+        "lianxin-egress-dns",
+        "lianxin-egress-backing",
+        "lianxin-egress-parent",
+        "lianxin-egress-otlp",
+    }
+    # Every pod is selected by an egress policy, so whatever none allows is refused.
+    assert egress["lianxin-egress-same-node"]["podSelector"] == {}
+    assert egress["lianxin-egress-same-node"]["egress"] == [{"to": [{"podSelector": {}}]}]
+    # Apart from the node's own pods, every rule names its destination and its ports: no open egress.
+    for name, spec in egress.items():
+        for rule in spec["egress"]:
+            assert rule.get("to"), (name, rule)
+            if name != "lianxin-egress-same-node":
+                assert rule.get("ports"), (name, rule)
+            for peer in rule["to"]:
+                assert peer.get("ipBlock", {}).get("cidr") != "0.0.0.0/0", (name, rule)
+    (dns,) = egress["lianxin-egress-dns"]["egress"]
+    assert dns["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
+    assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+    backing = {rule["ports"][0]["port"] for rule in egress["lianxin-egress-backing"]["egress"]}
+    assert backing == {5432, 5672}  # PostgreSQL and RabbitMQ
+    (otlp,) = egress["lianxin-egress-otlp"]["egress"]
+    assert otlp["ports"] == [{"protocol": "TCP", "port": 4317}]
+    # Only the exchange (its link's pump and the api) goes up the tiers.
+    parent = egress["lianxin-egress-parent"]
+    assert parent["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "exchange"}}
+    (link,) = parent["egress"]
+    config = _config(docs)
+    if production_overlay == "province":
+        # The national system, outside the cluster, on the port of LIANXIN_NATIONAL.
+        assert "ipBlock" in link["to"][0]
+        assert link["ports"] == [{"protocol": "TCP", "port": int(config["LIANXIN_NATIONAL"].rsplit(":", 1)[1])}]
+    else:
+        host, port = config["LIANXIN_PARENT"].rsplit(":", 1)
+        parent_namespace = host.split(".")[1]  # exchange-api.<namespace>.svc.cluster.local
+        assert link["to"] == [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": parent_namespace}},
+                "podSelector": {
+                    "matchLabels": {"app.kubernetes.io/name": "exchange", "app.kubernetes.io/component": "api"}
+                },
+            }
+        ]
+        assert link["ports"] == [{"protocol": "TCP", "port": int(port)}]
+
+
+def test_a_child_tiers_egress_reaches_what_its_parents_ingress_lets_in() -> None:
+    if KUBECTL is None:
+        _tool_missing("kubectl (needed to render deploy/k8s with kustomize)")
+    for child, parent in (("city", "province"), ("county", "city")):
+        (link,) = _egress(_render(child))["lianxin-egress-parent"]["egress"]
+        (parent_namespace,) = _of_kind(_render(parent), "Namespace")
+        assert link["to"][0]["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": parent_namespace["metadata"]["name"]
+        }
+        (admits,) = _by_name(_render(parent), "NetworkPolicy")["lianxin-child-links"]["spec"]["ingress"]
+        (child_namespace,) = _of_kind(_render(child), "Namespace")
+        labels = child_namespace["metadata"]["labels"]
+        assert admits["from"][0]["namespaceSelector"]["matchLabels"].items() <= labels.items(), child
+        assert admits["ports"] == link["ports"], child
