@@ -14,10 +14,9 @@ from services.common.regions import Tier
 
 from .engine import HOPS, Cut, ProvinceResult, SimConfig
 from .run import TIERS, Report, simulate
-from .sizes import envelope_bytes
 from .storage import measure
 from .topology import federation
-from .volume import VolumeModel
+from .volume import VolumeModel, size_mix
 
 
 def register(sub: Any) -> None:
@@ -131,8 +130,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     storage = None
     if not args.no_storage:
-        sizes = envelope_bytes()
-        storage = measure([(c, 1.0) for c in sizes])
+        sichuan = next(p for p in federation("sichuan").provinces)
+        mix = size_mix(config.volume.daily_cases(sichuan.code, sichuan.population_m))
+        storage = measure(sorted(mix.items()))
     provinces = len(federation(args.scope, seed=args.seed).provinces)
     done = [0]
 

@@ -103,6 +103,18 @@ class VolumeModel:
         }
 
 
+def size_mix(daily: dict[CaseKind, float]) -> dict[str, float]:
+    """Share of each envelope size class among the events these cases make over their lifecycles."""
+    counts: dict[str, float] = {}
+    for kind, per_day in daily.items():
+        steps = [*kind.steps, ESCALATION] if kind.escalated_share else list(kind.steps)
+        for step in steps:
+            weight = per_day * (kind.escalated_share if step is ESCALATION else 1.0)
+            counts[step.size or step.event_type] = counts.get(step.size or step.event_type, 0.0) + weight
+    total = sum(counts.values())
+    return {size: n / total for size, n in counts.items()}
+
+
 @dataclass
 class Lifecycles:
     """The events of a province's cases that fall into the simulated day, as arrays sorted by time.

@@ -14,7 +14,7 @@ from bench.simulate.engine import Cut, Entry, ProvinceSim, SimConfig, simulate_p
 from bench.simulate.sizes import envelope
 from bench.simulate.storage import measure
 from bench.simulate.topology import SICHUAN, federation
-from bench.simulate.volume import VolumeModel
+from bench.simulate.volume import VolumeModel, size_mix
 from services.cli import main
 from services.common.db import make_engine, make_session_factory
 from services.common.migrations import upgrade
@@ -161,3 +161,10 @@ def test_a_bad_option_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str])
     assert main(["simulate", "--scope", "sichuan", "--cut", "999999:1h:1h", "--no-storage"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["lianxin simulate: --cut 999999:1h:1h: 999999 is not a node of the sichuan scope"]
+
+
+def test_the_storage_mix_follows_the_lifecycles() -> None:
+    mix = size_mix(VolumeModel().daily_cases(SICHUAN, PROVINCE.population_m))
+    assert abs(sum(mix.values()) - 1) < 1e-9
+    assert mix["case_registered"] == mix["work_order_created"] == mix["closed"]  # every case has one of each
+    assert mix["case_handed_off"] < 0.01
