@@ -45,11 +45,12 @@ def shared_data_dir() -> Path:
 
 def load_or_train(data_dir: Path, shared_data: Path | None) -> Any:
     """``classifier.ensure_model`` with an in-process cache; None when there is neither model nor data."""
-    from services.intake.classifier import Classifier, default_model_path, ensure_model
+    from services.intake.classifier import default_model_path, ensure_model, load_current
 
     path = default_model_path(data_dir)
-    if path.exists():
-        return Classifier.load(path)
+    model = load_current(path)
+    if model is not None:
+        return model
     source = (Path(shared_data) / "messages.csv").resolve() if shared_data is not None else None
     with _TRAINING_LOCK:
         cached = _TRAINED.get(source) if source is not None else None
