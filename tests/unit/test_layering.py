@@ -33,6 +33,8 @@ PURE_MODULES = frozenset(
         "services.routing.jurisdiction",
         "services.routing.timelimits",
         "services.routing.workorder",
+        "services.stats.hotspot",
+        "services.stats.topics",
         "services.video.slots",
     }
 )
