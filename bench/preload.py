@@ -65,6 +65,8 @@ TEXTS = (
     ("医保报销", "异地就医的医保报销材料提交两个月了还没有结果，请医保部门加快办理。"),
 )
 
+REPLY_TEXT = "您反映的问题已转交责任单位核查处理，现已整改完毕，感谢您对我们工作的监督。"
+
 
 @dataclass
 class Preloaded:
@@ -207,7 +209,8 @@ class _Generator:
             "anonymous": not phone and not id_number,
             "repeat_of": "",
             "duplicate_of": "",
-            "flags": "",
+            # A third of the citizens consent to the publication of the reply (the public board).
+            "flags": "publish_consent" if i % 3 == 0 else "",
             "hotline_operator_id": "",
             "name_sealed": self._seal("name", "张三" if phone or id_number else ""),
             "id_number_sealed": self._seal("id_number", id_number),
@@ -228,6 +231,7 @@ class _Generator:
             "unit_id": unit,
             "reply_count": 0 if is_open else 1,
             "replied_at": None if is_open else closed_at,
+            "reply_text": "" if is_open or state != "CLOSED" else REPLY_TEXT,
             "evaluated_reply": 0,
             "satisfaction": "",
             "review_reply": 0,
@@ -355,7 +359,7 @@ _DEFAULTS = {
 }
 
 
-def _analyze(engine: Engine, tables: Sequence[str]) -> None:
+def analyze_tables(engine: Engine, tables: Sequence[str]) -> None:
     # PostgreSQL only: autovacuum would analyse tables this size within minutes. Nothing analyses a
     # node's SQLite intake or routing file, so it is left without statistics, as a node's would be.
     if engine.dialect.name != "postgresql":
@@ -483,8 +487,8 @@ def preload(
             with engines[name].begin() as conn:
                 for statement in statements:
                     conn.exec_driver_sql(statement)
-        _analyze(engines["intake"], ("cases", "case_timeline"))
-        _analyze(engines["routing"], ("work_orders", "work_order_history", "case_versions"))
+        analyze_tables(engines["intake"], ("cases", "case_timeline"))
+        analyze_tables(engines["routing"], ("work_orders", "work_order_history", "case_versions"))
     finally:
         if pool is not None:
             pool.terminate()

@@ -129,10 +129,19 @@ def run(
     from services.web.commands import demo_sign_in
 
     # One keyring for the preload (this process) and the node, so the node opens the sealed personal data.
-    keys = {"LIANXIN_DATA_KEYS": f"k1:{base64.b64encode(secrets.token_bytes(16)).decode()}"}
+    # A kept work directory (--workdir) holds its preload and keyring: a rerun measures the same data.
+    kept = workdir / "bench-web-preload.json"
+    earlier = json.loads(kept.read_text("utf-8")) if kept.exists() else {}
+    if earlier.get("stored") != stored:
+        earlier = {"keys": f"k1:{base64.b64encode(secrets.token_bytes(16)).decode()}"}
+    keys = {"LIANXIN_DATA_KEYS": earlier["keys"]}
     os.environ.update(keys)
     settings = Settings(node=NODE, data_dir=workdir)
-    loaded = preload(settings, stored) if stored else None
+    case_id = earlier.get("case_id", "")
+    if stored and "stored" not in earlier:
+        loaded = preload(settings, stored)
+        case_id = loaded.sample[0][0] if loaded.sample else ""
+        kept.write_text(json.dumps({"stored": stored, "keys": earlier["keys"], "case_id": case_id}), "utf-8")
     grpc_port, metrics_port, web_port = free_port(), free_port(), free_port()
     federation = Federation(
         data_dir=workdir,
@@ -149,7 +158,6 @@ def run(
     try:
         host = "127.0.0.1"
         cookie = _sign_in(host, web_port, f"clerk-{NODE}", passwords[f"clerk-{NODE}"])
-        case_id = loaded.sample[0][0] if loaded and loaded.sample else ""
         pages = [
             ("static page (baseline)", "/bench/static"),
             ("portal home", "/"),
@@ -197,14 +205,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=20, help="requests per client per page")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--only", default="", help="comma-separated words of page names, e.g. inbox,case")
+    parser.add_argument(
+        "--workdir", default="", help="keep the node's data here; a rerun with the same --stored reuses the preload"
+    )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
-        only = [w for w in args.only.split(",") if w]
-        rows = run(stored=args.stored, clients=args.clients, requests=args.requests, workdir=Path(tmp), only=only)
+    only = [w for w in args.only.split(",") if w]
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        rows = run(
+            stored=args.stored, clients=args.clients, requests=args.requests, workdir=Path(args.workdir), only=only
+        )
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
+            rows = run(stored=args.stored, clients=args.clients, requests=args.requests, workdir=Path(tmp), only=only)
+    load = os.getloadavg()
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
         return
     print(f"web gateway, node {NODE}, {args.stored} stored cases, {args.clients} clients x {args.requests} requests")
+    print(f"load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)")
     header = (
         f"{'page':<24} {'req':>5} {'err':>4} {'req/s':>7} {'srv p50':>8} {'srv p99':>8} "
         f"{'cli p50':>8} {'cli p99':>8} {'x static':>8}"

@@ -483,9 +483,13 @@ class CasePage:
     total_size: int
 
 
-def list_cases(filters: CaseFilter, *, page_token: str, size: int, uow_factory: UnitOfWorkFactory) -> CasePage:
+def list_cases(
+    filters: CaseFilter, *, page_token: str, size: int, uow_factory: UnitOfWorkFactory, count: bool = True
+) -> CasePage:
     """Newest first; the token holds the last (submitted_at, case_id), so pages stay stable while
-    new cases arrive (they sort before the first page, never into a later one)."""
+    new cases arrive (they sort before the first page, never into a later one). The total counts
+    at most COUNT_LIMIT matches (-1 beyond); without ``count`` it is known only on a last page
+    (-1 while there are more)."""
     after: tuple[datetime, str] | None = None
     if page_token:
         decoded = _decode_token(page_token)
@@ -499,8 +503,10 @@ def list_cases(filters: CaseFilter, *, page_token: str, size: int, uow_factory: 
         raise InvalidArgument("submitted_before", "must be later than submitted_after")
     with uow_factory() as uow:
         cases = uow.list_cases(filters, after=after, limit=size + 1)
-        total = uow.count_cases(filters)
+        total = uow.count_cases(filters) if count else -1
     more = len(cases) > size
+    if not count and not more:
+        total = len(cases) if not page_token else -1
     cases = cases[:size]
     token = _encode_token([cases[-1].submitted_at.isoformat(), cases[-1].case_id]) if more else ""
     return CasePage(cases=cases, next_page_token=token, total_size=total)

@@ -26,6 +26,11 @@ from services.intake.domain import CLOSED_STATES
 # these rows, and a query can use them only when its WHERE clause carries this very condition
 # (sorted, so every process writes the same text).
 OPEN_CASE_SQL = "state NOT IN ({})".format(", ".join(f"'{s.value}'" for s in sorted(CLOSED_STATES)))
+# A reply the citizen consented to publish (handlers.PUBLISH_CONSENT among the flags), as the terms of
+# ix_cases_published's WHERE: the public reply board walks only these cases, newest first, instead of
+# every stored case in search of the few with the flag (issue 17).
+PUBLISHED_TERMS = ("flags LIKE '%publish_consent%'", "reply_text <> ''")
+PUBLISHED_INDEX = ("ix_cases_published", ("state", "submitted_at", "case_id"))
 
 
 class Base(DeclarativeBase):
@@ -126,6 +131,12 @@ class CaseRow(Base):
         *(
             Index(name, *columns, sqlite_where=text(OPEN_CASE_SQL), postgresql_where=text(OPEN_CASE_SQL))
             for name, columns in OPEN_CASE_INDEXES.items()
+        ),
+        Index(
+            PUBLISHED_INDEX[0],
+            *PUBLISHED_INDEX[1],
+            sqlite_where=text(" AND ".join(PUBLISHED_TERMS)),
+            postgresql_where=text(" AND ".join(PUBLISHED_TERMS)),
         ),
     )
 

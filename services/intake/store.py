@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from types import TracebackType
 from typing import Any, Protocol
@@ -12,13 +13,14 @@ import psycopg
 from google.protobuf.message import Message
 from lianxin.events.v1 import events_pb2
 from psycopg.rows import namedtuple_row
-from sqlalchemy import bindparam, func, or_, select, text, update
+from sqlalchemy import bindparam, or_, select, text, tuple_, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.common.db import COUNT_LIMIT, bounded_count
 from services.common.errors import AlreadyExists, Conflict
 from services.common.events import envelope, to_bus_event, write_event
 from services.common.outbox import append_event
@@ -37,8 +39,16 @@ from services.intake.domain import (
     ReviewRequested,
     TimelineEntry,
 )
-from services.intake.handlers import PUBLISH_CONSENT, CaseFilter, SubmitLookup
-from services.intake.models import OPEN_CASE_SQL, CaseRow, CaseSequenceRow, EvaluationRow, TimelineRow, outbox
+from services.intake.handlers import CaseFilter, SubmitLookup
+from services.intake.models import (
+    OPEN_CASE_SQL,
+    PUBLISHED_TERMS,
+    CaseRow,
+    CaseSequenceRow,
+    EvaluationRow,
+    TimelineRow,
+    outbox,
+)
 
 # Plain Tables for the submit's Core inserts.
 _CASES = CaseRow.metadata.tables[CaseRow.__tablename__]
@@ -612,7 +622,8 @@ class SqlIntakeUnitOfWork:
         if filters.case_ids is not None:
             query = query.where(CaseRow.case_id.in_(sorted(filters.case_ids)))
         if filters.published_only:
-            query = query.where(CaseRow.flags.contains(PUBLISH_CONSENT), CaseRow.reply_text != "")
+            # As ix_cases_published's WHERE says it (literally), so that index serves the board.
+            query = query.where(*(text(term) for term in PUBLISHED_TERMS))
         if filters.text:
             query = query.where(
                 or_(
@@ -623,20 +634,45 @@ class SqlIntakeUnitOfWork:
             )
         return query
 
-    def list_cases(self, filters: CaseFilter, *, after: tuple[datetime, str] | None, limit: int) -> list[Case]:
-        query = self._filtered(select(CaseRow), filters)
+    def _by_state(self, filters: CaseFilter) -> list[CaseFilter]:
+        """The board's filter as one filter per published state (see ``list_cases``), else itself."""
+        if filters.published_only and len(filters.states) > 1:
+            return [replace(filters, states=frozenset({s})) for s in sorted(filters.states, key=lambda s: s.value)]
+        return [filters]
+
+    def _page(self, query: Any, filters: CaseFilter, after: tuple[datetime, str] | None, limit: int) -> Any:
+        """Newest first after the token's (submitted_at, case_id), as one range of an index (row values)."""
+        query = self._filtered(query, filters)
         if after is not None:
-            at, case_id = after
-            query = query.where(
-                or_(CaseRow.submitted_at < at, (CaseRow.submitted_at == at) & (CaseRow.case_id < case_id))
+            query = query.where(tuple_(CaseRow.submitted_at, CaseRow.case_id) < tuple_(*after))
+        return query.order_by(CaseRow.submitted_at.desc(), CaseRow.case_id.desc()).limit(limit)
+
+    def list_cases(self, filters: CaseFilter, *, after: tuple[datetime, str] | None, limit: int) -> list[Case]:
+        parts = self._by_state(filters)
+        if len(parts) == 1:
+            rows = self.session.scalars(self._page(select(CaseRow), filters, after, limit)).all()
+            return [self._to_case(row) for row in rows]
+        # The board: one ordered range of ix_cases_published per state, each at most a page, merged.
+        # With both states in one IN, SQLite (no statistics) took ix_cases_state and sorted every
+        # replied case to find a page (issue 17).
+        pages = [
+            select(self._page(select(CaseRow.case_id, CaseRow.submitted_at), f, after, limit).subquery()) for f in parts
+        ]
+        merged = union_all(*pages).subquery()
+        ids = list(
+            self.session.scalars(
+                select(merged.c.case_id).order_by(merged.c.submitted_at.desc(), merged.c.case_id.desc()).limit(limit)
             )
-        rows = self.session.scalars(
-            query.order_by(CaseRow.submitted_at.desc(), CaseRow.case_id.desc()).limit(limit)
-        ).all()
-        return [self._to_case(row) for row in rows]
+        )
+        found = {row.case_id: row for row in self.session.scalars(select(CaseRow).where(CaseRow.case_id.in_(ids)))}
+        return [self._to_case(found[case_id]) for case_id in ids]
 
     def count_cases(self, filters: CaseFilter) -> int:
-        return int(self.session.scalar(self._filtered(select(func.count()).select_from(CaseRow), filters)) or 0)
+        counts = [
+            bounded_count(self.session, self._page(select(CaseRow.case_id), f, None, COUNT_LIMIT + 1))
+            for f in self._by_state(filters)
+        ]
+        return -1 if -1 in counts or sum(counts) > COUNT_LIMIT else sum(counts)
 
     def moderation_queue(self, *, regions: frozenset[str] | None, after: str | None, limit: int) -> list[Case]:
         query = select(CaseRow).where(CaseRow.state == CaseState.MODERATION.value)

@@ -60,7 +60,8 @@ class WorkOrderRow(Base):
         ),
         Index("ix_work_orders_due", "next_due", "work_order_id"),
         Index("ix_work_orders_sweep", "next_sweep_at", "work_order_id"),
-        Index("ix_work_orders_state", "state"),
+        # The node's inbox by state (a clerk of no one unit, the overdue list): migration 0007.
+        Index("ix_work_orders_state_due", "state", "next_due", "work_order_id"),
     )
 
 

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.common.db import COUNT_LIMIT, bounded_count
 from services.common.events import WORK_ORDER_EVENTS, envelope, to_bus_event
 from services.common.outbox import append_event, append_events
 from services.common.regions import RegionTree, Tier
@@ -321,27 +322,38 @@ class SqlRoutingUnitOfWork:
                 WorkOrderRow.next_due <= to_utc(query.due_before),
                 WorkOrderRow.state.in_(_OPEN),
             ]
-        in_states = [WorkOrderRow.state.in_(states)] if states else []
-        total = self.session.scalar(select(func.count()).select_from(WorkOrderRow).where(*conditions, *in_states)) or 0
         order = (WorkOrderRow.next_due, WorkOrderRow.work_order_id)
+        if not states or query.case_id:
+            # One case's work orders (its own index), or every state (a count stopped at COUNT_LIMIT).
+            in_states = [WorkOrderRow.state.in_(states)] if states else []
+            total = bounded_count(self.session, select(_WO.c.work_order_id).where(*conditions, *in_states))
+            if after is not None:
+                conditions.append(tuple_(*order) > tuple_(*after))
+            query_rows = select(WorkOrderRow).where(*conditions, *in_states).order_by(*order).limit(limit)
+            return [self._stored(r, with_history=False) for r in self.session.scalars(query_rows).all()], total
+        # An inbox (a unit's, or the node's): one ordered range of ix_work_orders_unit_state or
+        # ix_work_orders_state_due per state, each at most a page, merged, and counted the same way.
+        # In one ordered walk by due date the planner read past every closed work order whenever
+        # fewer matched than a page (issue 20), and with the states in one IN PostgreSQL's generic
+        # plan read the whole table (issue 17, the console's inbox).
+        counts = [
+            bounded_count(
+                self.session, select(_WO.c.work_order_id).where(*conditions, _WO.c.state == state).order_by(*order)
+            )
+            for state in states
+        ]
+        total = -1 if -1 in counts or sum(counts) > COUNT_LIMIT else sum(counts)
         if after is not None:
             conditions.append(tuple_(*order) > tuple_(*after))
-        if query.unit_id and states:
-            # A unit's inbox: one ordered range of ix_work_orders_unit_state per state, each at most a
-            # page, merged. In one ordered walk of the unit's work orders by due date the planner read
-            # past every closed one whenever the unit had fewer matches than a page (issue 20).
-            parts = [
-                select(select(_WO).where(*conditions, _WO.c.state == state).order_by(*order).limit(limit).subquery())
-                for state in states
-            ]
-            merged = union_all(*parts).subquery()
-            rows: Any = self.session.execute(
-                select(merged).order_by(merged.c.next_due, merged.c.work_order_id).limit(limit)
-            ).all()
-        else:
-            query_rows = select(WorkOrderRow).where(*conditions, *in_states).order_by(*order).limit(limit)
-            rows = self.session.scalars(query_rows).all()
-        return [self._stored(r, with_history=False) for r in rows], int(total)
+        parts = [
+            select(select(_WO).where(*conditions, _WO.c.state == state).order_by(*order).limit(limit).subquery())
+            for state in states
+        ]
+        merged = union_all(*parts).subquery()
+        rows: Any = self.session.execute(
+            select(merged).order_by(merged.c.next_due, merged.c.work_order_id).limit(limit)
+        ).all()
+        return [self._stored(r, with_history=False) for r in rows], total
 
     def due_for_sweep(self, now: datetime, *, after_id: str, limit: int) -> list[StoredWorkOrder]:
         query = (
@@ -518,7 +530,7 @@ class SqlRoutingUnitOfWork:
             conditions.append(SupervisionRow.case_id == case_id)
         if region_prefix:
             conditions.append(SupervisionRow.region_code.startswith(region_prefix))
-        total = self.session.scalar(select(func.count()).select_from(SupervisionRow).where(*conditions)) or 0
+        total = bounded_count(self.session, select(SupervisionRow.supervision_id).where(*conditions))
         if after is not None:
             at, last = after
             conditions.append(
