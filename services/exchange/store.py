@@ -1092,7 +1092,9 @@ class ExchangeStore:
         """One summary per case held (``DigestCases``): the given cases, or a page of ``limit`` cases
         after the case id ``after``, each over its events that originated in ``subtree``."""
         c = up_log.c
-        where: list[Any] = [c.kind == ENVELOPE]
+        # The kind as a literal, as in holdings(): a bound parameter kept the partial index from
+        # serving the page's cases, and PostgreSQL's generic plan read the whole up-log (issue 20).
+        where: list[Any] = [c.kind == literal_column(f"'{ENVELOPE}'")]
         if subtree:
             where.append(c.origin_node.in_(list(self.regions.subtree(subtree))))
         with self._sf() as session:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.outbox import inbox_table, outbox_table
@@ -36,9 +36,14 @@ class ScheduleRow(Base):
 
 class VisitRow(Base):
     __tablename__ = "video_visits"
+    # A leader's or a case's visits by start: ListVisits reads one page of a range (issue 20).
+    __table_args__ = (
+        Index("ix_video_visits_leader_start", "leader_id", "starts_at", "visit_id"),
+        Index("ix_video_visits_case_start", "case_id", "starts_at", "visit_id"),
+    )
     visit_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    case_id: Mapped[str] = mapped_column(String(64), index=True)
-    leader_id: Mapped[str] = mapped_column(String(64), index=True)
+    case_id: Mapped[str] = mapped_column(String(64))
+    leader_id: Mapped[str] = mapped_column(String(64))
     room_ids: Mapped[list[str]] = mapped_column(JSON)
     unit_ids: Mapped[list[str]] = mapped_column(JSON)
     starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -351,7 +351,9 @@ class VideoServicer(video_grpc.VideoServiceServicer):
             offset=offset,
             limit=size,
         )
-        nxt = str(offset + size) if offset + size < total else ""
+        # total -1: more than the count reads; a full page then has a next one.
+        more = len(visits) == size if total < 0 else offset + size < total
+        nxt = str(offset + size) if more else ""
         return pb.ListVisitsResponse(
             visits=[visit_message(v) for v in visits],
             page=common_pb2.PageResponse(next_page_token=nxt, total_size=total),

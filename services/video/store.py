@@ -16,12 +16,13 @@ from typing import Any, Protocol
 
 from google.protobuf.message import Message
 from lianxin.events.v1 import events_pb2
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import String, cast, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.calendar import WorkingCalendar
+from services.common.db import bounded_count
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import envelope, write_event
 from services.common.outbox import append_event
@@ -333,14 +334,18 @@ class VideoStore:
             # below also holds for overlapping slots with different start times (the UNIQUE index
             # only catches identical starts). SQLite's BEGIN IMMEDIATE already serialises writers.
             s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:resource))"), {"resource": resource})
-        clash = s.scalar(
-            select(ReservationRow.id).where(
-                ReservationRow.resource_id == resource,
-                ReservationRow.starts_at < end,
-                ReservationRow.ends_at > start,
-            )
-        )
-        if clash is not None:
+        # A resource's reservations never overlap (each passed this check under the lock), so they
+        # end in the order they start: only the last one starting before ``end`` can reach past
+        # ``start``. One step back on the (resource_id, starts_at) index, however long the
+        # resource's history; ``starts_at < end AND ends_at > start`` read every earlier
+        # reservation of the leader or room (issue 20).
+        latest = s.execute(
+            select(ReservationRow.ends_at)
+            .where(ReservationRow.resource_id == resource, ReservationRow.starts_at < end)
+            .order_by(ReservationRow.starts_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if latest is not None and aware(latest) > start:
             raise Conflict(f"{resource.split(':', 1)[0]} is already booked at {start.isoformat()}")
         s.add(ReservationRow(resource_id=resource, starts_at=start, ends_at=end, owner=owner, version=1))
         s.flush()  # the UNIQUE constraint speaks now, inside our error mapping
@@ -732,20 +737,25 @@ class VideoStore:
         offset: int,
         limit: int,
     ) -> tuple[list[Visit], int]:
+        """A page of the visits, by start, and how many match (-1: more than COUNT_LIMIT). Only the
+        page is read, on (leader_id | case_id, starts_at, visit_id); every visit of a leader's years
+        was read and sliced here before (issue 20)."""
         q = select(VisitRow)
         if leader_id:
             q = q.where(VisitRow.leader_id == leader_id)
         if case_id:
             q = q.where(VisitRow.case_id == case_id)
+        if room_id:  # the room list is JSON: its text holds the id in quotes
+            q = q.where(cast(VisitRow.room_ids, String).contains(json.dumps(room_id), autoescape=True))
         if not_before:
             q = q.where(VisitRow.starts_at >= not_before)
         if not_after:
             q = q.where(VisitRow.starts_at < not_after)
         with self._tx() as s:
-            rows = [self._to_visit(r) for r in s.scalars(q.order_by(VisitRow.starts_at, VisitRow.visit_id))]
-        if room_id:  # room lists are JSON; filtered here (a node has few visits per leader and window)
-            rows = [v for v in rows if room_id in v.room_ids]
-        return rows[offset : offset + limit], len(rows)
+            order = (VisitRow.starts_at, VisitRow.visit_id)
+            rows = [self._to_visit(r) for r in s.scalars(q.order_by(*order).offset(offset).limit(limit))]
+            total = bounded_count(s, q.with_only_columns(VisitRow.visit_id).order_by(*order))
+        return rows, total
 
     # -- holds granted to other nodes -----------------------------------------------------------
 
