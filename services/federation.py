@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.cli import EXIT_UNAVAILABLE
 from services.common.crypto import node_secret
 from services.common.regions import DEFAULT_TOPOLOGY as DEFAULT_TOPOLOGY  # re-exported: `lianxin up` callers
 from services.common.regions import RegionTree
@@ -244,9 +245,36 @@ class Federation:
             for node in wave:
                 node.process = self._spawn(node)
             for node in wave:
-                wait_serving(node.address, ready_timeout_s, node.process, credentials=self.credentials_for(node.code))
+                self._wait_node(node, time.monotonic() + ready_timeout_s, say)
                 say(f"  {node.code} SERVING on {node.address} ({time.monotonic() - started:.1f} s)")
         self._start_web(ready_timeout_s)
+
+    def _wait_node(self, node: NodeProcess, deadline: float, say: Callable[[str], None]) -> None:
+        """Wait for ``node`` to serve; a node whose database was out of reach at its start is started again.
+
+        A PostgreSQL shared with other work can have every connection slot taken for a moment: the
+        node then exits with 4 (unavailable) before serving, as it should, and a later try finds a slot.
+        """
+        restarts = 0
+        while True:
+            try:
+                wait_serving(
+                    node.address,
+                    max(1.0, deadline - time.monotonic()),
+                    node.process,
+                    credentials=self.credentials_for(node.code),
+                )
+                return
+            except RuntimeError:
+                if node.process is None or node.process.returncode != EXIT_UNAVAILABLE:
+                    raise
+                restarts += 1
+                delay = restart_delay(restarts, cap_s=10.0)
+                if time.monotonic() + delay >= deadline:
+                    raise
+                say(f"  {node.code} found its database unavailable; starting it again in {delay:.0f} s")
+                time.sleep(delay)  # backoff before a restart, not ordering
+                node.process = self._spawn(node)
 
     def _start_web(self, ready_timeout_s: float) -> None:
         for node in self.nodes:
