@@ -28,7 +28,10 @@ def register(sub: Any) -> None:
         "judging, quarantine). Prints the lag per tier, the national link's load and the storage growth per tier.",
     )
     p.add_argument("--scope", choices=("national", "sichuan"), default="national")
-    p.add_argument("--hours", type=float, default=24.0, help="simulate the day's first HOURS (default 24)")
+    p.add_argument("--hours", type=float, default=24.0, help="simulate HOURS of the day (default 24)")
+    p.add_argument(
+        "--from-hour", type=float, default=0.0, help="start at this hour, the nodes warm with what came before"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--jobs", type=int, default=1, help="worker processes, one province at a time each")
     p.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres", help="receiver store costs")
@@ -78,8 +81,8 @@ def config_from(args: argparse.Namespace) -> SimConfig:
             raise ValueError
     except ValueError:
         raise UsageError("--latency-ms: three numbers, e.g. 5,8,20") from None
-    if args.hours <= 0 or args.hours > 24:
-        raise UsageError("--hours: between 0 and 24")
+    if args.hours <= 0 or args.from_hour < 0 or args.from_hour + args.hours > 24:
+        raise UsageError("--hours, --from-hour: a window within the day's 24 hours")
     for name in ("loss", "poison_rate", "dispatched_share"):
         if not 0 <= getattr(args, name) <= 1:
             raise UsageError(f"--{name.replace('_', '-')}: a share between 0 and 1")
@@ -97,7 +100,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
     rng = random.Random(args.seed)
     counties = [c for c, r in fed.regions.regions.items() if r.tier is Tier.COUNTY]
     for node in rng.sample(sorted(counties), min(args.cuts, len(counties))):
-        begin = rng.uniform(0, args.hours * 3600)
+        begin = rng.uniform(args.from_hour * 3600, (args.from_hour + args.hours) * 3600)
         cuts.append(Cut(node, begin, begin + args.cut_minutes * 60))
     poll = 0.0 if args.event_driven else args.poll_ms / 1000
     base = SimConfig()
@@ -118,7 +121,8 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         },
         cuts=cuts,
         poison_rate=args.poison_rate,
-        day_s=args.hours * 3600,
+        day_s=(args.from_hour + args.hours) * 3600,
+        start_s=args.from_hour * 3600,
     )
 
 
@@ -167,7 +171,8 @@ def render(report: Report) -> str:
     mode = "event-driven" if c.poll_s == 0 else f"polling every {c.poll_s * 1000:.0f} ms"
     lines = [
         f"lianxin simulate: {c.scope}, {report.nodes['province']} provinces, {report.nodes['city']} cities, "
-        f"{report.nodes['county']} counties; {c.day_s / 3600:g} h simulated (drained at {report.end_s / 3600:.2f} h); "
+        f"{report.nodes['county']} counties; {c.window_s / 3600:g} h simulated from {c.start_s / 3600:g} h "
+        f"(drained at {report.end_s / 3600:.2f} h); "
         f"links {mode}, {c.backend} stores, loss {c.links[Tier.COUNTY].loss:g}, {len(c.cuts)} cuts, seed {c.seed}",
         f"events made: {report.events:,}; calls {report.calls:,} ({report.failed_calls:,} failed, "
         f"{report.resent_items:,} items resent); lost {report.lost}, doubled {report.doubled}",
@@ -202,7 +207,7 @@ def render(report: Report) -> str:
             total = per_year[tier]
             lines.append(
                 f"  {tier:<10} {_size(total):>12} in all, {_size(total / nodes):>10} per node "
-                f"({report.held[tier] * 86_400 / max(1.0, c.day_s):,.0f} events a day)"
+                f"({report.held[tier] * 86_400 / c.window_s:,.0f} events a day)"
             )
     lines += [
         "",
@@ -218,7 +223,8 @@ def as_json(report: Report, argv: list[str]) -> dict[str, Any]:
         "config": {
             "scope": c.scope,
             "seed": c.seed,
-            "hours": c.day_s / 3600,
+            "hours": c.window_s / 3600,
+            "from_hour": c.start_s / 3600,
             "backend": c.backend,
             "poll_s": c.poll_s,
             "relay_s": c.relay_s,

@@ -105,7 +105,12 @@ class SimConfig:
     national_cost: StoreCost = field(default_factory=lambda: StoreCost(batch_s=0.004, event_s=1 / 5_974))
     cuts: list[Cut] = field(default_factory=list)
     poison_rate: float = 0.0  # share of county events sent with a forged owner (quarantined at the city)
-    day_s: float = DAY_S  # how much of the day to simulate (shorter for tests)
+    day_s: float = DAY_S  # simulate the day up to this second (shorter for tests)
+    start_s: float = 0.0  # ... from this one: the nodes start knowing everything before it (a warm window)
+
+    @property
+    def window_s(self) -> float:
+        return max(1.0, self.day_s - self.start_s)
 
     @property
     def store_cost(self) -> StoreCost:
@@ -245,14 +250,15 @@ class ProvinceSim:
 
     def run(self, lc: Lifecycles) -> ProvinceResult:
         self.lc = lc
-        ncases = len(lc.kind)
-        first = np.full(ncases, 1 << 30, dtype=np.int64)
-        np.minimum.at(first, lc.case, lc.step)
+        begin = int(np.searchsorted(lc.times, self.config.start_s))
+        end = int(np.searchsorted(lc.times, self.config.day_s))
+        # A case's first event in the window: everything before it is in the nodes' databases already.
+        first = np.full(len(lc.kind), 1 << 30, dtype=np.int64)
+        np.minimum.at(first, lc.case[begin:end], lc.step[begin:end])
         self.first_today = first
-        limit = self.config.day_s
-        n = int(np.searchsorted(lc.times, limit))
         # Plain lists: indexing a numpy array per event costs more than the event's own work.
-        times, cases, steps = lc.times[:n].tolist(), lc.case[:n].tolist(), lc.step[:n].tolist()
+        times, cases, steps = (a[begin:end].tolist() for a in (lc.times, lc.case, lc.step))
+        n = end - begin
         i = 0
         queue = self.queue
         while True:

@@ -57,8 +57,9 @@ class Report:
         return float(p50), float(p95), float(p99), float(values.max()), len(values)
 
     def national_load(self) -> dict[str, float]:
-        events, sent = self.national_events, self.national_bytes
-        day = max(1.0, self.config.day_s)
+        start = int(self.config.start_s)  # the per-second bins count from the day's start
+        events, sent = self.national_events[start:], self.national_bytes[start:]
+        day = self.config.window_s
         minute = np.convolve(events, np.ones(60), mode="valid") / 60 if len(events) >= 60 else events
         minute_bytes = np.convolve(sent, np.ones(60), mode="valid") / 60 if len(sent) >= 60 else sent
         return {
@@ -76,7 +77,7 @@ class Report:
         """Bytes a tier's exchange databases grow by in a year at this day's volume (all nodes of the tier)."""
         if self.storage is None:
             return {}
-        scale = 365 * 86_400 / max(1.0, self.config.day_s)
+        scale = 365 * 86_400 / self.config.window_s
         envelope = float(np.mean(list(envelope_bytes().values())))
         per = {
             "county": self.storage.origin,

@@ -168,3 +168,13 @@ def test_the_storage_mix_follows_the_lifecycles() -> None:
     assert abs(sum(mix.values()) - 1) < 1e-9
     assert mix["case_registered"] == mix["work_order_created"] == mix["closed"]  # every case has one of each
     assert mix["case_handed_off"] < 0.01
+
+
+def test_a_window_later_in_the_day_starts_warm_and_quarantines_nothing() -> None:
+    # The nodes know each case's earlier events (their up-log numbers and owner epochs), as their
+    # databases would: a case's first event in the window is judged after them, not as a gap.
+    config = SimConfig(scope="sichuan", start_s=9 * 3600, day_s=9 * 3600 + 300)
+    result = simulate_province(FED, PROVINCE, config)
+    assert result.events > 1000
+    assert not result.quarantined
+    assert result.applied == result.expected and result.doubled == 0
