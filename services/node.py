@@ -24,6 +24,7 @@ from services.common.regions import RegionTree
 from services.common.security import ServerSecurity, server_security
 from services.common.service import ServiceContext, ServiceParts, utc_now
 from services.common.settings import SERVICES, Settings
+from services.common.waiting import LinkDriver
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class Node:
         if self.code not in self.regions:
             raise ValueError(f"node {self.code} is not a known region code")
         self.extras.setdefault("notify_outbox", self._notify_outbox)
+        # Exchange's links wait for work instead of polling; one driver serves every node of the process.
+        self.extras.setdefault("link_driver", LinkDriver.shared())
         for name in self.services:
             parts, engine = build_service(
                 self.settings, name, regions=self.regions, clock=self.clock, peers=self.peers, extras=self.extras
@@ -135,10 +138,12 @@ class Node:
             for name, parts in self.parts.items()
             if parts.session_factory is not None and parts.outbox is not None
         ]
-        self.relay_loop = RelayLoop(relays, interval_s=self.settings.relay_interval_s)
+        self.relay_loop = RelayLoop(relays, interval_s=self.settings.relay_poll_s(woken_by_commits=True))
         self.relay_loop.start()
         self.timer_loop = TimerLoop([timer for parts in self.parts.values() for timer in parts.timers])
         self.timer_loop.start()
+        for parts in self.parts.values():
+            parts.start()
         log.info("node started", extra={"node": self.code, "address": self.server.address})
         return self
 
@@ -153,6 +158,8 @@ class Node:
         self.relay_loop.run_now()
 
     def stop(self, grace: float = 5.0) -> None:
+        for parts in self.parts.values():
+            parts.release()
         if self.server is not None:
             self.server.stop(grace)
         if self.timer_loop is not None:

@@ -23,9 +23,9 @@ from bench.harness.report import ScenarioResult, machine_info, render_table, wri
 if TYPE_CHECKING:
     from bench.harness.procs import Backend
 
-SCENARIOS = ("intake", "propagation", "catchup", "stats", "stored")
+SCENARIOS = ("intake", "idle", "propagation", "catchup", "stats", "stored")
 # "stored" preloads a database (bench.preload): only when asked for, by --only or --stored N.
-DEFAULT_SCENARIOS = ("intake", "propagation", "catchup", "stats")
+DEFAULT_SCENARIOS = ("intake", "idle", "propagation", "catchup", "stats")
 
 # Sizes of a real run and of --quick (seconds; used by the test). Explicit options win over both.
 FULL: dict[str, Any] = {
@@ -33,6 +33,7 @@ FULL: dict[str, Any] = {
     "duration": 10.0,
     "concurrency": 8,
     "workers": 16,
+    "idle_seconds": 30.0,
     "propagation_cases": 60,
     "propagation_rate": 2.0,
     "catchup_events": 10_000,
@@ -47,6 +48,7 @@ QUICK: dict[str, Any] = {
     "duration": 0.5,
     "concurrency": 2,
     "workers": 16,
+    "idle_seconds": 2.0,
     "propagation_cases": 4,
     "propagation_rate": 4.0,
     "catchup_events": 40,
@@ -89,11 +91,12 @@ def scenario_list(text: str) -> tuple[str, ...]:
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "bench",
-        help="measure intake, propagation, catch-up and stats figures beside same-run baselines",
+        help="measure intake, idle CPU, propagation, catch-up and stats figures beside same-run baselines",
         description=(
             "Measure the figures operators plan with, each beside a baseline measured in the same run: "
-            "SubmitCase at a target rate and at saturation, county → province propagation, catch-up after "
-            "a cut link, stats query latency. Prints a table, writes JSON. See docs/performance.md."
+            "idle CPU per node, SubmitCase at a target rate and at saturation, county → province "
+            "propagation, catch-up after a cut link, stats query latency. Prints a table, writes JSON. "
+            "See docs/performance.md."
         ),
     )
     parser.add_argument("--backend", choices=BACKENDS, default="sqlite", help="database of every node (default sqlite)")
@@ -120,6 +123,12 @@ def register(sub: Any) -> None:
     )
     sizes.add_argument(
         "--workers", type=positive_int, metavar="N", help=f"server gRPC threads, node and echo ({FULL['workers']})"
+    )
+    sizes.add_argument(
+        "--idle-seconds",
+        type=positive_float,
+        metavar="S",
+        help=f"how long the idle chain's CPU is measured ({FULL['idle_seconds']:g})",
     )
     sizes.add_argument(
         "--propagation-cases", type=positive_int, metavar="N", help=f"cases timed ({FULL['propagation_cases']})"
@@ -308,13 +317,17 @@ def run_scenarios(
             replicas=options.intake_replicas,
         )
         attempt("intake", lambda: scenarios.intake(backend, echo.address, intake, progress))
-    if {"propagation", "catchup"} & set(options.only):
+    if {"idle", "propagation", "catchup"} & set(options.only):
 
         def chained() -> list[ScenarioResult]:
             chain = scenarios.Chain(backend, workers=sizes["workers"])
             out: list[ScenarioResult] = []
             try:
                 chain.start(progress)
+                scenarios.warm_up(chain, progress)
+                if "idle" in options.only:
+                    idle = scenarios.IdleOptions(seconds=sizes["idle_seconds"])
+                    attempt("idle", lambda: scenarios.idle(chain, idle, progress))
                 if "propagation" in options.only:
                     assert echo is not None
                     propagation = scenarios.PropagationOptions(

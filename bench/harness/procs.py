@@ -172,6 +172,11 @@ class NodeProcess:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def pid(self) -> int:
+        assert self.process is not None, f"node {self.code} not started"
+        return self.process.pid
+
+    @property
     def log_path(self) -> Path:
         suffix = f"-{self.replica}" if self.replica else ""
         return self.backend.workdir / "logs" / f"{self.group}-{self.code}{suffix}.log"

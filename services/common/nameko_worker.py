@@ -217,7 +217,7 @@ def build_worker_class(parts: ServiceParts, settings: Settings, *, handler_retry
         "dispatch": EventDispatcher(),
     }
     if parts.session_factory is not None and parts.outbox is not None:
-        namespace["relay_outbox"] = timer(interval=settings.relay_interval_s)(_relay_method(parts))
+        namespace["relay_outbox"] = timer(interval=settings.relay_poll_s(woken_by_commits=False))(_relay_method(parts))
     for method, sub in handler_methods(parts, taken=namespace):
         namespace[method] = event_handler(
             sub.source,

@@ -78,6 +78,11 @@ class ServiceParts:
     outbox: Table | None = None  # the service's outbox table (services.common.outbox.outbox_table)
     ready: Callable[[], bool] = lambda: True
     close: Callable[[], None] = lambda: None
+    # Embedded hosts only (``services.node.Node``): background work started once the node serves
+    # (exchange's event-driven links), and what ends long-held calls when it stops, before the
+    # server's grace period (a PullDown long poll would otherwise hold the stop for the whole grace).
+    start: Callable[[], None] = lambda: None
+    release: Callable[[], None] = lambda: None
 
 
 def utc_now() -> datetime:

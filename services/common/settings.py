@@ -11,6 +11,11 @@ from services.common.names import SERVICES
 
 __all__ = ["SERVICES", "Settings"]
 
+# Outbox relay poll intervals when LIANXIN_RELAY_INTERVAL_S is unset: a production worker polls (the
+# api process commits in another process); an embedded node's relay is woken by its own commits.
+RELAY_POLL_S = 0.2
+RELAY_SAFETY_POLL_S = 10.0
+
 
 class Settings(BaseSettings):
     """Everything a node or a single service process needs to know about its place in the world."""
@@ -36,7 +41,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     regions_file: Path | None = Field(default=None, description="region CSV; default is the bundled Sichuan list")
-    relay_interval_s: float = Field(default=0.2, description="outbox relay poll interval")
+    relay_interval_s: float | None = Field(
+        default=None,
+        description=(
+            "outbox relay poll interval; unset: 0.2 s in a worker (it polls), 10 s in an embedded node"
+            " (its relay is woken by each commit, this is only the safety poll)"
+        ),
+    )
     sweep_interval_s: float = Field(default=60.0, description="deadline sweep interval")
     health_port: int | None = Field(
         default=None,
@@ -75,6 +86,12 @@ class Settings(BaseSettings):
     def _peer_list(cls, value: str) -> str:
         parse_peers(value)
         return value
+
+    def relay_poll_s(self, *, woken_by_commits: bool) -> float:
+        """The relay's poll interval: the setting, else the default of the host (see ``relay_interval_s``)."""
+        if self.relay_interval_s is not None:
+            return self.relay_interval_s
+        return RELAY_SAFETY_POLL_S if woken_by_commits else RELAY_POLL_S
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields changed (settings are frozen so nodes cannot share mutations)."""

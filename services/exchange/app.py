@@ -17,6 +17,7 @@ from services.common.events import decode
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
 from services.common.timeutil import to_timestamp
 from services.common.tls import client_credentials
+from services.common.waiting import LinkDriver
 from services.exchange import domain
 from services.exchange.link import GrpcNationalAdapter, NationalAdapter, NationalLink, ParentLink
 from services.exchange.models import outbox
@@ -25,10 +26,16 @@ from services.exchange.store import ExchangeStore
 
 log = logging.getLogger(__name__)
 
+# A production worker's link pump polls at this interval; an embedded node's links wait for events.
 PUMP_INTERVAL_S = 0.2
+# An embedded province's national link: the up-log is reported when it grows; transfers are fetched
+# at this interval (the national system's API has no long poll).
+NATIONAL_POLL_S = 1.0
 # Items per PushEvents/PullDown batch; small values let tests stop a process between batches.
 BATCH_ENV = "LIANXIN_EXCHANGE_BATCH"
 METRICS_INTERVAL_S = 1.0
+# Embedded node: the link gauges are refreshed at this interval (a scrape every 15 s or more is usual).
+EVENT_METRICS_INTERVAL_S = 15.0
 
 
 def _recorder(store: ExchangeStore) -> Callable[[BusEvent], None]:
@@ -52,6 +59,8 @@ def _audit_head(audit: AuditLog) -> Callable[[], exchange_pb2.AuditHead | None]:
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
     notify: Callable[[], None] = ctx.extras.get("notify_outbox", lambda: None)
+    # Present in an embedded node (one per process): the links wait for work instead of polling.
+    driver: LinkDriver | None = ctx.extras.get("link_driver")
     store = ExchangeStore(ctx.session_factory, node=node, regions=ctx.regions, clock=ctx.clock, notify=notify)
     record = _recorder(store)
     subscriptions = [
@@ -95,6 +104,12 @@ def build(ctx: ServiceContext) -> ServiceParts:
     reporter = LinkReporter(store, parent=parent_link, national=national_link)
     next_metrics = [0.0]
 
+    def refresh_metrics() -> None:
+        try:
+            reporter.refresh_metrics()
+        except Exception:
+            log.warning("exchange metrics refresh failed", exc_info=True)
+
     def pump() -> None:
         if parent_link is not None:
             parent_link.run()
@@ -102,12 +117,24 @@ def build(ctx: ServiceContext) -> ServiceParts:
             national_link.run()
         if time.monotonic() >= next_metrics[0]:
             next_metrics[0] = time.monotonic() + METRICS_INTERVAL_S
-            try:
-                reporter.refresh_metrics()
-            except Exception:
-                log.warning("exchange metrics refresh failed", exc_info=True)
+            refresh_metrics()
+
+    timers = [Timer("exchange-link-pump", PUMP_INTERVAL_S, pump)]
+    if driver is not None:
+        timers = [Timer("exchange-link-metrics", EVENT_METRICS_INTERVAL_S, refresh_metrics)]
+        if national_link is not None:
+            timers.append(Timer("exchange-national-link", NATIONAL_POLL_S, national_link.run))
+        store.wake_link = parent_link.wake if parent_link is not None else store.wake_link
+
+    def start() -> None:
+        if driver is not None and parent_link is not None:
+            parent_link.start(driver)
+
+    def release() -> None:
+        store.down_changes.close()  # long polls answer now, not after the server's grace
 
     def close() -> None:
+        release()
         if parent_link is not None:
             parent_link.close()
         if audit_engine is not None:
@@ -121,13 +148,22 @@ def build(ctx: ServiceContext) -> ServiceParts:
         servicers=[
             ServicerBinding(
                 exchange_grpc.add_ExchangeServiceServicer_to_server,
-                ExchangeServicer(store, reporter, clock=ctx.clock),
+                # Long polls only where this process writes the down-queue (embedded); half the
+                # server's threads at most, so that waiting children never starve other calls.
+                ExchangeServicer(
+                    store,
+                    reporter,
+                    clock=ctx.clock,
+                    long_polls=max(1, ctx.settings.grpc_workers // 2) if driver is not None else 0,
+                ),
                 "lianxin.exchange.v1.ExchangeService",
             )
         ],
         subscriptions=subscriptions,
-        timers=[Timer("exchange-link-pump", PUMP_INTERVAL_S, pump)],
+        timers=timers,
         session_factory=ctx.session_factory,
         outbox=outbox,
         close=close,
+        start=start,
+        release=release,
     )

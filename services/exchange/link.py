@@ -1,8 +1,16 @@
-"""The link pumps: push the up-log to the parent, pull hand-offs down, and talk to the national system.
+"""The links: push the up-log to the parent, pull hand-offs down, and talk to the national system.
 
-Each pump is a Timer callback. A failing peer never breaks local work: every ``grpc.RpcError`` is
-caught, the pump backs off exponentially with jitter (capped), and the up-log keeps growing locally;
-the persisted cursors make the next successful contact resume exactly where the last one stopped.
+An embedded node drives its parent link by events (``ParentLink.start``): a commit that appends to
+the up-log wakes a push, and one long-lived ``PullDown`` (the parent holds it until something is
+queued for this child, or ``LONG_POLL_S``) brings hand-offs and commands down the moment they are
+committed above; a safety pass every ``SAFETY_POLL_S`` catches what another process appended. A
+production worker runs ``ParentLink.run`` as a Timer instead (a short poll).
+
+A failing peer never breaks local work: every ``grpc.RpcError`` is caught, the link backs off
+exponentially with jitter (capped), and the up-log keeps growing locally; the persisted cursors
+make the next successful contact resume exactly where the last one stopped. Calls of the
+event-driven link wait for the channel to be ready (``wait_for_ready``), so after a cut the first
+call leaves as soon as gRPC has reconnected (``LINK_CHANNEL_OPTIONS``: every 0.5 s at most).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from prometheus_client import Gauge
 from services.common.events import parse_envelope
 from services.common.grpcserver import instrumented_channel
 from services.common.timeutil import to_timestamp
+from services.common.waiting import LinkDriver
 from services.exchange import domain
 from services.exchange.store import COMMAND, ENVELOPE, ExchangeStore, Item
 
@@ -42,6 +51,25 @@ LAST_CONTACT = Gauge(
 QUARANTINED = Gauge("lianxin_exchange_quarantined", "Items from the peer currently in quarantine", ["peer"])
 
 NATIONAL = "national"
+
+# How long the parent holds a PullDown with nothing queued: the idle link's only traffic (its keepalive).
+LONG_POLL_S = 20.0
+# A push or a long poll waits this long beyond its own wait for the channel to be ready and the answer.
+CALL_MARGIN_S = 30.0
+# An up-log appended by another process (``lianxin exchange import``) is pushed within this time.
+SAFETY_POLL_S = 10.0
+# A parent that answers a long poll at once with nothing (one that does not hold calls, or has no
+# thread to spare) is asked again after this pause, not in a loop.
+EMPTY_POLL_PAUSE_S = 1.0
+# The event-driven link waits for readiness instead of failing fast, so its backoff only paces
+# answers that are errors; kept short so that the first call after a cut is not held back.
+EVENT_BACKOFF_CAP_S = 2.0
+# gRPC's reconnect backoff for the link's channel: after a cut the link is back within half a second.
+LINK_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+)
 
 
 @dataclass
@@ -100,11 +128,35 @@ class ParentLink:
         self._lock = threading.Lock()
         self.backoff = Backoff()
         self.last_error: str = ""
+        # Event-driven mode (start): the driver, and whether a push is running or asked for meanwhile.
+        self._driver: LinkDriver | None = None
+        self._state = threading.Lock()
+        self._pushing = False
+        self._push_again = False
+        self._poll: grpc.Future | None = None
+        self._closed = False
+        # When the call in flight left (monotonic), None when none is: a call waiting for the channel
+        # to be ready does not fail, so one outstanding for too long is how a cut shows.
+        self._push_sent: float | None = None
+        self._poll_sent: float | None = None
 
     def _stub(self) -> exchange_grpc.ExchangeServiceStub:
         if self._channel is None:
-            self._channel = instrumented_channel(self._address, credentials=self._credentials)
+            self._channel = instrumented_channel(
+                self._address, credentials=self._credentials, options=LINK_CHANNEL_OPTIONS
+            )
         return exchange_grpc.ExchangeServiceStub(self._channel)
+
+    @property
+    def failing(self) -> bool:
+        """The last call failed, or a call has waited longer than the parent would take to answer it."""
+        now = time.monotonic()
+        push, poll = self._push_sent, self._poll_sent
+        return (
+            self.backoff.failures > 0
+            or (push is not None and now - push > self._deadline)
+            or (poll is not None and now - poll > LONG_POLL_S + self._deadline)
+        )
 
     def run(self) -> None:
         """One pump pass (the Timer callback); never raises for a link failure."""
@@ -135,21 +187,7 @@ class ParentLink:
             items = self._store.pending_up(acked, self._batch)
             if not items:
                 break
-            reply = stub.PushEvents(
-                exchange_pb2.PushEventsRequest(
-                    child_node=self._store.node,
-                    items=[
-                        exchange_pb2.ExchangeItem(position=i.position, command=i.body)
-                        if i.kind == COMMAND
-                        else exchange_pb2.ExchangeItem(
-                            position=i.position, envelope=i.body, case_sequence=i.case_sequence
-                        )
-                        for i in items
-                    ],
-                    audit_head=head,
-                ),
-                timeout=self._deadline,
-            )
+            reply = stub.PushEvents(self._push_request(items, head), timeout=self._deadline)
             self._anchored(head)
             head = None
             self._store.save_cursor(self.parent_node, "up", position=reply.acked_position)
@@ -163,8 +201,22 @@ class ParentLink:
             )
             self._anchored(head)
         if sent == 0:
-            self._store.save_cursor(self.parent_node, "up")  # records the contact
+            self._store.note_contact(self.parent_node, "up")  # nothing moved: no cursor write
         return sent
+
+    def _push_request(
+        self, items: Sequence[Item], head: exchange_pb2.AuditHead | None
+    ) -> exchange_pb2.PushEventsRequest:
+        return exchange_pb2.PushEventsRequest(
+            child_node=self._store.node,
+            items=[
+                exchange_pb2.ExchangeItem(position=i.position, command=i.body)
+                if i.kind == COMMAND
+                else exchange_pb2.ExchangeItem(position=i.position, envelope=i.body, case_sequence=i.case_sequence)
+                for i in items
+            ],
+            audit_head=head,
+        )
 
     def _due_anchor(self) -> exchange_pb2.AuditHead | None:
         if self._audit_head is None or time.monotonic() - self._anchored_at < self._anchor_interval_s:
@@ -188,18 +240,181 @@ class ParentLink:
             )
             if not reply.items:
                 break
-            items = [
-                Item(d.position, ENVELOPE if d.WhichOneof("item") == "envelope" else COMMAND, d.envelope or d.command)
-                for d in reply.items
-            ]
-            position = self._store.apply_down(self.parent_node, items)
-            stub.AckDown(
-                exchange_pb2.AckDownRequest(child_node=self._store.node, position=position), timeout=self._deadline
-            )
-            applied += len(items)
+            applied += self._apply_pulled(stub, reply)
         return applied
 
+    def _apply_pulled(self, stub: exchange_grpc.ExchangeServiceStub, reply: exchange_pb2.PullDownResponse) -> int:
+        """Apply a PullDown answer (the cursor moves with it, exactly once), then acknowledge it."""
+        items = [
+            Item(d.position, ENVELOPE if d.WhichOneof("item") == "envelope" else COMMAND, d.envelope or d.command)
+            for d in reply.items
+        ]
+        position = self._store.apply_down(self.parent_node, items)
+        stub.AckDown(
+            exchange_pb2.AckDownRequest(child_node=self._store.node, position=position), timeout=self._deadline
+        )
+        return len(items)
+
+    # ------------------------------------------------------------------ event-driven mode
+
+    def start(self, driver: LinkDriver) -> None:
+        """Drive the link by events on ``driver``: push what is pending, open the long poll, plan the safety pass."""
+        self._driver = driver
+        self.backoff = Backoff(cap_s=EVENT_BACKOFF_CAP_S)
+        self.wake()
+        driver.submit(self._open_poll)
+        driver.at(time.monotonic() + SAFETY_POLL_S, self._safety_pass)
+
+    def wake(self) -> None:
+        """Something was appended to the up-log: push it (once more after the running push, if one runs)."""
+        driver = self._driver
+        if driver is None or self._closed:
+            return
+        with self._state:
+            if self._pushing:
+                self._push_again = True
+                return
+            self._pushing = True
+        driver.submit(self._push_step)
+
+    def _safety_pass(self) -> None:
+        if self._closed or self._driver is None:
+            return
+        self.wake()
+        self._driver.at(time.monotonic() + SAFETY_POLL_S, self._safety_pass)
+
+    def _failed(self, error: grpc.RpcError, what: str) -> float:
+        delay = self.backoff.failed()
+        self.last_error = f"{error.code().name if isinstance(error, grpc.Call) else 'error'}"
+        log.warning(
+            f"link to parent failed ({what}); retrying later",
+            extra={"peer": self.parent_node, "retry_in_s": round(delay, 2), "error": self.last_error},
+        )
+        return delay
+
+    def _succeeded(self) -> None:
+        self.backoff.succeeded()
+        self.last_error = ""
+
+    def _push_step(self) -> None:
+        """Send the next batch of the up-log (one in flight); its answer continues in ``_pushed``."""
+        if self._closed:
+            self._push_finished()
+            return
+        with self._state:
+            self._push_again = False
+        try:
+            acked = self._store.cursor(self.parent_node, "up").position
+            items = self._store.pending_up(acked, self._batch)
+            head = self._due_anchor()
+            if not items and head is None:
+                self._store.note_contact(self.parent_node, "up")
+                self._push_finished()
+                return
+            future = self._stub().PushEvents.future(
+                self._push_request(items, head),
+                timeout=self._deadline + CALL_MARGIN_S,
+                wait_for_ready=True,
+            )
+        except Exception:
+            self._push_finished(retry_in=self.backoff.failed())
+            raise
+        assert self._driver is not None
+        driver = self._driver
+        self._push_sent = time.monotonic()
+        future.add_done_callback(lambda done: driver.submit(lambda: self._pushed(done, items, head)))
+
+    def _pushed(self, future: grpc.Future, items: list[Item], head: exchange_pb2.AuditHead | None) -> None:
+        self._push_sent = None
+        if self._closed:
+            self._push_finished()
+            return
+        try:
+            reply = future.result()
+        except grpc.RpcError as error:
+            if self._closed:
+                self._push_finished()
+                return
+            self._push_finished(retry_in=self._failed(error, "push"))
+            return
+        except Exception:
+            self._push_finished(retry_in=self.backoff.failed())
+            raise
+        self._anchored(head)
+        self._succeeded()
+        if items:
+            self._store.save_cursor(self.parent_node, "up", position=reply.acked_position)
+            if reply.acked_position < items[-1].position:
+                self._push_finished(retry_in=self.backoff.base_s)  # the parent took part of the batch: let it breathe
+                return
+        self._push_step()
+
+    def _push_finished(self, *, retry_in: float | None = None) -> None:
+        driver = self._driver
+        with self._state:
+            again = self._push_again and retry_in is None and not self._closed
+            self._push_again = False
+            self._pushing = again
+        if driver is None:
+            return
+        if again:
+            driver.submit(self._push_step)
+        elif retry_in is not None and not self._closed:
+            driver.at(time.monotonic() + retry_in, self.wake)
+
+    def _open_poll(self) -> None:
+        """One long-lived PullDown: the parent answers when something is queued for us, or after LONG_POLL_S."""
+        if self._closed or self._driver is None:
+            return
+        driver = self._driver
+        try:
+            after = self._store.cursor(self.parent_node, "down").position
+            future = self._stub().PullDown.future(
+                exchange_pb2.PullDownRequest(
+                    child_node=self._store.node,
+                    after_position=after,
+                    max_items=self._batch,
+                    wait_ms=int(LONG_POLL_S * 1000),
+                ),
+                timeout=LONG_POLL_S + CALL_MARGIN_S,
+                wait_for_ready=True,
+            )
+        except Exception:
+            driver.at(time.monotonic() + self.backoff.failed(), self._open_poll)
+            raise
+        self._poll = future
+        opened = self._poll_sent = time.monotonic()
+        future.add_done_callback(lambda done: driver.submit(lambda: self._polled(done, opened)))
+
+    def _polled(self, future: grpc.Future, opened: float) -> None:
+        self._poll_sent = None
+        if self._closed or self._driver is None:
+            return
+        driver = self._driver
+        try:
+            reply = future.result()
+            self._store.note_contact(self.parent_node, "down")
+            if reply.items:
+                self._apply_pulled(self._stub(), reply)
+        except grpc.RpcError as error:
+            if not self._closed:
+                driver.at(time.monotonic() + self._failed(error, "pull"), self._open_poll)
+            return
+        except Exception:
+            driver.at(time.monotonic() + self.backoff.failed(), self._open_poll)
+            raise
+        self._succeeded()
+        if not reply.items and time.monotonic() - opened < LONG_POLL_S / 2:
+            # Answered at once with nothing: this parent does not hold the call; ask again later.
+            driver.at(time.monotonic() + EMPTY_POLL_PAUSE_S, self._open_poll)
+        else:
+            self._open_poll()
+
     def close(self) -> None:
+        self._closed = True
+        poll, self._poll = self._poll, None
+        if poll is not None:
+            poll.cancel()
         if self._channel is not None:
             self._channel.close()
             self._channel = None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import grpc
 from lianxin.common.v1 import common_pb2
 from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
@@ -18,6 +20,7 @@ from services.exchange.store import COMMAND, ENVELOPE, ExchangeStore, Item, dige
 
 DEFAULT_PULL = 500
 MAX_PULL = 2000
+MAX_WAIT_MS = 60_000  # the longest a PullDown long poll is held
 # No contact for this long and the link counts as unreachable; this many items behind, as lagging.
 UNREACHABLE_AFTER_S = 30.0
 LAGGING_EVENTS = 1000
@@ -66,7 +69,7 @@ class LinkReporter:
                     up.last_contact,
                     quarantined.get(peer, 0),
                     up.position,
-                    self._parent.backoff.failures > 0,
+                    self._parent.failing,
                 )
             )
         if self._national is not None:
@@ -128,10 +131,15 @@ def _state(f: LinkFigures, now: datetime) -> int:
 
 
 class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
-    def __init__(self, store: ExchangeStore, reporter: LinkReporter, *, clock: Any) -> None:
+    """``long_polls``: how many PullDown calls may wait at once (each holds a server thread while it
+    waits); 0 when another process writes the down-queue (a production api: nothing here would
+    wake the call), so PullDown answers at once."""
+
+    def __init__(self, store: ExchangeStore, reporter: LinkReporter, *, clock: Any, long_polls: int = 0) -> None:
         self._store = store
         self._reporter = reporter
         self._clock = clock
+        self._long_polls = threading.BoundedSemaphore(long_polls) if long_polls > 0 else None
 
     def _direct_child(self, child: str) -> str:
         if not child:
@@ -168,8 +176,30 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
         child = self._direct_child(request.child_node)
         if request.after_position < 0:
             raise InvalidArgument("after_position", "must not be negative")
+        if request.wait_ms < 0:
+            raise InvalidArgument("wait_ms", "must not be negative")
         limit = min(request.max_items or DEFAULT_PULL, MAX_PULL)
+        changes = self._store.down_changes
+        seen = changes.seen(child)  # before reading: a commit between the read and the wait is not missed
         items, head = self._store.pull_down(child, request.after_position, limit)
+        if not items and request.wait_ms > 0 and self._long_polls is not None and self._long_polls.acquire(False):
+            try:
+                ended = threading.Event()
+
+                def call_ended() -> None:  # cancelled, deadline, client gone, or the server stopping
+                    ended.set()
+                    changes.wake_all()
+
+                changed = context.add_callback(call_ended) and changes.wait(
+                    child, seen, min(request.wait_ms, MAX_WAIT_MS) / 1000.0, gone=ended.is_set
+                )
+            finally:
+                self._long_polls.release()
+            if changes.closed:
+                # The node is stopping: the child learns the link is down (and retries), not "nothing new".
+                context.abort(grpc.StatusCode.UNAVAILABLE, "node stopping")
+            if changed:
+                items, head = self._store.pull_down(child, request.after_position, limit)
         out = []
         for i in items:
             down = exchange_pb2.DownItem(position=i.position)

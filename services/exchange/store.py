@@ -13,6 +13,7 @@ from typing import Any
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from sqlalchemy import Table, func, literal_column, select, text, update
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +23,7 @@ from services.common.outbox import append_event
 from services.common.regions import RegionTree
 from services.common.service import BusEvent
 from services.common.telemetry import record_event_spans
+from services.common.waiting import Changes
 from services.exchange import domain
 from services.exchange.bulk import Bulk
 from services.exchange.models import (
@@ -46,6 +48,8 @@ DELIVERED = "command-delivered"
 # Peer name of quarantined commands that this node's own services issued (they came from no link).
 LOCAL = "local"
 MAX_BATCH_BYTES = domain.MAX_BATCH_BYTES
+# session.info key: the children a transaction queued something down for (bumped after its commit).
+_QUEUED_DOWN = "lianxin.exchange.queued_down"
 _UP_LOG_COLUMNS = (
     "event_id",
     "case_id",
@@ -171,12 +175,35 @@ class ExchangeStore:
         regions: RegionTree,
         clock: Callable[[], datetime],
         notify: Callable[[], None] = lambda: None,
+        wake_link: Callable[[], None] = lambda: None,
     ) -> None:
         self._sf = session_factory
         self.node = node
         self.regions = regions
         self._clock = clock
-        self._notify = notify
+        self._notify_relay = notify
+        # Called after a commit that may have appended to the up-log: the parent link pushes it.
+        self.wake_link = wake_link
+        # Bumped per child after a commit that queued something down for it: its long poll answers.
+        self.down_changes = Changes()
+        # Last successful contact per (peer, kind) seen by this process: an idle link's keepalive is
+        # remembered here instead of being written to link_cursor every time (cursors are written
+        # when a position moves, with the contact time).
+        self._contacts: dict[tuple[str, str], datetime] = {}
+
+    def _notify(self) -> None:
+        """After a commit that wrote the outbox or the up-log: wake the relay and the parent link."""
+        self._notify_relay()
+        self.wake_link()
+
+    def note_contact(self, peer: str, kind: str) -> None:
+        self._contacts[(peer, kind)] = self._clock()
+
+    def _contact(self, peer: str, kind: str, stored: datetime | None) -> datetime | None:
+        noted = self._contacts.get((peer, kind))
+        if noted is None or (stored is not None and stored >= noted):
+            return stored
+        return noted
 
     # ------------------------------------------------------------------ up-log (local events)
 
@@ -197,6 +224,8 @@ class ExchangeStore:
                 route = domain.route_down(hand_off.to_node, here=self.node, regions=self.regions)
                 if route is not None and not route.local:
                     self._enqueue_down(session, route.next_child, env.event_id, ENVELOPE, body)
+        if added:
+            self.wake_link()
         return added
 
     def _append_up(
@@ -317,8 +346,8 @@ class ExchangeStore:
                 select(link_cursor).where(link_cursor.c.peer == peer, link_cursor.c.kind == kind)
             ).one_or_none()
         if row is None:
-            return Cursor(0, "", None)
-        return Cursor(int(row.position), row.token, _aware(row.last_contact))
+            return Cursor(0, "", self._contact(peer, kind, None))
+        return Cursor(int(row.position), row.token, self._contact(peer, kind, _aware(row.last_contact)))
 
     def save_cursor(self, peer: str, kind: str, *, position: int | None = None, token: str | None = None) -> None:
         with transaction(self._sf) as session:
@@ -350,7 +379,16 @@ class ExchangeStore:
     def cursors(self) -> list[tuple[str, str, Cursor]]:
         with self._sf() as session:
             rows = session.execute(select(link_cursor)).all()
-        return [(r.peer, r.kind, Cursor(int(r.position), r.token, _aware(r.last_contact))) for r in rows]
+        found = [
+            (r.peer, r.kind, Cursor(int(r.position), r.token, self._contact(r.peer, r.kind, _aware(r.last_contact))))
+            for r in rows
+        ]
+        stored = {(peer, kind) for peer, kind, _ in found}
+        # A peer only ever in contact (a child that has pulled but never had anything to acknowledge).
+        found += [
+            (peer, kind, Cursor(0, "", at)) for (peer, kind), at in self._contacts.items() if (peer, kind) not in stored
+        ]
+        return found
 
     # ------------------------------------------------------------------ up: receiving a child's push
 
@@ -647,6 +685,21 @@ class ExchangeStore:
     # ------------------------------------------------------------------ down
 
     def _enqueue_down(self, session: Session, child: str, item_id: str, kind: str, body: bytes) -> None:
+        queued: set[str] | None = session.info.get(_QUEUED_DOWN)
+        if queued is None:
+            queued = session.info[_QUEUED_DOWN] = set()
+            changes = self.down_changes
+
+            def committed(done: Session) -> None:
+                # Only after the commit: a child's long poll woken earlier would not see the rows yet.
+                changes.bump(*sorted(done.info.pop(_QUEUED_DOWN, ())))
+
+            def rolled_back(done: Session) -> None:
+                done.info.pop(_QUEUED_DOWN, None)
+
+            sa_event.listen(session, "after_commit", committed, once=True)
+            sa_event.listen(session, "after_rollback", rolled_back, once=True)
+        queued.add(child)
         if session.get_bind().dialect.name == "postgresql":
             _lock_log_order(session)  # a child's PullDown reads positions too
         session.execute(
@@ -744,7 +797,7 @@ class ExchangeStore:
             head = session.execute(
                 select(func.coalesce(func.max(down_queue.c.position), 0)).where(down_queue.c.child_node == child)
             ).scalar_one()
-            self._save_cursor(session, child, "child_down", position=None)  # records the contact
+        self.note_contact(child, "child_down")  # remembered, not written: an idle child pulls often
         return [Item(int(r.position), r.kind, r.body) for r in rows], int(head)
 
     def ack_down(self, child: str, position: int) -> int:

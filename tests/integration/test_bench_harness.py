@@ -24,10 +24,11 @@ import sqlalchemy as sa
 from bench.harness.measure import Done, open_loop
 from services.cli import main
 
-SCENARIOS = {"intake", "propagation", "catchup", "stats"}
-# Rows per scenario: intake 4 at the target rate + 6 at saturation; 3 percentiles of propagation;
-# catch-up rate, total time, resume delay; 3 percentiles × 3 levels of stats.
-ROWS = {"intake": 10, "propagation": 3, "catch-up": 3, "stats": 9}
+SCENARIOS = {"intake", "idle", "propagation", "catchup", "stats"}
+# Rows per scenario: intake 4 at the target rate + 6 at saturation; idle CPU of each of the three
+# nodes; 3 percentiles of propagation; catch-up rate, total time, resume delay; 3 percentiles × 3
+# levels of stats.
+ROWS = {"intake": 10, "idle": 3, "propagation": 3, "catch-up": 3, "stats": 9}
 
 
 def _lianxin() -> list[str]:
@@ -91,7 +92,9 @@ def test_quick_run_reports_every_scenario_beside_its_baseline(
     for prefix, count in ROWS.items():
         assert sum(1 for r in rows if r["scenario"].startswith(prefix)) == count, prefix
     for row in rows:
-        assert row["value"] > 0 and row["baseline"] > 0 and row["ratio"] > 0, row
+        # An idle node may take no clock tick at all in a quick run's short window.
+        assert row["value"] > 0 or (row["scenario"].startswith("idle") and row["value"] == 0), row
+        assert row["baseline"] > 0 and row["ratio"] >= 0, row
         assert row["baseline_is"], row
     assert {r["figure"] for r in rows} >= {"achieved rate", "rate", "latency p99", "catch-up rate", "province p99"}
 

@@ -321,22 +321,29 @@ class PullDownRequest(_message.Message):
     CHILD_NODE_FIELD_NUMBER: _builtins.int
     AFTER_POSITION_FIELD_NUMBER: _builtins.int
     MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
     child_node: _builtins.str
     """Region code of the pulling child; must match its certificate."""
     after_position: _builtins.int
     """Return items after this position (the last acknowledged one); 0 from the start."""
     max_items: _builtins.int
     """Maximum number of items to return; the server applies a default when 0."""
+    wait_ms: _builtins.int
+    """Long poll: when nothing is queued after after_position, the parent may hold the call up to this
+    many milliseconds and answer as soon as something is (0: answer at once). A parent that cannot
+    hold it (no thread to spare, or another process writes its queue) answers at once.
+    """
     def __init__(
         self,
         *,
         child_node: _builtins.str = ...,
         after_position: _builtins.int = ...,
         max_items: _builtins.int = ...,
+        wait_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "child_node", b"child_node", "max_items", b"max_items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "child_node", b"child_node", "max_items", b"max_items", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
