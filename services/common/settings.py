@@ -14,7 +14,7 @@ __all__ = ["SERVICES", "Settings"]
 # Outbox relay poll intervals when LIANXIN_RELAY_INTERVAL_S is unset: a production worker polls (the
 # api process commits in another process); an embedded node's relay is woken by its own commits.
 RELAY_POLL_S = 0.2
-RELAY_SAFETY_POLL_S = 10.0
+RELAY_SAFETY_POLL_S = 30.0
 
 
 class Settings(BaseSettings):
@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     relay_interval_s: float | None = Field(
         default=None,
         description=(
-            "outbox relay poll interval; unset: 0.2 s in a worker (it polls), 10 s in an embedded node"
+            "outbox relay poll interval; unset: 0.2 s in a worker (it polls), 30 s in an embedded node"
             " (its relay is woken by each commit, this is only the safety poll)"
         ),
     )

@@ -10,7 +10,7 @@ A failing peer never breaks local work: every ``grpc.RpcError`` is caught, the l
 exponentially with jitter (capped), and the up-log keeps growing locally; the persisted cursors
 make the next successful contact resume exactly where the last one stopped. Calls of the
 event-driven link wait for the channel to be ready (``wait_for_ready``), so after a cut the first
-call leaves as soon as gRPC has reconnected (``LINK_CHANNEL_OPTIONS``: every 0.5 s at most).
+call leaves as soon as gRPC has reconnected (``LINK_CHANNEL_OPTIONS``: every 0.25 s at most).
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ EMPTY_POLL_PAUSE_S = 1.0
 # The event-driven link waits for readiness instead of failing fast, so its backoff only paces
 # answers that are errors; kept short so that the first call after a cut is not held back.
 EVENT_BACKOFF_CAP_S = 2.0
-# gRPC's reconnect backoff for the link's channel: after a cut the link is back within half a second.
+# gRPC's reconnect backoff for the link's channel: after a cut the link is back within a quarter second.
 LINK_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 250),
 )
 
 
@@ -139,6 +139,8 @@ class ParentLink:
         # to be ready does not fail, so one outstanding for too long is how a cut shows.
         self._push_sent: float | None = None
         self._poll_sent: float | None = None
+        # (position it follows, items): the next batch, read while the previous one is in flight.
+        self._prefetched: tuple[int, list[Item]] = (-1, [])
 
     def _stub(self) -> exchange_grpc.ExchangeServiceStub:
         if self._channel is None:
@@ -305,7 +307,9 @@ class ParentLink:
             self._push_again = False
         try:
             acked = self._store.cursor(self.parent_node, "up").position
-            items = self._store.pending_up(acked, self._batch)
+            after, prefetched = self._prefetched
+            items = prefetched if after == acked and prefetched else self._store.pending_up(acked, self._batch)
+            self._prefetched = (-1, [])
             head = self._due_anchor()
             if not items and head is None:
                 self._store.note_contact(self.parent_node, "up")
@@ -323,6 +327,10 @@ class ParentLink:
         driver = self._driver
         self._push_sent = time.monotonic()
         future.add_done_callback(lambda done: driver.submit(lambda: self._pushed(done, items, head)))
+        if len(items) == self._batch:
+            # A backlog (catch-up): read the next batch while the parent stores this one. Used only
+            # if the parent acknowledges this batch whole (the cursor then equals its last position).
+            self._prefetched = (items[-1].position, self._store.pending_up(items[-1].position, self._batch))
 
     def _pushed(self, future: grpc.Future, items: list[Item], head: exchange_pb2.AuditHead | None) -> None:
         self._push_sent = None
