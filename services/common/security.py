@@ -96,6 +96,7 @@ ROLE_OVERRIDES: dict[str, frozenset[str]] = {
     "lianxin.routing.v1.RoutingService/MergeCases": OFFICE,
     "lianxin.routing.v1.RoutingService/UnmergeCase": OFFICE,
     "lianxin.routing.v1.RoutingService/AnswerAssist": frozenset({"handler", "admin"}),
+    "lianxin.routing.v1.RoutingService/RecordInstruction": OFFICE,
     "lianxin.routing.v1.RoutingService/AcceptWorkOrder": frozenset({"handler", "admin"}),
     "lianxin.routing.v1.RoutingService/RefuseWorkOrder": frozenset({"handler", "admin"}),
     "lianxin.routing.v1.RoutingService/ObjectWorkOrder": frozenset({"handler", "admin"}),

@@ -165,6 +165,7 @@ PUBLIC_MILESTONES: dict[str, str] = {
     "visit_outcome": "已视频接访 video reception held",
     "merge": "已并单 merged with a case about the same matter; you follow its handling",
     "unmerge": "已撤销并单 handled on its own again",
+    "instruct": "领导已批示 a leader has instructed on your case",
 }
 # Routing's label prefix of a merged case following its main case ("main:reply").
 FOLLOW_MAIN = "main:"

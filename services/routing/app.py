@@ -22,6 +22,7 @@ from services.common.timeutil import from_timestamp
 from services.routing import handlers
 from services.routing.handlers import RegisteredCase, Routing, SweepReport
 from services.routing.jurisdiction import load_catalogue
+from services.routing.leader import LeaderClasses, parse_leader_classes, queue_text
 from services.routing.models import inbox, outbox
 from services.routing.provisional import ProvisionalCalendar, calendar_files_from_env
 from services.routing.servicer import RoutingServicer
@@ -57,6 +58,19 @@ def time_limit_policy() -> TimeLimitPolicy:
     return TimeLimitPolicy.from_dict(raw, source=path)
 
 
+LEADER_CLASSES_ENV = "LIANXIN_LEADER_CLASSES"
+
+
+def leader_classes() -> LeaderClasses:
+    """领导批转: the classes in the YAML named by LIANXIN_LEADER_CLASSES (services/routing/leader.py),
+    else none. A bad file fails the start with ``file: key: reason``."""
+    path = os.environ.get(LEADER_CLASSES_ENV)
+    if not path:
+        return LeaderClasses()
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return parse_leader_classes(raw, source=path)
+
+
 def build_routing(ctx: ServiceContext) -> Routing:
     """The node's jurisdiction and time rules; a bad catalogue or calendar file fails the start loudly."""
     node = ctx.settings.node
@@ -68,6 +82,7 @@ def build_routing(ctx: ServiceContext) -> Routing:
         rules=TimeRules(time_limit_policy(), calendar),
         calendar=calendar,
         new_id=lambda: str(uuid.uuid4()),
+        leader_classes=leader_classes(),
     )
 
 
@@ -86,6 +101,7 @@ def registered_case(case: common_pb2.Case, *, version: int, owner_epoch: int, re
         flags=tuple(case.flags),
         repeat_of=repeat_of or case.repeat_of,
         case_snapshot=snapshot.SerializeToString(),
+        text=queue_text(case.title, case.body),
     )
 
 

@@ -8,6 +8,7 @@ rows, with the case's next version. The store implements it; tests may fake it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from services.common.errors import (
     StaleOwner,
 )
 from services.common.ids import registering_node
+from services.common.logs import mask_name
 from services.common.regions import RegionTree
 from services.common.timeutil import china_date, to_utc
 from services.routing.jurisdiction import (
@@ -33,6 +35,7 @@ from services.routing.jurisdiction import (
     ManualQueue,
     decide,
 )
+from services.routing.leader import LeaderClasses, check_instruction
 from services.routing.merging import check_merge, check_merge_request, check_unmerge
 from services.routing.provisional import ProvisionalCalendar
 from services.routing.timelimits import CATEGORIES, DeadlineKind, TimeRules, supervision_at, warning_at
@@ -54,6 +57,7 @@ from services.routing.workorder import (
     sweep,
 )
 
+log = logging.getLogger(__name__)
 SYSTEM = "system"
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)  # sort key for "no pending deadline"
 
@@ -72,6 +76,7 @@ class RegisteredCase:
     flags: tuple[str, ...] = ()
     repeat_of: str = ""
     case_snapshot: bytes = b""  # the serialized common.v1.Case (no personal data), for hand-offs
+    text: str = ""  # title and the start of the text: a leader class's keywords are looked for here
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,7 @@ class WorkOrderQuery:
     now: datetime | None = None
     manual_only: bool = False
     assisting_unit_id: str = ""  # 协办: work orders that wait for this unit's answer
+    leader_queue: bool = False  # 领导批转: work orders that wait for a leader's instruction
 
 
 class RoutingUnitOfWork(Protocol):
@@ -278,6 +284,7 @@ class Routing:
     rules: TimeRules
     calendar: ProvisionalCalendar
     new_id: Callable[[], str]
+    leader_classes: LeaderClasses = dataclasses.field(default_factory=LeaderClasses)
 
     @property
     def parent(self) -> str:
@@ -458,6 +465,13 @@ def on_case_arrived(
                 at=now,
             )
         )
+    elif (held := routing.leader_classes.match(case.category, case.text)) is not None:
+        # 领导批转: a matter of a leader's classes waits for the instruction before anyone handles it.
+        unit = decision.unit_id if isinstance(decision, AssignUnit) else None
+        note = f"领导批转: class {held.id} ({held.name}) waits for the instruction of the {held.leader}"
+        all_events += order.hold_for_leader(
+            class_id=held.id, note=note, unit_id=unit, at=now, actor=SYSTEM, rules=routing.rules
+        )
     elif isinstance(decision, AssignUnit):
         placed = "上报 from a lower tier" if escalated else "placed by the dispatch catalogue"
         all_events += order.accept(at=now, actor=SYSTEM, rules=routing.rules, reason=f"受理: {placed}")
@@ -475,7 +489,7 @@ def on_case_arrived(
     assert isinstance(created, WorkOrderCreated)
     all_events[0] = dataclasses.replace(
         created,
-        unit_id=decision.unit_id if isinstance(decision, AssignUnit) else None,
+        unit_id=decision.unit_id if isinstance(decision, AssignUnit) and not order.awaiting_instruction else None,
         manual_queue=stored.manual_queue,
     )
     _persist(uow, stored, routing, all_events, now)
@@ -894,6 +908,27 @@ def reply(
     """答复: only the lead unit replies to the citizen (assisting units answer the lead)."""
     _lead_only(stored, acting_unit, "replies to the citizen")
     return stored.order.reply(text=text, at=at, actor=actor, rules=routing.rules, attachments=attachments)
+
+
+def record_instruction(
+    stored: StoredWorkOrder, at: datetime, actor: str, routing: Routing, *, leader_name: str, instruction: str
+) -> list[WorkOrderEvent]:
+    """领导批示: recorded on the case; then handling goes on as placement had decided (the unit chosen,
+    accepted and assigned now), or the case stays in the manual queue when no rule placed it."""
+    name, text = check_instruction(leader_name, instruction)
+    order = stored.order
+    events: list[WorkOrderEvent] = list(order.instruct(leader_name=name, text=text, at=at, actor=actor))
+    # The name is personal data in a log line: masked there (it travels in full with the case).
+    log.info("leader instruction recorded on %s by %s", order.id, mask_name(name))
+    unit = order.leader_unit
+    if not unit:
+        stored.manual_reason = "领导已批示: no routing rule placed the case, a clerk assigns it"
+    elif order.state is State.REGISTERED:
+        events += order.accept(at=at, actor=SYSTEM, rules=routing.rules, reason="受理: 领导批示 recorded")
+        events += order.assign(
+            unit_id=unit, at=at, actor=SYSTEM, rules=routing.rules, reason=f"派单目录 {routing.catalogue.source}"
+        )
+    return events
 
 
 def accept(stored: StoredWorkOrder, at: datetime, actor: str, routing: Routing, note: str) -> list[WorkOrderEvent]:

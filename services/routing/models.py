@@ -38,6 +38,8 @@ class WorkOrderRow(Base):
     # 协办: the assisting units that still owe the lead their answer, as ",unit,unit," (ListWorkOrders
     # assisting_unit_id matches ",<unit>,"); "" when none.
     assisting: Mapped[str] = mapped_column(String(1000), default="", server_default="")
+    # 领导批转: the leader class whose instruction the case waits for; "" when none (ListLeaderQueue).
+    leader_queue: Mapped[str] = mapped_column(String(64), default="", server_default="")
     # Earliest pending duty deadline (far future when none): overdue / due-soon filters and inbox order.
     next_due: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Earliest unfired sweep boundary; NULL when nothing can fire (closed, paused): the sweep's index.

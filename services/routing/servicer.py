@@ -103,6 +103,15 @@ def work_order_message(stored: StoredWorkOrder, *, now: datetime | None = None) 
             )
             for a in order.assists.values()
         ],
+        leader_class=order.leader_class or "",
+        instruction=None
+        if order.instruction is None
+        else routing_pb2.LeaderInstruction(
+            leader_name=order.instruction.leader_name,
+            text=order.instruction.text,
+            at=to_timestamp(order.instruction.at),
+            recorded_by=order.instruction.recorded_by,
+        ),
     )
 
 
@@ -161,6 +170,14 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         self._clock = clock
         self._notify = notify
 
+    def _region_prefix(self, region_code: str) -> str:
+        """The significant digits of a region filter ("" for none); an unknown code is INVALID_ARGUMENT."""
+        if not region_code:
+            return ""
+        if region_code not in self._routing.regions:
+            raise InvalidArgument("region_code", f"unknown region code {region_code}")
+        return _significant(region_code)
+
     def _act(self, work_order_id: str, actor: str, expected_version: int, step: Step) -> routing_pb2.WorkOrder:
         now = self._clock()
         stored = handlers.act(
@@ -218,11 +235,7 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         self, request: routing_pb2.ListSupervisionsRequest, context: Any
     ) -> routing_pb2.ListSupervisionsResponse:
         limit = _page_size(request.page)
-        prefix = ""
-        if request.region_code:
-            if request.region_code not in self._routing.regions:
-                raise InvalidArgument("region_code", f"unknown region code {request.region_code}")
-            prefix = _significant(request.region_code)
+        prefix = self._region_prefix(request.region_code)
         with self._uow_factory() as uow:
             found, total = uow.list_supervisions(
                 case_id=request.case_id, region_prefix=prefix, after=_untoken(request.page.page_token), limit=limit + 1
@@ -438,6 +451,50 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
             ],
             page=common_pb2.PageResponse(next_page_token=token, total_size=total),
         )
+
+    def ListLeaderQueue(
+        self, request: routing_pb2.ListLeaderQueueRequest, context: Any
+    ) -> routing_pb2.ListLeaderQueueResponse:
+        limit = _page_size(request.page)
+        prefix = self._region_prefix(request.region_code)
+        now = to_utc(self._clock())
+        with self._uow_factory() as uow:
+            found, total = uow.list_work_orders(
+                WorkOrderQuery(leader_queue=True), after=_untoken(request.page.page_token), limit=limit + 1
+            )
+        found = [s for s in found if (s.order.region_code or "").startswith(prefix)]
+        more = len(found) > limit
+        found = found[:limit]
+        token = _token(found[-1].next_due or handlers.FAR_FUTURE, found[-1].order.id) if more else ""
+        classes = self._routing.leader_classes
+        items = []
+        for s in found:
+            cls = classes.get(s.order.leader_class or "")
+            items.append(
+                routing_pb2.LeaderQueueItem(
+                    work_order=work_order_message(s, now=now),
+                    class_id=s.order.leader_class or "",
+                    class_name=cls.name if cls else "",
+                    leader=cls.leader if cls else "",
+                )
+            )
+        return routing_pb2.ListLeaderQueueResponse(
+            items=items, page=common_pb2.PageResponse(next_page_token=token, total_size=total)
+        )
+
+    def RecordInstruction(
+        self, request: routing_pb2.RecordInstructionRequest, context: Any
+    ) -> routing_pb2.RecordInstructionResponse:
+        r = self._routing
+        wo = self._act(
+            request.work_order_id,
+            request.actor,
+            request.expected_version,
+            lambda s, at, who: handlers.record_instruction(
+                s, at, who, r, leader_name=request.leader_name, instruction=request.instruction
+            ),
+        )
+        return routing_pb2.RecordInstructionResponse(work_order=wo)
 
     def AssignManually(
         self, request: routing_pb2.AssignManuallyRequest, context: Any

@@ -66,6 +66,7 @@ from services.routing.workorder import (
     Assist,
     DeadlineStageReached,
     HistoryEntry,
+    Instruction,
     ReplyGiven,
     State,
     WorkOrder,
@@ -113,6 +114,18 @@ def encode_order(order: WorkOrder) -> str:
             "reply": [order.reply_text, list(order.reply_attachments), _iso(order.replied_at)],
             "merged_into": order.merged_into,
             "merged_from": order.merged_from.value if order.merged_from else None,
+            "leader": [
+                order.leader_class,
+                order.leader_unit,
+                None
+                if order.instruction is None
+                else [
+                    order.instruction.leader_name,
+                    order.instruction.text,
+                    _iso(order.instruction.at),
+                    order.instruction.recorded_by,
+                ],
+            ],
             "assists": {
                 u: [_iso(a.requested_at), _iso(a.due), _iso(a.answered_at), a.answer, a.late]
                 for u, a in order.assists.items()
@@ -156,6 +169,7 @@ def decode_order(row: Any, history: list[HistoryEntry]) -> WorkOrder:
         replied_at=_dt(replied_at),
         merged_into=d["merged_into"],
         merged_from=State(d["merged_from"]) if d.get("merged_from") else None,
+        **_leader_fields(d.get("leader")),
         assists={
             u: Assist(u, datetime.fromisoformat(r), datetime.fromisoformat(due), _dt(ans), text, late)
             for u, (r, due, ans, text, late) in d.get("assists", {}).items()
@@ -165,6 +179,17 @@ def decode_order(row: Any, history: list[HistoryEntry]) -> WorkOrder:
         history=history,
         version=row.version,
     )
+
+
+def _leader_fields(raw: Any) -> dict[str, Any]:
+    if not raw:
+        return {}
+    class_id, unit, given = raw
+    instruction = None
+    if given:
+        name, text, at, by = given
+        instruction = Instruction(name, text, datetime.fromisoformat(at), by)
+    return {"leader_class": class_id, "leader_unit": unit, "instruction": instruction}
 
 
 def _state_enum(state: State | None) -> common_pb2.CaseState.ValueType:
@@ -308,6 +333,8 @@ class SqlRoutingUnitOfWork:
             conditions.append(WorkOrderRow.unit_id == query.unit_id)
         if query.case_id:
             conditions.append(WorkOrderRow.case_id == query.case_id)
+        if query.leader_queue:
+            conditions.append(WorkOrderRow.leader_queue != "")
         if query.assisting_unit_id:
             conditions.append(WorkOrderRow.assisting.contains(f",{query.assisting_unit_id},", autoescape=True))
         states = sorted({s.value for s in query.states})
@@ -696,6 +723,7 @@ def _columns(stored: StoredWorkOrder) -> dict[str, Any]:
         "requested_days": stored.requested_days,
         "provisional": ",".join(stored.provisional),
         "assisting": _assisting(order),
+        "leader_queue": (order.leader_class or "") if order.awaiting_instruction else "",
         # SQLite keeps wall-clock text: every stored instant is UTC so comparisons hold on both backends.
         "next_due": to_utc(stored.next_due or FAR_FUTURE),
         "next_sweep_at": None if stored.next_sweep_at is None else to_utc(stored.next_sweep_at),
@@ -788,6 +816,7 @@ def _payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None:
                 reply_text=event.reply_text,
                 main_case_id=event.main_case_id,
                 assisting_unit_id=event.assisting_unit_id,
+                leader_name=event.leader_name,
             ),
             event.at,
         )

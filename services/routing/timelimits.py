@@ -71,6 +71,7 @@ class DeadlineKind(StrEnum):
     HOTLINE_ENQUIRY = "hotline_enquiry"  # 12345 咨询类
     HOTLINE_COMPLAINT = "hotline_complaint"  # 12345 投诉/求助类
     ASSIST = "assist"  # 协办: an assisting unit answers the lead unit, within less than the lead's limit
+    INSTRUCT = "instruct"  # 领导批转: a leader's instruction (批示) on a matter of the leader's classes
 
 
 class DayCount(StrEnum):
@@ -143,6 +144,7 @@ DEFAULT_POLICY: Mapping[str, Any] = MappingProxyType(
             "hotline_enquiry": "3 working days",
             "hotline_complaint": "13 working days",
             "assist": "5 working days",
+            "instruct": "2 working days",
         },
         # The national 15 days to forward or assign are split 5/3/3/4 (national/province/city/county).
         "tiers": {

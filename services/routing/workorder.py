@@ -45,6 +45,8 @@ __all__ = [
     "ESCALATE_UP",
     "FOLLOW_MAIN",
     "HOTLINE_KINDS",
+    "INSTRUCT",
+    "LEADER_HOLD",
     "MERGE_IN",
     "MERGE_OUT",
     "OPEN_STATES",
@@ -57,6 +59,7 @@ __all__ = [
     "Assist",
     "DeadlineStageReached",
     "HistoryEntry",
+    "Instruction",
     "ReplyGiven",
     "Stage",
     "State",
@@ -127,6 +130,11 @@ FOLLOW_MAIN = "main:"
 ASSIST_REQUEST = "assist_request"
 ASSIST_ANSWER = "assist_answer"
 ASSIST_LATE_ANSWER = "assist_late_answer"
+# History/event labels of 领导批转: the case waits in a leader's queue, then the instruction (批示) is recorded.
+LEADER_HOLD = "leader_hold"
+INSTRUCT = "instruct"
+# What the office may not do while the case waits for the leader's instruction.
+_HELD_ACTIONS = frozenset({Action.ACCEPT, Action.REFUSE, Action.ASSIGN, Action.START, Action.TRANSFER})
 # States in which the lead unit handles the case and may ask assisting units (协办).
 ASSIST_STATES = frozenset({State.ASSIGNED, State.IN_PROGRESS, State.EXTENDED, State.REOPENED})
 # History/event label of a leader's video reception (视频接访) held on the case, with its outcome;
@@ -265,6 +273,7 @@ class WorkOrderChanged:
     reply_text: str = ""  # with a reply: the answer the citizen reads at the registering node
     assisting_unit_id: str = ""  # with assist_request / assist_answer / assist_late_answer: the assisting unit
     main_case_id: str = ""  # with merge / unmerge / main:<action>: the main case (并单)
+    leader_name: str = ""  # with instruct: the leader who instructed (批示)
 
 
 @dataclass(frozen=True)
@@ -308,6 +317,16 @@ class Assist:
     @property
     def pending(self) -> bool:
         return self.answered_at is None
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """A leader's instruction (批示) on the case: who, what, when, and who recorded it."""
+
+    leader_name: str
+    text: str
+    at: datetime
+    recorded_by: str
 
 
 WorkOrderEvent = WorkOrderCreated | WorkOrderChanged | ReplyGiven | DeadlineStageReached
@@ -364,6 +383,14 @@ class WorkOrder:
     merged_into: str | None = None
     merged_from: State | None = None
     assists: dict[str, Assist] = field(default_factory=dict)  # 协办 by unit; the lead is ``unit_id``
+    leader_class: str | None = None  # 领导批转: the class that holds the case for a leader
+    leader_unit: str | None = None  # the unit placement chose, assigned once the leader has instructed
+    instruction: Instruction | None = None
+
+    @property
+    def awaiting_instruction(self) -> bool:
+        return self.leader_class is not None and self.instruction is None
+
     transferred_to: str | None = None
     fired: set[tuple[str, str]] = field(default_factory=set)
     history: list[HistoryEntry] = field(default_factory=list)
@@ -594,6 +621,28 @@ class WorkOrder:
         self._stop_all_clocks(at)
         self.windows.clear()
         return [self._changed(Action.WITHDRAW, at, actor, reason)]
+
+    def hold_for_leader(
+        self, *, class_id: str, note: str, unit_id: str | None, at: datetime, actor: str, rules: TimeRules
+    ) -> list[WorkOrderChanged]:
+        """领导批转: the case waits in a leader's queue; the ``instruct`` clock runs. Not a transition."""
+        if self.state is not State.REGISTERED:
+            raise FailedPrecondition("only a case not yet accepted waits for a leader's instruction", self.state)
+        at = to_utc(at)
+        self.leader_class, self.leader_unit = class_id, unit_id
+        self._start_clock(DeadlineKind.INSTRUCT, at, rules)
+        return [self._noted(LEADER_HOLD, at=at, actor=actor, note=note)]
+
+    def instruct(self, *, leader_name: str, text: str, at: datetime, actor: str) -> list[WorkOrderChanged]:
+        """The leader's instruction (批示) is recorded: the queue's clock stops and handling may go on."""
+        if not self.awaiting_instruction:
+            why = "already instructed" if self.instruction is not None else "not in a leader's queue"
+            raise FailedPrecondition(f"work order {self.id} is {why}", self.state)
+        at = to_utc(at)
+        self.instruction = Instruction(leader_name, text, at, actor)
+        self._stop_clock(DeadlineKind.INSTRUCT)
+        changed = self._noted(INSTRUCT, at=at, actor=actor, note=f"领导批示 ({leader_name}): {text}")
+        return [replace(changed, leader_name=leader_name)]
 
     def request_assist(
         self, unit_ids: Sequence[str], *, at: datetime, actor: str, rules: TimeRules, request: str
@@ -899,6 +948,12 @@ class WorkOrder:
         """The table lookup every action starts with; returns ``at`` as UTC."""
         if (self.state, action) not in TRANSITIONS:
             raise FailedPrecondition(f"cannot {action.value} a work order in state {self.state.value}", self.state)
+        if action in _HELD_ACTIONS and self.awaiting_instruction:
+            raise FailedPrecondition(
+                f"cannot {action.value}: the case waits for the leader's instruction"
+                f" (领导批示, class {self.leader_class})",
+                self.state,
+            )
         return to_utc(at)
 
     def _changed(

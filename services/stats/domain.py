@@ -182,6 +182,8 @@ class CaseFact:
     supervision_count: int = 0
     # 协办: the assisting units that were late with their answer to the lead unit, ",a,b," ("" none).
     assist_late_units: str = ""
+    # 领导批转: when a leader's instruction (批示) was recorded on the case (first), None when never.
+    instructed_at: datetime | None = None
 
 
 class CachedCalendar:
@@ -332,6 +334,8 @@ def _apply(fact: CaseFact, event: CaseEvent, config: StatsConfig, calendar: Work
             changes["rating_default_at"] = to_utc(end_of_day(window_end))
         elif event.action == "close":
             changes["closed_at"] = at
+        elif event.action == "instruct" and fact.instructed_at is None:
+            changes["instructed_at"] = at
         elif event.action in ("reopen", "review"):
             changes["closed_at"] = None
     elif kind == "case_evaluated":
@@ -376,6 +380,8 @@ DEFINITIONS: dict[str, str] = {
     "overdue": "超期件: cases whose handling deadline passed without a reply by as_of, or that were replied "
     "after it (withdrawn, merged and refused excluded).",
     "supervised": "督办件: cases with at least one supervision (督办 or 挂牌督办; a 催办 chase does not count).",
+    "instructed": "领导批示件: cases of a leader's classes (领导批转) on which the leader's instruction (批示) was "
+    "recorded.",
     "assist_late": "协办超期件: cases in which an assisting unit (协办) answered the lead unit after its own "
     "deadline, or was chased for it (the units are listed in the bulletin).",
     "merged": "并单件: received cases merged (并单) into another case; each is a submission of its own (its citizen "
@@ -388,7 +394,7 @@ DEFINITIONS: dict[str, str] = {
 LOWER_IS_BETTER = frozenset(
     {"avg_reply_workdays", "p90_reply_workdays", "repeat_rate", "overdue", "supervised", "assist_late"}
 )
-COUNT_METRICS = frozenset({"received", "overdue", "supervised", "merged", "matters", "assist_late"})
+COUNT_METRICS = frozenset({"received", "overdue", "supervised", "merged", "matters", "assist_late", "instructed"})
 
 
 @dataclass
@@ -411,6 +417,7 @@ class Aggregates:
     supervised: int = 0
     merged: int = 0
     assist_late: int = 0
+    instructed: int = 0
     # working days → number of replied cases (the distribution gives mean and p90 exactly)
     reply_days: dict[int, int] = field(default_factory=dict)
 
@@ -442,6 +449,7 @@ COUNTERS: tuple[str, ...] = (
     "supervised",
     "merged",
     "assist_late",
+    "instructed",
 )
 
 
@@ -501,6 +509,7 @@ def counters(fact: CaseFact, as_of: datetime) -> tuple[int, ...]:
         "supervised": fact.supervision_count > 0,
         "merged": fact.state == "MERGED",
         "assist_late": fact.assist_late_units != "",
+        "instructed": fact.instructed_at is not None,
     }
     return tuple(int(values[name]) for name in COUNTERS)
 
@@ -526,6 +535,7 @@ NUMERATOR_PREDICATE: dict[str, str] = {
     "merged": "merged",
     "matters": "matter",
     "assist_late": "assist_late",
+    "instructed": "instructed",
 }
 
 
@@ -576,6 +586,7 @@ METRIC_COUNTERS: dict[str, tuple[str, ...]] = {
     "merged": ("merged",),
     "matters": ("merged",),
     "assist_late": ("assist_late",),
+    "instructed": ("instructed",),
 }
 REPLY_DAY_METRICS = frozenset({"avg_reply_workdays", "p90_reply_workdays"})
 
@@ -609,6 +620,8 @@ def compute(name: str, agg: Aggregates) -> MetricValue:
         return MetricValue(name, DEFINITIONS[name], float(agg.overdue), agg.overdue, 1, [])
     if name == "supervised":
         return MetricValue(name, DEFINITIONS[name], float(agg.supervised), agg.supervised, 1, [])
+    if name == "instructed":
+        return MetricValue(name, DEFINITIONS[name], float(agg.instructed), agg.instructed, 1, [])
     if name == "assist_late":
         return MetricValue(name, DEFINITIONS[name], float(agg.assist_late), agg.assist_late, 1, [])
     if name == "merged":

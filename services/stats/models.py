@@ -53,6 +53,8 @@ class CaseFactRow(Base):
     supervision_count: Mapped[int] = mapped_column(Integer, default=0)
     # 协办: assisting units late with their answer to the lead, ",unit,unit," ("" when none).
     assist_late_units: Mapped[str] = mapped_column(String(1000), default="", server_default="")
+    # 领导批转: when the leader's instruction was recorded (first); NULL when never.
+    instructed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # The moment at which this fact's contribution to the rollups was computed ("as of"), and the
     # first deadline at or after it (accept, handling, rating window) that will change that
     # contribution when it passes; NULL when none is ahead. See store.py "Rollups".
@@ -115,7 +117,7 @@ DAILY_KEY: tuple[str, ...] = ("day", "region_code", "category")
 ROLLUP_COUNTERS: tuple[str, ...] = (
     "received", "online", "repeat", "accept_due", "accept_on_time", "reply_due", "replied",
     "completion_due", "closed", "closed_on_time", "satisfaction_base", "satisfied", "overdue", "supervised",
-    "merged", "assist_late",
+    "merged", "assist_late", "instructed",
 )  # fmt: skip
 # Replied cases by working days to the first reply, one exact column per day 0..ROLLUP_DAYS-1; the
 # rare longer ones go to ``stats_rollup_days_over`` by exact day, so mean and p90 stay exact.

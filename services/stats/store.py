@@ -120,6 +120,7 @@ def predicates(as_of: datetime | ColumnElement[Any]) -> dict[str, ColumnElement[
         "supervised": F.supervision_count > 0,
         "merged": F.state == "MERGED",
         "assist_late": F.assist_late_units != "",
+        "instructed": F.instructed_at.is_not(None),
         "replied_any": F.reply_workdays.is_not(None),
         "matter": F.state != "MERGED",
     }

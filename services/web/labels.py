@@ -86,6 +86,11 @@ HISTORY_LABELS: dict[str, str] = {
     "unmerge": "撤销并单",
     "merge_in": "并入案件",
     "merge_out": "撤出并单",
+    "assist_request": "请求协办",
+    "assist_answer": "协办答复",
+    "assist_late_answer": "协办逾期答复",
+    "leader_hold": "待领导批示",
+    "instruct": "领导批示",
     "transfer": "转送",
     "escalate_up": "上报",
     "take_back": "退回",
@@ -108,6 +113,8 @@ METRIC_LABELS: dict[str, str] = {
     "supervised": "督办件",
     "merged": "并单件",
     "matters": "事项数",
+    "assist_late": "协办超期件",
+    "instructed": "领导批示件",
 }
 
 ROLE_LABELS: dict[str, str] = {

@@ -404,6 +404,7 @@ class WorkOrderChanged(_message.Message):
     REPLY_TEXT_FIELD_NUMBER: _builtins.int
     MAIN_CASE_ID_FIELD_NUMBER: _builtins.int
     ASSISTING_UNIT_ID_FIELD_NUMBER: _builtins.int
+    LEADER_NAME_FIELD_NUMBER: _builtins.int
     work_order_id: _builtins.str
     """Id of the work order."""
     unit_id: _builtins.str
@@ -434,6 +435,10 @@ class WorkOrderChanged(_message.Message):
     """With action "assist_request", "assist_answer" or "assist_late_answer" (主办/协办): the assisting
     unit asked or answering; `unit_id` stays the lead unit.
     """
+    leader_name: _builtins.str
+    """With action "instruct" (领导批转): the leader who instructed (批示); the instruction is the reason.
+    Action "leader_hold" says the case waits in a leader's queue (the reason names the class).
+    """
     @_builtins.property
     def deadlines(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Deadline]:
         """Deadlines of the work order after the change."""
@@ -452,10 +457,11 @@ class WorkOrderChanged(_message.Message):
         reply_text: _builtins.str = ...,
         main_case_id: _builtins.str = ...,
         assisting_unit_id: _builtins.str = ...,
+        leader_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "assisting_unit_id", b"assisting_unit_id", "deadlines", b"deadlines", "from_state", b"from_state", "main_case_id", b"main_case_id", "reason", b"reason", "reply_text", b"reply_text", "to_state", b"to_state", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "assisting_unit_id", b"assisting_unit_id", "deadlines", b"deadlines", "from_state", b"from_state", "leader_name", b"leader_name", "main_case_id", b"main_case_id", "reason", b"reason", "reply_text", b"reply_text", "to_state", b"to_state", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

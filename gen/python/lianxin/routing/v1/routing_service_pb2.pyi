@@ -96,6 +96,8 @@ class WorkOrder(_message.Message):
     PROVISIONAL_DEADLINES_FIELD_NUMBER: _builtins.int
     ALLOWED_ACTIONS_FIELD_NUMBER: _builtins.int
     ASSISTING_UNITS_FIELD_NUMBER: _builtins.int
+    LEADER_CLASS_FIELD_NUMBER: _builtins.int
+    INSTRUCTION_FIELD_NUMBER: _builtins.int
     work_order_id: _builtins.str
     """Id of the work order."""
     case_id: _builtins.str
@@ -120,6 +122,8 @@ class WorkOrder(_message.Message):
     """Text of the unit's reply to the citizen; empty until replied."""
     version: _builtins.int
     """Version of the work order, incremented with every change; compared with expected_version."""
+    leader_class: _builtins.str
+    """领导批转: the leader class the case belongs to; empty when none."""
     @_builtins.property
     def deadlines(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Deadline]:
         """Current deadlines."""
@@ -159,6 +163,10 @@ class WorkOrder(_message.Message):
     def assisting_units(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssistingUnit]:
         """Assisting units (协办) asked by the lead unit (unit_id, 主办), in the order asked."""
 
+    @_builtins.property
+    def instruction(self) -> Global___LeaderInstruction:
+        """The leader's instruction (批示); unset while the case waits in the leader's queue or has no class."""
+
     def __init__(
         self,
         *,
@@ -182,14 +190,52 @@ class WorkOrder(_message.Message):
         provisional_deadlines: _abc.Iterable[_builtins.str] | None = ...,
         allowed_actions: _abc.Iterable[_builtins.str] | None = ...,
         assisting_units: _abc.Iterable[Global___AssistingUnit] | None = ...,
+        leader_class: _builtins.str = ...,
+        instruction: Global___LeaderInstruction | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "instruction", b"instruction", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_actions", b"allowed_actions", "assisting_units", b"assisting_units", "attachment_refs", b"attachment_refs", "case_id", b"case_id", "category", b"category", "created_at", b"created_at", "deadlines", b"deadlines", "extension_used", b"extension_used", "history", b"history", "node", b"node", "objection_count", b"objection_count", "provisional_deadlines", b"provisional_deadlines", "region_code", b"region_code", "reopen_count", b"reopen_count", "reply_text", b"reply_text", "state", b"state", "unit_id", b"unit_id", "updated_at", b"updated_at", "version", b"version", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_actions", b"allowed_actions", "assisting_units", b"assisting_units", "attachment_refs", b"attachment_refs", "case_id", b"case_id", "category", b"category", "created_at", b"created_at", "deadlines", b"deadlines", "extension_used", b"extension_used", "history", b"history", "instruction", b"instruction", "leader_class", b"leader_class", "node", b"node", "objection_count", b"objection_count", "provisional_deadlines", b"provisional_deadlines", "region_code", b"region_code", "reopen_count", b"reopen_count", "reply_text", b"reply_text", "state", b"state", "unit_id", b"unit_id", "updated_at", b"updated_at", "version", b"version", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkOrder: _TypeAlias = WorkOrder  # noqa: Y015
+
+@_typing.final
+class LeaderInstruction(_message.Message):
+    """A leader's instruction on a case (领导批示)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEADER_NAME_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    RECORDED_BY_FIELD_NUMBER: _builtins.int
+    leader_name: _builtins.str
+    """Name of the leader who instructed."""
+    text: _builtins.str
+    """The instruction."""
+    recorded_by: _builtins.str
+    """Operator id of who recorded it."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the leader instructed (recorded)."""
+
+    def __init__(
+        self,
+        *,
+        leader_name: _builtins.str = ...,
+        text: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        recorded_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "leader_name", b"leader_name", "recorded_by", b"recorded_by", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaderInstruction: _TypeAlias = LeaderInstruction  # noqa: Y015
 
 @_typing.final
 class AssistingUnit(_message.Message):
@@ -2070,3 +2116,159 @@ class AnswerAssistResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AnswerAssistResponse: _TypeAlias = AnswerAssistResponse  # noqa: Y015
+
+@_typing.final
+class ListLeaderQueueRequest(_message.Message):
+    """Asks for the leader's queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_CODE_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    region_code: _builtins.str
+    """Only work orders in this region or below it."""
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest:
+        """Paging."""
+
+    def __init__(
+        self,
+        *,
+        region_code: _builtins.str = ...,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "region_code", b"region_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLeaderQueueRequest: _TypeAlias = ListLeaderQueueRequest  # noqa: Y015
+
+@_typing.final
+class LeaderQueueItem(_message.Message):
+    """A case waiting for a leader's instruction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_FIELD_NUMBER: _builtins.int
+    CLASS_ID_FIELD_NUMBER: _builtins.int
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    class_id: _builtins.str
+    """Id of the leader class."""
+    class_name: _builtins.str
+    """Name of the class, e.g. 重大安全事故隐患."""
+    leader: _builtins.str
+    """The office that instructs, e.g. 市委书记."""
+    @_builtins.property
+    def work_order(self) -> Global___WorkOrder:
+        """The waiting work order (its "instruct" deadline is the queue's time limit)."""
+
+    def __init__(
+        self,
+        *,
+        work_order: Global___WorkOrder | None = ...,
+        class_id: _builtins.str = ...,
+        class_name: _builtins.str = ...,
+        leader: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_id", b"class_id", "class_name", b"class_name", "leader", b"leader", "work_order", b"work_order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaderQueueItem: _TypeAlias = LeaderQueueItem  # noqa: Y015
+
+@_typing.final
+class ListLeaderQueueResponse(_message.Message):
+    """A page of the leader's queue, most urgent first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaderQueueItem]:
+        """The waiting cases."""
+
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse:
+        """Paging."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___LeaderQueueItem] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLeaderQueueResponse: _TypeAlias = ListLeaderQueueResponse  # noqa: Y015
+
+@_typing.final
+class RecordInstructionRequest(_message.Message):
+    """Records a leader's instruction (批示)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    LEADER_NAME_FIELD_NUMBER: _builtins.int
+    INSTRUCTION_FIELD_NUMBER: _builtins.int
+    work_order_id: _builtins.str
+    """Id of the waiting work order."""
+    actor: _builtins.str
+    """Operator id of who records it (the leader's office)."""
+    expected_version: _builtins.int
+    """Expected work order version; 0 skips the check."""
+    leader_name: _builtins.str
+    """Name of the leader who instructed; required, at most 40 characters."""
+    instruction: _builtins.str
+    """The instruction; required. At most 2,000 characters, line breaks allowed."""
+    def __init__(
+        self,
+        *,
+        work_order_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        leader_name: _builtins.str = ...,
+        instruction: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "expected_version", b"expected_version", "instruction", b"instruction", "leader_name", b"leader_name", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordInstructionRequest: _TypeAlias = RecordInstructionRequest  # noqa: Y015
+
+@_typing.final
+class RecordInstructionResponse(_message.Message):
+    """The work order after the instruction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def work_order(self) -> Global___WorkOrder:
+        """The work order after the change (accepted and assigned when placement had chosen a unit)."""
+
+    def __init__(
+        self,
+        *,
+        work_order: Global___WorkOrder | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordInstructionResponse: _TypeAlias = RecordInstructionResponse  # noqa: Y015

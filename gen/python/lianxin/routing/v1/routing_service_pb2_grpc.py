@@ -167,6 +167,16 @@ class RoutingServiceStub:
                 request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AnswerAssistRequest.SerializeToString,
                 response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AnswerAssistResponse.FromString,
                 _registered_method=True)
+        self.ListLeaderQueue = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/ListLeaderQueue',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListLeaderQueueRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListLeaderQueueResponse.FromString,
+                _registered_method=True)
+        self.RecordInstruction = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/RecordInstruction',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordInstructionRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordInstructionResponse.FromString,
+                _registered_method=True)
 
 
 class RoutingServiceServicer:
@@ -366,6 +376,22 @@ class RoutingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLeaderQueue(self, request, context):
+        """Lists the cases that wait in a leader's queue (领导批转): matters of the node's leader classes
+        (LIANXIN_LEADER_CLASSES), oldest first; each waits until RecordInstruction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordInstruction(self, request, context):
+        """Records a leader's instruction (批示) on a case of the leader's queue: the instruction, its time
+        and the leader's name follow the case, and handling goes on (the unit placement chose).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -498,6 +524,16 @@ def add_RoutingServiceServicer_to_server(servicer, server):
                     servicer.AnswerAssist,
                     request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AnswerAssistRequest.FromString,
                     response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AnswerAssistResponse.SerializeToString,
+            ),
+            'ListLeaderQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLeaderQueue,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListLeaderQueueRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListLeaderQueueResponse.SerializeToString,
+            ),
+            'RecordInstruction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordInstruction,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordInstructionRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordInstructionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1205,6 +1241,60 @@ class RoutingService:
             '/lianxin.routing.v1.RoutingService/AnswerAssist',
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AnswerAssistRequest.SerializeToString,
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AnswerAssistResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLeaderQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/ListLeaderQueue',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListLeaderQueueRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListLeaderQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordInstruction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/RecordInstruction',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordInstructionRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordInstructionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,6 +85,14 @@ class RoutingServiceStub:
     """An assisting unit answers the lead unit (协办意见); an answer after its deadline is counted late.
     Only the lead unit replies to the citizen (ReplyWorkOrder).
     """
+    ListLeaderQueue: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.ListLeaderQueueRequest, _routing_service_pb2.ListLeaderQueueResponse]
+    """Lists the cases that wait in a leader's queue (领导批转): matters of the node's leader classes
+    (LIANXIN_LEADER_CLASSES), oldest first; each waits until RecordInstruction.
+    """
+    RecordInstruction: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.RecordInstructionRequest, _routing_service_pb2.RecordInstructionResponse]
+    """Records a leader's instruction (批示) on a case of the leader's queue: the instruction, its time
+    and the leader's name follow the case, and handling goes on (the unit placement chose).
+    """
 
 class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Routes cases to units and tiers and drives each work order through its lifecycle.
@@ -312,6 +320,26 @@ class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _routing_service_pb2.AnswerAssistResponse:
         """An assisting unit answers the lead unit (协办意见); an answer after its deadline is counted late.
         Only the lead unit replies to the citizen (ReplyWorkOrder).
+        """
+
+    @_abc_1.abstractmethod
+    def ListLeaderQueue(
+        self,
+        request: _routing_service_pb2.ListLeaderQueueRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.ListLeaderQueueResponse:
+        """Lists the cases that wait in a leader's queue (领导批转): matters of the node's leader classes
+        (LIANXIN_LEADER_CLASSES), oldest first; each waits until RecordInstruction.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordInstruction(
+        self,
+        request: _routing_service_pb2.RecordInstructionRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.RecordInstructionResponse:
+        """Records a leader's instruction (批示) on a case of the leader's queue: the instruction, its time
+        and the leader's name follow the case, and handling goes on (the unit placement chose).
         """
 
 def add_RoutingServiceServicer_to_server(servicer: RoutingServiceServicer, server: _grpc.Server) -> None: ...
