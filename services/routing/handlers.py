@@ -1082,6 +1082,8 @@ def on_case_withdrawn(
     if (order.state, Action.WITHDRAW) not in TRANSITIONS:
         return WithdrawalOutcome(applied=False, state=order.state)
     now = to_utc(now)
+    if order.state is State.MERGED:
+        uow.remove_merge(case_id)  # 并单: it no longer follows its main case
     events = order.withdraw(at=now, actor="citizen", reason=reason or "withdrawn by the citizen (撤回)")
     _persist(uow, stored, routing, events, now)
     return WithdrawalOutcome(applied=True, state=order.state)

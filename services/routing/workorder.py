@@ -196,6 +196,8 @@ TRANSITIONS: Mapping[tuple[State, Action], State] = {
     (S.TRANSFERRED, A.TAKE_BACK): S.REGISTERED,
     # Back to the state it was merged from (``WorkOrder.merged_from``); ASSIGNED names the usual one.
     (S.MERGED, A.UNMERGE): S.ASSIGNED,
+    # A merged case's citizen may still withdraw it: it stops following its main case.
+    (S.MERGED, A.WITHDRAW): S.WITHDRAWN,
 }
 del S, A
 

@@ -137,3 +137,15 @@ def test_a_merged_case_following_its_main_case_keeps_its_fact_merged() -> None:
     ]
     fact = fold_case(events, base=base, config=StatsConfig(), calendar=ChineseWorkingCalendar())
     assert fact is not None and fact.state == "MERGED" and fact.replied_at is None
+
+
+def test_a_merged_citizen_may_withdraw_and_stops_following() -> None:
+    main = order_of(MAIN, in_progress_order())
+    twin = order_of(TWIN, in_progress_order())
+    twin.merge(into_case_id=MAIN, at=at(6, 4), actor="clerk")
+    twin.withdraw(at=at(6, 5), actor="citizen", reason="已自行解决")
+    assert twin.state is State.WITHDRAWN
+    reply = next(
+        e for e in main.reply(text="已清理", at=at(6, 6), actor="h", rules=RULES) if isinstance(e, WorkOrderChanged)
+    )
+    assert twin.follow_main(reply) == []
