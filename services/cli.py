@@ -123,6 +123,9 @@ def secure_instructions(federation: Federation) -> str:
     pki = federation.pki_dir
     lines = [f"mutual TLS: CA {pki / 'ca.pem'}, node certificates and keys {pki}/<node>.pem|.key", "admin tokens:"]
     lines += [f"  {code}  {token}" for code, token in federation.admin_tokens().items()]
+    if federation.national_address:
+        lines.append(f"national simulator: mutual TLS with {pki / '100000.pem'}")
+    lines.append(f"the scripted day over TLS: lianxin demo --secure --data-dir {federation.data_dir}")
     return "\n".join(lines)
 
 
@@ -257,7 +260,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """A scripted day of cases through the running federation (start it with `lianxin up`)."""
     from services.demo import run
 
-    return run(base_port=args.base_port)
+    return run(base_port=args.base_port, secure_data_dir=Path(args.data_dir) if args.secure else None)
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -312,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--web-port", type=int, default=8400, help="web gateway port of the first node; 0: no gateways")
     up.add_argument(
-        "--secure", action="store_true", help="mutual TLS, operator tokens and per-node keys (no national simulator)"
+        "--secure",
+        action="store_true",
+        help="mutual TLS (the national simulator's too), operator tokens and per-node keys",
     )
     up.set_defaults(func=cmd_up)
 
@@ -329,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a scripted day of cases through the running federation")
     demo.add_argument("--base-port", type=int, default=7400)
+    demo.add_argument(
+        "--secure", action="store_true", help="against `lianxin up --secure`: mutual TLS and the nodes' admin tokens"
+    )
+    demo.add_argument("--data-dir", default="var/federation", help="the data directory `lianxin up --secure` was given")
     demo.set_defaults(func=cmd_demo)
 
     health = sub.add_parser("health", help="grpc.health.v1 status of the five services at ADDRESS")

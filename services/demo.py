@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from lianxin.common.v1 import common_pb2
@@ -39,8 +40,8 @@ class Stubs:
     video: video_grpc.VideoServiceStub
 
 
-def _stubs(address: str) -> Stubs:
-    channel = grpc.insecure_channel(address)
+def _stubs(address: str, connect: Callable[[str], grpc.Channel] = grpc.insecure_channel) -> Stubs:
+    channel = connect(address)
     return Stubs(
         intake_grpc.IntakeServiceStub(channel),
         routing_grpc.RoutingServiceStub(channel),
@@ -129,11 +130,19 @@ def _received(stubs: Stubs, region: str) -> int:
     return int(reply.metrics[0].numerator)
 
 
-def run(base_port: int = 7400, say: Callable[[str], None] = print) -> int:
+def run(base_port: int = 7400, say: Callable[[str], None] = print, *, secure_data_dir: Path | None = None) -> int:
+    """The scripted day; ``secure_data_dir``: the data directory of `lianxin up --secure` (its CA,
+    certificates and token keys), so every call goes over mutual TLS with the node's admin token."""
+    from services.federation import Federation
+
+    federation = Federation(
+        data_dir=secure_data_dir or Path("var"), base_port=base_port, secure=secure_data_dir is not None
+    )
+    connect = federation.operator_channel
     address = {code: f"127.0.0.1:{base_port + i}" for i, (code, _parent) in enumerate(DEFAULT_TOPOLOGY)}
-    county, city, province, shawan = (_stubs(address[c]) for c in ("511102", "511100", "510000", "511111"))
+    county, city, province, shawan = (_stubs(address[c], connect) for c in ("511102", "511100", "510000", "511111"))
     run_id = uuid.uuid4().hex[:6]
-    before = {code: _received(_stubs(address[code]), code) for code in ("511102", "511100", "510000")}
+    before = {code: _received(_stubs(address[code], connect), code) for code in ("511102", "511100", "510000")}
     # On a first start the nodes train the category model from messages.csv (a few seconds).
     _wait(
         "the category model",
@@ -260,9 +269,7 @@ def run(base_port: int = 7400, say: Callable[[str], None] = print) -> int:
     say(f"      {_visit_state(checked.state)} with 1 representative, then {_visit_state(done.state)}: outcome recorded")
 
     say("14:00 the national system transfers (转送) a case about 市中区 to the province")
-    national = national_grpc.NationalServiceStub(
-        grpc.insecure_channel(f"127.0.0.1:{base_port + len(DEFAULT_TOPOLOGY)}")
-    )
+    national = national_grpc.NationalServiceStub(connect(f"127.0.0.1:{base_port + len(DEFAULT_TOPOLOGY)}"))
     national.SubmitTransfer(
         national_pb2.SubmitTransferRequest(
             province_code="510000",
@@ -289,9 +296,11 @@ def run(base_port: int = 7400, say: Callable[[str], None] = print) -> int:
         say(f"      link 511102 → {link.peer_node}: {state}, lag {link.lag_events} events")
 
     say("18:00 every tier holds the same cases (lianxin reconcile)")
-    from services.exchange.reconcile import federation_pairs, settled
+    from services.exchange.reconcile import federation_pairs, reconcile, settled
 
-    report = settled(federation_pairs(base_port, DEFAULT_TOPOLOGY), wait_s=30)
+    report = settled(
+        federation_pairs(base_port, DEFAULT_TOPOLOGY), wait_s=30, run=lambda pairs: reconcile(pairs, connect)
+    )
     for divergence in report.divergences:
         say(f"      {divergence.line()}")
     say(f"      {report.summary()}")

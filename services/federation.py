@@ -21,7 +21,7 @@ from services.common.crypto import node_secret
 from services.common.regions import DEFAULT_TOPOLOGY as DEFAULT_TOPOLOGY  # re-exported: `lianxin up` callers
 from services.common.regions import RegionTree
 from services.common.security import issue_token, load_token_key
-from services.common.tls import client_credentials, write_dev_pki
+from services.common.tls import NATIONAL_CODE, client_credentials, write_dev_pki
 
 TOKEN_KEY_FILE = "token-key"
 
@@ -144,13 +144,11 @@ class Federation:
         secure: bool = False,
     ) -> None:
         self.data_dir = data_dir
-        # Secure: a CA and node certificates in data_dir/pki, mutual TLS on every link and client,
-        # operator tokens on, a token key and data keys per node. The national simulator does not
-        # speak TLS yet, so a secure federation runs without it; each web gateway calls its node
-        # with the node's certificate and signs its operators' tokens with the node's key.
+        # Secure: a CA and node certificates in data_dir/pki, mutual TLS on every link and client
+        # (the national simulator's too, with its own certificate), operator tokens on, a token key
+        # and data keys per node; each web gateway calls its node with the node's certificate and
+        # signs its operators' tokens with the node's key.
         self.secure = secure
-        if secure:
-            with_national = False
         self.extra_env = extra_env or {}
         self.nodes = [
             NodeProcess(code, parent, base_port + i, metrics_base_port + i) for i, (code, parent) in enumerate(topology)
@@ -218,6 +216,21 @@ class Federation:
             for n in self.nodes
         }
 
+    def operator_channel(self, address: str) -> grpc.Channel:
+        """A channel to a member of the federation as its operator would open it (``lianxin demo``).
+
+        Secure: mutual TLS with that node's certificate and its admin token on every call (the
+        national simulator: its own certificate, no token); otherwise plaintext."""
+        if not self.secure:
+            return grpc.insecure_channel(address)
+        code = next((n.code for n in self.nodes if n.address == address), NATIONAL_CODE)
+        credentials = client_credentials(self.pki_dir, code)
+        assert credentials is not None
+        if code != NATIONAL_CODE:
+            token = self.admin_tokens()[code]
+            credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
+        return grpc.secure_channel(address, credentials)
+
     def _secure_env(self, code: str) -> dict[str, str]:
         if not self.secure:
             return {}
@@ -234,11 +247,18 @@ class Federation:
         say = progress or (lambda _line: None)
         self.check_ports_free()
         if self.secure:
-            write_dev_pki(self.pki_dir, [n.code for n in self.nodes])  # the CA is kept, node certs renewed
+            # The CA is kept, node certificates (and the national simulator's) renewed.
+            write_dev_pki(self.pki_dir, [n.code for n in self.nodes] + ([NATIONAL_CODE] if self.national_port else []))
         started = time.monotonic()
         if self.national_port:
             self.national = self._spawn_national()
-            wait_serving(self.national_address or "", ready_timeout_s, self.national, services=NATIONAL_SERVICES)
+            wait_serving(
+                self.national_address or "",
+                ready_timeout_s,
+                self.national,
+                services=NATIONAL_SERVICES,
+                credentials=self.credentials_for(NATIONAL_CODE),
+            )
             say(f"  national simulator SERVING on {self.national_address} ({time.monotonic() - started:.1f} s)")
         # Parents first, tier by tier: a child's link then finds its parent up from the start.
         for wave in self._waves():
@@ -286,7 +306,8 @@ class Federation:
 
     def _spawn_national(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "national-sim", "--port", str(self.national_port)],
+            [sys.executable, "-m", "services.cli", "national-sim", "--port", str(self.national_port)]
+            + (["--tls-dir", str(self.pki_dir)] if self.secure else []),
             env={**os.environ, **self.extra_env},
             stdout=subprocess.DEVNULL,
         )

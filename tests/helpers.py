@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.federation import Federation
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, message: str = "condition") -> None:
@@ -52,3 +57,23 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextmanager
+def running_federation(data_dir: Path, *, ready_timeout_s: float = 120.0, **options: Any) -> Iterator[Federation]:
+    """The six nodes of `lianxin up` and the national simulator on free ports, stopped afterwards."""
+    from services.federation import DEFAULT_TOPOLOGY, Federation
+
+    base = free_port_block(2 * len(DEFAULT_TOPOLOGY) + 1)
+    federation = Federation(
+        data_dir=data_dir,
+        base_port=base,
+        metrics_base_port=base + len(DEFAULT_TOPOLOGY) + 1,  # the national simulator takes base + 6
+        extra_env={"LIANXIN_LOG_LEVEL": "WARNING"},
+        **options,
+    )
+    try:
+        federation.start(ready_timeout_s=ready_timeout_s)
+        yield federation
+    finally:
+        federation.stop()

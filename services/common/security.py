@@ -55,6 +55,9 @@ class Access(str, Enum):
     CITIZEN = "citizen"  # public: tracking code + phone digits checked by the servicer, rate-limited
     PEER = "peer"  # node-to-node: the TLS client certificate of a node below this one
     OPERATOR = "operator"  # a signed operator token with one of ``roles``
+    # Another node of the federation (its verified certificate, any tier: a joint video reception
+    # holds a room at whichever node has the terminal), or else an operator token with ``roles``.
+    NODE_OR_OPERATOR = "node-or-operator"
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,14 @@ CITIZEN_METHODS = frozenset(
     }
 )
 PEER_METHODS = LINK_METHODS
+# Called by another node's video service for a joint reception (services.video.servicer.GrpcRemoteRooms).
+NODE_METHODS = frozenset(
+    {
+        "lianxin.video.v1.VideoService/HoldRoom",
+        "lianxin.video.v1.VideoService/ConfirmHold",
+        "lianxin.video.v1.VideoService/ReleaseHold",
+    }
+)
 # Operator methods whose roles differ from the verb default (reads: everyone; writes: WRITERS).
 ROLE_OVERRIDES: dict[str, frozenset[str]] = {
     "lianxin.intake.v1.IntakeService/ImportCases": OFFICE,
@@ -123,7 +134,8 @@ def rule_for(full_method: str) -> Rule:
     if full_method in PEER_METHODS:
         return Rule(Access.PEER, mutating=mutating)
     roles = ROLE_OVERRIDES.get(full_method, WRITERS if mutating else READERS)
-    return Rule(Access.OPERATOR, roles=roles, mutating=mutating)
+    access = Access.NODE_OR_OPERATOR if full_method in NODE_METHODS else Access.OPERATOR
+    return Rule(access, roles=roles, mutating=mutating)
 
 
 def business_methods(service_names: Iterable[str]) -> list[str]:
@@ -448,6 +460,10 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return ANONYMOUS
         if rule.access is Access.PEER:
             return self._peer(context)
+        if rule.access is Access.NODE_OR_OPERATOR:
+            region = peer_region(context)
+            if region is not None and region in self.regions:
+                return Principal(subject=f"node:{region}", node=region, unit="", roles=frozenset(), kind="peer")
         if self.token_key is None:
             return Principal(subject="unauthenticated", node=self.node, unit="", roles=frozenset(ROLES), kind="dev")
         scheme, _, token = authorization.partition(" ")
@@ -472,9 +488,10 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def _authorize_request(self, request: Any, principal: Principal) -> None:
         if principal.kind == "peer" and principal.node:
-            child = getattr(request, "child_node", "")
-            if child and child != principal.node:
-                raise PermissionDenied(f"certificate of node {principal.node} cannot speak for node {child}")
+            for speaks_for in ("child_node", "requesting_node"):
+                claimed = getattr(request, speaks_for, "")
+                if claimed and claimed != principal.node:
+                    raise PermissionDenied(f"certificate of node {principal.node} cannot speak for node {claimed}")
             return
         if principal.kind != "operator":
             return

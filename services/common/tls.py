@@ -125,6 +125,10 @@ def issue_node_cert(
     return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
+# The code in the national simulator's certificate (GB/T 2260's code for the whole country).
+NATIONAL_CODE = "100000"
+
+
 def write_dev_pki(out: Path, codes: Iterable[str], *, hosts: Sequence[str] = ("localhost", "127.0.0.1")) -> list[Path]:
     """``lianxin certs``: a CA in ``out`` (kept if present) and a certificate per node code."""
     out.mkdir(parents=True, exist_ok=True)

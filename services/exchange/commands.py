@@ -112,7 +112,8 @@ def cmd_national_sim(args: argparse.Namespace) -> int:
         reorder=args.reorder,
         seed=args.seed,
     )
-    server, _ = national_sim.serve(port=args.port, faults=faults, host=args.host)
+    tls_dir = Path(args.tls_dir) if args.tls_dir else None
+    server, _ = national_sim.serve(port=args.port, faults=faults, host=args.host, tls_dir=tls_dir)
     print(f"national simulator serving on {server.address}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -180,4 +181,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sim.add_argument("--duplicate-rate", type=float, default=0.0)
     sim.add_argument("--reorder", action="store_true")
     sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument(
+        "--tls-dir", default=None, help="mutual TLS: a directory with ca.pem, 100000.pem and 100000.key (lianxin certs)"
+    )
     sim.set_defaults(func=cmd_national_sim)

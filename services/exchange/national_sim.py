@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from lianxin.national.v1 import national_service_pb2_grpc as national_grpc
 from services.common.grpcserver import GrpcServer
 from services.common.service import ServicerBinding
 from services.common.settings import Settings
+from services.common.tls import NATIONAL_CODE, NodeTls, peer_region
 
 DEFAULT_FETCH = 100
 
@@ -48,7 +50,8 @@ class _Province:
 
 
 class NationalSimulator(national_grpc.NationalServiceServicer):
-    def __init__(self, faults: Faults | None = None) -> None:
+    def __init__(self, faults: Faults | None = None, *, mtls: bool = False) -> None:
+        self._mtls = mtls
         self.faults = faults or Faults()
         self._lock = threading.Lock()
         self._provinces: dict[str, _Province] = {}
@@ -57,6 +60,11 @@ class NationalSimulator(national_grpc.NationalServiceServicer):
 
     def _province(self, code: str) -> _Province:
         return self._provinces.setdefault(code, _Province())
+
+    def _caller_is(self, province_code: str, context: Any) -> None:
+        """Over mutual TLS only the province itself may report, fetch or acknowledge for its code."""
+        if self._mtls and peer_region(context) != province_code:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"the client certificate is not province {province_code}")
 
     def _misbehave(self, context: Any) -> None:
         self.calls += 1
@@ -67,6 +75,7 @@ class NationalSimulator(national_grpc.NationalServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "national system busy (injected)")
 
     def ReportCases(self, request: national_pb2.ReportCasesRequest, context: Any) -> national_pb2.ReportCasesResponse:
+        self._caller_is(request.province_code, context)
         self._misbehave(context)
         with self._lock:
             province = self._province(request.province_code)
@@ -77,6 +86,7 @@ class NationalSimulator(national_grpc.NationalServiceServicer):
     def FetchTransfers(
         self, request: national_pb2.FetchTransfersRequest, context: Any
     ) -> national_pb2.FetchTransfersResponse:
+        self._caller_is(request.province_code, context)
         self._misbehave(context)
         start = int(request.after_cursor) if request.after_cursor.isdigit() else 0
         limit = request.max_items or DEFAULT_FETCH
@@ -94,6 +104,7 @@ class NationalSimulator(national_grpc.NationalServiceServicer):
     def AckTransfers(
         self, request: national_pb2.AckTransfersRequest, context: Any
     ) -> national_pb2.AckTransfersResponse:
+        self._caller_is(request.province_code, context)
         self._misbehave(context)
         with self._lock:
             province = self._province(request.province_code)
@@ -130,11 +141,17 @@ class NationalSimulator(national_grpc.NationalServiceServicer):
 
 
 def serve(
-    *, port: int = 0, faults: Faults | None = None, host: str = "127.0.0.1"
+    *, port: int = 0, faults: Faults | None = None, host: str = "127.0.0.1", tls_dir: Path | None = None
 ) -> tuple[GrpcServer, NationalSimulator]:
-    """Start the simulator on a real gRPC server (health, reflection, metrics off); returns both."""
-    simulator = NationalSimulator(faults)
+    """Start the simulator on a real gRPC server (health, reflection, metrics off); returns both.
+
+    With ``tls_dir`` (a CA and ``100000.pem``/``.key``, as ``lianxin certs --nodes 100000`` makes) it
+    speaks mutual TLS like a node: clients need a certificate of that CA, and a province may only
+    report, fetch and acknowledge for its own code.
+    """
+    simulator = NationalSimulator(faults, mtls=tls_dir is not None)
     settings = Settings(grpc_host=host, grpc_port=port, metrics_port=None)
+    credentials = NodeTls.load(tls_dir, NATIONAL_CODE).server_credentials() if tls_dir is not None else None
     server = GrpcServer(
         [
             ServicerBinding(
@@ -142,6 +159,7 @@ def serve(
             )
         ],
         settings=settings,
+        server_credentials=credentials,
     )
     server.start()
     return server, simulator

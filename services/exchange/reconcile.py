@@ -99,11 +99,18 @@ def _cases(
     return out
 
 
-def reconcile_node(node_address: str, above: Sequence[str], report: Report) -> None:
-    """Compare the node at ``node_address`` with each replica ``above`` (its ancestors' addresses)."""
-    with grpc.insecure_channel(node_address) as channel:
+def reconcile_node(
+    node_address: str,
+    above: Sequence[str],
+    report: Report,
+    connect: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+) -> None:
+    """Compare the node at ``node_address`` with each replica ``above`` (its ancestors' addresses).
+
+    ``connect`` opens a channel to an address (a secure federation's: mutual TLS and a token)."""
+    with connect(node_address) as channel:
         mine = exchange_grpc.ExchangeServiceStub(channel)
-        ancestors = [grpc.insecure_channel(a) for a in above]
+        ancestors = [connect(a) for a in above]
         try:
             stubs = [exchange_grpc.ExchangeServiceStub(c) for c in ancestors]
             names = [""] * len(stubs)
@@ -142,11 +149,13 @@ def reconcile_node(node_address: str, above: Sequence[str], report: Report) -> N
                 c.close()
 
 
-def reconcile(pairs: Sequence[tuple[str, Sequence[str]]]) -> Report:
+def reconcile(
+    pairs: Sequence[tuple[str, Sequence[str]]], connect: Callable[[str], grpc.Channel] = grpc.insecure_channel
+) -> Report:
     """Every (node address, ancestor addresses) pair; raises grpc.RpcError when a node cannot be reached."""
     report = Report()
     for node_address, above in pairs:
-        reconcile_node(node_address, above, report)
+        reconcile_node(node_address, above, report, connect)
     return report
 
 

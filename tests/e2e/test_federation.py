@@ -10,24 +10,14 @@ import pytest
 
 from services.common.reflection import ReflectionClient
 from services.common.regions import RegionTree
-from services.federation import BUSINESS_SERVICES, DEFAULT_TOPOLOGY, Federation, health_statuses
-from tests.helpers import free_port_block, wait_until
+from services.federation import BUSINESS_SERVICES, Federation, health_statuses
+from tests.helpers import running_federation, wait_until
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    base = free_port_block(2 * len(DEFAULT_TOPOLOGY) + 1)
-    fed = Federation(
-        data_dir=Path(tmp_path_factory.mktemp("federation")),
-        base_port=base,
-        metrics_base_port=base + len(DEFAULT_TOPOLOGY) + 1,  # the national simulator takes base + 6
-        extra_env={"LIANXIN_LOG_LEVEL": "WARNING"},
-    )
-    try:
-        fed.start(ready_timeout_s=120)
-        yield fed
-    finally:
-        fed.stop()
+    with running_federation(Path(tmp_path_factory.mktemp("federation"))) as started:
+        yield started
 
 
 def test_every_node_serves_all_five_services(federation: Federation) -> None:

@@ -33,6 +33,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         metrics_base_port=base + len(TOPOLOGY),
         topology=TOPOLOGY,
         extra_env={"LIANXIN_LOG_LEVEL": "WARNING"},
+        with_national=False,  # the secure national simulator: tests/e2e/test_secure_demo.py
         secure=True,
     )
     try:
