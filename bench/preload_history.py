@@ -81,10 +81,10 @@ def _insert(engine: Engine, table: Any, rows: Iterator[dict[str, Any]]) -> int:
     return done
 
 
-def _stats(engine: Engine, tree: RegionTree, node: str, stored: int, now: datetime) -> list[str]:
+def _stats(engine: Engine, tree: RegionTree, node: str, stored: int, now: datetime, span: int) -> list[str]:
     config = StatsConfig()
     this_month = stat_month_of(now, config)
-    months = [shift_month(this_month, -k) for k in range(47, -1, -1)]
+    months = [shift_month(this_month, -k) for k in range(span - 1, -1, -1)]
     bulk_insert(engine, generate(stored, tree=tree, root=node, months=months, config=config, seed=20))
     analyze_tables(engine, ("case_facts",))
     with engine.connect() as conn:
@@ -231,11 +231,11 @@ def _exchange(engine: Engine, node: str, stored: int, now: datetime) -> tuple[in
 
 
 def preload_history(
-    settings: Settings, stored: int, *, facts: int | None = None, now: datetime | None = None
+    settings: Settings, stored: int, *, facts: int | None = None, months: int = 48, now: datetime | None = None
 ) -> History:
     """Write the stats, video and exchange history of ``stored`` cases into the node's databases
     (schemas migrated first); the node must not be running. ``facts``: the warehouse's cases
-    (default ``stored``)."""
+    (default ``stored``), spread over the last ``months`` statistical months."""
     began = time.monotonic()
     now = now or datetime.now(UTC)
     tree = RegionTree.load(settings.regions_file) if settings.regions_file else RegionTree.load()
@@ -245,7 +245,7 @@ def preload_history(
     try:
         for name, engine in engines.items():
             upgrade(engine, name)
-        units = _stats(engines["stats"], tree, settings.node, stored if facts is None else facts, now)
+        units = _stats(engines["stats"], tree, settings.node, stored if facts is None else facts, now, months)
         room, visits, visit_cases = _video(engines["video"], settings.node, stored, now)
         child_up, down_head, replica_cases = _exchange(engines["exchange"], settings.node, stored, now)
     finally:

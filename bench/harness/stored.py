@@ -15,14 +15,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 from lianxin.common.v1 import common_pb2
+from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
+from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 from lianxin.intake.v1 import intake_service_pb2 as pb
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
+from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
+from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
+from lianxin.video.v1 import video_service_pb2 as video_pb2
+from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
 from bench.harness.measure import Sample
 from bench.harness.procs import Backend, NodeProcess, stop_all
@@ -30,10 +37,19 @@ from bench.harness.progress import Progress
 from bench.harness.report import Row, ScenarioResult
 from bench.harness.workload import Submissions
 from bench.preload import preload
+from bench.preload_history import CITY, History, preload_history
+from bench.stats import synthetic
 from services.common.settings import Settings
+from services.common.timeutil import to_timestamp
+from services.stats.domain import StatsConfig, shift_month, stat_month_of
 
 COUNTY = "511102"  # as the other scenarios (scenarios.COUNTY)
 RPCS = ("SubmitCase", "TrackCase", "GetCase", "ListWorkOrders")
+# At the city node (bench.preload_history): a supervisor's drill-down, a leader's visits and a
+# booking, the child's link. Bookings fill the leader's December slots: at most BOOKINGS a node.
+HISTORY_RPCS = ("DrillDown", "DrillDownUnit", "ListVisits", "BookVisit", "PushEvents", "PullDown", "ListReplicas")
+ALL_RPCS = RPCS + HISTORY_RPCS
+BOOKINGS = 40
 # A unit's inbox: its work orders still being handled.
 INBOX_STATES = (
     common_pb2.CASE_STATE_ASSIGNED,
@@ -95,8 +111,114 @@ class _Target:
             )
 
 
+class _City:
+    """The city node under measurement (bench.preload_history): its stubs and its history."""
+
+    def __init__(self, channel: grpc.Channel, stored: int, history: History) -> None:
+        self.stored = stored
+        self.history = history
+        self.stats = stats_grpc.StatsServiceStub(channel)
+        self.video = video_grpc.VideoServiceStub(channel)
+        self.exchange = exchange_grpc.ExchangeServiceStub(channel)
+        self.month = shift_month(stat_month_of(datetime.now(UTC), StatsConfig()), -1)
+        self.pushed = history.child_up
+        self.booked = 0
+
+    def publish_schedule(self) -> None:
+        patterns = [video_pb2.WeeklyPattern(weekday=d, start_time="09:00", end_time="12:00") for d in range(1, 6)]
+        schedule = video_pb2.Schedule(
+            leader_id=self.history.leader,
+            node=CITY,
+            weekly_patterns=patterns,
+            slot_minutes=30,
+            buffer_minutes=0,
+            max_per_session=6,
+            room_ids=[self.history.room],
+        )
+        self.video.PublishSchedule(video_pb2.PublishScheduleRequest(actor="bench", schedule=schedule), timeout=30)
+
+    def _metrics(self, region: str, unit: str) -> None:
+        figures = ["received", "reply_rate", "satisfaction_rate"]
+        ask = stats_pb2.GetMetricsRequest(
+            region_code=region, unit_id=unit, month=self.month, metrics=figures, include_case_ids=True
+        )
+        self.stats.GetMetrics(ask, timeout=30)
+
+    def drill(self, n: int) -> None:
+        self._metrics(self.history.child, "")
+
+    def drill_unit(self, n: int) -> None:
+        self._metrics(CITY, self.history.units[0] if self.history.units else "")
+
+    def visits(self, n: int) -> None:
+        ask = video_pb2.ListVisitsRequest(
+            leader_id=self.history.leader,
+            not_before=to_timestamp(datetime.now(UTC) - timedelta(days=30)),
+            page=common_pb2.PageRequest(page_size=20),
+        )
+        self.video.ListVisits(ask, timeout=30)
+
+    def book(self, n: int) -> None:
+        self.booked += 1
+        case_id = f"{self.history.child}-20261206-{800_000 + self.booked:06d}"
+        self.video.BookVisit(
+            video_pb2.BookVisitRequest(case_id=case_id, actor="bench", leader_id=self.history.leader), timeout=30
+        )
+
+    def push(self, n: int) -> None:
+        self.pushed += 1
+        env = synthetic.registered(
+            f"{self.history.child}-20261206-{900_000 + self.pushed:06d}",
+            region=self.history.child,
+            at=datetime.now(UTC),
+        )
+        item = exchange_pb2.ExchangeItem(position=self.pushed, envelope=env.SerializeToString(), case_sequence=1)
+        self.exchange.PushEvents(
+            exchange_pb2.PushEventsRequest(child_node=self.history.child, items=[item]), timeout=30
+        )
+
+    def pull(self, n: int) -> None:
+        after = max(0, self.history.down_head - 3)
+        self.exchange.PullDown(
+            exchange_pb2.PullDownRequest(child_node=self.history.child, after_position=after, max_items=50), timeout=30
+        )
+
+    def replicas(self, n: int) -> None:
+        cases = self.history.replica_cases
+        ask = exchange_pb2.ListReplicasRequest(case_id=cases[n % len(cases)], max_items=10)
+        self.exchange.ListReplicas(ask, timeout=30)
+
+
+def measure_city(addresses: Sequence[tuple[int, str, History]], calls: int, progress: Progress) -> list[Figures]:
+    """``calls`` of each history RPC on every (stored, address, history) city node, in lockstep."""
+    channels = [grpc.insecure_channel(address) for _, address, _ in addresses]
+    try:
+        targets = [_City(c, stored, h) for (stored, _, h), c in zip(addresses, channels, strict=True)]
+        for target in targets:
+            target.publish_schedule()
+        figures = [Figures(target.stored) for target in targets]
+        phases: list[tuple[str, Callable[[_City, int], None], int]] = [
+            ("DrillDown", _City.drill, calls),
+            ("DrillDownUnit", _City.drill_unit, calls),
+            ("ListVisits", _City.visits, calls),
+            ("BookVisit", _City.book, min(calls, BOOKINGS)),
+            ("PushEvents", _City.push, calls),
+            ("PullDown", _City.pull, calls),
+            ("ListReplicas", _City.replicas, calls),
+        ]
+        for rpc, call, count in phases:
+            sizes = " and ".join(f"{t.stored:,}" for t in targets)
+            with progress.phase(f"{rpc}, {sizes} stored", total=count) as ph:
+                for figure, sample in zip(figures, _lockstep(targets, call, count, ph), strict=True):
+                    figure.samples[rpc] = sample
+        return figures
+    finally:
+        for channel in channels:
+            channel.close()
+
+
 def _lockstep(
-    targets: Sequence[_Target], call: Callable[[_Target, int], None], count: int, phase: Any, warmup: int = 3
+    targets: Sequence[Any], call: Callable[[Any, int], None], count: int, phase: Any, warmup: int = 3
 ) -> list[Sample]:
     """``count`` calls on each target, one at a time, alternating between them (and which goes
     first), so both sizes see the same moment of a shared machine."""
@@ -183,9 +305,12 @@ def stored_scenario(backend: Backend, *, stored: int, calls: int, workers: int, 
         empty, full = measure([(0, nodes[0].address), (stored, nodes[1].address)], calls, progress)
     finally:
         stop_all(nodes)
+    history_figures, history_s = _history(backend, stored=stored, calls=calls, workers=workers, progress=progress)
+    for figure, more in zip((empty, full), history_figures, strict=True):
+        figure.samples.update(more.samples)
     result = ScenarioResult("stored")
     name = f"{stored:,} stored cases, one call at a time"
-    for rpc in RPCS:
+    for rpc in ALL_RPCS:
         at_n, at_0 = full.samples.get(rpc), empty.samples.get(rpc)
         if at_n is None or at_0 is None:
             result.notes.append(f"{rpc}: not measured (no work order was routed)")
@@ -196,10 +321,50 @@ def stored_scenario(backend: Backend, *, stored: int, calls: int, workers: int, 
         "stored": stored,
         "calls": calls,
         "preload_s": round(preload_s, 1),
+        "history_preload_s": round(history_s, 1),
         "at_0": {rpc: s.summary() for rpc, s in empty.samples.items()},
         f"at_{stored}": {rpc: s.summary() for rpc, s in full.samples.items()},
     }
     return result
+
+
+def _history(
+    backend: Backend, *, stored: int, calls: int, workers: int, progress: Progress
+) -> tuple[list[Figures], float]:
+    """The city node twice (in this process, exchange, video and stats): with ``stored`` cases of
+    four years' history, and with the same months' rate for two months only (the same month to
+    drill into, the same recent visits, a short log): what grows with the years shows as a ratio
+    above 1."""
+    from services.node import Node
+
+    recent = max(1, stored * 2 // 48)
+    nodes, histories, seconds = [], [], 0.0
+    for size, months in ((recent, 2), (stored, 48)):
+        group = f"history{size}"
+        backend.prepare(group, CITY)
+        template = backend.database_template(group)
+        settings = Settings(
+            node=CITY,
+            data_dir=backend.data_dir(group),
+            database_url=template,
+            metrics_port=None,
+            grpc_workers=workers,
+        )
+        with progress.phase(f"history of {size:,} cases over {months} months ({backend.label})", total=1) as phase:
+            history = preload_history(settings, size, months=months)
+            phase.set(1)
+        seconds = max(seconds, history.seconds)
+        histories.append(history)
+        nodes.append(Node(settings, services=("exchange", "video", "stats")))
+    progress.note(f"starting node {CITY} twice, with {recent:,} and {stored:,} cases of history ({backend.label}) ...")
+    try:
+        for node in nodes:
+            node.start()
+        addresses = [(recent, nodes[0].address, histories[0]), (stored, nodes[1].address, histories[1])]
+        return measure_city(addresses, calls, progress), seconds
+    finally:
+        for node in nodes:
+            node.stop(grace=0.5)
 
 
 def side_by_side(result: ScenarioResult) -> str:
@@ -209,7 +374,7 @@ def side_by_side(result: ScenarioResult) -> str:
         f"{'RPC':<16} {'p50 ms @0':>10} {f'p50 ms @{stored:,}':>16} {'× p50':>7} {'/s @0':>8} {f'/s @{stored:,}':>13}"
     ]
     at_0, at_n = result.details.get("at_0", {}), result.details.get(f"at_{stored}", {})
-    for rpc in RPCS:
+    for rpc in ALL_RPCS:
         if rpc in at_0 and rpc in at_n:
             a, b = at_0[rpc], at_n[rpc]
             ratio = b["p50_ms"] / a["p50_ms"] if a["p50_ms"] else 0.0

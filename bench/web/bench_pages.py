@@ -126,7 +126,7 @@ def run(
 ) -> list[dict[str, object]]:
     from bench.harness.procs import free_port
     from bench.preload import preload
-    from services.web.commands import demo_sign_in
+    from services.federation import demo_sign_in
 
     # One keyring for the preload (this process) and the node, so the node opens the sealed personal data.
     # A kept work directory (--workdir) holds its preload and keyring: a rerun measures the same data.
