@@ -351,7 +351,12 @@ class ParentLink:
         self._anchored(head)
         self._succeeded()
         if items:
-            self._store.save_cursor(self.parent_node, "up", position=reply.acked_position)
+            try:
+                self._store.save_cursor(self.parent_node, "up", position=reply.acked_position)
+            except Exception:
+                # The parent holds the batch; it is sent again and skipped there (a resend is a no-op).
+                self._push_finished(retry_in=self.backoff.failed())
+                raise
             if reply.acked_position < items[-1].position:
                 self._push_finished(retry_in=self.backoff.base_s)  # the parent took part of the batch: let it breathe
                 return
