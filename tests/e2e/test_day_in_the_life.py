@@ -187,6 +187,7 @@ class Day:
                 f" acked {x.acked_position} {exchange_pb2.LinkState.Name(x.state)}"
                 for x in links
             ]
+        lines.append("outboxes not yet published (rows, oldest age s): " + self.backlogs())
         for case in self.registered:
             if case.case_id == case_id and case.code:
                 seen = self.track(case)
@@ -195,6 +196,31 @@ class Day:
                     f" can_evaluate {seen.can_evaluate}"
                 )
         return "\n".join(lines)
+
+    def backlogs(self) -> str:
+        """Each node's services' outbox rows still to publish: a relay behind shows here, not in the links."""
+        out = []
+        for node in self.fed.nodes:
+            for service in ("exchange", "intake", "routing", "stats"):
+                url = self.fed.extra_env.get("LIANXIN_DATABASE_URL", "")
+                if url:
+                    engine = sa.create_engine(url.format(node=node.code), poolclass=sa.pool.NullPool)
+                    table = f'"{service}".outbox'
+                else:
+                    engine = sa.create_engine(f"sqlite:///{self.fed.data_dir / node.code / f'{service}.db'}")
+                    table = "outbox"
+                try:
+                    with engine.connect() as conn:
+                        rows, oldest = conn.execute(
+                            sa.text(f"SELECT count(*), min(created_at) FROM {table} WHERE published_at IS NULL")
+                        ).one()
+                finally:
+                    engine.dispose()
+                if rows:
+                    at = datetime.fromisoformat(oldest) if isinstance(oldest, str) else oldest
+                    age = datetime.now(UTC) - (at if at.tzinfo else at.replace(tzinfo=UTC))
+                    out.append(f"{node.code}/{service} {rows} ({age.total_seconds():.0f})")
+        return ", ".join(out) or "none"
 
     def rate(self, case: Case, satisfaction: int, comment: str) -> None:
         self.wait(lambda: self.track(case).can_evaluate, f"{case.case_id} ready to rate at {case.at}", case.case_id)
