@@ -8,15 +8,16 @@ import random
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.common.regions import Tier
+# `lianxin --help` registers this command: the simulator itself (numpy, the exchange store) is
+# imported only when it runs (tests/unit/test_cli.py keeps --help light).
+if TYPE_CHECKING:
+    from .engine import ProvinceResult, SimConfig
+    from .run import Report
 
-from .engine import HOPS, Cut, ProvinceResult, SimConfig
-from .run import TIERS, Report, simulate
-from .storage import measure
-from .topology import federation
-from .volume import VolumeModel, size_mix
+# The volume model's defaults (bench/simulate/volume.py), resolved when the command runs.
+_VOLUME_OPTIONS = ("petitions_per_million", "hotline_per_million", "dispatched_share")
 
 
 def register(sub: Any) -> None:
@@ -37,14 +38,13 @@ def register(sub: Any) -> None:
     p.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres", help="receiver store costs")
     p.add_argument("--event-driven", action="store_true", help="links and relays wake at once (no 0.2 s polling)")
     p.add_argument("--poll-ms", type=float, default=200.0, help="link timer and outbox relay period (default 200)")
-    p.add_argument("--petitions-per-million", type=float, default=VolumeModel.petitions_per_million)
+    p.add_argument("--petitions-per-million", type=float, help="online petitions per million residents per day")
     p.add_argument(
         "--hotline-per-million",
         type=float,
-        default=VolumeModel.hotline_per_million,
         help="12345 contacts per million residents per day outside Beijing (default: a third of Beijing's 3,106)",
     )
-    p.add_argument("--dispatched-share", type=float, default=VolumeModel.hotline_dispatched_share)
+    p.add_argument("--dispatched-share", type=float, help="share of 12345 contacts dispatched as work orders")
     p.add_argument("--loss", type=float, default=0.001, help="share of requests and replies lost on every link")
     p.add_argument(
         "--latency-ms", default="5,8,20", help="one-way latency county→city, city→province, province→national"
@@ -75,6 +75,17 @@ def _seconds(text: str) -> float:
 
 def config_from(args: argparse.Namespace) -> SimConfig:
     """The run's configuration; a bad option is one line naming it (exit 2)."""
+    from services.common.regions import Tier
+
+    from .engine import Cut, SimConfig
+    from .topology import federation
+    from .volume import VolumeModel
+
+    model = VolumeModel()
+    defaults = (model.petitions_per_million, model.hotline_per_million, model.hotline_dispatched_share)
+    for name, default in zip(_VOLUME_OPTIONS, defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     try:
         latencies = [float(x) for x in args.latency_ms.split(",")]
         if len(latencies) != 3:
@@ -127,6 +138,11 @@ def config_from(args: argparse.Namespace) -> SimConfig:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from .run import simulate
+    from .storage import measure
+    from .topology import federation
+    from .volume import size_mix
+
     try:
         config = config_from(args)
     except UsageError as error:
@@ -167,6 +183,11 @@ def _size(n: float) -> str:
 
 
 def render(report: Report) -> str:
+    from services.common.regions import Tier
+
+    from .engine import HOPS
+    from .run import TIERS
+
     c = report.config
     mode = "event-driven" if c.poll_s == 0 else f"polling every {c.poll_s * 1000:.0f} ms"
     lines = [
@@ -217,6 +238,8 @@ def render(report: Report) -> str:
 
 
 def as_json(report: Report, argv: list[str]) -> dict[str, Any]:
+    from .engine import HOPS
+
     c = report.config
     return {
         "command": " ".join(["lianxin", *argv[1:]]) if argv and argv[0].endswith("lianxin") else " ".join(argv),
