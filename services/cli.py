@@ -51,6 +51,10 @@ class Unavailable(Exception):
     """Something the command needs did not answer: a node, a database, a broker (exit 4)."""
 
 
+class Invalid(Exception):
+    """The command's input cannot be used: a topology file, a list of nodes (exit 3)."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line (exit 2), like every other error of the command."""
 
@@ -74,13 +78,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     from services.common.regions import RegionTree
     from services.federation import Federation
 
+    placement = None
+    if args.topology:
+        from services.topology import TopologyError, load_topology
+
+        try:
+            placement = load_topology(args.topology, RegionTree.load(), hosts=args.hosts)
+        except TopologyError as error:
+            raise Invalid(str(error)) from None
     federation = Federation(
+        placement=placement,
         data_dir=Path(args.data_dir),
         base_port=args.base_port,
         metrics_base_port=args.metrics_port,
         # the nodes' own logs would drown the endpoint table; LIANXIN_LOG_LEVEL=INFO brings them back
         extra_env={"LIANXIN_LOG_LEVEL": os.environ.get("LIANXIN_LOG_LEVEL", "WARNING")},
-        web_base_port=args.web_port or None,
+        # A gateway is a process per node: a topology's tree runs without them (one can be started by hand).
+        web_base_port=None if placement is not None else args.web_port or None,
         secure=args.secure,
     )
 
@@ -95,7 +109,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"starting {len(federation.nodes)} nodes (data in {args.data_dir}) ...", flush=True)
     try:
         sign_in = ""
-        if args.web_port:
+        if args.web_port and placement is None:
             from services.federation import demo_sign_in
 
             sign_in = demo_sign_in(federation)
@@ -151,6 +165,42 @@ def cmd_node(_args: argparse.Namespace) -> int:
     print(f"node {settings.node} serving on {node.address} (metrics :{node.metrics_port})", flush=True)
     _wait_for_signal()
     node.stop()
+    return 0
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    """Many nodes in one process (services/host.py), by --nodes or by a topology's --host-index."""
+    from services.common.regions import RegionTree
+    from services.common.settings import Settings
+    from services.host import Host, members_from_codes, members_from_topology
+    from services.topology import load_topology
+
+    settings = Settings()
+    if args.metrics_port is not None:
+        settings = settings.with_overrides(metrics_port=args.metrics_port or None)
+    regions = RegionTree.load(settings.regions_file)
+    national = args.national or settings.national
+    try:
+        if args.topology:
+            if args.host_index is None:
+                raise ValueError("--topology needs --host-index (which host of the topology this process is)")
+            topology = load_topology(args.topology, regions, hosts=args.hosts)
+            members = members_from_topology(
+                topology, args.host_index, base_port=args.base_port, host_address=args.host_address, national=national
+            )
+        elif args.nodes:
+            codes = [code.strip() for code in args.nodes.split(",") if code.strip()]
+            members = members_from_codes(codes, regions, parent=settings.parent, national=national)
+        else:
+            raise ValueError("give --nodes CODE,CODE,... or --topology FILE --host-index N")
+    except ValueError as error:  # TopologyError included: one line naming what is wrong
+        raise Invalid(str(error)) from None
+    _configure_process(settings, "lianxin-host")
+    host = Host(settings, members, regions=regions)
+    host.start(progress=lambda node: print(f"node {node.code} serving on {node.address}", flush=True))
+    print(f"host serving {len(host.nodes)} nodes", flush=True)
+    _wait_for_signal()
+    host.stop()
     return 0
 
 
@@ -319,10 +369,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="mutual TLS (the national simulator's too), operator tokens and per-node keys",
     )
+    up.add_argument(
+        "--topology",
+        help="'sichuan' (all 205 nodes of the region list) or a YAML tree (docs/operations.md); many nodes per process",
+    )
+    up.add_argument(
+        "--hosts", type=int, help="with --topology: how many host processes (default: the file's, or ~70 nodes each)"
+    )
     up.set_defaults(func=cmd_up)
 
     node = sub.add_parser("node", help="run one embedded node from LIANXIN_* variables")
     node.set_defaults(func=cmd_node)
+
+    host = sub.add_parser("host", help="run many nodes in one process (a city and its counties, a tree's share)")
+    host.add_argument("--nodes", help="region codes, e.g. 511100,511102,511111 (ports picked freely)")
+    host.add_argument("--topology", help="'sichuan' or a YAML topology file (docs/operations.md)")
+    host.add_argument("--host-index", type=int, help="which host of the topology this process is (0 first)")
+    host.add_argument(
+        "--hosts", type=int, help="how many hosts share the topology (default: the file's, or ~70 nodes each)"
+    )
+    host.add_argument("--base-port", type=int, default=7400, help="with --topology: gRPC port of its first node")
+    host.add_argument(
+        "--host-address",
+        default="127.0.0.1",
+        help="with --topology: where host {host} is reached, e.g. lianxin-host-{host}.lianxin-host",
+    )
+    host.add_argument("--national", help="national system host:port for a root node (default LIANXIN_NATIONAL)")
+    host.add_argument(
+        "--metrics-port", type=int, help="the host's /metrics port (0: none; default LIANXIN_METRICS_PORT)"
+    )
+    host.set_defaults(func=cmd_host)
 
     for name, func, text, choices in (
         ("serve", cmd_serve, "run one service's gRPC api process (or the web gateway)", (*SERVICES, "web")),
@@ -454,6 +530,8 @@ def describe_error(error: Exception) -> tuple[str, str, int]:
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
     if sqlalchemy_exc is not None and isinstance(error, sqlalchemy_exc.OperationalError):
         return "UNAVAILABLE", f"database: {_one_line(str(error.orig or error))}", EXIT_UNAVAILABLE
+    if isinstance(error, Invalid):
+        return "INVALID_ARGUMENT", _one_line(str(error)), EXIT_INVALID
     if isinstance(error, Unavailable | ConnectionError | TimeoutError):
         return "UNAVAILABLE", _one_line(str(error) or type(error).__name__), EXIT_UNAVAILABLE
     if isinstance(error, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError):

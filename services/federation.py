@@ -22,6 +22,7 @@ from services.common.regions import DEFAULT_TOPOLOGY as DEFAULT_TOPOLOGY  # re-e
 from services.common.regions import RegionTree
 from services.common.security import issue_token, load_token_key
 from services.common.tls import NATIONAL_CODE, client_credentials, write_dev_pki
+from services.topology import Topology, dump_topology
 
 TOKEN_KEY_FILE = "token-key"
 
@@ -35,6 +36,15 @@ BUSINESS_SERVICES = (
 
 
 @dataclass
+class HostProcess:
+    """One ``lianxin host`` process of a federation in host mode, serving its share of the topology."""
+
+    index: int
+    metrics_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
 class NodeProcess:
     code: str
     parent: str | None
@@ -43,6 +53,7 @@ class NodeProcess:
     process: subprocess.Popen[bytes] | None = None
     web_port: int | None = None
     web: subprocess.Popen[bytes] | None = None
+    host: int | None = None  # the host process serving this node (host mode), None: a process of its own
 
     @property
     def address(self) -> str:
@@ -142,17 +153,29 @@ class Federation:
         with_national: bool = True,
         web_base_port: int | None = None,
         secure: bool = False,
+        placement: Topology | None = None,
     ) -> None:
         self.data_dir = data_dir
+        # Host mode (services/host.py): the placement's hosts each serve many nodes in one process.
+        self.placement = placement
+        if placement is not None:
+            topology = placement.nodes
         # Secure: a CA and node certificates in data_dir/pki, mutual TLS on every link and client
         # (the national simulator's too, with its own certificate), operator tokens on, a token key
         # and data keys per node; each web gateway calls its node with the node's certificate and
         # signs its operators' tokens with the node's key.
         self.secure = secure
         self.extra_env = extra_env or {}
+        self.base_port = base_port
         self.nodes = [
             NodeProcess(code, parent, base_port + i, metrics_base_port + i) for i, (code, parent) in enumerate(topology)
         ]
+        self.hosts: list[HostProcess] = []
+        if placement is not None:
+            # One /metrics port per host process (its registry is the process's), none per node.
+            self.hosts = [HostProcess(i, metrics_base_port + i) for i in range(placement.hosts)]
+            for node in self.nodes:
+                node.host = placement.host_of[node.code]
         # One web gateway per node (services/web), numbered from web_base_port; None starts none.
         if web_base_port is not None:
             for i, node in enumerate(self.nodes):
@@ -171,7 +194,10 @@ class Federation:
     def ports(self) -> list[tuple[int, str]]:
         """Every port the federation will listen on, with what it is for."""
         ports = [(n.grpc_port, f"node {n.code} gRPC") for n in self.nodes]
-        ports += [(n.metrics_port, f"node {n.code} metrics") for n in self.nodes]
+        if self.hosts:
+            ports += [(h.metrics_port, f"host {h.index} metrics") for h in self.hosts]
+        else:
+            ports += [(n.metrics_port, f"node {n.code} metrics") for n in self.nodes]
         ports += [(n.web_port, f"node {n.code} web gateway") for n in self.nodes if n.web_port is not None]
         if self.national_port:
             ports.append((self.national_port, "national simulator"))
@@ -231,10 +257,12 @@ class Federation:
             credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
         return grpc.secure_channel(address, credentials)
 
-    def _secure_env(self, code: str) -> dict[str, str]:
+    def _secure_env(self, code: str, *, codes: Sequence[str] = ()) -> dict[str, str]:
+        """``codes``: the nodes of a host, each with its own key file ({node} in LIANXIN_TOKEN_KEY)."""
         if not self.secure:
             return {}
-        node_secret(self.data_dir / code, TOKEN_KEY_FILE)  # the node's own token key, made once
+        for each in codes or (code,):
+            node_secret(self.data_dir / each, TOKEN_KEY_FILE)  # the node's own token key, made once
         return {
             "LIANXIN_TLS_DIR": str(self.pki_dir),
             "LIANXIN_REQUIRE_MTLS": "1",
@@ -260,6 +288,10 @@ class Federation:
                 credentials=self.credentials_for(NATIONAL_CODE),
             )
             say(f"  national simulator SERVING on {self.national_address} ({time.monotonic() - started:.1f} s)")
+        if self.hosts:
+            self._start_hosts(ready_timeout_s, say, started)
+            self._start_web(ready_timeout_s)
+            return
         # Parents first, tier by tier: a child's link then finds its parent up from the start.
         for wave in self._waves():
             for node in wave:
@@ -295,6 +327,43 @@ class Federation:
                 say(f"  {node.code} found its database unavailable; starting it again in {delay:.0f} s")
                 time.sleep(delay)  # backoff before a restart, not ordering
                 node.process = self._spawn(node)
+
+    @property
+    def topology_file(self) -> Path:
+        return self.data_dir / "topology.yaml"
+
+    def _start_hosts(self, ready_timeout_s: float, say: Callable[[str], None], started: float) -> None:
+        """The root's host first, then every other host at once; each node is waited for by its port."""
+        assert self.placement is not None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.topology_file.write_text(dump_topology(self.placement), encoding="utf-8")
+        for wave in (self.hosts[:1], self.hosts[1:]):
+            for host in wave:
+                host.process = self._spawn_host(host)
+            for host in wave:
+                for node in (n for n in self.nodes if n.host == host.index):
+                    remaining = ready_timeout_s - (time.monotonic() - started)
+                    wait_serving(node.address, remaining, host.process, credentials=self.credentials_for(node.code))
+                    elapsed = time.monotonic() - started
+                    say(f"  {node.code} SERVING on {node.address} (host {host.index}, {elapsed:.1f} s)")
+
+    def _spawn_host(self, host: HostProcess) -> subprocess.Popen[bytes]:
+        codes = [n.code for n in self.nodes if n.host == host.index]
+        env = {
+            **os.environ,
+            **self.extra_env,
+            "LIANXIN_DATA_DIR": str(self.data_dir),
+            "LIANXIN_VIDEO_PEERS": ",".join(f"{n.code}={n.address}" for n in self.nodes),
+            **self._secure_env(codes[0], codes=codes),
+        }
+        if self.secure:
+            env["LIANXIN_TOKEN_KEY"] = str(self.data_dir / "{node}" / TOKEN_KEY_FILE)
+        command = [sys.executable, "-m", "services.cli", "host", "--topology", str(self.topology_file)]
+        command += ["--host-index", str(host.index), "--base-port", str(self.base_port)]
+        command += ["--metrics-port", str(host.metrics_port)]
+        if self.national_address:
+            command += ["--national", self.national_address]
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
 
     def _start_web(self, ready_timeout_s: float) -> None:
         for node in self.nodes:
@@ -358,9 +427,11 @@ class Federation:
         ]
         for node in self.nodes:
             region = regions.get(node.code)
+            # A hosted node's figures are on its host's /metrics (one per process).
+            metrics = node.metrics_port if node.host is None else self.hosts[node.host].metrics_port
             lines.append(
                 f"{node.code:<8} {regions.display_name(node.code):<16} {region.tier.value:<9} "
-                f"{node.address:<17} {f'http://127.0.0.1:{node.metrics_port}/metrics':<31} "
+                f"{node.address:<17} {f'http://127.0.0.1:{metrics}/metrics':<31} "
                 + (f"{node.web_url or '-':<24} " if web else "")
                 + f"{node.parent or ('national' if self.national_address else '-')}"
             )
@@ -373,16 +444,25 @@ class Federation:
     def wait(self) -> int:
         """Block until a node or the simulator dies (returns its exit code) or we are interrupted."""
         while True:
-            for process in [n.process for n in self.nodes] + [n.web for n in self.nodes] + [self.national]:
+            for process in self._processes():
                 if process is not None and process.poll() is not None:
                     return process.returncode or 1
             time.sleep(0.5)  # supervision poll
+
+    def _processes(self) -> list[subprocess.Popen[bytes] | None]:
+        return (
+            [n.process for n in self.nodes]
+            + [h.process for h in self.hosts]
+            + [n.web for n in self.nodes]
+            + [self.national]
+        )
 
     def supervise(self, report: Callable[[str], None], stop: threading.Event) -> None:
         """Keep every process running until ``stop``: one that dies (a node, its web gateway, the
         simulator) is started again after a backoff (1 s, doubling to 60 s; back to 1 s once it has
         run a minute), and each event is reported."""
-        members: list[tuple[NodeProcess | None, str]] = [(node, "node") for node in self.nodes]
+        members: list[tuple[NodeProcess | HostProcess | None, str]] = [(host, "host") for host in self.hosts]
+        members += [(node, "node") for node in self.nodes if node.host is None]
         members += [(node, "web gateway") for node in self.nodes if node.web_port is not None]
         if self.national_port:
             members.append((None, "national simulator"))
@@ -392,7 +472,7 @@ class Federation:
         while not stop.wait(0.5):  # supervision poll
             now = time.monotonic()
             for node, kind in members:
-                name = f"{kind} {node.code}" if node else kind
+                name = f"{kind} {node.index if isinstance(node, HostProcess) else node.code}" if node else kind
                 if name in due:
                     if now >= due[name]:
                         del due[name]
@@ -410,21 +490,26 @@ class Federation:
                 due[name] = now + delay
                 report(f"{name} exited with {process.returncode}; restarting in {delay:.0f} s")
 
-    def _process_of(self, node: NodeProcess | None, kind: str) -> subprocess.Popen[bytes] | None:
+    def _process_of(self, node: NodeProcess | HostProcess | None, kind: str) -> subprocess.Popen[bytes] | None:
         if node is None:
             return self.national
+        if isinstance(node, HostProcess):
+            return node.process
         return node.web if kind == "web gateway" else node.process
 
-    def _respawn(self, node: NodeProcess | None, kind: str) -> None:
+    def _respawn(self, node: NodeProcess | HostProcess | None, kind: str) -> None:
         if node is None:
             self.national = self._spawn_national()
+        elif isinstance(node, HostProcess):
+            node.process = self._spawn_host(node)
         elif kind == "web gateway":
             node.web = self._spawn_web(node)
         else:
             node.process = self._spawn(node)
 
     def stop(self, grace: float = 10.0) -> None:
-        processes = [n.web for n in self.nodes] + [n.process for n in reversed(self.nodes)] + [self.national]
+        processes = [n.web for n in self.nodes] + [n.process for n in reversed(self.nodes)]
+        processes += [h.process for h in reversed(self.hosts)] + [self.national]
         for process in processes:
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)

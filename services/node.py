@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -81,6 +82,8 @@ class Node:
     clock: Callable[[], datetime] = utc_now
     services: Sequence[str] = SERVICES
     extras: dict[str, Any] = field(default_factory=dict)
+    # A host of many nodes (services/host.py) shares one gRPC thread pool between them.
+    executor: ThreadPoolExecutor | None = None
     parts: dict[str, ServiceParts] = field(default_factory=dict, init=False)
     engines: dict[str, Engine] = field(default_factory=dict, init=False)
     peers: dict[str, str] = field(default_factory=dict, init=False)
@@ -128,6 +131,7 @@ class Node:
             ready=lambda: all(check() for check in readiness),
             interceptors=self.security.interceptors,
             server_credentials=self.security.credentials,
+            executor=self.executor,
         )
         self.server.start()
         # Services of one embedded node reach each other on the node's own port.

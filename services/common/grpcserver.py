@@ -455,6 +455,7 @@ class GrpcServer:
         ready: Callable[[], bool] | None = None,
         interceptors: Sequence[grpc.ServerInterceptor] = (),
         server_credentials: grpc.ServerCredentials | None = None,
+        executor: futures.ThreadPoolExecutor | None = None,
     ) -> None:
         self._bindings = list(bindings)
         self._settings = settings
@@ -464,8 +465,12 @@ class GrpcServer:
         initialise_rpc_metrics(self._service_names)
         for binding in self._bindings:
             binding.initialise_metrics()
+        # A host of many nodes passes one executor for all its servers (threads start only when used).
+        pool = executor or futures.ThreadPoolExecutor(
+            max_workers=settings.grpc_workers, thread_name_prefix=f"grpc-{settings.node}"
+        )
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix=f"grpc-{settings.node}"),
+            pool,
             interceptors=[
                 server_interceptor(),  # type: ignore[no-untyped-call]
                 LianxinServerInterceptor(),

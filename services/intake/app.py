@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 # One trained model per training file per process: every node of an embedded federation (and every
 # node a test suite starts) would otherwise retrain the same model on its own data_dir.
 _TRAINED: dict[Path, Any] = {}
+_LOADED: dict[tuple[Path, int], Any] = {}
 _TRAINING_LOCK = threading.Lock()
 
 
@@ -48,7 +49,18 @@ def load_or_train(data_dir: Path, shared_data: Path | None) -> Any:
     from services.intake.classifier import default_model_path, ensure_model, load_current
 
     path = default_model_path(data_dir)
-    model = load_current(path)
+    try:
+        key = (path.resolve(), path.stat().st_mtime_ns)
+    except OSError:
+        key = None
+    with _TRAINING_LOCK:
+        # The nodes of one host process (services/host.py) share one data folder: one copy in
+        # memory, loaded once under the lock while the other nodes' loaders wait for it.
+        model = _LOADED.get(key) if key is not None else None
+        if model is None:
+            model = load_current(path)
+            if model is not None and key is not None:
+                _LOADED[key] = model
     if model is not None:
         return model
     source = (Path(shared_data) / "messages.csv").resolve() if shared_data is not None else None
@@ -60,6 +72,8 @@ def load_or_train(data_dir: Path, shared_data: Path | None) -> Any:
         model = ensure_model(data_dir, shared_data)
         if model is not None and source is not None:
             _TRAINED[source] = model
+        if model is not None and path.exists():
+            _LOADED[(path.resolve(), path.stat().st_mtime_ns)] = model
         return model
 
 

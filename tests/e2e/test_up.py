@@ -93,3 +93,59 @@ def test_a_node_or_gateway_that_dies_is_started_again_and_the_event_is_reported(
     finally:
         stop.set()
         supervisor.join(timeout=10)
+
+
+SMALL_TREE = Path(__file__).parents[1] / "fixtures" / "topology_small.yaml"
+
+
+def test_up_with_a_topology_runs_a_city_and_its_counties_in_one_host_process(tmp_path: Path) -> None:
+    """`lianxin up --topology FILE`: the province alone, 乐山市 and two counties in one host process;
+    a county's case reaches the province across the two hosts; Ctrl-C stops every process."""
+    import os
+    import subprocess
+    import time
+
+    import grpc
+    from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
+    from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
+    from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
+
+    from bench.harness.workload import Submissions
+    from tests.unit.test_cli import LIANXIN, REPO
+
+    base = free_port_block(10)
+    up = subprocess.Popen(
+        [*LIANXIN, "up", "--topology", str(SMALL_TREE), "--data-dir", str(tmp_path), "--base-port", str(base),
+         "--metrics-port", str(base + 6), "--ready-timeout", "240"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "LIANXIN_INTAKE_CLASSIFIER": "off"},
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout or []), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("all nodes SERVING" in line for line in lines) or up.poll() is not None, timeout=300)
+        assert up.poll() is None, (lines, up.stderr.read() if up.stderr else "")
+        text = "".join(lines)
+        assert "starting 4 nodes" in text and "(host 1," in text and f"511111 SERVING on 127.0.0.1:{base + 3}" in text
+        # Two host processes and the simulator: not one process per node.
+        children = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 3
+        with grpc.insecure_channel(f"127.0.0.1:{base + 2}") as county:
+            request = Submissions("511102").request(0, 0)
+            case_id = intake_grpc.IntakeServiceStub(county).SubmitCase(request, timeout=30).case.case_id
+        with grpc.insecure_channel(f"127.0.0.1:{base}") as province:
+            stub = exchange_grpc.ExchangeServiceStub(province)
+            at_province = exchange_pb2.ListReplicasRequest(case_id=case_id, max_items=0)
+            wait_until(lambda: stub.ListReplicas(at_province, timeout=10).count > 0, timeout=120)
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in children):
+            time.sleep(0.2)  # the hosts exiting, polled with a deadline
+        assert not [pid for pid in children if os.path.exists(f"/proc/{pid}")]
+        assert (tmp_path / "topology.yaml").exists() and (tmp_path / "511111" / "intake.db").exists()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
