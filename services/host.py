@@ -83,6 +83,8 @@ class Host:
             grpc_port=member.grpc_port,
             # One /metrics per process: the registry is the process's, a port per node would repeat it.
             metrics_port=self.settings.metrics_port if first else None,
+            # One plaintext health port per process too (Kubernetes probes): it answers for the first node.
+            health_port=self.settings.health_port if first else None,
             # A host's nodes each have their own token key file (``{node}`` in LIANXIN_TOKEN_KEY).
             token_key=token_key.replace("{node}", member.code) if token_key else None,
         )

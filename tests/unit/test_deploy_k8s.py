@@ -415,3 +415,57 @@ def test_a_child_tiers_egress_reaches_what_its_parents_ingress_lets_in() -> None
         labels = child_namespace["metadata"]["labels"]
         assert admits["from"][0]["namespaceSelector"]["matchLabels"].items() <= labels.items(), child
         assert admits["ports"] == link["ports"], child
+
+
+# --------------------------------------------------------------------------- host mode (services/host.py)
+
+HOSTS = "province-hosts"
+
+
+def _hosts_rendered() -> tuple[Doc, ...]:
+    if KUBECTL is None:
+        _tool_missing("kubectl (needed to render deploy/k8s with kustomize)")
+    return _render(HOSTS)
+
+
+def test_the_host_overlay_validates_against_the_kubernetes_schemas() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for doc in _hosts_rendered():
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:  # pragma: no cover - the message is the point
+            pytest.fail(f"{HOSTS}: {doc['kind']}/{doc['metadata']['name']} is invalid: {error.message}")
+
+
+def test_a_statefulset_of_hosts_serves_the_topology_one_host_per_pod_ordinal() -> None:
+    from services.common.regions import RegionTree
+    from services.topology import load_topology, parse_topology
+
+    docs = _hosts_rendered()
+    (statefulset,) = _of_kind(docs, "StatefulSet")
+    (topology_map,) = [d for d in _of_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("lianxin-topology")]
+    regions = RegionTree.load()
+    topology = parse_topology(topology_map["data"]["topology.yaml"], regions)
+    assert topology == load_topology("sichuan", regions)  # all 205 nodes, placed as `lianxin up` places them
+    assert statefulset["spec"]["replicas"] == topology.hosts
+    (service,) = [s for s in _of_kind(docs, "Service") if s["metadata"]["name"] == statefulset["spec"]["serviceName"]]
+    assert service["spec"]["clusterIP"] == "None"  # stable pod names: lianxin-host-N.lianxin-host
+    pod = statefulset["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[:3] == ["host", "--topology", "/etc/lianxin/topology.yaml"]
+    assert args[args.index("--host-index") + 1] == "$(HOST_INDEX)"
+    assert (
+        args[args.index("--host-address") + 1]
+        == f"{statefulset['metadata']['name']}-{{host}}.{service['metadata']['name']}"
+    )
+    index = next(e for e in container["env"] if e["name"] == "HOST_INDEX")
+    assert index["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/lianxin"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == topology_map["metadata"]["name"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert set(container[probe]) - {"periodSeconds", "failureThreshold"} == {"grpc"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
