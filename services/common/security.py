@@ -104,8 +104,6 @@ ROLE_OVERRIDES: dict[str, frozenset[str]] = {
     "lianxin.routing.v1.RoutingService/Supervise": SUPERVISORS,
     "lianxin.routing.v1.RoutingService/AssignManually": OFFICE,
     "lianxin.routing.v1.RoutingService/EscalateCase": OFFICE,
-    "lianxin.routing.v1.RoutingService/MergeCases": OFFICE,
-    "lianxin.routing.v1.RoutingService/UnmergeCase": OFFICE,
     "lianxin.routing.v1.RoutingService/AnswerAssist": frozenset({"handler", "admin"}),
     "lianxin.routing.v1.RoutingService/RecordInstruction": OFFICE,
     "lianxin.routing.v1.RoutingService/AcceptWorkOrder": frozenset({"handler", "admin"}),

@@ -16,7 +16,7 @@ from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from services.common.calendar import OfficialYear, check_calendar_text
 from services.common.calendar_store import NodeCalendar
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.common.security import current_principal
+from services.common.security import OFFICE, current_principal
 from services.common.timeutil import china_date, from_duration, from_timestamp, to_timestamp, to_utc
 from services.routing import handlers
 from services.routing.handlers import (
@@ -32,9 +32,13 @@ DEFAULT_PAGE, MAX_PAGE = 50, 500
 
 
 def acting_unit() -> str:
-    """The caller's unit when its token names one (a unit's clerk acts on its own cases only), else ""."""
+    """The handling unit the caller acts as, when it is one: a unit's operator acts on its own unit's
+    cases only. "" for the node's office (clerk, supervisor, admin roles act for the whole node) and
+    when tokens are off."""
     principal = current_principal()
-    return principal.unit if principal is not None and principal.kind == "operator" else ""
+    if principal is None or principal.kind != "operator" or principal.has_any(OFFICE):
+        return ""
+    return principal.unit
 
 
 def _state(state: State | None) -> common_pb2.CaseState.ValueType:

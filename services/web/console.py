@@ -328,6 +328,29 @@ ACTION_FORMS: tuple[ActionForm, ...] = (
         "EscalateCase",
     ),
     ActionForm(
+        "merge",
+        "并单（并入主件）",
+        f"{ROUTING}/MergeCases",
+        (("main_case_id", "主件编号（本件并入该件）", "text"), ("reason", "并单理由", "textarea")),
+        lambda o, p, _a: routing_pb2.MergeCasesRequest(
+            main_case_id=p.field("main_case_id"),
+            case_ids=[o.case_id],
+            actor=_wo(o, p)["actor"],
+            reason=p.field("reason"),
+        ),
+        "MergeCases",
+    ),
+    ActionForm(
+        "unmerge",
+        "撤销并单",
+        f"{ROUTING}/UnmergeCase",
+        (("reason", "撤销理由", "textarea"),),
+        lambda o, p, _a: routing_pb2.UnmergeCaseRequest(
+            case_id=o.case_id, actor=_wo(o, p)["actor"], reason=p.field("reason")
+        ),
+        "UnmergeCase",
+    ),
+    ActionForm(
         "pause",
         "暂停计时",
         f"{ROUTING}/PauseWorkOrder",

@@ -197,7 +197,8 @@ def field_error(reason: str) -> str:
 # Form field names of the pages for the contract's field paths (complainant.phone → phone).
 def form_field(contract_field: str) -> str:
     leaf = contract_field.rsplit(".", 1)[-1]
-    return {"new_unit_id": "unit_id"}.get(leaf, leaf)
+    # MergeCases names the merged cases case_ids[i]; on a case page that is the case itself.
+    return {"new_unit_id": "unit_id", "case_ids": "main_case_id"}.get(leaf.split("[", 1)[0], leaf)
 
 
 # --------------------------------------------------------------------------- history for people

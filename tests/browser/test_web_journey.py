@@ -431,3 +431,34 @@ def test_moderation_exchange_desk_and_bulletin_pages_open_for_an_admin(
     admin.page.wait_for_url(re.compile(r"/console/login$"))
     admin.goto(f"{city}/console")
     assert admin.page.url.endswith("/console/login")
+
+
+def test_clerk_merges_a_duplicate_into_its_main_case_and_undoes_it(
+    web_federation: WebFederation, visit: Callable[[], Visitor]
+) -> None:
+    """并单 on the case page: the duplicate's form names the main case; an undo before the reply."""
+    county = web_federation.url("511102")
+    main_id, _ = _submit_by_grpc(web_federation.grpc("511102"))
+    twin_id, _ = _submit_by_grpc(web_federation.grpc("511102"))
+    clerk = visit()
+    _sign_in(clerk, county, "clerk-511102", web_federation.passwords["clerk-511102"])
+
+    def merge_form_shown() -> bool:
+        clerk.goto(f"{county}/console/case/{twin_id}")
+        return clerk.page.locator("#form-merge").count() > 0
+
+    _eventually("the merge form on the duplicate's page", merge_form_shown)
+    clerk.page.fill("#merge-main_case_id", twin_id)  # itself: refused, naming the field
+    clerk.page.fill("#merge-reason", "同一路段积水")
+    clerk.page.click("#form-merge button[type=submit]")
+    assert clerk.page.locator("#form-merge .error").count() > 0
+    clerk.page.fill("#merge-main_case_id", main_id)
+    clerk.page.fill("#merge-reason", "同一路段积水")
+    clerk.page.click("#form-merge button[type=submit]")
+    clerk.page.wait_for_selector("#form-unmerge")
+    assert "已并单" in clerk.page.inner_text("#case-state")
+    clerk.check("console-case-merged")
+    clerk.page.fill("#unmerge-reason", "地点不同，分别办理")
+    clerk.page.click("#form-unmerge button[type=submit]")
+    clerk.page.wait_for_selector("#form-merge")
+    assert "已并单" not in clerk.page.inner_text("#case-state")
