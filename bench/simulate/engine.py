@@ -232,6 +232,9 @@ class ProvinceSim:
         self.lc: Lifecycles | None = None
         self.day_dates: dict[int, str] = {}
         self.now = 0.0
+        # City events of escalated cases waiting for the county's hand-off to reach the city: the
+        # city's services act on the hand-off replica, so they cannot write before it arrives.
+        self.waiting: dict[str, list[tuple[int, int]]] = {}
         # Lognormal latency factors drawn once (sigma 1; a link raises them to its own sigma).
         self.jitter = [math.exp(self.rng.gauss(0.0, 1.0)) for _ in range(4096)]
 
@@ -318,6 +321,10 @@ class ProvinceSim:
         if escalated and step > ESCALATION_AT:
             origin = owner = self.regions.parent(county) or county
             epoch = 2
+            hand_off = f"{self.case_id(case)}#{ESCALATION_AT}"
+            if self.first_today[case] <= ESCALATION_AT and hand_off not in self.nodes[origin].stored:
+                self.waiting.setdefault(hand_off, []).append((case, step))
+                return
         elif escalated and step == ESCALATION_AT:
             new_epoch = 2
         if self.config.poison_rate and not escalated and self.rng.random() < self.config.poison_rate:
@@ -533,6 +540,10 @@ class ProvinceSim:
                 e2e = self.lags["county→province"]
                 e2e.extend(t - e.created for e in applied if e.county_origin)
             self.append_up(parent, applied, t)
+            if self.waiting and parent.tier is Tier.CITY:
+                for entry in applied:
+                    for case, step in self.waiting.pop(entry.event.event_id, ()):
+                        self.emit(case, step, t)
         parent.cursors[child.code] = domain.advance_cursor(stored, acked)
         return acked
 
