@@ -21,6 +21,7 @@ from datetime import datetime
 from services.common.regions import RegionTree
 from services.common.service import utc_now
 from services.common.settings import Settings
+from services.common.waiting import LinkDriver
 from services.node import Node
 from services.topology import Topology
 
@@ -61,6 +62,10 @@ class Host:
         self.regions = regions or RegionTree.load(settings.regions_file)
         self.clock = clock
         self.nodes: dict[str, Node] = {}
+        # The process's link driver holds a thread per waiting PullDown: one per child link of the host,
+        # or a host's counties would queue behind four threads for their cities' long polls.
+        self.link_driver = LinkDriver(workers=len(self.members) + 4)
+        LinkDriver.share(self.link_driver)
         self.executor = ThreadPoolExecutor(
             max_workers=max(settings.grpc_workers, WORKERS_PER_NODE * len(self.members)),
             thread_name_prefix="grpc-host",
@@ -115,6 +120,7 @@ class Host:
                 node.stop(grace if node.server is not None else 0.0)
             except Exception:
                 log.exception("node stop failed", extra={"node": code})
+        self.link_driver.stop()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 

@@ -97,6 +97,12 @@ class LinkDriver:
                 cls._shared = LinkDriver()
             return cls._shared
 
+    @classmethod
+    def share(cls, driver: LinkDriver) -> None:
+        """Make ``driver`` the process's (a host of many nodes sizes its pool to its links)."""
+        with cls._shared_lock:
+            cls._shared = driver
+
     def submit(self, work: Callable[[], None]) -> None:
         """Run ``work`` on the pool as soon as a thread is free (exceptions are logged, never raised)."""
         with contextlib.suppress(RuntimeError):  # the pool is shut down: the process is stopping

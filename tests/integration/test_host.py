@@ -48,12 +48,12 @@ def host(pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     running = Host(settings, members, regions=regions).start()
     yield running
     running.stop(grace=1.0)
+
     # Stopping the host ends every node's loops: no thread it started is left behind.
-    wait_until(
-        lambda: not [t for t in threading.enumerate() if t.ident not in threads_before and not t.daemon],
-        timeout=10,
-        message="the host's non-daemon threads to end",
-    )
+    def left() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.ident not in threads_before and not t.daemon]
+
+    wait_until(lambda: not left(), timeout=30, message="the host's non-daemon threads to end")
 
 
 def served_region(address: str, pki: Path, client: str) -> str:
