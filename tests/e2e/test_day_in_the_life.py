@@ -1,4 +1,4 @@
-"""A day in the life of the six-node federation (issue 16), on SQLite and on PostgreSQL.
+"""A day in the life of the six-node federation (issue 16), on SQLite and on PostgreSQL, and secure.
 
 Six node processes as `lianxin up` runs them (四川省; 乐山市 with 市中区 and 沙湾区; 成都市 with 锦江区)
 and the national simulator above the province. The day drives every state-changing RPC of the
@@ -10,6 +10,10 @@ transfer in and an offline package — and then asserts that every tier holds th
 reconcile`: 0 divergences), that nothing is quarantined anywhere, and that for every rate the
 province's numerator and denominator are the sums of the cities' own warehouses (and each parent's
 view of a child region is the child's own figure). The figures are printed (pytest -s) for the report.
+
+The secure run is `lianxin up --secure` (issue 19): one CA, each node and the national simulator with
+its own certificate, mutual TLS on every link and client, and every call here made as the node's own
+admin token — the same day, the same checks.
 
 Left out, and why: `LoadCalendar` (the calendar's own tests load a year into this federation),
 `ReplayQuarantine` / `DiscardQuarantine` (a clean day quarantines nothing; the exchange tests cover
@@ -44,8 +48,8 @@ from services.common.timeutil import to_timestamp
 from services.demo import Stubs, reception_rooms, resident_id
 from services.demo import _stubs as stubs_for
 from services.exchange.package import CHILD_KEYS_DIR, KEY_FILE
-from services.exchange.reconcile import federation_pairs, settled
-from services.federation import DEFAULT_TOPOLOGY, Federation
+from services.exchange.reconcile import federation_pairs, reconcile, settled
+from services.federation import BUSINESS_SERVICES, DEFAULT_TOPOLOGY, Federation, health_statuses
 from services.stats.domain import COUNT_METRICS
 from tests.helpers import free_port_block, wait_until
 
@@ -58,12 +62,14 @@ COUNTS = COUNT_METRICS  # counts have the denominator 1 at every node: not summe
 WAIT_S = 60.0
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+# "-secure": mutual TLS everywhere (the national simulator too) and an admin token per node.
+@pytest.fixture(scope="module", params=["sqlite", "postgres", "sqlite-secure"])
 def federation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    backend, _, mode = str(request.param).partition("-")
     env = {"LIANXIN_LOG_LEVEL": "WARNING", "LIANXIN_INTAKE_CLASSIFIER": "off"}
     admin: sa.Engine | None = None
     names: list[str] = []
-    if request.param == "postgres":
+    if backend == "postgres":
         admin = sa.create_engine(str(request.getfixturevalue("postgres_admin_url")), isolation_level="AUTOCOMMIT")
         run = uuid.uuid4().hex[:8]
         names = [f"lianxin_day_{run}_{code}" for code, _ in DEFAULT_TOPOLOGY]
@@ -79,6 +85,7 @@ def federation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         base_port=base,
         metrics_base_port=base + len(DEFAULT_TOPOLOGY) + 1,
         extra_env=env,
+        secure=mode == "secure",
     )
     try:
         fed.start(ready_timeout_s=180)
@@ -288,9 +295,13 @@ def summed(parts: list[dict[str, tuple[int, int]]]) -> dict[str, tuple[int, int]
 # PostgreSQL's connection slots taken for a moment at start) more than the suite's 300 s per test.
 @pytest.mark.timeout(600)
 def test_a_day_in_the_life_of_the_federation(federation: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
-    day = Day(federation, {n.code: stubs_for(n.address) for n in federation.nodes})
+    # Secure: each node's certificate and admin token (the simulator: its own certificate); else plaintext.
+    connect = federation.operator_channel
+    day = Day(federation, {n.code: stubs_for(n.address, connect) for n in federation.nodes})
     run = uuid.uuid4().hex[:6]
-    national = national_grpc.NationalServiceStub(grpc.insecure_channel(federation.national_address or ""))
+    national = national_grpc.NationalServiceStub(connect(federation.national_address or ""))
+    if federation.secure:  # and nothing below could have gone in plaintext
+        assert set(health_statuses(federation.nodes[0].address, BUSINESS_SERVICES).values()) == {"UNREACHABLE"}
 
     # 08:00 intake on every channel, at every tier.
     hotline = day.submit(
@@ -613,7 +624,7 @@ def test_a_day_in_the_life_of_the_federation(federation: Federation, monkeypatch
 
     # 18:00 every tier holds the same, nothing is quarantined, and the figures add up.
     pairs = federation_pairs(federation.nodes[0].grpc_port, DEFAULT_TOPOLOGY)
-    report = settled(pairs, wait_s=90)
+    report = settled(pairs, wait_s=90, run=lambda each: reconcile(each, connect))
     assert not report.divergences, "\n".join(d.line() for d in report.divergences)
     for code, stubs in day.node.items():
         items = stubs.exchange.ListQuarantine(exchange_pb2.ListQuarantineRequest(), timeout=5).items
@@ -645,7 +656,8 @@ def test_a_day_in_the_life_of_the_federation(federation: Federation, monkeypatch
     assert own["510000"]["received"][0] == total
     assert own["510000"]["supervised"][0] >= 1
 
-    print(f"\nday in the life ({'PostgreSQL' if 'LIANXIN_DATABASE_URL' in federation.extra_env else 'SQLite'})")
+    backend = "PostgreSQL" if "LIANXIN_DATABASE_URL" in federation.extra_env else "SQLite"
+    print(f"\nday in the life ({backend}{', mutual TLS and per-node tokens' if federation.secure else ''})")
     print(report.summary())
     print(f"RPCs driven: {len(day.done)} calls, {len(set(day.done))} kinds: {', '.join(sorted(set(day.done)))}")
     print(f"{'metric':<26}" + "".join(f"{code:>12}" for code in own))
