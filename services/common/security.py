@@ -75,6 +75,7 @@ CITIZEN_METHODS = frozenset(
         "lianxin.intake.v1.IntakeService/RequestReview",
         "lianxin.intake.v1.IntakeService/WithdrawCase",
         "lianxin.intake.v1.IntakeService/ListPublishedReplies",
+        "lianxin.intake.v1.IntakeService/SetProgressNotices",
         # The citizen's own video visit: the servicer checks the case pass TrackCase answered.
         "lianxin.video.v1.VideoService/ListReceivingLeaders",
         "lianxin.video.v1.VideoService/BookCitizenVisit",

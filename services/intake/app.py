@@ -19,12 +19,14 @@ from services.common.crypto import cipher_from_env
 from services.common.errors import InvalidArgument
 from services.common.events import WORK_ORDER_EVENTS, decode, parse_command, parse_envelope
 from services.common.outbox import consume_once
-from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription
+from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
 from services.common.timeutil import from_timestamp
 from services.intake import handlers
-from services.intake.domain import HANDLING_DEADLINE_KINDS, CaseState, registered_here
+from services.intake.domain import HANDLING_DEADLINE_KINDS, Case, CaseState, registered_here
 from services.intake.handlers import HandlingChange, HandOffSeen, IntakeDeps
 from services.intake.models import inbox, outbox
+from services.intake.notice_sender import FileChannel, send_due
+from services.intake.notices import NoticeChannel, RetryPolicy
 from services.intake.screening import Screen
 from services.intake.servicer import IntakeServicer, initialise_received_metrics
 from services.intake.store import CaseNumbers, PgSubmitPath, SqlIntakeUnitOfWork
@@ -133,6 +135,13 @@ HAND_OFF_EVENTS = ("case_handed_off",)
 # "exchange": replicas of the subtree's events (and hand-offs delivered down to this node), republished
 # on this node's bus; consume_once dedups by event id and old versions change nothing.
 SOURCES = ("routing", "exchange")
+
+
+def _notice_policy() -> RetryPolicy:
+    """LIANXIN_NOTICE_RETRY "attempts/first delay in seconds" (default 5/30: 30 s, 1, 2, 4 min, then give up)."""
+    raw = os.environ.get("LIANXIN_NOTICE_RETRY", "5/30")
+    attempts, _, seconds = raw.partition("/")
+    return RetryPolicy(max_attempts=int(attempts), first_delay=timedelta(seconds=float(seconds or 30)))
 
 
 def _hand_off(env: events_pb2.EventEnvelope) -> HandOffSeen:
@@ -312,6 +321,20 @@ def build(ctx: ServiceContext) -> ServiceParts:
         case_mac=cipher.blind_index,
     )
 
+    # 办事进度推送: a deployment passes its SMS/WeChat adapter as extras["intake.notice_channel"]; the
+    # embedded default writes each message to <data_dir>/<node>/progress_notices.jsonl.
+    channel: NoticeChannel = ctx.extras.get("intake.notice_channel") or FileChannel(
+        ctx.settings.data_dir / node / "progress_notices.jsonl"
+    )
+    policy = _notice_policy()
+
+    def case_of(case_id: str) -> Case | None:
+        with uow_factory() as uow:
+            return uow.get(case_id)
+
+    def send_notices() -> None:
+        send_due(ctx.session_factory, case_of=case_of, channel=channel, now=ctx.clock(), policy=policy)
+
     def on_handling(event: BusEvent) -> None:
         env = decode(event)
         if event.source != "routing" and not registered_here(env.case_id, node):
@@ -373,6 +396,9 @@ def build(ctx: ServiceContext) -> ServiceParts:
             *(Subscription("intake", source, kind, on_handling) for source in SOURCES for kind in WORK_ORDER_EVENTS),
             *(Subscription("intake", source, kind, on_hand_off) for source in SOURCES for kind in HAND_OFF_EVENTS),
             Subscription("intake", "exchange", "command", on_command),
+        ],
+        timers=[
+            Timer("intake.progress_notices", float(os.environ.get("LIANXIN_NOTICE_INTERVAL_S", "1")), send_notices)
         ],
         session_factory=ctx.session_factory,
         outbox=outbox,

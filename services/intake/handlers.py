@@ -23,7 +23,7 @@ from services.common.errors import (
 )
 from services.common.ids import format_case_id
 from services.common.timeutil import CHINA, china_date
-from services.intake import dedup
+from services.intake import dedup, notices
 from services.intake.domain import (
     CATEGORIES,
     EVALUATE,
@@ -125,6 +125,12 @@ class IntakeUnitOfWork(Protocol):
         ...
 
     def add_timeline(self, entry: TimelineEntry) -> None: ...
+
+    def add_notice(self, notice: notices.Notice) -> bool:
+        """Queue a progress notice; False when one with its id exists."""
+        ...
+
+    def notices(self, case_id: str) -> list[notices.NoticeStatus]: ...
 
     def timeline(self, case_id: str) -> list[TimelineEntry]: ...
 
@@ -308,6 +314,8 @@ def _resolve(clean: Submission, deps: IntakeDeps) -> _Resolved:
         flags.append("anonymous")
     if clean.publish_consent:
         flags.append(PUBLISH_CONSENT)
+    if clean.no_progress_notices:
+        flags.append(notices.OPT_OUT_FLAG)
     moderation = tuple(deps.screen.reasons(text))
     if moderation:
         flags.append("moderation")
@@ -597,14 +605,18 @@ class TrackView:
     can_evaluate: bool
     can_request_review: bool
     can_withdraw: bool
+    messages: list[notices.NoticeStatus] = field(default_factory=list)  # 办事进度推送
 
 
 def track_case(tracking_code: str, phone_last4: str, *, uow_factory: UnitOfWorkFactory, deps: IntakeDeps) -> TrackView:
     with uow_factory() as uow:
         case = _authenticate(uow, tracking_code, phone_last4, deps)
         timeline = uow.timeline(case.case_id)
+        sent = uow.notices(case.case_id)
     now = deps.clock()
-    return TrackView(case, timeline, can_evaluate(case), can_request_review(case, now), can_withdraw(case))
+    return TrackView(
+        case, timeline, can_evaluate(case), can_request_review(case, now), can_withdraw(case), messages=sent
+    )
 
 
 def _text(field_name: str, value: str, *, required: bool) -> str:
@@ -896,7 +908,35 @@ def apply_handling_change(change: HandlingChange, uow: IntakeUnitOfWork) -> bool
         summary = f"主件 {change.main_case_id} {summary}"
     if summary is not None:
         uow.add_timeline(TimelineEntry(case.case_id, change.at, changed.state, summary))
+    notice = notices.notice_for(
+        case_id=case.case_id,
+        version=change.version,
+        action=action,
+        told=frozenset(n.kind for n in uow.notices(case.case_id)) if action == "accept" else frozenset(),
+        channel=case.channel,
+        at=change.at,
+        opted_out=notices.OPT_OUT_FLAG in case.flags,
+        has_phone=bool(case.complainant.phone),
+    )
+    if notice is not None:
+        uow.add_notice(notice)  # 办事进度推送, sent from the notice outbox after this commits
     return True
+
+
+def set_progress_notices(
+    tracking_code: str, phone_last4: str, *, enabled: bool, uow_factory: UnitOfWorkFactory, deps: IntakeDeps
+) -> Case:
+    """The citizen turns progress notices off (or on again) with the tracking code; later steps follow it."""
+    with uow_factory() as uow:
+        case = _authenticate(uow, tracking_code, phone_last4, deps)
+        flags = tuple(f for f in case.flags if f != notices.OPT_OUT_FLAG)
+        if not enabled:
+            flags = (*flags, notices.OPT_OUT_FLAG)
+        if flags != case.flags:
+            case = replace(case, flags=flags)
+            uow.save(case, expected_version=case.version)
+            uow.commit()
+    return case
 
 
 @dataclass(frozen=True)

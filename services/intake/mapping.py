@@ -77,6 +77,7 @@ def submission(request: intake_pb2.SubmitCaseRequest) -> Submission:
         anonymous=request.anonymous,
         hotline_operator_id=request.hotline_operator_id or None,
         publish_consent=request.publish_consent,
+        no_progress_notices=request.no_progress_notices,
     )
 
 

@@ -177,6 +177,30 @@ class EvaluationRow(Base):
     __table_args__ = (UniqueConstraint("case_id", "reply_number", name="uq_evaluations_case_reply"),)
 
 
+class ProgressNoticeRow(Base):
+    """办事进度推送: one notice to the citizen, sent from this outbox by the notice sender (services/intake/notices.py).
+
+    No personal data: the recipient is read from the sealed case when the notice is sent.
+    """
+
+    __tablename__ = "progress_notices"
+
+    notice_id: Mapped[str] = mapped_column(String(48), primary_key=True)  # case id / routing version
+    case_id: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(8))
+    text: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # "pending" (to send at next_attempt_at), "sent", "given_up" (after the retry policy's last attempt)
+    state: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str] = mapped_column(String(200), default="")
+
+    __table_args__ = (Index("ix_progress_notices_due", "state", "next_attempt_at"),)
+
+
 metadata = Base.metadata
 outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)

@@ -19,6 +19,7 @@ from services.common.timeutil import from_timestamp, to_timestamp
 from services.intake import handlers, mapping
 from services.intake.domain import CATEGORIES, CHANNELS
 from services.intake.handlers import CaseFilter, IntakeDeps, IntakeUnitOfWork
+from services.intake.notices import OPT_OUT_FLAG
 
 # What ClassifyText / LocateText need beyond a submit: the model's confidence and the candidates.
 ScoredCategoriser = Callable[[str], tuple[str, float]]
@@ -191,7 +192,31 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             replied_at=to_timestamp(case.replied_at) if case.replied_at is not None else None,
             deadline=to_timestamp(case.handling_due) if case.handling_due is not None else None,
             merged_into_case_id=case.merged_into,
+            progress_notices=OPT_OUT_FLAG not in case.flags,
+            notices=[
+                intake_pb2.ProgressNotice(
+                    kind=n.kind,
+                    channel=n.channel,
+                    text=n.text,
+                    state=n.state,
+                    created_at=to_timestamp(n.created_at),
+                    sent_at=to_timestamp(n.sent_at) if n.sent_at is not None else None,
+                )
+                for n in view.messages
+            ],
         )
+
+    def SetProgressNotices(
+        self, request: intake_pb2.SetProgressNoticesRequest, context: Any
+    ) -> intake_pb2.SetProgressNoticesResponse:
+        case = handlers.set_progress_notices(
+            request.tracking_code,
+            request.phone_last4,
+            enabled=request.enabled,
+            uow_factory=self._uow_factory,
+            deps=self._deps,
+        )
+        return intake_pb2.SetProgressNoticesResponse(progress_notices=OPT_OUT_FLAG not in case.flags)
 
     def EvaluateCase(self, request: intake_pb2.EvaluateCaseRequest, context: Any) -> intake_pb2.EvaluateCaseResponse:
         evaluated = handlers.evaluate_case(

@@ -46,9 +46,11 @@ from services.intake.models import (
     CaseRow,
     CaseSequenceRow,
     EvaluationRow,
+    ProgressNoticeRow,
     TimelineRow,
     outbox,
 )
+from services.intake.notices import Notice, NoticeStatus
 
 # Plain Tables for the submit's Core inserts.
 _CASES = CaseRow.metadata.tables[CaseRow.__tablename__]
@@ -509,6 +511,45 @@ class SqlIntakeUnitOfWork:
             select(TimelineRow).where(TimelineRow.case_id == case_id).order_by(TimelineRow.at, TimelineRow.id)
         ).all()
         return [TimelineEntry(r.case_id, to_utc(r.at), CaseState(r.state), r.summary) for r in rows]
+
+    def add_notice(self, notice: Notice) -> bool:
+        """Queue a progress notice (办事进度推送); False when one with its id exists (a redelivery)."""
+        if self.session.get(ProgressNoticeRow, notice.notice_id) is not None:
+            return False
+        self.session.add(
+            ProgressNoticeRow(
+                notice_id=notice.notice_id,
+                case_id=notice.case_id,
+                kind=notice.kind,
+                channel=notice.channel,
+                text=notice.text,
+                created_at=notice.created_at,
+                state="pending",
+                attempts=0,
+                next_attempt_at=notice.created_at,
+                last_error="",
+            )
+        )
+        return True
+
+    def notices(self, case_id: str) -> list[NoticeStatus]:
+        """The case's progress notices, oldest first (TrackCase shows them)."""
+        rows = self.session.scalars(
+            select(ProgressNoticeRow)
+            .where(ProgressNoticeRow.case_id == case_id)
+            .order_by(ProgressNoticeRow.created_at, ProgressNoticeRow.notice_id)
+        ).all()
+        return [
+            NoticeStatus(
+                kind=r.kind,
+                channel=r.channel,
+                text=r.text,
+                state=r.state,
+                created_at=to_utc(r.created_at),
+                sent_at=to_utc(r.sent_at) if r.sent_at is not None else None,
+            )
+            for r in rows
+        ]
 
     def _person(self, *, phone: str, id_number: str) -> Any:
         bidx = self._cipher.blind_index

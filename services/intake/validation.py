@@ -56,6 +56,7 @@ class Submission:
     anonymous: bool = False
     hotline_operator_id: str | None = None
     publish_consent: bool = False  # the reply may go on the public board (公开答复), masked
+    no_progress_notices: bool = False  # the citizen wants no SMS/WeChat progress notices (办事进度推送)
 
 
 def _clean(value: str | None) -> str | None:
@@ -150,4 +151,5 @@ def validate_submission(submission: Submission, *, allowed_regions: Collection[s
         anonymous=s.anonymous,
         hotline_operator_id=values["hotline_operator_id"],
         publish_consent=s.publish_consent,
+        no_progress_notices=s.no_progress_notices,
     )

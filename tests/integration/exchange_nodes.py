@@ -80,9 +80,11 @@ def linked_nodes(backend: str, tmp_path: Path, admin_url: Callable[[], str]) -> 
         parent_address: str = "",
         national: str = "",
         clock: Callable[[], datetime] = utc_now,
+        extras: dict[str, Any] | None = None,
         **settings: Any,
     ) -> Node:
-        """``clock`` fixes the node's today; ``settings`` override Settings fields (sweep_interval_s, ...)."""
+        """``clock`` fixes the node's today; ``extras`` reach the services (adapters such as
+        "intake.notice_channel"); ``settings`` override Settings fields (sweep_interval_s, ...)."""
         node = Node(
             Settings(
                 node=code,
@@ -96,6 +98,7 @@ def linked_nodes(backend: str, tmp_path: Path, admin_url: Callable[[], str]) -> 
                 **settings,
             ),
             clock=clock,
+            extras=dict(extras or {}),
         ).start()
         started.append(node)
         return node

@@ -63,6 +63,7 @@ class SubmitCaseRequest(_message.Message):
     HOTLINE_OPERATOR_ID_FIELD_NUMBER: _builtins.int
     SUBMITTED_AT_FIELD_NUMBER: _builtins.int
     PUBLISH_CONSENT_FIELD_NUMBER: _builtins.int
+    NO_PROGRESS_NOTICES_FIELD_NUMBER: _builtins.int
     channel: _common_pb2.Channel.ValueType
     """Channel the request came through; required."""
     channel_ref: _builtins.str
@@ -87,6 +88,10 @@ class SubmitCaseRequest(_message.Message):
     """True when the citizen agrees that the reply may be published on the public board
     (公开答复), with personal data masked.
     """
+    no_progress_notices: _builtins.bool
+    """True when the citizen wants no progress notices (办事进度推送) by SMS or WeChat; changeable later
+    with SetProgressNotices.
+    """
     @_builtins.property
     def complainant(self) -> _common_pb2.Person:
         """The complainant; personal data, encrypted at rest and masked in logs."""
@@ -110,10 +115,11 @@ class SubmitCaseRequest(_message.Message):
         hotline_operator_id: _builtins.str = ...,
         submitted_at: _timestamp_pb2.Timestamp | None = ...,
         publish_consent: _builtins.bool = ...,
+        no_progress_notices: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complainant", b"complainant", "submitted_at", b"submitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "anonymous", b"anonymous", "body", b"body", "category", b"category", "channel", b"channel", "channel_ref", b"channel_ref", "complainant", b"complainant", "hotline_operator_id", b"hotline_operator_id", "publish_consent", b"publish_consent", "region_code", b"region_code", "submitted_at", b"submitted_at", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "anonymous", b"anonymous", "body", b"body", "category", b"category", "channel", b"channel", "channel_ref", b"channel_ref", "complainant", b"complainant", "hotline_operator_id", b"hotline_operator_id", "no_progress_notices", b"no_progress_notices", "publish_consent", b"publish_consent", "region_code", b"region_code", "submitted_at", b"submitted_at", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -409,6 +415,8 @@ class TrackCaseResponse(_message.Message):
     CAN_WITHDRAW_FIELD_NUMBER: _builtins.int
     MERGED_INTO_CASE_ID_FIELD_NUMBER: _builtins.int
     CASE_PASS_FIELD_NUMBER: _builtins.int
+    PROGRESS_NOTICES_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
     tracking_code: _builtins.str
     """Tracking code of the case."""
     title: _builtins.str
@@ -435,6 +443,8 @@ class TrackCaseResponse(_message.Message):
     """A proof, valid 30 minutes, that the caller showed this case's tracking code and phone digits;
     the citizen methods of the node's other services take it (VideoService/BookCitizenVisit).
     """
+    progress_notices: _builtins.bool
+    """True while the citizen gets progress notices (办事进度推送); false after opting out."""
     @_builtins.property
     def submitted_at(self) -> _timestamp_pb2.Timestamp:
         """When the citizen submitted it."""
@@ -453,6 +463,10 @@ class TrackCaseResponse(_message.Message):
         handling node last set it; empty until the case is placed with a unit.
         """
 
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProgressNotice]:
+        """The progress notices of the case, oldest first: what was (or is being) sent to the citizen."""
+
     def __init__(
         self,
         *,
@@ -470,14 +484,114 @@ class TrackCaseResponse(_message.Message):
         can_withdraw: _builtins.bool = ...,
         merged_into_case_id: _builtins.str = ...,
         case_pass: _builtins.str = ...,
+        progress_notices: _builtins.bool = ...,
+        notices: _abc.Iterable[Global___ProgressNotice] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "replied_at", b"replied_at", "submitted_at", b"submitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_evaluate", b"can_evaluate", "can_request_review", b"can_request_review", "can_withdraw", b"can_withdraw", "case_pass", b"case_pass", "deadline", b"deadline", "merged_into_case_id", b"merged_into_case_id", "replied_at", b"replied_at", "reply_text", b"reply_text", "satisfaction", b"satisfaction", "state", b"state", "submitted_at", b"submitted_at", "timeline", b"timeline", "title", b"title", "tracking_code", b"tracking_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_evaluate", b"can_evaluate", "can_request_review", b"can_request_review", "can_withdraw", b"can_withdraw", "case_pass", b"case_pass", "deadline", b"deadline", "merged_into_case_id", b"merged_into_case_id", "notices", b"notices", "progress_notices", b"progress_notices", "replied_at", b"replied_at", "reply_text", b"reply_text", "satisfaction", b"satisfaction", "state", b"state", "submitted_at", b"submitted_at", "timeline", b"timeline", "title", b"title", "tracking_code", b"tracking_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrackCaseResponse: _TypeAlias = TrackCaseResponse  # noqa: Y015
+
+@_typing.final
+class ProgressNotice(_message.Message):
+    """One progress notice to the citizen (办事进度推送)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """Step of the handling: "accepted", "handed_on", "replied", "reopened" or "closed"."""
+    channel: _builtins.str
+    """"sms" or "wechat"."""
+    text: _builtins.str
+    """The message text, in Chinese, without personal data."""
+    state: _builtins.str
+    """"pending" (to send or retry), "sent", or "given_up" (after the last retry)."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the step happened."""
+
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was sent; unset unless sent."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        text: _builtins.str = ...,
+        state: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "sent_at", b"sent_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "created_at", b"created_at", "kind", b"kind", "sent_at", b"sent_at", "state", b"state", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProgressNotice: _TypeAlias = ProgressNotice  # noqa: Y015
+
+@_typing.final
+class SetProgressNoticesRequest(_message.Message):
+    """The citizen turns progress notices off or on again, with the proof of access of TrackCase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACKING_CODE_FIELD_NUMBER: _builtins.int
+    PHONE_LAST4_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    tracking_code: _builtins.str
+    """Tracking code (查询码)."""
+    phone_last4: _builtins.str
+    """Last four digits of the phone given at submission."""
+    enabled: _builtins.bool
+    """False: no more notices for this case; true: notices again from the next step on."""
+    def __init__(
+        self,
+        *,
+        tracking_code: _builtins.str = ...,
+        phone_last4: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "phone_last4", b"phone_last4", "tracking_code", b"tracking_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProgressNoticesRequest: _TypeAlias = SetProgressNoticesRequest  # noqa: Y015
+
+@_typing.final
+class SetProgressNoticesResponse(_message.Message):
+    """The setting after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_NOTICES_FIELD_NUMBER: _builtins.int
+    progress_notices: _builtins.bool
+    """True while the citizen gets progress notices."""
+    def __init__(
+        self,
+        *,
+        progress_notices: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["progress_notices", b"progress_notices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProgressNoticesResponse: _TypeAlias = SetProgressNoticesResponse  # noqa: Y015
 
 @_typing.final
 class EvaluateCaseRequest(_message.Message):

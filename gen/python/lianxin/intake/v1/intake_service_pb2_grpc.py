@@ -101,6 +101,11 @@ class IntakeServiceStub:
                 request_serializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.ListPublishedRepliesRequest.SerializeToString,
                 response_deserializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.ListPublishedRepliesResponse.FromString,
                 _registered_method=True)
+        self.SetProgressNotices = channel.unary_unary(
+                '/lianxin.intake.v1.IntakeService/SetProgressNotices',
+                request_serializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.SetProgressNoticesRequest.SerializeToString,
+                response_deserializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.SetProgressNoticesResponse.FromString,
+                _registered_method=True)
 
 
 class IntakeServiceServicer:
@@ -199,6 +204,13 @@ class IntakeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetProgressNotices(self, request, context):
+        """The citizen turns the case's progress notices (办事进度推送, SMS or WeChat) off or on again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntakeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -266,6 +278,11 @@ def add_IntakeServiceServicer_to_server(servicer, server):
                     servicer.ListPublishedReplies,
                     request_deserializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.ListPublishedRepliesRequest.FromString,
                     response_serializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.ListPublishedRepliesResponse.SerializeToString,
+            ),
+            'SetProgressNotices': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProgressNotices,
+                    request_deserializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.SetProgressNoticesRequest.FromString,
+                    response_serializer=lianxin_dot_intake_dot_v1_dot_intake__service__pb2.SetProgressNoticesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -621,6 +638,33 @@ class IntakeService:
             '/lianxin.intake.v1.IntakeService/ListPublishedReplies',
             lianxin_dot_intake_dot_v1_dot_intake__service__pb2.ListPublishedRepliesRequest.SerializeToString,
             lianxin_dot_intake_dot_v1_dot_intake__service__pb2.ListPublishedRepliesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProgressNotices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.intake.v1.IntakeService/SetProgressNotices',
+            lianxin_dot_intake_dot_v1_dot_intake__service__pb2.SetProgressNoticesRequest.SerializeToString,
+            lianxin_dot_intake_dot_v1_dot_intake__service__pb2.SetProgressNoticesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,8 @@ class IntakeServiceStub:
     """Resolves the place named in a text to a region (地址解析)."""
     ListPublishedReplies: _grpc.UnaryUnaryMultiCallable[_intake_service_pb2.ListPublishedRepliesRequest, _intake_service_pb2.ListPublishedRepliesResponse]
     """Public: the replies citizens agreed to publish (公开答复), personal data masked, newest first."""
+    SetProgressNotices: _grpc.UnaryUnaryMultiCallable[_intake_service_pb2.SetProgressNoticesRequest, _intake_service_pb2.SetProgressNoticesResponse]
+    """The citizen turns the case's progress notices (办事进度推送, SMS or WeChat) off or on again."""
 
 class IntakeServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registers citizens' requests from every channel, answers the citizen's tracking and rating,
@@ -153,5 +155,13 @@ class IntakeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _intake_service_pb2.ListPublishedRepliesResponse:
         """Public: the replies citizens agreed to publish (公开答复), personal data masked, newest first."""
+
+    @_abc_1.abstractmethod
+    def SetProgressNotices(
+        self,
+        request: _intake_service_pb2.SetProgressNoticesRequest,
+        context: _grpc.ServicerContext,
+    ) -> _intake_service_pb2.SetProgressNoticesResponse:
+        """The citizen turns the case's progress notices (办事进度推送, SMS or WeChat) off or on again."""
 
 def add_IntakeServiceServicer_to_server(servicer: IntakeServiceServicer, server: _grpc.Server) -> None: ...
