@@ -32,14 +32,14 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 from services.common.calendar import WorkingCalendar, end_of_day
 from services.common.categories import CATEGORIES
-from services.common.clock import china_date
+from services.common.clock import CHINA, china_date, to_utc
 from services.common.regions import Tier
 
 __all__ = [
@@ -67,7 +67,7 @@ class DeadlineKind(StrEnum):
     SETTLE = "settle"  # settlement of a petition (办结), extensible once
     REVIEW_REQUEST = "review_request"  # the citizen's window to ask for 复查 after the reply
     REVIEW_DECISION = "review_decision"  # the reviewing body's limit to decide the 复查
-    HOTLINE_EMERGENCY = "hotline_emergency"  # 12345 紧急类: same day
+    HOTLINE_EMERGENCY = "hotline_emergency"  # 12345 紧急类: in hours (default 24 natural hours)
     HOTLINE_ENQUIRY = "hotline_enquiry"  # 12345 咨询类
     HOTLINE_COMPLAINT = "hotline_complaint"  # 12345 投诉/求助类
     ASSIST = "assist"  # 协办: an assisting unit answers the lead unit, within less than the lead's limit
@@ -75,8 +75,18 @@ class DeadlineKind(StrEnum):
 
 
 class DayCount(StrEnum):
+    """How a limit counts: working or calendar days, or (12345 urgent classes) hours."""
+
     WORKING = "working"
     CALENDAR = "calendar"
+    HOURS = "hours"  # natural hours, round the clock (紧急类: the centre works nights and holidays)
+    WORKING_HOURS = "working_hours"  # hours of WORKDAY_HOURS on working days of the calendar
+
+
+# Office hours a "working hours" limit counts, Asia/Shanghai (9:00–17:00 on the calendar's working
+# days, 调休 Saturdays included; the lunch break counts, as most 12345 centres count it).
+WORKDAY_HOURS = (9, 17)
+HOUR_COUNTS = frozenset({DayCount.HOURS, DayCount.WORKING_HOURS})
 
 
 class PolicyError(ValueError):
@@ -89,26 +99,36 @@ class PolicyError(ValueError):
         self.reason = reason
 
 
-_LIMIT_TEXT = re.compile(r"^\s*(\d+)\s*(working\s+days?|workdays?|days?)\s*$", re.IGNORECASE)
+_LIMIT_TEXT = re.compile(r"^\s*(\d+)\s*(working\s+days?|workdays?|days?|working\s+hours?|hours?)\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Limit:
-    """A number of days and how they are counted."""
+    """A number of days (or, with an hour count, of hours) and how they are counted."""
 
-    days: int
+    days: int  # the amount: hours when ``count`` is HOURS or WORKING_HOURS
     count: DayCount
+
+    @property
+    def in_hours(self) -> bool:
+        return self.count in HOUR_COUNTS
 
     @classmethod
     def parse(cls, value: Any, *, source: str = "policy", key: str = "limit") -> Limit:
-        """Accept ``"3 working days"``, ``"60 days"`` or ``{days: 60, count: calendar}``."""
+        """Accept ``"3 working days"``, ``"60 days"``, ``"4 hours"``, ``"8 working hours"`` or
+        ``{days: 60, count: calendar}`` (count: working, calendar, hours, working_hours)."""
         if isinstance(value, Limit):
             return value
         if isinstance(value, str):
             match = _LIMIT_TEXT.match(value)
             if not match:
-                raise PolicyError(source, key, f'expected "N working days" or "N days", got {value!r}')
-            working = not match.group(2).lower().startswith("day")
+                raise PolicyError(
+                    source, key, f'expected "N working days", "N days", "N hours" or "N working hours", got {value!r}'
+                )
+            unit = match.group(2).lower()
+            working = not unit.startswith(("day", "hour"))
+            if "hour" in unit:
+                return cls(int(match.group(1)), DayCount.WORKING_HOURS if working else DayCount.HOURS)
             return cls(int(match.group(1)), DayCount.WORKING if working else DayCount.CALENDAR)
         if isinstance(value, Mapping):
             extra = set(value) - {"days", "count"}
@@ -121,13 +141,20 @@ class Limit:
                 count = DayCount(value.get("count", "working"))
             except ValueError:
                 raise PolicyError(
-                    source, f"{key}.count", f"expected working or calendar, got {value.get('count')!r}"
+                    source,
+                    f"{key}.count",
+                    f"expected working, calendar, hours or working_hours, got {value.get('count')!r}",
                 ) from None
             return cls(days, count)
         raise PolicyError(source, key, f"expected a limit like '3 working days', got {value!r}")
 
     def __str__(self) -> str:
-        unit = "working day" if self.count is DayCount.WORKING else "day"
+        unit = {
+            DayCount.WORKING: "working day",
+            DayCount.CALENDAR: "day",
+            DayCount.HOURS: "hour",
+            DayCount.WORKING_HOURS: "working hour",
+        }[self.count]
         return f"{self.days} {unit}{'' if self.days == 1 else 's'}"
 
 
@@ -140,7 +167,7 @@ DEFAULT_POLICY: Mapping[str, Any] = MappingProxyType(
             "settle": "60 days",
             "review_request": "30 days",
             "review_decision": "30 days",
-            "hotline_emergency": "0 working days",
+            "hotline_emergency": "24 hours",  # 12345 紧急类: round the clock, counted in hours
             "hotline_enquiry": "3 working days",
             "hotline_complaint": "13 working days",
             "assist": "5 working days",
@@ -292,6 +319,9 @@ class TimeLimitPolicy:
         The larger of ``min_days`` and ``fraction`` of the limit, but never the whole limit, so a
         60-day settlement warns 12 days ahead and a 3-working-day assignment 1 working day ahead.
         """
+        if limit.in_hours:
+            # Hours: the fraction of the limit, at least one hour, never the whole limit (4 h warns 1 h ahead).
+            return min(max(1, math.ceil(limit.days * self.warning_fraction)), max(limit.days - 1, 0))
         lead = max(self.warning_min_days, math.ceil(limit.days * self.warning_fraction))
         return min(lead, max(limit.days - 1, 0)) if limit.days > 1 else 0
 
@@ -368,7 +398,88 @@ def deadline_for(
     ``extra_days`` lengthens the limit in its own unit (an approved settlement extension).
     """
     limit = policy.limit_for(kind, tier=tier, category=category)
+    if limit.in_hours:
+        return hour_deadline(limit, start, calendar, paused, extra_hours=extra_days)
     return end_of_day(due_date(limit, start, policy, calendar, paused, extra_days=extra_days))
+
+
+def _working_spans(start: datetime, calendar: WorkingCalendar, *, forward: bool) -> Iterable[tuple[datetime, datetime]]:
+    """The office-hour spans (WORKDAY_HOURS on working days) from ``start`` on, forward or backward in time."""
+    opens, closes = WORKDAY_HOURS
+    local = to_utc(start).astimezone(CHINA)
+    day = local.date()
+    step = timedelta(days=1 if forward else -1)
+    for _ in range(3660):  # ten years of days: a calendar without working days is a configuration error
+        if calendar.is_workday(day):
+            begin = datetime.combine(day, time(opens), tzinfo=CHINA)
+            end = datetime.combine(day, time(closes), tzinfo=CHINA)
+            if forward:
+                begin = max(begin, local)
+            else:
+                end = min(end, local)
+            if begin < end:
+                yield begin, end
+        day += step
+    raise ValueError("no working day within ten years of the start: check the calendar")
+
+
+def add_hours(start: datetime, hours: float, count: DayCount, calendar: WorkingCalendar) -> datetime:
+    """``start`` moved by ``hours`` (negative: back) of natural hours or of office hours on working days.
+
+    Moving forward from outside office hours starts at the next opening; a result that lands exactly
+    on a closing time stays there (the limit ends at 17:00, not at 9:00 the next working day).
+    """
+    if count is DayCount.HOURS:
+        return to_utc(start) + timedelta(hours=hours)
+    left = timedelta(hours=abs(hours))
+    forward = hours >= 0
+    if not left:
+        return to_utc(start)
+    for begin, end in _working_spans(start, calendar, forward=forward):
+        if left <= end - begin:
+            return to_utc(begin + left if forward else end - left)
+        left -= end - begin
+    raise AssertionError("unreachable: _working_spans raises first")
+
+
+def hours_between(a: datetime, b: datetime, count: DayCount, calendar: WorkingCalendar) -> timedelta:
+    """Natural or office time from ``a`` to ``b`` (zero when b is not after a)."""
+    if b <= a:
+        return timedelta(0)
+    if count is DayCount.HOURS:
+        return b - a
+    total = timedelta(0)
+    for begin, end in _working_spans(a, calendar, forward=True):
+        if begin >= b:
+            break
+        total += min(end, b) - begin
+    return total
+
+
+def hour_deadline(
+    limit: Limit,
+    start: datetime,
+    calendar: WorkingCalendar,
+    paused: Iterable[tuple[datetime, datetime]] = (),
+    *,
+    extra_hours: int = 0,
+) -> datetime:
+    """The exact deadline of an hour limit started at ``start`` (12345 urgent classes).
+
+    Pauses give back the hours (counted like the limit) that the clock stood still before the
+    deadline; a pause that starts after it gives nothing back.
+    """
+    if extra_hours < 0:
+        raise ValueError(f"extra_hours must be >= 0, got {extra_hours}")
+    due = add_hours(start, limit.days + extra_hours, limit.count, calendar)
+    for begin, end in sorted((to_utc(b), to_utc(e)) for b, e in paused):
+        if end < begin:
+            raise ValueError(f"paused: ends {end.isoformat()} before it begins {begin.isoformat()}")
+        if begin >= due:
+            break
+        given = hours_between(max(begin, to_utc(start)), end, limit.count, calendar)
+        due = add_hours(due, given.total_seconds() / 3600, limit.count, calendar)
+    return due
 
 
 def warning_at(deadline: datetime, limit: Limit, policy: TimeLimitPolicy, calendar: WorkingCalendar) -> datetime | None:
@@ -376,6 +487,8 @@ def warning_at(deadline: datetime, limit: Limit, policy: TimeLimitPolicy, calend
     lead = policy.warning_lead(limit)
     if lead == 0:
         return None
+    if limit.in_hours:
+        return add_hours(deadline, -lead, limit.count, calendar)
     due = china_date(deadline)
     return end_of_day(_advance(due, -lead, limit.count, calendar))
 

@@ -77,7 +77,8 @@ def test_review_request_and_decision_are_thirty_days_each() -> None:
 
 def test_hotline_classes() -> None:
     sunday = at(2026, 11, 22, 21)
-    assert due(K.HOTLINE_EMERGENCY, sunday) == date(2026, 11, 22)  # same day, weekend or not
+    # 紧急类 in hours, round the clock: 24 hours from Sunday 21:00 (tests/unit/test_hour_limits.py)
+    assert deadline_for(K.HOTLINE_EMERGENCY, sunday, POLICY, CAL) == at(2026, 11, 23, 21)
     assert due(K.HOTLINE_ENQUIRY, MONDAY) == date(2026, 11, 26)
     assert due(K.HOTLINE_COMPLAINT, MONDAY) == date(2026, 12, 10)
 
@@ -202,5 +203,5 @@ def test_default_policy_matches_the_design() -> None:
     assert POLICY.limit_for(K.SETTLE) == Limit(60, DayCount.CALENDAR)
     assert POLICY.settle_extension_max_days == 30
     assert POLICY.limit_for(K.ASSIGN, tier=Tier.COUNTY) == Limit(4, DayCount.WORKING)
-    assert POLICY.limit_for(K.HOTLINE_EMERGENCY) == Limit(0, DayCount.WORKING)
+    assert POLICY.limit_for(K.HOTLINE_EMERGENCY) == Limit(24, DayCount.HOURS)
     assert POLICY.supervision_delay == Limit(2, DayCount.WORKING)
