@@ -237,6 +237,19 @@ def withdraw(page: Page) -> Response:
     )
 
 
+def progress_notices(page: Page) -> Response:
+    """办事进度推送: the citizen turns the case's SMS/WeChat progress notices off or on again."""
+    enabled = page.field("enabled") == "1"
+    return _as_citizen(
+        page,
+        lambda code, last4: (
+            page.client.intake.SetProgressNotices,
+            intake_pb2.SetProgressNoticesRequest(tracking_code=code, phone_last4=last4, enabled=enabled),
+        ),
+        "已恢复办理进度通知。" if enabled else "已关闭办理进度通知。",
+    )
+
+
 # --------------------------------------------------------------------------- public reply board
 
 UNIT_METRICS = ("reply_rate", "avg_reply_workdays", "satisfaction_rate")
@@ -430,6 +443,7 @@ ROUTES: list[tuple[str, str, Any, list[str]]] = [
     ("/track/evaluate", "evaluate", evaluate, ["POST"]),
     ("/track/review", "request_review", request_review, ["POST"]),
     ("/track/withdraw", "withdraw", withdraw, ["POST"]),
+    ("/track/notices", "progress_notices", progress_notices, ["POST"]),
     ("/board", "board", board, ["GET"]),
     ("/video", "video", video, ["GET"]),
     ("/video/book", "video_book", book_visit, ["POST"]),

@@ -462,3 +462,24 @@ def test_clerk_merges_a_duplicate_into_its_main_case_and_undoes_it(
     clerk.page.click("#form-unmerge button[type=submit]")
     clerk.page.wait_for_selector("#form-merge")
     assert "已并单" not in clerk.page.inner_text("#case-state")
+
+
+def test_citizen_sees_progress_notices_and_turns_them_off_and_on(
+    web_federation: WebFederation, visit: Callable[[], Visitor]
+) -> None:
+    county = web_federation.url("511102")
+    _case_id, code = _submit_by_grpc(web_federation.grpc("511102"))
+    citizen = visit()
+    page = citizen.page
+    citizen.goto(f"{county}/track")
+    page.fill("#tracking_code", code)
+    page.fill("#phone_last4", PHONE[-4:])
+    page.click("form[action='/track'] button[type=submit]")
+    page.wait_for_url(re.compile(r"/track/case$"))
+    assert "办理进度通知" in page.inner_text("main")
+    page.click("form[action='/track/notices'] button:text('关闭短信/微信进度通知')")
+    page.wait_for_url(re.compile(r"/track/case$"))
+    assert "已关闭办理进度通知" in page.inner_text("body")
+    page.click("form[action='/track/notices'] button:text('恢复短信/微信进度通知')")
+    page.wait_for_url(re.compile(r"/track/case$"))
+    assert "已恢复办理进度通知" in page.inner_text("body")
