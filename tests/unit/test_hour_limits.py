@@ -101,3 +101,36 @@ def test_a_four_hour_emergency_warns_one_hour_ahead_and_is_chased_at_the_minute(
 
 def test_the_default_emergency_class_is_counted_in_hours() -> None:
     assert TimeLimitPolicy.default().limit_for(K.HOTLINE_EMERGENCY) == Limit(24, DayCount.HOURS)
+
+
+def test_the_warehouse_counts_a_reply_five_minutes_after_an_hour_deadline_late() -> None:
+    from dataclasses import replace
+
+    from services.stats.domain import COUNTERS, CaseFact, counters
+
+    start = at(5, 21)
+    due = emergency(start).deadlines[K.HOTLINE_EMERGENCY]  # 4 hours later, Sunday 01:00
+    fact = CaseFact(
+        case_id="511102-20261205-000001",
+        province_code="510000",
+        city_code="511100",
+        county_code="511102",
+        region_code="511102",
+        registering_node="511102",
+        channel="hotline",
+        category="公共安全",
+        state="CLOSED",
+        version=5,
+        submitted_at=start,
+        updated_at=start,
+        handling_due=due,
+    )
+
+    def figures(done: datetime) -> dict[str, int]:
+        done_fact = replace(fact, replied_at=done, closed_at=done)
+        return dict(zip(COUNTERS, counters(done_fact, done + timedelta(hours=1)), strict=True))
+
+    on_time = figures(due - timedelta(minutes=5))
+    late = figures(due + timedelta(minutes=5))
+    assert (on_time["closed_on_time"], on_time["overdue"]) == (1, 0)
+    assert (late["closed_on_time"], late["overdue"]) == (0, 1)
