@@ -162,7 +162,8 @@ def cmd_node(_args: argparse.Namespace) -> int:
     settings = Settings()
     _configure_process(settings, "lianxin-node")
     node = Node(settings).start()
-    print(f"node {settings.node} serving on {node.address} (metrics :{node.metrics_port})", flush=True)
+    public = f", public :{node.public_port}" if node.public_port else ""
+    print(f"node {settings.node} serving on {node.address} (metrics :{node.metrics_port}{public})", flush=True)
     _wait_for_signal()
     node.stop()
     return 0

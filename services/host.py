@@ -90,6 +90,8 @@ class Host:
             metrics_port=self.settings.metrics_port if first else None,
             # One plaintext health port per process too (Kubernetes probes): it answers for the first node.
             health_port=self.settings.health_port if first else None,
+            # A public port is one node's (LIANXIN_PUBLIC_PORT): a host's nodes would all claim it.
+            public_port=None,
             # A host's nodes each have their own token key file (``{node}`` in LIANXIN_TOKEN_KEY).
             token_key=token_key.replace("{node}", member.code) if token_key else None,
         )

@@ -107,6 +107,12 @@ class Node:
         assert self.server is not None, "node not started"
         return self.server.metrics_port
 
+    @property
+    def public_port(self) -> int | None:
+        """The port serving only citizens' methods (LIANXIN_PUBLIC_PORT), or None."""
+        assert self.server is not None, "node not started"
+        return self.server.public_port
+
     def start(self) -> Node:
         if self.code not in self.regions:
             raise ValueError(f"node {self.code} is not a known region code")

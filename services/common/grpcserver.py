@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent import futures
 from types import FrameType
 from typing import Any, NoReturn
@@ -52,6 +52,10 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # 64 KiB public limit stays in RequestRulesInterceptor (PUBLIC_MAX_BYTES). Replies (a bulletin's
 # charts) may still be up to MAX_MESSAGE_BYTES.
 MAX_RECEIVE_BYTES = 2 * 1024 * 1024
+# What the public port (settings.public_port) reads of one request: a citizen's largest legitimate
+# one is under 16 KiB and the request rules refuse anything above PUBLIC_MAX_BYTES (64 KiB), so the
+# transport refuses more than that from the length prefix, before a byte of the body is buffered.
+PUBLIC_RECEIVE_BYTES = 80 * 1024
 FIELD_METADATA_KEY = "lianxin-field"
 INTERNAL_MESSAGE = "internal error"
 HEALTH_SERVICE_NAME: str = health.SERVICE_NAME
@@ -72,6 +76,11 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     # grpcio sets SO_REUSEPORT by default: a second server on a taken fixed port would bind quietly
     # and steal half the connections. A clash must fail loudly instead.
     ("grpc.so_reuseport", 0),
+)
+
+PUBLIC_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    *(option for option in SERVER_OPTIONS if option[0] != "grpc.max_receive_message_length"),
+    ("grpc.max_receive_message_length", PUBLIC_RECEIVE_BYTES),
 )
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -329,6 +338,45 @@ class LianxinServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         )
 
 
+class PublicOnlyInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """The public port serves the citizen methods and health, nothing else: an operator's or a
+    node's method there is PERMISSION_DENIED before any handler (or the security policy) runs."""
+
+    def __init__(self, public_methods: Collection[str]) -> None:
+        self._public = frozenset(public_methods)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        full: str = handler_call_details.method  # "/package.Service/Method"
+        if full.lstrip("/") in self._public or full.startswith(f"/{HEALTH_SERVICE_NAME}/"):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown everywhere: UNIMPLEMENTED, as on the main port
+        return _refusal(handler)
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that refuses without reading past the first message."""
+
+    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a public method: use the node's port")
+
+    shape = (handler.request_streaming, handler.response_streaming)
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[shape]
+    return make(
+        refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
 # --------------------------------------------------------------------------- client side
 
 
@@ -469,16 +517,13 @@ class GrpcServer:
         pool = executor or futures.ThreadPoolExecutor(
             max_workers=settings.grpc_workers, thread_name_prefix=f"grpc-{settings.node}"
         )
-        self._server = grpc.server(
-            pool,
-            interceptors=[
-                server_interceptor(),  # type: ignore[no-untyped-call]
-                LianxinServerInterceptor(),
-                *interceptors,
-                RequestRulesInterceptor(CITIZEN_METHODS),
-            ],
-            options=SERVER_OPTIONS,
-        )
+        chain = [
+            server_interceptor(),  # type: ignore[no-untyped-call]
+            LianxinServerInterceptor(),
+            *interceptors,
+            RequestRulesInterceptor(CITIZEN_METHODS),
+        ]
+        self._server = grpc.server(pool, interceptors=chain, options=SERVER_OPTIONS)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for binding in self._bindings:
@@ -486,6 +531,20 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self._service_names, HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME], self._server
         )
+        # The public port: the same servicers and checks in the same threads, but grpcio has one
+        # receive limit per server, so citizens get their own server with a small one (and only
+        # their methods; the refusal is counted and traced like any other).
+        self._public_server: grpc.Server | None = None
+        if settings.public_port is not None:
+            self._public_server = grpc.server(
+                pool,
+                interceptors=[*chain[:2], PublicOnlyInterceptor(CITIZEN_METHODS), *chain[2:]],
+                options=PUBLIC_SERVER_OPTIONS,
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._public_server)
+            for binding in self._bindings:
+                binding.add_to_server(binding.servicer, self._public_server)
+        self._public_port: int | None = None
         # Nothing is ready before start(): probes must not route traffic to a half-built server.
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._port: int | None = None
@@ -511,6 +570,11 @@ class GrpcServer:
         return _format_address(self._settings.grpc_host, self.port)
 
     @property
+    def public_port(self) -> int | None:
+        """The bound public (citizen) port, or None without one (or before start())."""
+        return self._public_port
+
+    @property
     def metrics_port(self) -> int | None:
         """The bound /metrics port, or None when metrics are disabled (or before start())."""
         return None if self._metrics_http is None else int(self._metrics_http.server_port)
@@ -527,14 +591,9 @@ class GrpcServer:
 
     def start(self) -> GrpcServer:
         """Bind the gRPC port (0 picks a free one), start /metrics, serve, and publish health."""
-        bind = _format_address(self._settings.grpc_host, self._settings.grpc_port)
-        if self._credentials is None:
-            port = self._server.add_insecure_port(bind)
-        else:
-            port = self._server.add_secure_port(bind, self._credentials)
-        if port == 0:
-            raise RuntimeError(f"could not bind gRPC port {bind}")
-        self._port = port
+        self._port = self._bind(self._server, self._settings.grpc_port, "gRPC")
+        if self._public_server is not None:
+            self._public_port = self._bind(self._public_server, self._settings.public_port or 0, "public")
         if self._settings.metrics_port is not None:
             # One exposition server per GrpcServer, all reading the default registry, so several
             # nodes in one process each have a /metrics port showing the process's figures.
@@ -542,6 +601,8 @@ class GrpcServer:
                 self._settings.grpc_host, self._settings.metrics_port
             )
         self._server.start()
+        if self._public_server is not None:
+            self._public_server.start()
         if self._settings.health_port is not None:
             self._start_probe_port(self._settings.health_port)
         self._health.set(LIVENESS_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -552,10 +613,21 @@ class GrpcServer:
             extra={
                 "address": self.address,
                 "metrics_port": self.metrics_port,
+                "public_port": self.public_port,
                 "services": self._service_names,
             },
         )
         return self
+
+    def _bind(self, server: grpc.Server, port: int, what: str) -> int:
+        bind = _format_address(self._settings.grpc_host, port)
+        if self._credentials is None:
+            bound = server.add_insecure_port(bind)
+        else:
+            bound = server.add_secure_port(bind, self._credentials)
+        if bound == 0:
+            raise RuntimeError(f"could not bind the {what} port {bind}")
+        return int(bound)
 
     def _start_probe_port(self, port: int) -> None:
         """The same health answers on a plaintext port with nothing else on it: Kubernetes' gRPC
@@ -611,7 +683,10 @@ class GrpcServer:
         try:
             # Health watchers (load balancers) see NOT_SERVING while the server still answers.
             self._health.enter_graceful_shutdown()
+            public = self._public_server.stop(grace) if self._public_server is not None else None
             self._server.stop(grace).wait()
+            if public is not None:
+                public.wait()
             if self._probe_server is not None:
                 self._probe_server.stop(0).wait()
         finally:

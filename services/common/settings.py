@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         default=None,
         description="a plaintext port serving only grpc.health.v1 (Kubernetes probes cannot speak mTLS); unset: none",
     )
+    public_port: int | None = Field(
+        default=None,
+        description=(
+            "a second gRPC port serving only the public (citizen) methods with a small receive limit"
+            " (PUBLIC_RECEIVE_BYTES), for the web gateway and the internet-facing ingress; 0 picks one; unset: none"
+        ),
+    )
     readiness_interval_s: float = Field(
         default=5.0, gt=0, description="how often an api checks its database for readiness (health per service)"
     )

@@ -81,6 +81,14 @@ class NodeClient:
         self.exchange = exchange_grpc.ExchangeServiceStub(self.channels["exchange"])
         self.video = video_grpc.VideoServiceStub(self.channels["video"])
         self.stats = stats_grpc.StatsServiceStub(self.channels["stats"])
+        # Citizens' calls (Page.public) on the node's public port when there is one.
+        for service in ("intake", "video"):
+            target = self.settings.public_target(service)
+            if target not in by_target:
+                by_target[target] = instrumented_channel(target, credentials=self.credentials)
+            self.channels[f"public_{service}"] = by_target[target]
+        self.public_intake = intake_grpc.IntakeServiceStub(self.channels["public_intake"])
+        self.public_video = video_grpc.VideoServiceStub(self.channels["public_video"])
 
     def call(
         self,

@@ -25,6 +25,12 @@ class WebSettings(BaseSettings):
     exchange: str | None = None
     video: str | None = None
     stats: str | None = None
+    # The node's public port (LIANXIN_PUBLIC_PORT: citizen methods only, 80 KiB receive limit): the
+    # portal's citizen calls (intake's and video's) go there; per service in production like the
+    # above. Unset: they share the node's port with everything else.
+    public_grpc: str | None = None
+    public_intake: str | None = None
+    public_video: str | None = None
     session_key: str | None = Field(
         default=None,
         description="HMAC key of session cookies (or a file path); every replica needs the same one",
@@ -43,6 +49,11 @@ class WebSettings(BaseSettings):
     def target(self, service: str) -> str:
         value: str | None = getattr(self, service)
         return value or self.grpc
+
+    def public_target(self, service: str) -> str:
+        """Where a citizen's call to ``service`` goes: its public port if there is one, else ``target``."""
+        value: str | None = getattr(self, f"public_{service}")
+        return value or self.public_grpc or self.target(service)
 
 
 def load_key(value: str | None, *, fallback: Path | None = None) -> bytes:

@@ -94,7 +94,7 @@ def submit(page: Page) -> Response:
         complainant=common_pb2.Person(name=values["name"], phone=values["phone"], id_number=values["id_number"]),
     )
     try:
-        reply = page.public(page.client.intake.SubmitCase, request)
+        reply = page.public(page.client.public_intake.SubmitCase, request)
     except CallFailed as failure:
         if failure.status != 400:
             raise
@@ -141,7 +141,9 @@ def track(page: Page) -> Response:
     code, last4 = page.field("tracking_code").upper(), page.field("phone_last4")
     values = {"tracking_code": code, "phone_last4": last4}
     try:
-        page.public(page.client.intake.TrackCase, intake_pb2.TrackCaseRequest(tracking_code=code, phone_last4=last4))
+        page.public(
+            page.client.public_intake.TrackCase, intake_pb2.TrackCaseRequest(tracking_code=code, phone_last4=last4)
+        )
     except CallFailed as failure:
         if failure.status not in (400, 404):
             raise
@@ -206,7 +208,7 @@ def evaluate(page: Page) -> Response:
     return _as_citizen(
         page,
         lambda code, last4: (
-            page.client.intake.EvaluateCase,
+            page.client.public_intake.EvaluateCase,
             intake_pb2.EvaluateCaseRequest(
                 tracking_code=code, phone_last4=last4, satisfaction=satisfaction, comment=page.field("comment")
             ),
@@ -219,7 +221,7 @@ def request_review(page: Page) -> Response:
     return _as_citizen(
         page,
         lambda code, last4: (
-            page.client.intake.RequestReview,
+            page.client.public_intake.RequestReview,
             intake_pb2.RequestReviewRequest(tracking_code=code, phone_last4=last4, reason=page.field("reason")),
         ),
         "复查申请已提交。",
@@ -230,7 +232,7 @@ def withdraw(page: Page) -> Response:
     return _as_citizen(
         page,
         lambda code, last4: (
-            page.client.intake.WithdrawCase,
+            page.client.public_intake.WithdrawCase,
             intake_pb2.WithdrawCaseRequest(tracking_code=code, phone_last4=last4, reason=page.field("reason")),
         ),
         "您的诉求已撤回。",
@@ -243,7 +245,7 @@ def progress_notices(page: Page) -> Response:
     return _as_citizen(
         page,
         lambda code, last4: (
-            page.client.intake.SetProgressNotices,
+            page.client.public_intake.SetProgressNotices,
             intake_pb2.SetProgressNoticesRequest(tracking_code=code, phone_last4=last4, enabled=enabled),
         ),
         "已恢复办理进度通知。" if enabled else "已关闭办理进度通知。",
@@ -316,7 +318,7 @@ def board(page: Page) -> Response:
         month=month,
         page=common_pb2.PageRequest(page_size=10, page_token=page.query("page")[:256]),
     )
-    reply = page.public(page.client.intake.ListPublishedReplies, request)
+    reply = page.public(page.client.public_intake.ListPublishedReplies, request)
     units, meanings = _unit_figures(page, month or today_month())
     return page.render(
         "portal/board.html",
@@ -339,7 +341,7 @@ def _case_pass(page: Page) -> tuple[Any, str] | None:
     if proof is None:
         return None
     request = intake_pb2.TrackCaseRequest(tracking_code=proof[0], phone_last4=proof[1])
-    reply = page.public(page.client.intake.TrackCase, request)
+    reply = page.public(page.client.public_intake.TrackCase, request)
     return reply, reply.case_pass
 
 
@@ -348,7 +350,7 @@ def _citizen_visits(page: Page, case_pass: str) -> list[Any]:
         return []
     request = video_pb2.ListCitizenVisitsRequest(case_pass=case_pass)
     try:
-        reply = page.public(page.client.video.ListCitizenVisits, request)
+        reply = page.public(page.client.public_video.ListCitizenVisits, request)
     except CallFailed:
         return []  # the video service not answering must not hide the case's progress
     return list(reply.visits)
@@ -361,7 +363,7 @@ def video(page: Page, errors: dict[str, str] | None = None) -> Response:
     notice = ""
     leaders: list[Any] = []
     try:
-        listed = page.public(page.client.video.ListReceivingLeaders, video_pb2.ListReceivingLeadersRequest())
+        listed = page.public(page.client.public_video.ListReceivingLeaders, video_pb2.ListReceivingLeadersRequest())
         leaders, notice = list(listed.leaders), listed.calendar_notice
     except CallFailed as failure:
         if failure.status not in (400, 404, 503):
@@ -404,7 +406,7 @@ def book_visit(page: Page) -> Response:
         case_pass=tracked[1], leader_id=page.field("leader_id"), starts_at=starts_at
     )
     try:
-        booked = page.public(page.client.video.BookCitizenVisit, request).visit
+        booked = page.public(page.client.public_video.BookCitizenVisit, request).visit
     except CallFailed as failure:
         if failure.status not in (400, 404, 409):
             raise
@@ -422,7 +424,7 @@ def cancel_visit(page: Page) -> Response:
         case_pass=tracked[1], visit_id=page.field("visit_id"), reason=page.field("reason")
     )
     try:
-        page.public(page.client.video.CancelCitizenVisit, request)
+        page.public(page.client.public_video.CancelCitizenVisit, request)
     except CallFailed as failure:
         if failure.status not in (400, 404, 409):
             raise

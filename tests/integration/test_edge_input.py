@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,11 +23,12 @@ from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.crypto import new_data_key
-from services.common.grpcserver import FIELD_METADATA_KEY, MAX_RECEIVE_BYTES
+from services.common.grpcserver import FIELD_METADATA_KEY, MAX_RECEIVE_BYTES, PUBLIC_RECEIVE_BYTES
 from services.common.request_rules import PUBLIC_MAX_BYTES
 from services.common.settings import Settings
 from services.exchange.store import MAX_BATCH_BYTES
 from services.node import Node
+from tests.helpers import free_port_block
 
 COUNTY = "511102"  # 市中区: a county with no children
 CITY = "511100"  # 乐山市, the county's parent
@@ -130,20 +132,22 @@ def _peak_rss_bytes(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
 
 
-def test_a_request_over_the_servers_receive_limit_is_refused_before_its_body_is_read(tmp_path: Path) -> None:
-    """An intake api process (production `lianxin serve`) sent 12 MiB: refused, and its memory never held it."""
-    env = {
+@contextmanager
+def intake_api(tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """An intake api process (production `lianxin serve`) on SQLite, and its address."""
+    environment = {
         **os.environ,
         "LIANXIN_NODE": COUNTY,
         "LIANXIN_DATA_KEYS": f"edge:{new_data_key()}",
         "LIANXIN_DATA_DIR": str(tmp_path),
         "LIANXIN_INTAKE_CLASSIFIER": "off",
         "LIANXIN_LOG_LEVEL": "WARNING",
+        **env,
     }
-    env.pop("LIANXIN_DATABASE_URL", None)
+    environment.pop("LIANXIN_DATABASE_URL", None)
     api = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "serve", "--service", "intake"],
-        env=env,
+        env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -152,29 +156,74 @@ def test_a_request_over_the_servers_receive_limit_is_refused_before_its_body_is_
         assert api.stdout is not None
         line = api.stdout.readline()
         assert "serving on" in line, line + api.stdout.read()
-        address = line.rsplit(" ", 1)[-1].strip()
-        # The client may send anything; only the server's limit is under test.
-        options = [("grpc.max_send_message_length", 128 * 1024 * 1024)]
-        with grpc.insecure_channel(address, options=options) as channel:
-            stub = intake_grpc.IntakeServiceStub(channel)
-            stub.SubmitCase(submission("small"), timeout=30)  # warm: the process at its working size
-            before = _peak_rss_bytes(api.pid)
-            # 12 MiB: under grpcio's old 16 MiB, which the server read whole before the interceptor refused it.
-            huge = submission("huge", body="噪" * (12 * 1024 * 1024 // 3))
-            code, details, _ = refusal(lambda: stub.SubmitCase(huge, timeout=60))
-            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, details
-            assert f"vs. {MAX_RECEIVE_BYTES}" in details  # grpc-core's own refusal, from the length prefix
-            grown = _peak_rss_bytes(api.pid) - before
-            assert grown < 6 * 1024 * 1024, f"the api's peak memory grew by {grown} bytes"
-            # Under the transport limit but over the public one: refused by the interceptor, unparsed.
-            middle = submission("middle", body="噪" * (MAX_RECEIVE_BYTES // 3 - 1024))
-            code, details, _ = refusal(lambda: stub.SubmitCase(middle, timeout=30))
-            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and f"at most {PUBLIC_MAX_BYTES} bytes" in details
-            # The api still serves.
-            assert stub.SubmitCase(submission("after"), timeout=30).case.case_id
+        yield api, line.rsplit(" ", 1)[-1].strip()
     finally:
         api.terminate()
         api.wait(timeout=30)
+
+
+# The client may send anything; only the server's limit is under test.
+SEND_ANYTHING = [("grpc.max_send_message_length", 128 * 1024 * 1024)]
+
+
+def test_a_request_over_the_servers_receive_limit_is_refused_before_its_body_is_read(tmp_path: Path) -> None:
+    """An intake api process sent 12 MiB: refused, and its memory never held it."""
+    with intake_api(tmp_path) as (api, address), grpc.insecure_channel(address, options=SEND_ANYTHING) as channel:
+        stub = intake_grpc.IntakeServiceStub(channel)
+        stub.SubmitCase(submission("small"), timeout=30)  # warm: the process at its working size
+        before = _peak_rss_bytes(api.pid)
+        # 12 MiB: under grpcio's old 16 MiB, which the server read whole before the interceptor refused it.
+        huge = submission("huge", body="噪" * (12 * 1024 * 1024 // 3))
+        code, details, _ = refusal(lambda: stub.SubmitCase(huge, timeout=60))
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, details
+        assert f"vs. {MAX_RECEIVE_BYTES}" in details  # grpc-core's own refusal, from the length prefix
+        grown = _peak_rss_bytes(api.pid) - before
+        assert grown < 6 * 1024 * 1024, f"the api's peak memory grew by {grown} bytes"
+        # Under the transport limit but over the public one: refused by the interceptor, unparsed.
+        middle = submission("middle", body="噪" * (MAX_RECEIVE_BYTES // 3 - 1024))
+        code, details, _ = refusal(lambda: stub.SubmitCase(middle, timeout=30))
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and f"at most {PUBLIC_MAX_BYTES} bytes" in details
+        # The api still serves.
+        assert stub.SubmitCase(submission("after"), timeout=30).case.case_id
+
+
+def test_the_public_port_reads_little_of_a_citizens_request_and_serves_no_operator_method(tmp_path: Path) -> None:
+    """LIANXIN_PUBLIC_PORT: citizens' methods only, refused by the transport above 80 KiB."""
+    public = f"127.0.0.1:{free_port_block(1)}"
+    with intake_api(tmp_path, LIANXIN_PUBLIC_PORT=public.rsplit(":", 1)[1]) as (api, address):
+        with grpc.insecure_channel(public, options=SEND_ANYTHING) as channel:
+            stub = intake_grpc.IntakeServiceStub(channel)
+            filed = stub.SubmitCase(submission("small"), timeout=30)  # and warm: the process at its working size
+            assert filed.case.case_id
+            before = _peak_rss_bytes(api.pid)
+            # Just under the node port's 2 MiB, which reads it whole before the request rules refuse it.
+            large = submission("large", body="噪" * (MAX_RECEIVE_BYTES // 3 - 1024))
+            huge = submission("huge", body="噪" * (12 * 1024 * 1024 // 3))
+            for oversized in (large, huge):
+                code, details, _ = refusal(lambda oversized=oversized: stub.SubmitCase(oversized, timeout=60))
+                assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, details
+                # grpc-core's own refusal from the length prefix: the message is never assembled or parsed.
+                assert f"vs. {PUBLIC_RECEIVE_BYTES}" in details
+            # What HTTP/2's flow-control window let in flight before the refusal arrives (0.9 to 2.2 MiB
+            # measured, whatever the request's size), never the whole request.
+            grown = _peak_rss_bytes(api.pid) - before
+            assert grown < 6 * 1024 * 1024, f"the api's peak memory grew by {grown} bytes"
+            # An operator's method is not served there, whatever the caller presents.
+            code, details, _ = refusal(
+                lambda: stub.ListModerationQueue(intake_pb2.ListModerationQueueRequest(), timeout=10)
+            )
+            assert code is grpc.StatusCode.PERMISSION_DENIED, details
+            # A citizen's other methods are.
+            tracked = stub.TrackCase(
+                intake_pb2.TrackCaseRequest(tracking_code=filed.tracking_code, phone_last4="1111"), timeout=10
+            )
+            assert tracked.tracking_code == filed.tracking_code
+        # The node's own port still serves the operator.
+        with grpc.insecure_channel(address) as channel:
+            queue = intake_grpc.IntakeServiceStub(channel).ListModerationQueue(
+                intake_pb2.ListModerationQueueRequest(), timeout=10
+            )
+            assert list(queue.items) == []
 
 
 def test_submission_dated_in_the_future_beyond_the_clock_skew_is_refused(county: Node) -> None:

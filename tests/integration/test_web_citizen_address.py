@@ -36,7 +36,12 @@ RATE = 3
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     settings = Settings(
-        node="511102", data_dir=tmp_path_factory.mktemp("node"), auth=True, token_key=KEY, citizen_rate_per_min=RATE
+        node="511102",
+        data_dir=tmp_path_factory.mktemp("node"),
+        auth=True,
+        token_key=KEY,
+        citizen_rate_per_min=RATE,
+        public_port=0,
     )
     started = Node(settings).start()
     yield started
@@ -49,14 +54,14 @@ class Gateway:
     server: object
 
 
-def _gateway(node: Node, data_dir: Path, trusted_proxies: str) -> Iterator[str]:
+def _gateway(node: Node, data_dir: Path, trusted_proxies: str, *, grpc: str = "", **web_options: str) -> Iterator[str]:
     import uvicorn
 
     from services.web.app import build_app, build_gateway
     from services.web.config import WebSettings
 
     settings = Settings(node="511102", data_dir=data_dir, auth=True, token_key=KEY)
-    web = WebSettings(grpc=node.address, trusted_proxies=trusted_proxies)
+    web = WebSettings(grpc=grpc or node.address, trusted_proxies=trusted_proxies, **web_options)
     app = build_app(build_gateway(settings, web))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -82,6 +87,13 @@ def behind_proxy(node: Node, tmp_path: Path) -> Iterator[str]:
 def facing_citizens(node: Node, tmp_path: Path) -> Iterator[str]:
     """A gateway that trusts no proxy: whatever X-Forwarded-For a visitor sends is ignored."""
     yield from _gateway(node, tmp_path, "")
+
+
+@pytest.fixture()
+def on_the_public_port(node: Node, tmp_path: Path) -> Iterator[str]:
+    """A gateway whose node port leads nowhere: its citizens' calls can only go to the public port."""
+    public = f"127.0.0.1:{node.public_port}"
+    yield from _gateway(node, tmp_path, "127.0.0.1", grpc="127.0.0.1:9", public_grpc=public)
 
 
 def track_statuses(base: str, times: int, forwarded_for: str | None) -> list[int]:
@@ -114,6 +126,12 @@ def test_a_citizen_cannot_pick_a_fresh_budget_with_a_forged_header(facing_citize
     # Not behind a trusted proxy: every visitor here is 127.0.0.1, whatever header it sends.
     assert track_statuses(facing_citizens, RATE, "192.0.2.1")[:RATE].count(429) == 0
     assert track_statuses(facing_citizens, 1, "192.0.2.99") == [429]
+
+
+def test_the_portal_sends_citizens_calls_to_the_nodes_public_port(on_the_public_port: str) -> None:
+    # Answered (a wrong code: the form again), and the per-citizen limit still counts there.
+    statuses = track_statuses(on_the_public_port, RATE + 1, "203.0.113.80")
+    assert statuses[:RATE] == [200] * RATE and statuses[-1] == 429
 
 
 def test_the_node_believes_only_the_address_a_gateway_signed(node: Node) -> None:

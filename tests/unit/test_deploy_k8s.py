@@ -173,7 +173,8 @@ def test_every_service_exposes_ports_named_grpc_and_metrics(overlay: str) -> Non
             "app.kubernetes.io/component": "worker",
         }
         ports = {p["name"]: p for p in services[f"{service}-api"]["spec"]["ports"]}
-        assert set(ports) == {"grpc", "metrics"}
+        # intake and video also serve citizens' methods alone on "public" (LIANXIN_PUBLIC_PORT).
+        assert set(ports) == {"grpc", "metrics"} | ({"public"} if service in ("intake", "video") else set())
         assert services[f"{service}-api"]["spec"]["selector"] == {
             "app.kubernetes.io/name": service,
             "app.kubernetes.io/component": "api",
@@ -190,6 +191,11 @@ def test_the_web_gateway_reaches_each_service_and_scales_without_state(overlay: 
     for service in SERVICES:
         host, port = env[f"LIANXIN_WEB_{service.upper()}"].split(":")
         assert host in services and int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
+    # Citizens' calls go to the public ports, which serve nothing else.
+    for service in ("intake", "video"):
+        host, port = env[f"LIANXIN_WEB_PUBLIC_{service.upper()}"].split(":")
+        named = {p["name"]: p["port"] for p in services[host]["spec"]["ports"]}
+        assert int(port) == named["public"], service
     assert env["LIANXIN_WEB_SECURE_COOKIES"] == "true"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] == "/healthz", probe
