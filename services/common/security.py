@@ -503,7 +503,12 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             raise PermissionDenied(f"node {self.node} is outside the operator's region {principal.node}")
         if "handler" in principal.roles and not principal.has_any(OFFICE) and _has_field(request, "unit_id"):
             unit = request.unit_id
-            if not unit:
+            assisting = getattr(request, "assisting_unit_id", "") if _has_field(request, "assisting_unit_id") else ""
+            if assisting and assisting != principal.unit:
+                raise PermissionDenied("work of another unit")
+            if assisting and not unit:
+                pass  # 协办 inbox: the lead's work orders that wait for the operator's own unit's answer
+            elif not unit:
                 request.unit_id = principal.unit  # a handling unit lists its own work only
             elif unit != principal.unit:
                 raise PermissionDenied("work of another unit")

@@ -98,8 +98,9 @@ INBOX_STATES = ("REGISTERED", "ASSIGNED", "IN_PROGRESS", "OBJECTED", "EXTENDED",
 OPEN_STATES = INBOX_STATES[:-1]
 
 
-def _next_deadline(page: Page, order: routing_pb2.WorkOrder) -> dict[str, Any] | None:
-    pending = sorted(order.deadlines, key=lambda d: (not d.overdue, d.due_at.seconds))
+def _next_deadline(page: Page, order: routing_pb2.WorkOrder, *, kind: str = "") -> dict[str, Any] | None:
+    chosen = [d for d in order.deadlines if not kind or d.kind == kind]
+    pending = sorted(chosen, key=lambda d: (not d.overdue, d.due_at.seconds))
     if not pending:
         return None
     d = pending[0]
@@ -116,16 +117,39 @@ def inbox(page: Page) -> Response:
         return redirect
     state = page.query("state")
     overdue = page.query("overdue") == "1"
+    # 协办 tab: the work orders that wait for the operator's unit's answer as an assisting unit.
+    assist = page.query("tab") == "assist"
+    assisting_unit = (page.operator.principal.unit if page.operator else "") if assist else ""
     request = routing_pb2.ListWorkOrdersRequest(
         overdue_only=overdue,
+        assisting_unit_id=assisting_unit,
         page=common_pb2.PageRequest(page_size=PAGE_SIZE, page_token=page.query("page")),
     )
-    wanted = [state] if state in INBOX_STATES else [] if state == "all" else list(OPEN_STATES)
+    wanted = [state] if state in INBOX_STATES else [] if state == "all" or assist else list(OPEN_STATES)
     request.states.extend(common_pb2.CaseState.Value(f"CASE_STATE_{s}") for s in wanted)
-    reply = page.call(page.client.routing.ListWorkOrders, request)
-    # Titles come from intake, the whole page's in one call.
+    if assist and not assisting_unit:
+        # The office is no assisting unit: its tab is empty rather than every work order.
+        reply = routing_pb2.ListWorkOrdersResponse()
+    else:
+        reply = page.call(page.client.routing.ListWorkOrders, request)
+    rows = _titled_rows(page, list(reply.work_orders))
+    return page.render(
+        "console/inbox.html",
+        rows=rows,
+        states=INBOX_STATES,
+        state=state,
+        overdue=overdue,
+        assist=assist,
+        assisting_unit=assisting_unit,
+        next_page=reply.page.next_page_token,
+        total=reply.page.total_size if not assist or assisting_unit else 0,
+    )
+
+
+def _titled_rows(page: Page, orders: list[routing_pb2.WorkOrder]) -> list[dict[str, Any]]:
+    """Work orders with their cases' titles (from intake, a page's in one call) and next deadline."""
     titles: dict[str, str] = {}
-    case_ids = sorted({wo.case_id for wo in reply.work_orders})
+    case_ids = sorted({wo.case_id for wo in orders})
     if case_ids:
         try:
             cases = page.call(
@@ -135,18 +159,30 @@ def inbox(page: Page) -> Response:
             titles = {case.case_id: case.title for case in cases}
         except CallFailed:
             titles = {}
-    rows = [
-        {"wo": wo, "title": titles.get(wo.case_id, ""), "deadline": _next_deadline(page, wo)}
-        for wo in reply.work_orders
-    ]
+    return [{"wo": wo, "title": titles.get(wo.case_id, ""), "deadline": _next_deadline(page, wo)} for wo in orders]
+
+
+def leader_queue(page: Page) -> Response:
+    """领导批示: the cases of the node's leader classes that wait for an instruction, most urgent first."""
+    if (redirect := _require(page)) is not None:
+        return redirect
+    reply = page.call(
+        page.client.routing.ListLeaderQueue,
+        routing_pb2.ListLeaderQueueRequest(
+            page=common_pb2.PageRequest(page_size=PAGE_SIZE, page_token=page.query("page"))
+        ),
+    )
+    items = list(reply.items)
+    rows = _titled_rows(page, [item.work_order for item in items])
+    for row, item in zip(rows, items, strict=True):
+        row["item"] = item
+        # The queue's time limit is the "instruct" deadline; other duties wait behind it.
+        row["deadline"] = _next_deadline(page, item.work_order, kind="instruct") or row["deadline"]
     return page.render(
-        "console/inbox.html",
+        "console/leader.html",
         rows=rows,
-        states=INBOX_STATES,
-        state=state,
-        overdue=overdue,
         next_page=reply.page.next_page_token,
-        total=reply.page.total_size,
+        may_instruct=page.may(f"{ROUTING}/RecordInstruction"),
     )
 
 
@@ -351,6 +387,34 @@ ACTION_FORMS: tuple[ActionForm, ...] = (
         "UnmergeCase",
     ),
     ActionForm(
+        "request_assist",
+        "请求协办",
+        f"{ROUTING}/RequestAssist",
+        (("unit_ids", "协办单位（可多选）", "units"), ("request", "协办事项", "textarea")),
+        lambda o, p, _a: routing_pb2.RequestAssistRequest(
+            **_wo(o, p), unit_ids=_checked(p, "unit_ids_"), request=p.field("request")
+        ),
+        "RequestAssist",
+    ),
+    ActionForm(
+        "answer_assist",
+        "答复主办单位（协办意见）",
+        f"{ROUTING}/AnswerAssist",
+        (("unit_id", "协办单位", "owing"), ("text", "协办意见", "textarea")),
+        lambda o, p, _a: routing_pb2.AnswerAssistRequest(**_wo(o, p), unit_id=p.field("unit_id"), text=p.field("text")),
+        "AnswerAssist",
+    ),
+    ActionForm(
+        "instruct",
+        "登记领导批示",
+        f"{ROUTING}/RecordInstruction",
+        (("leader_name", "批示领导姓名", "text"), ("instruction", "批示内容", "textarea")),
+        lambda o, p, _a: routing_pb2.RecordInstructionRequest(
+            **_wo(o, p), leader_name=p.field("leader_name"), instruction=p.field("instruction")
+        ),
+        "RecordInstruction",
+    ),
+    ActionForm(
         "pause",
         "暂停计时",
         f"{ROUTING}/PauseWorkOrder",
@@ -372,6 +436,40 @@ FORMS_BY_ACTION = {f.action: f for f in ACTION_FORMS}
 ACTION_ALIASES = {"reject_extension": "approve_extension"}
 
 
+def _checked(page: Page, prefix: str) -> list[str]:
+    """The values of a group of checkboxes named ``prefix`` + a suffix (a form field holds one value)."""
+    return [str(v).strip() for k, v in page.form.items() if k.startswith(prefix) and str(v).strip()]
+
+
+# States in which the lead unit may ask assisting units (routing's ASSIST_STATES).
+ASSIST_STATES = frozenset({"ASSIGNED", "IN_PROGRESS", "EXTENDED", "REOPENED"})
+
+
+def _owing_units(page: Page, order: routing_pb2.WorkOrder) -> list[str]:
+    """Assisting units that still owe their answer and the operator may answer for: its own unit, or
+    any of them for the node's office."""
+    principal = page.operator.principal if page.operator else None
+    if principal is None:
+        return []
+    owing = [a.unit_id for a in order.assisting_units if not a.HasField("answered_at")]
+    return owing if principal.has_any(OFFICE) else [u for u in owing if u == principal.unit]
+
+
+def _extra_forms(page: Page, order: routing_pb2.WorkOrder) -> list[str]:
+    """Forms that are not transitions of the table (allowed_actions does not list them)."""
+    principal = page.operator.principal if page.operator else None
+    office = bool(principal and principal.has_any(OFFICE))
+    out: list[str] = []
+    lead = office or bool(principal and principal.unit == order.unit_id)
+    if order.unit_id and labels.state_name(order.state) in ASSIST_STATES and lead:
+        out.append("request_assist")
+    if _owing_units(page, order):
+        out.append("answer_assist")
+    if order.leader_class and not order.HasField("instruction"):
+        out.append("instruct")
+    return out
+
+
 def _int(value: str) -> int:
     try:
         return int(value)
@@ -384,6 +482,15 @@ def _current_work_order(page: Page, case_id: str) -> routing_pb2.WorkOrder | Non
         page.client.routing.ListWorkOrders,
         routing_pb2.ListWorkOrdersRequest(case_id=case_id, page=common_pb2.PageRequest(page_size=50)),
     ).work_orders
+    unit = page.operator.principal.unit if page.operator else ""
+    if not found and unit:
+        # A unit's operator lists its own unit's work orders only; where it assists (协办) it asks as that.
+        found = page.call(
+            page.client.routing.ListWorkOrders,
+            routing_pb2.ListWorkOrdersRequest(
+                case_id=case_id, assisting_unit_id=unit, page=common_pb2.PageRequest(page_size=50)
+            ),
+        ).work_orders
     if not found:
         return None
     latest = max(found, key=lambda w: (w.created_at.seconds, w.created_at.nanos))
@@ -401,6 +508,7 @@ def _forms_for(page: Page, order: routing_pb2.WorkOrder | None) -> list[ActionFo
         name = ACTION_ALIASES.get(action, action)
         if name in FORMS_BY_ACTION and name not in wanted:
             wanted.append(name)
+    wanted.extend(_extra_forms(page, order))
     return [FORMS_BY_ACTION[a] for a in wanted if page.may(FORMS_BY_ACTION[a].method)]
 
 
@@ -467,6 +575,8 @@ def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, st
         deadlines=deadlines,
         supervisions=supervisions,
         forms=_forms_for(page, order),
+        owing=_owing_units(page, order) if order else [],
+        now=datetime.now(UTC),
         may_supervise=page.may(f"{ROUTING}/Supervise"),
         errors=errors or {},
         values=dict(page.form),
@@ -764,6 +874,7 @@ ROUTES: list[tuple[str, str, Any, list[str]]] = [
     ("/console/logout", "logout", logout, ["POST"]),
     ("/console", "inbox", inbox, ["GET"]),
     ("/console/moderation", "moderation", moderation, ["GET"]),
+    ("/console/leader", "leader_queue", leader_queue, ["GET"]),
     ("/console/moderation/{case_id}", "moderate", moderate, ["POST"]),
     ("/console/case/{case_id}", "case", case_page, ["GET"]),
     ("/console/case/{case_id}", "case_act", case_act, ["POST"]),

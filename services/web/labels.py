@@ -63,6 +63,8 @@ DEADLINE_LABELS: dict[str, str] = {
     "hotline_complaint": "投诉件时限",
     "review_request": "复查申请期限",
     "review_decision": "复查决定时限",
+    "assist": "协办答复时限",
+    "instruct": "领导批示时限",
 }
 
 # History actions of a work order (routing's transition table and sweep) in words.
@@ -161,13 +163,17 @@ _REASONS: tuple[tuple[str, str], ...] = (
     (r"check digit", "身份证号码校验位不正确，请核对"),
     (r"birth date", "身份证号码中的出生日期不正确"),
     (r"region prefix", "身份证号码前6位不是有效的行政区划代码"),
-    (r"must be at most (\d+) characters", "内容过长，最多{0}个字"),
+    (r"at most (\d+) characters", "内容过长，最多{0}个字"),
     (r"outside this node|is not a region", "事发地不在本地区受理范围内"),
     (r"must be one of", "请从列表中选择"),
     (r"does not accept anonymous", "此渠道不能匿名提交"),
     (r"tracking code|not found", "查询码或手机号后四位不正确"),
     (r"four digits|last4", "请填写手机号后四位数字"),
     (r"extension is 1 to (\d+) days", "延期天数应为1至{0}天"),
+    (r"name at least one assisting unit", "请至少选择一个协办单位"),
+    (r"is the lead unit", "主办单位不能同时作为协办单位"),
+    (r"already asked and has not answered", "该单位已在协办中，尚未答复"),
+    (r"is named twice", "同一单位只能选择一次"),
 )
 
 
@@ -198,7 +204,8 @@ def field_error(reason: str) -> str:
 def form_field(contract_field: str) -> str:
     leaf = contract_field.rsplit(".", 1)[-1]
     # MergeCases names the merged cases case_ids[i]; on a case page that is the case itself.
-    return {"new_unit_id": "unit_id", "case_ids": "main_case_id"}.get(leaf.split("[", 1)[0], leaf)
+    # RequestAssist names the assisting units unit_ids[i]: the form's checkboxes are one field.
+    return {"new_unit_id": "unit_id", "case_ids": "main_case_id"}.get(leaf.split("[", 1)[0], leaf.split("[", 1)[0])
 
 
 # --------------------------------------------------------------------------- history for people

@@ -204,13 +204,13 @@ def test_citizen_clerk_and_supervisor_journey(web_federation: WebFederation, vis
                 assert secret not in url, f"{secret!r} in {url}"
 
 
-def _submit_by_grpc(address: str, category: str = "交通运输") -> tuple[str, str]:
+def _submit_by_grpc(address: str, category: str = "交通运输", title: str = "道路积水严重") -> tuple[str, str]:
     with grpc.insecure_channel(address) as channel:
         reply = intake_grpc.IntakeServiceStub(channel).SubmitCase(
             intake_pb2.SubmitCaseRequest(
                 channel=common_pb2.CHANNEL_WEB,
                 channel_ref=str(uuid.uuid4()),
-                title="道路积水严重",
+                title=title,
                 body="乐山市市中区某路段雨后积水严重，行人无法通行。",
                 category=category,
                 region_code="511102",
@@ -483,3 +483,88 @@ def test_citizen_sees_progress_notices_and_turns_them_off_and_on(
     page.click("form[action='/track/notices'] button:text('恢复短信/微信进度通知')")
     page.wait_for_url(re.compile(r"/track/case$"))
     assert "已恢复办理进度通知" in page.inner_text("body")
+
+
+def test_lead_unit_asks_an_assisting_unit_which_answers_from_its_assist_tab(
+    web_federation: WebFederation, visit: Callable[[], Visitor]
+) -> None:
+    """主办/协办 screens: the office asks the environment unit to assist on a transport case; that
+    unit finds it under its 协办 tab, answers the lead, and the case page shows the answer."""
+    from services.common.regions import RegionTree
+    from services.routing.jurisdiction import load_catalogue
+
+    county = web_federation.url("511102")
+    assisting = load_catalogue("511102", RegionTree.load()).unit_for("环境保护", "511102")
+    case_id, _ = _submit_by_grpc(web_federation.grpc("511102"))
+    clerk = visit()
+    _sign_in(clerk, county, "clerk-511102", web_federation.passwords["clerk-511102"])
+
+    def assist_form_shown() -> bool:
+        clerk.goto(f"{county}/console/case/{case_id}")
+        return clerk.page.locator("#form-request_assist").count() > 0
+
+    _eventually("the request-assist form on the case page", assist_form_shown)
+    clerk.page.fill("#request_assist-request", "请提供该路段排水设施的巡查记录")
+    clerk.page.click("#form-request_assist button[type=submit]")  # no unit ticked: one line, in Chinese
+    assert clerk.page.inner_text("#form-request_assist .error").strip() == "请至少选择一个协办单位"
+    clerk.page.check(f"#form-request_assist input[value='{assisting}']")
+    clerk.page.fill("#request_assist-request", "请提供该路段排水设施的巡查记录")
+    clerk.page.click("#form-request_assist button[type=submit]")
+    clerk.page.wait_for_selector("#assisting-units")
+    assert "待答复" in clerk.page.inner_text("#assisting-units")
+    assert "答复期限" in clerk.page.inner_text("#assisting-units")
+    clerk.check("console-case-assist-asked")
+
+    handler = visit()
+    _sign_in(handler, county, "handler-511102", web_federation.passwords["handler-511102"])
+    handler.goto(f"{county}/console?tab=assist")
+    handler.page.wait_for_selector(f"a[href='/console/case/{case_id}']")
+    handler.check("console-inbox-assist")
+    handler.page.click(f"a[href='/console/case/{case_id}']")
+    handler.page.wait_for_selector("#form-answer_assist")
+    assert handler.page.locator("#form-reply").count() == 0  # only the lead replies to the citizen
+    handler.page.click("#form-answer_assist button[type=submit]")  # empty answer
+    assert handler.page.inner_text("#form-answer_assist .error").strip() == "此项必须填写"
+    handler.page.fill("#answer_assist-text", "已安排排水巡查，记录见附件")
+    handler.page.click("#form-answer_assist button[type=submit]")
+    handler.page.wait_for_selector("#form-answer_assist", state="detached")
+    handler.goto(f"{county}/console?tab=assist")
+    assert handler.page.locator(f"a[href='/console/case/{case_id}']").count() == 0
+    clerk.goto(f"{county}/console/case/{case_id}")  # the lead sees the answer
+    shown = clerk.page.inner_text("#assisting-units")
+    assert "已答复" in shown and "已安排排水巡查" in shown and "逾期" not in shown
+    clerk.check("console-case-assist-answered")
+
+
+def test_leader_queue_lists_a_waiting_case_and_the_office_records_the_instruction(
+    web_federation: WebFederation, visit: Callable[[], Visitor]
+) -> None:
+    """领导批示 screens: a case of the leader's class waits in the queue with its time limit; the
+    instruction recorded on its case page takes it out and shows the leader's name."""
+    county = web_federation.url("511102")
+    case_id, _ = _submit_by_grpc(web_federation.grpc("511102"), title="危化品仓库违规存放")
+    clerk = visit()
+    _sign_in(clerk, county, "clerk-511102", web_federation.passwords["clerk-511102"])
+
+    def queued() -> bool:
+        clerk.goto(f"{county}/console/leader")
+        return clerk.page.locator(f"#leader-queue a[href='/console/case/{case_id}']").count() > 0
+
+    _eventually("the case in the leader's queue", queued)
+    row = clerk.page.inner_text("#leader-queue tbody")
+    assert "重大安全事故隐患" in row and "市委书记" in row and "领导批示时限" in row
+    clerk.check("console-leader-queue")
+    clerk.page.click(f"#leader-queue a[href='/console/case/{case_id}']")
+    clerk.page.wait_for_selector("#form-instruct")
+    assert "待领导批示" in clerk.page.inner_text("#instruction")
+    clerk.page.fill("#instruct-instruction", "请区应急局牵头，三日内排查")
+    clerk.page.click("#form-instruct button[type=submit]")  # no leader's name: one line, in Chinese
+    assert clerk.page.inner_text("#form-instruct .error").strip() == "此项必须填写"
+    clerk.page.fill("#instruct-leader_name", "李明华")
+    clerk.page.fill("#instruct-instruction", "请区应急局牵头，三日内排查")
+    clerk.page.click("#form-instruct button[type=submit]")
+    clerk.page.wait_for_selector("#form-instruct", state="detached")
+    assert "李明华" in clerk.page.inner_text("#instruction")
+    clerk.check("console-case-instructed")
+    clerk.goto(f"{county}/console/leader")
+    assert clerk.page.locator(f"#leader-queue a[href='/console/case/{case_id}']").count() == 0

@@ -161,6 +161,16 @@ def test_another_units_work_and_a_missing_role_are_permission_denied(channel: gr
             routing_pb2.ListWorkOrdersRequest(unit_id="u-police"), metadata=token(["handler"], unit="u-env")
         )
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    # 协办 inbox: a unit lists where it assists (its own unit only), not where another unit does.
+    assisting = routing_pb2.ListWorkOrdersRequest(assisting_unit_id="u-env")
+    assert code_of(
+        lambda: stub.ListWorkOrders(assisting, metadata=token(["handler"], unit="u-env"), timeout=5)
+    ) not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ListWorkOrders(
+            routing_pb2.ListWorkOrdersRequest(assisting_unit_id="u-police"), metadata=token(["handler"], unit="u-env")
+        )
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.RpcError) as caught:
         stub.ArbitrateObjection(routing_pb2.ArbitrateObjectionRequest(), metadata=token(["auditor"]))
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
