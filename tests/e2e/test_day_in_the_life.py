@@ -189,6 +189,13 @@ class Day:
                 f"{code}: work orders "
                 + ", ".join(f"{w.node}/{S.CaseState.Name(w.state)} v{w.version}" for w in orders)
             )
+            lines += [
+                f"  history {w.node}: "
+                + ", ".join(
+                    f"{h.action}->{S.CaseState.Name(h.to_state).removeprefix('CASE_STATE_')}" for h in w.history
+                )
+                for w in orders
+            ]
             lines.append(
                 "  holds "
                 + ", ".join(f"#{e.case_sequence} {e.event_type} v{e.version} from {e.origin_node}" for e in held)
