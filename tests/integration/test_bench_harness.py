@@ -144,7 +144,7 @@ def postgres_admin_url_or_none(request: pytest.FixtureRequest) -> str | None:
         (["--rate", "0"], "argument --rate: must be greater than 0, got 0"),
         (["--duration", "-1"], "argument --duration: must be greater than 0"),
         (["--concurrency", "two"], "argument --concurrency: expected a whole number, got 'two'"),
-        (["--only", "intake,warp"], "argument --only: unknown scenario 'warp' (choose from intake, propagation"),
+        (["--only", "intake,warp"], "argument --only: unknown scenario 'warp' (choose from intake, idle, propagation"),
         (["--backend", "mysql"], "argument --backend: invalid choice: 'mysql'"),
         (["--intake-replicas", "0"], "argument --intake-replicas: must be greater than 0"),
         (["--intake-replicas", "2"], "argument --intake-replicas: only with --intake-host serve"),
@@ -236,7 +236,9 @@ def test_stored_run_prints_each_request_at_zero_and_at_the_preload_side_by_side(
     )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(json_path.read_text(encoding="utf-8"))["rows"]
+    # A county's requests at 0 and N stored cases, and a city's over a short and a long history.
     rpcs = ("SubmitCase", "TrackCase", "GetCase", "ListWorkOrders")
+    rpcs += ("DrillDown", "DrillDownUnit", "ListVisits", "BookVisit", "PushEvents", "PullDown", "ListReplicas")
     assert {r["figure"] for r in rows} == {f"{rpc} {kind}" for rpc in rpcs for kind in ("p50", "rate")}
     assert all(r["value"] > 0 and r["baseline"] > 0 and "0 stored" in r["baseline_is"] for r in rows)
     header = next(line for line in run.stdout.splitlines() if line.startswith("RPC"))
