@@ -25,13 +25,14 @@ from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 
 from services.exchange import national_sim
 from services.node import Node
+from services.stats.domain import COUNT_METRICS
 from tests.helpers import wait_until
 from tests.integration.exchange_nodes import Start, linked_nodes, phone_for
 
 # A percentile is not a sum of its parts: its denominator is checked, its numerator is not.
 NOT_ADDITIVE = frozenset({"p90_reply_workdays"})
 # Counts have the denominator 1 at every node: only their numerators add up.
-COUNTS = frozenset({"received", "overdue", "supervised"})
+COUNTS = COUNT_METRICS
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
