@@ -90,6 +90,8 @@ NODE_METHODS = frozenset(
         "lianxin.video.v1.VideoService/HoldRoom",
         "lianxin.video.v1.VideoService/ConfirmHold",
         "lianxin.video.v1.VideoService/ReleaseHold",
+        # 远程会商: the host node asks each participant's node when its unit and room are free.
+        "lianxin.video.v1.VideoService/ListFreePeriods",
     }
 )
 # Operator methods whose roles differ from the verb default (reads: everyone; writes: WRITERS).

@@ -22,7 +22,16 @@ UP_EVENT_TYPES: dict[str, tuple[str, ...]] = {
         "case_evaluated",  # a rating registered at another node, announced by the owner
         "case_merged",  # 并单 (MergeCases)
     ),
-    "video": ("visit_booked", "visit_outcome_recorded", "visit_cancelled", "visit_reminder"),
+    "video": (
+        "visit_booked",
+        "visit_outcome_recorded",
+        "visit_cancelled",
+        "visit_reminder",
+        # 远程会商 (remote consultation): facts recorded where it was hosted, judged by origin like visits
+        "consultation_booked",
+        "consultation_held",
+        "consultation_cancelled",
+    ),
 }
 
 # What a citizen did at the node that registered the case (rated, asked for 复查, withdrew): facts

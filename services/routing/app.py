@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import yaml
+from google.protobuf.message import DecodeError
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
@@ -18,7 +19,7 @@ from services.common.calendar_store import node_calendar
 from services.common.events import decode, parse_command
 from services.common.outbox import consume_once
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
-from services.common.timeutil import from_timestamp
+from services.common.timeutil import CHINA, from_timestamp
 from services.routing import handlers
 from services.routing.handlers import RegisteredCase, Routing, SweepReport
 from services.routing.jurisdiction import load_catalogue
@@ -28,7 +29,7 @@ from services.routing.provisional import ProvisionalCalendar, calendar_files_fro
 from services.routing.servicer import RoutingServicer
 from services.routing.store import SqlRoutingUnitOfWork
 from services.routing.timelimits import TimeLimitPolicy, TimeRules
-from services.routing.workorder import ESCALATE_UP
+from services.routing.workorder import CONSULTATION_BOOKED, CONSULTATION_HELD, ESCALATE_UP
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,26 @@ def registered_case(case: common_pb2.Case, *, version: int, owner_epoch: int, re
     )
 
 
+def _units(units: Iterable[events_pb2.ConsultationUnit]) -> str:
+    return "、".join(f"{u.node}/{u.unit_id}" for u in units)
+
+
+def consultation_note(env: events_pb2.EventEnvelope) -> tuple[str, str] | None:
+    """The history label and text of a remote consultation (远程会商) event: when, which units and
+    the topic once booked; the minutes once held. None for any other event."""
+    kind = env.WhichOneof("payload")
+    if kind == "consultation_booked":
+        booked = env.consultation_booked
+        starts, ends = from_timestamp(booked.starts_at), from_timestamp(booked.ends_at)
+        when = f"{starts.astimezone(CHINA):%Y-%m-%d %H:%M}–{ends.astimezone(CHINA):%H:%M}" if starts and ends else ""
+        text = f"远程会商 {booked.consultation_id} 定于 {when}（{_units(booked.units)}）：{booked.topic}"
+        return CONSULTATION_BOOKED, text
+    if kind == "consultation_held":
+        held = env.consultation_held
+        return CONSULTATION_HELD, f"远程会商 {held.consultation_id} 纪要（{_units(held.units)}）：{held.minutes}"
+    return None
+
+
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
     routing = build_routing(ctx)
@@ -173,6 +194,21 @@ def build(ctx: ServiceContext) -> ServiceParts:
         outcome = env.visit_outcome_recorded
         consume(event, visit_held(env.case_id, outcome.visit_id, outcome.decisions, outcome.minutes))
 
+    def consulted(env: events_pb2.EventEnvelope) -> Apply | None:
+        found = consultation_note(env)
+        if found is None:
+            return None
+        label, note = found
+        return lambda uow: handlers.on_consultation(
+            env.case_id, label=label, note=note, uow=uow, routing=routing, now=ctx.clock()
+        )
+
+    def on_consultation(event: BusEvent) -> None:
+        # 远程会商 hosted at this node: booked (when, which units) and held (its minutes) join the history.
+        apply = consulted(decode(event))
+        if apply is not None:
+            consume(event, apply)
+
     def withdrawn(case_id: str, reason: str) -> Apply:
         def apply(uow: handlers.RoutingUnitOfWork) -> None:
             outcome = handlers.on_case_withdrawn(case_id, reason=reason, uow=uow, routing=routing, now=ctx.clock())
@@ -228,6 +264,14 @@ def build(ctx: ServiceContext) -> ServiceParts:
         if body == "visit_outcome":
             held = command.visit_outcome
             return visit_held(command.case_id, held.visit_id, held.decisions, held.minutes)
+        if body == "consultation":
+            try:
+                held_elsewhere = events_pb2.EventEnvelope.FromString(command.consultation.envelope)
+            except DecodeError:
+                return None
+            if held_elsewhere.case_id != command.case_id:
+                return None
+            return consulted(held_elsewhere)
         # other commands (hand-offs, handling updates for the registering node's intake) are not
         # routing's to apply here
         return None
@@ -320,6 +364,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
             Subscription("routing", "intake", "review_requested", on_review_requested),
             Subscription("routing", "intake", "case_withdrawn", on_case_withdrawn),
             Subscription("routing", "video", "visit_outcome_recorded", on_visit_outcome),
+            Subscription("routing", "video", "consultation_booked", on_consultation),
+            Subscription("routing", "video", "consultation_held", on_consultation),
             Subscription("routing", "exchange", "supervision_issued", on_supervision_replicated),
             Subscription("routing", "exchange", "case_registered", on_replica_owner),
             Subscription("routing", "exchange", "work_order_created", on_replica_owner),

@@ -1040,7 +1040,28 @@ def on_case_evaluated(
 def on_visit_outcome(
     case_id: str, *, note: str, uow: RoutingUnitOfWork, routing: Routing, now: datetime
 ) -> StoredWorkOrder | None:
-    """视频接访: the outcome of a leader's video reception joins the history of the case's work order here.
+    """视频接访: the outcome of a leader's video reception joins the history of the case's work order here."""
+    return _note_here(case_id, uow, routing, now, lambda order, at: order.visit_held(at=at, actor="video", note=note))
+
+
+def on_consultation(
+    case_id: str, *, label: str, note: str, uow: RoutingUnitOfWork, routing: Routing, now: datetime
+) -> StoredWorkOrder | None:
+    """远程会商: a consultation about the case, booked or held (with its minutes), joins the history of
+    the case's work order here, on the same terms as a video reception's outcome."""
+    return _note_here(
+        case_id, uow, routing, now, lambda order, at: order.consulted(at=at, actor="video", label=label, note=note)
+    )
+
+
+def _note_here(
+    case_id: str,
+    uow: RoutingUnitOfWork,
+    routing: Routing,
+    now: datetime,
+    note: Callable[[WorkOrder, datetime], list[WorkOrderChanged]],
+) -> StoredWorkOrder | None:
+    """A fact about the case (not a transition) in the history of this node's work order for it.
 
     Only while this node handles the case: a work order handed elsewhere (TRANSFERRED) is not this
     node's to write (its owner epoch is stale above), and a case without one here is not known.
@@ -1049,7 +1070,7 @@ def on_visit_outcome(
     if stored is None or stored.order.node != routing.node or stored.order.state is State.TRANSFERRED:
         return None
     now = to_utc(now)
-    events: list[WorkOrderEvent] = list(stored.order.visit_held(at=now, actor="video", note=note))
+    events: list[WorkOrderEvent] = list(note(stored.order, now))
     _persist(uow, stored, routing, events, now)
     return stored
 

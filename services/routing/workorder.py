@@ -140,6 +140,11 @@ ASSIST_STATES = frozenset({State.ASSIGNED, State.IN_PROGRESS, State.EXTENDED, St
 # History/event label of a leader's video reception (视频接访) held on the case, with its outcome;
 # not a transition either.
 VISIT_OUTCOME = "visit_outcome"
+# History/event labels of a remote consultation (远程会商) of units of different tiers about the case:
+# booked (when, which units, the topic) and held (its minutes). Not transitions either.
+CONSULTATION_BOOKED = "consultation_booked"
+CONSULTATION_HELD = "consultation_held"
+CONSULTATION_LABELS = frozenset({CONSULTATION_BOOKED, CONSULTATION_HELD})
 
 S, A = State, Action
 
@@ -919,6 +924,13 @@ class WorkOrder:
     def visit_held(self, *, at: datetime, actor: str, note: str) -> list[WorkOrderChanged]:
         """A leader received the citizen by video (视频接访): the outcome joins the history. Not a transition."""
         return [self._noted(VISIT_OUTCOME, at=to_utc(at), actor=actor, note=note)]
+
+    def consulted(self, *, at: datetime, actor: str, label: str, note: str) -> list[WorkOrderChanged]:
+        """A remote consultation (远程会商) about the case was booked or held: the history says when,
+        with which units, and its minutes. Not a transition."""
+        if label not in CONSULTATION_LABELS:
+            raise ValueError(f"not a consultation label: {label}")
+        return [self._noted(label, at=to_utc(at), actor=actor, note=note)]
 
     def _noted(self, label: str, *, at: datetime, actor: str, note: str) -> WorkOrderChanged:
         """A history entry (and its event) that records a fact about the case and keeps the state."""

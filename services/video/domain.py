@@ -164,6 +164,11 @@ class Visit:
     hold_ids: list[str] = field(default_factory=list)
     created_at: datetime | None = None
 
+    @property
+    def booking_id(self) -> str:
+        """The id other nodes' holds name (``video_holds.visit_id``)."""
+        return self.visit_id
+
 
 @dataclass(frozen=True)
 class Room:
@@ -211,10 +216,11 @@ class BookRequest:
 @dataclass(frozen=True)
 class RemoteHold:
     hold_id: str
-    visit_id: str
+    visit_id: str  # the visit, or the consultation (远程会商), the hold is for
     room_id: str
     node: str
     state: str
+    unit_id: str = ""  # a consultation holds the unit of that node with its room
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.outbox import inbox_table, outbox_table
@@ -132,6 +132,30 @@ class CaseOwnerRow(Base):
     case_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner_node: Mapped[str] = mapped_column(String(6))
     owner_epoch: Mapped[int] = mapped_column(Integer)
+
+
+class ConsultationRow(Base):
+    """A remote consultation (远程会商): booked here (its units and rooms reserved here and held at the
+    other nodes), or a copy kept from the events of one booked at a node below (``replica``)."""
+
+    __tablename__ = "video_consultations"
+    __table_args__ = (Index("ix_video_consultations_case_start", "case_id", "starts_at"),)
+    consultation_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(64))
+    host_node: Mapped[str] = mapped_column(String(6))
+    topic: Mapped[str] = mapped_column(String(200), default="")
+    participants: Mapped[list[dict[str, str]]] = mapped_column(JSON)  # [{node, unit_id, room_id}]
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    minutes: Mapped[str] = mapped_column(Text, default="")
+    booked_by: Mapped[str] = mapped_column(String(64), default="")
+    held_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    hold_ids: Mapped[list[str]] = mapped_column(JSON)
+    replica: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_reason: Mapped[str] = mapped_column(String(1000), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 metadata = Base.metadata

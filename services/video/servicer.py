@@ -18,8 +18,10 @@ from services.common.casepass import Mac, case_of_pass
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.grpcserver import instrumented_channel
 from services.common.logs import mask_id_number, mask_name
+from services.common.security import current_principal
 from services.common.timeutil import from_timestamp, to_timestamp
-from services.video import handlers
+from services.video import consult, handlers
+from services.video.consult import Consultation, ConsultationRequest, ConsultationState, Interval, Participant
 from services.video.domain import (
     DEFAULT_HORIZON,
     MAX_HORIZON,
@@ -39,7 +41,7 @@ from services.video.domain import (
     parse_hhmm,
     validate_representatives,
 )
-from services.video.handlers import HoldAnswer
+from services.video.handlers import Booking, HoldAnswer
 from services.video.store import VideoStore
 
 CALL_TIMEOUT_S = 5.0  # every cross-node call has a deadline
@@ -72,22 +74,42 @@ class GrpcRemoteRooms:
                 )
             return self._stubs[address]
 
-    def hold(self, node: str, *, hold_id: str, room_id: str, visit: Visit, ttl: timedelta) -> HoldAnswer:
+    def hold(
+        self, node: str, *, hold_id: str, room_id: str, visit: Booking, ttl: timedelta, unit_id: str = ""
+    ) -> HoldAnswer:
         request = pb.HoldRoomRequest(
             hold_id=hold_id,
             room_id=room_id,
             requesting_node=self._node,
-            visit_id=visit.visit_id,
+            visit_id=visit.booking_id,
             case_id=visit.case_id,
             starts_at=to_timestamp(visit.starts_at),
             ends_at=to_timestamp(visit.ends_at),
             ttl=Duration(seconds=int(ttl.total_seconds())),
+            unit_id=unit_id,
         )
         try:
             hold = self._stub(node).HoldRoom(request, timeout=CALL_TIMEOUT_S).hold
         except grpc.RpcError as error:
             raise Unavailable(f"HoldRoom at {node}: {error.code()}") from error  # type: ignore[attr-defined]
         return HoldAnswer(hold.state == pb.HOLD_STATE_HELD, hold.reason)
+
+    def free_periods(
+        self, node: str, *, unit_id: str, room_id: str, not_before: datetime, not_after: datetime
+    ) -> tuple[list[Interval], str]:
+        request = pb.ListFreePeriodsRequest(
+            unit_id=unit_id, room_id=room_id, not_before=to_timestamp(not_before), not_after=to_timestamp(not_after)
+        )
+        try:
+            reply = self._stub(node).ListFreePeriods(request, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as error:
+            code = error.code()  # type: ignore[attr-defined]
+            if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                # The node answered: it does not know the room (or it is not its own).
+                raise FailedPrecondition(f"node {node}: {error.details()}", "PARTICIPANT") from error  # type: ignore[attr-defined]
+            raise Unavailable(f"ListFreePeriods at {node}: {code}") from error
+        periods = [(from_timestamp(p.starts_at), from_timestamp(p.ends_at)) for p in reply.periods]
+        return [(a, b) for a, b in periods if a is not None and b is not None], reply.calendar_notice
 
     def confirm(self, node: str, hold_id: str) -> None:
         try:
@@ -151,6 +173,51 @@ def visit_message(v: Visit) -> pb.Visit:
         recording_ref=v.recording_ref,
         hold_ids=v.hold_ids,
     )
+
+
+_CONSULTATION_STATES = {s: getattr(pb, f"CONSULTATION_STATE_{s.value}") for s in ConsultationState}
+
+
+def consultation_message(c: Consultation, *, minutes_visible: bool = True) -> pb.Consultation:
+    return pb.Consultation(
+        consultation_id=c.consultation_id,
+        case_id=c.case_id,
+        host_node=c.host_node,
+        topic=c.topic,
+        participants=[
+            pb.ConsultationParticipant(node=p.node, unit_id=p.unit_id, room_id=p.room_id) for p in c.participants
+        ],
+        starts_at=to_timestamp(c.starts_at),
+        ends_at=to_timestamp(c.ends_at),
+        state=_CONSULTATION_STATES[c.state],
+        version=c.version,
+        minutes=c.minutes if minutes_visible else "",
+        minutes_withheld=bool(c.minutes) and not minutes_visible,
+        booked_by=c.booked_by,
+        held_at=to_timestamp(c.held_at) if c.held_at else None,
+        hold_ids=c.hold_ids,
+        replica=c.replica,
+        cancel_reason=c.cancel_reason,
+    )
+
+
+def _caller() -> tuple[frozenset[str], str, str] | None:
+    """(roles, unit, node) of the operator calling; None for full access (tokens off, another node)."""
+    principal = current_principal()
+    if principal is None or principal.kind != "operator":
+        return None
+    return principal.roles, principal.unit, principal.node
+
+
+def _check_may_act(participants: list[Participant]) -> None:
+    caller = _caller()
+    if caller is not None:
+        consult.check_may_act(*caller, participants)
+
+
+def _minutes_visible(c: Consultation) -> bool:
+    caller = _caller()
+    return caller is None or consult.may_read_minutes(*caller, c.participants)
 
 
 def hold_message(h: Hold) -> pb.Hold:
@@ -380,7 +447,7 @@ class VideoServicer(video_grpc.VideoServiceServicer):
             self._store.now() + ttl,
             HoldState.HELD,
         )
-        return pb.HoldRoomResponse(hold=hold_message(self._store.hold_room(hold)))
+        return pb.HoldRoomResponse(hold=hold_message(self._store.hold_room(hold, request.unit_id.strip())))
 
     def ConfirmHold(self, request: pb.ConfirmHoldRequest, context: Any) -> pb.ConfirmHoldResponse:
         return pb.ConfirmHoldResponse(
@@ -461,3 +528,93 @@ class VideoServicer(video_grpc.VideoServiceServicer):
         cancelled = handlers.cancel_visit(self._store, self._remote, visit.visit_id, visit.version, reason)
         self._after_commit()
         return pb.CancelCitizenVisitResponse(visit=self._citizen_visit(cancelled, self._leader_names()))
+
+    # -- remote consultations (远程会商) ------------------------------------------------------------
+
+    def ListRooms(self, request: pb.ListRoomsRequest, context: Any) -> pb.ListRoomsResponse:
+        rooms = self._store.list_rooms(request.node.strip())
+        return pb.ListRoomsResponse(rooms=[pb.Room(room_id=r.room_id, node=r.node, name=r.name) for r in rooms])
+
+    def ListFreePeriods(self, request: pb.ListFreePeriodsRequest, context: Any) -> pb.ListFreePeriodsResponse:
+        for name in ("unit_id", "room_id"):
+            if not getattr(request, name).strip():
+                raise InvalidArgument(name, "must be set")
+        lo = _time(request.not_before, "not_before", required=True)
+        hi = _time(request.not_after, "not_after", required=True)
+        assert lo is not None and hi is not None
+        if hi <= lo:
+            raise InvalidArgument("not_after", "must be after not_before")
+        if hi - lo > consult.MAX_FREE_WINDOW:
+            raise InvalidArgument("not_after", f"the window may span at most {consult.MAX_FREE_WINDOW.days} days")
+        periods = self._store.free_periods(request.unit_id.strip(), request.room_id.strip(), lo, hi)
+        return pb.ListFreePeriodsResponse(
+            periods=[pb.FreePeriod(starts_at=to_timestamp(a), ends_at=to_timestamp(b)) for a, b in periods],
+            calendar_notice=handlers.calendar_notice(self._store.calendar_end(), hi, self._store.node),
+        )
+
+    def _consultation_request(self, request: Any, *, case_id: str = "", topic: str = "") -> ConsultationRequest:
+        participants = consult.check_participants(
+            [Participant(p.node, p.unit_id, p.room_id) for p in request.participants], self._store.node
+        )
+        duration = consult.check_duration(request.duration_minutes)
+        starts_at = _time(request.starts_at, "starts_at") if hasattr(request, "starts_at") else None
+        lo, hi = consult.check_window(
+            _time(request.not_before, "not_before"), _time(request.not_after, "not_after"), self._store.now(), starts_at
+        )
+        self._store.check_rooms(participants)
+        actor = getattr(request, "actor", "")
+        return ConsultationRequest(case_id, actor, topic, participants, duration, lo, hi, starts_at)
+
+    def ListConsultationSlots(
+        self, request: pb.ListConsultationSlotsRequest, context: Any
+    ) -> pb.ListConsultationSlotsResponse:
+        limit = request.max_items if 0 < request.max_items <= 20 else 3
+        wanted = self._consultation_request(request)
+        found, notice = handlers.consultation_slots(self._store, self._remote, wanted, limit=limit)
+        return pb.ListConsultationSlotsResponse(
+            slots=[pb.FreePeriod(starts_at=to_timestamp(a), ends_at=to_timestamp(b)) for a, b in found],
+            calendar_notice=notice,
+        )
+
+    def BookConsultation(self, request: pb.BookConsultationRequest, context: Any) -> pb.BookConsultationResponse:
+        if not request.case_id.strip():
+            raise InvalidArgument("case_id", "must be set")
+        topic = consult.check_topic(request.topic)
+        wanted = self._consultation_request(request, case_id=request.case_id.strip(), topic=topic)
+        _check_may_act(list(wanted.participants))
+        booked = handlers.book_consultation(self._store, self._remote, wanted, self._ttl)
+        self._after_commit()
+        return pb.BookConsultationResponse(consultation=consultation_message(booked))
+
+    def _own_consultation(self, consultation_id: str) -> Consultation:
+        if not consultation_id.strip():
+            raise InvalidArgument("consultation_id", "must be set")
+        found = self._store.get_consultation(consultation_id.strip())
+        _check_may_act(found.participants)
+        return found
+
+    def RecordConsultationMinutes(
+        self, request: pb.RecordConsultationMinutesRequest, context: Any
+    ) -> pb.RecordConsultationMinutesResponse:
+        minutes = consult.check_minutes(request.minutes)
+        found = self._own_consultation(request.consultation_id)
+        held = self._store.record_consultation_minutes(found.consultation_id, request.expected_version, minutes)
+        self._after_commit()
+        return pb.RecordConsultationMinutesResponse(consultation=consultation_message(held))
+
+    def CancelConsultation(self, request: pb.CancelConsultationRequest, context: Any) -> pb.CancelConsultationResponse:
+        found = self._own_consultation(request.consultation_id)
+        reason = request.reason.strip() or "cancelled"
+        cancelled = handlers.cancel_consultation(
+            self._store, self._remote, found.consultation_id, request.expected_version, reason
+        )
+        self._after_commit()
+        return pb.CancelConsultationResponse(consultation=consultation_message(cancelled))
+
+    def ListConsultations(self, request: pb.ListConsultationsRequest, context: Any) -> pb.ListConsultationsResponse:
+        if not request.case_id.strip():
+            raise InvalidArgument("case_id", "must be set")
+        found = self._store.consultations_of(request.case_id.strip())
+        return pb.ListConsultationsResponse(
+            consultations=[consultation_message(c, minutes_visible=_minutes_visible(c)) for c in found]
+        )

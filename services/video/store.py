@@ -28,7 +28,7 @@ from services.common.events import envelope, write_event
 from services.common.outbox import append_event
 from services.common.service import BusEvent
 from services.common.timeutil import CHINA, to_timestamp
-from services.video import slots
+from services.video import consult, slots
 from services.video.domain import (
     BookRequest,
     CaseOwner,
@@ -54,6 +54,7 @@ from services.video.domain import (
 )
 from services.video.models import (
     CaseOwnerRow,
+    ConsultationRow,
     HoldRow,
     ReminderRow,
     RemoteHoldRow,
@@ -447,12 +448,7 @@ class VideoStore:
             s.execute(delete(ReservationRow).where(ReservationRow.owner == f"visit:{visit_id}"))
             self._count_in_session(s, visit.leader_id, aware(row.session_start), 0, -1)
             row.state, row.version = VisitState.CANCELLED.value, row.version + 1
-            s.execute(
-                update(RemoteHoldRow)
-                .where(RemoteHoldRow.visit_id == visit_id, RemoteHoldRow.state != RemoteState.RELEASED.value)
-                .values(state=RemoteState.RELEASING.value)
-            )
-            pending = self._remote(s, visit_id, RemoteState.RELEASING.value)
+            pending = self._releasing_all(s, visit_id)
             visit = self._to_visit(row)
             if event:
                 self._emit(
@@ -464,6 +460,15 @@ class VideoStore:
                     ),
                 )
             return visit, pending
+
+    def _releasing_all(self, s: Session, booking_id: str) -> list[RemoteHold]:
+        """Every hold a cancelled visit or consultation still has at other nodes goes RELEASING (returned)."""
+        s.execute(
+            update(RemoteHoldRow)
+            .where(RemoteHoldRow.visit_id == booking_id, RemoteHoldRow.state != RemoteState.RELEASED.value)
+            .values(state=RemoteState.RELEASING.value)
+        )
+        return self._remote(s, booking_id, RemoteState.RELEASING.value)
 
     def _ask_remote(self, s: Session, visit_id: str, rooms: list[str], now: datetime) -> list[RemoteHold]:
         """Record the holds about to be asked of other nodes first, so a crash can always release them."""
@@ -757,9 +762,311 @@ class VideoStore:
             total = bounded_count(s, q.with_only_columns(VisitRow.visit_id).order_by(*order))
         return rows, total
 
+    # -- remote consultations (远程会商) ----------------------------------------------------------
+
+    def list_rooms(self, node: str = "") -> list[Room]:
+        q = select(RoomRow).order_by(RoomRow.room_id)
+        if node:
+            q = q.where(RoomRow.node == node)
+        with self._tx() as s:
+            return [Room(r.room_id, r.node, r.name) for r in s.scalars(q)]
+
+    def _consultation_busy(
+        self, s: Session, unit_id: str, room_id: str, lo: datetime, hi: datetime
+    ) -> list[consult.Interval]:
+        """What keeps a unit and a room of this node from a consultation in [lo, hi]: everything
+        booked for either, and the reception sessions of the leaders whose schedules use the room."""
+        busy = self._busy(s, [f"unit:{unit_id}", f"room:{room_id}"], lo, hi)
+        # Sessions past the official calendar cannot be told (and offer no consultation hours either).
+        known_first, known_last = self._calendar.known_range()
+        first = max(lo.astimezone(CHINA).date(), known_first)
+        last = min(hi.astimezone(CHINA).date(), known_last)
+        for row in s.scalars(select(ScheduleRow)):
+            schedule = _schedule_from_row(row)
+            if room_id in schedule.room_ids:
+                busy.extend((x.starts_at, x.ends_at) for x in slots.sessions(schedule, first, last, self._calendar))
+        return busy
+
+    def _own_room(self, s: Session, room_id: str, field: str) -> Room:
+        row = s.get(RoomRow, room_id)
+        if row is None:
+            raise InvalidArgument(field, f"room {room_id} is not registered at node {self.node}")
+        if row.node != self.node:
+            raise InvalidArgument(field, f"room {room_id} belongs to node {row.node}; ask that node")
+        return Room(row.room_id, row.node, row.name)
+
+    def free_periods(
+        self, unit_id: str, room_id: str, not_before: datetime, not_after: datetime
+    ) -> list[consult.Interval]:
+        """When a unit and a room of this node are both free for a consultation (ListFreePeriods)."""
+        with self._tx() as s:
+            self._own_room(s, room_id, "room_id")
+            busy = self._consultation_busy(s, unit_id, room_id, not_before, not_after)
+            return consult.free_periods(self._calendar, busy, not_before, not_after)
+
+    def _check_consultation_free(self, s: Session, unit_id: str, room_id: str, start: datetime, end: datetime) -> None:
+        free = consult.free_periods(
+            self._calendar, self._consultation_busy(s, unit_id, room_id, start, end), start, end
+        )
+        if not consult.covered(free, start, end):
+            raise Conflict(f"unit {unit_id} or room {room_id} is not free at {start.isoformat()}")
+
+    def calendar_end(self) -> date:
+        return self._calendar.known_range()[1]
+
+    def check_rooms(self, participants: tuple[consult.Participant, ...]) -> None:
+        """Each participant's room is registered here as a room of the participant's node."""
+        with self._tx() as s:
+            for i, p in enumerate(participants):
+                row = s.get(RoomRow, p.room_id)
+                if row is None:
+                    raise InvalidArgument(f"participants[{i}].room_id", f"room {p.room_id} is not registered")
+                if row.node != p.node:
+                    raise InvalidArgument(
+                        f"participants[{i}].room_id", f"room {p.room_id} belongs to node {row.node}, not {p.node}"
+                    )
+
+    def book_consultation(
+        self, req: consult.ConsultationRequest, start: datetime, end: datetime
+    ) -> tuple[consult.Consultation, list[RemoteHold]]:
+        """Reserve this node's units and rooms for [start, end] and record the holds to ask of the other
+        nodes (ASKED). HOLDING until those are confirmed; BOOKED at once when every unit is local."""
+        now = self.now()
+        start, end = aware(start), aware(end)  # stored as UTC (SQLite keeps the wall-clock text)
+        consultation_id = f"con-{uuid.uuid4().hex[:16]}"
+        owner = f"consultation:{consultation_id}"
+        with self._tx() as s:
+            holds: list[RemoteHold] = []
+            for p in req.participants:
+                if p.node != self.node:
+                    hold = RemoteHold(
+                        str(uuid.uuid4()), consultation_id, p.room_id, p.node, RemoteState.ASKED.value, p.unit_id
+                    )
+                    holds.append(hold)
+                    continue
+                self._check_consultation_free(s, p.unit_id, p.room_id, start, end)
+                self._reserve(s, f"unit:{p.unit_id}", start, end, owner)
+                self._reserve(s, f"room:{p.room_id}", start, end, owner)
+            for h in holds:
+                s.add(
+                    RemoteHoldRow(
+                        hold_id=h.hold_id,
+                        visit_id=consultation_id,
+                        room_id=h.room_id,
+                        node=h.node,
+                        state=h.state,
+                        created_at=now,
+                    )
+                )
+            c = consult.Consultation(
+                consultation_id=consultation_id,
+                case_id=req.case_id,
+                host_node=self.node,
+                topic=req.topic,
+                participants=list(req.participants),
+                starts_at=start,
+                ends_at=end,
+                state=consult.ConsultationState.HOLDING if holds else consult.ConsultationState.BOOKED,
+                booked_by=req.actor,
+                hold_ids=[h.hold_id for h in holds],
+                created_at=now,
+            )
+            s.add(self._consultation_row(c))
+            if not holds:
+                self._emit_consultation_booked(s, c)
+            return c, holds
+
+    def confirm_consultation(self, consultation_id: str) -> consult.Consultation:
+        with self._tx() as s:
+            row = self._consultation_row_for(s, consultation_id)
+            c = _to_consultation(row)
+            consult.require_state(c, {consult.ConsultationState.HOLDING}, "confirm")
+            row.state, row.version = consult.ConsultationState.BOOKED.value, row.version + 1
+            s.execute(
+                update(RemoteHoldRow)
+                .where(RemoteHoldRow.visit_id == consultation_id, RemoteHoldRow.state == RemoteState.HELD.value)
+                .values(state=RemoteState.CONFIRMED.value)
+            )
+            c = _to_consultation(row)
+            self._emit_consultation_booked(s, c)
+            return c
+
+    def abandon_consultation(
+        self, consultation_id: str, reason: str, *, expected_version: int = 0, event: bool = False
+    ) -> tuple[consult.Consultation, list[RemoteHold]]:
+        """Cancel: free this node's reservations; the other nodes' holds go RELEASING and are returned."""
+        with self._tx() as s:
+            row = self._consultation_row_for(s, consultation_id)
+            c = _to_consultation(row)
+            check_version(expected_version, c.version, "consultation")
+            consult.require_state(c, consult.ACTIVE_STATES, "cancel")
+            s.execute(delete(ReservationRow).where(ReservationRow.owner == f"consultation:{consultation_id}"))
+            row.state, row.version = consult.ConsultationState.CANCELLED.value, row.version + 1
+            row.cancel_reason = reason[:1000]
+            pending = self._releasing_all(s, consultation_id)
+            c = _to_consultation(row)
+            if event:
+                self._emit(
+                    s,
+                    c.case_id,
+                    "consultation_cancelled",
+                    events_pb2.ConsultationCancelled(
+                        consultation_id=consultation_id, starts_at=to_timestamp(c.starts_at), reason=reason
+                    ),
+                )
+            return c, pending
+
+    def record_consultation_minutes(
+        self, consultation_id: str, expected_version: int, minutes: str
+    ) -> consult.Consultation:
+        """BOOKED → HELD with the minutes; consultation_held carries them up (and, when another node
+        handles the case, a command takes them to its history)."""
+        with self._tx() as s:
+            row = self._consultation_row_for(s, consultation_id)
+            c = _to_consultation(row)
+            check_version(expected_version, c.version, "consultation")
+            consult.require_state(c, {consult.ConsultationState.BOOKED}, "record the minutes of")
+            row.minutes, row.held_at = minutes, self.now()
+            row.state, row.version = consult.ConsultationState.HELD.value, row.version + 1
+            c = _to_consultation(row)
+            env = self._emit(
+                s,
+                c.case_id,
+                "consultation_held",
+                events_pb2.ConsultationHeld(
+                    consultation_id=c.consultation_id,
+                    minutes=minutes,
+                    starts_at=to_timestamp(c.starts_at),
+                    ends_at=to_timestamp(c.ends_at),
+                    topic=c.topic,
+                    units=_units(c),
+                    host_node=c.host_node,
+                ),
+            )
+            self._note_to_owner(s, c, env)
+            return c
+
+    def _emit_consultation_booked(self, s: Session, c: consult.Consultation) -> None:
+        env = self._emit(
+            s,
+            c.case_id,
+            "consultation_booked",
+            events_pb2.ConsultationBooked(
+                consultation_id=c.consultation_id,
+                starts_at=to_timestamp(c.starts_at),
+                ends_at=to_timestamp(c.ends_at),
+                topic=c.topic,
+                units=_units(c),
+                host_node=c.host_node,
+            ),
+        )
+        self._note_to_owner(s, c, env)
+
+    def _note_to_owner(self, s: Session, c: consult.Consultation, env: events_pb2.EventEnvelope) -> None:
+        """Hosted here for a case another node handles: the event also goes to that node as a command,
+        whose routing records it in the case's history (a local owner's routing follows the event)."""
+        owner = self._owner(s, c.case_id)
+        if owner.node == self.node:
+            return
+        kind = env.WhichOneof("payload")
+        command = events_pb2.Command(
+            command_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"lianxin:{kind}:{c.consultation_id}")),
+            case_id=c.case_id,
+            target_node=owner.node,
+            issuing_node=self.node,
+            owner_epoch_seen=owner.epoch,
+            issued_at=to_timestamp(self.now()),
+            consultation=events_pb2.Command.ConsultationNote(envelope=env.SerializeToString()),
+        )
+        append_event(
+            s,
+            outbox,
+            BusEvent(
+                event_id=command.command_id, source="video", event_type="command", body=command.SerializeToString()
+            ),
+            c.case_id,
+        )
+
+    def get_consultation(self, consultation_id: str) -> consult.Consultation:
+        with self._tx() as s:
+            return _to_consultation(self._consultation_row_for(s, consultation_id))
+
+    def consultations_of(self, case_id: str) -> list[consult.Consultation]:
+        q = (
+            select(ConsultationRow)
+            .where(ConsultationRow.case_id == case_id)
+            .order_by(ConsultationRow.starts_at, ConsultationRow.consultation_id)
+            .limit(200)
+        )
+        with self._tx() as s:
+            return [_to_consultation(r) for r in s.scalars(q)]
+
+    def stale_consultations(self, older_than: timedelta) -> list[str]:
+        """Consultations still HOLDING long after their holds were asked: the booking failed half-way."""
+        cutoff = self.now() - older_than
+        with self._tx() as s:
+            return list(
+                s.scalars(
+                    select(ConsultationRow.consultation_id).where(
+                        ConsultationRow.state == consult.ConsultationState.HOLDING.value,
+                        ConsultationRow.created_at <= cutoff,
+                    )
+                )
+            )
+
+    def note_consultation_replica(self, c: consult.Consultation) -> None:
+        """Keep (or advance) the copy of a consultation booked at a node below, from its event: a state
+        never goes back (HELD and CANCELLED stay), and a consultation booked here is left alone."""
+        with self._tx() as s:
+            row = s.get(ConsultationRow, c.consultation_id)
+            if row is None:
+                s.add(self._consultation_row(c))
+                return
+            if not row.replica or row.state in (
+                consult.ConsultationState.HELD.value,
+                consult.ConsultationState.CANCELLED.value,
+            ):
+                return
+            row.state, row.version = c.state.value, row.version + 1
+            row.minutes, row.held_at, row.cancel_reason = c.minutes, c.held_at, c.cancel_reason
+            if c.topic:
+                row.topic = c.topic
+            if c.participants:
+                row.participants = [p.__dict__ for p in c.participants]
+
+    def _consultation_row_for(self, s: Session, consultation_id: str) -> ConsultationRow:
+        row = s.get(ConsultationRow, consultation_id)
+        if row is None:
+            raise NotFound("consultation", consultation_id)
+        return row
+
+    @staticmethod
+    def _consultation_row(c: consult.Consultation) -> ConsultationRow:
+        return ConsultationRow(
+            consultation_id=c.consultation_id,
+            case_id=c.case_id,
+            host_node=c.host_node,
+            topic=c.topic,
+            participants=[{"node": p.node, "unit_id": p.unit_id, "room_id": p.room_id} for p in c.participants],
+            starts_at=c.starts_at,
+            ends_at=c.ends_at,
+            state=c.state.value,
+            version=c.version,
+            minutes=c.minutes,
+            booked_by=c.booked_by,
+            held_at=c.held_at,
+            hold_ids=list(c.hold_ids),
+            replica=c.replica,
+            cancel_reason=c.cancel_reason,
+            created_at=c.created_at or datetime.now(UTC),
+        )
+
     # -- holds granted to other nodes -----------------------------------------------------------
 
-    def hold_room(self, hold: Hold) -> Hold:
+    def hold_room(self, hold: Hold, unit_id: str = "") -> Hold:
+        """Hold a room of this node (and, for a remote consultation, one of its units) for a booking
+        made at another node. A consultation's hold is refused outside this node's consultation hours
+        and its leaders' reception sessions in the room (``consult.free_periods``)."""
         with self._tx() as s:
             existing = s.get(HoldRow, hold.hold_id)
             if existing is not None:
@@ -767,10 +1074,14 @@ class VideoStore:
             room = self.room(s, hold.room_id)
             if room.node != self.node:
                 raise FailedPrecondition(f"room {hold.room_id} belongs to node {room.node}", room.node)
-        # The reservation and the hold row commit together; a clash records a REFUSED hold.
+        # The reservations and the hold row commit together; a clash records a REFUSED hold.
         try:
             with self._tx() as s:
-                self._reserve(s, f"room:{hold.room_id}", hold.starts_at, hold.ends_at, f"hold:{hold.hold_id}")
+                owner = f"hold:{hold.hold_id}"
+                if unit_id:
+                    self._check_consultation_free(s, unit_id, hold.room_id, hold.starts_at, hold.ends_at)
+                    self._reserve(s, f"unit:{unit_id}", hold.starts_at, hold.ends_at, owner)
+                self._reserve(s, f"room:{hold.room_id}", hold.starts_at, hold.ends_at, owner)
                 s.add(self._hold_row(hold))
             return hold
         except Conflict as clash:
@@ -917,7 +1228,7 @@ class VideoStore:
         row = s.get(CaseOwnerRow, case_id)
         return owner_for_event(CaseOwner(row.owner_node, row.owner_epoch) if row else None, case_id, self.node)
 
-    def _emit(self, s: Session, case_id: str, field: str, payload: Message) -> None:
+    def _emit(self, s: Session, case_id: str, field: str, payload: Message) -> events_pb2.EventEnvelope:
         # video does not own cases: version 0 marks a fact about the case, not a state change of it.
         # The envelope names the case's owner and epoch as this node knows them, as the owner's own
         # events do, so the tiers above take it as the case's next event (docs/exchange.md).
@@ -934,6 +1245,7 @@ class VideoStore:
             occurred_at=self.now(),
         )
         write_event(s, outbox, env)
+        return env
 
     def _emit_booked(self, s: Session, visit: Visit) -> None:
         self._emit(
@@ -1034,3 +1346,31 @@ class VideoStore:
             HoldState(r.state),
             r.reason,
         )
+
+
+def _units(c: consult.Consultation) -> list[events_pb2.ConsultationUnit]:
+    return [events_pb2.ConsultationUnit(node=p.node, unit_id=p.unit_id) for p in c.participants]
+
+
+def _to_consultation(row: ConsultationRow) -> consult.Consultation:
+    return consult.Consultation(
+        consultation_id=row.consultation_id,
+        case_id=row.case_id,
+        host_node=row.host_node,
+        topic=row.topic,
+        participants=[
+            consult.Participant(str(p.get("node", "")), str(p.get("unit_id", "")), str(p.get("room_id", "")))
+            for p in row.participants
+        ],
+        starts_at=aware(row.starts_at),
+        ends_at=aware(row.ends_at),
+        state=consult.ConsultationState(row.state),
+        version=row.version,
+        minutes=row.minutes,
+        booked_by=row.booked_by,
+        held_at=aware(row.held_at) if row.held_at else None,
+        hold_ids=list(row.hold_ids),
+        replica=row.replica,
+        cancel_reason=row.cancel_reason,
+        created_at=aware(row.created_at),
+    )

@@ -35,6 +35,14 @@ VISIT_LABELS: dict[int, str] = {
     video_pb2.VISIT_STATE_NO_SHOW: "未到场",
 }
 
+CONSULTATION_BOOKED = video_pb2.CONSULTATION_STATE_BOOKED
+CONSULTATION_LABELS: dict[int, str] = {
+    video_pb2.CONSULTATION_STATE_HOLDING: "确认中",
+    video_pb2.CONSULTATION_STATE_BOOKED: "已预约",
+    video_pb2.CONSULTATION_STATE_HELD: "已会商",
+    video_pb2.CONSULTATION_STATE_CANCELLED: "已取消",
+}
+
 SATISFACTION_LABELS: dict[int, str] = {
     common_pb2.SATISFACTION_SATISFIED: "满意",
     common_pb2.SATISFACTION_BASICALLY_SATISFIED: "基本满意",
@@ -212,7 +220,14 @@ def form_field(contract_field: str) -> str:
 
 # Labels of history entries that are facts, not transitions (routing's workorder.py), and of the
 # sweep's deadline stages ("warning:settle" = 预警 of the handling limit).
-HISTORY_LABELS.update({"recompute_deadlines": "期限重算", "visit_outcome": "视频接访"})
+HISTORY_LABELS.update(
+    {
+        "recompute_deadlines": "期限重算",
+        "visit_outcome": "视频接访",
+        "consultation_booked": "远程会商预约",
+        "consultation_held": "远程会商纪要",
+    }
+)
 STAGE_LABELS: dict[str, str] = {"warning": "到期预警", "chase": "超期催办", "supervision": "超期督办"}
 ACTOR_LABELS: dict[str, str] = {"system": "系统", "citizen": "群众", "video": "视频接访系统"}
 

@@ -29,6 +29,8 @@ from services.exchange.domain import UP_EVENT_TYPES
 from services.node import Node
 from tests.helpers import wait_until
 from tests.integration.exchange_nodes import three_tiers
+from tests.integration.test_consultation import connect, rooms
+from tests.integration.test_consultation import participants as consultation_participants
 from tests.integration.test_evaluation_across_nodes import Registered, intake, register, routing
 from tests.integration.test_video_across_tiers import held_types, leader_at, placed, quarantined, video
 
@@ -67,6 +69,8 @@ def chain(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     tmp = tmp_path_factory.mktemp(f"registry-{request.param}")
     with three_tiers(request.param, tmp, admin_url, county_clock=clock) as (province, city, county):
         leader_at(county, "registry-leader")
+        connect([province, city, county])
+        rooms(county, city)
         yield Chain(province, city, county, clock)
 
 
@@ -186,6 +190,37 @@ def _cancelled(chain: Chain) -> str:
     return case_id
 
 
+def _consultation(chain: Chain) -> tuple[str, video_pb2.Consultation]:
+    """A remote consultation (远程会商) the county hosts with the city's unit, at their earliest common slot."""
+    case_id = register(chain.county, "511102").case_id
+    placed(chain.county, case_id)
+    request = video_pb2.BookConsultationRequest(
+        case_id=case_id, actor="clerk", topic="跨层级会商", participants=consultation_participants()
+    )
+    return case_id, video(chain.county).BookConsultation(request, timeout=15).consultation
+
+
+def _consultation_booked(chain: Chain) -> str:
+    return _consultation(chain)[0]
+
+
+def _consultation_held(chain: Chain) -> str:
+    case_id, booked = _consultation(chain)
+    video(chain.county).RecordConsultationMinutes(
+        video_pb2.RecordConsultationMinutesRequest(consultation_id=booked.consultation_id, minutes="市县共同核查"),
+        timeout=5,
+    )
+    return case_id
+
+
+def _consultation_cancelled(chain: Chain) -> str:
+    case_id, booked = _consultation(chain)
+    video(chain.county).CancelConsultation(
+        video_pb2.CancelConsultationRequest(consultation_id=booked.consultation_id, reason="改期"), timeout=10
+    )
+    return case_id
+
+
 def _sweep(node: Node, service: str) -> None:
     for timer in node.parts[service].timers:
         timer.run()
@@ -234,6 +269,9 @@ PRODUCERS: dict[str, Callable[[Chain], str] | str] = {
     "case_merged": _merged,
     "visit_reminder": _reminded,
     "visit_cancelled": _cancelled,
+    "consultation_booked": _consultation_booked,
+    "consultation_held": _consultation_held,
+    "consultation_cancelled": _consultation_cancelled,
 }
 
 

@@ -88,11 +88,14 @@ ACCEPTABLE = {
     grpc.StatusCode.UNIMPLEMENTED,
     grpc.StatusCode.OUT_OF_RANGE,
 }
-# Only these reach other nodes (remote video rooms are held through the owner node's HoldRoom);
-# the seeded remote room's node has no address, so they may answer UNAVAILABLE.
+# Only these reach other nodes (remote video rooms are held through the owner node's HoldRoom; a
+# remote consultation asks each participant's node ListFreePeriods); the seeded remote room's node
+# has no address, so they may answer UNAVAILABLE.
 MAY_BE_UNAVAILABLE = {
     "lianxin.video.v1.VideoService/BookVisit",
     "lianxin.video.v1.VideoService/RescheduleVisit",
+    "lianxin.video.v1.VideoService/ListConsultationSlots",
+    "lianxin.video.v1.VideoService/BookConsultation",
 }
 
 _TIME = "timeutil.from_timestamp calls Timestamp.ToDatetime unchecked: ValueError -> INTERNAL"

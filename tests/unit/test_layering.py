@@ -35,6 +35,7 @@ PURE_MODULES = frozenset(
         "services.routing.workorder",
         "services.stats.hotspot",
         "services.stats.topics",
+        "services.video.consult",
         "services.video.slots",
     }
 )

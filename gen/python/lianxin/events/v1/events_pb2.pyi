@@ -72,6 +72,9 @@ class EventEnvelope(_message.Message):
     CASE_MERGED_FIELD_NUMBER: _builtins.int
     VISIT_REMINDER_FIELD_NUMBER: _builtins.int
     VISIT_CANCELLED_FIELD_NUMBER: _builtins.int
+    CONSULTATION_BOOKED_FIELD_NUMBER: _builtins.int
+    CONSULTATION_HELD_FIELD_NUMBER: _builtins.int
+    CONSULTATION_CANCELLED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of the event (UUID); the inbox key for idempotent consumers."""
     case_id: _builtins.str
@@ -154,6 +157,18 @@ class EventEnvelope(_message.Message):
     def visit_cancelled(self) -> Global___VisitCancelled:
         """A video reception was cancelled and its rooms released."""
 
+    @_builtins.property
+    def consultation_booked(self) -> Global___ConsultationBooked:
+        """A remote consultation (远程会商) between units of different tiers was booked on the case."""
+
+    @_builtins.property
+    def consultation_held(self) -> Global___ConsultationHeld:
+        """A remote consultation was held and its minutes recorded."""
+
+    @_builtins.property
+    def consultation_cancelled(self) -> Global___ConsultationCancelled:
+        """A remote consultation was cancelled and its units and rooms released."""
+
     def __init__(
         self,
         *,
@@ -181,12 +196,15 @@ class EventEnvelope(_message.Message):
         case_merged: Global___CaseMerged | None = ...,
         visit_reminder: Global___VisitReminder | None = ...,
         visit_cancelled: Global___VisitCancelled | None = ...,
+        consultation_booked: Global___ConsultationBooked | None = ...,
+        consultation_held: Global___ConsultationHeld | None = ...,
+        consultation_cancelled: Global___ConsultationCancelled | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_withdrawn", b"case_withdrawn", "deadline_warning", b"deadline_warning", "occurred_at", b"occurred_at", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "deadline_warning", b"deadline_warning", "occurred_at", b"occurred_at", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_id", b"case_id", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_withdrawn", b"case_withdrawn", "deadline_warning", b"deadline_warning", "event_id", b"event_id", "occurred_at", b"occurred_at", "origin_node", b"origin_node", "origin_service", b"origin_service", "owner_epoch", b"owner_epoch", "owner_node", b"owner_node", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "trace_context", b"trace_context", "version", b"version", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_id", b"case_id", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "deadline_warning", b"deadline_warning", "event_id", b"event_id", "occurred_at", b"occurred_at", "origin_node", b"origin_node", "origin_service", b"origin_service", "owner_epoch", b"owner_epoch", "owner_node", b"owner_node", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "trace_context", b"trace_context", "version", b"version", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["case_registered", "case_evaluated", "review_requested", "case_withdrawn", "work_order_created", "work_order_changed", "case_handed_off", "case_escalated", "supervision_issued", "deadline_warning", "visit_booked", "visit_outcome_recorded", "case_merged", "visit_reminder", "visit_cancelled"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["case_registered", "case_evaluated", "review_requested", "case_withdrawn", "work_order_created", "work_order_changed", "case_handed_off", "case_escalated", "supervision_issued", "deadline_warning", "visit_booked", "visit_outcome_recorded", "case_merged", "visit_reminder", "visit_cancelled", "consultation_booked", "consultation_held", "consultation_cancelled"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -758,6 +776,166 @@ class VisitCancelled(_message.Message):
 Global___VisitCancelled: _TypeAlias = VisitCancelled  # noqa: Y015
 
 @_typing.final
+class ConsultationUnit(_message.Message):
+    """A unit taking part in a remote consultation, at its node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """Node (region code) of the unit."""
+    unit_id: _builtins.str
+    """Unit id in that node's dispatch catalogue."""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        unit_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "unit_id", b"unit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsultationUnit: _TypeAlias = ConsultationUnit  # noqa: Y015
+
+@_typing.final
+class ConsultationBooked(_message.Message):
+    """A remote consultation (远程会商) was booked: units of different tiers meet by video about the case,
+    without the citizen.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATION_ID_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    HOST_NODE_FIELD_NUMBER: _builtins.int
+    consultation_id: _builtins.str
+    """Id of the consultation at the host node."""
+    topic: _builtins.str
+    """What the units consult on."""
+    host_node: _builtins.str
+    """Node (region code) that booked it."""
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """When it starts."""
+
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp:
+        """When it ends."""
+
+    @_builtins.property
+    def units(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsultationUnit]:
+        """The units taking part."""
+
+    def __init__(
+        self,
+        *,
+        consultation_id: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        topic: _builtins.str = ...,
+        units: _abc.Iterable[Global___ConsultationUnit] | None = ...,
+        host_node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultation_id", b"consultation_id", "ends_at", b"ends_at", "host_node", b"host_node", "starts_at", b"starts_at", "topic", b"topic", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsultationBooked: _TypeAlias = ConsultationBooked  # noqa: Y015
+
+@_typing.final
+class ConsultationHeld(_message.Message):
+    """A remote consultation was held: its minutes (会商纪要)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATION_ID_FIELD_NUMBER: _builtins.int
+    MINUTES_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    HOST_NODE_FIELD_NUMBER: _builtins.int
+    consultation_id: _builtins.str
+    """Id of the consultation at the host node."""
+    minutes: _builtins.str
+    """The minutes, with personal data masked."""
+    topic: _builtins.str
+    """What the units consulted on."""
+    host_node: _builtins.str
+    """Node (region code) that held it."""
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """When it started."""
+
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp:
+        """When it ended."""
+
+    @_builtins.property
+    def units(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsultationUnit]:
+        """The units that took part."""
+
+    def __init__(
+        self,
+        *,
+        consultation_id: _builtins.str = ...,
+        minutes: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        topic: _builtins.str = ...,
+        units: _abc.Iterable[Global___ConsultationUnit] | None = ...,
+        host_node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultation_id", b"consultation_id", "ends_at", b"ends_at", "host_node", b"host_node", "minutes", b"minutes", "starts_at", b"starts_at", "topic", b"topic", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsultationHeld: _TypeAlias = ConsultationHeld  # noqa: Y015
+
+@_typing.final
+class ConsultationCancelled(_message.Message):
+    """A remote consultation was cancelled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATION_ID_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    consultation_id: _builtins.str
+    """Id of the consultation at the host node."""
+    reason: _builtins.str
+    """Why it was cancelled."""
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """When it would have started."""
+
+    def __init__(
+        self,
+        *,
+        consultation_id: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultation_id", b"consultation_id", "reason", b"reason", "starts_at", b"starts_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsultationCancelled: _TypeAlias = ConsultationCancelled  # noqa: Y015
+
+@_typing.final
 class Command(_message.Message):
     """A request from a non-owner node, routed to the node that owns the case, which decides and
     emits the resulting events itself (DESIGN §3).
@@ -968,6 +1146,31 @@ class Command(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
+    class ConsultationNote(_message.Message):
+        """A remote consultation (远程会商) booked or held at a node that does not handle the case (a city
+        hosting the units about a case handed down to a county): the owner's routing records it in the
+        case's history, as it does one hosted at its own node.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        ENVELOPE_FIELD_NUMBER: _builtins.int
+        envelope: _builtins.bytes
+        """The video event (an EventEnvelope with consultation_booked or consultation_held), serialized as
+        the host's outbox holds it; the command id derives from its consultation and kind.
+        """
+        def __init__(
+            self,
+            *,
+            envelope: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class TraceContextEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -1001,6 +1204,7 @@ class Command(_message.Message):
     WITHDRAW_FIELD_NUMBER: _builtins.int
     HANDLING_FIELD_NUMBER: _builtins.int
     VISIT_OUTCOME_FIELD_NUMBER: _builtins.int
+    CONSULTATION_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """Unique id of the command (UUID); the owner applies each command once."""
     case_id: _builtins.str
@@ -1047,6 +1251,10 @@ class Command(_message.Message):
     def visit_outcome(self) -> Global___Command.VisitOutcome:
         """Record a video reception's outcome in the case's history."""
 
+    @_builtins.property
+    def consultation(self) -> Global___Command.ConsultationNote:
+        """Record a remote consultation (booked or held) in the case's history."""
+
     def __init__(
         self,
         *,
@@ -1064,12 +1272,13 @@ class Command(_message.Message):
         withdraw: Global___Command.WithdrawCase | None = ...,
         handling: Global___Command.HandlingUpdate | None = ...,
         visit_outcome: Global___Command.VisitOutcome | None = ...,
+        consultation: Global___Command.ConsultationNote | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "evaluate", b"evaluate", "hand_off", b"hand_off", "handling", b"handling", "issued_at", b"issued_at", "request_review", b"request_review", "supervise", b"supervise", "visit_outcome", b"visit_outcome", "withdraw", b"withdraw"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "consultation", b"consultation", "evaluate", b"evaluate", "hand_off", b"hand_off", "handling", b"handling", "issued_at", b"issued_at", "request_review", b"request_review", "supervise", b"supervise", "visit_outcome", b"visit_outcome", "withdraw", b"withdraw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "case_id", b"case_id", "command_id", b"command_id", "evaluate", b"evaluate", "hand_off", b"hand_off", "handling", b"handling", "issued_at", b"issued_at", "issuing_node", b"issuing_node", "owner_epoch_seen", b"owner_epoch_seen", "request_review", b"request_review", "supervise", b"supervise", "target_node", b"target_node", "trace_context", b"trace_context", "visit_outcome", b"visit_outcome", "withdraw", b"withdraw"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "case_id", b"case_id", "command_id", b"command_id", "consultation", b"consultation", "evaluate", b"evaluate", "hand_off", b"hand_off", "handling", b"handling", "issued_at", b"issued_at", "issuing_node", b"issuing_node", "owner_epoch_seen", b"owner_epoch_seen", "request_review", b"request_review", "supervise", b"supervise", "target_node", b"target_node", "trace_context", b"trace_context", "visit_outcome", b"visit_outcome", "withdraw", b"withdraw"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["supervise", "evaluate", "hand_off", "request_review", "withdraw", "handling", "visit_outcome"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["supervise", "evaluate", "hand_off", "request_review", "withdraw", "handling", "visit_outcome", "consultation"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

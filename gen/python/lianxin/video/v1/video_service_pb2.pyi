@@ -98,6 +98,38 @@ HOLD_STATE_REFUSED: HoldState.ValueType  # 5
 """Not granted: the room is taken or closed at that time."""
 Global___HoldState: _TypeAlias = HoldState  # noqa: Y015
 
+class _ConsultationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsultationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsultationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSULTATION_STATE_UNSPECIFIED: _ConsultationState.ValueType  # 0
+    """Not set."""
+    CONSULTATION_STATE_HOLDING: _ConsultationState.ValueType  # 1
+    """Waiting for the holds at the other nodes to be confirmed."""
+    CONSULTATION_STATE_BOOKED: _ConsultationState.ValueType  # 2
+    """Booked: every unit and room confirmed."""
+    CONSULTATION_STATE_HELD: _ConsultationState.ValueType  # 3
+    """Held, with the minutes recorded."""
+    CONSULTATION_STATE_CANCELLED: _ConsultationState.ValueType  # 4
+    """Cancelled; its units and rooms released."""
+
+class ConsultationState(_ConsultationState, metaclass=_ConsultationStateEnumTypeWrapper):
+    """State of a remote consultation (远程会商)."""
+
+CONSULTATION_STATE_UNSPECIFIED: ConsultationState.ValueType  # 0
+"""Not set."""
+CONSULTATION_STATE_HOLDING: ConsultationState.ValueType  # 1
+"""Waiting for the holds at the other nodes to be confirmed."""
+CONSULTATION_STATE_BOOKED: ConsultationState.ValueType  # 2
+"""Booked: every unit and room confirmed."""
+CONSULTATION_STATE_HELD: ConsultationState.ValueType  # 3
+"""Held, with the minutes recorded."""
+CONSULTATION_STATE_CANCELLED: ConsultationState.ValueType  # 4
+"""Cancelled; its units and rooms released."""
+Global___ConsultationState: _TypeAlias = ConsultationState  # noqa: Y015
+
 @_typing.final
 class WeeklyPattern(_message.Message):
     """A weekly reception period (每周接访时段)."""
@@ -1002,6 +1034,7 @@ class HoldRoomRequest(_message.Message):
     STARTS_AT_FIELD_NUMBER: _builtins.int
     ENDS_AT_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    UNIT_ID_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     """Id of the hold, chosen by the requester (UUID); a retry with the same id returns the same hold."""
     room_id: _builtins.str
@@ -1012,6 +1045,10 @@ class HoldRoomRequest(_message.Message):
     """Visit at the requesting node."""
     case_id: _builtins.str
     """Case of the visit."""
+    unit_id: _builtins.str
+    """Unit of this node held with the room, for a remote consultation (远程会商); empty for a visit. The
+    hold is then refused outside the node's consultation hours and its leaders' sessions in the room.
+    """
     @_builtins.property
     def starts_at(self) -> _timestamp_pb2.Timestamp:
         """Start of the period to hold."""
@@ -1035,10 +1072,11 @@ class HoldRoomRequest(_message.Message):
         starts_at: _timestamp_pb2.Timestamp | None = ...,
         ends_at: _timestamp_pb2.Timestamp | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        unit_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "ends_at", b"ends_at", "hold_id", b"hold_id", "requesting_node", b"requesting_node", "room_id", b"room_id", "starts_at", b"starts_at", "ttl", b"ttl", "visit_id", b"visit_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "ends_at", b"ends_at", "hold_id", b"hold_id", "requesting_node", b"requesting_node", "room_id", b"room_id", "starts_at", b"starts_at", "ttl", b"ttl", "unit_id", b"unit_id", "visit_id", b"visit_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1547,3 +1585,587 @@ class CancelCitizenVisitResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelCitizenVisitResponse: _TypeAlias = CancelCitizenVisitResponse  # noqa: Y015
+
+@_typing.final
+class ListRoomsRequest(_message.Message):
+    """Asks for the registered rooms."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """Only rooms owned by this node (region code); empty for all."""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRoomsRequest: _TypeAlias = ListRoomsRequest  # noqa: Y015
+
+@_typing.final
+class ListRoomsResponse(_message.Message):
+    """The rooms, by id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rooms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Room]:
+        """The rooms."""
+
+    def __init__(
+        self,
+        *,
+        rooms: _abc.Iterable[Global___Room] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rooms", b"rooms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRoomsResponse: _TypeAlias = ListRoomsResponse  # noqa: Y015
+
+@_typing.final
+class ConsultationParticipant(_message.Message):
+    """One unit taking part in a consultation, at its own node, from one of that node's rooms."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """Node (region code) of the unit, e.g. "511100" for a city bureau."""
+    unit_id: _builtins.str
+    """Unit taking part (an id of that node's dispatch catalogue, e.g. "lsj-sthjj"). At most 64 characters."""
+    room_id: _builtins.str
+    """Room or terminal of that node the unit joins from; registered here (RegisterRoom) with that node.
+    At most 64 characters.
+    """
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        unit_id: _builtins.str = ...,
+        room_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "room_id", b"room_id", "unit_id", b"unit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsultationParticipant: _TypeAlias = ConsultationParticipant  # noqa: Y015
+
+@_typing.final
+class Consultation(_message.Message):
+    """A remote consultation (远程会商): a video session between units of different tiers about a case,
+    without the citizen.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATION_ID_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    HOST_NODE_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MINUTES_FIELD_NUMBER: _builtins.int
+    MINUTES_WITHHELD_FIELD_NUMBER: _builtins.int
+    BOOKED_BY_FIELD_NUMBER: _builtins.int
+    HELD_AT_FIELD_NUMBER: _builtins.int
+    HOLD_IDS_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
+    CANCEL_REASON_FIELD_NUMBER: _builtins.int
+    consultation_id: _builtins.str
+    """Id of the consultation."""
+    case_id: _builtins.str
+    """Case the consultation is about."""
+    host_node: _builtins.str
+    """Node (region code) that booked it and holds it."""
+    topic: _builtins.str
+    """What the units consult on."""
+    state: Global___ConsultationState.ValueType
+    """State of the consultation."""
+    version: _builtins.int
+    """Version, incremented on every change; compared with expected_version."""
+    minutes: _builtins.str
+    """Minutes (会商纪要); empty before they are recorded, or when the caller may not read them."""
+    minutes_withheld: _builtins.bool
+    """True when minutes were recorded but are withheld from this caller (a unit not taking part)."""
+    booked_by: _builtins.str
+    """Operator id of who booked it."""
+    replica: _builtins.bool
+    """True for a copy this node keeps from the events of a consultation booked at a node below."""
+    cancel_reason: _builtins.str
+    """Why it was cancelled; empty otherwise."""
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsultationParticipant]:
+        """The units and the rooms they join from (a copy held above lists nodes and units only)."""
+
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """Start of the consultation."""
+
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp:
+        """End of the consultation."""
+
+    @_builtins.property
+    def held_at(self) -> _timestamp_pb2.Timestamp:
+        """When the minutes were recorded."""
+
+    @_builtins.property
+    def hold_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Holds on units and rooms at other nodes, by hold id."""
+
+    def __init__(
+        self,
+        *,
+        consultation_id: _builtins.str = ...,
+        case_id: _builtins.str = ...,
+        host_node: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        participants: _abc.Iterable[Global___ConsultationParticipant] | None = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___ConsultationState.ValueType = ...,
+        version: _builtins.int = ...,
+        minutes: _builtins.str = ...,
+        minutes_withheld: _builtins.bool = ...,
+        booked_by: _builtins.str = ...,
+        held_at: _timestamp_pb2.Timestamp | None = ...,
+        hold_ids: _abc.Iterable[_builtins.str] | None = ...,
+        replica: _builtins.bool = ...,
+        cancel_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "held_at", b"held_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booked_by", b"booked_by", "cancel_reason", b"cancel_reason", "case_id", b"case_id", "consultation_id", b"consultation_id", "ends_at", b"ends_at", "held_at", b"held_at", "hold_ids", b"hold_ids", "host_node", b"host_node", "minutes", b"minutes", "minutes_withheld", b"minutes_withheld", "participants", b"participants", "replica", b"replica", "starts_at", b"starts_at", "state", b"state", "topic", b"topic", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Consultation: _TypeAlias = Consultation  # noqa: Y015
+
+@_typing.final
+class FreePeriod(_message.Message):
+    """A period of time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """Start of the period."""
+
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp:
+        """End of the period."""
+
+    def __init__(
+        self,
+        *,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreePeriod: _TypeAlias = FreePeriod  # noqa: Y015
+
+@_typing.final
+class ListFreePeriodsRequest(_message.Message):
+    """Asks a node when one of its units and rooms are free."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    unit_id: _builtins.str
+    """Unit of this node. At most 64 characters."""
+    room_id: _builtins.str
+    """Room or terminal of this node. At most 64 characters."""
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Start of the window."""
+
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """End of the window (at most 100 days after its start)."""
+
+    def __init__(
+        self,
+        *,
+        unit_id: _builtins.str = ...,
+        room_id: _builtins.str = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before", "room_id", b"room_id", "unit_id", b"unit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFreePeriodsRequest: _TypeAlias = ListFreePeriodsRequest  # noqa: Y015
+
+@_typing.final
+class ListFreePeriodsResponse(_message.Message):
+    """The free periods, earliest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIODS_FIELD_NUMBER: _builtins.int
+    CALENDAR_NOTICE_FIELD_NUMBER: _builtins.int
+    calendar_notice: _builtins.str
+    """Set when the window runs past this node's official holiday calendar (no periods after it)."""
+    @_builtins.property
+    def periods(self) -> _containers.RepeatedCompositeFieldContainer[Global___FreePeriod]:
+        """Periods in the window when the unit and the room are both free, within consultation hours."""
+
+    def __init__(
+        self,
+        *,
+        periods: _abc.Iterable[Global___FreePeriod] | None = ...,
+        calendar_notice: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar_notice", b"calendar_notice", "periods", b"periods"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFreePeriodsResponse: _TypeAlias = ListFreePeriodsResponse  # noqa: Y015
+
+@_typing.final
+class ListConsultationSlotsRequest(_message.Message):
+    """Asks for the earliest common slots of a consultation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    DURATION_MINUTES_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    duration_minutes: _builtins.int
+    """Length of the consultation in minutes, 30 to 240; 60 when 0."""
+    max_items: _builtins.int
+    """Maximum number of slots to return (1 to 20); 3 when 0."""
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsultationParticipant]:
+        """The units taking part (2 to 8, at least two nodes, one of them this node)."""
+
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Earliest start; now when empty."""
+
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """Latest start; 30 days after not_before when empty (at most 90 days)."""
+
+    def __init__(
+        self,
+        *,
+        participants: _abc.Iterable[Global___ConsultationParticipant] | None = ...,
+        duration_minutes: _builtins.int = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+        max_items: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_minutes", b"duration_minutes", "max_items", b"max_items", "not_after", b"not_after", "not_before", b"not_before", "participants", b"participants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsultationSlotsRequest: _TypeAlias = ListConsultationSlotsRequest  # noqa: Y015
+
+@_typing.final
+class ListConsultationSlotsResponse(_message.Message):
+    """Common slots, earliest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLOTS_FIELD_NUMBER: _builtins.int
+    CALENDAR_NOTICE_FIELD_NUMBER: _builtins.int
+    calendar_notice: _builtins.str
+    """Set when the window runs past the official holiday calendar of this node or another one."""
+    @_builtins.property
+    def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___FreePeriod]:
+        """Slots when every participant is free."""
+
+    def __init__(
+        self,
+        *,
+        slots: _abc.Iterable[Global___FreePeriod] | None = ...,
+        calendar_notice: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar_notice", b"calendar_notice", "slots", b"slots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsultationSlotsResponse: _TypeAlias = ListConsultationSlotsResponse  # noqa: Y015
+
+@_typing.final
+class BookConsultationRequest(_message.Message):
+    """Books a consultation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    DURATION_MINUTES_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """Case the consultation is about."""
+    actor: _builtins.str
+    """Operator id of who acts."""
+    topic: _builtins.str
+    """What the units consult on (1 to 200 characters)."""
+    duration_minutes: _builtins.int
+    """Length in minutes, 30 to 240; 60 when 0."""
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsultationParticipant]:
+        """The units taking part (2 to 8, at least two nodes, one of them this node)."""
+
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Earliest acceptable start; now when empty."""
+
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """Latest acceptable start; 30 days after not_before when empty (at most 90 days)."""
+
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """Exact start wanted (a slot ListConsultationSlots proposed); when empty, the earliest common slot."""
+
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        participants: _abc.Iterable[Global___ConsultationParticipant] | None = ...,
+        duration_minutes: _builtins.int = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "duration_minutes", b"duration_minutes", "not_after", b"not_after", "not_before", b"not_before", "participants", b"participants", "starts_at", b"starts_at", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BookConsultationRequest: _TypeAlias = BookConsultationRequest  # noqa: Y015
+
+@_typing.final
+class BookConsultationResponse(_message.Message):
+    """The booked consultation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consultation(self) -> Global___Consultation:
+        """The consultation (BOOKED)."""
+
+    def __init__(
+        self,
+        *,
+        consultation: Global___Consultation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consultation", b"consultation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultation", b"consultation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BookConsultationResponse: _TypeAlias = BookConsultationResponse  # noqa: Y015
+
+@_typing.final
+class RecordConsultationMinutesRequest(_message.Message):
+    """Records the minutes of a consultation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATION_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    MINUTES_FIELD_NUMBER: _builtins.int
+    consultation_id: _builtins.str
+    """Id of the consultation."""
+    actor: _builtins.str
+    """Operator id of who acts."""
+    expected_version: _builtins.int
+    """Expected consultation version; 0 skips the check."""
+    minutes: _builtins.str
+    """Minutes (会商纪要): what was agreed, by whom, by when. 1 to 20,000 characters, line breaks allowed."""
+    def __init__(
+        self,
+        *,
+        consultation_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        minutes: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "consultation_id", b"consultation_id", "expected_version", b"expected_version", "minutes", b"minutes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordConsultationMinutesRequest: _TypeAlias = RecordConsultationMinutesRequest  # noqa: Y015
+
+@_typing.final
+class RecordConsultationMinutesResponse(_message.Message):
+    """The consultation with its minutes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consultation(self) -> Global___Consultation:
+        """The consultation after the change (HELD)."""
+
+    def __init__(
+        self,
+        *,
+        consultation: Global___Consultation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consultation", b"consultation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultation", b"consultation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordConsultationMinutesResponse: _TypeAlias = RecordConsultationMinutesResponse  # noqa: Y015
+
+@_typing.final
+class CancelConsultationRequest(_message.Message):
+    """Cancels a consultation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATION_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    consultation_id: _builtins.str
+    """Id of the consultation."""
+    actor: _builtins.str
+    """Operator id of who acts."""
+    expected_version: _builtins.int
+    """Expected consultation version; 0 skips the check."""
+    reason: _builtins.str
+    """Why it is cancelled. At most 1,000 characters, line breaks allowed."""
+    def __init__(
+        self,
+        *,
+        consultation_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "consultation_id", b"consultation_id", "expected_version", b"expected_version", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelConsultationRequest: _TypeAlias = CancelConsultationRequest  # noqa: Y015
+
+@_typing.final
+class CancelConsultationResponse(_message.Message):
+    """The cancelled consultation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consultation(self) -> Global___Consultation:
+        """The consultation after the change (CANCELLED)."""
+
+    def __init__(
+        self,
+        *,
+        consultation: Global___Consultation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consultation", b"consultation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultation", b"consultation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelConsultationResponse: _TypeAlias = CancelConsultationResponse  # noqa: Y015
+
+@_typing.final
+class ListConsultationsRequest(_message.Message):
+    """Asks for a case's consultations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """Case whose consultations to list."""
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsultationsRequest: _TypeAlias = ListConsultationsRequest  # noqa: Y015
+
+@_typing.final
+class ListConsultationsResponse(_message.Message):
+    """The consultations of the case, earliest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consultations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Consultation]:
+        """The consultations."""
+
+    def __init__(
+        self,
+        *,
+        consultations: _abc.Iterable[Global___Consultation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultations", b"consultations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsultationsResponse: _TypeAlias = ListConsultationsResponse  # noqa: Y015

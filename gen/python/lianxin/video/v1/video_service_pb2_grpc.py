@@ -117,6 +117,41 @@ class VideoServiceStub:
                 request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelCitizenVisitRequest.SerializeToString,
                 response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelCitizenVisitResponse.FromString,
                 _registered_method=True)
+        self.ListRooms = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/ListRooms',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListRoomsRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListRoomsResponse.FromString,
+                _registered_method=True)
+        self.ListFreePeriods = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/ListFreePeriods',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListFreePeriodsRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListFreePeriodsResponse.FromString,
+                _registered_method=True)
+        self.ListConsultationSlots = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/ListConsultationSlots',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationSlotsRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationSlotsResponse.FromString,
+                _registered_method=True)
+        self.BookConsultation = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/BookConsultation',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.BookConsultationRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.BookConsultationResponse.FromString,
+                _registered_method=True)
+        self.RecordConsultationMinutes = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/RecordConsultationMinutes',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RecordConsultationMinutesRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RecordConsultationMinutesResponse.FromString,
+                _registered_method=True)
+        self.CancelConsultation = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/CancelConsultation',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelConsultationRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelConsultationResponse.FromString,
+                _registered_method=True)
+        self.ListConsultations = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/ListConsultations',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationsRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationsResponse.FromString,
+                _registered_method=True)
 
 
 class VideoServiceServicer:
@@ -241,6 +276,62 @@ class VideoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRooms(self, request, context):
+        """Lists the rooms and terminals registered at this node (its own and other nodes' it books), by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFreePeriods(self, request, context):
+        """Cross-node (远程会商): the periods a unit and a room of this node are free for a consultation, on
+        this node's working days and consultation hours, outside its leaders' reception sessions in that
+        room and outside everything already booked for the unit or the room.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsultationSlots(self, request, context):
+        """The earliest common slots of a remote consultation (远程会商) for every participant, each on its own
+        node's calendar and rooms (asked with ListFreePeriods), earliest first. Nothing is booked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BookConsultation(self, request, context):
+        """Books a remote consultation between units of different tiers about a case, without the citizen, at
+        the earliest common slot (or a given start): local units and rooms are reserved here, those of other
+        nodes held there, then confirmed. Emits consultation_booked on the case.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordConsultationMinutes(self, request, context):
+        """Records the minutes (会商纪要) of a booked consultation: it is then HELD, and the minutes join the
+        case's history (consultation_held replicates up the tiers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelConsultation(self, request, context):
+        """Cancels a booked consultation and releases its units and rooms here and at the other nodes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsultations(self, request, context):
+        """Lists the consultations about a case that this node holds: booked here, or copies of those booked
+        at nodes below (from their events). Minutes are shown only to the office and the units involved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VideoServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -323,6 +414,41 @@ def add_VideoServiceServicer_to_server(servicer, server):
                     servicer.CancelCitizenVisit,
                     request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelCitizenVisitRequest.FromString,
                     response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelCitizenVisitResponse.SerializeToString,
+            ),
+            'ListRooms': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRooms,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListRoomsRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListRoomsResponse.SerializeToString,
+            ),
+            'ListFreePeriods': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFreePeriods,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListFreePeriodsRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListFreePeriodsResponse.SerializeToString,
+            ),
+            'ListConsultationSlots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsultationSlots,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationSlotsRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationSlotsResponse.SerializeToString,
+            ),
+            'BookConsultation': grpc.unary_unary_rpc_method_handler(
+                    servicer.BookConsultation,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.BookConsultationRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.BookConsultationResponse.SerializeToString,
+            ),
+            'RecordConsultationMinutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordConsultationMinutes,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RecordConsultationMinutesRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RecordConsultationMinutesResponse.SerializeToString,
+            ),
+            'CancelConsultation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelConsultation,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelConsultationRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelConsultationResponse.SerializeToString,
+            ),
+            'ListConsultations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsultations,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationsRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -760,6 +886,195 @@ class VideoService:
             '/lianxin.video.v1.VideoService/CancelCitizenVisit',
             lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelCitizenVisitRequest.SerializeToString,
             lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelCitizenVisitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRooms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/ListRooms',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.ListRoomsRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.ListRoomsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFreePeriods(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/ListFreePeriods',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.ListFreePeriodsRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.ListFreePeriodsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsultationSlots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/ListConsultationSlots',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationSlotsRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationSlotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BookConsultation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/BookConsultation',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.BookConsultationRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.BookConsultationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordConsultationMinutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/RecordConsultationMinutes',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.RecordConsultationMinutesRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.RecordConsultationMinutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelConsultation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/CancelConsultation',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelConsultationRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelConsultationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsultations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/ListConsultations',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationsRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,32 @@ class VideoServiceStub:
     """Public: the citizen cancels a booked visit of their own case, at least 24 hours before it starts
     (later, the 信访 office cancels on the citizen's call).
     """
+    ListRooms: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.ListRoomsRequest, _video_service_pb2.ListRoomsResponse]
+    """Lists the rooms and terminals registered at this node (its own and other nodes' it books), by id."""
+    ListFreePeriods: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.ListFreePeriodsRequest, _video_service_pb2.ListFreePeriodsResponse]
+    """Cross-node (远程会商): the periods a unit and a room of this node are free for a consultation, on
+    this node's working days and consultation hours, outside its leaders' reception sessions in that
+    room and outside everything already booked for the unit or the room.
+    """
+    ListConsultationSlots: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.ListConsultationSlotsRequest, _video_service_pb2.ListConsultationSlotsResponse]
+    """The earliest common slots of a remote consultation (远程会商) for every participant, each on its own
+    node's calendar and rooms (asked with ListFreePeriods), earliest first. Nothing is booked.
+    """
+    BookConsultation: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.BookConsultationRequest, _video_service_pb2.BookConsultationResponse]
+    """Books a remote consultation between units of different tiers about a case, without the citizen, at
+    the earliest common slot (or a given start): local units and rooms are reserved here, those of other
+    nodes held there, then confirmed. Emits consultation_booked on the case.
+    """
+    RecordConsultationMinutes: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.RecordConsultationMinutesRequest, _video_service_pb2.RecordConsultationMinutesResponse]
+    """Records the minutes (会商纪要) of a booked consultation: it is then HELD, and the minutes join the
+    case's history (consultation_held replicates up the tiers).
+    """
+    CancelConsultation: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.CancelConsultationRequest, _video_service_pb2.CancelConsultationResponse]
+    """Cancels a booked consultation and releases its units and rooms here and at the other nodes."""
+    ListConsultations: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.ListConsultationsRequest, _video_service_pb2.ListConsultationsResponse]
+    """Lists the consultations about a case that this node holds: booked here, or copies of those booked
+    at nodes below (from their events). Minutes are shown only to the office and the units involved.
+    """
 
 class VideoServiceServicer(metaclass=_abc_1.ABCMeta):
     """Books leaders' video receptions on the earliest slot that fits every participant, holding
@@ -198,6 +224,74 @@ class VideoServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _video_service_pb2.CancelCitizenVisitResponse:
         """Public: the citizen cancels a booked visit of their own case, at least 24 hours before it starts
         (later, the 信访 office cancels on the citizen's call).
+        """
+
+    @_abc_1.abstractmethod
+    def ListRooms(
+        self,
+        request: _video_service_pb2.ListRoomsRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.ListRoomsResponse:
+        """Lists the rooms and terminals registered at this node (its own and other nodes' it books), by id."""
+
+    @_abc_1.abstractmethod
+    def ListFreePeriods(
+        self,
+        request: _video_service_pb2.ListFreePeriodsRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.ListFreePeriodsResponse:
+        """Cross-node (远程会商): the periods a unit and a room of this node are free for a consultation, on
+        this node's working days and consultation hours, outside its leaders' reception sessions in that
+        room and outside everything already booked for the unit or the room.
+        """
+
+    @_abc_1.abstractmethod
+    def ListConsultationSlots(
+        self,
+        request: _video_service_pb2.ListConsultationSlotsRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.ListConsultationSlotsResponse:
+        """The earliest common slots of a remote consultation (远程会商) for every participant, each on its own
+        node's calendar and rooms (asked with ListFreePeriods), earliest first. Nothing is booked.
+        """
+
+    @_abc_1.abstractmethod
+    def BookConsultation(
+        self,
+        request: _video_service_pb2.BookConsultationRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.BookConsultationResponse:
+        """Books a remote consultation between units of different tiers about a case, without the citizen, at
+        the earliest common slot (or a given start): local units and rooms are reserved here, those of other
+        nodes held there, then confirmed. Emits consultation_booked on the case.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordConsultationMinutes(
+        self,
+        request: _video_service_pb2.RecordConsultationMinutesRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.RecordConsultationMinutesResponse:
+        """Records the minutes (会商纪要) of a booked consultation: it is then HELD, and the minutes join the
+        case's history (consultation_held replicates up the tiers).
+        """
+
+    @_abc_1.abstractmethod
+    def CancelConsultation(
+        self,
+        request: _video_service_pb2.CancelConsultationRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.CancelConsultationResponse:
+        """Cancels a booked consultation and releases its units and rooms here and at the other nodes."""
+
+    @_abc_1.abstractmethod
+    def ListConsultations(
+        self,
+        request: _video_service_pb2.ListConsultationsRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.ListConsultationsResponse:
+        """Lists the consultations about a case that this node holds: booked here, or copies of those booked
+        at nodes below (from their events). Minutes are shown only to the office and the units involved.
         """
 
 def add_VideoServiceServicer_to_server(servicer: VideoServiceServicer, server: _grpc.Server) -> None: ...
