@@ -108,7 +108,11 @@ class RelayLoop:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        return not self._thread.is_alive()
+        stopped = not self._thread.is_alive()
+        if stopped:
+            for relay in self._relays:
+                relay.close()
+        return stopped
 
     def _loop(self) -> None:
         # First pass at once: rows left over from before a restart go out without waiting.
