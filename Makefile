@@ -38,7 +38,7 @@ proto-check: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy services
+	$(BIN)/mypy services tests
 	$(BIN)/hadolint Dockerfile
 
 demo: venv

@@ -7,30 +7,16 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.support.services import AMQP_HOST, fresh_postgres_database, fresh_vhost, unavailable
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIANXIN_SHARED_DATA", REPO.parent / "shared" / "data"))
 PG_ADMIN_URL = os.environ.get("LIANXIN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-AMQP_HOST = os.environ.get("LIANXIN_TEST_AMQP_HOST", "127.0.0.1")
-
-
-def _required() -> bool:
-    return os.environ.get("LIANXIN_REQUIRE_SERVICES") == "1"
-
-
-def unavailable(what: str, why: str) -> None:
-    """Skip (laptop) or fail (CI) when a real service the test needs is not there."""
-    message = f"{what} is not available: {why}"
-    if _required():
-        pytest.fail(message + " (LIANXIN_REQUIRE_SERVICES=1)")
-    pytest.skip(message)
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -68,23 +54,6 @@ def postgres_admin_url() -> str:
     return PG_ADMIN_URL
 
 
-@contextmanager
-def fresh_postgres_database(admin_url: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database (its URL), dropped when the block ends."""
-    import sqlalchemy as sa
-
-    name = f"lianxin_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture()
 def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
@@ -104,24 +73,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def rabbitmq_available() -> None:
     if not _port_open(AMQP_HOST, 5672):
         unavailable("RabbitMQ", f"nothing listens on {AMQP_HOST}:5672")
-
-
-@contextmanager
-def fresh_vhost() -> Iterator[str]:
-    """A fresh RabbitMQ virtual host, deleted afterwards (for fixtures of any scope)."""
-    vhost = f"lianxin_test_{uuid.uuid4().hex[:12]}"
-    try:
-        subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
-        subprocess.run(
-            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        unavailable("RabbitMQ vhost management (rabbitmqctl)", str(exc))
-    yield f"amqp://guest:guest@{AMQP_HOST}:5672/{vhost}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
 
 
 @pytest.fixture()

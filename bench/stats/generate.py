@@ -220,3 +220,7 @@ def bulk_insert(
 def _rate(what: str, done: int, started: float) -> str:
     elapsed = time.perf_counter() - started
     return f"{what}: {done:,} in {elapsed:.0f} s ({done / max(elapsed, 1e-9):,.0f} rows/s)"
+
+
+# CATEGORIES: the vocabulary the rows are generated with (services.common.categories), checked by the tests.
+__all__ = ["CATEGORIES", "CHANNELS", "COLUMNS", "RATINGS", "bulk_insert", "counties_of", "generate"]

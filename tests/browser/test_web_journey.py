@@ -22,7 +22,7 @@ from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.timeutil import CHINA
-from tests.browser.conftest import Visitor, WebFederation
+from tests.support.web import Visitor, WebFederation
 
 PHONE = "13812345678"
 ID_NUMBER = "11010519491231002X"
@@ -445,7 +445,7 @@ def test_clerk_merges_a_duplicate_into_its_main_case_and_undoes_it(
 
     def merge_form_shown() -> bool:
         clerk.goto(f"{county}/console/case/{twin_id}")
-        return clerk.page.locator("#form-merge").count() > 0
+        return bool(clerk.page.locator("#form-merge").count() > 0)
 
     _eventually("the merge form on the duplicate's page", merge_form_shown)
     clerk.page.fill("#merge-main_case_id", twin_id)  # itself: refused, naming the field
@@ -501,7 +501,7 @@ def test_lead_unit_asks_an_assisting_unit_which_answers_from_its_assist_tab(
 
     def assist_form_shown() -> bool:
         clerk.goto(f"{county}/console/case/{case_id}")
-        return clerk.page.locator("#form-request_assist").count() > 0
+        return bool(clerk.page.locator("#form-request_assist").count() > 0)
 
     _eventually("the request-assist form on the case page", assist_form_shown)
     clerk.page.fill("#request_assist-request", "请提供该路段排水设施的巡查记录")
@@ -548,7 +548,7 @@ def test_leader_queue_lists_a_waiting_case_and_the_office_records_the_instructio
 
     def queued() -> bool:
         clerk.goto(f"{county}/console/leader")
-        return clerk.page.locator(f"#leader-queue a[href='/console/case/{case_id}']").count() > 0
+        return bool(clerk.page.locator(f"#leader-queue a[href='/console/case/{case_id}']").count() > 0)
 
     _eventually("the case in the leader's queue", queued)
     row = clerk.page.inner_text("#leader-queue tbody")

@@ -33,10 +33,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.crypto import new_data_key
 from services.common.names import SERVICES
-from tests.conftest import fresh_postgres_database, fresh_vhost
-from tests.e2e.test_production_mode import NODE, ProductionNode, _free_port
-from tests.helpers import wait_until
-from tests.unit.test_deploy_k8s import KUBECTL, OVERLAYS, _render, _tool_missing
+from tests.support.helpers import wait_until
+from tests.support.k8s import KUBECTL, OVERLAYS
+from tests.support.k8s import render as _render
+from tests.support.k8s import tool_missing as _tool_missing
+from tests.support.production import NODE, ProductionNode
+from tests.support.production import free_port as _free_port
+from tests.support.services import fresh_postgres_database, fresh_vhost
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "rules" / "lianxin.rules.yml"
@@ -273,7 +276,10 @@ def documented_metrics() -> dict[str, tuple[str, set[str], set[str]]]:
     rows = re.findall(
         r"^\| `(lianxin_[a-z0-9_]+)` \| (\w+) \| ([^|]*) \| ([^|]*) \|", OPERATIONS.read_text("utf-8"), re.M
     )
-    split = lambda cell: {part.strip() for part in cell.split(",") if part.strip()}  # noqa: E731
+
+    def split(cell: str) -> set[str]:
+        return {part.strip() for part in cell.split(",") if part.strip()}
+
     return {name.removesuffix("_total"): (kind, split(labels), split(by)) for name, kind, labels, by in rows}
 
 

@@ -18,7 +18,7 @@ from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.standalone.events import event_dispatcher
 
 from bench.faults.infra import CapabilityMissing, PrivateRabbitMQ
-from tests.conftest import unavailable
+from tests.support.services import unavailable
 
 pytestmark = pytest.mark.slow
 

@@ -51,7 +51,7 @@ from services.exchange.package import CHILD_KEYS_DIR, KEY_FILE
 from services.exchange.reconcile import federation_pairs, reconcile, settled
 from services.federation import BUSINESS_SERVICES, DEFAULT_TOPOLOGY, Federation, health_statuses
 from services.stats.domain import COUNT_METRICS
-from tests.helpers import free_port_block, wait_until
+from tests.support.helpers import free_port_block, wait_until
 
 S = common_pb2
 CITIES = ("511100", "510100")

@@ -19,7 +19,7 @@ from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.federation import wait_serving
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 
 def free_port() -> int:

@@ -33,7 +33,7 @@ import pytest
 from bench.faults.infra import CapabilityMissing, PrivatePostgres, PrivateRabbitMQ
 from bench.faults.proxy import TcpProxy
 from bench.faults.scenarios import FederationStack, ProductionStack, ScenarioResult, Settings, run_scenario, started
-from tests.conftest import unavailable
+from tests.support.services import unavailable
 
 pytestmark = pytest.mark.slow
 

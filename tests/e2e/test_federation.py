@@ -11,7 +11,7 @@ import pytest
 from services.common.reflection import ReflectionClient
 from services.common.regions import RegionTree
 from services.federation import BUSINESS_SERVICES, Federation, health_statuses
-from tests.helpers import running_federation, wait_until
+from tests.support.helpers import running_federation, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.crypto import new_data_key
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = (REPO / "Dockerfile").read_text(encoding="utf-8")

@@ -19,7 +19,7 @@ from lianxin.national.v1 import national_service_pb2_grpc as national_grpc
 
 from services.common.tls import NATIONAL_CODE
 from services.federation import Federation, health_statuses
-from tests.helpers import running_federation
+from tests.support.helpers import running_federation
 
 pytestmark = pytest.mark.slow
 NATIONAL = ["lianxin.national.v1.NationalService"]

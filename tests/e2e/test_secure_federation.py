@@ -19,7 +19,7 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.security import bearer_metadata
 from services.federation import BUSINESS_SERVICES, Federation, health_statuses
-from tests.helpers import free_port_block, wait_until
+from tests.support.helpers import free_port_block, wait_until
 
 TOPOLOGY = (("510000", None), ("511100", "510000"), ("511102", "511100"))
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from services.federation import BUSINESS_SERVICES, Federation, health_statuses, restart_delay
-from tests.helpers import free_port_block, wait_until
-from tests.unit.test_cli import lianxin, one_error_line
+from tests.support.cli import lianxin, one_error_line
+from tests.support.helpers import free_port_block, wait_until
 
 
 def test_up_refuses_to_start_when_one_of_its_ports_is_taken(tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_up_with_a_topology_runs_a_city_and_its_counties_in_one_host_process(tmp
     from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
     from bench.harness.workload import Submissions
-    from tests.unit.test_cli import LIANXIN, REPO
+    from tests.support.cli import LIANXIN, REPO
 
     base = free_port_block(10)
     up = subprocess.Popen(

@@ -27,9 +27,11 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 
 from services.common.crypto import new_data_key
-from tests.e2e.test_production_mode import NODE, ProductionNode, _serving, _submit, work_order_exists
-from tests.e2e.test_tracing import Receiver, otlp_receiver
-from tests.helpers import stop_process, wait_until
+from tests.support.helpers import stop_process, wait_until
+from tests.support.production import NODE, ProductionNode, work_order_exists
+from tests.support.production import serving as _serving
+from tests.support.production import submit_numbered as _submit
+from tests.support.tracing import Receiver, otlp_receiver
 
 pytestmark = pytest.mark.slow
 

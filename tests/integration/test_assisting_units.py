@@ -20,10 +20,10 @@ from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from services.common.service import utc_now
 from services.common.timeutil import from_timestamp
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, linked_nodes
-from tests.integration.test_evaluation_across_nodes import register, replica_types, routing
-from tests.integration.test_merge_cases import metrics, placed, refused
+from tests.support.exchange_nodes import Start, linked_nodes
+from tests.support.helpers import wait_until
+from tests.support.tiers import metrics, refused, register, replica_types, routing
+from tests.support.tiers import placed_with_unit as placed
 
 
 class Clock:
@@ -62,7 +62,8 @@ def test_assisting_units_answer_the_lead_a_late_one_is_chased_and_counted(start:
             routing_pb2.RequestAssistRequest(work_order_id=wo, actor="lead-1", unit_ids=units, request=request),
             timeout=5,
         )
-        return answer.work_order
+        asked: routing_pb2.WorkOrder = answer.work_order
+        return asked
 
     # Bad input names the field and changes nothing.
     assert "unit_ids[0]" in refused(lambda: ask(["lszq-sthjj"]), grpc.StatusCode.INVALID_ARGUMENT)

@@ -21,8 +21,8 @@ from services.common.audit import Anchor, AuditLog, AuditRecord, _canonical, aud
 from services.common.commands import parent_anchors
 from services.common.db import make_engine, service_database_url
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, linked_nodes, phone_for
+from tests.support.exchange_nodes import Start, linked_nodes, phone_for
+from tests.support.helpers import wait_until
 
 SUBMISSIONS = 4
 

@@ -237,7 +237,7 @@ def test_stored_run_prints_each_request_at_zero_and_at_the_preload_side_by_side(
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(json_path.read_text(encoding="utf-8"))["rows"]
     # A county's requests at 0 and N stored cases, and a city's over a short and a long history.
-    rpcs = ("SubmitCase", "TrackCase", "GetCase", "ListWorkOrders")
+    rpcs: tuple[str, ...] = ("SubmitCase", "TrackCase", "GetCase", "ListWorkOrders")
     rpcs += ("DrillDown", "DrillDownUnit", "ListVisits", "BookVisit", "PushEvents", "PullDown", "ListReplicas")
     assert {r["figure"] for r in rows} == {f"{rpc} {kind}" for rpc in rpcs for kind in ("p50", "rate")}
     assert all(r["value"] > 0 and r["baseline"] > 0 and "0 stored" in r["baseline_is"] for r in rows)

@@ -29,8 +29,8 @@ from services.cli import main as lianxin
 from services.common.timeutil import CHINA, to_timestamp
 from services.node import Node
 from services.routing.handlers import work_order_id_for
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, free_port, linked_nodes, replicas
+from tests.support.exchange_nodes import Start, free_port, linked_nodes, replicas
+from tests.support.helpers import wait_until
 
 FIXTURE_2027 = Path(__file__).resolve().parents[1] / "fixtures" / "calendar_2027_fixture.yaml"
 TODAY = datetime(2026, 12, 8, 10, 0, tzinfo=CHINA)  # 60 days later is Saturday 6 Feb 2027, in the fixture's 春节

@@ -10,7 +10,7 @@ import pytest
 
 from services.common.settings import Settings
 from services.node import Node
-from tests.unit.test_cli import lianxin, one_error_line
+from tests.support.cli import lianxin, one_error_line
 
 SUBMIT = "lianxin.intake.v1.IntakeService/SubmitCase"
 

@@ -24,42 +24,25 @@ from services.common.security import bearer_metadata, issue_token
 from services.common.service import utc_now
 from services.common.timeutil import CHINA, from_timestamp
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import linked_nodes, three_tiers
-from tests.integration.test_evaluation_across_nodes import Tiers, register, work_order
-from tests.integration.test_video_across_tiers import held_types, placed, quarantined, video
+from tests.support.exchange_nodes import linked_nodes, three_tiers
+from tests.support.helpers import wait_until
+from tests.support.tiers import (
+    CITY_ROOM,
+    CITY_UNIT,
+    COUNTY_UNIT,
+    Tiers,
+    connect,
+    held_types,
+    participants,
+    quarantined,
+    register,
+    rooms,
+    video,
+    work_order,
+)
+from tests.support.tiers import placed_by_hand as placed
 
-COUNTY_UNIT, CITY_UNIT = "lszq-sthjj", "lsj-sthjj"
-COUNTY_ROOM, CITY_ROOM = "511102-HS1", "511100-HS1"
 MINUTES = "市县两级生态环境局会商：由市中区生态环境局三日内现场核查，市局督导，结果报市局。"
-
-
-def connect(nodes: list[Node]) -> None:
-    """Every node's video knows every other's address (as `lianxin up` sets LIANXIN_VIDEO_PEERS)."""
-    for node in nodes:
-        peers = node.extras.setdefault("video_peers", {})
-        peers.update({n.settings.node: n.address for n in nodes if n is not node})
-
-
-def rooms(county: Node, city: Node, metadata: tuple[tuple[str, str], ...] = ()) -> None:
-    """Each node's consultation room, registered at its node; the county registers the city's too."""
-    for node, room, owner in (
-        (county, COUNTY_ROOM, "511102"),
-        (county, CITY_ROOM, "511100"),
-        (city, CITY_ROOM, "511100"),
-    ):
-        video(node).RegisterRoom(
-            video_pb2.RegisterRoomRequest(room=video_pb2.Room(room_id=room, node=owner, name="会商室")),
-            metadata=metadata,
-            timeout=5,
-        )
-
-
-def participants() -> list[video_pb2.ConsultationParticipant]:
-    return [
-        video_pb2.ConsultationParticipant(node="511102", unit_id=COUNTY_UNIT, room_id=COUNTY_ROOM),
-        video_pb2.ConsultationParticipant(node="511100", unit_id=CITY_UNIT, room_id=CITY_ROOM),
-    ]
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -144,7 +127,8 @@ def test_a_consultation_is_booked_at_the_earliest_common_slot_held_and_its_minut
     again = county.ListConsultationSlots(
         video_pb2.ListConsultationSlotsRequest(participants=participants(), max_items=1), timeout=10
     ).slots
-    assert from_timestamp(again[0].starts_at) >= expected + timedelta(hours=1)
+    next_start = from_timestamp(again[0].starts_at)
+    assert next_start is not None and next_start >= expected + timedelta(hours=1)
 
     held = county.RecordConsultationMinutes(
         video_pb2.RecordConsultationMinutesRequest(

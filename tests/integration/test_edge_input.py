@@ -28,7 +28,7 @@ from services.common.request_rules import PUBLIC_MAX_BYTES
 from services.common.settings import Settings
 from services.exchange.store import MAX_BATCH_BYTES
 from services.node import Node
-from tests.helpers import free_port_block
+from tests.support.helpers import free_port_block
 
 COUNTY = "511102"  # 市中区: a county with no children
 CITY = "511100"  # 乐山市, the county's parent

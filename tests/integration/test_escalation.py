@@ -30,7 +30,7 @@ from services.common.settings import Settings
 from services.common.timeutil import to_timestamp
 from services.node import Node
 from services.routing.handlers import work_order_id_for
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 
 def start(code: str, tmp_path: Path, parent: Node | None = None) -> Node:

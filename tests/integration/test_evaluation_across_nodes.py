@@ -25,35 +25,24 @@ import itertools
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import grpc
 import pytest
 import sqlalchemy as sa
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
-from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
-from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 
 from services.common.events import decode
 from services.common.service import BusEvent, Subscription
 from services.intake.models import inbox as intake_inbox
 from services.node import Node
-from services.routing.handlers import work_order_id_for
 from services.routing.models import inbox as routing_inbox
 from services.routing.models import outbox as routing_outbox
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import exchange, phone_for, three_tiers
-
-
-@dataclass(frozen=True)
-class Tiers:
-    province: Node
-    city: Node
-    county: Node
+from tests.support.exchange_nodes import exchange, three_tiers
+from tests.support.helpers import wait_until
+from tests.support.tiers import Registered, Tiers, intake, register, replica_types, routing, work_order
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -95,24 +84,6 @@ def _case_of(event: BusEvent) -> str:
     return decode(event).case_id
 
 
-def intake(node: Node) -> intake_grpc.IntakeServiceStub:
-    return intake_grpc.IntakeServiceStub(grpc.insecure_channel(node.address))
-
-
-def routing(node: Node) -> routing_grpc.RoutingServiceStub:
-    return routing_grpc.RoutingServiceStub(grpc.insecure_channel(node.address))
-
-
-def work_order(node: Node, case_id: str) -> routing_pb2.WorkOrder | None:
-    wo_id = work_order_id_for(case_id, node.settings.node)
-    try:
-        return routing(node).GetWorkOrder(routing_pb2.GetWorkOrderRequest(work_order_id=wo_id), timeout=5).work_order
-    except grpc.RpcError as error:
-        if error.code() == grpc.StatusCode.NOT_FOUND:
-            return None
-        raise
-
-
 def state_of(node: Node, case_id: str) -> int | None:
     found = work_order(node, case_id)
     return None if found is None else int(found.state)
@@ -121,40 +92,6 @@ def state_of(node: Node, case_id: str) -> int | None:
 def down_settled(node: Node) -> bool:
     links = exchange(node).LinkStatus(exchange_pb2.LinkStatusRequest(), timeout=5).links
     return all(link.lag_events == 0 for link in links)
-
-
-@dataclass(frozen=True)
-class Registered:
-    """A case the citizen registered at ``node``, with what the citizen needs to act on it there."""
-
-    node: Node
-    case_id: str
-    code: str
-    last4: str
-
-    def track(self) -> intake_pb2.TrackCaseResponse:
-        reply: intake_pb2.TrackCaseResponse = intake(self.node).TrackCase(
-            intake_pb2.TrackCaseRequest(tracking_code=self.code, phone_last4=self.last4), timeout=5
-        )
-        return reply
-
-
-def register(node: Node, region: str) -> Registered:
-    ref = f"eval-{uuid.uuid4().hex[:10]}"
-    phone = phone_for(ref)
-    submitted = intake(node).SubmitCase(
-        intake_pb2.SubmitCaseRequest(
-            channel=common_pb2.CHANNEL_WEB,
-            channel_ref=ref,
-            title="河道漂浮垃圾长期无人清理",
-            body="河道里漂浮垃圾长期无人清理，夏天气味很大，希望有关部门尽快处理。",
-            category="环境保护",
-            region_code=region,
-            complainant=common_pb2.Person(name="王五", phone=phone),
-        ),
-        timeout=5,
-    )
-    return Registered(node, submitted.case.case_id, submitted.tracking_code, phone[-4:])
 
 
 def handed_down(tiers: Tiers) -> tuple[Registered, str]:
@@ -519,12 +456,6 @@ def test_the_registering_county_follows_the_handling_of_the_city_it_escalated_to
     for n in (province, city, county):
         items = exchange(n).ListQuarantine(exchange_pb2.ListQuarantineRequest(), timeout=5).items
         assert not [i for i in items if case_id in i.payload_summary], n.settings.node
-
-
-def replica_types(node: Node, case_id: str) -> list[str]:
-    """Event types of the replicas ``node`` holds for ``case_id`` (from its subtree)."""
-    held = exchange(node).ListReplicas(exchange_pb2.ListReplicasRequest(case_id=case_id, max_items=1000), timeout=5)
-    return [entry.event_type for entry in held.entries]
 
 
 def test_a_case_handed_down_sends_no_handling_updates(tiers: Tiers) -> None:

@@ -27,12 +27,22 @@ from services.common.service import utc_now
 from services.common.timeutil import from_timestamp, to_timestamp
 from services.exchange.domain import UP_EVENT_TYPES
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import three_tiers
-from tests.integration.test_consultation import connect, rooms
-from tests.integration.test_consultation import participants as consultation_participants
-from tests.integration.test_evaluation_across_nodes import Registered, intake, register, routing
-from tests.integration.test_video_across_tiers import held_types, leader_at, placed, quarantined, video
+from tests.support.exchange_nodes import three_tiers
+from tests.support.helpers import wait_until
+from tests.support.tiers import (
+    Registered,
+    connect,
+    held_types,
+    intake,
+    leader_at,
+    quarantined,
+    register,
+    rooms,
+    routing,
+    video,
+)
+from tests.support.tiers import participants as consultation_participants
+from tests.support.tiers import placed_by_hand as placed
 
 REGISTRY = tuple(f.name for f in events_pb2.EventEnvelope.DESCRIPTOR.oneofs_by_name["payload"].fields)
 SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"

@@ -29,8 +29,8 @@ from services.common.settings import Settings
 from services.common.timeutil import to_timestamp
 from services.exchange.store import COMMAND, ExchangeStore, Item
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, exchange, free_port, linked_nodes, submit
+from tests.support.exchange_nodes import Start, exchange, free_port, linked_nodes, submit
+from tests.support.helpers import wait_until
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -23,10 +23,10 @@ from services.common.events import envelope
 from services.common.service import BusEvent
 from services.exchange.models import quarantine, sequence_skip
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, exchange, linked_nodes, replicas, submit
-from tests.integration.test_evaluation_across_nodes import routing
-from tests.integration.test_video_across_tiers import placed
+from tests.support.exchange_nodes import Start, exchange, linked_nodes, replicas, submit
+from tests.support.helpers import wait_until
+from tests.support.tiers import placed_by_hand as placed
+from tests.support.tiers import routing
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

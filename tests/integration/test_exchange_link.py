@@ -22,8 +22,8 @@ from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 from services.common.events import envelope
 from services.common.service import BusEvent, Subscription
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, exchange, free_port, linked_nodes, replicas, submit
+from tests.support.exchange_nodes import Start, exchange, free_port, linked_nodes, replicas, submit
+from tests.support.helpers import wait_until
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

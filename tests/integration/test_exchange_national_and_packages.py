@@ -18,8 +18,8 @@ from services.common.service import BusEvent, Subscription
 from services.common.settings import Settings
 from services.exchange import national_sim
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.test_exchange_link import replicas, submit
+from tests.support.exchange_nodes import replicas, submit
+from tests.support.helpers import wait_until
 
 
 @pytest.fixture()

@@ -46,9 +46,9 @@ from services.common.settings import Settings
 from services.intake import models as intake_models
 from services.node import Node
 from services.routing import models as routing_models
-from tests.conftest import fresh_postgres_database
-from tests.fuzz_messages import assign, field_values, message_strategy
-from tests.helpers import wait_until
+from tests.support.fuzz_messages import assign, field_values, message_strategy
+from tests.support.helpers import wait_until
+from tests.support.services import fresh_postgres_database
 
 NODE = "511102"
 EXAMPLES = 20  # per method; ~60 methods keep the module well under a minute

@@ -21,8 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.faults.proxy import TcpProxy
 from services.common.crypto import new_data_key
-from tests.helpers import wait_until
-from tests.unit.test_cli import closed_port
+from tests.support.cli import closed_port
+from tests.support.helpers import wait_until
 
 VIDEO = "lianxin.video.v1.VideoService"
 SERVING = health_pb2.HealthCheckResponse.SERVING

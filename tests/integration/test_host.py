@@ -24,7 +24,7 @@ from services.common.regions import RegionTree
 from services.common.settings import Settings
 from services.common.tls import cert_region, client_credentials
 from services.host import Host, members_from_codes
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 CITY, COUNTIES = "511100", ("511102", "511111")
 

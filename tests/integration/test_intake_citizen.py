@@ -20,7 +20,7 @@ from services.common.events import decode, envelope, to_bus_event
 from services.common.service import BusEvent, Subscription
 from services.common.settings import Settings
 from services.node import Node
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 NODE = "511102"
 PHONE = "13912345678"

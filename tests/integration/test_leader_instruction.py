@@ -22,10 +22,9 @@ from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from services.common.service import utc_now
 from services.common.timeutil import from_timestamp
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, linked_nodes
-from tests.integration.test_evaluation_across_nodes import register, replica_types, routing, work_order
-from tests.integration.test_merge_cases import metrics, refused
+from tests.support.exchange_nodes import Start, linked_nodes
+from tests.support.helpers import wait_until
+from tests.support.tiers import metrics, refused, register, replica_types, routing, work_order
 
 CLASSES = """
 classes:

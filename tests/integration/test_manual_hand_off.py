@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,7 +24,7 @@ from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from services.common.settings import Settings
 from services.node import Node
 from services.routing.handlers import work_order_id_for
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 
 def start(code: str, tmp_path: Path, parent: Node | None = None) -> Node:
@@ -54,7 +55,10 @@ def routing(node: Node) -> routing_grpc.RoutingServiceStub:
 def work_order(node: Node, case_id: str) -> pb.WorkOrder | None:
     wo_id = work_order_id_for(case_id, node.settings.node)
     try:
-        return routing(node).GetWorkOrder(pb.GetWorkOrderRequest(work_order_id=wo_id), timeout=5).work_order
+        found: pb.WorkOrder = (
+            routing(node).GetWorkOrder(pb.GetWorkOrderRequest(work_order_id=wo_id), timeout=5).work_order
+        )
+        return found
     except grpc.RpcError as error:
         if error.code() == grpc.StatusCode.NOT_FOUND:
             return None
@@ -78,7 +82,7 @@ def submit_at_province(province: Node) -> str:
     return case_id
 
 
-def assign(at: Node, **fields: str) -> pb.AssignManuallyResponse:
+def assign(at: Node, **fields: Any) -> pb.AssignManuallyResponse:
     reply: pb.AssignManuallyResponse = routing(at).AssignManually(pb.AssignManuallyRequest(**fields), timeout=5)
     return reply
 

@@ -16,54 +16,18 @@ import pytest
 from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
-from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
-from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, linked_nodes
-from tests.integration.test_evaluation_across_nodes import (
-    Registered,
-    intake,
-    register,
-    replica_types,
-    routing,
-    work_order,
-)
+from tests.support.exchange_nodes import Start, linked_nodes
+from tests.support.helpers import wait_until
+from tests.support.tiers import Registered, intake, metrics, refused, register, replica_types, routing, work_order
+from tests.support.tiers import placed_with_unit as placed
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def start(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Start]:
     with linked_nodes(request.param, tmp_path, lambda: str(request.getfixturevalue("postgres_admin_url"))) as starter:
         yield starter
-
-
-def placed(node: Node, case_id: str) -> routing_pb2.WorkOrder:
-    found: list[routing_pb2.WorkOrder] = []
-
-    def with_unit() -> bool:
-        order = work_order(node, case_id)
-        if order is not None and order.unit_id:
-            found.append(order)
-        return bool(found)
-
-    wait_until(with_unit, 30, f"case {case_id} placed with a unit")
-    return found[0]
-
-
-def metrics(node: Node, region: str, names: list[str]) -> dict[str, int]:
-    with grpc.insecure_channel(node.address) as channel:
-        reply = stats_grpc.StatsServiceStub(channel).GetMetrics(
-            stats_pb2.GetMetricsRequest(region_code=region, metrics=names), timeout=5
-        )
-    return {m.name: int(m.numerator) for m in reply.metrics}
-
-
-def refused(call: object, code: grpc.StatusCode) -> str:
-    with pytest.raises(grpc.RpcError) as caught:
-        call()  # type: ignore[operator]
-    assert caught.value.code() == code, caught.value.details()
-    return str(caught.value.details())
 
 
 def test_merged_citizens_follow_the_main_case_rate_it_and_count_once_as_a_matter(start: Start) -> None:

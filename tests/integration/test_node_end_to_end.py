@@ -14,7 +14,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lianxin.common.v1 import common_pb2
-from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
@@ -24,7 +23,8 @@ from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 from services.common.settings import Settings
 from services.node import Node
 from services.routing.handlers import work_order_id_for
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
+from tests.support.intake import submit_request
 
 BUSINESS = [
     "lianxin.intake.v1.IntakeService",
@@ -48,21 +48,6 @@ def node(database_url: str, tmp_path: Path) -> Iterator[Node]:
 def channel(node: Node) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(node.address) as ch:
         yield ch
-
-
-def submit_request(ref: str, **overrides: object) -> intake_pb2.SubmitCaseRequest:
-    fields: dict[str, object] = dict(
-        channel=common_pb2.CHANNEL_HOTLINE,
-        channel_ref=ref,
-        title="小区门口夜间施工噪音扰民",
-        body="乐山市市中区嘉州大道某小区门口夜间施工，噪音扰民，希望有关部门处理。",
-        category="环境保护",
-        region_code="511102",
-        hotline_operator_id="op-007",
-        complainant=common_pb2.Person(name="张三", phone="13812345678"),
-    )
-    fields.update(overrides)
-    return intake_pb2.SubmitCaseRequest(**fields)  # type: ignore[arg-type]
 
 
 def received(channel: grpc.Channel, region: str = "511102") -> stats_pb2.Metric:

@@ -22,9 +22,9 @@ from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 
 from services.intake.notices import ChannelFailure, OutgoingMessage
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, linked_nodes, phone_for
-from tests.integration.test_evaluation_across_nodes import Registered, intake, routing, work_order
+from tests.support.exchange_nodes import Start, linked_nodes, phone_for
+from tests.support.helpers import wait_until
+from tests.support.tiers import Registered, intake, routing, work_order
 
 
 class FailsFirst:
@@ -85,7 +85,7 @@ def hand_down_and_reply(city: Node, county: Node, case: Registered) -> str:
     )
     wait_until(lambda: work_order(county, case.case_id) is not None, 20, "the county's work order")
     stub = routing(county)
-    wo = stub.AssignManually(
+    wo: str = stub.AssignManually(
         routing_pb2.AssignManuallyRequest(
             case_id=case.case_id, actor="county-clerk", unit_id="lszq-sthjj", reason="办理"
         ),

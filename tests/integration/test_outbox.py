@@ -25,7 +25,7 @@ from services.common.outbox import (
     outbox_table,
 )
 from services.common.service import BusEvent
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 

@@ -29,8 +29,8 @@ from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 from services.common.timeutil import to_timestamp
 from services.exchange.package import Package, open_package, signing_key
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, exchange, linked_nodes
+from tests.support.exchange_nodes import Start, exchange, linked_nodes
+from tests.support.helpers import wait_until
 
 NAME, ID_NUMBER, MOBILE = "赵大海", "511102198805051231", "13700137000"
 HOME = "乐山市市中区春华路5号"
@@ -214,7 +214,7 @@ def test_personal_data_in_the_text_is_sealed_at_the_county_and_masked_everywhere
         held = exchange(city).ListReplicas(exchange_pb2.ListReplicasRequest(case_id=case_id), timeout=5)
         # the registration, the work order, acceptance, reply, supervision, the visit and its outcome,
         # and the evaluation
-        return held.count >= 8
+        return bool(held.count >= 8)
 
     wait_until(replicated, 20, "the case's events at the city")
     county.drain()

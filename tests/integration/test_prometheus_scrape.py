@@ -26,7 +26,7 @@ from lianxin.stats.v1 import stats_service_pb2, stats_service_pb2_grpc
 
 from services.common.settings import Settings
 from services.node import Node
-from tests.helpers import stop_process, wait_until
+from tests.support.helpers import stop_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "deploy" / "prometheus"

@@ -50,7 +50,7 @@ from services.common.settings import Settings
 from services.common.timeutil import to_timestamp
 from services.node import Node
 from services.stats.domain import StatsConfig, shift_month, stat_month_of
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 NODE = "511102"
 CITY = "511100"
@@ -214,7 +214,7 @@ def _drive(loaded: Loaded) -> None:
     with grpc.insecure_channel(loaded.node.address) as channel:
         intake = intake_grpc.IntakeServiceStub(channel)
         routing = routing_grpc.RoutingServiceStub(channel)
-        submitted = []
+        submitted: list[tuple[pb.SubmitCaseResponse, str]] = []
         requests = []
         for n, person in enumerate(people):
             for text in ("小区车位严重不足，夜里车辆停满消防通道。", f"嘉州大道第{n}段路灯长期不亮，夜间通行不安全。"):
@@ -337,7 +337,7 @@ def _postgres_problems(url: str, statement: Statement) -> list[str]:
         transformer.dump_sequence(values, [PyFormat.AUTO] * len(values))
         types = [
             conn.execute("SELECT %s::regtype::text", (oid,)).fetchone()[0] if oid else "unknown"  # type: ignore[index]
-            for oid in transformer.types
+            for oid in transformer.types or ()
         ]
         prepare = f"PREPARE probe ({', '.join(types)}) AS {sql}" if values else f"PREPARE probe AS {sql}"
         conn.execute(prepare)

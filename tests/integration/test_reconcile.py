@@ -19,8 +19,8 @@ from services.cli import main
 from services.common.events import envelope, to_bus_event
 from services.exchange.reconcile import reconcile
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, exchange, linked_nodes, submit
+from tests.support.exchange_nodes import Start, exchange, linked_nodes, submit
+from tests.support.helpers import wait_until
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

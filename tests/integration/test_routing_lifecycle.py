@@ -18,8 +18,8 @@ from services.common.settings import Settings
 from services.common.timeutil import to_timestamp
 from services.node import Node
 from services.routing.handlers import work_order_id_for
-from tests.helpers import wait_until
-from tests.integration.test_node_end_to_end import submit_request
+from tests.support.helpers import wait_until
+from tests.support.intake import submit_request
 
 
 @pytest.fixture()

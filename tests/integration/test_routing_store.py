@@ -7,24 +7,19 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
-from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.regions import RegionTree
 from services.common.timeutil import CHINA
 from services.routing import handlers
-from services.routing.app import registered_case
-from services.routing.handlers import Routing
-from services.routing.jurisdiction import load_catalogue
 from services.routing.models import metadata, outbox
 from services.routing.provisional import ProvisionalCalendar
 from services.routing.store import SqlRoutingUnitOfWork
 from services.routing.timelimits import TimeLimitPolicy, TimeRules
 from services.routing.workorder import State
+from tests.support.routing_store import arrive, case, routing_for
 
-TREE = RegionTree.load()
 FIXTURE_2027 = Path(__file__).parent.parent / "fixtures" / "calendar_2027_fixture.yaml"
 TICK = timedelta(microseconds=1)
 
@@ -39,48 +34,6 @@ def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
     metadata.create_all(engine)
     yield sessionmaker(engine, expire_on_commit=False)
     engine.dispose()
-
-
-def routing_for(node: str, calendar: ProvisionalCalendar | None = None) -> Routing:
-    cal = calendar or ProvisionalCalendar()
-    ids = iter(range(1, 10_000))
-    return Routing(
-        node=node,
-        regions=TREE,
-        catalogue=load_catalogue(node, TREE),
-        rules=TimeRules(TimeLimitPolicy.default(), cal),
-        calendar=cal,
-        new_id=lambda: f"sv-{next(ids):04d}",
-    )
-
-
-def case(
-    case_id: str,
-    *,
-    region: str = "511102",
-    category: str = "环境保护",
-    repeat_of: str = "",
-    version: int = 1,
-    hotline: bool = False,
-) -> handlers.RegisteredCase:
-    pb = common_pb2.Case(
-        case_id=case_id,
-        region_code=region,
-        category=category,
-        registering_node="511100",
-        channel=common_pb2.CHANNEL_HOTLINE if hotline else common_pb2.CHANNEL_WEB,
-        complainant=common_pb2.Person(name="张三", phone="13812345678"),
-    )
-    return registered_case(pb, version=version, owner_epoch=1, repeat_of=repeat_of)
-
-
-def arrive(
-    factory: sessionmaker[Session], routing: Routing, c: handlers.RegisteredCase, now: datetime
-) -> handlers.StoredWorkOrder:
-    with SqlRoutingUnitOfWork(factory, node=routing.node) as uow:
-        stored = handlers.on_case_arrived(c, uow, routing, now=now)
-        uow.commit()
-    return stored
 
 
 def events(factory: sessionmaker[Session], case_id: str) -> list[events_pb2.EventEnvelope]:

@@ -21,7 +21,7 @@ from services.common.timeutil import CHINA
 from services.routing import handlers
 from services.routing.models import SupervisionRow, WorkOrderHistoryRow, metadata, outbox
 from services.routing.store import SqlRoutingUnitOfWork
-from tests.integration.test_routing_store import arrive, case, routing_for
+from tests.support.routing_store import arrive, case, routing_for
 
 REGISTERED = datetime(2026, 9, 30, 10, tzinfo=CHINA)
 WARNING = datetime(2026, 10, 20, 23, 59, 59, 999999, tzinfo=CHINA)  # 3 working days before 23 Oct

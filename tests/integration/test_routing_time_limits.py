@@ -19,7 +19,7 @@ from services.common.timeutil import CHINA, china_date
 from services.node import Node
 from services.routing.provisional import ProvisionalCalendar
 from services.routing.timelimits import PolicyError
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 
 def submit_hotline_case(channel: grpc.Channel, ref: str, *, category: str, body: str) -> str:

@@ -132,7 +132,7 @@ def test_a_child_node_with_its_certificate_replicates_to_its_mtls_parent(pki: Pa
     from lianxin.stats.v1 import stats_service_pb2, stats_service_pb2_grpc
 
     from services.common.tls import NodeTls, client_credentials
-    from tests.helpers import wait_until
+    from tests.support.helpers import wait_until
 
     parent = Node(Settings(node=PARENT, data_dir=tmp_path / "parent", tls_dir=pki, require_mtls=True)).start()
     child = Node(

@@ -14,7 +14,7 @@ from services.cli import main
 from services.common.regions import RegionTree
 from services.common.timeutil import CHINA
 from services.stats.domain import StatsConfig
-from tests.integration.test_stats_warehouse import Warehouse, fixture_events
+from tests.support.warehouse import Warehouse, fixture_events
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

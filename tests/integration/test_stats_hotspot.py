@@ -16,7 +16,7 @@ from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 from bench.stats import synthetic as syn
 from services.common.timeutil import CHINA, to_timestamp
 from services.stats.hotspot import CaseSighting, HotspotRules, detect
-from tests.integration.test_stats_warehouse import Warehouse
+from tests.support.warehouse import Warehouse
 
 AS_OF = datetime(2026, 11, 20, 12, tzinfo=CHINA)
 COUNTIES = ("511102", "511111", "511112", "511113")

@@ -28,7 +28,7 @@ from services.stats.domain import COUNTERS, Aggregates, StatsConfig, counters
 from services.stats.handlers import Slice
 from services.stats.models import CaseFactRow, daily_counts, region_rollups, rollup_days_over, rollups
 from services.stats.store import FACT_COLUMNS, SqlWarehouse, _fact_of, predicates
-from tests.integration.test_stats_warehouse import Warehouse, fixture_events
+from tests.support.warehouse import Warehouse, fixture_events
 
 MONTHS = ["2026-08", "2026-09", "2026-10"]
 

@@ -26,8 +26,8 @@ from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 from services.exchange import national_sim
 from services.node import Node
 from services.stats.domain import COUNT_METRICS
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, linked_nodes, phone_for
+from tests.support.exchange_nodes import Start, linked_nodes, phone_for
+from tests.support.helpers import wait_until
 
 # A percentile is not a sum of its parts: its denominator is checked, its numerator is not.
 NOT_ADDITIVE = frozenset({"p90_reply_workdays"})

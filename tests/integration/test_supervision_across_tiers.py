@@ -22,8 +22,8 @@ from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 
 from services.common.timeutil import to_timestamp
 from services.node import Node
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import Start, linked_nodes, replicas, submit
+from tests.support.exchange_nodes import Start, linked_nodes, replicas, submit
+from tests.support.helpers import wait_until
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

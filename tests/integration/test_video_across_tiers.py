@@ -11,23 +11,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import grpc
 import pytest
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
-from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.video.v1 import video_service_pb2 as video_pb2
-from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 from sqlalchemy import select
 
 from services.node import Node
 from services.video.models import CaseOwnerRow
 from services.video.models import outbox as video_outbox
-from tests.helpers import wait_until
-from tests.integration.exchange_nodes import exchange, replicas, three_tiers
-from tests.integration.test_evaluation_across_nodes import Registered, Tiers, intake, register, routing, work_order
+from tests.support.exchange_nodes import three_tiers
+from tests.support.helpers import wait_until
+from tests.support.tiers import (
+    Registered,
+    Tiers,
+    held_types,
+    intake,
+    leader_at,
+    quarantined,
+    register,
+    routing,
+    video,
+    work_order,
+)
+from tests.support.tiers import placed_by_hand as placed
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -35,51 +44,6 @@ def tiers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     admin_url = lambda: str(request.getfixturevalue("postgres_admin_url"))  # noqa: E731
     with three_tiers(request.param, tmp_path_factory.mktemp(f"video-{request.param}"), admin_url) as nodes:
         yield Tiers(*nodes)
-
-
-def video(node: Node) -> video_grpc.VideoServiceStub:
-    return video_grpc.VideoServiceStub(grpc.insecure_channel(node.address))
-
-
-def leader_at(node: Node, leader: str) -> None:
-    """A leader of ``node`` receiving every weekday morning in the node's own room."""
-    code = node.settings.node
-    stub = video(node)
-    stub.RegisterRoom(video_pb2.RegisterRoomRequest(room=video_pb2.Room(room_id=f"{code}-R1", node=code)), timeout=5)
-    stub.PublishSchedule(
-        video_pb2.PublishScheduleRequest(
-            actor="admin",
-            schedule=video_pb2.Schedule(
-                leader_id=leader,
-                node=code,
-                weekly_patterns=[
-                    video_pb2.WeeklyPattern(weekday=day, start_time="09:00", end_time="12:00") for day in range(1, 6)
-                ],
-                slot_minutes=30,
-                buffer_minutes=10,
-                max_per_session=6,
-                room_ids=[f"{code}-R1"],
-            ),
-        ),
-        timeout=5,
-    )
-
-
-# Each node's unit for 环境保护 in its dispatch catalogue (services/routing/catalogues).
-ENVIRONMENT_UNITS = {"511100": "lsj-sthjj", "511102": "lszq-sthjj"}
-
-
-def placed(node: Node, case_id: str) -> routing_pb2.WorkOrder:
-    """The case's work order at ``node``, with a unit (placed by hand when the catalogue left it queued)."""
-    wait_until(lambda: work_order(node, case_id) is not None, 20, f"the work order at {node.settings.node}")
-    order = work_order(node, case_id)
-    assert order is not None
-    if order.unit_id:
-        return order
-    unit = ENVIRONMENT_UNITS[node.settings.node]
-    request = routing_pb2.AssignManuallyRequest(case_id=case_id, actor="clerk", unit_id=unit, reason="生态环境局办理")
-    done: routing_pb2.WorkOrder = routing(node).AssignManually(request, timeout=5).work_order
-    return done
 
 
 def book_outcome_reply_close(node: Node, owner: Node, case_id: str, leader: str) -> video_pb2.Visit:
@@ -97,15 +61,6 @@ def book_outcome_reply_close(node: Node, owner: Node, case_id: str, leader: str)
     )
     stub.CloseWorkOrder(routing_pb2.CloseWorkOrderRequest(work_order_id=wo, actor="handler"), timeout=5)
     return visit
-
-
-def held_types(node: Node, case_id: str) -> list[str]:
-    return [e.event_type for e in sorted(replicas(node, case_id=case_id).entries, key=lambda e: e.case_sequence)]
-
-
-def quarantined(node: Node, case_id: str) -> list[str]:
-    items = exchange(node).ListQuarantine(exchange_pb2.ListQuarantineRequest(), timeout=5).items
-    return [f"{item.payload_summary}: {item.reason}" for item in items if case_id in item.payload_summary]
 
 
 def closed_everywhere(case_id: str, *nodes: Node) -> None:

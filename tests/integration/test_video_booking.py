@@ -19,11 +19,11 @@ from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 from sqlalchemy import select
 
 from services.common.service import BusEvent, Subscription
-from services.common.settings import Settings
-from services.common.timeutil import CHINA, from_timestamp, to_timestamp
+from services.common.timeutil import CHINA, to_timestamp
 from services.node import Node
 from services.video.models import outbox
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
+from tests.support.video import FakeClock, local, setup_leader, start_node
 
 # Valid resident ID numbers (GB 11643 check digits).
 IDS = [
@@ -46,19 +46,6 @@ def valid_id(n: int) -> str:
     return body + _check_digit(body)
 
 
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def start_node(code: str, database_url: str | None, tmp_path: Path, clock: FakeClock, peers: dict[str, str]) -> Node:
-    settings = Settings(node=code, data_dir=tmp_path / code, database_url=database_url, relay_interval_s=0.05)
-    return Node(settings, clock=clock, services=["video"], extras={"video_peers": peers}).start()
-
-
 @pytest.fixture()
 def clock() -> FakeClock:
     return FakeClock(datetime(2026, 10, 12, 8, 0, tzinfo=CHINA))  # Monday after National Day
@@ -78,44 +65,10 @@ def stub(node: Node) -> Iterator[video_grpc.VideoServiceStub]:
         yield video_grpc.VideoServiceStub(ch)
 
 
-def setup_leader(
-    stub: video_grpc.VideoServiceStub,
-    *,
-    leader: str = "leader-1",
-    node: str = "511102",
-    weekly: tuple[tuple[int, str, str], ...] = ((3, "09:00", "12:00"),),
-    max_per_session: int = 4,
-    one_offs: tuple[pb.OneOffDay, ...] = (),
-) -> pb.Schedule:
-    stub.RegisterRoom(pb.RegisterRoomRequest(room=pb.Room(room_id=f"{node}-R1", node=node, name="接访室")))
-    schedule: pb.Schedule = stub.PublishSchedule(
-        pb.PublishScheduleRequest(
-            actor="admin",
-            schedule=pb.Schedule(
-                leader_id=leader,
-                node=node,
-                weekly_patterns=[pb.WeeklyPattern(weekday=w, start_time=a, end_time=b) for w, a, b in weekly],
-                one_off_days=list(one_offs),
-                slot_minutes=30,
-                buffer_minutes=10,
-                max_per_session=max_per_session,
-                room_ids=[f"{node}-R1"],
-            ),
-        )
-    ).schedule
-    return schedule
-
-
 def book(stub: video_grpc.VideoServiceStub, case_id: str, **kw: object) -> pb.Visit:
     request = pb.BookVisitRequest(case_id=case_id, actor="clerk", leader_id="leader-1", **kw)  # type: ignore[arg-type]
     visit: pb.Visit = stub.BookVisit(request).visit
     return visit
-
-
-def local(ts: object) -> datetime:
-    value = from_timestamp(ts)  # type: ignore[arg-type]
-    assert value is not None
-    return value.astimezone(CHINA)
 
 
 def outbox_payloads(node: Node, kind: str) -> list[events_pb2.EventEnvelope]:

@@ -25,7 +25,6 @@ from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 from services.common.grpcserver import FIELD_METADATA_KEY
 from services.common.security import bearer_metadata, issue_token
 from services.common.settings import Settings
-from services.common.timeutil import from_timestamp
 from services.node import Node
 
 KEY = "video-citizen-test-key"
@@ -124,11 +123,7 @@ def test_citizen_lists_leaders_books_sees_and_cancels_a_visit_for_their_own_case
     assert leaders[0].next_free_at.seconds  # no token needed: a public method
     slots = free_slots(video)
     # A slot more than a day ahead, so the citizen may still cancel it online.
-    slot = next(
-        s
-        for s in slots
-        if from_timestamp(s.starts_at, "starts_at") - from_timestamp(slots[0].starts_at, "s") > timedelta(days=2)
-    )
+    slot = next(s for s in slots if s.starts_at.ToDatetime() - slots[0].starts_at.ToDatetime() > timedelta(days=2))
     _case, mine = case_pass(channel, "web-1", "13812345678")
 
     booked = video.BookCitizenVisit(

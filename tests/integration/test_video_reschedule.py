@@ -26,7 +26,7 @@ from services.video.domain import DEFAULT_HOLD_TTL, BookRequest
 from services.video.models import HoldRow, RemoteHoldRow
 from services.video.servicer import GrpcRemoteRooms
 from services.video.store import VideoStore
-from tests.integration.test_video_booking import FakeClock, local, setup_leader, start_node
+from tests.support.video import FakeClock, local, setup_leader, start_node
 
 WED = datetime(2026, 10, 14, 9, 0, tzinfo=CHINA)  # slots 9:00, 9:40, 10:20, 11:00
 CASE = "511102-20261012-000060"
@@ -194,6 +194,7 @@ class ConfirmFails:
         self.inner = inner
         self.hold = inner.hold
         self.release = inner.release
+        self.free_periods = inner.free_periods
 
     def confirm(self, node: str, hold_id: str) -> None:
         raise Unavailable("crashed before ConfirmHold")

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -27,7 +28,7 @@ from services.common.security import CITIZEN_ADDRESS_METADATA, citizen_address_m
 from services.common.settings import Settings
 from services.node import Node
 from services.web.forwarding import citizen_address, parse_proxies
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 KEY = "citizen-address-test-key"
 RATE = 3
@@ -54,7 +55,7 @@ class Gateway:
     server: object
 
 
-def _gateway(node: Node, data_dir: Path, trusted_proxies: str, *, grpc: str = "", **web_options: str) -> Iterator[str]:
+def _gateway(node: Node, data_dir: Path, trusted_proxies: str, *, grpc: str = "", **web_options: Any) -> Iterator[str]:
     import uvicorn
 
     from services.web.app import build_app, build_gateway

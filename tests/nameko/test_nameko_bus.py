@@ -19,7 +19,7 @@ from services.common.nameko_worker import build_worker_class, event_payload, nam
 from services.common.outbox import append_event, consume_once, inbox_table, outbox_table
 from services.common.service import BusEvent, ServiceParts, Subscription
 from services.common.settings import Settings
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 EVENT_TYPE = "thing_happened"
 

@@ -12,7 +12,7 @@ from services.routing import handlers
 from services.routing.handlers import StoredWorkOrder
 from services.routing.timelimits import DeadlineKind
 from services.routing.workorder import ASSIST_LATE_ANSWER, State, sweep
-from tests.unit.test_workorder import RULES, assigned_order, at, eod, in_progress_order
+from tests.support.workorders import RULES, assigned_order, at, eod, in_progress_order
 
 
 def test_the_lead_asks_assisting_units_each_with_its_own_shorter_deadline() -> None:

@@ -16,7 +16,7 @@ from services.common.bus import DeliveryFailed, InProcessBus, RelayLoop, TimerLo
 from services.common.db import make_engine, make_session_factory, transaction
 from services.common.outbox import Relay, append_event, consume_once, inbox_table, outbox_table
 from services.common.service import BusEvent, Subscription, Timer
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 
 def event(source: str = "intake", event_type: str = "case_registered") -> BusEvent:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-LIANXIN = [sys.executable, "-m", "services.cli"]
+from tests.support.cli import REPO, closed_port, lianxin, one_error_line
 
 # What --help must not load: each costs from tens of milliseconds (grpc) to a second (scipy).
 HEAVY = {
@@ -36,32 +33,6 @@ HEAVY = {
     "cryptography",
     "gmssl",
 }
-
-
-def lianxin(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*LIANXIN, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The single line a failed command printed (no traceback, nothing else)."""
-    lines = result.stderr.strip().splitlines()
-    assert "Traceback" not in result.stderr, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("lianxin: "), lines
-    return lines[0]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_help_imports_none_of_the_heavy_modules() -> None:

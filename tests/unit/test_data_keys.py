@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.common.crypto import KEY_FILE, cipher_from_env
-from tests.unit.test_cli import lianxin, one_error_line
+from tests.support.cli import lianxin, one_error_line
 
 NO_KEYS = {"LIANXIN_DATA_KEYS": "", "LIANXIN_DATA_KEYS_FILE": "", "LIANXIN_DATA_KEY": ""}
 

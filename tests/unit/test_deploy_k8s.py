@@ -7,53 +7,16 @@ the right region code and parent in each tier's overlay.
 
 from __future__ import annotations
 
-import functools
-import os
-import shutil
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from services.common.settings import SERVICES
+from tests.support.k8s import KUBECTL, KUBERNETES_VERSION, OVERLAYS, Doc
+from tests.support.k8s import render as _render
+from tests.support.k8s import tool_missing as _tool_missing
 
-REPO = Path(__file__).resolve().parents[2]
-K8S = REPO / "deploy" / "k8s"
-KUBECTL = shutil.which("kubectl")
-# The Kubernetes version the manifests are validated against (kubernetes-validate ships its schemas).
-KUBERNETES_VERSION = "1.32.0"
-
-OVERLAYS: dict[str, dict[str, str | None]] = {
-    "province": {"node": "510000", "parent": None},
-    "city": {"node": "511100", "parent": "exchange-api.lianxin-510000.svc.cluster.local:50051"},
-    "county": {"node": "511102", "parent": "exchange-api.lianxin-511100.svc.cluster.local:50051"},
-    "dev": {"node": "511102", "parent": None},
-}
-Doc = dict[str, Any]
 WEB = "web-gateway"  # the web gateway's Deployment and Service (deploy/k8s/services/web)
-
-
-def _tool_missing(what: str) -> None:
-    message = f"{what} is not installed"
-    if os.environ.get("LIANXIN_REQUIRE_SERVICES") == "1":
-        pytest.fail(message + " (LIANXIN_REQUIRE_SERVICES=1)")
-    pytest.skip(message)
-
-
-@functools.cache
-def _render(overlay: str) -> tuple[Doc, ...]:
-    assert KUBECTL is not None
-    result = subprocess.run(
-        [KUBECTL, "kustomize", str(K8S / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
 
 @pytest.fixture(params=sorted(OVERLAYS))
@@ -172,9 +135,9 @@ def test_every_service_exposes_ports_named_grpc_and_metrics(overlay: str) -> Non
             "app.kubernetes.io/name": service,
             "app.kubernetes.io/component": "worker",
         }
-        ports = {p["name"]: p for p in services[f"{service}-api"]["spec"]["ports"]}
+        api_ports = {p["name"]: p for p in services[f"{service}-api"]["spec"]["ports"]}
         # intake and video also serve citizens' methods alone on "public" (LIANXIN_PUBLIC_PORT).
-        assert set(ports) == {"grpc", "metrics"} | ({"public"} if service in ("intake", "video") else set())
+        assert set(api_ports) == {"grpc", "metrics"} | ({"public"} if service in ("intake", "video") else set())
         assert services[f"{service}-api"]["spec"]["selector"] == {
             "app.kubernetes.io/name": service,
             "app.kubernetes.io/component": "api",

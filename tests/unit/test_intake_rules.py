@@ -20,7 +20,7 @@ from services.intake.domain import (
     can_withdraw,
 )
 from services.intake.handlers import CONFLICT_ATTEMPTS, retry_on_conflict
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 CASE = Case(

@@ -9,7 +9,7 @@ from services.routing.leader import LeaderClassError, check_instruction, parse_l
 from services.routing.timelimits import DeadlineKind
 from services.routing.workorder import State
 from services.stats.bulletin import SUMMARY_METRICS
-from tests.unit.test_workorder import RULES, at, eod, new_order
+from tests.support.workorders import RULES, at, eod, new_order
 
 GOOD = {
     "classes": [

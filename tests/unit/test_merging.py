@@ -11,7 +11,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument, Permissi
 from services.routing.merging import MAX_MERGED, check_merge, check_merge_request, check_unmerge
 from services.routing.workorder import FOLLOW_MAIN, State, WorkOrder, WorkOrderChanged
 from services.stats.domain import Aggregates, CaseEvent, compute
-from tests.unit.test_workorder import RULES, assigned_order, at, in_progress_order, new_order
+from tests.support.workorders import RULES, assigned_order, at, in_progress_order, new_order
 
 MAIN, TWIN, THIRD = "511102-20260601-000001", "511102-20260601-000002", "511102-20260601-000003"
 
@@ -100,6 +100,7 @@ def test_merge_keeps_the_clocks_follows_the_main_case_and_undoes_to_the_state_be
         again.unmerge(at=at(6, 5), actor="clerk", reason=" ")
     assert no_reason.value.field == "reason"
     (undone,) = again.unmerge(at=at(6, 5), actor="clerk", reason="不是同一事项")
+    assert isinstance(undone, WorkOrderChanged)
     assert again.state is State.IN_PROGRESS and undone.to_state is State.IN_PROGRESS and again.merged_into is None
     with pytest.raises(FailedPrecondition, match="not merged"):
         check_unmerge(again, THIRD, main=None, node="511102")

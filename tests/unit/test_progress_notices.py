@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.intake.models import ProgressNoticeRow, metadata
 from services.intake.notice_sender import FileChannel, send_due
@@ -157,8 +157,8 @@ def given_up() -> float:
 
 
 def test_the_sender_retries_on_schedule_gives_up_after_the_last_attempt_and_never_resends(
-    factory: sessionmaker,
-) -> None:  # type: ignore[type-arg]
+    factory: sessionmaker[Session],
+) -> None:
     policy = RetryPolicy(max_attempts=3, first_delay=timedelta(seconds=30))
     queue(factory, "5")
     channel = Flaky(failures=2)

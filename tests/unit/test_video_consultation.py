@@ -10,7 +10,7 @@ import pytest
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.errors import InvalidArgument, PermissionDenied
 from services.common.timeutil import CHINA
-from services.video import consult
+from services.video import consult, slots
 from services.video.consult import Participant
 
 CAL = ChineseWorkingCalendar()
@@ -135,7 +135,7 @@ def test_intersect_and_subtract_keep_sorted_disjoint_periods() -> None:
     a = [(h(9), h(12)), (h(14), h(18))]
     b = [(h(8), h(10)), (h(11), h(15)), (h(17), h(20))]
     assert consult.intersect(a, b) == [(h(9), h(10)), (h(11), h(12)), (h(14), h(15)), (h(17), h(18))]
-    assert consult.subtract(a, consult.merge([(h(10), h(11)), (h(10.5), h(14.5))])) == [
+    assert consult.subtract(a, slots.merge([(h(10), h(11)), (h(10.5), h(14.5))])) == [
         (h(9), h(10)),
         (h(14.5), h(18)),
     ]

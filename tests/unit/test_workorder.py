@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime, time
+from datetime import date, datetime
 
 import pytest
 
-from services.common.calendar import ChineseWorkingCalendar
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.regions import Tier
 from services.common.timeutil import CHINA
-from services.routing.timelimits import DeadlineKind, TimeLimitPolicy, TimeRules
+from services.routing.timelimits import TimeLimitPolicy, TimeRules
 from services.routing.workorder import (
     TRANSITIONS,
     Action,
@@ -22,51 +21,12 @@ from services.routing.workorder import (
     WorkOrderChanged,
     WorkOrderCreated,
 )
-
-RULES = TimeRules(TimeLimitPolicy.default(), ChineseWorkingCalendar())
-K = DeadlineKind
-
-
-def at(m: int, d: int, hh: int = 10, mm: int = 0) -> datetime:
-    return datetime(2026, m, d, hh, mm, tzinfo=CHINA)
-
-
-def eod(m: int, d: int) -> datetime:
-    return datetime.combine(date(2026, m, d), time.max, tzinfo=CHINA)
+from tests.support.workorders import RULES, K, assigned_order, at, eod, in_progress_order, new_order
 
 
 def state_of(order: WorkOrder) -> State:
     # Read through a call so mypy does not keep an earlier assertion's narrowing after an action.
     return order.state
-
-
-def new_order(handling_kind: DeadlineKind = K.SETTLE) -> WorkOrder:
-    order, _ = WorkOrder.register(
-        id="wo-1",
-        case_id="511102-20260601-000001",
-        node="511102",
-        tier=Tier.COUNTY,
-        at=at(6, 1, 9),
-        actor="clerk-1",
-        rules=RULES,
-        category="城乡建设",
-        region_code="511102",
-        handling_kind=handling_kind,
-    )
-    return order
-
-
-def assigned_order() -> WorkOrder:
-    order = new_order()
-    order.accept(at=at(6, 1), actor="clerk-1", rules=RULES)
-    order.assign(unit_id="lszq-zjj", at=at(6, 2), actor="clerk-1", rules=RULES)
-    return order
-
-
-def in_progress_order() -> WorkOrder:
-    order = assigned_order()
-    order.start(at=at(6, 3), actor="handler-1")
-    return order
 
 
 def test_register_starts_the_assign_and_notice_clocks() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from services.routing.workorder import TRANSITIONS, Action, State, allowed_actions
-from tests.unit.test_workorder import RULES, assigned_order, at
+from tests.support.workorders import RULES, assigned_order, at
 
 
 def test_an_assigned_order_offers_signing_for_it_objecting_and_escalating() -> None:
