@@ -214,7 +214,7 @@ class WorkOrderQuery:
 class RoutingUnitOfWork(Protocol):
     def get(self, work_order_id: str, *, for_update: bool = False) -> StoredWorkOrder | None: ...
 
-    def for_case(self, case_id: str) -> StoredWorkOrder | None: ...
+    def for_case(self, case_id: str, *, for_update: bool = False) -> StoredWorkOrder | None: ...
 
     def save(self, stored: StoredWorkOrder) -> None: ...
 
@@ -421,7 +421,7 @@ def on_case_arrived(
     escalation (上报) from a child (``escalated``) is placed with a unit of this node by category.
     """
     wo_id = work_order_id_for(case.case_id, routing.node)
-    existing = uow.get(wo_id)
+    existing = uow.get(wo_id, for_update=True)  # an escalation back rewrites it (see _changing)
     if existing is not None:
         if escalated and existing.order.state is State.TRANSFERRED:
             return _escalated_back(existing, case, uow, routing, now=to_utc(now))
@@ -997,6 +997,18 @@ def review_decision(
     return stored.order.close(at=at, actor=actor, reason=f"复查维持: {reason}")
 
 
+def _changing(uow: RoutingUnitOfWork, case_id: str) -> StoredWorkOrder | None:
+    """This node's work order for the case, locked until commit: for an event or command consumer that changes it.
+
+    Consumers run beside the RPCs (which load with ``_load``) and the sweep. Read without the lock on
+    PostgreSQL (read committed), a consumer acted on the state from before a concurrent RPC's commit
+    and then wrote it back over that commit: a visit's outcome recorded while the unit replied undid
+    the reply (the work order EXTENDED again) and numbered its EXTENDED event after the reply's, so
+    the registering node's TrackCase went back to EXTENDED. SQLite's BEGIN IMMEDIATE serialises anyway.
+    """
+    return uow.for_case(case_id, for_update=True)
+
+
 def on_case_evaluated(
     case_id: str,
     *,
@@ -1013,7 +1025,7 @@ def on_case_evaluated(
     satisfaction name) for a rating registered at another node (a command): announced here as
     ``case_evaluated``, so the tiers of the owner count it too.
     """
-    stored = uow.for_case(case_id)
+    stored = _changing(uow, case_id)
     if stored is None or stored.order.node != routing.node:
         return None
     order = stored.order
@@ -1066,7 +1078,7 @@ def _note_here(
     Only while this node handles the case: a work order handed elsewhere (TRANSFERRED) is not this
     node's to write (its owner epoch is stale above), and a case without one here is not known.
     """
-    stored = uow.for_case(case_id)
+    stored = _changing(uow, case_id)
     if stored is None or stored.order.node != routing.node or stored.order.state is State.TRANSFERRED:
         return None
     now = to_utc(now)
@@ -1096,7 +1108,7 @@ def on_case_withdrawn(
     The work order ends WITHDRAWN with its clocks stopped. One that can no longer be withdrawn stays as
     it is: the outcome says so and nothing is raised, so the event is acknowledged, never retried.
     """
-    stored = uow.for_case(case_id)
+    stored = _changing(uow, case_id)
     if stored is None or stored.order.node != routing.node:
         return WithdrawalOutcome(applied=False, state=None)
     order = stored.order
@@ -1229,7 +1241,7 @@ def handed_on_to(case_id: str, uow: RoutingUnitOfWork, node: str) -> CaseOwner |
     by a node that no longer handles the case (counted at the city, never heard of at the county that
     handles it) and a rating would close nothing. None: this node handles the case, or does not know it.
     """
-    stored = uow.for_case(case_id)
+    stored = _changing(uow, case_id)  # the command applied next sees the same work order
     known = uow.case_version(case_id)
     if stored is None or known is None or stored.order.state is not State.TRANSFERRED:
         return None

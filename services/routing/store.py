@@ -12,6 +12,7 @@ from typing import Any, cast
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from sqlalchemy import (
+    Select,
     Table,
     and_,
     bindparam,
@@ -246,17 +247,20 @@ class SqlRoutingUnitOfWork:
     def get(self, work_order_id: str, *, for_update: bool = False) -> StoredWorkOrder | None:
         query = select(WorkOrderRow).where(WorkOrderRow.work_order_id == work_order_id)
         if for_update:
-            query = query.with_for_update()
+            query = _locking(query)
         row = self.session.scalar(query)
         return self._stored(row, with_history=True) if row else None
 
-    def for_case(self, case_id: str) -> StoredWorkOrder | None:
-        row = self.session.scalar(
+    def for_case(self, case_id: str, *, for_update: bool = False) -> StoredWorkOrder | None:
+        query = (
             select(WorkOrderRow)
             .where(WorkOrderRow.case_id == case_id, WorkOrderRow.node == self._node)
             .order_by(WorkOrderRow.created_at.desc())
             .limit(1)
         )
+        if for_update:
+            query = _locking(query)
+        row = self.session.scalar(query)
         return self._stored(row, with_history=True) if row else None
 
     def save(self, stored: StoredWorkOrder) -> None:
@@ -735,6 +739,11 @@ def _columns(stored: StoredWorkOrder) -> dict[str, Any]:
 def _assisting(order: WorkOrder) -> str:
     pending = sorted(u for u, a in order.assists.items() if a.pending)
     return f",{','.join(pending)}," if pending else ""
+
+
+def _locking(query: Select[WorkOrderRow]) -> Select[WorkOrderRow]:
+    """``FOR UPDATE``, and the row as committed when the lock is granted (not a copy this session read before)."""
+    return query.with_for_update().execution_options(populate_existing=True)
 
 
 def _new_history(stored: StoredWorkOrder) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ class Known:
     version: tuple[int, int] | None  # (version, owner epoch) of the case here
     replica: CaseOwner | None = None
 
-    def for_case(self, case_id: str) -> StoredWorkOrder | None:
+    def for_case(self, case_id: str, *, for_update: bool = False) -> StoredWorkOrder | None:
         return self.order
 
     def case_version(self, case_id: str) -> tuple[int, int] | None:
