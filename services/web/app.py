@@ -350,6 +350,8 @@ def make_templates(regions: RegionTree) -> Environment:
         CHANNEL_LABELS=labels.CHANNEL_LABELS,
         SATISFACTION_LABELS=labels.SATISFACTION_LABELS,
         VISIT_LABELS=labels.VISIT_LABELS,
+        CONSULTATION_LABELS=labels.CONSULTATION_LABELS,
+        CONSULTATION_BOOKED=labels.CONSULTATION_BOOKED,
     )
     return env
 

@@ -512,7 +512,13 @@ def _forms_for(page: Page, order: routing_pb2.WorkOrder | None) -> list[ActionFo
     return [FORMS_BY_ACTION[a] for a in wanted if page.may(FORMS_BY_ACTION[a].method)]
 
 
-def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, status: int = 200) -> Response:
+def case_page(
+    page: Page,
+    *,
+    errors: dict[str, dict[str, str]] | None = None,
+    status: int = 200,
+    proposal: list[Any] | None = None,
+) -> Response:
     if (redirect := _require(page)) is not None:
         return redirect
     case_id = page.request.path_params["case_id"]
@@ -522,6 +528,9 @@ def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, st
     )
     visits_future = page.client.start(
         page.client.video.ListVisits, video_pb2.ListVisitsRequest(case_id=case_id), page.token
+    )
+    consultations_future = page.client.start(
+        page.client.video.ListConsultations, video_pb2.ListConsultationsRequest(case_id=case_id), page.token
     )
     case: common_pb2.Case | None = None
     timeline: list[common_pb2.TimelineEntry] = []
@@ -544,6 +553,8 @@ def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, st
             else "",
             may_supervise=page.may(f"{ROUTING}/Supervise"),
             errors=(errors or {}).get("supervise", {}),
+            consultations=_settled(page, consultations_future, "consultations"),
+            may_consult=False,
             status=status,
         )
     deadlines = [
@@ -559,8 +570,16 @@ def case_page(page: Page, *, errors: dict[str, dict[str, str]] | None = None, st
     leader = page.query("leader")[:64] or page.field("leader_id")
     may_book = page.may(f"{VIDEO}/BookVisit")
     leaders = _leaders(page) if may_book else []
+    may_consult = page.may(f"{VIDEO}/BookConsultation")
+    consult_errors = {k: v for a in CONSULT_ACTIONS for k, v in (errors or {}).get(a, {}).items()}
     return page.render(
         "console/case.html",
+        may_consult=may_consult,
+        consultations=_settled(page, consultations_future, "consultations"),
+        consult_rooms=_rooms(page) if may_consult else [],
+        consult_rows=CONSULT_ROWS,
+        consult_errors=consult_errors,
+        proposal=proposal,
         may_book=may_book,
         leader=leader,
         leaders=leaders,
@@ -601,6 +620,93 @@ def _slots(page: Page, leader: str) -> list[Any]:
     return list(reply.slots)
 
 
+# --------------------------------------------------------------------------- 远程会商 on the case page
+
+CONSULT_ROWS = 4  # participant rows on the form: this node's unit and up to three of other tiers
+CONSULT_ACTIONS = ("propose_consultation", "book_consultation", "consultation_minutes")
+CONSULT_FIELDS = {
+    "topic": "会商事项",
+    "participants": "参会单位",
+    "node": "节点",
+    "unit_id": "单位编号",
+    "room_id": "会商室",
+    "duration_minutes": "时长",
+    "starts_at": "时段",
+    "minutes": "会商纪要",
+    "consultation_id": "会商",
+}
+
+
+def _rooms(page: Page) -> list[Any]:
+    """The rooms registered at this node (its own and other nodes'), for the participant rows."""
+    try:
+        return list(page.call(page.client.video.ListRooms, video_pb2.ListRoomsRequest()).rooms)
+    except CallFailed:
+        return []
+
+
+def _participants(page: Page) -> list[video_pb2.ConsultationParticipant]:
+    """The participant rows filled in (a room chosen or a unit typed); the room names the node."""
+    nodes = {r.room_id: r.node for r in _rooms(page)}
+    out = []
+    for i in range(1, CONSULT_ROWS + 1):
+        room, unit = page.field(f"room_{i}"), page.field(f"unit_{i}")
+        if room or unit:
+            out.append(video_pb2.ConsultationParticipant(node=nodes.get(room, ""), unit_id=unit, room_id=room))
+    return out
+
+
+def _propose_consultation(page: Page) -> list[Any]:
+    if not page.field("topic"):
+        raise CallFailed(grpc.StatusCode.INVALID_ARGUMENT, "topic: must be set", "topic")
+    reply = page.call(
+        page.client.video.ListConsultationSlots,
+        video_pb2.ListConsultationSlotsRequest(participants=_participants(page), max_items=3),
+    )
+    if not reply.slots:
+        notice = f"; {reply.calendar_notice}" if reply.calendar_notice else ""
+        raise CallFailed(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"participants: no common slot in the next 30 days{notice}",
+            "participants",
+        )
+    return list(reply.slots)
+
+
+def _book_consultation(page: Page, case_id: str) -> None:
+    assert page.operator is not None
+    starts = _starts_at(page)
+    page.call(
+        page.client.video.BookConsultation,
+        video_pb2.BookConsultationRequest(
+            case_id=case_id,
+            actor=page.operator.principal.subject,
+            topic=page.field("topic"),
+            participants=_participants(page),
+            starts_at=starts,
+        ),
+    )
+
+
+def _record_minutes(page: Page) -> None:
+    assert page.operator is not None
+    page.call(
+        page.client.video.RecordConsultationMinutes,
+        video_pb2.RecordConsultationMinutesRequest(
+            consultation_id=page.field("consultation_id"),
+            actor=page.operator.principal.subject,
+            expected_version=_int(page.field("expected_version")) or 0,
+            minutes=page.form.get("minutes", ""),
+        ),
+    )
+
+
+def _consultation_error(failure: CallFailed) -> str:
+    leaf = failure.field.rsplit(".", 1)[-1].split("[", 1)[0] if failure.field else ""
+    reason = labels.field_error(failure.message.split(": ", 1)[-1])
+    return f"{CONSULT_FIELDS.get(leaf, leaf)}：{reason}" if leaf else reason
+
+
 def _settled(page: Page, future: Any, attr: str) -> list[Any]:
     """The list ``attr`` of a started call's answer; empty when the call failed (a part of a page)."""
     if future is None:
@@ -611,13 +717,19 @@ def _settled(page: Page, future: Any, attr: str) -> list[Any]:
         return []
 
 
-def _book_visit(page: Page, case_id: str) -> None:
-    assert page.operator is not None
+def _starts_at(page: Page) -> Timestamp:
+    """The slot a form chose (its start as RFC 3339)."""
     starts = Timestamp()
     try:
         starts.FromJsonString(page.field("starts_at"))
     except ValueError:
         raise CallFailed(grpc.StatusCode.INVALID_ARGUMENT, "starts_at: must be set", "starts_at") from None
+    return starts
+
+
+def _book_visit(page: Page, case_id: str) -> None:
+    assert page.operator is not None
+    starts = _starts_at(page)
     page.call(
         page.client.video.BookVisit,
         video_pb2.BookVisitRequest(
@@ -640,6 +752,8 @@ def case_act(page: Page) -> Response:
             _book_visit(page, case_id)
             page.flash("视频接访已预约。")
             return page.redirect(f"/console/case/{case_id}")
+        if action in CONSULT_ACTIONS:
+            return _consultation_act(page, case_id, action)
         form = FORMS_BY_ACTION.get(action)
         order = _current_work_order(page, case_id)
         if form is None or order is None or order.work_order_id != page.field("work_order_id"):
@@ -653,6 +767,24 @@ def case_act(page: Page) -> Response:
             return case_page(page, errors={"_": {"form": labels.field_error(failure.message)}})
         raise
     page.flash(f"已{FORMS_BY_ACTION[action].label}。")
+    return page.redirect(f"/console/case/{case_id}")
+
+
+def _consultation_act(page: Page, case_id: str, action: str) -> Response:
+    """远程会商: propose the earliest common slots (the page again, with them), book one, record minutes."""
+    try:
+        if action == "propose_consultation":
+            return case_page(page, proposal=_propose_consultation(page))
+        if action == "book_consultation":
+            _book_consultation(page, case_id)
+            page.flash("远程会商已预约。")
+        else:
+            _record_minutes(page)
+            page.flash("会商纪要已记录。")
+    except CallFailed as failure:
+        if failure.status in (400, 409, 503):
+            return case_page(page, errors={action: {"form": _consultation_error(failure)}})
+        raise
     return page.redirect(f"/console/case/{case_id}")
 
 
