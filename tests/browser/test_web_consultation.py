@@ -25,9 +25,8 @@ from lianxin.video.v1 import video_service_pb2 as video_pb2
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
 from services.federation import Federation
-from tests.browser.conftest import Visitor
-from tests.browser.test_web_journey import _post
-from tests.helpers import free_port_block, wait_until
+from tests.support.helpers import free_port_block, wait_until
+from tests.support.web import Visitor, post_form
 
 TOPOLOGY = (("511100", None), ("511102", "511100"))
 MINUTES = "市县两级会商：市中区生态环境局三日内现场核查，市局督导。"
@@ -87,7 +86,8 @@ def _submit(address: str) -> str:
             ),
             timeout=10,
         )
-    return reply.case.case_id
+    case_id: str = reply.case.case_id
+    return case_id
 
 
 def _sign_in(visitor: Visitor, base: str, username: str, password: str) -> None:
@@ -152,7 +152,7 @@ def test_clerk_books_a_consultation_at_the_earliest_common_slot_and_records_its_
         "room_2": city_room,
         "unit_2": "lsj-sthjj",
     }
-    status, _ = _post(f"{county}/console/case/{case_id}", forged, cookie=cookies)
+    status, _ = post_form(f"{county}/console/case/{case_id}", forged, cookie=cookies)
     assert status == 403
     clerk.goto(f"{county}/console/case/{case_id}")
     assert page.locator("#consultations > li").count() == 1

@@ -22,7 +22,7 @@ from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.timeutil import CHINA
-from tests.support.web import Visitor, WebFederation
+from tests.support.web import Visitor, WebFederation, post_form
 
 PHONE = "13812345678"
 ID_NUMBER = "11010519491231002X"
@@ -249,32 +249,20 @@ def test_handling_unit_never_sees_the_complainant(web_federation: WebFederation,
     handler.check("console-case-handler")
 
 
-def _post(url: str, fields: dict[str, str], cookie: str = "") -> tuple[int, str]:
-    data = urllib.parse.urlencode(fields).encode()
-    request = urllib.request.Request(url, data=data, method="POST")
-    if cookie:
-        request.add_header("Cookie", cookie)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 def test_forms_without_their_csrf_token_are_refused(
     web_federation: WebFederation, visit: Callable[[], Visitor]
 ) -> None:
     county = web_federation.url("511102")
     fields = {"title": "测试", "body": "测试内容", "phone": PHONE, "channel_ref": str(uuid.uuid4()), "action": "submit"}
-    status, body = _post(f"{county}/submit", fields)
+    status, body = post_form(f"{county}/submit", fields)
     assert status == 403 and "CSRF" in body
     # With the browser's own cookies but a forged token: refused too, and nothing registered.
     visitor = visit()
     visitor.goto(f"{county}/submit")
     cookies = "; ".join(f"{c['name']}={c['value']}" for c in visitor.page.context.cookies())
-    status, _ = _post(f"{county}/submit", {**fields, "csrf": "forged"}, cookie=cookies)
+    status, _ = post_form(f"{county}/submit", {**fields, "csrf": "forged"}, cookie=cookies)
     assert status == 403
-    status, _ = _post(
+    status, _ = post_form(
         f"{county}/console/login",
         {"username": "clerk-511102", "password": web_federation.passwords["clerk-511102"], "csrf": "forged"},
         cookie=cookies,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,3 +69,16 @@ class Visitor:
             page.screenshot(path=str(Path(shots) / f"{name}.png"), full_page=True)
             page.set_viewport_size(MOBILE)
             page.screenshot(path=str(Path(shots) / f"{name}-mobile.png"), full_page=False)
+
+
+def post_form(url: str, fields: dict[str, str], cookie: str = "") -> tuple[int, str]:
+    """POST a form as a browser would, outside the browser (to send what a page would never send)."""
+    data = urllib.parse.urlencode(fields).encode()
+    request = urllib.request.Request(url, data=data, method="POST")
+    if cookie:
+        request.add_header("Cookie", cookie)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
