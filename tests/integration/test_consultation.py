@@ -29,9 +29,11 @@ from tests.support.helpers import wait_until
 from tests.support.tiers import (
     CITY_ROOM,
     CITY_UNIT,
+    COUNTY_ROOM,
     COUNTY_UNIT,
     Tiers,
     connect,
+    handed_down_by_the_city,
     held_types,
     participants,
     quarantined,
@@ -173,6 +175,44 @@ def test_a_consultation_is_booked_at_the_earliest_common_slot_held_and_its_minut
         assert [(p.node, p.unit_id) for p in copy.participants] == [("511102", COUNTY_UNIT), ("511100", CITY_UNIT)]
         assert quarantined(node, case.case_id) == [], node.settings.node
     assert quarantined(tiers.county, case.case_id) == []
+
+
+def test_a_consultation_the_city_hosts_for_a_case_it_handed_down_joins_the_countys_history(tiers: Tiers) -> None:
+    """The city hosts the units about a case the county handles: booked and held reach the county's
+    history as commands to the owner, and its own events the province."""
+    case = handed_down_by_the_city(tiers)
+    video(tiers.city).RegisterRoom(
+        video_pb2.RegisterRoomRequest(room=video_pb2.Room(room_id=COUNTY_ROOM, node="511102", name="会商室")),
+        timeout=5,
+    )
+    booked = (
+        video(tiers.city)
+        .BookConsultation(
+            video_pb2.BookConsultationRequest(case_id=case.case_id, topic="市级统筹", participants=participants()),
+            timeout=15,
+        )
+        .consultation
+    )
+    assert booked.host_node == "511100" and booked.state == video_pb2.CONSULTATION_STATE_BOOKED
+    video(tiers.city).RecordConsultationMinutes(
+        video_pb2.RecordConsultationMinutesRequest(consultation_id=booked.consultation_id, minutes=MINUTES),
+        timeout=5,
+    )
+
+    def county_history() -> list[str]:
+        order = work_order(tiers.county, case.case_id)
+        return [] if order is None else [h.action for h in order.history if h.reason and MINUTES in h.reason]
+
+    wait_until(lambda: county_history() == ["consultation_held"], 30, "the city's minutes in the county's history")
+    order = work_order(tiers.county, case.case_id)
+    assert order is not None and "consultation_booked" in [h.action for h in order.history]
+    wait_until(
+        lambda: {"consultation_booked", "consultation_held"} <= set(held_types(tiers.province, case.case_id)),
+        30,
+        "the consultation at the province",
+    )
+    for node in (tiers.county, tiers.city, tiers.province):
+        assert quarantined(node, case.case_id) == [], node.settings.node
 
 
 def test_bad_input_is_invalid_argument_naming_the_field_and_books_nothing(tiers: Tiers) -> None:

@@ -20,13 +20,12 @@ from lianxin.video.v1 import video_service_pb2 as video_pb2
 from sqlalchemy import select
 
 from services.node import Node
-from services.video.models import CaseOwnerRow
 from services.video.models import outbox as video_outbox
 from tests.support.exchange_nodes import three_tiers
 from tests.support.helpers import wait_until
 from tests.support.tiers import (
-    Registered,
     Tiers,
+    handed_down_by_the_city,
     held_types,
     intake,
     leader_at,
@@ -99,14 +98,6 @@ def owner_stamp(node: Node, case_id: str, event_type: str) -> tuple[str, int]:
     return env.owner_node, env.owner_epoch
 
 
-def known_owner(node: Node, case_id: str) -> tuple[str, int] | None:
-    with node.engines["video"].connect() as conn:
-        row = conn.execute(
-            select(CaseOwnerRow.owner_node, CaseOwnerRow.owner_epoch).where(CaseOwnerRow.case_id == case_id)
-        ).one_or_none()
-    return None if row is None else (row[0], int(row[1]))
-
-
 def closing_state(node: Node, case_id: str) -> int:
     order = work_order(node, case_id)
     return -1 if order is None else int(order.state)
@@ -129,20 +120,6 @@ def test_a_visit_booked_at_the_city_for_its_own_case_replicates_to_the_province(
 
     closed_everywhere(case.case_id, tiers.city, tiers.province)
     assert owner_stamp(tiers.city, case.case_id, "visit_booked") == ("511100", 1)
-
-
-def handed_down_by_the_city(tiers: Tiers) -> Registered:
-    """A case registered at the city and handed down (交办) to the county, once the city's video knows it."""
-    case = register(tiers.city, "511100")
-    wait_until(lambda: work_order(tiers.city, case.case_id) is not None, 20, "the city's work order")
-    routing(tiers.city).AssignManually(
-        routing_pb2.AssignManuallyRequest(case_id=case.case_id, actor="clerk", node="511102", reason="请市中区办理"),
-        timeout=5,
-    )
-    placed(tiers.county, case.case_id)
-    # The city's video learns of the hand-off from its routing's event on the bus: wait for that.
-    wait_until(lambda: known_owner(tiers.city, case.case_id) == ("511102", 2), 20, "the hand-off in the city's video")
-    return case
 
 
 def test_a_visit_booked_at_the_city_for_a_case_it_handed_down_names_the_county_as_owner(tiers: Tiers) -> None:

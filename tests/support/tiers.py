@@ -20,9 +20,11 @@ from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 from lianxin.video.v1 import video_service_pb2 as video_pb2
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
+from sqlalchemy import select
 
 from services.node import Node
 from services.routing.handlers import work_order_id_for
+from services.video.models import CaseOwnerRow
 from tests.support.exchange_nodes import exchange, phone_for, replicas
 from tests.support.helpers import wait_until
 
@@ -206,3 +208,25 @@ def participants() -> list[video_pb2.ConsultationParticipant]:
         video_pb2.ConsultationParticipant(node="511102", unit_id=COUNTY_UNIT, room_id=COUNTY_ROOM),
         video_pb2.ConsultationParticipant(node="511100", unit_id=CITY_UNIT, room_id=CITY_ROOM),
     ]
+
+
+def known_owner(node: Node, case_id: str) -> tuple[str, int] | None:
+    with node.engines["video"].connect() as conn:
+        row = conn.execute(
+            select(CaseOwnerRow.owner_node, CaseOwnerRow.owner_epoch).where(CaseOwnerRow.case_id == case_id)
+        ).one_or_none()
+    return None if row is None else (row[0], int(row[1]))
+
+
+def handed_down_by_the_city(tiers: Tiers) -> Registered:
+    """A case registered at the city and handed down (交办) to the county, once the city's video knows it."""
+    case = register(tiers.city, "511100")
+    wait_until(lambda: work_order(tiers.city, case.case_id) is not None, 20, "the city's work order")
+    routing(tiers.city).AssignManually(
+        routing_pb2.AssignManuallyRequest(case_id=case.case_id, actor="clerk", node="511102", reason="请市中区办理"),
+        timeout=5,
+    )
+    placed_by_hand(tiers.county, case.case_id)
+    # The city's video learns of the hand-off from its routing's event on the bus: wait for that.
+    wait_until(lambda: known_owner(tiers.city, case.case_id) == ("511102", 2), 20, "the hand-off in the city's video")
+    return case
