@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import multiprocessing
+import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -132,7 +133,7 @@ class _Generator:
         self.open_since = now - timedelta(days=open_days)
         # The node's own keyring (generated into its data directory on first use, so the node
         # started afterwards opens what was sealed here), unless the environment names one.
-        self.cipher = cipher_from_env(key_dir=key_dir)
+        self.cipher = cipher_from_env(os.environ, key_dir=key_dir)
         self.sealed: dict[tuple[str, str], bytes] = {}
         self.blind: dict[tuple[str, str], str] = {}
         self.heavy_phones = [f"1380000{n:04d}" for n in range(HEAVY_SUBMITTERS)]
@@ -462,7 +463,7 @@ def preload(
     began = time.monotonic()
     key_dir = Path(settings.data_dir) / settings.node
     key_dir.mkdir(parents=True, exist_ok=True)
-    cipher_from_env(key_dir=key_dir)  # the keyring made here, before the worker processes read it
+    cipher_from_env(os.environ, key_dir=key_dir)  # the keyring made here, before the worker processes read it
     plan = _Plan(
         settings.node, stored, now or datetime.now(UTC), years, open_days, seed, settings.regions_file, key_dir
     )

@@ -68,7 +68,7 @@ def _configure_process(settings: Settings, name: str) -> None:
     from services.common.telemetry import configure_tracing
 
     configure_logging(settings.log_level, json=settings.log_json)
-    configure_tracing(name, settings.node, settings.otel_exporter)
+    configure_tracing(name, settings.node, settings.otel_exporter, environ=os.environ)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -221,7 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.common.crypto import require_configured_keys
     from services.common.security import server_security
 
-    require_configured_keys("lianxin serve")  # never a generated or constant key in production
+    require_configured_keys("lianxin serve", settings.keys)  # never a generated or constant key in production
 
     regions = RegionTree.load(settings.regions_file)
     parts, engine = build_service(settings, args.service, regions=regions)
@@ -262,7 +262,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     from services.common.crypto import require_configured_keys
 
-    require_configured_keys("lianxin worker")
+    require_configured_keys("lianxin worker", settings.keys)
     parts, _engine = build_service(settings, args.service, regions=RegionTree.load(settings.regions_file))
     if settings.metrics_port is not None:
         # The relay's outbox gauges and the handlers' business metrics live in the worker.
@@ -298,8 +298,8 @@ def _declare_queues(settings: Settings, service: str) -> int:
 
     # Only the subscriptions are wanted: intake's category model must not load or train in a process
     # that exits right after (a model file half written at exit would be worse than none).
-    os.environ["LIANXIN_INTAKE_CLASSIFIER"] = "off"
-    parts, engine = build_service(settings, service, regions=RegionTree.load(settings.regions_file))
+    quiet = settings.with_overrides(intake_classifier="off")
+    parts, engine = build_service(quiet, service, regions=RegionTree.load(settings.regions_file))
     try:
         return len(declare_queues(parts, settings))
     finally:

@@ -18,7 +18,6 @@ SELECT only.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -94,7 +93,7 @@ AUDIT_KEY_FILE = "audit-key"
 
 def load_audit_key(settings: Settings) -> bytes:
     """The node's audit key: ``LIANXIN_AUDIT_KEY`` (a value or a file), else its own generated one."""
-    configured = os.environ.get("LIANXIN_AUDIT_KEY", "")
+    configured = settings.keys.audit_key
     if configured:
         path = Path(configured)
         return path.read_bytes().strip() if len(configured) < 256 and path.is_file() else configured.encode()

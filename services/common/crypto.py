@@ -23,13 +23,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+if TYPE_CHECKING:
+    from services.common.settings import KeySettings, Settings
 
 KEY_FILE = "data-keys"
 _CONFIGURED = ("LIANXIN_DATA_KEYS", "LIANXIN_DATA_KEYS_FILE", "LIANXIN_DATA_KEY")
@@ -178,15 +181,14 @@ def _derive(master: bytes, label: bytes, size: int) -> bytes:
     return hmac.new(master, label, hashlib.sha256).digest()[:size]
 
 
-def keys_configured(environ: Mapping[str, str] | None = None) -> bool:
-    """True when the environment names data keys (the production way)."""
-    env = os.environ if environ is None else environ
-    return any(env.get(name) for name in _CONFIGURED)
+def keys_configured(environ: Mapping[str, str]) -> bool:
+    """True when ``environ`` (a process's environment) names data keys (the production way)."""
+    return any(environ.get(name) for name in _CONFIGURED)
 
 
-def require_configured_keys(command: str, environ: Mapping[str, str] | None = None) -> None:
+def require_configured_keys(command: str, keys: KeySettings) -> None:
     """Refuse ``command`` (a production process) without configured data keys: one clear line."""
-    if not keys_configured(environ):
+    if not keys.configured:
         from services.common.errors import InvalidArgument
 
         raise InvalidArgument(
@@ -230,10 +232,15 @@ def _process_keyring() -> str:
     return _PROCESS_KEYRING[0]
 
 
+def node_cipher(settings: Settings) -> Sm4GcmCipher | AesGcmCipher:
+    """The node's field cipher from its settings' keys, else its own keyring in ``data_dir/<node>``."""
+    return cipher_from_env(settings.keys.environ(), key_dir=Path(settings.data_dir) / settings.node)
+
+
 def cipher_from_env(
     environ: Mapping[str, str] | None = None, *, key_dir: Path | None = None
 ) -> Sm4GcmCipher | AesGcmCipher:
-    """The node's field cipher, from the environment, else the node's own keyring in ``key_dir``.
+    """The field cipher from ``environ``'s ``LIANXIN_DATA_*`` variables, else the node's own keyring in ``key_dir``.
 
     ``LIANXIN_DATA_KEYS`` (or the file named by ``LIANXIN_DATA_KEYS_FILE``) holds the keyring and
     ``LIANXIN_DATA_KEY_ID`` the current key (default: the last listed). ``LIANXIN_INDEX_KEY``
@@ -241,7 +248,7 @@ def cipher_from_env(
     that it stays stable across rotations. Nothing set: the keyring generated into ``key_dir``
     (an embedded node's data directory), or a random key for this process when there is none.
     """
-    env = os.environ if environ is None else environ
+    env = environ or {}
     text = env.get("LIANXIN_DATA_KEYS", "")
     if not text and env.get("LIANXIN_DATA_KEYS_FILE"):
         text = Path(env["LIANXIN_DATA_KEYS_FILE"]).read_text("utf-8")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -9,7 +11,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.names import SERVICES
 
-__all__ = ["SERVICES", "Settings"]
+__all__ = [
+    "SERVICES",
+    "ExchangeSettings",
+    "IntakeSettings",
+    "KeySettings",
+    "RoutingSettings",
+    "Settings",
+    "StatsSettings",
+    "markdown_table",
+]
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Outbox relay poll intervals when LIANXIN_RELAY_INTERVAL_S is unset: a production worker polls (the
 # api process commits in another process); an embedded node's relay is woken by its own commits.
@@ -34,12 +47,14 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("var"), description="where embedded SQLite files and caches live")
     amqp_uri: str | None = Field(default=None, description="RabbitMQ URI; unset means the in-process bus")
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = Field(default=0, description="0 picks a free port")
+    grpc_host: str = Field(default="127.0.0.1", description="where gRPC (and /metrics) listen")
+    grpc_port: int = Field(default=0, description="gRPC port; 0 picks a free port")
     metrics_port: int | None = Field(default=0, description="Prometheus /metrics port; 0 picks one, None disables")
-    grpc_workers: int = 16
-    log_level: str = "INFO"
-    log_json: bool = True
+    grpc_workers: int = Field(
+        default=16, description="gRPC handler threads per process (the most calls it serves at once)"
+    )
+    log_level: str = Field(default="INFO", description="logging level")
+    log_json: bool = Field(default=True, description="one JSON object per log line (false: plain text)")
     regions_file: Path | None = Field(default=None, description="region CSV; default is the bundled Sichuan list")
     relay_interval_s: float | None = Field(
         default=None,
@@ -48,7 +63,7 @@ class Settings(BaseSettings):
             " (its relay is woken by each commit, this is only the safety poll)"
         ),
     )
-    sweep_interval_s: float = Field(default=60.0, description="deadline sweep interval")
+    sweep_interval_s: float = Field(default=60.0, description="routing's deadline sweep interval")
     health_port: int | None = Field(
         default=None,
         description="a plaintext port serving only grpc.health.v1 (Kubernetes probes cannot speak mTLS); unset: none",
@@ -80,6 +95,43 @@ class Settings(BaseSettings):
         default="",
         description="other nodes' gRPC endpoints for joint video receptions: 511102=host:port,511100=host:port",
     )
+    # Per-service sections (read through the typed properties below: settings.intake, ...)
+    shared_data: Path | None = Field(
+        default=None, description="folder with messages.csv to train the category model; unset: ../shared/data"
+    )
+    intake_classifier: str = Field(
+        default="auto", description="off: no category model; else loaded (or trained on first start) in the background"
+    )
+    intake_rate_limit: str = Field(
+        default="5/3600", description="submits per seconds per submitter (count/seconds); 0 turns the limit off"
+    )
+    notice_retry: str = Field(
+        default="5/30", description="progress notices: attempts/first delay in seconds, doubling (30 s, 1, 2, 4 min)"
+    )
+    notice_interval_s: float = Field(default=1.0, description="how often the progress notice outbox is sent")
+    time_limits: str = Field(default="", description="YAML of time limits per tier and category; unset: national")
+    leader_classes: str = Field(default="", description="YAML of the 领导批转 classes; unset: none")
+    calendar_files: str = Field(default="", description="official calendar files, comma-separated paths")
+    stats_month_start_day: int = Field(default=1, description="first day of the statistical month")
+    stats_satisfied_after_workdays: int = Field(
+        default=20, description="working days after a reply when an unrated case counts as satisfied"
+    )
+    stats_gauge_interval_s: float = Field(default=30.0, description="how often the business gauges are refreshed")
+    stats_rollup_interval_s: float = Field(default=60.0, description="how often the daily rollups roll forward")
+    # exchange.domain.BATCH_ITEMS (tests/unit/test_settings.py checks they agree).
+    exchange_batch: int = Field(
+        default=500,
+        description="items per PushEvents/PullDown batch (small values let tests stop a process between batches)",
+    )
+    exchange_key: str = Field(
+        default="", description="package signing key, or a file of keys (one a line); unset: the node's own key file"
+    )
+    audit_key: str = Field(default="", description="audit chain HMAC key (a value or a file); unset: generated")
+    data_keys: str = Field(default="", description="SM4 keyring k1:<base64 16 bytes>,k2:...; unset: generated")
+    data_keys_file: str = Field(default="", description="a file holding the keyring instead of LIANXIN_DATA_KEYS")
+    data_key_id: str = Field(default="", description="the current key of the keyring; unset: the last listed")
+    data_key: str = Field(default="", description="legacy single data key (base64), read when no keyring is set")
+    index_key: str = Field(default="", description="blind-index key (base64); unset: derived from the first key")
 
     @field_validator("node")
     @classmethod
@@ -100,6 +152,52 @@ class Settings(BaseSettings):
             return self.relay_interval_s
         return RELAY_SAFETY_POLL_S if woken_by_commits else RELAY_POLL_S
 
+    @property
+    def intake(self) -> IntakeSettings:
+        limit, window = _count_per(self.intake_rate_limit, "intake_rate_limit", 3600)
+        attempts, first_delay = _count_per(self.notice_retry, "notice_retry", 30)
+        return IntakeSettings(
+            classifier=self.intake_classifier != "off",
+            shared_data=self.shared_data if self.shared_data is not None else REPO.parent / "shared" / "data",
+            rate_limit=limit,
+            rate_window=window,
+            notice_attempts=attempts,
+            notice_first_delay=first_delay,
+            notice_interval_s=self.notice_interval_s,
+        )
+
+    @property
+    def routing(self) -> RoutingSettings:
+        return RoutingSettings(
+            time_limits=Path(self.time_limits) if self.time_limits else None,
+            leader_classes=Path(self.leader_classes) if self.leader_classes else None,
+            calendar_files=tuple(p.strip() for p in self.calendar_files.split(",") if p.strip()),
+        )
+
+    @property
+    def stats(self) -> StatsSettings:
+        return StatsSettings(
+            month_start_day=self.stats_month_start_day,
+            satisfied_after_workdays=self.stats_satisfied_after_workdays,
+            gauge_interval_s=self.stats_gauge_interval_s,
+            rollup_interval_s=self.stats_rollup_interval_s,
+        )
+
+    @property
+    def exchange(self) -> ExchangeSettings:
+        return ExchangeSettings(batch_size=self.exchange_batch, package_key=self.exchange_key.strip())
+
+    @property
+    def keys(self) -> KeySettings:
+        return KeySettings(
+            data_keys=self.data_keys,
+            data_keys_file=self.data_keys_file,
+            data_key=self.data_key,
+            data_key_id=self.data_key_id,
+            index_key=self.index_key,
+            audit_key=self.audit_key,
+        )
+
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields changed (settings are frozen so nodes cannot share mutations)."""
         return self.model_copy(update=changes)
@@ -115,3 +213,103 @@ def parse_peers(value: str) -> dict[str, str]:
             raise ValueError(f"LIANXIN_VIDEO_PEERS: expected code=host:port, got {pair!r}")
         peers[code.strip()] = address.strip()
     return peers
+
+
+def _count_per(raw: str, name: str, default_seconds: float) -> tuple[int, timedelta]:
+    """``count/seconds`` (``5/3600``); the seconds may be left out."""
+    count, _, seconds = raw.partition("/")
+    try:
+        return int(count), timedelta(seconds=float(seconds or default_seconds))
+    except ValueError as error:
+        raise ValueError(f"LIANXIN_{name.upper()}: expected count/seconds, got {raw!r}") from error
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    """Intake's section: the category model, the per-submitter limit, progress notices."""
+
+    classifier: bool
+    shared_data: Path
+    rate_limit: int
+    rate_window: timedelta
+    notice_attempts: int
+    notice_first_delay: timedelta
+    notice_interval_s: float
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """Routing's section: the node's own rule files (each optional)."""
+
+    time_limits: Path | None
+    leader_classes: Path | None
+    calendar_files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    """Stats' section: the statistical month, the satisfaction window, refresh intervals."""
+
+    month_start_day: int
+    satisfied_after_workdays: int
+    gauge_interval_s: float
+    rollup_interval_s: float
+
+
+@dataclass(frozen=True)
+class ExchangeSettings:
+    """Exchange's section: the PushUp batch and the package signing key(s)."""
+
+    batch_size: int
+    package_key: str
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    """The node's secrets for data at rest and the audit chain (docs/security.md)."""
+
+    data_keys: str
+    data_keys_file: str
+    data_key: str
+    data_key_id: str
+    index_key: str
+    audit_key: str
+
+    @property
+    def configured(self) -> bool:
+        """True when data keys are configured (the production way), not generated."""
+        return bool(self.data_keys or self.data_keys_file or self.data_key)
+
+    def environ(self) -> dict[str, str]:
+        """The data key variables that are set, as ``crypto.cipher_from_env`` reads them."""
+        named = {
+            "LIANXIN_DATA_KEYS": self.data_keys,
+            "LIANXIN_DATA_KEYS_FILE": self.data_keys_file,
+            "LIANXIN_DATA_KEY": self.data_key,
+            "LIANXIN_DATA_KEY_ID": self.data_key_id,
+            "LIANXIN_INDEX_KEY": self.index_key,
+        }
+        return {name: value for name, value in named.items() if value}
+
+
+def _default_text(name: str) -> str:
+    field = Settings.model_fields[name]
+    value = field.default
+    if value is None or value == "":
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def markdown_table() -> str:
+    """The table of every ``LIANXIN_*`` variable of ``Settings`` (docs/operations.md holds it verbatim)."""
+    rows = ["| variable | meaning | default |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `LIANXIN_{name.upper()}` | {meaning} | {_default_text(name)} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

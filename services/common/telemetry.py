@@ -1,16 +1,16 @@
 """OpenTelemetry tracing setup and the trace-context helpers that events and logs use.
 
-Every process (``lianxin node``, ``serve``, ``worker``) calls ``configure_tracing``, which reads the
-standard OpenTelemetry environment (docs/operations.md, Tracing): ``OTEL_EXPORTER_OTLP_ENDPOINT``
-(or ``OTEL_TRACES_EXPORTER=otlp|console``) turns export on, ``OTEL_SERVICE_NAME``,
-``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER`` and the exporter's own ``OTEL_EXPORTER_OTLP_*``
-variables apply as usual. Trace context travels inside every event (``EventEnvelope.trace_context``),
-so a case's trace continues through the outbox, the handlers and the replication to the parent.
+Every process (``lianxin node``, ``serve``, ``worker``) calls ``configure_tracing`` with the environment
+the command line hands it, and reads the standard OpenTelemetry variables there (docs/operations.md,
+Tracing): ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_TRACES_EXPORTER=otlp|console``) turns export on,
+``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER`` and the exporter's own
+``OTEL_EXPORTER_OTLP_*`` variables apply as usual. Trace context travels inside every event
+(``EventEnvelope.trace_context``), so a case's trace continues through the outbox, the handlers and
+the replication to the parent.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -76,19 +76,17 @@ _console_attached = False
 _otlp_attached = False
 
 
-def exporters_from_environment(legacy: str = "none") -> list[str]:
+def exporters_from_environment(environ: Mapping[str, str], legacy: str = "none") -> list[str]:
     """The span exporters the standard OpenTelemetry environment asks for, plus LIANXIN_OTEL_EXPORTER.
 
     ``OTEL_TRACES_EXPORTER`` names them (otlp, console, none); unset, an OTLP endpoint
     (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``..._TRACES_ENDPOINT``) means otlp, and nothing means no
     export, so a process with no collector configured does not try to reach localhost:4317.
     """
-    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return []
-    named = [name.strip() for name in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if name.strip()]
-    if not named and (
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    ):
+    named = [name.strip() for name in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if name.strip()]
+    if not named and (environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
         named = ["otlp"]
     chosen = [name for name in [*named, legacy] if name != "none"]
     unknown = [name for name in chosen if name not in EXPORTERS]
@@ -97,11 +95,13 @@ def exporters_from_environment(legacy: str = "none") -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def configure_tracing(service_name: str, node: str, legacy_exporter: str = "none") -> list[str]:
-    """Tracing for one process from the environment; returns the exporters attached (none: tracing off)."""
-    chosen = exporters_from_environment(legacy_exporter)
+def configure_tracing(
+    service_name: str, node: str, legacy_exporter: str = "none", *, environ: Mapping[str, str]
+) -> list[str]:
+    """Tracing for one process from its environment; returns the exporters attached (none: tracing off)."""
+    chosen = exporters_from_environment(environ, legacy_exporter)
     for exporter in chosen:
-        setup_tracing(service_name, node, exporter)
+        setup_tracing(service_name, node, exporter, named_by_environment=bool(environ.get("OTEL_SERVICE_NAME")))
     return chosen
 
 
@@ -125,7 +125,9 @@ def consumer_span(name: str, carrier: Mapping[str, str], attributes: Mapping[str
         yield
 
 
-def setup_tracing(service_name: str, node: str, exporter: str = "none") -> InMemorySpanExporter | None:
+def setup_tracing(
+    service_name: str, node: str, exporter: str = "none", *, named_by_environment: bool = False
+) -> InMemorySpanExporter | None:
     """Install the process-wide tracer provider (once) and attach ``exporter`` (once per kind).
 
     Returns the in-memory exporter when ``exporter == "memory"`` so tests can read finished spans.
@@ -137,7 +139,7 @@ def setup_tracing(service_name: str, node: str, exporter: str = "none") -> InMem
     with _lock:
         if _provider is None:
             attributes = {"lianxin.node": node}
-            if not os.environ.get("OTEL_SERVICE_NAME"):
+            if not named_by_environment:  # OTEL_SERVICE_NAME, which the resource reads itself
                 attributes["service.name"] = service_name
             _provider = TracerProvider(
                 resource=Resource.create(attributes), sampler=SkipPolling(_get_from_env_or_default())

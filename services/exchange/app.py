@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 
@@ -31,8 +30,6 @@ PUMP_INTERVAL_S = 0.2
 # An embedded province's national link: the up-log is reported when it grows; transfers are fetched
 # at this interval (the national system's API has no long poll).
 NATIONAL_POLL_S = 1.0
-# Items per PushEvents/PullDown batch; small values let tests stop a process between batches.
-BATCH_ENV = "LIANXIN_EXCHANGE_BATCH"
 METRICS_INTERVAL_S = 1.0
 # Embedded node: the link gauges are refreshed at this interval (a scrape every 15 s or more is usual).
 EVENT_METRICS_INTERVAL_S = 15.0
@@ -90,7 +87,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             store,
             parent_node=parent_node,
             address=ctx.settings.parent,
-            batch_size=int(os.environ.get(BATCH_ENV, str(domain.BATCH_ITEMS))),
+            batch_size=ctx.settings.exchange.batch_size,
             credentials=credentials,
             audit_head=head_of_chain,
             anchor_interval_s=ctx.settings.audit_anchor_interval_s,

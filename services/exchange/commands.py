@@ -29,7 +29,6 @@ def _store(settings: Settings) -> ExchangeStore:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from services.common.crypto import keys_configured
     from services.common.service import utc_now
     from services.common.settings import Settings
     from services.exchange.package import PackageKeyMissing, seal, signing_key
@@ -38,7 +37,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     settings = Settings()
     try:
         # Production (data keys configured) must name its package key; an embedded node makes its own.
-        key = signing_key(Path(settings.data_dir) / settings.node, production=keys_configured())
+        key = signing_key(
+            Path(settings.data_dir) / settings.node,
+            production=settings.keys.configured,
+            configured=settings.exchange.package_key,
+        )
     except PackageKeyMissing as error:
         print(f"refused: {error}", file=sys.stderr)
         return 2
@@ -68,7 +71,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     settings = Settings()
     try:
         data = Path(args.file).read_bytes()
-        keys = verification_keys(Path(settings.data_dir) / settings.node, origin_of(data))
+        keys = verification_keys(
+            Path(settings.data_dir) / settings.node, origin_of(data), settings.exchange.package_key
+        )
         package = open_package(data, key=keys)
     except (OSError, PackageRefused, PackageKeyMissing) as error:
         print(f"refused: {error}", file=sys.stderr)

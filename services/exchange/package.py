@@ -40,9 +40,9 @@ def _key_lines(text: str) -> list[bytes]:
     return [line.strip().encode() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def _configured_keys() -> list[bytes]:
-    """``LIANXIN_EXCHANGE_KEY``: a key, or a file of keys (one a line)."""
-    configured = os.environ.get(KEY_ENV, "").strip()
+def _configured_keys(configured: str) -> list[bytes]:
+    """``LIANXIN_EXCHANGE_KEY`` (``settings.exchange.package_key``): a key, or a file of keys (one a line)."""
+    configured = configured.strip()
     if not configured:
         return []
     path = Path(configured)
@@ -56,17 +56,17 @@ def new_package_key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
 
-def signing_key(node_dir: Path, *, production: bool) -> bytes:
+def signing_key(node_dir: Path, *, production: bool, configured: str = "") -> bytes:
     """The key this node signs its packages with.
 
-    ``LIANXIN_EXCHANGE_KEY`` (the last key when it names a file), else the node's own key file,
-    generated on first use (mode 0600) like its data keys. Production (data keys configured)
+    ``configured``, the ``LIANXIN_EXCHANGE_KEY`` setting (the last key when it names a file), else
+    the node's own key file, generated on first use (mode 0600) like its data keys. Production (data keys configured)
     never generates one: without a configured key it refuses, so no package is ever signed with a
     key nobody chose; there is no built-in default.
     """
-    configured = _configured_keys()
-    if configured:
-        return configured[-1]
+    keys = _configured_keys(configured)
+    if keys:
+        return keys[-1]
     path = node_dir / KEY_FILE
     if production and not path.exists():
         raise PackageKeyMissing(
@@ -79,12 +79,12 @@ def signing_key(node_dir: Path, *, production: bool) -> bytes:
     return keys[-1]
 
 
-def verification_keys(node_dir: Path, origin_node: str) -> list[bytes]:
+def verification_keys(node_dir: Path, origin_node: str, configured: str = "") -> list[bytes]:
     """The keys a package from ``origin_node`` may be signed with: ``LIANXIN_EXCHANGE_KEY``, else
     ``exchange-keys/<origin>`` (the child's key, handed over once by its operator). None: refused."""
-    configured = _configured_keys()
-    if configured:
-        return configured
+    keys = _configured_keys(configured)
+    if keys:
+        return keys
     path = node_dir / CHILD_KEYS_DIR / origin_node
     keys = _key_lines(path.read_text("utf-8")) if path.is_file() else []
     if not keys:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
-from services.common.crypto import cipher_from_env
+from services.common.crypto import node_cipher
 from services.common.errors import InvalidArgument
 from services.common.events import WORK_ORDER_EVENTS, decode, parse_command, parse_envelope
 from services.common.outbox import consume_once
@@ -33,17 +32,11 @@ from services.intake.store import CaseNumbers, PgSubmitPath, SqlIntakeUnitOfWork
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-
 # One trained model per training file per process: every node of an embedded federation (and every
 # node a test suite starts) would otherwise retrain the same model on its own data_dir.
 _TRAINED: dict[Path, Any] = {}
 _LOADED: dict[tuple[Path, int], Any] = {}
 _TRAINING_LOCK = threading.Lock()
-
-
-def shared_data_dir() -> Path:
-    return Path(os.environ.get("LIANXIN_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def load_or_train(data_dir: Path, shared_data: Path | None) -> Any:
@@ -83,17 +76,18 @@ class CategoryModel:
     """The category model, loaded (or trained on first start) in a background thread.
 
     Until it is ready, submissions without a category stay uncategorised and flagged for a clerk,
-    so serving never waits for training. ``LIANXIN_INTAKE_CLASSIFIER=off`` disables it.
+    so serving never waits for training. ``enabled=False`` (``LIANXIN_INTAKE_CLASSIFIER=off``) disables it.
     """
 
-    def __init__(self, data_dir: Path, shared_data: Path | None) -> None:
+    def __init__(self, data_dir: Path, shared_data: Path | None, *, enabled: bool = True) -> None:
         self._data_dir = data_dir
         self._shared_data = shared_data
+        self._enabled = enabled
         self.model: Any = None
         self.ready = threading.Event()
 
     def start(self) -> CategoryModel:
-        if os.environ.get("LIANXIN_INTAKE_CLASSIFIER", "auto") == "off":
+        if not self._enabled:
             self.ready.set()
             return self
         threading.Thread(target=self._load, name="intake-category-model", daemon=True).start()
@@ -121,13 +115,6 @@ class CategoryModel:
         return str(category), float(confidence)
 
 
-def _rate_limit() -> tuple[int, timedelta]:
-    """``LIANXIN_INTAKE_RATE_LIMIT=5/3600`` (submits per seconds per submitter); 0 turns it off."""
-    raw = os.environ.get("LIANXIN_INTAKE_RATE_LIMIT", "5/3600")
-    count, _, seconds = raw.partition("/")
-    return int(count), timedelta(seconds=float(seconds or 3600))
-
-
 # Routing's events intake follows (events.WORK_ORDER_EVENTS) come from this node's routing and
 # (source "exchange") replicated up from the nodes below, where cases registered here may be handled
 # after a hand-off down.
@@ -135,13 +122,6 @@ HAND_OFF_EVENTS = ("case_handed_off",)
 # "exchange": replicas of the subtree's events (and hand-offs delivered down to this node), republished
 # on this node's bus; consume_once dedups by event id and old versions change nothing.
 SOURCES = ("routing", "exchange")
-
-
-def _notice_policy() -> RetryPolicy:
-    """LIANXIN_NOTICE_RETRY "attempts/first delay in seconds" (default 5/30: 30 s, 1, 2, 4 min, then give up)."""
-    raw = os.environ.get("LIANXIN_NOTICE_RETRY", "5/30")
-    attempts, _, seconds = raw.partition("/")
-    return RetryPolicy(max_attempts=int(attempts), first_delay=timedelta(seconds=float(seconds or 30)))
 
 
 def _hand_off(env: events_pb2.EventEnvelope) -> HandOffSeen:
@@ -256,7 +236,7 @@ class CoalescedNotify:
 
 
 def build(ctx: ServiceContext) -> ServiceParts:
-    cipher = cipher_from_env(key_dir=ctx.settings.data_dir / ctx.settings.node)
+    cipher = node_cipher(ctx.settings)
     node = ctx.settings.node
     regions = ctx.regions
     # An embedded node's relay wants waking after commits; a production api process has no relay
@@ -272,7 +252,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
     def uow_factory() -> SqlIntakeUnitOfWork:
         return SqlIntakeUnitOfWork(ctx.session_factory, cipher, node, numbers=numbers, submit_path=submit_path)
 
-    model = CategoryModel(ctx.settings.data_dir, shared_data_dir()).start()
+    config = ctx.settings.intake
+    model = CategoryModel(ctx.settings.data_dir, config.shared_data, enabled=config.classifier).start()
     ctx.extras["intake.category_model"] = model  # tests and the demo wait on model.ready
 
     from services.intake.locator import Locator
@@ -299,7 +280,6 @@ def build(ctx: ServiceContext) -> ServiceParts:
             parent_code=region.parent_code or "",
         )
 
-    limit, window = _rate_limit()
     deps = IntakeDeps(
         node=node,
         allowed_regions=frozenset(regions.subtree(node)),
@@ -307,8 +287,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
         locate=locate_for_submit,
         clock=ctx.clock,
         screen=Screen.load(),
-        rate_limit=limit,
-        rate_window=window,
+        rate_limit=config.rate_limit,
+        rate_window=config.rate_window,
         regions_under=lambda code: frozenset(regions.subtree(code)),
     )
     servicer = IntakeServicer(
@@ -326,7 +306,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
     channel: NoticeChannel = ctx.extras.get("intake.notice_channel") or FileChannel(
         ctx.settings.data_dir / node / "progress_notices.jsonl"
     )
-    policy = _notice_policy()
+    policy = RetryPolicy(max_attempts=config.notice_attempts, first_delay=config.notice_first_delay)
 
     def case_of(case_id: str) -> Case | None:
         with uow_factory() as uow:
@@ -397,9 +377,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             *(Subscription("intake", source, kind, on_hand_off) for source in SOURCES for kind in HAND_OFF_EVENTS),
             Subscription("intake", "exchange", "command", on_command),
         ],
-        timers=[
-            Timer("intake.progress_notices", float(os.environ.get("LIANXIN_NOTICE_INTERVAL_S", "1")), send_notices)
-        ],
+        timers=[Timer("intake.progress_notices", config.notice_interval_s, send_notices)],
         session_factory=ctx.session_factory,
         outbox=outbox,
         close=submit_path.close if submit_path is not None else lambda: None,

@@ -14,14 +14,15 @@ def _lines() -> list[str]:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from services.common.settings import Settings
-    from services.intake.app import load_or_train, shared_data_dir
+    from services.intake.app import load_or_train
     from services.intake.classifier import Classifier
 
     if args.model is not None:
         model = Classifier.load(Path(args.model))
     else:
-        data_dir = Path(args.data_dir) if args.data_dir else Settings().data_dir
-        model = load_or_train(data_dir, Path(args.shared_data) if args.shared_data else shared_data_dir())
+        settings = Settings()
+        data_dir = Path(args.data_dir) if args.data_dir else settings.data_dir
+        model = load_or_train(data_dir, Path(args.shared_data) if args.shared_data else settings.intake.shared_data)
     if model is None:
         print("no category model and no messages.csv to train one (set LIANXIN_SHARED_DATA)", file=sys.stderr)
         return 2

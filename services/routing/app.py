@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -25,7 +24,7 @@ from services.routing.handlers import RegisteredCase, Routing, SweepReport
 from services.routing.jurisdiction import load_catalogue
 from services.routing.leader import LeaderClasses, parse_leader_classes, queue_text
 from services.routing.models import inbox, outbox
-from services.routing.provisional import ProvisionalCalendar, calendar_files_from_env
+from services.routing.provisional import ProvisionalCalendar
 from services.routing.servicer import RoutingServicer
 from services.routing.store import SqlRoutingUnitOfWork
 from services.routing.timelimits import TimeLimitPolicy, TimeRules
@@ -46,44 +45,37 @@ WORK_ORDERS_OVERDUE = Gauge(
 )
 
 
-TIME_LIMITS_ENV = "LIANXIN_TIME_LIMITS"
-
-
-def time_limit_policy() -> TimeLimitPolicy:
+def time_limit_policy(path: Path | None) -> TimeLimitPolicy:
     """The node's time limits: the YAML named by LIANXIN_TIME_LIMITS (per tier and category, see
     services/routing/timelimits.py), else the national defaults. A bad file fails the start."""
-    path = os.environ.get(TIME_LIMITS_ENV)
-    if not path:
+    if path is None:
         return TimeLimitPolicy.default()
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    return TimeLimitPolicy.from_dict(raw, source=path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return TimeLimitPolicy.from_dict(raw, source=str(path))
 
 
-LEADER_CLASSES_ENV = "LIANXIN_LEADER_CLASSES"
-
-
-def leader_classes() -> LeaderClasses:
+def leader_classes(path: Path | None) -> LeaderClasses:
     """领导批转: the classes in the YAML named by LIANXIN_LEADER_CLASSES (services/routing/leader.py),
     else none. A bad file fails the start with ``file: key: reason``."""
-    path = os.environ.get(LEADER_CLASSES_ENV)
-    if not path:
+    if path is None:
         return LeaderClasses()
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    return parse_leader_classes(raw, source=path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return parse_leader_classes(raw, source=str(path))
 
 
 def build_routing(ctx: ServiceContext) -> Routing:
     """The node's jurisdiction and time rules; a bad catalogue or calendar file fails the start loudly."""
     node = ctx.settings.node
-    calendar = ProvisionalCalendar(official=node_calendar(ctx, calendar_files_from_env()))
+    config = ctx.settings.routing
+    calendar = ProvisionalCalendar(official=node_calendar(ctx, list(config.calendar_files)))
     return Routing(
         node=node,
         regions=ctx.regions,
         catalogue=load_catalogue(node, ctx.regions),
-        rules=TimeRules(time_limit_policy(), calendar),
+        rules=TimeRules(time_limit_policy(config.time_limits), calendar),
         calendar=calendar,
         new_id=lambda: str(uuid.uuid4()),
-        leader_classes=leader_classes(),
+        leader_classes=leader_classes(config.leader_classes),
     )
 
 

@@ -13,9 +13,8 @@ from their clock starts (``handlers.recompute_provisional_deadlines``).
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -26,13 +25,7 @@ log = logging.getLogger(__name__)
 
 CALENDAR_FILES_ENV = "LIANXIN_CALENDAR_FILES"
 
-__all__ = ["CALENDAR_FILES_ENV", "ProvisionalCalendar", "calendar_files_from_env"]
-
-
-def calendar_files_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The official calendar files named by ``LIANXIN_CALENDAR_FILES`` (comma-separated paths)."""
-    raw = (environ if environ is not None else os.environ).get(CALENDAR_FILES_ENV, "")
-    return [p.strip() for p in raw.split(",") if p.strip()]
+__all__ = ["CALENDAR_FILES_ENV", "ProvisionalCalendar"]
 
 
 @dataclass

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
 
 from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
@@ -17,6 +16,7 @@ from services.common.events import decode
 from services.common.outbox import consume_once
 from services.common.regions import RegionTree
 from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
+from services.common.settings import StatsSettings
 from services.stats import handlers
 from services.stats.domain import CachedCalendar, StatsConfig
 from services.stats.models import inbox, outbox
@@ -59,12 +59,10 @@ SUBSCRIBED: tuple[tuple[str, str], ...] = (
 )
 
 
-def config_from_env(env: Mapping[str, str] | None = None) -> StatsConfig:
+def stats_config(settings: StatsSettings) -> StatsConfig:
     """LIANXIN_STATS_MONTH_START_DAY (default 1), LIANXIN_STATS_SATISFIED_AFTER_WORKDAYS (default 20)."""
-    source = os.environ if env is None else env
     return StatsConfig(
-        month_start_day=int(source.get("LIANXIN_STATS_MONTH_START_DAY", "1")),
-        satisfied_after_workdays=int(source.get("LIANXIN_STATS_SATISFIED_AFTER_WORKDAYS", "20")),
+        month_start_day=settings.month_start_day, satisfied_after_workdays=settings.satisfied_after_workdays
     )
 
 
@@ -142,7 +140,7 @@ def refresh_gauges(
 
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
-    config = ctx.extras.get("stats_config") or config_from_env()
+    config = ctx.extras.get("stats_config") or stats_config(ctx.settings.stats)
     calendar = node_calendar(ctx)  # the node's, with the years its operators loaded
     ingest_event = make_ingestor(
         session_factory=ctx.session_factory, regions=ctx.regions, config=config, calendar=calendar, clock=ctx.clock
@@ -151,8 +149,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
     def handle(event: BusEvent) -> None:
         ingest_event(event)
 
-    gauge_interval = float(os.environ.get("LIANXIN_STATS_GAUGE_INTERVAL_S", "30"))
-    rollup_interval = float(os.environ.get("LIANXIN_STATS_ROLLUP_INTERVAL_S", "60"))
+    gauge_interval = ctx.settings.stats.gauge_interval_s
+    rollup_interval = ctx.settings.stats.rollup_interval_s
     return ServiceParts(
         name="stats",
         servicers=[
@@ -182,4 +180,4 @@ def build(ctx: ServiceContext) -> ServiceParts:
     )
 
 
-__all__ = ["SUBSCRIBED", "build", "config_from_env", "maintain", "make_ingestor", "refresh_gauges", "roll_forward"]
+__all__ = ["SUBSCRIBED", "build", "maintain", "make_ingestor", "refresh_gauges", "roll_forward", "stats_config"]

@@ -14,7 +14,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from services.common.regions import RegionTree
     from services.common.service import utc_now
     from services.common.settings import Settings
-    from services.stats.app import config_from_env
+    from services.stats.app import stats_config
     from services.stats.bulletin import write_bulletin
     from services.stats.domain import parse_month
     from services.stats.store import SqlWarehouse
@@ -44,7 +44,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 region_code=args.region,
                 month=args.month,
                 out_dir=out,
-                config=config_from_env(),
+                config=stats_config(settings.stats),
                 as_of=utc_now(),
                 min_cases=args.min_cases,
             )

@@ -18,7 +18,7 @@ from lianxin.events.v1 import events_pb2
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
 from services.common.calendar_store import node_calendar
-from services.common.crypto import cipher_from_env
+from services.common.crypto import node_cipher
 from services.common.events import decode
 from services.common.service import (
     BusEvent,
@@ -94,7 +94,7 @@ OWNER_SOURCES = ("intake", "routing", "exchange")
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
     calendar = node_calendar(ctx)  # the node's, with the years its operators loaded
-    cipher = cipher_from_env(key_dir=ctx.settings.data_dir / ctx.settings.node)
+    cipher = node_cipher(ctx.settings)
     store = VideoStore(
         ctx.session_factory,
         cipher=cipher,

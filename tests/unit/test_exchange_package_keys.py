@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.settings import Settings
 from services.exchange import package as pkg
 from services.exchange.package import PackageKeyMissing, PackageRefused, open_package, seal, signing_key
 
@@ -34,7 +35,8 @@ def test_production_refuses_to_sign_without_a_configured_key(tmp_path: Path, mon
         signing_key(tmp_path / "511102", production=True)
     assert not (tmp_path / "511102" / "exchange-key").exists()
     monkeypatch.setenv("LIANXIN_EXCHANGE_KEY", "a-key-the-operators-chose")
-    assert signing_key(tmp_path / "511102", production=True) == b"a-key-the-operators-chose"
+    configured = Settings().exchange.package_key  # read at the command's entry point
+    assert signing_key(tmp_path / "511102", production=True, configured=configured) == b"a-key-the-operators-chose"
 
 
 def test_the_parent_needs_the_childs_key_and_accepts_old_and_new_during_a_rotation(
