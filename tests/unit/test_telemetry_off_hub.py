@@ -43,6 +43,8 @@ def test_a_process_without_eventlet_exports_inline_and_does_not_import_it() -> N
 
 
 def test_room_holds_accept_another_nodes_certificate_or_an_operator_token() -> None:
-    for method in ("HoldRoom", "ConfirmHold", "ReleaseHold"):
+    # ListFreePeriods: a remote consultation's host asks each participant's node (远程会商).
+    for method in ("HoldRoom", "ConfirmHold", "ReleaseHold", "ListFreePeriods"):
         assert rule_for(f"lianxin.video.v1.VideoService/{method}").access is Access.NODE_OR_OPERATOR
-    assert rule_for("lianxin.video.v1.VideoService/BookVisit").access is Access.OPERATOR
+    for method in ("BookVisit", "BookConsultation", "RecordConsultationMinutes", "ListConsultations"):
+        assert rule_for(f"lianxin.video.v1.VideoService/{method}").access is Access.OPERATOR
