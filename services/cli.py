@@ -20,7 +20,7 @@ if len(sys.argv) > 1 and sys.argv[1] == "worker":
 
 import argparse
 import importlib
-import importlib.util
+import importlib.metadata
 import logging
 import os
 import signal
@@ -449,13 +449,22 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
-    # The load and fault harness (lianxin bench, lianxin faults) lives in bench/, a development tree
-    # that the image does not carry: its commands are offered only where the package is installed.
-    if importlib.util.find_spec("bench") is not None:
-        importlib.import_module("bench.commands").register(sub)
+    # Commands of other installed trees register through the "lianxin.commands" entry point group:
+    # the load and fault harness (lianxin bench, faults, simulate) lives in bench/, a development tree
+    # that the image does not carry, so its entry point is there but its module is not: skipped.
+    for entry in importlib.metadata.entry_points(group=COMMAND_ENTRY_POINTS):
+        try:
+            register = entry.load()
+        except ModuleNotFoundError as error:
+            if error.name is None or not entry.module.startswith(error.name):
+                raise  # the tree is there but something it needs is not: say so
+            continue
+        register(sub)
     return parser
 
 
+# The entry point group through which installed trees outside services/ add commands (pyproject.toml).
+COMMAND_ENTRY_POINTS = "lianxin.commands"
 # Command modules outside the five services: the kernel's (lianxin certs, token, audit verify).
 EXTRA_COMMAND_MODULES: tuple[str, ...] = ("services.common.commands", "services.web.commands")
 

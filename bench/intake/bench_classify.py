@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.data} does not exist (messages.csv is not shipped with the repository)")
     model = load_current(args.model)
     if model is None:
-        parser.error(f"no current model at {args.model}: python -m services.intake.train_classifier --out {args.model}")
+        parser.error(f"no current model at {args.model}: python -m bench.intake.train_classifier --out {args.model}")
 
     with args.data.open(encoding="utf-8", newline="") as handle:
         rows = [(r["title"], r["body"]) for r in csv.DictReader(handle)][: args.messages]

@@ -26,7 +26,7 @@ _BAND_BITS = BITS // BANDS
 _BAND_MASK = (1 << _BAND_BITS) - 1
 _MASK64 = (1 << BITS) - 1
 
-# Chosen on messages.csv with ``python -m services.intake.eval_dedup``. dup_group only marks
+# Chosen on messages.csv with ``python -m bench.intake.eval_dedup``. dup_group only marks
 # verbatim re-posts, which distance 0 already finds; the pairs at 1–7 bits are still ≥ 70 % real
 # near-duplicates (normalised texts ≥ 80 % alike: edited re-posts, changed titles) and 85 % over
 # 0–7, while beyond 8 bits unrelated messages take over. Hits are suggestions a clerk confirms.
@@ -69,7 +69,7 @@ def signature(text: str) -> tuple[str, int]:
 # bit is a fair vote. All in numpy at once: version 1 called blake2b per shingle from Python, 586 µs
 # for an average message of messages.csv (367 characters), against 99 µs now. Near-duplicate
 # quality on messages.csv is the same within the spread of hash seeds (all 201 dup_group pairs
-# within 7 bits; python -m services.intake.eval_dedup).
+# within 7 bits; python -m bench.intake.eval_dedup).
 SIMHASH_VERSION = 2
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -11,9 +11,9 @@ import itertools
 from datetime import datetime
 from pathlib import Path
 
+from bench.intake.eval_dedup import read_rows
+from bench.stats.eval_topics import windows
 from services.common.timeutil import CHINA
-from services.intake.eval_dedup import read_rows
-from services.stats.eval_topics import windows
 from services.stats.topics import TopicCase, TopicRules, cluster, find_topics, vectorise
 
 WINDOW = ("A市", 103)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.intake.eval_dedup import pairs_of_groups, read_rows, score
 from services.intake.dedup import (
     DEFAULT_MAX_DISTANCE,
     MAX_SEARCH_DISTANCE,
@@ -13,7 +14,6 @@ from services.intake.dedup import (
     simhash,
     submission_text,
 )
-from services.intake.eval_dedup import pairs_of_groups, read_rows, score
 
 NOISE = (
     "乐山市市中区嘉州大道某小区门口的工地每天晚上十点以后还在施工，搅拌机和渣土车的噪音非常大，"

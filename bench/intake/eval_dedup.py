@@ -1,6 +1,6 @@
 """Measure duplicate detection on messages.csv: pairwise precision and recall against ``dup_group``.
 
-    python -m services.intake.eval_dedup --data ../shared/data/messages.csv
+    python -m bench.intake.eval_dedup --data ../shared/data/messages.csv
 
 Rows sharing a ``dup_group`` value are the true duplicate pairs; every row takes part (a row
 without a group is a duplicate of nothing). The script reports the exact fingerprint, the SimHash

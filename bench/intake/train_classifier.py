@@ -1,6 +1,6 @@
 """Reproducible training of the category model from messages.csv.
 
-    python -m services.intake.train_classifier --data ../shared/data/messages.csv \
+    python -m bench.intake.train_classifier --data ../shared/data/messages.csv \
         --out var/models/category.joblib [--seed 42] [--cross-validate] [--variant chars]
 
 Prints the hold-out's accuracy, macro-F1 and per-class F1 (and with ``--cross-validate`` the

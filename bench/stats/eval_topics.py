@@ -1,6 +1,6 @@
 """Measure hotspot topics on messages.csv: clusters against ``dup_group``, and the top clusters to read.
 
-    python -m services.stats.eval_topics --data ../shared/data/messages.csv [--similarity 0.3] [--days 30]
+    python -m bench.stats.eval_topics --data ../shared/data/messages.csv [--similarity 0.3] [--days 30]
 
 The messages are cut into windows of ``--days`` by time and, within a window, by the pseudonymised
 city of the first place the text names (A市, B市, …; the data's place names are replaced, so that stands in for
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sklearn.metrics import adjusted_rand_score
 
-from services.intake.eval_dedup import pairs_of_groups, read_rows, score, textual_precision
+from bench.intake.eval_dedup import pairs_of_groups, read_rows, score, textual_precision
 from services.stats.hotspot import keywords
 from services.stats.topics import TopicRules, cluster, vectorise
 

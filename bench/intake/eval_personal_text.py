@@ -1,6 +1,6 @@
 """Measure personal data in free text on messages.csv: messages with each kind, found and masked.
 
-    python -m services.intake.eval_personal_text --data ../shared/data/messages.csv
+    python -m bench.intake.eval_personal_text --data ../shared/data/messages.csv
 
 For every message (title and body, as intake masks them) it counts the messages in which each kind
 (services.common.personal_text.KINDS) was found, and the messages whose masked text a second
