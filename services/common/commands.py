@@ -112,7 +112,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     token.add_argument("--subject", required=True, help="who (operator id)")
     token.add_argument("--node", required=True, help="the operator's region code (their scope)")
     token.add_argument("--unit", default="", help="the operator's unit (handling units)")
-    token.add_argument("--roles", required=True, help="comma-separated: clerk,handler,supervisor,auditor,admin")
+    token.add_argument(
+        "--roles", required=True, help="comma-separated: clerk,handler,supervisor,auditor,admin,evaluator"
+    )
     token.add_argument("--ttl", type=float, default=8.0, help="hours")
     token.add_argument("--key", help="HMAC key or key file (default LIANXIN_TOKEN_KEY)")
     token.set_defaults(func=cmd_token)

@@ -38,8 +38,10 @@ from services.common.regions import RegionTree
 from services.common.settings import Settings
 from services.common.tls import peer_region
 
-ROLES: tuple[str, ...] = ("clerk", "handler", "supervisor", "auditor", "admin")
-READERS = frozenset(ROLES)
+ROLES: tuple[str, ...] = ("clerk", "handler", "supervisor", "auditor", "admin", "evaluator")
+# 第三方评价: the evaluation group's members see their month's sample and rate it, nothing else.
+EVALUATORS = frozenset({"evaluator"})
+READERS = frozenset(ROLES) - EVALUATORS
 WRITERS = frozenset({"clerk", "handler", "supervisor", "admin"})
 OFFICE = frozenset({"clerk", "supervisor", "admin"})  # the 信访 office itself, not handling units
 SUPERVISORS = frozenset({"supervisor", "admin"})
@@ -109,6 +111,9 @@ ROLE_OVERRIDES: dict[str, frozenset[str]] = {
     "lianxin.routing.v1.RoutingService/EscalateCase": OFFICE,
     "lianxin.routing.v1.RoutingService/AnswerAssist": frozenset({"handler", "admin"}),
     "lianxin.routing.v1.RoutingService/RecordInstruction": OFFICE,
+    "lianxin.routing.v1.RoutingService/DrawEvaluationSample": SUPERVISORS,
+    "lianxin.routing.v1.RoutingService/ListEvaluationSample": EVALUATORS | SUPERVISORS | {"auditor"},
+    "lianxin.routing.v1.RoutingService/RecordThirdPartyRating": EVALUATORS,
     "lianxin.routing.v1.RoutingService/AcceptWorkOrder": frozenset({"handler", "admin"}),
     "lianxin.routing.v1.RoutingService/RefuseWorkOrder": frozenset({"handler", "admin"}),
     "lianxin.routing.v1.RoutingService/ObjectWorkOrder": frozenset({"handler", "admin"}),

@@ -21,6 +21,8 @@ UP_EVENT_TYPES: dict[str, tuple[str, ...]] = {
         "deadline_warning",
         "case_evaluated",  # a rating registered at another node, announced by the owner
         "case_merged",  # 并单 (MergeCases)
+        "case_sampled",  # 第三方评价: drawn into a month's sample
+        "third_party_rated",  # 第三方评价: the evaluation group's rating
     ),
     "video": (
         "visit_booked",

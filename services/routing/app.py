@@ -76,6 +76,8 @@ def build_routing(ctx: ServiceContext) -> Routing:
         calendar=calendar,
         new_id=lambda: str(uuid.uuid4()),
         leader_classes=leader_classes(config.leader_classes),
+        # 第三方评价 samples the warehouse's statistical months (docs/stats.md).
+        month_start_day=ctx.settings.stats.month_start_day,
     )
 
 

@@ -1,4 +1,5 @@
-"""Operator commands for the node's holiday calendar: ``lianxin calendar validate|load|show``.
+"""Operator commands for the node's holiday calendar (``lianxin calendar validate|load|show``) and
+the month's third-party evaluation sample (``lianxin evaluation draw|show``).
 
 Exit codes, as for every lianxin command (services/cli.py): 0 done; 2 wrong arguments; 3 invalid:
 the file cannot be read or has problems (each printed on one line, nothing loaded), or a node refused
@@ -168,6 +169,44 @@ def cmd_show(args: argparse.Namespace) -> int:
     return _each_node(args, "ListCalendarYears", routing_pb2.ListCalendarYearsRequest(), show)
 
 
+def _units_line(sample: Any) -> str:
+    return ", ".join(f"{u.unit_id} {u.sampled}/{u.closed} ({u.rated} rated)" for u in sample.units) or "no closed cases"
+
+
+def cmd_evaluation_draw(args: argparse.Namespace) -> int:
+    """第三方评价: each node named draws the month's sample of the cases it closed in it (once)."""
+    from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
+
+    request = routing_pb2.DrawEvaluationSampleRequest(
+        month=args.month, seed=args.seed, percent=args.percent, minimum=args.minimum, actor=args.actor
+    )
+
+    def show(address: str, reply: Any) -> None:
+        s = reply.sample
+        print(
+            f"{address}: {s.month} sample of node {s.node} drawn with seed {s.seed} "
+            f"({s.percent}% per unit, at least {s.minimum}): {len(reply.items)} cases; {_units_line(s)}"
+        )
+        for item in reply.items:
+            print(f"  {item.unit_id}  {item.case_id}")
+
+    return _each_node(args, "DrawEvaluationSample", request, show)
+
+
+def cmd_evaluation_show(args: argparse.Namespace) -> int:
+    from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
+
+    def show(address: str, reply: Any) -> None:
+        s = reply.sample
+        print(
+            f"{address}: {s.month} sample of node {s.node}, seed {s.seed} ({s.percent}%, at least {s.minimum}): "
+            f"{_units_line(s)}"
+        )
+
+    request = routing_pb2.ListEvaluationSampleRequest(month=args.month)
+    return _each_node(args, "ListEvaluationSample", request, show)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     calendar = subparsers.add_parser(
         "calendar",
@@ -205,3 +244,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     node_options(show)
     show.add_argument("--all", action="store_true", help="list every bundled year too")
     show.set_defaults(func=cmd_show)
+
+    evaluation = subparsers.add_parser(
+        "evaluation",
+        help="第三方评价: draw and show the month's third-party evaluation sample of running nodes",
+        description="Each node draws, per handling unit, a reproducible sample of the cases it closed in the "
+        "month (docs/routing.md, 第三方评价); exit 3 when a node refuses (a month drawn already).",
+    )
+    esub = evaluation.add_subparsers(dest="evaluation_command", required=True)
+    draw = esub.add_parser("draw", help="draw the month's sample at each node (once per month and node)")
+    draw.add_argument("--month", required=True, help="statistical month YYYY-MM")
+    draw.add_argument("--seed", default="", help="seed (letters, digits, - and _); default: a random one, recorded")
+    draw.add_argument("--percent", type=int, default=0, help="percent of each unit's closed cases (default 10)")
+    draw.add_argument("--minimum", type=int, default=0, help="at least this many per unit (default 3)")
+    draw.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who draws it (recorded)")
+    node_options(draw)
+    draw.set_defaults(func=cmd_evaluation_draw)
+    eshow = esub.add_parser("show", help="the month's sample record at each node: seed, rule, counts per unit")
+    eshow.add_argument("--month", required=True, help="statistical month YYYY-MM")
+    node_options(eshow)
+    eshow.set_defaults(func=cmd_evaluation_show)

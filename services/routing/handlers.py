@@ -26,8 +26,23 @@ from services.common.errors import (
 )
 from services.common.ids import registering_node
 from services.common.logs import mask_name
+from services.common.personal_text import mask
 from services.common.regions import RegionTree
 from services.common.timeutil import china_date, to_utc
+from services.routing.evaluation import (
+    CaseSampled,
+    ClosedCase,
+    EvaluationSample,
+    SampleItem,
+    ThirdPartyRated,
+    UnitCount,
+    check_month,
+    check_month_begun,
+    check_rating,
+    check_rule,
+    check_seed,
+    new_sample,
+)
 from services.routing.jurisdiction import (
     AssignUnit,
     DispatchCatalogue,
@@ -166,7 +181,9 @@ class CaseMergedInto:
     at: datetime
 
 
-RoutingEvent = WorkOrderEvent | HandedOff | SupervisionRecorded | RatingApplied | CaseMergedInto
+RoutingEvent = (
+    WorkOrderEvent | HandedOff | SupervisionRecorded | RatingApplied | CaseMergedInto | CaseSampled | ThirdPartyRated
+)
 LEVELS = ("chase", "supervise", "listed")
 
 
@@ -268,6 +285,29 @@ class RoutingUnitOfWork(Protocol):
 
     def save_batch(self, changes: Sequence[BatchChange]) -> None: ...
 
+    # 第三方评价
+    def closed_between(self, start: datetime, end: datetime) -> list[ClosedCase]:
+        """Work orders of this node now CLOSED whose last close falls in [start, end)."""
+
+    def evaluation_sample(self, month: str) -> EvaluationSample | None: ...
+
+    def save_evaluation_sample(self, sample: EvaluationSample, items: Sequence[SampleItem]) -> None: ...
+
+    def sample_items(
+        self, month: str, *, unrated_only: bool, after: tuple[str, int] | None, limit: int
+    ) -> tuple[list[SampleItem], int]:
+        """A page of the month's sample by (unit, rank), and how many match in all."""
+
+    def sample_item(self, month: str, case_id: str) -> SampleItem | None:
+        """The sampled case, its row locked for the rating."""
+
+    def save_rating(self, item: SampleItem) -> None: ...
+
+    def rated_by_unit(self, month: str) -> dict[str, int]: ...
+
+    def sampled_texts(self, items: Sequence[SampleItem]) -> dict[str, tuple[str, str, str]]:
+        """Title, text and reply of each sampled case (as this node holds them, unmasked)."""
+
     def commit(self) -> None: ...
 
 
@@ -285,6 +325,8 @@ class Routing:
     calendar: ProvisionalCalendar
     new_id: Callable[[], str]
     leader_classes: LeaderClasses = dataclasses.field(default_factory=LeaderClasses)
+    # The day statistical months start on (LIANXIN_STATS_MONTH_START_DAY, as the warehouse): 第三方评价.
+    month_start_day: int = 1
 
     @property
     def parent(self) -> str:
@@ -1449,3 +1491,125 @@ def record_replicated_supervision(supervision: Supervision, uow: RoutingUnitOfWo
     node that owns the case.
     """
     uow.add_supervision(supervision)
+
+
+# -- 第三方评价 (third-party sampled evaluation) ----------------------------------------------------
+
+
+def draw_evaluation_sample(
+    *,
+    month: str,
+    seed: str,
+    percent: int,
+    minimum: int,
+    actor: str,
+    uow_factory: UnitOfWorkFactory,
+    routing: Routing,
+    now: datetime,
+) -> tuple[EvaluationSample, list[SampleItem]]:
+    """Draw the month's sample of the cases this node closed in it, once; each sampled case emits
+    ``case_sampled`` (its next version), so every tier above knows what was sampled."""
+    who = _actor(actor)
+    month = check_month(month)
+    rule = check_rule(percent, minimum)
+    seed = check_seed(seed)
+    now = to_utc(now)
+    start, end = check_month_begun(month, now, routing.month_start_day)
+    with uow_factory() as uow:
+        known = uow.evaluation_sample(month)
+        if known is not None:
+            raise FailedPrecondition(
+                f"the {month} sample was already drawn at {known.drawn_at:%Y-%m-%d %H:%M} UTC by {known.drawn_by} "
+                f"with seed {known.seed}"
+            )
+        closed = uow.closed_between(start, min(end, now))
+        sample, items, events = new_sample(
+            closed, month=month, node=routing.node, seed=seed, rule=rule, actor=who, at=now
+        )
+        uow.save_evaluation_sample(sample, items)
+        for event in events:
+            uow.emit(event.case_id, [event])
+        uow.commit()
+    log.info("evaluation sample %s drawn: %d of %d closed cases", month, len(items), len(closed))
+    return sample, items
+
+
+@dataclass(frozen=True)
+class SampleView:
+    """A sampled case as the evaluation group sees it: personal data masked in every text."""
+
+    item: SampleItem
+    title: str
+    body: str
+    reply_text: str
+
+
+def _masked(text: str) -> str:
+    return mask(text).text if text else ""
+
+
+def _views(uow: RoutingUnitOfWork, items: Sequence[SampleItem]) -> list[SampleView]:
+    texts = uow.sampled_texts(items)
+    out = []
+    for item in items:
+        title, body, reply = texts.get(item.case_id, ("", "", ""))
+        out.append(SampleView(item, _masked(title), _masked(body), _masked(reply)))
+    return out
+
+
+def _with_rated(uow: RoutingUnitOfWork, sample: EvaluationSample) -> EvaluationSample:
+    rated = uow.rated_by_unit(sample.month)
+    sample.units = [UnitCount(u.unit_id, u.closed, u.sampled, rated.get(u.unit_id, 0)) for u in sample.units]
+    return sample
+
+
+def list_evaluation_sample(
+    *,
+    month: str,
+    unrated_only: bool,
+    after: tuple[str, int] | None,
+    limit: int,
+    uow_factory: UnitOfWorkFactory,
+) -> tuple[EvaluationSample, list[SampleView], int]:
+    """A page of the month's sample (masked), with the sample's record and its counts."""
+    month = check_month(month)
+    with uow_factory() as uow:
+        sample = uow.evaluation_sample(month)
+        if sample is None:
+            raise NotFound("evaluation sample", month)
+        items, total = uow.sample_items(month, unrated_only=unrated_only, after=after, limit=limit)
+        return _with_rated(uow, sample), _views(uow, items), total
+
+
+def record_third_party_rating(
+    *,
+    month: str,
+    case_id: str,
+    actor: str,
+    rating: str,
+    comment: str,
+    uow_factory: UnitOfWorkFactory,
+    now: datetime,
+) -> SampleView:
+    """The evaluation group's one rating of a sampled case; emits ``third_party_rated``."""
+    who = _actor(actor)
+    month = check_month(month)
+    wanted = (case_id or "").strip()
+    if not wanted:
+        raise InvalidArgument("case_id", "the sampled case is required")
+    rating, text = check_rating(rating, comment)
+    now = to_utc(now)
+    with uow_factory() as uow:
+        item = uow.sample_item(month, wanted)
+        if item is None:
+            raise NotFound("sampled case", f"{wanted} of the {month} sample")
+        order = uow.get(item.work_order_id)
+        if order is not None and order.order.state is State.TRANSFERRED:
+            raise FailedPrecondition(f"case {wanted} was handed to {order.order.transferred_to} since it was sampled")
+        event = item.rate(rating, text, evaluator=who, at=now)
+        uow.save_rating(item)
+        uow.emit(wanted, [event])
+        view = _views(uow, [item])[0]
+        uow.commit()
+    log.info("third-party rating recorded on %s of the %s sample", wanted, month)
+    return view

@@ -155,6 +155,43 @@ class CaseOwnerRow(Base):
     version: Mapped[int] = mapped_column(Integer)
 
 
+class EvaluationSampleRow(Base):
+    """第三方评价: a month's drawn sample at this node (once per month), with its seed and rule."""
+
+    __tablename__ = "evaluation_samples"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    node: Mapped[str] = mapped_column(String(6))
+    seed: Mapped[str] = mapped_column(String(64))
+    percent: Mapped[int] = mapped_column(Integer)
+    minimum: Mapped[int] = mapped_column(Integer)
+    drawn_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    drawn_by: Mapped[str] = mapped_column(String(64))
+    # Per unit [unit_id, closed, sampled], JSON: the population each unit's draw was made from.
+    units: Mapped[str] = mapped_column(Text, default="[]")
+
+
+class EvaluationItemRow(Base):
+    """第三方评价: one sampled case of a month and, once given, the evaluation group's rating."""
+
+    __tablename__ = "evaluation_items"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    work_order_id: Mapped[str] = mapped_column(String(64))
+    unit_id: Mapped[str] = mapped_column(String(64))
+    rank: Mapped[int] = mapped_column(Integer)
+    closed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    category: Mapped[str] = mapped_column(String(32), default="")
+    region_code: Mapped[str] = mapped_column(String(12), default="")
+    rating: Mapped[str] = mapped_column(String(24), default="")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    rated_by: Mapped[str] = mapped_column(String(64), default="")
+    rated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (Index("ix_evaluation_items_unit", "month", "unit_id", "rank"),)
+
+
 metadata = Base.metadata
 outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)

@@ -19,8 +19,10 @@ from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.security import OFFICE, current_principal
 from services.common.timeutil import china_date, from_duration, from_timestamp, to_timestamp, to_utc
 from services.routing import handlers
+from services.routing.evaluation import EvaluationSample
 from services.routing.handlers import (
     Routing,
+    SampleView,
     StoredWorkOrder,
     Supervision,
     UnitOfWorkFactory,
@@ -153,6 +155,68 @@ def _untoken(token: str) -> tuple[datetime, str] | None:
         return to_utc(datetime.fromisoformat(at)), str(key)
     except (ValueError, TypeError):
         raise InvalidArgument("page.page_token", "not a token from a previous page") from None
+
+
+def _sample_token(unit_id: str, rank: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([unit_id, rank]).encode()).decode()
+
+
+def _unsample_token(token: str) -> tuple[str, int] | None:
+    if not token:
+        return None
+    try:
+        unit, rank = json.loads(base64.urlsafe_b64decode(token.encode()))
+        unit, rank = str(unit), int(rank)
+    except (ValueError, TypeError):
+        raise InvalidArgument("page.page_token", "not a token from a previous page") from None
+    if not (0 <= rank < 2**31 and len(unit) <= 64 and unit.isprintable()):
+        raise InvalidArgument("page.page_token", "not a token from a previous page")
+    return unit, rank
+
+
+def _rating_name(value: int) -> str:
+    """The proto rating as the domain names it ("" for unspecified or unknown: refused there)."""
+    if value == common_pb2.SATISFACTION_UNSPECIFIED or value not in common_pb2.Satisfaction.values():
+        return ""
+    return common_pb2.Satisfaction.Name(common_pb2.Satisfaction.ValueType(value)).removeprefix("SATISFACTION_")
+
+
+def _sample_message(sample: EvaluationSample) -> routing_pb2.EvaluationSample:
+    return routing_pb2.EvaluationSample(
+        month=sample.month,
+        node=sample.node,
+        seed=sample.seed,
+        percent=sample.rule.percent,
+        minimum=sample.rule.minimum,
+        drawn_at=to_timestamp(sample.drawn_at),
+        drawn_by=sample.drawn_by,
+        units=[
+            routing_pb2.EvaluationUnitCount(unit_id=u.unit_id, closed=u.closed, sampled=u.sampled, rated=u.rated)
+            for u in sample.units
+        ],
+    )
+
+
+def _item_message(view: SampleView) -> routing_pb2.EvaluationItem:
+    item = view.item
+    message = routing_pb2.EvaluationItem(
+        case_id=item.case_id,
+        work_order_id=item.work_order_id,
+        unit_id=item.unit_id,
+        category=item.category,
+        region_code=item.region_code,
+        closed_at=to_timestamp(item.closed_at),
+        title=view.title,
+        body=view.body,
+        reply_text=view.reply_text,
+        comment=item.comment,
+        rated_by=item.rated_by,
+    )
+    if item.rating:
+        message.rating = common_pb2.Satisfaction.Value(f"SATISFACTION_{item.rating}")
+    if item.rated_at is not None:
+        message.rated_at.CopyFrom(to_timestamp(item.rated_at))
+    return message
 
 
 Step = Callable[[StoredWorkOrder, datetime, str], list[WorkOrderEvent]]
@@ -499,6 +563,60 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
             ),
         )
         return routing_pb2.RecordInstructionResponse(work_order=wo)
+
+    def DrawEvaluationSample(
+        self, request: routing_pb2.DrawEvaluationSampleRequest, context: Any
+    ) -> routing_pb2.DrawEvaluationSampleResponse:
+        sample, items = handlers.draw_evaluation_sample(
+            month=request.month,
+            seed=request.seed,
+            percent=request.percent,
+            minimum=request.minimum,
+            actor=request.actor,
+            uow_factory=self._uow_factory,
+            routing=self._routing,
+            now=self._clock(),
+        )
+        self._notify()
+        return routing_pb2.DrawEvaluationSampleResponse(
+            sample=_sample_message(sample),
+            items=[_item_message(SampleView(i, "", "", "")) for i in items],
+        )
+
+    def ListEvaluationSample(
+        self, request: routing_pb2.ListEvaluationSampleRequest, context: Any
+    ) -> routing_pb2.ListEvaluationSampleResponse:
+        limit = _page_size(request.page)
+        sample, views, total = handlers.list_evaluation_sample(
+            month=request.month,
+            unrated_only=request.unrated_only,
+            after=_unsample_token(request.page.page_token),
+            limit=limit + 1,
+            uow_factory=self._uow_factory,
+        )
+        more = len(views) > limit
+        views = views[:limit]
+        token = _sample_token(views[-1].item.unit_id, views[-1].item.rank) if more else ""
+        return routing_pb2.ListEvaluationSampleResponse(
+            sample=_sample_message(sample),
+            items=[_item_message(v) for v in views],
+            page=common_pb2.PageResponse(next_page_token=token, total_size=total),
+        )
+
+    def RecordThirdPartyRating(
+        self, request: routing_pb2.RecordThirdPartyRatingRequest, context: Any
+    ) -> routing_pb2.RecordThirdPartyRatingResponse:
+        view = handlers.record_third_party_rating(
+            month=request.month,
+            case_id=request.case_id,
+            actor=request.actor,
+            rating=_rating_name(request.rating),
+            comment=request.comment,
+            uow_factory=self._uow_factory,
+            now=self._clock(),
+        )
+        self._notify()
+        return routing_pb2.RecordThirdPartyRatingResponse(item=_item_message(view))
 
     def AssignManually(
         self, request: routing_pb2.AssignManuallyRequest, context: Any

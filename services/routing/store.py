@@ -34,6 +34,15 @@ from services.common.outbox import append_event, append_events
 from services.common.regions import RegionTree, Tier
 from services.common.service import BusEvent
 from services.common.timeutil import to_timestamp, to_utc
+from services.routing.evaluation import (
+    CaseSampled,
+    ClosedCase,
+    EvaluationSample,
+    SampleItem,
+    SamplingRule,
+    ThirdPartyRated,
+    UnitCount,
+)
 from services.routing.handlers import (
     FAR_FUTURE,
     BatchChange,
@@ -55,6 +64,8 @@ from services.routing.models import (
     CaseOwnerRow,
     CaseSnapshotRow,
     CaseVersionRow,
+    EvaluationItemRow,
+    EvaluationSampleRow,
     RepeatRow,
     SupervisionRow,
     WorkOrderHistoryRow,
@@ -594,6 +605,124 @@ class SqlRoutingUnitOfWork:
             for r in rows
         ], int(total)
 
+    # -- 第三方评价 ------------------------------------------------------------------------------
+
+    def closed_between(self, start: datetime, end: datetime) -> list[ClosedCase]:
+        h = WorkOrderHistoryRow
+        closed_at = func.max(h.at).label("closed_at")
+        query = (
+            select(
+                WorkOrderRow.case_id,
+                WorkOrderRow.work_order_id,
+                WorkOrderRow.unit_id,
+                WorkOrderRow.category,
+                WorkOrderRow.region_code,
+                closed_at,
+            )
+            .join(h, h.work_order_id == WorkOrderRow.work_order_id)
+            .where(WorkOrderRow.state == State.CLOSED.value, WorkOrderRow.node == self._node, h.action == "close")
+            .group_by(
+                WorkOrderRow.case_id,
+                WorkOrderRow.work_order_id,
+                WorkOrderRow.unit_id,
+                WorkOrderRow.category,
+                WorkOrderRow.region_code,
+            )
+            .having(and_(closed_at >= to_utc(start), closed_at < to_utc(end)))
+        )
+        return [
+            ClosedCase(r.case_id, r.work_order_id, r.unit_id, to_utc(r.closed_at), r.category, r.region_code)
+            for r in self.session.execute(query)
+        ]
+
+    def evaluation_sample(self, month: str) -> EvaluationSample | None:
+        row = self.session.get(EvaluationSampleRow, month)
+        if row is None:
+            return None
+        units = [UnitCount(u, closed, sampled) for u, closed, sampled in json.loads(row.units)]
+        return EvaluationSample(
+            row.month,
+            row.node,
+            row.seed,
+            SamplingRule(row.percent, row.minimum),
+            to_utc(row.drawn_at),
+            row.drawn_by,
+            units,
+        )
+
+    def save_evaluation_sample(self, sample: EvaluationSample, items: Sequence[SampleItem]) -> None:
+        self.session.add(
+            EvaluationSampleRow(
+                month=sample.month,
+                node=sample.node,
+                seed=sample.seed,
+                percent=sample.rule.percent,
+                minimum=sample.rule.minimum,
+                drawn_at=to_utc(sample.drawn_at),
+                drawn_by=sample.drawn_by,
+                units=json.dumps([[u.unit_id, u.closed, u.sampled] for u in sample.units]),
+            )
+        )
+        self.session.add_all(
+            EvaluationItemRow(
+                month=i.month,
+                case_id=i.case_id,
+                work_order_id=i.work_order_id,
+                unit_id=i.unit_id,
+                rank=i.rank,
+                closed_at=to_utc(i.closed_at),
+                category=i.category,
+                region_code=i.region_code,
+                rating="",
+                comment="",
+                rated_by="",
+            )
+            for i in items
+        )
+        self.session.flush()
+
+    def sample_items(
+        self, month: str, *, unrated_only: bool, after: tuple[str, int] | None, limit: int
+    ) -> tuple[list[SampleItem], int]:
+        E = EvaluationItemRow
+        conditions: list[Any] = [E.month == month]
+        if unrated_only:
+            conditions.append(E.rating == "")
+        total = bounded_count(self.session, select(E.case_id).where(*conditions))
+        if after is not None:
+            unit, rank = after
+            conditions.append(or_(E.unit_id > unit, and_(E.unit_id == unit, E.rank > rank)))
+        rows = self.session.scalars(select(E).where(*conditions).order_by(E.unit_id, E.rank).limit(limit)).all()
+        return [_sample_item(r) for r in rows], int(total)
+
+    def sample_item(self, month: str, case_id: str) -> SampleItem | None:
+        row = self.session.get(EvaluationItemRow, (month, case_id), with_for_update=True)
+        return None if row is None else _sample_item(row)
+
+    def save_rating(self, item: SampleItem) -> None:
+        row = self.session.get(EvaluationItemRow, (item.month, item.case_id))
+        assert row is not None
+        row.rating, row.comment, row.rated_by = item.rating, item.comment, item.rated_by
+        row.rated_at = None if item.rated_at is None else to_utc(item.rated_at)
+        self.session.flush()
+
+    def rated_by_unit(self, month: str) -> dict[str, int]:
+        E = EvaluationItemRow
+        rows = self.session.execute(
+            select(E.unit_id, func.count()).where(E.month == month, E.rating != "").group_by(E.unit_id)
+        )
+        return {unit: int(n) for unit, n in rows}
+
+    def sampled_texts(self, items: Sequence[SampleItem]) -> dict[str, tuple[str, str, str]]:
+        out: dict[str, tuple[str, str, str]] = {}
+        for item in items:
+            case = common_pb2.Case()
+            case.ParseFromString(self.case_snapshot(item.case_id))
+            stored = self.get(item.work_order_id)
+            reply = stored.order.reply_text if stored is not None else ""
+            out[item.case_id] = (case.title, case.body, reply or "")
+        return out
+
     # -- events ----------------------------------------------------------------------------------
 
     def emit(self, case_id: str, events: Sequence[RoutingEvent]) -> None:
@@ -708,6 +837,23 @@ def _handling_command(env: events_pb2.EventEnvelope, body: bytes, target: str) -
     )
     command.trace_context.update(env.trace_context)
     return BusEvent(event_id=command_id, source="routing", event_type="command", body=command.SerializeToString())
+
+
+def _sample_item(row: EvaluationItemRow) -> SampleItem:
+    return SampleItem(
+        month=row.month,
+        case_id=row.case_id,
+        work_order_id=row.work_order_id,
+        unit_id=row.unit_id,
+        closed_at=to_utc(row.closed_at),
+        rank=row.rank,
+        category=row.category,
+        region_code=row.region_code,
+        rating=row.rating,
+        comment=row.comment,
+        rated_by=row.rated_by,
+        rated_at=None if row.rated_at is None else to_utc(row.rated_at),
+    )
 
 
 def _columns(stored: StoredWorkOrder) -> dict[str, Any]:
@@ -887,6 +1033,27 @@ def _payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None:
         )
     if isinstance(event, CaseMergedInto):
         return "case_merged", events_pb2.CaseMerged(into_case_id=event.into_case_id, reason=event.reason), event.at
+    if isinstance(event, CaseSampled):
+        return (
+            "case_sampled",
+            events_pb2.CaseSampled(
+                month=event.month, seed=event.seed, work_order_id=event.work_order_id, unit_id=event.unit_id
+            ),
+            event.at,
+        )
+    if isinstance(event, ThirdPartyRated):
+        return (
+            "third_party_rated",
+            events_pb2.ThirdPartyRated(
+                month=event.month,
+                rating=common_pb2.Satisfaction.Value(f"SATISFACTION_{event.rating}"),
+                comment=event.comment,
+                work_order_id=event.work_order_id,
+                unit_id=event.unit_id,
+                evaluator=event.evaluator,
+            ),
+            event.at,
+        )
     if isinstance(event, ReplyGiven):
         return None  # carried by work_order_changed(reply); the text stays with the work order
     return None

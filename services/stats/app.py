@@ -47,6 +47,8 @@ SUBSCRIBED: tuple[tuple[str, str], ...] = (
     ("routing", "case_withdrawn"),
     ("routing", "case_evaluated"),
     ("routing", "deadline_warning"),
+    ("routing", "case_sampled"),
+    ("routing", "third_party_rated"),
     ("exchange", "case_registered"),
     ("exchange", "work_order_created"),
     ("exchange", "work_order_changed"),
@@ -56,6 +58,8 @@ SUBSCRIBED: tuple[tuple[str, str], ...] = (
     ("exchange", "case_merged"),
     ("exchange", "case_withdrawn"),
     ("exchange", "deadline_warning"),
+    ("exchange", "case_sampled"),
+    ("exchange", "third_party_rated"),
 )
 
 

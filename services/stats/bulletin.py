@@ -260,6 +260,26 @@ def write_bulletin(
         )
     )
 
+    # 第三方评价: the evaluation group's rate per unit, beside the citizen's own (never mixed).
+    by_unit = uow.aggregate(where, as_of=as_of, group_by="unit")
+    third_party = sorted((k, a) for k, a in by_unit.items() if k and a.tp_sampled)
+    files.append(
+        _write_csv(
+            out_dir / "third_party_by_unit.csv",
+            ["unit_id", "sampled", "rated", "third_party_satisfaction_rate", "satisfaction_rate"],
+            [
+                (
+                    k,
+                    a.tp_sampled,
+                    a.tp_rated,
+                    f"{compute('third_party_satisfaction_rate', a).value:.4f}",
+                    f"{compute('satisfaction_rate', a).value:.4f}",
+                )
+                for k, a in third_party
+            ],
+        )
+    )
+
     spots_at = min(as_of, end)
     spots = handlers.hotspots(
         uow, tree, node, region_code=where.region_code, as_of=spots_at, rules=rules or HotspotRules()
@@ -394,7 +414,23 @@ def write_bulletin(
         + ("、".join(flagged_units) if flagged_units else "无")
         + "。",
     ]
-    md += ["", "## 六、热点预警", ""]
+    tp_total = compute("third_party_satisfaction_rate", total)
+    md += [
+        "",
+        "## 六、第三方评价（抽样）",
+        "",
+        f"评价组（专家、干部、群众代表）评价本月受理、已抽样的案件 {total.tp_sampled} 件中的 {total.tp_rated} 件，"
+        f"第三方评价满意率 {_pct(tp_total.value)}（{tp_total.numerator}/{tp_total.denominator}），"
+        f"群众满意率 {_pct(compute('satisfaction_rate', total).value)}。",
+    ]
+    if third_party:
+        md += ["", "| 承办单位 | 抽样件 | 已评价 | 第三方评价满意率 | 群众满意率 |", "|---|---:|---:|---:|---:|"]
+        for k, a in third_party:
+            md.append(
+                f"| {k} | {a.tp_sampled} | {a.tp_rated} | {_pct(compute('third_party_satisfaction_rate', a).value)} | "
+                f"{_pct(compute('satisfaction_rate', a).value)} |"
+            )
+    md += ["", "## 七、热点预警", ""]
     if spots:
         md += ["| 地区 | 分类 | 件数 | 基线 | 关键词 | 示例 |", "|---|---|---:|---:|---|---|"]
         for h in spots:

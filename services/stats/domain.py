@@ -148,6 +148,10 @@ class CaseEvent:
     carries_case: bool = False
     # 协办: assisting units late (an answer after its deadline, or chased by an "assist" deadline warning)
     late_assisting_units: tuple[str, ...] = ()
+    # 第三方评价: the month of the sample the case was drawn into (case_sampled, third_party_rated)
+    # and the evaluation group's rating (satisfied | basically_satisfied | unsatisfied)
+    sample_month: str = ""
+    third_party_rating: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,10 @@ class CaseFact:
     assist_late_units: str = ""
     # 领导批转: when a leader's instruction (批示) was recorded on the case (first), None when never.
     instructed_at: datetime | None = None
+    # 第三方评价: the month of the sample the case was drawn into ("" never), and the evaluation
+    # group's rating ("" not rated; satisfied | basically_satisfied | unsatisfied).
+    tp_month: str = ""
+    tp_rating: str = ""
 
 
 class CachedCalendar:
@@ -349,6 +357,11 @@ def _apply(fact: CaseFact, event: CaseEvent, config: StatsConfig, calendar: Work
         changes["state"] = "WITHDRAWN"
     elif kind == "case_merged":
         changes["state"] = "MERGED"
+    elif kind == "case_sampled":
+        changes["tp_month"] = event.sample_month
+    elif kind == "third_party_rated":
+        changes["tp_rating"] = event.third_party_rating
+        changes["tp_month"] = fact.tp_month or event.sample_month
     if event.late_assisting_units:
         late = {u for u in fact.assist_late_units.split(",") if u} | set(event.late_assisting_units)
         changes["assist_late_units"] = f",{','.join(sorted(late))},"
@@ -384,6 +397,11 @@ DEFINITIONS: dict[str, str] = {
     "recorded.",
     "assist_late": "协办超期件: cases in which an assisting unit (协办) answered the lead unit after its own "
     "deadline, or was chased for it (the units are listed in the bulletin).",
+    "third_party_sampled": "第三方评价抽样件: received cases drawn into a month's third-party evaluation sample "
+    "(第三方评价: each node samples per unit the cases it closed in a month, docs/routing.md).",
+    "third_party_satisfaction_rate": "第三方评价满意率: sampled cases the evaluation group (experts, cadres, public "
+    "representatives) rated satisfied or basically satisfied ÷ sampled cases it rated; beside the citizen's "
+    "satisfaction_rate, never mixed into it.",
     "merged": "并单件: received cases merged (并单) into another case; each is a submission of its own (its citizen "
     "follows and rates the main case) but not a matter of its own.",
     "matters": "事项数: received cases less those merged into another case: a matter raised by many citizens "
@@ -394,7 +412,9 @@ DEFINITIONS: dict[str, str] = {
 LOWER_IS_BETTER = frozenset(
     {"avg_reply_workdays", "p90_reply_workdays", "repeat_rate", "overdue", "supervised", "assist_late"}
 )
-COUNT_METRICS = frozenset({"received", "overdue", "supervised", "merged", "matters", "assist_late", "instructed"})
+COUNT_METRICS = frozenset(
+    {"received", "overdue", "supervised", "merged", "matters", "assist_late", "instructed", "third_party_sampled"}
+)
 
 
 @dataclass
@@ -418,6 +438,9 @@ class Aggregates:
     merged: int = 0
     assist_late: int = 0
     instructed: int = 0
+    tp_sampled: int = 0
+    tp_rated: int = 0
+    tp_satisfied: int = 0
     # working days → number of replied cases (the distribution gives mean and p90 exactly)
     reply_days: dict[int, int] = field(default_factory=dict)
 
@@ -450,6 +473,9 @@ COUNTERS: tuple[str, ...] = (
     "merged",
     "assist_late",
     "instructed",
+    "tp_sampled",
+    "tp_rated",
+    "tp_satisfied",
 )
 
 
@@ -510,6 +536,9 @@ def counters(fact: CaseFact, as_of: datetime) -> tuple[int, ...]:
         "merged": fact.state == "MERGED",
         "assist_late": fact.assist_late_units != "",
         "instructed": fact.instructed_at is not None,
+        "tp_sampled": fact.tp_month != "",
+        "tp_rated": fact.tp_rating != "",
+        "tp_satisfied": fact.tp_rating in SATISFIED_RATINGS,
     }
     return tuple(int(values[name]) for name in COUNTERS)
 
@@ -536,6 +565,8 @@ NUMERATOR_PREDICATE: dict[str, str] = {
     "matters": "matter",
     "assist_late": "assist_late",
     "instructed": "instructed",
+    "third_party_sampled": "tp_sampled",
+    "third_party_satisfaction_rate": "tp_satisfied",
 }
 
 
@@ -587,6 +618,8 @@ METRIC_COUNTERS: dict[str, tuple[str, ...]] = {
     "matters": ("merged",),
     "assist_late": ("assist_late",),
     "instructed": ("instructed",),
+    "third_party_sampled": ("tp_sampled",),
+    "third_party_satisfaction_rate": ("tp_satisfied", "tp_rated"),
 }
 REPLY_DAY_METRICS = frozenset({"avg_reply_workdays", "p90_reply_workdays"})
 
@@ -624,6 +657,10 @@ def compute(name: str, agg: Aggregates) -> MetricValue:
         return MetricValue(name, DEFINITIONS[name], float(agg.instructed), agg.instructed, 1, [])
     if name == "assist_late":
         return MetricValue(name, DEFINITIONS[name], float(agg.assist_late), agg.assist_late, 1, [])
+    if name == "third_party_sampled":
+        return MetricValue(name, DEFINITIONS[name], float(agg.tp_sampled), agg.tp_sampled, 1, [])
+    if name == "third_party_satisfaction_rate":
+        return _ratio(name, agg.tp_satisfied, agg.tp_rated)
     if name == "merged":
         return MetricValue(name, DEFINITIONS[name], float(agg.merged), agg.merged, 1, [])
     if name == "matters":

@@ -22,6 +22,8 @@ FOLDED = (
     "case_handed_off",
     "case_merged",
     "case_withdrawn",
+    "case_sampled",  # 第三方评价
+    "third_party_rated",
     "deadline_warning",  # only an assisting unit's missed deadline (协办), see to_case_event
 )
 _TEXT_LIMIT = 400  # keywords need the gist, not the whole letter
@@ -81,6 +83,12 @@ def to_case_event(env: events_pb2.EventEnvelope) -> CaseEvent | None:
             else ""
         )
         return CaseEvent(**base, satisfaction=rating, unit_id=evaluated.unit_id)  # type: ignore[arg-type]
+    if kind == "case_sampled":
+        return CaseEvent(**base, sample_month=env.case_sampled.month)  # type: ignore[arg-type]
+    if kind == "third_party_rated":
+        rated = env.third_party_rated
+        rating = _name(common_pb2.Satisfaction, rated.rating, "SATISFACTION_").lower() if rated.rating else ""
+        return CaseEvent(**base, sample_month=rated.month, third_party_rating=rating)  # type: ignore[arg-type]
     if kind == "supervision_issued":
         return CaseEvent(**base, level=env.supervision_issued.level)  # type: ignore[arg-type]
     if kind == "case_handed_off":

@@ -119,6 +119,7 @@ def demo_accounts_for(node: str, tier: str, office_unit: str) -> list[tuple[str,
         (f"clerk-{node}", ("clerk", "handler"), office_unit, "信访办工作人员"),
         (f"supervisor-{node}", ("supervisor",), "", "督查督办"),
         (f"admin-{node}", ("admin",), "", "系统管理员"),
+        (f"evaluator-{node}", ("evaluator",), "", "第三方评价组"),
     ]
     if tier == "county":
         rows.append((f"handler-{node}", ("handler",), "", "承办单位"))

@@ -121,6 +121,8 @@ METRIC_LABELS: dict[str, str] = {
     "repeat_rate": "重复信访率",
     "overdue": "超期件",
     "supervised": "督办件",
+    "third_party_sampled": "第三方评价抽样件",
+    "third_party_satisfaction_rate": "第三方评价满意率",
     "merged": "并单件",
     "matters": "事项数",
     "assist_late": "协办超期件",
@@ -133,6 +135,7 @@ ROLE_LABELS: dict[str, str] = {
     "supervisor": "督查督办",
     "auditor": "审计",
     "admin": "系统管理",
+    "evaluator": "第三方评价",
 }
 
 FIELD_LABELS: dict[str, str] = {
@@ -182,6 +185,15 @@ _REASONS: tuple[tuple[str, str], ...] = (
     (r"is the lead unit", "主办单位不能同时作为协办单位"),
     (r"already asked and has not answered", "该单位已在协办中，尚未答复"),
     (r"is named twice", "同一单位只能选择一次"),
+    (r"must be satisfied, basically satisfied or unsatisfied", "请选择评价等次"),
+    (r"不满意须说明理由", "评价为不满意时须说明理由"),
+    (r"expected YYYY-MM", "月份应写作 YYYY-MM，例如 2026-11"),
+    (r"has not begun", "该月尚未开始，没有可抽取的办结案件"),
+    (r"already rated by", "该案件已评价，每件只评一次"),
+    (r"sample was already drawn", "该月样本已抽取（每月只抽一次）"),
+    (r"letters, digits", "随机种子只能包含字母、数字、- 和 _"),
+    (r"must be 1\.\.100", "抽样比例应为1至100"),
+    (r"must be 1\.\.(\d+)", "每单位最少件数应为1至{0}"),
 )
 
 

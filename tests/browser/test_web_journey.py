@@ -556,3 +556,91 @@ def test_leader_queue_lists_a_waiting_case_and_the_office_records_the_instructio
     clerk.check("console-case-instructed")
     clerk.goto(f"{county}/console/leader")
     assert clerk.page.locator(f"#leader-queue a[href='/console/case/{case_id}']").count() == 0
+
+
+def test_evaluator_sees_only_the_month_s_sample_and_rates_each_case_once(
+    web_federation: WebFederation, visit: Callable[[], Visitor]
+) -> None:
+    """第三方评价 screens: the supervisor draws the month's sample with a seed; the evaluation group's
+    member lands on the sample (nothing else of the console), reads the case masked and rates it once."""
+    from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
+    from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
+
+    from services.common.security import bearer_metadata, issue_token
+
+    county = web_federation.url("511102")
+    admin = bearer_metadata(
+        issue_token(web_federation.token_key.encode(), subject="admin", node="511102", roles=["admin"])
+    )
+    with grpc.insecure_channel(web_federation.grpc("511102")) as channel:
+        case_id = (
+            intake_grpc.IntakeServiceStub(channel)
+            .SubmitCase(
+                intake_pb2.SubmitCaseRequest(
+                    channel=common_pb2.CHANNEL_WEB,
+                    channel_ref=str(uuid.uuid4()),
+                    title="河道漂浮垃圾无人清理",
+                    body="河道漂浮垃圾长期无人清理，联系电话13987654321。",
+                    category="环境保护",
+                    region_code="511102",
+                    complainant=common_pb2.Person(name=NAME, phone=PHONE),
+                ),
+                timeout=10,
+            )
+            .case.case_id
+        )
+        stub = routing_grpc.RoutingServiceStub(channel)
+        found: list[str] = []
+
+        def placed() -> bool:
+            orders = stub.ListWorkOrders(routing_pb2.ListWorkOrdersRequest(case_id=case_id), metadata=admin, timeout=10)
+            found[:] = [o.work_order_id for o in orders.work_orders if o.unit_id]
+            return bool(found)
+
+        _eventually("the case placed with a unit", placed)
+        wo = found[0]
+        stub.AcceptWorkOrder(routing_pb2.AcceptWorkOrderRequest(work_order_id=wo, actor="admin"), metadata=admin)
+        stub.ReplyWorkOrder(
+            routing_pb2.ReplyWorkOrderRequest(work_order_id=wo, actor="admin", text="已清理河道。"), metadata=admin
+        )
+        stub.CloseWorkOrder(routing_pb2.CloseWorkOrderRequest(work_order_id=wo, actor="admin"), metadata=admin)
+
+    supervisor = visit()
+    _sign_in(supervisor, county, "supervisor-511102", web_federation.passwords["supervisor-511102"])
+    supervisor.goto(f"{county}/console/evaluation")
+    supervisor.page.wait_for_selector("#form-draw")
+    supervisor.check("console-evaluation-draw")
+    supervisor.page.fill("#draw-seed", "种子")
+    supervisor.page.click("#form-draw button[type=submit]")
+    assert "随机种子只能包含字母" in supervisor.page.inner_text("#form-draw .error")
+    supervisor.page.fill("#draw-seed", "web-2026")
+    supervisor.page.fill("#draw-percent", "100")
+    supervisor.page.click("#form-draw button[type=submit]")
+    supervisor.page.wait_for_selector("#sample-record")
+    assert "web-2026" in supervisor.page.inner_text("#sample-record")
+    assert supervisor.page.locator("#form-draw").count() == 0  # once a month
+    assert supervisor.page.locator(f"#rate-{case_id}").count() == 0  # the office does not rate
+
+    evaluator = visit()
+    evaluator.goto(f"{county}/console/login")
+    evaluator.page.fill("#username", "evaluator-511102")
+    evaluator.page.fill("#password", web_federation.passwords["evaluator-511102"])
+    evaluator.page.click("form[action='/console/login'] >> nth=0 >> button[type=submit]")
+    evaluator.page.wait_for_url(re.compile(r"/console/evaluation$"))
+    nav = evaluator.page.inner_text("nav.nav")
+    assert "第三方评价" in nav and "待办工单" not in nav and "统计督办" not in nav
+    card = evaluator.page.inner_text(f"#item-{case_id}")
+    assert "13987654321" not in card and "*******4321" in card and "已清理河道" in card
+    evaluator.check("console-evaluation-sample")
+    evaluator.page.check(f"#rating-{case_id}-unsatisfied")
+    evaluator.page.click(f"#rate-{case_id} button[type=submit]")  # unsatisfied without a reason
+    assert evaluator.page.inner_text(f"#rate-{case_id} .error").strip() == "评价为不满意时须说明理由"
+    evaluator.page.check(f"#rating-{case_id}-basically")
+    evaluator.page.fill(f"#comment-{case_id}", "答复及时，但未说明后续巡查安排")
+    evaluator.page.click(f"#rate-{case_id} button[type=submit]")
+    evaluator.page.wait_for_selector(f"#rate-{case_id}", state="detached")
+    assert "基本满意" in evaluator.page.inner_text(f"#item-{case_id} .rated")
+    evaluator.check("console-evaluation-rated")
+    response = evaluator.goto(f"{county}/console/case/{case_id}")  # nothing beyond the sample
+    assert response.status == 403
+    evaluator.check("console-evaluation-forbidden", allow_console=("403",))

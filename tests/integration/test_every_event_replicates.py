@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
@@ -24,7 +25,7 @@ from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from lianxin.video.v1 import video_service_pb2 as video_pb2
 
 from services.common.service import utc_now
-from services.common.timeutil import from_timestamp, to_timestamp
+from services.common.timeutil import CHINA, from_timestamp, to_timestamp
 from services.exchange.domain import UP_EVENT_TYPES
 from services.node import Node
 from tests.support.exchange_nodes import three_tiers
@@ -40,6 +41,7 @@ from tests.support.tiers import (
     rooms,
     routing,
     video,
+    work_order,
 )
 from tests.support.tiers import participants as consultation_participants
 from tests.support.tiers import placed_by_hand as placed
@@ -261,6 +263,45 @@ def _warned(chain: Chain) -> str:
     return case_id
 
 
+def _sample(chain: Chain) -> list[routing_pb2.EvaluationItem]:
+    """第三方评价: the county's sample of this month (every case it closed), drawn once per module."""
+    stub = routing(chain.county)
+    month = _month(chain)
+    listed = routing_pb2.ListEvaluationSampleRequest(month=month)
+    try:
+        return list(stub.ListEvaluationSample(listed, timeout=5).items)
+    except grpc.RpcError as error:
+        if error.code() is not grpc.StatusCode.NOT_FOUND:
+            raise
+    case_id = _evaluated(chain)  # satisfied: the county closes it
+    closed = common_pb2.CASE_STATE_CLOSED
+    wait_until(lambda: getattr(work_order(chain.county, case_id), "state", None) == closed, 15, "the case closed")
+    draw = routing_pb2.DrawEvaluationSampleRequest(month=month, seed="registry", percent=100, actor="supervisor")
+    return list(stub.DrawEvaluationSample(draw, timeout=10).items)
+
+
+def _sampled(chain: Chain) -> str:
+    return _sample(chain)[0].case_id
+
+
+def _rated(chain: Chain) -> str:
+    item = next(i for i in _sample(chain) if not i.rating)
+    routing(chain.county).RecordThirdPartyRating(
+        routing_pb2.RecordThirdPartyRatingRequest(
+            month=_month(chain),
+            case_id=item.case_id,
+            actor="evaluator",
+            rating=common_pb2.SATISFACTION_SATISFIED,
+        ),
+        timeout=5,
+    )
+    return item.case_id
+
+
+def _month(chain: Chain) -> str:
+    return chain.clock().astimezone(CHINA).strftime("%Y-%m")
+
+
 # Event type → what produces it at the county through the real RPCs (returns the case id), or why no
 # service emits it (the test then checks that no service's code names it).
 PRODUCERS: dict[str, Callable[[Chain], str] | str] = {
@@ -282,6 +323,8 @@ PRODUCERS: dict[str, Callable[[Chain], str] | str] = {
     "consultation_booked": _consultation_booked,
     "consultation_held": _consultation_held,
     "consultation_cancelled": _consultation_cancelled,
+    "case_sampled": _sampled,
+    "third_party_rated": _rated,
 }
 
 

@@ -271,3 +271,43 @@ def test_mutating_rpcs_are_audited_and_tampering_is_found(node: Node, channel: g
     report = AuditLog(engine, "511102", key=key).verify()
     engine.dispose()
     assert not report.ok and any("missing" in p or "chain" in p for p in report.problems)
+
+
+def test_an_evaluator_sees_only_the_sample_and_only_an_evaluator_rates_it(channel: grpc.Channel) -> None:
+    """第三方评价: the role ``evaluator`` reads the month's sample and rates it, nothing else of the node."""
+    routing = routing_grpc.RoutingServiceStub(channel)
+    evaluator = token(["evaluator"])
+    month = routing_pb2.ListEvaluationSampleRequest(month="2026-11")
+    # Allowed through (no sample drawn yet: NOT_FOUND from the service, not a refusal by role).
+    assert code_of(lambda: routing.ListEvaluationSample(month, metadata=evaluator, timeout=5)) is (
+        grpc.StatusCode.NOT_FOUND
+    )
+    rating = routing_pb2.RecordThirdPartyRatingRequest(
+        month="2026-11", case_id="511102-20261101-000001", actor="e", rating=common_pb2.SATISFACTION_SATISFIED
+    )
+    assert code_of(lambda: routing.RecordThirdPartyRating(rating, metadata=evaluator, timeout=5)) is (
+        grpc.StatusCode.NOT_FOUND
+    )
+    refused_to_evaluator = [
+        lambda: routing.ListWorkOrders(routing_pb2.ListWorkOrdersRequest(), metadata=evaluator, timeout=5),
+        lambda: routing.DrawEvaluationSample(
+            routing_pb2.DrawEvaluationSampleRequest(month="2026-11", actor="e"), metadata=evaluator, timeout=5
+        ),
+        lambda: intake_grpc.IntakeServiceStub(channel).GetCase(
+            intake_pb2.GetCaseRequest(case_id="511102-20261101-000001"), metadata=evaluator, timeout=5
+        ),
+        lambda: stats_grpc.StatsServiceStub(channel).GetMetrics(
+            stats_pb2.GetMetricsRequest(region_code="511102"), metadata=evaluator, timeout=5
+        ),
+    ]
+    assert [code_of(call) for call in refused_to_evaluator] == [grpc.StatusCode.PERMISSION_DENIED] * 4
+    # The office neither rates for the group nor do handling units list its sample.
+    for roles in (["admin"], ["supervisor"], ["clerk"]):
+        office = token(roles)
+        assert code_of(lambda: routing.RecordThirdPartyRating(rating, metadata=office, timeout=5)) is (  # noqa: B023
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+    assert (
+        code_of(lambda: routing.ListEvaluationSample(month, metadata=token(["handler"], unit="u-env"), timeout=5))
+        is grpc.StatusCode.PERMISSION_DENIED
+    )

@@ -78,6 +78,7 @@ def test_report_command_writes_markdown_csv_and_charts(tmp_path: Path) -> None:
         "ranking_regions.csv",
         "ranking_units.csv",
         "hotspots.csv",
+        "third_party_by_unit.csv",
         "volume_by_category.png",
         "volume_by_channel.png",
         "rates_by_region.png",
@@ -99,6 +100,13 @@ def test_report_command_writes_markdown_csv_and_charts(tmp_path: Path) -> None:
     with (out / "summary.csv").open(encoding="utf-8-sig") as fh:
         summary = {r["metric"]: r for r in csv.DictReader(fh)}
     assert int(summary["received"]["numerator"]) > 1000
+    # 第三方评价 beside the citizen's rate: the sampled and rated cases of the generated month, per unit too.
+    rate = summary["third_party_satisfaction_rate"]
+    assert int(summary["third_party_sampled"]["numerator"]) > int(rate["denominator"]) > int(rate["numerator"]) > 0
+    with (out / "third_party_by_unit.csv").open(encoding="utf-8-sig") as fh:
+        units = list(csv.DictReader(fh))
+    assert units and sum(int(u["rated"]) for u in units) == int(rate["denominator"])
+    assert "## 六、第三方评价（抽样）" in markdown and "第三方评价满意率" in markdown
 
 
 def test_get_bulletin_rpc_returns_the_files(tmp_path: Path) -> None:

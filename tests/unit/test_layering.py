@@ -30,6 +30,7 @@ PURE_MODULES = frozenset(
         "services.intake.dedup",
         "services.intake.tracking",
         "services.intake.validation",
+        "services.routing.evaluation",
         "services.routing.jurisdiction",
         "services.routing.timelimits",
         "services.routing.workorder",

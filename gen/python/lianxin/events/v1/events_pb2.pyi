@@ -75,6 +75,8 @@ class EventEnvelope(_message.Message):
     CONSULTATION_BOOKED_FIELD_NUMBER: _builtins.int
     CONSULTATION_HELD_FIELD_NUMBER: _builtins.int
     CONSULTATION_CANCELLED_FIELD_NUMBER: _builtins.int
+    CASE_SAMPLED_FIELD_NUMBER: _builtins.int
+    THIRD_PARTY_RATED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of the event (UUID); the inbox key for idempotent consumers."""
     case_id: _builtins.str
@@ -169,6 +171,14 @@ class EventEnvelope(_message.Message):
     def consultation_cancelled(self) -> Global___ConsultationCancelled:
         """A remote consultation was cancelled and its units and rooms released."""
 
+    @_builtins.property
+    def case_sampled(self) -> Global___CaseSampled:
+        """The case was drawn into a month's third-party evaluation sample (第三方评价抽样)."""
+
+    @_builtins.property
+    def third_party_rated(self) -> Global___ThirdPartyRated:
+        """The evaluation group rated a sampled case (第三方评价)."""
+
     def __init__(
         self,
         *,
@@ -199,12 +209,14 @@ class EventEnvelope(_message.Message):
         consultation_booked: Global___ConsultationBooked | None = ...,
         consultation_held: Global___ConsultationHeld | None = ...,
         consultation_cancelled: Global___ConsultationCancelled | None = ...,
+        case_sampled: Global___CaseSampled | None = ...,
+        third_party_rated: Global___ThirdPartyRated | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "deadline_warning", b"deadline_warning", "occurred_at", b"occurred_at", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_sampled", b"case_sampled", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "deadline_warning", b"deadline_warning", "occurred_at", b"occurred_at", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "third_party_rated", b"third_party_rated", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_id", b"case_id", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "deadline_warning", b"deadline_warning", "event_id", b"event_id", "occurred_at", b"occurred_at", "origin_node", b"origin_node", "origin_service", b"origin_service", "owner_epoch", b"owner_epoch", "owner_node", b"owner_node", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "trace_context", b"trace_context", "version", b"version", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_id", b"case_id", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_sampled", b"case_sampled", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "deadline_warning", b"deadline_warning", "event_id", b"event_id", "occurred_at", b"occurred_at", "origin_node", b"origin_node", "origin_service", b"origin_service", "owner_epoch", b"owner_epoch", "owner_node", b"owner_node", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "third_party_rated", b"third_party_rated", "trace_context", b"trace_context", "version", b"version", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["case_registered", "case_evaluated", "review_requested", "case_withdrawn", "work_order_created", "work_order_changed", "case_handed_off", "case_escalated", "supervision_issued", "deadline_warning", "visit_booked", "visit_outcome_recorded", "case_merged", "visit_reminder", "visit_cancelled", "consultation_booked", "consultation_held", "consultation_cancelled"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["case_registered", "case_evaluated", "review_requested", "case_withdrawn", "work_order_created", "work_order_changed", "case_handed_off", "case_escalated", "supervision_issued", "deadline_warning", "visit_booked", "visit_outcome_recorded", "case_merged", "visit_reminder", "visit_cancelled", "consultation_booked", "consultation_held", "consultation_cancelled", "case_sampled", "third_party_rated"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -934,6 +946,82 @@ class ConsultationCancelled(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsultationCancelled: _TypeAlias = ConsultationCancelled  # noqa: Y015
+
+@_typing.final
+class CaseSampled(_message.Message):
+    """The case was drawn into a statistical month's third-party evaluation sample (第三方评价抽样)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    month: _builtins.str
+    """Statistical month of the sample, YYYY-MM."""
+    seed: _builtins.str
+    """Seed of the draw (with the month and the closed cases it gives the sample again)."""
+    work_order_id: _builtins.str
+    """Work order the rating will be credited to."""
+    unit_id: _builtins.str
+    """Handling unit sampled."""
+    def __init__(
+        self,
+        *,
+        month: _builtins.str = ...,
+        seed: _builtins.str = ...,
+        work_order_id: _builtins.str = ...,
+        unit_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["month", b"month", "seed", b"seed", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseSampled: _TypeAlias = CaseSampled  # noqa: Y015
+
+@_typing.final
+class ThirdPartyRated(_message.Message):
+    """The evaluation group (experts, cadres, public representatives) rated a sampled case (第三方评价)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    EVALUATOR_FIELD_NUMBER: _builtins.int
+    month: _builtins.str
+    """Statistical month of the sample, YYYY-MM."""
+    rating: _common_pb2.Satisfaction.ValueType
+    """The rating."""
+    comment: _builtins.str
+    """The evaluator's comment."""
+    work_order_id: _builtins.str
+    """Work order the rating is credited to."""
+    unit_id: _builtins.str
+    """Handling unit rated."""
+    evaluator: _builtins.str
+    """Operator id of the evaluator."""
+    def __init__(
+        self,
+        *,
+        month: _builtins.str = ...,
+        rating: _common_pb2.Satisfaction.ValueType = ...,
+        comment: _builtins.str = ...,
+        work_order_id: _builtins.str = ...,
+        unit_id: _builtins.str = ...,
+        evaluator: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "evaluator", b"evaluator", "month", b"month", "rating", b"rating", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThirdPartyRated: _TypeAlias = ThirdPartyRated  # noqa: Y015
 
 @_typing.final
 class Command(_message.Message):

@@ -2272,3 +2272,363 @@ class RecordInstructionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordInstructionResponse: _TypeAlias = RecordInstructionResponse  # noqa: Y015
+
+@_typing.final
+class DrawEvaluationSampleRequest(_message.Message):
+    """Draws a month's third-party evaluation sample (第三方评价抽样)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    MINIMUM_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    month: _builtins.str
+    """Statistical month, YYYY-MM, already begun (cases closed in it are sampled)."""
+    seed: _builtins.str
+    """Seed of the draw: letters, digits, '-' or '_', at most 64; empty draws a random one (recorded)."""
+    percent: _builtins.int
+    """Percent of each unit's closed cases to sample, 1..100; 0 takes the default 10."""
+    minimum: _builtins.int
+    """At least this many per unit (all of them when a unit closed fewer), 0..1000; 0 takes the default 3."""
+    actor: _builtins.str
+    """Operator id of who draws (the office's supervisor)."""
+    def __init__(
+        self,
+        *,
+        month: _builtins.str = ...,
+        seed: _builtins.str = ...,
+        percent: _builtins.int = ...,
+        minimum: _builtins.int = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "minimum", b"minimum", "month", b"month", "percent", b"percent", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrawEvaluationSampleRequest: _TypeAlias = DrawEvaluationSampleRequest  # noqa: Y015
+
+@_typing.final
+class EvaluationSample(_message.Message):
+    """A month's sample as drawn, with what an auditor needs to draw it again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    MINIMUM_FIELD_NUMBER: _builtins.int
+    DRAWN_AT_FIELD_NUMBER: _builtins.int
+    DRAWN_BY_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    month: _builtins.str
+    """Statistical month, YYYY-MM."""
+    node: _builtins.str
+    """Node (region code) that drew it: its own closed cases."""
+    seed: _builtins.str
+    """The seed used."""
+    percent: _builtins.int
+    """Percent of each unit's closed cases."""
+    minimum: _builtins.int
+    """Minimum per unit."""
+    drawn_by: _builtins.str
+    """Operator id of who drew it."""
+    @_builtins.property
+    def drawn_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was drawn."""
+
+    @_builtins.property
+    def units(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationUnitCount]:
+        """Per handling unit: closed cases, sampled cases and ratings recorded so far."""
+
+    def __init__(
+        self,
+        *,
+        month: _builtins.str = ...,
+        node: _builtins.str = ...,
+        seed: _builtins.str = ...,
+        percent: _builtins.int = ...,
+        minimum: _builtins.int = ...,
+        drawn_at: _timestamp_pb2.Timestamp | None = ...,
+        drawn_by: _builtins.str = ...,
+        units: _abc.Iterable[Global___EvaluationUnitCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drawn_at", b"drawn_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drawn_at", b"drawn_at", "drawn_by", b"drawn_by", "minimum", b"minimum", "month", b"month", "node", b"node", "percent", b"percent", "seed", b"seed", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationSample: _TypeAlias = EvaluationSample  # noqa: Y015
+
+@_typing.final
+class EvaluationUnitCount(_message.Message):
+    """One handling unit's part of a month's sample."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    SAMPLED_FIELD_NUMBER: _builtins.int
+    RATED_FIELD_NUMBER: _builtins.int
+    unit_id: _builtins.str
+    """Handling unit."""
+    closed: _builtins.int
+    """Cases of the unit closed in the month (the population drawn from)."""
+    sampled: _builtins.int
+    """Cases sampled."""
+    rated: _builtins.int
+    """Sampled cases rated so far."""
+    def __init__(
+        self,
+        *,
+        unit_id: _builtins.str = ...,
+        closed: _builtins.int = ...,
+        sampled: _builtins.int = ...,
+        rated: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "rated", b"rated", "sampled", b"sampled", "unit_id", b"unit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationUnitCount: _TypeAlias = EvaluationUnitCount  # noqa: Y015
+
+@_typing.final
+class EvaluationItem(_message.Message):
+    """One sampled case as the evaluation group sees it (personal data masked)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    REGION_CODE_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    REPLY_TEXT_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    RATED_BY_FIELD_NUMBER: _builtins.int
+    RATED_AT_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """Case id."""
+    work_order_id: _builtins.str
+    """Work order the rating is credited to."""
+    unit_id: _builtins.str
+    """Handling unit rated."""
+    category: _builtins.str
+    """Category of the case."""
+    region_code: _builtins.str
+    """Region of the case."""
+    title: _builtins.str
+    """Title, personal data masked."""
+    body: _builtins.str
+    """The citizen's text, personal data masked."""
+    reply_text: _builtins.str
+    """The unit's reply, personal data masked."""
+    rating: _common_pb2.Satisfaction.ValueType
+    """The rating; unspecified while not rated."""
+    comment: _builtins.str
+    """The evaluator's comment."""
+    rated_by: _builtins.str
+    """Operator id of the evaluator who rated."""
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the case was closed."""
+
+    @_builtins.property
+    def rated_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was rated."""
+
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        work_order_id: _builtins.str = ...,
+        unit_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        region_code: _builtins.str = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
+        title: _builtins.str = ...,
+        body: _builtins.str = ...,
+        reply_text: _builtins.str = ...,
+        rating: _common_pb2.Satisfaction.ValueType = ...,
+        comment: _builtins.str = ...,
+        rated_by: _builtins.str = ...,
+        rated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "rated_at", b"rated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "case_id", b"case_id", "category", b"category", "closed_at", b"closed_at", "comment", b"comment", "rated_at", b"rated_at", "rated_by", b"rated_by", "rating", b"rating", "region_code", b"region_code", "reply_text", b"reply_text", "title", b"title", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationItem: _TypeAlias = EvaluationItem  # noqa: Y015
+
+@_typing.final
+class DrawEvaluationSampleResponse(_message.Message):
+    """The drawn sample."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLE_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sample(self) -> Global___EvaluationSample:
+        """The sample's record."""
+
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationItem]:
+        """Every sampled case, by unit then rank."""
+
+    def __init__(
+        self,
+        *,
+        sample: Global___EvaluationSample | None = ...,
+        items: _abc.Iterable[Global___EvaluationItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sample", b"sample"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "sample", b"sample"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrawEvaluationSampleResponse: _TypeAlias = DrawEvaluationSampleResponse  # noqa: Y015
+
+@_typing.final
+class ListEvaluationSampleRequest(_message.Message):
+    """Asks for a month's sample."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    UNRATED_ONLY_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    month: _builtins.str
+    """Statistical month, YYYY-MM."""
+    unrated_only: _builtins.bool
+    """Only the cases not rated yet."""
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest:
+        """Paging."""
+
+    def __init__(
+        self,
+        *,
+        month: _builtins.str = ...,
+        unrated_only: _builtins.bool = ...,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["month", b"month", "page", b"page", "unrated_only", b"unrated_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEvaluationSampleRequest: _TypeAlias = ListEvaluationSampleRequest  # noqa: Y015
+
+@_typing.final
+class ListEvaluationSampleResponse(_message.Message):
+    """A page of a month's sample."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLE_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sample(self) -> Global___EvaluationSample:
+        """The sample's record."""
+
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationItem]:
+        """The sampled cases, by unit then rank."""
+
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse:
+        """Paging."""
+
+    def __init__(
+        self,
+        *,
+        sample: Global___EvaluationSample | None = ...,
+        items: _abc.Iterable[Global___EvaluationItem] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "sample", b"sample"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "page", b"page", "sample", b"sample"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEvaluationSampleResponse: _TypeAlias = ListEvaluationSampleResponse  # noqa: Y015
+
+@_typing.final
+class RecordThirdPartyRatingRequest(_message.Message):
+    """Records the evaluation group's rating of a sampled case."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    month: _builtins.str
+    """Statistical month of the sample."""
+    case_id: _builtins.str
+    """The sampled case."""
+    actor: _builtins.str
+    """Operator id of the evaluator."""
+    rating: _common_pb2.Satisfaction.ValueType
+    """The rating: satisfied, basically satisfied or unsatisfied."""
+    comment: _builtins.str
+    """Comment; required with unsatisfied. At most 500 characters, line breaks allowed."""
+    def __init__(
+        self,
+        *,
+        month: _builtins.str = ...,
+        case_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        rating: _common_pb2.Satisfaction.ValueType = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "comment", b"comment", "month", b"month", "rating", b"rating"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordThirdPartyRatingRequest: _TypeAlias = RecordThirdPartyRatingRequest  # noqa: Y015
+
+@_typing.final
+class RecordThirdPartyRatingResponse(_message.Message):
+    """The sampled case with its rating."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def item(self) -> Global___EvaluationItem:
+        """The case after the rating."""
+
+    def __init__(
+        self,
+        *,
+        item: Global___EvaluationItem | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordThirdPartyRatingResponse: _TypeAlias = RecordThirdPartyRatingResponse  # noqa: Y015

@@ -177,6 +177,21 @@ class RoutingServiceStub:
                 request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordInstructionRequest.SerializeToString,
                 response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordInstructionResponse.FromString,
                 _registered_method=True)
+        self.DrawEvaluationSample = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/DrawEvaluationSample',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.DrawEvaluationSampleRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.DrawEvaluationSampleResponse.FromString,
+                _registered_method=True)
+        self.ListEvaluationSample = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/ListEvaluationSample',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListEvaluationSampleRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListEvaluationSampleResponse.FromString,
+                _registered_method=True)
+        self.RecordThirdPartyRating = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/RecordThirdPartyRating',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordThirdPartyRatingRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordThirdPartyRatingResponse.FromString,
+                _registered_method=True)
 
 
 class RoutingServiceServicer:
@@ -392,6 +407,31 @@ class RoutingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrawEvaluationSample(self, request, context):
+        """第三方评价: draws the statistical month's sample of cases this node closed in that month, per
+        handling unit (percent of each unit's closed cases, at least `minimum`, all when it closed fewer),
+        ranked by SHA-256 of "seed|month|unit|case_id": the same seed, month and closed cases give the
+        same sample. Once per month and node; the seed and the rule are recorded for audit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvaluationSample(self, request, context):
+        """Lists a month's sample as the evaluation group sees it: the case's category, region, unit,
+        closing time, title, text and reply with personal data masked, and the rating once recorded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordThirdPartyRating(self, request, context):
+        """Records the evaluation group's one rating (满意/基本满意/不满意 + comment) of a sampled case.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -534,6 +574,21 @@ def add_RoutingServiceServicer_to_server(servicer, server):
                     servicer.RecordInstruction,
                     request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordInstructionRequest.FromString,
                     response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordInstructionResponse.SerializeToString,
+            ),
+            'DrawEvaluationSample': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrawEvaluationSample,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.DrawEvaluationSampleRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.DrawEvaluationSampleResponse.SerializeToString,
+            ),
+            'ListEvaluationSample': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvaluationSample,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListEvaluationSampleRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListEvaluationSampleResponse.SerializeToString,
+            ),
+            'RecordThirdPartyRating': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordThirdPartyRating,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordThirdPartyRatingRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordThirdPartyRatingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1295,6 +1350,87 @@ class RoutingService:
             '/lianxin.routing.v1.RoutingService/RecordInstruction',
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordInstructionRequest.SerializeToString,
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordInstructionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrawEvaluationSample(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/DrawEvaluationSample',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.DrawEvaluationSampleRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.DrawEvaluationSampleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvaluationSample(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/ListEvaluationSample',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListEvaluationSampleRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListEvaluationSampleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordThirdPartyRating(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/RecordThirdPartyRating',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordThirdPartyRatingRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.RecordThirdPartyRatingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -93,6 +93,18 @@ class RoutingServiceStub:
     """Records a leader's instruction (批示) on a case of the leader's queue: the instruction, its time
     and the leader's name follow the case, and handling goes on (the unit placement chose).
     """
+    DrawEvaluationSample: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.DrawEvaluationSampleRequest, _routing_service_pb2.DrawEvaluationSampleResponse]
+    """第三方评价: draws the statistical month's sample of cases this node closed in that month, per
+    handling unit (percent of each unit's closed cases, at least `minimum`, all when it closed fewer),
+    ranked by SHA-256 of "seed|month|unit|case_id": the same seed, month and closed cases give the
+    same sample. Once per month and node; the seed and the rule are recorded for audit.
+    """
+    ListEvaluationSample: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.ListEvaluationSampleRequest, _routing_service_pb2.ListEvaluationSampleResponse]
+    """Lists a month's sample as the evaluation group sees it: the case's category, region, unit,
+    closing time, title, text and reply with personal data masked, and the rating once recorded.
+    """
+    RecordThirdPartyRating: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.RecordThirdPartyRatingRequest, _routing_service_pb2.RecordThirdPartyRatingResponse]
+    """Records the evaluation group's one rating (满意/基本满意/不满意 + comment) of a sampled case."""
 
 class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Routes cases to units and tiers and drives each work order through its lifecycle.
@@ -341,5 +353,35 @@ class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Records a leader's instruction (批示) on a case of the leader's queue: the instruction, its time
         and the leader's name follow the case, and handling goes on (the unit placement chose).
         """
+
+    @_abc_1.abstractmethod
+    def DrawEvaluationSample(
+        self,
+        request: _routing_service_pb2.DrawEvaluationSampleRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.DrawEvaluationSampleResponse:
+        """第三方评价: draws the statistical month's sample of cases this node closed in that month, per
+        handling unit (percent of each unit's closed cases, at least `minimum`, all when it closed fewer),
+        ranked by SHA-256 of "seed|month|unit|case_id": the same seed, month and closed cases give the
+        same sample. Once per month and node; the seed and the rule are recorded for audit.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEvaluationSample(
+        self,
+        request: _routing_service_pb2.ListEvaluationSampleRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.ListEvaluationSampleResponse:
+        """Lists a month's sample as the evaluation group sees it: the case's category, region, unit,
+        closing time, title, text and reply with personal data masked, and the rating once recorded.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordThirdPartyRating(
+        self,
+        request: _routing_service_pb2.RecordThirdPartyRatingRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.RecordThirdPartyRatingResponse:
+        """Records the evaluation group's one rating (满意/基本满意/不满意 + comment) of a sampled case."""
 
 def add_RoutingServiceServicer_to_server(servicer: RoutingServiceServicer, server: _grpc.Server) -> None: ...
