@@ -280,6 +280,10 @@ def write_bulletin(
         )
     )
 
+    # 协办超期: the assisting units late with their part, most cases first.
+    late_units = sorted(uow.late_assisting_units(where).items(), key=lambda kv: (-kv[1], kv[0]))
+    files.append(_write_csv(out_dir / "assist_late_by_unit.csv", ["unit_id", "assist_late"], late_units))
+
     spots_at = min(as_of, end)
     spots = handlers.hotspots(
         uow, tree, node, region_code=where.region_code, as_of=spots_at, rules=rules or HotspotRules()
@@ -414,6 +418,14 @@ def write_bulletin(
         + ("、".join(flagged_units) if flagged_units else "无")
         + "。",
     ]
+    md += [
+        "",
+        f"协办超期：{total.assist_late} 件案件中有协办单位未在协办时限内答复主办单位"
+        + ("（按单位列出如下）。" if late_units else "。"),
+    ]
+    if late_units:
+        md += ["", "| 协办单位 | 协办超期件 |", "|---|---:|"]
+        md += [f"| {unit} | {n} |" for unit, n in late_units]
     tp_total = compute("third_party_satisfaction_rate", total)
     md += [
         "",

@@ -106,6 +106,11 @@ class WarehouseUnitOfWork(Protocol):
 
     def texts(self, case_ids: Sequence[str]) -> dict[str, str]: ...
 
+    def late_assisting_units(self, where: Slice) -> dict[str, int]:
+        """协办超期: per assisting unit, the slice's cases in which it was late (answered after its
+        deadline or chased for it)."""
+        ...
+
 
 def region_columns(
     tree: RegionTree, region_code: str, fallback_node: str, handed_away: Collection[str] = ()

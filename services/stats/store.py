@@ -875,6 +875,14 @@ class SqlWarehouse:
         )
         return [(r[0], to_utc(r[1]), r[2] or "") for r in self.session.execute(query)]
 
+    def late_assisting_units(self, where: Slice) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        query = select(F.assist_late_units).where(*slice_conditions(where), F.assist_late_units != "")
+        for (units,) in self.session.execute(query):
+            for unit in {u for u in units.split(",") if u}:
+                counts[unit] = counts.get(unit, 0) + 1
+        return counts
+
     def texts(self, case_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
         ids = list(case_ids)

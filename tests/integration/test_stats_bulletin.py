@@ -79,6 +79,7 @@ def test_report_command_writes_markdown_csv_and_charts(tmp_path: Path) -> None:
         "ranking_units.csv",
         "hotspots.csv",
         "third_party_by_unit.csv",
+        "assist_late_by_unit.csv",
         "volume_by_category.png",
         "volume_by_channel.png",
         "rates_by_region.png",
@@ -107,6 +108,11 @@ def test_report_command_writes_markdown_csv_and_charts(tmp_path: Path) -> None:
         units = list(csv.DictReader(fh))
     assert units and sum(int(u["rated"]) for u in units) == int(rate["denominator"])
     assert "## 六、第三方评价（抽样）" in markdown and "第三方评价满意率" in markdown
+    # 协办超期 per assisting unit: each late case counted once per unit, no more than the summary's count.
+    with (out / "assist_late_by_unit.csv").open(encoding="utf-8-sig") as fh:
+        late = {r["unit_id"]: int(r["assist_late"]) for r in csv.DictReader(fh)}
+    assert late and max(late.values()) <= int(summary["assist_late"]["numerator"]) <= sum(late.values())
+    assert "| 协办单位 | 协办超期件 |" in markdown and f"| {min(late, key=lambda u: (-late[u], u))} |" in markdown
 
 
 def test_get_bulletin_rpc_returns_the_files(tmp_path: Path) -> None:
