@@ -14,7 +14,7 @@ def _lines() -> list[str]:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from services.common.settings import Settings
-    from services.intake.app import load_or_train
+    from services.intake.category_model import load_or_train
     from services.intake.classifier import Classifier
 
     if args.model is not None:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.db import make_engine, make_session_factory
 from services.common.timeutil import CHINA
-from services.intake.app import _handling_change
+from services.intake.consumers import handling_change as _handling_change
 from services.intake.domain import CaseState
 from services.routing import handlers
 from services.routing.app import registered_case

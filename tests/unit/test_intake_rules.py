@@ -10,7 +10,6 @@ import pytest
 
 from services.common.errors import Conflict, FailedPrecondition
 from services.intake import dedup
-from services.intake.app import CoalescedNotify
 from services.intake.domain import (
     CATEGORIES,
     Case,
@@ -20,6 +19,7 @@ from services.intake.domain import (
     can_withdraw,
 )
 from services.intake.handlers import CONFLICT_ATTEMPTS, retry_on_conflict
+from services.intake.relay_wake import CoalescedNotify
 from tests.support.helpers import wait_until
 
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
