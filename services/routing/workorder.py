@@ -678,6 +678,7 @@ class WorkOrder:
             if known is not None and known.pending:
                 raise InvalidArgument(f"unit_ids[{i}]", f"{unit} was already asked and has not answered yet")
             wanted.append(unit)
+        self._check_assist_shorter(at, rules)
         events: list[WorkOrderChanged] = []
         for unit in wanted:
             due = rules.deadline(DeadlineKind.ASSIST, at, tier=self.tier, category=self.category, paused=self.pauses)
@@ -686,6 +687,23 @@ class WorkOrder:
             events.append(replace(self._noted(ASSIST_REQUEST, at=at, actor=actor, note=note), assisting_unit_id=unit))
         self._restart_assist_clock(rules)
         return events
+
+    def _check_assist_shorter(self, at: datetime, rules: TimeRules) -> None:
+        """An assisting unit's limit must be shorter than the lead unit's own handling limit (settle or
+        the 12345 class), both counted from now on the node's calendar: otherwise its part would come
+        after the lead must have answered. INVALID_ARGUMENT on ``unit_ids`` (nobody is asked)."""
+        lead = next((k for k in (*sorted(HOTLINE_KINDS), DeadlineKind.SETTLE) if k in self.deadlines), None)
+        if lead is None:
+            return
+        assist_due = rules.deadline(DeadlineKind.ASSIST, at, tier=self.tier, category=self.category)
+        if assist_due >= rules.deadline(lead, at, tier=self.tier, category=self.category):
+            assist_limit = rules.policy.limit_for(DeadlineKind.ASSIST, tier=self.tier, category=self.category)
+            lead_limit = rules.policy.limit_for(lead, tier=self.tier, category=self.category)
+            raise InvalidArgument(
+                "unit_ids",
+                f"the assist limit ({assist_limit}) is not shorter than the lead unit's {lead.value} limit "
+                f"({lead_limit}): an assisting unit would answer after the lead must; shorten limits.assist",
+            )
 
     def answer_assist(
         self, unit_id: str, *, at: datetime, actor: str, rules: TimeRules, text: str

@@ -185,6 +185,7 @@ _REASONS: tuple[tuple[str, str], ...] = (
     (r"is the lead unit", "主办单位不能同时作为协办单位"),
     (r"already asked and has not answered", "该单位已在协办中，尚未答复"),
     (r"is named twice", "同一单位只能选择一次"),
+    (r"is not shorter than the lead unit's", "本节点的协办时限不短于主办单位的办理时限，不能请求协办：请缩短协办时限"),
     (r"must be satisfied, basically satisfied or unsatisfied", "请选择评价等次"),
     (r"不满意须说明理由", "评价为不满意时须说明理由"),
     (r"expected YYYY-MM", "月份应写作 YYYY-MM，例如 2026-11"),

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
+from services.common.calendar import ChineseWorkingCalendar
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.routing import handlers
 from services.routing.handlers import StoredWorkOrder
-from services.routing.timelimits import DeadlineKind
+from services.routing.timelimits import DeadlineKind, TimeLimitPolicy, TimeRules
 from services.routing.workorder import ASSIST_LATE_ANSWER, State, sweep
-from tests.support.workorders import RULES, assigned_order, at, eod, in_progress_order
+from tests.support.workorders import RULES, assigned_order, at, eod, in_progress_order, new_order
 
 
 def test_the_lead_asks_assisting_units_each_with_its_own_shorter_deadline() -> None:
@@ -91,3 +92,34 @@ def test_only_the_lead_unit_replies_to_the_citizen() -> None:
         handlers.reply(stored, at(6, 5), "h", routing, text="答复", attachments=(), acting_unit="lszq-jtj")
     with pytest.raises(PermissionDenied, match="cannot answer for assisting unit u2"):
         handlers.answer_assist(stored, at(6, 5), "h", routing, unit_id="u2", text="x", acting_unit="lszq-jtj")
+
+
+@pytest.mark.parametrize(
+    ("limits", "handling"),
+    [
+        ({"assist": "60 days"}, DeadlineKind.SETTLE),  # as long as the settlement: not shorter
+        ({"assist": "45 working days", "settle": "60 days"}, DeadlineKind.SETTLE),  # longer on the calendar
+        ({}, DeadlineKind.HOTLINE_EMERGENCY),  # 5 working days against a 24-hour 12345 emergency
+    ],
+)
+def test_an_assist_limit_not_shorter_than_the_lead_s_is_refused_naming_the_field(
+    limits: dict[str, str], handling: DeadlineKind
+) -> None:
+    rules = TimeRules(TimeLimitPolicy.from_dict({"limits": limits}), ChineseWorkingCalendar())
+    order = new_order(handling)
+    order.accept(at=at(6, 1), actor="clerk-1", rules=rules)
+    order.assign(unit_id="lszq-zjj", at=at(6, 2), actor="clerk-1", rules=rules)
+    with pytest.raises(InvalidArgument) as refused:
+        order.request_assist(["lszq-jtj"], at=at(6, 3), actor="lead", rules=rules, request="请提供意见")
+    assert refused.value.field == "unit_ids"
+    assert "not shorter than the lead unit's" in refused.value.reason and handling.value in refused.value.reason
+    assert order.assists == {} and DeadlineKind.ASSIST not in order.deadlines  # nobody was asked
+
+
+def test_an_assist_limit_in_hours_under_the_emergency_limit_is_accepted() -> None:
+    rules = TimeRules(TimeLimitPolicy.from_dict({"limits": {"assist": "8 hours"}}), ChineseWorkingCalendar())
+    order = new_order(DeadlineKind.HOTLINE_EMERGENCY)
+    order.accept(at=at(6, 1), actor="clerk-1", rules=rules)
+    order.assign(unit_id="lszq-zjj", at=at(6, 2), actor="clerk-1", rules=rules)
+    order.request_assist(["lszq-jtj"], at=at(6, 3), actor="lead", rules=rules, request="请提供意见")
+    assert order.deadlines[DeadlineKind.ASSIST] == at(6, 3, 18)
