@@ -57,6 +57,26 @@ def resident_id(serial: int) -> str:
     return first17 + id_check_character(first17)
 
 
+def consultation_units(
+    host: Stubs, host_code: str, host_unit: str, other: Stubs, other_code: str, other_unit: str, tag: str
+) -> list[video_pb2.ConsultationParticipant]:
+    """A consultation room at each node (the other node's known to the host too) and the two units
+    that join from them (远程会商)."""
+    host_room, other_room = f"{host_code}-HS-{tag}", f"{other_code}-HS-{tag}"
+    for stubs, room, code in (
+        (host, host_room, host_code),
+        (other, other_room, other_code),
+        (host, other_room, other_code),
+    ):
+        stubs.video.RegisterRoom(
+            video_pb2.RegisterRoomRequest(room=video_pb2.Room(room_id=room, node=code, name="会商室")), timeout=5
+        )
+    return [
+        video_pb2.ConsultationParticipant(node=host_code, unit_id=host_unit, room_id=host_room),
+        video_pb2.ConsultationParticipant(node=other_code, unit_id=other_unit, room_id=other_room),
+    ]
+
+
 def reception_rooms(host: Stubs, host_code: str, terminal: Stubs, terminal_code: str, leader: str, tag: str) -> str:
     """A leader of ``host`` receiving on weekday mornings in the host's room, and a terminal room at
     ``terminal`` for a joint reception; returns the terminal room's id."""
@@ -267,6 +287,27 @@ def run(base_port: int = 7400, say: Callable[[str], None] = print, *, secure_dat
         timeout=5,
     ).visit
     say(f"      {_visit_state(checked.state)} with 1 representative, then {_visit_state(done.state)}: outcome recorded")
+
+    say("11:30 乐山市交通运输局 and 沙湾区's unit consult by video about the road (远程会商, without the citizen)")
+    units = consultation_units(city, "511100", "lsj-jtj", shawan, "511111", handed.unit_id, f"demo-{run_id}")
+    consulted = city.video.BookConsultation(
+        video_pb2.BookConsultationRequest(
+            case_id=letter.case_id, actor="city-clerk", topic="乡道塌陷抢修的市区分工", participants=units
+        ),
+        timeout=20,
+    ).consultation
+    city.video.RecordConsultationMinutes(
+        video_pb2.RecordConsultationMinutesRequest(
+            consultation_id=consulted.consultation_id,
+            actor="city-clerk",
+            minutes="沙湾区交通运输局负责抢修，市交通运输局督导并协调资金。",
+        ),
+        timeout=5,
+    )
+    say(
+        f"      booked {consulted.consultation_id} at the earliest common slot "
+        f"{consulted.starts_at.ToDatetime():%Y-%m-%d %H:%M} UTC; minutes recorded, on 沙湾区's case history"
+    )
 
     say("14:00 the national system transfers (转送) a case about 市中区 to the province")
     national = national_grpc.NationalServiceStub(connect(f"127.0.0.1:{base_port + len(DEFAULT_TOPOLOGY)}"))

@@ -45,7 +45,7 @@ from lianxin.video.v1 import video_service_pb2 as video_pb2
 
 from services.cli import main
 from services.common.timeutil import to_timestamp
-from services.demo import Stubs, reception_rooms, resident_id
+from services.demo import Stubs, consultation_units, reception_rooms, resident_id
 from services.demo import _stubs as stubs_for
 from services.exchange.package import CHILD_KEYS_DIR, KEY_FILE
 from services.exchange.reconcile import federation_pairs, reconcile, settled
@@ -474,6 +474,48 @@ def test_a_day_in_the_life_of_the_federation(federation: Federation, monkeypatch
         timeout=10,
     )
     day.done.append("RecordOutcome")
+    # 11:30 远程会商: 乐山市交通运输局 and 沙湾区's unit about the same case, at their earliest common slot;
+    # the minutes go to 沙湾区's history (it handles the case) and up the tiers.
+    units = consultation_units(
+        day.node["511100"], "511100", "lsj-jtj", day.node["511111"], "511111", "lssw-jtj", f"day-{run}"
+    )
+    day.done += ["RegisterRoom", "RegisterRoom", "RegisterRoom"]
+    consulted = (
+        day.node["511100"]
+        .video.BookConsultation(
+            video_pb2.BookConsultationRequest(
+                case_id=letter_down.case_id, actor="clerk", topic="乡道塌陷抢修的市区分工", participants=units
+            ),
+            timeout=20,
+        )
+        .consultation
+    )
+    day.done.append("BookConsultation")
+    assert consulted.state == video_pb2.CONSULTATION_STATE_BOOKED
+    day.node["511100"].video.RecordConsultationMinutes(
+        video_pb2.RecordConsultationMinutesRequest(
+            consultation_id=consulted.consultation_id, actor="clerk", minutes="沙湾区负责抢修，市局督导。"
+        ),
+        timeout=10,
+    )
+    day.done.append("RecordConsultationMinutes")
+    # A second one is called off.
+    called_off = (
+        day.node["511100"]
+        .video.BookConsultation(
+            video_pb2.BookConsultationRequest(
+                case_id=letter_down.case_id, actor="clerk", topic="复核", participants=units
+            ),
+            timeout=20,
+        )
+        .consultation
+    )
+    day.done.append("BookConsultation")
+    day.node["511100"].video.CancelConsultation(
+        video_pb2.CancelConsultationRequest(consultation_id=called_off.consultation_id, reason="已在上次会商中议定"),
+        timeout=10,
+    )
+    day.done.append("CancelConsultation")
     # A second visit for the city's own case is moved, then cancelled.
     second = (
         day.node["511100"]
