@@ -74,7 +74,7 @@ def test_metrics_port_shows_rpc_counters_and_latency_histograms(federation: Fede
 
 def test_demo_day_runs_through_the_federation(federation: Federation, messages_csv: Path) -> None:
     """`lianxin demo`: hotline case handled at the county, a province case handed down two tiers,
-    the citizen's tracking and rating, a joint video reception, a national transfer, every tier's
+    the citizen's tracking and rating, a joint video reception, a 远程会商, a national transfer, every tier's
     statistics and reconcile's line."""
     from services.demo import run
 
@@ -86,6 +86,7 @@ def test_demo_day_runs_through_the_federation(federation: Federation, messages_c
     assert "沙湾区 now owns it" in text
     assert "rated: satisfied" in text
     assert "COMPLETED: outcome recorded" in text
+    assert "at the earliest common slot" in text and "minutes recorded, on 沙湾区's case history" in text  # 远程会商
     assert "reached 市中区 through 四川省 and 乐山市" in text
     assert text.splitlines()[-2].endswith(" 0 divergences"), text
 
