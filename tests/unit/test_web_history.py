@@ -58,6 +58,8 @@ def test_routing_names_the_catalogue_by_node_not_by_file(tmp_path: Path) -> None
 def test_deadline_stages_actors_and_citizen_summaries_in_chinese() -> None:
     assert labels.history_action("chase:settle") == "超期催办（办理时限）"
     assert labels.history_action("visit_outcome") == "视频接访"
+    assert labels.history_action("consultation_booked") == "远程会商预约"
+    assert labels.history_action("consultation_held") == "远程会商纪要"
     assert labels.actor_label("system") == "系统"
     assert labels.public_summary("已交办 assigned to the handling unit") == "已交办"
     assert labels.public_summary("已收到，待审核 received, awaiting screening") == "已收到，待审核"

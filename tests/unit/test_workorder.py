@@ -375,3 +375,20 @@ def test_loading_the_calendar_records_each_moved_deadline_in_history_and_as_an_e
     assert [e.reason for e in again] == [
         "settle due 2027-02-15 unchanged, no longer provisional (official calendar for 2027 loaded)"
     ]
+
+
+def test_a_remote_consultation_joins_the_history_and_keeps_the_state() -> None:
+    order = in_progress_order()
+    before, version = order.state, order.version
+    booked = order.consulted(
+        at=at(10, 9), actor="video", label="consultation_booked", note="远程会商 con-1 定于 2026-12-07 14:30–15:30"
+    )
+    held = order.consulted(
+        at=at(11, 15), actor="video", label="consultation_held", note="远程会商 con-1 纪要：市局督导"
+    )
+    assert [e.action for e in booked + held] == ["consultation_booked", "consultation_held"]
+    assert all(e.from_state == e.to_state == before for e in booked + held)
+    assert order.state == before and order.version == version + 2
+    assert [h.action for h in order.history[-2:]] == ["consultation_booked", "consultation_held"]
+    with pytest.raises(ValueError):
+        order.consulted(at=at(11, 16), actor="video", label="reply", note="not a consultation")
