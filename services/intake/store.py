@@ -113,7 +113,7 @@ def _lookup_sql(*, postgres: bool, psycopg_style: bool = False) -> str:
     part sits in a subquery (SQLite allows no LIMIT inside a compound select). On PostgreSQL the
     band values are sent as text and probed with the 16 values one bit away (``_probes``) worked
     out by the server, and of the band candidates only the nearest comes back (what
-    ``handlers._links`` would pick): shipping up to 200 rows to Python per submit cost more than
+    ``submission._links`` would pick): shipping up to 200 rows to Python per submit cost more than
     the rest of the lookup.
     """
 
