@@ -6,6 +6,7 @@ county → province propagation p50/p99, and whether the province holds exactly 
     python -m bench.scale                         # Sichuan, 5 minutes at 20 cases/s
     python -m bench.scale --minutes 0.5 --idle-window 10
     python -m bench.scale --topology tests/fixtures/topology_small.yaml --minutes 0.2 --rate 2
+    python -m bench.scale --topology bench/scale/leshan.yaml --hosts 1 --minutes 1 --rate 1.2   # one host
 
 The machine's load average is printed beside the figures: a shared machine inflates them.
 """
@@ -262,7 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"load: {args.rate:g} cases/s over {len(counties)} counties for {seconds:g} s ...", flush=True)
             before, loaded = cpu_seconds(pids + national), time.monotonic()
             load = submit_load(federation, counties, province, rate=args.rate, seconds=seconds, wait_s=120)
-            busy = (cpu_seconds(pids + national) - before) / max(time.monotonic() - loaded, 1e-9)
+            took = max(time.monotonic() - loaded, 1e-9)
+            busy = (cpu_seconds(pids + national) - before) / took
+            accepted = load.submitted - load.submit_errors
+            # The CPU the cases cost beyond the tree's idle cost, per accepted case (the watcher's
+            # ListReplicas at the province included: it is part of what the tree served).
+            per_case_ms = (busy - idle) * took / max(accepted, 1) * 1000
             p50 = percentile(load.latencies, 0.50) * 1000 if load.latencies else float("nan")
             p99 = percentile(load.latencies, 0.99) * 1000 if load.latencies else float("nan")
             print(
@@ -275,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             verdict = "equal" if own == received else "NOT equal"
             print(
                 f"events: the counties hold {own} of their own, the province holds {received} of theirs: {verdict}; "
-                f"tree CPU under load {busy:.2f} cores; load average {load_average()}",
+                f"tree CPU under load {busy:.2f} cores, {per_case_ms:.0f} ms per case above idle; "
+                f"load average {load_average()}",
                 flush=True,
             )
             return 0 if load.reached == load.submitted - load.submit_errors and own == received else 1

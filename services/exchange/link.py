@@ -58,6 +58,12 @@ LONG_POLL_S = 20.0
 CALL_MARGIN_S = 30.0
 # An up-log appended by another process (``lianxin exchange import``) is pushed within this time.
 SAFETY_POLL_S = 10.0
+# Pushes of one link start at least this far apart (a backlog's full batches excepted): the first event
+# after a quiet spell leaves at once, and the commits a case sets off within milliseconds after it (its
+# work order, the assignment, each appended to the up-log on its own) gather into the next push instead
+# of one push each. Every push costs both nodes a round trip, a transaction each and a relay pass at
+# the parent: most of a hosted node's CPU per case.
+PUSH_GATHER_S = 0.1
 # A parent that answers a long poll at once with nothing (one that does not hold calls, or has no
 # thread to spare) is asked again after this pause, not in a loop.
 EMPTY_POLL_PAUSE_S = 1.0
@@ -141,6 +147,9 @@ class ParentLink:
         self._poll_sent: float | None = None
         # (position it follows, items): the next batch, read while the previous one is in flight.
         self._prefetched: tuple[int, list[Item]] = (-1, [])
+        # The up cursor as this link last stored it (event-driven mode; None: read it from the store).
+        self._acked: int | None = None
+        self._push_left = float("-inf")  # monotonic time the last push left (PUSH_GATHER_S)
 
     def _stub(self) -> exchange_grpc.ExchangeServiceStub:
         if self._channel is None:
@@ -277,7 +286,15 @@ class ParentLink:
                 self._push_again = True
                 return
             self._pushing = True
-        driver.submit(self._push_step)
+        self._next_push(driver)
+
+    def _next_push(self, driver: LinkDriver) -> None:
+        """Run the next push step now, or PUSH_GATHER_S after the last push left if that is later."""
+        at = self._push_left + PUSH_GATHER_S
+        if at > time.monotonic():
+            driver.at(at, self._push_step)
+        else:
+            driver.submit(self._push_step)
 
     def _safety_pass(self) -> None:
         if self._closed or self._driver is None:
@@ -306,7 +323,7 @@ class ParentLink:
         with self._state:
             self._push_again = False
         try:
-            acked = self._store.cursor(self.parent_node, "up").position
+            acked = self._acked if self._acked is not None else self._store.cursor(self.parent_node, "up").position
             after, prefetched = self._prefetched
             items = prefetched if after == acked and prefetched else self._store.pending_up(acked, self._batch)
             self._prefetched = (-1, [])
@@ -321,11 +338,12 @@ class ParentLink:
                 wait_for_ready=True,
             )
         except Exception:
+            self._acked = None
             self._push_finished(retry_in=self.backoff.failed())
             raise
         assert self._driver is not None
         driver = self._driver
-        self._push_sent = time.monotonic()
+        self._push_sent = self._push_left = time.monotonic()
         future.add_done_callback(lambda done: driver.submit(lambda: self._pushed(done, items, head)))
         if len(items) == self._batch:
             # A backlog (catch-up): read the next batch while the parent stores this one. Used only
@@ -352,15 +370,21 @@ class ParentLink:
         self._succeeded()
         if items:
             try:
-                self._store.save_cursor(self.parent_node, "up", position=reply.acked_position)
+                self._acked = self._store.save_cursor(self.parent_node, "up", position=reply.acked_position)
             except Exception:
+                self._acked = None
                 # The parent holds the batch; it is sent again and skipped there (a resend is a no-op).
                 self._push_finished(retry_in=self.backoff.failed())
                 raise
             if reply.acked_position < items[-1].position:
                 self._push_finished(retry_in=self.backoff.base_s)  # the parent took part of the batch: let it breathe
                 return
-        self._push_step()
+        if len(items) >= self._batch or self._driver is None:
+            self._push_step()  # a backlog: the next batch at once
+        else:
+            # Look again (a batch may also end at its size in bytes), PUSH_GATHER_S after this push left:
+            # what the case's later commits appended meanwhile then crosses in one push.
+            self._next_push(self._driver)
 
     def _push_finished(self, *, retry_in: float | None = None) -> None:
         driver = self._driver
@@ -371,7 +395,7 @@ class ParentLink:
         if driver is None:
             return
         if again:
-            driver.submit(self._push_step)
+            self._next_push(driver)
         elif retry_in is not None and not self._closed:
             driver.at(time.monotonic() + retry_in, self.wake)
 

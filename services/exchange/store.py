@@ -349,9 +349,10 @@ class ExchangeStore:
             return Cursor(0, "", self._contact(peer, kind, None))
         return Cursor(int(row.position), row.token, self._contact(peer, kind, _aware(row.last_contact)))
 
-    def save_cursor(self, peer: str, kind: str, *, position: int | None = None, token: str | None = None) -> None:
+    def save_cursor(self, peer: str, kind: str, *, position: int | None = None, token: str | None = None) -> int:
+        """Store a cursor that never moves back; returns the stored position."""
         with transaction(self._sf) as session:
-            self._save_cursor(session, peer, kind, position=position, token=token)
+            return self._save_cursor(session, peer, kind, position=position, token=token)
 
     def _save_cursor(
         self, session: Session, peer: str, kind: str, *, position: int | None = None, token: str | None = None
