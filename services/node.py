@@ -18,7 +18,7 @@ from sqlalchemy import Engine, text
 
 from services.common.bus import InProcessBus, RelayLoop, TimerLoop
 from services.common.db import make_engine, make_session_factory, service_database_url
-from services.common.grpcserver import GrpcServer
+from services.common.grpcserver import GrpcServer, refresh_on_scrape
 from services.common.migrations import upgrade
 from services.common.outbox import Relay
 from services.common.regions import RegionTree
@@ -92,6 +92,7 @@ class Node:
     relay_loop: RelayLoop | None = field(default=None, init=False)
     timer_loop: TimerLoop | None = field(default=None, init=False)
     security: ServerSecurity | None = field(default=None, init=False)
+    _scrape_hooks: list[Callable[[], None]] = field(default_factory=list, init=False)
 
     @property
     def code(self) -> str:
@@ -117,6 +118,10 @@ class Node:
         if self.code not in self.regions:
             raise ValueError(f"node {self.code} is not a known region code")
         self.extras.setdefault("notify_outbox", self._notify_outbox)
+        # Timers with a safety interval run when their service has work for them (Timer.safety_interval_s).
+        self.extras.setdefault("wake_timer", self._wake_timer)
+        # Gauges read from the databases are refreshed when /metrics is scraped, not on timers.
+        self.extras.setdefault("on_scrape", self._on_scrape)
         # Exchange's links wait for work instead of polling; one driver serves every node of the process.
         self.extras.setdefault("link_driver", LinkDriver.shared())
         for name in self.services:
@@ -148,7 +153,10 @@ class Node:
             for name, parts in self.parts.items()
             if parts.session_factory is not None and parts.outbox is not None
         ]
-        self.relay_loop = RelayLoop(relays, interval_s=self.settings.relay_poll_s(woken_by_commits=True))
+        self.relay_loop = RelayLoop(
+            relays, interval_s=self.settings.relay_poll_s(woken_by_commits=True), metrics_in_passes=False
+        )
+        self._on_scrape(self.relay_loop.refresh_metrics)
         self.relay_loop.start()
         self.timer_loop = TimerLoop([timer for parts in self.parts.values() for timer in parts.timers])
         self.timer_loop.start()
@@ -161,6 +169,13 @@ class Node:
         # Called by servicers after a commit so in-process delivery does not wait for the poll.
         if self.relay_loop is not None:
             self.relay_loop.notify()
+
+    def _on_scrape(self, hook: Callable[[], object]) -> None:
+        self._scrape_hooks.append(refresh_on_scrape(hook))
+
+    def _wake_timer(self, name: str) -> None:
+        if self.timer_loop is not None:
+            self.timer_loop.wake(name)
 
     def drain(self) -> None:
         """Publish every pending outbox row now (tests and demo use this instead of waiting)."""
@@ -176,6 +191,8 @@ class Node:
             self.timer_loop.stop()
         if self.relay_loop is not None:
             self.relay_loop.stop()
+        for remove in self._scrape_hooks:
+            remove()
         for parts in self.parts.values():
             parts.close()
         for engine in self.engines.values():

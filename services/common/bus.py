@@ -6,7 +6,6 @@ embedded node and production differ only in transport. Nothing here imports even
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
@@ -67,11 +66,14 @@ class RelayLoop:
         interval_s: float,
         *,
         metrics_interval_s: float = 5.0,
+        metrics_in_passes: bool = True,
         name: str = "outbox-relay",
     ) -> None:
         self._relays = list(relays)
         self._interval_s = interval_s
         self._metrics_interval_s = metrics_interval_s
+        # False: the backlog gauges are refreshed only by ``refresh_metrics`` (an embedded node: on scrape).
+        self._metrics_in_passes = metrics_in_passes
         self._wake = threading.Event()
         self._stopping = threading.Event()
         # run_now() and the thread must not run the same relays at once (the lease would make one
@@ -99,8 +101,13 @@ class RelayLoop:
                     total += published
                     if published < relay.batch_size or relay.last_error is not None:
                         break
-            self._refresh_metrics(force=True)
+            if self._metrics_in_passes:
+                self._refresh_metrics(force=True)
         return total
+
+    def refresh_metrics(self) -> None:
+        """The outbox backlog gauges of every relay, now."""
+        self._refresh_metrics(force=True)
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the thread; True if it ended within ``timeout`` seconds."""
@@ -125,7 +132,8 @@ class RelayLoop:
                     for relay in self._relays:
                         published = relay.run_once()
                         more = more or (published >= relay.batch_size and relay.last_error is None)
-                    self._refresh_metrics()
+                    if self._metrics_in_passes:
+                        self._refresh_metrics()
             except Exception:
                 log.exception("outbox relay pass failed")
             self.runs += 1
@@ -148,36 +156,66 @@ class TimerLoop:
     """One daemon thread running each ``Timer`` every ``interval_s`` (embedded node mode).
 
     Like nameko's ``@timer``, the first run comes one interval after start, and a slow run delays
-    that timer's next run instead of overlapping it.
+    that timer's next run instead of overlapping it. A timer with a ``safety_interval_s`` runs when
+    ``wake(name)`` is called (soon after, on this thread) and otherwise every ``safety_interval_s``,
+    or sooner when its last run returned a delay.
     """
 
     def __init__(self, timers: Sequence[Timer], *, name: str = "timers") -> None:
         self._timers = list(timers)
-        self._stopping = threading.Event()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._woken: set[int] = set()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> TimerLoop:
         self._thread.start()
         return self
 
+    def wake(self, name: str) -> None:
+        """Run the timer ``name`` soon (a commit gave it work); unknown names are ignored."""
+        with self._cond:
+            self._woken.update(i for i, timer in enumerate(self._timers) if timer.name == name)
+            self._cond.notify()
+
     def stop(self, timeout: float = 5.0) -> bool:
-        self._stopping.set()
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    @staticmethod
+    def _every(timer: Timer) -> float:
+        return timer.safety_interval_s if timer.safety_interval_s is not None else timer.interval_s
+
     def _loop(self) -> None:
         start = time.monotonic()
-        # (due time, index, timer); the index breaks ties without comparing Timers.
-        schedule = [(start + timer.interval_s, index, timer) for index, timer in enumerate(self._timers)]
-        heapq.heapify(schedule)
-        while schedule and not self._stopping.is_set():
-            due, index, timer = schedule[0]
-            if self._stopping.wait(max(0.0, due - time.monotonic())):
-                return
-            heapq.heappop(schedule)
-            try:
-                timer.run()
-            except Exception:
-                log.exception("timer failed", extra={"timer": timer.name})
-            heapq.heappush(schedule, (max(due + timer.interval_s, time.monotonic()), index, timer))
+        # (due time, index): the index breaks ties and names the timer.
+        due: dict[int, float] = {index: start + self._every(timer) for index, timer in enumerate(self._timers)}
+        while due:
+            with self._cond:
+                while not self._stopping and not self._woken:
+                    left = min(due.values()) - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                if self._stopping:
+                    return
+                woken, self._woken = self._woken, set()
+            now = time.monotonic()
+            ready = sorted(woken | {index for index, at in due.items() if at <= now}, key=lambda i: due[i])
+            for index in ready:
+                timer = self._timers[index]
+                again: float | None = None
+                try:
+                    again = timer.run()
+                except Exception:
+                    log.exception("timer failed", extra={"timer": timer.name})
+                every = self._every(timer)
+                # A woken run counts as the timer's run: the next comes a full interval later.
+                next_at = time.monotonic() + every if index in woken else max(due[index] + every, time.monotonic())
+                if isinstance(again, int | float) and timer.safety_interval_s is not None:
+                    next_at = min(next_at, time.monotonic() + max(0.0, float(again)))
+                due[index] = next_at

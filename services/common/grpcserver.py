@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import selectors
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent import futures
 from types import FrameType
 from typing import Any, NoReturn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import grpc
 import psycopg
@@ -62,6 +65,8 @@ HEALTH_SERVICE_NAME: str = health.SERVICE_NAME
 # The overall health name: liveness (the process answers), never the database (GrpcServer).
 LIVENESS_SERVICE_NAME = ""
 REFLECTION_SERVICE_NAME: str = reflection.SERVICE_NAME
+# Readiness is checked when a probe asks (at most every ``readiness_interval_s``) and, unasked, this often.
+READINESS_BACKGROUND_S = 60.0
 
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -462,19 +467,109 @@ class _QuietRequestHandler(WSGIRequestHandler):
         pass
 
 
-def _start_metrics_http(host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """Serve the default registry like ``prometheus_client.start_http_server``, but stoppable quickly.
+_SCRAPE_HOOKS: dict[int, Callable[[], object]] = {}
+_SCRAPE_LOCK = threading.Lock()
+_SCRAPE_IDS = iter(range(1, 1 << 62))
 
-    ``start_http_server`` runs ``serve_forever()`` with its default 0.5 s poll, so every shutdown
-    blocks for up to half a second; with a short poll a test suite that starts hundreds of servers
-    does not pay that each time.
+
+def refresh_on_scrape(hook: Callable[[], object], *, min_interval_s: float = 5.0) -> Callable[[], None]:
+    """Run ``hook`` (a gauge refresh) before a /metrics page is served, at most every ``min_interval_s``.
+
+    Gauges read from a database (backlogs, open work orders) then cost nothing while nobody looks,
+    instead of a query on a timer in every node. Returns the function that removes the hook.
     """
-    http = make_server(host, port, make_wsgi_app(REGISTRY), ThreadingWSGIServer, handler_class=_QuietRequestHandler)
-    thread = threading.Thread(
-        target=http.serve_forever, kwargs={"poll_interval": 0.05}, name=f"metrics-{port}", daemon=True
-    )
-    thread.start()
-    return http, thread
+    last = [float("-inf")]
+
+    def paced() -> None:
+        now = time.monotonic()
+        if now - last[0] >= min_interval_s:
+            last[0] = now
+            hook()
+
+    with _SCRAPE_LOCK:
+        key = next(_SCRAPE_IDS)
+        _SCRAPE_HOOKS[key] = paced
+
+    def remove() -> None:
+        with _SCRAPE_LOCK:
+            _SCRAPE_HOOKS.pop(key, None)
+
+    return remove
+
+
+def run_scrape_hooks() -> None:
+    """Refresh every registered gauge (``refresh_on_scrape``); a failing hook is logged, the page still served."""
+    with _SCRAPE_LOCK:
+        hooks = list(_SCRAPE_HOOKS.values())
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:
+            log.warning("gauge refresh before a scrape failed", exc_info=True)
+
+
+def _metrics_app() -> Callable[[dict[str, Any], Any], Any]:
+    serve = make_wsgi_app(REGISTRY)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        run_scrape_hooks()
+        return serve(environ, start_response)
+
+    return app
+
+
+class _HealthOnDemand(health.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1 whose readiness answers are checked when asked (``asked``), not on a timer."""
+
+    def __init__(self, asked: Callable[[str], None]) -> None:
+        super().__init__()
+        self._asked = asked
+
+    def Check(self, request: Any, context: Any) -> Any:
+        self._asked(request.service)
+        return super().Check(request, context)
+
+    def Watch(self, request: Any, context: Any, send_response_callback: Any = None) -> Any:
+        self._asked(request.service)
+        return super().Watch(request, context, send_response_callback)
+
+
+class MetricsHttp:
+    """Serves the default registry like ``prometheus_client.start_http_server``, without polling.
+
+    ``serve_forever`` wakes every ``poll_interval`` to see whether it should stop (prometheus_client:
+    0.5 s; 0.05 s here before, so that stopping was quick): 20 wake-ups a second of an idle node.
+    This loop sleeps in ``select`` until a scrape arrives or ``stop`` writes to its wake-up socket.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.http = make_server(host, port, _metrics_app(), ThreadingWSGIServer, handler_class=_QuietRequestHandler)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name=f"metrics-{self.port}", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.http.server_port)
+
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.http, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _ in selector.select():
+                    if key.fileobj is self.http and not self._stopping:
+                        self.http.handle_request()  # readable: accepts at once, a handler thread serves it
+
+    def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self._thread.join(timeout=5)
+        self.http.server_close()
+        self._wake_r.close()
+        self._wake_w.close()
 
 
 def _format_address(host: str, port: int) -> str:
@@ -524,7 +619,7 @@ class GrpcServer:
             RequestRulesInterceptor(CITIZEN_METHODS),
         ]
         self._server = grpc.server(pool, interceptors=chain, options=SERVER_OPTIONS)
-        self._health = health.HealthServicer()
+        self._health = _HealthOnDemand(self._asked)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for binding in self._bindings:
             binding.add_to_server(binding.servicer, self._server)
@@ -548,14 +643,15 @@ class GrpcServer:
         # Nothing is ready before start(): probes must not route traffic to a half-built server.
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._port: int | None = None
-        self._metrics_http: WSGIServer | None = None
-        self._metrics_thread: threading.Thread | None = None
+        self._metrics_http: MetricsHttp | None = None
         self._probe_server: grpc.Server | None = None
         self._lock = threading.Lock()
         self._stopping = False
         self._terminated = threading.Event()
         self._stop_watching = threading.Event()
         self._was_ready: bool | None = None
+        self._checked_at = float("-inf")  # monotonic time of the last readiness check
+        self._checking = threading.Lock()
 
     # -- properties
 
@@ -577,7 +673,7 @@ class GrpcServer:
     @property
     def metrics_port(self) -> int | None:
         """The bound /metrics port, or None when metrics are disabled (or before start())."""
-        return None if self._metrics_http is None else int(self._metrics_http.server_port)
+        return None if self._metrics_http is None else self._metrics_http.port
 
     @property
     def service_names(self) -> list[str]:
@@ -597,9 +693,7 @@ class GrpcServer:
         if self._settings.metrics_port is not None:
             # One exposition server per GrpcServer, all reading the default registry, so several
             # nodes in one process each have a /metrics port showing the process's figures.
-            self._metrics_http, self._metrics_thread = _start_metrics_http(
-                self._settings.grpc_host, self._settings.metrics_port
-            )
+            self._metrics_http = MetricsHttp(self._settings.grpc_host, self._settings.metrics_port)
         self._server.start()
         if self._public_server is not None:
             self._public_server.start()
@@ -642,6 +736,11 @@ class GrpcServer:
 
     def refresh_health(self) -> bool:
         """Publish readiness (SERVING or NOT_SERVING for every business service) from ``ready()``."""
+        with self._checking:
+            return self._refresh_health()
+
+    def _refresh_health(self) -> bool:
+        self._checked_at = time.monotonic()
         try:
             ready = bool(self._ready())
         except Exception:
@@ -658,9 +757,26 @@ class GrpcServer:
         self._set_readiness(serving.SERVING if ready else serving.NOT_SERVING)
         return ready
 
+    def _asked(self, service: str) -> None:
+        """A probe asks for a service's readiness: check it first if the last check is older than the interval."""
+        if service == LIVENESS_SERVICE_NAME or service not in self._service_names:
+            return  # liveness is the process answering; an unknown name is NOT_FOUND as before
+        if time.monotonic() - self._checked_at < self._settings.readiness_interval_s:
+            return
+        if self._checking.acquire(blocking=False):  # one check at a time; the others answer what it finds
+            try:
+                if time.monotonic() - self._checked_at >= self._settings.readiness_interval_s:
+                    self._refresh_health()
+            finally:
+                self._checking.release()
+
     def _watch_readiness(self) -> None:
-        while not self._stop_watching.wait(self._settings.readiness_interval_s):
-            self.refresh_health()
+        # Probes (Kubernetes' Check) get a fresh answer when they ask (``_asked``); this slow pass keeps
+        # the status right for health Watch streams and for the log line when nobody asks.
+        interval = max(self._settings.readiness_interval_s, READINESS_BACKGROUND_S)
+        while not self._stop_watching.wait(interval):
+            if time.monotonic() - self._checked_at >= interval:
+                self.refresh_health()
 
     def _set_readiness(self, status: int) -> None:
         for name in self._service_names:
@@ -691,10 +807,7 @@ class GrpcServer:
                 self._probe_server.stop(0).wait()
         finally:
             if self._metrics_http is not None:
-                self._metrics_http.shutdown()
-                self._metrics_http.server_close()
-            if self._metrics_thread is not None:
-                self._metrics_thread.join(timeout=5)
+                self._metrics_http.stop()
             self._terminated.set()
             log.info("gRPC server stopped", extra={"address": self.address if self._port else None})
 

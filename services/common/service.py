@@ -49,11 +49,18 @@ class Subscription:
 
 @dataclass(frozen=True)
 class Timer:
-    """Periodic work (deadline sweep, link pump). Runs in the worker (nameko @timer) or a node thread."""
+    """Periodic work (deadline sweep, link pump). Runs in the worker (nameko @timer) or a node thread.
+
+    ``safety_interval_s``: a timer that its service wakes when there is work (the host's
+    ``extras["wake_timer"](name)``, an embedded node's ``TimerLoop.wake``) runs on each wake and only
+    this often otherwise; where nothing wakes it (a nameko worker) it runs every ``interval_s``. Its
+    ``run`` may then return the seconds until it wants to run again (a retry that falls due), or None.
+    """
 
     name: str
     interval_s: float
-    run: Callable[[], None]
+    run: Callable[[], float | None]
+    safety_interval_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     relay_interval_s: float | None = Field(
         default=None,
         description=(
-            "outbox relay poll interval; unset: 0.2 s in a worker (it polls), 30 s in an embedded node"
-            " (its relay is woken by each commit, this is only the safety poll)"
+            "outbox relay poll interval; unset: 30 s where the relay is woken by each commit (an embedded"
+            " node; a worker on PostgreSQL, by LISTEN/NOTIFY), this is then only the safety poll; 0.2 s in a"
+            " worker on SQLite"
         ),
     )
     sweep_interval_s: float = Field(default=60.0, description="routing's deadline sweep interval")
@@ -76,7 +77,12 @@ class Settings(BaseSettings):
         ),
     )
     readiness_interval_s: float = Field(
-        default=5.0, gt=0, description="how often an api checks its database for readiness (health per service)"
+        default=5.0,
+        gt=0,
+        description=(
+            "how old a readiness answer (health per service) may be: a probe's Check re-checks the"
+            " database when the last check is older; unasked, every 60 s"
+        ),
     )
     otel_exporter: str = Field(
         default="none", description="none | console | memory, added to what the standard OTEL_* environment asks"
@@ -108,7 +114,13 @@ class Settings(BaseSettings):
     notice_retry: str = Field(
         default="5/30", description="progress notices: attempts/first delay in seconds, doubling (30 s, 1, 2, 4 min)"
     )
-    notice_interval_s: float = Field(default=1.0, description="how often the progress notice outbox is sent")
+    notice_interval_s: float = Field(
+        default=1.0,
+        description=(
+            "how often a worker sends the progress notice outbox (an embedded node sends when a commit"
+            " queues a notice or a retry falls due, else every 30 s)"
+        ),
+    )
     time_limits: str = Field(default="", description="YAML of time limits per tier and category; unset: national")
     leader_classes: str = Field(default="", description="YAML of the 领导批转 classes; unset: none")
     calendar_files: str = Field(default="", description="official calendar files, comma-separated paths")

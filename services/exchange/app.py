@@ -118,7 +118,12 @@ def build(ctx: ServiceContext) -> ServiceParts:
 
     timers = [Timer("exchange-link-pump", PUMP_INTERVAL_S, pump)]
     if driver is not None:
-        timers = [Timer("exchange-link-metrics", EVENT_METRICS_INTERVAL_S, refresh_metrics)]
+        on_scrape: Callable[[Callable[[], object]], None] | None = ctx.extras.get("on_scrape")
+        if on_scrape is not None:
+            on_scrape(refresh_metrics)  # the link gauges when /metrics is read (and on every LinkStatus)
+            timers = []
+        else:
+            timers = [Timer("exchange-link-metrics", EVENT_METRICS_INTERVAL_S, refresh_metrics)]
         if national_link is not None:
             timers.append(Timer("exchange-national-link", NATIONAL_POLL_S, national_link.run))
         store.wake_link = parent_link.wake if parent_link is not None else store.wake_link

@@ -52,12 +52,14 @@ QUARANTINED = Gauge("lianxin_exchange_quarantined", "Items from the peer current
 
 NATIONAL = "national"
 
-# How long the parent holds a PullDown with nothing queued: the idle link's only traffic (its keepalive).
-LONG_POLL_S = 20.0
+# How long the parent holds a PullDown with nothing queued: the idle link's only traffic (its keepalive;
+# a dead connection is found by gRPC's own keepalive pings, SERVER_OPTIONS/CHANNEL_OPTIONS). Below the
+# parent's cap (servicer.MAX_WAIT_MS).
+LONG_POLL_S = 50.0
 # A push or a long poll waits this long beyond its own wait for the channel to be ready and the answer.
 CALL_MARGIN_S = 30.0
 # An up-log appended by another process (``lianxin exchange import``) is pushed within this time.
-SAFETY_POLL_S = 10.0
+SAFETY_POLL_S = 30.0
 # Pushes of one link start at least this far apart (a backlog's full batches excepted): the first event
 # after a quiet spell leaves at once, and the commits a case sets off within milliseconds after it (its
 # work order, the assignment, each appended to the up-log on its own) gather into the next push instead

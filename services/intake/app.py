@@ -20,7 +20,7 @@ from services.intake.consumers import IntakeConsumers
 from services.intake.domain import Case
 from services.intake.handlers import IntakeDeps
 from services.intake.models import outbox
-from services.intake.notice_sender import FileChannel, send_due
+from services.intake.notice_sender import FileChannel, next_due, send_due
 from services.intake.notices import NoticeChannel, RetryPolicy
 from services.intake.relay_wake import CoalescedNotify
 from services.intake.screening import Screen
@@ -28,6 +28,11 @@ from services.intake.servicer import IntakeServicer, initialise_received_metrics
 from services.intake.store import CaseNumbers, PgSubmitPath, SqlIntakeUnitOfWork
 
 log = logging.getLogger(__name__)
+
+NOTICE_TIMER = "intake.progress_notices"
+# Where the notice sender is woken by the commits that queue notices (an embedded node), it also runs
+# this often, for notices queued by another process of the node.
+NOTICE_SAFETY_S = 30.0
 
 
 def build(ctx: ServiceContext) -> ServiceParts:
@@ -107,13 +112,20 @@ def build(ctx: ServiceContext) -> ServiceParts:
         with uow_factory() as uow:
             return uow.get(case_id)
 
-    def send_notices() -> None:
-        send_due(ctx.session_factory, case_of=case_of, channel=channel, now=ctx.clock(), policy=policy)
+    def send_notices() -> float | None:
+        now = ctx.clock()
+        send_due(ctx.session_factory, case_of=case_of, channel=channel, now=now, policy=policy)
+        due = next_due(ctx.session_factory)
+        return None if due is None else max(0.0, (due - now).total_seconds())
 
+    # Embedded: the sender runs when a handling change committed (a notice may be queued) and when a
+    # retry falls due; a worker, which nobody wakes, polls every notice_interval_s.
+    wake_timer: Callable[[str], None] = ctx.extras.get("wake_timer", lambda _name: None)
     consumers = IntakeConsumers(
         node=node,
         session_factory=ctx.session_factory,
         unit_of_work=lambda session: SqlIntakeUnitOfWork(None, cipher, node, session=session),
+        followed=lambda: wake_timer(NOTICE_TIMER),
     )
 
     return ServiceParts(
@@ -127,7 +139,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             )
         ],
         subscriptions=consumers.subscriptions(),
-        timers=[Timer("intake.progress_notices", config.notice_interval_s, send_notices)],
+        timers=[Timer(NOTICE_TIMER, config.notice_interval_s, send_notices, safety_interval_s=NOTICE_SAFETY_S)],
         session_factory=ctx.session_factory,
         outbox=outbox,
         close=submit_path.close if submit_path is not None else lambda: None,

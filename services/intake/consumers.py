@@ -101,6 +101,8 @@ class IntakeConsumers:
     node: str
     session_factory: sessionmaker[Session]
     unit_of_work: Callable[[Session], IntakeUnitOfWork]
+    # Called after a handling change committed (it may have queued a progress notice to send).
+    followed: Callable[[], None] = lambda: None
 
     def subscriptions(self) -> list[Subscription]:
         return [
@@ -155,4 +157,5 @@ class IntakeConsumers:
         def apply(session: Session) -> None:
             handlers.apply_handling_change(change, self.unit_of_work(session))
 
-        consume_once(self.session_factory, inbox, "intake", event, apply)
+        if consume_once(self.session_factory, inbox, "intake", event, apply):
+            self.followed()

@@ -15,11 +15,11 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prometheus_client import Counter
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.intake.domain import Case
@@ -70,6 +70,15 @@ class FileChannel:
                     out.write(json.dumps(line, ensure_ascii=False) + "\n")
         except OSError as exc:
             raise ChannelFailure(f"cannot write {self._path.name}: {exc.strerror}") from exc
+
+
+def next_due(session_factory: sessionmaker[Session]) -> datetime | None:
+    """When the earliest pending notice is to be tried, or None when none is pending."""
+    with session_factory() as session:
+        due = session.scalar(
+            select(func.min(ProgressNoticeRow.next_attempt_at)).where(ProgressNoticeRow.state == "pending")
+        )
+    return None if due is None else due if due.tzinfo is not None else due.replace(tzinfo=UTC)
 
 
 def send_due(

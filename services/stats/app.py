@@ -155,6 +155,16 @@ def build(ctx: ServiceContext) -> ServiceParts:
 
     gauge_interval = ctx.settings.stats.gauge_interval_s
     rollup_interval = ctx.settings.stats.rollup_interval_s
+
+    def gauges() -> None:
+        refresh_gauges(ctx.session_factory, ctx.regions, node, ctx.clock())
+
+    timers = [Timer("stats-rollup", rollup_interval, lambda: (maintain(ctx.session_factory, ctx.clock()), None)[1])]
+    on_scrape: Callable[[Callable[[], object]], None] | None = ctx.extras.get("on_scrape")
+    if on_scrape is not None:
+        on_scrape(gauges)  # an embedded node: the open-work gauges when /metrics is read
+    else:
+        timers.insert(0, Timer("stats-gauges", gauge_interval, gauges))
     return ServiceParts(
         name="stats",
         servicers=[
@@ -171,14 +181,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             )
         ],
         subscriptions=[Subscription("stats", source, kind, handle) for source, kind in SUBSCRIBED],
-        timers=[
-            Timer(
-                "stats-gauges",
-                gauge_interval,
-                lambda: (refresh_gauges(ctx.session_factory, ctx.regions, node, ctx.clock()), None)[1],
-            ),
-            Timer("stats-rollup", rollup_interval, lambda: (maintain(ctx.session_factory, ctx.clock()), None)[1]),
-        ],
+        timers=timers,
         session_factory=ctx.session_factory,
         outbox=outbox,
     )

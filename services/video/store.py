@@ -1117,6 +1117,32 @@ class VideoStore:
             row = s.get(HoldRow, hold_id)
             return None if row is None else self._to_hold(row)
 
+    def has_sweep_work(self, horizon: timedelta = timedelta(hours=25)) -> bool:
+        """Whether the sweep has anything to look at: a hold, a half-done booking, consultation or move, a remote
+        hold in flight, or a visit due within ``horizon`` (its reminder). One read, no write lock."""
+        now = self.now()
+        busy = (
+            RemoteState.ASKED.value,
+            RemoteState.HELD.value,
+            RemoteState.CONFIRMING.value,
+            RemoteState.RELEASING.value,
+        )
+        checks = (
+            select(HoldRow.hold_id).where(HoldRow.state == HoldState.HELD.value),
+            select(VisitRow.visit_id).where(VisitRow.state == VisitState.HOLDING.value),
+            select(ConsultationRow.consultation_id).where(
+                ConsultationRow.state == consult.ConsultationState.HOLDING.value
+            ),
+            select(RemoteHoldRow.hold_id).where(RemoteHoldRow.state.in_(busy)),
+            select(VisitRow.visit_id).where(
+                VisitRow.state.in_([VisitState.BOOKED.value, VisitState.CHECKED_IN.value]),
+                VisitRow.starts_at > now,
+                VisitRow.starts_at <= now + horizon,
+            ),
+        )
+        with self._factory() as session:
+            return any(session.execute(check.limit(1)).first() is not None for check in checks)
+
     def expire_holds(self) -> int:
         """Sweep: HELD holds past their time-to-live lapse and free the room."""
         now = self.now()

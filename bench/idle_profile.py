@@ -1,0 +1,120 @@
+"""Where an idle node's CPU goes: two nodes (county → city) in this process, links up, nothing to do.
+
+    .venv/bin/python -m bench.idle_profile --seconds 20
+
+Prints the process's CPU per second, each thread's share (from /proc/self/task, named by Python's
+threads where they are Python's, by the kernel's name otherwise: gRPC's own threads) and the CPU of
+each timer run and relay pass. Divide the process figure by two for one node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
+
+from bench.cpu import process_cpu_seconds
+from bench.harness.workload import Submissions
+from services.common import bus
+from services.common.service import Timer
+from services.common.settings import Settings
+from services.node import Node
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each thread of this process, by name (Python's where known, else the kernel's)."""
+    python_names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = collections.defaultdict(float)
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            comm = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        name = python_names.get(int(task.name), f"[{comm}]")
+        # Threads of one kind share a name: pools number theirs, keep the kind.
+        out[name.rstrip("0123456789_-")] += (int(fields[11]) + int(fields[12])) / _TICKS
+    return dict(out)
+
+
+class _Counted:
+    """Thread CPU and runs of each timer and relay pass, measured where they run."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = collections.defaultdict(float)
+        self.runs: dict[str, int] = collections.defaultdict(int)
+        self._lock = threading.Lock()
+
+    def wrap(self, name: str, run: Callable[[], object]) -> Callable[[], object]:
+        def counted() -> object:
+            start = time.thread_time()
+            try:
+                return run()
+            finally:
+                with self._lock:
+                    self.cpu[name] += time.thread_time() - start
+                    self.runs[name] += 1
+
+        return counted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--settle", type=float, default=3.0)
+    options = parser.parse_args()
+    counted = _Counted()
+    original_timer_loop = bus.TimerLoop.__init__
+
+    def timer_loop_init(self: bus.TimerLoop, timers: list[Timer], **kw: object) -> None:
+        wrapped = [dataclasses.replace(t, run=counted.wrap(t.name, t.run)) for t in timers]
+        original_timer_loop(self, wrapped, **kw)  # type: ignore[arg-type]
+
+    bus.TimerLoop.__init__ = timer_loop_init  # type: ignore[method-assign]
+    os.environ.setdefault("LIANXIN_INTAKE_CLASSIFIER", "off")
+    with tempfile.TemporaryDirectory() as data:
+        base = Settings(data_dir=Path(data), log_json=False, log_level="WARNING")
+        city = Node(base.with_overrides(node="511100")).start()
+        county = Node(base.with_overrides(node="511102", parent=city.address)).start()
+        for node in (city, county):
+            assert node.relay_loop is not None
+            for relay in node.relay_loop._relays:
+                relay.run_once = counted.wrap(f"relay {relay.service}", relay.run_once)  # type: ignore[method-assign]
+        try:
+            with grpc.insecure_channel(county.address) as channel:
+                intake_grpc.IntakeServiceStub(channel).SubmitCase(Submissions("511102").request(-1, 0), timeout=30)
+            time.sleep(options.settle)  # the case's events travel; then nothing happens
+            counted.cpu.clear()
+            counted.runs.clear()
+            before, threads_before = process_cpu_seconds([os.getpid()]) or 0.0, thread_cpu()
+            time.sleep(options.seconds)  # the idle window measured
+            after, threads_after = process_cpu_seconds([os.getpid()]) or 0.0, thread_cpu()
+        finally:
+            county.stop(1.0)
+            city.stop(1.0)
+    s = options.seconds
+    print(f"process: {(after - before) / s * 1000:.2f} ms/s for 2 nodes ({(after - before) / s * 500:.2f} per node)")
+    print("threads (ms/s):")
+    deltas = {k: v - threads_before.get(k, 0.0) for k, v in threads_after.items()}
+    for name, cpu in sorted(deltas.items(), key=lambda kv: -kv[1]):
+        if cpu > 0:
+            print(f"  {name:40s} {cpu / s * 1000:7.2f}")
+    print("timers and relay passes (ms/s, runs):")
+    for name, cpu in sorted(counted.cpu.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:40s} {cpu / s * 1000:7.2f}  {counted.runs[name]}")
+
+
+if __name__ == "__main__":
+    main()
