@@ -11,6 +11,8 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy import Engine, text
 
+from services.common.outbox import install_outbox_notify
+
 
 def _config(service: str, engine: Engine) -> Config:
     location = resources.files(f"services.{service}") / "migrations"
@@ -34,6 +36,10 @@ def upgrade(engine: Engine, service: str, revision: str = "head") -> None:
         lock_conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
         try:
             command.upgrade(_config(service, engine), revision)
+            with engine.begin() as conn:
+                # The outbox's NOTIFY trigger wakes a worker's relay at each commit (outside the
+                # revision chain: every service's outbox gets it, whichever revision made the table).
+                install_outbox_notify(conn)
         finally:
             lock_conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
             lock_conn.commit()

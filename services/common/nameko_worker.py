@@ -35,6 +35,7 @@ without it, start (or deploy) consumers' workers before producers' relays.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import signal
 import time
@@ -43,22 +44,27 @@ from typing import Any
 
 import eventlet
 from eventlet import patcher
+from eventlet.queue import Empty, LightQueue
 from kombu.connection import Connection
 from kombu.entity import Queue
 from nameko.constants import AMQP_URI_CONFIG_KEY, SERIALIZER_CONFIG_KEY
 from nameko.events import SERVICE_POOL, EventDispatcher, EventHandler
 from nameko.runners import ServiceRunner
 from nameko.standalone.events import get_event_exchange
-from nameko.timer import timer
+from nameko.timer import Timer, timer
 
 from services.common.events import deliver
-from services.common.outbox import Relay
-from services.common.service import BusEvent, ServiceParts, Subscription, Timer
+from services.common.outbox import OutboxListener, Relay
+from services.common.service import BusEvent, ServiceParts, Subscription
+from services.common.service import Timer as ServiceTimer
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
 METRICS_INTERVAL_S = 5.0
+# The relay's LISTEN connection is opened again after this pause, doubling to the cap, when it is lost.
+LISTEN_RETRY_S = 1.0
+LISTEN_RETRY_MAX_S = 30.0
 
 
 def event_payload(event: BusEvent) -> dict[str, str]:
@@ -118,7 +124,7 @@ def _handler_method(sub: Subscription, retry_delay_s: float) -> Callable[[Any, d
     return handle
 
 
-def _timer_method(job: Timer) -> Callable[[Any], None]:
+def _timer_method(job: ServiceTimer) -> Callable[[Any], None]:
     def run(self: Any) -> None:
         try:
             job.run()
@@ -126,6 +132,88 @@ def _timer_method(job: Timer) -> Callable[[Any], None]:
             log.exception("timer failed", extra={"timer": job.name})
 
     return run
+
+
+class _RelayTimer(Timer):  # type: ignore[misc]  # nameko is untyped
+    """nameko's ``@timer`` that also fires when PostgreSQL says a commit wrote the outbox.
+
+    ``listen`` opens an ``OutboxListener`` (or returns None: SQLite, nothing to listen to). A greenlet
+    waits on it and queues a wake for each notification; the timer's loop runs the relay on a wake or
+    after ``interval`` (then only the safety poll), one run at a time, wakes that came during a run
+    making one more run. After (re)connecting it queues a wake: commits made while it was not
+    listening are found by that run.
+    """
+
+    def __init__(self, interval: float, listen: Callable[[], OutboxListener | None] | None = None, **kw: Any) -> None:
+        super().__init__(interval, **kw)
+        self._listen = listen
+        self._wakes: LightQueue = LightQueue()
+        self._listener_gt: Any = None
+
+    def start(self) -> None:
+        super().start()
+        if self._listen is not None:
+            self._listener_gt = self.container.spawn_managed_thread(self._listen_loop)
+
+    def stop(self) -> None:
+        self.should_stop.send(True)
+        self._wakes.put("stop")
+        self.gt.wait()
+        if self._listener_gt is not None:
+            self._listener_gt.kill()
+
+    def kill(self) -> None:
+        super().kill()
+        if self._listener_gt is not None:
+            self._listener_gt.kill()
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(Empty):  # no wake within the interval: the safety poll
+                self._wakes.get(timeout=self.interval)
+            if self.should_stop.ready():
+                return
+            while not self._wakes.empty():  # wakes queued before this run are all served by it
+                self._wakes.get_nowait()
+            self.handle_timer_tick()
+            self.worker_complete.wait()
+            self.worker_complete.reset()
+            if self.should_stop.ready():
+                return
+
+    def _listen_loop(self) -> None:
+        assert self._listen is not None
+        delay = LISTEN_RETRY_S
+        while not self.should_stop.ready():
+            listener: OutboxListener | None = None
+            try:
+                listener = self._listen()
+                if listener is None:
+                    return  # nothing to listen to (SQLite): the timer alone
+                delay = LISTEN_RETRY_S
+                self._wakes.put("listening")
+                while not self.should_stop.ready():
+                    if listener.wait(None):
+                        self._wakes.put("notified")
+            except Exception:
+                log.warning("outbox LISTEN connection lost; the relay polls until it is back", exc_info=True)
+                eventlet.sleep(delay)
+                delay = min(delay * 2, LISTEN_RETRY_MAX_S)
+            finally:
+                if listener is not None:
+                    listener.close()
+
+
+def _relay_listener(parts: ServiceParts) -> Callable[[], OutboxListener | None]:
+    assert parts.session_factory is not None and parts.outbox is not None
+    session_factory, table = parts.session_factory, parts.outbox.name
+
+    def listen() -> OutboxListener | None:
+        with session_factory() as session:
+            engine = session.get_bind().engine
+        return OutboxListener(engine, table) if engine.dialect.name == "postgresql" else None
+
+    return listen
 
 
 def _relay_method(parts: ServiceParts) -> Callable[[Any], None]:
@@ -217,7 +305,12 @@ def build_worker_class(parts: ServiceParts, settings: Settings, *, handler_retry
         "dispatch": EventDispatcher(),
     }
     if parts.session_factory is not None and parts.outbox is not None:
-        namespace["relay_outbox"] = timer(interval=settings.relay_poll_s(woken_by_commits=False))(_relay_method(parts))
+        # PostgreSQL: woken by the outbox's NOTIFY, polling only as a safety net; SQLite: polling.
+        postgres = _dialect(parts) == "postgresql"
+        namespace["relay_outbox"] = _RelayTimer.decorator(
+            interval=settings.relay_poll_s(woken_by_commits=postgres),
+            listen=_relay_listener(parts) if postgres else None,
+        )(_relay_method(parts))
     for method, sub in handler_methods(parts, taken=namespace):
         namespace[method] = event_handler(
             sub.source,
@@ -230,6 +323,12 @@ def build_worker_class(parts: ServiceParts, settings: Settings, *, handler_retry
         method = _unique(f"timer_{job.name}", namespace)
         namespace[method] = timer(interval=job.interval_s)(_timer_method(job))
     return type(parts.name, (), namespace)
+
+
+def _dialect(parts: ServiceParts) -> str:
+    assert parts.session_factory is not None
+    with parts.session_factory() as session:
+        return str(session.get_bind().dialect.name)
 
 
 def run_worker(parts: ServiceParts, settings: Settings) -> None:

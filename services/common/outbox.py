@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
+import select as io_select
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -215,6 +217,93 @@ def append_events(
             for event, case_id in events
         ],
     )
+
+
+# --------------------------------------------------------------------------- LISTEN/NOTIFY (PostgreSQL)
+
+# A statement-level trigger on every service's outbox notifies the commit's listeners: the channel is
+# per schema and table (NOTIFY is per database), hashed to fit PostgreSQL's 63-byte identifiers. NOTIFY
+# is delivered at commit, only if the transaction commits, once per channel and transaction.
+NOTIFY_TRIGGER = "lianxin_outbox_notify"
+_NOTIFY_FUNCTION_SQL = f"""
+CREATE OR REPLACE FUNCTION {NOTIFY_TRIGGER}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('lianxin_outbox_' || md5(TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME), '');
+  RETURN NULL;
+END $$
+"""
+
+
+def outbox_channel(schema: str, table: str = OUTBOX_TABLE) -> str:
+    """The NOTIFY channel of ``schema.table`` (what the trigger computes with md5)."""
+    return "lianxin_outbox_" + hashlib.md5(f"{schema}.{table}".encode(), usedforsecurity=False).hexdigest()
+
+
+def install_outbox_notify(conn: Connection, table: str = OUTBOX_TABLE) -> bool:
+    """Create the NOTIFY trigger on the current schema's outbox if it has none; True if created.
+
+    Called by ``migrations.upgrade`` after every service's revisions (idempotent, under the migration
+    lock), so each service's outbox has it whatever revision created the table. SQLite: nothing.
+    """
+    if conn.dialect.name != "postgresql":
+        return False
+    exists = conn.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar_one()
+    if not exists:
+        return False
+    present = conn.execute(
+        text("SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(:t) AND tgname = :name"),
+        {"t": table, "name": NOTIFY_TRIGGER},
+    ).scalar_one()
+    if present:
+        return False
+    conn.exec_driver_sql(_NOTIFY_FUNCTION_SQL)
+    conn.exec_driver_sql(
+        f'CREATE TRIGGER {NOTIFY_TRIGGER} AFTER INSERT ON "{table}"'
+        f" FOR EACH STATEMENT EXECUTE FUNCTION {NOTIFY_TRIGGER}()"
+    )
+    return True
+
+
+class OutboxListener:
+    """LISTENs on an outbox's channel over a connection of its own: ``wait`` returns when a commit
+    inserted rows into the outbox (or the timeout passed).
+
+    It waits with ``select`` on the connection's socket, so in a worker patched by eventlet only the
+    waiting greenlet waits. A lost connection raises from ``wait``; open a new listener then (commits
+    made meanwhile are found by the relay pass the caller runs after connecting).
+    """
+
+    def __init__(self, engine: Engine, table: str = OUTBOX_TABLE) -> None:
+        import psycopg
+
+        with engine.connect() as conn:
+            schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+        self.channel = outbox_channel(schema, table)
+        conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._conn = psycopg.connect(conninfo, autocommit=True)
+        self._conn.execute(f"LISTEN {self.channel}")
+
+    def wait(self, timeout_s: float | None) -> bool:
+        """True when notified (all pending notifications are consumed), False after ``timeout_s``."""
+        pgconn = self._conn.pgconn
+        if self._drain():
+            return True
+        ready, _, _ = io_select.select([pgconn.socket], [], [], timeout_s)
+        if not ready:
+            return False
+        return self._drain()
+
+    def _drain(self) -> bool:
+        pgconn = self._conn.pgconn
+        pgconn.consume_input()  # raises when the connection is gone
+        got = False
+        while pgconn.notifies() is not None:
+            got = True
+        return got
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
 
 
 class _OutboxRow(NamedTuple):

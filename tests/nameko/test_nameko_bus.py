@@ -98,7 +98,27 @@ def producer(urls: tuple[str, str]) -> Iterator[Producer]:
 
 @pytest.fixture()
 def consumer(urls: tuple[str, str]) -> Iterator[Consumer]:
-    engine = make_engine(urls[1], service="consumer")
+    made = _consumer(urls[1])
+    yield made
+    made.engine.dispose()
+
+
+@pytest.fixture()
+def consumer_on() -> Iterator[Any]:
+    """A consumer on the database URL the test chooses."""
+    made: list[Consumer] = []
+
+    def make(url: str) -> Consumer:
+        made.append(_consumer(url))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.engine.dispose()
+
+
+def _consumer(url: str) -> Consumer:
+    engine = make_engine(url, service="consumer")
     metadata = MetaData()
     inbox = inbox_table(metadata)
     applied = Table(
@@ -108,8 +128,7 @@ def consumer(urls: tuple[str, str]) -> Iterator[Consumer]:
         Column("event_id", String(36), nullable=False),  # not unique: a double application must show
     )
     metadata.create_all(engine)
-    yield Consumer(engine, make_session_factory(engine), inbox, applied)
-    engine.dispose()
+    return Consumer(engine, make_session_factory(engine), inbox, applied)
 
 
 @pytest.fixture()
@@ -210,3 +229,32 @@ def test_service_timers_run_in_the_worker_and_a_failing_run_does_not_stop_them(r
     parts = ServiceParts(name="timersvc", servicers=[], timers=[Timer("sweep", 0.05, sweep)])
     runners.start(parts)
     wait_until(lambda: len(runs) >= 4, 15, "the timer to keep running after a failed run")
+
+
+def test_on_postgresql_a_commit_wakes_the_workers_relay_without_waiting_for_its_poll(
+    postgres_url: str, consumer_on: Any, amqp_uri: str
+) -> None:
+    """The outbox's NOTIFY trigger wakes the relay (docs/exchange.md "Waiting, not polling"): with
+    its poll set to an hour, events committed after the worker started still arrive."""
+    from services.common.outbox import install_outbox_notify
+
+    engine = make_engine(postgres_url, service="producer", pool_size=2, max_overflow=0)
+    metadata = MetaData()
+    outbox = outbox_table(metadata)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        install_outbox_notify(conn)
+    producer = Producer(engine, make_session_factory(engine), outbox)
+    consumer: Consumer = consumer_on(postgres_url)
+    runners = Runners(Settings(amqp_uri=amqp_uri, relay_interval_s=3600.0))
+    try:
+        runners.start(consumer.parts())
+        runners.start(producer.parts())
+        producer.append(1)
+        wait_until(lambda: all_applied(consumer, range(1, 2)), 30, "event 1 without the hourly poll")
+        producer.append(2, 3)
+        wait_until(lambda: all_applied(consumer, range(1, 4)), 30, "events 2 and 3 without the hourly poll")
+        assert set(consumer.applied_counts().values()) == {1}
+    finally:
+        runners.stop_all()
+        engine.dispose()
