@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
@@ -30,6 +31,7 @@ from services.common.settings import Settings
 from services.node import Node
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 def thread_cpu() -> dict[str, float]:
@@ -57,8 +59,8 @@ class _Counted:
         self.runs: dict[str, int] = collections.defaultdict(int)
         self._lock = threading.Lock()
 
-    def wrap(self, name: str, run: Callable[[], object]) -> Callable[[], object]:
-        def counted() -> object:
+    def wrap(self, name: str, run: Callable[[], T]) -> Callable[[], T]:
+        def counted() -> T:
             start = time.thread_time()
             try:
                 return run()
@@ -78,11 +80,11 @@ def main() -> None:
     counted = _Counted()
     original_timer_loop = bus.TimerLoop.__init__
 
-    def timer_loop_init(self: bus.TimerLoop, timers: list[Timer], **kw: object) -> None:
+    def timer_loop_init(self: bus.TimerLoop, timers: list[Timer], **kw: Any) -> None:
         wrapped = [dataclasses.replace(t, run=counted.wrap(t.name, t.run)) for t in timers]
-        original_timer_loop(self, wrapped, **kw)  # type: ignore[arg-type]
+        original_timer_loop(self, wrapped, **kw)
 
-    bus.TimerLoop.__init__ = timer_loop_init  # type: ignore[method-assign]
+    bus.TimerLoop.__init__ = timer_loop_init  # type: ignore[method-assign,assignment]
     os.environ.setdefault("LIANXIN_INTAKE_CLASSIFIER", "off")
     with tempfile.TemporaryDirectory() as data:
         base = Settings(data_dir=Path(data), log_json=False, log_level="WARNING")

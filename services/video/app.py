@@ -9,7 +9,7 @@ start are used.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -89,6 +89,10 @@ def consultation_copy(env: events_pb2.EventEnvelope) -> Consultation | None:
 # Where the case events naming an owner come from: this node's own services, and exchange (replicas
 # from the subtree, hand-offs from the parent).
 OWNER_SOURCES = ("intake", "routing", "exchange")
+SWEEP_TIMER = "video-sweep"
+# An embedded node's sweep with nothing to look at (no hold, no half-done booking, no visit within a
+# day) looks again after this long, or as soon as a commit gives it something.
+IDLE_SWEEP_S = 120.0
 
 
 def build(ctx: ServiceContext) -> ServiceParts:
@@ -133,13 +137,25 @@ def build(ctx: ServiceContext) -> ServiceParts:
         if copy is not None and copy.host_node != node:
             store.note_consultation_replica(copy)
 
-    servicer = VideoServicer(store, remote, hold_ttl=hold_ttl, after_commit=notify, case_mac=cipher.blind_index)
+    # Embedded: a commit of the servicer (a booking, a hold) wakes the sweep; with nothing to sweep it
+    # runs only every IDLE_SWEEP_S. A worker, which nobody wakes, sweeps every interval.
+    wake_timer: Callable[[str], None] = ctx.extras.get("wake_timer", lambda _name: None)
+    every = min(ctx.settings.sweep_interval_s, 15.0)
 
-    def sweep() -> None:
+    def after_commit() -> None:
+        notify()
+        wake_timer(SWEEP_TIMER)
+
+    servicer = VideoServicer(store, remote, hold_ttl=hold_ttl, after_commit=after_commit, case_mac=cipher.blind_index)
+
+    def sweep() -> float | None:
+        if not store.has_sweep_work():
+            return None  # an idle node: one read, and the next look after the idle interval
         result = handlers.sweep(store, remote, hold_ttl)
         if any(result.values()):
             log.info("video sweep", extra=result)
             notify()
+        return every
 
     return ServiceParts(
         name="video",
@@ -152,7 +168,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
             for event_type in OWNER_EVENTS
         ]
         + [Subscription("video", "exchange", event_type, copy_consultation) for event_type in CONSULTATION_EVENTS],
-        timers=[Timer("video-sweep", min(ctx.settings.sweep_interval_s, 15.0), sweep)],
+        timers=[Timer(SWEEP_TIMER, every, sweep, safety_interval_s=max(every, IDLE_SWEEP_S))],
         session_factory=ctx.session_factory,
         outbox=outbox,
     )
