@@ -34,7 +34,8 @@ from services.stats.topics import Topic
 log = logging.getLogger(__name__)
 
 SUMMARY_METRICS = list(DEFINITIONS)
-REGION_RATES = ("reply_rate", "on_time_completion_rate", "satisfaction_rate")
+# The citizen's satisfaction and, beside it, the evaluation group's (第三方评价), per child region.
+REGION_RATES = ("reply_rate", "on_time_completion_rate", "satisfaction_rate", "third_party_satisfaction_rate")
 RANK_METRIC = "on_time_completion_rate"
 MIN_CASES = 10
 CHANNEL_NAMES = {
@@ -334,7 +335,12 @@ def write_bulletin(
     )
     if child_rows:
         labels = [tree.get(c).name if font else c for c, _ in child_rows]
-        series_names = {"reply_rate": "回复率", "on_time_completion_rate": "按期办结率", "satisfaction_rate": "满意率"}
+        series_names = {
+            "reply_rate": "回复率",
+            "on_time_completion_rate": "按期办结率",
+            "satisfaction_rate": "满意率",
+            "third_party_satisfaction_rate": "第三方评价满意率",
+        }
         files.append(
             _rates_chart(
                 out_dir / "rates_by_region.png",
@@ -388,8 +394,8 @@ def write_bulletin(
             "",
             "![各地办理情况](rates_by_region.png)",
             "",
-            "| 地区 | 受理量 | 回复率 | 按期办结率 | 满意率 |",
-            "|---|---:|---:|---:|---:|",
+            "| 地区 | 受理量 | 回复率 | 按期办结率 | 满意率 | 第三方评价满意率 |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for code, agg in child_rows:
             md.append(

@@ -107,6 +107,9 @@ def test_report_command_writes_markdown_csv_and_charts(tmp_path: Path) -> None:
     with (out / "third_party_by_unit.csv").open(encoding="utf-8-sig") as fh:
         units = list(csv.DictReader(fh))
     assert units and sum(int(u["rated"]) for u in units) == int(rate["denominator"])
+    with (out / "rates_by_region.csv").open(encoding="utf-8-sig") as fh:
+        regions = list(csv.DictReader(fh))
+    assert any(float(r["third_party_satisfaction_rate"]) > 0 for r in regions)  # per region too
     assert "## 六、第三方评价（抽样）" in markdown and "第三方评价满意率" in markdown
     # 协办超期 per assisting unit: each late case counted once per unit, no more than the summary's count.
     with (out / "assist_late_by_unit.csv").open(encoding="utf-8-sig") as fh:
