@@ -12,6 +12,7 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from prometheus_client import Counter
 
 from services.common.casepass import Mac, issue_case_pass
+from services.common.db import read_only
 from services.common.errors import DomainError, InvalidArgument
 from services.common.request_rules import check_request
 from services.common.security import OFFICE, current_principal
@@ -108,6 +109,7 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
                 tracking_code=result.case.tracking_code,
             )
 
+    @read_only
     def GetCase(self, request: intake_pb2.GetCaseRequest, context: Any) -> intake_pb2.GetCaseResponse:
         if not request.case_id:
             raise InvalidArgument("case_id", "must be set")
@@ -120,6 +122,7 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             timeline=[mapping.timeline_entry(e) for e in timeline],
         )
 
+    @read_only
     def ListCases(self, request: intake_pb2.ListCasesRequest, context: Any) -> intake_pb2.ListCasesResponse:
         try:
             states = frozenset(mapping.state_name(value) for value in request.states)
@@ -145,6 +148,7 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             page=common_pb2.PageResponse(next_page_token=page.next_page_token, total_size=page.total_size),
         )
 
+    @read_only
     def ListPublishedReplies(
         self, request: intake_pb2.ListPublishedRepliesRequest, context: Any
     ) -> intake_pb2.ListPublishedRepliesResponse:
@@ -259,6 +263,7 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             forwarded_to_owner=bool(withdrawn.forwarded_to),
         )
 
+    @read_only
     def ListModerationQueue(
         self, request: intake_pb2.ListModerationQueueRequest, context: Any
     ) -> intake_pb2.ListModerationQueueResponse:

@@ -15,6 +15,7 @@ from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 
 from services.common.calendar import OfficialYear, check_calendar_text
 from services.common.calendar_store import NodeCalendar
+from services.common.db import read_only
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.security import OFFICE, current_principal
 from services.common.timeutil import china_date, from_duration, from_timestamp, to_timestamp, to_utc
@@ -262,10 +263,12 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
 
     # -- queries -----------------------------------------------------------------------------------
 
+    @read_only
     def GetWorkOrder(self, request: routing_pb2.GetWorkOrderRequest, context: Any) -> routing_pb2.GetWorkOrderResponse:
         stored = handlers.get_work_order(request.work_order_id, uow_factory=self._uow_factory)
         return routing_pb2.GetWorkOrderResponse(work_order=work_order_message(stored, now=to_utc(self._clock())))
 
+    @read_only
     def ListWorkOrders(
         self, request: routing_pb2.ListWorkOrdersRequest, context: Any
     ) -> routing_pb2.ListWorkOrdersResponse:
@@ -299,6 +302,7 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
             page=common_pb2.PageResponse(next_page_token=token, total_size=total),
         )
 
+    @read_only
     def ListSupervisions(
         self, request: routing_pb2.ListSupervisionsRequest, context: Any
     ) -> routing_pb2.ListSupervisionsResponse:
@@ -520,6 +524,7 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
             page=common_pb2.PageResponse(next_page_token=token, total_size=total),
         )
 
+    @read_only
     def ListLeaderQueue(
         self, request: routing_pb2.ListLeaderQueueRequest, context: Any
     ) -> routing_pb2.ListLeaderQueueResponse:

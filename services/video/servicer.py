@@ -15,6 +15,7 @@ from lianxin.video.v1 import video_service_pb2 as pb
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
 from services.common.casepass import Mac, case_of_pass
+from services.common.db import read_only
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.grpcserver import instrumented_channel
 from services.common.logs import mask_id_number, mask_name
@@ -336,6 +337,7 @@ class VideoServicer(video_grpc.VideoServiceServicer):
             starts_at=starts_at,
         )
 
+    @read_only
     def ListSlots(self, request: pb.ListSlotsRequest, context: Any) -> pb.ListSlotsResponse:
         limit = request.max_items if 0 < request.max_items <= 500 else 20
         wanted = self._book_request(request)
@@ -404,6 +406,7 @@ class VideoServicer(video_grpc.VideoServiceServicer):
         self._after_commit()
         return pb.RecordOutcomeResponse(visit=visit_message(visit))
 
+    @read_only
     def ListVisits(self, request: pb.ListVisitsRequest, context: Any) -> pb.ListVisitsResponse:
         if not (request.leader_id or request.room_id or request.case_id):
             raise InvalidArgument("leader_id", "give leader_id, room_id or case_id")
@@ -479,6 +482,7 @@ class VideoServicer(video_grpc.VideoServiceServicer):
     def _leader_names(self) -> dict[str, str]:
         return {s.leader_id: s.leader_name for s in self._store.schedules()}
 
+    @read_only
     def ListReceivingLeaders(
         self, request: pb.ListReceivingLeadersRequest, context: Any
     ) -> pb.ListReceivingLeadersResponse:

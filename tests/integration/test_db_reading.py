@@ -1,0 +1,86 @@
+"""Query RPCs read without taking SQLite's write lock (issue 17: the console's pages at 50 clients).
+
+Every SQLite transaction began with BEGIN IMMEDIATE, so each page's query queued for the file's one
+write lock behind the others and behind any writer, polling in the busy handler's sleeps. Inside
+``reading()`` (the ``@read_only`` query RPCs) a transaction is a plain WAL read: it answers while a
+writer holds the lock, and a write in it is refused instead of silently taking the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.exc import OperationalError
+
+from services.common.db import make_engine, make_session_factory, read_only, reading
+
+metadata = MetaData()
+items = Table("items", metadata, Column("id", Integer, primary_key=True), Column("name", String(20)))
+
+
+@pytest.fixture()
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'reading.db'}"
+
+
+def test_a_read_answers_while_a_writer_holds_the_lock(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url, service="reading")
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(items).values(id=1, name="before"))
+    sessions = make_session_factory(engine)
+    writer = make_engine(sqlite_url, service="reading")
+    held = writer.connect()
+    held.execute(insert(items).values(id=2, name="uncommitted"))  # BEGIN IMMEDIATE: the write lock, held
+    answers: list[list[str]] = []
+
+    @read_only
+    def query() -> None:
+        with sessions() as session, session.begin():
+            answers.append(list(session.scalars(select(items.c.name).order_by(items.c.id))))
+
+    try:
+        reader = threading.Thread(target=query, daemon=True)
+        reader.start()
+        reader.join(timeout=20)  # a locking read would wait for the writer (busy timeout 30 s)
+        assert answers == [["before"]], "the read waited for the writer or saw its uncommitted row"
+    finally:
+        held.rollback()
+        held.close()
+        writer.dispose()
+        engine.dispose()
+
+
+def test_a_write_inside_reading_is_refused_and_the_connection_writes_again_after(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url, service="reading", pool_size=1, max_overflow=0)
+    metadata.create_all(engine)
+    sessions = make_session_factory(engine)
+    try:
+        with (
+            reading(),
+            pytest.raises(OperationalError, match="readonly"),
+            sessions() as session,
+            session.begin(),
+        ):
+            session.execute(insert(items).values(id=1, name="stray"))
+        with sessions() as session, session.begin():  # the same pooled connection, writing again
+            session.execute(insert(items).values(id=2, name="kept"))
+        with engine.connect() as conn:
+            assert list(conn.execute(select(items.c.name))) == [("kept",)]
+    finally:
+        engine.dispose()
+
+
+def test_reading_reads_the_same_on_postgresql(postgres_url: str) -> None:
+    engine = make_engine(postgres_url, service="reading", pool_size=1, max_overflow=0)
+    try:
+        metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(insert(items).values(id=1, name="row"))
+        with reading(), engine.connect() as conn:
+            assert conn.execute(select(items.c.name)).scalar_one() == "row"
+    finally:
+        engine.dispose()
