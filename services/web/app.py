@@ -42,6 +42,7 @@ from services.web.session import Operator, Signer, new_nonce
 
 log = logging.getLogger(__name__)
 UNITS_TTL_S = 300.0
+WORKDAYS_KEPT = 20_000  # (today, due day) pairs; a day's worth of every deadline a gateway shows
 
 CHINA = timezone(timedelta(hours=8))
 STATIC_DIR = Path(__file__).parent / "static"
@@ -78,6 +79,7 @@ class Gateway:
     trusted_proxies: tuple[Network, ...] = ()
     _portal_token: tuple[str, float] | None = field(default=None, init=False, repr=False)
     _units: tuple[float, list[Any]] | None = field(default=None, init=False, repr=False)
+    _workdays: dict[tuple[date, date], int | None] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.requests = Counter(
@@ -131,6 +133,19 @@ class Gateway:
             return cached[1] if cached is not None else []
         self._units = (now, list(reply.units))
         return self._units[1]
+
+    def workdays_until(self, today: date, due: date) -> int | None:
+        """``calendar.workdays_between(today, due)``, remembered: the calendar counts day by day, and
+        an inbox of deadlines years past (or a closed case's page) counted thousands of days a page."""
+        key = (today, due)
+        if key not in self._workdays:
+            if len(self._workdays) >= WORKDAYS_KEPT:
+                self._workdays.clear()
+            try:
+                self._workdays[key] = self.calendar.workdays_between(today, due)
+            except DomainError:
+                self._workdays[key] = None
+        return self._workdays[key]
 
     def unit_name(self, unit_id: str) -> str:
         """区生态环境局 for a work order's unit id; the id itself for a unit of another node."""
@@ -318,11 +333,7 @@ def local_time(ts: Timestamp | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
 def workdays_left(gateway: Gateway, ts: Timestamp) -> int | None:
     """Working days from today to the due day (调休-aware); None when the calendar lacks the year."""
     due = ts.ToDatetime(tzinfo=UTC).astimezone(CHINA).date()
-    today = datetime.now(CHINA).date()
-    try:
-        return gateway.calendar.workdays_between(today, due)
-    except DomainError:
-        return None
+    return gateway.workdays_until(datetime.now(CHINA).date(), due)
 
 
 def make_templates(regions: RegionTree) -> Environment:
@@ -331,6 +342,8 @@ def make_templates(regions: RegionTree) -> Environment:
         autoescape=select_autoescape(["html", "svg"]),
         trim_blocks=True,
         lstrip_blocks=True,
+        # The templates ship with the code: no stat() of every template file on every page.
+        auto_reload=False,
     )
     env.filters["local_time"] = local_time
     env.filters["state_label"] = labels.state_label

@@ -572,11 +572,17 @@ def _int(value: str) -> int:
         return 0
 
 
-def _current_work_order(page: Page, case_id: str) -> routing_pb2.WorkOrder | None:
-    found = page.call(
+def _start_work_orders(page: Page, case_id: str) -> Any:
+    """The case's work orders at this node, asked without waiting (``_current_work_order`` takes it)."""
+    return page.client.start(
         page.client.routing.ListWorkOrders,
         routing_pb2.ListWorkOrdersRequest(case_id=case_id, page=common_pb2.PageRequest(page_size=50)),
-    ).work_orders
+        page.token,
+    )
+
+
+def _current_work_order(page: Page, case_id: str, started: Any = None) -> routing_pb2.WorkOrder | None:
+    found = page.client.result(started or _start_work_orders(page, case_id)).work_orders
     unit = page.operator.principal.unit if page.operator else ""
     if not found and unit:
         # A unit's operator lists its own unit's work orders only; where it assists (协办) it asks as that.
@@ -627,6 +633,25 @@ def case_page(
     consultations_future = page.client.start(
         page.client.video.ListConsultations, video_pb2.ListConsultationsRequest(case_id=case_id), page.token
     )
+    orders_future = _start_work_orders(page, case_id)
+    # Every call of the page that needs nothing from another is on its way before the first answer.
+    leader = page.query("leader")[:64] or page.field("leader_id")
+    may_book = page.may(f"{VIDEO}/BookVisit")
+    leaders_future = (
+        page.client.start(page.client.video.ListReceivingLeaders, video_pb2.ListReceivingLeadersRequest(), page.token)
+        if may_book
+        else None
+    )
+    slots_future = (
+        page.client.start(
+            page.client.video.ListSlots, video_pb2.ListSlotsRequest(leader_id=leader, max_items=8), page.token
+        )
+        if may_book and leader
+        else None
+    )
+    may_consult = page.may(f"{VIDEO}/BookConsultation")
+    rooms = video_pb2.ListRoomsRequest()
+    rooms_future = page.client.start(page.client.video.ListRooms, rooms, page.token) if may_consult else None
     case: common_pb2.Case | None = None
     timeline: list[common_pb2.TimelineEntry] = []
     try:
@@ -635,7 +660,7 @@ def case_page(
     except CallFailed as failure:
         if failure.status != 404:
             raise
-    order = _current_work_order(page, case_id)
+    order = _current_work_order(page, case_id, orders_future)
     supervisions = _settled(page, supervisions_future, "supervisions")
     if case is None and order is None and not supervisions:
         registering = case_id.split("-", 1)[0]
@@ -662,16 +687,13 @@ def case_page(
         for d in (order.deadlines if order else [])
     ]
     principal = page.operator.principal if page.operator else None
-    leader = page.query("leader")[:64] or page.field("leader_id")
-    may_book = page.may(f"{VIDEO}/BookVisit")
-    leaders = _leaders(page) if may_book else []
-    may_consult = page.may(f"{VIDEO}/BookConsultation")
+    leaders = _settled(page, leaders_future, "leaders")
     consult_errors = {k: v for a in CONSULT_ACTIONS for k, v in (errors or {}).get(a, {}).items()}
     return page.render(
         "console/case.html",
         may_consult=may_consult,
         consultations=_settled(page, consultations_future, "consultations"),
-        consult_rooms=_rooms(page) if may_consult else [],
+        consult_rooms=_settled(page, rooms_future, "rooms"),
         consult_rows=CONSULT_ROWS,
         consult_errors=consult_errors,
         proposal=proposal,
@@ -679,7 +701,7 @@ def case_page(
         leader=leader,
         leaders=leaders,
         leader_names={item.leader_id: item.leader_name for item in leaders},
-        slots=_slots(page, leader) if leader else [],
+        slots=_settled(page, slots_future, "slots"),
         visits=_settled(page, visits_future, "visits"),
         status=status,
         case_id=case_id,
@@ -696,23 +718,6 @@ def case_page(
         values=dict(page.form),
         sees_identity=bool(principal and principal.has_any(OFFICE)),
     )
-
-
-def _leaders(page: Page) -> list[Any]:
-    """The leaders receiving by video, by name (the same list citizens see)."""
-    try:
-        return list(page.call(page.client.video.ListReceivingLeaders, video_pb2.ListReceivingLeadersRequest()).leaders)
-    except CallFailed:
-        return []
-
-
-def _slots(page: Page, leader: str) -> list[Any]:
-    """The leader's next free reception slots (视频接访), earliest first."""
-    try:
-        reply = page.call(page.client.video.ListSlots, video_pb2.ListSlotsRequest(leader_id=leader, max_items=8))
-    except CallFailed:
-        return []
-    return list(reply.slots)
 
 
 # --------------------------------------------------------------------------- 远程会商 on the case page
