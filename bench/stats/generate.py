@@ -33,7 +33,7 @@ COLUMNS = (
     "category", "state", "version", "submitted_at", "updated_at", "stat_month", "online", "is_repeat",
     "unit_id", "work_order_id", "accept_due", "accepted_at", "handling_due", "replied_at", "reply_workdays",
     "closed_at", "satisfaction", "rating_default_at", "supervision_count", "rolled_at", "next_window_at",
-    "assist_late_units", "instructed_at", "tp_month", "tp_rating",
+    "assist_late_units", "instructed_at", "tp_month", "tp_rating", "consulted_at",
 )  # fmt: skip
 
 
@@ -152,6 +152,7 @@ def generate(
                     accepted_t[i] if index % 60 == 11 else None,  # 领导批示 (no extra draw)
                     stat_months[i] if index % 25 == 7 else "",  # 第三方评价 sampled (no extra draw)
                     RATINGS[index % 3] if index % 50 == 7 else "",  # and rated
+                    reply_t[i] if index % 70 == 13 else None,  # 远程会商 held (no extra draw)
                 )
             )  # fmt: skip
         done += size

@@ -188,6 +188,8 @@ class CaseFact:
     assist_late_units: str = ""
     # 领导批转: when a leader's instruction (批示) was recorded on the case (first), None when never.
     instructed_at: datetime | None = None
+    # 远程会商: when the minutes of a consultation about the case were first recorded, None when never.
+    consulted_at: datetime | None = None
     # 第三方评价: the month of the sample the case was drawn into ("" never), and the evaluation
     # group's rating ("" not rated; satisfied | basically_satisfied | unsatisfied).
     tp_month: str = ""
@@ -344,6 +346,8 @@ def _apply(fact: CaseFact, event: CaseEvent, config: StatsConfig, calendar: Work
             changes["closed_at"] = at
         elif event.action == "instruct" and fact.instructed_at is None:
             changes["instructed_at"] = at
+        elif event.action == "consultation_held" and fact.consulted_at is None:
+            changes["consulted_at"] = at
         elif event.action in ("reopen", "review"):
             changes["closed_at"] = None
     elif kind == "case_evaluated":
@@ -395,6 +399,8 @@ DEFINITIONS: dict[str, str] = {
     "supervised": "督办件: cases with at least one supervision (督办 or 挂牌督办; a 催办 chase does not count).",
     "instructed": "领导批示件: cases of a leader's classes (领导批转) on which the leader's instruction (批示) was "
     "recorded.",
+    "consulted": "远程会商件: received cases on which a remote consultation (远程会商) between units of different "
+    "tiers was held with its minutes recorded (docs/video.md).",
     "assist_late": "协办超期件: cases in which an assisting unit (协办) answered the lead unit after its own "
     "deadline, or was chased for it (the units are listed in the bulletin).",
     "third_party_sampled": "第三方评价抽样件: received cases drawn into a month's third-party evaluation sample "
@@ -413,7 +419,17 @@ LOWER_IS_BETTER = frozenset(
     {"avg_reply_workdays", "p90_reply_workdays", "repeat_rate", "overdue", "supervised", "assist_late"}
 )
 COUNT_METRICS = frozenset(
-    {"received", "overdue", "supervised", "merged", "matters", "assist_late", "instructed", "third_party_sampled"}
+    {
+        "received",
+        "overdue",
+        "supervised",
+        "merged",
+        "matters",
+        "assist_late",
+        "instructed",
+        "consulted",
+        "third_party_sampled",
+    }
 )
 
 
@@ -438,6 +454,7 @@ class Aggregates:
     merged: int = 0
     assist_late: int = 0
     instructed: int = 0
+    consulted: int = 0
     tp_sampled: int = 0
     tp_rated: int = 0
     tp_satisfied: int = 0
@@ -473,6 +490,7 @@ COUNTERS: tuple[str, ...] = (
     "merged",
     "assist_late",
     "instructed",
+    "consulted",
     "tp_sampled",
     "tp_rated",
     "tp_satisfied",
@@ -536,6 +554,7 @@ def counters(fact: CaseFact, as_of: datetime) -> tuple[int, ...]:
         "merged": fact.state == "MERGED",
         "assist_late": fact.assist_late_units != "",
         "instructed": fact.instructed_at is not None,
+        "consulted": fact.consulted_at is not None,
         "tp_sampled": fact.tp_month != "",
         "tp_rated": fact.tp_rating != "",
         "tp_satisfied": fact.tp_rating in SATISFIED_RATINGS,
@@ -565,6 +584,7 @@ NUMERATOR_PREDICATE: dict[str, str] = {
     "matters": "matter",
     "assist_late": "assist_late",
     "instructed": "instructed",
+    "consulted": "consulted",
     "third_party_sampled": "tp_sampled",
     "third_party_satisfaction_rate": "tp_satisfied",
 }
@@ -618,6 +638,7 @@ METRIC_COUNTERS: dict[str, tuple[str, ...]] = {
     "matters": ("merged",),
     "assist_late": ("assist_late",),
     "instructed": ("instructed",),
+    "consulted": ("consulted",),
     "third_party_sampled": ("tp_sampled",),
     "third_party_satisfaction_rate": ("tp_satisfied", "tp_rated"),
 }
@@ -655,6 +676,8 @@ def compute(name: str, agg: Aggregates) -> MetricValue:
         return MetricValue(name, DEFINITIONS[name], float(agg.supervised), agg.supervised, 1, [])
     if name == "instructed":
         return MetricValue(name, DEFINITIONS[name], float(agg.instructed), agg.instructed, 1, [])
+    if name == "consulted":
+        return MetricValue(name, DEFINITIONS[name], float(agg.consulted), agg.consulted, 1, [])
     if name == "assist_late":
         return MetricValue(name, DEFINITIONS[name], float(agg.assist_late), agg.assist_late, 1, [])
     if name == "third_party_sampled":

@@ -55,6 +55,8 @@ class CaseFactRow(Base):
     assist_late_units: Mapped[str] = mapped_column(String(1000), default="", server_default="")
     # 领导批转: when the leader's instruction was recorded (first); NULL when never.
     instructed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # 远程会商: when a consultation's minutes were first recorded on the case; NULL when never.
+    consulted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # 第三方评价: the month of the sample the case was drawn into ("" never) and the group's rating.
     tp_month: Mapped[str] = mapped_column(String(7), default="", server_default="")
     tp_rating: Mapped[str] = mapped_column(String(24), default="", server_default="")
@@ -120,7 +122,7 @@ DAILY_KEY: tuple[str, ...] = ("day", "region_code", "category")
 ROLLUP_COUNTERS: tuple[str, ...] = (
     "received", "online", "repeat", "accept_due", "accept_on_time", "reply_due", "replied",
     "completion_due", "closed", "closed_on_time", "satisfaction_base", "satisfied", "overdue", "supervised",
-    "merged", "assist_late", "instructed", "tp_sampled", "tp_rated", "tp_satisfied",
+    "merged", "assist_late", "instructed", "consulted", "tp_sampled", "tp_rated", "tp_satisfied",
 )  # fmt: skip
 # Replied cases by working days to the first reply, one exact column per day 0..ROLLUP_DAYS-1; the
 # rare longer ones go to ``stats_rollup_days_over`` by exact day, so mean and p90 stay exact.

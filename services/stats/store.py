@@ -121,6 +121,7 @@ def predicates(as_of: datetime | ColumnElement[Any]) -> dict[str, ColumnElement[
         "merged": F.state == "MERGED",
         "assist_late": F.assist_late_units != "",
         "instructed": F.instructed_at.is_not(None),
+        "consulted": F.consulted_at.is_not(None),
         "tp_sampled": F.tp_month != "",
         "tp_rated": F.tp_rating != "",
         "tp_satisfied": F.tp_rating.in_(sorted(SATISFIED_RATINGS)),

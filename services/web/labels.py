@@ -127,6 +127,7 @@ METRIC_LABELS: dict[str, str] = {
     "matters": "事项数",
     "assist_late": "协办超期件",
     "instructed": "领导批示件",
+    "consulted": "远程会商件",
 }
 
 ROLE_LABELS: dict[str, str] = {

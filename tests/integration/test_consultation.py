@@ -35,6 +35,7 @@ from tests.support.tiers import (
     connect,
     handed_down_by_the_city,
     held_types,
+    metrics,
     participants,
     quarantined,
     register,
@@ -175,6 +176,13 @@ def test_a_consultation_is_booked_at_the_earliest_common_slot_held_and_its_minut
         assert [(p.node, p.unit_id) for p in copy.participants] == [("511102", COUNTY_UNIT), ("511100", CITY_UNIT)]
         assert quarantined(node, case.case_id) == [], node.settings.node
     assert quarantined(tiers.county, case.case_id) == []
+    # Every tier's warehouse counts the case as consulted (远程会商件), from the history entry.
+    for node in (tiers.county, tiers.city, tiers.province):
+        wait_until(
+            lambda node=node: metrics(node, "511102", ["consulted"]) == {"consulted": 1},
+            30,
+            f"the consulted case in {node.settings.node}'s warehouse",
+        )
 
 
 def test_a_consultation_the_city_hosts_for_a_case_it_handed_down_joins_the_countys_history(tiers: Tiers) -> None:
