@@ -14,6 +14,7 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.crypto import node_cipher
 from services.common.errors import InvalidArgument
+from services.common.regions import RegionTree
 from services.common.service import ServiceContext, ServiceParts, ServicerBinding, Timer
 from services.intake.category_model import CategoryModel
 from services.intake.consumers import IntakeConsumers
@@ -25,7 +26,8 @@ from services.intake.notices import NoticeChannel, RetryPolicy
 from services.intake.relay_wake import CoalescedNotify
 from services.intake.screening import Screen
 from services.intake.servicer import IntakeServicer, initialise_received_metrics
-from services.intake.store import CaseNumbers, PgSubmitPath, SqlIntakeUnitOfWork
+from services.intake.store import CaseNumbers, SqlIntakeUnitOfWork
+from services.intake.submit_sql import PgSubmitPath
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,37 @@ NOTICE_TIMER = "intake.progress_notices"
 # Where the notice sender is woken by the commits that queue notices (an embedded node), it also runs
 # this often, for notices queued by another process of the node.
 NOTICE_SAFETY_S = 30.0
+
+
+class Places:
+    """The node's place names: a submission's region, the candidates a clerk asks for, a region's message."""
+
+    def __init__(self, regions: RegionTree, node: str) -> None:
+        from services.intake.locator import Locator
+
+        self._regions = regions
+        self._node = node
+        self._locator = Locator(regions)
+        self._root = next(code for code, region in regions.regions.items() if region.parent_code is None)
+
+    def locate_for_submit(self, text: str) -> str | None:
+        return self._locator.locate(text, node=self._node).code
+
+    def locate_candidates(self, text: str, within: str) -> tuple[str, bool, list[str]]:
+        within = within or self._root
+        if within not in self._regions:
+            raise InvalidArgument("within_region_code", f"unknown region code {within}")
+        found = self._locator.locate(text, node=within)
+        return found.code or "", found.ambiguous, list(found.candidates)
+
+    def region_message(self, code: str) -> common_pb2.Region:
+        region = self._regions.get(code)
+        return common_pb2.Region(
+            code=code,
+            name=region.name,
+            tier=common_pb2.Tier.Value(f"TIER_{region.tier.name}"),
+            parent_code=region.parent_code or "",
+        )
 
 
 def build(ctx: ServiceContext) -> ServiceParts:
@@ -56,35 +89,13 @@ def build(ctx: ServiceContext) -> ServiceParts:
     model = CategoryModel(ctx.settings.data_dir, config.shared_data, enabled=config.classifier).start()
     ctx.extras["intake.category_model"] = model  # tests and the demo wait on model.ready
 
-    from services.intake.locator import Locator
-
-    locator = Locator(regions)
-    root = next(code for code, region in regions.regions.items() if region.parent_code is None)
-
-    def locate_for_submit(text: str) -> str | None:
-        return locator.locate(text, node=node).code
-
-    def locate_candidates(text: str, within: str) -> tuple[str, bool, list[str]]:
-        within = within or root
-        if within not in regions:
-            raise InvalidArgument("within_region_code", f"unknown region code {within}")
-        found = locator.locate(text, node=within)
-        return found.code or "", found.ambiguous, list(found.candidates)
-
-    def region_message(code: str) -> common_pb2.Region:
-        region = regions.get(code)
-        return common_pb2.Region(
-            code=code,
-            name=region.name,
-            tier=common_pb2.Tier.Value(f"TIER_{region.tier.name}"),
-            parent_code=region.parent_code or "",
-        )
+    places = Places(regions, node)
 
     deps = IntakeDeps(
         node=node,
         allowed_regions=frozenset(regions.subtree(node)),
         categorise=model.categorise,
-        locate=locate_for_submit,
+        locate=places.locate_for_submit,
         clock=ctx.clock,
         screen=Screen.load(),
         rate_limit=config.rate_limit,
@@ -96,8 +107,8 @@ def build(ctx: ServiceContext) -> ServiceParts:
         deps=deps,
         after_commit=notify,
         classify=model.scored,
-        locate=locate_candidates,
-        region_message=region_message,
+        locate=places.locate_candidates,
+        region_message=places.region_message,
         case_mac=cipher.blind_index,
     )
 

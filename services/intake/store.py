@@ -3,45 +3,38 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
-from google.protobuf.message import Message
 from lianxin.events.v1 import events_pb2
-from psycopg.rows import namedtuple_row
-from sqlalchemy import bindparam, or_, select, text, tuple_, union_all, update
+from sqlalchemy import or_, select, text, tuple_, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.db import COUNT_LIMIT, bounded_count
 from services.common.errors import AlreadyExists, Conflict
-from services.common.events import envelope, to_bus_event, write_event
+from services.common.events import to_bus_event, write_event
 from services.common.outbox import append_event
 from services.common.service import BusEvent, utc_now
 from services.common.timeutil import to_utc
-from services.intake import dedup, mapping
+from services.intake import mapping
+from services.intake.case_rows import Sealer, case_envelope, case_values, to_case
 from services.intake.domain import (
     Case,
-    CaseEvaluated,
     CaseRegistered,
     CaseState,
-    CaseWithdrawn,
     CommandForOwner,
-    Complainant,
     DomainEvent,
-    ReviewRequested,
     TimelineEntry,
 )
 from services.intake.handlers import CaseFilter, SubmitLookup
 from services.intake.models import (
-    OPEN_CASE_SQL,
     PUBLISHED_TERMS,
     CaseRow,
     CaseSequenceRow,
@@ -51,140 +44,17 @@ from services.intake.models import (
     outbox,
 )
 from services.intake.notices import Notice, NoticeStatus
-
-# Plain Tables for the submit's Core inserts.
-_CASES = CaseRow.metadata.tables[CaseRow.__tablename__]
-_TIMELINE = TimelineRow.metadata.tables[TimelineRow.__tablename__]
-_PERSONAL = ("name", "id_number", "phone", "address", "title", "body")
-# Open cases, as written in the partial indexes (models.py), so that those serve the query.
-_OPEN = text(OPEN_CASE_SQL)
-_BAND_BITS = dedup.BITS // dedup.BANDS
-_BAND_MASK = (1 << _BAND_BITS) - 1
-
-
-def _signed64(value: int) -> int:
-    # BIGINT is signed on both databases; the SimHash is an unsigned 64-bit value.
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _unsigned64(value: int) -> int:
-    return value + (1 << 64) if value < 0 else value
-
-
-def _bands(value: int) -> list[int]:
-    return [(value >> (band * _BAND_BITS)) & _BAND_MASK for band in range(dedup.BANDS)]
-
-
-def _probes(band_value: int) -> list[int]:
-    return [band_value, *(band_value ^ (1 << bit) for bit in range(_BAND_BITS))]
-
-
-# Built once with expanding parameters: constructing 68-value IN clauses per submit cost more
-# than running them.
-_NEAR_QUERY = (
-    select(CaseRow.case_id, CaseRow.simhash)
-    .where(
-        or_(
-            CaseRow.band0.in_(bindparam("b0", expanding=True)),
-            CaseRow.band1.in_(bindparam("b1", expanding=True)),
-            CaseRow.band2.in_(bindparam("b2", expanding=True)),
-            CaseRow.band3.in_(bindparam("b3", expanding=True)),
-        ),
-        _OPEN,
-    )
-    .limit(200)
-)
-
-
-def _lookup_sql(*, postgres: bool, psycopg_style: bool = False) -> str:
-    """Everything a submit reads before it writes, in one round trip (they were five).
-
-    Each branch is an equality on the leading column of an index of its own (models.py): the
-    idempotency key; the submitter's recent cases by phone and, apart, by ID number (the rate
-    limit); the newest open case of each, the oldest open case with the same text, and open cases
-    sharing a SimHash band (partial indexes over open cases). An absent phone or ID number is
-    NULL, which equals nothing, and no ``since`` (no rate limit) is NULL too: the branch then
-    finds nothing at the cost of one index probe. Nothing in a branch is an OR over two columns
-    or a guard on a parameter: a prepared statement's generic plan, made before the values are
-    known, once walked every case by date for such a branch, because almost every stored ID
-    number is empty (issue 20).
-
-    The ID-number rate branch leaves out cases the phone branch counted already. Every limited
-    part sits in a subquery (SQLite allows no LIMIT inside a compound select). On PostgreSQL the
-    band values are sent as text and probed with the 16 values one bit away (``_probes``) worked
-    out by the server, and of the band candidates only the nearest comes back (what
-    ``submission._links`` would pick): shipping up to 200 rows to Python per submit cost more than
-    the rest of the lookup.
-    """
-
-    def p(name: str) -> str:
-        return f"%({name})s" if psycopg_style else f":{name}"
-
-    cases = _CASES.name
-    open_case = OPEN_CASE_SQL
-    if postgres:
-        bands = " OR ".join(
-            f"band{n} = ANY(ARRAY[CAST({p(f'b{n}')} AS integer), "
-            + ", ".join(f"CAST({p(f'b{n}')} AS integer) # {1 << bit}" for bit in range(_BAND_BITS))
-            + "])"
-            for n in range(dedup.BANDS)
-        )
-        not_same_phone = f"phone_bidx IS DISTINCT FROM {p('pb')}"
-        near = (
-            f"SELECT case_id, simhash FROM (SELECT case_id, simhash FROM {cases} WHERE ({bands}) AND {open_case}"
-            f" LIMIT 200) AS band_hits ORDER BY bit_count((simhash # {p('h')})::bit(64)), case_id LIMIT 1"
-        )
-    else:
-        # One part per band: SQLite's OR optimisation plans each OR term without the rest of the
-        # WHERE clause, so it could not use the partial indexes and scanned a whole one instead.
-        per_band = " UNION ALL ".join(
-            f"SELECT case_id, simhash FROM {cases} WHERE band{n} IN {p(f'b{n}')} AND {open_case}"  # expanding
-            for n in range(dedup.BANDS)
-        )
-        not_same_phone = f"phone_bidx IS NOT {p('pb')}"
-        near = f"SELECT case_id, simhash FROM ({per_band}) AS band_hits LIMIT 200"
-
-    def newest_open(column: str, name: str) -> str:
-        return (
-            f"SELECT case_id, submitted_at FROM (SELECT case_id, submitted_at FROM {cases}"
-            f" WHERE {column} = {p(name)} AND {open_case}"
-            f" ORDER BY submitted_at DESC, case_id DESC LIMIT 1) AS by_{name}"
-        )
-
-    return f"""
-SELECT 'key' AS kind, case_id, CAST(0 AS BIGINT) AS num FROM {cases} WHERE idempotency_key = {p("key")}
-UNION ALL
-SELECT 'rate', NULL, count(*) FROM {cases} WHERE phone_bidx = {p("pb")} AND received_at >= {p("since")}
-UNION ALL
-SELECT 'rate', NULL, count(*) FROM {cases}
- WHERE id_number_bidx = {p("ib")} AND received_at >= {p("since")} AND {not_same_phone}
-UNION ALL
-SELECT 'dup', case_id, 0 FROM (SELECT case_id FROM {cases} WHERE fingerprint = {p("fp")} AND {open_case}
-  ORDER BY submitted_at, case_id LIMIT 1) AS dup
-UNION ALL
-SELECT 'mine', case_id, 0 FROM ({newest_open("phone_bidx", "pb")} UNION ALL {newest_open("id_number_bidx", "ib")}
-  ORDER BY submitted_at DESC, case_id DESC LIMIT 1) AS mine
-UNION ALL
-SELECT 'near', case_id, simhash FROM ({near}) AS near
-"""
-
-
-_LOOKUP_QUERIES = {
-    postgres: text(_lookup_sql(postgres=postgres)).bindparams(
-        *(bindparam(f"b{n}", expanding=not postgres) for n in range(dedup.BANDS))
-    )
-    for postgres in (True, False)
-}
-
-
-class Sealer(Protocol):
-    """The part of ``services.common.crypto``'s field ciphers that intake uses."""
-
-    def encrypt(self, plaintext: str, *, context: str) -> bytes: ...
-
-    def decrypt(self, blob: bytes, *, context: str) -> str: ...
-
-    def blind_index(self, kind: str, value: str) -> str: ...
+from services.intake.submit_sql import CASES as _CASES
+from services.intake.submit_sql import LOOKUP_QUERIES as _LOOKUP_QUERIES
+from services.intake.submit_sql import NEAR_QUERY as _NEAR_QUERY
+from services.intake.submit_sql import OPEN as _OPEN
+from services.intake.submit_sql import TIMELINE as _TIMELINE
+from services.intake.submit_sql import PgConnection as _PgConnection
+from services.intake.submit_sql import PgSubmitPath
+from services.intake.submit_sql import bands as _bands
+from services.intake.submit_sql import probes as _probes
+from services.intake.submit_sql import signed64 as _signed64
+from services.intake.submit_sql import unsigned64 as _unsigned64
 
 
 class CaseNumbers:
@@ -230,181 +100,6 @@ def _bump(session: Session, day: date, by: int) -> int:
         .returning(CaseSequenceRow.last)
     )
     return int(session.execute(upsert).scalar_one())
-
-
-def _quoted(name: str) -> str:
-    return f'"{name}"'
-
-
-def _sql_literal(value: Any) -> str:
-    # Only for column defaults declared in models.py (constants), never for input.
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and "'" not in value:
-        return f"'{value}'"
-    raise ValueError(f"no SQL literal for default {value!r}")
-
-
-def _pg_write_sql(given: Sequence[str], *, with_event: bool) -> str:
-    """The case, its first timeline row and (unless held) its event in one statement.
-
-    ``given`` are the case columns sent as parameters; the others get their declared default as
-    a literal (a new case has no work order, replies or rating yet). Fewer than 50 parameters
-    keep the statement in psycopg's parse cache.
-
-    ``ON CONFLICT (idempotency_key) DO NOTHING``: when a concurrent retry committed first, the
-    insert (and, through ``new_case``, the other two) writes nothing, so an empty answer means
-    "already registered". The outbox row takes no advisory lock (``outbox.append_event`` does):
-    the case id is new, so no other transaction can be writing an event of this case.
-    """
-    names = set(given)
-    columns = ", ".join(_quoted(name) for name in (*given, *(n for n, _ in _CASE_COLUMNS if n not in names)))
-    values = ", ".join(["%s"] * len(given) + [_sql_literal(d) for n, d in _CASE_COLUMNS if n not in names])
-    sql = (
-        f"WITH new_case AS (INSERT INTO {_CASES.name} ({columns}) VALUES ({values})"
-        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING case_id),"
-        f" timeline AS (INSERT INTO {_TIMELINE.name} (case_id, {_quoted('at')}, state, summary)"
-        " SELECT case_id, %s::timestamptz, %s, %s FROM new_case)"
-    )
-    if with_event:
-        sql += (
-            f", event AS (INSERT INTO {outbox.name} (event_id, source, event_type, case_id, body, created_at)"
-            " SELECT %s, %s, %s, case_id, %s::bytea, %s::timestamptz FROM new_case)"
-        )
-    return sql + " SELECT case_id FROM new_case"
-
-
-def _column_default(column: Any) -> Any:
-    # The Core insert fills Python-side column defaults; the hand-written one must send them.
-    default = column.default
-    return default.arg if default is not None and default.is_scalar else None
-
-
-_CASE_COLUMNS: tuple[tuple[str, Any], ...] = tuple((c.name, _column_default(c)) for c in _CASES.columns)
-
-
-class PgSubmitPath:
-    """SubmitCase's statements on PostgreSQL: a lookup and one write, on an autocommit connection.
-
-    The submit used to run BEGIN, the lookup, three inserts, an advisory lock and COMMIT through
-    the ORM session (eight round trips, about two thirds of its CPU). Under READ COMMITTED every
-    statement sees a fresh snapshot anyway and the lookup takes no locks, so running the lookup on
-    its own and the writes as one statement (which commits itself) decides exactly as the
-    transaction did. The SQL is plain text on the psycopg connection (prepared after a few uses):
-    SQLAlchemy's per-statement work cost more than the statements.
-
-    Its connections are its own (made on first use from ``url``), kept in a small stack: always in
-    autocommit, without the service pool's ping on every checkout (one more round trip per submit)
-    and without SQLAlchemy's pool (its checkout and return cost about 130 µs of CPU per submit,
-    against about 20 here). A connection the server dropped while idle fails on the lookup, the
-    submit's first statement and a read; then the idle ones are closed too (after a restart they
-    are all dead) and the lookup runs again on a fresh connection.
-    """
-
-    MAX_IDLE = 10
-
-    def __init__(self, url: str, *, service: str = "intake") -> None:
-        # psycopg takes the URL without SQLAlchemy's driver name; the schema is the service's (make_engine).
-        self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        self._schema = service
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._lock = threading.Lock()
-        self.lookup_sql = _lookup_sql(postgres=True, psycopg_style=True)
-        self.get_sql = f"SELECT * FROM {_CASES.name} WHERE case_id = %s"
-        sequence = CaseSequenceRow.__tablename__
-        self.bump_sql = (
-            f'INSERT INTO {sequence} (day, "last") VALUES (%s, %s)'
-            f' ON CONFLICT (day) DO UPDATE SET "last" = {sequence}."last" + EXCLUDED."last" RETURNING "last"'
-        )
-        self._write_sql: dict[tuple[tuple[str, ...], bool], str] = {}
-
-    def write_sql(self, given: tuple[str, ...], *, with_event: bool) -> str:
-        found = self._write_sql.get((given, with_event))
-        if found is None:
-            found = self._write_sql[(given, with_event)] = _pg_write_sql(given, with_event=with_event)
-        return found
-
-    def _new_connection(self) -> psycopg.Connection[Any]:
-        raw = psycopg.connect(self._conninfo, autocommit=True)
-        try:
-            raw.execute(f'SET search_path TO "{self._schema}"')
-            _index_only_planning(raw)
-        except BaseException:
-            raw.close()
-            raise
-        return raw
-
-    def connect(self) -> _PgConnection:
-        with self._lock:
-            raw = self._idle.pop() if self._idle else None
-        return _PgConnection(self, raw if raw is not None else self._new_connection())
-
-    def give_back(self, raw: psycopg.Connection[Any]) -> None:
-        """Keep ``raw`` for the next submit unless it is broken, inside a transaction, or one too many."""
-        if not (raw.broken or raw.closed) and raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            with self._lock:
-                if len(self._idle) < self.MAX_IDLE:
-                    self._idle.append(raw)
-                    return
-        raw.close()
-
-    def _close_idle(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for raw in idle:
-            raw.close()
-
-    def reconnect(self, dropped: _PgConnection) -> _PgConnection:
-        """A fresh connection after ``dropped`` was found closed by the server; the idle ones go too."""
-        dropped.release()
-        self._close_idle()
-        return self.connect()
-
-    def close(self) -> None:
-        self._close_idle()
-
-
-def _index_only_planning(raw: psycopg.Connection[Any]) -> None:
-    # Every statement of a submit is an index lookup and must stay one as the table grows. When many
-    # open cases share SimHash bands (one text posted by many people, or a benchmark), the planner
-    # chose a sequential scan of all cases for the band query: 12 ms a submit at 3,000 cases and
-    # growing with the table, against under 1 ms with the band indexes. Only the submit's connections.
-    #
-    # And generic plans: PostgreSQL may keep re-planning the prepared lookup (a custom plan per
-    # execution when its estimates favour them); on one connection the lookup took 1.10 ms with
-    # custom plans and 0.53 ms with the generic one. With sequential scans off, the generic plan is
-    # the same index plan, made once per connection.
-    raw.execute("SET enable_seqscan = off")
-    raw.execute("SET plan_cache_mode = force_generic_plan")
-
-
-class _PgConnection:
-    """One of ``PgSubmitPath``'s psycopg connections (autocommit), lent to one submit."""
-
-    def __init__(self, path: PgSubmitPath, raw: psycopg.Connection[Any]) -> None:
-        self._path = path
-        self.raw = raw
-
-    @property
-    def broken(self) -> bool:
-        return bool(self.raw.broken or self.raw.closed)
-
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
-        with self.raw.cursor() as cursor:
-            cursor.execute(sql, params, prepare=True)
-            return cursor.fetchall()
-
-    def fetch_row(self, sql: str, params: Sequence[Any]) -> Any:
-        with self.raw.cursor(row_factory=namedtuple_row) as cursor:
-            cursor.execute(sql, params, prepare=True)
-            return cursor.fetchone()
-
-    def release(self) -> None:
-        self._path.give_back(self.raw)
 
 
 class SqlIntakeUnitOfWork:
@@ -736,50 +431,7 @@ class SqlIntakeUnitOfWork:
         return _bump(self.session, day, 1)
 
     def _case_values(self, case: Case, received_at: datetime) -> dict[str, Any]:
-        bidx = self._blind_index
-        person = case.complainant
-        bands = _bands(case.simhash)
-        values: dict[str, Any] = dict(
-            case_id=case.case_id,
-            tracking_code=case.tracking_code,
-            idempotency_key=case.idempotency_key,
-            channel=case.channel,
-            channel_ref=case.channel_ref,
-            title=case.title,
-            body=case.body,
-            category=case.category,
-            category_auto=case.category_auto,
-            region_code=case.region_code,
-            place_unresolved=case.place_unresolved,
-            registering_node=case.registering_node,
-            owner_node=case.owner_node,
-            owner_epoch=case.owner_epoch,
-            state=case.state.value,
-            version=case.version,
-            anonymous=case.anonymous,
-            repeat_of=case.repeat_of,
-            duplicate_of=case.duplicate_of,
-            flags=",".join(case.flags),
-            hotline_operator_id=case.hotline_operator_id,
-            id_number_bidx=bidx("id_number", person.id_number) if person.id_number else "",
-            phone_bidx=bidx("phone", person.phone) if person.phone else "",
-            phone_last4=person.phone[-4:] if person.phone else "",
-            submitted_at=case.submitted_at,
-            updated_at=case.updated_at,
-            received_at=received_at,
-            fingerprint=case.fingerprint,
-            simhash=_signed64(case.simhash),
-            band0=bands[0],
-            band1=bands[1],
-            band2=bands[2],
-            band3=bands[3],
-            moderation_reasons=",".join(case.moderation_reasons),
-            place_address=case.place,
-        )
-        for field in _PERSONAL:
-            value = getattr(person, field)
-            values[f"{field}_sealed"] = self._cipher.encrypt(value, context=f"cases.{field}") if value else None
-        return values
+        return case_values(case, received_at, self._cipher, self._blind_index)
 
     def _pg_bump(self, day: date, by: int) -> int:
         # On the submit's connection, in autocommit: committed at once, like CaseNumbers' own transaction.
@@ -896,73 +548,7 @@ class SqlIntakeUnitOfWork:
         )
 
     def _envelope(self, event: DomainEvent) -> events_pb2.EventEnvelope:
-        case = event.case
-        payload: Message
-        if isinstance(event, CaseRegistered):
-            field, payload = "case_registered", mapping.case_registered(case)
-        elif isinstance(event, CaseEvaluated):
-            field, payload = "case_evaluated", mapping.case_evaluated(event)
-        elif isinstance(event, ReviewRequested):
-            field, payload = "review_requested", mapping.review_requested(event)
-        else:
-            assert isinstance(event, CaseWithdrawn)
-            field, payload = "case_withdrawn", mapping.case_withdrawn(event)
-        return envelope(
-            payload_field=field,
-            payload=payload,
-            case_id=case.case_id,
-            version=case.version,
-            owner_node=case.owner_node,
-            owner_epoch=case.owner_epoch,
-            origin_node=self._node,
-            origin_service="intake",
-            occurred_at=case.updated_at,
-        )
+        return case_envelope(event, self._node)
 
     def _to_case(self, row: CaseRow) -> Case:
-        opened = {
-            field: self._cipher.decrypt(blob, context=f"cases.{field}")
-            if (blob := getattr(row, f"{field}_sealed"))
-            else ""
-            for field in _PERSONAL
-        }
-        return Case(
-            case_id=row.case_id,
-            tracking_code=row.tracking_code,
-            channel=row.channel,
-            channel_ref=row.channel_ref,
-            title=row.title,
-            body=row.body,
-            category=row.category,
-            region_code=row.region_code,
-            registering_node=row.registering_node,
-            owner_node=row.owner_node,
-            state=CaseState(row.state),
-            submitted_at=to_utc(row.submitted_at),
-            updated_at=to_utc(row.updated_at),
-            complainant=Complainant(**opened),
-            place=row.place_address or "",
-            owner_epoch=row.owner_epoch,
-            version=row.version,
-            category_auto=row.category_auto,
-            place_unresolved=row.place_unresolved,
-            anonymous=row.anonymous,
-            repeat_of=row.repeat_of,
-            duplicate_of=row.duplicate_of,
-            flags=tuple(f for f in row.flags.split(",") if f),
-            hotline_operator_id=row.hotline_operator_id,
-            moderation_reasons=tuple(r for r in row.moderation_reasons.split(",") if r),
-            fingerprint=row.fingerprint,
-            simhash=_unsigned64(row.simhash),
-            handling_version=row.handling_version,
-            work_order_id=row.work_order_id,
-            unit_id=row.unit_id,
-            reply_count=row.reply_count,
-            replied_at=to_utc(row.replied_at) if row.replied_at is not None else None,
-            reply_text=row.reply_text or "",
-            handling_due=to_utc(row.handling_due) if row.handling_due is not None else None,
-            merged_into=row.merged_into or "",
-            evaluated_reply=row.evaluated_reply,
-            satisfaction=row.satisfaction,
-            review_reply=row.review_reply,
-        )
+        return to_case(row, self._cipher)

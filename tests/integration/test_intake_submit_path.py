@@ -24,7 +24,8 @@ from services.common.errors import AlreadyExists
 from services.common.migrations import upgrade
 from services.common.settings import Settings
 from services.intake.domain import Case, CaseRegistered, CaseState, Complainant, TimelineEntry
-from services.intake.store import CaseNumbers, PgSubmitPath, SqlIntakeUnitOfWork
+from services.intake.store import CaseNumbers, SqlIntakeUnitOfWork
+from services.intake.submit_sql import PgSubmitPath
 from services.intake.tracking import new_tracking_code
 from services.node import Node
 
