@@ -270,6 +270,15 @@ def _drive(loaded: Loaded) -> None:
             routing_pb2.ListWorkOrdersRequest(states=OPEN_STATES, page=common_pb2.PageRequest(page_size=20)), timeout=10
         )
         assert len(node_inbox.work_orders) == 20
+        # The console's inbox titles its page in one call, and the case page lists the case's supervisions.
+        titled = intake.ListCases(
+            pb.ListCasesRequest(
+                case_ids=sorted({w.case_id for w in node_inbox.work_orders}), page=common_pb2.PageRequest(page_size=20)
+            ),
+            timeout=10,
+        )
+        assert {c.case_id for c in titled.cases} == {w.case_id for w in node_inbox.work_orders}
+        routing.ListSupervisions(routing_pb2.ListSupervisionsRequest(case_id=newest), timeout=10)
         routing.ListSupervisions(
             routing_pb2.ListSupervisionsRequest(region_code=NODE, page=common_pb2.PageRequest(page_size=10)), timeout=10
         )
