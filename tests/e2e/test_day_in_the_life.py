@@ -63,13 +63,7 @@ WAIT_S = 60.0
 
 
 # "-secure": mutual TLS everywhere (the national simulator too) and an admin token per node.
-# PostgreSQL reruns up to twice (a fresh federation each time) while one intermittent divergence is
-# open: about one run in five on a quiet machine, the registering province's TrackCase stays at
-# EXTENDED with the reply's text after the county replied, so the citizen can never rate there
-# (issue 16). The other variants run once.
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.flaky(reruns=2)), "sqlite-secure"],
-)
+@pytest.fixture(params=["sqlite", "postgres", "sqlite-secure"])
 def federation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     backend, _, mode = str(request.param).partition("-")
     env = {"LIANXIN_LOG_LEVEL": "WARNING", "LIANXIN_INTAKE_CLASSIFIER": "off"}
