@@ -68,6 +68,29 @@ class Places:
         )
 
 
+def _notice_sender(ctx: ServiceContext, uow_factory: Callable[[], SqlIntakeUnitOfWork]) -> Callable[[], float | None]:
+    """The progress notice sender's pass; returns the seconds until the next retry falls due (None: none)."""
+    config = ctx.settings.intake
+    # 办事进度推送: a deployment passes its SMS/WeChat adapter as extras["intake.notice_channel"]; the
+    # embedded default writes each message to <data_dir>/<node>/progress_notices.jsonl.
+    channel: NoticeChannel = ctx.extras.get("intake.notice_channel") or FileChannel(
+        ctx.settings.data_dir / ctx.settings.node / "progress_notices.jsonl"
+    )
+    policy = RetryPolicy(max_attempts=config.notice_attempts, first_delay=config.notice_first_delay)
+
+    def case_of(case_id: str) -> Case | None:
+        with uow_factory() as uow:
+            return uow.get(case_id)
+
+    def send_notices() -> float | None:
+        now = ctx.clock()
+        send_due(ctx.session_factory, case_of=case_of, channel=channel, now=now, policy=policy)
+        due = next_due(ctx.session_factory)
+        return None if due is None else max(0.0, (due - now).total_seconds())
+
+    return send_notices
+
+
 def build(ctx: ServiceContext) -> ServiceParts:
     cipher = node_cipher(ctx.settings)
     node = ctx.settings.node
@@ -112,22 +135,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
         case_mac=cipher.blind_index,
     )
 
-    # 办事进度推送: a deployment passes its SMS/WeChat adapter as extras["intake.notice_channel"]; the
-    # embedded default writes each message to <data_dir>/<node>/progress_notices.jsonl.
-    channel: NoticeChannel = ctx.extras.get("intake.notice_channel") or FileChannel(
-        ctx.settings.data_dir / node / "progress_notices.jsonl"
-    )
-    policy = RetryPolicy(max_attempts=config.notice_attempts, first_delay=config.notice_first_delay)
-
-    def case_of(case_id: str) -> Case | None:
-        with uow_factory() as uow:
-            return uow.get(case_id)
-
-    def send_notices() -> float | None:
-        now = ctx.clock()
-        send_due(ctx.session_factory, case_of=case_of, channel=channel, now=now, policy=policy)
-        due = next_due(ctx.session_factory)
-        return None if due is None else max(0.0, (due - now).total_seconds())
+    send_notices = _notice_sender(ctx, uow_factory)
 
     # Embedded: the sender runs when a handling change committed (a notice may be queued) and when a
     # retry falls due; a worker, which nobody wakes, polls every notice_interval_s.
