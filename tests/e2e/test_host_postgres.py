@@ -21,7 +21,7 @@ from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 NODES = ("510000", "511100", "511102")
 SERVING = re.compile(r"node (\d{6}) serving on (\S+)")

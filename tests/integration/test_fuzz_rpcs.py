@@ -4,7 +4,7 @@ INTERNAL or UNKNOWN, never stop the server, and a refused request writes nothing
 One embedded node serves the whole module over a real gRPC channel, once on SQLite and once on
 PostgreSQL (which refuses NUL bytes and over-long values where SQLite stores them, so the two
 must be fuzzed alike). Requests are built generically from each method's input descriptor
-(tests/fuzz_messages.py), so an RPC added to a proto is fuzzed without touching this file, and a
+(tests/support/fuzz_messages.py), so an RPC added to a proto is fuzzed without touching this file, and a
 test checks that the methods fuzzed are every method the node lists by reflection. Hypothesis runs
 derandomized with no example database, so CI sees the same requests every run. Run with ``-s`` to
 see the status codes each method answered on each backend.

@@ -208,3 +208,21 @@ def test_a_shaped_service_has_no_module_over_600_lines_and_no_function_over_80(s
             if (size := (f.end_lineno or f.lineno) - f.lineno + 1) > 80
         ]
     assert too_long == []
+
+
+def test_test_modules_share_helpers_only_through_tests_support() -> None:
+    """A test module imports no other test module (nor a conftest): what tests share is in tests/support/."""
+    tests = ROOT / "tests"
+    crossings = []
+    for path in sorted(tests.rglob("*.py")):
+        if "support" in path.relative_to(tests).parts or "vendor" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            crossings += [
+                f"{path.relative_to(ROOT)}: {name}"
+                for name in names
+                if name.startswith("tests.") and not name.startswith(("tests.support", "tests.eventlet_pytest"))
+            ]
+    assert crossings == []
