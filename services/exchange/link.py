@@ -10,7 +10,7 @@ A failing peer never breaks local work: every ``grpc.RpcError`` is caught, the l
 exponentially with jitter (capped), and the up-log keeps growing locally; the persisted cursors
 make the next successful contact resume exactly where the last one stopped. Calls of the
 event-driven link wait for the channel to be ready (``wait_for_ready``), so after a cut the first
-call leaves as soon as gRPC has reconnected (``LINK_CHANNEL_OPTIONS``: every 0.25 s at most).
+call leaves as soon as gRPC has reconnected (``LINK_CHANNEL_OPTIONS``: every 0.1 s at most).
 """
 
 from __future__ import annotations
@@ -72,11 +72,12 @@ EMPTY_POLL_PAUSE_S = 1.0
 # The event-driven link waits for readiness instead of failing fast, so its backoff only paces
 # answers that are errors; kept short so that the first call after a cut is not held back.
 EVENT_BACKOFF_CAP_S = 2.0
-# gRPC's reconnect backoff for the link's channel: after a cut the link is back within a quarter second.
+# gRPC's reconnect backoff for the link's channel: after a cut the link is back within a tenth of a
+# second (a refused connect costs the C core microseconds; ten a second while the parent is away).
 LINK_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 250),
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 100),
 )
 
 
