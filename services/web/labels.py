@@ -100,7 +100,7 @@ HISTORY_LABELS: dict[str, str] = {
     "assist_answer": "协办答复",
     "assist_late_answer": "协办逾期答复",
     "leader_hold": "待领导批示",
-    "instruct": "领导批示",
+    "instruct": "领导已批示",
     "transfer": "转送",
     "escalate_up": "上报",
     "take_back": "退回",
@@ -242,6 +242,8 @@ HISTORY_LABELS.update(
         "consultation_held": "远程会商纪要",
     }
 )
+# Prefix of the label a merged case's work order gets for each change of its main case (routing's FOLLOW_MAIN).
+FOLLOW_MAIN = "main:"
 STAGE_LABELS: dict[str, str] = {"warning": "到期预警", "chase": "超期催办", "supervision": "超期督办"}
 ACTOR_LABELS: dict[str, str] = {"system": "系统", "citizen": "群众", "video": "视频接访系统"}
 
@@ -268,6 +270,11 @@ _NOTES: tuple[tuple[str, str], ...] = (
         "{dues:1}不变，不再为暂定（已载入{2}年官方节假日安排）",
     ),
     (r"no unit for category (\S+) in .*", "派单目录中没有办理“{1}”的单位，待人工分派"),
+    # 领导批转 / 批示 (routing's handlers.py and workorder.py).
+    (r"领导批转: class \S+ \((.*)\) waits for the instruction of the (.+)", "属领导批转类别“{1}”，待{2}批示"),
+    (r"领导批示 \((.*?)\): (.*)", "{1}批示：{2}"),
+    (r"受理: 领导批示 recorded", "领导已批示，受理"),
+    (r"领导已批示: no routing rule placed the case, a clerk assigns it", "领导已批示，待人工分派"),
 )
 _PROVISIONAL = re.compile(r"\s*\[provisional deadline: (.*?) counted Mon-Fri, no official calendar for (.*?)\]")
 # Absolute file paths (a server's directories are nobody's business on a page): keep the file name.
@@ -314,6 +321,8 @@ def history_note(note: str, region_name: Callable[[str], str] = str) -> str:
 
 
 def history_action(action: str) -> str:
+    if action.startswith(FOLLOW_MAIN):  # a merged case following its main case ("main:reply")
+        return f"主件{history_action(action.removeprefix(FOLLOW_MAIN))}"
     stage, _, kind = action.partition(":")
     if kind and stage in STAGE_LABELS:
         return f"{STAGE_LABELS[stage]}（{_kind(kind)}）"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from services.common.regions import RegionTree
+from services.intake.domain import PUBLIC_MILESTONES
+from services.routing import workorder
 from services.routing.jurisdiction import load_catalogue
+from services.routing.timelimits import DeadlineKind
 from services.web import labels
 
 NAMES = {"511100": "乐山市", "511102": "市中区", "511112": "五通桥区"}
@@ -63,3 +67,42 @@ def test_deadline_stages_actors_and_citizen_summaries_in_chinese() -> None:
     assert labels.actor_label("system") == "系统"
     assert labels.public_summary("已交办 assigned to the handling unit") == "已交办"
     assert labels.public_summary("已收到，待审核 received, awaiting screening") == "已收到，待审核"
+
+
+def _history_actions() -> set[str]:
+    """Every action routing writes into a work order's history: the transitions, "register", and the
+    labels of facts (every module-level label constant of workorder.py but the FOLLOW_MAIN prefix)."""
+    facts = {
+        value
+        for name, value in vars(workorder).items()
+        if name.isupper() and isinstance(value, str) and value != workorder.FOLLOW_MAIN
+    }
+    return {a.value for a in workorder.Action} | {"register"} | facts
+
+
+def test_every_history_action_of_a_work_order_has_a_chinese_label() -> None:
+    actions = _history_actions()
+    assert {"leader_hold", "instruct", "escalate_up", "consultation_held"} <= actions
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    for action in sorted(actions):
+        label = labels.history_action(action)
+        assert label != action and cjk.search(label) and not re.search(r"[A-Za-z]", label), action
+        # A merged case following its main case reads the same action of the main case.
+        followed = labels.history_action(f"{workorder.FOLLOW_MAIN}{action}")
+        assert followed == f"主件{label}", action
+    for stage in workorder.Stage:
+        for kind in DeadlineKind:
+            label = labels.history_action(f"{stage.value}:{kind.value}")
+            assert not re.search(r"[A-Za-z]", label), f"{stage.value}:{kind.value}"
+
+
+def test_leader_instruction_entries_read_in_chinese_on_the_case_page() -> None:
+    held = "领导批转: class land (土地征收) waits for the instruction of the 市委书记"
+    assert labels.history_action("leader_hold") == "待领导批示"
+    assert note(held) == "属领导批转类别“土地征收”，待市委书记批示"
+    assert labels.history_action("instruct") == "领导已批示"
+    assert note("领导批示 (张三): 请市自然资源局牵头办理") == "张三批示：请市自然资源局牵头办理"
+    assert note("受理: 领导批示 recorded") == "领导已批示，受理"
+    assert note("领导已批示: no routing rule placed the case, a clerk assigns it") == "领导已批示，待人工分派"
+    # The citizen's timeline says it without the English gloss.
+    assert labels.public_summary(PUBLIC_MILESTONES["instruct"]) == "领导已批示"
