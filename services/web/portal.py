@@ -297,14 +297,20 @@ def _ask_unit_figures(page: Page, month: str) -> tuple[list[dict[str, Any]], dic
     try:
         for metric, future in ranks.items():
             for row in page.client.result(future).rows:
-                unit = units.setdefault(
-                    row.unit_id, {"name": row.name or page.gateway.unit_name(row.unit_id), "cases": row.cases}
-                )
+                unit = units.setdefault(row.unit_id, {"name": _unit_label(page, row), "cases": row.cases})
                 unit[metric] = row.value
         meanings = {m.name: m.definition for m in page.client.result(definitions).metrics}
     except CallFailed:
         return [], {}
     return sorted(units.values(), key=lambda u: (-u["cases"], u["name"])), meanings
+
+
+def _unit_label(page: Page, row: stats_pb2.Ranking) -> str:
+    """The unit's name from routing's ListUnits (stats names a unit by its code); the code when unknown."""
+    named = page.gateway.unit_name(row.unit_id)
+    if named != row.unit_id:
+        return named
+    return row.name or row.unit_id
 
 
 def board(page: Page) -> Response:

@@ -1,0 +1,56 @@
+"""The public reply board (张榜公布) names each unit as people know it, not by its code."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
+
+from services.web import portal
+from services.web.app import Gateway
+
+
+class _Stats:
+    """Stats as the board asks it: each unit's figure of a metric, the unit named by its code (as stats does)."""
+
+    def RankUnits(self, request: stats_pb2.RankUnitsRequest) -> stats_pb2.RankUnitsResponse:
+        rows = [
+            stats_pb2.Ranking(unit_id=unit, name=unit, value=0.5, cases=cases)
+            for unit, cases in (("lszq-sthjj", 7), ("lszq-other", 3))
+        ]
+        return stats_pb2.RankUnitsResponse(rows=rows)
+
+    def GetMetrics(self, request: stats_pb2.GetMetricsRequest) -> stats_pb2.GetMetricsResponse:
+        return stats_pb2.GetMetricsResponse()
+
+
+class _Client:
+    stats = _Stats()
+
+    @staticmethod
+    def start(method: Any, request: Any, token: str | None = None) -> Any:
+        return method(request)
+
+    @staticmethod
+    def result(future: Any) -> Any:
+        return future
+
+
+class _Gateway:
+    node = "511102"
+    unit_name = Gateway.unit_name  # the real lookup, over routing's ListUnits below
+
+    @staticmethod
+    def portal_token() -> None:
+        return None
+
+    @staticmethod
+    def units() -> list[Any]:
+        return [SimpleNamespace(unit_id="lszq-sthjj", name="乐山市市中生态环境局")]
+
+
+def test_the_board_names_each_unit_and_shows_the_code_only_for_an_unknown_unit() -> None:
+    page: Any = SimpleNamespace(gateway=_Gateway(), client=_Client())
+    units, _ = portal._ask_unit_figures(page, "2026-11")
+    assert [u["name"] for u in units] == ["乐山市市中生态环境局", "lszq-other"]
