@@ -553,6 +553,10 @@ def test_leader_queue_lists_a_waiting_case_and_the_office_records_the_instructio
     clerk.page.click("#form-instruct button[type=submit]")
     clerk.page.wait_for_selector("#form-instruct", state="detached")
     assert "李明华" in clerk.page.inner_text("#instruction")
+    # The history says both steps in Chinese: the hold with its class and leader, then the instruction.
+    history = clerk.page.inner_text("ol.timeline")
+    assert "属领导批转类别“重大安全事故隐患”，待市委书记批示" in history and "李明华批示" in history
+    assert "waits for" not in history and "instruction" not in history
     clerk.check("console-case-instructed")
     clerk.goto(f"{county}/console/leader")
     assert clerk.page.locator(f"#leader-queue a[href='/console/case/{case_id}']").count() == 0
