@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from google.protobuf.message import Message
 from lianxin.events.v1 import events_pb2
-from sqlalchemy import String, cast, delete, select, text, update
+from sqlalchemy import BindParameter, String, bindparam, cast, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -84,6 +84,13 @@ class Sealer(Protocol):
 def aware(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; everything stored is UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _inline(state: str) -> BindParameter[str]:
+    """A transient state written into the statement, not bound: PostgreSQL then plans with the
+    column's statistics, where HOLDING is rare, and takes the state index; a generic plan for
+    ``state = $1`` guesses the most common state's share and scans the table."""
+    return bindparam(None, state, literal_execute=True)
 
 
 def _schedule_from_row(row: ScheduleRow) -> Schedule:
@@ -647,13 +654,18 @@ class VideoStore:
         RELEASING. Holds of a HOLDING visit are left to ``abandon`` (the booking's own clean-up)."""
         cutoff = self.now() - older_than
         with self._tx() as s:
-            moving = select(VisitRow.visit_id).where(VisitRow.state != VisitState.HOLDING.value)
+            # Correlated, so each stale hold looks its visit up by key instead of listing every visit.
+            moving = (
+                select(VisitRow.visit_id)
+                .where(VisitRow.visit_id == RemoteHoldRow.visit_id, VisitRow.state != VisitState.HOLDING.value)
+                .exists()
+            )
             done = s.execute(
                 update(RemoteHoldRow)
                 .where(
                     RemoteHoldRow.state.in_([RemoteState.ASKED.value, RemoteState.HELD.value]),
                     RemoteHoldRow.created_at <= cutoff,
-                    RemoteHoldRow.visit_id.in_(moving),
+                    moving,
                 )
                 .values(state=RemoteState.RELEASING.value)
             )
@@ -1129,7 +1141,7 @@ class VideoStore:
         )
         checks = (
             select(HoldRow.hold_id).where(HoldRow.state == HoldState.HELD.value),
-            select(VisitRow.visit_id).where(VisitRow.state == VisitState.HOLDING.value),
+            select(VisitRow.visit_id).where(VisitRow.state == _inline(VisitState.HOLDING.value)),
             select(ConsultationRow.consultation_id).where(
                 ConsultationRow.state == consult.ConsultationState.HOLDING.value
             ),
@@ -1174,7 +1186,7 @@ class VideoStore:
             return list(
                 s.scalars(
                     select(VisitRow.visit_id).where(
-                        VisitRow.state == VisitState.HOLDING.value, VisitRow.created_at <= cutoff
+                        VisitRow.state == _inline(VisitState.HOLDING.value), VisitRow.created_at <= cutoff
                     )
                 )
             )
