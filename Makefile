@@ -22,8 +22,11 @@ up: venv
 ## Every test session: the main (grpcio) session, then the nameko session under eventlet.
 test: venv test-main test-nameko
 
+# A crash of the test process (a signal in a C extension) is reported last: the test and its stack.
 test-main: venv
-	$(BIN)/python -m pytest -p no:pytest_nameko -p no:cacheprovider tests --ignore=tests/nameko -q -rfEs $(PYTEST_ARGS)
+	@rm -rf var/crash
+	LIANXIN_CRASH_DIR=var/crash $(BIN)/python -m pytest -p no:pytest_nameko -p no:cacheprovider tests --ignore=tests/nameko -q -rfEs $(PYTEST_ARGS) \
+	  || { status=$$?; $(BIN)/python -m tests.support.crash var/crash; exit $$status; }
 
 test-nameko: venv
 	$(BIN)/python -m tests.eventlet_pytest -p no:cacheprovider tests/nameko -q -rfEs $(PYTEST_ARGS)

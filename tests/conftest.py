@@ -16,6 +16,9 @@ from tests.support.services import AMQP_HOST, fresh_postgres_database, fresh_vho
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIANXIN_SHARED_DATA", REPO.parent / "shared" / "data"))
+# A crash of the session names its test (the hooks are in tests/support/crash.py).
+pytest_plugins = ("tests.support.crash",)
+
 PG_ADMIN_URL = os.environ.get("LIANXIN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
