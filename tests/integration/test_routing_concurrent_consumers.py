@@ -29,7 +29,7 @@ from services.common.timeutil import CHINA
 from services.intake.consumers import handling_change as _handling_change
 from services.intake.domain import CaseState
 from services.routing import handlers
-from services.routing.app import registered_case
+from services.routing.consumers import registered_case
 from services.routing.models import metadata, outbox
 from services.routing.store import SqlRoutingUnitOfWork
 from services.routing.workorder import State

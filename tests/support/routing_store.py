@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.regions import RegionTree
 from services.routing import handlers
-from services.routing.app import registered_case
+from services.routing.consumers import registered_case
 from services.routing.handlers import Routing
 from services.routing.jurisdiction import load_catalogue
 from services.routing.provisional import ProvisionalCalendar
