@@ -82,6 +82,30 @@ class Consultation:
         """The id other nodes' holds name (``video_holds.visit_id``)."""
         return self.consultation_id
 
+    @property
+    def owner(self) -> str:
+        """Whose reservations are this consultation's (``video_reservations.owner``)."""
+        return f"consultation:{self.consultation_id}"
+
+    def _advance(self, state: ConsultationState) -> None:
+        self.state, self.version = state, self.version + 1
+
+    def confirm(self) -> None:
+        """Every other node's unit and room is confirmed: HOLDING → BOOKED."""
+        require_state(self, {ConsultationState.HOLDING}, "confirm")
+        self._advance(ConsultationState.BOOKED)
+
+    def cancel(self, reason: str) -> None:
+        require_state(self, ACTIVE_STATES, "cancel")
+        self.cancel_reason = reason[:1000]
+        self._advance(ConsultationState.CANCELLED)
+
+    def hold(self, minutes: str, at: datetime) -> None:
+        """Held, with its minutes: BOOKED → HELD."""
+        require_state(self, {ConsultationState.BOOKED}, "record the minutes of")
+        self.minutes, self.held_at = minutes, at
+        self._advance(ConsultationState.HELD)
+
 
 @dataclass(frozen=True)
 class ConsultationRequest:
@@ -93,6 +117,47 @@ class ConsultationRequest:
     not_before: datetime
     not_after: datetime
     starts_at: datetime | None = None
+
+
+def follow_replica(kept: Consultation, copy: Consultation) -> bool:
+    """Advance the copy ``kept`` of a consultation booked at a node below to what its event says;
+    False when nothing changes: a state never goes back (HELD and CANCELLED stay), and a
+    consultation booked here is not a copy."""
+    if not kept.replica or kept.state in (ConsultationState.HELD, ConsultationState.CANCELLED):
+        return False
+    kept.state, kept.version = copy.state, kept.version + 1
+    kept.minutes, kept.held_at, kept.cancel_reason = copy.minutes, copy.held_at, copy.cancel_reason
+    if copy.topic:
+        kept.topic = copy.topic
+    if copy.participants:
+        kept.participants = list(copy.participants)
+    return True
+
+
+@dataclass(frozen=True)
+class ConsultationFact:
+    """A fact about a consultation, written on its case."""
+
+    consultation: Consultation
+
+    @property
+    def case_id(self) -> str:
+        return self.consultation.case_id
+
+
+@dataclass(frozen=True)
+class ConsultationBooked(ConsultationFact):
+    pass
+
+
+@dataclass(frozen=True)
+class ConsultationHeld(ConsultationFact):
+    pass
+
+
+@dataclass(frozen=True)
+class ConsultationCancelled(ConsultationFact):
+    reason: str
 
 
 def _six_digits(code: str) -> bool:

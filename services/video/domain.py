@@ -7,10 +7,11 @@ Asia/Shanghai wall-clock times ("09:00").
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
+from services.common.clock import CHINA
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, PermissionDenied
 from services.common.identity import check_id_number
 from services.common.ids import registering_node
@@ -169,6 +170,45 @@ class Visit:
         """The id other nodes' holds name (``video_holds.visit_id``)."""
         return self.visit_id
 
+    @property
+    def owner(self) -> str:
+        """Whose reservations are this visit's (``video_reservations.owner``)."""
+        return f"visit:{self.visit_id}"
+
+    def _advance(self, state: VisitState) -> None:
+        self.state, self.version = state, self.version + 1
+
+    def confirm(self) -> None:
+        """Every remote room is confirmed: HOLDING → BOOKED."""
+        require_state(self, {VisitState.HOLDING}, "confirm")
+        self._advance(VisitState.BOOKED)
+
+    def cancel(self) -> None:
+        """HOLDING or BOOKED → CANCELLED (the caller frees the reservations and the session place)."""
+        require_state(self, {VisitState.HOLDING, VisitState.BOOKED}, "cancel")
+        self._advance(VisitState.CANCELLED)
+
+    def check_in(self, representatives: list[Representative], at: datetime) -> None:
+        """The representatives at the terminal (checked again when a second group arrives)."""
+        require_state(self, {VisitState.BOOKED, VisitState.CHECKED_IN}, "check in for")
+        self.representatives, self.checked_in_at = representatives, at
+        self._advance(VisitState.CHECKED_IN)
+
+    def complete(self, minutes: str, decisions: str, recording_ref: str) -> None:
+        require_state(self, {VisitState.BOOKED, VisitState.CHECKED_IN}, "record the outcome of")
+        self.minutes, self.decisions, self.recording_ref = minutes, decisions, recording_ref
+        self._advance(VisitState.COMPLETED)
+
+    def require_movable(self) -> None:
+        require_state(self, {VisitState.BOOKED}, "reschedule")
+
+    def move_to(self, slot: FoundSlot, hold_ids: list[str]) -> None:
+        """To ``slot`` (version + 1), with the holds at other nodes it now has."""
+        self.require_movable()
+        self.starts_at, self.ends_at, self.session_start = slot.starts_at, slot.ends_at, slot.session_start
+        self.room_ids, self.hold_ids = list(slot.room_ids), hold_ids
+        self.version += 1
+
 
 @dataclass(frozen=True)
 class Room:
@@ -189,6 +229,35 @@ class Hold:
     expires_at: datetime
     state: HoldState
     reason: str = ""
+
+
+def validate_room(room: Room) -> None:
+    if not room.room_id.strip():
+        raise InvalidArgument("room.room_id", "must be set")
+    if len(room.node) != 6 or not room.node.isdigit():
+        raise InvalidArgument("room.node", f"must be a 6-digit region code, got {room.node!r}")
+
+
+def hold_owner(hold_id: str) -> str:
+    """Whose reservations are a granted hold's (``video_reservations.owner``)."""
+    return f"hold:{hold_id}"
+
+
+def confirmed_hold(hold: Hold, now: datetime) -> Hold:
+    """The requesting node confirms: HELD → CONFIRMED (again: unchanged); a lapsed hold cannot be."""
+    if hold.state == HoldState.CONFIRMED:
+        return hold
+    state = HoldState.EXPIRED if hold.state == HoldState.HELD and hold.expires_at <= now else hold.state
+    if state != HoldState.HELD:
+        raise FailedPrecondition(f"hold {hold.hold_id} is {state}", state)
+    return replace(hold, state=HoldState.CONFIRMED)
+
+
+def released_hold(hold: Hold, reason: str) -> Hold | None:
+    """The requesting node gives the hold up; None when there is nothing left to free."""
+    if hold.state not in (HoldState.HELD, HoldState.CONFIRMED):
+        return None
+    return replace(hold, state=HoldState.RELEASED, reason=reason[:300])
 
 
 @dataclass(frozen=True)
@@ -268,6 +337,17 @@ def check_version(expected: int, current: int, what: str) -> None:
         raise Conflict(f"{what} is at version {current}, expected {expected}")
 
 
+def slots_calendar_notice(known_end: date, req: BookRequest) -> str:
+    """Why a window offers nothing after some day: it runs past the node's official calendar."""
+    last = (req.starts_at or req.not_after).astimezone(CHINA).date()
+    if last <= known_end:
+        return ""
+    return (
+        f"no slots after {known_end.isoformat()}: the official holiday calendar for {known_end.year + 1} "
+        "is not loaded on this node (an administrator loads it with `lianxin calendar load`)"
+    )
+
+
 def reminders_due(starts_at: datetime, now: datetime) -> list[str]:
     """Reminder kinds whose moment has come and the visit has not started yet."""
     if now >= starts_at:
@@ -322,3 +402,46 @@ def check_citizen_start(starts_at: datetime | None, now: datetime) -> datetime:
     if starts_at - now > DEFAULT_HORIZON:
         raise InvalidArgument("starts_at", f"must be within {DEFAULT_HORIZON.days} days")
     return starts_at
+
+
+# --------------------------------------------------------------------------- facts about the case
+
+
+@dataclass(frozen=True)
+class VisitBooked:
+    """Booked, or moved to another slot (the event names the new start)."""
+
+    case_id: str
+    visit_id: str
+    starts_at: datetime
+    leader_id: str
+
+
+@dataclass(frozen=True)
+class VisitCancelled:
+    case_id: str
+    visit_id: str
+    starts_at: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class VisitOutcomeRecorded:
+    case_id: str
+    visit_id: str
+    minutes: str
+    decisions: str
+    recording_ref: str
+
+
+@dataclass(frozen=True)
+class VisitReminder:
+    case_id: str
+    visit_id: str
+    starts_at: datetime
+    leader_id: str
+    kind: str  # REMINDERS: "24h", "1h"
+
+
+def booked(visit: Visit) -> VisitBooked:
+    return VisitBooked(visit.case_id, visit.visit_id, visit.starts_at, visit.leader_id)

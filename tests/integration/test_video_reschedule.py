@@ -24,7 +24,7 @@ from services.node import Node
 from services.video import handlers
 from services.video.domain import DEFAULT_HOLD_TTL, BookRequest
 from services.video.models import HoldRow, RemoteHoldRow
-from services.video.servicer import GrpcRemoteRooms
+from services.video.peers import GrpcRemoteRooms
 from services.video.store import VideoStore
 from tests.support.video import FakeClock, local, setup_leader, start_node
 
