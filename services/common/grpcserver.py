@@ -26,6 +26,7 @@ from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from services.common.channels import ClosableChannel
 from services.common.errors import (
     AlreadyExists,
     Conflict,
@@ -450,10 +451,10 @@ def instrumented_channel(
     merged.update(dict(options))
     channel_options = list(merged.items())
     if credentials is None:
-        channel = grpc.insecure_channel(target, options=channel_options)
+        plain = grpc.insecure_channel(target, options=channel_options)
     else:
-        channel = grpc.secure_channel(target, credentials, options=channel_options)
-    channel = grpc.intercept_channel(channel, _ClientMetricsInterceptor())
+        plain = grpc.secure_channel(target, credentials, options=channel_options)
+    channel = grpc.intercept_channel(ClosableChannel(plain), _ClientMetricsInterceptor())
     traced: grpc.Channel = intercept_channel(channel, client_interceptor())  # type: ignore[no-untyped-call]
     return traced
 

@@ -71,6 +71,10 @@ class Changes:
             return self._counts.get(key, 0) != seen
 
 
+class WorkCancelled(Exception):
+    """Raised by driver work that finds what it serves closed (the node stops): ended without a log line."""
+
+
 class LinkDriver:
     """Runs link work on a shared pool, now (``submit``) or later (``at``), from one scheduler thread.
 
@@ -125,6 +129,8 @@ class LinkDriver:
     def _guarded(work: Callable[[], None]) -> None:
         try:
             work()
+        except WorkCancelled:
+            pass
         except Exception:
             log.exception("exchange link work failed")
 

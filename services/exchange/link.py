@@ -20,7 +20,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -37,7 +38,7 @@ from prometheus_client import Gauge
 from services.common.events import parse_envelope
 from services.common.grpcserver import instrumented_channel
 from services.common.timeutil import to_timestamp
-from services.common.waiting import LinkDriver
+from services.common.waiting import LinkDriver, WorkCancelled
 from services.exchange import domain
 from services.exchange.store import COMMAND, ENVELOPE, ExchangeStore, Item
 
@@ -105,6 +106,10 @@ class Backoff:
         self.not_before = 0.0
 
 
+class LinkClosed(WorkCancelled):
+    """The link was closed (the node stops) before a step could call the parent: the step ends quietly."""
+
+
 class ParentLink:
     """A child's link to its parent node: PushEvents (up-log) then PullDown/AckDown (hand-offs)."""
 
@@ -134,6 +139,11 @@ class ParentLink:
         self._deadline = deadline_s
         self._max_batches = max_batches_per_run
         self._channel: grpc.Channel | None = None
+        # Guards the channel against ``close`` from another thread: grpc crashes the process (a
+        # segmentation fault, not an exception) when a stub is built or a call started on a channel
+        # that is being closed, so the last caller out closes it (``_calling``).
+        self._channel_guard = threading.Lock()
+        self._callers = 0
         self._lock = threading.Lock()
         self.backoff = Backoff()
         self.last_error: str = ""
@@ -154,12 +164,35 @@ class ParentLink:
         self._acked: int | None = None
         self._push_left = float("-inf")  # monotonic time the last push left (PUSH_GATHER_S)
 
-    def _stub(self) -> exchange_grpc.ExchangeServiceStub:
-        if self._channel is None:
-            self._channel = instrumented_channel(
-                self._address, credentials=self._credentials, options=LINK_CHANNEL_OPTIONS
-            )
-        return exchange_grpc.ExchangeServiceStub(self._channel)
+    @contextmanager
+    def _calling(self) -> Iterator[exchange_grpc.ExchangeServiceStub]:
+        """A stub on the open channel, which stays open until the block ends (raises LinkClosed once closed).
+
+        A call started as a future may outlive the block: closing the channel then cancels it, which
+        grpc handles; what it does not survive is a close racing the start of a call.
+        """
+        with self._channel_guard:
+            if self._closed:
+                raise LinkClosed(self.parent_node)
+            if self._channel is None:
+                self._channel = instrumented_channel(
+                    self._address, credentials=self._credentials, options=LINK_CHANNEL_OPTIONS
+                )
+            self._callers += 1
+            stub = exchange_grpc.ExchangeServiceStub(self._channel)
+        try:
+            yield stub
+        finally:
+            with self._channel_guard:
+                self._callers -= 1
+                if self._closed and self._callers == 0:
+                    self._close_channel()
+
+    def _close_channel(self) -> None:
+        """Close the channel (``_channel_guard`` held, no caller inside ``_calling``)."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     @property
     def failing(self) -> bool:
@@ -181,6 +214,8 @@ class ParentLink:
             self.pull_down()
             self.backoff.succeeded()
             self.last_error = ""
+        except LinkClosed:
+            return
         except grpc.RpcError as error:
             delay = self.backoff.failed()
             self.last_error = f"{error.code().name if isinstance(error, grpc.Call) else 'error'}"
@@ -193,8 +228,11 @@ class ParentLink:
 
     def push_up(self) -> int:
         """Push up-log batches (back-pressure: one batch in flight, a bounded number per pass)."""
+        with self._calling() as stub:
+            return self._push_up(stub)
+
+    def _push_up(self, stub: exchange_grpc.ExchangeServiceStub) -> int:
         sent = 0
-        stub = self._stub()
         head = self._due_anchor()
         for _ in range(self._max_batches):
             acked = self._store.cursor(self.parent_node, "up").position
@@ -244,8 +282,11 @@ class ParentLink:
             self._anchored_at = time.monotonic()
 
     def pull_down(self) -> int:
+        with self._calling() as stub:
+            return self._pull_down(stub)
+
+    def _pull_down(self, stub: exchange_grpc.ExchangeServiceStub) -> int:
         applied = 0
-        stub = self._stub()
         for _ in range(self._max_batches):
             after = self._store.cursor(self.parent_node, "down").position
             reply = stub.PullDown(
@@ -335,11 +376,12 @@ class ParentLink:
                 self._store.note_contact(self.parent_node, "up")
                 self._push_finished()
                 return
-            future = self._stub().PushEvents.future(
-                self._push_request(items, head),
-                timeout=self._deadline + CALL_MARGIN_S,
-                wait_for_ready=True,
-            )
+            with self._calling() as stub:
+                future = stub.PushEvents.future(
+                    self._push_request(items, head),
+                    timeout=self._deadline + CALL_MARGIN_S,
+                    wait_for_ready=True,
+                )
         except Exception:
             self._acked = None
             self._push_finished(retry_in=self.backoff.failed())
@@ -409,16 +451,17 @@ class ParentLink:
         driver = self._driver
         try:
             after = self._store.cursor(self.parent_node, "down").position
-            future = self._stub().PullDown.future(
-                exchange_pb2.PullDownRequest(
-                    child_node=self._store.node,
-                    after_position=after,
-                    max_items=self._batch,
-                    wait_ms=int(LONG_POLL_S * 1000),
-                ),
-                timeout=LONG_POLL_S + CALL_MARGIN_S,
-                wait_for_ready=True,
-            )
+            with self._calling() as stub:
+                future = stub.PullDown.future(
+                    exchange_pb2.PullDownRequest(
+                        child_node=self._store.node,
+                        after_position=after,
+                        max_items=self._batch,
+                        wait_ms=int(LONG_POLL_S * 1000),
+                    ),
+                    timeout=LONG_POLL_S + CALL_MARGIN_S,
+                    wait_for_ready=True,
+                )
         except Exception:
             driver.at(time.monotonic() + self.backoff.failed(), self._open_poll)
             raise
@@ -435,7 +478,8 @@ class ParentLink:
             reply = future.result()
             self._store.note_contact(self.parent_node, "down")
             if reply.items:
-                self._apply_pulled(self._stub(), reply)
+                with self._calling() as stub:
+                    self._apply_pulled(stub, reply)
         except grpc.RpcError as error:
             if not self._closed:
                 driver.at(time.monotonic() + self._failed(error, "pull"), self._open_poll)
@@ -451,13 +495,13 @@ class ParentLink:
             self._open_poll()
 
     def close(self) -> None:
-        self._closed = True
-        poll, self._poll = self._poll, None
-        if poll is not None:
-            poll.cancel()
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        with self._channel_guard:
+            self._closed = True
+            poll, self._poll = self._poll, None
+            if poll is not None:
+                poll.cancel()
+            if self._callers == 0:
+                self._close_channel()
 
 
 # --------------------------------------------------------------------------- national system
