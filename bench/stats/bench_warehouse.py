@@ -46,10 +46,12 @@ from services.common.migrations import upgrade
 from services.common.regions import RegionTree, Tier
 from services.common.timeutil import CHINA
 from services.stats import handlers
-from services.stats.app import make_ingestor, roll_forward
+from services.stats.consumers import make_ingestor
 from services.stats.domain import DEFINITIONS, StatsConfig, month_bounds, month_name, shift_month
 from services.stats.hotspot import HotspotRules, keywords
+from services.stats.ports import Slice
 from services.stats.store import SqlWarehouse
+from services.stats.upkeep import roll_forward
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 ROOT = "510000"
@@ -190,7 +192,7 @@ def bench_queries(
         return rng.choice(months[1:] or months)
 
     def metrics(region: str, *, ids: bool = False) -> Callable[[Session], object]:
-        where = handlers.Slice(region, tree.get(region).tier, months=(month(),))
+        where = Slice(region, tree.get(region).tier, months=(month(),))
         names = ["received", "overdue", "satisfaction_rate"] if ids else []
         return lambda s: handlers.get_metrics(
             SqlWarehouse(s), where, names=names, as_of=datetime.now(UTC), with_ids=ids
@@ -221,15 +223,15 @@ def bench_queries(
 
         def run(s: Session) -> object:
             store, now = SqlWarehouse(s), datetime.now(UTC)
-            where = handlers.Slice(region, tier, months=(m,))
+            where = Slice(region, tier, months=(m,))
             for group in (None, "category", "channel", "child"):
                 store.aggregate(where, as_of=now, group_by=group)
-            return store.aggregate(handlers.Slice(region, tier, months=(shift_month(m, -1),)), as_of=now, group_by=None)
+            return store.aggregate(Slice(region, tier, months=(shift_month(m, -1),)), as_of=now, group_by=None)
 
         return run
 
     def facts(region: str) -> Callable[[Session], object]:
-        where = handlers.Slice(region, tree.get(region).tier, months=(month(),))
+        where = Slice(region, tree.get(region).tier, months=(month(),))
         return lambda s: SqlWarehouse(s).aggregate_facts(where, as_of=datetime.now(UTC), group_by=None)
 
     kinds: list[tuple[str, Callable[[], Callable[[Session], object]], int]] = [
@@ -264,9 +266,7 @@ def bench_queries(
     with factory() as session:
         store = SqlWarehouse(session)
         for m in months:
-            got = store.aggregate(
-                handlers.Slice(ROOT, Tier.PROVINCE, months=(m,)), as_of=datetime.now(UTC), group_by=None
-            )
+            got = store.aggregate(Slice(ROOT, Tier.PROVINCE, months=(m,)), as_of=datetime.now(UTC), group_by=None)
             out.per_month = max(out.per_month, got[""].received)
     engine.dispose()
     return out

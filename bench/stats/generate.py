@@ -19,8 +19,7 @@ from sqlalchemy.orm import Session
 
 from services.common.categories import CATEGORIES
 from services.common.regions import RegionTree, Tier
-from services.stats.domain import ONLINE_CHANNELS, StatsConfig, month_bounds
-from services.stats.handlers import region_columns
+from services.stats.domain import ONLINE_CHANNELS, StatsConfig, month_bounds, region_columns
 from services.stats.models import metadata
 from services.stats.store import SqlWarehouse
 

@@ -8,173 +8,48 @@ lands in its place.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
-from typing import Protocol
 
 from services.common.calendar import WorkingCalendar
+from services.common.clock import to_utc
 from services.common.errors import InvalidArgument
 from services.common.regions import RegionTree, Tier
-from services.common.timeutil import to_utc
 from services.stats.domain import (
-    DEFINITIONS,
     NUMERATOR_PREDICATE,
-    ONLINE_CHANNELS,
     Aggregates,
     CaseEvent,
-    CaseFact,
     MetricValue,
     RankRow,
     StatsConfig,
     case_snapshot,
     check_metric_names,
     compute,
+    fact_from_registration,
     fold_case,
     rank,
     receiving_node,
     shift_month,
-    stat_month_of,
     year_months,
 )
 from services.stats.hotspot import Hotspot, HotspotRules, judge
+from services.stats.ports import Slice, StatsUnitOfWork
 from services.stats.topics import TopicCase, find_topics
 
 __all__ = [
-    "DEFINITIONS",
-    "CaseFact",
-    "MetricValue",
-    "Slice",
-    "WarehouseUnitOfWork",
-    "fact_from_registration",
     "get_metrics",
     "hotspots",
     "ingest",
+    "make_slice",
     "rank_regions",
     "rank_units",
     "received",
-    "region_columns",
 ]
 
 
-@dataclass(frozen=True)
-class Slice:
-    """Which cases a figure is about. ``months`` (statistical months) wins over [start, end)."""
-
-    region_code: str
-    tier: Tier
-    unit_id: str = ""
-    category: str = ""
-    channel: str = ""
-    months: Sequence[str] = field(default_factory=tuple)
-    start: datetime | None = None
-    end: datetime | None = None
-
-
-class WarehouseUnitOfWork(Protocol):
-    def record_event(self, event: CaseEvent, *, source: str, body: bytes) -> bool:
-        """Keep the event; False when (case_id, version, kind) was already there."""
-
-    def events_of(self, case_id: str) -> list[CaseEvent]: ...
-
-    def save_fact(self, fact: CaseFact) -> None: ...
-
-    def save_text(self, case_id: str, text: str) -> None: ...
-
-    def aggregate(
-        self, where: Slice, *, as_of: datetime, group_by: str | None, metrics: Sequence[str] | None = None
-    ) -> dict[str, Aggregates]:
-        """Counts per group ("" when ``group_by`` is None); group_by: child, unit, category, channel.
-
-        With ``metrics``, only ``received`` and what those metrics read (``METRIC_COUNTERS``) need
-        be filled; the other counters may be left at 0."""
-        ...
-
-    def case_ids(self, where: Slice, *, predicate: str, as_of: datetime, limit: int) -> list[str]: ...
-
-    def hotspot_counts(
-        self, where: Slice, *, baseline_start: datetime, window_start: datetime, end: datetime
-    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
-        """Cases per (region, category) in [window_start, end) and in [baseline_start, window_start)."""
-        ...
-
-    def window_cases(
-        self, *, region_code: str, tier: Tier, category: str, start: datetime, end: datetime
-    ) -> list[tuple[str, datetime, str]]:
-        """(case id, submitted_at, unit id) of the cases of one (region, category) submitted in [start, end)."""
-        ...
-
-    def texts(self, case_ids: Sequence[str]) -> dict[str, str]: ...
-
-    def late_assisting_units(self, where: Slice) -> dict[str, int]:
-        """协办超期: per assisting unit, the slice's cases in which it was late (answered after its
-        deadline or chased for it)."""
-        ...
-
-
-def region_columns(
-    tree: RegionTree, region_code: str, fallback_node: str, handed_away: Collection[str] = ()
-) -> tuple[str, str, str, str]:
-    """(region, province, city, county) codes, so any tier's subtree is one indexed equality.
-
-    A case counts at the region of its matter when that lies in the subtree of ``fallback_node``,
-    the node that handles it (docs/stats.md "Where a case counts"); otherwise, when its place is
-    unresolved, or when a node below ``fallback_node`` whose subtree holds that region handed the
-    case away (``handed_away``: it no longer hears of the handling), at that node's own region.
-    Every tier holding the case places it the same way, so a tier's figures are the sum of its
-    children's and none is counted twice.
-    """
-    inside = region_code in tree and (fallback_node not in tree or tree.contains(fallback_node, region_code))
-    if inside and fallback_node in tree:
-        inside = not any(
-            node != fallback_node
-            and node in tree
-            and tree.contains(fallback_node, node)
-            and tree.contains(node, region_code)
-            for node in handed_away
-        )
-    code = region_code if inside else fallback_node
-    province = city = county = ""
-    for step in tree.path(code):
-        tier = tree.get(step).tier
-        if tier is Tier.PROVINCE:
-            province = step
-        elif tier is Tier.CITY:
-            city = step
-        elif tier is Tier.COUNTY:
-            county = step
-    return code, province, city, county
-
-
-def fact_from_registration(
-    event: CaseEvent, tree: RegionTree, config: StatsConfig, *, received_by: str = "", handed_away: Collection[str] = ()
-) -> CaseFact:
-    """The fact's base from the case's snapshot; ``received_by``: the node counting it (default: registering)."""
-    region, province, city, county = region_columns(
-        tree, event.region_code, received_by or event.registering_node, handed_away
-    )
-    submitted = to_utc(event.submitted_at or event.occurred_at)
-    return CaseFact(
-        case_id=event.case_id,
-        region_code=region,
-        province_code=province,
-        city_code=city,
-        county_code=county,
-        registering_node=event.registering_node,
-        channel=event.channel,
-        category=event.category,
-        state="REGISTERED",
-        version=event.version,
-        submitted_at=submitted,
-        updated_at=to_utc(event.occurred_at),
-        stat_month=stat_month_of(submitted, config),
-        online=event.channel in ONLINE_CHANNELS,
-        is_repeat=event.is_repeat,
-    )
-
-
 def ingest(
-    uow: WarehouseUnitOfWork,
+    uow: StatsUnitOfWork,
     event: CaseEvent,
     *,
     source: str,
@@ -231,7 +106,7 @@ def make_slice(
 
 
 def get_metrics(
-    uow: WarehouseUnitOfWork,
+    uow: StatsUnitOfWork,
     where: Slice,
     *,
     names: Sequence[str],
@@ -252,7 +127,7 @@ def get_metrics(
 
 
 def received(
-    uow: WarehouseUnitOfWork,
+    uow: StatsUnitOfWork,
     tree: RegionTree,
     *,
     region_code: str,
@@ -277,7 +152,7 @@ def _periods(month: str, year: str) -> tuple[list[str], list[str], list[str]]:
 
 
 def rank_regions(
-    uow: WarehouseUnitOfWork,
+    uow: StatsUnitOfWork,
     tree: RegionTree,
     node: str,
     *,
@@ -307,7 +182,7 @@ def rank_regions(
 
 
 def rank_units(
-    uow: WarehouseUnitOfWork,
+    uow: StatsUnitOfWork,
     tree: RegionTree,
     node: str,
     *,
@@ -334,7 +209,7 @@ def rank_units(
 
 
 def hotspots(
-    uow: WarehouseUnitOfWork,
+    uow: StatsUnitOfWork,
     tree: RegionTree,
     node: str,
     *,
@@ -376,7 +251,7 @@ def hotspots(
 
 
 def _cell_cases(
-    uow: WarehouseUnitOfWork, cell: tuple[str, Tier, str], start: datetime, end: datetime
+    uow: StatsUnitOfWork, cell: tuple[str, Tier, str], start: datetime, end: datetime
 ) -> list[tuple[str, datetime, str]]:
     region_code, tier, category = cell
     return uow.window_cases(region_code=region_code, tier=tier, category=category, start=start, end=end)

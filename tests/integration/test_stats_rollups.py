@@ -23,11 +23,12 @@ from bench.stats.generate import bulk_insert, generate
 from services.common.db import make_engine, make_session_factory, transaction
 from services.common.migrations import upgrade
 from services.common.regions import RegionTree, Tier
-from services.stats.app import roll_forward
 from services.stats.domain import COUNTERS, Aggregates, StatsConfig, counters
-from services.stats.handlers import Slice
 from services.stats.models import CaseFactRow, daily_counts, region_rollups, rollup_days_over, rollups
-from services.stats.store import FACT_COLUMNS, SqlWarehouse, _fact_of, predicates
+from services.stats.ports import Slice
+from services.stats.store import SqlWarehouse
+from services.stats.store_sql import FACT_COLUMNS, fact_of, predicates
+from services.stats.upkeep import roll_forward
 from tests.support.warehouse import Warehouse, fixture_events
 
 MONTHS = ["2026-08", "2026-09", "2026-10"]
@@ -101,11 +102,11 @@ def test_rollups_equal_facts_on_a_random_warehouse(database_url: str, tmp_path: 
 
 
 def test_python_and_sql_definitions_agree_on_every_fact(database_url: str, tmp_path: Path) -> None:
-    """``domain.counters`` (the ingest path) and ``store.predicates`` (queries, rebuilds) per fact."""
+    """``domain.counters`` (the ingest path) and ``store_sql.predicates`` (queries, rebuilds) per fact."""
     _, engine = _random_warehouse(database_url, tmp_path, datetime(2026, 9, 20, tzinfo=UTC))
     try:
         with Session(engine) as session:
-            facts = {r["case_id"]: _fact_of(r) for r in session.execute(select(*FACT_COLUMNS)).mappings()}
+            facts = {r["case_id"]: fact_of(r) for r in session.execute(select(*FACT_COLUMNS)).mappings()}
             assert len(facts) == 3000
             checked = 0
             for as_of in (

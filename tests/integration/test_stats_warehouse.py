@@ -22,8 +22,8 @@ from bench.stats import synthetic as syn
 from services.common.bus import InProcessBus
 from services.common.regions import RegionTree
 from services.common.timeutil import to_timestamp
-from services.stats.app import refresh_gauges
 from services.stats.store import SqlWarehouse
+from services.stats.upkeep import refresh_gauges
 from tests.support.warehouse import U1, U2, A, B, C, D, G, Warehouse, cn, fixture_events
 
 

@@ -81,8 +81,8 @@ def test_the_newest_cases_up_to_the_cap_are_clustered() -> None:
 
 
 def test_the_bulletin_gives_a_topic_one_line_with_its_growth_and_units() -> None:
-    from services.stats.bulletin import _topic_line
+    from services.stats.bulletin_markdown import topic_line
 
     window = _cases(NOISE, "n", NOW, units=["住建局", "住建局", "城管局", ""])
     [topic] = find_topics(window, terms=lambda texts, n: ["噪音"])
-    assert _topic_line(topic) == f"{topic.label}（4 件，前一时段 0 件，变化 +4；承办单位 住建局、城管局；关键词 噪音）"
+    assert topic_line(topic) == f"{topic.label}（4 件，前一时段 0 件，变化 +4；承办单位 住建局、城管局；关键词 噪音）"
