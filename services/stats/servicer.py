@@ -17,7 +17,7 @@ from services.common.errors import InvalidArgument
 from services.common.regions import RegionTree
 from services.common.timeutil import from_duration, from_timestamp, to_timestamp
 from services.stats import handlers
-from services.stats.domain import RankRow, StatsConfig, month_bounds, parse_month
+from services.stats.domain import DEFINITIONS_ZH, RankRow, StatsConfig, month_bounds, parse_month
 from services.stats.hotspot import HotspotRules
 from services.stats.store import SqlWarehouse
 
@@ -93,6 +93,7 @@ class StatsServicer(stats_grpc.StatsServiceServicer):
                 stats_pb2.Metric(
                     name=v.name,
                     definition=v.definition,
+                    definition_zh=DEFINITIONS_ZH.get(v.name, ""),
                     value=v.value,
                     numerator=v.numerator,
                     denominator=v.denominator,

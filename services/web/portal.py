@@ -299,7 +299,8 @@ def _ask_unit_figures(page: Page, month: str) -> tuple[list[dict[str, Any]], dic
             for row in page.client.result(future).rows:
                 unit = units.setdefault(row.unit_id, {"name": _unit_label(page, row), "cases": row.cases})
                 unit[metric] = row.value
-        meanings = {m.name: m.definition for m in page.client.result(definitions).metrics}
+        # The Chinese definitions (a node not yet serving them gives the English ones).
+        meanings = {m.name: m.definition_zh or m.definition for m in page.client.result(definitions).metrics}
     except CallFailed:
         return [], {}
     return sorted(units.values(), key=lambda u: (-u["cases"], u["name"])), meanings

@@ -195,6 +195,9 @@ def test_citizen_clerk_and_supervisor_journey(web_federation: WebFederation, vis
     assert title in entry and "138****5678" in entry and "张*" in entry
     html = page.content()
     assert PHONE not in html and NAME not in html and ID_NUMBER not in html
+    # The units' rates (张榜公布) are explained in Chinese, from the stats service's definitions.
+    definitions = page.inner_text("dl.definitions")
+    assert "回复率：已答复件数 ÷ 应答复件数" in definitions and "cases" not in definitions
     citizen.check("portal-board")
 
     # Personal data never travelled in a URL.

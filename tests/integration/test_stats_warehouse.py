@@ -60,6 +60,7 @@ def test_every_metric_matches_the_hand_computed_figures(warehouse: Warehouse) ->
     assert m["supervised"].numerator == 1  # B; D was only chased
     for metric in m.values():
         assert metric.definition
+        assert metric.definition_zh.startswith(metric.definition.split(":", 1)[0] + "：")
 
 
 def test_unrated_reply_is_not_counted_before_the_window_closes(warehouse: Warehouse) -> None:

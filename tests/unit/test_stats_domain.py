@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 
 import pytest
 
 from services.common.errors import InvalidArgument
 from services.stats.domain import (
+    DEFINITIONS,
+    DEFINITIONS_ZH,
     Aggregates,
     StatsConfig,
     month_bounds,
@@ -87,3 +90,12 @@ def test_lower_is_better_metrics_rank_ascending() -> None:
     current = {"a": Aggregates(received=10, overdue=1), "b": Aggregates(received=10, overdue=4)}
     rows = rank("overdue", current, {}, min_cases=1)
     assert [r.key for r in rows] == ["a", "b"]
+
+
+def test_every_metric_is_defined_in_chinese_under_the_same_name() -> None:
+    assert DEFINITIONS_ZH.keys() == DEFINITIONS.keys()
+    for name, english in DEFINITIONS.items():
+        label = english.split(":", 1)[0]
+        assert DEFINITIONS_ZH[name].startswith(f"{label}："), name
+        # Chinese for the public: no English words (the label's "P90" aside).
+        assert not re.search(r"[A-Za-z]{2,}", DEFINITIONS_ZH[name].removeprefix(label)), name

@@ -54,6 +54,35 @@ DEFINITIONS: dict[str, str] = {
     "counts once. Every handling rate counts matters (merged cases owe no reply); received and "
     "satisfaction count submissions.",
 }
+# The same definitions in Chinese, for the public (the portal's 张榜公布 board shows these, through
+# ``Metric.definition_zh``); docs/stats.md keeps the English above. Term by term the same rule.
+DEFINITIONS_ZH: dict[str, str] = {
+    "received": "受理量：统计期内提交的本范围诉求件数（不论办理状态）。",
+    "online_share": "网上信访占比：通过网站、手机客户端、微信、领导留言板等网上渠道提交的件数 ÷ 受理量。",
+    "on_time_acceptance_rate": "按期受理率：在受理告知期限内作出受理或不予受理决定的件数 ÷ "
+    "受理告知期限已到或已作出决定的件数（作出决定前撤回或被并单的不计）。",
+    "reply_rate": "回复率：已答复件数 ÷ 应答复件数（办理期限已到或已答复）；"
+    "撤回、被并单、不予受理的诉求无需答复，不计入。",
+    "completion_rate": "办结率：已办结件数 ÷ 应办结件数（办理期限已到或已办结）；撤回、被并单、不予受理的不计。",
+    "on_time_completion_rate": "按期办结率：在办理期限内办结的件数 ÷ 应办结件数。",
+    "avg_reply_workdays": "平均答复时长：已答复诉求从提交到首次答复的平均工作日数（按国家法定节假日和调休安排计算）。",
+    "p90_reply_workdays": "答复时长P90：已答复诉求从提交到首次答复的工作日数的第90百分位（最近秩法）。",
+    "satisfaction_rate": "满意率：评价为满意或基本满意的件数，加上答复后规定工作日内未评价（视为满意）的件数，"
+    "÷ 已评价件数与评价期已满的未评价件数之和。",
+    "repeat_rate": "重复件率：与此前未办结诉求重复的件数 ÷ 受理量。",
+    "overdue": "超期件：办理期限已过仍未答复，或超过期限才答复的件数（撤回、被并单、不予受理的不计）。",
+    "supervised": "督办件：至少被督办一次（督办或挂牌督办；催办不计）的件数。",
+    "instructed": "领导批示件：属领导批转类别、且已记录领导批示的件数。",
+    "consulted": "远程会商件：不同层级单位就该诉求举行远程会商并记录会商纪要的件数。",
+    "assist_late": "协办超期件：有协办单位超过协办时限才答复主办单位、或因此被催办的件数（通报中列出各协办单位）。",
+    "third_party_sampled": "第三方评价抽样件：被抽入当月第三方评价样本的件数（各地按承办单位从当月办结件中抽样）。",
+    "third_party_satisfaction_rate": "第三方评价满意率：评价组（专家、干部、群众代表）评为满意或基本满意的"
+    "抽样件数 ÷ 评价组已评价的抽样件数；与群众满意率并列，不相混合。",
+    "merged": "并单件：被并入其他诉求（并单）的件数；每件仍是一次提交（其群众跟踪主件进度并可评价），"
+    "但不单独算作一个事项。",
+    "matters": "事项数：受理量减去被并单的件数，多名群众反映的同一事项只计一次。"
+    "各项办理率按事项计算（被并单的无需答复），受理量和满意率按提交件数计算。",
+}
 # Metrics where a smaller value is better (rankings order these ascending).
 LOWER_IS_BETTER = frozenset(
     {"avg_reply_workdays", "p90_reply_workdays", "repeat_rate", "overdue", "supervised", "assist_late"}

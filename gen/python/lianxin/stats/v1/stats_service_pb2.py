@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from lianxin.common.v1 import common_pb2 as lianxin_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$lianxin/stats/v1/stats_service.proto\x12\x10lianxin.stats.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elianxin/common/v1/common.proto\"\x94\x02\n\x11GetMetricsRequest\x12\x13\n\x0bregion_code\x18\x01 \x01(\t\x12\x0f\n\x07unit_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12+\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x1a.lianxin.common.v1.Channel\x12\x30\n\x0cperiod_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05month\x18\x07 \x01(\t\x12\x0f\n\x07metrics\x18\x08 \x03(\t\x12\x18\n\x10include_case_ids\x18\t \x01(\x08\"s\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndefinition\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x11\n\tnumerator\x18\x04 \x01(\x03\x12\x13\n\x0b\x64\x65nominator\x18\x05 \x01(\x03\x12\x10\n\x08\x63\x61se_ids\x18\x06 \x03(\t\"\xcc\x01\n\x12GetMetricsResponse\x12)\n\x07metrics\x18\x01 \x03(\x0b\x32\x18.lianxin.stats.v1.Metric\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05\x61s_of\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x96\x01\n\x07Ranking\x12\x13\n\x0bregion_code\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\r\n\x05\x63\x61ses\x18\x04 \x01(\x03\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x1a\n\x12\x63hange_vs_previous\x18\x06 \x01(\x01\x12\x0f\n\x07\x66lagged\x18\x07 \x01(\x08\x12\x0f\n\x07unit_id\x18\x08 \x01(\t\"\xd2\x01\n\x12RankRegionsRequest\x12\x1a\n\x12parent_region_code\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x30\n\x0cperiod_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05month\x18\x05 \x01(\t\x12\x11\n\tmin_cases\x18\x06 \x01(\x03\x12\x0c\n\x04year\x18\x07 \x01(\t\">\n\x13RankRegionsResponse\x12\'\n\x04rows\x18\x01 \x03(\x0b\x32\x19.lianxin.stats.v1.Ranking\"\xc9\x01\n\x10RankUnitsRequest\x12\x13\n\x0bregion_code\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x30\n\x0cperiod_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05month\x18\x05 \x01(\t\x12\x11\n\tmin_cases\x18\x06 \x01(\x03\x12\x0c\n\x04year\x18\x07 \x01(\t\"<\n\x11RankUnitsResponse\x12\'\n\x04rows\x18\x01 \x03(\x0b\x32\x19.lianxin.stats.v1.Ranking\"\xad\x01\n\x13ListHotspotsRequest\x12\x13\n\x0bregion_code\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x62\x61seline\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xbc\x01\n\x07Hotspot\x12\x13\n\x0bregion_code\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x10\n\x08\x62\x61seline\x18\x04 \x01(\x01\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x10\n\x08keywords\x18\x06 \x03(\t\x12\x18\n\x10\x65xample_case_ids\x18\x07 \x03(\t\x12.\n\x06topics\x18\x08 \x03(\x0b\x32\x1e.lianxin.stats.v1.HotspotTopic\"\x8b\x01\n\x0cHotspotTopic\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\ttop_terms\x18\x02 \x03(\t\x12\x10\n\x08\x63\x61se_ids\x18\x03 \x03(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\x12\x16\n\x0eprevious_count\x18\x05 \x01(\x03\x12\x0e\n\x06growth\x18\x06 \x01(\x03\x12\x10\n\x08unit_ids\x18\x07 \x03(\t\"C\n\x14ListHotspotsResponse\x12+\n\x08hotspots\x18\x01 \x03(\x0b\x32\x19.lianxin.stats.v1.Hotspot\"8\n\x12GetBulletinRequest\x12\x13\n\x0bregion_code\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\"C\n\x0c\x42ulletinFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"V\n\x13GetBulletinResponse\x12\x10\n\x08markdown\x18\x01 \x01(\t\x12-\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x1e.lianxin.stats.v1.BulletinFile2\xd4\x03\n\x0cStatsService\x12W\n\nGetMetrics\x12#.lianxin.stats.v1.GetMetricsRequest\x1a$.lianxin.stats.v1.GetMetricsResponse\x12Z\n\x0bRankRegions\x12$.lianxin.stats.v1.RankRegionsRequest\x1a%.lianxin.stats.v1.RankRegionsResponse\x12T\n\tRankUnits\x12\".lianxin.stats.v1.RankUnitsRequest\x1a#.lianxin.stats.v1.RankUnitsResponse\x12]\n\x0cListHotspots\x12%.lianxin.stats.v1.ListHotspotsRequest\x1a&.lianxin.stats.v1.ListHotspotsResponse\x12Z\n\x0bGetBulletin\x12$.lianxin.stats.v1.GetBulletinRequest\x1a%.lianxin.stats.v1.GetBulletinResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$lianxin/stats/v1/stats_service.proto\x12\x10lianxin.stats.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elianxin/common/v1/common.proto\"\x94\x02\n\x11GetMetricsRequest\x12\x13\n\x0bregion_code\x18\x01 \x01(\t\x12\x0f\n\x07unit_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12+\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x1a.lianxin.common.v1.Channel\x12\x30\n\x0cperiod_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05month\x18\x07 \x01(\t\x12\x0f\n\x07metrics\x18\x08 \x03(\t\x12\x18\n\x10include_case_ids\x18\t \x01(\x08\"\x8a\x01\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndefinition\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x11\n\tnumerator\x18\x04 \x01(\x03\x12\x13\n\x0b\x64\x65nominator\x18\x05 \x01(\x03\x12\x10\n\x08\x63\x61se_ids\x18\x06 \x03(\t\x12\x15\n\rdefinition_zh\x18\x07 \x01(\t\"\xcc\x01\n\x12GetMetricsResponse\x12)\n\x07metrics\x18\x01 \x03(\x0b\x32\x18.lianxin.stats.v1.Metric\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05\x61s_of\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x96\x01\n\x07Ranking\x12\x13\n\x0bregion_code\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\r\n\x05\x63\x61ses\x18\x04 \x01(\x03\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x1a\n\x12\x63hange_vs_previous\x18\x06 \x01(\x01\x12\x0f\n\x07\x66lagged\x18\x07 \x01(\x08\x12\x0f\n\x07unit_id\x18\x08 \x01(\t\"\xd2\x01\n\x12RankRegionsRequest\x12\x1a\n\x12parent_region_code\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x30\n\x0cperiod_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05month\x18\x05 \x01(\t\x12\x11\n\tmin_cases\x18\x06 \x01(\x03\x12\x0c\n\x04year\x18\x07 \x01(\t\">\n\x13RankRegionsResponse\x12\'\n\x04rows\x18\x01 \x03(\x0b\x32\x19.lianxin.stats.v1.Ranking\"\xc9\x01\n\x10RankUnitsRequest\x12\x13\n\x0bregion_code\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x30\n\x0cperiod_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05month\x18\x05 \x01(\t\x12\x11\n\tmin_cases\x18\x06 \x01(\x03\x12\x0c\n\x04year\x18\x07 \x01(\t\"<\n\x11RankUnitsResponse\x12\'\n\x04rows\x18\x01 \x03(\x0b\x32\x19.lianxin.stats.v1.Ranking\"\xad\x01\n\x13ListHotspotsRequest\x12\x13\n\x0bregion_code\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x62\x61seline\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xbc\x01\n\x07Hotspot\x12\x13\n\x0bregion_code\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x10\n\x08\x62\x61seline\x18\x04 \x01(\x01\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x10\n\x08keywords\x18\x06 \x03(\t\x12\x18\n\x10\x65xample_case_ids\x18\x07 \x03(\t\x12.\n\x06topics\x18\x08 \x03(\x0b\x32\x1e.lianxin.stats.v1.HotspotTopic\"\x8b\x01\n\x0cHotspotTopic\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\ttop_terms\x18\x02 \x03(\t\x12\x10\n\x08\x63\x61se_ids\x18\x03 \x03(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\x12\x16\n\x0eprevious_count\x18\x05 \x01(\x03\x12\x0e\n\x06growth\x18\x06 \x01(\x03\x12\x10\n\x08unit_ids\x18\x07 \x03(\t\"C\n\x14ListHotspotsResponse\x12+\n\x08hotspots\x18\x01 \x03(\x0b\x32\x19.lianxin.stats.v1.Hotspot\"8\n\x12GetBulletinRequest\x12\x13\n\x0bregion_code\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\"C\n\x0c\x42ulletinFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"V\n\x13GetBulletinResponse\x12\x10\n\x08markdown\x18\x01 \x01(\t\x12-\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x1e.lianxin.stats.v1.BulletinFile2\xd4\x03\n\x0cStatsService\x12W\n\nGetMetrics\x12#.lianxin.stats.v1.GetMetricsRequest\x1a$.lianxin.stats.v1.GetMetricsResponse\x12Z\n\x0bRankRegions\x12$.lianxin.stats.v1.RankRegionsRequest\x1a%.lianxin.stats.v1.RankRegionsResponse\x12T\n\tRankUnits\x12\".lianxin.stats.v1.RankUnitsRequest\x1a#.lianxin.stats.v1.RankUnitsResponse\x12]\n\x0cListHotspots\x12%.lianxin.stats.v1.ListHotspotsRequest\x1a&.lianxin.stats.v1.ListHotspotsResponse\x12Z\n\x0bGetBulletin\x12$.lianxin.stats.v1.GetBulletinRequest\x1a%.lianxin.stats.v1.GetBulletinResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,34 +36,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETMETRICSREQUEST']._serialized_start=156
   _globals['_GETMETRICSREQUEST']._serialized_end=432
-  _globals['_METRIC']._serialized_start=434
-  _globals['_METRIC']._serialized_end=549
-  _globals['_GETMETRICSRESPONSE']._serialized_start=552
-  _globals['_GETMETRICSRESPONSE']._serialized_end=756
-  _globals['_RANKING']._serialized_start=759
-  _globals['_RANKING']._serialized_end=909
-  _globals['_RANKREGIONSREQUEST']._serialized_start=912
-  _globals['_RANKREGIONSREQUEST']._serialized_end=1122
-  _globals['_RANKREGIONSRESPONSE']._serialized_start=1124
-  _globals['_RANKREGIONSRESPONSE']._serialized_end=1186
-  _globals['_RANKUNITSREQUEST']._serialized_start=1189
-  _globals['_RANKUNITSREQUEST']._serialized_end=1390
-  _globals['_RANKUNITSRESPONSE']._serialized_start=1392
-  _globals['_RANKUNITSRESPONSE']._serialized_end=1452
-  _globals['_LISTHOTSPOTSREQUEST']._serialized_start=1455
-  _globals['_LISTHOTSPOTSREQUEST']._serialized_end=1628
-  _globals['_HOTSPOT']._serialized_start=1631
-  _globals['_HOTSPOT']._serialized_end=1819
-  _globals['_HOTSPOTTOPIC']._serialized_start=1822
-  _globals['_HOTSPOTTOPIC']._serialized_end=1961
-  _globals['_LISTHOTSPOTSRESPONSE']._serialized_start=1963
-  _globals['_LISTHOTSPOTSRESPONSE']._serialized_end=2030
-  _globals['_GETBULLETINREQUEST']._serialized_start=2032
-  _globals['_GETBULLETINREQUEST']._serialized_end=2088
-  _globals['_BULLETINFILE']._serialized_start=2090
-  _globals['_BULLETINFILE']._serialized_end=2157
-  _globals['_GETBULLETINRESPONSE']._serialized_start=2159
-  _globals['_GETBULLETINRESPONSE']._serialized_end=2245
-  _globals['_STATSSERVICE']._serialized_start=2248
-  _globals['_STATSSERVICE']._serialized_end=2716
+  _globals['_METRIC']._serialized_start=435
+  _globals['_METRIC']._serialized_end=573
+  _globals['_GETMETRICSRESPONSE']._serialized_start=576
+  _globals['_GETMETRICSRESPONSE']._serialized_end=780
+  _globals['_RANKING']._serialized_start=783
+  _globals['_RANKING']._serialized_end=933
+  _globals['_RANKREGIONSREQUEST']._serialized_start=936
+  _globals['_RANKREGIONSREQUEST']._serialized_end=1146
+  _globals['_RANKREGIONSRESPONSE']._serialized_start=1148
+  _globals['_RANKREGIONSRESPONSE']._serialized_end=1210
+  _globals['_RANKUNITSREQUEST']._serialized_start=1213
+  _globals['_RANKUNITSREQUEST']._serialized_end=1414
+  _globals['_RANKUNITSRESPONSE']._serialized_start=1416
+  _globals['_RANKUNITSRESPONSE']._serialized_end=1476
+  _globals['_LISTHOTSPOTSREQUEST']._serialized_start=1479
+  _globals['_LISTHOTSPOTSREQUEST']._serialized_end=1652
+  _globals['_HOTSPOT']._serialized_start=1655
+  _globals['_HOTSPOT']._serialized_end=1843
+  _globals['_HOTSPOTTOPIC']._serialized_start=1846
+  _globals['_HOTSPOTTOPIC']._serialized_end=1985
+  _globals['_LISTHOTSPOTSRESPONSE']._serialized_start=1987
+  _globals['_LISTHOTSPOTSRESPONSE']._serialized_end=2054
+  _globals['_GETBULLETINREQUEST']._serialized_start=2056
+  _globals['_GETBULLETINREQUEST']._serialized_end=2112
+  _globals['_BULLETINFILE']._serialized_start=2114
+  _globals['_BULLETINFILE']._serialized_end=2181
+  _globals['_GETBULLETINRESPONSE']._serialized_start=2183
+  _globals['_GETBULLETINRESPONSE']._serialized_end=2269
+  _globals['_STATSSERVICE']._serialized_start=2272
+  _globals['_STATSSERVICE']._serialized_end=2740
 # @@protoc_insertion_point(module_scope)

@@ -99,6 +99,7 @@ class Metric(_message.Message):
     NUMERATOR_FIELD_NUMBER: _builtins.int
     DENOMINATOR_FIELD_NUMBER: _builtins.int
     CASE_IDS_FIELD_NUMBER: _builtins.int
+    DEFINITION_ZH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Metric name."""
     definition: _builtins.str
@@ -109,6 +110,8 @@ class Metric(_message.Message):
     """Numerator (the count, for counts)."""
     denominator: _builtins.int
     """Denominator (1 for counts)."""
+    definition_zh: _builtins.str
+    """The same definition in Chinese (中文口径), as the public board (张榜公布) shows it."""
     @_builtins.property
     def case_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Cases counted in the numerator, when include_case_ids was asked."""
@@ -122,10 +125,11 @@ class Metric(_message.Message):
         numerator: _builtins.int = ...,
         denominator: _builtins.int = ...,
         case_ids: _abc.Iterable[_builtins.str] | None = ...,
+        definition_zh: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ids", b"case_ids", "definition", b"definition", "denominator", b"denominator", "name", b"name", "numerator", b"numerator", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ids", b"case_ids", "definition", b"definition", "definition_zh", b"definition_zh", "denominator", b"denominator", "name", b"name", "numerator", b"numerator", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
