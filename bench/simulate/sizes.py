@@ -15,7 +15,7 @@ from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 
 from services.common.timeutil import to_timestamp
-from services.exchange.link import national_report
+from services.exchange.national import national_report
 
 TITLE = "小区门口夜间施工噪音扰民" + "请尽快处理"  # 17 characters
 BODY_CHARS = 347

@@ -20,7 +20,8 @@ from pathlib import Path
 from services.common.db import make_engine, make_session_factory
 from services.common.migrations import upgrade
 from services.common.regions import RegionTree
-from services.exchange.store import ENVELOPE, ExchangeStore, Item
+from services.exchange.ports import ENVELOPE, Item
+from services.exchange.store import ExchangeStore
 
 from .sizes import envelope
 

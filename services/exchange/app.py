@@ -1,10 +1,15 @@
-"""Composition of the exchange service: subscriptions feeding the up-log, the link pumps, the servicer."""
+"""Composition of the exchange service for any host: wiring only.
+
+The rules are in ``domain``, the use cases in ``handlers`` (``Exchange``; ``store.ExchangeStore`` over
+SQL), the subscriptions in ``consumers``, the links in ``link`` and ``national``.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
@@ -12,14 +17,14 @@ from sqlalchemy import Engine
 
 from services.common.audit import AuditLog
 from services.common.db import make_engine, service_database_url
-from services.common.events import decode
-from services.common.service import BusEvent, ServiceContext, ServiceParts, ServicerBinding, Subscription, Timer
+from services.common.service import ServiceContext, ServiceParts, ServicerBinding, Timer
 from services.common.timeutil import to_timestamp
 from services.common.tls import client_credentials
 from services.common.waiting import LinkDriver
-from services.exchange import domain
-from services.exchange.link import GrpcNationalAdapter, NationalAdapter, NationalLink, ParentLink
+from services.exchange.consumers import ExchangeConsumers
+from services.exchange.link import ParentLink
 from services.exchange.models import outbox
+from services.exchange.national import GrpcNationalAdapter, NationalAdapter, NationalLink
 from services.exchange.servicer import ExchangeServicer, LinkReporter
 from services.exchange.store import ExchangeStore
 
@@ -35,14 +40,6 @@ METRICS_INTERVAL_S = 1.0
 EVENT_METRICS_INTERVAL_S = 15.0
 
 
-def _recorder(store: ExchangeStore) -> Callable[[BusEvent], None]:
-    def record(event: BusEvent) -> None:
-        # Idempotent by event id (up_log.event_id is unique), so bus redelivery is harmless.
-        store.record_local(decode(event), event.body)
-
-    return record
-
-
 def _audit_head(audit: AuditLog) -> Callable[[], exchange_pb2.AuditHead | None]:
     def head() -> exchange_pb2.AuditHead | None:
         record = audit.head()
@@ -53,37 +50,37 @@ def _audit_head(audit: AuditLog) -> Callable[[], exchange_pb2.AuditHead | None]:
     return head
 
 
-def build(ctx: ServiceContext) -> ServiceParts:
+@dataclass
+class _Links:
+    """The node's links (either may be absent) and what closes with them."""
+
+    parent: ParentLink | None = None
+    national: NationalLink | None = None
+    adapter: NationalAdapter | None = None
+    audit_engine: Engine | None = None
+
+    def close(self) -> None:
+        if self.parent is not None:
+            self.parent.close()
+        if self.audit_engine is not None:
+            self.audit_engine.dispose()
+        if isinstance(self.adapter, GrpcNationalAdapter):
+            self.adapter.close()
+
+
+def _links(ctx: ServiceContext, store: ExchangeStore) -> _Links:
     node = ctx.settings.node
-    notify: Callable[[], None] = ctx.extras.get("notify_outbox", lambda: None)
-    # Present in an embedded node (one per process): the links wait for work instead of polling.
-    driver: LinkDriver | None = ctx.extras.get("link_driver")
-    store = ExchangeStore(ctx.session_factory, node=node, regions=ctx.regions, clock=ctx.clock, notify=notify)
-    record = _recorder(store)
-    subscriptions = [
-        Subscription("exchange", source, event_type, record)
-        for source, types in domain.UP_EVENT_TYPES.items()
-        for event_type in types
-    ]
-
-    def route_command(event: BusEvent) -> None:
-        # A non-owner's request (a citizen's evaluation at the registering node, a supervisor's 督办):
-        # routed to the owner, or quarantined here (peer "local") when it cannot get anywhere.
-        store.record_command(event.body)
-
-    subscriptions += [Subscription("exchange", source, "command", route_command) for source in domain.COMMAND_SOURCES]
+    links = _Links()
     # Node-to-node links present this node's certificate when the node runs with TLS (docs/security.md).
     credentials = client_credentials(ctx.settings.tls_dir, node)
-    parent_link: ParentLink | None = None
-    audit_engine: Engine | None = None
     if ctx.settings.parent:
         parent_node = ctx.regions.parent(node) or ""
         head_of_chain = None
         if ctx.settings.audit or ctx.settings.auth:
             # The node's audit chain (written by its servers' security interceptor) anchored above.
-            audit_engine = make_engine(service_database_url(ctx.settings, "audit"), service="audit")
-            head_of_chain = _audit_head(AuditLog(audit_engine, node))
-        parent_link = ParentLink(
+            links.audit_engine = make_engine(service_database_url(ctx.settings, "audit"), service="audit")
+            head_of_chain = _audit_head(AuditLog(links.audit_engine, node))
+        links.parent = ParentLink(
             store,
             parent_node=parent_node,
             address=ctx.settings.parent,
@@ -92,13 +89,16 @@ def build(ctx: ServiceContext) -> ServiceParts:
             audit_head=head_of_chain,
             anchor_interval_s=ctx.settings.audit_anchor_interval_s,
         )
-    national_link: NationalLink | None = None
-    adapter: NationalAdapter | None = ctx.extras.get("national_adapter")
-    if adapter is None and ctx.settings.national:
-        adapter = GrpcNationalAdapter(ctx.settings.national, credentials=credentials)
-    if adapter is not None:
-        national_link = NationalLink(store, adapter, clock=ctx.clock)
-    reporter = LinkReporter(store, parent=parent_link, national=national_link)
+    links.adapter = ctx.extras.get("national_adapter")
+    if links.adapter is None and ctx.settings.national:
+        links.adapter = GrpcNationalAdapter(ctx.settings.national, credentials=credentials)
+    if links.adapter is not None:
+        links.national = NationalLink(store, links.adapter, clock=ctx.clock)
+    return links
+
+
+def _timers(ctx: ServiceContext, store: ExchangeStore, links: _Links, reporter: LinkReporter) -> list[Timer]:
+    """A production worker pumps the links on a timer; an embedded node's links wait for events."""
     next_metrics = [0.0]
 
     def refresh_metrics() -> None:
@@ -108,41 +108,48 @@ def build(ctx: ServiceContext) -> ServiceParts:
             log.warning("exchange metrics refresh failed", exc_info=True)
 
     def pump() -> None:
-        if parent_link is not None:
-            parent_link.run()
-        if national_link is not None:
-            national_link.run()
+        if links.parent is not None:
+            links.parent.run()
+        if links.national is not None:
+            links.national.run()
         if time.monotonic() >= next_metrics[0]:
             next_metrics[0] = time.monotonic() + METRICS_INTERVAL_S
             refresh_metrics()
 
-    timers = [Timer("exchange-link-pump", PUMP_INTERVAL_S, pump)]
-    if driver is not None:
-        on_scrape: Callable[[Callable[[], object]], None] | None = ctx.extras.get("on_scrape")
-        if on_scrape is not None:
-            on_scrape(refresh_metrics)  # the link gauges when /metrics is read (and on every LinkStatus)
-            timers = []
-        else:
-            timers = [Timer("exchange-link-metrics", EVENT_METRICS_INTERVAL_S, refresh_metrics)]
-        if national_link is not None:
-            timers.append(Timer("exchange-national-link", NATIONAL_POLL_S, national_link.run))
-        store.wake_link = parent_link.wake if parent_link is not None else store.wake_link
+    if ctx.extras.get("link_driver") is None:
+        return [Timer("exchange-link-pump", PUMP_INTERVAL_S, pump)]
+    timers = []
+    on_scrape: Callable[[Callable[[], object]], None] | None = ctx.extras.get("on_scrape")
+    if on_scrape is not None:
+        on_scrape(refresh_metrics)  # the link gauges when /metrics is read (and on every LinkStatus)
+    else:
+        timers = [Timer("exchange-link-metrics", EVENT_METRICS_INTERVAL_S, refresh_metrics)]
+    if links.national is not None:
+        timers.append(Timer("exchange-national-link", NATIONAL_POLL_S, links.national.run))
+    store.wake_link = links.parent.wake if links.parent is not None else store.wake_link
+    return timers
+
+
+def build(ctx: ServiceContext) -> ServiceParts:
+    node = ctx.settings.node
+    notify: Callable[[], None] = ctx.extras.get("notify_outbox", lambda: None)
+    # Present in an embedded node (one per process): the links wait for work instead of polling.
+    driver: LinkDriver | None = ctx.extras.get("link_driver")
+    store = ExchangeStore(ctx.session_factory, node=node, regions=ctx.regions, clock=ctx.clock, notify=notify)
+    links = _links(ctx, store)
+    reporter = LinkReporter(store, parent=links.parent, national=links.national)
+    timers = _timers(ctx, store, links, reporter)
 
     def start() -> None:
-        if driver is not None and parent_link is not None:
-            parent_link.start(driver)
+        if driver is not None and links.parent is not None:
+            links.parent.start(driver)
 
     def release() -> None:
         store.down_changes.close()  # long polls answer now, not after the server's grace
 
     def close() -> None:
         release()
-        if parent_link is not None:
-            parent_link.close()
-        if audit_engine is not None:
-            audit_engine.dispose()
-        if isinstance(adapter, GrpcNationalAdapter):
-            adapter.close()
+        links.close()
 
     ctx.extras.setdefault("exchange_store", {})[node] = store
     return ServiceParts(
@@ -161,7 +168,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
                 "lianxin.exchange.v1.ExchangeService",
             )
         ],
-        subscriptions=subscriptions,
+        subscriptions=ExchangeConsumers(store).subscriptions(),
         timers=timers,
         session_factory=ctx.session_factory,
         outbox=outbox,

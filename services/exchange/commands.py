@@ -32,7 +32,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from services.common.service import utc_now
     from services.common.settings import Settings
     from services.exchange.package import PackageKeyMissing, seal, signing_key
-    from services.exchange.store import COMMAND
+    from services.exchange.ports import COMMAND
 
     settings = Settings()
     try:
@@ -66,7 +66,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from services.common.settings import Settings
     from services.exchange.package import PackageKeyMissing, PackageRefused, open_package, origin_of, verification_keys
-    from services.exchange.store import ENVELOPE, Item
+    from services.exchange.ports import ENVELOPE, Item
 
     settings = Settings()
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -412,6 +414,15 @@ def chase_owner(target: str, seen_epoch: int, *, known_epoch: int | None, known_
     return known_owner, known_epoch
 
 
+def command_hop_id(command_id: str, target_node: str, owner_epoch_seen: int) -> str:
+    """The key of one command on one leg (up-log row, down-queue item): command id, target and epoch seen.
+
+    A command retargeted after a hand-off gets a new key, so it may pass a node it passed before;
+    a resend of the same leg has the same key and is stored once.
+    """
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"lianxin:command:{command_id}:{target_node}:{owner_epoch_seen}"))
+
+
 def hand_off_route(to_node: str, *, here: str, child: str, regions: RegionTree) -> str | None:
     """The child to queue a hand-off replica for, when it came up from ``child`` but its target is elsewhere below.
 
@@ -452,6 +463,29 @@ def escalation_epoch(event_type: str, kind: str, new_owner_epoch: int) -> int:
 
 
 # ---------------------------------------------------------------------------------- case digests
+
+
+@dataclass(frozen=True)
+class Held:
+    """One case event a node holds (its up-log row), as ListReplicas shows it."""
+
+    case_id: str
+    version: int
+    event_type: str
+    origin_node: str
+    event_id: str
+    case_sequence: int
+
+
+def digest(held: Sequence[Held]) -> str:
+    """SHA-256 over the sorted "case:version:event_id" lines: equal on two nodes iff they hold the same events.
+
+    Not over the case sequences: each node numbers its own up-log, so those differ between nodes.
+    """
+    h = hashlib.sha256()
+    for case_id, version, event_id in sorted((e.case_id, e.version, e.event_id) for e in held):
+        h.update(f"{case_id}:{version}:{event_id}\n".encode())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""ExchangeService over gRPC: translates requests to the store and reports links; no rules live here."""
+"""ExchangeService over gRPC: translates requests to ``handlers.Exchange`` and reports links; no rules live here."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 
 from services.common.errors import InvalidArgument
 from services.common.timeutil import from_timestamp, to_timestamp
-from services.exchange import link as link_mod
-from services.exchange.store import COMMAND, ENVELOPE, ExchangeStore, Item, digest
+from services.exchange import domain, mapping
+from services.exchange.handlers import Exchange
+from services.exchange.link import LAG_EVENTS, LAG_SECONDS, LAST_CONTACT, QUARANTINED, ParentLink
+from services.exchange.national import NATIONAL, NationalLink
 
 DEFAULT_PULL = 500
 MAX_PULL = 2000
@@ -43,10 +45,10 @@ class LinkReporter:
 
     def __init__(
         self,
-        store: ExchangeStore,
+        store: Exchange,
         *,
-        parent: link_mod.ParentLink | None,
-        national: link_mod.NationalLink | None,
+        parent: ParentLink | None,
+        national: NationalLink | None,
     ) -> None:
         self._store = store
         self._parent = parent
@@ -73,16 +75,16 @@ class LinkReporter:
                 )
             )
         if self._national is not None:
-            up = self._store.cursor(link_mod.NATIONAL, "national_up")
+            up = self._store.cursor(NATIONAL, "national_up")
             lag, age = self._store.up_backlog(up.position)
             out.append(
                 LinkFigures(
-                    link_mod.NATIONAL,
+                    NATIONAL,
                     exchange_pb2.LINK_DIRECTION_UP,
                     lag,
                     age,
                     up.last_contact,
-                    quarantined.get(link_mod.NATIONAL, 0),
+                    quarantined.get(NATIONAL, 0),
                     up.position,
                     self._national.backoff.failures > 0,
                 )
@@ -112,13 +114,13 @@ class LinkReporter:
     def refresh_metrics(self) -> list[LinkFigures]:
         figures = self.figures()
         for f in figures:
-            if f.peer != link_mod.NATIONAL and f.peer not in self._store.regions:
+            if f.peer != NATIONAL and f.peer not in self._store.regions:
                 continue  # a label is a known region code, never what a caller once sent as one
-            link_mod.LAG_EVENTS.labels(f.peer).set(f.lag_events)
-            link_mod.LAG_SECONDS.labels(f.peer).set(f.lag_seconds)
-            link_mod.QUARANTINED.labels(f.peer).set(f.quarantined)
+            LAG_EVENTS.labels(f.peer).set(f.lag_events)
+            LAG_SECONDS.labels(f.peer).set(f.lag_seconds)
+            QUARANTINED.labels(f.peer).set(f.quarantined)
             if f.last_contact is not None:
-                link_mod.LAST_CONTACT.labels(f.peer).set(f.last_contact.timestamp())
+                LAST_CONTACT.labels(f.peer).set(f.last_contact.timestamp())
         return figures
 
 
@@ -135,7 +137,7 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
     waits); 0 when another process writes the down-queue (a production api: nothing here would
     wake the call), so PullDown answers at once."""
 
-    def __init__(self, store: ExchangeStore, reporter: LinkReporter, *, clock: Any, long_polls: int = 0) -> None:
+    def __init__(self, store: Exchange, reporter: LinkReporter, *, clock: Any, long_polls: int = 0) -> None:
         self._store = store
         self._reporter = reporter
         self._clock = clock
@@ -153,16 +155,7 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
         # Only a direct child pushes (as PullDown and AckDown): a junk or foreign child_node would
         # otherwise get a link cursor, quarantine rows and a peer label on /metrics.
         child = self._direct_child(request.child_node)
-        items = [
-            Item(
-                i.position,
-                ENVELOPE if i.WhichOneof("item") != "command" else COMMAND,
-                i.envelope or i.command,
-                i.case_sequence,
-            )
-            for i in request.items
-        ]
-        acked, rejected = self._store.receive_push(child, items)
+        acked, rejected = self._store.receive_push(child, mapping.pushed_items(request.items))
         if request.HasField("audit_head") and request.audit_head.sequence > 0:
             head = request.audit_head
             at = from_timestamp(head.at, "audit_head.at") if head.HasField("at") else None
@@ -200,15 +193,7 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
                 context.abort(grpc.StatusCode.UNAVAILABLE, "node stopping")
             if changed:
                 items, head = self._store.pull_down(child, request.after_position, limit)
-        out = []
-        for i in items:
-            down = exchange_pb2.DownItem(position=i.position)
-            if i.kind == COMMAND:
-                down.command = i.body
-            else:
-                down.envelope = i.body
-            out.append(down)
-        return exchange_pb2.PullDownResponse(items=out, head_position=head)
+        return exchange_pb2.PullDownResponse(items=mapping.down_items(items), head_position=head)
 
     def AckDown(self, request: exchange_pb2.AckDownRequest, context: Any) -> exchange_pb2.AckDownResponse:
         child = self._direct_child(request.child_node)
@@ -358,7 +343,7 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
                 for h in held[: max(0, request.max_items)]
             ],
             count=len(held),
-            digest=digest(held),
+            digest=domain.digest(held),
         )
 
 

@@ -26,7 +26,7 @@ from services.common.crypto import new_data_key
 from services.common.grpcserver import FIELD_METADATA_KEY, MAX_RECEIVE_BYTES, PUBLIC_RECEIVE_BYTES
 from services.common.request_rules import PUBLIC_MAX_BYTES
 from services.common.settings import Settings
-from services.exchange.store import MAX_BATCH_BYTES
+from services.exchange.ports import MAX_BATCH_BYTES
 from services.node import Node
 from tests.support.helpers import free_port_block
 

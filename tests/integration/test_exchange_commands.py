@@ -27,7 +27,8 @@ from services.common.events import envelope
 from services.common.service import BusEvent, Subscription
 from services.common.settings import Settings
 from services.common.timeutil import to_timestamp
-from services.exchange.store import COMMAND, ExchangeStore, Item
+from services.exchange.ports import COMMAND, Item
+from services.exchange.store import ExchangeStore
 from services.node import Node
 from tests.support.exchange_nodes import Start, exchange, free_port, linked_nodes, submit
 from tests.support.helpers import wait_until

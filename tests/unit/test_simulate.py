@@ -20,7 +20,8 @@ from services.common.db import make_engine, make_session_factory
 from services.common.migrations import upgrade
 from services.common.regions import RegionTree, Tier
 from services.exchange import domain
-from services.exchange.store import ENVELOPE, ExchangeStore, Item
+from services.exchange.ports import ENVELOPE, Item
+from services.exchange.store import ExchangeStore
 
 FED = federation("sichuan")
 PROVINCE = FED.provinces[0]
