@@ -499,7 +499,7 @@ _INVALID_CODES = frozenset(
     }
 )
 _UNAVAILABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"})
-# Domain errors raised locally (services.common.errors), by class name, as grpcserver.status_for maps them.
+# Domain errors raised locally (services.common.errors), by class name, as interceptors.status_for maps them.
 _DOMAIN_CODES = {
     "InvalidArgument": "INVALID_ARGUMENT",
     "NotFound": "NOT_FOUND",

@@ -75,7 +75,7 @@ def parent_anchors(settings: Settings) -> list[Anchor]:
     from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 
     from services.common.audit import Anchor
-    from services.common.grpcserver import instrumented_channel
+    from services.common.grpcclient import instrumented_channel
     from services.common.tls import client_credentials
 
     assert settings.parent is not None

@@ -1,4 +1,4 @@
-"""Domain errors that business code raises; ``services.common.grpcserver.status_for`` maps them to gRPC."""
+"""Domain errors that business code raises; ``services.common.interceptors.status_for`` maps them to gRPC."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The gRPC server every service runs: error mapping, metrics, tracing, health, reflection, graceful stop."""
+"""The gRPC server every service runs: health, reflection, /metrics, tracing, graceful stop.
+
+The interceptors it installs (domain error → status code, RPC metrics, the public port's filter) are in
+``interceptors``; the client side (``instrumented_channel``, ``CHANNEL_OPTIONS``) in ``grpcclient``.
+"""
 
 from __future__ import annotations
 
@@ -9,36 +13,25 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import grpc
-import psycopg
-import sqlalchemy.exc
-from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
-from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
-from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app
+from opentelemetry.instrumentation.grpc import server_interceptor
+from prometheus_client import REGISTRY, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from services.common.channels import ClosableChannel
-from services.common.errors import (
-    AlreadyExists,
-    Conflict,
-    DomainError,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    StaleOwner,
-    Unauthenticated,
-    Unavailable,
+from services.common.grpcclient import MAX_MESSAGE_BYTES
+from services.common.interceptors import (
+    HEALTH_SERVICE_NAME,
+    LianxinServerInterceptor,
+    PublicOnlyInterceptor,
+    initialise_rpc_metrics,
 )
 from services.common.request_rules import RequestRulesInterceptor
 from services.common.security import CITIZEN_METHODS
@@ -47,7 +40,6 @@ from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # What a server reads of one request before refusing it. Public (citizen) and node-to-node methods
 # share one port and grpcio has one receive limit per server, so it is set just above the largest
 # legitimate request: a link's PushEvents batch (exchange's MAX_BATCH_BYTES, 1 MiB of envelopes,
@@ -60,9 +52,6 @@ MAX_RECEIVE_BYTES = 2 * 1024 * 1024
 # one is under 16 KiB and the request rules refuse anything above PUBLIC_MAX_BYTES (64 KiB), so the
 # transport refuses more than that from the length prefix, before a byte of the body is buffered.
 PUBLIC_RECEIVE_BYTES = 80 * 1024
-FIELD_METADATA_KEY = "lianxin-field"
-INTERNAL_MESSAGE = "internal error"
-HEALTH_SERVICE_NAME: str = health.SERVICE_NAME
 # The overall health name: liveness (the process answers), never the database (GrpcServer).
 LIVENESS_SERVICE_NAME = ""
 REFLECTION_SERVICE_NAME: str = reflection.SERVICE_NAME
@@ -88,376 +77,6 @@ PUBLIC_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     *(option for option in SERVER_OPTIONS if option[0] != "grpc.max_receive_message_length"),
     ("grpc.max_receive_message_length", PUBLIC_RECEIVE_BYTES),
 )
-
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    # gRPC's own reconnect backoff grows to 120 s by default: after a 20 s cut, a parent link found
-    # the channel still waiting to retry long after the network was back (lianxin bench catchup:
-    # first batch 20.5 s after the link came back). Capped at 5 s, the link's own backoff decides.
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 5_000),
-)
-
-# --------------------------------------------------------------------------- domain error mapping
-
-_STATUS_BY_ERROR: dict[type[DomainError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    StaleOwner: grpc.StatusCode.FAILED_PRECONDITION,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    Conflict: grpc.StatusCode.ABORTED,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    # A rule violation nobody classified: the request was understood but the state refuses it.
-    DomainError: grpc.StatusCode.FAILED_PRECONDITION,
-}
-
-
-def status_for(error: DomainError) -> grpc.StatusCode:
-    """The one mapping from domain errors to gRPC status codes (the nearest mapped class wins)."""
-    for cls in type(error).__mro__:
-        code = _STATUS_BY_ERROR.get(cls)
-        if code is not None:
-            return code
-    return grpc.StatusCode.FAILED_PRECONDITION
-
-
-def trailing_metadata_for(error: DomainError) -> tuple[tuple[str, str], ...]:
-    """Machine-readable detail a client can act on without parsing the message."""
-    if isinstance(error, InvalidArgument):
-        return ((FIELD_METADATA_KEY, error.field),)
-    return ()
-
-
-# --------------------------------------------------------------------------- metrics
-
-# Registered on the default registry at import so business metrics and RPC metrics share one
-# /metrics page; labels are the service and method names of registered handlers only.
-STARTED = Counter(
-    "lianxin_grpc_server_started_total",
-    "RPCs started on the server",
-    ["service", "method"],
-)
-HANDLED = Counter(
-    "lianxin_grpc_server_handled_total",
-    "RPCs completed on the server, by status code",
-    ["service", "method", "code"],
-)
-HANDLING_SECONDS = Histogram(
-    "lianxin_grpc_server_handling_seconds",
-    "Time from the start of an RPC to its status (streams: until the stream ends)",
-    ["service", "method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-)
-CLIENT_HANDLED = Counter(
-    "lianxin_grpc_client_handled_total",
-    "RPCs completed by this process's instrumented channels, by status code",
-    ["service", "method", "code"],
-)
-
-
-def initialise_rpc_metrics(service_names: Sequence[str]) -> None:
-    """Every method's RPC series at zero from the start (code OK), so rate() and increase() see the
-    first call as an increase rather than as the series appearing (the grpc-ecosystem practice)."""
-    pool = descriptor_pool.Default()
-    for service in service_names:
-        try:
-            descriptor = pool.FindServiceByName(service)
-        except KeyError:
-            continue  # a service without a registered descriptor (a test's generic handler)
-        for method in descriptor.methods:
-            STARTED.labels(service, method.name)
-            HANDLED.labels(service, method.name, grpc.StatusCode.OK.name)
-            HANDLING_SECONDS.labels(service, method.name)
-
-
-def _split_method(full_method: str) -> tuple[str, str]:
-    service, _, method = full_method.lstrip("/").partition("/")
-    return service, method
-
-
-# --------------------------------------------------------------------------- server interceptor
-
-Behavior = Callable[[Any, grpc.ServicerContext], Any]
-
-
-class _Outcome:
-    """Which status an RPC ended with, worked out once for the metrics."""
-
-    def __init__(self, service: str, method: str) -> None:
-        self.service = service
-        self.method = method
-        self.start = time.perf_counter()
-        STARTED.labels(service, method).inc()
-
-    def finish(self, code: grpc.StatusCode) -> None:
-        HANDLED.labels(self.service, self.method, code.name).inc()
-        HANDLING_SECONDS.labels(self.service, self.method).observe(time.perf_counter() - self.start)
-
-
-def _code_after_return(context: grpc.ServicerContext) -> grpc.StatusCode:
-    # A handler may set a code without raising (the health servicer does for unknown services).
-    code = context.code()
-    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
-
-
-def _handle_exception(exc: Exception, context: grpc.ServicerContext, method: str) -> NoReturn:
-    """Turn ``exc`` into the RPC's status; always ends by raising."""
-    if isinstance(exc, DomainError):
-        code = status_for(exc)
-        metadata = trailing_metadata_for(exc)
-        if metadata:
-            context.set_trailing_metadata(metadata)
-        context.abort(code, exc.message)
-    if isinstance(exc, grpc.RpcError):
-        if isinstance(exc, grpc.Call):
-            # A downstream call failed and the handler let it escape: keep its status (a parent
-            # node's UNAVAILABLE stays retryable) rather than grpcio's UNKNOWN with its text.
-            context.abort(exc.code(), exc.details() or "")
-        # Raised by grpcio itself on this call: the client is gone.
-        raise exc
-    if type(exc) is Exception and not exc.args and isinstance(context.code(), grpc.StatusCode):
-        # context.abort() raises a bare Exception after recording the status: let it through.
-        raise exc
-    if database_unreachable(exc):
-        # The database restarting or out of reach is a passing condition, not a bug: UNAVAILABLE
-        # tells the client to retry (with the same idempotency key, so nothing is doubled).
-        log.warning("database unavailable in %s: %s", method, type(exc).__name__)
-        context.abort(grpc.StatusCode.UNAVAILABLE, "database unavailable, retry")
-    log.error("unexpected error in %s", method, exc_info=exc)
-    context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
-
-def database_unreachable(exc: BaseException) -> bool:
-    """True when ``exc`` says the database connection failed (not that a statement was wrong).
-
-    OperationalError (SQLAlchemy's wrapper or psycopg's own, raised by the direct submit path) is
-    what a refused, reset or terminated connection raises; a constraint or syntax error is not one.
-    """
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        return bool(exc.connection_invalidated) or isinstance(exc, sqlalchemy.exc.OperationalError)
-    return isinstance(exc, psycopg.OperationalError)
-
-
-def _abort_code(exc: BaseException, context: grpc.ServicerContext) -> grpc.StatusCode:
-    code = context.code()
-    if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
-        return code
-    if isinstance(exc, grpc.RpcError) and not isinstance(exc, grpc.Call):
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN
-
-
-def _wrap_unary_response(behavior: Behavior, service: str, method: str, full: str) -> Behavior:
-    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-        outcome = _Outcome(service, method)
-        failure: Exception | None = None
-        try:
-            response = behavior(request, context)
-        except Exception as exc:
-            failure = exc
-        if failure is not None:
-            # Handled outside the except block so the abort is not chained to ``failure``: the
-            # tracing interceptor records the traceback, and a chained domain error would carry
-            # client input (an ID number in a "not found" message) into exported spans.
-            try:
-                _handle_exception(failure, context, full)
-            except BaseException as final:
-                outcome.finish(_abort_code(final, context))
-                raise
-        outcome.finish(_code_after_return(context))
-        return response
-
-    return wrapper
-
-
-def _wrap_stream_response(behavior: Behavior, service: str, method: str, full: str) -> Behavior:
-    def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        outcome = _Outcome(service, method)
-        failure: Exception | None = None
-        try:
-            yield from behavior(request, context)
-        except GeneratorExit:
-            # grpcio dropped the stream (client cancelled or server stopped).
-            outcome.finish(grpc.StatusCode.CANCELLED)
-            raise
-        except Exception as exc:
-            failure = exc
-        if failure is not None:
-            # Outside the except block, as in _wrap_unary_response (no chained client input in spans).
-            try:
-                _handle_exception(failure, context, full)
-            except BaseException as final:
-                outcome.finish(_abort_code(final, context))
-                raise
-        outcome.finish(_code_after_return(context))
-
-    return wrapper
-
-
-class LianxinServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Maps domain errors to status codes, hides unexpected errors as INTERNAL, records RPC metrics."""
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            # Unknown method: grpcio answers UNIMPLEMENTED; its name is client input, so no metrics.
-            return None
-        full: str = handler_call_details.method
-        service, method = _split_method(full)
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream_response(handler.stream_stream, service, method, full),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(handler.stream_unary, service, method, full),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(handler.unary_stream, service, method, full),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary_response(handler.unary_unary, service, method, full),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-
-class PublicOnlyInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """The public port serves the citizen methods and health, nothing else: an operator's or a
-    node's method there is PERMISSION_DENIED before any handler (or the security policy) runs."""
-
-    def __init__(self, public_methods: Collection[str]) -> None:
-        self._public = frozenset(public_methods)
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        full: str = handler_call_details.method  # "/package.Service/Method"
-        if full.lstrip("/") in self._public or full.startswith(f"/{HEALTH_SERVICE_NAME}/"):
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None  # unknown everywhere: UNIMPLEMENTED, as on the main port
-        return _refusal(handler)
-
-
-def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that refuses without reading past the first message."""
-
-    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a public method: use the node's port")
-
-    shape = (handler.request_streaming, handler.response_streaming)
-    make = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[shape]
-    return make(
-        refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
-
-
-# --------------------------------------------------------------------------- client side
-
-
-class _ClientMetricsInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Counts calls by final status, for dashboards of calls to peers and parents."""
-
-    def _record(self, full_method: str, code: grpc.StatusCode | None) -> None:
-        service, method = _split_method(full_method)
-        CLIENT_HANDLED.labels(service, method, (code or grpc.StatusCode.UNKNOWN).name).inc()
-
-    def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
-        client_call_details: grpc.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        outcome = continuation(client_call_details, request)
-        # The outcome is a future; its code is known once the call completes.
-        outcome.add_done_callback(lambda call: self._record(client_call_details.method, call.code()))
-        return outcome
-
-    def intercept_unary_stream(
-        self,
-        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
-        client_call_details: grpc.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        call = continuation(client_call_details, request)
-        call.add_callback(lambda: self._record(client_call_details.method, call.code()))
-        return call
-
-    def intercept_stream_unary(
-        self,
-        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
-        client_call_details: grpc.ClientCallDetails,
-        request_iterator: Any,
-    ) -> Any:
-        outcome = continuation(client_call_details, request_iterator)
-        outcome.add_done_callback(lambda call: self._record(client_call_details.method, call.code()))
-        return outcome
-
-    def intercept_stream_stream(
-        self,
-        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
-        client_call_details: grpc.ClientCallDetails,
-        request_iterator: Any,
-    ) -> Any:
-        call = continuation(client_call_details, request_iterator)
-        call.add_callback(lambda: self._record(client_call_details.method, call.code()))
-        return call
-
-
-def instrumented_channel(
-    target: str,
-    *,
-    credentials: grpc.ChannelCredentials | None = None,
-    options: Sequence[tuple[str, Any]] = (),
-) -> grpc.Channel:
-    """A channel to ``target`` whose calls carry trace context and produce client spans and metrics."""
-    merged = dict(CHANNEL_OPTIONS)
-    merged.update(dict(options))
-    channel_options = list(merged.items())
-    if credentials is None:
-        plain = grpc.insecure_channel(target, options=channel_options)
-    else:
-        plain = grpc.secure_channel(target, credentials, options=channel_options)
-    channel = grpc.intercept_channel(ClosableChannel(plain), _ClientMetricsInterceptor())
-    traced: grpc.Channel = intercept_channel(channel, client_interceptor())  # type: ignore[no-untyped-call]
-    return traced
-
 
 # --------------------------------------------------------------------------- the server
 

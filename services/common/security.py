@@ -613,7 +613,7 @@ def _target(request: Any) -> str:
 
 def _outcome_of(context: grpc.ServicerContext, exc: BaseException | None) -> str:
     if isinstance(exc, DomainError):
-        from services.common.grpcserver import status_for
+        from services.common.interceptors import status_for
 
         return str(status_for(exc).name)
     code = context.code()

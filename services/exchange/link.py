@@ -28,7 +28,7 @@ from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 from prometheus_client import Gauge
 
-from services.common.grpcserver import instrumented_channel
+from services.common.grpcclient import instrumented_channel
 from services.common.waiting import LinkDriver, WorkCancelled
 from services.exchange import domain, mapping
 from services.exchange.handlers import Exchange

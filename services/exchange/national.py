@@ -21,7 +21,7 @@ from lianxin.national.v1 import national_service_pb2 as national_pb2
 from lianxin.national.v1 import national_service_pb2_grpc as national_grpc
 
 from services.common.events import parse_envelope
-from services.common.grpcserver import instrumented_channel
+from services.common.grpcclient import instrumented_channel
 from services.common.timeutil import to_timestamp
 from services.exchange import domain
 from services.exchange.handlers import Exchange

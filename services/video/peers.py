@@ -13,7 +13,7 @@ from lianxin.video.v1 import video_service_pb2 as pb
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
 from services.common.errors import FailedPrecondition, Unavailable
-from services.common.grpcserver import instrumented_channel
+from services.common.grpcclient import instrumented_channel
 from services.common.timeutil import from_timestamp, to_timestamp
 from services.video.consult import Interval
 from services.video.ports import Booking, HoldAnswer

@@ -17,7 +17,8 @@ from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
-from services.common.grpcserver import FIELD_METADATA_KEY, instrumented_channel
+from services.common.grpcclient import instrumented_channel
+from services.common.interceptors import FIELD_METADATA_KEY
 from services.common.security import bearer_metadata
 from services.web.config import WebSettings
 

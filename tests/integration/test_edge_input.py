@@ -23,7 +23,8 @@ from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.crypto import new_data_key
-from services.common.grpcserver import FIELD_METADATA_KEY, MAX_RECEIVE_BYTES, PUBLIC_RECEIVE_BYTES
+from services.common.grpcserver import MAX_RECEIVE_BYTES, PUBLIC_RECEIVE_BYTES
+from services.common.interceptors import FIELD_METADATA_KEY
 from services.common.request_rules import PUBLIC_MAX_BYTES
 from services.common.settings import Settings
 from services.exchange.ports import MAX_BATCH_BYTES

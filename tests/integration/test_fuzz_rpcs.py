@@ -40,7 +40,7 @@ from lianxin.stats.v1 import stats_service_pb2
 from lianxin.video.v1 import video_service_pb2 as video_pb2
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
-from services.common.grpcserver import FIELD_METADATA_KEY
+from services.common.interceptors import FIELD_METADATA_KEY
 from services.common.request_rules import string_rule
 from services.common.settings import Settings
 from services.intake import models as intake_models

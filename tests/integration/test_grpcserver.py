@@ -23,13 +23,9 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, StaleOwner
-from services.common.grpcserver import (
-    FIELD_METADATA_KEY,
-    INTERNAL_MESSAGE,
-    GrpcServer,
-    instrumented_channel,
-    status_for,
-)
+from services.common.grpcclient import instrumented_channel
+from services.common.grpcserver import GrpcServer
+from services.common.interceptors import FIELD_METADATA_KEY, INTERNAL_MESSAGE, status_for
 from services.common.service import ServicerBinding
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing

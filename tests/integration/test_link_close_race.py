@@ -21,7 +21,7 @@ from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 
 from services.common.channels import ClosableChannel
 from services.common.db import make_engine, make_session_factory
-from services.common.grpcserver import instrumented_channel
+from services.common.grpcclient import instrumented_channel
 from services.common.migrations import upgrade
 from services.common.regions import RegionTree
 from services.exchange.link import LinkClosed, ParentLink

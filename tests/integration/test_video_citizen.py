@@ -22,7 +22,7 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from lianxin.video.v1 import video_service_pb2 as video_pb2
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
-from services.common.grpcserver import FIELD_METADATA_KEY
+from services.common.interceptors import FIELD_METADATA_KEY
 from services.common.security import bearer_metadata, issue_token
 from services.common.settings import Settings
 from services.node import Node

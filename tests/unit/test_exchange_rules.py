@@ -198,7 +198,7 @@ def test_a_package_marks_its_commands_and_reads_as_before_without() -> None:
 
 def test_a_cut_link_reconnects_within_its_own_backoff() -> None:
     """gRPC's reconnect backoff (120 s by default) must not outlast the link's own retry cap."""
-    from services.common.grpcserver import CHANNEL_OPTIONS
+    from services.common.grpcclient import CHANNEL_OPTIONS
     from services.exchange.link import Backoff
 
     options = dict(CHANNEL_OPTIONS)
