@@ -17,7 +17,6 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,8 +31,9 @@ from google.protobuf.message import Message
 
 from services.common.audit import AuditLog, load_audit_key
 from services.common.errors import DomainError, PermissionDenied, ResourceExhausted, Unauthenticated
-from services.common.logs import mask_id_number, mask_name, mask_phone
 from services.common.names import LINK_METHODS
+from services.common.rate_limit import RateLimiter, peer_host
+from services.common.redaction import redact_fields
 from services.common.regions import RegionTree
 from services.common.settings import Settings
 from services.common.tls import peer_region
@@ -279,20 +279,6 @@ def bearer_metadata(token: str) -> tuple[tuple[str, str]]:
 
 # --------------------------------------------------------------------------- personal data in responses
 
-_PERSON = "lianxin.common.v1.Person"
-
-
-def _mask_person(person: Message, hide: bool) -> None:
-    if hide:
-        person.Clear()
-        return
-    for name, masker in (("name", mask_name), ("id_number", mask_id_number), ("phone", mask_phone)):
-        value = getattr(person, name, "")
-        if value:
-            setattr(person, name, masker(value))
-    if getattr(person, "address", ""):
-        person.address = ""  # type: ignore[attr-defined]
-
 
 def redact(message: Message, principal: Principal) -> None:
     """Mask personal data in ``message`` in place for ``principal``.
@@ -301,65 +287,7 @@ def redact(message: Message, principal: Principal) -> None:
     they see no complainant identity at all (条例 Art. 30); every other role sees it masked.
     """
     hide = "handler" in principal.roles and not principal.has_any(OFFICE)
-    _redact(message, hide)
-
-
-def _repeated(fd: Any) -> bool:
-    # protobuf 6+ has ``is_repeated``; ``label`` is gone from the upb descriptors of 7.x.
-    is_repeated = getattr(fd, "is_repeated", None)
-    return bool(is_repeated) if is_repeated is not None else bool(fd.label == fd.LABEL_REPEATED)
-
-
-def _redact(message: Message, hide: bool) -> None:
-    if message.DESCRIPTOR.full_name == _PERSON:
-        _mask_person(message, hide)
-        return
-    for fd, value in message.ListFields():
-        if fd.message_type is not None:
-            if fd.message_type.GetOptions().map_entry:
-                continue
-            items = value if _repeated(fd) else [value]
-            for item in items:
-                _redact(item, hide)
-        elif fd.type == fd.TYPE_STRING and not _repeated(fd):
-            lowered = fd.name.lower()
-            if "phone" in lowered and "last4" not in lowered:
-                setattr(message, fd.name, "" if hide else mask_phone(value))
-            elif "id_number" in lowered:
-                setattr(message, fd.name, "" if hide else mask_id_number(value))
-
-
-# --------------------------------------------------------------------------- rate limit
-
-
-class RateLimiter:
-    """A token bucket per key (peer address + method) for citizen RPCs."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._capacity = float(max(per_minute, 1))
-        self._rate = self._capacity / 60.0
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        now = self._clock()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (self._capacity, now))
-            tokens = min(self._capacity, tokens + (now - last) * self._rate)
-            if tokens < 1.0:
-                self._buckets[key] = (tokens, now)
-                return False
-            self._buckets[key] = (tokens - 1.0, now)
-            if len(self._buckets) > 100_000:
-                self._buckets.clear()  # bounded memory under a flood of source addresses
-            return True
-
-
-def _peer_host(context: grpc.ServicerContext) -> str:
-    peer = context.peer() or ""
-    # "ipv4:1.2.3.4:5678" / "ipv6:[::1]:5678": the port changes per connection, the host does not.
-    return peer.rsplit(":", 1)[0]
+    redact_fields(message, hide)
 
 
 # A web gateway calls the public methods for many citizens from one address: it names the citizen's
@@ -460,7 +388,7 @@ class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if rule.access is Access.CITIZEN:
             if self.citizen_limiter is not None:
                 source = trusted_citizen_address(self.token_key, authorization)
-                source = f"citizen:{source}" if source else _peer_host(context)
+                source = f"citizen:{source}" if source else peer_host(context)
                 if not self.citizen_limiter.allow(f"{source}|{full}"):
                     raise ResourceExhausted("too many requests; try again in a minute")
             return ANONYMOUS
@@ -613,6 +541,8 @@ def _target(request: Any) -> str:
 
 def _outcome_of(context: grpc.ServicerContext, exc: BaseException | None) -> str:
     if isinstance(exc, DomainError):
+        # Imported here, as before the move: interceptors loads the database drivers, which the
+        # processes importing security for tokens alone (the web gateway, the CLI) do not need.
         from services.common.interceptors import status_for
 
         return str(status_for(exc).name)

@@ -12,12 +12,12 @@ from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 
 from services.common.crypto import AesGcmCipher, Sm4GcmCipher, cipher_from_env, sm4_available
 from services.common.errors import Unauthenticated
+from services.common.rate_limit import RateLimiter
 from services.common.security import (
     CITIZEN_METHODS,
     PEER_METHODS,
     Access,
     Principal,
-    RateLimiter,
     build_policy,
     issue_token,
     redact,
