@@ -3,7 +3,7 @@ withdrawals, video's receptions and consultations, the commands an owner's ances
 node send, and the replicas that say who owns a case below; each decoded and applied once.
 
 The use cases are in ``handlers``; every one that changes a work order reads it locked, in the same
-order as the RPCs (``handlers._changing``), so a consumer never writes back over an RPC's commit.
+order as the RPCs (``handling.bookkeeping.changing``), so a consumer never writes back over an RPC's commit.
 """
 
 from __future__ import annotations
@@ -148,8 +148,7 @@ class RoutingConsumers:
         escalated = hand_off.kind == ESCALATE_UP
         routing = self.routing
         self._consume(
-            event,
-            lambda uow: handlers.on_case_arrived(case, uow, routing, now=self.clock(), escalated=escalated),
+            event, lambda uow: handlers.on_case_arrived(case, uow, routing, now=self.clock(), escalated=escalated)
         )
 
     def on_case_evaluated(self, event: BusEvent) -> None:

@@ -130,7 +130,7 @@ class RepeatRow(Base):
 class CaseMergeRow(Base):
     """并单: a case of this node merged into a main case, until the merge is undone (the row is deleted).
 
-    The main case's changes are followed by each of these (``handlers._follow_main``).
+    The main case's changes are followed by each of these (``handling.bookkeeping._follow_main``).
     """
 
     __tablename__ = "case_merges"

@@ -140,7 +140,7 @@ def test_the_source_was_read() -> None:
     # Guards the test itself: a path or parsing mistake would make every rule below pass vacuously.
     modules = {module for module, _ in EDGES}
     assert {"services.routing.workorder", "services.intake.domain", "services.cli"} <= modules
-    assert ("services.routing.handlers", "services.routing.workorder") in EDGES
+    assert ("services.routing.handling.placing", "services.routing.workorder") in EDGES
 
 
 @pytest.mark.parametrize("pure", sorted(m for m, _ in source_modules() if is_pure(m)))
