@@ -33,13 +33,13 @@ from sqlalchemy.orm import sessionmaker
 
 from services.common.regions import RegionTree
 from services.routing import handlers
+from services.routing.domain import WorkOrder
+from services.routing.domain.timelimits import CATEGORIES, DeadlineKind, TimeLimitPolicy, TimeRules
 from services.routing.handlers import Routing
 from services.routing.jurisdiction import decide, load_catalogue
 from services.routing.models import CaseVersionRow, WorkOrderRow, metadata
 from services.routing.provisional import ProvisionalCalendar
 from services.routing.store import SqlRoutingUnitOfWork, encode_order
-from services.routing.timelimits import CATEGORIES, DeadlineKind, TimeLimitPolicy, TimeRules
-from services.routing.workorder import WorkOrder
 
 REGISTERED_AT = datetime(2026, 6, 1, 2, tzinfo=UTC)
 

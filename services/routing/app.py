@@ -22,6 +22,7 @@ from services.common.calendar_store import NodeCalendar, node_calendar
 from services.common.service import ServiceContext, ServiceParts, ServicerBinding, Timer
 from services.routing import handlers
 from services.routing.consumers import RoutingConsumers
+from services.routing.domain.timelimits import TimeLimitPolicy, TimeRules
 from services.routing.handlers import Routing, SweepReport
 from services.routing.jurisdiction import load_catalogue
 from services.routing.leader import LeaderClasses, parse_leader_classes
@@ -29,7 +30,6 @@ from services.routing.models import outbox
 from services.routing.provisional import ProvisionalCalendar
 from services.routing.servicer import RoutingServicer
 from services.routing.store import SqlRoutingUnitOfWork
-from services.routing.timelimits import TimeLimitPolicy, TimeRules
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ WORK_ORDERS_OVERDUE = Gauge(
 
 def time_limit_policy(path: Path | None) -> TimeLimitPolicy:
     """The node's time limits: the YAML named by LIANXIN_TIME_LIMITS (per tier and category, see
-    services/routing/timelimits.py), else the national defaults. A bad file fails the start."""
+    services/routing/domain/timelimits.py), else the national defaults. A bad file fails the start."""
     if path is None:
         return TimeLimitPolicy.default()
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -24,10 +24,10 @@ from services.common.outbox import consume_once
 from services.common.service import BusEvent, Subscription
 from services.common.timeutil import CHINA, from_timestamp
 from services.routing import handlers
+from services.routing.domain import CONSULTATION_BOOKED, CONSULTATION_HELD, ESCALATE_UP
 from services.routing.handlers import RegisteredCase, Routing, RoutingUnitOfWork
 from services.routing.leader import queue_text
 from services.routing.models import inbox
-from services.routing.workorder import CONSULTATION_BOOKED, CONSULTATION_HELD, ESCALATE_UP
 
 log = logging.getLogger(__name__)
 

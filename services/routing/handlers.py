@@ -7,7 +7,7 @@ unit-of-work Protocol, ``Routing``, the records and events beside the work order
 and the reply), ``leader_instructions`` (领导批示), ``hand_offs`` (上报, 人工交办), ``merge`` (并单),
 ``citizen`` (ratings, 复查, 撤回, video's notes), ``supervision`` (催办/督办), ``sweep`` (deadlines and
 provisional ones), ``evaluation`` (第三方评价). The unit of work turns the domain events returned by
-``services.routing.workorder`` into outbox rows, with the case's next version; the store implements
+``services.routing.domain`` into outbox rows, with the case's next version; the store implements
 it, tests fake it (tests/support/routing.py).
 """
 

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from services.common.regions import RegionTree
-from services.routing.timelimits import CATEGORIES
+from services.routing.domain.timelimits import CATEGORIES
 
 __all__ = [
     "CATEGORIES",

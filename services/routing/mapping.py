@@ -16,9 +16,9 @@ from services.common.calendar import OfficialYear, check_calendar_text
 from services.common.calendar_store import NodeCalendar
 from services.common.errors import InvalidArgument
 from services.common.timeutil import to_timestamp, to_utc
+from services.routing.domain import State, allowed_actions
 from services.routing.evaluation import EvaluationSample
 from services.routing.handlers import FAR_FUTURE, SampleView, StoredWorkOrder, Supervision
-from services.routing.workorder import State, allowed_actions
 
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 T = TypeVar("T")
@@ -52,9 +52,7 @@ def work_order_message(stored: StoredWorkOrder, *, now: datetime | None = None) 
         state=state_value(order.state),
         deadlines=[
             common_pb2.Deadline(
-                kind=k,
-                due_at=to_timestamp(v),
-                overdue=bool(now is not None and k in order.deadlines and v < now),
+                kind=k, due_at=to_timestamp(v), overdue=bool(now is not None and k in order.deadlines and v < now)
             )
             for k, v in running
         ],

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from services.routing.workorder import TRANSITIONS, Action, State, WorkOrder
+from services.routing.domain import TRANSITIONS, Action, State, WorkOrder
 
 MAX_MERGED = 50  # cases merged in one request; a larger cluster is a hotspot for the supervisors
 # States a case can be merged from: before any reply, not while an objection waits for arbitration.

@@ -17,13 +17,8 @@ from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.security import OFFICE, current_principal
 from services.common.timeutil import china_date, from_duration, from_timestamp, to_utc
 from services.routing import handlers
-from services.routing.handlers import (
-    Routing,
-    SampleView,
-    StoredWorkOrder,
-    UnitOfWorkFactory,
-    WorkOrderQuery,
-)
+from services.routing.domain import WorkOrderEvent
+from services.routing.handlers import Routing, SampleView, StoredWorkOrder, UnitOfWorkFactory, WorkOrderQuery
 from services.routing.mapping import (
     calendar_year_message,
     calendar_years_from_upload,
@@ -42,7 +37,6 @@ from services.routing.mapping import (
     work_order_message,
     work_order_page,
 )
-from services.routing.workorder import WorkOrderEvent
 
 
 def acting_unit() -> str:
@@ -411,8 +405,7 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         )
         self._notify()
         return routing_pb2.DrawEvaluationSampleResponse(
-            sample=sample_message(sample),
-            items=[item_message(SampleView(i, "", "", "")) for i in items],
+            sample=sample_message(sample), items=[item_message(SampleView(i, "", "", "")) for i in items]
         )
 
     def ListEvaluationSample(

@@ -37,6 +37,19 @@ from services.common.outbox import append_event, append_events
 from services.common.regions import RegionTree, Tier
 from services.common.service import BusEvent
 from services.common.timeutil import to_timestamp, to_utc
+from services.routing.domain import (
+    OPEN_STATES,
+    Assist,
+    DeadlineStageReached,
+    HistoryEntry,
+    Instruction,
+    ReplyGiven,
+    State,
+    WorkOrder,
+    WorkOrderChanged,
+    WorkOrderCreated,
+)
+from services.routing.domain.timelimits import DeadlineKind
 from services.routing.evaluation import (
     CaseSampled,
     ClosedCase,
@@ -74,19 +87,6 @@ from services.routing.models import (
     WorkOrderHistoryRow,
     WorkOrderRow,
     outbox,
-)
-from services.routing.timelimits import DeadlineKind
-from services.routing.workorder import (
-    OPEN_STATES,
-    Assist,
-    DeadlineStageReached,
-    HistoryEntry,
-    Instruction,
-    ReplyGiven,
-    State,
-    WorkOrder,
-    WorkOrderChanged,
-    WorkOrderCreated,
 )
 
 _OPEN = sorted(s.value for s in OPEN_STATES)

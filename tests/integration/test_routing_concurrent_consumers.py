@@ -30,9 +30,9 @@ from services.intake.consumers import handling_change as _handling_change
 from services.intake.domain import CaseState
 from services.routing import handlers
 from services.routing.consumers import registered_case
+from services.routing.domain import State
 from services.routing.models import metadata, outbox
 from services.routing.store import SqlRoutingUnitOfWork
-from services.routing.workorder import State
 from tests.support.helpers import wait_until
 from tests.support.routing_store import routing_for
 

@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.timeutil import CHINA
 from services.routing import handlers
+from services.routing.domain import State
+from services.routing.domain.timelimits import TimeLimitPolicy, TimeRules
 from services.routing.models import metadata, outbox
 from services.routing.provisional import ProvisionalCalendar
 from services.routing.store import SqlRoutingUnitOfWork
-from services.routing.timelimits import TimeLimitPolicy, TimeRules
-from services.routing.workorder import State
 from tests.support.routing_store import arrive, case, routing_for
 
 FIXTURE_2027 = Path(__file__).parent.parent / "fixtures" / "calendar_2027_fixture.yaml"
@@ -172,7 +172,7 @@ def test_fifteen_working_days_across_2027_spring_festival_from_a_calendar_file()
     start = datetime(2027, 1, 29, 9, tzinfo=CHINA)  # Friday before the fixture's 春节 (5-12 Feb)
     fallback = TimeRules(policy, ProvisionalCalendar())
     official = TimeRules(policy, ProvisionalCalendar.with_files([str(FIXTURE_2027)]))
-    from services.routing.timelimits import DeadlineKind
+    from services.routing.domain.timelimits import DeadlineKind
 
     # Make-up Sunday 31 Jan and Saturday 20 Feb count; 5-12 Feb do not.
     assert official.deadline(DeadlineKind.HOTLINE_COMPLAINT, start) == eod(date(2027, 2, 25))

@@ -17,8 +17,8 @@ from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from services.common.settings import Settings
 from services.common.timeutil import CHINA, china_date
 from services.node import Node
+from services.routing.domain.timelimits import PolicyError
 from services.routing.provisional import ProvisionalCalendar
-from services.routing.timelimits import PolicyError
 from tests.support.helpers import wait_until
 
 

@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.common.regions import RegionTree
 from services.routing import handlers
 from services.routing.consumers import registered_case
+from services.routing.domain.timelimits import TimeLimitPolicy, TimeRules
 from services.routing.handlers import Routing
 from services.routing.jurisdiction import load_catalogue
 from services.routing.provisional import ProvisionalCalendar
 from services.routing.store import SqlRoutingUnitOfWork
-from services.routing.timelimits import TimeLimitPolicy, TimeRules
 
 TREE = RegionTree.load()
 

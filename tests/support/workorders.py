@@ -7,10 +7,10 @@ from datetime import date, datetime, time
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.regions import Tier
 from services.common.timeutil import CHINA
-from services.routing.timelimits import DeadlineKind, TimeLimitPolicy, TimeRules
-from services.routing.workorder import (
+from services.routing.domain import (
     WorkOrder,
 )
+from services.routing.domain.timelimits import DeadlineKind, TimeLimitPolicy, TimeRules
 
 RULES = TimeRules(TimeLimitPolicy.default(), ChineseWorkingCalendar())
 K = DeadlineKind

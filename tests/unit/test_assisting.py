@@ -10,9 +10,9 @@ import pytest
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.routing import handlers
+from services.routing.domain import ASSIST_LATE_ANSWER, State, sweep
+from services.routing.domain.timelimits import DeadlineKind, TimeLimitPolicy, TimeRules
 from services.routing.handlers import StoredWorkOrder
-from services.routing.timelimits import DeadlineKind, TimeLimitPolicy, TimeRules
-from services.routing.workorder import ASSIST_LATE_ANSWER, State, sweep
 from tests.support.workorders import RULES, assigned_order, at, eod, in_progress_order, new_order
 
 

@@ -21,7 +21,7 @@ from services.common.calendar import (
 )
 from services.common.errors import FailedPrecondition
 from services.common.timeutil import CHINA
-from services.routing.timelimits import DeadlineKind, TimeLimitPolicy, deadline_for
+from services.routing.domain.timelimits import DeadlineKind, TimeLimitPolicy, deadline_for
 
 FIXTURE_2027 = Path(__file__).parent.parent / "fixtures" / "calendar_2027_fixture.yaml"
 

@@ -10,7 +10,8 @@ import pytest
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.regions import Tier
 from services.common.timeutil import CHINA
-from services.routing.timelimits import (
+from services.routing.domain import Stage, WorkOrder, sweep
+from services.routing.domain.timelimits import (
     DayCount,
     DeadlineKind,
     Limit,
@@ -21,7 +22,6 @@ from services.routing.timelimits import (
     hour_deadline,
     hours_between,
 )
-from services.routing.workorder import Stage, WorkOrder, sweep
 
 CAL = ChineseWorkingCalendar()
 K = DeadlineKind

@@ -45,7 +45,7 @@ def test_one_category_vocabulary_for_intake_the_model_routing_and_stats() -> Non
     from bench.stats.generate import CATEGORIES as GENERATED_CATEGORIES
     from services.common import categories
     from services.intake.classifier import CATEGORIES as MODEL_CATEGORIES
-    from services.routing.timelimits import CATEGORIES as ROUTING_CATEGORIES
+    from services.routing.domain.timelimits import CATEGORIES as ROUTING_CATEGORIES
 
     # The model learns the seven subject categories; a case may also carry 其他, and so may a routing
     # catalogue, a time-limit policy or a statistics fact: eight in all, written out once.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.routing.domain import State
+from services.routing.domain.timelimits import DeadlineKind
 from services.routing.leader import LeaderClassError, check_instruction, parse_leader_classes
-from services.routing.timelimits import DeadlineKind
-from services.routing.workorder import State
 from services.stats.bulletin import SUMMARY_METRICS
 from tests.support.workorders import RULES, at, eod, new_order
 

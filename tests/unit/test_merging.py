@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.routing.domain import FOLLOW_MAIN, State, WorkOrder, WorkOrderChanged
 from services.routing.merging import MAX_MERGED, check_merge, check_merge_request, check_unmerge
-from services.routing.workorder import FOLLOW_MAIN, State, WorkOrder, WorkOrderChanged
 from services.stats.domain import Aggregates, CaseEvent, compute
 from tests.support.workorders import RULES, assigned_order, at, in_progress_order, new_order
 

@@ -8,9 +8,9 @@ from datetime import datetime
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.regions import Tier
 from services.common.timeutil import CHINA
+from services.routing.domain import WorkOrder
+from services.routing.domain.timelimits import DeadlineKind, TimeLimitPolicy, TimeRules
 from services.routing.handlers import CaseOwner, StoredWorkOrder, handed_on_to
-from services.routing.timelimits import DeadlineKind, TimeLimitPolicy, TimeRules
-from services.routing.workorder import WorkOrder
 
 RULES = TimeRules(TimeLimitPolicy.default(), ChineseWorkingCalendar())
 CASE = "510000-20261206-000001"

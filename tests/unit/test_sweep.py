@@ -7,14 +7,14 @@ from datetime import date, datetime, time, timedelta
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.regions import Tier
 from services.common.timeutil import CHINA
-from services.routing.timelimits import DeadlineKind, TimeLimitPolicy, TimeRules
-from services.routing.workorder import (
+from services.routing.domain import (
     DeadlineStageReached,
     Stage,
     SweepAction,
     WorkOrder,
     sweep,
 )
+from services.routing.domain.timelimits import DeadlineKind, TimeLimitPolicy, TimeRules
 
 POLICY = TimeLimitPolicy.default()
 CAL = ChineseWorkingCalendar()

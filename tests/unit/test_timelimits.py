@@ -10,7 +10,7 @@ import pytest
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.regions import Tier
 from services.common.timeutil import CHINA
-from services.routing.timelimits import (
+from services.routing.domain.timelimits import (
     DayCount,
     DeadlineKind,
     Limit,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from services.common.regions import RegionTree
 from services.intake.domain import PUBLIC_MILESTONES
-from services.routing import workorder
+from services.routing.domain import lifecycle
+from services.routing.domain.timelimits import DeadlineKind
 from services.routing.jurisdiction import load_catalogue
-from services.routing.timelimits import DeadlineKind
 from services.web import labels
 
 NAMES = {"511100": "乐山市", "511102": "市中区", "511112": "五通桥区"}
@@ -71,13 +71,13 @@ def test_deadline_stages_actors_and_citizen_summaries_in_chinese() -> None:
 
 def _history_actions() -> set[str]:
     """Every action routing writes into a work order's history: the transitions, "register", and the
-    labels of facts (every module-level label constant of workorder.py but the FOLLOW_MAIN prefix)."""
+    labels of facts (every module-level label constant of domain/lifecycle.py but the FOLLOW_MAIN prefix)."""
     facts = {
         value
-        for name, value in vars(workorder).items()
-        if name.isupper() and isinstance(value, str) and value != workorder.FOLLOW_MAIN
+        for name, value in vars(lifecycle).items()
+        if name.isupper() and isinstance(value, str) and value != lifecycle.FOLLOW_MAIN
     }
-    return {a.value for a in workorder.Action} | {"register"} | facts
+    return {a.value for a in lifecycle.Action} | {"register"} | facts
 
 
 def test_every_history_action_of_a_work_order_has_a_chinese_label() -> None:
@@ -88,9 +88,9 @@ def test_every_history_action_of_a_work_order_has_a_chinese_label() -> None:
         label = labels.history_action(action)
         assert label != action and cjk.search(label) and not re.search(r"[A-Za-z]", label), action
         # A merged case following its main case reads the same action of the main case.
-        followed = labels.history_action(f"{workorder.FOLLOW_MAIN}{action}")
+        followed = labels.history_action(f"{lifecycle.FOLLOW_MAIN}{action}")
         assert followed == f"主件{label}", action
-    for stage in workorder.Stage:
+    for stage in lifecycle.Stage:
         for kind in DeadlineKind:
             label = labels.history_action(f"{stage.value}:{kind.value}")
             assert not re.search(r"[A-Za-z]", label), f"{stage.value}:{kind.value}"

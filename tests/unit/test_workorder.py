@@ -10,8 +10,7 @@ import pytest
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.regions import Tier
 from services.common.timeutil import CHINA
-from services.routing.timelimits import TimeLimitPolicy, TimeRules
-from services.routing.workorder import (
+from services.routing.domain import (
     TRANSITIONS,
     Action,
     ArbitrationOutcome,
@@ -21,6 +20,7 @@ from services.routing.workorder import (
     WorkOrderChanged,
     WorkOrderCreated,
 )
+from services.routing.domain.timelimits import TimeLimitPolicy, TimeRules
 from tests.support.workorders import RULES, K, assigned_order, at, eod, in_progress_order, new_order
 
 
@@ -341,8 +341,8 @@ def test_merge_transfer_and_withdraw_end_this_nodes_handling() -> None:
 def test_loading_the_calendar_records_each_moved_deadline_in_history_and_as_an_event() -> None:
     from pathlib import Path
 
+    from services.routing.domain import RECOMPUTE_DEADLINES
     from services.routing.provisional import ProvisionalCalendar
-    from services.routing.workorder import RECOMPUTE_DEADLINES
 
     calendar = ProvisionalCalendar()
     rules = TimeRules(TimeLimitPolicy.default(), calendar)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from services.routing.workorder import TRANSITIONS, Action, State, allowed_actions
+from services.routing.domain import TRANSITIONS, Action, State, allowed_actions
 from tests.support.workorders import RULES, assigned_order, at
 
 

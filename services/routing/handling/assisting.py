@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from services.common.errors import InvalidArgument, PermissionDenied
+from services.routing.domain import WorkOrderEvent
 from services.routing.handling.bookkeeping import lead_only
 from services.routing.handling.ports import Routing, StoredWorkOrder
-from services.routing.workorder import WorkOrderEvent
 
 
 def request_assist(

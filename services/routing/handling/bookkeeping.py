@@ -11,16 +11,7 @@ from datetime import datetime
 
 from services.common.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, StaleOwner
 from services.common.timeutil import china_date, to_utc
-from services.routing.handling.ports import (
-    Routing,
-    RoutingEvent,
-    RoutingUnitOfWork,
-    StoredWorkOrder,
-    UnitOfWorkFactory,
-    work_order_id_for,
-)
-from services.routing.timelimits import TimeRules, supervision_at, warning_at
-from services.routing.workorder import (
+from services.routing.domain import (
     MERGE_IN,
     MERGE_OUT,
     OPEN_STATES,
@@ -29,6 +20,15 @@ from services.routing.workorder import (
     WorkOrder,
     WorkOrderChanged,
     WorkOrderEvent,
+)
+from services.routing.domain.timelimits import TimeRules, supervision_at, warning_at
+from services.routing.handling.ports import (
+    Routing,
+    RoutingEvent,
+    RoutingUnitOfWork,
+    StoredWorkOrder,
+    UnitOfWorkFactory,
+    work_order_id_for,
 )
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.common.timeutil import to_utc
+from services.routing.domain import TRANSITIONS, Action, State, WorkOrder, WorkOrderChanged, WorkOrderEvent
 from services.routing.handling.bookkeeping import changing, persist
 from services.routing.handling.ports import RatingApplied, Routing, RoutingUnitOfWork, StoredWorkOrder
-from services.routing.workorder import TRANSITIONS, Action, State, WorkOrder, WorkOrderChanged, WorkOrderEvent
 
 
 def on_case_evaluated(

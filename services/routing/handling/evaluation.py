@@ -10,6 +10,7 @@ from datetime import datetime
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.personal_text import mask
 from services.common.timeutil import to_utc
+from services.routing.domain import State
 from services.routing.evaluation import (
     EvaluationSample,
     SampleItem,
@@ -23,7 +24,6 @@ from services.routing.evaluation import (
 )
 from services.routing.handling.bookkeeping import checked_actor
 from services.routing.handling.ports import Routing, RoutingUnitOfWork, UnitOfWorkFactory
-from services.routing.workorder import State
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from datetime import datetime
 
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from services.common.timeutil import to_utc
+from services.routing.domain import ESCALATE_UP
 from services.routing.handling.bookkeeping import checked_actor, persist, refuse_if_handed_off
 from services.routing.handling.ports import HandedOff, Routing, RoutingEvent, UnitOfWorkFactory, work_order_id_for
-from services.routing.workorder import ESCALATE_UP
 
 
 def escalate(

@@ -6,9 +6,9 @@ import logging
 from datetime import datetime
 
 from services.common.logs import mask_name
+from services.routing.domain import State, WorkOrderEvent
 from services.routing.handling.ports import SYSTEM, Routing, StoredWorkOrder
 from services.routing.leader import check_instruction
-from services.routing.workorder import State, WorkOrderEvent
 
 log = logging.getLogger(__name__)
 

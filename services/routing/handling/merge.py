@@ -10,6 +10,7 @@ from datetime import datetime
 
 from services.common.errors import Conflict, InvalidArgument
 from services.common.timeutil import to_utc
+from services.routing.domain import MERGE_OUT
 from services.routing.handling.bookkeeping import checked_actor, persist
 from services.routing.handling.ports import (
     CaseMergedInto,
@@ -20,7 +21,6 @@ from services.routing.handling.ports import (
     work_order_id_for,
 )
 from services.routing.merging import check_merge, check_merge_request, check_unmerge
-from services.routing.workorder import MERGE_OUT
 
 
 @dataclass(frozen=True)

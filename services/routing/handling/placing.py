@@ -8,6 +8,8 @@ import dataclasses
 from datetime import datetime
 
 from services.common.timeutil import to_utc
+from services.routing.domain import OPEN_STATES, State, WorkOrder, WorkOrderCreated
+from services.routing.domain.timelimits import CATEGORIES, DeadlineKind, supervision_at
 from services.routing.handling.bookkeeping import persist
 from services.routing.handling.ports import (
     SYSTEM,
@@ -22,8 +24,6 @@ from services.routing.handling.ports import (
     work_order_id_for,
 )
 from services.routing.jurisdiction import AssignUnit, HandOff, ManualQueue, decide
-from services.routing.timelimits import CATEGORIES, DeadlineKind, supervision_at
-from services.routing.workorder import OPEN_STATES, State, WorkOrder, WorkOrderCreated
 
 
 def handling_kind_for(case: RegisteredCase) -> DeadlineKind:

@@ -15,12 +15,12 @@ from typing import Protocol
 from services.common.calendar import OfficialYear
 from services.common.ids import registering_node
 from services.common.regions import RegionTree
+from services.routing.domain import State, WorkOrder, WorkOrderEvent
+from services.routing.domain.timelimits import TimeRules
 from services.routing.evaluation import CaseSampled, ClosedCase, EvaluationSample, SampleItem, ThirdPartyRated
 from services.routing.jurisdiction import DispatchCatalogue
 from services.routing.leader import LeaderClasses
 from services.routing.provisional import ProvisionalCalendar
-from services.routing.timelimits import TimeRules
-from services.routing.workorder import State, WorkOrder, WorkOrderEvent
 
 SYSTEM = "system"
 

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from services.common.errors import Conflict, InvalidArgument, NotFound
 from services.common.timeutil import to_utc
+from services.routing.domain import State
 from services.routing.handling.bookkeeping import changing, checked_actor
 from services.routing.handling.ports import (
     LEVELS,
@@ -22,7 +23,6 @@ from services.routing.handling.ports import (
     SupervisionRequested,
     UnitOfWorkFactory,
 )
-from services.routing.workorder import State
 
 
 def supervise(

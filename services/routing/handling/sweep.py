@@ -11,6 +11,8 @@ from datetime import datetime
 from services.common.calendar import OfficialYear
 from services.common.errors import InvalidArgument
 from services.common.timeutil import china_date, to_utc
+from services.routing.domain import DeadlineStageReached, Stage, sweep
+from services.routing.domain.timelimits import supervision_at
 from services.routing.handling.bookkeeping import refresh
 from services.routing.handling.ports import (
     SYSTEM,
@@ -23,8 +25,6 @@ from services.routing.handling.ports import (
     SupervisionRecorded,
     UnitOfWorkFactory,
 )
-from services.routing.timelimits import supervision_at
-from services.routing.workorder import DeadlineStageReached, Stage, sweep
 
 
 @dataclass

@@ -7,8 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.routing.domain import ArbitrationOutcome, State, WorkOrderEvent
 from services.routing.handling.ports import Routing, StoredWorkOrder, UnitOfWorkFactory
-from services.routing.workorder import ArbitrationOutcome, State, WorkOrderEvent
 
 
 def get_work_order(work_order_id: str, *, uow_factory: UnitOfWorkFactory) -> StoredWorkOrder:
