@@ -39,7 +39,8 @@ from services.routing.handlers import Routing
 from services.routing.jurisdiction import decide, load_catalogue
 from services.routing.models import CaseVersionRow, WorkOrderRow, metadata
 from services.routing.provisional import ProvisionalCalendar
-from services.routing.store import SqlRoutingUnitOfWork, encode_order
+from services.routing.store import SqlRoutingUnitOfWork
+from services.routing.work_order_rows import encode_order
 
 REGISTERED_AT = datetime(2026, 6, 1, 2, tzinfo=UTC)
 

@@ -1,0 +1,162 @@
+"""The case's own rows at this node: its version and owner epoch, snapshot, repeats, merges, the owner
+replicas name, and the supervisions (催办/督办) recorded or replicated here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from services.common.db import bounded_count
+from services.common.timeutil import to_utc
+from services.routing.handlers import CaseOwner, Supervision
+from services.routing.models import (
+    CaseMergeRow,
+    CaseOwnerRow,
+    CaseSnapshotRow,
+    CaseVersionRow,
+    RepeatRow,
+    SupervisionRow,
+)
+from services.routing.work_order_rows import SessionBound
+
+
+class CaseTables(SessionBound):
+    """``case_versions``, ``case_snapshots``, ``repeats``, ``case_merges``, ``case_owners``, ``supervisions``."""
+
+    def start_case(self, case_id: str, *, version: int, owner_epoch: int) -> None:
+        row = self.session.get(CaseVersionRow, case_id)
+        if row is None:
+            self.session.add(CaseVersionRow(case_id=case_id, version=version, owner_epoch=owner_epoch))
+        elif owner_epoch >= row.owner_epoch:
+            # The case came back (hand-off down again): continue from the newer of the two versions.
+            row.version = max(row.version, version)
+            row.owner_epoch = owner_epoch
+        self.session.flush()
+
+    def case_version(self, case_id: str) -> tuple[int, int] | None:
+        row = self.session.get(CaseVersionRow, case_id)
+        return None if row is None else (row.version, row.owner_epoch)
+
+    def keep_snapshot(self, case_id: str, snapshot: bytes) -> None:
+        self.session.merge(CaseSnapshotRow(case_id=case_id, snapshot=snapshot))
+        self.session.flush()
+
+    def case_snapshot(self, case_id: str) -> bytes:
+        row = self.session.get(CaseSnapshotRow, case_id)
+        return b"" if row is None else bytes(row.snapshot)
+
+    def record_repeat(self, original_case_id: str, repeat_case_id: str) -> int:
+        dialect = self.session.get_bind().dialect.name
+        insert: Any = postgresql.insert(RepeatRow) if dialect == "postgresql" else sqlite.insert(RepeatRow)
+        self.session.execute(
+            insert.values(original_case_id=original_case_id, repeat_case_id=repeat_case_id).on_conflict_do_nothing()
+        )
+        count = self.session.scalar(
+            select(func.count()).select_from(RepeatRow).where(RepeatRow.original_case_id == original_case_id)
+        )
+        return int(count or 0)
+
+    def record_merge(self, case_id: str, main_case_id: str, *, at: datetime) -> None:
+        self.session.merge(CaseMergeRow(case_id=case_id, main_case_id=main_case_id, merged_at=to_utc(at)))
+        self.session.flush()
+
+    def remove_merge(self, case_id: str) -> None:
+        row = self.session.get(CaseMergeRow, case_id)
+        if row is not None:
+            self.session.delete(row)
+            self.session.flush()
+
+    def merged_into(self, main_case_id: str) -> list[str]:
+        rows = self.session.scalars(
+            select(CaseMergeRow.case_id)
+            .where(CaseMergeRow.main_case_id == main_case_id)
+            .order_by(CaseMergeRow.merged_at, CaseMergeRow.case_id)
+        )
+        return list(rows)
+
+    def case_owner(self, case_id: str) -> CaseOwner | None:
+        row = self.session.get(CaseOwnerRow, case_id)
+        return None if row is None else CaseOwner(case_id, row.owner_node, row.owner_epoch, row.version)
+
+    def note_owner(self, owner: CaseOwner) -> None:
+        row = self.session.get(CaseOwnerRow, owner.case_id, with_for_update=True)
+        if row is None:
+            self.session.add(
+                CaseOwnerRow(
+                    case_id=owner.case_id,
+                    owner_node=owner.owner_node,
+                    owner_epoch=owner.owner_epoch,
+                    version=owner.version,
+                )
+            )
+        elif (owner.owner_epoch, owner.version) > (row.owner_epoch, row.version):
+            row.owner_node, row.owner_epoch, row.version = owner.owner_node, owner.owner_epoch, owner.version
+        self.session.flush()
+
+    def add_supervision(self, supervision: Supervision) -> None:
+        self.session.add(SupervisionRow(**supervision_values(supervision)))
+        self.session.flush()
+
+    def has_supervision(self, supervision_id: str) -> bool:
+        return self.session.get(SupervisionRow, supervision_id) is not None
+
+    def list_supervisions(
+        self, *, case_id: str, region_prefix: str, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[Supervision], int]:
+        conditions: list[Any] = []
+        if case_id:
+            conditions.append(SupervisionRow.case_id == case_id)
+        if region_prefix:
+            conditions.append(SupervisionRow.region_code.startswith(region_prefix))
+        total = bounded_count(self.session, select(SupervisionRow.supervision_id).where(*conditions))
+        if after is not None:
+            at, last = after
+            conditions.append(
+                or_(
+                    SupervisionRow.issued_at < at,
+                    and_(SupervisionRow.issued_at == at, SupervisionRow.supervision_id > last),
+                )
+            )
+        rows = self.session.scalars(
+            select(SupervisionRow)
+            .where(*conditions)
+            .order_by(SupervisionRow.issued_at.desc(), SupervisionRow.supervision_id)
+            .limit(limit)
+        ).all()
+        return [
+            Supervision(
+                supervision_id=r.supervision_id,
+                case_id=r.case_id,
+                work_order_id=r.work_order_id,
+                level=r.level,
+                by_node=r.by_node,
+                by_actor=r.by_actor,
+                demand=r.demand,
+                due_at=to_utc(r.due_at),
+                issued_at=to_utc(r.issued_at),
+                region_code=r.region_code,
+                outcome=r.outcome,
+                state=r.state,
+            )
+            for r in rows
+        ], int(total)
+
+
+def supervision_values(s: Supervision) -> dict[str, Any]:
+    return {
+        "supervision_id": s.supervision_id,
+        "case_id": s.case_id,
+        "work_order_id": s.work_order_id,
+        "level": s.level,
+        "by_node": s.by_node,
+        "by_actor": s.by_actor,
+        "demand": s.demand,
+        "due_at": to_utc(s.due_at),
+        "issued_at": to_utc(s.issued_at),
+        "region_code": s.region_code,
+        "outcome": s.outcome,
+        "state": s.state,
+    }
