@@ -8,14 +8,16 @@ work"). The node's rules are the bundled catalogue and the national time limits.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import pytest
+from lianxin.common.v1 import common_pb2
 
 from services.common.errors import Conflict, FailedPrecondition, InvalidArgument, PermissionDenied, StaleOwner
 from services.common.timeutil import CHINA
 from services.routing import handlers
+from services.routing.consumers import registered_case
 from services.routing.domain import (
     FOLLOW_MAIN,
     DeadlineStageReached,
@@ -285,3 +287,60 @@ def test_bad_supervision_input_names_the_field() -> None:
             handlers.supervise(**{**base, **change})
         assert refused.value.field == field
     assert store.tables.supervisions == {}
+
+
+def test_the_month_s_third_party_sample_is_drawn_once_shown_masked_and_rated_once() -> None:
+    store, county = FakeRoutingStore(COUNTY), routing_for(COUNTY)
+    pb = common_pb2.Case(
+        case_id="511102-20261101-000040",
+        region_code=COUNTY,
+        category="环境保护",
+        registering_node=COUNTY,
+        title="噪音扰民",
+        body="夜间施工，联系电话13812345678。",
+    )
+    wo = placed(store, county, registered_case(pb, version=1, owner_epoch=1))
+    replied(store, county, wo)
+    with store.unit_of_work() as uow:
+        handlers.on_case_evaluated(pb.case_id, satisfied=True, comment="", uow=uow, routing=county, now=NOW)
+        uow.commit()
+
+    def draw() -> tuple[object, list[Any]]:
+        return handlers.draw_evaluation_sample(
+            month="2026-11",
+            seed="s1",
+            percent=100,
+            minimum=1,
+            actor="eval-1",
+            uow_factory=store.unit_of_work,
+            routing=county,
+            now=NOW + timedelta(days=8),  # December: November's closed cases are all in
+        )
+
+    _, items = draw()
+    assert [i.case_id for i in items] == [pb.case_id] and store.kinds(pb.case_id)[-1] == "CaseSampled"
+    with pytest.raises(FailedPrecondition, match="already drawn"):
+        draw()
+    _, views, total = handlers.list_evaluation_sample(
+        month="2026-11", unrated_only=True, after=None, limit=10, uow_factory=store.unit_of_work
+    )
+    assert total == 1 and "13812345678" not in views[0].body and views[0].reply_text == "已处理。"
+
+    def rate(rating: str, comment: str = "") -> handlers.SampleView:
+        return handlers.record_third_party_rating(
+            month="2026-11",
+            case_id=pb.case_id,
+            actor="eval-1",
+            rating=rating,
+            comment=comment,
+            uow_factory=store.unit_of_work,
+            now=NOW,
+        )
+
+    with pytest.raises(InvalidArgument) as no_reason:
+        rate("UNSATISFIED")
+    assert no_reason.value.field == "comment"
+    assert rate("SATISFIED").item.rating == "SATISFIED"
+    with pytest.raises(FailedPrecondition, match="already rated"):
+        rate("BASICALLY_SATISFIED")
+    assert store.kinds(pb.case_id)[-1] == "ThirdPartyRated"
