@@ -86,7 +86,7 @@ CITIZEN_METHODS = frozenset(
     }
 )
 PEER_METHODS = LINK_METHODS
-# Called by another node's video service for a joint reception (services.video.servicer.GrpcRemoteRooms).
+# Called by another node's video service for a joint reception (services.video.peers.GrpcRemoteRooms).
 NODE_METHODS = frozenset(
     {
         "lianxin.video.v1.VideoService/HoldRoom",

@@ -35,6 +35,7 @@ UP_EVENT_TYPES: dict[str, tuple[str, ...]] = {
         "consultation_booked",
         "consultation_held",
         "consultation_cancelled",
+        "consultation_reminder",
     ),
 }
 

@@ -100,6 +100,15 @@ class Consultation:
         self.cancel_reason = reason[:1000]
         self._advance(ConsultationState.CANCELLED)
 
+    def require_movable(self) -> None:
+        require_state(self, {ConsultationState.BOOKED}, "reschedule")
+
+    def move_to(self, starts_at: datetime, ends_at: datetime, hold_ids: list[str]) -> None:
+        """To another slot (version + 1), with the holds at other nodes it now has."""
+        self.require_movable()
+        self.starts_at, self.ends_at, self.hold_ids = starts_at, ends_at, hold_ids
+        self.version += 1
+
     def hold(self, minutes: str, at: datetime) -> None:
         """Held, with its minutes: BOOKED → HELD."""
         require_state(self, {ConsultationState.BOOKED}, "record the minutes of")
@@ -131,6 +140,8 @@ def follow_replica(kept: Consultation, copy: Consultation) -> bool:
         kept.topic = copy.topic
     if copy.participants:
         kept.participants = list(copy.participants)
+    if copy.state is ConsultationState.BOOKED:  # booked again at another slot: moved
+        kept.starts_at, kept.ends_at = copy.starts_at, copy.ends_at
     return True
 
 
@@ -147,7 +158,14 @@ class ConsultationFact:
 
 @dataclass(frozen=True)
 class ConsultationBooked(ConsultationFact):
-    pass
+    moved_from: datetime | None = None  # the start before a move (RescheduleConsultation)
+
+
+@dataclass(frozen=True)
+class ConsultationReminder(ConsultationFact):
+    """Every unit taking part is reminded: ``kind`` is one of domain.REMINDERS (24 h, 1 h before)."""
+
+    kind: str
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,19 @@ from services.video.visits import MAX_ATTEMPTS
 
 
 def consultation_busy(
-    video: VideoStorage, uow: VideoUnitOfWork, unit_id: str, room_id: str, lo: datetime, hi: datetime
+    video: VideoStorage,
+    uow: VideoUnitOfWork,
+    unit_id: str,
+    room_id: str,
+    lo: datetime,
+    hi: datetime,
+    *,
+    ignore_owner: str | None = None,
 ) -> list[Interval]:
     """What keeps a unit and a room of this node from a consultation in [lo, hi]: everything
-    booked for either, and the reception sessions of the leaders whose schedules use the room."""
-    busy = uow.busy([f"unit:{unit_id}", f"room:{room_id}"], lo, hi)
+    booked for either (but ``ignore_owner``'s: a consultation being moved), and the reception
+    sessions of the leaders whose schedules use the room."""
+    busy = uow.busy([f"unit:{unit_id}", f"room:{room_id}"], lo, hi, ignore_owner=ignore_owner)
     # Sessions past the official calendar cannot be told (and offer no consultation hours either).
     known_first, known_last = video.calendar.known_range()
     first = max(lo.astimezone(CHINA).date(), known_first)
@@ -61,12 +69,18 @@ def _own_room(video: VideoStorage, uow: VideoUnitOfWork, room_id: str, field: st
 
 
 def free_periods(
-    video: VideoStorage, unit_id: str, room_id: str, not_before: datetime, not_after: datetime
+    video: VideoStorage,
+    unit_id: str,
+    room_id: str,
+    not_before: datetime,
+    not_after: datetime,
+    *,
+    ignore_owner: str | None = None,
 ) -> list[Interval]:
     """When a unit and a room of this node are both free for a consultation (ListFreePeriods)."""
     with video.begin() as uow:
         _own_room(video, uow, room_id, "room_id")
-        busy = consultation_busy(video, uow, unit_id, room_id, not_before, not_after)
+        busy = consultation_busy(video, uow, unit_id, room_id, not_before, not_after, ignore_owner=ignore_owner)
         return consult.free_periods(video.calendar, busy, not_before, not_after)
 
 
@@ -99,15 +113,17 @@ def consultation_slots(
     *,
     limit: int,
     exclude: frozenset[datetime] = frozenset(),
+    ignore_owner: str | None = None,
 ) -> tuple[list[Interval], str]:
     """The earliest common slots: each participant's free periods from its own node (this node's from
-    the store, the others' by ListFreePeriods), intersected; with the first calendar notice met."""
+    the store, the others' by ListFreePeriods), intersected; with the first calendar notice met.
+    ``ignore_owner``: a consultation being moved, whose own reservations here count free."""
     lo, hi = req.not_before, req.not_after + req.duration
     free: list[list[Interval]] = []
     notice = calendar_notice(video.calendar.known_range()[1], hi, video.node)
     for p in req.participants:
         if p.node == video.node:
-            free.append(free_periods(video, p.unit_id, p.room_id, lo, hi))
+            free.append(free_periods(video, p.unit_id, p.room_id, lo, hi, ignore_owner=ignore_owner))
             continue
         periods, remote_notice = remote.free_periods(
             p.node, unit_id=p.unit_id, room_id=p.room_id, not_before=lo, not_after=hi
@@ -127,7 +143,7 @@ def consultation_of(uow: VideoUnitOfWork, consultation_id: str) -> Consultation:
     return found
 
 
-def _emit_with_note(video: VideoStorage, uow: VideoUnitOfWork, event: ConsultationBooked | ConsultationHeld) -> None:
+def emit_with_note(video: VideoStorage, uow: VideoUnitOfWork, event: ConsultationBooked | ConsultationHeld) -> None:
     """Hosted here for a case another node handles: the event also goes to that node as a command,
     whose routing records it in the case's history (a local owner's routing follows the event)."""
     owner = uow.owner(event.consultation.case_id)
@@ -172,7 +188,7 @@ def reserve_consultation(
         )
         uow.add_consultation(c)
         if not holds:
-            _emit_with_note(video, uow, ConsultationBooked(c))
+            emit_with_note(video, uow, ConsultationBooked(c))
         uow.commit()
         return c, holds
 
@@ -183,7 +199,7 @@ def confirm_consultation(video: VideoStorage, consultation_id: str) -> Consultat
         c.confirm()
         uow.save_consultation(c)
         uow.set_remote_state(RemoteState.CONFIRMED, booking_id=consultation_id, only_from=[RemoteState.HELD])
-        _emit_with_note(video, uow, ConsultationBooked(c))
+        emit_with_note(video, uow, ConsultationBooked(c))
         uow.commit()
         return c
 
@@ -215,7 +231,7 @@ def record_consultation_minutes(
         check_version(expected_version, c.version, "consultation")
         c.hold(minutes, video.now())
         uow.save_consultation(c)
-        _emit_with_note(video, uow, ConsultationHeld(c))
+        emit_with_note(video, uow, ConsultationHeld(c))
         uow.commit()
         return c
 

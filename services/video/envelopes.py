@@ -10,7 +10,13 @@ from google.protobuf.message import Message
 from lianxin.events.v1 import events_pb2
 
 from services.common.timeutil import to_timestamp
-from services.video.consult import Consultation, ConsultationBooked, ConsultationCancelled, ConsultationHeld
+from services.video.consult import (
+    Consultation,
+    ConsultationBooked,
+    ConsultationCancelled,
+    ConsultationHeld,
+    ConsultationReminder,
+)
 from services.video.domain import (
     CaseOwner,
     VisitBooked,
@@ -64,6 +70,16 @@ def payload(event: VideoEvent) -> tuple[str, Message]:
                 topic=c.topic,
                 units=_units(c),
                 host_node=c.host_node,
+                moved_from=to_timestamp(event.moved_from) if event.moved_from else None,
+            )
+        case ConsultationReminder():
+            c = event.consultation
+            return "consultation_reminder", events_pb2.ConsultationReminder(
+                consultation_id=c.consultation_id,
+                starts_at=to_timestamp(c.starts_at),
+                kind=event.kind,
+                units=_units(c),
+                host_node=c.host_node,
             )
         case ConsultationHeld():
             c = event.consultation
@@ -106,6 +122,8 @@ def command_for_owner(
     if isinstance(event, ConsultationBooked | ConsultationHeld):
         kind = env.WhichOneof("payload")
         key = f"lianxin:{kind}:{event.consultation.consultation_id}"
+        if isinstance(event, ConsultationBooked) and event.moved_from is not None:
+            key = f"lianxin:consultation_moved:{event.consultation.consultation_id}:{event.consultation.version}"
         command.command_id = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
         command.consultation.CopyFrom(events_pb2.Command.ConsultationNote(envelope=env.SerializeToString()))
         return command

@@ -4,11 +4,13 @@ One module per group of use cases, all importable from here: ``ports`` (the unit
 the storage, the other nodes' video services), ``schedules`` (rooms, schedules, the earliest free
 slot), ``visits`` (book, confirm, cancel, check in, record the outcome), ``moves`` (reschedule, also
 with rooms at other nodes), ``remote_holds`` (holds asked of other nodes), ``holds`` (holds granted
-to them), ``consultations`` (远程会商) and ``sweeps`` (the clean-up and reminders).
+to them), ``consultations`` (远程会商), ``consultation_moves`` (moving one) and ``sweeps`` (the
+clean-up and reminders).
 """
 
 from __future__ import annotations
 
+from services.video.consultation_moves import reschedule_consultation
 from services.video.consultations import (
     abandon_consultation,
     book_consultation,
@@ -114,6 +116,7 @@ __all__ = [
     "release_hold",
     "release_pending",
     "release_superseded",
+    "reschedule_consultation",
     "reschedule_visit",
     "reserve_consultation",
     "reserve_visit",

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from services.common.errors import Conflict, DomainError, FailedPrecondition, NotFound, Unavailable
+from services.video.consultations import abandon_consultation
 from services.video.domain import (
     BookRequest,
     FoundSlot,
@@ -161,7 +162,7 @@ def reschedule_visit(
     last_error: DomainError | None = None
     for _ in range(MAX_ATTEMPTS):
         visit, slot, holds = plan_move(video, visit_id, expected_version, replace(req, exclude=frozenset(excluded)))
-        undo = partial(_drop_move, video, remote, [h.hold_id for h in holds])
+        undo = partial(drop_and_release, video, remote, [h.hold_id for h in holds])
         target = replace(visit, starts_at=slot.starts_at, ends_at=slot.ends_at)
         refused = hold_all(video, remote, target, holds, ttl, undo=undo)
         if refused is not None:
@@ -181,12 +182,24 @@ def reschedule_visit(
     raise last_error or FailedPrecondition("no other slot free for every participant", "BOOKED")
 
 
-def _drop_move(video: VideoStorage, remote: RemoteRooms, hold_ids: list[str]) -> None:
+def drop_and_release(video: VideoStorage, remote: RemoteRooms, hold_ids: list[str]) -> None:
     release_pending(video, remote, drop_move(video, hold_ids))
+
+
+def _abandon_moved(video: VideoStorage, booking_id: str, hold: RemoteHold, why: DomainError) -> list[RemoteHold]:
+    """A moved visit or consultation lost ``hold``'s room at its new slot: cancelled (with its event)."""
+    with video.begin() as uow:
+        is_visit = uow.get_visit(booking_id) is not None
+    what = "visit" if is_visit else "consultation"
+    reason = f"room {hold.room_id} at node {hold.node} was lost while moving the {what}: {why}"
+    if is_visit:
+        return abandon_visit(video, booking_id, reason, event=True)[1]
+    return abandon_consultation(video, booking_id, reason, event=True)[1]
 
 
 def complete_move(video: VideoStorage, remote: RemoteRooms, visit_id: str, holds: list[RemoteHold]) -> int:
     """Confirm a committed move's new holds, then release the old ones; returns holds released.
+    ``visit_id``: the visit's or the consultation's id (their moves take the same steps).
 
     Unreachable node: the hold stays CONFIRMING and the sweep retries (the owning node keeps it for
     its time-to-live). A hold that lapsed there meanwhile means the visit lost its room at the new
@@ -198,9 +211,8 @@ def complete_move(video: VideoStorage, remote: RemoteRooms, visit_id: str, holds
             log.warning("move confirmation failed; retried by the sweep", extra={"hold_id": h.hold_id})
             return 0
         except (FailedPrecondition, NotFound) as lapsed:
-            reason = f"room {h.room_id} at node {h.node} was lost while moving the visit: {lapsed}"
             try:
-                _, pending = abandon_visit(video, visit_id, reason, event=True)
+                pending = _abandon_moved(video, visit_id, h, lapsed)
             except (Conflict, FailedPrecondition):
                 return 0  # cancelled or checked in meanwhile: the sweep releases what is RELEASING
             return release_pending(video, remote, pending)

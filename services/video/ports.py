@@ -17,6 +17,7 @@ from services.video.consult import (
     ConsultationBooked,
     ConsultationCancelled,
     ConsultationHeld,
+    ConsultationReminder,
     Interval,
 )
 from services.video.domain import (
@@ -42,6 +43,7 @@ VideoEvent = (
     | ConsultationBooked
     | ConsultationHeld
     | ConsultationCancelled
+    | ConsultationReminder
 )
 
 
@@ -127,11 +129,12 @@ class VideoUnitOfWork(Protocol):
         """BOOKED and CHECKED_IN visits starting in (after, until]."""
         ...
 
-    def reminders_sent(self, visit_ids: list[str]) -> set[tuple[str, str]]: ...
+    # Reminders sent, by (booking id, kind): a visit's or a consultation's.
+    def reminders_sent(self, booking_ids: list[str]) -> set[tuple[str, str]]: ...
 
-    def add_reminder(self, visit_id: str, kind: str, at: datetime) -> None: ...
+    def add_reminder(self, booking_id: str, kind: str, at: datetime) -> None: ...
 
-    def forget_reminders(self, visit_id: str) -> None: ...
+    def forget_reminders(self, booking_id: str) -> None: ...
 
     def stale_holding(self, cutoff: datetime) -> list[str]:
         """Visits still HOLDING that were created at or before ``cutoff``."""
@@ -155,8 +158,8 @@ class VideoUnitOfWork(Protocol):
         ...
 
     def abandon_stale_moves(self, cutoff: datetime) -> int:
-        """ASKED/HELD holds created by ``cutoff`` for a visit that is no longer HOLDING (a move that
-        never committed) go RELEASING; how many."""
+        """ASKED/HELD holds created by ``cutoff`` for a visit or consultation that is no longer HOLDING
+        (a move that never committed) go RELEASING; how many."""
         ...
 
     # -- holds this node granted to other nodes
@@ -178,6 +181,10 @@ class VideoUnitOfWork(Protocol):
     def add_consultation(self, consultation: Consultation) -> None: ...
 
     def save_consultation(self, consultation: Consultation) -> None: ...
+
+    def consultations_starting(self, after: datetime, until: datetime) -> list[Consultation]:
+        """BOOKED consultations hosted here starting in (after, until]."""
+        ...
 
     def stale_consultations(self, cutoff: datetime) -> list[str]:
         """Consultations still HOLDING that were created at or before ``cutoff``."""

@@ -375,6 +375,23 @@ class VideoServicer(video_grpc.VideoServiceServicer):
         self._after_commit()
         return pb.CancelConsultationResponse(consultation=consultation_message(cancelled))
 
+    def RescheduleConsultation(
+        self, request: pb.RescheduleConsultationRequest, context: Any
+    ) -> pb.RescheduleConsultationResponse:
+        found = self._own_consultation(request.consultation_id)
+        starts_at = mapping.time_field(request.starts_at, "starts_at")
+        window = consult.check_window(
+            mapping.time_field(request.not_before, "not_before"),
+            mapping.time_field(request.not_after, "not_after"),
+            self._video.now(),
+            starts_at,
+        )
+        moved = handlers.reschedule_consultation(
+            self._video, self._remote, found.consultation_id, request.expected_version, (*window, starts_at), self._ttl
+        )
+        self._after_commit()
+        return pb.RescheduleConsultationResponse(consultation=consultation_message(moved))
+
     def ListConsultations(self, request: pb.ListConsultationsRequest, context: Any) -> pb.ListConsultationsResponse:
         if not request.case_id.strip():
             raise InvalidArgument("case_id", "must be set")

@@ -303,15 +303,17 @@ class SqlVideoUnitOfWork:
         )
         return [to_visit(self._cipher, r) for r in self._s.scalars(q)]
 
-    def reminders_sent(self, visit_ids: list[str]) -> set[tuple[str, str]]:
-        q = select(ReminderRow).where(ReminderRow.visit_id.in_(visit_ids))
+    # A consultation's reminders share video_reminders with visits' (keyed by its id, con-…).
+
+    def reminders_sent(self, booking_ids: list[str]) -> set[tuple[str, str]]:
+        q = select(ReminderRow).where(ReminderRow.visit_id.in_(booking_ids))
         return {(r.visit_id, r.kind) for r in self._s.scalars(q)}
 
-    def add_reminder(self, visit_id: str, kind: str, at: datetime) -> None:
-        self._s.add(ReminderRow(visit_id=visit_id, kind=kind, sent_at=at))
+    def add_reminder(self, booking_id: str, kind: str, at: datetime) -> None:
+        self._s.add(ReminderRow(visit_id=booking_id, kind=kind, sent_at=at))
 
-    def forget_reminders(self, visit_id: str) -> None:
-        self._s.execute(delete(ReminderRow).where(ReminderRow.visit_id == visit_id))
+    def forget_reminders(self, booking_id: str) -> None:
+        self._s.execute(delete(ReminderRow).where(ReminderRow.visit_id == booking_id))
 
     def stale_holding(self, cutoff: datetime) -> list[str]:
         q = select(VisitRow.visit_id).where(
@@ -365,16 +367,27 @@ class SqlVideoUnitOfWork:
             .where(VisitRow.visit_id == RemoteHoldRow.visit_id, VisitRow.state != VisitState.HOLDING.value)
             .exists()
         )
-        done = self._s.execute(
-            update(RemoteHoldRow)
+        consultation_moving = (
+            select(ConsultationRow.consultation_id)
             .where(
-                RemoteHoldRow.state.in_([RemoteState.ASKED.value, RemoteState.HELD.value]),
-                RemoteHoldRow.created_at <= cutoff,
-                moving,
+                ConsultationRow.consultation_id == RemoteHoldRow.visit_id,
+                ConsultationRow.state != consult.ConsultationState.HOLDING.value,
             )
-            .values(state=RemoteState.RELEASING.value)
+            .exists()
         )
-        return int(done.rowcount)  # type: ignore[attr-defined]
+        moved = 0
+        for booking in (moving, consultation_moving):
+            done = self._s.execute(
+                update(RemoteHoldRow)
+                .where(
+                    RemoteHoldRow.state.in_([RemoteState.ASKED.value, RemoteState.HELD.value]),
+                    RemoteHoldRow.created_at <= cutoff,
+                    booking,
+                )
+                .values(state=RemoteState.RELEASING.value)
+            )
+            moved += int(done.rowcount)  # type: ignore[attr-defined]
+        return moved
 
     # -- holds granted to other nodes
 
@@ -417,6 +430,16 @@ class SqlVideoUnitOfWork:
         row.state, row.version, row.topic = c.state.value, c.version, c.topic
         row.minutes, row.held_at, row.cancel_reason = c.minutes, c.held_at, c.cancel_reason
         row.participants = [{"node": p.node, "unit_id": p.unit_id, "room_id": p.room_id} for p in c.participants]
+        row.starts_at, row.ends_at, row.hold_ids = c.starts_at, c.ends_at, list(c.hold_ids)
+
+    def consultations_starting(self, after: datetime, until: datetime) -> list[Consultation]:
+        q = select(ConsultationRow).where(
+            ConsultationRow.state == consult.ConsultationState.BOOKED.value,
+            ConsultationRow.replica.is_(False),
+            ConsultationRow.starts_at > after,
+            ConsultationRow.starts_at <= until,
+        )
+        return [to_consultation(r) for r in self._s.scalars(q)]
 
     def stale_consultations(self, cutoff: datetime) -> list[str]:
         q = select(ConsultationRow.consultation_id).where(
@@ -508,7 +531,7 @@ class VideoStore:
 
     def has_sweep_work(self, horizon: timedelta = timedelta(hours=25)) -> bool:
         """Whether the sweep has anything to look at: a hold, a half-done booking, consultation or move, a remote
-        hold in flight, or a visit due within ``horizon`` (its reminder). One read, no write lock."""
+        hold in flight, or a visit or consultation due within ``horizon`` (its reminder). One read, no write lock."""
         now = self.now()
         busy = (
             RemoteState.ASKED.value,
@@ -527,6 +550,11 @@ class VideoStore:
                 VisitRow.state.in_(DUE_STATES),
                 VisitRow.starts_at > now,
                 VisitRow.starts_at <= now + horizon,
+            ),
+            select(ConsultationRow.consultation_id).where(
+                ConsultationRow.state == consult.ConsultationState.BOOKED.value,
+                ConsultationRow.starts_at > now,
+                ConsultationRow.starts_at <= now + horizon,
             ),
         )
         with self._factory() as session:

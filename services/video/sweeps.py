@@ -1,18 +1,21 @@
 """The periodic clean-up and reminders: expire holds granted here, abandon half-done bookings and moves
-made here, finish committed moves, retry remote releases, emit due reminders. The clock is the
+made here, finish committed moves (of visits and consultations), retry remote releases, emit due
+reminders (visits', and consultations' to every unit taking part). The clock is the
 storage's (``VideoStorage.now``), so tests move time instead of waiting."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 
 from services.common.errors import Conflict, FailedPrecondition
+from services.video.consult import ConsultationReminder
 from services.video.consultations import abandon_consultation
 from services.video.domain import RemoteHold, RemoteState, VisitReminder, reminders_due
 from services.video.holds import expire_holds
 from services.video.moves import complete_move
-from services.video.ports import RemoteRooms, VideoStorage
+from services.video.ports import RemoteRooms, VideoEvent, VideoStorage
 from services.video.remote_holds import release_pending, remote_in
 from services.video.visits import abandon_visit
 
@@ -20,19 +23,31 @@ REMINDER_HORIZON = timedelta(hours=25)  # the longest reminder (24 h) and an hou
 
 
 def send_reminders(video: VideoStorage, horizon: timedelta = REMINDER_HORIZON) -> int:
-    """Emit each due reminder once: the (visit, kind) key of a sent reminder makes a re-run a no-op."""
+    """Emit each due reminder of a visit, and of a consultation hosted here (to every unit taking part),
+    once: the (booking, kind) key of a sent reminder makes a re-run a no-op."""
     now = video.now()
     sent = 0
     with video.begin() as uow:
-        due = uow.visits_starting(now, now + horizon)
-        done = uow.reminders_sent([v.visit_id for v in due])
-        for visit in due:
-            for kind in reminders_due(visit.starts_at, now):
-                if (visit.visit_id, kind) in done:
+        due: list[tuple[str, datetime, str, Callable[[str], VideoEvent]]] = [
+            (
+                v.visit_id,
+                v.starts_at,
+                v.case_id,
+                partial(VisitReminder, v.case_id, v.visit_id, v.starts_at, v.leader_id),
+            )
+            for v in uow.visits_starting(now, now + horizon)
+        ]
+        due += [
+            (c.consultation_id, c.starts_at, c.case_id, partial(ConsultationReminder, c))
+            for c in uow.consultations_starting(now, now + horizon)
+        ]
+        done = uow.reminders_sent([booking_id for booking_id, *_ in due])
+        for booking_id, starts_at, case_id, reminder in due:
+            for kind in reminders_due(starts_at, now):
+                if (booking_id, kind) in done:
                     continue
-                uow.add_reminder(visit.visit_id, kind, now)
-                reminder = VisitReminder(visit.case_id, visit.visit_id, visit.starts_at, visit.leader_id, kind)
-                uow.emit(reminder, uow.owner(visit.case_id))
+                uow.add_reminder(booking_id, kind, now)
+                uow.emit(reminder(kind), uow.owner(case_id))
                 sent += 1
         uow.commit()
     return sent

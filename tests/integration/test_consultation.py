@@ -22,7 +22,7 @@ from lianxin.video.v1 import video_service_pb2 as video_pb2
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.security import bearer_metadata, issue_token
 from services.common.service import utc_now
-from services.common.timeutil import CHINA, from_timestamp
+from services.common.timeutil import CHINA, from_timestamp, to_timestamp
 from services.node import Node
 from tests.support.exchange_nodes import linked_nodes, three_tiers
 from tests.support.helpers import wait_until
@@ -274,6 +274,75 @@ def test_a_cancelled_consultation_frees_the_other_nodes_unit_and_room(tiers: Tie
     assert [(from_timestamp(p.starts_at), from_timestamp(p.ends_at)) for p in free] == [
         (from_timestamp(booked.starts_at), from_timestamp(booked.ends_at))
     ]
+
+
+def period(message: video_pb2.Consultation | video_pb2.FreePeriod) -> tuple[datetime, datetime]:
+    starts, ends = from_timestamp(message.starts_at), from_timestamp(message.ends_at)
+    assert starts is not None and ends is not None
+    return starts, ends
+
+
+def test_a_moved_consultation_holds_the_new_slot_before_freeing_the_old_and_the_move_reaches_every_tier(
+    tiers: Tiers,
+) -> None:
+    case = register(tiers.county, "511102")
+    placed(tiers.county, case.case_id)
+    county = video(tiers.county)
+    booked = county.BookConsultation(
+        video_pb2.BookConsultationRequest(case_id=case.case_id, topic="改期会商", participants=participants()),
+        timeout=15,
+    ).consultation
+    moved = county.RescheduleConsultation(
+        video_pb2.RescheduleConsultationRequest(
+            consultation_id=booked.consultation_id, actor="clerk", expected_version=booked.version
+        ),
+        timeout=20,
+    ).consultation
+    old, new = period(booked), period(moved)
+    # The city still counted its unit and room busy at the old hour: the next common slot is after it.
+    assert moved.version == booked.version + 1 and new[0] >= old[1] and new[1] - new[0] == old[1] - old[0]
+    assert set(moved.hold_ids).isdisjoint(booked.hold_ids)
+
+    def city_free(at: tuple[datetime, datetime]) -> list[tuple[datetime, datetime]]:
+        window = video_pb2.ListFreePeriodsRequest(
+            unit_id=CITY_UNIT, room_id=CITY_ROOM, not_before=to_timestamp(at[0]), not_after=to_timestamp(at[1])
+        )
+        return [period(p) for p in video(tiers.city).ListFreePeriods(window, timeout=5).periods]
+
+    assert city_free(new) == [] and city_free(old) == [old]
+    with pytest.raises(grpc.RpcError) as stale:
+        county.RescheduleConsultation(
+            video_pb2.RescheduleConsultationRequest(
+                consultation_id=booked.consultation_id, expected_version=booked.version
+            ),
+            timeout=10,
+        )
+    assert stale.value.code() == grpc.StatusCode.ABORTED
+    # The move is on the case's history (booked at the old hour, then at the new one), and the copies
+    # above hold the new hour.
+    moved_to = f"{new[0].astimezone(CHINA):%Y-%m-%d %H:%M}"
+
+    def county_history() -> list[str]:
+        order = work_order(tiers.county, case.case_id)
+        return [] if order is None else [h.reason for h in order.history if h.action == "consultation_booked"]
+
+    wait_until(lambda: len(county_history()) == 2, 20, "the move in the county's history")
+    assert moved_to in county_history()[1]
+    for node in (tiers.city, tiers.province):
+        wait_until(
+            lambda node=node: (
+                [
+                    from_timestamp(c.starts_at)
+                    for c in video(node)
+                    .ListConsultations(video_pb2.ListConsultationsRequest(case_id=case.case_id), timeout=5)
+                    .consultations
+                ]
+                == [new[0]]
+            ),
+            30,
+            f"the moved consultation at {node.settings.node}",
+        )
+        assert quarantined(node, case.case_id) == [], node.settings.node
 
 
 KEY = "consultation-test-token-key"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
@@ -238,15 +239,26 @@ def _sweep(node: Node, service: str) -> None:
         timer.run()
 
 
-def _reminded(chain: Chain) -> str:
-    case_id, visit = _visit(chain)
-    starts = from_timestamp(visit.starts_at)
+def _sweep_before(chain: Chain, starts_at: Timestamp) -> None:
+    """The county's video sweep half an hour before ``starts_at``: both reminders are due."""
+    starts = from_timestamp(starts_at)
     assert starts is not None
     try:
         chain.clock.set(starts - timedelta(minutes=30))
         _sweep(chain.county, "video")
     finally:
         chain.clock.set(utc_now())
+
+
+def _reminded(chain: Chain) -> str:
+    case_id, visit = _visit(chain)
+    _sweep_before(chain, visit.starts_at)
+    return case_id
+
+
+def _consultation_reminded(chain: Chain) -> str:
+    case_id, booked = _consultation(chain)
+    _sweep_before(chain, booked.starts_at)
     return case_id
 
 
@@ -323,6 +335,7 @@ PRODUCERS: dict[str, Callable[[Chain], str] | str] = {
     "consultation_booked": _consultation_booked,
     "consultation_held": _consultation_held,
     "consultation_cancelled": _consultation_cancelled,
+    "consultation_reminder": _consultation_reminded,
     "case_sampled": _sampled,
     "third_party_rated": _rated,
 }

@@ -142,14 +142,14 @@ class FakeVideoUnitOfWork:
         due = (VisitState.BOOKED, VisitState.CHECKED_IN)
         return [v for v in self.s.visits.values() if v.state in due and after < v.starts_at <= until]
 
-    def reminders_sent(self, visit_ids: list[str]) -> set[tuple[str, str]]:
-        return {r for r in self.s.reminders if r[0] in visit_ids}
+    def reminders_sent(self, booking_ids: list[str]) -> set[tuple[str, str]]:
+        return {r for r in self.s.reminders if r[0] in booking_ids}
 
-    def add_reminder(self, visit_id: str, kind: str, at: datetime) -> None:
-        self.s.reminders.add((visit_id, kind))
+    def add_reminder(self, booking_id: str, kind: str, at: datetime) -> None:
+        self.s.reminders.add((booking_id, kind))
 
-    def forget_reminders(self, visit_id: str) -> None:
-        self.s.reminders = {r for r in self.s.reminders if r[0] != visit_id}
+    def forget_reminders(self, booking_id: str) -> None:
+        self.s.reminders = {r for r in self.s.reminders if r[0] != booking_id}
 
     def stale_holding(self, cutoff: datetime) -> list[str]:
         return [
@@ -188,13 +188,12 @@ class FakeVideoUnitOfWork:
         return moved
 
     def abandon_stale_moves(self, cutoff: datetime) -> int:
+        settled = {v.visit_id for v in self.s.visits.values() if v.state != VisitState.HOLDING}
+        settled |= {c.consultation_id for c in self.s.consultations.values() if c.state != ConsultationState.HOLDING}
         stale = [
             h.hold_id
             for h, at in self.s.remote.values()
-            if h.state in (RemoteState.ASKED, RemoteState.HELD)
-            and at <= cutoff
-            and h.visit_id in self.s.visits
-            and self.s.visits[h.visit_id].state != VisitState.HOLDING
+            if h.state in (RemoteState.ASKED, RemoteState.HELD) and at <= cutoff and h.visit_id in settled
         ]
         return self.set_remote_state(RemoteState.RELEASING, hold_ids=stale)
 
@@ -222,6 +221,13 @@ class FakeVideoUnitOfWork:
 
     def save_consultation(self, consultation: Consultation) -> None:
         self.s.consultations[consultation.consultation_id] = consultation
+
+    def consultations_starting(self, after: datetime, until: datetime) -> list[Consultation]:
+        return [
+            c
+            for c in self.s.consultations.values()
+            if c.state == ConsultationState.BOOKED and not c.replica and after < c.starts_at <= until
+        ]
 
     def stale_consultations(self, cutoff: datetime) -> list[str]:
         return [

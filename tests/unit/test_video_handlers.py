@@ -7,6 +7,7 @@ and test_consultation.py; these are the fast layer of the pyramid.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
@@ -17,6 +18,7 @@ from services.video.consult import (
     ConsultationBooked,
     ConsultationCancelled,
     ConsultationHeld,
+    ConsultationReminder,
     ConsultationRequest,
     ConsultationState,
     Participant,
@@ -265,3 +267,72 @@ def test_a_cancelled_consultation_gives_the_other_nodes_their_rooms_back() -> No
     assert remote.released == remote.confirmed and not remote.held
     assert isinstance(store.events[-1], ConsultationCancelled)
     assert store.state.reservations == []
+
+
+def tomorrow(store: FakeVideoStore) -> ConsultationRequest:
+    """The consultation asked for from Tuesday 10:00 (Sichuan) on: Tuesday 10:00-11:00."""
+    return replace(consultation(store), not_before=store.now() + timedelta(days=1))
+
+
+def test_a_consultation_moves_to_the_next_common_slot_and_the_old_one_is_freed_after_the_new_is_confirmed() -> None:
+    store = video()
+    remote = FakeRemoteRooms()
+    booked = handlers.book_consultation(store, remote, consultation(store), TTL)
+    (old_hold,) = booked.hold_ids
+    window = (store.now(), store.now() + timedelta(days=30), None)
+    moved = handlers.reschedule_consultation(store, remote, booked.consultation_id, booked.version, window, TTL)
+    # Its own reservations here count free: the next grid start, half an hour later.
+    assert moved.starts_at == booked.starts_at + timedelta(minutes=30) and moved.version == booked.version + 1
+    (new_hold,) = moved.hold_ids
+    assert new_hold in remote.confirmed and old_hold in remote.released
+    assert store.events[-1] == ConsultationBooked(moved, moved_from=booked.starts_at)
+    assert sorted((a, b) for _, a, b, _ in store.state.reservations) == [(moved.starts_at, moved.ends_at)] * 2
+    with pytest.raises(Conflict):  # the version read before the move
+        handlers.reschedule_consultation(store, remote, booked.consultation_id, booked.version, window, TTL)
+
+
+def test_a_consultation_whose_new_slot_is_refused_elsewhere_stays_where_it_was() -> None:
+    store = video()
+    remote = FakeRemoteRooms()
+    booked = handlers.book_consultation(store, remote, consultation(store), TTL)
+    remote.refuse.add("511100-R1")
+    at = booked.starts_at + timedelta(hours=1)
+    with pytest.raises(Conflict):
+        handlers.reschedule_consultation(store, remote, booked.consultation_id, 0, (at, at, at), TTL)
+    kept = handlers.get_consultation(store, booked.consultation_id)
+    assert (kept.starts_at, kept.version, kept.hold_ids) == (booked.starts_at, booked.version, booked.hold_ids)
+    assert [type(e) for e in store.events] == [ConsultationBooked]
+
+
+def test_a_held_consultation_or_a_copy_from_below_is_not_moved() -> None:
+    store = video()
+    remote = FakeRemoteRooms()
+    booked = handlers.book_consultation(store, remote, consultation(store), TTL)
+    window = (store.now(), store.now() + timedelta(days=30), None)
+    handlers.record_consultation_minutes(store, booked.consultation_id, 0, "纪要")
+    with pytest.raises(FailedPrecondition) as held:
+        handlers.reschedule_consultation(store, remote, booked.consultation_id, 0, window, TTL)
+    assert held.value.current_state == "HELD"
+    copy = replace(booked, consultation_id="con-below", host_node="511102", replica=True)
+    handlers.note_consultation_replica(store, copy)
+    with pytest.raises(FailedPrecondition) as replica:
+        handlers.reschedule_consultation(store, remote, "con-below", 0, window, TTL)
+    assert replica.value.current_state == "REPLICA"
+
+
+def test_every_unit_of_a_consultation_is_reminded_a_day_and_an_hour_before_and_again_after_a_move() -> None:
+    store = video()
+    remote = FakeRemoteRooms()
+    booked = handlers.book_consultation(store, remote, tomorrow(store), TTL)
+    store.clock = booked.starts_at - timedelta(hours=23)
+    assert handlers.send_reminders(store) == 1
+    assert handlers.send_reminders(store) == 0
+    reminder = store.events[-1]
+    assert isinstance(reminder, ConsultationReminder) and reminder.kind == "24h"
+    assert [p.unit_id for p in reminder.consultation.participants] == ["unit-zj", "unit-city"]
+    window = (store.now(), store.now() + timedelta(days=30), booked.starts_at + timedelta(hours=1))
+    moved = handlers.reschedule_consultation(store, remote, booked.consultation_id, 0, window, TTL)
+    store.clock = moved.starts_at - timedelta(minutes=30)
+    assert handlers.send_reminders(store) == 2  # the new start's 24 h reminder, late, and its 1 h one
+    kinds = [e.kind for e in store.events if isinstance(e, ConsultationReminder)]
+    assert kinds == ["24h", "24h", "1h"]

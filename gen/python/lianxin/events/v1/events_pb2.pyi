@@ -75,6 +75,7 @@ class EventEnvelope(_message.Message):
     CONSULTATION_BOOKED_FIELD_NUMBER: _builtins.int
     CONSULTATION_HELD_FIELD_NUMBER: _builtins.int
     CONSULTATION_CANCELLED_FIELD_NUMBER: _builtins.int
+    CONSULTATION_REMINDER_FIELD_NUMBER: _builtins.int
     CASE_SAMPLED_FIELD_NUMBER: _builtins.int
     THIRD_PARTY_RATED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
@@ -172,6 +173,10 @@ class EventEnvelope(_message.Message):
         """A remote consultation was cancelled and its units and rooms released."""
 
     @_builtins.property
+    def consultation_reminder(self) -> Global___ConsultationReminder:
+        """A remote consultation is near: each unit taking part is reminded (24 h and 1 h before; once each)."""
+
+    @_builtins.property
     def case_sampled(self) -> Global___CaseSampled:
         """The case was drawn into a month's third-party evaluation sample (第三方评价抽样)."""
 
@@ -209,14 +214,15 @@ class EventEnvelope(_message.Message):
         consultation_booked: Global___ConsultationBooked | None = ...,
         consultation_held: Global___ConsultationHeld | None = ...,
         consultation_cancelled: Global___ConsultationCancelled | None = ...,
+        consultation_reminder: Global___ConsultationReminder | None = ...,
         case_sampled: Global___CaseSampled | None = ...,
         third_party_rated: Global___ThirdPartyRated | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_sampled", b"case_sampled", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "deadline_warning", b"deadline_warning", "occurred_at", b"occurred_at", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "third_party_rated", b"third_party_rated", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_sampled", b"case_sampled", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "consultation_reminder", b"consultation_reminder", "deadline_warning", b"deadline_warning", "occurred_at", b"occurred_at", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "third_party_rated", b"third_party_rated", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_id", b"case_id", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_sampled", b"case_sampled", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "deadline_warning", b"deadline_warning", "event_id", b"event_id", "occurred_at", b"occurred_at", "origin_node", b"origin_node", "origin_service", b"origin_service", "owner_epoch", b"owner_epoch", "owner_node", b"owner_node", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "third_party_rated", b"third_party_rated", "trace_context", b"trace_context", "version", b"version", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_id", b"case_id", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_sampled", b"case_sampled", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "consultation_reminder", b"consultation_reminder", "deadline_warning", b"deadline_warning", "event_id", b"event_id", "occurred_at", b"occurred_at", "origin_node", b"origin_node", "origin_service", b"origin_service", "owner_epoch", b"owner_epoch", "owner_node", b"owner_node", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "third_party_rated", b"third_party_rated", "trace_context", b"trace_context", "version", b"version", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["case_registered", "case_evaluated", "review_requested", "case_withdrawn", "work_order_created", "work_order_changed", "case_handed_off", "case_escalated", "supervision_issued", "deadline_warning", "visit_booked", "visit_outcome_recorded", "case_merged", "visit_reminder", "visit_cancelled", "consultation_booked", "consultation_held", "consultation_cancelled", "case_sampled", "third_party_rated"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["case_registered", "case_evaluated", "review_requested", "case_withdrawn", "work_order_created", "work_order_changed", "case_handed_off", "case_escalated", "supervision_issued", "deadline_warning", "visit_booked", "visit_outcome_recorded", "case_merged", "visit_reminder", "visit_cancelled", "consultation_booked", "consultation_held", "consultation_cancelled", "consultation_reminder", "case_sampled", "third_party_rated"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -827,6 +833,7 @@ class ConsultationBooked(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     UNITS_FIELD_NUMBER: _builtins.int
     HOST_NODE_FIELD_NUMBER: _builtins.int
+    MOVED_FROM_FIELD_NUMBER: _builtins.int
     consultation_id: _builtins.str
     """Id of the consultation at the host node."""
     topic: _builtins.str
@@ -845,6 +852,10 @@ class ConsultationBooked(_message.Message):
     def units(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsultationUnit]:
         """The units taking part."""
 
+    @_builtins.property
+    def moved_from(self) -> _timestamp_pb2.Timestamp:
+        """Set when the consultation was moved to this slot (RescheduleConsultation): when it was to start."""
+
     def __init__(
         self,
         *,
@@ -854,14 +865,57 @@ class ConsultationBooked(_message.Message):
         topic: _builtins.str = ...,
         units: _abc.Iterable[Global___ConsultationUnit] | None = ...,
         host_node: _builtins.str = ...,
+        moved_from: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "moved_from", b"moved_from", "starts_at", b"starts_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultation_id", b"consultation_id", "ends_at", b"ends_at", "host_node", b"host_node", "starts_at", b"starts_at", "topic", b"topic", "units", b"units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultation_id", b"consultation_id", "ends_at", b"ends_at", "host_node", b"host_node", "moved_from", b"moved_from", "starts_at", b"starts_at", "topic", b"topic", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsultationBooked: _TypeAlias = ConsultationBooked  # noqa: Y015
+
+@_typing.final
+class ConsultationReminder(_message.Message):
+    """A remote consultation is near: a reminder to each unit taking part, on the case."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATION_ID_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    HOST_NODE_FIELD_NUMBER: _builtins.int
+    consultation_id: _builtins.str
+    """Id of the consultation at the host node."""
+    kind: _builtins.str
+    """Which reminder: "24h" or "1h" before the start."""
+    host_node: _builtins.str
+    """Node (region code) that booked it and sends the reminder."""
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """When it starts."""
+
+    @_builtins.property
+    def units(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsultationUnit]:
+        """The units reminded (every unit taking part)."""
+
+    def __init__(
+        self,
+        *,
+        consultation_id: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
+        units: _abc.Iterable[Global___ConsultationUnit] | None = ...,
+        host_node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultation_id", b"consultation_id", "host_node", b"host_node", "kind", b"kind", "starts_at", b"starts_at", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsultationReminder: _TypeAlias = ConsultationReminder  # noqa: Y015
 
 @_typing.final
 class ConsultationHeld(_message.Message):

@@ -2067,6 +2067,78 @@ class RecordConsultationMinutesResponse(_message.Message):
 Global___RecordConsultationMinutesResponse: _TypeAlias = RecordConsultationMinutesResponse  # noqa: Y015
 
 @_typing.final
+class RescheduleConsultationRequest(_message.Message):
+    """Moves a consultation to another common slot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATION_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    consultation_id: _builtins.str
+    """Id of the consultation."""
+    actor: _builtins.str
+    """Operator id of who acts."""
+    expected_version: _builtins.int
+    """Expected consultation version; 0 skips the check."""
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Earliest acceptable start; now when empty."""
+
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """Latest acceptable start; 30 days after not_before when empty (at most 90 days)."""
+
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """Exact start wanted (a slot ListConsultationSlots proposed); when empty, the earliest other common slot."""
+
+    def __init__(
+        self,
+        *,
+        consultation_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "consultation_id", b"consultation_id", "expected_version", b"expected_version", "not_after", b"not_after", "not_before", b"not_before", "starts_at", b"starts_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RescheduleConsultationRequest: _TypeAlias = RescheduleConsultationRequest  # noqa: Y015
+
+@_typing.final
+class RescheduleConsultationResponse(_message.Message):
+    """The moved consultation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSULTATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consultation(self) -> Global___Consultation:
+        """The consultation after the change (BOOKED, version + 1, at its new slot)."""
+
+    def __init__(
+        self,
+        *,
+        consultation: Global___Consultation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consultation", b"consultation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultation", b"consultation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RescheduleConsultationResponse: _TypeAlias = RescheduleConsultationResponse  # noqa: Y015
+
+@_typing.final
 class CancelConsultationRequest(_message.Message):
     """Cancels a consultation."""
 

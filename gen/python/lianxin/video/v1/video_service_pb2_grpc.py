@@ -142,6 +142,11 @@ class VideoServiceStub:
                 request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RecordConsultationMinutesRequest.SerializeToString,
                 response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RecordConsultationMinutesResponse.FromString,
                 _registered_method=True)
+        self.RescheduleConsultation = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/RescheduleConsultation',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RescheduleConsultationRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RescheduleConsultationResponse.FromString,
+                _registered_method=True)
         self.CancelConsultation = channel.unary_unary(
                 '/lianxin.video.v1.VideoService/CancelConsultation',
                 request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.CancelConsultationRequest.SerializeToString,
@@ -317,6 +322,16 @@ class VideoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RescheduleConsultation(self, request, context):
+        """Moves a booked consultation to another common slot (the earliest in the window, or a given start):
+        every unit and room is checked again on its own node, the new slot is held and confirmed before the
+        old one is freed, and consultation_booked (with moved_from) puts the move on the case's history.
+        Reminders go out again for the new start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelConsultation(self, request, context):
         """Cancels a booked consultation and releases its units and rooms here and at the other nodes.
         """
@@ -439,6 +454,11 @@ def add_VideoServiceServicer_to_server(servicer, server):
                     servicer.RecordConsultationMinutes,
                     request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RecordConsultationMinutesRequest.FromString,
                     response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RecordConsultationMinutesResponse.SerializeToString,
+            ),
+            'RescheduleConsultation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RescheduleConsultation,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RescheduleConsultationRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.RescheduleConsultationResponse.SerializeToString,
             ),
             'CancelConsultation': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelConsultation,
@@ -1021,6 +1041,33 @@ class VideoService:
             '/lianxin.video.v1.VideoService/RecordConsultationMinutes',
             lianxin_dot_video_dot_v1_dot_video__service__pb2.RecordConsultationMinutesRequest.SerializeToString,
             lianxin_dot_video_dot_v1_dot_video__service__pb2.RecordConsultationMinutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RescheduleConsultation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/RescheduleConsultation',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.RescheduleConsultationRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.RescheduleConsultationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,12 @@ class VideoServiceStub:
     """Records the minutes (会商纪要) of a booked consultation: it is then HELD, and the minutes join the
     case's history (consultation_held replicates up the tiers).
     """
+    RescheduleConsultation: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.RescheduleConsultationRequest, _video_service_pb2.RescheduleConsultationResponse]
+    """Moves a booked consultation to another common slot (the earliest in the window, or a given start):
+    every unit and room is checked again on its own node, the new slot is held and confirmed before the
+    old one is freed, and consultation_booked (with moved_from) puts the move on the case's history.
+    Reminders go out again for the new start.
+    """
     CancelConsultation: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.CancelConsultationRequest, _video_service_pb2.CancelConsultationResponse]
     """Cancels a booked consultation and releases its units and rooms here and at the other nodes."""
     ListConsultations: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.ListConsultationsRequest, _video_service_pb2.ListConsultationsResponse]
@@ -274,6 +280,18 @@ class VideoServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _video_service_pb2.RecordConsultationMinutesResponse:
         """Records the minutes (会商纪要) of a booked consultation: it is then HELD, and the minutes join the
         case's history (consultation_held replicates up the tiers).
+        """
+
+    @_abc_1.abstractmethod
+    def RescheduleConsultation(
+        self,
+        request: _video_service_pb2.RescheduleConsultationRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.RescheduleConsultationResponse:
+        """Moves a booked consultation to another common slot (the earliest in the window, or a given start):
+        every unit and room is checked again on its own node, the new slot is held and confirmed before the
+        old one is freed, and consultation_booked (with moved_from) puts the move on the case's history.
+        Reminders go out again for the new start.
         """
 
     @_abc_1.abstractmethod
