@@ -128,6 +128,11 @@ def test_clerk_books_a_consultation_at_the_earliest_common_slot_and_records_its_
     page.wait_for_selector("#consultations")
     listed = page.inner_text("#consultations")
     assert earliest.split("（")[0].split("–")[0].strip() in listed and "已预约" in listed
+    # 改期: to the next common slot, still booked, at another hour.
+    page.click("#form-reschedule-1 button[type=submit]")
+    page.wait_for_selector("#consultations")
+    moved = page.inner_text("#consultations")
+    assert "已预约" in moved and moved.split("·")[0] != listed.split("·")[0]
 
     page.fill("#minutes-1", MINUTES)
     page.click("#form-minutes-1 button[type=submit]")

@@ -26,6 +26,7 @@ from services.web.console.consultation import (
     consultation_error,
     propose_consultation,
     record_minutes,
+    reschedule_consultation,
 )
 
 
@@ -222,13 +223,17 @@ def case_act(page: Page) -> Response:
 
 
 def _consultation_act(page: Page, case_id: str, action: str) -> Response:
-    """远程会商: propose the earliest common slots (the page again, with them), book one, record minutes."""
+    """远程会商: propose the earliest common slots (the page again, with them), book one, move it to the
+    next common slot, record minutes."""
     try:
         if action == "propose_consultation":
             return case_page(page, proposal=propose_consultation(page))
         if action == "book_consultation":
             book_consultation(page, case_id)
             page.flash("远程会商已预约。")
+        elif action == "reschedule_consultation":
+            reschedule_consultation(page)
+            page.flash("远程会商已改期。")
         else:
             record_minutes(page)
             page.flash("会商纪要已记录。")

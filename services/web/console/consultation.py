@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -13,7 +14,7 @@ from services.web.client import CallFailed
 from services.web.console.common import starts_at, to_int
 
 CONSULT_ROWS = 4  # participant rows on the form: this node's unit and up to three of other tiers
-CONSULT_ACTIONS = ("propose_consultation", "book_consultation", "consultation_minutes")
+CONSULT_ACTIONS = ("propose_consultation", "book_consultation", "consultation_minutes", "reschedule_consultation")
 CONSULT_FIELDS = {
     "topic": "会商事项",
     "participants": "参会单位",
@@ -78,17 +79,28 @@ def book_consultation(page: Page, case_id: str) -> None:
     )
 
 
-def record_minutes(page: Page) -> None:
+def _on_consultation(page: Page, call: Any, request: Callable[..., Any], **fields: object) -> None:
+    """An action on one consultation of the card, at the version the page showed."""
     assert page.operator is not None
-    page.call(
-        page.client.video.RecordConsultationMinutes,
-        video_pb2.RecordConsultationMinutesRequest(
-            consultation_id=page.field("consultation_id"),
-            actor=page.operator.principal.subject,
-            expected_version=to_int(page.field("expected_version")) or 0,
-            minutes=page.form.get("minutes", ""),
-        ),
+    message = request(
+        consultation_id=page.field("consultation_id"),
+        actor=page.operator.principal.subject,
+        expected_version=to_int(page.field("expected_version")) or 0,
+        **fields,
     )
+    page.call(call, message)
+
+
+def record_minutes(page: Page) -> None:
+    minutes = page.form.get("minutes", "")
+    _on_consultation(
+        page, page.client.video.RecordConsultationMinutes, video_pb2.RecordConsultationMinutesRequest, minutes=minutes
+    )
+
+
+def reschedule_consultation(page: Page) -> None:
+    """改期: the next common slot of every participant (RescheduleConsultation)."""
+    _on_consultation(page, page.client.video.RescheduleConsultation, video_pb2.RescheduleConsultationRequest)
 
 
 def consultation_error(failure: CallFailed) -> str:
