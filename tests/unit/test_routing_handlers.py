@@ -7,6 +7,7 @@ work"). The node's rules are the bundled catalogue and the national time limits.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from services.routing.domain import (
     WorkOrderChanged,
     WorkOrderCreated,
 )
+from services.routing.leader import parse_leader_classes
 from tests.support.routing import FakeRoutingStore
 from tests.support.routing_store import case, routing_for
 
@@ -344,3 +346,63 @@ def test_the_month_s_third_party_sample_is_drawn_once_shown_masked_and_rated_onc
     with pytest.raises(FailedPrecondition, match="already rated"):
         rate("BASICALLY_SATISFIED")
     assert store.kinds(pb.case_id)[-1] == "ThirdPartyRated"
+
+
+def test_a_matter_of_a_leader_s_class_waits_for_the_instruction_then_goes_to_the_unit_placement_chose() -> None:
+    store = FakeRoutingStore(COUNTY)
+    county = dataclasses.replace(
+        routing_for(COUNTY),
+        leader_classes=parse_leader_classes(
+            {"classes": [{"id": "mass", "name": "群体性事件苗头", "leader": "区长", "keywords": ["集体上访"]}]},
+            source="leader.yaml",
+        ),
+    )
+    pb = common_pb2.Case(
+        case_id="511102-20261122-000050",
+        region_code=COUNTY,
+        category="城乡建设",
+        registering_node=COUNTY,
+        title="拆迁补偿",
+        body="三十多户居民准备集体上访。",
+    )
+    wo = placed(store, county, registered_case(pb, version=1, owner_epoch=1))
+    held = store.work_order(wo).order
+    assert held.state is State.REGISTERED and held.awaiting_instruction
+    queue, _ = store.unit_of_work().list_work_orders(handlers.WorkOrderQuery(leader_queue=True), after=None, limit=10)
+    assert [s.order.id for s in queue] == [wo]
+    with pytest.raises(FailedPrecondition, match="leader's instruction"):
+        act(store, county, wo, lambda s, at, who: handlers.accept(s, at, who, county, "受理"))
+    with pytest.raises(InvalidArgument) as no_leader:
+        act(
+            store,
+            county,
+            wo,
+            lambda s, at, who: handlers.record_instruction(s, at, who, county, leader_name="", instruction="请办理"),
+        )
+    assert no_leader.value.field == "leader_name"
+    instructed = act(
+        store,
+        county,
+        wo,
+        lambda s, at, who: handlers.record_instruction(
+            s, at, who, county, leader_name="李明华", instruction="请住建局牵头办理"
+        ),
+    )
+    assert instructed.order.state is State.ASSIGNED and instructed.order.unit_id == held.leader_unit
+    assert instructed.order.instruction is not None and instructed.order.instruction.leader_name == "李明华"
+
+
+def test_an_escalation_back_up_is_taken_back_by_the_work_order_that_handed_the_case_down() -> None:
+    store, city = FakeRoutingStore(CITY), routing_for(CITY)
+    wo = placed(store, city, case("511100-20261122-000060"))  # 交办 down to the county: epoch 1 → 2
+    assert store.work_order(wo).order.state is State.TRANSFERRED
+    back = dataclasses.replace(case("511100-20261122-000060", version=9), owner_epoch=3)
+    with store.unit_of_work() as uow:
+        again = handlers.on_case_arrived(back, uow, city, now=NOW, escalated=True)
+        uow.commit()
+    assert again.order.id == wo and again.order.state is State.ASSIGNED  # 上报: placed by category here
+    assert len(store.tables.work_orders) == 1
+    with store.unit_of_work() as uow:  # the same hand-off delivered again changes nothing
+        handlers.on_case_arrived(back, uow, city, now=NOW, escalated=True)
+        uow.commit()
+    assert store.work_order(wo).order.version == again.order.version
