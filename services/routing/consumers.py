@@ -60,13 +60,16 @@ def _units(units: Iterable[events_pb2.ConsultationUnit]) -> str:
 
 def consultation_note(env: events_pb2.EventEnvelope) -> tuple[str, str] | None:
     """The history label and text of a remote consultation (远程会商) event: when, which units and
-    the topic once booked; the minutes once held. None for any other event."""
+    the topic once booked (and from when, once moved); the minutes once held. None for any other event."""
     kind = env.WhichOneof("payload")
     if kind == "consultation_booked":
         booked = env.consultation_booked
         starts, ends = from_timestamp(booked.starts_at), from_timestamp(booked.ends_at)
         when = f"{starts.astimezone(CHINA):%Y-%m-%d %H:%M}–{ends.astimezone(CHINA):%H:%M}" if starts and ends else ""
-        text = f"远程会商 {booked.consultation_id} 定于 {when}（{_units(booked.units)}）：{booked.topic}"
+        # A move (RescheduleConsultation) books it again: the history says from when to when.
+        was = from_timestamp(booked.moved_from) if booked.HasField("moved_from") else None
+        slot = f"改期至 {when}（原定 {was.astimezone(CHINA):%Y-%m-%d %H:%M}）" if was else f"定于 {when}"
+        text = f"远程会商 {booked.consultation_id} {slot}（{_units(booked.units)}）：{booked.topic}"
         return CONSULTATION_BOOKED, text
     if kind == "consultation_held":
         held = env.consultation_held

@@ -553,6 +553,7 @@ class VideoStore:
             ),
             select(ConsultationRow.consultation_id).where(
                 ConsultationRow.state == consult.ConsultationState.BOOKED.value,
+                ConsultationRow.replica.is_(False),
                 ConsultationRow.starts_at > now,
                 ConsultationRow.starts_at <= now + horizon,
             ),

@@ -327,7 +327,10 @@ def test_a_moved_consultation_holds_the_new_slot_before_freeing_the_old_and_the_
         return [] if order is None else [h.reason for h in order.history if h.action == "consultation_booked"]
 
     wait_until(lambda: len(county_history()) == 2, 20, "the move in the county's history")
-    assert moved_to in county_history()[1]
+    assert (
+        f"改期至 {moved_to}" in county_history()[1]
+        and f"原定 {old[0].astimezone(CHINA):%Y-%m-%d %H:%M}" in county_history()[1]
+    )
     for node in (tiers.city, tiers.province):
         wait_until(
             lambda node=node: (
