@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -23,7 +22,7 @@ from services.common.migrations import upgrade
 from services.common.outbox import Relay
 from services.common.regions import RegionTree
 from services.common.security import ServerSecurity, server_security
-from services.common.service import ServiceContext, ServiceParts, utc_now
+from services.common.service import NodeHooks, ServiceContext, ServiceParts, utc_now
 from services.common.settings import SERVICES, Settings
 from services.common.waiting import LinkDriver
 
@@ -37,7 +36,7 @@ def build_service(
     regions: RegionTree,
     clock: Callable[[], datetime] = utc_now,
     peers: dict[str, str] | None = None,
-    extras: dict[str, Any] | None = None,
+    hooks: NodeHooks | None = None,
 ) -> tuple[ServiceParts, Engine]:
     """Open the service's own database, migrate it, and let the service compose itself."""
     engine = make_engine(service_database_url(settings, service), service=service)
@@ -50,7 +49,7 @@ def build_service(
         session_factory=make_session_factory(engine),
         clock=clock,
         peers=peers if peers is not None else {},
-        extras=extras if extras is not None else {},
+        hooks=hooks if hooks is not None else NodeHooks(),
     )
     module = importlib.import_module(f"services.{service}.app")
     parts: ServiceParts = module.build(ctx)
@@ -81,7 +80,7 @@ class Node:
     regions: RegionTree = field(default_factory=RegionTree.load)
     clock: Callable[[], datetime] = utc_now
     services: Sequence[str] = SERVICES
-    extras: dict[str, Any] = field(default_factory=dict)
+    hooks: NodeHooks = field(default_factory=NodeHooks)
     # A host of many nodes (services/host.py) shares one gRPC thread pool between them.
     executor: ThreadPoolExecutor | None = None
     parts: dict[str, ServiceParts] = field(default_factory=dict, init=False)
@@ -117,16 +116,21 @@ class Node:
     def start(self) -> Node:
         if self.code not in self.regions:
             raise ValueError(f"node {self.code} is not a known region code")
-        self.extras.setdefault("notify_outbox", self._notify_outbox)
+        hooks = self.hooks
+        if hooks.notify_outbox is None:
+            hooks.notify_outbox = self._notify_outbox
         # Timers with a safety interval run when their service has work for them (Timer.safety_interval_s).
-        self.extras.setdefault("wake_timer", self._wake_timer)
+        if hooks.wake_timer is None:
+            hooks.wake_timer = self._wake_timer
         # Gauges read from the databases are refreshed when /metrics is scraped, not on timers.
-        self.extras.setdefault("on_scrape", self._on_scrape)
+        if hooks.on_scrape is None:
+            hooks.on_scrape = self._on_scrape
         # Exchange's links wait for work instead of polling; one driver serves every node of the process.
-        self.extras.setdefault("link_driver", LinkDriver.shared())
+        if hooks.link_driver is None:
+            hooks.link_driver = LinkDriver.shared()
         for name in self.services:
             parts, engine = build_service(
-                self.settings, name, regions=self.regions, clock=self.clock, peers=self.peers, extras=self.extras
+                self.settings, name, regions=self.regions, clock=self.clock, peers=self.peers, hooks=self.hooks
             )
             self.parts[name] = parts
             self.engines[name] = engine

@@ -238,7 +238,7 @@ def node_calendar(ctx: ServiceContext, files: list[str] | None = None) -> NodeCa
 
     ``files`` (``LIANXIN_CALENDAR_FILES``) are read only when it is opened; a bad file fails the start.
     """
-    existing = ctx.extras.get("calendar")
+    existing = ctx.hooks.calendar
     if isinstance(existing, NodeCalendar):
         return existing
     calendar = NodeCalendar(store=CalendarStore.open(service_database_url(ctx.settings, "calendar")))
@@ -247,7 +247,7 @@ def node_calendar(ctx: ServiceContext, files: list[str] | None = None) -> NodeCa
         calendar.add_years(existing.years.values())  # a calendar handed in by a test or a host
     calendar.file_years = dict(calendar.years)
     calendar.refresh(force=True)
-    ctx.extras["calendar"] = calendar
+    ctx.hooks.calendar = calendar
     node = ctx.settings.node
     if node in ctx.regions:  # labels are known region codes only
         calendar.node = node

@@ -11,13 +11,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Table
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.regions import RegionTree
 from services.common.settings import Settings
+
+if TYPE_CHECKING:  # annotations only: the kernel imports no service at run time (tests/unit/test_layering.py)
+    from services.common.calendar import ChineseWorkingCalendar
+    from services.common.calendar_store import NodeCalendar
+    from services.common.waiting import LinkDriver
+    from services.exchange.national import NationalAdapter
+    from services.exchange.store import ExchangeStore
+    from services.intake.category_model import CategoryModel
+    from services.intake.notices import NoticeChannel
+    from services.stats.domain.months import StatsConfig
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class Timer:
     """Periodic work (deadline sweep, link pump). Runs in the worker (nameko @timer) or a node thread.
 
     ``safety_interval_s``: a timer that its service wakes when there is work (the host's
-    ``extras["wake_timer"](name)``, an embedded node's ``TimerLoop.wake``) runs on each wake and only
+    ``hooks.wake_timer(name)``, an embedded node's ``TimerLoop.wake``) runs on each wake and only
     this often otherwise; where nothing wakes it (a nameko worker) it runs every ``interval_s``. Its
     ``run`` may then return the seconds until it wants to run again (a retry that falls due), or None.
     """
@@ -97,6 +107,31 @@ def utc_now() -> datetime:
 
 
 @dataclass
+class NodeHooks:
+    """What a host hands the services of a node besides the settings, and what they leave for tests and
+    the demo: one per node, shared by its services. A production process (``lianxin serve``, ``lianxin
+    worker``) gives none; an embedded node (``services.node.Node.start``) the first four.
+    """
+
+    # Given by an embedded node.
+    notify_outbox: Callable[[], None] | None = None  # wake the outbox relay after a commit
+    wake_timer: Callable[[str], None] | None = None  # run the named timer now (Timer.safety_interval_s)
+    on_scrape: Callable[[Callable[[], object]], None] | None = None  # refresh a gauge when /metrics is read
+    link_driver: LinkDriver | None = None  # exchange's links wait for work (one driver per process)
+    # Given by a deployment, a test or the demo.
+    calendar: ChineseWorkingCalendar | NodeCalendar | None = None  # node_calendar() keeps the node's here
+    video_peers: dict[str, str] = field(default_factory=dict)  # node code -> its video host:port
+    video_hold_ttl_s: float | None = None
+    intake_notice_channel: NoticeChannel | None = None  # the SMS/WeChat adapter of 办事进度推送
+    stats_config: StatsConfig | None = None
+    national_adapter: NationalAdapter | None = None
+    # Left by the services, for tests and the demo.
+    intake_category_model: CategoryModel | None = None  # wait on its ``ready``
+    exchange_store: dict[str, ExchangeStore] = field(default_factory=dict)  # by node
+    routing_sweep: dict[str, Callable[[], object]] = field(default_factory=dict)  # by node: sweep now
+
+
+@dataclass
 class ServiceContext:
     """What a service's composition function may use. Built by the host, never at import time."""
 
@@ -108,4 +143,4 @@ class ServiceContext:
     clock: Callable[[], datetime] = utc_now
     # host:port of each service of this node for synchronous gRPC calls (embedded: the node's port)
     peers: dict[str, str] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    hooks: NodeHooks = field(default_factory=NodeHooks)

@@ -20,7 +20,6 @@ from services.common.db import make_engine, service_database_url
 from services.common.service import ServiceContext, ServiceParts, ServicerBinding, Timer
 from services.common.timeutil import to_timestamp
 from services.common.tls import client_credentials
-from services.common.waiting import LinkDriver
 from services.exchange.consumers import ExchangeConsumers
 from services.exchange.link import ParentLink
 from services.exchange.models import outbox
@@ -89,7 +88,7 @@ def _links(ctx: ServiceContext, store: ExchangeStore) -> _Links:
             audit_head=head_of_chain,
             anchor_interval_s=ctx.settings.audit_anchor_interval_s,
         )
-    links.adapter = ctx.extras.get("national_adapter")
+    links.adapter = ctx.hooks.national_adapter
     if links.adapter is None and ctx.settings.national:
         links.adapter = GrpcNationalAdapter(ctx.settings.national, credentials=credentials)
     if links.adapter is not None:
@@ -116,10 +115,10 @@ def _timers(ctx: ServiceContext, store: ExchangeStore, links: _Links, reporter: 
             next_metrics[0] = time.monotonic() + METRICS_INTERVAL_S
             refresh_metrics()
 
-    if ctx.extras.get("link_driver") is None:
+    if ctx.hooks.link_driver is None:
         return [Timer("exchange-link-pump", PUMP_INTERVAL_S, pump)]
     timers = []
-    on_scrape: Callable[[Callable[[], object]], None] | None = ctx.extras.get("on_scrape")
+    on_scrape = ctx.hooks.on_scrape
     if on_scrape is not None:
         on_scrape(refresh_metrics)  # the link gauges when /metrics is read (and on every LinkStatus)
     else:
@@ -132,9 +131,9 @@ def _timers(ctx: ServiceContext, store: ExchangeStore, links: _Links, reporter: 
 
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
-    notify: Callable[[], None] = ctx.extras.get("notify_outbox", lambda: None)
+    notify: Callable[[], None] = ctx.hooks.notify_outbox or (lambda: None)
     # Present in an embedded node (one per process): the links wait for work instead of polling.
-    driver: LinkDriver | None = ctx.extras.get("link_driver")
+    driver = ctx.hooks.link_driver
     store = ExchangeStore(ctx.session_factory, node=node, regions=ctx.regions, clock=ctx.clock, notify=notify)
     links = _links(ctx, store)
     reporter = LinkReporter(store, parent=links.parent, national=links.national)
@@ -151,7 +150,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
         release()
         links.close()
 
-    ctx.extras.setdefault("exchange_store", {})[node] = store
+    ctx.hooks.exchange_store[node] = store
     return ServiceParts(
         name="exchange",
         servicers=[

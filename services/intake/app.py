@@ -71,9 +71,9 @@ class Places:
 def _notice_sender(ctx: ServiceContext, uow_factory: Callable[[], SqlIntakeUnitOfWork]) -> Callable[[], float | None]:
     """The progress notice sender's pass; returns the seconds until the next retry falls due (None: none)."""
     config = ctx.settings.intake
-    # 办事进度推送: a deployment passes its SMS/WeChat adapter as extras["intake.notice_channel"]; the
+    # 办事进度推送: a deployment passes its SMS/WeChat adapter as hooks.intake_notice_channel; the
     # embedded default writes each message to <data_dir>/<node>/progress_notices.jsonl.
-    channel: NoticeChannel = ctx.extras.get("intake.notice_channel") or FileChannel(
+    channel: NoticeChannel = ctx.hooks.intake_notice_channel or FileChannel(
         ctx.settings.data_dir / ctx.settings.node / "progress_notices.jsonl"
     )
     policy = RetryPolicy(max_attempts=config.notice_attempts, first_delay=config.notice_first_delay)
@@ -97,7 +97,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
     regions = ctx.regions
     # An embedded node's relay wants waking after commits; a production api process has no relay
     # (the worker polls), and then nothing is woken, not even the coalescing thread.
-    wake_relay = ctx.extras.get("notify_outbox")
+    wake_relay = ctx.hooks.notify_outbox
     notify: Callable[[], None] = CoalescedNotify(wake_relay) if wake_relay is not None else lambda: None
 
     numbers = CaseNumbers(ctx.session_factory)
@@ -110,7 +110,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
 
     config = ctx.settings.intake
     model = CategoryModel(ctx.settings.data_dir, config.shared_data, enabled=config.classifier).start()
-    ctx.extras["intake.category_model"] = model  # tests and the demo wait on model.ready
+    ctx.hooks.intake_category_model = model  # tests and the demo wait on model.ready
 
     places = Places(regions, node)
 
@@ -139,7 +139,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
 
     # Embedded: the sender runs when a handling change committed (a notice may be queued) and when a
     # retry falls due; a worker, which nobody wakes, polls every notice_interval_s.
-    wake_timer: Callable[[str], None] = ctx.extras.get("wake_timer", lambda _name: None)
+    wake_timer: Callable[[str], None] = ctx.hooks.wake_timer or (lambda _name: None)
     consumers = IntakeConsumers(
         node=node,
         session_factory=ctx.session_factory,

@@ -116,7 +116,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
     routing = build_routing(ctx)
     official = node_calendar(ctx)  # the one build_routing opened, shared with video and stats
-    notify: Callable[[], None] = ctx.extras.get("notify_outbox", lambda: None)
+    notify: Callable[[], None] = ctx.hooks.notify_outbox or (lambda: None)
 
     def uow_factory() -> SqlRoutingUnitOfWork:
         return SqlRoutingUnitOfWork(ctx.session_factory, node=node, regions=ctx.regions)
@@ -132,7 +132,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
     def sweep_timer() -> None:
         sweep_now()
 
-    ctx.extras.setdefault("routing_sweep", {})[node] = sweep_now
+    ctx.hooks.routing_sweep[node] = sweep_now
     servicer = RoutingServicer(
         uow_factory=uow_factory, routing=routing, clock=ctx.clock, notify=notify, calendar=official
     )

@@ -7,8 +7,6 @@ persistence in ``store``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 
 from services.common.calendar_store import node_calendar
@@ -30,7 +28,7 @@ def stats_config(settings: StatsSettings) -> StatsConfig:
 
 def build(ctx: ServiceContext) -> ServiceParts:
     node = ctx.settings.node
-    config = ctx.extras.get("stats_config") or stats_config(ctx.settings.stats)
+    config = ctx.hooks.stats_config or stats_config(ctx.settings.stats)
     calendar = node_calendar(ctx)  # the node's, with the years its operators loaded
     ingest_event = make_ingestor(
         session_factory=ctx.session_factory, regions=ctx.regions, config=config, calendar=calendar, clock=ctx.clock
@@ -43,7 +41,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
         refresh_gauges(ctx.session_factory, ctx.regions, node, ctx.clock())
 
     timers = [Timer("stats-rollup", rollup_interval, lambda: (maintain(ctx.session_factory, ctx.clock()), None)[1])]
-    on_scrape: Callable[[Callable[[], object]], None] | None = ctx.extras.get("on_scrape")
+    on_scrape = ctx.hooks.on_scrape
     if on_scrape is not None:
         on_scrape(gauges)  # an embedded node: the open-work gauges when /metrics is read
     else:

@@ -1,6 +1,6 @@
 """Composition of the video service for any host (embedded node, api process, worker).
 
-Cross-node holds need the addresses of other nodes' video services: ``ctx.extras["video_peers"]``
+Cross-node holds need the addresses of other nodes' video services: ``ctx.hooks.video_peers``
 maps node code → host:port, filled from ``LIANXIN_VIDEO_PEERS`` (``lianxin up`` gives every node
 all the others) or passed directly by tests. The mapping is read at call time, so peers added after
 start are used.
@@ -46,20 +46,21 @@ def build(ctx: ServiceContext) -> ServiceParts:
         calendar=calendar,
         clock=ctx.clock,
     )
-    peers = ctx.extras.setdefault("video_peers", {})
+    peers = ctx.hooks.video_peers
     # LIANXIN_VIDEO_PEERS (set by `lianxin up` for every node of the embedded federation); peers a
-    # host already put in extras win, and the mapping stays live for ones added later.
+    # host already put in hooks.video_peers win, and the mapping stays live for ones added later.
     for code, address in parse_peers(ctx.settings.video_peers).items():
         peers.setdefault(code, address)
     remote = GrpcRemoteRooms(node, peers, credentials=client_credentials(ctx.settings.tls_dir, node))
-    hold_ttl = timedelta(seconds=float(ctx.extras.get("video_hold_ttl_s", DEFAULT_HOLD_TTL.total_seconds())))
+    ttl_s = ctx.hooks.video_hold_ttl_s
+    hold_ttl = DEFAULT_HOLD_TTL if ttl_s is None else timedelta(seconds=float(ttl_s))
 
     def notify() -> None:
-        ctx.extras.get("notify_outbox", lambda: None)()
+        (ctx.hooks.notify_outbox or (lambda: None))()
 
     # Embedded: a commit of the servicer (a booking, a hold) wakes the sweep; with nothing to sweep it
     # runs only every IDLE_SWEEP_S. A worker, which nobody wakes, sweeps every interval.
-    wake_timer: Callable[[str], None] = ctx.extras.get("wake_timer", lambda _name: None)
+    wake_timer: Callable[[str], None] = ctx.hooks.wake_timer or (lambda _name: None)
     every = min(ctx.settings.sweep_interval_s, 15.0)
 
     def after_commit() -> None:

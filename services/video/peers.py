@@ -22,7 +22,7 @@ CALL_TIMEOUT_S = 5.0  # every cross-node call has a deadline
 
 
 class GrpcRemoteRooms:
-    """``handlers.RemoteRooms`` over gRPC; ``peers``: node code → host:port (ctx.extras["video_peers"])."""
+    """``handlers.RemoteRooms`` over gRPC; ``peers``: node code → host:port (ctx.hooks.video_peers)."""
 
     def __init__(
         self, node: str, peers: Mapping[str, str], *, credentials: grpc.ChannelCredentials | None = None
@@ -36,7 +36,7 @@ class GrpcRemoteRooms:
     def _stub(self, node: str) -> video_grpc.VideoServiceStub:
         address = self._peers.get(node)
         if not address:
-            raise Unavailable(f"no address for node {node} (ctx.extras['video_peers'])")
+            raise Unavailable(f"no address for node {node} (ctx.hooks.video_peers)")
         with self._lock:
             if address not in self._stubs:
                 self._stubs[address] = video_grpc.VideoServiceStub(

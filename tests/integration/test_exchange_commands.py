@@ -82,7 +82,7 @@ def quarantine(node: Node, peer: str = "") -> list[exchange_pb2.QuarantinedItem]
 
 
 def store_of(node: Node) -> ExchangeStore:
-    stores: dict[str, ExchangeStore] = node.extras["exchange_store"]
+    stores: dict[str, ExchangeStore] = node.hooks.exchange_store
     return stores[node.code]
 
 

@@ -253,7 +253,8 @@ def test_import_of_leader_board_rows_from_messages_csv(node: Node, messages_csv:
 
 
 def test_missing_category_is_filled_by_the_model_and_place_by_the_text(node: Node) -> None:
-    model = node.extras["intake.category_model"]
+    model = node.hooks.intake_category_model
+    assert model is not None
     assert model.ready.wait(120)
     if model.model is None:
         pytest.skip("no messages.csv to train the category model")

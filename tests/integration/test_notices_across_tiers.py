@@ -20,6 +20,7 @@ from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 
+from services.common.service import NodeHooks
 from services.intake.notices import ChannelFailure, OutgoingMessage
 from services.node import Node
 from tests.support.exchange_nodes import Start, linked_nodes, phone_for
@@ -106,7 +107,7 @@ def notice_states(case: Registered) -> list[tuple[str, str]]:
 
 def test_the_registering_city_tells_the_citizen_each_step_of_the_county_once_with_retries(start: Start) -> None:
     gateway = FailsFirst()
-    city = start("511100", extras={"intake.notice_channel": gateway})
+    city = start("511100", hooks=NodeHooks(intake_notice_channel=gateway))
     county = start("511102", city)
     case = register(city)
     quiet = register(city, opt_out=True)

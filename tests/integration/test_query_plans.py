@@ -302,7 +302,7 @@ def _drive(loaded: Loaded) -> None:
         )
         # The deadline sweep (a timer, every minute in production): the work orders whose next
         # deadline boundary has passed, in batches by id.
-        loaded.node.extras["routing_sweep"][NODE]()
+        loaded.node.hooks.routing_sweep[NODE]()
         loaded.node.drain()
 
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
-from services.common.service import utc_now
+from services.common.service import NodeHooks, utc_now
 from services.common.settings import Settings
 from services.node import Node
 
@@ -80,11 +81,11 @@ def linked_nodes(backend: str, tmp_path: Path, admin_url: Callable[[], str]) -> 
         parent_address: str = "",
         national: str = "",
         clock: Callable[[], datetime] = utc_now,
-        extras: dict[str, Any] | None = None,
+        hooks: NodeHooks | None = None,
         **settings: Any,
     ) -> Node:
-        """``clock`` fixes the node's today; ``extras`` reach the services (adapters such as
-        "intake.notice_channel"); ``settings`` override Settings fields (sweep_interval_s, ...)."""
+        """``clock`` fixes the node's today; ``hooks`` reach the services (adapters such as
+        ``intake_notice_channel``); ``settings`` override Settings fields (sweep_interval_s, ...)."""
         node = Node(
             Settings(
                 node=code,
@@ -98,7 +99,7 @@ def linked_nodes(backend: str, tmp_path: Path, admin_url: Callable[[], str]) -> 
                 **settings,
             ),
             clock=clock,
-            extras=dict(extras or {}),
+            hooks=replace(hooks) if hooks is not None else NodeHooks(),
         ).start()
         started.append(node)
         return node

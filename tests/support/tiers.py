@@ -185,7 +185,7 @@ def quarantined(node: Node, case_id: str) -> list[str]:
 def connect(nodes: list[Node]) -> None:
     """Every node's video knows every other's address (as `lianxin up` sets LIANXIN_VIDEO_PEERS)."""
     for node in nodes:
-        peers = node.extras.setdefault("video_peers", {})
+        peers = node.hooks.video_peers
         peers.update({n.settings.node: n.address for n in nodes if n is not node})
 
 

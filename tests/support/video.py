@@ -8,6 +8,7 @@ from pathlib import Path
 from lianxin.video.v1 import video_service_pb2 as pb
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
+from services.common.service import NodeHooks
 from services.common.settings import Settings
 from services.common.timeutil import CHINA, from_timestamp
 from services.node import Node
@@ -23,7 +24,7 @@ class FakeClock:
 
 def start_node(code: str, database_url: str | None, tmp_path: Path, clock: FakeClock, peers: dict[str, str]) -> Node:
     settings = Settings(node=code, data_dir=tmp_path / code, database_url=database_url, relay_interval_s=0.05)
-    return Node(settings, clock=clock, services=["video"], extras={"video_peers": peers}).start()
+    return Node(settings, clock=clock, services=["video"], hooks=NodeHooks(video_peers=peers)).start()
 
 
 def setup_leader(

@@ -15,7 +15,7 @@ from bench.stats import synthetic as syn
 from services.common.calendar import ChineseWorkingCalendar, end_of_day
 from services.common.grpcserver import GrpcServer
 from services.common.regions import RegionTree
-from services.common.service import ServiceParts
+from services.common.service import NodeHooks, ServiceParts
 from services.common.settings import Settings
 from services.common.timeutil import CHINA
 from services.node import build_service
@@ -108,7 +108,7 @@ class Warehouse:
             "stats",
             regions=RegionTree.load(),
             clock=self.clock,
-            extras={"stats_config": StatsConfig(month_start_day=start_day), "calendar": ChineseWorkingCalendar()},
+            hooks=NodeHooks(stats_config=StatsConfig(month_start_day=start_day), calendar=ChineseWorkingCalendar()),
         )
         self.server = GrpcServer(self.parts.servicers, settings=self.settings)
         self.server.start()
