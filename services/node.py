@@ -153,7 +153,13 @@ class Node:
         for name in self.services:
             self.peers[name] = self.server.address
         relays = [
-            Relay(parts.session_factory, parts.outbox, self.bus.publish, service=name)
+            Relay(
+                parts.session_factory,
+                parts.outbox,
+                self.bus.publish,
+                service=name,
+                publish_many=self.bus.publish_batch,
+            )
             for name, parts in self.parts.items()
             if parts.session_factory is not None and parts.outbox is not None
         ]

@@ -12,10 +12,14 @@ import time
 from collections.abc import Sequence
 
 from services.common.events import deliver
-from services.common.outbox import Relay
+from services.common.outbox import Relay, consume_batch
 from services.common.service import BusEvent, Subscription, Timer
 
 log = logging.getLogger(__name__)
+
+# A consumer takes at most this many events of a relay run in one transaction: on SQLite the
+# transaction holds the database's write lock, which the service's api threads wait for.
+CONSUMER_BATCH_EVENTS = 100
 
 
 class DeliveryFailed(Exception):
@@ -47,14 +51,72 @@ class InProcessBus:
         """
         with self._lock:
             matching = [s for s in self._subscriptions if s.source == event.source and s.event_type == event.event_type]
-        failures: list[tuple[Subscription, Exception]] = []
-        for sub in matching:
-            try:
+        failed = _deliver_each(matching, event)
+        if failed is not None:
+            raise failed
+
+    def publish_batch(self, events: Sequence[BusEvent]) -> tuple[int, Exception | None]:
+        """Deliver ``events`` in order, each consumer (service) taking its share in one transaction per
+        ``CONSUMER_BATCH_EVENTS`` (``consume_batch``). Returns how many events from the start every
+        subscriber took, and the ``DeliveryFailed`` that stopped it there.
+
+        A batch that fails is delivered again one by one, so only the bad event fails; its consumer
+        takes nothing after it in this run (order per consumer), and the relay retries from that event.
+        Consumers that took later events skip them on the retry through their inbox, as ``publish``'s do.
+        """
+        with self._lock:
+            by_kind: dict[tuple[str, str], list[Subscription]] = {}
+            for sub in self._subscriptions:
+                by_kind.setdefault((sub.source, sub.event_type), []).append(sub)
+        # Per consumer, in event order: (index, event, the consumer's subscriptions matching it).
+        plan: dict[str, list[tuple[int, BusEvent, list[Subscription]]]] = {}
+        for index, event in enumerate(events):
+            per_consumer: dict[str, list[Subscription]] = {}
+            for sub in by_kind.get((event.source, event.event_type), ()):
+                per_consumer.setdefault(sub.consumer, []).append(sub)
+            for consumer, subs in per_consumer.items():
+                plan.setdefault(consumer, []).append((index, event, subs))
+        delivered, error = len(events), None
+        for items in plan.values():
+            for start in range(0, len(items), CONSUMER_BATCH_EVENTS):
+                failed = _deliver_in_batch(items[start : start + CONSUMER_BATCH_EVENTS])
+                if failed is not None:
+                    if failed[0] < delivered:
+                        delivered, error = failed
+                    break
+        return delivered, error
+
+
+def _deliver_in_batch(items: Sequence[tuple[int, BusEvent, list[Subscription]]]) -> tuple[int, Exception] | None:
+    """One consumer's events in one transaction, else one by one; the first failure (index, error)."""
+
+    def deliver_all() -> None:
+        for _, event, subs in items:
+            for sub in subs:
                 deliver(sub, event)
-            except Exception as exc:
-                failures.append((sub, exc))
-        if failures:
-            raise DeliveryFailed(event, failures) from failures[0][1]
+
+    if len(items) > 1 and consume_batch(deliver_all):
+        return None
+    for index, event, subs in items:
+        failed = _deliver_each(subs, event)
+        if failed is not None:
+            return index, failed
+    return None
+
+
+def _deliver_each(subs: Sequence[Subscription], event: BusEvent) -> DeliveryFailed | None:
+    """``event`` to every one of ``subs``, each failure kept without stopping the others."""
+    failures: list[tuple[Subscription, Exception]] = []
+    for sub in subs:
+        try:
+            deliver(sub, event)
+        except Exception as exc:
+            failures.append((sub, exc))
+    if not failures:
+        return None
+    error = DeliveryFailed(event, failures)
+    error.__cause__ = failures[0][1]
+    return error
 
 
 class RelayLoop:

@@ -29,6 +29,7 @@ so all services get identical definitions; ``drop_outbox_tables(op)`` is the dow
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import hashlib
 import logging
@@ -306,6 +307,11 @@ class OutboxListener:
             self._conn.close()
 
 
+# Delivers events in order; returns how many from the start were delivered in full, and the error that
+# stopped it there (None when all were).
+PublishMany = Callable[[Sequence[BusEvent]], tuple[int, Exception | None]]
+
+
 class _OutboxRow(NamedTuple):
     position: int
     event_id: str
@@ -326,10 +332,13 @@ class Relay:
         *,
         service: str = "unknown",
         clock: Callable[[], datetime] = utc_now,
+        publish_many: PublishMany | None = None,
     ) -> None:
         self._session_factory = session_factory
         self._table = table
         self._publish = publish
+        # An in-process bus takes a run's rows at once (each consumer one transaction for them).
+        self._publish_many = publish_many
         self.batch_size = batch_size
         self.service = service
         self._clock = clock
@@ -396,24 +405,35 @@ class Relay:
         return conn.execute(self._batch, {"batch_size": self.batch_size}).all()
 
     def _publish_in_order(self, rows: Sequence[Any]) -> list[int]:
+        if self._publish_many is not None and len(rows) > 1:
+            events = [BusEvent(r.event_id, r.source, r.event_type, r.body) for r in rows]
+            delivered, error = self._publish_many(events)
+            if error is not None:
+                self._failed(error, rows[delivered])
+            else:
+                self.last_error = None
+            return [row.position for row in rows[:delivered]]
         done: list[int] = []
         for row in rows:
             event = BusEvent(event_id=row.event_id, source=row.source, event_type=row.event_type, body=row.body)
             try:
                 self._publish(event)
             except Exception as exc:
-                self.last_error = exc
-                OUTBOX_PUBLISH_FAILURES.labels(self.service).inc()
-                log.warning(
-                    "outbox publish failed; will retry from this row",
-                    exc_info=True,
-                    extra={"service": self.service, "position": row.position, "event_id": row.event_id},
-                )
+                self._failed(exc, row)
                 break
             done.append(row.position)
         else:
             self.last_error = None
         return done
+
+    def _failed(self, exc: BaseException, row: Any) -> None:
+        self.last_error = exc
+        OUTBOX_PUBLISH_FAILURES.labels(self.service).inc()
+        log.warning(
+            "outbox publish failed; will retry from this row",
+            exc_info=exc,
+            extra={"service": self.service, "position": row.position, "event_id": row.event_id},
+        )
 
     def _mark_published(self, conn: Connection, positions: list[int]) -> None:
         if positions:
@@ -552,6 +572,107 @@ def _inbox_insert(inbox: Table, dialect: str) -> Any:
     return built[1]
 
 
+class _ConsumerBatch:
+    """The one transaction per database that every ``consume_once`` joins while ``consume_batch`` runs."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[int, Session] = {}
+        self.after: list[Callable[[], None]] = []
+        self.failed: BaseException | None = None
+
+    def session(self, factory: sessionmaker[Session]) -> Session:
+        session = self.sessions.get(id(factory))
+        if session is None:
+            session = self.sessions[id(factory)] = factory()
+            session.begin()
+        return session
+
+    @contextlib.contextmanager
+    def joined(self, factory: sessionmaker[Session]) -> Iterator[Session]:
+        session = self.session(factory)
+        try:
+            yield session
+            session.flush()
+        except BaseException as exc:
+            # Kept even if the handler swallows it: the batch then commits nothing.
+            self.failed = exc
+            raise
+        finally:
+            # The next event starts with an empty identity map, as in a transaction of its own: an
+            # object loaded for an earlier event must not hide what a later statement changed.
+            session.expunge_all()
+
+    def commit(self) -> None:
+        for session in self.sessions.values():
+            session.commit()
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            with contextlib.suppress(Exception):
+                session.close()  # rolls back what did not commit
+
+
+_BATCH: contextvars.ContextVar[_ConsumerBatch | None] = contextvars.ContextVar("lianxin_consumer_batch", default=None)
+
+
+def consume_batch(deliver: Callable[[], None]) -> bool:
+    """Run ``deliver`` (several events to one consumer, in order) so that every ``consume_once`` in it
+    joins one transaction per database, committed at the end: one commit for the events instead of one
+    each. True when it committed.
+
+    False when anything failed (an exception out of ``deliver``, or out of an ``apply`` even if a
+    handler swallowed it, or the commit): nothing of the batch is kept, and the caller delivers the
+    events one by one, so only a bad event stays undelivered. The guarantees are ``consume_once``'s:
+    each inbox row commits with its change, a duplicate is skipped. ``after_commit`` callbacks run once
+    each after the commit.
+    """
+    batch = _ConsumerBatch()
+    token = _BATCH.set(batch)
+    try:
+        try:
+            deliver()
+        finally:
+            _BATCH.reset(token)
+        if batch.failed is not None:
+            return False
+        batch.commit()
+    except Exception:
+        log.debug("consumer batch rolled back; delivering one by one", exc_info=True)
+        return False
+    finally:
+        batch.close()
+    for callback in batch.after:
+        try:
+            callback()
+        except Exception:
+            log.warning("after-commit callback failed", exc_info=True)
+    return True
+
+
+@contextlib.contextmanager
+def consumer_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A consumer's unit of work on ``factory``'s database: inside ``consume_batch`` the batch's
+    transaction (committed with the batch; anything the caller caches about it belongs in
+    ``after_commit``), else one of its own (``transaction``)."""
+    batch = _BATCH.get()
+    if batch is None:
+        with transaction(factory) as session:
+            yield session
+        return
+    with batch.joined(factory) as session:
+        yield session
+
+
+def after_commit(callback: Callable[[], None]) -> None:
+    """Call ``callback`` once the consumer's change is committed: now, or inside ``consume_batch`` after
+    its commit (once, however many events asked), so a wake-up never runs before the data it announces."""
+    batch = _BATCH.get()
+    if batch is None:
+        callback()
+    elif callback not in batch.after:
+        batch.after.append(callback)
+
+
 def consume_once(
     session_factory: sessionmaker[Session],
     inbox: Table,
@@ -564,10 +685,11 @@ def consume_once(
     """Apply ``event`` for ``consumer`` unless it already was; False means a duplicate, nothing done.
 
     The inbox row and ``apply``'s changes commit together, and any exception rolls both back and
-    propagates, so the bus delivers the event again and it is applied then.
+    propagates, so the bus delivers the event again and it is applied then. Inside ``consume_batch``
+    they join the batch's transaction instead of one of their own.
     """
     values = {"consumer": consumer, "event_id": event.event_id, "received_at": now or utc_now()}
-    with transaction(session_factory) as session:
+    with consumer_transaction(session_factory) as session:
         # ON CONFLICT DO NOTHING: a concurrent duplicate waits for the first to commit, then sees 0 rows.
         inserted = session.execute(_inbox_insert(inbox, session.get_bind().dialect.name), values).scalar_one_or_none()
         if inserted is None:

@@ -14,7 +14,7 @@ from lianxin.events.v1 import events_pb2
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.events import WORK_ORDER_EVENTS, decode, parse_command, parse_envelope
-from services.common.outbox import consume_once
+from services.common.outbox import after_commit, consume_once
 from services.common.service import BusEvent, Subscription
 from services.common.timeutil import from_timestamp
 from services.intake import handlers
@@ -158,4 +158,4 @@ class IntakeConsumers:
             handlers.apply_handling_change(change, self.unit_of_work(session))
 
         if consume_once(self.session_factory, inbox, "intake", event, apply):
-            self.followed()
+            after_commit(self.followed)

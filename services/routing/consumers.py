@@ -20,7 +20,7 @@ from lianxin.events.v1 import events_pb2
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.events import decode, parse_command
-from services.common.outbox import consume_once
+from services.common.outbox import after_commit, consume_once
 from services.common.service import BusEvent, Subscription
 from services.common.timeutil import CHINA, from_timestamp
 from services.routing import handlers
@@ -116,7 +116,7 @@ class RoutingConsumers:
                 apply(uow)
 
         if consume_once(self.session_factory, inbox, "routing", event, in_session):
-            self.notify()
+            after_commit(self.notify)
 
     # -- events ------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from services.common.clock import to_utc as aware
 from services.common.db import bounded_count
 from services.common.errors import Conflict
 from services.common.events import envelope, write_event
-from services.common.outbox import append_event
+from services.common.outbox import after_commit, append_event, consumer_transaction
 from services.common.service import BusEvent
 from services.video import consult
 from services.video.consult import Consultation, Interval
@@ -565,7 +565,8 @@ class VideoStore:
         """Remember the case's owner when ``owner.epoch`` is newer than the one known (idempotent)."""
         if not case_id or len(case_id) > 64 or self._owner_epochs.get(case_id, 0) >= owner.epoch:
             return
-        with self._tx() as s:
+        # The relay's batch of events to video shares one transaction (consumer_transaction).
+        with consumer_transaction(self._factory) as s:
             dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
             insert = dialect.insert(CaseOwnerRow).values(
                 case_id=case_id, owner_node=owner.node, owner_epoch=owner.epoch
@@ -577,6 +578,10 @@ class VideoStore:
                     where=CaseOwnerRow.owner_epoch < insert.excluded.owner_epoch,
                 )
             )
-        if len(self._owner_epochs) >= OWNER_CACHE_SIZE:
-            self._owner_epochs.clear()  # bounded; forgetting only costs a redundant (raise-only) upsert
-        self._owner_epochs[case_id] = owner.epoch
+
+        def remember() -> None:  # once stored: a batch that rolls back must not leave the epoch known
+            if len(self._owner_epochs) >= OWNER_CACHE_SIZE:
+                self._owner_epochs.clear()  # bounded; forgetting only costs a redundant (raise-only) upsert
+            self._owner_epochs[case_id] = max(owner.epoch, self._owner_epochs.get(case_id, 0))
+
+        after_commit(remember)
