@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # A consumer takes at most this many events of a relay run in one transaction: on SQLite the
 # transaction holds the database's write lock, which the service's api threads wait for.
-CONSUMER_BATCH_EVENTS = 100
+CONSUMER_BATCH_EVENTS = 50
 
 
 class DeliveryFailed(Exception):
@@ -77,13 +77,17 @@ class InProcessBus:
             for consumer, subs in per_consumer.items():
                 plan.setdefault(consumer, []).append((index, event, subs))
         delivered, error = len(events), None
-        for items in plan.values():
-            for start in range(0, len(items), CONSUMER_BATCH_EVENTS):
-                failed = _deliver_in_batch(items[start : start + CONSUMER_BATCH_EVENTS])
+        # Round by round, a chunk to each consumer: a slow consumer (routing placing new cases) does
+        # not hold the run's later events back from the others (exchange sending them up).
+        going = list(plan)
+        for start in range(0, len(events), CONSUMER_BATCH_EVENTS):
+            for consumer in list(going):
+                chunk = plan[consumer][start : start + CONSUMER_BATCH_EVENTS]
+                failed = _deliver_in_batch(chunk) if chunk else None
                 if failed is not None:
+                    going.remove(consumer)  # it takes nothing after its failure in this run
                     if failed[0] < delivered:
                         delivered, error = failed
-                    break
         return delivered, error
 
 
