@@ -29,6 +29,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+from lianxin.common.v1 import common_pb2
 from sqlalchemy import Engine, Table, text
 
 from services.common.categories import CATEGORIES
@@ -355,6 +357,7 @@ _DEFAULTS = {
         routing_models.WorkOrderRow.__table__,
         routing_models.WorkOrderHistoryRow.__table__,
         routing_models.CaseVersionRow.__table__,
+        routing_models.CaseSnapshotRow.__table__,
     )
     if isinstance(table, Table)
 }
@@ -396,7 +399,23 @@ _TABLES: tuple[tuple[str, str], ...] = (
     ("routing", "work_orders"),
     ("routing", "work_order_history"),
     ("routing", "case_versions"),
+    ("routing", "case_snapshots"),
 )
+
+
+def _snapshot(case: dict[str, Any]) -> bytes:
+    """The copy of the case routing keeps from its registration (no complainant): the inbox's titles."""
+    submitted = Timestamp()
+    submitted.FromDatetime(case["submitted_at"])
+    return common_pb2.Case(
+        case_id=case["case_id"],
+        title=case["title"],
+        body=case["body"],
+        category=case["category"],
+        region_code=case["region_code"],
+        registering_node=case["registering_node"],
+        submitted_at=submitted,
+    ).SerializeToString()
 
 
 def _chunk(plan: _Plan, chunk: range) -> tuple[dict[str, list[dict[str, Any]]], list[tuple[str, str, str]]]:
@@ -420,6 +439,7 @@ def _chunk(plan: _Plan, chunk: range) -> tuple[dict[str, list[dict[str, Any]]], 
         rows["work_orders"].append(order)
         rows["work_order_history"].append(entry)
         rows["case_versions"].append({"case_id": case["case_id"], "version": 2, "owner_epoch": 1})
+        rows["case_snapshots"].append({"case_id": case["case_id"], "snapshot": _snapshot(case)})
         if i % max(1, plan.stored // 50) == 0:
             sample.append((case["case_id"], case["tracking_code"], case["phone_last4"]))
     return rows, sample
@@ -489,7 +509,7 @@ def preload(
                 for statement in statements:
                     conn.exec_driver_sql(statement)
         analyze_tables(engines["intake"], ("cases", "case_timeline"))
-        analyze_tables(engines["routing"], ("work_orders", "work_order_history", "case_versions"))
+        analyze_tables(engines["routing"], ("work_orders", "work_order_history", "case_versions", "case_snapshots"))
     finally:
         if pool is not None:
             pool.terminate()

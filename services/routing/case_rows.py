@@ -3,10 +3,12 @@ replicas name, and the supervisions (催办/督办) recorded or replicated here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select
+from lianxin.common.v1 import common_pb2
+from sqlalchemy import Table, and_, bindparam, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import bounded_count
@@ -21,6 +23,12 @@ from services.routing.models import (
     SupervisionRow,
 )
 from services.routing.work_order_rows import SessionBound
+
+_SNAPSHOTS = cast(Table, CaseSnapshotRow.__table__)
+# An inbox page's titles: primary-key lookups, one statement built once (the case ids expand).
+_TITLES = select(_SNAPSHOTS.c.case_id, _SNAPSHOTS.c.snapshot).where(
+    _SNAPSHOTS.c.case_id.in_(bindparam("case_ids", expanding=True))
+)
 
 
 class CaseTables(SessionBound):
@@ -47,6 +55,13 @@ class CaseTables(SessionBound):
     def case_snapshot(self, case_id: str) -> bytes:
         row = self.session.get(CaseSnapshotRow, case_id)
         return b"" if row is None else bytes(row.snapshot)
+
+    def case_titles(self, case_ids: Sequence[str]) -> dict[str, str]:
+        """The titles of the cases routing keeps a copy of (``case_snapshots``), by case id."""
+        if not case_ids:
+            return {}
+        found = self.session.execute(_TITLES, {"case_ids": sorted(set(case_ids))}).all()
+        return {case_id: common_pb2.Case.FromString(snapshot).title for case_id, snapshot in found}
 
     def record_repeat(self, original_case_id: str, repeat_case_id: str) -> int:
         dialect = self.session.get_bind().dialect.name

@@ -15,10 +15,11 @@ from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from services.common.calendar import OfficialYear, check_calendar_text
 from services.common.calendar_store import NodeCalendar
 from services.common.errors import InvalidArgument
-from services.common.timeutil import to_timestamp, to_utc
+from services.common.timeutil import from_duration, to_timestamp, to_utc
 from services.routing.domain import State, allowed_actions
 from services.routing.evaluation import EvaluationSample
-from services.routing.handlers import FAR_FUTURE, SampleView, StoredWorkOrder, Supervision
+from services.routing.handlers import FAR_FUTURE, SampleView, StoredWorkOrder, Supervision, WorkOrderQuery
+from services.routing.inbox import InboxRow
 
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 T = TypeVar("T")
@@ -39,9 +40,63 @@ def domain_state(value: common_pb2.CaseState.ValueType) -> State:
         raise InvalidArgument("states", f"{name} is not a work-order state") from None
 
 
+def work_order_query(
+    request: routing_pb2.ListWorkOrdersRequest | routing_pb2.ListInboxRequest, now: datetime
+) -> WorkOrderQuery:
+    """The filters of a work order list (ListWorkOrders) or of an inbox (ListInbox: the same filters
+    less a case, a due window and histories)."""
+    listing = request if isinstance(request, routing_pb2.ListWorkOrdersRequest) else None
+    due_before = None
+    if listing is not None and listing.HasField("due_within"):
+        within = from_duration(listing.due_within, "due_within")
+        if within is None:
+            raise InvalidArgument("due_within", "must be positive")
+        due_before = now + within
+    if listing is not None and listing.with_history and not listing.case_id:
+        raise InvalidArgument("with_history", "only with case_id (one case's work orders)")
+    return WorkOrderQuery(
+        unit_id=request.unit_id,
+        case_id=listing.case_id if listing is not None else "",
+        assisting_unit_id=request.assisting_unit_id,
+        states=tuple(domain_state(s) for s in request.states),
+        overdue_only=request.overdue_only,
+        due_before=due_before,
+        now=now,
+        with_history=listing is not None and listing.with_history,
+    )
+
+
+def deadline_messages(
+    deadlines: dict[str, datetime], windows: dict[str, datetime], now: datetime | None
+) -> list[common_pb2.Deadline]:
+    """Deadlines and windows by kind; a deadline (not a window) is overdue once passed."""
+    return [
+        common_pb2.Deadline(
+            kind=k, due_at=to_timestamp(v), overdue=bool(now is not None and k in deadlines and v < now)
+        )
+        for k, v in sorted({**deadlines, **windows}.items())
+    ]
+
+
+def inbox_item_message(row: InboxRow, *, now: datetime) -> routing_pb2.InboxItem:
+    return routing_pb2.InboxItem(
+        work_order_id=row.work_order_id,
+        case_id=row.case_id,
+        title=row.title,
+        category=row.category,
+        state=state_value(row.state),
+        unit_id=row.unit_id,
+        deadlines=deadline_messages(row.deadlines, row.windows, now),
+    )
+
+
+def inbox_page(found: list[InboxRow], limit: int) -> tuple[list[InboxRow], str]:
+    """A page of an inbox: the order and tokens of ``work_order_page``."""
+    return page_of(found, limit, lambda r: page_token(r.next_due, r.work_order_id))
+
+
 def work_order_message(stored: StoredWorkOrder, *, now: datetime | None = None) -> routing_pb2.WorkOrder:
     order = stored.order
-    running = sorted({**order.deadlines, **order.windows}.items())
     return routing_pb2.WorkOrder(
         work_order_id=order.id,
         case_id=order.case_id,
@@ -50,12 +105,7 @@ def work_order_message(stored: StoredWorkOrder, *, now: datetime | None = None) 
         category=order.category or "",
         region_code=order.region_code or "",
         state=state_value(order.state),
-        deadlines=[
-            common_pb2.Deadline(
-                kind=k, due_at=to_timestamp(v), overdue=bool(now is not None and k in order.deadlines and v < now)
-            )
-            for k, v in running
-        ],
+        deadlines=deadline_messages(order.deadlines, order.windows, now),
         objection_count=sum(1 for h in order.history if h.action == "object"),
         extension_used=order.extension_days > 0,
         reopen_count=order.reopen_count,

@@ -15,16 +15,17 @@ from services.common.calendar_store import NodeCalendar
 from services.common.db import read_only
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.security import OFFICE, current_principal
-from services.common.timeutil import china_date, from_duration, from_timestamp, to_utc
+from services.common.timeutil import china_date, from_timestamp, to_utc
 from services.routing import handlers
 from services.routing.domain import WorkOrderEvent
 from services.routing.handlers import Routing, SampleView, StoredWorkOrder, UnitOfWorkFactory, WorkOrderQuery
 from services.routing.mapping import (
     calendar_year_message,
     calendar_years_from_upload,
-    domain_state,
     from_page_token,
     from_sample_token,
+    inbox_item_message,
+    inbox_page,
     item_message,
     page_of,
     page_size,
@@ -36,6 +37,7 @@ from services.routing.mapping import (
     supervision_message,
     work_order_message,
     work_order_page,
+    work_order_query,
 )
 
 
@@ -102,27 +104,30 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         self, request: routing_pb2.ListWorkOrdersRequest, context: Any
     ) -> routing_pb2.ListWorkOrdersResponse:
         now = to_utc(self._clock())
-        limit = page_size(request.page)
-        due_before = None
-        if request.HasField("due_within"):
-            within = from_duration(request.due_within, "due_within")
-            if within is None:
-                raise InvalidArgument("due_within", "must be positive")
-            due_before = now + within
-        query = WorkOrderQuery(
-            unit_id=request.unit_id,
-            case_id=request.case_id,
-            assisting_unit_id=request.assisting_unit_id,
-            states=tuple(domain_state(s) for s in request.states),
-            overdue_only=request.overdue_only,
-            due_before=due_before,
-            now=now,
-        )
         with self._uow_factory() as uow:
-            found, total = uow.list_work_orders(query, after=from_page_token(request.page.page_token), limit=limit + 1)
-        found, token = work_order_page(found, limit)
+            found, total = uow.list_work_orders(
+                work_order_query(request, now),
+                after=from_page_token(request.page.page_token),
+                limit=page_size(request.page) + 1,
+            )
+        found, token = work_order_page(found, page_size(request.page))
         return routing_pb2.ListWorkOrdersResponse(
             work_orders=[work_order_message(s, now=now) for s in found],
+            page=common_pb2.PageResponse(next_page_token=token, total_size=total),
+        )
+
+    @read_only
+    def ListInbox(self, request: routing_pb2.ListInboxRequest, context: Any) -> routing_pb2.ListInboxResponse:
+        now = to_utc(self._clock())
+        with self._uow_factory() as uow:
+            found, total = uow.list_inbox(
+                work_order_query(request, now),
+                after=from_page_token(request.page.page_token),
+                limit=page_size(request.page) + 1,
+            )
+        found, token = inbox_page(found, page_size(request.page))
+        return routing_pb2.ListInboxResponse(
+            items=[inbox_item_message(row, now=now) for row in found],
             page=common_pb2.PageResponse(next_page_token=token, total_size=total),
         )
 

@@ -8,6 +8,7 @@ JSON), ``case_rows`` (versions, snapshots, repeats, merges, owners, supervisions
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -18,7 +19,8 @@ from services.common.regions import RegionTree
 from services.routing.case_rows import CaseTables, supervision_values
 from services.routing.evaluation import SampleItem
 from services.routing.evaluation_rows import EvaluationTables
-from services.routing.handlers import BatchChange
+from services.routing.handlers import BatchChange, WorkOrderQuery
+from services.routing.inbox import InboxRow
 from services.routing.routing_outbox import RoutingOutbox
 from services.routing.work_order_rows import (
     HISTORY,
@@ -26,6 +28,7 @@ from services.routing.work_order_rows import (
     UPDATE_WORK_ORDER,
     bulk_insert,
     bulk_update,
+    inbox_row,
     new_history,
     work_order_columns,
 )
@@ -95,6 +98,14 @@ class SqlRoutingUnitOfWork(WorkOrderTables, CaseTables, EvaluationTables, Routin
         bulk_insert(self.session, HISTORY, history)
         bulk_insert(self.session, SUPERVISION, supervisions)
         self.emit_many([(c.stored.order.case_id, c.events) for c in changes])
+
+    def list_inbox(
+        self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[InboxRow], int]:
+        """The rows of ``list_work_orders`` (same statements) as a list shows them, with the cases' titles."""
+        rows, total = self.list_rows(query, after=after, limit=limit)
+        titles = self.case_titles([r.case_id for r in rows])
+        return [inbox_row(r, titles.get(r.case_id, "")) for r in rows], total
 
     def sampled_texts(self, items: Sequence[SampleItem]) -> dict[str, tuple[str, str, str]]:
         out: dict[str, tuple[str, str, str]] = {}

@@ -15,6 +15,7 @@ from services.common.timeutil import to_utc
 from services.routing.domain import OPEN_STATES, Assist, HistoryEntry, Instruction, State, WorkOrder
 from services.routing.domain.timelimits import DeadlineKind
 from services.routing.handlers import FAR_FUTURE, StoredWorkOrder
+from services.routing.inbox import InboxRow
 from services.routing.models import CaseVersionRow, SupervisionRow, WorkOrderHistoryRow, WorkOrderRow
 
 OPEN = sorted(s.value for s in OPEN_STATES)
@@ -92,6 +93,22 @@ def encode_order(order: WorkOrder) -> str:
         },
         ensure_ascii=False,
         separators=(",", ":"),
+    )
+
+
+def inbox_row(row: Any, title: str) -> InboxRow:
+    """A ``work_orders`` row as an inbox shows it: the columns, and of its JSON only the deadlines."""
+    data = json.loads(row.data)
+    return InboxRow(
+        work_order_id=row.work_order_id,
+        case_id=row.case_id,
+        title=title,
+        category=row.category,
+        state=State(row.state),
+        unit_id=row.unit_id,
+        deadlines={k: datetime.fromisoformat(v) for k, v in data["deadlines"].items()},
+        windows={k: datetime.fromisoformat(v) for k, v in data["windows"].items()},
+        next_due=to_utc(row.next_due),
     )
 
 

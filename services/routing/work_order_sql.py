@@ -173,9 +173,10 @@ class WorkOrderTables(SessionBound):
             saved_history=len(history),
         )
 
-    def list_work_orders(
+    def list_rows(
         self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int
-    ) -> tuple[list[StoredWorkOrder], int]:
+    ) -> tuple[list[Any], int]:
+        """The work_orders rows of a list page (``_list_statements``) and the total, counted to COUNT_LIMIT."""
         states = sorted({s.value for s in query.states})
         now = to_utc(query.now) if query.now is not None else None
         shape = _ListShape(
@@ -209,8 +210,13 @@ class WorkOrderTables(SessionBound):
             for found in (self.session.scalar(sql, params) or 0 for sql in counts_sql)
         ]
         total = -1 if -1 in counts or sum(counts) > COUNT_LIMIT else sum(counts)
-        rows: Any = self.session.execute(rows_sql, params).all()
-        return [self._stored(r, with_history=False) for r in rows], total
+        return list(self.session.execute(rows_sql, params).all()), total
+
+    def list_work_orders(
+        self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[StoredWorkOrder], int]:
+        rows, total = self.list_rows(query, after=after, limit=limit)
+        return [self._stored(r, with_history=query.with_history) for r in rows], total
 
     def due_for_sweep(self, now: datetime, *, after_id: str, limit: int) -> list[StoredWorkOrder]:
         query = (

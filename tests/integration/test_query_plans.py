@@ -61,6 +61,7 @@ LARGE = (
     "work_orders",
     "work_order_history",
     "case_versions",
+    "case_snapshots",
     # stats, video and exchange (the city node of the second test)
     "case_facts",
     "stats_rollups",
@@ -278,6 +279,14 @@ def _drive(loaded: Loaded) -> None:
             timeout=10,
         )
         assert {c.case_id for c in titled.cases} == {w.case_id for w in node_inbox.work_orders}
+        # The console's inbox now: one call, titled from routing's copies of the cases (case_snapshots).
+        read_model = routing.ListInbox(
+            routing_pb2.ListInboxRequest(states=OPEN_STATES, page=common_pb2.PageRequest(page_size=20)), timeout=10
+        )
+        assert [i.work_order_id for i in read_model.items] == [w.work_order_id for w in node_inbox.work_orders]
+        assert all(i.title for i in read_model.items)
+        # The case page: the case's work orders with their histories in one call.
+        routing.ListWorkOrders(routing_pb2.ListWorkOrdersRequest(case_id=newest, with_history=True), timeout=10)
         routing.ListSupervisions(routing_pb2.ListSupervisionsRequest(case_id=newest), timeout=10)
         routing.ListSupervisions(
             routing_pb2.ListSupervisionsRequest(region_code=NODE, page=common_pb2.PageRequest(page_size=10)), timeout=10
@@ -375,6 +384,7 @@ def test_every_statement_of_a_request_stays_an_index_lookup_among_many_stored_ca
     assert any("work_orders" in s.sql and "next_due" in s.sql for s in large)
     assert any("work_orders" in s.sql and "next_sweep_at <=" in s.sql for s in large)
     assert any("publish_consent" in s.sql and "LIMIT" in s.sql for s in large)
+    assert any("case_snapshots" in s.sql for s in large)
     _assert_index_lookups(backend, large, loaded.url)
 
 

@@ -72,6 +72,15 @@ def test_whole_lifecycle_through_the_routing_rpcs(node: Node, stub: routing_grpc
         pb.ListWorkOrdersRequest(unit_id="lszq-sthjj", due_within=Duration(seconds=3600)), timeout=5
     )
     assert list(soon.work_orders) == []
+    # The console's inbox: the same rows in one call, titled from routing's own copy of the case.
+    listed = stub.ListInbox(pb.ListInboxRequest(unit_id="lszq-sthjj"), timeout=5)
+    assert [(i.work_order_id, i.case_id, i.title, i.state, i.unit_id, i.category) for i in listed.items] == [
+        (wo, got.case_id, "小区门口夜间施工噪音扰民", got.state, "lszq-sthjj", got.category)
+    ]
+    assert [(d.kind, d.due_at, d.overdue) for d in listed.items[0].deadlines] == [
+        (d.kind, d.due_at, d.overdue) for d in got.deadlines
+    ]
+    assert listed.page.total_size == 1
 
     v = got.version
     w = stub.AcceptWorkOrder(pb.AcceptWorkOrderRequest(work_order_id=wo, actor="u1", expected_version=v), timeout=5)
@@ -122,6 +131,14 @@ def test_whole_lifecycle_through_the_routing_rpcs(node: Node, stub: routing_grpc
         "review",
     ]
     assert all(h.actor for h in history)
+    # A case page asks for the case's work orders with their histories in one call.
+    case_id = got.case_id
+    both = stub.ListWorkOrders(pb.ListWorkOrdersRequest(case_id=case_id, with_history=True), timeout=5).work_orders
+    assert [list(w.history) for w in both] == [list(history)]
+    code, details = code_of(
+        lambda: stub.ListWorkOrders(pb.ListWorkOrdersRequest(unit_id="lszq-sthjj", with_history=True), timeout=5)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "with_history" in details
 
 
 def test_illegal_transitions_fail_naming_the_state(node: Node, stub: routing_grpc.RoutingServiceStub) -> None:

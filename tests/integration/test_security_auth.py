@@ -161,6 +161,9 @@ def test_another_units_work_and_a_missing_role_are_permission_denied(channel: gr
             routing_pb2.ListWorkOrdersRequest(unit_id="u-police"), metadata=token(["handler"], unit="u-env")
         )
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as caught:  # the console's inbox read model: the same scope
+        stub.ListInbox(routing_pb2.ListInboxRequest(unit_id="u-police"), metadata=token(["handler"], unit="u-env"))
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
     # 协办 inbox: a unit lists where it assists (its own unit only), not where another unit does.
     assisting = routing_pb2.ListWorkOrdersRequest(assisting_unit_id="u-env")
     assert code_of(
@@ -290,6 +293,7 @@ def test_an_evaluator_sees_only_the_sample_and_only_an_evaluator_rates_it(channe
     )
     refused_to_evaluator = [
         lambda: routing.ListWorkOrders(routing_pb2.ListWorkOrdersRequest(), metadata=evaluator, timeout=5),
+        lambda: routing.ListInbox(routing_pb2.ListInboxRequest(), metadata=evaluator, timeout=5),
         lambda: routing.DrawEvaluationSample(
             routing_pb2.DrawEvaluationSampleRequest(month="2026-11", actor="e"), metadata=evaluator, timeout=5
         ),
@@ -300,7 +304,7 @@ def test_an_evaluator_sees_only_the_sample_and_only_an_evaluator_rates_it(channe
             stats_pb2.GetMetricsRequest(region_code="511102"), metadata=evaluator, timeout=5
         ),
     ]
-    assert [code_of(call) for call in refused_to_evaluator] == [grpc.StatusCode.PERMISSION_DENIED] * 4
+    assert [code_of(call) for call in refused_to_evaluator] == [grpc.StatusCode.PERMISSION_DENIED] * 5
     # The office neither rates for the group nor do handling units list its sample.
     for roles in (["admin"], ["supervisor"], ["clerk"]):
         office = token(roles)

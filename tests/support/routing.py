@@ -29,6 +29,7 @@ from services.routing.handlers import (
     SupervisionRequested,
     WorkOrderQuery,
 )
+from services.routing.inbox import InboxRow
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,26 @@ class FakeRoutingUnitOfWork:
         if after is not None:
             found = [s for s in found if _due_and_id(s) > (to_utc(after[0]), after[1])]
         return copy.deepcopy(found[:limit]), total
+
+    def list_inbox(
+        self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[InboxRow], int]:
+        found, total = self.list_work_orders(query, after=after, limit=limit)
+        rows = [
+            InboxRow(
+                work_order_id=s.order.id,
+                case_id=s.order.case_id,
+                title=common_pb2.Case.FromString(self.case_snapshot(s.order.case_id)).title,
+                category=s.order.category or "",
+                state=s.order.state,
+                unit_id=s.order.unit_id or "",
+                deadlines=dict(s.order.deadlines),
+                windows=dict(s.order.windows),
+                next_due=s.next_due or FAR_FUTURE,
+            )
+            for s in found
+        ]
+        return rows, total
 
     def due_for_sweep(self, now: datetime, *, after_id: str, limit: int) -> list[StoredWorkOrder]:
         due = [

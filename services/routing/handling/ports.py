@@ -18,6 +18,7 @@ from services.common.regions import RegionTree
 from services.routing.domain import State, WorkOrder, WorkOrderEvent
 from services.routing.domain.timelimits import TimeRules
 from services.routing.evaluation import CaseSampled, ClosedCase, EvaluationSample, SampleItem, ThirdPartyRated
+from services.routing.inbox import InboxRow
 from services.routing.jurisdiction import DispatchCatalogue
 from services.routing.leader import LeaderClasses
 from services.routing.provisional import ProvisionalCalendar
@@ -179,6 +180,7 @@ class WorkOrderQuery:
     manual_only: bool = False
     assisting_unit_id: str = ""  # 协办: work orders that wait for this unit's answer
     leader_queue: bool = False  # 领导批转: work orders that wait for a leader's instruction
+    with_history: bool = False  # each work order's history too (one case's few work orders)
 
 
 class RoutingUnitOfWork(Protocol):
@@ -225,6 +227,10 @@ class RoutingUnitOfWork(Protocol):
     def list_work_orders(
         self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int
     ) -> tuple[list[StoredWorkOrder], int]: ...
+
+    def list_inbox(
+        self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[InboxRow], int]: ...
 
     def list_supervisions(
         self, *, case_id: str, region_prefix: str, after: tuple[datetime, str] | None, limit: int

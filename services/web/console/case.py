@@ -30,33 +30,30 @@ from services.web.console.consultation import (
 )
 
 
-def _start_work_orders(page: Page, case_id: str) -> Any:
-    """The case's work orders at this node, asked without waiting (``_current_work_order`` takes it)."""
-    return page.client.start(
-        page.client.routing.ListWorkOrders,
-        routing_pb2.ListWorkOrdersRequest(case_id=case_id, page=common_pb2.PageRequest(page_size=50)),
-        page.token,
+def _case_orders(case_id: str, assisting_unit: str = "") -> routing_pb2.ListWorkOrdersRequest:
+    # With their histories: the page shows the latest with its history, and needs no GetWorkOrder.
+    page = common_pb2.PageRequest(page_size=50)
+    return routing_pb2.ListWorkOrdersRequest(
+        case_id=case_id, assisting_unit_id=assisting_unit, with_history=True, page=page
     )
 
 
+def _start_work_orders(page: Page, case_id: str) -> Any:
+    """The case's work orders at this node, asked without waiting (``_current_work_order`` takes it)."""
+    return page.client.start(page.client.routing.ListWorkOrders, _case_orders(case_id), page.token)
+
+
 def _current_work_order(page: Page, case_id: str, started: Any = None) -> routing_pb2.WorkOrder | None:
+    """The case's latest work order at this node, with its history."""
     found = page.client.result(started or _start_work_orders(page, case_id)).work_orders
     unit = page.operator.principal.unit if page.operator else ""
     if not found and unit:
         # A unit's operator lists its own unit's work orders only; where it assists (协办) it asks as that.
-        found = page.call(
-            page.client.routing.ListWorkOrders,
-            routing_pb2.ListWorkOrdersRequest(
-                case_id=case_id, assisting_unit_id=unit, page=common_pb2.PageRequest(page_size=50)
-            ),
-        ).work_orders
+        found = page.call(page.client.routing.ListWorkOrders, _case_orders(case_id, unit)).work_orders
     if not found:
         return None
-    latest = max(found, key=lambda w: (w.created_at.seconds, w.created_at.nanos))
-    full: routing_pb2.WorkOrder = page.call(
-        page.client.routing.GetWorkOrder, routing_pb2.GetWorkOrderRequest(work_order_id=latest.work_order_id)
-    ).work_order
-    return full
+    latest: routing_pb2.WorkOrder = max(found, key=lambda w: (w.created_at.seconds, w.created_at.nanos))
+    return latest
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from lianxin.common.v1 import common_pb2
@@ -16,9 +17,11 @@ from services.web.console.common import INTAKE, PAGE_SIZE, ROUTING, deadline_vie
 INBOX_STATES = ("REGISTERED", "ASSIGNED", "IN_PROGRESS", "OBJECTED", "EXTENDED", "REPLIED", "REOPENED", "CLOSED")
 # 待办: what still needs someone, the inbox's default; "all" adds what is done with.
 OPEN_STATES = INBOX_STATES[:-1]
+# A row of a list: an inbox's InboxItem or a queue's WorkOrder (the fields the list shows are named alike).
+WorkOrderLike = routing_pb2.InboxItem | routing_pb2.WorkOrder
 
 
-def next_deadline(page: Page, order: routing_pb2.WorkOrder, *, kind: str = "") -> dict[str, Any] | None:
+def next_deadline(page: Page, order: WorkOrderLike, *, kind: str = "") -> dict[str, Any] | None:
     chosen = [d for d in order.deadlines if not kind or d.kind == kind]
     pending = sorted(chosen, key=lambda d: (not d.overdue, d.due_at.seconds))
     if not pending:
@@ -29,14 +32,14 @@ def next_deadline(page: Page, order: routing_pb2.WorkOrder, *, kind: str = "") -
 def inbox(page: Page) -> Response:
     if (redirect := require(page)) is not None:
         return redirect
-    if not page.may(f"{ROUTING}/ListWorkOrders") and page.may(f"{ROUTING}/ListEvaluationSample"):
+    if not page.may(f"{ROUTING}/ListInbox") and page.may(f"{ROUTING}/ListEvaluationSample"):
         return page.redirect("/console/evaluation")  # 第三方评价组: its sample is all it sees
     state = page.query("state")
     overdue = page.query("overdue") == "1"
     # 协办 tab: the work orders that wait for the operator's unit's answer as an assisting unit.
     assist = page.query("tab") == "assist"
     assisting_unit = (page.operator.principal.unit if page.operator else "") if assist else ""
-    request = routing_pb2.ListWorkOrdersRequest(
+    request = routing_pb2.ListInboxRequest(
         overdue_only=overdue,
         assisting_unit_id=assisting_unit,
         page=common_pb2.PageRequest(page_size=PAGE_SIZE, page_token=page.query("page")),
@@ -45,10 +48,11 @@ def inbox(page: Page) -> Response:
     request.states.extend(common_pb2.CaseState.Value(f"CASE_STATE_{s}") for s in wanted)
     if assist and not assisting_unit:
         # The office is no assisting unit: its tab is empty rather than every work order.
-        reply = routing_pb2.ListWorkOrdersResponse()
+        reply = routing_pb2.ListInboxResponse()
     else:
-        reply = page.call(page.client.routing.ListWorkOrders, request)
-    rows = titled_rows(page, list(reply.work_orders))
+        # One call: the rows as the list shows them, with the titles routing keeps (no call to intake).
+        reply = page.call(page.client.routing.ListInbox, request)
+    rows = titled_rows(page, list(reply.items))
     return page.render(
         "console/inbox.html",
         rows=rows,
@@ -62,19 +66,20 @@ def inbox(page: Page) -> Response:
     )
 
 
-def titled_rows(page: Page, orders: list[routing_pb2.WorkOrder]) -> list[dict[str, Any]]:
-    """Work orders with their cases' titles (from intake, a page's in one call) and next deadline."""
-    titles: dict[str, str] = {}
-    case_ids = sorted({wo.case_id for wo in orders})
-    if case_ids:
+def titled_rows(page: Page, orders: Sequence[WorkOrderLike]) -> list[dict[str, Any]]:
+    """Rows with their cases' titles and next deadline: an inbox row's own title (routing's copy of
+    the case); the others' from intake, a page's in one call."""
+    titles = {o.case_id: o.title for o in orders if isinstance(o, routing_pb2.InboxItem) and o.title}
+    missing = sorted({o.case_id for o in orders} - titles.keys())
+    if missing:
         try:
             cases = page.call(
                 page.client.intake.ListCases,
-                intake_pb2.ListCasesRequest(case_ids=case_ids, page=common_pb2.PageRequest(page_size=len(case_ids))),
+                intake_pb2.ListCasesRequest(case_ids=missing, page=common_pb2.PageRequest(page_size=len(missing))),
             ).cases
-            titles = {case.case_id: case.title for case in cases}
+            titles.update({case.case_id: case.title for case in cases})
         except CallFailed:
-            titles = {}
+            pass
     return [{"wo": wo, "title": titles.get(wo.case_id, ""), "deadline": next_deadline(page, wo)} for wo in orders]
 
 

@@ -408,6 +408,7 @@ class ListWorkOrdersRequest(_message.Message):
     PAGE_FIELD_NUMBER: _builtins.int
     CASE_ID_FIELD_NUMBER: _builtins.int
     ASSISTING_UNIT_ID_FIELD_NUMBER: _builtins.int
+    WITH_HISTORY_FIELD_NUMBER: _builtins.int
     unit_id: _builtins.str
     """Only work orders of this unit."""
     overdue_only: _builtins.bool
@@ -416,6 +417,10 @@ class ListWorkOrdersRequest(_message.Message):
     """Only work orders of this case."""
     assisting_unit_id: _builtins.str
     """Only work orders that wait for this assisting unit's answer (协办 inbox)."""
+    with_history: _builtins.bool
+    """Each work order with its history, as GetWorkOrder answers it (a case page's one call); only
+    with case_id (a case has a few work orders), else INVALID_ARGUMENT.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.CaseState.ValueType]:
         """Only work orders in one of these states."""
@@ -438,10 +443,11 @@ class ListWorkOrdersRequest(_message.Message):
         page: _common_pb2.PageRequest | None = ...,
         case_id: _builtins.str = ...,
         assisting_unit_id: _builtins.str = ...,
+        with_history: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["due_within", b"due_within", "page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assisting_unit_id", b"assisting_unit_id", "case_id", b"case_id", "due_within", b"due_within", "overdue_only", b"overdue_only", "page", b"page", "states", b"states", "unit_id", b"unit_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assisting_unit_id", b"assisting_unit_id", "case_id", b"case_id", "due_within", b"due_within", "overdue_only", b"overdue_only", "page", b"page", "states", b"states", "unit_id", b"unit_id", "with_history", b"with_history"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -457,7 +463,7 @@ class ListWorkOrdersResponse(_message.Message):
     PAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def work_orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkOrder]:
-        """The work orders (without history)."""
+        """The work orders (without history unless with_history was asked)."""
 
     @_builtins.property
     def page(self) -> _common_pb2.PageResponse:
@@ -476,6 +482,128 @@ class ListWorkOrdersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListWorkOrdersResponse: _TypeAlias = ListWorkOrdersResponse  # noqa: Y015
+
+@_typing.final
+class ListInboxRequest(_message.Message):
+    """Asks for a page of an inbox; the filters mean what they mean in ListWorkOrdersRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    OVERDUE_ONLY_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    ASSISTING_UNIT_ID_FIELD_NUMBER: _builtins.int
+    unit_id: _builtins.str
+    """Only work orders of this unit (a handling unit's operator: always its own)."""
+    overdue_only: _builtins.bool
+    """Only work orders with at least one overdue deadline."""
+    assisting_unit_id: _builtins.str
+    """Only work orders that wait for this assisting unit's answer (协办 inbox)."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.CaseState.ValueType]:
+        """Only work orders in one of these states; none: every state."""
+
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest:
+        """Paging (the page token of ListWorkOrders: the same order)."""
+
+    def __init__(
+        self,
+        *,
+        unit_id: _builtins.str = ...,
+        states: _abc.Iterable[_common_pb2.CaseState.ValueType] | None = ...,
+        overdue_only: _builtins.bool = ...,
+        page: _common_pb2.PageRequest | None = ...,
+        assisting_unit_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assisting_unit_id", b"assisting_unit_id", "overdue_only", b"overdue_only", "page", b"page", "states", b"states", "unit_id", b"unit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInboxRequest: _TypeAlias = ListInboxRequest  # noqa: Y015
+
+@_typing.final
+class ListInboxResponse(_message.Message):
+    """A page of an inbox, most urgent first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___InboxItem]:
+        """The rows."""
+
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse:
+        """Paging; total_size stops counting at 1,000 (-1 beyond), as in ListWorkOrders."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___InboxItem] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInboxResponse: _TypeAlias = ListInboxResponse  # noqa: Y015
+
+@_typing.final
+class InboxItem(_message.Message):
+    """One row of an inbox: a work order as a list shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    UNIT_ID_FIELD_NUMBER: _builtins.int
+    DEADLINES_FIELD_NUMBER: _builtins.int
+    work_order_id: _builtins.str
+    """Id of the work order."""
+    case_id: _builtins.str
+    """Case it handles."""
+    title: _builtins.str
+    """The case's title as routing received it with the case (no personal data of the complainant);
+    empty when routing kept no copy of the case (work orders placed before it kept copies).
+    """
+    category: _builtins.str
+    """Category the routing used."""
+    state: _common_pb2.CaseState.ValueType
+    """Current state."""
+    unit_id: _builtins.str
+    """Unit that must handle it; empty while in the manual queue."""
+    @_builtins.property
+    def deadlines(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Deadline]:
+        """Current deadlines and windows, as in WorkOrder.deadlines (overdue set for missed deadlines)."""
+
+    def __init__(
+        self,
+        *,
+        work_order_id: _builtins.str = ...,
+        case_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        category: _builtins.str = ...,
+        state: _common_pb2.CaseState.ValueType = ...,
+        unit_id: _builtins.str = ...,
+        deadlines: _abc.Iterable[_common_pb2.Deadline] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "category", b"category", "deadlines", b"deadlines", "state", b"state", "title", b"title", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InboxItem: _TypeAlias = InboxItem  # noqa: Y015
 
 @_typing.final
 class GetWorkOrderRequest(_message.Message):

@@ -47,6 +47,11 @@ class RoutingServiceStub:
                 request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.GetWorkOrderRequest.SerializeToString,
                 response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.GetWorkOrderResponse.FromString,
                 _registered_method=True)
+        self.ListInbox = channel.unary_unary(
+                '/lianxin.routing.v1.RoutingService/ListInbox',
+                request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListInboxRequest.SerializeToString,
+                response_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListInboxResponse.FromString,
+                _registered_method=True)
         self.AcceptWorkOrder = channel.unary_unary(
                 '/lianxin.routing.v1.RoutingService/AcceptWorkOrder',
                 request_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AcceptWorkOrderRequest.SerializeToString,
@@ -209,6 +214,15 @@ class RoutingServiceServicer:
 
     def GetWorkOrder(self, request, context):
         """Returns one work order with its history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInbox(self, request, context):
+        """An operator's inbox (待办工单) as a list shows it: the filters, order and paging of
+        ListWorkOrders, each row only what a list shows (no history, no allowed actions) and the case's
+        title from routing's own copy of the case, so a list needs no call to intake.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -445,6 +459,11 @@ def add_RoutingServiceServicer_to_server(servicer, server):
                     request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.GetWorkOrderRequest.FromString,
                     response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.GetWorkOrderResponse.SerializeToString,
             ),
+            'ListInbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInbox,
+                    request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListInboxRequest.FromString,
+                    response_serializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListInboxResponse.SerializeToString,
+            ),
             'AcceptWorkOrder': grpc.unary_unary_rpc_method_handler(
                     servicer.AcceptWorkOrder,
                     request_deserializer=lianxin_dot_routing_dot_v1_dot_routing__service__pb2.AcceptWorkOrderRequest.FromString,
@@ -648,6 +667,33 @@ class RoutingService:
             '/lianxin.routing.v1.RoutingService/GetWorkOrder',
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.GetWorkOrderRequest.SerializeToString,
             lianxin_dot_routing_dot_v1_dot_routing__service__pb2.GetWorkOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.routing.v1.RoutingService/ListInbox',
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListInboxRequest.SerializeToString,
+            lianxin_dot_routing_dot_v1_dot_routing__service__pb2.ListInboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

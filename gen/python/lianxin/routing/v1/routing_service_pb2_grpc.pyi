@@ -23,6 +23,11 @@ class RoutingServiceStub:
     """Lists work orders, filtered and paged."""
     GetWorkOrder: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.GetWorkOrderRequest, _routing_service_pb2.GetWorkOrderResponse]
     """Returns one work order with its history."""
+    ListInbox: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.ListInboxRequest, _routing_service_pb2.ListInboxResponse]
+    """An operator's inbox (待办工单) as a list shows it: the filters, order and paging of
+    ListWorkOrders, each row only what a list shows (no history, no allowed actions) and the case's
+    title from routing's own copy of the case, so a list needs no call to intake.
+    """
     AcceptWorkOrder: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.AcceptWorkOrderRequest, _routing_service_pb2.AcceptWorkOrderResponse]
     """The unit accepts the work order (受理)."""
     RefuseWorkOrder: _grpc.UnaryUnaryMultiCallable[_routing_service_pb2.RefuseWorkOrderRequest, _routing_service_pb2.RefuseWorkOrderResponse]
@@ -127,6 +132,17 @@ class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _grpc.ServicerContext,
     ) -> _routing_service_pb2.GetWorkOrderResponse:
         """Returns one work order with its history."""
+
+    @_abc_1.abstractmethod
+    def ListInbox(
+        self,
+        request: _routing_service_pb2.ListInboxRequest,
+        context: _grpc.ServicerContext,
+    ) -> _routing_service_pb2.ListInboxResponse:
+        """An operator's inbox (待办工单) as a list shows it: the filters, order and paging of
+        ListWorkOrders, each row only what a list shows (no history, no allowed actions) and the case's
+        title from routing's own copy of the case, so a list needs no call to intake.
+        """
 
     @_abc_1.abstractmethod
     def AcceptWorkOrder(
