@@ -61,6 +61,13 @@ def _failure(error: grpc.RpcError) -> CallFailed:
     return CallFailed(code, details, str(trailing.get(FIELD_METADATA_KEY, "")))
 
 
+def _channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    """A channel to one address, or spreading calls round robin over several api processes of a
+    service (``ipv4:127.0.0.1:7502,127.0.0.1:7602``: gRPC's default policy would use the first only)."""
+    spread = (("grpc.lb_policy_name", "round_robin"),) if "," in target else ()
+    return instrumented_channel(target, credentials=credentials, options=spread)
+
+
 @dataclass
 class NodeClient:
     """Stubs of the node's five services; ``call`` adds the bearer token and maps errors."""
@@ -75,7 +82,7 @@ class NodeClient:
         for service in ("intake", "routing", "exchange", "video", "stats"):
             target = self.settings.target(service)
             if target not in by_target:
-                by_target[target] = instrumented_channel(target, credentials=self.credentials)
+                by_target[target] = _channel(target, self.credentials)
             self.channels[service] = by_target[target]
         self.intake = intake_grpc.IntakeServiceStub(self.channels["intake"])
         self.routing = routing_grpc.RoutingServiceStub(self.channels["routing"])
@@ -86,7 +93,7 @@ class NodeClient:
         for service in ("intake", "video"):
             target = self.settings.public_target(service)
             if target not in by_target:
-                by_target[target] = instrumented_channel(target, credentials=self.credentials)
+                by_target[target] = _channel(target, self.credentials)
             self.channels[f"public_{service}"] = by_target[target]
         self.public_intake = intake_grpc.IntakeServiceStub(self.channels["public_intake"])
         self.public_video = video_grpc.VideoServiceStub(self.channels["public_video"])

@@ -15,30 +15,55 @@ if TYPE_CHECKING:
 
 
 def serve(settings: Settings | None = None) -> int:
-    """Run the gateway of ``LIANXIN_NODE`` (configured by LIANXIN_* and LIANXIN_WEB_*) until a signal."""
-    import uvicorn
+    """Run the gateway of ``LIANXIN_NODE`` (configured by LIANXIN_* and LIANXIN_WEB_*) until a signal.
 
+    With ``LIANXIN_WEB_WORKERS`` > 1, that many processes (uvicorn's supervisor, each building its own
+    app and channels) accept on the one socket: the pages hold no session state.
+    """
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from services.common.logs import configure_logging
+    from services.common.settings import Settings
+    from services.web.config import WebSettings, load_key
+
+    node_settings = settings or Settings()
+    configure_logging(node_settings.log_level, json=node_settings.log_json)
+    web = WebSettings()
+    # The session key file exists before any worker starts, so all of them sign with the same key.
+    load_key(web.session_key, fallback=Path(node_settings.data_dir) / "web-session.key")
+    sock = socket.socket(socket.AF_INET6 if ":" in web.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((web.host, web.port))
+    host, port = sock.getsockname()[:2]
+    workers = f", {web.workers} workers" if web.workers > 1 else ""
+    print(f"web gateway of node {node_settings.node} on http://{host}:{port}/ (node {web.grpc}{workers})", flush=True)
+    # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1; the gateway
+    # decides itself, from LIANXIN_WEB_TRUSTED_PROXIES only (services/web/forwarding.py).
+    options: dict[str, Any] = dict(
+        log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5, proxy_headers=False
+    )
+    if web.workers == 1:
+        app = _app(node_settings)
+        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+        return 0
+    # Each worker is a fresh interpreter that builds the app from the same environment.
+    config = uvicorn.Config("services.web.commands:_app", factory=True, workers=web.workers, **options)
+    Multiprocess(config, sockets=[sock]).run()
+    return 0
+
+
+def _app(settings: Settings | None = None) -> Any:
+    """The gateway's ASGI app for ``LIANXIN_NODE`` (a worker's factory: settings from the environment)."""
     from services.common.logs import configure_logging
     from services.common.settings import Settings
     from services.web.app import build_app, build_gateway
     from services.web.config import WebSettings
 
-    node_settings = settings or Settings()
-    configure_logging(node_settings.log_level, json=node_settings.log_json)
-    web = WebSettings()
-    app = build_app(build_gateway(node_settings, web))
-    sock = socket.socket(socket.AF_INET6 if ":" in web.host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((web.host, web.port))
-    host, port = sock.getsockname()[:2]
-    print(f"web gateway of node {node_settings.node} on http://{host}:{port}/ (node {web.grpc})", flush=True)
-    # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1; the gateway
-    # decides itself, from LIANXIN_WEB_TRUSTED_PROXIES only (services/web/forwarding.py).
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5, proxy_headers=False
-    )
-    uvicorn.Server(config).run(sockets=[sock])
-    return 0
+    if settings is None:  # a worker process: configured here, as serve() configures the single one
+        settings = Settings()
+        configure_logging(settings.log_level, json=settings.log_json)
+    return build_app(build_gateway(settings, WebSettings()))
 
 
 def cmd_web(_args: argparse.Namespace) -> int:

@@ -41,6 +41,12 @@ class WebSettings(BaseSettings):
     secure_cookies: bool = Field(default=False, description="mark cookies Secure (behind HTTPS)")
     session_ttl_s: int = Field(default=8 * 3600, description="how long a sign-in lasts")
     rpc_timeout_s: float = 5.0
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="gateway processes sharing the port (no session state: any of them serves any request)",
+    )
     trusted_proxies: str = Field(
         default="",
         description="comma-separated addresses/networks of proxies whose X-Forwarded-For is believed",
