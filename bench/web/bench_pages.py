@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import os
+import random
 import re
 import secrets
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,7 +31,9 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from bench.cpu import process_cpu_seconds
 from services.common.settings import Settings
 from services.federation import Federation
 
@@ -79,18 +86,27 @@ def _sign_in(host: str, port: int, username: str, password: str) -> str:
     return "; ".join(f"{k}={v}" for k, v in cookies.items())
 
 
-def _run_page(host: str, port: int, path: str, cookie: str, *, clients: int, requests: int) -> Sample:
+def _run_page(
+    host: str, port: int, path: str, cookie: str, *, clients: int, requests: int, think_s: float = 0.0
+) -> Sample:
+    """``clients`` threads each asking ``path`` ``requests`` times: at once (a closed loop), or after
+    a think time of ``think_s`` on average (0.5–1.5 ×, so the clients do not click in step)."""
     sample = Sample()
     lock = threading.Lock()
     start = threading.Barrier(clients)
 
-    def client() -> None:
+    def client(seed: int) -> None:
         conn = http.client.HTTPConnection(host, port, timeout=60)
         server: list[float] = []
         seen: list[float] = []
         errors = 0
+        pause = random.Random(seed)
         start.wait()
+        if think_s:
+            time.sleep(pause.uniform(0, think_s))  # the clerks start at different moments
         for _ in range(requests):
+            if think_s:
+                time.sleep(pause.uniform(0.5 * think_s, 1.5 * think_s))  # the operator reads the page
             began = time.perf_counter()
             try:
                 conn.request("GET", path, headers={"Cookie": cookie})
@@ -113,7 +129,7 @@ def _run_page(host: str, port: int, path: str, cookie: str, *, clients: int, req
             sample.client_ms.extend(seen)
             sample.errors += errors
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -121,12 +137,73 @@ def _run_page(host: str, port: int, path: str, cookie: str, *, clients: int, req
     return sample
 
 
+@dataclass
+class Processes:
+    """The node's and the gateway's processes, for the CPU they spend on each page."""
+
+    node: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    web: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def cpu_s(self, which: str) -> float:
+        found = process_cpu_seconds(_tree([p.pid for p in getattr(self, which)]))
+        return found or 0.0
+
+    def stop(self) -> None:
+        for process in [*self.web, *self.node]:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in [*self.web, *self.node]:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _tree(pids: Sequence[int]) -> list[int]:
+    """``pids`` and their descendants (a gateway's uvicorn workers)."""
+    out: list[int] = []
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in task.read_text().split()]
+    return out
+
+
+def _spawn_api(env: dict[str, str], service: str, port: int) -> subprocess.Popen[bytes]:
+    """One more api process of ``service`` (``lianxin serve``: servicers only) on the node's databases."""
+    from services.federation import health_statuses
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve", "--service", service],
+        env={**env, "LIANXIN_GRPC_PORT": str(port), "LIANXIN_METRICS_PORT": "0"},
+        stdout=subprocess.DEVNULL,
+    )
+    name = f"lianxin.{service}.v1.{service.capitalize()}Service"
+    deadline = time.monotonic() + 120
+    while health_statuses(f"127.0.0.1:{port}", [name]).get(name) != "SERVING":
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the {service} api process on port {port} did not start")
+        time.sleep(0.2)  # polling a condition with a deadline
+    return process
+
+
 def run(
-    *, stored: int, clients: int, requests: int, workdir: Path, only: Sequence[str] = ()
+    *,
+    stored: int,
+    clients: int,
+    requests: int,
+    workdir: Path,
+    only: Sequence[str] = (),
+    think_s: float = 0.0,
+    gateways: int = 1,
+    api_processes: Sequence[str] = (),
 ) -> list[dict[str, object]]:
     from bench.harness.procs import free_port
     from bench.preload import preload
-    from services.federation import demo_sign_in
+    from services.federation import demo_sign_in, wait_http
 
     # One keyring for the preload (this process) and the node, so the node opens the sealed personal data.
     # A kept work directory (--workdir) holds its preload and keyring: a rerun measures the same data.
@@ -143,19 +220,40 @@ def run(
         case_id = loaded.sample[0][0] if loaded.sample else ""
         kept.write_text(json.dumps({"stored": stored, "keys": earlier["keys"], "case_id": case_id}), "utf-8")
     grpc_port, metrics_port, web_port = free_port(), free_port(), free_port()
+    extra_env = {"LIANXIN_LOG_LEVEL": "WARNING", "LIANXIN_INTAKE_CLASSIFIER": "off", **keys}
     federation = Federation(
         data_dir=workdir,
         base_port=grpc_port,
         metrics_base_port=metrics_port,
-        web_base_port=web_port,
+        web_base_port=None,  # the gateway(s) are started here, as the options ask
         topology=((NODE, None),),
         with_national=False,
-        extra_env={"LIANXIN_LOG_LEVEL": "WARNING", "LIANXIN_INTAKE_CLASSIFIER": "off", **keys},
+        extra_env=extra_env,
     )
     demo_sign_in(federation)
     passwords = json.loads((workdir / "web-demo-passwords.json").read_text("utf-8"))
     federation.start(ready_timeout_s=300)
+    node_env = {**os.environ, **extra_env, "LIANXIN_NODE": NODE, "LIANXIN_DATA_DIR": str(workdir)}
+    procs = Processes(node=[p for p in [federation.nodes[0].process] if p is not None])
     try:
+        # More api processes of a service on the node's databases: the gateway spreads its calls
+        # to that service round robin over the node's port and theirs.
+        targets: dict[str, list[str]] = {}
+        for service in api_processes:
+            port = free_port()
+            procs.node.append(_spawn_api(node_env, service, port))
+            targets.setdefault(service, [federation.nodes[0].address]).append(f"127.0.0.1:{port}")
+        web_env = {
+            **node_env,
+            "LIANXIN_WEB_PORT": str(web_port),
+            "LIANXIN_WEB_GRPC": federation.nodes[0].address,
+            "LIANXIN_WEB_WORKERS": str(gateways),
+            **{f"LIANXIN_WEB_{s.upper()}": "ipv4:" + ",".join(a) for s, a in targets.items()},
+        }
+        procs.web.append(
+            subprocess.Popen([sys.executable, "-m", "services.cli", "web"], env=web_env, stdout=subprocess.DEVNULL)
+        )
+        wait_http(f"http://127.0.0.1:{web_port}/healthz", 120, procs.web[0])
         host = "127.0.0.1"
         cookie = _sign_in(host, web_port, f"clerk-{NODE}", passwords[f"clerk-{NODE}"])
         pages = [
@@ -174,9 +272,13 @@ def run(
         baseline = 0.0
         for name, path in pages:
             _run_page(host, web_port, path, cookie, clients=clients, requests=2)  # warm up
+            cpu = (procs.cpu_s("node"), procs.cpu_s("web"))
             began = time.perf_counter()
-            sample = _run_page(host, web_port, path, cookie, clients=clients, requests=requests)
+            sample = _run_page(host, web_port, path, cookie, clients=clients, requests=requests, think_s=think_s)
             elapsed = time.perf_counter() - began
+            served = max(1, len(sample.server_ms))
+            node_ms = (procs.cpu_s("node") - cpu[0]) * 1000 / served
+            web_ms = (procs.cpu_s("web") - cpu[1]) * 1000 / served
             p50 = statistics.median(sample.server_ms) if sample.server_ms else float("nan")
             if not baseline:
                 baseline = p50
@@ -191,10 +293,13 @@ def run(
                     "client_p50_ms": round(statistics.median(sample.client_ms), 1) if sample.client_ms else None,
                     "client_p99_ms": round(_percentile(sample.client_ms, 0.99), 1),
                     "server_p50_vs_static": round(p50 / baseline, 1) if baseline else None,
+                    "node_cpu_ms": round(node_ms, 2),
+                    "web_cpu_ms": round(web_ms, 2),
                 }
             )
         return rows
     finally:
+        procs.stop()
         federation.stop()
 
 
@@ -208,31 +313,50 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--workdir", default="", help="keep the node's data here; a rerun with the same --stored reuses the preload"
     )
+    parser.add_argument(
+        "--think", type=float, default=0.0, help="seconds an operator reads a page before the next (0: closed loop)"
+    )
+    parser.add_argument("--gateways", type=int, default=1, help="gateway worker processes (LIANXIN_WEB_WORKERS)")
+    parser.add_argument(
+        "--api-processes",
+        default="",
+        help="comma-separated services given one more api process each (lianxin serve), e.g. routing,intake,video",
+    )
     args = parser.parse_args(argv)
-    only = [w for w in args.only.split(",") if w]
+    options: dict[str, Any] = dict(
+        stored=args.stored,
+        clients=args.clients,
+        requests=args.requests,
+        only=[w for w in args.only.split(",") if w],
+        think_s=args.think,
+        gateways=args.gateways,
+        api_processes=[s for s in args.api_processes.split(",") if s],
+    )
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        rows = run(
-            stored=args.stored, clients=args.clients, requests=args.requests, workdir=Path(args.workdir), only=only
-        )
+        rows = run(workdir=Path(args.workdir), **options)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
-            rows = run(stored=args.stored, clients=args.clients, requests=args.requests, workdir=Path(tmp), only=only)
+            rows = run(workdir=Path(tmp), **options)
     load = os.getloadavg()
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
         return
+    extra = f", 1 + {args.api_processes} api processes" if args.api_processes else ""
+    think = f", think time {args.think} s" if args.think else " (closed loop)"
     print(f"web gateway, node {NODE}, {args.stored} stored cases, {args.clients} clients x {args.requests} requests")
+    print(f"{args.gateways} gateway process(es){extra}{think}")
     print(f"load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)")
     header = (
         f"{'page':<24} {'req':>5} {'err':>4} {'req/s':>7} {'srv p50':>8} {'srv p99':>8} "
-        f"{'cli p50':>8} {'cli p99':>8} {'x static':>8}"
+        f"{'cli p50':>8} {'cli p99':>8} {'x static':>8} {'node ms':>8} {'web ms':>7}"
     )
     print(header)
     for r in rows:
         print(
             f"{r['page']:<24} {r['requests']:>5} {r['errors']:>4} {r['per_s']:>7} {r['server_p50_ms']:>8} "
-            f"{r['server_p99_ms']:>8} {r['client_p50_ms']:>8} {r['client_p99_ms']:>8} {r['server_p50_vs_static']:>8}"
+            f"{r['server_p99_ms']:>8} {r['client_p50_ms']:>8} {r['client_p99_ms']:>8} {r['server_p50_vs_static']:>8} "
+            f"{r['node_cpu_ms']:>8} {r['web_cpu_ms']:>7}"
         )
 
 

@@ -1,0 +1,168 @@
+"""Where a console page's CPU goes: the node and the gateway in this one process, one client, sampled.
+
+The node (bench/web/bench_pages.py's county 511102, on the preload kept in ``--workdir``) and its
+gateway (uvicorn in a thread) run here; one client asks a page ``--requests`` times in a row, so at
+any moment one thread runs the page's Python. The process's CPU time over the requests gives the
+CPU per page (node + gateway + client), and py-spy (``pip install py-spy`` into the venv; it
+samples only busy threads) says which functions it was spent in.
+
+    .venv/bin/python -m bench.web.bench_pages --stored 100000 --workdir /work/benchdata/web100k --only static
+    .venv/bin/python -m bench.web.profile_pages --workdir /work/benchdata/web100k --page inbox --requests 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+NODE = "511102"
+
+
+def _client_cookie(gateway: object) -> str:
+    """A clerk's signed session cookie, minted as the sign-in form would (no scrypt in the profile)."""
+    from services.common.security import issue_token, verify_token
+    from services.web.app import Gateway
+    from services.web.session import Operator
+
+    assert isinstance(gateway, Gateway)
+    key = gateway.token_key or gateway.signer.key
+    token = issue_token(key, subject=f"clerk-{NODE}", node=NODE, unit="", roles=["clerk", "handler"], ttl_s=3600)
+    operator = Operator(token=token, principal=verify_token(key, token))
+    value = gateway.signer.dumps("session", operator.to_cookie(), ttl_s=3600)
+    return f"{gateway.cookie('session')}={value}"
+
+
+_FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
+
+
+def _where(frame: str) -> str:
+    found = _FRAME.match(frame)
+    if found is None:
+        return frame
+    file = found["file"].rsplit("site-packages/", 1)[-1].rsplit("/webspeed/", 1)[-1].rsplit("/python3.11/", 1)[-1]
+    return f"{found['function']} ({file})"
+
+
+def _report(raw: str, *, limit: int) -> str:
+    """Self and inclusive shares of py-spy's collapsed stacks (``a;b;c count`` lines, busy threads only)."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_where(f) for f in stack.split(";")]
+        own[frames[-1]] += n
+        for where in set(frames):
+            inclusive[where] += n
+    lines = [f"{total} samples of busy threads"]
+    for title, counter in (("self", own), ("inclusive", inclusive)):
+        lines.append(f"-- {title}")
+        lines += [f"{n / max(total, 1) * 100:6.1f}%  {where}" for where, n in counter.most_common(limit)]
+    return "\n".join(lines)
+
+
+_CLIENT = """
+import http.client, sys
+port, path, cookie, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+for _ in range(n):
+    conn.request("GET", path, headers={"Cookie": cookie})
+    reply = conn.getresponse()
+    reply.read()
+    assert reply.status == 200, f"{path} answered {reply.status}"
+"""
+
+
+def _ask(port: int, path: str, cookie: str, requests: int) -> None:
+    """``requests`` pages one after another from a client process (its HTTP parsing is not the page's CPU)."""
+    subprocess.run([sys.executable, "-c", _CLIENT, str(port), path, cookie, str(requests)], check=True)
+
+
+def profile(*, workdir: Path, path: str, requests: int, rate: int, limit: int) -> str:
+    import uvicorn
+
+    from services.common.settings import Settings
+    from services.node import Node
+    from services.web.app import build_app, build_gateway
+    from services.web.config import WebSettings
+
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    kept = json.loads((workdir / "bench-web-preload.json").read_text("utf-8"))
+    os.environ.update({"LIANXIN_DATA_KEYS": kept["keys"], "LIANXIN_INTAKE_CLASSIFIER": "off"})
+    path = path.replace("{case_id}", kept.get("case_id", ""))
+    node = Node(Settings(node=NODE, data_dir=workdir, grpc_port=0, metrics_port=None)).start()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    gateway = build_gateway(node.settings, WebSettings(grpc=node.address, port=port))
+    server = uvicorn.Server(uvicorn.Config(build_app(gateway), log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        cookie = _client_cookie(gateway)
+        _ask(port, path, cookie, 20)  # warm: connections, statement caches, the units' and calendar's caches
+        raw = workdir / "profile.raw"
+        raw.write_text("", "utf-8")
+        record = ["record", "--gil", "--pid", str(os.getpid()), "--rate", str(rate), "--format", "raw"]
+        # --rate 0: no profiler (it stops the process for every sample, which costs CPU of its own).
+        spy = subprocess.Popen([py_spy, *record, "--output", str(raw)], stderr=subprocess.DEVNULL) if rate else None
+        time.sleep(1.0 if spy else 0.0)  # py-spy attaches
+        cpu, wall = time.process_time(), time.perf_counter()
+        _ask(port, path, cookie, requests)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        head = (
+            f"{path}: {requests} requests, {cpu / requests * 1000:.2f} ms CPU and {wall / requests * 1000:.2f} ms "
+            f"wall per page (node + gateway; the client is another process), load {os.getloadavg()[0]:.1f}"
+        )
+        return head + "\n" + _report(raw.read_text("utf-8"), limit=limit)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        node.stop(1.0)
+
+
+PAGES = {
+    "static": "/bench/static",
+    "inbox": "/console",
+    "overdue": "/console?overdue=1",
+    "case": "/console/case/{case_id}",
+    "board": "/board",
+    "dashboard": "/console/dashboard",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", required=True, help="a --workdir that bench_pages preloaded")
+    parser.add_argument("--page", default="inbox", help=f"one of {', '.join(PAGES)} or a path")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--rate", type=int, default=400, help="py-spy samples per second")
+    parser.add_argument("--limit", type=int, default=45, help="functions listed per table")
+    args = parser.parse_args(argv)
+    path = PAGES.get(args.page, args.page)
+    print(profile(workdir=Path(args.workdir), path=path, requests=args.requests, rate=args.rate, limit=args.limit))
+
+
+if __name__ == "__main__":
+    main()
