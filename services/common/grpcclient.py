@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+from opentelemetry import baggage, propagate, trace
 from opentelemetry.instrumentation.grpc import client_interceptor
 from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 from prometheus_client import Counter
@@ -93,6 +94,23 @@ class _ClientMetricsInterceptor(
         return call
 
 
+# The metadata OpenTelemetry's propagators read and write (traceparent, tracestate, baggage).
+TRACE_FIELDS = frozenset(propagate.get_global_textmap().fields)
+
+
+def tracer_installed() -> bool:
+    """True once this process installed a tracer provider (services.common.telemetry.setup_tracing)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+def client_call_traced(_details: Any) -> bool:
+    """Whether OpenTelemetry's client interceptor can record or hand on anything for this call: a
+    tracer provider, or a current span or baggage to inject. Without them its span is non-recording
+    and injects nothing, and skipping it saves ~0.05 ms per call (issue 17: the web gateway, which
+    configures no tracing, makes up to seven calls a page)."""
+    return tracer_installed() or trace.get_current_span().get_span_context().is_valid or bool(baggage.get_all())
+
+
 def instrumented_channel(
     target: str,
     *,
@@ -108,5 +126,8 @@ def instrumented_channel(
     else:
         plain = grpc.secure_channel(target, credentials, options=channel_options)
     channel = grpc.intercept_channel(ClosableChannel(plain), _ClientMetricsInterceptor())
-    traced: grpc.Channel = intercept_channel(channel, client_interceptor())  # type: ignore[no-untyped-call]
+    traced: grpc.Channel = intercept_channel(
+        channel,
+        client_interceptor(filter_=client_call_traced),  # type: ignore[no-untyped-call]
+    )
     return traced

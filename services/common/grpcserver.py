@@ -26,7 +26,7 @@ from opentelemetry.instrumentation.grpc import server_interceptor
 from prometheus_client import REGISTRY, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from services.common.grpcclient import MAX_MESSAGE_BYTES
+from services.common.grpcclient import MAX_MESSAGE_BYTES, TRACE_FIELDS, tracer_installed
 from services.common.interceptors import (
     HEALTH_SERVICE_NAME,
     LianxinServerInterceptor,
@@ -196,6 +196,17 @@ def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def server_call_traced(details: grpc.HandlerCallDetails) -> bool:
+    """Whether OpenTelemetry's server interceptor can record or hand on anything for this call.
+
+    Without a tracer provider (no exporter configured) and without trace context in the call's
+    metadata, its span is a non-recording one with no context and nothing reaches the handler, the
+    events or the logs; skipping it saved ~0.1 ms of a node's CPU per call (issue 17: the console's
+    pages make up to seven calls). A call that carries context is still traced, so it passes on.
+    """
+    return tracer_installed() or any(key in TRACE_FIELDS for key, _ in details.invocation_metadata or ())
+
+
 class GrpcServer:
     """A grpcio sync server hosting business servicers plus health, reflection and /metrics.
 
@@ -233,7 +244,7 @@ class GrpcServer:
             max_workers=settings.grpc_workers, thread_name_prefix=f"grpc-{settings.node}"
         )
         chain = [
-            server_interceptor(),  # type: ignore[no-untyped-call]
+            server_interceptor(filter_=server_call_traced),  # type: ignore[no-untyped-call]
             LianxinServerInterceptor(),
             *interceptors,
             RequestRulesInterceptor(CITIZEN_METHODS),
