@@ -22,9 +22,22 @@ class FakeClock:
         return self.now
 
 
-def start_node(code: str, database_url: str | None, tmp_path: Path, clock: FakeClock, peers: dict[str, str]) -> Node:
+def start_node(
+    code: str,
+    database_url: str | None,
+    tmp_path: Path,
+    clock: FakeClock,
+    peers: dict[str, str],
+    *,
+    wake_sweeps: bool = True,
+) -> Node:
+    """``wake_sweeps`` False: a commit does not wake the node's sweep in the background (the test runs
+    it itself, so a sweep cannot finish meanwhile what the test means to leave half-done)."""
     settings = Settings(node=code, data_dir=tmp_path / code, database_url=database_url, relay_interval_s=0.05)
-    return Node(settings, clock=clock, services=["video"], hooks=NodeHooks(video_peers=peers)).start()
+    hooks = NodeHooks(video_peers=peers)
+    if not wake_sweeps:
+        hooks.wake_timer = lambda _name: None
+    return Node(settings, clock=clock, services=["video"], hooks=hooks).start()
 
 
 def setup_leader(
