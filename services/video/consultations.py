@@ -246,15 +246,15 @@ def consultations_of(video: VideoStorage, case_id: str) -> list[Consultation]:
         return uow.consultations_of(case_id)
 
 
-def note_consultation_replica(video: VideoStorage, copy: Consultation) -> None:
-    """Keep (or advance) the copy of a consultation booked at a node below, from its event."""
-    with video.begin() as uow:
-        kept = uow.get_consultation(copy.consultation_id)
-        if kept is None:
-            uow.add_consultation(copy)
-        elif consult.follow_replica(kept, copy):
-            uow.save_consultation(kept)
-        uow.commit()
+def note_consultation_replica(uow: VideoUnitOfWork, copy: Consultation) -> None:
+    """Keep (or advance) the copy of a consultation booked at a node below, from its event (in the
+    consumer's unit of work: the relay's batch shares one transaction)."""
+    kept = uow.get_consultation(copy.consultation_id)
+    if kept is None:
+        uow.add_consultation(copy)
+    elif consult.follow_replica(kept, copy):
+        uow.save_consultation(kept)
+    uow.commit()
 
 
 def book_consultation(

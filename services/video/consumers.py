@@ -93,7 +93,8 @@ class VideoConsumers:
         # keeps a copy, so its office and the units that took part read it and its minutes here.
         copy = consultation_copy(decode(event))
         if copy is not None and copy.host_node != self._node:
-            note_consultation_replica(self._store, copy)
+            with self._store.consuming() as uow:
+                note_consultation_replica(uow, copy)
 
     def subscriptions(self) -> list[Subscription]:
         return [

@@ -523,6 +523,13 @@ class VideoStore:
             if not uow.committed:
                 session.rollback()  # a unit of work that did not commit leaves nothing behind
 
+    @contextmanager
+    def consuming(self) -> Iterator[SqlVideoUnitOfWork]:
+        """An event consumer's unit of work: inside the relay's batch, the batch's transaction (committed
+        with it, so a copy never waits on the batch's own write lock), else one of its own."""
+        with consumer_transaction(self._factory) as session:
+            yield SqlVideoUnitOfWork(session, cipher=self._cipher, node=self.node, clock=self._clock)
+
     def _reserve(self, s: Session, resource: str, start: datetime, end: datetime, owner: str) -> None:
         reserve(s, resource, start, end, owner)
 

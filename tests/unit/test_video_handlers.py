@@ -314,7 +314,8 @@ def test_a_held_consultation_or_a_copy_from_below_is_not_moved() -> None:
         handlers.reschedule_consultation(store, remote, booked.consultation_id, 0, window, TTL)
     assert held.value.current_state == "HELD"
     copy = replace(booked, consultation_id="con-below", host_node="511102", replica=True)
-    handlers.note_consultation_replica(store, copy)
+    with store.begin() as uow:
+        handlers.note_consultation_replica(uow, copy)
     with pytest.raises(FailedPrecondition) as replica:
         handlers.reschedule_consultation(store, remote, "con-below", 0, window, TTL)
     assert replica.value.current_state == "REPLICA"
