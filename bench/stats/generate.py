@@ -33,6 +33,7 @@ COLUMNS = (
     "unit_id", "work_order_id", "accept_due", "accepted_at", "handling_due", "replied_at", "reply_workdays",
     "closed_at", "satisfaction", "rating_default_at", "supervision_count", "rolled_at", "next_window_at",
     "assist_late_units", "instructed_at", "tp_month", "tp_rating", "consulted_at",
+    "notices_sent", "notices_failed", "notices_off",
 )  # fmt: skip
 
 
@@ -152,6 +153,10 @@ def generate(
                     stat_months[i] if index % 25 == 7 else "",  # 第三方评价 sampled (no extra draw)
                     RATINGS[index % 3] if index % 50 == 7 else "",  # and rated
                     reply_t[i] if index % 70 == 13 else None,  # 远程会商 held (no extra draw)
+                    # 办事进度推送 (no extra draw): accepted and replied notices, a few given up, a few opted out
+                    0 if index % 20 == 9 else 1 + int(is_replied) + int(bool(close_t[i])),
+                    1 if index % 45 == 4 else 0,
+                    index % 20 == 9,
                 )
             )  # fmt: skip
         done += size

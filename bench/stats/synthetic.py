@@ -118,6 +118,26 @@ def withdrawn(case_id: str, *, version: int, at: datetime) -> events_pb2.EventEn
     return _env("case_withdrawn", payload, case_id=case_id, version=version, at=at, service="intake", node=node)
 
 
+def notice_settled(
+    case_id: str, *, version: int, at: datetime, outcome: str = "sent", kind: str = "accepted"
+) -> events_pb2.EventEnvelope:
+    """办事进度推送: the notice caused by routing's step ``version`` came to its end (sent or given_up)."""
+    node = case_id.split("-", 1)[0]
+    payload = events_pb2.ProgressNoticeSettled(
+        notice_id=f"{case_id}/{version}", kind=kind, channel="sms", outcome=outcome, attempts=1
+    )
+    return _env(
+        "progress_notice_settled", payload, case_id=case_id, version=version, at=at, service="intake", node=node
+    )
+
+
+def notices_set(case_id: str, *, version: int, at: datetime, enabled: bool) -> events_pb2.EventEnvelope:
+    """The citizen turned progress notices off (``enabled`` False) or on again; ``version`` is intake's."""
+    node = case_id.split("-", 1)[0]
+    payload = events_pb2.ProgressNoticesSet(enabled=enabled)
+    return _env("progress_notices_set", payload, case_id=case_id, version=version, at=at, service="intake", node=node)
+
+
 def bus_event(env: events_pb2.EventEnvelope, *, source: str | None = None) -> BusEvent:
     """The BusEvent a bus would deliver; ``source="exchange"`` makes it a replica from a child node."""
     event = to_bus_event(env)

@@ -13,7 +13,16 @@ from services.common.regions import RegionTree
 
 # Case event types the services of a node emit, by service; all of them travel up (DESIGN §4).
 UP_EVENT_TYPES: dict[str, tuple[str, ...]] = {
-    "intake": ("case_registered", "case_evaluated", "review_requested", "case_withdrawn", "case_merged"),
+    "intake": (
+        "case_registered",
+        "case_evaluated",
+        "review_requested",
+        "case_withdrawn",
+        "case_merged",
+        # 办事进度推送: a notice's end and the citizen's opt-out, counted in the warehouse of every tier
+        "progress_notice_settled",
+        "progress_notices_set",
+    ),
     "routing": (
         "work_order_created",
         "work_order_changed",
@@ -39,12 +48,15 @@ UP_EVENT_TYPES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# What a citizen did at the node that registered the case (rated, asked for 复查, withdrew): facts
+# What a citizen did at the node that registered the case (rated, asked for 复查, withdrew, turned
+# progress notices off), and the notices it sent the citizen: facts
 # recorded there whoever owns the case, not writes of its owner, so they are judged by their origin
 # (which must be under the pushing child) and not by the owner or epoch they name. After a 上报 the
 # registering county's ratings name the city as owner; refusing them as forged or stale would keep
 # the rating from every tier above and block the case's later events behind a sequence gap.
-CITIZEN_EVENT_TYPES: frozenset[str] = frozenset({"case_evaluated", "review_requested", "case_withdrawn"})
+CITIZEN_EVENT_TYPES: frozenset[str] = frozenset(
+    {"case_evaluated", "review_requested", "case_withdrawn", "progress_notice_settled", "progress_notices_set"}
+)
 # The same holds for a video visit: a fact recorded where the leader received the citizen (often the
 # registering county's terminal, after the case went up), naming the owner as that node last heard.
 FACT_EVENT_TYPES: frozenset[str] = CITIZEN_EVENT_TYPES | frozenset(UP_EVENT_TYPES["video"])

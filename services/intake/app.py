@@ -11,18 +11,21 @@ from collections.abc import Callable
 
 from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
+from sqlalchemy.orm import Session
 
 from services.common.crypto import node_cipher
 from services.common.errors import InvalidArgument
+from services.common.events import write_event
 from services.common.regions import RegionTree
 from services.common.service import ServiceContext, ServiceParts, ServicerBinding, Timer
+from services.intake.case_rows import notice_settled_envelope
 from services.intake.category_model import CategoryModel
 from services.intake.consumers import IntakeConsumers
 from services.intake.domain import Case
 from services.intake.handlers import IntakeDeps
 from services.intake.models import outbox
 from services.intake.notice_sender import FileChannel, next_due, send_due
-from services.intake.notices import NoticeChannel, RetryPolicy
+from services.intake.notices import NoticeChannel, NoticeSettled, RetryPolicy
 from services.intake.relay_wake import CoalescedNotify
 from services.intake.screening import Screen
 from services.intake.servicer import IntakeServicer, initialise_received_metrics
@@ -68,8 +71,11 @@ class Places:
         )
 
 
-def _notice_sender(ctx: ServiceContext, uow_factory: Callable[[], SqlIntakeUnitOfWork]) -> Callable[[], float | None]:
-    """The progress notice sender's pass; returns the seconds until the next retry falls due (None: none)."""
+def _notice_sender(
+    ctx: ServiceContext, uow_factory: Callable[[], SqlIntakeUnitOfWork], notify: Callable[[], None]
+) -> Callable[[], float | None]:
+    """The progress notice sender's pass; returns the seconds until the next retry falls due (None: none).
+    ``notify`` wakes the relay after notices ended (their events are in the outbox)."""
     config = ctx.settings.intake
     # 办事进度推送: a deployment passes its SMS/WeChat adapter as hooks.intake_notice_channel; the
     # embedded default writes each message to <data_dir>/<node>/progress_notices.jsonl.
@@ -82,9 +88,18 @@ def _notice_sender(ctx: ServiceContext, uow_factory: Callable[[], SqlIntakeUnitO
         with uow_factory() as uow:
             return uow.get(case_id)
 
+    node = ctx.settings.node
+
+    def settled(session: Session, end: NoticeSettled, case: Case | None) -> None:
+        write_event(session, outbox, notice_settled_envelope(end, case, node))  # counted in stats
+
     def send_notices() -> float | None:
         now = ctx.clock()
-        send_due(ctx.session_factory, case_of=case_of, channel=channel, now=now, policy=policy)
+        done = send_due(
+            ctx.session_factory, case_of=case_of, channel=channel, now=now, policy=policy, on_settled=settled
+        )
+        if done["sent"] or done["given_up"] or done["skipped"]:
+            notify()
         due = next_due(ctx.session_factory)
         return None if due is None else max(0.0, (due - now).total_seconds())
 
@@ -135,7 +150,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
         case_mac=cipher.blind_index,
     )
 
-    send_notices = _notice_sender(ctx, uow_factory)
+    send_notices = _notice_sender(ctx, uow_factory, notify)
 
     # Embedded: the sender runs when a handling change committed (a notice may be queued) and when a
     # retry falls due; a worker, which nobody wakes, polls every notice_interval_s.

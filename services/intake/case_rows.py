@@ -20,9 +20,11 @@ from services.intake.domain import (
     CaseWithdrawn,
     Complainant,
     DomainEvent,
+    ProgressNoticesSet,
     ReviewRequested,
 )
 from services.intake.models import CaseRow
+from services.intake.notices import NoticeSettled
 from services.intake.submit_sql import bands, signed64, unsigned64
 
 # The personal fields of a case, sealed at rest (``<field>_sealed``).
@@ -147,6 +149,8 @@ def case_envelope(event: DomainEvent, node: str) -> events_pb2.EventEnvelope:
         field, payload = "case_evaluated", mapping.case_evaluated(event)
     elif isinstance(event, ReviewRequested):
         field, payload = "review_requested", mapping.review_requested(event)
+    elif isinstance(event, ProgressNoticesSet):
+        field, payload = "progress_notices_set", mapping.progress_notices_set(event)
     else:
         assert isinstance(event, CaseWithdrawn)
         field, payload = "case_withdrawn", mapping.case_withdrawn(event)
@@ -160,4 +164,22 @@ def case_envelope(event: DomainEvent, node: str) -> events_pb2.EventEnvelope:
         origin_node=node,
         origin_service="intake",
         occurred_at=case.updated_at,
+    )
+
+
+def notice_settled_envelope(settled: NoticeSettled, case: Case | None, node: str) -> events_pb2.EventEnvelope:
+    """The integration event of a progress notice that came to its end at ``node`` (the registering node).
+
+    Its version is the handling step's (each notice of a case its own); the owner is the case's as this
+    node knows it, or this node when the case is gone."""
+    return envelope(
+        payload_field="progress_notice_settled",
+        payload=mapping.progress_notice_settled(settled),
+        case_id=settled.case_id,
+        version=settled.step_version,
+        owner_node=case.owner_node if case is not None else node,
+        owner_epoch=case.owner_epoch if case is not None else 0,
+        origin_node=node,
+        origin_service="intake",
+        occurred_at=settled.at,
     )

@@ -34,6 +34,7 @@ from services.intake.domain import (
     CaseState,
     CaseWithdrawn,
     CommandForOwner,
+    ProgressNoticesSet,
     ReviewRequested,
     TimelineEntry,
     can_evaluate,
@@ -316,7 +317,12 @@ def set_progress_notices(
         if not enabled:
             flags = (*flags, notices.OPT_OUT_FLAG)
         if flags != case.flags:
-            case = replace(case, flags=flags)
-            uow.save(case, expected_version=case.version)
+            # A held case never left intake: its registration, once released, carries the choice (flags).
+            held = case.state is CaseState.MODERATION
+            changed = replace(case, flags=flags, version=case.version + (0 if held else 1), updated_at=deps.clock())
+            uow.save(changed, expected_version=case.version)
+            if not held:
+                uow.emit(ProgressNoticesSet(changed, enabled))  # counted in stats (docs/stats.md)
             uow.commit()
+            case = changed
     return case

@@ -227,6 +227,14 @@ class CaseWithdrawn:
     reason: str
 
 
+@dataclass(frozen=True)
+class ProgressNoticesSet:
+    """The citizen turned progress notices (办事进度推送) off, or on again; counted in stats."""
+
+    case: Case
+    enabled: bool
+
+
 EVALUATE = "evaluate"
 REQUEST_REVIEW = "request_review"
 WITHDRAW = "withdraw"
@@ -255,4 +263,4 @@ class CommandForOwner:
     satisfaction: str = ""
 
 
-DomainEvent = CaseRegistered | CaseEvaluated | ReviewRequested | CaseWithdrawn
+DomainEvent = CaseRegistered | CaseEvaluated | ReviewRequested | CaseWithdrawn | ProgressNoticesSet

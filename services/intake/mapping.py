@@ -22,9 +22,11 @@ from services.intake.domain import (
     CaseState,
     CaseWithdrawn,
     CommandForOwner,
+    ProgressNoticesSet,
     ReviewRequested,
     TimelineEntry,
 )
+from services.intake.notices import NoticeSettled
 from services.intake.validation import Submission
 
 _CHANNEL_PREFIX = "CHANNEL_"
@@ -188,6 +190,20 @@ def review_requested(event: ReviewRequested) -> events_pb2.ReviewRequested:
 
 def case_withdrawn(event: CaseWithdrawn) -> events_pb2.CaseWithdrawn:
     return events_pb2.CaseWithdrawn(reason=event.reason)
+
+
+def progress_notices_set(event: ProgressNoticesSet) -> events_pb2.ProgressNoticesSet:
+    return events_pb2.ProgressNoticesSet(enabled=event.enabled)
+
+
+def progress_notice_settled(settled: NoticeSettled) -> events_pb2.ProgressNoticeSettled:
+    return events_pb2.ProgressNoticeSettled(
+        notice_id=settled.notice_id,
+        kind=settled.kind,
+        channel=settled.channel,
+        outcome=settled.outcome,
+        attempts=settled.attempts,
+    )
 
 
 def owner_command(command: CommandForOwner) -> events_pb2.Command:

@@ -27,6 +27,7 @@ from services.intake.models import ProgressNoticeRow
 from services.intake.notices import (
     ChannelFailure,
     NoticeChannel,
+    NoticeSettled,
     OutgoingMessage,
     RetryPolicy,
     mask_phone,
@@ -42,6 +43,9 @@ NOTICES = Counter(
 )
 # While a claimed notice is being sent, no other sender takes it (a crashed sender's claim expires).
 CLAIM = timedelta(minutes=2)
+# Called in the transaction that records a notice's end (sent or given up), with the case as this node
+# knows it (None when gone): intake's app writes the ``progress_notice_settled`` event there.
+SettledHook = Callable[[Session, NoticeSettled, Case | None], None]
 
 
 class FileChannel:
@@ -89,32 +93,11 @@ def send_due(
     now: datetime,
     policy: RetryPolicy,
     batch: int = 100,
+    on_settled: SettledHook | None = None,
 ) -> dict[str, int]:
     """Send the notices due at ``now``; returns the count per outcome."""
     outcomes = {"sent": 0, "retry": 0, "given_up": 0, "skipped": 0}
-    with session_factory() as session, session.begin():
-        due = session.scalars(
-            select(ProgressNoticeRow)
-            .where(ProgressNoticeRow.state == "pending", ProgressNoticeRow.next_attempt_at <= now)
-            .order_by(ProgressNoticeRow.next_attempt_at)
-            .limit(batch)
-        ).all()
-        claimed = []
-        for row in due:
-            # Claim: only the sender whose update matched the old next attempt sends it.
-            result = session.execute(
-                update(ProgressNoticeRow)
-                .where(
-                    ProgressNoticeRow.notice_id == row.notice_id,
-                    ProgressNoticeRow.state == "pending",
-                    ProgressNoticeRow.next_attempt_at == row.next_attempt_at,
-                )
-                .values(next_attempt_at=now + CLAIM)
-                .execution_options(synchronize_session=False)
-            )
-            if getattr(result, "rowcount", 1) == 1:
-                claimed.append((row.notice_id, row.case_id, row.kind, row.channel, row.text, row.attempts))
-    for notice_id, case_id, kind, via, text, attempts in claimed:
+    for notice_id, case_id, kind, via, text, attempts in _claim_due(session_factory, now, batch):
         case = case_of(case_id)
         values: dict[str, object]
         if case is None or not case.complainant.phone:
@@ -154,6 +137,40 @@ def send_due(
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
+            if on_settled is not None and values["state"] != "pending":
+                made = values.get("attempts", attempts)  # the skipped notice made none
+                assert isinstance(made, int)
+                end = NoticeSettled(notice_id, case_id, kind, via, str(values["state"]), made, now)
+                on_settled(session, end, case)
         outcomes[outcome] += 1
         NOTICES.labels(via, outcome).inc()
     return outcomes
+
+
+def _claim_due(
+    session_factory: sessionmaker[Session], now: datetime, batch: int
+) -> list[tuple[str, str, str, str, str, int]]:
+    """The notices due at ``now`` this sender claimed (notice id, case id, kind, channel, text, attempts)."""
+    with session_factory() as session, session.begin():
+        due = session.scalars(
+            select(ProgressNoticeRow)
+            .where(ProgressNoticeRow.state == "pending", ProgressNoticeRow.next_attempt_at <= now)
+            .order_by(ProgressNoticeRow.next_attempt_at)
+            .limit(batch)
+        ).all()
+        claimed = []
+        for row in due:
+            # Claim: only the sender whose update matched the old next attempt sends it.
+            result = session.execute(
+                update(ProgressNoticeRow)
+                .where(
+                    ProgressNoticeRow.notice_id == row.notice_id,
+                    ProgressNoticeRow.state == "pending",
+                    ProgressNoticeRow.next_attempt_at == row.next_attempt_at,
+                )
+                .values(next_attempt_at=now + CLAIM)
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 1) == 1:
+                claimed.append((row.notice_id, row.case_id, row.kind, row.channel, row.text, row.attempts))
+    return claimed

@@ -65,6 +65,25 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class NoticeSettled:
+    """A notice came to its end (sent, or given up): the fact stats counts, without personal data."""
+
+    notice_id: str
+    case_id: str
+    kind: str
+    channel: str
+    outcome: str  # "sent" or "given_up"
+    attempts: int
+    at: datetime
+
+    @property
+    def step_version(self) -> int:
+        """The version of the handling step that caused the notice (the notice id's suffix): each notice
+        of a case has its own, so the settled event is keyed by it (docs/stats.md)."""
+        return int(self.notice_id.rsplit("/", 1)[1])
+
+
+@dataclass(frozen=True)
 class NoticeStatus:
     """A notice as the citizen's tracking page shows it."""
 

@@ -69,6 +69,8 @@ class BulletinFigures:
     third_party: list[tuple[str, Aggregates]]
     late_units: list[tuple[str, int]]
     spots: list[Hotspot]
+    # 办事进度推送: units whose cases' citizens were sent notices, failed or opted out
+    notice_units: list[tuple[str, Aggregates]]
 
 
 def gather(
@@ -125,6 +127,9 @@ def gather(
         third_party=sorted((k, a) for k, a in by_unit.items() if k and a.tp_sampled),
         late_units=sorted(uow.late_assisting_units(where).items(), key=lambda kv: (-kv[1], kv[0])),
         spots=handlers.hotspots(uow, tree, node, region_code=where.region_code, as_of=min(as_of, end), rules=rules),
+        notice_units=sorted(
+            (k, a) for k, a in by_unit.items() if k and (a.notices_sent or a.notices_failed or a.notices_off)
+        ),
     )
 
 

@@ -143,6 +143,12 @@ def _unit_tables(figures: BulletinFigures) -> list[Table]:
                 for h in figures.spots
             ],
         ),
+        # 办事进度推送: notices (not cases) sent and given up, cases whose citizen turned them off.
+        (
+            "progress_notices_by_unit.csv",
+            ["unit_id", "notices_sent", "notices_failed", "notices_opted_out"],
+            [(k, a.notices_sent, a.notices_failed, a.notices_off) for k, a in figures.notice_units],
+        ),
     ]
 
 

@@ -61,7 +61,7 @@ def render_markdown(figures: BulletinFigures, tree: RegionTree, font: str | None
     md = _summary(figures, tree) + _volume(figures, font)
     if figures.child_rows:
         md += _regions(figures, tree)
-    md += _units(figures) + _third_party(figures) + _hotspots(figures, tree)
+    md += _units(figures) + _third_party(figures) + _hotspots(figures, tree) + _notices(figures, tree)
     md += ["", "## 附：指标口径", ""]
     md += [f"- **{name}**: {text}" for name, text in DEFINITIONS.items()]
     md += ["", "数据文件：" + "、".join(file_names) + "。", ""]
@@ -189,4 +189,23 @@ def _hotspots(figures: BulletinFigures, tree: RegionTree) -> list[str]:
     if topics:
         md += ["", "热点话题（相似诉求聚类）："]
         md += [f"- {h.category}：{topic_line(t)}" for h, t in topics]
+    return md
+
+
+def _notices(figures: BulletinFigures, tree: RegionTree) -> list[str]:
+    """办事进度推送: what the citizens were told by SMS or WeChat, per child region and unit."""
+    total = figures.total
+    md = [
+        "",
+        "## 八、办事进度推送",
+        "",
+        f"本月受理件向群众发送进度通知 {total.notices_sent} 条，重试后仍未发出 {total.notices_failed} 条；"
+        f"{total.notices_off} 件的群众关闭了进度通知。",
+    ]
+    header = ["| {} | 已发送（条） | 发送失败（条） | 关闭通知（件） |", "|---|---:|---:|---:|"]
+    rows = [(f"{tree.get(code).name} ({code})", agg) for code, agg in figures.child_rows]
+    for title, listed in (("地区", rows), ("承办单位", figures.notice_units)):
+        if listed:
+            md += ["", header[0].format(title), header[1]]
+            md += [f"| {k} | {a.notices_sent} | {a.notices_failed} | {a.notices_off} |" for k, a in listed]
     return md

@@ -26,6 +26,8 @@ SUBSCRIBED: tuple[tuple[str, str], ...] = (
     ("intake", "case_evaluated"),
     ("intake", "case_withdrawn"),
     ("intake", "case_merged"),
+    ("intake", "progress_notice_settled"),  # 办事进度推送, sent from the registering node
+    ("intake", "progress_notices_set"),
     ("routing", "work_order_created"),
     ("routing", "work_order_changed"),
     ("routing", "supervision_issued"),
@@ -47,6 +49,8 @@ SUBSCRIBED: tuple[tuple[str, str], ...] = (
     ("exchange", "deadline_warning"),
     ("exchange", "case_sampled"),
     ("exchange", "third_party_rated"),
+    ("exchange", "progress_notice_settled"),
+    ("exchange", "progress_notices_set"),
 )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Column, Date, DateTime, Index, Integer, LargeBinary, String, Table, Text
+from sqlalchemy import Boolean, Column, Date, DateTime, Index, Integer, LargeBinary, String, Table, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.outbox import inbox_table, outbox_table
@@ -60,6 +60,10 @@ class CaseFactRow(Base):
     # 第三方评价: the month of the sample the case was drawn into ("" never) and the group's rating.
     tp_month: Mapped[str] = mapped_column(String(7), default="", server_default="")
     tp_rating: Mapped[str] = mapped_column(String(24), default="", server_default="")
+    # 办事进度推送: notices to the citizen sent and given up (counts), and the citizen's opt-out.
+    notices_sent: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    notices_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    notices_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The moment at which this fact's contribution to the rollups was computed ("as of"), and the
     # first deadline at or after it (accept, handling, rating window) that will change that
     # contribution when it passes; NULL when none is ahead. See store.py "Rollups".
@@ -123,6 +127,7 @@ ROLLUP_COUNTERS: tuple[str, ...] = (
     "received", "online", "repeat", "accept_due", "accept_on_time", "reply_due", "replied",
     "completion_due", "closed", "closed_on_time", "satisfaction_base", "satisfied", "overdue", "supervised",
     "merged", "assist_late", "instructed", "consulted", "tp_sampled", "tp_rated", "tp_satisfied",
+    "notices_sent", "notices_failed", "notices_off",
 )  # fmt: skip
 # Replied cases by working days to the first reply, one exact column per day 0..ROLLUP_DAYS-1; the
 # rare longer ones go to ``stats_rollup_days_over`` by exact day, so mean and p90 stay exact.

@@ -118,7 +118,7 @@ class RollupDelta:
             values = self.main[key] = [0] * len(ROLLUP_VALUES)
         for i, hit in enumerate(counters(fact, as_of)):
             if hit:
-                values[i] += sign
+                values[i] += sign * hit  # hit: 1, or a case's number of notices (NOTICE_COUNTERS)
         if days and fact.reply_workdays is not None and fact.reply_workdays >= 0:
             if fact.reply_workdays < ROLLUP_DAYS:
                 values[N_COUNTERS + fact.reply_workdays] += sign

@@ -50,6 +50,7 @@ from services.stats.store_sql import (
     TIER_NAME,
     F,
     R,
+    counter_terms,
     day_split,
     fact_of,
     group_column,
@@ -264,7 +265,8 @@ class WarehouseQueries:
         preds = predicates(as_of)
         conditions = slice_conditions(where)
         group = group_column(where, group_by)
-        sums = [func.coalesce(func.sum(case((preds[name], 1), else_=0)), 0).label(name) for name in COUNTERS]
+        terms = counter_terms(as_of)
+        sums = [func.coalesce(func.sum(terms[name]), 0).label(name) for name in COUNTERS]
         key = group.label("key") if group is not None else None
         query = select(*([key] if key is not None else []), *sums).where(*conditions)
         if group is not None:

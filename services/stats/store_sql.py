@@ -29,6 +29,7 @@ from services.common.timeutil import to_utc
 from services.stats.domain import (
     COUNTERS,
     NOT_OWED_STATES,
+    NOTICE_COUNTERS,
     SATISFIED_RATINGS,
     CaseFact,
 )
@@ -80,7 +81,18 @@ def predicates(as_of: datetime | ColumnElement[Any]) -> dict[str, ColumnElement[
         "tp_satisfied": F.tp_rating.in_(sorted(SATISFIED_RATINGS)),
         "replied_any": F.reply_workdays.is_not(None),
         "matter": F.state != "MERGED",
+        # 办事进度推送: the drill-down lists the cases with such notices; the sums add their number.
+        "notices_sent": F.notices_sent > 0,
+        "notices_failed": F.notices_failed > 0,
+        "notices_off": F.notices_off.is_(True),
     }
+
+
+def counter_terms(as_of: datetime | ColumnElement[Any]) -> dict[str, ColumnElement[int]]:
+    """What one fact adds to each counter's sum as of a moment (or a column): 1 when it meets the
+    counter's predicate, its number of notices for ``NOTICE_COUNTERS`` (``domain.counters`` likewise)."""
+    preds = predicates(as_of)
+    return {name: getattr(F, name) if name in NOTICE_COUNTERS else case((preds[name], 1), else_=0) for name in COUNTERS}
 
 
 def slice_conditions(where: Slice) -> list[ColumnElement[bool]]:
@@ -169,15 +181,15 @@ def utc_day(value: datetime) -> date:
 def rollup_select(where: ColumnElement[bool], *, plus: Any | None, minus: Any | None, days: int) -> Select[Any]:
     """Per rollup key, counters as of ``plus`` minus counters as of ``minus`` (either may be absent),
     and ``days`` times each fact's reply-day bucket (1 add, -1 subtract, 0 leave)."""
-    plus_p = predicates(plus) if plus is not None else None
-    minus_p = predicates(minus) if minus is not None else None
+    plus_t = counter_terms(plus) if plus is not None else None
+    minus_t = counter_terms(minus) if minus is not None else None
     sums: list[Any] = []
     for name in COUNTERS:
         term: Any = literal(0)
-        if plus_p is not None:
-            term = case((plus_p[name], 1), else_=0)
-        if minus_p is not None:
-            term = term - case((minus_p[name], 1), else_=0)
+        if plus_t is not None:
+            term = plus_t[name]
+        if minus_t is not None:
+            term = term - minus_t[name]
         sums.append(func.coalesce(func.sum(term), 0).label(name))
     for k, column in enumerate(DAY_COLUMNS):
         bucket = case((F.reply_workdays == k, days), else_=0) if days else literal(0)

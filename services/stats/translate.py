@@ -25,7 +25,11 @@ FOLDED = (
     "case_sampled",  # 第三方评价
     "third_party_rated",
     "deadline_warning",  # only an assisting unit's missed deadline (协办), see to_case_event
+    "progress_notice_settled",  # 办事进度推送
+    "progress_notices_set",
 )
+# intake's flag on a case whose citizen wants no progress notices (at submission or later).
+NO_PROGRESS_NOTICES = "no_progress_notices"
 _TEXT_LIMIT = 400  # keywords need the gist, not the whole letter
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -89,6 +93,10 @@ def to_case_event(env: events_pb2.EventEnvelope) -> CaseEvent | None:
         rated = env.third_party_rated
         rating = _name(common_pb2.Satisfaction, rated.rating, "SATISFACTION_").lower() if rated.rating else ""
         return CaseEvent(**base, sample_month=rated.month, third_party_rating=rating)  # type: ignore[arg-type]
+    if kind == "progress_notice_settled":
+        return CaseEvent(**base, notice_outcome=env.progress_notice_settled.outcome)  # type: ignore[arg-type]
+    if kind == "progress_notices_set":
+        return CaseEvent(**base, notices_off=not env.progress_notices_set.enabled)  # type: ignore[arg-type]
     if kind == "supervision_issued":
         return CaseEvent(**base, level=env.supervision_issued.level)  # type: ignore[arg-type]
     if kind == "case_handed_off":
@@ -116,6 +124,7 @@ def _case_fields(case: common_pb2.Case, env: events_pb2.EventEnvelope, occurred:
         "submitted_at": from_timestamp(case.submitted_at) or occurred,
         "is_repeat": bool(case.repeat_of),
         "carries_case": True,
+        "notices_off": NO_PROGRESS_NOTICES in case.flags,
     }
 
 

@@ -128,6 +128,9 @@ METRIC_LABELS: dict[str, str] = {
     "assist_late": "协办超期件",
     "instructed": "领导批示件",
     "consulted": "远程会商件",
+    "notices_sent": "进度通知发送量",
+    "notices_failed": "进度通知失败量",
+    "notices_opted_out": "关闭进度通知件",
 }
 
 ROLE_LABELS: dict[str, str] = {

@@ -175,6 +175,20 @@ def _withdrawn(chain: Chain) -> str:
     return case.case_id
 
 
+def _notice_settled(chain: Chain) -> str:
+    """办事进度推送: the county's reply makes notices, which its sender delivers (the embedded file channel)."""
+    return _replied(chain).case_id
+
+
+def _notices_set(chain: Chain) -> str:
+    case = register(chain.county, "511102")
+    intake(chain.county).SetProgressNotices(
+        intake_pb2.SetProgressNoticesRequest(tracking_code=case.code, phone_last4=case.last4, enabled=False),
+        timeout=5,
+    )
+    return case.case_id
+
+
 def _visit(chain: Chain) -> tuple[str, video_pb2.Visit]:
     case_id = register(chain.county, "511102").case_id
     placed(chain.county, case_id)
@@ -338,6 +352,8 @@ PRODUCERS: dict[str, Callable[[Chain], str] | str] = {
     "consultation_reminder": _consultation_reminded,
     "case_sampled": _sampled,
     "third_party_rated": _rated,
+    "progress_notice_settled": _notice_settled,
+    "progress_notices_set": _notices_set,
 }
 
 

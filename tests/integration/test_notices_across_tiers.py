@@ -6,6 +6,9 @@ step the county takes, from the replicas it follows for tracking: handed on, acc
 reopened (the citizen's unsatisfied rating). Its channel adapter fails the first attempt of every
 message: the outbox retries, and every notice is delivered exactly once. A citizen who opted out at
 submission gets nothing; one who opts out later with the tracking code gets nothing after that.
+
+And the figures: notices a county sends, gives up and the opt-outs of its citizens are counted in its
+own warehouse and, from the replicas, in the city's (docs/stats.md "办事进度推送").
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from services.intake.notices import ChannelFailure, OutgoingMessage
 from services.node import Node
 from tests.support.exchange_nodes import Start, linked_nodes, phone_for
 from tests.support.helpers import wait_until
-from tests.support.tiers import Registered, intake, routing, work_order
+from tests.support.tiers import Registered, intake, metrics, placed_by_hand, routing, work_order
 
 
 class FailsFirst:
@@ -48,6 +51,19 @@ class FailsFirst:
             return [m.text for m in self.delivered if m.notice_id.startswith(f"{case_id}/")]
 
 
+class Unreachable:
+    """A gateway that never takes the messages of the cases in ``refused`` (they are given up) and takes the rest."""
+
+    def __init__(self) -> None:
+        self.refused: set[str] = set()
+        self.delivered: list[OutgoingMessage] = []
+
+    def send(self, message: OutgoingMessage) -> None:
+        if message.notice_id.rsplit("/", 1)[0] in self.refused:
+            raise ChannelFailure("number not reachable")
+        self.delivered.append(message)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def start(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Start]:
     monkeypatch.setenv("LIANXIN_NOTICE_RETRY", "4/0.2")
@@ -56,7 +72,7 @@ def start(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
         yield starter
 
 
-def register(node: Node, *, opt_out: bool = False) -> Registered:
+def register(node: Node, *, opt_out: bool = False, region: str = "511100") -> Registered:
     ref = f"notice-{uuid.uuid4().hex[:10]}"
     phone = phone_for(ref)
     submitted = intake(node).SubmitCase(
@@ -66,7 +82,7 @@ def register(node: Node, *, opt_out: bool = False) -> Registered:
             title="小区旁工地夜间施工噪音扰民",
             body="市中区某小区旁工地每晚施工到凌晨，噪音很大，希望有关部门尽快处理。",
             category="环境保护",
-            region_code="511100",
+            region_code=region,
             complainant=common_pb2.Person(name="李四", phone=phone),
             no_progress_notices=opt_out,
         ),
@@ -158,3 +174,44 @@ def test_the_registering_city_tells_the_citizen_each_step_of_the_county_once_wit
     ids = [m.notice_id for m in gateway.delivered]
     assert len(ids) == len(set(ids)) == 4
     assert quiet.track().notices == [] and gateway.kinds(quiet.case_id) == []
+
+
+NOTICE_FIGURES = ["notices_sent", "notices_failed", "notices_opted_out"]
+
+
+def test_the_notices_a_county_sends_are_counted_in_its_warehouse_and_the_citys(start: Start) -> None:
+    """The figures of 办事进度推送: the county registers and handles four cases; one citizen is told of the
+    acceptance, one cannot be reached (the notice is given up after its retries), one opted out at
+    submission and one later. The county counts them from its own events, the city from the replicas."""
+    gateway = Unreachable()
+    city = start("511100")
+    county = start("511102", city, hooks=NodeHooks(intake_notice_channel=gateway))
+    told, unreachable, quiet, later = (register(county, region="511102", opt_out=i == 2) for i in range(4))
+    gateway.refused.add(unreachable.case_id)
+    for case in (told, unreachable):
+        order = placed_by_hand(county, case.case_id)
+        accept = routing_pb2.AcceptWorkOrderRequest(work_order_id=order.work_order_id, actor="lszq-sthjj-1")
+        routing(county).AcceptWorkOrder(accept, timeout=5)
+    intake(county).SetProgressNotices(
+        intake_pb2.SetProgressNoticesRequest(tracking_code=later.code, phone_last4=later.last4, enabled=False),
+        timeout=5,
+    )
+    wait_until(lambda: notice_states(told) == [("accepted", "sent")], 30, "the acceptance notice sent")
+    wait_until(lambda: notice_states(unreachable) == [("accepted", "given_up")], 30, "the notice given up")
+    # The one who opted out later may have been told of the acceptance before (the county's office accepts
+    # as it registers); nothing after. Wait until that notice, if any, has ended.
+    wait_until(lambda: all(state != "pending" for _, state in notice_states(later)), 30, "later's notices ended")
+    told_later = [kind for kind, state in notice_states(later) if state == "sent"]
+    assert quiet.track().notices == [] and told_later in ([], ["accepted"])
+
+    expected = {"notices_sent": 1 + len(told_later), "notices_failed": 1, "notices_opted_out": 2}
+    for node in (county, city):
+        wait_until(
+            lambda node=node: metrics(node, "511102", NOTICE_FIGURES) == expected,  # type: ignore[misc]
+            30,
+            f"the notice figures at {node.settings.node}",
+        )
+    assert metrics(city, "511100", NOTICE_FIGURES) == expected  # the city's own figure: its county's
+    assert sorted(m.notice_id.rsplit("/", 1)[0] for m in gateway.delivered) == sorted(
+        [told.case_id, *([later.case_id] if told_later else [])]
+    )

@@ -80,6 +80,7 @@ def test_report_command_writes_markdown_csv_and_charts(tmp_path: Path) -> None:
         "hotspots.csv",
         "third_party_by_unit.csv",
         "assist_late_by_unit.csv",
+        "progress_notices_by_unit.csv",
         "volume_by_category.png",
         "volume_by_channel.png",
         "rates_by_region.png",

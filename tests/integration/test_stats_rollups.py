@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from bench.stats.generate import bulk_insert, generate
@@ -27,7 +27,7 @@ from services.stats.domain import COUNTERS, Aggregates, StatsConfig, counters
 from services.stats.models import CaseFactRow, daily_counts, region_rollups, rollup_days_over, rollups
 from services.stats.ports import Slice
 from services.stats.store import SqlWarehouse
-from services.stats.store_sql import FACT_COLUMNS, fact_of, predicates
+from services.stats.store_sql import FACT_COLUMNS, counter_terms, fact_of
 from services.stats.upkeep import roll_forward
 from tests.support.warehouse import Warehouse, fixture_events
 
@@ -102,7 +102,7 @@ def test_rollups_equal_facts_on_a_random_warehouse(database_url: str, tmp_path: 
 
 
 def test_python_and_sql_definitions_agree_on_every_fact(database_url: str, tmp_path: Path) -> None:
-    """``domain.counters`` (the ingest path) and ``store_sql.predicates`` (queries, rebuilds) per fact."""
+    """``domain.counters`` (the ingest path) and ``store_sql.counter_terms`` (queries, rebuilds) per fact."""
     _, engine = _random_warehouse(database_url, tmp_path, datetime(2026, 9, 20, tzinfo=UTC))
     try:
         with Session(engine) as session:
@@ -114,8 +114,8 @@ def test_python_and_sql_definitions_agree_on_every_fact(database_url: str, tmp_p
                 datetime(2026, 10, 10, tzinfo=UTC),
                 datetime(2027, 1, 1, tzinfo=UTC),
             ):
-                preds = predicates(as_of)
-                query = select(CaseFactRow.case_id, *[case((preds[c], 1), else_=0) for c in COUNTERS])
+                terms = counter_terms(as_of)  # 1 when a predicate holds; the number of notices for those
+                query = select(CaseFactRow.case_id, *[terms[c] for c in COUNTERS])
                 hits = [0] * len(COUNTERS)
                 for row in session.execute(query):
                     want = tuple(row[1:])

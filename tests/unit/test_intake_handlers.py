@@ -12,7 +12,7 @@ import pytest
 
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.intake import handlers
-from services.intake.domain import CaseRegistered, CaseState
+from services.intake.domain import Case, CaseRegistered, CaseState, ProgressNoticesSet
 from services.intake.validation import Submission
 from tests.support.intake import FakeIntakeStore
 
@@ -82,3 +82,19 @@ def test_tracking_needs_the_code_and_the_last_four_digits_of_the_phone() -> None
     assert seen.case.case_id == case.case_id and not seen.can_evaluate and seen.can_withdraw
     with pytest.raises(NotFound):
         handlers.track_case(case.tracking_code, "0000", uow_factory=store.unit_of_work, deps=deps())
+
+
+def test_turning_progress_notices_off_and_on_is_an_event_stats_counts() -> None:
+    store = FakeIntakeStore()
+    case = handlers.submit_case(lamp("web-8"), uow_factory=store.unit_of_work, deps=deps()).case
+
+    def choose(enabled: bool) -> Case:
+        return handlers.set_progress_notices(
+            case.tracking_code, "5678", enabled=enabled, uow_factory=store.unit_of_work, deps=deps()
+        )
+
+    off, again, on = choose(False), choose(False), choose(True)
+    choices = [(e.enabled, e.case.version) for e in store.events if isinstance(e, ProgressNoticesSet)]
+    # Each change its own version (stats keeps one event per version); asking twice changes nothing.
+    assert choices == [(False, case.version + 1), (True, case.version + 2)]
+    assert again.version == off.version and on.version == case.version + 2

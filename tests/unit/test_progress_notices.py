@@ -18,6 +18,7 @@ from services.intake.notices import (
     NOTICE_KINDS,
     SMS_TEMPLATES,
     ChannelFailure,
+    NoticeSettled,
     OutgoingMessage,
     RetryPolicy,
     mask_phone,
@@ -192,3 +193,32 @@ def test_the_embedded_channel_writes_a_line_with_the_phone_masked(tmp_path: Path
     text = path.read_text(encoding="utf-8")
     assert "138****5678" in text and "13812345678" not in text
     assert "已答复" in text and '"channel": "wechat"' in text
+
+
+def test_a_notice_that_ends_is_reported_once_with_its_outcome_and_no_personal_data(
+    factory: sessionmaker[Session],
+) -> None:
+    """The hook intake's app writes the ``progress_notice_settled`` event with, in the same transaction."""
+    policy = RetryPolicy(max_attempts=2, first_delay=timedelta(seconds=30))
+    queue(factory, "8")
+    queue(factory, "9")
+    ended: list[NoticeSettled] = []
+
+    def run(at: datetime, channel: Flaky) -> None:
+        send_due(
+            factory, case_of=citizen, channel=channel, now=at, policy=policy,  # type: ignore[arg-type]
+            on_settled=lambda session, end, case: ended.append(end),
+        )  # fmt: skip
+
+    run(AT, Flaky(failures=1))  # both fail once: retries are not an end
+    assert ended == []
+    run(AT + timedelta(seconds=30), Flaky(failures=0))
+    assert [(e.notice_id, e.outcome, e.attempts, e.step_version) for e in ended] == [
+        (f"{CASE}/8", "sent", 2, 8),
+        (f"{CASE}/9", "sent", 2, 9),
+    ]
+    queue(factory, "10")
+    for seconds in (60, 90):
+        run(AT + timedelta(seconds=seconds), Flaky(failures=99))
+    assert [(e.notice_id, e.outcome, e.attempts) for e in ended[2:]] == [(f"{CASE}/10", "given_up", 2)]
+    assert "13812345678" not in repr(ended)

@@ -13,6 +13,7 @@ from datetime import datetime
 import pytest
 from lianxin.events.v1 import events_pb2
 
+from bench.stats import synthetic as syn
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.errors import InvalidArgument
 from services.common.regions import RegionTree
@@ -160,3 +161,34 @@ def test_the_bulletin_reads_the_same_figures() -> None:
     assert "| 受理量 (received) | 6 | 6/1 | 1 |"  # F in September in text
     assert "| 回复率 (reply_rate) | 75.0% | 3/4 | 0.0% |" in text
     assert text.rstrip().endswith("数据文件：summary.csv。")
+
+
+def test_progress_notices_are_counted_per_notice_and_the_latest_choice_per_case() -> None:
+    """办事进度推送: each notice once (a replica of the same notice is not a second), given-up ones
+    apart, and a citizen who turned notices off and on again is not counted as opted out."""
+    notices = [
+        syn.notice_settled(A, version=3, at=cn(10, 13), kind="accepted"),
+        syn.notice_settled(A, version=4, at=cn(10, 16), kind="replied"),
+        syn.notice_settled(B, version=3, at=cn(10, 16), kind="accepted", outcome="given_up"),
+        syn.notices_set(C, version=2, at=cn(10, 14), enabled=False),
+        syn.notices_set(D, version=2, at=cn(10, 15), enabled=False),
+        syn.notices_set(D, version=3, at=cn(10, 16), enabled=True),
+    ]
+    uow = loaded([*fixture_events(), *notices])
+    assert not ingest(uow, notices[0], source="exchange")  # the same notice replicated: kept once
+    m = metrics(uow, with_ids=True)
+    assert (m["notices_sent"].numerator, m["notices_failed"].numerator, m["notices_opted_out"].numerator) == (2, 1, 1)
+    assert m["notices_sent"].case_ids == [A] and m["notices_opted_out"].case_ids == [C]
+    assert metrics(uow, region_code="511111")["notices_opted_out"].numerator == 0  # D turned them on again
+
+    figures = gather(
+        uow, TREE, NODE, region_code=NODE, month="2026-10", config=CONFIG, as_of=cn(12, 31),
+        rules=HotspotRules(), min_cases=1,
+    )  # fmt: skip
+    assert [(unit, a.notices_sent, a.notices_failed) for unit, a in figures.notice_units] == [
+        ("511102:城乡建设", 2, 1),
+        ("511102:环境保护", 0, 0),
+    ]
+    text = render_markdown(figures, TREE, "Noto Sans CJK SC", [])
+    assert "本月受理件向群众发送进度通知 2 条，重试后仍未发出 1 条；1 件的群众关闭了进度通知。" in text
+    assert "| 市中区 (511102) | 2 | 1 | 1 |" in text

@@ -68,6 +68,10 @@ class CaseEvent:
     # and the evaluation group's rating (satisfied | basically_satisfied | unsatisfied)
     sample_month: str = ""
     third_party_rating: str = ""
+    # 办事进度推送: a notice's end ("sent" or "given_up", progress_notice_settled); the citizen's
+    # choice (progress_notices_set, and at registration from the case's flags)
+    notice_outcome: str = ""
+    notices_off: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,11 @@ class CaseFact:
     # group's rating ("" not rated; satisfied | basically_satisfied | unsatisfied).
     tp_month: str = ""
     tp_rating: str = ""
+    # 办事进度推送: the notices to the citizen sent, and given up after the last attempt (counts, not
+    # 0/1: a case has several), and whether the citizen has turned them off (the latest choice).
+    notices_sent: int = 0
+    notices_failed: int = 0
+    notices_off: bool = False
 
 
 class CachedCalendar:
@@ -282,6 +291,14 @@ def _apply(fact: CaseFact, event: CaseEvent, config: StatsConfig, calendar: Work
     elif kind == "third_party_rated":
         changes["tp_rating"] = event.third_party_rating
         changes["tp_month"] = fact.tp_month or event.sample_month
+    elif kind == "progress_notice_settled":
+        # One event per notice (keyed by the handling step's version): refolding counts each once.
+        if event.notice_outcome == "sent":
+            changes["notices_sent"] = fact.notices_sent + 1
+        elif event.notice_outcome == "given_up":
+            changes["notices_failed"] = fact.notices_failed + 1
+    elif kind == "progress_notices_set":
+        changes["notices_off"] = event.notices_off
     if event.late_assisting_units:
         late = {u for u in fact.assist_late_units.split(",") if u} | set(event.late_assisting_units)
         changes["assist_late_units"] = f",{','.join(sorted(late))},"
@@ -346,4 +363,5 @@ def fact_from_registration(
         stat_month=stat_month_of(submitted, config),
         online=event.channel in ONLINE_CHANNELS,
         is_repeat=event.is_repeat,
+        notices_off=event.notices_off,
     )

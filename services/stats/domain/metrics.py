@@ -53,6 +53,13 @@ DEFINITIONS: dict[str, str] = {
     "matters": "事项数: received cases less those merged into another case: a matter raised by many citizens "
     "counts once. Every handling rate counts matters (merged cases owe no reply); received and "
     "satisfaction count submissions.",
+    "notices_sent": "进度通知发送量: progress notices (办事进度推送: accepted, handed on, replied, reopened, closed) "
+    "the registering node sent to the citizens of received cases by SMS or WeChat; a count of notices, "
+    "not of cases. Counted where the registering node's events reach (it and the tiers above).",
+    "notices_failed": "进度通知失败量: progress notices to the citizens of received cases given up after the "
+    "retry policy's last attempt (or with no phone to send to); a count of notices.",
+    "notices_opted_out": "关闭进度通知件: received cases whose citizen has turned progress notices off (at "
+    "submission or later with the tracking code; turning them on again takes the case out).",
 }
 # The same definitions in Chinese, for the public (the portal's 张榜公布 board shows these, through
 # ``Metric.definition_zh``); docs/stats.md keeps the English above. Term by term the same rule.
@@ -82,11 +89,27 @@ DEFINITIONS_ZH: dict[str, str] = {
     "但不单独算作一个事项。",
     "matters": "事项数：受理量减去被并单的件数，多名群众反映的同一事项只计一次。"
     "各项办理率按事项计算（被并单的无需答复），受理量和满意率按提交件数计算。",
+    "notices_sent": "进度通知发送量：登记地通过短信或微信向群众发送的办事进度通知条数（已受理、已转交、已答复、"
+    "重新办理、已办结），按条计算，不按件计算；在登记地及其上级统计。",
+    "notices_failed": "进度通知失败量：按重试规定最后一次仍未发出（或无手机号可发）而放弃的进度通知条数。",
+    "notices_opted_out": "关闭进度通知件：群众在提交时或之后凭查询码关闭了进度通知的件数（重新开启的不计）。",
 }
 # Metrics where a smaller value is better (rankings order these ascending).
 LOWER_IS_BETTER = frozenset(
-    {"avg_reply_workdays", "p90_reply_workdays", "repeat_rate", "overdue", "supervised", "assist_late"}
+    {
+        "avg_reply_workdays",
+        "p90_reply_workdays",
+        "repeat_rate",
+        "overdue",
+        "supervised",
+        "assist_late",
+        "notices_failed",
+    }
 )
+# Figures of the registering node's own events (办事进度推送: it sends the notices and records the
+# citizen's choice): it and the tiers above count them, a node the case was handed down to does not, so a
+# tier may count more of these than the sum of its children (docs/stats.md "办事进度推送").
+REGISTERING_NODE_METRICS = frozenset({"notices_sent", "notices_failed", "notices_opted_out"})
 COUNT_METRICS = frozenset(
     {
         "received",
@@ -98,13 +121,17 @@ COUNT_METRICS = frozenset(
         "instructed",
         "consulted",
         "third_party_sampled",
+        "notices_sent",
+        "notices_failed",
+        "notices_opted_out",
     }
 )
 
 
 @dataclass
 class Aggregates:
-    """Counts of one slice; each field is the number of cases matching the predicate of the same name."""
+    """Counts of one slice; each field is the number of cases matching the predicate of the same name
+    (of notices, for ``NOTICE_COUNTERS``)."""
 
     received: int = 0
     online: int = 0
@@ -127,6 +154,9 @@ class Aggregates:
     tp_sampled: int = 0
     tp_rated: int = 0
     tp_satisfied: int = 0
+    notices_sent: int = 0  # notices, not cases (see NOTICE_COUNTERS)
+    notices_failed: int = 0
+    notices_off: int = 0
     # working days → number of replied cases (the distribution gives mean and p90 exactly)
     reply_days: dict[int, int] = field(default_factory=dict)
 
@@ -163,7 +193,12 @@ COUNTERS: tuple[str, ...] = (
     "tp_sampled",
     "tp_rated",
     "tp_satisfied",
+    "notices_sent",
+    "notices_failed",
+    "notices_off",
 )
+# Counters that add a case's number of notices, not 0 or 1 (a case has several).
+NOTICE_COUNTERS = frozenset({"notices_sent", "notices_failed"})
 
 
 def next_window(as_of: datetime, deadlines: Iterable[datetime | None]) -> datetime | None:
@@ -179,7 +214,8 @@ def next_window(as_of: datetime, deadlines: Iterable[datetime | None]) -> dateti
 
 
 def counters(fact: CaseFact, as_of: datetime) -> tuple[int, ...]:
-    """The fact's 0/1 per ``COUNTERS`` entry as of ``as_of``: the definitions above, case by case.
+    """The fact's 0/1 per ``COUNTERS`` entry as of ``as_of`` (its number of notices for ``NOTICE_COUNTERS``):
+    the definitions above, case by case.
 
     The same conditions exist in SQL (``store_sql.predicates``) for set-based queries over many facts;
     this form lets one event move one case's contribution to the rollups without a round trip
@@ -227,6 +263,9 @@ def counters(fact: CaseFact, as_of: datetime) -> tuple[int, ...]:
         "tp_sampled": fact.tp_month != "",
         "tp_rated": fact.tp_rating != "",
         "tp_satisfied": fact.tp_rating in SATISFIED_RATINGS,
+        "notices_sent": fact.notices_sent,
+        "notices_failed": fact.notices_failed,
+        "notices_off": fact.notices_off,
     }
     return tuple(int(values[name]) for name in COUNTERS)
 
@@ -256,6 +295,9 @@ NUMERATOR_PREDICATE: dict[str, str] = {
     "consulted": "consulted",
     "third_party_sampled": "tp_sampled",
     "third_party_satisfaction_rate": "tp_satisfied",
+    "notices_sent": "notices_sent",
+    "notices_failed": "notices_failed",
+    "notices_opted_out": "notices_off",
 }
 
 
@@ -310,8 +352,19 @@ METRIC_COUNTERS: dict[str, tuple[str, ...]] = {
     "consulted": ("consulted",),
     "third_party_sampled": ("tp_sampled",),
     "third_party_satisfaction_rate": ("tp_satisfied", "tp_rated"),
+    "notices_sent": ("notices_sent",),
+    "notices_failed": ("notices_failed",),
+    "notices_opted_out": ("notices_off",),
 }
 REPLY_DAY_METRICS = frozenset({"avg_reply_workdays", "p90_reply_workdays"})
+
+
+# The 办事进度推送 counts and the counter each reads.
+_NOTICE_METRICS = {
+    "notices_sent": "notices_sent",
+    "notices_failed": "notices_failed",
+    "notices_opted_out": "notices_off",
+}
 
 
 def compute(name: str, agg: Aggregates) -> MetricValue:
@@ -355,6 +408,9 @@ def compute(name: str, agg: Aggregates) -> MetricValue:
         return _ratio(name, agg.tp_satisfied, agg.tp_rated)
     if name == "merged":
         return MetricValue(name, DEFINITIONS[name], float(agg.merged), agg.merged, 1, [])
+    if name in _NOTICE_METRICS:
+        count = getattr(agg, _NOTICE_METRICS[name])
+        return MetricValue(name, DEFINITIONS[name], float(count), count, 1, [])
     if name == "matters":
         matters = agg.received - agg.merged
         return MetricValue(name, DEFINITIONS[name], float(matters), matters, 1, [])

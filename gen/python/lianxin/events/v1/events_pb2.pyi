@@ -78,6 +78,8 @@ class EventEnvelope(_message.Message):
     CONSULTATION_REMINDER_FIELD_NUMBER: _builtins.int
     CASE_SAMPLED_FIELD_NUMBER: _builtins.int
     THIRD_PARTY_RATED_FIELD_NUMBER: _builtins.int
+    PROGRESS_NOTICE_SETTLED_FIELD_NUMBER: _builtins.int
+    PROGRESS_NOTICES_SET_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of the event (UUID); the inbox key for idempotent consumers."""
     case_id: _builtins.str
@@ -184,6 +186,14 @@ class EventEnvelope(_message.Message):
     def third_party_rated(self) -> Global___ThirdPartyRated:
         """The evaluation group rated a sampled case (第三方评价)."""
 
+    @_builtins.property
+    def progress_notice_settled(self) -> Global___ProgressNoticeSettled:
+        """A progress notice (办事进度推送) to the citizen came to its end: sent, or given up after its last attempt."""
+
+    @_builtins.property
+    def progress_notices_set(self) -> Global___ProgressNoticesSet:
+        """The citizen turned the case's progress notices off or on again."""
+
     def __init__(
         self,
         *,
@@ -217,12 +227,14 @@ class EventEnvelope(_message.Message):
         consultation_reminder: Global___ConsultationReminder | None = ...,
         case_sampled: Global___CaseSampled | None = ...,
         third_party_rated: Global___ThirdPartyRated | None = ...,
+        progress_notice_settled: Global___ProgressNoticeSettled | None = ...,
+        progress_notices_set: Global___ProgressNoticesSet | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_sampled", b"case_sampled", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "consultation_reminder", b"consultation_reminder", "deadline_warning", b"deadline_warning", "occurred_at", b"occurred_at", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "third_party_rated", b"third_party_rated", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_sampled", b"case_sampled", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "consultation_reminder", b"consultation_reminder", "deadline_warning", b"deadline_warning", "occurred_at", b"occurred_at", "payload", b"payload", "progress_notice_settled", b"progress_notice_settled", "progress_notices_set", b"progress_notices_set", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "third_party_rated", b"third_party_rated", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_id", b"case_id", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_sampled", b"case_sampled", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "consultation_reminder", b"consultation_reminder", "deadline_warning", b"deadline_warning", "event_id", b"event_id", "occurred_at", b"occurred_at", "origin_node", b"origin_node", "origin_service", b"origin_service", "owner_epoch", b"owner_epoch", "owner_node", b"owner_node", "payload", b"payload", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "third_party_rated", b"third_party_rated", "trace_context", b"trace_context", "version", b"version", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_escalated", b"case_escalated", "case_evaluated", b"case_evaluated", "case_handed_off", b"case_handed_off", "case_id", b"case_id", "case_merged", b"case_merged", "case_registered", b"case_registered", "case_sampled", b"case_sampled", "case_withdrawn", b"case_withdrawn", "consultation_booked", b"consultation_booked", "consultation_cancelled", b"consultation_cancelled", "consultation_held", b"consultation_held", "consultation_reminder", b"consultation_reminder", "deadline_warning", b"deadline_warning", "event_id", b"event_id", "occurred_at", b"occurred_at", "origin_node", b"origin_node", "origin_service", b"origin_service", "owner_epoch", b"owner_epoch", "owner_node", b"owner_node", "payload", b"payload", "progress_notice_settled", b"progress_notice_settled", "progress_notices_set", b"progress_notices_set", "review_requested", b"review_requested", "supervision_issued", b"supervision_issued", "third_party_rated", b"third_party_rated", "trace_context", b"trace_context", "version", b"version", "visit_booked", b"visit_booked", "visit_cancelled", b"visit_cancelled", "visit_outcome_recorded", b"visit_outcome_recorded", "visit_reminder", b"visit_reminder", "work_order_changed", b"work_order_changed", "work_order_created", b"work_order_created"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["case_registered", "case_evaluated", "review_requested", "case_withdrawn", "work_order_created", "work_order_changed", "case_handed_off", "case_escalated", "supervision_issued", "deadline_warning", "visit_booked", "visit_outcome_recorded", "case_merged", "visit_reminder", "visit_cancelled", "consultation_booked", "consultation_held", "consultation_cancelled", "consultation_reminder", "case_sampled", "third_party_rated"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["case_registered", "case_evaluated", "review_requested", "case_withdrawn", "work_order_created", "work_order_changed", "case_handed_off", "case_escalated", "supervision_issued", "deadline_warning", "visit_booked", "visit_outcome_recorded", "case_merged", "visit_reminder", "visit_cancelled", "consultation_booked", "consultation_held", "consultation_cancelled", "consultation_reminder", "case_sampled", "third_party_rated", "progress_notice_settled", "progress_notices_set"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1425,3 +1437,69 @@ class Command(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class ProgressNoticeSettled(_message.Message):
+    """A progress notice (办事进度推送) came to its end at the node that registered the case (the node that
+    holds the citizen's phone and sends the notices). No personal data: the notice, its channel and the
+    outcome only. The envelope's version is the version of the handling step that caused the notice,
+    so each notice of a case is one event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    notice_id: _builtins.str
+    """The notice: "<case id>/<version of the handling step>"."""
+    kind: _builtins.str
+    """What the citizen was told: "accepted", "handed_on", "replied", "reopened" or "closed"."""
+    channel: _builtins.str
+    """"sms" or "wechat"."""
+    outcome: _builtins.str
+    """"sent", or "given_up" (after the retry policy's last attempt, or with nobody to send it to)."""
+    attempts: _builtins.int
+    """Attempts made, the successful one included."""
+    def __init__(
+        self,
+        *,
+        notice_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "channel", b"channel", "kind", b"kind", "notice_id", b"notice_id", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProgressNoticeSettled: _TypeAlias = ProgressNoticeSettled  # noqa: Y015
+
+@_typing.final
+class ProgressNoticesSet(_message.Message):
+    """The citizen turned progress notices off (or on again) with the tracking code, at the node that
+    registered the case. The envelope's version is intake's version of the case after the change.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """False: no more notices for this case; true: notices again from the next step on."""
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProgressNoticesSet: _TypeAlias = ProgressNoticesSet  # noqa: Y015
