@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from services.common.calendar import ChineseWorkingCalendar, WorkingCalendar
-from services.common.errors import Conflict, Unavailable
+from services.common.errors import Conflict, FailedPrecondition, Unavailable
 from services.video.consult import Consultation, ConsultationState, Interval
 from services.video.domain import (
     CaseOwner,
@@ -279,6 +279,8 @@ class FakeRemoteRooms:
     held: dict[str, tuple[str, Booking]] = field(default_factory=dict)  # hold id → (room, booking)
     confirmed: set[str] = field(default_factory=set)
     released: set[str] = field(default_factory=set)
+    confirm_down: bool = False  # the nodes answer holds, then cannot be reached to confirm them
+    lapsed: bool = False  # a hold lapsed there before its confirmation
 
     def _answer(self, node: str) -> None:
         if node in self.unreachable:
@@ -301,6 +303,10 @@ class FakeRemoteRooms:
 
     def confirm(self, node: str, hold_id: str) -> None:
         self._answer(node)
+        if self.confirm_down:
+            raise Unavailable(f"node {node} does not answer")
+        if self.lapsed:
+            raise FailedPrecondition(f"hold {hold_id} is EXPIRED", "EXPIRED")
         self.confirmed.add(hold_id)
 
     def release(self, node: str, hold_id: str, reason: str) -> None:

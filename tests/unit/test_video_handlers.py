@@ -337,3 +337,31 @@ def test_every_unit_of_a_consultation_is_reminded_a_day_and_an_hour_before_and_a
     assert handlers.send_reminders(store) == 2  # the new start's 24 h reminder, late, and its 1 h one
     kinds = [e.kind for e in store.events if isinstance(e, ConsultationReminder)]
     assert kinds == ["24h", "24h", "1h"]
+
+
+def test_the_sweep_finishes_a_consultation_move_whose_confirmation_could_not_reach_the_other_node() -> None:
+    store = video()
+    remote = FakeRemoteRooms()
+    booked = handlers.book_consultation(store, remote, consultation(store), TTL)
+    (old_hold,) = booked.hold_ids
+    remote.confirm_down = True
+    window = (store.now(), store.now() + timedelta(days=30), None)
+    moved = handlers.reschedule_consultation(store, remote, booked.consultation_id, 0, window, TTL)
+    # Committed here; the old room there is kept until the new one is confirmed.
+    assert moved.version == booked.version + 1 and old_hold not in remote.released
+    remote.confirm_down = False
+    assert handlers.sweep(store, remote, TTL)["released"] == 1
+    assert set(moved.hold_ids) <= remote.confirmed and old_hold in remote.released
+
+
+def test_a_consultation_whose_new_hold_lapsed_before_its_confirmation_is_cancelled_and_freed() -> None:
+    store = video()
+    remote = FakeRemoteRooms()
+    booked = handlers.book_consultation(store, remote, consultation(store), TTL)
+    remote.lapsed = True
+    window = (store.now(), store.now() + timedelta(days=30), None)
+    handlers.reschedule_consultation(store, remote, booked.consultation_id, 0, window, TTL)
+    gone = handlers.get_consultation(store, booked.consultation_id)
+    assert gone.state is ConsultationState.CANCELLED and "was lost while moving the consultation" in gone.cancel_reason
+    assert isinstance(store.events[-1], ConsultationCancelled) and store.state.reservations == []
+    assert set(booked.hold_ids) | set(gone.hold_ids) <= remote.released
