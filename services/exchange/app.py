@@ -24,7 +24,8 @@ from services.exchange.consumers import ExchangeConsumers
 from services.exchange.link import ParentLink
 from services.exchange.models import outbox
 from services.exchange.national import GrpcNationalAdapter, NationalAdapter, NationalLink
-from services.exchange.servicer import ExchangeServicer, LinkReporter
+from services.exchange.reporting import LinkReporter
+from services.exchange.servicer import ExchangeServicer
 from services.exchange.store import ExchangeStore
 
 log = logging.getLogger(__name__)

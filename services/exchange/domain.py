@@ -460,6 +460,27 @@ def backoff_delay(
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
+class LinkState(Enum):
+    HEALTHY = "healthy"
+    LAGGING = "lagging"
+    UNREACHABLE = "unreachable"
+
+
+# No contact for this long and the link counts as unreachable; this many items behind, as lagging.
+UNREACHABLE_AFTER_S = 30.0
+LAGGING_EVENTS = 1000
+
+
+def link_state(*, failing: bool, silent_for_s: float | None, lag_events: int) -> LinkState:
+    """How ``LinkStatus`` reports a link: unreachable when its calls fail or it has been silent too long
+    (``silent_for_s`` None: never in contact), lagging when too many items wait, else healthy."""
+    if failing or silent_for_s is None or silent_for_s > UNREACHABLE_AFTER_S:
+        return LinkState.UNREACHABLE
+    if lag_events > LAGGING_EVENTS:
+        return LinkState.LAGGING
+    return LinkState.HEALTHY
+
+
 def payload_summary(event_type: str, case_id: str, version: int, case_sequence: int = 0) -> str:
     """What an operator sees of a quarantined item: no personal data, only its identity."""
     sequence = f" #{case_sequence}" if case_sequence else ""

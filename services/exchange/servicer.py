@@ -1,10 +1,10 @@
-"""ExchangeService over gRPC: translates requests to ``handlers.Exchange`` and reports links; no rules live here."""
+"""ExchangeService over gRPC: translates requests to ``handlers.Exchange`` and the link figures of
+``reporting.LinkReporter`` to replies; no rules live here."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,119 +17,23 @@ from services.common.errors import InvalidArgument
 from services.common.timeutil import from_timestamp, to_timestamp
 from services.exchange import domain, mapping
 from services.exchange.handlers import Exchange
-from services.exchange.link import LAG_EVENTS, LAG_SECONDS, LAST_CONTACT, QUARANTINED, ParentLink
-from services.exchange.national import NATIONAL, NationalLink
+from services.exchange.reporting import LinkFigures, LinkReporter
 
 DEFAULT_PULL = 500
 MAX_PULL = 2000
 MAX_WAIT_MS = 60_000  # the longest a PullDown long poll is held
-# No contact for this long and the link counts as unreachable; this many items behind, as lagging.
-UNREACHABLE_AFTER_S = 30.0
-LAGGING_EVENTS = 1000
-
-
-@dataclass(frozen=True)
-class LinkFigures:
-    peer: str
-    direction: int
-    lag_events: int
-    lag_seconds: float
-    last_contact: datetime | None
-    quarantined: int
-    acked_position: int
-    failing: bool
-
-
-class LinkReporter:
-    """Works out each link's figures once, for LinkStatus and for the /metrics gauges alike."""
-
-    def __init__(
-        self,
-        store: Exchange,
-        *,
-        parent: ParentLink | None,
-        national: NationalLink | None,
-    ) -> None:
-        self._store = store
-        self._parent = parent
-        self._national = national
-
-    def figures(self) -> list[LinkFigures]:
-        quarantined = self._store.quarantined_counts()
-        out: list[LinkFigures] = []
-        cursors = self._store.cursors()
-        if self._parent is not None:
-            peer = self._parent.parent_node
-            up = self._store.cursor(peer, "up")
-            lag, age = self._store.up_backlog(up.position)
-            out.append(
-                LinkFigures(
-                    peer,
-                    exchange_pb2.LINK_DIRECTION_UP,
-                    lag,
-                    age,
-                    up.last_contact,
-                    quarantined.get(peer, 0),
-                    up.position,
-                    self._parent.failing,
-                )
-            )
-        if self._national is not None:
-            up = self._store.cursor(NATIONAL, "national_up")
-            lag, age = self._store.up_backlog(up.position)
-            out.append(
-                LinkFigures(
-                    NATIONAL,
-                    exchange_pb2.LINK_DIRECTION_UP,
-                    lag,
-                    age,
-                    up.last_contact,
-                    quarantined.get(NATIONAL, 0),
-                    up.position,
-                    self._national.backoff.failures > 0,
-                )
-            )
-        children = sorted({peer for peer, kind, _ in cursors if kind in ("child_up", "child_down")})
-        by_key = {(peer, kind): cursor for peer, kind, cursor in cursors}
-        for child in children:
-            pushed = by_key.get((child, "child_up"))
-            pulled = by_key.get((child, "child_down"))
-            acked_down = pulled.position if pulled else 0
-            lag, age = self._store.down_backlog(child, acked_down)
-            contacts = [c.last_contact for c in (pushed, pulled) if c is not None and c.last_contact is not None]
-            out.append(
-                LinkFigures(
-                    child,
-                    exchange_pb2.LINK_DIRECTION_DOWN,
-                    lag,
-                    age,
-                    max(contacts) if contacts else None,
-                    quarantined.get(child, 0),
-                    pushed.position if pushed else 0,
-                    False,
-                )
-            )
-        return out
-
-    def refresh_metrics(self) -> list[LinkFigures]:
-        figures = self.figures()
-        for f in figures:
-            if f.peer != NATIONAL and f.peer not in self._store.regions:
-                continue  # a label is a known region code, never what a caller once sent as one
-            LAG_EVENTS.labels(f.peer).set(f.lag_events)
-            LAG_SECONDS.labels(f.peer).set(f.lag_seconds)
-            QUARANTINED.labels(f.peer).set(f.quarantined)
-            if f.last_contact is not None:
-                LAST_CONTACT.labels(f.peer).set(f.last_contact.timestamp())
-        return figures
 
 
 def _state(f: LinkFigures, now: datetime) -> int:
-    if f.failing or f.last_contact is None or (now - f.last_contact).total_seconds() > UNREACHABLE_AFTER_S:
-        return exchange_pb2.LINK_STATE_UNREACHABLE
-    if f.lag_events > LAGGING_EVENTS:
-        return exchange_pb2.LINK_STATE_LAGGING
-    return exchange_pb2.LINK_STATE_HEALTHY
+    silent = (now - f.last_contact).total_seconds() if f.last_contact is not None else None
+    return _LINK_STATES[domain.link_state(failing=f.failing, silent_for_s=silent, lag_events=f.lag_events)]
+
+
+_LINK_STATES = {
+    domain.LinkState.HEALTHY: exchange_pb2.LINK_STATE_HEALTHY,
+    domain.LinkState.LAGGING: exchange_pb2.LINK_STATE_LAGGING,
+    domain.LinkState.UNREACHABLE: exchange_pb2.LINK_STATE_UNREACHABLE,
+}
 
 
 class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):

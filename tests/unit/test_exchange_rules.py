@@ -246,3 +246,13 @@ def test_an_escalation_raises_the_known_epoch_to_the_new_owner_and_nothing_goes_
     assert domain.epochs_to_note([(event(owner_epoch=3), "")], {"511102-20261122-000001": 1}) == {
         "511102-20261122-000001": (3, "511102")
     }
+
+
+def test_a_link_is_unreachable_when_failing_or_silent_and_lagging_with_a_backlog() -> None:
+    state = domain.link_state
+    assert state(failing=False, silent_for_s=5.0, lag_events=10) is domain.LinkState.HEALTHY
+    assert state(failing=False, silent_for_s=5.0, lag_events=domain.LAGGING_EVENTS + 1) is domain.LinkState.LAGGING
+    assert state(failing=True, silent_for_s=5.0, lag_events=0) is domain.LinkState.UNREACHABLE
+    assert state(failing=False, silent_for_s=None, lag_events=0) is domain.LinkState.UNREACHABLE  # never in contact
+    silent = domain.UNREACHABLE_AFTER_S + 1
+    assert state(failing=False, silent_for_s=silent, lag_events=0) is domain.LinkState.UNREACHABLE
