@@ -1,4 +1,4 @@
-"""What video's use cases need: the unit-of-work Protocol (``store.SqlVideoUnitOfWork`` implements it),
+"""What video's use cases need: the unit-of-work Protocol (``unit_of_work.SqlVideoUnitOfWork`` implements it),
 the storage that opens one per transaction (``store.VideoStore``), and the client of the other nodes'
 video services (``peers.GrpcRemoteRooms``).
 """
