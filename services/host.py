@@ -22,7 +22,7 @@ from services.common.regions import RegionTree
 from services.common.service import utc_now
 from services.common.settings import Settings
 from services.common.waiting import LinkDriver
-from services.node import Node
+from services.node import Node, long_poll_threads
 from services.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,10 @@ class Host:
         # or a host's counties would queue behind four threads for their cities' long polls.
         self.link_driver = LinkDriver(workers=len(self.members) + 4)
         LinkDriver.share(self.link_driver)
+        # Plus a thread for each long poll the nodes' children may hold (services/node.py).
         self.executor = ThreadPoolExecutor(
-            max_workers=max(settings.grpc_workers, WORKERS_PER_NODE * len(self.members)),
+            max_workers=max(settings.grpc_workers, WORKERS_PER_NODE * len(self.members))
+            + sum(long_poll_threads(self.regions, member.code) for member in self.members),
             thread_name_prefix="grpc-host",
         )
 

@@ -56,6 +56,11 @@ def build_service(
     return parts, engine
 
 
+def long_poll_threads(regions: RegionTree, code: str) -> int:
+    """gRPC threads a node needs beyond ``grpc_workers``: one per direct child, whose long poll holds one."""
+    return max(1, len(regions.children.get(code, [])))
+
+
 def database_ready(engine: Engine) -> Callable[[], bool]:
     """Readiness = the service's database answers (DESIGN §6)."""
 
@@ -146,7 +151,11 @@ class Node:
             ready=lambda: all(check() for check in readiness),
             interceptors=self.security.interceptors,
             server_credentials=self.security.credentials,
-            executor=self.executor,
+            executor=self.executor
+            or ThreadPoolExecutor(
+                max_workers=self.settings.grpc_workers + long_poll_threads(self.regions, self.code),
+                thread_name_prefix=f"grpc-{self.code}",
+            ),
         )
         self.server.start()
         # Services of one embedded node reach each other on the node's own port.

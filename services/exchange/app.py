@@ -157,13 +157,15 @@ def build(ctx: ServiceContext) -> ServiceParts:
         servicers=[
             ServicerBinding(
                 exchange_grpc.add_ExchangeServiceServicer_to_server,
-                # Long polls only where this process writes the down-queue (embedded); half the
-                # server's threads at most, so that waiting children never starve other calls.
+                # Long polls only where this process writes the down-queue (embedded): one held for each
+                # direct child, on threads the node adds to its server's for them (services/node.py),
+                # so waiting children never starve other calls. A child refused a hold asks every
+                # second instead of every LONG_POLL_S (a city of 20 counties with 8 holds: 12 did).
                 ExchangeServicer(
                     store,
                     reporter,
                     clock=ctx.clock,
-                    long_polls=max(1, ctx.settings.grpc_workers // 2) if driver is not None else 0,
+                    long_polls=max(1, len(ctx.regions.children.get(node, []))) if driver is not None else 0,
                 ),
                 "lianxin.exchange.v1.ExchangeService",
             )
