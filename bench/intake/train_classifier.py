@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cross-validate", action="store_true", help=f"also {FOLDS}-fold cross-validate the development rows"
     )
     parser.add_argument(
-        "--variant", choices=VARIANTS, default=DEFAULT_VARIANT, help="model (ensemble: the alternative measured)"
+        "--variant", choices=VARIANTS, default=DEFAULT_VARIANT, help="model (views, ensemble: alternatives measured)"
     )
     args = parser.parse_args(argv)
     if not args.data.exists():
