@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
@@ -11,12 +12,14 @@ from lianxin.video.v1 import video_service_pb2 as pb
 from services.common.errors import InvalidArgument
 from services.common.logs import mask_id_number, mask_name
 from services.common.timeutil import from_timestamp, to_timestamp
-from services.video.consult import Consultation, ConsultationState
+from services.video.consult import Consultation, ConsultationState, Interval
 from services.video.domain import (
     DEFAULT_HORIZON,
     MAX_HORIZON,
+    FoundSlot,
     Hold,
     OneOffDay,
+    Room,
     Schedule,
     Visit,
     WeeklyPattern,
@@ -166,3 +169,34 @@ def schedule_from(msg: pb.Schedule) -> Schedule:
         room_ids=tuple(msg.room_ids),
         leader_name=msg.leader_name.strip(),
     )
+
+
+def slot_message(leader_id: str, s: FoundSlot) -> pb.Slot:
+    return pb.Slot(
+        leader_id=leader_id,
+        starts_at=to_timestamp(s.starts_at),
+        ends_at=to_timestamp(s.ends_at),
+        room_ids=s.room_ids,
+        remaining_in_session=s.remaining,
+    )
+
+
+def citizen_visit_message(v: Visit, leader_names: Mapping[str, str], *, can_cancel: bool) -> pb.CitizenVisit:
+    """A citizen's own visit: the leader by public name, no rooms, units or minutes."""
+    return pb.CitizenVisit(
+        visit_id=v.visit_id,
+        leader_id=v.leader_id,
+        leader_name=leader_names.get(v.leader_id) or v.leader_id,
+        starts_at=to_timestamp(v.starts_at),
+        ends_at=to_timestamp(v.ends_at),
+        state=VISIT_STATES[v.state.value],
+        can_cancel=can_cancel,
+    )
+
+
+def room_message(r: Room) -> pb.Room:
+    return pb.Room(room_id=r.room_id, node=r.node, name=r.name)
+
+
+def period_message(period: Interval) -> pb.FreePeriod:
+    return pb.FreePeriod(starts_at=to_timestamp(period[0]), ends_at=to_timestamp(period[1]))

@@ -74,7 +74,7 @@ class VideoServicer(video_grpc.VideoServiceServicer):
 
     def RegisterRoom(self, request: pb.RegisterRoomRequest, context: Any) -> pb.RegisterRoomResponse:
         r = handlers.register_room(self._video, Room(request.room.room_id, request.room.node, request.room.name))
-        return pb.RegisterRoomResponse(room=pb.Room(room_id=r.room_id, node=r.node, name=r.name))
+        return pb.RegisterRoomResponse(room=mapping.room_message(r))
 
     def PublishSchedule(self, request: pb.PublishScheduleRequest, context: Any) -> pb.PublishScheduleResponse:
         stored = handlers.publish_schedule(self._video, schedule_from(request.schedule), request.expected_version)
@@ -102,16 +102,7 @@ class VideoServicer(video_grpc.VideoServiceServicer):
         found = handlers.list_slots(self._video, wanted, limit)
         return pb.ListSlotsResponse(
             calendar_notice=handlers.slots_calendar_notice(self._video, wanted),
-            slots=[
-                pb.Slot(
-                    leader_id=request.leader_id,
-                    starts_at=to_timestamp(s.starts_at),
-                    ends_at=to_timestamp(s.ends_at),
-                    room_ids=s.room_ids,
-                    remaining_in_session=s.remaining,
-                )
-                for s in found
-            ],
+            slots=[mapping.slot_message(request.leader_id, s) for s in found],
         )
 
     def BookVisit(self, request: pb.BookVisitRequest, context: Any) -> pb.BookVisitResponse:
@@ -227,15 +218,7 @@ class VideoServicer(video_grpc.VideoServiceServicer):
         return case_of_pass(self._case_mac, case_pass)
 
     def _citizen_visit(self, v: Visit, names: Mapping[str, str]) -> pb.CitizenVisit:
-        return pb.CitizenVisit(
-            visit_id=v.visit_id,
-            leader_id=v.leader_id,
-            leader_name=names.get(v.leader_id) or v.leader_id,
-            starts_at=to_timestamp(v.starts_at),
-            ends_at=to_timestamp(v.ends_at),
-            state=mapping.VISIT_STATES[v.state.value],
-            can_cancel=citizen_may_cancel(v, self._video.now()),
-        )
+        return mapping.citizen_visit_message(v, names, can_cancel=citizen_may_cancel(v, self._video.now()))
 
     def _leader_names(self) -> dict[str, str]:
         return {s.leader_id: s.leader_name for s in handlers.schedules(self._video)}
@@ -292,7 +275,7 @@ class VideoServicer(video_grpc.VideoServiceServicer):
 
     def ListRooms(self, request: pb.ListRoomsRequest, context: Any) -> pb.ListRoomsResponse:
         rooms = handlers.list_rooms(self._video, request.node.strip())
-        return pb.ListRoomsResponse(rooms=[pb.Room(room_id=r.room_id, node=r.node, name=r.name) for r in rooms])
+        return pb.ListRoomsResponse(rooms=[mapping.room_message(r) for r in rooms])
 
     def ListFreePeriods(self, request: pb.ListFreePeriodsRequest, context: Any) -> pb.ListFreePeriodsResponse:
         for name in ("unit_id", "room_id"):
@@ -307,7 +290,7 @@ class VideoServicer(video_grpc.VideoServiceServicer):
             raise InvalidArgument("not_after", f"the window may span at most {consult.MAX_FREE_WINDOW.days} days")
         periods = handlers.free_periods(self._video, request.unit_id.strip(), request.room_id.strip(), lo, hi)
         return pb.ListFreePeriodsResponse(
-            periods=[pb.FreePeriod(starts_at=to_timestamp(a), ends_at=to_timestamp(b)) for a, b in periods],
+            periods=[mapping.period_message(p) for p in periods],
             calendar_notice=handlers.calendar_notice(self._video.calendar.known_range()[1], hi, self._video.node),
         )
 
@@ -334,7 +317,7 @@ class VideoServicer(video_grpc.VideoServiceServicer):
         wanted = self._consultation_request(request)
         found, notice = handlers.consultation_slots(self._video, self._remote, wanted, limit=limit)
         return pb.ListConsultationSlotsResponse(
-            slots=[pb.FreePeriod(starts_at=to_timestamp(a), ends_at=to_timestamp(b)) for a, b in found],
+            slots=[mapping.period_message(p) for p in found],
             calendar_notice=notice,
         )
 
