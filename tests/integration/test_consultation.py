@@ -202,6 +202,10 @@ def test_a_consultation_the_city_hosts_for_a_case_it_handed_down_joins_the_count
         .consultation
     )
     assert booked.host_node == "511100" and booked.state == video_pb2.CONSULTATION_STATE_BOOKED
+    # Moved once (改期) before it is held: the move reaches the county's history as a command too.
+    video(tiers.city).RescheduleConsultation(
+        video_pb2.RescheduleConsultationRequest(consultation_id=booked.consultation_id), timeout=20
+    )
     video(tiers.city).RecordConsultationMinutes(
         video_pb2.RecordConsultationMinutesRequest(consultation_id=booked.consultation_id, minutes=MINUTES),
         timeout=5,
@@ -214,6 +218,11 @@ def test_a_consultation_the_city_hosts_for_a_case_it_handed_down_joins_the_count
     wait_until(lambda: county_history() == ["consultation_held"], 30, "the city's minutes in the county's history")
     order = work_order(tiers.county, case.case_id)
     assert order is not None and "consultation_booked" in [h.action for h in order.history]
+    wait_until(
+        lambda: any("改期至" in h.reason for h in (work_order(tiers.county, case.case_id) or order).history),
+        20,
+        "the city's move in the county's history",
+    )
     wait_until(
         lambda: {"consultation_booked", "consultation_held"} <= set(held_types(tiers.province, case.case_id)),
         30,
