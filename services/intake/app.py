@@ -95,6 +95,10 @@ def _notice_sender(
 
     def send_notices() -> float | None:
         now = ctx.clock()
+        due = next_due(ctx.session_factory)
+        if due is None or due > now:
+            # Most runs (an idle node's safety pass, a handling change that queued nothing): one read.
+            return None if due is None else (due - now).total_seconds()
         done = send_due(
             ctx.session_factory, case_of=case_of, channel=channel, now=now, policy=policy, on_settled=settled
         )
