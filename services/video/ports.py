@@ -132,7 +132,8 @@ class VideoUnitOfWork(Protocol):
     # Reminders sent, by (booking id, kind): a visit's or a consultation's.
     def reminders_sent(self, booking_ids: list[str]) -> set[tuple[str, str]]: ...
 
-    def add_reminder(self, booking_id: str, kind: str, at: datetime) -> None: ...
+    def claim_reminder(self, booking_id: str, kind: str, at: datetime) -> bool:
+        """Record the reminder as sent; False when another sweep recorded it first (then it is not sent again)."""
 
     def forget_reminders(self, booking_id: str) -> None: ...
 

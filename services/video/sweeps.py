@@ -42,11 +42,11 @@ def send_reminders(video: VideoStorage, horizon: timedelta = REMINDER_HORIZON) -
             for c in uow.consultations_starting(now, now + horizon)
         ]
         done = uow.reminders_sent([booking_id for booking_id, *_ in due])
-        for booking_id, starts_at, case_id, reminder in due:
+        # In key order: two sweeps claiming the same reminders take their row locks in the same order.
+        for booking_id, starts_at, case_id, reminder in sorted(due, key=lambda d: d[0]):
             for kind in reminders_due(starts_at, now):
-                if (booking_id, kind) in done:
+                if (booking_id, kind) in done or not uow.claim_reminder(booking_id, kind, now):
                     continue
-                uow.add_reminder(booking_id, kind, now)
                 uow.emit(reminder(kind), uow.owner(case_id))
                 sent += 1
         uow.commit()

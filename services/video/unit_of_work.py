@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy import BindParameter, String, bindparam, cast, delete, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.common.clock import to_utc as aware
@@ -304,8 +305,15 @@ class SqlVideoUnitOfWork:
         q = select(ReminderRow).where(ReminderRow.visit_id.in_(booking_ids))
         return {(r.visit_id, r.kind) for r in self._s.scalars(q)}
 
-    def add_reminder(self, booking_id: str, kind: str, at: datetime) -> None:
-        self._s.add(ReminderRow(visit_id=booking_id, kind=kind, sent_at=at))
+    def claim_reminder(self, booking_id: str, kind: str, at: datetime) -> bool:
+        # Two sweeps can run at once (the node's timer and an operator's, or two replicas): the
+        # insert that finds the key taken waits for the other's commit and then does nothing, so
+        # the reminder is emitted once and neither sweep fails on the primary key.
+        dialect = postgresql if self._s.get_bind().dialect.name == "postgresql" else sqlite
+        claim = dialect.insert(ReminderRow).values(visit_id=booking_id, kind=kind, sent_at=at)
+        claimed = claim.on_conflict_do_nothing(index_elements=[ReminderRow.visit_id, ReminderRow.kind])
+        # RETURNING, not rowcount: the rowcount of a skipped insert is not 0 through every driver.
+        return self._s.execute(claimed.returning(ReminderRow.kind)).first() is not None
 
     def forget_reminders(self, booking_id: str) -> None:
         self._s.execute(delete(ReminderRow).where(ReminderRow.visit_id == booking_id))

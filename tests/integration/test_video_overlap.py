@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import Engine
+
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.crypto import cipher_from_env
 from services.common.db import make_engine, make_session_factory
@@ -13,7 +15,7 @@ from services.common.migrations import upgrade
 from services.video.store import VideoStore
 
 
-def test_overlapping_reservations_with_different_starts_cannot_both_commit(database_url: str) -> None:
+def video_store(database_url: str) -> tuple[Engine, VideoStore]:
     engine = make_engine(database_url, service="video")
     upgrade(engine, "video")
     store = VideoStore(
@@ -23,6 +25,11 @@ def test_overlapping_reservations_with_different_starts_cannot_both_commit(datab
         calendar=ChineseWorkingCalendar(),
         clock=lambda: datetime(2026, 11, 23, tzinfo=UTC),
     )
+    return engine, store
+
+
+def test_overlapping_reservations_with_different_starts_cannot_both_commit(database_url: str) -> None:
+    engine, store = video_store(database_url)
     barrier = threading.Barrier(2)
 
     def book(begin: datetime, end: datetime, owner: str, outcomes: list[str]) -> None:
@@ -51,4 +58,39 @@ def test_overlapping_reservations_with_different_starts_cannot_both_commit(datab
         for t in threads:
             t.join(timeout=30)
         assert sorted(outcomes) == ["booked", "conflict"], f"round {round_}"
+    engine.dispose()
+
+
+def test_two_sweeps_claiming_one_reminder_send_it_once_and_neither_fails(database_url: str) -> None:
+    # The node's timer and an operator's sweep (or two replicas) find the same reminder due at once.
+    engine, store = video_store(database_url)
+    at = datetime(2026, 11, 23, tzinfo=UTC)
+    first_claimed = threading.Event()
+    release_first = threading.Event()
+    outcomes: dict[str, bool] = {}
+
+    def first() -> None:
+        with store.begin() as uow:
+            outcomes["first"] = uow.claim_reminder("con-1", "24h", at)
+            first_claimed.set()
+            assert release_first.wait(10)
+            uow.commit()
+
+    def second() -> None:
+        with store.begin() as uow:
+            outcomes["second"] = uow.claim_reminder("con-1", "24h", at)  # waits for the first on PostgreSQL
+            uow.commit()
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert first_claimed.wait(10)
+    two = threading.Thread(target=second)
+    two.start()
+    release_first.set()
+    one.join(10)
+    two.join(10)
+    assert outcomes == {"first": True, "second": False}
+    with store.begin() as uow:
+        assert uow.reminders_sent(["con-1"]) == {("con-1", "24h")}
+        assert uow.claim_reminder("con-1", "1h", at) is True  # another kind is another reminder
     engine.dispose()

@@ -145,8 +145,10 @@ class FakeVideoUnitOfWork:
     def reminders_sent(self, booking_ids: list[str]) -> set[tuple[str, str]]:
         return {r for r in self.s.reminders if r[0] in booking_ids}
 
-    def add_reminder(self, booking_id: str, kind: str, at: datetime) -> None:
+    def claim_reminder(self, booking_id: str, kind: str, at: datetime) -> bool:
+        claimed = (booking_id, kind) not in self.s.reminders
         self.s.reminders.add((booking_id, kind))
+        return claimed
 
     def forget_reminders(self, booking_id: str) -> None:
         self.s.reminders = {r for r in self.s.reminders if r[0] != booking_id}
