@@ -7,8 +7,10 @@ from typing import Any
 
 from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 
+from services.stats.domain.metrics import DEFINITIONS_ZH
 from services.web import portal
 from services.web.app import Gateway
+from services.web.labels import METRIC_LABELS
 
 
 class _Stats:
@@ -54,3 +56,10 @@ def test_the_board_names_each_unit_and_shows_the_code_only_for_an_unknown_unit()
     page: Any = SimpleNamespace(gateway=_Gateway(), client=_Client())
     units, _ = portal._ask_unit_figures(page, "2026-11")
     assert [u["name"] for u in units] == ["乐山市市中生态环境局", "lszq-other"]
+
+
+def test_every_figure_is_named_on_the_web_as_the_stats_definition_names_it() -> None:
+    # The board shows stats' Chinese definitions beside the web's column names: one term for one rule.
+    for metric, label in METRIC_LABELS.items():
+        term = DEFINITIONS_ZH[metric].split("：", 1)[0]
+        assert label.removesuffix("（工作日）") == term, metric
