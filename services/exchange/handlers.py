@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from services.common.waiting import Changes
 from services.exchange import domain, mapping, quarantine_ops
-from services.exchange.domain import Held
+from services.exchange.digests import CaseSummary, Held, digest, summarise_case
 from services.exchange.ports import (
     COMMAND,
     ENVELOPE,
@@ -316,7 +316,7 @@ class Exchange:
 
     def case_digests(
         self, *, subtree: str = "", case_ids: Sequence[str] = (), after: str = "", limit: int = 500
-    ) -> list[domain.CaseSummary]:
+    ) -> list[CaseSummary]:
         """One summary per case held (``DigestCases``): the given cases, or a page of ``limit`` cases
         after the case id ``after``, each over its events that originated in ``subtree``."""
         origins = self._origins(subtree)
@@ -333,5 +333,5 @@ class Exchange:
             found = by_case.get(case_id, [])
             held = [h for h, _ in found]
             events = [event for _, body in found if (event := mapping.held_event(body)) is not None]
-            out.append(domain.summarise_case(case_id, events, domain.digest(held) if held else ""))
+            out.append(summarise_case(case_id, events, digest(held) if held else ""))
         return out

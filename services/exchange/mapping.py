@@ -13,6 +13,7 @@ from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 
 from services.common.events import parse_command, parse_envelope
 from services.exchange import domain
+from services.exchange.digests import HeldEvent
 from services.exchange.ports import COMMAND, ENVELOPE, CommandHead, HandOff, Item, Replica, UpRow
 
 
@@ -90,7 +91,7 @@ def summary(item: Item) -> str:
     return "unreadable item"
 
 
-def held_event(body: bytes) -> domain.HeldEvent | None:
+def held_event(body: bytes) -> HeldEvent | None:
     env = parse_envelope(body)
     if env is None:
         return None
@@ -107,7 +108,7 @@ def held_event(body: bytes) -> domain.HeldEvent | None:
         state, to_node, epoch = "TRANSFERRED", env.case_handed_off.to_node, env.case_handed_off.new_owner_epoch
     else:
         state = _STATE_BY_PAYLOAD.get(kind, "")
-    return domain.HeldEvent(
+    return HeldEvent(
         event_id=env.event_id,
         version=env.version,
         event_type=kind,

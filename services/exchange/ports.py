@@ -12,7 +12,7 @@ from typing import Protocol
 
 from services.common.regions import RegionTree
 from services.exchange import domain
-from services.exchange.domain import Held
+from services.exchange.digests import Held
 
 ENVELOPE = "envelope"
 COMMAND = "command"

@@ -15,7 +15,7 @@ from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 
 from services.common.errors import InvalidArgument
 from services.common.timeutil import from_timestamp, to_timestamp
-from services.exchange import domain, mapping
+from services.exchange import digests, domain, mapping
 from services.exchange.handlers import Exchange
 from services.exchange.reporting import LinkFigures, LinkReporter
 
@@ -247,7 +247,7 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
                 for h in held[: max(0, request.max_items)]
             ],
             count=len(held),
-            digest=domain.digest(held),
+            digest=digests.digest(held),
         )
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.exchange.bulk import Bulk
-from services.exchange.domain import Held
+from services.exchange.digests import Held
 from services.exchange.models import audit_anchor, down_queue, link_cursor, quarantine, replica, sequence_skip, up_log
 from services.exchange.ports import ENVELOPE, Cursor, HeldRow, Item, Quarantined, QuarantineRow, Refused
 

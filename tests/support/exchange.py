@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from services.exchange import domain
-from services.exchange.domain import Held
+from services.exchange.digests import Held
 from services.exchange.ports import (
     COMMAND,
     ENVELOPE,

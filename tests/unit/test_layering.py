@@ -27,6 +27,7 @@ PURE_MODULES = frozenset(
         "services.common.personal_text",
         "services.common.regions",
         "services.common.clock",
+        "services.exchange.digests",
         "services.intake.dedup",
         "services.intake.tracking",
         "services.intake.validation",
