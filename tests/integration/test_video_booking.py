@@ -349,3 +349,25 @@ def test_unreachable_remote_node_leaves_nothing_held(tmp_path: Path, clock: Fake
             assert sorted(states) == sorted([pb.VISIT_STATE_CANCELLED, pb.VISIT_STATE_BOOKED])
     finally:
         city.stop(grace=1.0)
+
+
+def test_a_case_page_s_video_side_in_one_call_reads_as_the_four_lists(
+    node: Node, stub: video_grpc.VideoServiceStub
+) -> None:
+    setup_leader(stub)
+    case_id = "511102-20261012-000050"
+    visit = book(stub, case_id)
+    book(stub, "511102-20261012-000051")  # another case's visit is not this case's
+    both = stub.GetCaseVideo(pb.GetCaseVideoRequest(case_id=case_id, with_leaders=True, with_rooms=True))
+    assert [v.visit_id for v in both.visits] == [visit.visit_id]
+    assert list(both.visits) == list(stub.ListVisits(pb.ListVisitsRequest(case_id=case_id)).visits)
+    assert list(both.consultations) == list(
+        stub.ListConsultations(pb.ListConsultationsRequest(case_id=case_id)).consultations
+    )
+    assert list(both.leaders) == list(stub.ListReceivingLeaders(pb.ListReceivingLeadersRequest()).leaders)
+    assert [r.room_id for r in both.rooms] == ["511102-R1"]
+    bare = stub.GetCaseVideo(pb.GetCaseVideoRequest(case_id=case_id))
+    assert [v.visit_id for v in bare.visits] == [visit.visit_id] and not bare.leaders and not bare.rooms
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.GetCaseVideo(pb.GetCaseVideoRequest(case_id=" "))
+    assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -62,12 +62,9 @@ class _CaseCalls:
 
     case: Any
     supervisions: Any
-    visits: Any
-    consultations: Any
+    video: Any  # the case's visits and consultations, the leaders (may_book) and rooms (may_consult)
     orders: Any
-    leaders: Any  # None when the operator may not book a video visit
     slots: Any  # None without a leader chosen
-    rooms: Any  # None when the operator may not book a consultation
     leader: str
     may_book: bool
     may_consult: bool
@@ -83,18 +80,16 @@ def _start_case_calls(page: Page, case_id: str) -> _CaseCalls:
         supervisions=client.start(
             client.routing.ListSupervisions, routing_pb2.ListSupervisionsRequest(case_id=case_id), token
         ),
-        visits=client.start(client.video.ListVisits, video_pb2.ListVisitsRequest(case_id=case_id), token),
-        consultations=client.start(
-            client.video.ListConsultations, video_pb2.ListConsultationsRequest(case_id=case_id), token
+        # Video's four lists in one call (visits, consultations, receiving leaders, rooms).
+        video=client.start(
+            client.video.GetCaseVideo,
+            video_pb2.GetCaseVideoRequest(case_id=case_id, with_leaders=may_book, with_rooms=may_consult),
+            token,
         ),
         orders=_start_work_orders(page, case_id),
-        leaders=client.start(client.video.ListReceivingLeaders, video_pb2.ListReceivingLeadersRequest(), token)
-        if may_book
-        else None,
         slots=client.start(client.video.ListSlots, video_pb2.ListSlotsRequest(leader_id=leader, max_items=8), token)
         if may_book and leader
         else None,
-        rooms=client.start(client.video.ListRooms, video_pb2.ListRoomsRequest(), token) if may_consult else None,
         leader=leader,
         may_book=may_book,
         may_consult=may_consult,
@@ -113,7 +108,7 @@ def _remote_case(
         registering_name=page.gateway.regions.display_name(registering) if registering in page.gateway.regions else "",
         may_supervise=page.may(f"{ROUTING}/Supervise"),
         errors=errors.get("supervise", {}),
-        consultations=settled(page, calls.consultations, "consultations"),
+        consultations=settled(page, calls.video, "consultations"),
         may_consult=False,
         status=status,
     )
@@ -144,12 +139,12 @@ def case_page(
     if case is None and order is None and not supervisions:
         return _remote_case(page, case_id, calls, errors, status)
     principal = page.operator.principal if page.operator else None
-    leaders = settled(page, calls.leaders, "leaders")
+    leaders = settled(page, calls.video, "leaders")
     return page.render(
         "console/case.html",
         may_consult=calls.may_consult,
-        consultations=settled(page, calls.consultations, "consultations"),
-        consult_rooms=settled(page, calls.rooms, "rooms"),
+        consultations=settled(page, calls.video, "consultations"),
+        consult_rooms=settled(page, calls.video, "rooms"),
         consult_rows=CONSULT_ROWS,
         consult_errors={k: v for a in CONSULT_ACTIONS for k, v in errors.get(a, {}).items()},
         proposal=proposal,
@@ -158,7 +153,7 @@ def case_page(
         leaders=leaders,
         leader_names={item.leader_id: item.leader_name for item in leaders},
         slots=settled(page, calls.slots, "slots"),
-        visits=settled(page, calls.visits, "visits"),
+        visits=settled(page, calls.video, "visits"),
         status=status,
         case_id=case_id,
         case=case,

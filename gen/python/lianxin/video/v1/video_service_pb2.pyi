@@ -2241,3 +2241,75 @@ class ListConsultationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListConsultationsResponse: _TypeAlias = ListConsultationsResponse  # noqa: Y015
+
+@_typing.final
+class GetCaseVideoRequest(_message.Message):
+    """Asks for a case's video side."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    WITH_LEADERS_FIELD_NUMBER: _builtins.int
+    WITH_ROOMS_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """Id of the case."""
+    with_leaders: _builtins.bool
+    """Also the leaders who receive by video."""
+    with_rooms: _builtins.bool
+    """Also the rooms registered at this node."""
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        with_leaders: _builtins.bool = ...,
+        with_rooms: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "with_leaders", b"with_leaders", "with_rooms", b"with_rooms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCaseVideoRequest: _TypeAlias = GetCaseVideoRequest  # noqa: Y015
+
+@_typing.final
+class GetCaseVideoResponse(_message.Message):
+    """A case's video side."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VISITS_FIELD_NUMBER: _builtins.int
+    CONSULTATIONS_FIELD_NUMBER: _builtins.int
+    LEADERS_FIELD_NUMBER: _builtins.int
+    ROOMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def visits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Visit]:
+        """The case's visits (at most 50, as ListVisits(case_id) answers them)."""
+
+    @_builtins.property
+    def consultations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Consultation]:
+        """The case's consultations, as ListConsultations answers them."""
+
+    @_builtins.property
+    def leaders(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReceivingLeader]:
+        """The leaders who receive by video, when asked."""
+
+    @_builtins.property
+    def rooms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Room]:
+        """The rooms registered at this node, when asked."""
+
+    def __init__(
+        self,
+        *,
+        visits: _abc.Iterable[Global___Visit] | None = ...,
+        consultations: _abc.Iterable[Global___Consultation] | None = ...,
+        leaders: _abc.Iterable[Global___ReceivingLeader] | None = ...,
+        rooms: _abc.Iterable[Global___Room] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultations", b"consultations", "leaders", b"leaders", "rooms", b"rooms", "visits", b"visits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCaseVideoResponse: _TypeAlias = GetCaseVideoResponse  # noqa: Y015

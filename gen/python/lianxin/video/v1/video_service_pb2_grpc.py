@@ -157,6 +157,11 @@ class VideoServiceStub:
                 request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationsRequest.SerializeToString,
                 response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationsResponse.FromString,
                 _registered_method=True)
+        self.GetCaseVideo = channel.unary_unary(
+                '/lianxin.video.v1.VideoService/GetCaseVideo',
+                request_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.GetCaseVideoRequest.SerializeToString,
+                response_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.GetCaseVideoResponse.FromString,
+                _registered_method=True)
 
 
 class VideoServiceServicer:
@@ -347,6 +352,15 @@ class VideoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCaseVideo(self, request, context):
+        """A case page's video side in one call: the case's visits (as ListVisits' first page) and
+        consultations (as ListConsultations) and, when asked, the leaders who receive by video (as
+        ListReceivingLeaders) and the rooms registered at this node (as ListRooms).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VideoServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -469,6 +483,11 @@ def add_VideoServiceServicer_to_server(servicer, server):
                     servicer.ListConsultations,
                     request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationsRequest.FromString,
                     response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationsResponse.SerializeToString,
+            ),
+            'GetCaseVideo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCaseVideo,
+                    request_deserializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.GetCaseVideoRequest.FromString,
+                    response_serializer=lianxin_dot_video_dot_v1_dot_video__service__pb2.GetCaseVideoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1122,6 +1141,33 @@ class VideoService:
             '/lianxin.video.v1.VideoService/ListConsultations',
             lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationsRequest.SerializeToString,
             lianxin_dot_video_dot_v1_dot_video__service__pb2.ListConsultationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCaseVideo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lianxin.video.v1.VideoService/GetCaseVideo',
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.GetCaseVideoRequest.SerializeToString,
+            lianxin_dot_video_dot_v1_dot_video__service__pb2.GetCaseVideoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,11 @@ class VideoServiceStub:
     """Lists the consultations about a case that this node holds: booked here, or copies of those booked
     at nodes below (from their events). Minutes are shown only to the office and the units involved.
     """
+    GetCaseVideo: _grpc.UnaryUnaryMultiCallable[_video_service_pb2.GetCaseVideoRequest, _video_service_pb2.GetCaseVideoResponse]
+    """A case page's video side in one call: the case's visits (as ListVisits' first page) and
+    consultations (as ListConsultations) and, when asked, the leaders who receive by video (as
+    ListReceivingLeaders) and the rooms registered at this node (as ListRooms).
+    """
 
 class VideoServiceServicer(metaclass=_abc_1.ABCMeta):
     """Books leaders' video receptions on the earliest slot that fits every participant, holding
@@ -310,6 +315,17 @@ class VideoServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _video_service_pb2.ListConsultationsResponse:
         """Lists the consultations about a case that this node holds: booked here, or copies of those booked
         at nodes below (from their events). Minutes are shown only to the office and the units involved.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCaseVideo(
+        self,
+        request: _video_service_pb2.GetCaseVideoRequest,
+        context: _grpc.ServicerContext,
+    ) -> _video_service_pb2.GetCaseVideoResponse:
+        """A case page's video side in one call: the case's visits (as ListVisits' first page) and
+        consultations (as ListConsultations) and, when asked, the leaders who receive by video (as
+        ListReceivingLeaders) and the rooms registered at this node (as ListRooms).
         """
 
 def add_VideoServiceServicer_to_server(servicer: VideoServiceServicer, server: _grpc.Server) -> None: ...
