@@ -27,7 +27,7 @@ import signal
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeAlias
 
 # Only light modules at import time: `lianxin --help` must not load grpc, SQLAlchemy, pydantic or the
 # science stack (tests/unit/test_cli.py checks). Every command imports what it needs when it runs,
@@ -356,7 +356,19 @@ def cmd_call(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lianxin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_up(sub)
+    _add_host(sub)
+    _add_node_and_processes(sub)
+    _add_operator_tools(sub)
+    _add_registered(sub)
+    return parser
 
+
+# What add_subparsers returns (argparse names the type only privately).
+Subparsers: TypeAlias = "argparse._SubParsersAction[_Parser]"
+
+
+def _add_up(sub: Subparsers) -> None:
     up = sub.add_parser("up", help="start the embedded federation (DESIGN §9)")
     up.add_argument("--data-dir", default="var/federation")
     up.add_argument("--base-port", type=int, default=7400, help="gRPC port of the first node; others follow")
@@ -379,9 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(func=cmd_up)
 
+
+def _add_node_and_processes(sub: Subparsers) -> None:
     node = sub.add_parser("node", help="run one embedded node from LIANXIN_* variables")
     node.set_defaults(func=cmd_node)
+    for name, func, text, choices in (
+        ("serve", cmd_serve, "run one service's gRPC api process (or the web gateway)", (*SERVICES, "web")),
+        ("worker", cmd_worker, "run one service's nameko worker", SERVICES),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--service", required=True, choices=choices)
+        p.set_defaults(func=func)
 
+
+def _add_host(sub: Subparsers) -> None:
     host = sub.add_parser("host", help="run many nodes in one process (a city and its counties, a tree's share)")
     host.add_argument("--nodes", help="region codes, e.g. 511100,511102,511111 (ports picked freely)")
     host.add_argument("--topology", help="'sichuan' or a YAML topology file (docs/operations.md)")
@@ -401,14 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     host.set_defaults(func=cmd_host)
 
-    for name, func, text, choices in (
-        ("serve", cmd_serve, "run one service's gRPC api process (or the web gateway)", (*SERVICES, "web")),
-        ("worker", cmd_worker, "run one service's nameko worker", SERVICES),
-    ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--service", required=True, choices=choices)
-        p.set_defaults(func=func)
 
+def _add_operator_tools(sub: Subparsers) -> None:
     demo = sub.add_parser("demo", help="run a scripted day of cases through the running federation")
     demo.add_argument("--base-port", type=int, default=7400)
     demo.add_argument(
@@ -439,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(func=cmd_migrate)
 
+
+def _add_registered(sub: Subparsers) -> None:
     # Each service may contribute operator commands (lianxin classify, lianxin report, ...) through
     # services/<name>/commands.py: register(subparsers) adding parsers with set_defaults(func=...).
     for module_name in (*(f"services.{service}.commands" for service in SERVICES), *EXTRA_COMMAND_MODULES):
@@ -460,7 +479,6 @@ def build_parser() -> argparse.ArgumentParser:
                 raise  # the tree is there but something it needs is not: say so
             continue
         register(sub)
-    return parser
 
 
 # The entry point group through which installed trees outside services/ add commands (pyproject.toml).

@@ -158,192 +158,244 @@ def run(base_port: int = 7400, say: Callable[[str], None] = print, *, secure_dat
     federation = Federation(
         data_dir=secure_data_dir or Path("var"), base_port=base_port, secure=secure_data_dir is not None
     )
-    connect = federation.operator_channel
-    address = {code: f"127.0.0.1:{base_port + i}" for i, (code, _parent) in enumerate(DEFAULT_TOPOLOGY)}
-    county, city, province, shawan = (_stubs(address[c], connect) for c in ("511102", "511100", "510000", "511111"))
-    run_id = uuid.uuid4().hex[:6]
-    before = {code: _received(_stubs(address[code], connect), code) for code in ("511102", "511100", "510000")}
+    day = DemoDay(base_port, say, federation.operator_channel)
     # On a first start the nodes train the category model from messages.csv (a few seconds).
     _wait(
         "the category model",
-        lambda: county.intake.ClassifyText(intake_pb2.ClassifyTextRequest(text="噪音扰民"), timeout=5).category,
+        lambda: day.county.intake.ClassifyText(intake_pb2.ClassifyTextRequest(text="噪音扰民"), timeout=5).category,
         timeout=90,
     )
-
-    say("08:30 市中区 12345 hotline: a caller reports night-time construction noise")
-    call = county.intake.SubmitCase(
-        intake_pb2.SubmitCaseRequest(
-            channel=common_pb2.CHANNEL_HOTLINE,
-            channel_ref=f"demo-{run_id}-call-1",
-            title="小区门口夜间施工噪音扰民",
-            body="乐山市市中区嘉州大道某小区门口连续多晚施工到凌晨，噪音严重影响休息。",
-            hotline_operator_id="op-017",
-            complainant=common_pb2.Person(name="王五", phone="13912345678"),
-        ),
-        timeout=10,
-    )
-    case = call.case
-    say(
-        f"      registered {case.case_id}, tracking code {call.tracking_code}, category {case.category or '(clerk)'}, "
-        f"place {case.region_code or '(clerk)'}"
-    )
-    if not case.region_code or not case.category:
-        say("      (the category model is still training on first start; run the demo again in a few seconds)")
+    called = day.hotline_call()
+    if called is None:
         return 1
-    work_order = _wait("the county's work order", lambda: _work_order(county, case.case_id))
-    assert isinstance(work_order, routing_pb2.WorkOrder)
-    say(f"      routed to unit {work_order.unit_id}: {_state(work_order.state)}")
-    for deadline in work_order.deadlines:
-        say(f"      deadline {deadline.kind}: {deadline.due_at.ToDatetime():%Y-%m-%d %H:%M} UTC")
+    call, work_order = called
+    day.unit_replies(work_order)
+    day.citizen_tracks_and_rates(call.tracking_code)
+    letter, handed = day.letter_handed_down()
+    day.video_visit(letter.case_id)
+    day.consultation(letter.case_id, handed.unit_id)
+    day.national_transfer()
+    day.statistics()
+    return day.reconciled()
 
-    say("09:10 the unit signs for it and replies in the afternoon")
-    version = work_order.version
-    accepted = county.routing.AcceptWorkOrder(
-        routing_pb2.AcceptWorkOrderRequest(work_order_id=work_order.work_order_id, actor="handler-hb", note="签收"),
-        timeout=5,
-    ).work_order
-    replied = county.routing.ReplyWorkOrder(
-        routing_pb2.ReplyWorkOrderRequest(
-            work_order_id=work_order.work_order_id,
-            actor="handler-hb",
-            expected_version=accepted.version,
-            text="已责令施工单位夜间停工，城管执法大队将持续巡查。",
-        ),
-        timeout=5,
-    ).work_order
-    say(f"      work order {_state(accepted.state)} → {_state(replied.state)} (version {version} → {replied.version})")
 
-    say("15:00 the citizen looks the case up with the tracking code and the last four phone digits")
-    track = _wait(
-        "the reply on the public timeline",
-        lambda: (
-            t
-            if (
-                t := county.intake.TrackCase(
-                    intake_pb2.TrackCaseRequest(tracking_code=call.tracking_code, phone_last4="5678"), timeout=5
-                )
-            ).can_evaluate
-            else None
-        ),
-    )
-    assert isinstance(track, intake_pb2.TrackCaseResponse)
-    for entry in track.timeline:
-        say(f"      {entry.at.ToDatetime():%H:%M:%S} {_state(entry.state):<12} {entry.summary}")
-    county.intake.EvaluateCase(
-        intake_pb2.EvaluateCaseRequest(
-            tracking_code=call.tracking_code,
-            phone_last4="5678",
-            satisfaction=common_pb2.SATISFACTION_SATISFIED,
-            comment="处理及时",
-        ),
-        timeout=5,
-    )
-    say("      rated: satisfied")
+class DemoDay:
+    """The demo's scenes, in the order of a working day, over the six nodes' operator channels."""
 
-    say("10:00 a letter reaches the province about a road in 沙湾区 (乐山): it is handed down two tiers")
-    letter = province.intake.SubmitCase(
-        intake_pb2.SubmitCaseRequest(
-            channel=common_pb2.CHANNEL_WEB,
-            channel_ref=f"demo-{run_id}-web-1",
-            title="沙湾区某乡道路面塌陷",
-            body="乐山市沙湾区某乡通村道路路面塌陷，车辆无法通行，请尽快修复。",
-            category="交通运输",
-            anonymous=True,
-        ),
-        timeout=10,
-    ).case
-    say(f"      registered at the province as {letter.case_id}, place {letter.region_code}")
-    handed = _wait("the work order at 沙湾区", lambda: _work_order(shawan, letter.case_id), timeout=30)
-    assert isinstance(handed, routing_pb2.WorkOrder)
-    say(f"      沙湾区 now owns it: unit {handed.unit_id}, {_state(handed.state)}")
+    def __init__(self, base_port: int, say: Callable[[str], None], connect: Callable[[str], grpc.Channel]) -> None:
+        self.base_port = base_port
+        self.say = say
+        self.connect = connect
+        address = {code: f"127.0.0.1:{base_port + i}" for i, (code, _parent) in enumerate(DEFAULT_TOPOLOGY)}
+        self.county, self.city, self.province, self.shawan = (
+            _stubs(address[c], connect) for c in ("511102", "511100", "510000", "511111")
+        )
+        self.run_id = uuid.uuid4().hex[:6]
+        self.before = {code: _received(_stubs(address[code], connect), code) for code in ("511102", "511100", "510000")}
 
-    say("11:00 乐山市's leader receives the road's petitioners by video, jointly with 沙湾区's terminal room")
-    terminal = reception_rooms(city, "511100", shawan, "511111", f"lss-leader-{run_id}", f"demo-{run_id}")
-    visit = city.video.BookVisit(
-        video_pb2.BookVisitRequest(
-            case_id=letter.case_id, actor="city-clerk", leader_id=f"lss-leader-{run_id}", room_ids=[terminal]
-        ),
-        timeout=15,
-    ).visit
-    say(
-        f"      booked {visit.visit_id} for {visit.starts_at.ToDatetime():%Y-%m-%d %H:%M} UTC: "
-        f"{_visit_state(visit.state)}"
-    )
-    checked = city.video.CheckIn(
-        video_pb2.CheckInRequest(
-            visit_id=visit.visit_id,
-            actor="city-clerk",
-            representatives=[common_pb2.Person(name="赵六", id_number=resident_id(int(run_id, 16)))],
-        ),
-        timeout=5,
-    ).visit
-    done = city.video.RecordOutcome(
-        video_pb2.RecordOutcomeRequest(
-            visit_id=visit.visit_id,
-            actor=f"lss-leader-{run_id}",
-            minutes="群众反映乡道路面塌陷，影响出行。",
-            decisions="责成沙湾区交通运输局十日内抢修并报告。",
-        ),
-        timeout=5,
-    ).visit
-    say(f"      {_visit_state(checked.state)} with 1 representative, then {_visit_state(done.state)}: outcome recorded")
-
-    say("11:30 乐山市交通运输局 and 沙湾区's unit consult by video about the road (远程会商, without the citizen)")
-    units = consultation_units(city, "511100", "lsj-jtj", shawan, "511111", handed.unit_id, f"demo-{run_id}")
-    consulted = city.video.BookConsultation(
-        video_pb2.BookConsultationRequest(
-            case_id=letter.case_id, actor="city-clerk", topic="乡道塌陷抢修的市区分工", participants=units
-        ),
-        timeout=20,
-    ).consultation
-    city.video.RecordConsultationMinutes(
-        video_pb2.RecordConsultationMinutesRequest(
-            consultation_id=consulted.consultation_id,
-            actor="city-clerk",
-            minutes="沙湾区交通运输局负责抢修，市交通运输局督导并协调资金。",
-        ),
-        timeout=5,
-    )
-    say(
-        f"      booked {consulted.consultation_id} at the earliest common slot "
-        f"{consulted.starts_at.ToDatetime():%Y-%m-%d %H:%M} UTC; minutes recorded, on 沙湾区's case history"
-    )
-
-    say("14:00 the national system transfers (转送) a case about 市中区 to the province")
-    national = national_grpc.NationalServiceStub(connect(f"127.0.0.1:{base_port + len(DEFAULT_TOPOLOGY)}"))
-    national.SubmitTransfer(
-        national_pb2.SubmitTransferRequest(
-            province_code="510000",
-            transfer=national_pb2.NationalTransfer(
-                national_case_id=f"DEMO{run_id}",
-                title="国家转送：市中区某小区供暖不热",
-                body="群众通过国家信访信息系统反映乐山市市中区某小区冬季供暖不热。",
-                category="城乡建设",
-                region_code="511102",
+    def hotline_call(self) -> tuple[intake_pb2.SubmitCaseResponse, routing_pb2.WorkOrder] | None:
+        self.say("08:30 市中区 12345 hotline: a caller reports night-time construction noise")
+        call = self.county.intake.SubmitCase(
+            intake_pb2.SubmitCaseRequest(
+                channel=common_pb2.CHANNEL_HOTLINE,
+                channel_ref=f"demo-{self.run_id}-call-1",
+                title="小区门口夜间施工噪音扰民",
+                body="乐山市市中区嘉州大道某小区门口连续多晚施工到凌晨，噪音严重影响休息。",
+                hotline_operator_id="op-017",
+                complainant=common_pb2.Person(name="王五", phone="13912345678"),
             ),
-        ),
-        timeout=5,
-    )
-    transferred = _wait("the national transfer at 市中区", lambda: _work_order(county, f"N-DEMO{run_id}"), timeout=60)
-    assert isinstance(transferred, routing_pb2.WorkOrder)
-    say(f"      N-DEMO{run_id} reached 市中区 through 四川省 and 乐山市: {_state(transferred.state)}")
+            timeout=10,
+        )
+        case = call.case
+        self.say(
+            f"      registered {case.case_id}, tracking code {call.tracking_code}, "
+            f"category {case.category or '(clerk)'}, place {case.region_code or '(clerk)'}"
+        )
+        if not case.region_code or not case.category:
+            self.say("      (the category model is still training on first start; run the demo again in a few seconds)")
+            return None
+        work_order = _wait("the county's work order", lambda: _work_order(self.county, case.case_id))
+        assert isinstance(work_order, routing_pb2.WorkOrder)
+        self.say(f"      routed to unit {work_order.unit_id}: {_state(work_order.state)}")
+        for deadline in work_order.deadlines:
+            self.say(f"      deadline {deadline.kind}: {deadline.due_at.ToDatetime():%Y-%m-%d %H:%M} UTC")
+        return call, work_order
 
-    say("17:30 the statistics of every tier include the county's case")
-    for code, stubs in (("511102", county), ("511100", city), ("510000", province)):
-        now = _wait(f"stats at {code}", _grown(stubs, code, before[code]))
-        say(f"      {code}: received {now} (was {before[code]})")
-    for link in county.exchange.LinkStatus(exchange_pb2.LinkStatusRequest(), timeout=5).links:
-        state = exchange_pb2.LinkState.Name(link.state)
-        say(f"      link 511102 → {link.peer_node}: {state}, lag {link.lag_events} events")
+    def unit_replies(self, work_order: routing_pb2.WorkOrder) -> None:
+        self.say("09:10 the unit signs for it and replies in the afternoon")
+        version = work_order.version
+        accepted = self.county.routing.AcceptWorkOrder(
+            routing_pb2.AcceptWorkOrderRequest(work_order_id=work_order.work_order_id, actor="handler-hb", note="签收"),
+            timeout=5,
+        ).work_order
+        replied = self.county.routing.ReplyWorkOrder(
+            routing_pb2.ReplyWorkOrderRequest(
+                work_order_id=work_order.work_order_id,
+                actor="handler-hb",
+                expected_version=accepted.version,
+                text="已责令施工单位夜间停工，城管执法大队将持续巡查。",
+            ),
+            timeout=5,
+        ).work_order
+        self.say(
+            f"      work order {_state(accepted.state)} → {_state(replied.state)} "
+            f"(version {version} → {replied.version})"
+        )
 
-    say("18:00 every tier holds the same cases (lianxin reconcile)")
-    from services.exchange.reconcile import federation_pairs, reconcile, settled
+    def citizen_tracks_and_rates(self, tracking_code: str) -> None:
+        self.say("15:00 the citizen looks the case up with the tracking code and the last four phone digits")
+        track = _wait(
+            "the reply on the public timeline",
+            lambda: (
+                t
+                if (
+                    t := self.county.intake.TrackCase(
+                        intake_pb2.TrackCaseRequest(tracking_code=tracking_code, phone_last4="5678"), timeout=5
+                    )
+                ).can_evaluate
+                else None
+            ),
+        )
+        assert isinstance(track, intake_pb2.TrackCaseResponse)
+        for entry in track.timeline:
+            self.say(f"      {entry.at.ToDatetime():%H:%M:%S} {_state(entry.state):<12} {entry.summary}")
+        self.county.intake.EvaluateCase(
+            intake_pb2.EvaluateCaseRequest(
+                tracking_code=tracking_code,
+                phone_last4="5678",
+                satisfaction=common_pb2.SATISFACTION_SATISFIED,
+                comment="处理及时",
+            ),
+            timeout=5,
+        )
+        self.say("      rated: satisfied")
 
-    report = settled(
-        federation_pairs(base_port, DEFAULT_TOPOLOGY), wait_s=30, run=lambda pairs: reconcile(pairs, connect)
-    )
-    for divergence in report.divergences:
-        say(f"      {divergence.line()}")
-    say(f"      {report.summary()}")
-    say("done.")
-    return 0 if not report.divergences else 1
+    def letter_handed_down(self) -> tuple[common_pb2.Case, routing_pb2.WorkOrder]:
+        self.say("10:00 a letter reaches the province about a road in 沙湾区 (乐山): it is handed down two tiers")
+        letter = self.province.intake.SubmitCase(
+            intake_pb2.SubmitCaseRequest(
+                channel=common_pb2.CHANNEL_WEB,
+                channel_ref=f"demo-{self.run_id}-web-1",
+                title="沙湾区某乡道路面塌陷",
+                body="乐山市沙湾区某乡通村道路路面塌陷，车辆无法通行，请尽快修复。",
+                category="交通运输",
+                anonymous=True,
+            ),
+            timeout=10,
+        ).case
+        self.say(f"      registered at the province as {letter.case_id}, place {letter.region_code}")
+        handed = _wait("the work order at 沙湾区", lambda: _work_order(self.shawan, letter.case_id), timeout=30)
+        assert isinstance(handed, routing_pb2.WorkOrder)
+        self.say(f"      沙湾区 now owns it: unit {handed.unit_id}, {_state(handed.state)}")
+        return letter, handed
+
+    def video_visit(self, case_id: str) -> None:
+        self.say("11:00 乐山市's leader receives the road's petitioners by video, jointly with 沙湾区's terminal room")
+        terminal = reception_rooms(
+            self.city, "511100", self.shawan, "511111", f"lss-leader-{self.run_id}", f"demo-{self.run_id}"
+        )
+        visit = self.city.video.BookVisit(
+            video_pb2.BookVisitRequest(
+                case_id=case_id, actor="city-clerk", leader_id=f"lss-leader-{self.run_id}", room_ids=[terminal]
+            ),
+            timeout=15,
+        ).visit
+        self.say(
+            f"      booked {visit.visit_id} for {visit.starts_at.ToDatetime():%Y-%m-%d %H:%M} UTC: "
+            f"{_visit_state(visit.state)}"
+        )
+        checked = self.city.video.CheckIn(
+            video_pb2.CheckInRequest(
+                visit_id=visit.visit_id,
+                actor="city-clerk",
+                representatives=[common_pb2.Person(name="赵六", id_number=resident_id(int(self.run_id, 16)))],
+            ),
+            timeout=5,
+        ).visit
+        done = self.city.video.RecordOutcome(
+            video_pb2.RecordOutcomeRequest(
+                visit_id=visit.visit_id,
+                actor=f"lss-leader-{self.run_id}",
+                minutes="群众反映乡道路面塌陷，影响出行。",
+                decisions="责成沙湾区交通运输局十日内抢修并报告。",
+            ),
+            timeout=5,
+        ).visit
+        self.say(
+            f"      {_visit_state(checked.state)} with 1 representative, "
+            f"then {_visit_state(done.state)}: outcome recorded"
+        )
+
+    def consultation(self, case_id: str, unit_id: str) -> None:
+        self.say(
+            "11:30 乐山市交通运输局 and 沙湾区's unit consult by video about the road (远程会商, without the citizen)"
+        )
+        units = consultation_units(
+            self.city, "511100", "lsj-jtj", self.shawan, "511111", unit_id, f"demo-{self.run_id}"
+        )
+        consulted = self.city.video.BookConsultation(
+            video_pb2.BookConsultationRequest(
+                case_id=case_id, actor="city-clerk", topic="乡道塌陷抢修的市区分工", participants=units
+            ),
+            timeout=20,
+        ).consultation
+        self.city.video.RecordConsultationMinutes(
+            video_pb2.RecordConsultationMinutesRequest(
+                consultation_id=consulted.consultation_id,
+                actor="city-clerk",
+                minutes="沙湾区交通运输局负责抢修，市交通运输局督导并协调资金。",
+            ),
+            timeout=5,
+        )
+        self.say(
+            f"      booked {consulted.consultation_id} at the earliest common slot "
+            f"{consulted.starts_at.ToDatetime():%Y-%m-%d %H:%M} UTC; minutes recorded, on 沙湾区's case history"
+        )
+
+    def national_transfer(self) -> None:
+        self.say("14:00 the national system transfers (转送) a case about 市中区 to the province")
+        national = national_grpc.NationalServiceStub(
+            self.connect(f"127.0.0.1:{self.base_port + len(DEFAULT_TOPOLOGY)}")
+        )
+        national.SubmitTransfer(
+            national_pb2.SubmitTransferRequest(
+                province_code="510000",
+                transfer=national_pb2.NationalTransfer(
+                    national_case_id=f"DEMO{self.run_id}",
+                    title="国家转送：市中区某小区供暖不热",
+                    body="群众通过国家信访信息系统反映乐山市市中区某小区冬季供暖不热。",
+                    category="城乡建设",
+                    region_code="511102",
+                ),
+            ),
+            timeout=5,
+        )
+        transferred = _wait(
+            "the national transfer at 市中区", lambda: _work_order(self.county, f"N-DEMO{self.run_id}"), timeout=60
+        )
+        assert isinstance(transferred, routing_pb2.WorkOrder)
+        self.say(f"      N-DEMO{self.run_id} reached 市中区 through 四川省 and 乐山市: {_state(transferred.state)}")
+
+    def statistics(self) -> None:
+        self.say("17:30 the statistics of every tier include the county's case")
+        for code, stubs in (("511102", self.county), ("511100", self.city), ("510000", self.province)):
+            now = _wait(f"stats at {code}", _grown(stubs, code, self.before[code]))
+            self.say(f"      {code}: received {now} (was {self.before[code]})")
+        for link in self.county.exchange.LinkStatus(exchange_pb2.LinkStatusRequest(), timeout=5).links:
+            state = exchange_pb2.LinkState.Name(link.state)
+            self.say(f"      link 511102 → {link.peer_node}: {state}, lag {link.lag_events} events")
+
+    def reconciled(self) -> int:
+        self.say("18:00 every tier holds the same cases (lianxin reconcile)")
+        from services.exchange.reconcile import federation_pairs, reconcile, settled
+
+        report = settled(
+            federation_pairs(self.base_port, DEFAULT_TOPOLOGY),
+            wait_s=30,
+            run=lambda pairs: reconcile(pairs, self.connect),
+        )
+        for divergence in report.divergences:
+            self.say(f"      {divergence.line()}")
+        self.say(f"      {report.summary()}")
+        self.say("done.")
+        return 0 if not report.divergences else 1

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from functools import cache
@@ -193,83 +193,107 @@ def _parse_year(raw: Any, source: str, prefix: str, problems: list[CalendarFileE
     if not isinstance(year, int) or isinstance(year, bool) or not 1949 < year < 2200:
         problems.append(CalendarFileError(source, where + "year", f"expected a year like 2027, got {year!r}"))
         return None
-
-    def bad(key: str, reason: str) -> None:
-        problems.append(CalendarFileError(source, key, reason))
-
-    holidays: dict[date, str] = {}
-    entry_of: dict[date, str] = {}  # which holidays[i] claimed a day, for the overlap message
-    raw_holidays = raw.get("holidays", [])
-    if not isinstance(raw_holidays, list):
-        bad(where + "holidays", "expected a list of {name, from, to}")
-        raw_holidays = []
-    for i, item in enumerate(raw_holidays):
-        key = f"{where}holidays[{i}]"
-        if not isinstance(item, Mapping):
-            bad(key, "expected {name, from, to}")
-            continue
-        for extra in sorted(map(str, set(item) - {"name", "from", "to"})):
-            bad(f"{key}.{extra}", "unknown key")
-        name = item.get("name")
-        if not isinstance(name, str) or not name.strip():
-            bad(key + ".name", "a holiday needs a name")
-            continue
-        try:
-            first = _as_date(item.get("from"), source, key + ".from")
-            last = _as_date(item.get("to", item.get("from")), source, key + ".to")
-        except CalendarFileError as error:
-            problems.append(error)
-            continue
-        if last < first:
-            bad(key + ".to", f"{last} is before from {first}")
-            continue
-        if first.year != year or last.year != year:
-            outside = first if first.year != year else last
-            bad(key, f"{outside} is not in year {year}")
-            continue
-        if (last - first).days + 1 > MAX_HOLIDAY_DAYS:
-            bad(key + ".to", f"{name} would last {(last - first).days + 1} days (more than {MAX_HOLIDAY_DAYS})")
-            continue
-        day = first
-        while day <= last:
-            if day in holidays:
-                bad(key, f"{day} is already a holiday ({holidays[day]}, {entry_of[day]}): entries overlap")
-                break
-            day += timedelta(days=1)
-        else:
-            day = first
-            while day <= last:
-                holidays[day] = name.strip()
-                entry_of[day] = key.removeprefix(where)
-                day += timedelta(days=1)
-
-    workdays: set[date] = set()
-    raw_workdays = raw.get("workdays", [])
-    if not isinstance(raw_workdays, list):
-        bad(where + "workdays", "expected a list of dates")
-        raw_workdays = []
-    for i, item in enumerate(raw_workdays):
-        key = f"{where}workdays[{i}]"
-        try:
-            day = _as_date(item, source, key)
-        except CalendarFileError as error:
-            problems.append(error)
-            continue
-        if day.year != year:
-            bad(key, f"{day} is not in year {year}")
-        elif day in workdays:
-            bad(key, f"{day} is listed twice")
-        elif day in holidays:
-            bad(key, f"{day} is also listed as a holiday ({holidays[day]})")
-        elif day.weekday() < 5:
-            # A make-up workday on a Monday-Friday would change nothing: almost certainly a typo.
-            bad(key, f"{day} is a {day:%A}; make-up workdays fall on weekends")
-        else:
-            workdays.add(day)
-    if not raw_holidays:
-        bad(where + "holidays", f"none listed: every official year has holidays (元旦, 春节, ...) in {year}")
+    parsing = _YearParsing(source, where, year, problems)
+    holidays = parsing.holidays(raw.get("holidays", []))
+    workdays = parsing.workdays(raw.get("workdays", []), holidays)
+    listed = raw.get("holidays", [])
+    if not (isinstance(listed, list) and listed):
+        parsing.bad(where + "holidays", f"none listed: every official year has holidays (元旦, 春节, ...) in {year}")
     source_note = raw.get("source", "")
     return OfficialYear(year=year, holidays=holidays, workdays=frozenset(workdays), source=str(source_note or ""))
+
+
+class _YearParsing:
+    """The holidays and make-up workdays of one year, each problem appended with the key it is at."""
+
+    def __init__(self, source: str, where: str, year: int, problems: list[CalendarFileError]) -> None:
+        self.source, self.where, self.year, self.problems = source, where, year, problems
+
+    def bad(self, key: str, reason: str) -> None:
+        self.problems.append(CalendarFileError(self.source, key, reason))
+
+    def holidays(self, raw_holidays: Any) -> dict[date, str]:
+        where = self.where
+        holidays: dict[date, str] = {}
+        entry_of: dict[date, str] = {}  # which holidays[i] claimed a day, for the overlap message
+        if not isinstance(raw_holidays, list):
+            self.bad(where + "holidays", "expected a list of {name, from, to}")
+            raw_holidays = []
+        for i, item in enumerate(raw_holidays):
+            key = f"{where}holidays[{i}]"
+            span = self._holiday_span(key, item)
+            if span is None:
+                continue
+            name, first, last = span
+            taken = next((d for d in _days(first, last) if d in holidays), None)
+            if taken is not None:
+                self.bad(key, f"{taken} is already a holiday ({holidays[taken]}, {entry_of[taken]}): entries overlap")
+                continue
+            for day in _days(first, last):
+                holidays[day] = name
+                entry_of[day] = key.removeprefix(where)
+        return holidays
+
+    def _holiday_span(self, key: str, item: Any) -> tuple[str, date, date] | None:
+        """(name, from, to) of one holidays[i] entry, or None after appending why it is unusable."""
+        if not isinstance(item, Mapping):
+            self.bad(key, "expected {name, from, to}")
+            return None
+        for extra in sorted(map(str, set(item) - {"name", "from", "to"})):
+            self.bad(f"{key}.{extra}", "unknown key")
+        name = item.get("name")
+        if not isinstance(name, str) or not name.strip():
+            self.bad(key + ".name", "a holiday needs a name")
+            return None
+        try:
+            first = _as_date(item.get("from"), self.source, key + ".from")
+            last = _as_date(item.get("to", item.get("from")), self.source, key + ".to")
+        except CalendarFileError as error:
+            self.problems.append(error)
+            return None
+        if last < first:
+            self.bad(key + ".to", f"{last} is before from {first}")
+            return None
+        if first.year != self.year or last.year != self.year:
+            outside = first if first.year != self.year else last
+            self.bad(key, f"{outside} is not in year {self.year}")
+            return None
+        if (last - first).days + 1 > MAX_HOLIDAY_DAYS:
+            self.bad(key + ".to", f"{name} would last {(last - first).days + 1} days (more than {MAX_HOLIDAY_DAYS})")
+            return None
+        return name.strip(), first, last
+
+    def workdays(self, raw_workdays: Any, holidays: dict[date, str]) -> set[date]:
+        workdays: set[date] = set()
+        if not isinstance(raw_workdays, list):
+            self.bad(self.where + "workdays", "expected a list of dates")
+            raw_workdays = []
+        for i, item in enumerate(raw_workdays):
+            key = f"{self.where}workdays[{i}]"
+            try:
+                day = _as_date(item, self.source, key)
+            except CalendarFileError as error:
+                self.problems.append(error)
+                continue
+            if day.year != self.year:
+                self.bad(key, f"{day} is not in year {self.year}")
+            elif day in workdays:
+                self.bad(key, f"{day} is listed twice")
+            elif day in holidays:
+                self.bad(key, f"{day} is also listed as a holiday ({holidays[day]})")
+            elif day.weekday() < 5:
+                # A make-up workday on a Monday-Friday would change nothing: almost certainly a typo.
+                self.bad(key, f"{day} is a {day:%A}; make-up workdays fall on weekends")
+            else:
+                workdays.add(day)
+        return workdays
+
+
+def _days(first: date, last: date) -> Iterator[date]:
+    day = first
+    while day <= last:
+        yield day
+        day += timedelta(days=1)
 
 
 @dataclass(frozen=True)
