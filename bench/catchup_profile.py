@@ -32,22 +32,23 @@ def _lag(stub: exchange_grpc.ExchangeServiceStub) -> int:
     raise RuntimeError("no up link")
 
 
+def in_process_settings(data_dir: str, database_url: str | None) -> Settings:
+    """Nodes of a profile in this process: quiet logs, no metrics port, no classifier or rate limit."""
+    os.environ.setdefault("LIANXIN_INTAKE_CLASSIFIER", "off")
+    os.environ.setdefault("LIANXIN_INTAKE_RATE_LIMIT", "0")
+    return Settings(
+        data_dir=Path(data_dir), log_json=False, log_level="WARNING", metrics_port=None, database_url=database_url
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=750)
     parser.add_argument("--city-services", default="intake,routing,exchange,video,stats")
     parser.add_argument("--database-url", default=None, help="a template with {node} and {service} (PostgreSQL)")
     options = parser.parse_args()
-    os.environ.setdefault("LIANXIN_INTAKE_CLASSIFIER", "off")
-    os.environ.setdefault("LIANXIN_INTAKE_RATE_LIMIT", "0")
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as data:
-        base = Settings(
-            data_dir=Path(data),
-            log_json=False,
-            log_level="WARNING",
-            metrics_port=None,
-            database_url=options.database_url,
-        )
+        base = in_process_settings(data, options.database_url)
         city = Node(base.with_overrides(node="511100"), services=tuple(options.city_services.split(","))).start()
         proxy = TcpProxy(city.address).start()
         county = Node(base.with_overrides(node="511102", parent=proxy.address)).start()
@@ -59,6 +60,7 @@ def main() -> None:
                 submissions = Submissions("511102")
                 for n in range(options.cases):
                     intake.SubmitCase(submissions.request(0, n), timeout=30)
+                county.drain()  # the county's consumers turn every case into its up-log events
                 last, since = -1, time.monotonic()
                 while time.monotonic() - since < 2.0:  # the county's consumers finish appending
                     time.sleep(0.1)

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,22 +216,31 @@ class NodeProcess:
         except (RuntimeError, TimeoutError) as error:
             raise RuntimeError(f"node {self.code} ({self.group}) did not start: {error}\n{self.log_tail()}") from None
 
-    def calls_handled(self, method: str) -> int:
-        """How many ``method`` calls (``Service/Method``) this process answered, from its /metrics."""
-        service, name = method.rsplit("/", 1)
+    def _metric_sum(self, name: str, keep: Callable[[dict[str, str]], bool] = lambda _labels: True) -> int:
+        """The sum of the samples of metric family ``name`` on this process's /metrics whose labels ``keep``."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
+            families = text_string_to_metric_families(response.read().decode())
         return int(
             sum(
                 sample.value
-                for family in text_string_to_metric_families(text)
-                if family.name == "lianxin_grpc_server_handled"
+                for family in families
+                if family.name == name
                 for sample in family.samples
-                if sample.name.endswith("_total")
-                and sample.labels.get("service") == service
-                and sample.labels.get("method") == name
+                if not sample.name.endswith("_created") and keep(sample.labels)
             )
         )
+
+    def calls_handled(self, method: str) -> int:
+        """How many ``method`` calls (``Service/Method``) this process answered, from its /metrics."""
+        service, name = method.rsplit("/", 1)
+        return self._metric_sum(
+            "lianxin_grpc_server_handled",
+            lambda labels: labels.get("service") == service and labels.get("method") == name,
+        )
+
+    def outbox_backlog(self) -> int:
+        """Outbox rows of all the node's services not yet handed to their consumers (/metrics reads them)."""
+        return self._metric_sum("lianxin_outbox_backlog")
 
     def log_tail(self, lines: int = 15) -> str:
         try:
