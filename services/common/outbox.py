@@ -389,6 +389,7 @@ class Relay:
         )
         self._pg_mark_sql = f"UPDATE {name} SET published_at = %s WHERE position = ANY(%s)"
         self._peek_sql = f"SELECT 1 FROM {name} WHERE published_at IS NULL LIMIT 1"
+        self._sqlite_batch_sql = self._pg_batch_sql.replace("%s", "?")
 
     def run_once(self) -> int:
         """Publish up to ``batch_size`` rows in order; returns how many were published.
@@ -467,8 +468,14 @@ class Relay:
 
     def _nothing_pending(self) -> bool:
         """SQLite file: True when the outbox has no unpublished row (one read, no lease, no write lock)."""
+        rows = self._read(self._peek_sql, ())
+        return rows is not None and not rows
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any] | None:
+        """SQLite file: ``sql``'s rows on the relay's own connection; None without one (or on an error:
+        the caller falls back to the engine, which reports what is wrong)."""
         if self._peek_path is None:
-            return False
+            return None
         with self._peek_lock:
             try:
                 if self._peek_conn is None:
@@ -476,10 +483,10 @@ class Relay:
                     self._peek_conn = sqlite3.connect(
                         self._peek_path, timeout=30, isolation_level=None, check_same_thread=False
                     )
-                return self._peek_conn.execute(self._peek_sql).fetchone() is None
+                return self._peek_conn.execute(sql, params).fetchall()
             except sqlite3.Error:
                 self.close()
-                return False  # the full pass decides (and reports what is wrong)
+                return None
 
     def close(self) -> None:
         """Release the relay's own SQLite connection (the next pass opens it again if needed)."""
@@ -493,9 +500,15 @@ class Relay:
         with self._sqlite_lease() as leased:
             if not leased:
                 return 0
-            # Short transactions on both sides of the publishing; the lease keeps other relays out.
-            with self._engine.begin() as conn:
-                rows = self._select_batch(conn)
+            # The batch is read outside any write transaction (after the lease, so what the previous
+            # holder marked is seen), then marked in one short transaction; the lease keeps other
+            # relays out. Through the engine only where the relay has no connection of its own.
+            found = self._read(self._sqlite_batch_sql, (self.batch_size,))
+            if found is not None:
+                rows: Sequence[Any] = [_OutboxRow(*row) for row in found]
+            else:
+                with self._engine.begin() as conn:
+                    rows = self._select_batch(conn)
             if not rows:
                 return 0
             done = self._publish_in_order(rows)
