@@ -8,8 +8,10 @@ included), and a sampling profile of the process's threads while the cases trave
 from __future__ import annotations
 
 import argparse
+import collections
 import tempfile
 import time
+from collections.abc import Callable
 
 import grpc
 from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
@@ -18,7 +20,10 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from bench.catchup_profile import in_process_settings
 from bench.harness.workload import Submissions
+from bench.idle_profile import thread_cpu
 from bench.sampler import Sampler
+from services.common import bus
+from services.common.service import BusEvent, Subscription
 from services.node import Node
 
 CHAIN = ("510000", "511100", "511102")  # province, city, county
@@ -28,6 +33,32 @@ def _up_lag(address: str) -> int:
     with grpc.insecure_channel(address) as channel:
         links = exchange_grpc.ExchangeServiceStub(channel).LinkStatus(exchange_pb2.LinkStatusRequest(), timeout=10)
     return sum(int(link.lag_events) for link in links.links if link.direction == exchange_pb2.LINK_DIRECTION_UP)
+
+
+class DeliveryCpu:
+    """Thread CPU of every handler delivery on the in-process buses, by consumer and event source."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = collections.defaultdict(float)
+        self.count: collections.Counter[str] = collections.Counter()
+        # The bus module's own name for it: what publish and publish_batch call.
+        self._deliver: Callable[[Subscription, BusEvent], None] = vars(bus)["deliver"]
+
+    def __enter__(self) -> DeliveryCpu:
+        def counted(sub: Subscription, event: BusEvent) -> None:
+            start = time.thread_time()
+            try:
+                self._deliver(sub, event)
+            finally:
+                key = f"{sub.consumer} <- {event.source}.{event.event_type}"
+                self.cpu[key] += time.thread_time() - start
+                self.count[key] += 1
+
+        vars(bus)["deliver"] = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        vars(bus)["deliver"] = self._deliver
 
 
 def main() -> None:
@@ -53,7 +84,12 @@ def main() -> None:
             time.sleep(options.idle_s)
             idle = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
             submissions = Submissions(CHAIN[2])
-            with grpc.insecure_channel(county.address) as channel, Sampler(interval_s=0.002) as sampler:
+            threads_before = thread_cpu()
+            with (
+                grpc.insecure_channel(county.address) as channel,
+                Sampler(interval_s=0.002) as sampler,
+                DeliveryCpu() as deliveries,
+            ):
                 intake = intake_grpc.IntakeServiceStub(channel)
                 cpu0, wall0 = time.process_time(), time.perf_counter()
                 for n in range(options.cases):
@@ -72,6 +108,14 @@ def main() -> None:
                 f" ({cpu / wall:.2f} cores), idle {idle * 1000:.1f} ms/s,"
                 f" above idle {above * 1000 / options.cases:.1f} ms per case (3 nodes and the client)"
             )
+            threads_after = thread_cpu()
+            print("-- CPU per case by thread (ms, all three nodes)")
+            spent = {name: threads_after[name] - threads_before.get(name, 0.0) for name in threads_after}
+            for name, seconds in sorted(spent.items(), key=lambda item: -item[1])[:15]:
+                print(f"{seconds * 1000 / options.cases:8.2f}  {name}")
+            print("-- CPU per case by consumer delivery (ms; deliveries per case)")
+            for key, seconds in sorted(deliveries.cpu.items(), key=lambda item: -item[1])[:25]:
+                print(f"{seconds * 1000 / options.cases:8.2f}  {deliveries.count[key] / options.cases:5.1f}  {key}")
             print(sampler.report(options.top))
         finally:
             for node in reversed(nodes):
