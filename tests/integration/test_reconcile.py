@@ -3,6 +3,7 @@ the case named (exit 1) when an event of it is held in quarantine above."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,9 @@ def settled(*nodes: Node) -> bool:
         for node in nodes
         for link in exchange(node).LinkStatus(exchange_pb2.LinkStatusRequest(), timeout=5).links
     )
+
+
+EVENTS = re.compile(r"events (?P<below>\d+) vs (?P<above>\d+), version 90 vs 4")
 
 
 def test_reconcile_reports_no_divergence_then_the_case_whose_event_is_quarantined_above(
@@ -92,6 +96,9 @@ def test_reconcile_reports_no_divergence_then_the_case_whose_event_is_quarantine
     lines = capsys.readouterr().out.strip().splitlines()
     diverging = lines[:-1]
     assert diverging and all(broken in line for line in diverging), lines
-    assert any("511102 → 511100" in line and "events 5 vs 4, version 90 vs 4" in line for line in diverging), lines
+    # The city lacks the refused write and whatever of the case came after it (held behind the
+    # quarantine: a progress notice's settlement, when the sender got to it first), never more.
+    at_city = [m for line in diverging if "511102 → 511100" in line and (m := EVENTS.search(line))]
+    assert at_city and all(int(m["below"]) > int(m["above"]) for m in at_city), lines
     assert lines[-1].endswith(f" {len(diverging)} divergences")
     assert clean not in "\n".join(lines)
