@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 
 from services.common.events import deliver
-from services.common.outbox import Relay, consume_batch
+from services.common.inbox import consume_batch
+from services.common.outbox import Relay
 from services.common.service import BusEvent, Subscription, Timer
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ the message is rejected with requeue and RabbitMQ redelivers it (at the head of 
 handler here uses ``requeue_on_error=True`` so a transient failure (database restart, lock
 timeout) never loses an event, and waits ``handler_retry_delay_s`` before re-raising so a handler
 that keeps failing retries at a bounded rate instead of spinning. Redelivery is harmless because
-handlers are idempotent (``services.common.outbox.consume_once``). A poison event therefore
+handlers are idempotent (``services.common.inbox.consume_once``). A poison event therefore
 retries forever, visible in the logs; it is not dropped silently.
 
 Losing the broker mid-acknowledgement. nameko 2.14 acknowledges (or requeues) on the worker's

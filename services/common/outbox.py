@@ -2,8 +2,8 @@
 
 A service writes its state change and its event row in one transaction (``append_event``). A
 ``Relay`` publishes unpublished rows in ``position`` order and marks them published; delivery is
-at least once, so every consumer goes through ``consume_once``, which records the event id in the
-consumer's inbox in the same transaction as the consumer's own change.
+at least once, so every consumer goes through ``consume_once`` (``services.common.inbox``), which
+records the event id in the consumer's inbox in the same transaction as the consumer's own change.
 
 Ordering. Consumers rely on order per case (versions), so a case's positions must commit in
 order, or a relay could publish the case's position 11 before a slower transaction commits its
@@ -29,7 +29,6 @@ so all services get identical definitions; ``drop_outbox_tables(op)`` is the dow
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import fcntl
 import hashlib
 import logging
@@ -62,7 +61,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.db import transaction
@@ -561,151 +559,3 @@ class Relay:
         with transaction(self._session_factory) as session:
             result = session.execute(delete(t).where(t.c.published_at.is_not(None), t.c.published_at < cutoff))
         return int(getattr(result, "rowcount", 0) or 0)
-
-
-_INBOX_INSERTS: dict[tuple[int, str], tuple[Table, Any]] = {}
-
-
-def _inbox_insert(inbox: Table, dialect: str) -> Any:
-    """The inbox's insert-unless-present, built once per table and dialect: every event every consumer
-    takes runs it, and building it (values, conflict clause, returning, its cache key) on each call
-    cost more than executing it."""
-    key = (id(inbox), dialect)
-    built = _INBOX_INSERTS.get(key)
-    if built is None or built[0] is not inbox:  # (a table of a test may reuse a freed table's id)
-        insert: Any = postgresql.insert(inbox) if dialect == "postgresql" else sqlite.insert(inbox)
-        statement = (
-            insert.values(
-                consumer=bindparam("consumer"), event_id=bindparam("event_id"), received_at=bindparam("received_at")
-            )
-            .on_conflict_do_nothing()
-            .returning(inbox.c.event_id)
-        )
-        built = _INBOX_INSERTS[key] = (inbox, statement)
-    return built[1]
-
-
-class _ConsumerBatch:
-    """The one transaction per database that every ``consume_once`` joins while ``consume_batch`` runs."""
-
-    def __init__(self) -> None:
-        self.sessions: dict[int, Session] = {}
-        self.after: list[Callable[[], None]] = []
-        self.failed: BaseException | None = None
-
-    def session(self, factory: sessionmaker[Session]) -> Session:
-        session = self.sessions.get(id(factory))
-        if session is None:
-            session = self.sessions[id(factory)] = factory()
-            session.begin()
-        return session
-
-    @contextlib.contextmanager
-    def joined(self, factory: sessionmaker[Session]) -> Iterator[Session]:
-        session = self.session(factory)
-        try:
-            yield session
-            session.flush()
-        except BaseException as exc:
-            # Kept even if the handler swallows it: the batch then commits nothing.
-            self.failed = exc
-            raise
-        finally:
-            # The next event starts with an empty identity map, as in a transaction of its own: an
-            # object loaded for an earlier event must not hide what a later statement changed.
-            session.expunge_all()
-
-    def commit(self) -> None:
-        for session in self.sessions.values():
-            session.commit()
-
-    def close(self) -> None:
-        for session in self.sessions.values():
-            with contextlib.suppress(Exception):
-                session.close()  # rolls back what did not commit
-
-
-_BATCH: contextvars.ContextVar[_ConsumerBatch | None] = contextvars.ContextVar("lianxin_consumer_batch", default=None)
-
-
-def consume_batch(deliver: Callable[[], None]) -> bool:
-    """Run ``deliver`` (several events to one consumer, in order) so that every ``consume_once`` in it
-    joins one transaction per database, committed at the end: one commit for the events instead of one
-    each. True when it committed.
-
-    False when anything failed (an exception out of ``deliver``, or out of an ``apply`` even if a
-    handler swallowed it, or the commit): nothing of the batch is kept, and the caller delivers the
-    events one by one, so only a bad event stays undelivered. The guarantees are ``consume_once``'s:
-    each inbox row commits with its change, a duplicate is skipped. ``after_commit`` callbacks run once
-    each after the commit.
-    """
-    batch = _ConsumerBatch()
-    token = _BATCH.set(batch)
-    try:
-        try:
-            deliver()
-        finally:
-            _BATCH.reset(token)
-        if batch.failed is not None:
-            return False
-        batch.commit()
-    except Exception:
-        log.debug("consumer batch rolled back; delivering one by one", exc_info=True)
-        return False
-    finally:
-        batch.close()
-    for callback in batch.after:
-        try:
-            callback()
-        except Exception:
-            log.warning("after-commit callback failed", exc_info=True)
-    return True
-
-
-@contextlib.contextmanager
-def consumer_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A consumer's unit of work on ``factory``'s database: inside ``consume_batch`` the batch's
-    transaction (committed with the batch; anything the caller caches about it belongs in
-    ``after_commit``), else one of its own (``transaction``)."""
-    batch = _BATCH.get()
-    if batch is None:
-        with transaction(factory) as session:
-            yield session
-        return
-    with batch.joined(factory) as session:
-        yield session
-
-
-def after_commit(callback: Callable[[], None]) -> None:
-    """Call ``callback`` once the consumer's change is committed: now, or inside ``consume_batch`` after
-    its commit (once, however many events asked), so a wake-up never runs before the data it announces."""
-    batch = _BATCH.get()
-    if batch is None:
-        callback()
-    elif callback not in batch.after:
-        batch.after.append(callback)
-
-
-def consume_once(
-    session_factory: sessionmaker[Session],
-    inbox: Table,
-    consumer: str,
-    event: BusEvent,
-    apply: Callable[[Session], None],
-    *,
-    now: datetime | None = None,
-) -> bool:
-    """Apply ``event`` for ``consumer`` unless it already was; False means a duplicate, nothing done.
-
-    The inbox row and ``apply``'s changes commit together, and any exception rolls both back and
-    propagates, so the bus delivers the event again and it is applied then. Inside ``consume_batch``
-    they join the batch's transaction instead of one of their own.
-    """
-    values = {"consumer": consumer, "event_id": event.event_id, "received_at": now or utc_now()}
-    with consumer_transaction(session_factory) as session:
-        # ON CONFLICT DO NOTHING: a concurrent duplicate waits for the first to commit, then sees 0 rows.
-        inserted = session.execute(_inbox_insert(inbox, session.get_bind().dialect.name), values).scalar_one_or_none()
-        if inserted is None:
-            return False  # nothing written; the transaction commits empty
-        apply(session)
-    return True

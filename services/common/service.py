@@ -47,7 +47,7 @@ EventHandler = Callable[[BusEvent], None]
 class Subscription:
     """``consumer`` wants ``handle`` called for every ``event_type`` event emitted by ``source``.
 
-    ``handle`` must be idempotent (see ``services.common.outbox.consume_once``): buses deliver at
+    ``handle`` must be idempotent (see ``services.common.inbox.consume_once``): buses deliver at
     least once.
     """
 

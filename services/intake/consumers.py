@@ -14,7 +14,7 @@ from lianxin.events.v1 import events_pb2
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.events import WORK_ORDER_EVENTS, decode, parse_command, parse_envelope
-from services.common.outbox import after_commit, consume_once
+from services.common.inbox import after_commit, consume_once
 from services.common.service import BusEvent, Subscription
 from services.common.timeutil import from_timestamp
 from services.intake import handlers

@@ -20,7 +20,7 @@ from lianxin.events.v1 import events_pb2
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.events import decode, parse_command
-from services.common.outbox import after_commit, consume_once
+from services.common.inbox import after_commit, consume_once
 from services.common.service import BusEvent, Subscription
 from services.common.timeutil import CHINA, from_timestamp
 from services.routing import handlers

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.calendar import WorkingCalendar
 from services.common.events import decode
-from services.common.outbox import consume_once
+from services.common.inbox import consume_once
 from services.common.regions import RegionTree
 from services.common.service import BusEvent, Subscription
 from services.stats import handlers

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.common.calendar import WorkingCalendar
 from services.common.clock import to_utc as aware
 from services.common.errors import Conflict
-from services.common.outbox import after_commit, consumer_transaction
+from services.common.inbox import after_commit, consumer_transaction
 from services.video import consult
 from services.video.domain import CaseOwner, HoldState, RemoteState, VisitState
 from services.video.models import CaseOwnerRow, ConsultationRow, HoldRow, RemoteHoldRow, VisitRow

@@ -16,10 +16,10 @@ from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, i
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.db import make_engine, make_session_factory, transaction
+from services.common.inbox import consume_once
 from services.common.outbox import (
     Relay,
     append_event,
-    consume_once,
     create_outbox_tables,
     inbox_table,
     outbox_table,

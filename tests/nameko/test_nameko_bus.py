@@ -15,8 +15,9 @@ from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.db import make_engine, make_session_factory, transaction
+from services.common.inbox import consume_once
 from services.common.nameko_worker import build_worker_class, event_payload, nameko_config
-from services.common.outbox import append_event, consume_once, inbox_table, outbox_table
+from services.common.outbox import append_event, inbox_table, outbox_table
 from services.common.service import BusEvent, ServiceParts, Subscription
 from services.common.settings import Settings
 from tests.support.helpers import wait_until

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.bus import DeliveryFailed, InProcessBus, RelayLoop, TimerLoop
 from services.common.db import make_engine, make_session_factory, transaction
-from services.common.outbox import Relay, append_event, consume_once, inbox_table, outbox_table
+from services.common.inbox import consume_once
+from services.common.outbox import Relay, append_event, inbox_table, outbox_table
 from services.common.service import BusEvent, Subscription, Timer
 from tests.support.helpers import wait_until
 
