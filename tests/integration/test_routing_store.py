@@ -178,3 +178,26 @@ def test_fifteen_working_days_across_2027_spring_festival_from_a_calendar_file()
     assert official.deadline(DeadlineKind.HOTLINE_COMPLAINT, start) == eod(date(2027, 2, 25))
     assert fallback.deadline(DeadlineKind.HOTLINE_COMPLAINT, start) == eod(date(2027, 2, 19))
     assert fallback.calendar.is_provisional(eod(date(2027, 2, 19)))  # type: ignore[attr-defined]
+
+
+def test_a_replica_owner_is_kept_only_when_its_epoch_and_version_are_newer(factory: sessionmaker[Session]) -> None:
+    def note(node: str, epoch: int, version: int) -> None:
+        with SqlRoutingUnitOfWork(factory, node="510000") as uow:
+            uow.note_owner(handlers.CaseOwner("511102-20261206-000001", node, epoch, version))
+            uow.commit()
+
+    def known() -> tuple[str, int, int] | None:
+        with SqlRoutingUnitOfWork(factory, node="510000") as uow:
+            owner = uow.case_owner("511102-20261206-000001")
+        return None if owner is None else (owner.owner_node, owner.owner_epoch, owner.version)
+
+    note("511102", 1, 2)
+    assert known() == ("511102", 1, 2)
+    note("511102", 1, 4)
+    assert known() == ("511102", 1, 4)
+    note("511100", 1, 3)  # an older version arriving late changes nothing
+    assert known() == ("511102", 1, 4)
+    note("511100", 2, 1)  # a hand-off's new epoch wins whatever its version
+    assert known() == ("511100", 2, 1)
+    note("511102", 1, 9)
+    assert known() == ("511100", 2, 1)
