@@ -165,7 +165,10 @@ def consume_once(
     values = {"consumer": consumer, "event_id": event.event_id, "received_at": now or utc_now()}
     with consumer_transaction(session_factory) as session:
         # ON CONFLICT DO NOTHING: a concurrent duplicate waits for the first to commit, then sees 0 rows.
-        inserted = session.execute(_inbox_insert(inbox, session.get_bind().dialect.name), values).scalar_one_or_none()
+        # On the session's connection (its transaction): the ORM's statement machinery cost more than
+        # the insert, and nothing is pending in the session before an event's first statement.
+        connection = session.connection()
+        inserted = connection.execute(_inbox_insert(inbox, connection.dialect.name), values).scalar_one_or_none()
         if inserted is None:
             return False  # nothing written; the transaction commits empty
         apply(session)
