@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -117,17 +118,13 @@ class VideoStore:
         if not case_id or len(case_id) > 64 or self._owner_epochs.get(case_id, 0) >= owner.epoch:
             return
         # The relay's batch of events to video shares one transaction (consumer_transaction).
+        # One prebuilt upsert on the session's connection: building it and the ORM's statement
+        # machinery cost more than executing it, once per new case at every tier.
         with consumer_transaction(self._factory) as s:
-            dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
-            insert = dialect.insert(CaseOwnerRow).values(
-                case_id=case_id, owner_node=owner.node, owner_epoch=owner.epoch
-            )
-            s.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[CaseOwnerRow.case_id],
-                    set_={"owner_node": insert.excluded.owner_node, "owner_epoch": insert.excluded.owner_epoch},
-                    where=CaseOwnerRow.owner_epoch < insert.excluded.owner_epoch,
-                )
+            connection = s.connection()
+            connection.execute(
+                _owner_upsert(connection.dialect.name),
+                {"case_id": case_id, "node": owner.node, "epoch": owner.epoch},
             )
 
         def remember() -> None:  # once stored: a batch that rolls back must not leave the epoch known
@@ -136,3 +133,22 @@ class VideoStore:
             self._owner_epochs[case_id] = max(owner.epoch, self._owner_epochs.get(case_id, 0))
 
         after_commit(remember)
+
+
+_OWNER_UPSERTS: dict[str, Any] = {}
+
+
+def _owner_upsert(dialect: str) -> Any:
+    """The case owner's insert-or-raise-the-epoch statement of ``dialect``, built on first use."""
+    built = _OWNER_UPSERTS.get(dialect)
+    if built is None:
+        insert: Any = (postgresql if dialect == "postgresql" else sqlite).insert(CaseOwnerRow)
+        insert = insert.values(
+            case_id=bindparam("case_id"), owner_node=bindparam("node"), owner_epoch=bindparam("epoch")
+        )
+        built = _OWNER_UPSERTS[dialect] = insert.on_conflict_do_update(
+            index_elements=[CaseOwnerRow.case_id],
+            set_={"owner_node": insert.excluded.owner_node, "owner_epoch": insert.excluded.owner_epoch},
+            where=CaseOwnerRow.owner_epoch < insert.excluded.owner_epoch,
+        )
+    return built
