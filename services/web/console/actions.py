@@ -147,7 +147,7 @@ ACTION_FORMS: tuple[ActionForm, ...] = (
     ActionForm(
         "transfer",
         "上报上级",
-        "lianxin.routing.v1.RoutingService/EscalateCase",
+        f"{ROUTING}/EscalateCase",
         (("reason", "上报理由", "textarea"),),
         lambda o, p, _a: routing_pb2.EscalateCaseRequest(
             case_id=o.case_id, actor=_wo(o, p)["actor"], reason=p.field("reason")
