@@ -509,6 +509,16 @@ def malformed_submissions(draw: st.DrawFn, known: tuple[str, ...]) -> intake_pb2
     return request
 
 
+def submission_rows(engine: sa.Engine) -> dict[str, int]:
+    """The rows a submission could write. The progress-notice sender settles notices of cases submitted
+    by earlier examples on its own thread, whenever it is woken, so its settlement events are left out."""
+    return row_counts(
+        engine,
+        INTAKE_TABLES,
+        lambda table: table.c.event_type != "progress_notice_settled" if table is intake_models.outbox else sa.true(),
+    )
+
+
 def test_refused_submission_writes_no_row(node: Node, channel: grpc.Channel, known: tuple[str, ...]) -> None:
     engine = node.engines["intake"]
     method = intake_pb2.DESCRIPTOR.services_by_name["IntakeService"].methods_by_name["SubmitCase"]
@@ -518,13 +528,13 @@ def test_refused_submission_writes_no_row(node: Node, channel: grpc.Channel, kno
     @given(request=malformed_submissions(known))
     def fuzz(request: intake_pb2.SubmitCaseRequest) -> None:
         quiesce(node)
-        before = row_counts(engine, INTAKE_TABLES)
+        before = submission_rows(engine)
         code, details = call_unary(channel, method, request)
         check_code(method, code, details, shown(request))
         if code is not grpc.StatusCode.OK:
             refused[code.name] += 1
             quiesce(node)
-            after = row_counts(engine, INTAKE_TABLES)
+            after = submission_rows(engine)
             assert after == before, (
                 f"SubmitCase answered {code.name} yet wrote rows: {before} -> {after}\n{shown(request)}"
             )
