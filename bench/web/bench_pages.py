@@ -4,9 +4,15 @@ One county node (511102) with ``--stored`` preloaded cases (bench/preload.py) an
 each its own process on loopback. 50 clients (threads with keep-alive connections) ask each page in
 turn: the same-run baseline ``/bench/static`` goes through the same request wrapper (cookies, CSRF,
 headers, metrics, worker thread) with no gRPC call and no template. Server time is the gateway's
-own ``Server-Timing`` header; the client's time adds the HTTP round trip and queueing.
+own ``Server-Timing`` header: from the request's first bytes read by the gateway (its event loop's
+queue included) to the answer handed to uvicorn; the client's time adds the HTTP round trip.
 
-    .venv/bin/python -m bench.web.bench_pages --stored 100000 --clients 50 --requests 20
+Two modes, each with its own static baseline: a closed loop (each client asks again as soon as it is
+answered: what the gateway and node can serve) and clients with a think time (an operator reading a
+page 1–3 s before the next click).
+
+    .venv/bin/python -m bench.web.bench_pages --stored 100000 --workdir /work/benchdata/web100k --only inbox,case
+    .venv/bin/python -m bench.web.bench_pages --stored 100000 --modes closed --clients 50 --requests 20
 """
 
 from __future__ import annotations
@@ -137,6 +143,26 @@ def _run_page(
     return sample
 
 
+@dataclass(frozen=True)
+class Mode:
+    """How the clients ask: ``think_s`` 0 is a closed loop (each client asks again as soon as its page
+    is answered: the gateway's capacity); otherwise each reads a page 0.5–1.5 × ``think_s`` first."""
+
+    name: str
+    requests: int
+    think_s: float = 0.0
+
+    def title(self, clients: int) -> str:
+        if not self.think_s:
+            return f"closed loop: {clients} clients, each asking again as soon as its page is answered (no think time)"
+        low, high = 0.5 * self.think_s, 1.5 * self.think_s
+        offered = clients / self.think_s
+        return (
+            f"think time: {clients} clients, each reading a page {low:g}–{high:g} s before the next click "
+            f"(~{offered:.0f} pages/s offered)"
+        )
+
+
 @dataclass
 class Processes:
     """The node's and the gateway's processes, for the CPU they spend on each page."""
@@ -190,14 +216,37 @@ def _spawn_api(env: dict[str, str], service: str, port: int) -> subprocess.Popen
     return process
 
 
+def _measure(
+    procs: Processes, host: str, port: int, path: str, cookie: str, *, clients: int, mode: Mode
+) -> dict[str, object]:
+    """One page under ``clients`` clients: server and client time, pages/s, and the CPU each page cost."""
+    _run_page(host, port, path, cookie, clients=clients, requests=2)  # warm up
+    cpu = (procs.cpu_s("node"), procs.cpu_s("web"))
+    began = time.perf_counter()
+    sample = _run_page(host, port, path, cookie, clients=clients, requests=mode.requests, think_s=mode.think_s)
+    elapsed = time.perf_counter() - began
+    served = max(1, len(sample.server_ms))
+    return {
+        "requests": len(sample.client_ms),
+        "errors": sample.errors,
+        "per_s": round(len(sample.client_ms) / elapsed, 1),
+        "server_p50_ms": round(statistics.median(sample.server_ms), 2) if sample.server_ms else float("nan"),
+        "server_p99_ms": round(_percentile(sample.server_ms, 0.99), 2),
+        "client_p50_ms": round(statistics.median(sample.client_ms), 1) if sample.client_ms else None,
+        "client_p99_ms": round(_percentile(sample.client_ms, 0.99), 1),
+        "node_cpu_ms": round((procs.cpu_s("node") - cpu[0]) * 1000 / served, 2),
+        "web_cpu_ms": round((procs.cpu_s("web") - cpu[1]) * 1000 / served, 2),
+        "load_1min": round(os.getloadavg()[0], 1),
+    }
+
+
 def run(
     *,
     stored: int,
     clients: int,
-    requests: int,
     workdir: Path,
     only: Sequence[str] = (),
-    think_s: float = 0.0,
+    modes: Sequence[Mode] = (),
     gateways: int = 1,
     api_processes: Sequence[str] = (),
 ) -> list[dict[str, object]]:
@@ -269,53 +318,56 @@ def run(
         if only:  # the baseline always runs first, then the pages asked for
             pages = [pages[0], *(p for p in pages[1:] if any(word in p[0] for word in only))]
         rows: list[dict[str, object]] = []
-        baseline = 0.0
-        for name, path in pages:
-            _run_page(host, web_port, path, cookie, clients=clients, requests=2)  # warm up
-            cpu = (procs.cpu_s("node"), procs.cpu_s("web"))
-            began = time.perf_counter()
-            sample = _run_page(host, web_port, path, cookie, clients=clients, requests=requests, think_s=think_s)
-            elapsed = time.perf_counter() - began
-            served = max(1, len(sample.server_ms))
-            node_ms = (procs.cpu_s("node") - cpu[0]) * 1000 / served
-            web_ms = (procs.cpu_s("web") - cpu[1]) * 1000 / served
-            p50 = statistics.median(sample.server_ms) if sample.server_ms else float("nan")
-            if not baseline:
-                baseline = p50
-            rows.append(
-                {
-                    "page": name,
-                    "requests": len(sample.client_ms),
-                    "errors": sample.errors,
-                    "per_s": round(len(sample.client_ms) / elapsed, 1),
-                    "server_p50_ms": round(p50, 2),
-                    "server_p99_ms": round(_percentile(sample.server_ms, 0.99), 2),
-                    "client_p50_ms": round(statistics.median(sample.client_ms), 1) if sample.client_ms else None,
-                    "client_p99_ms": round(_percentile(sample.client_ms, 0.99), 1),
-                    "server_p50_vs_static": round(p50 / baseline, 1) if baseline else None,
-                    "node_cpu_ms": round(node_ms, 2),
-                    "web_cpu_ms": round(web_ms, 2),
-                }
-            )
+        for mode in modes:
+            baseline = 0.0
+            for name, path in pages:
+                row = _measure(procs, host, web_port, path, cookie, clients=clients, mode=mode)
+                baseline = baseline or float(row["server_p50_ms"])  # type: ignore[arg-type]
+                p50 = float(row["server_p50_ms"])  # type: ignore[arg-type]
+                rows.append({"mode": mode.name, "page": name, **row, "server_p50_vs_static": round(p50 / baseline, 1)})
         return rows
     finally:
         procs.stop()
         federation.stop()
 
 
+def _print_tables(rows: Sequence[dict[str, object]], modes: Sequence[Mode], clients: int) -> None:
+    header = (
+        f"{'page':<24} {'req':>5} {'err':>4} {'req/s':>7} {'srv p50':>8} {'srv p99':>8} "
+        f"{'cli p50':>8} {'cli p99':>8} {'x static':>8} {'node ms':>8} {'web ms':>7} {'load':>5}"
+    )
+    for mode in modes:
+        print()
+        print(mode.title(clients) + f", {mode.requests} pages per client per page")
+        print(header)
+        for r in (r for r in rows if r["mode"] == mode.name):
+            print(
+                f"{r['page']:<24} {r['requests']:>5} {r['errors']:>4} {r['per_s']:>7} {r['server_p50_ms']:>8} "
+                f"{r['server_p99_ms']:>8} {r['client_p50_ms']:>8} {r['client_p99_ms']:>8} "
+                f"{r['server_p50_vs_static']:>8} {r['node_cpu_ms']:>8} {r['web_cpu_ms']:>7} {r['load_1min']:>5}"
+            )
+    print()
+    print("srv: the gateway's Server-Timing, from the request's first bytes read by the gateway to its answer")
+    print("     handed to uvicorn; cli: the client's round trip on its kept-alive connection; ms, p50 / p99")
+    print("node ms, web ms: CPU per page of the node's processes and the gateway's (/proc over the run)")
+    print("load: the machine's 1-minute load average when the page's run ended (2 cores shared)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stored", type=int, default=100_000, help="cases preloaded into the node (default 100000)")
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=20, help="requests per client per page")
+    parser.add_argument("--requests", type=int, default=20, help="closed loop: requests per client per page")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--only", default="", help="comma-separated words of page names, e.g. inbox,case")
     parser.add_argument(
         "--workdir", default="", help="keep the node's data here; a rerun with the same --stored reuses the preload"
     )
     parser.add_argument(
-        "--think", type=float, default=0.0, help="seconds an operator reads a page before the next (0: closed loop)"
+        "--modes", default="closed,think", help="closed (no think time), think (--think), or both (default)"
     )
+    parser.add_argument("--think", type=float, default=2.0, help="think mode: mean seconds an operator reads a page")
+    parser.add_argument("--think-requests", type=int, default=10, help="think mode: requests per client per page")
     parser.add_argument("--gateways", type=int, default=1, help="gateway worker processes (LIANXIN_WEB_WORKERS)")
     parser.add_argument(
         "--api-processes",
@@ -323,12 +375,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="comma-separated services given one more api process each (lianxin serve), e.g. routing,intake,video",
     )
     args = parser.parse_args(argv)
+    known = {"closed": Mode("closed", args.requests), "think": Mode("think", args.think_requests, args.think)}
+    modes = [known[m] for m in args.modes.split(",") if m]
     options: dict[str, Any] = dict(
         stored=args.stored,
         clients=args.clients,
-        requests=args.requests,
         only=[w for w in args.only.split(",") if w],
-        think_s=args.think,
+        modes=modes,
         gateways=args.gateways,
         api_processes=[s for s in args.api_processes.split(",") if s],
     )
@@ -338,26 +391,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
             rows = run(workdir=Path(tmp), **options)
-    load = os.getloadavg()
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
         return
     extra = f", 1 + {args.api_processes} api processes" if args.api_processes else ""
-    think = f", think time {args.think} s" if args.think else " (closed loop)"
-    print(f"web gateway, node {NODE}, {args.stored} stored cases, {args.clients} clients x {args.requests} requests")
-    print(f"{args.gateways} gateway process(es){extra}{think}")
-    print(f"load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)")
-    header = (
-        f"{'page':<24} {'req':>5} {'err':>4} {'req/s':>7} {'srv p50':>8} {'srv p99':>8} "
-        f"{'cli p50':>8} {'cli p99':>8} {'x static':>8} {'node ms':>8} {'web ms':>7}"
-    )
-    print(header)
-    for r in rows:
-        print(
-            f"{r['page']:<24} {r['requests']:>5} {r['errors']:>4} {r['per_s']:>7} {r['server_p50_ms']:>8} "
-            f"{r['server_p99_ms']:>8} {r['client_p50_ms']:>8} {r['client_p99_ms']:>8} {r['server_p50_vs_static']:>8} "
-            f"{r['node_cpu_ms']:>8} {r['web_cpu_ms']:>7}"
-        )
+    print(f"web gateway, node {NODE}, {args.stored} stored cases, {args.gateways} gateway process(es){extra}")
+    _print_tables(rows, modes, args.clients)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ def profile(*, workdir: Path, path: str, requests: int, rate: int, limit: int) -
     from services.node import Node
     from services.web.app import build_app, build_gateway
     from services.web.config import WebSettings
+    from services.web.timing import TimedHttpToolsProtocol
 
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     kept = json.loads((workdir / "bench-web-preload.json").read_text("utf-8"))
@@ -111,7 +112,8 @@ def profile(*, workdir: Path, path: str, requests: int, rate: int, limit: int) -
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     gateway = build_gateway(node.settings, WebSettings(grpc=node.address, port=port))
-    server = uvicorn.Server(uvicorn.Config(build_app(gateway), log_level="warning", access_log=False))
+    config = uvicorn.Config(build_app(gateway), log_level="warning", access_log=False, http=TimedHttpToolsProtocol)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
     thread.start()
     try:

@@ -40,8 +40,14 @@ def serve(settings: Settings | None = None) -> int:
     print(f"web gateway of node {node_settings.node} on http://{host}:{port}/ (node {web.grpc}{workers})", flush=True)
     # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1; the gateway
     # decides itself, from LIANXIN_WEB_TRUSTED_PROXIES only (services/web/forwarding.py).
+    # http: uvicorn's httptools protocol noting when each request arrived (the pages' Server-Timing).
     options: dict[str, Any] = dict(
-        log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5, proxy_headers=False
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        proxy_headers=False,
+        http="services.web.timing:TimedHttpToolsProtocol",
     )
     if web.workers == 1:
         app = _app(node_settings)
