@@ -9,7 +9,7 @@ one process on SQLite with the in-process bus, with ``LIANXIN_PARENT`` pointing 
 
 from __future__ import annotations
 
-import ctypes
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,14 +31,12 @@ SERVICE_NAMES = {
     "stats": "lianxin.stats.v1.StatsService",
 }
 
-PR_SET_PDEATHSIG = 1
-# Loaded here, not in the forked child: dlopen between fork and exec is not safe in a threaded parent.
-_LIBC: ctypes.CDLL | None
-try:
-    _LIBC = ctypes.CDLL(None, use_errno=True)
-    _LIBC.prctl  # noqa: B018 - Linux only; elsewhere children simply do not get the signal
-except (OSError, AttributeError):
-    _LIBC = None
+# setpriv (util-linux) sets the parent-death signal and then execs the command. Not a preexec_fn: with
+# one, Python forks (instead of vfork), which runs grpc's fork handlers in the child; they restart grpc's
+# event engine there (the harness's own load and health checks use grpc), and the child's close_fds
+# then closes the new epoll fd under it before exec: "epoll_wait error: Bad file descriptor", SIGABRT,
+# exit -6, logged in the spawned worker's log as if the worker had aborted (docs/faults.md).
+_SETPRIV = shutil.which("setpriv")
 
 COMMON_ENV = {
     "LIANXIN_METRICS_PORT": "0",
@@ -49,13 +47,19 @@ COMMON_ENV = {
 }
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the harness (the thread that spawned it) goes away.
+def die_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` run so that it gets SIGKILL when the harness thread that starts it goes away.
 
     The harness may itself be killed -9 (a CI timeout); its node processes must not outlive it.
+    Without setpriv (not Linux) the command runs as it is and simply does not get the signal.
     """
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv] if _SETPRIV else list(argv)
+
+
+def spawn_logged(argv: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a node process with stdout and stderr appended to ``log_path``, dying with the harness."""
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the fd
+        return subprocess.Popen(die_with_parent(argv), env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _lianxin(*args: str) -> list[str]:
@@ -135,14 +139,9 @@ class ProductionNode:
             env["LIANXIN_LOG_LEVEL"] = "INFO"  # its "worker started" line is how wait_ready sees it consuming
         if kind == "api":
             env["LIANXIN_GRPC_PORT"] = str(self.api_ports.setdefault(service, free_port()))  # the same port again
-        with self._lock, open(self.logs / f"{name}.log", "ab") as log:  # the child keeps its own copy of the fd
-            self.processes[name] = subprocess.Popen(
-                _lianxin("serve" if kind == "api" else "worker", "--service", service),
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
+        with self._lock:
+            argv = _lianxin("serve" if kind == "api" else "worker", "--service", service)
+            self.processes[name] = spawn_logged(argv, env, self.logs / f"{name}.log")
             self._down.discard(name)
 
     def kill9(self, name: str) -> None:
@@ -225,13 +224,7 @@ class EmbeddedNode:
         }
         if self.parent:
             env["LIANXIN_PARENT"] = self.parent
-        log = open(self.data_dir / f"node-{self.node}.log", "ab")  # noqa: SIM115 - the child holds it
-        try:
-            self.process = subprocess.Popen(
-                _lianxin("node"), env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
-            )
-        finally:
-            log.close()
+        self.process = spawn_logged(_lianxin("node"), env, self.data_dir / f"node-{self.node}.log")
         try:
             wait_serving(self.address, ready_timeout_s, self.process)
         except BaseException:
