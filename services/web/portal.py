@@ -300,10 +300,18 @@ def _ask_unit_figures(page: Page, month: str) -> tuple[list[dict[str, Any]], dic
                 unit = units.setdefault(row.unit_id, {"name": _unit_label(page, row), "cases": row.cases})
                 unit[metric] = row.value
         # The Chinese definitions (a node not yet serving them gives the English ones).
-        meanings = {m.name: m.definition_zh or m.definition for m in page.client.result(definitions).metrics}
+        meanings = {m.name: _meaning(m) for m in page.client.result(definitions).metrics}
     except CallFailed:
         return [], {}
     return sorted(units.values(), key=lambda u: (-u["cases"], u["name"])), meanings
+
+
+def _meaning(metric: stats_pb2.Metric) -> str:
+    """A rate's definition under its term: the Chinese one says the term first ("回复率：…"), which the
+    board already shows as the heading, so it is said once."""
+    text = metric.definition_zh or metric.definition
+    term = labels.METRIC_LABELS.get(metric.name, "")
+    return text.removeprefix(f"{term}：") if term else text
 
 
 def _unit_label(page: Page, row: stats_pb2.Ranking) -> str:
