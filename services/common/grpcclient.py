@@ -111,6 +111,23 @@ def client_call_traced(_details: Any) -> bool:
     return tracer_installed() or trace.get_current_span().get_span_context().is_valid or bool(baggage.get_all())
 
 
+def plain_channel(
+    target: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A channel to ``target`` with the project's options and no interceptor: for a process that has
+    nothing to trace or count per call (the web gateway: its calls cost ~0.1 ms each less through no
+    interceptor chain, which also made a new multi-callable for every call)."""
+    merged = dict(CHANNEL_OPTIONS)
+    merged.update(dict(options))
+    channel_options = list(merged.items())
+    if credentials is None:
+        return ClosableChannel(grpc.insecure_channel(target, options=channel_options))
+    return ClosableChannel(grpc.secure_channel(target, credentials, options=channel_options))
+
+
 def instrumented_channel(
     target: str,
     *,
@@ -118,14 +135,9 @@ def instrumented_channel(
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
     """A channel to ``target`` whose calls carry trace context and produce client spans and metrics."""
-    merged = dict(CHANNEL_OPTIONS)
-    merged.update(dict(options))
-    channel_options = list(merged.items())
-    if credentials is None:
-        plain = grpc.insecure_channel(target, options=channel_options)
-    else:
-        plain = grpc.secure_channel(target, credentials, options=channel_options)
-    channel = grpc.intercept_channel(ClosableChannel(plain), _ClientMetricsInterceptor())
+    channel = grpc.intercept_channel(
+        plain_channel(target, credentials=credentials, options=options), _ClientMetricsInterceptor()
+    )
     traced: grpc.Channel = intercept_channel(
         channel,
         client_interceptor(filter_=client_call_traced),  # type: ignore[no-untyped-call]

@@ -15,6 +15,7 @@ from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
 from services.common.calendar import OfficialYear, check_calendar_text
 from services.common.calendar_store import NodeCalendar
 from services.common.errors import InvalidArgument
+from services.common.security import OFFICE, current_principal
 from services.common.timeutil import from_duration, to_timestamp, to_utc
 from services.routing.domain import State, allowed_actions
 from services.routing.evaluation import EvaluationSample
@@ -40,6 +41,16 @@ def domain_state(value: common_pb2.CaseState.ValueType) -> State:
         raise InvalidArgument("states", f"{name} is not a work-order state") from None
 
 
+def acting_unit() -> str:
+    """The handling unit the caller acts as, when it is one: a unit's operator acts on its own unit's
+    cases only. "" for the node's office (clerk, supervisor, admin roles act for the whole node) and
+    when tokens are off."""
+    principal = current_principal()
+    if principal is None or principal.kind != "operator" or principal.has_any(OFFICE):
+        return ""
+    return principal.unit
+
+
 def work_order_query(
     request: routing_pb2.ListWorkOrdersRequest | routing_pb2.ListInboxRequest, now: datetime
 ) -> WorkOrderQuery:
@@ -52,8 +63,9 @@ def work_order_query(
         if within is None:
             raise InvalidArgument("due_within", "must be positive")
         due_before = now + within
-    if listing is not None and listing.with_history and not listing.case_id:
-        raise InvalidArgument("with_history", "only with case_id (one case's work orders)")
+    for extra in ("with_history", "with_supervisions"):
+        if listing is not None and getattr(listing, extra) and not listing.case_id:
+            raise InvalidArgument(extra, "only with case_id (one case's work orders)")
     return WorkOrderQuery(
         unit_id=request.unit_id,
         case_id=listing.case_id if listing is not None else "",

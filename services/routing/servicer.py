@@ -14,12 +14,13 @@ from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from services.common.calendar_store import NodeCalendar
 from services.common.db import read_only
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.common.security import OFFICE, current_principal
 from services.common.timeutil import china_date, from_timestamp, to_utc
 from services.routing import handlers
 from services.routing.domain import WorkOrderEvent
 from services.routing.handlers import Routing, SampleView, StoredWorkOrder, UnitOfWorkFactory, WorkOrderQuery
 from services.routing.mapping import (
+    DEFAULT_PAGE,
+    acting_unit,
     calendar_year_message,
     calendar_years_from_upload,
     from_page_token,
@@ -39,17 +40,6 @@ from services.routing.mapping import (
     work_order_page,
     work_order_query,
 )
-
-
-def acting_unit() -> str:
-    """The handling unit the caller acts as, when it is one: a unit's operator acts on its own unit's
-    cases only. "" for the node's office (clerk, supervisor, admin roles act for the whole node) and
-    when tokens are off."""
-    principal = current_principal()
-    if principal is None or principal.kind != "operator" or principal.has_any(OFFICE):
-        return ""
-    return principal.unit
-
 
 Step = Callable[[StoredWorkOrder, datetime, str], list[WorkOrderEvent]]
 
@@ -110,10 +100,17 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
                 after=from_page_token(request.page.page_token),
                 limit=page_size(request.page) + 1,
             )
+            # A case page's supervisions in the same read (issue 17: one call and transaction fewer).
+            watched = (
+                uow.list_supervisions(case_id=request.case_id, region_prefix="", after=None, limit=DEFAULT_PAGE)[0]
+                if request.with_supervisions
+                else []
+            )
         found, token = work_order_page(found, page_size(request.page))
         return routing_pb2.ListWorkOrdersResponse(
             work_orders=[work_order_message(s, now=now) for s in found],
             page=common_pb2.PageResponse(next_page_token=token, total_size=total),
+            supervisions=[supervision_message(s) for s in watched],
         )
 
     @read_only

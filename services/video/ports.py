@@ -216,6 +216,10 @@ class VideoStorage(Protocol):
         """One unit of work; leaving it without ``commit`` rolls back."""
         ...
 
+    def reading_together(self) -> AbstractContextManager[None]:
+        """Units of work begun inside only read, all in one transaction."""
+        ...
+
     def has_sweep_work(self, horizon: timedelta = ...) -> bool:
         """Whether the sweep has anything to look at (one read, no write lock)."""
         ...

@@ -383,16 +383,20 @@ class VideoServicer(video_grpc.VideoServiceServicer):
             consultations=[consultation_message(c, minutes_visible=_minutes_visible(c)) for c in found]
         )
 
+    @read_only  # one plain read on SQLite, not BEGIN IMMEDIATE's write lock (ListConsultations is not marked)
     def GetCaseVideo(self, request: pb.GetCaseVideoRequest, context: Any) -> pb.GetCaseVideoResponse:
         # A case page's four video calls in one (issue 17: each call cost the node ~0.6 ms of gRPC alone);
         # each part is answered by its own method, so it reads exactly as that method would.
         case_id = request.case_id.strip()
         if not case_id:
             raise InvalidArgument("case_id", "must be set")
-        visits = self.ListVisits(pb.ListVisitsRequest(case_id=case_id), context).visits
-        consultations = self.ListConsultations(pb.ListConsultationsRequest(case_id=case_id), context).consultations
-        leaders = (
-            self.ListReceivingLeaders(pb.ListReceivingLeadersRequest(), context).leaders if request.with_leaders else []
-        )
-        rooms = self.ListRooms(pb.ListRoomsRequest(), context).rooms if request.with_rooms else []
+        with self._video.reading_together():  # one read transaction for the four (not four BEGINs)
+            visits = self.ListVisits(pb.ListVisitsRequest(case_id=case_id), context).visits
+            consultations = self.ListConsultations(pb.ListConsultationsRequest(case_id=case_id), context).consultations
+            leaders = (
+                self.ListReceivingLeaders(pb.ListReceivingLeadersRequest(), context).leaders
+                if request.with_leaders
+                else []
+            )
+            rooms = self.ListRooms(pb.ListRoomsRequest(), context).rooms if request.with_rooms else []
         return pb.GetCaseVideoResponse(visits=visits, consultations=consultations, leaders=leaders, rooms=rooms)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,6 +49,9 @@ class VideoStore:
         # Epochs this process already wrote to video_case_owners: most case events repeat the epoch
         # known (every work order change), so they cost no write. The table stays the authority.
         self._owner_epochs: dict[str, int] = {}
+        # The session of ``reading_together`` in this thread's call, if any (one per store: a test
+        # process runs several nodes).
+        self._shared: ContextVar[Session | None] = ContextVar(f"video_shared_read_{id(self)}", default=None)
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -61,7 +65,28 @@ class VideoStore:
             session.close()
 
     @contextmanager
+    def reading_together(self) -> Iterator[None]:
+        """Every unit of work begun inside (in this call) reads in one transaction, rolled back at the
+        end: a case page's four video lists (GetCaseVideo) begin one read instead of four (issue 17).
+        Reads only: a unit of work that commits inside is refused."""
+        session = self._factory()
+        token = self._shared.set(session)
+        try:
+            yield
+        finally:
+            self._shared.reset(token)
+            session.rollback()
+            session.close()
+
+    @contextmanager
     def begin(self) -> Iterator[SqlVideoUnitOfWork]:
+        shared = self._shared.get()
+        if shared is not None:
+            uow = SqlVideoUnitOfWork(shared, cipher=self._cipher, node=self.node, clock=self._clock)
+            yield uow
+            if uow.committed:
+                raise RuntimeError("a unit of work committed inside VideoStore.reading_together()")
+            return
         with self._tx() as session:
             uow = SqlVideoUnitOfWork(session, cipher=self._cipher, node=self.node, clock=self._clock)
             yield uow

@@ -17,7 +17,7 @@ from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
-from services.common.grpcclient import instrumented_channel
+from services.common.grpcclient import instrumented_channel, plain_channel, tracer_installed
 from services.common.interceptors import FIELD_METADATA_KEY
 from services.common.security import bearer_metadata
 from services.web.config import WebSettings
@@ -65,7 +65,10 @@ def _channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.C
     """A channel to one address, or spreading calls round robin over several api processes of a
     service (``ipv4:127.0.0.1:7502,127.0.0.1:7602``: gRPC's default policy would use the first only)."""
     spread = (("grpc.lb_policy_name", "round_robin"),) if "," in target else ()
-    return instrumented_channel(target, credentials=credentials, options=spread)
+    # The gateway sets up no tracing and serves its own metrics registry: the interceptors of an
+    # instrumented channel would only cost each call (issue 17), unless a tracer is installed.
+    make = instrumented_channel if tracer_installed() else plain_channel
+    return make(target, credentials=credentials, options=spread)
 
 
 @dataclass

@@ -215,6 +215,16 @@ def test_supervision_is_recorded_and_listed(node: Node, stub: routing_grpc.Routi
     assert (s.level, s.by_node, s.state) == ("supervise", "511102", "open")
     listed = stub.ListSupervisions(pb.ListSupervisionsRequest(region_code="511100"), timeout=5).supervisions
     assert [x.supervision_id for x in listed] == [s.supervision_id]
+    # A case page reads the case's supervisions with its work orders, in one call; only when asked.
+    case_id = stub.GetWorkOrder(pb.GetWorkOrderRequest(work_order_id=wo), timeout=5).work_order.case_id
+    asked = pb.ListWorkOrdersRequest(case_id=case_id, with_history=True, with_supervisions=True)
+    both = stub.ListWorkOrders(asked, timeout=5)
+    assert [w.work_order_id for w in both.work_orders] == [wo] and list(both.supervisions) == [s]
+    assert not stub.ListWorkOrders(pb.ListWorkOrdersRequest(case_id=case_id), timeout=5).supervisions
+    code, details = code_of(
+        lambda: stub.ListWorkOrders(pb.ListWorkOrdersRequest(unit_id="lszq-sthjj", with_supervisions=True), timeout=5)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "with_supervisions" in details
     code, details = code_of(
         lambda: stub.Supervise(
             pb.SuperviseRequest(work_order_id=wo, actor="sup-1", level="shout", demand="x"), timeout=5

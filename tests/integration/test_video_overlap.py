@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import Engine
 
 from services.common.calendar import ChineseWorkingCalendar
@@ -94,3 +95,17 @@ def test_two_sweeps_claiming_one_reminder_send_it_once_and_neither_fails(databas
         assert uow.reminders_sent(["con-1"]) == {("con-1", "24h")}
         assert uow.claim_reminder("con-1", "1h", at) is True  # another kind is another reminder
     engine.dispose()
+
+
+def test_a_unit_of_work_may_not_commit_inside_a_shared_read(database_url: str) -> None:
+    """GetCaseVideo's four lists read in one transaction (``reading_together``); a write there would
+    ride on that read, so its commit is refused."""
+    engine, store = video_store(database_url)
+    try:
+        with store.reading_together():
+            with store.begin() as reader:
+                assert reader.schedules() == []
+            with pytest.raises(RuntimeError, match="reading_together"), store.begin() as writer:
+                writer.commit()
+    finally:
+        engine.dispose()

@@ -263,6 +263,10 @@ class FakeVideoStore:
     def begin(self) -> Iterator[FakeVideoUnitOfWork]:
         yield FakeVideoUnitOfWork(self)  # left without commit: its copy is dropped
 
+    @contextmanager
+    def reading_together(self) -> Iterator[None]:
+        yield  # every unit of work reads the one state anyway
+
     def has_sweep_work(self, horizon: timedelta = timedelta(hours=25)) -> bool:
         return True
 

@@ -30,26 +30,30 @@ from services.web.console.consultation import (
 )
 
 
-def _case_orders(case_id: str, assisting_unit: str = "") -> routing_pb2.ListWorkOrdersRequest:
-    # With their histories: the page shows the latest with its history, and needs no GetWorkOrder.
+def _case_orders(
+    case_id: str, assisting_unit: str = "", *, supervisions: bool = False
+) -> routing_pb2.ListWorkOrdersRequest:
+    # With their histories: the page shows the latest with its history, and needs no GetWorkOrder;
+    # with the case's supervisions when the page shows them (one routing call instead of two).
     page = common_pb2.PageRequest(page_size=50)
     return routing_pb2.ListWorkOrdersRequest(
-        case_id=case_id, assisting_unit_id=assisting_unit, with_history=True, page=page
+        case_id=case_id,
+        assisting_unit_id=assisting_unit,
+        with_history=True,
+        with_supervisions=supervisions,
+        page=page,
     )
 
 
-def _start_work_orders(page: Page, case_id: str) -> Any:
-    """The case's work orders at this node, asked without waiting (``_current_work_order`` takes it)."""
-    return page.client.start(page.client.routing.ListWorkOrders, _case_orders(case_id), page.token)
-
-
 def _current_work_order(page: Page, case_id: str, started: Any = None) -> routing_pb2.WorkOrder | None:
-    """The case's latest work order at this node, with its history."""
-    found = page.client.result(started or _start_work_orders(page, case_id)).work_orders
+    """The case's latest work order at this node, with its history (``started``: the page's
+    ListWorkOrders already asked; without it, asked here)."""
+    listing = page.client.routing.ListWorkOrders
+    found = (page.client.result(started) if started else page.call(listing, _case_orders(case_id))).work_orders
     unit = page.operator.principal.unit if page.operator else ""
     if not found and unit:
         # A unit's operator lists its own unit's work orders only; where it assists (协办) it asks as that.
-        found = page.call(page.client.routing.ListWorkOrders, _case_orders(case_id, unit)).work_orders
+        found = page.call(listing, _case_orders(case_id, unit)).work_orders
     if not found:
         return None
     latest: routing_pb2.WorkOrder = max(found, key=lambda w: (w.created_at.seconds, w.created_at.nanos))
@@ -61,9 +65,8 @@ class _CaseCalls:
     """The case page's calls, every one that needs nothing from another started before the first answer."""
 
     case: Any
-    supervisions: Any
+    orders: Any  # the case's work orders with their histories and the case's supervisions
     video: Any  # the case's visits and consultations, the leaders (may_book) and rooms (may_consult)
-    orders: Any
     slots: Any  # None without a leader chosen
     leader: str
     may_book: bool
@@ -77,16 +80,13 @@ def _start_case_calls(page: Page, case_id: str) -> _CaseCalls:
     may_consult = page.may(f"{VIDEO}/BookConsultation")
     return _CaseCalls(
         case=client.start(client.intake.GetCase, intake_pb2.GetCaseRequest(case_id=case_id), token),
-        supervisions=client.start(
-            client.routing.ListSupervisions, routing_pb2.ListSupervisionsRequest(case_id=case_id), token
-        ),
+        orders=client.start(client.routing.ListWorkOrders, _case_orders(case_id, supervisions=True), token),
         # Video's four lists in one call (visits, consultations, receiving leaders, rooms).
         video=client.start(
             client.video.GetCaseVideo,
             video_pb2.GetCaseVideoRequest(case_id=case_id, with_leaders=may_book, with_rooms=may_consult),
             token,
         ),
-        orders=_start_work_orders(page, case_id),
         slots=client.start(client.video.ListSlots, video_pb2.ListSlotsRequest(leader_id=leader, max_items=8), token)
         if may_book and leader
         else None,
@@ -135,7 +135,7 @@ def case_page(
         if failure.status != 404:
             raise
     order = _current_work_order(page, case_id, calls.orders)
-    supervisions = settled(page, calls.supervisions, "supervisions")
+    supervisions = list(page.client.result(calls.orders).supervisions)
     if case is None and order is None and not supervisions:
         return _remote_case(page, case_id, calls, errors, status)
     principal = page.operator.principal if page.operator else None

@@ -409,6 +409,7 @@ class ListWorkOrdersRequest(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     ASSISTING_UNIT_ID_FIELD_NUMBER: _builtins.int
     WITH_HISTORY_FIELD_NUMBER: _builtins.int
+    WITH_SUPERVISIONS_FIELD_NUMBER: _builtins.int
     unit_id: _builtins.str
     """Only work orders of this unit."""
     overdue_only: _builtins.bool
@@ -420,6 +421,10 @@ class ListWorkOrdersRequest(_message.Message):
     with_history: _builtins.bool
     """Each work order with its history, as GetWorkOrder answers it (a case page's one call); only
     with case_id (a case has a few work orders), else INVALID_ARGUMENT.
+    """
+    with_supervisions: _builtins.bool
+    """Also the case's supervisions, as ListSupervisions(case_id) answers its first page (a case page's
+    one routing call); only with case_id, else INVALID_ARGUMENT.
     """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.CaseState.ValueType]:
@@ -444,10 +449,11 @@ class ListWorkOrdersRequest(_message.Message):
         case_id: _builtins.str = ...,
         assisting_unit_id: _builtins.str = ...,
         with_history: _builtins.bool = ...,
+        with_supervisions: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["due_within", b"due_within", "page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assisting_unit_id", b"assisting_unit_id", "case_id", b"case_id", "due_within", b"due_within", "overdue_only", b"overdue_only", "page", b"page", "states", b"states", "unit_id", b"unit_id", "with_history", b"with_history"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assisting_unit_id", b"assisting_unit_id", "case_id", b"case_id", "due_within", b"due_within", "overdue_only", b"overdue_only", "page", b"page", "states", b"states", "unit_id", b"unit_id", "with_history", b"with_history", "with_supervisions", b"with_supervisions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -461,6 +467,7 @@ class ListWorkOrdersResponse(_message.Message):
 
     WORK_ORDERS_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
+    SUPERVISIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def work_orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkOrder]:
         """The work orders (without history unless with_history was asked)."""
@@ -469,15 +476,20 @@ class ListWorkOrdersResponse(_message.Message):
     def page(self) -> _common_pb2.PageResponse:
         """Paging."""
 
+    @_builtins.property
+    def supervisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Supervision]:
+        """The case's supervisions, newest first, when with_supervisions was asked (at most 50)."""
+
     def __init__(
         self,
         *,
         work_orders: _abc.Iterable[Global___WorkOrder] | None = ...,
         page: _common_pb2.PageResponse | None = ...,
+        supervisions: _abc.Iterable[Global___Supervision] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "work_orders", b"work_orders"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "supervisions", b"supervisions", "work_orders", b"work_orders"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
