@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.db import transaction
@@ -24,26 +23,23 @@ from services.common.service import BusEvent, utc_now
 
 log = logging.getLogger(__name__)
 
-_INBOX_INSERTS: dict[tuple[int, str], tuple[Table, Any]] = {}
+_INBOX_SQL: dict[tuple[str, str], str] = {}
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
-def _inbox_insert(inbox: Table, dialect: str) -> Any:
-    """The inbox's insert-unless-present, built once per table and dialect: every event every consumer
-    takes runs it, and building it (values, conflict clause, returning, its cache key) on each call
-    cost more than executing it."""
-    key = (id(inbox), dialect)
-    built = _INBOX_INSERTS.get(key)
-    if built is None or built[0] is not inbox:  # (a table of a test may reuse a freed table's id)
-        insert: Any = postgresql.insert(inbox) if dialect == "postgresql" else sqlite.insert(inbox)
-        statement = (
-            insert.values(
-                consumer=bindparam("consumer"), event_id=bindparam("event_id"), received_at=bindparam("received_at")
-            )
-            .on_conflict_do_nothing()
-            .returning(inbox.c.event_id)
+def _inbox_sql(inbox: Table, dialect: str) -> str:
+    """The inbox's insert-unless-present as plain SQL, for the connection's DB-API cursor: every event
+    every consumer takes runs it, and SQLAlchemy's execution of even a prebuilt statement (compiled
+    cache lookup, parameter processing, result wrapping) cost more than SQLite's running it."""
+    key = (inbox.name, dialect)
+    sql = _INBOX_SQL.get(key)
+    if sql is None:
+        mark = "%s" if dialect == "postgresql" else "?"
+        sql = _INBOX_SQL[key] = (
+            f"INSERT INTO {inbox.name} (consumer, event_id, received_at) VALUES ({mark}, {mark}, {mark}) "
+            "ON CONFLICT DO NOTHING RETURNING event_id"
         )
-        built = _INBOX_INSERTS[key] = (inbox, statement)
-    return built[1]
+    return sql
 
 
 class _ConsumerBatch:
@@ -78,6 +74,7 @@ class _ConsumerBatch:
 
     def commit(self) -> None:
         for session in self.sessions.values():
+            _run_before_commit(session)
             session.commit()
 
     def close(self) -> None:
@@ -132,9 +129,26 @@ def consumer_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     if batch is None:
         with transaction(factory) as session:
             yield session
+            _run_before_commit(session)
         return
     with batch.joined(factory) as session:
         yield session
+
+
+_BEFORE_COMMIT = "lianxin_before_commit"
+
+
+def before_commit(session: Session, key: str, callback: Callable[[], None]) -> None:
+    """Call ``callback`` in ``session``'s consumer transaction just before it commits (the first
+    callback given for ``key`` only): at the end of ``consume_once``'s own transaction, or inside
+    ``consume_batch`` once for the whole batch, so a consumer can write what its events add up to in
+    one statement instead of one per event. If it raises, nothing of the transaction is kept."""
+    session.info.setdefault(_BEFORE_COMMIT, {}).setdefault(key, callback)
+
+
+def _run_before_commit(session: Session) -> None:
+    for callback in session.info.pop(_BEFORE_COMMIT, {}).values():
+        callback()
 
 
 def after_commit(callback: Callable[[], None]) -> None:
@@ -162,13 +176,19 @@ def consume_once(
     propagates, so the bus delivers the event again and it is applied then. Inside ``consume_batch``
     they join the batch's transaction instead of one of their own.
     """
-    values = {"consumer": consumer, "event_id": event.event_id, "received_at": now or utc_now()}
+    received: Any = now or utc_now()
     with consumer_transaction(session_factory) as session:
         # ON CONFLICT DO NOTHING: a concurrent duplicate waits for the first to commit, then sees 0 rows.
-        # On the session's connection (its transaction): the ORM's statement machinery cost more than
-        # the insert, and nothing is pending in the session before an event's first statement.
+        # On the session's connection (its transaction): nothing is pending in the session before an
+        # event's first statement.
         connection = session.connection()
-        inserted = connection.execute(_inbox_insert(inbox, connection.dialect.name), values).scalar_one_or_none()
+        dialect = connection.dialect.name
+        if dialect == "sqlite":
+            received = received.strftime(_SQLITE_DATETIME)  # as SQLAlchemy's DateTime stores it there
+        cursor = connection.connection.cursor()
+        cursor.execute(_inbox_sql(inbox, dialect), (consumer, event.event_id, received))
+        inserted = cursor.fetchone()
+        cursor.close()
         if inserted is None:
             return False  # nothing written; the transaction commits empty
         apply(session)

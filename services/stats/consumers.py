@@ -11,13 +11,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.calendar import WorkingCalendar
 from services.common.events import decode
-from services.common.inbox import consume_once
+from services.common.inbox import before_commit, consume_once
 from services.common.regions import RegionTree
 from services.common.service import BusEvent, Subscription
 from services.stats import handlers
 from services.stats.domain import CachedCalendar, StatsConfig
 from services.stats.models import inbox
-from services.stats.store import SqlWarehouse
+from services.stats.store import PendingFacts, SqlWarehouse
 from services.stats.translate import case_text, to_case_event
 
 # Events the warehouse folds, by emitting service. "exchange" carries the subtree's replicas.
@@ -73,7 +73,7 @@ def make_ingestor(
 
         def apply(session: Session) -> None:
             handlers.ingest(
-                SqlWarehouse(session, clock=clock),
+                SqlWarehouse(session, clock=clock, pending=_pending(session)),
                 case_event,
                 source=event.source,
                 body=event.body,
@@ -86,6 +86,25 @@ def make_ingestor(
         return consume_once(session_factory, inbox, "stats", event, apply)
 
     return ingest_event
+
+
+_PENDING = "stats_pending_facts"
+
+
+def _pending(session: Session) -> PendingFacts:
+    """The facts the transaction's events saved so far, written once just before it commits: a
+    relay's batch of events (``consume_batch``) then costs one upsert per derived table, not one per
+    event each (about eight statements an event before)."""
+    pending = session.info.get(_PENDING)
+    if pending is None:
+        gathered = pending = session.info[_PENDING] = PendingFacts()
+
+        def write() -> None:
+            del session.info[_PENDING]
+            SqlWarehouse(session).write_pending(gathered)
+
+        before_commit(session, "stats", write)
+    return pending
 
 
 def subscriptions(ingest_event: Callable[[BusEvent], bool]) -> list[Subscription]:

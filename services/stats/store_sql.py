@@ -233,6 +233,8 @@ def ingest_sql(name: str, *, postgres: bool) -> str:
         # Ordered by the indexed column: with a bare LIMIT, PostgreSQL's generic plan (a third of
         # the table guessed to match) read every fact in a sequential scan to find none (issue 20).
         return f"SELECT {columns} FROM case_facts WHERE {column} {compare} {mark} ORDER BY {column} LIMIT {mark}"
+    if name == "save_text":
+        return f'INSERT INTO case_texts (case_id, "text") VALUES ({mark}, {mark}) ON CONFLICT DO NOTHING'
     if name == "save_fact":
         updates = ", ".join(f"{c} = excluded.{c}" for c in FACT_ROW_COLUMNS if c != "case_id")
         marks = ", ".join([mark] * len(FACT_ROW_COLUMNS))

@@ -16,11 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from lianxin.events.v1 import events_pb2
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from bench.stats.generate import bulk_insert, generate
 from services.common.db import make_engine, make_session_factory, transaction
+from services.common.inbox import consume_batch
 from services.common.migrations import upgrade
 from services.common.regions import RegionTree, Tier
 from services.stats.domain import COUNTERS, Aggregates, StatsConfig, counters
@@ -184,21 +186,47 @@ def test_replayed_and_shuffled_events_leave_no_drift(database_url: str, tmp_path
             w.deliver(env, source="exchange")
         for env in fixture_events():
             w.deliver(env)
-        factory = w.parts.session_factory
-        assert factory is not None
-        with factory() as session:
-            incremental = _rollup_rows(session)
-            assert incremental[0] and incremental[1] and incremental[3]
-        with transaction(factory) as session:
-            SqlWarehouse(session).rebuild_rollups()
-        with factory() as session:
-            assert _rollup_rows(session) == incremental
-        # And the service's answer (read from the rollups as of the ingest clock) is the hand-computed one.
-        m = w.metrics(region_code="511100", month="2026-10")
-        assert (m["reply_rate"].numerator, m["reply_rate"].denominator) == (3, 4)
-        assert m["overdue"].numerator == 2 and m["p90_reply_workdays"].value == 16.0
+        _assert_no_drift_and_the_hand_figures(w)
     finally:
         w.close()
+
+
+def test_events_folded_in_batches_write_what_one_at_a_time_writes(database_url: str, tmp_path: Path) -> None:
+    """A relay hands the warehouse a batch of events in one transaction (several of one case among
+    them) and their facts and rollups are written once at its end: the same figures as event by event."""
+    w = Warehouse(database_url, tmp_path)
+    try:
+        events = fixture_events() * 2
+        random.Random(5).shuffle(events)
+        for start in range(0, len(events), 7):
+            chunk = events[start : start + 7]
+
+            def deliver(chunk: list[events_pb2.EventEnvelope] = chunk) -> None:
+                for env in chunk:
+                    w.deliver(env, source="exchange")
+
+            assert consume_batch(deliver)
+        _assert_no_drift_and_the_hand_figures(w)
+    finally:
+        w.close()
+
+
+def _assert_no_drift_and_the_hand_figures(w: Warehouse) -> None:
+    """Every derived table equals a rebuild from the facts, and the service's answer (read from the
+    rollups as of the ingest clock) is the hand-computed one."""
+    factory = w.parts.session_factory
+    assert factory is not None
+    with factory() as session:
+        incremental = _rollup_rows(session)
+        assert incremental[0] and incremental[1] and incremental[3]
+    with transaction(factory) as session:
+        SqlWarehouse(session).rebuild_rollups()
+    with factory() as session:
+        assert _rollup_rows(session) == incremental
+    m = w.metrics(region_code="511100", month="2026-10")
+    assert (m["reply_rate"].numerator, m["reply_rate"].denominator) == (3, 4)
+    assert m["overdue"].numerator == 2 and m["p90_reply_workdays"].value == 16.0
+    assert m["supervised"].numerator == 1 and m["satisfaction_rate"].numerator == 2
 
 
 def test_events_of_one_case_in_parallel_leave_no_drift(postgres_url: str, tmp_path: Path) -> None:
@@ -209,17 +237,6 @@ def test_events_of_one_case_in_parallel_leave_no_drift(postgres_url: str, tmp_pa
         random.Random(8).shuffle(events)
         with ThreadPoolExecutor(max_workers=6) as pool:
             list(pool.map(lambda env: w.deliver(env, source="exchange"), events))
-        factory = w.parts.session_factory
-        assert factory is not None
-        with factory() as session:
-            incremental = _rollup_rows(session)
-        with transaction(factory) as session:
-            SqlWarehouse(session).rebuild_rollups()
-        with factory() as session:
-            assert _rollup_rows(session) == incremental
-        m = w.metrics(region_code="511100", month="2026-10")
-        assert (m["reply_rate"].numerator, m["reply_rate"].denominator) == (3, 4)
-        assert m["overdue"].numerator == 2 and m["p90_reply_workdays"].value == 16.0
-        assert m["supervised"].numerator == 1 and m["satisfaction_rate"].numerator == 2
+        _assert_no_drift_and_the_hand_figures(w)
     finally:
         w.close()

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.bus import DeliveryFailed, InProcessBus
 from services.common.db import make_engine, make_session_factory, transaction
-from services.common.inbox import after_commit, consume_once
+from services.common.inbox import after_commit, before_commit, consume_once
 from services.common.outbox import Relay, append_event, inbox_table, outbox_table
 from services.common.service import BusEvent, Subscription
 
@@ -161,3 +161,40 @@ def test_a_duplicate_in_a_batch_is_skipped_by_the_inbox(node: Node) -> None:
 
     assert node.relay.run_once() == 3
     assert node.applied_by("routing") == [ids[0], ids[2]]
+
+
+def test_before_commit_writes_a_batch_once_inside_it_and_its_failure_keeps_nothing(node: Node) -> None:
+    """What a consumer's events add up to is written once per batch, in the batch's transaction; if
+    that write fails nothing of the batch is kept, and the events are delivered one by one."""
+    written: list[int] = []
+    fail_batches = [True]
+
+    def handle(e: BusEvent) -> None:
+        def apply(session: Session) -> None:
+            gathered = session.info.setdefault("gathered", [])
+            gathered.append(e.event_id)
+
+            def write() -> None:
+                ids = session.info.pop("gathered")
+                if fail_batches[0] and len(ids) > 1:
+                    raise ValueError("the batch's write failed")
+                for event_id in ids:
+                    session.execute(node.applied.insert().values(consumer="stats", event_id=event_id))
+                written.append(len(ids))
+
+            before_commit(session, "test", write)
+
+        consume_once(node.factory, node.inbox, "stats", e, apply)
+
+    node.bus.subscribe(Subscription("stats", "intake", "case_registered", handle))
+    first = node.append(4)
+
+    assert node.relay.run_once() == 4
+    assert written == [1, 1, 1, 1]  # the batch rolled back, then each event in its own transaction
+    assert node.applied_by("stats") == first and node.inbox_of("stats") == 4
+
+    fail_batches[0] = False
+    second = node.append(5)
+    assert node.relay.run_once() == 5
+    assert written[4:] == [5]  # once for the batch
+    assert node.applied_by("stats") == first + second and node.inbox_of("stats") == 9
