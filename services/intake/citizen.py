@@ -311,12 +311,15 @@ def set_progress_notices(
     tracking_code: str, phone_last4: str, *, enabled: bool, uow_factory: UnitOfWorkFactory, deps: IntakeDeps
 ) -> Case:
     """The citizen turns progress notices off (or on again) with the tracking code; later steps follow it."""
-    with uow_factory() as uow:
-        case = _authenticate(uow, tracking_code, phone_last4, deps)
-        flags = tuple(f for f in case.flags if f != notices.OPT_OUT_FLAG)
-        if not enabled:
-            flags = (*flags, notices.OPT_OUT_FLAG)
-        if flags != case.flags:
+
+    def attempt() -> Case:
+        with uow_factory() as uow:
+            case = _authenticate(uow, tracking_code, phone_last4, deps)
+            flags = tuple(f for f in case.flags if f != notices.OPT_OUT_FLAG)
+            if not enabled:
+                flags = (*flags, notices.OPT_OUT_FLAG)
+            if flags == case.flags:
+                return case
             # A held case never left intake: its registration, once released, carries the choice (flags).
             held = case.state is CaseState.MODERATION
             changed = replace(case, flags=flags, version=case.version + (0 if held else 1), updated_at=deps.clock())
@@ -324,5 +327,7 @@ def set_progress_notices(
             if not held:
                 uow.emit(ProgressNoticesSet(changed, enabled))  # counted in stats (docs/stats.md)
             uow.commit()
-            case = changed
-    return case
+            return changed
+
+    # Like a rating: routing's handling applied to the case meanwhile is no reason to answer ABORTED.
+    return retry_on_conflict(attempt)

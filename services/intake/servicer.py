@@ -220,6 +220,7 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
             uow_factory=self._uow_factory,
             deps=self._deps,
         )
+        self._after_commit()  # the choice is an event stats counts, up the tiers too
         return intake_pb2.SetProgressNoticesResponse(progress_notices=OPT_OUT_FLAG not in case.flags)
 
     def EvaluateCase(self, request: intake_pb2.EvaluateCaseRequest, context: Any) -> intake_pb2.EvaluateCaseResponse:

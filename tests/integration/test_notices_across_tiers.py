@@ -217,3 +217,23 @@ def test_the_notices_a_county_sends_are_counted_in_its_warehouse_and_the_citys(s
     assert sorted(m.notice_id.rsplit("/", 1)[0] for m in gateway.delivered) == sorted(
         [told.case_id, *([later.case_id] if told_later else [])]
     )
+
+
+def test_an_opt_out_reaches_the_figures_when_it_commits_not_at_the_relays_next_poll(start: Start) -> None:
+    """SetProgressNotices wakes the outbox relay as every other request that writes an event does: here the
+    relay polls only every 10 minutes, so the opt-out is counted only if its commit woke it."""
+    county = start("511102", relay_interval_s=600.0)
+    case = register(county, region="511102")
+    order = placed_by_hand(county, case.case_id)
+    accept = routing_pb2.AcceptWorkOrderRequest(work_order_id=order.work_order_id, actor="lszq-sthjj-1")
+    routing(county).AcceptWorkOrder(accept, timeout=5)
+    wait_until(lambda: ("accepted", "sent") in notice_states(case), 20, "the acceptance notice sent")
+    # Quiet: the notice's end is counted, nothing else is under way to wake the relay.
+    wait_until(lambda: metrics(county, "511102", NOTICE_FIGURES)["notices_sent"] == 1, 20, "the notice counted")
+    assert metrics(county, "511102", NOTICE_FIGURES)["notices_opted_out"] == 0
+
+    intake(county).SetProgressNotices(
+        intake_pb2.SetProgressNoticesRequest(tracking_code=case.code, phone_last4=case.last4, enabled=False),
+        timeout=5,
+    )
+    wait_until(lambda: metrics(county, "511102", NOTICE_FIGURES)["notices_opted_out"] == 1, 20, "the opt-out counted")

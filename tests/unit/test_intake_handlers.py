@@ -13,8 +13,10 @@ import pytest
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.intake import handlers
 from services.intake.domain import Case, CaseRegistered, CaseState, ProgressNoticesSet
+from services.intake.handlers import HandlingChange
+from services.intake.notices import OPT_OUT_FLAG
 from services.intake.validation import Submission
-from tests.support.intake import FakeIntakeStore
+from tests.support.intake import FakeIntakeStore, FakeIntakeUnitOfWork
 
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)  # 10:00 in Sichuan
 
@@ -98,3 +100,38 @@ def test_turning_progress_notices_off_and_on_is_an_event_stats_counts() -> None:
     # Each change its own version (stats keeps one event per version); asking twice changes nothing.
     assert choices == [(False, case.version + 1), (True, case.version + 2)]
     assert again.version == off.version and on.version == case.version + 2
+
+
+def test_opting_out_while_routing_accepts_the_case_keeps_both() -> None:
+    """Routing's acceptance is applied to the case between the opt-out's read and its write (CI saw the
+    citizen answered ABORTED): the opt-out is decided again on the accepted case, as a rating would be."""
+    store = FakeIntakeStore()
+    case = handlers.submit_case(lamp("web-9"), uow_factory=store.unit_of_work, deps=deps()).case
+    accepted = HandlingChange(
+        case_id=case.case_id,
+        version=2,
+        action="accept",
+        to_state=CaseState.ACCEPTED,
+        work_order_id="wo-1",
+        unit_id="lszq-sthjj",
+        at=NOW,
+    )
+
+    raced: list[bool] = []
+
+    class AcceptedMeanwhile(FakeIntakeUnitOfWork):
+        def get_by_tracking_code(self, code: str) -> tuple[Case, str] | None:
+            found = super().get_by_tracking_code(code)
+            if not raced:  # the first attempt only: the consumer commits after this read
+                raced.append(True)
+                consumer = store.unit_of_work()
+                assert handlers.apply_handling_change(accepted, consumer)
+                consumer.commit()
+            return found
+
+    chosen = handlers.set_progress_notices(
+        case.tracking_code, "5678", enabled=False, uow_factory=lambda: AcceptedMeanwhile(store), deps=deps()
+    )
+    kept = store.cases[case.case_id]
+    assert kept == chosen and OPT_OUT_FLAG in kept.flags and kept.state is CaseState.ACCEPTED
+    assert [e.enabled for e in store.events if isinstance(e, ProgressNoticesSet)] == [False]
