@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -17,8 +18,10 @@ from lianxin.intake.v1 import intake_service_pb2 as pb
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.events import decode, envelope, to_bus_event
-from services.common.service import BusEvent, Subscription
+from services.common.service import BusEvent, NodeHooks, Subscription
 from services.common.settings import Settings
+from services.intake.app import NOTICE_TIMER
+from services.intake.notice_sender import next_due
 from services.node import Node
 from tests.support.helpers import wait_until
 
@@ -40,6 +43,8 @@ class Harness:
     clock: Clock
     stub: intake_grpc.IntakeServiceStub
     emitted: list[BusEvent]
+    # At each wake of the progress-notice sender: the earliest due notice it would find then (None: none).
+    woken: list[datetime | None]
     version: dict[str, int] = field(default_factory=dict)
 
     def submit(self, ref: str, phone: str = PHONE) -> pb.SubmitCaseResponse:
@@ -57,7 +62,13 @@ class Harness:
         )
         return reply
 
-    def routing_says(
+    def routing_says(self, case_id: str, action: str, to_state: int, **options: Any) -> BusEvent:
+        """Publish ``routing_event(...)`` on the node's bus, as routing would."""
+        event = self.routing_event(case_id, action, to_state, **options)
+        self.node.bus.publish(event)
+        return event
+
+    def routing_event(
         self,
         case_id: str,
         action: str,
@@ -66,7 +77,7 @@ class Harness:
         reason: str = "内部备注：已电话沟通",
         version: int | None = None,
     ) -> BusEvent:
-        """Publish a hand-built WorkOrderChanged on the node's bus, as routing would."""
+        """A hand-built WorkOrderChanged, as routing would publish it."""
         number = version if version is not None else self.version.get(case_id, 2) + 1
         self.version[case_id] = max(number, self.version.get(case_id, 2))
         env = envelope(
@@ -87,9 +98,7 @@ class Harness:
             origin_service="routing",
             occurred_at=self.clock(),
         )
-        event = to_bus_event(env)
-        self.node.bus.publish(event)
-        return event
+        return to_bus_event(env)
 
     def emitted_of(self, event_type: str) -> list[events_pb2.EventEnvelope]:
         self.node.drain()
@@ -97,17 +106,28 @@ class Harness:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+def harness(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     url = None if request.param == "sqlite" else str(request.getfixturevalue("postgres_url"))
+    # No safety pass of the notice sender within a test: a notice goes out only if its commit woke the sender.
+    monkeypatch.setattr("services.intake.app.NOTICE_SAFETY_S", 3600.0)
     clock = Clock()
     settings = Settings(node=NODE, data_dir=tmp_path, database_url=url, relay_interval_s=0.05, metrics_port=None)
-    node = Node(settings, services=("intake",), clock=clock)
+    woken: list[datetime | None] = []
+
+    def wake_timer(name: str) -> None:
+        factory = node.parts["intake"].session_factory
+        if name == NOTICE_TIMER and factory is not None:
+            woken.append(next_due(factory))  # what the sender's pass would read now
+        if node.timer_loop is not None:
+            node.timer_loop.wake(name)
+
+    node = Node(settings, services=("intake",), clock=clock, hooks=NodeHooks(wake_timer=wake_timer))
     emitted: list[BusEvent] = []
     for kind in ("case_registered", "case_evaluated", "review_requested", "case_withdrawn"):
         node.bus.subscribe(Subscription("test", "intake", kind, emitted.append))
     node.start()
     with grpc.insecure_channel(node.address) as channel:
-        yield Harness(node, clock, intake_grpc.IntakeServiceStub(channel), emitted)
+        yield Harness(node, clock, intake_grpc.IntakeServiceStub(channel), emitted, woken)
     node.stop(grace=0.2)
 
 
@@ -245,3 +265,22 @@ def test_withdrawal_before_the_reply_only(harness: Harness) -> None:
     assert harness.submit("t-9").case.repeat_of != open_case.case.case_id
     registered = harness.emitted_of("case_registered")
     assert registered and not registered[0].case_registered.case.complainant.phone  # no personal data in events
+
+
+def test_the_notice_sender_is_woken_after_the_commit_that_queued_the_notice(harness: Harness) -> None:
+    """A relay run hands intake routing's events in one transaction: the sender is woken once, after that
+    commit, so its pass finds the acceptance notice (woken before it, the pass found nothing and the
+    notice waited for the safety pass, here an hour away)."""
+    reply = harness.submit("t-wake")
+    case_id, code = reply.case.case_id, reply.tracking_code
+    accepted = harness.routing_event(case_id, "accept", common_pb2.CASE_STATE_ACCEPTED)
+    noted = harness.routing_event(case_id, "remark", common_pb2.CASE_STATE_ACCEPTED)
+    harness.woken.clear()
+    harness.node.bus.publish_batch([accepted, noted])
+    assert harness.woken == [harness.clock.now]
+
+    def notices() -> list[tuple[str, str]]:
+        view = harness.stub.TrackCase(pb.TrackCaseRequest(tracking_code=code, phone_last4="5678"), timeout=5)
+        return [(n.kind, n.state) for n in view.notices]
+
+    wait_until(lambda: notices() == [("accepted", "sent")], 20, "the acceptance notice sent")
