@@ -160,11 +160,6 @@ def _assert_nothing_lost_or_doubled(result: ScenarioResult) -> None:
     assert result.converged_s is not None, "never converged after the fault was cleared"
 
 
-# A worker sometimes aborts on its own (grpc's event engine: "epoll_wait error: Bad file descriptor",
-# exit -6) a few seconds after a restart; the harness restarts it as Kubernetes would, nothing is lost
-# or doubled, and the scenario fails on `crashed`. Until that is found, a scenario runs once more
-# before it fails (seen twice in five CI runs; issue 21's closing note).
-@pytest.mark.flaky(reruns=1)
 class TestProductionNode:
     """Ten processes on the private PostgreSQL and RabbitMQ; the stack is shared by the class, then torn down."""
 
