@@ -163,16 +163,28 @@ def append_event(
         # because it selects unpublished rows, not rows after a cursor. Events without a case
         # share one key and stay in strict order.
         session.execute(select(func.pg_advisory_xact_lock(_pg_lock_key("append", table, case_id))))
-    session.execute(
-        table.insert().values(
-            event_id=event.event_id,
-            source=event.source,
-            event_type=event.event_type,
-            case_id=case_id,
-            body=event.body,
-            created_at=now or utc_now(),
-        )
-    )
+    row = {
+        "event_id": event.event_id,
+        "source": event.source,
+        "event_type": event.event_type,
+        "case_id": case_id,
+        "body": event.body,
+        "created_at": now or utc_now(),
+    }
+    session.connection().execute(_append_insert(table), row)
+
+
+_APPEND_INSERTS: dict[int, tuple[Table, Any]] = {}
+
+
+def _append_insert(table: Table) -> Any:
+    """The outbox's insert with bound parameters, built once per table: every event a service records
+    runs it, and composing ``insert().values(...)`` on each call cost more than executing it."""
+    built = _APPEND_INSERTS.get(id(table))
+    if built is None or built[0] is not table:  # (a table of a test may reuse a freed table's id)
+        columns = ("event_id", "source", "event_type", "case_id", "body", "created_at")
+        built = _APPEND_INSERTS[id(table)] = (table, table.insert().values({c: bindparam(c) for c in columns}))
+    return built[1]
 
 
 def append_events(

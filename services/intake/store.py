@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 from lianxin.events.v1 import events_pb2
-from sqlalchemy import or_, select, text, tuple_, union_all, update
+from sqlalchemy import or_, select, text, tuple_, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -48,6 +48,7 @@ from services.intake.submit_sql import CASES as _CASES
 from services.intake.submit_sql import LOOKUP_QUERIES as _LOOKUP_QUERIES
 from services.intake.submit_sql import NEAR_QUERY as _NEAR_QUERY
 from services.intake.submit_sql import OPEN as _OPEN
+from services.intake.submit_sql import SAVE_CASE as _SAVE_CASE
 from services.intake.submit_sql import TIMELINE as _TIMELINE
 from services.intake.submit_sql import PgConnection as _PgConnection
 from services.intake.submit_sql import PgSubmitPath
@@ -478,30 +479,29 @@ class SqlIntakeUnitOfWork:
             raise AlreadyExists("case", "idempotency key")
 
     def save(self, case: Case, *, expected_version: int) -> None:
-        result = self.session.execute(
-            update(CaseRow)
-            .where(CaseRow.case_id == case.case_id, CaseRow.version == expected_version)
-            .values(
-                state=case.state.value,
-                version=case.version,
-                owner_node=case.owner_node,
-                owner_epoch=case.owner_epoch,
-                flags=",".join(case.flags),
-                updated_at=case.updated_at,
-                handling_version=case.handling_version,
-                work_order_id=case.work_order_id,
-                unit_id=case.unit_id,
-                reply_count=case.reply_count,
-                replied_at=case.replied_at,
-                reply_text=case.reply_text,
-                handling_due=case.handling_due,
-                merged_into=case.merged_into,
-                evaluated_reply=case.evaluated_reply,
-                satisfaction=case.satisfaction,
-                review_reply=case.review_reply,
-            )
-            .execution_options(synchronize_session=False)
-        )
+        values = {
+            "b_case_id": case.case_id,
+            "b_expected_version": expected_version,
+            "state": case.state.value,
+            "version": case.version,
+            "owner_node": case.owner_node,
+            "owner_epoch": case.owner_epoch,
+            "flags": ",".join(case.flags),
+            "updated_at": case.updated_at,
+            "handling_version": case.handling_version,
+            "work_order_id": case.work_order_id,
+            "unit_id": case.unit_id,
+            "reply_count": case.reply_count,
+            "replied_at": case.replied_at,
+            "reply_text": case.reply_text,
+            "handling_due": case.handling_due,
+            "merged_into": case.merged_into,
+            "evaluated_reply": case.evaluated_reply,
+            "satisfaction": case.satisfaction,
+            "review_reply": case.review_reply,
+        }
+        self.session.flush()  # what the session holds goes first, as the session's own execute did
+        result = self.session.connection().execute(_SAVE_CASE, values)
         if getattr(result, "rowcount", 1) != 1:
             raise Conflict(f"case {case.case_id} changed since it was read")
 

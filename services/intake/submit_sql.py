@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import bindparam, or_, select, text
+from sqlalchemy import bindparam, or_, select, text, update
 from sqlalchemy.engine import make_url
 
 from services.intake import dedup
@@ -27,6 +27,19 @@ BAND_MASK = (1 << BAND_BITS) - 1
 # Plain Tables for the submit's Core inserts.
 CASES = CaseRow.metadata.tables[CaseRow.__tablename__]
 TIMELINE = TimelineRow.metadata.tables[TimelineRow.__tablename__]
+# What following routing's handling (and an evaluation, a review) changes on a case, checked against
+# the version it was read at: built once, since composing the statement on each event cost more than
+# running it.
+SAVED_COLUMNS = (
+    "state", "version", "owner_node", "owner_epoch", "flags", "updated_at", "handling_version", "work_order_id",
+    "unit_id", "reply_count", "replied_at", "reply_text", "handling_due", "merged_into", "evaluated_reply",
+    "satisfaction", "review_reply",
+)  # fmt: skip
+SAVE_CASE = (
+    update(CASES)
+    .where(CASES.c.case_id == bindparam("b_case_id"), CASES.c.version == bindparam("b_expected_version"))
+    .values({name: bindparam(name) for name in SAVED_COLUMNS})
+)
 # Open cases, as written in the partial indexes (models.py), so that those serve the query.
 OPEN = text(OPEN_CASE_SQL)
 
