@@ -77,6 +77,29 @@ def _report(raw: str, *, limit: int) -> str:
     return "\n".join(lines)
 
 
+def _threads_cpu() -> dict[str, float]:
+    """CPU seconds of this process's live Python threads, by name with numbers folded (the gateway's
+    event loop "uvicorn", its page threads, the node's gRPC pool and polling threads...)."""
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            name = re.sub(r"\d+", "N", thread.name)
+            out[name] = out.get(name, 0.0) + time.clock_gettime(time.pthread_getcpuclockid(thread.ident or 0))
+        except (OSError, TypeError):
+            continue  # ended meanwhile
+    return out
+
+
+def _by_thread(before: dict[str, float], after: dict[str, float], cpu: float, n: int) -> str:
+    """CPU per page by thread group; the rest: threads that ended meanwhile (gRPC's channel spin
+    threads) and gRPC's own C threads."""
+    rows = {name: after[name] - before.get(name, 0.0) for name in after}
+    rows["(threads ended meanwhile, gRPC's C threads)"] = cpu - sum(rows.values())
+    lines = ["-- CPU per page by thread"]
+    lines += [f"{ms * 1000 / n:8.3f} ms  {name}" for name, ms in sorted(rows.items(), key=lambda r: -r[1]) if ms > 0]
+    return "\n".join(lines)
+
+
 _CLIENT = """
 import http.client, sys
 port, path, cookie, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -94,7 +117,7 @@ def _ask(port: int, path: str, cookie: str, requests: int) -> None:
     subprocess.run([sys.executable, "-c", _CLIENT, str(port), path, cookie, str(requests)], check=True)
 
 
-def profile(*, workdir: Path, path: str, requests: int, rate: int, limit: int) -> str:
+def profile(*, workdir: Path, path: str, requests: int, rate: int, limit: int, gil: bool = True) -> str:
     import uvicorn
 
     from services.common.settings import Settings
@@ -123,13 +146,24 @@ def profile(*, workdir: Path, path: str, requests: int, rate: int, limit: int) -
         _ask(port, path, cookie, 20)  # warm: connections, statement caches, the units' and calendar's caches
         raw = workdir / "profile.raw"
         raw.write_text("", "utf-8")
-        record = ["record", "--gil", "--pid", str(os.getpid()), "--rate", str(rate), "--format", "raw"]
+        # --gil: only the thread holding the GIL (what the page waits on); without: every busy thread.
+        record = [
+            "record",
+            *(["--gil"] if gil else []),
+            "--pid",
+            str(os.getpid()),
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+        ]
         # --rate 0: no profiler (it stops the process for every sample, which costs CPU of its own).
         spy = subprocess.Popen([py_spy, *record, "--output", str(raw)], stderr=subprocess.DEVNULL) if rate else None
         time.sleep(1.0 if spy else 0.0)  # py-spy attaches
-        cpu, wall = time.process_time(), time.perf_counter()
+        threads, cpu, wall = _threads_cpu(), time.process_time(), time.perf_counter()
         _ask(port, path, cookie, requests)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        by_thread = _by_thread(threads, _threads_cpu(), cpu, requests)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -137,7 +171,7 @@ def profile(*, workdir: Path, path: str, requests: int, rate: int, limit: int) -
             f"{path}: {requests} requests, {cpu / requests * 1000:.2f} ms CPU and {wall / requests * 1000:.2f} ms "
             f"wall per page (node + gateway; the client is another process), load {os.getloadavg()[0]:.1f}"
         )
-        return head + "\n" + _report(raw.read_text("utf-8"), limit=limit)
+        return head + "\n" + by_thread + "\n" + _report(raw.read_text("utf-8"), limit=limit)
     finally:
         server.should_exit = True
         thread.join(10)
@@ -161,9 +195,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rate", type=int, default=400, help="py-spy samples per second")
     parser.add_argument("--limit", type=int, default=45, help="functions listed per table")
+    parser.add_argument("--all-threads", action="store_true", help="sample every busy thread, not only the GIL's")
     args = parser.parse_args(argv)
     path = PAGES.get(args.page, args.page)
-    print(profile(workdir=Path(args.workdir), path=path, requests=args.requests, rate=args.rate, limit=args.limit))
+    options = dict(requests=args.requests, rate=args.rate, limit=args.limit, gil=not args.all_threads)
+    print(profile(workdir=Path(args.workdir), path=path, **options))
 
 
 if __name__ == "__main__":
