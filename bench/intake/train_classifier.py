@@ -1,7 +1,7 @@
 """Reproducible training of the category model from messages.csv.
 
     python -m bench.intake.train_classifier --data ../shared/data/messages.csv \
-        --out var/models/category.joblib [--seed 42] [--cross-validate] [--variant chars]
+        --out var/models/category.joblib [--seed 42] [--cross-validate] [--variant taxonomy]
 
 Prints the hold-out's accuracy, macro-F1 and per-class F1 (and with ``--cross-validate`` the
 5-fold figures of the development rows, mean ± standard deviation), then writes the model (refit
@@ -33,7 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cross-validate", action="store_true", help=f"also {FOLDS}-fold cross-validate the development rows"
     )
     parser.add_argument(
-        "--variant", choices=VARIANTS, default=DEFAULT_VARIANT, help="model (views, ensemble: alternatives measured)"
+        "--variant",
+        choices=VARIANTS,
+        default=DEFAULT_VARIANT,
+        help="model (chars, views, ensemble: alternatives measured)",
     )
     args = parser.parse_args(argv)
     if not args.data.exists():
@@ -42,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = train_to_file(args.data, args.out, seed=args.seed, evaluate=args.cross_validate, variant=args.variant)
     print(
         f"model {report.variant}, labelled rows {report.rows}, unlabelled rows {report.unlabelled_rows}, "
-        f"seed {report.seed}"
+        f"seed {report.seed}, taxonomy terms {report.taxonomy_terms}"
     )
     if report.cv_accuracy:
         print(
