@@ -4,10 +4,12 @@
     .venv/bin/python -m bench.stats.bench_warehouse --cases 1000000 --backends sqlite,postgres
     .venv/bin/python -m bench.stats.bench_warehouse --cases 10000000 --backends postgres
     .venv/bin/python -m bench.stats.bench_warehouse --cases 10000000 --backends sqlite --workdir /var/tmp
+    .venv/bin/python -m bench.stats.bench_warehouse --cases 1000 --queries 5 --ingest-batch 50   # ingestion in batches
 
 Cases are spread over ``--months`` statistical months and all 183 counties of 四川省 (510000).
 Ingestion: full events (registration, work order, accept, reply, close, rating) through the real
-ingest function, one transaction per event as on the bus; events/s and the client's CPU per event.
+ingest function, one transaction per event as on the bus (``--ingest-batch 50``: a relay's batches
+in one transaction each, as an embedded node's relay hands them); events/s and CPU per event.
 Load: facts generated column-wise (numpy), COPY (PostgreSQL) or executemany in one transaction per
 200k rows (SQLite), secondary indexes built after, the derived tables rebuilt set-based, then
 ``VACUUM ANALYZE`` / ``ANALYZE`` (what autovacuum, or the service's stats-rollup timer, does in
@@ -24,6 +26,7 @@ every case of the month), as before the rollups.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import statistics
 import sys
@@ -42,8 +45,10 @@ from bench.stats import synthetic as syn
 from bench.stats.generate import bulk_insert, generate
 from services.common.calendar import ChineseWorkingCalendar
 from services.common.db import make_engine, make_session_factory
+from services.common.inbox import consume_batch
 from services.common.migrations import upgrade
 from services.common.regions import RegionTree, Tier
+from services.common.service import BusEvent
 from services.common.timeutil import CHINA
 from services.stats import handlers
 from services.stats.consumers import make_ingestor
@@ -100,8 +105,9 @@ class IngestRun:
     cpu_ms_per_event: float
 
 
-def bench_ingest(url: str, events: int, tree: RegionTree) -> IngestRun:
-    """Events per second through the ingest function (one transaction per event, as on the bus)."""
+def bench_ingest(url: str, events: int, tree: RegionTree, batch: int = 1) -> IngestRun:
+    """Events per second through the ingest function: one transaction per event, as on the production
+    bus, or ``batch`` events in one as an embedded node's relay hands them (``consume_batch``)."""
     engine = make_engine(url, service="stats")
     upgrade(engine, "stats")
     ingest = make_ingestor(
@@ -128,12 +134,21 @@ def bench_ingest(url: str, events: int, tree: RegionTree) -> IngestRun:
     bus_events = [syn.bus_event(e) for e in stream[:events]]
     cpu = time.process_time()
     started = time.perf_counter()
-    for event in bus_events:
-        ingest(event)
+    for start in range(0, len(bus_events), batch):
+        chunk = bus_events[start : start + batch]
+        if len(chunk) == 1:
+            ingest(chunk[0])
+        elif not consume_batch(functools.partial(_ingest_all, ingest, chunk)):
+            raise RuntimeError("a batch of events failed to commit")
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu
     engine.dispose()
     return IngestRun(len(bus_events) / elapsed, cpu * 1000 / len(bus_events))
+
+
+def _ingest_all(ingest: Callable[[BusEvent], bool], events: list[BusEvent]) -> None:
+    for event in events:
+        ingest(event)
 
 
 @dataclass
@@ -278,6 +293,12 @@ def main() -> None:
     parser.add_argument("--months", type=int, default=24, help="statistical months the cases spread over")
     parser.add_argument("--queries", type=int, default=50, help="queries per kind (5 for the slow kinds)")
     parser.add_argument("--events", type=int, default=3000, help="events for the ingestion rate (0: skip)")
+    parser.add_argument(
+        "--ingest-batch",
+        type=int,
+        default=1,
+        help="events per transaction while ingesting (a relay's batch; 1: one each)",
+    )
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--workdir", default=None, help="where SQLite files go (default: a temp dir)")
     parser.add_argument("--database-url", default=None, help="query an already loaded warehouse (one backend)")
@@ -295,7 +316,7 @@ def main() -> None:
             try:
                 if args.events:
                     _say(f"{backend}: ingesting {args.events:,} events")
-                    ingest = bench_ingest(url, args.events, tree)
+                    ingest = bench_ingest(url, args.events, tree, args.ingest_batch)
             finally:
                 _drop(name)
                 _remove_sqlite(url)

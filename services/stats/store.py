@@ -18,11 +18,12 @@ Derived tables (see docs/stats.md, "Rollups"), all changed in the fact's own tra
 
 An event computes in Python the old fact row's contribution (as of its rolled_at) and the new
 one's (as of now) and upserts the difference, only the columns that change, one statement per
-table. A fact's counters as of a later moment differ from those as of ``rolled_at`` only once one
-of its deadlines passes; ``next_window_at`` is the first such deadline. A whole-month query as of
-``as_of`` reads the rollups and corrects them with the facts whose ``next_window_at < as_of`` or
-``rolled_at > as_of`` (both indexed; the ``stats-rollup`` timer keeps the first set small by
-rolling those facts forward).
+table; a batch of events in one transaction (``PendingFacts``) sums its events' differences and
+writes them once before it commits. A fact's counters as of a later moment differ from those as
+of ``rolled_at`` only once one of its deadlines passes; ``next_window_at`` is the first such
+deadline. A whole-month query as of ``as_of`` reads the rollups and corrects them with the facts
+whose ``next_window_at < as_of`` or ``rolled_at > as_of`` (both indexed; the ``stats-rollup``
+timer keeps the first set small by rolling those facts forward).
 """
 
 from __future__ import annotations
