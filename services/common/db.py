@@ -99,6 +99,12 @@ def reading() -> Iterator[None]:
         _READING.reset(token)
 
 
+def reading_now() -> bool:
+    """True inside ``reading()``: nothing in this call writes, so a read may skip the ORM's identity
+    map and autoflush (there is nothing pending to see)."""
+    return _READING.get()
+
+
 def read_only(method: F) -> F:
     """A query RPC (or function) whose transactions only read: it runs inside ``reading()``."""
 
