@@ -1,14 +1,19 @@
 """Where a case's CPU goes at a steady rate: a county → city → province chain in this process, cases
 submitted at the county at ``--rate`` per second, the process's CPU per case above idle (client
-included), and a sampling profile of the process's threads while the cases travel.
+included), and a sampling profile of the process's threads while the cases travel. ``--topology``:
+every node of a YAML tree in one host in this process instead (as ``bench.scale`` hosts them), the
+cases spread over its counties.
 
     .venv/bin/python -m bench.case_profile --cases 120 --rate 4
+    .venv/bin/python -m bench.case_profile --cases 72 --rate 1.2 --topology bench/scale/leshan.yaml
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,10 +25,12 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from bench.catchup_profile import in_process_settings
 from bench.harness.workload import Submissions
-from bench.idle_profile import thread_cpu
+from bench.idle_profile import start_topology, thread_cpu
 from bench.sampler import Sampler
 from services.common import bus
+from services.common.regions import RegionTree, Tier
 from services.common.service import BusEvent, Subscription
+from services.common.settings import Settings
 from services.node import Node
 
 CHAIN = ("510000", "511100", "511102")  # province, city, county
@@ -68,58 +75,79 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=5.0, help="seconds of idle CPU measured first")
     parser.add_argument("--database-url", default=None, help="a template with {node} and {service} (PostgreSQL)")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--topology", help="a YAML tree hosted in this process (as one host of bench.scale) instead of the chain"
+    )
     options = parser.parse_args()
-    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as data:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as data, contextlib.ExitStack() as running:
         base = in_process_settings(data, options.database_url)
-        nodes: list[Node] = []
-        parent = None
-        for code in CHAIN:
-            node = Node(base.with_overrides(node=code, parent=parent)).start()
-            nodes.append(node)
-            parent = node.address
-        county, city = nodes[2], nodes[1]
-        try:
-            time.sleep(3.0)  # let start-up work settle before measuring idle
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            time.sleep(options.idle_s)
-            idle = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-            submissions = Submissions(CHAIN[2])
-            threads_before = thread_cpu()
-            with (
-                grpc.insecure_channel(county.address) as channel,
-                Sampler(interval_s=0.002) as sampler,
-                DeliveryCpu() as deliveries,
-            ):
-                intake = intake_grpc.IntakeServiceStub(channel)
-                cpu0, wall0 = time.process_time(), time.perf_counter()
-                for n in range(options.cases):
-                    intake.SubmitCase(submissions.request(0, n), timeout=30)
-                    time.sleep(max(0.0, wall0 + (n + 1) / options.rate - time.perf_counter()))
-                deadline = time.monotonic() + 120
-                while _up_lag(county.address) or _up_lag(city.address):
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the chain did not catch up within 120 s")
-                    time.sleep(0.05)
-                time.sleep(1.0)  # the province's consumers finish the last batch
-                cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-            above = cpu - idle * wall
-            print(
-                f"{options.cases} cases at {options.rate:g}/s over {wall:.1f} s: process CPU {cpu:.2f} s"
-                f" ({cpu / wall:.2f} cores), idle {idle * 1000:.1f} ms/s,"
-                f" above idle {above * 1000 / options.cases:.1f} ms per case (3 nodes and the client)"
-            )
-            threads_after = thread_cpu()
-            print("-- CPU per case by thread (ms, all three nodes)")
-            spent = {name: threads_after[name] - threads_before.get(name, 0.0) for name in threads_after}
-            for name, seconds in sorted(spent.items(), key=lambda item: -item[1])[:15]:
-                print(f"{seconds * 1000 / options.cases:8.2f}  {name}")
-            print("-- CPU per case by consumer delivery (ms; deliveries per case)")
-            for key, seconds in sorted(deliveries.cpu.items(), key=lambda item: -item[1])[:25]:
-                print(f"{seconds * 1000 / options.cases:8.2f}  {deliveries.count[key] / options.cases:5.1f}  {key}")
-            print(sampler.report(options.top))
-        finally:
-            for node in reversed(nodes):
-                node.stop(1.0)
+        nodes = start_topology(base, options.topology, running) if options.topology else _start_chain(base, running)
+        _measure(options, nodes)
+
+
+def _measure(options: argparse.Namespace, nodes: list[Node]) -> None:
+    """Idle first, then the cases at a steady rate spread over the counties until every up-log is
+    drained: CPU per case above idle, by thread, by consumer delivery, and a sampling profile."""
+    regions = RegionTree.load()
+    counties = [n for n in nodes if regions.get(n.code).tier is Tier.COUNTY]
+    links = [n for n in nodes if n.settings.parent]  # every node with a parent: its up-log must drain
+    time.sleep(3.0)  # let start-up work settle before measuring idle
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    time.sleep(options.idle_s)
+    idle = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    submissions = {n.code: Submissions(n.code) for n in counties}
+    threads_before = thread_cpu()
+    with (
+        contextlib.ExitStack() as channels,
+        Sampler(interval_s=0.002) as sampler,
+        DeliveryCpu() as deliveries,
+    ):
+        stubs = [
+            (n.code, intake_grpc.IntakeServiceStub(channels.enter_context(grpc.insecure_channel(n.address))))
+            for n in counties
+        ]
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for n in range(options.cases):
+            code, intake = stubs[n % len(stubs)]  # spread over the counties, as bench.scale does
+            intake.SubmitCase(submissions[code].request(0, n), timeout=30)
+            time.sleep(max(0.0, wall0 + (n + 1) / options.rate - time.perf_counter()))
+        deadline = time.monotonic() + 120
+        while any(_up_lag(n.address) for n in links):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the tree did not catch up within 120 s")
+            time.sleep(0.05)
+        time.sleep(1.0)  # the province's consumers finish the last batch
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    # The sampler's own CPU (it walks every thread's stack every 2 ms: more with more nodes) is not the cases'.
+    cpu -= sampler.cpu_s
+    above = cpu - idle * wall
+    print(
+        f"{options.cases} cases at {options.rate:g}/s over {wall:.1f} s: process CPU {cpu:.2f} s"
+        f" ({cpu / wall:.2f} cores) besides the sampler's {sampler.cpu_s:.2f} s, idle {idle * 1000:.1f} ms/s,"
+        f" above idle {above * 1000 / options.cases:.1f} ms per case ({len(nodes)} nodes and the client)"
+        f"; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    threads_after = thread_cpu()
+    print(f"-- CPU per case by thread (ms, all {len(nodes)} nodes)")
+    spent = {name: threads_after[name] - threads_before.get(name, 0.0) for name in threads_after}
+    for name, seconds in sorted(spent.items(), key=lambda item: -item[1])[:15]:
+        print(f"{seconds * 1000 / options.cases:8.2f}  {name}")
+    print("-- CPU per case by consumer delivery (ms; deliveries per case)")
+    for key, seconds in sorted(deliveries.cpu.items(), key=lambda item: -item[1])[:25]:
+        print(f"{seconds * 1000 / options.cases:8.2f}  {deliveries.count[key] / options.cases:5.1f}  {key}")
+    print(sampler.report(options.top))
+
+
+def _start_chain(base: Settings, running: contextlib.ExitStack) -> list[Node]:
+    """County → city → province, each a node of its own in this process."""
+    nodes: list[Node] = []
+    parent = None
+    for code in CHAIN:
+        node = Node(base.with_overrides(node=code, parent=parent)).start()
+        running.callback(node.stop, 1.0)
+        nodes.append(node)
+        parent = node.address
+    return nodes
 
 
 if __name__ == "__main__":

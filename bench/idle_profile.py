@@ -106,7 +106,7 @@ def main() -> None:
     os.environ.setdefault("LIANXIN_INTAKE_CLASSIFIER", "off")
     with tempfile.TemporaryDirectory() as data, contextlib.ExitStack() as running:
         base = Settings(data_dir=Path(data), log_json=False, log_level="WARNING")
-        nodes = _start_topology(base, options.topology, running) if options.topology else _start_pair(base, running)
+        nodes = start_topology(base, options.topology, running) if options.topology else _start_pair(base, running)
         for node in nodes:
             assert node.relay_loop is not None
             for relay in node.relay_loop._relays:
@@ -142,7 +142,7 @@ def _start_pair(base: Settings, running: contextlib.ExitStack) -> list[Node]:
     return [city, county]
 
 
-def _start_topology(base: Settings, spec: str, running: contextlib.ExitStack) -> list[Node]:
+def start_topology(base: Settings, spec: str, running: contextlib.ExitStack) -> list[Node]:
     """Every node of the tree in one host, its root linked to the national simulator."""
     regions = RegionTree.load()
     topology = load_topology(spec, regions, hosts=1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import sys
 import threading
+import time
 from types import FrameType, TracebackType
 
 _WAITS = {"wait", "select", "poll", "_wait_for_tstate_lock", "acquire", "sleep", "get", "accept", "recv"}
@@ -31,6 +32,7 @@ class Sampler:
         self.interval_s = interval_s
         self.depth = depth
         self.samples = 0
+        self.cpu_s = 0.0  # the sampler thread's own CPU, for callers that take it out of a process's figure
         self.top: collections.Counter[tuple[str, str]] = collections.Counter()
         self.inclusive: collections.Counter[tuple[str, str]] = collections.Counter()
         self._stop = threading.Event()
@@ -45,6 +47,12 @@ class Sampler:
         self._thread.join()
 
     def _run(self) -> None:
+        try:
+            self._sample()
+        finally:
+            self.cpu_s = time.thread_time()
+
+    def _sample(self) -> None:
         me = threading.get_ident()
         while not self._stop.wait(self.interval_s):
             names = {t.ident: t.name.rstrip("0123456789_-") for t in threading.enumerate()}
