@@ -25,7 +25,7 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from bench.catchup_profile import in_process_settings
 from bench.harness.workload import Submissions
-from bench.idle_profile import start_topology, thread_cpu
+from bench.idle_profile import Counted, count_timers, start_topology, thread_cpu
 from bench.sampler import Sampler
 from services.common import bus
 from services.common.regions import RegionTree, Tier
@@ -79,13 +79,15 @@ def main() -> None:
         "--topology", help="a YAML tree hosted in this process (as one host of bench.scale) instead of the chain"
     )
     options = parser.parse_args()
+    timers = Counted()
+    count_timers(timers)
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as data, contextlib.ExitStack() as running:
         base = in_process_settings(data, options.database_url)
         nodes = start_topology(base, options.topology, running) if options.topology else _start_chain(base, running)
-        _measure(options, nodes)
+        _measure(options, nodes, timers)
 
 
-def _measure(options: argparse.Namespace, nodes: list[Node]) -> None:
+def _measure(options: argparse.Namespace, nodes: list[Node], timers: Counted) -> None:
     """Idle first, then the cases at a steady rate spread over the counties until every up-log is
     drained: CPU per case above idle, by thread, by consumer delivery, and a sampling profile."""
     regions = RegionTree.load()
@@ -96,6 +98,8 @@ def _measure(options: argparse.Namespace, nodes: list[Node]) -> None:
     time.sleep(options.idle_s)
     idle = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     submissions = {n.code: Submissions(n.code) for n in counties}
+    timers.cpu.clear()
+    timers.runs.clear()
     threads_before = thread_cpu()
     with (
         contextlib.ExitStack() as channels,
@@ -135,6 +139,9 @@ def _measure(options: argparse.Namespace, nodes: list[Node]) -> None:
     print("-- CPU per case by consumer delivery (ms; deliveries per case)")
     for key, seconds in sorted(deliveries.cpu.items(), key=lambda item: -item[1])[:25]:
         print(f"{seconds * 1000 / options.cases:8.2f}  {deliveries.count[key] / options.cases:5.1f}  {key}")
+    print("-- CPU per case by timer (ms; runs in all; the idle share of each is in it)")
+    for name, seconds in sorted(timers.cpu.items(), key=lambda item: -item[1])[:10]:
+        print(f"{seconds * 1000 / options.cases:8.2f}  {timers.runs[name]:5d}  {name}")
     print(sampler.report(options.top))
 
 

@@ -61,7 +61,7 @@ def thread_cpu() -> dict[str, float]:
     return dict(out)
 
 
-class _Counted:
+class Counted:
     """Thread CPU and runs of each timer and relay pass, measured where they run."""
 
     def __init__(self) -> None:
@@ -82,13 +82,8 @@ class _Counted:
         return counted
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--settle", type=float, default=3.0)
-    parser.add_argument("--topology", help="a YAML tree (or 'sichuan') hosted in this process instead of two nodes")
-    options = parser.parse_args()
-    counted = _Counted()
+def count_timers(counted: Counted) -> None:
+    """Every timer of the nodes started after this, counted by name in ``counted``."""
     original_timer_loop = bus.TimerLoop.__init__
 
     def timer_loop_init(self: bus.TimerLoop, timers: list[Timer], **kw: Any) -> None:
@@ -96,6 +91,16 @@ def main() -> None:
         original_timer_loop(self, wrapped, **kw)
 
     bus.TimerLoop.__init__ = timer_loop_init  # type: ignore[method-assign,assignment]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--settle", type=float, default=3.0)
+    parser.add_argument("--topology", help="a YAML tree (or 'sichuan') hosted in this process instead of two nodes")
+    options = parser.parse_args()
+    counted = Counted()
+    count_timers(counted)
     guarded = LinkDriver._guarded
 
     def link_work(work: Callable[[], None]) -> None:  # each step of the links, by the method it runs
