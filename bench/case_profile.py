@@ -110,7 +110,7 @@ def _measure(options: argparse.Namespace, nodes: list[Node], timers: Counted) ->
             (n.code, intake_grpc.IntakeServiceStub(channels.enter_context(grpc.insecure_channel(n.address))))
             for n in counties
         ]
-        cpu0, wall0 = time.process_time(), time.perf_counter()
+        cpu0, wall0, kernel0 = time.process_time(), time.perf_counter(), os.times().system
         for n in range(options.cases):
             code, intake = stubs[n % len(stubs)]  # spread over the counties, as bench.scale does
             intake.SubmitCase(submissions[code].request(0, n), timeout=30)
@@ -122,6 +122,7 @@ def _measure(options: argparse.Namespace, nodes: list[Node], timers: Counted) ->
             time.sleep(0.05)
         time.sleep(1.0)  # the province's consumers finish the last batch
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        kernel = os.times().system - kernel0
     # The sampler's own CPU (it walks every thread's stack every 2 ms: more with more nodes) is not the cases'.
     cpu -= sampler.cpu_s
     above = cpu - idle * wall
@@ -131,6 +132,8 @@ def _measure(options: argparse.Namespace, nodes: list[Node], timers: Counted) ->
         f" above idle {above * 1000 / options.cases:.1f} ms per case ({len(nodes)} nodes and the client)"
         f"; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
+    # In the kernel: system calls, and the threads' hand-offs of the GIL (futex waits and wake-ups).
+    print(f"-- of the process's CPU under load, {kernel:.2f} s ({kernel / (cpu + sampler.cpu_s):.0%}) in the kernel")
     threads_after = thread_cpu()
     print(f"-- CPU per case by thread (ms, all {len(nodes)} nodes)")
     spent = {name: threads_after[name] - threads_before.get(name, 0.0) for name in threads_after}
