@@ -308,10 +308,11 @@ def _ask_unit_figures(page: Page, month: str) -> tuple[list[dict[str, Any]], dic
 
 def _meaning(metric: stats_pb2.Metric) -> str:
     """A rate's definition under its term: the Chinese one says the term first ("回复率：…"), which the
-    board already shows as the heading, so it is said once."""
+    board already shows as the heading (perhaps with its unit: "平均答复时长（工作日）"), so it is said once."""
     text = metric.definition_zh or metric.definition
     term = labels.METRIC_LABELS.get(metric.name, "")
-    return text.removeprefix(f"{term}：") if term else text
+    said, colon, rest = text.partition("：")
+    return rest if colon and said and term.startswith(said) else text
 
 
 def _unit_label(page: Page, row: stats_pb2.Ranking) -> str:
