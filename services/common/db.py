@@ -18,6 +18,9 @@ from services.common.settings import Settings
 _SCHEMA_OK = re.compile(r"^[a-z_][a-z0-9_]*$")
 # Set by ``reading()``: the transactions this thread begins meanwhile only read.
 _READING: ContextVar[bool] = ContextVar("lianxin_db_reading", default=False)
+# In a SQLite connection's ``info`` (kept with the DB-API connection across pool checkouts): the
+# ``PRAGMA query_only`` it was last given, so the pragma runs only when a transaction needs the other.
+_QUERY_ONLY = "lianxin_query_only"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -61,8 +64,12 @@ def make_engine(url: str, *, service: str, schema: str | None = None, **kwargs: 
             # neither wait for each other nor for writers; query_only makes a stray write fail.
             # With IMMEDIATE every page's query queued for the file's one write lock, polling in
             # the busy handler's sleeps of up to 100 ms (issue 17: inbox p99 4.7 s at 50 clients).
+            # The pragma only when it changes: the connection keeps it, and a statement more on every
+            # transaction was a measurable share of a consumer's one-event transaction.
             reads = _READING.get()
-            conn.exec_driver_sql(f"PRAGMA query_only={int(reads)}")
+            if conn.info.get(_QUERY_ONLY) is not reads:
+                conn.exec_driver_sql(f"PRAGMA query_only={int(reads)}")
+                conn.info[_QUERY_ONLY] = reads
             conn.exec_driver_sql("BEGIN" if reads else "BEGIN IMMEDIATE")
 
         return engine

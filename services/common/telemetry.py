@@ -119,14 +119,18 @@ def record_event_spans(name: str, carriers: Sequence[Mapping[str, str]], attribu
             tracer.start_span(name, context=extract_context(carrier), attributes=dict(attributes)).end()
 
 
+# The events' tracer, got once: ``trace.get_tracer`` builds a tracer (its instrumentation scope) on every
+# call, which every handler delivery paid. Got before ``setup_tracing`` it is the API's proxy, which
+# hands over to the provider once one is installed.
+_EVENTS_TRACER = trace.get_tracer("lianxin.events")
+
+
 @contextmanager
 def consumer_span(name: str, carrier: Mapping[str, str], attributes: Mapping[str, str]) -> Iterator[None]:
     """Run an event handler as a CONSUMER span in the trace that its event carried."""
     with (
         attached_context(carrier),
-        trace.get_tracer("lianxin.events").start_as_current_span(
-            name, kind=SpanKind.CONSUMER, attributes=dict(attributes)
-        ),
+        _EVENTS_TRACER.start_as_current_span(name, kind=SpanKind.CONSUMER, attributes=dict(attributes)),
     ):
         yield
 
