@@ -53,6 +53,14 @@ class Bulk:
     def execute(self, sql: str, *params: Any) -> None:
         self._conn.exec_driver_sql(self._sql(sql), tuple(params))
 
+    def moment(self, table: Table, column: str, value: Any) -> Any:
+        """``value`` as ``table.column``'s type stores it (SQLite: a DateTime's text), for ``rows``' parameters."""
+        if self.postgres:
+            return value
+        dialect = self._conn.dialect
+        process = table.c[column].type.dialect_impl(dialect).bind_processor(dialect)
+        return process(value) if process is not None else value
+
     def insert(self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, suffix: str = "") -> None:
         """INSERT ``rows`` (tuples in ``columns`` order) into ``table``; ``suffix`` is e.g. an ON CONFLICT clause.
 

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A child's push is stored in transactions of at most this many items (``Exchange.receive_push``).
+RECEIVE_CHUNK = 100
+
 
 class Exchange:
     """All of exchange's use cases for one node; every public method that writes is one transaction."""
@@ -49,8 +52,13 @@ class Exchange:
         *,
         notify: Callable[[], None] = lambda: None,
         wake_link: Callable[[], None] = lambda: None,
+        read_uow: UnitOfWorkFactory | None = None,
     ) -> None:
         self._uow = uow_factory
+        # For the use cases that only read (a link's pending batch and cursor, a child's PullDown, the
+        # lag figures): on SQLite a transaction that does not take the write lock, so these neither
+        # wait for the writers nor hold them up (under a backlog a city's pushes waited 30 s on it).
+        self._read = read_uow or uow_factory
         self._deps = deps
         self.node = deps.node
         self.regions = deps.regions
@@ -107,23 +115,23 @@ class Exchange:
         self, after: int, limit: int, *, max_bytes: int = MAX_BATCH_BYTES, envelopes_only: bool = False
     ) -> list[Item]:
         """The up-log after ``after``: at most ``limit`` items and about ``max_bytes`` of bodies (at least one)."""
-        with self._uow() as uow:
+        with self._read() as uow:
             items = uow.pending_up(after, limit, envelopes_only=envelopes_only)
         return items[: domain.batch_length([len(item.body) for item in items], max_bytes=max_bytes)]
 
     def up_backlog(self, after: int) -> tuple[int, float]:
         """(items after ``after``, age in seconds of the oldest) for lag figures."""
-        with self._uow() as uow:
+        with self._read() as uow:
             return uow.up_backlog(after)
 
     def head_up(self) -> int:
-        with self._uow() as uow:
+        with self._read() as uow:
             return uow.head_up()
 
     # ------------------------------------------------------------------ cursors
 
     def cursor(self, peer: str, kind: str) -> Cursor:
-        with self._uow() as uow:
+        with self._read() as uow:
             stored = uow.cursor(peer, kind)
         if stored is None:
             return Cursor(0, "", self._contact(peer, kind, None))
@@ -137,7 +145,7 @@ class Exchange:
         return stored
 
     def cursors(self) -> list[tuple[str, str, Cursor]]:
-        with self._uow() as uow:
+        with self._read() as uow:
             rows = uow.cursors()
         found = [
             (peer, kind, Cursor(c.position, c.token, self._contact(peer, kind, c.last_contact)))
@@ -155,9 +163,22 @@ class Exchange:
     def receive_push(self, child: str, items: Sequence[Item]) -> tuple[int, list[Rejected]]:
         """Store a child's batch: replicas applied once, bad items quarantined; returns (acked, rejections).
 
-        One transaction for the whole batch with a handful of statements: the case knowledge is
-        loaded with IN lists, judged in memory by the pure rules, and written with executemany.
+        One transaction per ``RECEIVE_CHUNK`` items with a handful of statements each: the case
+        knowledge is loaded with IN lists, judged in memory by the pure rules, and written with
+        executemany. Each chunk commits with the child's cursor, so a push that fails part way is
+        resent and its stored part skipped; bounded chunks keep SQLite's write lock, which every
+        other child's push and the relay wait for, held for a chunk's time, not a catch-up batch's.
         """
+        acked = 0
+        rejections: list[Rejected] = []
+        for start in range(0, max(1, len(items)), RECEIVE_CHUNK):
+            acked, rejected, applied = self._receive_chunk(child, items[start : start + RECEIVE_CHUNK])
+            rejections += rejected
+            if applied:
+                self._notify()  # the relay and the parent link start on this chunk while the next is stored
+        return acked, rejections
+
+    def _receive_chunk(self, child: str, items: Sequence[Item]) -> tuple[int, list[Rejected], bool]:
         with self._uow() as uow:
             # Locks the child's cursor row: a retried push racing the original waits, then skips.
             stored = uow.lock_cursor(child, "child_up")
@@ -166,16 +187,13 @@ class Exchange:
             outcomes = accept_from_child(uow, self._deps, child, fresh)
             refused = [(item, reason) for item, reason in zip(fresh, outcomes, strict=True) if reason]
             quarantine(uow, child, "up", refused)
-            rejections = [Rejected(item.position, reason) for item, reason in refused]
             uow.save_cursor(child, "child_up", position=acked)
             uow.commit()
-        if any(reason is None for reason in outcomes):
-            self._notify()
-        return acked, rejections
+        return acked, [Rejected(item.position, reason) for item, reason in refused], None in outcomes
 
     def known_owner(self, case_id: str) -> tuple[int, str] | None:
         """(epoch, owner node) of the newest hand-off this node has seen for the case, if any."""
-        with self._uow() as uow:
+        with self._read() as uow:
             return uow.known_owner(case_id)
 
     # ------------------------------------------------------------------ commands
@@ -207,7 +225,7 @@ class Exchange:
     # ------------------------------------------------------------------ down
 
     def pull_down(self, child: str, after: int, limit: int) -> tuple[list[Item], int]:
-        with self._uow() as uow:
+        with self._read() as uow:
             items, head = uow.pull_down(child, after, limit)
             uow.commit()
         self.note_contact(child, "child_down")  # remembered, not written: an idle child pulls often
@@ -217,7 +235,7 @@ class Exchange:
         return self.save_cursor(child, "child_down", position=position)
 
     def down_backlog(self, child: str, after: int) -> tuple[int, float]:
-        with self._uow() as uow:
+        with self._read() as uow:
             return uow.down_backlog(child, after)
 
     def apply_down(self, parent: str, items: Sequence[Item], *, cursor_kind: str = "down") -> int:
@@ -263,11 +281,11 @@ class Exchange:
     def list_quarantine(
         self, peer: str = "", *, after_id: int = 0, limit: int = 100
     ) -> tuple[list[QuarantineRow], int]:
-        with self._uow() as uow:
+        with self._read() as uow:
             return uow.list_quarantine(peer, after_id=after_id, limit=limit)
 
     def quarantined_counts(self) -> dict[str, int]:
-        with self._uow() as uow:
+        with self._read() as uow:
             return uow.quarantined_counts()
 
     def replay(self, ids: Sequence[int]) -> list[ReplayOutcome]:
@@ -301,7 +319,7 @@ class Exchange:
 
     def anchors(self, child: str) -> list[tuple[int, str, datetime | None, datetime]]:
         """(sequence, hash, written at, received at) of ``child``'s anchors, oldest first."""
-        with self._uow() as uow:
+        with self._read() as uow:
             return uow.anchors(child)
 
     # ------------------------------------------------------------------ what this node holds
@@ -311,7 +329,7 @@ class Exchange:
 
     def holdings(self, *, subtree: str = "", case_id: str = "") -> list[Held]:
         """Each case event held (the up-log: own and the subtree's), by case, envelope version and event id."""
-        with self._uow() as uow:
+        with self._read() as uow:
             return uow.holdings(origins=self._origins(subtree), case_id=case_id)
 
     def case_digests(
@@ -320,7 +338,7 @@ class Exchange:
         """One summary per case held (``DigestCases``): the given cases, or a page of ``limit`` cases
         after the case id ``after``, each over its events that originated in ``subtree``."""
         origins = self._origins(subtree)
-        with self._uow() as uow:
+        with self._read() as uow:
             page = sorted(set(case_ids)) if case_ids else uow.digest_page(origins=origins, after=after, limit=limit)
             if not page:
                 return []

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.common.db import reading
 from services.common.outbox import append_event
 from services.common.regions import RegionTree
 from services.common.service import BusEvent
@@ -51,6 +51,24 @@ _REPLICA_COLUMNS = (
 )
 
 
+# The link cursors' statements (valid on both databases). The position never moves back: the larger of the
+# stored and the given one, as ``domain.advance_cursor``.
+_LOCK_CURSOR_SQL = (
+    "INSERT INTO link_cursor (peer, kind, position, token, last_contact) VALUES (?, ?, 0, '', NULL)"
+    " ON CONFLICT (peer, kind) DO UPDATE SET position = link_cursor.position RETURNING position"
+)
+_CURSOR_POSITION_SQL = "SELECT position FROM link_cursor WHERE peer = ? AND kind = ?"
+_SAVE_CURSOR_SQL = (
+    "INSERT INTO link_cursor (peer, kind, position, token, last_contact) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (peer, kind) DO UPDATE SET position = CASE WHEN excluded.position > link_cursor.position"
+    " THEN excluded.position ELSE link_cursor.position END, last_contact = excluded.last_contact"
+    " RETURNING position"
+)
+_SAVE_CURSOR_TOKEN_SQL = _SAVE_CURSOR_SQL.replace(
+    "last_contact = excluded.last_contact", "token = excluded.token, last_contact = excluded.last_contact"
+)
+
+
 class SqlExchangeUnitOfWork(ExchangeReads):
     """One transaction of exchange's tables (``ports.ExchangeUnitOfWork``); rolled back unless committed.
 
@@ -65,20 +83,32 @@ class SqlExchangeUnitOfWork(ExchangeReads):
         node: str,
         clock: Callable[[], datetime],
         queued_down: Callable[..., None] = lambda *children: None,
+        reads: bool = False,
     ) -> None:
         self._sf = session_factory
+        self._reads = reads
         self._node = node
         self._clock = clock
         self._queued_down = queued_down
         self._children: set[str] = set()
         self._session: Session | None = None
+        self._bulk: Bulk | None = None
 
     @property
     def session(self) -> Session:
         if self._session is None:
             self._session = self._sf()
             self._session.begin()
+            if self._reads:
+                with reading():
+                    self._session.connection()  # begins now: on SQLite a deferred, query-only transaction
         return self._session
+
+    def bulk(self) -> Bulk:
+        """Raw statements on this transaction's connection (made once: finding the connection has a cost)."""
+        if self._bulk is None:
+            self._bulk = Bulk(self.session)
+        return self._bulk
 
     def __enter__(self) -> SqlExchangeUnitOfWork:
         return self
@@ -89,57 +119,39 @@ class SqlExchangeUnitOfWork(ExchangeReads):
         if self._session is not None:
             self._session.close()  # rolls back what was not committed
             self._session = None
+        self._bulk = None
         self._children.clear()
 
     def commit(self) -> None:
         if self._session is None:
             return
         self._session.commit()
+        self._bulk = None  # the session's next transaction may take another connection
         children, self._children = self._children, set()
         self._queued_down(*sorted(children))
 
     # ------------------------------------------------------------------ cursors
 
     def lock_cursor(self, peer: str, kind: str) -> int:
-        session = self.session
-        session.execute(
-            insert_or_skip(session, link_cursor)
-            .values(peer=peer, kind=kind, position=0, token="", last_contact=None)
-            .on_conflict_do_nothing()
-        )
-        value = session.execute(
-            select(link_cursor.c.position)
-            .where(link_cursor.c.peer == peer, link_cursor.c.kind == kind)
-            .with_for_update()
-        ).scalar_one()
-        return int(value)
+        # One statement: created if missing, else a no-op update that locks the row to the commit (a
+        # retried push racing the original waits here, then reads what the original stored).
+        row = self.bulk().rows(_LOCK_CURSOR_SQL, peer, kind)
+        return int(row[0][0])
 
     def cursor_position(self, peer: str, kind: str) -> int:
-        value = self.session.execute(
-            select(link_cursor.c.position).where(link_cursor.c.peer == peer, link_cursor.c.kind == kind)
-        ).scalar_one_or_none()
-        return int(value or 0)
+        found = self.bulk().rows(_CURSOR_POSITION_SQL, peer, kind)
+        return int(found[0][0]) if found else 0
 
     def save_cursor(self, peer: str, kind: str, *, position: int | None = None, token: str | None = None) -> int:
-        session = self.session
-        now = self._clock()
-        row = session.execute(
-            select(link_cursor.c.position).where(link_cursor.c.peer == peer, link_cursor.c.kind == kind)
-        ).one_or_none()
-        if row is None:
-            stored = position or 0
-            session.execute(
-                link_cursor.insert().values(peer=peer, kind=kind, position=stored, token=token or "", last_contact=now)
-            )
-            return stored
-        stored = domain.advance_cursor(int(row.position), position)
-        values: dict[str, Any] = {"position": stored, "last_contact": now}
-        if token is not None:
-            values["token"] = token
-        session.execute(
-            update(link_cursor).where(link_cursor.c.peer == peer, link_cursor.c.kind == kind).values(**values)
-        )
-        return stored
+        """Store a cursor that never moves back (``domain.advance_cursor``, in the upsert) with the contact
+        time; one statement, built once (a link saves its cursor after every push it sends or takes)."""
+        bulk = self.bulk()
+        now = bulk.moment(link_cursor, "last_contact", self._clock())
+        if token is None:
+            row = bulk.rows(_SAVE_CURSOR_SQL, peer, kind, position or 0, "", now)
+        else:
+            row = bulk.rows(_SAVE_CURSOR_TOKEN_SQL, peer, kind, position or 0, token, now)
+        return int(row[0][0])
 
     # ------------------------------------------------------------------ up-log
 
@@ -156,7 +168,7 @@ class SqlExchangeUnitOfWork(ExchangeReads):
         if not rows:
             return []
         session = self.session
-        bulk = Bulk(session)
+        bulk = self.bulk()
         cases = sorted({r.case_id for r in rows})
         if bulk.postgres:
             _lock_log_order(session)
@@ -230,7 +242,7 @@ class SqlExchangeUnitOfWork(ExchangeReads):
         self, child: str, events: Sequence[domain.InboundEvent]
     ) -> tuple[dict[str, domain.CaseLedger], set[str]]:
         """What this node holds for the batch's cases (from ``child``'s link) and which event ids it stores."""
-        bulk = Bulk(self.session)
+        bulk = self.bulk()
         cases = sorted({e.case_id for e in events if e.case_id})
         ids = [e.event_id for e in events if e.event_id]
         stored_ids = (
@@ -294,12 +306,12 @@ class SqlExchangeUnitOfWork(ExchangeReads):
                     now,
                 )
             )
-        Bulk(self.session).insert(replica, _REPLICA_COLUMNS, rows)
+        self.bulk().insert(replica, _REPLICA_COLUMNS, rows)
 
     # ------------------------------------------------------------------ ownership and the outbox
 
     def note_epochs(self, epochs: dict[str, tuple[int, str]]) -> None:
-        Bulk(self.session).insert(
+        self.bulk().insert(
             case_epoch,
             ("case_id", "owner_epoch", "owner_node"),
             [(c, e, o) for c, (e, o) in sorted(epochs.items())],
@@ -329,7 +341,7 @@ class SqlExchangeUnitOfWork(ExchangeReads):
         if not events:
             return
         session = self.session
-        bulk = Bulk(session)
+        bulk = self.bulk()
         if bulk.postgres:
             session.execute(
                 text(
@@ -400,8 +412,15 @@ class ExchangeStore(Exchange):
         def unit_of_work() -> SqlExchangeUnitOfWork:
             return SqlExchangeUnitOfWork(session_factory, node=node, clock=clock, queued_down=self.down_changes.bump)
 
+        def read_only() -> SqlExchangeUnitOfWork:
+            return SqlExchangeUnitOfWork(session_factory, node=node, clock=clock, reads=True)
+
         super().__init__(
-            unit_of_work, ExchangeDeps(node=node, regions=regions, clock=clock), notify=notify, wake_link=wake_link
+            unit_of_work,
+            ExchangeDeps(node=node, regions=regions, clock=clock),
+            notify=notify,
+            wake_link=wake_link,
+            read_uow=read_only,
         )
 
 

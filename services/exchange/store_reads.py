@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, func, literal_column, select, update
+from sqlalchemy import Table, bindparam, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,10 @@ def insert_or_skip(session: Session, table: Table) -> Any:
     return sqlite.insert(table)
 
 
+# Built once: a link reads its cursor before each push and each long poll it opens.
+_CURSOR = select(link_cursor).where(link_cursor.c.peer == bindparam("peer"), link_cursor.c.kind == bindparam("kind"))
+
+
 class ExchangeReads:
     """The queries and the quarantine of one transaction; ``session`` and ``_clock`` come from the unit of work."""
 
@@ -42,15 +46,16 @@ class ExchangeReads:
     def session(self) -> Session:
         raise NotImplementedError
 
+    def bulk(self) -> Bulk:
+        return Bulk(self.session)
+
     def _age(self, oldest: datetime | None) -> float:
         return (self._clock() - (aware(oldest) or self._clock())).total_seconds() if oldest else 0.0
 
     # ------------------------------------------------------------------ cursors and the up-log
 
     def cursor(self, peer: str, kind: str) -> Cursor | None:
-        row = self.session.execute(
-            select(link_cursor).where(link_cursor.c.peer == peer, link_cursor.c.kind == kind)
-        ).one_or_none()
+        row = self.session.execute(_CURSOR, {"peer": peer, "kind": kind}).one_or_none()
         return None if row is None else Cursor(int(row.position), row.token, aware(row.last_contact))
 
     def cursors(self) -> list[tuple[str, str, Cursor]]:
@@ -59,7 +64,7 @@ class ExchangeReads:
 
     def pending_up(self, after: int, limit: int, *, envelopes_only: bool) -> list[Item]:
         only = f" AND kind = '{ENVELOPE}'" if envelopes_only else ""
-        rows = Bulk(self.session).rows(
+        rows = self.bulk().rows(
             f"SELECT position, body, case_sequence, kind FROM up_log WHERE position > ?{only}"
             " ORDER BY position LIMIT ?",
             after,

@@ -85,6 +85,17 @@ def command(command_id: str, target: str, *, epoch_seen: int = 1) -> bytes:
     ).SerializeToString()
 
 
+def test_a_large_push_is_stored_in_transactions_of_a_bounded_size(regions: RegionTree) -> None:
+    city, store, woken = exchange(regions)
+    items = [Item(n, ENVELOPE, registered(1, case_id=f"{COUNTY}-20261206-{n:06d}"), 1) for n in range(1, 251)]
+    commits = store.commits
+    assert city.receive_push(COUNTY, items) == (250, [])
+    assert store.commits - commits == 3  # RECEIVE_CHUNK items each, every one with the child's cursor
+    assert [item.position for item in city.pending_up(0, 500)] == list(range(1, 251))
+    assert city.receive_push(COUNTY, items[120:]) == (250, [])  # a resend: stored nothing twice
+    assert len(store.tables.replicas) == 250 and woken.relay == 3
+
+
 def test_a_childs_events_are_stored_once_passed_on_and_published(regions: RegionTree) -> None:
     city, store, woken = exchange(regions)
     acked, rejected = city.receive_push(COUNTY, pushed(1, 2))

@@ -1,0 +1,136 @@
+"""Exchange's store on both backends: the link cursors' one-statement upserts, a child's push stored in
+bounded transactions, and (SQLite) the read-only use cases never waiting for the database's write lock.
+
+Under a backlog two cities' exchange databases answered pushes "database is locked" after SQLite's
+30 s busy timeout: every read of a link (its pending batch, its cursor, a child's PullDown) took the
+write lock too, and queued with the pushes for it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from lianxin.events.v1 import events_pb2
+
+from services.common.db import make_engine, make_session_factory
+from services.common.migrations import upgrade
+from services.common.regions import RegionTree
+from services.exchange.handlers import RECEIVE_CHUNK
+from services.exchange.ports import ENVELOPE, Item
+from services.exchange.store import ExchangeStore
+
+CITY, COUNTY = "511100", "511102"
+START = datetime(2026, 12, 6, 18, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _store(url: str, clock: Clock) -> ExchangeStore:
+    engine = make_engine(url, service="exchange")
+    upgrade(engine, "exchange")
+    return ExchangeStore(make_session_factory(engine), node=CITY, regions=RegionTree.load(), clock=clock)
+
+
+def _pushed(count: int) -> list[Item]:
+    items = []
+    for n in range(1, count + 1):
+        case_id = f"{COUNTY}-20261206-{n:06d}"
+        body = events_pb2.EventEnvelope(
+            event_id=f"{case_id}#1",
+            case_id=case_id,
+            version=1,
+            owner_node=COUNTY,
+            owner_epoch=1,
+            origin_node=COUNTY,
+            case_registered=events_pb2.CaseRegistered(),
+        ).SerializeToString()
+        items.append(Item(n, ENVELOPE, body, 1))
+    return items
+
+
+def test_a_cursor_never_moves_back_keeps_its_token_and_notes_the_contact(database_url: str) -> None:
+    clock = Clock()
+    store = _store(database_url, clock)
+    assert store.save_cursor("510000", "up", position=5) == 5
+    clock.now = START + timedelta(seconds=1)
+    assert store.save_cursor("510000", "up", position=3) == 5  # a late acknowledgement
+    assert store.save_cursor("national", "national_down", token="t1") == 0
+    assert store.save_cursor("national", "national_down") == 0  # only the contact: the token stays
+    saved = store.cursor("510000", "up")
+    assert (saved.position, saved.token, saved.last_contact) == (5, "", START + timedelta(seconds=1))
+    assert store.cursor("national", "national_down").token == "t1"
+    assert store.save_cursor("national", "national_down", position=2, token="t2") == 2
+    assert (store.cursor("national", "national_down").position, store.cursor("national", "national_down").token) == (
+        2,
+        "t2",
+    )
+
+
+def test_a_large_push_is_stored_once_in_bounded_transactions_and_a_resend_is_skipped(database_url: str) -> None:
+    store = _store(database_url, Clock())
+    items = _pushed(RECEIVE_CHUNK * 2 + 50)
+    assert store.receive_push(COUNTY, items) == (len(items), [])
+    assert store.receive_push(COUNTY, items) == (len(items), [])  # a resend after a lost answer
+    assert store.receive_push(COUNTY, items[-10:]) == (len(items), [])
+    assert store.cursor(COUNTY, "child_up").position == len(items)
+    pending = store.pending_up(0, 1000)
+    assert [item.position for item in pending] == list(range(1, len(items) + 1))  # on our up-log, once, in order
+    assert store.head_up() == len(items)
+
+
+def _holding_the_write_lock(path: Path, reads: list[Callable[[], Any]]) -> list[str]:
+    """Run ``reads`` in a thread while another connection holds the database's write lock; what finished."""
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    locker.execute("UPDATE link_cursor SET position = position")
+    done: list[str] = []
+
+    def run() -> None:
+        for read in reads:
+            read()
+            done.append(getattr(read, "__name__", "read"))
+
+    thread = threading.Thread(target=run, daemon=True)
+    try:
+        thread.start()
+        thread.join(timeout=10.0)
+        return list(done)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+        thread.join(timeout=60.0)
+
+
+def test_a_links_reads_do_not_wait_for_sqlites_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "exchange.db"
+    store = _store(f"sqlite:///{path}", Clock())
+    store.receive_push(COUNTY, _pushed(3))
+
+    def pending_up() -> None:
+        assert len(store.pending_up(0, 10)) == 3
+
+    def cursor() -> None:
+        assert store.cursor(COUNTY, "child_up").position == 3
+
+    def pull_down() -> None:
+        assert store.pull_down(COUNTY, 0, 10) == ([], 0)
+
+    def backlogs() -> None:
+        assert store.up_backlog(0)[0] == 3 and store.head_up() == 3 and store.down_backlog(COUNTY, 0)[0] == 0
+
+    def cursors() -> None:
+        assert store.cursors() and store.known_owner("nothing") is None
+
+    reads: list[Callable[[], Any]] = [pending_up, cursor, pull_down, backlogs, cursors]
+    assert _holding_the_write_lock(path, reads) == [r.__name__ for r in reads]
