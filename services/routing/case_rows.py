@@ -18,13 +18,19 @@ from services.routing.models import (
     CaseMergeRow,
     CaseOwnerRow,
     CaseSnapshotRow,
-    CaseVersionRow,
     RepeatRow,
     SupervisionRow,
 )
-from services.routing.work_order_rows import SessionBound
+from services.routing.work_order_rows import CASE_VERSION_OF, INSERT_CASE_VERSION, UPDATE_CASE_VERSION, SessionBound
 
 _SNAPSHOTS = cast(Table, CaseSnapshotRow.__table__)
+_MERGES = cast(Table, CaseMergeRow.__table__)
+# The cases merged into a main case: built once, run on the session's connection (every placement).
+_MERGED_INTO = (
+    select(_MERGES.c.case_id)
+    .where(_MERGES.c.main_case_id == bindparam("main_case_id"))
+    .order_by(_MERGES.c.merged_at, _MERGES.c.case_id)
+)
 # An inbox page's titles: primary-key lookups, one statement built once (the case ids expand).
 _TITLES = select(_SNAPSHOTS.c.case_id, _SNAPSHOTS.c.snapshot).where(
     _SNAPSHOTS.c.case_id.in_(bindparam("case_ids", expanding=True))
@@ -35,22 +41,29 @@ class CaseTables(SessionBound):
     """``case_versions``, ``case_snapshots``, ``repeats``, ``case_merges``, ``case_owners``, ``supervisions``."""
 
     def start_case(self, case_id: str, *, version: int, owner_epoch: int) -> None:
-        row = self.session.get(CaseVersionRow, case_id)
-        if row is None:
-            self.session.add(CaseVersionRow(case_id=case_id, version=version, owner_epoch=owner_epoch))
-        elif owner_epoch >= row.owner_epoch:
+        connection = self.session.connection()
+        known = self.case_version(case_id)
+        if known is None:
+            connection.execute(
+                INSERT_CASE_VERSION, {"case_id": case_id, "version": version, "owner_epoch": owner_epoch}
+            )
+        elif owner_epoch >= known[1]:
             # The case came back (hand-off down again): continue from the newer of the two versions.
-            row.version = max(row.version, version)
-            row.owner_epoch = owner_epoch
-        self.session.flush()
+            version = max(known[0], version)
+            connection.execute(
+                UPDATE_CASE_VERSION, {"b_case_id": case_id, "version": version, "owner_epoch": owner_epoch}
+            )
+        else:
+            return
+        self._versions[case_id] = [version, owner_epoch]
 
     def case_version(self, case_id: str) -> tuple[int, int] | None:
-        row = self.session.get(CaseVersionRow, case_id)
+        row = self.session.connection().execute(CASE_VERSION_OF[False], {"case_id": case_id}).first()
         return None if row is None else (row.version, row.owner_epoch)
 
     def keep_snapshot(self, case_id: str, snapshot: bytes) -> None:
-        self.session.merge(CaseSnapshotRow(case_id=case_id, snapshot=snapshot))
-        self.session.flush()
+        connection = self.session.connection()
+        connection.execute(_snapshot_upsert(connection.dialect.name), {"case_id": case_id, "snapshot": snapshot})
 
     def case_snapshot(self, case_id: str) -> bytes:
         row = self.session.get(CaseSnapshotRow, case_id)
@@ -85,12 +98,7 @@ class CaseTables(SessionBound):
             self.session.flush()
 
     def merged_into(self, main_case_id: str) -> list[str]:
-        rows = self.session.scalars(
-            select(CaseMergeRow.case_id)
-            .where(CaseMergeRow.main_case_id == main_case_id)
-            .order_by(CaseMergeRow.merged_at, CaseMergeRow.case_id)
-        )
-        return list(rows)
+        return list(self.session.connection().execute(_MERGED_INTO, {"main_case_id": main_case_id}).scalars())
 
     def case_owner(self, case_id: str) -> CaseOwner | None:
         row = self.session.get(CaseOwnerRow, case_id)
@@ -195,5 +203,20 @@ def _owner_upsert(dialect: str) -> Any:
             },
             where=tuple_(CaseOwnerRow.owner_epoch, CaseOwnerRow.version)
             < tuple_(insert.excluded.owner_epoch, insert.excluded.version),
+        )
+    return built
+
+
+_SNAPSHOT_UPSERTS: dict[str, Any] = {}
+
+
+def _snapshot_upsert(dialect: str) -> Any:
+    """The case snapshot's insert-or-replace of ``dialect`` (what ``Session.merge`` did in two
+    statements and a flush), built on first use."""
+    built = _SNAPSHOT_UPSERTS.get(dialect)
+    if built is None:
+        insert_: Any = postgresql.insert(_SNAPSHOTS) if dialect == "postgresql" else sqlite.insert(_SNAPSHOTS)
+        built = _SNAPSHOT_UPSERTS[dialect] = insert_.on_conflict_do_update(
+            index_elements=[_SNAPSHOTS.c.case_id], set_={"snapshot": insert_.excluded.snapshot}
         )
     return built

@@ -29,10 +29,12 @@ from services.routing.handlers import (
     SupervisionRequested,
     registering_node_to_tell,
 )
-from services.routing.models import CaseVersionRow, outbox
+from services.routing.models import outbox
 from services.routing.work_order_rows import (
     CASE_VERSION,
+    CASE_VERSION_OF,
     IN_CHUNK,
+    INSERT_CASE_VERSION,
     UPDATE_CASE_VERSION,
     SessionBound,
     bulk_insert,
@@ -44,36 +46,29 @@ class RoutingOutbox(SessionBound):
     """Routing's events and commands, in the transaction of the change they tell."""
 
     def emit(self, case_id: str, events: Sequence[RoutingEvent]) -> None:
-        """Each event takes the case's next version at this node, in the same transaction (outbox)."""
+        """Each event takes the case's next version at this node, in the same transaction (outbox).
+
+        The version row is read locked unless this unit of work wrote it (``start_case``), then
+        written back and the events appended in one statement: prebuilt Core statements (issue 21)."""
         if not events:
             return
-        row = self.session.get(CaseVersionRow, case_id, with_for_update=True)
-        if row is None:
-            row = CaseVersionRow(case_id=case_id, version=0, owner_epoch=0)
-            self.session.add(row)
-        tell = self._registering_node_to_tell(case_id)
-        for event in events:
-            translated = _payload(event)
-            if translated is None:
-                continue
-            field, payload, at = translated
-            row.version += 1
-            env = envelope(
-                payload_field=field,
-                payload=payload,
-                case_id=case_id,
-                version=row.version,
-                owner_node=self._node,
-                owner_epoch=row.owner_epoch,
-                origin_node=self._node,
-                origin_service="routing",
-                occurred_at=at,
-            )
-            for bus_event in _outgoing(env, field, tell):
-                append_event(self.session, outbox, bus_event, case_id)
-            if isinstance(event, HandedOff):
-                row.owner_epoch = event.new_owner_epoch  # this node is no longer the owner
-        self.session.flush()
+        self.session.flush()  # anything the ORM holds goes first, as the ORM's own flush would
+        connection = self.session.connection()
+        counter = self._versions.get(case_id)
+        existed = counter is not None
+        if counter is None:
+            row = connection.execute(CASE_VERSION_OF[True], {"case_id": case_id}).first()
+            existed = row is not None
+            counter = [row.version, row.owner_epoch] if row is not None else [0, 0]
+        before = list(counter)
+        out = self.numbered(case_id, events, counter)
+        values = {"version": counter[0], "owner_epoch": counter[1]}
+        if not existed:
+            connection.execute(INSERT_CASE_VERSION, {"case_id": case_id, **values})
+        elif counter != before:
+            connection.execute(UPDATE_CASE_VERSION, {"b_case_id": case_id, **values})
+        self._versions[case_id] = counter
+        append_events(self.session, outbox, out)
 
     def emit_many(self, items: Sequence[tuple[str, Sequence[RoutingEvent]]]) -> None:
         """``emit`` for many cases at once: one versions read, bulk version writes, one outbox append."""
@@ -91,35 +86,46 @@ class RoutingOutbox(SessionBound):
             )
             known.update({r.case_id: [r.version, r.owner_epoch] for r in self.session.execute(query)})
         existing = set(known)
+        self._versions.clear()  # written below without it
         out: list[tuple[BusEvent, str | None]] = []
         for case_id, events in items:
             counter = known.setdefault(case_id, [0, 0])
-            tell = self._registering_node_to_tell(case_id) if events else None
-            for event in events:
-                translated = _payload(event)
-                if translated is None:
-                    continue
-                field, payload, at = translated
-                counter[0] += 1
-                env = envelope(
-                    payload_field=field,
-                    payload=payload,
-                    case_id=case_id,
-                    version=counter[0],
-                    owner_node=self._node,
-                    owner_epoch=counter[1],
-                    origin_node=self._node,
-                    origin_service="routing",
-                    occurred_at=at,
-                )
-                out.extend((bus_event, case_id) for bus_event in _outgoing(env, field, tell))
-                if isinstance(event, HandedOff):
-                    counter[1] = event.new_owner_epoch  # this node is no longer the owner
+            if events:
+                out += self.numbered(case_id, events, counter)
         fresh = [{"case_id": c, "version": v, "owner_epoch": e} for c, (v, e) in known.items() if c not in existing]
         changed = [{"b_case_id": c, "version": v, "owner_epoch": e} for c, (v, e) in known.items() if c in existing]
         bulk_insert(self.session, CASE_VERSION, fresh)
         bulk_update(self.session, UPDATE_CASE_VERSION, changed)
         append_events(self.session, outbox, out)
+
+    def numbered(
+        self, case_id: str, events: Sequence[RoutingEvent], counter: list[int]
+    ) -> list[tuple[BusEvent, str | None]]:
+        """The outbox rows of ``events``: each published one takes the case's next version, counted on
+        in ``counter`` ([version, owner epoch]; a hand-off moves the epoch on after its event)."""
+        tell = self._registering_node_to_tell(case_id)
+        out: list[tuple[BusEvent, str | None]] = []
+        for event in events:
+            translated = _payload(event)
+            if translated is None:
+                continue
+            field, payload, at = translated
+            counter[0] += 1
+            env = envelope(
+                payload_field=field,
+                payload=payload,
+                case_id=case_id,
+                version=counter[0],
+                owner_node=self._node,
+                owner_epoch=counter[1],
+                origin_node=self._node,
+                origin_service="routing",
+                occurred_at=at,
+            )
+            out.extend((bus_event, case_id) for bus_event in _outgoing(env, field, tell))
+            if isinstance(event, HandedOff):
+                counter[1] = event.new_owner_epoch  # this node is no longer the owner
+        return out
 
     def _registering_node_to_tell(self, case_id: str) -> str | None:
         if self._regions is None:

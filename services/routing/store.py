@@ -55,6 +55,8 @@ class SqlRoutingUnitOfWork(WorkOrderTables, CaseTables, EvaluationTables, Routin
         self._joined = session
         self._node = node
         self._regions = regions
+        self._absent = set()
+        self._versions = {}
         self.session: Session
 
     def __enter__(self) -> SqlRoutingUnitOfWork:

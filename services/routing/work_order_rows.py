@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, insert, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from services.common.regions import RegionTree, Tier
@@ -38,6 +38,12 @@ UPDATE_WORK_ORDER = update(WO).where(WO.c.work_order_id == bindparam("b_work_ord
 
 
 UPDATE_CASE_VERSION = update(CASE_VERSION).where(CASE_VERSION.c.case_id == bindparam("b_case_id"))
+INSERT_CASE_VERSION = insert(CASE_VERSION)
+# A case's (version, owner epoch), FOR UPDATE when ``emit`` numbers events from it.
+_CASE_VERSION_OF = select(CASE_VERSION.c.version, CASE_VERSION.c.owner_epoch).where(
+    CASE_VERSION.c.case_id == bindparam("case_id")
+)
+CASE_VERSION_OF = {False: _CASE_VERSION_OF, True: _CASE_VERSION_OF.with_for_update()}
 
 
 IN_CHUNK = 5000  # ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
@@ -216,11 +222,6 @@ def new_history(stored: StoredWorkOrder) -> list[dict[str, Any]]:
     return rows
 
 
-def locking(query: Select[WorkOrderRow]) -> Select[WorkOrderRow]:
-    """``FOR UPDATE``, and the row as committed when the lock is granted (not a copy this session read before)."""
-    return query.with_for_update().execution_options(populate_existing=True)
-
-
 def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
     """INSERT many rows as one executemany (psycopg 3 pipelines it; array-unnest forms measured slower:
     psycopg dumps big arrays in Python)."""
@@ -240,6 +241,11 @@ class SessionBound:
     session: Session
     _node: str
     _regions: RegionTree | None
+    # Work orders ``get`` found absent in this unit of work: ``save`` inserts them without looking again.
+    _absent: set[str]
+    # (version, owner epoch) of the cases this unit of work wrote to ``case_versions`` (so holds
+    # locked until commit): ``emit`` numbers on from them without reading the row again.
+    _versions: dict[str, list[int]]
 
     @property
     def _postgres(self) -> bool:

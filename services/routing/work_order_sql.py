@@ -8,19 +8,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Integer, bindparam, func, select, text, tuple_, union_all
+from sqlalchemy import Integer, bindparam, func, insert, select, text, tuple_, union_all
 
 from services.common.db import COUNT_LIMIT
 from services.common.timeutil import to_utc
 from services.routing.domain import HistoryEntry, State
 from services.routing.handlers import FAR_FUTURE, StoredWorkOrder, WorkOrderQuery
-from services.routing.models import PROVISIONAL_SQL, WorkOrderHistoryRow, WorkOrderRow
+from services.routing.models import PROVISIONAL_SQL, WorkOrderRow
 from services.routing.work_order_rows import (
+    HISTORY,
     OPEN,
+    UPDATE_WORK_ORDER,
     WO,
     SessionBound,
     decode_order,
-    locking,
     new_history,
     work_order_columns,
 )
@@ -106,48 +107,59 @@ def _list_statements(shape: _ListShape) -> tuple[tuple[Any, ...], Any]:
     return counts, select(merged).order_by(merged.c.next_due, merged.c.work_order_id).limit(limit)
 
 
+# A work order by id or by case (FOR UPDATE or not), its history, and its inserts: built once, run on
+# the session's connection (the consumers placing and following cases run them for every event).
+_WORK_ORDER = select(WO).where(WO.c.work_order_id == bindparam("work_order_id"))
+_BY_ID = {False: _WORK_ORDER, True: _WORK_ORDER.with_for_update()}
+_CASE_WORK_ORDER = (
+    select(WO)
+    .where(WO.c.case_id == bindparam("case_id"), WO.c.node == bindparam("node"))
+    .order_by(WO.c.created_at.desc())
+    .limit(1)
+)
+_BY_CASE = {False: _CASE_WORK_ORDER, True: _CASE_WORK_ORDER.with_for_update()}
+_HISTORY_OF = select(HISTORY).where(HISTORY.c.work_order_id == bindparam("work_order_id")).order_by(HISTORY.c.id)
+_INSERT_WORK_ORDER = insert(WO)
+_INSERT_HISTORY = insert(HISTORY)
+
+
 class WorkOrderTables(SessionBound):
     """``work_orders`` and their history."""
 
     def get(self, work_order_id: str, *, for_update: bool = False) -> StoredWorkOrder | None:
-        query = select(WorkOrderRow).where(WorkOrderRow.work_order_id == work_order_id)
-        if for_update:
-            query = locking(query)
-        row = self.session.scalar(query)
-        return self._stored(row, with_history=True) if row else None
+        row = self.session.connection().execute(_BY_ID[for_update], {"work_order_id": work_order_id}).first()
+        if row is None:
+            self._absent.add(work_order_id)  # its save inserts without looking again
+            return None
+        return self._stored(row, with_history=True)
 
     def for_case(self, case_id: str, *, for_update: bool = False) -> StoredWorkOrder | None:
-        query = (
-            select(WorkOrderRow)
-            .where(WorkOrderRow.case_id == case_id, WorkOrderRow.node == self._node)
-            .order_by(WorkOrderRow.created_at.desc())
-            .limit(1)
-        )
-        if for_update:
-            query = locking(query)
-        row = self.session.scalar(query)
+        params = {"case_id": case_id, "node": self._node}
+        row = self.session.connection().execute(_BY_CASE[for_update], params).first()
         return self._stored(row, with_history=True) if row else None
 
     def save(self, stored: StoredWorkOrder) -> None:
+        """The work order's columns (an insert when ``get`` found none in this unit of work, else an
+        update, an insert if it matched nothing) and its new history rows: prebuilt Core statements,
+        not the ORM's read, change and flush (issue 21: a placement's CPU was mostly SQLAlchemy's)."""
         order = stored.order
-        row = self.session.get(WorkOrderRow, order.id)
-        if row is None:
-            row = WorkOrderRow(work_order_id=order.id, created_at=to_utc(stored.created_at))
-            self.session.add(row)
-        for column, value in work_order_columns(stored).items():
-            setattr(row, column, value)
-        for values in new_history(stored):
-            self.session.add(WorkOrderHistoryRow(**values))
-        self.session.flush()
+        self.session.flush()  # anything the ORM holds goes first, as the ORM's own flush would
+        connection = self.session.connection()
+        columns = work_order_columns(stored)
+        inserted = {**columns, "work_order_id": order.id, "created_at": to_utc(stored.created_at)}
+        if order.id in self._absent:
+            self._absent.discard(order.id)
+            connection.execute(_INSERT_WORK_ORDER, inserted)
+        elif connection.execute(UPDATE_WORK_ORDER, {**columns, "b_work_order_id": order.id}).rowcount != 1:
+            connection.execute(_INSERT_WORK_ORDER, inserted)
+        history = new_history(stored)
+        if history:
+            connection.execute(_INSERT_HISTORY, history)
 
     def _stored(self, row: Any, *, with_history: bool) -> StoredWorkOrder:
         history: list[HistoryEntry] = []
         if with_history:
-            rows = self.session.scalars(
-                select(WorkOrderHistoryRow)
-                .where(WorkOrderHistoryRow.work_order_id == row.work_order_id)
-                .order_by(WorkOrderHistoryRow.id)
-            ).all()
+            rows = self.session.connection().execute(_HISTORY_OF, {"work_order_id": row.work_order_id}).all()
             history = [
                 HistoryEntry(
                     to_utc(h.at),
