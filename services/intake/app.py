@@ -14,6 +14,7 @@ from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from sqlalchemy.orm import Session
 
 from services.common.crypto import node_cipher
+from services.common.db import reading
 from services.common.errors import InvalidArgument
 from services.common.events import write_event
 from services.common.regions import RegionTree
@@ -85,7 +86,8 @@ def _notice_sender(
     policy = RetryPolicy(max_attempts=config.notice_attempts, first_delay=config.notice_first_delay)
 
     def case_of(case_id: str) -> Case | None:
-        with uow_factory() as uow:
+        # A read: a deferred BEGIN and the case by its statement built once, not BEGIN IMMEDIATE and the ORM.
+        with reading(), uow_factory() as uow:
             return uow.get(case_id)
 
     node = ctx.settings.node

@@ -12,8 +12,6 @@ from typing import Any
 import psycopg
 from lianxin.events.v1 import events_pb2
 from sqlalchemy import bindparam, or_, select, text, tuple_, union_all
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,9 +35,7 @@ from services.intake.handlers import CaseFilter, SubmitLookup
 from services.intake.models import (
     PUBLISHED_TERMS,
     CaseRow,
-    CaseSequenceRow,
     EvaluationRow,
-    ProgressNoticeRow,
     TimelineRow,
     outbox,
 )
@@ -47,12 +43,15 @@ from services.intake.notices import Notice, NoticeStatus
 from services.intake.submit_sql import CASES as _CASES
 from services.intake.submit_sql import LOOKUP_QUERIES as _LOOKUP_QUERIES
 from services.intake.submit_sql import NEAR_QUERY as _NEAR_QUERY
+from services.intake.submit_sql import NOTICES_OF as _NOTICES_OF
 from services.intake.submit_sql import OPEN as _OPEN
 from services.intake.submit_sql import SAVE_CASE as _SAVE_CASE
 from services.intake.submit_sql import TIMELINE as _TIMELINE
 from services.intake.submit_sql import PgConnection as _PgConnection
 from services.intake.submit_sql import PgSubmitPath
 from services.intake.submit_sql import bands as _bands
+from services.intake.submit_sql import bump_sql as _bump_sql
+from services.intake.submit_sql import notice_insert as _notice_insert
 from services.intake.submit_sql import probes as _probes
 from services.intake.submit_sql import signed64 as _signed64
 from services.intake.submit_sql import unsigned64 as _unsigned64
@@ -92,15 +91,8 @@ class CaseNumbers:
 
 
 def _bump(session: Session, day: date, by: int) -> int:
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    upsert = (
-        insert(CaseSequenceRow)
-        .values(day=day, last=by)
-        .on_conflict_do_update(index_elements=[CaseSequenceRow.day], set_={"last": CaseSequenceRow.last + by})
-        .returning(CaseSequenceRow.last)
-    )
-    return int(session.execute(upsert).scalar_one())
+    connection = session.connection()
+    return int(connection.execute(_bump_sql(connection.dialect.name), {"day": day, "by": by}).scalar_one())
 
 
 # GetCase's reads (the case page's and TrackCase's), built once with a bound case id (issue 17: the
@@ -202,10 +194,13 @@ class SqlIntakeUnitOfWork:
         if self._pg is not None:
             found = self._pg.fetch_row(self._pg_sql().get_sql, (case_id,))
             return self._to_case(found) if found else None
-        if reading_now():  # a query RPC: the row by a statement built once, not through the ORM
-            row_read: Any = self.session.execute(_GET_CASE, {"case_id": case_id}).first()  # a Row, as CaseRow reads
+        session = self.session
+        if reading_now() or not (session.new or session.dirty or session.deleted):
+            # A query RPC, or nothing pending for the ORM to flush first (an event consumer following
+            # the case, the notice sender): the row by a statement built once, not through the ORM.
+            row_read: Any = session.connection().execute(_GET_CASE, {"case_id": case_id}).first()  # as CaseRow reads
             return self._to_case(row_read) if row_read else None
-        row = self.session.get(CaseRow, case_id)
+        row = session.get(CaseRow, case_id)
         return self._to_case(row) if row else None
 
     def _pg_sql(self) -> PgSubmitPath:
@@ -227,31 +222,25 @@ class SqlIntakeUnitOfWork:
 
     def add_notice(self, notice: Notice) -> bool:
         """Queue a progress notice (办事进度推送); False when one with its id exists (a redelivery)."""
-        if self.session.get(ProgressNoticeRow, notice.notice_id) is not None:
-            return False
-        self.session.add(
-            ProgressNoticeRow(
-                notice_id=notice.notice_id,
-                case_id=notice.case_id,
-                kind=notice.kind,
-                channel=notice.channel,
-                text=notice.text,
-                created_at=notice.created_at,
-                state="pending",
-                attempts=0,
-                next_attempt_at=notice.created_at,
-                last_error="",
-            )
-        )
-        return True
+        connection = self.session.connection()
+        values = {
+            "notice_id": notice.notice_id,
+            "case_id": notice.case_id,
+            "kind": notice.kind,
+            "channel": notice.channel,
+            "text": notice.text,
+            "created_at": notice.created_at,
+            "state": "pending",
+            "attempts": 0,
+            "next_attempt_at": notice.created_at,
+            "last_error": "",
+            "sent_at": None,
+        }
+        return connection.execute(_notice_insert(connection.dialect.name), values).first() is not None
 
     def notices(self, case_id: str) -> list[NoticeStatus]:
         """The case's progress notices, oldest first (TrackCase shows them)."""
-        rows = self.session.scalars(
-            select(ProgressNoticeRow)
-            .where(ProgressNoticeRow.case_id == case_id)
-            .order_by(ProgressNoticeRow.created_at, ProgressNoticeRow.notice_id)
-        ).all()
+        rows = self.session.connection().execute(_NOTICES_OF, {"case_id": case_id})
         return [
             NoticeStatus(
                 kind=r.kind,

@@ -1,16 +1,19 @@
 """The SQL of SubmitCase's lookups and writes: the SimHash bands, the one-statement lookup of both
-databases, and on PostgreSQL the autocommit path (``PgSubmitPath``) that runs them on psycopg.
+databases, and on PostgreSQL the autocommit path (``PgSubmitPath``) that runs them on psycopg; and
+the statements, built once, of the day's case counter, a case's save and its progress notices.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import bindparam, or_, select, text, update
+from sqlalchemy import Table, bindparam, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 
 from services.intake import dedup
@@ -18,6 +21,7 @@ from services.intake.models import (
     OPEN_CASE_SQL,
     CaseRow,
     CaseSequenceRow,
+    ProgressNoticeRow,
     TimelineRow,
     outbox,
 )
@@ -40,6 +44,46 @@ SAVE_CASE = (
     .where(CASES.c.case_id == bindparam("b_case_id"), CASES.c.version == bindparam("b_expected_version"))
     .values({name: bindparam(name) for name in SAVED_COLUMNS})
 )
+# A case's progress notices (TrackCase, and whether the citizen was told of 受理 already) and the
+# insert of a new one unless its id is there: built once (every followed 受理 runs both).
+_NOTICES = cast(Table, ProgressNoticeRow.__table__)
+NOTICES_OF = (
+    select(_NOTICES)
+    .where(_NOTICES.c.case_id == bindparam("case_id"))
+    .order_by(_NOTICES.c.created_at, _NOTICES.c.notice_id)
+)
+_NOTICE_INSERTS: dict[str, Any] = {}
+
+
+def notice_insert(dialect: str) -> Any:
+    built = _NOTICE_INSERTS.get(dialect)
+    if built is None:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        # RETURNING says whether it inserted (psycopg's rowcount does not for ON CONFLICT DO NOTHING).
+        conflict_free = insert(_NOTICES).on_conflict_do_nothing(index_elements=["notice_id"])
+        built = _NOTICE_INSERTS[dialect] = conflict_free.returning(_NOTICES.c.notice_id)
+    return built
+
+
+_BUMPS: dict[str, Any] = {}
+
+
+def bump_sql(dialect: str) -> Any:
+    """The day's counter upsert of ``dialect`` with a bound day and step, built once: every SQLite
+    submit runs it, and building it per call cost more than running it (issue 21)."""
+    built = _BUMPS.get(dialect)
+    if built is None:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        counter = CaseSequenceRow.__table__.c
+        built = _BUMPS[dialect] = (
+            insert(CaseSequenceRow)
+            .values(day=bindparam("day"), last=bindparam("by"))
+            .on_conflict_do_update(index_elements=[counter.day], set_={"last": counter.last + bindparam("by")})
+            .returning(counter.last)
+        )
+    return built
+
+
 # Open cases, as written in the partial indexes (models.py), so that those serve the query.
 OPEN = text(OPEN_CASE_SQL)
 

@@ -6,6 +6,7 @@ PostgreSQL; an unknown case is still NOT_FOUND.
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,10 @@ from services.common.crypto import cipher_from_env
 from services.common.db import make_engine, make_session_factory, reading, service_database_url
 from services.common.errors import NotFound
 from services.common.settings import Settings
+from services.common.timeutil import to_utc
+from services.intake.case_rows import to_case
+from services.intake.models import CaseRow, ProgressNoticeRow
+from services.intake.notices import Notice, NoticeStatus, render
 from services.intake.queries import get_case
 from services.intake.store import SqlIntakeUnitOfWork
 
@@ -44,5 +49,35 @@ def test_a_case_read_by_a_query_rpc_is_the_case_the_orm_reads(settings: Settings
             assert case.case_id == case_id and timeline and all(e.case_id == case_id for e in timeline)
         with reading(), pytest.raises(NotFound):
             get_case(f"{NODE}-20991231-999999", uow_factory=uow)
+    finally:
+        engine.dispose()
+
+
+def test_a_case_read_with_nothing_pending_and_its_notices_are_what_the_orm_reads_and_wrote(settings: Settings) -> None:
+    """A consumer following a case and the notice sender read it by the statement built once (issue
+    21); a notice is queued by one insert unless its id is there, and read back as the ORM did."""
+    stored = preload(settings, 10, processes=0)
+    engine = make_engine(service_database_url(settings, "intake"), service="intake")
+    cipher = cipher_from_env(os.environ, key_dir=Path(settings.data_dir) / NODE)
+    factory = make_session_factory(engine)
+    case_id = stored.sample[0][0]
+    at = datetime(2026, 12, 7, 2, tzinfo=UTC)
+    notice = Notice(f"{case_id}/3", case_id, "accepted", "sms", render("accepted", case_id), at)
+    try:
+        with SqlIntakeUnitOfWork(factory, cipher, NODE) as uow:
+            case = uow.get(case_id)
+            orm_row = uow.session.get(CaseRow, case_id)
+            assert orm_row is not None and case == to_case(orm_row, cipher)
+            assert uow.add_notice(notice)
+            assert not uow.add_notice(notice)  # a redelivery queues nothing
+            uow.commit()
+        with factory() as session:
+            row = session.get(ProgressNoticeRow, notice.notice_id)
+            assert row is not None
+            written = (row.case_id, row.kind, row.channel, row.text, to_utc(row.created_at), row.state, row.attempts)
+            assert written == (case_id, "accepted", "sms", notice.text, at, "pending", 0)
+            assert (row.next_attempt_at and to_utc(row.next_attempt_at), row.sent_at, row.last_error) == (at, None, "")
+        with reading(), SqlIntakeUnitOfWork(factory, cipher, NODE) as uow:
+            assert uow.notices(case_id) == [NoticeStatus("accepted", "sms", notice.text, "pending", at, None)]
     finally:
         engine.dispose()

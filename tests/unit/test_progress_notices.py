@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.intake.models import ProgressNoticeRow, metadata
-from services.intake.notice_sender import FileChannel, send_due
+from services.intake.notice_sender import CLAIM, FileChannel, send_due
 from services.intake.notices import (
     NOTICE_KINDS,
     SMS_TEMPLATES,
@@ -222,3 +222,22 @@ def test_a_notice_that_ends_is_reported_once_with_its_outcome_and_no_personal_da
         run(AT + timedelta(seconds=seconds), Flaky(failures=99))
     assert [(e.notice_id, e.outcome, e.attempts) for e in ended[2:]] == [(f"{CASE}/10", "given_up", 2)]
     assert "13812345678" not in repr(ended)
+
+
+def test_a_claimed_notice_is_left_to_its_sender_until_the_claim_expires(factory: sessionmaker[Session]) -> None:
+    """Another sender running while the first sends finds nothing due; after ``CLAIM`` (a crashed
+    sender's claim) it takes the notice again. The claim is one prebuilt update per due notice."""
+    queue(factory, "11")
+    policy = RetryPolicy()
+    seen: list[dict[str, int]] = []
+
+    class Overlapped(Flaky):
+        def send(self, message: OutgoingMessage) -> None:
+            for at in (AT, AT + CLAIM):
+                seen.append(send_due(factory, case_of=citizen, channel=Flaky(0), now=at, policy=policy))  # type: ignore[arg-type]
+            super().send(message)
+
+    outcome = send_due(factory, case_of=citizen, channel=Overlapped(0), now=AT, policy=policy)  # type: ignore[arg-type]
+    assert outcome["sent"] == 1
+    assert [s["sent"] for s in seen] == [0, 1]
+    assert states(factory) == {f"{CASE}/11": ("sent", 1)}
