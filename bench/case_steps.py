@@ -1,0 +1,152 @@
+"""The CPU of a case's steps at its county, one at a time in this thread: routing placing a new case
+(one transaction, commit included, with the statements it ran), intake's SubmitCase in the servicer
+(no gRPC), and the progress-notice sender's pass after a case is accepted (one notice due: read
+when the next is due, claim, read the case, send, settle with its event, read again), and a pass
+with nothing due.
+
+    .venv/bin/python -m bench.case_steps
+    .venv/bin/python -m bench.case_steps --placements 300 --database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from lianxin.common.v1 import common_pb2
+from sqlalchemy import event, text
+
+from bench.catchup_profile import in_process_settings
+from bench.harness.workload import Submissions
+from services.common.db import make_engine, make_session_factory
+from services.common.regions import RegionTree
+from services.common.timeutil import CHINA
+from services.intake.models import ProgressNoticeRow
+from services.node import Node
+from services.routing import handlers
+from services.routing.consumers import registered_case
+from services.routing.domain.timelimits import TimeLimitPolicy, TimeRules
+from services.routing.handlers import Routing
+from services.routing.jurisdiction import load_catalogue
+from services.routing.models import metadata
+from services.routing.provisional import ProvisionalCalendar
+from services.routing.store import SqlRoutingUnitOfWork
+
+COUNTY = "511102"
+SCHEMA = "bench_case_steps"
+
+
+class _Context:
+    """The few ServicerContext calls SubmitCase makes when it succeeds."""
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def set_trailing_metadata(self, *_: object) -> None:
+        return None
+
+
+def placement(database_url: str, count: int) -> None:
+    if database_url.startswith("postgresql"):
+        with make_engine(database_url, service="routing", schema=SCHEMA).begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{SCHEMA}" CASCADE'))  # a fresh schema: every case new
+    engine = make_engine(database_url, service="routing", schema=SCHEMA)
+    metadata.create_all(engine)
+    factory = make_session_factory(engine)
+    regions = RegionTree.load()
+    calendar = ProvisionalCalendar()
+    routing = Routing(
+        node=COUNTY,
+        regions=regions,
+        catalogue=load_catalogue(COUNTY, regions),
+        rules=TimeRules(TimeLimitPolicy.default(), calendar),
+        calendar=calendar,
+        new_id=lambda: "",
+    )
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(str(args[2])))
+
+    def place(n: int) -> None:
+        pb = common_pb2.Case(
+            case_id=f"{COUNTY}-20261122-{n:06d}", region_code=COUNTY, category="环境保护", registering_node=COUNTY
+        )
+        case = registered_case(pb, version=1, owner_epoch=1)
+        with SqlRoutingUnitOfWork(factory, node=COUNTY) as uow:
+            handlers.on_case_arrived(case, uow, routing, now=datetime(2026, 11, 23, 2, tzinfo=CHINA))
+            uow.commit()
+
+    for n in range(20):
+        place(n)
+    statements.clear()
+    place(20)
+    ran = len([s for s in statements if not s.startswith(("PRAGMA", "BEGIN"))])
+    start = time.thread_time()
+    for n in range(21, 21 + count):
+        place(n)
+    cpu = (time.thread_time() - start) / count
+    print(f"routing placing a new case ({engine.dialect.name}): {cpu * 1000:.3f} ms of CPU, {ran} statements")
+    engine.dispose()
+
+
+def intake_steps(count: int) -> None:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as data:
+        node = Node(in_process_settings(data, None).with_overrides(node=COUNTY), services=("intake",)).start()
+        try:
+            parts = node.parts["intake"]
+            servicer: Any = parts.servicers[0].servicer
+            (sender,) = parts.timers
+            factory = parts.session_factory
+            assert factory is not None
+            submissions = Submissions(COUNTY)
+            for n in range(20):
+                servicer.SubmitCase(submissions.request(0, n), _Context())
+            start = time.thread_time()
+            cases = [
+                servicer.SubmitCase(submissions.request(0, n), _Context()).case.case_id for n in range(20, 20 + count)
+            ]
+            print(f"SubmitCase in the servicer (sqlite): {(time.thread_time() - start) / count * 1000:.3f} ms of CPU")
+            cpu = 0.0
+            for case_id in cases:
+                due = datetime.now(UTC) - timedelta(seconds=1)
+                with factory() as session, session.begin():
+                    session.add(
+                        ProgressNoticeRow(
+                            notice_id=f"{case_id}/3", case_id=case_id, kind="accepted", channel="sms", text="已受理",
+                            created_at=due, state="pending", attempts=0, next_attempt_at=due, last_error="",
+                        )
+                    )  # fmt: skip
+                start = time.thread_time()
+                sender.run()
+                cpu += time.thread_time() - start
+            start = time.thread_time()
+            for _ in range(count):
+                sender.run()
+            idle = (time.thread_time() - start) / count
+            print(
+                f"notice sender: a pass sending one {cpu / count * 1000:.3f} ms, with nothing due {idle * 1000:.3f} ms"
+            )
+        finally:
+            node.stop(1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--placements", type=int, default=300)
+    parser.add_argument("--cases", type=int, default=150)
+    parser.add_argument("--database-url", default=None, help="routing's database (default: a SQLite file)")
+    options = parser.parse_args()
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as data:
+        placement(options.database_url or f"sqlite:///{data}/routing.db", options.placements)
+    intake_steps(options.cases)
+
+
+if __name__ == "__main__":
+    main()
