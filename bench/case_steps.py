@@ -1,8 +1,9 @@
 """The CPU of a case's steps at its county, one at a time in this thread: routing placing a new case
 (one transaction, commit included, with the statements it ran), intake's SubmitCase in the servicer
-(no gRPC), and the progress-notice sender's pass after a case is accepted (one notice due: read
-when the next is due, claim, read the case, send, settle with its event, read again), and a pass
-with nothing due.
+(no gRPC), intake following routing's three events of a placement (created, accept, assign; each in
+a transaction of its own, as at a county where each event is a relay pass of its own), and the
+progress-notice sender's pass after a case is accepted (one notice due: read when the next is due,
+claim, read the case, send, settle with its event, read again), and a pass with nothing due.
 
     .venv/bin/python -m bench.case_steps
     .venv/bin/python -m bench.case_steps --placements 300 --database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
@@ -18,11 +19,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lianxin.common.v1 import common_pb2
+from lianxin.events.v1 import events_pb2
 from sqlalchemy import event, text
 
 from bench.catchup_profile import in_process_settings
 from bench.harness.workload import Submissions
 from services.common.db import make_engine, make_session_factory
+from services.common.events import envelope, to_bus_event
 from services.common.regions import RegionTree
 from services.common.timeutil import CHINA
 from services.intake.models import ProgressNoticeRow
@@ -37,6 +40,7 @@ from services.routing.provisional import ProvisionalCalendar
 from services.routing.store import SqlRoutingUnitOfWork
 
 COUNTY = "511102"
+ACCEPTED, ASSIGNED = common_pb2.CASE_STATE_ACCEPTED, common_pb2.CASE_STATE_ASSIGNED
 SCHEMA = "bench_case_steps"
 
 
@@ -112,13 +116,20 @@ def intake_steps(count: int) -> None:
                 servicer.SubmitCase(submissions.request(0, n), _Context()).case.case_id for n in range(20, 20 + count)
             ]
             print(f"SubmitCase in the servicer (sqlite): {(time.thread_time() - start) / count * 1000:.3f} ms of CPU")
+            follow = next(sub.handle for sub in parts.subscriptions if sub.event_type == "work_order_changed")
+            start = time.thread_time()
+            for case_id in cases:
+                for env in _placed(case_id):
+                    follow(to_bus_event(env))
+            print(f"intake following a placement's event: {(time.thread_time() - start) / count / 3 * 1000:.3f} ms")
+            sender.run()  # the 受理 notices the following queued: sent before the passes timed below
             cpu = 0.0
             for case_id in cases:
                 due = datetime.now(UTC) - timedelta(seconds=1)
                 with factory() as session, session.begin():
                     session.add(
                         ProgressNoticeRow(
-                            notice_id=f"{case_id}/3", case_id=case_id, kind="accepted", channel="sms", text="已受理",
+                            notice_id=f"{case_id}/99", case_id=case_id, kind="accepted", channel="sms", text="已受理",
                             created_at=due, state="pending", attempts=0, next_attempt_at=due, last_error="",
                         )
                     )  # fmt: skip
@@ -134,6 +145,27 @@ def intake_steps(count: int) -> None:
             )
         finally:
             node.stop(1.0)
+
+
+def _placed(case_id: str) -> list[events_pb2.EventEnvelope]:
+    """Routing's events of a case placed with a unit at the county: created, accepted, assigned."""
+    at, work_order_id = datetime.now(UTC), f"{case_id}@{COUNTY}"
+    payloads: list[tuple[str, Any]] = [
+        ("work_order_created", events_pb2.WorkOrderCreated(work_order_id=work_order_id, unit_id="u1", node=COUNTY)),
+        (
+            "work_order_changed",
+            events_pb2.WorkOrderChanged(work_order_id=work_order_id, action="accept", to_state=ACCEPTED),
+        ),
+        (
+            "work_order_changed",
+            events_pb2.WorkOrderChanged(work_order_id=work_order_id, action="assign", to_state=ASSIGNED),
+        ),
+    ]
+    where: dict[str, Any] = {"case_id": case_id, "owner_node": COUNTY, "owner_epoch": 1, "origin_node": COUNTY}
+    return [
+        envelope(payload_field=field, payload=payload, version=n, origin_service="routing", occurred_at=at, **where)
+        for n, (field, payload) in enumerate(payloads, start=2)
+    ]
 
 
 def main() -> None:
