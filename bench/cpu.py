@@ -42,3 +42,29 @@ def postgres_cpu_seconds() -> float | None:
         seconds = process_cpu_seconds([pid])
         total += seconds or 0.0  # a backend that ended meanwhile took its CPU with it
     return total if pids else None
+
+
+def process_kernel_seconds(pids: Iterable[int]) -> float | None:
+    """System (kernel) CPU of ``pids``: futex waits and wake-ups when threads hand a lock over, syscalls."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[12]) / _TICKS
+        except (OSError, IndexError):
+            return None
+    return total
+
+
+def context_switches(pids: Iterable[int]) -> int:
+    """Context switches (voluntary and not) of every live thread of ``pids``: each time a thread gave up
+    a core (to wait for the GIL, a lock, I/O) or was made to. Threads that ended took their count along."""
+    total = 0
+    for pid in pids:
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            try:
+                for line in status.read_text().splitlines():
+                    if "ctxt_switches:" in line:
+                        total += int(line.split()[-1])
+            except (OSError, ValueError):
+                continue  # ended meanwhile
+    return total

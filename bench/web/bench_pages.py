@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cpu import process_cpu_seconds
+from bench.cpu import context_switches, process_cpu_seconds, process_kernel_seconds
 from services.common.settings import Settings
 from services.federation import Federation
 
@@ -170,9 +170,16 @@ class Processes:
     node: list[subprocess.Popen[bytes]] = field(default_factory=list)
     web: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def cpu_s(self, which: str) -> float:
-        found = process_cpu_seconds(_tree([p.pid for p in getattr(self, which)]))
-        return found or 0.0
+    def counters(self) -> tuple[float, float, float, int, int]:
+        """CPU of the node and the gateway, the node's kernel CPU, and each one's context switches."""
+        node, web = _tree([p.pid for p in self.node]), _tree([p.pid for p in self.web])
+        return (
+            process_cpu_seconds(node) or 0.0,
+            process_cpu_seconds(web) or 0.0,
+            process_kernel_seconds(node) or 0.0,
+            context_switches(node),
+            context_switches(web),
+        )
 
     def stop(self) -> None:
         for process in [*self.web, *self.node]:
@@ -221,11 +228,13 @@ def _measure(
 ) -> dict[str, object]:
     """One page under ``clients`` clients: server and client time, pages/s, and the CPU each page cost."""
     _run_page(host, port, path, cookie, clients=clients, requests=2)  # warm up
-    cpu = (procs.cpu_s("node"), procs.cpu_s("web"))
+    before, client_cpu = procs.counters(), time.process_time()
     began = time.perf_counter()
     sample = _run_page(host, port, path, cookie, clients=clients, requests=mode.requests, think_s=mode.think_s)
     elapsed = time.perf_counter() - began
     served = max(1, len(sample.server_ms))
+    client_cpu = time.process_time() - client_cpu
+    node, web, node_kernel, node_switches, web_switches = (b - a for a, b in zip(before, procs.counters(), strict=True))
     return {
         "requests": len(sample.client_ms),
         "errors": sample.errors,
@@ -234,8 +243,14 @@ def _measure(
         "server_p99_ms": round(_percentile(sample.server_ms, 0.99), 2),
         "client_p50_ms": round(statistics.median(sample.client_ms), 1) if sample.client_ms else None,
         "client_p99_ms": round(_percentile(sample.client_ms, 0.99), 1),
-        "node_cpu_ms": round((procs.cpu_s("node") - cpu[0]) * 1000 / served, 2),
-        "web_cpu_ms": round((procs.cpu_s("web") - cpu[1]) * 1000 / served, 2),
+        "node_cpu_ms": round(node * 1000 / served, 2),
+        "web_cpu_ms": round(web * 1000 / served, 2),
+        # Where a page's CPU grows under concurrency: the kernel's share (futex hand-offs between the
+        # node's threads), the threads' switches per page, and the bench's own clients on the same cores.
+        "node_kernel_ms": round(node_kernel * 1000 / served, 2),
+        "node_switches": round(node_switches / served, 1),
+        "web_switches": round(web_switches / served, 1),
+        "client_cpu_ms": round(client_cpu * 1000 / served, 2),
         "load_1min": round(os.getloadavg()[0], 1),
     }
 
@@ -334,7 +349,8 @@ def run(
 def _print_tables(rows: Sequence[dict[str, object]], modes: Sequence[Mode], clients: int) -> None:
     header = (
         f"{'page':<24} {'req':>5} {'err':>4} {'req/s':>7} {'srv p50':>8} {'srv p99':>8} "
-        f"{'cli p50':>8} {'cli p99':>8} {'x static':>8} {'node ms':>8} {'web ms':>7} {'load':>5}"
+        f"{'cli p50':>8} {'cli p99':>8} {'x static':>8} {'node ms':>8} {'web ms':>7} {'load':>5} "
+        f"{'node sys':>8} {'node sw':>7} {'web sw':>6} {'client':>6}"
     )
     for mode in modes:
         print()
@@ -344,13 +360,16 @@ def _print_tables(rows: Sequence[dict[str, object]], modes: Sequence[Mode], clie
             print(
                 f"{r['page']:<24} {r['requests']:>5} {r['errors']:>4} {r['per_s']:>7} {r['server_p50_ms']:>8} "
                 f"{r['server_p99_ms']:>8} {r['client_p50_ms']:>8} {r['client_p99_ms']:>8} "
-                f"{r['server_p50_vs_static']:>8} {r['node_cpu_ms']:>8} {r['web_cpu_ms']:>7} {r['load_1min']:>5}"
+                f"{r['server_p50_vs_static']:>8} {r['node_cpu_ms']:>8} {r['web_cpu_ms']:>7} {r['load_1min']:>5} "
+                f"{r['node_kernel_ms']:>8} {r['node_switches']:>7} {r['web_switches']:>6} {r['client_cpu_ms']:>6}"
             )
     print()
     print("srv: the gateway's Server-Timing, from the request's first bytes read by the gateway to its answer")
     print("     handed to uvicorn; cli: the client's round trip on its kept-alive connection; ms, p50 / p99")
     print("node ms, web ms: CPU per page of the node's processes and the gateway's (/proc over the run)")
     print("load: the machine's 1-minute load average when the page's run ended (2 cores shared)")
+    print("node sys: the node's kernel CPU per page (of node ms); node sw, web sw: context switches per page")
+    print("     of the node's and the gateway's threads; client: the bench's own CPU per page (same cores)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -101,24 +101,33 @@ def _by_thread(before: dict[str, float], after: dict[str, float], cpu: float, n:
 
 
 _CLIENT = """
-import http.client, sys
-port, path, cookie, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-for _ in range(n):
-    conn.request("GET", path, headers={"Cookie": cookie})
-    reply = conn.getresponse()
-    reply.read()
-    assert reply.status == 200, f"{path} answered {reply.status}"
+import http.client, sys, threading
+port, path, cookie, n, clients = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+def ask(count):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for _ in range(count):
+        conn.request("GET", path, headers={"Cookie": cookie})
+        reply = conn.getresponse()
+        reply.read()
+        assert reply.status == 200, f"{path} answered {reply.status}"
+threads = [threading.Thread(target=ask, args=(n // clients + (i < n % clients),)) for i in range(clients)]
+for t in threads: t.start()
+for t in threads: t.join()
 """
 
 
-def _ask(port: int, path: str, cookie: str, requests: int) -> None:
-    """``requests`` pages one after another from a client process (its HTTP parsing is not the page's CPU)."""
-    subprocess.run([sys.executable, "-c", _CLIENT, str(port), path, cookie, str(requests)], check=True)
+def _ask(port: int, path: str, cookie: str, requests: int, clients: int = 1) -> None:
+    """``requests`` pages from a client process (its HTTP parsing is not the page's CPU), one after
+    another, or ``clients`` threads each asking again as soon as answered (bench_pages' closed loop)."""
+    subprocess.run([sys.executable, "-c", _CLIENT, str(port), path, cookie, str(requests), str(clients)], check=True)
 
 
-def profile(*, workdir: Path, path: str, requests: int, rate: int, limit: int, gil: bool = True) -> str:
+def profile(
+    *, workdir: Path, path: str, requests: int, rate: int, limit: int, gil: bool = True, clients: int = 1
+) -> str:
     import uvicorn
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
 
     from services.common.settings import Settings
     from services.node import Node
@@ -160,8 +169,12 @@ def profile(*, workdir: Path, path: str, requests: int, rate: int, limit: int, g
         # --rate 0: no profiler (it stops the process for every sample, which costs CPU of its own).
         spy = subprocess.Popen([py_spy, *record, "--output", str(raw)], stderr=subprocess.DEVNULL) if rate else None
         time.sleep(1.0 if spy else 0.0)  # py-spy attaches
+        # Database connections opened during the run: a pool smaller than the calls served at once
+        # opens (and closes) one per call beyond it, each with a cold page cache.
+        opened = [0]
+        event.listen(Pool, "connect", lambda *_: opened.__setitem__(0, opened[0] + 1))
         threads, cpu, wall = _threads_cpu(), time.process_time(), time.perf_counter()
-        _ask(port, path, cookie, requests)
+        _ask(port, path, cookie, requests, clients)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         by_thread = _by_thread(threads, _threads_cpu(), cpu, requests)
         if spy is not None:
@@ -169,7 +182,8 @@ def profile(*, workdir: Path, path: str, requests: int, rate: int, limit: int, g
             spy.wait(60)
         head = (
             f"{path}: {requests} requests, {cpu / requests * 1000:.2f} ms CPU and {wall / requests * 1000:.2f} ms "
-            f"wall per page (node + gateway; the client is another process), load {os.getloadavg()[0]:.1f}"
+            f"wall per page (node + gateway; the client is another process, {clients} at once), "
+            f"load {os.getloadavg()[0]:.1f}; {opened[0]} database connections opened"
         )
         return head + "\n" + by_thread + "\n" + _report(raw.read_text("utf-8"), limit=limit)
     finally:
@@ -195,10 +209,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rate", type=int, default=400, help="py-spy samples per second")
     parser.add_argument("--limit", type=int, default=45, help="functions listed per table")
+    parser.add_argument("--clients", type=int, default=1, help="client threads asking at once (closed loop)")
     parser.add_argument("--all-threads", action="store_true", help="sample every busy thread, not only the GIL's")
     args = parser.parse_args(argv)
     path = PAGES.get(args.page, args.page)
-    options = dict(requests=args.requests, rate=args.rate, limit=args.limit, gil=not args.all_threads)
+    options = dict(
+        requests=args.requests, rate=args.rate, limit=args.limit, gil=not args.all_threads, clients=args.clients
+    )
     print(profile(workdir=Path(args.workdir), path=path, **options))
 
 

@@ -16,6 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.common.settings import Settings
 
 _SCHEMA_OK = re.compile(r"^[a-z_][a-z0-9_]*$")
+# SQLite connections a service's engine keeps open: more than the threads of a process that may use
+# one at once (Settings.grpc_workers, 16 by default, plus long polls and background loops). Each is
+# a file handle and a page cache of its own (2 MB at most), filled only as it is used.
+SQLITE_POOL_SIZE = 32
 # Set by ``reading()``: the transactions this thread begins meanwhile only read.
 _READING: ContextVar[bool] = ContextVar("lianxin_db_reading", default=False)
 # In a SQLite connection's ``info`` (kept with the DB-API connection across pool checkouts): the
@@ -42,6 +46,12 @@ def make_engine(url: str, *, service: str, schema: str | None = None, **kwargs: 
     database never see each other's tables.
     """
     if url.startswith("sqlite"):
+        # A connection kept for each thread that may read at once (the 16 gRPC handler threads, long
+        # polls, relay, timers): with QueuePool's default of 5 (+10 overflow), a checkout beyond five
+        # opened a connection and closed it on return (PRAGMAs, SQLite's schema parsed again, an empty
+        # page cache: 90–150 of them per 1,000 inbox pages at 50 clients), and a 16th waited for one.
+        kwargs.setdefault("pool_size", SQLITE_POOL_SIZE)
+        kwargs.setdefault("max_overflow", SQLITE_POOL_SIZE)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")

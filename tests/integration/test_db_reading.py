@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select
 from sqlalchemy.exc import OperationalError
 
 from services.common.db import make_engine, make_session_factory, read_only, reading
@@ -82,5 +82,22 @@ def test_reading_reads_the_same_on_postgresql(postgres_url: str) -> None:
             conn.execute(insert(items).values(id=1, name="row"))
         with reading(), engine.connect() as conn:
             assert conn.execute(select(items.c.name)).scalar_one() == "row"
+    finally:
+        engine.dispose()
+
+
+def test_connections_of_concurrent_threads_stay_open_for_the_next_calls(sqlite_url: str) -> None:
+    """A pool smaller than the handler threads closed each connection beyond it on return, so every
+    page past the fifth concurrent one opened SQLite afresh (issue 17)."""
+    engine = make_engine(sqlite_url, service="reading")
+    opened: list[int] = []
+    event.listen(engine, "connect", lambda *_: opened.append(1))
+    try:
+        for _ in range(3):  # three rounds of 12 calls at once, as 12 busy handler threads would make
+            held = [engine.connect() for _ in range(12)]
+            for conn in held:
+                conn.execute(select(1))
+                conn.close()
+        assert len(opened) == 12  # with the old pool of 5: 5 + 3 × 7 (and a 16th thread waited for one)
     finally:
         engine.dispose()
