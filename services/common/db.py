@@ -130,6 +130,7 @@ def read_only(method: F) -> F:
         with reading():
             return method(*args, **kwargs)
 
+    wrapper.lianxin_read_only = True  # type: ignore[attr-defined]  # GrpcServer runs it on its query threads
     return wrapper  # type: ignore[return-value]
 
 

@@ -31,7 +31,9 @@ from services.common.interceptors import (
     HEALTH_SERVICE_NAME,
     LianxinServerInterceptor,
     PublicOnlyInterceptor,
+    QueryThreadsInterceptor,
     initialise_rpc_metrics,
+    read_only_methods,
 )
 from services.common.request_rules import RequestRulesInterceptor
 from services.common.security import CITIZEN_METHODS
@@ -249,7 +251,17 @@ class GrpcServer:
             *interceptors,
             RequestRulesInterceptor(CITIZEN_METHODS),
         ]
-        self._server = grpc.server(pool, interceptors=chain, options=SERVER_OPTIONS)
+        # The query RPCs on threads of their own (QueryThreadsInterceptor), outermost so that grpcio
+        # sees the pool on the behaviour it runs; 0 query threads: they share the handler threads.
+        queries = read_only_methods((b.full_name, b.servicer) for b in self._bindings)
+        self._query_pool: futures.ThreadPoolExecutor | None = None
+        front: list[grpc.ServerInterceptor] = []
+        if settings.query_workers > 0 and queries:
+            self._query_pool = futures.ThreadPoolExecutor(
+                max_workers=settings.query_workers, thread_name_prefix=f"grpc-query-{settings.node}"
+            )
+            front.append(QueryThreadsInterceptor(queries, self._query_pool))
+        self._server = grpc.server(pool, interceptors=[*front, *chain], options=SERVER_OPTIONS)
         self._health = _HealthOnDemand(self._asked)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for binding in self._bindings:
@@ -264,7 +276,7 @@ class GrpcServer:
         if settings.public_port is not None:
             self._public_server = grpc.server(
                 pool,
-                interceptors=[*chain[:2], PublicOnlyInterceptor(CITIZEN_METHODS), *chain[2:]],
+                interceptors=[*front, *chain[:2], PublicOnlyInterceptor(CITIZEN_METHODS), *chain[2:]],
                 options=PUBLIC_SERVER_OPTIONS,
             )
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._public_server)
@@ -436,6 +448,8 @@ class GrpcServer:
                 public.wait()
             if self._probe_server is not None:
                 self._probe_server.stop(0).wait()
+            if self._query_pool is not None:
+                self._query_pool.shutdown(wait=False)
         finally:
             if self._metrics_http is not None:
                 self._metrics_http.stop()

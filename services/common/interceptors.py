@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from concurrent import futures
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import psycopg
@@ -309,4 +310,49 @@ def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     }[shape]
     return make(
         refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+Handler: TypeAlias = "grpc.RpcMethodHandler | None"
+Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Handler]
+
+
+class QueryThreadsInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """The read-only query RPCs (``@read_only``: the console's and portal's reads) run on a small pool
+    of their own; writes, node-to-node calls and long polls keep the server's handler threads.
+
+    Under 50 console clients each of the 16 handler threads held a page's query at once, and each
+    time one released the GIL (every SQLite step, every call into gRPC's core) another took it over:
+    the node's context switches per case page went from ~60 with one client to 95–175, its CPU per
+    page up by 20–40 % (issue 17; docs/web.md, sixth pass). grpcio runs a method on the pool its
+    behaviour names (``experimental_thread_pool``), so this interceptor, installed outermost, names
+    the query pool; a query waiting for one of its threads waits in the pool's queue, asleep.
+    """
+
+    def __init__(self, methods: Collection[str], pool: futures.ThreadPoolExecutor) -> None:
+        self._methods = frozenset(methods)
+        self._pool = pool
+
+    def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None or details.method not in self._methods:
+            return handler
+        inner = handler.unary_unary
+
+        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            return inner(request, context)
+
+        behavior.experimental_thread_pool = self._pool  # type: ignore[attr-defined]
+        return grpc.unary_unary_rpc_method_handler(
+            behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+
+def read_only_methods(servicers: Iterable[tuple[str, Any]]) -> frozenset[str]:
+    """``/package.Service/Method`` of every ``@read_only`` method of ``(full service name, servicer)``."""
+    return frozenset(
+        f"/{name}/{attr}"
+        for name, servicer in servicers
+        for attr in dir(type(servicer))
+        if getattr(getattr(type(servicer), attr, None), "lianxin_read_only", False)
     )

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     grpc_workers: int = Field(
         default=16, description="gRPC handler threads per process (the most calls it serves at once)"
     )
+    query_workers: int = Field(
+        default=4,
+        description=(
+            "threads of the read-only query RPCs (the console's and portal's reads) per server, beside"
+            " grpc_workers; 0: they run on the grpc_workers threads"
+        ),
+    )
     log_level: str = Field(default="INFO", description="logging level")
     log_json: bool = Field(default=True, description="one JSON object per log line (false: plain text)")
     regions_file: Path | None = Field(default=None, description="region CSV; default is the bundled Sichuan list")
