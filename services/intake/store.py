@@ -52,6 +52,7 @@ from services.intake.submit_sql import PgSubmitPath
 from services.intake.submit_sql import bands as _bands
 from services.intake.submit_sql import bump_sql as _bump_sql
 from services.intake.submit_sql import notice_insert as _notice_insert
+from services.intake.submit_sql import probe_params as _probe_params
 from services.intake.submit_sql import probes as _probes
 from services.intake.submit_sql import signed64 as _signed64
 from services.intake.submit_sql import unsigned64 as _unsigned64
@@ -292,7 +293,7 @@ class SqlIntakeUnitOfWork:
             params.update({f"b{band}": value for band, value in enumerate(bands)})
             rows = self.session.execute(_LOOKUP_QUERIES[True], params)
         else:
-            params.update({f"b{band}": _probes(value) for band, value in enumerate(bands)})
+            params.update(_probe_params(bands))
             rows = self.session.execute(_LOOKUP_QUERIES[False], params)
         found = SubmitLookup()
         for kind, case_id, num in rows:

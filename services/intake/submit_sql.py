@@ -163,8 +163,12 @@ def lookup_sql(*, postgres: bool, psycopg_style: bool = False) -> str:
     else:
         # One part per band: SQLite's OR optimisation plans each OR term without the rest of the
         # WHERE clause, so it could not use the partial indexes and scanned a whole one instead.
+        # Each band's probes (``probes``: the value and the 16 one bit away) as parameters of their
+        # own, not an expanding list: the statement is then the same text every submit, and
+        # SQLAlchemy no longer rewrites it with 68 placeholders each time (issue 21).
         per_band = " UNION ALL ".join(
-            f"SELECT case_id, simhash FROM {cases} WHERE band{n} IN {p(f'b{n}')} AND {open_case}"  # expanding
+            f"SELECT case_id, simhash FROM {cases} WHERE band{n} IN "
+            f"({', '.join(p(f'b{n}_{i}') for i in range(BAND_BITS + 1))}) AND {open_case}"
             for n in range(dedup.BANDS)
         )
         not_same_phone = f"phone_bidx IS NOT {p('pb')}"
@@ -195,12 +199,12 @@ SELECT 'near', case_id, simhash FROM ({near}) AS near
 """
 
 
-LOOKUP_QUERIES = {
-    postgres: text(lookup_sql(postgres=postgres)).bindparams(
-        *(bindparam(f"b{n}", expanding=not postgres) for n in range(dedup.BANDS))
-    )
-    for postgres in (True, False)
-}
+LOOKUP_QUERIES = {postgres: text(lookup_sql(postgres=postgres)) for postgres in (True, False)}
+
+
+def probe_params(band_values: Sequence[int]) -> dict[str, int]:
+    """The SQLite lookup's band parameters: each band's probes as ``b<band>_<i>``."""
+    return {f"b{band}_{i}": probe for band, value in enumerate(band_values) for i, probe in enumerate(probes(value))}
 
 
 def quoted(name: str) -> str:

@@ -6,10 +6,12 @@ PostgreSQL; an unknown case is still NOT_FOUND.
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import bindparam, text
 
 from bench.preload import preload
 from services.common.crypto import cipher_from_env
@@ -18,10 +20,11 @@ from services.common.errors import NotFound
 from services.common.settings import Settings
 from services.common.timeutil import to_utc
 from services.intake.case_rows import to_case
-from services.intake.models import CaseRow, ProgressNoticeRow
+from services.intake.models import OPEN_CASE_SQL, CaseRow, ProgressNoticeRow
 from services.intake.notices import Notice, NoticeStatus, render
 from services.intake.queries import get_case
 from services.intake.store import SqlIntakeUnitOfWork
+from services.intake.submit_sql import LOOKUP_QUERIES, bands, lookup_sql, probe_params, probes
 
 NODE = "511102"
 
@@ -79,5 +82,35 @@ def test_a_case_read_with_nothing_pending_and_its_notices_are_what_the_orm_reads
             assert (row.next_attempt_at and to_utc(row.next_attempt_at), row.sent_at, row.last_error) == (at, None, "")
         with reading(), SqlIntakeUnitOfWork(factory, cipher, NODE) as uow:
             assert uow.notices(case_id) == [NoticeStatus("accepted", "sms", notice.text, "pending", at, None)]
+    finally:
+        engine.dispose()
+
+
+def test_the_sqlite_lookup_s_fixed_band_parameters_find_what_the_expanding_lists_found(tmp_path: Path) -> None:
+    """The submit's lookup on SQLite names each band's 17 probes as parameters of their own (issue 21);
+    the statement it replaced bound each band as an expanding list. Both find the same rows."""
+    settings = Settings(node=NODE, data_dir=tmp_path, database_url=None, metrics_port=None)
+    preload(settings, 60, processes=0)
+    engine = make_engine(service_database_url(settings, "intake"), service="intake")
+    old_sql = re.sub(r"IN \(:b(\d)_0(?:, :b\d_\d+)*\)", r"IN :b\1", lookup_sql(postgres=False))
+    old = text(old_sql).bindparams(*(bindparam(f"b{n}", expanding=True) for n in range(4)))
+    try:
+        with engine.begin() as conn:  # a dozen of the stored cases open again: the bands look at open cases
+            some = "SELECT case_id FROM cases ORDER BY case_id LIMIT 12"
+            conn.execute(text(f"UPDATE cases SET state = 'ACCEPTED' WHERE case_id IN ({some})"))
+        with engine.connect() as conn:
+            open_cases = f"SELECT simhash, fingerprint FROM cases WHERE {OPEN_CASE_SQL} ORDER BY case_id LIMIT 12"
+            stored = conn.execute(text(open_cases)).all()
+            assert stored
+            for simhash, fingerprint in stored:
+                for flipped in (simhash, simhash ^ 1, simhash ^ (1 << 40)):  # itself and a near duplicate
+                    params: dict[str, object] = {"key": None, "since": None, "pb": None, "ib": None, "fp": fingerprint}
+                    values = bands(flipped & ((1 << 64) - 1))
+                    new_rows = conn.execute(LOOKUP_QUERIES[False], {**params, **probe_params(values)}).all()
+                    expanded = {f"b{n}": probes(v) for n, v in enumerate(values)}
+                    assert sorted(new_rows, key=repr) == sorted(
+                        conn.execute(old, {**params, **expanded}).all(), key=repr
+                    )
+                    assert any(kind == "near" for kind, _case, _num in new_rows)
     finally:
         engine.dispose()
