@@ -185,6 +185,11 @@ class ParentLink:
             self._channel = None
 
     @property
+    def pushing(self) -> bool:
+        """A push runs or is planned (event-driven mode); False once everything appended went up."""
+        return self._pushing
+
+    @property
     def failing(self) -> bool:
         """The last call failed, or a call has waited longer than the parent would take to answer it."""
         now = time.monotonic()
@@ -408,10 +413,14 @@ class ParentLink:
                 return
         if len(items) >= self._batch or self._driver is None:
             self._push_step()  # a backlog: the next batch at once
-        else:
-            # Look again (a batch may also end at its size in bytes), PUSH_GATHER_S after this push left:
-            # what the case's later commits appended meanwhile then crosses in one push.
+        elif sum(len(item.body) for item in items) > domain.MAX_BATCH_BYTES // 2:
+            # The batch may have ended at its size in bytes: look again, PUSH_GATHER_S after this push left.
             self._next_push(self._driver)
+        else:
+            # Everything pending went. What was appended since woke the link during the push (``wake``
+            # asks for another push then, PUSH_GATHER_S after this one left, so a case's later commits
+            # cross in one push): reading the up-log again only to find nothing was one read per push.
+            self._push_finished()
 
     def _push_finished(self, *, retry_in: float | None = None) -> None:
         driver = self._driver
