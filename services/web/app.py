@@ -8,6 +8,7 @@ POST, the security headers and the request metrics. No session state lives in th
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -124,15 +125,30 @@ class Gateway:
         Only a cache (each replica its own); an empty list when routing does not answer, so pages
         fall back to the unit codes.
         """
-        now = time.monotonic()
-        cached = self._units
-        if cached is not None and now - cached[0] < UNITS_TTL_S:
-            return cached[1]
+        if (fresh := self._fresh_units()) is not None:
+            return fresh
         try:
             reply = self.client.call(self.client.routing.ListUnits, routing_pb2.ListUnitsRequest(), self.portal_token())
         except CallFailed:
-            return cached[1] if cached is not None else []
-        self._units = (now, list(reply.units))
+            return self._units[1] if self._units is not None else []
+        return self._keep_units(reply.units)
+
+    async def units_async(self) -> list[Any]:
+        """``units()`` for a page on the event loop (a template's ``unit_name`` then finds them kept)."""
+        if (fresh := self._fresh_units()) is not None:
+            return fresh
+        try:
+            reply = await self.client.acall("routing", "ListUnits", routing_pb2.ListUnitsRequest(), self.portal_token())
+        except CallFailed:
+            return self._units[1] if self._units is not None else []
+        return self._keep_units(reply.units)
+
+    def _fresh_units(self) -> list[Any] | None:
+        cached = self._units
+        return cached[1] if cached is not None and time.monotonic() - cached[0] < UNITS_TTL_S else None
+
+    def _keep_units(self, units: Any) -> list[Any]:
+        self._units = (time.monotonic(), list(units))
         return self._units[1]
 
     def workdays_until(self, today: date, due: date) -> int | None:
@@ -185,6 +201,10 @@ class Page:
 
     def call(self, method: Callable[..., Any], request: Any, *, timeout: float | None = None) -> Any:
         return self.client.call(method, request, self.token, timeout=timeout)
+
+    async def acall(self, service: str, method: str, request: Any) -> Any:
+        """``call`` for an async view: awaited on the event loop, no worker thread."""
+        return await self.client.acall(service, method, request, self.token)
 
     @property
     def citizen_address(self) -> str:
@@ -241,7 +261,9 @@ class Page:
         return self.operator is not None and self.operator.principal.has_any(rule_for(full_method).roles)
 
 
-View = Callable[[Page], Response]
+# A view is a plain function run in a worker thread (sync gRPC stubs), or a coroutine function
+# awaited on the event loop (grpc.aio through Page.acall; the busiest pages, issue 17).
+View = Callable[[Page], Response] | Callable[[Page], Awaitable[Response]]
 
 
 def _apply(response: Response, gateway: Gateway, page: Page | None, nonce: str, fresh_nonce: bool) -> None:
@@ -264,6 +286,12 @@ def _apply(response: Response, gateway: Gateway, page: Page | None, nonce: str, 
 def page(gateway: Gateway, route: str, view: View) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a view: cookies, CSRF on POST, headers, metrics, and one answer for every failure."""
 
+    async def run(current: Page) -> Response:
+        if inspect.iscoroutinefunction(view):
+            answer: Response = await view(current)
+            return answer
+        return await run_in_threadpool(view, current)  # type: ignore[arg-type]
+
     async def endpoint(request: Request) -> Response:
         # From the request's first bytes read by the gateway, not from here: the wait for the event
         # loop to start this task is the server's time too (services/web/timing.py).
@@ -284,10 +312,10 @@ def page(gateway: Gateway, route: str, view: View) -> Callable[[Request], Awaita
                     )
                 else:
                     current = Page(gateway, request, form, nonce)
-                    response = await run_in_threadpool(view, current)
+                    response = await run(current)
             else:
                 current = Page(gateway, request, {}, nonce)
-                response = await run_in_threadpool(view, current)
+                response = await run(current)
         except CallFailed as failure:
             current = current or Page(gateway, request, {}, nonce)
             response = failure_page(current, failure)
@@ -422,6 +450,7 @@ def build_app(gateway: Gateway) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
+        await gateway.client.aclose()
         gateway.client.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -6,23 +6,33 @@ token the operator signed in with; a refusal comes back here as a ``CallFailed``
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+import grpc.aio
 from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from lianxin.stats.v1 import stats_service_pb2_grpc as stats_grpc
 from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
-from services.common.grpcclient import instrumented_channel, plain_channel, tracer_installed
+from services.common.grpcclient import CHANNEL_OPTIONS, instrumented_channel, plain_channel, tracer_installed
 from services.common.interceptors import FIELD_METADATA_KEY
 from services.common.security import bearer_metadata
 from services.web.config import WebSettings
 
 Response = TypeVar("Response")
+SERVICES = ("intake", "routing", "exchange", "video", "stats")
+STUBS = {
+    "intake": intake_grpc.IntakeServiceStub,
+    "routing": routing_grpc.RoutingServiceStub,
+    "exchange": exchange_grpc.ExchangeServiceStub,
+    "video": video_grpc.VideoServiceStub,
+    "stats": stats_grpc.StatsServiceStub,
+}
 
 
 class CallFailed(Exception):
@@ -71,6 +81,34 @@ def _channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.C
     return make(target, credentials=credentials, options=spread)
 
 
+class AioStubs:
+    """The five services' grpc.aio stubs, bound to the event loop they were made on.
+
+    A page that awaits these needs no worker thread: the sync stubs cost each page a hand-off to an
+    anyio worker thread and back, and gRPC's own thread waking the one that waits (issue 17).
+    """
+
+    def __init__(self, settings: WebSettings, credentials: grpc.ChannelCredentials | None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        self.stubs: dict[str, Any] = {}
+        for service in SERVICES:
+            target = settings.target(service)
+            if target not in self.channels:
+                spread = (("grpc.lb_policy_name", "round_robin"),) if "," in target else ()
+                options = [*CHANNEL_OPTIONS, *spread]
+                self.channels[target] = (
+                    grpc.aio.insecure_channel(target, options=options)
+                    if credentials is None
+                    else grpc.aio.secure_channel(target, credentials, options=options)
+                )
+            self.stubs[service] = STUBS[service](self.channels[target])
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
+
+
 @dataclass
 class NodeClient:
     """Stubs of the node's five services; ``call`` adds the bearer token and maps errors."""
@@ -79,10 +117,11 @@ class NodeClient:
     # The node's client certificate when its port speaks mutual TLS (LIANXIN_TLS_DIR); None: plaintext.
     credentials: grpc.ChannelCredentials | None = None
     channels: dict[str, grpc.Channel] = field(default_factory=dict, init=False)
+    _aio: AioStubs | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         by_target: dict[str, grpc.Channel] = {}
-        for service in ("intake", "routing", "exchange", "video", "stats"):
+        for service in SERVICES:
             target = self.settings.target(service)
             if target not in by_target:
                 by_target[target] = _channel(target, self.credentials)
@@ -116,6 +155,37 @@ class NodeClient:
             return method(request, timeout=timeout or self.settings.rpc_timeout_s, metadata=metadata)
         except grpc.RpcError as error:
             raise _failure(error) from None
+
+    async def acall(
+        self, service: str, method: str, request: Any, token: str | None = None, *, timeout: float | None = None
+    ) -> Any:
+        """``call`` awaited on the event loop: ``service``'s ``method`` through its grpc.aio stub.
+
+        With a tracer installed, the sync stub in a worker thread instead: only its channel carries
+        the tracing and metrics interceptors.
+        """
+        if tracer_installed():
+            from starlette.concurrency import run_in_threadpool
+
+            return await run_in_threadpool(self.call, getattr(getattr(self, service), method), request, token)
+        metadata = bearer_metadata(token) if token else ()
+        try:
+            return await getattr(self._aio_stubs().stubs[service], method)(
+                request, timeout=timeout or self.settings.rpc_timeout_s, metadata=metadata
+            )
+        except grpc.RpcError as error:
+            raise _failure(error) from None
+
+    def _aio_stubs(self) -> AioStubs:
+        # A channel of grpc.aio serves the loop it was made on; a new loop (a test's client) gets its own.
+        if self._aio is None or self._aio.loop is not asyncio.get_running_loop():
+            self._aio = AioStubs(self.settings, self.credentials)
+        return self._aio
+
+    async def aclose(self) -> None:
+        if self._aio is not None and self._aio.loop is asyncio.get_running_loop():
+            await self._aio.close()
+        self._aio = None
 
     def start(self, method: Any, request: Any, token: str | None = None) -> Any:
         """Start a call without waiting (``.future``), so a page can ask several things at once."""

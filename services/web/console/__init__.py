@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.web.console.case import case_act, case_page
+from services.web.console.case import case_act, case_view
 from services.web.console.dashboard import bulletin, dashboard, drill
 from services.web.console.evaluation import evaluation, evaluation_act
 from services.web.console.exchange import exchange_desk, replay
@@ -26,7 +26,7 @@ ROUTES: list[tuple[str, str, Any, list[str]]] = [
     ("/console/evaluation", "evaluation", evaluation, ["GET"]),
     ("/console/evaluation", "evaluation_act", evaluation_act, ["POST"]),
     ("/console/moderation/{case_id}", "moderate", moderate, ["POST"]),
-    ("/console/case/{case_id}", "case", case_page, ["GET"]),
+    ("/console/case/{case_id}", "case", case_view, ["GET"]),
     ("/console/case/{case_id}", "case_act", case_act, ["POST"]),
     ("/console/dashboard", "dashboard", dashboard, ["GET"]),
     ("/console/drill", "drill", drill, ["GET"]),

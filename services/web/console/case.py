@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from lianxin.common.v1 import common_pb2
@@ -28,6 +30,8 @@ from services.web.console.consultation import (
     record_minutes,
     reschedule_consultation,
 )
+
+Response_ = TypeVar("Response_")
 
 
 def _case_orders(
@@ -54,6 +58,10 @@ def _current_work_order(page: Page, case_id: str, started: Any = None) -> routin
     if not found and unit:
         # A unit's operator lists its own unit's work orders only; where it assists (协办) it asks as that.
         found = page.call(listing, _case_orders(case_id, unit)).work_orders
+    return _latest(found)
+
+
+def _latest(found: Sequence[routing_pb2.WorkOrder]) -> routing_pb2.WorkOrder | None:
     if not found:
         return None
     latest: routing_pb2.WorkOrder = max(found, key=lambda w: (w.created_at.seconds, w.created_at.nanos))
@@ -61,43 +69,128 @@ def _current_work_order(page: Page, case_id: str, started: Any = None) -> routin
 
 
 @dataclass(frozen=True)
-class _CaseCalls:
-    """The case page's calls, every one that needs nothing from another started before the first answer."""
-
-    case: Any
-    orders: Any  # the case's work orders with their histories and the case's supervisions
-    video: Any  # the case's visits and consultations, the leaders (may_book) and rooms (may_consult)
-    slots: Any  # None without a leader chosen
-    leader: str
+class _Choices:
+    leader: str  # the leader whose free slots the page shows ("": none chosen)
     may_book: bool
     may_consult: bool
 
 
-def _start_case_calls(page: Page, case_id: str) -> _CaseCalls:
-    client, token = page.client, page.token
+def _choices(page: Page) -> _Choices:
     leader = page.query("leader")[:64] or page.field("leader_id")
-    may_book = page.may(f"{VIDEO}/BookVisit")
-    may_consult = page.may(f"{VIDEO}/BookConsultation")
-    return _CaseCalls(
-        case=client.start(client.intake.GetCase, intake_pb2.GetCaseRequest(case_id=case_id), token),
-        orders=client.start(client.routing.ListWorkOrders, _case_orders(case_id, supervisions=True), token),
-        # Video's four lists in one call (visits, consultations, receiving leaders, rooms).
-        video=client.start(
-            client.video.GetCaseVideo,
-            video_pb2.GetCaseVideoRequest(case_id=case_id, with_leaders=may_book, with_rooms=may_consult),
-            token,
-        ),
-        slots=client.start(client.video.ListSlots, video_pb2.ListSlotsRequest(leader_id=leader, max_items=8), token)
-        if may_book and leader
-        else None,
-        leader=leader,
-        may_book=may_book,
-        may_consult=may_consult,
+    return _Choices(leader, page.may(f"{VIDEO}/BookVisit"), page.may(f"{VIDEO}/BookConsultation"))
+
+
+def _video_request(case_id: str, chosen: _Choices) -> video_pb2.GetCaseVideoRequest:
+    # Video's four lists in one call (visits, consultations, receiving leaders, rooms).
+    return video_pb2.GetCaseVideoRequest(case_id=case_id, with_leaders=chosen.may_book, with_rooms=chosen.may_consult)
+
+
+def _slots_request(chosen: _Choices) -> video_pb2.ListSlotsRequest | None:
+    return (
+        video_pb2.ListSlotsRequest(leader_id=chosen.leader, max_items=8) if chosen.may_book and chosen.leader else None
     )
 
 
+@dataclass(frozen=True)
+class _CaseAnswers:
+    """What the case page's calls answered; a part that failed is empty (the video section)."""
+
+    chosen: _Choices
+    case: common_pb2.Case | None  # None: not registered here (NOT_FOUND)
+    timeline: list[common_pb2.TimelineEntry]
+    order: routing_pb2.WorkOrder | None
+    supervisions: list[Any]
+    video: video_pb2.GetCaseVideoResponse
+    slots: list[Any]
+
+
+def _answers(page: Page, case_id: str) -> _CaseAnswers:
+    """The case page's calls from a worker thread, every one that needs nothing from another started
+    before the first answer."""
+    client, token, chosen = page.client, page.token, _choices(page)
+    slots = _slots_request(chosen)
+    case = client.start(client.intake.GetCase, intake_pb2.GetCaseRequest(case_id=case_id), token)
+    orders = client.start(client.routing.ListWorkOrders, _case_orders(case_id, supervisions=True), token)
+    video = client.start(client.video.GetCaseVideo, _video_request(case_id, chosen), token)
+    slotted = client.start(client.video.ListSlots, slots, token) if slots is not None else None
+    got = _found(_settle(lambda: page.client.result(case)))
+    order = _current_work_order(page, case_id, orders)
+    return _CaseAnswers(
+        chosen=chosen,
+        case=got.case if got else None,
+        timeline=list(got.timeline) if got else [],
+        order=order,
+        supervisions=list(page.client.result(orders).supervisions),
+        video=_part(_settle(lambda: page.client.result(video)), video_pb2.GetCaseVideoResponse),
+        slots=settled(page, slotted, "slots"),
+    )
+
+
+async def _answers_async(page: Page, case_id: str) -> _CaseAnswers:
+    """``_answers`` on the event loop: the calls at once (asyncio.gather over grpc.aio), no thread."""
+    chosen = _choices(page)
+    slots = _slots_request(chosen)
+    got, orders, video, slotted, _units = await asyncio.gather(
+        page.acall("intake", "GetCase", intake_pb2.GetCaseRequest(case_id=case_id)),
+        page.acall("routing", "ListWorkOrders", _case_orders(case_id, supervisions=True)),
+        page.acall("video", "GetCaseVideo", _video_request(case_id, chosen)),
+        page.acall("video", "ListSlots", slots) if slots is not None else _nothing(),
+        page.gateway.units_async(),  # the template's unit names, kept: it then asks nothing
+        return_exceptions=True,
+    )
+    case_reply = _found(got)
+    if isinstance(orders, BaseException):
+        raise orders
+    found = list(orders.work_orders)
+    unit = page.operator.principal.unit if page.operator else ""
+    if not found and unit:
+        # As _current_work_order: where the operator's unit assists (协办) it asks as that.
+        found = list((await page.acall("routing", "ListWorkOrders", _case_orders(case_id, unit))).work_orders)
+    return _CaseAnswers(
+        chosen=chosen,
+        case=case_reply.case if case_reply else None,
+        timeline=list(case_reply.timeline) if case_reply else [],
+        order=_latest(found),
+        supervisions=list(orders.supervisions),
+        video=_part(video, video_pb2.GetCaseVideoResponse),
+        slots=list(_part(slotted, video_pb2.ListSlotsResponse).slots),
+    )
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _settle(result: Callable[[], Any]) -> Any:
+    """A started call's answer, or the CallFailed it raised (as asyncio.gather's return_exceptions)."""
+    try:
+        return result()
+    except CallFailed as failure:
+        return failure
+
+
+def _found(answer: Any) -> intake_pb2.GetCaseResponse | None:
+    """GetCase's answer; None when the case is not registered here; any other failure raised."""
+    if isinstance(answer, CallFailed) and answer.status == 404:
+        return None
+    if isinstance(answer, BaseException):
+        raise answer
+    reply: intake_pb2.GetCaseResponse = answer
+    return reply
+
+
+def _part(answer: Any, empty: Callable[[], Response_]) -> Response_:
+    """A page part's answer; empty when its call failed (the rest of the page still shows)."""
+    if isinstance(answer, CallFailed) or answer is None:
+        return empty()
+    if isinstance(answer, BaseException):
+        raise answer
+    reply: Response_ = answer
+    return reply
+
+
 def _remote_case(
-    page: Page, case_id: str, calls: _CaseCalls, errors: dict[str, dict[str, str]], status: int
+    page: Page, case_id: str, answers: _CaseAnswers, errors: dict[str, dict[str, str]], status: int
 ) -> Response:
     """A case neither registered nor handled here (a child's, known by its supervision or consultations)."""
     registering = case_id.split("-", 1)[0]
@@ -108,10 +201,18 @@ def _remote_case(
         registering_name=page.gateway.regions.display_name(registering) if registering in page.gateway.regions else "",
         may_supervise=page.may(f"{ROUTING}/Supervise"),
         errors=errors.get("supervise", {}),
-        consultations=settled(page, calls.video, "consultations"),
+        consultations=list(answers.video.consultations),
         may_consult=False,
         status=status,
     )
+
+
+async def case_view(page: Page) -> Response:
+    """The case page (GET) on the event loop, its calls at once through grpc.aio (issue 17)."""
+    if (redirect := require(page)) is not None:
+        return redirect
+    case_id = page.request.path_params["case_id"]
+    return _render_case(page, case_id, await _answers_async(page, case_id))
 
 
 def case_page(
@@ -121,46 +222,49 @@ def case_page(
     status: int = 200,
     proposal: list[Any] | None = None,
 ) -> Response:
+    """The case page again from a form's worker thread, with the form's errors or a proposal."""
     if (redirect := require(page)) is not None:
         return redirect
     case_id = page.request.path_params["case_id"]
-    calls = _start_case_calls(page, case_id)
+    return _render_case(page, case_id, _answers(page, case_id), errors=errors, status=status, proposal=proposal)
+
+
+def _render_case(
+    page: Page,
+    case_id: str,
+    answers: _CaseAnswers,
+    *,
+    errors: dict[str, dict[str, str]] | None = None,
+    status: int = 200,
+    proposal: list[Any] | None = None,
+) -> Response:
     errors = errors or {}
-    case: common_pb2.Case | None = None
-    timeline: list[common_pb2.TimelineEntry] = []
-    try:
-        got = page.client.result(calls.case)
-        case, timeline = got.case, list(got.timeline)
-    except CallFailed as failure:
-        if failure.status != 404:
-            raise
-    order = _current_work_order(page, case_id, calls.orders)
-    supervisions = list(page.client.result(calls.orders).supervisions)
-    if case is None and order is None and not supervisions:
-        return _remote_case(page, case_id, calls, errors, status)
+    case, order, video, chosen = answers.case, answers.order, answers.video, answers.chosen
+    if case is None and order is None and not answers.supervisions:
+        return _remote_case(page, case_id, answers, errors, status)
     principal = page.operator.principal if page.operator else None
-    leaders = settled(page, calls.video, "leaders")
+    leaders = list(video.leaders)
     return page.render(
         "console/case.html",
-        may_consult=calls.may_consult,
-        consultations=settled(page, calls.video, "consultations"),
-        consult_rooms=settled(page, calls.video, "rooms"),
+        may_consult=chosen.may_consult,
+        consultations=list(video.consultations),
+        consult_rooms=list(video.rooms),
         consult_rows=CONSULT_ROWS,
         consult_errors={k: v for a in CONSULT_ACTIONS for k, v in errors.get(a, {}).items()},
         proposal=proposal,
-        may_book=calls.may_book,
-        leader=calls.leader,
+        may_book=chosen.may_book,
+        leader=chosen.leader,
         leaders=leaders,
         leader_names={item.leader_id: item.leader_name for item in leaders},
-        slots=settled(page, calls.slots, "slots"),
-        visits=settled(page, calls.video, "visits"),
+        slots=answers.slots,
+        visits=list(video.visits),
         status=status,
         case_id=case_id,
         case=case,
-        timeline=timeline,
+        timeline=answers.timeline,
         order=order,
         deadlines=[deadline_view(page, d) for d in (order.deadlines if order else [])],
-        supervisions=supervisions,
+        supervisions=answers.supervisions,
         forms=forms_for(page, order),
         owing=owing_units(page, order) if order else [],
         now=datetime.now(UTC),

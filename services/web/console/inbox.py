@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,8 @@ def next_deadline(page: Page, order: WorkOrderLike, *, kind: str = "") -> dict[s
     return deadline_view(page, pending[0])
 
 
-def inbox(page: Page) -> Response:
+async def inbox(page: Page) -> Response:
+    """On the event loop (grpc.aio): the busiest console page needs no worker thread (issue 17)."""
     if (redirect := require(page)) is not None:
         return redirect
     if not page.may(f"{ROUTING}/ListInbox") and page.may(f"{ROUTING}/ListEvaluationSample"):
@@ -51,11 +53,16 @@ def inbox(page: Page) -> Response:
         reply = routing_pb2.ListInboxResponse()
     else:
         # One call: the rows as the list shows them, with the titles routing keeps (no call to intake).
-        reply = page.call(page.client.routing.ListInbox, request)
-    rows = titled_rows(page, list(reply.items))
+        reply = await page.acall("routing", "ListInbox", request)
+    orders = list(reply.items)
+    titles, missing = known_titles(orders)
+    if missing:
+        with contextlib.suppress(CallFailed):
+            titles.update(case_titles(await page.acall("intake", "ListCases", _cases_request(missing))))
+    await page.gateway.units_async()  # the rows' unit names, kept: the template then asks nothing
     return page.render(
         "console/inbox.html",
-        rows=rows,
+        rows=rows_of(page, orders, titles),
         states=INBOX_STATES,
         state=state,
         overdue=overdue,
@@ -69,17 +76,28 @@ def inbox(page: Page) -> Response:
 def titled_rows(page: Page, orders: Sequence[WorkOrderLike]) -> list[dict[str, Any]]:
     """Rows with their cases' titles and next deadline: an inbox row's own title (routing's copy of
     the case); the others' from intake, a page's in one call."""
-    titles = {o.case_id: o.title for o in orders if isinstance(o, routing_pb2.InboxItem) and o.title}
-    missing = sorted({o.case_id for o in orders} - titles.keys())
+    titles, missing = known_titles(orders)
     if missing:
-        try:
-            cases = page.call(
-                page.client.intake.ListCases,
-                intake_pb2.ListCasesRequest(case_ids=missing, page=common_pb2.PageRequest(page_size=len(missing))),
-            ).cases
-            titles.update({case.case_id: case.title for case in cases})
-        except CallFailed:
-            pass
+        with contextlib.suppress(CallFailed):
+            titles.update(case_titles(page.call(page.client.intake.ListCases, _cases_request(missing))))
+    return rows_of(page, orders, titles)
+
+
+def known_titles(orders: Sequence[WorkOrderLike]) -> tuple[dict[str, str], list[str]]:
+    """The titles routing sent with an inbox's rows, and the cases whose title intake must give."""
+    titles = {o.case_id: o.title for o in orders if isinstance(o, routing_pb2.InboxItem) and o.title}
+    return titles, sorted({o.case_id for o in orders} - titles.keys())
+
+
+def _cases_request(case_ids: list[str]) -> intake_pb2.ListCasesRequest:
+    return intake_pb2.ListCasesRequest(case_ids=case_ids, page=common_pb2.PageRequest(page_size=len(case_ids)))
+
+
+def case_titles(reply: intake_pb2.ListCasesResponse) -> dict[str, str]:
+    return {case.case_id: case.title for case in reply.cases}
+
+
+def rows_of(page: Page, orders: Sequence[WorkOrderLike], titles: dict[str, str]) -> list[dict[str, Any]]:
     return [{"wo": wo, "title": titles.get(wo.case_id, ""), "deadline": next_deadline(page, wo)} for wo in orders]
 
 
