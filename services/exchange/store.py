@@ -69,6 +69,19 @@ _SAVE_CURSOR_TOKEN_SQL = _SAVE_CURSOR_SQL.replace(
 )
 
 
+# What a child's push is judged against (``load_ledgers``), tagged: i = an event id already stored,
+# r = the last sequence stored per case from the child, s = the last one an operator discarded,
+# e = the known owner epoch per case.
+_LEDGERS_SQL = (
+    "SELECT 'i', event_id, NULL FROM replica WHERE event_id {}"
+    " UNION ALL SELECT 'r', case_id, max(case_sequence) FROM replica WHERE child_node {} AND case_id {}"
+    " GROUP BY case_id"
+    " UNION ALL SELECT 's', case_id, max(case_sequence) FROM sequence_skip WHERE child_node {} AND case_id {}"
+    " GROUP BY case_id"
+    " UNION ALL SELECT 'e', case_id, owner_epoch FROM case_epoch WHERE case_id {}"
+)
+
+
 class SqlExchangeUnitOfWork(ExchangeReads):
     """One transaction of exchange's tables (``ports.ExchangeUnitOfWork``); rolled back unless committed.
 
@@ -245,30 +258,30 @@ class SqlExchangeUnitOfWork(ExchangeReads):
         bulk = self.bulk()
         cases = sorted({e.case_id for e in events if e.case_id})
         ids = [e.event_id for e in events if e.event_id]
-        stored_ids = (
-            {row[0] for row in bulk.rows("SELECT event_id FROM replica WHERE event_id {}", lists=[ids])}
-            if ids
-            else set()
-        )
         ledgers = {case_id: domain.CaseLedger() for case_id in cases}
         if not cases:
-            return ledgers, stored_ids
-        for case_id, last in bulk.rows(
-            "SELECT case_id, max(case_sequence) FROM replica WHERE child_node = ? AND case_id {} GROUP BY case_id",
-            child,
-            lists=[cases],
-        ):
-            ledgers[case_id].last_sequence = int(last)
+            stored = bulk.rows("SELECT event_id FROM replica WHERE event_id {}", lists=[ids]) if ids else []
+            return ledgers, {row[0] for row in stored}
+        # One statement for the four questions (each a statement before): inside the push's write
+        # transaction every statement hands the GIL back and waits for it again, and in a saturated
+        # host that wait, not SQLite, was most of how long a push held the database's write lock.
+        # (The child is an IN list of one so every parameter is a list, in the statement's order.)
+        stored_ids: set[str] = set()
+        skipped: dict[str, int] = {}
+        # (An empty list of ids is sent as one id no event has: PostgreSQL cannot type an empty array.)
+        lists = [ids or ["\x00"], [child], cases, [child], cases, cases]
+        for kind, case_id, number in bulk.rows(_LEDGERS_SQL, lists=lists):
+            if kind == "i":
+                stored_ids.add(case_id)  # an event id
+            elif kind == "r":
+                ledgers[case_id].last_sequence = int(number)
+            elif kind == "s":
+                skipped[case_id] = int(number)
+            else:
+                ledgers[case_id].known_epoch = int(number)
         # A place an operator discarded counts as passed (domain.judge_discard).
-        for case_id, last in bulk.rows(
-            "SELECT case_id, max(case_sequence) FROM sequence_skip WHERE child_node = ? AND case_id {}"
-            " GROUP BY case_id",
-            child,
-            lists=[cases],
-        ):
-            ledgers[case_id].last_sequence = max(ledgers[case_id].last_sequence or 0, int(last))
-        for case_id, epoch in bulk.rows("SELECT case_id, owner_epoch FROM case_epoch WHERE case_id {}", lists=[cases]):
-            ledgers[case_id].known_epoch = int(epoch)
+        for case_id, last in skipped.items():
+            ledgers[case_id].last_sequence = max(ledgers[case_id].last_sequence or 0, last)
         # The stored event at a sequence matters only at or below the last one (duplicate or conflict).
         behind = {
             (e.case_id, e.case_sequence)

@@ -42,21 +42,21 @@ def _store(url: str, clock: Clock) -> ExchangeStore:
     return ExchangeStore(make_session_factory(engine), node=CITY, regions=RegionTree.load(), clock=clock)
 
 
+def _envelope(n: int, version: int = 1) -> bytes:
+    case_id = f"{COUNTY}-20261206-{n:06d}"
+    return events_pb2.EventEnvelope(
+        event_id=f"{case_id}#{version}",
+        case_id=case_id,
+        version=version,
+        owner_node=COUNTY,
+        owner_epoch=1,
+        origin_node=COUNTY,
+        case_registered=events_pb2.CaseRegistered(),
+    ).SerializeToString()
+
+
 def _pushed(count: int) -> list[Item]:
-    items = []
-    for n in range(1, count + 1):
-        case_id = f"{COUNTY}-20261206-{n:06d}"
-        body = events_pb2.EventEnvelope(
-            event_id=f"{case_id}#1",
-            case_id=case_id,
-            version=1,
-            owner_node=COUNTY,
-            owner_epoch=1,
-            origin_node=COUNTY,
-            case_registered=events_pb2.CaseRegistered(),
-        ).SerializeToString()
-        items.append(Item(n, ENVELOPE, body, 1))
-    return items
+    return [Item(n, ENVELOPE, _envelope(n), 1) for n in range(1, count + 1)]
 
 
 def test_a_cursor_never_moves_back_keeps_its_token_and_notes_the_contact(database_url: str) -> None:
@@ -134,3 +134,17 @@ def test_a_links_reads_do_not_wait_for_sqlites_write_lock(tmp_path: Path) -> Non
 
     reads: list[Callable[[], Any]] = [pending_up, cursor, pull_down, backlogs, cursors]
     assert _holding_the_write_lock(path, reads) == [r.__name__ for r in reads]
+
+
+def test_a_push_is_judged_against_what_the_node_holds_duplicates_and_gaps(database_url: str) -> None:
+    # load_ledgers asks its four questions (stored ids, last sequence, discarded places, epochs) in one
+    # statement: the same judgements on both backends.
+    store = _store(database_url, Clock())
+    first = _pushed(1)[0]
+    assert store.receive_push(COUNTY, [first]) == (1, [])
+    # The same event again under a new position (the child's log rebuilt): a duplicate, stored once.
+    assert store.receive_push(COUNTY, [Item(2, ENVELOPE, first.body, 1)]) == (2, [])
+    third = _envelope(1, version=3)
+    acked, rejected = store.receive_push(COUNTY, [Item(3, ENVELOPE, third, 3)])  # sequence 2 never came
+    assert acked == 3 and [r.position for r in rejected] == [3]
+    assert [item.position for item in store.pending_up(0, 10)] == [1]
