@@ -1,8 +1,10 @@
 """Composition root of the web gateway: the Starlette app, its pages, cookies, CSRF, headers and metrics.
 
-Every page is a plain function ``view(page) -> Response`` run in a worker thread (gRPC calls block);
-``page()`` wraps it with what every request needs: the signed session, the CSRF check on every
-POST, the security headers and the request metrics. No session state lives in the process.
+Every page is a plain function ``view(page) -> Response`` run in a worker thread (gRPC calls block),
+or, for the busiest pages (the inbox, the case page), a coroutine awaited on the event loop that asks
+the node through grpc.aio (``Page.acall``); ``page()`` wraps either with what every request needs:
+the signed session, the CSRF check on every POST, the security headers and the request metrics. No
+session state lives in the process.
 """
 
 from __future__ import annotations
