@@ -41,7 +41,7 @@ from services.web.accounts import AccountStore
 from services.web.client import CallFailed, NodeClient
 from services.web.config import WebSettings, load_key
 from services.web.forwarding import Network, citizen_address, parse_proxies
-from services.web.session import Operator, Signer, new_nonce
+from services.web.session import Sessions, Signer, new_nonce
 from services.web.timing import received_at
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class Gateway:
     _workdays: dict[tuple[date, date], int | None] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.sessions = Sessions(self.signer)
         self.requests = Counter(
             "lianxin_web_requests_total",
             "HTTP requests answered by the web gateway, by route and status",
@@ -183,15 +184,8 @@ class Page:
         self.request = request
         self.form = form
         self.nonce = nonce
-        self.operator: Operator | None = None
         self.cookies: list[tuple[str, str, int]] = []  # name, value, max-age (0 deletes)
-        raw = request.cookies.get(gateway.cookie("session"))
-        data = gateway.signer.loads("session", raw)
-        if data is not None:
-            try:
-                self.operator = Operator.from_cookie(data)
-            except (KeyError, TypeError, ValueError):
-                self.operator = None
+        self.operator = gateway.sessions.operator(request.cookies.get(gateway.cookie("session")))
 
     @property
     def client(self) -> NodeClient:

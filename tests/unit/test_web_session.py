@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pytest
+
+from services.common.security import Principal
 from services.web.accounts import AccountStore, check_password, ensure_demo_accounts, hash_password
 from services.web.labels import field_error
-from services.web.session import Signer
+from services.web.session import Operator, Sessions, Signer
 
 
 def test_a_cookie_signed_by_one_replica_is_read_by_another_and_a_changed_one_is_not() -> None:
@@ -58,3 +62,35 @@ def test_the_services_reasons_read_as_chinese_field_errors() -> None:
     assert "手机号码" in field_error("must be a mainland mobile number: 11 digits starting 13–19")
     assert field_error("must not be empty") == "此项必须填写"
     assert "100" in field_error("must be at most 100 characters, got 120")
+
+
+def _session(signer: Signer, ttl_s: int) -> str:
+    principal = Principal(subject="clerk-511102", node="511102", unit="", roles=frozenset({"clerk"}))
+    return signer.dumps("session", Operator(token="t", principal=principal).to_cookie(), ttl_s=ttl_s)
+
+
+def test_a_verified_session_is_remembered_until_it_expires_and_a_changed_one_is_not_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    signer = Signer(b"k" * 32)
+    sessions = Sessions(signer)
+    value = _session(signer, 60)
+    first = sessions.operator(value)
+    assert first is not None and first.principal.subject == "clerk-511102"
+    checks: list[str] = []
+    monkeypatch.setattr(Signer, "loads", lambda self, purpose, raw: checks.append(raw))
+    assert sessions.operator(value) is first and checks == []  # no HMAC or JSON the second time
+    body, mac = value.rsplit(".", 1)
+    assert sessions.operator(body[:-2] + "xx." + mac) is None and len(checks) == 1  # checked, refused
+    monkeypatch.undo()
+    monkeypatch.setattr(time, "time", lambda: first.principal.expires + 1.0)
+    assert sessions.operator(value) is None  # expired, remembered or not
+    assert sessions.operator("") is None and sessions.operator(None) is None
+
+
+def test_the_remembered_sessions_are_bounded() -> None:
+    signer = Signer(b"k" * 32)
+    sessions = Sessions(signer, kept=2)
+    values = [_session(signer, 60 + n) for n in range(3)]
+    assert all(sessions.operator(v) is not None for v in values)
+    assert len(sessions._known) <= 2
