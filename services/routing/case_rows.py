@@ -3,15 +3,16 @@ replicas name, and the supervisions (催办/督办) recorded or replicated here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from lianxin.common.v1 import common_pb2
-from sqlalchemy import Table, and_, bindparam, func, or_, select, tuple_
+from sqlalchemy import Integer, Table, and_, bindparam, func, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
-from services.common.db import bounded_count
+from services.common.db import COUNT_LIMIT
 from services.common.timeutil import to_utc
 from services.routing.handlers import CaseOwner, Supervision
 from services.routing.models import (
@@ -35,6 +36,36 @@ _MERGED_INTO = (
 _TITLES = select(_SNAPSHOTS.c.case_id, _SNAPSHOTS.c.snapshot).where(
     _SNAPSHOTS.c.case_id.in_(bindparam("case_ids", expanding=True))
 )
+
+
+_SUPERVISIONS = cast(Table, SupervisionRow.__table__)
+
+
+@functools.lru_cache(maxsize=8)
+def _supervision_statements(case: bool, region: bool, after: bool) -> tuple[Any, Any]:
+    """A supervision list's count (bounded_count's, at most COUNT_LIMIT + 1 read) and page statements,
+    with bound parameters, built once per shape: built per call (and run through the ORM) they were
+    half of a case page's ListWorkOrders (issue 17)."""
+    t = _SUPERVISIONS
+    conditions: list[Any] = []
+    if case:
+        conditions.append(t.c.case_id == bindparam("case_id"))
+    if region:
+        conditions.append(t.c.region_code.startswith(bindparam("prefix")))
+    count = select(func.count()).select_from(
+        select(t.c.supervision_id).where(*conditions).limit(COUNT_LIMIT + 1).subquery()
+    )
+    if after:
+        at = bindparam("after_at", type_=t.c.issued_at.type)
+        last: Any = bindparam("after_id")
+        conditions.append(or_(t.c.issued_at < at, and_(t.c.issued_at == at, t.c.supervision_id > last)))
+    rows = (
+        select(t)
+        .where(*conditions)
+        .order_by(t.c.issued_at.desc(), t.c.supervision_id)
+        .limit(bindparam("limit", type_=Integer))
+    )
+    return count, rows
 
 
 class CaseTables(SessionBound):
@@ -73,7 +104,7 @@ class CaseTables(SessionBound):
         """The titles of the cases routing keeps a copy of (``case_snapshots``), by case id."""
         if not case_ids:
             return {}
-        found = self.session.execute(_TITLES, {"case_ids": sorted(set(case_ids))}).all()
+        found = self.session.connection().execute(_TITLES, {"case_ids": sorted(set(case_ids))}).all()
         return {case_id: common_pb2.Case.FromString(snapshot).title for case_id, snapshot in found}
 
     def record_repeat(self, original_case_id: str, repeat_case_id: str) -> int:
@@ -124,26 +155,14 @@ class CaseTables(SessionBound):
     def list_supervisions(
         self, *, case_id: str, region_prefix: str, after: tuple[datetime, str] | None, limit: int
     ) -> tuple[list[Supervision], int]:
-        conditions: list[Any] = []
-        if case_id:
-            conditions.append(SupervisionRow.case_id == case_id)
-        if region_prefix:
-            conditions.append(SupervisionRow.region_code.startswith(region_prefix))
-        total = bounded_count(self.session, select(SupervisionRow.supervision_id).where(*conditions))
+        count_sql, rows_sql = _supervision_statements(bool(case_id), bool(region_prefix), after is not None)
+        params: dict[str, Any] = {"case_id": case_id, "prefix": region_prefix, "limit": limit}
         if after is not None:
-            at, last = after
-            conditions.append(
-                or_(
-                    SupervisionRow.issued_at < at,
-                    and_(SupervisionRow.issued_at == at, SupervisionRow.supervision_id > last),
-                )
-            )
-        rows = self.session.scalars(
-            select(SupervisionRow)
-            .where(*conditions)
-            .order_by(SupervisionRow.issued_at.desc(), SupervisionRow.supervision_id)
-            .limit(limit)
-        ).all()
+            params["after_at"], params["after_id"] = after
+        connection = self.session.connection()  # Core rows: a case page reads them for every view
+        found = connection.execute(count_sql, params).scalar() or 0
+        total = -1 if found > COUNT_LIMIT else int(found)
+        rows = connection.execute(rows_sql, params).all()
         return [
             Supervision(
                 supervision_id=r.supervision_id,
@@ -160,7 +179,7 @@ class CaseTables(SessionBound):
                 state=r.state,
             )
             for r in rows
-        ], int(total)
+        ], total
 
 
 def supervision_values(s: Supervision) -> dict[str, Any]:

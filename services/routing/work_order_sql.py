@@ -4,6 +4,7 @@ sweep's batches and the open counts."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -47,8 +48,9 @@ def _like_escaped(value: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _list_statements(shape: _ListShape) -> tuple[tuple[Any, ...], Any]:
-    """The count statements and the page statement of a work order list, with bound parameters.
+def _list_statements(shape: _ListShape) -> tuple[Any, Any]:
+    """The count statement (one column per state counted apart) and the page statement of a work
+    order list, with bound parameters.
 
     Built once per shape: building the inbox's union of seven ranges took the node ~30 ms of
     Python per request, far more than SQLite took to run it (issue 17, the console's inbox).
@@ -89,15 +91,20 @@ def _list_statements(shape: _ListShape) -> tuple[tuple[Any, ...], Any]:
         in_states = [WO.c.state.in_([bindparam(f"in_state_{i}") for i in range(shape.states)])] if shape.states else []
         count = counted(select(WO.c.work_order_id).where(*conditions, *in_states))
         page = select(WO).where(*conditions, *in_states, *after).order_by(*order).limit(limit)
-        return (count,), page
+        return count, page
     # An inbox (a unit's, or the node's): one ordered range of ix_work_orders_unit_state or
     # ix_work_orders_state_due per state, each at most a page, merged, and counted the same way.
     # In one ordered walk by due date the planner read past every closed work order whenever
     # fewer matched than a page (issue 20), and with the states in one IN PostgreSQL's generic
     # plan read the whole work order table (issue 17, the console's inbox).
     per_state = [WO.c.state == bindparam(f"in_state_{i}") for i in range(shape.states)]
-    counts = tuple(
-        counted(select(WO.c.work_order_id).where(*conditions, state).order_by(*order)) for state in per_state
+    # The states' counts in one statement, one column each (one round of SQLAlchemy's execution
+    # instead of one per state: seven statements were ~30 % of the inbox's node CPU, issue 17).
+    counts = select(
+        *(
+            counted(select(WO.c.work_order_id).where(*conditions, state).order_by(*order)).scalar_subquery()
+            for state in per_state
+        )
     )
     parts = [
         select(select(WO).where(*conditions, state, *after).order_by(*order).limit(limit).subquery())
@@ -119,6 +126,12 @@ _CASE_WORK_ORDER = (
 )
 _BY_CASE = {False: _CASE_WORK_ORDER, True: _CASE_WORK_ORDER.with_for_update()}
 _HISTORY_OF = select(HISTORY).where(HISTORY.c.work_order_id == bindparam("work_order_id")).order_by(HISTORY.c.id)
+# A list's histories (a case page's work orders with_history): one statement for the page's work orders.
+_HISTORIES_OF = (
+    select(HISTORY)
+    .where(HISTORY.c.work_order_id.in_(bindparam("work_order_ids", expanding=True)))
+    .order_by(HISTORY.c.id)
+)
 _INSERT_WORK_ORDER = insert(WO)
 _INSERT_HISTORY = insert(HISTORY)
 
@@ -156,10 +169,13 @@ class WorkOrderTables(SessionBound):
         if history:
             connection.execute(_INSERT_HISTORY, history)
 
-    def _stored(self, row: Any, *, with_history: bool) -> StoredWorkOrder:
+    def _stored(self, row: Any, *, with_history: bool, history_rows: Sequence[Any] | None = None) -> StoredWorkOrder:
+        """``history_rows``: the work order's history rows when read already (a list's, in one statement)."""
         history: list[HistoryEntry] = []
         if with_history:
-            rows = self.session.connection().execute(_HISTORY_OF, {"work_order_id": row.work_order_id}).all()
+            rows = history_rows
+            if rows is None:
+                rows = self.session.connection().execute(_HISTORY_OF, {"work_order_id": row.work_order_id}).all()
             history = [
                 HistoryEntry(
                     to_utc(h.at),
@@ -217,18 +233,26 @@ class WorkOrderTables(SessionBound):
             params["after_due"], params["after_id"] = after
         params.update({f"in_state_{i}": state for i, state in enumerate(states)})
         counts_sql, rows_sql = _list_statements(shape)
+        # Core statements on the session's connection: a read needs none of the ORM session's
+        # execution machinery (its events, its bind lookup), which cost as much as SQLite's work.
+        connection = self.session.connection()
         counts = [
-            -1 if found > COUNT_LIMIT else int(found)
-            for found in (self.session.scalar(sql, params) or 0 for sql in counts_sql)
+            -1 if found > COUNT_LIMIT else int(found or 0) for found in connection.execute(counts_sql, params).one()
         ]
         total = -1 if -1 in counts or sum(counts) > COUNT_LIMIT else sum(counts)
-        return list(self.session.execute(rows_sql, params).all()), total
+        return list(connection.execute(rows_sql, params).all()), total
 
     def list_work_orders(
         self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int
     ) -> tuple[list[StoredWorkOrder], int]:
         rows, total = self.list_rows(query, after=after, limit=limit)
-        return [self._stored(r, with_history=query.with_history) for r in rows], total
+        if not (query.with_history and rows):
+            return [self._stored(r, with_history=False) for r in rows], total
+        histories: dict[str, list[Any]] = {r.work_order_id: [] for r in rows}
+        ids = {"work_order_ids": list(histories)}
+        for h in self.session.connection().execute(_HISTORIES_OF, ids):
+            histories[h.work_order_id].append(h)
+        return [self._stored(r, with_history=True, history_rows=histories[r.work_order_id]) for r in rows], total
 
     def due_for_sweep(self, now: datetime, *, after_id: str, limit: int) -> list[StoredWorkOrder]:
         query = (
