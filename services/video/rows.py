@@ -20,7 +20,7 @@ from services.video.domain import (
     WeeklyPattern,
     parse_hhmm,
 )
-from services.video.models import ConsultationRow, HoldRow, ScheduleRow, VisitRow
+from services.video.models import ConsultationRow, HoldRow, VisitRow
 
 
 class Sealer(Protocol):
@@ -42,7 +42,8 @@ def seal_representatives(cipher: Sealer, visit: Visit) -> bytes | None:
     return cipher.encrypt(plain, context=representatives_context(visit.visit_id))
 
 
-def schedule_from_row(row: ScheduleRow) -> Schedule:
+def schedule_from_row(row: Any) -> Schedule:
+    """``row``: a ``ScheduleRow`` or a Core row of its table (the same names)."""
     body: dict[str, Any] = dict(row.body)
     return Schedule(
         schedule_id=row.schedule_id,
@@ -110,7 +111,8 @@ def visit_row(v: Visit) -> VisitRow:
     )
 
 
-def to_visit(cipher: Sealer, row: VisitRow) -> Visit:
+def to_visit(cipher: Sealer, row: Any) -> Visit:
+    """``row``: a ``VisitRow`` or a Core row of its table (the same names)."""
     reps: list[Representative] = []
     if row.representatives:
         raw = cipher.decrypt(row.representatives, context=representatives_context(row.visit_id))
@@ -187,7 +189,8 @@ def consultation_row(c: consult.Consultation) -> ConsultationRow:
     )
 
 
-def to_consultation(row: ConsultationRow) -> consult.Consultation:
+def to_consultation(row: Any) -> consult.Consultation:
+    """``row``: a ``ConsultationRow`` or a Core row of its table (the same names)."""
     return consult.Consultation(
         consultation_id=row.consultation_id,
         case_id=row.case_id,

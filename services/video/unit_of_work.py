@@ -18,12 +18,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.common.clock import to_utc as aware
-from services.common.db import bounded_count
+from services.common.db import COUNT_LIMIT, bounded_count
 from services.common.errors import Conflict
 from services.common.events import envelope, write_event
 from services.common.outbox import append_event
 from services.common.service import BusEvent
-from services.video import consult
+from services.video import consult, read_sql
 from services.video.consult import Consultation, Interval
 from services.video.domain import (
     CaseOwner,
@@ -134,17 +134,15 @@ class SqlVideoUnitOfWork:
             row.node, row.name = room.node, room.name
 
     def rooms(self, node: str) -> list[Room]:
-        q = select(RoomRow).order_by(RoomRow.room_id)
-        if node:
-            q = q.where(RoomRow.node == node)
-        return [Room(r.room_id, r.node, r.name) for r in self._s.scalars(q)]
+        found = self._s.connection().execute(read_sql.NODE_ROOMS if node else read_sql.ALL_ROOMS, {"node": node})
+        return [Room(r.room_id, r.node, r.name) for r in found]
 
     def schedule_of(self, leader_id: str) -> Schedule | None:
         row = self._s.scalar(select(ScheduleRow).where(ScheduleRow.leader_id == leader_id))
         return None if row is None else schedule_from_row(row)
 
     def schedules(self) -> list[Schedule]:
-        return [schedule_from_row(r) for r in self._s.scalars(select(ScheduleRow).order_by(ScheduleRow.leader_id))]
+        return [schedule_from_row(r) for r in self._s.connection().execute(read_sql.ALL_SCHEDULES)]
 
     def add_schedule(self, schedule: Schedule) -> None:
         self._s.add(
@@ -277,6 +275,8 @@ class SqlVideoUnitOfWork:
     def page_visits(self, wanted: VisitFilter, *, offset: int, limit: int) -> tuple[list[Visit], int]:
         """Only the page is read, on (leader_id | case_id, starts_at, visit_id); every visit of a leader's
         years was read and sliced here before (issue 20)."""
+        if not wanted.room_id:  # every list but a room's: statements built once, Core rows
+            return self._page_visits(wanted, offset=offset, limit=limit)
         q = select(VisitRow)
         if wanted.leader_id:
             q = q.where(VisitRow.leader_id == wanted.leader_id)
@@ -292,6 +292,23 @@ class SqlVideoUnitOfWork:
         rows = [to_visit(self._cipher, r) for r in self._s.scalars(q.order_by(*order).offset(offset).limit(limit))]
         total = bounded_count(self._s, q.with_only_columns(VisitRow.visit_id).order_by(*order))
         return rows, total
+
+    def _page_visits(self, wanted: VisitFilter, *, offset: int, limit: int) -> tuple[list[Visit], int]:
+        page, count = read_sql.visit_statements(
+            bool(wanted.leader_id), bool(wanted.case_id), bool(wanted.not_before), bool(wanted.not_after)
+        )
+        params = {
+            "leader_id": wanted.leader_id,
+            "case_id": wanted.case_id,
+            "not_before": wanted.not_before,
+            "not_after": wanted.not_after,
+            "offset": offset,
+            "limit": limit,
+        }
+        connection = self._s.connection()
+        rows = [to_visit(self._cipher, r) for r in connection.execute(page, params)]
+        found = connection.execute(count, params).scalar() or 0
+        return rows, -1 if found > COUNT_LIMIT else int(found)
 
     def visits_starting(self, after: datetime, until: datetime) -> list[Visit]:
         q = select(VisitRow).where(
@@ -416,13 +433,8 @@ class SqlVideoUnitOfWork:
         return None if row is None else to_consultation(row)
 
     def consultations_of(self, case_id: str) -> list[Consultation]:
-        q = (
-            select(ConsultationRow)
-            .where(ConsultationRow.case_id == case_id)
-            .order_by(ConsultationRow.starts_at, ConsultationRow.consultation_id)
-            .limit(200)
-        )
-        return [to_consultation(r) for r in self._s.scalars(q)]
+        found = self._s.connection().execute(read_sql.CASE_CONSULTATIONS, {"case_id": case_id})
+        return [to_consultation(r) for r in found]
 
     def add_consultation(self, consultation: Consultation) -> None:
         self._s.add(consultation_row(consultation))
