@@ -20,7 +20,7 @@ from lianxin.events.v1 import events_pb2
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.events import decode, parse_command
-from services.common.inbox import after_commit, consume_once
+from services.common.inbox import after_commit, consume_once, consumer_transaction
 from services.common.service import BusEvent, Subscription
 from services.common.timeutil import CHINA, from_timestamp
 from services.routing import handlers
@@ -136,7 +136,13 @@ class RoutingConsumers:
             hand_off = env.case_handed_off
             owner = handlers.CaseOwner(env.case_id, hand_off.to_node, hand_off.new_owner_epoch, env.version)
         node = self.node
-        self._consume(event, lambda uow: handlers.note_replica_owner(owner, uow, node))
+        if not handlers.owner_to_note(owner, node):
+            return  # nothing to keep: no transaction, no inbox row
+        # No inbox row either: the upsert keeps only a newer (epoch, version), so a redelivery changes
+        # nothing, and it puts nothing on the outbox to wake the relay for. At a city or the province
+        # this is every replica of the subtree's handling, four of a case's events at each tier.
+        with consumer_transaction(self.session_factory) as session, self.unit_of_work(session) as uow:
+            handlers.note_replica_owner(owner, uow, node)
 
     def on_case_handed_off(self, event: BusEvent) -> None:
         env = decode(event)

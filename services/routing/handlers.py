@@ -70,6 +70,7 @@ from services.routing.handling.supervision import (
     apply_supervision_command,
     handed_on_to,
     note_replica_owner,
+    owner_to_note,
     record_replicated_supervision,
     supervise,
 )
@@ -137,6 +138,7 @@ __all__ = [
     "on_case_withdrawn",
     "on_consultation",
     "on_visit_outcome",
+    "owner_to_note",
     "persist",
     "recompute_provisional_deadlines",
     "record_instruction",

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
 from lianxin.events.v1 import events_pb2
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.common.inbox import consume_batch
+from services.common.service import BusEvent
 from services.common.timeutil import CHINA
 from services.routing import handlers
+from services.routing.consumers import RoutingConsumers
 from services.routing.domain import State
 from services.routing.domain.timelimits import TimeLimitPolicy, TimeRules
-from services.routing.models import metadata, outbox
+from services.routing.models import inbox, metadata, outbox
 from services.routing.provisional import ProvisionalCalendar
 from services.routing.store import SqlRoutingUnitOfWork
 from tests.support.routing_store import arrive, case, routing_for
@@ -201,3 +204,62 @@ def test_a_replica_owner_is_kept_only_when_its_epoch_and_version_are_newer(facto
     assert known() == ("511100", 2, 1)
     note("511102", 1, 9)
     assert known() == ("511100", 2, 1)
+
+
+# Routing's replicas of the subtree's handling at a city: the owner they name is kept once, without an
+# inbox row, and a replica naming this node opens no transaction at all.
+CITY = "511100"
+OWNED_BELOW = "511102-20261206-000001"
+
+
+def consumers(factory: sessionmaker[Session]) -> RoutingConsumers:
+    return RoutingConsumers(
+        routing=routing_for(CITY),
+        session_factory=factory,
+        unit_of_work=lambda session: SqlRoutingUnitOfWork(session=session, node=CITY),
+        clock=lambda: datetime(2026, 12, 6, 12, tzinfo=UTC),
+    )
+
+
+def replica(event_id: str, owner: str, epoch: int, version: int) -> BusEvent:
+    env = events_pb2.EventEnvelope(case_id=OWNED_BELOW, owner_node=owner, owner_epoch=epoch, version=version)
+    env.work_order_changed.work_order_id = "wo-1"
+    return BusEvent(event_id, "exchange", "work_order_changed", env.SerializeToString())
+
+
+def owner_known(factory: sessionmaker[Session]) -> tuple[str, int, int] | None:
+    with SqlRoutingUnitOfWork(factory, node=CITY) as uow:
+        owner = uow.case_owner(OWNED_BELOW)
+    return None if owner is None else (owner.owner_node, owner.owner_epoch, owner.version)
+
+
+def inbox_rows(factory: sessionmaker[Session]) -> int:
+    with factory() as session:
+        return int(session.scalar(select(func.count()).select_from(inbox)) or 0)
+
+
+def test_a_replica_owner_is_kept_once_without_an_inbox_row_and_one_naming_this_node_opens_nothing(
+    factory: sessionmaker[Session],
+) -> None:
+    opened: list[int] = []
+    event.listen(factory, "after_begin", lambda *_: opened.append(1))
+    on_replica = consumers(factory).on_replica_owner
+
+    on_replica(replica("e-1", "511102", 1, 3))
+    on_replica(replica("e-1", "511102", 1, 3))  # redelivered
+
+    def three_in_a_batch() -> None:
+        for version in (5, 4, 5):
+            on_replica(replica(f"e-{version}", "511102", 1, version))
+
+    assert consume_batch(three_in_a_batch)
+    assert len(opened) == 3  # two on their own, one for the batch
+    assert owner_known(factory) == ("511102", 1, 5)  # the older version arriving late changed nothing
+
+    del opened[:]
+    on_replica(replica("e-9", CITY, 2, 9))  # the city's own case: nothing to keep here
+    on_replica(replica("e-10", "", 0, 10))
+    assert consume_batch(lambda: on_replica(replica("e-11", CITY, 2, 11)))
+    assert opened == []
+    assert owner_known(factory) == ("511102", 1, 5)
+    assert inbox_rows(factory) == 0

@@ -165,9 +165,18 @@ def apply_supervision_command(supervision: Supervision, uow: RoutingUnitOfWork) 
     return True
 
 
+def owner_to_note(owner: CaseOwner, node: str) -> bool:
+    """Whether a replica's owner is kept here: one elsewhere; this node's own cases are in its work orders.
+
+    Decided from the event alone, so the consumer opens no transaction for the others."""
+    return bool(owner.owner_node) and owner.owner_node != node
+
+
 def note_replica_owner(owner: CaseOwner, uow: RoutingUnitOfWork, node: str) -> None:
-    """A replica of a case the subtree handles says who owns it; kept for the supervisors here."""
-    if owner.owner_node and owner.owner_node != node:
+    """A replica of a case the subtree handles says who owns it; kept for the supervisors here.
+
+    Idempotent by itself (``note_owner`` keeps only a newer (epoch, version)), so it needs no inbox row."""
+    if owner_to_note(owner, node):
         uow.note_owner(owner)
 
 
