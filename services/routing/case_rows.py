@@ -160,9 +160,12 @@ class CaseTables(SessionBound):
         if after is not None:
             params["after_at"], params["after_id"] = after
         connection = self.session.connection()  # Core rows: a case page reads them for every view
-        found = connection.execute(count_sql, params).scalar() or 0
-        total = -1 if found > COUNT_LIMIT else int(found)
         rows = connection.execute(rows_sql, params).all()
+        if after is None and len(rows) < limit and len(rows) <= COUNT_LIMIT:
+            total = len(rows)  # the first page holds them all (a case's few): no count statement
+        else:
+            found = connection.execute(count_sql, params).scalar() or 0
+            total = -1 if found > COUNT_LIMIT else int(found)
         return [
             Supervision(
                 supervision_id=r.supervision_id,

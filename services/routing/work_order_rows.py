@@ -19,6 +19,8 @@ from services.routing.inbox import InboxRow
 from services.routing.models import CaseVersionRow, SupervisionRow, WorkOrderHistoryRow, WorkOrderRow
 
 OPEN = sorted(s.value for s in OPEN_STATES)
+# A stored state by its value: a dict lookup, not Enum's __call__ (a list reads one or more per row).
+STATE_OF: dict[str, State] = {s.value: s for s in State}
 
 
 WO = cast(Table, WorkOrderRow.__table__)
@@ -110,7 +112,7 @@ def inbox_row(row: Any, title: str) -> InboxRow:
         case_id=row.case_id,
         title=title,
         category=row.category,
-        state=State(row.state),
+        state=STATE_OF[row.state],
         unit_id=row.unit_id,
         deadlines={k: datetime.fromisoformat(v) for k, v in data["deadlines"].items()},
         windows={k: datetime.fromisoformat(v) for k, v in data["windows"].items()},
@@ -130,7 +132,7 @@ def decode_order(row: Any, history: list[HistoryEntry]) -> WorkOrder:
         tier=Tier(d["tier"]),
         category=d["category"],
         region_code=d["region_code"],
-        state=State(row.state),
+        state=STATE_OF[row.state],
         unit_id=d["unit_id"],
         handling_kind=DeadlineKind(d["handling_kind"]),
         deadlines={k: datetime.fromisoformat(v) for k, v in d["deadlines"].items()},

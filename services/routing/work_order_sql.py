@@ -13,12 +13,13 @@ from sqlalchemy import Integer, bindparam, func, insert, select, text, tuple_, u
 
 from services.common.db import COUNT_LIMIT
 from services.common.timeutil import to_utc
-from services.routing.domain import HistoryEntry, State
+from services.routing.domain import HistoryEntry
 from services.routing.handlers import FAR_FUTURE, StoredWorkOrder, WorkOrderQuery
 from services.routing.models import PROVISIONAL_SQL, WorkOrderRow
 from services.routing.work_order_rows import (
     HISTORY,
     OPEN,
+    STATE_OF,
     UPDATE_WORK_ORDER,
     WO,
     SessionBound,
@@ -181,8 +182,8 @@ class WorkOrderTables(SessionBound):
                     to_utc(h.at),
                     h.actor,
                     h.action,
-                    State(h.from_state) if h.from_state else None,
-                    State(h.to_state),
+                    STATE_OF[h.from_state] if h.from_state else None,
+                    STATE_OF[h.to_state],
                     h.reason,
                 )
                 for h in rows
@@ -236,11 +237,13 @@ class WorkOrderTables(SessionBound):
         # Core statements on the session's connection: a read needs none of the ORM session's
         # execution machinery (its events, its bind lookup), which cost as much as SQLite's work.
         connection = self.session.connection()
+        rows = list(connection.execute(rows_sql, params).all())
+        if after is None and len(rows) < limit and len(rows) <= COUNT_LIMIT:
+            return rows, len(rows)  # the first page holds them all: that is the count (a case page's list)
         counts = [
             -1 if found > COUNT_LIMIT else int(found or 0) for found in connection.execute(counts_sql, params).one()
         ]
-        total = -1 if -1 in counts or sum(counts) > COUNT_LIMIT else sum(counts)
-        return list(connection.execute(rows_sql, params).all()), total
+        return rows, -1 if -1 in counts or sum(counts) > COUNT_LIMIT else sum(counts)
 
     def list_work_orders(
         self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int

@@ -307,6 +307,8 @@ class SqlVideoUnitOfWork:
         }
         connection = self._s.connection()
         rows = [to_visit(self._cipher, r) for r in connection.execute(page, params)]
+        if len(rows) < limit and (rows or offset == 0) and offset + len(rows) <= COUNT_LIMIT:
+            return rows, offset + len(rows)  # the page ends the list: that is the count (a case's few visits)
         found = connection.execute(count, params).scalar() or 0
         return rows, -1 if found > COUNT_LIMIT else int(found)
 

@@ -72,8 +72,10 @@ def test_lists_and_inboxes_answer_what_the_work_orders_read_one_by_one_answer(
                 ]
             if len(expected) > 1:  # the next page, after the first work order
                 first = expected[0]
-                found, _ = uow.list_work_orders(query, after=(first.next_due or FAR_FUTURE, first.order.id), limit=50)
+                after = (first.next_due or FAR_FUTURE, first.order.id)
+                found, total = uow.list_work_orders(query, after=after, limit=50)
                 assert [s.order.id for s in found] == [s.order.id for s in expected[1:]]
+                assert total == len(expected)  # the whole list's, not the page's
         for case_id in sorted({s.order.case_id for s in every}):
             query = WorkOrderQuery(case_id=case_id, with_history=True)
             found, total = uow.list_work_orders(query, after=None, limit=50)
@@ -98,7 +100,7 @@ def test_supervision_lists_answer_what_the_orm_read_answers(factory: sessionmake
             assert [s.supervision_id for s in found] == expected and total == len(expected)
             if found:
                 first = found[0]
-                rest, _ = uow.list_supervisions(
+                rest, rest_total = uow.list_supervisions(
                     case_id=case_id, region_prefix=prefix, after=(first.issued_at, first.supervision_id), limit=50
                 )
-                assert [s.supervision_id for s in rest] == expected[1:]
+                assert [s.supervision_id for s in rest] == expected[1:] and rest_total == len(expected)

@@ -75,7 +75,7 @@ def test_visit_lists_schedules_and_rooms_are_what_the_orm_loaded(node: Node) -> 
                 and (not wanted.not_before or r.starts_at.astimezone(CHINA) >= wanted.not_before)
                 and (not wanted.not_after or r.starts_at.astimezone(CHINA) < wanted.not_after)
             ]
-            for offset, limit in ((0, 50), (1, 1), (0, 2)):
+            for offset, limit in ((0, 50), (1, 1), (0, 2), (1, 50), (99, 5)):
                 found, total = uow.page_visits(wanted, offset=offset, limit=limit)
                 assert found == expected[offset : offset + limit] and total == len(expected), wanted
         assert uow.consultations_of(CASES[0]) == []
