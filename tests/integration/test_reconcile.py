@@ -38,7 +38,9 @@ def settled(*nodes: Node) -> bool:
     )
 
 
-EVENTS = re.compile(r"events (?P<below>\d+) vs (?P<above>\d+), version 90 vs 4")
+# The version differs too only while the city holds nothing of the case after the refused write:
+# the settlement of the notice that write caused carries its version 90 and may be stored above.
+EVENTS = re.compile(r"events (?P<below>\d+) vs (?P<above>\d+)")
 
 
 def test_reconcile_reports_no_divergence_then_the_case_whose_event_is_quarantined_above(
