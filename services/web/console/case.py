@@ -54,11 +54,16 @@ def _current_work_order(page: Page, case_id: str, started: Any = None) -> routin
     ListWorkOrders already asked; without it, asked here)."""
     listing = page.client.routing.ListWorkOrders
     found = (page.client.result(started) if started else page.call(listing, _case_orders(case_id))).work_orders
-    unit = page.operator.principal.unit if page.operator else ""
-    if not found and unit:
-        # A unit's operator lists its own unit's work orders only; where it assists (协办) it asks as that.
+    if unit := _ask_as_assisting(page, found):
         found = page.call(listing, _case_orders(case_id, unit)).work_orders
     return _latest(found)
+
+
+def _ask_as_assisting(page: Page, found: Sequence[routing_pb2.WorkOrder]) -> str:
+    """The unit to ask again as when the first listing found nothing ("": no second call): a unit's
+    operator lists its own unit's work orders only; where it assists (协办) it asks as that unit."""
+    unit = page.operator.principal.unit if page.operator else ""
+    return unit if not found else ""
 
 
 def _latest(found: Sequence[routing_pb2.WorkOrder]) -> routing_pb2.WorkOrder | None:
@@ -142,9 +147,7 @@ async def _answers_async(page: Page, case_id: str) -> _CaseAnswers:
     if isinstance(orders, BaseException):
         raise orders
     found = list(orders.work_orders)
-    unit = page.operator.principal.unit if page.operator else ""
-    if not found and unit:
-        # As _current_work_order: where the operator's unit assists (协办) it asks as that.
+    if unit := _ask_as_assisting(page, found):
         found = list((await page.acall("routing", "ListWorkOrders", _case_orders(case_id, unit))).work_orders)
     return _CaseAnswers(
         chosen=chosen,
