@@ -85,6 +85,21 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def cpu_by_process(pids: Sequence[int]) -> list[float]:
+    return [cpu_seconds([pid]) for pid in pids]
+
+
+def by_minute(timeline: Sequence[tuple[float, float]]) -> str:
+    """p50/p99 per minute of the load: a backlog that grows shows as a rising p50, jitter as a p99 alone."""
+    minutes: dict[int, list[float]] = {}
+    for offset, latency in timeline:
+        minutes.setdefault(int(offset // 60), []).append(latency)
+    return ", ".join(
+        f"min {m + 1}: {percentile(v, 0.5) * 1000:.0f}/{percentile(v, 0.99) * 1000:.0f} ms"
+        for m, v in sorted(minutes.items())
+    )
+
+
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
@@ -112,6 +127,8 @@ class LoadResult:
     submit_errors: int = 0
     reached: int = 0
     latencies: list[float] = field(default_factory=list)
+    # (seconds from the load's start to the scheduled send, latency): whether a backlog grows over the run
+    timeline: list[tuple[float, float]] = field(default_factory=list)
     per_county: dict[str, int] = field(default_factory=dict)
 
 
@@ -120,20 +137,51 @@ def _seen(stub: exchange_grpc.ExchangeServiceStub, case_id: str) -> bool:
     return int(reply.count) > 0
 
 
+def arrivals(address: str, counties: Sequence[str]) -> dict[str, float]:
+    """Each county case's first arrival at the province (epoch seconds): the earliest ``appended_at``
+    of its events on the province's up-log, read once after the load instead of polled during it."""
+    first: dict[str, float] = {}
+    with grpc.insecure_channel(address) as channel:
+        stub = exchange_grpc.ExchangeServiceStub(channel)
+        for code in counties:
+            request = exchange_pb2.ListReplicasRequest(subtree_node=code, max_items=2**31 - 1)
+            for entry in stub.ListReplicas(request, timeout=60).entries:
+                at = entry.appended_at.seconds + entry.appended_at.nanos / 1e9
+                if entry.case_id not in first or at < first[entry.case_id]:
+                    first[entry.case_id] = at
+    return first
+
+
 def submit_load(
-    federation: Federation, counties: Sequence[str], province: str, *, rate: float, seconds: float, wait_s: float
+    federation: Federation,
+    counties: Sequence[str],
+    province: str,
+    *,
+    rate: float,
+    seconds: float,
+    wait_s: float,
+    poll: bool = False,
 ) -> LoadResult:
     """``rate`` cases/s for ``seconds``, round robin over ``counties``, each timed from its scheduled
-    send until the province holds it (looked for every POLL_S)."""
+    send until the province holds it.
+
+    By default the province is not asked anything during the load: once it holds every case, each
+    case's arrival is read from its up-log (``appended_at``, the province's clock, the same machine's
+    as the bench's). With ``poll`` the province is asked for the oldest pending cases every POLL_S
+    during the load, as before: those calls land on the province's host while it is busiest, and
+    the further behind it is the more it is asked."""
     result = LoadResult()
     channels = {code: grpc.insecure_channel(federation.node(code).address) for code in counties}
     stubs = {code: intake_grpc.IntakeServiceStub(channel) for code, channel in channels.items()}
     submissions = {code: Submissions(code) for code in counties}
     pending: dict[str, float] = {}
+    sent_at: dict[str, float] = {}  # case id → scheduled send, epoch seconds
+    began = time.perf_counter()
     lock = threading.Lock()
     sent_all = threading.Event()
     give_up = threading.Event()
-    with grpc.insecure_channel(federation.node(province).address) as province_channel:
+    province_address = federation.node(province).address
+    with grpc.insecure_channel(province_address) as province_channel:
         at_province = exchange_grpc.ExchangeServiceStub(province_channel)
 
         def watch() -> None:
@@ -148,11 +196,12 @@ def submit_load(
                             with lock:
                                 pending.pop(case_id, None)
                                 result.latencies.append(time.perf_counter() - scheduled)
+                                result.timeline.append((scheduled - began, result.latencies[-1]))
                     except grpc.RpcError:
                         continue
                 time.sleep(POLL_S)  # polling the province with a deadline, not ordering
 
-        def submit(i: int, code: str, scheduled: float) -> None:
+        def submit(i: int, code: str, scheduled: float, scheduled_wall: float) -> None:
             try:
                 reply = stubs[code].SubmitCase(submissions[code].request(0, i), timeout=30)
             except grpc.RpcError:
@@ -161,27 +210,57 @@ def submit_load(
                 return
             with lock:
                 pending[reply.case.case_id] = scheduled
+                sent_at[reply.case.case_id] = scheduled_wall
                 result.per_county[code] = result.per_county.get(code, 0) + 1
 
         watcher = threading.Thread(target=watch, name="scale-watch", daemon=True)
-        watcher.start()
+        if poll:
+            watcher.start()
         total = int(rate * seconds)
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="scale-submit") as pool:
-            start = time.perf_counter()
+            start, start_wall = time.perf_counter(), time.time()
             for i, code in zip(range(total), itertools.cycle(counties), strict=False):
                 scheduled = start + i / rate
                 pause = scheduled - time.perf_counter()
                 if pause > 0:
                     time.sleep(pause)  # pacing the offered load
-                pool.submit(submit, i, code, scheduled)
+                pool.submit(submit, i, code, scheduled, start_wall + i / rate)
         result.submitted = total
         sent_all.set()
-        watcher.join(timeout=wait_s)
-        give_up.set()
+        if poll:
+            watcher.join(timeout=wait_s)
+            give_up.set()
+        else:
+            deadline = time.monotonic() + wait_s
+            _await_province(at_province, len(sent_at), wait_s)
+            first = arrivals(province_address, counties)
+            # A province stalled for a few seconds looks settled: look again while cases are missing.
+            while len(first) < len(sent_at) and time.monotonic() < deadline:
+                time.sleep(2.0)  # events still travelling; polled with a deadline
+                first = arrivals(province_address, counties)
+            for case_id, scheduled_wall in sent_at.items():
+                if case_id in first:
+                    latency = max(0.0, first[case_id] - scheduled_wall)
+                    result.latencies.append(latency)
+                    result.timeline.append((scheduled_wall - start_wall, latency))
     for channel in channels.values():
         channel.close()
     result.reached = len(result.latencies)
     return result
+
+
+def _await_province(stub: exchange_grpc.ExchangeServiceStub, cases: int, wait_s: float) -> None:
+    """Until the province's up-log holds at least one event per case and has stopped growing for
+    three seconds (one count a second), or ``wait_s``: then every case has arrived."""
+    deadline = time.monotonic() + wait_s
+    last, steady = -1, 0
+    while time.monotonic() < deadline:
+        count = int(stub.ListReplicas(exchange_pb2.ListReplicasRequest(max_items=0), timeout=60).count)
+        steady = steady + 1 if count == last else 0
+        if count >= cases and steady >= 3:
+            return
+        last = count
+        time.sleep(1.0)  # events still travelling; polled with a deadline
 
 
 def held_counts(federation: Federation, counties: Sequence[str], province: str, wait_s: float) -> tuple[int, int]:
@@ -214,6 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=15.0, help="seconds after SERVING before measuring idle")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--data-dir", help="where the nodes' databases go (default: a temporary folder)")
+    parser.add_argument(
+        "--poll",
+        action="store_true",
+        help="ask the province for pending cases every 50 ms during the load (as before) instead of reading "
+        "each case's arrival from its up-log afterwards",
+    )
     args = parser.parse_args(argv)
 
     regions = RegionTree.load()
@@ -262,19 +347,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds = args.minutes * 60
             print(f"load: {args.rate:g} cases/s over {len(counties)} counties for {seconds:g} s ...", flush=True)
             before, loaded = cpu_seconds(pids + national), time.monotonic()
-            load = submit_load(federation, counties, province, rate=args.rate, seconds=seconds, wait_s=120)
+            per_process_before = cpu_by_process(pids + national)
+            load = submit_load(
+                federation, counties, province, rate=args.rate, seconds=seconds, wait_s=120, poll=args.poll
+            )
             took = max(time.monotonic() - loaded, 1e-9)
+            per_process = [
+                (after - first) / took
+                for after, first in zip(cpu_by_process(pids + national), per_process_before, strict=True)
+            ]
+            names = [f"host {i + 1}" for i in range(len(pids))] + ["national"] * len(national)
+            print(
+                "cores per process under load: "
+                + ", ".join(f"{n} {c:.2f}" for n, c in zip(names, per_process, strict=True)),
+                flush=True,
+            )
+            print(f"county → province p50/p99 by minute of sending: {by_minute(load.timeline)}", flush=True)
             busy = (cpu_seconds(pids + national) - before) / took
             accepted = load.submitted - load.submit_errors
             # The CPU the cases cost beyond the tree's idle cost, per accepted case (the watcher's
             # ListReplicas at the province included: it is part of what the tree served).
             per_case_ms = (busy - idle) * took / max(accepted, 1) * 1000
+            how = (
+                f"province polled every {POLL_S * 1000:.0f} ms"
+                if args.poll
+                else "arrival read from the province's up-log after the load"
+            )
             p50 = percentile(load.latencies, 0.50) * 1000 if load.latencies else float("nan")
             p99 = percentile(load.latencies, 0.99) * 1000 if load.latencies else float("nan")
             print(
                 f"reached the province: {load.reached} of {load.submitted - load.submit_errors} accepted cases "
                 f"({load.submit_errors} submissions refused); county → province p50 {p50:.0f} ms, "
-                f"p99 {p99:.0f} ms (goal 1 s; province polled every {POLL_S * 1000:.0f} ms)",
+                f"p99 {p99:.0f} ms (goal 1 s; {how})",
                 flush=True,
             )
             own, received = held_counts(federation, counties, province, wait_s=120)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class Held:
     origin_node: str
     event_id: str
     case_sequence: int
+    # When this node appended it to its up-log; not part of the digest (each node has its own clock).
+    appended_at: datetime | None = None
 
 
 def digest(held: Sequence[Held]) -> str:

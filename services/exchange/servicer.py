@@ -243,6 +243,7 @@ class ExchangeServicer(exchange_grpc.ExchangeServiceServicer):
                     origin_node=h.origin_node,
                     event_id=h.event_id,
                     case_sequence=h.case_sequence,
+                    appended_at=to_timestamp(h.appended_at),
                 )
                 for h in held[: max(0, request.max_items)]
             ],

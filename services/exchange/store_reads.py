@@ -85,15 +85,15 @@ class ExchangeReads:
         c = up_log.c
         # The kind as a literal, as in ux_up_log_envelope_case_sequence's WHERE: a bound parameter
         # keeps that partial index from serving one case's events (the whole up-log was read).
-        query = select(c.case_id, c.version, c.event_type, c.origin_node, c.event_id, c.case_sequence).where(
-            c.kind == literal_column(f"'{ENVELOPE}'")
-        )
+        query = select(
+            c.case_id, c.version, c.event_type, c.origin_node, c.event_id, c.case_sequence, c.created_at
+        ).where(c.kind == literal_column(f"'{ENVELOPE}'"))
         if case_id:
             query = query.where(c.case_id == case_id)
         if origins is not None:
             query = query.where(c.origin_node.in_(list(origins)))
         rows = self.session.execute(query.order_by(c.case_id, c.version, c.event_id)).all()
-        return [Held(r[0], int(r[1]), r[2], r[3], r[4], int(r[5])) for r in rows]
+        return [Held(r[0], int(r[1]), r[2], r[3], r[4], int(r[5]), aware(r[6])) for r in rows]
 
     def _digest_where(self, origins: Sequence[str] | None) -> list[Any]:
         c = up_log.c

@@ -875,6 +875,7 @@ class ReplicaEntry(_message.Message):
     ORIGIN_NODE_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
     CASE_SEQUENCE_FIELD_NUMBER: _builtins.int
+    APPENDED_AT_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     """Case the event is about."""
     version: _builtins.int
@@ -889,6 +890,12 @@ class ReplicaEntry(_message.Message):
     """Position of the event among the case's events on this node's up-log (1, 2, ...); local to
     this node, so it shows the order the node forwards them in, not a value to compare across nodes.
     """
+    @_builtins.property
+    def appended_at(self) -> _timestamp_pb2.Timestamp:
+        """When this node appended the event to its up-log (for a child's event: when it arrived here), by
+        this node's clock: how long an event took to climb the tree, read afterwards without polling.
+        """
+
     def __init__(
         self,
         *,
@@ -898,10 +905,11 @@ class ReplicaEntry(_message.Message):
         origin_node: _builtins.str = ...,
         event_id: _builtins.str = ...,
         case_sequence: _builtins.int = ...,
+        appended_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["appended_at", b"appended_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "case_sequence", b"case_sequence", "event_id", b"event_id", "event_type", b"event_type", "origin_node", b"origin_node", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appended_at", b"appended_at", "case_id", b"case_id", "case_sequence", b"case_sequence", "event_id", b"event_id", "event_type", b"event_type", "origin_node", b"origin_node", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
