@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -26,6 +27,71 @@ _READING: ContextVar[bool] = ContextVar("lianxin_db_reading", default=False)
 # ``PRAGMA query_only`` it was last given, so the pragma runs only when a transaction needs the other.
 _QUERY_ONLY = "lianxin_query_only"
 F = TypeVar("F", bound=Callable[..., Any])
+# How long a writer waits for its turn in this process before it falls back to SQLite's own busy
+# handler: as long as that handler's timeout, so a turn never taken back (a bug) costs a stall, not a hang.
+WRITER_WAIT_S = 30.0
+
+
+class WriterQueue:
+    """The writers of one SQLite file in this process, one at a time, in line on a lock.
+
+    SQLite lets one writer in at a time; the others wait in its busy handler, which sleeps 1, 2, 5,
+    10, ... up to 100 ms between tries and does not notice the lock coming free meanwhile. Under a
+    queue of writers (a city's exchange file with twenty counties pushing, the intake file under
+    eight clients) the file's lock then sat free while every waiter slept, and a newcomer could
+    take it ahead of them. Waiting here instead, a writer is woken the moment the one before it
+    commits or rolls back. Other processes writing the file still meet SQLite's own lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holder: int | None = None  # id() of the DB-API connection whose transaction has the turn
+
+    def enter(self, dbapi_connection: Any) -> None:
+        if self._lock.acquire(timeout=WRITER_WAIT_S):
+            self._holder = id(dbapi_connection)
+        # else: the turn was never handed back; BEGIN IMMEDIATE waits in SQLite's busy handler as before
+
+    def leave(self, dbapi_connection: Any) -> None:
+        if self._holder is not None and self._holder == id(dbapi_connection):
+            self._holder = None
+            self._lock.release()
+
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+
+_WRITER_QUEUES: dict[str, WriterQueue] = {}
+_WRITER_QUEUES_LOCK = threading.Lock()
+
+
+def writer_queue(url: str) -> WriterQueue | None:
+    """The in-process writer queue of a SQLite file (None for an in-memory database or another backend):
+    one per file, shared by every engine of the process that opens it."""
+    if not url.startswith("sqlite") or ":memory:" in url or url.rstrip("/") in ("sqlite:", "sqlite+pysqlite:"):
+        return None
+    key = str(Path(url.split(":///", 1)[-1].split("?", 1)[0]).resolve())
+    with _WRITER_QUEUES_LOCK:
+        return _WRITER_QUEUES.setdefault(key, WriterQueue())
+
+
+def _hand_back_turn_after(engine: Engine, queue: WriterQueue) -> None:
+    """The writer's turn ends once SQLite has committed or rolled back (or the connection closed):
+    the engine's commit and rollback events fire before the DB-API call, too early to let the next in."""
+    dialect = engine.dialect
+
+    def wrap(original: Callable[[Any], None]) -> Callable[[Any], None]:
+        def ended(dbapi_connection: Any) -> None:
+            try:
+                original(dbapi_connection)
+            finally:
+                # The engine passes its pool's proxy, the pool the DB-API connection itself.
+                queue.leave(getattr(dbapi_connection, "dbapi_connection", dbapi_connection))
+
+        return ended
+
+    for name in ("do_commit", "do_rollback", "do_close"):
+        setattr(dialect, name, wrap(getattr(dialect, name)))
 
 
 def service_database_url(settings: Settings, service: str) -> str:
@@ -80,8 +146,20 @@ def make_engine(url: str, *, service: str, schema: str | None = None, **kwargs: 
             if conn.info.get(_QUERY_ONLY) is not reads:
                 conn.exec_driver_sql(f"PRAGMA query_only={int(reads)}")
                 conn.info[_QUERY_ONLY] = reads
-            conn.exec_driver_sql("BEGIN" if reads else "BEGIN IMMEDIATE")
+            if reads or queue is None:
+                conn.exec_driver_sql("BEGIN" if reads else "BEGIN IMMEDIATE")
+                return
+            dbapi_connection = conn.connection.dbapi_connection
+            queue.enter(dbapi_connection)
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                queue.leave(dbapi_connection)
+                raise
 
+        queue = writer_queue(url)
+        if queue is not None:
+            _hand_back_turn_after(engine, queue)
         return engine
 
     schema_name = schema or service

@@ -1,0 +1,106 @@
+"""One writer at a time per SQLite file, waiting in line in the process instead of in SQLite's busy
+handler (services/common/db.py ``WriterQueue``): the turn passes on as soon as a writer commits, rolls
+back or closes, every engine of the file shares it, and no write is lost. Real SQLite files."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from services.common.db import make_engine, reading, writer_queue
+from tests.support.helpers import wait_until
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'service.db'}"
+
+
+@pytest.fixture
+def engine(url: str) -> Engine:
+    made = make_engine(url, service="test")
+    with made.begin() as conn:
+        conn.execute(text("CREATE TABLE item (n INTEGER)"))
+    return made
+
+
+def count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM item")).scalar_one())
+
+
+def test_the_turn_is_handed_back_after_commit_rollback_and_close(url: str, engine: Engine) -> None:
+    queue = writer_queue(url)
+    assert queue is not None
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO item VALUES (1)"))
+        assert queue.busy()
+    assert not queue.busy()
+
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        conn.execute(text("INSERT INTO item VALUES (2)"))
+        raise RuntimeError("the handler failed")
+    assert not queue.busy() and count(engine) == 1
+
+    conn = engine.connect()
+    conn.begin()
+    conn.execute(text("INSERT INTO item VALUES (3)"))
+    conn.invalidate()  # the connection is dropped mid-transaction: SQLite rolls back, the turn passes on
+    conn.close()
+    assert not queue.busy() and count(engine) == 1
+
+    # Reads take no turn: they never wait for a writer.
+    with reading(), engine.begin() as read:
+        assert read.execute(text("SELECT count(*) FROM item")).scalar_one() == 1
+        assert not queue.busy()
+
+
+def test_a_waiting_writer_goes_in_when_the_one_before_commits(url: str, engine: Engine) -> None:
+    holding, release, second_done = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO item VALUES (1)"))
+            holding.set()
+            release.wait(10)
+
+    def second() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO item VALUES (2)"))
+        second_done.set()
+
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    assert holding.wait(10)
+    threads.append(threading.Thread(target=second))
+    threads[1].start()
+    assert not second_done.is_set()  # it cannot have written: the first holds the file
+    release.set()
+    wait_until(second_done.is_set, 10, "the second writer after the first committed")
+    for thread in threads:
+        thread.join(10)
+    assert count(engine) == 2
+
+
+def test_every_engine_of_a_file_shares_its_queue_and_no_write_is_lost(url: str, engine: Engine, tmp_path: Path) -> None:
+    other = make_engine(f"sqlite:///{tmp_path}/../{tmp_path.name}/service.db", service="test")
+    assert writer_queue(url) is writer_queue(str(other.url))
+    assert writer_queue("sqlite://") is None and writer_queue("postgresql://x/y") is None
+
+    def write(target: Engine, start: int) -> None:
+        for n in range(start, start + 50):
+            with target.begin() as conn:
+                conn.execute(text("INSERT INTO item VALUES (:n)"), {"n": n})
+
+    threads = [threading.Thread(target=write, args=(engine if i % 2 else other, i * 50)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert count(engine) == 400
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(DISTINCT n) FROM item")).scalar_one() == 400
+    assert not writer_queue(url).busy()  # type: ignore[union-attr]
