@@ -121,6 +121,9 @@ def build(ctx: ServiceContext) -> ServiceParts:
     def uow_factory() -> SqlRoutingUnitOfWork:
         return SqlRoutingUnitOfWork(ctx.session_factory, node=node, regions=ctx.regions)
 
+    def reads() -> SqlRoutingUnitOfWork:
+        return SqlRoutingUnitOfWork(reads=ctx.engine, node=node, regions=ctx.regions)
+
     def joined(session: Session) -> SqlRoutingUnitOfWork:
         return SqlRoutingUnitOfWork(session=session, node=node, regions=ctx.regions)
 
@@ -134,7 +137,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
 
     ctx.hooks.routing_sweep[node] = sweep_now
     servicer = RoutingServicer(
-        uow_factory=uow_factory, routing=routing, clock=ctx.clock, notify=notify, calendar=official
+        uow_factory=uow_factory, reads=reads, routing=routing, clock=ctx.clock, notify=notify, calendar=official
     )
     return ServiceParts(
         name="routing",

@@ -4,7 +4,6 @@ replicas name, and the supervisions (催办/督办) recorded or replicated here.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -32,13 +31,12 @@ _MERGED_INTO = (
     .where(_MERGES.c.main_case_id == bindparam("main_case_id"))
     .order_by(_MERGES.c.merged_at, _MERGES.c.case_id)
 )
-# An inbox page's titles: primary-key lookups, one statement built once (the case ids expand).
-_TITLES = select(_SNAPSHOTS.c.case_id, _SNAPSHOTS.c.snapshot).where(
-    _SNAPSHOTS.c.case_id.in_(bindparam("case_ids", expanding=True))
-)
-
-
 _SUPERVISIONS = cast(Table, SupervisionRow.__table__)
+
+
+def case_title(snapshot: bytes | None) -> str:
+    """The title in a case's snapshot ("" when routing kept no copy of the case)."""
+    return "" if snapshot is None else common_pb2.Case.FromString(snapshot).title
 
 
 @functools.lru_cache(maxsize=8)
@@ -100,13 +98,6 @@ class CaseTables(SessionBound):
         row = self.session.get(CaseSnapshotRow, case_id)
         return b"" if row is None else bytes(row.snapshot)
 
-    def case_titles(self, case_ids: Sequence[str]) -> dict[str, str]:
-        """The titles of the cases routing keeps a copy of (``case_snapshots``), by case id."""
-        if not case_ids:
-            return {}
-        found = self.session.connection().execute(_TITLES, {"case_ids": sorted(set(case_ids))}).all()
-        return {case_id: common_pb2.Case.FromString(snapshot).title for case_id, snapshot in found}
-
     def record_repeat(self, original_case_id: str, repeat_case_id: str) -> int:
         dialect = self.session.get_bind().dialect.name
         insert: Any = postgresql.insert(RepeatRow) if dialect == "postgresql" else sqlite.insert(RepeatRow)
@@ -159,7 +150,7 @@ class CaseTables(SessionBound):
         params: dict[str, Any] = {"case_id": case_id, "prefix": region_prefix, "limit": limit}
         if after is not None:
             params["after_at"], params["after_id"] = after
-        connection = self.session.connection()  # Core rows: a case page reads them for every view
+        connection = self._connection()  # Core rows: a case page reads them for every view
         rows = connection.execute(rows_sql, params).all()
         if after is None and len(rows) < limit and len(rows) <= COUNT_LIMIT:
             total = len(rows)  # the first page holds them all (a case's few): no count statement

@@ -50,12 +50,15 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         *,
         uow_factory: UnitOfWorkFactory,
         routing: Routing,
+        reads: UnitOfWorkFactory | None = None,
         clock: Callable[[], datetime],
         notify: Callable[[], None] = lambda: None,
         calendar: NodeCalendar | None = None,
     ) -> None:
         self._calendar = calendar
         self._uow_factory = uow_factory
+        # The query RPCs' units of work: read-only, without an ORM session when the adapter has one.
+        self._reads = reads or uow_factory
         self._routing = routing
         self._clock = clock
         self._notify = notify
@@ -86,7 +89,7 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
 
     @read_only
     def GetWorkOrder(self, request: routing_pb2.GetWorkOrderRequest, context: Any) -> routing_pb2.GetWorkOrderResponse:
-        stored = handlers.get_work_order(request.work_order_id, uow_factory=self._uow_factory)
+        stored = handlers.get_work_order(request.work_order_id, uow_factory=self._reads)
         return routing_pb2.GetWorkOrderResponse(work_order=work_order_message(stored, now=to_utc(self._clock())))
 
     @read_only
@@ -94,7 +97,7 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
         self, request: routing_pb2.ListWorkOrdersRequest, context: Any
     ) -> routing_pb2.ListWorkOrdersResponse:
         now = to_utc(self._clock())
-        with self._uow_factory() as uow:
+        with self._reads() as uow:
             found, total = uow.list_work_orders(
                 work_order_query(request, now),
                 after=from_page_token(request.page.page_token),
@@ -116,7 +119,7 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
     @read_only
     def ListInbox(self, request: routing_pb2.ListInboxRequest, context: Any) -> routing_pb2.ListInboxResponse:
         now = to_utc(self._clock())
-        with self._uow_factory() as uow:
+        with self._reads() as uow:
             found, total = uow.list_inbox(
                 work_order_query(request, now),
                 after=from_page_token(request.page.page_token),
@@ -134,7 +137,7 @@ class RoutingServicer(routing_grpc.RoutingServiceServicer):
     ) -> routing_pb2.ListSupervisionsResponse:
         limit = page_size(request.page)
         prefix = self._region_prefix(request.region_code)
-        with self._uow_factory() as uow:
+        with self._reads() as uow:
             found, total = uow.list_supervisions(
                 case_id=request.case_id,
                 region_prefix=prefix,

@@ -8,15 +8,18 @@ JSON), ``case_rows`` (versions, snapshots, repeats, merges, owners, supervisions
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 from lianxin.common.v1 import common_pb2
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.common.db import read_transaction
 from services.common.regions import RegionTree
-from services.routing.case_rows import CaseTables, supervision_values
+from services.routing.case_rows import CaseTables, case_title, supervision_values
 from services.routing.evaluation import SampleItem
 from services.routing.evaluation_rows import EvaluationTables
 from services.routing.handlers import BatchChange, WorkOrderQuery
@@ -43,11 +46,13 @@ class SqlRoutingUnitOfWork(WorkOrderTables, CaseTables, EvaluationTables, Routin
         factory: sessionmaker[Session] | None = None,
         *,
         session: Session | None = None,
+        reads: Engine | None = None,
         node: str,
         regions: RegionTree | None = None,
     ) -> None:
-        """Either opens its own transaction from ``factory`` or joins ``session`` (event consumers,
-        whose inbox row must commit in the same transaction).
+        """Either opens its own transaction from ``factory``, or joins ``session`` (event consumers,
+        whose inbox row must commit in the same transaction), or only reads in a ``read_transaction``
+        of ``reads`` (the query RPCs: their lists run Core statements and need no ORM session).
 
         With ``regions``, work order events of a case registered at a node that is neither this node
         nor an ancestor also go to that node as a command (``_handling_command``)."""
@@ -57,10 +62,15 @@ class SqlRoutingUnitOfWork(WorkOrderTables, CaseTables, EvaluationTables, Routin
         self._regions = regions
         self._absent = set()
         self._versions = {}
+        self._engine = reads
+        self._reads = None
+        self._read_scope = ExitStack()
         self.session: Session
 
     def __enter__(self) -> SqlRoutingUnitOfWork:
-        if self._joined is not None:
+        if self._engine is not None:
+            self._reads = self._read_scope.enter_context(read_transaction(self._engine))
+        elif self._joined is not None:
             self.session = self._joined
         else:
             assert self._factory is not None
@@ -71,12 +81,17 @@ class SqlRoutingUnitOfWork(WorkOrderTables, CaseTables, EvaluationTables, Routin
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._joined is None:
+        if self._engine is not None:
+            self._reads = None
+            self._read_scope.close()
+        elif self._joined is None:
             if self.session.in_transaction():
                 self.session.rollback()
             self.session.close()
 
     def commit(self) -> None:
+        if self._engine is not None:
+            raise RuntimeError("a read-only unit of work cannot commit")
         if self._joined is None:
             self.session.commit()
 
@@ -104,10 +119,10 @@ class SqlRoutingUnitOfWork(WorkOrderTables, CaseTables, EvaluationTables, Routin
     def list_inbox(
         self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int
     ) -> tuple[list[InboxRow], int]:
-        """The rows of ``list_work_orders`` (same statements) as a list shows them, with the cases' titles."""
-        rows, total = self.list_rows(query, after=after, limit=limit)
-        titles = self.case_titles([r.case_id for r in rows])
-        return [inbox_row(r, titles.get(r.case_id, "")) for r in rows], total
+        """The work orders of ``list_work_orders`` (same ranges and counts) as a list shows them, with
+        the cases' titles."""
+        rows, total = self.list_rows(query, after=after, limit=limit, inbox=True)
+        return [inbox_row(r, case_title(r.snapshot)) for r in rows], total
 
     def sampled_texts(self, items: Sequence[SampleItem]) -> dict[str, tuple[str, str, str]]:
         out: dict[str, tuple[str, str, str]] = {}

@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from services.common.regions import RegionTree, Tier
@@ -248,6 +248,13 @@ class SessionBound:
     # (version, owner epoch) of the cases this unit of work wrote to ``case_versions`` (so holds
     # locked until commit): ``emit`` numbers on from them without reading the row again.
     _versions: dict[str, list[int]]
+    # A query's read transaction (``read_transaction``) when the unit of work only reads: then it has
+    # no ORM session, and the reads run their Core statements on this connection.
+    _reads: Connection | None
+
+    def _connection(self) -> Connection:
+        """The connection the reads run their Core statements on."""
+        return self._reads if self._reads is not None else self.session.connection()
 
     @property
     def _postgres(self) -> bool:

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Integer, bindparam, func, insert, select, text, tuple_, union_all
+from sqlalchemy import Integer, Table, bindparam, func, insert, select, text, tuple_, union_all
 
 from services.common.db import COUNT_LIMIT
 from services.common.timeutil import to_utc
 from services.routing.domain import HistoryEntry
 from services.routing.handlers import FAR_FUTURE, StoredWorkOrder, WorkOrderQuery
-from services.routing.models import PROVISIONAL_SQL, WorkOrderRow
+from services.routing.models import PROVISIONAL_SQL, CaseSnapshotRow, WorkOrderRow
 from services.routing.work_order_rows import (
     HISTORY,
     OPEN,
@@ -48,9 +48,34 @@ def _like_escaped(value: str) -> str:
     return value.replace("/", "//").replace("%", "/%").replace("_", "/_")
 
 
+_SNAPSHOTS = cast(Table, CaseSnapshotRow.__table__)
+# What an inbox row shows (``inbox_row``): the other columns of ``work_orders`` (times, the queues,
+# the sweep's) cost their fetch and their conversion to Python on every row for nothing.
+_INBOX_COLUMNS = (WO.c.work_order_id, WO.c.case_id, WO.c.category, WO.c.state, WO.c.unit_id, WO.c.data, WO.c.next_due)
+
+
+@dataclass(frozen=True)
+class _ListStatements:
+    count: Any  # one column per state counted apart (or one)
+    page: Any  # the work orders' rows
+    inbox: Any  # the same page as an inbox shows it: ``_INBOX_COLUMNS`` and the case's snapshot (its title)
+
+
+def _with_snapshot(page: Any) -> Any:
+    """An inbox page's rows with their case's snapshot (for its title; NULL when routing kept none):
+    joined after the page's LIMIT, so it looks up a page of cases, not every range's rows. A
+    statement of its own was ~13 % of ListInbox's node CPU (issue 17)."""
+    done = page.subquery("page")
+    return (
+        select(done, _SNAPSHOTS.c.snapshot)
+        .select_from(done.outerjoin(_SNAPSHOTS, _SNAPSHOTS.c.case_id == done.c.case_id))
+        .order_by(done.c.next_due, done.c.work_order_id)
+    )
+
+
 @functools.lru_cache(maxsize=256)
-def _list_statements(shape: _ListShape) -> tuple[Any, Any]:
-    """The count statement (one column per state counted apart) and the page statement of a work
+def _list_statements(shape: _ListShape) -> _ListStatements:
+    """The count statement (one column per state counted apart) and the page statements of a work
     order list, with bound parameters.
 
     Built once per shape: building the inbox's union of seven ranges took the node ~30 ms of
@@ -91,8 +116,11 @@ def _list_statements(shape: _ListShape) -> tuple[Any, Any]:
         # One case's work orders (its own index), or every state (a count stopped at COUNT_LIMIT).
         in_states = [WO.c.state.in_([bindparam(f"in_state_{i}") for i in range(shape.states)])] if shape.states else []
         count = counted(select(WO.c.work_order_id).where(*conditions, *in_states))
-        page = select(WO).where(*conditions, *in_states, *after).order_by(*order).limit(limit)
-        return count, page
+
+        def one_range(*columns: Any) -> Any:
+            return select(*columns).where(*conditions, *in_states, *after).order_by(*order).limit(limit)
+
+        return _ListStatements(count, one_range(WO), _with_snapshot(one_range(*_INBOX_COLUMNS)))
     # An inbox (a unit's, or the node's): one ordered range of ix_work_orders_unit_state or
     # ix_work_orders_state_due per state, each at most a page, merged, and counted the same way.
     # In one ordered walk by due date the planner read past every closed work order whenever
@@ -107,12 +135,16 @@ def _list_statements(shape: _ListShape) -> tuple[Any, Any]:
             for state in per_state
         )
     )
-    parts = [
-        select(select(WO).where(*conditions, state, *after).order_by(*order).limit(limit).subquery())
-        for state in per_state
-    ]
-    merged = union_all(*parts).subquery()
-    return counts, select(merged).order_by(merged.c.next_due, merged.c.work_order_id).limit(limit)
+
+    def merged_ranges(*columns: Any) -> Any:
+        parts = [
+            select(select(*columns).where(*conditions, state, *after).order_by(*order).limit(limit).subquery())
+            for state in per_state
+        ]
+        merged = union_all(*parts).subquery()
+        return select(merged).order_by(merged.c.next_due, merged.c.work_order_id).limit(limit)
+
+    return _ListStatements(counts, merged_ranges(WO), _with_snapshot(merged_ranges(*_INBOX_COLUMNS)))
 
 
 # A work order by id or by case (FOR UPDATE or not), its history, and its inserts: built once, run on
@@ -141,7 +173,7 @@ class WorkOrderTables(SessionBound):
     """``work_orders`` and their history."""
 
     def get(self, work_order_id: str, *, for_update: bool = False) -> StoredWorkOrder | None:
-        row = self.session.connection().execute(_BY_ID[for_update], {"work_order_id": work_order_id}).first()
+        row = self._connection().execute(_BY_ID[for_update], {"work_order_id": work_order_id}).first()
         if row is None:
             self._absent.add(work_order_id)  # its save inserts without looking again
             return None
@@ -149,7 +181,7 @@ class WorkOrderTables(SessionBound):
 
     def for_case(self, case_id: str, *, for_update: bool = False) -> StoredWorkOrder | None:
         params = {"case_id": case_id, "node": self._node}
-        row = self.session.connection().execute(_BY_CASE[for_update], params).first()
+        row = self._connection().execute(_BY_CASE[for_update], params).first()
         return self._stored(row, with_history=True) if row else None
 
     def save(self, stored: StoredWorkOrder) -> None:
@@ -176,7 +208,7 @@ class WorkOrderTables(SessionBound):
         if with_history:
             rows = history_rows
             if rows is None:
-                rows = self.session.connection().execute(_HISTORY_OF, {"work_order_id": row.work_order_id}).all()
+                rows = self._connection().execute(_HISTORY_OF, {"work_order_id": row.work_order_id}).all()
             history = [
                 HistoryEntry(
                     to_utc(h.at),
@@ -203,9 +235,10 @@ class WorkOrderTables(SessionBound):
         )
 
     def list_rows(
-        self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int
+        self, query: WorkOrderQuery, *, after: tuple[datetime, str] | None, limit: int, inbox: bool = False
     ) -> tuple[list[Any], int]:
-        """The work_orders rows of a list page (``_list_statements``) and the total, counted to COUNT_LIMIT."""
+        """The work_orders rows of a list page (``_list_statements``) and the total, counted to COUNT_LIMIT;
+        ``inbox``: the rows with ``_INBOX_COLUMNS`` and the case's ``snapshot`` only."""
         states = sorted({s.value for s in query.states})
         now = to_utc(query.now) if query.now is not None else None
         shape = _ListShape(
@@ -233,15 +266,16 @@ class WorkOrderTables(SessionBound):
         if after is not None:
             params["after_due"], params["after_id"] = after
         params.update({f"in_state_{i}": state for i, state in enumerate(states)})
-        counts_sql, rows_sql = _list_statements(shape)
+        statements = _list_statements(shape)
         # Core statements on the session's connection: a read needs none of the ORM session's
         # execution machinery (its events, its bind lookup), which cost as much as SQLite's work.
-        connection = self.session.connection()
-        rows = list(connection.execute(rows_sql, params).all())
+        connection = self._connection()
+        rows = list(connection.execute(statements.inbox if inbox else statements.page, params).all())
         if after is None and len(rows) < limit and len(rows) <= COUNT_LIMIT:
             return rows, len(rows)  # the first page holds them all: that is the count (a case page's list)
         counts = [
-            -1 if found > COUNT_LIMIT else int(found or 0) for found in connection.execute(counts_sql, params).one()
+            -1 if found > COUNT_LIMIT else int(found or 0)
+            for found in connection.execute(statements.count, params).one()
         ]
         return rows, -1 if -1 in counts or sum(counts) > COUNT_LIMIT else sum(counts)
 
@@ -253,7 +287,7 @@ class WorkOrderTables(SessionBound):
             return [self._stored(r, with_history=False) for r in rows], total
         histories: dict[str, list[Any]] = {r.work_order_id: [] for r in rows}
         ids = {"work_order_ids": list(histories)}
-        for h in self.session.connection().execute(_HISTORIES_OF, ids):
+        for h in self._connection().execute(_HISTORIES_OF, ids):
             histories[h.work_order_id].append(h)
         return [self._stored(r, with_history=True, history_rows=histories[r.work_order_id]) for r in rows], total
 
