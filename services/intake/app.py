@@ -129,6 +129,9 @@ def build(ctx: ServiceContext) -> ServiceParts:
     def uow_factory() -> SqlIntakeUnitOfWork:
         return SqlIntakeUnitOfWork(ctx.session_factory, cipher, node, numbers=numbers, submit_path=submit_path)
 
+    def reads() -> SqlIntakeUnitOfWork:
+        return SqlIntakeUnitOfWork(None, cipher, node, reads=ctx.engine)
+
     config = ctx.settings.intake
     model = CategoryModel(ctx.settings.data_dir, config.shared_data, enabled=config.classifier).start()
     ctx.hooks.intake_category_model = model  # tests and the demo wait on model.ready
@@ -154,6 +157,7 @@ def build(ctx: ServiceContext) -> ServiceParts:
         locate=places.locate_candidates,
         region_message=places.region_message,
         case_mac=cipher.blind_index,
+        reads=reads,
     )
 
     send_notices = _notice_sender(ctx, uow_factory, notify)

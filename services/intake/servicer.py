@@ -54,9 +54,12 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
         locate: CandidateLocator = lambda text, within: ("", False, []),
         region_message: Callable[[str], common_pb2.Region] = lambda code: common_pb2.Region(code=code),
         case_mac: Mac | None = None,
+        reads: Callable[[], AbstractContextManager[IntakeUnitOfWork]] | None = None,
     ) -> None:
         self._case_mac = case_mac  # signs the case passes TrackCase answers (the node's keyring)
         self._uow_factory = uow_factory
+        # GetCase's unit of work: read-only, without an ORM session when the adapter has one.
+        self._reads = reads or uow_factory
         self._deps = deps
         self._after_commit = after_commit
         self._classify = classify
@@ -113,7 +116,7 @@ class IntakeServicer(intake_grpc.IntakeServiceServicer):
     def GetCase(self, request: intake_pb2.GetCaseRequest, context: Any) -> intake_pb2.GetCaseResponse:
         if not request.case_id:
             raise InvalidArgument("case_id", "must be set")
-        case, timeline = handlers.get_case(request.case_id, uow_factory=self._uow_factory)
+        case, timeline = handlers.get_case(request.case_id, uow_factory=self._reads)
         # The citizen's own words (personal data in them unmasked) only for the 信访 office's roles.
         principal = current_principal()
         original = principal is not None and principal.kind == "operator" and principal.has_any(OFFICE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import date, datetime
 from types import TracebackType
@@ -11,11 +12,11 @@ from typing import Any
 
 import psycopg
 from lianxin.events.v1 import events_pb2
-from sqlalchemy import bindparam, or_, select, text, tuple_, union_all
+from sqlalchemy import Connection, Engine, bindparam, or_, select, text, tuple_, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.db import COUNT_LIMIT, bounded_count, reading_now
+from services.common.db import COUNT_LIMIT, bounded_count, read_transaction, reading_now
 from services.common.errors import AlreadyExists, Conflict
 from services.common.events import to_bus_event, write_event
 from services.common.outbox import append_event
@@ -113,7 +114,8 @@ class SqlIntakeUnitOfWork:
     With ``session`` it joins a transaction somebody else opened (an idempotent event consumer);
     then ``commit`` is left to that owner. With ``submit_path`` (PostgreSQL) a submit's lookup
     and writes bypass the session (``PgSubmitPath``); the session opens only when something else
-    is asked for.
+    is asked for. With ``reads`` it only reads, in a ``read_transaction`` of that engine, and builds
+    no ORM session (GetCase: the case and its timeline by statements built once).
     """
 
     def __init__(
@@ -125,7 +127,11 @@ class SqlIntakeUnitOfWork:
         session: Session | None = None,
         numbers: CaseNumbers | None = None,
         submit_path: PgSubmitPath | None = None,
+        reads: Engine | None = None,
     ) -> None:
+        self._reads = reads
+        self._read_connection: Connection | None = None
+        self._read_scope = ExitStack()
         self._numbers = numbers
         self._factory = factory
         self._cipher = cipher
@@ -151,11 +157,16 @@ class SqlIntakeUnitOfWork:
         return self._pg
 
     def __enter__(self) -> SqlIntakeUnitOfWork:
+        if self._reads is not None:
+            self._read_connection = self._read_scope.enter_context(read_transaction(self._reads))
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._read_connection is not None:
+            self._read_connection = None
+            self._read_scope.close()
         if self._pg is not None:
             self._pg.release()
             self._pg = None
@@ -166,6 +177,8 @@ class SqlIntakeUnitOfWork:
         self._session.close()
 
     def commit(self) -> None:
+        if self._reads is not None:
+            raise RuntimeError("a read-only unit of work cannot commit")
         if self._borrowed:
             self.session.flush()
             return
@@ -195,14 +208,17 @@ class SqlIntakeUnitOfWork:
         if self._pg is not None:
             found = self._pg.fetch_row(self._pg_sql().get_sql, (case_id,))
             return self._to_case(found) if found else None
-        session = self.session
-        if reading_now() or not (session.new or session.dirty or session.deleted):
-            # A query RPC, or nothing pending for the ORM to flush first (an event consumer following
-            # the case, the notice sender): the row by a statement built once, not through the ORM.
-            row_read: Any = session.connection().execute(_GET_CASE, {"case_id": case_id}).first()  # as CaseRow reads
-            return self._to_case(row_read) if row_read else None
-        row = session.get(CaseRow, case_id)
-        return self._to_case(row) if row else None
+        connection = self._read_connection
+        if connection is None:
+            session = self.session
+            if not reading_now() and (session.new or session.dirty or session.deleted):
+                row = session.get(CaseRow, case_id)
+                return self._to_case(row) if row else None
+            connection = session.connection()
+        # A query RPC, or nothing pending for the ORM to flush first (an event consumer following the
+        # case, the notice sender): the row by a statement built once, not through the ORM.
+        row_read: Any = connection.execute(_GET_CASE, {"case_id": case_id}).first()  # as CaseRow reads
+        return self._to_case(row_read) if row_read else None
 
     def _pg_sql(self) -> PgSubmitPath:
         assert self._submit_path is not None
@@ -213,8 +229,11 @@ class SqlIntakeUnitOfWork:
         return (self._to_case(row), row.phone_last4) if row else None
 
     def timeline(self, case_id: str) -> list[TimelineEntry]:
-        if reading_now():  # nothing pending to flush first: the statement built once
-            rows: Any = self.session.execute(_GET_TIMELINE, {"case_id": case_id})
+        rows: Any
+        if self._read_connection is not None:
+            rows = self._read_connection.execute(_GET_TIMELINE, {"case_id": case_id})
+        elif reading_now():  # nothing pending to flush first: the statement built once
+            rows = self.session.execute(_GET_TIMELINE, {"case_id": case_id})
         else:
             rows = self.session.scalars(
                 select(TimelineRow).where(TimelineRow.case_id == case_id).order_by(TimelineRow.at, TimelineRow.id)

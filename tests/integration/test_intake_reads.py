@@ -44,14 +44,25 @@ def test_a_case_read_by_a_query_rpc_is_the_case_the_orm_reads(settings: Settings
     def uow() -> SqlIntakeUnitOfWork:
         return SqlIntakeUnitOfWork(factory, cipher, NODE)
 
+    def reads() -> SqlIntakeUnitOfWork:  # GetCase's: a read transaction on a Core connection, no ORM session
+        return SqlIntakeUnitOfWork(None, cipher, NODE, reads=engine)
+
     try:
         for case_id, _code, _phone in stored.sample[:8]:
             with reading():
                 case, timeline = get_case(case_id, uow_factory=uow)
             assert (case, timeline) == get_case(case_id, uow_factory=uow)
+            assert (case, timeline) == get_case(case_id, uow_factory=reads)
             assert case.case_id == case_id and timeline and all(e.case_id == case_id for e in timeline)
         with reading(), pytest.raises(NotFound):
             get_case(f"{NODE}-20991231-999999", uow_factory=uow)
+        with pytest.raises(NotFound):
+            get_case(f"{NODE}-20991231-999999", uow_factory=reads)
+        with reads() as read_only:
+            assert read_only.get(stored.sample[0][0]) is not None
+            assert read_only._session is None  # no ORM session was built
+            with pytest.raises(RuntimeError):
+                read_only.commit()
     finally:
         engine.dispose()
 
