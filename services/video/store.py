@@ -11,20 +11,21 @@ from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.calendar import WorkingCalendar
 from services.common.clock import to_utc as aware
+from services.common.db import read_transaction
 from services.common.errors import Conflict
 from services.common.inbox import after_commit, consumer_transaction
 from services.video import consult
 from services.video.domain import CaseOwner, HoldState, RemoteState, VisitState
 from services.video.models import CaseOwnerRow, ConsultationRow, HoldRow, RemoteHoldRow, VisitRow
 from services.video.rows import Sealer
-from services.video.unit_of_work import DUE_STATES, SqlVideoUnitOfWork, inline_state, reserve
+from services.video.unit_of_work import DUE_STATES, SharedRead, SqlVideoUnitOfWork, inline_state, reserve
 
 OWNER_CACHE_SIZE = 100_000  # cases whose owner epoch this process remembers writing
 
@@ -42,6 +43,7 @@ class VideoStore:
         clock: Callable[[], datetime],
     ) -> None:
         self._factory = factory
+        self._engine: Engine = factory.kw["bind"]
         self._cipher = cipher
         self.node = node
         self.calendar = calendar
@@ -49,9 +51,9 @@ class VideoStore:
         # Epochs this process already wrote to video_case_owners: most case events repeat the epoch
         # known (every work order change), so they cost no write. The table stays the authority.
         self._owner_epochs: dict[str, int] = {}
-        # The session of ``reading_together`` in this thread's call, if any (one per store: a test
+        # The transaction of ``reading_together`` in this thread's call, if any (one per store: a test
         # process runs several nodes).
-        self._shared: ContextVar[Session | None] = ContextVar(f"video_shared_read_{id(self)}", default=None)
+        self._shared: ContextVar[SharedRead | None] = ContextVar(f"video_shared_read_{id(self)}", default=None)
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -68,15 +70,16 @@ class VideoStore:
     def reading_together(self) -> Iterator[None]:
         """Every unit of work begun inside (in this call) reads in one transaction, rolled back at the
         end: a case page's four video lists (GetCaseVideo) begin one read instead of four (issue 17).
-        Reads only: a unit of work that commits inside is refused."""
-        session = self._factory()
-        token = self._shared.set(session)
-        try:
-            yield
-        finally:
-            self._shared.reset(token)
-            session.rollback()
-            session.close()
+        Reads only: a unit of work that commits inside is refused. A ``read_transaction`` on a Core
+        connection: no ORM session unless one of the reads needs it (``SharedRead``)."""
+        with read_transaction(self._engine) as connection:
+            shared = SharedRead(connection)
+            token = self._shared.set(shared)
+            try:
+                yield
+            finally:
+                self._shared.reset(token)
+                shared.close()
 
     @contextmanager
     def begin(self) -> Iterator[SqlVideoUnitOfWork]:

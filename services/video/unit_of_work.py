@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import BindParameter, String, bindparam, cast, delete, select, text, update
+from sqlalchemy import BindParameter, Connection, String, bindparam, cast, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -102,15 +102,51 @@ def reserve(s: Session, resource: str, start: datetime, end: datetime, owner: st
     s.flush()  # the UNIQUE constraint speaks now, inside our error mapping
 
 
-class SqlVideoUnitOfWork:
-    """One transaction (``ports.VideoUnitOfWork``); representatives are sealed on the way in."""
+class SharedRead:
+    """``VideoStore.reading_together``'s transaction: a ``read_transaction``'s Core connection, and an
+    ORM session on that connection only when a read needs the ORM (a leader's next free slot)."""
 
-    def __init__(self, session: Session, *, cipher: Sealer, node: str, clock: Callable[[], datetime]) -> None:
-        self._s = session
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._session: Session | None = None
+
+    def session(self) -> Session:
+        if self._session is None:
+            # Joins the connection's read transaction (read_transaction ends it); the session commits nothing.
+            self._session = Session(bind=self.connection)
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+
+class SqlVideoUnitOfWork:
+    """One transaction (``ports.VideoUnitOfWork``); representatives are sealed on the way in.
+
+    On a ``SharedRead`` (a case page's GetCaseVideo) the reads by prebuilt statements run on its
+    connection and no ORM session is built unless a read needs one."""
+
+    def __init__(
+        self, session: Session | SharedRead, *, cipher: Sealer, node: str, clock: Callable[[], datetime]
+    ) -> None:
+        self._session: Session | None = None if isinstance(session, SharedRead) else session
+        self._shared: SharedRead | None = session if isinstance(session, SharedRead) else None
         self._cipher = cipher
         self._node = node
         self._clock = clock
         self.committed = False
+
+    @property
+    def _s(self) -> Session:
+        if self._session is None:
+            assert self._shared is not None
+            self._session = self._shared.session()
+        return self._session
+
+    def _connection(self) -> Connection:
+        """Where the prebuilt Core statements run."""
+        return self._shared.connection if self._shared is not None else self._s.connection()
 
     def commit(self) -> None:
         self.committed = True  # VideoStore.begin commits when the block ends
@@ -134,7 +170,7 @@ class SqlVideoUnitOfWork:
             row.node, row.name = room.node, room.name
 
     def rooms(self, node: str) -> list[Room]:
-        found = self._s.connection().execute(read_sql.NODE_ROOMS if node else read_sql.ALL_ROOMS, {"node": node})
+        found = self._connection().execute(read_sql.NODE_ROOMS if node else read_sql.ALL_ROOMS, {"node": node})
         return [Room(r.room_id, r.node, r.name) for r in found]
 
     def schedule_of(self, leader_id: str) -> Schedule | None:
@@ -142,7 +178,7 @@ class SqlVideoUnitOfWork:
         return None if row is None else schedule_from_row(row)
 
     def schedules(self) -> list[Schedule]:
-        return [schedule_from_row(r) for r in self._s.connection().execute(read_sql.ALL_SCHEDULES)]
+        return [schedule_from_row(r) for r in self._connection().execute(read_sql.ALL_SCHEDULES)]
 
     def add_schedule(self, schedule: Schedule) -> None:
         self._s.add(
@@ -305,7 +341,7 @@ class SqlVideoUnitOfWork:
             "offset": offset,
             "limit": limit,
         }
-        connection = self._s.connection()
+        connection = self._connection()
         rows = [to_visit(self._cipher, r) for r in connection.execute(page, params)]
         if len(rows) < limit and (rows or offset == 0) and offset + len(rows) <= COUNT_LIMIT:
             return rows, offset + len(rows)  # the page ends the list: that is the count (a case's few visits)
@@ -435,7 +471,7 @@ class SqlVideoUnitOfWork:
         return None if row is None else to_consultation(row)
 
     def consultations_of(self, case_id: str) -> list[Consultation]:
-        found = self._s.connection().execute(read_sql.CASE_CONSULTATIONS, {"case_id": case_id})
+        found = self._connection().execute(read_sql.CASE_CONSULTATIONS, {"case_id": case_id})
         return [to_consultation(r) for r in found]
 
     def add_consultation(self, consultation: Consultation) -> None:

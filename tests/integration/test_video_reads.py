@@ -1,5 +1,6 @@
 """A case page's video reads (issue 17): the visits, consultations, schedules and rooms read by
-prebuilt Core statements are the ones the ORM loads they replaced read, on SQLite and PostgreSQL."""
+prebuilt Core statements are the ones the ORM loads they replaced read, and GetCaseVideo's shared read
+(a Core connection, no ORM session) answers what a unit of work of its own does, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from services.video.models import RoomRow, ScheduleRow, VisitRow
 from services.video.ports import VisitFilter
 from services.video.rows import schedule_from_row, to_visit
 from services.video.store import VideoStore
+from services.video.unit_of_work import SqlVideoUnitOfWork
 from tests.support.video import FakeClock, setup_leader, start_node
 
 NODE = "511102"
@@ -84,3 +86,20 @@ def test_visit_lists_schedules_and_rooms_are_what_the_orm_loaded(node: Node) -> 
         rooms = [Room(r.room_id, r.node, r.name) for r in session.scalars(select(RoomRow).order_by(RoomRow.room_id))]
         assert uow.rooms("") == rooms == uow.rooms(NODE) and rooms
         assert uow.rooms("510000") == []
+    # GetCaseVideo's shared read (``reading_together``: a Core connection, no ORM session built unless
+    # a read needs one) answers what a unit of work of its own answers.
+    lo, hi = datetime(2026, 10, 12, tzinfo=CHINA), datetime(2026, 11, 12, tzinfo=CHINA)
+
+    def reads(uow: SqlVideoUnitOfWork) -> tuple[object, ...]:
+        pages = [uow.page_visits(wanted, offset=0, limit=50) for wanted in shapes]
+        return pages, uow.consultations_of(CASES[0]), uow.schedules(), uow.rooms(""), uow.rooms(NODE)
+
+    with store.begin() as own:
+        answers = reads(own)
+        counts = own.session_counts("leader-1", lo, hi)
+    assert counts  # the bookings above counted
+    with store.reading_together(), store.begin() as shared:
+        assert reads(shared) == answers
+        assert shared._session is None
+        assert shared.session_counts("leader-1", lo, hi) == counts  # an ORM read, on the same connection
+        assert shared._session is not None
