@@ -37,6 +37,7 @@ from services.common.interceptors import (
 )
 from services.common.request_rules import RequestRulesInterceptor
 from services.common.security import CITIZEN_METHODS
+from services.common.server_calls import MethodInterceptor, ServerCalls
 from services.common.service import ServicerBinding
 from services.common.settings import Settings
 
@@ -214,7 +215,8 @@ class GrpcServer:
 
     Interceptor order (outermost first): OpenTelemetry, the Lianxin error/metrics interceptor, then
     ``interceptors`` (security), so rejections by security are traced and counted too, and last the
-    contract's request rules, so every handler sees only requests within them.
+    contract's request rules, so every handler sees only requests within them. They run as the layers
+    of one ``ServerCalls`` interceptor, which builds each method's handler once (server_calls).
 
     Health has two meanings (Kubernetes probes them apart, deploy/k8s): the overall name ``""`` is
     **liveness**, SERVING while the process answers (until it drains); each business service's name
@@ -229,7 +231,7 @@ class GrpcServer:
         settings: Settings,
         *,
         ready: Callable[[], bool] | None = None,
-        interceptors: Sequence[grpc.ServerInterceptor] = (),
+        interceptors: Sequence[MethodInterceptor] = (),
         server_credentials: grpc.ServerCredentials | None = None,
         executor: futures.ThreadPoolExecutor | None = None,
     ) -> None:
@@ -245,8 +247,7 @@ class GrpcServer:
         pool = executor or futures.ThreadPoolExecutor(
             max_workers=settings.grpc_workers, thread_name_prefix=f"grpc-{settings.node}"
         )
-        chain = [
-            server_interceptor(filter_=server_call_traced),  # type: ignore[no-untyped-call]
+        layers: list[MethodInterceptor] = [
             LianxinServerInterceptor(),
             *interceptors,
             RequestRulesInterceptor(CITIZEN_METHODS),
@@ -255,13 +256,18 @@ class GrpcServer:
         # sees the pool on the behaviour it runs; 0 query threads: they share the handler threads.
         queries = read_only_methods((b.full_name, b.servicer) for b in self._bindings)
         self._query_pool: futures.ThreadPoolExecutor | None = None
-        front: list[grpc.ServerInterceptor] = []
+        outer: MethodInterceptor | None = None
         if settings.query_workers > 0 and queries:
             self._query_pool = futures.ThreadPoolExecutor(
                 max_workers=settings.query_workers, thread_name_prefix=f"grpc-query-{settings.node}"
             )
-            front.append(QueryThreadsInterceptor(queries, self._query_pool))
-        self._server = grpc.server(pool, interceptors=[*front, *chain], options=SERVER_OPTIONS)
+            outer = QueryThreadsInterceptor(queries, self._query_pool)
+        tracing = server_interceptor()  # type: ignore[no-untyped-call]
+        self._server = grpc.server(
+            pool,
+            interceptors=[ServerCalls(layers, outer=outer, tracing=tracing, traced=server_call_traced)],
+            options=SERVER_OPTIONS,
+        )
         self._health = _HealthOnDemand(self._asked)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for binding in self._bindings:
@@ -274,9 +280,10 @@ class GrpcServer:
         # their methods; the refusal is counted and traced like any other).
         self._public_server: grpc.Server | None = None
         if settings.public_port is not None:
+            public_layers = [layers[0], PublicOnlyInterceptor(CITIZEN_METHODS), *layers[1:]]
             self._public_server = grpc.server(
                 pool,
-                interceptors=[*front, *chain[:2], PublicOnlyInterceptor(CITIZEN_METHODS), *chain[2:]],
+                interceptors=[ServerCalls(public_layers, outer=outer, tracing=tracing, traced=server_call_traced)],
                 options=PUBLIC_SERVER_OPTIONS,
             )
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._public_server)

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent import futures
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NoReturn
 
 import grpc
 import psycopg
@@ -32,6 +32,7 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
+from services.common.server_calls import MethodInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -120,18 +121,38 @@ def split_method(full_method: str) -> tuple[str, str]:
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
-class _Outcome:
-    """Which status an RPC ended with, worked out once for the metrics."""
+class _MethodMetrics:
+    """One method's metric series, looked up once: ``labels()`` takes the metric's lock and builds a
+    key on every use, three times a call before (issue 17)."""
 
     def __init__(self, service: str, method: str) -> None:
         self.service = service
         self.method = method
+        self.started = STARTED.labels(service, method)
+        self.seconds = HANDLING_SECONDS.labels(service, method)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            # A race between two first calls with the same code looks the same child up twice: harmless.
+            child = self._handled[code] = HANDLED.labels(self.service, self.method, code.name)
+        return child
+
+
+class _Outcome:
+    """Which status an RPC ended with, worked out once for the metrics."""
+
+    __slots__ = ("metrics", "start")
+
+    def __init__(self, metrics: _MethodMetrics) -> None:
+        self.metrics = metrics
         self.start = time.perf_counter()
-        STARTED.labels(service, method).inc()
+        metrics.started.inc()
 
     def finish(self, code: grpc.StatusCode) -> None:
-        HANDLED.labels(self.service, self.method, code.name).inc()
-        HANDLING_SECONDS.labels(self.service, self.method).observe(time.perf_counter() - self.start)
+        self.metrics.handled(code).inc()
+        self.metrics.seconds.observe(time.perf_counter() - self.start)
 
 
 def _code_after_return(context: grpc.ServicerContext) -> grpc.StatusCode:
@@ -188,9 +209,9 @@ def _abort_code(exc: BaseException, context: grpc.ServicerContext) -> grpc.Statu
     return grpc.StatusCode.UNKNOWN
 
 
-def _wrap_unary_response(behavior: Behavior, service: str, method: str, full: str) -> Behavior:
+def _wrap_unary_response(behavior: Behavior, metrics: _MethodMetrics, full: str) -> Behavior:
     def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-        outcome = _Outcome(service, method)
+        outcome = _Outcome(metrics)
         failure: Exception | None = None
         try:
             response = behavior(request, context)
@@ -211,9 +232,9 @@ def _wrap_unary_response(behavior: Behavior, service: str, method: str, full: st
     return wrapper
 
 
-def _wrap_stream_response(behavior: Behavior, service: str, method: str, full: str) -> Behavior:
+def _wrap_stream_response(behavior: Behavior, metrics: _MethodMetrics, full: str) -> Behavior:
     def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        outcome = _Outcome(service, method)
+        outcome = _Outcome(metrics)
         failure: Exception | None = None
         try:
             yield from behavior(request, context)
@@ -235,63 +256,48 @@ def _wrap_stream_response(behavior: Behavior, service: str, method: str, full: s
     return wrapper
 
 
-class LianxinServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class LianxinServerInterceptor(MethodInterceptor):
     """Maps domain errors to status codes, hides unexpected errors as INTERNAL, records RPC metrics."""
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            # Unknown method: grpcio answers UNIMPLEMENTED; its name is client input, so no metrics.
-            return None
-        full: str = handler_call_details.method
-        service, method = split_method(full)
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        # Unknown methods never get here (grpcio answers UNIMPLEMENTED; their names are client input).
+        metrics = _MethodMetrics(*split_method(method))
         if handler.request_streaming and handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream_response(handler.stream_stream, service, method, full),
+                _wrap_stream_response(handler.stream_stream, metrics, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.request_streaming:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(handler.stream_unary, service, method, full),
+                _wrap_unary_response(handler.stream_unary, metrics, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(handler.unary_stream, service, method, full),
+                _wrap_stream_response(handler.unary_stream, metrics, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary_response(handler.unary_unary, service, method, full),
+            _wrap_unary_response(handler.unary_unary, metrics, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
 
-class PublicOnlyInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class PublicOnlyInterceptor(MethodInterceptor):
     """The public port serves the citizen methods and health, nothing else: an operator's or a
     node's method there is PERMISSION_DENIED before any handler (or the security policy) runs."""
 
     def __init__(self, public_methods: Collection[str]) -> None:
         self._public = frozenset(public_methods)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        full: str = handler_call_details.method  # "/package.Service/Method"
-        if full.lstrip("/") in self._public or full.startswith(f"/{HEALTH_SERVICE_NAME}/"):
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None  # unknown everywhere: UNIMPLEMENTED, as on the main port
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        # ``method`` is "/package.Service/Method"; unknown ones never get here (UNIMPLEMENTED, as on the main port).
+        if method.lstrip("/") in self._public or method.startswith(f"/{HEALTH_SERVICE_NAME}/"):
+            return handler
         return _refusal(handler)
 
 
@@ -313,11 +319,7 @@ def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     )
 
 
-Handler: TypeAlias = "grpc.RpcMethodHandler | None"
-Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Handler]
-
-
-class QueryThreadsInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class QueryThreadsInterceptor(MethodInterceptor):
     """The read-only query RPCs (``@read_only``: the console's and portal's reads) run on a small pool
     of their own; writes, node-to-node calls and long polls keep the server's handler threads.
 
@@ -325,17 +327,16 @@ class QueryThreadsInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     time one released the GIL (every SQLite step, every call into gRPC's core) another took it over:
     the node's context switches per case page went from ~60 with one client to 95–175, its CPU per
     page up by 20–40 % (issue 17; docs/web.md, sixth pass). grpcio runs a method on the pool its
-    behaviour names (``experimental_thread_pool``), so this interceptor, installed outermost, names
-    the query pool; a query waiting for one of its threads waits in the pool's queue, asleep.
+    behaviour names (``experimental_thread_pool``), so this layer, applied outermost (after tracing),
+    names the query pool; a query waiting for one of its threads waits in the pool's queue, asleep.
     """
 
     def __init__(self, methods: Collection[str], pool: futures.ThreadPoolExecutor) -> None:
         self._methods = frozenset(methods)
         self._pool = pool
 
-    def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler:
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None or details.method not in self._methods:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is None or method not in self._methods:
             return handler
         inner = handler.unary_unary
 

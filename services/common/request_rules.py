@@ -26,6 +26,7 @@ from lianxin.common.v1 import common_pb2
 
 from services.common import personal_text
 from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.server_calls import MethodInterceptor
 
 DEFAULT_MAX_CHARS = 64
 # A citizen's largest legitimate request (SubmitCase: 4,000 characters of body at 3 bytes each, a
@@ -216,7 +217,7 @@ def _limited(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return deserialize
 
 
-class RequestRulesInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class RequestRulesInterceptor(MethodInterceptor):
     """Checks every request of the ``lianxin.*`` services against the contract before its handler.
 
     Innermost in the chain: the caller is authenticated (and rate limited) first, and a refusal
@@ -227,14 +228,9 @@ class RequestRulesInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._public = frozenset(public_methods)
         self._row_answered = frozenset(row_answered)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        full = handler_call_details.method.lstrip("/")
-        if handler is None or not full.startswith("lianxin."):
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        full = method.lstrip("/")
+        if not full.startswith("lianxin."):
             return handler
         deserializer = handler.request_deserializer
         if full in self._public:

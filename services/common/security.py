@@ -1,14 +1,14 @@
-"""Who may call what: operator tokens, the per-RPC policy, and the one security interceptor.
+"""Who may call what: operator tokens, the per-RPC policy, and the wiring of the one security layer.
 
 * Operators present ``authorization: Bearer <token>``; a token is ``lx1.<claims>.<mac>`` with
   base64url JSON claims (sub, node, unit, roles, exp) and an HMAC-SHA256 over them.
 * ``build_policy`` gives every method of every business service a rule: citizen (public, rate
   limited; the servicer checks tracking code + phone digits), peer (node-to-node, authenticated by
   the mTLS certificate) or operator roles. Unknown verbs make the server refuse to start.
-* ``SecurityInterceptor`` enforces it: no/invalid token → UNAUTHENTICATED; a role, region or unit
-  out of scope → PERMISSION_DENIED; it masks personal data in responses by role (a handling unit,
-  which may be the subject of the complaint, sees no complainant identity at all: 条例 Art. 30),
-  and writes an audit record for every mutating RPC.
+* ``SecurityInterceptor`` (services.common.security_interceptor) enforces it: no/invalid token →
+  UNAUTHENTICATED; a role, region or unit out of scope → PERMISSION_DENIED; it masks personal data
+  in responses by role (a handling unit, which may be the subject of the complaint, sees no
+  complainant identity at all: 条例 Art. 30), and writes an audit record for every mutating RPC.
 """
 
 from __future__ import annotations
@@ -18,25 +18,24 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 
 from services.common.audit import AuditLog, load_audit_key
-from services.common.errors import DomainError, PermissionDenied, ResourceExhausted, Unauthenticated
+from services.common.errors import Unauthenticated
 from services.common.names import LINK_METHODS
-from services.common.rate_limit import RateLimiter, peer_host
+from services.common.rate_limit import RateLimiter
 from services.common.redaction import redact_fields
 from services.common.regions import RegionTree
+from services.common.server_calls import MethodInterceptor
 from services.common.settings import Settings
-from services.common.tls import peer_region
 
 ROLES: tuple[str, ...] = ("clerk", "handler", "supervisor", "auditor", "admin", "evaluator")
 # 第三方评价: the evaluation group's members see their month's sample and rate it, nothing else.
@@ -180,25 +179,27 @@ class Principal:
     kind: str = "operator"  # operator | citizen | peer
 
     def has_any(self, roles: Iterable[str]) -> bool:
-        return bool(self.roles & set(roles))
+        # Asked on every call: no intersection set built, the same answer.
+        return not self.roles.isdisjoint(roles)
 
 
 ANONYMOUS = Principal(subject="anonymous", node="", unit="", roles=frozenset(), kind="citizen")
-_current: ContextVar[Principal | None] = ContextVar("lianxin_principal", default=None)
+# The caller of the RPC being handled; set by the security layer (services.common.security_interceptor).
+CURRENT_PRINCIPAL: ContextVar[Principal | None] = ContextVar("lianxin_principal", default=None)
 
 
 def current_principal() -> Principal | None:
     """The caller of the RPC being handled (None when security is off)."""
-    return _current.get()
+    return CURRENT_PRINCIPAL.get()
 
 
 @contextmanager
 def acting_as(principal: Principal | None) -> Iterator[None]:
-    token = _current.set(principal)
+    token = CURRENT_PRINCIPAL.set(principal)
     try:
         yield
     finally:
-        _current.reset(token)
+        CURRENT_PRINCIPAL.reset(token)
 
 
 def _b64(data: bytes) -> str:
@@ -324,234 +325,6 @@ def trusted_citizen_address(key: bytes | None, value: str, *, now: float | None 
     return address
 
 
-# --------------------------------------------------------------------------- the interceptor
-
-Behavior = Callable[[Any, grpc.ServicerContext], Any]
-
-
-@dataclass
-class SecurityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Authentication, authorization, response masking and auditing for every business RPC."""
-
-    node: str
-    regions: RegionTree
-    policy: Mapping[str, Rule]
-    token_key: bytes | None = None  # None: tokens are not required (auth off; peers and audit only)
-    audit: AuditLog | None = None
-    require_mtls: bool = False
-    citizen_limiter: RateLimiter | None = None
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        full = handler_call_details.method.lstrip("/")
-        rule = self.policy.get(full)
-        if handler is None or rule is None:
-            # Health, reflection, or unknown: not business RPCs (unknown ones answer UNIMPLEMENTED).
-            return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        authorization = str(metadata.get("authorization", ""))
-        if rule.access is Access.CITIZEN:
-            # The citizen's address rides in the authorization slot of the wrappers: public methods
-            # take no token, and the wrappers then need no extra argument.
-            authorization = str(metadata.get(CITIZEN_ADDRESS_METADATA, ""))
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(
-                self._stream_behavior(handler.stream_stream, full, rule, authorization, streaming_in=True),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary_behavior(handler.stream_unary, full, rule, authorization, streaming_in=True),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream_behavior(handler.unary_stream, full, rule, authorization, streaming_in=False),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.unary_unary_rpc_method_handler(
-            self._unary_behavior(handler.unary_unary, full, rule, authorization, streaming_in=False),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-    # -- checks
-
-    def _authenticate(self, rule: Rule, full: str, authorization: str, context: grpc.ServicerContext) -> Principal:
-        if rule.access is Access.CITIZEN:
-            if self.citizen_limiter is not None:
-                source = trusted_citizen_address(self.token_key, authorization)
-                source = f"citizen:{source}" if source else peer_host(context)
-                if not self.citizen_limiter.allow(f"{source}|{full}"):
-                    raise ResourceExhausted("too many requests; try again in a minute")
-            return ANONYMOUS
-        if rule.access is Access.PEER:
-            return self._peer(context)
-        if rule.access is Access.NODE_OR_OPERATOR:
-            region = peer_region(context)
-            if region is not None and region in self.regions:
-                return Principal(subject=f"node:{region}", node=region, unit="", roles=frozenset(), kind="peer")
-        if self.token_key is None:
-            return Principal(subject="unauthenticated", node=self.node, unit="", roles=frozenset(ROLES), kind="dev")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated("operator token required (authorization: Bearer <token>)")
-        principal = verify_token(self.token_key, token.strip())
-        if not principal.has_any(rule.roles):
-            raise PermissionDenied(f"{full.rsplit('/', 1)[-1]} needs one of the roles {', '.join(sorted(rule.roles))}")
-        return principal
-
-    def _peer(self, context: grpc.ServicerContext) -> Principal:
-        region = peer_region(context)
-        if region is None:
-            if self.require_mtls:
-                raise Unauthenticated("node-to-node calls need a client certificate")
-            return Principal(subject="peer", node="", unit="", roles=frozenset(), kind="peer")
-        # A parent accepts only its own direct children (a county's certificate cannot skip its
-        # city); the national system (no region) accepts provinces.
-        if self.node in self.regions and (region not in self.regions or self.regions.parent(region) != self.node):
-            raise PermissionDenied(f"node {region} is not a direct child of node {self.node}")
-        return Principal(subject=f"node:{region}", node=region, unit="", roles=frozenset(), kind="peer")
-
-    def _authorize_request(self, request: Any, principal: Principal) -> None:
-        if principal.kind == "peer" and principal.node:
-            for speaks_for in ("child_node", "requesting_node"):
-                claimed = getattr(request, speaks_for, "")
-                if claimed and claimed != principal.node:
-                    raise PermissionDenied(f"certificate of node {principal.node} cannot speak for node {claimed}")
-            return
-        if principal.kind != "operator":
-            return
-        region = getattr(request, "region_code", "") if _has_field(request, "region_code") else ""
-        if region:
-            if not self.regions.contains(principal.node, region):
-                raise PermissionDenied(f"region {region} is outside the operator's region {principal.node}")
-        elif not self.regions.contains(principal.node, self.node):
-            # An operator of a lower node at a higher node must name a region within their own.
-            raise PermissionDenied(f"node {self.node} is outside the operator's region {principal.node}")
-        if "handler" in principal.roles and not principal.has_any(OFFICE) and _has_field(request, "unit_id"):
-            unit = request.unit_id
-            assisting = getattr(request, "assisting_unit_id", "") if _has_field(request, "assisting_unit_id") else ""
-            if assisting and assisting != principal.unit:
-                raise PermissionDenied("work of another unit")
-            if assisting and not unit:
-                pass  # 协办 inbox: the lead's work orders that wait for the operator's own unit's answer
-            elif not unit:
-                request.unit_id = principal.unit  # a handling unit lists its own work only
-            elif unit != principal.unit:
-                raise PermissionDenied("work of another unit")
-
-    # -- wrappers
-
-    def _audit(self, full: str, rule: Rule, principal: Principal | None, target: str, outcome: str) -> None:
-        if self.audit is None or not rule.mutating:
-            return
-        actor = principal.subject if principal is not None else "anonymous"
-        self.audit.record(actor=actor, method=full, target=target, outcome=outcome)
-
-    def _unary_behavior(
-        self, behavior: Behavior, full: str, rule: Rule, authorization: str, *, streaming_in: bool
-    ) -> Behavior:
-        def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-            principal: Principal | None = None
-            target = "" if streaming_in else _target(request)
-            outcome = "UNKNOWN"
-            try:
-                principal = self._authenticate(rule, full, authorization, context)
-                if streaming_in:
-                    request = self._checked_stream(request, principal)
-                else:
-                    self._authorize_request(request, principal)
-                with acting_as(_visible(principal)):
-                    response = behavior(request, context)
-                if principal.kind == "operator" and isinstance(response, Message):
-                    redact(response, principal)
-                if not target and isinstance(response, Message):
-                    case = getattr(response, "case", None) if _has_field(response, "case") else None
-                    target = (_target(case) if case is not None else "") or _target(response)
-                outcome = _outcome_of(context, None)
-                return response
-            except BaseException as exc:
-                outcome = _outcome_of(context, exc)
-                raise
-            finally:
-                self._audit(full, rule, principal, target, outcome)
-
-        return wrapper
-
-    def _stream_behavior(
-        self, behavior: Behavior, full: str, rule: Rule, authorization: str, *, streaming_in: bool
-    ) -> Behavior:
-        def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            principal: Principal | None = None
-            target = "" if streaming_in else _target(request)
-            outcome = "UNKNOWN"
-            try:
-                principal = self._authenticate(rule, full, authorization, context)
-                if streaming_in:
-                    request = self._checked_stream(request, principal)
-                else:
-                    self._authorize_request(request, principal)
-                token = _current.set(_visible(principal))
-                try:
-                    for item in behavior(request, context):
-                        if principal.kind == "operator" and isinstance(item, Message):
-                            redact(item, principal)
-                        yield item
-                finally:
-                    _current.reset(token)
-                outcome = _outcome_of(context, None)
-            except BaseException as exc:
-                outcome = _outcome_of(context, exc)
-                raise
-            finally:
-                self._audit(full, rule, principal, target, outcome)
-
-        return wrapper
-
-    def _checked_stream(self, requests: Iterator[Any], principal: Principal) -> Iterator[Any]:
-        for request in requests:
-            self._authorize_request(request, principal)
-            yield request
-
-
-def _visible(principal: Principal) -> Principal | None:
-    # With auth off servicers see no principal at all, as documented for current_principal().
-    return None if principal.kind == "dev" else principal
-
-
-def _has_field(message: Any, name: str) -> bool:
-    return isinstance(message, Message) and name in message.DESCRIPTOR.fields_by_name
-
-
-def _target(request: Any) -> str:
-    for name in ("case_id", "work_order_id", "visit_id", "tracking_code", "child_node"):
-        if _has_field(request, name) and getattr(request, name):
-            value = str(getattr(request, name))
-            return value if name != "tracking_code" else f"tracking:{value[:4]}***"
-    return ""
-
-
-def _outcome_of(context: grpc.ServicerContext, exc: BaseException | None) -> str:
-    if isinstance(exc, DomainError):
-        # Imported here, as before the move: interceptors loads the database drivers, which the
-        # processes importing security for tokens alone (the web gateway, the CLI) do not need.
-        from services.common.interceptors import status_for
-
-        return str(status_for(exc).name)
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return str(code.name)
-    return "OK" if exc is None else ("CANCELLED" if isinstance(exc, GeneratorExit) else "UNKNOWN")
-
-
 # --------------------------------------------------------------------------- wiring
 
 
@@ -559,7 +332,7 @@ def _outcome_of(context: grpc.ServicerContext, exc: BaseException | None) -> str
 class ServerSecurity:
     """What a host passes to ``GrpcServer``: interceptors, credentials, and a closer."""
 
-    interceptors: list[grpc.ServerInterceptor]
+    interceptors: list[MethodInterceptor]
     credentials: grpc.ServerCredentials | None
     audit: AuditLog | None
 
@@ -571,6 +344,7 @@ class ServerSecurity:
 def server_security(settings: Settings, regions: RegionTree, service_names: Iterable[str]) -> ServerSecurity:
     """Security for a server of ``settings.node`` hosting ``service_names`` (all off by default)."""
     from services.common.db import make_engine, service_database_url
+    from services.common.security_interceptor import SecurityInterceptor
     from services.common.tls import NodeTls
 
     credentials = None
