@@ -44,7 +44,7 @@ ACCEPTED, ASSIGNED = common_pb2.CASE_STATE_ACCEPTED, common_pb2.CASE_STATE_ASSIG
 SCHEMA = "bench_case_steps"
 
 
-class _Context:
+class SubmitContext:
     """The few ServicerContext calls SubmitCase makes when it succeeds."""
 
     def invocation_metadata(self) -> tuple[()]:
@@ -113,16 +113,17 @@ def intake_steps(count: int) -> None:
             assert factory is not None
             submissions = Submissions(COUNTY)
             for n in range(20):
-                servicer.SubmitCase(submissions.request(0, n), _Context())
+                servicer.SubmitCase(submissions.request(0, n), SubmitContext())
             start = time.thread_time()
             cases = [
-                servicer.SubmitCase(submissions.request(0, n), _Context()).case.case_id for n in range(20, 20 + count)
+                servicer.SubmitCase(submissions.request(0, n), SubmitContext()).case.case_id
+                for n in range(20, 20 + count)
             ]
             print(f"SubmitCase in the servicer (sqlite): {(time.thread_time() - start) / count * 1000:.3f} ms of CPU")
             follow = next(sub.handle for sub in parts.subscriptions if sub.event_type == "work_order_changed")
             start = time.thread_time()
             for case_id in cases:
-                for env in _placed(case_id):
+                for env in placement_events(case_id):
                     follow(to_bus_event(env))
             print(f"intake following a placement's event: {(time.thread_time() - start) / count / 3 * 1000:.3f} ms")
             sender.run()  # the 受理 notices the following queued: sent before the passes timed below
@@ -150,7 +151,7 @@ def intake_steps(count: int) -> None:
             node.stop(1.0)
 
 
-def _placed(case_id: str) -> list[events_pb2.EventEnvelope]:
+def placement_events(case_id: str) -> list[events_pb2.EventEnvelope]:
     """Routing's events of a case placed with a unit at the county: created, accepted, assigned."""
     at, work_order_id = datetime.now(UTC), f"{case_id}@{COUNTY}"
     payloads: list[tuple[str, Any]] = [
