@@ -12,6 +12,7 @@ claim, read the case, send, settle with its event, read again), and a pass with 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -26,7 +27,9 @@ from bench.catchup_profile import in_process_settings
 from bench.harness.workload import Submissions
 from services.common.db import make_engine, make_session_factory
 from services.common.events import envelope, to_bus_event
+from services.common.inbox import consume_batch
 from services.common.regions import RegionTree
+from services.common.service import BusEvent
 from services.common.timeutil import CHINA
 from services.intake.models import ProgressNoticeRow
 from services.node import Node
@@ -126,6 +129,21 @@ def intake_steps(count: int) -> None:
                 for env in placement_events(case_id):
                     follow(to_bus_event(env))
             print(f"intake following a placement's event: {(time.thread_time() - start) / count / 3 * 1000:.3f} ms")
+            # As an embedded node's relay hands them: a placement's three events in one consumer transaction.
+            batched = [
+                servicer.SubmitCase(submissions.request(0, n), SubmitContext()).case.case_id
+                for n in range(20 + count, 20 + 2 * count)
+            ]
+
+            def follow_all(placed: list[BusEvent]) -> None:
+                for event in placed:
+                    follow(event)
+
+            start = time.thread_time()
+            for case_id in batched:
+                consume_batch(functools.partial(follow_all, [to_bus_event(e) for e in placement_events(case_id)]))
+            each = (time.thread_time() - start) / count * 1000
+            print(f"intake following a placement's three events in one batch: {each:.3f} ms")
             sender.run()  # the 受理 notices the following queued: sent before the passes timed below
             cpu = 0.0
             for case_id in cases:
