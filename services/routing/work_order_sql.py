@@ -122,7 +122,7 @@ def _list_statements(shape: _ListShape) -> _ListStatements:
 
         return _ListStatements(count, one_range(WO), _with_snapshot(one_range(*_INBOX_COLUMNS)))
     # An inbox (a unit's, or the node's): one ordered range of ix_work_orders_unit_state or
-    # ix_work_orders_state_due per state, each at most a page, merged, and counted the same way.
+    # ix_work_orders_state_node_due per state, each at most a page, merged, and counted the same way.
     # In one ordered walk by due date the planner read past every closed work order whenever
     # fewer matched than a page (issue 20), and with the states in one IN PostgreSQL's generic
     # plan read the whole work order table (issue 17, the console's inbox).
