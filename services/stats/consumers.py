@@ -18,7 +18,7 @@ from services.stats import handlers
 from services.stats.domain import CachedCalendar, StatsConfig
 from services.stats.models import inbox
 from services.stats.store import PendingFacts, SqlWarehouse
-from services.stats.translate import case_text, to_case_event
+from services.stats.translate import case_event_of, case_text
 
 # Events the warehouse folds, by emitting service. "exchange" carries the subtree's replicas.
 SUBSCRIBED: tuple[tuple[str, str], ...] = (
@@ -66,10 +66,12 @@ def make_ingestor(
     calendar = CachedCalendar(calendar)
 
     def ingest_event(event: BusEvent) -> bool:
-        env = decode(event)
-        case_event = to_case_event(env)
+        # Translated through the cache ``events_of`` reads: the case's refold then finds this body
+        # already translated. Only a registration's text needs the envelope again.
+        case_event = case_event_of(event.body)
         if case_event is None:
             return False
+        text = case_text(decode(event)) if case_event.kind == "case_registered" else ""
 
         def apply(session: Session) -> None:
             handlers.ingest(
@@ -77,7 +79,7 @@ def make_ingestor(
                 case_event,
                 source=event.source,
                 body=event.body,
-                text=case_text(env),
+                text=text,
                 tree=regions,
                 config=config,
                 calendar=calendar,

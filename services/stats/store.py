@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from lianxin.events.v1 import events_pb2
 from sqlalchemy import (
     Date,
     bindparam,
@@ -87,7 +86,7 @@ from services.stats.store_sql import (
     sqlite_value,
     utc_day,
 )
-from services.stats.translate import to_case_event
+from services.stats.translate import case_event_of
 
 # Upsert SQL by (dialect, table, keys, columns, rows); see SqlWarehouse._upsert_sql.
 _UPSERT_SQL: dict[tuple[str, str, tuple[str, ...], tuple[str, ...], int], str] = {}
@@ -420,9 +419,7 @@ class SqlWarehouse(WarehouseQueries):
         cursor = self.cursor()
         cursor.execute(self._sql("events_of"), (case_id,))
         for (body,) in cursor.fetchall():
-            env = events_pb2.EventEnvelope()
-            env.ParseFromString(body)
-            event = to_case_event(env)
+            event = case_event_of(bytes(body))
             if event is not None:
                 out.append(event)
         if self.pending is not None:

@@ -245,5 +245,7 @@ def ingest_sql(name: str, *, postgres: bool) -> str:
 def sqlite_value(value: Any) -> Any:
     """A value as SQLAlchemy's SQLite types store it (UTC datetimes as text that sorts in time)."""
     if isinstance(value, datetime):
-        return to_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
+        # The same text as strftime("%Y-%m-%d %H:%M:%S.%f") for the years kept (1970-2199), at a
+        # third of its cost (it ran for some ten columns of every fact saved).
+        return to_utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
     return value

@@ -32,6 +32,12 @@ FOLDED = (
 NO_PROGRESS_NOTICES = "no_progress_notices"
 _TEXT_LIMIT = 400  # keywords need the gist, not the whole letter
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Kept bodies already translated, by their bytes. A case's transaction refolds all of its kept
+# events, and at a county or city each event is its own transaction, so without this a case's
+# k-th event parsed and translated its k bodies again (most of ``events_of``'s cost). A body's
+# bytes decide its ``CaseEvent`` entirely, so the cache can never answer differently from a parse.
+_TRANSLATED: dict[bytes, CaseEvent | None] = {}
+_TRANSLATED_MAX = 8192  # about a few MB of bodies; cleared when full (the next events refill it)
 
 
 def _name(enum: object, value: int, prefix: str) -> str:
@@ -113,6 +119,21 @@ def to_case_event(env: events_pb2.EventEnvelope) -> CaseEvent | None:
         # to, or transferred in from the national system) folds its fact from this.
         return CaseEvent(**base, **moved, **_case_fields(hand_off.case, env, occurred))  # type: ignore[arg-type]
     return CaseEvent(**base)  # type: ignore[arg-type]
+
+
+def case_event_of(body: bytes) -> CaseEvent | None:
+    """``to_case_event`` of a serialized envelope, each distinct body parsed once per process."""
+    try:
+        return _TRANSLATED[body]
+    except KeyError:
+        pass
+    env = events_pb2.EventEnvelope()
+    env.ParseFromString(body)
+    event = to_case_event(env)
+    if len(_TRANSLATED) >= _TRANSLATED_MAX:
+        _TRANSLATED.clear()
+    _TRANSLATED[body] = event
+    return event
 
 
 def _case_fields(case: common_pb2.Case, env: events_pb2.EventEnvelope, occurred: datetime) -> dict[str, object]:

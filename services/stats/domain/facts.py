@@ -8,8 +8,9 @@ duplicate or a late older version changes nothing.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from services.common.calendar import CalendarUnknown, WorkingCalendar, end_of_day
 from services.common.calendar import add_workdays as _add_workdays_by
@@ -222,19 +223,26 @@ def fold_case(
     """
     if base is None:
         return None
-    fact = base
+    # The fact's fields as a dict, changed in place and frozen once at the end: a new CaseFact
+    # per event (dataclasses.replace) was the fold's main cost. ``_apply`` computes an event's
+    # changes from the fields as they were before it, then writes them.
+    fact = dict(base.__dict__)
     for event in sorted(events, key=lambda e: (e.version, e.kind)):
-        fact = _apply(fact, event, config, calendar)
-    return fact
+        _apply(fact, event, config, calendar)
+    return CaseFact(**fact)
 
 
-def _apply(fact: CaseFact, event: CaseEvent, config: StatsConfig, calendar: WorkingCalendar) -> CaseFact:
+def _apply(fact: dict[str, Any], event: CaseEvent, config: StatsConfig, calendar: WorkingCalendar) -> None:
     at = to_utc(event.occurred_at)
-    changes: dict[str, object] = {"version": max(fact.version, event.version), "updated_at": max(fact.updated_at, at)}
+    changes: dict[str, object] = {
+        "version": max(fact["version"], event.version),
+        "updated_at": max(fact["updated_at"], at),
+    }
     kind = event.kind
     if kind == "work_order_changed" and event.action.startswith(FOLLOW_MAIN):
         # A merged case following its main case (并单): the main case's handling is counted there.
-        return replace(fact, **changes)  # type: ignore[arg-type]
+        fact.update(changes)
+        return
     if kind in ("work_order_created", "work_order_changed"):
         if event.unit_id:
             changes["unit_id"] = event.unit_id
@@ -252,26 +260,26 @@ def _apply(fact: CaseFact, event: CaseEvent, config: StatsConfig, calendar: Work
         elif event.unit_id:
             changes["state"] = "ASSIGNED"
             # Routing that assigns straight away accepts at the same moment (no separate notice due).
-            if fact.accepted_at is None and "accept_notice" not in event.deadlines:
+            if fact["accepted_at"] is None and "accept_notice" not in event.deadlines:
                 changes["accepted_at"] = at
         else:
             changes["state"] = "TRANSFERRED"
     elif kind == "work_order_changed":
         if event.to_state:
             changes["state"] = event.to_state
-        if event.action in ("accept", "refuse") and fact.accepted_at is None:
+        if event.action in ("accept", "refuse") and fact["accepted_at"] is None:
             changes["accepted_at"] = at
-        elif event.action == "reply" and fact.replied_at is None:
+        elif event.action == "reply" and fact["replied_at"] is None:
             # The first reply counts for reply time; a redo after reopening does not restart it.
             changes["replied_at"] = at
-            changes["reply_workdays"] = workdays_between(calendar, china_date(fact.submitted_at), china_date(at))
+            changes["reply_workdays"] = workdays_between(calendar, china_date(fact["submitted_at"]), china_date(at))
             window_end = add_workdays(calendar, china_date(at), config.satisfied_after_workdays)
             changes["rating_default_at"] = to_utc(end_of_day(window_end))
         elif event.action == "close":
             changes["closed_at"] = at
-        elif event.action == "instruct" and fact.instructed_at is None:
+        elif event.action == "instruct" and fact["instructed_at"] is None:
             changes["instructed_at"] = at
-        elif event.action == "consultation_held" and fact.consulted_at is None:
+        elif event.action == "consultation_held" and fact["consulted_at"] is None:
             changes["consulted_at"] = at
         elif event.action in ("reopen", "review"):
             changes["closed_at"] = None
@@ -281,7 +289,7 @@ def _apply(fact: CaseFact, event: CaseEvent, config: StatsConfig, calendar: Work
             changes["unit_id"] = event.unit_id
     elif kind == "supervision_issued":
         if event.level in SUPERVISION_LEVELS:
-            changes["supervision_count"] = fact.supervision_count + 1
+            changes["supervision_count"] = fact["supervision_count"] + 1
     elif kind == "case_withdrawn":
         changes["state"] = "WITHDRAWN"
     elif kind == "case_merged":
@@ -290,19 +298,19 @@ def _apply(fact: CaseFact, event: CaseEvent, config: StatsConfig, calendar: Work
         changes["tp_month"] = event.sample_month
     elif kind == "third_party_rated":
         changes["tp_rating"] = event.third_party_rating
-        changes["tp_month"] = fact.tp_month or event.sample_month
+        changes["tp_month"] = fact["tp_month"] or event.sample_month
     elif kind == "progress_notice_settled":
         # One event per notice (keyed by the handling step's version): refolding counts each once.
         if event.notice_outcome == "sent":
-            changes["notices_sent"] = fact.notices_sent + 1
+            changes["notices_sent"] = fact["notices_sent"] + 1
         elif event.notice_outcome == "given_up":
-            changes["notices_failed"] = fact.notices_failed + 1
+            changes["notices_failed"] = fact["notices_failed"] + 1
     elif kind == "progress_notices_set":
         changes["notices_off"] = event.notices_off
     if event.late_assisting_units:
-        late = {u for u in fact.assist_late_units.split(",") if u} | set(event.late_assisting_units)
+        late = {u for u in fact["assist_late_units"].split(",") if u} | set(event.late_assisting_units)
         changes["assist_late_units"] = f",{','.join(sorted(late))},"
-    return replace(fact, **changes)  # type: ignore[arg-type]
+    fact.update(changes)
 
 
 def region_columns(
