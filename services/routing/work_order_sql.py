@@ -137,12 +137,19 @@ def _list_statements(shape: _ListShape) -> _ListStatements:
     )
 
     def merged_ranges(*columns: Any) -> Any:
+        # The ranges merged by their keys alone (read from the state index), and only the page's
+        # rows then read from the table: not a page of table rows for every state.
         parts = [
-            select(select(*columns).where(*conditions, state, *after).order_by(*order).limit(limit).subquery())
+            select(select(*order).where(*conditions, state, *after).order_by(*order).limit(limit).subquery())
             for state in per_state
         ]
         merged = union_all(*parts).subquery()
-        return select(merged).order_by(merged.c.next_due, merged.c.work_order_id).limit(limit)
+        keys = select(merged).order_by(merged.c.next_due, merged.c.work_order_id).limit(limit).subquery("keys")
+        return (
+            select(*columns)
+            .select_from(keys.join(WO, WO.c.work_order_id == keys.c.work_order_id))
+            .order_by(keys.c.next_due, keys.c.work_order_id)
+        )
 
     return _ListStatements(counts, merged_ranges(WO), _with_snapshot(merged_ranges(*_INBOX_COLUMNS)))
 
