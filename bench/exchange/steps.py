@@ -94,6 +94,7 @@ class Steps:
         self._statements = statements
         self._profile = profile
         self._profiler = cProfile.Profile()
+        self._profiled = False
         self.cpu: dict[str, float] = {}
         self.ran: dict[str, int] = {}
         self.counted: dict[str, int] = {}
@@ -102,6 +103,7 @@ class Steps:
         profiled = bool(self._profile) and name.startswith(self._profile)
         before, start = self._statements.count, time.thread_time()
         if profiled:
+            self._profiled = True
             self._profiler.enable()
         try:
             return step()
@@ -116,8 +118,8 @@ class Steps:
         for name, cpu in self.cpu.items():
             runs = self.ran[name]
             print(f"{name:30s} {cpu * 1000 / runs:7.3f} ms  {self.counted[name] / runs:5.1f} statements  ({runs} runs)")
-        if self._profile:
-            pstats.Stats(self._profiler).sort_stats("cumulative").print_stats(45)
+        if self._profiled:
+            pstats.Stats(self._profiler).sort_stats("tottime").print_stats(45)
 
 
 def main() -> None:
