@@ -15,14 +15,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from lianxin.events.v1 import events_pb2
+from sqlalchemy.exc import DBAPIError
 
 from services.common.db import make_engine, make_session_factory
 from services.common.migrations import upgrade
 from services.common.regions import RegionTree
 from services.exchange.handlers import RECEIVE_CHUNK
 from services.exchange.ports import ENVELOPE, Item
-from services.exchange.store import ExchangeStore
+from services.exchange.store import ExchangeStore, SqlExchangeUnitOfWork
 
 CITY, COUNTY = "511100", "511102"
 START = datetime(2026, 12, 6, 18, 0, tzinfo=UTC)
@@ -148,3 +150,16 @@ def test_a_push_is_judged_against_what_the_node_holds_duplicates_and_gaps(databa
     acked, rejected = store.receive_push(COUNTY, [Item(3, ENVELOPE, third, 3)])  # sequence 2 never came
     assert acked == 3 and [r.position for r in rejected] == [3]
     assert [item.position for item in store.pending_up(0, 10)] == [1]
+
+
+def test_a_driver_error_of_a_raw_statement_is_raised_as_sqlalchemy_s_without_its_parameters(database_url: str) -> None:
+    # The push's statements go to the DB-API cursor; the servicer's error mapping (a locked or lost
+    # database answers UNAVAILABLE) and the logs must see what exec_driver_sql raised, no bodies in it.
+    engine = make_engine(database_url, service="exchange")
+    upgrade(engine, "exchange")
+    uow = SqlExchangeUnitOfWork(make_session_factory(engine), node=CITY, clock=Clock())
+    with uow, pytest.raises(DBAPIError) as raised:
+        uow.bulk().rows("SELECT event_id FROM replica WHERE no_such_column = ?", "secret-body")
+    assert "secret-body" not in str(raised.value)
+    assert raised.value.orig is not None
+    engine.dispose()
