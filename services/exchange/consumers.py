@@ -19,7 +19,7 @@ class ExchangeConsumers:
 
     def record_local(self, event: BusEvent) -> None:
         # Idempotent by event id (up_log.event_id is unique), so bus redelivery is harmless.
-        self._exchange.record_delivered(decode(event), event.body)
+        self._exchange.record_local(decode(event), event.body)
 
     def route_command(self, event: BusEvent) -> None:
         # A non-owner's request (a citizen's evaluation at the registering node, a supervisor's 督办):

@@ -25,7 +25,6 @@ from services.exchange.ports import (
     Cursor,
     DiscardOutcome,
     ExchangeDeps,
-    ExchangeUnitOfWork,
     Item,
     QuarantineRow,
     Rejected,
@@ -54,14 +53,8 @@ class Exchange:
         notify: Callable[[], None] = lambda: None,
         wake_link: Callable[[], None] = lambda: None,
         read_uow: UnitOfWorkFactory | None = None,
-        delivered_uow: UnitOfWorkFactory | None = None,
-        after_delivery: Callable[[Callable[[], None]], None] = lambda callback: callback(),
     ) -> None:
         self._uow = uow_factory
-        # For an event the bus delivers (``record_delivered``): the consumer's transaction, which a relay
-        # pass's events to exchange share, so the wake-up waits for its commit (``after_delivery``).
-        self._delivered = delivered_uow or uow_factory
-        self._after_delivery = after_delivery
         # For the use cases that only read (a link's pending batch and cursor, a child's PullDown, the
         # lag figures): on SQLite a transaction that does not take the write lock, so these neither
         # wait for the writers nor hold them up (under a backlog a city's pushes waited 30 s on it).
@@ -103,39 +96,19 @@ class Exchange:
     def record_local_batch(self, events: Sequence[tuple[events_pb2.EventEnvelope, bytes]]) -> int:
         """``record_local`` for many events in one transaction; returns how many were new."""
         with self._uow() as uow:
-            added = self._append_local(uow, events)
+            # Lock order everywhere: up-log case locks, then case epochs, then the outbox.
+            added = len(uow.append_up([mapping.up_row(env, body) for env, body in events]))
+            for env, body in events:
+                if env.WhichOneof("payload") != "case_handed_off":
+                    continue
+                hand_off = mapping.hand_off_of(env)
+                uow.note_epochs({hand_off.case_id: (hand_off.new_owner_epoch, hand_off.to_node)})
+                route = domain.route_down(hand_off.to_node, here=self.node, regions=self.regions)
+                if route is not None and not route.local:
+                    uow.enqueue_down(route.next_child, hand_off.event_id, ENVELOPE, body)
             uow.commit()
         if added:
             self.wake_link()
-        return added
-
-    def record_delivered(self, env: events_pb2.EventEnvelope, body: bytes) -> bool:
-        """``record_local`` for an event of the node's bus, in the consumer's transaction: the events a
-        relay pass hands exchange are appended in one transaction and one commit (at a county a case's
-        placement is three events of one pass), and the link is woken once, after that commit."""
-        with self._delivered() as uow:
-            added = self._append_local(uow, [(env, body)])
-            uow.commit()
-        if added:
-            self._after_delivery(self._wake_after_delivery)
-        return added == 1
-
-    def _wake_after_delivery(self) -> None:
-        # One callable for the whole batch (the hook runs each once), reading ``wake_link`` when it runs:
-        # the app sets it after building the store.
-        self.wake_link()
-
-    def _append_local(self, uow: ExchangeUnitOfWork, events: Sequence[tuple[events_pb2.EventEnvelope, bytes]]) -> int:
-        # Lock order everywhere: up-log case locks, then case epochs, then the outbox.
-        added = len(uow.append_up([mapping.up_row(env, body) for env, body in events]))
-        for env, body in events:
-            if env.WhichOneof("payload") != "case_handed_off":
-                continue
-            hand_off = mapping.hand_off_of(env)
-            uow.note_epochs({hand_off.case_id: (hand_off.new_owner_epoch, hand_off.to_node)})
-            route = domain.route_down(hand_off.to_node, here=self.node, regions=self.regions)
-            if route is not None and not route.local:
-                uow.enqueue_down(route.next_child, hand_off.event_id, ENVELOPE, body)
         return added
 
     def pending_up(

@@ -8,16 +8,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from datetime import datetime
-from functools import partial
 from types import TracebackType
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.db import reading
-from services.common.inbox import after_commit, consumer_transaction
 from services.common.outbox import append_event
 from services.common.regions import RegionTree
 from services.common.service import BusEvent
@@ -409,43 +406,6 @@ class SqlExchangeUnitOfWork(ExchangeReads):
         )
 
 
-class DeliveredExchangeUnitOfWork(SqlExchangeUnitOfWork):
-    """The unit of work of an event the node's bus delivers to exchange: the consumer's transaction
-    (``inbox.consumer_transaction``). Inside the relay's ``consume_batch`` it is the batch's, which
-    commits once for the pass's events; otherwise one of its own, committed when the block ends. So
-    ``commit`` only notes that the work is complete, and a block left without it rolls back (in a batch:
-    the whole batch, whose events are then delivered one by one). Children something was queued down
-    for are told after the commit (``inbox.after_commit``)."""
-
-    _joined: AbstractContextManager[Session] | None = None
-    _complete = False
-
-    @property
-    def session(self) -> Session:
-        if self._session is None:
-            self._joined = consumer_transaction(self._sf)
-            self._session = self._joined.__enter__()
-        return self._session
-
-    def commit(self) -> None:
-        self._complete = True
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        joined, self._joined = self._joined, None
-        children, self._children = self._children, set()
-        self._session, self._bulk = None, None
-        if joined is None:
-            return
-        if exc is None and not self._complete:
-            exc = RuntimeError("exchange: a delivered event's unit of work ended without a commit")
-            exc_type = type(exc)
-        joined.__exit__(exc_type, exc, tb)  # commits (or leaves it to the batch), else rolls back
-        if exc is None and children:
-            after_commit(partial(self._queued_down, *sorted(children)))
-
-
 class ExchangeStore(Exchange):
     """The exchange of one node over SQL: ``handlers.Exchange`` with ``SqlExchangeUnitOfWork``.
 
@@ -468,19 +428,12 @@ class ExchangeStore(Exchange):
         def read_only() -> SqlExchangeUnitOfWork:
             return SqlExchangeUnitOfWork(session_factory, node=node, clock=clock, reads=True)
 
-        def delivered() -> SqlExchangeUnitOfWork:
-            return DeliveredExchangeUnitOfWork(
-                session_factory, node=node, clock=clock, queued_down=self.down_changes.bump
-            )
-
         super().__init__(
             unit_of_work,
             ExchangeDeps(node=node, regions=regions, clock=clock),
             notify=notify,
             wake_link=wake_link,
             read_uow=read_only,
-            delivered_uow=delivered,
-            after_delivery=after_commit,
         )
 
 
