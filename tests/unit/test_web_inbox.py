@@ -40,9 +40,10 @@ def _item(case_id: str, title: str) -> routing_pb2.InboxItem:
 def test_rows_with_routing_s_title_ask_intake_nothing_and_the_others_are_asked_in_one_call() -> None:
     intake = _Intake()
     rows = titled_rows(_page(intake), [_item("c1", "噪音扰民"), _item("c2", ""), _item("c3", "")])
-    assert [r["title"] for r in rows] == ["噪音扰民", "intake's c2", "intake's c3"]
+    assert [r.title for r in rows] == ["噪音扰民", "intake's c2", "intake's c3"]
     assert intake.asked == [["c2", "c3"]]
-    assert rows[0]["deadline"]["workdays"] == 3 and rows[0]["deadline"]["kind"] == "办理时限"
+    deadline = rows[0].deadline
+    assert deadline is not None and deadline.workdays == 3 and deadline.kind == "办理时限" and deadline.day == "12-20"
 
     intake.asked.clear()
     titled_rows(_page(intake), [_item("c1", "噪音扰民")])
@@ -52,5 +53,5 @@ def test_rows_with_routing_s_title_ask_intake_nothing_and_the_others_are_asked_i
 def test_a_queue_s_work_orders_are_titled_by_intake() -> None:
     intake = _Intake()
     orders = [routing_pb2.WorkOrder(work_order_id="WO-c9", case_id="c9")]
-    assert [r["title"] for r in titled_rows(_page(intake), orders)] == ["intake's c9"]
+    assert [r.title for r in titled_rows(_page(intake), orders)] == ["intake's c9"]
     assert intake.asked == [["c9"]]

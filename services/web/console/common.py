@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from lianxin.common.v1 import common_pb2
+from markupsafe import escape
 from starlette.responses import Response
 
 from services.web import labels
-from services.web.app import Page, workdays_left
+from services.web.app import CHINA, Page
 from services.web.client import CallFailed
 
 PAGE_SIZE = 20
@@ -53,11 +56,43 @@ def starts_at(page: Page) -> Timestamp:
     return starts
 
 
-def deadline_view(page: Page, deadline: common_pb2.Deadline) -> dict[str, Any]:
-    """A work order's deadline as the pages show it: its kind in Chinese and the working days left."""
-    return {
-        "kind": labels.DEADLINE_LABELS.get(deadline.kind, deadline.kind),
-        "due": deadline.due_at,
-        "overdue": deadline.overdue,
-        "workdays": workdays_left(page.gateway, deadline.due_at),
-    }
+@dataclass(frozen=True, slots=True)
+class DeadlineView:
+    """A work order's deadline as the pages show it: its kind in Chinese, the due day and the working
+    days left. Attributes, not a dict: Jinja reads ``d.kind`` by ``getattr`` first, and a dict's
+    missing attribute costs an AttributeError on every read (issue 17)."""
+
+    kind: str
+    due: Timestamp
+    day: str  # the due day in China, "%m-%d" ("" for an unset time, as the local_time filter)
+    overdue: bool
+    workdays: int | None
+
+    def __html__(self) -> str:
+        """The deadline in a list's row or on the case page (``{{ d }}``): a span, red when overdue.
+
+        Written here rather than as a template macro: a list calls it once a row, and a Jinja macro
+        call (its arguments, a new context, a generator) cost more than the row's other cells together.
+        """
+        if self.overdue:
+            note = "（已超期）" if self.workdays is None else f"（已超期 {-self.workdays} 个工作日）"
+        else:
+            note = "" if self.workdays is None else f"（剩 {self.workdays} 个工作日）"
+        late = " overdue" if self.overdue else ""
+        return f'<span class="deadline{late}">{escape(self.kind)} {escape(self.day)}{note}</span>'
+
+
+def deadline_view(page: Page, deadline: common_pb2.Deadline) -> DeadlineView:
+    """The deadline's due time read once for both its day and its working days left (调休-aware;
+    None when the calendar lacks the year)."""
+    due_at = deadline.due_at
+    # The day is the whole seconds' (nanos are never negative), so no Timestamp.ToDatetime in Python.
+    due = datetime.fromtimestamp(due_at.seconds, CHINA)
+    unset = due_at.seconds == 0 and due_at.nanos == 0
+    return DeadlineView(
+        kind=labels.DEADLINE_LABELS.get(deadline.kind, deadline.kind),
+        due=due_at,
+        day="" if unset else due.strftime("%m-%d"),
+        overdue=deadline.overdue,
+        workdays=page.gateway.workdays_until(datetime.now(CHINA).date(), due.date()),
+    )

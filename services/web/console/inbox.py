@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lianxin.common.v1 import common_pb2
@@ -13,7 +14,7 @@ from starlette.responses import Response
 
 from services.web.app import Page
 from services.web.client import CallFailed
-from services.web.console.common import INTAKE, PAGE_SIZE, ROUTING, deadline_view, require
+from services.web.console.common import INTAKE, PAGE_SIZE, ROUTING, DeadlineView, deadline_view, require
 
 INBOX_STATES = ("REGISTERED", "ASSIGNED", "IN_PROGRESS", "OBJECTED", "EXTENDED", "REPLIED", "REOPENED", "CLOSED")
 # 待办: what still needs someone, the inbox's default; "all" adds what is done with.
@@ -22,7 +23,18 @@ OPEN_STATES = INBOX_STATES[:-1]
 WorkOrderLike = routing_pb2.InboxItem | routing_pb2.WorkOrder
 
 
-def next_deadline(page: Page, order: WorkOrderLike, *, kind: str = "") -> dict[str, Any] | None:
+@dataclass(slots=True)
+class Row:
+    """A list's row as its template reads it (``r.wo``, ``r.title``): attributes, not dict keys, since
+    Jinja tries ``getattr`` first and a dict's missing attribute costs an exception per read (issue 17)."""
+
+    wo: WorkOrderLike
+    title: str
+    deadline: DeadlineView | None
+    item: Any = None  # the leader queue's entry
+
+
+def next_deadline(page: Page, order: WorkOrderLike, *, kind: str = "") -> DeadlineView | None:
     chosen = [d for d in order.deadlines if not kind or d.kind == kind]
     pending = sorted(chosen, key=lambda d: (not d.overdue, d.due_at.seconds))
     if not pending:
@@ -73,7 +85,7 @@ async def inbox(page: Page) -> Response:
     )
 
 
-def titled_rows(page: Page, orders: Sequence[WorkOrderLike]) -> list[dict[str, Any]]:
+def titled_rows(page: Page, orders: Sequence[WorkOrderLike]) -> list[Row]:
     """Rows with their cases' titles and next deadline: an inbox row's own title (routing's copy of
     the case); the others' from intake, a page's in one call."""
     titles, missing = known_titles(orders)
@@ -97,8 +109,8 @@ def case_titles(reply: intake_pb2.ListCasesResponse) -> dict[str, str]:
     return {case.case_id: case.title for case in reply.cases}
 
 
-def rows_of(page: Page, orders: Sequence[WorkOrderLike], titles: dict[str, str]) -> list[dict[str, Any]]:
-    return [{"wo": wo, "title": titles.get(wo.case_id, ""), "deadline": next_deadline(page, wo)} for wo in orders]
+def rows_of(page: Page, orders: Sequence[WorkOrderLike], titles: dict[str, str]) -> list[Row]:
+    return [Row(wo, titles.get(wo.case_id, ""), next_deadline(page, wo)) for wo in orders]
 
 
 def leader_queue(page: Page) -> Response:
@@ -114,9 +126,9 @@ def leader_queue(page: Page) -> Response:
     items = list(reply.items)
     rows = titled_rows(page, [item.work_order for item in items])
     for row, item in zip(rows, items, strict=True):
-        row["item"] = item
+        row.item = item
         # The queue's time limit is the "instruct" deadline; other duties wait behind it.
-        row["deadline"] = next_deadline(page, item.work_order, kind="instruct") or row["deadline"]
+        row.deadline = next_deadline(page, item.work_order, kind="instruct") or row.deadline
     return page.render(
         "console/leader.html",
         rows=rows,
