@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from services.web import labels
 from services.web.accounts import AccountStore
 from services.web.client import CallFailed, NodeClient
 from services.web.config import WebSettings, load_key
+from services.web.dispatch import PageTable
 from services.web.forwarding import Network, citizen_address, parse_proxies
 from services.web.session import Sessions, Signer, new_nonce
 from services.web.timing import received_at
@@ -64,6 +65,12 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
+# Every answer's headers unless its view set its own, encoded once as uvicorn sends them (lower-case
+# names, in this order): not set one by one through Starlette's MutableHeaders on every page.
+DEFAULT_HEADERS = tuple(
+    (name.lower().encode("latin-1"), value.encode("latin-1"))
+    for name, value in {**SECURITY_HEADERS, "Cache-Control": "no-store"}.items()
+)
 
 
 @dataclass
@@ -84,6 +91,9 @@ class Gateway:
     _portal_token: tuple[str, float] | None = field(default=None, init=False, repr=False)
     _units: tuple[float, list[Any]] | None = field(default=None, init=False, repr=False)
     _workdays: dict[tuple[date, date], int | None] = field(default_factory=dict, init=False, repr=False)
+    # (route, method, status) -> its counter and histogram children; routes and methods are the
+    # table's, statuses the few a page answers with.
+    _series: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.sessions = Sessions(self.signer)
@@ -100,6 +110,16 @@ class Gateway:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
+
+    def count(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered request in the metrics. The series' children are kept by their labels:
+        prometheus_client's ``labels()`` checks and joins its labels under a lock on every call."""
+        key = (route, method, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (self.requests.labels(route, method, str(status)), self.seconds.labels(route))
+        series[0].inc()
+        series[1].observe(seconds)
 
     @property
     def node(self) -> str:
@@ -263,9 +283,9 @@ View = Callable[[Page], Response] | Callable[[Page], Awaitable[Response]]
 
 
 def _apply(response: Response, gateway: Gateway, page: Page | None, nonce: str, fresh_nonce: bool) -> None:
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    response.headers.setdefault("Cache-Control", "no-store")
+    # raw_headers is the list response.headers edits too: extended in place, both stay one.
+    given = {name for name, _ in response.raw_headers}
+    response.raw_headers.extend(header for header in DEFAULT_HEADERS if header[0] not in given)
     secure = gateway.settings.secure_cookies
     if fresh_nonce:
         response.set_cookie(
@@ -322,10 +342,9 @@ def page(gateway: Gateway, route: str, view: View) -> Callable[[Request], Awaita
         _apply(response, gateway, current, nonce, fresh)
         elapsed = time.perf_counter() - started
         # Server time in the answer itself, from the request's arrival to its answer handed to uvicorn
-        # (bench/web reads it; browsers show it in their dev tools).
-        response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.2f}"
-        gateway.requests.labels(route, request.method, str(response.status_code)).inc()
-        gateway.seconds.labels(route).observe(elapsed)
+        # (bench/web reads it; browsers show it in their dev tools). No view sets it: appended.
+        response.raw_headers.append((b"server-timing", f"app;dur={elapsed * 1000:.2f}".encode("latin-1")))
+        gateway.count(route, request.method, response.status_code, elapsed)
         return response
 
     return endpoint
@@ -356,12 +375,6 @@ def local_time(ts: Timestamp | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
     if ts is None or (ts.seconds == 0 and ts.nanos == 0):
         return ""
     return ts.ToDatetime(tzinfo=UTC).astimezone(CHINA).strftime(fmt)
-
-
-def workdays_left(gateway: Gateway, ts: Timestamp) -> int | None:
-    """Working days from today to the due day (调休-aware); None when the calendar lacks the year."""
-    due = ts.ToDatetime(tzinfo=UTC).astimezone(CHINA).date()
-    return gateway.workdays_until(datetime.now(CHINA).date(), due)
 
 
 def make_templates(regions: RegionTree) -> Environment:
@@ -415,12 +428,17 @@ def build_gateway(node_settings: Settings, settings: WebSettings, *, regions: Re
     )
 
 
-def build_app(gateway: Gateway) -> Starlette:
+def build_app(gateway: Gateway) -> PageTable:
+    """The gateway's ASGI app: its pages from its own table (services/web/dispatch.py), the rest
+    (static files, health, metrics, redirects, 404 and 405) from Starlette's router."""
     from services.web import console, portal
 
     routes: list[BaseRoute] = []
+    pages: list[tuple[str, list[str], Callable[[Request], Awaitable[Response]]]] = []
     for path, name, view, methods in (*portal.ROUTES, *console.ROUTES):
-        routes.append(Route(path, page(gateway, name, view), methods=methods, name=name))
+        endpoint = page(gateway, name, view)
+        routes.append(Route(path, endpoint, methods=methods, name=name))
+        pages.append((path, methods, endpoint))
         # Every route's answered and failed series exist from the start (at 0), so the 5xx alert's
         # rate() sees the first failure.
         for method in methods:
@@ -434,12 +452,14 @@ def build_app(gateway: Gateway) -> Starlette:
     async def metrics(_request: Request) -> Response:
         return Response(generate_latest(gateway.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # The bench's same-server baseline: the same wrapper (cookies, CSRF, headers, metrics, thread
+    # hop) and the same way in as the pages, around a fixed page, with no gRPC call and no template.
+    probe = page(gateway, "static_probe", lambda _page: HTMLResponse(STATIC_PROBE))
+    pages.append(("/bench/static", ["GET"], probe))
     routes += [
         Route("/healthz", health),
         Route("/metrics", metrics),
-        # The bench's same-server baseline: the same wrapper (cookies, CSRF, headers, metrics, thread
-        # hop) around a fixed page, with no gRPC call and no template.
-        Route("/bench/static", page(gateway, "static_probe", lambda _page: HTMLResponse(STATIC_PROBE))),
+        Route("/bench/static", probe),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 
@@ -451,7 +471,10 @@ def build_app(gateway: Gateway) -> Starlette:
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gateway
-    return app
+    table = PageTable(app)
+    for path, methods, endpoint in pages:
+        table.add(path, methods, endpoint)
+    return table
 
 
 def today_month() -> str:
