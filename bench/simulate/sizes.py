@@ -15,7 +15,7 @@ from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 
 from services.common.timeutil import to_timestamp
-from services.exchange.national import national_report
+from services.exchange.national import national_reports
 
 TITLE = "小区门口夜间施工噪音扰民" + "请尽快处理"  # 17 characters
 BODY_CHARS = 347
@@ -165,6 +165,6 @@ def report_bytes() -> dict[str, int]:
     out = {}
     for c in SIZE_CLASSES:
         body = envelope(c, case_id="511102-20261206-000123", node="511102", to_node="511100").SerializeToString()
-        report = national_report(body)
-        out[c] = len(report.SerializeToString()) if report is not None else len(body)
+        reports = national_reports(body)
+        out[c] = sum(len(r.SerializeToString()) for r in reports) if reports else len(body)
     return out

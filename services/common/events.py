@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from google.protobuf.message import DecodeError, Message
@@ -64,6 +66,58 @@ def write_event(session: Session, outbox: Table, env: events_pb2.EventEnvelope) 
 # Routing's work order events that the registering node's intake follows for the citizen's timeline:
 # as replicas from its own subtree, or as ``Command.handling`` updates from an owner elsewhere.
 WORK_ORDER_EVENTS = ("work_order_created", "work_order_changed")
+
+
+def unfolded(env: events_pb2.EventEnvelope) -> list[events_pb2.EventEnvelope]:
+    """``env`` as the events it stands for: a ``work_order_created`` carrying its placement (受理 and
+    交办 folded in, issue 21) as the creation and one ``work_order_changed`` per step, exactly as they
+    were published one by one before; any other envelope as itself.
+
+    Versions: the folded envelope has the last step's; the creation takes ``version - len(steps)``
+    and step i (from 1) the creation's plus i. The creation keeps the event id; a step's id derives
+    from it, so every reader (and a redelivery) names the same step the same way. Readers expand at
+    their adapter, so the domain rules see the three events they always saw.
+    """
+    if env.WhichOneof("payload") != "work_order_created" or not env.work_order_created.placement:
+        return [env]
+    steps = list(env.work_order_created.placement)
+    created = events_pb2.EventEnvelope()
+    created.CopyFrom(env)
+    created.work_order_created.ClearField("placement")
+    created.version = env.version - len(steps)
+    out = [created]
+    for number, step in enumerate(steps, start=1):
+        changed = events_pb2.EventEnvelope(
+            event_id=placement_step_id(env.event_id, number),
+            case_id=env.case_id,
+            version=created.version + number,
+            owner_epoch=env.owner_epoch,
+            owner_node=env.owner_node,
+            origin_node=env.origin_node,
+            origin_service=env.origin_service,
+            occurred_at=env.occurred_at,
+            work_order_changed=step,
+        )
+        changed.trace_context.update(env.trace_context)
+        out.append(changed)
+    return out
+
+
+def folded(events: Sequence[events_pb2.EventEnvelope]) -> events_pb2.EventEnvelope:
+    """A creation and the placement steps that follow it (``events``, as published one by one) as the
+    one envelope routing publishes for them now; ``unfolded`` of it gives them back (but the steps'
+    event ids). For tests and benches that hold the three: routing folds its own domain events."""
+    created, *steps = events
+    out = events_pb2.EventEnvelope()
+    out.CopyFrom(created)
+    out.version = created.version + len(steps)
+    out.work_order_created.placement.extend(step.work_order_changed for step in steps)
+    return out
+
+
+def placement_step_id(event_id: str, number: int) -> str:
+    """The event id of step ``number`` (from 1) folded into the creation ``event_id``."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"lianxin:placement:{event_id}:{number}"))
 
 
 def decode(event: BusEvent) -> events_pb2.EventEnvelope:

@@ -11,7 +11,7 @@ from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 
-from services.common.events import parse_command, parse_envelope
+from services.common.events import parse_command, parse_envelope, unfolded
 from services.exchange import domain
 from services.exchange.digests import HeldEvent
 from services.exchange.ports import COMMAND, ENVELOPE, CommandHead, HandOff, Item, Replica, UpRow
@@ -92,9 +92,11 @@ def summary(item: Item) -> str:
 
 
 def held_event(body: bytes) -> HeldEvent | None:
-    env = parse_envelope(body)
-    if env is None:
+    envelope = parse_envelope(body)
+    if envelope is None:
         return None
+    # A placement folded into its creation (issue 21) sets the state its last step set, at its version.
+    env = unfolded(envelope)[-1]
     kind = env.WhichOneof("payload") or ""
     state, work_order_id, to_node, epoch = "", "", "", 0
     if kind == "work_order_changed" and env.work_order_changed.to_state:
@@ -109,9 +111,9 @@ def held_event(body: bytes) -> HeldEvent | None:
     else:
         state = _STATE_BY_PAYLOAD.get(kind, "")
     return HeldEvent(
-        event_id=env.event_id,
-        version=env.version,
-        event_type=kind,
+        event_id=envelope.event_id,
+        version=envelope.version,
+        event_type=envelope.WhichOneof("payload") or "",
         owner_node=env.owner_node,
         owner_epoch=env.owner_epoch,
         state=state,

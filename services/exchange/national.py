@@ -20,12 +20,13 @@ from lianxin.events.v1 import events_pb2
 from lianxin.national.v1 import national_service_pb2 as national_pb2
 from lianxin.national.v1 import national_service_pb2_grpc as national_grpc
 
-from services.common.events import parse_envelope
+from services.common.events import parse_envelope, unfolded
 from services.common.grpcclient import instrumented_channel
 from services.common.timeutil import to_timestamp
 from services.exchange import domain
 from services.exchange.handlers import Exchange
 from services.exchange.link import Backoff
+from services.exchange.ports import Item
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,20 @@ _STATE_BY_EVENT: dict[str, int] = {
 }
 
 
-def national_report(body: bytes) -> national_pb2.NationalCaseReport | None:
+def national_reports(body: bytes) -> list[national_pb2.NationalCaseReport]:
+    """The reports of one up-log envelope: one, or for a placement folded into its creation (issue 21)
+    one per event it stands for, each with that event's id, version, state and body, as the national
+    system received them when they were three envelopes. None for a body that is no envelope."""
     env = parse_envelope(body)
     if env is None:
-        return None
+        return []
+    events = unfolded(env)
+    if len(events) == 1:
+        return [_report(env, body)]
+    return [_report(one, one.SerializeToString()) for one in events]
+
+
+def _report(env: events_pb2.EventEnvelope, body: bytes) -> national_pb2.NationalCaseReport:
     kind = env.WhichOneof("payload") or ""
     state = _STATE_BY_EVENT.get(kind, common_pb2.CASE_STATE_UNSPECIFIED)
     if kind == "work_order_changed":
@@ -187,7 +198,7 @@ class NationalLink:
             rows = self._store.pending_up(acked, self._batch, envelopes_only=True)
             if not rows:
                 break
-            reports = [(item.position, national_report(item.body)) for item in rows]
+            reports = _positioned_reports(rows, acked)
             acked_ids = self._adapter.report(province, [r for _, r in reports if r is not None])
             # The cursor moves over the acknowledged prefix only, so nothing is skipped after a partial ack.
             position = domain.acked_prefix(
@@ -227,3 +238,19 @@ class NationalLink:
             self._store.save_cursor(NATIONAL, "national_down", token=batch.next_cursor)
             got += len(batch.transfers)
         return got
+
+
+def _positioned_reports(rows: Sequence[Item], before: int) -> list[tuple[int, national_pb2.NationalCaseReport | None]]:
+    """Each row's reports with the up-log position the cursor may move to once it is acknowledged:
+    the row's own for its last report, the row before's for the others (a folded placement's
+    reports), so a partial acknowledgement never moves the cursor past a report not acknowledged."""
+    out: list[tuple[int, national_pb2.NationalCaseReport | None]] = []
+    for item in rows:
+        found = national_reports(item.body)
+        if not found:
+            out.append((item.position, None))
+        out += [(before, report) for report in found[:-1]]
+        if found:
+            out.append((item.position, found[-1]))
+        before = item.position
+    return out

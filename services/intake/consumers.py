@@ -13,7 +13,7 @@ from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.events import WORK_ORDER_EVENTS, decode, parse_command, parse_envelope
+from services.common.events import WORK_ORDER_EVENTS, decode, parse_command, parse_envelope, unfolded
 from services.common.inbox import after_commit, consume_once
 from services.common.service import BusEvent, Subscription
 from services.common.timeutil import from_timestamp
@@ -86,6 +86,13 @@ def handling_change(env: events_pb2.EventEnvelope) -> HandlingChange | None:
     )
 
 
+def handling_changes(env: events_pb2.EventEnvelope) -> list[HandlingChange]:
+    """Routing's event as the changes intake follows: a placement folded into its creation (受理 and
+    交办, issue 21) is the three changes its three events were, so 已受理, 已交办 and the 受理 notice
+    come out as before."""
+    return [change for one in unfolded(env) if (change := handling_change(one)) is not None]
+
+
 def _handling_due(deadlines: Sequence[common_pb2.Deadline]) -> datetime | None:
     due = {d.kind: d.due_at for d in deadlines if d.HasField("due_at")}
     for kind in HANDLING_DEADLINE_KINDS:
@@ -116,7 +123,7 @@ class IntakeConsumers:
         if event.source != "routing" and not registered_here(env.case_id, self.node):
             # A replica of the subtree's handling of a case registered elsewhere: nothing to follow here.
             return
-        self._follow(event, handling_change(env))
+        self._follow(event, handling_changes(env))
 
     def on_command(self, event: BusEvent) -> None:
         # A handling update exchange delivered here, the registering node: the owner's routing sends
@@ -137,7 +144,7 @@ class IntakeConsumers:
         if env.case_id != command.case_id:
             log.warning("handling update about another case ignored", extra={"node": node, "event_id": event.event_id})
             return
-        self._follow(event, handling_change(env))
+        self._follow(event, handling_changes(env))
 
     def on_hand_off(self, event: BusEvent) -> None:
         env = decode(event)
@@ -150,12 +157,14 @@ class IntakeConsumers:
 
         consume_once(self.session_factory, inbox, "intake", event, apply)
 
-    def _follow(self, event: BusEvent, change: HandlingChange | None) -> None:
-        if change is None:
+    def _follow(self, event: BusEvent, changes: Sequence[HandlingChange]) -> None:
+        if not changes:
             return
 
         def apply(session: Session) -> None:
-            handlers.apply_handling_change(change, self.unit_of_work(session))
+            uow = self.unit_of_work(session)
+            for change in changes:  # one inbox row and one transaction for a folded placement
+                handlers.apply_handling_change(change, uow)
 
         if consume_once(self.session_factory, inbox, "intake", event, apply):
             after_commit(self.followed)

@@ -105,12 +105,15 @@ class RoutingOutbox(SessionBound):
         in ``counter`` ([version, owner epoch]; a hand-off moves the epoch on after its event)."""
         tell = self._registering_node_to_tell(case_id)
         out: list[tuple[BusEvent, str | None]] = []
-        for event in events:
+        for event, steps in _folded(events) if FOLD_PLACEMENT else ((e, ()) for e in events):
             translated = _payload(event)
             if translated is None:
                 continue
             field, payload, at = translated
-            counter[0] += 1
+            if steps:
+                payload.placement.extend(_changed_message(step) for step in steps)
+            # A folded placement takes the versions its events took one by one, and names the last.
+            counter[0] += 1 + len(steps)
             env = envelope(
                 payload_field=field,
                 payload=payload,
@@ -177,6 +180,36 @@ class RoutingOutbox(SessionBound):
         )
 
 
+# One work_order_created for a placement that accepts and assigns as it creates (issue 21): the
+# steps travel inside it (``placement``) and every reader expands them (``events.unfolded``).
+# False publishes the three events, as every node did before (tests compare the two).
+FOLD_PLACEMENT = False
+# The steps placement takes at the instant of the creation (受理, then 交办 to the unit).
+_PLACEMENT_STEPS = ("accept", "assign")
+
+
+def _folded(events: Sequence[RoutingEvent]) -> list[tuple[RoutingEvent, tuple[WorkOrderChanged, ...]]]:
+    """``events`` with each creation paired with the placement steps that follow it at the same
+    instant on the same work order (folded into it), every other event with none."""
+    out: list[tuple[RoutingEvent, tuple[WorkOrderChanged, ...]]] = []
+    index = 0
+    while index < len(events):
+        event = events[index]
+        index += 1
+        following = events[index : index + len(_PLACEMENT_STEPS)]
+        steps = tuple(step for step in following if isinstance(step, WorkOrderChanged))
+        if (
+            isinstance(event, WorkOrderCreated)
+            and tuple(str(step.action) for step in steps) == _PLACEMENT_STEPS
+            and all(step.work_order_id == event.work_order_id and step.at == event.at for step in steps)
+        ):
+            out.append((event, steps))
+            index += len(steps)
+        else:
+            out.append((event, ()))
+    return out
+
+
 def _outgoing(env: events_pb2.EventEnvelope, field: str, tell: str | None) -> list[BusEvent]:
     """The event for ``env``, and after it, when the registering node ``tell`` follows this kind of
     event, the same event as a command for that node."""
@@ -237,24 +270,7 @@ def _work_order_payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None
             event.at,
         )
     if isinstance(event, WorkOrderChanged):
-        return (
-            "work_order_changed",
-            events_pb2.WorkOrderChanged(
-                work_order_id=event.work_order_id,
-                unit_id=event.unit_id or "",
-                from_state=_state_enum(event.from_state),
-                to_state=_state_enum(event.to_state),
-                action=str(event.action),
-                actor=event.actor,
-                reason=event.reason,
-                deadlines=_deadlines(event.deadlines),
-                reply_text=event.reply_text,
-                main_case_id=event.main_case_id,
-                assisting_unit_id=event.assisting_unit_id,
-                leader_name=event.leader_name,
-            ),
-            event.at,
-        )
+        return "work_order_changed", _changed_message(event), event.at
     if isinstance(event, DeadlineStageReached):
         return (
             "deadline_warning",
@@ -268,6 +284,23 @@ def _work_order_payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None
             event.at,
         )
     return None
+
+
+def _changed_message(event: WorkOrderChanged) -> events_pb2.WorkOrderChanged:
+    return events_pb2.WorkOrderChanged(
+        work_order_id=event.work_order_id,
+        unit_id=event.unit_id or "",
+        from_state=_state_enum(event.from_state),
+        to_state=_state_enum(event.to_state),
+        action=str(event.action),
+        actor=event.actor,
+        reason=event.reason,
+        deadlines=_deadlines(event.deadlines),
+        reply_text=event.reply_text,
+        main_case_id=event.main_case_id,
+        assisting_unit_id=event.assisting_unit_id,
+        leader_name=event.leader_name,
+    )
 
 
 def _case_payload(event: RoutingEvent) -> tuple[str, Any, datetime] | None:

@@ -18,7 +18,7 @@ from services.stats import handlers
 from services.stats.domain import CachedCalendar, StatsConfig
 from services.stats.models import inbox
 from services.stats.store import PendingFacts, SqlWarehouse
-from services.stats.translate import case_event_of, case_text
+from services.stats.translate import case_events_of, case_text
 
 # Events the warehouse folds, by emitting service. "exchange" carries the subtree's replicas.
 SUBSCRIBED: tuple[tuple[str, str], ...] = (
@@ -68,15 +68,15 @@ def make_ingestor(
     def ingest_event(event: BusEvent) -> bool:
         # Translated through the cache ``events_of`` reads: the case's refold then finds this body
         # already translated. Only a registration's text needs the envelope again.
-        case_event = case_event_of(event.body)
-        if case_event is None:
+        case_events = case_events_of(event.body)
+        if not case_events:
             return False
-        text = case_text(decode(event)) if case_event.kind == "case_registered" else ""
+        text = case_text(decode(event)) if case_events[0].kind == "case_registered" else ""
 
         def apply(session: Session) -> None:
             handlers.ingest(
                 SqlWarehouse(session, clock=clock, pending=_pending(session)),
-                case_event,
+                case_events,
                 source=event.source,
                 body=event.body,
                 text=text,

@@ -50,7 +50,7 @@ __all__ = [
 
 def ingest(
     uow: StatsUnitOfWork,
-    event: CaseEvent,
+    body_events: Sequence[CaseEvent],
     *,
     source: str,
     body: bytes,
@@ -59,9 +59,13 @@ def ingest(
     config: StatsConfig,
     calendar: WorkingCalendar,
 ) -> bool:
-    """Fold one event into the warehouse; False for a duplicate (nothing changes)."""
-    if not uow.record_event(event, source=source, body=body):
+    """Fold one event's body into the warehouse; False for a duplicate (nothing changes).
+
+    ``body_events`` are what the body says (``translate.case_events_of``): one event, or a placement
+    folded into its creation as the creation and its steps, kept as one body."""
+    if not uow.record_event(body_events, source=source, body=body):
         return False
+    event = body_events[0]
     if event.kind == "case_registered" and text:
         uow.save_text(event.case_id, text)
     events = uow.events_of(event.case_id)

@@ -31,8 +31,10 @@ class StatsUnitOfWork(Protocol):
     """What the handlers read and write; ``store.SqlWarehouse`` on SQLite and PostgreSQL, an
     in-memory fake in tests (tests/support/stats.py)."""
 
-    def record_event(self, event: CaseEvent, *, source: str, body: bytes) -> bool:
-        """Keep the event; False when (case_id, version, kind) was already there."""
+    def record_event(self, events: Sequence[CaseEvent], *, source: str, body: bytes) -> bool:
+        """Keep the body of ``events`` (one event, or a folded placement's creation and steps); False
+        when (case_id, version, kind) was already there: the body's envelope's, i.e. the first
+        event's case and kind with the last one's version."""
 
     def events_of(self, case_id: str) -> list[CaseEvent]: ...
 

@@ -86,7 +86,7 @@ from services.stats.store_sql import (
     sqlite_value,
     utc_day,
 )
-from services.stats.translate import case_event_of
+from services.stats.translate import case_events_of
 
 # Upsert SQL by (dialect, table, keys, columns, rows); see SqlWarehouse._upsert_sql.
 _UPSERT_SQL: dict[tuple[str, str, tuple[str, ...], tuple[str, ...], int], str] = {}
@@ -391,13 +391,15 @@ class SqlWarehouse(WarehouseQueries):
     # The statements of the ingest path are plain SQL built once per dialect: composing and
     # compiling them per event through the expression language cost more than running them.
 
-    def record_event(self, event: CaseEvent, *, source: str, body: bytes) -> bool:
-        """Keep the event; False when (case_id, version, kind) was already there.
+    def record_event(self, events: Sequence[CaseEvent], *, source: str, body: bytes) -> bool:
+        """Keep the body of ``events``; False when (case_id, version, kind) was already there (the
+        envelope's: the first event's case and kind, the last one's version; see the port).
 
         On PostgreSQL the same statement first takes a per-case transaction lock: events of one
         case are folded one at a time, and the one waiting sees this one's event once it goes on
         (SQLite writers are serialised by BEGIN IMMEDIATE anyway)."""
-        params: tuple[Any, ...] = (event.case_id, event.version, event.kind, source, body)
+        event = events[0]
+        params: tuple[Any, ...] = (event.case_id, events[-1].version, event.kind, source, body)
         if self.dialect == "postgresql":
             params = (event.case_id, *params)
         cursor = self.cursor()
@@ -406,7 +408,7 @@ class SqlWarehouse(WarehouseQueries):
             return False
         known = self.pending.events.get(event.case_id) if self.pending is not None else None
         if known is not None:
-            known.append(event)
+            known.extend(events)
         return True
 
     def events_of(self, case_id: str) -> list[CaseEvent]:
@@ -419,9 +421,7 @@ class SqlWarehouse(WarehouseQueries):
         cursor = self.cursor()
         cursor.execute(self._sql("events_of"), (case_id,))
         for (body,) in cursor.fetchall():
-            event = case_event_of(bytes(body))
-            if event is not None:
-                out.append(event)
+            out += case_events_of(bytes(body))
         if self.pending is not None:
             self.pending.events[case_id] = list(out)
         return out

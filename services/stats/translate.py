@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 
+from services.common.events import unfolded
 from services.common.timeutil import from_timestamp
 from services.stats.domain import CaseEvent
 
@@ -36,7 +37,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # events, and at a county or city each event is its own transaction, so without this a case's
 # k-th event parsed and translated its k bodies again (most of ``events_of``'s cost). A body's
 # bytes decide its ``CaseEvent`` entirely, so the cache can never answer differently from a parse.
-_TRANSLATED: dict[bytes, CaseEvent | None] = {}
+_TRANSLATED: dict[bytes, tuple[CaseEvent, ...]] = {}
 _TRANSLATED_MAX = 8192  # about a few MB of bodies; cleared when full (the next events refill it)
 
 
@@ -121,19 +122,21 @@ def to_case_event(env: events_pb2.EventEnvelope) -> CaseEvent | None:
     return CaseEvent(**base)  # type: ignore[arg-type]
 
 
-def case_event_of(body: bytes) -> CaseEvent | None:
-    """``to_case_event`` of a serialized envelope, each distinct body parsed once per process."""
+def case_events_of(body: bytes) -> tuple[CaseEvent, ...]:
+    """The ``CaseEvent``s of a serialized envelope, each distinct body parsed once per process: one,
+    none for a payload not folded, or for a placement folded into its creation (issue 21) the
+    creation's and each step's, as their events were one by one."""
     try:
         return _TRANSLATED[body]
     except KeyError:
         pass
     env = events_pb2.EventEnvelope()
     env.ParseFromString(body)
-    event = to_case_event(env)
+    events = tuple(event for one in unfolded(env) if (event := to_case_event(one)) is not None)
     if len(_TRANSLATED) >= _TRANSLATED_MAX:
         _TRANSLATED.clear()
-    _TRANSLATED[body] = event
-    return event
+    _TRANSLATED[body] = events
+    return events
 
 
 def _case_fields(case: common_pb2.Case, env: events_pb2.EventEnvelope, occurred: datetime) -> dict[str, object]:

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from bench.case_steps import SubmitContext, placement_events
 from bench.harness.workload import Submissions
-from services.common.events import to_bus_event
+from services.common.events import folded, to_bus_event
 from services.common.inbox import consume_batch
 from services.common.service import BusEvent
 from services.common.settings import Settings
@@ -92,4 +92,29 @@ def test_a_placements_events_followed_in_one_transaction_leave_what_one_transact
     # sender's, which the commit woke).
     assert consume_batch(lambda: follow(placed))
     again = _case_state(intake, batched)
+    assert again[:2] == second[:2] and [row[:2] for row in again[2]] == [("accepted", "sms")]
+
+
+def test_a_placement_folded_into_its_creation_leaves_what_its_three_events_leave(intake: Node) -> None:
+    """Issue 21: routing publishes one work_order_created carrying its 受理 and 交办; intake follows it
+    in one transaction and leaves the case row, the timeline (已受理, 已交办) and the 受理 notice that
+    the three events left, and a redelivery changes nothing."""
+    parts = intake.parts["intake"]
+    servicer: Any = parts.servicers[0].servicer
+    submissions = Submissions(COUNTY)
+    three, one = (servicer.SubmitCase(submissions.request(0, n), SubmitContext()).case.case_id for n in range(2))
+    handle = {sub.event_type: sub.handle for sub in parts.subscriptions if sub.source == "routing"}
+    for event in [to_bus_event(env) for env in placement_events(three)]:
+        handle[event.event_type](event)
+    placed = to_bus_event(folded(placement_events(one)))
+    assert placed.event_type == "work_order_created"
+    handle[placed.event_type](placed)
+    first, second = _case_state(intake, three), _case_state(intake, one)
+    assert first[0][:-2] == second[0][:-2]  # state, version, owner, handling version 4, work order, unit...
+    assert second[0][0] == "ASSIGNED" and second[0][4] == 4
+    assert [row[:2] for row in first[1]] == [row[:2] for row in second[1]]
+    assert [row[1] for row in second[1]][-2:] == ["已受理 accepted", "已交办 assigned to the handling unit"]
+    assert [row[:2] for row in first[2]] == [row[:2] for row in second[2]] == [("accepted", "sms")]
+    handle[placed.event_type](placed)  # redelivered
+    again = _case_state(intake, one)
     assert again[:2] == second[:2] and [row[:2] for row in again[2]] == [("accepted", "sms")]

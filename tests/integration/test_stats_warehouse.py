@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
 from lianxin.common.v1 import common_pb2
+from lianxin.events.v1 import events_pb2
 from lianxin.stats.v1 import stats_service_pb2 as stats_pb2
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 
 from bench.stats import synthetic as syn
 from services.common.bus import InProcessBus
+from services.common.events import folded
 from services.common.regions import RegionTree
 from services.common.timeutil import to_timestamp
 from services.stats.store import SqlWarehouse
 from services.stats.upkeep import refresh_gauges
-from tests.support.warehouse import U1, U2, A, B, C, D, G, Warehouse, cn, fixture_events
+from tests.support.warehouse import U1, U2, A, B, C, D, G, Warehouse, cn, due, fixture_events
 
 
 @pytest.fixture()
@@ -188,5 +191,72 @@ def test_events_arrive_through_the_real_bus(database_url: str, tmp_path: Path) -
         for env in fixture_events():
             bus.publish(syn.bus_event(env))
         assert w.metrics(region_code="511100", month="2026-10", metrics=["received"])["received"].numerator == 6
+    finally:
+        w.close()
+
+
+def _placement(case_id: str, at: datetime) -> list[events_pb2.EventEnvelope]:
+    """A petition registered and placed with a unit at once, as routing published it: created with
+    the assign and 书面告知 clocks, then 受理 (the notice clock stops, the settle clock starts) and 交办
+    (the objection window opens), all at the same instant; then the reply and the close."""
+    created = syn.work_order_created(
+        case_id, version=2, at=at, unit_id=U1, deadlines={"accept_notice": due(10, 15), "assign": due(10, 13)}
+    )
+    accept = syn.work_order_changed(
+        case_id, version=3, at=at, action="accept", to_state="ACCEPTED", deadlines={"settle": due(11, 30)}
+    )
+    assign = syn.work_order_changed(
+        case_id,
+        version=4,
+        at=at,
+        action="assign",
+        to_state="ASSIGNED",
+        unit_id=U1,
+        deadlines={"settle": due(11, 30), "objection": due(10, 19)},
+    )
+    return [
+        syn.registered(case_id, region="511102", at=at, channel="web", category="城乡建设"),
+        created,
+        accept,
+        assign,
+        syn.work_order_changed(case_id, version=5, at=cn(10, 16), action="reply", to_state="REPLIED"),
+        syn.work_order_changed(case_id, version=6, at=cn(10, 20), action="close", to_state="CLOSED"),
+    ]
+
+
+@pytest.mark.parametrize("source", [None, "exchange"])
+def test_a_placement_folded_into_its_creation_gives_the_fact_its_three_events_gave(
+    database_url: str, tmp_path: Path, source: str | None
+) -> None:
+    """Issue 21: one work_order_created carrying 受理 and 交办 (at the node, or replicated up) folds
+    into the same case fact as the three events (accepted_at, accept_due, state, unit, deadlines),
+    and the same figures; delivered twice it is kept once."""
+    three_id, one_id = "511102-20261012-000101", "511102-20261012-000102"
+    w = Warehouse(database_url, tmp_path)
+    try:
+        for env in _placement(three_id, cn(10, 12, 11)):
+            w.deliver(env, source=source)
+        registered, *placement, reply, close = _placement(one_id, cn(10, 12, 11))
+        one = folded(placement)
+        assert one.version == 4 and len(one.work_order_created.placement) == 2
+        for env in (registered, one, one, reply, close):
+            w.deliver(env, source=source)
+        with w.parts.session_factory() as session:  # type: ignore[misc]
+            warehouse = SqlWarehouse(session)
+            three, once = warehouse.fact(three_id), warehouse.fact(one_id)
+            assert three is not None and once is not None
+            columns = [c.key for c in three.__table__.columns if c.key != "case_id"]
+
+            def named(row: object, case_id: str) -> dict[str, object]:
+                values = {c: getattr(row, c) for c in columns}
+                return {c: v.replace(case_id, "<case>") if isinstance(v, str) else v for c, v in values.items()}
+
+            assert named(once, one_id) == named(three, three_id)
+            assert three.accepted_at is not None and three.accept_due is not None and three.state == "CLOSED"
+            kept = session.execute(text("SELECT case_id, COUNT(*) FROM case_events GROUP BY case_id")).all()
+        assert dict(kept) == {three_id: 6, one_id: 4}  # the folded body kept once
+        m = w.metrics(region_code="511100", month="2026-10", include_case_ids=True)
+        assert list(m["on_time_acceptance_rate"].case_ids) == [three_id, one_id]
+        assert (m["on_time_acceptance_rate"].numerator, m["on_time_acceptance_rate"].denominator) == (2, 2)
     finally:
         w.close()

@@ -23,19 +23,19 @@ _GROUP_FIELD = {"unit": "unit_id", "category": "category", "channel": "channel",
 
 @dataclass
 class FakeStatsUnitOfWork:
-    events: dict[tuple[str, int, str], tuple[CaseEvent, str]] = field(default_factory=dict)
+    events: dict[tuple[str, int, str], tuple[Sequence[CaseEvent], str]] = field(default_factory=dict)
     facts: dict[str, CaseFact] = field(default_factory=dict)
     case_texts: dict[str, str] = field(default_factory=dict)
 
-    def record_event(self, event: CaseEvent, *, source: str, body: bytes) -> bool:
-        key = (event.case_id, event.version, event.kind)
+    def record_event(self, events: Sequence[CaseEvent], *, source: str, body: bytes) -> bool:
+        key = (events[0].case_id, events[-1].version, events[0].kind)
         if key in self.events:
             return False
-        self.events[key] = (event, source)
+        self.events[key] = (tuple(events), source)
         return True
 
     def events_of(self, case_id: str) -> list[CaseEvent]:
-        return [event for (case, _, _), (event, _) in self.events.items() if case == case_id]
+        return [event for (case, _, _), (kept, _) in self.events.items() if case == case_id for event in kept]
 
     def save_fact(self, fact: CaseFact) -> None:
         self.facts[fact.case_id] = fact

@@ -37,7 +37,7 @@ def ingest(uow: FakeStatsUnitOfWork, env: events_pb2.EventEnvelope, source: str 
     assert event is not None
     return handlers.ingest(
         uow,
-        event,
+        (event,),
         source=source,
         body=env.SerializeToString(),
         text=case_text(env),

@@ -400,6 +400,7 @@ class WorkOrderCreated(_message.Message):
     REGION_CODE_FIELD_NUMBER: _builtins.int
     DEADLINES_FIELD_NUMBER: _builtins.int
     MANUAL_QUEUE_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     work_order_id: _builtins.str
     """Id of the new work order."""
     unit_id: _builtins.str
@@ -416,6 +417,17 @@ class WorkOrderCreated(_message.Message):
     def deadlines(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Deadline]:
         """Deadlines that start with the work order."""
 
+    @_builtins.property
+    def placement(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkOrderChanged]:
+        """The steps placement took on the new work order in the same transaction and at the same instant
+        (受理 "accept", then 交办 "assign"), each as the WorkOrderChanged it was published as on its own
+        before: one event instead of three. The envelope's version is the last step's; the creation
+        itself is version - len(placement) and step i (from 1) is that plus i, so the case's versions
+        are those the three events took. Readers expand it into the three (services/common/events.py
+        `unfolded`); `deadlines` above stay those at creation. Empty on an event without such steps and
+        on every event written before this field.
+        """
+
     def __init__(
         self,
         *,
@@ -426,10 +438,11 @@ class WorkOrderCreated(_message.Message):
         region_code: _builtins.str = ...,
         deadlines: _abc.Iterable[_common_pb2.Deadline] | None = ...,
         manual_queue: _builtins.bool = ...,
+        placement: _abc.Iterable[Global___WorkOrderChanged] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "deadlines", b"deadlines", "manual_queue", b"manual_queue", "node", b"node", "region_code", b"region_code", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "deadlines", b"deadlines", "manual_queue", b"manual_queue", "node", b"node", "placement", b"placement", "region_code", b"region_code", "unit_id", b"unit_id", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
