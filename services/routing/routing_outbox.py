@@ -183,7 +183,7 @@ class RoutingOutbox(SessionBound):
 # One work_order_created for a placement that accepts and assigns as it creates (issue 21): the
 # steps travel inside it (``placement``) and every reader expands them (``events.unfolded``).
 # False publishes the three events, as every node did before (tests compare the two).
-FOLD_PLACEMENT = False
+FOLD_PLACEMENT = True
 # The steps placement takes at the instant of the creation (受理, then 交办 to the unit).
 _PLACEMENT_STEPS = ("accept", "assign")
 

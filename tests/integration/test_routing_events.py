@@ -18,9 +18,10 @@ from lianxin.routing.v1 import routing_service_pb2 as pb
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
 from sqlalchemy import select
 
-from services.common.events import envelope, to_bus_event
+from services.common.events import envelope, to_bus_event, unfolded
 from services.common.settings import Settings
 from services.node import Node
+from services.routing import routing_outbox
 from services.routing.handlers import work_order_id_for
 from services.routing.models import outbox
 
@@ -111,17 +112,68 @@ def test_hand_off_to_this_node_creates_one_work_order_for_a_unit(county: Node) -
     (wo,) = work_orders(county, case_id)
     assert wo.work_order_id == work_order_id_for(case_id, "511102")
     assert (wo.state, wo.unit_id) == (common_pb2.CASE_STATE_ASSIGNED, "lszq-sthjj")
-    emitted = routing_events(county, case_id)
-    created = emitted[0]
+    published = routing_events(county, case_id)
+    created = published[0]
     assert created.WhichOneof("payload") == "work_order_created"
     assert (created.work_order_created.unit_id, created.work_order_created.manual_queue) == ("lszq-sthjj", False)
+    # One event for the placement: 受理 and 交办 inside the creation (issue 21).
+    assert [(s.action, s.unit_id) for s in created.work_order_created.placement] == [
+        ("accept", ""),
+        ("assign", "lszq-sthjj"),
+    ]
+    emitted = [one for env in published for one in unfolded(env)]
     # The case continues at this node from the hand-off's version, under the new owner epoch.
     assert [e.version for e in emitted] == list(range(7, 7 + len(emitted)))
     assert {(e.owner_node, e.owner_epoch) for e in emitted} == {("511102", 2)}
 
     county.bus.publish(to_bus_event(env))  # at-least-once delivery: the same envelope again
     assert len(work_orders(county, case_id)) == 1
-    assert len(routing_events(county, case_id)) == len(emitted)
+    assert len(routing_events(county, case_id)) == len(published)
+
+
+def test_a_placement_is_one_event_that_unfolds_into_the_three_it_was(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: the same hand-off placed with the three events published one by one (as before) and
+    with one folded event: expanded, the folded outbox is the three events, payloads, versions,
+    owners and times alike (only the steps' event ids are derived)."""
+    node = start_node("511102", database_url, tmp_path)
+    try:
+        outboxes = []
+        for fold, case_id in ((False, "511100-20261122-000111"), (True, "511100-20261122-000112")):
+            monkeypatch.setattr(routing_outbox, "FOLD_PLACEMENT", fold)
+            node.bus.publish(to_bus_event(hand_off(case_id, to_node="511102", region="511102")))
+            outboxes.append(routing_events(node, case_id))
+        three, one = outboxes
+        assert [e.WhichOneof("payload") for e in three] == [
+            "work_order_created",
+            "work_order_changed",
+            "work_order_changed",
+        ]
+        assert [e.WhichOneof("payload") for e in one] == ["work_order_created"]
+
+        def seen(envs: list[events_pb2.EventEnvelope], case_id: str) -> list[tuple[object, ...]]:
+            return [
+                (
+                    e.version,
+                    e.owner_node,
+                    e.owner_epoch,
+                    e.origin_service,
+                    e.occurred_at.seconds > 0,
+                    e.SerializeToString(deterministic=True).count(case_id.encode()) > 0,
+                    getattr(e, e.WhichOneof("payload") or "")
+                    .SerializeToString(deterministic=True)
+                    .replace(case_id.encode(), b"<case>"),
+                )
+                for e in envs
+            ]
+
+        assert seen([x for e in one for x in unfolded(e)], "511100-20261122-000112") == seen(
+            three, "511100-20261122-000111"
+        )
+        assert one[0].version == three[-1].version == 9
+    finally:
+        node.stop(grace=1.0)
 
 
 def test_hand_off_whose_region_lies_in_a_child_is_handed_further_down(database_url: str, tmp_path: Path) -> None:
