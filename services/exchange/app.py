@@ -126,7 +126,9 @@ def _timers(ctx: ServiceContext, store: ExchangeStore, links: _Links, reporter: 
         timers = [Timer("exchange-link-metrics", EVENT_METRICS_INTERVAL_S, refresh_metrics)]
     if links.national is not None:
         timers.append(Timer("exchange-national-link", NATIONAL_POLL_S, links.national.run))
-    store.wake_link = links.parent.wake if links.parent is not None else store.wake_link
+    if links.parent is not None:
+        store.wake_link = links.parent.wake
+        store.wake_link_local = links.parent.wake_local
     return timers
 
 

@@ -66,6 +66,9 @@ class Exchange:
         self._notify_relay = notify
         # Called after a commit that may have appended to the up-log: the parent link pushes it.
         self.wake_link = wake_link
+        # Called instead after this node's own events were appended (``record_local_batch``): the
+        # link gathers a case's burst into one push (``ParentLink.wake_local``); None: ``wake_link``.
+        self.wake_link_local: Callable[[], None] | None = None
         # Bumped per child after a commit that queued something down for it: its long poll answers.
         self.down_changes = Changes()
         # Last successful contact per (peer, kind) seen by this process: an idle link's keepalive is
@@ -108,7 +111,7 @@ class Exchange:
                     uow.enqueue_down(route.next_child, hand_off.event_id, ENVELOPE, body)
             uow.commit()
         if added:
-            self.wake_link()
+            (self.wake_link_local or self.wake_link)()
         return added
 
     def pending_up(

@@ -3,6 +3,10 @@ stops (what is appended later wakes it), instead of reading the log again only t
 
 At Sichuan's rate a county sees a case every 9 s, so each of a case's pushes paid a second read of
 the up-log, a transaction of its own, for nothing.
+
+A node's own events gather for ``LOCAL_GATHER_S`` after the first that found the link idle, so a
+case's burst (its registration, the placement's three events, the notice's settlement) crosses in
+one push; what a child pushed (``wake``) is sent on at once.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from services.common.db import make_engine, make_session_factory
 from services.common.migrations import upgrade
 from services.common.regions import RegionTree
 from services.common.waiting import LinkDriver
+from services.exchange import link as link_module
 from services.exchange.link import ParentLink
 from services.exchange.ports import Item
 from services.exchange.store import ExchangeStore
@@ -36,8 +41,11 @@ class AckingParent(exchange_grpc.ExchangeServiceServicer):
 
     def __init__(self) -> None:
         self.pushed: list[int] = []
+        self.requests: list[list[int]] = []  # the positions of each push with items
 
     def PushEvents(self, request: exchange_pb2.PushEventsRequest, context: Any) -> exchange_pb2.PushEventsResponse:
+        if request.items:
+            self.requests.append([item.position for item in request.items])
         self.pushed += [item.position for item in request.items]
         return exchange_pb2.PushEventsResponse(acked_position=self.pushed[-1] if self.pushed else 0)
 
@@ -103,3 +111,54 @@ def test_a_push_that_took_everything_is_not_followed_by_another_read_of_the_up_l
         link.close()
         driver.stop()
         engine.dispose()
+
+
+@pytest.fixture()
+def county_store(tmp_path: Path) -> Iterator[CountingStore]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'county.db'}", service="exchange")
+    upgrade(engine, "exchange")
+    yield CountingStore(
+        make_session_factory(engine), node=COUNTY, regions=RegionTree.load(), clock=lambda: datetime.now(UTC)
+    )
+    engine.dispose()
+
+
+def test_a_nodes_own_events_appended_within_the_gather_cross_in_one_push(
+    county_store: CountingStore, parent: tuple[AckingParent, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servicer, address = parent
+    monkeypatch.setattr(link_module, "LOCAL_GATHER_S", 1.0)  # longer than three appends take here
+    store = county_store
+    driver = LinkDriver(workers=2)
+    link = ParentLink(store, parent_node=CITY, address=address)
+    store.wake_link, store.wake_link_local = link.wake, link.wake_local
+    try:
+        link.start(driver)
+        wait_until(lambda: store.reads >= 1 and not link.pushing, 10, "the first look at an empty up-log")
+        for n in (1, 2, 3):  # each its own commit, each waking the link
+            store.record_local(*_event(n))
+        wait_until(lambda: servicer.pushed == [1, 2, 3] and not link.pushing, 10, "the gathered push acknowledged")
+        assert servicer.requests == [[1, 2, 3]]  # one push, not the first event alone and then the rest
+        assert store.cursor(CITY, "up").position == 3
+    finally:
+        link.close()
+        driver.stop()
+
+
+def test_an_append_woken_as_a_childs_push_is_sent_on_at_once(
+    county_store: CountingStore, parent: tuple[AckingParent, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servicer, address = parent
+    monkeypatch.setattr(link_module, "LOCAL_GATHER_S", 60.0)  # were it applied, the wait below would fail
+    store = county_store
+    driver = LinkDriver(workers=2)
+    link = ParentLink(store, parent_node=CITY, address=address)
+    store.wake_link = link.wake  # no wake_link_local: every append wakes as a child's stored push does
+    try:
+        link.start(driver)
+        wait_until(lambda: store.reads >= 1 and not link.pushing, 10, "the first look at an empty up-log")
+        store.record_local(*_event(1))
+        wait_until(lambda: servicer.pushed == [1], 10, "the push sent without the local gather")
+    finally:
+        link.close()
+        driver.stop()
