@@ -94,6 +94,43 @@ def _hand_back_turn_after(engine: Engine, queue: WriterQueue) -> None:
         setattr(dialect, name, wrap(getattr(dialect, name)))
 
 
+def _sqlite_begin(queue: WriterQueue | None) -> Callable[[Any], None]:
+    """A SQLite engine's ``dialect.do_begin``: BEGIN, or BEGIN IMMEDIATE in the file's writer queue."""
+
+    def begin(connection: Any) -> None:
+        # IMMEDIATE takes the write lock up front: two concurrent read-then-write transactions
+        # cannot both read and then deadlock on upgrade (SQLITE_BUSY without waiting).
+        # Inside ``reading()`` a plain (deferred) BEGIN: a WAL reader takes no lock, so queries
+        # neither wait for each other nor for writers; query_only makes a stray write fail.
+        # With IMMEDIATE every page's query queued for the file's one write lock, polling in
+        # the busy handler's sleeps of up to 100 ms (issue 17: inbox p99 4.7 s at 50 clients).
+        # The pragma only when it changes: the connection keeps it, and a statement more on every
+        # transaction was a measurable share of a consumer's one-event transaction.
+        # This is the dialect's own ``do_begin`` (pysqlite's does nothing), not a "begin" event
+        # running ``exec_driver_sql``: SQLAlchemy's execution of BEGIN (a context, cursor events, a
+        # result) cost ~0.07 ms of every transaction, and with no connection event on the engine
+        # SQLAlchemy skips its event dispatch around every statement too (issue 17: the case page's
+        # three handlers 2.7-3.5 -> 2.0-2.4 ms). So add no engine event here without measuring.
+        # A driver error is still raised as SQLAlchemy's wrapper (``_begin_impl`` wraps ``do_begin``).
+        reads = _READING.get()
+        dbapi_connection = connection.dbapi_connection  # ``connection``: the pool's proxy
+        info = connection.info  # the pool record's, as the Connection's ``info`` is
+        if info.get(_QUERY_ONLY) is not reads:
+            dbapi_connection.execute(f"PRAGMA query_only={int(reads)}")
+            info[_QUERY_ONLY] = reads
+        if reads or queue is None:
+            dbapi_connection.execute("BEGIN" if reads else "BEGIN IMMEDIATE")
+            return
+        queue.enter(dbapi_connection)
+        try:
+            dbapi_connection.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            queue.leave(dbapi_connection)
+            raise
+
+    return begin
+
+
 def service_database_url(settings: Settings, service: str) -> str:
     """The URL a service of this node connects to; placeholders {node} and {service} are filled in."""
     if settings.database_url:
@@ -132,32 +169,8 @@ def make_engine(url: str, *, service: str, schema: str | None = None, **kwargs: 
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            # IMMEDIATE takes the write lock up front: two concurrent read-then-write transactions
-            # cannot both read and then deadlock on upgrade (SQLITE_BUSY without waiting).
-            # Inside ``reading()`` a plain (deferred) BEGIN: a WAL reader takes no lock, so queries
-            # neither wait for each other nor for writers; query_only makes a stray write fail.
-            # With IMMEDIATE every page's query queued for the file's one write lock, polling in
-            # the busy handler's sleeps of up to 100 ms (issue 17: inbox p99 4.7 s at 50 clients).
-            # The pragma only when it changes: the connection keeps it, and a statement more on every
-            # transaction was a measurable share of a consumer's one-event transaction.
-            reads = _READING.get()
-            if conn.info.get(_QUERY_ONLY) is not reads:
-                conn.exec_driver_sql(f"PRAGMA query_only={int(reads)}")
-                conn.info[_QUERY_ONLY] = reads
-            if reads or queue is None:
-                conn.exec_driver_sql("BEGIN" if reads else "BEGIN IMMEDIATE")
-                return
-            dbapi_connection = conn.connection.dbapi_connection
-            queue.enter(dbapi_connection)
-            try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            except BaseException:
-                queue.leave(dbapi_connection)
-                raise
-
         queue = writer_queue(url)
+        engine.dialect.do_begin = _sqlite_begin(queue)  # type: ignore[method-assign,assignment]  # this engine only
         if queue is not None:
             _hand_back_turn_after(engine, queue)
         return engine
