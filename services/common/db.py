@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,15 +47,26 @@ class WriterQueue:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._holder: int | None = None  # id() of the DB-API connection whose transaction has the turn
+        self._holder_thread: int | None = None  # the thread that began that transaction
 
     def enter(self, dbapi_connection: Any) -> None:
+        if self._holder_thread == threading.get_ident() and self._lock.locked():
+            # This thread's own open write transaction (another connection) has the turn: waiting
+            # could only end in the timeouts (30 s here, then 30 s in SQLite's busy handler), since
+            # the holder cannot commit while its thread waits. Fail now, as SQLite would after them:
+            # a consumer batch then falls back to one transaction per event at once.
+            raise sqlite3.OperationalError(
+                "database is locked: this thread already has a write transaction open on the file"
+            )
         if self._lock.acquire(timeout=WRITER_WAIT_S):
             self._holder = id(dbapi_connection)
+            self._holder_thread = threading.get_ident()
         # else: the turn was never handed back; BEGIN IMMEDIATE waits in SQLite's busy handler as before
 
     def leave(self, dbapi_connection: Any) -> None:
         if self._holder is not None and self._holder == id(dbapi_connection):
             self._holder = None
+            self._holder_thread = None
             self._lock.release()
 
     def busy(self) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,29 @@ def test_a_sqlite_engine_carries_no_connection_event(engine: Engine) -> None:
     finally:
         event.remove(engine, "before_cursor_execute", listener)
     assert seen == ["SELECT count(*) FROM item"]
+
+
+def test_a_second_write_transaction_of_the_thread_holding_the_turn_fails_at_once(engine: Engine) -> None:
+    """A thread that opens a write transaction on a file while its own other one holds the turn can only
+    wait for itself (a consumer batch's transaction and a handler's own, say): it is refused at once,
+    not after the queue's 30 s and SQLite's busy handler's 30 s."""
+    with engine.begin() as holder:
+        holder.execute(text("INSERT INTO item VALUES (1)"))
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="already has a write transaction"), engine.begin() as second:
+            second.execute(text("INSERT INTO item VALUES (2)"))
+        assert time.monotonic() - started < 5
+    assert count(engine) == 1
+    # Another thread still waits for its turn and goes in after the holder commits.
+    with engine.begin() as holder:
+        holder.execute(text("INSERT INTO item VALUES (3)"))
+        other = threading.Thread(target=lambda: _insert(engine, 4))
+        other.start()
+        wait_until(lambda: other.is_alive(), 5, "the other writer waiting")
+    other.join(10)
+    assert not other.is_alive() and count(engine) == 3
+
+
+def _insert(engine: Engine, n: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO item VALUES ({n})"))
