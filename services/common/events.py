@@ -85,22 +85,33 @@ def unfolded(env: events_pb2.EventEnvelope) -> list[events_pb2.EventEnvelope]:
     created.CopyFrom(env)
     created.work_order_created.ClearField("placement")
     created.version = env.version - len(steps)
-    out = [created]
-    for number, step in enumerate(steps, start=1):
-        changed = events_pb2.EventEnvelope(
-            event_id=placement_step_id(env.event_id, number),
-            case_id=env.case_id,
-            version=created.version + number,
-            owner_epoch=env.owner_epoch,
-            owner_node=env.owner_node,
-            origin_node=env.origin_node,
-            origin_service=env.origin_service,
-            occurred_at=env.occurred_at,
-            work_order_changed=step,
-        )
-        changed.trace_context.update(env.trace_context)
-        out.append(changed)
-    return out
+    return [created, *(_placement_step(env, number, len(steps)) for number in range(1, len(steps) + 1))]
+
+
+def last_unfolded(env: events_pb2.EventEnvelope) -> events_pb2.EventEnvelope:
+    """``unfolded(env)[-1]`` without building the creation's copy: the state a folded placement leaves
+    (readers of the latest state only, such as the case digest)."""
+    if env.WhichOneof("payload") != "work_order_created" or not env.work_order_created.placement:
+        return env
+    count = len(env.work_order_created.placement)
+    return _placement_step(env, count, count)
+
+
+def _placement_step(env: events_pb2.EventEnvelope, number: int, count: int) -> events_pb2.EventEnvelope:
+    """Step ``number`` (from 1) of the ``count`` folded into ``env``, as it was published on its own."""
+    changed = events_pb2.EventEnvelope(
+        event_id=placement_step_id(env.event_id, number),
+        case_id=env.case_id,
+        version=env.version - count + number,
+        owner_epoch=env.owner_epoch,
+        owner_node=env.owner_node,
+        origin_node=env.origin_node,
+        origin_service=env.origin_service,
+        occurred_at=env.occurred_at,
+        work_order_changed=env.work_order_created.placement[number - 1],
+    )
+    changed.trace_context.update(env.trace_context)
+    return changed
 
 
 def folded(events: Sequence[events_pb2.EventEnvelope]) -> events_pb2.EventEnvelope:

@@ -11,7 +11,7 @@ from lianxin.common.v1 import common_pb2
 from lianxin.events.v1 import events_pb2
 from lianxin.exchange.v1 import exchange_service_pb2 as exchange_pb2
 
-from services.common.events import parse_command, parse_envelope, unfolded
+from services.common.events import last_unfolded, parse_command, parse_envelope
 from services.exchange import domain
 from services.exchange.digests import HeldEvent
 from services.exchange.ports import COMMAND, ENVELOPE, CommandHead, HandOff, Item, Replica, UpRow
@@ -96,7 +96,7 @@ def held_event(body: bytes) -> HeldEvent | None:
     if envelope is None:
         return None
     # A placement folded into its creation (issue 21) sets the state its last step set, at its version.
-    env = unfolded(envelope)[-1]
+    env = last_unfolded(envelope)
     kind = env.WhichOneof("payload") or ""
     state, work_order_id, to_node, epoch = "", "", "", 0
     if kind == "work_order_changed" and env.work_order_changed.to_state:

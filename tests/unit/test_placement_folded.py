@@ -6,7 +6,7 @@ from __future__ import annotations
 from lianxin.national.v1 import national_service_pb2 as national_pb2
 
 from bench.case_steps import placement_events
-from services.common.events import folded, placement_step_id, unfolded
+from services.common.events import folded, last_unfolded, placement_step_id, unfolded
 from services.exchange import domain
 from services.exchange.digests import summarise_case
 from services.exchange.mapping import held_event
@@ -37,6 +37,8 @@ def test_unfolded_gives_back_the_three_events_with_their_versions() -> None:
             before.occurred_at,
         )
     assert unfolded(three[1]) == [three[1]]  # an event as published before: itself
+    assert last_unfolded(one) == again[-1]  # the latest state alone, built the same way
+    assert last_unfolded(three[1]) is three[1]
 
 
 def test_intake_and_the_warehouse_read_the_three_events() -> None:
