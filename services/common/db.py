@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Select, create_engine, event, func, select, text
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.util import LRUCache
 
 from services.common.settings import Settings
 
@@ -143,6 +147,46 @@ def _sqlite_begin(queue: WriterQueue | None) -> Callable[[Any], None]:
     return begin
 
 
+class SharedStatementsSQLiteDialect(SQLiteDialect_pysqlite):
+    """pysqlite, with one compiled form of a statement for every SQLite engine of the process.
+
+    SQLAlchemy keys its compiled-statement caches (the engine's, and each ORM mapper's for its
+    flushes) by the dialect object, and every engine has a dialect of its own. A host runs ~60
+    nodes of five services each, so every node compiled every statement again at its first cases
+    (~40 ms of CPU a node, ~8 s over the Sichuan tree in its first seconds of load), and a mapper's
+    cache (100 entries, shared by every engine) could not hold ~60 engines' flush statements at
+    once. These dialects are alike by construction (the same class, the same SQLite library, the
+    engine settings of ``make_engine``), so they compare equal and share ``SQLITE_STATEMENTS``;
+    what differs per engine (its writer queue in ``do_begin``/``do_commit``) is not in a compiled
+    statement.
+    """
+
+    supports_statement_cache = True
+
+    def _alike(self) -> tuple[Any, ...]:
+        return (type(self), self.dbapi.sqlite_version_info if self.dbapi else None, self.paramstyle)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SharedStatementsSQLiteDialect) and other._alike() == self._alike()
+
+    def __hash__(self) -> int:
+        return hash(self._alike())
+
+
+registry.register("sqlite.lianxin", __name__, "SharedStatementsSQLiteDialect")
+# The compiled statements of every SQLite engine of the process (see SharedStatementsSQLiteDialect):
+# the five services' statements once, not once per node; an engine's own cache holds 500.
+SQLITE_STATEMENTS: LRUCache[Any, Any] = LRUCache(2000)
+
+
+def _shared_statements_url(url: str) -> str:
+    """``url`` with the shared-statements dialect when it names pysqlite (the default SQLite driver)."""
+    parsed = make_url(url)
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
+        return url
+    return parsed.set(drivername="sqlite+lianxin").render_as_string(hide_password=False)
+
+
 def service_database_url(settings: Settings, service: str) -> str:
     """The URL a service of this node connects to; placeholders {node} and {service} are filled in."""
     if settings.database_url:
@@ -167,7 +211,12 @@ def make_engine(url: str, *, service: str, schema: str | None = None, **kwargs: 
         # page cache: 90–150 of them per 1,000 inbox pages at 50 clients), and a 16th waited for one.
         kwargs.setdefault("pool_size", SQLITE_POOL_SIZE)
         kwargs.setdefault("max_overflow", SQLITE_POOL_SIZE)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+        engine = create_engine(
+            _shared_statements_url(url),
+            connect_args={"check_same_thread": False, "timeout": 30},
+            execution_options={"compiled_cache": SQLITE_STATEMENTS},
+            **kwargs,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
