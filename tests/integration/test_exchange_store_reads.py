@@ -86,7 +86,7 @@ def test_a_large_push_is_stored_once_in_bounded_transactions_and_a_resend_is_ski
     assert store.receive_push(COUNTY, items) == (len(items), [])  # a resend after a lost answer
     assert store.receive_push(COUNTY, items[-10:]) == (len(items), [])
     assert store.cursor(COUNTY, "child_up").position == len(items)
-    pending = store.pending_up(0, 1000)
+    pending = store.pending_up(0, len(items))
     assert [item.position for item in pending] == list(range(1, len(items) + 1))  # on our up-log, once, in order
     assert store.head_up() == len(items)
 

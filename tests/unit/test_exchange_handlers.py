@@ -13,7 +13,7 @@ import pytest
 from lianxin.events.v1 import events_pb2
 
 from services.common.regions import RegionTree
-from services.exchange.handlers import Exchange
+from services.exchange.handlers import RECEIVE_CHUNK, Exchange
 from services.exchange.ports import COMMAND, ENVELOPE, ExchangeDeps, Item
 from tests.support.exchange import FakeExchangeStore
 
@@ -87,13 +87,14 @@ def command(command_id: str, target: str, *, epoch_seen: int = 1) -> bytes:
 
 def test_a_large_push_is_stored_in_transactions_of_a_bounded_size(regions: RegionTree) -> None:
     city, store, woken = exchange(regions)
-    items = [Item(n, ENVELOPE, registered(1, case_id=f"{COUNTY}-20261206-{n:06d}"), 1) for n in range(1, 251)]
+    count = RECEIVE_CHUNK * 2 + 50
+    items = [Item(n, ENVELOPE, registered(1, case_id=f"{COUNTY}-20261206-{n:06d}"), 1) for n in range(1, count + 1)]
     commits = store.commits
-    assert city.receive_push(COUNTY, items) == (250, [])
+    assert city.receive_push(COUNTY, items) == (count, [])
     assert store.commits - commits == 3  # RECEIVE_CHUNK items each, every one with the child's cursor
-    assert [item.position for item in city.pending_up(0, 500)] == list(range(1, 251))
-    assert city.receive_push(COUNTY, items[120:]) == (250, [])  # a resend: stored nothing twice
-    assert len(store.tables.replicas) == 250 and woken.relay == 3
+    assert [item.position for item in city.pending_up(0, count)] == list(range(1, count + 1))
+    assert city.receive_push(COUNTY, items[120:]) == (count, [])  # a resend: stored nothing twice
+    assert len(store.tables.replicas) == count and woken.relay == 3
 
 
 def test_a_childs_events_are_stored_once_passed_on_and_published(regions: RegionTree) -> None:
