@@ -153,7 +153,7 @@ class SharedStatementsSQLiteDialect(SQLiteDialect_pysqlite):
     SQLAlchemy keys its compiled-statement caches (the engine's, and each ORM mapper's for its
     flushes) by the dialect object, and every engine has a dialect of its own. A host runs ~60
     nodes of five services each, so every node compiled every statement again at its first cases
-    (~40 ms of CPU a node, ~8 s over the Sichuan tree in its first seconds of load), and a mapper's
+    (~50 ms of CPU a node, ~10 s over the Sichuan tree in its first seconds of load), and a mapper's
     cache (100 entries, shared by every engine) could not hold ~60 engines' flush statements at
     once. These dialects are alike by construction (the same class, the same SQLite library, the
     engine settings of ``make_engine``), so they compare equal and share ``SQLITE_STATEMENTS``;
