@@ -39,13 +39,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # A child's push is stored in transactions of at most this many items (``Exchange.receive_push``):
-# a whole push of the default batch (domain.BATCH_ITEMS). At 100, each fifth of a catch-up push woke
-# the relay and the link up to the grandparent on its own (five small pushes up for one down),
-# and a county's 10,000-event catch-up reached the city at 2,600-3,300 events/s in one process
-# against 4,500-5,300 with 500 (issue 21's goal: 5,000). Since reads no longer take the write lock
-# and writers wait in the writer queue, a 500-item transaction holds the lock ~0.1 s, not the
-# 30 s waits that made the chunks small.
-RECEIVE_CHUNK = 500
+# a whole push of the default batch. At 100, each fifth of a catch-up push woke the relay and the
+# link up on its own, and a 10,000-event catch-up reached the city at 3,926 events/s against 6,041
+# (SQLite, ``lianxin bench --only catchup``). Reads no longer take the write lock and writers wait
+# in the writer queue, so a whole push's transaction (~0.08 s there) no longer meets the 30 s
+# waits that once made the chunks small.
+RECEIVE_CHUNK = domain.BATCH_ITEMS
 
 
 class Exchange:
