@@ -216,40 +216,18 @@ def cmd_host(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Production api process of one service: gRPC only, never imports eventlet."""
+    """Production api process of one service, or of several in one process: gRPC only, never eventlet."""
     if args.service == "web":
         from services.web.commands import serve
 
         return serve()
-    from services.common.grpcserver import GrpcServer
-    from services.common.regions import RegionTree
-    from services.common.settings import Settings
-    from services.node import build_service, database_ready
+    from services.api_process import run_api, service_list
 
-    settings = Settings()
-    _configure_process(settings, f"lianxin-{args.service}-api")
-    from services.common.crypto import require_configured_keys
-    from services.common.security import server_security
-
-    require_configured_keys("lianxin serve", settings.keys)  # never a generated or constant key in production
-
-    regions = RegionTree.load(settings.regions_file)
-    parts, engine = build_service(settings, args.service, regions=regions)
-    # The same token interceptor, mTLS credentials and audit trail as an embedded node.
-    security = server_security(settings, regions, [binding.full_name for binding in parts.servicers])
-    server = GrpcServer(
-        parts.servicers,
-        settings=settings,
-        ready=database_ready(engine),
-        interceptors=security.interceptors,
-        server_credentials=security.credentials,
-    )
-    server.start()
-    print(f"{args.service}-api of node {settings.node} serving on {server.address}", flush=True)
-    _wait_for_signal()
-    server.stop(5.0)
-    security.close()
-    return 0
+    try:
+        services = service_list(args.service)
+    except ValueError as error:
+        raise Invalid(str(error)) from None
+    return run_api(services, _configure_process, _wait_for_signal)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -405,13 +383,14 @@ def _add_up(sub: Subparsers) -> None:
 def _add_node_and_processes(sub: Subparsers) -> None:
     node = sub.add_parser("node", help="run one embedded node from LIANXIN_* variables")
     node.set_defaults(func=cmd_node)
-    for name, func, text, choices in (
-        ("serve", cmd_serve, "run one service's gRPC api process (or the web gateway)", (*SERVICES, "web")),
-        ("worker", cmd_worker, "run one service's nameko worker", SERVICES),
-    ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--service", required=True, choices=choices)
-        p.set_defaults(func=func)
+    serve = sub.add_parser(
+        "serve", help="run a service's gRPC api process, several services' (a,b), or the web gateway"
+    )
+    serve.add_argument("--service", required=True, help=f"{', '.join(SERVICES)} (or several, comma-separated), or web")
+    serve.set_defaults(func=cmd_serve)
+    worker = sub.add_parser("worker", help="run one service's nameko worker")
+    worker.add_argument("--service", required=True, choices=SERVICES)
+    worker.set_defaults(func=cmd_worker)
 
 
 def _add_host(sub: Subparsers) -> None:

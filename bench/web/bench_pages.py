@@ -254,20 +254,22 @@ def _tree(pids: Sequence[int]) -> list[int]:
     return out
 
 
-def _spawn_api(env: dict[str, str], service: str, port: int) -> subprocess.Popen[bytes]:
-    """One more api process of ``service`` (``lianxin serve``: servicers only) on the node's databases."""
+def _spawn_api(env: dict[str, str], group: str, port: int) -> subprocess.Popen[bytes]:
+    """One more api process on the node's databases (``lianxin serve``: servicers only) serving the
+    services of ``group`` ("intake" or "intake+routing+video": one process, its reads asked together)."""
     from services.federation import health_statuses
 
+    services = group.split("+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "--service", service],
+        [sys.executable, "-m", "services.cli", "serve", "--service", ",".join(services)],
         env={**env, "LIANXIN_GRPC_PORT": str(port), "LIANXIN_METRICS_PORT": "0"},
         stdout=subprocess.DEVNULL,
     )
-    name = f"lianxin.{service}.v1.{service.capitalize()}Service"
+    names = [f"lianxin.{service}.v1.{service.capitalize()}Service" for service in services]
     deadline = time.monotonic() + 120
-    while health_statuses(f"127.0.0.1:{port}", [name]).get(name) != "SERVING":
+    while health_statuses(f"127.0.0.1:{port}", names) != dict.fromkeys(names, "SERVING"):
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the {service} api process on port {port} did not start")
+            raise RuntimeError(f"the {group} api process on port {port} did not start")
         time.sleep(0.2)  # polling a condition with a deadline
     return process
 
@@ -352,10 +354,11 @@ def run(
         # More api processes of a service on the node's databases: the gateway spreads its calls
         # to that service round robin over the node's port and theirs.
         targets: dict[str, list[str]] = {}
-        for service in api_processes:
+        for group in api_processes:
             port = free_port()
-            procs.node.append(_spawn_api(node_env, service, port))
-            targets.setdefault(service, [federation.nodes[0].address]).append(f"127.0.0.1:{port}")
+            procs.node.append(_spawn_api(node_env, group, port))
+            for service in group.split("+"):
+                targets.setdefault(service, [federation.nodes[0].address]).append(f"127.0.0.1:{port}")
         web_env = {
             **node_env,
             "LIANXIN_WEB_PORT": str(web_port),
@@ -440,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--api-processes",
         default="",
-        help="comma-separated services given one more api process each (lianxin serve), e.g. routing,intake,video",
+        help="one more api process (lianxin serve) per comma-separated item, each a service or services joined "
+        "by + (one process: its reads asked together), e.g. routing,intake,video or intake+routing+video",
     )
     args = parser.parse_args(argv)
     known = {"closed": Mode("closed", args.requests), "think": Mode("think", args.think_requests, args.think)}

@@ -107,8 +107,17 @@ def bodies(workdir: Path, page: str, count: int) -> str:
             called = _best_ms(functools.partial(stub, request), count)
             direct, through = direct + alone, through + called
             lines.append(f"{method.rsplit('/', 1)[1]:16s} handler {alone:.3f} ms, through gRPC {called:.3f} ms")
-        channel.close()
         lines.append(f"{page}: handlers {direct:.3f} ms, through gRPC (client + server) {through:.3f} ms")
+        if len(calls) > 1:
+            from lianxin.common.v1 import reads_pb2, reads_pb2_grpc
+
+            parts = [reads_pb2.ReadPart(method=m, request=r.SerializeToString()) for m, _, r in calls]
+            read = functools.partial(
+                reads_pb2_grpc.ReadsServiceStub(channel).ReadTogether, reads_pb2.ReadTogetherRequest(parts=parts)
+            )
+            together = _best_ms(read, count)
+            lines.append(f"{page}: the same in one ReadTogether call (client + server) {together:.3f} ms")
+        channel.close()
         lines.append(f"load {os.getloadavg()[0]:.1f}")
         return "\n".join(lines)
     finally:

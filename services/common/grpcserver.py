@@ -26,6 +26,7 @@ from opentelemetry.instrumentation.grpc import server_interceptor
 from prometheus_client import REGISTRY, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from services.common import read_together
 from services.common.grpcclient import MAX_MESSAGE_BYTES, TRACE_FIELDS, tracer_installed
 from services.common.interceptors import (
     HEALTH_SERVICE_NAME,
@@ -261,20 +262,20 @@ class GrpcServer:
             self._query_pool = futures.ThreadPoolExecutor(
                 max_workers=settings.query_workers, thread_name_prefix=f"grpc-query-{settings.node}"
             )
-            outer = QueryThreadsInterceptor(queries, self._query_pool)
+            # ReadTogether is a query too: its parts run on the query thread it was handed to.
+            outer = QueryThreadsInterceptor({*queries, read_together.METHOD}, self._query_pool)
         tracing = server_interceptor()  # type: ignore[no-untyped-call]
-        self._server = grpc.server(
-            pool,
-            interceptors=[ServerCalls(layers, outer=outer, tracing=tracing, traced=server_call_traced)],
-            options=SERVER_OPTIONS,
-        )
+        calls = ServerCalls(layers, outer=outer, tracing=tracing, traced=server_call_traced)
+        self._server = grpc.server(pool, interceptors=[calls], options=SERVER_OPTIONS)
         self._health = _HealthOnDemand(self._asked)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        for binding in self._bindings:
-            binding.add_to_server(binding.servicer, self._server)
-        reflection.enable_server_reflection(
-            [*self._service_names, HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME], self._server
-        )
+        handlers = read_together.add_servicers(self._server, self._bindings)
+        reflected = [*self._service_names, HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME]
+        if queries:  # a process serving reads answers several of them in one call (read_together)
+            read_together.add_to_server(self._server, read_together.ReadTogether(calls, handlers, queries))
+            initialise_rpc_metrics([read_together.SERVICE])
+            reflected.append(read_together.SERVICE)
+        reflection.enable_server_reflection(reflected, self._server)
         # The public port: the same servicers and checks in the same threads, but grpcio has one
         # receive limit per server, so citizens get their own server with a small one (and only
         # their methods; the refusal is counted and traced like any other).

@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, timedelta, timezone
 from pathlib import Path
@@ -221,6 +221,10 @@ class Page:
     async def acall(self, service: str, method: str, request: Any) -> Any:
         """``call`` for an async view: awaited on the event loop, no worker thread."""
         return await self.client.acall(service, method, request, self.token)
+
+    async def aread_together(self, parts: Sequence[tuple[str, str, Any, Any]]) -> list[Any]:
+        """Several reads' answers (or ``CallFailed``s), in one call to the node where it can (``NodeClient``)."""
+        return await self.client.aread_together(parts, self.token)
 
     @property
     def citizen_address(self) -> str:

@@ -7,12 +7,14 @@ token the operator signed in with; a refusal comes back here as a ``CallFailed``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.message import Message
+from lianxin.common.v1 import reads_pb2, reads_pb2_grpc
 from lianxin.exchange.v1 import exchange_service_pb2_grpc as exchange_grpc
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 from lianxin.routing.v1 import routing_service_pb2_grpc as routing_grpc
@@ -33,6 +35,10 @@ STUBS = {
     "video": video_grpc.VideoServiceStub,
     "stats": stats_grpc.StatsServiceStub,
 }
+
+
+# The full gRPC name of each service, for a part of ReadTogether ("/<name>/<Method>").
+SERVICE_NAMES = {service: f"lianxin.{service}.v1.{service.capitalize()}Service" for service in SERVICES}
 
 
 class CallFailed(Exception):
@@ -71,6 +77,18 @@ def _failure(error: grpc.RpcError) -> CallFailed:
     return CallFailed(code, details, str(trailing.get(FIELD_METADATA_KEY, "")))
 
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _answered(part: tuple[str, str, Message, type[Message]], answer: reads_pb2.ReadAnswer) -> Any:
+    """A ReadTogether part's answer as its own call's: the response, or the ``CallFailed`` it raised."""
+    if answer.code == 0:
+        return part[3].FromString(answer.response)
+    trailing = {trailer.key: trailer.value for trailer in answer.trailers}
+    code = _CODES.get(answer.code, grpc.StatusCode.UNKNOWN)
+    return CallFailed(code, answer.message, trailing.get(FIELD_METADATA_KEY, ""))
+
+
 def _channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
     """A channel to one address, or spreading calls round robin over several api processes of a
     service (``ipv4:127.0.0.1:7502,127.0.0.1:7602``: gRPC's default policy would use the first only)."""
@@ -103,6 +121,7 @@ class AioStubs:
                     else grpc.aio.secure_channel(target, credentials, options=options)
                 )
             self.stubs[service] = STUBS[service](self.channels[target])
+        self.reads = {target: reads_pb2_grpc.ReadsServiceStub(channel) for target, channel in self.channels.items()}
 
     async def close(self) -> None:
         for channel in self.channels.values():
@@ -118,6 +137,7 @@ class NodeClient:
     credentials: grpc.ChannelCredentials | None = None
     channels: dict[str, grpc.Channel] = field(default_factory=dict, init=False)
     _aio: AioStubs | None = field(default=None, init=False, repr=False)
+    _together: bool = field(default=True, init=False, repr=False)  # the node answers ReadTogether
 
     def __post_init__(self) -> None:
         by_target: dict[str, grpc.Channel] = {}
@@ -175,6 +195,47 @@ class NodeClient:
             )
         except grpc.RpcError as error:
             raise _failure(error) from None
+
+    async def aread_together(
+        self, parts: Sequence[tuple[str, str, Message, type[Message]]], token: str | None = None
+    ) -> list[Any]:
+        """Each ``(service, method, request, response type)``'s answer, or the ``CallFailed`` it raised
+        (as ``asyncio.gather``'s ``return_exceptions``), asked in one ``ReadsService/ReadTogether``
+        call when the services share one address (an embedded node serves them all in one process):
+        gRPC's per-call machinery is paid once, not per part (issue 17). A part the process answering
+        does not serve, and every part when its node has no ReadTogether or a tracer wants each call
+        traced on its own, is asked on its own, so the answers are the same either way."""
+        targets = {self.settings.target(service) for service, *_ in parts}
+        if len(parts) < 2 or len(targets) > 1 or not self._together or tracer_installed():
+            return await self._each(parts, token)
+        stubs = self._aio_stubs()
+        request = reads_pb2.ReadTogetherRequest(
+            parts=[
+                reads_pb2.ReadPart(method=f"/{SERVICE_NAMES[service]}/{method}", request=message.SerializeToString())
+                for service, method, message, _ in parts
+            ]
+        )
+        metadata = bearer_metadata(token) if token else ()
+        try:
+            reply = await stubs.reads[targets.pop()].ReadTogether(
+                request, timeout=self.settings.rpc_timeout_s, metadata=metadata
+            )
+        except grpc.RpcError as error:
+            if error.code() is not grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+                raise _failure(error) from None
+            self._together = False  # a node from before ReadTogether: ask each on its own from now on
+            return await self._each(parts, token)
+        answers = [_answered(part, answer) for part, answer in zip(parts, reply.answers, strict=True)]
+        unserved = [
+            i for i, answer in enumerate(reply.answers) if answer.code == grpc.StatusCode.UNIMPLEMENTED.value[0]
+        ]
+        for i, again in zip(unserved, await self._each([parts[i] for i in unserved], token), strict=True):
+            answers[i] = again
+        return answers
+
+    async def _each(self, parts: Sequence[tuple[str, str, Message, type[Message]]], token: str | None) -> list[Any]:
+        calls = [self.acall(service, method, message, token) for service, method, message, _ in parts]
+        return list(await asyncio.gather(*calls, return_exceptions=True))
 
     def _aio_stubs(self) -> AioStubs:
         # A channel of grpc.aio serves the loop it was made on; a new loop (a test's client) gets its own.

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from lianxin.common.v1 import common_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
+from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
 
 from services.common.errors import AlreadyExists, Conflict
 from services.intake.domain import Case, CaseRegistered, CommandForOwner, DomainEvent, TimelineEntry
 from services.intake.notices import Notice, NoticeStatus
 from services.intake.ports import CaseFilter, SubmitLookup
+from tests.support.helpers import wait_until
 
 
 def submit_request(ref: str, **overrides: object) -> intake_pb2.SubmitCaseRequest:
@@ -27,6 +30,22 @@ def submit_request(ref: str, **overrides: object) -> intake_pb2.SubmitCaseReques
     )
     fields.update(overrides)
     return intake_pb2.SubmitCaseRequest(**fields)  # type: ignore[arg-type]
+
+
+def submitted_and_assigned(channel: Any, metadata: tuple[tuple[str, str], ...], ref: str, **overrides: object) -> str:
+    """The id of a case submitted over ``channel``, once routing has accepted and assigned it (it does
+    so on its own, after SubmitCase answers): a test comparing two reads of it then reads the same."""
+    intake = intake_grpc.IntakeServiceStub(channel)
+    case_id = str(intake.SubmitCase(submit_request(ref, **overrides), metadata=metadata, timeout=10).case.case_id)
+    wait_until(
+        lambda: (
+            intake.GetCase(intake_pb2.GetCaseRequest(case_id=case_id), metadata=metadata, timeout=5).case.state
+            == common_pb2.CASE_STATE_ASSIGNED
+        ),
+        timeout=20,
+        message=f"case {case_id} assigned",
+    )
+    return case_id
 
 
 class FakeIntakeUnitOfWork:
