@@ -203,12 +203,12 @@ class NodeClient:
         (as ``asyncio.gather``'s ``return_exceptions``), asked in one ``ReadsService/ReadTogether``
         call when the services share one address (an embedded node serves them all in one process):
         gRPC's per-call machinery is paid once, not per part (issue 17). A part the process answering
-        does not serve, and every part when its node has no ReadTogether or a tracer wants each call
-        traced on its own, is asked on its own, so the answers are the same either way."""
+        does not serve, and every part when its node has no ReadTogether, is asked on its own, so the
+        answers are the same either way."""
         targets = {self.settings.target(service) for service, *_ in parts}
-        if len(parts) < 2 or len(targets) > 1 or not self._together or tracer_installed():
+        if len(parts) < 2 or len(targets) > 1 or not self._together:
             return await self._each(parts, token)
-        stubs = self._aio_stubs()
+        target = targets.pop()
         request = reads_pb2.ReadTogetherRequest(
             parts=[
                 reads_pb2.ReadPart(method=f"/{SERVICE_NAMES[service]}/{method}", request=message.SerializeToString())
@@ -217,9 +217,19 @@ class NodeClient:
         )
         metadata = bearer_metadata(token) if token else ()
         try:
-            reply = await stubs.reads[targets.pop()].ReadTogether(
-                request, timeout=self.settings.rpc_timeout_s, metadata=metadata
-            )
+            if tracer_installed():  # the sync channel, which carries the tracing interceptor (see acall)
+                from starlette.concurrency import run_in_threadpool
+
+                stub = reads_pb2_grpc.ReadsServiceStub(self.channels[parts[0][0]])
+                reply = await run_in_threadpool(
+                    stub.ReadTogether, request, timeout=self.settings.rpc_timeout_s, metadata=metadata
+                )
+            else:
+                reply = (
+                    await self._aio_stubs()
+                    .reads[target]
+                    .ReadTogether(request, timeout=self.settings.rpc_timeout_s, metadata=metadata)
+                )
         except grpc.RpcError as error:
             if error.code() is not grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
                 raise _failure(error) from None

@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lianxin.common.v1 import common_pb2
+from lianxin.common.v1 import common_pb2, reads_pb2
 from lianxin.exchange.v1 import exchange_service_pb2
 from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
 from lianxin.intake.v1 import intake_service_pb2_grpc as intake_grpc
@@ -70,7 +70,9 @@ SERVICES = [
     video_pb2.DESCRIPTOR.services_by_name["VideoService"],
     stats_service_pb2.DESCRIPTOR.services_by_name["StatsService"],
 ]
-METHODS: list[MethodDescriptor] = [m for s in SERVICES for m in s.methods]
+# Every server with query RPCs also answers ReadTogether (not a service of its own for health).
+READS = reads_pb2.DESCRIPTOR.services_by_name["ReadsService"]
+METHODS: list[MethodDescriptor] = [m for s in [*SERVICES, READS] for m in s.methods]
 UNARY = [m for m in METHODS if not m.client_streaming and not m.server_streaming]
 STREAMING = [m for m in METHODS if m.client_streaming or m.server_streaming]
 

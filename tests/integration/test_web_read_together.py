@@ -5,6 +5,10 @@ serves only some of the services)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -143,3 +147,49 @@ def test_a_process_without_one_of_the_services_answers_that_part_alone(
         assert together[1].work_orders[0].case_id == case_id
     finally:
         server.stop(1.0)
+
+
+TRACED_GATEWAY = """
+import asyncio, json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from lianxin.intake.v1 import intake_service_pb2 as intake_pb2
+from lianxin.routing.v1 import routing_service_pb2 as routing_pb2
+from services.web.client import NodeClient
+from services.web.config import WebSettings
+
+spans = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(spans))
+trace.set_tracer_provider(provider)  # before the client: its channels then carry the tracing interceptor
+address, case_id, token = sys.argv[1:4]
+client = NodeClient(WebSettings(grpc=address))
+parts = [
+    ("intake", "GetCase", intake_pb2.GetCaseRequest(case_id=case_id), intake_pb2.GetCaseResponse),
+    ("routing", "ListWorkOrders", routing_pb2.ListWorkOrdersRequest(case_id=case_id),
+     routing_pb2.ListWorkOrdersResponse),
+]
+answers = asyncio.run(client.aread_together(parts, token))
+print(json.dumps({
+    "case": answers[0].case.case_id,
+    "orders": [o.case_id for o in answers[1].work_orders],
+    "spans": [span.name for span in spans.get_finished_spans()],
+}))
+"""
+
+
+def test_with_a_tracer_the_reads_are_one_traced_call(node: Node, case_id: str) -> None:
+    # A tracer is installed once per process and for good: the gateway runs in a process of its own.
+    result = subprocess.run(
+        [sys.executable, "-c", TRACED_GATEWAY, node.address, case_id, clerk()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["case"] == case_id and seen["orders"] == [case_id]
+    assert seen["spans"] == ["/lianxin.common.v1.ReadsService/ReadTogether"]
