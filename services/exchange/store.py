@@ -19,7 +19,7 @@ from services.common.outbox import append_event
 from services.common.regions import RegionTree
 from services.common.service import BusEvent
 from services.exchange import domain
-from services.exchange.bulk import Bulk
+from services.exchange.bulk import AsSet, Bulk
 from services.exchange.handlers import Exchange
 from services.exchange.models import case_epoch, down_queue, inbox, link_cursor, outbox, replica, up_log
 from services.exchange.ports import COMMAND, ENVELOPE, ExchangeDeps, Replica, UpRow
@@ -269,7 +269,9 @@ class SqlExchangeUnitOfWork(ExchangeReads):
         stored_ids: set[str] = set()
         skipped: dict[str, int] = {}
         # (An empty list of ids is sent as one id no event has: PostgreSQL cannot type an empty array.)
-        lists = [ids or ["\x00"], [child], cases, [child], cases, cases]
+        # The known epochs as a set (bulk.AsSet): an unanalysed case_epoch table was scanned against
+        # the whole array per row, 25 ms of a 500-event push on PostgreSQL.
+        lists: list[Sequence[str] | AsSet] = [ids or ["\x00"], [child], cases, [child], cases, AsSet(cases)]
         for kind, case_id, number in bulk.rows(_LEDGERS_SQL, lists=lists):
             if kind == "i":
                 stored_ids.add(case_id)  # an event id

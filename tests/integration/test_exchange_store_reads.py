@@ -22,7 +22,9 @@ from sqlalchemy.exc import DBAPIError
 from services.common.db import make_engine, make_session_factory
 from services.common.migrations import upgrade
 from services.common.regions import RegionTree
+from services.exchange.bulk import AsSet
 from services.exchange.handlers import RECEIVE_CHUNK
+from services.exchange.models import case_epoch
 from services.exchange.ports import ENVELOPE, Item
 from services.exchange.store import ExchangeStore, SqlExchangeUnitOfWork
 
@@ -162,4 +164,21 @@ def test_a_driver_error_of_a_raw_statement_is_raised_as_sqlalchemy_s_without_its
         uow.bulk().rows("SELECT event_id FROM replica WHERE no_such_column = ?", "secret-body")
     assert "secret-body" not in str(raised.value)
     assert raised.value.orig is not None
+    engine.dispose()
+
+
+def test_an_in_list_matched_as_a_set_finds_what_the_list_finds(database_url: str) -> None:
+    # The known epochs of a push's cases are looked up as a set on PostgreSQL (bulk.AsSet: hashed or
+    # probed, never each row against the whole array); the rows must be exactly the IN list's.
+    engine = make_engine(database_url, service="exchange")
+    upgrade(engine, "exchange")
+    uow = SqlExchangeUnitOfWork(make_session_factory(engine), node=CITY, clock=Clock())
+    with uow:
+        bulk = uow.bulk()
+        bulk.insert(case_epoch, ["case_id", "owner_epoch", "owner_node"], [(f"c{i}", i, COUNTY) for i in range(600)])
+        wanted = [f"c{i}" for i in range(0, 1200, 2)] + ["c4", ""]  # held, not held, repeated, empty
+        sql = "SELECT case_id, owner_epoch FROM case_epoch WHERE case_id {} ORDER BY case_id"
+        as_set = bulk.rows(sql, lists=[AsSet(wanted)])
+        assert as_set == bulk.rows(sql, lists=[wanted])
+        assert len(as_set) == 300 and [tuple(row) for row in as_set[:2]] == [("c0", 0), ("c10", 10)]
     engine.dispose()
