@@ -11,6 +11,7 @@ one push; what a child pushed (``wake``) is sent on at once.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from datetime import UTC, datetime
@@ -162,3 +163,49 @@ def test_an_append_woken_as_a_childs_push_is_sent_on_at_once(
     finally:
         link.close()
         driver.stop()
+
+
+class HoldsTheFirstPush(AckingParent):
+    """Answers the first push with items only after its caller's deadline (as if the link were cut)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def PushEvents(self, request: exchange_pb2.PushEventsRequest, context: Any) -> exchange_pb2.PushEventsResponse:
+        if request.items and not self.requests:
+            self.requests.append([item.position for item in request.items])
+            self.release.wait(30)  # past the caller's deadline: the call ends DEADLINE_EXCEEDED there
+            return exchange_pb2.PushEventsResponse()
+        return super().PushEvents(request, context)
+
+
+def test_a_push_that_waited_its_whole_deadline_is_sent_again_without_a_pause(
+    county_store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A push that waited its whole deadline for the parent (a cut link) is followed by the next at once:
+    # that one waits for the channel too. With a pause, the catch-up after a cut began up to the
+    # backoff's ceiling after the link came back (issue 21). The backoff here is a minute: only an
+    # immediate resend can arrive within the test's wait.
+    monkeypatch.setattr(link_module, "CALL_MARGIN_S", 0.2)  # a push's deadline: 0.3 + 0.2 s
+    servicer = HoldsTheFirstPush()  # type: ignore[abstract]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    exchange_grpc.add_ExchangeServiceServicer_to_server(servicer, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    driver = LinkDriver(workers=2)
+    link = ParentLink(county_store, parent_node=CITY, address=address, deadline_s=0.3)
+    county_store.wake_link = link.wake
+    try:
+        link.start(driver)
+        link.backoff.base_s = link.backoff.cap_s = 60.0
+        county_store.record_local(*_event(1))
+        # The first push ends DEADLINE_EXCEEDED after 0.5 s; the second must follow it at once.
+        wait_until(lambda: servicer.pushed == [1], 20, "the push sent again and acknowledged")
+        assert servicer.requests == [[1], [1]]
+        wait_until(lambda: county_store.cursor(CITY, "up").position == 1, 10, "the cursor moved")
+    finally:
+        servicer.release.set()
+        link.close()
+        driver.stop()
+        server.stop(None)
