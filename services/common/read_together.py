@@ -33,10 +33,6 @@ METHOD = f"/{SERVICE}/ReadTogether"
 MAX_PARTS = 16
 
 
-class _Aborted(Exception):
-    """Raised by ``_PartContext.abort`` (grpcio raises a bare ``Exception``; this one is ours)."""
-
-
 class _PartContext(grpc.ServicerContext):  # type: ignore[misc]
     """The servicer context one part runs with: the caller, its metadata, certificate and deadline
     are the outer call's; the status, details and trailing metadata are the part's own."""
