@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 @dataclass(frozen=True)
 class AsSet:
-    """An IN list that PostgreSQL matches as a set (``IN (SELECT unnest(…))``: hashed, or an index probe
+    """An IN list that PostgreSQL matches as a set (``IN (SELECT unnest(…::text[]))``: hashed, or an index probe
     per value) rather than ``= ANY(…)``.
 
     A parameter's array is opaque to the planner, which guesses ten elements; on a table it thinks
@@ -47,6 +47,8 @@ class AsSet:
     """
 
     values: Sequence[Any]
+    sql_type: str = "text"  # the elements' type on PostgreSQL, written in the statement so that it
+    # stands on its own (a PREPARE with untyped parameters cannot choose among unnest's overloads)
 
 
 class Bulk:
@@ -83,7 +85,7 @@ class Bulk:
     def _in(self, values: Sequence[Any] | AsSet) -> tuple[str, Any]:
         if isinstance(values, AsSet):
             if self.postgres:
-                return "IN (SELECT unnest(%b))", list(values.values)
+                return f"IN (SELECT unnest(%b::{values.sql_type}[]))", list(values.values)
             values = values.values
         if self.postgres:
             return "= ANY(%b)", list(values)
