@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.cli import EXIT_UNAVAILABLE
 from services.common.crypto import node_secret
+from services.common.names import SERVICE_NAMES
 from services.common.regions import DEFAULT_TOPOLOGY as DEFAULT_TOPOLOGY  # re-exported: `lianxin up` callers
 from services.common.regions import RegionTree
 from services.common.security import issue_token, load_token_key
@@ -26,13 +27,7 @@ from services.topology import Topology, dump_topology
 
 TOKEN_KEY_FILE = "token-key"
 
-BUSINESS_SERVICES = (
-    "lianxin.intake.v1.IntakeService",
-    "lianxin.routing.v1.RoutingService",
-    "lianxin.exchange.v1.ExchangeService",
-    "lianxin.video.v1.VideoService",
-    "lianxin.stats.v1.StatsService",
-)
+BUSINESS_SERVICES = tuple(SERVICE_NAMES.values())
 
 
 @dataclass

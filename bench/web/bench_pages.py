@@ -257,6 +257,7 @@ def _tree(pids: Sequence[int]) -> list[int]:
 def _spawn_api(env: dict[str, str], group: str, port: int) -> subprocess.Popen[bytes]:
     """One more api process on the node's databases (``lianxin serve``: servicers only) serving the
     services of ``group`` ("intake" or "intake+routing+video": one process, its reads asked together)."""
+    from services.common.names import SERVICE_NAMES
     from services.federation import health_statuses
 
     services = group.split("+")
@@ -265,7 +266,7 @@ def _spawn_api(env: dict[str, str], group: str, port: int) -> subprocess.Popen[b
         env={**env, "LIANXIN_GRPC_PORT": str(port), "LIANXIN_METRICS_PORT": "0"},
         stdout=subprocess.DEVNULL,
     )
-    names = [f"lianxin.{service}.v1.{service.capitalize()}Service" for service in services]
+    names = [SERVICE_NAMES[service] for service in services]
     deadline = time.monotonic() + 120
     while health_statuses(f"127.0.0.1:{port}", names) != dict.fromkeys(names, "SERVING"):
         if process.poll() is not None or time.monotonic() > deadline:

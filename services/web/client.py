@@ -23,11 +23,12 @@ from lianxin.video.v1 import video_service_pb2_grpc as video_grpc
 
 from services.common.grpcclient import CHANNEL_OPTIONS, instrumented_channel, plain_channel, tracer_installed
 from services.common.interceptors import FIELD_METADATA_KEY
+from services.common.names import SERVICE_NAMES, SERVICES
 from services.common.security import bearer_metadata
 from services.web.config import WebSettings
 
 Response = TypeVar("Response")
-SERVICES = ("intake", "routing", "exchange", "video", "stats")
+
 STUBS = {
     "intake": intake_grpc.IntakeServiceStub,
     "routing": routing_grpc.RoutingServiceStub,
@@ -35,10 +36,6 @@ STUBS = {
     "video": video_grpc.VideoServiceStub,
     "stats": stats_grpc.StatsServiceStub,
 }
-
-
-# The full gRPC name of each service, for a part of ReadTogether ("/<name>/<Method>").
-SERVICE_NAMES = {service: f"lianxin.{service}.v1.{service.capitalize()}Service" for service in SERVICES}
 
 
 class CallFailed(Exception):
@@ -159,6 +156,8 @@ class NodeClient:
             self.channels[f"public_{service}"] = by_target[target]
         self.public_intake = intake_grpc.IntakeServiceStub(self.channels["public_intake"])
         self.public_video = video_grpc.VideoServiceStub(self.channels["public_video"])
+        # ReadTogether on each service's channel (the sync one: traced when a tracer is installed).
+        self.reads = {service: reads_pb2_grpc.ReadsServiceStub(self.channels[service]) for service in SERVICES}
 
     def call(
         self,
@@ -220,7 +219,7 @@ class NodeClient:
             if tracer_installed():  # the sync channel, which carries the tracing interceptor (see acall)
                 from starlette.concurrency import run_in_threadpool
 
-                stub = reads_pb2_grpc.ReadsServiceStub(self.channels[parts[0][0]])
+                stub = self.reads[parts[0][0]]
                 reply = await run_in_threadpool(
                     stub.ReadTogether, request, timeout=self.settings.rpc_timeout_s, metadata=metadata
                 )
