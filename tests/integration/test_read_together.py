@@ -31,6 +31,7 @@ from services.common.settings import Settings
 from services.federation import health_statuses
 from services.node import Node
 from tests.support.cli import closed_port
+from tests.support.exchange_nodes import Start, linked_nodes
 from tests.support.helpers import wait_until
 from tests.support.intake import submitted_and_assigned
 
@@ -290,3 +291,22 @@ def test_serve_names_an_unknown_service_in_one_line() -> None:
         "lianxin: INVALID_ARGUMENT: --service: expected one or more of intake, routing, exchange, video, stats, "
         "comma-separated and each once: 'intake,nowhere'"
     ]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def start(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Start]:
+    with linked_nodes(request.param, tmp_path, lambda: str(request.getfixturevalue("postgres_admin_url"))) as starter:
+        yield starter
+
+
+def test_the_page_reads_and_a_refusal_are_the_same_on_both_databases(start: Start) -> None:
+    # The parts run each service's own store: SQLite files and PostgreSQL schemas answer alike, and a
+    # clerk of another county is refused there as on its own call.
+    node = start(NODE, auth=True, token_key=KEY)
+    with grpc.insecure_channel(node.address) as channel:
+        case_id = submitted(channel)
+        for metadata in (token(["clerk"]), token(["clerk"], node="511111")):
+            answers = together(channel, page_parts(case_id), metadata)
+            for (method, request), answer in zip(page_parts(case_id), answers, strict=True):
+                assert as_tuple(answer) == alone(channel, method, request, metadata), method
+        assert [a.code for a in together(channel, page_parts(case_id), token(["clerk"]))] == [0, 0, 0]
