@@ -316,6 +316,7 @@ def run(
     modes: Sequence[Mode] = (),
     gateways: int = 1,
     api_processes: Sequence[str] = (),
+    database_url: str | None = None,
 ) -> list[dict[str, object]]:
     from bench.harness.procs import free_port
     from bench.preload import preload
@@ -325,18 +326,23 @@ def run(
     # A kept work directory (--workdir) holds its preload and keyring: a rerun measures the same data.
     kept = workdir / "bench-web-preload.json"
     earlier = json.loads(kept.read_text("utf-8")) if kept.exists() else {}
-    if earlier.get("stored") != stored:
+    if earlier.get("stored") != stored or earlier.get("database_url") != database_url:
         earlier = {"keys": f"k1:{base64.b64encode(secrets.token_bytes(16)).decode()}"}
     keys = {"LIANXIN_DATA_KEYS": earlier["keys"]}
     os.environ.update(keys)
-    settings = Settings(node=NODE, data_dir=workdir)
+    settings = Settings(node=NODE, data_dir=workdir, database_url=database_url)
     case_id = earlier.get("case_id", "")
     if stored and "stored" not in earlier:
         loaded = preload(settings, stored)
         case_id = loaded.sample[0][0] if loaded.sample else ""
-        kept.write_text(json.dumps({"stored": stored, "keys": earlier["keys"], "case_id": case_id}), "utf-8")
+        kept.write_text(
+            json.dumps({"stored": stored, "keys": earlier["keys"], "case_id": case_id, "database_url": database_url}),
+            "utf-8",
+        )
     grpc_port, metrics_port, web_port = free_port(), free_port(), free_port()
     extra_env = {"LIANXIN_LOG_LEVEL": "WARNING", "LIANXIN_INTAKE_CLASSIFIER": "off", **keys}
+    if database_url:
+        extra_env["LIANXIN_DATABASE_URL"] = database_url
     federation = Federation(
         data_dir=workdir,
         base_port=grpc_port,
@@ -447,6 +453,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="one more api process (lianxin serve) per comma-separated item, each a service or services joined "
         "by + (one process: its reads asked together), e.g. routing,intake,video or intake+routing+video",
     )
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="the node's databases on PostgreSQL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/lianxin_web100k "
+        "(the database must exist; {service} optional: each service keeps its own schema); default SQLite in --workdir",
+    )
     args = parser.parse_args(argv)
     known = {"closed": Mode("closed", args.requests), "think": Mode("think", args.think_requests, args.think)}
     modes = [known[m] for m in args.modes.split(",") if m]
@@ -457,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         modes=modes,
         gateways=args.gateways,
         api_processes=[s for s in args.api_processes.split(",") if s],
+        database_url=args.database_url or None,
     )
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 # api process commits in another process); an embedded node's relay is woken by its own commits.
 RELAY_POLL_S = 0.2
 RELAY_SAFETY_POLL_S = 30.0
+# Query RPC threads per server when LIANXIN_QUERY_WORKERS is unset (Settings.query_threads says why).
+SQLITE_QUERY_THREADS = 2
+POSTGRES_QUERY_THREADS = 4
 
 
 class Settings(BaseSettings):
@@ -53,11 +56,11 @@ class Settings(BaseSettings):
     grpc_workers: int = Field(
         default=16, description="gRPC handler threads per process (the most calls it serves at once)"
     )
-    query_workers: int = Field(
-        default=4,
+    query_workers: int | None = Field(
+        default=None,
         description=(
             "threads of the read-only query RPCs (the console's and portal's reads) per server, beside"
-            " grpc_workers; 0: they run on the grpc_workers threads"
+            " grpc_workers; 0: they run on the grpc_workers threads; unset: 2 on SQLite, 4 on PostgreSQL"
         ),
     )
     log_level: str = Field(default="INFO", description="logging level")
@@ -170,6 +173,22 @@ class Settings(BaseSettings):
         if self.relay_interval_s is not None:
             return self.relay_interval_s
         return RELAY_SAFETY_POLL_S if woken_by_commits else RELAY_POLL_S
+
+    def query_threads(self) -> int:
+        """Threads of the query RPCs: the setting, else by the backend.
+
+        On SQLite a read holds the GIL but for SQLite's own steps, and each step hands the GIL to
+        another query thread that waits for it: with 4 threads under 50 console clients the node
+        switched ~100 times a case page and served 550 pages/s, with 2 ~35 times and 610–625/s, with
+        1 ~22 times and 675–700/s (docs/web.md, eleventh pass). 2, not 1: a slow read (the board, the
+        dashboard: 4–5 ms) would hold every clerk's read behind it on one thread. On PostgreSQL a read
+        mostly waits for the server's answers, and the inbox served 285 pages/s with one thread, 590
+        with four.
+        """
+        if self.query_workers is not None:
+            return self.query_workers
+        on_sqlite = self.database_url is None or self.database_url.startswith("sqlite")
+        return SQLITE_QUERY_THREADS if on_sqlite else POSTGRES_QUERY_THREADS
 
     @property
     def intake(self) -> IntakeSettings:

@@ -7,6 +7,7 @@ one-client figure. The queries now have a small pool of their own; writes keep t
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -64,10 +65,10 @@ def servicer() -> QueryServicer:
     return QueryServicer()
 
 
-@pytest.fixture
-def channel(servicer: QueryServicer) -> Iterator[grpc.Channel]:
+@contextlib.contextmanager
+def _serving(servicer: QueryServicer, **overrides: object) -> Iterator[grpc.Channel]:
     settings = Settings(node="510000", grpc_host="127.0.0.1", grpc_port=0, metrics_port=None)
-    settings = settings.with_overrides(grpc_workers=8, query_workers=2)
+    settings = settings.with_overrides(grpc_workers=8, **overrides)
     server = GrpcServer([ServicerBinding(add_to_server=_add, servicer=servicer, full_name=SERVICE)], settings).start()
     try:
         with grpc.insecure_channel(server.address) as ch:
@@ -75,6 +76,12 @@ def channel(servicer: QueryServicer) -> Iterator[grpc.Channel]:
     finally:
         servicer.release.set()
         server.stop(0)
+
+
+@pytest.fixture
+def channel(servicer: QueryServicer) -> Iterator[grpc.Channel]:
+    with _serving(servicer, query_workers=2) as ch:
+        yield ch
 
 
 def _call(channel: grpc.Channel, method: str) -> grpc.UnaryUnaryMultiCallable:
@@ -101,3 +108,29 @@ def test_at_most_query_workers_queries_run_at_once_and_writes_are_not_held_behin
     servicer.release.set()
     assert [f.result(timeout=20).startswith(b"grpc-query") for f in held] == [True] * 5
     assert servicer.most == 2
+
+
+def _most_at_once(channel: grpc.Channel, servicer: QueryServicer, expected: int) -> int:
+    """Hold more queries than ``expected`` threads; once ``expected`` run, release them all."""
+    held = [_call(channel, "Lookup").future(b"hold", timeout=30) for _ in range(expected + 2)]  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 20
+    while servicer.inside < expected:
+        assert time.monotonic() < deadline, f"{expected} queries never ran at once"
+        time.sleep(0.01)  # polling a condition with a deadline
+    servicer.release.set()
+    for future in held:
+        future.result(timeout=20)
+    return servicer.most
+
+
+@pytest.mark.parametrize(
+    ("database_url", "threads"),
+    [(None, 2), ("sqlite:///var/x/{service}.db", 2), ("postgresql+psycopg://db.example/{node}", 4)],
+    ids=["embedded-sqlite", "sqlite-url", "postgresql"],
+)
+def test_unset_the_query_threads_follow_the_backend(database_url: str | None, threads: int) -> None:
+    """SQLite reads hand the GIL to each other at every step, so fewer threads serve more pages there;
+    PostgreSQL reads wait on the server, so more threads keep the cores busy (docs/web.md)."""
+    servicer = QueryServicer()
+    with _serving(servicer, query_workers=None, database_url=database_url) as ch:
+        assert _most_at_once(ch, servicer, threads) == threads
