@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cpu import context_switches, process_cpu_seconds, process_kernel_seconds
+from bench.cpu import context_switches, postgres_cpu_seconds, process_cpu_seconds, process_kernel_seconds
 from services.common.settings import Settings
 from services.federation import Federation
 
@@ -218,9 +218,11 @@ class Processes:
 
     node: list[subprocess.Popen[bytes]] = field(default_factory=list)
     web: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    on_postgres: bool = False
 
-    def counters(self) -> tuple[float, float, float, int, int]:
-        """CPU of the node and the gateway, the node's kernel CPU, and each one's context switches."""
+    def counters(self) -> tuple[float, float, float, int, int, float]:
+        """CPU of the node and the gateway, the node's kernel CPU, each one's context switches, and
+        PostgreSQL's CPU (its server's processes on this machine; 0 on SQLite)."""
         node, web = _tree([p.pid for p in self.node]), _tree([p.pid for p in self.web])
         return (
             process_cpu_seconds(node) or 0.0,
@@ -228,6 +230,7 @@ class Processes:
             process_kernel_seconds(node) or 0.0,
             context_switches(node),
             context_switches(web),
+            (postgres_cpu_seconds() or 0.0) if self.on_postgres else 0.0,
         )
 
     def stop(self) -> None:
@@ -286,7 +289,9 @@ def _measure(
     elapsed = time.perf_counter() - began
     served = max(1, len(sample.server_ms))
     client_cpu = time.process_time() - client_cpu
-    node, web, node_kernel, node_switches, web_switches = (b - a for a, b in zip(before, procs.counters(), strict=True))
+    node, web, node_kernel, node_switches, web_switches, database = (
+        b - a for a, b in zip(before, procs.counters(), strict=True)
+    )
     return {
         "requests": len(sample.client_ms),
         "errors": sample.errors,
@@ -297,6 +302,7 @@ def _measure(
         "client_p99_ms": round(_percentile(sample.client_ms, 0.99), 1),
         "node_cpu_ms": round(node * 1000 / served, 2),
         "web_cpu_ms": round(web * 1000 / served, 2),
+        "db_cpu_ms": round(database * 1000 / served, 2) if procs.on_postgres else None,
         # Where a page's CPU grows under concurrency: the kernel's share (futex hand-offs between the
         # node's threads), the threads' switches per page, and the bench's own clients on the same cores.
         "node_kernel_ms": round(node_kernel * 1000 / served, 2),
@@ -356,7 +362,7 @@ def run(
     passwords = json.loads((workdir / "web-demo-passwords.json").read_text("utf-8"))
     federation.start(ready_timeout_s=300)
     node_env = {**os.environ, **extra_env, "LIANXIN_NODE": NODE, "LIANXIN_DATA_DIR": str(workdir)}
-    procs = Processes(node=[p for p in [federation.nodes[0].process] if p is not None])
+    procs = Processes(node=[p for p in [federation.nodes[0].process] if p is not None], on_postgres=bool(database_url))
     try:
         # More api processes of a service on the node's databases: the gateway spreads its calls
         # to that service round robin over the node's port and theirs.
@@ -411,6 +417,9 @@ def _print_tables(rows: Sequence[dict[str, object]], modes: Sequence[Mode], clie
         f"{'cli p50':>8} {'cli p99':>8} {'x static':>8} {'node ms':>8} {'web ms':>7} {'load':>5} "
         f"{'node sys':>8} {'node sw':>7} {'web sw':>6} {'client':>6}"
     )
+    on_postgres = any(r.get("db_cpu_ms") is not None for r in rows)
+    if on_postgres:
+        header += f" {'db ms':>6}"
     for mode in modes:
         print()
         print(mode.title(clients) + f", {mode.requests} pages per client per page")
@@ -421,6 +430,7 @@ def _print_tables(rows: Sequence[dict[str, object]], modes: Sequence[Mode], clie
                 f"{r['server_p99_ms']:>8} {r['client_p50_ms']:>8} {r['client_p99_ms']:>8} "
                 f"{r['server_p50_vs_static']:>8} {r['node_cpu_ms']:>8} {r['web_cpu_ms']:>7} {r['load_1min']:>5} "
                 f"{r['node_kernel_ms']:>8} {r['node_switches']:>7} {r['web_switches']:>6} {r['client_cpu_ms']:>6}"
+                + (f" {r['db_cpu_ms']:>6}" if on_postgres else "")
             )
     print()
     print("srv: the gateway's Server-Timing, from the request's first bytes read by the gateway to its answer")
@@ -429,6 +439,8 @@ def _print_tables(rows: Sequence[dict[str, object]], modes: Sequence[Mode], clie
     print("load: the machine's 1-minute load average when the page's run ended (2 cores shared)")
     print("node sys: the node's kernel CPU per page (of node ms); node sw, web sw: context switches per page")
     print("     of the node's and the gateway's threads; client: the bench's own CPU per page (same cores)")
+    if on_postgres:
+        print("db ms: CPU per page of the PostgreSQL server's processes on this machine (same cores)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
