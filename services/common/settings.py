@@ -178,12 +178,13 @@ class Settings(BaseSettings):
         """Threads of the query RPCs: the setting, else by the backend.
 
         On SQLite a read holds the GIL but for SQLite's own steps, and each step hands the GIL to
-        another query thread that waits for it: with 4 threads under 50 console clients the node
-        switched ~100 times a case page and served 550 pages/s, with 2 ~35 times and 610–625/s, with
-        1 ~22 times and 675–700/s (docs/web.md, eleventh pass). 2, not 1: a slow read (the board, the
-        dashboard: 4–5 ms) would hold every clerk's read behind it on one thread. On PostgreSQL a read
-        mostly waits for the server's answers, and the inbox served 285 pages/s with one thread, 590
-        with four.
+        another query thread that waits for it: in one node process under 50 console clients, with 4
+        threads the node switched ~100 times a case page and served 550 pages/s, with 2 ~35 times and
+        600–625/s, with 1 ~22 times and 675–700/s. 2, not 1: a slow read (the board, the dashboard:
+        3–4 ms; a search more) would hold every clerk's read behind it on one thread. Where several
+        api processes share the reads, 4 did better (docs/operations.md, "Query threads"). On
+        PostgreSQL a read mostly waits for the server's answers: the inbox served 285 pages/s with
+        one thread, 590–610 with four (docs/web.md, "The eleventh session").
         """
         if self.query_workers is not None:
             return self.query_workers

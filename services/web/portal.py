@@ -265,9 +265,9 @@ def _unit_figures(page: Page, month: str) -> tuple[list[dict[str, Any]], dict[st
     """The month's unit figures, kept a minute: the public board is read far more often than they change.
 
     Only a cache (each replica its own): nothing a request needs is kept between requests. A month
-    without figures is kept too: it was asked again on every board page (four stats calls, 2 of the
-    node's 5 ms a page, 190 board pages/s under 50 clients against 294 kept); a failed call is not,
-    so the next page asks again.
+    without figures is kept too: it was asked again on every board page (four stats calls, 2.4 of the
+    node's 5.2 ms a page; 185–188 board pages/s under 50 clients, 326–333 with the month kept); a
+    failed call is not, so the next page asks again.
     """
     key = (page.gateway.node, month)
     now = time.monotonic()
