@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, event, insert, select, text
 from sqlalchemy.exc import OperationalError
 
+from services.common import db
 from services.common.db import make_engine, make_session_factory, read_only, read_transaction, reading
 
 metadata = MetaData()
@@ -107,6 +109,96 @@ def test_a_query_on_postgresql_reads_without_a_transaction_block_and_writes_stay
             raise RuntimeError("the unit of work failed")
         with engine.connect() as conn:
             assert list(conn.execute(select(items.c.name).order_by(items.c.id))) == [("row",)]
+    finally:
+        engine.dispose()
+
+
+def _backend_pid(engine: Any) -> int:
+    with read_transaction(engine) as conn:
+        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _terminate(admin_url: str, pid: int) -> None:
+    """What a server restart does to a pooled connection: its backend ends, the client is not told."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+    finally:
+        admin.dispose()
+
+
+def test_a_query_whose_connection_died_since_its_last_use_is_answered_on_a_new_one(
+    postgres_url: str, postgres_admin_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query does not ping a connection used moments ago (a round trip at every checkout); when that
+    connection died meanwhile, the query is asked again on a fresh one, and the caller sees its answer."""
+    engine = make_engine(postgres_url, service="reading", pool_size=1, max_overflow=0)
+    pings: list[int] = []
+    ping = engine.dialect.do_ping
+
+    def counted(dbapi_conn: Any) -> bool:
+        pings.append(1)
+        return bool(ping(dbapi_conn))
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counted)
+    try:
+        metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(insert(items).values(id=1, name="row"))
+        pings.clear()
+        first = read_only(_backend_pid)(engine)
+        assert read_only(_backend_pid)(engine) == first and pings == [], "a query pinged a fresh connection"
+        _terminate(postgres_admin_url, first)
+
+        retried: list[str] = []
+        monkeypatch.setattr(db.log, "info", lambda message, *a, **k: retried.append(message))
+
+        @read_only
+        def query() -> tuple[str, int]:
+            with read_transaction(engine) as conn:
+                return conn.execute(select(items.c.name)).scalar_one(), _backend_pid_on(conn)
+
+        name, answered_by = query()
+        assert (name, retried) == ("row", ["a query's connection had died; asked again"])
+        assert answered_by != first
+    finally:
+        engine.dispose()
+
+
+def _backend_pid_on(conn: Any) -> int:
+    return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def test_a_writer_still_pings_and_a_dead_connection_is_replaced_before_it_writes(
+    postgres_url: str, postgres_admin_url: str
+) -> None:
+    engine = make_engine(postgres_url, service="reading", pool_size=1, max_overflow=0)
+    try:
+        metadata.create_all(engine)
+        first = read_only(_backend_pid)(engine)
+        _terminate(postgres_admin_url, first)
+        with engine.begin() as conn:  # not a query: pinged, found dead, replaced; the write is not lost
+            conn.execute(insert(items).values(id=1, name="written"))
+            assert _backend_pid_on(conn) != first
+        with engine.connect() as conn:
+            assert list(conn.execute(select(items.c.name))) == [("written",)]
+    finally:
+        engine.dispose()
+
+
+def test_an_idle_connection_is_pinged_before_a_query(
+    postgres_url: str, postgres_admin_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(postgres_url, service="reading", pool_size=1, max_overflow=0)
+    try:
+        first = read_only(_backend_pid)(engine)
+        _terminate(postgres_admin_url, first)
+        monkeypatch.setattr(db, "FRESH_FOR_READS_S", 0.0)  # the connection counts as idle from now on
+        retried: list[str] = []
+        monkeypatch.setattr(db.log, "info", lambda message, *a, **k: retried.append(message))
+        assert read_only(_backend_pid)(engine) != first
+        assert retried == [], "the dead idle connection reached the query instead of failing its ping"
     finally:
         engine.dispose()
 
