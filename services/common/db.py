@@ -34,7 +34,7 @@ _READING: ContextVar[bool] = ContextVar("lianxin_db_reading", default=False)
 # In a SQLite connection's ``info`` (kept with the DB-API connection across pool checkouts): the
 # ``PRAGMA query_only`` it was last given, so the pragma runs only when a transaction needs the other.
 _QUERY_ONLY = "lianxin_query_only"
-# In a PostgreSQL connection's pool record: when the pool last took it back (``_ping_at_checkout``).
+# In a PostgreSQL connection's pool record: when the pool last took it back (``_pg_checkout``).
 _HANDED_BACK_AT = "lianxin_handed_back_at"
 # A query takes a connection handed back this recently without pinging it first.
 FRESH_FOR_READS_S = 10.0
@@ -252,7 +252,7 @@ def make_engine(url: str, *, service: str, schema: str | None = None, **kwargs: 
     engine = create_engine(url, **kwargs)
     with engine.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema_name}"'))
-    _ping_at_checkout(engine)
+    _pg_checkout(engine)
 
     @event.listens_for(engine, "connect")
     def _pg_search_path(dbapi_conn: Any, _record: Any) -> None:
@@ -293,7 +293,7 @@ def read_only(method: F) -> F:
             except DBAPIError as error:
                 if not error.connection_invalidated:
                     raise
-                # A connection that died since its last use (not pinged: ``_ping_at_checkout``). The
+                # A connection that died since its last use (not pinged: ``_pg_checkout``). The
                 # pool has let it go; the read runs again, on a connection that answers the ping.
                 log.info("a query's connection had died; asked again", extra={"query": method.__qualname__})
             return method(*args, **kwargs)
@@ -302,9 +302,10 @@ def read_only(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _ping_at_checkout(engine: Engine) -> None:
-    """SQLAlchemy's ``pool_pre_ping``, but a query skips it on a connection used in the last
-    ``FRESH_FOR_READS_S``.
+def _pg_checkout(engine: Engine) -> None:
+    """How a PostgreSQL connection is taken from the pool and given back: SQLAlchemy's
+    ``pool_pre_ping``, except for a query on a connection used in the last ``FRESH_FOR_READS_S``, and
+    a query's statements without a transaction block.
 
     The ping is a round trip at every checkout: on a busy node's case page (three reads, each its own
     checkout) 8 % of the node's CPU, and on a network a round trip of latency each. A connection
@@ -312,21 +313,31 @@ def _ping_at_checkout(engine: Engine) -> None:
     seconds), the query fails with the connection invalidated and ``read_only`` runs it once more;
     a write is never run twice, so writers still ping at every checkout. A failed ping makes the pool
     take a new connection, as ``pool_pre_ping`` does.
+
+    READ COMMITTED takes a snapshot per statement inside a block or not, so a query's BEGIN and
+    ROLLBACK were two round trips for nothing (without them the console's inbox and case page served
+    13–15 % more pages a second): inside ``reading()`` the connection is in autocommit, whether a Core
+    ``read_transaction`` or an ORM session runs the query, and it is transactional again before the
+    pool hands it to anyone else.
     """
 
     @event.listens_for(engine, "checkin")
-    def _handed_back(_dbapi_connection: Any, record: Any) -> None:
+    def _handed_back(dbapi_connection: Any, record: Any) -> None:
         record.info[_HANDED_BACK_AT] = time.monotonic()
+        if dbapi_connection is not None and dbapi_connection.autocommit:
+            dbapi_connection.autocommit = False
 
     @event.listens_for(engine, "checkout")
-    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    def _taken(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        reads = _READING.get()
         handed_back = record.info.get(_HANDED_BACK_AT)
-        if handed_back is not None and _READING.get() and time.monotonic() - handed_back < FRESH_FOR_READS_S:
-            return
-        try:
-            engine.dialect.do_ping(dbapi_connection)
-        except engine.dialect.loaded_dbapi.Error as error:
-            raise DisconnectionError(f"the ping failed: {error}") from error
+        if not (reads and handed_back is not None and time.monotonic() - handed_back < FRESH_FOR_READS_S):
+            try:
+                engine.dialect.do_ping(dbapi_connection)
+            except engine.dialect.loaded_dbapi.Error as error:
+                raise DisconnectionError(f"the ping failed: {error}") from error
+        if reads:
+            dbapi_connection.autocommit = True
 
 
 @contextmanager
@@ -340,13 +351,7 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
     with reading():
         connection = engine.connect()
         try:
-            if engine.dialect.name == "postgresql":
-                # READ COMMITTED takes a snapshot per statement inside a block or not, so BEGIN and
-                # ROLLBACK were two round trips a query for nothing (without them the console's inbox
-                # and case page served 13–15 % more pages a second). The pool sets the connection back to
-                # transactional when it is returned, before a writer can take it.
-                connection.execution_options(isolation_level="AUTOCOMMIT")
-            connection.begin()
+            connection.begin()  # on PostgreSQL no BEGIN: a query's connection is in autocommit (_pg_checkout)
             yield connection
         finally:
             connection.close()  # rolls the transaction back and returns the connection to the pool

@@ -258,9 +258,10 @@ class GrpcServer:
         queries = read_only_methods((b.full_name, b.servicer) for b in self._bindings)
         self._query_pool: futures.ThreadPoolExecutor | None = None
         outer: MethodInterceptor | None = None
-        if settings.query_threads() > 0 and queries:
+        query_threads = settings.query_threads()
+        if query_threads > 0 and queries:
             self._query_pool = futures.ThreadPoolExecutor(
-                max_workers=settings.query_threads(), thread_name_prefix=f"grpc-query-{settings.node}"
+                max_workers=query_threads, thread_name_prefix=f"grpc-query-{settings.node}"
             )
             # ReadTogether is a query too: its parts run on the query thread it was handed to.
             outer = QueryThreadsInterceptor({*queries, read_together.METHOD}, self._query_pool)

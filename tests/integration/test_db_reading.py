@@ -104,8 +104,16 @@ def test_a_query_on_postgresql_reads_without_a_transaction_block_and_writes_stay
             assert conn.execute(select(items.c.name)).scalar_one() == "row"
             status = conn.connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
             assert status == psycopg.pq.TransactionStatus.IDLE, "the read opened a transaction block"
+        sessions = make_session_factory(engine)
+        with reading(), sessions() as session, session.begin():  # a query through the ORM, as the board's
+            assert session.scalars(select(items.c.name)).one() == "row"
+            dbapi = session.connection().connection.dbapi_connection
+            assert dbapi is not None and dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         with pytest.raises(RuntimeError), engine.begin() as conn:  # the same pooled connection
             conn.execute(insert(items).values(id=2, name="rolled back"))
+            raise RuntimeError("the unit of work failed")
+        with pytest.raises(RuntimeError), sessions() as session, session.begin():
+            session.execute(insert(items).values(id=3, name="rolled back too"))
             raise RuntimeError("the unit of work failed")
         with engine.connect() as conn:
             assert list(conn.execute(select(items.c.name).order_by(items.c.id))) == [("row",)]
@@ -115,7 +123,7 @@ def test_a_query_on_postgresql_reads_without_a_transaction_block_and_writes_stay
 
 def _backend_pid(engine: Any) -> int:
     with read_transaction(engine) as conn:
-        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        return _backend_pid_on(conn)
 
 
 def _terminate(admin_url: str, pid: int) -> None:
